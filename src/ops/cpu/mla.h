@@ -1,0 +1,44 @@
+// CPU reference for MLA attention over the compressed, paged latent cache (model.md §4).
+// Each cached token holds kMlaCacheDim = 576 values: the normed latent ĉ (512) then k_pe (64).
+// The cache is a pool of blocks of kMlaBlockSize tokens; a sequence's block table lists its
+// blocks in order, so token position p sits in block_table[p / 64] at row p % 64.
+#pragma once
+
+#include <cstdint>
+
+namespace kimi::cpu {
+
+constexpr int kMlaBlockSize = 64;
+
+struct MlaCacheWriteParams {
+  int num_seqs = 0;
+  const int* cu_seqlens = nullptr;    // [num_seqs + 1] new tokens of each sequence
+  const int* context_lens = nullptr;  // [num_seqs] cached tokens after this step (new included)
+  const int* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  const float* latent = nullptr;      // [T, 576] normed ĉ | k_pe of the new tokens
+  float* cache = nullptr;             // [num_blocks, 64, 576]
+};
+// Writes the new tokens' latents at positions context_len - n_new ... context_len - 1.
+void mla_cache_write(const MlaCacheWriteParams& p);
+
+struct MlaAttnParams {
+  int num_seqs = 0;
+  const int* cu_seqlens = nullptr;    // [num_seqs + 1] new (query) tokens of each sequence
+  const int* context_lens = nullptr;  // [num_seqs] cached tokens, new ones included (already written)
+  const int* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  const float* cache = nullptr;       // [num_blocks, 64, 576]
+  int num_heads = 0;
+  const float* q = nullptr;           // [T, H, 192]: q_nope (128) | q_pe (64)
+  const float* kv_b = nullptr;        // [H·256, 512]: per head W_UK (128 rows) then W_UV (128 rows)
+  float scale = 0.f;                  // 1/sqrt(192)
+  float* out = nullptr;               // [T, H, 128] attention output per head (before o_proj)
+};
+// Query token i of sequence s sits at position context_len - n_new + i and attends causally to
+// positions 0..its own. Absorbed: q_abs = W_UKᵀ q_nope, scores against ĉ, output W_UV · Σ p ĉ.
+void mla_attention_absorbed(const MlaAttnParams& p);
+// Expanded: k_nope = W_UK ĉ and v = W_UV ĉ per head, then plain softmax attention.
+void mla_attention_expanded(const MlaAttnParams& p);
+
+}  // namespace kimi::cpu
