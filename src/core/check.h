@@ -29,7 +29,12 @@ template <typename... Args>
   throw Error(str(std::forward<Args>(args)...));
 }
 
-[[noreturn]] void fail_check(const char* file, int line, const char* expr, const std::string& msg);
+// Inline so kernels/ and src/ops/cuda/ (a separate library) need nothing else from core.
+[[noreturn]] inline void fail_check(const char* file, int line, const char* expr,
+                                    const std::string& msg) {
+  std::string where = str(file, ":", line, ": check failed: ", expr);
+  throw Error(msg.empty() ? where : msg + " (" + where + ")");
+}
 
 }  // namespace kimi
 
