@@ -51,7 +51,7 @@ void fill_random(DeviceBuffer<T>& buf, float lo, float hi, uint32_t seed) {
 
 // Median milliseconds per call of fn over `groups` groups of `per_group` calls.
 template <typename F>
-double median_ms(F&& fn, int groups, int per_group, int warmup = 3) {
+double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t stream = nullptr) {
   for (int i = 0; i < warmup; ++i) fn(i);
   CUDA_CHECK(cudaDeviceSynchronize());
   cudaEvent_t a, b;
@@ -60,9 +60,9 @@ double median_ms(F&& fn, int groups, int per_group, int warmup = 3) {
   std::vector<double> t;
   int call = 0;
   for (int g = 0; g < groups; ++g) {
-    CUDA_CHECK(cudaEventRecord(a));
+    CUDA_CHECK(cudaEventRecord(a, stream));
     for (int i = 0; i < per_group; ++i) fn(call++);
-    CUDA_CHECK(cudaEventRecord(b));
+    CUDA_CHECK(cudaEventRecord(b, stream));
     CUDA_CHECK(cudaEventSynchronize(b));
     float ms = 0.f;
     CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
@@ -98,7 +98,8 @@ double copy_ceiling_gbs() {
 }
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %8s %12s %14s %10s\n", "decode", "B", "us/layer", "state GB/s", "% copy");
+  std::printf("\n%-10s %6s %6s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
+              "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   for (int B : {1, 8, 64, 256}) {
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
@@ -134,15 +135,40 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.conv_state = conv.data();
     p.state = state.data();
     p.y = y.data();
-    const double ms = median_ms(
-        [&](int i) {
-          p.slots = d_slots.data() + size_t(i % rot) * B;
-          kimi::cuda::run_kda_decode(p, nullptr);
-        },
-        quick ? 10 : 50, 20);
     const double bytes = double(B) * H * D * D * 4 * 2;
-    const double gbs = bytes / (ms * 1e-3) / 1e9;
-    std::printf("%-10s %8d %12.2f %14.1f %9.1f%%\n", "decode", B, ms * 1e3, gbs, 100 * gbs / ceiling);
+    for (int cols : {0, 16, 32}) {
+      p.cols_per_cta = cols;
+      const double ms = median_ms(
+          [&](int i) {
+            p.slots = d_slots.data() + size_t(i % rot) * B;
+            kimi::cuda::run_kda_decode(p, nullptr);
+          },
+          quick ? 10 : 50, 20);
+      // The same launches replayed from a CUDA graph (how decode steps run): no launch gaps.
+      cudaStream_t st;
+      CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      const int per_graph = 20;
+      CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < per_graph; ++i) {
+        p.slots = d_slots.data() + size_t(i % rot) * B;
+        kimi::cuda::run_kda_decode(p, st);
+      }
+      CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+      CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      const double gms =
+          median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); }, quick ? 10 : 30, 1, 3, st) /
+          per_graph;
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      CUDA_CHECK(cudaGraphExecDestroy(exec));
+      CUDA_CHECK(cudaGraphDestroy(graph));
+      CUDA_CHECK(cudaStreamDestroy(st));
+      const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
+      std::printf("%-10s %6d %6s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
+                  gms * 1e3, ggbs, 100 * ggbs / ceiling);
+    }
   }
 }
 

@@ -51,6 +51,7 @@ struct KdaDecodeParams {
   bf16* conv_state = nullptr;  // [num_slots, C, 3], updated in place
   float* state = nullptr;      // [num_slots, H, D, D], updated in place
   bf16* y = nullptr;           // [B, H·D] gated RMSNorm output, ready for o_proj
+  int cols_per_cta = 0;        // tuning: 0 = automatic, else 16 or 32 value columns per CTA
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);

@@ -26,7 +26,7 @@
 namespace kimi::cuda::kda {
 
 template <int kCols>
-__global__ void __launch_bounds__(128) kda_decode_kernel(const KdaDecodeParams p) {
+__global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;              // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -39,6 +39,7 @@ __global__ void __launch_bounds__(128) kda_decode_kernel(const KdaDecodeParams p
   __shared__ float sm_red[4][2][kCols];
   __shared__ float sm_red3[4][3];
   __shared__ float sm_part;
+  __shared__ bf16 sm_conv[3][kCols][3];  // new conv state of this CTA's q, k, v channels
 
   const int rank = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -62,8 +63,8 @@ __global__ void __launch_bounds__(128) kda_decode_kernel(const KdaDecodeParams p
   const int d = tid;
   const bf16* x = p.qkv + size_t(bi) * C;
   const int chq = h * D + d, chk = HD + h * D + d;
-  bf16* csq = p.conv_state + (size_t(slot) * C + chq) * 3;
-  bf16* csk = p.conv_state + (size_t(slot) * C + chk) * 3;
+  const bf16* csq = p.conv_state + (size_t(slot) * C + chq) * 3;
+  const bf16* csk = p.conv_state + (size_t(slot) * C + chk) * 3;
   const float xq = to_f(x[chq]), xk = to_f(x[chk]);
   const float q1 = to_f(csq[1]), q2 = to_f(csq[2]), k1 = to_f(csk[1]), k2 = to_f(csk[2]);
   const float4 wq = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chq) * 4);
@@ -73,16 +74,23 @@ __global__ void __launch_bounds__(128) kda_decode_kernel(const KdaDecodeParams p
   const float gpre = to_f(p.f[size_t(bi) * HD + h * D + d]) + p.w.dt_bias[h * D + d];
   const float alpha = expf(-expf(p.w.A_log[h]) * softplus(gpre));
 
-  float vx = 0.f, v1 = 0.f, v2 = 0.f;
-  bf16* csv = nullptr;
+  if (d >= c0 && d < c0 + kCols) {  // the new conv state of the q/k channels this CTA owns
+    sm_conv[0][d - c0][0] = csq[1];
+    sm_conv[0][d - c0][1] = csq[2];
+    sm_conv[0][d - c0][2] = x[chq];
+    sm_conv[1][d - c0][0] = csk[1];
+    sm_conv[1][d - c0][1] = csk[2];
+    sm_conv[1][d - c0][2] = x[chk];
+  }
   if (tid < kCols) {
     const int chv = 2 * HD + h * D + c0 + tid;
-    csv = p.conv_state + (size_t(slot) * C + chv) * 3;
-    vx = to_f(x[chv]);
-    v1 = to_f(csv[1]);
-    v2 = to_f(csv[2]);
+    const bf16* csv = p.conv_state + (size_t(slot) * C + chv) * 3;
+    const bf16 v0 = csv[0], v1 = csv[1], v2 = csv[2], vx = x[chv];
     const float4 wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
-    sm_v[tid] = silu(wv.x * to_f(csv[0]) + wv.y * v1 + wv.z * v2 + wv.w * vx);
+    sm_v[tid] = silu(wv.x * to_f(v0) + wv.y * to_f(v1) + wv.z * to_f(v2) + wv.w * to_f(vx));
+    sm_conv[2][tid][0] = v1;
+    sm_conv[2][tid][1] = v2;
+    sm_conv[2][tid][2] = vx;
   }
   const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
 
@@ -165,18 +173,14 @@ __global__ void __launch_bounds__(128) kda_decode_kernel(const KdaDecodeParams p
     if (lane == 0) sm_part = o2;
   }
   cluster.sync();  // also: every CTA has read the old conv state of all q/k channels
-  if (d >= c0 && d < c0 + kCols) {
-    csq[0] = __float2bfloat16(q1);
-    csq[1] = __float2bfloat16(q2);
-    csq[2] = __float2bfloat16(xq);
-    csk[0] = __float2bfloat16(k1);
-    csk[1] = __float2bfloat16(k2);
-    csk[2] = __float2bfloat16(xk);
-  }
   if (tid < kCols) {
-    csv[0] = __float2bfloat16(v1);
-    csv[1] = __float2bfloat16(v2);
-    csv[2] = __float2bfloat16(vx);
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {
+      bf16* cs = p.conv_state + (size_t(slot) * C + part * HD + h * D + c0 + tid) * 3;
+      cs[0] = sm_conv[part][tid][0];
+      cs[1] = sm_conv[part][tid][1];
+      cs[2] = sm_conv[part][tid][2];
+    }
     float total = 0.f;
 #pragma unroll
     for (int r = 0; r < kKdaD / kCols; ++r) total += *cluster.map_shared_rank(&sm_part, r);

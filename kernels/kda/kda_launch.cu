@@ -22,7 +22,10 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.w.conv_weight && p.w.A_log && p.w.dt_bias && p.w.o_norm, "null weight pointer");
   KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight), "state/conv weight not 16-byte aligned");
   // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
-  if (p.batch * p.num_heads < 256)
+  KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
+             "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
+  const int cols = p.cols_per_cta ? p.cols_per_cta : (p.batch * p.num_heads < 256 ? 16 : 32);
+  if (cols == 16)
     kda::launch_kda_decode<16>(p, stream);
   else
     kda::launch_kda_decode<32>(p, stream);

@@ -50,6 +50,7 @@ struct CpuOut {
 CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std::vector<int>& slots,
                  std::vector<float>& conv_state, std::vector<float>& state) {
   const int T = cu.back(), H = c.H, HD = c.HD(), C = c.C();
+  const int num_slots = int(state.size() / (size_t(H) * D * D));
   const std::vector<float> x = bf16_to_float(
       std::vector<uint16_t>(c.qkv.begin() + size_t(t0) * C, c.qkv.begin() + size_t(t0 + T) * C));
   std::vector<float> conv_out(size_t(T) * C);
@@ -57,6 +58,7 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
   cp.num_seqs = int(slots.size());
   cp.cu_seqlens = cu.data();
   cp.slots = slots.data();
+  cp.num_slots = num_slots;
   cp.channels = C;
   cp.x = x.data();
   cp.weight = c.conv_w.data();
@@ -85,6 +87,7 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
   sp.num_seqs = int(slots.size());
   sp.cu_seqlens = cu.data();
   sp.slots = slots.data();
+  sp.num_slots = num_slots;
   sp.num_heads = H;
   sp.q = r.q.data();
   sp.k = r.k.data();
@@ -375,6 +378,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   rp.num_seqs = S;
   rp.cu_seqlens = cu.data();
   rp.slots = slots.data();
+  rp.num_slots = num_slots;
   rp.num_heads = H;
   rp.q = q.data();
   rp.k = k.data();
