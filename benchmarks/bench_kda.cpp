@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#define KIMI_BENCH_NO_CHUNKED 1
 #include "core/dtype.h"
 
 #if KIMI_HAVE_CUDA
@@ -231,23 +230,18 @@ void bench_prefill(Weights& w, bool quick) {
     const double prep = median_ms([&](int) { kimi::cuda::run_kda_prep(pp, nullptr); }, reps, 1, 1);
     const double norm =
         median_ms([&](int) { kimi::cuda::run_kda_gated_rmsnorm(np, nullptr); }, reps, 1, 1);
-#ifndef KIMI_BENCH_NO_CHUNKED
     const kimi::cuda::KdaChunkPlan plan = kimi::cuda::make_kda_chunk_plan(cu.data(), 1);
-    DeviceBuffer<int> cs(plan.chunk_seq.size()), cst(plan.chunk_start.size());
+    DeviceBuffer<int> cs(plan.chunk_seq.size()), cst(plan.chunk_start.size()),
+        sf(plan.seq_first_chunk.size());
     cs.upload(plan.chunk_seq);
     cst.upload(plan.chunk_start);
+    sf.upload(plan.seq_first_chunk);
     const size_t wsb = kimi::cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
     DeviceBuffer<unsigned char> ws(std::max<size_t>(wsb, 1));
-    kimi::cuda::KdaChunkedArgs a{plan.num_chunks, cs.data(), cst.data(), ws.data(), wsb};
+    kimi::cuda::KdaChunkedArgs a{plan.num_chunks, cs.data(), cst.data(), sf.data(), ws.data(), wsb};
     const double scan =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     const char* name = "chunked";
-#else
-    if (T > 4096) continue;
-    const double scan =
-        median_ms([&](int) { kimi::cuda::run_kda_scan_recurrent(sp, nullptr); }, reps, 1, 1);
-    const char* name = "recurrent";
-#endif
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);

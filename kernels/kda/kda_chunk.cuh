@@ -1,0 +1,399 @@
+// KDA chunked prefill (chunk C = 64, WY/UT form; model.md §3.5), two kernels.
+//
+// Per chunk and head, with Γ_i = Σ_{s<=i in chunk} g_s (fp32, per key channel, non-increasing):
+//   L[i,j] = β_i Σ_d k_i k_j e^{Γ_i−Γ_j} (j < i),   M[i,j] = Σ_d q_i k_j e^{Γ_i−Γ_j} (j <= i)
+//   T = (I + L)^-1 Diag(β),  W = T (e^{Γ} ⊙ K),  U = T V
+//   then, sequentially over the chunks of a sequence, with the fp32 state S [K, V]:
+//   V' = U − W S,   O = (Q ⊙ e^{Γ}) S + M V',   S ← Diag(e^{Γ_last}) S + (K ⊙ e^{Γ_last−Γ})ᵀ V'
+// Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
+// pairs are never exponentiated.
+//
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~180 KB dynamic shared memory, fp32
+//   CUDA-core math. Writes one record per (chunk, head) into the workspace (ChunkRec below); rows
+//   past a short last chunk are zero, so they contribute nothing downstream.
+// kda_chunk_inter_kernel: grid (128 / kInterCols, H, num_seqs), 128 threads (4 warps). A CTA owns
+//   kInterCols value columns of one head's state (columns of S are independent), keeps them in
+//   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
+//   record prefetched by cp.async into a second shared-memory stage. Products on tensor cores
+//   (mma.sync m16n8k16 bf16, fp32 accumulate); S and V' enter them as bf16 hi + lo pairs, so the
+//   state carries ~16 mantissa bits through them and only W, Q, K, U, M are rounded to bf16.
+#pragma once
+
+#include <cstdint>
+
+#include "kda/kda_common.cuh"
+
+namespace kimi::cuda::kda {
+
+constexpr int kChunk = 64;
+constexpr int kInterCols = 32;
+
+// Byte offsets inside one (chunk, head) workspace record.
+struct ChunkRec {
+  static constexpr size_t kW = 0;                          // bf16 [64][128]  T (e^Γ ⊙ K)
+  static constexpr size_t kQ = kW + 64 * 128 * 2;          // bf16 [64][128]  Q ⊙ e^Γ
+  static constexpr size_t kKrT = kQ + 64 * 128 * 2;        // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
+  static constexpr size_t kU = kKrT + 128 * 64 * 2;        // bf16 [64][128]  T V
+  static constexpr size_t kM = kU + 64 * 128 * 2;          // bf16 [64][64]   causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;          // f32 [128]       e^{Γlast}
+  static constexpr size_t kBytes = kGl + 128 * 4;          // 74240
+};
+
+// ------------------------------------------------------------------------------------------------
+// Intra-chunk kernel (fp32 CUDA cores).
+constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
+constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
+constexpr size_t kIntraSmem = (4 * kChunk * kLd + 3 * kChunk * kLa + kChunk) * sizeof(float);
+
+__global__ void __launch_bounds__(256) kda_chunk_intra_kernel(const KdaScanParams p,
+                                                              const int* chunk_seq,
+                                                              const int* chunk_start,
+                                                              unsigned char* ws) {
+  constexpr int C = kChunk, D = kKdaD;
+  extern __shared__ float smem[];
+  float* sG = smem;            // Γ
+  float* sK = sG + C * kLd;
+  float* sQ = sK + C * kLd;
+  float* sV = sQ + C * kLd;
+  float* sL = sV + C * kLd;     // L (strictly lower)
+  float* sM = sL + C * kLa;    // M (lower, diagonal included)
+  float* sX = sM + C * kLa;    // (I + L)^-1
+  float* sB = sX + C * kLa;    // β
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+  const int H = p.num_heads, HD = H * D;
+  const int s = chunk_seq[c], t0 = chunk_start[c];
+  const int len = min(C, p.cu_seqlens[s + 1] - t0);
+
+  for (int idx = tid; idx < C * D; idx += 256) {
+    const int i = idx >> 7, d = idx & 127;
+    float k = 0.f, q = 0.f, v = 0.f, g = 0.f;
+    if (i < len) {
+      const size_t o = size_t(t0 + i) * HD + h * D + d;
+      k = to_f(p.k[o]);
+      q = to_f(p.q[o]);
+      v = to_f(p.v[o]);
+      g = p.g[o];
+    }
+    sK[i * kLd + d] = k;
+    sQ[i * kLd + d] = q;
+    sV[i * kLd + d] = v;
+    sG[i * kLd + d] = g;
+  }
+  if (tid < C) sB[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  __syncthreads();
+  if (tid < D) {
+    float acc = 0.f;
+    for (int i = 0; i < C; ++i) {
+      acc += sG[i * kLd + tid];
+      sG[i * kLd + tid] = acc;
+    }
+  }
+  __syncthreads();
+
+  // L and M: one exp per (i, j <= i, d), shared by both.
+  for (int pi = tid; pi < C * C; pi += 256) {
+    const int i = pi >> 6, j = pi & 63;
+    float l = 0.f, m = 0.f;
+    if (j <= i) {
+      const float *gi = sG + i * kLd, *gj = sG + j * kLd;
+      const float *ki = sK + i * kLd, *kj = sK + j * kLd, *qi = sQ + i * kLd;
+#pragma unroll 8
+      for (int d = 0; d < D; ++d) {
+        const float kje = kj[d] * __expf(gi[d] - gj[d]);
+        l = fmaf(ki[d], kje, l);
+        m = fmaf(qi[d], kje, m);
+      }
+    }
+    sL[i * kLa + j] = j < i ? sB[i] * l : 0.f;
+    sM[i * kLa + j] = m;
+  }
+  __syncthreads();
+
+  // X = (I + L)^-1 by forward substitution, one column per thread.
+  if (tid < C) {
+    const int j = tid;
+    for (int i = 0; i < C; ++i) {
+      float x = i == j ? 1.f : 0.f;
+      if (i > j) {
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        int m = j;
+        for (; m + 3 < i; m += 4) {
+          a0 = fmaf(sL[i * kLa + m], sX[m * kLa + j], a0);
+          a1 = fmaf(sL[i * kLa + m + 1], sX[(m + 1) * kLa + j], a1);
+          a2 = fmaf(sL[i * kLa + m + 2], sX[(m + 2) * kLa + j], a2);
+          a3 = fmaf(sL[i * kLa + m + 3], sX[(m + 3) * kLa + j], a3);
+        }
+        for (; m < i; ++m) a0 = fmaf(sL[i * kLa + m], sX[m * kLa + j], a0);
+        x = -((a0 + a1) + (a2 + a3));
+      }
+      sX[i * kLa + j] = x;
+    }
+  }
+
+  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
+  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
+  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
+  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
+  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
+  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
+  // Outputs that need the raw K (the X solve above runs concurrently in threads 0..63).
+  for (int idx = tid; idx < C * D; idx += 256) {
+    const int i = idx >> 7, d = idx & 127;
+    oQ[idx] = __float2bfloat16(sQ[i * kLd + d] * __expf(sG[i * kLd + d]));
+  }
+  for (int idx = tid; idx < C * D; idx += 256) {
+    const int d = idx >> 6, i = idx & 63;
+    oKrT[idx] = __float2bfloat16(sK[i * kLd + d] * __expf(sG[63 * kLd + d] - sG[i * kLd + d]));
+  }
+  for (int idx = tid; idx < C * C; idx += 256)
+    oM[idx] = __float2bfloat16(sM[(idx >> 6) * kLa + (idx & 63)]);
+  if (tid < D) oGl[tid] = __expf(sG[63 * kLd + tid]);
+  __syncthreads();
+  for (int idx = tid; idx < C * D; idx += 256) {
+    const int i = idx >> 7, d = idx & 127;
+    sK[i * kLd + d] *= __expf(sG[i * kLd + d]);
+  }
+  __syncthreads();
+  // W = X Diag(β) (e^Γ ⊙ K), U = X Diag(β) V; rows interleaved between the two thread halves.
+  const int d = tid & 127;
+  for (int i = tid >> 7; i < C; i += 2) {
+    float w = 0.f, u = 0.f;
+    for (int j = 0; j <= i; ++j) {
+      const float t = sX[i * kLa + j] * sB[j];
+      w = fmaf(t, sK[j * kLd + d], w);
+      u = fmaf(t, sV[j * kLd + d], u);
+    }
+    oW[i * D + d] = __float2bfloat16(w);
+    oU[i * D + d] = __float2bfloat16(u);
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inter-chunk kernel (tensor cores).
+constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 distinct banks
+constexpr int kLdT = 72;   // bf16 rows of 64, padded
+constexpr int kLdU = 40;   // bf16 rows of 32, padded
+
+struct InterStage {
+  bf16 W[64 * kLdW];
+  bf16 Q[64 * kLdW];
+  bf16 KrT[128 * kLdT];
+  bf16 M[64 * kLdT];
+  bf16 U[64 * kLdU];
+  float gl[128];
+};
+struct InterSmem {
+  InterStage stage[2];
+  bf16 st_hi[kInterCols * kLdW], st_lo[kInterCols * kLdW];  // Sᵀ slice [col][d]
+  bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
+};
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ uint32_t ld32(const bf16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// A fragment (16×16) of a row-major [m][k] bf16 tile.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
+                                       int lane) {
+  const int g = lane >> 2, t = (lane & 3) * 2;
+  a[0] = ld32(base + (r0 + g) * ld + k0 + t);
+  a[1] = ld32(base + (r0 + g + 8) * ld + k0 + t);
+  a[2] = ld32(base + (r0 + g) * ld + k0 + 8 + t);
+  a[3] = ld32(base + (r0 + g + 8) * ld + k0 + 8 + t);
+}
+// B fragment (16×8) of a tile stored [n][k] (k contiguous).
+__device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int ld, int n0, int k0,
+                                       int lane) {
+  const int g = lane >> 2, t = (lane & 3) * 2;
+  b[0] = ld32(base + (n0 + g) * ld + k0 + t);
+  b[1] = ld32(base + (n0 + g) * ld + k0 + 8 + t);
+}
+
+__device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* rec, int c0,
+                                           int tid) {
+  for (int i = tid; i < 64 * 16; i += 128) {  // W, Q: 64 rows × 16 × 16 B
+    const int r = i >> 4, q = i & 15;
+    cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
+    cp_async16(st.Q + r * kLdW + q * 8, rec + ChunkRec::kQ + r * 256 + q * 16);
+  }
+  for (int i = tid; i < 128 * 8; i += 128) {  // KrT: 128 rows × 8 × 16 B
+    const int r = i >> 3, q = i & 7;
+    cp_async16(st.KrT + r * kLdT + q * 8, rec + ChunkRec::kKrT + r * 128 + q * 16);
+  }
+  for (int i = tid; i < 64 * 8; i += 128) {  // M: 64 rows × 8 × 16 B
+    const int r = i >> 3, q = i & 7;
+    cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
+  }
+  for (int i = tid; i < 64 * 4; i += 128) {  // U columns [c0, c0 + 32): 64 rows × 4 × 16 B
+    const int r = i >> 2, q = i & 3;
+    cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
+  }
+  if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
+}
+
+__device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
+  hi = __float2bfloat16(x);
+  lo = __float2bfloat16(x - __bfloat162float(hi));
+}
+
+__global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanParams p,
+                                                                 const int* seq_first_chunk,
+                                                                 const int* chunk_start,
+                                                                 const unsigned char* ws) {
+  constexpr int D = kKdaD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  InterSmem& sm = *reinterpret_cast<InterSmem*>(smem_raw);
+  const int c0 = blockIdx.x * kInterCols, h = blockIdx.y, sq = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, t2 = (lane & 3) * 2;
+  const int H = p.num_heads, HD = H * D;
+  const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
+  const int seq_end = p.cu_seqlens[sq + 1];
+  float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
+
+  // State slice in accumulator layout: warp w owns key rows [32w, 32w + 32).
+  float s[2][4][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = c0 + 8 * nt + t2 + (e & 1);
+        s[mt][nt][e] = S[d * D + col];
+      }
+
+  auto rec_of = [&](int c) { return ws + (size_t(first + c) * H + h) * ChunkRec::kBytes; };
+  if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
+  cp_async_commit();
+  for (int c = 0; c < nchunks; ++c) {
+    const InterStage& st = sm.stage[c & 1];
+    if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
+    cp_async_commit();
+    // Sᵀ as bf16 hi/lo for the B operands.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
+          split_bf16(s[mt][nt][e], sm.st_hi[col * kLdW + d], sm.st_lo[col * kLdW + d]);
+        }
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // V' = U − W S and O = Q S for token rows [16w, 16w + 16).
+    const int r0 = 16 * w;
+    float av[4][4] = {}, ao[4][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      uint32_t aw[4], aq[4];
+      load_a(aw, st.W, kLdW, r0, 16 * kk, lane);
+      load_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        uint32_t bh[2], bl[2];
+        load_b(bh, sm.st_hi, kLdW, 8 * nt, 16 * kk, lane);
+        load_b(bl, sm.st_lo, kLdW, 8 * nt, 16 * kk, lane);
+        mma16816(av[nt], aw, bh);
+        mma16816(av[nt], aw, bl);
+        mma16816(ao[nt], aq, bh);
+        mma16816(ao[nt], aq, bl);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = r0 + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
+        const float vp = __bfloat162float(st.U[row * kLdU + col]) - av[nt][e];
+        split_bf16(vp, sm.vt_hi[col * kLdT + row], sm.vt_lo[col * kLdT + row]);
+      }
+    __syncthreads();
+
+    // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
+    for (int kt = 0; kt <= w; ++kt) {
+      uint32_t am[4];
+      load_a(am, st.M, kLdT, r0, 16 * kt, lane);
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        uint32_t bh[2], bl[2];
+        load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+        load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+        mma16816(ao[nt], am, bh);
+        mma16816(ao[nt], am, bl);
+      }
+    }
+    const int t0 = chunk_start[first + c];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int tok = t0 + r0 + g + 8 * half;
+      if (tok < seq_end) {
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          __nv_bfloat162 v2 = __floats2bfloat162_rn(ao[nt][2 * half], ao[nt][2 * half + 1]);
+          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * nt + t2) = v2;
+        }
+      }
+    }
+
+    // S ← Diag(e^{Γlast}) S + Krᵀ V'.
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const float gl0 = st.gl[32 * w + 16 * mt + g], gl1 = st.gl[32 * w + 16 * mt + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        s[mt][nt][0] *= gl0;
+        s[mt][nt][1] *= gl0;
+        s[mt][nt][2] *= gl1;
+        s[mt][nt][3] *= gl1;
+      }
+#pragma unroll
+      for (int kt = 0; kt < 4; ++kt) {
+        uint32_t ak[4];
+        load_a(ak, st.KrT, kLdT, 32 * w + 16 * mt, 16 * kt, lane);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          uint32_t bh[2], bl[2];
+          load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+          load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+          mma16816(s[mt][nt], ak, bh);
+          mma16816(s[mt][nt], ak, bl);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = c0 + 8 * nt + t2 + (e & 1);
+        S[d * D + col] = s[mt][nt][e];
+      }
+}
+
+}  // namespace kimi::cuda::kda
