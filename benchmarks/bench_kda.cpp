@@ -242,6 +242,14 @@ void bench_prefill(Weights& w, bool quick) {
     const double scan =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     const char* name = "chunked";
+    a.stages = 1;
+    const double intra =
+        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
+    a.stages = 2;
+    const double inter =
+        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
+    a.stages = 3;
+    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms\n", "  split", T, intra, inter);
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);

@@ -40,7 +40,7 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
              " bytes, need ", need);
   KIMI_CHECK((reinterpret_cast<uintptr_t>(a.workspace) & 15) == 0, "workspace not 16-byte aligned");
   auto* ws = static_cast<unsigned char*>(a.workspace);
-  if (a.num_chunks > 0) {
+  if (a.num_chunks > 0 && (a.stages & 1)) {
     CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
@@ -48,6 +48,7 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
         p, a.chunk_seq, a.chunk_start, ws);
     KIMI_CHECK_LAUNCH();
   }
+  if (!(a.stages & 2)) return;
   constexpr size_t kInterSmem = sizeof(kda::InterSmem);
   CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(kInterSmem)));

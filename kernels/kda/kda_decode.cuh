@@ -59,6 +59,12 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   for (int i = 0; i < kPasses; ++i)
     s[i] = __ldcs(reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4);
 
+  float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns, loaded early
+  if (tid < kCols) {
+    zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
+    wn = p.w.o_norm[c0 + tid];
+  }
+
   // 2. Prep: thread d owns q/k channel d of head h.
   const int d = tid;
   const bf16* x = p.qkv + size_t(bi) * C;
@@ -153,7 +159,15 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   }
   __syncthreads();
 
-  // 4. S' = α S + k (β r)ᵀ, written straight back.
+  // 4. Gated RMSNorm's sum of squares across the cluster. The barrier comes before the state
+  //    stores so that its release does not wait for them.
+  if (warp == 0) {
+    const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
+    if (lane == 0) sm_part = o2;
+  }
+  cluster.sync();  // also: every CTA has consumed the old conv state of all q/k channels
+
+  // 5. S' = α S + k (β r)ᵀ, written straight back.
   const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col4];
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
@@ -166,13 +180,6 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
     n.w = fmaf(al, s[i].w, kk * br4.w);
     __stcs(reinterpret_cast<float4*>(S + size_t(row) * D) + col4, n);
   }
-
-  // 5. Gated RMSNorm: the head's sum of squares across the cluster.
-  if (warp == 0) {
-    const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
-    if (lane == 0) sm_part = o2;
-  }
-  cluster.sync();  // also: every CTA has read the old conv state of all q/k channels
   if (tid < kCols) {
 #pragma unroll
     for (int part = 0; part < 3; ++part) {
@@ -184,12 +191,13 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
     float total = 0.f;
 #pragma unroll
     for (int r = 0; r < kKdaD / kCols; ++r) total += *cluster.map_shared_rank(&sm_part, r);
-    const int j = c0 + tid;
-    const float zj = to_f(p.z[size_t(bi) * HD + h * D + j]);
-    const float yj = o / sqrtf(total / D + kKdaNormEps) * p.w.o_norm[j] * sigmoid(zj);
-    p.y[size_t(bi) * HD + h * D + j] = __float2bfloat16(yj);
+    const float yj = o / sqrtf(total / D + kKdaNormEps) * wn * sigmoid(zj);
+    p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(yj);
   }
-  cluster.sync();  // keep this CTA's shared memory alive until the others have read sm_part
+  // Keep this CTA's shared memory alive until the others have read sm_part; the reads are
+  // consumed above, so a relaxed arrive (no wait for this CTA's stores) suffices.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
 template <int kCols>

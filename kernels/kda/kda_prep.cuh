@@ -5,7 +5,8 @@
 //   q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ← k/sqrt(Σk²+1e-6)
 //   g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b)
 //   Layouts: x [T, C] (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32 out. Launch: grid (T, H), 128 threads (one per d).
+//   beta [T, H] fp32 out. Launch: grid (ceil(T/16), H), 128 threads (one per d); a CTA walks 16
+//   consecutive tokens (across sequence boundaries) with the conv window in registers.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -16,46 +17,80 @@
 
 namespace kimi::cuda::kda {
 
+constexpr int kPrepTokens = 16;  // tokens per CTA: the conv window slides in registers
+
 __global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
   constexpr int D = kKdaD;
-  __shared__ float sm_red[4][2];
-  const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x, lane = d & 31, warp = d >> 5;
+  __shared__ float sm_red[2][4][2];
+  const int h = blockIdx.y, d = threadIdx.x, lane = d & 31, warp = d >> 5;
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
-  const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
-  const int start = p.cu_seqlens[s], pos = t - start;
-  const bf16* state = p.conv_state + size_t(p.slots[s]) * C * 3;
-
-  float u[3];
+  const int t_begin = blockIdx.x * kPrepTokens;
+  const int t_end = min(p.num_tokens, t_begin + kPrepTokens);
+  float wt[3][4];
 #pragma unroll
   for (int part = 0; part < 3; ++part) {
-    const int ch = part * HD + h * D + d;
-    const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch) * 4);
-    const float wt[4] = {w.x, w.y, w.z, w.w};
-    float acc = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int idx = pos + i;  // index into concat
-      const float xv = idx < 3 ? to_f(state[size_t(ch) * 3 + idx])
-                               : to_f(p.qkv[size_t(start + idx - 3) * C + ch]);
-      acc = fmaf(wt[i], xv, acc);
+    const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(part * HD + h * D + d) * 4);
+    wt[part][0] = w.x;
+    wt[part][1] = w.y;
+    wt[part][2] = w.z;
+    wt[part][3] = w.w;
+  }
+  const float neg_a = -expf(p.w.A_log[h]), dt_bias = p.w.dt_bias[h * D + d];
+  int s = find_seq(p.cu_seqlens, p.num_seqs, t_begin);
+  int start = p.cu_seqlens[s], end = p.cu_seqlens[s + 1];
+  float prev[3][3];  // the 3 inputs before the current token, oldest first
+  bool have_prev = false;
+  for (int t = t_begin; t < t_end; ++t) {
+    while (t >= end) {  // next sequence (skips empty ones)
+      ++s;
+      start = end;
+      end = p.cu_seqlens[s + 1];
+      have_prev = false;
     }
-    u[part] = silu(acc);
+    const int pos = t - start;
+    const size_t row = size_t(t) * C;
+    if (!have_prev) {  // window taps 0..2 = concat[pos .. pos + 2] (conv state, then inputs)
+      const bf16* state = p.conv_state + size_t(p.slots[s]) * C * 3;
+#pragma unroll
+      for (int part = 0; part < 3; ++part) {
+        const int ch = part * HD + h * D + d;
+#pragma unroll
+        for (int i = 0; i < 3; ++i) {
+          const int idx = pos + i;
+          prev[part][i] = idx < 3 ? to_f(state[size_t(ch) * 3 + idx])
+                                  : to_f(p.qkv[size_t(start + idx - 3) * C + ch]);
+        }
+      }
+      have_prev = true;
+    }
+    float u[3];
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {
+      const float x = to_f(p.qkv[row + part * HD + h * D + d]);
+      const float acc = wt[part][0] * prev[part][0] + wt[part][1] * prev[part][1] +
+                        wt[part][2] * prev[part][2] + wt[part][3] * x;
+      u[part] = silu(acc);
+      prev[part][0] = prev[part][1];
+      prev[part][1] = prev[part][2];
+      prev[part][2] = x;
+    }
+    const float sq = warp_sum(u[0] * u[0]), sk = warp_sum(u[1] * u[1]);
+    const int buf = t & 1;
+    if (lane == 0) {
+      sm_red[buf][warp][0] = sq;
+      sm_red[buf][warp][1] = sk;
+    }
+    const size_t o = size_t(t) * HD + h * D + d;
+    const float gpre = to_f(p.f[o]) + dt_bias;
+    p.g[o] = neg_a * softplus(gpre);
+    if (d == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
+    p.v[o] = __float2bfloat16(u[2]);
+    __syncthreads();
+    const float tq = sm_red[buf][0][0] + sm_red[buf][1][0] + sm_red[buf][2][0] + sm_red[buf][3][0];
+    const float tk = sm_red[buf][0][1] + sm_red[buf][1][1] + sm_red[buf][2][1] + sm_red[buf][3][1];
+    p.q[o] = __float2bfloat16(u[0] / sqrtf(tq + kKdaL2Eps) * 0.08838834764831845f);
+    p.k[o] = __float2bfloat16(u[1] / sqrtf(tk + kKdaL2Eps));
   }
-  float sq = warp_sum(u[0] * u[0]), sk = warp_sum(u[1] * u[1]);
-  if (lane == 0) {
-    sm_red[warp][0] = sq;
-    sm_red[warp][1] = sk;
-  }
-  __syncthreads();
-  sq = sm_red[0][0] + sm_red[1][0] + sm_red[2][0] + sm_red[3][0];
-  sk = sm_red[0][1] + sm_red[1][1] + sm_red[2][1] + sm_red[3][1];
-  const size_t o = size_t(t) * HD + h * D + d;
-  p.q[o] = __float2bfloat16(u[0] / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f);
-  p.k[o] = __float2bfloat16(u[1] / sqrtf(sk + kKdaL2Eps));
-  p.v[o] = __float2bfloat16(u[2]);
-  const float gpre = to_f(p.f[o]) + p.w.dt_bias[h * D + d];
-  p.g[o] = -expf(p.w.A_log[h]) * softplus(gpre);
-  if (d == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
 }
 
 __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {
