@@ -40,154 +40,10 @@ struct ChunkRec {
 };
 
 // ------------------------------------------------------------------------------------------------
-// Intra-chunk kernel (fp32 CUDA cores).
-constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
-constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
-constexpr size_t kIntraSmem = (4 * kChunk * kLd + 3 * kChunk * kLa + kChunk) * sizeof(float);
-
-__global__ void __launch_bounds__(256) kda_chunk_intra_kernel(const KdaScanParams p,
-                                                              const int* chunk_seq,
-                                                              const int* chunk_start,
-                                                              unsigned char* ws) {
-  constexpr int C = kChunk, D = kKdaD;
-  extern __shared__ float smem[];
-  float* sG = smem;            // Γ
-  float* sK = sG + C * kLd;
-  float* sQ = sK + C * kLd;
-  float* sV = sQ + C * kLd;
-  float* sL = sV + C * kLd;     // L (strictly lower)
-  float* sM = sL + C * kLa;    // M (lower, diagonal included)
-  float* sX = sM + C * kLa;    // (I + L)^-1
-  float* sB = sX + C * kLa;    // β
-  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
-  const int H = p.num_heads, HD = H * D;
-  const int s = chunk_seq[c], t0 = chunk_start[c];
-  const int len = min(C, p.cu_seqlens[s + 1] - t0);
-
-  for (int idx = tid; idx < C * D; idx += 256) {
-    const int i = idx >> 7, d = idx & 127;
-    float k = 0.f, q = 0.f, v = 0.f, g = 0.f;
-    if (i < len) {
-      const size_t o = size_t(t0 + i) * HD + h * D + d;
-      k = to_f(p.k[o]);
-      q = to_f(p.q[o]);
-      v = to_f(p.v[o]);
-      g = p.g[o];
-    }
-    sK[i * kLd + d] = k;
-    sQ[i * kLd + d] = q;
-    sV[i * kLd + d] = v;
-    sG[i * kLd + d] = g;
-  }
-  if (tid < C) sB[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
-  __syncthreads();
-  if (tid < D) {
-    float acc = 0.f;
-    for (int i = 0; i < C; ++i) {
-      acc += sG[i * kLd + tid];
-      sG[i * kLd + tid] = acc;
-    }
-  }
-  __syncthreads();
-
-  // L and M: one exp per (i, j <= i, d), shared by both.
-  for (int pi = tid; pi < C * C; pi += 256) {
-    const int i = pi >> 6, j = pi & 63;
-    float l = 0.f, m = 0.f;
-    if (j <= i) {
-      const float *gi = sG + i * kLd, *gj = sG + j * kLd;
-      const float *ki = sK + i * kLd, *kj = sK + j * kLd, *qi = sQ + i * kLd;
-#pragma unroll 8
-      for (int d = 0; d < D; ++d) {
-        const float kje = kj[d] * __expf(gi[d] - gj[d]);
-        l = fmaf(ki[d], kje, l);
-        m = fmaf(qi[d], kje, m);
-      }
-    }
-    sL[i * kLa + j] = j < i ? sB[i] * l : 0.f;
-    sM[i * kLa + j] = m;
-  }
-  __syncthreads();
-
-  // X = (I + L)^-1 by forward substitution, one column per thread.
-  if (tid < C) {
-    const int j = tid;
-    for (int i = 0; i < C; ++i) {
-      float x = i == j ? 1.f : 0.f;
-      if (i > j) {
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        int m = j;
-        for (; m + 3 < i; m += 4) {
-          a0 = fmaf(sL[i * kLa + m], sX[m * kLa + j], a0);
-          a1 = fmaf(sL[i * kLa + m + 1], sX[(m + 1) * kLa + j], a1);
-          a2 = fmaf(sL[i * kLa + m + 2], sX[(m + 2) * kLa + j], a2);
-          a3 = fmaf(sL[i * kLa + m + 3], sX[(m + 3) * kLa + j], a3);
-        }
-        for (; m < i; ++m) a0 = fmaf(sL[i * kLa + m], sX[m * kLa + j], a0);
-        x = -((a0 + a1) + (a2 + a3));
-      }
-      sX[i * kLa + j] = x;
-    }
-  }
-
-  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
-  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
-  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
-  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
-  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
-  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
-  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
-  // Outputs that need the raw K (the X solve above runs concurrently in threads 0..63).
-  for (int idx = tid; idx < C * D; idx += 256) {
-    const int i = idx >> 7, d = idx & 127;
-    oQ[idx] = __float2bfloat16(sQ[i * kLd + d] * __expf(sG[i * kLd + d]));
-  }
-  for (int idx = tid; idx < C * D; idx += 256) {
-    const int d = idx >> 6, i = idx & 63;
-    oKrT[idx] = __float2bfloat16(sK[i * kLd + d] * __expf(sG[63 * kLd + d] - sG[i * kLd + d]));
-  }
-  for (int idx = tid; idx < C * C; idx += 256)
-    oM[idx] = __float2bfloat16(sM[(idx >> 6) * kLa + (idx & 63)]);
-  if (tid < D) oGl[tid] = __expf(sG[63 * kLd + tid]);
-  __syncthreads();
-  for (int idx = tid; idx < C * D; idx += 256) {
-    const int i = idx >> 7, d = idx & 127;
-    sK[i * kLd + d] *= __expf(sG[i * kLd + d]);
-  }
-  __syncthreads();
-  // W = X Diag(β) (e^Γ ⊙ K), U = X Diag(β) V; rows interleaved between the two thread halves.
-  const int d = tid & 127;
-  for (int i = tid >> 7; i < C; i += 2) {
-    float w = 0.f, u = 0.f;
-    for (int j = 0; j <= i; ++j) {
-      const float t = sX[i * kLa + j] * sB[j];
-      w = fmaf(t, sK[j * kLd + d], w);
-      u = fmaf(t, sV[j * kLd + d], u);
-    }
-    oW[i * D + d] = __float2bfloat16(w);
-    oU[i * D + d] = __float2bfloat16(u);
-  }
-}
-
-// ------------------------------------------------------------------------------------------------
-// Inter-chunk kernel (tensor cores).
+// Shared helpers.
 constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 distinct banks
 constexpr int kLdT = 72;   // bf16 rows of 64, padded
 constexpr int kLdU = 40;   // bf16 rows of 32, padded
-
-struct InterStage {
-  bf16 W[64 * kLdW];
-  bf16 Q[64 * kLdW];
-  bf16 KrT[128 * kLdT];
-  bf16 M[64 * kLdT];
-  bf16 U[64 * kLdU];
-  float gl[128];
-};
-struct InterSmem {
-  InterStage stage[2];
-  bf16 st_hi[kInterCols * kLdW], st_lo[kInterCols * kLdW];  // Sᵀ slice [col][d]
-  bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
-};
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -227,6 +83,269 @@ __device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int l
   b[1] = ld32(base + (n0 + g) * ld + k0 + 8 + t);
 }
 
+__device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
+  hi = __float2bfloat16(x);
+  lo = __float2bfloat16(x - __bfloat162float(hi));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA):
+//   0. load k, q (bf16 tiles), vᵀ, g -> Γ = cumsum(g) (fp32), β
+//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j <= i, d)
+//   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
+//      reference r = 16b + 15 (the end of block b):
+//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
+//   3. X = (I + L)^-1 by forward substitution (64 threads) while the others write Q ⊙ e^Γ,
+//      (K ⊙ e^{Γlast−Γ})ᵀ, M and e^{Γlast}
+//   4. T = X Diag(β) as bf16 hi + lo, (K ⊙ e^Γ)ᵀ
+//   5. W = T (K ⊙ e^Γ), U = T V on tensor cores (T lower triangular: causal k-steps only)
+constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
+constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
+
+struct IntraSmem {
+  float G[kChunk * kLd];           // Γ
+  float L[kChunk * kLa];           // L (strictly lower), then read by the solve
+  float M[kChunk * kLa];           // M (lower incl. diagonal)
+  float X[kChunk * kLa];           // (I + L)^-1
+  float beta[kChunk];
+  bf16 K[kChunk * kLdW];           // raw k [i][d]
+  bf16 Q[kChunk * kLdW];           // raw q [i][d]
+  bf16 VT[128 * kLdT];             // vᵀ [d][i]
+  union {
+    struct {                       // phase 2
+      bf16 A[96 * kLdW];           // rows 0..47: k_i e^{Γ_i−Γ_r}; rows 48..95: q_i e^{Γ_i−Γ_r}
+      bf16 B[16 * kLdW];           // k_j e^{Γ_r−Γ_j}, j in block b
+    } off;
+    struct {                       // phases 4, 5
+      bf16 T_hi[kChunk * kLdT], T_lo[kChunk * kLdT];
+      bf16 KeT[128 * kLdT];        // (K ⊙ e^Γ)ᵀ [d][j]
+    } wu;
+  } u;
+};
+constexpr size_t kIntraSmem = sizeof(IntraSmem);
+
+__global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanParams p,
+                                                                 const int* chunk_seq,
+                                                                 const int* chunk_start,
+                                                                 unsigned char* ws) {
+  constexpr int C = kChunk, D = kKdaD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = p.num_heads, HD = H * D;
+  const int s = chunk_seq[c], t0 = chunk_start[c];
+  const int len = min(C, p.cu_seqlens[s + 1] - t0);
+  const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+
+  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
+  for (int idx = tid; idx < C * 16; idx += 256) {
+    const int i = idx >> 4, d0 = (idx & 15) * 8;
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv, vv = kv;
+    float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
+    if (i < len) {
+      const size_t o = size_t(t0 + i) * HD + h * D + d0;
+      kv = *reinterpret_cast<const uint4*>(p.k + o);
+      qv = *reinterpret_cast<const uint4*>(p.q + o);
+      vv = *reinterpret_cast<const uint4*>(p.v + o);
+      g0 = *reinterpret_cast<const float4*>(p.g + o);
+      g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
+    }
+    *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
+    *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
+    const bf16* vb = reinterpret_cast<const bf16*>(&vv);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
+    float* gr = sm.G + i * kLd + d0;
+    gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
+    gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
+  }
+  if (tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  __syncthreads();
+  if (tid < D) {
+    float acc = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < C; ++i) {
+      acc += sm.G[i * kLd + tid];
+      sm.G[i * kLd + tid] = acc;
+    }
+  }
+  __syncthreads();
+
+  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii); everything else starts at zero.
+  for (int idx = tid; idx < C * C; idx += 256) {
+    sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
+    sm.M[(idx >> 6) * kLa + (idx & 63)] = 0.f;
+  }
+  __syncthreads();
+  for (int pidx = tid; pidx < 4 * 136; pidx += 256) {
+    const int a = pidx / 136;
+    int r = pidx - a * 136, ii = 0;
+    while (r > ii) {
+      r -= ii + 1;
+      ++ii;
+    }
+    const int i = 16 * a + ii, j = 16 * a + r;
+    const float *gi = sm.G + i * kLd, *gj = sm.G + j * kLd;
+    const bf16 *ki = sm.K + i * kLdW, *kj = sm.K + j * kLdW, *qi = sm.Q + i * kLdW;
+    float l = 0.f, m = 0.f;
+#pragma unroll 4
+    for (int d = 0; d < D; d += 2) {
+      const float2 kj2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kj + d));
+      const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
+      const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
+      const float e0 = kj2.x * __expf(gi[d] - gj[d]), e1 = kj2.y * __expf(gi[d + 1] - gj[d + 1]);
+      l = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l));
+      m = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m));
+    }
+    if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
+    sm.M[i * kLa + j] = m;
+  }
+
+  // 2. Off-diagonal blocks through the reference at the end of key block b.
+  for (int b = 0; b < 3; ++b) {
+    const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
+    __syncthreads();  // previous users of u.off are done
+    for (int idx = tid; idx < nr * D; idx += 256) {
+      const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
+      const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
+      sm.u.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) * e);
+      sm.u.off.A[(48 + ir) * kLdW + d] = __float2bfloat16(__bfloat162float(sm.Q[i * kLdW + d]) * e);
+    }
+    for (int idx = tid; idx < 16 * D; idx += 256) {
+      const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
+      const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
+      sm.u.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
+    }
+    __syncthreads();
+    const int mtiles = nr / 16, tiles = 2 * mtiles * 2;  // (K|Q side) × m-tiles × 2 n-tiles
+    for (int tile = warp; tile < tiles; tile += 8) {
+      const int side = tile / (2 * mtiles), rem = tile % (2 * mtiles);
+      const int mt = rem >> 1, nt = rem & 1;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        uint32_t af[4], bfr[2];
+        load_a(af, sm.u.off.A, kLdW, side * 48 + mt * 16, 16 * kk, lane);
+        load_b(bfr, sm.u.off.B, kLdW, nt * 8, 16 * kk, lane);
+        mma16816(acc, af, bfr);
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
+        if (side == 0)
+          sm.L[i * kLa + j] = sm.beta[i] * acc[e];
+        else
+          sm.M[i * kLa + j] = acc[e];
+      }
+    }
+  }
+  __syncthreads();
+
+  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
+  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
+  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
+  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
+  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
+  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
+
+  // 3. Solve (threads 0..63) while threads 64..255 write the outputs that need no X.
+  if (tid < C) {
+    const int j = tid;
+    for (int i = 0; i < C; ++i) {
+      float x = i == j ? 1.f : 0.f;
+      if (i > j) {
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        int m = j;
+        for (; m + 3 < i; m += 4) {
+          a0 = fmaf(sm.L[i * kLa + m], sm.X[m * kLa + j], a0);
+          a1 = fmaf(sm.L[i * kLa + m + 1], sm.X[(m + 1) * kLa + j], a1);
+          a2 = fmaf(sm.L[i * kLa + m + 2], sm.X[(m + 2) * kLa + j], a2);
+          a3 = fmaf(sm.L[i * kLa + m + 3], sm.X[(m + 3) * kLa + j], a3);
+        }
+        for (; m < i; ++m) a0 = fmaf(sm.L[i * kLa + m], sm.X[m * kLa + j], a0);
+        x = -((a0 + a1) + (a2 + a3));
+      }
+      sm.X[i * kLa + j] = x;
+    }
+  } else {
+    const int t = tid - C, nt = 256 - C;
+    for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
+      const int i = idx >> 6, d = (idx & 63) * 2;
+      const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
+      *reinterpret_cast<__nv_bfloat162*>(oQ + i * D + d) = __floats2bfloat162_rn(
+          q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
+    }
+    for (int idx = t; idx < C * D; idx += nt) {  // (K ⊙ e^{Γlast−Γ})ᵀ
+      const int d = idx >> 6, i = idx & 63;
+      oKrT[idx] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
+                                   __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
+    }
+    for (int idx = t; idx < C * C; idx += nt) oM[idx] = __float2bfloat16(sm.M[(idx >> 6) * kLa + (idx & 63)]);
+    for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
+  }
+  __syncthreads();
+
+  // 4. T = X Diag(β) (hi + lo) and (K ⊙ e^Γ)ᵀ.
+  for (int idx = tid; idx < C * C; idx += 256) {
+    const int i = idx >> 6, j = idx & 63;
+    split_bf16(sm.X[i * kLa + j] * sm.beta[j], sm.u.wu.T_hi[i * kLdT + j], sm.u.wu.T_lo[i * kLdT + j]);
+  }
+  for (int idx = tid; idx < C * D; idx += 256) {
+    const int d = idx >> 6, j = idx & 63;
+    sm.u.wu.KeT[d * kLdT + j] =
+        __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
+  }
+  __syncthreads();
+
+  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+#pragma unroll 1
+  for (int which = 0; which < 2; ++which) {
+    const bf16* Bop = which == 0 ? sm.u.wu.KeT : sm.VT;
+    bf16* out = which == 0 ? oW : oU;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+      float acc[2][4] = {};
+      for (int kt = 0; kt <= mt; ++kt) {
+        uint32_t ah[4], al[4];
+        load_a(ah, sm.u.wu.T_hi, kLdT, 16 * mt, 16 * kt, lane);
+        load_a(al, sm.u.wu.T_lo, kLdT, 16 * mt, 16 * kt, lane);
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          uint32_t bfr[2];
+          load_b(bfr, Bop, kLdT, 8 * (2 * warp + n), 16 * kt, lane);
+          mma16816(acc[n], ah, bfr);
+          mma16816(acc[n], al, bfr);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
+          *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
+              __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
+        }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inter-chunk kernel (tensor cores).
+struct InterStage {
+  bf16 W[64 * kLdW];
+  bf16 Q[64 * kLdW];
+  bf16 KrT[128 * kLdT];
+  bf16 M[64 * kLdT];
+  bf16 U[64 * kLdU];
+  float gl[128];
+};
+struct InterSmem {
+  InterStage stage[2];
+  bf16 st_hi[kInterCols * kLdW], st_lo[kInterCols * kLdW];  // Sᵀ slice [col][d]
+  bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
+};
+
 __device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* rec, int c0,
                                            int tid) {
   for (int i = tid; i < 64 * 16; i += 128) {  // W, Q: 64 rows × 16 × 16 B
@@ -247,11 +366,6 @@ __device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* 
     cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
   }
   if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
-}
-
-__device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
-  hi = __float2bfloat16(x);
-  lo = __float2bfloat16(x - __bfloat162float(hi));
 }
 
 __global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanParams p,
