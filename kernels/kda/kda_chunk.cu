@@ -44,7 +44,7 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
-    kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), 256, kda::kIntraSmem, stream>>>(
+    kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads, kda::kIntraSmem, stream>>>(
         p, a.chunk_seq, a.chunk_start, ws);
     KIMI_CHECK_LAUNCH();
   }
@@ -52,8 +52,8 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
   constexpr size_t kInterSmem = sizeof(kda::InterSmem);
   CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(kInterSmem)));
-  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs), 128,
-                                kInterSmem, stream>>>(p, a.seq_first_chunk, a.chunk_start, ws);
+  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
+                                kda::kInterThreads, kInterSmem, stream>>>(p, a.seq_first_chunk, a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
 }
 

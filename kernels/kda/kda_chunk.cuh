@@ -123,8 +123,9 @@ struct IntraSmem {
   } u;
 };
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
+constexpr int kIntraThreads = 512, kIntraWarps = kIntraThreads / 32;
 
-__global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanParams p,
+__global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const KdaScanParams p,
                                                                  const int* chunk_seq,
                                                                  const int* chunk_start,
                                                                  unsigned char* ws) {
@@ -138,7 +139,7 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
-  for (int idx = tid; idx < C * 16; idx += 256) {
+  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
     const int i = idx >> 4, d0 = (idx & 15) * 8;
     uint4 kv = make_uint4(0, 0, 0, 0), qv = kv, vv = kv;
     float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
@@ -171,13 +172,18 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii); everything else starts at zero.
-  for (int idx = tid; idx < C * C; idx += 256) {
-    sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
-    sm.M[(idx >> 6) * kLa + (idx & 63)] = 0.f;
+  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii), each pair split over a quad of lanes by
+  //    channel pairs and summed by shuffles. Everything else of L, M and X starts at zero.
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
+    const int o = (idx >> 6) * kLa + (idx & 63);
+    sm.L[o] = 0.f;
+    sm.M[o] = 0.f;
+    sm.X[o] = 0.f;
   }
   __syncthreads();
-  for (int pidx = tid; pidx < 4 * 136; pidx += 256) {
+  static_assert((4 * 136 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
+  for (int item = tid; item < 4 * 136 * 4; item += kIntraThreads) {
+    const int pidx = item >> 2, quad = item & 3;
     const int a = pidx / 136;
     int r = pidx - a * 136, ii = 0;
     while (r > ii) {
@@ -189,7 +195,7 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
     const bf16 *ki = sm.K + i * kLdW, *kj = sm.K + j * kLdW, *qi = sm.Q + i * kLdW;
     float l = 0.f, m = 0.f;
 #pragma unroll 4
-    for (int d = 0; d < D; d += 2) {
+    for (int d = 2 * quad; d < D; d += 8) {
       const float2 kj2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kj + d));
       const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
       const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
@@ -197,28 +203,34 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
       l = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l));
       m = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m));
     }
-    if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
-    sm.M[i * kLa + j] = m;
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    m += __shfl_xor_sync(0xffffffffu, m, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    m += __shfl_xor_sync(0xffffffffu, m, 2);
+    if (quad == 0) {
+      if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
+      sm.M[i * kLa + j] = m;
+    }
   }
 
   // 2. Off-diagonal blocks through the reference at the end of key block b.
   for (int b = 0; b < 3; ++b) {
     const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
     __syncthreads();  // previous users of u.off are done
-    for (int idx = tid; idx < nr * D; idx += 256) {
+    for (int idx = tid; idx < nr * D; idx += kIntraThreads) {
       const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
       const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
       sm.u.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) * e);
       sm.u.off.A[(48 + ir) * kLdW + d] = __float2bfloat16(__bfloat162float(sm.Q[i * kLdW + d]) * e);
     }
-    for (int idx = tid; idx < 16 * D; idx += 256) {
+    for (int idx = tid; idx < 16 * D; idx += kIntraThreads) {
       const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
       const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
       sm.u.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
     }
     __syncthreads();
     const int mtiles = nr / 16, tiles = 2 * mtiles * 2;  // (K|Q side) × m-tiles × 2 n-tiles
-    for (int tile = warp; tile < tiles; tile += 8) {
+    for (int tile = warp; tile < tiles; tile += kIntraWarps) {
       const int side = tile / (2 * mtiles), rem = tile % (2 * mtiles);
       const int mt = rem >> 1, nt = rem & 1;
       float acc[4] = {0.f, 0.f, 0.f, 0.f};
@@ -249,27 +261,17 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
   bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
-  // 3. Solve (threads 0..63) while threads 64..255 write the outputs that need no X.
+  // 3. X = (I + L)^-1 blockwise. 3a: the 16×16 diagonal blocks by forward substitution, one
+  //    column per thread (threads 0..63), while the other threads write the outputs needing no X.
   if (tid < C) {
-    const int j = tid;
-    for (int i = 0; i < C; ++i) {
+    const int a = tid >> 4, j = tid;
+    for (int i = j; i < 16 * a + 16; ++i) {
       float x = i == j ? 1.f : 0.f;
-      if (i > j) {
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        int m = j;
-        for (; m + 3 < i; m += 4) {
-          a0 = fmaf(sm.L[i * kLa + m], sm.X[m * kLa + j], a0);
-          a1 = fmaf(sm.L[i * kLa + m + 1], sm.X[(m + 1) * kLa + j], a1);
-          a2 = fmaf(sm.L[i * kLa + m + 2], sm.X[(m + 2) * kLa + j], a2);
-          a3 = fmaf(sm.L[i * kLa + m + 3], sm.X[(m + 3) * kLa + j], a3);
-        }
-        for (; m < i; ++m) a0 = fmaf(sm.L[i * kLa + m], sm.X[m * kLa + j], a0);
-        x = -((a0 + a1) + (a2 + a3));
-      }
+      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLa + j], x);
       sm.X[i * kLa + j] = x;
     }
   } else {
-    const int t = tid - C, nt = 256 - C;
+    const int t = tid - C, nt = kIntraThreads - C;
     for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
       const int i = idx >> 6, d = (idx & 63) * 2;
       const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
@@ -286,43 +288,65 @@ __global__ void __launch_bounds__(256, 1) kda_chunk_intra_kernel(const KdaScanPa
   }
   __syncthreads();
 
+  // 3b. Off-diagonal blocks by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
+  //     (every X[m, ·] needed is known from smaller δ). The partial products go through u.off.
+  float* tmp = reinterpret_cast<float*>(sm.u.off.A);  // [3][16][16]
+  for (int delta = 1; delta < 4; ++delta) {
+    const int nblk = 4 - delta;
+    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
+      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      float acc = 0.f;
+      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLa + 16 * b + cc], acc);
+      tmp[e] = acc;
+    }
+    __syncthreads();
+    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
+      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      float acc = 0.f;
+      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLa + 16 * a + m], tmp[(b << 8) + (m << 4) + cc], acc);
+      sm.X[(16 * a + r) * kLa + 16 * b + cc] = -acc;
+    }
+    __syncthreads();
+  }
+
   // 4. T = X Diag(β) (hi + lo) and (K ⊙ e^Γ)ᵀ.
-  for (int idx = tid; idx < C * C; idx += 256) {
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
     const int i = idx >> 6, j = idx & 63;
     split_bf16(sm.X[i * kLa + j] * sm.beta[j], sm.u.wu.T_hi[i * kLdT + j], sm.u.wu.T_lo[i * kLdT + j]);
   }
-  for (int idx = tid; idx < C * D; idx += 256) {
+  for (int idx = tid; idx < C * D; idx += kIntraThreads) {
     const int d = idx >> 6, j = idx & 63;
     sm.u.wu.KeT[d * kLdT + j] =
         __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
   }
   __syncthreads();
 
-  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tile w.
+  static_assert(kIntraWarps == 16, "phase 5 maps one column tile per warp");
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
     const bf16* Bop = which == 0 ? sm.u.wu.KeT : sm.VT;
     bf16* out = which == 0 ? oW : oU;
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
-      float acc[2][4] = {};
+      float acc[1][4] = {};
       for (int kt = 0; kt <= mt; ++kt) {
         uint32_t ah[4], al[4];
         load_a(ah, sm.u.wu.T_hi, kLdT, 16 * mt, 16 * kt, lane);
         load_a(al, sm.u.wu.T_lo, kLdT, 16 * mt, 16 * kt, lane);
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
+        for (int n = 0; n < 1; ++n) {
           uint32_t bfr[2];
-          load_b(bfr, Bop, kLdT, 8 * (2 * warp + n), 16 * kt, lane);
+          load_b(bfr, Bop, kLdT, 8 * (warp + n), 16 * kt, lane);
           mma16816(acc[n], ah, bfr);
           mma16816(acc[n], al, bfr);
         }
       }
 #pragma unroll
-      for (int n = 0; n < 2; ++n)
+      for (int n = 0; n < 1; ++n)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
+          const int i = 16 * mt + g8 + 8 * half, d = 8 * (warp + n) + t2;
           *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
               __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
         }
@@ -346,32 +370,36 @@ struct InterSmem {
   bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
 };
 
+constexpr int kInterThreads = 256;  // 8 warps
+
 __device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* rec, int c0,
                                            int tid) {
-  for (int i = tid; i < 64 * 16; i += 128) {  // W, Q: 64 rows × 16 × 16 B
+  for (int i = tid; i < 64 * 16; i += kInterThreads) {  // W, Q: 64 rows × 16 × 16 B
     const int r = i >> 4, q = i & 15;
     cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
     cp_async16(st.Q + r * kLdW + q * 8, rec + ChunkRec::kQ + r * 256 + q * 16);
   }
-  for (int i = tid; i < 128 * 8; i += 128) {  // KrT: 128 rows × 8 × 16 B
+  for (int i = tid; i < 128 * 8; i += kInterThreads) {  // KrT: 128 rows × 8 × 16 B
     const int r = i >> 3, q = i & 7;
     cp_async16(st.KrT + r * kLdT + q * 8, rec + ChunkRec::kKrT + r * 128 + q * 16);
   }
-  for (int i = tid; i < 64 * 8; i += 128) {  // M: 64 rows × 8 × 16 B
+  for (int i = tid; i < 64 * 8; i += kInterThreads) {  // M: 64 rows × 8 × 16 B
     const int r = i >> 3, q = i & 7;
     cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
   }
-  for (int i = tid; i < 64 * 4; i += 128) {  // U columns [c0, c0 + 32): 64 rows × 4 × 16 B
+  for (int i = tid; i < 64 * 4; i += kInterThreads) {  // U columns [c0, c0 + 32): 64 rows × 4 × 16 B
     const int r = i >> 2, q = i & 3;
     cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
   }
   if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
 }
 
-__global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanParams p,
-                                                                 const int* seq_first_chunk,
-                                                                 const int* chunk_start,
-                                                                 const unsigned char* ws) {
+// Warp roles: for V', O (64 tokens × 32 columns) warp w takes token rows 16·(w & 3) and column
+// tiles 2·(w >> 2) + {0, 1}; for the state (128 keys × 32 columns) key rows [16w, 16w + 16).
+__global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const KdaScanParams p,
+                                                                           const int* seq_first_chunk,
+                                                                           const int* chunk_start,
+                                                                           const unsigned char* ws) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   InterSmem& sm = *reinterpret_cast<InterSmem*>(smem_raw);
@@ -382,18 +410,14 @@ __global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanPa
   const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
   const int seq_end = p.cu_seqlens[sq + 1];
   float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
+  const int rt = w & 3, nb = 2 * (w >> 2);  // token row tile, first column tile (V', O)
 
-  // State slice in accumulator layout: warp w owns key rows [32w, 32w + 32).
-  float s[2][4][4];
+  float s[4][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = c0 + 8 * nt + t2 + (e & 1);
-        s[mt][nt][e] = S[d * D + col];
-      }
+    for (int e = 0; e < 4; ++e)
+      s[nt][e] = S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)];
 
   auto rec_of = [&](int c) { return ws + (size_t(first + c) * H + h) * ChunkRec::kBytes; };
   if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
@@ -402,59 +426,56 @@ __global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanPa
     const InterStage& st = sm.stage[c & 1];
     if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
     cp_async_commit();
-    // Sᵀ as bf16 hi/lo for the B operands.
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt)
+    for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
-          split_bf16(s[mt][nt][e], sm.st_hi[col * kLdW + d], sm.st_lo[col * kLdW + d]);
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int d = 16 * w + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
+        split_bf16(s[nt][e], sm.st_hi[col * kLdW + d], sm.st_lo[col * kLdW + d]);
+      }
     cp_async_wait<1>();
     __syncthreads();
 
-    // V' = U − W S and O = Q S for token rows [16w, 16w + 16).
-    const int r0 = 16 * w;
-    float av[4][4] = {}, ao[4][4] = {};
+    // V' = U − W S and O = Q S.
+    const int r0 = 16 * rt;
+    float av[2][4] = {}, ao[2][4] = {};
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       uint32_t aw[4], aq[4];
       load_a(aw, st.W, kLdW, r0, 16 * kk, lane);
       load_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int n = 0; n < 2; ++n) {
         uint32_t bh[2], bl[2];
-        load_b(bh, sm.st_hi, kLdW, 8 * nt, 16 * kk, lane);
-        load_b(bl, sm.st_lo, kLdW, 8 * nt, 16 * kk, lane);
-        mma16816(av[nt], aw, bh);
-        mma16816(av[nt], aw, bl);
-        mma16816(ao[nt], aq, bh);
-        mma16816(ao[nt], aq, bl);
+        load_b(bh, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
+        load_b(bl, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
+        mma16816(av[n], aw, bh);
+        mma16816(av[n], aw, bl);
+        mma16816(ao[n], aq, bh);
+        mma16816(ao[n], aq, bl);
       }
     }
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int row = r0 + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
-        const float vp = __bfloat162float(st.U[row * kLdU + col]) - av[nt][e];
+        const int row = r0 + g + 8 * (e >> 1), col = 8 * (nb + n) + t2 + (e & 1);
+        const float vp = __bfloat162float(st.U[row * kLdU + col]) - av[n][e];
         split_bf16(vp, sm.vt_hi[col * kLdT + row], sm.vt_lo[col * kLdT + row]);
       }
     __syncthreads();
 
     // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
-    for (int kt = 0; kt <= w; ++kt) {
+    for (int kt = 0; kt <= rt; ++kt) {
       uint32_t am[4];
       load_a(am, st.M, kLdT, r0, 16 * kt, lane);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int n = 0; n < 2; ++n) {
         uint32_t bh[2], bl[2];
-        load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
-        load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
-        mma16816(ao[nt], am, bh);
-        mma16816(ao[nt], am, bl);
+        load_b(bh, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
+        load_b(bl, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
+        mma16816(ao[n], am, bh);
+        mma16816(ao[n], am, bl);
       }
     }
     const int t0 = chunk_start[first + c];
@@ -463,36 +484,32 @@ __global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanPa
       const int tok = t0 + r0 + g + 8 * half;
       if (tok < seq_end) {
 #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          __nv_bfloat162 v2 = __floats2bfloat162_rn(ao[nt][2 * half], ao[nt][2 * half + 1]);
-          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * nt + t2) = v2;
-        }
+        for (int n = 0; n < 2; ++n)
+          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) + t2) =
+              __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
       }
     }
 
     // S ← Diag(e^{Γlast}) S + Krᵀ V'.
+    const float gl0 = st.gl[16 * w + g], gl1 = st.gl[16 * w + g + 8];
 #pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      const float gl0 = st.gl[32 * w + 16 * mt + g], gl1 = st.gl[32 * w + 16 * mt + g + 8];
+    for (int nt = 0; nt < 4; ++nt) {
+      s[nt][0] *= gl0;
+      s[nt][1] *= gl0;
+      s[nt][2] *= gl1;
+      s[nt][3] *= gl1;
+    }
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt) {
+      uint32_t ak[4];
+      load_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt) {
-        s[mt][nt][0] *= gl0;
-        s[mt][nt][1] *= gl0;
-        s[mt][nt][2] *= gl1;
-        s[mt][nt][3] *= gl1;
-      }
-#pragma unroll
-      for (int kt = 0; kt < 4; ++kt) {
-        uint32_t ak[4];
-        load_a(ak, st.KrT, kLdT, 32 * w + 16 * mt, 16 * kt, lane);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          uint32_t bh[2], bl[2];
-          load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
-          load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
-          mma16816(s[mt][nt], ak, bh);
-          mma16816(s[mt][nt], ak, bl);
-        }
+        uint32_t bh[2], bl[2];
+        load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+        load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+        mma16816(s[nt], ak, bh);
+        mma16816(s[nt], ak, bl);
       }
     }
     __syncthreads();
@@ -500,14 +517,10 @@ __global__ void __launch_bounds__(128, 1) kda_chunk_inter_kernel(const KdaScanPa
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int mt = 0; mt < 2; ++mt)
+  for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int d = 32 * w + 16 * mt + g + 8 * (e >> 1), col = c0 + 8 * nt + t2 + (e & 1);
-        S[d * D + col] = s[mt][nt][e];
-      }
+    for (int e = 0; e < 4; ++e)
+      S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)] = s[nt][e];
 }
 
 }  // namespace kimi::cuda::kda
