@@ -97,7 +97,7 @@ double copy_ceiling_gbs() {
 }
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %6s %6s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
+  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
               "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   for (int B : {1, 8, 64, 256}) {
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
@@ -135,8 +135,10 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.state = state.data();
     p.y = y.data();
     const double bytes = double(B) * H * D * D * 4 * 2;
-    for (int cols : {0, 16, 32}) {
+    for (int variant : {0, 16, 32, 33}) {  // 33: 32 columns with S staged in shared memory
+      const int cols = variant == 33 ? 32 : variant;
       p.cols_per_cta = cols;
+      p.smem_state = variant == 33 ? 1 : (variant == 0 ? -1 : 0);
       const double ms = median_ms(
           [&](int i) {
             p.slots = d_slots.data() + size_t(i % rot) * B;
@@ -164,8 +166,8 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
-      std::printf("%-10s %6d %6s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
+      std::printf("%-10s %6d %7s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  variant == 33 ? "32smem" : cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
                   gms * 1e3, ggbs, 100 * ggbs / ceiling);
     }
   }

@@ -45,16 +45,6 @@ constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 di
 constexpr int kLdT = 72;   // bf16 rows of 64, padded
 constexpr int kLdU = 40;   // bf16 rows of 32, padded
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
                                          const uint32_t (&b)[2]) {
   asm volatile(
@@ -426,6 +416,9 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
     const InterStage& st = sm.stage[c & 1];
     if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
     cp_async_commit();
+    if (tid == 0 && c + 2 < nchunks)  // one more chunk ahead into L2 (the stage copy hits L2 then)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rec_of(c + 2)),
+                   "r"(unsigned(ChunkRec::kBytes)));
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)
 #pragma unroll

@@ -25,8 +25,10 @@
 
 namespace kimi::cuda::kda {
 
-template <int kCols>
-__global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParams p) {
+// kSmemState: S goes to shared memory by cp.async instead of registers (32 fewer registers, so
+// more CTAs and more bytes in flight per multiprocessor).
+template <int kCols, bool kSmemState>
+__global__ void __launch_bounds__(128, kSmemState ? 12 : 8) kda_decode_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;              // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -40,6 +42,7 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   __shared__ float sm_red3[4][3];
   __shared__ float sm_part;
   __shared__ bf16 sm_conv[3][kCols][3];  // new conv state of this CTA's q, k, v channels
+  __shared__ __align__(16) float4 sm_s[kSmemState ? kPasses * 128 : 1];
 
   const int rank = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -54,10 +57,22 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   // 1. Issue the state loads first; the prep below runs while they are in flight.
   float* S = p.state + (size_t(slot) * H + h) * D * D + c0;
   const int col4 = tid % kTpr, row0 = tid / kTpr;
-  float4 s[kPasses];
+  float4 s_reg[kSmemState ? 1 : kPasses];
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i)
-    s[i] = __ldcs(reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4);
+  for (int i = 0; i < kPasses; ++i) {
+    const float4* src = reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4;
+    if constexpr (kSmemState)
+      cp_async16(&sm_s[i * 128 + tid], src);
+    else
+      s_reg[i] = __ldcs(src);
+  }
+  if constexpr (kSmemState) cp_async_commit();
+  auto s = [&](int i) -> float4 {
+    if constexpr (kSmemState)
+      return sm_s[i * 128 + tid];
+    else
+      return s_reg[i];
+  };
 
   float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns, loaded early
   if (tid < kCols) {
@@ -120,12 +135,14 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   __syncthreads();
 
   // 3. Column sums a_j, c_j over this thread's rows, then over the lanes and warps of one column.
+  if constexpr (kSmemState) cp_async_wait<0>();  // each thread reads back only its own copies
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int row = i * kRowsPerPass + row0;
-    a = fma4(sm_ak[row], s[i], a);
-    c = fma4(sm_aq[row], s[i], c);
+    const float4 si = s(i);
+    a = fma4(sm_ak[row], si, a);
+    c = fma4(sm_aq[row], si, c);
   }
 #pragma unroll
   for (int off = kTpr; off < 32; off <<= 1) {
@@ -173,11 +190,12 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   for (int i = 0; i < kPasses; ++i) {
     const int row = i * kRowsPerPass + row0;
     const float al = sm_a[row], kk = sm_k[row];
+    const float4 si = s(i);
     float4 n;
-    n.x = fmaf(al, s[i].x, kk * br4.x);
-    n.y = fmaf(al, s[i].y, kk * br4.y);
-    n.z = fmaf(al, s[i].z, kk * br4.z);
-    n.w = fmaf(al, s[i].w, kk * br4.w);
+    n.x = fmaf(al, si.x, kk * br4.x);
+    n.y = fmaf(al, si.y, kk * br4.y);
+    n.z = fmaf(al, si.z, kk * br4.z);
+    n.w = fmaf(al, si.w, kk * br4.w);
     __stcs(reinterpret_cast<float4*>(S + size_t(row) * D) + col4, n);
   }
   if (tid < kCols) {
@@ -200,7 +218,7 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
-template <int kCols>
+template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda::kda

@@ -5,9 +5,8 @@
 //   q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ← k/sqrt(Σk²+1e-6)
 //   g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b)
 //   Layouts: x [T, C] (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32 out. Launch: ceil(ceil(T/8)·H/4) CTAs of 128 threads; one warp per (head,
-//   8 consecutive tokens), 4 channels per lane (8- and 16-byte accesses), conv weights and the
-//   sliding window in registers, sums by shuffles (no block barrier).
+//   beta [T, H] fp32 out. Launch: ceil(T·H/4) CTAs of 128 threads, one warp per (token, head),
+//   4 channels per lane (8- and 16-byte accesses); the 3 earlier tokens are re-read (L2 hits).
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -33,99 +32,62 @@ __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   *reinterpret_cast<uint2*>(p) = v;
 }
 
-constexpr int kPrepTokens = 8;  // consecutive tokens per warp: weights and window stay in registers
-
 __global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
   constexpr int D = kKdaD;
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
   const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  const int nblk = (p.num_tokens + kPrepTokens - 1) / kPrepTokens;
-  if (row >= nblk * H) return;
-  const int tb = row / H, h = row - tb * H, d0 = 4 * lane;
-  const int t_begin = tb * kPrepTokens, t_end = min(p.num_tokens, t_begin + kPrepTokens);
-  float w[3][4][4];  // [part][channel][tap]
+  if (row >= p.num_tokens * H) return;
+  const int t = row / H, h = row - t * H, d0 = 4 * lane;
+  const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
+  const int start = p.cu_seqlens[s], pos = t - start;
+  float u[3][4];
 #pragma unroll
-  for (int part = 0; part < 3; ++part)
+  for (int part = 0; part < 3; ++part) {
+    const int ch0 = part * HD + h * D + d0;
+    float x[4][4];  // [tap][channel]
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int idx = pos + i;  // index into concat(conv state, inputs)
+      if (idx >= 3) {
+        load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
+      } else {
+        const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
+      }
+    }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float4 v = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(part * HD + h * D + d0 + e) * 4);
-      w[part][e][0] = v.x;
-      w[part][e][1] = v.y;
-      w[part][e][2] = v.z;
-      w[part][e][3] = v.w;
+      const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
+      u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
     }
+  }
+  float sq = 0.f, sk = 0.f;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    sq += u[0][e] * u[0][e];
+    sk += u[1][e] * u[1][e];
+  }
+  sq = warp_sum(sq);
+  sk = warp_sum(sk);
+  const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f, rk = 1.f / sqrtf(sk + kKdaL2Eps);
+  const size_t o = size_t(t) * HD + h * D + d0;
+  float qn[4], kn[4], f[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    qn[e] = u[0][e] * rq;
+    kn[e] = u[1][e] * rk;
+  }
+  store4(p.q + o, qn);
+  store4(p.k + o, kn);
+  store4(p.v + o, u[2]);
+  load4(p.f + o, f);
   const float neg_a = -expf(p.w.A_log[h]);
   const float4 db = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
-  int s = find_seq(p.cu_seqlens, p.num_seqs, t_begin);
-  int start = p.cu_seqlens[s], end = p.cu_seqlens[s + 1];
-  float prev[3][3][4];  // [part][tap (oldest first)][channel]
-  bool have_prev = false;
-  for (int t = t_begin; t < t_end; ++t) {
-    while (t >= end) {  // next sequence (skips empty ones)
-      ++s;
-      start = end;
-      end = p.cu_seqlens[s + 1];
-      have_prev = false;
-    }
-    const int pos = t - start;
-    if (!have_prev) {  // taps 0..2 = concat(conv state, inputs)[pos .. pos + 2]
-#pragma unroll
-      for (int part = 0; part < 3; ++part) {
-        const int ch0 = part * HD + h * D + d0;
-#pragma unroll
-        for (int i = 0; i < 3; ++i) {
-          const int idx = pos + i;
-          if (idx >= 3) {
-            load4(p.qkv + size_t(start + idx - 3) * C + ch0, prev[part][i]);
-          } else {
-            const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) prev[part][i][e] = to_f(st[e * 3]);
-          }
-        }
-      }
-      have_prev = true;
-    }
-    float u[3][4];
-#pragma unroll
-    for (int part = 0; part < 3; ++part) {
-      float x[4];
-      load4(p.qkv + size_t(t) * C + part * HD + h * D + d0, x);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        u[part][e] = silu(w[part][e][0] * prev[part][0][e] + w[part][e][1] * prev[part][1][e] +
-                          w[part][e][2] * prev[part][2][e] + w[part][e][3] * x[e]);
-        prev[part][0][e] = prev[part][1][e];
-        prev[part][1][e] = prev[part][2][e];
-        prev[part][2][e] = x[e];
-      }
-    }
-    float sq = 0.f, sk = 0.f;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      sq += u[0][e] * u[0][e];
-      sk += u[1][e] * u[1][e];
-    }
-    sq = warp_sum(sq);
-    sk = warp_sum(sk);
-    const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f;
-    const float rk = 1.f / sqrtf(sk + kKdaL2Eps);
-    const size_t o = size_t(t) * HD + h * D + d0;
-    float qn[4], kn[4], f[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      qn[e] = u[0][e] * rq;
-      kn[e] = u[1][e] * rk;
-    }
-    store4(p.q + o, qn);
-    store4(p.k + o, kn);
-    store4(p.v + o, u[2]);
-    load4(p.f + o, f);
-    *reinterpret_cast<float4*>(p.g + o) =
-        make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
-                    neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
-    if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
-  }
+  *reinterpret_cast<float4*>(p.g + o) =
+      make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
+                  neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
+  if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
 }
 
 __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {

@@ -152,7 +152,7 @@ struct DeviceWeights {
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
-void run_decode_case(int B, int H, int steps, uint32_t seed) {
+void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
@@ -203,6 +203,8 @@ void run_decode_case(int B, int H, int steps, uint32_t seed) {
     p.conv_state = d_conv.data();
     p.state = d_state.data();
     p.y = d_y.data();
+    p.cols_per_cta = cols;
+    p.smem_state = smem_state;
     cuda::run_kda_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -256,6 +258,13 @@ TEST(KdaGpu, DecodeB7WithPadding) {
 TEST(KdaGpu, DecodeB64) {
   KIMI_REQUIRE_GPU();
   run_decode_case(64, 32, 3, 13);
+}
+// Every instantiation, whatever the automatic choice picks.
+TEST(KdaGpu, DecodeVariants) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(7, 32, 2, 14, 16, 0);
+  run_decode_case(7, 32, 2, 15, 32, 0);
+  run_decode_case(9, 32, 2, 16, 32, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
