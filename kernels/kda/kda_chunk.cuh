@@ -11,8 +11,8 @@
 // kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~180 KB dynamic shared memory, fp32
 //   CUDA-core math. Writes one record per (chunk, head) into the workspace (ChunkRec below); rows
 //   past a short last chunk are zero, so they contribute nothing downstream.
-// kda_chunk_inter_kernel: grid (128 / kInterCols, H, num_seqs), 128 threads (4 warps). A CTA owns
-//   kInterCols value columns of one head's state (columns of S are independent), keeps them in
+// kda_chunk_inter_kernel<kCols>: grid (128 / kCols, H, num_seqs), 256 threads (8 warps). A CTA owns
+//   kCols value columns of one head's state (columns of S are independent), keeps them in
 //   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
 //   record prefetched by cp.async into a second shared-memory stage. Products on tensor cores
 //   (mma.sync m16n8k16 bf16, fp32 accumulate); S and V' enter them as bf16 hi + lo pairs, so the
@@ -26,7 +26,6 @@
 namespace kimi::cuda::kda {
 
 constexpr int kChunk = 64;
-constexpr int kInterCols = 32;
 
 // Byte offsets inside one (chunk, head) workspace record.
 struct ChunkRec {
@@ -43,7 +42,6 @@ struct ChunkRec {
 // Shared helpers.
 constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 distinct banks
 constexpr int kLdT = 72;   // bf16 rows of 64, padded
-constexpr int kLdU = 40;   // bf16 rows of 32, padded
 
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
                                          const uint32_t (&b)[2]) {
@@ -346,7 +344,9 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
 
 // ------------------------------------------------------------------------------------------------
 // Inter-chunk kernel (tensor cores).
+template <int kCols>
 struct InterStage {
+  static constexpr int kLdU = kCols + 8;  // bf16 rows of kCols, padded
   bf16 W[64 * kLdW];
   bf16 Q[64 * kLdW];
   bf16 KrT[128 * kLdT];
@@ -354,16 +354,19 @@ struct InterStage {
   bf16 U[64 * kLdU];
   float gl[128];
 };
+template <int kCols>
 struct InterSmem {
-  InterStage stage[2];
-  bf16 st_hi[kInterCols * kLdW], st_lo[kInterCols * kLdW];  // Sᵀ slice [col][d]
-  bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
+  InterStage<kCols> stage[2];
+  bf16 st_hi[kCols * kLdW], st_lo[kCols * kLdW];  // Sᵀ slice [col][d]
+  bf16 vt_hi[kCols * kLdT], vt_lo[kCols * kLdT];  // V'ᵀ slice [col][token]
 };
 
 constexpr int kInterThreads = 256;  // 8 warps
 
-__device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* rec, int c0,
+template <int kCols>
+__device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned char* rec, int c0,
                                            int tid) {
+  constexpr int kLdU = InterStage<kCols>::kLdU, kQ = kCols / 8;
   for (int i = tid; i < 64 * 16; i += kInterThreads) {  // W, Q: 64 rows × 16 × 16 B
     const int r = i >> 4, q = i & 15;
     cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
@@ -377,34 +380,36 @@ __device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* 
     const int r = i >> 3, q = i & 7;
     cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
   }
-  for (int i = tid; i < 64 * 4; i += kInterThreads) {  // U columns [c0, c0 + 32): 64 rows × 4 × 16 B
-    const int r = i >> 2, q = i & 3;
+  for (int i = tid; i < 64 * kQ; i += kInterThreads) {  // U columns [c0, c0 + kCols)
+    const int r = i / kQ, q = i % kQ;
     cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
   }
   if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
 }
 
-// Warp roles: for V', O (64 tokens × 32 columns) warp w takes token rows 16·(w & 3) and column
-// tiles 2·(w >> 2) + {0, 1}; for the state (128 keys × 32 columns) key rows [16w, 16w + 16).
+// Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
+// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0, 16).
+template <int kCols>
 __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const KdaScanParams p,
                                                                            const int* seq_first_chunk,
                                                                            const int* chunk_start,
                                                                            const unsigned char* ws) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  InterSmem& sm = *reinterpret_cast<InterSmem*>(smem_raw);
-  const int c0 = blockIdx.x * kInterCols, h = blockIdx.y, sq = blockIdx.z;
+  constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
+  InterSmem<kCols>& sm = *reinterpret_cast<InterSmem<kCols>*>(smem_raw);
+  const int c0 = blockIdx.x * kCols, h = blockIdx.y, sq = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t2 = (lane & 3) * 2;
   const int H = p.num_heads, HD = H * D;
   const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
   const int seq_end = p.cu_seqlens[sq + 1];
   float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
-  const int rt = w & 3, nb = 2 * (w >> 2);  // token row tile, first column tile (V', O)
+  const int rt = w & 3, nb = kNH * (w >> 2);  // token row tile, first column tile (V', O)
 
-  float s[4][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
+  float s[kNT][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       s[nt][e] = S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)];
@@ -413,14 +418,14 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
   if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
   cp_async_commit();
   for (int c = 0; c < nchunks; ++c) {
-    const InterStage& st = sm.stage[c & 1];
+    const InterStage<kCols>& st = sm.stage[c & 1];
     if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
     cp_async_commit();
     if (tid == 0 && c + 2 < nchunks)  // one more chunk ahead into L2 (the stage copy hits L2 then)
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rec_of(c + 2)),
                    "r"(unsigned(ChunkRec::kBytes)));
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int d = 16 * w + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
@@ -431,14 +436,14 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
 
     // V' = U − W S and O = Q S.
     const int r0 = 16 * rt;
-    float av[2][4] = {}, ao[2][4] = {};
+    float av[kNH][4] = {}, ao[kNH][4] = {};
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       uint32_t aw[4], aq[4];
       load_a(aw, st.W, kLdW, r0, 16 * kk, lane);
       load_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
+      for (int n = 0; n < kNH; ++n) {
         uint32_t bh[2], bl[2];
         load_b(bh, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
         load_b(bl, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
@@ -449,7 +454,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       }
     }
 #pragma unroll
-    for (int n = 0; n < 2; ++n)
+    for (int n = 0; n < kNH; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = r0 + g + 8 * (e >> 1), col = 8 * (nb + n) + t2 + (e & 1);
@@ -463,7 +468,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       uint32_t am[4];
       load_a(am, st.M, kLdT, r0, 16 * kt, lane);
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
+      for (int n = 0; n < kNH; ++n) {
         uint32_t bh[2], bl[2];
         load_b(bh, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
         load_b(bl, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
@@ -477,7 +482,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       const int tok = t0 + r0 + g + 8 * half;
       if (tok < seq_end) {
 #pragma unroll
-        for (int n = 0; n < 2; ++n)
+        for (int n = 0; n < kNH; ++n)
           *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) + t2) =
               __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
       }
@@ -486,7 +491,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
     // S ← Diag(e^{Γlast}) S + Krᵀ V'.
     const float gl0 = st.gl[16 * w + g], gl1 = st.gl[16 * w + g + 8];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
       s[nt][0] *= gl0;
       s[nt][1] *= gl0;
       s[nt][2] *= gl1;
@@ -497,7 +502,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       uint32_t ak[4];
       load_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
+      for (int nt = 0; nt < kNT; ++nt) {
         uint32_t bh[2], bl[2];
         load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
         load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
@@ -510,7 +515,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)] = s[nt][e];
