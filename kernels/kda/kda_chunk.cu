@@ -49,7 +49,8 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
-  const int cols = a.inter_cols ? a.inter_cols : 64;
+  // 32 columns: 4 CTAs per head; 64 measured 1.6x slower on an H200 (docs/perf-log.md).
+  const int cols = a.inter_cols ? a.inter_cols : 32;
   KIMI_CHECK(cols == 32 || cols == 64, "inter_cols must be 0, 32 or 64, got ", a.inter_cols);
   auto launch = [&](auto kernel, size_t smem, int kcols) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
