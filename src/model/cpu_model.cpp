@@ -62,6 +62,7 @@ void CpuModel::kda_mixer(int layer, const Batch& b, const float* a, float* out) 
   cp.num_seqs = b.num_seqs();
   cp.cu_seqlens = b.cu_seqlens.data();
   cp.slots = b.slots.data();
+  cp.num_slots = cache_.num_slots;
   cp.channels = int(3 * HD);
   cp.x = qkv.data();
   cp.weight = w.conv.data();
@@ -91,6 +92,7 @@ void CpuModel::kda_mixer(int layer, const Batch& b, const float* a, float* out) 
   sp.num_seqs = b.num_seqs();
   sp.cu_seqlens = b.cu_seqlens.data();
   sp.slots = b.slots.data();
+  sp.num_slots = cache_.num_slots;
   sp.num_heads = H;
   sp.q = q.data();
   sp.k = k.data();
@@ -131,6 +133,7 @@ void CpuModel::mla_mixer(int layer, const Batch& b, const float* a, float* out) 
   wp.context_lens = b.context_lens.data();
   wp.block_tables = b.block_tables.data();
   wp.max_blocks_per_seq = b.max_blocks_per_seq;
+  wp.num_blocks = cache_.num_blocks;
   wp.latent = latent.data();
   wp.cache = mla_cache_[kind].data();
   cpu::mla_cache_write(wp);
@@ -142,6 +145,7 @@ void CpuModel::mla_mixer(int layer, const Batch& b, const float* a, float* out) 
   ap.context_lens = b.context_lens.data();
   ap.block_tables = b.block_tables.data();
   ap.max_blocks_per_seq = b.max_blocks_per_seq;
+  ap.num_blocks = cache_.num_blocks;
   ap.cache = mla_cache_[kind].data();
   ap.num_heads = H;
   ap.q = q.data();
