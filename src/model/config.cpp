@@ -107,18 +107,19 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.pad_token_id = r.int_or("pad_token_id", -1, -1, c.vocab_size - 1);
   if (r.has("eos_token_id")) {
     const json& e = j.at("eos_token_id");
-    if (e.is_number_integer()) c.eos_token_ids.push_back(r.int_or("eos_token_id", 0, 0, c.vocab_size - 1));
-    else if (e.is_array()) {
-      for (auto& x : e) {
-        if (!x.is_number_integer()) r.bad("eos_token_id", "must be an integer or a list of integers");
-        int64_t id = x.get<int64_t>();
-        if (id < 0 || id >= c.vocab_size) r.bad("eos_token_id", str(id, " is outside the vocabulary"));
-        c.eos_token_ids.push_back(int(id));
-      }
-    } else r.bad("eos_token_id", "must be an integer or a list of integers");
+    auto add_eos = [&](const json& x) {
+      if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX)))
+        r.bad("eos_token_id", "must be an integer or a list of integers");
+      int64_t id = x.get<int64_t>();
+      if (id < 0 || id >= c.vocab_size) r.bad("eos_token_id", str(id, " is outside the vocabulary"));
+      c.eos_token_ids.push_back(int(id));
+    };
+    if (e.is_array()) {
+      for (auto& x : e) add_eos(x);
+    } else {
+      add_eos(e);
+    }
   }
-  for (int id : c.eos_token_ids)
-    if (id < 0 || id >= c.vocab_size) r.bad("eos_token_id", str(id, " is outside the vocabulary"));
 
   // MLA: fixed per-head sizes, no q-LoRA, no RoPE.
   if (r.has("q_lora_rank")) r.bad("q_lora_rank", "must be null (the engine has no q-LoRA path)");
