@@ -21,7 +21,7 @@ namespace kimi {
 class Tokenizer;
 
 struct EngineOptions {
-  std::string model_dir;              // empty: the embedded default model
+  std::string model_dir;              // required (tools pass their default)
   std::string backend = "cpu";        // "cpu" or "cuda"
   int max_num_seqs = 64;              // running sequences at once
   int max_num_batched_tokens = 2048;  // token budget per step (chunked prefill)
