@@ -104,8 +104,8 @@ void bench_mla_decode(int ctx, int H, int batch, int runs) {
   p.scale = 1.f / std::sqrt(float(kMlaQkDim));
   p.out = out.data();
   const double s = median_seconds(runs, [&] { mla_attention_absorbed(p); });
-  // Each 8-head group streams the context twice (scores, then Σ p ĉ).
-  const double groups = (H + 7) / 8;
+  // Each 16-head group streams the context twice (scores, then Σ p ĉ).
+  const double groups = (H + 15) / 16;
   const double bytes = double(batch) * groups * 2 * ctx * kRow * sizeof(float);
   std::printf(
       "perf cpu mla_absorbed   decode ctx=%d H=%d batch=%d threads=%d: %7.1f tok/s  (%.2f ms, "

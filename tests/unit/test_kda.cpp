@@ -12,6 +12,7 @@
 #include "op_test_util.h"
 #include "ops/cpu/basic.h"
 #include "ops/cpu/kda.h"
+#include "ops/cpu/vec_math.h"
 
 namespace kimi::cpu {
 namespace {
@@ -367,6 +368,26 @@ TEST(KdaSmallOps, GateL2normGatedRmsnorm) {
       EXPECT_NEAR(y[r * D + d], yv, 1e-5 * (1 + std::abs(yv)));
     }
   }
+}
+
+// The vectorised exp of the chunked path against double exp: at most 2 ulp over [−87, 88].
+TEST(KdaSmallOps, ExpFastWithinTwoUlp) {
+  double worst = 0;
+  float worst_x = 0;
+  for (int i = 0; i <= 1750000; ++i) {
+    const float x = -87.f + float(i) * 1e-4f;
+    const double ref = std::exp(double(x));
+    const float y = detail::exp_fast(x);
+    const double ulp = double(std::nextafter(float(ref), INFINITY) - float(ref));
+    const double err = std::abs(double(y) - ref) / ulp;
+    if (err > worst) worst = err, worst_x = x;
+  }
+  std::printf("  exp_fast max error %.2f ulp at x = %g\n", worst, worst_x);
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(detail::exp_fast(0.f), 1.f);
+  EXPECT_EQ(detail::exp_fast(-100.f), 0.f);
+  EXPECT_EQ(detail::exp_fast(-INFINITY), 0.f);
+  EXPECT_TRUE(std::isnan(detail::exp_fast(NAN)));
 }
 
 }  // namespace
