@@ -109,6 +109,40 @@ void check_attn(const MlaAttnParams& p, const char* op, int64_t* T) {
     KIMI_CHECK(p.cache && p.q && p.kv_b && p.out, "cache, q, kv_b and out are required (", op, ")");
 }
 
+// q̃[:, g] = [W_UK(h)ᵀ q_nope | q_pe] for heads h0 .. h0 + nh − 1 of token t, stored transposed
+// as qt [576, gp]; columns nh .. gp − 1 are zero.
+void absorbed_query(const MlaAttnParams& p, int64_t t, int h0, int nh, int gp, float* qt) {
+  std::fill(qt, qt + kRow * gp, 0.f);
+  for (int g = 0; g < nh; ++g) {
+    const int h = h0 + g;
+    const float* q = p.q + (t * p.num_heads + h) * kQ;
+    const float* wuk = p.kv_b + int64_t(h) * kHeadRows * kLat;
+    alignas(64) float qa[kLat] = {};
+    for (int r = 0; r < kNope; ++r) {
+      const float qr = q[r];
+      const float* wr = wuk + r * kLat;
+#pragma omp simd
+      for (int c = 0; c < kLat; ++c) qa[c] += qr * wr[c];
+    }
+    for (int c = 0; c < kLat; ++c) qt[c * gp + g] = qa[c];
+    for (int c = 0; c < kPe; ++c) qt[(kLat + c) * gp + g] = q[kNope + c];
+  }
+}
+
+// In-place softmax of x[0], x[stride], ..., x[(n − 1)·stride] in fp32, max subtracted.
+void softmax_strided(float* x, int n, int stride) {
+  float mx = x[0];
+  for (int j = 1; j < n; ++j) mx = std::max(mx, x[j * stride]);
+  float sum = 0.f;
+  for (int j = 0; j < n; ++j) {
+    const float e = std::exp(x[j * stride] - mx);
+    x[j * stride] = e;
+    sum += e;
+  }
+  const float inv = 1.f / sum;
+  for (int j = 0; j < n; ++j) x[j * stride] *= inv;
+}
+
 }  // namespace
 
 void mla_cache_write(const MlaCacheWriteParams& p) {
@@ -149,22 +183,7 @@ void mla_attention_absorbed(const MlaAttnParams& p) {
     float* sc = w.sc.data();
     float* u = w.u.data();
 
-    // q̃[:, g] = [W_UK(h)ᵀ q_nope | q_pe], stored transposed [576, gp].
-    std::fill(qt, qt + kRow * gp, 0.f);
-    for (int g = 0; g < nh; ++g) {
-      const int h = h0 + g;
-      const float* q = p.q + (t * H + h) * kQ;
-      const float* wuk = p.kv_b + int64_t(h) * kHeadRows * kLat;
-      alignas(64) float qa[kLat] = {};
-      for (int r = 0; r < kNope; ++r) {
-        const float qr = q[r];
-        const float* wr = wuk + r * kLat;
-#pragma omp simd
-        for (int c = 0; c < kLat; ++c) qa[c] += qr * wr[c];
-      }
-      for (int c = 0; c < kLat; ++c) qt[c * gp + g] = qa[c];
-      for (int c = 0; c < kPe; ++c) qt[(kLat + c) * gp + g] = q[kNope + c];
-    }
+    absorbed_query(p, t, h0, nh, gp, qt);
     // Scores block by block: sc[j, :] = cache_j · q̃ (a cache block holds 64 contiguous rows).
     // The 576-long sums run as 9 partial GEMMs of 64: shorter sequential sums, smaller rounding.
     for (int j0 = 0; j0 < len; j0 += kMlaBlockSize) {
@@ -179,19 +198,7 @@ void mla_attention_absorbed(const MlaAttnParams& p) {
                                    gp, sc + j0 * gp, gp, c0 == 0);
       }
     }
-    // Softmax per head in fp32, max subtracted.
-    for (int g = 0; g < nh; ++g) {
-      float mx = sc[g];
-      for (int j = 1; j < len; ++j) mx = std::max(mx, sc[j * gp + g]);
-      float sum = 0.f;
-      for (int j = 0; j < len; ++j) {
-        const float e = std::exp(sc[j * gp + g] - mx);
-        sc[j * gp + g] = e;
-        sum += e;
-      }
-      const float inv = 1.f / sum;
-      for (int j = 0; j < len; ++j) sc[j * gp + g] *= inv;
-    }
+    for (int g = 0; g < nh; ++g) softmax_strided(sc + g, len, gp);
     // u[g, :] = Σ_j p[j, g] ĉ_j, block by block.
     for (int j0 = 0; j0 < len; j0 += kMlaBlockSize) {
       const int rows = std::min(kMlaBlockSize, len - j0);
@@ -239,22 +246,16 @@ void mla_attention_expanded(const MlaAttnParams& p) {
         const int64_t t = p.cu_seqlens[s] + i;
         const int len = ctx - n_new + i + 1;
         const float* q = p.q + (t * H + h) * kQ;
-        float mx = -INFINITY;
         for (int j = 0; j < len; ++j) {
           const float* kpe = cache_row(p.cache, table, j) + kLat;
           sc[j] = p.scale * (dot<kNope>(q, kn.data() + (size_t(j) * H + h) * kNope) +
                              dot<kPe>(q + kNope, kpe));
-          mx = std::max(mx, sc[j]);
         }
-        float sum = 0.f;
-        for (int j = 0; j < len; ++j) {
-          sc[j] = std::exp(sc[j] - mx);
-          sum += sc[j];
-        }
+        softmax_strided(sc.data(), len, 1);
         float* o = p.out + (t * H + h) * kV;
         std::fill(o, o + kV, 0.f);
         for (int j = 0; j < len; ++j) {
-          const float pj = sc[j] / sum;
+          const float pj = sc[j];
           const float* v = vv.data() + (size_t(j) * H + h) * kV;
           for (int r = 0; r < kV; ++r) o[r] += pj * v[r];
         }
