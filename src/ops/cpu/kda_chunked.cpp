@@ -47,8 +47,8 @@ struct alignas(64) ChunkWork {
   float lm[C][C];           // L (strictly lower part used)
   float mm[C][C];           // M (lower incl. diagonal; upper kept zero for the triangular GEMM)
   float asub[kSub][2 * D];  // [k_i ⊙ exp(Γ_i − r) | q_i ⊙ exp(Γ_i − r)], rows of sub-chunk I
-  float bt[D][C];  // bt[d][j] = k_j[d] · exp(r[d] − Γ_j[d]), columns j before sub-chunk I
-  float e[D];
+  float bt[D][C];           // bt[d][j] = k_j[d] · exp(r[d] − Γ_j[d]), j before sub-chunk I
+  float e[D];               // one row of exp factors
 };
 
 ChunkWork& thread_work() {
@@ -126,8 +126,8 @@ void chunk_step(ChunkWork& w, int n, const float* q, const float* k, const float
 
   build_lm(w, n, q, k, beta, ld, beta_ld);
 
-  // Right-hand sides Diag(β)[K ⊙ exp Γ | V] (exp Γ_i = exp(Γ_i − Γ_start), Γ_start = 0) and Q ⊙ exp
-  // Γ.
+  // Right-hand sides Diag(β)[K ⊙ exp Γ | V], and Q ⊙ exp Γ. Here exp Γ_i is the difference form
+  // exp(Γ_i − Γ_start) with Γ_start = 0, so it is ≤ 1 as well.
   for (int i = 0; i < n; ++i) {
     const float* qi = q + i * ld;
     const float* ki = k + i * ld;
