@@ -18,7 +18,6 @@
 // written in place with row stride H·128.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <memory>
 
 #include "core/check.h"
@@ -45,7 +44,7 @@ struct alignas(64) ChunkWork {
   float kl[C][D];           // k_i ⊙ exp(Γ_last − Γ_i)
   float wu[C][2 * D];       // [W | U], then [W | V']
   float lm[C][C];           // L (strictly lower part used)
-  float mm[C][C];           // M (lower incl. diagonal; upper kept zero for the triangular GEMM)
+  float mm[C][C];           // M (lower part incl. diagonal used)
   float asub[kSub][2 * D];  // [k_i ⊙ exp(Γ_i − r) | q_i ⊙ exp(Γ_i − r)], rows of sub-chunk I
   float bt[D][C];           // bt[d][j] = k_j[d] · exp(r[d] − Γ_j[d]), j before sub-chunk I
   float e[D];               // one row of exp factors
@@ -67,7 +66,6 @@ inline float dot(const float* a, const float* b) {
 // L and M for the n tokens of one chunk; q, k have row stride ld.
 void build_lm(ChunkWork& w, int n, const float* q, const float* k, const float* beta, int64_t ld,
               int64_t beta_ld) {
-  std::memset(w.mm, 0, sizeof(float) * C * n);
   for (int i0 = 0; i0 < n; i0 += kSub) {
     const int i1 = std::min(n, i0 + kSub);
     // Diagonal block: exp of the masked differences, j ≤ i only.

@@ -6,8 +6,9 @@
 //   A(i, p) = a[i·a_rs + p·a_cs]  (strides let the caller pass Aᵀ without a copy)
 //   B, C row-major with leading dimensions ldb, ldc; n must be a multiple of the tile width NR
 //   (16 by default, 8 for narrow products).
-//   lower: A is lower-triangular (A(i, p) = 0 for p > i, zeros stored), so rows i0..i0+MR-1
-//   only need p < i0 + MR. Summation order over p is sequential, so results are deterministic.
+//   lower: A is lower-triangular; row i sums over p ≤ i only and never reads A(i, p > i) or the
+//   rows of B past i, so a NaN in a later row of B cannot reach an earlier row of C.
+//   Summation order over p is sequential, so results are deterministic.
 #pragma once
 
 #include <algorithm>
@@ -55,10 +56,20 @@ inline void gemm(int m, int n, int k, float alpha, const float* a, int64_t a_rs,
   KIMI_CHECK(n % NR == 0, "gemm: n = ", n, " is not a multiple of ", NR);
   int i = 0;
   for (; i + kGemmMr <= m; i += kGemmMr) {
-    const int kend = lower ? std::min(k, i + kGemmMr) : k;
+    // lower: the full-width part p < i here, then the triangle i ≤ p ≤ i + r row by row.
+    const int kend = lower ? std::min(k, i) : k;
     for (int j = 0; j < n; j += NR)
       gemm_tile<kGemmMr, NR>(kend, a + i * a_rs, a_rs, a_cs, b + j, ldb, c + i * ldc + j, ldc,
                              alpha, overwrite);
+    if (lower)
+      for (int r = 0; r < kGemmMr; ++r)
+        for (int pp = i; pp <= std::min(k - 1, i + r); ++pp) {
+          const float av = alpha * a[(i + r) * a_rs + pp * a_cs];
+          const float* br = b + pp * ldb;
+          float* cr = c + (i + r) * ldc;
+#pragma omp simd
+          for (int j = 0; j < n; ++j) cr[j] += av * br[j];
+        }
   }
   for (; i < m; ++i) {
     const int kend = lower ? std::min(k, i + 1) : k;
