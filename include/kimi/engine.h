@@ -1,0 +1,145 @@
+// The engine API that server/ and tools/ use. submit() a request, read its events from the
+// handle (blocking, thread-safe), cancel() it any time. One engine loop thread owns the model
+// and runs continuous batching (src/runtime/).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "runtime/sampler.h"
+
+namespace kimi {
+
+class Tokenizer;
+
+struct EngineOptions {
+  std::string model_dir;              // required (tools pass their default)
+  std::string backend = "cpu";        // "cpu" or "cuda"
+  int max_num_seqs = 64;              // running sequences at once
+  int max_num_batched_tokens = 2048;  // token budget per step (chunked prefill)
+  int64_t max_model_len = 0;          // 0: the config's model_max_length, capped by memory
+  int num_blocks = 0;                 // MLA cache blocks; 0: sized from memory
+  double memory_fraction = 0.9;       // of free device memory for the caches (GPU)
+  int64_t cpu_cache_bytes = int64_t(2) << 30;  // cache budget on the CPU backend
+  int tensor_parallel_size = 1;
+};
+
+enum class FinishReason { kNone, kStop, kLength, kToolCalls, kCancelled, kError };
+const char* finish_reason_name(FinishReason r);  // "stop", "length", ...
+
+struct TokenLogprob {
+  int id = 0;
+  float logprob = 0.f;
+  std::vector<std::pair<int, float>> top;  // top_logprobs alternatives, best first
+};
+
+struct Request {
+  std::vector<int> prompt_ids;
+  SamplingParams sampling;
+  bool seed_given = false;            // otherwise the engine draws sampling.seed
+  int max_tokens = 16;                // < 0: up to the context length
+  bool ignore_eos = false;
+  std::vector<std::string> stop;      // stop strings, matched on the decoded text
+  std::vector<int> stop_token_ids;    // besides the model's eos ids
+  bool include_stop_str_in_output = false;
+  bool skip_special_tokens = true;    // in the text deltas
+  int n = 1;                          // samples sharing the prompt's prefill
+  int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
+};
+
+struct GenerationEvent {
+  int index = 0;                      // which of the n samples
+  std::vector<int> token_ids;         // new tokens
+  std::string text;                   // new text (whole UTF-8 characters, stop-aware)
+  std::vector<TokenLogprob> logprobs; // one per new token, when asked
+  FinishReason finish = FinishReason::kNone;
+  std::string stop_reason;            // the stop string or token that ended it
+  std::string error;                  // for kError
+};
+
+struct Usage {
+  int prompt_tokens = 0;
+  int completion_tokens = 0;
+};
+
+// Events of one request, in order. The engine pushes; the client pops.
+class RequestHandle {
+ public:
+  explicit RequestHandle(uint64_t id, int n) : id_(id), open_(n) {}
+  uint64_t id() const { return id_; }
+  // Waits for the next event; nullopt once every sample has finished and all events were read,
+  // or when the timeout passes (check done()).
+  std::optional<GenerationEvent> next(std::chrono::milliseconds timeout = std::chrono::hours(24));
+  bool done() const;
+  Usage usage() const;
+  // Engine side.
+  void push(GenerationEvent ev);
+  void add_usage(int prompt, int completion);
+
+ private:
+  const uint64_t id_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<GenerationEvent> events_;
+  int open_;  // samples not yet finished
+  Usage usage_;
+};
+
+// Cumulative histogram as Prometheus exposes it: counts[i] = observations <= bounds[i]
+// (non-cumulative per bucket here; the exporter accumulates), plus the +Inf bucket, sum, count.
+struct Histogram {
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // bounds.size() + 1 (the last is +Inf)
+  double sum = 0;
+  uint64_t count = 0;
+
+  explicit Histogram(std::vector<double> b) : bounds(std::move(b)), counts(bounds.size() + 1, 0) {}
+  void observe(double v);
+  static Histogram ttft_buckets();
+  static Histogram tpot_buckets();
+  static Histogram e2e_buckets();
+};
+
+struct EngineMetrics {
+  int num_running = 0;
+  int num_waiting = 0;
+  double cache_usage = 0;  // fraction of MLA blocks in use
+  int free_blocks = 0, total_blocks = 0;
+  int free_slots = 0, total_slots = 0;
+  uint64_t prompt_tokens_total = 0;
+  uint64_t generation_tokens_total = 0;
+  uint64_t requests_finished_total = 0;
+  uint64_t preemptions_total = 0;
+  // Latency histograms in seconds, with vLLM's bucket bounds (bounded memory on long runs).
+  Histogram ttft = Histogram::ttft_buckets();
+  Histogram tpot = Histogram::tpot_buckets();
+  Histogram e2e = Histogram::e2e_buckets();
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  static std::unique_ptr<Engine> create(const EngineOptions& opts);
+
+  // Throws kimi::Error with a message for the client when the request is invalid (prompt over
+  // the context length, bad sampling parameters, ...). Thread-safe.
+  virtual std::shared_ptr<RequestHandle> submit(Request req) = 0;
+  // The request finishes with kCancelled by the next step; its blocks and slot are freed.
+  virtual void cancel(uint64_t request_id) = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual const Tokenizer* tokenizer() const = 0;  // nullptr when the model has none
+  virtual int64_t max_model_len() const = 0;
+  virtual EngineMetrics metrics() const = 0;
+  // Stops accepting; lets in-flight requests finish for up to `grace`, then cancels the rest.
+  virtual void shutdown(std::chrono::milliseconds grace) = 0;
+};
+
+}  // namespace kimi

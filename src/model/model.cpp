@@ -1,0 +1,42 @@
+#include "model/model.h"
+
+#include "core/check.h"
+#include "model/cpu_model.h"
+#include "model/safetensors.h"
+
+namespace kimi {
+
+void Batch::add(const std::vector<int>& new_tokens, int context_len, int slot,
+                const std::vector<int>& blocks) {
+  KIMI_CHECK(!new_tokens.empty(), "a sequence in a batch needs at least one new token");
+  KIMI_CHECK(context_len >= int(new_tokens.size()));
+  KIMI_CHECK(int(blocks.size()) * kBlockSize >= context_len, "too few cache blocks for ",
+             context_len, " tokens");
+  if (cu_seqlens.empty()) cu_seqlens.push_back(0);
+  tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
+  cu_seqlens.push_back(int(tokens.size()));
+  context_lens.push_back(context_len);
+  slots.push_back(slot);
+  // Re-pack the block tables when this sequence needs a wider row.
+  int width = std::max(max_blocks_per_seq, int(blocks.size()));
+  if (width != max_blocks_per_seq) {
+    std::vector<int> wide(size_t(num_seqs() - 1) * width, 0);
+    for (int s = 0; s + 1 < num_seqs(); ++s)
+      std::copy_n(block_tables.begin() + size_t(s) * max_blocks_per_seq, max_blocks_per_seq,
+                  wide.begin() + size_t(s) * width);
+    block_tables = std::move(wide);
+    max_blocks_per_seq = width;
+  }
+  size_t row = block_tables.size();
+  block_tables.resize(row + width, 0);
+  std::copy(blocks.begin(), blocks.end(), block_tables.begin() + row);
+}
+
+std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& opts) {
+  ModelConfig config = ModelConfig::from_file(dir + "/config.json");
+  Checkpoint ckpt(dir);
+  if (opts.backend == "cpu") return std::make_unique<CpuModel>(config, ckpt, opts.cache);
+  fail("unknown backend '", opts.backend, "' (this build has: cpu)");
+}
+
+}  // namespace kimi

@@ -1,0 +1,67 @@
+// The model as the runtime sees it: one forward step over a batch of sequences, each continuing
+// from its cached state. A backend (CPU, CUDA) owns the weights and the cache pools:
+//   - KDA state slots: recurrent [H, 128, 128] fp32 + conv state, per KDA layer, per slot;
+//   - MLA latent blocks: kMlaBlockSize tokens × 576 values per MLA layer, per block.
+// The runtime decides which slot and blocks each sequence uses (src/runtime/).
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+
+namespace kimi {
+
+constexpr int kBlockSize = 64;  // tokens per MLA cache block
+
+struct Batch {
+  std::vector<int> tokens;        // [T] new tokens, sequence after sequence
+  std::vector<int> cu_seqlens;    // [S + 1] offsets of each sequence's tokens
+  std::vector<int> context_lens;  // [S] cached tokens after this step (new ones included)
+  std::vector<int> slots;         // [S] KDA state slot of each sequence
+  std::vector<int> block_tables;  // [S, max_blocks_per_seq] MLA cache blocks, in order
+  int max_blocks_per_seq = 0;
+  bool all_logits = false;        // logits for every token; otherwise the last of each sequence
+
+  int num_seqs() const { return int(cu_seqlens.size()) - 1; }
+  int num_tokens() const { return int(tokens.size()); }
+  // Rows of the logits output: T with all_logits, else S.
+  int num_logit_rows() const { return all_logits ? num_tokens() : num_seqs(); }
+  // Appends a sequence; checks the sizes (the runtime's and tests' one way to build a batch).
+  void add(const std::vector<int>& new_tokens, int context_len, int slot,
+           const std::vector<int>& blocks);
+};
+
+struct CacheSizes {
+  int num_slots = 1;   // KDA state slots
+  int num_blocks = 1;  // MLA cache blocks
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  virtual const ModelConfig& config() const = 0;
+  virtual CacheSizes cache_sizes() const = 0;
+  // Runs one step; logits is resized to [num_logit_rows, vocab].
+  virtual void forward(const Batch& batch, std::vector<float>& logits) = 0;
+  // Zeroes a slot's KDA state (a new sequence starts from zero state).
+  virtual void reset_slot(int slot) = 0;
+  // Copies a slot's KDA state (n > 1 samples share one prompt prefill).
+  virtual void copy_slot(int src, int dst) = 0;
+  // Copies one MLA cache block in every MLA layer (copy-on-write of a shared partial block).
+  virtual void copy_block(int src, int dst) = 0;
+  // Debug hook: called with the residual stream [T, hidden] after each layer.
+  std::function<void(int layer, const float* x, int num_tokens)> on_layer_output;
+};
+
+struct ModelOptions {
+  std::string backend = "cpu";  // "cpu" or "cuda"
+  CacheSizes cache;
+};
+
+// Reads config.json and the safetensors from dir, validates everything, builds the backend.
+std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& opts);
+
+}  // namespace kimi
