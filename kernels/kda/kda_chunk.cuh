@@ -8,9 +8,10 @@
 // Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
 // pairs are never exponentiated.
 //
-// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~180 KB dynamic shared memory, fp32
-//   CUDA-core math. Writes one record per (chunk, head) into the workspace (ChunkRec below); rows
-//   past a short last chunk are zero, so they contribute nothing downstream.
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~100 KB dynamic shared memory (two
+//   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
+//   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
+//   chunk are zero, so they contribute nothing downstream.
 // kda_chunk_inter_kernel<kCols>: grid (128 / kCols, H, num_seqs), 256 threads (8 warps). A CTA owns
 //   kCols value columns of one head's state (columns of S are independent), keeps them in
 //   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
@@ -77,46 +78,58 @@ __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA):
-//   0. load k, q (bf16 tiles), vᵀ, g -> Γ = cumsum(g) (fp32), β
-//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j <= i, d)
+// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
+//   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
+//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j <= i, d), a quad of lanes
+//      per pair
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
 //      reference r = 16b + 15 (the end of block b):
 //        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
-//   3. X = (I + L)^-1 by forward substitution (64 threads) while the others write Q ⊙ e^Γ,
-//      (K ⊙ e^{Γlast−Γ})ᵀ, M and e^{Γlast}
-//   4. T = X Diag(β) as bf16 hi + lo, (K ⊙ e^Γ)ᵀ
+//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while the
+//      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
+//      off-diagonal blocks by distance
+//   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
 //   5. W = T (K ⊙ e^Γ), U = T V on tensor cores (T lower triangular: causal k-steps only)
+// Shared memory (~100 KB) is reused across phases so that two CTAs fit on a multiprocessor.
 constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
 constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
+constexpr int kLx = 68;   // fp32 X rows; the region doubles as phase 2's operand scratch
+constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the q tile's space
 
 struct IntraSmem {
-  float G[kChunk * kLd];           // Γ
-  float L[kChunk * kLa];           // L (strictly lower), then read by the solve
-  float M[kChunk * kLa];           // M (lower incl. diagonal)
-  float X[kChunk * kLa];           // (I + L)^-1
-  float beta[kChunk];
-  bf16 K[kChunk * kLdW];           // raw k [i][d]
-  bf16 Q[kChunk * kLdW];           // raw q [i][d]
-  bf16 VT[128 * kLdT];             // vᵀ [d][i]
   union {
-    struct {                       // phase 2
-      bf16 A[96 * kLdW];           // rows 0..47: k_i e^{Γ_i−Γ_r}; rows 48..95: q_i e^{Γ_i−Γ_r}
+    float G[kChunk * kLd];         // Γ (phases 0-4a)
+    bf16 VT[128 * kLdT];           // vᵀ [d][j] (phases 4b-5)
+  };
+  union {
+    float L[kChunk * kLa];         // L, strictly lower (phases 1-3)
+    bf16 T[kChunk * kLdT];         // X Diag(β) (phases 4-5)
+  };
+  union {
+    float X[kChunk * kLx];         // (I + L)^-1 (phases 3-4a)
+    struct {                       // phase 2 operands
+      bf16 A[48 * kLdW];           // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
       bf16 B[16 * kLdW];           // k_j e^{Γ_r−Γ_j}, j in block b
     } off;
-    struct {                       // phases 4, 5
-      bf16 T_hi[kChunk * kLdT], T_lo[kChunk * kLdT];
-      bf16 KeT[128 * kLdT];        // (K ⊙ e^Γ)ᵀ [d][j]
-    } wu;
-  } u;
+  };
+  bf16 K[kChunk * kLdW];           // raw k [i][d]
+  union {
+    bf16 Q[kChunk * kLdW];         // raw q [i][d] (phases 0-3)
+    float tmp[3 * 16 * 16];        // phase 3b partial products
+    bf16 KeT[128 * kLk];           // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+  };
+  float beta[kChunk];
 };
+static_assert(sizeof(bf16) * 48 * kLdW + sizeof(bf16) * 16 * kLdW <= sizeof(float) * kChunk * kLx,
+              "phase 2 operands must fit the X region");
+static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's space");
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
-constexpr int kIntraThreads = 512, kIntraWarps = kIntraThreads / 32;
+constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
 
-__global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const KdaScanParams p,
-                                                                 const int* chunk_seq,
-                                                                 const int* chunk_start,
-                                                                 unsigned char* ws) {
+__global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const KdaScanParams p,
+                                                                           const int* chunk_seq,
+                                                                           const int* chunk_start,
+                                                                           unsigned char* ws) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -125,30 +138,34 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
+  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
+  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
+  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
+  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
+  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
   for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
     const int i = idx >> 4, d0 = (idx & 15) * 8;
-    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv, vv = kv;
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
     float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
     if (i < len) {
       const size_t o = size_t(t0 + i) * HD + h * D + d0;
       kv = *reinterpret_cast<const uint4*>(p.k + o);
       qv = *reinterpret_cast<const uint4*>(p.q + o);
-      vv = *reinterpret_cast<const uint4*>(p.v + o);
       g0 = *reinterpret_cast<const float4*>(p.g + o);
       g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
     }
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
-    const bf16* vb = reinterpret_cast<const bf16*>(&vv);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
     float* gr = sm.G + i * kLd + d0;
     gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
     gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
   }
   if (tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
     float acc = 0.f;
@@ -160,15 +177,8 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii), each pair split over a quad of lanes by
-  //    channel pairs and summed by shuffles. Everything else of L, M and X starts at zero.
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
-    const int o = (idx >> 6) * kLa + (idx & 63);
-    sm.L[o] = 0.f;
-    sm.M[o] = 0.f;
-    sm.X[o] = 0.f;
-  }
-  __syncthreads();
+  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii), each over a quad of lanes by channel
+  //    pairs, summed by shuffles; M goes straight to the workspace.
   static_assert((4 * 136 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
   for (int item = tid; item < 4 * 136 * 4; item += kIntraThreads) {
     const int pidx = item >> 2, quad = item & 3;
@@ -197,66 +207,62 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
     m += __shfl_xor_sync(0xffffffffu, m, 2);
     if (quad == 0) {
       if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
-      sm.M[i * kLa + j] = m;
+      oM[i * C + j] = __float2bfloat16(m);
     }
   }
 
-  // 2. Off-diagonal blocks through the reference at the end of key block b.
+  // 2. Off-diagonal blocks through the reference at the end of key block b; K side (L) and
+  //    Q side (M) one after the other, so the operands fit the X region.
   for (int b = 0; b < 3; ++b) {
     const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
-    __syncthreads();  // previous users of u.off are done
-    for (int idx = tid; idx < nr * D; idx += kIntraThreads) {
-      const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
-      const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
-      sm.u.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) * e);
-      sm.u.off.A[(48 + ir) * kLdW + d] = __float2bfloat16(__bfloat162float(sm.Q[i * kLdW + d]) * e);
-    }
-    for (int idx = tid; idx < 16 * D; idx += kIntraThreads) {
-      const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
-      const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
-      sm.u.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
-    }
-    __syncthreads();
-    const int mtiles = nr / 16, tiles = 2 * mtiles * 2;  // (K|Q side) × m-tiles × 2 n-tiles
-    for (int tile = warp; tile < tiles; tile += kIntraWarps) {
-      const int side = tile / (2 * mtiles), rem = tile % (2 * mtiles);
-      const int mt = rem >> 1, nt = rem & 1;
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        uint32_t af[4], bfr[2];
-        load_a(af, sm.u.off.A, kLdW, side * 48 + mt * 16, 16 * kk, lane);
-        load_b(bfr, sm.u.off.B, kLdW, nt * 8, 16 * kk, lane);
-        mma16816(acc, af, bfr);
+    const int mtiles = nr / 16;
+    for (int side = 0; side < 2; ++side) {
+      const bf16* src = side == 0 ? sm.K : sm.Q;
+      __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
+      for (int idx = tid; idx < nr * D; idx += kIntraThreads) {
+        const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
+        const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
+        sm.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(src[i * kLdW + d]) * e);
       }
+      for (int idx = tid; idx < 16 * D; idx += kIntraThreads) {
+        const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
+        const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
+        sm.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
+      }
+      __syncthreads();
+      for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
+        const int mt = tile >> 1, nt = tile & 1;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
-        if (side == 0)
-          sm.L[i * kLa + j] = sm.beta[i] * acc[e];
-        else
-          sm.M[i * kLa + j] = acc[e];
+        for (int kk = 0; kk < 8; ++kk) {
+          uint32_t af[4], bfr[2];
+          load_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
+          load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
+          mma16816(acc, af, bfr);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
+          if (side == 0)
+            sm.L[i * kLa + j] = sm.beta[i] * acc[e];
+          else
+            oM[i * C + j] = __float2bfloat16(acc[e]);
+        }
       }
     }
   }
   __syncthreads();
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.X[(idx >> 6) * kLx + (idx & 63)] = 0.f;
+  __syncthreads();
 
-  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
-  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
-  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
-  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
-  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
-  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
-  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
-
-  // 3. X = (I + L)^-1 blockwise. 3a: the 16×16 diagonal blocks by forward substitution, one
-  //    column per thread (threads 0..63), while the other threads write the outputs needing no X.
+  // 3a. Diagonal blocks of X (threads 0..63, one column each) while the others write the
+  //     outputs that need no X.
   if (tid < C) {
     const int a = tid >> 4, j = tid;
     for (int i = j; i < 16 * a + 16; ++i) {
       float x = i == j ? 1.f : 0.f;
-      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLa + j], x);
-      sm.X[i * kLa + j] = x;
+      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLx + j], x);
+      sm.X[i * kLx + j] = x;
     }
   } else {
     const int t = tid - C, nt = kIntraThreads - C;
@@ -271,70 +277,85 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
       oKrT[idx] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
                                    __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
     }
-    for (int idx = t; idx < C * C; idx += nt) oM[idx] = __float2bfloat16(sm.M[(idx >> 6) * kLa + (idx & 63)]);
+    for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
+      if ((idx & 63) > (idx >> 6)) oM[idx] = __float2bfloat16(0.f);
     for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
   }
   __syncthreads();
 
-  // 3b. Off-diagonal blocks by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
-  //     (every X[m, ·] needed is known from smaller δ). The partial products go through u.off.
-  float* tmp = reinterpret_cast<float*>(sm.u.off.A);  // [3][16][16]
+  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
+  //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLa + 16 * b + cc], acc);
-      tmp[e] = acc;
+      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
+      sm.tmp[e] = acc;
     }
     __syncthreads();
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLa + 16 * a + m], tmp[(b << 8) + (m << 4) + cc], acc);
-      sm.X[(16 * a + r) * kLa + 16 * b + cc] = -acc;
+      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
+      sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
     }
     __syncthreads();
   }
 
-  // 4. T = X Diag(β) (hi + lo) and (K ⊙ e^Γ)ᵀ.
+  // 4. T = X Diag(β) (over L), (K ⊙ e^Γ)ᵀ (over q), then vᵀ (over Γ). v is fetched first so its
+  //    latency overlaps the T and Kᵀ work.
+  uint4 vreg[C * 16 / kIntraThreads];
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
+                      : make_uint4(0, 0, 0, 0);
+  }
   for (int idx = tid; idx < C * C; idx += kIntraThreads) {
     const int i = idx >> 6, j = idx & 63;
-    split_bf16(sm.X[i * kLa + j] * sm.beta[j], sm.u.wu.T_hi[i * kLdT + j], sm.u.wu.T_lo[i * kLdT + j]);
+    sm.T[i * kLdT + j] = __float2bfloat16(sm.X[i * kLx + j] * sm.beta[j]);
   }
   for (int idx = tid; idx < C * D; idx += kIntraThreads) {
     const int d = idx >> 6, j = idx & 63;
-    sm.u.wu.KeT[d * kLdT + j] =
+    sm.KeT[d * kLk + j] =
         __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
   }
   __syncthreads();
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    const bf16* vb = reinterpret_cast<const bf16*>(&vreg[r]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
+  }
+  __syncthreads();
 
-  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tile w.
-  static_assert(kIntraWarps == 16, "phase 5 maps one column tile per warp");
+  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+  static_assert(kIntraWarps == 8, "phase 5 maps two column tiles per warp");
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
-    const bf16* Bop = which == 0 ? sm.u.wu.KeT : sm.VT;
+    const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
+    const int ldb = which == 0 ? kLk : kLdT;
     bf16* out = which == 0 ? oW : oU;
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
-      float acc[1][4] = {};
+      float acc[2][4] = {};
       for (int kt = 0; kt <= mt; ++kt) {
-        uint32_t ah[4], al[4];
-        load_a(ah, sm.u.wu.T_hi, kLdT, 16 * mt, 16 * kt, lane);
-        load_a(al, sm.u.wu.T_lo, kLdT, 16 * mt, 16 * kt, lane);
+        uint32_t af[4];
+        load_a(af, sm.T, kLdT, 16 * mt, 16 * kt, lane);
 #pragma unroll
-        for (int n = 0; n < 1; ++n) {
+        for (int n = 0; n < 2; ++n) {
           uint32_t bfr[2];
-          load_b(bfr, Bop, kLdT, 8 * (warp + n), 16 * kt, lane);
-          mma16816(acc[n], ah, bfr);
-          mma16816(acc[n], al, bfr);
+          load_b(bfr, Bop, ldb, 8 * (2 * warp + n), 16 * kt, lane);
+          mma16816(acc[n], af, bfr);
         }
       }
 #pragma unroll
-      for (int n = 0; n < 1; ++n)
+      for (int n = 0; n < 2; ++n)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int i = 16 * mt + g8 + 8 * half, d = 8 * (warp + n) + t2;
+          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
           *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
               __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
         }
