@@ -72,6 +72,28 @@ __device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int l
   b[1] = ld32(base + (n0 + g) * ld + k0 + 8 + t);
 }
 
+// The same fragments through ldmatrix (one instruction instead of four or two loads); rows must
+// be 16-byte aligned (row strides kLdW and kLdT are).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile.
+__device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
+                                       int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
+}
+// B fragments of two adjacent n-tiles (n0, n0 + 8; 16 k from k0) of a tile stored [n][k]:
+// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+__device__ __forceinline__ void ldsm_b2(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0,
+                                        int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
+}
+
 __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
   hi = __float2bfloat16(x);
   lo = __float2bfloat16(x - __bfloat162float(hi));
@@ -80,8 +102,8 @@ __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
 // ------------------------------------------------------------------------------------------------
 // Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
 //   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
-//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j <= i, d), a quad of lanes
-//      per pair
+//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
+//      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
 //      reference r = 16b + 15 (the end of block b):
 //        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
@@ -177,37 +199,51 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii), each over a quad of lanes by channel
-  //    pairs, summed by shuffles; M goes straight to the workspace.
-  static_assert((4 * 136 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
-  for (int item = tid; item < 4 * 136 * 4; item += kIntraThreads) {
+  // 1. Diagonal blocks: per block, row ii and a group of 4 keys jj = 4jg..4jg+3 (jg <= ii/4; the
+  //    keys past the diagonal are computed and dropped), split over a quad of lanes by channel
+  //    pairs and summed by shuffles. One exp per (i, j, d); M goes straight to the workspace.
+  static_assert((4 * 40 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
+  for (int item = tid; item < 4 * 40 * 4; item += kIntraThreads) {
     const int pidx = item >> 2, quad = item & 3;
-    const int a = pidx / 136;
-    int r = pidx - a * 136, ii = 0;
-    while (r > ii) {
-      r -= ii + 1;
-      ++ii;
-    }
-    const int i = 16 * a + ii, j = 16 * a + r;
-    const float *gi = sm.G + i * kLd, *gj = sm.G + j * kLd;
-    const bf16 *ki = sm.K + i * kLdW, *kj = sm.K + j * kLdW, *qi = sm.Q + i * kLdW;
-    float l = 0.f, m = 0.f;
-#pragma unroll 4
+    const int a = pidx / 40, r = pidx - a * 40;
+    // rows 4·band .. 4·band + 3 have band + 1 groups each; bands start at items 0, 4, 12, 24
+    const int band = r < 4 ? 0 : r < 12 ? 1 : r < 24 ? 2 : 3;
+    const int rr = r - (band == 0 ? 0 : band == 1 ? 4 : band == 2 ? 12 : 24);
+    const int ii = 4 * band + rr / (band + 1), jg = rr % (band + 1);
+    const int i = 16 * a + ii, j0 = 16 * a + 4 * jg;
+    const float* gi = sm.G + i * kLd;
+    const bf16 *ki = sm.K + i * kLdW, *qi = sm.Q + i * kLdW;
+    float l[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 2
     for (int d = 2 * quad; d < D; d += 8) {
-      const float2 kj2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kj + d));
       const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
       const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
-      const float e0 = kj2.x * __expf(gi[d] - gj[d]), e1 = kj2.y * __expf(gi[d + 1] - gj[d + 1]);
-      l = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l));
-      m = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m));
+      const float gi0 = gi[d], gi1 = gi[d + 1];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        const float2 kj2 =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        const float e0 = kj2.x * __expf(gi0 - sm.G[j * kLd + d]);
+        const float e1 = kj2.y * __expf(gi1 - sm.G[j * kLd + d + 1]);
+        l[q] = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l[q]));
+        m[q] = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m[q]));
+      }
     }
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    m += __shfl_xor_sync(0xffffffffu, m, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    m += __shfl_xor_sync(0xffffffffu, m, 2);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 1);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 1);
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 2);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 2);
+    }
     if (quad == 0) {
-      if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
-      oM[i * C + j] = __float2bfloat16(m);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l[q];
+        if (j <= i) oM[i * C + j] = __float2bfloat16(m[q]);
+      }
     }
   }
 
@@ -219,15 +255,19 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     for (int side = 0; side < 2; ++side) {
       const bf16* src = side == 0 ? sm.K : sm.Q;
       __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
-      for (int idx = tid; idx < nr * D; idx += kIntraThreads) {
-        const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
-        const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
-        sm.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(src[i * kLdW + d]) * e);
+      for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
+        const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) = __floats2bfloat162_rn(
+            x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
+            x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
       }
-      for (int idx = tid; idx < 16 * D; idx += kIntraThreads) {
-        const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
-        const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
-        sm.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
+      for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
+        const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) = __floats2bfloat162_rn(
+            x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
+            x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
       }
       __syncthreads();
       for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
@@ -236,7 +276,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
 #pragma unroll
         for (int kk = 0; kk < 8; ++kk) {
           uint32_t af[4], bfr[2];
-          load_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
+          ldsm_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
           load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
           mma16816(acc, af, bfr);
         }
@@ -343,7 +383,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
       float acc[2][4] = {};
       for (int kt = 0; kt <= mt; ++kt) {
         uint32_t af[4];
-        load_a(af, sm.T, kLdT, 16 * mt, 16 * kt, lane);
+        ldsm_a(af, sm.T, kLdT, 16 * mt, 16 * kt, lane);
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
           uint32_t bfr[2];
@@ -463,17 +503,21 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       uint32_t aw[4], aq[4];
-      load_a(aw, st.W, kLdW, r0, 16 * kk, lane);
-      load_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
+      ldsm_a(aw, st.W, kLdW, r0, 16 * kk, lane);
+      ldsm_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
 #pragma unroll
-      for (int n = 0; n < kNH; ++n) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
-        load_b(bl, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
-        mma16816(av[n], aw, bh);
-        mma16816(av2[n], aw, bl);
-        mma16816(ao[n], aq, bh);
-        mma16816(ao2[n], aq, bl);
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
+        ldsm_b2(bl4, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(av[n + q], aw, bh);
+          mma16816(av2[n + q], aw, bl);
+          mma16816(ao[n + q], aq, bh);
+          mma16816(ao2[n + q], aq, bl);
+        }
       }
     }
 #pragma unroll
@@ -496,14 +540,18 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
     // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
     for (int kt = 0; kt <= rt; ++kt) {
       uint32_t am[4];
-      load_a(am, st.M, kLdT, r0, 16 * kt, lane);
+      ldsm_a(am, st.M, kLdT, r0, 16 * kt, lane);
 #pragma unroll
-      for (int n = 0; n < kNH; ++n) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
-        load_b(bl, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
-        mma16816(ao[n], am, bh);
-        mma16816(ao[n], am, bl);
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(ao[n + q], am, bh);
+          mma16816(ao[n + q], am, bl);
+        }
       }
     }
     const int t0 = chunk_start[first + c];
@@ -531,14 +579,18 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
 #pragma unroll
     for (int kt = 0; kt < 4; ++kt) {
       uint32_t ak[4];
-      load_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
+      ldsm_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
 #pragma unroll
-      for (int nt = 0; nt < kNT; ++nt) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
-        load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
-        mma16816(s[nt], ak, bh);
-        mma16816(s2[nt], ak, bl);
+      for (int nt = 0; nt < kNT; nt += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(s[nt + q], ak, bh);
+          mma16816(s2[nt + q], ak, bl);
+        }
       }
     }
 #pragma unroll
