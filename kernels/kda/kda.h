@@ -121,6 +121,12 @@ struct KdaChunkedArgs {
   int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
+// The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done
+// inside the intra-chunk kernel (no q, k, v, g, beta round trip through memory), then the
+// inter-chunk kernel writes o and the final states, then the conv states are updated (3 launches).
+// pp.q, pp.k, pp.v, pp.g and pp.beta are not used.
+void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
+                             const KdaChunkedArgs& a, cudaStream_t stream);
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
 struct KdaGatedNormParams {

@@ -148,10 +148,53 @@ static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
 constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
 
+// SiLU(conv) of channels d0..d0+7 of one part (0 q, 1 k, 2 v) of head h at token t of a sequence
+// that starts at token `start` with conv-state slot `slot` (taps before the start come from the
+// conv state); conv weights from shared memory (sw4[part·128 + d] = the 4 taps of channel d).
+__device__ __forceinline__ void conv8(const KdaPrepParams& pp, int part, int h, int t, int start,
+                                      int slot, int d0, const float4* sw4, float (&u)[8]) {
+  const int HD = pp.num_heads * kKdaD, C = 3 * HD, ch0 = part * HD + h * kKdaD + d0;
+  const int pos = t - start;
+  float x[4][8];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int idx = pos + k;  // index into concat(conv state, inputs)
+    if (idx >= 3) {
+      const uint4 v = *reinterpret_cast<const uint4*>(pp.qkv + size_t(start + idx - 3) * C + ch0);
+      const bf16* vb = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(vb[e]);
+    } else {
+      const bf16* st = pp.conv_state + (size_t(slot) * C + ch0) * 3 + idx;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(st[e * 3]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float4 w = sw4[part * kKdaD + d0 + e];
+    u[e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
+  }
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
+  uint4 v;
+  __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) b[e] = __floats2bfloat162_rn(x[2 * e], x[2 * e + 1]);
+  return v;
+}
+
+// kFused: the inputs are the raw projections (pp: qkv, f, b, conv state, weights), and the conv,
+// SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
+// to bf16 the same way); else q, k, v, g, beta come prepared in p.
+template <bool kFused>
 __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const KdaScanParams p,
+                                                                           const KdaPrepParams pp,
                                                                            const int* chunk_seq,
                                                                            const int* chunk_start,
                                                                            unsigned char* ws) {
+  __shared__ float4 sw4[kFused ? 3 * kKdaD : 1];  // conv weights of this head (fused only)
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -169,7 +212,56 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
-  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+  const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
+  if constexpr (kFused) {
+    for (int i = tid; i < 3 * D; i += kIntraThreads)
+      sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
+                                                size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
+    if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(pp.b[size_t(t0 + tid) * H + h])) : 0.f;
+    __syncthreads();
+    const float neg_a = -expf(pp.w.A_log[h]);
+    static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
+    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
+      float q[8] = {}, k[8] = {}, g[8] = {};
+      if (i < len) {
+        const int t = t0 + i;
+        conv8(pp, 0, h, t, seq_start, slot, d0, sw4, q);
+        conv8(pp, 1, h, t, seq_start, slot, d0, sw4, k);
+        const uint4 fv = *reinterpret_cast<const uint4*>(pp.f + size_t(t) * HD + h * D + d0);
+        const bf16* fb = reinterpret_cast<const bf16*>(&fv);
+        const float4 db0 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0);
+        const float4 db1 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0 + 4);
+        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+      }
+      float sq = 0.f, sk = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        sq += q[e] * q[e];
+        sk += k[e] * k[e];
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, off);
+        sk += __shfl_xor_sync(0xffffffffu, sk, off);
+      }
+      const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f;
+      const float rk = 1.f / sqrtf(sk + kKdaL2Eps);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        q[e] *= rq;
+        k[e] *= rk;
+      }
+      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
+      float* gr = sm.G + i * kLd + d0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) gr[e] = g[e];
+    }
+  }
+  for (int idx = tid; !kFused && idx < C * 16; idx += kIntraThreads) {
     const int i = idx >> 4, d0 = (idx & 15) * 8;
     uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
     float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
@@ -186,7 +278,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
     gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
   }
-  if (tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
   for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
@@ -349,8 +441,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
 #pragma unroll
   for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
     const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
-    vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
-                      : make_uint4(0, 0, 0, 0);
+    if constexpr (kFused) {
+      float v[8] = {};
+      if (i < len) conv8(pp, 2, h, t0 + i, seq_start, slot, d0, sw4, v);
+      vreg[r] = pack8(v);
+    } else {
+      vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
+                        : make_uint4(0, 0, 0, 0);
+    }
   }
   for (int idx = tid; idx < C * C; idx += kIntraThreads) {
     const int i = idx >> 6, j = idx & 63;
