@@ -56,7 +56,8 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
   const int cols = a.inter_cols ? a.inter_cols : 32;
   KIMI_CHECK(cols == 32 || cols == 64, "inter_cols must be 0, 32 or 64, got ", a.inter_cols);
   auto launch = [&](auto kernel, size_t smem, int kcols) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     kernel<<<dim3(kKdaD / kcols, p.num_heads, p.num_seqs), kda::kInterThreads, smem, stream>>>(
         p, a.seq_first_chunk, a.chunk_start, ws);
   };

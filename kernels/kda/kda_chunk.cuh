@@ -30,13 +30,13 @@ constexpr int kChunk = 64;
 
 // Byte offsets inside one (chunk, head) workspace record.
 struct ChunkRec {
-  static constexpr size_t kW = 0;                          // bf16 [64][128]  T (e^Γ ⊙ K)
-  static constexpr size_t kQ = kW + 64 * 128 * 2;          // bf16 [64][128]  Q ⊙ e^Γ
-  static constexpr size_t kKrT = kQ + 64 * 128 * 2;        // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
-  static constexpr size_t kU = kKrT + 128 * 64 * 2;        // bf16 [64][128]  T V
-  static constexpr size_t kM = kU + 64 * 128 * 2;          // bf16 [64][64]   causal q·k decay
-  static constexpr size_t kGl = kM + 64 * 64 * 2;          // f32 [128]       e^{Γlast}
-  static constexpr size_t kBytes = kGl + 128 * 4;          // 74240
+  static constexpr size_t kW = 0;                    // bf16 [64][128]  T (e^Γ ⊙ K)
+  static constexpr size_t kQ = kW + 64 * 128 * 2;    // bf16 [64][128]  Q ⊙ e^Γ
+  static constexpr size_t kKrT = kQ + 64 * 128 * 2;  // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
+  static constexpr size_t kU = kKrT + 128 * 64 * 2;  // bf16 [64][128]  T V
+  static constexpr size_t kM = kU + 64 * 128 * 2;    // bf16 [64][64]   causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;    // f32 [128]       e^{Γlast}
+  static constexpr size_t kBytes = kGl + 128 * 4;    // 74240
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -106,8 +106,10 @@ __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
 //      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
 //      reference r = 16b + 15 (the end of block b):
-//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
-//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while the
+//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors
+//        <= 1
+//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while
+//   the
 //      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
 //      off-diagonal blocks by distance
 //   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
@@ -120,25 +122,25 @@ constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the 
 
 struct IntraSmem {
   union {
-    float G[kChunk * kLd];         // Γ (phases 0-4a)
-    bf16 VT[128 * kLdT];           // vᵀ [d][j] (phases 4b-5)
+    float G[kChunk * kLd];  // Γ (phases 0-4a)
+    bf16 VT[128 * kLdT];    // vᵀ [d][j] (phases 4b-5)
   };
   union {
-    float L[kChunk * kLa];         // L, strictly lower (phases 1-3)
-    bf16 T[kChunk * kLdT];         // X Diag(β) (phases 4-5)
+    float L[kChunk * kLa];  // L, strictly lower (phases 1-3)
+    bf16 T[kChunk * kLdT];  // X Diag(β) (phases 4-5)
   };
   union {
-    float X[kChunk * kLx];         // (I + L)^-1 (phases 3-4a)
-    struct {                       // phase 2 operands
-      bf16 A[48 * kLdW];           // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
-      bf16 B[16 * kLdW];           // k_j e^{Γ_r−Γ_j}, j in block b
+    float X[kChunk * kLx];  // (I + L)^-1 (phases 3-4a)
+    struct {                // phase 2 operands
+      bf16 A[48 * kLdW];    // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
+      bf16 B[16 * kLdW];    // k_j e^{Γ_r−Γ_j}, j in block b
     } off;
   };
-  bf16 K[kChunk * kLdW];           // raw k [i][d]
+  bf16 K[kChunk * kLdW];  // raw k [i][d]
   union {
-    bf16 Q[kChunk * kLdW];         // raw q [i][d] (phases 0-3)
-    float tmp[3 * 16 * 16];        // phase 3b partial products
-    bf16 KeT[128 * kLk];           // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+    bf16 Q[kChunk * kLdW];   // raw q [i][d] (phases 0-3)
+    float tmp[3 * 16 * 16];  // phase 3b partial products
+    bf16 KeT[128 * kLk];     // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
   };
   float beta[kChunk];
 };
@@ -189,11 +191,9 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
 // SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
 // to bf16 the same way); else q, k, v, g, beta come prepared in p.
 template <bool kFused>
-__global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const KdaScanParams p,
-                                                                           const KdaPrepParams pp,
-                                                                           const int* chunk_seq,
-                                                                           const int* chunk_start,
-                                                                           unsigned char* ws) {
+__global__ void __launch_bounds__(kIntraThreads, 2)
+    kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
+                           const int* chunk_start, unsigned char* ws) {
   __shared__ float4 sw4[kFused ? 3 * kKdaD : 1];  // conv weights of this head (fused only)
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -275,8 +275,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
     float* gr = sm.G + i * kLd + d0;
-    gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
-    gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
+    gr[0] = g0.x;
+    gr[1] = g0.y;
+    gr[2] = g0.z;
+    gr[3] = g0.w;
+    gr[4] = g1.x;
+    gr[5] = g1.y;
+    gr[6] = g1.z;
+    gr[7] = g1.w;
   }
   if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
   for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
@@ -349,17 +355,19 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
       __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
       for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
         const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) = __floats2bfloat162_rn(
-            x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
-            x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
+                                  x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
       }
       for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
         const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) = __floats2bfloat162_rn(
-            x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
-            x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
+                                  x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
       }
       __syncthreads();
       for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
@@ -400,7 +408,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     const int t = tid - C, nt = kIntraThreads - C;
     for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
       const int i = idx >> 6, d = (idx & 63) * 2;
-      const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
+      const float2 q2 =
+          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
       *reinterpret_cast<__nv_bfloat162*>(oQ + i * D + d) = __floats2bfloat162_rn(
           q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
     }
@@ -415,21 +424,24 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
   }
   __syncthreads();
 
-  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
+  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
+  // X[m, b-cols]
   //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
+      for (int m = 16 * b; m < 16 * a; ++m)
+        acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
       sm.tmp[e] = acc;
     }
     __syncthreads();
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
+      for (int m = 0; m <= r; ++m)
+        acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
       sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
     }
     __syncthreads();
@@ -547,12 +559,12 @@ __device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned
 }
 
 // Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
-// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0, 16).
+// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0,
+// 16).
 template <int kCols>
-__global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const KdaScanParams p,
-                                                                           const int* seq_first_chunk,
-                                                                           const int* chunk_start,
-                                                                           const unsigned char* ws) {
+__global__ void __launch_bounds__(kInterThreads, 1)
+    kda_chunk_inter_kernel(const KdaScanParams p, const int* seq_first_chunk,
+                           const int* chunk_start, const unsigned char* ws) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
@@ -659,7 +671,8 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       if (tok < seq_end) {
 #pragma unroll
         for (int n = 0; n < kNH; ++n)
-          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) + t2) =
+          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) +
+                                             t2) =
               __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
       }
     }

@@ -17,7 +17,8 @@ void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream) {
                  p.g && p.beta && p.w.conv_weight && p.w.A_log && p.w.dt_bias,
              "null pointer");
   if (p.num_tokens > 0) {
-    kda::kda_prep_kernel<<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0, stream>>>(p);
+    kda::kda_prep_kernel<<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0,
+                           stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
   kda::launch_kda_conv_state(p, stream);
@@ -33,7 +34,8 @@ void launch_kda_conv_state(const KdaPrepParams& p, cudaStream_t stream) {
 }  // namespace kda
 
 void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream) {
-  KIMI_CHECK(p.num_tokens >= 0 && p.num_heads > 0, "tokens ", p.num_tokens, ", heads ", p.num_heads);
+  KIMI_CHECK(p.num_tokens >= 0 && p.num_heads > 0, "tokens ", p.num_tokens, ", heads ",
+             p.num_heads);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.o && p.z && p.weight && p.y, "null pointer");
   const int rows = p.num_tokens * p.num_heads;

@@ -46,8 +46,9 @@ KdaCase make_case(std::mt19937& rng, int H, int T) {
 struct CpuOut {
   std::vector<float> q, k, v, g, beta, o, y;
 };
-CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std::vector<int>& slots,
-                 std::vector<float>& conv_state, std::vector<float>& state) {
+CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu,
+                 const std::vector<int>& slots, std::vector<float>& conv_state,
+                 std::vector<float>& state) {
   const int T = cu.back(), H = c.H, HD = c.HD(), C = c.C();
   const int num_slots = int(state.size() / (size_t(H) * D * D));
   const std::vector<float> x = bf16_to_float(
@@ -74,8 +75,8 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
       r.k[size_t(t) * HD + i] = conv_out[size_t(t) * C + HD + i];
       r.v[size_t(t) * HD + i] = conv_out[size_t(t) * C + 2 * HD + i];
     }
-  r.g = bf16_to_float(std::vector<uint16_t>(c.f.begin() + size_t(t0) * HD,
-                                            c.f.begin() + size_t(t0 + T) * HD));
+  r.g = bf16_to_float(
+      std::vector<uint16_t>(c.f.begin() + size_t(t0) * HD, c.f.begin() + size_t(t0 + T) * HD));
   r.beta = bf16_to_float(
       std::vector<uint16_t>(c.b.begin() + size_t(t0) * H, c.b.begin() + size_t(t0 + T) * H));
   cpu::kda_gate(r.g.data(), r.beta.data(), c.A_log.data(), c.dt_bias.data(), T, H);
@@ -96,8 +97,8 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
   sp.state = state.data();
   sp.out = r.o.data();
   cpu::kda_recurrent(sp);
-  const std::vector<float> z = bf16_to_float(std::vector<uint16_t>(
-      c.z.begin() + size_t(t0) * HD, c.z.begin() + size_t(t0 + T) * HD));
+  const std::vector<float> z = bf16_to_float(
+      std::vector<uint16_t>(c.z.begin() + size_t(t0) * HD, c.z.begin() + size_t(t0 + T) * HD));
   r.y.resize(r.o.size());
   cpu::kda_gated_rmsnorm(r.o.data(), z.data(), c.o_norm.data(), r.y.data(), T, H, 1e-5f);
   return r;
@@ -131,7 +132,9 @@ std::vector<uint16_t> bits(const std::vector<bf16>& v) {
   std::memcpy(out.data(), v.data(), v.size() * 2);
   return out;
 }
-std::vector<float> bf16_vec_to_float(const std::vector<bf16>& v) { return bf16_to_float(bits(v)); }
+std::vector<float> bf16_vec_to_float(const std::vector<bf16>& v) {
+  return bf16_to_float(bits(v));
+}
 std::vector<uint16_t> float_to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
@@ -141,11 +144,11 @@ std::vector<uint16_t> float_to_bf16(const std::vector<float>& v) {
 struct DeviceWeights {
   DBuf<float> conv_w, A_log, dt_bias, o_norm;
   explicit DeviceWeights(const KdaCase& c)
-      : conv_w(to_device(c.conv_w)), A_log(to_device(c.A_log)), dt_bias(to_device(c.dt_bias)),
+      : conv_w(to_device(c.conv_w)),
+        A_log(to_device(c.A_log)),
+        dt_bias(to_device(c.dt_bias)),
         o_norm(to_device(c.o_norm)) {}
-  cuda::KdaWeights view() {
-    return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()};
-  }
+  cuda::KdaWeights view() { return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()}; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +213,10 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
 
     // CPU: the live rows only, as a batch of L one-token sequences.
     KdaCase cl = c;
-    cl.qkv.clear(); cl.f.clear(); cl.b.clear(); cl.z.clear();
+    cl.qkv.clear();
+    cl.f.clear();
+    cl.b.clear();
+    cl.z.clear();
     for (int r : live_rows) {
       const size_t row = r0 + r;
       cl.qkv.insert(cl.qkv.end(), c.qkv.begin() + row * C, c.qkv.begin() + (row + 1) * C);
@@ -376,7 +382,9 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   CUDA_CHECK(cudaDeviceSynchronize());
 
   const CpuOut ref = cpu_chain(c, 0, cu, slots, conv_ref, state_ref);
-  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent" : fused ? "fused" : "chunked",
+  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent"
+                              : fused                  ? "fused"
+                                                       : "chunked",
                               " T=", T, " S=", S, ": ");
   // Prep: bf16 outputs of fp32 math (q, k, v), fp32 g and beta.
   const auto q = bf16_vec_to_float(d_q.to_host()), k = bf16_vec_to_float(d_k.to_host()),
@@ -415,9 +423,10 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   // (relative 2^-9 each) with fp32 accumulation and fp32 state.
   // Measured worst (H200, 2026-11-27): recurrent o 1.7e-3 / state 3e-8; chunked o 3.1e-3 /
   // state 4.7e-4 (rel RMS). Tolerances are about 2-3x those.
-  expect_close(tag + "scan o", o.data(), o_scan.data(), o.size(), rec ? 4e-3 : 6e-3, rec ? 2e-3 : 3e-3);
-  expect_close(tag + "scan state", state.data(), state_scan.data(), state.size(), rec ? 2e-5 : 1.5e-3,
-               rec ? 1e-3 : 2e-2);
+  expect_close(tag + "scan o", o.data(), o_scan.data(), o.size(), rec ? 4e-3 : 6e-3,
+               rec ? 2e-3 : 3e-3);
+  expect_close(tag + "scan state", state.data(), state_scan.data(), state.size(),
+               rec ? 2e-5 : 1.5e-3, rec ? 1e-3 : 2e-2);
   // End to end against the CPU chain on the raw inputs.
   const auto y = bf16_vec_to_float(d_y.to_host());
   // Adds the bf16 rounding of q, k, v (the CPU chain keeps them in fp32): measured worst o 3.8e-3,
@@ -457,9 +466,9 @@ TEST(KdaGpu, PrefillMixedVarlenChunkedInter32) {
   run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9, 32);
 }
 
-// prefill(A) through run_kda_prefill_chunked (raw projections in, conv states updated), then decode(B)
-// steps with the fused decode kernel, must equal the
-// CPU recurrence over A + B tokens (outputs of the decode steps and the final states).
+// prefill(A) through run_kda_prefill_chunked (raw projections in, conv states updated), then
+// decode(B) steps with the fused decode kernel, must equal the CPU recurrence over A + B tokens
+// (outputs of the decode steps and the final states).
 TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   KIMI_REQUIRE_GPU();
   std::mt19937 rng(99);
@@ -502,7 +511,8 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   std::vector<float> y_gpu;
   for (int t = A; t < A + B; ++t) {
     auto row = [&](const std::vector<uint16_t>& v, size_t width) {
-      return std::vector<uint16_t>(v.begin() + size_t(t) * width, v.begin() + size_t(t + 1) * width);
+      return std::vector<uint16_t>(v.begin() + size_t(t) * width,
+                                   v.begin() + size_t(t + 1) * width);
     };
     auto r_qkv = to_device_bf16(row(c.qkv, C)), r_f = to_device_bf16(row(c.f, HD)),
          r_b = to_device_bf16(row(c.b, H)), r_z = to_device_bf16(row(c.z, HD));
@@ -535,7 +545,9 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
 }
 
 #else
-TEST(KdaGpu, Skipped) { KIMI_REQUIRE_GPU(); }
+TEST(KdaGpu, Skipped) {
+  KIMI_REQUIRE_GPU();
+}
 #endif
 
 }  // namespace
