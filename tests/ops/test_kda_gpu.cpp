@@ -16,6 +16,7 @@
 namespace kimi::test {
 namespace {
 
+#if KIMI_HAVE_CUDA
 constexpr int D = 128;
 
 // One layer's weights and a batch's raw (bf16) projections, with fp32 host copies for the CPU.
@@ -111,7 +112,6 @@ std::vector<int> scattered_slots(std::mt19937& rng, int n, int num_slots) {
   return std::vector<int>(all.begin(), all.begin() + n);
 }
 
-#if KIMI_HAVE_CUDA
 using cuda::bf16;
 template <typename T>
 using DBuf = cuda::DeviceBuffer<T>;
