@@ -24,6 +24,7 @@ struct Reader {
     if (!has(key)) bad(key, "is missing");
     const json& v = j.at(key);
     if (!v.is_number_integer()) bad(key, "must be an integer");
+    if (v.is_number_unsigned() && v.get<uint64_t>() > uint64_t(INT64_MAX)) bad(key, "is too large");
     return v.get<int64_t>();
   }
   int positive(const char* key, int64_t max = 1 << 30) const {
@@ -32,6 +33,12 @@ struct Reader {
     return int(v);
   }
   int64_t integer_or(const char* key, int64_t dflt) const { return has(key) ? integer(key) : dflt; }
+  // Range-checked before narrowing, so 2^32 + 16 is refused rather than read as 16.
+  int int_or(const char* key, int64_t dflt, int64_t lo, int64_t hi) const {
+    int64_t v = integer_or(key, dflt);
+    if (v < lo || v > hi) bad(key, str("must be in [", lo, ", ", hi, "], got ", v));
+    return int(v);
+  }
   double number(const char* key) const {
     if (!has(key)) bad(key, "is missing");
     if (!j.at(key).is_number()) bad(key, "must be a number");
@@ -90,26 +97,29 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.hidden_size = r.positive("hidden_size", 1 << 16);
   c.num_hidden_layers = r.positive("num_hidden_layers", 1024);
   c.num_attention_heads = r.positive("num_attention_heads", 1024);
-  c.intermediate_size = int(r.integer_or("intermediate_size", 0));
+  c.intermediate_size = r.int_or("intermediate_size", 0, 0, 1 << 20);
   c.rms_norm_eps = float(r.number_or("rms_norm_eps", 1e-5));
   if (!(c.rms_norm_eps > 0.f && c.rms_norm_eps < 1.f)) r.bad("rms_norm_eps", "must be in (0, 1)");
   c.tie_word_embeddings = r.boolean_or("tie_word_embeddings", false);
   c.model_max_length = r.integer_or("model_max_length", 1 << 20);
   if (c.model_max_length <= 0) r.bad("model_max_length", "must be positive");
-  c.bos_token_id = int(r.integer_or("bos_token_id", -1));
-  c.pad_token_id = int(r.integer_or("pad_token_id", -1));
+  c.bos_token_id = r.int_or("bos_token_id", -1, -1, c.vocab_size - 1);
+  c.pad_token_id = r.int_or("pad_token_id", -1, -1, c.vocab_size - 1);
   if (r.has("eos_token_id")) {
     const json& e = j.at("eos_token_id");
-    if (e.is_number_integer()) c.eos_token_ids.push_back(e.get<int>());
-    else if (e.is_array()) {
-      for (auto& x : e) {
-        if (!x.is_number_integer()) r.bad("eos_token_id", "must be an integer or a list of integers");
-        c.eos_token_ids.push_back(x.get<int>());
-      }
-    } else r.bad("eos_token_id", "must be an integer or a list of integers");
+    auto add_eos = [&](const json& x) {
+      if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX)))
+        r.bad("eos_token_id", "must be an integer or a list of integers");
+      int64_t id = x.get<int64_t>();
+      if (id < 0 || id >= c.vocab_size) r.bad("eos_token_id", str(id, " is outside the vocabulary"));
+      c.eos_token_ids.push_back(int(id));
+    };
+    if (e.is_array()) {
+      for (auto& x : e) add_eos(x);
+    } else {
+      add_eos(e);
+    }
   }
-  for (int id : c.eos_token_ids)
-    if (id < 0 || id >= c.vocab_size) r.bad("eos_token_id", str(id, " is outside the vocabulary"));
 
   // MLA: fixed per-head sizes, no q-LoRA, no RoPE.
   if (r.has("q_lora_rank")) r.bad("q_lora_rank", "must be null (the engine has no q-LoRA path)");
@@ -141,10 +151,10 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
     if (!la.at(key).is_array()) lr.bad(key, "must be a list of 1-based layer numbers");
     for (auto& x : la.at(key)) {
       if (!x.is_number_integer()) lr.bad(key, "must be a list of 1-based layer numbers");
-      int v = x.get<int>();
+      int64_t v = x.is_number_unsigned() && x.get<uint64_t>() > uint64_t(INT64_MAX) ? -1 : x.get<int64_t>();
       if (v < 1 || v > c.num_hidden_layers)
         lr.bad(key, str("names layer ", v, ", outside 1..", c.num_hidden_layers));
-      if (!out.insert(v).second) lr.bad(key, str("names layer ", v, " twice"));
+      if (!out.insert(int(v)).second) lr.bad(key, str("names layer ", v, " twice"));
     }
     return out;
   };
@@ -162,18 +172,13 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.kda_num_heads = c.num_kda_layers() > 0 ? lr.positive("num_heads", 1024) : 0;
 
   // MoE.
-  c.num_experts = int(r.integer_or("num_experts", 0));
-  if (c.num_experts < 0 || c.num_experts > 4096) r.bad("num_experts", "must be in [0, 4096]");
-  c.first_k_dense_replace = int(r.integer_or("first_k_dense_replace", 0));
-  if (c.first_k_dense_replace < 0) r.bad("first_k_dense_replace", "must be >= 0");
-  c.moe_layer_freq = int(r.integer_or("moe_layer_freq", 1));
-  if (c.moe_layer_freq < 1) r.bad("moe_layer_freq", "must be >= 1");
+  c.num_experts = r.int_or("num_experts", 0, 0, 4096);
+  c.first_k_dense_replace = r.int_or("first_k_dense_replace", 0, 0, 1 << 30);
+  c.moe_layer_freq = r.int_or("moe_layer_freq", 1, 1, 1 << 30);
   if (c.num_experts > 0) {
     c.num_experts_per_token = r.positive("num_experts_per_token", c.num_experts);
     c.moe_intermediate_size = r.positive("moe_intermediate_size", 1 << 20);
-    c.num_shared_experts = int(r.integer_or("num_shared_experts", 0));
-    if (c.num_shared_experts < 0 || c.num_shared_experts > 64)
-      r.bad("num_shared_experts", "must be in [0, 64]");
+    c.num_shared_experts = r.int_or("num_shared_experts", 0, 0, 64);
     c.moe_renormalize = r.boolean_or("moe_renormalize", true);
     c.routed_scaling_factor = float(r.number_or("routed_scaling_factor", 1.0));
     if (!(c.routed_scaling_factor > 0.f)) r.bad("routed_scaling_factor", "must be positive");

@@ -39,6 +39,8 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
+  void parse();  // validates the mapped header, fills tensors_ and metadata_
+
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
@@ -58,8 +60,12 @@ class Checkpoint {
   const TensorInfo& get(const std::string& name) const;
   std::vector<std::string> names() const;
   const std::string& dir() const { return dir_; }
+  // The files it opened, in a fixed order (for tools that report per-file totals).
+  const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 
  private:
+  void load_index(const std::string& index_path);
+
   std::string dir_;
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorInfo*> index_;

@@ -39,9 +39,10 @@ class BpeVocab {
  private:
   std::string arena_;              // all token bytes back to back
   std::vector<uint32_t> offsets_;  // [size + 1]
-  std::vector<int32_t> slots_;     // open addressing: rank or -1
+  std::vector<uint64_t> slots_;    // open addressing: (hash tag << 32) | rank; kEmpty if free
   uint64_t mask_ = 0;
   int single_byte_[256] = {};
+  std::vector<int32_t> byte_pair_;  // [65536]: rank of the two-byte string (b0 << 8 | b1), or -1
 };
 
 }  // namespace kimi

@@ -1,6 +1,8 @@
 // Tokenizer encode/decode. Loading lives in tokenizer_files.cpp.
 #include "tokenizer/tokenizer.h"
 
+#include <array>
+
 #include "core/check.h"
 #include "tokenizer/utf8.h"
 
@@ -11,6 +13,12 @@ namespace {
 // tokenization_kimi.py: TIKTOKEN_MAX_ENCODE_CHARS and MAX_NO_WHITESPACES_CHARS (characters).
 constexpr size_t kMaxEncodeChars = 400'000;
 constexpr size_t kMaxRunChars = 25'000;
+
+constexpr auto kAsciiSpace = [] {
+  std::array<bool, 128> t{};
+  for (int c = 0; c < 128; ++c) t[c] = (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20);
+  return t;
+}();
 
 // Cuts valid UTF-8 text into the chunks tokenization_kimi.py encodes separately: windows of
 // kMaxEncodeChars characters, each split (_split_whitespaces_or_nonwhitespaces) so that no chunk
@@ -26,12 +34,13 @@ void for_each_hf_chunk(std::string_view text, F&& on_chunk) {
     bool run_is_space = false;
     while (pos < n && chars < kMaxEncodeChars) {
       size_t len = 1;
-      uint32_t cp = p[pos];
-      if (cp >= 0x80) {
+      bool is_space;
+      if (p[pos] < 0x80) {
+        is_space = kAsciiSpace[p[pos]];
+      } else {
         len = utf8_sequence_length(text, pos);
-        cp = utf8_decode(text, pos, len);
+        is_space = is_python_space(utf8_decode(text, pos, len));
       }
-      const bool is_space = is_python_space(cp);
       if (chars == 0) run_is_space = is_space;
       if (is_space != run_is_space) {
         run_len = 1;

@@ -5,7 +5,9 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <fstream>
+#include <cstring>
 
+#include "core/check.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 

@@ -17,7 +17,8 @@ namespace kimi::cpu {
 struct KdaConvParams {
   int num_seqs = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
-  const int* slots = nullptr;       // [num_seqs] conv-state slot of each sequence
+  const int* slots = nullptr;       // [num_seqs] conv-state slot per sequence, distinct
+  int num_slots = 0;                // slots in the state pool (range check)
   int channels = 0;                 // C
   const float* x = nullptr;         // [T, C] pre-conv projections
   const float* weight = nullptr;    // [C, 4]
@@ -37,7 +38,8 @@ void kda_l2norm(float* x, int64_t T, int H, float eps, float scale);
 struct KdaScanParams {
   int num_seqs = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
-  const int* slots = nullptr;       // [num_seqs] recurrent-state slot of each sequence
+  const int* slots = nullptr;       // [num_seqs] recurrent-state slot per sequence, distinct
+  int num_slots = 0;                // slots in the state pool (range check)
   int num_heads = 0;
   const float* q = nullptr;         // [T, H, D], L2-normed and scaled by D^-1/2
   const float* k = nullptr;         // [T, H, D], L2-normed

@@ -16,6 +16,7 @@ struct MlaCacheWriteParams {
   const int* context_lens = nullptr;  // [num_seqs] cached tokens after this step (new included)
   const int* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
   int max_blocks_per_seq = 0;
+  int num_blocks = 0;                 // blocks in the cache pool (range check)
   const float* latent = nullptr;      // [T, 576] normed ĉ | k_pe of the new tokens
   float* cache = nullptr;             // [num_blocks, 64, 576]
 };
@@ -28,6 +29,7 @@ struct MlaAttnParams {
   const int* context_lens = nullptr;  // [num_seqs] cached tokens, new ones included (already written)
   const int* block_tables = nullptr;  // [num_seqs, max_blocks_per_seq]
   int max_blocks_per_seq = 0;
+  int num_blocks = 0;                 // blocks in the cache pool (range check)
   const float* cache = nullptr;       // [num_blocks, 64, 576]
   int num_heads = 0;
   const float* q = nullptr;           // [T, H, 192]: q_nope (128) | q_pe (64)

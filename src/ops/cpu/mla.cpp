@@ -1,0 +1,254 @@
+// CPU reference for MLA over the paged latent cache (model.md §4), fp32, OpenMP.
+//
+// Cache: [num_blocks, 64, 576], row = ĉ (512, normed) | k_pe (64); token position p of sequence s
+// is row p % 64 of block block_tables[s][p / 64]. Query token i of a sequence with n new tokens
+// and context length L sits at position L − n + i and sees positions 0..L − n + i.
+//
+// Absorbed (the product path): per head h, q_abs = W_UK(h)ᵀ q_nope (512), q̃ = [q_abs | q_pe];
+//   s_j = scale · q̃ · cache_j (576), p = softmax(s) (fp32, max subtracted), u = Σ_j p_j ĉ_j,
+//   out = W_UV(h) u. Tasks: (query token, group of 8 heads), so each cache row that is read is
+//   used by 8 heads while it sits in L1.
+// Expanded (the plain reference): k_nope_j = W_UK(h) ĉ_j, v_j = W_UV(h) ĉ_j for every cached
+//   position, then s_j = scale · (q_nope · k_nope_j + q_pe · k_pe_j), out = Σ_j p_j v_j.
+//   It allocates its expanded K/V per sequence; it is for tests, not for serving.
+// kv_b: [H·256, 512]; rows h·256 .. +127 are W_UK(h), the next 128 are W_UV(h).
+#include "ops/cpu/mla.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/check.h"
+#include "model/config.h"
+
+namespace kimi::cpu {
+
+namespace {
+
+constexpr int kLat = kMlaLatentDim;    // 512
+constexpr int kPe = kMlaRopeDim;       // 64
+constexpr int kRow = kMlaCacheDim;     // 576
+constexpr int kNope = kMlaNopeDim;     // 128
+constexpr int kV = kMlaVDim;           // 128
+constexpr int kQ = kMlaQkDim;          // 192
+constexpr int kHeadRows = kNope + kV;  // 256 rows of kv_b per head
+constexpr int kGroup = 8;              // heads per absorbed-attention task
+static_assert(kMlaBlockSize == 64);
+
+// Checks the paged-batch description; returns the number of new tokens.
+int64_t check_paged(int num_seqs, const int* cu_seqlens, const int* context_lens,
+                    const int* block_tables, int max_blocks_per_seq, int num_blocks,
+                    const char* op) {
+  KIMI_CHECK(num_seqs >= 0, "num_seqs = ", num_seqs, " (", op, ")");
+  if (num_seqs == 0) return 0;
+  KIMI_CHECK(cu_seqlens && context_lens && block_tables,
+             "cu_seqlens, context_lens and block_tables are required (", op, ")");
+  KIMI_CHECK(num_blocks > 0 && max_blocks_per_seq > 0, "num_blocks = ", num_blocks,
+             ", max_blocks_per_seq = ", max_blocks_per_seq, " (", op, ")");
+  KIMI_CHECK(cu_seqlens[0] == 0, "cu_seqlens[0] = ", cu_seqlens[0], " (", op, ")");
+  for (int s = 0; s < num_seqs; ++s) {
+    const int n_new = cu_seqlens[s + 1] - cu_seqlens[s];
+    const int len = context_lens[s];
+    KIMI_CHECK(n_new >= 0, "cu_seqlens decreases at ", s, " (", op, ")");
+    KIMI_CHECK(len >= n_new, "sequence ", s, " has ", n_new, " new tokens but context ", len, " (",
+               op, ")");
+    const int used = (len + kMlaBlockSize - 1) / kMlaBlockSize;
+    KIMI_CHECK(used <= max_blocks_per_seq, "sequence ", s, " needs ", used,
+               " blocks, the table holds ", max_blocks_per_seq, " (", op, ")");
+    for (int b = 0; b < used; ++b) {
+      const int id = block_tables[int64_t(s) * max_blocks_per_seq + b];
+      KIMI_CHECK(id >= 0 && id < num_blocks, "sequence ", s, " block ", b, " = ", id,
+                 " is outside [0, ", num_blocks, ") (", op, ")");
+    }
+  }
+  return cu_seqlens[num_seqs];
+}
+
+template <typename F>  // float or const float
+inline F* cache_row(F* cache, const int* table, int pos) {
+  return cache + (int64_t(table[pos / kMlaBlockSize]) * kMlaBlockSize + pos % kMlaBlockSize) * kRow;
+}
+
+template <int N>
+inline float dot(const float* a, const float* b) {
+  float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+  for (int i = 0; i < N; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+// The sequence that token t belongs to (cu_seqlens is non-decreasing).
+inline int seq_of(const int* cu_seqlens, int num_seqs, int64_t t) {
+  return int(std::upper_bound(cu_seqlens + 1, cu_seqlens + num_seqs + 1, t) - (cu_seqlens + 1));
+}
+
+// Per-thread scratch of the absorbed path, grown on first use and then reused.
+struct AbsorbWork {
+  std::vector<float> qt = std::vector<float>(kGroup * kRow);  // q̃ per head of the group
+  std::vector<float> u = std::vector<float>(kGroup * kLat);   // Σ p ĉ per head
+  std::vector<float> sc;                                      // [group, len] scores
+};
+
+AbsorbWork& absorb_work() {
+  thread_local AbsorbWork work;
+  return work;
+}
+
+void check_attn(const MlaAttnParams& p, const char* op, int64_t* T) {
+  *T = check_paged(p.num_seqs, p.cu_seqlens, p.context_lens, p.block_tables, p.max_blocks_per_seq,
+                   p.num_blocks, op);
+  KIMI_CHECK(p.num_heads > 0, "num_heads = ", p.num_heads, " (", op, ")");
+  KIMI_CHECK(p.scale > 0.f, "scale = ", p.scale, " (", op, ")");
+  if (*T > 0)
+    KIMI_CHECK(p.cache && p.q && p.kv_b && p.out, "cache, q, kv_b and out are required (", op, ")");
+}
+
+}  // namespace
+
+void mla_cache_write(const MlaCacheWriteParams& p) {
+  const int64_t T = check_paged(p.num_seqs, p.cu_seqlens, p.context_lens, p.block_tables,
+                                p.max_blocks_per_seq, p.num_blocks, "mla_cache_write");
+  if (T == 0) return;
+  KIMI_CHECK(p.latent && p.cache, "mla_cache_write: latent and cache are required");
+#pragma omp parallel for schedule(static) if (T > 64)
+  for (int64_t t = 0; t < T; ++t) {
+    const int s = seq_of(p.cu_seqlens, p.num_seqs, t);
+    const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+    const int pos = p.context_lens[s] - n_new + int(t - p.cu_seqlens[s]);
+    const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
+    float* dst = cache_row(p.cache, table, pos);
+    std::memcpy(dst, p.latent + t * kRow, sizeof(float) * kRow);
+  }
+}
+
+void mla_attention_absorbed(const MlaAttnParams& p) {
+  int64_t T = 0;
+  check_attn(p, "mla_attention_absorbed", &T);
+  const int H = p.num_heads;
+  const int groups = (H + kGroup - 1) / kGroup;
+  const int64_t tasks = T * groups;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t task = 0; task < tasks; ++task) {
+    AbsorbWork& w = absorb_work();
+    std::vector<float>& qt = w.qt;
+    std::vector<float>& u = w.u;
+    std::vector<float>& sc = w.sc;
+    const int64_t t = task / groups;
+    const int h0 = int(task % groups) * kGroup;
+    const int nh = std::min(kGroup, H - h0);
+    const int s = seq_of(p.cu_seqlens, p.num_seqs, t);
+    const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+    const int len = p.context_lens[s] - n_new + int(t - p.cu_seqlens[s]) + 1;
+    const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
+    if (sc.size() < size_t(kGroup) * len) sc.resize(size_t(kGroup) * len);
+
+    // q̃[g] = [W_UK(h)ᵀ q_nope | q_pe]
+    for (int g = 0; g < nh; ++g) {
+      const int h = h0 + g;
+      const float* q = p.q + (t * H + h) * kQ;
+      const float* wuk = p.kv_b + int64_t(h) * kHeadRows * kLat;
+      float* qa = qt.data() + g * kRow;
+      std::fill(qa, qa + kLat, 0.f);
+      for (int r = 0; r < kNope; ++r) {
+        const float qr = q[r];
+        const float* wr = wuk + r * kLat;
+#pragma omp simd
+        for (int c = 0; c < kLat; ++c) qa[c] += qr * wr[c];
+      }
+      std::copy(q + kNope, q + kQ, qa + kLat);
+    }
+    // Scores, then softmax per head.
+    for (int j = 0; j < len; ++j) {
+      const float* row = cache_row(p.cache, table, j);
+      for (int g = 0; g < nh; ++g) sc[g * len + j] = p.scale * dot<kRow>(qt.data() + g * kRow, row);
+    }
+    for (int g = 0; g < nh; ++g) {
+      float* sg = sc.data() + g * len;
+      float mx = sg[0];
+      for (int j = 1; j < len; ++j) mx = std::max(mx, sg[j]);
+      float sum = 0.f;
+      for (int j = 0; j < len; ++j) {
+        sg[j] = std::exp(sg[j] - mx);
+        sum += sg[j];
+      }
+      const float inv = 1.f / sum;
+      for (int j = 0; j < len; ++j) sg[j] *= inv;
+    }
+    // u[g] = Σ_j p_j ĉ_j
+    std::fill(u.begin(), u.end(), 0.f);
+    for (int j = 0; j < len; ++j) {
+      const float* row = cache_row(p.cache, table, j);
+      for (int g = 0; g < nh; ++g) {
+        const float pj = sc[g * len + j];
+        float* ug = u.data() + g * kLat;
+#pragma omp simd
+        for (int c = 0; c < kLat; ++c) ug[c] += pj * row[c];
+      }
+    }
+    // out[h] = W_UV(h) u[g]
+    for (int g = 0; g < nh; ++g) {
+      const int h = h0 + g;
+      const float* wuv = p.kv_b + (int64_t(h) * kHeadRows + kNope) * kLat;
+      float* o = p.out + (t * H + h) * kV;
+      for (int r = 0; r < kV; ++r) o[r] = dot<kLat>(wuv + r * kLat, u.data() + g * kLat);
+    }
+  }
+}
+
+void mla_attention_expanded(const MlaAttnParams& p) {
+  int64_t T = 0;
+  check_attn(p, "mla_attention_expanded", &T);
+  const int H = p.num_heads;
+  for (int s = 0; s < p.num_seqs; ++s) {
+    const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+    if (n_new == 0) continue;
+    const int ctx = p.context_lens[s];
+    const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
+    // Expanded keys and values of every cached position: [ctx, H, 128] each.
+    std::vector<float> kn(size_t(ctx) * H * kNope), vv(size_t(ctx) * H * kV);
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < ctx; ++j) {
+      const float* c = cache_row(p.cache, table, j);
+      for (int h = 0; h < H; ++h) {
+        const float* w = p.kv_b + int64_t(h) * kHeadRows * kLat;
+        for (int r = 0; r < kNope; ++r)
+          kn[(size_t(j) * H + h) * kNope + r] = dot<kLat>(w + r * kLat, c);
+        for (int r = 0; r < kV; ++r)
+          vv[(size_t(j) * H + h) * kV + r] = dot<kLat>(w + (kNope + r) * kLat, c);
+      }
+    }
+#pragma omp parallel
+    {
+      std::vector<float> sc(ctx);
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t task = 0; task < int64_t(n_new) * H; ++task) {
+        const int i = int(task / H), h = int(task % H);
+        const int64_t t = p.cu_seqlens[s] + i;
+        const int len = ctx - n_new + i + 1;
+        const float* q = p.q + (t * H + h) * kQ;
+        float mx = -INFINITY;
+        for (int j = 0; j < len; ++j) {
+          const float* kpe = cache_row(p.cache, table, j) + kLat;
+          sc[j] = p.scale * (dot<kNope>(q, kn.data() + (size_t(j) * H + h) * kNope) +
+                             dot<kPe>(q + kNope, kpe));
+          mx = std::max(mx, sc[j]);
+        }
+        float sum = 0.f;
+        for (int j = 0; j < len; ++j) {
+          sc[j] = std::exp(sc[j] - mx);
+          sum += sc[j];
+        }
+        float* o = p.out + (t * H + h) * kV;
+        std::fill(o, o + kV, 0.f);
+        for (int j = 0; j < len; ++j) {
+          const float pj = sc[j] / sum;
+          const float* v = vv.data() + (size_t(j) * H + h) * kV;
+          for (int r = 0; r < kV; ++r) o[r] += pj * v[r];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace kimi::cpu
