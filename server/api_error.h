@@ -3,6 +3,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <exception>
 #include <string>
 
 namespace kimi::server {
@@ -17,7 +18,9 @@ struct ApiError {
 };
 
 // Thrown by request parsing; caught in the route wrappers, never reaches cpp-httplib.
-struct ApiException {
+struct ApiException : std::exception {
+  explicit ApiException(ApiError e) : error(std::move(e)) {}
+  const char* what() const noexcept override { return error.message.c_str(); }
   ApiError error;
 };
 

@@ -7,21 +7,10 @@
 
 #include "core/check.h"
 #include "core/log.h"
+#include "auth.h"
 #include "routes.h"
 
 namespace kimi::server {
-
-bool constant_time_equal(const std::string& a, const std::string& b) {
-  // Compares over the longer length so the time does not reveal a matching prefix.
-  const size_t n = std::max(a.size(), b.size());
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
-    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
-    diff |= x ^ y;
-  }
-  return diff == 0;
-}
 
 namespace {
 
@@ -89,14 +78,7 @@ Server::Server(Engine& engine, ServerOptions opts) : impl_(std::make_unique<Impl
     }
     // vLLM's rule: the key guards /v1/*; /health, /metrics, /version stay open for probes.
     if (!ctx.opts.api_keys.empty() && req.path.rfind("/v1", 0) == 0) {
-      const std::string auth = req.get_header_value("Authorization");
-      const std::string prefix = "Bearer ";
-      bool ok = false;
-      if (auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0) {
-        const std::string key = auth.substr(prefix.size());
-        for (const auto& k : ctx.opts.api_keys) ok |= constant_time_equal(key, k);
-      }
-      if (!ok) {
+      if (!authorized(req.get_header_value("Authorization"), ctx.opts.api_keys)) {
         send_error(res, ApiError{401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
                                  "invalid_request_error", "", "invalid_api_key", 0});
         return httplib::Server::HandlerResponse::Handled;
@@ -125,7 +107,8 @@ Server::Server(Engine& engine, ServerOptions opts) : impl_(std::make_unique<Impl
   });
 
   // Unmatched routes, 413 bodies, ...: OpenAI-shaped errors (handlers that set a body keep it).
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+  http.set_error_handler(httplib::Server::HandlerWithResponse([](const httplib::Request& req,
+                                                                 httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     ApiError e{res.status, str(status_phrase(res.status), ": ", req.method, " ", req.path), "invalid_request_error",
                "", "", 0};
@@ -134,7 +117,7 @@ Server::Server(Engine& engine, ServerOptions opts) : impl_(std::make_unique<Impl
     if (res.status >= 500) e.type = "server_error";
     send_error(res, e);
     return httplib::Server::HandlerResponse::Handled;
-  });
+  }));
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "internal error";
     try {

@@ -50,7 +50,4 @@ class Server {
   std::unique_ptr<Impl> impl_;
 };
 
-// Constant-time comparison (for API keys): the time depends only on the lengths.
-bool constant_time_equal(const std::string& a, const std::string& b);
-
 }  // namespace kimi::server

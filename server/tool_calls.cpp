@@ -98,8 +98,8 @@ void ToolCallParser::run(ParsedDelta& out, bool final) {
       case State::kSection: {
         size_t ws = 0;
         while (ws < p.size() && is_space(p[ws])) ++ws;
-        p.remove_prefix(ws);
         pending_.erase(0, ws);
+        p = pending_;
         if (p.starts_with(kCallBegin)) {
           pending_.erase(0, kCallBegin.size());
           state_ = State::kId;
@@ -142,7 +142,7 @@ void ToolCallParser::run(ParsedDelta& out, bool final) {
           size_t ws = 0;
           while (ws < p.size() && is_space(p[ws])) ++ws;
           pending_.erase(0, ws);
-          p.remove_prefix(ws);
+          p = pending_;
           if (p.empty()) return;
           args_started_ = true;
         }
