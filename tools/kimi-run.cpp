@@ -13,6 +13,9 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
+#include <filesystem>
+#include <optional>
 
 namespace {
 
@@ -62,8 +65,16 @@ int main(int argc, char** argv) {
   try {
     kimi::set_log_level(log_level);
     if (prompt_ids.empty() && prompt.empty()) kimi::fail("give --prompt-ids or --prompt");
-    if (!prompt.empty()) kimi::fail("--prompt needs the tokenizer, which this build lacks");
-    std::vector<int> ids = parse_ids(prompt_ids);
+    std::optional<kimi::Tokenizer> tok;
+    if (std::filesystem::exists(model_dir + "/tiktoken.model")) tok = kimi::Tokenizer::load(model_dir);
+    std::vector<int> ids;
+    if (!prompt.empty()) {
+      if (!tok) kimi::fail("--prompt needs ", model_dir, "/tiktoken.model; give --prompt-ids instead");
+      ids = tok->encode(prompt, /*allow_special=*/true);
+      if (ids.empty()) kimi::fail("--prompt encodes to no tokens");
+    } else {
+      ids = parse_ids(prompt_ids);
+    }
     if (!seed_given) sp.seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
 
     kimi::ModelOptions opts;
@@ -102,19 +113,28 @@ int main(int argc, char** argv) {
     int ctx = T;
     for (int step = 0; step < max_tokens; ++step) {
       kimi::apply_logit_processors(last, sp, hist);
-      int tok = kimi::sample_token(last, sp, uint64_t(step));
-      out.push_back(tok);
-      hist.add_generated(tok);
+      int next = kimi::sample_token(last, sp, uint64_t(step));
+      out.push_back(next);
+      hist.add_generated(next);
       bool eos = false;
-      for (int e : cfg.eos_token_ids) eos |= tok == e;
+      for (int e : cfg.eos_token_ids) eos |= next == e;
+      if (tok)
+        for (int e : tok->stop_ids()) eos |= next == e;
       if (eos || step + 1 == max_tokens) break;
       kimi::Batch d;
-      d.add({tok}, ++ctx, 0, blocks);
+      d.add({next}, ++ctx, 0, blocks);
       model->forward(d, logits);
       last.assign(logits.begin(), logits.end());
     }
     auto t2 = std::chrono::steady_clock::now();
     std::printf("%s\n", nlohmann::json(out).dump().c_str());
+    if (tok) {
+      // The text as a JSON string on the second line (invalid UTF-8 of a cut-off character is
+      // replaced by U+FFFD).
+      std::string text = tok->decode(out);
+      std::printf("%s\n", nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    }
+    std::fflush(stdout);
     double pre = std::chrono::duration<double>(t1 - t0).count();
     double dec = std::chrono::duration<double>(t2 - t1).count();
     std::fprintf(stderr, "prefill %d tokens in %.3f s (%.1f tok/s); decode %zu tokens in %.3f s (%.1f tok/s)\n",

@@ -155,6 +155,23 @@ TEST(Safetensors, RoundTripAllDtypes) {
                   {"e.i32", path, "I32"});
 }
 
+TEST(Safetensors, OddOffsetsConvert) {
+  // Offsets need not be aligned to the element size: BF16/F16 data at odd byte offsets.
+  TempDir dir;
+  uint8_t pad = 1;
+  std::vector<uint16_t> bf = {f32_to_bf16(1.5f), f32_to_bf16(-3.f), f32_to_bf16(0.25f)};
+  std::vector<uint16_t> hf = {f32_to_f16(2.5f), f32_to_f16(-0.5f)};
+  std::string path = dir.file("odd.safetensors");
+  write_safetensors(path, {{"pad", DType::kU8, {1}, &pad},
+                           {"bf", DType::kBF16, {3}, bf.data()},
+                           {"pad2", DType::kU8, {1}, &pad},
+                           {"hf", DType::kF16, {2}, hf.data()}});
+  SafetensorsFile f(path);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(f.tensors().at("bf").data) % 2, 1u);
+  EXPECT_EQ(tensor_to_f32(f.tensors().at("bf")), (std::vector<float>{1.5f, -3.f, 0.25f}));
+  EXPECT_EQ(tensor_to_f32(f.tensors().at("hf")), (std::vector<float>{2.5f, -0.5f}));
+}
+
 TEST(Safetensors, RewriteReplacesFileAtomically) {
   TempDir dir;
   std::string path = dir.file("x.safetensors");

@@ -1,0 +1,531 @@
+// The engine loop: one thread owns the model; each step it applies cancellations, asks the
+// scheduler for a batch, runs one forward, samples, and pushes events to the request handles.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <list>
+#include <map>
+#include <random>
+#include <thread>
+#include <unordered_set>
+
+#include "core/check.h"
+#include "core/log.h"
+#include "kimi/engine.h"
+#include "model/model.h"
+#include "runtime/pools.h"
+#include "runtime/scheduler.h"
+#include "runtime/sequence.h"
+
+namespace kimi {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double secs(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+class EngineImpl final : public Engine {
+ public:
+  explicit EngineImpl(const EngineOptions& opts);
+  ~EngineImpl() override { stop_loop(); }
+
+  std::shared_ptr<RequestHandle> submit(Request req) override;
+  void cancel(uint64_t id) override;
+  const ModelConfig& config() const override { return model_->config(); }
+  const Tokenizer* tokenizer() const override { return tokenizer_.get(); }
+  int64_t max_model_len() const override { return max_model_len_; }
+  EngineMetrics metrics() const override;
+  void shutdown(std::chrono::milliseconds grace) override;
+
+ private:
+  void loop();
+  void step();
+  void stop_loop();
+  void admit_incoming();
+  void apply_cancellations();
+  void free_seq(Sequence& s);
+  void finish_seq(Sequence& s, FinishReason r, const std::string& why = {});
+  void fork_samples(Sequence& leader, const float* logits);
+  void sample_and_emit(Sequence& s, const float* logits);
+  void fail_all(const std::string& why);
+  void publish_metrics();
+
+  EngineOptions opts_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  int64_t max_model_len_ = 0;
+  std::vector<int> eos_ids_;
+
+  // Shared with submitters, under mu_.
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::shared_ptr<RequestState>> incoming_;
+  std::unordered_set<uint64_t> cancel_ids_;
+  bool accepting_ = true, stop_ = false;
+  uint64_t next_id_ = 1;
+  EngineMetrics metrics_;
+
+  // Owned by the loop thread.
+  BlockPool blocks_;
+  SlotPool slots_;
+  std::list<std::unique_ptr<Sequence>> waiting_, running_;
+  uint64_t next_order_ = 0;
+  std::vector<float> logits_;
+  std::thread thread_;
+};
+
+CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, int64_t* max_len) {
+  CacheSizes cs;
+  cs.num_slots = o.max_num_seqs;
+  int64_t slot_bytes = int64_t(c.num_kda_layers()) * c.kda_num_heads * kKdaHeadDim *
+                       (kKdaHeadDim + 3 * (kKdaConvSize - 1)) * 4;
+  int64_t block_bytes = int64_t(std::max(c.num_mla_layers(), 1)) * kBlockSize * kMlaCacheDim * 4;
+  int64_t want_len = o.max_model_len > 0 ? o.max_model_len : c.model_max_length;
+  if (o.num_blocks > 0) {
+    cs.num_blocks = o.num_blocks;
+  } else {
+    int64_t avail = o.cpu_cache_bytes - slot_bytes * cs.num_slots;
+    if (avail < block_bytes)
+      fail("the cache budget (", o.cpu_cache_bytes >> 20, " MiB) cannot hold the KDA state of ",
+           cs.num_slots, " sequences (", (slot_bytes * cs.num_slots) >> 20,
+           " MiB): lower --max-num-seqs or raise the budget");
+    // Never more than every sequence at full length needs.
+    int64_t cap = int64_t(cs.num_slots) * blocks_for_tokens(int(std::min<int64_t>(want_len, 1 << 30)), kBlockSize);
+    cs.num_blocks = int(std::min<int64_t>({avail / block_bytes, cap, int64_t(1) << 30}));
+  }
+  *max_len = std::min<int64_t>(want_len, int64_t(cs.num_blocks) * kBlockSize);
+  if (o.max_model_len > 0 && *max_len < o.max_model_len)
+    fail("max_model_len ", o.max_model_len, " needs ", blocks_for_tokens(int(o.max_model_len), kBlockSize),
+         " cache blocks but only ", cs.num_blocks, " fit: lower max_model_len or raise the cache budget");
+  return cs;
+}
+
+EngineImpl::EngineImpl(const EngineOptions& opts)
+    : opts_(opts), blocks_(1), slots_(1) {
+  const std::string& dir = opts.model_dir;
+  if (dir.empty()) fail("no model directory given");
+  KIMI_CHECK(opts.max_num_seqs >= 1 && opts.max_num_seqs <= 4096, "max_num_seqs must be in 1..4096");
+  KIMI_CHECK(opts.max_num_batched_tokens >= 1, "max_num_batched_tokens must be positive");
+  ModelConfig cfg = ModelConfig::from_file(dir + "/config.json");
+  ModelOptions mo;
+  mo.backend = opts.backend;
+  mo.cache = size_caches(cfg, opts, &max_model_len_);
+  model_ = load_model(dir, mo);
+  blocks_ = BlockPool(mo.cache.num_blocks);
+  slots_ = SlotPool(mo.cache.num_slots);
+  tokenizer_ = load_tokenizer_if_present(dir);
+  eos_ids_ = cfg.eos_token_ids;
+  if (tokenizer_)
+    for (int id : tokenizer_->stop_ids())
+      if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
+  metrics_.total_blocks = mo.cache.num_blocks;
+  metrics_.total_slots = mo.cache.num_slots;
+  spdlog::info("engine: model {} ({} layers), {} KDA slots, {} cache blocks, max_model_len {}", dir,
+               cfg.num_hidden_layers, mo.cache.num_slots, mo.cache.num_blocks, max_model_len_);
+  thread_ = std::thread([this] { loop(); });
+}
+
+std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
+  const int V = model_->config().vocab_size;
+  const int P = int(req.prompt_ids.size());
+  if (P == 0) fail("the prompt is empty");
+  for (int id : req.prompt_ids)
+    if (id < 0 || id >= V) fail("prompt token ", id, " is outside the vocabulary 0..", V - 1);
+  if (P >= max_model_len_)
+    fail("This model's maximum context length is ", max_model_len_, " tokens. However, you requested ",
+         P, " tokens in the prompt (", P, " in the messages, 0 in the completion). Please reduce the length of the messages.");
+  if (req.max_tokens < 0) req.max_tokens = int(max_model_len_ - P);
+  if (P + int64_t(req.max_tokens) > max_model_len_)
+    fail("This model's maximum context length is ", max_model_len_, " tokens. However, you requested ",
+         P + int64_t(req.max_tokens), " tokens (", P, " in the messages, ", req.max_tokens,
+         " in the completion). Please reduce the length of the messages or completion.");
+  if (req.n < 1 || req.n > 128) fail("n must be in 1..128");
+  if (req.n > opts_.max_num_seqs) fail("n (", req.n, ") exceeds max_num_seqs (", opts_.max_num_seqs, ")");
+  if (req.logprobs > 20) fail("logprobs/top_logprobs must be at most 20");
+  std::string bad = req.sampling.validate(V);
+  if (!bad.empty()) fail(bad);
+  for (int id : req.stop_token_ids)
+    if (id < 0 || id >= V) fail("stop_token_ids names token ", id, ", outside the vocabulary");
+  if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
+  for (auto& s : req.stop)
+    if (s.empty()) fail("stop strings must not be empty");
+  if (!req.seed_given) req.sampling.seed = std::random_device{}() * 0x100000001ull + std::random_device{}();
+
+  std::lock_guard lk(mu_);
+  if (!accepting_) fail("the server is shutting down");
+  auto st = std::make_shared<RequestState>();
+  st->handle = std::make_shared<RequestHandle>(next_id_++, req.n);
+  st->req = std::move(req);
+  st->arrival = Clock::now();
+  st->handle->add_usage(P, 0);
+  incoming_.push_back(st);
+  cv_.notify_all();
+  return st->handle;
+}
+
+void EngineImpl::cancel(uint64_t id) {
+  std::lock_guard lk(mu_);
+  cancel_ids_.insert(id);
+  cv_.notify_all();
+}
+
+EngineMetrics EngineImpl::metrics() const {
+  std::lock_guard lk(mu_);
+  return metrics_;
+}
+
+void EngineImpl::shutdown(std::chrono::milliseconds grace) {
+  auto deadline = Clock::now() + grace;
+  {
+    std::lock_guard lk(mu_);
+    accepting_ = false;
+  }
+  while (Clock::now() < deadline) {
+    {
+      std::lock_guard lk(mu_);
+      if (metrics_.num_running == 0 && metrics_.num_waiting == 0 && incoming_.empty()) break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop_loop();
+}
+
+void EngineImpl::stop_loop() {
+  {
+    std::lock_guard lk(mu_);
+    if (stop_ && !thread_.joinable()) return;
+    stop_ = true;
+    cv_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+  // Whatever is left is cancelled, so no client waits forever.
+  for (auto* q : {&running_, &waiting_})
+    for (auto& s : *q) finish_seq(*s, FinishReason::kCancelled);
+  running_.clear();
+  waiting_.clear();
+  std::lock_guard lk(mu_);
+  for (auto& st : incoming_)
+    for (int i = 0; i < st->req.n; ++i) {
+      GenerationEvent ev;
+      ev.index = i;
+      ev.finish = FinishReason::kCancelled;
+      st->handle->push(std::move(ev));
+    }
+  incoming_.clear();
+}
+
+void EngineImpl::loop() {
+  while (true) {
+    {
+      std::unique_lock lk(mu_);
+      cv_.wait(lk, [&] {
+        return stop_ || !incoming_.empty() || !cancel_ids_.empty() || !running_.empty() ||
+               !waiting_.empty();
+      });
+      if (stop_) return;
+    }
+    try {
+      step();
+    } catch (const std::exception& e) {
+      spdlog::error("engine step failed: {}", e.what());
+      fail_all(e.what());
+    }
+  }
+}
+
+void EngineImpl::admit_incoming() {
+  std::vector<std::shared_ptr<RequestState>> in;
+  {
+    std::lock_guard lk(mu_);
+    in.swap(incoming_);
+  }
+  for (auto& st : in) {
+    // The leader computes the prompt; its siblings fork from it after the prefill.
+    auto s = std::make_unique<Sequence>(st, 0, next_order_++, st->req.prompt_ids);
+    s->init_decoder(tokenizer_.get());
+    waiting_.push_back(std::move(s));
+  }
+}
+
+void EngineImpl::apply_cancellations() {
+  std::unordered_set<uint64_t> ids;
+  {
+    std::lock_guard lk(mu_);
+    ids.swap(cancel_ids_);
+  }
+  if (ids.empty()) return;
+  for (auto* q : {&running_, &waiting_})
+    for (auto it = q->begin(); it != q->end();) {
+      if (ids.count((*it)->req->handle->id())) {
+        finish_seq(**it, FinishReason::kCancelled);
+        it = q->erase(it);
+      } else {
+        ++it;
+      }
+    }
+}
+
+void EngineImpl::free_seq(Sequence& s) {
+  for (int b : s.blocks) blocks_.release(b);
+  s.blocks.clear();
+  if (s.slot >= 0) slots_.release(s.slot);
+  s.slot = -1;
+  s.num_computed = 0;
+}
+
+void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why) {
+  free_seq(s);
+  if (s.finished) return;
+  s.finished = true;
+  publish_metrics();
+  GenerationEvent ev;
+  ev.index = s.index;
+  ev.finish = r;
+  if (r == FinishReason::kError) ev.error = why;
+  else ev.stop_reason = why;
+  ev.text = s.flush_text(r);
+  auto now = Clock::now();
+  // Samples that were never started (cancelled before the fork) finish here too.
+  int unstarted = s.index == 0 && !s.forked ? s.req->req.n - 1 : 0;
+  s.req->handle->push(std::move(ev));
+  for (int i = 1; i <= unstarted; ++i) {
+    GenerationEvent e2;
+    e2.index = i;
+    e2.finish = r;
+    e2.error = r == FinishReason::kError ? why : "";
+    s.req->handle->push(std::move(e2));
+  }
+  std::lock_guard lk(mu_);
+  metrics_.requests_finished_total += 1;
+  if (s.generated > 0) {
+    double e2e = secs(s.req->arrival, now);
+    metrics_.e2e.observe(e2e);
+    if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+  }
+}
+
+void EngineImpl::fail_all(const std::string& why) {
+  for (auto* q : {&running_, &waiting_})
+    for (auto& s : *q) finish_seq(*s, FinishReason::kError, why);
+  running_.clear();
+  waiting_.clear();
+}
+
+void EngineImpl::step() {
+  admit_incoming();
+  apply_cancellations();
+
+  // Scheduler view, by position in running_ then waiting_.
+  std::vector<Sequence*> table;
+  SchedulerInput in;
+  for (auto& s : running_) {
+    in.running.push_back({int(table.size()), int(s->tokens.size()), s->num_computed, int(s->blocks.size())});
+    table.push_back(s.get());
+  }
+  for (auto& s : waiting_) {
+    in.waiting.push_back({int(table.size()), int(s->tokens.size()), s->num_computed, int(s->blocks.size())});
+    table.push_back(s.get());
+  }
+  in.free_blocks = blocks_.num_free();
+  in.free_slots = slots_.num_free();
+  SchedulerLimits lim{opts_.max_num_seqs, opts_.max_num_batched_tokens, kBlockSize};
+  SchedulerOutput plan = schedule(in, lim);
+
+  // Preemption by recompute: free everything, back to the front of the waiting queue in
+  // arrival order.
+  for (int id : plan.preempted) {
+    Sequence* s = table[id];
+    free_seq(*s);
+    auto it = std::find_if(running_.begin(), running_.end(), [&](auto& p) { return p.get() == s; });
+    auto pos = std::find_if(waiting_.begin(), waiting_.end(), [&](auto& p) { return p->order > s->order; });
+    waiting_.splice(pos, running_, it);
+    std::lock_guard lk(mu_);
+    metrics_.preemptions_total += 1;
+  }
+
+  Batch batch;
+  std::vector<Sequence*> batch_seqs;
+  for (const ScheduledSeq& sc : plan.scheduled) {
+    Sequence* s = table[sc.id];
+    if (sc.admitted) {
+      s->slot = slots_.allocate();
+      KIMI_CHECK(s->slot >= 0);
+      model_->reset_slot(s->slot);
+      auto it = std::find_if(waiting_.begin(), waiting_.end(), [&](auto& p) { return p.get() == s; });
+      running_.splice(running_.end(), waiting_, it);
+    }
+    KIMI_CHECK(blocks_.allocate(sc.new_blocks, s->blocks), "scheduler over-committed blocks");
+    int from = s->num_computed;
+    batch.add(std::vector<int>(s->tokens.begin() + from, s->tokens.begin() + from + sc.num_new_tokens),
+              from + sc.num_new_tokens, s->slot, s->blocks);
+    batch_seqs.push_back(s);
+  }
+  publish_metrics();
+  if (batch_seqs.empty()) return;
+
+  model_->forward(batch, logits_);
+  const int V = model_->config().vocab_size;
+  uint64_t prompt_tokens = 0;
+  for (size_t i = 0; i < batch_seqs.size(); ++i) {
+    Sequence* s = batch_seqs[i];
+    int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
+    int before = s->num_computed;
+    s->num_computed += n;
+    prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
+    if (s->num_computed < int(s->tokens.size())) continue;  // prefill chunk: nothing to sample yet
+    const float* row = logits_.data() + i * size_t(V);
+    if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
+    sample_and_emit(*s, row);
+  }
+  // Drop finished sequences.
+  for (auto it = running_.begin(); it != running_.end();) {
+    if ((*it)->finished) it = running_.erase(it);
+    else ++it;
+  }
+  {
+    std::lock_guard lk(mu_);
+    metrics_.prompt_tokens_total += prompt_tokens;
+  }
+  publish_metrics();
+}
+
+// Pool and queue counters. Called before a finish event is pushed, so a client that sees its
+// request finish also sees the resources returned.
+void EngineImpl::publish_metrics() {
+  int running = 0, waiting = 0;
+  for (auto& s : running_) running += !s->finished;
+  for (auto& s : waiting_) waiting += !s->finished;
+  std::lock_guard lk(mu_);
+  metrics_.num_running = running;
+  metrics_.num_waiting = waiting;
+  metrics_.free_blocks = blocks_.num_free();
+  metrics_.free_slots = slots_.num_free();
+  metrics_.cache_usage = 1.0 - double(blocks_.num_free()) / blocks_.num_blocks();
+}
+
+void EngineImpl::fork_samples(Sequence& leader, const float* logits) {
+  leader.forked = true;
+  const int n = leader.req->req.n;
+  for (int i = 1; i < n; ++i) {
+    auto s = std::make_unique<Sequence>(leader.req, i, next_order_++, leader.tokens);
+    s->init_decoder(tokenizer_.get());
+    int slot = slots_.allocate();
+    // Share the full blocks; copy the partial last one (it will be written by this sample).
+    int full = leader.num_computed / kBlockSize;
+    bool partial = leader.num_computed % kBlockSize != 0;
+    std::vector<int> fresh;
+    if (slot >= 0 && (!partial || blocks_.allocate(1, fresh))) {
+      s->slot = slot;
+      model_->copy_slot(leader.slot, slot);
+      for (int b = 0; b < full; ++b) {
+        blocks_.retain(leader.blocks[b]);
+        s->blocks.push_back(leader.blocks[b]);
+      }
+      if (partial) {
+        model_->copy_block(leader.blocks[full], fresh[0]);
+        s->blocks.push_back(fresh[0]);
+      }
+      s->num_computed = leader.num_computed;
+      sample_and_emit(*s, logits);
+      if (!s->finished) running_.push_back(std::move(s));
+    } else {
+      // No room to fork now: this sample recomputes the prompt when it is admitted.
+      if (slot >= 0) slots_.release(slot);
+      waiting_.push_back(std::move(s));
+    }
+  }
+}
+
+void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
+  const int V = model_->config().vocab_size;
+  const Request& r = s.req->req;
+  std::vector<float> row(logits, logits + V);
+  GenerationEvent ev;
+  ev.index = s.index;
+  if (r.logprobs >= 0) ev.logprobs.push_back({});  // filled after the token is known
+  std::vector<float> logprobs;
+  if (r.logprobs >= 0) {
+    // Log-probabilities of the raw model distribution (vLLM's default).
+    float mx = *std::max_element(row.begin(), row.end());
+    double sum = 0;
+    for (float v : row) sum += std::exp(double(v - mx));
+    float lse = mx + float(std::log(sum));
+    logprobs.resize(V);
+    for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
+  }
+  apply_logit_processors(row, s.sampling, s.history);
+  int tok = sample_token(row, s.sampling, uint64_t(s.generated));
+  if (r.logprobs >= 0) {
+    TokenLogprob& lp = ev.logprobs.back();
+    lp.id = tok;
+    lp.logprob = logprobs[tok];
+    std::vector<int> idx(V);
+    for (int i = 0; i < V; ++i) idx[i] = i;
+    int k = std::min(r.logprobs, V);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
+      return logprobs[a] > logprobs[b] || (logprobs[a] == logprobs[b] && a < b);
+    });
+    for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], logprobs[idx[i]]});
+  }
+  s.tokens.push_back(tok);
+  s.history.add_generated(tok);
+  s.generated += 1;
+  s.req->handle->add_usage(0, 1);
+  auto now = Clock::now();
+  {
+    std::lock_guard lk(mu_);
+    metrics_.generation_tokens_total += 1;
+    if (s.generated == 1) {
+      s.ttft = secs(s.req->arrival, now);
+      metrics_.ttft.observe(s.ttft);
+    }
+  }
+  ev.token_ids.push_back(tok);
+
+  FinishReason fin = FinishReason::kNone;
+  std::string why;
+  bool is_eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), tok) != eos_ids_.end();
+  bool is_stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), tok) != r.stop_token_ids.end();
+  // Text first: a stop string may end the sequence at this token.
+  TextDelta td = s.push_text(tok, is_eos || is_stop_id);
+  ev.text = std::move(td.text);
+  if (td.stopped) {
+    fin = FinishReason::kStop;
+    why = td.stop_string;
+  } else if (is_eos || is_stop_id) {
+    fin = FinishReason::kStop;
+    why = str(tok);
+  } else if (s.generated >= r.max_tokens || int64_t(s.tokens.size()) >= max_model_len_) {
+    fin = FinishReason::kLength;
+  }
+  if (fin == FinishReason::kNone) {
+    s.req->handle->push(std::move(ev));
+    return;
+  }
+  // The final event carries the last token and the finish reason together.
+  ev.finish = fin;
+  ev.stop_reason = why;
+  std::string rest = s.flush_text(fin);
+  ev.text += rest;
+  s.finished = true;
+  free_seq(s);
+  publish_metrics();
+  s.req->handle->push(std::move(ev));  // siblings were forked before this first sample
+  std::lock_guard lk(mu_);
+  metrics_.requests_finished_total += 1;
+  double e2e = secs(s.req->arrival, now);
+  metrics_.e2e.observe(e2e);
+  if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+}
+
+}  // namespace
+
+std::unique_ptr<Engine> Engine::create(const EngineOptions& opts) {
+  return std::make_unique<EngineImpl>(opts);
+}
+
+}  // namespace kimi

@@ -1,0 +1,259 @@
+// Runtime tests on the embedded default tiny model: continuous batching equals one-at-a-time,
+// cancellation frees resources, pool exhaustion preempts and still completes correctly,
+// n > 1, seeds, stop strings, request validation.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <thread>
+
+#include "core/check.h"
+#include "kimi/engine.h"
+#include "model/model.h"
+
+namespace kimi {
+namespace {
+
+const std::string kModel = std::string(KIMI_BINARY_DIR) + "/default-model";
+
+std::vector<int> random_prompt(std::mt19937& rng, int len, int vocab) {
+  std::vector<int> p(len);
+  for (auto& t : p) t = int(rng() % uint32_t(vocab - 256));  // base tokens only
+  return p;
+}
+
+double rel_l2(const float* a, const float* b, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    num += double(a[i] - b[i]) * (a[i] - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Model level: one batch of 16 sequences (mixed prefill lengths, then mixed decode) gives the
+// logits of the same sequences run alone.
+TEST(Batching, MixedBatchLogitsEqualSingleSequence) {
+  ModelOptions mo;
+  mo.cache.num_slots = 17;
+  mo.cache.num_blocks = 17 * 6;
+  auto model = load_model(kModel, mo);
+  const int V = model->config().vocab_size, S = 16;
+  std::mt19937 rng(5);
+  std::vector<std::vector<int>> prompts;
+  for (int s = 0; s < S; ++s) prompts.push_back(random_prompt(rng, 1 + int(rng() % 300), V));
+  auto blocks = [](int s) {
+    std::vector<int> b(6);
+    for (int i = 0; i < 6; ++i) b[i] = s * 6 + i;
+    return b;
+  };
+  // Batched: every prefill at once, then 3 decode steps with everyone.
+  Batch pre;
+  for (int s = 0; s < S; ++s) {
+    model->reset_slot(s);
+    pre.add(prompts[s], int(prompts[s].size()), s, blocks(s));
+  }
+  std::vector<float> batched;
+  model->forward(pre, batched);
+  std::vector<std::vector<float>> batched_steps = {batched};
+  for (int step = 0; step < 3; ++step) {
+    Batch d;
+    for (int s = 0; s < S; ++s) d.add({(s * 7 + step) % 200}, int(prompts[s].size()) + step + 1, s, blocks(s));
+    model->forward(d, batched);
+    batched_steps.push_back(batched);
+  }
+  // Alone, in slot 16 / blocks of sequence 16.
+  double worst = 0;
+  for (int s = 0; s < S; ++s) {
+    model->reset_slot(16);
+    Batch b;
+    b.add(prompts[s], int(prompts[s].size()), 16, blocks(16));
+    std::vector<float> alone;
+    model->forward(b, alone);
+    worst = std::max(worst, rel_l2(alone.data(), batched_steps[0].data() + size_t(s) * V, V));
+    for (int step = 0; step < 3; ++step) {
+      Batch d;
+      d.add({(s * 7 + step) % 200}, int(prompts[s].size()) + step + 1, 16, blocks(16));
+      model->forward(d, alone);
+      worst = std::max(worst, rel_l2(alone.data(), batched_steps[step + 1].data() + size_t(s) * V, V));
+    }
+  }
+  EXPECT_LE(worst, 1e-4);
+  std::printf("max relative L2, batched vs alone: %.3g\n", worst);
+}
+
+struct Output {
+  std::vector<int> ids;
+  std::string text;
+  FinishReason finish = FinishReason::kNone;
+  std::string stop_reason;
+};
+
+std::map<int, Output> collect(RequestHandle& h) {
+  std::map<int, Output> out;
+  while (auto ev = h.next(std::chrono::seconds(60))) {
+    Output& o = out[ev->index];
+    o.ids.insert(o.ids.end(), ev->token_ids.begin(), ev->token_ids.end());
+    o.text += ev->text;
+    if (ev->finish != FinishReason::kNone) {
+      o.finish = ev->finish;
+      o.stop_reason = ev->stop_reason;
+    }
+  }
+  return out;
+}
+
+EngineOptions engine_opts(int max_seqs, int num_blocks = 0, int budget = 256) {
+  EngineOptions o;
+  o.model_dir = kModel;
+  o.max_num_seqs = max_seqs;
+  o.num_blocks = num_blocks;
+  o.max_num_batched_tokens = budget;
+  o.max_model_len = num_blocks ? 0 : 4096;
+  return o;
+}
+
+Request greedy(std::vector<int> prompt, int max_tokens) {
+  Request r;
+  r.prompt_ids = std::move(prompt);
+  r.max_tokens = max_tokens;
+  r.sampling.temperature = 0;
+  r.ignore_eos = true;
+  return r;
+}
+
+// 16 concurrent requests with a small token budget (chunked prefill mixed with decodes) give the
+// same greedy tokens as each request run alone.
+TEST(Engine, ConcurrentEqualsOneAtATime) {
+  std::mt19937 rng(11);
+  std::vector<Request> reqs;
+  auto eng = Engine::create(engine_opts(16));
+  const int V = eng->config().vocab_size;
+  for (int i = 0; i < 16; ++i) reqs.push_back(greedy(random_prompt(rng, 1 + int(rng() % 300), V), 1 + int(rng() % 24)));
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (auto& r : reqs) hs.push_back(eng->submit(r));
+  std::vector<std::vector<int>> together;
+  for (auto& h : hs) together.push_back(collect(*h)[0].ids);
+  auto solo = Engine::create(engine_opts(1));
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto o = collect(*solo->submit(reqs[i]))[0];
+    EXPECT_EQ(o.ids, together[i]) << "request " << i;
+    EXPECT_EQ(int(o.ids.size()), reqs[i].max_tokens);
+    EXPECT_EQ(o.finish, FinishReason::kLength);
+  }
+  EngineMetrics m = eng->metrics();
+  EXPECT_EQ(m.free_blocks, m.total_blocks);
+  EXPECT_EQ(m.free_slots, m.total_slots);
+}
+
+TEST(Engine, CancellationFreesBlocksAndSlotByNextStep) {
+  auto eng = Engine::create(engine_opts(4));
+  std::mt19937 rng(3);
+  auto h = eng->submit(greedy(random_prompt(rng, 200, eng->config().vocab_size), 100000 / 100));
+  auto first = h->next(std::chrono::seconds(30));
+  ASSERT_TRUE(first.has_value());
+  EngineMetrics busy = eng->metrics();
+  EXPECT_LT(busy.free_blocks, busy.total_blocks);
+  eng->cancel(h->id());
+  FinishReason fin = FinishReason::kNone;
+  while (auto ev = h->next(std::chrono::seconds(30)))
+    if (ev->finish != FinishReason::kNone) fin = ev->finish;
+  EXPECT_EQ(fin, FinishReason::kCancelled);
+  EngineMetrics m = eng->metrics();
+  EXPECT_EQ(m.free_blocks, m.total_blocks);
+  EXPECT_EQ(m.free_slots, m.total_slots);
+  EXPECT_EQ(m.num_running, 0);
+}
+
+// A pool of 12 blocks (768 tokens) for 8 requests of up to 330 tokens: the engine must queue
+// and preempt, and every request still completes with the tokens it gets alone.
+TEST(Engine, PoolExhaustionPreemptsAndCompletesCorrectly) {
+  std::mt19937 rng(21);
+  auto eng = Engine::create(engine_opts(8, 12, 128));
+  const int V = eng->config().vocab_size;
+  std::vector<Request> reqs;
+  for (int i = 0; i < 8; ++i) reqs.push_back(greedy(random_prompt(rng, 100 + int(rng() % 200), V), 30));
+  std::vector<std::shared_ptr<RequestHandle>> hs;
+  for (auto& r : reqs) hs.push_back(eng->submit(r));
+  std::vector<std::vector<int>> got;
+  for (auto& h : hs) got.push_back(collect(*h)[0].ids);
+  EngineMetrics m = eng->metrics();
+  EXPECT_GT(m.preemptions_total, 0u);
+  EXPECT_EQ(m.free_blocks, m.total_blocks);
+  auto solo = Engine::create(engine_opts(1));
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(collect(*solo->submit(reqs[i]))[0].ids, got[i]) << i;
+}
+
+TEST(Engine, SeedReproducibleAndNSamplesShareThePrefill) {
+  auto eng = Engine::create(engine_opts(8));
+  std::mt19937 rng(9);
+  Request r;
+  r.prompt_ids = random_prompt(rng, 70, eng->config().vocab_size);
+  r.max_tokens = 12;
+  r.ignore_eos = true;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 1234;
+  r.seed_given = true;
+  auto a = collect(*eng->submit(r));
+  auto b = collect(*eng->submit(r));
+  EXPECT_EQ(a[0].ids, b[0].ids);
+  r.n = 3;
+  auto h = eng->submit(r);
+  auto c = collect(*h);
+  ASSERT_EQ(c.size(), 3u);
+  EXPECT_EQ(c[0].ids, a[0].ids);  // sample 0 of n equals the n = 1 request with the same seed
+  EXPECT_NE(c[1].ids, c[0].ids);
+  for (auto& [i, o] : c) EXPECT_EQ(o.ids.size(), 12u);
+  Usage u = h->usage();
+  EXPECT_EQ(u.prompt_tokens, 70);
+  EXPECT_EQ(u.completion_tokens, 36);
+  EngineMetrics m = eng->metrics();
+  EXPECT_EQ(m.free_blocks, m.total_blocks);
+}
+
+TEST(Engine, StopStringEndsTheTextBeforeIt) {
+  auto eng = Engine::create(engine_opts(2));
+  ASSERT_NE(eng->tokenizer(), nullptr);
+  std::mt19937 rng(17);
+  Request r = greedy(random_prompt(rng, 20, eng->config().vocab_size), 40);
+  auto full = collect(*eng->submit(r))[0];
+  ASSERT_GE(full.text.size(), 12u);
+  // A stop string from the middle of the greedy text (ASCII-safe cut).
+  size_t at = full.text.size() / 2;
+  while (at < full.text.size() && (static_cast<unsigned char>(full.text[at]) & 0xC0) == 0x80) ++at;
+  std::string stop = full.text.substr(at, 2);
+  while ((static_cast<unsigned char>(stop.back()) & 0x80) != 0 && stop.size() < 6 && at + stop.size() < full.text.size())
+    stop = full.text.substr(at, stop.size() + 1);
+  size_t first = full.text.find(stop);
+  r.stop = {stop};
+  auto cut = collect(*eng->submit(r))[0];
+  EXPECT_EQ(cut.finish, FinishReason::kStop);
+  EXPECT_EQ(cut.stop_reason, stop);
+  EXPECT_EQ(cut.text, full.text.substr(0, first));
+  r.include_stop_str_in_output = true;
+  EXPECT_EQ(collect(*eng->submit(r))[0].text, full.text.substr(0, first) + stop);
+}
+
+TEST(Engine, RejectsBadRequestsWithAMessage) {
+  auto eng = Engine::create(engine_opts(2));
+  Request r = greedy(std::vector<int>(5000, 1), 10);
+  try {
+    eng->submit(r);
+    FAIL() << "over-long prompt accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("maximum context length"), std::string::npos) << e.what();
+  }
+  r = greedy({1, 2}, 10);
+  r.sampling.top_p = 2;
+  EXPECT_THROW(eng->submit(r), Error);
+  r = greedy({1, 99999}, 10);
+  EXPECT_THROW(eng->submit(r), Error);
+  r = greedy({}, 10);
+  EXPECT_THROW(eng->submit(r), Error);
+  r = greedy({1}, 10);
+  r.n = 1000;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
+}  // namespace
+}  // namespace kimi
