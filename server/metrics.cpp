@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 
 #include "core/check.h"
 
@@ -11,7 +12,8 @@ namespace {
 std::string num(double v) {
   if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
+  std::snprintf(buf, sizeof buf, "%.15g", v);  // 0.04, not 0.040000000000000001
+  if (std::strtod(buf, nullptr) != v) std::snprintf(buf, sizeof buf, "%.17g", v);
   return buf;
 }
 
@@ -23,33 +25,18 @@ void sample(std::string& out, const std::string& name, const std::string& labels
   out += name + "{" + labels + "} " + num(v) + "\n";
 }
 
-const std::vector<double> kTtftBuckets = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
-                                          2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
-const std::vector<double> kItlBuckets = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-                                         1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
-const std::vector<double> kE2eBuckets = {0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
-                                         40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
-
 }  // namespace
 
-void Histogram::observe(double v) {
-  size_t i = 0;
-  while (i < bounds_.size() && v > bounds_[i]) ++i;
-  ++counts_[i];
-  sum_ += v;
-  ++count_;
-}
-
-void Histogram::render(std::string& out, const std::string& name, const std::string& labels) const {
+void render_histogram(std::string& out, const std::string& name, const std::string& labels, const Histogram& h) {
   uint64_t cum = 0;
   std::string sep = labels.empty() ? "" : ",";
-  for (size_t i = 0; i <= bounds_.size(); ++i) {
-    cum += counts_[i];
-    std::string le = i < bounds_.size() ? num(bounds_[i]) : "+Inf";
+  for (size_t i = 0; i < h.counts.size(); ++i) {
+    cum += h.counts[i];
+    std::string le = i < h.bounds.size() ? num(h.bounds[i]) : "+Inf";
     out += name + "_bucket{" + labels + sep + "le=\"" + le + "\"} " + std::to_string(cum) + "\n";
   }
-  out += name + "_sum{" + labels + "} " + num(sum_) + "\n";
-  out += name + "_count{" + labels + "} " + std::to_string(count_) + "\n";
+  out += name + "_sum{" + labels + "} " + num(h.sum) + "\n";
+  out += name + "_count{" + labels + "} " + std::to_string(h.count) + "\n";
 }
 
 std::vector<double> buckets_125(double max) {
@@ -115,16 +102,12 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   head(out, "vllm:num_preemptions_total", "counter", "Preemptions by the scheduler.");
   sample(out, "vllm:num_preemptions_total", L, double(m.preemptions_total));
 
-  Histogram ttft(kTtftBuckets), tpot(kItlBuckets), e2e(kE2eBuckets);
-  for (double v : m.ttft) ttft.observe(v);
-  for (double v : m.tpot) tpot.observe(v);
-  for (double v : m.e2e) e2e.observe(v);
   head(out, "vllm:time_to_first_token_seconds", "histogram", "Time to first token, seconds.");
-  ttft.render(out, "vllm:time_to_first_token_seconds", L);
+  render_histogram(out, "vllm:time_to_first_token_seconds", L, m.ttft);
   head(out, "vllm:time_per_output_token_seconds", "histogram", "Time per output token after the first, seconds.");
-  tpot.render(out, "vllm:time_per_output_token_seconds", L);
+  render_histogram(out, "vllm:time_per_output_token_seconds", L, m.tpot);
   head(out, "vllm:e2e_request_latency_seconds", "histogram", "End-to-end request latency, seconds.");
-  e2e.render(out, "vllm:e2e_request_latency_seconds", L);
+  render_histogram(out, "vllm:e2e_request_latency_seconds", L, m.e2e);
 
   std::lock_guard lk(mu_);
   head(out, "vllm:request_success_total", "counter", "Finished requests by finish reason.");
@@ -134,13 +117,13 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
            double(it == success_.end() ? 0 : it->second));
   }
   head(out, "vllm:request_prompt_tokens", "histogram", "Prompt tokens per request.");
-  prompt_tokens_.render(out, "vllm:request_prompt_tokens", L);
+  render_histogram(out, "vllm:request_prompt_tokens", L, prompt_tokens_);
   head(out, "vllm:request_generation_tokens", "histogram", "Generated tokens per request.");
-  generation_tokens_.render(out, "vllm:request_generation_tokens", L);
+  render_histogram(out, "vllm:request_generation_tokens", L, generation_tokens_);
   head(out, "vllm:request_params_n", "histogram", "The n request parameter.");
-  params_n_.render(out, "vllm:request_params_n", L);
+  render_histogram(out, "vllm:request_params_n", L, params_n_);
   head(out, "vllm:request_params_max_tokens", "histogram", "The max_tokens request parameter.");
-  params_max_tokens_.render(out, "vllm:request_params_max_tokens", L);
+  render_histogram(out, "vllm:request_params_max_tokens", L, params_max_tokens_);
   head(out, "kimi:http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : http_)
     sample(out, "kimi:http_responses_total", L + ",status=\"" + std::to_string(status) + "\"", double(count));

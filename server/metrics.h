@@ -13,19 +13,8 @@
 
 namespace kimi::server {
 
-class Histogram {
- public:
-  explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
-  void observe(double v);
-  // Appends the _bucket/_sum/_count lines; `labels` is the label list without braces.
-  void render(std::string& out, const std::string& name, const std::string& labels) const;
-
- private:
-  std::vector<double> bounds_;
-  std::vector<uint64_t> counts_;  // per bucket, non-cumulative; last = +Inf
-  double sum_ = 0;
-  uint64_t count_ = 0;
-};
+// Appends a histogram's _bucket (cumulative) / _sum / _count lines; `labels` without braces.
+void render_histogram(std::string& out, const std::string& name, const std::string& labels, const Histogram& h);
 
 // vLLM's 1-2-5 buckets up to `max`.
 std::vector<double> buckets_125(double max);

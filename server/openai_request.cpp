@@ -298,6 +298,18 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
     for (const auto& m : *mod)
       if (m != "text") throw_bad_request("modalities", "only the 'text' modality is supported");
   if (r.parse_tool_calls()) r.engine.skip_special_tokens = false;  // the parser reads the markers
+  r.messages_json = nlohmann::ordered_json::parse(msgs->dump());
+  if (!r.tools.empty()) r.tools_json = nlohmann::ordered_json::parse(f.get("tools")->dump());
+  return r;
+}
+
+GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits) {
+  GenerationRequest r = parse_chat_request(parse_body(body), limits);
+  auto ordered = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (ordered.is_object()) {
+    r.messages_json = ordered["messages"];
+    if (!r.tools.empty()) r.tools_json = ordered["tools"];
+  }
   return r;
 }
 

@@ -47,8 +47,10 @@ struct GenerationRequest {
   bool include_usage = false;    // stream_options.include_usage (streams only)
   std::string request_id;        // vLLM's request_id extra; empty when absent
 
-  // Chat.
+  // Chat. messages/tools are validated into the structs; the template renders the JSON as sent
+  // (ordered_json keeps the client's key order in tool declarations).
   std::vector<ChatMessage> messages;
+  nlohmann::ordered_json messages_json, tools_json;
   std::vector<ToolSpec> tools;
   ToolChoice tool_choice = ToolChoice::kNone;
   std::string tool_choice_name;  // kNamed
@@ -80,5 +82,8 @@ GenerationRequest parse_completion_request(const nlohmann::json& body, const Par
 
 // Parses a body; throws ApiException 400 for malformed JSON or a non-object.
 nlohmann::json parse_body(const std::string& body);
+
+// parse_chat_request() of the body text, keeping messages/tools in the client's key order.
+GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits);
 
 }  // namespace kimi::server

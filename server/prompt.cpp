@@ -1,107 +1,35 @@
 #include "prompt.h"
 
-#include <map>
-
 #include "api_error.h"
 #include "core/check.h"
+#include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi::server {
-namespace {
-
-constexpr const char* kDefaultSystem = "You are Kimi, an AI assistant created by Moonshot AI.";
-
-class Builder {
- public:
-  explicit Builder(const Tokenizer& tok) : tok_(tok) {}
-  void special(const char* name) {
-    auto id = tok_.special_id(name);
-    if (!id) throw ApiException{internal_error(str("the model's tokenizer has no ", name, " token"))};
-    ids.push_back(*id);
-  }
-  void text(const std::string& s) {
-    if (s.empty()) return;
-    try {
-      auto v = tok_.encode(s, /*allow_special=*/false);
-      ids.insert(ids.end(), v.begin(), v.end());
-    } catch (const Error& e) {
-      throw_bad_request("messages", e.what());
-    }
-  }
-  std::vector<int> ids;
-
- private:
-  const Tokenizer& tok_;
-};
-
-bool canonical_id(const std::string& id) {
-  // functions.NAME:IDX
-  if (id.rfind("functions.", 0) != 0) return false;
-  size_t colon = id.rfind(':');
-  if (colon == std::string::npos || colon + 1 == id.size()) return false;
-  for (size_t i = colon + 1; i < id.size(); ++i)
-    if (!std::isdigit(static_cast<unsigned char>(id[i]))) return false;
-  return true;
-}
-
-}  // namespace
 
 std::vector<int> render_chat(const Tokenizer& tok, const GenerationRequest& r) {
-  Builder b(tok);
-  if (!r.tools.empty()) {
-    nlohmann::json decl = nlohmann::json::array();
-    for (const auto& t : r.tools) decl.push_back(t.declaration);
-    b.special("<|im_system|>");
-    b.text("tool_declare");
-    b.special("<|im_middle|>");
-    b.text(decl.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
-    b.special("<|im_end|>");
+  ChatTemplateOptions opts;
+  opts.add_generation_prompt = r.add_generation_prompt;
+  std::string text;
+  try {
+    text = kimi::render_chat(r.messages_json, r.tools.empty() ? nlohmann::ordered_json() : r.tools_json, opts);
+  } catch (const Error& e) {
+    // The template names the field first ("messages[2].content ...").
+    std::string msg = e.what();
+    throw_bad_request(msg.substr(0, msg.find(' ')), msg);
   }
-  if (r.messages.front().role != "system") {
-    b.special("<|im_system|>");
-    b.text("system");
-    b.special("<|im_middle|>");
-    b.text(kDefaultSystem);
-    b.special("<|im_end|>");
+  if (r.continue_final_message) {
+    // The last assistant turn stays open: the model continues it.
+    constexpr std::string_view kEnd = "<|im_end|>";
+    if (text.ends_with(kEnd)) text.resize(text.size() - kEnd.size());
   }
-  // OpenAI-style ids (call_xxx) put Kimi models off-distribution: render them canonically.
-  std::map<std::string, std::string> id_map;
-  for (size_t i = 0; i < r.messages.size(); ++i) {
-    const ChatMessage& m = r.messages[i];
-    const bool last = i + 1 == r.messages.size();
-    if (m.role == "user") b.special("<|im_user|>");
-    else if (m.role == "assistant") b.special("<|im_assistant|>");
-    else b.special("<|im_system|>");
-    b.text(m.name.empty() ? m.role : m.name);
-    b.special("<|im_middle|>");
-    if (m.role == "tool") {
-      auto it = id_map.find(m.tool_call_id);
-      b.text("## Return of " + (it == id_map.end() ? m.tool_call_id : it->second) + "\n" + m.content.value_or(""));
-    } else {
-      b.text(m.content.value_or(""));
-    }
-    if (!m.tool_calls.empty()) {
-      b.special("<|tool_calls_section_begin|>");
-      for (size_t k = 0; k < m.tool_calls.size(); ++k) {
-        const ToolCall& c = m.tool_calls[k];
-        std::string id = canonical_id(c.id) ? c.id : str("functions.", c.name, ":", k);
-        id_map[c.id] = id;
-        b.special("<|tool_call_begin|>");
-        b.text(id);
-        b.special("<|tool_call_argument_begin|>");
-        b.text(c.arguments);
-        b.special("<|tool_call_end|>");
-      }
-      b.special("<|tool_calls_section_end|>");
-    }
-    if (!(last && r.continue_final_message)) b.special("<|im_end|>");
+  try {
+    // The rendered markers are special-token strings: encode them as special ids (what the HF
+    // tokenizer does with apply_chat_template's output).
+    return tok.encode(text, /*allow_special=*/true);
+  } catch (const Error& e) {
+    throw_bad_request("messages", e.what());
   }
-  if (r.add_generation_prompt) {
-    b.special("<|im_assistant|>");
-    b.text("assistant");
-    b.special("<|im_middle|>");
-  }
-  return std::move(b.ids);
 }
 
 std::string forced_tool_prefix(const GenerationRequest& r) {
@@ -118,6 +46,7 @@ PreparedPrompts prepare_prompts(const GenerationRequest& r, const Tokenizer* tok
   if (r.chat) {
     if (!tok) throw_bad_request("messages", "this model has no tokenizer files: send token ids to /v1/completions");
     p.ids.push_back(render_chat(*tok, r));
+    // tool_choice required / named: the answer starts inside a tool call, so the model must call.
     p.forced_prefix = forced_tool_prefix(r);
     if (!p.forced_prefix.empty()) {
       auto forced = tok->encode(p.forced_prefix, /*allow_special=*/true);

@@ -57,10 +57,9 @@ int effective_max_tokens(const ServerContext& ctx, const GenerationRequest& r, c
 
 void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& req, httplib::Response& res) {
   if (ctx.draining) throw ApiException{unavailable("the server is shutting down", 5)};
-  const nlohmann::json body = parse_body(req.body);
   ParseLimits lim;
   lim.vocab_size = ctx.vocab_size;
-  GenerationRequest r = chat ? parse_chat_request(body, lim) : parse_completion_request(body, lim);
+  GenerationRequest r = chat ? parse_chat_body(req.body, lim) : parse_completion_request(parse_body(req.body), lim);
   check_model(ctx, r.model);
 
   // Admission: running + queued beyond the limit -> 429, which the SDKs retry after Retry-After.

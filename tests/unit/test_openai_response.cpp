@@ -6,6 +6,7 @@
 #include "server/metrics.h"
 #include "server/openai_response.h"
 #include "server/tool_calls.h"
+#include "tokenizer/chat_template.h"
 
 using namespace kimi::server;
 using nlohmann::json;
@@ -132,6 +133,30 @@ TEST(ToolCallParser, TurnMarkersDoNotLeakIntoContent) {
   EXPECT_EQ(s.content, "Hi there");
 }
 
+// The streaming parser agrees with the tokenizer's whole-text parser on well-formed output
+// (which differ on text after the section: kept there, dropped here as in vLLM's kimi_k2).
+TEST(ToolCallParser, AgreesWithTheTokenizerParser) {
+  const std::vector<std::string> texts = {
+      kTwoCalls.substr(0, kTwoCalls.size() - std::string("<|im_end|>").size()),
+      "no tools here",
+      "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}"
+      "<|tool_call_end|><|tool_calls_section_end|>",
+      "Sure: <|tool_calls_section_begin|> <|tool_call_begin|>functions.run_code:4<|tool_call_argument_begin|>"
+      "{\"code\": \"print(1)\"} <|tool_call_end|><|tool_calls_section_end|>"};
+  for (const auto& t : texts) {
+    kimi::ParsedOutput ref = kimi::parse_tool_calls(t);
+    ToolCallParser p;
+    Streamed s = stream_through(p, t, 3);
+    EXPECT_EQ(s.content, ref.content) << t;
+    ASSERT_EQ(s.ids.size(), ref.tool_calls.size()) << t;
+    for (size_t i = 0; i < s.ids.size(); ++i) {
+      EXPECT_EQ(s.ids[i], ref.tool_calls[i].id);
+      EXPECT_EQ(s.names[i], ref.tool_calls[i].name);
+      EXPECT_EQ(s.args[i], ref.tool_calls[i].arguments);
+    }
+  }
+}
+
 TEST(ToolCallParser, NameFromId) {
   EXPECT_EQ(ToolCallParser::name_from_id("functions.get_weather:0"), "get_weather");
   EXPECT_EQ(ToolCallParser::name_from_id("get_weather:12"), "get_weather");
@@ -256,7 +281,7 @@ TEST(Metrics, PrometheusText) {
   m.request_finished("abort", 300, 2, 2, 100);
   kimi::EngineMetrics em;
   em.num_running = 3;
-  em.ttft = {0.002, 0.03, 100.0};
+  for (double v : {0.002, 0.03, 100.0}) em.ttft.observe(v);
   std::string t = m.render(em, 2);
   const std::string L = "model_name=\"kimi \\\"tiny\\\"\",engine=\"0\"";
   EXPECT_NE(t.find("# TYPE vllm:num_requests_running gauge\n"), std::string::npos);
@@ -265,7 +290,7 @@ TEST(Metrics, PrometheusText) {
   EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"length\"} 0\n"), std::string::npos);
   // Cumulative buckets.
   EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.001\"} 0\n"), std::string::npos);
-  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.040000000000000001\"} 2\n"),
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.04\"} 2\n"),
             std::string::npos);
   EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"+Inf\"} 3\n"), std::string::npos);
   EXPECT_NE(t.find("vllm:time_to_first_token_seconds_count{" + L + "} 3\n"), std::string::npos);
