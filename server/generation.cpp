@@ -49,6 +49,15 @@ Generation::Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations
 
 Generation::~Generation() {
   cancel(false);
+  // A cancelled request ends with kCancelled by the engine's next step: read those events so the
+  // aborts are counted (bounded: the engine answers a cancel within one step).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (size_t i = 0; i < handles_.size(); ++i)
+    while (!handle_done_[i] && std::chrono::steady_clock::now() < deadline) {
+      auto e = handles_[i]->next(std::chrono::milliseconds(50));
+      if (e && e->finish != FinishReason::kNone) record_finish(*e, int(i));
+      if (!e && handles_[i]->done()) handle_done_[i] = true;
+    }
   active_.remove(this);
 }
 
