@@ -22,7 +22,6 @@ get() {
   curl -s -m 10 -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' "$@" "$URL$path"
 }
 body() { jq -r "$1" "$WORK/body"; }
-jqe() { jq -e "$@" >/dev/null; }
 header() { grep -i "^$1:" "$WORK/headers" | head -1 | cut -d' ' -f2- | tr -d '\r'; }
 # is_error STATUS TYPE CODE: the body is an OpenAI error object with these fields.
 is_error() {

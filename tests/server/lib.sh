@@ -54,6 +54,8 @@ eq() {
   return 1
 }
 
+jqe() { jq -e "$@" >/dev/null; }
+
 finish() {
   echo "$CHECKS checks, $FAILURES failed"
   [ "$FAILURES" -eq 0 ]
