@@ -19,6 +19,7 @@ struct ServerContext {
   const ServerOptions opts;
   const int vocab_size;
   const int64_t max_model_len;
+  const int64_t started_at;  // Unix seconds: /v1/models "created"
   ServerMetrics metrics;
   ActiveGenerations active;
   std::atomic<bool> draining{false};

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Admission and shutdown: 429 with Retry-After when running + queued is full, SIGTERM drains
+# Client disconnects (streamed and not) cancel at once; admission and shutdown: 429 with Retry-After when running + queued is full, SIGTERM drains
 # (503 + Retry-After for new requests, /health 503), an in-flight stream past the grace period
 # ends with an error event and [DONE], and the process exits 0.
 # Usage: KIMI_SERVE=path/to/kimi-serve lifecycle_test.sh
@@ -9,6 +9,20 @@ start_server s --max-num-seqs 1 --max-queue 0 --shutdown-grace 1
 URL="http://127.0.0.1:$s_PORT"
 JSON=(-H "Content-Type: application/json")
 LONG='{"prompt":[1,2,3],"max_tokens":100000,"ignore_eos":true,"stream":true}'
+
+ABORT='vllm:request_success_total{model_name="kimi-tiny",engine="0",finished_reason="abort"}'
+running_zero() { [ "$(metric "$s_PORT" 'vllm:num_requests_running{')" = 0 ] && [ "$(metric "$s_PORT" 'kimi:http_requests_in_flight{')" = 0 ]; }
+# Generations of 100000 tokens: only a cancel ends them within the test's time.
+aborts=$(metric "$s_PORT" "$ABORT")
+curl -sN -m 1 -o "$WORK/cut" "${JSON[@]}" "$URL/v1/completions" -d "$LONG" || true
+check "stream disconnect: the stream had started" grep -q '^data: {' "$WORK/cut"
+check "stream disconnect: running count back to 0" wait_for 5 running_zero
+check "stream disconnect: counted as abort" test "$(metric "$s_PORT" "$ABORT")" -gt "$aborts"
+aborts=$(metric "$s_PORT" "$ABORT")
+curl -s -m 1 -o /dev/null "${JSON[@]}" "$URL/v1/chat/completions" \
+  -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":100000,"ignore_eos":true}' || true
+check "non-streamed disconnect: running count back to 0" wait_for 5 running_zero
+check "non-streamed disconnect: counted as abort" test "$(metric "$s_PORT" "$ABORT")" -gt "$aborts"
 
 # A long stream occupies the only sequence.
 curl -sN -m 30 -o "$WORK/long" "${JSON[@]}" "$URL/v1/completions" -d "$LONG" &
