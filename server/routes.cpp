@@ -30,6 +30,17 @@ void send_error(httplib::Response& res, const ApiError& e) {
   send_json(res, error_json(e), e.status);
 }
 
+void guarded(const httplib::Request& req, httplib::Response& res, const std::function<void()>& handler) {
+  try {
+    handler();
+  } catch (const ApiException& e) {
+    send_error(res, e.error);
+  } catch (const std::exception& e) {
+    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    send_error(res, internal_error(e.what()));
+  }
+}
+
 namespace {
 
 void check_model(const ServerContext& ctx, const std::string& model) {

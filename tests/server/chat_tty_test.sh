@@ -78,6 +78,12 @@ type_line local "/clear"
 type_line local "Hi"
 check "local: after /clear" wait_for 20 count_is local "[ prompt:" 3
 check "local: /clear forgot the conversation" eq "$(prompt_tokens local 3)" "$l1"
+type_line local "/clear"
+type_line local "/system You are a very terse assistant who answers in one word."
+check "local: /system" wait_for 5 has local "(system prompt set)"
+type_line local "Hi"
+check "local: answer under the new system prompt" wait_for 20 count_is local "[ prompt:" 4
+check "local: the new system prompt is in the prompt" test "$(prompt_tokens local 4)" -gt "$l1"
 type_line local "/exit"
 check "local: /exit exits 0" wait_for 10 has local "EXIT=0"
 
