@@ -232,6 +232,7 @@ int main(int argc, char** argv) {
   OfflineArgs off;
   off.o.model_dir = KIMI_DEFAULT_MODEL_DIR;
   auto* offc = app.add_subcommand("offline", "prefill tokens/s, decode TPOT and bandwidth, memory (model in process)");
+  offc->option_defaults()->always_capture_default();
   offc->add_option("--model", off.o.model_dir, "model directory (default: the embedded tiny model)");
   offc->add_option("--backend", off.o.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   auto* rw = offc->add_flag("--random-weights", off.o.random_weights, "random weights at --config's shapes (no checkpoint)");
@@ -250,6 +251,7 @@ int main(int argc, char** argv) {
   OnlineArgs on;
   auto* onc = app.add_subcommand("online", "serving benchmark against an OpenAI-compatible endpoint");
   onc->alias("serve");
+  onc->option_defaults()->always_capture_default();
   onc->add_option("--base-url", on.base_url, "http://HOST:PORT[/PREFIX]");
   onc->add_option("--endpoint", on.endpoint, "/v1/completions or /v1/chat/completions");
   onc->add_option("--model", on.model, "model name sent in requests (default: first of /v1/models)");

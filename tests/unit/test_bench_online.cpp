@@ -4,9 +4,13 @@
 // JSON can be checked against what it was told to do.
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -216,6 +220,49 @@ TEST(BenchOnline, FailedWarmupStopsTheRun) {
   RequestOutput o = send_request(dead, prompts(1, 1)[0], Clock::now());
   EXPECT_FALSE(o.success);
   EXPECT_NE(o.error.find("connection"), std::string::npos) << o.error;
+}
+
+// The kimi-bench binary end to end: CLI, a concurrency sweep, the JSON file and the SVG.
+TEST(BenchOnline, ToolWritesSweepJsonAndPlot) {
+  FakeServer srv;
+  const std::string bin = std::string(KIMI_BINARY_DIR) + "/kimi-bench";
+  ASSERT_TRUE(std::filesystem::exists(bin)) << bin;
+  auto dir = std::filesystem::temp_directory_path() / ("kimi_bench_cli_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string json = (dir / "r.json").string(), svg = (dir / "p.svg").string(), log = (dir / "log").string();
+  std::string cmd = bin + " online --base-url " + srv.url() +
+                    " --endpoint /v1/chat/completions --num-prompts 6 --max-concurrency 1,3"
+                    " --input-len 8 --output-len 5 --ignore-eos --seed 3 --disable-progress"
+                    " --result-file " + json + " --plot " + svg + " > " + log + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::ifstream lf(log);
+  std::string out((std::istreambuf_iterator<char>(lf)), {});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("Serving Benchmark Result"), std::string::npos);
+  EXPECT_EQ(srv.requests.load(), 2 * (1 + 6));  // per sweep point: a warm-up and 6 requests
+  auto j = nlohmann::json::parse(std::ifstream(json));
+  ASSERT_TRUE(j.is_array());
+  ASSERT_EQ(j.size(), 2u);
+  MetricOptions mo;
+  for (size_t i = 0; i < 2; ++i) {
+    for (auto& k : required_result_keys(mo)) EXPECT_TRUE(j[i].contains(k)) << k;
+    EXPECT_EQ(j[i]["max_concurrency"], i == 0 ? 1 : 3);
+    EXPECT_EQ(j[i]["completed"], 6);
+    EXPECT_EQ(j[i]["failed"], 0);
+    EXPECT_EQ(j[i]["model_id"], "fake-model");  // discovered through /v1/models
+    EXPECT_EQ(j[i]["backend"], "openai-chat");
+    EXPECT_EQ(j[i]["output_lens"], nlohmann::json(std::vector<int>(6, 5)));
+    EXPECT_LE(j[i]["max_concurrent_requests"].get<int>(), i == 0 ? 1 : 3);
+    EXPECT_LE(j[i]["mean_ttft_ms"].get<double>(), j[i]["mean_e2el_ms"].get<double>());
+  }
+  // Serial requests take longer overall than three at a time.
+  EXPECT_GT(j[0]["duration"].get<double>(), j[1]["duration"].get<double>());
+  std::ifstream sf(svg);
+  std::string plot((std::istreambuf_iterator<char>(sf)), {});
+  EXPECT_EQ(plot.rfind("<svg", 0), 0u);
+  EXPECT_NE(plot.find("vs max concurrency"), std::string::npos);
+  EXPECT_NE(plot.find("</svg>"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
