@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "core/check.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi::test {
