@@ -1,6 +1,7 @@
 #include "bench/offline.h"
 
 #include <omp.h>
+#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +20,13 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// User + system CPU seconds of the whole process (all threads).
+double process_cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 int blocks_for(int64_t tokens) { return int((tokens + kBlockSize - 1) / kBlockSize); }
@@ -56,7 +64,7 @@ class Runner {
   // One decode step for slots 0..batch-1, each at `context` tokens before the step.
   void decode_step(int batch, int context, int step) {
     Batch d;
-    for (int s = 0; s < batch; ++s) d.add({(step * 31 + s * 7) % (V_ - 256)}, context + 1, s, blocks(s));
+    for (int s = 0; s < batch; ++s) d.add({(step * 31 + s * 7) % std::max(1, V_ - 256)}, context + 1, s, blocks(s));
     m_.forward(d, logits_);
   }
 
@@ -126,12 +134,15 @@ OfflineResults run_offline(const OfflineOptions& o) {
   Progress progress("offline", total_units, o.progress);
   for (int L : o.prompt_lens) {
     std::vector<double> t;
+    double cpu0 = process_cpu_seconds(), wall = 0;
     for (int rep = 0; rep < o.reps; ++rep) {
       auto t0 = Clock::now();
       run.prefill(0, L, o.prefill_chunk, rep);
       t.push_back(seconds_since(t0));
+      wall += t.back();
     }
     PrefillPoint p;
+    p.cpu_share = (process_cpu_seconds() - cpu0) / (wall * r.threads);
     p.prompt_len = L;
     p.seconds = median(t);
     p.tokens_per_s = L / p.seconds;
@@ -142,12 +153,16 @@ OfflineResults run_offline(const OfflineOptions& o) {
     for (int B : o.batches) {
       for (int s = 0; s < B; ++s) run.prefill(s, C, o.prefill_chunk, 1000 + s);
       std::vector<double> t;
-      for (int step = 0; step < o.decode_steps; ++step) {
+      run.decode_step(B, C, 0);  // not timed: first step after the prefills
+      double cpu0 = process_cpu_seconds(), wall = 0;
+      for (int step = 1; step < o.decode_steps; ++step) {
         auto t0 = Clock::now();
         run.decode_step(B, C + step, step);
-        if (step > 0) t.push_back(seconds_since(t0));
+        t.push_back(seconds_since(t0));
+        wall += t.back();
       }
       DecodePoint d;
+      d.cpu_share = (process_cpu_seconds() - cpu0) / (wall * r.threads);
       d.batch = B;
       d.context = C;
       double step_s = median(t);

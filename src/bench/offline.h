@@ -31,10 +31,13 @@ struct OfflineOptions {
   bool progress = true;
 };
 
+// cpu_share: process CPU time over (wall time × threads) while the point was measured; below
+// ~0.9 the threads were waiting for cores (a shared machine) or for each other.
 struct PrefillPoint {
   int prompt_len = 0;
   double seconds = 0;        // median
   double tokens_per_s = 0;
+  double cpu_share = 0;
 };
 
 struct DecodePoint {
@@ -44,6 +47,7 @@ struct DecodePoint {
   double tokens_per_s = 0;   // batch / step time
   StepBytes bytes;
   double achieved_gbps = 0;  // bytes.total() / step time / 1e9
+  double cpu_share = 0;      // over the timed steps
 };
 
 struct MemoryUse {

@@ -22,19 +22,20 @@ std::string format_offline_table(const OfflineResults& r, const std::string& mod
                   std::to_string(r.weight_elem_bytes) + " B each), state " +
                   std::to_string(r.state_elem_bytes) + " B per value\n\n";
   if (!r.prefill.empty()) {
-    s += "| prefill | prompt tokens | time (ms) | tokens/s |\n|---|---:|---:|---:|\n";
+    s += "| prefill | prompt tokens | time (ms) | tokens/s | CPU share |\n|---|---:|---:|---:|---:|\n";
     for (auto& p : r.prefill)
       s += "| prefill | " + std::to_string(p.prompt_len) + " | " + f("%.2f", p.seconds * 1e3) + " | " +
-           f("%.0f", p.tokens_per_s) + " |\n";
+           f("%.0f", p.tokens_per_s) + " | " + f("%.2f", p.cpu_share) + " |\n";
     s += "\n";
   }
   if (!r.decode.empty()) {
-    s += "| decode | batch | context | TPOT (ms) | tokens/s | weight MB/step | state MB/step | achieved GB/s |\n"
-         "|---|---:|---:|---:|---:|---:|---:|---:|\n";
+    s += "| decode | batch | context | TPOT (ms) | tokens/s | weight MB/step | state MB/step | achieved GB/s | CPU share |\n"
+         "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for (auto& d : r.decode)
       s += "| decode | " + std::to_string(d.batch) + " | " + std::to_string(d.context) + " | " +
            f("%.3f", d.tpot_ms) + " | " + f("%.0f", d.tokens_per_s) + " | " + f("%.2f", d.bytes.weights / 1e6) +
-           " | " + f("%.2f", d.bytes.state / 1e6) + " | " + f("%.2f", d.achieved_gbps) + " |\n";
+           " | " + f("%.2f", d.bytes.state / 1e6) + " | " + f("%.2f", d.achieved_gbps) + " | " +
+           f("%.2f", d.cpu_share) + " |\n";
     s += "\n";
   }
   s += "memory: weights " + mib(r.memory.weight_bytes) + ", caches " + mib(r.memory.cache_bytes) +
@@ -64,14 +65,15 @@ nlohmann::ordered_json offline_json(const OfflineResults& r, const std::string& 
   j["state_elem_bytes"] = r.state_elem_bytes;
   auto& pre = j["prefill"] = nlohmann::ordered_json::array();
   for (auto& p : r.prefill)
-    pre.push_back({{"prompt_len", p.prompt_len}, {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}});
+    pre.push_back({{"prompt_len", p.prompt_len}, {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s},
+                   {"cpu_share", p.cpu_share}});
   auto& dec = j["decode"] = nlohmann::ordered_json::array();
   for (auto& d : r.decode)
     dec.push_back({{"batch", d.batch}, {"context", d.context}, {"tpot_ms", d.tpot_ms},
                    {"tokens_per_s", d.tokens_per_s}, {"weight_bytes_per_step", d.bytes.weights},
                    {"state_bytes_per_step", d.bytes.state},
                    {"expected_experts_per_moe_layer", d.bytes.expected_experts_per_layer},
-                   {"achieved_gbps", d.achieved_gbps},
+                   {"achieved_gbps", d.achieved_gbps}, {"cpu_share", d.cpu_share},
                    {"fraction_of_copy_ceiling",
                     r.copy_gbps ? nlohmann::ordered_json(d.achieved_gbps / *r.copy_gbps) : nlohmann::ordered_json()}});
   j["memory"] = {{"weight_bytes", r.memory.weight_bytes}, {"cache_bytes", r.memory.cache_bytes},
