@@ -2,6 +2,8 @@
 //   kimi-bench offline [--model DIR] [--backend cpu|cuda] ...   the engine's model in process
 //   kimi-bench online --base-url URL --endpoint /v1/completions ...  any OpenAI-compatible server
 // Online metrics use vLLM's `bench serve` definitions and JSON keys (serving.md §3.4-3.5).
+#include <sys/resource.h>
+
 #include <CLI/CLI.hpp>
 #include <cmath>
 #include <cstdio>
@@ -280,6 +282,12 @@ int main(int argc, char** argv) {
   onc->footer(kOnlineFooter);
 
   CLI11_PARSE(app, argc, argv);
+  // One socket per in-flight request: allow as many descriptors as the hard limit permits.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
   try {
     kimi::set_log_level(log_level);
     if (*offc) {
