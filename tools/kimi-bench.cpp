@@ -121,7 +121,8 @@ int run_online_cmd(const OnlineArgs& a) {
   ep.ignore_eos = a.ignore_eos;
   ep.timeout_s = a.timeout;
   ep.model = a.model.empty() ? first_served_model(ep) : a.model;
-  if (ep.model.empty()) kimi::fail("--model not given and ", ep.host_url, " did not list a model at /v1/models");
+  if (ep.model.empty())
+    kimi::fail("--model not given and ", ep.host_url, " did not list a model at /v1/models");
   std::optional<kimi::Tokenizer> tok;
   if (!a.tokenizer_dir.empty()) tok = kimi::Tokenizer::load(a.tokenizer_dir);
   MetricOptions mopts;
@@ -212,9 +213,11 @@ int run_offline_cmd(OfflineArgs& a) {
   std::string label = a.o.random_weights ? "random weights, " + a.o.config_file : a.o.model_dir;
   SystemInfo sys = system_info();
   std::printf("%s", format_offline_table(r, label).c_str());
-  std::printf("host %s (%s, %d cores), card %s, commit %s%s\n", sys.hostname.c_str(), sys.cpu_model.c_str(),
-              sys.cpu_cores, sys.card.c_str(), sys.git_commit.c_str(), sys.git_dirty ? " (dirty)" : "");
-  if (!a.result_file.empty()) write_json(a.result_file, offline_json(r, label, sys, utc_date_stamp()));
+  std::printf("host %s (%s, %d cores), card %s, commit %s%s\n", sys.hostname.c_str(),
+              sys.cpu_model.c_str(), sys.cpu_cores, sys.card.c_str(), sys.git_commit.c_str(),
+              sys.git_dirty ? " (dirty)" : "");
+  if (!a.result_file.empty())
+    write_json(a.result_file, offline_json(r, label, sys, utc_date_stamp()));
   if (!a.plot.empty()) {
     SvgPlot plot("kimi-bench offline: " + label + " (" + r.backend + ")");
     add_offline_plot(plot, r);
@@ -233,16 +236,21 @@ int main(int argc, char** argv) {
 
   OfflineArgs off;
   off.o.model_dir = KIMI_DEFAULT_MODEL_DIR;
-  auto* offc = app.add_subcommand("offline", "prefill tokens/s, decode TPOT and bandwidth, memory (model in process)");
+  auto* offc = app.add_subcommand(
+      "offline", "prefill tokens/s, decode TPOT and bandwidth, memory (model in process)");
   offc->option_defaults()->always_capture_default();
-  offc->add_option("--model", off.o.model_dir, "model directory (default: the embedded tiny model)");
-  offc->add_option("--backend", off.o.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
-  auto* rw = offc->add_flag("--random-weights", off.o.random_weights, "random weights at --config's shapes (no checkpoint)");
+  offc->add_option("--model", off.o.model_dir,
+                   "model directory (default: the embedded tiny model)");
+  offc->add_option("--backend", off.o.backend, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  auto* rw = offc->add_flag("--random-weights", off.o.random_weights,
+                            "random weights at --config's shapes (no checkpoint)");
   offc->add_option("--config", off.o.config_file, "config.json for --random-weights")->needs(rw);
   offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');
   offc->add_option("--batches", off.o.batches, "decode batch sizes")->delimiter(',');
   offc->add_option("--contexts", off.o.contexts, "decode context depths")->delimiter(',');
-  offc->add_option("--decode-steps", off.o.decode_steps, "decode steps per shape (first not timed)");
+  offc->add_option("--decode-steps", off.o.decode_steps,
+                   "decode steps per shape (first not timed)");
   offc->add_option("--reps", off.o.reps, "prefill repetitions (median)");
   offc->add_option("--prefill-chunk", off.o.prefill_chunk, "tokens per prefill forward");
   offc->add_option("--result-file", off.result_file, "write the results as JSON");
@@ -251,28 +259,38 @@ int main(int argc, char** argv) {
   offc->add_flag("--disable-progress", off_no_progress, "no progress bar");
 
   OnlineArgs on;
-  auto* onc = app.add_subcommand("online", "serving benchmark against an OpenAI-compatible endpoint");
+  auto* onc =
+      app.add_subcommand("online", "serving benchmark against an OpenAI-compatible endpoint");
   onc->alias("serve");
   onc->option_defaults()->always_capture_default();
   onc->add_option("--base-url", on.base_url, "http://HOST:PORT[/PREFIX]");
   onc->add_option("--endpoint", on.endpoint, "/v1/completions or /v1/chat/completions");
-  onc->add_option("--model", on.model, "model name sent in requests (default: first of /v1/models)");
-  onc->add_option("--api-key", on.api_key, "sent as Authorization: Bearer KEY")->envname("OPENAI_API_KEY");
-  onc->add_option("--num-prompts", on.num_prompts, "benchmark requests")->check(CLI::PositiveNumber);
+  onc->add_option("--model", on.model,
+                  "model name sent in requests (default: first of /v1/models)");
+  onc->add_option("--api-key", on.api_key, "sent as Authorization: Bearer KEY")
+      ->envname("OPENAI_API_KEY");
+  onc->add_option("--num-prompts", on.num_prompts, "benchmark requests")
+      ->check(CLI::PositiveNumber);
   onc->add_option("--request-rate", on.request_rate, "requests/s (Poisson arrivals), or inf");
   onc->add_option("--burstiness", on.burstiness, "gamma shape of the gaps; 1 = Poisson");
   onc->add_option("--seed", on.seed, "seed of the dataset and the arrival times");
-  onc->add_option("--max-concurrency", on.max_concurrency, "in-flight cap; a,b,c runs a sweep")->delimiter(',');
+  onc->add_option("--max-concurrency", on.max_concurrency, "in-flight cap; a,b,c runs a sweep")
+      ->delimiter(',');
   onc->add_option("--input-len,--random-input-len", on.input_len, "random dataset prompt tokens");
-  onc->add_option("--output-len,--random-output-len", on.output_len, "random dataset output tokens");
-  onc->add_option("--random-range-ratio", on.range_ratio, "lengths uniform in len*(1-r)..len*(1+r)");
+  onc->add_option("--output-len,--random-output-len", on.output_len,
+                  "random dataset output tokens");
+  onc->add_option("--random-range-ratio", on.range_ratio,
+                  "lengths uniform in len*(1-r)..len*(1+r)");
   onc->add_option("--random-prefix-len", on.prefix_len, "shared random prefix tokens");
-  onc->add_option("--sharegpt-output-len", on.sharegpt_output_len, "fixed output length for sharegpt");
+  onc->add_option("--sharegpt-output-len", on.sharegpt_output_len,
+                  "fixed output length for sharegpt");
   onc->add_option("--dataset,--dataset-name", on.dataset, "random | sharegpt FILE")->expected(1, 2);
   onc->add_option("--dataset-path", on.dataset_path, "ShareGPT JSON file");
   onc->add_option("--tokenizer", on.tokenizer_dir, "tokenizer directory: exact prompt lengths");
-  onc->add_flag("--ignore-eos", on.ignore_eos, "send ignore_eos: outputs have exactly the requested length");
-  onc->add_option("--num-warmups", on.num_warmups, "warm-up requests, not measured")->check(CLI::NonNegativeNumber);
+  onc->add_flag("--ignore-eos", on.ignore_eos,
+                "send ignore_eos: outputs have exactly the requested length");
+  onc->add_option("--num-warmups", on.num_warmups, "warm-up requests, not measured")
+      ->check(CLI::NonNegativeNumber);
   onc->add_option("--metric-percentiles", on.percentiles, "comma-separated percentiles");
   onc->add_option("--goodput", on.goodput, "SLOs: ttft:MS tpot:MS e2el:MS");
   onc->add_option("--timeout", on.timeout, "per-request connect/read timeout, s");

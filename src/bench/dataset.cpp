@@ -18,21 +18,29 @@ namespace {
 // Common English words for tokenizer-free prompts: ordinary text, one word ≈ one token for
 // the usual BPE vocabularies.
 const char* const kWords[] = {
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "as", "was", "with", "be", "by",
-    "on", "not", "he", "this", "are", "or", "his", "from", "at", "which", "but", "have", "an",
-    "had", "they", "you", "were", "their", "one", "all", "we", "can", "her", "has", "there",
-    "been", "if", "more", "when", "will", "would", "who", "so", "no", "time", "people", "year",
-    "way", "day", "man", "thing", "woman", "life", "child", "world", "school", "state", "family",
-    "student", "group", "country", "problem", "hand", "part", "place", "case", "week", "company",
-    "system", "program", "question", "work", "government", "number", "night", "point", "home",
-    "water", "room", "mother", "area", "money", "story", "fact", "month", "lot", "right",
-    "study", "book", "eye", "job", "word", "business", "issue", "side", "kind", "head", "house",
-    "service", "friend", "father", "power", "hour", "game", "line", "end", "member", "law",
-    "car", "city", "community", "name", "president", "team", "minute", "idea", "kid", "body",
-    "information", "back", "parent", "face", "others", "level", "office", "door", "health",
-    "person", "art", "war", "history", "party", "result", "change", "morning", "reason",
-    "research", "girl", "guy", "moment", "air", "teacher", "force", "education", "river",
-    "mountain", "light", "music", "garden", "window", "paper", "table", "road", "field"};
+    "the",       "of",      "and",       "to",          "in",        "is",       "that",
+    "for",       "it",      "as",        "was",         "with",      "be",       "by",
+    "on",        "not",     "he",        "this",        "are",       "or",       "his",
+    "from",      "at",      "which",     "but",         "have",      "an",       "had",
+    "they",      "you",     "were",      "their",       "one",       "all",      "we",
+    "can",       "her",     "has",       "there",       "been",      "if",       "more",
+    "when",      "will",    "would",     "who",         "so",        "no",       "time",
+    "people",    "year",    "way",       "day",         "man",       "thing",    "woman",
+    "life",      "child",   "world",     "school",      "state",     "family",   "student",
+    "group",     "country", "problem",   "hand",        "part",      "place",    "case",
+    "week",      "company", "system",    "program",     "question",  "work",     "government",
+    "number",    "night",   "point",     "home",        "water",     "room",     "mother",
+    "area",      "money",   "story",     "fact",        "month",     "lot",      "right",
+    "study",     "book",    "eye",       "job",         "word",      "business", "issue",
+    "side",      "kind",    "head",      "house",       "service",   "friend",   "father",
+    "power",     "hour",    "game",      "line",        "end",       "member",   "law",
+    "car",       "city",    "community", "name",        "president", "team",     "minute",
+    "idea",      "kid",     "body",      "information", "back",      "parent",   "face",
+    "others",    "level",   "office",    "door",        "health",    "person",   "art",
+    "war",       "history", "party",     "result",      "change",    "morning",  "reason",
+    "research",  "girl",    "guy",       "moment",      "air",       "teacher",  "force",
+    "education", "river",   "mountain",  "light",       "music",     "garden",   "window",
+    "paper",     "table",   "road",      "field"};
 constexpr int kNumWords = int(sizeof(kWords) / sizeof(kWords[0]));
 
 // Uniform integer in [lo, hi] from a 64-bit generator without modulo bias worth caring about.
@@ -151,13 +159,15 @@ std::vector<SampleRequest> sharegpt_dataset(const ShareGptOptions& o, const Toke
     if (!c.is_array() || c.size() < 2) continue;
     auto text = [](const nlohmann::json& t) {
       return t.is_object() && t.contains("value") && t["value"].is_string()
-                 ? t["value"].get<std::string>() : std::string();
+                 ? t["value"].get<std::string>()
+                 : std::string();
     };
     pairs.emplace_back(text(c[0]), text(c[1]));
   }
   std::mt19937_64 rng(o.seed);
   std::shuffle(pairs.begin(), pairs.end(), rng);
-  if (!tok) spdlog::warn("sharegpt without --tokenizer: prompt lengths are word counts (estimates)");
+  if (!tok)
+    spdlog::warn("sharegpt without --tokenizer: prompt lengths are word counts (estimates)");
   auto count = [&](const std::string& s) {
     if (!tok) return estimate_tokens(s);
     std::string clean;

@@ -22,7 +22,7 @@ namespace kimi::bench {
 
 struct SampleRequest {
   std::string prompt;
-  int prompt_len = 0;          // tokens: exact with a tokenizer, an estimate without
+  int prompt_len = 0;  // tokens: exact with a tokenizer, an estimate without
   bool prompt_len_exact = false;
   int expected_output_len = 0;
 };

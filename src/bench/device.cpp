@@ -34,7 +34,8 @@ std::optional<double> copy_bandwidth_gbps(const std::string& backend, std::strin
   void *a = nullptr, *b = nullptr;
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   std::optional<double> result;
-  if (cuda_ok(cudaMalloc(&a, size), why, "cudaMalloc") && cuda_ok(cudaMalloc(&b, size), why, "cudaMalloc") &&
+  if (cuda_ok(cudaMalloc(&a, size), why, "cudaMalloc") &&
+      cuda_ok(cudaMalloc(&b, size), why, "cudaMalloc") &&
       cuda_ok(cudaEventCreate(&e0), why, "cudaEventCreate") &&
       cuda_ok(cudaEventCreate(&e1), why, "cudaEventCreate") &&
       cuda_ok(cudaMemcpy(b, a, size, cudaMemcpyDeviceToDevice), why, "cudaMemcpy")) {
@@ -53,7 +54,8 @@ std::optional<double> copy_bandwidth_gbps(const std::string& backend, std::strin
   if (b) cudaFree(b);
   return result;
 #else
-  if (why) *why = str("backend '", backend, "' needs a CUDA build (this one has only the CPU backend)");
+  if (why)
+    *why = str("backend '", backend, "' needs a CUDA build (this one has only the CPU backend)");
   return std::nullopt;
 #endif
 }
@@ -76,11 +78,13 @@ std::unique_ptr<Model> random_weights_model(const ModelConfig&, const ModelOptio
   // The hook for full-size measurement without a checkpoint: a backend that can initialise its
   // weight buffers in place plugs in here. None can yet.
   if (opts.backend == "cpu")
-    fail("--random-weights: the CPU backend builds its weights only from a checkpoint "
-         "(load_model reads safetensors; there is no in-place random initialisation). "
-         "Write a random checkpoint with kimi-make-tiny and pass --model DIR instead.");
+    fail(
+        "--random-weights: the CPU backend builds its weights only from a checkpoint "
+        "(load_model reads safetensors; there is no in-place random initialisation). "
+        "Write a random checkpoint with kimi-make-tiny and pass --model DIR instead.");
   fail("--random-weights: backend '", opts.backend,
-       "' has no random-weight initialisation in this build yet (load_model only reads checkpoints)");
+       "' has no random-weight initialisation in this build yet (load_model only reads "
+       "checkpoints)");
 }
 
 }  // namespace kimi::bench

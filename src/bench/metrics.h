@@ -20,14 +20,14 @@ namespace kimi::bench {
 struct RequestOutput {
   bool success = false;
   std::string error;
-  double start_time = 0;       // seconds since the benchmark start
-  double ttft = 0;             // seconds
-  double latency = 0;          // E2EL, seconds
-  std::vector<double> itl;     // gaps between choices events, seconds
-  int prompt_len = 0;          // usage.prompt_tokens when the server sent it, else the dataset's
-  int output_tokens = 0;       // usage.completion_tokens; 0 when the server sent no usage
+  double start_time = 0;    // seconds since the benchmark start
+  double ttft = 0;          // seconds
+  double latency = 0;       // E2EL, seconds
+  std::vector<double> itl;  // gaps between choices events, seconds
+  int prompt_len = 0;       // usage.prompt_tokens when the server sent it, else the dataset's
+  int output_tokens = 0;    // usage.completion_tokens; 0 when the server sent no usage
   bool usage_present = false;
-  int num_events = 0;          // choices events received
+  int num_events = 0;  // choices events received
   std::string generated_text;
 };
 

@@ -43,9 +43,9 @@ StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, in
   double params = double(p.dense) + double(batch) * c.hidden_size +
                   s.expected_experts_per_layer * p.num_moe_layers * double(p.per_expert);
   s.weights = params * wb;
-  s.state = double(batch) * (2.0 * double(kda_slot_bytes(c, sb)) +
-                             double(context) * double(mla_token_bytes(c, sb)) +
-                             double(mla_token_bytes(c, sb)));
+  s.state = double(batch) *
+            (2.0 * double(kda_slot_bytes(c, sb)) +
+             double(context) * double(mla_token_bytes(c, sb)) + double(mla_token_bytes(c, sb)));
   return s;
 }
 

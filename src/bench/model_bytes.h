@@ -18,18 +18,18 @@ namespace kimi::bench {
 
 struct ParamCounts {
   int64_t total = 0;
-  int64_t embed = 0;        // embed_tokens (lm_head counts as dense)
-  int64_t per_expert = 0;   // one routed expert (w1 + w3 + w2)
-  int64_t routed = 0;       // all routed experts of all MoE layers
-  int64_t dense = 0;        // total − embed − routed
+  int64_t embed = 0;       // embed_tokens (lm_head counts as dense)
+  int64_t per_expert = 0;  // one routed expert (w1 + w3 + w2)
+  int64_t routed = 0;      // all routed experts of all MoE layers
+  int64_t dense = 0;       // total − embed − routed
   int num_moe_layers = 0;
 };
 
 ParamCounts param_counts(const ModelConfig& c);
 
 struct StepBytes {
-  double weights = 0;   // bytes of weights read
-  double state = 0;     // KDA state read + written, MLA cache read + written
+  double weights = 0;  // bytes of weights read
+  double state = 0;    // KDA state read + written, MLA cache read + written
   double expected_experts_per_layer = 0;
   double total() const { return weights + state; }
 };

@@ -26,16 +26,20 @@ double seconds_since(Clock::time_point t0) {
 double process_cpu_seconds() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
-  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
-int blocks_for(int64_t tokens) { return int((tokens + kBlockSize - 1) / kBlockSize); }
+int blocks_for(int64_t tokens) {
+  return int((tokens + kBlockSize - 1) / kBlockSize);
+}
 
 // Deterministic ordinary-looking token ids (no specials at the top of the vocabulary).
 std::vector<int> token_run(int n, int salt, int vocab) {
   const int base = std::max(1, vocab - 256);
   std::vector<int> t(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) t[size_t(i)] = int((uint64_t(i) * 2654435761u + uint64_t(salt) * 97u) % uint64_t(base));
+  for (int i = 0; i < n; ++i)
+    t[size_t(i)] = int((uint64_t(i) * 2654435761u + uint64_t(salt) * 97u) % uint64_t(base));
   return t;
 }
 
@@ -56,7 +60,8 @@ class Runner {
     for (int off = 0; off < len; off += chunk) {
       int n = std::min(chunk, len - off);
       Batch b;
-      b.add(std::vector<int>(toks.begin() + off, toks.begin() + off + n), off + n, slot, blocks(slot));
+      b.add(std::vector<int>(toks.begin() + off, toks.begin() + off + n), off + n, slot,
+            blocks(slot));
       m_.forward(b, logits_);
     }
   }
@@ -64,7 +69,8 @@ class Runner {
   // One decode step for slots 0..batch-1, each at `context` tokens before the step.
   void decode_step(int batch, int context, int step) {
     Batch d;
-    for (int s = 0; s < batch; ++s) d.add({(step * 31 + s * 7) % std::max(1, V_ - 256)}, context + 1, s, blocks(s));
+    for (int s = 0; s < batch; ++s)
+      d.add({(step * 31 + s * 7) % std::max(1, V_ - 256)}, context + 1, s, blocks(s));
     m_.forward(d, logits_);
   }
 
@@ -88,11 +94,16 @@ int state_elem_bytes(const std::string& backend) {
 }
 
 OfflineResults run_offline(const OfflineOptions& o) {
-  if (o.prompt_lens.empty() && o.batches.empty()) fail("nothing to measure: no prompt lengths and no batch sizes");
-  for (int L : o.prompt_lens) if (L < 1) fail("--prompt-lens: ", L, " is not a positive length");
-  for (int B : o.batches) if (B < 1) fail("--batches: ", B, " is not a positive batch size");
-  for (int C : o.contexts) if (C < 1) fail("--contexts: ", C, " is not a positive depth");
-  if (!o.batches.empty() && o.contexts.empty()) fail("--batches needs at least one --contexts depth");
+  if (o.prompt_lens.empty() && o.batches.empty())
+    fail("nothing to measure: no prompt lengths and no batch sizes");
+  for (int L : o.prompt_lens)
+    if (L < 1) fail("--prompt-lens: ", L, " is not a positive length");
+  for (int B : o.batches)
+    if (B < 1) fail("--batches: ", B, " is not a positive batch size");
+  for (int C : o.contexts)
+    if (C < 1) fail("--contexts: ", C, " is not a positive depth");
+  if (!o.batches.empty() && o.contexts.empty())
+    fail("--batches needs at least one --contexts depth");
   if (o.decode_steps < 2) fail("--decode-steps must be at least 2 (the first step is not timed)");
   if (o.reps < 1) fail("--reps must be at least 1");
   if (o.prefill_chunk < 1) fail("--prefill-chunk must be positive");
@@ -124,11 +135,13 @@ OfflineResults run_offline(const OfflineOptions& o) {
   std::unique_ptr<Model> model =
       o.random_weights ? random_weights_model(r.config, mo) : load_model(o.model_dir, mo);
   r.memory.weight_bytes = r.params.total * r.weight_elem_bytes;
-  r.memory.cache_bytes = int64_t(mo.cache.num_slots) * kda_slot_bytes(r.config, r.state_elem_bytes) +
-                         int64_t(mo.cache.num_blocks) * kBlockSize * mla_token_bytes(r.config, r.state_elem_bytes);
+  r.memory.cache_bytes =
+      int64_t(mo.cache.num_slots) * kda_slot_bytes(r.config, r.state_elem_bytes) +
+      int64_t(mo.cache.num_blocks) * kBlockSize * mla_token_bytes(r.config, r.state_elem_bytes);
 
   Runner run(*model, bps);
-  run.prefill(0, std::min(64, o.prompt_lens.empty() ? 64 : o.prompt_lens.front()), o.prefill_chunk, 99);  // warm-up
+  run.prefill(0, std::min(64, o.prompt_lens.empty() ? 64 : o.prompt_lens.front()), o.prefill_chunk,
+              99);  // warm-up
 
   int total_units = int(o.prompt_lens.size()) + int(o.batches.size() * o.contexts.size());
   Progress progress("offline", total_units, o.progress);
@@ -169,7 +182,8 @@ OfflineResults run_offline(const OfflineOptions& o) {
       d.tpot_ms = step_s * 1e3;
       d.tokens_per_s = B / step_s;
       // Depth in the middle of the timed steps.
-      d.bytes = decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.state_elem_bytes);
+      d.bytes = decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes,
+                                  r.state_elem_bytes);
       d.achieved_gbps = d.bytes.total() / step_s / 1e9;
       r.decode.push_back(d);
       progress.tick();

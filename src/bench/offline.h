@@ -20,7 +20,7 @@ namespace kimi::bench {
 struct OfflineOptions {
   std::string model_dir;
   std::string backend = "cpu";
-  bool random_weights = false;   // with config_file: full-size shapes without a checkpoint
+  bool random_weights = false;  // with config_file: full-size shapes without a checkpoint
   std::string config_file;
   std::vector<int> prompt_lens = {128, 512, 2048};
   std::vector<int> batches = {1, 4, 16};
@@ -35,7 +35,7 @@ struct OfflineOptions {
 // ~0.9 the threads were waiting for cores (a shared machine) or for each other.
 struct PrefillPoint {
   int prompt_len = 0;
-  double seconds = 0;        // median
+  double seconds = 0;  // median
   double tokens_per_s = 0;
   double cpu_share = 0;
 };
@@ -43,8 +43,8 @@ struct PrefillPoint {
 struct DecodePoint {
   int batch = 0;
   int context = 0;
-  double tpot_ms = 0;        // median step time
-  double tokens_per_s = 0;   // batch / step time
+  double tpot_ms = 0;       // median step time
+  double tokens_per_s = 0;  // batch / step time
   StepBytes bytes;
   double achieved_gbps = 0;  // bytes.total() / step time / 1e9
   double cpu_share = 0;      // over the timed steps
@@ -54,7 +54,7 @@ struct MemoryUse {
   int64_t weight_bytes = 0;  // parameters at the backend's element size
   int64_t cache_bytes = 0;   // KDA slots + MLA blocks allocated for the measurement
   int64_t rss_bytes = 0, peak_rss_bytes = 0;  // host process
-  std::string device;        // device memory in use, or "n/a on CPU"
+  std::string device;                         // device memory in use, or "n/a on CPU"
 };
 
 struct OfflineResults {

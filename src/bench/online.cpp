@@ -24,9 +24,10 @@ OnlineRun run_online(const Endpoint& ep, const std::vector<SampleRequest>& reque
   const int n = int(requests.size());
   const int peak = opts.max_concurrency > 0 ? std::min(opts.max_concurrency, n) : n;
   if (peak > 900)
-    spdlog::warn("up to {} requests in flight: cpp-httplib 0.11.4 waits with select(), which cannot watch "
-                 "descriptors >= 1024 (reads then block without the timeout); consider --max-concurrency",
-                 peak);
+    spdlog::warn(
+        "up to {} requests in flight: cpp-httplib 0.11.4 waits with select(), which cannot watch "
+        "descriptors >= 1024 (reads then block without the timeout); consider --max-concurrency",
+        peak);
   std::vector<double> arrivals = arrival_times(n, opts.request_rate, opts.burstiness, opts.seed);
   OnlineRun run;
   run.outputs.resize(size_t(n));

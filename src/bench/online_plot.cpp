@@ -15,7 +15,8 @@ void latency_panel(SvgPlot& plot, const std::string& name, const Summary& s) {
 
 }  // namespace
 
-void add_online_plot(SvgPlot& plot, const std::vector<SweepPoint>& runs, const MetricOptions& opts) {
+void add_online_plot(SvgPlot& plot, const std::vector<SweepPoint>& runs,
+                     const MetricOptions& opts) {
   KIMI_CHECK(!runs.empty(), "no runs to plot");
   if (runs.size() == 1) {
     const BenchmarkMetrics& m = runs[0].metrics;
@@ -24,7 +25,8 @@ void add_online_plot(SvgPlot& plot, const std::vector<SweepPoint>& runs, const M
     latency_panel(plot, "ITL", m.itl_ms);
     latency_panel(plot, "E2EL", m.e2el_ms);
     plot.add_bars("Throughput", "tokens/s",
-                  {{"output", m.output_throughput}, {"total", m.total_token_throughput},
+                  {{"output", m.output_throughput},
+                   {"total", m.total_token_throughput},
                    {"peak output", m.max_output_tokens_per_s}});
     return;
   }
@@ -42,16 +44,22 @@ void add_online_plot(SvgPlot& plot, const std::vector<SweepPoint>& runs, const M
     total.y.push_back(r.metrics.total_token_throughput);
     req.y.push_back(r.metrics.request_throughput);
   }
-  plot.add_lines("Token throughput vs max concurrency", "max concurrency", "tokens/s", x, {out, total});
-  plot.add_lines("Request throughput vs max concurrency", "max concurrency", "requests/s", x, {req});
+  plot.add_lines("Token throughput vs max concurrency", "max concurrency", "tokens/s", x,
+                 {out, total});
+  plot.add_lines("Request throughput vs max concurrency", "max concurrency", "requests/s", x,
+                 {req});
   double top = opts.percentiles.empty() ? 50 : opts.percentiles.back();
   std::string pw = percentile_word(top, "p");
   pick("median TTFT", [](const BenchmarkMetrics& m) { return m.ttft_ms.median; });
-  pick(pw + " TTFT", [&](const BenchmarkMetrics& m) { return opts.percentiles.empty() ? m.ttft_ms.median : m.ttft_ms.at(top); });
+  pick(pw + " TTFT", [&](const BenchmarkMetrics& m) {
+    return opts.percentiles.empty() ? m.ttft_ms.median : m.ttft_ms.at(top);
+  });
   plot.add_lines("TTFT vs max concurrency", "max concurrency", "ms", x, lat);
   lat.clear();
   pick("median TPOT", [](const BenchmarkMetrics& m) { return m.tpot_ms.median; });
-  pick(pw + " TPOT", [&](const BenchmarkMetrics& m) { return opts.percentiles.empty() ? m.tpot_ms.median : m.tpot_ms.at(top); });
+  pick(pw + " TPOT", [&](const BenchmarkMetrics& m) {
+    return opts.percentiles.empty() ? m.tpot_ms.median : m.tpot_ms.at(top);
+  });
   pick("median ITL", [](const BenchmarkMetrics& m) { return m.itl_ms.median; });
   plot.add_lines("TPOT / ITL vs max concurrency", "max concurrency", "ms", x, lat);
 }

@@ -10,7 +10,9 @@
 namespace kimi::bench {
 namespace {
 
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 void configure(httplib::Client& cli, const Endpoint& ep) {
   auto secs = time_t(ep.timeout_s);
@@ -41,7 +43,8 @@ Endpoint make_endpoint(const std::string& base_url, const std::string& endpoint)
   if (!prefix.empty() && endpoint.compare(0, prefix.size(), prefix) == 0) prefix.clear();
   ep.path = prefix + endpoint;
   auto ends_with = [&](const std::string& s) {
-    return ep.path.size() >= s.size() && ep.path.compare(ep.path.size() - s.size(), s.size(), s) == 0;
+    return ep.path.size() >= s.size() &&
+           ep.path.compare(ep.path.size() - s.size(), s.size(), s) == 0;
   };
   if (ends_with("/chat/completions")) {
     ep.chat = true;
@@ -68,7 +71,8 @@ std::string request_body(const Endpoint& ep, const SampleRequest& req) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-RequestOutput send_request(const Endpoint& ep, const SampleRequest& sample, Clock::time_point bench_start) {
+RequestOutput send_request(const Endpoint& ep, const SampleRequest& sample,
+                           Clock::time_point bench_start) {
   RequestOutput out;
   out.prompt_len = sample.prompt_len;
   httplib::Client cli(ep.host_url);
@@ -118,12 +122,14 @@ std::string first_served_model(const Endpoint& ep) {
   httplib::Client cli(ep.host_url);
   configure(cli, ep);
   cli.set_read_timeout(10, 0);
-  std::string models = ep.path.substr(0, ep.path.rfind("/v1/") == std::string::npos
-                                             ? 0 : ep.path.rfind("/v1/")) + "/v1/models";
+  std::string models =
+      ep.path.substr(0, ep.path.rfind("/v1/") == std::string::npos ? 0 : ep.path.rfind("/v1/")) +
+      "/v1/models";
   auto res = cli.Get(models);
   if (!res || res->status != 200) return "";
   auto j = nlohmann::json::parse(res->body, nullptr, false);
-  if (j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty()) return "";
+  if (j.is_discarded() || !j.contains("data") || !j["data"].is_array() || j["data"].empty())
+    return "";
   auto& m = j["data"][0];
   return m.contains("id") && m["id"].is_string() ? m["id"].get<std::string>() : "";
 }

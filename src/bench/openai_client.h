@@ -16,13 +16,13 @@ namespace kimi::bench {
 using Clock = std::chrono::steady_clock;
 
 struct Endpoint {
-  std::string host_url;     // scheme://host:port
-  std::string path;         // path prefix from --base-url + --endpoint
+  std::string host_url;  // scheme://host:port
+  std::string path;      // path prefix from --base-url + --endpoint
   std::string model;
-  std::string api_key;      // sent as "Authorization: Bearer <key>" when not empty
-  bool chat = false;        // /v1/chat/completions payload and delta parsing
+  std::string api_key;  // sent as "Authorization: Bearer <key>" when not empty
+  bool chat = false;    // /v1/chat/completions payload and delta parsing
   bool ignore_eos = false;
-  double timeout_s = 600;   // connect + per-read timeout
+  double timeout_s = 600;  // connect + per-read timeout
 };
 
 // Splits --base-url (http://host:port[/prefix]) and joins --endpoint. chat is set when the
@@ -34,7 +34,8 @@ std::string request_body(const Endpoint& ep, const SampleRequest& req);
 
 // Sends one request and returns what the client saw; times are seconds since bench_start.
 // Never throws for server or network problems: they make a failed RequestOutput.
-RequestOutput send_request(const Endpoint& ep, const SampleRequest& req, Clock::time_point bench_start);
+RequestOutput send_request(const Endpoint& ep, const SampleRequest& req,
+                           Clock::time_point bench_start);
 
 // GET <prefix>/v1/models: the first model id, or "" when the server does not answer.
 std::string first_served_model(const Endpoint& ep);

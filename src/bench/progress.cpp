@@ -7,13 +7,17 @@
 namespace kimi::bench {
 
 Progress::Progress(std::string label, int total, bool enabled)
-    : label_(std::move(label)), total_(total), enabled_(enabled && isatty(STDERR_FILENO) == 1),
+    : label_(std::move(label)),
+      total_(total),
+      enabled_(enabled && isatty(STDERR_FILENO) == 1),
       start_(std::chrono::steady_clock::now()) {
   std::lock_guard lk(mu_);
   draw(true);
 }
 
-Progress::~Progress() { finish(); }
+Progress::~Progress() {
+  finish();
+}
 
 void Progress::tick(bool ok) {
   std::lock_guard lk(mu_);

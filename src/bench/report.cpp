@@ -41,7 +41,8 @@ void latency_block(std::string& out, const std::string& title, const std::string
   out += row("Mean " + abbrev + " (ms):", num(s.mean));
   out += row("Median " + abbrev + " (ms):", num(s.median));
   out += row("Std " + abbrev + " (ms):", num(s.std));
-  for (auto& [p, v] : s.percentiles) out += row(percentile_word(p, "P") + " " + abbrev + " (ms):", num(v));
+  for (auto& [p, v] : s.percentiles)
+    out += row(percentile_word(p, "P") + " " + abbrev + " (ms):", num(v));
 }
 
 }  // namespace
@@ -62,7 +63,8 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   out += row("Failed requests:", std::to_string(m.failed));
   out += row("Maximum request concurrency:",
              info.max_concurrency > 0 ? std::to_string(info.max_concurrency) : "unlimited");
-  out += row("Request rate (req/s):", std::isinf(info.request_rate) ? "inf" : num(info.request_rate));
+  out +=
+      row("Request rate (req/s):", std::isinf(info.request_rate) ? "inf" : num(info.request_rate));
   out += row("Benchmark duration (s):", num(m.duration));
   out += row("Total input tokens:", std::to_string(m.total_input));
   out += row("Total generated tokens:", std::to_string(m.total_output));
@@ -80,19 +82,44 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   out += row("Median E2EL/token (ms):", num(m.tpot_incl_first_ms.median));
   out += std::string(50, '=') + "\n";
   if (m.requests_without_usage > 0)
-    out += "warning: " + std::to_string(m.requests_without_usage) +
-           " successful requests had no usage.completion_tokens; their output lengths are estimates\n";
+    out +=
+        "warning: " + std::to_string(m.requests_without_usage) +
+        " successful requests had no usage.completion_tokens; their output lengths are estimates\n";
   return out;
 }
 
 const std::vector<std::string>& required_result_keys(const MetricOptions& opts) {
   static std::vector<std::string> keys;
-  keys = {"date", "backend", "model_id", "tokenizer_id", "num_prompts", "request_rate",
-          "burstiness", "max_concurrency", "duration", "completed", "failed", "total_input_tokens",
-          "total_output_tokens", "request_throughput", "request_goodput", "output_throughput",
-          "total_token_throughput", "max_output_tokens_per_s", "max_concurrent_requests",
-          "input_lens", "output_lens", "ttfts", "itls", "latencies", "errors", "generated_texts",
-          "host", "card", "git_commit", "kimi_bench_version"};
+  keys = {"date",
+          "backend",
+          "model_id",
+          "tokenizer_id",
+          "num_prompts",
+          "request_rate",
+          "burstiness",
+          "max_concurrency",
+          "duration",
+          "completed",
+          "failed",
+          "total_input_tokens",
+          "total_output_tokens",
+          "request_throughput",
+          "request_goodput",
+          "output_throughput",
+          "total_token_throughput",
+          "max_output_tokens_per_s",
+          "max_concurrent_requests",
+          "input_lens",
+          "output_lens",
+          "ttfts",
+          "itls",
+          "latencies",
+          "errors",
+          "generated_texts",
+          "host",
+          "card",
+          "git_commit",
+          "kimi_bench_version"};
   for (const char* m : kMetricNames) {
     std::string n = m;
     keys.push_back("mean_" + n + "_ms");
@@ -103,17 +130,21 @@ const std::vector<std::string>& required_result_keys(const MetricOptions& opts) 
   return keys;
 }
 
-nlohmann::ordered_json result_json(const BenchmarkMetrics& m, const std::vector<RequestOutput>& outs,
+nlohmann::ordered_json result_json(const BenchmarkMetrics& m,
+                                   const std::vector<RequestOutput>& outs,
                                    const OnlineRunInfo& info, const MetricOptions& opts,
                                    const SystemInfo& sys) {
   nlohmann::ordered_json j;
   j["date"] = info.date;
   j["backend"] = info.backend;
   j["model_id"] = info.model_id;
-  j["tokenizer_id"] = info.tokenizer_id.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(info.tokenizer_id);
+  j["tokenizer_id"] = info.tokenizer_id.empty() ? nlohmann::ordered_json()
+                                                : nlohmann::ordered_json(info.tokenizer_id);
   j["num_prompts"] = info.num_prompts;
-  if (std::isinf(info.request_rate)) j["request_rate"] = "inf";
-  else j["request_rate"] = info.request_rate;
+  if (std::isinf(info.request_rate))
+    j["request_rate"] = "inf";
+  else
+    j["request_rate"] = info.request_rate;
   j["burstiness"] = info.burstiness;
   j["max_concurrency"] = info.max_concurrency > 0 ? nlohmann::ordered_json(info.max_concurrency)
                                                   : nlohmann::ordered_json();
@@ -123,7 +154,8 @@ nlohmann::ordered_json result_json(const BenchmarkMetrics& m, const std::vector<
   j["total_input_tokens"] = m.total_input;
   j["total_output_tokens"] = m.total_output;
   j["request_throughput"] = m.request_throughput;
-  j["request_goodput"] = opts.goodput_slo_ms.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(m.request_goodput);
+  j["request_goodput"] = opts.goodput_slo_ms.empty() ? nlohmann::ordered_json()
+                                                     : nlohmann::ordered_json(m.request_goodput);
   j["output_throughput"] = m.output_throughput;
   j["total_token_throughput"] = m.total_token_throughput;
   j["max_output_tokens_per_s"] = m.max_output_tokens_per_s;

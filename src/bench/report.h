@@ -12,13 +12,13 @@
 namespace kimi::bench {
 
 struct OnlineRunInfo {
-  std::string date;            // YYYYMMDD-HHMMSS, UTC
-  std::string backend;         // vLLM's backend name: "openai" or "openai-chat"
+  std::string date;     // YYYYMMDD-HHMMSS, UTC
+  std::string backend;  // vLLM's backend name: "openai" or "openai-chat"
   std::string base_url, endpoint, model_id, tokenizer_id, dataset_name;
   int num_prompts = 0;
-  double request_rate = 0;     // inf allowed (written as the string "inf", as vLLM does)
+  double request_rate = 0;  // inf allowed (written as the string "inf", as vLLM does)
   double burstiness = 1;
-  int max_concurrency = 0;     // 0: unlimited (null in JSON)
+  int max_concurrency = 0;  // 0: unlimited (null in JSON)
   bool ignore_eos = false;
   uint64_t seed = 0;
 };
@@ -27,7 +27,8 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
                          const MetricOptions& opts);
 
 // The result object. Every key vLLM writes is present; keys of ours are documented in --help.
-nlohmann::ordered_json result_json(const BenchmarkMetrics& m, const std::vector<RequestOutput>& outs,
+nlohmann::ordered_json result_json(const BenchmarkMetrics& m,
+                                   const std::vector<RequestOutput>& outs,
                                    const OnlineRunInfo& info, const MetricOptions& opts,
                                    const SystemInfo& sys);
 

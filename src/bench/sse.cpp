@@ -4,7 +4,8 @@
 
 namespace kimi::bench {
 
-void SseSplitter::feed(std::string_view bytes, const std::function<void(std::string_view)>& on_data) {
+void SseSplitter::feed(std::string_view bytes,
+                       const std::function<void(std::string_view)>& on_data) {
   for (char c : bytes)
     if (c != '\r') buf_ += c;
   size_t pos;
@@ -48,7 +49,8 @@ void StreamParser::on_event(std::string_view data, double t) {
   if (j.contains("error")) {
     auto& e = j["error"];
     error_ = e.is_object() && e.contains("message") && e["message"].is_string()
-                 ? e["message"].get<std::string>() : e.dump();
+                 ? e["message"].get<std::string>()
+                 : e.dump();
     return;
   }
   auto ch = j.find("choices");

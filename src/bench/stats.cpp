@@ -14,7 +14,9 @@ double mean(const std::vector<double>& v) {
   return std::accumulate(v.begin(), v.end(), 0.0) / double(v.size());
 }
 
-double median(std::vector<double> v) { return percentile(std::move(v), 50); }
+double median(std::vector<double> v) {
+  return percentile(std::move(v), 50);
+}
 
 double stddev(const std::vector<double>& v) {
   if (v.empty()) return 0;
@@ -57,8 +59,10 @@ Summary summarize(const std::vector<double>& v, const std::vector<double>& ps) {
 
 std::string percentile_word(double p, const char* prefix) {
   char buf[64];
-  if (p == std::floor(p)) std::snprintf(buf, sizeof buf, "%s%lld", prefix, static_cast<long long>(p));
-  else std::snprintf(buf, sizeof buf, "%s%g", prefix, p);
+  if (p == std::floor(p))
+    std::snprintf(buf, sizeof buf, "%s%lld", prefix, static_cast<long long>(p));
+  else
+    std::snprintf(buf, sizeof buf, "%s%g", prefix, p);
   return buf;
 }
 

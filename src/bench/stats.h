@@ -9,9 +9,9 @@
 
 namespace kimi::bench {
 
-double mean(const std::vector<double>& v);      // 0 for an empty list (vLLM: np.mean(x or 0))
-double median(std::vector<double> v);           // percentile 50
-double stddev(const std::vector<double>& v);    // population
+double mean(const std::vector<double>& v);    // 0 for an empty list (vLLM: np.mean(x or 0))
+double median(std::vector<double> v);         // percentile 50
+double stddev(const std::vector<double>& v);  // population
 // p in [0, 100]; 0 for an empty list.
 double percentile(std::vector<double> v, double p);
 double percentile_sorted(const std::vector<double>& sorted, double p);

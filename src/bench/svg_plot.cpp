@@ -11,8 +11,8 @@ namespace kimi::bench {
 namespace {
 
 constexpr int kWidth = 720;
-constexpr int kLeft = 170;   // label column of bar panels / y axis of line panels
-constexpr int kRight = 90;   // value labels
+constexpr int kLeft = 170;  // label column of bar panels / y axis of line panels
+constexpr int kRight = 90;  // value labels
 const char* const kColors[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
 
 std::string fmt(const char* f, double a) {
@@ -27,11 +27,20 @@ std::string xml_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
     switch (c) {
-      case '<': o += "&lt;"; break;
-      case '>': o += "&gt;"; break;
-      case '&': o += "&amp;"; break;
-      case '"': o += "&quot;"; break;
-      default: o += c;
+      case '<':
+        o += "&lt;";
+        break;
+      case '>':
+        o += "&gt;";
+        break;
+      case '&':
+        o += "&amp;";
+        break;
+      case '"':
+        o += "&quot;";
+        break;
+      default:
+        o += c;
     }
   }
   return o;
@@ -53,7 +62,8 @@ void SvgPlot::add_bars(const std::string& title, const std::string& unit,
   for (auto& b : bars) vmax = std::max(vmax, b.second);
   if (vmax <= 0) vmax = 1;
   const int span = kWidth - kLeft - kRight;
-  std::string s = "<text x=\"10\" y=\"18\" class=\"h\">" + xml_escape(title) + " (" + xml_escape(unit) + ")</text>\n";
+  std::string s = "<text x=\"10\" y=\"18\" class=\"h\">" + xml_escape(title) + " (" +
+                  xml_escape(unit) + ")</text>\n";
   int y = top;
   for (size_t i = 0; i < bars.size(); ++i) {
     int w = int(std::lround(std::max(0.0, bars[i].second) / vmax * span));
@@ -69,8 +79,9 @@ void SvgPlot::add_bars(const std::string& title, const std::string& unit,
   panels_.push_back({s, y + 10});
 }
 
-void SvgPlot::add_lines(const std::string& title, const std::string& x_label, const std::string& unit,
-                        const std::vector<double>& x, const std::vector<Series>& series) {
+void SvgPlot::add_lines(const std::string& title, const std::string& x_label,
+                        const std::string& unit, const std::vector<double>& x,
+                        const std::vector<Series>& series) {
   KIMI_CHECK(!x.empty(), "a line panel needs x values");
   const int top = 30, plot_h = 180, legend_h = 18 * int(series.size());
   const int x0 = 70, x1 = kWidth - 30;
@@ -80,9 +91,12 @@ void SvgPlot::add_lines(const std::string& title, const std::string& x_label, co
   if (ymax <= 0) ymax = 1;
   ymax *= 1.1;
   // Points are spaced evenly (sweeps are usually 1, 2, 4, 8, ...), labelled with their x.
-  auto px = [&](size_t i) { return x.size() == 1 ? (x0 + x1) / 2.0 : x0 + (x1 - x0) * double(i) / double(x.size() - 1); };
+  auto px = [&](size_t i) {
+    return x.size() == 1 ? (x0 + x1) / 2.0 : x0 + (x1 - x0) * double(i) / double(x.size() - 1);
+  };
   auto py = [&](double v) { return top + plot_h - plot_h * v / ymax; };
-  std::string s = "<text x=\"10\" y=\"18\" class=\"h\">" + xml_escape(title) + " (" + xml_escape(unit) + ")</text>\n";
+  std::string s = "<text x=\"10\" y=\"18\" class=\"h\">" + xml_escape(title) + " (" +
+                  xml_escape(unit) + ")</text>\n";
   s += "<line x1=\"" + std::to_string(x0) + "\" y1=\"" + std::to_string(top + plot_h) + "\" x2=\"" +
        std::to_string(x1) + "\" y2=\"" + std::to_string(top + plot_h) + "\" stroke=\"#444\"/>\n";
   s += "<line x1=\"" + std::to_string(x0) + "\" y1=\"" + std::to_string(top) + "\" x2=\"" +
@@ -97,8 +111,9 @@ void SvgPlot::add_lines(const std::string& title, const std::string& x_label, co
   for (size_t i = 0; i < x.size(); ++i)
     s += "<text x=\"" + fmt("%.1f", px(i)) + "\" y=\"" + std::to_string(top + plot_h + 16) +
          "\" text-anchor=\"middle\" class=\"s\">" + short_number(x[i]) + "</text>\n";
-  s += "<text x=\"" + std::to_string((x0 + x1) / 2) + "\" y=\"" + std::to_string(top + plot_h + 34) +
-       "\" text-anchor=\"middle\">" + xml_escape(x_label) + "</text>\n";
+  s += "<text x=\"" + std::to_string((x0 + x1) / 2) + "\" y=\"" +
+       std::to_string(top + plot_h + 34) + "\" text-anchor=\"middle\">" + xml_escape(x_label) +
+       "</text>\n";
   for (size_t k = 0; k < series.size(); ++k) {
     const char* col = kColors[k % 6];
     std::string pts;
@@ -107,7 +122,8 @@ void SvgPlot::add_lines(const std::string& title, const std::string& x_label, co
       s += "<circle cx=\"" + fmt("%.1f", px(i)) + "\" cy=\"" + fmt("%.1f", py(series[k].y[i])) +
            "\" r=\"3\" fill=\"" + col + "\"/>\n";
     }
-    s += "<polyline fill=\"none\" stroke=\"" + std::string(col) + "\" stroke-width=\"2\" points=\"" + pts + "\"/>\n";
+    s += "<polyline fill=\"none\" stroke=\"" + std::string(col) +
+         "\" stroke-width=\"2\" points=\"" + pts + "\"/>\n";
     int ly = top + plot_h + 50 + 18 * int(k);
     s += "<rect x=\"" + std::to_string(x0) + "\" y=\"" + std::to_string(ly - 10) +
          "\" width=\"12\" height=\"12\" fill=\"" + col + "\"/>\n";
@@ -121,10 +137,12 @@ std::string SvgPlot::render() const {
   int height = 40;
   for (auto& p : panels_) height += p.height + 10;
   std::string s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(kWidth) +
-                  "\" height=\"" + std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+                  "\" height=\"" + std::to_string(height) +
+                  "\" font-family=\"sans-serif\" font-size=\"12\">\n";
   s += "<style>.h{font-weight:bold;font-size:13px}.s{font-size:11px;fill:#444}</style>\n";
   s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s += "<text x=\"10\" y=\"24\" font-size=\"15\" font-weight=\"bold\">" + xml_escape(title_) + "</text>\n";
+  s += "<text x=\"10\" y=\"24\" font-size=\"15\" font-weight=\"bold\">" + xml_escape(title_) +
+       "</text>\n";
   int y = 40;
   for (auto& p : panels_) {
     s += "<g transform=\"translate(0," + std::to_string(y) + ")\">\n" + p.svg + "</g>\n";

@@ -33,8 +33,12 @@ int64_t status_kib(const char* key) {
 
 }  // namespace
 
-int64_t rss_bytes() { return status_kib("VmRSS:"); }
-int64_t peak_rss_bytes() { return status_kib("VmHWM:"); }
+int64_t rss_bytes() {
+  return status_kib("VmRSS:");
+}
+int64_t peak_rss_bytes() {
+  return status_kib("VmHWM:");
+}
 
 SystemInfo system_info() {
   SystemInfo s;
@@ -57,8 +61,8 @@ SystemInfo system_info() {
 #else
   s.card = "none (CPU build)";
 #endif
-  // The commit of the tree the binary was built from, read at run time so it is right in a fresh
-  // clone and after new commits without a reconfigure.
+    // The commit of the tree the binary was built from, read at run time so it is right in a fresh
+    // clone and after new commits without a reconfigure.
 #ifdef KIMI_SOURCE_DIR
   std::string git = std::string("git -C '") + KIMI_SOURCE_DIR + "' ";
   s.git_commit = run_capture(git + "rev-parse HEAD 2>/dev/null");

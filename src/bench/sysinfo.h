@@ -8,12 +8,12 @@ namespace kimi::bench {
 
 struct SystemInfo {
   std::string hostname;
-  std::string cpu_model;     // /proc/cpuinfo "model name"
-  int cpu_cores = 0;         // online logical CPUs
-  std::string card;          // accelerator name; "none (CPU build)" without CUDA
-  std::string git_commit;    // HEAD of the source tree, "unknown" when git can't tell
+  std::string cpu_model;   // /proc/cpuinfo "model name"
+  int cpu_cores = 0;       // online logical CPUs
+  std::string card;        // accelerator name; "none (CPU build)" without CUDA
+  std::string git_commit;  // HEAD of the source tree, "unknown" when git can't tell
   bool git_dirty = false;
-  std::string version;       // KIMI_VERSION
+  std::string version;  // KIMI_VERSION
 };
 
 SystemInfo system_info();

@@ -39,8 +39,10 @@ class ServeProcess {
     posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
     posix_spawn_file_actions_addclose(&fa, fds[0]);
     std::string bin = kBin + "/kimi-serve";
-    std::vector<std::string> args = {bin, "--host", "127.0.0.1", "--port", "0", "--log-level", "warn",
-                                     "--max-num-seqs", "8", "--served-model-name", "kimi-tiny"};
+    std::vector<std::string> args = {
+        bin,           "--host", "127.0.0.1",      "--port", "0",
+        "--log-level", "warn",   "--max-num-seqs", "8",      "--served-model-name",
+        "kimi-tiny"};
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -115,11 +117,12 @@ struct BenchRun {
   nlohmann::json result;
 };
 
-BenchRun run_bench(const std::string& args, const std::filesystem::path& dir, const std::string& tag) {
+BenchRun run_bench(const std::string& args, const std::filesystem::path& dir,
+                   const std::string& tag) {
   BenchRun r;
   std::string json = (dir / (tag + ".json")).string(), log = (dir / (tag + ".log")).string();
-  std::string cmd = kBin + "/kimi-bench online " + args + " --disable-progress --result-file " + json +
-                    " > " + log + " 2>&1";
+  std::string cmd = kBin + "/kimi-bench online " + args + " --disable-progress --result-file " +
+                    json + " > " + log + " 2>&1";
   int st = std::system(cmd.c_str());
   r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   std::ifstream lf(log);
@@ -133,19 +136,22 @@ BenchRun run_bench(const std::string& args, const std::filesystem::path& dir, co
 // text is held back, e.g. an incomplete UTF-8 character; chat adds a finish chunk).
 void check_result(const nlohmann::json& j, int n, int out_len, int max_events) {
   ASSERT_TRUE(j.is_object());
-  for (auto& k : required_result_keys(MetricOptions{})) EXPECT_TRUE(j.contains(k)) << "missing key " << k;
+  for (auto& k : required_result_keys(MetricOptions{}))
+    EXPECT_TRUE(j.contains(k)) << "missing key " << k;
   EXPECT_EQ(j["completed"], n);
   EXPECT_EQ(j["failed"], 0);
   EXPECT_EQ(j["total_output_tokens"], n * out_len);
   EXPECT_EQ(j["output_lens"], nlohmann::json(std::vector<int>(size_t(n), out_len)));
   for (int len : j["input_lens"].get<std::vector<int>>()) EXPECT_GT(len, 0);
   EXPECT_EQ(j["requests_without_usage"], 0);  // kimi-serve honours include_usage
-  for (const char* k : {"duration", "request_throughput", "output_throughput", "total_token_throughput",
-                        "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms",
-                        "mean_itl_ms", "mean_e2el_ms", "p90_e2el_ms", "max_output_tokens_per_s"})
+  for (const char* k :
+       {"duration", "request_throughput", "output_throughput", "total_token_throughput",
+        "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms", "mean_tpot_ms", "p99_tpot_ms",
+        "mean_itl_ms", "mean_e2el_ms", "p90_e2el_ms", "max_output_tokens_per_s"})
     EXPECT_GT(j[k].get<double>(), 0) << k;
   EXPECT_LE(j["p99_ttft_ms"].get<double>(), j["p99_e2el_ms"].get<double>() + 1e-9);
-  auto ttfts = j["ttfts"].get<std::vector<double>>(), lat = j["latencies"].get<std::vector<double>>();
+  auto ttfts = j["ttfts"].get<std::vector<double>>(),
+       lat = j["latencies"].get<std::vector<double>>();
   ASSERT_EQ(ttfts.size(), size_t(n));
   for (int i = 0; i < n; ++i) {
     EXPECT_GT(ttfts[size_t(i)], 0);
@@ -155,14 +161,16 @@ void check_result(const nlohmann::json& j, int n, int out_len, int max_events) {
   }
   // E2EL = TTFT + (n − 1)·TPOT for each request, so the means agree.
   EXPECT_NEAR(j["mean_e2el_ms"].get<double>(),
-              j["mean_ttft_ms"].get<double>() + (out_len - 1) * j["mean_tpot_ms"].get<double>(), 1e-6);
+              j["mean_ttft_ms"].get<double>() + (out_len - 1) * j["mean_tpot_ms"].get<double>(),
+              1e-6);
   EXPECT_EQ(j["model_id"], "kimi-tiny");
   EXPECT_NE(j["git_commit"], "");
 }
 
 TEST(BenchServe, OnlineAgainstKimiServeOnTheTinyModel) {
   if (!std::filesystem::exists(kBin + "/kimi-serve")) GTEST_SKIP() << "kimi-serve not built";
-  auto dir = std::filesystem::temp_directory_path() / ("kimi_bench_serve_" + std::to_string(getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("kimi_bench_serve_" + std::to_string(getpid()));
   std::filesystem::create_directories(dir);
   ServeProcess serve;
   int port = serve.wait_port(std::chrono::seconds(60));
@@ -170,18 +178,23 @@ TEST(BenchServe, OnlineAgainstKimiServeOnTheTinyModel) {
   std::string base = "--base-url http://127.0.0.1:" + std::to_string(port);
 
   const int n = 8, out = 6;
-  BenchRun legacy = run_bench(base + " --endpoint /v1/completions --num-prompts 8 --max-concurrency 4"
-                                     " --input-len 24 --output-len 6 --ignore-eos --seed 1 --tokenizer " +
-                                  kBin + "/default-model", dir, "completions");
+  BenchRun legacy =
+      run_bench(base +
+                    " --endpoint /v1/completions --num-prompts 8 --max-concurrency 4"
+                    " --input-len 24 --output-len 6 --ignore-eos --seed 1 --tokenizer " +
+                    kBin + "/default-model",
+                dir, "completions");
   ASSERT_EQ(legacy.rc, 0) << legacy.output << "\nserver log:\n" << serve.log();
   check_result(legacy.result, n, out, out);
   EXPECT_EQ(legacy.result["backend"], "openai");
   EXPECT_EQ(legacy.result["max_concurrency"], 4);
   EXPECT_LE(legacy.result["max_concurrent_requests"].get<int>(), 4);
 
-  BenchRun chat = run_bench(base + " --endpoint /v1/chat/completions --model kimi-tiny --num-prompts 8"
-                                   " --request-rate 50 --input-len 16 --output-len 6 --ignore-eos --seed 2",
-                            dir, "chat");
+  BenchRun chat =
+      run_bench(base +
+                    " --endpoint /v1/chat/completions --model kimi-tiny --num-prompts 8"
+                    " --request-rate 50 --input-len 16 --output-len 6 --ignore-eos --seed 2",
+                dir, "chat");
   ASSERT_EQ(chat.rc, 0) << chat.output << "\nserver log:\n" << serve.log();
   check_result(chat.result, n, out, out + 1);
   EXPECT_EQ(chat.result["backend"], "openai-chat");

@@ -1,7 +1,6 @@
 // kimi-bench datasets: fixed seeds give the same prompts; token-id prompts decode and re-encode
 // to the requested length with the tiny model's tokenizer; ShareGPT filters as vLLM does.
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -44,7 +43,8 @@ TEST(BenchDataset, RandomWordsAreReproducibleAndSized) {
 }
 
 TEST(BenchDataset, TokenPromptsHitTheLengthWithTheTokenizer) {
-  if (!std::filesystem::exists(kModel + "/tiktoken.model")) GTEST_SKIP() << "no tokenizer in " << kModel;
+  if (!std::filesystem::exists(kModel + "/tiktoken.model"))
+    GTEST_SKIP() << "no tokenizer in " << kModel;
   Tokenizer tok = Tokenizer::load(kModel);
   RandomDatasetOptions o;
   o.num_prompts = 10;
@@ -66,16 +66,20 @@ TEST(BenchDataset, TokenPromptsHitTheLengthWithTheTokenizer) {
 }
 
 TEST(BenchDataset, ShareGptFiltersAndShuffles) {
-  auto path = std::filesystem::temp_directory_path() / ("kimi_sharegpt_" + std::to_string(::getpid()) + ".json");
+  auto path = std::filesystem::temp_directory_path() /
+              ("kimi_sharegpt_" + std::to_string(::getpid()) + ".json");
   nlohmann::json convs = nlohmann::json::array();
   auto conv = [](const std::string& p, const std::string& c) {
-    return nlohmann::json{{"conversations", {{{"from", "human"}, {"value", p}}, {{"from", "gpt"}, {"value", c}}}}};
+    return nlohmann::json{
+        {"conversations", {{{"from", "human"}, {"value", p}}, {{"from", "gpt"}, {"value", c}}}}};
   };
-  for (int i = 0; i < 6; ++i) convs.push_back(conv("please tell me about topic number " + std::to_string(i),
-                                                   "here is a long enough answer " + std::to_string(i)));
-  convs.push_back(conv("too short", "an answer that is long enough"));          // prompt < 4
-  convs.push_back(conv("a prompt that is long enough", "no"));                  // output < 4
-  convs.push_back(nlohmann::json{{"conversations", {{{"from", "human"}, {"value", "one turn only here"}}}}});
+  for (int i = 0; i < 6; ++i)
+    convs.push_back(conv("please tell me about topic number " + std::to_string(i),
+                         "here is a long enough answer " + std::to_string(i)));
+  convs.push_back(conv("too short", "an answer that is long enough"));  // prompt < 4
+  convs.push_back(conv("a prompt that is long enough", "no"));          // output < 4
+  convs.push_back(
+      nlohmann::json{{"conversations", {{{"from", "human"}, {"value", "one turn only here"}}}}});
   std::ofstream(path) << convs.dump();
   ShareGptOptions o;
   o.path = path.string();

@@ -2,14 +2,14 @@
 // ITL / E2EL / TPOT, throughput over the duration, and the SSE parsing rules that feed them.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
+
 #include "bench/metrics.h"
 #include "bench/report.h"
 #include "bench/sse.h"
 #include "bench/stats.h"
 #include "core/check.h"
-
-#include <cmath>
-#include <limits>
 
 namespace kimi::bench {
 namespace {
@@ -105,7 +105,8 @@ TEST(BenchMetrics, AggregatesFollowVllmDefinitions) {
   EXPECT_NEAR(m.e2el_ms.median, 1000, 1e-9);
   double e_mean = 2500.0 / 3;
   double e_var = ((1000 - e_mean) * (1000 - e_mean) + (1250 - e_mean) * (1250 - e_mean) +
-                  (250 - e_mean) * (250 - e_mean)) / 3;
+                  (250 - e_mean) * (250 - e_mean)) /
+                 3;
   EXPECT_NEAR(m.e2el_ms.std, std::sqrt(e_var), 1e-9);
   // guidellm-style E2EL / n: 250, 208.33, 250 ms.
   EXPECT_NEAR(m.tpot_incl_first_ms.mean, (250 + 1250.0 / 6 + 250) / 3, 1e-9);
@@ -140,10 +141,20 @@ TEST(BenchSse, SplitsEventsAcrossReadsAndSkipsComments) {
 TEST(BenchSse, StreamParserAppliesVllmRules) {
   StreamParser p(/*chat=*/true, 10.0);
   // Role-only first chunk with empty content counts as the first token (vLLM's rule).
-  p.feed("data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n", 10.25);
-  p.feed("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"length\"}]}\n\n", 10.5);
+  p.feed(
+      "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n",
+      10.25);
+  p.feed(
+      "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: "
+      "{\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"length\"}]}"
+      "\n\n",
+      10.5);
   // The usage chunk and [DONE] don't extend E2EL.
-  p.feed("data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}\n\ndata: [DONE]\n\n", 11.0);
+  p.feed(
+      "data: "
+      "{\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12}}"
+      "\n\ndata: [DONE]\n\n",
+      11.0);
   RequestOutput o;
   o.prompt_len = 4;
   p.finish(o);
@@ -159,7 +170,10 @@ TEST(BenchSse, StreamParserAppliesVllmRules) {
 
 TEST(BenchSse, ErrorsAndEmptyStreamsFail) {
   StreamParser legacy(false, 0);
-  legacy.feed("data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: {\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n", 1);
+  legacy.feed(
+      "data: {\"choices\":[{\"text\":\"a\"}]}\n\ndata: "
+      "{\"error\":{\"message\":\"boom\",\"type\":\"server_error\"}}\n\n",
+      1);
   RequestOutput o;
   legacy.finish(o);
   EXPECT_FALSE(o.success);

@@ -32,12 +32,15 @@ class FakeServer {
     svr_.new_task_queue = [] { return new httplib::ThreadPool(32); };
     svr_.set_tcp_nodelay(true);
     auto handler = [this](bool chat) {
-      return [this, chat](const httplib::Request& req, httplib::Response& res) { serve(req, res, chat); };
+      return [this, chat](const httplib::Request& req, httplib::Response& res) {
+        serve(req, res, chat);
+      };
     };
     svr_.Post("/v1/completions", handler(false));
     svr_.Post("/v1/chat/completions", handler(true));
     svr_.Get("/v1/models", [](const httplib::Request&, httplib::Response& res) {
-      res.set_content(R"({"object":"list","data":[{"id":"fake-model","object":"model"}]})", "application/json");
+      res.set_content(R"({"object":"list","data":[{"id":"fake-model","object":"model"}]})",
+                      "application/json");
     });
     port_ = svr_.bind_to_any_port("127.0.0.1");
     EXPECT_GT(port_, 0);
@@ -58,25 +61,31 @@ class FakeServer {
     auto body = nlohmann::json::parse(req.body);
     if (fail_every > 0 && n % fail_every == 0) {
       res.status = 500;
-      res.set_content(R"({"error":{"message":"injected failure","type":"server_error","param":null,"code":500}})",
-                      "application/json");
+      res.set_content(
+          R"({"error":{"message":"injected failure","type":"server_error","param":null,"code":500}})",
+          "application/json");
       return;
     }
-    int max_tokens = chat ? body.at("max_completion_tokens").get<int>() : body.at("max_tokens").get<int>();
-    bool usage = body.contains("stream_options") && body["stream_options"].value("include_usage", false);
+    int max_tokens =
+        chat ? body.at("max_completion_tokens").get<int>() : body.at("max_tokens").get<int>();
+    bool usage =
+        body.contains("stream_options") && body["stream_options"].value("include_usage", false);
     usage_asked += usage;
     ignore_eos_seen += body.value("ignore_eos", false);
     int prompt_tokens = 0;
     {
-      std::string p = chat ? body["messages"][0]["content"].get<std::string>() : body["prompt"].get<std::string>();
+      std::string p = chat ? body["messages"][0]["content"].get<std::string>()
+                           : body["prompt"].get<std::string>();
       std::istringstream is(p);
       std::string w;
       while (is >> w) ++prompt_tokens;
     }
-    res.set_chunked_content_provider("text/event-stream", [=, this](size_t, httplib::DataSink& sink) {
+    res.set_chunked_content_provider("text/event-stream", [=, this](size_t,
+                                                                    httplib::DataSink& sink) {
       int now = ++active_;
       int prev = max_active.load();
-      while (now > prev && !max_active.compare_exchange_weak(prev, now)) {}
+      while (now > prev && !max_active.compare_exchange_weak(prev, now)) {
+      }
       std::this_thread::sleep_for(std::chrono::milliseconds(kFirstMs));
       for (int sent = 0; sent < max_tokens;) {
         if (sent > 0) std::this_thread::sleep_for(std::chrono::milliseconds(kGapMs));
@@ -91,10 +100,15 @@ class FakeServer {
         if (!sink.write(ev.data(), ev.size())) break;
       }
       if (usage) {
-        std::string u = "data: " + nlohmann::json{{"id", "x"}, {"choices", nlohmann::json::array()},
-                                                  {"usage", {{"prompt_tokens", prompt_tokens},
-                                                             {"completion_tokens", max_tokens},
-                                                             {"total_tokens", prompt_tokens + max_tokens}}}}.dump() + "\n\n";
+        std::string u = "data: " +
+                        nlohmann::json{{"id", "x"},
+                                       {"choices", nlohmann::json::array()},
+                                       {"usage",
+                                        {{"prompt_tokens", prompt_tokens},
+                                         {"completion_tokens", max_tokens},
+                                         {"total_tokens", prompt_tokens + max_tokens}}}}
+                            .dump() +
+                        "\n\n";
         sink.write(u.data(), u.size());
       }
       std::string done = "data: [DONE]\n\n";
@@ -227,13 +241,16 @@ TEST(BenchOnline, ToolWritesSweepJsonAndPlot) {
   FakeServer srv;
   const std::string bin = std::string(KIMI_BINARY_DIR) + "/kimi-bench";
   ASSERT_TRUE(std::filesystem::exists(bin)) << bin;
-  auto dir = std::filesystem::temp_directory_path() / ("kimi_bench_cli_" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("kimi_bench_cli_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
-  std::string json = (dir / "r.json").string(), svg = (dir / "p.svg").string(), log = (dir / "log").string();
+  std::string json = (dir / "r.json").string(), svg = (dir / "p.svg").string(),
+              log = (dir / "log").string();
   std::string cmd = bin + " online --base-url " + srv.url() +
                     " --endpoint /v1/chat/completions --num-prompts 6 --max-concurrency 1,3"
                     " --input-len 8 --output-len 5 --ignore-eos --seed 3 --disable-progress"
-                    " --result-file " + json + " --plot " + svg + " > " + log + " 2>&1";
+                    " --result-file " +
+                    json + " --plot " + svg + " > " + log + " 2>&1";
   int rc = std::system(cmd.c_str());
   std::ifstream lf(log);
   std::string out((std::istreambuf_iterator<char>(lf)), {});
