@@ -169,7 +169,12 @@ int run_online_cmd(const OnlineArgs& a) {
     OnlineRunInfo info;
     info.date = utc_date_stamp();
     OnlineRun run = run_online(ep, reqs, o);
-    BenchmarkMetrics m = calculate_metrics(run.outputs, run.duration, mopts);
+    // Servers that send no usage: count the generated text with --tokenizer, as vLLM does.
+    std::vector<int> fallback(run.outputs.size(), 0);
+    for (size_t i = 0; i < run.outputs.size(); ++i)
+      if (run.outputs[i].success && !run.outputs[i].usage_present)
+        fallback[i] = count_tokens(run.outputs[i].generated_text, tok ? &*tok : nullptr);
+    BenchmarkMetrics m = calculate_metrics(run.outputs, run.duration, mopts, fallback);
     info.backend = ep.chat ? "openai-chat" : "openai";
     info.base_url = a.base_url;
     info.endpoint = a.endpoint;

@@ -102,6 +102,13 @@ int estimate_tokens(const std::string& text) {
   return n;
 }
 
+int count_tokens(const std::string& text, const Tokenizer* tok) {
+  if (!tok) return 0;
+  std::string clean;
+  append_utf8_replacing(clean, text);
+  return int(tok->encode(clean, /*allow_special=*/false).size());
+}
+
 std::vector<SampleRequest> random_dataset(const RandomDatasetOptions& o, const Tokenizer* tok) {
   if (o.input_len < 1) fail("--input-len must be at least 1");
   if (o.output_len < 1) fail("--output-len must be at least 1");
@@ -169,10 +176,7 @@ std::vector<SampleRequest> sharegpt_dataset(const ShareGptOptions& o, const Toke
   if (!tok)
     spdlog::warn("sharegpt without --tokenizer: prompt lengths are word counts (estimates)");
   auto count = [&](const std::string& s) {
-    if (!tok) return estimate_tokens(s);
-    std::string clean;
-    append_utf8_replacing(clean, s);
-    return int(tok->encode(clean, false).size());
+    return tok ? count_tokens(s, tok) : estimate_tokens(s);
   };
   std::vector<SampleRequest> out;
   for (auto& [p, c] : pairs) {

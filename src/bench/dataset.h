@@ -53,4 +53,8 @@ std::vector<SampleRequest> sharegpt_dataset(const ShareGptOptions& o, const Toke
 // Same text → same estimate: words separated by whitespace.
 int estimate_tokens(const std::string& text);
 
+// Tokens in text by tok (invalid UTF-8 repaired first, no special tokens); 0 without tok.
+// Counts generated text when a server sends no usage (vLLM re-tokenizes too).
+int count_tokens(const std::string& text, const Tokenizer* tok);
+
 }  // namespace kimi::bench

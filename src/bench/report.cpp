@@ -82,9 +82,9 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   out += row("Median E2EL/token (ms):", num(m.tpot_incl_first_ms.median));
   out += std::string(50, '=') + "\n";
   if (m.requests_without_usage > 0)
-    out +=
-        "warning: " + std::to_string(m.requests_without_usage) +
-        " successful requests had no usage.completion_tokens; their output lengths are estimates\n";
+    out += "warning: " + std::to_string(m.requests_without_usage) +
+           " successful requests had no usage.completion_tokens; their output lengths were counted "
+           "with --tokenizer (or taken as 1 without one)\n";
   return out;
 }
 

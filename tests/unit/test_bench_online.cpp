@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -19,6 +20,7 @@
 #include "bench/online.h"
 #include "bench/report.h"
 #include "core/check.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kimi::bench {
 namespace {
@@ -53,11 +55,20 @@ class FakeServer {
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
 
   std::atomic<int> requests{0}, max_active{0}, ignore_eos_seen{0}, usage_asked{0};
-  std::atomic<int> fail_every{0};  // every n-th request answers 500
+  std::atomic<int> fail_every{0};       // every n-th request answers 500
+  std::atomic<bool> omit_usage{false};  // never send the usage chunk
+  std::string authorization() {
+    std::lock_guard lk(mu_);
+    return auth_;
+  }
 
  private:
   void serve(const httplib::Request& req, httplib::Response& res, bool chat) {
     int n = ++requests;
+    {
+      std::lock_guard lk(mu_);
+      auth_ = req.get_header_value("Authorization");
+    }
     auto body = nlohmann::json::parse(req.body);
     if (fail_every > 0 && n % fail_every == 0) {
       res.status = 500;
@@ -71,6 +82,7 @@ class FakeServer {
     bool usage =
         body.contains("stream_options") && body["stream_options"].value("include_usage", false);
     usage_asked += usage;
+    usage = usage && !omit_usage;
     ignore_eos_seen += body.value("ignore_eos", false);
     int prompt_tokens = 0;
     {
@@ -124,6 +136,8 @@ class FakeServer {
   int port_ = 0;
   std::thread thread_;
   std::atomic<int> active_{0};
+  std::mutex mu_;
+  std::string auth_;
 };
 
 std::vector<SampleRequest> prompts(int n, int out_len) {
@@ -279,6 +293,51 @@ TEST(BenchOnline, ToolWritesSweepJsonAndPlot) {
   EXPECT_EQ(plot.rfind("<svg", 0), 0u);
   EXPECT_NE(plot.find("vs max concurrency"), std::string::npos);
   EXPECT_NE(plot.find("</svg>"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+// ShareGPT through the CLI, the API key, and a server that ignores include_usage: output
+// lengths then come from counting the generated text with --tokenizer.
+TEST(BenchOnline, ToolShareGptApiKeyAndMissingUsage) {
+  const std::string model = std::string(KIMI_BINARY_DIR) + "/default-model";
+  if (!std::filesystem::exists(model + "/tiktoken.model"))
+    GTEST_SKIP() << "no tokenizer in " << model;
+  FakeServer srv;
+  srv.omit_usage = true;
+  auto dir = std::filesystem::temp_directory_path() /
+             ("kimi_bench_sharegpt_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  nlohmann::json convs = nlohmann::json::array();
+  for (int i = 0; i < 5; ++i)
+    convs.push_back(
+        {{"conversations",
+          {{{"from", "human"}, {"value", "tell me a story about the number " + std::to_string(i)}},
+           {{"from", "gpt"}, {"value", "once upon a time there was a number"}}}}});
+  std::string data = (dir / "sharegpt.json").string(), json = (dir / "r.json").string(),
+              log = (dir / "log").string();
+  std::ofstream(data) << convs.dump();
+  const std::string bin = std::string(KIMI_BINARY_DIR) + "/kimi-bench";
+  std::string cmd =
+      bin + " online --base-url " + srv.url() + " --model fake-model --dataset sharegpt " + data +
+      " --num-prompts 4 --sharegpt-output-len 7 --api-key s3cret --tokenizer " + model +
+      " --num-warmups 0 --disable-progress --result-file " + json + " > " + log + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::ifstream lf(log);
+  std::string out((std::istreambuf_iterator<char>(lf)), {});
+  ASSERT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("had no usage.completion_tokens"), std::string::npos) << out;
+  EXPECT_EQ(srv.authorization(), "Bearer s3cret");
+  EXPECT_EQ(srv.requests.load(), 4);
+  auto j = nlohmann::json::parse(std::ifstream(json));
+  EXPECT_EQ(j["completed"], 4);
+  EXPECT_EQ(j["requests_without_usage"], 4);
+  EXPECT_EQ(j["dataset_name"], "sharegpt");
+  Tokenizer tok = Tokenizer::load(model);
+  int expect = int(tok.encode(" tok tok tok tok tok tok tok", false).size());
+  EXPECT_GT(expect, 1);
+  EXPECT_EQ(j["output_lens"], nlohmann::json(std::vector<int>(4, expect)));
+  // Without usage the prompt lengths are the tokenizer's counts of the ShareGPT prompts.
+  for (int len : j["input_lens"].get<std::vector<int>>()) EXPECT_GT(len, 4);
   std::filesystem::remove_all(dir);
 }
 
