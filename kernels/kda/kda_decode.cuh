@@ -9,8 +9,9 @@
 //   out:    y_j = o_j / sqrt(mean_j o² + 1e-5) · w_o[j] · sigmoid(z_j)
 // Column j of S depends only on column j (and on all of q, k), so each head is split over the
 // value columns: a cluster of kSplit = 128/kCols CTAs per (sequence, head), CTA rank r owning
-// columns [r·kCols, (r+1)·kCols). Every CTA recomputes the (cheap) q/k prep for the whole head;
-// the RMSNorm's sum of squares is combined across the cluster through distributed shared memory.
+// columns [r·kCols, (r+1)·kCols). Every CTA recomputes the q/k prep for the whole head (cheap in
+// time, but it is what keeps the L2 busy at large B: docs/perf-log.md); the RMSNorm's sum of
+// squares is combined across the cluster through distributed shared memory.
 //
 // Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads. Thread d preps channel d; for
 // the state, 8 (kCols=32) or 4 (kCols=16) threads cover one row slice with float4s, and each thread

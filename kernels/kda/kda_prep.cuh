@@ -1,13 +1,15 @@
 // KDA prefill prep and output norm, elementwise-per-head kernels (model.md §3.1, §3.2, §3.4).
 //
 // kda_prep_kernel — per token t of sequence s (position p = t − cu[s]) and head h:
-//   window of channel c: concat = [conv_state[slot[s]][c][0..2], x[cu[s]..t][c]], taps
-//   concat[p..p+3] q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ←
-//   k/sqrt(Σk²+1e-6) g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b) Layouts: x [T, C]
-//   (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32, beta [T, H] fp32
-//   out. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the CTA's head one
-//   after another, 4 channels per lane (8- and 16-byte accesses), sums by shuffles; the 3 earlier
-//   tokens are re-read (L1/L2 hits), the conv weights come from shared memory.
+//   window of channel c: concat = [conv_state[slot[s]][c][0..2], x[cu[s]..t][c]];
+//   taps concat[p..p+3]
+//   q, k, v = SiLU(Σ_i w[c,i]·tap_i)
+//   q ← q/sqrt(Σq² + 1e-6)·D^-1/2,  k ← k/sqrt(Σk² + 1e-6)
+//   g = −exp(A_log[h])·softplus(f + dt_bias),  β = sigmoid(b)
+//   In: x [T, C] (q|k|v), f [T, H·D], b [T, H]. Out: q, k, v [T, H, D] bf16, g [T, H, D] fp32,
+//   beta [T, H] fp32. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
+//   CTA's head one after another, 4 channels per lane (8- and 16-byte accesses), sums by
+//   shuffles; the 3 earlier tokens are re-read (L1/L2 hits); conv weights in shared memory.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
