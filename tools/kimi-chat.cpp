@@ -69,11 +69,13 @@ void emit(const std::string& text) {
 
 class LocalBackend : public Backend {
  public:
-  explicit LocalBackend(const std::string& dir) {
+  LocalBackend(const std::string& dir, const std::string& backend) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
 #ifdef KIMI_HAVE_CUDA
-    eo.backend = "cuda";
+    eo.backend = backend == "auto" ? "cuda" : backend;
+#else
+    eo.backend = backend == "auto" ? "cpu" : backend;
 #endif
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
@@ -268,13 +270,17 @@ std::optional<std::string> read_turn() {
 
 int main(int argc, char** argv) {
   CLI::App app{"Chat with a Kimi model in the terminal"};
-  std::string model_dir, url, api_key, system_prompt, model_name, log_level = "warn";
+  std::string model_dir, url, api_key, system_prompt, model_name, log_level = "warn",
+                                                                  backend_name = "auto";
   Settings s;
   bool show_stats = false;
   auto* m = app.add_option("--model", model_dir,
                            "model directory, run in-process (default: the embedded tiny model)");
   auto* u = app.add_option("--url", url, "a running kimi-serve, e.g. http://127.0.0.1:8000");
   m->excludes(u);
+  app.add_option("--backend", backend_name, "in-process backend: cpu, cuda or auto")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--api-key", api_key, "API key for --url")->envname("KIMI_API_KEY");
   app.add_option("--model-name", model_name,
                  "model id for --url (default: the first of /v1/models)");
@@ -312,7 +318,7 @@ int main(int argc, char** argv) {
         std::printf(
             "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
-      backend = std::make_unique<LocalBackend>(model_dir);
+      backend = std::make_unique<LocalBackend>(model_dir, backend_name);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());

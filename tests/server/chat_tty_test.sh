@@ -66,7 +66,7 @@ check "url: /exit exits 0" wait_for 10 has web "EXIT=0"
 
 # --- in-process, the embedded tiny model ---
 tm new-session -d -s local -x 220 -y 60 \
-  "$KIMI_CHAT --max-tokens 6 --system 'Be brief.' --show-stats; echo EXIT=\$?; sleep 60"
+  "$KIMI_CHAT --backend cpu --max-tokens 6 --system 'Be brief.' --show-stats; echo EXIT=\$?; sleep 60"
 check "local: says it uses the embedded model" wait_for 30 has local "embedded tiny model"
 type_line local "Hi"
 check "local: first answer" wait_for 20 count_is local "[ prompt:" 1

@@ -3,6 +3,7 @@
 set -euo pipefail
 
 KIMI_SERVE="${KIMI_SERVE:?set KIMI_SERVE to the kimi-serve binary}"
+unset KIMI_API_KEY  # kimi-serve reads it: each test passes its keys explicitly
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kimi-srv-test.XXXXXX")"
 SERVER_PIDS=()
 FAILURES=0
@@ -18,7 +19,7 @@ trap cleanup EXIT
 start_server() {
   local name="$1"; shift
   local log="$WORK/$name.log"
-  "$KIMI_SERVE" --port 0 --log-level warn "$@" >"$log" 2>&1 &
+  "$KIMI_SERVE" --port 0 --backend cpu --log-level warn "$@" >"$log" 2>&1 &
   local pid=$!
   SERVER_PIDS+=("$pid")
   local port=""
