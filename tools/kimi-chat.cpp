@@ -19,6 +19,7 @@
 #include "core/check.h"
 #include "core/log.h"
 #include "kimi/engine.h"
+#include "model/model.h"
 #include "server/openai_request.h"
 #include "server/prompt.h"
 
@@ -72,11 +73,7 @@ class LocalBackend : public Backend {
   LocalBackend(const std::string& dir, const std::string& backend) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
-#ifdef KIMI_HAVE_CUDA
-    eo.backend = backend == "auto" ? "cuda" : backend;
-#else
-    eo.backend = backend == "auto" ? "cpu" : backend;
-#endif
+    eo.backend = backend == "auto" ? kimi::default_backend() : backend;
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
   }

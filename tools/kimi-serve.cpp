@@ -13,6 +13,7 @@
 #include "core/check.h"
 #include "core/log.h"
 #include "kimi/engine.h"
+#include "model/model.h"
 #include "server/server.h"
 
 int main(int argc, char** argv) {
@@ -81,11 +82,7 @@ int main(int argc, char** argv) {
     kimi::set_log_level(log_level);
     const bool embedded = model_dir.empty();
     eo.model_dir = embedded ? KIMI_DEFAULT_MODEL_DIR : model_dir;
-#ifdef KIMI_HAVE_CUDA
-    eo.backend = backend == "auto" ? "cuda" : backend;
-#else
-    eo.backend = backend == "auto" ? "cpu" : backend;
-#endif
+    eo.backend = backend == "auto" ? kimi::default_backend() : backend;
     if (embedded)
       spdlog::warn("no --model given: serving the embedded default tiny model ({}), random weights",
                    eo.model_dir);

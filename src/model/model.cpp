@@ -1,5 +1,9 @@
 #include "model/model.h"
 
+#ifdef KIMI_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 #include "core/check.h"
 #include "model/cpu_model.h"
 #include "model/safetensors.h"
@@ -30,6 +34,15 @@ void Batch::add(const std::vector<int>& new_tokens, int context_len, int slot,
   size_t row = block_tables.size();
   block_tables.resize(row + width, 0);
   std::copy(blocks.begin(), blocks.end(), block_tables.begin() + row);
+}
+
+std::string default_backend() {
+#ifdef KIMI_HAVE_CUDA
+  int n = 0;
+  if (cudaGetDeviceCount(&n) == cudaSuccess && n > 0) return "cuda";
+  cudaGetLastError();  // clear the "no device" error
+#endif
+  return "cpu";
 }
 
 std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& opts) {

@@ -61,6 +61,10 @@ struct ModelOptions {
   CacheSizes cache;
 };
 
+// "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu" (what --backend
+// auto means).
+std::string default_backend();
+
 // Reads config.json and the safetensors from dir, validates everything, builds the backend.
 std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& opts);
 

@@ -14,4 +14,4 @@ fi
 cp "$here/package.json" "$dir/package.json"
 cd "$dir"
 timeout 110 npm install --no-audit --no-fund --loglevel=error
-node -e 'console.log("installed openai", require("openai/package.json").version)'
+node -e 'console.log("installed openai", require(process.argv[1]).version)' "$dir/node_modules/openai/package.json"
