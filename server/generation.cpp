@@ -49,6 +49,15 @@ Generation::Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations
 
 Generation::~Generation() {
   cancel(false);
+  // A cancelled request ends with kCancelled by the engine's next step: read those events so the
+  // aborts are counted (bounded: the engine answers a cancel within one step).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (size_t i = 0; i < handles_.size(); ++i)
+    while (!handle_done_[i] && std::chrono::steady_clock::now() < deadline) {
+      auto e = handles_[i]->next(std::chrono::milliseconds(50));
+      if (e && e->finish != FinishReason::kNone) record_finish(*e, int(i));
+      if (!e && handles_[i]->done()) handle_done_[i] = true;
+    }
   active_.remove(this);
 }
 
@@ -75,10 +84,14 @@ void Generation::cancel(bool by_shutdown) {
     if (!handle_done_[i] && !handles_[i]->done()) engine_.cancel(handles_[i]->id());
 }
 
-bool Generation::next_event(GenerationEvent& ev, int& prompt) {
-  // One handle: block. Several (completions with a list of prompts): short polls in turn.
-  const auto timeout = handles_.size() == 1 ? std::chrono::milliseconds(1000) : std::chrono::milliseconds(2);
+bool Generation::next_event(GenerationEvent& ev, int& prompt, const std::function<bool()>& client_gone) {
+  // One handle: block (waking to look at the client). Several (completions with a list of
+  // prompts): short polls in turn.
+  const auto timeout = handles_.size() > 1 ? std::chrono::milliseconds(2)
+                       : client_gone      ? std::chrono::milliseconds(100)
+                                          : std::chrono::milliseconds(1000);
   for (;;) {
+    if (client_gone && !cancelled_ && client_gone()) cancel(false);
     bool any_open = false;
     for (size_t k = 0; k < handles_.size(); ++k) {
       size_t i = (rr_ + k) % handles_.size();
@@ -123,14 +136,14 @@ Usage Generation::usage() const {
   return u;
 }
 
-std::variant<json, ApiError> Generation::collect() {
+std::variant<json, ApiError> Generation::collect(const std::function<bool()>& client_gone) {
   const int n = req_.engine.n;
   std::vector<Choice> choices(handles_.size() * n);
   GenerationEvent ev;
   int prompt = 0;
   std::string engine_error;
   bool cancelled = false;
-  while (next_event(ev, prompt)) {
+  while (next_event(ev, prompt, client_gone)) {
     Choice& c = choices[prompt * n + ev.index];
     c.result.text += ev.text;
     for (auto& lp : ev.logprobs) c.result.logprobs.push_back(std::move(lp));

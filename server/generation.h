@@ -51,7 +51,8 @@ class Generation {
   // Submits the engine requests. Throws kimi::Error (the engine rejected it: a 400).
   void submit();
   // Whole response, or the error to send instead (cancelled by shutdown: 503, engine error: 500).
-  std::variant<json, ApiError> collect();
+  // `client_gone` is polled while waiting; once true the requests are cancelled.
+  std::variant<json, ApiError> collect(const std::function<bool()>& client_gone = {});
   // Writes the stream; `write` returns false once the client is gone, which cancels at once.
   void stream(const std::function<bool(const std::string&)>& write);
   // Idempotent; only requests that have not finished are cancelled.
@@ -59,7 +60,7 @@ class Generation {
 
  private:
   struct Choice;
-  bool next_event(GenerationEvent& ev, int& prompt);
+  bool next_event(GenerationEvent& ev, int& prompt, const std::function<bool()>& client_gone = {});
   void record_finish(const GenerationEvent& ev, int prompt);
   Usage usage() const;
 

@@ -6,6 +6,7 @@
 #include "core/log.h"
 #include "json_fields.h"
 #include "openai_request.h"
+#include "peer_watch.h"
 #include "prompt.h"
 #include "tokenizer/tokenizer.h"
 
@@ -16,6 +17,7 @@ ServerContext::ServerContext(Engine& e, ServerOptions o)
       opts(std::move(o)),
       vocab_size(e.config().vocab_size),
       max_model_len(e.max_model_len()),
+      started_at(int64_t(std::time(nullptr))),
       metrics(opts.served_model_name, e.max_model_len()) {}
 
 void send_json(httplib::Response& res, const nlohmann::json& body, int status) {
@@ -26,6 +28,17 @@ void send_json(httplib::Response& res, const nlohmann::json& body, int status) {
 void send_error(httplib::Response& res, const ApiError& e) {
   if (e.retry_after_s > 0) res.set_header("Retry-After", std::to_string(e.retry_after_s));
   send_json(res, error_json(e), e.status);
+}
+
+void guarded(const httplib::Request& req, httplib::Response& res, const std::function<void()>& handler) {
+  try {
+    handler();
+  } catch (const ApiException& e) {
+    send_error(res, e.error);
+  } catch (const std::exception& e) {
+    spdlog::error("{} {}: {}", req.method, req.path, e.what());
+    send_error(res, internal_error(e.what()));
+  }
 }
 
 namespace {
@@ -87,7 +100,9 @@ void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& re
   }
 
   if (!stream) {
-    auto out = gen->collect();
+    auto peer = PeerWatch::find(req.remote_addr, req.remote_port, req.local_port);
+    if (!peer) spdlog::debug("no socket found for {}:{}: a disconnect will not cancel", req.remote_addr, req.remote_port);
+    auto out = gen->collect([&] { return peer && peer->closed(); });
     if (auto* j = std::get_if<nlohmann::json>(&out)) send_json(res, *j);
     else send_error(res, std::get<ApiError>(out));
     return;
@@ -110,7 +125,7 @@ void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& re
 void handle_models(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
   nlohmann::json model = {{"id", ctx.opts.served_model_name},
                           {"object", "model"},
-                          {"created", int64_t(std::time(nullptr))},
+                          {"created", ctx.started_at},
                           {"owned_by", "kimi"},
                           {"root", ctx.opts.model_root},
                           {"parent", nullptr},

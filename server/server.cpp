@@ -54,17 +54,9 @@ Server::Server(Engine& engine, ServerOptions opts) : impl_(std::make_unique<Impl
   http.set_tcp_nodelay(true);
   http.set_payload_max_length(ctx.opts.max_body_bytes);
 
-  // Handlers never throw to cpp-httplib (style.md): ApiException -> its status, anything else 500.
   auto wrap = [&ctx](auto fn) {
     return [&ctx, fn](const httplib::Request& req, httplib::Response& res) {
-      try {
-        fn(ctx, req, res);
-      } catch (const ApiException& e) {
-        send_error(res, e.error);
-      } catch (const std::exception& e) {
-        spdlog::error("{} {}: {}", req.method, req.path, e.what());
-        send_error(res, internal_error(e.what()));
-      }
+      guarded(req, res, [&] { fn(ctx, req, res); });
     };
   };
 

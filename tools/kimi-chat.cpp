@@ -13,6 +13,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <sstream>
 #include <string>
 
 #include "core/check.h"
@@ -33,6 +34,7 @@ struct Settings {
   double temperature = 0.7, top_p = 1.0;
   int max_tokens = 512;
   std::optional<int64_t> seed;
+  bool ignore_eos = false;
 };
 
 struct Stats {
@@ -53,6 +55,7 @@ json request_body(const json& messages, const Settings& s, const std::string& mo
             {"max_tokens", s.max_tokens}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
   if (!model.empty()) b["model"] = model;
   if (s.seed) b["seed"] = *s.seed;
+  if (s.ignore_eos) b["ignore_eos"] = true;
   return b;
 }
 
@@ -213,6 +216,7 @@ void print_stats(const Stats& st) {
 const char* kHelp =
     "commands: /help  /clear (forget the conversation)  /system TEXT (set the system prompt)\n"
     "          /save FILE (write the conversation as JSON)  /stats (figures of the last answer)\n"
+    "          /set temperature|top_p|max_tokens|seed VALUE\n"
     "          /exit (or Ctrl-D)\n"
     "multi-line input: end a line with \\ to continue it, or start and end a block with \"\"\"\n"
     "Ctrl-C stops the answer being generated.\n";
@@ -268,6 +272,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", s.top_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
   app.add_option("--max-tokens", s.max_tokens, "tokens per answer")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", s.seed, "sampling seed (reproducible answers)");
+  app.add_flag("--ignore-eos", s.ignore_eos, "generate max-tokens tokens whatever the model says (benchmarks)");
   app.add_flag("--show-stats", show_stats, "print the figures after every answer");
   app.add_option("--log-level", log_level)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -342,6 +347,22 @@ int main(int argc, char** argv) {
       f << conv.dump(2) << "\n";
       std::printf(f ? "(saved %zu messages to %s)\n" : "(cannot write %zu messages to %s)\n", conv.size(),
                   file.c_str());
+      continue;
+    }
+    if (t.rfind("/set ", 0) == 0) {
+      std::istringstream in(t.substr(5));
+      std::string key, value;
+      in >> key >> value;
+      try {
+        if (key == "temperature") s.temperature = std::stod(value);
+        else if (key == "top_p") s.top_p = std::stod(value);
+        else if (key == "max_tokens") s.max_tokens = std::stoi(value);
+        else if (key == "seed") s.seed = std::stoll(value);
+        else throw std::invalid_argument(key);
+        std::printf("(%s = %s)\n", key.c_str(), value.c_str());
+      } catch (const std::exception&) {
+        std::printf("usage: /set temperature|top_p|max_tokens|seed VALUE\n");
+      }
       continue;
     }
     if (t[0] == '/' && t.find(' ') == std::string::npos && t.find('\n') == std::string::npos) {

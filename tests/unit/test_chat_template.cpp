@@ -89,11 +89,12 @@ const std::string kToolTurnsRendered =
     "<|im_assistant|>assistant<|im_middle|>";
 
 TEST(ChatTemplate, ToolsAndToolCallsKeepKeyOrder) {
-  EXPECT_EQ(render_chat(ojson::parse(kToolTurns), ojson::parse(kTools)),
-            "<|im_system|>tool_declare<|im_middle|>[{\"type\":\"function\",\"function\":{\"name\":"
-            "\"get_weather\",\"description\":\"Get weather\",\"parameters\":{\"type\":\"object\","
-            "\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}]<|im_end|>" +
-                kToolTurnsRendered);
+  EXPECT_EQ(
+      render_chat(ojson::parse(kToolTurns), ojson::parse(kTools)),
+      "<|im_system|>tool_declare<|im_middle|>[{\"type\":\"function\",\"function\":{\"name\":"
+      "\"get_weather\",\"description\":\"Get weather\",\"parameters\":{\"type\":\"object\","
+      "\"properties\":{\"city\":{\"type\":\"string\"}},\"required\":[\"city\"]}}}]<|im_end|>" +
+          kToolTurnsRendered);
 }
 
 TEST(ChatTemplate, PlainJsonSortsKeys) {
@@ -101,7 +102,8 @@ TEST(ChatTemplate, PlainJsonSortsKeys) {
             "<|im_system|>tool_declare<|im_middle|>[{\"function\":{\"description\":\"Get weather\","
             "\"name\":\"get_weather\",\"parameters\":{\"properties\":{\"city\":{\"type\":"
             "\"string\"}},\"required\":[\"city\"],\"type\":\"object\"}},\"type\":\"function\"}]"
-            "<|im_end|>" + kToolTurnsRendered);
+            "<|im_end|>" +
+                kToolTurnsRendered);
 }
 
 TEST(ChatTemplate, NormalizesForeignToolCallIds) {
@@ -120,8 +122,8 @@ TEST(ChatTemplate, NormalizesForeignToolCallIds) {
   opt.add_generation_prompt = false;
   EXPECT_EQ(render_chat(messages, nullptr, opt),
             "<|im_system|>system<|im_middle|>s<|im_end|><|im_assistant|>assistant<|im_middle|>"
-            "<|tool_calls_section_begin|><|tool_call_begin|>functions.lookup:0" + call +
-                "<|tool_call_begin|>functions.lookup:1" + call +
+            "<|tool_calls_section_begin|><|tool_call_begin|>functions.lookup:0" +
+                call + "<|tool_call_begin|>functions.lookup:1" + call +
                 "<|tool_call_begin|>functions.find:2" + call + expected_tail +
                 "functions.lookup:0\nA<|im_end|><|im_system|>tool<|im_middle|>## Return of "
                 "functions.lookup:1\nB<|im_end|>");
@@ -149,7 +151,8 @@ TEST(ChatTemplate, RejectsBadMessages) {
        "null", "messages[0].content[0].type 'image_url' is not supported"},
       {R"([{"role": "user", "content": [{"type": "text"}]}])", "null",
        "messages[0].content[0].text must be a string"},
-      {R"([{"role": "user", "name": 3, "content": "x"}])", "null", "messages[0].name must be a string"},
+      {R"([{"role": "user", "name": 3, "content": "x"}])", "null",
+       "messages[0].name must be a string"},
       {R"([{"role": "system", "content": "x"}, {"role": "tool", "content": "r"}])", "null",
        "messages[1].tool_call_id must be a string"},
       {R"([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}])", "null",
@@ -161,7 +164,8 @@ TEST(ChatTemplate, RejectsBadMessages) {
       {R"([{"role": "user", "content": "x"}])", R"({"a": 1})", "tools must be an array"},
       {R"([{"role": "user", "content": "x"}])", R"([{"type": "retrieval"}])",
        "tools[0].type must be \"function\""},
-      {R"([{"role": "user", "content": "x"}])", R"([{"type": "function", "function": {"name": "x:y"}}])",
+      {R"([{"role": "user", "content": "x"}])",
+       R"([{"type": "function", "function": {"name": "x:y"}}])",
        "tools[0].function.name 'x:y' contains"},
   };
   for (const auto& c : cases) {
@@ -177,14 +181,16 @@ TEST(ChatTemplate, RenderedPromptTokenizesWithSpecialIds) {
   const std::string prompt = render_chat(ojson::parse(kToolTurns), ojson::parse(kTools));
   const auto ids = tok.encode(prompt, true);
   EXPECT_EQ(tok.decode(ids), prompt);
-  auto count = [&](const char* name) { return std::count(ids.begin(), ids.end(), *tok.special_id(name)); };
+  auto count = [&](const char* name) {
+    return std::count(ids.begin(), ids.end(), *tok.special_id(name));
+  };
   EXPECT_EQ(ids.front(), *tok.special_id("<|im_system|>"));
   EXPECT_EQ(count("<|im_end|>"), 6);
   EXPECT_EQ(count("<|im_middle|>"), 7);
   EXPECT_EQ(count("<|tool_call_begin|>"), 2);
   EXPECT_EQ(count("<|tool_calls_section_end|>"), 1);
   const int base = tok.num_base_tokens();
-  EXPECT_EQ(ids.back(), base + 17);          // <|im_middle|>
+  EXPECT_EQ(ids.back(), base + 17);                                           // <|im_middle|>
   const auto last_assistant = std::find(ids.rbegin(), ids.rend(), base + 4);  // <|im_assistant|>
   ASSERT_NE(last_assistant, ids.rend());
   EXPECT_EQ(tok.decode(std::vector<int>(last_assistant.base() - 1, ids.end())),
@@ -210,7 +216,8 @@ TEST(ToolCallParser, TwoParallelCalls) {
 }
 
 TEST(ToolCallParser, PlainTextAndTolerances) {
-  EXPECT_EQ(parse_tool_calls("just text <|tool_call_begin|>").content, "just text <|tool_call_begin|>");
+  EXPECT_EQ(parse_tool_calls("just text <|tool_call_begin|>").content,
+            "just text <|tool_call_begin|>");
   EXPECT_TRUE(parse_tool_calls("just text").tool_calls.empty());
   // Whitespace around markers, ids and arguments; no section end; names without a dot.
   auto p = parse_tool_calls(
@@ -225,9 +232,10 @@ TEST(ToolCallParser, PlainTextAndTolerances) {
   p = parse_tool_calls("A<|tool_calls_section_begin|><|tool_calls_section_end|> tail");
   EXPECT_EQ(p.content, "A tail");
   EXPECT_TRUE(p.tool_calls.empty());
-  p = parse_tool_calls("<|tool_calls_section_begin|><|tool_call_begin|>functions.a.b.c:3"
-                       "<|tool_call_argument_begin|>not json<|tool_call_end|>"
-                       "<|tool_calls_section_end|>\n");
+  p = parse_tool_calls(
+      "<|tool_calls_section_begin|><|tool_call_begin|>functions.a.b.c:3"
+      "<|tool_call_argument_begin|>not json<|tool_call_end|>"
+      "<|tool_calls_section_end|>\n");
   ASSERT_EQ(p.tool_calls.size(), 1u);
   EXPECT_EQ(p.tool_calls[0].name, "c");
   EXPECT_EQ(p.tool_calls[0].arguments, "not json");  // passed through, not validated
@@ -239,14 +247,14 @@ TEST(ToolCallParser, MalformedSectionsAreContent) {
                     ab = "<|tool_call_argument_begin|>", ce = "<|tool_call_end|>",
                     e = "<|tool_calls_section_end|>";
   const std::vector<std::string> bad = {
-      "x" + b + cb + "functions.f:0" + "{}" + ce + e,                       // no argument marker
-      "x" + b + cb + "functions.f:0" + ab + "{}" + e,                       // no call end
-      "x" + b + cb + "functions.f" + ab + "{}" + ce + e,                     // id without :IDX
-      "x" + b + cb + "functions.f:zero" + ab + "{}" + ce + e,               // non-numeric index
-      "x" + b + cb + ab + "{}" + ce + e,                                    // empty id
-      "x" + b + "stray" + cb + "functions.f:0" + ab + "{}" + ce + e,        // text between calls
-      "x" + b + cb + "functions.f:0" + ab + "{" + cb + "}" + ce + e,        // call inside args
-      "x" + b + cb + "functions.f:0" + ab,                                  // cut off
+      "x" + b + cb + "functions.f:0" + "{}" + ce + e,                 // no argument marker
+      "x" + b + cb + "functions.f:0" + ab + "{}" + e,                 // no call end
+      "x" + b + cb + "functions.f" + ab + "{}" + ce + e,              // id without :IDX
+      "x" + b + cb + "functions.f:zero" + ab + "{}" + ce + e,         // non-numeric index
+      "x" + b + cb + ab + "{}" + ce + e,                              // empty id
+      "x" + b + "stray" + cb + "functions.f:0" + ab + "{}" + ce + e,  // text between calls
+      "x" + b + cb + "functions.f:0" + ab + "{" + cb + "}" + ce + e,  // call inside args
+      "x" + b + cb + "functions.f:0" + ab,                            // cut off
   };
   for (const auto& text : bad) {
     const ParsedOutput p = parse_tool_calls(text);
@@ -256,10 +264,17 @@ TEST(ToolCallParser, MalformedSectionsAreContent) {
 }
 
 TEST(ToolCallParser, RandomMarkerSoupNeverThrows) {
-  const std::vector<std::string> atoms = {
-      "<|tool_calls_section_begin|>", "<|tool_call_begin|>", "<|tool_call_argument_begin|>",
-      "<|tool_call_end|>", "<|tool_calls_section_end|>", "functions.f:1", "{\"a\":1}", " ", ":",
-      "<|", "x"};
+  const std::vector<std::string> atoms = {"<|tool_calls_section_begin|>",
+                                          "<|tool_call_begin|>",
+                                          "<|tool_call_argument_begin|>",
+                                          "<|tool_call_end|>",
+                                          "<|tool_calls_section_end|>",
+                                          "functions.f:1",
+                                          "{\"a\":1}",
+                                          " ",
+                                          ":",
+                                          "<|",
+                                          "x"};
   std::mt19937 rng(23);
   for (int i = 0; i < 2000; ++i) {
     std::string text;

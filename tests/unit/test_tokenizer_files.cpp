@@ -14,7 +14,8 @@ using test::TempDir;
 // A valid tiktoken.model with the 256 single bytes (ranks 0..255) plus extra lines.
 std::string byte_model(const std::vector<std::string>& extra = {}) {
   std::string s;
-  for (int b = 0; b < 256; ++b) s += base64_encode(std::string(1, char(b))) + " " + std::to_string(b) + "\n";
+  for (int b = 0; b < 256; ++b)
+    s += base64_encode(std::string(1, char(b))) + " " + std::to_string(b) + "\n";
   for (const auto& line : extra) s += line + "\n";
   return s;
 }
@@ -36,16 +37,17 @@ std::string load_error(const TempDir& dir) {
 void expect_error(const TempDir& dir, const std::vector<std::string>& fragments) {
   const std::string msg = load_error(dir);
   ASSERT_FALSE(msg.empty()) << "loaded without error";
-  for (const auto& f : fragments) EXPECT_NE(msg.find(f), std::string::npos) << msg << " lacks " << f;
+  for (const auto& f : fragments)
+    EXPECT_NE(msg.find(f), std::string::npos) << msg << " lacks " << f;
 }
 
 TEST(TokenizerFiles, Base64) {
   EXPECT_EQ(base64_decode("aGVsbG8="), "hello");
   EXPECT_EQ(base64_decode("aGk="), "hi");
   EXPECT_EQ(base64_decode(""), "");
-  EXPECT_FALSE(base64_decode("aGk"));    // unpadded
-  EXPECT_FALSE(base64_decode("aG=k"));   // padding inside
-  EXPECT_FALSE(base64_decode("aGl="));   // non-zero bits under the padding
+  EXPECT_FALSE(base64_decode("aGk"));   // unpadded
+  EXPECT_FALSE(base64_decode("aG=k"));  // padding inside
+  EXPECT_FALSE(base64_decode("aGl="));  // non-zero bits under the padding
   EXPECT_FALSE(base64_decode("a*k="));
   std::mt19937 rng(5);
   for (int i = 0; i < 200; ++i) {
@@ -58,7 +60,8 @@ TEST(TokenizerFiles, Base64) {
 TEST(TokenizerFiles, MinimalValidTokenizerLoads) {
   TempDir dir;
   dir.write("tiktoken.model", byte_model({base64_encode("ab") + " 256", ""}));
-  dir.write("tokenizer_config.json", config_with(R"("257": {"content": "[BOS]"}, "258": {"content": "[EOS]"})"));
+  dir.write("tokenizer_config.json",
+            config_with(R"("257": {"content": "[BOS]"}, "258": {"content": "[EOS]"})"));
   const Tokenizer tok = Tokenizer::load(dir.str());
   EXPECT_EQ(tok.num_base_tokens(), 257);
   EXPECT_EQ(tok.vocab_size(), 257 + 256);
@@ -81,7 +84,8 @@ TEST(TokenizerFiles, MalformedTiktokenModel) {
       {byte_model({"Y@I= 256"}), {"tiktoken.model:257", "not valid base64"}},
       {byte_model({"YWI= x1"}), {"tiktoken.model:257", "rank 'x1'"}},
       {byte_model({"YWI= -3"}), {"tiktoken.model:257", "rank '-3'"}},
-      {byte_model({"YWI= 255"}), {"tiktoken.model:257", "rank 255 was already defined on line 256"}},
+      {byte_model({"YWI= 255"}),
+       {"tiktoken.model:257", "rank 255 was already defined on line 256"}},
       {byte_model({"YWI= 300"}), {"tiktoken.model", "rank 256 is missing"}},
       {byte_model({"", "YQ== 256"}), {"tiktoken.model:258", "repeat those of rank 97"}},
       {"YWI= 0\n", {"tiktoken.model", "no token for the single byte 0"}},
@@ -105,15 +109,21 @@ TEST(TokenizerFiles, MalformedTokenizerConfig) {
   const std::vector<Case> cases = {
       {"{\"added_tokens_decoder\": {\n  \"256\": }", {"tokenizer_config.json", "line 2"}},
       {"[1, 2]", {"tokenizer_config.json", "expected a JSON object"}},
-      {config_with(R"("12": {"content": "x"})"), {"tokenizer_config.json", "id 12", "outside the special range [256, 512)"}},
+      {config_with(R"("12": {"content": "x"})"),
+       {"tokenizer_config.json", "id 12", "outside the special range [256, 512)"}},
       {config_with(R"("600": {"content": "x"})"), {"tokenizer_config.json", "id 600"}},
-      {config_with(R"("abc": {"content": "x"})"), {"tokenizer_config.json", "'abc' is not a token id"}},
+      {config_with(R"("abc": {"content": "x"})"),
+       {"tokenizer_config.json", "'abc' is not a token id"}},
       {config_with(R"("256": {"name": "x"})"), {"tokenizer_config.json", "no string 'content'"}},
       {config_with(R"("256": {"content": ""})"), {"tokenizer_config.json", "empty name"}},
-      {config_with(R"("256": {"content": "[X]"}, "257": {"content": "[X]"})"), {"tokenizer_config.json", "'[X]' is used by ids"}},
-      {config_with(R"("256": {"content": "<|reserved_token_300|>"})"), {"tokenizer_config.json", "is used by ids"}},
-      {config_with(R"("256": {"content": "[BOS]"})", R"(, "eos_token": "[NOPE]")"), {"tokenizer_config.json", "eos_token '[NOPE]'"}},
-      {config_with(R"("256": {"content": "[BOS]"})", R"(, "bos_token": 5)"), {"tokenizer_config.json", "bos_token must be a string"}},
+      {config_with(R"("256": {"content": "[X]"}, "257": {"content": "[X]"})"),
+       {"tokenizer_config.json", "'[X]' is used by ids"}},
+      {config_with(R"("256": {"content": "<|reserved_token_300|>"})"),
+       {"tokenizer_config.json", "is used by ids"}},
+      {config_with(R"("256": {"content": "[BOS]"})", R"(, "eos_token": "[NOPE]")"),
+       {"tokenizer_config.json", "eos_token '[NOPE]'"}},
+      {config_with(R"("256": {"content": "[BOS]"})", R"(, "bos_token": 5)"),
+       {"tokenizer_config.json", "bos_token must be a string"}},
       {R"({"added_tokens_decoder": []})", {"tokenizer_config.json", "must be an object"}},
   };
   for (const auto& c : cases) {
@@ -127,9 +137,10 @@ TEST(TokenizerFiles, MalformedTokenizerConfig) {
 TEST(TokenizerFiles, TokenFieldsAsObjects) {
   TempDir dir;
   dir.write("tiktoken.model", byte_model());
-  dir.write("tokenizer_config.json",
-            config_with(R"("256": {"content": "<s>"}, "257": {"content": "</s>"})",
-                        R"(, "bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": null)"));
+  dir.write(
+      "tokenizer_config.json",
+      config_with(R"("256": {"content": "<s>"}, "257": {"content": "</s>"})",
+                  R"(, "bos_token": {"content": "<s>"}, "eos_token": "</s>", "pad_token": null)"));
   const Tokenizer tok = Tokenizer::load(dir.str());
   EXPECT_EQ(tok.bos_id(), 256);
   EXPECT_EQ(tok.eos_id(), 257);
@@ -148,7 +159,8 @@ TEST(TrainedTokenizer, RoundTripsThroughLoad) {
   EXPECT_EQ(tok.bos_id(), base);
   EXPECT_EQ(tok.eos_id(), base + 1);
   EXPECT_EQ(tok.pad_id(), base + 255);
-  for (const auto& slot : kimi_special_layout()) EXPECT_EQ(tok.special_id(slot.name), base + slot.offset);
+  for (const auto& slot : kimi_special_layout())
+    EXPECT_EQ(tok.special_id(slot.name), base + slot.offset);
   EXPECT_EQ(tok.special_id("<|reserved_token_" + std::to_string(base + 5) + "|>"), base + 5);
   for (int b = 0; b < 256; ++b) EXPECT_EQ(tok.token_bytes(b), std::string(1, char(b)));
 

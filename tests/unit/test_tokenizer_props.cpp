@@ -37,7 +37,8 @@ TEST(TokenizerProps, SpecialStringsBecomeSpecialIdsOnlyWhenAllowed) {
   EXPECT_EQ(std::count(ids.begin(), ids.end(), reserved), 1);
   EXPECT_EQ(ids.front(), tok.encode("a", false).front());
   const auto plain = tok.encode(text, false);
-  EXPECT_EQ(std::count_if(plain.begin(), plain.end(), [&](int id) { return tok.is_special(id); }), 0);
+  EXPECT_EQ(std::count_if(plain.begin(), plain.end(), [&](int id) { return tok.is_special(id); }),
+            0);
 }
 
 TEST(TokenizerProps, IncrementalDetokenizationYieldsText) {
@@ -61,9 +62,9 @@ TEST(TokenizerProps, IncrementalDetokenizationYieldsText) {
 TEST(TokenizerProps, RejectsInvalidUtf8) {
   KIMI_REQUIRE_GOLDEN_TOKENIZER();
   const Tokenizer& tok = golden_tokenizer();
-  const std::vector<std::string> bad = {
-      "\xFF", "ok\x80", "\xC0\xAF", "\xE0\x80\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80",
-      "\xE4\xB8", "abc\xF0\x9F\x98", "\xF8\x88\x80\x80\x80"};
+  const std::vector<std::string> bad = {"\xFF",         "ok\x80",          "\xC0\xAF",
+                                        "\xE0\x80\xAF", "\xED\xA0\x80",    "\xF4\x90\x80\x80",
+                                        "\xE4\xB8",     "abc\xF0\x9F\x98", "\xF8\x88\x80\x80\x80"};
   for (const auto& s : bad) {
     for (const bool special : {true, false}) {
       try {

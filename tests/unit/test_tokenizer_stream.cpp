@@ -44,14 +44,14 @@ TEST(StreamDecoder, HoldsBackPartialCharacters) {
 TEST(StreamDecoder, InvalidBytesBecomeReplacementCharacters) {
   const Tokenizer& tok = byte_tokenizer();
   StreamDecoder dec(tok);
-  EXPECT_EQ(dec.push(0xFF), "\xEF\xBF\xBD");       // never valid
+  EXPECT_EQ(dec.push(0xFF), "\xEF\xBF\xBD");  // never valid
   EXPECT_EQ(dec.push(0xE4), "");
-  EXPECT_EQ(dec.push('x'), "\xEF\xBF\xBDx");       // a truncated sequence cut by ASCII
+  EXPECT_EQ(dec.push('x'), "\xEF\xBF\xBDx");  // a truncated sequence cut by ASCII
   EXPECT_EQ(dec.push(0xE4), "");
   EXPECT_EQ(dec.push(0xB8), "");
-  EXPECT_EQ(dec.push(256), "\xEF\xBF\xBD[BOS]");   // ... or by a special token
+  EXPECT_EQ(dec.push(256), "\xEF\xBF\xBD[BOS]");  // ... or by a special token
   EXPECT_EQ(dec.push(0xF0), "");
-  EXPECT_EQ(dec.flush(), "\xEF\xBF\xBD");          // ... or by the end of the stream
+  EXPECT_EQ(dec.flush(), "\xEF\xBF\xBD");  // ... or by the end of the stream
   EXPECT_EQ(dec.flush(), "");
 }
 
@@ -87,8 +87,8 @@ TEST(StreamDecoder, RandomByteStreamsAreValidUtf8AndLossless) {
 }
 
 // Reference: the stop that ends first in the whole text (ties: the one starting first).
-std::pair<std::string, std::optional<size_t>> reference_stop(const std::string& text,
-                                                             const std::vector<std::string>& stops) {
+std::pair<std::string, std::optional<size_t>> reference_stop(
+    const std::string& text, const std::vector<std::string>& stops) {
   size_t best_end = std::string::npos, best_start = 0;
   std::optional<size_t> which;
   for (size_t k = 0; k < stops.size(); ++k) {
