@@ -6,6 +6,10 @@ libspdlog-dev libfmt-dev libpcre2-dev libcli11-dev libcpp-httplib-dev prometheus
 curl jq tmux"
 missing=()
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# Server tests drive kimi-serve with the official openai npm package; fuzzing needs clang.
+command -v node >/dev/null || missing+=(nodejs npm)
+command -v clang++ >/dev/null || missing+=(clang)
+dpkg -s libclang-rt-14-dev >/dev/null 2>&1 || command -v clang++-15 >/dev/null || missing+=(libclang-rt-14-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

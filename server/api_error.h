@@ -2,8 +2,8 @@
 // see maps to one ApiError, rendered as an OpenAI error object with the matching HTTP status.
 #pragma once
 
-#include <nlohmann/json.hpp>
 #include <exception>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace kimi::server {
@@ -12,8 +12,8 @@ struct ApiError {
   int status = 400;
   std::string message;
   std::string type = "invalid_request_error";
-  std::string param;  // the offending request field; empty renders as null
-  std::string code;   // empty renders as null
+  std::string param;      // the offending request field; empty renders as null
+  std::string code;       // empty renders as null
   int retry_after_s = 0;  // > 0 adds a Retry-After header (429, 503)
 };
 

@@ -17,7 +17,8 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
 
 bool authorized(const std::string& authorization, const std::vector<std::string>& keys) {
   const std::string prefix = "Bearer ";
-  if (authorization.size() <= prefix.size() || authorization.compare(0, prefix.size(), prefix) != 0) return false;
+  if (authorization.size() <= prefix.size() || authorization.compare(0, prefix.size(), prefix) != 0)
+    return false;
   const std::string key = authorization.substr(prefix.size());
   bool ok = false;
   for (const auto& k : keys) ok |= constant_time_equal(key, k);

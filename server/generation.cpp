@@ -34,8 +34,9 @@ struct Generation::Choice {
   size_t text_offset = 0;  // completions logprobs text_offset
 };
 
-Generation::Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations& active, GenerationRequest req,
-                       PreparedPrompts prompts, int max_tokens, ResponseHead head)
+Generation::Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations& active,
+                       GenerationRequest req, PreparedPrompts prompts, int max_tokens,
+                       ResponseHead head)
     : engine_(engine),
       metrics_(metrics),
       active_(active),
@@ -56,7 +57,10 @@ Generation::~Generation() {
     while (!handle_done_[i] && std::chrono::steady_clock::now() < deadline) {
       auto e = handles_[i]->next(std::chrono::milliseconds(50));
       if (e && e->finish != FinishReason::kNone) record_finish(*e, int(i));
-      if (!e && handles_[i]->done()) handle_done_[i] = true;
+      if (!e && handles_[i]->done()) {
+        std::lock_guard lk(mu_);  // cancel() may read it from the shutdown thread
+        handle_done_[i] = true;
+      }
     }
   active_.remove(this);
 }
@@ -84,12 +88,13 @@ void Generation::cancel(bool by_shutdown) {
     if (!handle_done_[i] && !handles_[i]->done()) engine_.cancel(handles_[i]->id());
 }
 
-bool Generation::next_event(GenerationEvent& ev, int& prompt, const std::function<bool()>& client_gone) {
+bool Generation::next_event(GenerationEvent& ev, int& prompt,
+                            const std::function<bool()>& client_gone) {
   // One handle: block (waking to look at the client). Several (completions with a list of
   // prompts): short polls in turn.
   const auto timeout = handles_.size() > 1 ? std::chrono::milliseconds(2)
-                       : client_gone      ? std::chrono::milliseconds(100)
-                                          : std::chrono::milliseconds(1000);
+                       : client_gone       ? std::chrono::milliseconds(100)
+                                           : std::chrono::milliseconds(1000);
   for (;;) {
     if (client_gone && !cancelled_ && client_gone()) cancel(false);
     bool any_open = false;
@@ -119,11 +124,14 @@ bool Generation::next_event(GenerationEvent& ev, int& prompt, const std::functio
 
 void Generation::record_finish(const GenerationEvent& ev, int prompt) {
   std::string reason = "stop";
-  if (ev.finish == FinishReason::kLength) reason = "length";
-  else if (ev.finish == FinishReason::kCancelled) reason = "abort";
-  else if (ev.finish == FinishReason::kError) reason = "error";
-  metrics_.request_finished(reason, int(prompts_.ids[prompt].size()), sample_tokens_[prompt][ev.index],
-                            req_.engine.n, max_tokens_);
+  if (ev.finish == FinishReason::kLength)
+    reason = "length";
+  else if (ev.finish == FinishReason::kCancelled)
+    reason = "abort";
+  else if (ev.finish == FinishReason::kError)
+    reason = "error";
+  metrics_.request_finished(reason, int(prompts_.ids[prompt].size()),
+                            sample_tokens_[prompt][ev.index], req_.engine.n, max_tokens_);
 }
 
 Usage Generation::usage() const {
@@ -150,7 +158,8 @@ std::variant<json, ApiError> Generation::collect(const std::function<bool()>& cl
     if (ev.finish != FinishReason::kNone) {
       c.result.finish = ev.finish;
       c.result.stop_reason = ev.stop_reason;
-      if (ev.finish == FinishReason::kError) engine_error = ev.error.empty() ? "generation failed" : ev.error;
+      if (ev.finish == FinishReason::kError)
+        engine_error = ev.error.empty() ? "generation failed" : ev.error;
       if (ev.finish == FinishReason::kCancelled) cancelled = true;
     }
   }
@@ -188,7 +197,8 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
     const int idx = prompt * n + ev.index;
     Choice& c = choices[idx];
     const bool finishing = ev.finish != FinishReason::kNone;
-    if (ev.finish == FinishReason::kError) error = ev.error.empty() ? "generation failed" : ev.error;
+    if (ev.finish == FinishReason::kError)
+      error = ev.error.empty() ? "generation failed" : ev.error;
     if (ev.finish == FinishReason::kCancelled) {
       if (by_shutdown_) shutdown_cut = true;
       c.finished = true;
@@ -219,20 +229,23 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       if (!pd.calls.empty()) delta["tool_calls"] = tool_call_deltas(pd.calls);
       const bool has_lp = req_.logprobs && !ev.logprobs.empty();
       if (!delta.empty() || has_lp)
-        out += sse_event(chat_chunk(head_, idx, delta, has_lp ? chat_logprobs(ev.logprobs, texts_) : json(nullptr),
+        out += sse_event(chat_chunk(head_, idx, delta,
+                                    has_lp ? chat_logprobs(ev.logprobs, texts_) : json(nullptr),
                                     nullptr, req_.include_usage));
       if (finishing && ev.finish != FinishReason::kError) {
         c.result.finish = ev.finish;
         c.result.completed_tool_calls = c.parser ? c.parser->num_completed() : 0;
         const std::string fr = choice_finish_reason(c.result);
-        out += sse_event(chat_chunk(head_, idx, json::object(), nullptr, fr.c_str(), req_.include_usage));
+        out += sse_event(
+            chat_chunk(head_, idx, json::object(), nullptr, fr.c_str(), req_.include_usage));
       }
     } else {
       std::string text = ev.text;
       if (req_.echo && !c.role_sent) text = prompts_.echo_texts[prompt] + text;
       c.role_sent = true;
       json lp = nullptr;
-      if (req_.logprobs && !ev.logprobs.empty()) lp = completion_logprobs(ev.logprobs, texts_, c.text_offset);
+      if (req_.logprobs && !ev.logprobs.empty())
+        lp = completion_logprobs(ev.logprobs, texts_, c.text_offset);
       std::string fr;
       if (finishing && ev.finish != FinishReason::kError) {
         c.result.finish = ev.finish;
@@ -252,7 +265,8 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
   std::string tail;
   if (!error.empty() || shutdown_cut) {
     // After the 200 header errors travel as a data event (vLLM/SGLang; both SDKs raise on it).
-    ApiError e = error.empty() ? unavailable("the server is shutting down", 5) : internal_error(error);
+    ApiError e =
+        error.empty() ? unavailable("the server is shutting down", 5) : internal_error(error);
     tail += sse_event(error_json(e));
   } else if (req_.include_usage) {
     tail += sse_event(usage_chunk(head_, req_.chat, usage()));

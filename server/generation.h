@@ -20,9 +20,9 @@
 namespace kimi::server {
 
 struct PreparedPrompts {
-  std::vector<std::vector<int>> ids;     // one engine request each
-  std::vector<std::string> echo_texts;   // completions echo: the prompt text per prompt
-  std::string forced_prefix;             // tool_choice required/named: the answer's forced start
+  std::vector<std::vector<int>> ids;    // one engine request each
+  std::vector<std::string> echo_texts;  // completions echo: the prompt text per prompt
+  std::string forced_prefix;            // tool_choice required/named: the answer's forced start
 };
 
 class Generation;
@@ -42,8 +42,8 @@ class ActiveGenerations {
 
 class Generation {
  public:
-  Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations& active, GenerationRequest req,
-             PreparedPrompts prompts, int max_tokens, ResponseHead head);
+  Generation(Engine& engine, ServerMetrics& metrics, ActiveGenerations& active,
+             GenerationRequest req, PreparedPrompts prompts, int max_tokens, ResponseHead head);
   ~Generation();
   Generation(const Generation&) = delete;
   Generation& operator=(const Generation&) = delete;

@@ -9,15 +9,23 @@ namespace kimi::server {
 
 std::string json_type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    case json::value_t::number_float: return "a number";
-    default: return "an unsupported value";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    case json::value_t::number_float:
+      return "a number";
+    default:
+      return "an unsupported value";
   }
 }
 
@@ -38,7 +46,8 @@ std::optional<bool> Fields::boolean(const std::string& key) const {
   const json* v = get(key);
   if (!v) return std::nullopt;
   if (!v->is_boolean())
-    throw_bad_request(name(key), str("'", name(key), "' must be a boolean, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be a boolean, got ", json_type_name(*v)));
   return v->get<bool>();
 }
 
@@ -46,10 +55,12 @@ std::optional<double> Fields::number(const std::string& key, double lo, double h
   const json* v = get(key);
   if (!v) return std::nullopt;
   if (!v->is_number())
-    throw_bad_request(name(key), str("'", name(key), "' must be a number, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be a number, got ", json_type_name(*v)));
   double d = v->get<double>();
   if (!std::isfinite(d) || d < lo || d > hi)
-    throw_bad_request(name(key), str("'", name(key), "' must be between ", lo, " and ", hi, ", got ", v->dump()));
+    throw_bad_request(
+        name(key), str("'", name(key), "' must be between ", lo, " and ", hi, ", got ", v->dump()));
   return d;
 }
 
@@ -70,10 +81,12 @@ std::optional<int64_t> Fields::integer(const std::string& key, int64_t lo, int64
       throw_bad_request(name(key), str("'", name(key), "' must be an integer, got ", v->dump()));
     i = int64_t(d);
   } else {
-    throw_bad_request(name(key), str("'", name(key), "' must be an integer, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be an integer, got ", json_type_name(*v)));
   }
   if (i < lo || i > hi)
-    throw_bad_request(name(key), str("'", name(key), "' must be between ", lo, " and ", hi, ", got ", i));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be between ", lo, " and ", hi, ", got ", i));
   return i;
 }
 
@@ -81,21 +94,24 @@ std::optional<std::string> Fields::string(const std::string& key) const {
   const json* v = get(key);
   if (!v) return std::nullopt;
   if (!v->is_string())
-    throw_bad_request(name(key), str("'", name(key), "' must be a string, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be a string, got ", json_type_name(*v)));
   return v->get<std::string>();
 }
 
 const json* Fields::object(const std::string& key) const {
   const json* v = get(key);
   if (v && !v->is_object())
-    throw_bad_request(name(key), str("'", name(key), "' must be an object, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be an object, got ", json_type_name(*v)));
   return v;
 }
 
 const json* Fields::array(const std::string& key) const {
   const json* v = get(key);
   if (v && !v->is_array())
-    throw_bad_request(name(key), str("'", name(key), "' must be an array, got ", json_type_name(*v)));
+    throw_bad_request(name(key),
+                      str("'", name(key), "' must be an array, got ", json_type_name(*v)));
   return v;
 }
 

@@ -41,7 +41,9 @@ class Fields {
 };
 
 // Fields of the top-level request body (path "").
-inline Fields body_fields(const json& body) { return Fields(body, ""); }
+inline Fields body_fields(const json& body) {
+  return Fields(body, "");
+}
 
 // A JSON type name for messages ("a string", "an array", ...).
 std::string json_type_name(const json& v);

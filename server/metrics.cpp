@@ -27,7 +27,8 @@ void sample(std::string& out, const std::string& name, const std::string& labels
 
 }  // namespace
 
-void render_histogram(std::string& out, const std::string& name, const std::string& labels, const Histogram& h) {
+void render_histogram(std::string& out, const std::string& name, const std::string& labels,
+                      const Histogram& h) {
   uint64_t cum = 0;
   std::string sep = labels.empty() ? "" : ",";
   for (size_t i = 0; i < h.counts.size(); ++i) {
@@ -65,8 +66,8 @@ ServerMetrics::ServerMetrics(std::string model_name, int64_t max_model_len)
   labels_ = "model_name=\"" + escaped + "\",engine=\"0\"";
 }
 
-void ServerMetrics::request_finished(const std::string& reason, int prompt_tokens, int generation_tokens, int n,
-                                     int max_tokens) {
+void ServerMetrics::request_finished(const std::string& reason, int prompt_tokens,
+                                     int generation_tokens, int n, int max_tokens) {
   std::lock_guard lk(mu_);
   ++success_[reason];
   prompt_tokens_.observe(prompt_tokens);
@@ -93,7 +94,8 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   sample(out, "kimi:state_slots_free", L, m.free_slots);
   head(out, "kimi:state_slots_total", "gauge", "KDA state slots.");
   sample(out, "kimi:state_slots_total", L, m.total_slots);
-  head(out, "kimi:http_requests_in_flight", "gauge", "Generation requests the HTTP server is serving.");
+  head(out, "kimi:http_requests_in_flight", "gauge",
+       "Generation requests the HTTP server is serving.");
   sample(out, "kimi:http_requests_in_flight", L, http_in_flight);
   head(out, "vllm:prompt_tokens_total", "counter", "Prefill tokens processed.");
   sample(out, "vllm:prompt_tokens_total", L, double(m.prompt_tokens_total));
@@ -104,9 +106,11 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
 
   head(out, "vllm:time_to_first_token_seconds", "histogram", "Time to first token, seconds.");
   render_histogram(out, "vllm:time_to_first_token_seconds", L, m.ttft);
-  head(out, "vllm:time_per_output_token_seconds", "histogram", "Time per output token after the first, seconds.");
+  head(out, "vllm:time_per_output_token_seconds", "histogram",
+       "Time per output token after the first, seconds.");
   render_histogram(out, "vllm:time_per_output_token_seconds", L, m.tpot);
-  head(out, "vllm:e2e_request_latency_seconds", "histogram", "End-to-end request latency, seconds.");
+  head(out, "vllm:e2e_request_latency_seconds", "histogram",
+       "End-to-end request latency, seconds.");
   render_histogram(out, "vllm:e2e_request_latency_seconds", L, m.e2e);
 
   std::lock_guard lk(mu_);
@@ -126,7 +130,8 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   render_histogram(out, "vllm:request_params_max_tokens", L, params_max_tokens_);
   head(out, "kimi:http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : http_)
-    sample(out, "kimi:http_responses_total", L + ",status=\"" + std::to_string(status) + "\"", double(count));
+    sample(out, "kimi:http_responses_total", L + ",status=\"" + std::to_string(status) + "\"",
+           double(count));
   return out;
 }
 

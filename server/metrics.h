@@ -14,7 +14,8 @@
 namespace kimi::server {
 
 // Appends a histogram's _bucket (cumulative) / _sum / _count lines; `labels` without braces.
-void render_histogram(std::string& out, const std::string& name, const std::string& labels, const Histogram& h);
+void render_histogram(std::string& out, const std::string& name, const std::string& labels,
+                      const Histogram& h);
 
 // vLLM's 1-2-5 buckets up to `max`.
 std::vector<double> buckets_125(double max);
@@ -34,7 +35,7 @@ class ServerMetrics {
   std::string labels_;
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> success_;  // by finished_reason
-  std::map<int, uint64_t> http_;              // by status
+  std::map<int, uint64_t> http_;             // by status
   Histogram prompt_tokens_, generation_tokens_, params_n_, params_max_tokens_;
 };
 

@@ -48,7 +48,8 @@ ToolCall parse_tool_call(const json& v, const std::string& path) {
   tc.id = f.require_string("id");
   auto type = f.string("type");
   if (type && *type != "function")
-    throw_bad_request(f.name("type"), str("tool call type '", *type, "' is not supported (only 'function')"));
+    throw_bad_request(f.name("type"),
+                      str("tool call type '", *type, "' is not supported (only 'function')"));
   const json* fn = f.object("function");
   if (!fn) throw_bad_request(f.name("function"), str("'", f.name("function"), "' is required"));
   Fields ff(*fn, f.name("function."));
@@ -68,15 +69,18 @@ ChatMessage parse_message(const json& v, size_t i) {
   } else if (m.role == "assistant") {
     if (const json* calls = f.array("tool_calls"))
       for (size_t k = 0; k < calls->size(); ++k)
-        m.tool_calls.push_back(parse_tool_call((*calls)[k], str(f.name("tool_calls"), "[", k, "].")));
+        m.tool_calls.push_back(
+            parse_tool_call((*calls)[k], str(f.name("tool_calls"), "[", k, "].")));
     if (f.get("function_call"))
-      throw_bad_request(f.name("function_call"), "'function_call' is deprecated and not supported: use tool_calls");
+      throw_bad_request(f.name("function_call"),
+                        "'function_call' is deprecated and not supported: use tool_calls");
     m.content = content_text(f, true, true);
   } else if (m.role == "tool") {
     m.tool_call_id = f.require_string("tool_call_id");
     m.content = content_text(f, false, false);
   } else if (m.role == "function") {
-    throw_bad_request(f.name("role"), "role 'function' is deprecated and not supported: use role 'tool'");
+    throw_bad_request(f.name("role"),
+                      "role 'function' is deprecated and not supported: use role 'tool'");
   } else {
     throw_bad_request(f.name("role"), str("unknown role '", m.role, "'"));
   }
@@ -97,15 +101,17 @@ void parse_tools(const Fields& f, GenerationRequest& r) {
       Fields t((*tools)[i], str("tools[", i, "]."));
       std::string type = t.require_string("type");
       if (type != "function")
-        throw_bad_request(t.name("type"), str("tool type '", type, "' is not supported (only 'function')"));
+        throw_bad_request(t.name("type"),
+                          str("tool type '", type, "' is not supported (only 'function')"));
       const json* fn = t.object("function");
       if (!fn) throw_bad_request(t.name("function"), str("'", t.name("function"), "' is required"));
       Fields ff(*fn, t.name("function."));
       ToolSpec spec;
       spec.name = ff.require_string("name");
       if (!valid_tool_name(spec.name))
-        throw_bad_request(ff.name("name"), str("tool name '", spec.name,
-                                               "' must be 1-64 characters of a-z, A-Z, 0-9, _ and -"));
+        throw_bad_request(
+            ff.name("name"),
+            str("tool name '", spec.name, "' must be 1-64 characters of a-z, A-Z, 0-9, _ and -"));
       ff.string("description");
       ff.object("parameters");
       ff.boolean("strict");
@@ -120,10 +126,14 @@ void parse_tools(const Fields& f, GenerationRequest& r) {
   if (const json* tc = f.get("tool_choice")) {
     if (tc->is_string()) {
       std::string s = tc->get<std::string>();
-      if (s == "none") r.tool_choice = ToolChoice::kNone;
-      else if (s == "auto") r.tool_choice = ToolChoice::kAuto;
-      else if (s == "required") r.tool_choice = ToolChoice::kRequired;
-      else throw_bad_request("tool_choice", str("unknown tool_choice '", s, "'"));
+      if (s == "none")
+        r.tool_choice = ToolChoice::kNone;
+      else if (s == "auto")
+        r.tool_choice = ToolChoice::kAuto;
+      else if (s == "required")
+        r.tool_choice = ToolChoice::kRequired;
+      else
+        throw_bad_request("tool_choice", str("unknown tool_choice '", s, "'"));
     } else if (tc->is_object()) {
       Fields c(*tc, "tool_choice.");
       std::string type = c.require_string("type");
@@ -142,7 +152,8 @@ void parse_tools(const Fields& f, GenerationRequest& r) {
       bool known = false;
       for (const auto& t : r.tools) known |= t.name == r.tool_choice_name;
       if (!known)
-        throw_bad_request("tool_choice", str("tool_choice names '", r.tool_choice_name, "', which is not in 'tools'"));
+        throw_bad_request("tool_choice", str("tool_choice names '", r.tool_choice_name,
+                                             "', which is not in 'tools'"));
     }
   }
   f.boolean("parallel_tool_calls");  // several calls per turn are always allowed
@@ -167,7 +178,8 @@ std::vector<std::string> parse_stop(const Fields& f) {
 
 int parse_token_id(const json& v, const std::string& param, int vocab) {
   if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
-    throw_bad_request(param, str("'", param, "' must hold token ids in [0, ", vocab, "), got ", v.dump()));
+    throw_bad_request(param,
+                      str("'", param, "' must hold token ids in [0, ", vocab, "), got ", v.dump()));
   return v.get<int>();
 }
 
@@ -180,7 +192,8 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
     Fields s(*so, "stream_options.");
     r.include_usage = r.stream && s.boolean("include_usage").value_or(false);
     if (s.boolean("continuous_usage_stats").value_or(false))
-      throw_bad_request("stream_options.continuous_usage_stats", "'continuous_usage_stats' is not supported");
+      throw_bad_request("stream_options.continuous_usage_stats",
+                        "'continuous_usage_stats' is not supported");
   }
   r.request_id = f.string("request_id").value_or("");
 
@@ -197,8 +210,10 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   sp.top_k = int(f.integer("top_k", -1, lim.vocab_size > 0 ? lim.vocab_size : kMaxInt).value_or(0));
   sp.min_p = float(f.number("min_p", 0, 1).value_or(0));
   sp.repetition_penalty = float(f.number("repetition_penalty", 0, 2).value_or(1.0));
-  if (sp.repetition_penalty <= 0) throw_bad_request("repetition_penalty", "'repetition_penalty' must be in (0, 2]");
-  if (auto seed = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
+  if (sp.repetition_penalty <= 0)
+    throw_bad_request("repetition_penalty", "'repetition_penalty' must be in (0, 2]");
+  if (auto seed = f.integer("seed", std::numeric_limits<int64_t>::min(),
+                            std::numeric_limits<int64_t>::max())) {
     sp.seed = uint64_t(*seed);
     r.engine.seed_given = true;
   }
@@ -212,11 +227,13 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
       } catch (const std::exception&) {
         pos = 0;
       }
-      if (pos == 0 || pos != it.key().size() || id < 0 || (lim.vocab_size > 0 && id >= lim.vocab_size))
-        throw_bad_request("logit_bias", str("'logit_bias' key '", it.key(), "' is not a token id in [0, ",
-                                            lim.vocab_size, ")"));
+      if (pos == 0 || pos != it.key().size() || id < 0 ||
+          (lim.vocab_size > 0 && id >= lim.vocab_size))
+        throw_bad_request("logit_bias", str("'logit_bias' key '", it.key(),
+                                            "' is not a token id in [0, ", lim.vocab_size, ")"));
       if (!it.value().is_number() || std::fabs(it.value().get<double>()) > 100)
-        throw_bad_request("logit_bias", str("'logit_bias' value for token ", id, " must be a number in [-100, 100]"));
+        throw_bad_request("logit_bias", str("'logit_bias' value for token ", id,
+                                            " must be a number in [-100, 100]"));
       sp.logit_bias.emplace_back(int(id), it.value().get<float>());
     }
   }
@@ -226,7 +243,8 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
     throw_bad_request("best_of", "'best_of' different from 'n' is not supported");
   r.engine.stop = parse_stop(f);
   if (const json* ids = f.array("stop_token_ids"))
-    for (const auto& v : *ids) r.engine.stop_token_ids.push_back(parse_token_id(v, "stop_token_ids", lim.vocab_size));
+    for (const auto& v : *ids)
+      r.engine.stop_token_ids.push_back(parse_token_id(v, "stop_token_ids", lim.vocab_size));
   r.engine.ignore_eos = f.boolean("ignore_eos").value_or(false);
   r.engine.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.engine.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
@@ -240,13 +258,16 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   if (const json* rf = f.object("response_format")) {
     std::string type = Fields(*rf, "response_format.").require_string("type");
     if (type != "text")
-      throw_bad_request("response_format", str("response_format type '", type,
-                                               "' needs constrained decoding, which this server does not have"));
+      throw_bad_request("response_format",
+                        str("response_format type '", type,
+                            "' needs constrained decoding, which this server does not have"));
   }
-  if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") || f.get("guided_grammar") ||
-      f.get("structured_outputs"))
-    throw_bad_request("structured_outputs", "guided / structured decoding is not supported by this server");
-  if (f.get("logits_processors")) throw_bad_request("logits_processors", "'logits_processors' is not supported");
+  if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") ||
+      f.get("guided_grammar") || f.get("structured_outputs"))
+    throw_bad_request("structured_outputs",
+                      "guided / structured decoding is not supported by this server");
+  if (f.get("logits_processors"))
+    throw_bad_request("logits_processors", "'logits_processors' is not supported");
   f.string("user");
 }
 
@@ -273,7 +294,8 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
 
   r.logprobs = f.boolean("logprobs").value_or(false);
   if (auto k = f.integer("top_logprobs", 0, 20)) {
-    if (!r.logprobs && *k > 0) throw_bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (!r.logprobs && *k > 0)
+      throw_bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
     r.top_logprobs = int(*k);
   }
   r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
@@ -281,18 +303,21 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
   r.add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
   r.continue_final_message = f.boolean("continue_final_message").value_or(false);
   if (r.continue_final_message && r.add_generation_prompt && f.get("add_generation_prompt"))
-    throw_bad_request("continue_final_message", "'continue_final_message' and 'add_generation_prompt' exclude each other");
+    throw_bad_request("continue_final_message",
+                      "'continue_final_message' and 'add_generation_prompt' exclude each other");
   if (r.continue_final_message) {
     r.add_generation_prompt = false;
     if (r.messages.back().role != "assistant")
-      throw_bad_request("continue_final_message", "'continue_final_message' needs a final assistant message");
+      throw_bad_request("continue_final_message",
+                        "'continue_final_message' needs a final assistant message");
   }
   if (f.boolean("echo").value_or(false))
     throw_bad_request("echo", "'echo' is not supported for chat completions");
   f.object("chat_template_kwargs");  // the Kimi template takes no keyword arguments
   if (f.get("functions") || f.get("function_call"))
-    throw_bad_request(f.get("functions") ? "functions" : "function_call",
-                      "'functions' / 'function_call' are deprecated and not supported: use 'tools'");
+    throw_bad_request(
+        f.get("functions") ? "functions" : "function_call",
+        "'functions' / 'function_call' are deprecated and not supported: use 'tools'");
   if (f.get("audio")) throw_bad_request("audio", "audio output is not supported");
   if (const json* mod = f.array("modalities"))
     for (const auto& m : *mod)
@@ -319,7 +344,11 @@ GenerationRequest parse_completion_request(const json& body, const ParseLimits& 
   r.chat = false;
   const json* p = f.get("prompt");
   if (!p) throw_bad_request("prompt", "'prompt' is required");
-  auto bad = [] { throw_bad_request("prompt", "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids"); };
+  auto bad = [] {
+    throw_bad_request("prompt",
+                      "'prompt' must be a string, an array of strings, an array of token ids or an "
+                      "array of arrays of token ids");
+  };
   auto ids_of = [&](const json& arr) {
     std::vector<int> ids;
     for (const auto& v : arr) ids.push_back(parse_token_id(v, "prompt", lim.vocab_size));
@@ -359,7 +388,9 @@ GenerationRequest parse_completion_request(const json& body, const ParseLimits& 
   r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
   r.echo = f.boolean("echo").value_or(false);
   if (r.echo && r.logprobs)
-    throw_bad_request("echo", "'echo' together with 'logprobs' needs prompt logprobs, which this server does not compute");
+    throw_bad_request("echo",
+                      "'echo' together with 'logprobs' needs prompt logprobs, which this server "
+                      "does not compute");
   if (auto suffix = f.string("suffix"); suffix && !suffix->empty())
     throw_bad_request("suffix", "'suffix' (insert mode) is not supported by this model");
   return r;

@@ -15,7 +15,7 @@
 namespace kimi::server {
 
 struct ToolCall {
-  std::string id;         // "functions.NAME:IDX" (kept verbatim)
+  std::string id;  // "functions.NAME:IDX" (kept verbatim)
   std::string name;
   std::string arguments;  // JSON text, not re-serialised
 };
@@ -24,8 +24,8 @@ struct ChatMessage {
   std::string role;                    // system, user, assistant, tool ("developer" -> system)
   std::optional<std::string> content;  // text parts concatenated; nullopt for a null content
   std::string name;
-  std::vector<ToolCall> tool_calls;    // assistant only
-  std::string tool_call_id;            // tool only
+  std::vector<ToolCall> tool_calls;  // assistant only
+  std::string tool_call_id;          // tool only
 };
 
 struct ToolSpec {
@@ -36,16 +36,16 @@ struct ToolSpec {
 enum class ToolChoice { kNone, kAuto, kRequired, kNamed };
 
 struct ParseLimits {
-  int vocab_size = 0;            // logit_bias / stop_token_ids / token prompts must lie below it
+  int vocab_size = 0;  // logit_bias / stop_token_ids / token prompts must lie below it
   int max_n = 128;
 };
 
 struct GenerationRequest {
   bool chat = true;
-  std::string model;             // as sent; empty when absent
+  std::string model;  // as sent; empty when absent
   bool stream = false;
-  bool include_usage = false;    // stream_options.include_usage (streams only)
-  std::string request_id;        // vLLM's request_id extra; empty when absent
+  bool include_usage = false;  // stream_options.include_usage (streams only)
+  std::string request_id;      // vLLM's request_id extra; empty when absent
 
   // Chat. messages/tools are validated into the structs; the template renders the JSON as sent
   // (ordered_json keeps the client's key order in tool declarations).
@@ -65,15 +65,17 @@ struct GenerationRequest {
   // Both. max_tokens: max_completion_tokens, else max_tokens; nullopt = the server default.
   std::optional<int64_t> max_tokens;
   bool logprobs = false;
-  int top_logprobs = 0;          // chat top_logprobs / completions logprobs=k
+  int top_logprobs = 0;  // chat top_logprobs / completions logprobs=k
   bool return_tokens_as_token_ids = false;
-  Request engine;                // sampling, stop, n, logprobs, ...; prompt_ids and max_tokens unset
+  Request engine;  // sampling, stop, n, logprobs, ...; prompt_ids and max_tokens unset
 
   int num_prompts() const {
     return chat ? 1 : int(prompt_texts.empty() ? prompt_ids.size() : prompt_texts.size());
   }
   // Whether generated text is scanned for Kimi tool calls.
-  bool parse_tool_calls() const { return chat && !tools.empty() && tool_choice != ToolChoice::kNone; }
+  bool parse_tool_calls() const {
+    return chat && !tools.empty() && tool_choice != ToolChoice::kNone;
+  }
 };
 
 // Both throw ApiException (400, param = the field) on invalid input.

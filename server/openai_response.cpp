@@ -13,18 +13,28 @@ std::string TokenTexts::text(int id) const {
   return std::string(tok_->token_bytes(id));
 }
 
-std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump_json(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
-std::string sse_event(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
+std::string sse_event(const json& j) {
+  return "data: " + dump_json(j) + "\n\n";
+}
 
 const char* finish_reason_str(FinishReason r) {
   switch (r) {
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kToolCalls: return "tool_calls";
-    case FinishReason::kCancelled: return "abort";
-    case FinishReason::kError: return "error";
-    case FinishReason::kNone: break;
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kToolCalls:
+      return "tool_calls";
+    case FinishReason::kCancelled:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
+    case FinishReason::kNone:
+      break;
   }
   return nullptr;
 }
@@ -53,13 +63,16 @@ json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt) {
       std::string a = tt.text(id);
       top.push_back({{"token", a}, {"logprob", v}, {"bytes", bytes_of(a)}});
     }
-    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+    content.push_back(
+        {{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
   }
   return {{"content", content}, {"refusal", nullptr}};
 }
 
-json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt, size_t& offset) {
-  json tokens = json::array(), values = json::array(), tops = json::array(), offsets = json::array();
+json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt,
+                         size_t& offset) {
+  json tokens = json::array(), values = json::array(), tops = json::array(),
+       offsets = json::array();
   for (const auto& lp : lps) {
     std::string t = tt.text(lp.id);
     tokens.push_back(t);
@@ -70,7 +83,10 @@ json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts&
     offsets.push_back(offset);
     offset += t.size();
   }
-  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+  return {{"tokens", tokens},
+          {"token_logprobs", values},
+          {"top_logprobs", tops},
+          {"text_offset", offsets}};
 }
 
 void append_completion_logprobs(json& into, const json& more) {
@@ -84,7 +100,8 @@ void append_completion_logprobs(json& into, const json& more) {
 
 std::string choice_finish_reason(const ChoiceResult& c) {
   // A completed tool call turns a normal stop into "tool_calls" (vLLM kimi_k2 behaviour).
-  if (c.completed_tool_calls > 0 && (c.finish == FinishReason::kStop || c.finish == FinishReason::kToolCalls))
+  if (c.completed_tool_calls > 0 &&
+      (c.finish == FinishReason::kStop || c.finish == FinishReason::kToolCalls))
     return "tool_calls";
   if (c.finish == FinishReason::kToolCalls) return "stop";
   const char* r = finish_reason_str(c.finish);
@@ -94,12 +111,14 @@ std::string choice_finish_reason(const ChoiceResult& c) {
 json tool_calls_json(const std::vector<ToolCall>& calls) {
   json out = json::array();
   for (const auto& c : calls)
-    out.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+    out.push_back({{"id", c.id},
+                   {"type", "function"},
+                   {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
   return out;
 }
 
-json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices, const Usage& usage,
-                          const TokenTexts& tt, bool with_logprobs) {
+json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
+                          const Usage& usage, const TokenTexts& tt, bool with_logprobs) {
   json arr = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& c = choices[i];
@@ -118,48 +137,67 @@ json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
     choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
     arr.push_back(choice);
   }
-  return {{"id", h.id}, {"object", "chat.completion"}, {"created", h.created}, {"model", h.model},
-          {"system_fingerprint", nullptr}, {"choices", arr}, {"usage", usage_json(usage)}};
+  return {{"id", h.id},
+          {"object", "chat.completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"system_fingerprint", nullptr},
+          {"choices", arr},
+          {"usage", usage_json(usage)}};
 }
 
-json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices, const Usage& usage,
-                          const TokenTexts& tt, bool with_logprobs) {
+json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
+                          const Usage& usage, const TokenTexts& tt, bool with_logprobs) {
   json arr = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& c = choices[i];
     json choice = {{"index", i}, {"text", c.text}};
     size_t offset = 0;
-    choice["logprobs"] = with_logprobs ? completion_logprobs(c.logprobs, tt, offset) : json(nullptr);
+    choice["logprobs"] =
+        with_logprobs ? completion_logprobs(c.logprobs, tt, offset) : json(nullptr);
     choice["finish_reason"] = choice_finish_reason(c);
     choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
     arr.push_back(choice);
   }
-  return {{"id", h.id}, {"object", "text_completion"}, {"created", h.created}, {"model", h.model},
-          {"system_fingerprint", nullptr}, {"choices", arr}, {"usage", usage_json(usage)}};
+  return {{"id", h.id},
+          {"object", "text_completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"system_fingerprint", nullptr},
+          {"choices", arr},
+          {"usage", usage_json(usage)}};
 }
 
-json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish, bool usage_null) {
+json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish,
+                bool usage_null) {
   json choice = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}};
   choice["finish_reason"] = finish ? json(finish) : json(nullptr);
-  json j = {{"id", h.id}, {"object", "chat.completion.chunk"}, {"created", h.created}, {"model", h.model},
-            {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
+  json j = {
+      {"id", h.id},       {"object", "chat.completion.chunk"}, {"created", h.created},
+      {"model", h.model}, {"system_fingerprint", nullptr},     {"choices", json::array({choice})}};
   if (usage_null) j["usage"] = nullptr;
   return j;
 }
 
-json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs, const char* finish,
-                      bool usage_null) {
+json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs,
+                      const char* finish, bool usage_null) {
   json choice = {{"index", index}, {"text", text}, {"logprobs", std::move(logprobs)}};
   choice["finish_reason"] = finish ? json(finish) : json(nullptr);
-  json j = {{"id", h.id}, {"object", "text_completion"}, {"created", h.created}, {"model", h.model},
-            {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
+  json j = {
+      {"id", h.id},       {"object", "text_completion"},   {"created", h.created},
+      {"model", h.model}, {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
   if (usage_null) j["usage"] = nullptr;
   return j;
 }
 
 json usage_chunk(const ResponseHead& h, bool chat, const Usage& u) {
-  return {{"id", h.id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", h.created},
-          {"model", h.model}, {"system_fingerprint", nullptr}, {"choices", json::array()}, {"usage", usage_json(u)}};
+  return {{"id", h.id},
+          {"object", chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", h.created},
+          {"model", h.model},
+          {"system_fingerprint", nullptr},
+          {"choices", json::array()},
+          {"usage", usage_json(u)}};
 }
 
 json tool_call_deltas(const std::vector<ToolCallDelta>& calls) {

@@ -19,6 +19,7 @@ class TokenTexts {
  public:
   TokenTexts(const Tokenizer* tok, bool as_ids) : tok_(tok), as_ids_(as_ids || !tok) {}
   std::string text(int id) const;
+
  private:
   const Tokenizer* tok_;
   bool as_ids_;
@@ -36,7 +37,8 @@ json usage_json(const Usage& u);
 json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
 // choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset};
 // `offset` is the text length before these tokens and is advanced.
-json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt, size_t& offset);
+json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt,
+                         size_t& offset);
 void append_completion_logprobs(json& into, const json& more);
 
 struct ResponseHead {

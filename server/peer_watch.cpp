@@ -32,7 +32,8 @@ bool addr_port(const sockaddr_storage& ss, std::string& addr, int& port) {
 
 }  // namespace
 
-std::optional<PeerWatch> PeerWatch::find(const std::string& remote_addr, int remote_port, int local_port) {
+std::optional<PeerWatch> PeerWatch::find(const std::string& remote_addr, int remote_port,
+                                         int local_port) {
   if (remote_port <= 0 || local_port <= 0) return std::nullopt;
   DIR* dir = opendir("/proc/self/fd");
   if (!dir) return std::nullopt;

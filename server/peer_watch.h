@@ -15,13 +15,15 @@ namespace kimi::server {
 class PeerWatch {
  public:
   // The connected socket whose peer is remote_addr:remote_port and whose local port is local_port.
-  static std::optional<PeerWatch> find(const std::string& remote_addr, int remote_port, int local_port);
+  static std::optional<PeerWatch> find(const std::string& remote_addr, int remote_port,
+                                       int local_port);
   // True once the peer has closed its side (EOF or error) or the descriptor now belongs to
   // another connection. Bytes a pipelining client sent ahead do not count as closed.
   bool closed() const;
 
  private:
-  PeerWatch(int fd, const sockaddr_storage& peer, socklen_t len) : fd_(fd), peer_(peer), peer_len_(len) {}
+  PeerWatch(int fd, const sockaddr_storage& peer, socklen_t len)
+      : fd_(fd), peer_(peer), peer_len_(len) {}
   int fd_;
   sockaddr_storage peer_;
   socklen_t peer_len_;

@@ -31,9 +31,11 @@ void send_error(httplib::Response& res, const ApiError& e);
 
 // Runs a handler so that nothing reaches cpp-httplib (style.md): an ApiException becomes its
 // status and error object, any other exception a 500 server_error.
-void guarded(const httplib::Request& req, httplib::Response& res, const std::function<void()>& handler);
+void guarded(const httplib::Request& req, httplib::Response& res,
+             const std::function<void()>& handler);
 
-void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& req, httplib::Response& res);
+void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& req,
+                       httplib::Response& res);
 void handle_models(ServerContext& ctx, const httplib::Request& req, httplib::Response& res);
 void handle_tokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res);
 void handle_detokenize(ServerContext& ctx, const httplib::Request& req, httplib::Response& res);

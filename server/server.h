@@ -17,14 +17,14 @@ namespace kimi::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;                      // 0: any free port (see bound_port())
-  std::vector<std::string> api_keys;    // empty: no authentication
-  std::string served_model_name;        // the id clients send as "model"
-  std::string model_root;               // the model directory (/v1/models "root")
+  int port = 8000;                    // 0: any free port (see bound_port())
+  std::vector<std::string> api_keys;  // empty: no authentication
+  std::string served_model_name;      // the id clients send as "model"
+  std::string model_root;             // the model directory (/v1/models "root")
   int max_num_seqs = 64;
-  int max_queue = -1;                   // requests beyond running + this get 429; < 0: unbounded
-  int http_threads = 0;                 // 0: max_num_seqs + 32
-  int default_max_tokens = 0;           // chat without max_tokens; 0: up to the context length
+  int max_queue = -1;          // requests beyond running + this get 429; < 0: unbounded
+  int http_threads = 0;        // 0: max_num_seqs + 32
+  int default_max_tokens = 0;  // chat without max_tokens; 0: up to the context length
   int keep_alive_s = 2;
   int write_timeout_s = 30;
   int read_timeout_s = 30;

@@ -11,10 +11,13 @@ constexpr std::string_view kCallBegin = "<|tool_call_begin|>";
 constexpr std::string_view kArgBegin = "<|tool_call_argument_begin|>";
 constexpr std::string_view kCallEnd = "<|tool_call_end|>";
 // Turn markers that must not leak into content when special tokens are kept for the parser.
-constexpr std::string_view kDropped[] = {"<|im_end|>", "<|im_user|>", "<|im_assistant|>",
-                                         "<|im_system|>", "<|im_middle|>", "[EOS]", "[BOS]"};
+constexpr std::string_view kDropped[] = {"<|im_end|>",    "<|im_user|>",   "<|im_assistant|>",
+                                         "<|im_system|>", "<|im_middle|>", "[EOS]",
+                                         "[BOS]"};
 
-bool is_space(char c) { return c == ' ' || c == '\n' || c == '\t' || c == '\r'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
 
 // Length of the longest suffix of `s` that is a proper prefix of `marker`.
 size_t partial_suffix(std::string_view s, std::string_view marker) {
@@ -110,7 +113,8 @@ void ToolCallParser::run(ParsedDelta& out, bool final) {
           state_ = State::kAfter;
           continue;
         }
-        if (p.empty() || (!final && (kCallBegin.starts_with(p) || kSectionEnd.starts_with(p)))) return;
+        if (p.empty() || (!final && (kCallBegin.starts_with(p) || kSectionEnd.starts_with(p))))
+          return;
         // Stray text inside the section: skip to the next marker.
         size_t next = p.find('<', 1);
         pending_.erase(0, next == std::string_view::npos ? p.size() : next);

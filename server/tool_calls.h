@@ -17,7 +17,7 @@ namespace kimi::server {
 
 struct ToolCallDelta {
   int index = 0;
-  bool start = false;     // first delta of this call: carries id and name
+  bool start = false;  // first delta of this call: carries id and name
   std::string id, name;
   std::string arguments;  // fragment to append
 };

@@ -28,7 +28,9 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 std::atomic<bool> g_interrupted{false};
-void on_sigint(int) { g_interrupted = true; }
+void on_sigint(int) {
+  g_interrupted = true;
+}
 
 struct Settings {
   double temperature = 0.7, top_p = 1.0;
@@ -51,8 +53,9 @@ class Backend {
 };
 
 json request_body(const json& messages, const Settings& s, const std::string& model) {
-  json b = {{"messages", messages}, {"temperature", s.temperature}, {"top_p", s.top_p},
-            {"max_tokens", s.max_tokens}, {"stream", true}, {"stream_options", {{"include_usage", true}}}};
+  json b = {{"messages", messages}, {"temperature", s.temperature},
+            {"top_p", s.top_p},     {"max_tokens", s.max_tokens},
+            {"stream", true},       {"stream_options", {{"include_usage", true}}}};
   if (!model.empty()) b["model"] = model;
   if (s.seed) b["seed"] = *s.seed;
   if (s.ignore_eos) b["ignore_eos"] = true;
@@ -66,11 +69,13 @@ void emit(const std::string& text) {
 
 class LocalBackend : public Backend {
  public:
-  explicit LocalBackend(const std::string& dir) {
+  LocalBackend(const std::string& dir, const std::string& backend) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
 #ifdef KIMI_HAVE_CUDA
-    eo.backend = "cuda";
+    eo.backend = backend == "auto" ? "cuda" : backend;
+#else
+    eo.backend = backend == "auto" ? "cpu" : backend;
 #endif
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
@@ -82,8 +87,10 @@ class LocalBackend : public Backend {
     auto prompts = kimi::server::prepare_prompts(req, engine_->tokenizer(), lim.vocab_size);
     kimi::Request r = req.engine;
     r.prompt_ids = prompts.ids[0];
-    r.max_tokens = int(std::min<int64_t>(s.max_tokens, engine_->max_model_len() - int64_t(r.prompt_ids.size())));
-    if (r.max_tokens <= 0) kimi::fail("the conversation is longer than the model's context: /clear it");
+    r.max_tokens = int(
+        std::min<int64_t>(s.max_tokens, engine_->max_model_len() - int64_t(r.prompt_ids.size())));
+    if (r.max_tokens <= 0)
+      kimi::fail("the conversation is longer than the model's context: /clear it");
     const auto t0 = Clock::now();
     auto h = engine_->submit(std::move(r));
     std::string text;
@@ -168,7 +175,8 @@ class HttpBackend : public Backend {
           st.completion_tokens = j["usage"].value("completion_tokens", 0);
         }
         if (!j["choices"].empty()) {
-          if (first) st.ttft_s = std::chrono::duration<double>(Clock::now() - t0).count(), first = false;
+          if (first)
+            st.ttft_s = std::chrono::duration<double>(Clock::now() - t0).count(), first = false;
           const json& d = j["choices"][0]["delta"];
           if (d.contains("content") && d["content"].is_string()) {
             emit(d["content"].get<std::string>());
@@ -188,8 +196,9 @@ class HttpBackend : public Backend {
     if (!res) kimi::fail("request failed: ", httplib::to_string(res.error()));
     if (status != 200) {
       json j = json::parse(error, nullptr, false);
-      kimi::fail("HTTP ", status, ": ",
-                 !j.is_discarded() && j.contains("error") ? j["error"].value("message", error) : error);
+      kimi::fail(
+          "HTTP ", status, ": ",
+          !j.is_discarded() && j.contains("error") ? j["error"].value("message", error) : error);
     }
     if (!error.empty()) kimi::fail(error);
     return text;
@@ -207,10 +216,12 @@ class HttpBackend : public Backend {
 
 void print_stats(const Stats& st) {
   const double decode = st.total_s - st.ttft_s;
-  std::printf("[ prompt: %d tokens, first token after %.3f s | generation: %d tokens in %.3f s, %.1f tok/s%s ]\n",
-              st.prompt_tokens, st.ttft_s, st.completion_tokens, st.total_s,
-              st.completion_tokens > 1 && decode > 0 ? (st.completion_tokens - 1) / decode : 0.0,
-              st.interrupted ? ", interrupted" : "");
+  std::printf(
+      "[ prompt: %d tokens, first token after %.3f s | generation: %d tokens in %.3f s, %.1f "
+      "tok/s%s ]\n",
+      st.prompt_tokens, st.ttft_s, st.completion_tokens, st.total_s,
+      st.completion_tokens > 1 && decode > 0 ? (st.completion_tokens - 1) / decode : 0.0,
+      st.interrupted ? ", interrupted" : "");
 }
 
 const char* kHelp =
@@ -259,20 +270,31 @@ std::optional<std::string> read_turn() {
 
 int main(int argc, char** argv) {
   CLI::App app{"Chat with a Kimi model in the terminal"};
-  std::string model_dir, url, api_key, system_prompt, model_name, log_level = "warn";
+  std::string model_dir, url, api_key, system_prompt, model_name, log_level = "warn",
+                                                                  backend_name = "auto";
   Settings s;
   bool show_stats = false;
-  auto* m = app.add_option("--model", model_dir, "model directory, run in-process (default: the embedded tiny model)");
+  auto* m = app.add_option("--model", model_dir,
+                           "model directory, run in-process (default: the embedded tiny model)");
   auto* u = app.add_option("--url", url, "a running kimi-serve, e.g. http://127.0.0.1:8000");
   m->excludes(u);
+  app.add_option("--backend", backend_name, "in-process backend: cpu, cuda or auto")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
+      ->capture_default_str();
   app.add_option("--api-key", api_key, "API key for --url")->envname("KIMI_API_KEY");
-  app.add_option("--model-name", model_name, "model id for --url (default: the first of /v1/models)");
+  app.add_option("--model-name", model_name,
+                 "model id for --url (default: the first of /v1/models)");
   app.add_option("--system", system_prompt, "system prompt");
-  app.add_option("--temperature", s.temperature)->capture_default_str()->check(CLI::Range(0.0, 2.0));
+  app.add_option("--temperature", s.temperature)
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 2.0));
   app.add_option("--top-p", s.top_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  app.add_option("--max-tokens", s.max_tokens, "tokens per answer")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-tokens", s.max_tokens, "tokens per answer")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--seed", s.seed, "sampling seed (reproducible answers)");
-  app.add_flag("--ignore-eos", s.ignore_eos, "generate max-tokens tokens whatever the model says (benchmarks)");
+  app.add_flag("--ignore-eos", s.ignore_eos,
+               "generate max-tokens tokens whatever the model says (benchmarks)");
   app.add_flag("--show-stats", show_stats, "print the figures after every answer");
   app.add_option("--log-level", log_level)->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -293,9 +315,10 @@ int main(int argc, char** argv) {
     } else {
       if (model_dir.empty()) {
         model_dir = KIMI_DEFAULT_MODEL_DIR;
-        std::printf("kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
+        std::printf(
+            "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
-      backend = std::make_unique<LocalBackend>(model_dir);
+      backend = std::make_unique<LocalBackend>(model_dir, backend_name);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());
@@ -325,8 +348,10 @@ int main(int argc, char** argv) {
       continue;
     }
     if (t == "/stats") {
-      if (have_last) print_stats(last);
-      else std::printf("(no answer yet)\n");
+      if (have_last)
+        print_stats(last);
+      else
+        std::printf("(no answer yet)\n");
       continue;
     }
     if (t.rfind("/system", 0) == 0 && (t.size() == 7 || t[7] == ' ')) {
@@ -345,8 +370,8 @@ int main(int argc, char** argv) {
       for (const auto& msg : history) conv.push_back(msg);
       std::ofstream f(file);
       f << conv.dump(2) << "\n";
-      std::printf(f ? "(saved %zu messages to %s)\n" : "(cannot write %zu messages to %s)\n", conv.size(),
-                  file.c_str());
+      std::printf(f ? "(saved %zu messages to %s)\n" : "(cannot write %zu messages to %s)\n",
+                  conv.size(), file.c_str());
       continue;
     }
     if (t.rfind("/set ", 0) == 0) {
@@ -354,11 +379,16 @@ int main(int argc, char** argv) {
       std::string key, value;
       in >> key >> value;
       try {
-        if (key == "temperature") s.temperature = std::stod(value);
-        else if (key == "top_p") s.top_p = std::stod(value);
-        else if (key == "max_tokens") s.max_tokens = std::stoi(value);
-        else if (key == "seed") s.seed = std::stoll(value);
-        else throw std::invalid_argument(key);
+        if (key == "temperature")
+          s.temperature = std::stod(value);
+        else if (key == "top_p")
+          s.top_p = std::stod(value);
+        else if (key == "max_tokens")
+          s.max_tokens = std::stoi(value);
+        else if (key == "seed")
+          s.seed = std::stoll(value);
+        else
+          throw std::invalid_argument(key);
         std::printf("(%s = %s)\n", key.c_str(), value.c_str());
       } catch (const std::exception&) {
         std::printf("usage: /set temperature|top_p|max_tokens|seed VALUE\n");
@@ -371,7 +401,8 @@ int main(int argc, char** argv) {
     }
 
     json messages = json::array();
-    if (!system_prompt.empty()) messages.push_back({{"role", "system"}, {"content", system_prompt}});
+    if (!system_prompt.empty())
+      messages.push_back({{"role", "system"}, {"content", system_prompt}});
     for (const auto& msg : history) messages.push_back(msg);
     messages.push_back({{"role", "user"}, {"content", t}});
     Stats st;

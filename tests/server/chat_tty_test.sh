@@ -66,7 +66,7 @@ check "url: /exit exits 0" wait_for 10 has web "EXIT=0"
 
 # --- in-process, the embedded tiny model ---
 tm new-session -d -s local -x 220 -y 60 \
-  "$KIMI_CHAT --max-tokens 6 --system 'Be brief.' --show-stats; echo EXIT=\$?; sleep 60"
+  "$KIMI_CHAT --backend cpu --max-tokens 6 --ignore-eos --system 'Be brief.' --show-stats; echo EXIT=\$?; sleep 60"
 check "local: says it uses the embedded model" wait_for 30 has local "embedded tiny model"
 type_line local "Hi"
 check "local: first answer" wait_for 20 count_is local "[ prompt:" 1
@@ -84,6 +84,12 @@ check "local: /system" wait_for 5 has local "(system prompt set)"
 type_line local "Hi"
 check "local: answer under the new system prompt" wait_for 20 count_is local "[ prompt:" 4
 check "local: the new system prompt is in the prompt" test "$(prompt_tokens local 4)" -gt "$l1"
+type_line local "/set max_tokens 100000"
+type_line local "Go on forever"
+sleep 1
+tm send-keys -t local C-c
+check "local: Ctrl-C stops the answer" wait_for 10 has local "[stopped]"
+check "local: the chat is still alive after Ctrl-C" wait_for 10 count_is local "interrupted ]" 1
 type_line local "/exit"
 check "local: /exit exits 0" wait_for 10 has local "EXIT=0"
 

@@ -73,7 +73,7 @@ check "stream: every event is 'data: ...' followed by a blank line" \
   node -e 'const s=require("fs").readFileSync(process.argv[1],"utf8"); if(!s.endsWith("\n\n")) process.exit(1);
            const ev=s.slice(0,-2).split("\n\n"); process.exit(ev.every(e=>e.startsWith("data: ") && !e.includes("\n"))?0:1)' "$WORK/stream"
 check "stream: ends with data: [DONE]" eq "$(tail -c 14 "$WORK/stream" | head -c 12)" "data: [DONE]"
-sed -n 's/^data: //p' "$WORK/stream" | grep -v '^\[DONE\]$' > "$WORK/chunks"
+{ sed -n 's/^data: //p' "$WORK/stream" | grep -v '^\[DONE\]$' || true; } > "$WORK/chunks"
 check "stream: first chunk carries role and content" jqe -s '.[0].choices[0].delta.role == "assistant" and (.[0].choices[0].delta|has("content"))' "$WORK/chunks"
 check "stream: one id, one created, object chunk" jqe -s '(map(.id)|unique|length) == 1 and (map(.created)|unique|length) == 1 and all(.object == "chat.completion.chunk")' "$WORK/chunks"
 check "stream: a finish chunk with empty delta" jqe -s 'map(select(.choices[0].finish_reason != null)) | length == 1 and (.[0].choices[0].delta == {})' "$WORK/chunks"

@@ -3,6 +3,7 @@
 set -euo pipefail
 
 KIMI_SERVE="${KIMI_SERVE:?set KIMI_SERVE to the kimi-serve binary}"
+unset KIMI_API_KEY  # kimi-serve reads it: each test passes its keys explicitly
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/kimi-srv-test.XXXXXX")"
 SERVER_PIDS=()
 FAILURES=0
@@ -18,12 +19,13 @@ trap cleanup EXIT
 start_server() {
   local name="$1"; shift
   local log="$WORK/$name.log"
-  "$KIMI_SERVE" --port 0 --log-level warn "$@" >"$log" 2>&1 &
+  : >"$log"  # exists before the background shell opens it, for the polling below
+  "$KIMI_SERVE" --port 0 --backend cpu --log-level warn "$@" >"$log" 2>&1 &
   local pid=$!
   SERVER_PIDS+=("$pid")
   local port=""
   for _ in $(seq 1 300); do
-    port=$(sed -n 's/.* on http:\/\/127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log" | head -1)
+    port=$(sed -n 's/.* on http:\/\/127\.0\.0\.1:\([0-9]*\)$/\1/p' "$log" | head -1 || true)
     [ -n "$port" ] && break
     kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "kimi-serve $name died at start"; exit 1; }
     sleep 0.1

@@ -14,12 +14,12 @@ ABORT='vllm:request_success_total{model_name="kimi-tiny",engine="0",finished_rea
 running_zero() { [ "$(metric "$s_PORT" 'vllm:num_requests_running{')" = 0 ] && [ "$(metric "$s_PORT" 'kimi:http_requests_in_flight{')" = 0 ]; }
 # Generations of 100000 tokens: only a cancel ends them within the test's time.
 aborts=$(metric "$s_PORT" "$ABORT")
-curl -sN -m 1 -o "$WORK/cut" "${JSON[@]}" "$URL/v1/completions" -d "$LONG" || true
+curl -sN -m 2 -o "$WORK/cut" "${JSON[@]}" "$URL/v1/completions" -d "$LONG" || true
 check "stream disconnect: the stream had started" grep -q '^data: {' "$WORK/cut"
 check "stream disconnect: running count back to 0" wait_for 5 running_zero
 check "stream disconnect: counted as abort" test "$(metric "$s_PORT" "$ABORT")" -gt "$aborts"
 aborts=$(metric "$s_PORT" "$ABORT")
-curl -s -m 1 -o /dev/null "${JSON[@]}" "$URL/v1/chat/completions" \
+curl -s -m 2 -o /dev/null "${JSON[@]}" "$URL/v1/chat/completions" \
   -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":100000,"ignore_eos":true}' || true
 check "non-streamed disconnect: running count back to 0" wait_for 5 running_zero
 check "non-streamed disconnect: counted as abort" test "$(metric "$s_PORT" "$ABORT")" -gt "$aborts"

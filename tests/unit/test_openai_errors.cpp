@@ -10,10 +10,13 @@ using namespace kimi::server;
 using nlohmann::json;
 
 namespace {
-json body_of(const httplib::Response& res) { return json::parse(res.body); }
+json body_of(const httplib::Response& res) {
+  return json::parse(res.body);
+}
 bool is_openai_error(const json& j) {
   return j.contains("error") && j["error"].contains("message") && j["error"].contains("type") &&
-         j["error"].contains("param") && j["error"].contains("code") && !j["error"]["message"].get<std::string>().empty();
+         j["error"].contains("param") && j["error"].contains("code") &&
+         !j["error"]["message"].get<std::string>().empty();
 }
 }  // namespace
 

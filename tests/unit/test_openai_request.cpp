@@ -25,8 +25,12 @@ json chat(json extra = json::object()) {
   return b;
 }
 
-GenerationRequest parse_chat(const json& b) { return kimi::server::parse_chat_request(b, limits()); }
-GenerationRequest parse_cmpl(const json& b) { return kimi::server::parse_completion_request(b, limits()); }
+GenerationRequest parse_chat(const json& b) {
+  return kimi::server::parse_chat_request(b, limits());
+}
+GenerationRequest parse_cmpl(const json& b) {
+  return kimi::server::parse_completion_request(b, limits());
+}
 
 // The param an invalid body is rejected with ("<none>" when it is accepted).
 std::string rejected_param(const json& b, bool is_chat = true) {
@@ -63,12 +67,24 @@ TEST(OpenAIRequest, ChatDefaults) {
 }
 
 TEST(OpenAIRequest, NullMeansAbsentAndUnknownFieldsAreIgnored) {
-  auto r = parse_chat(chat({{"max_tokens", nullptr}, {"max_completion_tokens", nullptr}, {"stop", nullptr},
-                            {"tools", nullptr}, {"tool_choice", nullptr}, {"temperature", nullptr},
-                            {"stream_options", nullptr}, {"seed", nullptr}, {"logit_bias", nullptr},
-                            {"n", nullptr}, {"user", nullptr}, {"response_format", nullptr},
-                            {"store", true}, {"metadata", {{"a", "b"}}}, {"service_tier", "auto"},
-                            {"prompt_cache_key", "k"}, {"safety_identifier", "x"}, {"reasoning_effort", "low"}}));
+  auto r = parse_chat(chat({{"max_tokens", nullptr},
+                            {"max_completion_tokens", nullptr},
+                            {"stop", nullptr},
+                            {"tools", nullptr},
+                            {"tool_choice", nullptr},
+                            {"temperature", nullptr},
+                            {"stream_options", nullptr},
+                            {"seed", nullptr},
+                            {"logit_bias", nullptr},
+                            {"n", nullptr},
+                            {"user", nullptr},
+                            {"response_format", nullptr},
+                            {"store", true},
+                            {"metadata", {{"a", "b"}}},
+                            {"service_tier", "auto"},
+                            {"prompt_cache_key", "k"},
+                            {"safety_identifier", "x"},
+                            {"reasoning_effort", "low"}}));
   EXPECT_FALSE(r.max_tokens.has_value());
   EXPECT_TRUE(r.engine.stop.empty());
   EXPECT_TRUE(r.tools.empty());
@@ -77,14 +93,29 @@ TEST(OpenAIRequest, NullMeansAbsentAndUnknownFieldsAreIgnored) {
 }
 
 TEST(OpenAIRequest, ChatFieldsMapToTheEngineRequest) {
-  auto r = parse_chat(chat({{"max_tokens", 7}, {"max_completion_tokens", 9}, {"temperature", 0},
-                            {"top_p", 0.5}, {"n", 2}, {"stop", "END"}, {"seed", 42}, {"stream", true},
-                            {"stream_options", {{"include_usage", true}, {"include_obfuscation", false}}},
-                            {"presence_penalty", 0.5}, {"frequency_penalty", -1}, {"logprobs", true},
-                            {"top_logprobs", 3}, {"logit_bias", {{"5", 100}, {"7", -100}}}, {"top_k", 4},
-                            {"min_p", 0.1}, {"repetition_penalty", 1.1}, {"ignore_eos", true},
-                            {"stop_token_ids", {3, 4}}, {"include_stop_str_in_output", true},
-                            {"request_id", "abc"}, {"user", "u"}}));
+  auto r = parse_chat(
+      chat({{"max_tokens", 7},
+            {"max_completion_tokens", 9},
+            {"temperature", 0},
+            {"top_p", 0.5},
+            {"n", 2},
+            {"stop", "END"},
+            {"seed", 42},
+            {"stream", true},
+            {"stream_options", {{"include_usage", true}, {"include_obfuscation", false}}},
+            {"presence_penalty", 0.5},
+            {"frequency_penalty", -1},
+            {"logprobs", true},
+            {"top_logprobs", 3},
+            {"logit_bias", {{"5", 100}, {"7", -100}}},
+            {"top_k", 4},
+            {"min_p", 0.1},
+            {"repetition_penalty", 1.1},
+            {"ignore_eos", true},
+            {"stop_token_ids", {3, 4}},
+            {"include_stop_str_in_output", true},
+            {"request_id", "abc"},
+            {"user", "u"}}));
   EXPECT_EQ(*r.max_tokens, 9);  // max_completion_tokens wins
   EXPECT_TRUE(r.engine.sampling.greedy());
   EXPECT_FLOAT_EQ(r.engine.sampling.top_p, 0.5f);
@@ -122,12 +153,17 @@ TEST(OpenAIRequest, StopArrayDropsEmptyStrings) {
 }
 
 TEST(OpenAIRequest, MessagesAreNormalised) {
-  json msgs = {{{"role", "developer"}, {"content", {{{"type", "text"}, {"text", "be "}}, {{"type", "text"}, {"text", "brief"}}}}},
-               {{"role", "user"}, {"content", ""}, {"name", "bob"}},
-               {{"role", "assistant"}, {"content", nullptr},
-                {"tool_calls", {{{"id", "functions.get_weather:0"}, {"type", "function"},
-                                 {"function", {{"name", "get_weather"}, {"arguments", "{\"city\":\"Paris\"}"}}}}}}},
-               {{"role", "tool"}, {"tool_call_id", "functions.get_weather:0"}, {"content", "sunny"}}};
+  json msgs = {
+      {{"role", "developer"},
+       {"content", {{{"type", "text"}, {"text", "be "}}, {{"type", "text"}, {"text", "brief"}}}}},
+      {{"role", "user"}, {"content", ""}, {"name", "bob"}},
+      {{"role", "assistant"},
+       {"content", nullptr},
+       {"tool_calls",
+        {{{"id", "functions.get_weather:0"},
+          {"type", "function"},
+          {"function", {{"name", "get_weather"}, {"arguments", "{\"city\":\"Paris\"}"}}}}}}},
+      {{"role", "tool"}, {"tool_call_id", "functions.get_weather:0"}, {"content", "sunny"}}};
   auto r = parse_chat(chat({{"messages", msgs}}));
   ASSERT_EQ(r.messages.size(), 4u);
   EXPECT_EQ(r.messages[0].role, "system");
@@ -143,9 +179,10 @@ TEST(OpenAIRequest, MessagesAreNormalised) {
 }
 
 TEST(OpenAIRequest, ToolsAndToolChoice) {
-  json tools = {{{"type", "function"},
-                 {"function", {{"name", "get_weather"}, {"description", "d"},
-                               {"parameters", {{"type", "object"}}}}}}};
+  json tools = {
+      {{"type", "function"},
+       {"function",
+        {{"name", "get_weather"}, {"description", "d"}, {"parameters", {{"type", "object"}}}}}}};
   auto r = parse_chat(chat({{"tools", tools}}));
   ASSERT_EQ(r.tools.size(), 1u);
   EXPECT_EQ(r.tools[0].name, "get_weather");
@@ -157,20 +194,25 @@ TEST(OpenAIRequest, ToolsAndToolChoice) {
   EXPECT_FALSE(none.parse_tool_calls());
   auto req = parse_chat(chat({{"tools", tools}, {"tool_choice", "required"}}));
   EXPECT_EQ(req.tool_choice, ToolChoice::kRequired);
-  auto named = parse_chat(chat({{"tools", tools},
-                                {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}}));
+  auto named = parse_chat(
+      chat({{"tools", tools},
+            {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}}));
   EXPECT_EQ(named.tool_choice, ToolChoice::kNamed);
   EXPECT_EQ(named.tool_choice_name, "get_weather");
 
-  EXPECT_EQ(rejected_param(chat({{"tools", tools},
-                                 {"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}})),
+  EXPECT_EQ(rejected_param(
+                chat({{"tools", tools},
+                      {"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}})),
             "tool_choice");
   EXPECT_EQ(rejected_param(chat({{"tool_choice", "required"}})), "tool_choice");
   EXPECT_EQ(rejected_param(chat({{"tools", tools}, {"tool_choice", "sometimes"}})), "tool_choice");
-  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "custom"}, {"custom", {{"name", "x"}}}}}}})), "tools[0].type");
-  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "function"}, {"function", {{"name", "a.b"}}}}}}})),
-            "tools[0].function.name");
-  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "function"}, {"function", {{"description", "x"}}}}}}})),
+  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "custom"}, {"custom", {{"name", "x"}}}}}}})),
+            "tools[0].type");
+  EXPECT_EQ(
+      rejected_param(chat({{"tools", {{{"type", "function"}, {"function", {{"name", "a.b"}}}}}}})),
+      "tools[0].function.name");
+  EXPECT_EQ(rejected_param(
+                chat({{"tools", {{{"type", "function"}, {"function", {{"description", "x"}}}}}}})),
             "tools[0].function.name");
   json dup = {tools[0], tools[0]};
   EXPECT_EQ(rejected_param(chat({{"tools", dup}})), "tools[1].function.name");
@@ -180,16 +222,23 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param({{"model", "m"}}), "messages");
   EXPECT_EQ(rejected_param(chat({{"messages", json::array()}})), "messages");
   EXPECT_EQ(rejected_param(chat({{"messages", "hi"}})), "messages");
-  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "wizard"}, {"content", "x"}}}}})), "messages[0].role");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "wizard"}, {"content", "x"}}}}})),
+            "messages[0].role");
   EXPECT_EQ(rejected_param(chat({{"messages", {{{"content", "x"}}}}})), "messages[0].role");
   EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"}}}}})), "messages[0].content");
-  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"}, {"content", 5}}}}})), "messages[0].content");
-  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"},
-                                                 {"content", {{{"type", "text"}, {"text", "a"}},
-                                                              {{"type", "image_url"}, {"image_url", {{"url", "u"}}}}}}}}}})),
-            "messages[0].content[1].type");
-  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "tool"}, {"content", "x"}}}}})), "messages[0].tool_call_id");
-  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "function"}, {"content", "x"}, {"name", "f"}}}}})),
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"}, {"content", 5}}}}})),
+            "messages[0].content");
+  EXPECT_EQ(
+      rejected_param(chat({{"messages",
+                            {{{"role", "user"},
+                              {"content",
+                               {{{"type", "text"}, {"text", "a"}},
+                                {{"type", "image_url"}, {"image_url", {{"url", "u"}}}}}}}}}})),
+      "messages[0].content[1].type");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "tool"}, {"content", "x"}}}}})),
+            "messages[0].tool_call_id");
+  EXPECT_EQ(rejected_param(
+                chat({{"messages", {{{"role", "function"}, {"content", "x"}, {"name", "f"}}}}})),
             "messages[0].role");
   EXPECT_EQ(rejected_param(chat({{"temperature", 5}})), "temperature");
   EXPECT_EQ(rejected_param(chat({{"temperature", "hot"}})), "temperature");
@@ -217,7 +266,8 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param(chat({{"logit_bias", {{"5", 101}}}})), "logit_bias");
   EXPECT_EQ(rejected_param(chat({{"logit_bias", {1, 2}}})), "logit_bias");
   EXPECT_EQ(rejected_param(chat({{"stop_token_ids", {1280}}})), "stop_token_ids");
-  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}})), "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}})),
+            "response_format");
   EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "text"}}}})), "<none>");
   EXPECT_EQ(rejected_param(chat({{"functions", {{{"name", "f"}}}}})), "functions");
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 3}})), "min_tokens");

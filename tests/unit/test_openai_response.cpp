@@ -102,7 +102,9 @@ TEST(ToolCallParser, WhitespaceAroundIdsAndArguments) {
 }
 
 TEST(ToolCallParser, ForcedPrefixAndOpenCall) {
-  ToolCallParser p("<|tool_calls_section_begin|><|tool_call_begin|>functions.lookup:0<|tool_call_argument_begin|>");
+  ToolCallParser p(
+      "<|tool_calls_section_begin|><|tool_call_begin|>functions.lookup:0<|tool_call_argument_begin|"
+      ">");
   auto d = p.feed("{\"q\": ");
   ASSERT_EQ(d.calls.size(), 1u);
   EXPECT_TRUE(d.calls[0].start);
@@ -119,7 +121,8 @@ TEST(ToolCallParser, ForcedPrefixAndOpenCall) {
 
 TEST(ToolCallParser, RequiredPrefixLetsTheModelName) {
   ToolCallParser p("<|tool_calls_section_begin|><|tool_call_begin|>functions.");
-  Streamed s = stream_through(p, "search:0<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>", 3);
+  Streamed s = stream_through(
+      p, "search:0<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>", 3);
   ASSERT_EQ(s.ids.size(), 1u);
   EXPECT_EQ(s.ids[0], "functions.search:0");
   EXPECT_EQ(s.names[0], "search");
@@ -137,11 +140,11 @@ TEST(ToolCallParser, TurnMarkersDoNotLeakIntoContent) {
 // (which differ on text after the section: kept there, dropped here as in vLLM's kimi_k2).
 TEST(ToolCallParser, AgreesWithTheTokenizerParser) {
   const std::vector<std::string> texts = {
-      kTwoCalls.substr(0, kTwoCalls.size() - std::string("<|im_end|>").size()),
-      "no tools here",
+      kTwoCalls.substr(0, kTwoCalls.size() - std::string("<|im_end|>").size()), "no tools here",
       "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}"
       "<|tool_call_end|><|tool_calls_section_end|>",
-      "Sure: <|tool_calls_section_begin|> <|tool_call_begin|>functions.run_code:4<|tool_call_argument_begin|>"
+      "Sure: <|tool_calls_section_begin|> "
+      "<|tool_call_begin|>functions.run_code:4<|tool_call_argument_begin|>"
       "{\"code\": \"print(1)\"} <|tool_call_end|><|tool_calls_section_end|>"};
   for (const auto& t : texts) {
     kimi::ParsedOutput ref = kimi::parse_tool_calls(t);
@@ -286,15 +289,20 @@ TEST(Metrics, PrometheusText) {
   const std::string L = "model_name=\"kimi \\\"tiny\\\"\",engine=\"0\"";
   EXPECT_NE(t.find("# TYPE vllm:num_requests_running gauge\n"), std::string::npos);
   EXPECT_NE(t.find("vllm:num_requests_running{" + L + "} 3\n"), std::string::npos);
-  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"abort\"} 1\n"), std::string::npos);
-  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"length\"} 0\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"abort\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"length\"} 0\n"),
+            std::string::npos);
   // Cumulative buckets.
-  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.001\"} 0\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.001\"} 0\n"),
+            std::string::npos);
   EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.04\"} 2\n"),
             std::string::npos);
-  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"+Inf\"} 3\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"+Inf\"} 3\n"),
+            std::string::npos);
   EXPECT_NE(t.find("vllm:time_to_first_token_seconds_count{" + L + "} 3\n"), std::string::npos);
-  EXPECT_NE(t.find("vllm:request_prompt_tokens_bucket{" + L + ",le=\"10\"} 1\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_prompt_tokens_bucket{" + L + ",le=\"10\"} 1\n"),
+            std::string::npos);
   EXPECT_NE(t.find("vllm:request_prompt_tokens_sum{" + L + "} 310\n"), std::string::npos);
   EXPECT_EQ(buckets_125(100), (std::vector<double>{1, 2, 5, 10, 20, 50, 100}));
 }

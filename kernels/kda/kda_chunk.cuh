@@ -1,0 +1,722 @@
+// KDA chunked prefill (chunk C = 64, WY/UT form; model.md §3.5), two kernels.
+//
+// Per chunk and head, with Γ_i = Σ_{s<=i in chunk} g_s (fp32, per key channel, non-increasing):
+//   L[i,j] = β_i Σ_d k_i k_j e^{Γ_i−Γ_j} (j < i),   M[i,j] = Σ_d q_i k_j e^{Γ_i−Γ_j} (j <= i)
+//   T = (I + L)^-1 Diag(β),  W = T (e^{Γ} ⊙ K),  U = T V
+//   then, sequentially over the chunks of a sequence, with the fp32 state S [K, V]:
+//   V' = U − W S,   O = (Q ⊙ e^{Γ}) S + M V',   S ← Diag(e^{Γ_last}) S + (K ⊙ e^{Γ_last−Γ})ᵀ V'
+// Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
+// pairs are never exponentiated.
+//
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~100 KB dynamic shared memory (two
+//   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
+//   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
+//   chunk are zero, so they contribute nothing downstream.
+// kda_chunk_inter_kernel<kCols>: grid (128 / kCols, H, num_seqs), 256 threads (8 warps). A CTA owns
+//   kCols value columns of one head's state (columns of S are independent), keeps them in
+//   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
+//   record prefetched by cp.async into a second shared-memory stage. Products on tensor cores
+//   (mma.sync m16n8k16 bf16, fp32 accumulate); S and V' enter them as bf16 hi + lo pairs, so the
+//   state carries ~16 mantissa bits through them and only W, Q, K, U, M are rounded to bf16.
+#pragma once
+
+#include <cstdint>
+
+#include "kda/kda_common.cuh"
+
+namespace kimi::cuda::kda {
+
+constexpr int kChunk = 64;
+
+// Byte offsets inside one (chunk, head) workspace record.
+struct ChunkRec {
+  static constexpr size_t kW = 0;                    // bf16 [64][128]  T (e^Γ ⊙ K)
+  static constexpr size_t kQ = kW + 64 * 128 * 2;    // bf16 [64][128]  Q ⊙ e^Γ
+  static constexpr size_t kKrT = kQ + 64 * 128 * 2;  // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
+  static constexpr size_t kU = kKrT + 128 * 64 * 2;  // bf16 [64][128]  T V
+  static constexpr size_t kM = kU + 64 * 128 * 2;    // bf16 [64][64]   causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;    // f32 [128]       e^{Γlast}
+  static constexpr size_t kBytes = kGl + 128 * 4;    // 74240
+};
+
+// ------------------------------------------------------------------------------------------------
+// Shared helpers.
+constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 distinct banks
+constexpr int kLdT = 72;   // bf16 rows of 64, padded
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ uint32_t ld32(const bf16* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+// A fragment (16×16) of a row-major [m][k] bf16 tile.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
+                                       int lane) {
+  const int g = lane >> 2, t = (lane & 3) * 2;
+  a[0] = ld32(base + (r0 + g) * ld + k0 + t);
+  a[1] = ld32(base + (r0 + g + 8) * ld + k0 + t);
+  a[2] = ld32(base + (r0 + g) * ld + k0 + 8 + t);
+  a[3] = ld32(base + (r0 + g + 8) * ld + k0 + 8 + t);
+}
+// B fragment (16×8) of a tile stored [n][k] (k contiguous).
+__device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int ld, int n0, int k0,
+                                       int lane) {
+  const int g = lane >> 2, t = (lane & 3) * 2;
+  b[0] = ld32(base + (n0 + g) * ld + k0 + t);
+  b[1] = ld32(base + (n0 + g) * ld + k0 + 8 + t);
+}
+
+// The same fragments through ldmatrix (one instruction instead of four or two loads); rows must
+// be 16-byte aligned (row strides kLdW and kLdT are).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile.
+__device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
+                                       int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
+}
+// B fragments of two adjacent n-tiles (n0, n0 + 8; 16 k from k0) of a tile stored [n][k]:
+// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+__device__ __forceinline__ void ldsm_b2(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0,
+                                        int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
+}
+
+__device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
+  hi = __float2bfloat16(x);
+  lo = __float2bfloat16(x - __bfloat162float(hi));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
+//   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
+//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
+//      row and group of 4 keys
+//   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
+//      reference r = 16b + 15 (the end of block b):
+//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors
+//        <= 1
+//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while
+//   the
+//      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
+//      off-diagonal blocks by distance
+//   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
+//   5. W = T (K ⊙ e^Γ), U = T V on tensor cores (T lower triangular: causal k-steps only)
+// Shared memory (~100 KB) is reused across phases so that two CTAs fit on a multiprocessor.
+constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
+constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
+constexpr int kLx = 68;   // fp32 X rows; the region doubles as phase 2's operand scratch
+constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the q tile's space
+
+struct IntraSmem {
+  union {
+    float G[kChunk * kLd];  // Γ (phases 0-4a)
+    bf16 VT[128 * kLdT];    // vᵀ [d][j] (phases 4b-5)
+  };
+  union {
+    float L[kChunk * kLa];  // L, strictly lower (phases 1-3)
+    bf16 T[kChunk * kLdT];  // X Diag(β) (phases 4-5)
+  };
+  union {
+    float X[kChunk * kLx];  // (I + L)^-1 (phases 3-4a)
+    struct {                // phase 2 operands
+      bf16 A[48 * kLdW];    // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
+      bf16 B[16 * kLdW];    // k_j e^{Γ_r−Γ_j}, j in block b
+    } off;
+  };
+  bf16 K[kChunk * kLdW];  // raw k [i][d]
+  union {
+    bf16 Q[kChunk * kLdW];   // raw q [i][d] (phases 0-3)
+    float tmp[3 * 16 * 16];  // phase 3b partial products
+    bf16 KeT[128 * kLk];     // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+  };
+  float beta[kChunk];
+};
+static_assert(sizeof(bf16) * 48 * kLdW + sizeof(bf16) * 16 * kLdW <= sizeof(float) * kChunk * kLx,
+              "phase 2 operands must fit the X region");
+static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's space");
+constexpr size_t kIntraSmem = sizeof(IntraSmem);
+constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
+
+// SiLU(conv) of channels d0..d0+7 of one part (0 q, 1 k, 2 v) of head h at token t of a sequence
+// that starts at token `start` with conv-state slot `slot` (taps before the start come from the
+// conv state); conv weights from shared memory (sw4[part·128 + d] = the 4 taps of channel d).
+__device__ __forceinline__ void conv8(const KdaPrepParams& pp, int part, int h, int t, int start,
+                                      int slot, int d0, const float4* sw4, float (&u)[8]) {
+  const int HD = pp.num_heads * kKdaD, C = 3 * HD, ch0 = part * HD + h * kKdaD + d0;
+  const int pos = t - start;
+  float x[4][8];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int idx = pos + k;  // index into concat(conv state, inputs)
+    if (idx >= 3) {
+      const uint4 v = *reinterpret_cast<const uint4*>(pp.qkv + size_t(start + idx - 3) * C + ch0);
+      const bf16* vb = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(vb[e]);
+    } else {
+      const bf16* st = pp.conv_state + (size_t(slot) * C + ch0) * 3 + idx;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(st[e * 3]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float4 w = sw4[part * kKdaD + d0 + e];
+    u[e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
+  }
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
+  uint4 v;
+  __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) b[e] = __floats2bfloat162_rn(x[2 * e], x[2 * e + 1]);
+  return v;
+}
+
+// kFused: the inputs are the raw projections (pp: qkv, f, b, conv state, weights), and the conv,
+// SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
+// to bf16 the same way); else q, k, v, g, beta come prepared in p.
+template <bool kFused>
+__global__ void __launch_bounds__(kIntraThreads, 2)
+    kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
+                           const int* chunk_start, unsigned char* ws) {
+  __shared__ float4 sw4[kFused ? 3 * kKdaD : 1];  // conv weights of this head (fused only)
+  constexpr int C = kChunk, D = kKdaD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = p.num_heads, HD = H * D;
+  const int s = chunk_seq[c], t0 = chunk_start[c];
+  const int len = min(C, p.cu_seqlens[s + 1] - t0);
+  const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
+  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
+  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
+  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
+  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
+  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
+
+  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
+  const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
+  if constexpr (kFused) {
+    for (int i = tid; i < 3 * D; i += kIntraThreads)
+      sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
+                                                size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
+    if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(pp.b[size_t(t0 + tid) * H + h])) : 0.f;
+    __syncthreads();
+    const float neg_a = -expf(pp.w.A_log[h]);
+    static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
+    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
+      float q[8] = {}, k[8] = {}, g[8] = {};
+      if (i < len) {
+        const int t = t0 + i;
+        conv8(pp, 0, h, t, seq_start, slot, d0, sw4, q);
+        conv8(pp, 1, h, t, seq_start, slot, d0, sw4, k);
+        const uint4 fv = *reinterpret_cast<const uint4*>(pp.f + size_t(t) * HD + h * D + d0);
+        const bf16* fb = reinterpret_cast<const bf16*>(&fv);
+        const float4 db0 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0);
+        const float4 db1 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0 + 4);
+        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+      }
+      float sq = 0.f, sk = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        sq += q[e] * q[e];
+        sk += k[e] * k[e];
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, off);
+        sk += __shfl_xor_sync(0xffffffffu, sk, off);
+      }
+      const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f;
+      const float rk = 1.f / sqrtf(sk + kKdaL2Eps);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        q[e] *= rq;
+        k[e] *= rk;
+      }
+      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
+      float* gr = sm.G + i * kLd + d0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) gr[e] = g[e];
+    }
+  }
+  for (int idx = tid; !kFused && idx < C * 16; idx += kIntraThreads) {
+    const int i = idx >> 4, d0 = (idx & 15) * 8;
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
+    float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
+    if (i < len) {
+      const size_t o = size_t(t0 + i) * HD + h * D + d0;
+      kv = *reinterpret_cast<const uint4*>(p.k + o);
+      qv = *reinterpret_cast<const uint4*>(p.q + o);
+      g0 = *reinterpret_cast<const float4*>(p.g + o);
+      g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
+    }
+    *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
+    *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
+    float* gr = sm.G + i * kLd + d0;
+    gr[0] = g0.x;
+    gr[1] = g0.y;
+    gr[2] = g0.z;
+    gr[3] = g0.w;
+    gr[4] = g1.x;
+    gr[5] = g1.y;
+    gr[6] = g1.z;
+    gr[7] = g1.w;
+  }
+  if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
+  __syncthreads();
+  if (tid < D) {
+    float acc = 0.f;
+#pragma unroll 8
+    for (int i = 0; i < C; ++i) {
+      acc += sm.G[i * kLd + tid];
+      sm.G[i * kLd + tid] = acc;
+    }
+  }
+  __syncthreads();
+
+  // 1. Diagonal blocks: per block, row ii and a group of 4 keys jj = 4jg..4jg+3 (jg <= ii/4; the
+  //    keys past the diagonal are computed and dropped), split over a quad of lanes by channel
+  //    pairs and summed by shuffles. One exp per (i, j, d); M goes straight to the workspace.
+  static_assert((4 * 40 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
+  for (int item = tid; item < 4 * 40 * 4; item += kIntraThreads) {
+    const int pidx = item >> 2, quad = item & 3;
+    const int a = pidx / 40, r = pidx - a * 40;
+    // rows 4·band .. 4·band + 3 have band + 1 groups each; bands start at items 0, 4, 12, 24
+    const int band = r < 4 ? 0 : r < 12 ? 1 : r < 24 ? 2 : 3;
+    const int rr = r - (band == 0 ? 0 : band == 1 ? 4 : band == 2 ? 12 : 24);
+    const int ii = 4 * band + rr / (band + 1), jg = rr % (band + 1);
+    const int i = 16 * a + ii, j0 = 16 * a + 4 * jg;
+    const float* gi = sm.G + i * kLd;
+    const bf16 *ki = sm.K + i * kLdW, *qi = sm.Q + i * kLdW;
+    float l[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 2
+    for (int d = 2 * quad; d < D; d += 8) {
+      const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
+      const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
+      const float gi0 = gi[d], gi1 = gi[d + 1];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        const float2 kj2 =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        const float e0 = kj2.x * __expf(gi0 - sm.G[j * kLd + d]);
+        const float e1 = kj2.y * __expf(gi1 - sm.G[j * kLd + d + 1]);
+        l[q] = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l[q]));
+        m[q] = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m[q]));
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 1);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 1);
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 2);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 2);
+    }
+    if (quad == 0) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l[q];
+        if (j <= i) oM[i * C + j] = __float2bfloat16(m[q]);
+      }
+    }
+  }
+
+  // 2. Off-diagonal blocks through the reference at the end of key block b; K side (L) and
+  //    Q side (M) one after the other, so the operands fit the X region.
+  for (int b = 0; b < 3; ++b) {
+    const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
+    const int mtiles = nr / 16;
+    for (int side = 0; side < 2; ++side) {
+      const bf16* src = side == 0 ? sm.K : sm.Q;
+      __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
+      for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
+        const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
+                                  x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
+      }
+      for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
+        const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
+                                  x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
+      }
+      __syncthreads();
+      for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
+        const int mt = tile >> 1, nt = tile & 1;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int kk = 0; kk < 8; ++kk) {
+          uint32_t af[4], bfr[2];
+          ldsm_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
+          load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
+          mma16816(acc, af, bfr);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
+          if (side == 0)
+            sm.L[i * kLa + j] = sm.beta[i] * acc[e];
+          else
+            oM[i * C + j] = __float2bfloat16(acc[e]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.X[(idx >> 6) * kLx + (idx & 63)] = 0.f;
+  __syncthreads();
+
+  // 3a. Diagonal blocks of X (threads 0..63, one column each) while the others write the
+  //     outputs that need no X.
+  if (tid < C) {
+    const int a = tid >> 4, j = tid;
+    for (int i = j; i < 16 * a + 16; ++i) {
+      float x = i == j ? 1.f : 0.f;
+      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLx + j], x);
+      sm.X[i * kLx + j] = x;
+    }
+  } else {
+    const int t = tid - C, nt = kIntraThreads - C;
+    for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
+      const int i = idx >> 6, d = (idx & 63) * 2;
+      const float2 q2 =
+          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
+      *reinterpret_cast<__nv_bfloat162*>(oQ + i * D + d) = __floats2bfloat162_rn(
+          q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
+    }
+    for (int idx = t; idx < C * D; idx += nt) {  // (K ⊙ e^{Γlast−Γ})ᵀ
+      const int d = idx >> 6, i = idx & 63;
+      oKrT[idx] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
+                                   __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
+    }
+    for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
+      if ((idx & 63) > (idx >> 6)) oM[idx] = __float2bfloat16(0.f);
+    for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
+  }
+  __syncthreads();
+
+  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
+  // X[m, b-cols]
+  //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
+  for (int delta = 1; delta < 4; ++delta) {
+    const int nblk = 4 - delta;
+    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
+      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      float acc = 0.f;
+      for (int m = 16 * b; m < 16 * a; ++m)
+        acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
+      sm.tmp[e] = acc;
+    }
+    __syncthreads();
+    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
+      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      float acc = 0.f;
+      for (int m = 0; m <= r; ++m)
+        acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
+      sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
+    }
+    __syncthreads();
+  }
+
+  // 4. T = X Diag(β) (over L), (K ⊙ e^Γ)ᵀ (over q), then vᵀ (over Γ). v is fetched first so its
+  //    latency overlaps the T and Kᵀ work.
+  uint4 vreg[C * 16 / kIntraThreads];
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    if constexpr (kFused) {
+      float v[8] = {};
+      if (i < len) conv8(pp, 2, h, t0 + i, seq_start, slot, d0, sw4, v);
+      vreg[r] = pack8(v);
+    } else {
+      vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
+                        : make_uint4(0, 0, 0, 0);
+    }
+  }
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
+    const int i = idx >> 6, j = idx & 63;
+    sm.T[i * kLdT + j] = __float2bfloat16(sm.X[i * kLx + j] * sm.beta[j]);
+  }
+  for (int idx = tid; idx < C * D; idx += kIntraThreads) {
+    const int d = idx >> 6, j = idx & 63;
+    sm.KeT[d * kLk + j] =
+        __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    const bf16* vb = reinterpret_cast<const bf16*>(&vreg[r]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
+  }
+  __syncthreads();
+
+  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+  static_assert(kIntraWarps == 8, "phase 5 maps two column tiles per warp");
+#pragma unroll 1
+  for (int which = 0; which < 2; ++which) {
+    const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
+    const int ldb = which == 0 ? kLk : kLdT;
+    bf16* out = which == 0 ? oW : oU;
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+      float acc[2][4] = {};
+      for (int kt = 0; kt <= mt; ++kt) {
+        uint32_t af[4];
+        ldsm_a(af, sm.T, kLdT, 16 * mt, 16 * kt, lane);
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          uint32_t bfr[2];
+          load_b(bfr, Bop, ldb, 8 * (2 * warp + n), 16 * kt, lane);
+          mma16816(acc[n], af, bfr);
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < 2; ++n)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
+          *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
+              __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
+        }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Inter-chunk kernel (tensor cores).
+template <int kCols>
+struct InterStage {
+  static constexpr int kLdU = kCols + 8;  // bf16 rows of kCols, padded
+  bf16 W[64 * kLdW];
+  bf16 Q[64 * kLdW];
+  bf16 KrT[128 * kLdT];
+  bf16 M[64 * kLdT];
+  bf16 U[64 * kLdU];
+  float gl[128];
+};
+template <int kCols>
+struct InterSmem {
+  InterStage<kCols> stage[2];
+  bf16 st_hi[kCols * kLdW], st_lo[kCols * kLdW];  // Sᵀ slice [col][d]
+  bf16 vt_hi[kCols * kLdT], vt_lo[kCols * kLdT];  // V'ᵀ slice [col][token]
+};
+
+constexpr int kInterThreads = 256;  // 8 warps
+
+template <int kCols>
+__device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned char* rec, int c0,
+                                           int tid) {
+  constexpr int kLdU = InterStage<kCols>::kLdU, kQ = kCols / 8;
+  for (int i = tid; i < 64 * 16; i += kInterThreads) {  // W, Q: 64 rows × 16 × 16 B
+    const int r = i >> 4, q = i & 15;
+    cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
+    cp_async16(st.Q + r * kLdW + q * 8, rec + ChunkRec::kQ + r * 256 + q * 16);
+  }
+  for (int i = tid; i < 128 * 8; i += kInterThreads) {  // KrT: 128 rows × 8 × 16 B
+    const int r = i >> 3, q = i & 7;
+    cp_async16(st.KrT + r * kLdT + q * 8, rec + ChunkRec::kKrT + r * 128 + q * 16);
+  }
+  for (int i = tid; i < 64 * 8; i += kInterThreads) {  // M: 64 rows × 8 × 16 B
+    const int r = i >> 3, q = i & 7;
+    cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
+  }
+  for (int i = tid; i < 64 * kQ; i += kInterThreads) {  // U columns [c0, c0 + kCols)
+    const int r = i / kQ, q = i % kQ;
+    cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
+  }
+  if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
+}
+
+// Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
+// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0,
+// 16).
+template <int kCols>
+__global__ void __launch_bounds__(kInterThreads, 1)
+    kda_chunk_inter_kernel(const KdaScanParams p, const int* seq_first_chunk,
+                           const int* chunk_start, const unsigned char* ws) {
+  constexpr int D = kKdaD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
+  InterSmem<kCols>& sm = *reinterpret_cast<InterSmem<kCols>*>(smem_raw);
+  const int c0 = blockIdx.x * kCols, h = blockIdx.y, sq = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  const int g = lane >> 2, t2 = (lane & 3) * 2;
+  const int H = p.num_heads, HD = H * D;
+  const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
+  const int seq_end = p.cu_seqlens[sq + 1];
+  float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
+  const int rt = w & 3, nb = kNH * (w >> 2);  // token row tile, first column tile (V', O)
+
+  float s[kNT][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      s[nt][e] = S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)];
+
+  auto rec_of = [&](int c) { return ws + (size_t(first + c) * H + h) * ChunkRec::kBytes; };
+  if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
+  cp_async_commit();
+  for (int c = 0; c < nchunks; ++c) {
+    const InterStage<kCols>& st = sm.stage[c & 1];
+    if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
+    cp_async_commit();
+    if (tid == 0 && c + 2 < nchunks)  // one more chunk ahead into L2 (the stage copy hits L2 then)
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rec_of(c + 2)),
+                   "r"(unsigned(ChunkRec::kBytes)));
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int d = 16 * w + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
+        split_bf16(s[nt][e], sm.st_hi[col * kLdW + d], sm.st_lo[col * kLdW + d]);
+      }
+    cp_async_wait<1>();
+    __syncthreads();
+
+    // V' = U − W S and O = Q S.
+    const int r0 = 16 * rt;
+    // The hi and lo halves accumulate separately: two independent mma chains of 8 instead of one
+    // of 16 (this loop is on the sequential critical path of the whole sequence).
+    float av[kNH][4] = {}, ao[kNH][4] = {}, av2[kNH][4] = {}, ao2[kNH][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+      uint32_t aw[4], aq[4];
+      ldsm_a(aw, st.W, kLdW, r0, 16 * kk, lane);
+      ldsm_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
+#pragma unroll
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
+        ldsm_b2(bl4, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(av[n + q], aw, bh);
+          mma16816(av2[n + q], aw, bl);
+          mma16816(ao[n + q], aq, bh);
+          mma16816(ao2[n + q], aq, bl);
+        }
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < kNH; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        av[n][e] += av2[n][e];
+        ao[n][e] += ao2[n][e];
+      }
+#pragma unroll
+    for (int n = 0; n < kNH; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int row = r0 + g + 8 * (e >> 1), col = 8 * (nb + n) + t2 + (e & 1);
+        const float vp = __bfloat162float(st.U[row * kLdU + col]) - av[n][e];
+        split_bf16(vp, sm.vt_hi[col * kLdT + row], sm.vt_lo[col * kLdT + row]);
+      }
+    __syncthreads();
+
+    // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
+    for (int kt = 0; kt <= rt; ++kt) {
+      uint32_t am[4];
+      ldsm_a(am, st.M, kLdT, r0, 16 * kt, lane);
+#pragma unroll
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(ao[n + q], am, bh);
+          mma16816(ao[n + q], am, bl);
+        }
+      }
+    }
+    const int t0 = chunk_start[first + c];
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int tok = t0 + r0 + g + 8 * half;
+      if (tok < seq_end) {
+#pragma unroll
+        for (int n = 0; n < kNH; ++n)
+          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) +
+                                             t2) =
+              __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
+      }
+    }
+
+    // S ← Diag(e^{Γlast}) S + Krᵀ V'.
+    const float gl0 = st.gl[16 * w + g], gl1 = st.gl[16 * w + g + 8];
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt) {
+      s[nt][0] *= gl0;
+      s[nt][1] *= gl0;
+      s[nt][2] *= gl1;
+      s[nt][3] *= gl1;
+    }
+    float s2[kNT][4] = {};
+#pragma unroll
+    for (int kt = 0; kt < 4; ++kt) {
+      uint32_t ak[4];
+      ldsm_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
+#pragma unroll
+      for (int nt = 0; nt < kNT; nt += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(s[nt + q], ak, bh);
+          mma16816(s2[nt + q], ak, bl);
+        }
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] += s2[nt][e];
+    __syncthreads();
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)] = s[nt][e];
+}
+
+}  // namespace kimi::cuda::kda
