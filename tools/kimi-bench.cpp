@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "bench/dataset.h"
+#include "bench/engine_run.h"
 #include "bench/offline.h"
 #include "bench/offline_report.h"
 #include "bench/online.h"
@@ -209,20 +210,56 @@ int run_online_cmd(const OnlineArgs& a) {
 
 struct OfflineArgs {
   kimi::bench::OfflineOptions o;
+  kimi::bench::EngineRunOptions e;  // e.num_prompts = 0: no engine run
+  bool engine_only = false;
   std::string result_file, plot;
 };
 
+// The Engine end to end (--engine-requests): the online table and JSON keys, in process.
+nlohmann::ordered_json run_engine_part(const OfflineArgs& a, const kimi::bench::SystemInfo& sys) {
+  using namespace kimi::bench;
+  EngineRunOptions e = a.e;
+  e.model_dir = a.o.model_dir;
+  e.backend = a.o.backend;
+  e.progress = a.o.progress;
+  EngineRun run = run_engine(e);
+  MetricOptions mo;
+  BenchmarkMetrics m = calculate_metrics(run.outputs, run.duration, mo);
+  OnlineRunInfo info;
+  info.date = utc_date_stamp();
+  info.backend = "kimi-engine-" + e.backend;
+  info.model_id = e.model_dir;
+  info.dataset_name = "random-ids";
+  info.num_prompts = e.num_prompts;
+  info.request_rate = std::numeric_limits<double>::infinity();
+  info.max_concurrency = e.max_num_seqs;
+  info.ignore_eos = true;
+  info.seed = e.seed;
+  std::printf(
+      "\nEngine end to end (%d requests, %d prompt + %d output tokens, max_num_seqs %d):\n%s",
+      e.num_prompts, e.input_len, e.output_len, e.max_num_seqs, format_table(m, info, mo).c_str());
+  if (m.failed > 0) kimi::fail(m.failed, " engine requests failed: ", run.outputs[0].error);
+  return result_json(m, run.outputs, info, mo, sys);
+}
+
 int run_offline_cmd(OfflineArgs& a) {
   using namespace kimi::bench;
-  OfflineResults r = run_offline(a.o);
-  std::string label = a.o.random_weights ? "random weights, " + a.o.config_file : a.o.model_dir;
   SystemInfo sys = system_info();
+  std::string label = a.o.random_weights ? "random weights, " + a.o.config_file : a.o.model_dir;
+  if (a.engine_only) {
+    if (a.e.num_prompts < 1) kimi::fail("--engine-only needs --engine-requests N");
+    auto j = run_engine_part(a, sys);
+    if (!a.result_file.empty()) write_json(a.result_file, j);
+    return 0;
+  }
+  OfflineResults r = run_offline(a.o);
   std::printf("%s", format_offline_table(r, label).c_str());
   std::printf("host %s (%s, %d cores), card %s, commit %s%s\n", sys.hostname.c_str(),
               sys.cpu_model.c_str(), sys.cpu_cores, sys.card.c_str(), sys.git_commit.c_str(),
               sys.git_dirty ? " (dirty)" : "");
-  if (!a.result_file.empty())
-    write_json(a.result_file, offline_json(r, label, sys, utc_date_stamp()));
+  auto j = offline_json(r, label, sys, utc_date_stamp());
+  if (a.e.num_prompts > 0) j["engine"] = run_engine_part(a, sys);
+  if (!a.result_file.empty()) write_json(a.result_file, j);
   if (!a.plot.empty()) {
     SvgPlot plot("kimi-bench offline: " + label + " (" + r.backend + ")");
     add_offline_plot(plot, r);
@@ -262,6 +299,13 @@ int main(int argc, char** argv) {
   offc->add_option("--plot", off.plot, "write an SVG plot");
   bool off_no_progress = false;
   offc->add_flag("--disable-progress", off_no_progress, "no progress bar");
+  off.e.num_prompts = 0;
+  offc->add_option("--engine-requests", off.e.num_prompts,
+                   "also run N requests through the Engine (TTFT/TPOT/ITL/E2EL); 0: skip");
+  offc->add_option("--engine-input-len", off.e.input_len, "prompt tokens per engine request");
+  offc->add_option("--engine-output-len", off.e.output_len, "output tokens per engine request");
+  offc->add_option("--max-num-seqs", off.e.max_num_seqs, "engine: sequences running at once");
+  offc->add_flag("--engine-only", off.engine_only, "skip the model-level measurements");
 
   OnlineArgs on;
   auto* onc =

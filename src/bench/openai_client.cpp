@@ -109,11 +109,11 @@ RequestOutput send_request(const Endpoint& ep, const SampleRequest& sample,
     return out;
   }
   parser.finish(out);
-  if (!ok && out.error.empty()) {
+  if (!ok) {
+    // The transport failed (refused, reset, timed out): that is the error, whatever was parsed.
     out.success = false;
-    out.error = "connection error: " + httplib::to_string(err);
-  } else if (!ok) {
-    out.error = "connection error: " + httplib::to_string(err) + "; " + out.error;
+    out.error = str("connection error (", httplib::to_string(err), ") talking to ", ep.host_url,
+                    out.num_events ? str(" after ", out.num_events, " stream events") : "");
   }
   return out;
 }

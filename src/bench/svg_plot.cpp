@@ -49,7 +49,7 @@ std::string xml_escape(const std::string& s) {
 std::string short_number(double v) {
   if (!std::isfinite(v)) return "n/a";
   double a = std::fabs(v);
-  if (a >= 100) return fmt("%.0f", v);
+  if (a >= 100 || (v == std::floor(v) && a < 1e7)) return fmt("%.0f", v);
   if (a >= 10) return fmt("%.1f", v);
   if (a >= 1) return fmt("%.2f", v);
   return fmt("%.3g", v);

@@ -9,8 +9,13 @@
 #include <thread>
 
 namespace kimi::bench {
+
+extern const char kBuildGitCommit[];  // generated git_stamp.cpp
+extern const bool kBuildGitDirty;
+
 namespace {
 
+#ifdef KIMI_HAVE_CUDA
 // stdout of a shell command, trailing newline removed; "" on failure.
 std::string run_capture(const std::string& cmd) {
   std::unique_ptr<FILE, int (*)(FILE*)> p(popen(cmd.c_str(), "r"), pclose);
@@ -22,6 +27,7 @@ std::string run_capture(const std::string& cmd) {
   while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
   return out;
 }
+#endif
 
 int64_t status_kib(const char* key) {
   std::ifstream f("/proc/self/status");
@@ -61,14 +67,10 @@ SystemInfo system_info() {
 #else
   s.card = "none (CPU build)";
 #endif
-    // The commit of the tree the binary was built from, read at run time so it is right in a fresh
-    // clone and after new commits without a reconfigure.
-#ifdef KIMI_SOURCE_DIR
-  std::string git = std::string("git -C '") + KIMI_SOURCE_DIR + "' ";
-  s.git_commit = run_capture(git + "rev-parse HEAD 2>/dev/null");
-  if (!s.git_commit.empty())
-    s.git_dirty = !run_capture(git + "status --porcelain --untracked-files=no 2>/dev/null").empty();
-#endif
+  // Stamped at build time (src/bench/git_stamp.cmake): the commit the binary was built from,
+  // right in a fresh clone and after new commits, whatever the tree looks like at run time.
+  s.git_commit = kBuildGitCommit;
+  s.git_dirty = kBuildGitDirty;
   if (s.git_commit.empty()) s.git_commit = "unknown";
 #ifdef KIMI_VERSION
   s.version = KIMI_VERSION;
