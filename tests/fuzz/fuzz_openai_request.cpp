@@ -11,20 +11,20 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string body(reinterpret_cast<const char*>(data), size);
-  kimi::ParseLimits limits;
+  kimi::server::ParseLimits limits;
   limits.vocab_size = 1280;
   try {
-    kimi::GenerationRequest r = kimi::parse_chat_body(body, limits);
+    kimi::server::GenerationRequest r = kimi::server::parse_chat_body(body, limits);
     try {
       (void)kimi::render_chat(r.messages_json, r.tools_json, {});
     } catch (const kimi::Error&) {
       // The server answers a template refusal with a 400 too.
     }
-  } catch (const kimi::ApiException&) {
+  } catch (const kimi::server::ApiException&) {
   }
   try {
-    (void)kimi::parse_completion_request(kimi::parse_body(body), limits);
-  } catch (const kimi::ApiException&) {
+    (void)kimi::server::parse_completion_request(kimi::server::parse_body(body), limits);
+  } catch (const kimi::server::ApiException&) {
   }
   return 0;
 }
