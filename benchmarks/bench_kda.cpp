@@ -1,0 +1,319 @@
+// KDA kernel benchmark (H = 32, D = 128): the device-to-device copy ceiling measured in the same
+// run, the fused decode step at B = 1, 8, 64, 256 (time per layer, state bytes/s as % of the
+// ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
+// Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
+// non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
+// Usage: bench_kda [--quick]
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#define KIMI_BENCH_NO_CHUNKED 1
+#include "core/dtype.h"
+
+#if KIMI_HAVE_CUDA
+#include "common.h"
+#include "kda/kda.h"
+#include "ops/cuda/device_buffer.h"
+
+namespace {
+
+using kimi::cuda::bf16;
+using kimi::cuda::DeviceBuffer;
+constexpr int H = 32, D = 128, HD = H * D, C = 3 * HD;
+
+// Fills a device buffer with random values in [lo, hi): one random block, tiled.
+template <typename T>
+void fill_random(DeviceBuffer<T>& buf, float lo, float hi, uint32_t seed) {
+  const size_t block = std::min<size_t>(buf.size(), size_t(1) << 22);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<T> h(block);
+  for (auto& x : h) {
+    const float v = u(rng);
+    if constexpr (std::is_same_v<T, float>) {
+      x = v;
+    } else {
+      const uint16_t b = kimi::f32_to_bf16(v);
+      std::memcpy(static_cast<void*>(&x), &b, 2);
+    }
+  }
+  buf.upload(h.data(), block);
+  for (size_t off = block; off < buf.size(); off += block) {
+    const size_t n = std::min(block, buf.size() - off);
+    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(T), cudaMemcpyDeviceToDevice));
+  }
+}
+
+// Median milliseconds per call of fn over `groups` groups of `per_group` calls.
+template <typename F>
+double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t stream = nullptr) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  int call = 0;
+  for (int g = 0; g < groups; ++g) {
+    CUDA_CHECK(cudaEventRecord(a, stream));
+    for (int i = 0; i < per_group; ++i) fn(call++);
+    CUDA_CHECK(cudaEventRecord(b, stream));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(double(ms) / per_group);
+  }
+  CUDA_CHECK(cudaEventDestroy(a));
+  CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Weights {
+  DeviceBuffer<float> conv_w{size_t(C) * 4}, A_log{H}, dt_bias{HD}, o_norm{D};
+  Weights() {
+    fill_random(conv_w, -0.6f, 0.6f, 1);
+    fill_random(A_log, -1.f, 1.5f, 2);
+    fill_random(dt_bias, -2.f, 1.f, 3);
+    fill_random(o_norm, 0.5f, 1.5f, 4);
+  }
+  kimi::cuda::KdaWeights view() {
+    return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()};
+  }
+};
+
+double copy_ceiling_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  DeviceBuffer<char> a(bytes), b(bytes);
+  CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
+  const double ms = median_ms(
+      [&](int) { CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice)); },
+      20, 1);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+void bench_decode(Weights& w, double ceiling, bool quick) {
+  std::printf("\n%-10s %6s %6s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
+              "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
+  for (int B : {1, 8, 64, 256}) {
+    // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
+    const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
+    const int num_slots = std::min(sets * B, std::max(2 * B, 256));
+    const int rot = std::max(1, num_slots / B);
+    std::vector<int> slots(size_t(rot) * B);
+    std::mt19937 rng(B);
+    for (int r = 0; r < rot; ++r) {
+      std::vector<int> perm(num_slots);
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::copy(perm.begin(), perm.begin() + B, slots.begin() + size_t(r) * B);
+    }
+    DeviceBuffer<int> d_slots(slots.size());
+    d_slots.upload(slots);
+    DeviceBuffer<bf16> qkv(size_t(B) * C), f(size_t(B) * HD), b(size_t(B) * H), z(size_t(B) * HD),
+        y(size_t(B) * HD), conv(size_t(num_slots) * C * 3);
+    DeviceBuffer<float> state(size_t(num_slots) * H * D * D);
+    fill_random(qkv, -2.f, 2.f, 5);
+    fill_random(f, -4.f, 2.f, 6);
+    fill_random(b, -4.f, 4.f, 7);
+    fill_random(z, -3.f, 3.f, 8);
+    fill_random(conv, -2.f, 2.f, 9);
+    fill_random(state, -0.5f, 0.5f, 10);
+    kimi::cuda::KdaDecodeParams p;
+    p.batch = B;
+    p.num_heads = H;
+    p.qkv = qkv.data();
+    p.f = f.data();
+    p.b = b.data();
+    p.z = z.data();
+    p.w = w.view();
+    p.conv_state = conv.data();
+    p.state = state.data();
+    p.y = y.data();
+    const double bytes = double(B) * H * D * D * 4 * 2;
+    for (int cols : {0, 16, 32}) {
+      p.cols_per_cta = cols;
+      const double ms = median_ms(
+          [&](int i) {
+            p.slots = d_slots.data() + size_t(i % rot) * B;
+            kimi::cuda::run_kda_decode(p, nullptr);
+          },
+          quick ? 10 : 50, 20);
+      // The same launches replayed from a CUDA graph (how decode steps run): no launch gaps.
+      cudaStream_t st;
+      CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      const int per_graph = 20;
+      CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < per_graph; ++i) {
+        p.slots = d_slots.data() + size_t(i % rot) * B;
+        kimi::cuda::run_kda_decode(p, st);
+      }
+      CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+      CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      const double gms =
+          median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); }, quick ? 10 : 30, 1, 3, st) /
+          per_graph;
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      CUDA_CHECK(cudaGraphExecDestroy(exec));
+      CUDA_CHECK(cudaGraphDestroy(graph));
+      CUDA_CHECK(cudaStreamDestroy(st));
+      const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
+      std::printf("%-10s %6d %6s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
+                  gms * 1e3, ggbs, 100 * ggbs / ceiling);
+    }
+  }
+}
+
+void bench_prefill(Weights& w, bool quick) {
+  std::printf("\n%-10s %8s %10s %10s %10s %10s %14s %14s\n", "prefill", "T", "prep ms", "scan ms",
+              "norm ms", "total ms", "scan Mtok/s", "layer Mtok/s");
+  for (int T : {4096, 32768, 131072}) {
+    if (quick && T > 32768) continue;
+    std::vector<int> cu = {0, T}, slots = {1};
+    DeviceBuffer<int> d_cu(2), d_slots(1);
+    d_cu.upload(cu);
+    d_slots.upload(slots);
+    DeviceBuffer<bf16> qkv(size_t(T) * C), f(size_t(T) * HD), b(size_t(T) * H), z(size_t(T) * HD),
+        q(size_t(T) * HD), k(size_t(T) * HD), v(size_t(T) * HD), o(size_t(T) * HD),
+        y(size_t(T) * HD), conv(size_t(2) * C * 3);
+    DeviceBuffer<float> g(size_t(T) * HD), beta(size_t(T) * H), state(size_t(2) * H * D * D);
+    fill_random(qkv, -2.f, 2.f, 11);
+    fill_random(f, -4.f, 2.f, 12);
+    fill_random(b, -4.f, 4.f, 13);
+    fill_random(z, -3.f, 3.f, 14);
+    fill_random(conv, -2.f, 2.f, 15);
+    fill_random(state, -0.5f, 0.5f, 16);
+    kimi::cuda::KdaPrepParams pp;
+    pp.num_seqs = 1;
+    pp.num_tokens = T;
+    pp.num_heads = H;
+    pp.cu_seqlens = d_cu.data();
+    pp.slots = d_slots.data();
+    pp.qkv = qkv.data();
+    pp.f = f.data();
+    pp.b = b.data();
+    pp.w = w.view();
+    pp.conv_state = conv.data();
+    pp.q = q.data();
+    pp.k = k.data();
+    pp.v = v.data();
+    pp.g = g.data();
+    pp.beta = beta.data();
+    kimi::cuda::KdaScanParams sp;
+    sp.num_seqs = 1;
+    sp.num_tokens = T;
+    sp.num_heads = H;
+    sp.cu_seqlens = d_cu.data();
+    sp.slots = d_slots.data();
+    sp.q = q.data();
+    sp.k = k.data();
+    sp.v = v.data();
+    sp.g = g.data();
+    sp.beta = beta.data();
+    sp.state = state.data();
+    sp.o = o.data();
+    kimi::cuda::KdaGatedNormParams np;
+    np.num_tokens = T;
+    np.num_heads = H;
+    np.o = o.data();
+    np.z = z.data();
+    np.weight = w.o_norm.data();
+    np.y = y.data();
+    const int reps = quick ? 3 : (T >= 131072 ? 5 : 10);
+    const double prep = median_ms([&](int) { kimi::cuda::run_kda_prep(pp, nullptr); }, reps, 1, 1);
+    const double norm =
+        median_ms([&](int) { kimi::cuda::run_kda_gated_rmsnorm(np, nullptr); }, reps, 1, 1);
+#ifndef KIMI_BENCH_NO_CHUNKED
+    const kimi::cuda::KdaChunkPlan plan = kimi::cuda::make_kda_chunk_plan(cu.data(), 1);
+    DeviceBuffer<int> cs(plan.chunk_seq.size()), cst(plan.chunk_start.size());
+    cs.upload(plan.chunk_seq);
+    cst.upload(plan.chunk_start);
+    const size_t wsb = kimi::cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
+    DeviceBuffer<unsigned char> ws(std::max<size_t>(wsb, 1));
+    kimi::cuda::KdaChunkedArgs a{plan.num_chunks, cs.data(), cst.data(), ws.data(), wsb};
+    const double scan =
+        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
+    const char* name = "chunked";
+#else
+    if (T > 4096) continue;
+    const double scan =
+        median_ms([&](int) { kimi::cuda::run_kda_scan_recurrent(sp, nullptr); }, reps, 1, 1);
+    const char* name = "recurrent";
+#endif
+    const double total = prep + scan + norm;
+    std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
+                total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);
+  }
+  // The token-by-token scan at 4k for comparison.
+  {
+    const int T = 4096;
+    std::vector<int> cu = {0, T}, slots = {0};
+    DeviceBuffer<int> d_cu(2), d_slots(1);
+    d_cu.upload(cu);
+    d_slots.upload(slots);
+    DeviceBuffer<bf16> q(size_t(T) * HD), k(size_t(T) * HD), v(size_t(T) * HD), o(size_t(T) * HD);
+    DeviceBuffer<float> g(size_t(T) * HD), beta(size_t(T) * H), state(size_t(H) * D * D);
+    fill_random(q, -0.09f, 0.09f, 21);
+    fill_random(k, -0.09f, 0.09f, 22);
+    fill_random(v, -2.f, 2.f, 23);
+    fill_random(g, -3.f, -0.01f, 24);
+    fill_random(beta, 0.05f, 0.95f, 25);
+    fill_random(state, -0.5f, 0.5f, 26);
+    kimi::cuda::KdaScanParams sp;
+    sp.num_seqs = 1;
+    sp.num_tokens = T;
+    sp.num_heads = H;
+    sp.cu_seqlens = d_cu.data();
+    sp.slots = d_slots.data();
+    sp.q = q.data();
+    sp.k = k.data();
+    sp.v = v.data();
+    sp.g = g.data();
+    sp.beta = beta.data();
+    sp.state = state.data();
+    sp.o = o.data();
+    const double scan = median_ms([&](int) { kimi::cuda::run_kda_scan_recurrent(sp, nullptr); },
+                                  quick ? 3 : 5, 1, 1);
+    std::printf("%-10s %8d %10s %10.3f %10s %10s %14.2f\n", "recurrent", T, "-", scan, "-", "-",
+                T / (scan * 1e-3) / 1e6);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  try {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    int mem_clock_khz = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&mem_clock_khz, cudaDevAttrMemoryClockRate, dev));
+    std::printf("bench_kda: %s, %d SMs, L2 %d MB, H=%d D=%d\n", prop.name, prop.multiProcessorCount,
+                prop.l2CacheSize >> 20, H, D);
+    const double ceiling = copy_ceiling_gbs();
+    std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
+    Weights w;
+    bench_decode(w, ceiling, quick);
+    bench_prefill(w, quick);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_kda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#else
+int main() {
+  std::printf("bench_kda: built without the CUDA backend; nothing to measure\n");
+  return 0;
+}
+#endif

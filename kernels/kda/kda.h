@@ -1,0 +1,128 @@
+// Kimi Delta Attention on the GPU: params structs and run_* launchers (model.md §3).
+// Plain header: host code (tests, benchmarks, src/ops/cuda glue) includes it; the __global__ code is
+// in kda_*.cuh, instantiated in small .cu files.
+//
+// Shapes (H = num_heads, D = kKdaHeadDim = 128, C = 3·H·D conv channels, q|k|v side by side):
+//   qkv projections (pre-conv)  : [T, C]    bf16
+//   f (pre-gate), z (out gate)  : [T, H·D]  bf16
+//   b (pre-sigmoid beta)        : [T, H]    bf16
+//   conv weight                 : [C, 4]    fp32 (tap 3 multiplies the current token)
+//   A_log [H], dt_bias [H·D], o_norm weight [D]: fp32
+//   conv state pool             : [num_slots, C, 3] bf16 — the last 3 pre-conv inputs, oldest first.
+//       bf16 loses nothing: the conv inputs are bf16 GEMM outputs, so the state holds them exactly.
+//   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
+//       reference (row d is scaled by exp(g[d])).
+// Sequences address their state through slot ids (one id for both pools); slots of one launch must
+// be distinct. All pointers are device pointers; every launcher checks its arguments and the launch,
+// and throws kimi::Error.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace kimi::cuda {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kKdaD = 128;  // == kimi::kKdaHeadDim
+constexpr float kKdaL2Eps = 1e-6f;
+constexpr float kKdaNormEps = 1e-5f;  // rms_norm_eps of the gated output norm
+
+struct KdaWeights {
+  const float* conv_weight = nullptr;  // [C, 4]
+  const float* A_log = nullptr;        // [H]
+  const float* dt_bias = nullptr;      // [H·D]
+  const float* o_norm = nullptr;       // [D]
+};
+
+// ---- Decode: one fused launch per layer for a batch of single-token sequences. ----
+struct KdaDecodeParams {
+  int batch = 0;
+  int num_heads = 0;
+  const int* slots = nullptr;  // [B]; slot < 0 marks a padding row: y row = 0, no state touched
+  const bf16* qkv = nullptr;   // [B, C]
+  const bf16* f = nullptr;     // [B, H·D]
+  const bf16* b = nullptr;     // [B, H]
+  const bf16* z = nullptr;     // [B, H·D]
+  KdaWeights w;
+  bf16* conv_state = nullptr;  // [num_slots, C, 3], updated in place
+  float* state = nullptr;      // [num_slots, H, D, D], updated in place
+  bf16* y = nullptr;           // [B, H·D] gated RMSNorm output, ready for o_proj
+  int cols_per_cta = 0;        // tuning: 0 = automatic, else 16 or 32 value columns per CTA
+};
+// conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
+void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
+
+// ---- Prefill, stage 1: conv + SiLU, L2 norm, gate, beta for a varlen batch. ----
+struct KdaPrepParams {
+  int num_seqs = 0;
+  int num_tokens = 0;              // T = cu_seqlens[num_seqs]
+  int num_heads = 0;
+  const int* cu_seqlens = nullptr;  // [num_seqs + 1]
+  const int* slots = nullptr;       // [num_seqs]
+  const bf16* qkv = nullptr;        // [T, C]
+  const bf16* f = nullptr;          // [T, H·D]
+  const bf16* b = nullptr;          // [T, H]
+  KdaWeights w;                     // conv_weight, A_log, dt_bias
+  bf16* conv_state = nullptr;       // [num_slots, C, 3]: read, then set to each sequence's last 3
+  bf16* q = nullptr;                // [T, H, D]  L2-normed, scaled by D^-1/2
+  bf16* k = nullptr;                // [T, H, D]  L2-normed
+  bf16* v = nullptr;                // [T, H, D]
+  float* g = nullptr;               // [T, H, D]  log decay (< 0)
+  float* beta = nullptr;            // [T, H]
+};
+// Two launches: the prep itself, then the conv-state update (which must follow every read).
+void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream);
+
+// ---- Prefill, stage 2: the gated delta rule over a varlen batch. ----
+struct KdaScanParams {
+  int num_seqs = 0;
+  int num_tokens = 0;
+  int num_heads = 0;
+  const int* cu_seqlens = nullptr;  // [num_seqs + 1]
+  const int* slots = nullptr;       // [num_seqs]
+  const bf16* q = nullptr;          // [T, H, D] as written by run_kda_prep
+  const bf16* k = nullptr;
+  const bf16* v = nullptr;
+  const float* g = nullptr;         // [T, H, D]
+  const float* beta = nullptr;      // [T, H]
+  float* state = nullptr;           // [num_slots, H, D, D]: initial state in, final state out
+  bf16* o = nullptr;                // [T, H, D]
+};
+// Token-by-token recurrence (the definition), state in registers; for short sequences.
+void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
+
+// Chunked WY/UT form (chunk 64) on tensor cores. Needs a plan made from the host copy of
+// cu_seqlens (plan/run split: the plan depends only on batch metadata) and a workspace.
+struct KdaChunkPlan {
+  int num_chunks = 0;
+  std::vector<int> chunk_seq;    // [num_chunks] sequence of each chunk, chunks of a sequence in order
+  std::vector<int> chunk_start;  // [num_chunks] first token of each chunk
+};
+KdaChunkPlan make_kda_chunk_plan(const int* cu_seqlens_host, int num_seqs);
+// Workspace bytes for a plan with `num_chunks` chunks and `num_heads` heads.
+size_t kda_chunked_workspace_bytes(int num_chunks, int num_heads);
+struct KdaChunkedArgs {
+  int num_chunks = 0;
+  const int* chunk_seq = nullptr;    // device copy of plan.chunk_seq
+  const int* chunk_start = nullptr;  // device copy of plan.chunk_start
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
+
+// ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
+struct KdaGatedNormParams {
+  int num_tokens = 0;
+  int num_heads = 0;
+  const bf16* o = nullptr;      // [T, H, D]
+  const bf16* z = nullptr;      // [T, H·D]
+  const float* weight = nullptr;  // [D]
+  bf16* y = nullptr;            // [T, H·D]; may alias o
+};
+void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream);
+
+}  // namespace kimi::cuda

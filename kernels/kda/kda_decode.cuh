@@ -1,0 +1,198 @@
+// KDA decode step, fused: one launch per layer for B single-token sequences (model.md §3).
+//
+// Math, per sequence and head h (D = 128, channel c = h·D + d):
+//   conv:   u = SiLU(Σ_i w[c,i]·win[i]),  win = [conv_state[c][0..2], x[c]]   (q, k and v)
+//   gate:   g = -exp(A_log[h])·softplus(f + dt_bias),  α = exp(g),  β = sigmoid(b)
+//   norm:   q ← q/sqrt(Σq² + 1e-6)·D^-1/2,  k ← k/sqrt(Σk² + 1e-6)
+//   step:   a_j = Σ_d α_d k_d S_dj,  c_j = Σ_d α_d q_d S_dj,  r_j = v_j − a_j
+//           S'_dj = α_d S_dj + k_d·β r_j,   o_j = Σ_d q_d S'_dj = c_j + β r_j (q·k)
+//   out:    y_j = o_j / sqrt(mean_j o² + 1e-5) · w_o[j] · sigmoid(z_j)
+// Column j of S depends only on column j (and on all of q, k), so each head is split over the
+// value columns: a cluster of kSplit = 128/kCols CTAs per (sequence, head), CTA rank r owning
+// columns [r·kCols, (r+1)·kCols). Every CTA recomputes the (cheap) q/k prep for the whole head;
+// the RMSNorm's sum of squares is combined across the cluster through distributed shared memory.
+//
+// Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads. Thread d preps channel d; for
+// the state, 8 (kCols=32) or 4 (kCols=16) threads cover one row slice with float4s, and each thread
+// keeps kPasses float4 of S in registers between the read and the write, so S crosses DRAM exactly
+// once each way (streaming loads/stores: it is touched once per step).
+// Conv-state writes wait for the first cluster barrier: the other CTAs read the same q/k channels.
+#pragma once
+
+#include <cooperative_groups.h>
+
+#include "kda/kda_common.cuh"
+
+namespace kimi::cuda::kda {
+
+template <int kCols>
+__global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParams p) {
+  constexpr int D = kKdaD;
+  constexpr int kTpr = kCols / 4;              // threads per row slice
+  constexpr int kRowsPerPass = 128 / kTpr;
+  constexpr int kPasses = D / kRowsPerPass;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+
+  __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D];
+  __shared__ __align__(16) float sm_v[kCols], sm_br[kCols];
+  __shared__ float sm_red[4][2][kCols];
+  __shared__ float sm_red3[4][3];
+  __shared__ float sm_part;
+  __shared__ bf16 sm_conv[3][kCols][3];  // new conv state of this CTA's q, k, v channels
+
+  const int rank = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = p.num_heads, HD = H * D, C = 3 * HD;
+  const int c0 = rank * kCols;
+  const int slot = p.slots[bi];
+  if (slot < 0) {  // padding row: uniform over the cluster, so no CTA waits at a barrier
+    if (tid < kCols) p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(0.f);
+    return;
+  }
+
+  // 1. Issue the state loads first; the prep below runs while they are in flight.
+  float* S = p.state + (size_t(slot) * H + h) * D * D + c0;
+  const int col4 = tid % kTpr, row0 = tid / kTpr;
+  float4 s[kPasses];
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i)
+    s[i] = __ldcs(reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4);
+
+  // 2. Prep: thread d owns q/k channel d of head h.
+  const int d = tid;
+  const bf16* x = p.qkv + size_t(bi) * C;
+  const int chq = h * D + d, chk = HD + h * D + d;
+  const bf16* csq = p.conv_state + (size_t(slot) * C + chq) * 3;
+  const bf16* csk = p.conv_state + (size_t(slot) * C + chk) * 3;
+  const float xq = to_f(x[chq]), xk = to_f(x[chk]);
+  const float q1 = to_f(csq[1]), q2 = to_f(csq[2]), k1 = to_f(csk[1]), k2 = to_f(csk[2]);
+  const float4 wq = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chq) * 4);
+  const float4 wk = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chk) * 4);
+  const float q = silu(wq.x * to_f(csq[0]) + wq.y * q1 + wq.z * q2 + wq.w * xq);
+  const float k = silu(wk.x * to_f(csk[0]) + wk.y * k1 + wk.z * k2 + wk.w * xk);
+  const float gpre = to_f(p.f[size_t(bi) * HD + h * D + d]) + p.w.dt_bias[h * D + d];
+  const float alpha = expf(-expf(p.w.A_log[h]) * softplus(gpre));
+
+  if (d >= c0 && d < c0 + kCols) {  // the new conv state of the q/k channels this CTA owns
+    sm_conv[0][d - c0][0] = csq[1];
+    sm_conv[0][d - c0][1] = csq[2];
+    sm_conv[0][d - c0][2] = x[chq];
+    sm_conv[1][d - c0][0] = csk[1];
+    sm_conv[1][d - c0][1] = csk[2];
+    sm_conv[1][d - c0][2] = x[chk];
+  }
+  if (tid < kCols) {
+    const int chv = 2 * HD + h * D + c0 + tid;
+    const bf16* csv = p.conv_state + (size_t(slot) * C + chv) * 3;
+    const bf16 v0 = csv[0], v1 = csv[1], v2 = csv[2], vx = x[chv];
+    const float4 wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
+    sm_v[tid] = silu(wv.x * to_f(v0) + wv.y * to_f(v1) + wv.z * to_f(v2) + wv.w * to_f(vx));
+    sm_conv[2][tid][0] = v1;
+    sm_conv[2][tid][1] = v2;
+    sm_conv[2][tid][2] = vx;
+  }
+  const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+
+  float sq = warp_sum(q * q), sk = warp_sum(k * k), sqk = warp_sum(q * k);
+  if (lane == 0) {
+    sm_red3[warp][0] = sq;
+    sm_red3[warp][1] = sk;
+    sm_red3[warp][2] = sqk;
+  }
+  __syncthreads();
+  sq = sm_red3[0][0] + sm_red3[1][0] + sm_red3[2][0] + sm_red3[3][0];
+  sk = sm_red3[0][1] + sm_red3[1][1] + sm_red3[2][1] + sm_red3[3][1];
+  sqk = sm_red3[0][2] + sm_red3[1][2] + sm_red3[2][2] + sm_red3[3][2];
+  const float kScale = 0.08838834764831845f;  // 128^-1/2
+  const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
+  const float qn = q * rq, kn = k * rk, kq = sqk * rq * rk;
+  sm_ak[d] = alpha * kn;
+  sm_aq[d] = alpha * qn;
+  sm_k[d] = kn;
+  sm_a[d] = alpha;
+  __syncthreads();
+
+  // 3. Column sums a_j, c_j over this thread's rows, then over the lanes and warps of one column.
+  float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int row = i * kRowsPerPass + row0;
+    a = fma4(sm_ak[row], s[i], a);
+    c = fma4(sm_aq[row], s[i], c);
+  }
+#pragma unroll
+  for (int off = kTpr; off < 32; off <<= 1) {
+    a.x += __shfl_xor_sync(0xffffffffu, a.x, off);
+    a.y += __shfl_xor_sync(0xffffffffu, a.y, off);
+    a.z += __shfl_xor_sync(0xffffffffu, a.z, off);
+    a.w += __shfl_xor_sync(0xffffffffu, a.w, off);
+    c.x += __shfl_xor_sync(0xffffffffu, c.x, off);
+    c.y += __shfl_xor_sync(0xffffffffu, c.y, off);
+    c.z += __shfl_xor_sync(0xffffffffu, c.z, off);
+    c.w += __shfl_xor_sync(0xffffffffu, c.w, off);
+  }
+  if (lane < kTpr) {
+    sm_red[warp][0][lane * 4 + 0] = a.x;
+    sm_red[warp][0][lane * 4 + 1] = a.y;
+    sm_red[warp][0][lane * 4 + 2] = a.z;
+    sm_red[warp][0][lane * 4 + 3] = a.w;
+    sm_red[warp][1][lane * 4 + 0] = c.x;
+    sm_red[warp][1][lane * 4 + 1] = c.y;
+    sm_red[warp][1][lane * 4 + 2] = c.z;
+    sm_red[warp][1][lane * 4 + 3] = c.w;
+  }
+  __syncthreads();
+  float o = 0.f;
+  if (tid < kCols) {
+    const float aj = sm_red[0][0][tid] + sm_red[1][0][tid] + sm_red[2][0][tid] + sm_red[3][0][tid];
+    const float cj = sm_red[0][1][tid] + sm_red[1][1][tid] + sm_red[2][1][tid] + sm_red[3][1][tid];
+    const float br = beta * (sm_v[tid] - aj);
+    sm_br[tid] = br;
+    o = cj + br * kq;
+  }
+  __syncthreads();
+
+  // 4. S' = α S + k (β r)ᵀ, written straight back.
+  const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col4];
+#pragma unroll
+  for (int i = 0; i < kPasses; ++i) {
+    const int row = i * kRowsPerPass + row0;
+    const float al = sm_a[row], kk = sm_k[row];
+    float4 n;
+    n.x = fmaf(al, s[i].x, kk * br4.x);
+    n.y = fmaf(al, s[i].y, kk * br4.y);
+    n.z = fmaf(al, s[i].z, kk * br4.z);
+    n.w = fmaf(al, s[i].w, kk * br4.w);
+    __stcs(reinterpret_cast<float4*>(S + size_t(row) * D) + col4, n);
+  }
+
+  // 5. Gated RMSNorm: the head's sum of squares across the cluster.
+  if (warp == 0) {
+    const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
+    if (lane == 0) sm_part = o2;
+  }
+  cluster.sync();  // also: every CTA has read the old conv state of all q/k channels
+  if (tid < kCols) {
+#pragma unroll
+    for (int part = 0; part < 3; ++part) {
+      bf16* cs = p.conv_state + (size_t(slot) * C + part * HD + h * D + c0 + tid) * 3;
+      cs[0] = sm_conv[part][tid][0];
+      cs[1] = sm_conv[part][tid][1];
+      cs[2] = sm_conv[part][tid][2];
+    }
+    float total = 0.f;
+#pragma unroll
+    for (int r = 0; r < kKdaD / kCols; ++r) total += *cluster.map_shared_rank(&sm_part, r);
+    const int j = c0 + tid;
+    const float zj = to_f(p.z[size_t(bi) * HD + h * D + j]);
+    const float yj = o / sqrtf(total / D + kKdaNormEps) * p.w.o_norm[j] * sigmoid(zj);
+    p.y[size_t(bi) * HD + h * D + j] = __float2bfloat16(yj);
+  }
+  cluster.sync();  // keep this CTA's shared memory alive until the others have read sm_part
+}
+
+template <int kCols>
+void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
+
+}  // namespace kimi::cuda::kda

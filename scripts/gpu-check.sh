@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Run on the GPU machine, in the project root, after scripts/gpu-prepare.sh here:
+#   bash scripts/gpu-check.sh OUTDIR
+# Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
+# and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
+# At most 8 files land in OUTDIR (the device tool brings back no more).
+set -uo pipefail
+OUT=${1:?usage: gpu-check.sh OUTDIR}
+mkdir -p "$OUT"
+ROOT=$PWD
+BUILD=${KIMI_BUILD_DIR:-/tmp/kimi-build}
+DEPS=$ROOT/.gpu-deps/usr
+export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+[[ -d .golden ]] && export KIMI_GOLDEN_DIR=$ROOT/.golden
+summary=()
+status=0
+step() {  # step NAME LOG CMD...: runs CMD with output into LOG, records pass/fail and seconds
+  local name=$1 log=$2; shift 2
+  local t0=$SECONDS
+  "$@" >>"$log" 2>&1
+  local rc=$?
+  summary+=("$(printf '%-14s %s (rc %d, %ds) -> %s' "$name" "$([[ $rc == 0 ]] && echo ok || echo FAILED)" $rc $((SECONDS - t0)) "$(basename "$log")")")
+  [[ $rc == 0 ]] || status=1
+  return $rc
+}
+{
+  date -u; uname -a; nvidia-smi; nvcc --version; cmake --version | head -1
+  git -C "$ROOT" log -1 --oneline 2>/dev/null || true
+} >"$OUT/machine.txt" 2>&1
+JOBS=$(nproc)
+if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+     -DCMAKE_PREFIX_PATH="$DEPS" -DKIMI_CUDA_ARCHITECTURES=90a &&
+   step build "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS"; then
+  # The GPU op tests run directly (their error lines go to the log); ctest runs the rest.
+  step tests-cpu "$OUT/ctest.log" ctest --test-dir "$BUILD" --output-on-failure -LE ops -j 8
+  if [[ -x $BUILD/tests/kimi_test_ops ]]; then
+    step tests-gpu "$OUT/test_ops.log" "$BUILD/tests/kimi_test_ops"
+  fi
+  for b in "$BUILD"/benchmarks/bench_*; do
+    [[ -x $b ]] && step "$(basename "$b")" "$OUT/$(basename "$b").log" "$b"
+  done
+fi
+{
+  echo "==== gpu-check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+  printf '%s\n' "${summary[@]}"
+  grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_ops.log" 2>/dev/null | sort | uniq -c | head -20
+  grep -h 'tests passed\|tests failed' "$OUT/ctest.log" 2>/dev/null
+  for b in "$OUT"/bench_*.log; do [[ -f $b ]] && cat "$b"; done
+} | tee "$OUT/summary.txt"
+exit $status

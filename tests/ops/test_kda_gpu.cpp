@@ -1,0 +1,432 @@
+// KDA GPU kernels against the CPU reference (kimi::cpu, src/ops/cpu/kda.h) on random inputs with
+// realistic ranges: gates g in about [-14, 0), beta in (0, 1), scattered slot ids, odd lengths.
+// Outputs are poisoned before each run (unwritten entries show up as NaN mismatches) and sit
+// inside guard regions that must stay untouched.
+#include <algorithm>
+#include <cstdio>
+#include <numeric>
+
+#define KIMI_TEST_NO_CHUNKED 1
+#include "gpu_test_util.h"
+#include "ops/cpu/kda.h"
+
+#if KIMI_HAVE_CUDA
+#include "kda/kda.h"
+#endif
+
+namespace kimi::test {
+namespace {
+
+constexpr int D = 128;
+
+// One layer's weights and a batch's raw (bf16) projections, with fp32 host copies for the CPU.
+struct KdaCase {
+  int H = 0;
+  std::vector<float> conv_w, A_log, dt_bias, o_norm;  // [C,4], [H], [H·D], [D]
+  std::vector<uint16_t> qkv, f, b, z;                 // [T,C], [T,HD], [T,H], [T,HD]
+  int C() const { return 3 * H * D; }
+  int HD() const { return H * D; }
+};
+
+KdaCase make_case(std::mt19937& rng, int H, int T) {
+  KdaCase c;
+  c.H = H;
+  c.conv_w = random_f32(rng, size_t(c.C()) * 4, -0.6f, 0.6f);
+  c.A_log = random_f32(rng, H, -1.f, 1.5f);
+  c.dt_bias = random_f32(rng, size_t(c.HD()), -2.f, 1.f);
+  c.o_norm = random_f32(rng, D, 0.5f, 1.5f);
+  c.qkv = random_bf16(rng, size_t(T) * c.C(), -2.f, 2.f);
+  c.f = random_bf16(rng, size_t(T) * c.HD(), -4.f, 2.f);
+  c.b = random_bf16(rng, size_t(T) * H, -4.f, 4.f);
+  c.z = random_bf16(rng, size_t(T) * c.HD(), -3.f, 3.f);
+  return c;
+}
+
+// The CPU chain of model.md §3 for tokens [t0, t0 + T) of the case's inputs:
+// kda_conv -> kda_gate -> kda_l2norm (q scaled by D^-1/2) -> kda_recurrent -> kda_gated_rmsnorm.
+struct CpuOut {
+  std::vector<float> q, k, v, g, beta, o, y;
+};
+CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std::vector<int>& slots,
+                 std::vector<float>& conv_state, std::vector<float>& state) {
+  const int T = cu.back(), H = c.H, HD = c.HD(), C = c.C();
+  const int num_slots = int(state.size() / (size_t(H) * D * D));
+  const std::vector<float> x = bf16_to_float(
+      std::vector<uint16_t>(c.qkv.begin() + size_t(t0) * C, c.qkv.begin() + size_t(t0 + T) * C));
+  std::vector<float> conv_out(size_t(T) * C);
+  cpu::KdaConvParams cp;
+  cp.num_seqs = int(slots.size());
+  cp.cu_seqlens = cu.data();
+  cp.slots = slots.data();
+  cp.num_slots = num_slots;
+  cp.channels = C;
+  cp.x = x.data();
+  cp.weight = c.conv_w.data();
+  cp.state = conv_state.data();
+  cp.out = conv_out.data();
+  cpu::kda_conv(cp);
+  CpuOut r;
+  r.q.resize(size_t(T) * HD);
+  r.k.resize(size_t(T) * HD);
+  r.v.resize(size_t(T) * HD);
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < HD; ++i) {
+      r.q[size_t(t) * HD + i] = conv_out[size_t(t) * C + i];
+      r.k[size_t(t) * HD + i] = conv_out[size_t(t) * C + HD + i];
+      r.v[size_t(t) * HD + i] = conv_out[size_t(t) * C + 2 * HD + i];
+    }
+  r.g = bf16_to_float(std::vector<uint16_t>(c.f.begin() + size_t(t0) * HD,
+                                            c.f.begin() + size_t(t0 + T) * HD));
+  r.beta = bf16_to_float(
+      std::vector<uint16_t>(c.b.begin() + size_t(t0) * H, c.b.begin() + size_t(t0 + T) * H));
+  cpu::kda_gate(r.g.data(), r.beta.data(), c.A_log.data(), c.dt_bias.data(), T, H);
+  cpu::kda_l2norm(r.q.data(), T, H, 1e-6f, 1.f / std::sqrt(float(D)));
+  cpu::kda_l2norm(r.k.data(), T, H, 1e-6f, 1.f);
+  r.o.resize(size_t(T) * HD);
+  cpu::KdaScanParams sp;
+  sp.num_seqs = int(slots.size());
+  sp.cu_seqlens = cu.data();
+  sp.slots = slots.data();
+  sp.num_slots = num_slots;
+  sp.num_heads = H;
+  sp.q = r.q.data();
+  sp.k = r.k.data();
+  sp.v = r.v.data();
+  sp.g = r.g.data();
+  sp.beta = r.beta.data();
+  sp.state = state.data();
+  sp.out = r.o.data();
+  cpu::kda_recurrent(sp);
+  const std::vector<float> z = bf16_to_float(std::vector<uint16_t>(
+      c.z.begin() + size_t(t0) * HD, c.z.begin() + size_t(t0 + T) * HD));
+  r.y.resize(r.o.size());
+  cpu::kda_gated_rmsnorm(r.o.data(), z.data(), c.o_norm.data(), r.y.data(), T, H, 1e-5f);
+  return r;
+}
+
+std::vector<int> scattered_slots(std::mt19937& rng, int n, int num_slots) {
+  std::vector<int> all(num_slots);
+  std::iota(all.begin(), all.end(), 0);
+  std::shuffle(all.begin(), all.end(), rng);
+  return std::vector<int>(all.begin(), all.begin() + n);
+}
+
+#if KIMI_HAVE_CUDA
+using cuda::bf16;
+template <typename T>
+using DBuf = cuda::DeviceBuffer<T>;
+
+template <typename T>
+DBuf<T> to_device(const std::vector<T>& h) {
+  DBuf<T> d(h.size());
+  d.upload(h);
+  return d;
+}
+DBuf<bf16> to_device_bf16(const std::vector<uint16_t>& h) {
+  DBuf<bf16> d(h.size());
+  d.upload(reinterpret_cast<const bf16*>(h.data()), h.size());
+  return d;
+}
+std::vector<uint16_t> bits(const std::vector<bf16>& v) {
+  std::vector<uint16_t> out(v.size());
+  std::memcpy(out.data(), v.data(), v.size() * 2);
+  return out;
+}
+std::vector<float> bf16_vec_to_float(const std::vector<bf16>& v) { return bf16_to_float(bits(v)); }
+std::vector<uint16_t> float_to_bf16(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
+  return out;
+}
+
+struct DeviceWeights {
+  DBuf<float> conv_w, A_log, dt_bias, o_norm;
+  explicit DeviceWeights(const KdaCase& c)
+      : conv_w(to_device(c.conv_w)), A_log(to_device(c.A_log)), dt_bias(to_device(c.dt_bias)),
+        o_norm(to_device(c.o_norm)) {}
+  cuda::KdaWeights view() {
+    return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
+// when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
+// the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
+void run_decode_case(int B, int H, int steps, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int num_slots = B + 5;
+  KdaCase c = make_case(rng, H, B * steps);
+  const int HD = c.HD(), C = c.C();
+  std::vector<int> slots = scattered_slots(rng, B, num_slots);
+  if (B > 1) slots[B / 2] = -1;  // padding row
+  std::vector<int> live_slots, live_rows;
+  for (int i = 0; i < B; ++i)
+    if (slots[i] >= 0) {
+      live_slots.push_back(slots[i]);
+      live_rows.push_back(i);
+    }
+  const int L = int(live_rows.size());
+  std::vector<int> cu(L + 1);
+  std::iota(cu.begin(), cu.end(), 0);
+
+  std::vector<uint16_t> conv_bits = random_bf16(rng, size_t(num_slots) * C * 3, -2.f, 2.f);
+  std::vector<float> conv_ref = bf16_to_float(conv_bits);
+  std::vector<float> state_ref = random_f32(rng, size_t(num_slots) * H * D * D, -0.5f, 0.5f);
+
+  DeviceWeights w(c);
+  DBuf<int> d_slots = to_device(slots);
+  auto d_conv = to_device_bf16(conv_bits);
+  GuardedBuffer<float> d_state(state_ref.size());
+  d_state.upload(state_ref);
+  GuardedBuffer<bf16> d_y(size_t(B) * HD);
+
+  for (int step = 0; step < steps; ++step) {
+    // This step's inputs: rows [step·B, step·B + B) of the case.
+    const size_t r0 = size_t(step) * B;
+    auto slice = [&](const std::vector<uint16_t>& v, size_t width) {
+      return std::vector<uint16_t>(v.begin() + r0 * width, v.begin() + (r0 + B) * width);
+    };
+    auto d_qkv = to_device_bf16(slice(c.qkv, C));
+    auto d_f = to_device_bf16(slice(c.f, HD));
+    auto d_b = to_device_bf16(slice(c.b, H));
+    auto d_z = to_device_bf16(slice(c.z, HD));
+    d_y.poison();
+    cuda::KdaDecodeParams p;
+    p.batch = B;
+    p.num_heads = H;
+    p.slots = d_slots.data();
+    p.qkv = d_qkv.data();
+    p.f = d_f.data();
+    p.b = d_b.data();
+    p.z = d_z.data();
+    p.w = w.view();
+    p.conv_state = d_conv.data();
+    p.state = d_state.data();
+    p.y = d_y.data();
+    cuda::run_kda_decode(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+
+    // CPU: the live rows only, as a batch of L one-token sequences.
+    KdaCase cl = c;
+    cl.qkv.clear(); cl.f.clear(); cl.b.clear(); cl.z.clear();
+    for (int r : live_rows) {
+      const size_t row = r0 + r;
+      cl.qkv.insert(cl.qkv.end(), c.qkv.begin() + row * C, c.qkv.begin() + (row + 1) * C);
+      cl.f.insert(cl.f.end(), c.f.begin() + row * HD, c.f.begin() + (row + 1) * HD);
+      cl.b.insert(cl.b.end(), c.b.begin() + row * H, c.b.begin() + (row + 1) * H);
+      cl.z.insert(cl.z.end(), c.z.begin() + row * HD, c.z.begin() + (row + 1) * HD);
+    }
+    const CpuOut ref = cpu_chain(cl, 0, cu, live_slots, conv_ref, state_ref);
+
+    const std::vector<float> y = bf16_vec_to_float(d_y.to_host());
+    std::vector<float> y_live, y_ref_full(size_t(B) * HD, 0.f);
+    for (int i = 0; i < L; ++i)
+      std::copy(ref.y.begin() + size_t(i) * HD, ref.y.begin() + size_t(i + 1) * HD,
+                y_ref_full.begin() + size_t(live_rows[i]) * HD);
+    const std::string tag = str("decode B=", B, " step ", step, ": ");
+    // y is bf16 (relative rounding <= 2^-9) after fp32 math: rel RMS well under 4e-3.
+    expect_close(tag + "y", y.data(), y_ref_full.data(), y.size(), 4e-3, 3e-2);
+    EXPECT_TRUE(d_y.guards_intact()) << tag << "y guard overwritten";
+  }
+  const std::vector<float> state = d_state.to_host();
+  // fp32 recurrence vs fp32 CPU: differences are summation order only.
+  expect_close(str("decode B=", B, " state"), state.data(), state_ref.data(), state.size(), 2e-5,
+               1e-3);
+  EXPECT_TRUE(d_state.guards_intact()) << "state guard overwritten";
+  for (int s = 0; s < num_slots; ++s)
+    if (std::find(live_slots.begin(), live_slots.end(), s) == live_slots.end()) {
+      std::vector<float> st = state;  // untouched slots keep their bits
+      EXPECT_EQ(0, std::memcmp(state.data() + size_t(s) * H * D * D,
+                               state_ref.data() + size_t(s) * H * D * D, size_t(H) * D * D * 4))
+          << "slot " << s << " not in the batch was modified";
+    }
+  const std::vector<float> conv = bf16_vec_to_float(d_conv.to_host());
+  const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
+  EXPECT_EQ(ce.max_abs, 0.0) << "conv state: " << describe(ce);
+}
+
+TEST(KdaGpu, DecodeB1) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(1, 32, 4, 11);
+}
+TEST(KdaGpu, DecodeB7WithPadding) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(7, 32, 3, 12);
+}
+TEST(KdaGpu, DecodeB64) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(64, 32, 3, 13);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prefill: prep -> scan (recurrent or chunked) -> gated norm for a varlen batch on scattered slots
+// with random initial conv and recurrent states.
+enum class Scan { kRecurrent, kChunked };
+
+void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int S = int(lens.size());
+  std::vector<int> cu(S + 1, 0);
+  for (int i = 0; i < S; ++i) cu[i + 1] = cu[i] + lens[i];
+  const int T = cu.back();
+  const int num_slots = S + 3;
+  KdaCase c = make_case(rng, H, T);
+  const int HD = c.HD(), C = c.C();
+  const std::vector<int> slots = scattered_slots(rng, S, num_slots);
+  std::vector<uint16_t> conv_bits = random_bf16(rng, size_t(num_slots) * C * 3, -2.f, 2.f);
+  std::vector<float> conv_ref = bf16_to_float(conv_bits);
+  std::vector<float> state0 = random_f32(rng, size_t(num_slots) * H * D * D, -0.5f, 0.5f);
+  std::vector<float> state_ref = state0;
+
+  DeviceWeights w(c);
+  DBuf<int> d_cu = to_device(cu), d_slots = to_device(slots);
+  auto d_conv = to_device_bf16(conv_bits);
+  auto d_qkv = to_device_bf16(c.qkv), d_f = to_device_bf16(c.f), d_b = to_device_bf16(c.b),
+       d_z = to_device_bf16(c.z);
+  GuardedBuffer<bf16> d_q(size_t(T) * HD), d_k(size_t(T) * HD), d_v(size_t(T) * HD),
+      d_o(size_t(T) * HD), d_y(size_t(T) * HD);
+  GuardedBuffer<float> d_g(size_t(T) * HD), d_beta(size_t(T) * H), d_state(state0.size());
+  for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y}) g->poison();
+  d_g.poison();
+  d_beta.poison();
+  d_state.upload(state0);
+
+  cuda::KdaPrepParams pp;
+  pp.num_seqs = S;
+  pp.num_tokens = T;
+  pp.num_heads = H;
+  pp.cu_seqlens = d_cu.data();
+  pp.slots = d_slots.data();
+  pp.qkv = d_qkv.data();
+  pp.f = d_f.data();
+  pp.b = d_b.data();
+  pp.w = w.view();
+  pp.conv_state = d_conv.data();
+  pp.q = d_q.data();
+  pp.k = d_k.data();
+  pp.v = d_v.data();
+  pp.g = d_g.data();
+  pp.beta = d_beta.data();
+  cuda::run_kda_prep(pp, nullptr);
+
+  cuda::KdaScanParams sp;
+  sp.num_seqs = S;
+  sp.num_tokens = T;
+  sp.num_heads = H;
+  sp.cu_seqlens = d_cu.data();
+  sp.slots = d_slots.data();
+  sp.q = d_q.data();
+  sp.k = d_k.data();
+  sp.v = d_v.data();
+  sp.g = d_g.data();
+  sp.beta = d_beta.data();
+  sp.state = d_state.data();
+  sp.o = d_o.data();
+  std::unique_ptr<DBuf<int>> d_cs, d_cst;
+  std::unique_ptr<DBuf<unsigned char>> d_ws;
+  if (scan == Scan::kRecurrent) {
+    cuda::run_kda_scan_recurrent(sp, nullptr);
+  } else {
+#ifndef KIMI_TEST_NO_CHUNKED
+    const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), S);
+    d_cs = std::make_unique<DBuf<int>>(to_device(plan.chunk_seq));
+    d_cst = std::make_unique<DBuf<int>>(to_device(plan.chunk_start));
+    const size_t ws = cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
+    d_ws = std::make_unique<DBuf<unsigned char>>(std::max<size_t>(ws, 1));
+    cuda::KdaChunkedArgs a;
+    a.num_chunks = plan.num_chunks;
+    a.chunk_seq = d_cs->data();
+    a.chunk_start = d_cst->data();
+    a.workspace = d_ws->data();
+    a.workspace_bytes = ws;
+    cuda::run_kda_chunked(sp, a, nullptr);
+#else
+    GTEST_SKIP() << "chunked kernel not built yet";
+#endif
+  }
+  cuda::KdaGatedNormParams np;
+  np.num_tokens = T;
+  np.num_heads = H;
+  np.o = d_o.data();
+  np.z = d_z.data();
+  np.weight = w.o_norm.data();
+  np.y = d_y.data();
+  cuda::run_kda_gated_rmsnorm(np, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+
+  const CpuOut ref = cpu_chain(c, 0, cu, slots, conv_ref, state_ref);
+  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent" : "chunked", " T=", T, " S=",
+                              S, ": ");
+  // Prep: bf16 outputs of fp32 math (q, k, v), fp32 g and beta.
+  const auto q = bf16_vec_to_float(d_q.to_host()), k = bf16_vec_to_float(d_k.to_host()),
+             v = bf16_vec_to_float(d_v.to_host());
+  const auto g = d_g.to_host(), beta = d_beta.to_host();
+  expect_close(tag + "prep q", q.data(), ref.q.data(), q.size(), 4e-3, 2e-3);
+  expect_close(tag + "prep k", k.data(), ref.k.data(), k.size(), 4e-3, 2e-2);
+  expect_close(tag + "prep v", v.data(), ref.v.data(), v.size(), 4e-3, 2e-2);
+  expect_close(tag + "prep g", g.data(), ref.g.data(), g.size(), 1e-5, 1e-4);
+  expect_close(tag + "prep beta", beta.data(), ref.beta.data(), beta.size(), 1e-6, 1e-6);
+  const auto conv = bf16_vec_to_float(d_conv.to_host());
+  const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
+  EXPECT_EQ(ce.max_abs, 0.0) << tag << "conv state: " << describe(ce);
+
+  // Scan alone, on the GPU's own prep outputs: isolates the scan's error from the bf16 rounding
+  // of q, k, v.
+  std::vector<float> state_scan = state0, o_scan(size_t(T) * HD);
+  cpu::KdaScanParams rp;
+  rp.num_seqs = S;
+  rp.cu_seqlens = cu.data();
+  rp.slots = slots.data();
+  rp.num_slots = num_slots;
+  rp.num_heads = H;
+  rp.q = q.data();
+  rp.k = k.data();
+  rp.v = v.data();
+  rp.g = g.data();
+  rp.beta = beta.data();
+  rp.state = state_scan.data();
+  rp.out = o_scan.data();
+  cpu::kda_recurrent(rp);
+  const auto o = bf16_vec_to_float(d_o.to_host());
+  const auto state = d_state.to_host();
+  const bool rec = scan == Scan::kRecurrent;
+  // Recurrent: fp32 like the CPU, o rounded to bf16. Chunked: bf16 tensor-core operands
+  // (relative 2^-9 each) with fp32 accumulation and fp32 state.
+  expect_close(tag + "scan o", o.data(), o_scan.data(), o.size(), rec ? 4e-3 : 1e-2, rec ? 2e-2 : 5e-2);
+  expect_close(tag + "scan state", state.data(), state_scan.data(), state.size(), rec ? 2e-5 : 5e-3,
+               rec ? 1e-3 : 5e-2);
+  // End to end against the CPU chain on the raw inputs.
+  const auto y = bf16_vec_to_float(d_y.to_host());
+  expect_close(tag + "chain o", o.data(), ref.o.data(), o.size(), 1.5e-2, 8e-2);
+  expect_close(tag + "chain y", y.data(), ref.y.data(), y.size(), 1.5e-2, 1e-1);
+  expect_close(tag + "chain state", state.data(), state_ref.data(), state.size(), 1e-2, 8e-2);
+  for (auto* gb : {&d_q, &d_k, &d_v, &d_o, &d_y}) EXPECT_TRUE(gb->guards_intact()) << tag;
+  EXPECT_TRUE(d_g.guards_intact() && d_beta.guards_intact() && d_state.guards_intact()) << tag;
+}
+
+class KdaPrefillGpu : public ::testing::TestWithParam<std::tuple<int, Scan>> {};
+TEST_P(KdaPrefillGpu, SingleSequence) {
+  KIMI_REQUIRE_GPU();
+  const auto [len, scan] = GetParam();
+  run_prefill_case({len}, 8, scan, 100 + len);
+}
+INSTANTIATE_TEST_SUITE_P(Lengths, KdaPrefillGpu,
+                         ::testing::Combine(::testing::Values(1, 7, 63, 64, 65, 769),
+                                            ::testing::Values(Scan::kRecurrent, Scan::kChunked)));
+
+TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
+  KIMI_REQUIRE_GPU();
+  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kRecurrent, 7);
+}
+TEST(KdaGpu, PrefillMixedVarlenChunked) {
+  KIMI_REQUIRE_GPU();
+  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
+}
+
+#else
+TEST(KdaGpu, Skipped) { KIMI_REQUIRE_GPU(); }
+#endif
+
+}  // namespace
+}  // namespace kimi::test
