@@ -1,0 +1,239 @@
+// Golden model tests on the CUDA backend: ../shared/golden/model-a (float64 reference) on the GPU.
+// bf16 weights and activations: logits within 2e-2 relative L2 per row and top-1 agreement on
+// >= 99% of the positions before the first route_margin < 1e-3 (where bf16 rounding may
+// legitimately pick another expert). Then self-consistency: prefill-then-decode and chunked
+// prefill equal one prefill, and a mixed batch equals the same sequences run alone.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "../ops/gpu_test_util.h"
+#include "core/check.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+
+namespace kimi {
+namespace {
+
+const std::string kDir = std::string(KIMI_GOLDEN_DIR) + "/model-a";
+constexpr double kRowTol = 2e-2;    // relative L2 per logits row against the golden reference
+constexpr double kSelfTol = 1e-2;   // GPU against GPU along another kernel path (decode, batching)
+
+struct GoldenCase {
+  std::vector<int> ids;
+  std::vector<float> logits;  // [T, V]
+  int limit = 0;              // positions before the first route_margin < 1e-3
+};
+
+double rel_l2(const float* a, const float* b, int n) {
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    num += double(a[i] - b[i]) * (a[i] - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+int argmax(const float* x, int n) { return int(std::max_element(x, x + n) - x); }
+
+class GoldenCuda : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+#if KIMI_HAVE_CUDA
+    if (!std::filesystem::exists(kDir + "/config.json")) return;
+    if (!test::gpu_unavailable_reason().empty()) return;
+    ModelOptions opts;
+    opts.backend = "cuda";
+    opts.cache.num_slots = 8;
+    opts.cache.num_blocks = 64;
+    opts.max_batch_tokens = 1024;
+    model_ = load_model(kDir, opts).release();
+    expected_ = new SafetensorsFile(kDir + "/expected.safetensors");
+    std::ifstream f(kDir + "/cases.json");
+    num_cases_ = int(nlohmann::json::parse(f)["cases"].size());
+#endif
+  }
+  static void TearDownTestSuite() {
+    delete model_;
+    delete expected_;
+    model_ = nullptr;
+    expected_ = nullptr;
+  }
+  void SetUp() override {
+#if KIMI_HAVE_CUDA
+    const std::string why = test::gpu_unavailable_reason();
+    if (!why.empty()) {
+      std::fprintf(stderr, "GPU golden test skipped: %s\n", why.c_str());
+      GTEST_SKIP() << "GPU golden test skipped: " << why;
+    }
+#else
+    std::fprintf(stderr, "GPU golden test skipped: built without the CUDA backend\n");
+    GTEST_SKIP() << "built without the CUDA backend";
+#endif
+    if (!model_) GTEST_SKIP() << "golden data not found at " << kDir << " (needs ../shared/golden)";
+  }
+  static GoldenCase load_case(int n) {
+    GoldenCase c;
+    const TensorInfo& ids = expected_->tensors().at(str("case", n, ".input_ids"));
+    c.ids.resize(ids.numel());
+    std::memcpy(c.ids.data(), ids.data, c.ids.size() * 4);
+    c.logits = tensor_to_f32(expected_->tensors().at(str("case", n, ".logits")));
+    std::vector<float> margin = tensor_to_f32(expected_->tensors().at(str("case", n, ".route_margin")));
+    c.limit = int(c.ids.size());
+    for (int t = 0; t < int(margin.size()); ++t)
+      if (margin[t] < 1e-3f) {
+        c.limit = t;
+        break;
+      }
+    return c;
+  }
+  static std::vector<int> blocks(int first, int n) {
+    std::vector<int> b(n);
+    for (int i = 0; i < n; ++i) b[i] = first + i;
+    return b;
+  }
+  static std::vector<float> prefill(const std::vector<int>& ids, int slot = 0, int first_block = 0) {
+    model_->reset_slot(slot);
+    Batch b;
+    b.all_logits = true;
+    b.add(ids, int(ids.size()), slot, blocks(first_block, int(ids.size() + 70) / kBlockSize + 1));
+    std::vector<float> logits;
+    model_->forward(b, logits);
+    return logits;
+  }
+  static Model* model_;
+  static SafetensorsFile* expected_;
+  static int num_cases_;
+};
+
+Model* GoldenCuda::model_ = nullptr;
+SafetensorsFile* GoldenCuda::expected_ = nullptr;
+int GoldenCuda::num_cases_ = 0;
+
+TEST_F(GoldenCuda, LogitsAndTop1MatchEveryCase) {
+  const int V = model_->config().vocab_size;
+  ASSERT_GE(num_cases_, 7);
+  int compared = 0, agree = 0;
+  for (int n = 0; n < num_cases_; ++n) {
+    GoldenCase c = load_case(n);
+    std::vector<float> got = prefill(c.ids);
+    ASSERT_EQ(got.size(), c.logits.size());
+    double worst = 0;
+    int worst_at = -1;
+    for (int t = 0; t < c.limit; ++t) {
+      const float* g = got.data() + size_t(t) * V;
+      const float* r = c.logits.data() + size_t(t) * V;
+      const double e = rel_l2(g, r, V);
+      if (e > worst) worst = e, worst_at = t;
+      ++compared;
+      agree += argmax(g, V) == argmax(r, V);
+    }
+    std::printf("case %d: T=%zu, %d positions compared, max relative L2 %.3g (at %d)\n", n,
+                c.ids.size(), c.limit, worst, worst_at);
+    EXPECT_LE(worst, kRowTol) << "case " << n << " position " << worst_at;
+  }
+  std::printf("top-1 agreement: %d of %d positions (%.2f%%)\n", agree, compared,
+              100.0 * agree / std::max(compared, 1));
+  EXPECT_GE(agree, 0.99 * compared);
+}
+
+// Prefill of a prefix, then token-by-token decode (the fused KDA step, single-query MLA items)
+// gives the logits of one prefill.
+TEST_F(GoldenCuda, PrefillThenDecodeEqualsOnePrefill) {
+  const int V = model_->config().vocab_size;
+  GoldenCase c = load_case(num_cases_ - 1);
+  std::vector<float> whole = prefill(c.ids);
+  for (int split : {1, 64, 100}) {
+    std::vector<int> head(c.ids.begin(), c.ids.begin() + split);
+    std::vector<float> logits = prefill(head);
+    std::vector<int> bl = blocks(0, int(c.ids.size() + 70) / kBlockSize + 1);
+    double worst = 0;
+    int mismatched_top1 = 0, n = 0;
+    for (int t = split; t < int(c.ids.size()) && t < split + 80; ++t, ++n) {
+      Batch d;
+      d.add({c.ids[t]}, t + 1, 0, bl);
+      model_->forward(d, logits);
+      worst = std::max(worst, rel_l2(logits.data(), whole.data() + size_t(t) * V, V));
+      mismatched_top1 += argmax(logits.data(), V) != argmax(whole.data() + size_t(t) * V, V);
+    }
+    std::printf("split %d: %d decode steps, max relative L2 vs one prefill %.3g, top-1 mismatches %d\n",
+                split, n, worst, mismatched_top1);
+    EXPECT_LE(worst, kSelfTol) << "split at " << split;
+  }
+}
+
+TEST_F(GoldenCuda, ChunkedPrefillEqualsOnePrefill) {
+  const int V = model_->config().vocab_size;
+  GoldenCase c = load_case(num_cases_ - 1);
+  std::vector<float> whole = prefill(c.ids);
+  model_->reset_slot(0);
+  std::vector<int> bl = blocks(0, int(c.ids.size() + 70) / kBlockSize + 1);
+  double worst = 0;
+  int pos = 0;
+  for (int piece : {7, 57, 65, 1, 127}) {
+    piece = std::min(piece, int(c.ids.size()) - pos);
+    Batch b;
+    b.all_logits = true;
+    b.add(std::vector<int>(c.ids.begin() + pos, c.ids.begin() + pos + piece), pos + piece, 0, bl);
+    std::vector<float> logits;
+    model_->forward(b, logits);
+    for (int i = 0; i < piece; ++i)
+      worst = std::max(worst, rel_l2(logits.data() + size_t(i) * V, whole.data() + size_t(pos + i) * V, V));
+    pos += piece;
+  }
+  std::printf("chunked prefill: max relative L2 vs one prefill %.3g\n", worst);
+  EXPECT_EQ(pos, int(c.ids.size()));
+  EXPECT_LE(worst, kSelfTol);
+}
+
+// One batch holding a fresh prefill, a decode step and a continued prefill equals the three
+// sequences run alone (scattered slots and blocks).
+TEST_F(GoldenCuda, MixedBatchEqualsSingleSequences) {
+  const int V = model_->config().vocab_size;
+  GoldenCase a = load_case(num_cases_ - 1), b = load_case(num_cases_ - 2), c = load_case(2);
+  ASSERT_GE(b.ids.size(), 3u);
+  ASSERT_GE(c.ids.size(), 10u);
+  // Alone: b's prefix then one decode token; c's prefix then a 9-token continuation.
+  const int bp = int(b.ids.size()) - 1, cp = int(c.ids.size()) - 9;
+  std::vector<float> a_alone = prefill(a.ids, 3, 40);
+  prefill(std::vector<int>(b.ids.begin(), b.ids.begin() + bp), 5, 10);
+  std::vector<int> bbl = blocks(10, int(b.ids.size() + 70) / kBlockSize + 1);
+  Batch bd;
+  bd.add({b.ids[bp]}, bp + 1, 5, bbl);
+  std::vector<float> b_alone;
+  model_->forward(bd, b_alone);
+  prefill(std::vector<int>(c.ids.begin(), c.ids.begin() + cp), 1, 25);
+  std::vector<int> cbl = blocks(25, int(c.ids.size() + 70) / kBlockSize + 1);
+  Batch cd;
+  cd.all_logits = true;
+  cd.add(std::vector<int>(c.ids.begin() + cp, c.ids.end()), int(c.ids.size()), 1, cbl);
+  std::vector<float> c_alone;
+  model_->forward(cd, c_alone);
+
+  // Together: same states rebuilt, then one batch.
+  prefill(std::vector<int>(b.ids.begin(), b.ids.begin() + bp), 5, 10);
+  prefill(std::vector<int>(c.ids.begin(), c.ids.begin() + cp), 1, 25);
+  model_->reset_slot(3);
+  Batch m;
+  m.all_logits = true;
+  m.add(a.ids, int(a.ids.size()), 3, blocks(40, int(a.ids.size() + 70) / kBlockSize + 1));
+  m.add({b.ids[bp]}, bp + 1, 5, bbl);
+  m.add(std::vector<int>(c.ids.begin() + cp, c.ids.end()), int(c.ids.size()), 1, cbl);
+  std::vector<float> mixed;
+  model_->forward(m, mixed);
+  const int Ta = int(a.ids.size());
+  double worst = 0;
+  for (int t = 0; t < Ta; ++t)
+    worst = std::max(worst, rel_l2(mixed.data() + size_t(t) * V, a_alone.data() + size_t(t) * V, V));
+  worst = std::max(worst, rel_l2(mixed.data() + size_t(Ta) * V, b_alone.data(), V));
+  for (int i = 0; i < 9; ++i)
+    worst = std::max(worst, rel_l2(mixed.data() + size_t(Ta + 1 + i) * V, c_alone.data() + size_t(i) * V, V));
+  std::printf("mixed batch: max relative L2 vs sequences alone %.3g\n", worst);
+  EXPECT_LE(worst, kSelfTol);
+}
+
+}  // namespace
+}  // namespace kimi
