@@ -199,3 +199,51 @@ TEST(MlaGpu, CacheWriteNormsAndPlaces) {
 
 }  // namespace
 }  // namespace kimi::test
+
+namespace kimi::test {
+namespace {
+
+#if KIMI_HAVE_CUDA
+// The host plan covers every (query token, key position <= its position) exactly once, and
+// splits only where the GPU would otherwise idle.
+TEST(MlaPlan, CoversEveryCausalPairOnce) {
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<int> cu{0}, ctx;
+    const int S = 1 + int(rng() % 5);
+    for (int s = 0; s < S; ++s) {
+      const int n = rng() % 3 ? 1 : 1 + int(rng() % 70);
+      const int L = n + int(rng() % 3000);
+      cu.push_back(cu.back() + n);
+      ctx.push_back(L);
+    }
+    const int T = cu.back();
+    const int H = 1 + int(rng() % 32);
+    cuda::MlaAttnPlan plan = cuda::make_mla_attn_plan(S, cu.data(), ctx.data(), H, 132, 1056);
+    std::vector<std::vector<int>> seen(T);
+    for (int s = 0; s < S; ++s)
+      for (int t = cu[s]; t < cu[s + 1]; ++t) seen[t].assign(ctx[s] - (cu[s + 1] - t) + 1, 0);
+    EXPECT_LE(plan.num_partials, 1056);
+    for (auto* list : {&plan.items1, &plan.items4})
+      for (const auto& it : *list) {
+        ASSERT_GE(it.nq, 1);
+        ASSERT_LE(it.nq, list == &plan.items1 ? 1 : 4);
+        for (int i = 0; i < it.nq; ++i) {
+          const int t = it.q_begin + i;
+          EXPECT_EQ(it.split >= 0, plan.num_splits[t] > 0);
+          if (it.split >= 0) {
+            EXPECT_LT(it.split, plan.num_splits[t]);
+          }
+          for (int j = it.kv_begin; j < it.kv_end; ++j)
+            if (j <= it.q_pos0 + i) ++seen[t].at(j);
+        }
+      }
+    for (int t = 0; t < T; ++t)
+      for (size_t j = 0; j < seen[t].size(); ++j)
+        ASSERT_EQ(seen[t][j], 1) << "trial " << trial << " token " << t << " key " << j;
+  }
+}
+#endif
+
+}  // namespace
+}  // namespace kimi::test
