@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#define KIMI_BENCH_NO_CHUNKED 1
 #include "core/dtype.h"
 
 #if KIMI_HAVE_CUDA
@@ -98,7 +97,7 @@ double copy_ceiling_gbs() {
 }
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %6s %6s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
+  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
               "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   for (int B : {1, 8, 64, 256}) {
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
@@ -136,8 +135,10 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.state = state.data();
     p.y = y.data();
     const double bytes = double(B) * H * D * D * 4 * 2;
-    for (int cols : {0, 16, 32}) {
+    for (int variant : {0, 16, 32, 33}) {  // 33: 32 columns with S staged in shared memory
+      const int cols = variant == 33 ? 32 : variant;
       p.cols_per_cta = cols;
+      p.smem_state = variant == 33 ? 1 : (variant == 0 ? -1 : 0);
       const double ms = median_ms(
           [&](int i) {
             p.slots = d_slots.data() + size_t(i % rot) * B;
@@ -165,8 +166,8 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
-      std::printf("%-10s %6d %6s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
+      std::printf("%-10s %6d %7s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  variant == 33 ? "32smem" : cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
                   gms * 1e3, ggbs, 100 * ggbs / ceiling);
     }
   }
@@ -231,23 +232,26 @@ void bench_prefill(Weights& w, bool quick) {
     const double prep = median_ms([&](int) { kimi::cuda::run_kda_prep(pp, nullptr); }, reps, 1, 1);
     const double norm =
         median_ms([&](int) { kimi::cuda::run_kda_gated_rmsnorm(np, nullptr); }, reps, 1, 1);
-#ifndef KIMI_BENCH_NO_CHUNKED
     const kimi::cuda::KdaChunkPlan plan = kimi::cuda::make_kda_chunk_plan(cu.data(), 1);
-    DeviceBuffer<int> cs(plan.chunk_seq.size()), cst(plan.chunk_start.size());
+    DeviceBuffer<int> cs(plan.chunk_seq.size()), cst(plan.chunk_start.size()),
+        sf(plan.seq_first_chunk.size());
     cs.upload(plan.chunk_seq);
     cst.upload(plan.chunk_start);
+    sf.upload(plan.seq_first_chunk);
     const size_t wsb = kimi::cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
     DeviceBuffer<unsigned char> ws(std::max<size_t>(wsb, 1));
-    kimi::cuda::KdaChunkedArgs a{plan.num_chunks, cs.data(), cst.data(), ws.data(), wsb};
+    kimi::cuda::KdaChunkedArgs a{plan.num_chunks, cs.data(), cst.data(), sf.data(), ws.data(), wsb};
     const double scan =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     const char* name = "chunked";
-#else
-    if (T > 4096) continue;
-    const double scan =
-        median_ms([&](int) { kimi::cuda::run_kda_scan_recurrent(sp, nullptr); }, reps, 1, 1);
-    const char* name = "recurrent";
-#endif
+    a.stages = 1;
+    const double intra =
+        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
+    a.stages = 2;
+    const double inter =
+        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
+    a.stages = 3;
+    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms\n", "  split", T, intra, inter);
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);

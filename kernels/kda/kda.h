@@ -52,6 +52,7 @@ struct KdaDecodeParams {
   float* state = nullptr;      // [num_slots, H, D, D], updated in place
   bf16* y = nullptr;           // [B, H·D] gated RMSNorm output, ready for o_proj
   int cols_per_cta = 0;        // tuning: 0 = automatic, else 16 or 32 value columns per CTA
+  int smem_state = -1;         // tuning: -1 = automatic, 1 = S staged in shared memory (32 cols)
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
@@ -95,22 +96,28 @@ struct KdaScanParams {
 // Token-by-token recurrence (the definition), state in registers; for short sequences.
 void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
 
-// Chunked WY/UT form (chunk 64) on tensor cores. Needs a plan made from the host copy of
-// cu_seqlens (plan/run split: the plan depends only on batch metadata) and a workspace.
+// Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
+// heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
+// total decay; an inter-chunk kernel (sequential over a sequence's chunks, split over value
+// columns) carries the fp32 state on tensor cores and writes o. Needs a plan made from the host
+// copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
 struct KdaChunkPlan {
   int num_chunks = 0;
-  std::vector<int> chunk_seq;    // [num_chunks] sequence of each chunk, chunks of a sequence in order
-  std::vector<int> chunk_start;  // [num_chunks] first token of each chunk
+  std::vector<int> chunk_seq;        // [num_chunks] sequence of each chunk (a sequence's in order)
+  std::vector<int> chunk_start;      // [num_chunks] first token of each chunk
+  std::vector<int> seq_first_chunk;  // [num_seqs + 1] chunks of sequence s: [first[s], first[s+1])
 };
 KdaChunkPlan make_kda_chunk_plan(const int* cu_seqlens_host, int num_seqs);
-// Workspace bytes for a plan with `num_chunks` chunks and `num_heads` heads.
+// Workspace bytes for a plan with `num_chunks` chunks and `num_heads` heads (72.5 KiB each).
 size_t kda_chunked_workspace_bytes(int num_chunks, int num_heads);
 struct KdaChunkedArgs {
   int num_chunks = 0;
-  const int* chunk_seq = nullptr;    // device copy of plan.chunk_seq
-  const int* chunk_start = nullptr;  // device copy of plan.chunk_start
+  const int* chunk_seq = nullptr;        // device copies of the plan's arrays
+  const int* chunk_start = nullptr;
+  const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
 

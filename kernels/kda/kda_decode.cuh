@@ -25,8 +25,10 @@
 
 namespace kimi::cuda::kda {
 
-template <int kCols>
-__global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParams p) {
+// kSmemState: S goes to shared memory by cp.async instead of registers (32 fewer registers, so
+// more CTAs and more bytes in flight per multiprocessor).
+template <int kCols, bool kSmemState>
+__global__ void __launch_bounds__(128, kSmemState ? 12 : 8) kda_decode_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;              // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -40,6 +42,7 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   __shared__ float sm_red3[4][3];
   __shared__ float sm_part;
   __shared__ bf16 sm_conv[3][kCols][3];  // new conv state of this CTA's q, k, v channels
+  __shared__ __align__(16) float4 sm_s[kSmemState ? kPasses * 128 : 1];
 
   const int rank = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -54,10 +57,28 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   // 1. Issue the state loads first; the prep below runs while they are in flight.
   float* S = p.state + (size_t(slot) * H + h) * D * D + c0;
   const int col4 = tid % kTpr, row0 = tid / kTpr;
-  float4 s[kPasses];
+  float4 s_reg[kSmemState ? 1 : kPasses];
 #pragma unroll
-  for (int i = 0; i < kPasses; ++i)
-    s[i] = __ldcs(reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4);
+  for (int i = 0; i < kPasses; ++i) {
+    const float4* src = reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4;
+    if constexpr (kSmemState)
+      cp_async16(&sm_s[i * 128 + tid], src);
+    else
+      s_reg[i] = __ldcs(src);
+  }
+  if constexpr (kSmemState) cp_async_commit();
+  auto s = [&](int i) -> float4 {
+    if constexpr (kSmemState)
+      return sm_s[i * 128 + tid];
+    else
+      return s_reg[i];
+  };
+
+  float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns, loaded early
+  if (tid < kCols) {
+    zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
+    wn = p.w.o_norm[c0 + tid];
+  }
 
   // 2. Prep: thread d owns q/k channel d of head h.
   const int d = tid;
@@ -114,12 +135,14 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   __syncthreads();
 
   // 3. Column sums a_j, c_j over this thread's rows, then over the lanes and warps of one column.
+  if constexpr (kSmemState) cp_async_wait<0>();  // each thread reads back only its own copies
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int row = i * kRowsPerPass + row0;
-    a = fma4(sm_ak[row], s[i], a);
-    c = fma4(sm_aq[row], s[i], c);
+    const float4 si = s(i);
+    a = fma4(sm_ak[row], si, a);
+    c = fma4(sm_aq[row], si, c);
   }
 #pragma unroll
   for (int off = kTpr; off < 32; off <<= 1) {
@@ -153,26 +176,28 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
   }
   __syncthreads();
 
-  // 4. S' = α S + k (β r)ᵀ, written straight back.
+  // 4. Gated RMSNorm's sum of squares across the cluster. The barrier comes before the state
+  //    stores so that its release does not wait for them.
+  if (warp == 0) {
+    const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
+    if (lane == 0) sm_part = o2;
+  }
+  cluster.sync();  // also: every CTA has consumed the old conv state of all q/k channels
+
+  // 5. S' = α S + k (β r)ᵀ, written straight back.
   const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col4];
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
     const int row = i * kRowsPerPass + row0;
     const float al = sm_a[row], kk = sm_k[row];
+    const float4 si = s(i);
     float4 n;
-    n.x = fmaf(al, s[i].x, kk * br4.x);
-    n.y = fmaf(al, s[i].y, kk * br4.y);
-    n.z = fmaf(al, s[i].z, kk * br4.z);
-    n.w = fmaf(al, s[i].w, kk * br4.w);
+    n.x = fmaf(al, si.x, kk * br4.x);
+    n.y = fmaf(al, si.y, kk * br4.y);
+    n.z = fmaf(al, si.z, kk * br4.z);
+    n.w = fmaf(al, si.w, kk * br4.w);
     __stcs(reinterpret_cast<float4*>(S + size_t(row) * D) + col4, n);
   }
-
-  // 5. Gated RMSNorm: the head's sum of squares across the cluster.
-  if (warp == 0) {
-    const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
-    if (lane == 0) sm_part = o2;
-  }
-  cluster.sync();  // also: every CTA has read the old conv state of all q/k channels
   if (tid < kCols) {
 #pragma unroll
     for (int part = 0; part < 3; ++part) {
@@ -184,15 +209,16 @@ __global__ void __launch_bounds__(128, 8) kda_decode_kernel(const KdaDecodeParam
     float total = 0.f;
 #pragma unroll
     for (int r = 0; r < kKdaD / kCols; ++r) total += *cluster.map_shared_rank(&sm_part, r);
-    const int j = c0 + tid;
-    const float zj = to_f(p.z[size_t(bi) * HD + h * D + j]);
-    const float yj = o / sqrtf(total / D + kKdaNormEps) * p.w.o_norm[j] * sigmoid(zj);
-    p.y[size_t(bi) * HD + h * D + j] = __float2bfloat16(yj);
+    const float yj = o / sqrtf(total / D + kKdaNormEps) * wn * sigmoid(zj);
+    p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(yj);
   }
-  cluster.sync();  // keep this CTA's shared memory alive until the others have read sm_part
+  // Keep this CTA's shared memory alive until the others have read sm_part; the reads are
+  // consumed above, so a relaxed arrive (no wait for this CTA's stores) suffices.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
-template <int kCols>
+template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda::kda

@@ -1,11 +1,12 @@
 // KDA prefill prep and output norm, elementwise-per-head kernels (model.md §3.1, §3.2, §3.4).
 //
-// kda_prep_kernel — per token t of sequence s (position p = t − cu[s]) and head h, thread d:
+// kda_prep_kernel — per token t of sequence s (position p = t − cu[s]) and head h:
 //   window of channel c: concat = [conv_state[slot[s]][c][0..2], x[cu[s]..t][c]], taps concat[p..p+3]
 //   q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ← k/sqrt(Σk²+1e-6)
 //   g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b)
 //   Layouts: x [T, C] (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32 out. Launch: grid (T, H), 128 threads (one per d).
+//   beta [T, H] fp32 out. Launch: ceil(T·H/4) CTAs of 128 threads, one warp per (token, head),
+//   4 channels per lane (8- and 16-byte accesses); the 3 earlier tokens are re-read (L2 hits).
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -16,46 +17,77 @@
 
 namespace kimi::cuda::kda {
 
+// One warp per (token, head): lane l owns channels 4l..4l+3 of q, k and v; sums by shuffles only,
+// so there is no block barrier and many independent warps keep loads in flight.
+__device__ __forceinline__ void load4(const bf16* p, float (&x)[4]) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+  x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
+}
+__device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
+  uint2 v;
+  *reinterpret_cast<__nv_bfloat162*>(&v.x) = __floats2bfloat162_rn(x[0], x[1]);
+  *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(x[2], x[3]);
+  *reinterpret_cast<uint2*>(p) = v;
+}
+
 __global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
   constexpr int D = kKdaD;
-  __shared__ float sm_red[4][2];
-  const int t = blockIdx.x, h = blockIdx.y, d = threadIdx.x, lane = d & 31, warp = d >> 5;
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
+  const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+  if (row >= p.num_tokens * H) return;
+  const int t = row / H, h = row - t * H, d0 = 4 * lane;
   const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
   const int start = p.cu_seqlens[s], pos = t - start;
-  const bf16* state = p.conv_state + size_t(p.slots[s]) * C * 3;
-
-  float u[3];
+  float u[3][4];
 #pragma unroll
   for (int part = 0; part < 3; ++part) {
-    const int ch = part * HD + h * D + d;
-    const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch) * 4);
-    const float wt[4] = {w.x, w.y, w.z, w.w};
-    float acc = 0.f;
+    const int ch0 = part * HD + h * D + d0;
+    float x[4][4];  // [tap][channel]
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int idx = pos + i;  // index into concat
-      const float xv = idx < 3 ? to_f(state[size_t(ch) * 3 + idx])
-                               : to_f(p.qkv[size_t(start + idx - 3) * C + ch]);
-      acc = fmaf(wt[i], xv, acc);
+      const int idx = pos + i;  // index into concat(conv state, inputs)
+      if (idx >= 3) {
+        load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
+      } else {
+        const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
+      }
     }
-    u[part] = silu(acc);
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
+      u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
+    }
   }
-  float sq = warp_sum(u[0] * u[0]), sk = warp_sum(u[1] * u[1]);
-  if (lane == 0) {
-    sm_red[warp][0] = sq;
-    sm_red[warp][1] = sk;
+  float sq = 0.f, sk = 0.f;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    sq += u[0][e] * u[0][e];
+    sk += u[1][e] * u[1][e];
   }
-  __syncthreads();
-  sq = sm_red[0][0] + sm_red[1][0] + sm_red[2][0] + sm_red[3][0];
-  sk = sm_red[0][1] + sm_red[1][1] + sm_red[2][1] + sm_red[3][1];
-  const size_t o = size_t(t) * HD + h * D + d;
-  p.q[o] = __float2bfloat16(u[0] / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f);
-  p.k[o] = __float2bfloat16(u[1] / sqrtf(sk + kKdaL2Eps));
-  p.v[o] = __float2bfloat16(u[2]);
-  const float gpre = to_f(p.f[o]) + p.w.dt_bias[h * D + d];
-  p.g[o] = -expf(p.w.A_log[h]) * softplus(gpre);
-  if (d == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
+  sq = warp_sum(sq);
+  sk = warp_sum(sk);
+  const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f, rk = 1.f / sqrtf(sk + kKdaL2Eps);
+  const size_t o = size_t(t) * HD + h * D + d0;
+  float qn[4], kn[4], f[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    qn[e] = u[0][e] * rq;
+    kn[e] = u[1][e] * rk;
+  }
+  store4(p.q + o, qn);
+  store4(p.k + o, kn);
+  store4(p.v + o, u[2]);
+  load4(p.f + o, f);
+  const float neg_a = -expf(p.w.A_log[h]);
+  const float4 db = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
+  *reinterpret_cast<float4*>(p.g + o) =
+      make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
+                  neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
+  if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
 }
 
 __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {

@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <numeric>
 
-#define KIMI_TEST_NO_CHUNKED 1
 #include "gpu_test_util.h"
 #include "ops/cpu/kda.h"
 
@@ -153,7 +152,7 @@ struct DeviceWeights {
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
-void run_decode_case(int B, int H, int steps, uint32_t seed) {
+void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
@@ -204,6 +203,8 @@ void run_decode_case(int B, int H, int steps, uint32_t seed) {
     p.conv_state = d_conv.data();
     p.state = d_state.data();
     p.y = d_y.data();
+    p.cols_per_cta = cols;
+    p.smem_state = smem_state;
     cuda::run_kda_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -257,6 +258,13 @@ TEST(KdaGpu, DecodeB7WithPadding) {
 TEST(KdaGpu, DecodeB64) {
   KIMI_REQUIRE_GPU();
   run_decode_case(64, 32, 3, 13);
+}
+// Every instantiation, whatever the automatic choice picks.
+TEST(KdaGpu, DecodeVariants) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(7, 32, 2, 14, 16, 0);
+  run_decode_case(7, 32, 2, 15, 32, 0);
+  run_decode_case(9, 32, 2, 16, 32, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -323,27 +331,25 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   sp.beta = d_beta.data();
   sp.state = d_state.data();
   sp.o = d_o.data();
-  std::unique_ptr<DBuf<int>> d_cs, d_cst;
+  std::unique_ptr<DBuf<int>> d_cs, d_cst, d_sf;
   std::unique_ptr<DBuf<unsigned char>> d_ws;
   if (scan == Scan::kRecurrent) {
     cuda::run_kda_scan_recurrent(sp, nullptr);
   } else {
-#ifndef KIMI_TEST_NO_CHUNKED
     const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), S);
     d_cs = std::make_unique<DBuf<int>>(to_device(plan.chunk_seq));
     d_cst = std::make_unique<DBuf<int>>(to_device(plan.chunk_start));
+    d_sf = std::make_unique<DBuf<int>>(to_device(plan.seq_first_chunk));
     const size_t ws = cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
     d_ws = std::make_unique<DBuf<unsigned char>>(std::max<size_t>(ws, 1));
     cuda::KdaChunkedArgs a;
     a.num_chunks = plan.num_chunks;
     a.chunk_seq = d_cs->data();
     a.chunk_start = d_cst->data();
+    a.seq_first_chunk = d_sf->data();
     a.workspace = d_ws->data();
     a.workspace_bytes = ws;
     cuda::run_kda_chunked(sp, a, nullptr);
-#else
-    GTEST_SKIP() << "chunked kernel not built yet";
-#endif
   }
   cuda::KdaGatedNormParams np;
   np.num_tokens = T;
@@ -422,6 +428,101 @@ TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
 TEST(KdaGpu, PrefillMixedVarlenChunked) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
+}
+
+// prefill(A) on the chunked path, then decode(B) steps with the fused decode kernel, must equal the
+// CPU recurrence over A + B tokens (outputs of the decode steps and the final states).
+TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
+  KIMI_REQUIRE_GPU();
+  std::mt19937 rng(99);
+  const int H = 8, A = 150, B = 3, num_slots = 4, slot = 2;
+  KdaCase c = make_case(rng, H, A + B);
+  const int HD = c.HD(), C = c.C();
+  std::vector<uint16_t> conv_bits = random_bf16(rng, size_t(num_slots) * C * 3, -2.f, 2.f);
+  std::vector<float> conv_ref = bf16_to_float(conv_bits);
+  std::vector<float> state_ref = random_f32(rng, size_t(num_slots) * H * D * D, -0.5f, 0.5f);
+  DeviceWeights w(c);
+  auto d_conv = to_device_bf16(conv_bits);
+  DBuf<float> d_state = to_device(state_ref);
+  const std::vector<int> cu = {0, A}, slots = {slot};
+  DBuf<int> d_cu = to_device(cu), d_slots = to_device(slots);
+  auto head = [&](const std::vector<uint16_t>& v, size_t width) {
+    return std::vector<uint16_t>(v.begin(), v.begin() + size_t(A) * width);
+  };
+  auto d_qkv = to_device_bf16(head(c.qkv, C)), d_f = to_device_bf16(head(c.f, HD)),
+       d_b = to_device_bf16(head(c.b, H));
+  DBuf<bf16> d_q(size_t(A) * HD), d_k(size_t(A) * HD), d_v(size_t(A) * HD), d_o(size_t(A) * HD);
+  DBuf<float> d_g(size_t(A) * HD), d_beta(size_t(A) * H);
+  cuda::KdaPrepParams pp;
+  pp.num_seqs = 1;
+  pp.num_tokens = A;
+  pp.num_heads = H;
+  pp.cu_seqlens = d_cu.data();
+  pp.slots = d_slots.data();
+  pp.qkv = d_qkv.data();
+  pp.f = d_f.data();
+  pp.b = d_b.data();
+  pp.w = w.view();
+  pp.conv_state = d_conv.data();
+  pp.q = d_q.data();
+  pp.k = d_k.data();
+  pp.v = d_v.data();
+  pp.g = d_g.data();
+  pp.beta = d_beta.data();
+  cuda::run_kda_prep(pp, nullptr);
+  cuda::KdaScanParams sp;
+  sp.num_seqs = 1;
+  sp.num_tokens = A;
+  sp.num_heads = H;
+  sp.cu_seqlens = d_cu.data();
+  sp.slots = d_slots.data();
+  sp.q = d_q.data();
+  sp.k = d_k.data();
+  sp.v = d_v.data();
+  sp.g = d_g.data();
+  sp.beta = d_beta.data();
+  sp.state = d_state.data();
+  sp.o = d_o.data();
+  const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), 1);
+  DBuf<int> d_cs = to_device(plan.chunk_seq), d_cst = to_device(plan.chunk_start),
+            d_sf = to_device(plan.seq_first_chunk);
+  const size_t wsb = cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
+  DBuf<unsigned char> d_ws(wsb);
+  cuda::run_kda_chunked(sp, {plan.num_chunks, d_cs.data(), d_cst.data(), d_sf.data(), d_ws.data(), wsb},
+                        nullptr);
+  std::vector<float> y_gpu;
+  for (int t = A; t < A + B; ++t) {
+    auto row = [&](const std::vector<uint16_t>& v, size_t width) {
+      return std::vector<uint16_t>(v.begin() + size_t(t) * width, v.begin() + size_t(t + 1) * width);
+    };
+    auto r_qkv = to_device_bf16(row(c.qkv, C)), r_f = to_device_bf16(row(c.f, HD)),
+         r_b = to_device_bf16(row(c.b, H)), r_z = to_device_bf16(row(c.z, HD));
+    DBuf<bf16> r_y(HD);
+    cuda::KdaDecodeParams p;
+    p.batch = 1;
+    p.num_heads = H;
+    p.slots = d_slots.data();
+    p.qkv = r_qkv.data();
+    p.f = r_f.data();
+    p.b = r_b.data();
+    p.z = r_z.data();
+    p.w = w.view();
+    p.conv_state = d_conv.data();
+    p.state = d_state.data();
+    p.y = r_y.data();
+    cuda::run_kda_decode(p, nullptr);
+    const auto y = bf16_vec_to_float(r_y.to_host());
+    y_gpu.insert(y_gpu.end(), y.begin(), y.end());
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const CpuOut ref = cpu_chain(c, 0, {0, A + B}, slots, conv_ref, state_ref);
+  const std::vector<float> y_ref(ref.y.begin() + size_t(A) * HD, ref.y.end());
+  expect_close("prefill+decode y", y_gpu.data(), y_ref.data(), y_ref.size(), 1.5e-2, 1e-1);
+  const auto state = d_state.to_host();
+  expect_close("prefill+decode state", state.data(), state_ref.data(), state.size(), 1e-2, 8e-2);
+  const auto conv = bf16_vec_to_float(d_conv.to_host());
+  const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
+  EXPECT_EQ(ce.max_abs, 0.0) << "conv state: " << describe(ce);
 }
 
 #else

@@ -1,11 +1,12 @@
-// Instantiation of the fused KDA decode step for 32 value columns per CTA (kda_decode.cuh).
+// Instantiation of the fused KDA decode step: 32 value columns per CTA, state in regs
+// (kda_decode.cuh).
 #include "common.h"
 #include "kda/kda_decode.cuh"
 
 namespace kimi::cuda::kda {
 
 template <>
-void launch_kda_decode<32>(const KdaDecodeParams& p, cudaStream_t stream) {
+void launch_kda_decode<32, false>(const KdaDecodeParams& p, cudaStream_t stream) {
   constexpr int kSplit = kKdaD / 32;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(kSplit, p.num_heads, p.batch);
@@ -18,7 +19,7 @@ void launch_kda_decode<32>(const KdaDecodeParams& p, cudaStream_t stream) {
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kda_decode_kernel<32>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kda_decode_kernel<32, false>, p));
 }
 
 }  // namespace kimi::cuda::kda
