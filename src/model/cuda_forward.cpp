@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include <spdlog/spdlog.h>
+
 #include "core/check.h"
 #include "kda/kda.h"
 #include "mla/mla.h"
@@ -31,6 +33,8 @@ struct StepMeta {
   int *tokens, *cu, *ctx, *slots, *tables, *rows, *split_base, *num_splits;
   const cuda::MlaWorkItem *items1, *items4;
   int n1 = 0, n4 = 0, num_partials = 0;
+  int num_chunks = 0;  // chunked KDA plan (0: decode step or recurrent fallback)
+  int *chunk_seq = nullptr, *chunk_start = nullptr, *seq_first_chunk = nullptr;
 };
 
 void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s) {
@@ -106,7 +110,18 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     sp.beta = A.beta;
     sp.state = state;
     sp.o = A.o;
-    cuda::run_kda_scan_recurrent(sp, m.stream);
+    if (s.num_chunks > 0) {
+      cuda::KdaChunkedArgs ca;
+      ca.num_chunks = s.num_chunks;
+      ca.chunk_seq = s.chunk_seq;
+      ca.chunk_start = s.chunk_start;
+      ca.seq_first_chunk = s.seq_first_chunk;
+      ca.workspace = A.kda_ws;
+      ca.workspace_bytes = A.kda_ws_bytes;
+      cuda::run_kda_chunked(sp, ca, m.stream);
+    } else {
+      cuda::run_kda_scan_recurrent(sp, m.stream);
+    }
     cuda::KdaGatedNormParams np;
     np.num_tokens = T;
     np.num_heads = H;
@@ -308,9 +323,21 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   if (c.num_mla_layers() > 0)
     plan = cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
                                     c.num_attention_heads, m.prop.multiProcessorCount, m.max_partials);
+  cuda::KdaChunkPlan chunks;
+  if (c.num_kda_layers() > 0 && T != S) {
+    chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);
+    if (chunks.num_chunks > m.kda_chunk_cap) {
+      if (!m.warned_recurrent)
+        spdlog::warn("cuda: a step of {} sequences has {} KDA chunks, more than the workspace's {}: "
+                     "such steps use the recurrent scan", S, chunks.num_chunks, m.kda_chunk_cap);
+      m.warned_recurrent = true;
+      chunks = cuda::KdaChunkPlan{};
+    }
+  }
   const int mb = b.max_blocks_per_seq;
   const size_t n_items = 7 * (plan.items1.size() + plan.items4.size());
-  const size_t need = size_t(T) + (S + 1) + 2 * S + size_t(S) * mb + R + 2 * size_t(T) + n_items + 64;
+  const size_t need = size_t(T) + (S + 1) + 2 * S + size_t(S) * mb + R + 2 * size_t(T) + n_items +
+                      2 * size_t(chunks.num_chunks) + (S + 1) + 64;
   if (need > m.meta_cap) {  // grows only when a batch is larger than all before it
     CUDA_CHECK(cudaStreamSynchronize(m.stream));
     if (m.meta_host) CUDA_CHECK(cudaFreeHost(m.meta_host));
@@ -352,6 +379,12 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   sm.n1 = int(plan.items1.size());
   sm.n4 = int(plan.items4.size());
   sm.num_partials = plan.num_partials;
+  if (chunks.num_chunks > 0) {
+    sm.num_chunks = chunks.num_chunks;
+    sm.chunk_seq = put(chunks.chunk_seq.data(), chunks.num_chunks);
+    sm.chunk_start = put(chunks.chunk_start.data(), chunks.num_chunks);
+    sm.seq_first_chunk = put(chunks.seq_first_chunk.data(), S + 1);
+  }
   CUDA_CHECK(cudaMemcpyAsync(m.meta_dev.data(), h, off * sizeof(int), cudaMemcpyHostToDevice, m.stream));
 
   cuda::EmbeddingParams ep;

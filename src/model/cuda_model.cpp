@@ -80,6 +80,8 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     for (bf16** p : {&act.f, &act.z, &act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
     act.g = c.take<float>(T * HD);
     act.beta = c.take<float>(size_t(T) * cfg.kda_num_heads);
+    act.kda_ws_bytes = cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
+    act.kda_ws = c.take<uint8_t>(act.kda_ws_bytes);
   }
   if (cfg.num_mla_layers() > 0) {
     const size_t Hm = cfg.num_attention_heads;
@@ -138,6 +140,9 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
   m.Tm = opts.max_batch_tokens;
   m.logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(config.vocab_size) * 4), 1, m.Tm));
   m.max_partials = 8 * m.prop.multiProcessorCount;
+  // Chunks of one step: full chunks of all tokens plus one partial chunk per sequence (capped:
+  // steps with more sequences than that fall back to the recurrent scan).
+  m.kda_chunk_cap = (m.Tm + kKdaChunk - 1) / kKdaChunk + std::min({m.Tm, m.cache.num_slots, 64});
   Carver ac;
   const size_t abytes = m.layout_arena(ac);
   size_t free_b = 0, total_b = 0;

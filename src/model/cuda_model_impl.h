@@ -109,12 +109,14 @@ struct CudaModel::Impl {
 
   // Activation arena (sized for Tm = opts.max_batch_tokens).
   cuda::DeviceBuffer<uint8_t> arena_buf;
-  int Tm = 0, logit_rows = 0, max_partials = 0;
+  int Tm = 0, logit_rows = 0, max_partials = 0, kda_chunk_cap = 0;
   struct Act {
     float* x;          // [Tm, hidden] residual stream
     bf16* a;           // [Tm, hidden] normed input of a block
     bf16 *qkv, *low, *f, *z, *bb, *q, *k, *v, *o, *y;  // KDA
     float *g, *beta;
+    void* kda_ws;   // chunked KDA workspace for kda_chunk_cap chunks
+    size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
     float *latent, *partials;
     bf16 *gu, *act;               // dense MLP / shared expert
@@ -131,6 +133,7 @@ struct CudaModel::Impl {
   int* meta_host = nullptr;
   size_t meta_cap = 0;
   std::vector<float> layer_out;  // on_layer_output staging
+  bool warned_recurrent = false;
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }
