@@ -34,8 +34,12 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
      -DCMAKE_PREFIX_PATH="$DEPS" -DKIMI_CUDA_ARCHITECTURES=90a &&
    step build "$OUT/build.log" cmake --build "$BUILD" -j "$(nproc)" --target kimi_test_ops kimi_test_model bench_cuda_model; then
   step ops "$OUT/tests.log" "$BUILD/tests/kimi_test_ops" \
-    --gtest_filter='GemmGpu*:NormGpu*:MiscGpu*:MlaGpu*:MlaPlan*:MoeGpu*'
-  step model "$OUT/tests.log" "$BUILD/tests/kimi_test_model" --gtest_filter='GoldenCuda*:CudaModel*:Golden.*'
+    --gtest_filter='GemmGpu*:NormGpu*:MiscGpu*:MlaGpu*:MlaPlan*:MoeGpu*:KdaGpu*:*KdaPrefillGpu*'
+  step model "$OUT/tests.log" "$BUILD/tests/kimi_test_model" --gtest_filter='GoldenCuda*:CudaModel*:CudaVsCpu*:Golden.LogitsMatchEveryCase'
+  # Diagnostic: the same model tests with the KDA recurrent scan everywhere (no fused decode, no
+  # chunked prefill) separate KDA kernel paths from the rest.
+  step model-recurrent "$OUT/tests-recurrent.log" env KIMI_CUDA_KDA=recurrent "$BUILD/tests/kimi_test_model" \
+    --gtest_filter='GoldenCuda*:CudaVsCpu*'
   step bench "$OUT/bench.log" timeout 240 "$BUILD/benchmarks/bench_cuda_model" \
     --model benchmarks/configs/kimi-linear-48b-a3b --random-weights --layers $LAYERS --prefill 4096 --decode 128
 fi
@@ -44,7 +48,9 @@ fi
   printf '%s\n' "${summary[@]}"
   grep -hE '^\[  (FAILED|SKIPPED) |tests? ran|PASSED' "$OUT/tests.log" 2>/dev/null | sort | uniq -c | head -30
   grep -hE '\[err\].*(rel_rms=[0-9.e+-]+)' "$OUT/tests.log" 2>/dev/null | awk '{print $3, $5}' | sort -t= -k2 -g | tail -8
-  grep -hE '^(case|top-1|split|chunked|mixed|refusal)' "$OUT/tests.log" 2>/dev/null
+  grep -hE '^(case|top-1|split|chunked|mixed|refusal|prefill|layer)' "$OUT/tests.log" 2>/dev/null
+  echo "---- KIMI_CUDA_KDA=recurrent"
+  grep -hE '^(case|top-1|split|chunked|mixed|prefill|layer 0)|^\[  FAILED' "$OUT/tests-recurrent.log" 2>/dev/null
   grep -hE 'error|Error|FAILED|failed' "$OUT/build.log" 2>/dev/null | head -20
   cat "$OUT/bench.log" 2>/dev/null | tail -12
 } | tee "$OUT/summary.txt"

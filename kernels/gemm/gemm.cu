@@ -52,10 +52,12 @@ Gemm::~Gemm() {
 
 Gemm::Plan& Gemm::plan_for(const GemmArgs& a) {
   const int osz = a.out == GemmOut::kF32 ? 4 : 2;
-  const int al_a = align_class(a.A, int64_t(a.lda) * 2, a.stride_a * 2);
-  const int al_b = align_class(a.B, int64_t(a.ldb) * 2, a.stride_b * 2);
+  const int isz = a.in_f32 ? 4 : 2;
+  const int al_a = align_class(a.A, int64_t(a.lda) * isz, a.stride_a * isz);
+  const int al_b = align_class(a.B, int64_t(a.ldb) * isz, a.stride_b * isz);
   const int al_c = align_class(a.C, int64_t(a.ldc) * osz, a.stride_c * osz);
-  const int flags = int(a.b_kn) | (int(a.out == GemmOut::kF32) << 1) | (int(a.beta != 0.f) << 2);
+  const int flags = int(a.b_kn) | (int(a.out == GemmOut::kF32) << 1) | (int(a.beta != 0.f) << 2) |
+                    (int(a.in_f32) << 3);
   const Key key{a.M, a.N, a.K, a.lda, a.ldb, a.ldc, a.stride_a, a.stride_b, a.stride_c,
                 flags, a.batch, al_a | (al_b << 16), al_c};
   auto it = plans_.find(key);
@@ -68,11 +70,12 @@ Gemm::Plan& Gemm::plan_for(const GemmArgs& a) {
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
   const cudaDataType_t ct = a.out == GemmOut::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+  const cudaDataType_t in_t = a.in_f32 ? CUDA_R_32F : CUDA_R_16BF;
   if (a.b_kn)
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, a.N, a.K, a.ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, in_t, a.N, a.K, a.ldb));
   else
-    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, a.K, a.N, a.ldb));
-  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, a.K, a.M, a.lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, in_t, a.K, a.N, a.ldb));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, in_t, a.K, a.M, a.lda));
   CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, ct, a.N, a.M, a.ldc));
   set_batch(p->la, a.batch, a.stride_b);
   set_batch(p->lb, a.batch, a.stride_a);
@@ -111,6 +114,7 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
              " batch ", a.batch);
   if (a.M == 0) return;
   KIMI_CHECK(a.A && a.B && a.C, "gemm: null operand");
+  KIMI_CHECK(!a.in_f32 || a.out == GemmOut::kF32, "gemm: fp32 operands need an fp32 output");
   KIMI_CHECK(a.lda >= a.K && a.ldc >= a.N && a.ldb >= (a.b_kn ? a.N : a.K), "gemm: lda ", a.lda,
              " ldb ", a.ldb, " ldc ", a.ldc, " too small for M ", a.M, " N ", a.N, " K ", a.K);
   Plan& p = plan_for(a);

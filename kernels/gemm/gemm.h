@@ -1,6 +1,9 @@
 // cuBLASLt wrapper for every dense projection: bf16 operands, fp32 accumulation, bf16 or fp32
 // output, optional accumulation into the output (beta = 1: the residual stream adds in place).
 //
+// in_f32: A and B are fp32 instead of bf16 (CUBLAS_COMPUTE_32F, no TF32), for the few small
+// products whose inputs must not be rounded (the MoE router decides discrete expert choices).
+//
 // Row-major convention (PyTorch Linear):  C[M, N] = alpha · A[M, K] · op(B) + beta · C
 //   B stored [N, K] (a Linear weight, b_kn = false): op(B) = Bᵀ;
 //   B stored [K, N] (b_kn = true):                   op(B) = B.
@@ -29,7 +32,7 @@ enum class GemmOut { kBF16, kF32 };
 
 struct GemmArgs {
   int M = 0, N = 0, K = 0;
-  const bf16* A = nullptr;
+  const bf16* A = nullptr;  // (float* reinterpreted when in_f32)
   int lda = 0;
   int64_t stride_a = 0;
   const bf16* B = nullptr;
@@ -43,6 +46,7 @@ struct GemmArgs {
   float alpha = 1.f;
   float beta = 0.f;  // 0: overwrite C; otherwise C is read (accumulate)
   int batch = 1;
+  bool in_f32 = false;  // A and B fp32 (true fp32 math, no TF32): the MoE router
 };
 
 class Gemm {

@@ -15,7 +15,8 @@ __global__ void __launch_bounds__(128) rmsnorm_kernel(RmsNormParams p) {
   if (row >= p.rows) return;
   const int src = p.row_index ? p.row_index[row] : row;
   const T* x = static_cast<const T*>(p.x) + int64_t(src) * p.x_stride;
-  bf16* y = p.y + int64_t(row) * p.y_stride;
+  bf16* y = p.y ? p.y + int64_t(row) * p.y_stride : nullptr;
+  float* yf = p.y_f32 ? p.y_f32 + int64_t(row) * p.y_stride : nullptr;
   float ss = 0.f;
   for (int d = lane; d < p.dim; d += 32) {
     const float v = load_f(x + d);
@@ -24,7 +25,11 @@ __global__ void __launch_bounds__(128) rmsnorm_kernel(RmsNormParams p) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   const float inv = rsqrtf(ss / float(p.dim) + p.eps);
-  for (int d = lane; d < p.dim; d += 32) y[d] = __float2bfloat16(load_f(x + d) * inv * p.weight[d]);
+  for (int d = lane; d < p.dim; d += 32) {
+    const float v = load_f(x + d) * inv * p.weight[d];
+    if (y) y[d] = __float2bfloat16(v);
+    if (yf) yf[d] = v;
+  }
 }
 
 }  // namespace kimi::cuda::norm

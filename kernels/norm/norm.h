@@ -3,6 +3,7 @@
 //   x: [rows, dim] fp32 (the residual stream) or bf16, row stride x_stride elements;
 //   optional row_index [rows]: output row r reads input row row_index[r] (the rows that need
 //   logits); w: [dim] fp32; y: [rows, dim] bf16, row stride y_stride.
+// y_f32 optionally receives the same values unrounded (fp32), e.g. for the MoE router.
 // Launch: one warp per row, 4 rows per 128-thread CTA; the row is read twice (sum of squares,
 // then scale) and the second read hits L1/L2.
 #pragma once
@@ -24,7 +25,8 @@ struct RmsNormParams {
   int64_t x_stride = 0;       // elements between input rows (0: dim)
   const int* row_index = nullptr;
   const float* weight = nullptr;
-  bf16* y = nullptr;
+  bf16* y = nullptr;          // may be null when y_f32 is set
+  float* y_f32 = nullptr;     // optional fp32 copy of the output (same strides as y)
   int64_t y_stride = 0;       // elements between output rows (0: dim)
   float eps = 1e-5f;
 };

@@ -65,7 +65,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
   kw.o_norm = w.o_norm;
   bf16* conv_state = m.conv_state + size_t(kind) * m.cache.num_slots * m.conv_per_slot;
   float* state = m.kda_state + size_t(kind) * m.cache.num_slots * m.state_per_slot;
-  if (T == s.S) {  // every sequence decodes one token: the fused step
+  if (T == s.S && m.kda_path == 0) {  // every sequence decodes one token: the fused step
     cuda::KdaDecodeParams p;
     p.batch = T;
     p.num_heads = H;
@@ -230,7 +230,21 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   const ModelConfig& c = m.cfg;
   const int E = c.num_experts, K = c.num_experts_per_token, hid = c.hidden_size;
   auto& A = m.act;
-  m.gemm->linear(A.a, w.router, A.router_logits, T, E, hid, GemmOut::kF32, m.stream);
+  {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)
+    GemmArgs ga;
+    ga.M = T;
+    ga.N = E;
+    ga.K = hid;
+    ga.A = reinterpret_cast<const bf16*>(A.hf);
+    ga.lda = hid;
+    ga.B = reinterpret_cast<const bf16*>(w.router);
+    ga.ldb = hid;
+    ga.C = A.router_logits;
+    ga.ldc = E;
+    ga.out = GemmOut::kF32;
+    ga.in_f32 = true;
+    m.gemm->run(ga, m.stream);
+  }
   cuda::MoeRouteParams rp;
   rp.num_tokens = T;
   rp.num_experts = E;
@@ -281,7 +295,8 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   if (c.num_shared_experts > 0) mlp(m, w.shared, T);
 }
 
-void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out) {
+void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
+             float* out_f32 = nullptr) {
   cuda::RmsNormParams p;
   p.rows = rows;
   p.dim = m.cfg.hidden_size;
@@ -289,6 +304,7 @@ void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index,
   p.row_index = row_index;
   p.weight = w;
   p.y = out;
+  p.y_f32 = out_f32;
   p.eps = m.cfg.rms_norm_eps;
   cuda::run_rmsnorm(p, m.stream);
 }
@@ -324,7 +340,7 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
     plan = cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
                                     c.num_attention_heads, m.prop.multiProcessorCount, m.max_partials);
   cuda::KdaChunkPlan chunks;
-  if (c.num_kda_layers() > 0 && T != S) {
+  if (c.num_kda_layers() > 0 && (T != S || m.kda_path == 2) && m.kda_path != 1) {
     chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);
     if (chunks.num_chunks > m.kda_chunk_cap) {
       if (!m.warned_recurrent)
@@ -400,7 +416,7 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
     rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
     if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
     else mla_mixer(m, L.mla, c.kind_index(l), sm);
-    rmsnorm(m, L.post_norm, T, nullptr, m.act.a);
+    rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
     if (c.is_moe(l)) moe(m, L.moe, T);
     else mlp(m, L.mlp, T);
     if (on_layer_output) {

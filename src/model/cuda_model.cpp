@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -100,6 +101,7 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   act.act = c.take<bf16>(size_t(T) * inter);
   if (cfg.num_experts > 0) {
     const int E = cfg.num_experts, K = cfg.num_experts_per_token;
+    act.hf = c.take<float>(size_t(T) * hd);
     act.router_logits = c.take<float>(size_t(T) * E);
     act.route_w = c.take<float>(size_t(T) * K);
     act.route_ids = c.take<int>(size_t(T) * K);
@@ -190,6 +192,12 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
     fail(msg);
   }
 
+  if (const char* e = std::getenv("KIMI_CUDA_KDA")) {
+    const std::string v = e;
+    if (v == "recurrent") m.kda_path = 1;
+    else if (v == "chunked") m.kda_path = 2;
+    else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
+  }
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
   m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);

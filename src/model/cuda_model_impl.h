@@ -61,7 +61,7 @@ struct DevMlp {
   bf16* down = nullptr;     // [hidden, inter]
 };
 struct DevMoe {
-  bf16* router = nullptr;   // [E, hidden]
+  float* router = nullptr;  // [E, hidden] fp32: routing picks discrete experts, keep it exact
   float* bias = nullptr;    // [E]
   bf16* w13 = nullptr;      // [E, 2I, hidden]: w1 | w3 per expert
   bf16* w2 = nullptr;       // [E, hidden, I]
@@ -120,7 +120,7 @@ struct CudaModel::Impl {
     bf16 *mq, *q_abs, *u, *attn;  // MLA
     float *latent, *partials;
     bf16 *gu, *act;               // dense MLP / shared expert
-    float *router_logits, *route_w;
+    float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
     int *route_ids, *perm_ws;
     bf16 *moe_act, *moe_y;
     bf16* final_x;                // [logit_rows, hidden]
@@ -134,6 +134,9 @@ struct CudaModel::Impl {
   size_t meta_cap = 0;
   std::vector<float> layer_out;  // on_layer_output staging
   bool warned_recurrent = false;
+  // Debug (env KIMI_CUDA_KDA): 0 auto (fused decode, chunked prefill), 1 recurrent scan only,
+  // 2 chunked only (no fused decode).
+  int kda_path = 0;
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

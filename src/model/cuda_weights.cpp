@@ -96,7 +96,7 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
     if (m.is_moe(i)) {
       const std::string e = p + "block_sparse_moe.";
       DevMoe& w = L.moe;
-      w.router = bf({e + "gate.weight"});
+      w.router = f32({e + "gate.weight"});
       w.bias = f32({e + "gate.e_score_correction_bias"});
       std::vector<std::string> w13, w2;
       for (int x = 0; x < m.num_experts; ++x) {

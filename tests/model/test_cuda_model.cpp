@@ -3,9 +3,11 @@
 // the cpu backend refuses random weights and layer truncation needs random weights.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "../ops/gpu_test_util.h"
 #include "core/check.h"
@@ -113,6 +115,179 @@ TEST_F(CudaModelGpu, RefusesAModelThatDoesNotFit) {
   std::printf("refusal: %s\n", msg.c_str());
   for (const char* part : {"does not fit", "needs", "free", "MLA cache", "blocks", "fit"})
     EXPECT_NE(msg.find(part), std::string::npos) << part << " not in: " << msg;
+}
+
+}  // namespace
+}  // namespace kimi
+
+namespace kimi {
+namespace {
+
+// A tiny BF16 checkpoint whose router selects every expert (top_k = num_experts): no discrete
+// routing decision, so GPU and CPU logits can be compared at every position of long sequences.
+// 8 layers (MLA at 4 and 8), hidden 256, 2 KDA and 2 MLA heads, 16 experts.
+class CudaVsCpu : public CudaModelGpu {
+ protected:
+  static void SetUpTestSuite() {
+#if KIMI_HAVE_CUDA
+    if (!test::gpu_unavailable_reason().empty()) return;
+    dir_ = (fs::temp_directory_path() / "kimi-cuda-vs-cpu").string();
+    TinySpec spec;
+    spec.layers = 8;
+    spec.top_k = spec.experts;
+    spec.seed = 5;
+    write_tiny_checkpoint(dir_, spec);
+    ModelOptions o;
+    o.cache.num_slots = 6;
+    o.cache.num_blocks = 40;
+    cpu_ = load_model(dir_, o).release();
+    o.backend = "cuda";
+    o.max_batch_tokens = 512;
+    gpu_ = load_model(dir_, o).release();
+#endif
+  }
+  static void TearDownTestSuite() {
+    delete cpu_;
+    delete gpu_;
+    cpu_ = gpu_ = nullptr;
+  }
+  void SetUp() override {
+    CudaModelGpu::SetUp();
+    if (!IsSkipped()) {
+      ASSERT_TRUE(gpu_ && cpu_);
+    }
+  }
+  static std::vector<int> ids(int n, int salt) {
+    std::vector<int> v(n);
+    for (int i = 0; i < n; ++i) v[i] = (i * 131 + salt * 17 + 7) % 1024;
+    return v;
+  }
+  static std::vector<int> blocks(int first, int n) {
+    std::vector<int> b(n);
+    for (int i = 0; i < n; ++i) b[i] = first + i;
+    return b;
+  }
+  // Whole-prompt prefill, every position's logits.
+  static std::vector<float> prefill(Model* m, const std::vector<int>& t, int slot, int first_block) {
+    m->reset_slot(slot);
+    Batch b;
+    b.all_logits = true;
+    b.add(t, int(t.size()), slot, blocks(first_block, int(t.size()) / kBlockSize + 2));
+    std::vector<float> logits;
+    m->forward(b, logits);
+    return logits;
+  }
+  static double rel_l2(const float* a, const float* b, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
+    return std::sqrt(num / std::max(den, 1e-30));
+  }
+  static std::string dir_;
+  static Model *cpu_, *gpu_;
+};
+std::string CudaVsCpu::dir_;
+Model* CudaVsCpu::cpu_ = nullptr;
+Model* CudaVsCpu::gpu_ = nullptr;
+constexpr double kVsCpuTol = 2e-2;
+
+TEST_F(CudaVsCpu, LongPrefillEveryPosition) {
+  const int V = gpu_->config().vocab_size;
+  for (int n : {1, 65, 300}) {
+    const std::vector<int> t = ids(n, n);
+    const std::vector<float> ref = prefill(cpu_, t, 0, 0), got = prefill(gpu_, t, 0, 0);
+    double worst = 0;
+    int top1 = 0;
+    for (int i = 0; i < n; ++i) {
+      worst = std::max(worst, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
+      top1 += std::max_element(got.begin() + size_t(i) * V, got.begin() + size_t(i + 1) * V) - got.begin() ==
+              std::max_element(ref.begin() + size_t(i) * V, ref.begin() + size_t(i + 1) * V) - ref.begin();
+    }
+    std::printf("prefill T=%d: max relative L2 vs CPU %.3g, top-1 agreement %d/%d\n", n, worst, top1, n);
+    EXPECT_LE(worst, kVsCpuTol) << "T=" << n;
+  }
+}
+
+// GPU prefill of a prefix then GPU decode steps against one CPU prefill of the whole sequence.
+TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
+  const int V = gpu_->config().vocab_size, n = 200;
+  const std::vector<int> t = ids(n, 3);
+  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
+  for (int split : {1, 64, 130}) {
+    std::vector<float> logits = prefill(gpu_, std::vector<int>(t.begin(), t.begin() + split), 2, 20);
+    double worst = 0;
+    for (int i = split; i < n; ++i) {
+      Batch d;
+      d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
+      gpu_->forward(d, logits);
+      worst = std::max(worst, rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
+    }
+    std::printf("split %d: %d GPU decode steps, max relative L2 vs CPU prefill %.3g\n", split, n - split, worst);
+    EXPECT_LE(worst, kVsCpuTol) << "split " << split;
+  }
+}
+
+// The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).
+TEST_F(CudaVsCpu, ChunkedPrefillMatchesCpu) {
+  const int V = gpu_->config().vocab_size, n = 257;
+  const std::vector<int> t = ids(n, 4);
+  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
+  gpu_->reset_slot(3);
+  double worst = 0;
+  int pos = 0;
+  for (int piece : {7, 57, 65, 1, 127}) {
+    Batch b;
+    b.all_logits = true;
+    b.add(std::vector<int>(t.begin() + pos, t.begin() + pos + piece), pos + piece, 3, blocks(30, n / kBlockSize + 2));
+    std::vector<float> logits;
+    gpu_->forward(b, logits);
+    for (int i = 0; i < piece; ++i)
+      worst = std::max(worst, rel_l2(logits.data() + size_t(i) * V, ref.data() + size_t(pos + i) * V, V));
+    pos += piece;
+  }
+  ASSERT_EQ(pos, n);
+  std::printf("chunked prefill (7, 57, 65, 1, 127): max relative L2 vs CPU %.3g\n", worst);
+  EXPECT_LE(worst, kVsCpuTol);
+}
+
+// One GPU batch: a fresh 150-token prefill, a decode step, a 9-token continuation; against the
+// CPU running each alone.
+TEST_F(CudaVsCpu, MixedBatchMatchesCpu) {
+  const int V = gpu_->config().vocab_size;
+  const std::vector<int> a = ids(150, 5), b = ids(90, 6), c = ids(70, 7);
+  auto setup = [&](Model* m) {
+    prefill(m, std::vector<int>(b.begin(), b.end() - 1), 4, 0);
+    prefill(m, std::vector<int>(c.begin(), c.end() - 9), 1, 5);
+    m->reset_slot(5);
+  };
+  auto run_alone = [&](Model* m) {
+    setup(m);
+    std::vector<float> out = prefill(m, a, 5, 10), x;
+    Batch bd;
+    bd.add({b.back()}, 90, 4, blocks(0, 3));
+    m->forward(bd, x);
+    out.insert(out.end(), x.begin(), x.end());
+    Batch cd;
+    cd.all_logits = true;
+    cd.add(std::vector<int>(c.end() - 9, c.end()), 70, 1, blocks(5, 3));
+    m->forward(cd, x);
+    out.insert(out.end(), x.begin(), x.end());
+    return out;
+  };
+  const std::vector<float> ref = run_alone(cpu_);
+  setup(gpu_);
+  Batch m;
+  m.all_logits = true;
+  m.add(a, 150, 5, blocks(10, 4));
+  m.add({b.back()}, 90, 4, blocks(0, 3));
+  m.add(std::vector<int>(c.end() - 9, c.end()), 70, 1, blocks(5, 3));
+  std::vector<float> got;
+  gpu_->forward(m, got);
+  ASSERT_EQ(got.size(), ref.size());
+  double worst = 0;
+  for (size_t r = 0; r < got.size() / V; ++r)
+    worst = std::max(worst, rel_l2(got.data() + r * V, ref.data() + r * V, V));
+  std::printf("mixed batch (prefill 150 + decode + continue 9): max relative L2 vs CPU alone %.3g\n", worst);
+  EXPECT_LE(worst, kVsCpuTol);
 }
 
 }  // namespace

@@ -97,6 +97,39 @@ TEST(GemmGpu, BatchedStridedKN) {
 #endif
 }
 
+// fp32 operands (the MoE router): true fp32 math, no TF32, against a double reference.
+TEST(GemmGpu, Fp32OperandsForTheRouter) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(17);
+  cuda::Gemm gemm;
+  for (int M : kRows) {
+    const int N = 256, K = 2304;
+    auto x = random_f32(rng, size_t(M) * K, -1.f, 1.f), w = random_f32(rng, size_t(N) * K, -0.05f, 0.05f);
+    std::vector<double> refd(size_t(M) * N);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n) {
+        double s = 0;
+        for (int k = 0; k < K; ++k) s += double(x[size_t(m) * K + k]) * w[size_t(n) * K + k];
+        refd[size_t(m) * N + n] = s;
+      }
+    GuardedBuffer<float> dx(x.size()), dw(w.size()), dy(refd.size());
+    dx.upload(x);
+    dw.upload(w);
+    dy.poison();
+    cuda::GemmArgs g;
+    g.M = M, g.N = N, g.K = K, g.A = reinterpret_cast<const bf16*>(dx.data()), g.lda = K;
+    g.B = reinterpret_cast<const bf16*>(dw.data()), g.ldb = K, g.C = dy.data(), g.ldc = N;
+    g.out = cuda::GemmOut::kF32, g.in_f32 = true;
+    gemm.run(g, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = dy.to_host();
+    expect_close(str("gemm fp32 operands M", M), got.data(), refd.data(), refd.size(), 2e-6, 1e-5);
+    EXPECT_TRUE(dy.guards_intact());
+  }
+#endif
+}
+
 TEST(NormGpu, RmsNormF32AndBf16InputsWithRowIndex) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -119,6 +152,16 @@ TEST(NormGpu, RmsNormF32AndBf16InputsWithRowIndex) {
       auto got = bf16_to_float(dy.to_host());
       expect_close(str("rmsnorm f32 T", T, " D", D), got.data(), ref.data(), ref.size(), 8e-3, 0.05);
       EXPECT_TRUE(dy.guards_intact());
+      // Both outputs at once: the fp32 copy is unrounded.
+      GuardedBuffer<float> dyf(x.size());
+      dyf.poison();
+      p.y_f32 = dyf.data();
+      cuda::run_rmsnorm(p, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      auto gotf = dyf.to_host();
+      expect_close(str("rmsnorm f32 out T", T, " D", D), gotf.data(), ref.data(), ref.size(), 1e-6, 1e-5);
+      EXPECT_TRUE(dyf.guards_intact());
+      p.y_f32 = nullptr;
       // bf16 input, reversed row order through row_index.
       auto xb = random_bf16(rng, size_t(T) * D, -3.f, 3.f);
       auto xbf = bf16_to_float(xb);
