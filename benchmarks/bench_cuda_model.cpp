@@ -106,21 +106,27 @@ int main(int argc, char** argv) {
     std::printf("prefill: %d tokens in %.1f ms = %.0f tokens/s\n", prefill, t_prefill * 1e3,
                 prefill / t_prefill);
 
-    int ctx = prefill;
-    double t_first = 0;
-    const double t1 = now_s();
-    for (int s = 0; s < decode; ++s) {
-      const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      Batch d;
-      d.add({tok}, ++ctx, 0, blocks);
-      const double ts = now_s();
-      model->forward(d, logits);
-      if (s == 0) t_first = now_s() - ts;
-      bad += count_nonfinite(logits);
+    // Decode D tokens greedily, eagerly (one launch per kernel) and then replaying CUDA graphs.
+    for (bool graphs : {false, true}) {
+      cm->set_use_graphs(graphs);
+      run_prefill();
+      int ctx = prefill;
+      double t_first = 0;
+      const double t1 = now_s();
+      for (int s = 0; s < decode; ++s) {
+        const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        Batch d;
+        d.add({tok}, ++ctx, 0, blocks);
+        const double ts = now_s();
+        model->forward(d, logits);
+        if (s == 0) t_first = now_s() - ts;
+        bad += count_nonfinite(logits);
+      }
+      const double t_decode = now_s() - t1;
+      std::printf("decode (%s): %d tokens at batch 1 in %.1f ms = %.1f tokens/s (%.2f ms/token; first step %.2f ms)\n",
+                  graphs ? "CUDA graphs" : "eager", decode, t_decode * 1e3, decode / t_decode,
+                  t_decode * 1e3 / decode, t_first * 1e3);
     }
-    const double t_decode = now_s() - t1;
-    std::printf("decode: %d tokens at batch 1 in %.1f ms = %.1f tokens/s (%.2f ms/token; first step %.2f ms)\n",
-                decode, t_decode * 1e3, decode / t_decode, t_decode * 1e3 / decode, t_first * 1e3);
     std::printf("logits: %zu non-finite values\n", bad);
     return bad == 0 ? 0 : 1;
   } catch (const std::exception& e) {

@@ -72,23 +72,64 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
   return plan;
 }
 
+int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials) {
+  const int groups = ceil_div(num_heads, kMlaHeadsPerCta);
+  const int want = ceil_div(2 * num_sms, std::max(1, num_seqs * groups));
+  return std::max(1, std::min(want, max_partials / std::max(1, num_seqs)));
+}
+
+MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, int num_sms,
+                                 int max_partials) {
+  MlaAttnPlan plan;
+  const int ns = mla_decode_splits(num_seqs, num_heads, num_sms, max_partials);
+  plan.split_base.assign(num_seqs, -1);
+  plan.num_splits.assign(num_seqs, 0);
+  for (int s = 0; s < num_seqs; ++s) {
+    const int L = ctx[s];
+    KIMI_CHECK(L >= 1, "mla decode plan: sequence ", s, " has context ", L);
+    if (ns == 1) {
+      plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
+      continue;
+    }
+    plan.split_base[s] = plan.num_partials;
+    plan.num_splits[s] = ns;
+    plan.num_partials += ns;
+    const int chunk = ceil_div(ceil_div(L, ns), mla::kTile) * mla::kTile;
+    for (int k = 0; k < ns; ++k) {
+      const int b = std::min(L, k * chunk), e = std::min(L, (k + 1) * chunk);
+      plan.items1.push_back({s, s, 1, L - 1, b, e, k});
+    }
+  }
+  return plan;
+}
+
 namespace {
 template <int QB>
+size_t attn_smem() {
+  return size_t(QB * kMlaHeadsPerCta + mla::kTile) * kMlaRow * sizeof(bf16);
+}
+
+template <int QB>
 void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
-  const size_t smem = size_t(QB * kMlaHeadsPerCta + mla::kTile) * kMlaRow * sizeof(bf16);
-  static bool configured = false;  // the attribute is per function; set once per process
-  if (!configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<QB>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    configured = true;
-  }
+  const size_t smem = attn_smem<QB>();
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaHeadsPerCta));
   mla::mla_attn_kernel<QB><<<grid, 256, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 }  // namespace
 
+void mla_prepare() {
+  static bool done = false;  // the attribute is per function and process
+  if (done) return;
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(attn_smem<1>())));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(attn_smem<4>())));
+  done = true;
+}
+
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream) {
+  mla_prepare();
   KIMI_CHECK(p.num_items >= 0 && p.num_heads > 0, "mla attention items ", p.num_items, " H ",
              p.num_heads);
   if (p.num_items == 0) return;

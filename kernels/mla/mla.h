@@ -69,6 +69,12 @@ struct MlaAttnPlan {
 // num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds.
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
                                int num_heads, int num_sms, int max_partials);
+// Decode plan for CUDA-graph replay: every sequence has exactly one new token and the same
+// number of KV splits, chosen from the batch size alone, so the launch shapes stay fixed while
+// the contexts grow (splits past a short context are empty and merge as zero weight).
+MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* context_lens, int num_heads, int num_sms,
+                                 int max_partials);
+int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials);
 // Bytes of partials workspace per partial slot.
 inline size_t mla_partial_bytes(int num_heads) {
   return size_t(num_heads) * kMlaPartialStride * sizeof(float);
@@ -90,6 +96,9 @@ struct MlaAttnParams {
   float* partials = nullptr;          // [num_partials, H, 514]
   bf16* u = nullptr;                  // [T, H, 512]
 };
+// Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
+// graph capture). run_mla_attention calls it too.
+void mla_prepare();
 // queries_per_item: 1 for items1, 4 for items4.
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
 // Merges split partials into u for every token with num_splits > 0.

@@ -335,10 +335,15 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
 
   // Metadata: tokens | cu | ctx | slots | tables | rows | split_base | num_splits | items1 | items4
   const int R = b.num_logit_rows();
+  // Decode steps replay a CUDA graph: fixed launch shapes for a (batch size, table width).
+  const bool graph = m.use_graphs && T == S && !on_layer_output && R <= m.logit_rows;
   cuda::MlaAttnPlan plan;
   if (c.num_mla_layers() > 0)
-    plan = cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
-                                    c.num_attention_heads, m.prop.multiProcessorCount, m.max_partials);
+    plan = graph ? cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
+                                              m.prop.multiProcessorCount, m.max_partials)
+                 : cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
+                                            c.num_attention_heads, m.prop.multiProcessorCount,
+                                            m.max_partials);
   cuda::KdaChunkPlan chunks;
   if (c.num_kda_layers() > 0 && (T != S || m.kda_path == 2) && m.kda_path != 1) {
     chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);
@@ -356,6 +361,7 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
                       2 * size_t(chunks.num_chunks) + (S + 1) + 64;
   if (need > m.meta_cap) {  // grows only when a batch is larger than all before it
     CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.drop_graphs();  // they point into the old buffer
     if (m.meta_host) CUDA_CHECK(cudaFreeHost(m.meta_host));
     m.meta_cap = std::max(need, m.meta_cap * 2);
     CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.meta_host), m.meta_cap * sizeof(int)));
@@ -403,37 +409,80 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   }
   CUDA_CHECK(cudaMemcpyAsync(m.meta_dev.data(), h, off * sizeof(int), cudaMemcpyHostToDevice, m.stream));
 
-  cuda::EmbeddingParams ep;
-  ep.num_tokens = T;
-  ep.dim = hid;
-  ep.vocab = V;
-  ep.ids = sm.tokens;
-  ep.table = m.embed;
-  ep.x = m.act.x;
-  cuda::run_embedding(ep, m.stream);
-  for (int l = 0; l < c.num_hidden_layers; ++l) {
-    const DevLayer& L = m.layers[l];
-    rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
-    if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
-    else mla_mixer(m, L.mla, c.kind_index(l), sm);
-    rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
-    if (c.is_moe(l)) moe(m, L.moe, T);
-    else mlp(m, L.mlp, T);
-    if (on_layer_output) {
-      m.layer_out.resize(size_t(T) * hid);
-      CUDA_CHECK(cudaMemcpyAsync(m.layer_out.data(), m.act.x, m.layer_out.size() * 4,
-                                 cudaMemcpyDeviceToHost, m.stream));
-      CUDA_CHECK(cudaStreamSynchronize(m.stream));
-      on_layer_output(l, m.layer_out.data(), T);
+  auto device_work = [&]() {
+    cuda::EmbeddingParams ep;
+    ep.num_tokens = T;
+    ep.dim = hid;
+    ep.vocab = V;
+    ep.ids = sm.tokens;
+    ep.table = m.embed;
+    ep.x = m.act.x;
+    cuda::run_embedding(ep, m.stream);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const DevLayer& L = m.layers[l];
+      rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
+      if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
+      else mla_mixer(m, L.mla, c.kind_index(l), sm);
+      rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
+      if (c.is_moe(l)) moe(m, L.moe, T);
+      else mlp(m, L.mlp, T);
+      if (on_layer_output) {
+        m.layer_out.resize(size_t(T) * hid);
+        CUDA_CHECK(cudaMemcpyAsync(m.layer_out.data(), m.act.x, m.layer_out.size() * 4,
+                                   cudaMemcpyDeviceToHost, m.stream));
+        CUDA_CHECK(cudaStreamSynchronize(m.stream));
+        on_layer_output(l, m.layer_out.data(), T);
+      }
     }
-  }
-  logits.resize(size_t(R) * V);
-  for (int r0 = 0; r0 < R; r0 += m.logit_rows) {
-    const int n = std::min(m.logit_rows, R - r0);
+  };
+  auto logits_rows = [&](int r0, int n) {
     rmsnorm(m, m.final_norm, n, sm.rows + r0, m.act.final_x);
     m.gemm->linear(m.act.final_x, m.lm_head, m.act.logits, n, V, hid, GemmOut::kF32, m.stream);
-    CUDA_CHECK(cudaMemcpyAsync(logits.data() + size_t(r0) * V, m.act.logits, size_t(n) * V * 4,
+  };
+  logits.resize(size_t(R) * V);
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    const std::pair<int, int> key{T, mb};
+    auto it = m.graphs.find(key);
+    if (it != m.graphs.end()) {
+      exec = it->second;
+    } else {
+      cudaGraph_t g = nullptr;
+      try {
+        CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
+        try {
+          device_work();
+          logits_rows(0, R);
+        } catch (...) {
+          cudaStreamEndCapture(m.stream, &g);
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        CUDA_CHECK(cudaStreamEndCapture(m.stream, &g));
+        const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+        cudaGraphDestroy(g);
+        CUDA_CHECK(e);
+        m.graphs.emplace(key, exec);
+      } catch (const std::exception& e) {
+        spdlog::warn("cuda: decode-step graph capture failed, running eagerly from now on: {}", e.what());
+        cudaGetLastError();  // capture errors are not sticky: clear them
+        m.use_graphs = false;
+        exec = nullptr;
+      }
+    }
+  }
+  if (exec) {
+    CUDA_CHECK(cudaGraphLaunch(exec, m.stream));
+    CUDA_CHECK(cudaMemcpyAsync(logits.data(), m.act.logits, size_t(R) * V * 4,
                                cudaMemcpyDeviceToHost, m.stream));
+  } else {
+    device_work();
+    for (int r0 = 0; r0 < R; r0 += m.logit_rows) {
+      const int n = std::min(m.logit_rows, R - r0);
+      logits_rows(r0, n);
+      CUDA_CHECK(cudaMemcpyAsync(logits.data() + size_t(r0) * V, m.act.logits, size_t(n) * V * 4,
+                                 cudaMemcpyDeviceToHost, m.stream));
+    }
   }
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
 }

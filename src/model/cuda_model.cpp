@@ -15,6 +15,7 @@
 #include <numeric>
 
 #include "core/check.h"
+#include "mla/mla.h"
 #include "kda/kda.h"
 #include "mla/mla.h"
 #include "model/cuda_model_impl.h"
@@ -63,7 +64,13 @@ void check_config(const ModelConfig& c) {
 
 }  // namespace
 
+void CudaModel::Impl::drop_graphs() {
+  for (auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
+  graphs.clear();
+}
+
 CudaModel::Impl::~Impl() {
+  drop_graphs();
   if (meta_host) cudaFreeHost(meta_host);
   gemm.reset();
   if (stream) cudaStreamDestroy(stream);
@@ -198,6 +205,7 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
     else if (v == "chunked") m.kda_path = 2;
     else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
   m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);
@@ -212,6 +220,7 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
   m.arena_buf = cuda::DeviceBuffer<uint8_t>(abytes);
   Carver ac2{m.arena_buf.data()};
   m.layout_arena(ac2);
+  cuda::mla_prepare();
   if (ckpt) m.load_weights(*ckpt);
   else m.draw_weights(opts.seed);
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -225,6 +234,11 @@ size_t CudaModel::weight_bytes() const { return impl_->weight_buf.bytes(); }
 size_t CudaModel::cache_bytes() const { return impl_->cache_buf.bytes(); }
 size_t CudaModel::arena_bytes() const { return impl_->arena_buf.bytes(); }
 std::string CudaModel::device_name() const { return impl_->prop.name; }
+void CudaModel::set_use_graphs(bool on) {
+  impl_->use_graphs = on;
+  if (!on) impl_->drop_graphs();
+}
+size_t CudaModel::num_graphs() const { return impl_->graphs.size(); }
 
 void CudaModel::reset_slot(int slot) {
   Impl& m = *impl_;

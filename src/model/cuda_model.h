@@ -12,6 +12,7 @@
 #if KIMI_HAVE_CUDA
 
 #include <memory>
+#include <string>
 
 #include "model/model.h"
 #include "model/safetensors.h"
@@ -36,6 +37,10 @@ class CudaModel final : public Model {
   size_t cache_bytes() const;
   size_t arena_bytes() const;
   std::string device_name() const;
+  // Decode steps (one token per sequence) replay CUDA graphs captured per (batch size,
+  // block-table width); off: every step launches eagerly. Default on (env KIMI_CUDA_GRAPHS=0: off).
+  void set_use_graphs(bool on);
+  size_t num_graphs() const;
 
   struct Impl;
 

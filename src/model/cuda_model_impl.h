@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -134,6 +135,11 @@ struct CudaModel::Impl {
   size_t meta_cap = 0;
   std::vector<float> layer_out;  // on_layer_output staging
   bool warned_recurrent = false;
+  // CUDA graphs of decode steps, keyed by (batch size, block-table width); replayed with the
+  // step's metadata copied into the same device buffer. Env KIMI_CUDA_GRAPHS=0 turns them off.
+  bool use_graphs = true;
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+  void drop_graphs();
   // Debug (env KIMI_CUDA_KDA): 0 auto (fused decode, chunked prefill), 1 recurrent scan only,
   // 2 chunked only (no fused decode).
   int kda_path = 0;

@@ -12,6 +12,9 @@
 #include "../ops/gpu_test_util.h"
 #include "core/check.h"
 #include "model/model.h"
+#if KIMI_HAVE_CUDA
+#include "model/cuda_model.h"
+#endif
 #include "model/tiny.h"
 
 namespace kimi {
@@ -212,18 +215,32 @@ TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
   const int V = gpu_->config().vocab_size, n = 200;
   const std::vector<int> t = ids(n, 3);
   const std::vector<float> ref = prefill(cpu_, t, 1, 10);
-  for (int split : {1, 64, 130}) {
-    std::vector<float> logits = prefill(gpu_, std::vector<int>(t.begin(), t.begin() + split), 2, 20);
-    double worst = 0;
-    for (int i = split; i < n; ++i) {
-      Batch d;
-      d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
-      gpu_->forward(d, logits);
-      worst = std::max(worst, rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
+#if KIMI_HAVE_CUDA
+  auto* cm = dynamic_cast<CudaModel*>(gpu_);
+  ASSERT_TRUE(cm);
+  for (bool graphs : {true, false}) {
+    cm->set_use_graphs(graphs);
+    for (int split : {1, 64, 130}) {
+      std::vector<float> logits = prefill(gpu_, std::vector<int>(t.begin(), t.begin() + split), 2, 20);
+      double worst = 0;
+      for (int i = split; i < n; ++i) {
+        Batch d;
+        d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
+        gpu_->forward(d, logits);
+        worst = std::max(worst, rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
+      }
+      std::printf("split %d: %d GPU decode steps (%s), max relative L2 vs CPU prefill %.3g\n", split,
+                  n - split, graphs ? "graphs" : "eager", worst);
+      EXPECT_LE(worst, kVsCpuTol) << "split " << split << (graphs ? " graphs" : " eager");
     }
-    std::printf("split %d: %d GPU decode steps, max relative L2 vs CPU prefill %.3g\n", split, n - split, worst);
-    EXPECT_LE(worst, kVsCpuTol) << "split " << split;
+    if (graphs) {
+      EXPECT_GE(cm->num_graphs(), 1u) << "decode steps should have been captured";
+    } else {
+      EXPECT_EQ(cm->num_graphs(), 0u);
+    }
   }
+  cm->set_use_graphs(true);
+#endif
 }
 
 // The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).
