@@ -5,8 +5,9 @@
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
 //   starts; the scatter claims rows with a per-expert cursor.
 // moe_gemm_kernel<BM, SWIGLU>: CTA = (row tile of one expert, 64 output columns), 4 warps, warp w
-//   owns columns [16w, 16w + 16) of every BM row; WMMA 16×16×16 bf16 → fp32. k steps of 32 with
-//   a register prefetch of the next A/B tiles while the tensor cores work on the current one.
+//   owns columns [16w, 16w + 16) of every BM row; WMMA 16×16×16 bf16 → fp32.
+//   k steps of 32 staged through a 3-4 deep cp.async pipeline (zero-fill past the ends), so a
+//   CTA keeps up to 48 KB of weight copies in flight.
 //   SWIGLU: the B tile holds the 64 gate rows and the matching 64 up rows of W13, so the epilogue
 //   computes SiLU(g)·u in fp32 before the single bf16 store.
 // moe_unpermute_kernel: one CTA per token, threads over hidden, fp32 weighted sum of its K rows.
@@ -115,18 +116,39 @@ __global__ void moe_scatter_kernel(int64_t pairs, int E, int K, const int* ids, 
 
 constexpr int kBN = 64, kBK = 32, kPad = 8;
 
+// 16-byte asynchronous copy global → shared; src_size 0 zero-fills (rows or k past the end).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Pipeline depth: enough 16-byte copies in flight per SM to stream expert weights at decode
+// (where a CTA has few rows and is purely bandwidth-bound), within 48 KB of static smem.
+template <int BM>
+__host__ __device__ constexpr int moe_stages() {
+  return BM == 16 ? 4 : 3;
+}
+
 template <int BM, bool SWIGLU>
 __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermuteView v) {
   using namespace nvcuda;
+  constexpr int STAGES = moe_stages<BM>();
   constexpr int NB = SWIGLU ? 2 * kBN : kBN;          // B rows staged per step
   constexpr int A_CH = BM * kBK / 8, B_CH = NB * kBK / 8;  // 16-byte chunks per tile
   constexpr int A_IT = (A_CH + 127) / 128, B_IT = B_CH / 128;
   constexpr int LDS = kBK + kPad;
-  constexpr int AB_BYTES = (BM + NB) * LDS * 2;
+  constexpr int STAGE_ELEMS = (BM + NB) * LDS;
+  constexpr int AB_BYTES = STAGES * STAGE_ELEMS * 2;
   constexpr int C_BYTES = (SWIGLU ? 2 : 1) * BM * kBN * 4;
+  static_assert(AB_BYTES <= 48 * 1024, "static shared memory");
   __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
-  bf16* As = reinterpret_cast<bf16*>(smem);
-  bf16* Bs = As + BM * LDS;
+  bf16* stage0 = reinterpret_cast<bf16*>(smem);
 
   const int E = p.num_experts;
   const int tile = blockIdx.x;
@@ -145,17 +167,19 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
                          : p.w2 + int64_t(e) * p.hidden * p.inter;
 
   const int tid = threadIdx.x;
-  // Row pointers this thread loads (fixed over k).
+  // Source rows and smem offsets this thread copies (fixed over k).
   const bf16* a_src[A_IT];
   int a_dst[A_IT], a_kc[A_IT];
+  bool a_on[A_IT];
 #pragma unroll
   for (int i = 0; i < A_IT; ++i) {
     const int c = tid + 128 * i, r = c / (kBK / 8);
     a_kc[i] = (c % (kBK / 8)) * 8;
     a_dst[i] = r * LDS + a_kc[i];
+    a_on[i] = c < A_CH;
     const int row = m0 + r;
     a_src[i] = nullptr;
-    if (c < A_CH && row < m_end)
+    if (a_on[i] && row < m_end)
       a_src[i] = SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
   }
   const bf16* b_src[B_IT];
@@ -164,22 +188,27 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
   for (int i = 0; i < B_IT; ++i) {
     const int c = tid + 128 * i, r = c / (kBK / 8);
     b_kc[i] = (c % (kBK / 8)) * 8;
-    b_dst[i] = r * LDS + b_kc[i];
+    b_dst[i] = BM * LDS + r * LDS + b_kc[i];
     const int n = n0 + (r % kBN);
     const int wrow = SWIGLU ? (r < kBN ? n : p.inter + n) : n;
     b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
   }
-  uint4 ra[A_IT], rb[B_IT];
-  auto load = [&](int k0) {
+  const int KT = (Kd + kBK - 1) / kBK;
+  auto issue = [&](int kt) {  // copies of k tile kt into its stage (zero-filled past the ends)
+    bf16* st = stage0 + (kt % STAGES) * STAGE_ELEMS;
+    const int k0 = kt * kBK;
 #pragma unroll
     for (int i = 0; i < A_IT; ++i) {
+      if (!a_on[i]) continue;
       const int k = k0 + a_kc[i];
-      ra[i] = (a_src[i] && k < Kd) ? *reinterpret_cast<const uint4*>(a_src[i] + k) : make_uint4(0, 0, 0, 0);
+      const bool ok = a_src[i] && k < Kd;
+      cp_async16(st + a_dst[i], ok ? a_src[i] + k : p.x, ok);
     }
 #pragma unroll
     for (int i = 0; i < B_IT; ++i) {
       const int k = k0 + b_kc[i];
-      rb[i] = (b_src[i] && k < Kd) ? *reinterpret_cast<const uint4*>(b_src[i] + k) : make_uint4(0, 0, 0, 0);
+      const bool ok = b_src[i] && k < Kd;
+      cp_async16(st + b_dst[i], ok ? b_src[i] + k : W, ok);
     }
   };
 
@@ -190,15 +219,18 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
 #pragma unroll
   for (int i = 0; i < (SWIGLU ? BM / 16 : 1); ++i) wmma::fill_fragment(acc_u[i], 0.f);
 
-  load(0);
-  for (int k0 = 0; k0 < Kd; k0 += kBK) {
 #pragma unroll
-    for (int i = 0; i < A_IT; ++i)
-      if (tid + 128 * i < A_CH) *reinterpret_cast<uint4*>(As + a_dst[i]) = ra[i];
-#pragma unroll
-    for (int i = 0; i < B_IT; ++i) *reinterpret_cast<uint4*>(Bs + b_dst[i]) = rb[i];
-    __syncthreads();
-    if (k0 + kBK < Kd) load(k0 + kBK);
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) issue(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile kt landed for every thread; stage (kt - 1) % STAGES is free again
+    if (kt + STAGES - 1 < KT) issue(kt + STAGES - 1);
+    cp_async_commit();
+    const bf16* As = stage0 + (kt % STAGES) * STAGE_ELEMS;
+    const bf16* Bs = As + BM * LDS;
 #pragma unroll
     for (int kk = 0; kk < kBK; kk += 16) {
       wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> bg, bu;
@@ -212,8 +244,9 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
         if constexpr (SWIGLU) wmma::mma_sync(acc_u[i], a, bu, acc_u[i]);
       }
     }
-    __syncthreads();
   }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the stages: the epilogue reuses the memory
   float* Cs = reinterpret_cast<float*>(smem);  // [BM][64] (gate or plain), then [BM][64] up
 #pragma unroll
   for (int i = 0; i < BM / 16; ++i) {
