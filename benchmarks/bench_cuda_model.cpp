@@ -127,6 +127,19 @@ int main(int argc, char** argv) {
                   graphs ? "CUDA graphs" : "eager", decode, t_decode * 1e3, decode / t_decode,
                   t_decode * 1e3 / decode, t_first * 1e3);
     }
+    // Where the time goes: CUDA events around every layer's mixer and FFN (eager steps).
+    cm->set_profile(true);
+    run_prefill();
+    int ctx = prefill;
+    for (int s = 0; s < std::min(decode, 32); ++s) {
+      const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+      Batch d;
+      d.add({tok}, ++ctx, 0, blocks);
+      model->forward(d, logits);
+      bad += count_nonfinite(logits);
+    }
+    std::printf("%s", cm->profile_report().c_str());
+    cm->set_profile(false);
     std::printf("logits: %zu non-finite values\n", bad);
     return bad == 0 ? 0 : 1;
   } catch (const std::exception& e) {

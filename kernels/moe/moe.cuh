@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
       const float g = Cs[idx], u = Cs[BM * kBN + idx];
       p.act[int64_t(r) * p.inter + n] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
     } else {
-      p.y[int64_t(r) * p.hidden + n] = __float2bfloat16(Cs[idx]);
+      p.y[int64_t(r) * p.hidden + n] = Cs[idx];
     }
   }
 }
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(256) moe_unpermute_kernel(MoeUnpermuteParams p
     float acc = 0.f;
     for (int k = 0; k < K; ++k) {
       const int row = pair_row[int64_t(t) * K + k];
-      if (row >= 0) acc += p.weights[int64_t(t) * K + k] * __bfloat162float(p.y[int64_t(row) * p.hidden + d]);
+      if (row >= 0) acc += p.weights[int64_t(t) * K + k] * p.y[int64_t(row) * p.hidden + d];
     }
     float* o = p.out + int64_t(t) * p.hidden + d;
     *o = p.accumulate ? *o + acc : acc;

@@ -10,7 +10,8 @@
 //   grouped GEMM (tensor cores, mma.sync through WMMA, fp32 accumulate), per expert e and its rows:
 //     gate_up : act[row] = SiLU(x[row_token[row]] · W1_eᵀ) ⊙ (x[row_token[row]] · W3_eᵀ)
 //               w13: [E, 2I, hidden] (rows 0..I−1 = w1 = gate, I..2I−1 = w3 = up) → act [R, I] bf16
-//     down    : y[row] = act[row] · W2_eᵀ,  w2: [E, hidden, I] → y [R, hidden] bf16
+//     down    : y[row] = act[row] · W2_eᵀ,  w2: [E, hidden, I] → y [R, hidden] fp32 (unrounded:
+//               it is summed straight into the fp32 residual stream)
 //   unpermute : out[t] (+)= Σ_k w[t, k] · y[pair_row[t·K + k]]  (fp32; accumulate adds into the
 //               residual stream).
 // R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
@@ -80,7 +81,7 @@ struct MoeGemmParams {
   const bf16* w13 = nullptr;        // [E, 2I, hidden]
   const bf16* w2 = nullptr;         // [E, hidden, I]
   bf16* act = nullptr;              // [T·K, I]
-  bf16* y = nullptr;                // [T·K, hidden]
+  float* y = nullptr;               // [T·K, hidden]
 };
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream);
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream);
@@ -92,7 +93,7 @@ struct MoeUnpermuteParams {
   int num_experts = 0;
   const int* workspace = nullptr;  // permutation workspace (pair_row)
   const float* weights = nullptr;  // [T, K]
-  const bf16* y = nullptr;         // [T·K, hidden]
+  const float* y = nullptr;        // [T·K, hidden]
   float* out = nullptr;            // [T, hidden]
   bool accumulate = true;          // out += Σ (else out = Σ)
 };

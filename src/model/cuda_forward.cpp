@@ -336,7 +336,11 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   // Metadata: tokens | cu | ctx | slots | tables | rows | split_base | num_splits | items1 | items4
   const int R = b.num_logit_rows();
   // Decode steps replay a CUDA graph: fixed launch shapes for a (batch size, table width).
-  const bool graph = m.use_graphs && T == S && !on_layer_output && R <= m.logit_rows;
+  const bool graph = m.use_graphs && !m.profile && T == S && !on_layer_output && R <= m.logit_rows;
+  const bool prof = m.profile;
+  auto mark = [&](int i) {
+    if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ev[i], m.stream));
+  };
   cuda::MlaAttnPlan plan;
   if (c.num_mla_layers() > 0)
     plan = graph ? cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
@@ -410,6 +414,7 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   CUDA_CHECK(cudaMemcpyAsync(m.meta_dev.data(), h, off * sizeof(int), cudaMemcpyHostToDevice, m.stream));
 
   auto device_work = [&]() {
+    mark(0);
     cuda::EmbeddingParams ep;
     ep.num_tokens = T;
     ep.dim = hid;
@@ -423,9 +428,11 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
       rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
       if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
       else mla_mixer(m, L.mla, c.kind_index(l), sm);
+      mark(2 * l + 1);
       rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
       if (c.is_moe(l)) moe(m, L.moe, T);
       else mlp(m, L.mlp, T);
+      mark(2 * l + 2);
       if (on_layer_output) {
         m.layer_out.resize(size_t(T) * hid);
         CUDA_CHECK(cudaMemcpyAsync(m.layer_out.data(), m.act.x, m.layer_out.size() * 4,
@@ -483,8 +490,24 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
       CUDA_CHECK(cudaMemcpyAsync(logits.data() + size_t(r0) * V, m.act.logits, size_t(n) * V * 4,
                                  cudaMemcpyDeviceToHost, m.stream));
     }
+    mark(2 * c.num_hidden_layers + 1);
   }
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  if (prof && !on_layer_output) {
+    const std::string phase = T == S ? "decode" : "prefill";
+    auto ms = [&](int a, int b) {
+      float v = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&v, m.prof_ev[a], m.prof_ev[b]));
+      return double(v);
+    };
+    const int L = c.num_hidden_layers;
+    for (int l = 0; l < L; ++l) {
+      m.prof_ms[phase + (c.is_kda(l) ? ".kda" : ".mla")] += ms(2 * l, 2 * l + 1);
+      m.prof_ms[phase + (c.is_moe(l) ? ".moe" : ".dense_mlp")] += ms(2 * l + 1, 2 * l + 2);
+    }
+    m.prof_ms[phase + ".logits"] += ms(2 * L, 2 * L + 1);
+    ++m.prof_steps[phase];
+  }
 }
 
 }  // namespace kimi

@@ -15,7 +15,6 @@
 #include <numeric>
 
 #include "core/check.h"
-#include "mla/mla.h"
 #include "kda/kda.h"
 #include "mla/mla.h"
 #include "model/cuda_model_impl.h"
@@ -71,6 +70,7 @@ void CudaModel::Impl::drop_graphs() {
 
 CudaModel::Impl::~Impl() {
   drop_graphs();
+  for (auto e : prof_ev) cudaEventDestroy(e);
   if (meta_host) cudaFreeHost(meta_host);
   gemm.reset();
   if (stream) cudaStreamDestroy(stream);
@@ -114,7 +114,7 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     act.route_ids = c.take<int>(size_t(T) * K);
     act.perm_ws = c.take<int>(cuda::moe_permute_workspace_ints(E, int64_t(T) * K));
     act.moe_act = c.take<bf16>(size_t(T) * K * cfg.moe_intermediate_size);
-    act.moe_y = c.take<bf16>(size_t(T) * K * hd);
+    act.moe_y = c.take<float>(size_t(T) * K * hd);
   }
   act.final_x = c.take<bf16>(size_t(logit_rows) * hd);
   act.logits = c.take<float>(size_t(logit_rows) * cfg.vocab_size);
@@ -239,6 +239,40 @@ void CudaModel::set_use_graphs(bool on) {
   if (!on) impl_->drop_graphs();
 }
 size_t CudaModel::num_graphs() const { return impl_->graphs.size(); }
+
+void CudaModel::set_profile(bool on) {
+  Impl& m = *impl_;
+  m.profile = on;
+  m.prof_ms.clear();
+  m.prof_steps.clear();
+  if (on && m.prof_ev.empty()) {
+    m.prof_ev.resize(2 * m.cfg.num_hidden_layers + 2);
+    for (auto& e : m.prof_ev) CUDA_CHECK(cudaEventCreate(&e));
+  }
+}
+
+std::string CudaModel::profile_report() const {
+  const Impl& m = *impl_;
+  std::string out;
+  for (const char* phase : {"prefill", "decode"}) {
+    auto it = m.prof_steps.find(phase);
+    if (it == m.prof_steps.end() || it->second == 0) continue;
+    double total = 0;
+    std::string parts;
+    for (const auto& [k, ms] : m.prof_ms)
+      if (k.rfind(std::string(phase) + ".", 0) == 0) {
+        const double per = ms / it->second;
+        total += per;
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "  %s %.3f ms", k.c_str() + std::strlen(phase) + 1, per);
+        parts += buf;
+      }
+    char head[96];
+    std::snprintf(head, sizeof head, "%s step (%d steps): %.3f ms =", phase, it->second, total);
+    out += head + parts + "\n";
+  }
+  return out;
+}
 
 void CudaModel::reset_slot(int slot) {
   Impl& m = *impl_;

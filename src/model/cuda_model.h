@@ -41,6 +41,10 @@ class CudaModel final : public Model {
   // block-table width); off: every step launches eagerly. Default on (env KIMI_CUDA_GRAPHS=0: off).
   void set_use_graphs(bool on);
   size_t num_graphs() const;
+  // Times every layer's mixer and FFN and the logits with CUDA events (forces eager steps);
+  // profile_report() gives the mean ms per step of each component, split prefill/decode.
+  void set_profile(bool on);
+  std::string profile_report() const;
 
   struct Impl;
 

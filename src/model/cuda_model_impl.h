@@ -123,7 +123,8 @@ struct CudaModel::Impl {
     bf16 *gu, *act;               // dense MLP / shared expert
     float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
     int *route_ids, *perm_ws;
-    bf16 *moe_act, *moe_y;
+    bf16* moe_act;
+    float* moe_y;
     bf16* final_x;                // [logit_rows, hidden]
     float* logits;                // [logit_rows, V]
   } act{};
@@ -135,6 +136,11 @@ struct CudaModel::Impl {
   size_t meta_cap = 0;
   std::vector<float> layer_out;  // on_layer_output staging
   bool warned_recurrent = false;
+  // Per-component timing (eager steps only): events at every layer boundary.
+  bool profile = false;
+  std::vector<cudaEvent_t> prof_ev;
+  std::map<std::string, double> prof_ms;
+  std::map<std::string, int> prof_steps;
   // CUDA graphs of decode steps, keyed by (batch size, block-table width); replayed with the
   // step's metadata copied into the same device buffer. Env KIMI_CUDA_GRAPHS=0 turns them off.
   bool use_graphs = true;

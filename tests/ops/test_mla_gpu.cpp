@@ -1,7 +1,8 @@
 // MLA GPU kernels against the CPU reference (src/ops/cpu/mla.h): the latent cache write (RMSNorm
 // of ĉ + paged bf16 store) and the absorbed attention chain (q_abs GEMM → paged attention with
 // split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables.
-// Tolerance: bf16 cache/q/q_abs/u roundings give ~4e-3 relative; we allow 2e-2 relative RMS.
+// Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200); we allow
+// 1e-2 relative RMS and 0.1 max-abs.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -123,7 +124,7 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
   auto got = bf16_to_float(dout.to_host());
   std::string desc = str("mla H", H, " S", S, " T", T, " splits ", plan.num_partials, " items ",
                          plan.items1.size(), "+", plan.items4.size());
-  expect_close(desc, got.data(), ref.data(), ref.size(), 2e-2, 0.2);
+  expect_close(desc, got.data(), ref.data(), ref.size(), 1e-2, 0.1);
   EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
               dpart.guards_intact());
   // The cache is read-only here.

@@ -1,7 +1,7 @@
 // MoE GPU kernels against the CPU reference: routing (src/ops/cpu/moe.h; ids must match exactly,
 // weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with SwiGLU
 // → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert fp32
-// SwiGLU MLPs (cpu::matmul, cpu::silu_mul). bf16 act and y roundings: 2e-2 relative RMS allowed.
+// SwiGLU MLPs (cpu::matmul, cpu::silu_mul). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -80,7 +80,8 @@ void run_experts(int T, int E, int K, int hidden, int I, int block_m, uint32_t s
       for (int d = 0; d < hidden; ++d) ref[size_t(t) * hidden + d] += wts[size_t(t) * K + k] * y[d];
     }
   const int64_t R = int64_t(T) * K;
-  GuardedBuffer<uint16_t> dx(x.size()), dw13(w13.size()), dw2(w2.size()), dact(R * I), dy(R * hidden);
+  GuardedBuffer<uint16_t> dx(x.size()), dw13(w13.size()), dw2(w2.size()), dact(R * I);
+  GuardedBuffer<float> dy(R * hidden);
   GuardedBuffer<int> dids(ids.size()), dws(cuda::moe_permute_workspace_ints(E, R));
   GuardedBuffer<float> dwts(wts.size()), dout(out0.size());
   dx.upload(x);
@@ -99,12 +100,12 @@ void run_experts(int T, int E, int K, int hidden, int I, int block_m, uint32_t s
   gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = hidden;
   gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
   gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data()), gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
-  gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = reinterpret_cast<cuda::bf16*>(dy.data());
+  gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
   cuda::run_moe_gate_up(gp, nullptr);
   cuda::run_moe_down(gp, nullptr);
   cuda::MoeUnpermuteParams up;
   up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E, up.workspace = dws.data();
-  up.weights = dwts.data(), up.y = reinterpret_cast<cuda::bf16*>(dy.data()), up.out = dout.data();
+  up.weights = dwts.data(), up.y = dy.data(), up.out = dout.data();
   up.accumulate = true;
   cuda::run_moe_unpermute(up, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -113,7 +114,7 @@ void run_experts(int T, int E, int K, int hidden, int I, int block_m, uint32_t s
   std::vector<float> gd(got.size()), rd(got.size());
   for (size_t i = 0; i < got.size(); ++i) gd[i] = got[i] - out0[i], rd[i] = ref[i] - out0[i];
   expect_close(str("moe T", T, " E", E, " K", K, " hid", hidden, " I", I, " BM", block_m), gd.data(),
-               rd.data(), rd.size(), 2e-2, 0.05);
+               rd.data(), rd.size(), 8e-3, 0.05);
   // Every row was written (no NaN from the poison) and nothing outside.
   auto acth = bf16_to_float(dact.to_host());
   EXPECT_TRUE(std::all_of(acth.begin(), acth.end(), [](float v) { return std::isfinite(v); }));
