@@ -31,7 +31,8 @@ constexpr const char* kParagraphs[] = {
     "Москва — столица России, крупнейший по численности населения город страны.\n",
     "for (int i = 0; i < n; ++i) { sum += a[i] * b[i]; } // dot product, O(n)\n",
     "Order #48213 shipped on 2026-11-27 at 14:05:33 UTC; total $1,299.95 (VAT 19%).\n",
-    "Great job team! 🎉🚀 Let's ship it 👍🏽 — see https://example.com/releases/v1.2.3?ref=notes\n",
+    "Great job team! 🎉🚀 Let's ship it 👍🏽 — see "
+    "https://example.com/releases/v1.2.3?ref=notes\n",
     "Der schnelle braune Fuchs springt über den faulen Hund. Ça coûte 12,50 € à Paris.\n",
     "    if (x->next != nullptr && x->next->value >= threshold) return std::move(x);\n",
     "深度学习模型的参数量从1亿增长到1万亿，训练成本也随之上升。Transformer架构是其中的核心。\n",
@@ -61,7 +62,8 @@ int main(int argc, char** argv) {
   std::string dir;
   double mb = 8;
   int runs = 5;
-  app.add_option("--tokenizer", dir, "tokenizer directory (tiktoken.model + tokenizer_config.json)");
+  app.add_option("--tokenizer", dir,
+                 "tokenizer directory (tiktoken.model + tokenizer_config.json)");
   app.add_option("--mb", mb, "megabytes of text to encode per run");
   app.add_option("--runs", runs, "timed runs (the median is reported)");
   CLI11_PARSE(app, argc, argv);
@@ -91,9 +93,8 @@ int main(int argc, char** argv) {
   std::printf(
       "tokenizer encode: %.1f MB/s per core (thread CPU time; wall clock %.1f MB/s), median of %d "
       "runs, %.1f MB mixed-language text, %zu tokens, %.2f bytes/token, vocab %d, pcre2 jit %s\n",
-      mb_total / cpu[cpu.size() / 2], mb_total / wall[wall.size() / 2], runs, mb_total,
-      num_tokens, double(text.size()) / num_tokens, tok.vocab_size(),
-      tok.pretokenizer().jit() ? "on" : "off");
+      mb_total / cpu[cpu.size() / 2], mb_total / wall[wall.size() / 2], runs, mb_total, num_tokens,
+      double(text.size()) / num_tokens, tok.vocab_size(), tok.pretokenizer().jit() ? "on" : "off");
   if (!tmp.empty()) std::filesystem::remove_all(tmp);
   return 0;
 }

@@ -3,7 +3,8 @@
 #   bash scripts/gpu-check.sh OUTDIR
 # Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
 # and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
-# At most 8 files land in OUTDIR (the device tool brings back no more).
+# Six files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
+# tests.log, bench_kda.log, bench_other.log, summary.txt.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -32,19 +33,21 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
      -DCMAKE_PREFIX_PATH="$DEPS" -DKIMI_CUDA_ARCHITECTURES=90a &&
    step build "$OUT/build.log" cmake --build "$BUILD" -j "$JOBS"; then
   # The GPU op tests run directly (their error lines go to the log); ctest runs the rest.
-  step tests-cpu "$OUT/ctest.log" ctest --test-dir "$BUILD" --output-on-failure -LE ops -j 8
+  step tests-cpu "$OUT/tests.log" ctest --test-dir "$BUILD" --output-on-failure -LE ops -j 8
   if [[ -x $BUILD/tests/kimi_test_ops ]]; then
-    step tests-gpu "$OUT/test_ops.log" "$BUILD/tests/kimi_test_ops"
+    step tests-gpu "$OUT/tests.log" "$BUILD/tests/kimi_test_ops"
   fi
+  # The KDA kernel benchmark first and in its own log; the others (CPU backend, tokenizer) after.
+  [[ -x $BUILD/benchmarks/bench_kda ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
   for b in "$BUILD"/benchmarks/bench_*; do
-    [[ -x $b ]] && step "$(basename "$b")" "$OUT/$(basename "$b").log" "$b"
+    [[ -x $b && $(basename "$b") != bench_kda ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
   done
 fi
 {
   echo "==== gpu-check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
   printf '%s\n' "${summary[@]}"
-  grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/test_ops.log" 2>/dev/null | sort | uniq -c | head -20
-  grep -h 'tests passed\|tests failed' "$OUT/ctest.log" 2>/dev/null
-  for b in "$OUT"/bench_*.log; do [[ -f $b ]] && cat "$b"; done
+  grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/tests.log" 2>/dev/null | sort | uniq -c | head -20
+  grep -h 'tests passed\|tests failed' "$OUT/tests.log" 2>/dev/null
+  [[ -f $OUT/bench_kda.log ]] && cat "$OUT/bench_kda.log"
 } | tee "$OUT/summary.txt"
 exit $status

@@ -39,8 +39,7 @@ int run(const kimi::Tokenizer& tok, bool decode, bool allow_special) {
                   << '\n';
       } else {
         if (!j.is_string()) kimi::fail("expected a JSON string");
-        std::cout << nlohmann::json(tok.encode(j.get<std::string>(), allow_special)).dump()
-                  << '\n';
+        std::cout << nlohmann::json(tok.encode(j.get<std::string>(), allow_special)).dump() << '\n';
       }
     } catch (const kimi::Error& e) {
       std::cout.flush();

@@ -93,6 +93,21 @@ class RequestHandle {
   Usage usage_;
 };
 
+// Cumulative histogram as Prometheus exposes it: counts[i] = observations <= bounds[i]
+// (non-cumulative per bucket here; the exporter accumulates), plus the +Inf bucket, sum, count.
+struct Histogram {
+  std::vector<double> bounds;
+  std::vector<uint64_t> counts;  // bounds.size() + 1 (the last is +Inf)
+  double sum = 0;
+  uint64_t count = 0;
+
+  explicit Histogram(std::vector<double> b) : bounds(std::move(b)), counts(bounds.size() + 1, 0) {}
+  void observe(double v);
+  static Histogram ttft_buckets();
+  static Histogram tpot_buckets();
+  static Histogram e2e_buckets();
+};
+
 struct EngineMetrics {
   int num_running = 0;
   int num_waiting = 0;
@@ -103,8 +118,10 @@ struct EngineMetrics {
   uint64_t generation_tokens_total = 0;
   uint64_t requests_finished_total = 0;
   uint64_t preemptions_total = 0;
-  // Latency samples since start, seconds (the server turns them into histograms).
-  std::vector<double> ttft, tpot, e2e;
+  // Latency histograms in seconds, with vLLM's bucket bounds (bounded memory on long runs).
+  Histogram ttft = Histogram::ttft_buckets();
+  Histogram tpot = Histogram::tpot_buckets();
+  Histogram e2e = Histogram::e2e_buckets();
 };
 
 class Engine {

@@ -117,7 +117,8 @@ struct KdaChunkedArgs {
   const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
+  int stages = 3;      // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
+  int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
 

@@ -8,11 +8,12 @@
 // Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
 // pairs are never exponentiated.
 //
-// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~180 KB dynamic shared memory, fp32
-//   CUDA-core math. Writes one record per (chunk, head) into the workspace (ChunkRec below); rows
-//   past a short last chunk are zero, so they contribute nothing downstream.
-// kda_chunk_inter_kernel: grid (128 / kInterCols, H, num_seqs), 128 threads (4 warps). A CTA owns
-//   kInterCols value columns of one head's state (columns of S are independent), keeps them in
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~100 KB dynamic shared memory (two
+//   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
+//   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
+//   chunk are zero, so they contribute nothing downstream.
+// kda_chunk_inter_kernel<kCols>: grid (128 / kCols, H, num_seqs), 256 threads (8 warps). A CTA owns
+//   kCols value columns of one head's state (columns of S are independent), keeps them in
 //   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
 //   record prefetched by cp.async into a second shared-memory stage. Products on tensor cores
 //   (mma.sync m16n8k16 bf16, fp32 accumulate); S and V' enter them as bf16 hi + lo pairs, so the
@@ -26,7 +27,6 @@
 namespace kimi::cuda::kda {
 
 constexpr int kChunk = 64;
-constexpr int kInterCols = 32;
 
 // Byte offsets inside one (chunk, head) workspace record.
 struct ChunkRec {
@@ -43,7 +43,6 @@ struct ChunkRec {
 // Shared helpers.
 constexpr int kLdW = 136;  // bf16 rows of 128, padded: fragment loads hit 32 distinct banks
 constexpr int kLdT = 72;   // bf16 rows of 64, padded
-constexpr int kLdU = 40;   // bf16 rows of 32, padded
 
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
                                          const uint32_t (&b)[2]) {
@@ -73,52 +72,86 @@ __device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int l
   b[1] = ld32(base + (n0 + g) * ld + k0 + 8 + t);
 }
 
+// The same fragments through ldmatrix (one instruction instead of four or two loads); rows must
+// be 16-byte aligned (row strides kLdW and kLdT are).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile.
+__device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
+                                       int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
+}
+// B fragments of two adjacent n-tiles (n0, n0 + 8; 16 k from k0) of a tile stored [n][k]:
+// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+__device__ __forceinline__ void ldsm_b2(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0,
+                                        int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
+}
+
 __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
   hi = __float2bfloat16(x);
   lo = __float2bfloat16(x - __bfloat162float(hi));
 }
 
 // ------------------------------------------------------------------------------------------------
-// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA):
-//   0. load k, q (bf16 tiles), vᵀ, g -> Γ = cumsum(g) (fp32), β
-//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j <= i, d)
+// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
+//   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
+//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
+//      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
 //      reference r = 16b + 15 (the end of block b):
 //        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
-//   3. X = (I + L)^-1 by forward substitution (64 threads) while the others write Q ⊙ e^Γ,
-//      (K ⊙ e^{Γlast−Γ})ᵀ, M and e^{Γlast}
-//   4. T = X Diag(β) as bf16 hi + lo, (K ⊙ e^Γ)ᵀ
+//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while the
+//      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
+//      off-diagonal blocks by distance
+//   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
 //   5. W = T (K ⊙ e^Γ), U = T V on tensor cores (T lower triangular: causal k-steps only)
+// Shared memory (~100 KB) is reused across phases so that two CTAs fit on a multiprocessor.
 constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
 constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
+constexpr int kLx = 68;   // fp32 X rows; the region doubles as phase 2's operand scratch
+constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the q tile's space
 
 struct IntraSmem {
-  float G[kChunk * kLd];           // Γ
-  float L[kChunk * kLa];           // L (strictly lower), then read by the solve
-  float M[kChunk * kLa];           // M (lower incl. diagonal)
-  float X[kChunk * kLa];           // (I + L)^-1
-  float beta[kChunk];
-  bf16 K[kChunk * kLdW];           // raw k [i][d]
-  bf16 Q[kChunk * kLdW];           // raw q [i][d]
-  bf16 VT[128 * kLdT];             // vᵀ [d][i]
   union {
-    struct {                       // phase 2
-      bf16 A[96 * kLdW];           // rows 0..47: k_i e^{Γ_i−Γ_r}; rows 48..95: q_i e^{Γ_i−Γ_r}
+    float G[kChunk * kLd];         // Γ (phases 0-4a)
+    bf16 VT[128 * kLdT];           // vᵀ [d][j] (phases 4b-5)
+  };
+  union {
+    float L[kChunk * kLa];         // L, strictly lower (phases 1-3)
+    bf16 T[kChunk * kLdT];         // X Diag(β) (phases 4-5)
+  };
+  union {
+    float X[kChunk * kLx];         // (I + L)^-1 (phases 3-4a)
+    struct {                       // phase 2 operands
+      bf16 A[48 * kLdW];           // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
       bf16 B[16 * kLdW];           // k_j e^{Γ_r−Γ_j}, j in block b
     } off;
-    struct {                       // phases 4, 5
-      bf16 T_hi[kChunk * kLdT], T_lo[kChunk * kLdT];
-      bf16 KeT[128 * kLdT];        // (K ⊙ e^Γ)ᵀ [d][j]
-    } wu;
-  } u;
+  };
+  bf16 K[kChunk * kLdW];           // raw k [i][d]
+  union {
+    bf16 Q[kChunk * kLdW];         // raw q [i][d] (phases 0-3)
+    float tmp[3 * 16 * 16];        // phase 3b partial products
+    bf16 KeT[128 * kLk];           // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+  };
+  float beta[kChunk];
 };
+static_assert(sizeof(bf16) * 48 * kLdW + sizeof(bf16) * 16 * kLdW <= sizeof(float) * kChunk * kLx,
+              "phase 2 operands must fit the X region");
+static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's space");
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
-constexpr int kIntraThreads = 512, kIntraWarps = kIntraThreads / 32;
+constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
 
-__global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const KdaScanParams p,
-                                                                 const int* chunk_seq,
-                                                                 const int* chunk_start,
-                                                                 unsigned char* ws) {
+__global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const KdaScanParams p,
+                                                                           const int* chunk_seq,
+                                                                           const int* chunk_start,
+                                                                           unsigned char* ws) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -127,30 +160,34 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
+  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
+  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
+  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
+  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
+  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
   for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
     const int i = idx >> 4, d0 = (idx & 15) * 8;
-    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv, vv = kv;
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
     float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
     if (i < len) {
       const size_t o = size_t(t0 + i) * HD + h * D + d0;
       kv = *reinterpret_cast<const uint4*>(p.k + o);
       qv = *reinterpret_cast<const uint4*>(p.q + o);
-      vv = *reinterpret_cast<const uint4*>(p.v + o);
       g0 = *reinterpret_cast<const float4*>(p.g + o);
       g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
     }
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
-    const bf16* vb = reinterpret_cast<const bf16*>(&vv);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
     float* gr = sm.G + i * kLd + d0;
     gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
     gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
   }
   if (tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
     float acc = 0.f;
@@ -162,103 +199,110 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 4 blocks × 136 pairs (jj <= ii), each pair split over a quad of lanes by
-  //    channel pairs and summed by shuffles. Everything else of L, M and X starts at zero.
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
-    const int o = (idx >> 6) * kLa + (idx & 63);
-    sm.L[o] = 0.f;
-    sm.M[o] = 0.f;
-    sm.X[o] = 0.f;
-  }
-  __syncthreads();
-  static_assert((4 * 136 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
-  for (int item = tid; item < 4 * 136 * 4; item += kIntraThreads) {
+  // 1. Diagonal blocks: per block, row ii and a group of 4 keys jj = 4jg..4jg+3 (jg <= ii/4; the
+  //    keys past the diagonal are computed and dropped), split over a quad of lanes by channel
+  //    pairs and summed by shuffles. One exp per (i, j, d); M goes straight to the workspace.
+  static_assert((4 * 40 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
+  for (int item = tid; item < 4 * 40 * 4; item += kIntraThreads) {
     const int pidx = item >> 2, quad = item & 3;
-    const int a = pidx / 136;
-    int r = pidx - a * 136, ii = 0;
-    while (r > ii) {
-      r -= ii + 1;
-      ++ii;
-    }
-    const int i = 16 * a + ii, j = 16 * a + r;
-    const float *gi = sm.G + i * kLd, *gj = sm.G + j * kLd;
-    const bf16 *ki = sm.K + i * kLdW, *kj = sm.K + j * kLdW, *qi = sm.Q + i * kLdW;
-    float l = 0.f, m = 0.f;
-#pragma unroll 4
+    const int a = pidx / 40, r = pidx - a * 40;
+    // rows 4·band .. 4·band + 3 have band + 1 groups each; bands start at items 0, 4, 12, 24
+    const int band = r < 4 ? 0 : r < 12 ? 1 : r < 24 ? 2 : 3;
+    const int rr = r - (band == 0 ? 0 : band == 1 ? 4 : band == 2 ? 12 : 24);
+    const int ii = 4 * band + rr / (band + 1), jg = rr % (band + 1);
+    const int i = 16 * a + ii, j0 = 16 * a + 4 * jg;
+    const float* gi = sm.G + i * kLd;
+    const bf16 *ki = sm.K + i * kLdW, *qi = sm.Q + i * kLdW;
+    float l[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 2
     for (int d = 2 * quad; d < D; d += 8) {
-      const float2 kj2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(kj + d));
       const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
       const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
-      const float e0 = kj2.x * __expf(gi[d] - gj[d]), e1 = kj2.y * __expf(gi[d + 1] - gj[d + 1]);
-      l = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l));
-      m = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m));
+      const float gi0 = gi[d], gi1 = gi[d + 1];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        const float2 kj2 =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        const float e0 = kj2.x * __expf(gi0 - sm.G[j * kLd + d]);
+        const float e1 = kj2.y * __expf(gi1 - sm.G[j * kLd + d + 1]);
+        l[q] = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l[q]));
+        m[q] = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m[q]));
+      }
     }
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    m += __shfl_xor_sync(0xffffffffu, m, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    m += __shfl_xor_sync(0xffffffffu, m, 2);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 1);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 1);
+      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 2);
+      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 2);
+    }
     if (quad == 0) {
-      if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l;
-      sm.M[i * kLa + j] = m;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int j = j0 + q;
+        if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l[q];
+        if (j <= i) oM[i * C + j] = __float2bfloat16(m[q]);
+      }
     }
   }
 
-  // 2. Off-diagonal blocks through the reference at the end of key block b.
+  // 2. Off-diagonal blocks through the reference at the end of key block b; K side (L) and
+  //    Q side (M) one after the other, so the operands fit the X region.
   for (int b = 0; b < 3; ++b) {
     const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
-    __syncthreads();  // previous users of u.off are done
-    for (int idx = tid; idx < nr * D; idx += kIntraThreads) {
-      const int ir = idx >> 7, d = idx & 127, i = row0 + ir;
-      const float e = __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]);
-      sm.u.off.A[ir * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) * e);
-      sm.u.off.A[(48 + ir) * kLdW + d] = __float2bfloat16(__bfloat162float(sm.Q[i * kLdW + d]) * e);
-    }
-    for (int idx = tid; idx < 16 * D; idx += kIntraThreads) {
-      const int jj = idx >> 7, d = idx & 127, j = 16 * b + jj;
-      const float e = __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]);
-      sm.u.off.B[jj * kLdW + d] = __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * e);
-    }
-    __syncthreads();
-    const int mtiles = nr / 16, tiles = 2 * mtiles * 2;  // (K|Q side) × m-tiles × 2 n-tiles
-    for (int tile = warp; tile < tiles; tile += kIntraWarps) {
-      const int side = tile / (2 * mtiles), rem = tile % (2 * mtiles);
-      const int mt = rem >> 1, nt = rem & 1;
-      float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int kk = 0; kk < 8; ++kk) {
-        uint32_t af[4], bfr[2];
-        load_a(af, sm.u.off.A, kLdW, side * 48 + mt * 16, 16 * kk, lane);
-        load_b(bfr, sm.u.off.B, kLdW, nt * 8, 16 * kk, lane);
-        mma16816(acc, af, bfr);
+    const int mtiles = nr / 16;
+    for (int side = 0; side < 2; ++side) {
+      const bf16* src = side == 0 ? sm.K : sm.Q;
+      __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
+      for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
+        const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) = __floats2bfloat162_rn(
+            x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
+            x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
       }
+      for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
+        const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
+        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) = __floats2bfloat162_rn(
+            x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
+            x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
+      }
+      __syncthreads();
+      for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
+        const int mt = tile >> 1, nt = tile & 1;
+        float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
-        if (side == 0)
-          sm.L[i * kLa + j] = sm.beta[i] * acc[e];
-        else
-          sm.M[i * kLa + j] = acc[e];
+        for (int kk = 0; kk < 8; ++kk) {
+          uint32_t af[4], bfr[2];
+          ldsm_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
+          load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
+          mma16816(acc, af, bfr);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
+          if (side == 0)
+            sm.L[i * kLa + j] = sm.beta[i] * acc[e];
+          else
+            oM[i * C + j] = __float2bfloat16(acc[e]);
+        }
       }
     }
   }
   __syncthreads();
+  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.X[(idx >> 6) * kLx + (idx & 63)] = 0.f;
+  __syncthreads();
 
-  unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
-  bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
-  bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
-  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
-  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
-  bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
-  float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
-
-  // 3. X = (I + L)^-1 blockwise. 3a: the 16×16 diagonal blocks by forward substitution, one
-  //    column per thread (threads 0..63), while the other threads write the outputs needing no X.
+  // 3a. Diagonal blocks of X (threads 0..63, one column each) while the others write the
+  //     outputs that need no X.
   if (tid < C) {
     const int a = tid >> 4, j = tid;
     for (int i = j; i < 16 * a + 16; ++i) {
       float x = i == j ? 1.f : 0.f;
-      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLa + j], x);
-      sm.X[i * kLa + j] = x;
+      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLx + j], x);
+      sm.X[i * kLx + j] = x;
     }
   } else {
     const int t = tid - C, nt = kIntraThreads - C;
@@ -273,70 +317,85 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
       oKrT[idx] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
                                    __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
     }
-    for (int idx = t; idx < C * C; idx += nt) oM[idx] = __float2bfloat16(sm.M[(idx >> 6) * kLa + (idx & 63)]);
+    for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
+      if ((idx & 63) > (idx >> 6)) oM[idx] = __float2bfloat16(0.f);
     for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
   }
   __syncthreads();
 
-  // 3b. Off-diagonal blocks by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
-  //     (every X[m, ·] needed is known from smaller δ). The partial products go through u.off.
-  float* tmp = reinterpret_cast<float*>(sm.u.off.A);  // [3][16][16]
+  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
+  //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLa + 16 * b + cc], acc);
-      tmp[e] = acc;
+      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
+      sm.tmp[e] = acc;
     }
     __syncthreads();
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLa + 16 * a + m], tmp[(b << 8) + (m << 4) + cc], acc);
-      sm.X[(16 * a + r) * kLa + 16 * b + cc] = -acc;
+      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
+      sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
     }
     __syncthreads();
   }
 
-  // 4. T = X Diag(β) (hi + lo) and (K ⊙ e^Γ)ᵀ.
+  // 4. T = X Diag(β) (over L), (K ⊙ e^Γ)ᵀ (over q), then vᵀ (over Γ). v is fetched first so its
+  //    latency overlaps the T and Kᵀ work.
+  uint4 vreg[C * 16 / kIntraThreads];
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
+                      : make_uint4(0, 0, 0, 0);
+  }
   for (int idx = tid; idx < C * C; idx += kIntraThreads) {
     const int i = idx >> 6, j = idx & 63;
-    split_bf16(sm.X[i * kLa + j] * sm.beta[j], sm.u.wu.T_hi[i * kLdT + j], sm.u.wu.T_lo[i * kLdT + j]);
+    sm.T[i * kLdT + j] = __float2bfloat16(sm.X[i * kLx + j] * sm.beta[j]);
   }
   for (int idx = tid; idx < C * D; idx += kIntraThreads) {
     const int d = idx >> 6, j = idx & 63;
-    sm.u.wu.KeT[d * kLdT + j] =
+    sm.KeT[d * kLk + j] =
         __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
   }
   __syncthreads();
+#pragma unroll
+  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
+    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+    const bf16* vb = reinterpret_cast<const bf16*>(&vreg[r]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
+  }
+  __syncthreads();
 
-  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tile w.
-  static_assert(kIntraWarps == 16, "phase 5 maps one column tile per warp");
+  // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+  static_assert(kIntraWarps == 8, "phase 5 maps two column tiles per warp");
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
-    const bf16* Bop = which == 0 ? sm.u.wu.KeT : sm.VT;
+    const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
+    const int ldb = which == 0 ? kLk : kLdT;
     bf16* out = which == 0 ? oW : oU;
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
-      float acc[1][4] = {};
+      float acc[2][4] = {};
       for (int kt = 0; kt <= mt; ++kt) {
-        uint32_t ah[4], al[4];
-        load_a(ah, sm.u.wu.T_hi, kLdT, 16 * mt, 16 * kt, lane);
-        load_a(al, sm.u.wu.T_lo, kLdT, 16 * mt, 16 * kt, lane);
+        uint32_t af[4];
+        ldsm_a(af, sm.T, kLdT, 16 * mt, 16 * kt, lane);
 #pragma unroll
-        for (int n = 0; n < 1; ++n) {
+        for (int n = 0; n < 2; ++n) {
           uint32_t bfr[2];
-          load_b(bfr, Bop, kLdT, 8 * (warp + n), 16 * kt, lane);
-          mma16816(acc[n], ah, bfr);
-          mma16816(acc[n], al, bfr);
+          load_b(bfr, Bop, ldb, 8 * (2 * warp + n), 16 * kt, lane);
+          mma16816(acc[n], af, bfr);
         }
       }
 #pragma unroll
-      for (int n = 0; n < 1; ++n)
+      for (int n = 0; n < 2; ++n)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int i = 16 * mt + g8 + 8 * half, d = 8 * (warp + n) + t2;
+          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
           *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
               __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
         }
@@ -346,7 +405,9 @@ __global__ void __launch_bounds__(kIntraThreads, 1) kda_chunk_intra_kernel(const
 
 // ------------------------------------------------------------------------------------------------
 // Inter-chunk kernel (tensor cores).
+template <int kCols>
 struct InterStage {
+  static constexpr int kLdU = kCols + 8;  // bf16 rows of kCols, padded
   bf16 W[64 * kLdW];
   bf16 Q[64 * kLdW];
   bf16 KrT[128 * kLdT];
@@ -354,16 +415,19 @@ struct InterStage {
   bf16 U[64 * kLdU];
   float gl[128];
 };
+template <int kCols>
 struct InterSmem {
-  InterStage stage[2];
-  bf16 st_hi[kInterCols * kLdW], st_lo[kInterCols * kLdW];  // Sᵀ slice [col][d]
-  bf16 vt_hi[kInterCols * kLdT], vt_lo[kInterCols * kLdT];  // V'ᵀ slice [col][token]
+  InterStage<kCols> stage[2];
+  bf16 st_hi[kCols * kLdW], st_lo[kCols * kLdW];  // Sᵀ slice [col][d]
+  bf16 vt_hi[kCols * kLdT], vt_lo[kCols * kLdT];  // V'ᵀ slice [col][token]
 };
 
 constexpr int kInterThreads = 256;  // 8 warps
 
-__device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* rec, int c0,
+template <int kCols>
+__device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned char* rec, int c0,
                                            int tid) {
+  constexpr int kLdU = InterStage<kCols>::kLdU, kQ = kCols / 8;
   for (int i = tid; i < 64 * 16; i += kInterThreads) {  // W, Q: 64 rows × 16 × 16 B
     const int r = i >> 4, q = i & 15;
     cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
@@ -377,34 +441,36 @@ __device__ __forceinline__ void load_stage(InterStage& st, const unsigned char* 
     const int r = i >> 3, q = i & 7;
     cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
   }
-  for (int i = tid; i < 64 * 4; i += kInterThreads) {  // U columns [c0, c0 + 32): 64 rows × 4 × 16 B
-    const int r = i >> 2, q = i & 3;
+  for (int i = tid; i < 64 * kQ; i += kInterThreads) {  // U columns [c0, c0 + kCols)
+    const int r = i / kQ, q = i % kQ;
     cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
   }
   if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
 }
 
-// Warp roles: for V', O (64 tokens × 32 columns) warp w takes token rows 16·(w & 3) and column
-// tiles 2·(w >> 2) + {0, 1}; for the state (128 keys × 32 columns) key rows [16w, 16w + 16).
+// Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
+// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0, 16).
+template <int kCols>
 __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const KdaScanParams p,
                                                                            const int* seq_first_chunk,
                                                                            const int* chunk_start,
                                                                            const unsigned char* ws) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  InterSmem& sm = *reinterpret_cast<InterSmem*>(smem_raw);
-  const int c0 = blockIdx.x * kInterCols, h = blockIdx.y, sq = blockIdx.z;
+  constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
+  InterSmem<kCols>& sm = *reinterpret_cast<InterSmem<kCols>*>(smem_raw);
+  const int c0 = blockIdx.x * kCols, h = blockIdx.y, sq = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
   const int g = lane >> 2, t2 = (lane & 3) * 2;
   const int H = p.num_heads, HD = H * D;
   const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
   const int seq_end = p.cu_seqlens[sq + 1];
   float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
-  const int rt = w & 3, nb = 2 * (w >> 2);  // token row tile, first column tile (V', O)
+  const int rt = w & 3, nb = kNH * (w >> 2);  // token row tile, first column tile (V', O)
 
-  float s[4][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
+  float s[kNT][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       s[nt][e] = S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)];
@@ -413,14 +479,14 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
   if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
   cp_async_commit();
   for (int c = 0; c < nchunks; ++c) {
-    const InterStage& st = sm.stage[c & 1];
+    const InterStage<kCols>& st = sm.stage[c & 1];
     if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
     cp_async_commit();
     if (tid == 0 && c + 2 < nchunks)  // one more chunk ahead into L2 (the stage copy hits L2 then)
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rec_of(c + 2)),
                    "r"(unsigned(ChunkRec::kBytes)));
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+    for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int d = 16 * w + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
@@ -431,25 +497,38 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
 
     // V' = U − W S and O = Q S.
     const int r0 = 16 * rt;
-    float av[2][4] = {}, ao[2][4] = {};
+    // The hi and lo halves accumulate separately: two independent mma chains of 8 instead of one
+    // of 16 (this loop is on the sequential critical path of the whole sequence).
+    float av[kNH][4] = {}, ao[kNH][4] = {}, av2[kNH][4] = {}, ao2[kNH][4] = {};
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       uint32_t aw[4], aq[4];
-      load_a(aw, st.W, kLdW, r0, 16 * kk, lane);
-      load_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
+      ldsm_a(aw, st.W, kLdW, r0, 16 * kk, lane);
+      ldsm_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
-        load_b(bl, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
-        mma16816(av[n], aw, bh);
-        mma16816(av[n], aw, bl);
-        mma16816(ao[n], aq, bh);
-        mma16816(ao[n], aq, bl);
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
+        ldsm_b2(bl4, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(av[n + q], aw, bh);
+          mma16816(av2[n + q], aw, bl);
+          mma16816(ao[n + q], aq, bh);
+          mma16816(ao2[n + q], aq, bl);
+        }
       }
     }
 #pragma unroll
-    for (int n = 0; n < 2; ++n)
+    for (int n = 0; n < kNH; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        av[n][e] += av2[n][e];
+        ao[n][e] += ao2[n][e];
+      }
+#pragma unroll
+    for (int n = 0; n < kNH; ++n)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int row = r0 + g + 8 * (e >> 1), col = 8 * (nb + n) + t2 + (e & 1);
@@ -461,14 +540,18 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
     // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
     for (int kt = 0; kt <= rt; ++kt) {
       uint32_t am[4];
-      load_a(am, st.M, kLdT, r0, 16 * kt, lane);
+      ldsm_a(am, st.M, kLdT, r0, 16 * kt, lane);
 #pragma unroll
-      for (int n = 0; n < 2; ++n) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
-        load_b(bl, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
-        mma16816(ao[n], am, bh);
-        mma16816(ao[n], am, bl);
+      for (int n = 0; n < kNH; n += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(ao[n + q], am, bh);
+          mma16816(ao[n + q], am, bl);
+        }
       }
     }
     const int t0 = chunk_start[first + c];
@@ -477,7 +560,7 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       const int tok = t0 + r0 + g + 8 * half;
       if (tok < seq_end) {
 #pragma unroll
-        for (int n = 0; n < 2; ++n)
+        for (int n = 0; n < kNH; ++n)
           *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) + t2) =
               __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
       }
@@ -486,31 +569,40 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
     // S ← Diag(e^{Γlast}) S + Krᵀ V'.
     const float gl0 = st.gl[16 * w + g], gl1 = st.gl[16 * w + g + 8];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < kNT; ++nt) {
       s[nt][0] *= gl0;
       s[nt][1] *= gl0;
       s[nt][2] *= gl1;
       s[nt][3] *= gl1;
     }
+    float s2[kNT][4] = {};
 #pragma unroll
     for (int kt = 0; kt < 4; ++kt) {
       uint32_t ak[4];
-      load_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
+      ldsm_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-        uint32_t bh[2], bl[2];
-        load_b(bh, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
-        load_b(bl, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
-        mma16816(s[nt], ak, bh);
-        mma16816(s[nt], ak, bl);
+      for (int nt = 0; nt < kNT; nt += 2) {
+        uint32_t bh4[4], bl4[4];
+        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
+        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
+          mma16816(s[nt + q], ak, bh);
+          mma16816(s2[nt + q], ak, bl);
+        }
       }
     }
+#pragma unroll
+    for (int nt = 0; nt < kNT; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nt][e] += s2[nt][e];
     __syncthreads();
   }
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int nt = 0; nt < 4; ++nt)
+  for (int nt = 0; nt < kNT; ++nt)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)] = s[nt][e];

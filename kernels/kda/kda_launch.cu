@@ -10,8 +10,9 @@ template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 }  // namespace kda
 
-// Measured on an H200 (docs/perf-log.md): which 32-column variant the automatic choice takes.
-constexpr bool kKdaDecodeSmemAuto = false;
+// Measured on an H200 (docs/perf-log.md): staging S in shared memory pays from B·H = 8192 on
+// (B = 256: 78% vs 76% of the copy rate) and loses below (B = 64: 71% vs 75%).
+constexpr int kKdaDecodeSmemFromRows = 8192;
 
 static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
@@ -28,7 +29,9 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
              "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
   const int cols = p.cols_per_cta ? p.cols_per_cta : (p.batch * p.num_heads < 256 ? 16 : 32);
-  const bool smem = p.smem_state < 0 ? kKdaDecodeSmemAuto && cols == 32 : p.smem_state != 0;
+  const bool smem = p.smem_state < 0
+                        ? cols == 32 && p.batch * p.num_heads >= kKdaDecodeSmemFromRows
+                        : p.smem_state != 0;
   KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
   if (cols == 16)
     kda::launch_kda_decode<16, false>(p, stream);

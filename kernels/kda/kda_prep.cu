@@ -13,8 +13,7 @@ void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream) {
                  p.g && p.beta && p.w.conv_weight && p.w.A_log && p.w.dt_bias,
              "null pointer");
   if (p.num_tokens > 0) {
-    KIMI_CHECK(size_t(p.num_tokens) * p.num_heads < (size_t(1) << 31), "too many token-heads");
-    kda::kda_prep_kernel<<<ceil_div(p.num_tokens * p.num_heads, 4), 128, 0, stream>>>(p);
+    kda::kda_prep_kernel<<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0, stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
   const int C = 3 * p.num_heads * kKdaD;

@@ -5,8 +5,9 @@
 //   q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ← k/sqrt(Σk²+1e-6)
 //   g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b)
 //   Layouts: x [T, C] (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32 out. Launch: ceil(T·H/4) CTAs of 128 threads, one warp per (token, head),
-//   4 channels per lane (8- and 16-byte accesses); the 3 earlier tokens are re-read (L2 hits).
+//   beta [T, H] fp32 out. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
+//   CTA's head one after another, 4 channels per lane (8- and 16-byte accesses), sums by shuffles;
+//   the 3 earlier tokens are re-read (L1/L2 hits), the conv weights come from shared memory.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -32,12 +33,21 @@ __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   *reinterpret_cast<uint2*>(p) = v;
 }
 
-__global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
+constexpr int kPrepTokens = 32;  // tokens per CTA (8 warps × 4): the head's conv weights are
+                                 // staged once in shared memory and reused by all of them
+
+__global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParams p) {
   constexpr int D = kKdaD;
+  __shared__ __align__(16) float sw[3 * D * 4];  // this head's conv weights [part][d][tap]
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
-  const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (row >= p.num_tokens * H) return;
-  const int t = row / H, h = row - t * H, d0 = 4 * lane;
+  const int h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d0 = 4 * lane;
+  for (int i = threadIdx.x; i < 3 * D; i += 256)
+    reinterpret_cast<float4*>(sw)[i] =
+        *reinterpret_cast<const float4*>(p.w.conv_weight + size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
+  __syncthreads();
+  for (int tt = 0; tt < 4; ++tt) {
+  const int t = blockIdx.x * kPrepTokens + warp * 4 + tt;
+  if (t >= p.num_tokens) return;
   const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
   const int start = p.cu_seqlens[s], pos = t - start;
   float u[3][4];
@@ -58,7 +68,7 @@ __global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float4 w = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
+      const float4 w = reinterpret_cast<const float4*>(sw)[part * D + d0 + e];
       u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
     }
   }
@@ -88,6 +98,7 @@ __global__ void __launch_bounds__(128) kda_prep_kernel(const KdaPrepParams p) {
       make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
                   neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
   if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
+  }
 }
 
 __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {

@@ -303,8 +303,8 @@ void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why)
   metrics_.requests_finished_total += 1;
   if (s.generated > 0) {
     double e2e = secs(s.req->arrival, now);
-    metrics_.e2e.push_back(e2e);
-    if (s.generated > 1) metrics_.tpot.push_back((e2e - s.ttft) / (s.generated - 1));
+    metrics_.e2e.observe(e2e);
+    if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
   }
 }
 
@@ -481,7 +481,7 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     metrics_.generation_tokens_total += 1;
     if (s.generated == 1) {
       s.ttft = secs(s.req->arrival, now);
-      metrics_.ttft.push_back(s.ttft);
+      metrics_.ttft.observe(s.ttft);
     }
   }
   ev.token_ids.push_back(tok);
@@ -518,8 +518,8 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
   std::lock_guard lk(mu_);
   metrics_.requests_finished_total += 1;
   double e2e = secs(s.req->arrival, now);
-  metrics_.e2e.push_back(e2e);
-  if (s.generated > 1) metrics_.tpot.push_back((e2e - s.ttft) / (s.generated - 1));
+  metrics_.e2e.observe(e2e);
+  if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
 }
 
 }  // namespace

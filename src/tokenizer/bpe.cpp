@@ -125,7 +125,7 @@ void BpeVocab::merge_linear(std::string_view piece, std::vector<int>& out) const
     parts[i] = {static_cast<uint32_t>(i), single_byte_[p[i]],
                 i + 1 < n ? byte_pair_[(p[i] << 8) | p[i + 1]] : kNoRank};
   parts[n] = {static_cast<uint32_t>(n), kNoRank, kNoRank};  // end sentinel
-  size_t count = n;  // parts, not counting the sentinel
+  size_t count = n;                                         // parts, not counting the sentinel
   for (;;) {
     int best = kNoRank;
     size_t at = 0;
@@ -141,9 +141,8 @@ void BpeVocab::merge_linear(std::string_view piece, std::vector<int>& out) const
     std::memmove(parts + at + 1, parts + at + 2, (count - at - 1) * sizeof(Part));
     --count;
     auto pair_rank = [&](size_t i) {
-      return i + 1 < count
-                 ? rank(piece.substr(parts[i].start, parts[i + 2].start - parts[i].start))
-                 : kNoRank;
+      return i + 1 < count ? rank(piece.substr(parts[i].start, parts[i + 2].start - parts[i].start))
+                           : kNoRank;
     };
     parts[at].pair_rank = pair_rank(at);
     if (at > 0) parts[at - 1].pair_rank = pair_rank(at - 1);
@@ -169,9 +168,7 @@ void BpeVocab::merge_heap(std::string_view piece, std::vector<int>& out) const {
   struct Cand {
     int rank;
     uint32_t left, left_end, right_end;  // right part starts at left_end
-    bool operator>(const Cand& o) const {
-      return rank != o.rank ? rank > o.rank : left > o.left;
-    }
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
   };
   std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
   auto push = [&](uint32_t left) {

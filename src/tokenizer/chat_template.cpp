@@ -6,18 +6,17 @@
 
 namespace kimi {
 
-const std::string_view kDefaultSystemPrompt = "You are Kimi, an AI assistant created by Moonshot AI.";
+const std::string_view kDefaultSystemPrompt =
+    "You are Kimi, an AI assistant created by Moonshot AI.";
 
 namespace {
 
 constexpr std::string_view kImSystem = "<|im_system|>", kImUser = "<|im_user|>",
                            kImAssistant = "<|im_assistant|>", kImMiddle = "<|im_middle|>",
                            kImEnd = "<|im_end|>";
-constexpr std::string_view kSectionBegin = "<|tool_calls_section_begin|>",
-                           kSectionEnd = "<|tool_calls_section_end|>",
-                           kCallBegin = "<|tool_call_begin|>",
-                           kArgBegin = "<|tool_call_argument_begin|>",
-                           kCallEnd = "<|tool_call_end|>";
+constexpr std::string_view kSectionBegin = kToolCallsSectionBegin,
+                           kSectionEnd = kToolCallsSectionEnd, kCallBegin = kToolCallBegin,
+                           kArgBegin = kToolCallArgumentBegin, kCallEnd = kToolCallEnd;
 
 template <typename Json>
 std::string dump_compact(const Json& j) {
@@ -63,7 +62,8 @@ bool is_canonical_id(std::string_view id) {
 void check_function_name(const std::string& name, const std::string& where) {
   if (name.empty()) fail(where, " must not be empty");
   if (name.find_first_of(".:<>") != std::string::npos)
-    fail(where, " '", name, "' contains '.', ':', '<' or '>', which Kimi tool-call ids cannot carry");
+    fail(where, " '", name,
+         "' contains '.', ':', '<' or '>', which Kimi tool-call ids cannot carry");
 }
 
 template <typename Json>
@@ -182,7 +182,8 @@ class Renderer {
         if (!it->is_string()) fail(cw, ".id must be a string");
         id = it->template get<std::string>();
       }
-      id = id.empty() ? str("functions.", fn_name, ":", call_counter_++) : canonical_id(id, fn_name);
+      id =
+          id.empty() ? str("functions.", fn_name, ":", call_counter_++) : canonical_id(id, fn_name);
       std::string args;
       auto a = fn->find("arguments");
       if (a == fn->end() || a->is_null()) {
@@ -236,49 +237,6 @@ std::string render_chat(const nlohmann::ordered_json& messages, const nlohmann::
 std::string render_chat(const nlohmann::json& messages, const nlohmann::json& tools,
                         const ChatTemplateOptions& options) {
   return Renderer<nlohmann::json>(messages, tools, options).render();
-}
-
-ParsedOutput parse_tool_calls(std::string_view text) {
-  const size_t begin = text.find(kSectionBegin);
-  if (begin == std::string_view::npos) return {std::string(text), {}};
-  auto plain = [&] { return ParsedOutput{std::string(text), {}}; };
-  auto trim = [](std::string_view s) {
-    const size_t a = s.find_first_not_of(" \t\r\n");
-    if (a == std::string_view::npos) return std::string_view();
-    return s.substr(a, s.find_last_not_of(" \t\r\n") - a + 1);
-  };
-  ParsedOutput out{std::string(text.substr(0, begin)), {}};
-  std::string_view rest = text.substr(begin + kSectionBegin.size());
-  for (;;) {
-    rest = rest.substr(std::min(rest.size(), rest.find_first_not_of(" \t\r\n")));
-    if (rest.empty()) break;  // no section end: tolerated
-    if (rest.starts_with(kSectionEnd)) {
-      const std::string_view after = rest.substr(kSectionEnd.size());
-      if (!trim(after).empty()) out.content += after;
-      break;
-    }
-    if (!rest.starts_with(kCallBegin)) return plain();
-    rest.remove_prefix(kCallBegin.size());
-    const size_t arg = rest.find(kArgBegin);
-    if (arg == std::string_view::npos) return plain();
-    const std::string_view id = trim(rest.substr(0, arg));
-    const size_t colon = id.find(':');
-    if (id.empty() || id.find('<') != std::string_view::npos || colon == std::string_view::npos)
-      return plain();
-    const std::string_view idx = id.substr(id.rfind(':') + 1);
-    if (idx.empty() || idx.find_first_not_of("0123456789") != std::string_view::npos) return plain();
-    rest.remove_prefix(arg + kArgBegin.size());
-    const size_t end = rest.find(kCallEnd);
-    if (end == std::string_view::npos) return plain();
-    const std::string_view args = rest.substr(0, end);
-    if (args.find(kCallBegin) != std::string_view::npos) return plain();
-    std::string_view name = id.substr(0, colon);
-    if (const size_t dot = name.rfind('.'); dot != std::string_view::npos)
-      name.remove_prefix(dot + 1);
-    out.tool_calls.push_back({std::string(id), std::string(name), std::string(trim(args))});
-    rest.remove_prefix(end + kCallEnd.size());
-  }
-  return out;
 }
 
 }  // namespace kimi

@@ -1,4 +1,5 @@
-// Kimi chat template (K2 family, model.md §7, serving.md §5) and the tool-call output parser.
+// Kimi chat template (K2 family, model.md §7, serving.md §5). The output side (tool-call
+// parsing) is in tool_calls.h, included here.
 //
 // Rendering, with nothing between turns and no BOS:
 //   [<|im_system|>tool_declare<|im_middle|>TOOLS_JSON<|im_end|>]          when tools are given
@@ -28,6 +29,8 @@
 #include <string_view>
 #include <vector>
 
+#include "tokenizer/tool_calls.h"
+
 namespace kimi {
 
 extern const std::string_view kDefaultSystemPrompt;
@@ -49,24 +52,5 @@ std::string render_chat(const nlohmann::ordered_json& messages, const nlohmann::
                         const ChatTemplateOptions& options = {});
 std::string render_chat(const nlohmann::json& messages, const nlohmann::json& tools,
                         const ChatTemplateOptions& options = {});
-
-// A tool call recovered from generated text.
-struct ToolCall {
-  std::string id;         // verbatim, e.g. "functions.get_weather:0"
-  std::string name;       // "get_weather": the id before ':' after the last '.'
-  std::string arguments;  // raw JSON text, whitespace-trimmed, not validated
-};
-
-struct ParsedOutput {
-  std::string content;  // text outside the tool-call section (may be empty)
-  std::vector<ToolCall> tool_calls;
-};
-
-// Splits generated text (decoded with special tokens kept) into content and tool calls.
-// Without <|tool_calls_section_begin|> everything is content. A malformed section (a call
-// without its argument or end marker, a bad id, stray text between calls) makes the whole text
-// plain content with no tool calls. A missing <|tool_calls_section_end|> is tolerated; text after
-// it is appended to the content.
-ParsedOutput parse_tool_calls(std::string_view text);
 
 }  // namespace kimi

@@ -202,8 +202,8 @@ void Pretokenizer::split(std::string_view text,
     if (rc == PCRE2_ERROR_JIT_STACKLIMIT) {
       if (jit_ && !g_warned_jit_fallback.exchange(true))
         spdlog::warn("pre-tokenizer: a piece exceeded the PCRE2 JIT stack; using the interpreter");
-      rc = pcre2_match(code_, subject, n, offset, PCRE2_NO_UTF_CHECK, scratch.data,
-                       scratch.context);
+      rc =
+          pcre2_match(code_, subject, n, offset, PCRE2_NO_UTF_CHECK, scratch.data, scratch.context);
     }
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {

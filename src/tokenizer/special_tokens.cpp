@@ -30,7 +30,9 @@ std::span<const SpecialSlot> kimi_special_layout() {
   return kLayout;
 }
 
-std::string reserved_token_name(int id) { return str("<|reserved_token_", id, "|>"); }
+std::string reserved_token_name(int id) {
+  return str("<|reserved_token_", id, "|>");
+}
 
 SpecialTokens::SpecialTokens(int base, const std::unordered_map<int, std::string>& names)
     : base_(base), names_(kNumSpecialSlots) {

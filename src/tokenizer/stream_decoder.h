@@ -45,8 +45,8 @@ class StopMatcher {
   explicit StopMatcher(std::vector<std::string> stops);
 
   struct Result {
-    std::string text;                // safe to emit now
-    std::optional<size_t> stop;      // index into stops when one matched (text ends before it)
+    std::string text;            // safe to emit now
+    std::optional<size_t> stop;  // index into stops when one matched (text ends before it)
   };
   // Feeds decoded text. After a stop matched, further pushes return nothing.
   Result push(std::string_view text);

@@ -109,7 +109,9 @@ std::string Tokenizer::decode(std::span<const int> ids) const {
   return out;
 }
 
-std::optional<int> Tokenizer::special_id(std::string_view name) const { return specials_.id(name); }
+std::optional<int> Tokenizer::special_id(std::string_view name) const {
+  return specials_.id(name);
+}
 
 std::vector<int> Tokenizer::stop_ids() const {
   std::vector<int> ids;

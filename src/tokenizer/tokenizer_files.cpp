@@ -57,7 +57,8 @@ std::vector<std::string> parse_tiktoken_model(const std::string& path, std::stri
   if (tokens.empty()) fail(path, ": no tokens");
   for (size_t r = 0; r < tokens.size(); ++r)
     if (rank_line[r] == 0)
-      fail(path, ": ranks must be 0..", tokens.size() - 1, " without gaps; rank ", r, " is missing");
+      fail(path, ": ranks must be 0..", tokens.size() - 1, " without gaps; rank ", r,
+           " is missing");
   std::unordered_map<std::string_view, size_t> seen;
   seen.reserve(tokens.size());
   for (size_t r = 0; r < tokens.size(); ++r) {
@@ -91,7 +92,8 @@ Tokenizer Tokenizer::from_parts(const std::vector<std::string>& tokens,
   return build(BpeVocab(tokens), special_names, bos_token, eos_token, pad_token);
 }
 
-Tokenizer Tokenizer::build(BpeVocab vocab, const std::unordered_map<int, std::string>& special_names,
+Tokenizer Tokenizer::build(BpeVocab vocab,
+                           const std::unordered_map<int, std::string>& special_names,
                            const std::string& bos_token, const std::string& eos_token,
                            const std::string& pad_token) {
   Tokenizer t;
@@ -156,7 +158,7 @@ Tokenizer Tokenizer::load(const std::string& dir) {
       return *name;
     };
     return build(std::move(vocab), names, pick("bos_token", "[BOS]"), pick("eos_token", "[EOS]"),
-                      pick("pad_token", "[PAD]"));
+                 pick("pad_token", "[PAD]"));
   } catch (const Error& e) {
     fail(config_path, ": ", e.what());
   }

@@ -20,7 +20,9 @@ struct Word {
   int64_t count;
 };
 
-uint64_t pair_key(int a, int b) { return (uint64_t(uint32_t(a)) << 32) | uint32_t(b); }
+uint64_t pair_key(int a, int b) {
+  return (uint64_t(uint32_t(a)) << 32) | uint32_t(b);
+}
 
 // Replaces every non-overlapping (a, b), left to right, with merged. Returns whether any did.
 bool apply_merge(std::vector<int>& ids, int a, int b, int merged) {
@@ -63,7 +65,8 @@ std::vector<std::string> train_bpe(std::string_view corpus, int num_merges) {
   while (static_cast<int>(tokens.size()) < 256 + num_merges) {
     pairs.clear();
     for (const Word& w : words)
-      for (size_t i = 0; i + 1 < w.ids.size(); ++i) pairs[pair_key(w.ids[i], w.ids[i + 1])] += w.count;
+      for (size_t i = 0; i + 1 < w.ids.size(); ++i)
+        pairs[pair_key(w.ids[i], w.ids[i + 1])] += w.count;
     uint64_t best = 0;
     int64_t best_count = 0;
     for (const auto& [key, count] : pairs)
@@ -101,14 +104,19 @@ void write_trained_tokenizer(const std::string& dir, int num_merges) {
     const int id = base + i;
     decoder[std::to_string(id)] = {
         {"content", names[i].empty() ? reserved_token_name(id) : names[i]},
-        {"lstrip", false}, {"normalized", false}, {"rstrip", false},
-        {"single_word", false}, {"special", true}};
+        {"lstrip", false},
+        {"normalized", false},
+        {"rstrip", false},
+        {"single_word", false},
+        {"special", true}};
   }
-  nlohmann::ordered_json config = {
-      {"added_tokens_decoder", decoder}, {"bos_token", "[BOS]"},
-      {"eos_token", "[EOS]"},           {"pad_token", "[PAD]"},
-      {"unk_token", "[UNK]"},           {"model_max_length", 1048576},
-      {"tokenizer_class", "TikTokenTokenizer"}};
+  nlohmann::ordered_json config = {{"added_tokens_decoder", decoder},
+                                   {"bos_token", "[BOS]"},
+                                   {"eos_token", "[EOS]"},
+                                   {"pad_token", "[PAD]"},
+                                   {"unk_token", "[UNK]"},
+                                   {"model_max_length", 1048576},
+                                   {"tokenizer_class", "TikTokenTokenizer"}};
   std::ofstream f(dir + "/tokenizer_config.json", std::ios::binary);
   if (!f) fail("cannot write ", dir, "/tokenizer_config.json");
   f << config.dump(1) << '\n';

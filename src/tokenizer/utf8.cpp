@@ -74,9 +74,12 @@ void check_utf8(std::string_view s, std::string_view what) {
 uint32_t utf8_decode(std::string_view s, size_t pos, size_t len) {
   const auto* p = reinterpret_cast<const unsigned char*>(s.data()) + pos;
   switch (len) {
-    case 1: return p[0];
-    case 2: return (uint32_t(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
-    case 3: return (uint32_t(p[0] & 0x0F) << 12) | (uint32_t(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
+    case 1:
+      return p[0];
+    case 2:
+      return (uint32_t(p[0] & 0x1F) << 6) | (p[1] & 0x3F);
+    case 3:
+      return (uint32_t(p[0] & 0x0F) << 12) | (uint32_t(p[1] & 0x3F) << 6) | (p[2] & 0x3F);
     default:
       return (uint32_t(p[0] & 0x07) << 18) | (uint32_t(p[1] & 0x3F) << 12) |
              (uint32_t(p[2] & 0x3F) << 6) | (p[3] & 0x3F);
@@ -105,7 +108,13 @@ bool is_python_space(uint32_t cp) {
   if (cp <= 0x20) return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20);
   if (cp < 0x85) return false;
   switch (cp) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
     case 0x3000:
       return true;
     default:

@@ -17,7 +17,9 @@ size_t utf8_sequence_length(std::string_view s, size_t pos, bool* incomplete = n
 // Byte offset of the first invalid byte, or s.size() when s is valid UTF-8.
 size_t utf8_first_invalid(std::string_view s);
 
-inline bool is_valid_utf8(std::string_view s) { return utf8_first_invalid(s) == s.size(); }
+inline bool is_valid_utf8(std::string_view s) {
+  return utf8_first_invalid(s) == s.size();
+}
 
 // Throws kimi::Error ("<what> is not valid UTF-8 (byte offset N, byte 0xXX)") when s is invalid.
 void check_utf8(std::string_view s, std::string_view what);

@@ -272,7 +272,8 @@ TEST(KdaGpu, DecodeVariants) {
 // with random initial conv and recurrent states.
 enum class Scan { kRecurrent, kChunked };
 
-void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
+void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed,
+                      int inter_cols = 0) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
   std::vector<int> cu(S + 1, 0);
@@ -349,6 +350,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
     a.seq_first_chunk = d_sf->data();
     a.workspace = d_ws->data();
     a.workspace_bytes = ws;
+    a.inter_cols = inter_cols;
     cuda::run_kda_chunked(sp, a, nullptr);
   }
   cuda::KdaGatedNormParams np;
@@ -428,6 +430,10 @@ TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
 TEST(KdaGpu, PrefillMixedVarlenChunked) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
+}
+TEST(KdaGpu, PrefillMixedVarlenChunkedInter32) {
+  KIMI_REQUIRE_GPU();
+  run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9, 32);
 }
 
 // prefill(A) on the chunked path, then decode(B) steps with the fused decode kernel, must equal the

@@ -12,6 +12,7 @@
 #include "op_test_util.h"
 #include "ops/cpu/basic.h"
 #include "ops/cpu/kda.h"
+#include "ops/cpu/vec_math.h"
 
 namespace kimi::cpu {
 namespace {
@@ -231,6 +232,31 @@ TEST(Kda, ChunkedStrongDecayStaysFinite) {
   expect_close(compare(state_c, state_r), kScanRelTol, kStateAbsTol, "strong decay: state");
 }
 
+// A NaN in v of one token and channel: both paths put NaN at exactly the same outputs (that
+// value column, from that token on) and agree elsewhere; nothing leaks to earlier tokens.
+TEST(Kda, NanPositionsMatchAndStayCausal) {
+  const int T = 130, H = 2, t_nan = 42, j_nan = 7;  // t_nan inside a 4-row tile
+  ScanInputs in = make_scan_inputs(T, H, 550);
+  in.v[(size_t(t_nan) * H + 0) * D + j_nan] = NAN;
+  std::vector<float> state_r(H * kStateSize, 0.f), state_c = state_r;
+  const auto out_r = run_scan(kda_recurrent, in, {0, T}, {0}, 1, state_r);
+  const auto out_c = run_scan(kda_chunked, in, {0, T}, {0}, 1, state_c);
+  std::vector<double> fin_r, fin_c;
+  int nan_count = 0;
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int j = 0; j < D; ++j) {
+        const size_t i = (size_t(t) * H + h) * D + j;
+        const bool expect_nan = h == 0 && j == j_nan && t >= t_nan;
+        ASSERT_EQ(std::isnan(out_r[i]), expect_nan) << "recurrent t=" << t << " h=" << h;
+        ASSERT_EQ(std::isnan(out_c[i]), expect_nan) << "chunked t=" << t << " h=" << h;
+        nan_count += expect_nan;
+        if (!expect_nan) fin_r.push_back(out_r[i]), fin_c.push_back(out_c[i]);
+      }
+  EXPECT_EQ(nan_count, T - t_nan);
+  expect_close(compare(fin_c, fin_r), kScanRelTol, kOutAbsTol, "NaN case: finite outputs");
+}
+
 TEST(Kda, ScanRejectsSharedOrOutOfRangeSlots) {
   ScanInputs in = make_scan_inputs(4, 1, 600);
   std::vector<float> state(2 * kStateSize, 0.f);
@@ -367,6 +393,26 @@ TEST(KdaSmallOps, GateL2normGatedRmsnorm) {
       EXPECT_NEAR(y[r * D + d], yv, 1e-5 * (1 + std::abs(yv)));
     }
   }
+}
+
+// The vectorised exp of the chunked path against double exp: at most 2 ulp over [−87, 88].
+TEST(KdaSmallOps, ExpFastWithinTwoUlp) {
+  double worst = 0;
+  float worst_x = 0;
+  for (int i = 0; i <= 1750000; ++i) {
+    const float x = -87.f + float(i) * 1e-4f;
+    const double ref = std::exp(double(x));
+    const float y = detail::exp_fast(x);
+    const double ulp = double(std::nextafter(float(ref), INFINITY) - float(ref));
+    const double err = std::abs(double(y) - ref) / ulp;
+    if (err > worst) worst = err, worst_x = x;
+  }
+  std::printf("  exp_fast max error %.2f ulp at x = %g\n", worst, worst_x);
+  EXPECT_LE(worst, 2.0);
+  EXPECT_EQ(detail::exp_fast(0.f), 1.f);
+  EXPECT_EQ(detail::exp_fast(-100.f), 0.f);
+  EXPECT_EQ(detail::exp_fast(-INFINITY), 0.f);
+  EXPECT_TRUE(std::isnan(detail::exp_fast(NAN)));
 }
 
 }  // namespace

@@ -87,5 +87,25 @@ TEST(TokenizerGolden, Pretokens) {
   }
 }
 
+// Random mixed-script strings (all planes, combining marks, emoji, odd whitespace, special-token
+// text) encoded by tiktoken 0.14.0 itself; see tests/data/gen_tiktoken_fuzz.py.
+TEST(TokenizerGolden, MatchesTiktokenOnRandomStrings) {
+  KIMI_REQUIRE_GOLDEN_TOKENIZER();
+  const Tokenizer& tok = golden_tokenizer();
+  std::ifstream f(std::string(KIMI_SOURCE_DIR) + "/tests/data/tiktoken_fuzz_tokenizer_a.jsonl");
+  ASSERT_TRUE(f) << "tests/data/tiktoken_fuzz_tokenizer_a.jsonl is missing";
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) {
+    const auto j = nlohmann::json::parse(line);
+    const auto text = j["text"].get<std::string>();
+    ASSERT_EQ(tok.encode(text, true), j["ids"].get<std::vector<int>>()) << "line " << n + 1;
+    ASSERT_EQ(tok.encode(text, false), j["ids_no_special"].get<std::vector<int>>())
+        << "line " << n + 1;
+    ++n;
+  }
+  EXPECT_EQ(n, 300);
+}
+
 }  // namespace
 }  // namespace kimi

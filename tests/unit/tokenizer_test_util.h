@@ -10,11 +10,14 @@
 #include <sstream>
 #include <string>
 
+#include "core/check.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi::test {
 
-inline std::string golden_tokenizer_dir() { return std::string(KIMI_GOLDEN_DIR) + "/tokenizer-a"; }
+inline std::string golden_tokenizer_dir() {
+  return std::string(KIMI_GOLDEN_DIR) + "/tokenizer-a";
+}
 
 inline bool have_golden_tokenizer() {
   return std::filesystem::exists(golden_tokenizer_dir() + "/tiktoken.model");
@@ -52,8 +55,8 @@ struct TempDir {
 
 }  // namespace kimi::test
 
-#define KIMI_REQUIRE_GOLDEN_TOKENIZER()                                                   \
-  do {                                                                                    \
-    if (!::kimi::test::have_golden_tokenizer())                                           \
+#define KIMI_REQUIRE_GOLDEN_TOKENIZER()                                                         \
+  do {                                                                                          \
+    if (!::kimi::test::have_golden_tokenizer())                                                 \
       GTEST_SKIP() << "golden tokenizer not found at " << ::kimi::test::golden_tokenizer_dir(); \
   } while (0)

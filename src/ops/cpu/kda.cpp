@@ -7,6 +7,8 @@
 // kda_l2norm     x ← x / sqrt(Σx² + eps) · scale per (token, head) row of 128.
 // kda_recurrent  the definition (§3.3), per token: S ← Diag(exp g) S; r = v − Sᵀk;
 //                S ← S + β k rᵀ; o = Sᵀq. State [H, K, V] in fp32; tasks: (sequence, head).
+//                Two sweeps over S per token: a read-only one for (Diag(α) S)ᵀ k, then one that
+//                writes Diag(α) S + k (βr)ᵀ and accumulates o from the updated values.
 // kda_gated_rmsnorm  y = o / sqrt(mean(o²) + eps) · w · sigmoid(z) per (token, head).
 #include "ops/cpu/kda.h"
 
@@ -163,6 +165,7 @@ void kda_gated_rmsnorm(const float* o, const float* z, const float* w, float* y,
 
 void kda_recurrent(const KdaScanParams& p) {
   constexpr int D = kKdaHeadDim;
+  constexpr int kCols = 16;  // state columns per sweep: 64 B of each row, accumulators in registers
   detail::check_scan(p, "kda_recurrent");
   const int H = p.num_heads;
   const int64_t tasks = int64_t(p.num_seqs) * H;
@@ -171,7 +174,7 @@ void kda_recurrent(const KdaScanParams& p) {
     const int s = int(task / H);
     const int h = int(task % H);
     float* S = p.state + (int64_t(p.slots[s]) * H + h) * D * D;  // [K, V]
-    alignas(64) float alpha[D], ks[D], r[D], o[D];
+    alignas(64) float alpha[D], ak[D], ks[D], r[D];
     for (int64_t t = p.cu_seqlens[s]; t < p.cu_seqlens[s + 1]; ++t) {
       const int64_t row = (t * H + h) * D;
       const float* q = p.q + row;
@@ -179,32 +182,37 @@ void kda_recurrent(const KdaScanParams& p) {
       const float* v = p.v + row;
       const float* g = p.g + row;
       const float beta = p.beta[t * H + h];
+      float* o = p.out + row;
       for (int d = 0; d < D; ++d) alpha[d] = std::exp(g[d]);
-      // S ← Diag(α) S and ks = Sᵀ k in one sweep over the rows of S.
-      for (int j = 0; j < D; ++j) ks[j] = 0.f;
-      for (int d = 0; d < D; ++d) {
-        float* Sr = S + d * D;
-        const float a = alpha[d], kd = k[d];
+      for (int d = 0; d < D; ++d) ak[d] = alpha[d] * k[d];
+      // Two sweeps over S in column blocks of kCols, accumulators in registers.
+      // Sweep 1 (read only): ks = (Diag(α) S)ᵀ k, then r = β (v − ks).
+      for (int j0 = 0; j0 < D; j0 += kCols) {
+        float acc[kCols] = {};
+        for (int d = 0; d < D; ++d) {
+          const float* Sr = S + d * D + j0;
+          const float a = ak[d];
 #pragma omp simd
-        for (int j = 0; j < D; ++j) {
-          Sr[j] *= a;
-          ks[j] += kd * Sr[j];
+          for (int j = 0; j < kCols; ++j) acc[j] += a * Sr[j];
         }
+        for (int j = 0; j < kCols; ++j) ks[j0 + j] = acc[j];
       }
       for (int j = 0; j < D; ++j) r[j] = beta * (v[j] - ks[j]);
-      // S ← S + k (β r)ᵀ and o = Sᵀ q with the updated rows.
-      for (int j = 0; j < D; ++j) o[j] = 0.f;
-      for (int d = 0; d < D; ++d) {
-        float* Sr = S + d * D;
-        const float kd = k[d], qd = q[d];
+      // Sweep 2: S ← Diag(α) S + k rᵀ, and o = Sᵀ q from the updated rows.
+      for (int j0 = 0; j0 < D; j0 += kCols) {
+        float acc[kCols] = {};
+        for (int d = 0; d < D; ++d) {
+          float* Sr = S + d * D + j0;
+          const float a = alpha[d], kd = k[d], qd = q[d];
 #pragma omp simd
-        for (int j = 0; j < D; ++j) {
-          Sr[j] += kd * r[j];
-          o[j] += qd * Sr[j];
+          for (int j = 0; j < kCols; ++j) {
+            const float sn = a * Sr[j] + kd * r[j0 + j];
+            Sr[j] = sn;
+            acc[j] += qd * sn;
+          }
         }
+        for (int j = 0; j < kCols; ++j) o[j0 + j] = acc[j];
       }
-      float* out = p.out + row;
-      for (int j = 0; j < D; ++j) out[j] = o[j];
     }
   }
 }

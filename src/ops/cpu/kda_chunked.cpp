@@ -18,7 +18,6 @@
 // written in place with row stride H·128.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <memory>
 
 #include "core/check.h"
@@ -26,11 +25,13 @@
 #include "ops/cpu/kda.h"
 #include "ops/cpu/kda_internal.h"
 #include "ops/cpu/small_gemm.h"
+#include "ops/cpu/vec_math.h"
 
 namespace kimi::cpu {
 
 namespace {
 
+using detail::exp_fast;
 constexpr int D = kKdaHeadDim;
 constexpr int C = kKdaChunk;
 constexpr int kSub = 16;  // sub-chunk of the secondary chunking
@@ -43,10 +44,10 @@ struct alignas(64) ChunkWork {
   float kl[C][D];           // k_i ⊙ exp(Γ_last − Γ_i)
   float wu[C][2 * D];       // [W | U], then [W | V']
   float lm[C][C];           // L (strictly lower part used)
-  float mm[C][C];           // M (lower incl. diagonal; upper kept zero for the triangular GEMM)
+  float mm[C][C];           // M (lower part incl. diagonal used)
   float asub[kSub][2 * D];  // [k_i ⊙ exp(Γ_i − r) | q_i ⊙ exp(Γ_i − r)], rows of sub-chunk I
-  float bt[D][C];  // bt[d][j] = k_j[d] · exp(r[d] − Γ_j[d]), columns j before sub-chunk I
-  float e[D];
+  float bt[D][C];           // bt[d][j] = k_j[d] · exp(r[d] − Γ_j[d]), j before sub-chunk I
+  float e[D];               // one row of exp factors
 };
 
 ChunkWork& thread_work() {
@@ -65,7 +66,6 @@ inline float dot(const float* a, const float* b) {
 // L and M for the n tokens of one chunk; q, k have row stride ld.
 void build_lm(ChunkWork& w, int n, const float* q, const float* k, const float* beta, int64_t ld,
               int64_t beta_ld) {
-  std::memset(w.mm, 0, sizeof(float) * C * n);
   for (int i0 = 0; i0 < n; i0 += kSub) {
     const int i1 = std::min(n, i0 + kSub);
     // Diagonal block: exp of the masked differences, j ≤ i only.
@@ -75,7 +75,10 @@ void build_lm(ChunkWork& w, int n, const float* q, const float* k, const float* 
       const float bi = beta[i * beta_ld];
       for (int j = i0; j <= i; ++j) {
         const float* kj = k + j * ld;
-        for (int d = 0; d < D; ++d) w.e[d] = kj[d] * std::exp(w.gam[i][d] - w.gam[j][d]);
+        const float* gi = w.gam[i];
+        const float* gj = w.gam[j];
+#pragma omp simd
+        for (int d = 0; d < D; ++d) w.e[d] = kj[d] * exp_fast(gi[d] - gj[d]);
         w.mm[i][j] = dot(qi, w.e);
         if (j < i) w.lm[i][j] = bi * dot(ki, w.e);
       }
@@ -87,15 +90,20 @@ void build_lm(ChunkWork& w, int n, const float* q, const float* k, const float* 
       const float* ki = k + i * ld;
       const float* qi = q + i * ld;
       float* a = w.asub[i - i0];
+      const float* gi = w.gam[i];
+#pragma omp simd
       for (int d = 0; d < D; ++d) {
-        const float e = std::exp(w.gam[i][d] - r[d]);
+        const float e = exp_fast(gi[d] - r[d]);
         a[d] = ki[d] * e;
         a[D + d] = qi[d] * e;
       }
     }
     for (int j = 0; j < i0; ++j) {
       const float* kj = k + j * ld;
-      for (int d = 0; d < D; ++d) w.bt[d][j] = kj[d] * std::exp(r[d] - w.gam[j][d]);
+      const float* gj = w.gam[j];
+#pragma omp simd
+      for (int d = 0; d < D; ++d) w.e[d] = kj[d] * exp_fast(r[d] - gj[d]);
+      for (int d = 0; d < D; ++d) w.bt[d][j] = w.e[d];
     }
     const int m = i1 - i0;
     detail::gemm(m, i0, D, 1.f, &w.asub[0][0], 2 * D, 1, &w.bt[0][0], C, &w.lm[i0][0], C, true);
@@ -116,28 +124,37 @@ void chunk_step(ChunkWork& w, int n, const float* q, const float* k, const float
 
   build_lm(w, n, q, k, beta, ld, beta_ld);
 
-  // Right-hand sides Diag(β)[K ⊙ exp Γ | V] (exp Γ_i = exp(Γ_i − Γ_start), Γ_start = 0) and Q ⊙ exp
-  // Γ.
+  // Right-hand sides Diag(β)[K ⊙ exp Γ | V], and Q ⊙ exp Γ. Here exp Γ_i is the difference form
+  // exp(Γ_i − Γ_start) with Γ_start = 0, so it is ≤ 1 as well.
   for (int i = 0; i < n; ++i) {
     const float* qi = q + i * ld;
     const float* ki = k + i * ld;
     const float* vi = v + i * ld;
     const float bi = beta[i * beta_ld];
+    const float* gi = w.gam[i];
+#pragma omp simd
     for (int d = 0; d < D; ++d) {
-      const float e = std::exp(w.gam[i][d]);
+      const float e = exp_fast(gi[d]);
       w.wu[i][d] = bi * ki[d] * e;
       w.wu[i][D + d] = bi * vi[d];
       w.qg[i][d] = qi[d] * e;
     }
   }
-  // (I + L) [W | U] = rhs by forward substitution.
-  for (int i = 1; i < n; ++i) {
-    float* xi = w.wu[i];
-    for (int j = 0; j < i; ++j) {
-      const float l = w.lm[i][j];
-      const float* xj = w.wu[j];
+  // (I + L) [W | U] = rhs by forward substitution, four rows at a time: the rows already solved
+  // enter through one GEMM, then the 4×4 unit-lower diagonal block is solved row by row.
+  for (int i0 = 0; i0 < n; i0 += detail::kGemmMr) {
+    const int m = std::min(detail::kGemmMr, n - i0);
+    if (i0 > 0)
+      detail::gemm(m, 2 * D, i0, -1.f, &w.lm[i0][0], C, 1, &w.wu[0][0], 2 * D, &w.wu[i0][0], 2 * D,
+                   false);
+    for (int i = i0 + 1; i < i0 + m; ++i) {
+      float* xi = w.wu[i];
+      for (int j = i0; j < i; ++j) {
+        const float l = w.lm[i][j];
+        const float* xj = w.wu[j];
 #pragma omp simd
-      for (int c = 0; c < 2 * D; ++c) xi[c] -= l * xj[c];
+        for (int c = 0; c < 2 * D; ++c) xi[c] -= l * xj[c];
+      }
     }
   }
   float* vp = &w.wu[0][D];  // U, becomes V' [n, D] with row stride 2D
@@ -148,10 +165,14 @@ void chunk_step(ChunkWork& w, int n, const float* q, const float* k, const float
   const float* last = w.gam[n - 1];
   for (int i = 0; i < n; ++i) {
     const float* ki = k + i * ld;
-    for (int d = 0; d < D; ++d) w.kl[i][d] = ki[d] * std::exp(last[d] - w.gam[i][d]);
+    const float* gi = w.gam[i];
+#pragma omp simd
+    for (int d = 0; d < D; ++d) w.kl[i][d] = ki[d] * exp_fast(last[d] - gi[d]);
   }
+#pragma omp simd
+  for (int d = 0; d < D; ++d) w.e[d] = exp_fast(last[d]);
   for (int d = 0; d < D; ++d) {
-    const float a = std::exp(last[d]);
+    const float a = w.e[d];
     float* Sr = S + d * D;
     for (int j = 0; j < D; ++j) Sr[j] *= a;
   }

@@ -6,8 +6,9 @@
 //
 // Absorbed (the product path): per head h, q_abs = W_UK(h)ᵀ q_nope (512), q̃ = [q_abs | q_pe];
 //   s_j = scale · q̃ · cache_j (576), p = softmax(s) (fp32, max subtracted), u = Σ_j p_j ĉ_j,
-//   out = W_UV(h) u. Tasks: (query token, group of 8 heads), so each cache row that is read is
-//   used by 8 heads while it sits in L1.
+//   out = W_UV(h) u. Tasks: (query token, group of 16 heads); per 64-row cache block the scores
+//   are one GEMM [rows × 576]·[576 × heads] and Σ p ĉ another, so each cache row is read twice
+//   per group (once per pass) and used by all its heads. Groups of ≤ 8 heads run 8 wide.
 // Expanded (the plain reference): k_nope_j = W_UK(h) ĉ_j, v_j = W_UV(h) ĉ_j for every cached
 //   position, then s_j = scale · (q_nope · k_nope_j + q_pe · k_pe_j), out = Σ_j p_j v_j.
 //   It allocates its expanded K/V per sequence; it is for tests, not for serving.
@@ -21,6 +22,7 @@
 
 #include "core/check.h"
 #include "model/config.h"
+#include "ops/cpu/small_gemm.h"
 
 namespace kimi::cpu {
 
@@ -33,7 +35,9 @@ constexpr int kNope = kMlaNopeDim;     // 128
 constexpr int kV = kMlaVDim;           // 128
 constexpr int kQ = kMlaQkDim;          // 192
 constexpr int kHeadRows = kNope + kV;  // 256 rows of kv_b per head
-constexpr int kGroup = 8;              // heads per absorbed-attention task
+constexpr int kGroup = 16;             // heads per absorbed-attention task
+constexpr int kScoreSplit = 64;        // partial-sum length of the 576-long score dot products
+static_assert(kRow % kScoreSplit == 0);
 static_assert(kMlaBlockSize == 64);
 
 // Checks the paged-batch description; returns the number of new tokens.
@@ -85,9 +89,10 @@ inline int seq_of(const int* cu_seqlens, int num_seqs, int64_t t) {
 
 // Per-thread scratch of the absorbed path, grown on first use and then reused.
 struct AbsorbWork {
-  std::vector<float> qt = std::vector<float>(kGroup * kRow);  // q̃ per head of the group
-  std::vector<float> u = std::vector<float>(kGroup * kLat);   // Σ p ĉ per head
-  std::vector<float> sc;                                      // [group, len] scores
+  std::vector<float> qt =
+      std::vector<float>(kRow * kGroup);  // [576, Gp] q̃ of the group, transposed
+  std::vector<float> u = std::vector<float>(kGroup * kLat);  // [Gp, 512] Σ p ĉ
+  std::vector<float> sc;                                     // [len, Gp] scores, then p
 };
 
 AbsorbWork& absorb_work() {
@@ -102,6 +107,40 @@ void check_attn(const MlaAttnParams& p, const char* op, int64_t* T) {
   KIMI_CHECK(p.scale > 0.f, "scale = ", p.scale, " (", op, ")");
   if (*T > 0)
     KIMI_CHECK(p.cache && p.q && p.kv_b && p.out, "cache, q, kv_b and out are required (", op, ")");
+}
+
+// q̃[:, g] = [W_UK(h)ᵀ q_nope | q_pe] for heads h0 .. h0 + nh − 1 of token t, stored transposed
+// as qt [576, gp]; columns nh .. gp − 1 are zero.
+void absorbed_query(const MlaAttnParams& p, int64_t t, int h0, int nh, int gp, float* qt) {
+  std::fill(qt, qt + kRow * gp, 0.f);
+  for (int g = 0; g < nh; ++g) {
+    const int h = h0 + g;
+    const float* q = p.q + (t * p.num_heads + h) * kQ;
+    const float* wuk = p.kv_b + int64_t(h) * kHeadRows * kLat;
+    alignas(64) float qa[kLat] = {};
+    for (int r = 0; r < kNope; ++r) {
+      const float qr = q[r];
+      const float* wr = wuk + r * kLat;
+#pragma omp simd
+      for (int c = 0; c < kLat; ++c) qa[c] += qr * wr[c];
+    }
+    for (int c = 0; c < kLat; ++c) qt[c * gp + g] = qa[c];
+    for (int c = 0; c < kPe; ++c) qt[(kLat + c) * gp + g] = q[kNope + c];
+  }
+}
+
+// In-place softmax of x[0], x[stride], ..., x[(n − 1)·stride] in fp32, max subtracted.
+void softmax_strided(float* x, int n, int stride) {
+  float mx = x[0];
+  for (int j = 1; j < n; ++j) mx = std::max(mx, x[j * stride]);
+  float sum = 0.f;
+  for (int j = 0; j < n; ++j) {
+    const float e = std::exp(x[j * stride] - mx);
+    x[j * stride] = e;
+    sum += e;
+  }
+  const float inv = 1.f / sum;
+  for (int j = 0; j < n; ++j) x[j * stride] *= inv;
 }
 
 }  // namespace
@@ -131,67 +170,47 @@ void mla_attention_absorbed(const MlaAttnParams& p) {
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
     AbsorbWork& w = absorb_work();
-    std::vector<float>& qt = w.qt;
-    std::vector<float>& u = w.u;
-    std::vector<float>& sc = w.sc;
     const int64_t t = task / groups;
     const int h0 = int(task % groups) * kGroup;
     const int nh = std::min(kGroup, H - h0);
+    const int gp = nh <= kGroup / 2 ? kGroup / 2 : kGroup;  // GEMM width; extra heads are zero
     const int s = seq_of(p.cu_seqlens, p.num_seqs, t);
     const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
     const int len = p.context_lens[s] - n_new + int(t - p.cu_seqlens[s]) + 1;
     const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
-    if (sc.size() < size_t(kGroup) * len) sc.resize(size_t(kGroup) * len);
+    if (w.sc.size() < size_t(len) * gp) w.sc.resize(size_t(len) * gp);
+    float* qt = w.qt.data();
+    float* sc = w.sc.data();
+    float* u = w.u.data();
 
-    // q̃[g] = [W_UK(h)ᵀ q_nope | q_pe]
-    for (int g = 0; g < nh; ++g) {
-      const int h = h0 + g;
-      const float* q = p.q + (t * H + h) * kQ;
-      const float* wuk = p.kv_b + int64_t(h) * kHeadRows * kLat;
-      float* qa = qt.data() + g * kRow;
-      std::fill(qa, qa + kLat, 0.f);
-      for (int r = 0; r < kNope; ++r) {
-        const float qr = q[r];
-        const float* wr = wuk + r * kLat;
-#pragma omp simd
-        for (int c = 0; c < kLat; ++c) qa[c] += qr * wr[c];
+    absorbed_query(p, t, h0, nh, gp, qt);
+    // Scores block by block: sc[j, :] = cache_j · q̃ (a cache block holds 64 contiguous rows).
+    // The 576-long sums run as 9 partial GEMMs of 64: shorter sequential sums, smaller rounding.
+    for (int j0 = 0; j0 < len; j0 += kMlaBlockSize) {
+      const int rows = std::min(kMlaBlockSize, len - j0);
+      const float* blk = cache_row(p.cache, table, j0);
+      for (int c0 = 0; c0 < kRow; c0 += kScoreSplit) {
+        if (gp == kGroup)
+          detail::gemm<kGroup>(rows, gp, kScoreSplit, p.scale, blk + c0, kRow, 1, qt + c0 * gp, gp,
+                               sc + j0 * gp, gp, c0 == 0);
+        else
+          detail::gemm<kGroup / 2>(rows, gp, kScoreSplit, p.scale, blk + c0, kRow, 1, qt + c0 * gp,
+                                   gp, sc + j0 * gp, gp, c0 == 0);
       }
-      std::copy(q + kNope, q + kQ, qa + kLat);
     }
-    // Scores, then softmax per head.
-    for (int j = 0; j < len; ++j) {
-      const float* row = cache_row(p.cache, table, j);
-      for (int g = 0; g < nh; ++g) sc[g * len + j] = p.scale * dot<kRow>(qt.data() + g * kRow, row);
-    }
-    for (int g = 0; g < nh; ++g) {
-      float* sg = sc.data() + g * len;
-      float mx = sg[0];
-      for (int j = 1; j < len; ++j) mx = std::max(mx, sg[j]);
-      float sum = 0.f;
-      for (int j = 0; j < len; ++j) {
-        sg[j] = std::exp(sg[j] - mx);
-        sum += sg[j];
-      }
-      const float inv = 1.f / sum;
-      for (int j = 0; j < len; ++j) sg[j] *= inv;
-    }
-    // u[g] = Σ_j p_j ĉ_j
-    std::fill(u.begin(), u.end(), 0.f);
-    for (int j = 0; j < len; ++j) {
-      const float* row = cache_row(p.cache, table, j);
-      for (int g = 0; g < nh; ++g) {
-        const float pj = sc[g * len + j];
-        float* ug = u.data() + g * kLat;
-#pragma omp simd
-        for (int c = 0; c < kLat; ++c) ug[c] += pj * row[c];
-      }
+    for (int g = 0; g < nh; ++g) softmax_strided(sc + g, len, gp);
+    // u[g, :] = Σ_j p[j, g] ĉ_j, block by block.
+    for (int j0 = 0; j0 < len; j0 += kMlaBlockSize) {
+      const int rows = std::min(kMlaBlockSize, len - j0);
+      const float* blk = cache_row(p.cache, table, j0);
+      detail::gemm<16>(nh, kLat, rows, 1.f, sc + j0 * gp, 1, gp, blk, kRow, u, kLat, j0 == 0);
     }
     // out[h] = W_UV(h) u[g]
     for (int g = 0; g < nh; ++g) {
       const int h = h0 + g;
       const float* wuv = p.kv_b + (int64_t(h) * kHeadRows + kNope) * kLat;
       float* o = p.out + (t * H + h) * kV;
-      for (int r = 0; r < kV; ++r) o[r] = dot<kLat>(wuv + r * kLat, u.data() + g * kLat);
+      for (int r = 0; r < kV; ++r) o[r] = dot<kLat>(wuv + r * kLat, u + g * kLat);
     }
   }
 }
@@ -227,22 +246,16 @@ void mla_attention_expanded(const MlaAttnParams& p) {
         const int64_t t = p.cu_seqlens[s] + i;
         const int len = ctx - n_new + i + 1;
         const float* q = p.q + (t * H + h) * kQ;
-        float mx = -INFINITY;
         for (int j = 0; j < len; ++j) {
           const float* kpe = cache_row(p.cache, table, j) + kLat;
           sc[j] = p.scale * (dot<kNope>(q, kn.data() + (size_t(j) * H + h) * kNope) +
                              dot<kPe>(q + kNope, kpe));
-          mx = std::max(mx, sc[j]);
         }
-        float sum = 0.f;
-        for (int j = 0; j < len; ++j) {
-          sc[j] = std::exp(sc[j] - mx);
-          sum += sc[j];
-        }
+        softmax_strided(sc.data(), len, 1);
         float* o = p.out + (t * H + h) * kV;
         std::fill(o, o + kV, 0.f);
         for (int j = 0; j < len; ++j) {
-          const float pj = sc[j] / sum;
+          const float pj = sc[j];
           const float* v = vv.data() + (size_t(j) * H + h) * kV;
           for (int r = 0; r < kV; ++r) o[r] += pj * v[r];
         }
