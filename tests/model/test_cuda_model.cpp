@@ -9,8 +9,8 @@
 #include <fstream>
 #include <functional>
 
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "../ops/gpu_test_util.h"
-#include "core/check.h"
 #include "model/model.h"
 #if KIMI_HAVE_CUDA
 #include "model/cuda_model.h"
@@ -212,10 +212,10 @@ TEST_F(CudaVsCpu, LongPrefillEveryPosition) {
 
 // GPU prefill of a prefix then GPU decode steps against one CPU prefill of the whole sequence.
 TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
+#if KIMI_HAVE_CUDA
   const int V = gpu_->config().vocab_size, n = 200;
   const std::vector<int> t = ids(n, 3);
   const std::vector<float> ref = prefill(cpu_, t, 1, 10);
-#if KIMI_HAVE_CUDA
   auto* cm = dynamic_cast<CudaModel*>(gpu_);
   ASSERT_TRUE(cm);
   for (bool graphs : {true, false}) {

@@ -11,8 +11,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "../ops/gpu_test_util.h"
-#include "core/check.h"
 #include "model/model.h"
 #include "model/safetensors.h"
 

@@ -4,6 +4,7 @@
 // fp32 outputs of bf16 products 1e-5 (only summation order differs).
 #include <numeric>
 
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
 #include "ops/cpu/basic.h"
 

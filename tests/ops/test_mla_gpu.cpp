@@ -8,6 +8,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
 #include "model/config.h"
 #include "ops/cpu/basic.h"

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
 #include "ops/cpu/basic.h"
 #include "ops/cpu/moe.h"
