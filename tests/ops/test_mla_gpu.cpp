@@ -245,6 +245,35 @@ TEST(MlaPlan, CoversEveryCausalPairOnce) {
         ASSERT_EQ(seen[t][j], 1) << "trial " << trial << " token " << t << " key " << j;
   }
 }
+
+// The fixed-shape decode plan (CUDA-graph replay): every sequence gets the same number of splits
+// whatever its context, the splits cover [0, context) exactly once, and the partial slots fit.
+TEST(MlaPlan, DecodePlanFixedShapeCoversContext) {
+  std::mt19937 rng(13);
+  for (int S : {1, 2, 7, 64, 300})
+    for (int H : {2, 32}) {
+      std::vector<int> ctx(S);
+      for (int& c : ctx) c = 1 + int(rng() % 5000);
+      const int ns = cuda::mla_decode_splits(S, H, 132, 1056);
+      cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(S, ctx.data(), H, 132, 1056);
+      ASSERT_EQ(plan.items1.size(), size_t(S) * ns) << "S " << S << " H " << H;
+      EXPECT_TRUE(plan.items4.empty());
+      EXPECT_LE(plan.num_partials, 1056);
+      std::vector<std::vector<int>> seen(S);
+      for (int s = 0; s < S; ++s) seen[s].assign(ctx[s], 0);
+      for (const auto& it : plan.items1) {
+        ASSERT_EQ(it.nq, 1);
+        ASSERT_EQ(it.q_begin, it.seq);
+        EXPECT_EQ(it.q_pos0, ctx[it.seq] - 1);
+        EXPECT_EQ(it.split >= 0, ns > 1);
+        for (int j = it.kv_begin; j < it.kv_end; ++j) ++seen[it.seq].at(j);
+      }
+      for (int s = 0; s < S; ++s) {
+        EXPECT_EQ(plan.num_splits[s], ns > 1 ? ns : 0);
+        for (int j = 0; j < ctx[s]; ++j) ASSERT_EQ(seen[s][j], 1) << "seq " << s << " key " << j;
+      }
+    }
+}
 #endif
 
 }  // namespace
