@@ -19,6 +19,7 @@
 #include "model/cuda_model.h"
 #endif
 
+#if KIMI_HAVE_CUDA
 namespace {
 
 double now_s() {
@@ -32,6 +33,7 @@ size_t count_nonfinite(const std::vector<float>& v) {
 }
 
 }  // namespace
+#endif
 
 int main(int argc, char** argv) {
   using namespace kimi;
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 #if !KIMI_HAVE_CUDA
+  (void)random_weights, (void)layers, (void)prefill, (void)decode;
   std::printf("bench_cuda_model: built without the CUDA backend\n");
   return 0;
 #else

@@ -22,6 +22,7 @@
 namespace kimi::test {
 namespace {
 
+#if KIMI_HAVE_CUDA
 struct Seq {
   int n_new, ctx;
 };
@@ -48,7 +49,6 @@ PagedBatch make_batch(std::mt19937& rng, const std::vector<Seq>& seqs) {
   return b;
 }
 
-#if KIMI_HAVE_CUDA
 using cuda::bf16;
 
 void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
