@@ -91,14 +91,16 @@ double copy_ceiling_gbs() {
   DeviceBuffer<char> a(bytes), b(bytes);
   CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
   const double ms = median_ms(
-      [&](int) { CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice)); },
+      [&](int) {
+        CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+      },
       20, 1);
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
 }
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols",
-              "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
+  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
+              "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   for (int B : {1, 8, 64, 256}) {
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
@@ -158,17 +160,19 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       }
       CUDA_CHECK(cudaStreamEndCapture(st, &graph));
       CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-      const double gms =
-          median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); }, quick ? 10 : 30, 1, 3, st) /
-          per_graph;
+      const double gms = median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); },
+                                   quick ? 10 : 30, 1, 3, st) /
+                         per_graph;
       CUDA_CHECK(cudaStreamSynchronize(st));
       CUDA_CHECK(cudaGraphExecDestroy(exec));
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
       std::printf("%-10s %6d %7s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  variant == 33 ? "32smem" : cols ? std::to_string(cols).c_str() : "auto", ms * 1e3, gbs, 100 * gbs / ceiling,
-                  gms * 1e3, ggbs, 100 * ggbs / ceiling);
+                  variant == 33 ? "32smem"
+                  : cols        ? std::to_string(cols).c_str()
+                                : "auto",
+                  ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs, 100 * ggbs / ceiling);
     }
   }
 }
@@ -261,6 +265,19 @@ void bench_prefill(Weights& w, bool quick) {
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);
+    // The fused path: prep inside the intra-chunk kernel (run_kda_prefill_chunked, 3 launches).
+    a.stages = 1;
+    const double fintra = median_ms(
+        [&](int) { kimi::cuda::run_kda_prefill_chunked(pp, state.data(), o.data(), a, nullptr); },
+        reps, 1, 1);
+    a.stages = 3;
+    const double fused = median_ms(
+        [&](int) { kimi::cuda::run_kda_prefill_chunked(pp, state.data(), o.data(), a, nullptr); },
+        reps, 1, 1);
+    const double ftotal = fused + norm;
+    std::printf("%-10s %8d %10s %10.3f %10.3f %10.3f %14.2f %14.2f   (fused intra %.3f ms)\n",
+                "fused", T, "-", fused, norm, ftotal, T / (fused * 1e-3) / 1e6,
+                T / (ftotal * 1e-3) / 1e6, fintra);
   }
   // The token-by-token scan at 4k for comparison.
   {

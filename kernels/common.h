@@ -10,22 +10,22 @@
 
 #include "core/check.h"
 
-#define CUDA_CHECK(stmt)                                                                     \
-  do {                                                                                       \
-    cudaError_t kimi_err_ = (stmt);                                                          \
-    if (kimi_err_ != cudaSuccess)                                                            \
-      ::kimi::fail_check(__FILE__, __LINE__, #stmt,                                          \
-                         ::kimi::str("CUDA error ", cudaGetErrorName(kimi_err_), ": ",      \
-                                     cudaGetErrorString(kimi_err_)));                        \
+#define CUDA_CHECK(stmt)                                                               \
+  do {                                                                                 \
+    cudaError_t kimi_err_ = (stmt);                                                    \
+    if (kimi_err_ != cudaSuccess)                                                      \
+      ::kimi::fail_check(__FILE__, __LINE__, #stmt,                                    \
+                         ::kimi::str("CUDA error ", cudaGetErrorName(kimi_err_), ": ", \
+                                     cudaGetErrorString(kimi_err_)));                  \
   } while (0)
 
-#define CUBLAS_CHECK(stmt)                                                                   \
-  do {                                                                                       \
-    cublasStatus_t kimi_st_ = (stmt);                                                        \
-    if (kimi_st_ != CUBLAS_STATUS_SUCCESS)                                                   \
-      ::kimi::fail_check(__FILE__, __LINE__, #stmt,                                          \
-                         ::kimi::str("cuBLAS error ", int(kimi_st_), ": ",                  \
-                                     cublasGetStatusString(kimi_st_)));                      \
+#define CUBLAS_CHECK(stmt)                                                                     \
+  do {                                                                                         \
+    cublasStatus_t kimi_st_ = (stmt);                                                          \
+    if (kimi_st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+      ::kimi::fail_check(                                                                      \
+          __FILE__, __LINE__, #stmt,                                                           \
+          ::kimi::str("cuBLAS error ", int(kimi_st_), ": ", cublasGetStatusString(kimi_st_))); \
   } while (0)
 
 // After a <<<>>> launch or cudaLaunchKernelEx: catches bad configurations at the call site.
@@ -33,6 +33,8 @@
 
 namespace kimi::cuda {
 
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
+inline int ceil_div(int a, int b) {
+  return (a + b - 1) / b;
+}
 
 }  // namespace kimi::cuda

@@ -1,6 +1,6 @@
 // Kimi Delta Attention on the GPU: params structs and run_* launchers (model.md §3).
-// Plain header: host code (tests, benchmarks, src/ops/cuda glue) includes it; the __global__ code is
-// in kda_*.cuh, instantiated in small .cu files.
+// Plain header: host code (tests, benchmarks, src/ops/cuda glue) includes it; the __global__ code
+// is in kda_*.cuh, instantiated in small .cu files.
 //
 // Shapes (H = num_heads, D = kKdaHeadDim = 128, C = 3·H·D conv channels, q|k|v side by side):
 //   qkv projections (pre-conv)  : [T, C]    bf16
@@ -8,13 +8,14 @@
 //   b (pre-sigmoid beta)        : [T, H]    bf16
 //   conv weight                 : [C, 4]    fp32 (tap 3 multiplies the current token)
 //   A_log [H], dt_bias [H·D], o_norm weight [D]: fp32
-//   conv state pool             : [num_slots, C, 3] bf16 — the last 3 pre-conv inputs, oldest first.
+//   conv state pool             : [num_slots, C, 3] bf16 — the last 3 pre-conv inputs, oldest
+//   first.
 //       bf16 loses nothing: the conv inputs are bf16 GEMM outputs, so the state holds them exactly.
 //   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
 //       reference (row d is scaled by exp(g[d])).
 // Sequences address their state through slot ids (one id for both pools); slots of one launch must
-// be distinct. All pointers are device pointers; every launcher checks its arguments and the launch,
-// and throws kimi::Error.
+// be distinct. All pointers are device pointers; every launcher checks its arguments and the
+// launch, and throws kimi::Error.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -60,7 +61,7 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 // ---- Prefill, stage 1: conv + SiLU, L2 norm, gate, beta for a varlen batch. ----
 struct KdaPrepParams {
   int num_seqs = 0;
-  int num_tokens = 0;              // T = cu_seqlens[num_seqs]
+  int num_tokens = 0;  // T = cu_seqlens[num_seqs]
   int num_heads = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
   const int* slots = nullptr;       // [num_seqs]
@@ -88,10 +89,10 @@ struct KdaScanParams {
   const bf16* q = nullptr;          // [T, H, D] as written by run_kda_prep
   const bf16* k = nullptr;
   const bf16* v = nullptr;
-  const float* g = nullptr;         // [T, H, D]
-  const float* beta = nullptr;      // [T, H]
-  float* state = nullptr;           // [num_slots, H, D, D]: initial state in, final state out
-  bf16* o = nullptr;                // [T, H, D]
+  const float* g = nullptr;     // [T, H, D]
+  const float* beta = nullptr;  // [T, H]
+  float* state = nullptr;       // [num_slots, H, D, D]: initial state in, final state out
+  bf16* o = nullptr;            // [T, H, D]
 };
 // Token-by-token recurrence (the definition), state in registers; for short sequences.
 void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
@@ -112,7 +113,7 @@ KdaChunkPlan make_kda_chunk_plan(const int* cu_seqlens_host, int num_seqs);
 size_t kda_chunked_workspace_bytes(int num_chunks, int num_heads);
 struct KdaChunkedArgs {
   int num_chunks = 0;
-  const int* chunk_seq = nullptr;        // device copies of the plan's arrays
+  const int* chunk_seq = nullptr;  // device copies of the plan's arrays
   const int* chunk_start = nullptr;
   const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
@@ -121,15 +122,21 @@ struct KdaChunkedArgs {
   int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
+// The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done
+// inside the intra-chunk kernel (no q, k, v, g, beta round trip through memory), then the
+// inter-chunk kernel writes o and the final states, then the conv states are updated (3 launches).
+// pp.q, pp.k, pp.v, pp.g and pp.beta are not used.
+void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
+                             const KdaChunkedArgs& a, cudaStream_t stream);
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
 struct KdaGatedNormParams {
   int num_tokens = 0;
   int num_heads = 0;
-  const bf16* o = nullptr;      // [T, H, D]
-  const bf16* z = nullptr;      // [T, H·D]
+  const bf16* o = nullptr;        // [T, H, D]
+  const bf16* z = nullptr;        // [T, H·D]
   const float* weight = nullptr;  // [D]
-  bf16* y = nullptr;            // [T, H·D]; may alias o
+  bf16* y = nullptr;              // [T, H·D]; may alias o
 };
 void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream);
 

@@ -30,13 +30,13 @@ constexpr int kChunk = 64;
 
 // Byte offsets inside one (chunk, head) workspace record.
 struct ChunkRec {
-  static constexpr size_t kW = 0;                          // bf16 [64][128]  T (e^Γ ⊙ K)
-  static constexpr size_t kQ = kW + 64 * 128 * 2;          // bf16 [64][128]  Q ⊙ e^Γ
-  static constexpr size_t kKrT = kQ + 64 * 128 * 2;        // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
-  static constexpr size_t kU = kKrT + 128 * 64 * 2;        // bf16 [64][128]  T V
-  static constexpr size_t kM = kU + 64 * 128 * 2;          // bf16 [64][64]   causal q·k decay
-  static constexpr size_t kGl = kM + 64 * 64 * 2;          // f32 [128]       e^{Γlast}
-  static constexpr size_t kBytes = kGl + 128 * 4;          // 74240
+  static constexpr size_t kW = 0;                    // bf16 [64][128]  T (e^Γ ⊙ K)
+  static constexpr size_t kQ = kW + 64 * 128 * 2;    // bf16 [64][128]  Q ⊙ e^Γ
+  static constexpr size_t kKrT = kQ + 64 * 128 * 2;  // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
+  static constexpr size_t kU = kKrT + 128 * 64 * 2;  // bf16 [64][128]  T V
+  static constexpr size_t kM = kU + 64 * 128 * 2;    // bf16 [64][64]   causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;    // f32 [128]       e^{Γlast}
+  static constexpr size_t kBytes = kGl + 128 * 4;    // 74240
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -106,8 +106,10 @@ __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
 //      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
 //      reference r = 16b + 15 (the end of block b):
-//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors <= 1
-//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while the
+//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors
+//        <= 1
+//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while
+//   the
 //      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
 //      off-diagonal blocks by distance
 //   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
@@ -120,25 +122,25 @@ constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the 
 
 struct IntraSmem {
   union {
-    float G[kChunk * kLd];         // Γ (phases 0-4a)
-    bf16 VT[128 * kLdT];           // vᵀ [d][j] (phases 4b-5)
+    float G[kChunk * kLd];  // Γ (phases 0-4a)
+    bf16 VT[128 * kLdT];    // vᵀ [d][j] (phases 4b-5)
   };
   union {
-    float L[kChunk * kLa];         // L, strictly lower (phases 1-3)
-    bf16 T[kChunk * kLdT];         // X Diag(β) (phases 4-5)
+    float L[kChunk * kLa];  // L, strictly lower (phases 1-3)
+    bf16 T[kChunk * kLdT];  // X Diag(β) (phases 4-5)
   };
   union {
-    float X[kChunk * kLx];         // (I + L)^-1 (phases 3-4a)
-    struct {                       // phase 2 operands
-      bf16 A[48 * kLdW];           // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
-      bf16 B[16 * kLdW];           // k_j e^{Γ_r−Γ_j}, j in block b
+    float X[kChunk * kLx];  // (I + L)^-1 (phases 3-4a)
+    struct {                // phase 2 operands
+      bf16 A[48 * kLdW];    // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
+      bf16 B[16 * kLdW];    // k_j e^{Γ_r−Γ_j}, j in block b
     } off;
   };
-  bf16 K[kChunk * kLdW];           // raw k [i][d]
+  bf16 K[kChunk * kLdW];  // raw k [i][d]
   union {
-    bf16 Q[kChunk * kLdW];         // raw q [i][d] (phases 0-3)
-    float tmp[3 * 16 * 16];        // phase 3b partial products
-    bf16 KeT[128 * kLk];           // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+    bf16 Q[kChunk * kLdW];   // raw q [i][d] (phases 0-3)
+    float tmp[3 * 16 * 16];  // phase 3b partial products
+    bf16 KeT[128 * kLk];     // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
   };
   float beta[kChunk];
 };
@@ -148,10 +150,51 @@ static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
 constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
 
-__global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const KdaScanParams p,
-                                                                           const int* chunk_seq,
-                                                                           const int* chunk_start,
-                                                                           unsigned char* ws) {
+// SiLU(conv) of channels d0..d0+7 of one part (0 q, 1 k, 2 v) of head h at token t of a sequence
+// that starts at token `start` with conv-state slot `slot` (taps before the start come from the
+// conv state); conv weights from shared memory (sw4[part·128 + d] = the 4 taps of channel d).
+__device__ __forceinline__ void conv8(const KdaPrepParams& pp, int part, int h, int t, int start,
+                                      int slot, int d0, const float4* sw4, float (&u)[8]) {
+  const int HD = pp.num_heads * kKdaD, C = 3 * HD, ch0 = part * HD + h * kKdaD + d0;
+  const int pos = t - start;
+  float x[4][8];
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int idx = pos + k;  // index into concat(conv state, inputs)
+    if (idx >= 3) {
+      const uint4 v = *reinterpret_cast<const uint4*>(pp.qkv + size_t(start + idx - 3) * C + ch0);
+      const bf16* vb = reinterpret_cast<const bf16*>(&v);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(vb[e]);
+    } else {
+      const bf16* st = pp.conv_state + (size_t(slot) * C + ch0) * 3 + idx;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) x[k][e] = to_f(st[e * 3]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float4 w = sw4[part * kKdaD + d0 + e];
+    u[e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
+  }
+}
+
+__device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
+  uint4 v;
+  __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) b[e] = __floats2bfloat162_rn(x[2 * e], x[2 * e + 1]);
+  return v;
+}
+
+// kFused: the inputs are the raw projections (pp: qkv, f, b, conv state, weights), and the conv,
+// SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
+// to bf16 the same way); else q, k, v, g, beta come prepared in p.
+template <bool kFused>
+__global__ void __launch_bounds__(kIntraThreads, 2)
+    kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
+                           const int* chunk_start, unsigned char* ws) {
+  __shared__ float4 sw4[kFused ? 3 * kKdaD : 1];  // conv weights of this head (fused only)
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -169,7 +212,56 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
-  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+  const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
+  if constexpr (kFused) {
+    for (int i = tid; i < 3 * D; i += kIntraThreads)
+      sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
+                                                size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
+    if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(pp.b[size_t(t0 + tid) * H + h])) : 0.f;
+    __syncthreads();
+    const float neg_a = -expf(pp.w.A_log[h]);
+    static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
+    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
+      float q[8] = {}, k[8] = {}, g[8] = {};
+      if (i < len) {
+        const int t = t0 + i;
+        conv8(pp, 0, h, t, seq_start, slot, d0, sw4, q);
+        conv8(pp, 1, h, t, seq_start, slot, d0, sw4, k);
+        const uint4 fv = *reinterpret_cast<const uint4*>(pp.f + size_t(t) * HD + h * D + d0);
+        const bf16* fb = reinterpret_cast<const bf16*>(&fv);
+        const float4 db0 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0);
+        const float4 db1 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0 + 4);
+        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+      }
+      float sq = 0.f, sk = 0.f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        sq += q[e] * q[e];
+        sk += k[e] * k[e];
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) {
+        sq += __shfl_xor_sync(0xffffffffu, sq, off);
+        sk += __shfl_xor_sync(0xffffffffu, sk, off);
+      }
+      const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f;
+      const float rk = 1.f / sqrtf(sk + kKdaL2Eps);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        q[e] *= rq;
+        k[e] *= rk;
+      }
+      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
+      float* gr = sm.G + i * kLd + d0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) gr[e] = g[e];
+    }
+  }
+  for (int idx = tid; !kFused && idx < C * 16; idx += kIntraThreads) {
     const int i = idx >> 4, d0 = (idx & 15) * 8;
     uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
     float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
@@ -183,10 +275,16 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
     float* gr = sm.G + i * kLd + d0;
-    gr[0] = g0.x; gr[1] = g0.y; gr[2] = g0.z; gr[3] = g0.w;
-    gr[4] = g1.x; gr[5] = g1.y; gr[6] = g1.z; gr[7] = g1.w;
+    gr[0] = g0.x;
+    gr[1] = g0.y;
+    gr[2] = g0.z;
+    gr[3] = g0.w;
+    gr[4] = g1.x;
+    gr[5] = g1.y;
+    gr[6] = g1.z;
+    gr[7] = g1.w;
   }
-  if (tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
+  if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
   for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
@@ -257,17 +355,19 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
       __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
       for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
         const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) = __floats2bfloat162_rn(
-            x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
-            x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
+                                  x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
       }
       for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
         const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
-        const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) = __floats2bfloat162_rn(
-            x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
-            x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
+        const float2 x =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
+        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) =
+            __floats2bfloat162_rn(x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
+                                  x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
       }
       __syncthreads();
       for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
@@ -308,7 +408,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
     const int t = tid - C, nt = kIntraThreads - C;
     for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
       const int i = idx >> 6, d = (idx & 63) * 2;
-      const float2 q2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
+      const float2 q2 =
+          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
       *reinterpret_cast<__nv_bfloat162*>(oQ + i * D + d) = __floats2bfloat162_rn(
           q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
     }
@@ -323,21 +424,24 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
   }
   __syncthreads();
 
-  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m] X[m, b-cols]
+  // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
+  // X[m, b-cols]
   //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m) acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
+      for (int m = 16 * b; m < 16 * a; ++m)
+        acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
       sm.tmp[e] = acc;
     }
     __syncthreads();
     for (int e = tid; e < nblk * 256; e += kIntraThreads) {
       const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
       float acc = 0.f;
-      for (int m = 0; m <= r; ++m) acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
+      for (int m = 0; m <= r; ++m)
+        acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
       sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
     }
     __syncthreads();
@@ -349,8 +453,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2) kda_chunk_intra_kernel(const
 #pragma unroll
   for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
     const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
-    vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
-                      : make_uint4(0, 0, 0, 0);
+    if constexpr (kFused) {
+      float v[8] = {};
+      if (i < len) conv8(pp, 2, h, t0 + i, seq_start, slot, d0, sw4, v);
+      vreg[r] = pack8(v);
+    } else {
+      vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
+                        : make_uint4(0, 0, 0, 0);
+    }
   }
   for (int idx = tid; idx < C * C; idx += kIntraThreads) {
     const int i = idx >> 6, j = idx & 63;
@@ -449,12 +559,12 @@ __device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned
 }
 
 // Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
-// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0, 16).
+// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0,
+// 16).
 template <int kCols>
-__global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const KdaScanParams p,
-                                                                           const int* seq_first_chunk,
-                                                                           const int* chunk_start,
-                                                                           const unsigned char* ws) {
+__global__ void __launch_bounds__(kInterThreads, 1)
+    kda_chunk_inter_kernel(const KdaScanParams p, const int* seq_first_chunk,
+                           const int* chunk_start, const unsigned char* ws) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
@@ -561,7 +671,8 @@ __global__ void __launch_bounds__(kInterThreads, 1) kda_chunk_inter_kernel(const
       if (tok < seq_end) {
 #pragma unroll
         for (int n = 0; n < kNH; ++n)
-          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) + t2) =
+          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) +
+                                             t2) =
               __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
       }
     }

@@ -28,9 +28,10 @@ namespace kimi::cuda::kda {
 // kSmemState: S goes to shared memory by cp.async instead of registers (32 fewer registers, so
 // more CTAs and more bytes in flight per multiprocessor).
 template <int kCols, bool kSmemState>
-__global__ void __launch_bounds__(128, kSmemState ? 12 : 8) kda_decode_kernel(const KdaDecodeParams p) {
+__global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
+    kda_decode_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
-  constexpr int kTpr = kCols / 4;              // threads per row slice
+  constexpr int kTpr = kCols / 4;  // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
   constexpr int kPasses = D / kRowsPerPass;
   namespace cg = cooperative_groups;
@@ -60,7 +61,8 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8) kda_decode_kernel(co
   float4 s_reg[kSmemState ? 1 : kPasses];
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {
-    const float4* src = reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4;
+    const float4* src =
+        reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D) + col4;
     if constexpr (kSmemState)
       cp_async16(&sm_s[i * 128 + tid], src);
     else

@@ -14,24 +14,26 @@ void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 // (B = 256: 78% vs 76% of the copy rate) and loses below (B = 64: 71% vs 75%).
 constexpr int kKdaDecodeSmemFromRows = 8192;
 
-static bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+static bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
+}
 
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
-  KIMI_CHECK(p.batch >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "batch ", p.batch,
-             ", heads ", p.num_heads);
+  KIMI_CHECK(p.batch >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "batch ", p.batch, ", heads ",
+             p.num_heads);
   if (p.batch == 0) return;
   KIMI_CHECK(p.batch <= 65535, "decode batch ", p.batch, " exceeds the grid's z limit");
   KIMI_CHECK(p.slots && p.qkv && p.f && p.b && p.z && p.conv_state && p.state && p.y,
              "null tensor pointer");
   KIMI_CHECK(p.w.conv_weight && p.w.A_log && p.w.dt_bias && p.w.o_norm, "null weight pointer");
-  KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight), "state/conv weight not 16-byte aligned");
+  KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight),
+             "state/conv weight not 16-byte aligned");
   // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
   KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
              "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
   const int cols = p.cols_per_cta ? p.cols_per_cta : (p.batch * p.num_heads < 256 ? 16 : 32);
-  const bool smem = p.smem_state < 0
-                        ? cols == 32 && p.batch * p.num_heads >= kKdaDecodeSmemFromRows
-                        : p.smem_state != 0;
+  const bool smem = p.smem_state < 0 ? cols == 32 && p.batch * p.num_heads >= kKdaDecodeSmemFromRows
+                                     : p.smem_state != 0;
   KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
   if (cols == 16)
     kda::launch_kda_decode<16, false>(p, stream);

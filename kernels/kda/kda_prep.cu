@@ -5,6 +5,10 @@
 
 namespace kimi::cuda {
 
+namespace kda {
+void launch_kda_conv_state(const KdaPrepParams& p, cudaStream_t stream);
+}  // namespace kda
+
 void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs >= 0 && p.num_tokens >= 0 && p.num_heads > 0 && p.num_heads <= 65535,
              "seqs ", p.num_seqs, ", tokens ", p.num_tokens, ", heads ", p.num_heads);
@@ -13,17 +17,25 @@ void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream) {
                  p.g && p.beta && p.w.conv_weight && p.w.A_log && p.w.dt_bias,
              "null pointer");
   if (p.num_tokens > 0) {
-    kda::kda_prep_kernel<<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0, stream>>>(p);
+    kda::kda_prep_kernel<<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0,
+                           stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
-  const int C = 3 * p.num_heads * kKdaD;
-  KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
-  kda::kda_conv_state_kernel<<<dim3(ceil_div(C, 256), p.num_seqs), 256, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+  kda::launch_kda_conv_state(p, stream);
 }
 
+namespace kda {
+void launch_kda_conv_state(const KdaPrepParams& p, cudaStream_t stream) {
+  const int C = 3 * p.num_heads * kKdaD;
+  KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
+  kda_conv_state_kernel<<<dim3(ceil_div(C, 256), p.num_seqs), 256, 0, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+}  // namespace kda
+
 void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream) {
-  KIMI_CHECK(p.num_tokens >= 0 && p.num_heads > 0, "tokens ", p.num_tokens, ", heads ", p.num_heads);
+  KIMI_CHECK(p.num_tokens >= 0 && p.num_heads > 0, "tokens ", p.num_tokens, ", heads ",
+             p.num_heads);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.o && p.z && p.weight && p.y, "null pointer");
   const int rows = p.num_tokens * p.num_heads;

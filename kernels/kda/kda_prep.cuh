@@ -1,13 +1,13 @@
 // KDA prefill prep and output norm, elementwise-per-head kernels (model.md §3.1, §3.2, §3.4).
 //
 // kda_prep_kernel — per token t of sequence s (position p = t − cu[s]) and head h:
-//   window of channel c: concat = [conv_state[slot[s]][c][0..2], x[cu[s]..t][c]], taps concat[p..p+3]
-//   q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ← k/sqrt(Σk²+1e-6)
-//   g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b)
-//   Layouts: x [T, C] (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32 out. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
-//   CTA's head one after another, 4 channels per lane (8- and 16-byte accesses), sums by shuffles;
-//   the 3 earlier tokens are re-read (L1/L2 hits), the conv weights come from shared memory.
+//   window of channel c: concat = [conv_state[slot[s]][c][0..2], x[cu[s]..t][c]], taps
+//   concat[p..p+3] q, k, v = SiLU(Σ_i w[c,i]·tap_i);  q ← q/sqrt(Σq²+1e-6)·D^-1/2;  k ←
+//   k/sqrt(Σk²+1e-6) g = −exp(A_log[h])·softplus(f + dt_bias);  β = sigmoid(b) Layouts: x [T, C]
+//   (q|k|v), f [T, H·D], b [T, H] in; q, k, v [T, H, D] bf16, g [T, H, D] fp32, beta [T, H] fp32
+//   out. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the CTA's head one
+//   after another, 4 channels per lane (8- and 16-byte accesses), sums by shuffles; the 3 earlier
+//   tokens are re-read (L1/L2 hits), the conv weights come from shared memory.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -24,7 +24,10 @@ __device__ __forceinline__ void load4(const bf16* p, float (&x)[4]) {
   const uint2 v = *reinterpret_cast<const uint2*>(p);
   const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
   const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
-  x[0] = a.x; x[1] = a.y; x[2] = b.x; x[3] = b.y;
+  x[0] = a.x;
+  x[1] = a.y;
+  x[2] = b.x;
+  x[3] = b.y;
 }
 __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   uint2 v;
@@ -42,62 +45,63 @@ __global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParams p) {
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
   const int h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d0 = 4 * lane;
   for (int i = threadIdx.x; i < 3 * D; i += 256)
-    reinterpret_cast<float4*>(sw)[i] =
-        *reinterpret_cast<const float4*>(p.w.conv_weight + size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
+    reinterpret_cast<float4*>(sw)[i] = *reinterpret_cast<const float4*>(
+        p.w.conv_weight + size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
   __syncthreads();
   for (int tt = 0; tt < 4; ++tt) {
-  const int t = blockIdx.x * kPrepTokens + warp * 4 + tt;
-  if (t >= p.num_tokens) return;
-  const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
-  const int start = p.cu_seqlens[s], pos = t - start;
-  float u[3][4];
+    const int t = blockIdx.x * kPrepTokens + warp * 4 + tt;
+    if (t >= p.num_tokens) return;
+    const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
+    const int start = p.cu_seqlens[s], pos = t - start;
+    float u[3][4];
 #pragma unroll
-  for (int part = 0; part < 3; ++part) {
-    const int ch0 = part * HD + h * D + d0;
-    float x[4][4];  // [tap][channel]
+    for (int part = 0; part < 3; ++part) {
+      const int ch0 = part * HD + h * D + d0;
+      float x[4][4];  // [tap][channel]
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int idx = pos + i;  // index into concat(conv state, inputs)
-      if (idx >= 3) {
-        load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
-      } else {
-        const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
+      for (int i = 0; i < 4; ++i) {
+        const int idx = pos + i;  // index into concat(conv state, inputs)
+        if (idx >= 3) {
+          load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
+        } else {
+          const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
 #pragma unroll
-        for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
+          for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float4 w = reinterpret_cast<const float4*>(sw)[part * D + d0 + e];
+        u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
       }
     }
+    float sq = 0.f, sk = 0.f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float4 w = reinterpret_cast<const float4*>(sw)[part * D + d0 + e];
-      u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
+      sq += u[0][e] * u[0][e];
+      sk += u[1][e] * u[1][e];
     }
-  }
-  float sq = 0.f, sk = 0.f;
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f,
+                rk = 1.f / sqrtf(sk + kKdaL2Eps);
+    const size_t o = size_t(t) * HD + h * D + d0;
+    float qn[4], kn[4], f[4];
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    sq += u[0][e] * u[0][e];
-    sk += u[1][e] * u[1][e];
-  }
-  sq = warp_sum(sq);
-  sk = warp_sum(sk);
-  const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f, rk = 1.f / sqrtf(sk + kKdaL2Eps);
-  const size_t o = size_t(t) * HD + h * D + d0;
-  float qn[4], kn[4], f[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    qn[e] = u[0][e] * rq;
-    kn[e] = u[1][e] * rk;
-  }
-  store4(p.q + o, qn);
-  store4(p.k + o, kn);
-  store4(p.v + o, u[2]);
-  load4(p.f + o, f);
-  const float neg_a = -expf(p.w.A_log[h]);
-  const float4 db = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
-  *reinterpret_cast<float4*>(p.g + o) =
-      make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
-                  neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
-  if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
+    for (int e = 0; e < 4; ++e) {
+      qn[e] = u[0][e] * rq;
+      kn[e] = u[1][e] * rk;
+    }
+    store4(p.q + o, qn);
+    store4(p.k + o, kn);
+    store4(p.v + o, u[2]);
+    load4(p.f + o, f);
+    const float neg_a = -expf(p.w.A_log[h]);
+    const float4 db = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
+    *reinterpret_cast<float4*>(p.g + o) =
+        make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
+                    neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
+    if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
   }
 }
 

@@ -8,8 +8,8 @@
 // columns; a CTA keeps its 128 × kCols slice of S in registers (kPasses float4 per thread) for the
 // whole sequence and reads/writes the state pool once. The next token's inputs are loaded while
 // the current one is processed.
-// Layouts: q, k, v [T, H, D] bf16; g [T, H, D] fp32; beta [T, H]; state [slots, H, D, D]; o [T, H, D].
-// Launch: grid (kSplit, H, num_seqs), 128 threads.
+// Layouts: q, k, v [T, H, D] bf16; g [T, H, D] fp32; beta [T, H]; state [slots, H, D, D]; o [T, H,
+// D]. Launch: grid (kSplit, H, num_seqs), 128 threads.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -84,13 +84,21 @@ __global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanPa
     if (lane < kTpr) {
       float* ra = &sm_red[warp][0][lane * 4];
       float* rc = &sm_red[warp][1][lane * 4];
-      ra[0] = a.x; ra[1] = a.y; ra[2] = a.z; ra[3] = a.w;
-      rc[0] = c.x; rc[1] = c.y; rc[2] = c.z; rc[3] = c.w;
+      ra[0] = a.x;
+      ra[1] = a.y;
+      ra[2] = a.z;
+      ra[3] = a.w;
+      rc[0] = c.x;
+      rc[1] = c.y;
+      rc[2] = c.z;
+      rc[3] = c.w;
     }
     __syncthreads();
     if (tid < kCols) {
-      const float aj = sm_red[0][0][tid] + sm_red[1][0][tid] + sm_red[2][0][tid] + sm_red[3][0][tid];
-      const float cj = sm_red[0][1][tid] + sm_red[1][1][tid] + sm_red[2][1][tid] + sm_red[3][1][tid];
+      const float aj =
+          sm_red[0][0][tid] + sm_red[1][0][tid] + sm_red[2][0][tid] + sm_red[3][0][tid];
+      const float cj =
+          sm_red[0][1][tid] + sm_red[1][1][tid] + sm_red[2][1][tid] + sm_red[3][1][tid];
       const float kq = sm_qk[0] + sm_qk[1] + sm_qk[2] + sm_qk[3];
       const float br = beta * (sm_v[tid] - aj);
       sm_br[tid] = br;

@@ -105,6 +105,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   if (map == MAP_FAILED) fail(path, ": mmap of ", size, " bytes failed: ", std::strerror(map_errno));
   map_ = map;
   size_ = size;
+  mapped_ = true;
   try {
     parse();
   } catch (...) {
@@ -114,8 +115,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
   }
 }
 
+SafetensorsFile::SafetensorsFile(const void* bytes, size_t size, const std::string& name)
+    : path_(name), map_(const_cast<void*>(bytes)), size_(size) {
+  if (size < 8) fail(name, ": ", size, " bytes, shorter than the 8-byte header length (truncated?)");
+  parse();
+}
+
 SafetensorsFile::~SafetensorsFile() {
-  if (map_) ::munmap(map_, size_);
+  if (map_ && mapped_) ::munmap(map_, size_);
 }
 
 void SafetensorsFile::parse() {

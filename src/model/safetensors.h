@@ -30,6 +30,8 @@ struct TensorInfo {
 class SafetensorsFile {
  public:
   explicit SafetensorsFile(const std::string& path);
+  // Parses bytes the caller keeps alive (no mapping; `name` stands for the path in errors).
+  SafetensorsFile(const void* bytes, size_t size, const std::string& name);
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;
@@ -44,6 +46,7 @@ class SafetensorsFile {
   std::string path_;
   void* map_ = nullptr;
   size_t size_ = 0;
+  bool mapped_ = false;  // map_ is our mmap (else borrowed bytes)
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "core/dtype.h"
 
 #if KIMI_HAVE_CUDA
@@ -114,8 +115,9 @@ inline std::string gpu_unavailable_reason() {
   if (n == 0) return "no CUDA device";
   cudaDeviceProp prop{};
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "cudaGetDeviceProperties failed";
-  if (prop.major != 9) return str("device ", prop.name, " is sm_", prop.major, prop.minor,
-                                  "; the kernels are built for sm_90a");
+  if (prop.major != 9)
+    return str("device ", prop.name, " is sm_", prop.major, prop.minor,
+               "; the kernels are built for sm_90a");
   return "";
 }
 
@@ -159,18 +161,18 @@ class GuardedBuffer {
 }  // namespace kimi::test
 
 #if KIMI_HAVE_CUDA
-#define KIMI_REQUIRE_GPU()                                                                \
-  do {                                                                                    \
-    const std::string kimi_why_ = ::kimi::test::gpu_unavailable_reason();                 \
-    if (!kimi_why_.empty()) {                                                             \
-      std::fprintf(stderr, "GPU op test skipped: %s\n", kimi_why_.c_str());              \
-      GTEST_SKIP() << "GPU op test skipped: " << kimi_why_;                               \
-    }                                                                                     \
+#define KIMI_REQUIRE_GPU()                                                  \
+  do {                                                                      \
+    const std::string kimi_why_ = ::kimi::test::gpu_unavailable_reason();   \
+    if (!kimi_why_.empty()) {                                               \
+      std::fprintf(stderr, "GPU op test skipped: %s\n", kimi_why_.c_str()); \
+      GTEST_SKIP() << "GPU op test skipped: " << kimi_why_;                 \
+    }                                                                       \
   } while (0)
 #else
-#define KIMI_REQUIRE_GPU()                                                                \
-  do {                                                                                    \
-    std::fprintf(stderr, "GPU op test skipped: built without the CUDA backend\n");       \
-    GTEST_SKIP() << "GPU op test skipped: built without the CUDA backend";                \
+#define KIMI_REQUIRE_GPU()                                                         \
+  do {                                                                             \
+    std::fprintf(stderr, "GPU op test skipped: built without the CUDA backend\n"); \
+    GTEST_SKIP() << "GPU op test skipped: built without the CUDA backend";         \
   } while (0)
 #endif

@@ -16,6 +16,7 @@
 namespace kimi::test {
 namespace {
 
+#if KIMI_HAVE_CUDA
 constexpr int D = 128;
 
 // One layer's weights and a batch's raw (bf16) projections, with fp32 host copies for the CPU.
@@ -46,8 +47,9 @@ KdaCase make_case(std::mt19937& rng, int H, int T) {
 struct CpuOut {
   std::vector<float> q, k, v, g, beta, o, y;
 };
-CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std::vector<int>& slots,
-                 std::vector<float>& conv_state, std::vector<float>& state) {
+CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu,
+                 const std::vector<int>& slots, std::vector<float>& conv_state,
+                 std::vector<float>& state) {
   const int T = cu.back(), H = c.H, HD = c.HD(), C = c.C();
   const int num_slots = int(state.size() / (size_t(H) * D * D));
   const std::vector<float> x = bf16_to_float(
@@ -74,8 +76,8 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
       r.k[size_t(t) * HD + i] = conv_out[size_t(t) * C + HD + i];
       r.v[size_t(t) * HD + i] = conv_out[size_t(t) * C + 2 * HD + i];
     }
-  r.g = bf16_to_float(std::vector<uint16_t>(c.f.begin() + size_t(t0) * HD,
-                                            c.f.begin() + size_t(t0 + T) * HD));
+  r.g = bf16_to_float(
+      std::vector<uint16_t>(c.f.begin() + size_t(t0) * HD, c.f.begin() + size_t(t0 + T) * HD));
   r.beta = bf16_to_float(
       std::vector<uint16_t>(c.b.begin() + size_t(t0) * H, c.b.begin() + size_t(t0 + T) * H));
   cpu::kda_gate(r.g.data(), r.beta.data(), c.A_log.data(), c.dt_bias.data(), T, H);
@@ -96,8 +98,8 @@ CpuOut cpu_chain(const KdaCase& c, int t0, const std::vector<int>& cu, const std
   sp.state = state.data();
   sp.out = r.o.data();
   cpu::kda_recurrent(sp);
-  const std::vector<float> z = bf16_to_float(std::vector<uint16_t>(
-      c.z.begin() + size_t(t0) * HD, c.z.begin() + size_t(t0 + T) * HD));
+  const std::vector<float> z = bf16_to_float(
+      std::vector<uint16_t>(c.z.begin() + size_t(t0) * HD, c.z.begin() + size_t(t0 + T) * HD));
   r.y.resize(r.o.size());
   cpu::kda_gated_rmsnorm(r.o.data(), z.data(), c.o_norm.data(), r.y.data(), T, H, 1e-5f);
   return r;
@@ -110,7 +112,6 @@ std::vector<int> scattered_slots(std::mt19937& rng, int n, int num_slots) {
   return std::vector<int>(all.begin(), all.begin() + n);
 }
 
-#if KIMI_HAVE_CUDA
 using cuda::bf16;
 template <typename T>
 using DBuf = cuda::DeviceBuffer<T>;
@@ -131,7 +132,9 @@ std::vector<uint16_t> bits(const std::vector<bf16>& v) {
   std::memcpy(out.data(), v.data(), v.size() * 2);
   return out;
 }
-std::vector<float> bf16_vec_to_float(const std::vector<bf16>& v) { return bf16_to_float(bits(v)); }
+std::vector<float> bf16_vec_to_float(const std::vector<bf16>& v) {
+  return bf16_to_float(bits(v));
+}
 std::vector<uint16_t> float_to_bf16(const std::vector<float>& v) {
   std::vector<uint16_t> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = f32_to_bf16(v[i]);
@@ -141,11 +144,11 @@ std::vector<uint16_t> float_to_bf16(const std::vector<float>& v) {
 struct DeviceWeights {
   DBuf<float> conv_w, A_log, dt_bias, o_norm;
   explicit DeviceWeights(const KdaCase& c)
-      : conv_w(to_device(c.conv_w)), A_log(to_device(c.A_log)), dt_bias(to_device(c.dt_bias)),
+      : conv_w(to_device(c.conv_w)),
+        A_log(to_device(c.A_log)),
+        dt_bias(to_device(c.dt_bias)),
         o_norm(to_device(c.o_norm)) {}
-  cuda::KdaWeights view() {
-    return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()};
-  }
+  cuda::KdaWeights view() { return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()}; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -210,7 +213,10 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
 
     // CPU: the live rows only, as a batch of L one-token sequences.
     KdaCase cl = c;
-    cl.qkv.clear(); cl.f.clear(); cl.b.clear(); cl.z.clear();
+    cl.qkv.clear();
+    cl.f.clear();
+    cl.b.clear();
+    cl.z.clear();
     for (int r : live_rows) {
       const size_t row = r0 + r;
       cl.qkv.insert(cl.qkv.end(), c.qkv.begin() + row * C, c.qkv.begin() + (row + 1) * C);
@@ -270,7 +276,9 @@ TEST(KdaGpu, DecodeVariants) {
 // ---------------------------------------------------------------------------------------------
 // Prefill: prep -> scan (recurrent or chunked) -> gated norm for a varlen batch on scattered slots
 // with random initial conv and recurrent states.
-enum class Scan { kRecurrent, kChunked };
+// kChunkedFused: run_kda_prefill_chunked on the raw projections (its own prep); the separate prep
+// still runs on a copy of the conv states, for the prep checks and the scan-only reference.
+enum class Scan { kRecurrent, kChunked, kChunkedFused };
 
 void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed,
                       int inter_cols = 0) {
@@ -291,6 +299,8 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   DeviceWeights w(c);
   DBuf<int> d_cu = to_device(cu), d_slots = to_device(slots);
   auto d_conv = to_device_bf16(conv_bits);
+  auto d_conv_prep = to_device_bf16(conv_bits);  // the separate prep's copy (fused case)
+  const bool fused = scan == Scan::kChunkedFused;
   auto d_qkv = to_device_bf16(c.qkv), d_f = to_device_bf16(c.f), d_b = to_device_bf16(c.b),
        d_z = to_device_bf16(c.z);
   GuardedBuffer<bf16> d_q(size_t(T) * HD), d_k(size_t(T) * HD), d_v(size_t(T) * HD),
@@ -311,7 +321,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   pp.f = d_f.data();
   pp.b = d_b.data();
   pp.w = w.view();
-  pp.conv_state = d_conv.data();
+  pp.conv_state = fused ? d_conv_prep.data() : d_conv.data();
   pp.q = d_q.data();
   pp.k = d_k.data();
   pp.v = d_v.data();
@@ -351,7 +361,15 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
     a.workspace = d_ws->data();
     a.workspace_bytes = ws;
     a.inter_cols = inter_cols;
-    cuda::run_kda_chunked(sp, a, nullptr);
+    if (fused) {
+      cuda::KdaPrepParams raw = pp;
+      raw.conv_state = d_conv.data();
+      raw.q = raw.k = raw.v = nullptr;
+      raw.g = raw.beta = nullptr;
+      cuda::run_kda_prefill_chunked(raw, d_state.data(), d_o.data(), a, nullptr);
+    } else {
+      cuda::run_kda_chunked(sp, a, nullptr);
+    }
   }
   cuda::KdaGatedNormParams np;
   np.num_tokens = T;
@@ -364,8 +382,10 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   CUDA_CHECK(cudaDeviceSynchronize());
 
   const CpuOut ref = cpu_chain(c, 0, cu, slots, conv_ref, state_ref);
-  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent" : "chunked", " T=", T, " S=",
-                              S, ": ");
+  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent"
+                              : fused                  ? "fused"
+                                                       : "chunked",
+                              " T=", T, " S=", S, ": ");
   // Prep: bf16 outputs of fp32 math (q, k, v), fp32 g and beta.
   const auto q = bf16_vec_to_float(d_q.to_host()), k = bf16_vec_to_float(d_k.to_host()),
              v = bf16_vec_to_float(d_v.to_host());
@@ -401,14 +421,19 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   const bool rec = scan == Scan::kRecurrent;
   // Recurrent: fp32 like the CPU, o rounded to bf16. Chunked: bf16 tensor-core operands
   // (relative 2^-9 each) with fp32 accumulation and fp32 state.
-  expect_close(tag + "scan o", o.data(), o_scan.data(), o.size(), rec ? 4e-3 : 1e-2, rec ? 2e-2 : 5e-2);
-  expect_close(tag + "scan state", state.data(), state_scan.data(), state.size(), rec ? 2e-5 : 5e-3,
-               rec ? 1e-3 : 5e-2);
+  // Measured worst (H200, 2026-11-27): recurrent o 1.7e-3 / state 3e-8; chunked o 3.1e-3 /
+  // state 4.7e-4 (rel RMS). Tolerances are about 2-3x those.
+  expect_close(tag + "scan o", o.data(), o_scan.data(), o.size(), rec ? 4e-3 : 6e-3,
+               rec ? 2e-3 : 3e-3);
+  expect_close(tag + "scan state", state.data(), state_scan.data(), state.size(),
+               rec ? 2e-5 : 1.5e-3, rec ? 1e-3 : 2e-2);
   // End to end against the CPU chain on the raw inputs.
   const auto y = bf16_vec_to_float(d_y.to_host());
-  expect_close(tag + "chain o", o.data(), ref.o.data(), o.size(), 1.5e-2, 8e-2);
-  expect_close(tag + "chain y", y.data(), ref.y.data(), y.size(), 1.5e-2, 1e-1);
-  expect_close(tag + "chain state", state.data(), state_ref.data(), state.size(), 1e-2, 8e-2);
+  // Adds the bf16 rounding of q, k, v (the CPU chain keeps them in fp32): measured worst o 3.8e-3,
+  // y 3.9e-3, state 6.3e-4.
+  expect_close(tag + "chain o", o.data(), ref.o.data(), o.size(), 8e-3, 4e-3);
+  expect_close(tag + "chain y", y.data(), ref.y.data(), y.size(), 8e-3, 8e-2);
+  expect_close(tag + "chain state", state.data(), state_ref.data(), state.size(), 2e-3, 3e-2);
   for (auto* gb : {&d_q, &d_k, &d_v, &d_o, &d_y}) EXPECT_TRUE(gb->guards_intact()) << tag;
   EXPECT_TRUE(d_g.guards_intact() && d_beta.guards_intact() && d_state.guards_intact()) << tag;
 }
@@ -421,7 +446,8 @@ TEST_P(KdaPrefillGpu, SingleSequence) {
 }
 INSTANTIATE_TEST_SUITE_P(Lengths, KdaPrefillGpu,
                          ::testing::Combine(::testing::Values(1, 7, 63, 64, 65, 769),
-                                            ::testing::Values(Scan::kRecurrent, Scan::kChunked)));
+                                            ::testing::Values(Scan::kRecurrent, Scan::kChunked,
+                                                              Scan::kChunkedFused)));
 
 TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
   KIMI_REQUIRE_GPU();
@@ -431,13 +457,18 @@ TEST(KdaGpu, PrefillMixedVarlenChunked) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
 }
+TEST(KdaGpu, PrefillMixedVarlenChunkedFused) {
+  KIMI_REQUIRE_GPU();
+  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunkedFused, 10);
+}
 TEST(KdaGpu, PrefillMixedVarlenChunkedInter32) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9, 32);
 }
 
-// prefill(A) on the chunked path, then decode(B) steps with the fused decode kernel, must equal the
-// CPU recurrence over A + B tokens (outputs of the decode steps and the final states).
+// prefill(A) through run_kda_prefill_chunked (raw projections in, conv states updated), then
+// decode(B) steps with the fused decode kernel, must equal the CPU recurrence over A + B tokens
+// (outputs of the decode steps and the final states).
 TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   KIMI_REQUIRE_GPU();
   std::mt19937 rng(99);
@@ -457,8 +488,7 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   };
   auto d_qkv = to_device_bf16(head(c.qkv, C)), d_f = to_device_bf16(head(c.f, HD)),
        d_b = to_device_bf16(head(c.b, H));
-  DBuf<bf16> d_q(size_t(A) * HD), d_k(size_t(A) * HD), d_v(size_t(A) * HD), d_o(size_t(A) * HD);
-  DBuf<float> d_g(size_t(A) * HD), d_beta(size_t(A) * H);
+  DBuf<bf16> d_o(size_t(A) * HD);
   cuda::KdaPrepParams pp;
   pp.num_seqs = 1;
   pp.num_tokens = A;
@@ -470,36 +500,19 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   pp.b = d_b.data();
   pp.w = w.view();
   pp.conv_state = d_conv.data();
-  pp.q = d_q.data();
-  pp.k = d_k.data();
-  pp.v = d_v.data();
-  pp.g = d_g.data();
-  pp.beta = d_beta.data();
-  cuda::run_kda_prep(pp, nullptr);
-  cuda::KdaScanParams sp;
-  sp.num_seqs = 1;
-  sp.num_tokens = A;
-  sp.num_heads = H;
-  sp.cu_seqlens = d_cu.data();
-  sp.slots = d_slots.data();
-  sp.q = d_q.data();
-  sp.k = d_k.data();
-  sp.v = d_v.data();
-  sp.g = d_g.data();
-  sp.beta = d_beta.data();
-  sp.state = d_state.data();
-  sp.o = d_o.data();
   const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), 1);
   DBuf<int> d_cs = to_device(plan.chunk_seq), d_cst = to_device(plan.chunk_start),
             d_sf = to_device(plan.seq_first_chunk);
   const size_t wsb = cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
   DBuf<unsigned char> d_ws(wsb);
-  cuda::run_kda_chunked(sp, {plan.num_chunks, d_cs.data(), d_cst.data(), d_sf.data(), d_ws.data(), wsb},
-                        nullptr);
+  cuda::run_kda_prefill_chunked(
+      pp, d_state.data(), d_o.data(),
+      {plan.num_chunks, d_cs.data(), d_cst.data(), d_sf.data(), d_ws.data(), wsb}, nullptr);
   std::vector<float> y_gpu;
   for (int t = A; t < A + B; ++t) {
     auto row = [&](const std::vector<uint16_t>& v, size_t width) {
-      return std::vector<uint16_t>(v.begin() + size_t(t) * width, v.begin() + size_t(t + 1) * width);
+      return std::vector<uint16_t>(v.begin() + size_t(t) * width,
+                                   v.begin() + size_t(t + 1) * width);
     };
     auto r_qkv = to_device_bf16(row(c.qkv, C)), r_f = to_device_bf16(row(c.f, HD)),
          r_b = to_device_bf16(row(c.b, H)), r_z = to_device_bf16(row(c.z, HD));
@@ -523,16 +536,18 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   CUDA_CHECK(cudaDeviceSynchronize());
   const CpuOut ref = cpu_chain(c, 0, {0, A + B}, slots, conv_ref, state_ref);
   const std::vector<float> y_ref(ref.y.begin() + size_t(A) * HD, ref.y.end());
-  expect_close("prefill+decode y", y_gpu.data(), y_ref.data(), y_ref.size(), 1.5e-2, 1e-1);
+  expect_close("prefill+decode y", y_gpu.data(), y_ref.data(), y_ref.size(), 8e-3, 5e-2);
   const auto state = d_state.to_host();
-  expect_close("prefill+decode state", state.data(), state_ref.data(), state.size(), 1e-2, 8e-2);
+  expect_close("prefill+decode state", state.data(), state_ref.data(), state.size(), 2e-3, 3e-2);
   const auto conv = bf16_vec_to_float(d_conv.to_host());
   const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
   EXPECT_EQ(ce.max_abs, 0.0) << "conv state: " << describe(ce);
 }
 
 #else
-TEST(KdaGpu, Skipped) { KIMI_REQUIRE_GPU(); }
+TEST(KdaGpu, Skipped) {
+  KIMI_REQUIRE_GPU();
+}
 #endif
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <functional>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -624,6 +625,32 @@ TEST(DTypeConvert, Names) {
   EXPECT_FALSE(dtype_from_name("bf16", &t));
   EXPECT_EQ(dtype_size(DType::kF8E4M3), 1u);
   EXPECT_EQ(dtype_size(DType::kI64), 8u);
+}
+
+}  // namespace
+}  // namespace kimi
+
+namespace kimi {
+namespace {
+
+// Parsing from memory applies the same validation as a mapped file.
+TEST(Safetensors, ParsesFromMemoryLikeAFile) {
+  TempDir dir;
+  std::string path = dir.str_path() + "/m.safetensors";
+  float v[3] = {1.f, -2.f, 3.5f};
+  write_safetensors(path, {{"x", DType::kF32, {3}, v}});
+  std::ifstream f(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  SafetensorsFile mem(bytes.data(), bytes.size(), "memory");
+  ASSERT_EQ(mem.tensors().count("x"), 1u);
+  EXPECT_EQ(tensor_to_f32(mem.tensors().at("x")), std::vector<float>(v, v + 3));
+  std::string cut = bytes.substr(0, bytes.size() - 1);
+  try {
+    SafetensorsFile bad(cut.data(), cut.size(), "memory");
+    FAIL() << "truncated bytes accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("memory"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

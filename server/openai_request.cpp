@@ -1,0 +1,368 @@
+#include "openai_request.h"
+
+#include <cmath>
+#include <limits>
+
+#include "api_error.h"
+#include "core/check.h"
+#include "json_fields.h"
+
+namespace kimi::server {
+namespace {
+
+constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+
+// Text of a content value: a string, or an array of text parts concatenated (the Kimi template
+// joins part texts with nothing in between). Assistant messages may also carry refusal parts.
+std::optional<std::string> content_text(const Fields& msg, bool allow_null, bool assistant) {
+  const json* c = msg.get("content");
+  if (!c) {
+    if (allow_null) return std::nullopt;
+    throw_bad_request(msg.name("content"), str("'", msg.name("content"), "' is required"));
+  }
+  if (c->is_string()) return c->get<std::string>();
+  if (!c->is_array())
+    throw_bad_request(msg.name("content"), str("'", msg.name("content"),
+                                               "' must be a string or an array of content parts"));
+  std::string text;
+  for (size_t j = 0; j < c->size(); ++j) {
+    Fields part((*c)[j], str(msg.name("content"), "[", j, "]."));
+    std::string type = part.require_string("type");
+    if (type == "text") {
+      text += part.require_string("text");
+    } else if (type == "refusal" && assistant) {
+      text += part.require_string("refusal");
+    } else if (type == "image_url" || type == "input_audio" || type == "file" || type == "image") {
+      throw_bad_request(part.name("type"), str("content part type '", type,
+                                               "' is not supported: this model accepts text only"));
+    } else {
+      throw_bad_request(part.name("type"), str("unknown content part type '", type, "'"));
+    }
+  }
+  return text;
+}
+
+ToolCall parse_tool_call(const json& v, const std::string& path) {
+  Fields f(v, path);
+  ToolCall tc;
+  tc.id = f.require_string("id");
+  auto type = f.string("type");
+  if (type && *type != "function")
+    throw_bad_request(f.name("type"), str("tool call type '", *type, "' is not supported (only 'function')"));
+  const json* fn = f.object("function");
+  if (!fn) throw_bad_request(f.name("function"), str("'", f.name("function"), "' is required"));
+  Fields ff(*fn, f.name("function."));
+  tc.name = ff.require_string("name");
+  tc.arguments = ff.string("arguments").value_or("{}");
+  return tc;
+}
+
+ChatMessage parse_message(const json& v, size_t i) {
+  Fields f(v, str("messages[", i, "]."));
+  ChatMessage m;
+  m.role = f.require_string("role");
+  if (m.role == "developer") m.role = "system";
+  m.name = f.string("name").value_or("");
+  if (m.role == "system" || m.role == "user") {
+    m.content = content_text(f, false, false);
+  } else if (m.role == "assistant") {
+    if (const json* calls = f.array("tool_calls"))
+      for (size_t k = 0; k < calls->size(); ++k)
+        m.tool_calls.push_back(parse_tool_call((*calls)[k], str(f.name("tool_calls"), "[", k, "].")));
+    if (f.get("function_call"))
+      throw_bad_request(f.name("function_call"), "'function_call' is deprecated and not supported: use tool_calls");
+    m.content = content_text(f, true, true);
+  } else if (m.role == "tool") {
+    m.tool_call_id = f.require_string("tool_call_id");
+    m.content = content_text(f, false, false);
+  } else if (m.role == "function") {
+    throw_bad_request(f.name("role"), "role 'function' is deprecated and not supported: use role 'tool'");
+  } else {
+    throw_bad_request(f.name("role"), str("unknown role '", m.role, "'"));
+  }
+  return m;
+}
+
+// Tool names end up inside "functions.NAME:IDX" ids, so '.' and ':' could not round-trip.
+bool valid_tool_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-')) return false;
+  return true;
+}
+
+void parse_tools(const Fields& f, GenerationRequest& r) {
+  if (const json* tools = f.array("tools")) {
+    for (size_t i = 0; i < tools->size(); ++i) {
+      Fields t((*tools)[i], str("tools[", i, "]."));
+      std::string type = t.require_string("type");
+      if (type != "function")
+        throw_bad_request(t.name("type"), str("tool type '", type, "' is not supported (only 'function')"));
+      const json* fn = t.object("function");
+      if (!fn) throw_bad_request(t.name("function"), str("'", t.name("function"), "' is required"));
+      Fields ff(*fn, t.name("function."));
+      ToolSpec spec;
+      spec.name = ff.require_string("name");
+      if (!valid_tool_name(spec.name))
+        throw_bad_request(ff.name("name"), str("tool name '", spec.name,
+                                               "' must be 1-64 characters of a-z, A-Z, 0-9, _ and -"));
+      ff.string("description");
+      ff.object("parameters");
+      ff.boolean("strict");
+      for (const auto& other : r.tools)
+        if (other.name == spec.name)
+          throw_bad_request(ff.name("name"), str("duplicate tool name '", spec.name, "'"));
+      spec.declaration = (*tools)[i];
+      r.tools.push_back(std::move(spec));
+    }
+  }
+  r.tool_choice = r.tools.empty() ? ToolChoice::kNone : ToolChoice::kAuto;
+  if (const json* tc = f.get("tool_choice")) {
+    if (tc->is_string()) {
+      std::string s = tc->get<std::string>();
+      if (s == "none") r.tool_choice = ToolChoice::kNone;
+      else if (s == "auto") r.tool_choice = ToolChoice::kAuto;
+      else if (s == "required") r.tool_choice = ToolChoice::kRequired;
+      else throw_bad_request("tool_choice", str("unknown tool_choice '", s, "'"));
+    } else if (tc->is_object()) {
+      Fields c(*tc, "tool_choice.");
+      std::string type = c.require_string("type");
+      if (type != "function")
+        throw_bad_request("tool_choice", str("tool_choice type '", type, "' is not supported"));
+      const json* fn = c.object("function");
+      if (!fn) throw_bad_request("tool_choice.function", "'tool_choice.function' is required");
+      r.tool_choice = ToolChoice::kNamed;
+      r.tool_choice_name = Fields(*fn, "tool_choice.function.").require_string("name");
+    } else {
+      throw_bad_request("tool_choice", "'tool_choice' must be a string or an object");
+    }
+    if (r.tool_choice != ToolChoice::kNone && r.tools.empty())
+      throw_bad_request("tool_choice", "'tool_choice' needs 'tools'");
+    if (r.tool_choice == ToolChoice::kNamed) {
+      bool known = false;
+      for (const auto& t : r.tools) known |= t.name == r.tool_choice_name;
+      if (!known)
+        throw_bad_request("tool_choice", str("tool_choice names '", r.tool_choice_name, "', which is not in 'tools'"));
+    }
+  }
+  f.boolean("parallel_tool_calls");  // several calls per turn are always allowed
+}
+
+std::vector<std::string> parse_stop(const Fields& f) {
+  std::vector<std::string> out;
+  const json* v = f.get("stop");
+  if (!v) return out;
+  if (v->is_string()) {
+    if (!v->get<std::string>().empty()) out.push_back(v->get<std::string>());
+    return out;
+  }
+  if (!v->is_array()) throw_bad_request("stop", "'stop' must be a string or an array of strings");
+  if (v->size() > 16) throw_bad_request("stop", "'stop' may hold at most 16 strings");
+  for (const auto& s : *v) {
+    if (!s.is_string()) throw_bad_request("stop", "'stop' must be a string or an array of strings");
+    if (!s.get<std::string>().empty()) out.push_back(s.get<std::string>());
+  }
+  return out;
+}
+
+int parse_token_id(const json& v, const std::string& param, int vocab) {
+  if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() >= vocab)
+    throw_bad_request(param, str("'", param, "' must hold token ids in [0, ", vocab, "), got ", v.dump()));
+  return v.get<int>();
+}
+
+// Fields common to both endpoints.
+void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r) {
+  r.model = f.string("model").value_or("");
+  r.stream = f.boolean("stream").value_or(false);
+  if (const json* so = f.object("stream_options")) {
+    // Sent with stream:false by some SDK stacks: ignored there (serving.md §1.2).
+    Fields s(*so, "stream_options.");
+    r.include_usage = r.stream && s.boolean("include_usage").value_or(false);
+    if (s.boolean("continuous_usage_stats").value_or(false))
+      throw_bad_request("stream_options.continuous_usage_stats", "'continuous_usage_stats' is not supported");
+  }
+  r.request_id = f.string("request_id").value_or("");
+
+  auto mct = f.integer("max_completion_tokens", 1, kMaxInt);
+  auto mt = f.integer("max_tokens", 1, kMaxInt);
+  r.max_tokens = mct ? mct : mt;
+
+  SamplingParams& sp = r.engine.sampling;
+  sp.temperature = float(f.number("temperature", 0, 2).value_or(1.0));
+  sp.top_p = float(f.number("top_p", 0, 1).value_or(1.0));
+  if (sp.top_p <= 0) throw_bad_request("top_p", "'top_p' must be in (0, 1]");
+  sp.presence_penalty = float(f.number("presence_penalty", -2, 2).value_or(0));
+  sp.frequency_penalty = float(f.number("frequency_penalty", -2, 2).value_or(0));
+  sp.top_k = int(f.integer("top_k", -1, lim.vocab_size > 0 ? lim.vocab_size : kMaxInt).value_or(0));
+  sp.min_p = float(f.number("min_p", 0, 1).value_or(0));
+  sp.repetition_penalty = float(f.number("repetition_penalty", 0, 2).value_or(1.0));
+  if (sp.repetition_penalty <= 0) throw_bad_request("repetition_penalty", "'repetition_penalty' must be in (0, 2]");
+  if (auto seed = f.integer("seed", std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())) {
+    sp.seed = uint64_t(*seed);
+    r.engine.seed_given = true;
+  }
+  if (const json* lb = f.object("logit_bias")) {
+    for (auto it = lb->begin(); it != lb->end(); ++it) {
+      const std::string param = "logit_bias." + it.key();
+      size_t pos = 0;
+      long long id = -1;
+      try {
+        id = std::stoll(it.key(), &pos);
+      } catch (const std::exception&) {
+        pos = 0;
+      }
+      if (pos == 0 || pos != it.key().size() || id < 0 || (lim.vocab_size > 0 && id >= lim.vocab_size))
+        throw_bad_request("logit_bias", str("'logit_bias' key '", it.key(), "' is not a token id in [0, ",
+                                            lim.vocab_size, ")"));
+      if (!it.value().is_number() || std::fabs(it.value().get<double>()) > 100)
+        throw_bad_request("logit_bias", str("'logit_bias' value for token ", id, " must be a number in [-100, 100]"));
+      sp.logit_bias.emplace_back(int(id), it.value().get<float>());
+    }
+  }
+
+  r.engine.n = int(f.integer("n", 1, lim.max_n).value_or(1));
+  if (auto best_of = f.integer("best_of", 1, lim.max_n); best_of && *best_of != r.engine.n)
+    throw_bad_request("best_of", "'best_of' different from 'n' is not supported");
+  r.engine.stop = parse_stop(f);
+  if (const json* ids = f.array("stop_token_ids"))
+    for (const auto& v : *ids) r.engine.stop_token_ids.push_back(parse_token_id(v, "stop_token_ids", lim.vocab_size));
+  r.engine.ignore_eos = f.boolean("ignore_eos").value_or(false);
+  r.engine.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
+  r.engine.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
+  r.return_tokens_as_token_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
+
+  // vLLM extras the engine has no mechanism for: refuse rather than silently ignore.
+  if (f.integer("min_tokens", 0, kMaxInt).value_or(0) != 0)
+    throw_bad_request("min_tokens", "'min_tokens' is not supported by this server");
+  if (f.integer("priority", INT32_MIN, INT32_MAX).value_or(0) != 0)
+    throw_bad_request("priority", "'priority' scheduling is not supported by this server");
+  if (const json* rf = f.object("response_format")) {
+    std::string type = Fields(*rf, "response_format.").require_string("type");
+    if (type != "text")
+      throw_bad_request("response_format", str("response_format type '", type,
+                                               "' needs constrained decoding, which this server does not have"));
+  }
+  if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") || f.get("guided_grammar") ||
+      f.get("structured_outputs"))
+    throw_bad_request("structured_outputs", "guided / structured decoding is not supported by this server");
+  if (f.get("logits_processors")) throw_bad_request("logits_processors", "'logits_processors' is not supported");
+  f.string("user");
+}
+
+}  // namespace
+
+json parse_body(const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw_bad_request("", "the request body is not valid JSON");
+  if (!j.is_object()) throw_bad_request("", "the request body must be a JSON object");
+  return j;
+}
+
+GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
+  Fields f(body, "");
+  GenerationRequest r;
+  r.chat = true;
+  const json* msgs = f.array("messages");
+  if (!msgs) throw_bad_request("messages", "'messages' is required");
+  if (msgs->empty()) throw_bad_request("messages", "'messages' must contain at least one message");
+  for (size_t i = 0; i < msgs->size(); ++i) r.messages.push_back(parse_message((*msgs)[i], i));
+
+  parse_common(f, lim, r);
+  parse_tools(f, r);
+
+  r.logprobs = f.boolean("logprobs").value_or(false);
+  if (auto k = f.integer("top_logprobs", 0, 20)) {
+    if (!r.logprobs && *k > 0) throw_bad_request("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    r.top_logprobs = int(*k);
+  }
+  r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
+
+  r.add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
+  r.continue_final_message = f.boolean("continue_final_message").value_or(false);
+  if (r.continue_final_message && r.add_generation_prompt && f.get("add_generation_prompt"))
+    throw_bad_request("continue_final_message", "'continue_final_message' and 'add_generation_prompt' exclude each other");
+  if (r.continue_final_message) {
+    r.add_generation_prompt = false;
+    if (r.messages.back().role != "assistant")
+      throw_bad_request("continue_final_message", "'continue_final_message' needs a final assistant message");
+  }
+  if (f.boolean("echo").value_or(false))
+    throw_bad_request("echo", "'echo' is not supported for chat completions");
+  f.object("chat_template_kwargs");  // the Kimi template takes no keyword arguments
+  if (f.get("functions") || f.get("function_call"))
+    throw_bad_request(f.get("functions") ? "functions" : "function_call",
+                      "'functions' / 'function_call' are deprecated and not supported: use 'tools'");
+  if (f.get("audio")) throw_bad_request("audio", "audio output is not supported");
+  if (const json* mod = f.array("modalities"))
+    for (const auto& m : *mod)
+      if (m != "text") throw_bad_request("modalities", "only the 'text' modality is supported");
+  if (r.parse_tool_calls()) r.engine.skip_special_tokens = false;  // the parser reads the markers
+  r.messages_json = nlohmann::ordered_json::parse(msgs->dump());
+  if (!r.tools.empty()) r.tools_json = nlohmann::ordered_json::parse(f.get("tools")->dump());
+  return r;
+}
+
+GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits) {
+  GenerationRequest r = parse_chat_request(parse_body(body), limits);
+  auto ordered = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (ordered.is_object()) {
+    r.messages_json = ordered["messages"];
+    if (!r.tools.empty()) r.tools_json = ordered["tools"];
+  }
+  return r;
+}
+
+GenerationRequest parse_completion_request(const json& body, const ParseLimits& lim) {
+  Fields f(body, "");
+  GenerationRequest r;
+  r.chat = false;
+  const json* p = f.get("prompt");
+  if (!p) throw_bad_request("prompt", "'prompt' is required");
+  auto bad = [] { throw_bad_request("prompt", "'prompt' must be a string, an array of strings, an array of token ids or an array of arrays of token ids"); };
+  auto ids_of = [&](const json& arr) {
+    std::vector<int> ids;
+    for (const auto& v : arr) ids.push_back(parse_token_id(v, "prompt", lim.vocab_size));
+    if (ids.empty()) throw_bad_request("prompt", "'prompt' must not be empty");
+    return ids;
+  };
+  if (p->is_string()) {
+    r.prompt_texts.push_back(p->get<std::string>());
+  } else if (p->is_array() && !p->empty()) {
+    const json& first = (*p)[0];
+    if (first.is_string()) {
+      for (const auto& s : *p) {
+        if (!s.is_string()) bad();
+        r.prompt_texts.push_back(s.get<std::string>());
+      }
+    } else if (first.is_number()) {
+      r.prompt_ids.push_back(ids_of(*p));
+    } else if (first.is_array()) {
+      for (const auto& a : *p) {
+        if (!a.is_array()) bad();
+        r.prompt_ids.push_back(ids_of(a));
+      }
+    } else {
+      bad();
+    }
+  } else {
+    bad();
+  }
+  for (const auto& t : r.prompt_texts)
+    if (t.empty()) throw_bad_request("prompt", "'prompt' must not be empty");
+
+  parse_common(f, lim, r);
+  if (auto k = f.integer("logprobs", 0, 20)) {
+    r.logprobs = true;
+    r.top_logprobs = int(*k);
+  }
+  r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
+  r.echo = f.boolean("echo").value_or(false);
+  if (r.echo && r.logprobs)
+    throw_bad_request("echo", "'echo' together with 'logprobs' needs prompt logprobs, which this server does not compute");
+  if (auto suffix = f.string("suffix"); suffix && !suffix->empty())
+    throw_bad_request("suffix", "'suffix' (insert mode) is not supported by this model");
+  return r;
+}
+
+}  // namespace kimi::server

@@ -1,0 +1,191 @@
+#include "openai_response.h"
+
+#include <random>
+
+#include "core/check.h"
+#include "tokenizer/tokenizer.h"
+
+namespace kimi::server {
+
+std::string TokenTexts::text(int id) const {
+  if (as_ids_) return str("token_id:", id);
+  if (id < 0 || id >= tok_->vocab_size()) return str("token_id:", id);
+  return std::string(tok_->token_bytes(id));
+}
+
+std::string dump_json(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string sse_event(const json& j) { return "data: " + dump_json(j) + "\n\n"; }
+
+const char* finish_reason_str(FinishReason r) {
+  switch (r) {
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kToolCalls: return "tool_calls";
+    case FinishReason::kCancelled: return "abort";
+    case FinishReason::kError: return "error";
+    case FinishReason::kNone: break;
+  }
+  return nullptr;
+}
+
+json usage_json(const Usage& u) {
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens},
+          {"prompt_tokens_details", {{"cached_tokens", 0}}}};
+}
+
+namespace {
+json bytes_of(const std::string& s) {
+  json b = json::array();
+  for (unsigned char c : s) b.push_back(int(c));
+  return b;
+}
+}  // namespace
+
+json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt) {
+  json content = json::array();
+  for (const auto& lp : lps) {
+    std::string t = tt.text(lp.id);
+    json top = json::array();
+    for (const auto& [id, v] : lp.top) {
+      std::string a = tt.text(id);
+      top.push_back({{"token", a}, {"logprob", v}, {"bytes", bytes_of(a)}});
+    }
+    content.push_back({{"token", t}, {"logprob", lp.logprob}, {"bytes", bytes_of(t)}, {"top_logprobs", top}});
+  }
+  return {{"content", content}, {"refusal", nullptr}};
+}
+
+json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt, size_t& offset) {
+  json tokens = json::array(), values = json::array(), tops = json::array(), offsets = json::array();
+  for (const auto& lp : lps) {
+    std::string t = tt.text(lp.id);
+    tokens.push_back(t);
+    values.push_back(lp.logprob);
+    json top = json::object();
+    for (const auto& [id, v] : lp.top) top[tt.text(id)] = v;
+    tops.push_back(lp.top.empty() ? json(nullptr) : top);
+    offsets.push_back(offset);
+    offset += t.size();
+  }
+  return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+void append_completion_logprobs(json& into, const json& more) {
+  if (into.is_null()) {
+    into = more;
+    return;
+  }
+  for (const char* k : {"tokens", "token_logprobs", "top_logprobs", "text_offset"})
+    for (const auto& v : more[k]) into[k].push_back(v);
+}
+
+std::string choice_finish_reason(const ChoiceResult& c) {
+  // A completed tool call turns a normal stop into "tool_calls" (vLLM kimi_k2 behaviour).
+  if (c.completed_tool_calls > 0 && (c.finish == FinishReason::kStop || c.finish == FinishReason::kToolCalls))
+    return "tool_calls";
+  if (c.finish == FinishReason::kToolCalls) return "stop";
+  const char* r = finish_reason_str(c.finish);
+  return r ? r : "stop";
+}
+
+json tool_calls_json(const std::vector<ToolCall>& calls) {
+  json out = json::array();
+  for (const auto& c : calls)
+    out.push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+  return out;
+}
+
+json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices, const Usage& usage,
+                          const TokenTexts& tt, bool with_logprobs) {
+  json arr = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& c = choices[i];
+    json msg = {{"role", "assistant"}};
+    if (c.parsed_tools && !c.tool_calls.empty()) {
+      msg["content"] = c.text.empty() ? json(nullptr) : json(c.text);
+      msg["tool_calls"] = tool_calls_json(c.tool_calls);
+    } else {
+      msg["content"] = c.text;
+      msg["tool_calls"] = json::array();
+    }
+    msg["refusal"] = nullptr;
+    json choice = {{"index", i}, {"message", msg}};
+    choice["logprobs"] = with_logprobs ? chat_logprobs(c.logprobs, tt) : json(nullptr);
+    choice["finish_reason"] = choice_finish_reason(c);
+    choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    arr.push_back(choice);
+  }
+  return {{"id", h.id}, {"object", "chat.completion"}, {"created", h.created}, {"model", h.model},
+          {"system_fingerprint", nullptr}, {"choices", arr}, {"usage", usage_json(usage)}};
+}
+
+json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices, const Usage& usage,
+                          const TokenTexts& tt, bool with_logprobs) {
+  json arr = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceResult& c = choices[i];
+    json choice = {{"index", i}, {"text", c.text}};
+    size_t offset = 0;
+    choice["logprobs"] = with_logprobs ? completion_logprobs(c.logprobs, tt, offset) : json(nullptr);
+    choice["finish_reason"] = choice_finish_reason(c);
+    choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    arr.push_back(choice);
+  }
+  return {{"id", h.id}, {"object", "text_completion"}, {"created", h.created}, {"model", h.model},
+          {"system_fingerprint", nullptr}, {"choices", arr}, {"usage", usage_json(usage)}};
+}
+
+json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish, bool usage_null) {
+  json choice = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}};
+  choice["finish_reason"] = finish ? json(finish) : json(nullptr);
+  json j = {{"id", h.id}, {"object", "chat.completion.chunk"}, {"created", h.created}, {"model", h.model},
+            {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
+  if (usage_null) j["usage"] = nullptr;
+  return j;
+}
+
+json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs, const char* finish,
+                      bool usage_null) {
+  json choice = {{"index", index}, {"text", text}, {"logprobs", std::move(logprobs)}};
+  choice["finish_reason"] = finish ? json(finish) : json(nullptr);
+  json j = {{"id", h.id}, {"object", "text_completion"}, {"created", h.created}, {"model", h.model},
+            {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
+  if (usage_null) j["usage"] = nullptr;
+  return j;
+}
+
+json usage_chunk(const ResponseHead& h, bool chat, const Usage& u) {
+  return {{"id", h.id}, {"object", chat ? "chat.completion.chunk" : "text_completion"}, {"created", h.created},
+          {"model", h.model}, {"system_fingerprint", nullptr}, {"choices", json::array()}, {"usage", usage_json(u)}};
+}
+
+json tool_call_deltas(const std::vector<ToolCallDelta>& calls) {
+  json out = json::array();
+  for (const auto& d : calls) {
+    json fn = {{"arguments", d.arguments}};
+    json e = {{"index", d.index}};
+    if (d.start) {
+      e["id"] = d.id;
+      e["type"] = "function";
+      fn["name"] = d.name;
+    }
+    e["function"] = fn;
+    out.push_back(e);
+  }
+  return out;
+}
+
+std::string new_id(const char* prefix) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static const char* hex = "0123456789abcdef";
+  std::string s = prefix;
+  uint64_t a = rng(), b = rng();
+  for (int i = 0; i < 16; ++i) s += hex[(a >> (4 * i)) & 15];
+  for (int i = 0; i < 8; ++i) s += hex[(b >> (4 * i)) & 15];
+  return s;
+}
+
+}  // namespace kimi::server

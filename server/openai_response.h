@@ -1,0 +1,79 @@
+// OpenAI response objects (serving.md §1.5-1.6): whole responses, stream chunks, usage and
+// logprobs, for chat and legacy completions. Pure functions of their inputs.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kimi/engine.h"
+#include "tool_calls.h"
+
+namespace kimi::server {
+
+using json = nlohmann::json;
+
+// Token text for logprobs: the token's bytes, or "token_id:N" (vLLM's return_tokens_as_token_ids).
+class TokenTexts {
+ public:
+  TokenTexts(const Tokenizer* tok, bool as_ids) : tok_(tok), as_ids_(as_ids || !tok) {}
+  std::string text(int id) const;
+ private:
+  const Tokenizer* tok_;
+  bool as_ids_;
+};
+
+// One line of SSE: "data: <json>\n\n" (invalid UTF-8 replaced, never thrown).
+std::string sse_event(const json& j);
+inline constexpr const char* kSseDone = "data: [DONE]\n\n";
+std::string dump_json(const json& j);
+
+const char* finish_reason_str(FinishReason r);  // "stop", "length", "tool_calls", "abort", "error"
+json usage_json(const Usage& u);
+
+// choices[i].logprobs for chat: {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}
+json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
+// choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset};
+// `offset` is the text length before these tokens and is advanced.
+json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt, size_t& offset);
+void append_completion_logprobs(json& into, const json& more);
+
+struct ResponseHead {
+  std::string id;       // "chatcmpl-..." / "cmpl-..."
+  int64_t created = 0;  // Unix seconds
+  std::string model;
+};
+
+// Everything one choice produced, for non-streamed responses.
+struct ChoiceResult {
+  std::string text;
+  std::vector<TokenLogprob> logprobs;
+  FinishReason finish = FinishReason::kNone;
+  std::string stop_reason;
+  std::vector<ToolCall> tool_calls;  // when parsed
+  int completed_tool_calls = 0;
+  bool parsed_tools = false;
+};
+
+json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
+                          const Usage& usage, const TokenTexts& tt, bool with_logprobs);
+json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
+                          const Usage& usage, const TokenTexts& tt, bool with_logprobs);
+
+// The finish_reason OpenAI clients see for a choice.
+std::string choice_finish_reason(const ChoiceResult& c);
+
+// Stream chunks.
+json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish,
+                bool usage_null);
+json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs,
+                      const char* finish, bool usage_null);
+json usage_chunk(const ResponseHead& h, bool chat, const Usage& u);
+// OpenAI tool_calls delta entries from parser deltas.
+json tool_call_deltas(const std::vector<ToolCallDelta>& calls);
+json tool_calls_json(const std::vector<ToolCall>& calls);
+
+std::string new_id(const char* prefix);
+
+}  // namespace kimi::server

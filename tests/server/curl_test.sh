@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# kimi-serve on the wire, with curl + jq: routes, SSE framing, errors and their statuses,
+# auth, body limit, tokenize, metrics, disconnect mid-stream, concurrency.
+# Usage: KIMI_SERVE=path/to/kimi-serve curl_test.sh
+source "$(dirname "$0")/lib.sh"
+
+KEY=test-key
+start_server main --api-key "$KEY" --max-model-len 512 --max-num-seqs 8 --max-body-mb 1
+P=$main_PORT
+URL="http://127.0.0.1:$P"
+AUTH=(-H "Authorization: Bearer $KEY")
+JSON=(-H "Content-Type: application/json")
+
+# post PATH BODY [CURL ARGS...]: body -> $WORK/body, headers -> $WORK/headers, prints the status.
+post() {
+  local path="$1" body="$2"; shift 2
+  curl -s -m 30 -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' "${AUTH[@]}" "${JSON[@]}" "$@" \
+    "$URL$path" -d "$body"
+}
+get() {
+  local path="$1"; shift
+  curl -s -m 10 -o "$WORK/body" -D "$WORK/headers" -w '%{http_code}' "$@" "$URL$path"
+}
+body() { jq -r "$1" "$WORK/body"; }
+header() { grep -i "^$1:" "$WORK/headers" | head -1 | cut -d' ' -f2- | tr -d '\r'; }
+# is_error STATUS TYPE CODE: the body is an OpenAI error object with these fields.
+is_error() {
+  jq -e --arg t "$2" --arg c "$3" \
+    '(.error | has("message") and has("type") and has("param") and has("code")) and
+     (.error.message | length > 0) and .error.type == $t and ((.error.code // "") == $c)' "$WORK/body" >/dev/null ||
+    { echo "    body: $(cat "$WORK/body")" >&2; return 1; }
+}
+
+MSG='[{"role":"user","content":"Hello there"}]'
+
+# --- health, version, models ---
+check "GET /health is 200 without a key" eq "$(get /health)" 200
+check "GET /version" eq "$(get /version; body .version)" "200$(body .version)"
+check "GET /version has a version" test -n "$(body .version)"
+check "GET /v1/models is 200" eq "$(get /v1/models "${AUTH[@]}")" 200
+check "/v1/models lists the served model" eq "$(body '.object + " " + .data[0].object + " " + .data[0].id')" "list model kimi-tiny"
+check "/v1/models has root, max_model_len, created, owned_by" \
+  eq "$(body '[(.data[0].root|length>0), .data[0].max_model_len, (.data[0].created>0), (.data[0].owned_by|length>0)]|@csv')" "true,512,true,true"
+check "GET /v1/models/kimi-tiny" eq "$(get /v1/models/kimi-tiny "${AUTH[@]}"; body .id)" "200kimi-tiny"
+check "GET /v1/models/other is 404" eq "$(get /v1/models/other "${AUTH[@]}")" 404
+check "  ... model_not_found" is_error 404 invalid_request_error model_not_found
+
+# --- auth ---
+check "no key: 401" eq "$(curl -s -m 10 -o "$WORK/body" -w '%{http_code}' "$URL/v1/models")" 401
+check "  ... invalid_api_key error object" is_error 401 invalid_request_error invalid_api_key
+check "wrong key: 401" eq "$(curl -s -m 10 -o "$WORK/body" -w '%{http_code}' -H 'Authorization: Bearer test-keY' "$URL/v1/chat/completions" -d '{}')" 401
+check "/metrics needs no key" eq "$(get /metrics)" 200
+check "CORS preflight answered" eq "$(curl -s -m 10 -o /dev/null -w '%{http_code}' -X OPTIONS "$URL/v1/chat/completions")" 204
+
+# --- non-streamed chat ---
+check "chat: 200" eq "$(post /v1/chat/completions "{\"model\":\"kimi-tiny\",\"messages\":$MSG,\"max_tokens\":8}")" 200
+check "chat: object, role, index" eq "$(body '.object + " " + .choices[0].message.role + " " + (.choices[0].index|tostring)')" "chat.completion assistant 0"
+check "chat: finish_reason stop or length" jqe '.choices[0].finish_reason == "stop" or .choices[0].finish_reason == "length"' "$WORK/body"
+check "chat: usage adds up, at most 8 tokens" jqe '.usage.total_tokens == .usage.prompt_tokens + .usage.completion_tokens and .usage.completion_tokens <= 8 and .usage.completion_tokens >= 1 and .usage.prompt_tokens > 5' "$WORK/body"
+check "chat: id and created" jqe '(.id|startswith("chatcmpl-")) and (.created > 1700000000)' "$WORK/body"
+check "chat: max_tokens 1 -> length, 1 token" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":1,\"ignore_eos\":true}"; body '.choices[0].finish_reason + (.usage.completion_tokens|tostring)')" "200length1"
+check "nulls and unknown fields are accepted" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":2,\"stop\":null,\"tools\":null,\"temperature\":null,\"seed\":null,\"store\":false,\"metadata\":{\"x\":\"y\"},\"service_tier\":\"auto\",\"stream_options\":null}")" 200
+
+# --- streamed chat: framing (serving.md §1.6, §3.6) ---
+stream_body="{\"messages\":$MSG,\"max_tokens\":6,\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+curl -sN -m 30 -D "$WORK/sh" -o "$WORK/stream" "${AUTH[@]}" "${JSON[@]}" -H 'Accept-Encoding: gzip, deflate, br' \
+  "$URL/v1/chat/completions" -d "$stream_body"
+check "stream: Content-Type exactly text/event-stream" eq "$(grep -i '^content-type:' "$WORK/sh" | cut -d' ' -f2- | tr -d '\r')" "text/event-stream"
+check "stream: not compressed for a gzip/br client" test -z "$(grep -i '^content-encoding:' "$WORK/sh")"
+check "stream: every event is 'data: ...' followed by a blank line" \
+  node -e 'const s=require("fs").readFileSync(process.argv[1],"utf8"); if(!s.endsWith("\n\n")) process.exit(1);
+           const ev=s.slice(0,-2).split("\n\n"); process.exit(ev.every(e=>e.startsWith("data: ") && !e.includes("\n"))?0:1)' "$WORK/stream"
+check "stream: ends with data: [DONE]" eq "$(tail -c 14 "$WORK/stream" | head -c 12)" "data: [DONE]"
+sed -n 's/^data: //p' "$WORK/stream" | grep -v '^\[DONE\]$' > "$WORK/chunks"
+check "stream: first chunk carries role and content" jqe -s '.[0].choices[0].delta.role == "assistant" and (.[0].choices[0].delta|has("content"))' "$WORK/chunks"
+check "stream: one id, one created, object chunk" jqe -s '(map(.id)|unique|length) == 1 and (map(.created)|unique|length) == 1 and all(.object == "chat.completion.chunk")' "$WORK/chunks"
+check "stream: a finish chunk with empty delta" jqe -s 'map(select(.choices[0].finish_reason != null)) | length == 1 and (.[0].choices[0].delta == {})' "$WORK/chunks"
+check "stream: exactly one usage chunk, last, choices []" jqe -s 'map(select(.choices == [])) | length == 1' "$WORK/chunks"
+check "stream: usage chunk is the last and adds up" jqe -s '.[-1].choices == [] and .[-1].usage.total_tokens == .[-1].usage.prompt_tokens + .[-1].usage.completion_tokens and .[-1].usage.completion_tokens >= 1' "$WORK/chunks"
+check "stream: other chunks carry usage null" jqe -s '.[:-1] | all(has("usage") and .usage == null)' "$WORK/chunks"
+curl -sN -m 30 -o "$WORK/stream2" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" \
+  -d "{\"messages\":$MSG,\"max_tokens\":3,\"stream\":true}"
+check "stream without stream_options: no usage chunk" test -z "$(grep -F '"choices":[]' "$WORK/stream2")"
+check "stream without stream_options: no usage key" test -z "$(grep -F '"usage"' "$WORK/stream2")"
+check "stream with n=2: both choices finish" \
+  eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" -d "{\"messages\":$MSG,\"max_tokens\":3,\"n\":2,\"stream\":true}" |
+        sed -n 's/^data: {/{/p' | jq -s -c '[.[] | .choices[0] | select(.finish_reason != null) | .index] | sort')" "[0,1]"
+
+# --- completions ---
+check "completions: text prompt" eq "$(post /v1/completions '{"prompt":"Once upon a time","max_tokens":5}'; body '.object + " " + (.choices|length|tostring)')" "200text_completion 1"
+check "completions: token-id prompt, ignore_eos -> length" \
+  eq "$(post /v1/completions '{"prompt":[1,2,3,4],"max_tokens":4,"ignore_eos":true}'; body '.choices[0].finish_reason + (.usage.prompt_tokens|tostring) + (.usage.completion_tokens|tostring)')" "200length44"
+check "completions: two prompts x n=2 -> 4 choices" \
+  eq "$(post /v1/completions '{"prompt":[[5,6],[7,8,9]],"max_tokens":2,"n":2}'; body '[.choices[].index]|@csv')" "2000,1,2,3"
+check "completions: echo prepends the prompt" \
+  eq "$(post /v1/completions '{"prompt":"Echo me","max_tokens":2,"echo":true}'; body '.choices[0].text|startswith("Echo me")')" "200true"
+check "completions: logprobs=2" \
+  jqe '.choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs[0]|length) == 2 and (.text_offset[0] == 0)' \
+  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2}' >/dev/null; cat "$WORK/body")
+check "completions stream: text_completion chunks, usage, [DONE]" \
+  eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}' |
+        sed -n 's/^data: //p' | grep -v DONE | jq -s -c '[(all(.object == "text_completion")), .[-1].usage.completion_tokens, (map(.choices[0].text // "")|length > 0)]')" "[true,4,true]"
+check "logit_bias forces a token" \
+  eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":5,"ignore_eos":true,"logit_bias":{"100":100},"logprobs":0,"return_tokens_as_token_ids":true}'; body '.choices[0].logprobs.tokens|unique|@csv')" '200"token_id:100"'
+check "chat logprobs: top_logprobs=2 per token" \
+  jqe '.choices[0].logprobs.content | length == 4 and all(.top_logprobs|length == 2) and all(.bytes|length > 0)' \
+  <(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":4,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":2}" >/dev/null; cat "$WORK/body")
+
+# --- tokenize / detokenize ---
+check "tokenize" eq "$(post /tokenize '{"prompt":"Hello world"}'; body '(.count == (.tokens|length)) and .max_model_len == 512')" "200true"
+ids=$(jq -c .tokens "$WORK/body")
+check "detokenize round trip" eq "$(post /detokenize "{\"tokens\":$ids}"; body .prompt)" "200Hello world"
+check "tokenize messages uses the chat template" \
+  eq "$(post /tokenize "{\"messages\":$MSG,\"return_token_strs\":true}"; body '[.token_strs[0], .token_strs[-1]]|@csv')" '200"<|im_system|>","<|im_middle|>"'
+
+# --- errors ---
+check "malformed JSON: 400" eq "$(post /v1/chat/completions '{"messages": [')" 400
+check "  ... error object" is_error 400 invalid_request_error ""
+check "empty messages: 400 naming messages" eq "$(post /v1/chat/completions '{"messages":[]}'; body .error.param)" "400messages"
+check "temperature 5: 400 naming temperature" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"temperature\":5}"; body .error.param)" "400temperature"
+check "image part: 400" eq "$(post /v1/chat/completions '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}'; body .error.param)" "400messages[0].content[0].type"
+check "unknown model: 404 model_not_found" eq "$(post /v1/chat/completions "{\"model\":\"gpt-4o\",\"messages\":$MSG}"; body .error.code)" "404model_not_found"
+check "prompt + max_tokens over the context: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":100000}")" 400
+check "  ... context_length_exceeded, 'maximum context length'" \
+  jqe '.error.code == "context_length_exceeded" and (.error.message|contains("maximum context length is 512 tokens"))' "$WORK/body"
+long=$(node -e 'console.log(JSON.stringify(Array.from({length:600},(_, i)=>i%200+1)))')
+check "over-long prompt: 400 maximum context length" \
+  eq "$(post /v1/completions "{\"prompt\":$long,\"max_tokens\":1}"; body '.error.message|contains("maximum context length")')" "400true"
+head -c 1500000 /dev/zero | tr '\0' 'a' > "$WORK/big"
+check "body over --max-body-mb: 413" \
+  eq "$(curl -s -m 30 -o "$WORK/body" -w '%{http_code}' "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" --data-binary "@$WORK/big")" 413
+check "  ... error object" is_error 413 invalid_request_error request_too_large
+check "unknown route: 404 error object" eq "$(post /v1/embeddings '{"input":"x"}')" 404
+check "  ... error object" is_error 404 invalid_request_error not_found
+
+# --- tools: the mapping through the server (the random model never calls on its own) ---
+TOOLS='[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]'
+HIST='[{"role":"user","content":"Weather in Paris?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_abc123","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}}]},{"role":"tool","tool_call_id":"call_abc123","content":"sunny"}]'
+check "tool history renders in Kimi form with canonical ids" \
+  eq "$(post /tokenize "{\"messages\":$HIST,\"tools\":$TOOLS,\"return_token_strs\":true}"; body '.token_strs|join("")|(contains("<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>") and contains("## Return of functions.get_weather:0") and (contains("call_abc123")|not) and contains("tool_declare"))')" "200true"
+check "chat with tool history: 200" eq "$(post /v1/chat/completions "{\"messages\":$HIST,\"tools\":$TOOLS,\"max_tokens\":4}")" 200
+check "named tool_choice: a tool call with the Kimi id" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":5,\"ignore_eos\":true}"; body '.choices[0].message.tool_calls[0] | .id + " " + .type + " " + .function.name')" "200functions.get_weather:0 function get_weather"
+curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" -o "$WORK/tstream" \
+  -d "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":6,\"ignore_eos\":true,\"stream\":true}"
+check "named tool_choice streamed: first delta has role and the call's id, type, name" \
+  jqe -s '.[0].choices[0].delta | .role == "assistant" and .tool_calls[0].index == 0 and .tool_calls[0].id == "functions.get_weather:0" and .tool_calls[0].type == "function" and .tool_calls[0].function.name == "get_weather"' \
+  <(sed -n 's/^data: {/{/p' "$WORK/tstream")
+check "named tool_choice streamed: no marker text leaks into content" \
+  test -z "$(sed -n 's/^data: {/{/p' "$WORK/tstream" | jq -r '.choices[0].delta.content // empty' | grep -F '<|')"
+check "tool with a '.' in its name: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a.b\"}}]}"; body .error.param)" "400tools[0].function.name"
+
+# --- concurrency: 8 streams (= --max-num-seqs) at once all complete ---
+pids=()
+for i in $(seq 1 8); do
+  curl -sN -m 60 -o "$WORK/par$i" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" \
+    -d '{"prompt":[1,2,3],"max_tokens":20,"ignore_eos":true,"stream":true}' &
+  pids+=($!)
+done
+wait "${pids[@]}" || true
+done_count=$(grep -l 'data: \[DONE\]' "$WORK"/par* | wc -l)
+check "8 concurrent streams all finish" eq "$done_count" 8
+
+# --- metrics ---
+get /metrics >/dev/null
+for name in vllm:num_requests_running vllm:num_requests_waiting vllm:kv_cache_usage_perc vllm:prompt_tokens_total \
+            vllm:generation_tokens_total vllm:request_success_total vllm:time_to_first_token_seconds_bucket \
+            vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket; do
+  check "metrics has $name" grep -q "^$name{" "$WORK/body"
+done
+check "metrics content type" eq "$(header content-type)" "text/plain; version=0.0.4; charset=utf-8"
+check "generation tokens were counted" test "$(metric "$P" 'vllm:generation_tokens_total{')" -gt 50
+
+finish

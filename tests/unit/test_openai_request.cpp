@@ -1,0 +1,282 @@
+// OpenAI request parsing and validation (server/openai_request.h): defaults, null = absent,
+// unknown fields ignored, and a 400 naming the field for everything invalid or unsupported.
+#include <gtest/gtest.h>
+
+#include "server/api_error.h"
+#include "server/openai_request.h"
+
+using kimi::server::ApiException;
+using kimi::server::GenerationRequest;
+using kimi::server::ParseLimits;
+using kimi::server::ToolChoice;
+using nlohmann::json;
+
+namespace {
+
+ParseLimits limits() {
+  ParseLimits l;
+  l.vocab_size = 1280;
+  return l;
+}
+
+json chat(json extra = json::object()) {
+  json b = {{"model", "m"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}};
+  for (auto it = extra.begin(); it != extra.end(); ++it) b[it.key()] = it.value();
+  return b;
+}
+
+GenerationRequest parse_chat(const json& b) { return kimi::server::parse_chat_request(b, limits()); }
+GenerationRequest parse_cmpl(const json& b) { return kimi::server::parse_completion_request(b, limits()); }
+
+// The param an invalid body is rejected with ("<none>" when it is accepted).
+std::string rejected_param(const json& b, bool is_chat = true) {
+  try {
+    is_chat ? parse_chat(b) : parse_cmpl(b);
+  } catch (const ApiException& e) {
+    EXPECT_EQ(e.error.status, 400);
+    EXPECT_FALSE(e.error.message.empty());
+    return e.error.param;
+  }
+  return "<none>";
+}
+
+}  // namespace
+
+TEST(OpenAIRequest, ChatDefaults) {
+  auto r = parse_chat(chat());
+  EXPECT_TRUE(r.chat);
+  EXPECT_EQ(r.model, "m");
+  EXPECT_FALSE(r.stream);
+  EXPECT_FALSE(r.include_usage);
+  EXPECT_FALSE(r.max_tokens.has_value());
+  EXPECT_EQ(r.engine.n, 1);
+  EXPECT_FLOAT_EQ(r.engine.sampling.temperature, 1.f);
+  EXPECT_FLOAT_EQ(r.engine.sampling.top_p, 1.f);
+  EXPECT_FALSE(r.engine.seed_given);
+  EXPECT_EQ(r.engine.logprobs, -1);
+  EXPECT_EQ(r.tool_choice, ToolChoice::kNone);
+  EXPECT_TRUE(r.engine.skip_special_tokens);
+  EXPECT_TRUE(r.add_generation_prompt);
+  ASSERT_EQ(r.messages.size(), 1u);
+  EXPECT_EQ(r.messages[0].role, "user");
+  EXPECT_EQ(*r.messages[0].content, "hi");
+}
+
+TEST(OpenAIRequest, NullMeansAbsentAndUnknownFieldsAreIgnored) {
+  auto r = parse_chat(chat({{"max_tokens", nullptr}, {"max_completion_tokens", nullptr}, {"stop", nullptr},
+                            {"tools", nullptr}, {"tool_choice", nullptr}, {"temperature", nullptr},
+                            {"stream_options", nullptr}, {"seed", nullptr}, {"logit_bias", nullptr},
+                            {"n", nullptr}, {"user", nullptr}, {"response_format", nullptr},
+                            {"store", true}, {"metadata", {{"a", "b"}}}, {"service_tier", "auto"},
+                            {"prompt_cache_key", "k"}, {"safety_identifier", "x"}, {"reasoning_effort", "low"}}));
+  EXPECT_FALSE(r.max_tokens.has_value());
+  EXPECT_TRUE(r.engine.stop.empty());
+  EXPECT_TRUE(r.tools.empty());
+  EXPECT_FLOAT_EQ(r.engine.sampling.temperature, 1.f);
+  EXPECT_EQ(r.engine.n, 1);
+}
+
+TEST(OpenAIRequest, ChatFieldsMapToTheEngineRequest) {
+  auto r = parse_chat(chat({{"max_tokens", 7}, {"max_completion_tokens", 9}, {"temperature", 0},
+                            {"top_p", 0.5}, {"n", 2}, {"stop", "END"}, {"seed", 42}, {"stream", true},
+                            {"stream_options", {{"include_usage", true}, {"include_obfuscation", false}}},
+                            {"presence_penalty", 0.5}, {"frequency_penalty", -1}, {"logprobs", true},
+                            {"top_logprobs", 3}, {"logit_bias", {{"5", 100}, {"7", -100}}}, {"top_k", 4},
+                            {"min_p", 0.1}, {"repetition_penalty", 1.1}, {"ignore_eos", true},
+                            {"stop_token_ids", {3, 4}}, {"include_stop_str_in_output", true},
+                            {"request_id", "abc"}, {"user", "u"}}));
+  EXPECT_EQ(*r.max_tokens, 9);  // max_completion_tokens wins
+  EXPECT_TRUE(r.engine.sampling.greedy());
+  EXPECT_FLOAT_EQ(r.engine.sampling.top_p, 0.5f);
+  EXPECT_EQ(r.engine.n, 2);
+  EXPECT_EQ(r.engine.stop, std::vector<std::string>{"END"});
+  EXPECT_TRUE(r.engine.seed_given);
+  EXPECT_EQ(r.engine.sampling.seed, 42u);
+  EXPECT_TRUE(r.stream);
+  EXPECT_TRUE(r.include_usage);
+  EXPECT_FLOAT_EQ(r.engine.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(r.engine.sampling.frequency_penalty, -1.f);
+  EXPECT_EQ(r.engine.logprobs, 3);
+  ASSERT_EQ(r.engine.sampling.logit_bias.size(), 2u);
+  EXPECT_EQ(r.engine.sampling.logit_bias[0], std::make_pair(5, 100.f));
+  EXPECT_EQ(r.engine.sampling.logit_bias[1], std::make_pair(7, -100.f));
+  EXPECT_EQ(r.engine.sampling.top_k, 4);
+  EXPECT_FLOAT_EQ(r.engine.sampling.min_p, 0.1f);
+  EXPECT_FLOAT_EQ(r.engine.sampling.repetition_penalty, 1.1f);
+  EXPECT_TRUE(r.engine.ignore_eos);
+  EXPECT_EQ(r.engine.stop_token_ids, (std::vector<int>{3, 4}));
+  EXPECT_TRUE(r.engine.include_stop_str_in_output);
+  EXPECT_EQ(r.request_id, "abc");
+}
+
+TEST(OpenAIRequest, StreamOptionsWithoutStreamAreIgnored) {
+  auto r = parse_chat(chat({{"stream_options", {{"include_usage", true}}}}));
+  EXPECT_FALSE(r.include_usage);
+  auto s = parse_chat(chat({{"stream", true}, {"stream_options", json::object()}}));
+  EXPECT_FALSE(s.include_usage);  // {} must not turn usage on (vLLM PR #36379)
+}
+
+TEST(OpenAIRequest, StopArrayDropsEmptyStrings) {
+  auto r = parse_chat(chat({{"stop", {"a", "", "\n"}}}));
+  EXPECT_EQ(r.engine.stop, (std::vector<std::string>{"a", "\n"}));
+}
+
+TEST(OpenAIRequest, MessagesAreNormalised) {
+  json msgs = {{{"role", "developer"}, {"content", {{{"type", "text"}, {"text", "be "}}, {{"type", "text"}, {"text", "brief"}}}}},
+               {{"role", "user"}, {"content", ""}, {"name", "bob"}},
+               {{"role", "assistant"}, {"content", nullptr},
+                {"tool_calls", {{{"id", "functions.get_weather:0"}, {"type", "function"},
+                                 {"function", {{"name", "get_weather"}, {"arguments", "{\"city\":\"Paris\"}"}}}}}}},
+               {{"role", "tool"}, {"tool_call_id", "functions.get_weather:0"}, {"content", "sunny"}}};
+  auto r = parse_chat(chat({{"messages", msgs}}));
+  ASSERT_EQ(r.messages.size(), 4u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(*r.messages[0].content, "be brief");
+  EXPECT_EQ(r.messages[1].name, "bob");
+  EXPECT_EQ(*r.messages[1].content, "");
+  EXPECT_FALSE(r.messages[2].content.has_value());
+  ASSERT_EQ(r.messages[2].tool_calls.size(), 1u);
+  EXPECT_EQ(r.messages[2].tool_calls[0].id, "functions.get_weather:0");
+  EXPECT_EQ(r.messages[2].tool_calls[0].name, "get_weather");
+  EXPECT_EQ(r.messages[2].tool_calls[0].arguments, "{\"city\":\"Paris\"}");
+  EXPECT_EQ(r.messages[3].tool_call_id, "functions.get_weather:0");
+}
+
+TEST(OpenAIRequest, ToolsAndToolChoice) {
+  json tools = {{{"type", "function"},
+                 {"function", {{"name", "get_weather"}, {"description", "d"},
+                               {"parameters", {{"type", "object"}}}}}}};
+  auto r = parse_chat(chat({{"tools", tools}}));
+  ASSERT_EQ(r.tools.size(), 1u);
+  EXPECT_EQ(r.tools[0].name, "get_weather");
+  EXPECT_EQ(r.tool_choice, ToolChoice::kAuto);
+  EXPECT_TRUE(r.parse_tool_calls());
+  EXPECT_FALSE(r.engine.skip_special_tokens);  // the parser needs the marker text
+
+  auto none = parse_chat(chat({{"tools", tools}, {"tool_choice", "none"}}));
+  EXPECT_FALSE(none.parse_tool_calls());
+  auto req = parse_chat(chat({{"tools", tools}, {"tool_choice", "required"}}));
+  EXPECT_EQ(req.tool_choice, ToolChoice::kRequired);
+  auto named = parse_chat(chat({{"tools", tools},
+                                {"tool_choice", {{"type", "function"}, {"function", {{"name", "get_weather"}}}}}}));
+  EXPECT_EQ(named.tool_choice, ToolChoice::kNamed);
+  EXPECT_EQ(named.tool_choice_name, "get_weather");
+
+  EXPECT_EQ(rejected_param(chat({{"tools", tools},
+                                 {"tool_choice", {{"type", "function"}, {"function", {{"name", "other"}}}}}})),
+            "tool_choice");
+  EXPECT_EQ(rejected_param(chat({{"tool_choice", "required"}})), "tool_choice");
+  EXPECT_EQ(rejected_param(chat({{"tools", tools}, {"tool_choice", "sometimes"}})), "tool_choice");
+  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "custom"}, {"custom", {{"name", "x"}}}}}}})), "tools[0].type");
+  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "function"}, {"function", {{"name", "a.b"}}}}}}})),
+            "tools[0].function.name");
+  EXPECT_EQ(rejected_param(chat({{"tools", {{{"type", "function"}, {"function", {{"description", "x"}}}}}}})),
+            "tools[0].function.name");
+  json dup = {tools[0], tools[0]};
+  EXPECT_EQ(rejected_param(chat({{"tools", dup}})), "tools[1].function.name");
+}
+
+TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
+  EXPECT_EQ(rejected_param({{"model", "m"}}), "messages");
+  EXPECT_EQ(rejected_param(chat({{"messages", json::array()}})), "messages");
+  EXPECT_EQ(rejected_param(chat({{"messages", "hi"}})), "messages");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "wizard"}, {"content", "x"}}}}})), "messages[0].role");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"content", "x"}}}}})), "messages[0].role");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"}}}}})), "messages[0].content");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"}, {"content", 5}}}}})), "messages[0].content");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "user"},
+                                                 {"content", {{{"type", "text"}, {"text", "a"}},
+                                                              {{"type", "image_url"}, {"image_url", {{"url", "u"}}}}}}}}}})),
+            "messages[0].content[1].type");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "tool"}, {"content", "x"}}}}})), "messages[0].tool_call_id");
+  EXPECT_EQ(rejected_param(chat({{"messages", {{{"role", "function"}, {"content", "x"}, {"name", "f"}}}}})),
+            "messages[0].role");
+  EXPECT_EQ(rejected_param(chat({{"temperature", 5}})), "temperature");
+  EXPECT_EQ(rejected_param(chat({{"temperature", "hot"}})), "temperature");
+  EXPECT_EQ(rejected_param(chat({{"top_p", 0}})), "top_p");
+  EXPECT_EQ(rejected_param(chat({{"top_p", 1.5}})), "top_p");
+  EXPECT_EQ(rejected_param(chat({{"n", 0}})), "n");
+  EXPECT_EQ(rejected_param(chat({{"n", 129}})), "n");
+  EXPECT_EQ(rejected_param(chat({{"n", 1.5}})), "n");
+  EXPECT_EQ(parse_chat(chat({{"n", 2.0}})).engine.n, 2);
+  EXPECT_EQ(rejected_param(chat({{"max_tokens", 0}})), "max_tokens");
+  EXPECT_EQ(rejected_param(chat({{"max_completion_tokens", -3}})), "max_completion_tokens");
+  EXPECT_EQ(rejected_param(chat({{"presence_penalty", 2.5}})), "presence_penalty");
+  EXPECT_EQ(rejected_param(chat({{"frequency_penalty", -3}})), "frequency_penalty");
+  EXPECT_EQ(rejected_param(chat({{"stop", 5}})), "stop");
+  EXPECT_EQ(rejected_param(chat({{"stop", {"a", 1}}})), "stop");
+  EXPECT_EQ(rejected_param(chat({{"seed", "x"}})), "seed");
+  EXPECT_EQ(rejected_param(chat({{"stream", "yes"}})), "stream");
+  EXPECT_EQ(rejected_param(chat({{"stream", true}, {"stream_options", {{"include_usage", 1}}}})),
+            "stream_options.include_usage");
+  EXPECT_EQ(rejected_param(chat({{"top_logprobs", 2}})), "top_logprobs");
+  EXPECT_EQ(rejected_param(chat({{"logprobs", true}, {"top_logprobs", 21}})), "top_logprobs");
+  EXPECT_EQ(rejected_param(chat({{"logprobs", 1}})), "logprobs");
+  EXPECT_EQ(rejected_param(chat({{"logit_bias", {{"x", 1}}}})), "logit_bias");
+  EXPECT_EQ(rejected_param(chat({{"logit_bias", {{"99999", 1}}}})), "logit_bias");
+  EXPECT_EQ(rejected_param(chat({{"logit_bias", {{"5", 101}}}})), "logit_bias");
+  EXPECT_EQ(rejected_param(chat({{"logit_bias", {1, 2}}})), "logit_bias");
+  EXPECT_EQ(rejected_param(chat({{"stop_token_ids", {1280}}})), "stop_token_ids");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}})), "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "text"}}}})), "<none>");
+  EXPECT_EQ(rejected_param(chat({{"functions", {{{"name", "f"}}}}})), "functions");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 3}})), "min_tokens");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 0}})), "<none>");
+  EXPECT_EQ(rejected_param(chat({{"priority", 1}})), "priority");
+  EXPECT_EQ(rejected_param(chat({{"echo", true}})), "echo");
+  EXPECT_EQ(rejected_param(chat({{"best_of", 3}})), "best_of");
+  EXPECT_EQ(rejected_param(chat({{"audio", {{"voice", "x"}}}})), "audio");
+  EXPECT_EQ(rejected_param(chat({{"modalities", {"text", "audio"}}})), "modalities");
+  EXPECT_EQ(rejected_param(chat({{"model", 3}})), "model");
+  EXPECT_EQ(rejected_param(chat({{"continue_final_message", true}})), "continue_final_message");
+}
+
+TEST(OpenAIRequest, BodyMustBeAJsonObject) {
+  for (const char* body : {"{", "[1,2]", "\"x\"", ""}) {
+    try {
+      kimi::server::parse_body(body);
+      ADD_FAILURE() << body;
+    } catch (const ApiException& e) {
+      EXPECT_EQ(e.error.status, 400);
+    }
+  }
+  EXPECT_TRUE(kimi::server::parse_body("{\"a\":1}").is_object());
+}
+
+TEST(OpenAIRequest, CompletionPrompts) {
+  auto s = parse_cmpl({{"prompt", "hello"}, {"max_tokens", 5}});
+  EXPECT_FALSE(s.chat);
+  EXPECT_EQ(s.prompt_texts, std::vector<std::string>{"hello"});
+  EXPECT_EQ(*s.max_tokens, 5);
+  EXPECT_EQ(s.num_prompts(), 1);
+  auto list = parse_cmpl({{"prompt", {"a", "b"}}});
+  EXPECT_EQ(list.num_prompts(), 2);
+  auto ids = parse_cmpl({{"prompt", {1, 2, 3}}});
+  ASSERT_EQ(ids.prompt_ids.size(), 1u);
+  EXPECT_EQ(ids.prompt_ids[0], (std::vector<int>{1, 2, 3}));
+  auto batch = parse_cmpl({{"prompt", {{1, 2}, {3}}}});
+  EXPECT_EQ(batch.num_prompts(), 2);
+  auto lp = parse_cmpl({{"prompt", "x"}, {"logprobs", 2}, {"echo", false}});
+  EXPECT_TRUE(lp.logprobs);
+  EXPECT_EQ(lp.engine.logprobs, 2);
+  auto lp0 = parse_cmpl({{"prompt", "x"}, {"logprobs", 0}});
+  EXPECT_EQ(lp0.engine.logprobs, 0);
+  auto nolp = parse_cmpl({{"prompt", "x"}, {"logprobs", nullptr}, {"repetition_penalty", 1.0}});
+  EXPECT_EQ(nolp.engine.logprobs, -1);
+  EXPECT_TRUE(parse_cmpl({{"prompt", "x"}, {"echo", true}}).echo);
+
+  EXPECT_EQ(rejected_param({{"model", "m"}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", ""}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", json::array()}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", {1, "a"}}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", {1, 5000}}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", {{1}, json::array()}}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", 7}}, false), "prompt");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"logprobs", true}}, false), "logprobs");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"logprobs", 21}}, false), "logprobs");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}}, false), "echo");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"suffix", "y"}}, false), "suffix");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"suffix", ""}}, false), "<none>");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"best_of", 2}}, false), "best_of");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"n", 2}, {"best_of", 2}}, false), "<none>");
+}

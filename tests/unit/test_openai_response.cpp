@@ -1,0 +1,312 @@
+// Output side of the server: the Kimi tool-call parser (whole and streamed), the OpenAI
+// response / chunk shapes, SSE framing, Prometheus text, API-key comparison.
+#include <gtest/gtest.h>
+
+#include "server/auth.h"
+#include "server/metrics.h"
+#include "server/openai_response.h"
+#include "server/tool_calls.h"
+#include "tokenizer/chat_template.h"
+
+using namespace kimi::server;
+using nlohmann::json;
+
+namespace {
+
+const std::string kTwoCalls =
+    "Let me check.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0"
+    "<|tool_call_argument_begin|>{\"city\": \"Beijing\"}<|tool_call_end|><|tool_call_begin|>"
+    "functions.get_weather:1<|tool_call_argument_begin|>{\"city\": \"Shanghai\"}<|tool_call_end|>"
+    "<|tool_calls_section_end|><|im_end|>";
+
+// Feeds `text` in pieces of `step` bytes; returns the concatenated content and per-call
+// argument strings as the streamed deltas would build them.
+struct Streamed {
+  std::string content;
+  std::vector<std::string> ids, names, args;
+  int starts = 0;
+};
+Streamed stream_through(ToolCallParser& p, const std::string& text, size_t step) {
+  Streamed s;
+  auto take = [&](const ParsedDelta& d) {
+    s.content += d.content;
+    for (const auto& c : d.calls) {
+      if (c.start) {
+        ++s.starts;
+        EXPECT_EQ(c.index, int(s.ids.size()));
+        s.ids.push_back(c.id);
+        s.names.push_back(c.name);
+        s.args.emplace_back();
+      }
+      ASSERT_LT(c.index, int(s.args.size()));
+      s.args[c.index] += c.arguments;
+    }
+  };
+  for (size_t i = 0; i < text.size(); i += step) take(p.feed(text.substr(i, step)));
+  take(p.finish());
+  return s;
+}
+
+}  // namespace
+
+TEST(ToolCallParser, PlainTextPassesThrough) {
+  ToolCallParser p;
+  auto a = p.feed("Hello <b>world</b> <|no");
+  auto b = p.feed("t a marker");
+  auto c = p.finish();
+  EXPECT_EQ(a.content + b.content + c.content, "Hello <b>world</b> <|not a marker");
+  EXPECT_TRUE(p.calls().empty());
+}
+
+TEST(ToolCallParser, TwoParallelCallsWhole) {
+  ToolCallParser p;
+  auto d = p.feed(kTwoCalls);
+  auto e = p.finish();
+  EXPECT_EQ(d.content + e.content, "Let me check.");
+  ASSERT_EQ(p.calls().size(), 2u);
+  EXPECT_EQ(p.num_completed(), 2);
+  EXPECT_EQ(p.calls()[0].id, "functions.get_weather:0");
+  EXPECT_EQ(p.calls()[0].name, "get_weather");
+  EXPECT_EQ(p.calls()[0].arguments, "{\"city\": \"Beijing\"}");
+  EXPECT_EQ(p.calls()[1].id, "functions.get_weather:1");
+  EXPECT_EQ(p.calls()[1].arguments, "{\"city\": \"Shanghai\"}");
+}
+
+TEST(ToolCallParser, StreamedInAnyPiecesGivesTheSameCalls) {
+  for (size_t step : {1, 2, 3, 5, 7, 13, 64}) {
+    ToolCallParser p;
+    Streamed s = stream_through(p, kTwoCalls, step);
+    EXPECT_EQ(s.content, "Let me check.") << step;
+    EXPECT_EQ(s.starts, 2) << step;
+    ASSERT_EQ(s.args.size(), 2u);
+    EXPECT_EQ(s.ids[1], "functions.get_weather:1");
+    EXPECT_EQ(s.names[0], "get_weather");
+    EXPECT_EQ(s.args[0], "{\"city\": \"Beijing\"}") << step;
+    EXPECT_EQ(s.args[1], "{\"city\": \"Shanghai\"}") << step;
+    EXPECT_EQ(s.content.find("<|"), std::string::npos);
+  }
+}
+
+TEST(ToolCallParser, WhitespaceAroundIdsAndArguments) {
+  ToolCallParser p;
+  Streamed s = stream_through(p,
+                              "<|tool_calls_section_begin|>\n<|tool_call_begin|> functions.a_b-c:3 "
+                              "<|tool_call_argument_begin|>  {\"x\": [1, 2]}  \n<|tool_call_end|>\n"
+                              "<|tool_calls_section_end|>",
+                              4);
+  EXPECT_EQ(s.content, "");
+  ASSERT_EQ(s.ids.size(), 1u);
+  EXPECT_EQ(s.ids[0], "functions.a_b-c:3");
+  EXPECT_EQ(s.names[0], "a_b-c");
+  EXPECT_EQ(s.args[0], "{\"x\": [1, 2]}");
+}
+
+TEST(ToolCallParser, ForcedPrefixAndOpenCall) {
+  ToolCallParser p("<|tool_calls_section_begin|><|tool_call_begin|>functions.lookup:0<|tool_call_argument_begin|>");
+  auto d = p.feed("{\"q\": ");
+  ASSERT_EQ(d.calls.size(), 1u);
+  EXPECT_TRUE(d.calls[0].start);
+  EXPECT_EQ(d.calls[0].name, "lookup");
+  EXPECT_EQ(d.calls[0].arguments, "{\"q\":");  // trailing space held until more comes
+  auto e = p.feed("\"abc\"");
+  p.finish();
+  ASSERT_EQ(p.calls().size(), 1u);
+  EXPECT_EQ(p.num_completed(), 0);  // cut off before <|tool_call_end|>
+  EXPECT_EQ(p.calls()[0].arguments, "{\"q\": \"abc\"");
+  ASSERT_EQ(e.calls.size(), 1u);
+  EXPECT_EQ(e.calls[0].arguments, " \"abc\"");
+}
+
+TEST(ToolCallParser, RequiredPrefixLetsTheModelName) {
+  ToolCallParser p("<|tool_calls_section_begin|><|tool_call_begin|>functions.");
+  Streamed s = stream_through(p, "search:0<|tool_call_argument_begin|>{}<|tool_call_end|><|tool_calls_section_end|>", 3);
+  ASSERT_EQ(s.ids.size(), 1u);
+  EXPECT_EQ(s.ids[0], "functions.search:0");
+  EXPECT_EQ(s.names[0], "search");
+  EXPECT_EQ(s.args[0], "{}");
+  EXPECT_EQ(p.num_completed(), 1);
+}
+
+TEST(ToolCallParser, TurnMarkersDoNotLeakIntoContent) {
+  ToolCallParser p;
+  Streamed s = stream_through(p, "Hi there<|im_end|>", 1);
+  EXPECT_EQ(s.content, "Hi there");
+}
+
+// The streaming parser agrees with the tokenizer's whole-text parser on well-formed output
+// (which differ on text after the section: kept there, dropped here as in vLLM's kimi_k2).
+TEST(ToolCallParser, AgreesWithTheTokenizerParser) {
+  const std::vector<std::string> texts = {
+      kTwoCalls.substr(0, kTwoCalls.size() - std::string("<|im_end|>").size()),
+      "no tools here",
+      "<|tool_calls_section_begin|><|tool_call_begin|>functions.f:0<|tool_call_argument_begin|>{}"
+      "<|tool_call_end|><|tool_calls_section_end|>",
+      "Sure: <|tool_calls_section_begin|> <|tool_call_begin|>functions.run_code:4<|tool_call_argument_begin|>"
+      "{\"code\": \"print(1)\"} <|tool_call_end|><|tool_calls_section_end|>"};
+  for (const auto& t : texts) {
+    kimi::ParsedOutput ref = kimi::parse_tool_calls(t);
+    ToolCallParser p;
+    Streamed s = stream_through(p, t, 3);
+    EXPECT_EQ(s.content, ref.content) << t;
+    ASSERT_EQ(s.ids.size(), ref.tool_calls.size()) << t;
+    for (size_t i = 0; i < s.ids.size(); ++i) {
+      EXPECT_EQ(s.ids[i], ref.tool_calls[i].id);
+      EXPECT_EQ(s.names[i], ref.tool_calls[i].name);
+      EXPECT_EQ(s.args[i], ref.tool_calls[i].arguments);
+    }
+  }
+}
+
+TEST(ToolCallParser, NameFromId) {
+  EXPECT_EQ(ToolCallParser::name_from_id("functions.get_weather:0"), "get_weather");
+  EXPECT_EQ(ToolCallParser::name_from_id("get_weather:12"), "get_weather");
+  EXPECT_EQ(ToolCallParser::name_from_id("a.b.c:1"), "c");
+  EXPECT_EQ(ToolCallParser::name_from_id("plain"), "plain");
+}
+
+TEST(OpenAIResponse, ChatCompletionWithToolCalls) {
+  ChoiceResult c;
+  c.text = "";
+  c.finish = kimi::FinishReason::kStop;
+  c.parsed_tools = true;
+  c.tool_calls = {{"functions.get_weather:0", "get_weather", "{\"city\": \"Paris\"}"}};
+  c.completed_tool_calls = 1;
+  ChoiceResult plain;
+  plain.text = "Hello!";
+  plain.finish = kimi::FinishReason::kLength;
+  ResponseHead h{"chatcmpl-x", 1764200000, "kimi"};
+  kimi::Usage u{12, 3};
+  TokenTexts tt(nullptr, false);
+  json j = chat_completion_json(h, {c, plain}, u, tt, false);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["id"], "chatcmpl-x");
+  EXPECT_EQ(j["created"], 1764200000);
+  const json& m0 = j["choices"][0]["message"];
+  EXPECT_EQ(m0["role"], "assistant");
+  EXPECT_TRUE(m0["content"].is_null());
+  EXPECT_EQ(m0["tool_calls"][0]["id"], "functions.get_weather:0");
+  EXPECT_EQ(m0["tool_calls"][0]["type"], "function");
+  EXPECT_EQ(m0["tool_calls"][0]["function"]["name"], "get_weather");
+  EXPECT_EQ(m0["tool_calls"][0]["function"]["arguments"], "{\"city\": \"Paris\"}");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "tool_calls");
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  EXPECT_EQ(j["choices"][1]["message"]["content"], "Hello!");
+  EXPECT_EQ(j["choices"][1]["finish_reason"], "length");
+  EXPECT_TRUE(j["choices"][1]["logprobs"].is_null());
+  EXPECT_EQ(j["usage"]["prompt_tokens"], 12);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 3);
+  EXPECT_EQ(j["usage"]["total_tokens"], 15);
+}
+
+TEST(OpenAIResponse, FinishReasons) {
+  ChoiceResult c;
+  c.finish = kimi::FinishReason::kStop;
+  EXPECT_EQ(choice_finish_reason(c), "stop");
+  c.completed_tool_calls = 1;
+  EXPECT_EQ(choice_finish_reason(c), "tool_calls");
+  c.finish = kimi::FinishReason::kLength;  // cut off: the call did not finish the turn
+  EXPECT_EQ(choice_finish_reason(c), "length");
+  c.completed_tool_calls = 0;
+  c.finish = kimi::FinishReason::kToolCalls;
+  EXPECT_EQ(choice_finish_reason(c), "stop");
+}
+
+TEST(OpenAIResponse, SseFraming) {
+  std::string e = sse_event({{"a", "x\ny"}});
+  EXPECT_EQ(e, "data: {\"a\":\"x\\ny\"}\n\n");
+  // Invalid UTF-8 (a token cut inside a character) is replaced, never thrown.
+  std::string bad = sse_event({{"t", std::string("\xe4\xbd", 2)}});
+  EXPECT_EQ(bad.rfind("data: ", 0), 0u);
+  EXPECT_NE(bad.find("\xef\xbf\xbd"), std::string::npos);
+  EXPECT_STREQ(kSseDone, "data: [DONE]\n\n");
+}
+
+TEST(OpenAIResponse, Chunks) {
+  ResponseHead h{"chatcmpl-1", 5, "kimi"};
+  json c = chat_chunk(h, 1, {{"content", "Hel"}}, nullptr, nullptr, true);
+  EXPECT_EQ(c["object"], "chat.completion.chunk");
+  EXPECT_EQ(c["choices"][0]["index"], 1);
+  EXPECT_EQ(c["choices"][0]["delta"]["content"], "Hel");
+  EXPECT_TRUE(c["choices"][0]["finish_reason"].is_null());
+  ASSERT_TRUE(c.contains("usage"));
+  EXPECT_TRUE(c["usage"].is_null());
+  EXPECT_FALSE(chat_chunk(h, 0, json::object(), nullptr, "stop", false).contains("usage"));
+  json u = usage_chunk(h, true, {4, 6});
+  EXPECT_TRUE(u["choices"].empty());
+  EXPECT_EQ(u["usage"]["total_tokens"], 10);
+  json t = completion_chunk(h, 0, "abc", nullptr, "length", false);
+  EXPECT_EQ(t["object"], "text_completion");
+  EXPECT_EQ(t["choices"][0]["text"], "abc");
+  EXPECT_EQ(t["choices"][0]["finish_reason"], "length");
+
+  std::vector<ToolCallDelta> deltas(2);
+  deltas[0].index = 0, deltas[0].start = true, deltas[0].id = "functions.f:0", deltas[0].name = "f";
+  deltas[1].index = 0, deltas[1].arguments = "{}";
+  json tc = tool_call_deltas(deltas);
+  EXPECT_EQ(tc[0]["id"], "functions.f:0");
+  EXPECT_EQ(tc[0]["type"], "function");
+  EXPECT_EQ(tc[0]["function"]["name"], "f");
+  EXPECT_EQ(tc[0]["function"]["arguments"], "");
+  EXPECT_FALSE(tc[1].contains("id"));
+  EXPECT_EQ(tc[1]["function"]["arguments"], "{}");
+}
+
+TEST(OpenAIResponse, Logprobs) {
+  TokenTexts tt(nullptr, true);
+  std::vector<kimi::TokenLogprob> lps(2);
+  lps[0].id = 7, lps[0].logprob = -0.5f, lps[0].top = {{7, -0.5f}, {9, -1.5f}};
+  lps[1].id = 12, lps[1].logprob = -2.f;
+  json c = chat_logprobs(lps, tt);
+  EXPECT_EQ(c["content"][0]["token"], "token_id:7");
+  EXPECT_FLOAT_EQ(c["content"][0]["logprob"].get<float>(), -0.5f);
+  EXPECT_EQ(c["content"][0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(c["content"][0]["top_logprobs"][1]["token"], "token_id:9");
+  EXPECT_EQ(c["content"][0]["bytes"].size(), std::string("token_id:7").size());
+  size_t off = 3;
+  json l = completion_logprobs(lps, tt, off);
+  EXPECT_EQ(l["tokens"][1], "token_id:12");
+  EXPECT_EQ(l["text_offset"][0], 3);
+  EXPECT_EQ(l["text_offset"][1], 3 + std::string("token_id:7").size());
+  EXPECT_FLOAT_EQ(l["top_logprobs"][0]["token_id:9"].get<float>(), -1.5f);
+  EXPECT_TRUE(l["top_logprobs"][1].is_null());
+  json all;
+  append_completion_logprobs(all, l);
+  append_completion_logprobs(all, l);
+  EXPECT_EQ(all["tokens"].size(), 4u);
+}
+
+TEST(Metrics, PrometheusText) {
+  ServerMetrics m("kimi \"tiny\"", 1000);
+  m.request_finished("stop", 10, 5, 1, 16);
+  m.request_finished("abort", 300, 2, 2, 100);
+  kimi::EngineMetrics em;
+  em.num_running = 3;
+  for (double v : {0.002, 0.03, 100.0}) em.ttft.observe(v);
+  std::string t = m.render(em, 2);
+  const std::string L = "model_name=\"kimi \\\"tiny\\\"\",engine=\"0\"";
+  EXPECT_NE(t.find("# TYPE vllm:num_requests_running gauge\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:num_requests_running{" + L + "} 3\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"abort\"} 1\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"length\"} 0\n"), std::string::npos);
+  // Cumulative buckets.
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.001\"} 0\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"0.04\"} 2\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_bucket{" + L + ",le=\"+Inf\"} 3\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:time_to_first_token_seconds_count{" + L + "} 3\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_prompt_tokens_bucket{" + L + ",le=\"10\"} 1\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_prompt_tokens_sum{" + L + "} 310\n"), std::string::npos);
+  EXPECT_EQ(buckets_125(100), (std::vector<double>{1, 2, 5, 10, 20, 50, 100}));
+}
+
+TEST(Auth, ConstantTimeKeyCheck) {
+  EXPECT_TRUE(constant_time_equal("secret", "secret"));
+  EXPECT_FALSE(constant_time_equal("secret", "secreT"));
+  EXPECT_FALSE(constant_time_equal("secret", "secret2"));
+  EXPECT_FALSE(constant_time_equal("", "x"));
+  EXPECT_TRUE(authorized("Bearer k2", {"k1", "k2"}));
+  EXPECT_FALSE(authorized("Bearer k3", {"k1", "k2"}));
+  EXPECT_FALSE(authorized("k1", {"k1"}));
+  EXPECT_FALSE(authorized("Bearer ", {""}));
+  EXPECT_FALSE(authorized("", {"k1"}));
+}

@@ -1,0 +1,325 @@
+// kimi-bench: throughput and latency measurement (issue 6).
+//   kimi-bench offline [--model DIR] [--backend cpu|cuda] ...   the engine's model in process
+//   kimi-bench online --base-url URL --endpoint /v1/completions ...  any OpenAI-compatible server
+// Online metrics use vLLM's `bench serve` definitions and JSON keys (serving.md §3.4-3.5).
+#include <sys/resource.h>
+
+#include <CLI/CLI.hpp>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+
+#include "bench/dataset.h"
+#include "bench/offline.h"
+#include "bench/offline_report.h"
+#include "bench/online.h"
+#include "bench/online_plot.h"
+#include "bench/report.h"
+#include "bench/sysinfo.h"
+#include "core/check.h"
+#include "core/log.h"
+#include "tokenizer/tokenizer.h"
+
+namespace {
+
+const char* const kOnlineFooter = R"(
+Metrics (vLLM `bench serve` definitions; statistics in ms: mean, median, std (population),
+linearly interpolated percentiles):
+  TTFT   first SSE event with non-empty choices - request start
+  TPOT   (E2EL - TTFT) / (output_tokens - 1), requests with > 1 output token
+  ITL    every gap between consecutive choices events, pooled over all requests
+  E2EL   last choices event - request start
+  output_tokens = usage.completion_tokens (stream_options.include_usage is always requested);
+  prompt tokens = usage.prompt_tokens when the server sends it.
+  Throughputs divide by the duration: first dispatch (after warm-ups) to the last completion.
+
+Name clashes between tools:
+| Concept                               | vLLM/SGLang       | genai-perf        | guidellm         | llmperf               |
+|---------------------------------------|-------------------|-------------------|------------------|-----------------------|
+| first-token delay                     | TTFT              | TTFT              | TTFT             | ttft_s                |
+| (E2E-TTFT)/(n-1) per request          | TPOT              | ITL               | ITL              | -                     |
+| E2E/n per request                     | -                 | -                 | TPOT             | ~inter_token_latency_s|
+| gap between consecutive stream events | ITL (all pooled)  | chunked ITL       | -                | -                     |
+| request end-to-end                    | E2EL              | request latency   | request latency  | end_to_end_latency_s  |
+kimi-bench reports guidellm's "TPOT" as "E2EL / output tokens" (JSON *_e2el_per_output_token_ms).
+
+JSON (--result-file): vLLM's keys (date, backend, model_id, tokenizer_id, num_prompts,
+request_rate, burstiness, max_concurrency, duration, completed, failed, total_input_tokens,
+total_output_tokens, request_throughput, request_goodput, output_throughput,
+total_token_throughput, max_output_tokens_per_s, max_concurrent_requests,
+{mean,median,std,pNN}_{ttft,tpot,itl,e2el}_ms, input_lens, output_lens, ttfts, itls, latencies,
+errors, generated_texts) plus host, card and git_commit (of the machine kimi-bench runs on).
+A --max-concurrency sweep writes a JSON array with one such object per value.
+Exit status: 0, 1 on errors before/while measuring, 3 when some requests failed.
+)";
+
+std::vector<double> parse_percentiles(const std::string& s) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    double p = 0;
+    try {
+      p = std::stod(item);
+    } catch (const std::exception&) {
+      kimi::fail("--metric-percentiles: '", item, "' is not a number");
+    }
+    if (p <= 0 || p >= 100) kimi::fail("--metric-percentiles: ", p, " is outside (0, 100)");
+    out.push_back(p);
+  }
+  return out;
+}
+
+std::map<std::string, double> parse_goodput(const std::vector<std::string>& items) {
+  std::map<std::string, double> slo;
+  for (auto& it : items) {
+    auto c = it.find(':');
+    std::string k = it.substr(0, c);
+    if (c == std::string::npos || (k != "ttft" && k != "tpot" && k != "e2el"))
+      kimi::fail("--goodput: '", it, "' must be ttft:MS, tpot:MS or e2el:MS");
+    slo[k] = std::stod(it.substr(c + 1));
+  }
+  return slo;
+}
+
+double parse_rate(const std::string& s) {
+  if (s == "inf") return std::numeric_limits<double>::infinity();
+  try {
+    return std::stod(s);
+  } catch (const std::exception&) {
+    kimi::fail("--request-rate: '", s, "' is not a number or inf");
+  }
+}
+
+void write_json(const std::string& path, const nlohmann::ordered_json& j) {
+  std::ofstream f(path);
+  if (!f) kimi::fail("cannot write ", path);
+  f << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  if (!f) kimi::fail("writing ", path, " failed");
+}
+
+struct OnlineArgs {
+  std::string base_url = "http://127.0.0.1:8000", endpoint = "/v1/completions", model, api_key;
+  std::string tokenizer_dir, request_rate = "inf", percentiles = "90,99", result_file, plot;
+  std::vector<std::string> dataset = {"random"}, goodput;
+  std::string dataset_path;
+  std::vector<int> max_concurrency;
+  int num_prompts = 1000, input_len = 1024, output_len = 128, prefix_len = 0, num_warmups = 1;
+  std::optional<int> sharegpt_output_len;
+  double range_ratio = 0, burstiness = 1, timeout = 600;
+  uint64_t seed = 0;
+  bool ignore_eos = false, no_progress = false;
+};
+
+int run_online_cmd(const OnlineArgs& a) {
+  using namespace kimi::bench;
+  Endpoint ep = make_endpoint(a.base_url, a.endpoint);
+  ep.api_key = a.api_key;
+  ep.ignore_eos = a.ignore_eos;
+  ep.timeout_s = a.timeout;
+  ep.model = a.model.empty() ? first_served_model(ep) : a.model;
+  if (ep.model.empty())
+    kimi::fail("--model not given and ", ep.host_url, " did not list a model at /v1/models");
+  std::optional<kimi::Tokenizer> tok;
+  if (!a.tokenizer_dir.empty()) tok = kimi::Tokenizer::load(a.tokenizer_dir);
+  MetricOptions mopts;
+  mopts.percentiles = parse_percentiles(a.percentiles);
+  mopts.goodput_slo_ms = parse_goodput(a.goodput);
+
+  std::string dname = a.dataset.at(0), dpath = a.dataset.size() > 1 ? a.dataset[1] : a.dataset_path;
+  std::vector<SampleRequest> reqs;
+  if (dname == "random") {
+    RandomDatasetOptions r;
+    r.num_prompts = a.num_prompts;
+    r.input_len = a.input_len;
+    r.output_len = a.output_len;
+    r.range_ratio = a.range_ratio;
+    r.prefix_len = a.prefix_len;
+    r.seed = a.seed;
+    reqs = random_dataset(r, tok ? &*tok : nullptr);
+  } else if (dname == "sharegpt") {
+    if (dpath.empty()) kimi::fail("--dataset sharegpt needs a file: --dataset sharegpt FILE");
+    ShareGptOptions s;
+    s.path = dpath;
+    s.num_prompts = a.num_prompts;
+    s.output_len = a.sharegpt_output_len;
+    s.seed = a.seed;
+    reqs = sharegpt_dataset(s, tok ? &*tok : nullptr);
+  } else {
+    kimi::fail("--dataset: '", dname, "' is not random or sharegpt");
+  }
+
+  std::vector<int> sweep = a.max_concurrency.empty() ? std::vector<int>{0} : a.max_concurrency;
+  SystemInfo sys = system_info();
+  std::vector<SweepPoint> points;
+  nlohmann::ordered_json all = nlohmann::ordered_json::array();
+  int failed = 0;
+  for (int c : sweep) {
+    if (c < 0) kimi::fail("--max-concurrency: ", c, " is negative");
+    OnlineOptions o;
+    o.request_rate = parse_rate(a.request_rate);
+    o.burstiness = a.burstiness;
+    o.seed = a.seed;
+    o.max_concurrency = c;
+    o.num_warmups = a.num_warmups;
+    o.progress = !a.no_progress;
+    OnlineRunInfo info;
+    info.date = utc_date_stamp();
+    OnlineRun run = run_online(ep, reqs, o);
+    // Servers that send no usage: count the generated text with --tokenizer, as vLLM does.
+    std::vector<int> fallback(run.outputs.size(), 0);
+    for (size_t i = 0; i < run.outputs.size(); ++i)
+      if (run.outputs[i].success && !run.outputs[i].usage_present)
+        fallback[i] = count_tokens(run.outputs[i].generated_text, tok ? &*tok : nullptr);
+    BenchmarkMetrics m = calculate_metrics(run.outputs, run.duration, mopts, fallback);
+    info.backend = ep.chat ? "openai-chat" : "openai";
+    info.base_url = a.base_url;
+    info.endpoint = a.endpoint;
+    info.model_id = ep.model;
+    info.tokenizer_id = a.tokenizer_dir;
+    info.dataset_name = dname;
+    info.num_prompts = int(reqs.size());
+    info.request_rate = o.request_rate;
+    info.burstiness = o.burstiness;
+    info.max_concurrency = c;
+    info.ignore_eos = a.ignore_eos;
+    info.seed = a.seed;
+    std::fputs(format_table(m, info, mopts).c_str(), stdout);
+    std::fflush(stdout);
+    for (auto& out : run.outputs)
+      if (!out.success) {
+        std::fprintf(stderr, "first failure: %s\n", out.error.c_str());
+        break;
+      }
+    failed += m.failed;
+    all.push_back(result_json(m, run.outputs, info, mopts, sys));
+    points.push_back({c, std::move(m)});
+  }
+  if (!a.result_file.empty()) write_json(a.result_file, sweep.size() == 1 ? all[0] : all);
+  if (!a.plot.empty()) {
+    SvgPlot plot("kimi-bench online: " + ep.model + " @ " + a.base_url + a.endpoint);
+    add_online_plot(plot, points, mopts);
+    plot.save(a.plot);
+  }
+  return failed > 0 ? 3 : 0;
+}
+
+struct OfflineArgs {
+  kimi::bench::OfflineOptions o;
+  std::string result_file, plot;
+};
+
+int run_offline_cmd(OfflineArgs& a) {
+  using namespace kimi::bench;
+  OfflineResults r = run_offline(a.o);
+  std::string label = a.o.random_weights ? "random weights, " + a.o.config_file : a.o.model_dir;
+  SystemInfo sys = system_info();
+  std::printf("%s", format_offline_table(r, label).c_str());
+  std::printf("host %s (%s, %d cores), card %s, commit %s%s\n", sys.hostname.c_str(),
+              sys.cpu_model.c_str(), sys.cpu_cores, sys.card.c_str(), sys.git_commit.c_str(),
+              sys.git_dirty ? " (dirty)" : "");
+  if (!a.result_file.empty())
+    write_json(a.result_file, offline_json(r, label, sys, utc_date_stamp()));
+  if (!a.plot.empty()) {
+    SvgPlot plot("kimi-bench offline: " + label + " (" + r.backend + ")");
+    add_offline_plot(plot, r);
+    plot.save(a.plot);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"kimi-bench: offline (in-process) and online (OpenAI-compatible server) benchmarks"};
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "debug, info, warn, error, off");
+
+  OfflineArgs off;
+  off.o.model_dir = KIMI_DEFAULT_MODEL_DIR;
+  auto* offc = app.add_subcommand(
+      "offline", "prefill tokens/s, decode TPOT and bandwidth, memory (model in process)");
+  offc->option_defaults()->always_capture_default();
+  offc->add_option("--model", off.o.model_dir,
+                   "model directory (default: the embedded tiny model)");
+  offc->add_option("--backend", off.o.backend, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  auto* rw = offc->add_flag("--random-weights", off.o.random_weights,
+                            "random weights at --config's shapes (no checkpoint)");
+  offc->add_option("--config", off.o.config_file, "config.json for --random-weights")->needs(rw);
+  offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');
+  offc->add_option("--batches", off.o.batches, "decode batch sizes")->delimiter(',');
+  offc->add_option("--contexts", off.o.contexts, "decode context depths")->delimiter(',');
+  offc->add_option("--decode-steps", off.o.decode_steps,
+                   "decode steps per shape (first not timed)");
+  offc->add_option("--reps", off.o.reps, "prefill repetitions (median)");
+  offc->add_option("--prefill-chunk", off.o.prefill_chunk, "tokens per prefill forward");
+  offc->add_option("--result-file", off.result_file, "write the results as JSON");
+  offc->add_option("--plot", off.plot, "write an SVG plot");
+  bool off_no_progress = false;
+  offc->add_flag("--disable-progress", off_no_progress, "no progress bar");
+
+  OnlineArgs on;
+  auto* onc =
+      app.add_subcommand("online", "serving benchmark against an OpenAI-compatible endpoint");
+  onc->alias("serve");
+  onc->option_defaults()->always_capture_default();
+  onc->add_option("--base-url", on.base_url, "http://HOST:PORT[/PREFIX]");
+  onc->add_option("--endpoint", on.endpoint, "/v1/completions or /v1/chat/completions");
+  onc->add_option("--model", on.model,
+                  "model name sent in requests (default: first of /v1/models)");
+  onc->add_option("--api-key", on.api_key, "sent as Authorization: Bearer KEY")
+      ->envname("OPENAI_API_KEY");
+  onc->add_option("--num-prompts", on.num_prompts, "benchmark requests")
+      ->check(CLI::PositiveNumber);
+  onc->add_option("--request-rate", on.request_rate, "requests/s (Poisson arrivals), or inf");
+  onc->add_option("--burstiness", on.burstiness, "gamma shape of the gaps; 1 = Poisson");
+  onc->add_option("--seed", on.seed, "seed of the dataset and the arrival times");
+  onc->add_option("--max-concurrency", on.max_concurrency, "in-flight cap; a,b,c runs a sweep")
+      ->delimiter(',');
+  onc->add_option("--input-len,--random-input-len", on.input_len, "random dataset prompt tokens");
+  onc->add_option("--output-len,--random-output-len", on.output_len,
+                  "random dataset output tokens");
+  onc->add_option("--random-range-ratio", on.range_ratio,
+                  "lengths uniform in len*(1-r)..len*(1+r)");
+  onc->add_option("--random-prefix-len", on.prefix_len, "shared random prefix tokens");
+  onc->add_option("--sharegpt-output-len", on.sharegpt_output_len,
+                  "fixed output length for sharegpt");
+  onc->add_option("--dataset,--dataset-name", on.dataset, "random | sharegpt FILE")->expected(1, 2);
+  onc->add_option("--dataset-path", on.dataset_path, "ShareGPT JSON file");
+  onc->add_option("--tokenizer", on.tokenizer_dir, "tokenizer directory: exact prompt lengths");
+  onc->add_flag("--ignore-eos", on.ignore_eos,
+                "send ignore_eos: outputs have exactly the requested length");
+  onc->add_option("--num-warmups", on.num_warmups, "warm-up requests, not measured")
+      ->check(CLI::NonNegativeNumber);
+  onc->add_option("--metric-percentiles", on.percentiles, "comma-separated percentiles");
+  onc->add_option("--goodput", on.goodput, "SLOs: ttft:MS tpot:MS e2el:MS");
+  onc->add_option("--timeout", on.timeout, "per-request connect/read timeout, s");
+  onc->add_option("--result-file,--save-result", on.result_file, "write the results as JSON");
+  onc->add_option("--plot", on.plot, "write an SVG plot");
+  onc->add_flag("--disable-progress,--disable-tqdm", on.no_progress, "no progress bar");
+  onc->footer(kOnlineFooter);
+
+  CLI11_PARSE(app, argc, argv);
+  // One socket per in-flight request: allow as many descriptors as the hard limit permits.
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < nofile.rlim_max) {
+    nofile.rlim_cur = nofile.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &nofile);
+  }
+  try {
+    kimi::set_log_level(log_level);
+    if (*offc) {
+      off.o.progress = !off_no_progress;
+      return run_offline_cmd(off);
+    }
+    return run_online_cmd(on);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kimi-bench: %s\n", e.what());
+    return 1;
+  }
+}
