@@ -3,6 +3,7 @@
 // `logits` [T, vocab] in a safetensors file. This interface is used by checks outside the
 // repository: keep it stable.
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -47,7 +48,10 @@ int main(int argc, char** argv) {
   int max_tokens = 16;
   kimi::SamplingParams sp;
   bool seed_given = false;
-  std::string log_level = "warn";
+  std::string log_level = "warn", backend = "cpu";
+  bool random_weights = false;
+  int layers = 0;
+  uint64_t weights_seed = 1;
   app.add_option("--model", model_dir, "model directory (default: the embedded tiny model)");
   auto* ids_opt = app.add_option("--prompt-ids", prompt_ids, "comma-separated token ids");
   auto* text_opt = app.add_option("--prompt", prompt, "prompt text (needs the tokenizer files)");
@@ -60,6 +64,11 @@ int main(int argc, char** argv) {
   app.add_option("--seed", sp.seed)->each([&](const std::string&) { seed_given = true; });
   app.add_option("--dump-logits", dump_logits, "write the prompt's logits [T, vocab] here");
   app.add_option("--log-level", log_level);
+  app.add_option("--backend", backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--random-weights", random_weights,
+               "cuda: draw the weights on the GPU from config.json alone (no safetensors needed)");
+  app.add_option("--layers", layers, "with --random-weights: keep the first N layers (0: all)");
+  app.add_option("--weights-seed", weights_seed, "seed of --random-weights");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -78,7 +87,12 @@ int main(int argc, char** argv) {
     if (!seed_given) sp.seed = uint64_t(std::chrono::steady_clock::now().time_since_epoch().count());
 
     kimi::ModelOptions opts;
+    opts.backend = backend;
+    opts.random_weights = random_weights;
+    opts.num_layers = layers;
+    opts.seed = weights_seed;
     const int T = int(ids.size());
+    opts.max_batch_tokens = std::max(T, 1);
     const int total = T + max_tokens;
     opts.cache.num_slots = 1;
     opts.cache.num_blocks = (total + kimi::kBlockSize - 1) / kimi::kBlockSize;

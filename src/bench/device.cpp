@@ -6,6 +6,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+
+#include "model/cuda_model.h"
 #endif
 
 namespace kimi::bench {
@@ -74,9 +76,18 @@ std::string device_memory_used(const std::string& backend) {
 #endif
 }
 
-std::unique_ptr<Model> random_weights_model(const ModelConfig&, const ModelOptions& opts) {
+std::unique_ptr<Model> random_weights_model(const ModelConfig& c, const ModelOptions& opts) {
   // The hook for full-size measurement without a checkpoint: a backend that can initialise its
-  // weight buffers in place plugs in here. None can yet.
+  // weight buffers in place plugs in here. The CUDA backend draws them on the GPU.
+#ifdef KIMI_HAVE_CUDA
+  if (opts.backend == "cuda") {
+    ModelOptions o = opts;
+    o.random_weights = true;
+    return std::make_unique<CudaModel>(c, nullptr, o);
+  }
+#else
+  (void)c;
+#endif
   if (opts.backend == "cpu")
     fail(
         "--random-weights: the CPU backend builds its weights only from a checkpoint "

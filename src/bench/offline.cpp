@@ -132,6 +132,7 @@ OfflineResults run_offline(const OfflineOptions& o) {
   mo.backend = o.backend;
   mo.cache.num_slots = max_batch;
   mo.cache.num_blocks = max_batch * bps;
+  mo.max_batch_tokens = std::max(o.prefill_chunk, max_batch);  // CUDA: the activation arena's size
   std::unique_ptr<Model> model =
       o.random_weights ? random_weights_model(r.config, mo) : load_model(o.model_dir, mo);
   r.memory.weight_bytes = r.params.total * r.weight_elem_bytes;

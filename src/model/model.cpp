@@ -6,6 +6,9 @@
 
 #include "core/check.h"
 #include "model/cpu_model.h"
+#if KIMI_HAVE_CUDA
+#include "model/cuda_model.h"
+#endif
 #include "model/safetensors.h"
 
 namespace kimi {
@@ -47,9 +50,29 @@ std::string default_backend() {
 
 std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& opts) {
   ModelConfig config = ModelConfig::from_file(dir + "/config.json");
-  Checkpoint ckpt(dir);
-  if (opts.backend == "cpu") return std::make_unique<CpuModel>(config, ckpt, opts.cache);
-  fail("unknown backend '", opts.backend, "' (this build has: cpu)");
+  if (opts.num_layers != 0) {
+    if (!opts.random_weights) fail("num_layers (--layers) needs random weights (--random-weights)");
+    if (opts.num_layers < 1 || opts.num_layers > config.num_hidden_layers)
+      fail("num_layers ", opts.num_layers, " outside 1..", config.num_hidden_layers, " (", dir,
+           "/config.json)");
+    config.num_hidden_layers = opts.num_layers;
+    config.layer_kinds.resize(opts.num_layers);
+  }
+  if (opts.backend == "cpu") {
+    if (opts.random_weights) fail("random weights (--random-weights) need the cuda backend");
+    Checkpoint ckpt(dir);
+    return std::make_unique<CpuModel>(config, ckpt, opts.cache);
+  }
+#if KIMI_HAVE_CUDA
+  if (opts.backend == "cuda") {
+    if (opts.random_weights) return std::make_unique<CudaModel>(config, nullptr, opts);
+    Checkpoint ckpt(dir);
+    return std::make_unique<CudaModel>(config, &ckpt, opts);
+  }
+  fail("unknown backend '", opts.backend, "' (this build has: cpu, cuda)");
+#else
+  fail("unknown backend '", opts.backend, "' (this build has: cpu; cuda needs nvcc at configure time)");
+#endif
 }
 
 }  // namespace kimi

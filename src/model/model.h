@@ -5,6 +5,7 @@
 // The runtime decides which slot and blocks each sequence uses (src/runtime/).
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -59,6 +60,14 @@ class Model {
 struct ModelOptions {
   std::string backend = "cpu";  // "cpu" or "cuda"
   CacheSizes cache;
+  // CUDA: most tokens one forward may carry; the activation arena is sized for it at start-up.
+  int max_batch_tokens = 4096;
+  // CUDA: draw the weights on the GPU from config.json alone (no safetensors needed), seeded.
+  bool random_weights = false;
+  uint64_t seed = 1;
+  // With random_weights: keep only the first num_layers layers of the config (0: all), so the
+  // full-size shapes can be measured on a GPU too small for all 27 layers.
+  int num_layers = 0;
 };
 
 // "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu" (what --backend

@@ -1,0 +1,77 @@
+// cuBLASLt wrapper for every dense projection: bf16 operands, fp32 accumulation, bf16 or fp32
+// output, optional accumulation into the output (beta = 1: the residual stream adds in place).
+//
+// in_f32: A and B are fp32 instead of bf16 (CUBLAS_COMPUTE_32F, no TF32), for the few small
+// products whose inputs must not be rounded (the MoE router decides discrete expert choices).
+//
+// Row-major convention (PyTorch Linear):  C[M, N] = alpha · A[M, K] · op(B) + beta · C
+//   B stored [N, K] (a Linear weight, b_kn = false): op(B) = Bᵀ;
+//   B stored [K, N] (b_kn = true):                   op(B) = B.
+// Leading dimensions are row strides in elements; batch > 1 walks A, B, C by their strides
+// (strided batched, e.g. one batch per MLA head).
+// cuBLASLt is column-major: we compute Cᵀ[N, M] = op(B)ᵀ · Aᵀ, i.e. cuBLAS "A" = our B.
+//
+// Plans (matmul descriptor, layouts, algorithm from the heuristic) are made once per shape,
+// stride, output type and pointer-alignment class, then reused: after warm-up no call allocates
+// or queries the heuristic. One Gemm per stream; not thread-safe.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <tuple>
+
+namespace kimi::cuda {
+
+using bf16 = __nv_bfloat16;
+
+enum class GemmOut { kBF16, kF32 };
+
+struct GemmArgs {
+  int M = 0, N = 0, K = 0;
+  const bf16* A = nullptr;  // (float* reinterpreted when in_f32)
+  int lda = 0;
+  int64_t stride_a = 0;
+  const bf16* B = nullptr;
+  int ldb = 0;
+  int64_t stride_b = 0;
+  bool b_kn = false;  // B stored [K, N] instead of [N, K]
+  void* C = nullptr;  // bf16 or fp32 per out
+  int ldc = 0;
+  int64_t stride_c = 0;
+  GemmOut out = GemmOut::kBF16;
+  float alpha = 1.f;
+  float beta = 0.f;  // 0: overwrite C; otherwise C is read (accumulate)
+  int batch = 1;
+  bool in_f32 = false;  // A and B fp32 (true fp32 math, no TF32): the MoE router
+};
+
+class Gemm {
+ public:
+  // workspace_bytes: cuBLASLt workspace, allocated once here.
+  explicit Gemm(size_t workspace_bytes = size_t(32) << 20);
+  ~Gemm();
+  Gemm(const Gemm&) = delete;
+  Gemm& operator=(const Gemm&) = delete;
+
+  void run(const GemmArgs& a, cudaStream_t stream);
+  // y[M, N] = x[M, K] · w[N, K]ᵀ, contiguous rows; out bf16 or fp32; beta = 1 accumulates.
+  void linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
+              cudaStream_t stream, float beta = 0.f);
+  size_t num_plans() const { return plans_.size(); }
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int, int, int>;
+  Plan& plan_for(const GemmArgs& a);
+
+  void* handle_ = nullptr;  // cublasLtHandle_t
+  void* workspace_ = nullptr;
+  size_t workspace_bytes_ = 0;
+  std::map<Key, std::unique_ptr<Plan>> plans_;
+};
+
+}  // namespace kimi::cuda

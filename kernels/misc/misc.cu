@@ -1,0 +1,38 @@
+// Launchers of the element-wise kernels: argument checks and grid sizes.
+#include <algorithm>
+
+#include "common.h"
+#include "misc/misc.cuh"
+
+namespace kimi::cuda {
+
+namespace {
+int grid_for(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 132 * 16)); }
+}  // namespace
+
+void run_embedding(const EmbeddingParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.num_tokens >= 0 && p.dim > 0 && p.vocab > 0, "embedding T ", p.num_tokens, " dim ",
+             p.dim, " vocab ", p.vocab);
+  if (p.num_tokens == 0) return;
+  KIMI_CHECK(p.ids && p.table && p.x, "embedding: null pointer");
+  misc::embedding_kernel<<<grid_for(int64_t(p.num_tokens) * p.dim), 256, 0, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+
+void run_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.rows >= 0 && p.dim > 0, "silu_mul rows ", p.rows, " dim ", p.dim);
+  if (p.rows == 0) return;
+  KIMI_CHECK(p.gate_up && p.out, "silu_mul: null pointer");
+  misc::silu_mul_kernel<<<grid_for(p.rows * p.dim), 256, 0, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+
+void run_random_fill(const RandomFillParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.n >= 0, "random fill n ", p.n);
+  if (p.n == 0) return;
+  KIMI_CHECK(p.out, "random fill: null pointer");
+  misc::random_fill_kernel<<<grid_for(p.n), 256, 0, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+
+}  // namespace kimi::cuda

@@ -1,0 +1,248 @@
+// MLA kernels (contracts in mla.h).
+//
+// mla_cache_write_kernel: one 128-thread CTA per new token: sum of squares of ĉ (512 fp32) by a
+//   block reduction, then ĉ·rsqrt(mean + eps)·w and k_pe as bf16 into the token's cache row.
+//
+// mla_attn_kernel<QB>: one CTA (8 warps) per (work item, group of 8 heads); warp w owns head
+//   h0 + w and the item's QB query tokens. Lane l owns latent channels [16l, 16l + 16) and pe
+//   channels [512 + 2l, 512 + 2l + 2), so a cache row read by the warp is one contiguous
+//   1152-byte sweep. Per tile of 32 cache rows (staged in shared memory, shared by the 8 heads):
+//     1. partial dots of the lane's 18 channels with each of the 32 rows,
+//     2. a butterfly reduce-scatter leaves row (j0 + l)'s full score in lane l (31 shuffles),
+//     3. online softmax (running max m, sum l, fp32), u ← u·α + Σ_j p_j ĉ_j on the lane's 16
+//        channels, p_j broadcast by shuffles.
+//   Shared memory: q [QB][8][576] bf16 + tile [32][576] bf16 = 45 KB (QB 1) or 110 KB (QB 4).
+//
+// mla_combine_kernel: one 128-thread CTA per (token, head) that was split: u = Σ_k e^{m_k−M} u_k
+//   / Σ_k e^{m_k−M} l_k.
+#pragma once
+
+#include <cfloat>
+
+#include "mla/mla.h"
+
+namespace kimi::cuda::mla {
+
+constexpr int kTile = 32;
+constexpr int kChunks = kMlaRow / 8;  // 16-byte chunks per cache row
+
+__device__ inline int seq_of_token(const int* cu, int num_seqs, int t) {
+  int lo = 0, hi = num_seqs - 1;  // largest s with cu[s] <= t
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (cu[mid] <= t) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+__global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParams p) {
+  const int t = blockIdx.x;
+  const int s = seq_of_token(p.cu_seqlens, p.num_seqs, t);
+  const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
+  const int pos = p.context_lens[s] - n_new + (t - p.cu_seqlens[s]);
+  const int blk = p.block_tables[int64_t(s) * p.max_blocks_per_seq + pos / kMlaBlock];
+  bf16* dst = p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow;
+  const float* src = p.latent + int64_t(t) * kMlaRow;
+  float v[4], ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[i] = src[threadIdx.x + 128 * i];
+    ss += v[i] * v[i];
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  __shared__ float warp_ss[4];
+  if (threadIdx.x % 32 == 0) warp_ss[threadIdx.x / 32] = ss;
+  __syncthreads();
+  ss = warp_ss[0] + warp_ss[1] + warp_ss[2] + warp_ss[3];
+  const float inv = rsqrtf(ss / float(kMlaLat) + p.eps);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int c = threadIdx.x + 128 * i;
+    dst[c] = __float2bfloat16(v[i] * inv * p.norm_weight[c]);
+  }
+  if (threadIdx.x < kMlaPe) dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
+}
+
+__device__ inline void bf16x8_to_float(const uint4& raw, float* f) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 x = __bfloat1622float2(h[i]);
+    f[2 * i] = x.x;
+    f[2 * i + 1] = x.y;
+  }
+}
+
+// One butterfly step: lanes with bit OFF set keep the upper half of their 2·OFF values, the
+// others the lower half, each adding its partner's copy of the half it keeps.
+template <int OFF>
+__device__ __forceinline__ void reduce_scatter_step(float* part, int lane) {
+  const bool upper = (lane & OFF) != 0;
+#pragma unroll
+  for (int k = 0; k < OFF; ++k) {
+    const float send = upper ? part[k] : part[k + OFF];
+    const float keep = upper ? part[k + OFF] : part[k];
+    part[k] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+  }
+}
+
+template <int QB>
+__global__ void __launch_bounds__(256) mla_attn_kernel(MlaAttnParams p) {
+  extern __shared__ uint4 smem_raw[];
+  bf16* q_s = reinterpret_cast<bf16*>(smem_raw);      // [QB][8][576]
+  bf16* k_s = q_s + QB * kMlaHeadsPerCta * kMlaRow;   // [32][576]
+  const MlaWorkItem it = p.items[blockIdx.x];
+  const int H = p.num_heads;
+  const int h0 = blockIdx.y * kMlaHeadsPerCta;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int h = h0 + warp;
+
+  for (int idx = threadIdx.x; idx < QB * kMlaHeadsPerCta * kChunks; idx += blockDim.x) {
+    const int i = idx / (kMlaHeadsPerCta * kChunks), g = (idx / kChunks) % kMlaHeadsPerCta;
+    const int c = idx % kChunks;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (i < it.nq && h0 + g < H) {
+      const int64_t th = int64_t(it.q_begin + i) * H + h0 + g;
+      v = c < kMlaLat / 8 ? *reinterpret_cast<const uint4*>(p.q_abs + th * kMlaLat + c * 8)
+                          : *reinterpret_cast<const uint4*>(p.q + th * kMlaQk + 128 + (c - 64) * 8);
+    }
+    *reinterpret_cast<uint4*>(q_s + (i * kMlaHeadsPerCta + g) * kMlaRow + c * 8) = v;
+  }
+
+  float u[QB][16], m[QB], l[QB];
+#pragma unroll
+  for (int i = 0; i < QB; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.f;
+#pragma unroll
+    for (int c = 0; c < 16; ++c) u[i][c] = 0.f;
+  }
+  const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
+
+  for (int j0 = it.kv_begin; j0 < it.kv_end; j0 += kTile) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kTile * kChunks; idx += blockDim.x) {
+      const int r = idx / kChunks, c = idx % kChunks, pos = j0 + r;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (pos < it.kv_end) {
+        const int blk = table[pos / kMlaBlock];
+        v = *reinterpret_cast<const uint4*>(
+            p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
+      }
+      *reinterpret_cast<uint4*>(k_s + r * kMlaRow + c * 8) = v;
+    }
+    __syncthreads();
+    if (h >= H) continue;
+#pragma unroll
+    for (int i = 0; i < QB; ++i) {
+      if (i >= it.nq) break;
+      float qv[18];
+      {
+        const bf16* qrow = q_s + (i * kMlaHeadsPerCta + warp) * kMlaRow;
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(qrow + lane * 16), qv);
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(qrow + lane * 16 + 8), qv + 8);
+        const float2 pe = __bfloat1622float2(
+            *reinterpret_cast<const __nv_bfloat162*>(qrow + kMlaLat + lane * 2));
+        qv[16] = pe.x;
+        qv[17] = pe.y;
+      }
+      float part[kTile];
+#pragma unroll
+      for (int jj = 0; jj < kTile; ++jj) {
+        const bf16* row = k_s + jj * kMlaRow;
+        float kv[16];
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(row + lane * 16), kv);
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(row + lane * 16 + 8), kv + 8);
+        const float2 pe =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + kMlaLat + lane * 2));
+        float acc = qv[16] * pe.x + qv[17] * pe.y;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) acc += qv[c] * kv[c];
+        part[jj] = acc;
+      }
+      // Reduce-scatter: afterwards part[0] in lane l is the full score of row j0 + l.
+      reduce_scatter_step<16>(part, lane);
+      reduce_scatter_step<8>(part, lane);
+      reduce_scatter_step<4>(part, lane);
+      reduce_scatter_step<2>(part, lane);
+      reduce_scatter_step<1>(part, lane);
+      const int j = j0 + lane, pos_i = it.q_pos0 + i;
+      const float s = (j < it.kv_end && j <= pos_i) ? part[0] * p.scale : -INFINITY;
+      float mx = s;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(m[i], mx);
+      if (m_new == -INFINITY) continue;
+      const float alpha = m[i] == -INFINITY ? 0.f : __expf(m[i] - m_new);
+      const float pj = s == -INFINITY ? 0.f : __expf(s - m_new);
+      float psum = pj;
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, o);
+      l[i] = l[i] * alpha + psum;
+      m[i] = m_new;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) u[i][c] *= alpha;
+#pragma unroll 4
+      for (int jj = 0; jj < kTile; ++jj) {
+        const float pb = __shfl_sync(0xffffffffu, pj, jj);
+        const bf16* row = k_s + jj * kMlaRow;
+        float kv[16];
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(row + lane * 16), kv);
+        bf16x8_to_float(*reinterpret_cast<const uint4*>(row + lane * 16 + 8), kv + 8);
+#pragma unroll
+        for (int c = 0; c < 16; ++c) u[i][c] += pb * kv[c];
+      }
+    }
+  }
+  if (h >= H) return;
+#pragma unroll
+  for (int i = 0; i < QB; ++i) {
+    if (i >= it.nq) break;
+    const int t = it.q_begin + i;
+    if (it.split < 0) {
+      const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+      __align__(16) bf16 o[16];
+#pragma unroll
+      for (int c = 0; c < 16; ++c) o[c] = __float2bfloat16(u[i][c] * inv);
+      uint4* dst = reinterpret_cast<uint4*>(p.u + (int64_t(t) * H + h) * kMlaLat + lane * 16);
+      dst[0] = reinterpret_cast<const uint4*>(o)[0];
+      dst[1] = reinterpret_cast<const uint4*>(o)[1];
+    } else {
+      const int slot = p.split_base[t] + it.split;
+      float* P = p.partials + (int64_t(slot) * H + h) * kMlaPartialStride;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) P[lane * 16 + c] = u[i][c];
+      if (lane == 0) {
+        P[kMlaLat] = m[i];
+        P[kMlaLat + 1] = l[i];
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(128) mla_combine_kernel(MlaAttnParams p) {
+  const int t = blockIdx.x, h = blockIdx.y, H = p.num_heads;
+  const int ns = p.num_splits[t];
+  if (ns <= 0) return;
+  const float* P0 = p.partials + (int64_t(p.split_base[t]) * H + h) * kMlaPartialStride;
+  const int64_t step = int64_t(H) * kMlaPartialStride;
+  float M = -INFINITY;
+  for (int k = 0; k < ns; ++k) M = fmaxf(M, P0[k * step + kMlaLat]);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, den = 0.f;
+  for (int k = 0; k < ns; ++k) {
+    const float* P = P0 + k * step;
+    const float mk = P[kMlaLat];
+    const float w = mk == -INFINITY ? 0.f : __expf(mk - M);
+    den += w * P[kMlaLat + 1];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[i] += w * P[threadIdx.x + 128 * i];
+  }
+  const float inv = den > 0.f ? 1.f / den : 0.f;
+  bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) dst[threadIdx.x + 128 * i] = __float2bfloat16(acc[i] * inv);
+}
+
+}  // namespace kimi::cuda::mla

@@ -1,0 +1,107 @@
+// MLA (NoPE) over the paged bf16 latent cache on the GPU (model.md §4).
+//
+// Cache: [num_blocks, 64, 576] bf16 per MLA layer; row = ĉ (512, RMS-normed) | k_pe (64).
+// Token position p of sequence s lives at row p % 64 of block block_tables[s][p / 64].
+// Query token i of a sequence with n new tokens and context length L (new tokens included,
+// already written) sits at position L − n + i and attends to positions 0 .. L − n + i.
+//
+// Attention runs in the absorbed form (MQA with one 576-wide KV head shared by all heads):
+//   q_abs[t, h] = W_UK(h)ᵀ q_nope[t, h]                        (a batched GEMM, outside)
+//   s_j = scale · ([q_abs | q_pe] · cache_j),  p = softmax_j(s)  (fp32, max subtracted)
+//   u[t, h] = Σ_j p_j ĉ_j  (512)                                  (this kernel)
+//   out[t, h] = W_UV(h) u[t, h]                                   (a batched GEMM, outside)
+// Work is split by a host plan (plan/run split: depends only on batch metadata): items of up
+// to 4 query tokens of one sequence (1 for decode) × groups of 8 heads × optional KV splits.
+// Split items write (unnormalised u, running max m, sum l) partials that run_mla_combine
+// merges; unsplit items write u directly.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace kimi::cuda {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kMlaLat = 512;
+constexpr int kMlaPe = 64;
+constexpr int kMlaRow = 576;
+constexpr int kMlaQk = 192;    // q row per head: q_nope (128) | q_pe (64)
+constexpr int kMlaBlock = 64;  // tokens per cache block
+constexpr int kMlaHeadsPerCta = 8;
+constexpr int kMlaPartialStride = kMlaLat + 2;  // u (512) | m | l, fp32, per (partial, head)
+
+// ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
+struct MlaCacheWriteParams {
+  int num_seqs = 0;
+  int num_tokens = 0;
+  const int* cu_seqlens = nullptr;    // [S + 1]
+  const int* context_lens = nullptr;  // [S]
+  const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  const float* latent = nullptr;      // [T, 576] kv_a projection: c (512) | k_pe (64)
+  const float* norm_weight = nullptr; // [512] kv_a_layernorm
+  float eps = 1e-5f;
+  bf16* cache = nullptr;              // [num_blocks, 64, 576]
+};
+void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream);
+
+// ---- Attention plan (host). ----
+struct MlaWorkItem {
+  int seq = 0;       // sequence (block table row)
+  int q_begin = 0;   // first query token (global row of q / u)
+  int nq = 0;        // query tokens in this item (1..4)
+  int q_pos0 = 0;    // cache position of the first query token
+  int kv_begin = 0;  // KV positions [kv_begin, kv_end) handled here
+  int kv_end = 0;
+  int split = -1;    // -1: write u directly; else split index k (partial slot split_base[t] + k)
+};
+struct MlaAttnPlan {
+  std::vector<MlaWorkItem> items1;  // single-query items (decode)
+  std::vector<MlaWorkItem> items4;  // up to 4 queries per item (prefill)
+  std::vector<int> split_base;      // [T] first partial slot of token t (−1: not split)
+  std::vector<int> num_splits;      // [T] partial slots of token t (0: not split)
+  int num_partials = 0;
+};
+// num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds.
+MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
+                               int num_heads, int num_sms, int max_partials);
+// Decode plan for CUDA-graph replay: every sequence has exactly one new token and the same
+// number of KV splits, chosen from the batch size alone, so the launch shapes stay fixed while
+// the contexts grow (splits past a short context are empty and merge as zero weight).
+MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* context_lens, int num_heads, int num_sms,
+                                 int max_partials);
+int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials);
+// Bytes of partials workspace per partial slot.
+inline size_t mla_partial_bytes(int num_heads) {
+  return size_t(num_heads) * kMlaPartialStride * sizeof(float);
+}
+
+struct MlaAttnParams {
+  int num_tokens = 0;
+  int num_heads = 0;
+  const bf16* q_abs = nullptr;        // [T, H, 512]
+  const bf16* q = nullptr;            // [T, H, 192]: q_pe is q[t, h, 128:192]
+  const bf16* cache = nullptr;        // [num_blocks, 64, 576]
+  const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  float scale = 0.f;                  // 1/sqrt(192)
+  const MlaWorkItem* items = nullptr; // device copy of plan.items1 or plan.items4
+  int num_items = 0;
+  const int* split_base = nullptr;    // [T] device copy of plan.split_base
+  const int* num_splits = nullptr;    // [T]
+  float* partials = nullptr;          // [num_partials, H, 514]
+  bf16* u = nullptr;                  // [T, H, 512]
+};
+// Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
+// graph capture). run_mla_attention calls it too.
+void mla_prepare();
+// queries_per_item: 1 for items1, 4 for items4.
+void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
+// Merges split partials into u for every token with num_splits > 0.
+void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
+
+}  // namespace kimi::cuda

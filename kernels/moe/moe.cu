@@ -1,0 +1,105 @@
+// MoE launchers (contracts in moe.h): argument checks, grid upper bounds, instantiations.
+#include <algorithm>
+
+#include "common.h"
+#include "moe/moe.cuh"
+
+namespace kimi::cuda {
+
+size_t moe_permute_workspace_ints(int E, int64_t max_rows) {
+  return size_t(2 * E + 2 * (E + 1)) + 2 * size_t(max_rows);
+}
+
+MoePermuteView moe_permute_view(int* ws, int E, int64_t max_rows) {
+  MoePermuteView v;
+  v.counts = ws;
+  v.cursor = ws + E;
+  v.offsets = ws + 2 * E;
+  v.tile_start = v.offsets + E + 1;
+  v.row_token = v.tile_start + E + 1;
+  v.pair_row = v.row_token + max_rows;
+  return v;
+}
+
+void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.num_tokens >= 0 && p.num_experts > 0 && p.num_experts <= 1024 && p.top_k > 0 &&
+                 p.top_k <= 32 && p.top_k <= p.num_experts,
+             "moe route T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k);
+  if (p.num_tokens == 0) return;
+  KIMI_CHECK(p.logits && p.correction_bias && p.expert_ids && p.weights, "moe route: null pointer");
+  const size_t smem = size_t(4) * p.num_experts * sizeof(float);
+  moe::moe_route_kernel<<<ceil_div(p.num_tokens, 4), 128, smem, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+
+void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.num_tokens >= 0 && p.num_experts > 0 && p.num_experts <= 1024 && p.top_k > 0,
+             "moe permute T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k);
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
+  if (p.num_tokens == 0) return;
+  KIMI_CHECK(p.expert_ids && p.workspace, "moe permute: null pointer");
+  const int64_t pairs = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(p.workspace, p.num_experts, pairs);
+  CUDA_CHECK(cudaMemsetAsync(v.counts, 0, sizeof(int) * 2 * p.num_experts, stream));  // + cursor
+  const int grid = int(std::min<int64_t>((pairs + 255) / 256, 1024));
+  moe::moe_count_kernel<<<grid, 256, 0, stream>>>(pairs, p.num_experts, p.expert_ids, v.counts);
+  KIMI_CHECK_LAUNCH();
+  moe::moe_scan_kernel<<<1, 1024, 0, stream>>>(p.num_experts, p.block_m, v.counts, v.offsets,
+                                               v.tile_start);
+  KIMI_CHECK_LAUNCH();
+  moe::moe_scatter_kernel<<<grid, 256, 0, stream>>>(pairs, p.num_experts, p.top_k, p.expert_ids,
+                                                    v.offsets, v.cursor, v.row_token, v.pair_row);
+  KIMI_CHECK_LAUNCH();
+}
+
+namespace {
+
+void check_gemm(const MoeGemmParams& p) {
+  KIMI_CHECK(p.num_tokens >= 0 && p.num_experts > 0 && p.top_k > 0 && p.hidden > 0 && p.inter > 0,
+             "moe gemm T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k, " hidden ", p.hidden,
+             " inter ", p.inter);
+  KIMI_CHECK(p.hidden % 8 == 0 && p.inter % 8 == 0, "moe gemm needs hidden and inter multiples of 8 (",
+             p.hidden, ", ", p.inter, ")");
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
+  KIMI_CHECK(p.workspace && p.x && p.w13 && p.w2 && p.act && p.y, "moe gemm: null pointer");
+}
+
+template <bool SWIGLU>
+void launch_gemm(const MoeGemmParams& p, cudaStream_t stream) {
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const dim3 grid(moe_max_tiles(rows, p.num_experts, p.block_m), ceil_div(N, moe::kBN));
+  if (p.block_m == 16)
+    moe::moe_gemm_kernel<16, SWIGLU><<<grid, 128, 0, stream>>>(p, v);
+  else
+    moe::moe_gemm_kernel<64, SWIGLU><<<grid, 128, 0, stream>>>(p, v);
+  KIMI_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream) {
+  check_gemm(p);
+  if (p.num_tokens == 0) return;
+  launch_gemm<true>(p, stream);
+}
+
+void run_moe_down(const MoeGemmParams& p, cudaStream_t stream) {
+  check_gemm(p);
+  if (p.num_tokens == 0) return;
+  launch_gemm<false>(p, stream);
+}
+
+void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.num_tokens >= 0 && p.top_k > 0 && p.hidden > 0 && p.num_experts > 0,
+             "moe unpermute T ", p.num_tokens, " K ", p.top_k, " hidden ", p.hidden);
+  if (p.num_tokens == 0) return;
+  KIMI_CHECK(p.workspace && p.weights && p.y && p.out, "moe unpermute: null pointer");
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
+  moe::moe_unpermute_kernel<<<p.num_tokens, 256, 0, stream>>>(p, v.pair_row);
+  KIMI_CHECK_LAUNCH();
+}
+
+}  // namespace kimi::cuda

@@ -1,0 +1,284 @@
+// MoE kernels (contracts in moe.h).
+//
+// moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
+//   K rounds of warp arg-max (ties to the lower index) pick the experts.
+// moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
+//   starts; the scatter claims rows with a per-expert cursor.
+// moe_gemm_kernel<BM, SWIGLU>: CTA = (row tile of one expert, 64 output columns), 4 warps, warp w
+//   owns columns [16w, 16w + 16) of every BM row; WMMA 16×16×16 bf16 → fp32.
+//   k steps of 32 staged through a 3-4 deep cp.async pipeline (zero-fill past the ends), so a
+//   CTA keeps up to 48 KB of weight copies in flight.
+//   SWIGLU: the B tile holds the 64 gate rows and the matching 64 up rows of W13, so the epilogue
+//   computes SiLU(g)·u in fp32 before the single bf16 store.
+// moe_unpermute_kernel: one CTA per token, threads over hidden, fp32 weighted sum of its K rows.
+#pragma once
+
+#include <mma.h>
+
+#include <climits>
+
+#include "moe/moe.h"
+
+namespace kimi::cuda::moe {
+
+__global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
+  extern __shared__ float route_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t = blockIdx.x * 4 + warp;
+  if (t >= p.num_tokens) return;
+  const int E = p.num_experts, K = p.top_k;
+  float* sel = route_smem + warp * E;
+  const float* lg = p.logits + int64_t(t) * E;
+  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-lg[e])) + p.correction_bias[e];
+  __syncwarp();
+  float my_w = 0.f, wsum = 0.f;
+  for (int k = 0; k < K; ++k) {
+    float best = -INFINITY;
+    int bi = INT_MAX;
+    for (int e = lane; e < E; e += 32) {
+      const float v = sel[e];
+      if (v > best || (v == best && e < bi)) {
+        best = v;
+        bi = e;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ob > best || (ob == best && oi < bi)) {
+        best = ob;
+        bi = oi;
+      }
+    }
+    if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
+    const float s = bi >= 0 ? 1.f / (1.f + expf(-lg[bi])) : 0.f;
+    if (lane == 0) {
+      p.expert_ids[int64_t(t) * K + k] = bi;
+      if (bi >= 0) sel[bi] = -INFINITY;
+    }
+    __syncwarp();
+    if (lane == k) my_w = s;
+    wsum += s;
+  }
+  if (lane < K)
+    p.weights[int64_t(t) * K + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+}
+
+__global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int e = ids[i];
+    if (e >= 0 && e < E) atomicAdd(counts + e, 1);
+  }
+}
+
+// One 1024-thread block; E <= 1024.
+__global__ void __launch_bounds__(1024) moe_scan_kernel(int E, int block_m, const int* counts,
+                                                         int* offsets, int* tile_start) {
+  __shared__ int a[1024], b[1024];
+  const int e = threadIdx.x;
+  const int c = e < E ? counts[e] : 0;
+  a[e] = c;
+  b[e] = (c + block_m - 1) / block_m;
+  __syncthreads();
+  for (int off = 1; off < 1024; off <<= 1) {  // inclusive Hillis-Steele scan
+    const int va = e >= off ? a[e - off] : 0, vb = e >= off ? b[e - off] : 0;
+    __syncthreads();
+    a[e] += va;
+    b[e] += vb;
+    __syncthreads();
+  }
+  if (e < E) {
+    offsets[e + 1] = a[e];
+    tile_start[e + 1] = b[e];
+  }
+  if (e == 0) {
+    offsets[0] = 0;
+    tile_start[0] = 0;
+  }
+}
+
+__global__ void moe_scatter_kernel(int64_t pairs, int E, int K, const int* ids, const int* offsets,
+                                   int* cursor, int* row_token, int* pair_row) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int e = ids[i];
+    if (e < 0 || e >= E) {
+      pair_row[i] = -1;
+      continue;
+    }
+    const int row = offsets[e] + atomicAdd(cursor + e, 1);
+    row_token[row] = int(i / K);
+    pair_row[i] = row;
+  }
+}
+
+constexpr int kBN = 64, kBK = 32, kPad = 8;
+
+// 16-byte asynchronous copy global → shared; src_size 0 zero-fills (rows or k past the end).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Pipeline depth: enough 16-byte copies in flight per SM to stream expert weights at decode
+// (where a CTA has few rows and is purely bandwidth-bound), within 48 KB of static smem.
+template <int BM>
+__host__ __device__ constexpr int moe_stages() {
+  return BM == 16 ? 4 : 3;
+}
+
+template <int BM, bool SWIGLU>
+__global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermuteView v) {
+  using namespace nvcuda;
+  constexpr int STAGES = moe_stages<BM>();
+  constexpr int NB = SWIGLU ? 2 * kBN : kBN;          // B rows staged per step
+  constexpr int A_CH = BM * kBK / 8, B_CH = NB * kBK / 8;  // 16-byte chunks per tile
+  constexpr int A_IT = (A_CH + 127) / 128, B_IT = B_CH / 128;
+  constexpr int LDS = kBK + kPad;
+  constexpr int STAGE_ELEMS = (BM + NB) * LDS;
+  constexpr int AB_BYTES = STAGES * STAGE_ELEMS * 2;
+  constexpr int C_BYTES = (SWIGLU ? 2 : 1) * BM * kBN * 4;
+  static_assert(AB_BYTES <= 48 * 1024, "static shared memory");
+  __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
+  bf16* stage0 = reinterpret_cast<bf16*>(smem);
+
+  const int E = p.num_experts;
+  const int tile = blockIdx.x;
+  if (tile >= v.tile_start[E]) return;
+  int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (v.tile_start[mid] <= tile) lo = mid;
+    else hi = mid - 1;
+  }
+  const int e = lo;
+  const int m0 = v.offsets[e] + (tile - v.tile_start[e]) * BM, m_end = v.offsets[e + 1];
+  const int n0 = blockIdx.y * kBN;
+  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
+  const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
+                         : p.w2 + int64_t(e) * p.hidden * p.inter;
+
+  const int tid = threadIdx.x;
+  // Source rows and smem offsets this thread copies (fixed over k).
+  const bf16* a_src[A_IT];
+  int a_dst[A_IT], a_kc[A_IT];
+  bool a_on[A_IT];
+#pragma unroll
+  for (int i = 0; i < A_IT; ++i) {
+    const int c = tid + 128 * i, r = c / (kBK / 8);
+    a_kc[i] = (c % (kBK / 8)) * 8;
+    a_dst[i] = r * LDS + a_kc[i];
+    a_on[i] = c < A_CH;
+    const int row = m0 + r;
+    a_src[i] = nullptr;
+    if (a_on[i] && row < m_end)
+      a_src[i] = SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
+  }
+  const bf16* b_src[B_IT];
+  int b_dst[B_IT], b_kc[B_IT];
+#pragma unroll
+  for (int i = 0; i < B_IT; ++i) {
+    const int c = tid + 128 * i, r = c / (kBK / 8);
+    b_kc[i] = (c % (kBK / 8)) * 8;
+    b_dst[i] = BM * LDS + r * LDS + b_kc[i];
+    const int n = n0 + (r % kBN);
+    const int wrow = SWIGLU ? (r < kBN ? n : p.inter + n) : n;
+    b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
+  }
+  const int KT = (Kd + kBK - 1) / kBK;
+  auto issue = [&](int kt) {  // copies of k tile kt into its stage (zero-filled past the ends)
+    bf16* st = stage0 + (kt % STAGES) * STAGE_ELEMS;
+    const int k0 = kt * kBK;
+#pragma unroll
+    for (int i = 0; i < A_IT; ++i) {
+      if (!a_on[i]) continue;
+      const int k = k0 + a_kc[i];
+      const bool ok = a_src[i] && k < Kd;
+      cp_async16(st + a_dst[i], ok ? a_src[i] + k : p.x, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < B_IT; ++i) {
+      const int k = k0 + b_kc[i];
+      const bool ok = b_src[i] && k < Kd;
+      cp_async16(st + b_dst[i], ok ? b_src[i] + k : W, ok);
+    }
+  };
+
+  const int warp = tid / 32;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_g[BM / 16], acc_u[SWIGLU ? BM / 16 : 1];
+#pragma unroll
+  for (int i = 0; i < BM / 16; ++i) wmma::fill_fragment(acc_g[i], 0.f);
+#pragma unroll
+  for (int i = 0; i < (SWIGLU ? BM / 16 : 1); ++i) wmma::fill_fragment(acc_u[i], 0.f);
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < KT) issue(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile kt landed for every thread; stage (kt - 1) % STAGES is free again
+    if (kt + STAGES - 1 < KT) issue(kt + STAGES - 1);
+    cp_async_commit();
+    const bf16* As = stage0 + (kt % STAGES) * STAGE_ELEMS;
+    const bf16* Bs = As + BM * LDS;
+#pragma unroll
+    for (int kk = 0; kk < kBK; kk += 16) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> bg, bu;
+      wmma::load_matrix_sync(bg, Bs + (warp * 16) * LDS + kk, LDS);
+      if constexpr (SWIGLU) wmma::load_matrix_sync(bu, Bs + (kBN + warp * 16) * LDS + kk, LDS);
+#pragma unroll
+      for (int i = 0; i < BM / 16; ++i) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+        wmma::load_matrix_sync(a, As + (i * 16) * LDS + kk, LDS);
+        wmma::mma_sync(acc_g[i], a, bg, acc_g[i]);
+        if constexpr (SWIGLU) wmma::mma_sync(acc_u[i], a, bu, acc_u[i]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the stages: the epilogue reuses the memory
+  float* Cs = reinterpret_cast<float*>(smem);  // [BM][64] (gate or plain), then [BM][64] up
+#pragma unroll
+  for (int i = 0; i < BM / 16; ++i) {
+    wmma::store_matrix_sync(Cs + i * 16 * kBN + warp * 16, acc_g[i], kBN, wmma::mem_row_major);
+    if constexpr (SWIGLU)
+      wmma::store_matrix_sync(Cs + BM * kBN + i * 16 * kBN + warp * 16, acc_u[i], kBN,
+                              wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < BM * kBN; idx += 128) {
+    const int r = m0 + idx / kBN, n = n0 + idx % kBN;
+    if (r >= m_end || n >= N) continue;
+    if constexpr (SWIGLU) {
+      const float g = Cs[idx], u = Cs[BM * kBN + idx];
+      p.act[int64_t(r) * p.inter + n] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+    } else {
+      p.y[int64_t(r) * p.hidden + n] = Cs[idx];
+    }
+  }
+}
+
+__global__ void __launch_bounds__(256) moe_unpermute_kernel(MoeUnpermuteParams p, const int* pair_row) {
+  const int t = blockIdx.x, K = p.top_k;
+  for (int d = threadIdx.x; d < p.hidden; d += blockDim.x) {
+    float acc = 0.f;
+    for (int k = 0; k < K; ++k) {
+      const int row = pair_row[int64_t(t) * K + k];
+      if (row >= 0) acc += p.weights[int64_t(t) * K + k] * p.y[int64_t(row) * p.hidden + d];
+    }
+    float* o = p.out + int64_t(t) * p.hidden + d;
+    *o = p.accumulate ? *o + acc : acc;
+  }
+}
+
+}  // namespace kimi::cuda::moe

@@ -1,0 +1,102 @@
+// MoE block on the GPU (model.md §5): routing, permutation by expert, grouped expert GEMMs,
+// weighted un-permute. Everything stays on the device (no host sync): launch shapes use upper
+// bounds and CTAs past the real work exit at once, so a step is CUDA-graph friendly.
+//
+//   route     : s = sigmoid(logits) (fp32), top-k of s + bias (ties: lower expert), weights =
+//               s[idx] (unbiased), renormalised (sum), × scaling. One warp per token.
+//   permute   : counts per expert → offsets (exclusive scan) → each (t, k) pair gets a row in
+//               its expert's contiguous range: row_token[row] = t, pair_row[t·K + k] = row.
+//               Row order inside an expert is not deterministic; every row's values are.
+//   grouped GEMM (tensor cores, mma.sync through WMMA, fp32 accumulate), per expert e and its rows:
+//     gate_up : act[row] = SiLU(x[row_token[row]] · W1_eᵀ) ⊙ (x[row_token[row]] · W3_eᵀ)
+//               w13: [E, 2I, hidden] (rows 0..I−1 = w1 = gate, I..2I−1 = w3 = up) → act [R, I] bf16
+//     down    : y[row] = act[row] · W2_eᵀ,  w2: [E, hidden, I] → y [R, hidden] fp32 (unrounded:
+//               it is summed straight into the fp32 residual stream)
+//   unpermute : out[t] (+)= Σ_k w[t, k] · y[pair_row[t·K + k]]  (fp32; accumulate adds into the
+//               residual stream).
+// R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
+// 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kimi::cuda {
+
+using bf16 = __nv_bfloat16;
+
+struct MoeRouteParams {
+  int num_tokens = 0;
+  int num_experts = 0;   // E <= 1024
+  int top_k = 0;         // K <= 32
+  bool renormalize = true;
+  float scaling = 1.f;
+  const float* logits = nullptr;           // [T, E]
+  const float* correction_bias = nullptr;  // [E]
+  int* expert_ids = nullptr;               // [T, K], best first
+  float* weights = nullptr;                // [T, K]
+};
+void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
+
+// Device workspace of the permutation for up to max_rows = T·K rows and E experts (ints):
+//   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R].
+size_t moe_permute_workspace_ints(int num_experts, int64_t max_rows);
+
+struct MoePermuteParams {
+  int num_tokens = 0;
+  int num_experts = 0;
+  int top_k = 0;
+  int block_m = 64;                // BM of the grouped GEMMs that follow (16 or 64)
+  const int* expert_ids = nullptr; // [T, K]
+  int* workspace = nullptr;        // moe_permute_workspace_ints(E, T·K) ints
+};
+void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream);
+// Views into the permutation workspace.
+struct MoePermuteView {
+  int* counts;
+  int* cursor;
+  int* offsets;
+  int* tile_start;
+  int* row_token;
+  int* pair_row;
+};
+MoePermuteView moe_permute_view(int* workspace, int num_experts, int64_t max_rows);
+// Upper bound on grouped-GEMM row tiles for R rows over E experts with tile BM.
+inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
+  const int64_t busy = rows < num_experts ? rows : num_experts;
+  return int((rows + block_m - 1) / block_m + busy);
+}
+
+struct MoeGemmParams {
+  int num_tokens = 0;
+  int num_experts = 0;
+  int top_k = 0;
+  int block_m = 64;
+  int hidden = 0;                   // model hidden size (K of gate_up, N of down)
+  int inter = 0;                    // I (N of gate_up, K of down); multiples of 8
+  const int* workspace = nullptr;   // the permutation workspace (after run_moe_permute)
+  const bf16* x = nullptr;          // [T, hidden] normed input
+  const bf16* w13 = nullptr;        // [E, 2I, hidden]
+  const bf16* w2 = nullptr;         // [E, hidden, I]
+  bf16* act = nullptr;              // [T·K, I]
+  float* y = nullptr;               // [T·K, hidden]
+};
+void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream);
+void run_moe_down(const MoeGemmParams& p, cudaStream_t stream);
+
+struct MoeUnpermuteParams {
+  int num_tokens = 0;
+  int top_k = 0;
+  int hidden = 0;
+  int num_experts = 0;
+  const int* workspace = nullptr;  // permutation workspace (pair_row)
+  const float* weights = nullptr;  // [T, K]
+  const float* y = nullptr;        // [T·K, hidden]
+  float* out = nullptr;            // [T, hidden]
+  bool accumulate = true;          // out += Σ (else out = Σ)
+};
+void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream);
+
+}  // namespace kimi::cuda

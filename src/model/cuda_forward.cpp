@@ -1,0 +1,515 @@
+// CudaModel::forward: per-step metadata (one H2D copy), then the layers as straight-line calls
+// of the launchers, every projection through cuBLASLt with fp32 accumulation.
+#if KIMI_HAVE_CUDA
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include <spdlog/spdlog.h>
+
+#include "core/check.h"
+#include "kda/kda.h"
+#include "mla/mla.h"
+#include "model/cuda_model.h"
+#include "model/cuda_model_impl.h"
+#include "moe/moe.h"
+#include "norm/norm.h"
+
+namespace kimi {
+
+using cuda::GemmArgs;
+using cuda::GemmOut;
+
+constexpr int kHeadRowsPerHead = kMlaNopeDim + kMlaVDim;  // kv_b rows per head
+
+namespace {
+
+static_assert(sizeof(cuda::MlaWorkItem) == 7 * sizeof(int), "MlaWorkItem is packed as 7 ints");
+
+// Device views of one step's metadata.
+struct StepMeta {
+  int T = 0, S = 0, R = 0, mb = 0;
+  int *tokens, *cu, *ctx, *slots, *tables, *rows, *split_base, *num_splits;
+  const cuda::MlaWorkItem *items1, *items4;
+  int n1 = 0, n4 = 0, num_partials = 0;
+  int num_chunks = 0;  // chunked KDA plan (0: decode step or recurrent fallback)
+  int *chunk_seq = nullptr, *chunk_start = nullptr, *seq_first_chunk = nullptr;
+};
+
+void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s) {
+  const ModelConfig& c = m.cfg;
+  const int T = s.T, H = c.kda_num_heads, D = kKdaHeadDim, HD = H * D, hid = c.hidden_size;
+  auto& A = m.act;
+  cuda::Gemm& g = *m.gemm;
+  g.linear(A.a, w.qkv, A.qkv, T, 3 * HD, hid, GemmOut::kBF16, m.stream);
+  g.linear(A.a, w.fg_a, A.low, T, 2 * D, hid, GemmOut::kBF16, m.stream);
+  g.linear(A.a, w.b, A.bb, T, H, hid, GemmOut::kBF16, m.stream);
+  for (int which = 0; which < 2; ++which) {  // f = W_fb (W_fa a), z = W_gb (W_ga a)
+    GemmArgs ga;
+    ga.M = T;
+    ga.N = HD;
+    ga.K = D;
+    ga.A = A.low + which * D;
+    ga.lda = 2 * D;
+    ga.B = which ? w.g_b : w.f_b;
+    ga.ldb = D;
+    ga.C = which ? A.z : A.f;
+    ga.ldc = HD;
+    g.run(ga, m.stream);
+  }
+  cuda::KdaWeights kw;
+  kw.conv_weight = w.conv;
+  kw.A_log = w.A_log;
+  kw.dt_bias = w.dt_bias;
+  kw.o_norm = w.o_norm;
+  bf16* conv_state = m.conv_state + size_t(kind) * m.cache.num_slots * m.conv_per_slot;
+  float* state = m.kda_state + size_t(kind) * m.cache.num_slots * m.state_per_slot;
+  if (T == s.S && m.kda_path == 0) {  // every sequence decodes one token: the fused step
+    cuda::KdaDecodeParams p;
+    p.batch = T;
+    p.num_heads = H;
+    p.slots = s.slots;
+    p.qkv = A.qkv;
+    p.f = A.f;
+    p.b = A.bb;
+    p.z = A.z;
+    p.w = kw;
+    p.conv_state = conv_state;
+    p.state = state;
+    p.y = A.y;
+    cuda::run_kda_decode(p, m.stream);
+  } else {
+    cuda::KdaPrepParams pp;
+    pp.num_seqs = s.S;
+    pp.num_tokens = T;
+    pp.num_heads = H;
+    pp.cu_seqlens = s.cu;
+    pp.slots = s.slots;
+    pp.qkv = A.qkv;
+    pp.f = A.f;
+    pp.b = A.bb;
+    pp.w = kw;
+    pp.conv_state = conv_state;
+    pp.q = A.q;
+    pp.k = A.k;
+    pp.v = A.v;
+    pp.g = A.g;
+    pp.beta = A.beta;
+    cuda::run_kda_prep(pp, m.stream);
+    cuda::KdaScanParams sp;
+    sp.num_seqs = s.S;
+    sp.num_tokens = T;
+    sp.num_heads = H;
+    sp.cu_seqlens = s.cu;
+    sp.slots = s.slots;
+    sp.q = A.q;
+    sp.k = A.k;
+    sp.v = A.v;
+    sp.g = A.g;
+    sp.beta = A.beta;
+    sp.state = state;
+    sp.o = A.o;
+    if (s.num_chunks > 0) {
+      cuda::KdaChunkedArgs ca;
+      ca.num_chunks = s.num_chunks;
+      ca.chunk_seq = s.chunk_seq;
+      ca.chunk_start = s.chunk_start;
+      ca.seq_first_chunk = s.seq_first_chunk;
+      ca.workspace = A.kda_ws;
+      ca.workspace_bytes = A.kda_ws_bytes;
+      cuda::run_kda_chunked(sp, ca, m.stream);
+    } else {
+      cuda::run_kda_scan_recurrent(sp, m.stream);
+    }
+    cuda::KdaGatedNormParams np;
+    np.num_tokens = T;
+    np.num_heads = H;
+    np.o = A.o;
+    np.z = A.z;
+    np.weight = w.o_norm;
+    np.y = A.y;
+    cuda::run_kda_gated_rmsnorm(np, m.stream);
+  }
+  g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, 1.f);  // x += o_proj(y)
+}
+
+void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
+  const ModelConfig& c = m.cfg;
+  const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
+  auto& A = m.act;
+  cuda::Gemm& g = *m.gemm;
+  g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
+  g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
+  bf16* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_per_block;
+  cuda::MlaCacheWriteParams wp;
+  wp.num_seqs = s.S;
+  wp.num_tokens = T;
+  wp.cu_seqlens = s.cu;
+  wp.context_lens = s.ctx;
+  wp.block_tables = s.tables;
+  wp.max_blocks_per_seq = s.mb;
+  wp.latent = A.latent;
+  wp.norm_weight = w.kv_norm;
+  wp.eps = c.rms_norm_eps;
+  wp.cache = cache;
+  cuda::run_mla_cache_write(wp, m.stream);
+  {  // q_abs[t, h] = W_UK(h)ᵀ q_nope[t, h]: per head [T,128] · [128,512]
+    GemmArgs ga;
+    ga.M = T;
+    ga.N = kMlaLatentDim;
+    ga.K = kMlaNopeDim;
+    ga.A = A.mq;
+    ga.lda = H * kMlaQkDim;
+    ga.stride_a = kMlaQkDim;
+    ga.B = w.kv_b;
+    ga.ldb = kMlaLatentDim;
+    ga.stride_b = int64_t(kHeadRowsPerHead) * kMlaLatentDim;
+    ga.b_kn = true;
+    ga.C = A.q_abs;
+    ga.ldc = H * kMlaLatentDim;
+    ga.stride_c = kMlaLatentDim;
+    ga.batch = H;
+    g.run(ga, m.stream);
+  }
+  cuda::MlaAttnParams ap;
+  ap.num_tokens = T;
+  ap.num_heads = H;
+  ap.q_abs = A.q_abs;
+  ap.q = A.mq;
+  ap.cache = cache;
+  ap.block_tables = s.tables;
+  ap.max_blocks_per_seq = s.mb;
+  ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
+  ap.split_base = s.split_base;
+  ap.num_splits = s.num_splits;
+  ap.partials = A.partials;
+  ap.u = A.u;
+  ap.items = s.items1;
+  ap.num_items = s.n1;
+  cuda::run_mla_attention(ap, 1, m.stream);
+  ap.items = s.items4;
+  ap.num_items = s.n4;
+  cuda::run_mla_attention(ap, 4, m.stream);
+  if (s.num_partials > 0) cuda::run_mla_combine(ap, m.stream);
+  {  // attn[t, h] = W_UV(h) u[t, h]: per head [T,512] · [128,512]ᵀ
+    GemmArgs ga;
+    ga.M = T;
+    ga.N = kMlaVDim;
+    ga.K = kMlaLatentDim;
+    ga.A = A.u;
+    ga.lda = H * kMlaLatentDim;
+    ga.stride_a = kMlaLatentDim;
+    ga.B = w.kv_b + size_t(kMlaNopeDim) * kMlaLatentDim;
+    ga.ldb = kMlaLatentDim;
+    ga.stride_b = int64_t(kHeadRowsPerHead) * kMlaLatentDim;
+    ga.C = A.attn;
+    ga.ldc = H * kMlaVDim;
+    ga.stride_c = kMlaVDim;
+    ga.batch = H;
+    g.run(ga, m.stream);
+  }
+  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, 1.f);
+}
+
+// x += down(SiLU(gate a) ⊙ up a)
+void mlp(CudaModel::Impl& m, const DevMlp& w, int T) {
+  const int hid = m.cfg.hidden_size;
+  auto& A = m.act;
+  m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kBF16, m.stream);
+  cuda::SiluMulParams sp;
+  sp.rows = T;
+  sp.dim = w.inter;
+  sp.gate_up = A.gu;
+  sp.out = A.act;
+  cuda::run_silu_mul(sp, m.stream);
+  m.gemm->linear(A.act, w.down, A.x, T, hid, w.inter, GemmOut::kF32, m.stream, 1.f);
+}
+
+void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
+  const ModelConfig& c = m.cfg;
+  const int E = c.num_experts, K = c.num_experts_per_token, hid = c.hidden_size;
+  auto& A = m.act;
+  {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)
+    GemmArgs ga;
+    ga.M = T;
+    ga.N = E;
+    ga.K = hid;
+    ga.A = reinterpret_cast<const bf16*>(A.hf);
+    ga.lda = hid;
+    ga.B = reinterpret_cast<const bf16*>(w.router);
+    ga.ldb = hid;
+    ga.C = A.router_logits;
+    ga.ldc = E;
+    ga.out = GemmOut::kF32;
+    ga.in_f32 = true;
+    m.gemm->run(ga, m.stream);
+  }
+  cuda::MoeRouteParams rp;
+  rp.num_tokens = T;
+  rp.num_experts = E;
+  rp.top_k = K;
+  rp.renormalize = c.moe_renormalize;
+  rp.scaling = c.routed_scaling_factor;
+  rp.logits = A.router_logits;
+  rp.correction_bias = w.bias;
+  rp.expert_ids = A.route_ids;
+  rp.weights = A.route_w;
+  cuda::run_moe_route(rp, m.stream);
+  // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
+  const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  cuda::MoePermuteParams pp;
+  pp.num_tokens = T;
+  pp.num_experts = E;
+  pp.top_k = K;
+  pp.block_m = block_m;
+  pp.expert_ids = A.route_ids;
+  pp.workspace = A.perm_ws;
+  cuda::run_moe_permute(pp, m.stream);
+  cuda::MoeGemmParams gp;
+  gp.num_tokens = T;
+  gp.num_experts = E;
+  gp.top_k = K;
+  gp.block_m = block_m;
+  gp.hidden = hid;
+  gp.inter = c.moe_intermediate_size;
+  gp.workspace = A.perm_ws;
+  gp.x = A.a;
+  gp.w13 = w.w13;
+  gp.w2 = w.w2;
+  gp.act = A.moe_act;
+  gp.y = A.moe_y;
+  cuda::run_moe_gate_up(gp, m.stream);
+  cuda::run_moe_down(gp, m.stream);
+  cuda::MoeUnpermuteParams up;
+  up.num_tokens = T;
+  up.top_k = K;
+  up.hidden = hid;
+  up.num_experts = E;
+  up.workspace = A.perm_ws;
+  up.weights = A.route_w;
+  up.y = A.moe_y;
+  up.out = A.x;
+  up.accumulate = true;
+  cuda::run_moe_unpermute(up, m.stream);
+  if (c.num_shared_experts > 0) mlp(m, w.shared, T);
+}
+
+void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
+             float* out_f32 = nullptr) {
+  cuda::RmsNormParams p;
+  p.rows = rows;
+  p.dim = m.cfg.hidden_size;
+  p.x = m.act.x;
+  p.row_index = row_index;
+  p.weight = w;
+  p.y = out;
+  p.y_f32 = out_f32;
+  p.eps = m.cfg.rms_norm_eps;
+  cuda::run_rmsnorm(p, m.stream);
+}
+
+}  // namespace
+
+void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
+  Impl& m = *impl_;
+  const ModelConfig& c = m.cfg;
+  const int T = b.num_tokens(), S = b.num_seqs(), V = c.vocab_size, hid = c.hidden_size;
+  KIMI_CHECK(S >= 1 && T >= 1 && b.cu_seqlens.back() == T);
+  if (T > m.Tm)
+    fail("a step of ", T, " tokens exceeds max_batch_tokens ", m.Tm,
+         " (the activation arena's size; raise ModelOptions::max_batch_tokens)");
+  for (int s = 0; s < S; ++s) {
+    const int n = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
+    KIMI_CHECK(n >= 1 && b.context_lens[s] >= n);
+    KIMI_CHECK(b.slots[s] >= 0 && b.slots[s] < m.cache.num_slots, "slot ", b.slots[s]);
+    for (int t = 0; t < s; ++t) KIMI_CHECK(b.slots[t] != b.slots[s], "slot ", b.slots[s], " twice");
+    KIMI_CHECK((b.context_lens[s] + kBlockSize - 1) / kBlockSize <= b.max_blocks_per_seq);
+    for (int j = 0; j < (b.context_lens[s] + kBlockSize - 1) / kBlockSize; ++j) {
+      const int blk = b.block_tables[size_t(s) * b.max_blocks_per_seq + j];
+      KIMI_CHECK(blk >= 0 && blk < m.cache.num_blocks, "block ", blk);
+    }
+  }
+  for (int t = 0; t < T; ++t)
+    KIMI_CHECK(b.tokens[t] >= 0 && b.tokens[t] < V, "token id ", b.tokens[t], " outside 0..", V - 1);
+
+  // Metadata: tokens | cu | ctx | slots | tables | rows | split_base | num_splits | items1 | items4
+  const int R = b.num_logit_rows();
+  // Decode steps replay a CUDA graph: fixed launch shapes for a (batch size, table width).
+  const bool graph = m.use_graphs && !m.profile && T == S && !on_layer_output && R <= m.logit_rows;
+  const bool prof = m.profile;
+  auto mark = [&](int i) {
+    if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ev[i], m.stream));
+  };
+  cuda::MlaAttnPlan plan;
+  if (c.num_mla_layers() > 0)
+    plan = graph ? cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
+                                              m.prop.multiProcessorCount, m.max_partials)
+                 : cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
+                                            c.num_attention_heads, m.prop.multiProcessorCount,
+                                            m.max_partials);
+  cuda::KdaChunkPlan chunks;
+  if (c.num_kda_layers() > 0 && (T != S || m.kda_path == 2) && m.kda_path != 1) {
+    chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);
+    if (chunks.num_chunks > m.kda_chunk_cap) {
+      if (!m.warned_recurrent)
+        spdlog::warn("cuda: a step of {} sequences has {} KDA chunks, more than the workspace's {}: "
+                     "such steps use the recurrent scan", S, chunks.num_chunks, m.kda_chunk_cap);
+      m.warned_recurrent = true;
+      chunks = cuda::KdaChunkPlan{};
+    }
+  }
+  const int mb = b.max_blocks_per_seq;
+  const size_t n_items = 7 * (plan.items1.size() + plan.items4.size());
+  const size_t need = size_t(T) + (S + 1) + 2 * S + size_t(S) * mb + R + 2 * size_t(T) + n_items +
+                      2 * size_t(chunks.num_chunks) + (S + 1) + 64;
+  if (need > m.meta_cap) {  // grows only when a batch is larger than all before it
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.drop_graphs();  // they point into the old buffer
+    if (m.meta_host) CUDA_CHECK(cudaFreeHost(m.meta_host));
+    m.meta_cap = std::max(need, m.meta_cap * 2);
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.meta_host), m.meta_cap * sizeof(int)));
+    m.meta_dev = cuda::DeviceBuffer<int>(m.meta_cap);
+  }
+  int* h = m.meta_host;
+  size_t off = 0;
+  StepMeta sm;
+  sm.T = T;
+  sm.S = S;
+  sm.R = R;
+  sm.mb = mb;
+  auto put = [&](const int* src, size_t n) {
+    int* dev = m.meta_dev.data() + off;
+    if (n) std::memcpy(h + off, src, n * sizeof(int));
+    off += n;
+    return dev;
+  };
+  sm.tokens = put(b.tokens.data(), T);
+  sm.cu = put(b.cu_seqlens.data(), S + 1);
+  sm.ctx = put(b.context_lens.data(), S);
+  sm.slots = put(b.slots.data(), S);
+  sm.tables = put(b.block_tables.data(), size_t(S) * mb);
+  std::vector<int> rows(R);
+  for (int r = 0; r < R; ++r) rows[r] = b.all_logits ? r : b.cu_seqlens[r + 1] - 1;
+  sm.rows = put(rows.data(), R);
+  if (plan.split_base.empty()) {
+    plan.split_base.assign(T, -1);
+    plan.num_splits.assign(T, 0);
+  }
+  sm.split_base = put(plan.split_base.data(), T);
+  sm.num_splits = put(plan.num_splits.data(), T);
+  sm.items1 = reinterpret_cast<const cuda::MlaWorkItem*>(
+      put(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size()));
+  sm.items4 = reinterpret_cast<const cuda::MlaWorkItem*>(
+      put(reinterpret_cast<const int*>(plan.items4.data()), 7 * plan.items4.size()));
+  sm.n1 = int(plan.items1.size());
+  sm.n4 = int(plan.items4.size());
+  sm.num_partials = plan.num_partials;
+  if (chunks.num_chunks > 0) {
+    sm.num_chunks = chunks.num_chunks;
+    sm.chunk_seq = put(chunks.chunk_seq.data(), chunks.num_chunks);
+    sm.chunk_start = put(chunks.chunk_start.data(), chunks.num_chunks);
+    sm.seq_first_chunk = put(chunks.seq_first_chunk.data(), S + 1);
+  }
+  CUDA_CHECK(cudaMemcpyAsync(m.meta_dev.data(), h, off * sizeof(int), cudaMemcpyHostToDevice, m.stream));
+
+  auto device_work = [&]() {
+    mark(0);
+    cuda::EmbeddingParams ep;
+    ep.num_tokens = T;
+    ep.dim = hid;
+    ep.vocab = V;
+    ep.ids = sm.tokens;
+    ep.table = m.embed;
+    ep.x = m.act.x;
+    cuda::run_embedding(ep, m.stream);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+      const DevLayer& L = m.layers[l];
+      rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
+      if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
+      else mla_mixer(m, L.mla, c.kind_index(l), sm);
+      mark(2 * l + 1);
+      rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
+      if (c.is_moe(l)) moe(m, L.moe, T);
+      else mlp(m, L.mlp, T);
+      mark(2 * l + 2);
+      if (on_layer_output) {
+        m.layer_out.resize(size_t(T) * hid);
+        CUDA_CHECK(cudaMemcpyAsync(m.layer_out.data(), m.act.x, m.layer_out.size() * 4,
+                                   cudaMemcpyDeviceToHost, m.stream));
+        CUDA_CHECK(cudaStreamSynchronize(m.stream));
+        on_layer_output(l, m.layer_out.data(), T);
+      }
+    }
+  };
+  auto logits_rows = [&](int r0, int n) {
+    rmsnorm(m, m.final_norm, n, sm.rows + r0, m.act.final_x);
+    m.gemm->linear(m.act.final_x, m.lm_head, m.act.logits, n, V, hid, GemmOut::kF32, m.stream);
+  };
+  logits.resize(size_t(R) * V);
+  cudaGraphExec_t exec = nullptr;
+  if (graph) {
+    const std::pair<int, int> key{T, mb};
+    auto it = m.graphs.find(key);
+    if (it != m.graphs.end()) {
+      exec = it->second;
+    } else {
+      cudaGraph_t g = nullptr;
+      try {
+        CUDA_CHECK(cudaStreamBeginCapture(m.stream, cudaStreamCaptureModeThreadLocal));
+        try {
+          device_work();
+          logits_rows(0, R);
+        } catch (...) {
+          cudaStreamEndCapture(m.stream, &g);
+          if (g) cudaGraphDestroy(g);
+          throw;
+        }
+        CUDA_CHECK(cudaStreamEndCapture(m.stream, &g));
+        const cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
+        cudaGraphDestroy(g);
+        CUDA_CHECK(e);
+        m.graphs.emplace(key, exec);
+      } catch (const std::exception& e) {
+        spdlog::warn("cuda: decode-step graph capture failed, running eagerly from now on: {}", e.what());
+        cudaGetLastError();  // capture errors are not sticky: clear them
+        m.use_graphs = false;
+        exec = nullptr;
+      }
+    }
+  }
+  if (exec) {
+    CUDA_CHECK(cudaGraphLaunch(exec, m.stream));
+    CUDA_CHECK(cudaMemcpyAsync(logits.data(), m.act.logits, size_t(R) * V * 4,
+                               cudaMemcpyDeviceToHost, m.stream));
+  } else {
+    device_work();
+    for (int r0 = 0; r0 < R; r0 += m.logit_rows) {
+      const int n = std::min(m.logit_rows, R - r0);
+      logits_rows(r0, n);
+      CUDA_CHECK(cudaMemcpyAsync(logits.data() + size_t(r0) * V, m.act.logits, size_t(n) * V * 4,
+                                 cudaMemcpyDeviceToHost, m.stream));
+    }
+    mark(2 * c.num_hidden_layers + 1);
+  }
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  if (prof && !on_layer_output) {
+    const std::string phase = T == S ? "decode" : "prefill";
+    auto ms = [&](int a, int b) {
+      float v = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&v, m.prof_ev[a], m.prof_ev[b]));
+      return double(v);
+    };
+    const int L = c.num_hidden_layers;
+    for (int l = 0; l < L; ++l) {
+      m.prof_ms[phase + (c.is_kda(l) ? ".kda" : ".mla")] += ms(2 * l, 2 * l + 1);
+      m.prof_ms[phase + (c.is_moe(l) ? ".moe" : ".dense_mlp")] += ms(2 * l + 1, 2 * l + 2);
+    }
+    m.prof_ms[phase + ".logits"] += ms(2 * L, 2 * L + 1);
+    ++m.prof_steps[phase];
+  }
+}
+
+}  // namespace kimi
+
+#endif

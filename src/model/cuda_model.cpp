@@ -1,0 +1,311 @@
+// CudaModel: start-up (device and memory checks, one allocation each for weights, caches and
+// activations) and the forward, a straight-line mirror of CpuModel::forward (cpu_model.cpp):
+//   x = embed(tokens)                                     fp32 residual stream [T, hidden]
+//   per layer: a = RMSNorm(x); x += Mixer(a)  (KDA or MLA; o_proj accumulates into x)
+//              a = RMSNorm(x); x += FFN(a)    (dense MLP or MoE + shared expert)
+//   logits = lm_head · RMSNorm(x[rows])                   fp32, in chunks of logit_rows
+#if KIMI_HAVE_CUDA
+
+#include "model/cuda_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "core/check.h"
+#include "kda/kda.h"
+#include "mla/mla.h"
+#include "model/cuda_model_impl.h"
+#include "moe/moe.h"
+#include "norm/norm.h"
+
+namespace kimi {
+
+namespace {
+
+constexpr size_t kGemmWorkspace = size_t(32) << 20;
+constexpr size_t kReserve = size_t(512) << 20;  // CUDA context, cuBLAS, metadata, fragmentation
+
+double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
+std::string gib_str(size_t b) {
+  char s[32];
+  std::snprintf(s, sizeof s, "%.2f GiB", gib(b));
+  return s;
+}
+
+void check_device(cudaDeviceProp* prop) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0)
+    fail("the cuda backend needs an NVIDIA GPU: ",
+         e != cudaSuccess ? str("cudaGetDeviceCount failed: ", cudaGetErrorString(e))
+                          : std::string("no CUDA device is visible"));
+  CUDA_CHECK(cudaGetDeviceProperties(prop, 0));
+  if (prop->major != 9 || prop->minor != 0)
+    fail("GPU 0 is ", prop->name, " (sm_", prop->major, prop->minor,
+         "); this build's kernels cover sm_90a only (Hopper: H100/H200; KIMI_CUDA_ARCHITECTURES=90a)");
+}
+
+void check_config(const ModelConfig& c) {
+  KIMI_CHECK(c.hidden_size % 8 == 0, "cuda backend: hidden_size ", c.hidden_size,
+             " must be a multiple of 8");
+  if (c.num_experts > 0) {
+    if (c.num_experts > 1024) fail("cuda backend: num_experts ", c.num_experts, " exceeds 1024");
+    if (c.num_experts_per_token > 32)
+      fail("cuda backend: num_experts_per_token ", c.num_experts_per_token, " exceeds 32");
+    if (c.moe_intermediate_size % 8 != 0)
+      fail("cuda backend: moe_intermediate_size ", c.moe_intermediate_size,
+           " must be a multiple of 8");
+  }
+}
+
+}  // namespace
+
+void CudaModel::Impl::drop_graphs() {
+  for (auto& [key, exec] : graphs) cudaGraphExecDestroy(exec);
+  graphs.clear();
+}
+
+CudaModel::Impl::~Impl() {
+  drop_graphs();
+  for (auto e : prof_ev) cudaEventDestroy(e);
+  if (meta_host) cudaFreeHost(meta_host);
+  gemm.reset();
+  if (stream) cudaStreamDestroy(stream);
+}
+
+size_t CudaModel::Impl::layout_arena(Carver& c) {
+  const int T = Tm, hd = cfg.hidden_size;
+  act.x = c.take<float>(size_t(T) * hd);
+  act.a = c.take<bf16>(size_t(T) * hd);
+  if (cfg.num_kda_layers() > 0) {
+    const size_t HD = size_t(cfg.kda_num_heads) * kKdaHeadDim;
+    act.qkv = c.take<bf16>(T * 3 * HD);
+    act.low = c.take<bf16>(size_t(T) * 2 * kKdaHeadDim);
+    act.bb = c.take<bf16>(size_t(T) * cfg.kda_num_heads);
+    for (bf16** p : {&act.f, &act.z, &act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
+    act.g = c.take<float>(T * HD);
+    act.beta = c.take<float>(size_t(T) * cfg.kda_num_heads);
+    act.kda_ws_bytes = cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
+    act.kda_ws = c.take<uint8_t>(act.kda_ws_bytes);
+  }
+  if (cfg.num_mla_layers() > 0) {
+    const size_t Hm = cfg.num_attention_heads;
+    act.mq = c.take<bf16>(T * Hm * kMlaQkDim);
+    act.latent = c.take<float>(size_t(T) * kMlaCacheDim);
+    act.q_abs = c.take<bf16>(T * Hm * kMlaLatentDim);
+    act.u = c.take<bf16>(T * Hm * kMlaLatentDim);
+    act.attn = c.take<bf16>(T * Hm * kMlaVDim);
+    act.partials = c.take<float>(size_t(max_partials) * Hm * cuda::kMlaPartialStride);
+  }
+  int inter = 0;
+  for (int l = 0; l < cfg.num_hidden_layers; ++l)
+    inter = std::max(inter, cfg.is_moe(l) ? cfg.moe_intermediate_size * cfg.num_shared_experts
+                                          : cfg.intermediate_size);
+  act.gu = c.take<bf16>(size_t(T) * 2 * inter);
+  act.act = c.take<bf16>(size_t(T) * inter);
+  if (cfg.num_experts > 0) {
+    const int E = cfg.num_experts, K = cfg.num_experts_per_token;
+    act.hf = c.take<float>(size_t(T) * hd);
+    act.router_logits = c.take<float>(size_t(T) * E);
+    act.route_w = c.take<float>(size_t(T) * K);
+    act.route_ids = c.take<int>(size_t(T) * K);
+    act.perm_ws = c.take<int>(cuda::moe_permute_workspace_ints(E, int64_t(T) * K));
+    act.moe_act = c.take<bf16>(size_t(T) * K * cfg.moe_intermediate_size);
+    act.moe_y = c.take<float>(size_t(T) * K * hd);
+  }
+  act.final_x = c.take<bf16>(size_t(logit_rows) * hd);
+  act.logits = c.take<float>(size_t(logit_rows) * cfg.vocab_size);
+  return c.used;
+}
+
+CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts)
+    : impl_(std::make_unique<Impl>()) {
+  Impl& m = *impl_;
+  m.cfg = config;
+  m.opts = opts;
+  m.cache = opts.cache;
+  KIMI_CHECK(m.cache.num_slots >= 1 && m.cache.num_blocks >= 1, "cache sizes ", m.cache.num_slots,
+             " slots, ", m.cache.num_blocks, " blocks");
+  if (opts.max_batch_tokens < 1) fail("max_batch_tokens must be positive, got ", opts.max_batch_tokens);
+  KIMI_CHECK(ckpt || opts.random_weights, "CudaModel needs a checkpoint or random_weights");
+  check_config(config);
+  check_device(&m.prop);
+  CUDA_CHECK(cudaSetDevice(m.device));
+
+  // Sizes first (nothing allocated yet), then the fit check.
+  Carver wc;
+  const size_t wbytes = m.layout_weights(wc);
+  const int Lk = config.num_kda_layers(), Lm = config.num_mla_layers();
+  const size_t C = size_t(3) * config.kda_num_heads * kKdaHeadDim;
+  m.conv_per_slot = C * (kKdaConvSize - 1);
+  m.state_per_slot = size_t(config.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
+  m.mla_per_block = size_t(kBlockSize) * kMlaCacheDim;
+  const size_t slot_bytes = size_t(Lk) * (m.conv_per_slot * 2 + m.state_per_slot * 4);
+  const size_t block_bytes = size_t(Lm) * m.mla_per_block * 2;
+  const size_t cbytes = slot_bytes * m.cache.num_slots + block_bytes * m.cache.num_blocks + 3 * 256;
+  m.Tm = opts.max_batch_tokens;
+  m.logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(config.vocab_size) * 4), 1, m.Tm));
+  m.max_partials = 8 * m.prop.multiProcessorCount;
+  // Chunks of one step: full chunks of all tokens plus one partial chunk per sequence (capped:
+  // steps with more sequences than that fall back to the recurrent scan).
+  m.kda_chunk_cap = (m.Tm + kKdaChunk - 1) / kKdaChunk + std::min({m.Tm, m.cache.num_slots, 64});
+  Carver ac;
+  const size_t abytes = m.layout_arena(ac);
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  const size_t fixed = kGemmWorkspace + kReserve;
+  const size_t need = wbytes + cbytes + abytes + fixed;
+  if (need > free_b) {
+    std::string msg = str("the model does not fit on GPU 0 (", m.prop.name, "): it needs ",
+                          gib_str(need), " (weights ", gib_str(wbytes), ", KDA state ",
+                          gib_str(slot_bytes * m.cache.num_slots), " for ", m.cache.num_slots,
+                          " slots, MLA cache ", gib_str(block_bytes * m.cache.num_blocks), " for ",
+                          m.cache.num_blocks, " blocks = ", int64_t(m.cache.num_blocks) * kBlockSize,
+                          " tokens, activations ", gib_str(abytes), " for ", m.Tm,
+                          " tokens per step, workspace and reserve ", gib_str(fixed), ") but ",
+                          gib_str(free_b), " of ", gib_str(total_b), " are free. ");
+    if (wbytes + abytes + fixed > free_b) {
+      const size_t per_layer = config.num_hidden_layers > 1
+                                   ? (wbytes - 2 * size_t(config.vocab_size) * config.hidden_size * 2) /
+                                         config.num_hidden_layers
+                                   : wbytes;
+      const size_t avail = free_b > abytes + fixed + 2 * size_t(config.vocab_size) * config.hidden_size * 2
+                               ? free_b - abytes - fixed - 2 * size_t(config.vocab_size) * config.hidden_size * 2
+                               : 0;
+      msg += str("The weights alone take ", gib_str(wbytes),
+                 ": use a GPU with more memory or more GPUs (tensor parallelism is not in this "
+                 "build); with --random-weights, --layers ",
+                 std::max<size_t>(1, std::min<size_t>(avail / std::max<size_t>(per_layer, 1),
+                                                       size_t(config.num_hidden_layers))),
+                 " (of ", config.num_hidden_layers, ") would fit.");
+    } else {
+      const size_t room = free_b - wbytes - abytes - fixed;
+      const size_t slots_fit =
+          slot_bytes ? (room > block_bytes * m.cache.num_blocks
+                            ? (room - block_bytes * m.cache.num_blocks) / slot_bytes : 0)
+                     : 0;
+      const size_t blocks_fit =
+          block_bytes ? (room > slot_bytes * m.cache.num_slots
+                             ? (room - slot_bytes * m.cache.num_slots) / block_bytes : 0)
+                      : 0;
+      msg += str(gib_str(room), " remain for the caches after weights and activations: ", slots_fit,
+                 " KDA slots fit with ", m.cache.num_blocks, " blocks, or ", blocks_fit, " blocks (",
+                 blocks_fit * kBlockSize, " tokens) with ", m.cache.num_slots,
+                 " slots; or lower max_batch_tokens (", m.Tm, ").");
+    }
+    fail(msg);
+  }
+
+  if (const char* e = std::getenv("KIMI_CUDA_KDA")) {
+    const std::string v = e;
+    if (v == "recurrent") m.kda_path = 1;
+    else if (v == "chunked") m.kda_path = 2;
+    else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
+  }
+  if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
+  CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
+  m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
+  m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);
+  Carver wc2{m.weight_buf.data()};
+  m.layout_weights(wc2);
+  m.cache_buf = cuda::DeviceBuffer<uint8_t>(cbytes);
+  Carver cc{m.cache_buf.data()};
+  m.conv_state = cc.take<bf16>(size_t(Lk) * m.cache.num_slots * m.conv_per_slot);
+  m.kda_state = cc.take<float>(size_t(Lk) * m.cache.num_slots * m.state_per_slot);
+  m.mla_cache = cc.take<bf16>(size_t(Lm) * m.cache.num_blocks * m.mla_per_block);
+  m.cache_buf.fill_bytes(0);
+  m.arena_buf = cuda::DeviceBuffer<uint8_t>(abytes);
+  Carver ac2{m.arena_buf.data()};
+  m.layout_arena(ac2);
+  cuda::mla_prepare();
+  if (ckpt) m.load_weights(*ckpt);
+  else m.draw_weights(opts.seed);
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+CudaModel::~CudaModel() = default;
+
+const ModelConfig& CudaModel::config() const { return impl_->cfg; }
+CacheSizes CudaModel::cache_sizes() const { return impl_->cache; }
+size_t CudaModel::weight_bytes() const { return impl_->weight_buf.bytes(); }
+size_t CudaModel::cache_bytes() const { return impl_->cache_buf.bytes(); }
+size_t CudaModel::arena_bytes() const { return impl_->arena_buf.bytes(); }
+std::string CudaModel::device_name() const { return impl_->prop.name; }
+void CudaModel::set_use_graphs(bool on) {
+  impl_->use_graphs = on;
+  if (!on) impl_->drop_graphs();
+}
+size_t CudaModel::num_graphs() const { return impl_->graphs.size(); }
+
+void CudaModel::set_profile(bool on) {
+  Impl& m = *impl_;
+  m.profile = on;
+  m.prof_ms.clear();
+  m.prof_steps.clear();
+  if (on && m.prof_ev.empty()) {
+    m.prof_ev.resize(2 * m.cfg.num_hidden_layers + 2);
+    for (auto& e : m.prof_ev) CUDA_CHECK(cudaEventCreate(&e));
+  }
+}
+
+std::string CudaModel::profile_report() const {
+  const Impl& m = *impl_;
+  std::string out;
+  for (const char* phase : {"prefill", "decode"}) {
+    auto it = m.prof_steps.find(phase);
+    if (it == m.prof_steps.end() || it->second == 0) continue;
+    double total = 0;
+    std::string parts;
+    for (const auto& [k, ms] : m.prof_ms)
+      if (k.rfind(std::string(phase) + ".", 0) == 0) {
+        const double per = ms / it->second;
+        total += per;
+        char buf[96];
+        std::snprintf(buf, sizeof buf, "  %s %.3f ms", k.c_str() + std::strlen(phase) + 1, per);
+        parts += buf;
+      }
+    char head[96];
+    std::snprintf(head, sizeof head, "%s step (%d steps): %.3f ms =", phase, it->second, total);
+    out += head + parts + "\n";
+  }
+  return out;
+}
+
+void CudaModel::reset_slot(int slot) {
+  Impl& m = *impl_;
+  KIMI_CHECK(slot >= 0 && slot < m.cache.num_slots, "slot ", slot);
+  for (int l = 0; l < m.cfg.num_kda_layers(); ++l) {
+    const size_t base = size_t(l) * m.cache.num_slots + slot;
+    CUDA_CHECK(cudaMemsetAsync(m.conv_state + base * m.conv_per_slot, 0, m.conv_per_slot * 2, m.stream));
+    CUDA_CHECK(cudaMemsetAsync(m.kda_state + base * m.state_per_slot, 0, m.state_per_slot * 4, m.stream));
+  }
+}
+
+void CudaModel::copy_slot(int src, int dst) {
+  Impl& m = *impl_;
+  KIMI_CHECK(src >= 0 && src < m.cache.num_slots && dst >= 0 && dst < m.cache.num_slots);
+  for (int l = 0; l < m.cfg.num_kda_layers(); ++l) {
+    const size_t s = size_t(l) * m.cache.num_slots + src, d = size_t(l) * m.cache.num_slots + dst;
+    CUDA_CHECK(cudaMemcpyAsync(m.conv_state + d * m.conv_per_slot, m.conv_state + s * m.conv_per_slot,
+                               m.conv_per_slot * 2, cudaMemcpyDeviceToDevice, m.stream));
+    CUDA_CHECK(cudaMemcpyAsync(m.kda_state + d * m.state_per_slot, m.kda_state + s * m.state_per_slot,
+                               m.state_per_slot * 4, cudaMemcpyDeviceToDevice, m.stream));
+  }
+}
+
+void CudaModel::copy_block(int src, int dst) {
+  Impl& m = *impl_;
+  KIMI_CHECK(src >= 0 && src < m.cache.num_blocks && dst >= 0 && dst < m.cache.num_blocks);
+  for (int l = 0; l < m.cfg.num_mla_layers(); ++l) {
+    const size_t s = size_t(l) * m.cache.num_blocks + src, d = size_t(l) * m.cache.num_blocks + dst;
+    CUDA_CHECK(cudaMemcpyAsync(m.mla_cache + d * m.mla_per_block, m.mla_cache + s * m.mla_per_block,
+                               m.mla_per_block * 2, cudaMemcpyDeviceToDevice, m.stream));
+  }
+}
+
+}  // namespace kimi
+
+#endif

@@ -1,0 +1,57 @@
+// The CUDA backend: the whole model on one GPU (issue 8). bf16 weights uploaded once (or drawn
+// on the GPU with ModelOptions::random_weights), fp32 residual stream, bf16 activations carved
+// from one arena sized at start-up for ModelOptions::max_batch_tokens, cuBLASLt projections and
+// the kernels of kernels/ (KDA, MLA, MoE, norm, misc).
+// Caches: KDA recurrent state fp32 [slots, H, 128, 128] + conv state bf16 [slots, 3·H·128, 3]
+// per KDA layer; MLA latent cache bf16 [blocks, 64, 576] per MLA layer.
+// Start-up refuses a GPU the build does not cover (sm_90) and a model that does not fit, saying
+// how much is needed, how much is free and what would fit.
+// This header is plain C++ (no CUDA types): the implementation lives behind a pointer.
+#pragma once
+
+#if KIMI_HAVE_CUDA
+
+#include <memory>
+#include <string>
+
+#include "model/model.h"
+#include "model/safetensors.h"
+
+namespace kimi {
+
+class CudaModel final : public Model {
+ public:
+  // ckpt == nullptr draws the weights (opts.random_weights).
+  CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts);
+  ~CudaModel() override;
+
+  const ModelConfig& config() const override;
+  CacheSizes cache_sizes() const override;
+  void forward(const Batch& batch, std::vector<float>& logits) override;
+  void reset_slot(int slot) override;
+  void copy_slot(int src, int dst) override;
+  void copy_block(int src, int dst) override;
+
+  // Device memory held by the weights, the caches and the activation arena (bytes).
+  size_t weight_bytes() const;
+  size_t cache_bytes() const;
+  size_t arena_bytes() const;
+  std::string device_name() const;
+  // Decode steps (one token per sequence) replay CUDA graphs captured per (batch size,
+  // block-table width); off: every step launches eagerly. Default on (env KIMI_CUDA_GRAPHS=0: off).
+  void set_use_graphs(bool on);
+  size_t num_graphs() const;
+  // Times every layer's mixer and FFN and the logits with CUDA events (forces eager steps);
+  // profile_report() gives the mean ms per step of each component, split prefill/decode.
+  void set_profile(bool on);
+  std::string profile_report() const;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kimi
+
+#endif

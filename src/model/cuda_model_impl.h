@@ -1,0 +1,165 @@
+// Internals of CudaModel shared by cuda_model.cpp (start-up, forward) and cuda_weights.cpp
+// (weight layout, upload, random draw). Host C++: calls the launchers of kernels/ through their
+// plain headers.
+#pragma once
+
+#if KIMI_HAVE_CUDA
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "gemm/gemm.h"
+#include "misc/misc.h"
+#include "model/cuda_model.h"
+#include "ops/cuda/device_buffer.h"
+
+namespace kimi {
+
+using cuda::bf16;
+
+// Bump allocator over one device allocation. Pass 1 (base == nullptr) only measures; pass 2
+// hands out the same offsets inside the real buffer.
+struct Carver {
+  uint8_t* base = nullptr;
+  size_t used = 0;
+  template <typename T>
+  T* take(size_t n) {
+    used = (used + 255) & ~size_t(255);
+    T* p = base ? reinterpret_cast<T*>(base + used) : nullptr;
+    used += n * sizeof(T);
+    return p;
+  }
+};
+
+struct DevKda {
+  bf16* qkv = nullptr;    // [3·H·D, hidden]
+  bf16* fg_a = nullptr;   // [2·D, hidden]: f_a | g_a
+  bf16* b = nullptr;      // [H, hidden]
+  bf16* f_b = nullptr;    // [H·D, D]
+  bf16* g_b = nullptr;    // [H·D, D]
+  bf16* o = nullptr;      // [hidden, H·D]
+  float* conv = nullptr;  // [3·H·D, 4]
+  float* A_log = nullptr; // [H]
+  float* dt_bias = nullptr;  // [H·D]
+  float* o_norm = nullptr;   // [D]
+};
+struct DevMla {
+  bf16* q = nullptr;        // [H·192, hidden]
+  bf16* kv_a = nullptr;     // [576, hidden]
+  float* kv_norm = nullptr; // [512]
+  bf16* kv_b = nullptr;     // [H·256, 512]
+  bf16* o = nullptr;        // [hidden, H·128]
+};
+struct DevMlp {
+  int inter = 0;
+  bf16* gate_up = nullptr;  // [2·inter, hidden]: gate | up
+  bf16* down = nullptr;     // [hidden, inter]
+};
+struct DevMoe {
+  float* router = nullptr;  // [E, hidden] fp32: routing picks discrete experts, keep it exact
+  float* bias = nullptr;    // [E]
+  bf16* w13 = nullptr;      // [E, 2I, hidden]: w1 | w3 per expert
+  bf16* w2 = nullptr;       // [E, hidden, I]
+  DevMlp shared;
+};
+struct DevLayer {
+  float* in_norm = nullptr;
+  float* post_norm = nullptr;
+  DevKda kda;
+  DevMla mla;
+  DevMlp mlp;
+  DevMoe moe;
+};
+
+// One destination of the weight arena and the checkpoint tensors concatenated into it.
+struct WeightFill {
+  void* dst = nullptr;
+  bool bf16 = true;  // else fp32
+  std::vector<std::string> names;
+};
+
+struct CudaModel::Impl {
+  ModelConfig cfg;
+  ModelOptions opts;
+  CacheSizes cache;
+  int device = 0;
+  cudaDeviceProp prop{};
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<cuda::Gemm> gemm;
+
+  // Weights.
+  cuda::DeviceBuffer<uint8_t> weight_buf;
+  bf16* embed = nullptr;      // [V, hidden]
+  float* final_norm = nullptr;
+  bf16* lm_head = nullptr;    // [V, hidden]
+  std::vector<DevLayer> layers;
+  std::vector<WeightFill> fills;
+
+  // Caches.
+  cuda::DeviceBuffer<uint8_t> cache_buf;
+  bf16* conv_state = nullptr;  // [Lk, slots, C, 3]
+  float* kda_state = nullptr;  // [Lk, slots, H, D, D]
+  bf16* mla_cache = nullptr;   // [Lm, blocks, 64, 576]
+  size_t conv_per_slot = 0, state_per_slot = 0, mla_per_block = 0;
+
+  // Activation arena (sized for Tm = opts.max_batch_tokens).
+  cuda::DeviceBuffer<uint8_t> arena_buf;
+  int Tm = 0, logit_rows = 0, max_partials = 0, kda_chunk_cap = 0;
+  struct Act {
+    float* x;          // [Tm, hidden] residual stream
+    bf16* a;           // [Tm, hidden] normed input of a block
+    bf16 *qkv, *low, *f, *z, *bb, *q, *k, *v, *o, *y;  // KDA
+    float *g, *beta;
+    void* kda_ws;   // chunked KDA workspace for kda_chunk_cap chunks
+    size_t kda_ws_bytes;
+    bf16 *mq, *q_abs, *u, *attn;  // MLA
+    float *latent, *partials;
+    bf16 *gu, *act;               // dense MLP / shared expert
+    float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
+    int *route_ids, *perm_ws;
+    bf16* moe_act;
+    float* moe_y;
+    bf16* final_x;                // [logit_rows, hidden]
+    float* logits;                // [logit_rows, V]
+  } act{};
+
+  // Per-step metadata: one pinned host staging buffer and its device twin (grown if a batch
+  // needs more; a step of the sizes seen before allocates nothing).
+  cuda::DeviceBuffer<int> meta_dev;
+  int* meta_host = nullptr;
+  size_t meta_cap = 0;
+  std::vector<float> layer_out;  // on_layer_output staging
+  bool warned_recurrent = false;
+  // Per-component timing (eager steps only): events at every layer boundary.
+  bool profile = false;
+  std::vector<cudaEvent_t> prof_ev;
+  std::map<std::string, double> prof_ms;
+  std::map<std::string, int> prof_steps;
+  // CUDA graphs of decode steps, keyed by (batch size, block-table width); replayed with the
+  // step's metadata copied into the same device buffer. Env KIMI_CUDA_GRAPHS=0 turns them off.
+  bool use_graphs = true;
+  std::map<std::pair<int, int>, cudaGraphExec_t> graphs;
+  void drop_graphs();
+  // Debug (env KIMI_CUDA_KDA): 0 auto (fused decode, chunked prefill), 1 recurrent scan only,
+  // 2 chunked only (no fused decode).
+  int kda_path = 0;
+
+  ~Impl();
+  size_t weight_bytes() const { return weight_buf.bytes(); }
+  // cuda_weights.cpp
+  size_t layout_weights(Carver& c);  // sets pointers (pass 2) and fills
+  void load_weights(const Checkpoint& ckpt);
+  void draw_weights(uint64_t seed);
+  // cuda_model.cpp
+  size_t layout_arena(Carver& c);
+};
+
+}  // namespace kimi
+
+#endif

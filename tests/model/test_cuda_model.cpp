@@ -1,0 +1,311 @@
+// CudaModel start-up and --random-weights: weights drawn from config.json alone are reproducible
+// and give finite logits; a model that does not fit is refused with the sizes in the message;
+// the cpu backend refuses random weights and layer truncation needs random weights.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
+#include "../ops/gpu_test_util.h"
+#include "model/model.h"
+#if KIMI_HAVE_CUDA
+#include "model/cuda_model.h"
+#endif
+#include "model/tiny.h"
+
+namespace kimi {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A model directory holding only config.json (the tiny test shapes, 4 layers: 3 KDA + 1 MLA).
+std::string config_only_dir() {
+  const fs::path dir = fs::temp_directory_path() / "kimi-cuda-config-only";
+  fs::create_directories(dir);
+  TinySpec spec;
+  std::ofstream(dir / "config.json") << tiny_config_json(spec);
+  return dir.string();
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(CudaModelHost, RandomWeightsNeedCudaAndLayersNeedRandom) {
+  const std::string dir = config_only_dir();
+  ModelOptions o;
+  o.random_weights = true;
+  EXPECT_NE(error_of([&] { load_model(dir, o); }).find("need the cuda backend"), std::string::npos);
+  ModelOptions o2;
+  o2.num_layers = 2;
+  EXPECT_NE(error_of([&] { load_model(dir, o2); }).find("needs random weights"), std::string::npos);
+}
+
+class CudaModelGpu : public ::testing::Test {
+ protected:
+  void SetUp() override {
+#if KIMI_HAVE_CUDA
+    const std::string why = test::gpu_unavailable_reason();
+    if (!why.empty()) {
+      std::fprintf(stderr, "GPU model test skipped: %s\n", why.c_str());
+      GTEST_SKIP() << why;
+    }
+#else
+    std::fprintf(stderr, "GPU model test skipped: built without the CUDA backend\n");
+    GTEST_SKIP() << "built without the CUDA backend";
+#endif
+  }
+};
+
+std::vector<float> run_once(const std::string& dir, uint64_t seed, int layers) {
+  ModelOptions o;
+  o.backend = "cuda";
+  o.random_weights = true;
+  o.seed = seed;
+  o.num_layers = layers;
+  o.cache.num_slots = 2;
+  o.cache.num_blocks = 4;
+  o.max_batch_tokens = 200;
+  auto m = load_model(dir, o);
+  EXPECT_EQ(m->config().num_hidden_layers, layers ? layers : 4);
+  Batch b;
+  b.all_logits = true;
+  std::vector<int> ids(150);
+  for (int i = 0; i < 150; ++i) ids[i] = (i * 37) % 1000;
+  b.add(ids, 150, 1, {2, 0, 3});
+  std::vector<float> logits;
+  m->forward(b, logits);
+  Batch d;
+  d.add({5}, 151, 1, {2, 0, 3});
+  std::vector<float> step;
+  m->forward(d, step);
+  logits.insert(logits.end(), step.begin(), step.end());
+  return logits;
+}
+
+TEST_F(CudaModelGpu, RandomWeightsFromConfigAloneAreReproducible) {
+  const std::string dir = config_only_dir();
+  std::vector<float> a = run_once(dir, 7, 0), b = run_once(dir, 7, 0), c = run_once(dir, 8, 0);
+  size_t bad = 0;
+  for (float v : a) bad += !std::isfinite(v);
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  double mean_abs = 0;
+  for (float v : a) mean_abs += std::fabs(v);
+  EXPECT_GT(mean_abs / a.size(), 1e-3);  // not all zeros
+  std::vector<float> two = run_once(dir, 7, 2);
+  EXPECT_EQ(two.size(), a.size());
+  EXPECT_NE(two, a);
+}
+
+TEST_F(CudaModelGpu, RefusesAModelThatDoesNotFit) {
+  const std::string dir = config_only_dir();
+  ModelOptions o;
+  o.backend = "cuda";
+  o.random_weights = true;
+  o.cache.num_blocks = 200'000'000;  // 200M blocks × 64 tokens × 1152 B: far beyond any card
+  const std::string msg = error_of([&] { load_model(dir, o); });
+  std::printf("refusal: %s\n", msg.c_str());
+  for (const char* part : {"does not fit", "needs", "free", "MLA cache", "blocks", "fit"})
+    EXPECT_NE(msg.find(part), std::string::npos) << part << " not in: " << msg;
+}
+
+}  // namespace
+}  // namespace kimi
+
+namespace kimi {
+namespace {
+
+// A tiny BF16 checkpoint whose router selects every expert (top_k = num_experts): no discrete
+// routing decision, so GPU and CPU logits can be compared at every position of long sequences.
+// 8 layers (MLA at 4 and 8), hidden 256, 2 KDA and 2 MLA heads, 16 experts.
+class CudaVsCpu : public CudaModelGpu {
+ protected:
+  static void SetUpTestSuite() {
+#if KIMI_HAVE_CUDA
+    if (!test::gpu_unavailable_reason().empty()) return;
+    dir_ = (fs::temp_directory_path() / "kimi-cuda-vs-cpu").string();
+    TinySpec spec;
+    spec.layers = 8;
+    spec.top_k = spec.experts;
+    spec.seed = 5;
+    write_tiny_checkpoint(dir_, spec);
+    ModelOptions o;
+    o.cache.num_slots = 6;
+    o.cache.num_blocks = 40;
+    cpu_ = load_model(dir_, o).release();
+    o.backend = "cuda";
+    o.max_batch_tokens = 512;
+    gpu_ = load_model(dir_, o).release();
+#endif
+  }
+  static void TearDownTestSuite() {
+    delete cpu_;
+    delete gpu_;
+    cpu_ = gpu_ = nullptr;
+  }
+  void SetUp() override {
+    CudaModelGpu::SetUp();
+    if (!IsSkipped()) {
+      ASSERT_TRUE(gpu_ && cpu_);
+    }
+  }
+  static std::vector<int> ids(int n, int salt) {
+    std::vector<int> v(n);
+    for (int i = 0; i < n; ++i) v[i] = (i * 131 + salt * 17 + 7) % 1024;
+    return v;
+  }
+  static std::vector<int> blocks(int first, int n) {
+    std::vector<int> b(n);
+    for (int i = 0; i < n; ++i) b[i] = first + i;
+    return b;
+  }
+  // Whole-prompt prefill, every position's logits.
+  static std::vector<float> prefill(Model* m, const std::vector<int>& t, int slot, int first_block) {
+    m->reset_slot(slot);
+    Batch b;
+    b.all_logits = true;
+    b.add(t, int(t.size()), slot, blocks(first_block, int(t.size()) / kBlockSize + 2));
+    std::vector<float> logits;
+    m->forward(b, logits);
+    return logits;
+  }
+  static double rel_l2(const float* a, const float* b, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; ++i) num += double(a[i] - b[i]) * (a[i] - b[i]), den += double(b[i]) * b[i];
+    return std::sqrt(num / std::max(den, 1e-30));
+  }
+  static std::string dir_;
+  static Model *cpu_, *gpu_;
+};
+std::string CudaVsCpu::dir_;
+Model* CudaVsCpu::cpu_ = nullptr;
+Model* CudaVsCpu::gpu_ = nullptr;
+constexpr double kVsCpuTol = 2e-2;
+
+TEST_F(CudaVsCpu, LongPrefillEveryPosition) {
+  const int V = gpu_->config().vocab_size;
+  for (int n : {1, 65, 300}) {
+    const std::vector<int> t = ids(n, n);
+    const std::vector<float> ref = prefill(cpu_, t, 0, 0), got = prefill(gpu_, t, 0, 0);
+    double worst = 0;
+    int top1 = 0;
+    for (int i = 0; i < n; ++i) {
+      worst = std::max(worst, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
+      top1 += std::max_element(got.begin() + size_t(i) * V, got.begin() + size_t(i + 1) * V) - got.begin() ==
+              std::max_element(ref.begin() + size_t(i) * V, ref.begin() + size_t(i + 1) * V) - ref.begin();
+    }
+    std::printf("prefill T=%d: max relative L2 vs CPU %.3g, top-1 agreement %d/%d\n", n, worst, top1, n);
+    EXPECT_LE(worst, kVsCpuTol) << "T=" << n;
+  }
+}
+
+// GPU prefill of a prefix then GPU decode steps against one CPU prefill of the whole sequence.
+TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
+#if KIMI_HAVE_CUDA
+  const int V = gpu_->config().vocab_size, n = 200;
+  const std::vector<int> t = ids(n, 3);
+  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
+  auto* cm = dynamic_cast<CudaModel*>(gpu_);
+  ASSERT_TRUE(cm);
+  for (bool graphs : {true, false}) {
+    cm->set_use_graphs(graphs);
+    for (int split : {1, 64, 130}) {
+      std::vector<float> logits = prefill(gpu_, std::vector<int>(t.begin(), t.begin() + split), 2, 20);
+      double worst = 0;
+      for (int i = split; i < n; ++i) {
+        Batch d;
+        d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
+        gpu_->forward(d, logits);
+        worst = std::max(worst, rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
+      }
+      std::printf("split %d: %d GPU decode steps (%s), max relative L2 vs CPU prefill %.3g\n", split,
+                  n - split, graphs ? "graphs" : "eager", worst);
+      EXPECT_LE(worst, kVsCpuTol) << "split " << split << (graphs ? " graphs" : " eager");
+    }
+    if (graphs) {
+      EXPECT_GE(cm->num_graphs(), 1u) << "decode steps should have been captured";
+    } else {
+      EXPECT_EQ(cm->num_graphs(), 0u);
+    }
+  }
+  cm->set_use_graphs(true);
+#endif
+}
+
+// The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).
+TEST_F(CudaVsCpu, ChunkedPrefillMatchesCpu) {
+  const int V = gpu_->config().vocab_size, n = 257;
+  const std::vector<int> t = ids(n, 4);
+  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
+  gpu_->reset_slot(3);
+  double worst = 0;
+  int pos = 0;
+  for (int piece : {7, 57, 65, 1, 127}) {
+    Batch b;
+    b.all_logits = true;
+    b.add(std::vector<int>(t.begin() + pos, t.begin() + pos + piece), pos + piece, 3, blocks(30, n / kBlockSize + 2));
+    std::vector<float> logits;
+    gpu_->forward(b, logits);
+    for (int i = 0; i < piece; ++i)
+      worst = std::max(worst, rel_l2(logits.data() + size_t(i) * V, ref.data() + size_t(pos + i) * V, V));
+    pos += piece;
+  }
+  ASSERT_EQ(pos, n);
+  std::printf("chunked prefill (7, 57, 65, 1, 127): max relative L2 vs CPU %.3g\n", worst);
+  EXPECT_LE(worst, kVsCpuTol);
+}
+
+// One GPU batch: a fresh 150-token prefill, a decode step, a 9-token continuation; against the
+// CPU running each alone.
+TEST_F(CudaVsCpu, MixedBatchMatchesCpu) {
+  const int V = gpu_->config().vocab_size;
+  const std::vector<int> a = ids(150, 5), b = ids(90, 6), c = ids(70, 7);
+  auto setup = [&](Model* m) {
+    prefill(m, std::vector<int>(b.begin(), b.end() - 1), 4, 0);
+    prefill(m, std::vector<int>(c.begin(), c.end() - 9), 1, 5);
+    m->reset_slot(5);
+  };
+  auto run_alone = [&](Model* m) {
+    setup(m);
+    std::vector<float> out = prefill(m, a, 5, 10), x;
+    Batch bd;
+    bd.add({b.back()}, 90, 4, blocks(0, 3));
+    m->forward(bd, x);
+    out.insert(out.end(), x.begin(), x.end());
+    Batch cd;
+    cd.all_logits = true;
+    cd.add(std::vector<int>(c.end() - 9, c.end()), 70, 1, blocks(5, 3));
+    m->forward(cd, x);
+    out.insert(out.end(), x.begin(), x.end());
+    return out;
+  };
+  const std::vector<float> ref = run_alone(cpu_);
+  setup(gpu_);
+  Batch m;
+  m.all_logits = true;
+  m.add(a, 150, 5, blocks(10, 4));
+  m.add({b.back()}, 90, 4, blocks(0, 3));
+  m.add(std::vector<int>(c.end() - 9, c.end()), 70, 1, blocks(5, 3));
+  std::vector<float> got;
+  gpu_->forward(m, got);
+  ASSERT_EQ(got.size(), ref.size());
+  double worst = 0;
+  for (size_t r = 0; r < got.size() / V; ++r)
+    worst = std::max(worst, rel_l2(got.data() + r * V, ref.data() + r * V, V));
+  std::printf("mixed batch (prefill 150 + decode + continue 9): max relative L2 vs CPU alone %.3g\n", worst);
+  EXPECT_LE(worst, kVsCpuTol);
+}
+
+}  // namespace
+}  // namespace kimi

@@ -1,0 +1,280 @@
+// MLA GPU kernels against the CPU reference (src/ops/cpu/mla.h): the latent cache write (RMSNorm
+// of ĉ + paged bf16 store) and the absorbed attention chain (q_abs GEMM → paged attention with
+// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables.
+// Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200); we allow
+// 1e-2 relative RMS and 0.1 max-abs.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+
+#include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
+#include "gpu_test_util.h"
+#include "model/config.h"
+#include "ops/cpu/basic.h"
+#include "ops/cpu/mla.h"
+
+#if KIMI_HAVE_CUDA
+#include "gemm/gemm.h"
+#include "mla/mla.h"
+#endif
+
+namespace kimi::test {
+namespace {
+
+#if KIMI_HAVE_CUDA
+struct Seq {
+  int n_new, ctx;
+};
+
+struct PagedBatch {
+  std::vector<int> cu{0}, ctx, tables;
+  int mb = 0, num_blocks = 0;
+};
+
+PagedBatch make_batch(std::mt19937& rng, const std::vector<Seq>& seqs) {
+  PagedBatch b;
+  for (auto s : seqs) b.mb = std::max(b.mb, (s.ctx + 63) / 64);
+  for (auto s : seqs) b.num_blocks += (s.ctx + 63) / 64;
+  b.num_blocks += 3;  // unused blocks that must stay untouched
+  std::vector<int> ids(b.num_blocks);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  int next = 0;
+  for (auto s : seqs) {
+    b.cu.push_back(b.cu.back() + s.n_new);
+    b.ctx.push_back(s.ctx);
+    for (int j = 0; j < b.mb; ++j) b.tables.push_back(j < (s.ctx + 63) / 64 ? ids[next++] : 0);
+  }
+  return b;
+}
+
+using cuda::bf16;
+
+void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
+  std::mt19937 rng(seed);
+  PagedBatch b = make_batch(rng, seqs);
+  const int S = int(seqs.size()), T = b.cu.back();
+  const size_t cache_n = size_t(b.num_blocks) * 64 * 576;
+  auto cache = random_bf16(rng, cache_n, -1.f, 1.f);
+  auto q = random_bf16(rng, size_t(T) * H * 192, -1.f, 1.f);
+  auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
+  auto cache_f = bf16_to_float(cache), q_f = bf16_to_float(q), kvb_f = bf16_to_float(kv_b);
+  std::vector<float> ref(size_t(T) * H * 128);
+  cpu::MlaAttnParams cp;
+  cp.num_seqs = S, cp.cu_seqlens = b.cu.data(), cp.context_lens = b.ctx.data();
+  cp.block_tables = b.tables.data(), cp.max_blocks_per_seq = b.mb, cp.num_blocks = b.num_blocks;
+  cp.cache = cache_f.data(), cp.num_heads = H, cp.q = q_f.data(), cp.kv_b = kvb_f.data();
+  cp.scale = 1.f / std::sqrt(192.f), cp.out = ref.data();
+  cpu::mla_attention_absorbed(cp);
+
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const int max_partials = 8 * prop.multiProcessorCount;
+  cuda::MlaAttnPlan plan = cuda::make_mla_attn_plan(S, b.cu.data(), b.ctx.data(), H,
+                                                    prop.multiProcessorCount, max_partials);
+  GuardedBuffer<uint16_t> dcache(cache_n), dq(q.size()), dkvb(kv_b.size());
+  GuardedBuffer<uint16_t> dqabs(size_t(T) * H * 512), du(size_t(T) * H * 512), dout(ref.size());
+  GuardedBuffer<int> dtab(b.tables.size()), dsb(T), dns(T);
+  GuardedBuffer<int> di1(std::max<size_t>(1, 7 * plan.items1.size())),
+      di4(std::max<size_t>(1, 7 * plan.items4.size()));
+  GuardedBuffer<float> dpart(std::max<size_t>(1, size_t(max_partials) * H * cuda::kMlaPartialStride));
+  dcache.upload(cache);
+  dq.upload(q);
+  dkvb.upload(kv_b);
+  dtab.upload(b.tables);
+  dsb.upload(plan.split_base);
+  dns.upload(plan.num_splits);
+  auto as_ints = [](const std::vector<cuda::MlaWorkItem>& v) {
+    std::vector<int> o(7 * v.size());
+    std::memcpy(o.data(), v.data(), o.size() * 4);
+    return o;
+  };
+  if (!plan.items1.empty()) di1.upload(as_ints(plan.items1));
+  if (!plan.items4.empty()) di4.upload(as_ints(plan.items4));
+  dqabs.poison();
+  du.poison();
+  dout.poison();
+
+  cuda::Gemm gemm;
+  cuda::GemmArgs g;
+  g.M = T, g.N = 512, g.K = 128, g.A = reinterpret_cast<bf16*>(dq.data()), g.lda = H * 192;
+  g.stride_a = 192, g.B = reinterpret_cast<bf16*>(dkvb.data()), g.ldb = 512;
+  g.stride_b = 256 * 512, g.b_kn = true, g.C = dqabs.data(), g.ldc = H * 512, g.stride_c = 512;
+  g.batch = H;
+  gemm.run(g, nullptr);
+  cuda::MlaAttnParams ap;
+  ap.num_tokens = T, ap.num_heads = H, ap.q_abs = reinterpret_cast<bf16*>(dqabs.data());
+  ap.q = reinterpret_cast<bf16*>(dq.data()), ap.cache = reinterpret_cast<bf16*>(dcache.data());
+  ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
+  ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
+  ap.u = reinterpret_cast<bf16*>(du.data());
+  ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
+  ap.num_items = int(plan.items1.size());
+  cuda::run_mla_attention(ap, 1, nullptr);
+  ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di4.data());
+  ap.num_items = int(plan.items4.size());
+  cuda::run_mla_attention(ap, 4, nullptr);
+  if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
+  cuda::GemmArgs g2;
+  g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
+  g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
+  g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
+  gemm.run(g2, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  auto got = bf16_to_float(dout.to_host());
+  std::string desc = str("mla H", H, " S", S, " T", T, " splits ", plan.num_partials, " items ",
+                         plan.items1.size(), "+", plan.items4.size());
+  expect_close(desc, got.data(), ref.data(), ref.size(), 1e-2, 0.1);
+  EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
+              dpart.guards_intact());
+  // The cache is read-only here.
+  EXPECT_EQ(dcache.to_host(), cache);
+}
+#endif
+
+TEST(MlaGpu, AttentionMixedPrefillDecode) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const std::vector<Seq> mixed = {{1, 1}, {7, 7}, {1, 130}, {65, 200}, {63, 63}, {64, 128}, {1, 64}};
+  for (int H : {2, 10, 32}) run_chain(mixed, H, 100 + H);
+#endif
+}
+
+TEST(MlaGpu, AttentionLongPrefill) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  run_chain({{769, 769}}, 8, 3);
+  run_chain({{65, 1000}, {1, 1}}, 4, 4);
+#endif
+}
+
+TEST(MlaGpu, DecodeSplitKv) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  run_chain({{1, 5000}}, 32, 5);               // batch 1: split over the KV length
+  run_chain({{1, 3000}, {1, 77}, {1, 1025}}, 32, 6);
+  run_chain({{1, 2049}, {2, 700}}, 2, 7);      // splits in a 2-query item too
+#endif
+}
+
+TEST(MlaGpu, CacheWriteNormsAndPlaces) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(11);
+  for (auto seqs : {std::vector<Seq>{{1, 1}}, std::vector<Seq>{{7, 70}, {1, 64}, {65, 65}, {1, 129}},
+                    std::vector<Seq>{{769, 800}}}) {
+    PagedBatch b = make_batch(rng, seqs);
+    const int S = int(seqs.size()), T = b.cu.back();
+    const size_t cache_n = size_t(b.num_blocks) * 64 * 576;
+    auto cache = random_bf16(rng, cache_n, -1.f, 1.f);
+    auto latent = random_f32(rng, size_t(T) * 576, -3.f, 3.f);
+    auto w = random_f32(rng, 512, 0.5f, 1.5f);
+    std::vector<float> normed = latent, cache_ref = bf16_to_float(cache);
+    for (int t = 0; t < T; ++t) cpu::rmsnorm(&normed[size_t(t) * 576], w.data(), &normed[size_t(t) * 576], 1, 512, 1e-5f);
+    cpu::MlaCacheWriteParams cp;
+    cp.num_seqs = S, cp.cu_seqlens = b.cu.data(), cp.context_lens = b.ctx.data();
+    cp.block_tables = b.tables.data(), cp.max_blocks_per_seq = b.mb, cp.num_blocks = b.num_blocks;
+    cp.latent = normed.data(), cp.cache = cache_ref.data();
+    cpu::mla_cache_write(cp);
+    GuardedBuffer<uint16_t> dcache(cache_n);
+    GuardedBuffer<float> dlat(latent.size()), dw(512);
+    GuardedBuffer<int> dcu(S + 1), dctx(S), dtab(b.tables.size());
+    dcache.upload(cache);
+    dlat.upload(latent);
+    dw.upload(w);
+    dcu.upload(b.cu);
+    dctx.upload(b.ctx);
+    dtab.upload(b.tables);
+    cuda::MlaCacheWriteParams p;
+    p.num_seqs = S, p.num_tokens = T, p.cu_seqlens = dcu.data(), p.context_lens = dctx.data();
+    p.block_tables = dtab.data(), p.max_blocks_per_seq = b.mb, p.latent = dlat.data();
+    p.norm_weight = dw.data(), p.cache = reinterpret_cast<cuda::bf16*>(dcache.data());
+    cuda::run_mla_cache_write(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = bf16_to_float(dcache.to_host());
+    expect_close(str("cache write T", T), got.data(), cache_ref.data(), got.size(), 4e-3, 0.05);
+    EXPECT_TRUE(dcache.guards_intact());
+  }
+#endif
+}
+
+}  // namespace
+}  // namespace kimi::test
+
+namespace kimi::test {
+namespace {
+
+#if KIMI_HAVE_CUDA
+// The host plan covers every (query token, key position <= its position) exactly once, and
+// splits only where the GPU would otherwise idle.
+TEST(MlaPlan, CoversEveryCausalPairOnce) {
+  std::mt19937 rng(12);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<int> cu{0}, ctx;
+    const int S = 1 + int(rng() % 5);
+    for (int s = 0; s < S; ++s) {
+      const int n = rng() % 3 ? 1 : 1 + int(rng() % 70);
+      const int L = n + int(rng() % 3000);
+      cu.push_back(cu.back() + n);
+      ctx.push_back(L);
+    }
+    const int T = cu.back();
+    const int H = 1 + int(rng() % 32);
+    cuda::MlaAttnPlan plan = cuda::make_mla_attn_plan(S, cu.data(), ctx.data(), H, 132, 1056);
+    std::vector<std::vector<int>> seen(T);
+    for (int s = 0; s < S; ++s)
+      for (int t = cu[s]; t < cu[s + 1]; ++t) seen[t].assign(ctx[s] - (cu[s + 1] - t) + 1, 0);
+    EXPECT_LE(plan.num_partials, 1056);
+    for (auto* list : {&plan.items1, &plan.items4})
+      for (const auto& it : *list) {
+        ASSERT_GE(it.nq, 1);
+        ASSERT_LE(it.nq, list == &plan.items1 ? 1 : 4);
+        for (int i = 0; i < it.nq; ++i) {
+          const int t = it.q_begin + i;
+          EXPECT_EQ(it.split >= 0, plan.num_splits[t] > 0);
+          if (it.split >= 0) {
+            EXPECT_LT(it.split, plan.num_splits[t]);
+          }
+          for (int j = it.kv_begin; j < it.kv_end; ++j)
+            if (j <= it.q_pos0 + i) ++seen[t].at(j);
+        }
+      }
+    for (int t = 0; t < T; ++t)
+      for (size_t j = 0; j < seen[t].size(); ++j)
+        ASSERT_EQ(seen[t][j], 1) << "trial " << trial << " token " << t << " key " << j;
+  }
+}
+
+// The fixed-shape decode plan (CUDA-graph replay): every sequence gets the same number of splits
+// whatever its context, the splits cover [0, context) exactly once, and the partial slots fit.
+TEST(MlaPlan, DecodePlanFixedShapeCoversContext) {
+  std::mt19937 rng(13);
+  for (int S : {1, 2, 7, 64, 300})
+    for (int H : {2, 32}) {
+      std::vector<int> ctx(S);
+      for (int& c : ctx) c = 1 + int(rng() % 5000);
+      const int ns = cuda::mla_decode_splits(S, H, 132, 1056);
+      cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(S, ctx.data(), H, 132, 1056);
+      ASSERT_EQ(plan.items1.size(), size_t(S) * ns) << "S " << S << " H " << H;
+      EXPECT_TRUE(plan.items4.empty());
+      EXPECT_LE(plan.num_partials, 1056);
+      std::vector<std::vector<int>> seen(S);
+      for (int s = 0; s < S; ++s) seen[s].assign(ctx[s], 0);
+      for (const auto& it : plan.items1) {
+        ASSERT_EQ(it.nq, 1);
+        ASSERT_EQ(it.q_begin, it.seq);
+        EXPECT_EQ(it.q_pos0, ctx[it.seq] - 1);
+        EXPECT_EQ(it.split >= 0, ns > 1);
+        for (int j = it.kv_begin; j < it.kv_end; ++j) ++seen[it.seq].at(j);
+      }
+      for (int s = 0; s < S; ++s) {
+        EXPECT_EQ(plan.num_splits[s], ns > 1 ? ns : 0);
+        for (int j = 0; j < ctx[s]; ++j) ASSERT_EQ(seen[s][j], 1) << "seq " << s << " key " << j;
+      }
+    }
+}
+#endif
+
+}  // namespace
+}  // namespace kimi::test
