@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -d .gpu-deps/usr ]]; then
   ../shared/tools/gpu-deps.sh .gpu-deps
+  # cpp-httplib's header needs the headers of the TLS/compression libraries Debian built it with.
+  PKGS="libssl-dev libbrotli-dev zlib1g-dev" ../shared/tools/gpu-deps.sh .gpu-deps
 else
   echo "gpu-prepare: .gpu-deps exists ($(du -sh .gpu-deps | cut -f1)); remove it to refresh"
 fi
