@@ -40,8 +40,17 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   fi
   # The KDA kernel benchmark first and in its own log; the others (CPU backend, tokenizer) after.
   [[ -x $BUILD/benchmarks/bench_kda ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
+  # The whole model at the full-size shapes with random weights: all 27 layers where the card
+  # holds the 98 GB of bf16 weights (H200), else the first 13 (H100).
+  mem_mib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2>/dev/null | head -1)
+  layers=0
+  [[ ${mem_mib:-0} -lt 120000 ]] && layers=13
+  [[ -x $BUILD/benchmarks/bench_cuda_model ]] && step bench_cuda_model "$OUT/bench_other.log" \
+    timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
+    --random-weights --layers "$layers" --prefill 4096 --decode 128
   for b in "$BUILD"/benchmarks/bench_*; do
-    [[ -x $b && $(basename "$b") != bench_kda ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
+    case $(basename "$b") in bench_kda|bench_cuda_model) continue ;; esac
+    [[ -x $b ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
   done
 fi
 {
@@ -50,5 +59,6 @@ fi
   grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/tests.log" 2>/dev/null | sort | uniq -c | head -20
   grep -h 'tests passed\|tests failed' "$OUT/tests.log" 2>/dev/null
   [[ -f $OUT/bench_kda.log ]] && cat "$OUT/bench_kda.log"
+  grep -hE '^(card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" 2>/dev/null
 } | tee "$OUT/summary.txt"
 exit $status
