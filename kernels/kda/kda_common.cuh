@@ -32,6 +32,19 @@ __device__ __forceinline__ float4 fma4(float a, float4 x, float4 y) {
 }
 
 // Sequence of token t in a cu_seqlens array of n+1 offsets (largest s with cu[s] <= t).
+// Sums a float4 over the lanes of a warp that share (lane mod kFirstLane): the butterfly over
+// xor distances kFirstLane, 2·kFirstLane, ... 16. Column sums of the state tiles use it.
+template <int kFirstLane>
+__device__ __forceinline__ void warp_sum_lanes(float4& v) {
+#pragma unroll
+  for (int off = kFirstLane; off < 32; off <<= 1) {
+    v.x += __shfl_xor_sync(0xffffffffu, v.x, off);
+    v.y += __shfl_xor_sync(0xffffffffu, v.y, off);
+    v.z += __shfl_xor_sync(0xffffffffu, v.z, off);
+    v.w += __shfl_xor_sync(0xffffffffu, v.w, off);
+  }
+}
+
 __device__ __forceinline__ int find_seq(const int* cu, int n, int t) {
   int lo = 0, hi = n - 1;
   while (lo < hi) {

@@ -147,17 +147,8 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     a = fma4(sm_ak[row], si, a);
     c = fma4(sm_aq[row], si, c);
   }
-#pragma unroll
-  for (int off = kTpr; off < 32; off <<= 1) {
-    a.x += __shfl_xor_sync(0xffffffffu, a.x, off);
-    a.y += __shfl_xor_sync(0xffffffffu, a.y, off);
-    a.z += __shfl_xor_sync(0xffffffffu, a.z, off);
-    a.w += __shfl_xor_sync(0xffffffffu, a.w, off);
-    c.x += __shfl_xor_sync(0xffffffffu, c.x, off);
-    c.y += __shfl_xor_sync(0xffffffffu, c.y, off);
-    c.z += __shfl_xor_sync(0xffffffffu, c.z, off);
-    c.w += __shfl_xor_sync(0xffffffffu, c.w, off);
-  }
+  warp_sum_lanes<kTpr>(a);
+  warp_sum_lanes<kTpr>(c);
   if (lane < kTpr) {
     sm_red[warp][0][lane * 4 + 0] = a.x;
     sm_red[warp][0][lane * 4 + 1] = a.y;

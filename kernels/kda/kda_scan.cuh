@@ -70,17 +70,8 @@ __global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanPa
       a = fma4(sm_ak[row], s[i], a);
       c = fma4(sm_aq[row], s[i], c);
     }
-#pragma unroll
-    for (int off = kTpr; off < 32; off <<= 1) {
-      a.x += __shfl_xor_sync(0xffffffffu, a.x, off);
-      a.y += __shfl_xor_sync(0xffffffffu, a.y, off);
-      a.z += __shfl_xor_sync(0xffffffffu, a.z, off);
-      a.w += __shfl_xor_sync(0xffffffffu, a.w, off);
-      c.x += __shfl_xor_sync(0xffffffffu, c.x, off);
-      c.y += __shfl_xor_sync(0xffffffffu, c.y, off);
-      c.z += __shfl_xor_sync(0xffffffffu, c.z, off);
-      c.w += __shfl_xor_sync(0xffffffffu, c.w, off);
-    }
+    warp_sum_lanes<kTpr>(a);
+    warp_sum_lanes<kTpr>(c);
     if (lane < kTpr) {
       float* ra = &sm_red[warp][0][lane * 4];
       float* rc = &sm_red[warp][1][lane * 4];
