@@ -3,13 +3,14 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <string_view>
 
 namespace kimi::bench {
 namespace {
 
 const char* const kMetricNames[] = {"ttft", "tpot", "itl", "e2el"};
 
-const Summary& summary_of(const BenchmarkMetrics& m, const std::string& name) {
+const Summary& summary_of(const BenchmarkMetrics& m, std::string_view name) {
   if (name == "ttft") return m.ttft_ms;
   if (name == "tpot") return m.tpot_ms;
   if (name == "itl") return m.itl_ms;
@@ -88,9 +89,8 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   return out;
 }
 
-const std::vector<std::string>& required_result_keys(const MetricOptions& opts) {
-  static std::vector<std::string> keys;
-  keys = {"date",
+std::vector<std::string> required_result_keys(const MetricOptions& opts) {
+  std::vector<std::string> keys = {"date",
           "backend",
           "model_id",
           "tokenizer_id",

@@ -33,7 +33,7 @@ nlohmann::ordered_json result_json(const BenchmarkMetrics& m,
                                    const SystemInfo& sys);
 
 // The keys every online result must have (tests and docs use this list).
-const std::vector<std::string>& required_result_keys(const MetricOptions& opts);
+std::vector<std::string> required_result_keys(const MetricOptions& opts);
 
 std::string utc_date_stamp();  // YYYYMMDD-HHMMSS
 
