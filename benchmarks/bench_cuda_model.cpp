@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 
@@ -17,6 +18,7 @@
 #include "model/model.h"
 #if KIMI_HAVE_CUDA
 #include "model/cuda_model.h"
+#include "model/tp_model.h"
 #endif
 
 #if KIMI_HAVE_CUDA
@@ -39,7 +41,7 @@ int main(int argc, char** argv) {
   using namespace kimi;
   std::string dir;
   bool random_weights = false;
-  int layers = 0, prefill = 4096, decode = 128;
+  int layers = 0, prefill = 4096, decode = 128, tp = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
     else if (a == "--layers") layers = std::atoi(next());
     else if (a == "--prefill") prefill = std::atoi(next());
     else if (a == "--decode") decode = std::atoi(next());
+    else if (a == "--tensor-parallel-size" || a == "-tp") tp = std::atoi(next());
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -64,7 +67,7 @@ int main(int argc, char** argv) {
     return 0;
   }
 #if !KIMI_HAVE_CUDA
-  (void)random_weights, (void)layers, (void)prefill, (void)decode;
+  (void)random_weights, (void)layers, (void)prefill, (void)decode, (void)tp;
   std::printf("bench_cuda_model: built without the CUDA backend\n");
   return 0;
 #else
@@ -73,20 +76,28 @@ int main(int argc, char** argv) {
     opts.backend = "cuda";
     opts.random_weights = random_weights;
     opts.num_layers = layers;
+    opts.tensor_parallel = tp;
     opts.max_batch_tokens = prefill;
     opts.cache.num_slots = 1;
     opts.cache.num_blocks = (prefill + decode + kBlockSize - 1) / kBlockSize + 1;
     const double t_load = now_s();
     std::unique_ptr<Model> model = load_model(dir, opts);
-    auto* cm = dynamic_cast<CudaModel*>(model.get());
+    auto* tpm = dynamic_cast<TpModel*>(model.get());
+    auto* cm = tpm ? &tpm->rank(0) : dynamic_cast<CudaModel*>(model.get());
+    // Settings that touch CUDA objects go to every rank, each on its own thread.
+    auto each_rank = [&](const std::function<void(CudaModel&)>& f) {
+      if (tpm) tpm->run_on_all([&](int, CudaModel& m) { f(m); });
+      else f(*cm);
+    };
     const ModelConfig& c = model->config();
-    std::printf("card: %s\n", cm->device_name().c_str());
+    std::printf("card: %s%s\n", cm->device_name().c_str(),
+                tp > 1 ? str(" x ", tp, " (tensor parallel)").c_str() : "");
     std::printf("model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d\n",
                 dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
                 random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
                 c.num_experts_per_token, c.vocab_size);
-    std::printf("memory: weights %.2f GiB, caches %.3f GiB, activations %.2f GiB; load %.1f s\n",
-                cm->weight_bytes() / 1073741824.0, cm->cache_bytes() / 1073741824.0,
+    std::printf("memory%s: weights %.2f GiB, caches %.3f GiB, activations %.2f GiB; load %.1f s\n",
+                tp > 1 ? " (rank 0)" : "", cm->weight_bytes() / 1073741824.0, cm->cache_bytes() / 1073741824.0,
                 cm->arena_bytes() / 1073741824.0, now_s() - t_load);
 
     std::mt19937 rng(1);
@@ -111,7 +122,7 @@ int main(int argc, char** argv) {
 
     // Decode D tokens greedily, eagerly (one launch per kernel) and then replaying CUDA graphs.
     for (bool graphs : {false, true}) {
-      cm->set_use_graphs(graphs);
+      each_rank([&](CudaModel& m) { m.set_use_graphs(graphs); });
       run_prefill();
       int ctx = prefill;
       double t_first = 0;
@@ -131,7 +142,7 @@ int main(int argc, char** argv) {
                   t_decode * 1e3 / decode, t_first * 1e3);
     }
     // Where the time goes: CUDA events around every layer's mixer and FFN (eager steps).
-    cm->set_profile(true);
+    each_rank([](CudaModel& m) { m.set_profile(true); });
     run_prefill();
     int ctx = prefill;
     for (int s = 0; s < std::min(decode, 32); ++s) {
@@ -142,7 +153,7 @@ int main(int argc, char** argv) {
       bad += count_nonfinite(logits);
     }
     std::printf("%s", cm->profile_report().c_str());
-    cm->set_profile(false);
+    each_rank([](CudaModel& m) { m.set_profile(false); });
     std::printf("logits: %zu non-finite values\n", bad);
     return bad == 0 ? 0 : 1;
   } catch (const std::exception& e) {

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   bool random_weights = false;
   int layers = 0;
   uint64_t weights_seed = 1;
+  int tp = 1;
   app.add_option("--model", model_dir, "model directory (default: the embedded tiny model)");
   auto* ids_opt = app.add_option("--prompt-ids", prompt_ids, "comma-separated token ids");
   auto* text_opt = app.add_option("--prompt", prompt, "prompt text (needs the tokenizer files)");
@@ -69,6 +70,8 @@ int main(int argc, char** argv) {
                "cuda: draw the weights on the GPU from config.json alone (no safetensors needed)");
   app.add_option("--layers", layers, "with --random-weights: keep the first N layers (0: all)");
   app.add_option("--weights-seed", weights_seed, "seed of --random-weights");
+  app.add_option("--tensor-parallel-size,-tp", tp, "cuda: GPUs to split the model over (1, 2, 4, 8)")
+      ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -91,6 +94,7 @@ int main(int argc, char** argv) {
     opts.random_weights = random_weights;
     opts.num_layers = layers;
     opts.seed = weights_seed;
+    opts.tensor_parallel = tp;
     const int T = int(ids.size());
     opts.max_batch_tokens = std::max(T, 1);
     const int total = T + max_tokens;

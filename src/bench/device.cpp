@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "model/cuda_model.h"
+#include "model/tp_model.h"
 #endif
 
 namespace kimi::bench {
@@ -83,6 +84,7 @@ std::unique_ptr<Model> random_weights_model(const ModelConfig& c, const ModelOpt
   if (opts.backend == "cuda") {
     ModelOptions o = opts;
     o.random_weights = true;
+    if (o.tensor_parallel > 1) return std::make_unique<TpModel>(c, nullptr, o);
     return std::make_unique<CudaModel>(c, nullptr, o);
   }
 #else

@@ -22,6 +22,7 @@ struct OfflineOptions {
   std::string backend = "cpu";
   bool random_weights = false;  // with config_file: full-size shapes without a checkpoint
   std::string config_file;
+  int tensor_parallel = 1;  // cuda: GPUs the model is split over
   std::vector<int> prompt_lens = {128, 512, 2048};
   std::vector<int> batches = {1, 4, 16};
   std::vector<int> contexts = {512, 4096};

@@ -7,6 +7,9 @@
 #include <cstring>
 
 #include <spdlog/spdlog.h>
+#if KIMI_HAVE_NCCL
+#include <nccl.h>
+#endif
 
 #include "core/check.h"
 #include "kda/kda.h"
@@ -36,6 +39,28 @@ struct StepMeta {
   int num_chunks = 0;  // chunked KDA plan (0: decode step or recurrent fallback)
   int *chunk_seq = nullptr, *chunk_start = nullptr, *seq_first_chunk = nullptr;
 };
+
+// The residual update of a sub-layer whose output is a sum over ranks: rank 0 adds its partial
+// into the residual stream x, the others overwrite x with theirs, and the all-reduce that
+// follows leaves x + Σ partials on every rank (model/tensor_parallel.h).
+float residual_beta(const CudaModel::Impl& m) { return m.tp.rank == 0 ? 1.f : 0.f; }
+
+void all_reduce_residual(CudaModel::Impl& m, int T) {
+  if (m.tp.world == 1) return;
+#if KIMI_HAVE_NCCL
+  const bool prof = m.profile && m.prof_ar_used + 2 <= int(m.prof_ar_ev.size());
+  if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ar_ev[m.prof_ar_used], m.stream));
+  const ncclResult_t r = ncclAllReduce(m.act.x, m.act.x, size_t(T) * m.cfg.hidden_size, ncclFloat,
+                                       ncclSum, static_cast<ncclComm_t>(m.tp.comm), m.stream);
+  if (r != ncclSuccess) fail("NCCL all-reduce failed on rank ", m.tp.rank, ": ", ncclGetErrorString(r));
+  if (prof) {
+    CUDA_CHECK(cudaEventRecord(m.prof_ar_ev[m.prof_ar_used + 1], m.stream));
+    m.prof_ar_used += 2;
+  }
+#else
+  KIMI_CHECK(false, "tensor parallelism without NCCL");
+#endif
+}
 
 void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s) {
   const ModelConfig& c = m.cfg;
@@ -131,7 +156,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     np.y = A.y;
     cuda::run_kda_gated_rmsnorm(np, m.stream);
   }
-  g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, 1.f);  // x += o_proj(y)
+  g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));  // x += o_proj(y)
 }
 
 void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
@@ -209,11 +234,11 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     ga.batch = H;
     g.run(ga, m.stream);
   }
-  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, 1.f);
+  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
 }
 
-// x += down(SiLU(gate a) ⊙ up a)
-void mlp(CudaModel::Impl& m, const DevMlp& w, int T) {
+// x += down(SiLU(gate a) ⊙ up a); beta 0 overwrites x (a tensor-parallel rank's partial).
+void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   const int hid = m.cfg.hidden_size;
   auto& A = m.act;
   m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kBF16, m.stream);
@@ -223,7 +248,7 @@ void mlp(CudaModel::Impl& m, const DevMlp& w, int T) {
   sp.gate_up = A.gu;
   sp.out = A.act;
   cuda::run_silu_mul(sp, m.stream);
-  m.gemm->linear(A.act, w.down, A.x, T, hid, w.inter, GemmOut::kF32, m.stream, 1.f);
+  m.gemm->linear(A.act, w.down, A.x, T, hid, w.inter, GemmOut::kF32, m.stream, beta);
 }
 
 void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
@@ -290,9 +315,9 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   up.weights = A.route_w;
   up.y = A.moe_y;
   up.out = A.x;
-  up.accumulate = true;
+  up.accumulate = m.tp.rank == 0;  // see residual_beta
   cuda::run_moe_unpermute(up, m.stream);
-  if (c.num_shared_experts > 0) mlp(m, w.shared, T);
+  if (c.num_shared_experts > 0) mlp(m, w.shared, T, 1.f);
 }
 
 void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
@@ -312,9 +337,19 @@ void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index,
 }  // namespace
 
 void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
+  const int V = impl_->full_cfg.vocab_size;
+  logits.resize(size_t(b.num_logit_rows()) * V);
+  forward_into(b, logits.data(), V);
+}
+
+void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   Impl& m = *impl_;
   const ModelConfig& c = m.cfg;
-  const int T = b.num_tokens(), S = b.num_seqs(), V = c.vocab_size, hid = c.hidden_size;
+  // V: the ids' vocabulary; Vr: this rank's rows of lm_head, columns vr0.. of the logits.
+  const int T = b.num_tokens(), S = b.num_seqs(), V = m.full_cfg.vocab_size, hid = c.hidden_size;
+  const int Vr = c.vocab_size;
+  const int64_t vr0 = int64_t(m.tp.rank) * Vr;
+  KIMI_CHECK(ld >= V);
   KIMI_CHECK(S >= 1 && T >= 1 && b.cu_seqlens.back() == T);
   if (T > m.Tm)
     fail("a step of ", T, " tokens exceeds max_batch_tokens ", m.Tm,
@@ -413,6 +448,7 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   }
   CUDA_CHECK(cudaMemcpyAsync(m.meta_dev.data(), h, off * sizeof(int), cudaMemcpyHostToDevice, m.stream));
 
+  m.prof_ar_used = 0;
   auto device_work = [&]() {
     mark(0);
     cuda::EmbeddingParams ep;
@@ -428,10 +464,12 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
       rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
       if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
       else mla_mixer(m, L.mla, c.kind_index(l), sm);
+      all_reduce_residual(m, T);
       mark(2 * l + 1);
       rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
       if (c.is_moe(l)) moe(m, L.moe, T);
-      else mlp(m, L.mlp, T);
+      else mlp(m, L.mlp, T, residual_beta(m));
+      all_reduce_residual(m, T);
       mark(2 * l + 2);
       if (on_layer_output) {
         m.layer_out.resize(size_t(T) * hid);
@@ -444,9 +482,12 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   };
   auto logits_rows = [&](int r0, int n) {
     rmsnorm(m, m.final_norm, n, sm.rows + r0, m.act.final_x);
-    m.gemm->linear(m.act.final_x, m.lm_head, m.act.logits, n, V, hid, GemmOut::kF32, m.stream);
+    m.gemm->linear(m.act.final_x, m.lm_head, m.act.logits, n, Vr, hid, GemmOut::kF32, m.stream);
   };
-  logits.resize(size_t(R) * V);
+  auto logits_to_host = [&](int r0, int n) {  // this rank's columns of rows r0.. + n
+    CUDA_CHECK(cudaMemcpy2DAsync(logits + r0 * ld + vr0, ld * 4, m.act.logits, size_t(Vr) * 4,
+                                 size_t(Vr) * 4, n, cudaMemcpyDeviceToHost, m.stream));
+  };
   cudaGraphExec_t exec = nullptr;
   if (graph) {
     const std::pair<int, int> key{T, mb};
@@ -480,15 +521,13 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
   }
   if (exec) {
     CUDA_CHECK(cudaGraphLaunch(exec, m.stream));
-    CUDA_CHECK(cudaMemcpyAsync(logits.data(), m.act.logits, size_t(R) * V * 4,
-                               cudaMemcpyDeviceToHost, m.stream));
+    logits_to_host(0, R);
   } else {
     device_work();
     for (int r0 = 0; r0 < R; r0 += m.logit_rows) {
       const int n = std::min(m.logit_rows, R - r0);
       logits_rows(r0, n);
-      CUDA_CHECK(cudaMemcpyAsync(logits.data() + size_t(r0) * V, m.act.logits, size_t(n) * V * 4,
-                                 cudaMemcpyDeviceToHost, m.stream));
+      logits_to_host(r0, n);
     }
     mark(2 * c.num_hidden_layers + 1);
   }
@@ -501,9 +540,18 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
       return double(v);
     };
     const int L = c.num_hidden_layers;
+    // The all-reduces sit at the end of each mixer and FFN interval: counted apart.
+    auto ar = [&](int i) {
+      if (2 * i + 1 >= m.prof_ar_used) return 0.0;
+      float v = 0.f;
+      CUDA_CHECK(cudaEventElapsedTime(&v, m.prof_ar_ev[2 * i], m.prof_ar_ev[2 * i + 1]));
+      return double(v);
+    };
     for (int l = 0; l < L; ++l) {
-      m.prof_ms[phase + (c.is_kda(l) ? ".kda" : ".mla")] += ms(2 * l, 2 * l + 1);
-      m.prof_ms[phase + (c.is_moe(l) ? ".moe" : ".dense_mlp")] += ms(2 * l + 1, 2 * l + 2);
+      const double a0 = ar(2 * l), a1 = ar(2 * l + 1);
+      m.prof_ms[phase + (c.is_kda(l) ? ".kda" : ".mla")] += ms(2 * l, 2 * l + 1) - a0;
+      m.prof_ms[phase + (c.is_moe(l) ? ".moe" : ".dense_mlp")] += ms(2 * l + 1, 2 * l + 2) - a1;
+      if (m.tp.world > 1) m.prof_ms[phase + ".allreduce"] += a0 + a1;
     }
     m.prof_ms[phase + ".logits"] += ms(2 * L, 2 * L + 1);
     ++m.prof_steps[phase];

@@ -35,16 +35,19 @@ std::string gib_str(size_t b) {
   return s;
 }
 
-void check_device(cudaDeviceProp* prop) {
+void check_device(cudaDeviceProp* prop, int device) {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0)
     fail("the cuda backend needs an NVIDIA GPU: ",
          e != cudaSuccess ? str("cudaGetDeviceCount failed: ", cudaGetErrorString(e))
                           : std::string("no CUDA device is visible"));
-  CUDA_CHECK(cudaGetDeviceProperties(prop, 0));
+  if (device >= n)
+    fail("GPU ", device, " is needed but only ", n, " CUDA device", n == 1 ? " is" : "s are",
+         " visible (tensor parallelism takes GPUs 0..N-1; check CUDA_VISIBLE_DEVICES)");
+  CUDA_CHECK(cudaGetDeviceProperties(prop, device));
   if (prop->major != 9 || prop->minor != 0)
-    fail("GPU 0 is ", prop->name, " (sm_", prop->major, prop->minor,
+    fail("GPU ", device, " is ", prop->name, " (sm_", prop->major, prop->minor,
          "); this build's kernels cover sm_90a only (Hopper: H100/H200; KIMI_CUDA_ARCHITECTURES=90a)");
 }
 
@@ -71,6 +74,7 @@ void CudaModel::Impl::drop_graphs() {
 CudaModel::Impl::~Impl() {
   drop_graphs();
   for (auto e : prof_ev) cudaEventDestroy(e);
+  for (auto e : prof_ar_ev) cudaEventDestroy(e);
   if (meta_host) cudaFreeHost(meta_host);
   gemm.reset();
   if (stream) cudaStreamDestroy(stream);
@@ -121,10 +125,16 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   return c.used;
 }
 
-CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts)
+CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
+                     const ModelOptions& opts, TpRank tp)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
-  m.cfg = config;
+  KIMI_CHECK(tp.world >= 1 && tp.rank >= 0 && tp.rank < tp.world && (tp.world == 1 || tp.comm));
+  m.full_cfg = full_config;
+  m.cfg = tp.world > 1 ? rank_config(full_config, tp.world) : full_config;
+  m.tp = tp;
+  m.device = tp.rank;
+  const ModelConfig& config = m.cfg;  // this rank's share from here on
   m.opts = opts;
   m.cache = opts.cache;
   KIMI_CHECK(m.cache.num_slots >= 1 && m.cache.num_blocks >= 1, "cache sizes ", m.cache.num_slots,
@@ -132,7 +142,7 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
   if (opts.max_batch_tokens < 1) fail("max_batch_tokens must be positive, got ", opts.max_batch_tokens);
   KIMI_CHECK(ckpt || opts.random_weights, "CudaModel needs a checkpoint or random_weights");
   check_config(config);
-  check_device(&m.prop);
+  check_device(&m.prop, m.device);
   CUDA_CHECK(cudaSetDevice(m.device));
 
   // Sizes first (nothing allocated yet), then the fit check.
@@ -159,7 +169,9 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
   const size_t fixed = kGemmWorkspace + kReserve;
   const size_t need = wbytes + cbytes + abytes + fixed;
   if (need > free_b) {
-    std::string msg = str("the model does not fit on GPU 0 (", m.prop.name, "): it needs ",
+    std::string msg = str("the model does not fit on GPU ", m.device, " (", m.prop.name, "",
+                          tp.world > 1 ? str(", rank ", tp.rank, " of ", tp.world) : std::string(),
+                          "): it needs ",
                           gib_str(need), " (weights ", gib_str(wbytes), ", KDA state ",
                           gib_str(slot_bytes * m.cache.num_slots), " for ", m.cache.num_slots,
                           " slots, MLA cache ", gib_str(block_bytes * m.cache.num_blocks), " for ",
@@ -176,8 +188,8 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
                                ? free_b - abytes - fixed - 2 * size_t(config.vocab_size) * config.hidden_size * 2
                                : 0;
       msg += str("The weights alone take ", gib_str(wbytes),
-                 ": use a GPU with more memory or more GPUs (tensor parallelism is not in this "
-                 "build); with --random-weights, --layers ",
+                 ": use a GPU with more memory or more GPUs (--tensor-parallel-size ",
+                 tp.world * 2, "); with --random-weights, --layers ",
                  std::max<size_t>(1, std::min<size_t>(avail / std::max<size_t>(per_layer, 1),
                                                        size_t(config.num_hidden_layers))),
                  " (of ", config.num_hidden_layers, ") would fit.");
@@ -228,7 +240,7 @@ CudaModel::CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const Mo
 
 CudaModel::~CudaModel() = default;
 
-const ModelConfig& CudaModel::config() const { return impl_->cfg; }
+const ModelConfig& CudaModel::config() const { return impl_->full_cfg; }
 CacheSizes CudaModel::cache_sizes() const { return impl_->cache; }
 size_t CudaModel::weight_bytes() const { return impl_->weight_buf.bytes(); }
 size_t CudaModel::cache_bytes() const { return impl_->cache_buf.bytes(); }
@@ -248,6 +260,10 @@ void CudaModel::set_profile(bool on) {
   if (on && m.prof_ev.empty()) {
     m.prof_ev.resize(2 * m.cfg.num_hidden_layers + 2);
     for (auto& e : m.prof_ev) CUDA_CHECK(cudaEventCreate(&e));
+    if (m.tp.world > 1) {
+      m.prof_ar_ev.resize(4 * m.cfg.num_hidden_layers);
+      for (auto& e : m.prof_ar_ev) CUDA_CHECK(cudaEventCreate(&e));
+    }
   }
 }
 

@@ -19,15 +19,27 @@
 
 namespace kimi {
 
+// One rank of a tensor-parallel group (model/tensor_parallel.h): it runs on CUDA device `rank`
+// with the rank's slices of the weights; `comm` is its ncclComm_t (nullptr when world == 1).
+struct TpRank {
+  int rank = 0;
+  int world = 1;
+  void* comm = nullptr;
+};
+
 class CudaModel final : public Model {
  public:
-  // ckpt == nullptr draws the weights (opts.random_weights).
-  CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts);
+  // ckpt == nullptr draws the weights (opts.random_weights). config is the whole model's.
+  CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts,
+            TpRank tp = {});
   ~CudaModel() override;
 
   const ModelConfig& config() const override;
   CacheSizes cache_sizes() const override;
   void forward(const Batch& batch, std::vector<float>& logits) override;
+  // The step into logits [num_logit_rows, vocab] (row pitch ld floats) that the caller sized;
+  // a tensor-parallel rank writes its own vocabulary columns only.
+  void forward_into(const Batch& batch, float* logits, int64_t ld);
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;

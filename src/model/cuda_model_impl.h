@@ -17,6 +17,7 @@
 #include "gemm/gemm.h"
 #include "misc/misc.h"
 #include "model/cuda_model.h"
+#include "model/tensor_parallel.h"
 #include "ops/cuda/device_buffer.h"
 
 namespace kimi {
@@ -77,15 +78,22 @@ struct DevLayer {
   DevMoe moe;
 };
 
+// One checkpoint tensor, or the rank's slice of it, in a weight fill.
+struct WeightPart {
+  std::string name;
+  TensorSlice slice;
+};
 // One destination of the weight arena and the checkpoint tensors concatenated into it.
 struct WeightFill {
   void* dst = nullptr;
   bool bf16 = true;  // else fp32
-  std::vector<std::string> names;
+  std::vector<WeightPart> parts;
 };
 
 struct CudaModel::Impl {
-  ModelConfig cfg;
+  ModelConfig full_cfg;  // the whole model (checkpoint names and shapes, vocabulary of the ids)
+  ModelConfig cfg;       // this rank's share (rank_config): local heads, intermediate, vocabulary
+  TpRank tp;
   ModelOptions opts;
   CacheSizes cache;
   int device = 0;
@@ -139,6 +147,8 @@ struct CudaModel::Impl {
   // Per-component timing (eager steps only): events at every layer boundary.
   bool profile = false;
   std::vector<cudaEvent_t> prof_ev;
+  std::vector<cudaEvent_t> prof_ar_ev;  // before/after each tensor-parallel all-reduce
+  int prof_ar_used = 0;
   std::map<std::string, double> prof_ms;
   std::map<std::string, int> prof_steps;
   // CUDA graphs of decode steps, keyed by (batch size, block-table width); replayed with the

@@ -27,13 +27,9 @@ uint64_t name_hash(const std::string& s) {
   return h;
 }
 
-std::unordered_map<std::string, int64_t> expected_numels(const ModelConfig& c) {
-  std::unordered_map<std::string, int64_t> out;
-  for (const auto& e : expected_tensors(c)) {
-    int64_t n = 1;
-    for (int64_t d : e.shape) n *= d;
-    out.emplace(e.name, n);
-  }
+std::unordered_map<std::string, std::vector<int64_t>> expected_shapes(const ModelConfig& c) {
+  std::unordered_map<std::string, std::vector<int64_t>> out;
+  for (const auto& e : expected_tensors(c)) out.emplace(e.name, e.shape);
   return out;
 }
 
@@ -41,21 +37,28 @@ std::unordered_map<std::string, int64_t> expected_numels(const ModelConfig& c) {
 
 size_t CudaModel::Impl::layout_weights(Carver& c) {
   fills.clear();
-  const ModelConfig& m = cfg;
-  const auto sizes = expected_numels(m);
-  auto numel = [&](const std::string& name) { return sizes.at(name); };
-  auto bf = [&](std::vector<std::string> names) {
+  const ModelConfig& m = full_cfg;  // names and full shapes; each part is the rank's slice
+  const auto shapes = expected_shapes(m);
+  auto parts_of = [&](const std::vector<std::string>& names, int64_t* n) {
+    std::vector<WeightPart> parts;
+    for (const auto& s : names) {
+      parts.push_back({s, tensor_slice(s, shapes.at(s), tp.rank, tp.world)});
+      *n += parts.back().slice.numel();
+    }
+    return parts;
+  };
+  auto bf = [&](const std::vector<std::string>& names) {
     int64_t n = 0;
-    for (auto& s : names) n += numel(s);
+    auto parts = parts_of(names, &n);
     bf16* p = c.take<bf16>(size_t(n));
-    fills.push_back({p, true, std::move(names)});
+    fills.push_back({p, true, std::move(parts)});
     return p;
   };
-  auto f32 = [&](std::vector<std::string> names) {
+  auto f32 = [&](const std::vector<std::string>& names) {
     int64_t n = 0;
-    for (auto& s : names) n += numel(s);
+    auto parts = parts_of(names, &n);
     float* p = c.take<float>(size_t(n));
-    fills.push_back({p, false, std::move(names)});
+    fills.push_back({p, false, std::move(parts)});
     return p;
   };
   auto mlp = [&](DevMlp& w, const std::string& gate, const std::string& up, const std::string& down,
@@ -109,30 +112,37 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
       w.w2 = bf(std::move(w2));
       if (m.num_shared_experts > 0)
         mlp(w.shared, e + "shared_experts.gate_proj.weight", e + "shared_experts.up_proj.weight",
-            e + "shared_experts.down_proj.weight", m.moe_intermediate_size * m.num_shared_experts);
+            e + "shared_experts.down_proj.weight", cfg.moe_intermediate_size * m.num_shared_experts);
     } else {
       mlp(L.mlp, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight",
-          m.intermediate_size);
+          cfg.intermediate_size);
     }
   }
   return c.used;
 }
 
 void CudaModel::Impl::load_weights(const Checkpoint& ckpt) {
-  validate_checkpoint(cfg, ckpt);
+  validate_checkpoint(full_cfg, ckpt);
   std::vector<float> f;
   std::vector<uint16_t> h;
   for (const WeightFill& w : fills) {
+    const size_t esz = w.bf16 ? 2 : 4;
     size_t off = 0;  // bytes into w.dst
-    for (const std::string& name : w.names) {
-      const TensorInfo& t = ckpt.get(name);
-      const size_t n = size_t(t.numel());
+    for (const WeightPart& part : w.parts) {
+      const TensorInfo& t = ckpt.get(part.name);
+      const TensorSlice& sl = part.slice;
+      const size_t n = size_t(sl.numel());
       uint8_t* dst = static_cast<uint8_t*>(w.dst) + off;
+      const size_t src_esz = dtype_size(t.dtype);
+      const uint8_t* src = static_cast<const uint8_t*>(t.data) + (sl.row0 * sl.cols + sl.col0) * src_esz;
       if (w.bf16 && t.dtype == DType::kBF16) {
-        CUDA_CHECK(cudaMemcpy(dst, t.data, n * 2, cudaMemcpyHostToDevice));
+        // Straight from the mapped file: only this rank's rows (and columns) are read.
+        CUDA_CHECK(cudaMemcpy2D(dst, sl.ncols * 2, src, sl.cols * 2, sl.ncols * 2, sl.nrows,
+                                cudaMemcpyHostToDevice));
       } else {
         f.resize(n);
-        convert_to_f32(t.dtype, t.data, f.data(), n);
+        for (int64_t r = 0; r < sl.nrows; ++r)
+          convert_to_f32(t.dtype, src + r * sl.cols * src_esz, f.data() + r * sl.ncols, sl.ncols);
         if (w.bf16) {
           h.resize(n);
           for (size_t i = 0; i < n; ++i) h[i] = f32_to_bf16(f[i]);
@@ -141,23 +151,25 @@ void CudaModel::Impl::load_weights(const Checkpoint& ckpt) {
           CUDA_CHECK(cudaMemcpy(dst, f.data(), n * 4, cudaMemcpyHostToDevice));
         }
       }
-      off += n * (w.bf16 ? 2 : 4);
+      off += n * esz;
     }
   }
 }
 
 void CudaModel::Impl::draw_weights(uint64_t seed) {
   // The same families and scales as kimi-make-tiny (src/model/tiny.cpp), drawn on the GPU.
-  const auto sizes = expected_numels(cfg);
-  auto numel = [&](const std::string& name) { return sizes.at(name); };
   for (const WeightFill& w : fills) {
     size_t off = 0;
-    for (const std::string& nm : w.names) {
+    for (const WeightPart& part : w.parts) {
+      const std::string& nm = part.name;
       cuda::RandomFillParams p;
-      p.n = numel(nm);
+      p.n = part.slice.numel();
       p.out = static_cast<uint8_t*>(w.dst) + off;
       p.out_bf16 = w.bf16;
+      // Whole tensors are the same on every rank (embedding, norms, router: the ranks must agree
+      // on the residual stream and the routing); a split one is drawn per slice.
       p.seed = seed ^ name_hash(nm);
+      if (!part.slice.whole()) p.seed ^= uint64_t(tp.rank) * 0x9e3779b97f4a7c15ull;
       if (ends_with(nm, "norm.weight")) {
         p.dist = cuda::RandomDist::kNormal, p.a = 1.f, p.b = 0.05f;
       } else if (ends_with(nm, "A_log")) {

@@ -8,8 +8,10 @@
 #include "model/cpu_model.h"
 #if KIMI_HAVE_CUDA
 #include "model/cuda_model.h"
+#include "model/tp_model.h"
 #endif
 #include "model/safetensors.h"
+#include "model/tensor_parallel.h"
 
 namespace kimi {
 
@@ -58,6 +60,12 @@ std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& op
     config.num_hidden_layers = opts.num_layers;
     config.layer_kinds.resize(opts.num_layers);
   }
+  if (opts.tensor_parallel != 1) {
+    check_tensor_parallel(config, opts.tensor_parallel);
+    if (opts.backend != "cuda")
+      fail("tensor parallelism (--tensor-parallel-size ", opts.tensor_parallel,
+           ") needs the cuda backend; the ", opts.backend, " backend runs on one device");
+  }
   if (opts.backend == "cpu") {
     if (opts.random_weights) fail("random weights (--random-weights) need the cuda backend");
     Checkpoint ckpt(dir);
@@ -65,9 +73,10 @@ std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& op
   }
 #if KIMI_HAVE_CUDA
   if (opts.backend == "cuda") {
-    if (opts.random_weights) return std::make_unique<CudaModel>(config, nullptr, opts);
-    Checkpoint ckpt(dir);
-    return std::make_unique<CudaModel>(config, &ckpt, opts);
+    std::unique_ptr<Checkpoint> ckpt;
+    if (!opts.random_weights) ckpt = std::make_unique<Checkpoint>(dir);
+    if (opts.tensor_parallel > 1) return std::make_unique<TpModel>(config, ckpt.get(), opts);
+    return std::make_unique<CudaModel>(config, ckpt.get(), opts);
   }
   fail("unknown backend '", opts.backend, "' (this build has: cpu, cuda)");
 #else

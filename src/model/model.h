@@ -68,6 +68,8 @@ struct ModelOptions {
   // With random_weights: keep only the first num_layers layers of the config (0: all), so the
   // full-size shapes can be measured on a GPU too small for all 27 layers.
   int num_layers = 0;
+  // CUDA: GPUs the model is split over (tensor parallelism, model/tensor_parallel.h): 1, 2, 4, 8.
+  int tensor_parallel = 1;
 };
 
 // "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu" (what --backend

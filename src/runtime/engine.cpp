@@ -113,6 +113,7 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   ModelConfig cfg = ModelConfig::from_file(dir + "/config.json");
   ModelOptions mo;
   mo.backend = opts.backend;
+  mo.tensor_parallel = opts.tensor_parallel_size;
   mo.cache = size_caches(cfg, opts, &max_model_len_);
   model_ = load_model(dir, mo);
   blocks_ = BlockPool(mo.cache.num_blocks);

@@ -1,0 +1,194 @@
+#if KIMI_HAVE_CUDA
+
+#include "model/tp_model.h"
+
+#include <cuda_runtime_api.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+
+#if KIMI_HAVE_NCCL
+#include <nccl.h>
+#endif
+
+#include "common.h"
+#include "core/check.h"
+#include "model/tensor_parallel.h"
+
+namespace kimi {
+
+// Completion of one round of jobs over all workers.
+struct TpRound {
+  std::mutex mu;
+  std::condition_variable cv;
+  int finished = 0;
+  std::exception_ptr error;  // the first failure of the round
+};
+
+// A thread bound to one GPU that runs one job at a time and reports to the round.
+struct TpModel::Worker {
+  int device = 0;
+  TpRound* round = nullptr;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void()> job;
+  bool has_job = false, stop = false;
+  std::thread thread;
+
+  Worker(int dev, TpRound* rd) : device(dev), round(rd) {
+    thread = std::thread([this] { loop(); });
+  }
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      stop = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+  void loop() {
+    for (;;) {
+      std::function<void()> f;
+      {
+        std::unique_lock<std::mutex> lk(mu);
+        cv.wait(lk, [&] { return has_job || stop; });
+        if (stop) return;
+        f = std::move(job);
+        has_job = false;
+      }
+      std::exception_ptr e;
+      try {
+        CUDA_CHECK(cudaSetDevice(device));
+        f();
+      } catch (...) {
+        e = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lk(round->mu);
+      if (e && !round->error) round->error = e;
+      ++round->finished;
+      round->cv.notify_all();
+    }
+  }
+  void post(std::function<void()> f) {
+    std::lock_guard<std::mutex> lk(mu);
+    job = std::move(f);
+    has_job = true;
+    cv.notify_all();
+  }
+};
+
+TpModel::TpModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts)
+    : cfg_(config) {
+  const int n = opts.tensor_parallel;
+  check_tensor_parallel(config, n);
+#if !KIMI_HAVE_NCCL
+  fail("tensor-parallel size ", n, " needs NCCL, which this build was configured without");
+#else
+  int visible = 0;
+  const cudaError_t ce = cudaGetDeviceCount(&visible);
+  if (ce != cudaSuccess) {
+    cudaGetLastError();
+    visible = 0;
+  }
+  if (visible < n)
+    fail("tensor-parallel size ", n, " needs ", n, " GPUs but ", visible, " ",
+         visible == 1 ? "is" : "are", " visible (CUDA_VISIBLE_DEVICES decides which)");
+  // NVLink SHARP (multicast) stays off unless the user asks for it: the shared GPU machines
+  // need it off, and these all-reduces are small.
+  setenv("NCCL_NVLS_ENABLE", "0", 0);
+  std::vector<int> devs(n);
+  for (int r = 0; r < n; ++r) devs[r] = r;
+  std::vector<ncclComm_t> comms(n);
+  const ncclResult_t nr = ncclCommInitAll(comms.data(), n, devs.data());
+  if (nr != ncclSuccess) fail("NCCL start-up over ", n, " GPUs failed: ", ncclGetErrorString(nr));
+  for (auto c : comms) comms_.push_back(c);
+  ranks_.resize(n);
+  round_ = std::make_unique<TpRound>();
+  for (int r = 0; r < n; ++r) workers_.push_back(std::make_unique<Worker>(r, round_.get()));
+  // Each rank loads (or draws) its own slices on its own thread, in parallel.
+  try {
+    run_round([&](int r) {
+      ranks_[r] = std::make_unique<CudaModel>(config, ckpt, opts, TpRank{r, n, comms_[r]});
+    });
+  } catch (...) {
+    try {
+      run_round([&](int r) { ranks_[r].reset(); });  // the ranks that did start, on their threads
+    } catch (...) {
+    }
+    workers_.clear();
+    for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
+    comms_.clear();
+    throw;
+  }
+#endif
+}
+
+TpModel::~TpModel() {
+  // Each rank's CUDA objects are freed on its own thread (its device current).
+  if (!workers_.empty()) {
+    try {
+      run_round([&](int r) { ranks_[r].reset(); });
+    } catch (...) {
+    }
+  }
+  workers_.clear();
+#if KIMI_HAVE_NCCL
+  for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
+#endif
+}
+
+void TpModel::run_round(const std::function<void(int)>& f) {
+  const int n = int(workers_.size());
+  {
+    std::lock_guard<std::mutex> lk(round_->mu);
+    round_->finished = 0;
+    round_->error = nullptr;
+  }
+  for (int r = 0; r < n; ++r) workers_[r]->post([&f, r] { f(r); });
+  std::unique_lock<std::mutex> lk(round_->mu);
+  bool aborted = false;
+  for (;;) {
+    round_->cv.wait(lk, [&] { return round_->finished == n || (round_->error && !aborted); });
+    if (round_->finished == n) break;
+    // A rank failed: the others may wait in a collective it will never join. Abort the
+    // communicators so they return, and refuse further steps.
+    aborted = true;
+    broken_ = true;
+#if KIMI_HAVE_NCCL
+    for (void* c : comms_) ncclCommAbort(static_cast<ncclComm_t>(c));
+    comms_.clear();
+#endif
+  }
+  if (round_->error) std::rethrow_exception(round_->error);
+}
+
+void TpModel::run_on_all(const std::function<void(int, CudaModel&)>& f) {
+  if (broken_) fail("the tensor-parallel group stopped after an earlier failure; restart the process");
+  run_round([&](int r) { f(r, *ranks_[r]); });
+}
+
+const ModelConfig& TpModel::config() const { return cfg_; }
+CacheSizes TpModel::cache_sizes() const { return ranks_[0]->cache_sizes(); }
+
+void TpModel::forward(const Batch& batch, std::vector<float>& logits) {
+  logits.resize(size_t(batch.num_logit_rows()) * cfg_.vocab_size);
+  float* out = logits.data();
+  ranks_[0]->on_layer_output = on_layer_output;
+  run_on_all([&](int, CudaModel& m) { m.forward_into(batch, out, cfg_.vocab_size); });
+}
+
+void TpModel::reset_slot(int slot) {
+  run_on_all([&](int, CudaModel& m) { m.reset_slot(slot); });
+}
+void TpModel::copy_slot(int src, int dst) {
+  run_on_all([&](int, CudaModel& m) { m.copy_slot(src, dst); });
+}
+void TpModel::copy_block(int src, int dst) {
+  run_on_all([&](int, CudaModel& m) { m.copy_block(src, dst); });
+}
+
+}  // namespace kimi
+
+#endif
