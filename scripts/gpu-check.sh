@@ -3,8 +3,8 @@
 #   bash scripts/gpu-check.sh OUTDIR
 # Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
 # and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
-# Six files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
-# tests.log, bench_kda.log, bench_other.log, summary.txt.
+# Seven files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
+# tests.log, bench_kda.log, bench_other.log, bench_tp.log (2+ GPUs), summary.txt.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -25,7 +25,7 @@ step() {  # step NAME LOG CMD...: runs CMD with output into LOG, records pass/fa
   return $rc
 }
 {
-  date -u; uname -a; nvidia-smi; nvcc --version; cmake --version | head -1
+  date -u; uname -a; nvidia-smi; nvidia-smi topo -m; nvcc --version; cmake --version | head -1
   git -C "$ROOT" log -1 --oneline 2>/dev/null || true
 } >"$OUT/machine.txt" 2>&1
 JOBS=$(nproc)
@@ -48,6 +48,13 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   [[ -x $BUILD/benchmarks/bench_cuda_model ]] && step bench_cuda_model "$OUT/bench_other.log" \
     timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
     --random-weights --layers "$layers" --prefill 4096 --decode 128
+  # Tensor parallelism: the full-size model split over 2 (and 4) GPUs, all 27 layers.
+  gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
+  for tp in 2 4; do
+    [[ $gpus -ge $tp && -x $BUILD/benchmarks/bench_cuda_model ]] && step "bench_tp$tp" "$OUT/bench_tp.log" \
+      timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
+      --random-weights --tensor-parallel-size $tp --prefill 4096 --decode 128
+  done
   for b in "$BUILD"/benchmarks/bench_*; do
     case $(basename "$b") in bench_kda|bench_cuda_model) continue ;; esac
     [[ -x $b ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
@@ -59,6 +66,7 @@ fi
   grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/tests.log" 2>/dev/null | sort | uniq -c | head -20
   grep -h 'tests passed\|tests failed' "$OUT/tests.log" 2>/dev/null
   [[ -f $OUT/bench_kda.log ]] && cat "$OUT/bench_kda.log"
-  grep -hE '^(card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" 2>/dev/null
+  grep -hE '^(card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" "$OUT/bench_tp.log" 2>/dev/null
+  grep -h 'TP=' "$OUT/tests.log" 2>/dev/null
 } | tee "$OUT/summary.txt"
 exit $status

@@ -288,7 +288,7 @@ int main(int argc, char** argv) {
   auto* rw = offc->add_flag("--random-weights", off.o.random_weights,
                             "random weights at --config's shapes (no checkpoint)");
   offc->add_option("--config", off.o.config_file, "config.json for --random-weights")->needs(rw);
-  offc->add_option("--tensor-parallel-size,-tp", off.o.tensor_parallel,
+  offc->add_option("--tensor-parallel-size", off.o.tensor_parallel,
                    "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->check(CLI::Range(1, 64));
   offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');

@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
                "cuda: draw the weights on the GPU from config.json alone (no safetensors needed)");
   app.add_option("--layers", layers, "with --random-weights: keep the first N layers (0: all)");
   app.add_option("--weights-seed", weights_seed, "seed of --random-weights");
-  app.add_option("--tensor-parallel-size,-tp", tp, "cuda: GPUs to split the model over (1, 2, 4, 8)")
+  app.add_option("--tensor-parallel-size", tp, "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->check(CLI::Range(1, 64));
   CLI11_PARSE(app, argc, argv);
 

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--max-num-batched-tokens", eo.max_num_batched_tokens, "tokens per engine step")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 24));
-  app.add_option("--tensor-parallel-size,-tp", eo.tensor_parallel_size, "cuda: GPUs to split the model over (1, 2, 4, 8)")
+  app.add_option("--tensor-parallel-size", eo.tensor_parallel_size, "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
   app.add_option("--gpu-memory-utilization", eo.memory_fraction,

@@ -1,5 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
+#include <atomic>
 
 #include "common.h"
 #include "mla/mla.cuh"
@@ -119,13 +120,18 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 }  // namespace
 
 void mla_prepare() {
-  static bool done = false;  // the attribute is per function and process
-  if (done) return;
+  // The attribute is per function and device: set once on each device this process uses
+  // (tensor-parallel ranks run on several).
+  static std::atomic<uint64_t> done{0};
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const uint64_t bit = uint64_t(1) << (dev & 63);
+  if (done.load() & bit) return;
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(attn_smem<1>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(attn_smem<4>())));
-  done = true;
+  done.fetch_or(bit);
 }
 
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream) {

@@ -512,6 +512,10 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
         CUDA_CHECK(e);
         m.graphs.emplace(key, exec);
       } catch (const std::exception& e) {
+        // Tensor-parallel ranks must launch the same collectives: a rank that fell back alone
+        // would leave the others waiting, so the step fails instead (KIMI_CUDA_GRAPHS=0 runs
+        // every step eagerly).
+        if (m.tp.world > 1) throw;
         spdlog::warn("cuda: decode-step graph capture failed, running eagerly from now on: {}", e.what());
         cudaGetLastError();  // capture errors are not sticky: clear them
         m.use_graphs = false;

@@ -98,6 +98,9 @@ TpModel::TpModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelO
   // NVLink SHARP (multicast) stays off unless the user asks for it: the shared GPU machines
   // need it off, and these all-reduces are small.
   setenv("NCCL_NVLS_ENABLE", "0", 0);
+  // Connect every channel at start-up: a connection made lazily at the first all-reduce of a
+  // new size would fall inside a decode step's CUDA-graph capture, where NCCL cannot set up.
+  setenv("NCCL_RUNTIME_CONNECT", "0", 0);
   std::vector<int> devs(n);
   for (int r = 0; r < n; ++r) devs[r] = r;
   std::vector<ncclComm_t> comms(n);
