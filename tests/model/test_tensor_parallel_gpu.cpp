@@ -1,7 +1,8 @@
 // Tensor parallelism (issue 10). Host: the refusals (sizes that do not divide, too few GPUs, a
 // backend without it), which CI checks without a GPU. GPU (>= 2 visible): TP = 2 (and 4 where
 // 4 GPUs exist) against TP = 1 on the golden model-a (2 heads) and on a tiny random model with
-// 4 KDA + 4 MLA heads and 8 experts: logits within bf16 tolerance, greedy tokens identical.
+// 8 KDA + 8 MLA heads and 8 experts: logits within bf16 tolerance, top-1 and greedy tokens
+// identical except where the two runs' measured difference exceeds the top-2 gap (a tie).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,6 +107,25 @@ double rel_l2(const float* a, const float* b, int n) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 int argmax(const float* x, int n) { return int(std::max_element(x, x + n) - x); }
+double max_abs_diff(const float* a, const float* b, int n) {
+  double m = 0;
+  for (int i = 0; i < n; ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+  return m;
+}
+// Gap between the best and the second-best logit.
+double top2_gap(const float* x, int n) {
+  const int best = argmax(x, n);
+  double second = -INFINITY;
+  for (int i = 0; i < n; ++i)
+    if (i != best) second = std::max(second, double(x[i]));
+  return double(x[best]) - second;
+}
+// Two runs may pick different top-1 tokens only where the reference run's top-2 gap is within
+// twice their largest logit difference on that row: the pick is a tie at the precision the two
+// runs agree to. Anything else is a real difference.
+bool top1_agrees_or_ties(const float* run, const float* ref, int n) {
+  return argmax(run, n) == argmax(ref, n) || top2_gap(ref, n) <= 2 * max_abs_diff(run, ref, n);
+}
 
 std::unique_ptr<Model> load(const std::string& dir, int tp) {
   ModelOptions o;
@@ -117,33 +137,6 @@ std::unique_ptr<Model> load(const std::string& dir, int tp) {
   return load_model(dir, o);
 }
 
-struct RunResult {
-  std::vector<float> prompt_logits;  // [T, V]
-  std::vector<int> greedy;           // continuation
-};
-
-// Prefill the prompt (logits of every position), then greedy decode `steps` tokens.
-RunResult generate(Model& m, const std::vector<int>& ids, int steps) {
-  const int V = m.config().vocab_size;
-  std::vector<int> blocks(16);
-  for (int i = 0; i < 16; ++i) blocks[i] = i;
-  m.reset_slot(0);
-  Batch b;
-  b.all_logits = true;
-  b.add(ids, int(ids.size()), 0, blocks);
-  RunResult r;
-  m.forward(b, r.prompt_logits);
-  std::vector<float> logits(r.prompt_logits.end() - V, r.prompt_logits.end());
-  int ctx = int(ids.size());
-  for (int s = 0; s < steps; ++s) {
-    r.greedy.push_back(argmax(logits.data(), V));
-    Batch d;
-    d.add({r.greedy.back()}, ++ctx, 0, blocks);
-    m.forward(d, logits);
-  }
-  return r;
-}
-
 class TensorParallelGpu : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -153,29 +146,62 @@ class TensorParallelGpu : public ::testing::Test {
       GTEST_SKIP() << "needs 2 GPUs";
     }
   }
-  // TP = tp against TP = 1 on prompts: rows before `limit[i]` within kTpTol, greedy identical.
+  // TP = tp against TP = 1, each prompt prefilled (all rows compared), then `steps` tokens
+  // decoded greedily in lockstep: both models get TP = 1's token, so every step compares the
+  // same context. Rows within kTpTol; top-1 equal except at ties (top1_agrees_or_ties);
+  // greedy tokens identical except at such a tie.
   void compare(const std::string& dir, int tp, const std::vector<std::vector<int>>& prompts,
-               const std::vector<int>& limits, int steps) {
+               int steps) {
     auto one = load(dir, 1);
     auto many = load(dir, tp);
     ASSERT_EQ(one->config().vocab_size, many->config().vocab_size);
     const int V = one->config().vocab_size;
+    std::vector<int> blocks(16);
+    for (int i = 0; i < 16; ++i) blocks[i] = i;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      const RunResult a = generate(*one, prompts[i], steps), b = generate(*many, prompts[i], steps);
-      double worst = 0;
-      int top1 = 0;
-      for (int t = 0; t < limits[i]; ++t) {
-        const float* x = b.prompt_logits.data() + size_t(t) * V;
-        const float* y = a.prompt_logits.data() + size_t(t) * V;
-        worst = std::max(worst, rel_l2(x, y, V));
-        top1 += argmax(x, V) == argmax(y, V);
+      const std::vector<int>& ids = prompts[i];
+      std::vector<float> a, b;
+      for (Model* m : {one.get(), many.get()}) {
+        m->reset_slot(0);
+        Batch pb;
+        pb.all_logits = true;
+        pb.add(ids, int(ids.size()), 0, blocks);
+        m->forward(pb, m == one.get() ? a : b);
       }
-      std::printf("TP=%d vs TP=1, prompt %zu (T=%zu): max relative L2 %.3g over %d rows, top-1 %d/%d, "
-                  "greedy %s\n", tp, i, prompts[i].size(), worst, limits[i], top1, limits[i],
-                  a.greedy == b.greedy ? "identical" : "DIFFERENT");
+      double worst = 0;
+      int top1 = 0, ties = 0, greedy_same = 0, greedy_ties = 0;
+      auto check_row = [&](const float* x, const float* y, const char* what, int at) {
+        worst = std::max(worst, rel_l2(x, y, V));
+        const bool same = argmax(x, V) == argmax(y, V);
+        top1 += same;
+        if (!same) {
+          ++ties;
+          EXPECT_TRUE(top1_agrees_or_ties(x, y, V))
+              << what << " " << at << " of prompt " << i << ": top-1 " << argmax(x, V) << " vs "
+              << argmax(y, V) << " with gap " << top2_gap(y, V) << " > 2 x max difference "
+              << max_abs_diff(x, y, V);
+        }
+        return same;
+      };
+      for (size_t t = 0; t < ids.size(); ++t)
+        check_row(b.data() + t * V, a.data() + t * V, "row", int(t));
+      std::vector<float> la(a.end() - V, a.end()), lb(b.end() - V, b.end());
+      int ctx = int(ids.size());
+      for (int s = 0; s < steps; ++s) {
+        if (check_row(lb.data(), la.data(), "decode step", s)) ++greedy_same;
+        else ++greedy_ties;
+        const int tok = argmax(la.data(), V);
+        ++ctx;
+        for (Model* m : {one.get(), many.get()}) {
+          Batch d;
+          d.add({tok}, ctx, 0, blocks);
+          m->forward(d, m == one.get() ? la : lb);
+        }
+      }
+      std::printf("TP=%d vs TP=1, prompt %zu (T=%zu): max relative L2 %.3g; top-1 %d/%zu rows+steps "
+                  "(%d ties); greedy %d/%d identical (%d ties)\n", tp, i, ids.size(), worst, top1,
+                  ids.size() + steps, ties, greedy_same, steps, greedy_ties);
       EXPECT_LE(worst, kTpTol) << "prompt " << i;
-      EXPECT_EQ(top1, limits[i]) << "prompt " << i;
-      EXPECT_EQ(a.greedy, b.greedy) << "prompt " << i;
     }
   }
 };
@@ -186,26 +212,19 @@ TEST_F(TensorParallelGpu, GoldenModelTp2EqualsTp1) {
   std::ifstream f(kGolden + "/cases.json");
   const int cases = int(nlohmann::json::parse(f)["cases"].size());
   std::vector<std::vector<int>> prompts;
-  std::vector<int> limits;
   for (int n = 0; n < cases; ++n) {
     const TensorInfo& t = expected.tensors().at(str("case", n, ".input_ids"));
     std::vector<int> ids(t.numel());
     std::memcpy(ids.data(), t.data, ids.size() * 4);
-    // Rows before the first route margin < 1e-3 (as the golden test): past it two bf16 runs
-    // may legitimately route differently.
+    // The prefix before the first route margin < 3e-3: past it two bf16 runs may legitimately
+    // route differently (the golden CUDA test's GPU-vs-GPU criterion).
     const std::vector<float> margin = tensor_to_f32(expected.tensors().at(str("case", n, ".route_margin")));
-    int limit = int(ids.size());
-    for (int p = 0; p < limit; ++p)
-      if (margin[p] < 1e-3f) limit = p;
-    if (limit == int(ids.size())) {  // greedy decoding compared only where routing is stable
-      prompts.push_back(ids);
-      limits.push_back(limit);
-    } else {
-      prompts.push_back(std::vector<int>(ids.begin(), ids.begin() + std::max(limit, 1)));
-      limits.push_back(std::max(limit, 1));
-    }
+    int limit = 0;
+    while (limit < int(ids.size()) && margin[limit] >= 3e-3f) ++limit;
+    if (limit > 0) prompts.push_back(std::vector<int>(ids.begin(), ids.begin() + limit));
   }
-  compare(kGolden, 2, prompts, limits, 8);
+  ASSERT_GE(prompts.size(), 3u);
+  compare(kGolden, 2, prompts, 8);
 }
 
 TEST_F(TensorParallelGpu, TinyModelTp2AndTp4EqualTp1) {
@@ -216,10 +235,8 @@ TEST_F(TensorParallelGpu, TinyModelTp2AndTp4EqualTp1) {
     for (int i = 0; i < len; ++i) ids[i] = (i * 37 + len * 11) % 1000;
     prompts.push_back(ids);
   }
-  std::vector<int> limits;
-  for (auto& p : prompts) limits.push_back(int(p.size()));
-  compare(dir, 2, prompts, limits, 16);
-  if (visible_gpus() >= 4) compare(dir, 4, prompts, limits, 16);
+  compare(dir, 2, prompts, 16);
+  if (visible_gpus() >= 4) compare(dir, 4, prompts, 16);
   else std::printf("TP=4 not run: %d GPUs visible\n", visible_gpus());
 }
 
