@@ -125,6 +125,54 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   return c.used;
 }
 
+CudaModel::Impl::Sizes CudaModel::Impl::plan_sizes() {
+  Sizes sz;
+  Carver wc;
+  sz.weights = layout_weights(wc);
+  const size_t C = size_t(3) * cfg.kda_num_heads * kKdaHeadDim;
+  conv_per_slot = C * (kKdaConvSize - 1);
+  state_per_slot = size_t(cfg.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
+  mla_per_block = size_t(kBlockSize) * kMlaCacheDim;
+  sz.slot = size_t(cfg.num_kda_layers()) * (conv_per_slot * 2 + state_per_slot * 4);
+  sz.block = size_t(cfg.num_mla_layers()) * mla_per_block * 2;
+  Tm = opts.max_batch_tokens;
+  logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(cfg.vocab_size) * 4), 1, Tm));
+  max_partials = 8 * prop.multiProcessorCount;
+  // Chunks of one step: full chunks of all tokens plus one partial chunk per sequence (capped:
+  // steps with more sequences than that fall back to the recurrent scan).
+  kda_chunk_cap = (Tm + kKdaChunk - 1) / kKdaChunk + std::min({Tm, cache.num_slots, 64});
+  Carver ac;
+  sz.arena = layout_arena(ac);
+  sz.fixed = kGemmWorkspace + kReserve;
+  return sz;
+}
+
+CudaMemoryPlan CudaModel::plan_memory(const ModelConfig& full_config, const ModelOptions& opts,
+                                      int rank) {
+  Impl m;
+  const int world = std::max(opts.tensor_parallel, 1);
+  m.full_cfg = full_config;
+  m.cfg = world > 1 ? rank_config(full_config, world) : full_config;
+  m.tp = TpRank{rank, world, nullptr};
+  m.opts = opts;
+  m.cache = opts.cache;
+  check_config(m.cfg);
+  check_device(&m.prop, rank);
+  const Impl::Sizes sz = m.plan_sizes();
+  CudaMemoryPlan p;
+  p.weight_bytes = sz.weights;
+  p.arena_bytes = sz.arena;
+  p.fixed_bytes = sz.fixed;
+  p.slot_bytes = sz.slot;
+  p.block_bytes = sz.block;
+  int prev = 0;
+  CUDA_CHECK(cudaGetDevice(&prev));
+  CUDA_CHECK(cudaSetDevice(rank));
+  CUDA_CHECK(cudaMemGetInfo(&p.free_bytes, &p.total_bytes));
+  CUDA_CHECK(cudaSetDevice(prev));
+  return p;
+}
+
 CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
                      const ModelOptions& opts, TpRank tp)
     : impl_(std::make_unique<Impl>()) {
@@ -146,24 +194,10 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   CUDA_CHECK(cudaSetDevice(m.device));
 
   // Sizes first (nothing allocated yet), then the fit check.
-  Carver wc;
-  const size_t wbytes = m.layout_weights(wc);
-  const int Lk = config.num_kda_layers(), Lm = config.num_mla_layers();
-  const size_t C = size_t(3) * config.kda_num_heads * kKdaHeadDim;
-  m.conv_per_slot = C * (kKdaConvSize - 1);
-  m.state_per_slot = size_t(config.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
-  m.mla_per_block = size_t(kBlockSize) * kMlaCacheDim;
-  const size_t slot_bytes = size_t(Lk) * (m.conv_per_slot * 2 + m.state_per_slot * 4);
-  const size_t block_bytes = size_t(Lm) * m.mla_per_block * 2;
+  const Impl::Sizes sz = m.plan_sizes();
+  const size_t wbytes = sz.weights, abytes = sz.arena, slot_bytes = sz.slot, block_bytes = sz.block;
   const size_t cbytes = slot_bytes * m.cache.num_slots + block_bytes * m.cache.num_blocks + 3 * 256;
-  m.Tm = opts.max_batch_tokens;
-  m.logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(config.vocab_size) * 4), 1, m.Tm));
-  m.max_partials = 8 * m.prop.multiProcessorCount;
-  // Chunks of one step: full chunks of all tokens plus one partial chunk per sequence (capped:
-  // steps with more sequences than that fall back to the recurrent scan).
-  m.kda_chunk_cap = (m.Tm + kKdaChunk - 1) / kKdaChunk + std::min({m.Tm, m.cache.num_slots, 64});
-  Carver ac;
-  const size_t abytes = m.layout_arena(ac);
+  const int Lk = config.num_kda_layers(), Lm = config.num_mla_layers();
   size_t free_b = 0, total_b = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
   const size_t fixed = kGemmWorkspace + kReserve;

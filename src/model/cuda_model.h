@@ -27,8 +27,19 @@ struct TpRank {
   void* comm = nullptr;
 };
 
+// Device memory of one rank before anything is allocated (CudaModel::plan_memory).
+struct CudaMemoryPlan {
+  size_t weight_bytes = 0, arena_bytes = 0, fixed_bytes = 0;  // fixed: GEMM workspace + reserve
+  size_t slot_bytes = 0, block_bytes = 0;  // one KDA state slot, one MLA cache block
+  size_t free_bytes = 0, total_bytes = 0;  // the GPU's, now
+};
+
 class CudaModel final : public Model {
  public:
+  // What rank `rank` of opts.tensor_parallel would hold for this config and options (cache
+  // sizes from opts.cache only size the KDA chunk workspace).
+  static CudaMemoryPlan plan_memory(const ModelConfig& config, const ModelOptions& opts, int rank);
+
   // ckpt == nullptr draws the weights (opts.random_weights). config is the whole model's.
   CudaModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts,
             TpRank tp = {});

@@ -168,6 +168,12 @@ struct CudaModel::Impl {
   void draw_weights(uint64_t seed);
   // cuda_model.cpp
   size_t layout_arena(Carver& c);
+  // Bytes of the weights, the activation arena, workspace + reserve, one KDA slot and one MLA
+  // block (sets the sizes the layouts use: Tm, logit_rows, ...). Allocates nothing.
+  struct Sizes {
+    size_t weights = 0, arena = 0, fixed = 0, slot = 0, block = 0;
+  };
+  Sizes plan_sizes();
 };
 
 }  // namespace kimi

@@ -41,6 +41,46 @@ void Batch::add(const std::vector<int>& new_tokens, int context_len, int slot,
   std::copy(blocks.begin(), blocks.end(), block_tables.begin() + row);
 }
 
+CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double memory_fraction,
+                         int64_t cpu_budget_bytes) {
+  CacheBudget b;
+  if (opts.backend != "cuda") {
+    b.slot_bytes = int64_t(c.num_kda_layers()) * c.kda_num_heads * kKdaHeadDim *
+                   (kKdaHeadDim + 3 * (kKdaConvSize - 1)) * 4;
+    b.block_bytes = int64_t(std::max(c.num_mla_layers(), 1)) * kBlockSize * kMlaCacheDim * 4;
+    b.budget_bytes = cpu_budget_bytes;
+    b.how = str("the CPU cache budget of ", cpu_budget_bytes >> 20, " MiB");
+    return b;
+  }
+#if KIMI_HAVE_CUDA
+  if (!(memory_fraction > 0 && memory_fraction <= 1))
+    fail("gpu memory utilization ", memory_fraction, " must be in (0, 1]");
+  const int world = std::max(opts.tensor_parallel, 1);
+  if (world > 1) check_tensor_parallel(c, world);
+  b.budget_bytes = INT64_MAX;
+  for (int r = 0; r < world; ++r) {
+    const CudaMemoryPlan p = CudaModel::plan_memory(c, opts, r);
+    const int64_t used_by_others = int64_t(p.total_bytes - p.free_bytes);
+    const int64_t budget = int64_t(memory_fraction * double(p.total_bytes)) - used_by_others -
+                           int64_t(p.weight_bytes + p.arena_bytes + p.fixed_bytes);
+    if (budget < b.budget_bytes) {
+      b.budget_bytes = budget;
+      b.how = str(int(memory_fraction * 100 + 0.5), "% of GPU ", r, "'s ", p.total_bytes >> 20,
+                  " MiB, less ", used_by_others >> 20, " MiB in use, ", p.weight_bytes >> 20,
+                  " MiB of weights, ", (p.arena_bytes + p.fixed_bytes) >> 20,
+                  " MiB of activations and reserve");
+    }
+    b.slot_bytes = int64_t(p.slot_bytes);
+    b.block_bytes = std::max<int64_t>(int64_t(p.block_bytes), 1);
+  }
+  b.budget_bytes = std::max<int64_t>(b.budget_bytes, 0);
+  return b;
+#else
+  (void)memory_fraction;
+  fail("unknown backend '", opts.backend, "' (this build has: cpu)");
+#endif
+}
+
 std::string default_backend() {
 #ifdef KIMI_HAVE_CUDA
   int n = 0;

@@ -72,6 +72,17 @@ struct ModelOptions {
   int tensor_parallel = 1;
 };
 
+// What the caches may take on each device, and what one KDA slot and one MLA block cost there.
+// CPU: cpu_budget_bytes (fp32 caches). CUDA: memory_fraction of each GPU's total memory, less
+// what others use there now, the weights, the activation arena and a reserve; the smallest over
+// the tensor-parallel ranks (each holds its heads' KDA state and the whole latent cache).
+struct CacheBudget {
+  int64_t slot_bytes = 0, block_bytes = 0, budget_bytes = 0;
+  std::string how;  // the budget's derivation, for messages
+};
+CacheBudget cache_budget(const ModelConfig& config, const ModelOptions& opts,
+                         double memory_fraction, int64_t cpu_budget_bytes);
+
 // "cuda" when this build has the CUDA backend and a GPU is visible, else "cpu" (what --backend
 // auto means).
 std::string default_backend();

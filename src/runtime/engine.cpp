@@ -78,24 +78,26 @@ class EngineImpl final : public Engine {
   std::thread thread_;
 };
 
-CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, int64_t* max_len) {
+CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, const ModelOptions& mo,
+                       int64_t* max_len) {
   CacheSizes cs;
   cs.num_slots = o.max_num_seqs;
-  int64_t slot_bytes = int64_t(c.num_kda_layers()) * c.kda_num_heads * kKdaHeadDim *
-                       (kKdaHeadDim + 3 * (kKdaConvSize - 1)) * 4;
-  int64_t block_bytes = int64_t(std::max(c.num_mla_layers(), 1)) * kBlockSize * kMlaCacheDim * 4;
   int64_t want_len = o.max_model_len > 0 ? o.max_model_len : c.model_max_length;
   if (o.num_blocks > 0) {
     cs.num_blocks = o.num_blocks;
   } else {
-    int64_t avail = o.cpu_cache_bytes - slot_bytes * cs.num_slots;
-    if (avail < block_bytes)
-      fail("the cache budget (", o.cpu_cache_bytes >> 20, " MiB) cannot hold the KDA state of ",
-           cs.num_slots, " sequences (", (slot_bytes * cs.num_slots) >> 20,
-           " MiB): lower --max-num-seqs or raise the budget");
+    ModelOptions probe = mo;
+    probe.cache = cs;
+    const CacheBudget b = cache_budget(c, probe, o.memory_fraction, o.cpu_cache_bytes);
+    const int64_t avail = b.budget_bytes - b.slot_bytes * cs.num_slots;
+    if (avail < b.block_bytes)
+      fail("the cache budget (", b.budget_bytes >> 20, " MiB: ", b.how,
+           ") cannot hold the KDA state of ", cs.num_slots, " sequences (",
+           (b.slot_bytes * cs.num_slots) >> 20, " MiB) and one cache block: lower --max-num-seqs",
+           mo.backend == "cuda" ? ", raise --gpu-memory-utilization or use more GPUs" : " or raise the budget");
     // Never more than every sequence at full length needs.
     int64_t cap = int64_t(cs.num_slots) * blocks_for_tokens(int(std::min<int64_t>(want_len, 1 << 30)), kBlockSize);
-    cs.num_blocks = int(std::min<int64_t>({avail / block_bytes, cap, int64_t(1) << 30}));
+    cs.num_blocks = int(std::min<int64_t>({avail / b.block_bytes, cap, int64_t(1) << 30}));
   }
   *max_len = std::min<int64_t>(want_len, int64_t(cs.num_blocks) * kBlockSize);
   if (o.max_model_len > 0 && *max_len < o.max_model_len)
@@ -114,7 +116,9 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   ModelOptions mo;
   mo.backend = opts.backend;
   mo.tensor_parallel = opts.tensor_parallel_size;
-  mo.cache = size_caches(cfg, opts, &max_model_len_);
+  // CUDA: the activation arena holds one step of the scheduler's token budget.
+  mo.max_batch_tokens = std::max(opts.max_num_batched_tokens, opts.max_num_seqs);
+  mo.cache = size_caches(cfg, opts, mo, &max_model_len_);
   model_ = load_model(dir, mo);
   blocks_ = BlockPool(mo.cache.num_blocks);
   slots_ = SlotPool(mo.cache.num_slots);

@@ -14,6 +14,7 @@
 #include "model/model.h"
 #if KIMI_HAVE_CUDA
 #include "model/cuda_model.h"
+#include "kimi/engine.h"
 #endif
 #include "model/tiny.h"
 
@@ -106,6 +107,59 @@ TEST_F(CudaModelGpu, RandomWeightsFromConfigAloneAreReproducible) {
   std::vector<float> two = run_once(dir, 7, 2);
   EXPECT_EQ(two.size(), a.size());
   EXPECT_NE(two, a);
+}
+
+// The engine sizes the caches from GPU memory (--gpu-memory-utilization): per-slot and per-block
+// bytes of the full-size model on the GPU, a budget that leaves the weights room, and halved
+// KDA state per rank at TP = 2 (the latent cache is whole on every rank).
+TEST_F(CudaModelGpu, CacheBudgetComesFromGpuMemory) {
+  const ModelConfig c = ModelConfig::from_file(config_only_dir() + "/config.json");
+  ModelOptions o;
+  o.backend = "cuda";
+  o.cache.num_slots = 64;
+  const CacheBudget b = cache_budget(c, o, 0.9, 0);
+  std::printf("budget: %lld MiB (%s); slot %lld B, block %lld B\n", (long long)(b.budget_bytes >> 20),
+              b.how.c_str(), (long long)b.slot_bytes, (long long)b.block_bytes);
+  const int64_t HD = int64_t(c.kda_num_heads) * kKdaHeadDim;
+  EXPECT_EQ(b.slot_bytes, c.num_kda_layers() * (3 * HD * (kKdaConvSize - 1) * 2 + HD * kKdaHeadDim * 4));
+  EXPECT_EQ(b.block_bytes, int64_t(c.num_mla_layers()) * kBlockSize * kMlaCacheDim * 2);
+  EXPECT_NE(b.how.find("90% of GPU 0"), std::string::npos) << b.how;
+  const CacheBudget lower = cache_budget(c, o, 0.5, 0);
+  EXPECT_LE(lower.budget_bytes, b.budget_bytes);
+  int gpus = 0;
+  cudaGetDeviceCount(&gpus);
+  if (gpus >= 2) {
+    o.tensor_parallel = 2;
+    const CacheBudget two = cache_budget(c, o, 0.9, 0);
+    EXPECT_EQ(two.slot_bytes * 2, b.slot_bytes);
+    EXPECT_EQ(two.block_bytes, b.block_bytes);
+    EXPECT_GT(two.budget_bytes, b.budget_bytes);
+  }
+}
+
+// kimi-serve's path on the GPU: an Engine on the cuda backend with caches sized from memory
+// serves a greedy request to its length.
+TEST_F(CudaModelGpu, EngineSizesCachesFromGpuMemoryAndServes) {
+  EngineOptions eo;
+  eo.model_dir = std::string(KIMI_BINARY_DIR) + "/default-model";
+  eo.backend = "cuda";
+  eo.max_num_seqs = 4;
+  auto eng = Engine::create(eo);
+  EXPECT_GT(eng->max_model_len(), 1000);
+  Request r;
+  r.prompt_ids = {1, 2, 3, 4, 5};
+  r.sampling.temperature = 0;
+  r.max_tokens = 12;
+  r.ignore_eos = true;
+  auto h = eng->submit(r);
+  int tokens = 0;
+  FinishReason finish = FinishReason::kNone;
+  while (auto ev = h->next(std::chrono::seconds(60))) {
+    tokens += int(ev->token_ids.size());
+    if (ev->finish != FinishReason::kNone) finish = ev->finish;
+  }
+  EXPECT_EQ(finish, FinishReason::kLength);
+  EXPECT_EQ(tokens, 12);
 }
 
 TEST_F(CudaModelGpu, RefusesAModelThatDoesNotFit) {
