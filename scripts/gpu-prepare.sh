@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run here (the machine with network), in the project root, before sending the tree to the GPU
 # machine (which has none; ../shared/docs/gpu-machine.md): unpacks the Debian -dev packages into
-# ./.gpu-deps and copies ../shared/golden into ./.golden. Both folders are git-ignored.
+# ./.gpu-deps and copies ../shared/golden into ./.golden; with KIMI_FLA_REPO, exports FLA's fla/
+# into ./.fla. All three folders are git-ignored; pass them in the device tool's carry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ ! -d .gpu-deps/usr ]]; then
@@ -14,6 +15,14 @@ fi
 rm -rf .golden
 cp -r ../shared/golden .golden
 echo "gpu-prepare: .golden $(du -sh .golden | cut -f1)"
-for d in .gpu-deps .golden; do
+# The peer for the KDA benchmark (benchmarks/fla_kda_peer.py): flash-linear-attention's fla/
+# package, from a clone named by KIMI_FLA_REPO (a git checkout), into the ignored ./.fla.
+if [[ -n ${KIMI_FLA_REPO:-} ]]; then
+  rm -rf .fla && mkdir -p .fla
+  git -C "$KIMI_FLA_REPO" archive HEAD fla | tar -x -C .fla
+  echo "gpu-prepare: .fla from $(git -C "$KIMI_FLA_REPO" log -1 --format='%h %s' | cut -c1-60)"
+fi
+for d in .gpu-deps .golden .fla; do
+  [[ -e $d ]] || continue
   git check-ignore -q "$d" || echo "gpu-prepare: warning: $d is not git-ignored"
 done
