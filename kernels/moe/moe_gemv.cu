@@ -27,7 +27,10 @@ void launch(const MoeGemmParams& p, int pass_rows, cudaStream_t stream) {
   // 9 chunks of 32 per warp at hidden 2304 (gate_up), 4 at inter 1024 (down): whole batches.
   constexpr int U = SWIGLU ? 3 : 4;
   auto kernel = moe_gemv_kernel<SWIGLU, NT, U>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  // Per launch rather than once per process: the attribute belongs to the current device, and
+  // the call is legal during stream capture (FlashAttention's launchers do the same).
+  if (smem > size_t(48) << 10)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, kGvThreads, smem, stream>>>(p, v, pass_rows);
   KIMI_CHECK_LAUNCH();
 }

@@ -41,7 +41,9 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
   return (K + 31) / 64 * 64 + 32;
 }
 
-// 16 bytes of streamed weights; zeros when !pred (nothing is read).
+// 16 bytes of streamed weights; zeros when !pred (nothing is read). A warp's load covers 64
+// bytes of each of 8 rows; the L2 prefetch hint turns the misses into 256-byte DRAM reads, which
+// the neighbouring warps (the next k chunks of the same rows) then hit.
 __device__ __forceinline__ uint4 ldg_stream16(const bf16* ptr, bool pred) {
   uint4 r;
   asm("{\n"
@@ -51,7 +53,7 @@ __device__ __forceinline__ uint4 ldg_stream16(const bf16* ptr, bool pred) {
       "  mov.b32 %1, 0;\n"
       "  mov.b32 %2, 0;\n"
       "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
       "}\n"
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(ptr), "r"(int(pred)));
