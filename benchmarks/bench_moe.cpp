@@ -144,7 +144,9 @@ struct Routing {
   }
 };
 
-const char* path_name(MoeGemmPath p) { return p == MoeGemmPath::kGemv ? "gemv" : "tiled"; }
+const char* path_name(MoeGemmPath p) {
+  return p == MoeGemmPath::kGemv ? "gemv" : "tiled";
+}
 
 // Relative RMS difference of a against b.
 double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
@@ -214,8 +216,9 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
       ms_of[path == MoeGemmPath::kGemv] = graph;
       const double gbs = bytes / (graph * 1e-3) / 1e9;
       std::printf("%-6s %5d %6s %8.1f %9.1f %10.2f %10.2f %10.1f %7.1f%% %10.2f %10.2f%s\n",
-                  "decode", T, path_name(path), distinct, bytes / 1e6, eager * 1e3, graph * 1e3, gbs,
-                  100 * gbs / ceiling, gu * 1e3, dn * 1e3, path == auto_path ? "  (auto)" : "");
+                  "decode", T, path_name(path), distinct, bytes / 1e6, eager * 1e3, graph * 1e3,
+                  gbs, 100 * gbs / ceiling, gu * 1e3, dn * 1e3,
+                  path == auto_path ? "  (auto)" : "");
       // The two kernels on routing 0 must agree (op tests check both against the CPU).
       gp.workspace = rs[0].ws.data();
       kimi::cuda::run_moe_gate_up(gp, st);
@@ -249,13 +252,15 @@ void bench_prefill(Weights& w, bool quick) {
   const double t_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
   kimi::cuda::Gemm gemm;
   auto cublas = [&](int) {
-    gemm.linear(xr.data(), w.w13.data(), gu.data(), R, 2 * I, H, kimi::cuda::GemmOut::kBF16, nullptr);
+    gemm.linear(xr.data(), w.w13.data(), gu.data(), R, 2 * I, H, kimi::cuda::GemmOut::kBF16,
+                nullptr);
     gemm.linear(act.data(), w.w2.data(), y.data(), R, H, I, kimi::cuda::GemmOut::kF32, nullptr);
   };
   const double t_cb = median_ms(cublas, reps, 1, 1);
   const char* p = kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kGemv ? "gemv" : "tiled";
-  std::printf("\nprefill T = %d (R = %d rows, %d experts touched, block_m %d, kAuto = %s): %.3g FLOP\n",
-              T, R, r.distinct, block_m, p, flop);
+  std::printf(
+      "\nprefill T = %d (R = %d rows, %d experts touched, block_m %d, kAuto = %s): %.3g FLOP\n", T,
+      R, r.distinct, block_m, p, flop);
   std::printf("%-28s %10s %10s %10s %10s\n", "", "gate_up ms", "down ms", "total ms", "TFLOP/s");
   std::printf("%-28s %10.3f %10.3f %10.3f %10.1f\n", "grouped (kAuto)", t_gu, t_dn, t_gu + t_dn,
               flop / ((t_gu + t_dn) * 1e-3) / 1e12);
@@ -272,9 +277,10 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDevice(&dev));
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    std::printf("bench_moe: %s, %d SMs, L2 %d MB; E=%d top-%d hidden=%d inter=%d (%.2f MB/expert)\n",
-                prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, E, K, H, I,
-                kExpertBytes / 1e6);
+    std::printf(
+        "bench_moe: %s, %d SMs, L2 %d MB; E=%d top-%d hidden=%d inter=%d (%.2f MB/expert)\n",
+        prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, E, K, H, I,
+        kExpertBytes / 1e6);
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     Weights w;

@@ -30,7 +30,8 @@ void launch(const MoeGemmParams& p, int pass_rows, cudaStream_t stream) {
   // Per launch rather than once per process: the attribute belongs to the current device, and
   // the call is legal during stream capture (FlashAttention's launchers do the same).
   if (smem > size_t(48) << 10)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   kernel<<<grid, kGvThreads, smem, stream>>>(p, v, pass_rows);
   KIMI_CHECK_LAUNCH();
 }
@@ -53,14 +54,18 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream) {
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe gemv: x, w13, w2 and act must be 16-byte aligned");
   const size_t smem = moe_gemv_smem_bytes(p, swiglu);
-  KIMI_CHECK(smem <= size_t(227) << 10, "moe gemv: ", smem,
-             " bytes of shared memory for hidden ", p.hidden, ", inter ", p.inter);
+  KIMI_CHECK(smem <= size_t(227) << 10, "moe gemv: ", smem, " bytes of shared memory for hidden ",
+             p.hidden, ", inter ", p.inter);
   if (swiglu) {
-    if (P > 8) launch<true, 2>(p, P, stream);
-    else launch<true, 1>(p, P, stream);
+    if (P > 8)
+      launch<true, 2>(p, P, stream);
+    else
+      launch<true, 1>(p, P, stream);
   } else {
-    if (P > 8) launch<false, 2>(p, P, stream);
-    else launch<false, 1>(p, P, stream);
+    if (P > 8)
+      launch<false, 2>(p, P, stream);
+    else
+      launch<false, 1>(p, P, stream);
   }
 }
 

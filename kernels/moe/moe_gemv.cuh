@@ -76,15 +76,21 @@ __device__ __forceinline__ void gv_mma(float (&c)[4], uint32_t a0, uint32_t a1, 
 template <int I>
 __device__ __forceinline__ uint32_t word(const uint4& v) {
   static_assert(I >= 0 && I < 4);
-  if constexpr (I == 0) return v.x;
-  else if constexpr (I == 1) return v.y;
-  else if constexpr (I == 2) return v.z;
-  else return v.w;
+  if constexpr (I == 0) {
+    return v.x;
+  } else if constexpr (I == 1) {
+    return v.y;
+  } else if constexpr (I == 2) {
+    return v.z;
+  } else {
+    return v.w;
+  }
 }
 
 // Weight pieces of U chunks (c0, c0 + 8, ...) for the lane's 4 rows: [u][row group][g or g + 8].
 template <int U>
-__device__ __forceinline__ void gv_load_weights(uint4 (&wv)[U][2][2], const bf16* const (&wrow)[2][2],
+__device__ __forceinline__ void gv_load_weights(uint4 (&wv)[U][2][2],
+                                                const bf16* const (&wrow)[2][2],
                                                 const bool (&wok)[2][2], int c0, int K, int t) {
 #pragma unroll
   for (int u = 0; u < U; ++u) {
@@ -117,8 +123,8 @@ __global__ void __launch_bounds__(kGvThreads, 2)
     moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows) {
   static_assert(NT == 1 || NT == 2, "n tiles per pass");
   extern __shared__ __align__(16) unsigned char gv_smem[];
-  __shared__ int s_tile[3];  // expert, first row, end row of this CTA's tile
-  bf16* xs = reinterpret_cast<bf16*>(gv_smem);    // [pass_rows][lds] staged input rows
+  __shared__ int s_tile[3];                        // expert, first row, end row of this CTA's tile
+  bf16* xs = reinterpret_cast<bf16*>(gv_smem);     // [pass_rows][lds] staged input rows
   float* red = reinterpret_cast<float*>(gv_smem);  // [warp][rg][nt][4][lane] (after the k loop)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -144,8 +150,8 @@ __global__ void __launch_bounds__(kGvThreads, 2)
   const int K = SWIGLU ? p.hidden : p.inter;
   const int KC = (K + kGvChunk - 1) / kGvChunk;
   const int lds = moe_gemv_lds(K);
-  const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
-                         : p.w2 + int64_t(e) * p.hidden * p.inter;
+  const bf16* W =
+      SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
   const int n0 = blockIdx.y * (SWIGLU ? 16 : 32);
   // The lane's weight rows: row group rg (gate_up: 0 gate, 1 up; down: columns +16·rg), h: g + 8h.
   const bf16* wrow[2][2];
@@ -208,9 +214,10 @@ __global__ void __launch_bounds__(kGvThreads, 2)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) red[(((warp * 2 + rg) * NT + nt) * 4 + j) * 32 + lane] = acc[rg][nt][j];
+        for (int j = 0; j < 4; ++j)
+          red[(((warp * 2 + rg) * NT + nt) * 4 + j) * 32 + lane] = acc[rg][nt][j];
     __syncthreads();
-    // D fragment element j of lane (g, t): column g + 8·(j / 2), row slot 2t + (j % 2) of n tile nt.
+    // D element j of lane (g, t) in n tile nt: column g + 8·(j / 2), row slot 8·nt + 2t + j % 2.
     constexpr int kOuts = (SWIGLU ? 1 : 2) * NT * 4 * 32;
     for (int i = tid; i < kOuts; i += kGvThreads) {
       const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);

@@ -1,7 +1,8 @@
 // MoE GPU kernels against the CPU reference: routing (src/ops/cpu/moe.h; ids must match exactly,
-// weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with SwiGLU
-// → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert fp32
-// SwiGLU MLPs (cpu::matmul, cpu::silu_mul). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
+// weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with
+// SwiGLU → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert
+// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for both expert kernels (tiled and gemv, see
+// moe.h). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -189,7 +190,8 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     cuda::run_moe_gate_up(gp, nullptr);
     cuda::run_moe_down(gp, nullptr);
     cuda::MoeUnpermuteParams up;
-    up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E, up.workspace = dws.data();
+    up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E;
+    up.workspace = dws.data();
     up.weights = dwts.data(), up.y = dy.data(), up.out = dout.data();
     up.accumulate = true;
     cuda::run_moe_unpermute(up, nullptr);
@@ -197,10 +199,9 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     const auto act_rows = bf16_to_float(dact.to_host());
     const auto y_rows = dy.to_host();
     // Every row is some pair's row: all of act and y must have been written.
-    EXPECT_TRUE(std::all_of(act_rows.begin(), act_rows.end(), [](float v) { return std::isfinite(v); }))
-        << what;
-    EXPECT_TRUE(std::all_of(y_rows.begin(), y_rows.end(), [](float v) { return std::isfinite(v); }))
-        << what;
+    auto finite = [](float v) { return std::isfinite(v); };
+    EXPECT_TRUE(std::all_of(act_rows.begin(), act_rows.end(), finite)) << what;
+    EXPECT_TRUE(std::all_of(y_rows.begin(), y_rows.end(), finite)) << what;
     std::vector<float> act_pair(size_t(R) * I), y_pair(size_t(R) * hidden);
     for (int64_t i = 0; i < R; ++i) {
       std::copy_n(&act_rows[size_t(pair_row[i]) * I], I, &act_pair[size_t(i) * I]);
@@ -211,7 +212,8 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     // The routed contribution (out − out0), so the accumulator's base does not hide errors.
     const auto got = dout.to_host();
     std::vector<float> gd(got.size()), rd(got.size());
-    for (size_t i = 0; i < got.size(); ++i) gd[i] = got[i] - c.out0[i], rd[i] = c.out_ref[i] - c.out0[i];
+    for (size_t i = 0; i < got.size(); ++i)
+      gd[i] = got[i] - c.out0[i], rd[i] = c.out_ref[i] - c.out0[i];
     expect_close(what + " out", gd.data(), rd.data(), rd.size(), 8e-3, 0.05);
     EXPECT_TRUE(dact.guards_intact() && dy.guards_intact() && dout.guards_intact()) << what;
     y_by_path.push_back(std::move(y_pair));
@@ -325,7 +327,8 @@ TEST(MoeGpu, ExpertsDecodeGemv) {
       const int bm = model_block_m(T, s.E, 8);
       check_experts(w, c, bm, kBothPaths, expected_auto(T, s.E, 8, bm));
       // Forced at tiles of 64 rows: several 16-row passes per tile.
-      if (T == 64 && bm != 64) check_experts(w, c, 64, {cuda::MoeGemmPath::kGemv}, cuda::MoeGemmPath::kTiled);
+      if (T == 64 && bm != 64)
+        check_experts(w, c, 64, {cuda::MoeGemmPath::kGemv}, cuda::MoeGemmPath::kTiled);
     }
   }
 #endif
