@@ -79,16 +79,34 @@ void launch_gemm(const MoeGemmParams& p, cudaStream_t stream) {
 
 }  // namespace
 
+MoeGemmPath moe_gemm_path(const MoeGemmParams& p) {
+  if (p.path != MoeGemmPath::kAuto) return p.path;
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  if (p.block_m != 16 || rows > int64_t(kMoeGemvMaxRowsPerExpert) * p.num_experts)
+    return MoeGemmPath::kTiled;
+  // Staged rows beyond ~100 KB (hidden > ~3k) would leave one CTA per SM: keep the tiles there.
+  const size_t smem_cap = size_t(100) << 10;
+  if (moe::moe_gemv_smem_bytes(p, true) > smem_cap || moe::moe_gemv_smem_bytes(p, false) > smem_cap)
+    return MoeGemmPath::kTiled;
+  return MoeGemmPath::kGemv;
+}
+
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream) {
   check_gemm(p);
   if (p.num_tokens == 0) return;
-  launch_gemm<true>(p, stream);
+  if (moe_gemm_path(p) == MoeGemmPath::kGemv)
+    moe::launch_moe_gemv(p, true, stream);
+  else
+    launch_gemm<true>(p, stream);
 }
 
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream) {
   check_gemm(p);
   if (p.num_tokens == 0) return;
-  launch_gemm<false>(p, stream);
+  if (moe_gemm_path(p) == MoeGemmPath::kGemv)
+    moe::launch_moe_gemv(p, false, stream);
+  else
+    launch_gemm<false>(p, stream);
 }
 
 void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {

@@ -16,6 +16,11 @@
 //               residual stream).
 // R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
 // 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
+// Two kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
+//   tiled : the WMMA tiles above, for prefill-sized batches (compute-bound).
+//   gemv  : decode-sized batches (experts with 1..16 rows, bandwidth-bound): CTA = (row tile,
+//           32 weight rows), 8 warps split k and stream the weights with 16-byte loads into
+//           mma.sync with the weights as the M side (moe_gemv.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -69,6 +74,12 @@ inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
   return int((rows + block_m - 1) / block_m + busy);
 }
 
+// kAuto: gemv when the tiles are of 16 rows (block_m 16) and T·K <= kMoeGemvMaxRowsPerExpert · E
+// (decode: few rows per expert), else tiled. kTiled / kGemv force a kernel (tests, benchmarks);
+// gemv runs any shape but re-reads the weights for every 16 rows of a tile.
+enum class MoeGemmPath { kAuto, kTiled, kGemv };
+inline constexpr int kMoeGemvMaxRowsPerExpert = 4;
+
 struct MoeGemmParams {
   int num_tokens = 0;
   int num_experts = 0;
@@ -82,9 +93,19 @@ struct MoeGemmParams {
   const bf16* w2 = nullptr;         // [E, hidden, I]
   bf16* act = nullptr;              // [T·K, I]
   float* y = nullptr;               // [T·K, hidden]
+  MoeGemmPath path = MoeGemmPath::kAuto;
 };
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream);
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream);
+// The kernel run_moe_gate_up / run_moe_down launch for p: kTiled or kGemv, never kAuto.
+MoeGemmPath moe_gemm_path(const MoeGemmParams& p);
+namespace moe {
+// The gemv kernels (moe_gemv.cu); run_moe_gate_up / run_moe_down call it after their checks.
+void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
+// Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
+// reduction, whichever is larger.
+size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
+}  // namespace moe
 
 struct MoeUnpermuteParams {
   int num_tokens = 0;

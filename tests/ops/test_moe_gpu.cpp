@@ -1,7 +1,8 @@
 // MoE GPU kernels against the CPU reference: routing (src/ops/cpu/moe.h; ids must match exactly,
-// weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with SwiGLU
-// → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert fp32
-// SwiGLU MLPs (cpu::matmul, cpu::silu_mul). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
+// weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with
+// SwiGLU → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert
+// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for both expert kernels (tiled and gemv, see
+// moe.h). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -53,91 +54,308 @@ TEST(MoeGpu, RouteMatchesCpu) {
 }
 
 #if KIMI_HAVE_CUDA
-void run_experts(int T, int E, int K, int hidden, int I, int block_m, uint32_t seed) {
-  std::mt19937 rng(seed);
-  auto x = random_bf16(rng, size_t(T) * hidden, -1.f, 1.f);
-  auto w13 = random_bf16(rng, size_t(E) * 2 * I * hidden, -0.1f, 0.1f);
-  auto w2 = random_bf16(rng, size_t(E) * hidden * I, -0.1f, 0.1f);
-  auto out0 = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
-  // Distinct experts per token, random order, random positive weights.
-  std::vector<int> ids(size_t(T) * K);
-  std::vector<float> wts(size_t(T) * K);
-  std::vector<int> perm(E);
+// Expert weights of one (E, hidden, I) shape on the host (bf16 and fp32 views) and the device.
+// Weights uniform in ±min(0.1, 2/sqrt(fan_in)): outputs O(1) at every size.
+struct ExpertWeights {
+  int E, hidden, I;
+  std::vector<uint16_t> w13, w2;
+  std::vector<float> w13f, w2f;
+  GuardedBuffer<uint16_t> dw13, dw2;
+  ExpertWeights(int E_, int hidden_, int I_, uint32_t seed)
+      : E(E_), hidden(hidden_), I(I_), dw13(size_t(E_) * 2 * I_ * hidden_),
+        dw2(size_t(E_) * hidden_ * I_) {
+    std::mt19937 rng(seed);
+    const float r13 = std::min(0.1f, 2.f / std::sqrt(float(hidden))),
+                r2 = std::min(0.1f, 2.f / std::sqrt(float(I)));
+    w13 = random_bf16(rng, dw13.size(), -r13, r13);
+    w2 = random_bf16(rng, dw2.size(), -r2, r2);
+    w13f = bf16_to_float(w13);
+    w2f = bf16_to_float(w2);
+    dw13.upload(w13);
+    dw2.upload(w2);
+  }
+};
+
+// Routing: distinct experts per token (as the router makes them) or, with repeats, K draws with
+// replacement (a token may list an expert twice; the kernels must still be right).
+std::vector<int> random_ids(std::mt19937& rng, int T, int E, int K, bool repeats) {
+  std::vector<int> ids(size_t(T) * K), perm(E);
   std::iota(perm.begin(), perm.end(), 0);
+  std::uniform_int_distribution<int> any(0, E - 1);
   for (int t = 0; t < T; ++t) {
     std::shuffle(perm.begin(), perm.end(), rng);
-    for (int k = 0; k < K; ++k) ids[size_t(t) * K + k] = perm[k];
+    for (int k = 0; k < K; ++k) ids[size_t(t) * K + k] = repeats ? any(rng) : perm[k];
   }
-  wts = random_f32(rng, wts.size(), 0.05f, 1.f);
-  // CPU: out = out0 + Σ_k w · W2_e (SiLU(W1_e x) ⊙ W3_e x)
-  auto xf = bf16_to_float(x), w13f = bf16_to_float(w13), w2f = bf16_to_float(w2);
-  std::vector<float> ref = out0, gu(2 * I), act(I), y(hidden);
-  for (int t = 0; t < T; ++t)
-    for (int k = 0; k < K; ++k) {
-      const int e = ids[size_t(t) * K + k];
-      cpu::matmul(&xf[size_t(t) * hidden], &w13f[size_t(e) * 2 * I * hidden], gu.data(), 1, 2 * I, hidden);
-      cpu::silu_mul(gu.data(), act.data(), 1, I);
-      cpu::matmul(act.data(), &w2f[size_t(e) * hidden * I], y.data(), 1, hidden, I);
-      for (int d = 0; d < hidden; ++d) ref[size_t(t) * hidden + d] += wts[size_t(t) * K + k] * y[d];
+  return ids;
+}
+
+// One routed-expert case: per (t, k) pair the fp32 CPU reference of act = SiLU(W1 x) ⊙ W3 x and
+// y = W2 act, and out = out0 + Σ_k w · y. The expert MLPs run per expert over all its tokens.
+struct ExpertCase {
+  int T, K;
+  std::vector<uint16_t> x;
+  std::vector<int> ids;
+  std::vector<float> wts, out0, act_ref, y_ref, out_ref;  // act_ref [T·K, I], y_ref [T·K, hidden]
+};
+
+ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_t seed) {
+  const int E = w.E, hidden = w.hidden, I = w.I;
+  std::mt19937 rng(seed);
+  ExpertCase c;
+  c.T = T, c.K = K;
+  c.x = random_bf16(rng, size_t(T) * hidden, -1.f, 1.f);
+  c.ids = random_ids(rng, T, E, K, repeats);
+  c.wts = random_f32(rng, size_t(T) * K, 0.05f, 1.f);
+  c.out0 = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
+  const auto xf = bf16_to_float(c.x);
+  const size_t R = size_t(T) * K;
+  c.act_ref.assign(R * I, 0.f);
+  c.y_ref.assign(R * hidden, 0.f);
+  for (int e = 0; e < E; ++e) {
+    std::vector<size_t> pairs;
+    for (size_t i = 0; i < R; ++i)
+      if (c.ids[i] == e) pairs.push_back(i);
+    const int n = int(pairs.size());
+    if (n == 0) continue;
+    std::vector<float> xe(size_t(n) * hidden), gu(size_t(n) * 2 * I), act(size_t(n) * I),
+        y(size_t(n) * hidden);
+    for (int j = 0; j < n; ++j)
+      std::copy_n(&xf[(pairs[j] / K) * hidden], hidden, &xe[size_t(j) * hidden]);
+    cpu::matmul(xe.data(), &w.w13f[size_t(e) * 2 * I * hidden], gu.data(), n, 2 * I, hidden);
+    cpu::silu_mul(gu.data(), act.data(), n, I);
+    cpu::matmul(act.data(), &w.w2f[size_t(e) * hidden * I], y.data(), n, hidden, I);
+    for (int j = 0; j < n; ++j) {
+      std::copy_n(&act[size_t(j) * I], I, &c.act_ref[pairs[j] * I]);
+      std::copy_n(&y[size_t(j) * hidden], hidden, &c.y_ref[pairs[j] * hidden]);
     }
+  }
+  c.out_ref = c.out0;
+  for (size_t i = 0; i < R; ++i)
+    for (int d = 0; d < hidden; ++d)
+      c.out_ref[(i / K) * hidden + d] += c.wts[i] * c.y_ref[i * hidden + d];
+  return c;
+}
+
+const char* path_name(cuda::MoeGemmPath p) {
+  return p == cuda::MoeGemmPath::kGemv ? "gemv" : p == cuda::MoeGemmPath::kTiled ? "tiled" : "auto";
+}
+
+// Runs the routed path on the GPU: permute once (block_m), then for each path in `paths` (kAuto
+// runs what moe_gemm_path picks) the
+// grouped gate_up + down GEMMs on that one permutation, and the weighted un-permute into out0.
+// Checks, per path: act and y of every (t, k) pair against the CPU (through pair_row), the routed
+// contribution out − out0, every row written (the outputs were NaN-poisoned), guards intact. With
+// two paths, their y rows are also compared with each other (same rows: same permutation).
+// expect_auto: the kernel kAuto must pick for these sizes.
+void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
+                   std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto) {
+  const int T = c.T, K = c.K, E = w.E, hidden = w.hidden, I = w.I;
   const int64_t R = int64_t(T) * K;
-  GuardedBuffer<uint16_t> dx(x.size()), dw13(w13.size()), dw2(w2.size()), dact(R * I);
-  GuardedBuffer<float> dy(R * hidden);
-  GuardedBuffer<int> dids(ids.size()), dws(cuda::moe_permute_workspace_ints(E, R));
-  GuardedBuffer<float> dwts(wts.size()), dout(out0.size());
-  dx.upload(x);
-  dw13.upload(w13);
-  dw2.upload(w2);
-  dids.upload(ids);
-  dwts.upload(wts);
-  dout.upload(out0);
-  dact.poison();
-  dy.poison();
+  GuardedBuffer<uint16_t> dx(c.x.size()), dact(R * I);
+  GuardedBuffer<float> dy(R * hidden), dwts(c.wts.size()), dout(c.out0.size());
+  GuardedBuffer<int> dids(c.ids.size()), dws(cuda::moe_permute_workspace_ints(E, R));
+  dx.upload(c.x);
+  dids.upload(c.ids);
+  dwts.upload(c.wts);
   cuda::MoePermuteParams pp;
   pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = block_m;
   pp.expert_ids = dids.data(), pp.workspace = dws.data();
   cuda::run_moe_permute(pp, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  // pair_row from the workspace: where each (t, k) pair's row went.
+  std::vector<int> ws = dws.to_host();
+  const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
+  std::vector<int> pair_row(hv.pair_row, hv.pair_row + R);
+  for (int64_t i = 0; i < R; ++i) ASSERT_TRUE(pair_row[i] >= 0 && pair_row[i] < R) << "pair " << i;
+
   cuda::MoeGemmParams gp;
   gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = hidden;
   gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
-  gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data()), gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
+  gp.w13 = reinterpret_cast<cuda::bf16*>(w.dw13.data());
+  gp.w2 = reinterpret_cast<cuda::bf16*>(w.dw2.data());
   gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
-  cuda::run_moe_gate_up(gp, nullptr);
-  cuda::run_moe_down(gp, nullptr);
-  cuda::MoeUnpermuteParams up;
-  up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E, up.workspace = dws.data();
-  up.weights = dwts.data(), up.y = dy.data(), up.out = dout.data();
-  up.accumulate = true;
-  cuda::run_moe_unpermute(up, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  auto got = dout.to_host();
-  // Compare the routed contribution (out − out0) so the accumulator's base does not hide errors.
-  std::vector<float> gd(got.size()), rd(got.size());
-  for (size_t i = 0; i < got.size(); ++i) gd[i] = got[i] - out0[i], rd[i] = ref[i] - out0[i];
-  expect_close(str("moe T", T, " E", E, " K", K, " hid", hidden, " I", I, " BM", block_m), gd.data(),
-               rd.data(), rd.size(), 8e-3, 0.05);
-  // Every row was written (no NaN from the poison) and nothing outside.
-  auto acth = bf16_to_float(dact.to_host());
-  EXPECT_TRUE(std::all_of(acth.begin(), acth.end(), [](float v) { return std::isfinite(v); }));
-  EXPECT_TRUE(dact.guards_intact() && dy.guards_intact() && dout.guards_intact() && dws.guards_intact());
+  EXPECT_EQ(cuda::moe_gemm_path(gp), expect_auto) << "T " << T << " E " << E << " K " << K;
+
+  std::vector<std::vector<float>> y_by_path;
+  for (cuda::MoeGemmPath path : paths) {
+    const std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I",
+                                 I, " BM", block_m);
+    gp.path = path;
+    if (path != cuda::MoeGemmPath::kAuto) {
+      ASSERT_EQ(cuda::moe_gemm_path(gp), path);
+    }
+    dact.poison();
+    dy.poison();
+    dout.upload(c.out0);
+    cuda::run_moe_gate_up(gp, nullptr);
+    cuda::run_moe_down(gp, nullptr);
+    cuda::MoeUnpermuteParams up;
+    up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E;
+    up.workspace = dws.data();
+    up.weights = dwts.data(), up.y = dy.data(), up.out = dout.data();
+    up.accumulate = true;
+    cuda::run_moe_unpermute(up, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto act_rows = bf16_to_float(dact.to_host());
+    const auto y_rows = dy.to_host();
+    // Every row is some pair's row: all of act and y must have been written.
+    auto finite = [](float v) { return std::isfinite(v); };
+    EXPECT_TRUE(std::all_of(act_rows.begin(), act_rows.end(), finite)) << what;
+    EXPECT_TRUE(std::all_of(y_rows.begin(), y_rows.end(), finite)) << what;
+    std::vector<float> act_pair(size_t(R) * I), y_pair(size_t(R) * hidden);
+    for (int64_t i = 0; i < R; ++i) {
+      std::copy_n(&act_rows[size_t(pair_row[i]) * I], I, &act_pair[size_t(i) * I]);
+      std::copy_n(&y_rows[size_t(pair_row[i]) * hidden], hidden, &y_pair[size_t(i) * hidden]);
+    }
+    expect_close(what + " act", act_pair.data(), c.act_ref.data(), act_pair.size(), 8e-3, 0.05);
+    expect_close(what + " y", y_pair.data(), c.y_ref.data(), y_pair.size(), 8e-3, 0.05);
+    // The routed contribution (out − out0), so the accumulator's base does not hide errors.
+    const auto got = dout.to_host();
+    std::vector<float> gd(got.size()), rd(got.size());
+    for (size_t i = 0; i < got.size(); ++i)
+      gd[i] = got[i] - c.out0[i], rd[i] = c.out_ref[i] - c.out0[i];
+    expect_close(what + " out", gd.data(), rd.data(), rd.size(), 8e-3, 0.05);
+    EXPECT_TRUE(dact.guards_intact() && dy.guards_intact() && dout.guards_intact()) << what;
+    y_by_path.push_back(std::move(y_pair));
+  }
+  if (y_by_path.size() == 2)  // the two kernels differ only in summation order and act rounding
+    expect_close(str("gemv vs tiled y T", T, " hid", hidden, " I", I), y_by_path[1].data(),
+                 y_by_path[0].data(), y_by_path[0].size(), 5e-3, 0.05);
+  EXPECT_TRUE(dws.guards_intact() && dx.guards_intact() && w.dw13.guards_intact() &&
+              w.dw2.guards_intact());
+}
+
+const std::vector<cuda::MoeGemmPath> kBothPaths = {cuda::MoeGemmPath::kTiled,
+                                                   cuda::MoeGemmPath::kGemv};
+
+// The block_m the model picks (cuda_forward.cpp): 64 once experts average 32+ rows.
+int model_block_m(int T, int E, int K) {
+  return int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+}
+cuda::MoeGemmPath expected_auto(int T, int E, int K, int block_m) {
+  return block_m == 16 && int64_t(T) * K <= int64_t(cuda::kMoeGemvMaxRowsPerExpert) * E
+             ? cuda::MoeGemmPath::kGemv
+             : cuda::MoeGemmPath::kTiled;
 }
 #endif
 
+// The path choice is host logic: checked without a GPU.
+TEST(MoeGpu, PathChoice) {
+#if KIMI_HAVE_CUDA
+  cuda::MoeGemmParams p;
+  p.num_experts = 256, p.top_k = 8, p.hidden = 2304, p.inter = 1024, p.block_m = 16;
+  for (int T : {1, 3, 7, 16, 64, 128}) {
+    p.num_tokens = T;
+    EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kGemv) << "T " << T;
+  }
+  for (int T : {129, 769}) {
+    p.num_tokens = T;
+    EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled) << "T " << T;
+  }
+  p.num_tokens = 64, p.block_m = 64;  // tiles of 64 rows: the tiled kernel
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  p.num_tokens = 4096;
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  p.block_m = 16, p.num_tokens = 1;
+  p.path = cuda::MoeGemmPath::kTiled;  // forced either way
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  p.path = cuda::MoeGemmPath::kGemv, p.num_tokens = 4096, p.block_m = 64;
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kGemv);
+  p.path = cuda::MoeGemmPath::kAuto, p.num_tokens = 64, p.block_m = 16;
+  p.hidden = 8192;  // 16 staged rows of 8k would take 256 KB of shared memory
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  // Shared memory: staged rows (stride ≡ 32 mod 64, >= K) or the k-split reduction.
+  p.hidden = 2304;
+  p.num_tokens = 1;
+  EXPECT_EQ(cuda::moe::moe_gemv_smem_bytes(p, true), size_t(8 * 2 * 1 * 4 * 32 * 4));  // 1 row
+  p.num_tokens = 64;
+  EXPECT_EQ(cuda::moe::moe_gemv_smem_bytes(p, true), size_t(16) * 2336 * 2);
+  EXPECT_EQ(cuda::moe::moe_gemv_smem_bytes(p, false), size_t(16) * 1056 * 2);
+  p.num_tokens = 7;
+  EXPECT_EQ(cuda::moe::moe_gemv_smem_bytes(p, true), size_t(7) * 2336 * 2);
+  p.hidden = 136, p.inter = 40;
+  EXPECT_EQ(cuda::moe::moe_gemv_smem_bytes(p, true), size_t(8 * 2 * 1 * 4 * 32 * 4));
+#else
+  GTEST_SKIP() << "built without the CUDA backend";
+#endif
+}
+
+// Small odd shapes (hidden 136, I 40: neither a multiple of 16 or 32), both kernels, both tile
+// heights, decode and prefill-sized T.
 TEST(MoeGpu, ExpertsSmallShapes) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
+  ExpertWeights w(16, 136, 40, 29);
   for (int T : {1, 7, 63, 64, 65})
-    for (int bm : {16, 64}) run_experts(T, 16, 4, 136, 40, bm, 30 + T + bm);
+    for (int bm : {16, 64}) {
+      const ExpertCase c = make_case(w, T, 4, false, 30 + T + bm);
+      check_experts(w, c, bm, kBothPaths, expected_auto(T, 16, 4, bm));
+    }
 #endif
 }
 
 TEST(MoeGpu, ExpertsRealisticShapes) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
-  run_experts(1, 256, 8, 512, 1024, 16, 41);
-  run_experts(65, 256, 8, 256, 128, 16, 42);
-  run_experts(769, 64, 8, 256, 96, 64, 43);
-  run_experts(769, 256, 8, 128, 64, 16, 44);
+  struct Case {
+    int T, E, hidden, I, bm;
+  };
+  for (const Case& k : {Case{1, 256, 512, 1024, 16}, Case{65, 256, 256, 128, 16},
+                        Case{769, 64, 256, 96, 64}, Case{769, 256, 128, 64, 16}}) {
+    ExpertWeights w(k.E, k.hidden, k.I, 41 + k.T);
+    const ExpertCase c = make_case(w, k.T, 8, false, 42 + k.T);
+    check_experts(w, c, k.bm, kBothPaths, expected_auto(k.T, k.E, 8, k.bm));
+  }
+#endif
+}
+
+// The decode path (issue 9) at the model's sizes and its tensor-parallel slices: T = 1, 3, 7, 64
+// tokens, top-8, against the CPU and against the tiled kernel on the same permutation. The full
+// hidden sizes use fewer experts (host memory for the fp32 reference weights); 256 experts at
+// the small ones give the decode pattern of many experts with 1..3 rows.
+TEST(MoeGpu, ExpertsDecodeGemv) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  struct Shape {
+    int E, hidden, I;
+  };
+  for (const Shape& s : {Shape{16, 2304, 1024}, Shape{32, 2304, 512}, Shape{256, 128, 32},
+                         Shape{256, 128, 16}}) {
+    ExpertWeights w(s.E, s.hidden, s.I, 50 + s.I);
+    for (int T : {1, 3, 7, 64}) {
+      const ExpertCase c = make_case(w, T, 8, false, 51 + T + s.I);
+      const int bm = model_block_m(T, s.E, 8);
+      check_experts(w, c, bm, kBothPaths, expected_auto(T, s.E, 8, bm));
+      // Forced at tiles of 64 rows: several 16-row passes per tile.
+      if (T == 64 && bm != 64)
+        check_experts(w, c, 64, {cuda::MoeGemmPath::kGemv}, cuda::MoeGemmPath::kTiled);
+    }
+  }
+#endif
+}
+
+// Experts listed twice by one token (K > E forces it): tiles with more rows than T, so the gemv
+// kernel runs several passes of T rows over one tile.
+TEST(MoeGpu, ExpertsRepeatedIds) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(4, 128, 32, 60);
+  for (int T : {1, 3, 9}) {
+    const ExpertCase c = make_case(w, T, 8, true, 61 + T);
+    for (int bm : {16, 64}) check_experts(w, c, bm, kBothPaths, expected_auto(T, 4, 8, bm));
+  }
+#endif
+}
+
+// A prefill-sized batch under kAuto takes the tiled kernel (block_m 64 as the model picks).
+TEST(MoeGpu, ExpertsPrefillTakesTiled) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(256, 128, 32, 70);
+  const int T = 4096, bm = model_block_m(T, 256, 8);
+  ASSERT_EQ(bm, 64);
+  const ExpertCase c = make_case(w, T, 8, false, 71);
+  check_experts(w, c, bm, {cuda::MoeGemmPath::kAuto}, cuda::MoeGemmPath::kTiled);
 #endif
 }
 

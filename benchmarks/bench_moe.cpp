@@ -1,0 +1,300 @@
+// MoE grouped expert GEMM benchmark (Kimi Linear sizes: 256 experts, top-8, hidden 2304,
+// moe_intermediate 1024): gate_up + down, the tiled kernel against the gemv kernel.
+//   decode T = 1, 4, 16, 64 (and 128, 256 without --quick): uniform random routing (distinct
+//     experts per token); time per layer, the weight bytes of the distinct experts touched, GB/s
+//     and % of the device-to-device copy ceiling measured in the same run. Timed as CUDA graphs
+//     of many calls (how decode steps run) and eagerly; the calls rotate over enough routings
+//     that one routing's experts are no longer in L2 when it comes back.
+//   prefill T = 4096: the tiled kernel's TFLOP/s against two cuBLAS bf16 GEMMs of the same
+//     FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows), same run.
+// Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
+// weights and inputs. Every CUDA call is checked.
+// Usage: bench_moe [--quick]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+
+#if KIMI_HAVE_CUDA
+#include "common.h"
+#include "gemm/gemm.h"
+#include "moe/moe.h"
+#include "ops/cuda/device_buffer.h"
+
+namespace {
+
+using kimi::cuda::bf16;
+using kimi::cuda::DeviceBuffer;
+using kimi::cuda::MoeGemmPath;
+constexpr int E = 256, K = 8, H = 2304, I = 1024;
+constexpr double kExpertBytes = 3.0 * H * I * 2;  // w1 + w3 + w2, bf16
+
+// Fills a device buffer with random values in [lo, hi): one random block, tiled (as bench_kda).
+template <typename T>
+void fill_random(DeviceBuffer<T>& buf, float lo, float hi, uint32_t seed) {
+  const size_t block = std::min<size_t>(buf.size(), size_t(1) << 22);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<T> h(block);
+  for (auto& x : h) {
+    const float v = u(rng);
+    if constexpr (std::is_same_v<T, float>) {
+      x = v;
+    } else {
+      const uint16_t b = kimi::f32_to_bf16(v);
+      std::memcpy(static_cast<void*>(&x), &b, 2);
+    }
+  }
+  buf.upload(h.data(), block);
+  for (size_t off = block; off < buf.size(); off += block) {
+    const size_t n = std::min(block, buf.size() - off);
+    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(T), cudaMemcpyDeviceToDevice));
+  }
+}
+
+// Median milliseconds per call of fn over `groups` groups of `per_group` calls.
+template <typename F>
+double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t stream = nullptr) {
+  for (int i = 0; i < warmup; ++i) fn(i);
+  CUDA_CHECK(cudaStreamSynchronize(stream));
+  cudaEvent_t a, b;
+  CUDA_CHECK(cudaEventCreate(&a));
+  CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<double> t;
+  int call = 0;
+  for (int g = 0; g < groups; ++g) {
+    CUDA_CHECK(cudaEventRecord(a, stream));
+    for (int i = 0; i < per_group; ++i) fn(call++);
+    CUDA_CHECK(cudaEventRecord(b, stream));
+    CUDA_CHECK(cudaEventSynchronize(b));
+    float ms = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(double(ms) / per_group);
+  }
+  CUDA_CHECK(cudaEventDestroy(a));
+  CUDA_CHECK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+double copy_ceiling_gbs() {
+  const size_t bytes = size_t(1) << 30;
+  DeviceBuffer<char> a(bytes), b(bytes);
+  CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
+  const double ms = median_ms(
+      [&](int) {
+        CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
+      },
+      20, 1);
+  return 2.0 * bytes / (ms * 1e-3) / 1e9;
+}
+
+// Median ms per call of `calls` (each enqueues one call's kernels on st), replayed from one CUDA
+// graph holding `per_graph` calls.
+template <typename F>
+double graph_ms(F&& call, int per_graph, int groups, cudaStream_t st) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < per_graph; ++i) call(i, st);
+  CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms =
+      median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); }, groups, 1, 2, st) / per_graph;
+  CUDA_CHECK(cudaStreamSynchronize(st));
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  return ms;
+}
+
+struct Weights {
+  DeviceBuffer<bf16> w13{size_t(E) * 2 * I * H}, w2{size_t(E) * H * I};
+  Weights() {
+    fill_random(w13, -0.04f, 0.04f, 1);
+    fill_random(w2, -0.06f, 0.06f, 2);
+  }
+};
+
+// One routing of T tokens, permuted on the device for tiles of block_m rows.
+struct Routing {
+  DeviceBuffer<int> ids, ws;
+  int distinct = 0;
+  Routing(int T, int block_m, std::mt19937& rng)
+      : ids(size_t(T) * K), ws(kimi::cuda::moe_permute_workspace_ints(E, int64_t(T) * K)) {
+    std::vector<int> h(size_t(T) * K), perm(E);
+    std::vector<char> used(E, 0);
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int t = 0; t < T; ++t) {
+      std::shuffle(perm.begin(), perm.end(), rng);
+      for (int k = 0; k < K; ++k) used[h[size_t(t) * K + k] = perm[k]] = 1;
+    }
+    distinct = int(std::count(used.begin(), used.end(), 1));
+    ids.upload(h);
+    kimi::cuda::MoePermuteParams pp;
+    pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = block_m;
+    pp.expert_ids = ids.data(), pp.workspace = ws.data();
+    kimi::cuda::run_moe_permute(pp, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+};
+
+const char* path_name(MoeGemmPath p) {
+  return p == MoeGemmPath::kGemv ? "gemv" : "tiled";
+}
+
+// Relative RMS difference of a against b.
+double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
+  std::printf("\n%-6s %5s %6s %8s %9s %10s %10s %10s %8s %10s %10s\n", "decode", "T", "path",
+              "experts", "MB", "eager us", "graph us", "GB/s", "% copy", "gate_up us", "down us");
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  std::vector<int> Ts = {1, 4, 16, 64};
+  if (!quick) Ts.insert(Ts.end(), {128, 256});
+  for (int T : Ts) {
+    const int R = T * K;
+    const int block_m = int64_t(R) >= int64_t(32) * E ? 64 : 16;  // as cuda_forward.cpp
+    std::mt19937 rng(100 + T);
+    // Enough routings that a routing's experts have left L2 when it is used again.
+    const double expect = E * (1.0 - std::pow(1.0 - double(K) / E, T)) * kExpertBytes;
+    const int sets = std::clamp(int(std::ceil(8.0 * l2_bytes / expect)), 4, 32);
+    std::vector<Routing> rs;
+    rs.reserve(sets);
+    double distinct = 0;
+    for (int s = 0; s < sets; ++s) {
+      rs.emplace_back(T, block_m, rng);
+      distinct += rs.back().distinct;
+    }
+    distinct /= sets;
+    const double bytes = distinct * kExpertBytes;
+    DeviceBuffer<bf16> x(size_t(T) * H), act(size_t(R) * I);
+    DeviceBuffer<float> y(size_t(R) * H);
+    fill_random(x, -1.f, 1.f, 7 + T);
+    kimi::cuda::MoeGemmParams gp;
+    gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = H;
+    gp.inter = I, gp.x = x.data(), gp.w13 = w.w13.data(), gp.w2 = w.w2.data();
+    gp.act = act.data(), gp.y = y.data();
+    gp.path = MoeGemmPath::kAuto;
+    const MoeGemmPath auto_path = kimi::cuda::moe_gemm_path(gp);
+    std::vector<std::vector<float>> y_set0;
+    double ms_of[2] = {0, 0};
+    for (MoeGemmPath path : {MoeGemmPath::kTiled, MoeGemmPath::kGemv}) {
+      gp.path = path;
+      auto both = [&](int i, cudaStream_t s) {
+        gp.workspace = rs[i % sets].ws.data();
+        kimi::cuda::run_moe_gate_up(gp, s);
+        kimi::cuda::run_moe_down(gp, s);
+      };
+      auto gate_up = [&](int i, cudaStream_t s) {
+        gp.workspace = rs[i % sets].ws.data();
+        kimi::cuda::run_moe_gate_up(gp, s);
+      };
+      auto down = [&](int i, cudaStream_t s) {
+        gp.workspace = rs[i % sets].ws.data();
+        kimi::cuda::run_moe_down(gp, s);
+      };
+      const int groups = quick ? 10 : 30;
+      const int per_graph = sets * std::max(1, 32 / sets);
+      const double eager = median_ms([&](int i) { both(i, st); }, groups, sets, 3, st);
+      const double graph = graph_ms(both, per_graph, groups, st);
+      const double gu = graph_ms(gate_up, per_graph, groups, st);
+      const double dn = graph_ms(down, per_graph, groups, st);
+      ms_of[path == MoeGemmPath::kGemv] = graph;
+      const double gbs = bytes / (graph * 1e-3) / 1e9;
+      std::printf("%-6s %5d %6s %8.1f %9.1f %10.2f %10.2f %10.1f %7.1f%% %10.2f %10.2f%s\n",
+                  "decode", T, path_name(path), distinct, bytes / 1e6, eager * 1e3, graph * 1e3,
+                  gbs, 100 * gbs / ceiling, gu * 1e3, dn * 1e3,
+                  path == auto_path ? "  (auto)" : "");
+      // The two kernels on routing 0 must agree (op tests check both against the CPU).
+      gp.workspace = rs[0].ws.data();
+      kimi::cuda::run_moe_gate_up(gp, st);
+      kimi::cuda::run_moe_down(gp, st);
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      y_set0.push_back(y.to_host());
+    }
+    const double diff = rel_rms(y_set0[1], y_set0[0]);
+    std::printf("%-6s %5d   gemv %.2fx faster than tiled; y rel diff gemv vs tiled %.2e%s\n", "", T,
+                ms_of[0] / ms_of[1], diff, diff < 5e-3 ? "" : "  ** MISMATCH **");
+  }
+  CUDA_CHECK(cudaStreamDestroy(st));
+}
+
+void bench_prefill(Weights& w, bool quick) {
+  const int T = 4096, R = T * K, block_m = 64;
+  std::mt19937 rng(7);
+  Routing r(T, block_m, rng);
+  DeviceBuffer<bf16> x(size_t(T) * H), act(size_t(R) * I), xr(size_t(R) * H), gu(size_t(R) * 2 * I);
+  DeviceBuffer<float> y(size_t(R) * H);
+  fill_random(x, -1.f, 1.f, 11);
+  fill_random(xr, -1.f, 1.f, 12);
+  fill_random(act, -1.f, 1.f, 13);
+  kimi::cuda::MoeGemmParams gp;
+  gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = H;
+  gp.inter = I, gp.workspace = r.ws.data(), gp.x = x.data(), gp.w13 = w.w13.data();
+  gp.w2 = w.w2.data(), gp.act = act.data(), gp.y = y.data();
+  const double flop = 6.0 * R * H * I;
+  const int reps = quick ? 5 : 11;
+  const double t_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
+  const double t_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
+  kimi::cuda::Gemm gemm;
+  auto cublas = [&](int) {
+    gemm.linear(xr.data(), w.w13.data(), gu.data(), R, 2 * I, H, kimi::cuda::GemmOut::kBF16,
+                nullptr);
+    gemm.linear(act.data(), w.w2.data(), y.data(), R, H, I, kimi::cuda::GemmOut::kF32, nullptr);
+  };
+  const double t_cb = median_ms(cublas, reps, 1, 1);
+  const char* p = kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kGemv ? "gemv" : "tiled";
+  std::printf(
+      "\nprefill T = %d (R = %d rows, %d experts touched, block_m %d, kAuto = %s): %.3g FLOP\n", T,
+      R, r.distinct, block_m, p, flop);
+  std::printf("%-28s %10s %10s %10s %10s\n", "", "gate_up ms", "down ms", "total ms", "TFLOP/s");
+  std::printf("%-28s %10.3f %10.3f %10.3f %10.1f\n", "grouped (kAuto)", t_gu, t_dn, t_gu + t_dn,
+              flop / ((t_gu + t_dn) * 1e-3) / 1e12);
+  std::printf("%-28s %10s %10s %10.3f %10.1f\n", "cuBLAS bf16, same FLOPs", "-", "-", t_cb,
+              flop / (t_cb * 1e-3) / 1e12);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  try {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
+    std::printf(
+        "bench_moe: %s, %d SMs, L2 %d MB; E=%d top-%d hidden=%d inter=%d (%.2f MB/expert)\n",
+        prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, E, K, H, I,
+        kExpertBytes / 1e6);
+    const double ceiling = copy_ceiling_gbs();
+    std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
+    Weights w;
+    bench_decode(w, ceiling, prop.l2CacheSize, quick);
+    bench_prefill(w, quick);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_moe: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+#else
+int main() {
+  std::printf("bench_moe: built without the CUDA backend; nothing to measure\n");
+  return 0;
+}
+#endif

@@ -1,0 +1,244 @@
+// Grouped expert GEMMs for decode-sized batches (contracts in moe.h): bandwidth-bound, each
+// expert weight byte is read once per row tile, so time ≈ weight bytes of the touched experts /
+// DRAM bandwidth.
+//
+// Math (per expert e and the rows r of one of its tiles; same as moe_gemm_kernel):
+//   gate_up : act[r, n] = SiLU(x_r · W13_e[n]) · (x_r · W13_e[I + n])   (bf16 out, fp32 math)
+//   down    : y[r, n]   = act[r] · W2_e[n]                               (fp32 out)
+// with x_r = x[row_token[r]] (gate_up) or act[r] (down).
+//
+// Launch: grid (row tiles upper bound, column slices), 256 threads = 8 warps.
+//   CTA = (row tile of ≤ block_m rows of one expert, 32 weight rows): gate_up owns 16 output
+//   columns (16 gate rows + the 16 matching up rows), down owns 32. Tiles past the real work exit.
+//   The expert is found in one round trip: every thread tests its experts' tile ranges.
+//   The tile's input rows are staged in shared memory ([rows][lds] bf16, cp.async), P rows per
+//   pass (P = 8·NT; more rows than P only with repeated experts per token, or block_m 64).
+//   Warp w takes the k chunks c = w, w + 8, w + 16, ... (32 k each); per chunk every lane loads
+//   four 16-byte pieces of weights straight into registers (ld.global.nc, no L1 allocate; U
+//   chunks in flight), and the 8 warps of a CTA read each weight row contiguously.
+//   mma.sync m16n8k16 with the weights as A (16 weight rows = 16 output columns) and the staged
+//   rows as B (8 rows per n tile, NT ≤ 2 tiles); D is fp32 [16 columns][8 rows].
+//   k permutation: lane (g = lane/4, t = lane%4) loads weight row g (and g + 8) at k 8t..8t+7 of
+//   the chunk; mma step s ∈ {0, 1} uses its elements 4s..4s+3 as the A fragment's logical k
+//   {2t, 2t+1, 2t+8, 2t+9}. B is loaded with the same permutation (row g of the staged rows,
+//   k 8t + 4s..), so every physical k meets its own input value exactly once.
+//   The 8 k-split partial sums meet in shared memory (fixed order: deterministic), then the
+//   epilogue applies SiLU(g)·u (gate_up) and stores act / y.
+#pragma once
+
+#include <cstdint>
+
+#include "moe/moe.h"
+
+namespace kimi::cuda::moe {
+
+constexpr int kGvWarps = 8, kGvThreads = 32 * kGvWarps;
+constexpr int kGvChunk = 32;  // k per warp step: 4 lanes × 8 bf16
+
+// Row stride (elements) of the staged rows: >= K and ≡ 32 (mod 64), so a 16-byte phase of
+// 8 lanes (2 rows × 4 consecutive pieces) hits 32 distinct banks.
+__host__ __device__ constexpr int moe_gemv_lds(int K) {
+  return (K + 31) / 64 * 64 + 32;
+}
+
+// 16 bytes of streamed weights; zeros when !pred (nothing is read). A warp's load covers 64
+// bytes of each of 8 rows; the L2 prefetch hint turns the misses into 256-byte DRAM reads, which
+// the neighbouring warps (the next k chunks of the same rows) then hit.
+__device__ __forceinline__ uint4 ldg_stream16(const bf16* ptr, bool pred) {
+  uint4 r;
+  asm("{\n"
+      "  .reg .pred p;\n"
+      "  setp.ne.b32 p, %5, 0;\n"
+      "  mov.b32 %0, 0;\n"
+      "  mov.b32 %1, 0;\n"
+      "  mov.b32 %2, 0;\n"
+      "  mov.b32 %3, 0;\n"
+      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+      "}\n"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(ptr), "r"(int(pred)));
+  return r;
+}
+
+__device__ __forceinline__ void gv_cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+__device__ __forceinline__ void gv_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                       uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+template <int I>
+__device__ __forceinline__ uint32_t word(const uint4& v) {
+  static_assert(I >= 0 && I < 4);
+  if constexpr (I == 0) {
+    return v.x;
+  } else if constexpr (I == 1) {
+    return v.y;
+  } else if constexpr (I == 2) {
+    return v.z;
+  } else {
+    return v.w;
+  }
+}
+
+// Weight pieces of U chunks (c0, c0 + 8, ...) for the lane's 4 rows: [u][row group][g or g + 8].
+template <int U>
+__device__ __forceinline__ void gv_load_weights(uint4 (&wv)[U][2][2],
+                                                const bf16* const (&wrow)[2][2],
+                                                const bool (&wok)[2][2], int c0, int K, int t) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
+    const bool kok = k < K;  // K % 8 == 0: a piece is wholly inside or outside
+#pragma unroll
+    for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) wv[u][rg][h] = ldg_stream16(wrow[rg][h] + k, kok && wok[rg][h]);
+  }
+}
+
+// One mma step s of a chunk: A = the lane's weight words 2s, 2s + 1 of rows g and g + 8.
+template <int S, int NT>
+__device__ __forceinline__ void gv_mma_step(float (&acc)[2][NT][4], const uint4 (&w)[2][2],
+                                            const uint4 (&b)[NT], bool second_tile) {
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      if (nt > 0 && !second_tile) continue;
+      gv_mma(acc[rg][nt], word<2 * S>(w[rg][0]), word<2 * S>(w[rg][1]), word<2 * S + 1>(w[rg][0]),
+             word<2 * S + 1>(w[rg][1]), word<2 * S>(b[nt]), word<2 * S + 1>(b[nt]));
+    }
+}
+
+// NT: n tiles of 8 rows per pass (1 or 2); U: k chunks per warp in flight.
+template <bool SWIGLU, int NT, int U>
+__global__ void __launch_bounds__(kGvThreads, 2)
+    moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows) {
+  static_assert(NT == 1 || NT == 2, "n tiles per pass");
+  extern __shared__ __align__(16) unsigned char gv_smem[];
+  __shared__ int s_tile[3];                        // expert, first row, end row of this CTA's tile
+  bf16* xs = reinterpret_cast<bf16*>(gv_smem);     // [pass_rows][lds] staged input rows
+  float* red = reinterpret_cast<float*>(gv_smem);  // [warp][rg][nt][4][lane] (after the k loop)
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int E = p.num_experts, tile = blockIdx.x;
+  if (tid == 0) s_tile[0] = -1;
+  __syncthreads();
+  for (int e = tid; e < E; e += kGvThreads) {
+    const int a = v.tile_start[e], b = v.tile_start[e + 1];
+    const int o = v.offsets[e], o_end = v.offsets[e + 1];
+    if (a <= tile && tile < b) {  // at most one expert: non-empty ranges are disjoint
+      const int m0 = o + (tile - a) * p.block_m;
+      s_tile[0] = e;
+      s_tile[1] = m0;
+      s_tile[2] = min(m0 + p.block_m, o_end);
+    }
+  }
+  __syncthreads();
+  const int e = s_tile[0];
+  if (e < 0) return;  // past the real tiles (the whole CTA)
+  const int m_begin = s_tile[1], m_end = s_tile[2];
+
+  const int N = SWIGLU ? p.inter : p.hidden;  // output columns
+  const int K = SWIGLU ? p.hidden : p.inter;
+  const int KC = (K + kGvChunk - 1) / kGvChunk;
+  const int lds = moe_gemv_lds(K);
+  const bf16* W =
+      SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
+  const int n0 = blockIdx.y * (SWIGLU ? 16 : 32);
+  // The lane's weight rows: row group rg (gate_up: 0 gate, 1 up; down: columns +16·rg), h: g + 8h.
+  const bf16* wrow[2][2];
+  bool wok[2][2];
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = n0 + (SWIGLU ? 0 : 16 * rg) + g + 8 * h;  // output column
+      wok[rg][h] = n < N;
+      const int r = SWIGLU ? n + rg * p.inter : n;
+      wrow[rg][h] = W + int64_t(wok[rg][h] ? r : 0) * K;
+    }
+
+  for (int r0 = m_begin; r0 < m_end; r0 += pass_rows) {
+    const int rows = min(pass_rows, m_end - r0);
+    uint4 wv[U][2][2];
+    gv_load_weights<U>(wv, wrow, wok, warp, K, t);  // in flight while the rows are staged
+    const int pieces = K / 8;
+    for (int i = tid; i < rows * pieces; i += kGvThreads) {
+      const int r = i / pieces, k = (i - r * pieces) * 8;
+      const bf16* src = SWIGLU ? p.x + int64_t(v.row_token[r0 + r]) * p.hidden + k
+                               : p.act + int64_t(r0 + r) * p.inter + k;
+      gv_cp_async16(xs + r * lds + k, src);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+
+    const bool second_tile = rows > 8;
+    float acc[2][NT][4];
+#pragma unroll
+    for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[rg][nt][j] = 0.f;
+    for (int c0 = warp; c0 < KC; c0 += kGvWarps * U) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int c = c0 + kGvWarps * u;
+        if (c >= KC) break;  // warp-uniform
+        const int k = c * kGvChunk + 8 * t;
+        uint4 b[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const int slot = nt * 8 + g;
+          b[nt] = make_uint4(0, 0, 0, 0);
+          if (k < K && slot < rows) b[nt] = *reinterpret_cast<const uint4*>(xs + slot * lds + k);
+        }
+        gv_mma_step<0, NT>(acc, wv[u], b, second_tile);
+        gv_mma_step<1, NT>(acc, wv[u], b, second_tile);
+      }
+      if (c0 + kGvWarps * U < KC) gv_load_weights<U>(wv, wrow, wok, c0 + kGvWarps * U, K, t);
+    }
+
+    __syncthreads();  // every warp is done with xs: red reuses the memory
+#pragma unroll
+    for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          red[(((warp * 2 + rg) * NT + nt) * 4 + j) * 32 + lane] = acc[rg][nt][j];
+    __syncthreads();
+    // D element j of lane (g, t) in n tile nt: column g + 8·(j / 2), row slot 8·nt + 2t + j % 2.
+    constexpr int kOuts = (SWIGLU ? 1 : 2) * NT * 4 * 32;
+    for (int i = tid; i < kOuts; i += kGvThreads) {
+      const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
+      const int slot = nt * 8 + 2 * (l % 4) + (j % 2);
+      const int n = n0 + 16 * rg + l / 4 + 8 * (j / 2);
+      if (slot >= rows || n >= N) continue;
+      const int r = r0 + slot;
+      float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+      for (int w = 0; w < kGvWarps; ++w) {
+        s0 += red[(((w * 2 + rg) * NT + nt) * 4 + j) * 32 + l];
+        if constexpr (SWIGLU) s1 += red[(((w * 2 + 1) * NT + nt) * 4 + j) * 32 + l];
+      }
+      if constexpr (SWIGLU) {
+        p.act[int64_t(r) * p.inter + n] = __float2bfloat16(s0 / (1.f + __expf(-s0)) * s1);
+      } else {
+        p.y[int64_t(r) * p.hidden + n] = s0;
+      }
+    }
+    __syncthreads();  // red is read before the next pass stages rows over it
+  }
+}
+
+}  // namespace kimi::cuda::moe
