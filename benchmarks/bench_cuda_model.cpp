@@ -17,6 +17,9 @@
 #include "core/check.h"
 #include "model/model.h"
 #if KIMI_HAVE_CUDA
+#include <cuda_profiler_api.h>
+
+#include "common.h"
 #include "model/cuda_model.h"
 #include "model/tp_model.h"
 #endif
@@ -126,6 +129,8 @@ int main(int argc, char** argv) {
       run_prefill();
       int ctx = prefill;
       double t_first = 0;
+      // nsys --capture-range=cudaProfilerApi records just the graph-replayed decode steps.
+      if (graphs) CUDA_CHECK(cudaProfilerStart());
       const double t1 = now_s();
       for (int s = 0; s < decode; ++s) {
         const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -137,6 +142,7 @@ int main(int argc, char** argv) {
         bad += count_nonfinite(logits);
       }
       const double t_decode = now_s() - t1;
+      if (graphs) CUDA_CHECK(cudaProfilerStop());
       std::printf("decode (%s): %d tokens at batch 1 in %.1f ms = %.1f tokens/s (%.2f ms/token; first step %.2f ms)\n",
                   graphs ? "CUDA graphs" : "eager", decode, t_decode * 1e3, decode / t_decode,
                   t_decode * 1e3 / decode, t_first * 1e3);

@@ -3,8 +3,9 @@
 #   bash scripts/gpu-check.sh OUTDIR
 # Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
 # and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
-# Seven files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
-# tests.log, bench_kda.log, bench_other.log, bench_tp.log (2+ GPUs), summary.txt.
+# Eight files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
+# tests.log, bench_kda.log (+ the FLA peer), bench_other.log, bench_tp.log (2+ GPUs), nsys.log
+# (kernel times of a decode run, where nsys exists), summary.txt.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -25,7 +26,7 @@ step() {  # step NAME LOG CMD...: runs CMD with output into LOG, records pass/fa
   return $rc
 }
 {
-  date -u; uname -a; nvidia-smi; nvidia-smi topo -m; nvcc --version; cmake --version | head -1
+  date -u; uname -a; nvidia-smi; nvidia-smi topo -m; nvcc --version; which nsys ncu; cmake --version | head -1
   git -C "$ROOT" log -1 --oneline 2>/dev/null || true
 } >"$OUT/machine.txt" 2>&1
 JOBS=$(nproc)
@@ -59,6 +60,14 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
       timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
       --random-weights --tensor-parallel-size $tp --prefill 4096 --decode 128
   done
+  # Kernel time per decode step by kernel (nsys, graphs traced per node), where nsys exists.
+  if command -v nsys >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model ]]; then
+    step nsys_decode "$OUT/nsys.log" timeout 300 nsys profile --cuda-graph-trace=node --capture-range=cudaProfilerApi -o /tmp/kimi-decode \
+      --force-overwrite true --stats=false "$BUILD/benchmarks/bench_cuda_model" \
+      --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" --random-weights --layers "$layers" \
+      --prefill 4096 --decode 64 &&
+      nsys stats --report cuda_gpu_kern_sum --format table /tmp/kimi-decode.nsys-rep >>"$OUT/nsys.log" 2>&1
+  fi
   for b in "$BUILD"/benchmarks/bench_*; do
     case $(basename "$b") in bench_kda|bench_cuda_model) continue ;; esac
     [[ -x $b ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
