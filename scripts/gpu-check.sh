@@ -4,8 +4,8 @@
 # Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
 # and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
 # Eight files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
-# tests.log, bench_kda.log (+ the FLA peer), bench_other.log, bench_tp.log (2+ GPUs), nsys.log
-# (kernel times of a decode run, where nsys exists), summary.txt.
+# tests.log, bench_kda.log (+ the FLA peer), bench_other.log, bench_tp.log (2+ GPUs), kernels.log
+# (per-kernel times of decode steps, where ncu exists), summary.txt.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -26,7 +26,7 @@ step() {  # step NAME LOG CMD...: runs CMD with output into LOG, records pass/fa
   return $rc
 }
 {
-  date -u; uname -a; nvidia-smi; nvidia-smi topo -m; nvcc --version; which nsys ncu; cmake --version | head -1
+  date -u; uname -a; nvidia-smi; nvidia-smi topo -m; nvcc --version; which ncu; cmake --version | head -1
   git -C "$ROOT" log -1 --oneline 2>/dev/null || true
 } >"$OUT/machine.txt" 2>&1
 JOBS=$(nproc)
@@ -39,6 +39,9 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   if [[ -x $BUILD/tests/kimi_test_ops ]]; then
     step tests-gpu "$OUT/tests.log" "$BUILD/tests/kimi_test_ops"
   fi
+  # The model tests whose printed numbers go into the notes (ctest hides a passing test's output).
+  step tests-numbers "$OUT/tests.log" "$BUILD/tests/kimi_test_model" \
+    --gtest_filter='GoldenCuda.*:TensorParallel*:CudaModelGpu.CacheBudget*'
   # The KDA kernel benchmark first and in its own log; the others (CPU backend, tokenizer) after.
   [[ -x $BUILD/benchmarks/bench_kda ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
   # The peer in the same run: FLA's Triton KDA kernels from .fla/fla (scripts/gpu-prepare.sh
@@ -60,13 +63,15 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
       timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
       --random-weights --tensor-parallel-size $tp --prefill 4096 --decode 128
   done
-  # Kernel time per decode step by kernel (nsys, graphs traced per node), where nsys exists.
-  if command -v nsys >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model ]]; then
-    step nsys_decode "$OUT/nsys.log" timeout 300 nsys profile --cuda-graph-trace=node --capture-range=cudaProfilerApi -o /tmp/kimi-decode \
-      --force-overwrite true --stats=false "$BUILD/benchmarks/bench_cuda_model" \
-      --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" --random-weights --layers "$layers" \
-      --prefill 4096 --decode 64 &&
-      nsys stats --report cuda_gpu_kern_sum --format table /tmp/kimi-decode.nsys-rep >>"$OUT/nsys.log" 2>&1
+  # Kernel times of graph-replayed decode steps (ncu replays each kernel node of the captured
+  # range: bench_cuda_model marks it with cudaProfilerStart/Stop), summed per kernel by
+  # scripts/kernel_times.py; their sum against the step time is the launch-gap overhead.
+  if command -v ncu >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model ]]; then
+    step ncu_decode "$OUT/kernels.log" timeout 400 ncu --profile-from-start off --graph-profiling node \
+      --metrics gpu__time_duration.sum --csv --log-file /tmp/kimi-ncu.csv \
+      "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
+      --random-weights --layers "$layers" --prefill 4096 --decode 2 &&
+      python3 "$ROOT/scripts/kernel_times.py" /tmp/kimi-ncu.csv 2 >>"$OUT/kernels.log" 2>&1
   fi
   for b in "$BUILD"/benchmarks/bench_*; do
     case $(basename "$b") in bench_kda|bench_cuda_model) continue ;; esac
@@ -80,6 +85,7 @@ fi
   grep -h 'tests passed\|tests failed' "$OUT/tests.log" 2>/dev/null
   [[ -f $OUT/bench_kda.log ]] && cat "$OUT/bench_kda.log"
   grep -hE '^(card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" "$OUT/bench_tp.log" 2>/dev/null
-  grep -h 'TP=' "$OUT/tests.log" 2>/dev/null
+  grep -hE 'TP=|top-1 agreement|budget:' "$OUT/tests.log" 2>/dev/null
+  head -40 "$OUT/kernels.log" 2>/dev/null
 } | tee "$OUT/summary.txt"
 exit $status
