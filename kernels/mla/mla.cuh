@@ -223,26 +223,47 @@ __global__ void __launch_bounds__(256) mla_attn_kernel(MlaAttnParams p) {
 }
 
 __global__ void __launch_bounds__(128) mla_combine_kernel(MlaAttnParams p) {
-  const int t = blockIdx.x, h = blockIdx.y, H = p.num_heads;
+  const int t = blockIdx.x, h = blockIdx.y, H = p.num_heads, tid = threadIdx.x;
   const int ns = p.num_splits[t];
   if (ns <= 0) return;
   const float* P0 = p.partials + (int64_t(p.split_base[t]) * H + h) * kMlaPartialStride;
   const int64_t step = int64_t(H) * kMlaPartialStride;
+  // The splits' maxima are read in parallel (a decode step over a long context has dozens of
+  // splits: a serial chain of loads was most of this kernel's time).
+  __shared__ float red[4];
+  __shared__ float wk[128], wl[128];
   float M = -INFINITY;
-  for (int k = 0; k < ns; ++k) M = fmaxf(M, P0[k * step + kMlaLat]);
-  float acc[4] = {0.f, 0.f, 0.f, 0.f}, den = 0.f;
-  for (int k = 0; k < ns; ++k) {
-    const float* P = P0 + k * step;
-    const float mk = P[kMlaLat];
-    const float w = mk == -INFINITY ? 0.f : __expf(mk - M);
-    den += w * P[kMlaLat + 1];
+  for (int k = tid; k < ns; k += 128) M = fmaxf(M, P0[k * step + kMlaLat]);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[i] += w * P[threadIdx.x + 128 * i];
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  if (tid % 32 == 0) red[tid / 32] = M;
+  __syncthreads();
+  M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+  float acc[4] = {0.f, 0.f, 0.f, 0.f}, den = 0.f;
+  for (int base = 0; base < ns; base += 128) {
+    const int n = min(128, ns - base);
+    __syncthreads();  // the previous chunk's weights are consumed
+    if (tid < n) {
+      const float* P = P0 + (base + tid) * step;
+      const float mk = P[kMlaLat];
+      const float w = mk == -INFINITY ? 0.f : __expf(mk - M);
+      wk[tid] = w;
+      wl[tid] = w * P[kMlaLat + 1];
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int j = 0; j < n; ++j) {
+      const float* P = P0 + (base + j) * step;
+      const float w = wk[j];
+      den += wl[j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += w * P[tid + 128 * i];
+    }
   }
   const float inv = den > 0.f ? 1.f / den : 0.f;
   bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) dst[threadIdx.x + 128 * i] = __float2bfloat16(acc[i] * inv);
+  for (int i = 0; i < 4; ++i) dst[tid + 128 * i] = __float2bfloat16(acc[i] * inv);
 }
 
 }  // namespace kimi::cuda::mla

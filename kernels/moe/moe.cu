@@ -116,7 +116,9 @@ void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.workspace && p.weights && p.y && p.out, "moe unpermute: null pointer");
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
-  moe::moe_unpermute_kernel<<<p.num_tokens, 256, 0, stream>>>(p, v.pair_row);
+  KIMI_CHECK(p.top_k <= 32, "moe unpermute top_k ", p.top_k);
+  const dim3 grid(p.num_tokens, ceil_div(p.hidden, moe::kUnpermuteThreads));
+  moe::moe_unpermute_kernel<<<grid, moe::kUnpermuteThreads, 0, stream>>>(p, v.pair_row);
   KIMI_CHECK_LAUNCH();
 }
 

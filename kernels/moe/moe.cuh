@@ -10,7 +10,7 @@
 //   CTA keeps up to 48 KB of weight copies in flight.
 //   SWIGLU: the B tile holds the 64 gate rows and the matching 64 up rows of W13, so the epilogue
 //   computes SiLU(g)·u in fp32 before the single bf16 store.
-// moe_unpermute_kernel: one CTA per token, threads over hidden, fp32 weighted sum of its K rows.
+// moe_unpermute_kernel: a CTA per (token, 128 columns), fp32 weighted sum of the token's K rows.
 #pragma once
 
 #include <mma.h>
@@ -268,17 +268,28 @@ __global__ void __launch_bounds__(128) moe_gemm_kernel(MoeGemmParams p, MoePermu
   }
 }
 
-__global__ void __launch_bounds__(256) moe_unpermute_kernel(MoeUnpermuteParams p, const int* pair_row) {
+constexpr int kUnpermuteThreads = 128;
+
+// Grid (tokens, column blocks of 128): a decode step's token spreads over 18 CTAs at hidden
+// 2304, and each thread's K loads are independent (rows and weights staged in shared memory).
+__global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnpermuteParams p,
+                                                                          const int* pair_row) {
   const int t = blockIdx.x, K = p.top_k;
-  for (int d = threadIdx.x; d < p.hidden; d += blockDim.x) {
-    float acc = 0.f;
-    for (int k = 0; k < K; ++k) {
-      const int row = pair_row[int64_t(t) * K + k];
-      if (row >= 0) acc += p.weights[int64_t(t) * K + k] * p.y[int64_t(row) * p.hidden + d];
-    }
-    float* o = p.out + int64_t(t) * p.hidden + d;
-    *o = p.accumulate ? *o + acc : acc;
+  __shared__ int rows[32];
+  __shared__ float w[32];
+  if (threadIdx.x < K) {
+    rows[threadIdx.x] = pair_row[int64_t(t) * K + threadIdx.x];
+    w[threadIdx.x] = p.weights[int64_t(t) * K + threadIdx.x];
   }
+  __syncthreads();
+  const int d = blockIdx.y * kUnpermuteThreads + threadIdx.x;
+  if (d >= p.hidden) return;
+  float acc = 0.f;
+#pragma unroll 8
+  for (int k = 0; k < K; ++k)
+    if (rows[k] >= 0) acc += w[k] * p.y[int64_t(rows[k]) * p.hidden + d];
+  float* o = p.out + int64_t(t) * p.hidden + d;
+  *o = p.accumulate ? *o + acc : acc;
 }
 
 }  // namespace kimi::cuda::moe

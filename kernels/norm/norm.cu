@@ -13,11 +13,11 @@ void run_rmsnorm(const RmsNormParams& p0, cudaStream_t stream) {
   if (p.y_stride == 0) p.y_stride = p.dim;
   KIMI_CHECK(p.x_stride >= p.dim && p.y_stride >= p.dim, "rmsnorm strides ", p.x_stride, "/",
              p.y_stride, " below dim ", p.dim);
-  const dim3 grid(ceil_div(p.rows, 4));
+  const dim3 grid(p.rows);
   if (p.x_bf16)
-    norm::rmsnorm_kernel<bf16><<<grid, 128, 0, stream>>>(p);
+    norm::rmsnorm_kernel<bf16><<<grid, norm::kThreads, 0, stream>>>(p);
   else
-    norm::rmsnorm_kernel<float><<<grid, 128, 0, stream>>>(p);
+    norm::rmsnorm_kernel<float><<<grid, norm::kThreads, 0, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 

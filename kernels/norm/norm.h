@@ -4,8 +4,8 @@
 //   optional row_index [rows]: output row r reads input row row_index[r] (the rows that need
 //   logits); w: [dim] fp32; y: [rows, dim] bf16, row stride y_stride.
 // y_f32 optionally receives the same values unrounded (fp32), e.g. for the MoE router.
-// Launch: one warp per row, 4 rows per 128-thread CTA; the row is read twice (sum of squares,
-// then scale) and the second read hits L1/L2.
+// Launch: one 256-thread CTA per row, the row held in registers between the sum of squares and
+// the scaling (rows beyond 4096 values are read twice).
 #pragma once
 
 #include <cuda_bf16.h>
