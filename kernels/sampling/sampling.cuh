@@ -9,27 +9,29 @@
 // V·2^-41 of 1).
 //
 // Steps for a sampled row:
-//   1. load (+ adjustments, sanitising), cluster max and min (finite) of the logits;
+//   1. load (+ adjustments, sanitising) with running statistics: max and its lowest id, smallest
+//      finite logit (and, greedy, sum exp(l - max) online); merged over the cluster;
 //   2. level-0 histogram: bin = floor((max - l)/T · scale) over [0, 28.5) in 1022 bins, one bin
 //      for everything further (all mass 0); counts and masses per bin. CTA c merges bins
 //      [c·1024/C, (c+1)·1024/C) of all CTAs (distributed shared memory); each CTA then finds the
 //      bin where a cumulative target is crossed by reading the C chunk totals and one chunk;
 //   3. select(target): the crossing bin; a bin of <= 256 tokens is gathered from all CTAs and
-//      ranked exactly (each token counts the tokens of the bin above it), a bigger one refined by
-//      histograms of 10-bit digits of the order key; a count target crossing a massless bin needs
-//      no position (the cut's mass is the mass above it);
+//      ranked exactly (each token counts the tokens of the bin above it and its ties with lower
+//      ids), a bigger one refined by histograms of 10-bit digits of the order key; a count target
+//      crossing a massless bin needs no position (the cut's mass is the mass above it);
 //   4. cuts: top-k (count target k), top-p (mass target ceil(top_p · top-k mass)), min-p (a
 //      reduction: tokens with (l - max)/T >= ln min_p, in double); the shortest wins;
-//   5. the draw: mass target floor(u · kept) + 1 → (K, r); the CTA holding the r-th id with key K
-//      writes the token and its log-probability.
-// Greedy rows skip 2-4: the lowest id with the maximum, and a sum of exp(l - max) for logprob.
-// Every CTA of a cluster computes the same decisions from the same merged data, so all take the
-// same branches and meet at the same cluster barriers.
+//   5. the draw: mass target floor(u · kept) + 1 → (K, r) and, from a ranked list, the token; after
+//      a refinement down to one key, the CTA holding the r-th id with key K finds it.
+// Greedy rows stop after 1. Every CTA of a cluster computes the same decisions from the same
+// merged data (integer sums, or float merges in rank order), so all take the same branches and
+// meet at the same cluster barriers.
 #pragma once
 
 #include <cooperative_groups.h>
 
 #include <cfloat>
+#include <climits>
 #include <cstdint>
 
 #include "sampling/sampling.h"
@@ -183,7 +185,59 @@ struct Sel {  // a position in candidate order
   u64 r;                  // tokens taken from the key's tie group (>= 1)
   u64 cnt_gt, mass_gt;    // tokens and mass with a larger logit
   bool massless;          // count target in a massless bin: key unknown, cut mass = mass_gt
+  int id;                 // the token at the position when known (ranked in a list), else -1
 };
+
+// Running statistics of logits: the maximum and its lowest id, the smallest finite logit, and
+// (greedy rows that want a logprob) s = sum exp(l - m) relative to the running maximum m.
+// No default member initialisers: it lives in shared memory.
+struct Stats {
+  float max;
+  int arg;
+  float min;
+  float m;
+  float s;
+  __device__ static Stats empty() { return {-INFINITY, INT_MAX, INFINITY, -INFINITY, 0.f}; }
+  __device__ void add(float v, int id, bool lse) {
+    if (v > max || (v == max && id < arg)) {
+      max = v;
+      arg = id;
+    }
+    if (v > -INFINITY) {
+      min = fminf(min, v);
+      if (lse) {
+        if (v > m) {
+          s = s * expf(m - v) + 1.f;
+          m = v;
+        } else {
+          s += expf(v - m);
+        }
+      }
+    }
+  }
+  __device__ void merge(const Stats& o) {
+    if (o.max > max || (o.max == max && o.arg < arg)) {
+      max = o.max;
+      arg = o.arg;
+    }
+    min = fminf(min, o.min);
+    if (o.m > m) {
+      s = s * expf(m - o.m) + o.s;
+      m = o.m;
+    } else if (o.m > -INFINITY) {
+      s += o.s * expf(o.m - m);
+    }
+  }
+};
+__device__ __forceinline__ Stats shfl_xor(const Stats& a, int o) {
+  Stats b;
+  b.max = __shfl_xor_sync(0xffffffffu, a.max, o);
+  b.arg = __shfl_xor_sync(0xffffffffu, a.arg, o);
+  b.min = __shfl_xor_sync(0xffffffffu, a.min, o);
+  b.m = __shfl_xor_sync(0xffffffffu, a.m, o);
+  b.s = __shfl_xor_sync(0xffffffffu, a.s, o);
+  return b;
+}
 
 struct Filter {  // tokens of level-0 bin `bin` whose key >> shift == prefix (shift 32: all)
   int bin;
@@ -193,25 +247,29 @@ struct Filter {  // tokens of level-0 bin `bin` whose key >> shift == prefix (sh
 
 struct Shared {
   // Read by the other CTAs of the cluster.
-  float red_max, red_min, red_sumexp;
+  Stats stats;              // this CTA's logit statistics
   unsigned tie_count;
   int list_n;
   u64 minp_cnt, minp_mass;
   u64 tot0_cnt, tot0_mass;  // this CTA's chunk totals, level 0
   u64 tot1_cnt, tot1_mass;  // same, current refinement level
-  float list[kListCap];     // this CTA's tokens of the bin being ranked
+  float list[kListCap];     // this CTA's tokens of the bin being ranked: logit, id
+  int list_id[kListCap];
   unsigned hist_cnt[kBins]; // this CTA's histogram of the current level
   u64 hist_mass[kBins];
   // Block-local.
   u64 scratch[kWarps + 2];
-  u64 xchg_u64[2 * kMaxCluster];
-  float xchg_f[2 * kMaxCluster];
+  Stats warp_stats[kWarps];
+  Stats all_stats[kMaxCluster];
+  u64 xchg[kMaxCluster];
   uint32_t comb_key[kListCap];
   u64 comb_mass[kListCap];
+  int comb_id[kListCap];
   int comb_off[kMaxCluster + 1];
   Hit hit;
   uint32_t res_key;
-  u64 res_cnt, res_mass;
+  u64 res_cnt, res_mass, res_r;
+  int res_id;
 };
 
 struct Ctx {
@@ -333,18 +391,25 @@ __device__ void refine_hist(Ctx& x, const RowCtx& rc, const Filter& f, int ds, u
   merge_hist(x, x.m1_mass, x.m1_cnt, &x.sm.tot1_cnt, &x.sm.tot1_mass);
 }
 
-// The key of a bin of at most kListCap tokens where the target is crossed: gathers the bin's
-// tokens of every CTA, then each token counts the count and mass above it. `target` is relative
-// to the bin's start. Adds the bin's part to s.cnt_gt / s.mass_gt.
+// The position in a bin of at most kListCap tokens where the target is crossed: gathers the bin's
+// tokens of every CTA, then each token counts the count and mass above it and its place among
+// its ties. `target` is relative to the bin's start. Sets s.key, s.r, s.id and adds the bin's part
+// to s.cnt_gt / s.mass_gt.
 __device__ void rank_list(Ctx& x, const RowCtx& rc, const Filter& f, bool by_mass, u64 target,
                           Sel& s) {
-  if (threadIdx.x == 0) x.sm.list_n = 0;
+  if (threadIdx.x == 0) {
+    x.sm.list_n = 0;
+    x.sm.res_id = -1;
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < x.n; i += kThreads) {
     const float v = x.vals[i];
     if (!matches(v, f, rc)) continue;
     const int pos = atomicAdd(&x.sm.list_n, 1);
-    if (pos < kListCap) x.sm.list[pos] = v;
+    if (pos < kListCap) {
+      x.sm.list[pos] = v;
+      x.sm.list_id[pos] = x.begin + i;
+    }
   }
   x.cluster.sync();  // every CTA's list is complete
   if (threadIdx.x < 32) {
@@ -359,16 +424,19 @@ __device__ void rank_list(Ctx& x, const RowCtx& rc, const Filter& f, bool by_mas
   for (int q = 0; q < x.C; ++q) {
     const int off = x.sm.comb_off[q], cnt = min(x.sm.comb_off[q + 1], kListCap) - off;
     const float* rl = x.cluster.map_shared_rank(x.sm.list, q);
+    const int* ri = x.cluster.map_shared_rank(x.sm.list_id, q);
     for (int j = threadIdx.x; j < cnt; j += kThreads) {
       const float v = rl[j];
       x.sm.comb_key[off + j] = key_of(v);
       x.sm.comb_mass[off + j] = mass_of(v, rc);
+      x.sm.comb_id[off + j] = ri[j];
     }
   }
   __syncthreads();
   for (int i = threadIdx.x; i < total; i += kThreads) {
     const uint32_t k = x.sm.comb_key[i];
-    u64 cg = 0, mg = 0, ce = 0, me = 0;
+    const int id = x.sm.comb_id[i];
+    u64 cg = 0, mg = 0, ce = 0, me = 0, before = 0;
     for (int j = 0; j < total; ++j) {
       const uint32_t kj = x.sm.comb_key[j];
       const u64 mj = x.sm.comb_mass[j];
@@ -378,25 +446,32 @@ __device__ void rank_list(Ctx& x, const RowCtx& rc, const Filter& f, bool by_mas
       } else if (kj == k) {
         ++ce;
         me += mj;
+        before += x.sm.comb_id[j] < id;
       }
     }
     const u64 gt = by_mass ? mg : cg, ge = gt + (by_mass ? me : ce);
-    if (gt < target && target <= ge) {  // tied tokens write the same values
-      x.sm.res_key = k;
+    if (gt < target && target <= ge) {  // the crossing key; its tokens share one mass (> 0 here)
+      const u64 w = by_mass ? x.sm.comb_mass[i] : 1;
+      const u64 r = (target - gt + w - 1) / w;
+      x.sm.res_key = k;  // every tied token writes the same values
       x.sm.res_cnt = cg;
       x.sm.res_mass = mg;
+      x.sm.res_r = r;
+      if (before + 1 == r) x.sm.res_id = id;
     }
   }
   x.cluster.sync();  // results visible; every CTA is done reading the lists
   s.key = x.sm.res_key;
   s.cnt_gt += x.sm.res_cnt;
   s.mass_gt += x.sm.res_mass;
+  s.r = x.sm.res_r;
+  s.id = x.sm.res_id;
 }
 
 // The position where the cumulative count (by_mass false) or mass first reaches T.
 __device__ Sel select_position(Ctx& x, const RowCtx& rc, bool by_mass, u64 T) {
   Hit h = find_bin(x, x.m0_mass, x.m0_cnt, &x.sm.tot0_cnt, &x.sm.tot0_mass, by_mass, T);
-  Sel s{0, 0, h.cnt_before, h.mass_before, false};
+  Sel s{0, 0, h.cnt_before, h.mass_before, false, -1};
   Filter f{h.bin, 32, 0};
   for (;;) {
     if (!by_mass && h.bin_mass == 0) {  // all tokens here have mass 0: only the count matters
@@ -407,7 +482,7 @@ __device__ Sel select_position(Ctx& x, const RowCtx& rc, bool by_mass, u64 T) {
     const u64 rel = T - (by_mass ? s.mass_gt : s.cnt_gt);
     if (h.bin_cnt <= kListCap) {
       rank_list(x, rc, f, by_mass, rel, s);
-      break;
+      return s;
     }
     if (f.shift == 0) {  // one key
       s.key = f.prefix;
@@ -450,10 +525,19 @@ __device__ int resolve_tie(Ctx& x, uint32_t K, u64 r) {
   return -1;
 }
 
-// Loads this CTA's part of the row, applies the row's adjustments, sanitises.
-__device__ void load_row(const SampleParams& p, int row, Ctx& x) {
+// Loads this CTA's part of the row, applies the row's adjustments, sanitises; returns this
+// thread's statistics of the values (taken while loading when the row has no adjustments).
+__device__ Stats load_row(const SampleParams& p, int row, Ctx& x, bool lse) {
   const float* src = p.logits + int64_t(row) * p.stride + x.begin;
   float* vals = x.vals;
+  const bool adjust = p.adjust_offsets && p.adjust_offsets[row + 1] > p.adjust_offsets[row];
+  Stats st = Stats::empty();
+  auto take = [&](float v, int i) {  // i: index in this CTA's part
+    if (adjust) return v;            // sanitised after the adjustments
+    v = sanitize(v);
+    st.add(v, x.begin + i, lse);
+    return v;
+  };
   int done = 0;
   if ((reinterpret_cast<uintptr_t>(src) & 15) == 0) {
     const int nv = x.n / 4;
@@ -469,13 +553,20 @@ __device__ void load_row(const SampleParams& p, int row, Ctx& x) {
 #pragma unroll
       for (int k = 0; k < kLoadBatch; ++k) {
         const int i = base + k * kThreads + threadIdx.x;
-        if (i < nv) d4[i] = r[k];
+        if (i < nv) {
+          float4 v = r[k];
+          v.x = take(v.x, 4 * i);
+          v.y = take(v.y, 4 * i + 1);
+          v.z = take(v.z, 4 * i + 2);
+          v.w = take(v.w, 4 * i + 3);
+          d4[i] = v;
+        }
       }
     }
     done = nv * 4;
   }
-  for (int i = done + threadIdx.x; i < x.n; i += kThreads) vals[i] = __ldcs(src + i);
-  if (p.adjust_offsets) {
+  for (int i = done + threadIdx.x; i < x.n; i += kThreads) vals[i] = take(__ldcs(src + i), i);
+  if (adjust) {
     __syncthreads();
     const int a0 = p.adjust_offsets[row], a1 = p.adjust_offsets[row + 1];
     for (int e = a0 + threadIdx.x; e < a1; e += kThreads) {
@@ -483,18 +574,47 @@ __device__ void load_row(const SampleParams& p, int row, Ctx& x) {
       const int j = a.id - x.begin;
       if (j >= 0 && j < x.n) vals[j] = adjust_value(vals[j], a);
     }
+    __syncthreads();
+    for (int i = threadIdx.x; i < x.n; i += kThreads) {
+      const float v = sanitize(vals[i]);
+      vals[i] = v;
+      st.add(v, x.begin + i, lse);
+    }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < x.n; i += kThreads) vals[i] = sanitize(vals[i]);
-  __syncthreads();
+  return st;
 }
 
-// Sums `v` over the CTAs of the cluster in rank order (the same value in every CTA). The slot
-// must have been written by every CTA before the last cluster barrier.
-template <typename T>
-__device__ T cluster_sum(Ctx& x, T* slot) {
-  T s = 0;
-  for (int q = 0; q < x.C; ++q) s += *x.cluster.map_shared_rank(slot, q);
+// The statistics of the whole row, the same in every CTA: block merge, one cluster barrier, then
+// every CTA merges the C results in rank order.
+__device__ Stats row_stats(Ctx& x, Stats st) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) st.merge(shfl_xor(st, o));
+  if (lane == 0) x.sm.warp_stats[warp] = st;
+  __syncthreads();
+  if (warp == 0) {
+    Stats w = lane < kWarps ? x.sm.warp_stats[lane] : Stats::empty();
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) w.merge(shfl_xor(w, o));
+    if (lane == 0) x.sm.stats = w;
+  }
+  x.cluster.sync();
+  if (threadIdx.x < x.C) x.sm.all_stats[threadIdx.x] = *x.cluster.map_shared_rank(&x.sm.stats, threadIdx.x);
+  __syncthreads();
+  Stats g = Stats::empty();
+  for (int q = 0; q < x.C; ++q) g.merge(x.sm.all_stats[q]);
+  return g;
+}
+
+// Sums a u64 slot over the CTAs of the cluster (the same value in every CTA). The slot must have
+// been written by every CTA before the last cluster barrier.
+__device__ u64 cluster_sum(Ctx& x, u64* slot) {
+  __syncthreads();  // earlier readers of xchg are done
+  if (threadIdx.x < x.C) x.sm.xchg[threadIdx.x] = *x.cluster.map_shared_rank(slot, threadIdx.x);
+  __syncthreads();
+  u64 s = 0;
+  for (int q = 0; q < x.C; ++q) s += x.sm.xchg[q];
   return s;
 }
 
@@ -519,47 +639,21 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams 
   const SampleRow rp = p.row_params[row];
   const int tid = threadIdx.x;
 
-  // 1. Load; the row's max and smallest finite logit.
-  load_row(p, row, x);
-  float mx = -INFINITY, mn = INFINITY;
-  for (int i = tid; i < x.n; i += kThreads) {
-    const float v = x.vals[i];
-    mx = fmaxf(mx, v);
-    if (v > -INFINITY) mn = fminf(mn, v);
-  }
-  mx = block_reduce(mx, Max{}, -INFINITY, sm.scratch);
-  mn = block_reduce(mn, Min{}, INFINITY, sm.scratch);
-  if (tid == 0) {
-    sm.red_max = mx;
-    sm.red_min = mn;
-  }
-  cluster.sync();
-  if (tid < C) {
-    sm.xchg_f[tid] = *cluster.map_shared_rank(&sm.red_max, tid);
-    sm.xchg_f[kMaxCluster + tid] = *cluster.map_shared_rank(&sm.red_min, tid);
-  }
-  __syncthreads();
-  float M = -INFINITY, mmin = INFINITY;
-  for (int q = 0; q < C; ++q) {
-    M = fmaxf(M, sm.xchg_f[q]);
-    mmin = fminf(mmin, sm.xchg_f[kMaxCluster + q]);
-  }
+  // 1. Load; the row's max (and its lowest id), smallest finite logit, greedy's sum of exp.
+  const bool greedy = rp.temperature < 1e-5f;
+  const Stats g = row_stats(x, load_row(p, row, x, greedy && p.logprob));
+  const float M = g.max, mmin = g.min;
 
   if (M == -INFINITY) {  // nothing to draw from
     if (rank == 0 && tid == 0) {
       p.token[row] = 0;
       if (p.logprob) p.logprob[row] = -INFINITY;
     }
-  } else if (rp.temperature < 1e-5f) {
-    // Greedy: the lowest id of the maximum; logprob under softmax at temperature 1.
-    float se = 0.f;
-    for (int i = tid; i < x.n; i += kThreads) se += expf(__fsub_rn(x.vals[i], M));
-    se = block_reduce(se, Sum{}, 0.f, sm.scratch);
-    if (tid == 0) sm.red_sumexp = se;
-    const int id = resolve_tie(x, key_of(M), 1);  // its cluster barrier publishes red_sumexp
-    if (id >= 0) {
-      p.token[row] = id;
-      if (p.logprob) p.logprob[row] = float(-log(double(cluster_sum(x, &sm.red_sumexp))));
+  } else if (greedy) {
+    // The lowest id of the maximum; logprob under softmax at temperature 1 (g.s is relative to M).
+    if (rank == 0 && tid == 0) {
+      p.token[row] = g.arg;
+      if (p.logprob) p.logprob[row] = float(-log(double(g.s)));
     }
   } else {
     RowCtx rc;
@@ -636,7 +730,11 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams 
     double t = floor(u * double(m_keep));
     const u64 T = t >= double(m_keep) ? m_keep : u64(t) + 1;
     const Sel s = select_position(x, rc, true, T);
-    const int id = resolve_tie(x, s.key, s.r);
+    int id = s.id;  // known when the bin was ranked as a list; else find the r-th tie by id
+    if (id < 0)
+      id = resolve_tie(x, s.key, s.r);
+    else if (rank != 0 || tid != 0)
+      id = -1;
     if (id >= 0) {
       p.token[row] = id;
       if (p.logprob) {

@@ -2,7 +2,8 @@
 // adjustments (bias and penalties), one token and its log-probability per row. It draws the token
 // the host sampler draws (src/runtime/sampler.h, sample_with_u: the semantics are written there)
 // from the same processed logits and the same u, except where u, or the top-p or min-p threshold,
-// lies within about 1e-6 (relative) of a boundary: the GPU sums in another order (docs/kernels.md).
+// lies within about 1e-6 (relative) of a boundary: the GPU sums in another order
+// (docs/kernels-sampling.md).
 //
 //   row r: l = logits[r, 0..vocab) fp32 (read only; row stride `stride` elements)
 //     adjusted: l[id] = rep(l[id] + bias) + post for each SampleAdjust of the row (ids unique),
