@@ -1,7 +1,9 @@
 #include "runtime/sampler.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 
@@ -54,7 +56,56 @@ void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
   }
   if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f)
     for (auto& [id, n] : h.generated)
-      if (id >= 0 && id < V) logits[id] -= p.presence_penalty + p.frequency_penalty * float(n);
+      if (id >= 0 && id < V) logits[id] -= presence_frequency_offset(p, n);
+}
+
+float presence_frequency_offset(const SamplingParams& p, int n) {
+  return p.presence_penalty + p.frequency_penalty * float(n);
+}
+
+void append_logit_adjustments(const SamplingParams& p, const TokenHistory& h, int vocab_size,
+                              std::vector<LogitAdjust>& out) {
+  const size_t first = out.size();
+  auto valid = [&](int id) { return id >= 0 && id < vocab_size; };
+  const bool rep = p.repetition_penalty != 1.f;
+  const bool pf = p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+  for (auto& [id, bias] : p.logit_bias)
+    if (valid(id)) out.push_back({id, bias, 1.f, 0.f});
+  if (rep)
+    for (int id : h.prompt)
+      if (valid(id)) out.push_back({id, 0.f, p.repetition_penalty, 0.f});
+  if (rep || pf)
+    for (auto& [id, n] : h.generated)
+      if (valid(id))
+        out.push_back({id, 0.f, rep ? p.repetition_penalty : 1.f,
+                       pf ? -presence_frequency_offset(p, n) : 0.f});
+  // Stable: the biases of one id keep their order. Then one entry per id.
+  std::stable_sort(out.begin() + first, out.end(),
+                   [](const LogitAdjust& a, const LogitAdjust& b) { return a.id < b.id; });
+  size_t w = first;
+  for (size_t i = first; i < out.size(); ++i) {
+    if (w > first && out[w - 1].id == out[i].id) {
+      LogitAdjust& a = out[w - 1];
+      a.bias += out[i].bias;
+      if (out[i].rep != 1.f) a.rep = out[i].rep;
+      a.post += out[i].post;  // at most one entry per id carries a post
+    } else {
+      out[w++] = out[i];
+    }
+  }
+  out.resize(w);
+}
+
+void apply_logit_adjustments(std::span<float> logits, std::span<const LogitAdjust> adj) {
+  const int V = int(logits.size());
+  for (const LogitAdjust& a : adj) {
+    if (a.id < 0 || a.id >= V) continue;
+    float l = logits[a.id] + a.bias;
+    // The branch keeps the multiply and the add below apart: no fused multiply-add, which the
+    // GPU (and apply_logit_processors, through memory) do not use either.
+    if (a.rep != 1.f) l = l > 0 ? l / a.rep : l * a.rep;
+    logits[a.id] = l + a.post;
+  }
 }
 
 double uniform_from(uint64_t seed, uint64_t step) {
@@ -65,31 +116,54 @@ double uniform_from(uint64_t seed, uint64_t step) {
   return double(z >> 11) * 0x1.0p-53;
 }
 
+namespace {
+
+// NaN counts as -inf, +inf as the largest float, -0 as +0 (sampler.h).
+inline float sane(float x) {
+  if (std::isnan(x)) return -std::numeric_limits<float>::infinity();
+  if (x == std::numeric_limits<float>::infinity()) return FLT_MAX;
+  return x == 0.f ? 0.f : x;
+}
+
+}  // namespace
+
 int sample_token(std::span<const float> logits, const SamplingParams& p, uint64_t step) {
+  return sample_with_u(logits, p, uniform_from(p.seed, step)).token;
+}
+
+SampleResult sample_with_u(std::span<const float> logits, const SamplingParams& p, double u,
+                           bool want_logprob) {
   const int V = int(logits.size());
   KIMI_CHECK(V > 0);
+  auto l = [&](int i) { return sane(logits[i]); };
+  int best = 0;
+  for (int i = 1; i < V; ++i)
+    if (l(i) > l(best)) best = i;
+  const float top = l(best);
+  if (top == -std::numeric_limits<float>::infinity())
+    return {0, -std::numeric_limits<float>::infinity()};
   if (p.greedy()) {
-    // First maximum wins; NaN never wins.
-    int best = 0;
-    for (int i = 1; i < V; ++i)
-      if (logits[i] > logits[best] || std::isnan(logits[best])) best = i;
-    return best;
+    // First maximum wins.
+    SampleResult r{best, 0.f};
+    if (want_logprob) {
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += std::exp(double(l(i) - top));
+      r.logprob = float(-std::log(sum));
+    }
+    return r;
   }
   // Candidates sorted by logit (descending, ties to the lower id), cut by top-k.
   std::vector<int> idx(V);
   std::iota(idx.begin(), idx.end(), 0);
   int k = (p.top_k > 0 && p.top_k < V) ? p.top_k : V;
-  auto by_logit = [&](int a, int b) {
-    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-  };
+  auto by_logit = [&](int a, int b) { return l(a) > l(b) || (l(a) == l(b) && a < b); };
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), by_logit);
   idx.resize(k);
   const float inv_t = 1.f / p.temperature;
-  const float top = logits[idx[0]];
   std::vector<double> prob(k);
   double sum = 0;
   for (int i = 0; i < k; ++i) {
-    prob[i] = std::exp(double(logits[idx[i]] - top) * inv_t);
+    prob[i] = std::exp(double(l(idx[i]) - top) * inv_t);
     sum += prob[i];
   }
   // top-p: the smallest prefix whose mass reaches top_p; min-p: relative to the top token.
@@ -98,7 +172,10 @@ int sample_token(std::span<const float> logits, const SamplingParams& p, uint64_
     double acc = 0;
     for (int i = 0; i < k; ++i) {
       acc += prob[i] / sum;
-      if (acc >= p.top_p) { n = i + 1; break; }
+      if (acc >= p.top_p) {
+        n = i + 1;
+        break;
+      }
     }
   }
   if (p.min_p > 0.f) {
@@ -109,12 +186,16 @@ int sample_token(std::span<const float> logits, const SamplingParams& p, uint64_
   }
   double kept = 0;
   for (int i = 0; i < n; ++i) kept += prob[i];
-  double u = uniform_from(p.seed, step) * kept;
+  int pick = n - 1;
+  double x = u * kept;
   for (int i = 0; i < n; ++i) {
-    u -= prob[i];
-    if (u < 0) return idx[i];
+    x -= prob[i];
+    if (x < 0) {
+      pick = i;
+      break;
+    }
   }
-  return idx[n - 1];
+  return {idx[pick], float(std::log(prob[pick] / kept))};
 }
 
 }  // namespace kimi

@@ -41,9 +41,52 @@ struct TokenHistory {
 void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
                             const TokenHistory& h);
 
+// What presence and frequency penalties subtract from a token generated n times. One definition,
+// so that apply_logit_processors and logit_adjustments round it the same way.
+float presence_frequency_offset(const SamplingParams& p, int n);
+
+// The effect of apply_logit_processors on one token, as the GPU sampler applies it
+// (kernels/sampling/sampling.h, SampleAdjust, same layout):
+//   l' = rep(l + bias) + post,  rep(x) = x > 0 ? x / rep : x * rep  (when rep != 1).
+struct LogitAdjust {
+  int id = 0;
+  float bias = 0.f;  // logit_bias
+  float rep = 1.f;   // repetition_penalty when the token is in the prompt or the output, else 1
+  float post = 0.f;  // -presence_frequency_offset(count) for generated tokens
+};
+
+// Appends the adjustments of one request (ids in [0, vocab_size), unique, ascending) to `out`.
+// Applying them equals apply_logit_processors bit for bit, except when logit_bias names a token
+// twice: its biases are summed first (apply_logit_processors adds them one after the other).
+void append_logit_adjustments(const SamplingParams& p, const TokenHistory& h, int vocab_size,
+                              std::vector<LogitAdjust>& out);
+// The host reference of what the GPU sampler does with them: l' = rep(l + bias) + post.
+void apply_logit_adjustments(std::span<float> logits, std::span<const LogitAdjust> adj);
+
 // Picks the next token from processed logits. `step` is the index of the token being drawn in
 // its request, so the draw depends only on (seed, step).
 int sample_token(std::span<const float> logits, const SamplingParams& p, uint64_t step);
+
+// The draw of sample_token for a given uniform u in [0, 1): sample_token(l, p, step) ==
+// sample_with_u(l, p, uniform_from(p.seed, step)).token. The semantics the GPU sampler matches
+// (kernels/sampling/sampling.h):
+//   - NaN logits count as -inf, +inf as FLT_MAX, -0 as +0.
+//   - greedy (temperature < 1e-5): the first maximum (lowest id among equal logits).
+//   - else candidates in order of logit, descending, ties to the lower id; prob_i =
+//     exp(double(l_i - l_max) * (1.f / temperature)); top-k keeps the first k; top-p (< 1) the
+//     shortest prefix of those whose mass, divided by the top-k mass, reaches top_p; min-p (> 0)
+//     the prefix with prob_i >= min_p (prob of the top is 1); the kept prefix is the shortest of
+//     these, at least one token. The token is the first i with u * kept_mass < sum_{j<=i} prob_j.
+//   - a row of -inf/NaN only: token 0, logprob -inf.
+// logprob (when want_logprob): log of the chosen token's probability in the distribution drawn
+// from (temperature, cut, renormalised); for greedy, under softmax(logits) at temperature 1 over
+// the whole vocabulary.
+struct SampleResult {
+  int token = 0;
+  float logprob = 0.f;
+};
+SampleResult sample_with_u(std::span<const float> logits, const SamplingParams& p, double u,
+                           bool want_logprob = false);
 
 // Uniform in [0, 1) from (seed, step): splitmix64 on the combined counter.
 double uniform_from(uint64_t seed, uint64_t step);
