@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 
 #include <spdlog/spdlog.h>
 #if KIMI_HAVE_NCCL
@@ -18,6 +19,7 @@
 #include "model/cuda_model_impl.h"
 #include "moe/moe.h"
 #include "norm/norm.h"
+#include "sampling/sampling.h"
 
 namespace kimi {
 
@@ -344,12 +346,75 @@ void CudaModel::forward(const Batch& b, std::vector<float>& logits) {
 
 void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   Impl& m = *impl_;
+  const int Vr = m.cfg.vocab_size;
+  const int64_t vr0 = int64_t(m.tp.rank) * Vr;  // this rank's columns of the logits
+  KIMI_CHECK(ld >= m.full_cfg.vocab_size);
+  run_step(b, [&](int r0, int n) {
+    CUDA_CHECK(cudaMemcpy2DAsync(logits + r0 * ld + vr0, ld * 4, m.act.logits, size_t(Vr) * 4,
+                                 size_t(Vr) * 4, n, cudaMemcpyDeviceToHost, m.stream));
+  });
+}
+
+bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens) {
+  Impl& m = *impl_;
+  if (m.tp.world > 1) return false;  // the logits are split over the ranks: the host samples
+  const int R = b.num_logit_rows(), V = m.cfg.vocab_size;
+  KIMI_CHECK(int(d.rows.size()) == R, "draws for ", d.rows.size(), " rows, the step has ", R);
+  static_assert(sizeof(LogitAdjust) == sizeof(cuda::SampleAdjust), "one layout, copied as bytes");
+  // One pinned staging area and its device twin: rows | offsets | adjustments | tokens.
+  const size_t A = d.adjust.size();
+  auto align = [](size_t x) { return (x + 15) & ~size_t(15); };
+  const size_t off_rows = 0, off_csr = align(R * sizeof(cuda::SampleRow)),
+               off_adj = off_csr + align((R + 1) * sizeof(int)),
+               off_tok = off_adj + align(std::max<size_t>(A, 1) * sizeof(cuda::SampleAdjust)),
+               bytes = off_tok + align(R * sizeof(int));
+  if (bytes > m.draw_cap) {
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    if (m.draw_host) CUDA_CHECK(cudaFreeHost(m.draw_host));
+    m.draw_cap = std::max(bytes, 2 * m.draw_cap);
+    CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&m.draw_host), m.draw_cap));
+    m.draw_dev = cuda::DeviceBuffer<uint8_t>(m.draw_cap);
+  }
+  uint8_t* h = m.draw_host;
+  auto* rows = reinterpret_cast<cuda::SampleRow*>(h + off_rows);
+  auto* csr = reinterpret_cast<int*>(h + off_csr);
+  for (int r = 0; r < R; ++r) {
+    const RowDraw& x = d.rows[r];
+    KIMI_CHECK(x.adjust_begin >= 0 && x.adjust_begin <= x.adjust_end && size_t(x.adjust_end) <= A &&
+                   (r == 0 || x.adjust_begin == d.rows[r - 1].adjust_end),
+               "draw row ", r, ": adjustments ", x.adjust_begin, "..", x.adjust_end);
+    rows[r] = cuda::SampleRow{x.temperature, x.top_k, x.top_p, x.min_p, x.u};
+    csr[r] = x.adjust_begin;
+  }
+  csr[R] = R ? d.rows[R - 1].adjust_end : 0;
+  if (A) std::memcpy(h + off_adj, d.adjust.data(), A * sizeof(LogitAdjust));
+  CUDA_CHECK(cudaMemcpyAsync(m.draw_dev.data(), h, off_tok, cudaMemcpyHostToDevice, m.stream));
+  uint8_t* dev = m.draw_dev.data();
+  int* dev_tok = reinterpret_cast<int*>(dev + off_tok);
+  int* host_tok = reinterpret_cast<int*>(h + off_tok);
+  run_step(b, [&](int r0, int n) {
+    cuda::SampleParams sp;
+    sp.rows = n;
+    sp.vocab = V;
+    sp.logits = m.act.logits;
+    sp.row_params = reinterpret_cast<const cuda::SampleRow*>(dev + off_rows) + r0;
+    sp.adjust_offsets = reinterpret_cast<const int*>(dev + off_csr) + r0;
+    sp.adjust = reinterpret_cast<const cuda::SampleAdjust*>(dev + off_adj);
+    sp.token = dev_tok + r0;
+    cuda::run_sample(sp, m.stream);
+    CUDA_CHECK(cudaMemcpyAsync(host_tok + r0, dev_tok + r0, size_t(n) * sizeof(int),
+                               cudaMemcpyDeviceToHost, m.stream));
+  });
+  tokens.assign(host_tok, host_tok + R);
+  return true;
+}
+
+void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& consume) {
+  Impl& m = *impl_;
   const ModelConfig& c = m.cfg;
-  // V: the ids' vocabulary; Vr: this rank's rows of lm_head, columns vr0.. of the logits.
+  // V: the ids' vocabulary; Vr: this rank's rows of lm_head.
   const int T = b.num_tokens(), S = b.num_seqs(), V = m.full_cfg.vocab_size, hid = c.hidden_size;
   const int Vr = c.vocab_size;
-  const int64_t vr0 = int64_t(m.tp.rank) * Vr;
-  KIMI_CHECK(ld >= V);
   KIMI_CHECK(S >= 1 && T >= 1 && b.cu_seqlens.back() == T);
   if (T > m.Tm)
     fail("a step of ", T, " tokens exceeds max_batch_tokens ", m.Tm,
@@ -484,10 +549,6 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
     rmsnorm(m, m.final_norm, n, sm.rows + r0, m.act.final_x);
     m.gemm->linear(m.act.final_x, m.lm_head, m.act.logits, n, Vr, hid, GemmOut::kF32, m.stream);
   };
-  auto logits_to_host = [&](int r0, int n) {  // this rank's columns of rows r0.. + n
-    CUDA_CHECK(cudaMemcpy2DAsync(logits + r0 * ld + vr0, ld * 4, m.act.logits, size_t(Vr) * 4,
-                                 size_t(Vr) * 4, n, cudaMemcpyDeviceToHost, m.stream));
-  };
   cudaGraphExec_t exec = nullptr;
   if (graph) {
     const std::pair<int, int> key{T, mb};
@@ -525,13 +586,13 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   }
   if (exec) {
     CUDA_CHECK(cudaGraphLaunch(exec, m.stream));
-    logits_to_host(0, R);
+    consume(0, R);
   } else {
     device_work();
     for (int r0 = 0; r0 < R; r0 += m.logit_rows) {
       const int n = std::min(m.logit_rows, R - r0);
       logits_rows(r0, n);
-      logits_to_host(r0, n);
+      consume(r0, n);
     }
     mark(2 * c.num_hidden_layers + 1);
   }

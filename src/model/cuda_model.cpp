@@ -76,6 +76,7 @@ CudaModel::Impl::~Impl() {
   for (auto e : prof_ev) cudaEventDestroy(e);
   for (auto e : prof_ar_ev) cudaEventDestroy(e);
   if (meta_host) cudaFreeHost(meta_host);
+  if (draw_host) cudaFreeHost(draw_host);
   gemm.reset();
   if (stream) cudaStreamDestroy(stream);
 }

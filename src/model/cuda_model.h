@@ -11,6 +11,7 @@
 
 #if KIMI_HAVE_CUDA
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -51,6 +52,9 @@ class CudaModel final : public Model {
   // The step into logits [num_logit_rows, vocab] (row pitch ld floats) that the caller sized;
   // a tensor-parallel rank writes its own vocabulary columns only.
   void forward_into(const Batch& batch, float* logits, int64_t ld);
+  // Draws on the GPU (kernels/sampling): only the tokens come back. A tensor-parallel rank
+  // returns false (its logits hold a slice of the vocabulary; the host samples).
+  bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens) override;
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;
@@ -72,6 +76,9 @@ class CudaModel final : public Model {
   struct Impl;
 
  private:
+  // The step's device work; consume(r0, n) is called on the stream once logits rows r0.. + n
+  // are in the activation arena (in chunks of the arena's logit rows).
+  void run_step(const Batch& batch, const std::function<void(int, int)>& consume);
   std::unique_ptr<Impl> impl_;
 };
 

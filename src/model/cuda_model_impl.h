@@ -143,6 +143,10 @@ struct CudaModel::Impl {
   int* meta_host = nullptr;
   size_t meta_cap = 0;
   std::vector<float> layer_out;  // on_layer_output staging
+  // forward_sampled: pinned staging of the draws and tokens, and its device twin.
+  uint8_t* draw_host = nullptr;
+  size_t draw_cap = 0;
+  cuda::DeviceBuffer<uint8_t> draw_dev;
   bool warned_recurrent = false;
   // Per-component timing (eager steps only): events at every layer boundary.
   bool profile = false;

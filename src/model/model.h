@@ -40,6 +40,27 @@ struct CacheSizes {
   int num_blocks = 1;  // MLA cache blocks
 };
 
+// Sampling on the device (Model::forward_sampled): per logits row, the draw of
+// src/runtime/sampler.h sample_with_u after the row's adjustments (append_logit_adjustments).
+struct LogitAdjust {  // l' = rep(l + bias) + post,  rep(x) = x > 0 ? x / rep : x * rep
+  int id = 0;
+  float bias = 0.f;  // logit_bias
+  float rep = 1.f;   // repetition_penalty when the token is in the prompt or the output, else 1
+  float post = 0.f;  // -presence_frequency_offset(count) for generated tokens
+};
+struct RowDraw {
+  float temperature = 1.f;  // < 1e-5: greedy
+  int top_k = 0;
+  float top_p = 1.f;
+  float min_p = 0.f;
+  double u = 0.0;                        // uniform_from(seed, step)
+  int adjust_begin = 0, adjust_end = 0;  // this row's entries of DrawBatch::adjust
+};
+struct DrawBatch {
+  std::vector<RowDraw> rows;  // one per logits row of the step
+  std::vector<LogitAdjust> adjust;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -47,6 +68,13 @@ class Model {
   virtual CacheSizes cache_sizes() const = 0;
   // Runs one step; logits is resized to [num_logit_rows, vocab].
   virtual void forward(const Batch& batch, std::vector<float>& logits) = 0;
+  // Runs one step and draws a token per logits row on the device (the logits stay there):
+  // tokens is resized to [num_logit_rows]. Returns false, running nothing, when the backend
+  // samples only on the host (the caller then uses forward).
+  virtual bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens) {
+    (void)batch, (void)draws, (void)tokens;
+    return false;
+  }
   // Zeroes a slot's KDA state (a new sequence starts from zero state).
   virtual void reset_slot(int slot) = 0;
   // Copies a slot's KDA state (n > 1 samples share one prompt prefill).

@@ -51,6 +51,7 @@ class EngineImpl final : public Engine {
   void finish_seq(Sequence& s, FinishReason r, const std::string& why = {});
   void fork_samples(Sequence& leader, const float* logits);
   void sample_and_emit(Sequence& s, const float* logits);
+  void emit(Sequence& s, int tok, GenerationEvent ev);
   void fail_all(const std::string& why);
   void publish_metrics();
 
@@ -372,8 +373,40 @@ void EngineImpl::step() {
   publish_metrics();
   if (batch_seqs.empty()) return;
 
-  model_->forward(batch, logits_);
   const int V = model_->config().vocab_size;
+  // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none).
+  std::vector<bool> draws(batch_seqs.size());
+  bool on_device = true;  // every draw needs only its token: no logprobs, no forks
+  for (size_t i = 0; i < batch_seqs.size(); ++i) {
+    const Sequence* s = batch_seqs[i];
+    const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
+    draws[i] = s->num_computed + n >= int(s->tokens.size());
+    const Request& r = s->req->req;
+    if (draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1))) on_device = false;
+  }
+  std::vector<int> drawn;
+  if (on_device) {
+    DrawBatch d;
+    for (size_t i = 0; i < batch_seqs.size(); ++i) {
+      RowDraw row;  // rows that draw nothing: greedy, result unused
+      row.temperature = 0.f;
+      row.adjust_begin = int(d.adjust.size());
+      if (draws[i]) {
+        const Sequence* s = batch_seqs[i];
+        const SamplingParams& sp = s->sampling;
+        row.temperature = sp.temperature;
+        row.top_k = sp.top_k;
+        row.top_p = sp.top_p;
+        row.min_p = sp.min_p;
+        row.u = uniform_from(sp.seed, uint64_t(s->generated));
+        append_logit_adjustments(sp, s->history, V, d.adjust);
+      }
+      row.adjust_end = int(d.adjust.size());
+      d.rows.push_back(row);
+    }
+    on_device = model_->forward_sampled(batch, d, drawn);
+  }
+  if (!on_device) model_->forward(batch, logits_);
   uint64_t prompt_tokens = 0;
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     Sequence* s = batch_seqs[i];
@@ -381,7 +414,13 @@ void EngineImpl::step() {
     int before = s->num_computed;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
-    if (s->num_computed < int(s->tokens.size())) continue;  // prefill chunk: nothing to sample yet
+    if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
+    if (on_device) {
+      GenerationEvent ev;
+      ev.index = s->index;
+      emit(*s, drawn[i], std::move(ev));
+      continue;
+    }
     const float* row = logits_.data() + i * size_t(V);
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
@@ -476,6 +515,12 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     });
     for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], logprobs[idx[i]]});
   }
+  emit(s, tok, std::move(ev));
+}
+
+// Appends the drawn token, streams its text, and finishes the sequence when it ends it.
+void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
+  const Request& r = s.req->req;
   s.tokens.push_back(tok);
   s.history.add_generated(tok);
   s.generated += 1;

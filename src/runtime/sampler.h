@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "model/model.h"
+
 namespace kimi {
 
 struct SamplingParams {
@@ -45,16 +47,8 @@ void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
 // so that apply_logit_processors and logit_adjustments round it the same way.
 float presence_frequency_offset(const SamplingParams& p, int n);
 
-// The effect of apply_logit_processors on one token, as the GPU sampler applies it
-// (kernels/sampling/sampling.h, SampleAdjust, same layout):
-//   l' = rep(l + bias) + post,  rep(x) = x > 0 ? x / rep : x * rep  (when rep != 1).
-struct LogitAdjust {
-  int id = 0;
-  float bias = 0.f;  // logit_bias
-  float rep = 1.f;   // repetition_penalty when the token is in the prompt or the output, else 1
-  float post = 0.f;  // -presence_frequency_offset(count) for generated tokens
-};
-
+// The effect of apply_logit_processors on one token, as the GPU sampler applies it: LogitAdjust
+// (model/model.h; the layout of kernels/sampling/sampling.h SampleAdjust).
 // Appends the adjustments of one request (ids in [0, vocab_size), unique, ascending) to `out`.
 // Applying them equals apply_logit_processors bit for bit, except when logit_bias names a token
 // twice: its biases are summed first (apply_logit_processors adds them one after the other).
