@@ -69,7 +69,9 @@ void check_split(const ModelConfig& c, int world) {
     for (int64_t i = 0; i < full; ++i)
       ASSERT_EQ(cover[size_t(i)], whole ? world : 1) << "element " << i;
   }
-  if (world > 1) EXPECT_GT(split, 0);
+  if (world > 1) {
+    EXPECT_GT(split, 0);
+  }
 }
 
 TEST(TensorParallel, TinyModelSlicesTileEveryTensor) {
