@@ -77,7 +77,8 @@ void fill_rows(DeviceBuffer<float>& buf, size_t rows_total, bool flat, uint32_t 
   buf.upload(h.data(), h.size());
   for (size_t off = h.size(); off < buf.size(); off += h.size()) {
     const size_t n = std::min(h.size(), buf.size() - off);
-    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(float), cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(
+        cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(float), cudaMemcpyDeviceToDevice));
   }
 }
 
@@ -92,9 +93,9 @@ struct Mode {
 
 void bench(double ceiling, bool flat, bool quick) {
   const Mode modes[] = {
-      {"greedy", 0.f, 0, 1.f, 0.f, false},      {"temp 1", 1.f, 0, 1.f, 0.f, false},
+      {"greedy", 0.f, 0, 1.f, 0.f, false},           {"temp 1", 1.f, 0, 1.f, 0.f, false},
       {"k50 p0.9 t0.7", 0.7f, 50, 0.9f, 0.f, false}, {"p0.95", 1.f, 0, 0.95f, 0.f, false},
-      {"min_p 0.05", 1.f, 0, 1.f, 0.05f, false}, {"temp 1 +pen", 1.f, 0, 1.f, 0.f, true},
+      {"min_p 0.05", 1.f, 0, 1.f, 0.05f, false},     {"temp 1 +pen", 1.f, 0, 1.f, 0.f, true},
   };
   std::printf("\n%-6s %-15s %6s %10s %10s %8s\n", flat ? "flat" : "lm", "mode", "rows", "us",
               "read GB/s", "% copy");

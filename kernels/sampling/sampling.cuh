@@ -44,13 +44,13 @@ using u64 = unsigned long long;
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxCluster = 8;
-constexpr int kMaxSlice = 24576;   // logits per CTA (96 KB)
-constexpr int kMinSlice = 4096;    // below this, fewer CTAs per row
-constexpr int kBins = 1024;        // histogram bins at every level
-constexpr int kListCap = 256;      // a bin this small is ranked exactly
-constexpr float kXCut = 28.5f;     // (max - l)/T beyond this: mass 0 (e^-28.5 · 2^40 < 0.5)
+constexpr int kMaxSlice = 24576;  // logits per CTA (96 KB)
+constexpr int kMinSlice = 4096;   // below this, fewer CTAs per row
+constexpr int kBins = 1024;       // histogram bins at every level
+constexpr int kListCap = 256;     // a bin this small is ranked exactly
+constexpr float kXCut = 28.5f;    // (max - l)/T beyond this: mass 0 (e^-28.5 · 2^40 < 0.5)
 constexpr float kMassOne = 0x1p40f;
-constexpr int kLoadBatch = 8;      // float4 loads in flight per thread
+constexpr int kLoadBatch = 8;  // float4 loads in flight per thread
 
 // Dynamic shared memory: merged level-0 and refinement chunks, then the logits.
 inline size_t dynamic_smem_bytes(int cluster, int slice) {
@@ -144,7 +144,9 @@ __device__ T block_reduce(T v, Op op, T identity, u64* scratch) {
 }
 struct Sum {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
+  __device__ T operator()(T a, T b) const {
+    return a + b;
+  }
 };
 struct Max {
   __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
@@ -182,10 +184,10 @@ struct Hit {  // the bin where a cumulative target is crossed
 
 struct Sel {  // a position in candidate order
   uint32_t key;
-  u64 r;                  // tokens taken from the key's tie group (>= 1)
-  u64 cnt_gt, mass_gt;    // tokens and mass with a larger logit
-  bool massless;          // count target in a massless bin: key unknown, cut mass = mass_gt
-  int id;                 // the token at the position when known (ranked in a list), else -1
+  u64 r;                // tokens taken from the key's tie group (>= 1)
+  u64 cnt_gt, mass_gt;  // tokens and mass with a larger logit
+  bool massless;        // count target in a massless bin: key unknown, cut mass = mass_gt
+  int id;               // the token at the position when known (ranked in a list), else -1
 };
 
 // Running statistics of logits: the maximum and its lowest id, the smallest finite logit, and
@@ -247,7 +249,7 @@ struct Filter {  // tokens of level-0 bin `bin` whose key >> shift == prefix (sh
 
 struct Shared {
   // Read by the other CTAs of the cluster.
-  Stats stats;              // this CTA's logit statistics
+  Stats stats;  // this CTA's logit statistics
   unsigned tie_count;
   int list_n;
   u64 minp_cnt, minp_mass;
@@ -255,7 +257,7 @@ struct Shared {
   u64 tot1_cnt, tot1_mass;  // same, current refinement level
   float list[kListCap];     // this CTA's tokens of the bin being ranked: logit, id
   int list_id[kListCap];
-  unsigned hist_cnt[kBins]; // this CTA's histogram of the current level
+  unsigned hist_cnt[kBins];  // this CTA's histogram of the current level
   u64 hist_mass[kBins];
   // Block-local.
   u64 scratch[kWarps + 2];
@@ -275,9 +277,9 @@ struct Shared {
 struct Ctx {
   cg::cluster_group cluster;
   Shared& sm;
-  float* vals;   // [n] this CTA's logits
-  int n;         // ids in this CTA
-  int begin;     // first id
+  float* vals;  // [n] this CTA's logits
+  int n;        // ids in this CTA
+  int begin;    // first id
   int C, rank, chunk;
   u64* m0_mass;  // [chunk] merged level-0 chunk of this CTA
   unsigned* m0_cnt;
@@ -600,7 +602,8 @@ __device__ Stats row_stats(Ctx& x, Stats st) {
     if (lane == 0) x.sm.stats = w;
   }
   x.cluster.sync();
-  if (threadIdx.x < x.C) x.sm.all_stats[threadIdx.x] = *x.cluster.map_shared_rank(&x.sm.stats, threadIdx.x);
+  if (threadIdx.x < x.C)
+    x.sm.all_stats[threadIdx.x] = *x.cluster.map_shared_rank(&x.sm.stats, threadIdx.x);
   __syncthreads();
   Stats g = Stats::empty();
   for (int q = 0; q < x.C; ++q) g.merge(x.sm.all_stats[q]);

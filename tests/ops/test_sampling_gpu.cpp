@@ -93,7 +93,8 @@ SamplingParams random_params(std::mt19937& rng, int V) {
 }
 
 // Penalties and bias of a pretend request, as a CSR row.
-void random_adjustments(std::mt19937& rng, int V, SamplingParams& p, std::vector<LogitAdjust>& out) {
+void random_adjustments(std::mt19937& rng, int V, SamplingParams& p,
+                        std::vector<LogitAdjust>& out) {
   std::uniform_int_distribution<int> id(0, V - 1), coin(0, 2);
   std::uniform_real_distribution<float> pen(-1.f, 1.f), rep(0.8f, 1.6f), bias(-20.f, 20.f);
   if (coin(rng) == 0) return;
@@ -156,7 +157,8 @@ void check_batch(const std::vector<float>& logits, int rows, int V,
   doff.upload(offsets);
   if (!adj.empty()) {
     std::vector<cuda::SampleAdjust> a(adj.size());
-    for (size_t i = 0; i < adj.size(); ++i) a[i] = {adj[i].id, adj[i].bias, adj[i].rep, adj[i].post};
+    for (size_t i = 0; i < adj.size(); ++i)
+      a[i] = {adj[i].id, adj[i].bias, adj[i].rep, adj[i].post};
     dadj.upload(a);
   }
   dtok.poison();
@@ -178,8 +180,8 @@ void check_batch(const std::vector<float>& logits, int rows, int V,
   std::vector<float> row(V);
   for (int r = 0; r < rows; ++r) {
     std::copy_n(logits.begin() + size_t(r) * V, V, row.begin());
-    apply_logit_adjustments(row, std::span<const LogitAdjust>(adj).subspan(
-                                     offsets[r], offsets[r + 1] - offsets[r]));
+    apply_logit_adjustments(
+        row, std::span<const LogitAdjust>(adj).subspan(offsets[r], offsets[r + 1] - offsets[r]));
     const SampleResult want = sample_with_u(row, params[r], us[r], true);
     ++counts.rows;
     if (tok[r] == want.token && logprob_close(lp[r], want.logprob)) {
@@ -208,7 +210,7 @@ void run_random(int V, int rows, uint32_t seed, Counts& counts) {
   std::vector<double> us(rows);
   std::vector<int> offsets = {0};
   std::vector<LogitAdjust> adj;
-  const Shape shapes[] = {Shape::kLm, Shape::kLm, Shape::kFlat, Shape::kTies,
+  const Shape shapes[] = {Shape::kLm,        Shape::kLm,      Shape::kFlat, Shape::kTies,
                           Shape::kNonFinite, Shape::kCluster, Shape::kEqual};
   for (int r = 0; r < rows; ++r) {
     const Shape s = shapes[rng() % 7];
@@ -280,7 +282,8 @@ TEST(SamplingGpu, EdgeRows) {
     add(l, 1.f, 0, 0.75, V - 1);
     const int R = int(rows.size());
     std::vector<float> logits(size_t(R) * V);
-    for (int r = 0; r < R; ++r) std::copy(rows[r].begin(), rows[r].end(), logits.begin() + size_t(r) * V);
+    for (int r = 0; r < R; ++r)
+      std::copy(rows[r].begin(), rows[r].end(), logits.begin() + size_t(r) * V);
     std::vector<int> offsets(R + 1, 0);
     Counts c;
     check_batch(logits, R, V, params, us, offsets, {}, str("edge V ", V), c);
