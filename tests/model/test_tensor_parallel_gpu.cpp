@@ -27,9 +27,10 @@ namespace {
 
 namespace fs = std::filesystem;
 const std::string kGolden = std::string(KIMI_GOLDEN_DIR) + "/model-a";
-// TP = N against TP = 1, both bf16: they differ in the order of fp32 sums (split projections,
-// the all-reduce), so rows agree far inside the 2e-2 the golden test allows against float64.
-constexpr double kTpTol = 5e-3;
+// TP = N against TP = 1, both bf16: the split projections run other GEMM algorithms, so bf16
+// outputs round differently here and there (one ulp is 4e-3 relative). Measured up to 5.2e-3 on
+// model-a (H200, 2026-11-27); half the 2e-2 the golden test allows against float64.
+constexpr double kTpTol = 1e-2;
 
 int visible_gpus() {
 #if KIMI_HAVE_CUDA
