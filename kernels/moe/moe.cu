@@ -40,6 +40,12 @@ void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.expert_ids && p.workspace, "moe permute: null pointer");
   const int64_t pairs = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(p.workspace, p.num_experts, pairs);
+  if (pairs <= moe::kSmallPermute) {  // decode-sized: one launch
+    moe::moe_permute_small_kernel<<<1, 1024, 0, stream>>>(int(pairs), p.num_experts, p.top_k,
+                                                         p.block_m, p.expert_ids, v);
+    KIMI_CHECK_LAUNCH();
+    return;
+  }
   CUDA_CHECK(cudaMemsetAsync(v.counts, 0, sizeof(int) * 2 * p.num_experts, stream));  // + cursor
   const int grid = int(std::min<int64_t>((pairs + 255) / 256, 1024));
   moe::moe_count_kernel<<<grid, 256, 0, stream>>>(pairs, p.num_experts, p.expert_ids, v.counts);

@@ -3,7 +3,8 @@
 // moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
 //   K rounds of warp arg-max (ties to the lower index) pick the experts.
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
-//   starts; the scatter claims rows with a per-expert cursor.
+//   starts; the scatter claims rows with a per-expert cursor. Up to 4096 pairs (decode steps)
+//   moe_permute_small_kernel does all three in one CTA.
 // moe_gemm_kernel<BM, SWIGLU>: CTA = (row tile of one expert, 64 output columns), 4 warps, warp w
 //   owns columns [16w, 16w + 16) of every BM row; WMMA 16×16×16 bf16 → fp32.
 //   k steps of 32 staged through a 3-4 deep cp.async pipeline (zero-fill past the ends), so a
@@ -111,6 +112,56 @@ __global__ void moe_scatter_kernel(int64_t pairs, int E, int K, const int* ids, 
     const int row = offsets[e] + atomicAdd(cursor + e, 1);
     row_token[row] = int(i / K);
     pair_row[i] = row;
+  }
+}
+
+// The whole permutation in one 1024-thread CTA for decode-sized steps (pairs <= kSmallPermute):
+// counts in shared memory, the same scan, then the scatter; one launch instead of a memset and
+// three kernels. Writes the same workspace (counts, offsets, tile_start, row_token, pair_row;
+// cursor ends equal to counts, as after the scatter).
+constexpr int kSmallPermute = 4096;
+__global__ void __launch_bounds__(1024) moe_permute_small_kernel(int pairs, int E, int K, int block_m,
+                                                                 const int* ids, MoePermuteView v) {
+  __shared__ int cnt[1024], a[1024], b[1024], cur[1024];
+  const int e = threadIdx.x;
+  cnt[e] = 0;
+  cur[e] = 0;
+  __syncthreads();
+  for (int i = e; i < pairs; i += 1024) {
+    const int x = ids[i];
+    if (x >= 0 && x < E) atomicAdd(cnt + x, 1);
+  }
+  __syncthreads();
+  const int c = e < E ? cnt[e] : 0;
+  a[e] = c;
+  b[e] = (c + block_m - 1) / block_m;
+  __syncthreads();
+  for (int off = 1; off < 1024; off <<= 1) {  // inclusive Hillis-Steele scan
+    const int va = e >= off ? a[e - off] : 0, vb = e >= off ? b[e - off] : 0;
+    __syncthreads();
+    a[e] += va;
+    b[e] += vb;
+    __syncthreads();
+  }
+  if (e < E) {
+    v.counts[e] = c;
+    v.cursor[e] = c;
+    v.offsets[e + 1] = a[e];
+    v.tile_start[e + 1] = b[e];
+  }
+  if (e == 0) {
+    v.offsets[0] = 0;
+    v.tile_start[0] = 0;
+  }
+  for (int i = e; i < pairs; i += 1024) {
+    const int x = ids[i];
+    if (x < 0 || x >= E) {
+      v.pair_row[i] = -1;
+      continue;
+    }
+    const int row = a[x] - cnt[x] + atomicAdd(cur + x, 1);
+    v.row_token[row] = i / K;
+    v.pair_row[i] = row;
   }
 }
 

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
+#include <tuple>
 
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
@@ -240,6 +242,64 @@ cuda::MoeGemmPath expected_auto(int T, int E, int K, int block_m) {
 #endif
 
 // The path choice is host logic: checked without a GPU.
+// The permutation's workspace on both launch paths (one CTA up to 4096 pairs, count/scan/scatter
+// beyond): counts, exclusive offsets, tile starts for both tile heights, every valid pair in its
+// expert's row range exactly once with row_token pointing back, invalid ids (-1, E) skipped.
+TEST(MoeGpu, PermuteInvariantsOnBothPaths) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(31);
+  for (auto [T, E, K] : {std::tuple{1, 256, 8}, std::tuple{7, 16, 4}, std::tuple{512, 256, 8},
+                         std::tuple{513, 256, 8}, std::tuple{1000, 64, 6}, std::tuple{300, 1024, 2}})
+    for (int block_m : {16, 64}) {
+      const int64_t R = int64_t(T) * K;
+      std::vector<int> ids(R);
+      for (int t = 0; t < T; ++t) {
+        std::vector<int> pick(E);
+        std::iota(pick.begin(), pick.end(), 0);
+        std::shuffle(pick.begin(), pick.end(), rng);
+        for (int k = 0; k < K; ++k) ids[size_t(t) * K + k] = pick[k];
+      }
+      ids[R / 2] = -1;  // dropped pairs
+      ids[R - 1] = E;
+      GuardedBuffer<int> dids(R), dws(cuda::moe_permute_workspace_ints(E, R));
+      dids.upload(ids);
+      dws.poison();
+      cuda::MoePermuteParams pp;
+      pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = block_m;
+      pp.expert_ids = dids.data(), pp.workspace = dws.data();
+      cuda::run_moe_permute(pp, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const std::string what = str("T", T, " E", E, " K", K, " BM", block_m);
+      std::vector<int> ws = dws.to_host();
+      EXPECT_TRUE(dws.guards_intact()) << what;
+      const cuda::MoePermuteView v = cuda::moe_permute_view(ws.data(), E, R);
+      std::vector<int> count(E, 0);
+      for (int x : ids)
+        if (x >= 0 && x < E) ++count[x];
+      ASSERT_EQ(v.offsets[0], 0) << what;
+      ASSERT_EQ(v.tile_start[0], 0) << what;
+      for (int e = 0; e < E; ++e) {
+        ASSERT_EQ(v.counts[e], count[e]) << what << " expert " << e;
+        ASSERT_EQ(v.offsets[e + 1] - v.offsets[e], count[e]) << what << " expert " << e;
+        ASSERT_EQ(v.tile_start[e + 1] - v.tile_start[e], (count[e] + block_m - 1) / block_m) << what;
+      }
+      std::vector<int> seen(size_t(v.offsets[E]), 0);
+      for (int64_t i = 0; i < R; ++i) {
+        const int x = ids[i], row = v.pair_row[i];
+        if (x < 0 || x >= E) {
+          ASSERT_EQ(row, -1) << what << " pair " << i;
+          continue;
+        }
+        ASSERT_TRUE(row >= v.offsets[x] && row < v.offsets[x + 1]) << what << " pair " << i;
+        ASSERT_EQ(v.row_token[row], int(i / K)) << what << " pair " << i;
+        ++seen[size_t(row)];
+      }
+      for (size_t r = 0; r < seen.size(); ++r) ASSERT_EQ(seen[r], 1) << what << " row " << r;
+    }
+#endif
+}
+
 TEST(MoeGpu, PathChoice) {
 #if KIMI_HAVE_CUDA
   cuda::MoeGemmParams p;
