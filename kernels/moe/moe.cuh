@@ -27,7 +27,7 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * 4 + warp;
   if (t >= p.num_tokens) return;
-  const int E = p.num_experts, K = p.top_k;
+  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   float* sel = route_smem + warp * E;
   const float* lg = p.logits + int64_t(t) * E;
   for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-lg[e])) + p.correction_bias[e];
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
     if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
     const float s = bi >= 0 ? 1.f / (1.f + expf(-lg[bi])) : 0.f;
     if (lane == 0) {
-      p.expert_ids[int64_t(t) * K + k] = bi;
+      p.expert_ids[int64_t(t) * stride + k] = bi;
       if (bi >= 0) sel[bi] = -INFINITY;
     }
     __syncwarp();
@@ -63,7 +63,11 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
     wsum += s;
   }
   if (lane < K)
-    p.weights[int64_t(t) * K + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+    p.weights[int64_t(t) * stride + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+  if (lane == 0 && p.shared_expert >= 0) {
+    p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
+    p.weights[int64_t(t) * stride + K] = 1.f;
+  }
 }
 
 __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {

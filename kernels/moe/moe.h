@@ -42,6 +42,9 @@ struct MoeRouteParams {
   const float* correction_bias = nullptr;  // [E]
   int* expert_ids = nullptr;               // [T, K], best first
   float* weights = nullptr;                // [T, K]
+  // >= 0: each token gets K + 1 entries ([T, K + 1]), the last (shared_expert, weight 1): the
+  // shared expert, stored as one more expert, runs in the same grouped launches as the routed.
+  int shared_expert = -1;
 };
 void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 

@@ -272,6 +272,22 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
     ga.in_f32 = true;
     m.gemm->run(ga, m.stream);
   }
+  // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
+  const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  cuda::MoeGemmParams gp;
+  gp.num_tokens = T;
+  gp.num_experts = E + 1;
+  gp.top_k = K + 1;
+  gp.block_m = block_m;
+  gp.hidden = hid;
+  gp.inter = c.moe_intermediate_size;
+  // Decode-sized steps run the shared expert as expert E in the same small-M launches (3 fewer
+  // launches per layer); larger steps run it through cuBLASLt.
+  const bool fuse = w.shared_in_experts && E + 1 <= 1024 &&
+                    cuda::moe_gemm_path(gp) == cuda::MoeGemmPath::kGemv;
+  const int Ek = E + fuse, Kk = K + fuse;
+  gp.num_experts = Ek;
+  gp.top_k = Kk;
   cuda::MoeRouteParams rp;
   rp.num_tokens = T;
   rp.num_experts = E;
@@ -282,24 +298,16 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   rp.correction_bias = w.bias;
   rp.expert_ids = A.route_ids;
   rp.weights = A.route_w;
+  rp.shared_expert = fuse ? E : -1;
   cuda::run_moe_route(rp, m.stream);
-  // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
-  const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
   cuda::MoePermuteParams pp;
   pp.num_tokens = T;
-  pp.num_experts = E;
-  pp.top_k = K;
+  pp.num_experts = Ek;
+  pp.top_k = Kk;
   pp.block_m = block_m;
   pp.expert_ids = A.route_ids;
   pp.workspace = A.perm_ws;
   cuda::run_moe_permute(pp, m.stream);
-  cuda::MoeGemmParams gp;
-  gp.num_tokens = T;
-  gp.num_experts = E;
-  gp.top_k = K;
-  gp.block_m = block_m;
-  gp.hidden = hid;
-  gp.inter = c.moe_intermediate_size;
   gp.workspace = A.perm_ws;
   gp.x = A.a;
   gp.w13 = w.w13;
@@ -310,16 +318,16 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   cuda::run_moe_down(gp, m.stream);
   cuda::MoeUnpermuteParams up;
   up.num_tokens = T;
-  up.top_k = K;
+  up.top_k = Kk;
   up.hidden = hid;
-  up.num_experts = E;
+  up.num_experts = Ek;
   up.workspace = A.perm_ws;
   up.weights = A.route_w;
   up.y = A.moe_y;
   up.out = A.x;
   up.accumulate = m.tp.rank == 0;  // see residual_beta
   cuda::run_moe_unpermute(up, m.stream);
-  if (c.num_shared_experts > 0) mlp(m, w.shared, T, 1.f);
+  if (!fuse && c.num_shared_experts > 0) mlp(m, w.shared, T, 1.f);
 }
 
 void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,

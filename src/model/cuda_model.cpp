@@ -112,7 +112,8 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   act.gu = c.take<bf16>(size_t(T) * 2 * inter);
   act.act = c.take<bf16>(size_t(T) * inter);
   if (cfg.num_experts > 0) {
-    const int E = cfg.num_experts, K = cfg.num_experts_per_token;
+    // Room for the shared expert as one more expert of each token (decode steps).
+    const int E = cfg.num_experts + 1, K = cfg.num_experts_per_token + 1;
     act.hf = c.take<float>(size_t(T) * hd);
     act.router_logits = c.take<float>(size_t(T) * E);
     act.route_w = c.take<float>(size_t(T) * K);

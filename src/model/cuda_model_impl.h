@@ -65,9 +65,10 @@ struct DevMlp {
 struct DevMoe {
   float* router = nullptr;  // [E, hidden] fp32: routing picks discrete experts, keep it exact
   float* bias = nullptr;    // [E]
-  bf16* w13 = nullptr;      // [E, 2I, hidden]: w1 | w3 per expert
-  bf16* w2 = nullptr;       // [E, hidden, I]
-  DevMlp shared;
+  bf16* w13 = nullptr;      // [E (+1), 2I, hidden]: w1 | w3 per expert
+  bf16* w2 = nullptr;       // [E (+1), hidden, I]
+  bool shared_in_experts = false;  // the one shared expert is expert E of w13/w2
+  DevMlp shared;                   // its gate_up/down point there then
 };
 struct DevLayer {
   float* in_norm = nullptr;

@@ -108,11 +108,26 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
         w13.push_back(ex + "w3.weight");
         w2.push_back(ex + "w2.weight");
       }
+      // One shared expert has the routed experts' shape: it is stored as expert E, so decode
+      // steps run it in the same grouped launches (moe() in cuda_forward.cpp); prefill reads it
+      // there through cuBLASLt.
+      w.shared_in_experts = m.num_shared_experts == 1;
+      if (w.shared_in_experts) {
+        w13.push_back(e + "shared_experts.gate_proj.weight");
+        w13.push_back(e + "shared_experts.up_proj.weight");
+        w2.push_back(e + "shared_experts.down_proj.weight");
+      }
       w.w13 = bf(std::move(w13));
       w.w2 = bf(std::move(w2));
-      if (m.num_shared_experts > 0)
+      if (w.shared_in_experts) {
+        const size_t I = cfg.moe_intermediate_size, E = m.num_experts, hid = m.hidden_size;
+        w.shared.inter = int(I);
+        w.shared.gate_up = w.w13 ? w.w13 + E * 2 * I * hid : nullptr;
+        w.shared.down = w.w2 ? w.w2 + E * hid * I : nullptr;
+      } else if (m.num_shared_experts > 0) {
         mlp(w.shared, e + "shared_experts.gate_proj.weight", e + "shared_experts.up_proj.weight",
             e + "shared_experts.down_proj.weight", cfg.moe_intermediate_size * m.num_shared_experts);
+      }
     } else {
       mlp(L.mlp, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight",
           cfg.intermediate_size);

@@ -51,6 +51,25 @@ TEST(MoeGpu, RouteMatchesCpu) {
       auto gw = dw.to_host();
       expect_close(str("route weights E", E, " T", T), gw.data(), w.data(), w.size(), 1e-6, 1e-5);
       EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+      // With the shared expert as expert E: rows of K + 1, the routed part unchanged.
+      GuardedBuffer<float> dw1(size_t(T) * (K + 1));
+      GuardedBuffer<int> di1(size_t(T) * (K + 1));
+      dw1.poison();
+      di1.poison();
+      p.shared_expert = E, p.expert_ids = di1.data(), p.weights = dw1.data();
+      cuda::run_moe_route(p, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto ids1 = di1.to_host();
+      const auto w1 = dw1.to_host();
+      for (int t = 0; t < T; ++t) {
+        for (int k = 0; k < K; ++k) {
+          ASSERT_EQ(ids1[size_t(t) * (K + 1) + k], ids[size_t(t) * K + k]) << "t " << t;
+          ASSERT_EQ(w1[size_t(t) * (K + 1) + k], gw[size_t(t) * K + k]) << "t " << t;
+        }
+        ASSERT_EQ(ids1[size_t(t) * (K + 1) + K], E) << "t " << t;
+        ASSERT_EQ(w1[size_t(t) * (K + 1) + K], 1.f) << "t " << t;
+      }
+      EXPECT_TRUE(dw1.guards_intact() && di1.guards_intact());
     }
 #endif
 }
