@@ -70,10 +70,11 @@ void emit(const std::string& text) {
 
 class LocalBackend : public Backend {
  public:
-  LocalBackend(const std::string& dir, const std::string& backend) {
+  LocalBackend(const std::string& dir, const std::string& backend, int tensor_parallel) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
     eo.backend = backend == "auto" ? kimi::default_backend() : backend;
+    eo.tensor_parallel_size = tensor_parallel;
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
   }
@@ -271,6 +272,7 @@ int main(int argc, char** argv) {
                                                                   backend_name = "auto";
   Settings s;
   bool show_stats = false;
+  int tensor_parallel = 1;
   auto* m = app.add_option("--model", model_dir,
                            "model directory, run in-process (default: the embedded tiny model)");
   auto* u = app.add_option("--url", url, "a running kimi-serve, e.g. http://127.0.0.1:8000");
@@ -278,6 +280,10 @@ int main(int argc, char** argv) {
   app.add_option("--backend", backend_name, "in-process backend: cpu, cuda or auto")
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}))
       ->capture_default_str();
+  app.add_option("--tensor-parallel-size", tensor_parallel,
+                 "in-process cuda backend: GPUs to split the model over (1, 2, 4, 8)")
+      ->check(CLI::Range(1, 64))
+      ->excludes(u);
   app.add_option("--api-key", api_key, "API key for --url")->envname("KIMI_API_KEY");
   app.add_option("--model-name", model_name,
                  "model id for --url (default: the first of /v1/models)");
@@ -315,7 +321,7 @@ int main(int argc, char** argv) {
         std::printf(
             "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
-      backend = std::make_unique<LocalBackend>(model_dir, backend_name);
+      backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());
