@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "mla/mla.cuh"
+#include "mla/mla_tc.cuh"
 
 namespace kimi::cuda {
 
@@ -37,9 +38,10 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
       }
     }
   }
-  // Split the KV range when the items alone leave the GPU idle (decode at small batch).
-  const int groups = ceil_div(num_heads, kMlaHeadsPerCta);
-  const int64_t base = int64_t(plan.items1.size() + plan.items4.size()) * groups;
+  // Split the KV range when the items alone leave the GPU idle (decode at small batch). Prefill
+  // items run 16 heads per CTA (tensor cores), decode items 8.
+  const int64_t base = int64_t(plan.items1.size()) * ceil_div(num_heads, kMlaHeadsPerCta) +
+                       int64_t(plan.items4.size()) * ceil_div(num_heads, kMlaTcHeadsPerCta);
   if (base == 0 || base >= 2 * num_sms) return plan;
   const int want = int(ceil_div(2 * num_sms, int(base)));
   for (auto* list : {&plan.items1, &plan.items4}) {
@@ -117,6 +119,12 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   mla::mla_attn_kernel<QB><<<grid, 256, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
+
+void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaTcHeadsPerCta));
+  mla::mla_attn_tc_kernel<<<grid, mla::kTcThreads, mla::kTcSmem, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
 }  // namespace
 
 void mla_prepare() {
@@ -131,6 +139,8 @@ void mla_prepare() {
                                   int(attn_smem<1>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(attn_smem<4>())));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
   done.fetch_or(bit);
 }
 
@@ -144,6 +154,7 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
              "mla attention: null pointer");
   KIMI_CHECK(p.scale > 0.f, "mla attention scale ", p.scale);
   if (queries_per_item == 1) launch_attn<1>(p, stream);
+  else if (queries_per_item == 4 && p.tensor_cores) launch_attn_tc(p, stream);
   else if (queries_per_item == 4) launch_attn<4>(p, stream);
   else fail("mla attention: queries_per_item must be 1 or 4, got ", queries_per_item);
 }

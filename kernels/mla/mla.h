@@ -11,7 +11,10 @@
 //   u[t, h] = Σ_j p_j ĉ_j  (512)                                  (this kernel)
 //   out[t, h] = W_UV(h) u[t, h]                                   (a batched GEMM, outside)
 // Work is split by a host plan (plan/run split: depends only on batch metadata): items of up
-// to 4 query tokens of one sequence (1 for decode) × groups of 8 heads × optional KV splits.
+// to 4 query tokens of one sequence (1 for decode) × groups of heads × optional KV splits.
+// Decode items (items1) run on CUDA cores in groups of 8 heads; prefill items (items4) run on
+// tensor cores in groups of 16 heads (a 64-row tile of 4 tokens × 16 heads, mla_tc.cuh), or on
+// CUDA cores like decode when MlaAttnParams::tensor_cores is false (kept for comparison).
 // Split items write (unnormalised u, running max m, sum l) partials that run_mla_combine
 // merges; unsplit items write u directly.
 #pragma once
@@ -31,7 +34,8 @@ constexpr int kMlaPe = 64;
 constexpr int kMlaRow = 576;
 constexpr int kMlaQk = 192;    // q row per head: q_nope (128) | q_pe (64)
 constexpr int kMlaBlock = 64;  // tokens per cache block
-constexpr int kMlaHeadsPerCta = 8;
+constexpr int kMlaHeadsPerCta = 8;     // CUDA-core kernel
+constexpr int kMlaTcHeadsPerCta = 16;  // tensor-core kernel (prefill items)
 constexpr int kMlaPartialStride = kMlaLat + 2;  // u (512) | m | l, fp32, per (partial, head)
 
 // ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
@@ -95,11 +99,13 @@ struct MlaAttnParams {
   const int* num_splits = nullptr;    // [T]
   float* partials = nullptr;          // [num_partials, H, 514]
   bf16* u = nullptr;                  // [T, H, 512]
+  // items4 (queries_per_item 4) on tensor cores; false: the CUDA-core kernel (comparison only).
+  bool tensor_cores = true;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.
 void mla_prepare();
-// queries_per_item: 1 for items1, 4 for items4.
+// queries_per_item: 1 for items1, 4 for items4 (tensor cores unless p.tensor_cores is false).
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
 // Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);

@@ -1,0 +1,286 @@
+// MLA prefill attention on tensor cores (contract in mla.h; same items4, outputs and partials as
+// mla_attn_kernel<4>).
+//
+// All heads share the one 576-wide KV head, so a CTA stacks query rows of several tokens and
+// heads into one tile: M = 64 rows, row r = token r / 16 of the item × head h0 + r % 16 (rows of
+// absent tokens or heads are zero and never written). One CTA (8 warps) per (item, group of 16
+// heads); it walks the item's KV range [kv_begin, min(kv_end, q_pos0 + nq)) in tiles of 32 cache
+// rows, cp.async double-buffered from the paged cache. Per tile:
+//   1. S = Q·Kᵀ (64 × 32, k = 576) with mma.sync m16n8k16 bf16 → fp32: warp w computes rows
+//      16·(w % 4) .. +16 × columns 16·(w / 4) .. +16; scaled S goes to shared memory.
+//   2. Online softmax, 4 threads per row (8 columns each): causal mask (token i sees positions
+//      <= q_pos0 + i), running max m and sum l in registers (fp32), P = e^{s − m} rounded to
+//      bf16 (l sums the rounded values, so u/l weights sum to 1), α = e^{m_old − m_new} per row.
+//   3. O = α·O + P·V with V = the first 512 channels of the same cache rows: warp w owns O
+//      columns 64·w .. +64 for all 64 rows (4 × 8 accumulator tiles = 128 fp32 per thread).
+// At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
+// Shared memory: Q [64][584] + K [2][32][584] bf16 (rows padded by 8: ldmatrix rows hit distinct
+// banks), S [64][36] fp32, P [64][40] bf16, α [64]: 160.8 KB, one CTA per SM.
+// Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4): A a0 (g, 2t..2t+1), a1 (g + 8, 2t),
+// a2 (g, 2t + 8), a3 (g + 8, 2t + 8); B b0 (k 2t..2t+1, n g), b1 (k 2t + 8, n g); C c0 c1 (g, 2t..),
+// c2 c3 (g + 8, 2t..). scripts/mla_tc_emulate.cpp replays this kernel's indexing on the CPU.
+#pragma once
+
+#include "mla/mla.cuh"
+
+namespace kimi::cuda::mla {
+
+constexpr int kTcRows = 64;               // query rows per CTA: 4 tokens × 16 heads
+constexpr int kTcTokens = kTcRows / kMlaTcHeadsPerCta;
+constexpr int kTcTile = 32;               // cache rows per KV tile
+constexpr int kTcLd = kMlaRow + 8;        // bf16 row stride of Q and K tiles
+constexpr int kTcLdS = kTcTile + 4;       // fp32 row stride of S
+constexpr int kTcLdP = kTcTile + 8;       // bf16 row stride of P
+constexpr int kTcChunks = kMlaRow / 8;    // 16-byte chunks per row
+constexpr int kTcThreads = 256;
+constexpr size_t kTcOffK = size_t(kTcRows) * kTcLd * 2;
+constexpr size_t kTcOffS = kTcOffK + size_t(2) * kTcTile * kTcLd * 2;
+constexpr size_t kTcOffP = kTcOffS + size_t(kTcRows) * kTcLdS * 4;
+constexpr size_t kTcOffA = kTcOffP + size_t(kTcRows) * kTcLdP * 2;
+constexpr size_t kTcOffM = kTcOffA + kTcRows * 4;
+constexpr size_t kTcOffL = kTcOffM + kTcRows * 4;
+constexpr size_t kTcSmem = kTcOffL + kTcRows * 4;
+static_assert(kTcTokens == 4, "prefill items (items4) hold up to 4 query tokens");
+static_assert(kTcTile == kTile, "split chunks of the plan are multiples of kTile");
+static_assert(kTcOffK % 16 == 0 && kTcOffS % 16 == 0 && kTcOffP % 16 == 0 && kTcOffA % 16 == 0);
+
+__device__ __forceinline__ void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void tc_ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void tc_ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile.
+__device__ __forceinline__ void tc_ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0,
+                                          int k0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  tc_ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
+}
+// B fragments of n-tiles n0 and n0 + 8 (k0 .. k0 + 15) of a tile stored [n][k] (K rows for S):
+// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+__device__ __forceinline__ void tc_ldsm_b_nk(uint32_t (&b)[4], const bf16* base, int ld, int n0,
+                                             int k0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  tc_ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
+}
+// The same two n-tiles of a tile stored [k][n] (V = cache rows for P·V), through the transpose.
+__device__ __forceinline__ void tc_ldsm_b_kn(uint32_t (&b)[4], const bf16* base, int ld, int k0,
+                                             int n0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  tc_ldsm_x4_trans(b, base + (k0 + rr + 8 * (mi & 1)) * ld + n0 + 8 * (mi >> 1));
+}
+__device__ __forceinline__ void tc_cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void tc_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void tc_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
+
+__global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParams p) {
+  extern __shared__ uint4 smem_raw[];
+  char* sm = reinterpret_cast<char*>(smem_raw);
+  bf16* q_s = reinterpret_cast<bf16*>(sm);             // [64][kTcLd]
+  bf16* k_s = reinterpret_cast<bf16*>(sm + kTcOffK);   // [2][32][kTcLd]
+  float* s_s = reinterpret_cast<float*>(sm + kTcOffS); // [64][kTcLdS]
+  bf16* p_s = reinterpret_cast<bf16*>(sm + kTcOffP);   // [64][kTcLdP]
+  float* alpha_s = reinterpret_cast<float*>(sm + kTcOffA);
+  float* m_s = reinterpret_cast<float*>(sm + kTcOffM);
+  float* l_s = reinterpret_cast<float*>(sm + kTcOffL);
+
+  // Items later in a sequence see more keys: start those first, the short ones fill the tail.
+  const MlaWorkItem it = p.items[gridDim.x - 1 - blockIdx.x];
+  const int H = p.num_heads, h0 = blockIdx.y * kMlaTcHeadsPerCta;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int g = lane >> 2, t2 = (lane & 3) * 2;
+  const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
+  const int kv_hi = min(it.kv_end, it.q_pos0 + it.nq);  // no token of the item sees kv_hi
+  const int ntiles = kv_hi > it.kv_begin ? (kv_hi - it.kv_begin + kTcTile - 1) / kTcTile : 0;
+
+  for (int idx = tid; idx < kTcRows * kTcChunks; idx += kTcThreads) {
+    const int r = idx / kTcChunks, c = idx % kTcChunks;
+    const int i = r / kMlaTcHeadsPerCta, h = h0 + r % kMlaTcHeadsPerCta;
+    bf16* dst = q_s + r * kTcLd + c * 8;
+    if (i < it.nq && h < H) {
+      const int64_t th = int64_t(it.q_begin + i) * H + h;
+      tc_cp_async16(dst, c < kMlaLat / 8 ? p.q_abs + th * kMlaLat + c * 8
+                                         : p.q + th * kMlaQk + 128 + (c - kMlaLat / 8) * 8);
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+  // Tile n into buffer n % 2; rows at or past kv_hi are zero (P is 0 there, V must be finite).
+  auto load_tile = [&](int n) {
+    bf16* buf = k_s + (n & 1) * kTcTile * kTcLd;
+    const int j0 = it.kv_begin + n * kTcTile;
+    for (int idx = tid; idx < kTcTile * kTcChunks; idx += kTcThreads) {
+      const int r = idx / kTcChunks, c = idx % kTcChunks, pos = j0 + r;
+      bf16* dst = buf + r * kTcLd + c * 8;
+      if (pos < kv_hi) {
+        const int blk = table[pos / kMlaBlock];
+        tc_cp_async16(dst, p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
+      } else {
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    tc_cp_async_commit();
+  };
+  if (ntiles > 0) load_tile(0);
+  else tc_cp_async_commit();
+
+  // Softmax role: row srow, columns 8·spart .. +8 of each tile.
+  const int srow = tid >> 2, spart = tid & 3, si = srow / kMlaTcHeadsPerCta;
+  const int last = si < it.nq ? min(kv_hi - 1, it.q_pos0 + si) : -1;  // last visible position
+  float m_run = -INFINITY, l_run = 0.f;
+  // MMA roles.
+  const int rb = 16 * (warp & 3), cb = 16 * (warp >> 2);  // S tile of this warp
+  const int cw = 64 * warp;                               // O columns of this warp
+  float o[4][8][4];
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[mt][nt][e] = 0.f;
+
+  for (int n = 0; n < ntiles; ++n) {
+    tc_cp_async_wait_all();
+    // Tile n (and Q) landed for every thread; everyone is done with tile n − 1's buffer, S, P, α.
+    __syncthreads();
+    if (n + 1 < ntiles) load_tile(n + 1);
+    const bf16* kb = k_s + (n & 1) * kTcTile * kTcLd;
+    {
+      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll 6
+      for (int k0 = 0; k0 < kMlaRow; k0 += 16) {
+        uint32_t a[4], b[4];
+        tc_ldsm_a(a, q_s, kTcLd, rb, k0, lane);
+        tc_ldsm_b_nk(b, kb, kTcLd, cb, k0, lane);
+        tc_mma(sacc[0], a, b[0], b[1]);
+        tc_mma(sacc[1], a, b[2], b[3]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        float* s0 = s_s + (rb + g) * kTcLdS + cb + nt * 8 + t2;
+        *reinterpret_cast<float2*>(s0) = make_float2(sacc[nt][0] * p.scale, sacc[nt][1] * p.scale);
+        *reinterpret_cast<float2*>(s0 + 8 * kTcLdS) =
+            make_float2(sacc[nt][2] * p.scale, sacc[nt][3] * p.scale);
+      }
+    }
+    __syncthreads();
+    {
+      const float* sr = s_s + srow * kTcLdS + spart * 8;
+      const float4 x0 = *reinterpret_cast<const float4*>(sr);
+      const float4 x1 = *reinterpret_cast<const float4*>(sr + 4);
+      float s[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+      const int j0 = it.kv_begin + n * kTcTile + spart * 8;
+      float mx = -INFINITY;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        if (j0 + c > last) s[c] = -INFINITY;
+        mx = fmaxf(mx, s[c]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_new = fmaxf(m_run, mx);
+      float alpha = 1.f, sum = 0.f;
+      __align__(16) bf16 pb[8];
+      if (m_new == -INFINITY) {  // nothing visible to this row yet
+#pragma unroll
+        for (int c = 0; c < 8; ++c) pb[c] = __float2bfloat16(0.f);
+      } else {
+        alpha = __expf(m_run - m_new);  // 0 while m_run is −inf
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+          pb[c] = __float2bfloat16(__expf(s[c] - m_new));
+          sum += __bfloat162float(pb[c]);
+        }
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      l_run = l_run * alpha + sum;
+      m_run = m_new;
+      *reinterpret_cast<uint4*>(p_s + srow * kTcLdP + spart * 8) = *reinterpret_cast<const uint4*>(pb);
+      if (spart == 0) alpha_s[srow] = alpha;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+      const float a0 = alpha_s[mt * 16 + g], a1 = alpha_s[mt * 16 + g + 8];
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        o[mt][nt][0] *= a0;
+        o[mt][nt][1] *= a0;
+        o[mt][nt][2] *= a1;
+        o[mt][nt][3] *= a1;
+      }
+    }
+#pragma unroll
+    for (int k0 = 0; k0 < kTcTile; k0 += 16) {
+      uint32_t a[4][4];
+#pragma unroll
+      for (int mt = 0; mt < 4; ++mt) tc_ldsm_a(a[mt], p_s, kTcLdP, mt * 16, k0, lane);
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {
+        uint32_t b[4];
+        tc_ldsm_b_kn(b, kb, kTcLd, k0, cw + np * 16, lane);
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          tc_mma(o[mt][2 * np], a[mt], b[0], b[1]);
+          tc_mma(o[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+  }
+  tc_cp_async_wait_all();
+  if (spart == 0) {
+    m_s[srow] = m_run;
+    l_s[srow] = l_run;
+  }
+  __syncthreads();
+  // Accumulator rows mt·16 + g (+ 8) are token mt, head h0 + g (+ 8).
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+    if (mt >= it.nq) break;
+    const int t = it.q_begin + mt;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      const int r = mt * 16 + g + 8 * hf, h = h0 + g + 8 * hf;
+      if (h >= H) continue;
+      if (it.split < 0) {
+        const float l = l_s[r], inv = l > 0.f ? 1.f / l : 0.f;
+        bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat + cw + t2;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+          *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8) =
+              __floats2bfloat162_rn(o[mt][nt][2 * hf] * inv, o[mt][nt][2 * hf + 1] * inv);
+      } else {
+        const int slot = p.split_base[t] + it.split;
+        float* P = p.partials + (int64_t(slot) * H + h) * kMlaPartialStride;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+          *reinterpret_cast<float2*>(P + cw + nt * 8 + t2) =
+              make_float2(o[mt][nt][2 * hf], o[mt][nt][2 * hf + 1]);
+        if (warp == 0 && t2 == 0) {
+          P[kMlaLat] = m_s[r];
+          P[kMlaLat + 1] = l_s[r];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace kimi::cuda::mla
