@@ -64,24 +64,35 @@ __device__ __forceinline__ void tc_ldsm_x4_trans(uint32_t (&r)[4], const bf16* p
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(a));
 }
-// A fragment (16×16 at r0, k0) of a row-major [m][k] tile.
-__device__ __forceinline__ void tc_ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0,
-                                          int k0, int lane) {
-  const int mi = lane >> 3, rr = lane & 7;
-  tc_ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
+// Row addresses that lane gives ldmatrix (lanes 8i .. 8i + 7: the rows of 8×8 matrix i), as
+// element offsets; host-callable so the emulator uses the very same formulas.
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile: matrices (r0, k0), (r0 + 8, k0),
+// (r0, k0 + 8), (r0 + 8, k0 + 8) → a0 .. a3.
+__host__ __device__ constexpr int tc_off_a(int ld, int r0, int k0, int lane) {
+  return (r0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + k0 + 8 * (lane >> 4);
 }
 // B fragments of n-tiles n0 and n0 + 8 (k0 .. k0 + 15) of a tile stored [n][k] (K rows for S):
-// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
+// matrices (n0, k0), (n0, k0 + 8), (n0 + 8, k0), (n0 + 8, k0 + 8) → b0, b1 of n-tile n0, b0, b1
+// of n-tile n0 + 8.
+__host__ __device__ constexpr int tc_off_b_nk(int ld, int n0, int k0, int lane) {
+  return (n0 + (lane & 7) + 8 * (lane >> 4)) * ld + k0 + 8 * ((lane >> 3) & 1);
+}
+// The same two n-tiles of a tile stored [k][n] (V = cache rows for P·V), loaded transposed:
+// matrices (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8, n0 + 8).
+__host__ __device__ constexpr int tc_off_b_kn(int ld, int k0, int n0, int lane) {
+  return (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0 + 8 * (lane >> 4);
+}
+__device__ __forceinline__ void tc_ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0,
+                                          int k0, int lane) {
+  tc_ldsm_x4(a, base + tc_off_a(ld, r0, k0, lane));
+}
 __device__ __forceinline__ void tc_ldsm_b_nk(uint32_t (&b)[4], const bf16* base, int ld, int n0,
                                              int k0, int lane) {
-  const int mi = lane >> 3, rr = lane & 7;
-  tc_ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
+  tc_ldsm_x4(b, base + tc_off_b_nk(ld, n0, k0, lane));
 }
-// The same two n-tiles of a tile stored [k][n] (V = cache rows for P·V), through the transpose.
 __device__ __forceinline__ void tc_ldsm_b_kn(uint32_t (&b)[4], const bf16* base, int ld, int k0,
                                              int n0, int lane) {
-  const int mi = lane >> 3, rr = lane & 7;
-  tc_ldsm_x4_trans(b, base + (k0 + rr + 8 * (mi & 1)) * ld + n0 + 8 * (mi >> 1));
+  tc_ldsm_x4_trans(b, base + tc_off_b_kn(ld, k0, n0, lane));
 }
 __device__ __forceinline__ void tc_cp_async16(void* dst, const void* src) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
