@@ -1,6 +1,7 @@
 // MLA GPU kernels against the CPU reference (src/ops/cpu/mla.h): the latent cache write (RMSNorm
 // of ĉ + paged bf16 store) and the absorbed attention chain (q_abs GEMM → paged attention with
-// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables.
+// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables;
+// prefill items on both kernels (tensor cores, CUDA cores), each checked, and against each other.
 // Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200); we allow
 // 1e-2 relative RMS and 0.1 max-abs.
 #include <algorithm>
@@ -109,13 +110,23 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
   ap.u = reinterpret_cast<bf16*>(du.data());
-  ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
-  ap.num_items = int(plan.items1.size());
-  cuda::run_mla_attention(ap, 1, nullptr);
-  ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di4.data());
-  ap.num_items = int(plan.items4.size());
-  cuda::run_mla_attention(ap, 4, nullptr);
-  if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
+  // Both prefill kernels, each from poisoned u and partials: CUDA cores (the old path, kept for
+  // comparison) first, then tensor cores, whose u feeds the rest of the chain.
+  std::vector<uint16_t> u_path[2];
+  for (int tc = 0; tc < 2; ++tc) {
+    du.poison();
+    dpart.poison();
+    ap.tensor_cores = tc == 1;
+    ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
+    ap.num_items = int(plan.items1.size());
+    cuda::run_mla_attention(ap, 1, nullptr);
+    ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di4.data());
+    ap.num_items = int(plan.items4.size());
+    cuda::run_mla_attention(ap, 4, nullptr);
+    if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    u_path[tc] = du.to_host();
+  }
   cuda::GemmArgs g2;
   g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
   g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
@@ -125,7 +136,11 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
   auto got = bf16_to_float(dout.to_host());
   std::string desc = str("mla H", H, " S", S, " T", T, " splits ", plan.num_partials, " items ",
                          plan.items1.size(), "+", plan.items4.size());
-  expect_close(desc, got.data(), ref.data(), ref.size(), 1e-2, 0.1);
+  expect_close(desc + " tensor cores vs CPU", got.data(), ref.data(), ref.size(), 1e-2, 0.1);
+  // u of the two prefill kernels: each is within bf16 rounding (~2e-3 relative) of the exact u.
+  auto u_tc = bf16_to_float(u_path[1]), u_cc = bf16_to_float(u_path[0]);
+  expect_close(desc + " u tensor cores vs CUDA cores", u_tc.data(), u_cc.data(), u_tc.size(), 1e-2,
+               0.05);
   EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
               dpart.guards_intact());
   // The cache is read-only here.
@@ -146,6 +161,22 @@ TEST(MlaGpu, AttentionLongPrefill) {
 #if KIMI_HAVE_CUDA
   run_chain({{769, 769}}, 8, 3);
   run_chain({{65, 1000}, {1, 1}}, 4, 4);
+#endif
+}
+
+// The tensor-core prefill path (4 tokens × 16 heads per CTA) at the odd sizes of style.md, with
+// history before the new tokens (chunked prefill), several sequences per step, KV splits, and the
+// head counts of tensor parallelism (32 / 16 / 2 / 1 heads per GPU).
+TEST(MlaGpu, PrefillTensorCoresOddShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  uint32_t seed = 20;
+  for (int H : {32, 16, 2, 1}) {
+    run_chain({{1, 1}, {7, 7}, {63, 63}, {64, 64}, {65, 65}}, H, seed++);
+    run_chain({{769, 769}}, H, seed++);
+    run_chain({{65, 1000}, {7, 300}, {64, 129}, {1, 77}}, H, seed++);  // history before new tokens
+    run_chain({{2, 2049}, {3, 515}}, H, seed++);                       // few items: KV splits
+  }
 #endif
 }
 
