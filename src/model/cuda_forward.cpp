@@ -212,6 +212,7 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   ap.num_splits = s.num_splits;
   ap.partials = A.partials;
   ap.u = A.u;
+  ap.tensor_cores = m.mla_tensor_cores;
   ap.items = s.items1;
   ap.num_items = s.n1;
   cuda::run_mla_attention(ap, 1, m.stream);

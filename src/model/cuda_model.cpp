@@ -253,6 +253,12 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v == "chunked") m.kda_path = 2;
     else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_MLA")) {  // prefill attention kernel (comparison)
+    const std::string v = e;
+    if (v == "cuda_cores") m.mla_tensor_cores = false;
+    else if (v != "tensor_cores")
+      fail("KIMI_CUDA_MLA must be tensor_cores or cuda_cores, got '", v, "'");
+  }
   if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
