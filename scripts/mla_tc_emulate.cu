@@ -184,31 +184,33 @@ void run_cta(Problem& P, const MlaWorkItem& it, int by) {
     const uint16_t* kb = k_s + (n & 1) * kTcTile * kTcLd;
     const Region k_reg{kb, kTcTile, kTcLd, kMlaRow};
     for (int warp = 0; warp < 8; ++warp) {  // S = Q·Kᵀ
-      const int rb = 16 * (warp & 3), cb = 16 * (warp >> 2);
-      float sacc[2][32][4] = {};
-      for (int k0 = 0; k0 < kMlaRow; k0 += 16) {
-        int offa[32], offb[32];
-        for (int l = 0; l < 32; ++l) {
-          offa[l] = tc_off_a(kTcLd, rb, k0, l);
-          offb[l] = tc_off_b_nk(kTcLd, cb, k0, l);
+      const int rb = 16 * (warp & 3), kh = warp >> 2;
+      float sacc[4][32][4] = {};
+      for (int k0 = kh * kTcKHalf; k0 < (kh + 1) * kTcKHalf; k0 += 16) {
+        for (int half = 0; half < 2; ++half) {
+          int offa[32], offb[32];
+          for (int l = 0; l < 32; ++l) {
+            offa[l] = tc_off_a(kTcLd, rb, k0, l);
+            offb[l] = tc_off_b_nk(kTcLd, 16 * half, k0, l);
+          }
+          uint32_t a[32][4], b[32][4], b01[32][2], b23[32][2];
+          ldsm(q_reg, offa, false, a);
+          ldsm(k_reg, offb, false, b);
+          for (int l = 0; l < 32; ++l) {
+            b01[l][0] = b[l][0], b01[l][1] = b[l][1];
+            b23[l][0] = b[l][2], b23[l][1] = b[l][3];
+          }
+          mma(sacc[2 * half], a, b01);
+          mma(sacc[2 * half + 1], a, b23);
         }
-        uint32_t a[32][4], b[32][4], b01[32][2], b23[32][2];
-        ldsm(q_reg, offa, false, a);
-        ldsm(k_reg, offb, false, b);
-        for (int l = 0; l < 32; ++l) {
-          b01[l][0] = b[l][0], b01[l][1] = b[l][1];
-          b23[l][0] = b[l][2], b23[l][1] = b[l][3];
-        }
-        mma(sacc[0], a, b01);
-        mma(sacc[1], a, b23);
       }
       for (int l = 0; l < 32; ++l) {
         const int g = l >> 2, t2 = (l & 3) * 2;
-        for (int nt = 0; nt < 2; ++nt) {
-          float* s0 = s_s + (rb + g) * kTcLdS + cb + nt * 8 + t2;
+        for (int nt = 0; nt < 4; ++nt) {
+          float* s0 = s_s + (kh * kTcRows + rb + g) * kTcLdS + nt * 8 + t2;
           in_smem(s0, 8, kTcOffS, kTcOffP);
           in_smem(s0 + 8 * kTcLdS, 8, kTcOffS, kTcOffP);
-          EXPECT(cb + nt * 8 + t2 + 2 <= kTcTile);
+          EXPECT(nt * 8 + t2 + 2 <= kTcTile);
           s0[0] = sacc[nt][l][0] * P.scale, s0[1] = sacc[nt][l][1] * P.scale;
           s0[8 * kTcLdS] = sacc[nt][l][2] * P.scale, s0[8 * kTcLdS + 1] = sacc[nt][l][3] * P.scale;
         }
@@ -222,11 +224,13 @@ void run_cta(Problem& P, const MlaWorkItem& it, int by) {
         const int si = srow / kMlaTcHeadsPerCta;
         const int last = si < it.nq ? std::min(kv_hi - 1, it.q_pos0 + si) : -1;
         const float* sr = s_s + srow * kTcLdS + spart * 8;
+        const float* sr2 = sr + kTcRows * kTcLdS;
         in_smem(sr, 32, kTcOffS, kTcOffP);
+        in_smem(sr2, 32, kTcOffS, kTcOffP);
         const int j0 = it.kv_begin + n * kTcTile + spart * 8;
         mx[l] = -INFINITY;
         for (int c = 0; c < 8; ++c) {
-          s[l][c] = j0 + c > last ? -INFINITY : sr[c];
+          s[l][c] = j0 + c > last ? -INFINITY : sr[c] + sr2[c];
           mx[l] = std::max(mx[l], s[l][c]);
         }
       }

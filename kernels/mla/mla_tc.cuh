@@ -7,7 +7,9 @@
 // heads); it walks the item's KV range [kv_begin, min(kv_end, q_pos0 + nq)) in tiles of 32 cache
 // rows, cp.async double-buffered from the paged cache. Per tile:
 //   1. S = Q·Kᵀ (64 × 32, k = 576) with mma.sync m16n8k16 bf16 → fp32: warp w computes rows
-//      16·(w % 4) .. +16 × columns 16·(w / 4) .. +16; scaled S goes to shared memory.
+//      16·(w % 4) .. +16 × all 32 columns over half of k (channels 288·(w / 4) .. +288), so
+//      each A fragment feeds 4 mma instead of 2 (shared-memory loads bound this phase); the two
+//      halves go to shared memory and the softmax adds them.
 //   2. Online softmax, 4 threads per row (8 columns each): causal mask (token i sees positions
 //      <= q_pos0 + i), running max m and sum l in registers (fp32), P = e^{s − m} rounded to
 //      bf16 (l sums the rounded values, so u/l weights sum to 1), α = e^{m_old − m_new} per row.
@@ -15,7 +17,7 @@
 //      columns 64·w .. +64 for all 64 rows (4 × 8 accumulator tiles = 128 fp32 per thread).
 // At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
 // Shared memory: Q [64][584] + K [2][32][584] bf16 (rows padded by 8: ldmatrix rows hit distinct
-// banks), S [64][36] fp32, P [64][40] bf16, α [64]: 160.8 KB, one CTA per SM.
+// banks), S [2][64][36] fp32, P [64][40] bf16, α, m, l [64]: 169.8 KB, one CTA per SM.
 // Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4): A a0 (g, 2t..2t+1), a1 (g + 8, 2t),
 // a2 (g, 2t + 8), a3 (g + 8, 2t + 8); B b0 (k 2t..2t+1, n g), b1 (k 2t + 8, n g); C c0 c1 (g, 2t..),
 // c2 c3 (g + 8, 2t..). scripts/mla_tc_emulate.cpp replays this kernel's indexing on the CPU.
@@ -35,13 +37,15 @@ constexpr int kTcChunks = kMlaRow / 8;    // 16-byte chunks per row
 constexpr int kTcThreads = 256;
 constexpr size_t kTcOffK = size_t(kTcRows) * kTcLd * 2;
 constexpr size_t kTcOffS = kTcOffK + size_t(2) * kTcTile * kTcLd * 2;
-constexpr size_t kTcOffP = kTcOffS + size_t(kTcRows) * kTcLdS * 4;
+constexpr int kTcKHalf = kMlaRow / 2;     // channels of S per warp (two warps per row block)
+constexpr size_t kTcOffP = kTcOffS + size_t(2) * kTcRows * kTcLdS * 4;
 constexpr size_t kTcOffA = kTcOffP + size_t(kTcRows) * kTcLdP * 2;
 constexpr size_t kTcOffM = kTcOffA + kTcRows * 4;
 constexpr size_t kTcOffL = kTcOffM + kTcRows * 4;
 constexpr size_t kTcSmem = kTcOffL + kTcRows * 4;
 static_assert(kTcTokens == 4, "prefill items (items4) hold up to 4 query tokens");
 static_assert(kTcTile == kTile, "split chunks of the plan are multiples of kTile");
+static_assert(kTcKHalf % 16 == 0);
 static_assert(kTcOffK % 16 == 0 && kTcOffS % 16 == 0 && kTcOffP % 16 == 0 && kTcOffA % 16 == 0);
 
 __device__ __forceinline__ void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -106,7 +110,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
   char* sm = reinterpret_cast<char*>(smem_raw);
   bf16* q_s = reinterpret_cast<bf16*>(sm);             // [64][kTcLd]
   bf16* k_s = reinterpret_cast<bf16*>(sm + kTcOffK);   // [2][32][kTcLd]
-  float* s_s = reinterpret_cast<float*>(sm + kTcOffS); // [64][kTcLdS]
+  float* s_s = reinterpret_cast<float*>(sm + kTcOffS); // [2][64][kTcLdS]: halves of k
   bf16* p_s = reinterpret_cast<bf16*>(sm + kTcOffP);   // [64][kTcLdP]
   float* alpha_s = reinterpret_cast<float*>(sm + kTcOffA);
   float* m_s = reinterpret_cast<float*>(sm + kTcOffM);
@@ -157,7 +161,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
   const int last = si < it.nq ? min(kv_hi - 1, it.q_pos0 + si) : -1;  // last visible position
   float m_run = -INFINITY, l_run = 0.f;
   // MMA roles.
-  const int rb = 16 * (warp & 3), cb = 16 * (warp >> 2);  // S tile of this warp
+  const int rb = 16 * (warp & 3), kh = warp >> 2;  // S rows and k half of this warp
   const int cw = 64 * warp;                               // O columns of this warp
   float o[4][8][4];
 #pragma unroll
@@ -174,18 +178,25 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
     if (n + 1 < ntiles) load_tile(n + 1);
     const bf16* kb = k_s + (n & 1) * kTcTile * kTcLd;
     {
-      float sacc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      float sacc[4][4];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sacc[nt][e] = 0.f;
 #pragma unroll 6
-      for (int k0 = 0; k0 < kMlaRow; k0 += 16) {
-        uint32_t a[4], b[4];
+      for (int k0 = kh * kTcKHalf; k0 < (kh + 1) * kTcKHalf; k0 += 16) {
+        uint32_t a[4], b[4], b2[4];
         tc_ldsm_a(a, q_s, kTcLd, rb, k0, lane);
-        tc_ldsm_b_nk(b, kb, kTcLd, cb, k0, lane);
+        tc_ldsm_b_nk(b, kb, kTcLd, 0, k0, lane);
+        tc_ldsm_b_nk(b2, kb, kTcLd, 16, k0, lane);
         tc_mma(sacc[0], a, b[0], b[1]);
         tc_mma(sacc[1], a, b[2], b[3]);
+        tc_mma(sacc[2], a, b2[0], b2[1]);
+        tc_mma(sacc[3], a, b2[2], b2[3]);
       }
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        float* s0 = s_s + (rb + g) * kTcLdS + cb + nt * 8 + t2;
+      for (int nt = 0; nt < 4; ++nt) {
+        float* s0 = s_s + (kh * kTcRows + rb + g) * kTcLdS + nt * 8 + t2;
         *reinterpret_cast<float2*>(s0) = make_float2(sacc[nt][0] * p.scale, sacc[nt][1] * p.scale);
         *reinterpret_cast<float2*>(s0 + 8 * kTcLdS) =
             make_float2(sacc[nt][2] * p.scale, sacc[nt][3] * p.scale);
@@ -194,9 +205,13 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
     __syncthreads();
     {
       const float* sr = s_s + srow * kTcLdS + spart * 8;
+      const float* sr2 = sr + kTcRows * kTcLdS;
       const float4 x0 = *reinterpret_cast<const float4*>(sr);
       const float4 x1 = *reinterpret_cast<const float4*>(sr + 4);
-      float s[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+      const float4 y0 = *reinterpret_cast<const float4*>(sr2);
+      const float4 y1 = *reinterpret_cast<const float4*>(sr2 + 4);
+      float s[8] = {x0.x + y0.x, x0.y + y0.y, x0.z + y0.z, x0.w + y0.w,
+                    x1.x + y1.x, x1.y + y1.y, x1.z + y1.z, x1.w + y1.w};
       const int j0 = it.kv_begin + n * kTcTile + spart * 8;
       float mx = -INFINITY;
 #pragma unroll
