@@ -4,8 +4,8 @@
 # Configures against ./.gpu-deps for sm_90a, builds, runs every test (the GPU op tests included)
 # and the kernel benchmarks, writes all logs into OUTDIR and prints a short summary last.
 # Eight files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
-# tests.log, bench_kda.log (+ the FLA peer), bench_mla.log, bench_other.log, bench_tp.log (2+ GPUs), kernels.log
-# (per-kernel times of decode steps, where ncu exists), summary.txt.
+# tests.log, bench_kda.log (+ the FLA peer and bench_mla), bench_other.log, bench_tp.log (2+ GPUs),
+# kernels.log (per-kernel times of decode steps, where ncu exists), summary.txt.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -44,8 +44,8 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
     --gtest_filter='GoldenCuda.*:TensorParallel*:CudaModelGpu.CacheBudget*'
   # The KDA kernel benchmark first and in its own log; the others (CPU backend, tokenizer) after.
   [[ -x $BUILD/benchmarks/bench_kda ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
-  # MLA prefill attention: CUDA-core vs tensor-core kernel, TFLOP/s against cuBLASLt.
-  [[ -x $BUILD/benchmarks/bench_mla ]] && step bench_mla "$OUT/bench_mla.log" "$BUILD/benchmarks/bench_mla"
+  # MLA prefill attention (CUDA-core vs tensor-core kernel) into the same log: at most 8 files.
+  [[ -x $BUILD/benchmarks/bench_mla ]] && step bench_mla "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_mla"
   # The peer in the same run: FLA's Triton KDA kernels from .fla/fla (scripts/gpu-prepare.sh
   # exports it; never committed), same shapes, same card. KIMI_SKIP_PEER=1 skips it (2 minutes).
   [[ -d $ROOT/.fla/fla && -z ${KIMI_SKIP_PEER:-} ]] && python3 -c 'import torch, triton' 2>/dev/null &&
