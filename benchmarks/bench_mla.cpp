@@ -42,7 +42,8 @@ void fill_random(DeviceBuffer<bf16>& buf, float lo, float hi, uint32_t seed) {
   buf.upload(h.data(), block);
   for (size_t off = block; off < buf.size(); off += block) {
     const size_t n = std::min(block, buf.size() - off);
-    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(bf16), cudaMemcpyDeviceToDevice));
+    CUDA_CHECK(
+        cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(bf16), cudaMemcpyDeviceToDevice));
   }
 }
 
@@ -78,7 +79,9 @@ double gemm_tflops() {
   fill_random(b, -1.f, 1.f, 2);
   kimi::cuda::Gemm gemm;
   const double ms = median_ms(
-      [&] { gemm.linear(a.data(), b.data(), c.data(), n, n, n, kimi::cuda::GemmOut::kBF16, nullptr); },
+      [&] {
+        gemm.linear(a.data(), b.data(), c.data(), n, n, n, kimi::cuda::GemmOut::kBF16, nullptr);
+      },
       10, 3);
   return 2.0 * n * n * double(n) / (ms * 1e-3) / 1e12;
 }
@@ -91,8 +94,10 @@ void bench_prefill(int T, int num_sms, double peak) {
   std::shuffle(table.begin(), table.end(), rng);
   const int cu[2] = {0, T}, ctx[1] = {T};
   const int max_partials = 8 * num_sms;
-  kimi::cuda::MlaAttnPlan plan = kimi::cuda::make_mla_attn_plan(1, cu, ctx, H, num_sms, max_partials);
-  DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(T) * H * 512), q(size_t(T) * H * 192);
+  kimi::cuda::MlaAttnPlan plan =
+      kimi::cuda::make_mla_attn_plan(1, cu, ctx, H, num_sms, max_partials);
+  DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(T) * H * 512),
+      q(size_t(T) * H * 192);
   DeviceBuffer<bf16> u_cc(size_t(T) * H * 512), u_tc(size_t(T) * H * 512);
   fill_random(cache, -1.f, 1.f, 3);
   fill_random(q_abs, -0.5f, 0.5f, 4);

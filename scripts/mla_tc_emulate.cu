@@ -27,16 +27,20 @@ using namespace kimi::cuda::mla;
 namespace {
 
 int g_failures = 0;
-#define EXPECT(cond)                                                              \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond);               \
-      if (++g_failures > 20) std::exit(1);                                        \
-    }                                                                             \
+#define EXPECT(cond)                                                \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      std::printf("FAILED %s:%d: %s\n", __FILE__, __LINE__, #cond); \
+      if (++g_failures > 20) std::exit(1);                          \
+    }                                                               \
   } while (0)
 
-float b2f(uint16_t h) { return bf16_to_f32(h); }
-uint16_t f2b(float f) { return f32_to_bf16(f); }
+float b2f(uint16_t h) {
+  return bf16_to_f32(h);
+}
+uint16_t f2b(float f) {
+  return f32_to_bf16(f);
+}
 
 // A tile region of shared memory: rows × width logical elements, row stride ld.
 struct Region {
@@ -98,9 +102,9 @@ struct Problem {
   float scale = 1.f / std::sqrt(192.f);
   std::vector<uint16_t> q_abs, q, cache;  // [T, H, 512], [T, H, 192], [blocks, 64, 576]
   std::vector<int> tables, split_base;
-  std::vector<float> partials;            // [slots, H, 514]
-  std::vector<uint16_t> u;                // [T, H, 512]
-  bool deferred = false;                  // cp.async lands at the next wait only
+  std::vector<float> partials;  // [slots, H, 514]
+  std::vector<uint16_t> u;      // [T, H, 512]
+  bool deferred = false;        // cp.async lands at the next wait only
 };
 
 // One CTA (item it, head group by) of mla_attn_tc_kernel, transcribed.
@@ -127,8 +131,10 @@ void run_cta(Problem& P, const MlaWorkItem& it, int by) {
   auto cp16 = [&](uint16_t* dst, const std::vector<uint16_t>& src, int64_t off) {
     EXPECT(off >= 0 && off % 8 == 0 && size_t(off) + 8 <= src.size());
     auto copy = [dst, &src, off] { std::copy_n(src.data() + off, 8, dst); };
-    if (P.deferred) pending.push_back(copy);
-    else copy();
+    if (P.deferred)
+      pending.push_back(copy);
+    else
+      copy();
   };
   auto wait_all = [&] {
     for (auto& f : pending) f();
@@ -143,8 +149,10 @@ void run_cta(Problem& P, const MlaWorkItem& it, int by) {
       in_smem(dst, 16, 0, kTcOffK);
       if (i < it.nq && h < H) {
         const int64_t th = int64_t(it.q_begin + i) * H + h;
-        if (c < kMlaLat / 8) cp16(dst, P.q_abs, th * kMlaLat + c * 8);
-        else cp16(dst, P.q, th * kMlaQk + 128 + (c - kMlaLat / 8) * 8);
+        if (c < kMlaLat / 8)
+          cp16(dst, P.q_abs, th * kMlaLat + c * 8);
+        else
+          cp16(dst, P.q, th * kMlaQk + 128 + (c - kMlaLat / 8) * 8);
       } else {
         std::fill_n(dst, 8, 0);
       }
@@ -397,7 +405,9 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred)
     if (!in4[t] || plan.num_splits[t] == 0) continue;
     for (int h = 0; h < H; ++h) {
       const int ns = plan.num_splits[t];
-      auto part = [&](int k) { return &P.partials[(size_t(plan.split_base[t] + k) * H + h) * kMlaPartialStride]; };
+      auto part = [&](int k) {
+        return &P.partials[(size_t(plan.split_base[t] + k) * H + h) * kMlaPartialStride];
+      };
       float M = -INFINITY;
       for (int k = 0; k < ns; ++k) M = std::max(M, part(k)[kMlaLat]);
       double den = 0;
@@ -408,7 +418,8 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred)
         for (int c = 0; c < 512; ++c) acc[c] += w * part(k)[c];
       }
       EXPECT(P.u[(size_t(t) * H + h) * 512] == 0xffff);  // split tokens: the kernel leaves u alone
-      for (int c = 0; c < 512; ++c) P.u[(size_t(t) * H + h) * 512 + c] = f2b(den > 0 ? acc[c] / den : 0.f);
+      for (int c = 0; c < 512; ++c)
+        P.u[(size_t(t) * H + h) * 512 + c] = f2b(den > 0 ? acc[c] / den : 0.f);
     }
   }
   // fp64 reference over the same bf16 values.
@@ -460,10 +471,11 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred)
     }
   }
   const double rel = std::sqrt(num / std::max(dsq, 1e-300));
-  std::printf("H %2d T %4d seqs %d items4 %zu items1 %zu partials %4d %s: rel RMS %.2e max abs %.2e "
-              "(%zu values, %zu NaN)\n",
-              H, T, S, plan.items4.size(), plan.items1.size(), plan.num_partials,
-              deferred ? "deferred" : "at-issue", rel, max_abs, compared, nan_count);
+  std::printf(
+      "H %2d T %4d seqs %d items4 %zu items1 %zu partials %4d %s: rel RMS %.2e max abs %.2e "
+      "(%zu values, %zu NaN)\n",
+      H, T, S, plan.items4.size(), plan.items1.size(), plan.num_partials,
+      deferred ? "deferred" : "at-issue", rel, max_abs, compared, nan_count);
   EXPECT(nan_count == 0);
   EXPECT(rel < 5e-3);
   EXPECT(max_abs < 2e-2);
@@ -482,10 +494,10 @@ int main() {
       {{{63, 63}}, 16},
       {{{64, 64}}, 32},
       {{{65, 65}}, 32},
-      {{{769, 769}}, 8},              // splits in two where a key range passes 256
-      {{{65, 1000}, {1, 1}}, 4},      // chunked prefill over history, split; a decode token
+      {{{769, 769}}, 8},          // splits in two where a key range passes 256
+      {{{65, 1000}, {1, 1}}, 4},  // chunked prefill over history, split; a decode token
       {{{7, 70}, {1, 64}, {65, 65}, {1, 129}, {64, 300}}, 10},
-      {{{2, 700}}, 2},                // a 2-token item split 3 ways
+      {{{2, 700}}, 2},  // a 2-token item split 3 ways
       {{{1, 5}, {3, 33}, {5, 97}}, 1},
       {{{200, 1100}}, 32},
   };

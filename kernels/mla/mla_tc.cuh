@@ -18,26 +18,27 @@
 // At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
 // Shared memory: Q [64][584] + K [2][32][584] bf16 (rows padded by 8: ldmatrix rows hit distinct
 // banks), S [2][64][36] fp32, P [64][40] bf16, α, m, l [64]: 169.8 KB, one CTA per SM.
-// Fragment layouts (PTX m16n8k16, g = lane / 4, t = lane % 4): A a0 (g, 2t..2t+1), a1 (g + 8, 2t),
-// a2 (g, 2t + 8), a3 (g + 8, 2t + 8); B b0 (k 2t..2t+1, n g), b1 (k 2t + 8, n g); C c0 c1 (g, 2t..),
-// c2 c3 (g + 8, 2t..). scripts/mla_tc_emulate.cpp replays this kernel's indexing on the CPU.
+// Fragment layouts (PTX m16n8k16; g = lane / 4, t = lane % 4; (row, column) of 2 elements):
+//   A a0 (g, 2t), a1 (g + 8, 2t), a2 (g, 2t + 8), a3 (g + 8, 2t + 8);
+//   B b0 (k 2t, n g), b1 (k 2t + 8, n g);  C c0 c1 (g, 2t), c2 c3 (g + 8, 2t).
+// scripts/mla_tc_emulate.cu replays this kernel's indexing on the CPU.
 #pragma once
 
 #include "mla/mla.cuh"
 
 namespace kimi::cuda::mla {
 
-constexpr int kTcRows = 64;               // query rows per CTA: 4 tokens × 16 heads
+constexpr int kTcRows = 64;  // query rows per CTA: 4 tokens × 16 heads
 constexpr int kTcTokens = kTcRows / kMlaTcHeadsPerCta;
-constexpr int kTcTile = 32;               // cache rows per KV tile
-constexpr int kTcLd = kMlaRow + 8;        // bf16 row stride of Q and K tiles
-constexpr int kTcLdS = kTcTile + 4;       // fp32 row stride of S
-constexpr int kTcLdP = kTcTile + 8;       // bf16 row stride of P
-constexpr int kTcChunks = kMlaRow / 8;    // 16-byte chunks per row
+constexpr int kTcTile = 32;             // cache rows per KV tile
+constexpr int kTcLd = kMlaRow + 8;      // bf16 row stride of Q and K tiles
+constexpr int kTcLdS = kTcTile + 4;     // fp32 row stride of S
+constexpr int kTcLdP = kTcTile + 8;     // bf16 row stride of P
+constexpr int kTcChunks = kMlaRow / 8;  // 16-byte chunks per row
 constexpr int kTcThreads = 256;
 constexpr size_t kTcOffK = size_t(kTcRows) * kTcLd * 2;
 constexpr size_t kTcOffS = kTcOffK + size_t(2) * kTcTile * kTcLd * 2;
-constexpr int kTcKHalf = kMlaRow / 2;     // channels of S per warp (two warps per row block)
+constexpr int kTcKHalf = kMlaRow / 2;  // channels of S per warp (two warps per row block)
 constexpr size_t kTcOffP = kTcOffS + size_t(2) * kTcRows * kTcLdS * 4;
 constexpr size_t kTcOffA = kTcOffP + size_t(kTcRows) * kTcLdP * 2;
 constexpr size_t kTcOffM = kTcOffA + kTcRows * 4;
@@ -102,16 +103,20 @@ __device__ __forceinline__ void tc_cp_async16(void* dst, const void* src) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
 }
-__device__ __forceinline__ void tc_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-__device__ __forceinline__ void tc_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n"); }
+__device__ __forceinline__ void tc_cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n");
+}
+__device__ __forceinline__ void tc_cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n");
+}
 
 __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParams p) {
   extern __shared__ uint4 smem_raw[];
   char* sm = reinterpret_cast<char*>(smem_raw);
-  bf16* q_s = reinterpret_cast<bf16*>(sm);             // [64][kTcLd]
-  bf16* k_s = reinterpret_cast<bf16*>(sm + kTcOffK);   // [2][32][kTcLd]
-  float* s_s = reinterpret_cast<float*>(sm + kTcOffS); // [2][64][kTcLdS]: halves of k
-  bf16* p_s = reinterpret_cast<bf16*>(sm + kTcOffP);   // [64][kTcLdP]
+  bf16* q_s = reinterpret_cast<bf16*>(sm);              // [64][kTcLd]
+  bf16* k_s = reinterpret_cast<bf16*>(sm + kTcOffK);    // [2][32][kTcLd]
+  float* s_s = reinterpret_cast<float*>(sm + kTcOffS);  // [2][64][kTcLdS]: halves of k
+  bf16* p_s = reinterpret_cast<bf16*>(sm + kTcOffP);    // [64][kTcLdP]
   float* alpha_s = reinterpret_cast<float*>(sm + kTcOffA);
   float* m_s = reinterpret_cast<float*>(sm + kTcOffM);
   float* l_s = reinterpret_cast<float*>(sm + kTcOffL);
@@ -146,15 +151,18 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       bf16* dst = buf + r * kTcLd + c * 8;
       if (pos < kv_hi) {
         const int blk = table[pos / kMlaBlock];
-        tc_cp_async16(dst, p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
+        tc_cp_async16(dst,
+                      p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     }
     tc_cp_async_commit();
   };
-  if (ntiles > 0) load_tile(0);
-  else tc_cp_async_commit();
+  if (ntiles > 0)
+    load_tile(0);
+  else
+    tc_cp_async_commit();
 
   // Softmax role: row srow, columns 8·spart .. +8 of each tile.
   const int srow = tid >> 2, spart = tid & 3, si = srow / kMlaTcHeadsPerCta;
@@ -162,7 +170,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
   float m_run = -INFINITY, l_run = 0.f;
   // MMA roles.
   const int rb = 16 * (warp & 3), kh = warp >> 2;  // S rows and k half of this warp
-  const int cw = 64 * warp;                               // O columns of this warp
+  const int cw = 64 * warp;                        // O columns of this warp
   float o[4][8][4];
 #pragma unroll
   for (int mt = 0; mt < 4; ++mt)
@@ -239,7 +247,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       l_run = l_run * alpha + sum;
       m_run = m_new;
-      *reinterpret_cast<uint4*>(p_s + srow * kTcLdP + spart * 8) = *reinterpret_cast<const uint4*>(pb);
+      *reinterpret_cast<uint4*>(p_s + srow * kTcLdP + spart * 8) =
+          *reinterpret_cast<const uint4*>(pb);
       if (spart == 0) alpha_s[srow] = alpha;
     }
     __syncthreads();
