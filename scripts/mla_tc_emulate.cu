@@ -360,7 +360,36 @@ struct Seq {
   int n_new, ctx;
 };
 
-void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred) {
+// Re-splits every unsplit prefill item into up to 3 pieces at boundaries that are not multiples
+// of the tile (the kernel must not depend on the plan's alignment), with their partial slots.
+void odd_splits(MlaAttnPlan& plan) {
+  std::vector<MlaWorkItem> out;
+  for (const MlaWorkItem& it : plan.items4) {
+    const int len = it.kv_end - it.kv_begin;
+    if (it.split >= 0 || len < 3) {
+      out.push_back(it);
+      continue;
+    }
+    const int b1 = it.kv_begin + len / 3 + 1, b2 = it.kv_begin + 2 * len / 3 + 3;
+    const int cut[4] = {it.kv_begin, b1, std::min(b2, it.kv_end), it.kv_end};
+    const int ns = cut[2] < it.kv_end ? 3 : 2;
+    for (int i = 0; i < it.nq; ++i) {
+      plan.split_base[it.q_begin + i] = plan.num_partials + i * ns;
+      plan.num_splits[it.q_begin + i] = ns;
+    }
+    plan.num_partials += it.nq * ns;
+    for (int k = 0; k < ns; ++k) {
+      MlaWorkItem piece = it;
+      piece.kv_begin = cut[k];
+      piece.kv_end = k == ns - 1 ? it.kv_end : cut[k + 1];
+      piece.split = k;
+      out.push_back(piece);
+    }
+  }
+  plan.items4 = std::move(out);
+}
+
+void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred, bool odd = false) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> U(-1.f, 1.f);
   const int S = int(seqs.size());
@@ -392,6 +421,7 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred)
   P.q_abs = rnd(size_t(T) * H * 512, 2.f);  // scores of a few units: a peaked softmax
   const int num_sms = 132, max_partials = 8 * num_sms;
   MlaAttnPlan plan = make_mla_attn_plan(S, cu.data(), ctx.data(), H, num_sms, max_partials);
+  if (odd) odd_splits(plan);
   P.split_base = plan.split_base;
   P.partials.assign(std::max(1, plan.num_partials) * size_t(H) * kMlaPartialStride, NAN);
   P.u.assign(size_t(T) * H * 512, 0xffff);
@@ -475,7 +505,9 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred)
       "H %2d T %4d seqs %d items4 %zu items1 %zu partials %4d %s: rel RMS %.2e max abs %.2e "
       "(%zu values, %zu NaN)\n",
       H, T, S, plan.items4.size(), plan.items1.size(), plan.num_partials,
-      deferred ? "deferred" : "at-issue", rel, max_abs, compared, nan_count);
+      deferred ? (odd ? "deferred, odd splits" : "deferred")
+               : (odd ? "at-issue, odd splits" : "at-issue"),
+      rel, max_abs, compared, nan_count);
   EXPECT(nan_count == 0);
   EXPECT(rel < 5e-3);
   EXPECT(max_abs < 2e-2);
@@ -504,6 +536,11 @@ int main() {
   uint32_t seed = 1;
   for (const Case& c : cases)
     for (bool deferred : {false, true}) run_case(c.seqs, c.H, seed++, deferred);
+  // Partial head groups (H = 17, 33) and KV pieces at unaligned boundaries.
+  run_case({{5, 40}, {9, 9}}, 17, seed++, false);
+  run_case({{9, 9}, {4, 100}}, 33, seed++, true);
+  run_case({{70, 70}, {3, 130}}, 16, seed++, false, true);
+  run_case({{37, 300}}, 3, seed++, true, true);
   std::printf(g_failures ? "%d FAILURES\n" : "all passed\n", g_failures);
   return g_failures ? 1 : 0;
 }
