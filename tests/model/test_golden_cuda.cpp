@@ -223,48 +223,59 @@ TEST_F(GoldenCuda, HiddenStatesPerLayer) {
 }
 
 // One batch holding a fresh prefill, a decode step and a continued prefill equals the three
-// sequences run alone (scattered slots and blocks).
+// sequences run alone (scattered slots and blocks). Rows are compared where the reference's
+// route margins are >= 1e-3 (golden_limit): past a smaller margin the batched and the solo runs
+// (other kernel splits, other rounding) may pick another expert, and every later row may differ.
+// Model-a's margins are small almost everywhere, so the sequences are the cases' stable prefixes;
+// CudaVsCpu.MixedBatchMatchesCpu checks mixed batches on a model without routing decisions.
 TEST_F(GoldenCuda, MixedBatchEqualsSingleSequences) {
   const int V = model_->config().vocab_size;
-  GoldenCase a = load_case(num_cases_ - 1), b = load_case(num_cases_ - 2), c = load_case(2);
-  ASSERT_GE(b.ids.size(), 3u);
-  ASSERT_GE(c.ids.size(), 10u);
-  // Alone: b's prefix then one decode token; c's prefix then a 9-token continuation.
-  const int bp = int(b.ids.size()) - 1, cp = int(c.ids.size()) - 9;
-  std::vector<float> a_alone = prefill(a.ids, 3, 40);
-  prefill(std::vector<int>(b.ids.begin(), b.ids.begin() + bp), 5, 10);
-  std::vector<int> bbl = blocks(10, int(b.ids.size() + 70) / kBlockSize + 1);
+  GoldenCase ca = load_case(5), cb = load_case(1), cc = load_case(4);
+  // a: case 5 whole (its first `limit` rows compared); b: case 1's stable prefix, its last token
+  // decoded; c: case 4's first 20 tokens, the last 9 a continued prefill.
+  ASSERT_GE(ca.limit, 5);
+  ASSERT_GE(cb.limit, 2);
+  ASSERT_GE(cc.limit, 20);
+  const std::vector<int> a = ca.ids, b(cb.ids.begin(), cb.ids.begin() + cb.limit),
+                         c(cc.ids.begin(), cc.ids.begin() + 20);
+  const int bp = int(b.size()) - 1, cp = int(c.size()) - 9;
+  std::vector<float> a_alone = prefill(a, 3, 40);
+  prefill(std::vector<int>(b.begin(), b.begin() + bp), 5, 10);
+  std::vector<int> bbl = blocks(10, int(b.size() + 70) / kBlockSize + 1);
   Batch bd;
-  bd.add({b.ids[bp]}, bp + 1, 5, bbl);
+  bd.add({b[bp]}, bp + 1, 5, bbl);
   std::vector<float> b_alone;
   model_->forward(bd, b_alone);
-  prefill(std::vector<int>(c.ids.begin(), c.ids.begin() + cp), 1, 25);
-  std::vector<int> cbl = blocks(25, int(c.ids.size() + 70) / kBlockSize + 1);
+  prefill(std::vector<int>(c.begin(), c.begin() + cp), 1, 25);
+  std::vector<int> cbl = blocks(25, int(c.size() + 70) / kBlockSize + 1);
   Batch cd;
   cd.all_logits = true;
-  cd.add(std::vector<int>(c.ids.begin() + cp, c.ids.end()), int(c.ids.size()), 1, cbl);
+  cd.add(std::vector<int>(c.begin() + cp, c.end()), int(c.size()), 1, cbl);
   std::vector<float> c_alone;
   model_->forward(cd, c_alone);
 
   // Together: same states rebuilt, then one batch.
-  prefill(std::vector<int>(b.ids.begin(), b.ids.begin() + bp), 5, 10);
-  prefill(std::vector<int>(c.ids.begin(), c.ids.begin() + cp), 1, 25);
+  prefill(std::vector<int>(b.begin(), b.begin() + bp), 5, 10);
+  prefill(std::vector<int>(c.begin(), c.begin() + cp), 1, 25);
   model_->reset_slot(3);
   Batch m;
   m.all_logits = true;
-  m.add(a.ids, int(a.ids.size()), 3, blocks(40, int(a.ids.size() + 70) / kBlockSize + 1));
-  m.add({b.ids[bp]}, bp + 1, 5, bbl);
-  m.add(std::vector<int>(c.ids.begin() + cp, c.ids.end()), int(c.ids.size()), 1, cbl);
+  m.add(a, int(a.size()), 3, blocks(40, int(a.size() + 70) / kBlockSize + 1));
+  m.add({b[bp]}, bp + 1, 5, bbl);
+  m.add(std::vector<int>(c.begin() + cp, c.end()), int(c.size()), 1, cbl);
   std::vector<float> mixed;
   model_->forward(m, mixed);
-  const int Ta = int(a.ids.size());
+  const int Ta = int(a.size());
   double worst = 0;
-  for (int t = 0; t < Ta; ++t)
-    worst = std::max(worst, rel_l2(mixed.data() + size_t(t) * V, a_alone.data() + size_t(t) * V, V));
-  worst = std::max(worst, rel_l2(mixed.data() + size_t(Ta) * V, b_alone.data(), V));
-  for (int i = 0; i < 9; ++i)
-    worst = std::max(worst, rel_l2(mixed.data() + size_t(Ta + 1 + i) * V, c_alone.data() + size_t(i) * V, V));
-  std::printf("mixed batch: max relative L2 vs sequences alone %.3g\n", worst);
+  int compared = 0;
+  auto row = [&](const float* x, const float* y) {
+    worst = std::max(worst, rel_l2(x, y, V));
+    ++compared;
+  };
+  for (int t = 0; t < ca.limit; ++t) row(mixed.data() + size_t(t) * V, a_alone.data() + size_t(t) * V);
+  row(mixed.data() + size_t(Ta) * V, b_alone.data());
+  for (int i = 0; i < 9; ++i) row(mixed.data() + size_t(Ta + 1 + i) * V, c_alone.data() + size_t(i) * V);
+  std::printf("mixed batch: max relative L2 vs sequences alone %.3g over %d rows\n", worst, compared);
   EXPECT_LE(worst, kSelfTol);
 }
 
