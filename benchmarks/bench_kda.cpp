@@ -18,60 +18,18 @@
 #include "common.h"
 #include "kda/kda.h"
 #include "ops/cuda/device_buffer.h"
+#include "bench_util.h"
 
 namespace {
+
+using kimi::bench::copy_ceiling_gbs;
+using kimi::bench::fill_random;
+using kimi::bench::graph_ms;
+using kimi::bench::median_ms;
 
 using kimi::cuda::bf16;
 using kimi::cuda::DeviceBuffer;
 constexpr int H = 32, D = 128, HD = H * D, C = 3 * HD;
-
-// Fills a device buffer with random values in [lo, hi): one random block, tiled.
-template <typename T>
-void fill_random(DeviceBuffer<T>& buf, float lo, float hi, uint32_t seed) {
-  const size_t block = std::min<size_t>(buf.size(), size_t(1) << 22);
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<T> h(block);
-  for (auto& x : h) {
-    const float v = u(rng);
-    if constexpr (std::is_same_v<T, float>) {
-      x = v;
-    } else {
-      const uint16_t b = kimi::f32_to_bf16(v);
-      std::memcpy(static_cast<void*>(&x), &b, 2);
-    }
-  }
-  buf.upload(h.data(), block);
-  for (size_t off = block; off < buf.size(); off += block) {
-    const size_t n = std::min(block, buf.size() - off);
-    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(T), cudaMemcpyDeviceToDevice));
-  }
-}
-
-// Median milliseconds per call of fn over `groups` groups of `per_group` calls.
-template <typename F>
-double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t stream = nullptr) {
-  for (int i = 0; i < warmup; ++i) fn(i);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  int call = 0;
-  for (int g = 0; g < groups; ++g) {
-    CUDA_CHECK(cudaEventRecord(a, stream));
-    for (int i = 0; i < per_group; ++i) fn(call++);
-    CUDA_CHECK(cudaEventRecord(b, stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) / per_group);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 struct Weights {
   DeviceBuffer<float> conv_w{size_t(C) * 4}, A_log{H}, dt_bias{HD}, o_norm{D};
@@ -85,18 +43,6 @@ struct Weights {
     return {conv_w.data(), A_log.data(), dt_bias.data(), o_norm.data()};
   }
 };
-
-double copy_ceiling_gbs() {
-  const size_t bytes = size_t(1) << 30;
-  DeviceBuffer<char> a(bytes), b(bytes);
-  CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
-  const double ms = median_ms(
-      [&](int) {
-        CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
-      },
-      20, 1);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",

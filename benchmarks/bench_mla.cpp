@@ -22,69 +22,18 @@
 #include "gemm/gemm.h"
 #include "mla/mla.h"
 #include "ops/cuda/device_buffer.h"
+#include "bench_util.h"
 
 namespace {
+
+using kimi::bench::copy_ceiling_gbs;
+using kimi::bench::fill_random;
+using kimi::bench::graph_ms;
+using kimi::bench::median_ms;
 
 using kimi::cuda::bf16;
 using kimi::cuda::DeviceBuffer;
 constexpr int H = 32;
-
-// Fills a device buffer with random bf16 values in [lo, hi): one random block, tiled.
-void fill_random(DeviceBuffer<bf16>& buf, float lo, float hi, uint32_t seed) {
-  const size_t block = std::min<size_t>(buf.size(), size_t(1) << 22);
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<bf16> h(block);
-  for (auto& x : h) {
-    const uint16_t b = kimi::f32_to_bf16(u(rng));
-    std::memcpy(static_cast<void*>(&x), &b, 2);
-  }
-  buf.upload(h.data(), block);
-  for (size_t off = block; off < buf.size(); off += block) {
-    const size_t n = std::min(block, buf.size() - off);
-    CUDA_CHECK(
-        cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(bf16), cudaMemcpyDeviceToDevice));
-  }
-}
-
-// Median milliseconds per call of fn over `groups` groups of `per_group` calls.
-template <typename F>
-double median_ms(F&& fn, int groups, int per_group, int warmup = 2) {
-  for (int i = 0; i < warmup; ++i) fn();
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int g = 0; g < groups; ++g) {
-    CUDA_CHECK(cudaEventRecord(a, nullptr));
-    for (int i = 0; i < per_group; ++i) fn();
-    CUDA_CHECK(cudaEventRecord(b, nullptr));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) / per_group);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-// cuBLASLt bf16 GEMM 8192 × 8192 × 8192 (bf16 out, fp32 accumulate): the card's dense ceiling.
-double gemm_tflops() {
-  constexpr int n = 8192;
-  DeviceBuffer<bf16> a(size_t(n) * n), b(size_t(n) * n), c(size_t(n) * n);
-  fill_random(a, -1.f, 1.f, 1);
-  fill_random(b, -1.f, 1.f, 2);
-  kimi::cuda::Gemm gemm;
-  const double ms = median_ms(
-      [&] {
-        gemm.linear(a.data(), b.data(), c.data(), n, n, n, kimi::cuda::GemmOut::kBF16, nullptr);
-      },
-      10, 3);
-  return 2.0 * n * n * double(n) / (ms * 1e-3) / 1e12;
-}
 
 void bench_prefill(int T, int num_sms, double peak) {
   std::mt19937 rng(T);
@@ -126,8 +75,8 @@ void bench_prefill(int T, int num_sms, double peak) {
   };
   const double flop = 2.0 * (576 + 512) * H * (double(T) * (T + 1) / 2);
   // The CUDA-core kernel is quadratic and slow: few repetitions.
-  const double ms_cc = median_ms([&] { run(false); }, T > 4096 ? 3 : 5, 1, 1);
-  const double ms_tc = median_ms([&] { run(true); }, 10, T > 4096 ? 1 : 3);
+  const double ms_cc = median_ms([&](int) { run(false); }, T > 4096 ? 3 : 5, 1, 1);
+  const double ms_tc = median_ms([&](int) { run(true); }, 10, T > 4096 ? 1 : 3, 2);
   CUDA_CHECK(cudaDeviceSynchronize());
   // Sanity: the two kernels' u agree to bf16 rounding.
   std::vector<uint16_t> a(u_cc.size()), b(u_tc.size());
@@ -159,7 +108,7 @@ int main(int argc, char** argv) {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
     std::printf("bench_mla: %s, %d SMs, H=%d, one sequence, prefill (no history)\n", prop.name,
                 prop.multiProcessorCount, H);
-    const double peak = gemm_tflops();
+    const double peak = kimi::bench::gemm_ceiling_tflops();
     std::printf("cuBLASLt bf16 GEMM 8192^3: %.1f TFLOP/s\n", peak);
     std::printf("%-6s %-12s %11s %13s %17s\n", "T", "kernel", "", "time", "");
     kimi::cuda::mla_prepare();

@@ -26,92 +26,20 @@
 #include "gemm/gemm.h"
 #include "moe/moe.h"
 #include "ops/cuda/device_buffer.h"
+#include "bench_util.h"
 
 namespace {
+
+using kimi::bench::copy_ceiling_gbs;
+using kimi::bench::fill_random;
+using kimi::bench::graph_ms;
+using kimi::bench::median_ms;
 
 using kimi::cuda::bf16;
 using kimi::cuda::DeviceBuffer;
 using kimi::cuda::MoeGemmPath;
 constexpr int E = 256, K = 8, H = 2304, I = 1024;
 constexpr double kExpertBytes = 3.0 * H * I * 2;  // w1 + w3 + w2, bf16
-
-// Fills a device buffer with random values in [lo, hi): one random block, tiled (as bench_kda).
-template <typename T>
-void fill_random(DeviceBuffer<T>& buf, float lo, float hi, uint32_t seed) {
-  const size_t block = std::min<size_t>(buf.size(), size_t(1) << 22);
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<T> h(block);
-  for (auto& x : h) {
-    const float v = u(rng);
-    if constexpr (std::is_same_v<T, float>) {
-      x = v;
-    } else {
-      const uint16_t b = kimi::f32_to_bf16(v);
-      std::memcpy(static_cast<void*>(&x), &b, 2);
-    }
-  }
-  buf.upload(h.data(), block);
-  for (size_t off = block; off < buf.size(); off += block) {
-    const size_t n = std::min(block, buf.size() - off);
-    CUDA_CHECK(cudaMemcpy(buf.data() + off, buf.data(), n * sizeof(T), cudaMemcpyDeviceToDevice));
-  }
-}
-
-// Median milliseconds per call of fn over `groups` groups of `per_group` calls.
-template <typename F>
-double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t stream = nullptr) {
-  for (int i = 0; i < warmup; ++i) fn(i);
-  CUDA_CHECK(cudaStreamSynchronize(stream));
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  int call = 0;
-  for (int g = 0; g < groups; ++g) {
-    CUDA_CHECK(cudaEventRecord(a, stream));
-    for (int i = 0; i < per_group; ++i) fn(call++);
-    CUDA_CHECK(cudaEventRecord(b, stream));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) / per_group);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-double copy_ceiling_gbs() {
-  const size_t bytes = size_t(1) << 30;
-  DeviceBuffer<char> a(bytes), b(bytes);
-  CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
-  const double ms = median_ms(
-      [&](int) {
-        CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
-      },
-      20, 1);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
-
-// Median ms per call of `calls` (each enqueues one call's kernels on st), replayed from one CUDA
-// graph holding `per_graph` calls.
-template <typename F>
-double graph_ms(F&& call, int per_graph, int groups, cudaStream_t st) {
-  cudaGraph_t graph;
-  cudaGraphExec_t exec;
-  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < per_graph; ++i) call(i, st);
-  CUDA_CHECK(cudaStreamEndCapture(st, &graph));
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms =
-      median_ms([&](int) { CUDA_CHECK(cudaGraphLaunch(exec, st)); }, groups, 1, 2, st) / per_graph;
-  CUDA_CHECK(cudaStreamSynchronize(st));
-  CUDA_CHECK(cudaGraphExecDestroy(exec));
-  CUDA_CHECK(cudaGraphDestroy(graph));
-  return ms;
-}
 
 struct Weights {
   DeviceBuffer<bf16> w13{size_t(E) * 2 * I * H}, w2{size_t(E) * H * I};

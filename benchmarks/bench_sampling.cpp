@@ -16,49 +16,19 @@
 #if KIMI_HAVE_CUDA
 #include "common.h"
 #include "ops/cuda/device_buffer.h"
+#include "bench_util.h"
 #include "runtime/sampler.h"
 #include "sampling/sampling.h"
 
 namespace {
 
+using kimi::bench::copy_ceiling_gbs;
+using kimi::bench::fill_random;
+using kimi::bench::graph_ms;
+using kimi::bench::median_ms;
+
 using kimi::cuda::DeviceBuffer;
 constexpr int V = 163840;
-
-template <typename F>
-double median_ms(F&& fn, int groups, int per_group, int warmup = 3) {
-  for (int i = 0; i < warmup; ++i) fn(i);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  cudaEvent_t a, b;
-  CUDA_CHECK(cudaEventCreate(&a));
-  CUDA_CHECK(cudaEventCreate(&b));
-  std::vector<double> t;
-  int call = 0;
-  for (int g = 0; g < groups; ++g) {
-    CUDA_CHECK(cudaEventRecord(a));
-    for (int i = 0; i < per_group; ++i) fn(call++);
-    CUDA_CHECK(cudaEventRecord(b));
-    CUDA_CHECK(cudaEventSynchronize(b));
-    float ms = 0.f;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(double(ms) / per_group);
-  }
-  CUDA_CHECK(cudaEventDestroy(a));
-  CUDA_CHECK(cudaEventDestroy(b));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-double copy_ceiling_gbs() {
-  const size_t bytes = size_t(1) << 30;
-  DeviceBuffer<char> a(bytes), b(bytes);
-  CUDA_CHECK(cudaMemset(a.data(), 1, bytes));
-  const double ms = median_ms(
-      [&](int) {
-        CUDA_CHECK(cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice));
-      },
-      20, 1);
-  return 2.0 * bytes / (ms * 1e-3) / 1e9;
-}
 
 // `rows_total` rows of one shape, generated from 64 distinct rows (tiled on the device).
 void fill_rows(DeviceBuffer<float>& buf, size_t rows_total, bool flat, uint32_t seed) {
