@@ -1,9 +1,14 @@
-// End-to-end CUDA model benchmark (issue 8/9): prefill P tokens, then decode D tokens greedily at
-// batch 1, on a real checkpoint or on weights drawn on the GPU from config.json alone
-// (--random-weights; --layers N keeps the first N layers when the card is too small).
-// Prints the card, the memory held, prefill and decode tokens/s, and checks every logit is finite.
+// End-to-end CUDA model benchmark (issue 8/9): prefill P tokens (in steps of at most --chunk
+// tokens), then decode D tokens greedily for --batch B sequences in lockstep, on a real checkpoint
+// or on weights drawn on the GPU from config.json alone (--random-weights; --layers N keeps the
+// first N layers when the card is too small). Prints the card, the memory held, prefill and decode
+// tokens/s, and checks every logit is finite.
 //   bench_cuda_model --model benchmarks/configs/kimi-linear-48b-a3b --random-weights [--layers 13]
-//                    [--prefill 4096] [--decode 128]
+//                    [--prefill 4096] [--chunk 4096] [--decode 128] [--batch B] [--context C]
+//                    [--tensor-parallel-size N [--enable-expert-parallel]]
+// --context C: the decode starts at context C without running a prefill for it: the caches hold
+// C positions of zeros, which costs the same bytes and FLOPs as real ones (timing only: such
+// tokens are not a model output). Without it every sequence is prefilled with the P tokens.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -43,8 +48,8 @@ size_t count_nonfinite(const std::vector<float>& v) {
 int main(int argc, char** argv) {
   using namespace kimi;
   std::string dir;
-  bool random_weights = false;
-  int layers = 0, prefill = 4096, decode = 128, tp = 1;
+  bool random_weights = false, expert_parallel = false;
+  int layers = 0, prefill = 4096, decode = 128, tp = 1, chunk = 0, batch = 1, context = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -59,7 +64,11 @@ int main(int argc, char** argv) {
     else if (a == "--layers") layers = std::atoi(next());
     else if (a == "--prefill") prefill = std::atoi(next());
     else if (a == "--decode") decode = std::atoi(next());
+    else if (a == "--chunk") chunk = std::atoi(next());
+    else if (a == "--batch") batch = std::atoi(next());
+    else if (a == "--context") context = std::atoi(next());
     else if (a == "--tensor-parallel-size" || a == "-tp") tp = std::atoi(next());
+    else if (a == "--enable-expert-parallel") expert_parallel = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -70,19 +79,28 @@ int main(int argc, char** argv) {
     return 0;
   }
 #if !KIMI_HAVE_CUDA
-  (void)random_weights, (void)layers, (void)prefill, (void)decode, (void)tp;
+  (void)random_weights, (void)layers, (void)prefill, (void)decode, (void)tp, (void)expert_parallel;
+  (void)chunk, (void)batch, (void)context;
   std::printf("bench_cuda_model: built without the CUDA backend\n");
   return 0;
 #else
+  if (chunk <= 0) chunk = std::min(prefill, 4096);
+  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1) {
+    std::fprintf(stderr, "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
+                         "--decode and --context not negative\n");
+    return 2;
+  }
   try {
     ModelOptions opts;
     opts.backend = "cuda";
     opts.random_weights = random_weights;
     opts.num_layers = layers;
     opts.tensor_parallel = tp;
-    opts.max_batch_tokens = prefill;
-    opts.cache.num_slots = 1;
-    opts.cache.num_blocks = (prefill + decode + kBlockSize - 1) / kBlockSize + 1;
+    opts.expert_parallel = expert_parallel;
+    opts.max_batch_tokens = std::max(chunk, batch);
+    const int blocks_per_seq = (std::max(prefill, context) + decode + kBlockSize - 1) / kBlockSize + 1;
+    opts.cache.num_slots = batch;
+    opts.cache.num_blocks = batch * blocks_per_seq;
     const double t_load = now_s();
     std::unique_ptr<Model> model = load_model(dir, opts);
     auto* tpm = dynamic_cast<TpModel*>(model.get());
@@ -94,7 +112,7 @@ int main(int argc, char** argv) {
     };
     const ModelConfig& c = model->config();
     std::printf("card: %s%s\n", cm->device_name().c_str(),
-                tp > 1 ? str(" x ", tp, " (tensor parallel)").c_str() : "");
+                tp > 1 ? str(" x ", tp, " (tensor parallel", expert_parallel ? ", experts split by expert" : "", ")").c_str() : "");
     std::printf("model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d\n",
                 dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
                 random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
@@ -106,56 +124,81 @@ int main(int argc, char** argv) {
     std::mt19937 rng(1);
     std::vector<int> ids(prefill);
     for (int& t : ids) t = int(rng() % uint32_t(std::min(c.vocab_size, 100000)));
-    std::vector<int> blocks(opts.cache.num_blocks);
-    for (int i = 0; i < opts.cache.num_blocks; ++i) blocks[i] = i;
-    std::vector<float> logits;
-    auto run_prefill = [&]() {
-      model->reset_slot(0);
-      Batch b;
-      b.add(ids, prefill, 0, blocks);
-      model->forward(b, logits);
+    auto blocks_of = [&](int slot) {
+      std::vector<int> b(blocks_per_seq);
+      for (int i = 0; i < blocks_per_seq; ++i) b[i] = slot * blocks_per_seq + i;
+      return b;
     };
-    run_prefill();  // warm-up: cuBLASLt plans, module loading
+    const int V = c.vocab_size;
+    std::vector<float> logits;
+    auto run_prefill = [&](int slot) {
+      model->reset_slot(slot);
+      const std::vector<int> blocks = blocks_of(slot);
+      for (int off = 0; off < prefill; off += chunk) {
+        const int n = std::min(chunk, prefill - off);
+        Batch b;
+        b.add(std::vector<int>(ids.begin() + off, ids.begin() + off + n), off + n, slot, blocks);
+        model->forward(b, logits);
+      }
+    };
+    run_prefill(0);  // warm-up: cuBLASLt plans, module loading
     const double t0 = now_s();
-    run_prefill();
+    run_prefill(0);
     const double t_prefill = now_s() - t0;
     size_t bad = count_nonfinite(logits);
-    std::printf("prefill: %d tokens in %.1f ms = %.0f tokens/s\n", prefill, t_prefill * 1e3,
-                prefill / t_prefill);
+    std::printf("prefill: %d tokens in %.1f ms = %.0f tokens/s (steps of %d tokens)\n", prefill,
+                t_prefill * 1e3, prefill / t_prefill, chunk);
+    // Every sequence at its starting context: prefilled, or (--context) zeros taken as context.
+    std::vector<int> last(batch);
+    auto start_decode = [&]() {
+      for (int s = 0; s < batch; ++s) {
+        if (context > 0) {
+          model->reset_slot(s);
+          last[s] = ids[0];
+        } else {
+          run_prefill(s);
+          last[s] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
+        }
+      }
+      return context > 0 ? context : prefill;
+    };
+    auto decode_step = [&](int ctx) {
+      Batch d;
+      for (int s = 0; s < batch; ++s) d.add({last[s]}, ctx, s, blocks_of(s));
+      model->forward(d, logits);
+      for (int s = 0; s < batch; ++s) {
+        const float* row = logits.data() + size_t(s) * V;
+        last[s] = int(std::max_element(row, row + V) - row);
+      }
+    };
 
     // Decode D tokens greedily, eagerly (one launch per kernel) and then replaying CUDA graphs.
     for (bool graphs : {false, true}) {
       each_rank([&](CudaModel& m) { m.set_use_graphs(graphs); });
-      run_prefill();
-      int ctx = prefill;
+      int ctx = start_decode();
       double t_first = 0;
       // nsys --capture-range=cudaProfilerApi records just the graph-replayed decode steps.
       if (graphs) CUDA_CHECK(cudaProfilerStart());
       const double t1 = now_s();
       for (int s = 0; s < decode; ++s) {
-        const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-        Batch d;
-        d.add({tok}, ++ctx, 0, blocks);
         const double ts = now_s();
-        model->forward(d, logits);
+        decode_step(++ctx);
         if (s == 0) t_first = now_s() - ts;
         bad += count_nonfinite(logits);
       }
       const double t_decode = now_s() - t1;
       if (graphs) CUDA_CHECK(cudaProfilerStop());
-      std::printf("decode (%s): %d tokens at batch 1 in %.1f ms = %.1f tokens/s (%.2f ms/token; first step %.2f ms)\n",
-                  graphs ? "CUDA graphs" : "eager", decode, t_decode * 1e3, decode / t_decode,
-                  t_decode * 1e3 / decode, t_first * 1e3);
+      std::printf("decode (%s): %d steps at batch %d, context %d -> %d, in %.1f ms = %.1f tokens/s "
+                  "(%.2f ms/step; first step %.2f ms)\n",
+                  graphs ? "CUDA graphs" : "eager", decode, batch, ctx - decode, ctx, t_decode * 1e3,
+                  double(decode) * batch / t_decode, t_decode * 1e3 / std::max(decode, 1),
+                  t_first * 1e3);
     }
     // Where the time goes: CUDA events around every layer's mixer and FFN (eager steps).
     each_rank([](CudaModel& m) { m.set_profile(true); });
-    run_prefill();
-    int ctx = prefill;
+    int ctx = start_decode();
     for (int s = 0; s < std::min(decode, 32); ++s) {
-      const int tok = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-      Batch d;
-      d.add({tok}, ++ctx, 0, blocks);
-      model->forward(d, logits);
+      decode_step(++ctx);
       bad += count_nonfinite(logits);
     }
     std::printf("%s", cm->profile_report().c_str());

@@ -291,6 +291,8 @@ int main(int argc, char** argv) {
   offc->add_option("--tensor-parallel-size", off.o.tensor_parallel,
                    "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->check(CLI::Range(1, 64));
+  offc->add_flag("--enable-expert-parallel", off.o.expert_parallel,
+                 "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
   offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');
   offc->add_option("--batches", off.o.batches, "decode batch sizes")->delimiter(',');
   offc->add_option("--contexts", off.o.contexts, "decode context depths")->delimiter(',');

@@ -70,11 +70,13 @@ void emit(const std::string& text) {
 
 class LocalBackend : public Backend {
  public:
-  LocalBackend(const std::string& dir, const std::string& backend, int tensor_parallel) {
+  LocalBackend(const std::string& dir, const std::string& backend, int tensor_parallel,
+               bool expert_parallel) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
     eo.backend = backend == "auto" ? kimi::default_backend() : backend;
     eo.tensor_parallel_size = tensor_parallel;
+    eo.enable_expert_parallel = expert_parallel;
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
   }
@@ -284,6 +286,10 @@ int main(int argc, char** argv) {
                  "in-process cuda backend: GPUs to split the model over (1, 2, 4, 8)")
       ->check(CLI::Range(1, 64))
       ->excludes(u);
+  bool expert_parallel = false;
+  app.add_flag("--enable-expert-parallel", expert_parallel,
+               "in-process cuda backend, with --tensor-parallel-size > 1: routed experts split by expert")
+      ->excludes(u);
   app.add_option("--api-key", api_key, "API key for --url")->envname("KIMI_API_KEY");
   app.add_option("--model-name", model_name,
                  "model id for --url (default: the first of /v1/models)");
@@ -321,7 +327,8 @@ int main(int argc, char** argv) {
         std::printf(
             "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
-      backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel);
+      backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel,
+                                               expert_parallel);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());

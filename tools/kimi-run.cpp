@@ -72,6 +72,9 @@ int main(int argc, char** argv) {
   app.add_option("--weights-seed", weights_seed, "seed of --random-weights");
   app.add_option("--tensor-parallel-size", tp, "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->check(CLI::Range(1, 64));
+  bool expert_parallel = false;
+  app.add_flag("--enable-expert-parallel", expert_parallel,
+               "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -95,6 +98,7 @@ int main(int argc, char** argv) {
     opts.num_layers = layers;
     opts.seed = weights_seed;
     opts.tensor_parallel = tp;
+    opts.expert_parallel = expert_parallel;
     const int T = int(ids.size());
     opts.max_batch_tokens = std::max(T, 1);
     const int total = T + max_tokens;

@@ -46,6 +46,9 @@ int main(int argc, char** argv) {
   app.add_option("--tensor-parallel-size", eo.tensor_parallel_size, "cuda: GPUs to split the model over (1, 2, 4, 8)")
       ->capture_default_str()
       ->check(CLI::Range(1, 64));
+  app.add_flag("--enable-expert-parallel", eo.enable_expert_parallel,
+               "cuda, with --tensor-parallel-size > 1: split the routed experts by expert instead of "
+               "by their intermediate dimension");
   app.add_option("--gpu-memory-utilization", eo.memory_fraction,
                  "fraction of free GPU memory for the caches")
       ->capture_default_str()

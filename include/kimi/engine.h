@@ -30,6 +30,7 @@ struct EngineOptions {
   double memory_fraction = 0.9;       // of free device memory for the caches (GPU)
   int64_t cpu_cache_bytes = int64_t(2) << 30;  // cache budget on the CPU backend
   int tensor_parallel_size = 1;
+  bool enable_expert_parallel = false;  // routed experts split by expert over the TP GPUs
 };
 
 enum class FinishReason { kNone, kStop, kLength, kToolCalls, kCancelled, kError };

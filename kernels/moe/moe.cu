@@ -27,7 +27,11 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
              "moe route T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.logits && p.correction_bias && p.expert_ids && p.weights, "moe route: null pointer");
-  KIMI_CHECK(p.shared_expert < 0 || p.shared_expert >= p.num_experts,
+  KIMI_CHECK(p.local_experts >= 0 && p.expert_first >= 0 &&
+                 p.expert_first + p.local_experts <= p.num_experts,
+             "moe route: local experts ", p.expert_first, " + ", p.local_experts, " of ", p.num_experts);
+  const int local = p.local_experts ? p.local_experts : p.num_experts;
+  KIMI_CHECK(p.shared_expert < 0 || p.shared_expert >= local,
              "moe route: the shared expert's id ", p.shared_expert, " is a routed expert's");
   const size_t smem = size_t(4) * p.num_experts * sizeof(float);
   moe::moe_route_kernel<<<ceil_div(p.num_tokens, 4), 128, smem, stream>>>(p);

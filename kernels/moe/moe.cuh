@@ -55,7 +55,9 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
     if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
     const float s = bi >= 0 ? 1.f / (1.f + expf(-lg[bi])) : 0.f;
     if (lane == 0) {
-      p.expert_ids[int64_t(t) * stride + k] = bi;
+      const int local = bi - p.expert_first;
+      const bool here = bi >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+      p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
       if (bi >= 0) sel[bi] = -INFINITY;
     }
     __syncwarp();

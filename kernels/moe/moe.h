@@ -45,6 +45,12 @@ struct MoeRouteParams {
   // >= 0: each token gets K + 1 entries ([T, K + 1]), the last (shared_expert, weight 1): the
   // shared expert, stored as one more expert, runs in the same grouped launches as the routed.
   int shared_expert = -1;
+  // Expert parallelism: this GPU runs experts [expert_first, expert_first + local_experts) only.
+  // The selection and weights are over all E; expert_ids holds local ids (e − expert_first) and
+  // −1 for another GPU's expert (the permutation skips it, the un-permute adds nothing for it).
+  // local_experts 0: all E (no expert parallelism).
+  int expert_first = 0;
+  int local_experts = 0;
 };
 void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 

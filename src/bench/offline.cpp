@@ -131,6 +131,7 @@ OfflineResults run_offline(const OfflineOptions& o) {
   ModelOptions mo;
   mo.backend = o.backend;
   mo.tensor_parallel = o.tensor_parallel;
+  mo.expert_parallel = o.expert_parallel;
   mo.cache.num_slots = max_batch;
   mo.cache.num_blocks = max_batch * bps;
   mo.max_batch_tokens = std::max(o.prefill_chunk, max_batch);  // CUDA: the activation arena's size

@@ -52,9 +52,14 @@ void all_reduce_residual(CudaModel::Impl& m, int T) {
 #if KIMI_HAVE_NCCL
   const bool prof = m.profile && m.prof_ar_used + 2 <= int(m.prof_ar_ev.size());
   if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ar_ev[m.prof_ar_used], m.stream));
-  const ncclResult_t r = ncclAllReduce(m.act.x, m.act.x, size_t(T) * m.cfg.hidden_size, ncclFloat,
-                                       ncclSum, static_cast<ncclComm_t>(m.tp.comm), m.stream);
-  if (r != ncclSuccess) fail("NCCL all-reduce failed on rank ", m.tp.rank, ": ", ncclGetErrorString(r));
+  const int64_t n = int64_t(T) * m.cfg.hidden_size;
+  if (m.peer_ar && n <= m.peer.capacity && n % 4 == 0) {  // small: one peer-memory round trip
+    cuda::run_peer_allreduce(m.peer, m.act.x, n, m.stream);
+  } else {
+    const ncclResult_t r = ncclAllReduce(m.act.x, m.act.x, size_t(n), ncclFloat, ncclSum,
+                                         static_cast<ncclComm_t>(m.tp.comm), m.stream);
+    if (r != ncclSuccess) fail("NCCL all-reduce failed on rank ", m.tp.rank, ": ", ncclGetErrorString(r));
+  }
   if (prof) {
     CUDA_CHECK(cudaEventRecord(m.prof_ar_ev[m.prof_ar_used + 1], m.stream));
     m.prof_ar_used += 2;
@@ -257,6 +262,9 @@ void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
 void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   const ModelConfig& c = m.cfg;
   const int E = c.num_experts, K = c.num_experts_per_token, hid = c.hidden_size;
+  // The experts this GPU runs: all E, or its run of them under expert parallelism.
+  const ExpertRange mine = local_experts(m.full_cfg, m.tp.rank, m.tp.world, m.tp.expert_parallel);
+  const int El = mine.count;
   auto& A = m.act;
   {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)
     GemmArgs ga;
@@ -277,16 +285,16 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
   cuda::MoeGemmParams gp;
   gp.num_tokens = T;
-  gp.num_experts = E + 1;
+  gp.num_experts = El + 1;
   gp.top_k = K + 1;
   gp.block_m = block_m;
   gp.hidden = hid;
   gp.inter = c.moe_intermediate_size;
   // Decode-sized steps run the shared expert as expert E in the same small-M launches (3 fewer
   // launches per layer); larger steps run it through cuBLASLt.
-  const bool fuse = w.shared_in_experts && E + 1 <= 1024 &&
+  const bool fuse = w.shared_in_experts && El + 1 <= 1024 &&
                     cuda::moe_gemm_path(gp) == cuda::MoeGemmPath::kGemv;
-  const int Ek = E + fuse, Kk = K + fuse;
+  const int Ek = El + fuse, Kk = K + fuse;
   gp.num_experts = Ek;
   gp.top_k = Kk;
   cuda::MoeRouteParams rp;
@@ -299,7 +307,11 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   rp.correction_bias = w.bias;
   rp.expert_ids = A.route_ids;
   rp.weights = A.route_w;
-  rp.shared_expert = fuse ? E : -1;
+  rp.shared_expert = fuse ? El : -1;
+  if (El != E) {
+    rp.expert_first = mine.first;
+    rp.local_experts = El;
+  }
   cuda::run_moe_route(rp, m.stream);
   cuda::MoePermuteParams pp;
   pp.num_tokens = T;

@@ -107,7 +107,7 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   }
   int inter = 0;
   for (int l = 0; l < cfg.num_hidden_layers; ++l)
-    inter = std::max(inter, cfg.is_moe(l) ? cfg.moe_intermediate_size * cfg.num_shared_experts
+    inter = std::max(inter, cfg.is_moe(l) ? shared_expert_inter(full_cfg, tp.world)
                                           : cfg.intermediate_size);
   act.gu = c.take<bf16>(size_t(T) * 2 * inter);
   act.act = c.take<bf16>(size_t(T) * inter);
@@ -154,8 +154,8 @@ CudaMemoryPlan CudaModel::plan_memory(const ModelConfig& full_config, const Mode
   Impl m;
   const int world = std::max(opts.tensor_parallel, 1);
   m.full_cfg = full_config;
-  m.cfg = world > 1 ? rank_config(full_config, world) : full_config;
-  m.tp = TpRank{rank, world, nullptr};
+  m.cfg = world > 1 ? rank_config(full_config, world, opts.expert_parallel) : full_config;
+  m.tp = TpRank{rank, world, nullptr, world > 1 && opts.expert_parallel};
   m.opts = opts;
   m.cache = opts.cache;
   check_config(m.cfg);
@@ -181,7 +181,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   Impl& m = *impl_;
   KIMI_CHECK(tp.world >= 1 && tp.rank >= 0 && tp.rank < tp.world && (tp.world == 1 || tp.comm));
   m.full_cfg = full_config;
-  m.cfg = tp.world > 1 ? rank_config(full_config, tp.world) : full_config;
+  m.cfg = tp.world > 1 ? rank_config(full_config, tp.world, tp.expert_parallel) : full_config;
   m.tp = tp;
   m.device = tp.rank;
   const ModelConfig& config = m.cfg;  // this rank's share from here on
@@ -293,6 +293,13 @@ void CudaModel::set_use_graphs(bool on) {
   if (!on) impl_->drop_graphs();
 }
 size_t CudaModel::num_graphs() const { return impl_->graphs.size(); }
+
+void CudaModel::set_peer_allreduce(const cuda::PeerAllReduceView* view) {
+  Impl& m = *impl_;
+  m.drop_graphs();  // captured steps hold the old all-reduce
+  m.peer_ar = view != nullptr;
+  if (view) m.peer = *view;
+}
 
 void CudaModel::set_profile(bool on) {
   Impl& m = *impl_;

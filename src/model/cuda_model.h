@@ -20,12 +20,17 @@
 
 namespace kimi {
 
+namespace cuda {
+struct PeerAllReduceView;
+}
+
 // One rank of a tensor-parallel group (model/tensor_parallel.h): it runs on CUDA device `rank`
 // with the rank's slices of the weights; `comm` is its ncclComm_t (nullptr when world == 1).
 struct TpRank {
   int rank = 0;
   int world = 1;
   void* comm = nullptr;
+  bool expert_parallel = false;  // routed experts split by expert (model/tensor_parallel.h)
 };
 
 // Device memory of one rank before anything is allocated (CudaModel::plan_memory).
@@ -72,6 +77,10 @@ class CudaModel final : public Model {
   // profile_report() gives the mean ms per step of each component, split prefill/decode.
   void set_profile(bool on);
   std::string profile_report() const;
+  // Tensor parallelism: all-reduces of up to `capacity` floats go through peer memory
+  // (kernels/comm/peer_allreduce.h) instead of NCCL; TpModel sets it up when every pair of GPUs
+  // has peer access. nullptr: NCCL only.
+  void set_peer_allreduce(const cuda::PeerAllReduceView* view);
 
   struct Impl;
 

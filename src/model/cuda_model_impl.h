@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/peer_allreduce.h"
 #include "common.h"
 #include "gemm/gemm.h"
 #include "misc/misc.h"
@@ -153,6 +154,9 @@ struct CudaModel::Impl {
   bool profile = false;
   std::vector<cudaEvent_t> prof_ev;
   std::vector<cudaEvent_t> prof_ar_ev;  // before/after each tensor-parallel all-reduce
+  // Small all-reduces through peer memory when set (set_peer_allreduce).
+  bool peer_ar = false;
+  cuda::PeerAllReduceView peer;
   int prof_ar_used = 0;
   std::map<std::string, double> prof_ms;
   std::map<std::string, int> prof_steps;

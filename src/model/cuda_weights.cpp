@@ -42,7 +42,7 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
   auto parts_of = [&](const std::vector<std::string>& names, int64_t* n) {
     std::vector<WeightPart> parts;
     for (const auto& s : names) {
-      parts.push_back({s, tensor_slice(s, shapes.at(s), tp.rank, tp.world)});
+      parts.push_back({s, tensor_slice(s, shapes.at(s), tp.rank, tp.world, tp.expert_parallel)});
       *n += parts.back().slice.numel();
     }
     return parts;
@@ -102,7 +102,8 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
       w.router = f32({e + "gate.weight"});
       w.bias = f32({e + "gate.e_score_correction_bias"});
       std::vector<std::string> w13, w2;
-      for (int x = 0; x < m.num_experts; ++x) {
+      const ExpertRange mine = local_experts(m, tp.rank, tp.world, tp.expert_parallel);
+      for (int x = mine.first; x < mine.first + mine.count; ++x) {
         const std::string ex = e + str("experts.", x, ".");
         w13.push_back(ex + "w1.weight");
         w13.push_back(ex + "w3.weight");
@@ -110,8 +111,9 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
       }
       // One shared expert has the routed experts' shape: it is stored as expert E, so decode
       // steps run it in the same grouped launches (moe() in cuda_forward.cpp); prefill reads it
-      // there through cuBLASLt.
-      w.shared_in_experts = m.num_shared_experts == 1;
+      // there through cuBLASLt. Not under expert parallelism: there it is split by intermediate
+      // dimension while the routed experts are whole, so the shapes differ.
+      w.shared_in_experts = m.num_shared_experts == 1 && !tp.expert_parallel;
       if (w.shared_in_experts) {
         w13.push_back(e + "shared_experts.gate_proj.weight");
         w13.push_back(e + "shared_experts.up_proj.weight");
@@ -126,7 +128,7 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
         w.shared.down = w.w2 ? w.w2 + E * hid * I : nullptr;
       } else if (m.num_shared_experts > 0) {
         mlp(w.shared, e + "shared_experts.gate_proj.weight", e + "shared_experts.up_proj.weight",
-            e + "shared_experts.down_proj.weight", cfg.moe_intermediate_size * m.num_shared_experts);
+            e + "shared_experts.down_proj.weight", shared_expert_inter(m, tp.world));
       }
     } else {
       mlp(L.mlp, p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight", p + "mlp.down_proj.weight",

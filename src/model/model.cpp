@@ -56,7 +56,7 @@ CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double 
   if (!(memory_fraction > 0 && memory_fraction <= 1))
     fail("gpu memory utilization ", memory_fraction, " must be in (0, 1]");
   const int world = std::max(opts.tensor_parallel, 1);
-  if (world > 1) check_tensor_parallel(c, world);
+  if (world > 1) check_tensor_parallel(c, world, opts.expert_parallel);
   b.budget_bytes = INT64_MAX;
   for (int r = 0; r < world; ++r) {
     const CudaMemoryPlan p = CudaModel::plan_memory(c, opts, r);
@@ -101,7 +101,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& op
     config.layer_kinds.resize(opts.num_layers);
   }
   if (opts.tensor_parallel != 1) {
-    check_tensor_parallel(config, opts.tensor_parallel);
+    check_tensor_parallel(config, opts.tensor_parallel, opts.expert_parallel);
     if (opts.backend != "cuda")
       fail("tensor parallelism (--tensor-parallel-size ", opts.tensor_parallel,
            ") needs the cuda backend; the ", opts.backend, " backend runs on one device");

@@ -98,6 +98,9 @@ struct ModelOptions {
   int num_layers = 0;
   // CUDA: GPUs the model is split over (tensor parallelism, model/tensor_parallel.h): 1, 2, 4, 8.
   int tensor_parallel = 1;
+  // CUDA, tensor_parallel > 1: split the routed experts by expert (each GPU holds E/N whole
+  // experts) instead of by their intermediate dimension (vLLM's --enable-expert-parallel).
+  bool expert_parallel = false;
 };
 
 // What the caches may take on each device, and what one KDA slot and one MLA block cost there.

@@ -13,6 +13,19 @@ bool contains(const std::string& s, const char* part) { return s.find(part) != s
 
 enum class Split { kWhole, kRows, kCols };
 
+// The routed expert a tensor name belongs to ("...block_sparse_moe.experts.17.w1.weight" -> 17),
+// or -1.
+int routed_expert_of(const std::string& name) {
+  const std::string key = ".experts.";
+  const size_t at = name.find(key);
+  if (at == std::string::npos) return -1;
+  size_t i = at + key.size();
+  int e = 0;
+  if (i >= name.size() || name[i] < '0' || name[i] > '9') return -1;
+  for (; i < name.size() && name[i] >= '0' && name[i] <= '9'; ++i) e = e * 10 + (name[i] - '0');
+  return i < name.size() && name[i] == '.' ? e : -1;
+}
+
 Split split_of(const std::string& name) {
   if (name == "lm_head.weight") return Split::kRows;
   if (contains(name, ".self_attn.")) {
@@ -32,7 +45,7 @@ Split split_of(const std::string& name) {
 
 }  // namespace
 
-void check_tensor_parallel(const ModelConfig& c, int world) {
+void check_tensor_parallel(const ModelConfig& c, int world, bool expert_parallel) {
   if (world != 1 && world != 2 && world != 4 && world != 8)
     fail("tensor-parallel size ", world, " is not supported: use 1, 2, 4 or 8");
   auto need = [&](const char* field, int v) {
@@ -45,23 +58,40 @@ void check_tensor_parallel(const ModelConfig& c, int world) {
   bool dense = false, moe = false;
   for (int l = 0; l < c.num_hidden_layers; ++l) (c.is_moe(l) ? moe : dense) = true;
   if (dense) need("intermediate_size", c.intermediate_size);
-  if (moe) need("moe_intermediate_size", c.moe_intermediate_size);
+  if (moe && expert_parallel) {
+    need("num_experts (expert parallelism splits the routed experts by expert)", c.num_experts);
+    if (c.num_shared_experts > 0)
+      need("moe_intermediate_size × n_shared_experts (the shared expert's intermediate size)",
+           c.moe_intermediate_size * c.num_shared_experts);
+  } else if (moe) {
+    need("moe_intermediate_size", c.moe_intermediate_size);
+  }
   need("vocab_size", c.vocab_size);
 }
 
-ModelConfig rank_config(const ModelConfig& c, int world) {
-  check_tensor_parallel(c, world);
+ModelConfig rank_config(const ModelConfig& c, int world, bool expert_parallel) {
+  check_tensor_parallel(c, world, expert_parallel);
   ModelConfig r = c;
   r.kda_num_heads /= world;
   r.num_attention_heads /= world;
   r.intermediate_size /= world;
-  r.moe_intermediate_size /= world;
+  if (!expert_parallel) r.moe_intermediate_size /= world;
   r.vocab_size /= world;
   return r;
 }
 
+ExpertRange local_experts(const ModelConfig& full, int rank, int world, bool expert_parallel) {
+  if (!expert_parallel || world == 1) return {0, full.num_experts};
+  const int n = full.num_experts / world;
+  return {rank * n, n};
+}
+
+int shared_expert_inter(const ModelConfig& full, int world) {
+  return full.moe_intermediate_size * full.num_shared_experts / world;
+}
+
 TensorSlice tensor_slice(const std::string& name, const std::vector<int64_t>& shape, int rank,
-                         int world) {
+                         int world, bool expert_parallel) {
   KIMI_CHECK(world >= 1 && rank >= 0 && rank < world, "rank ", rank, " of ", world);
   KIMI_CHECK(!shape.empty(), "tensor ", name);
   int64_t numel = 1;
@@ -72,6 +102,9 @@ TensorSlice tensor_slice(const std::string& name, const std::vector<int64_t>& sh
   s.cols = s.rows ? numel / s.rows : 0;
   s.nrows = s.rows;
   s.ncols = s.cols;
+  // A routed expert under expert parallelism is whole on the rank that holds it (which one:
+  // local_experts; the weight layout asks only for its own).
+  if (expert_parallel && world > 1 && routed_expert_of(name) >= 0) return s;
   switch (split_of(name)) {
     case Split::kWhole:
       break;

@@ -13,6 +13,9 @@
 #include <nccl.h>
 #endif
 
+#include <spdlog/spdlog.h>
+
+#include "comm/peer_allreduce.h"
 #include "common.h"
 #include "core/check.h"
 #include "model/tensor_parallel.h"
@@ -82,7 +85,7 @@ struct TpModel::Worker {
 TpModel::TpModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelOptions& opts)
     : cfg_(config) {
   const int n = opts.tensor_parallel;
-  check_tensor_parallel(config, n);
+  check_tensor_parallel(config, n, opts.expert_parallel);
 #if !KIMI_HAVE_NCCL
   fail("tensor-parallel size ", n, " needs NCCL, which this build was configured without");
 #else
@@ -113,11 +116,12 @@ TpModel::TpModel(const ModelConfig& config, const Checkpoint* ckpt, const ModelO
   // Each rank loads (or draws) its own slices on its own thread, in parallel.
   try {
     run_round([&](int r) {
-      ranks_[r] = std::make_unique<CudaModel>(config, ckpt, opts, TpRank{r, n, comms_[r]});
+      ranks_[r] = std::make_unique<CudaModel>(config, ckpt, opts, TpRank{r, n, comms_[r], opts.expert_parallel});
     });
+    setup_peer_allreduce();
   } catch (...) {
     try {
-      run_round([&](int r) { ranks_[r].reset(); });  // the ranks that did start, on their threads
+      run_round([&](int r) { release_rank(r); });  // the ranks that did start, on their threads
     } catch (...) {
     }
     workers_.clear();
@@ -132,7 +136,7 @@ TpModel::~TpModel() {
   // Each rank's CUDA objects are freed on its own thread (its device current).
   if (!workers_.empty()) {
     try {
-      run_round([&](int r) { ranks_[r].reset(); });
+      run_round([&](int r) { release_rank(r); });
     } catch (...) {
     }
   }
@@ -140,6 +144,62 @@ TpModel::~TpModel() {
 #if KIMI_HAVE_NCCL
   for (void* c : comms_) ncclCommDestroy(static_cast<ncclComm_t>(c));
 #endif
+}
+
+void TpModel::release_rank(int r) {
+  ranks_[r].reset();
+  if (r < int(peer_mem_.size()) && peer_mem_[r]) {
+    cudaFree(peer_mem_[r]);
+    peer_mem_[r] = nullptr;
+  }
+}
+
+// Small all-reduces (decode steps) through peer memory when every pair of GPUs can reach each
+// other's memory; env KIMI_TP_ALLREDUCE=nccl keeps NCCL for all (comparison).
+void TpModel::setup_peer_allreduce() {
+  const int n = world();
+  if (const char* e = std::getenv("KIMI_TP_ALLREDUCE")) {
+    const std::string v = e;
+    if (v == "nccl") return;
+    if (v != "peer") fail("KIMI_TP_ALLREDUCE must be peer or nccl, got '", v, "'");
+  }
+  if (n > cuda::kPeerMaxRanks) return;
+  for (int r = 0; r < n; ++r)
+    for (int q = 0; q < n; ++q) {
+      int ok = 0;
+      if (q != r && (cudaDeviceCanAccessPeer(&ok, r, q) != cudaSuccess || !ok)) {
+        cudaGetLastError();
+        spdlog::info("tensor parallelism: GPU {} cannot access GPU {}'s memory; all-reduces use NCCL", r, q);
+        return;
+      }
+    }
+  constexpr int64_t kCapacity = 256 * 1024;  // floats: a step of up to 113 tokens at hidden 2304
+  const size_t bytes = cuda::peer_allreduce_bytes(kCapacity);
+  peer_mem_.assign(n, nullptr);
+  run_round([&](int r) {
+    for (int q = 0; q < n; ++q) {
+      if (q == r) continue;
+      const cudaError_t e = cudaDeviceEnablePeerAccess(q, 0);
+      if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();
+      else CUDA_CHECK(e);
+    }
+    CUDA_CHECK(cudaMalloc(&peer_mem_[r], bytes));
+    CUDA_CHECK(cudaMemset(peer_mem_[r], 0, bytes));
+    CUDA_CHECK(cudaDeviceSynchronize());
+  });
+  std::vector<cuda::PeerAllReduceView> views(n);
+  for (int r = 0; r < n; ++r) {
+    views[r].rank = r;
+    views[r].world = n;
+    views[r].capacity = kCapacity;
+    for (int q = 0; q < n; ++q) {
+      uint32_t* counters = nullptr;
+      cuda::peer_allreduce_carve(peer_mem_[q], kCapacity, &views[r].stage[q], &views[r].flags[q],
+                                 &counters);
+      if (q == r) views[r].counters = counters;
+    }
+  }
+  run_round([&](int r) { ranks_[r]->set_peer_allreduce(&views[r]); });
 }
 
 void TpModel::run_round(const std::function<void(int)>& f) {

@@ -42,6 +42,9 @@ class TpModel final : public Model {
   struct Worker;
   // Runs f(rank) on every worker and waits for all.
   void run_round(const std::function<void(int)>& f);
+  void setup_peer_allreduce();
+  void release_rank(int r);  // on rank r's thread: its CudaModel and peer memory
+  std::vector<void*> peer_mem_;  // per rank: staging + flags of the peer all-reduce
   ModelConfig cfg_;
   std::unique_ptr<TpRound> round_;
   std::vector<void*> comms_;  // ncclComm_t per rank

@@ -130,10 +130,11 @@ bool top1_agrees_or_ties(const float* run, const float* ref, int n) {
   return argmax(run, n) == argmax(ref, n) || top2_gap(ref, n) <= 2 * max_abs_diff(run, ref, n);
 }
 
-std::unique_ptr<Model> load(const std::string& dir, int tp) {
+std::unique_ptr<Model> load(const std::string& dir, int tp, bool expert_parallel = false) {
   ModelOptions o;
   o.backend = "cuda";
   o.tensor_parallel = tp;
+  o.expert_parallel = expert_parallel;
   o.cache.num_slots = 2;
   o.cache.num_blocks = 16;
   o.max_batch_tokens = 512;
@@ -153,10 +154,11 @@ class TensorParallelGpu : public ::testing::Test {
   // decoded greedily in lockstep: both models get TP = 1's token, so every step compares the
   // same context. Rows within kTpTol; top-1 equal except at ties (top1_agrees_or_ties);
   // greedy tokens identical except at such a tie.
+  // expert_parallel: the TP run splits the routed experts by expert.
   void compare(const std::string& dir, int tp, const std::vector<std::vector<int>>& prompts,
-               int steps) {
+               int steps, bool expert_parallel = false) {
     auto one = load(dir, 1);
-    auto many = load(dir, tp);
+    auto many = load(dir, tp, expert_parallel);
     ASSERT_EQ(one->config().vocab_size, many->config().vocab_size);
     const int V = one->config().vocab_size;
     std::vector<int> blocks(16);
@@ -201,16 +203,16 @@ class TensorParallelGpu : public ::testing::Test {
           m->forward(d, m == one.get() ? la : lb);
         }
       }
-      std::printf("TP=%d vs TP=1, prompt %zu (T=%zu): max relative L2 %.3g; top-1 %d/%zu rows+steps "
-                  "(%d ties); greedy %d/%d identical (%d ties)\n", tp, i, ids.size(), worst, top1,
+      std::printf("TP=%d%s vs TP=1, prompt %zu (T=%zu): max relative L2 %.3g; top-1 %d/%zu rows+steps "
+                  "(%d ties); greedy %d/%d identical (%d ties)\n", tp, expert_parallel ? " (EP)" : "",
+                  i, ids.size(), worst, top1,
                   ids.size() + steps, ties, greedy_same, steps, greedy_ties);
       EXPECT_LE(worst, kTpTol) << "prompt " << i;
     }
   }
 };
 
-TEST_F(TensorParallelGpu, GoldenModelTp2EqualsTp1) {
-  if (!fs::exists(kGolden + "/config.json")) GTEST_SKIP() << "no golden data at " << kGolden;
+std::vector<std::vector<int>> golden_prompts() {
   SafetensorsFile expected(kGolden + "/expected.safetensors");
   std::ifstream f(kGolden + "/cases.json");
   const int cases = int(nlohmann::json::parse(f)["cases"].size());
@@ -226,8 +228,22 @@ TEST_F(TensorParallelGpu, GoldenModelTp2EqualsTp1) {
     while (limit < int(ids.size()) && margin[limit] >= 3e-3f) ++limit;
     if (limit > 0) prompts.push_back(std::vector<int>(ids.begin(), ids.begin() + limit));
   }
+  return prompts;
+}
+
+TEST_F(TensorParallelGpu, GoldenModelTp2EqualsTp1) {
+  if (!fs::exists(kGolden + "/config.json")) GTEST_SKIP() << "no golden data at " << kGolden;
+  const auto prompts = golden_prompts();
   ASSERT_GE(prompts.size(), 3u);
   compare(kGolden, 2, prompts, 8);
+}
+
+// Expert parallelism: each GPU runs 8 of model-a's 16 routed experts whole.
+TEST_F(TensorParallelGpu, GoldenModelTp2ExpertParallelEqualsTp1) {
+  if (!fs::exists(kGolden + "/config.json")) GTEST_SKIP() << "no golden data at " << kGolden;
+  const auto prompts = golden_prompts();
+  ASSERT_GE(prompts.size(), 3u);
+  compare(kGolden, 2, prompts, 8, true);
 }
 
 TEST_F(TensorParallelGpu, TinyModelTp2AndTp4EqualTp1) {
@@ -241,6 +257,20 @@ TEST_F(TensorParallelGpu, TinyModelTp2AndTp4EqualTp1) {
   compare(dir, 2, prompts, 16);
   if (visible_gpus() >= 4) compare(dir, 4, prompts, 16);
   else std::printf("TP=4 not run: %d GPUs visible\n", visible_gpus());
+}
+
+// Expert parallelism on the tiny model: 4 (TP = 2) or 2 (TP = 4) of its 8 experts per GPU.
+TEST_F(TensorParallelGpu, TinyModelExpertParallelEqualsTp1) {
+  const std::string dir = tiny_model_dir();
+  std::vector<std::vector<int>> prompts;
+  for (int len : {1, 7, 65, 200}) {
+    std::vector<int> ids(len);
+    for (int i = 0; i < len; ++i) ids[i] = (i * 41 + len * 7) % 1000;
+    prompts.push_back(ids);
+  }
+  compare(dir, 2, prompts, 16, true);
+  if (visible_gpus() >= 4) compare(dir, 4, prompts, 16, true);
+  else std::printf("TP=4 EP not run: %d GPUs visible\n", visible_gpus());
 }
 
 // kimi-serve's path at TP = 2: the engine on TpModel with caches sized from both GPUs' memory

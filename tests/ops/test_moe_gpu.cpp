@@ -70,6 +70,28 @@ TEST(MoeGpu, RouteMatchesCpu) {
         ASSERT_EQ(w1[size_t(t) * (K + 1) + K], 1.f) << "t " << t;
       }
       EXPECT_TRUE(dw1.guards_intact() && di1.guards_intact());
+      // Expert parallelism over 4 GPUs (E divisible by 4 here): GPU g sees the same selection
+      // and weights, its experts as local ids e − g·E/4, the others' as −1.
+      if (E % 4 == 0) {
+        const int n = E / 4;
+        for (int g = 0; g < 4; ++g) {
+          p.shared_expert = -1, p.expert_ids = di.data(), p.weights = dw.data();
+          p.expert_first = g * n, p.local_experts = n;
+          di.poison();
+          dw.poison();
+          cuda::run_moe_route(p, nullptr);
+          CUDA_CHECK(cudaDeviceSynchronize());
+          const auto idsg = di.to_host();
+          const auto wg = dw.to_host();
+          for (size_t i = 0; i < ids.size(); ++i) {
+            const int e = ids[i];
+            ASSERT_EQ(idsg[i], e >= g * n && e < (g + 1) * n ? e - g * n : -1) << "pair " << i;
+            ASSERT_EQ(wg[i], gw[i]) << "pair " << i;
+          }
+          EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+        }
+        p.expert_first = 0, p.local_experts = 0;
+      }
     }
 #endif
 }

@@ -141,5 +141,91 @@ TEST(TensorParallel, RefusesSizesThatDoNotDivide) {
   EXPECT_EQ(error_of([&] { check_tensor_parallel(config_of(s), 4); }), "");
 }
 
+// Expert parallelism: each routed expert is whole on exactly the rank whose local_experts range
+// holds it, the ranges tile 0..E, every other tensor splits as without it (the shared expert by
+// its intermediate dimension), and rank_config keeps the routed experts' intermediate size.
+void check_expert_split(const ModelConfig& c, int world) {
+  SCOPED_TRACE(testing::Message() << "world " << world);
+  const ModelConfig rc = rank_config(c, world, true);
+  EXPECT_EQ(rc.moe_intermediate_size, c.moe_intermediate_size);
+  EXPECT_EQ(rc.num_experts, c.num_experts);
+  EXPECT_EQ(shared_expert_inter(c, world), c.moe_intermediate_size * c.num_shared_experts / world);
+  std::vector<int> owner(size_t(c.num_experts), -1);
+  for (int r = 0; r < world; ++r) {
+    const ExpertRange mine = local_experts(c, r, world, true);
+    EXPECT_EQ(mine.count, c.num_experts / world);
+    for (int e = mine.first; e < mine.first + mine.count; ++e) {
+      ASSERT_EQ(owner[size_t(e)], -1) << "expert " << e << " on two ranks";
+      owner[size_t(e)] = r;
+    }
+  }
+  for (int e = 0; e < c.num_experts; ++e) EXPECT_GE(owner[size_t(e)], 0) << "expert " << e;
+  int routed = 0;
+  for (const auto& t : expected_tensors(c)) {
+    SCOPED_TRACE(t.name);
+    const bool is_routed = t.name.find(".experts.") != std::string::npos;
+    routed += is_routed;
+    for (int r = 0; r < world; ++r) {
+      const TensorSlice ep = tensor_slice(t.name, t.shape, r, world, true);
+      const TensorSlice tp = tensor_slice(t.name, t.shape, r, world, false);
+      if (is_routed) {
+        EXPECT_TRUE(ep.whole());
+      } else {
+        EXPECT_EQ(ep.row0, tp.row0);
+        EXPECT_EQ(ep.nrows, tp.nrows);
+        EXPECT_EQ(ep.col0, tp.col0);
+        EXPECT_EQ(ep.ncols, tp.ncols);
+      }
+    }
+  }
+  int moe_layers = 0;
+  for (int l = 0; l < c.num_hidden_layers; ++l) moe_layers += c.is_moe(l);
+  EXPECT_EQ(routed, 3 * c.num_experts * moe_layers);
+}
+
+TEST(TensorParallel, ExpertParallelGivesEachExpertToOneRank) {
+  TinySpec s;
+  s.layers = 4;
+  s.hidden = 64;
+  s.kda_heads = 4;
+  s.mla_heads = 4;
+  s.experts = 8;
+  s.top_k = 2;
+  s.moe_inter = 32;
+  s.dense_inter = 64;
+  for (int world : {1, 2, 4}) check_expert_split(config_of(s), world);
+  check_expert_split(full_size(), 8);
+  const ModelConfig c = full_size();
+  EXPECT_EQ(local_experts(c, 3, 8, true).first, 96);
+  EXPECT_EQ(local_experts(c, 3, 8, false).count, 256);  // without it every rank runs all experts
+  EXPECT_TRUE(tensor_slice("model.layers.1.block_sparse_moe.experts.17.w2.weight", {2304, 1024}, 2, 4,
+                           true).whole());
+  const auto shared =
+      tensor_slice("model.layers.1.block_sparse_moe.shared_experts.down_proj.weight", {2304, 1024}, 1, 4, true);
+  EXPECT_EQ(shared.col0, 256);
+  EXPECT_EQ(shared.ncols, 256);
+}
+
+TEST(TensorParallel, ExpertParallelRefusesExpertsThatDoNotDivide) {
+  TinySpec s;
+  s.kda_heads = 4;
+  s.mla_heads = 4;
+  s.vocab = 1280;
+  s.experts = 6;
+  s.top_k = 2;
+  s.moe_inter = 32;
+  const std::string e = error_of([&] { check_tensor_parallel(config_of(s), 4, true); });
+  EXPECT_NE(e.find("num_experts"), std::string::npos) << e;
+  EXPECT_NE(e.find("= 6"), std::string::npos) << e;
+  EXPECT_EQ(error_of([&] { check_tensor_parallel(config_of(s), 2, true); }), "");
+  // The routed experts stay whole (30 need not divide), the shared expert splits (it must).
+  s.experts = 8;
+  s.moe_inter = 30;
+  ASSERT_EQ(config_of(s).num_shared_experts, 1);
+  const std::string shared = error_of([&] { check_tensor_parallel(config_of(s), 4, true); });
+  EXPECT_NE(shared.find("shared expert"), std::string::npos) << shared;
+  EXPECT_EQ(error_of([&] { check_tensor_parallel(config_of(s), 2, true); }), "");
+}
+
 }  // namespace
 }  // namespace kimi
