@@ -20,8 +20,8 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = i / p.dim, d = i % p.dim;
-    const float g = __bfloat162float(p.gate_up[r * 2 * p.dim + d]);
-    const float u = __bfloat162float(p.gate_up[r * 2 * p.dim + p.dim + d]);
+    const float g = p.gate_up[r * 2 * p.dim + d];
+    const float u = p.gate_up[r * 2 * p.dim + p.dim + d];
     p.out[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
   }
 }

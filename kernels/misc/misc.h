@@ -27,7 +27,9 @@ void run_embedding(const EmbeddingParams& p, cudaStream_t stream);
 struct SiluMulParams {
   int64_t rows = 0;
   int dim = 0;                 // D
-  const bf16* gate_up = nullptr;  // [rows, 2D]: gate | up
+  // [rows, 2D]: gate | up, fp32 (unrounded GEMM output: SiLU(g)·u rounds once, to bf16, as in
+  // the fused expert kernels)
+  const float* gate_up = nullptr;
   bf16* out = nullptr;            // [rows, D]
 };
 void run_silu_mul(const SiluMulParams& p, cudaStream_t stream);

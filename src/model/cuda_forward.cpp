@@ -77,17 +77,21 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
   g.linear(A.a, w.qkv, A.qkv, T, 3 * HD, hid, GemmOut::kBF16, m.stream);
   g.linear(A.a, w.fg_a, A.low, T, 2 * D, hid, GemmOut::kBF16, m.stream);
   g.linear(A.a, w.b, A.bb, T, H, hid, GemmOut::kBF16, m.stream);
-  for (int which = 0; which < 2; ++which) {  // f = W_fb (W_fa a), z = W_gb (W_ga a)
+  {  // f = W_fb (W_fa a), z = W_gb (W_ga a): one launch, batch 2 (A.z follows A.f in the arena)
     GemmArgs ga;
     ga.M = T;
     ga.N = HD;
     ga.K = D;
-    ga.A = A.low + which * D;
+    ga.A = A.low;
     ga.lda = 2 * D;
-    ga.B = which ? w.g_b : w.f_b;
+    ga.stride_a = D;
+    ga.B = w.fg_b;
     ga.ldb = D;
-    ga.C = which ? A.z : A.f;
+    ga.stride_b = int64_t(HD) * D;
+    ga.C = A.f;
     ga.ldc = HD;
+    ga.stride_c = int64_t(m.Tm) * HD;
+    ga.batch = 2;
     g.run(ga, m.stream);
   }
   cuda::KdaWeights kw;
@@ -249,7 +253,7 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
 void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   const int hid = m.cfg.hidden_size;
   auto& A = m.act;
-  m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kBF16, m.stream);
+  m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kF32, m.stream);
   cuda::SiluMulParams sp;
   sp.rows = T;
   sp.dim = w.inter;

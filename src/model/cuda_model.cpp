@@ -90,7 +90,9 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     act.qkv = c.take<bf16>(T * 3 * HD);
     act.low = c.take<bf16>(size_t(T) * 2 * kKdaHeadDim);
     act.bb = c.take<bf16>(size_t(T) * cfg.kda_num_heads);
-    for (bf16** p : {&act.f, &act.z, &act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
+    act.f = c.take<bf16>(2 * T * HD);  // f | z: one batched GEMM writes both
+    act.z = act.f + T * HD;
+    for (bf16** p : {&act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
     act.g = c.take<float>(T * HD);
     act.beta = c.take<float>(size_t(T) * cfg.kda_num_heads);
     act.kda_ws_bytes = cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
@@ -109,7 +111,7 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   for (int l = 0; l < cfg.num_hidden_layers; ++l)
     inter = std::max(inter, cfg.is_moe(l) ? shared_expert_inter(full_cfg, tp.world)
                                           : cfg.intermediate_size);
-  act.gu = c.take<bf16>(size_t(T) * 2 * inter);
+  act.gu = c.take<float>(size_t(T) * 2 * inter);
   act.act = c.take<bf16>(size_t(T) * inter);
   if (cfg.num_experts > 0) {
     // Room for the shared expert as one more expert of each token (decode steps).

@@ -43,8 +43,7 @@ struct DevKda {
   bf16* qkv = nullptr;    // [3·H·D, hidden]
   bf16* fg_a = nullptr;   // [2·D, hidden]: f_a | g_a
   bf16* b = nullptr;      // [H, hidden]
-  bf16* f_b = nullptr;    // [H·D, D]
-  bf16* g_b = nullptr;    // [H·D, D]
+  bf16* fg_b = nullptr;   // [2, H·D, D]: f_b | g_b (one batched GEMM)
   bf16* o = nullptr;      // [hidden, H·D]
   float* conv = nullptr;  // [3·H·D, 4]
   float* A_log = nullptr; // [H]
@@ -130,7 +129,8 @@ struct CudaModel::Impl {
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
     float *latent, *partials;
-    bf16 *gu, *act;               // dense MLP / shared expert
+    float* gu;                    // dense MLP / shared expert: gate | up, fp32
+    bf16* act;                    // SiLU(gate)·up
     float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
     int *route_ids, *perm_ws;
     bf16* moe_act;

@@ -81,8 +81,7 @@ size_t CudaModel::Impl::layout_weights(Carver& c) {
       k.qkv = bf({a + "q_proj.weight", a + "k_proj.weight", a + "v_proj.weight"});
       k.fg_a = bf({a + "f_a_proj.weight", a + "g_a_proj.weight"});
       k.b = bf({a + "b_proj.weight"});
-      k.f_b = bf({a + "f_b_proj.weight"});
-      k.g_b = bf({a + "g_b_proj.weight"});
+      k.fg_b = bf({a + "f_b_proj.weight", a + "g_b_proj.weight"});
       k.o = bf({a + "o_proj.weight"});
       k.conv = f32({a + "q_conv1d.weight", a + "k_conv1d.weight", a + "v_conv1d.weight"});
       k.A_log = f32({a + "A_log"});
