@@ -98,7 +98,9 @@ int main(int argc, char** argv) {
     opts.tensor_parallel = tp;
     opts.expert_parallel = expert_parallel;
     opts.max_batch_tokens = std::max(chunk, batch);
-    const int blocks_per_seq = (std::max(prefill, context) + decode + kBlockSize - 1) / kBlockSize + 1;
+    // Decode passes (eager, graphs, profiled) continue one another's contexts.
+    const int blocks_per_seq =
+        (std::max(prefill, context) + 2 * decode + std::min(decode, 32) + kBlockSize - 1) / kBlockSize + 1;
     opts.cache.num_slots = batch;
     opts.cache.num_blocks = batch * blocks_per_seq;
     const double t_load = now_s();
@@ -131,37 +133,36 @@ int main(int argc, char** argv) {
     };
     const int V = c.vocab_size;
     std::vector<float> logits;
-    auto run_prefill = [&](int slot) {
+    auto run_prefill = [&](int slot, int upto) {  // the first `upto` prompt tokens
       model->reset_slot(slot);
       const std::vector<int> blocks = blocks_of(slot);
-      for (int off = 0; off < prefill; off += chunk) {
-        const int n = std::min(chunk, prefill - off);
+      for (int off = 0; off < upto; off += chunk) {
+        const int n = std::min(chunk, upto - off);
         Batch b;
         b.add(std::vector<int>(ids.begin() + off, ids.begin() + off + n), off + n, slot, blocks);
         model->forward(b, logits);
       }
     };
-    run_prefill(0);  // warm-up: cuBLASLt plans, module loading
+    run_prefill(0, std::min(prefill, chunk));  // warm-up: cuBLASLt plans, module loading
     const double t0 = now_s();
-    run_prefill(0);
+    run_prefill(0, prefill);
     const double t_prefill = now_s() - t0;
     size_t bad = count_nonfinite(logits);
     std::printf("prefill: %d tokens in %.1f ms = %.0f tokens/s (steps of %d tokens)\n", prefill,
                 t_prefill * 1e3, prefill / t_prefill, chunk);
-    // Every sequence at its starting context: prefilled, or (--context) zeros taken as context.
+    // Every sequence at its starting context: prefilled (slot 0 by the timed prefill above), or
+    // (--context) zeros taken as context.
     std::vector<int> last(batch);
-    auto start_decode = [&]() {
-      for (int s = 0; s < batch; ++s) {
-        if (context > 0) {
-          model->reset_slot(s);
-          last[s] = ids[0];
-        } else {
-          run_prefill(s);
-          last[s] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
-        }
+    for (int s = 0; s < batch; ++s) {
+      if (context > 0) {
+        model->reset_slot(s);
+        last[s] = ids[0];
+        continue;
       }
-      return context > 0 ? context : prefill;
-    };
+      if (s > 0) run_prefill(s, prefill);
+      last[s] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
+    }
+    int ctx = context > 0 ? context : prefill;
     auto decode_step = [&](int ctx) {
       Batch d;
       for (int s = 0; s < batch; ++s) d.add({last[s]}, ctx, s, blocks_of(s));
@@ -175,7 +176,6 @@ int main(int argc, char** argv) {
     // Decode D tokens greedily, eagerly (one launch per kernel) and then replaying CUDA graphs.
     for (bool graphs : {false, true}) {
       each_rank([&](CudaModel& m) { m.set_use_graphs(graphs); });
-      int ctx = start_decode();
       double t_first = 0;
       // nsys --capture-range=cudaProfilerApi records just the graph-replayed decode steps.
       if (graphs) CUDA_CHECK(cudaProfilerStart());
@@ -194,9 +194,15 @@ int main(int argc, char** argv) {
                   double(decode) * batch / t_decode, t_decode * 1e3 / std::max(decode, 1),
                   t_first * 1e3);
     }
-    // Where the time goes: CUDA events around every layer's mixer and FFN (eager steps).
+    // Where the time goes: CUDA events around every layer's mixer and FFN (eager steps): one
+    // prefill step (the first chunk, slot 0 restarted; batch 1 without --context only), then
+    // decode steps.
     each_rank([](CudaModel& m) { m.set_profile(true); });
-    int ctx = start_decode();
+    if (context == 0 && batch == 1) {
+      run_prefill(0, std::min(prefill, chunk));
+      ctx = std::min(prefill, chunk);
+      last[0] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
+    }
     for (int s = 0; s < std::min(decode, 32); ++s) {
       decode_step(++ctx);
       bad += count_nonfinite(logits);

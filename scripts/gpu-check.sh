@@ -58,6 +58,15 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   [[ -x $BUILD/benchmarks/bench_cuda_model ]] && step bench_cuda_model "$OUT/bench_other.log" \
     timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
     --random-weights --layers "$layers" --prefill 4096 --decode 128
+  # Long contexts (issue 9 goals), where all 27 layers fit (H200): a 128k-token prefill in steps
+  # of 16k tokens; decode at 1M tokens of context, batch 1; 30 sequences of 128k resident at once,
+  # decoding together. The decode contexts are zeros standing in for a prefill (timing only).
+  if [[ $layers == 0 && -x $BUILD/benchmarks/bench_cuda_model && -z ${KIMI_SKIP_LONG:-} ]]; then
+    M="$BUILD/benchmarks/bench_cuda_model --model $ROOT/benchmarks/configs/kimi-linear-48b-a3b --random-weights"
+    step prefill_128k "$OUT/bench_other.log" timeout 300 $M --prefill 131072 --chunk 16384 --decode 4
+    step decode_1m "$OUT/bench_other.log" timeout 300 $M --prefill 64 --context 1048576 --decode 32
+    step decode_30x128k "$OUT/bench_other.log" timeout 300 $M --prefill 64 --batch 30 --context 131072 --decode 16
+  fi
   # Tensor parallelism: the full-size model split over 2 (and 4) GPUs, all 27 layers.
   gpus=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | wc -l)
   for tp in 2 4; do
