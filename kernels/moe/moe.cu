@@ -38,6 +38,36 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
+int moe_route_decode_max_tokens(int num_experts) {
+  constexpr int kScoreBytes = 28 << 10;  // dynamic shared memory left beside the static 17 KB
+  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (4 * std::max(num_experts, 1)));
+}
+
+void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
+  const MoeRouteParams& r = p.route;
+  KIMI_CHECK(r.num_tokens >= 1 && r.num_tokens <= moe_route_decode_max_tokens(r.num_experts) && r.num_experts > 0 &&
+                 r.num_experts <= 1024 && r.top_k > 0 && r.top_k <= 32 && r.top_k <= r.num_experts,
+             "moe decode route T ", r.num_tokens, " E ", r.num_experts, " K ", r.top_k);
+  KIMI_CHECK(p.hidden > 0 && p.hidden % 4 == 0, "moe decode route: hidden ", p.hidden, " not a multiple of 4");
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
+  KIMI_CHECK(r.logits && r.correction_bias && r.expert_ids && r.weights && p.x && p.router &&
+                 p.workspace && p.ticket, "moe decode route: null pointer");
+  KIMI_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.router) % 16 == 0,
+             "moe decode route: x and router must be 16-byte aligned");
+  KIMI_CHECK(r.local_experts >= 0 && r.expert_first >= 0 && r.expert_first + r.local_experts <= r.num_experts,
+             "moe decode route: local experts ", r.expert_first, " + ", r.local_experts, " of ", r.num_experts);
+  const int local = r.local_experts ? r.local_experts : r.num_experts;
+  KIMI_CHECK(r.shared_expert < 0 || r.shared_expert == local,
+             "moe decode route: the shared expert must follow the local experts (id ", local, ")");
+  const int stride = r.top_k + (r.shared_expert >= 0);
+  MoePermuteView v = moe_permute_view(p.workspace, local + (r.shared_expert >= 0),
+                                      int64_t(r.num_tokens) * stride);
+  const int grid = ceil_div(r.num_experts, moe::kRouteExpertsPerCta);
+  const size_t smem = size_t(r.num_tokens) * r.num_experts * sizeof(float);
+  moe::moe_route_decode_kernel<<<grid, 1024, smem, stream>>>(p, v);
+  KIMI_CHECK_LAUNCH();
+}
+
 void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_tokens >= 0 && p.num_experts > 0 && p.num_experts <= 1024 && p.top_k > 0,
              "moe permute T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k);

@@ -2,6 +2,8 @@
 //
 // moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
 //   K rounds of warp arg-max (ties to the lower index) pick the experts.
+// moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch
+//   (the last CTA to finish its logits does the rest).
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
 //   starts; the scatter claims rows with a per-expert cursor. Up to 4096 pairs (decode steps)
 //   moe_permute_small_kernel does all three in one CTA.
@@ -22,15 +24,13 @@
 
 namespace kimi::cuda::moe {
 
-__global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
-  extern __shared__ float route_smem[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int t = blockIdx.x * 4 + warp;
-  if (t >= p.num_tokens) return;
+// One token's routing by one warp (lane = threadIdx.x % 32); sel: E floats of shared memory
+// for the warp. The logits are read through L2 (__ldcg): the fused decode kernel reads logits
+// that other CTAs of the same launch wrote.
+__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, float* sel) {
   const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
-  float* sel = route_smem + warp * E;
   const float* lg = p.logits + int64_t(t) * E;
-  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-lg[e])) + p.correction_bias[e];
+  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-__ldcg(lg + e))) + p.correction_bias[e];
   __syncwarp();
   float my_w = 0.f, wsum = 0.f;
   for (int k = 0; k < K; ++k) {
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
       }
     }
     if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
-    const float s = bi >= 0 ? 1.f / (1.f + expf(-lg[bi])) : 0.f;
+    const float s = bi >= 0 ? 1.f / (1.f + expf(-__ldcg(lg + bi))) : 0.f;
     if (lane == 0) {
       const int local = bi - p.expert_first;
       const bool here = bi >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
@@ -70,6 +70,14 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
     p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
     p.weights[int64_t(t) * stride + K] = 1.f;
   }
+}
+
+__global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
+  extern __shared__ float route_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t = blockIdx.x * 4 + warp;
+  if (t >= p.num_tokens) return;
+  route_token(p, t, lane, route_smem + warp * p.num_experts);
 }
 
 __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {
@@ -126,8 +134,9 @@ __global__ void moe_scatter_kernel(int64_t pairs, int E, int K, const int* ids, 
 // three kernels. Writes the same workspace (counts, offsets, tile_start, row_token, pair_row;
 // cursor ends equal to counts, as after the scatter).
 constexpr int kSmallPermute = 4096;
-__global__ void __launch_bounds__(1024) moe_permute_small_kernel(int pairs, int E, int K, int block_m,
-                                                                 const int* ids, MoePermuteView v) {
+// The body, for a 1024-thread CTA (also the tail of the fused decode routing kernel).
+__device__ __forceinline__ void permute_small(int pairs, int E, int K, int block_m, const int* ids,
+                                              MoePermuteView v) {
   __shared__ int cnt[1024], a[1024], b[1024], cur[1024];
   const int e = threadIdx.x;
   cnt[e] = 0;
@@ -169,6 +178,73 @@ __global__ void __launch_bounds__(1024) moe_permute_small_kernel(int pairs, int 
     v.row_token[row] = i / K;
     v.pair_row[i] = row;
   }
+}
+
+__global__ void __launch_bounds__(1024) moe_permute_small_kernel(int pairs, int E, int K, int block_m,
+                                                                 const int* ids, MoePermuteView v) {
+  permute_small(pairs, E, K, block_m, ids, v);
+}
+
+// Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
+// one launch. CTA c computes the logits of experts 4c..4c+3 for every token (8 warps per
+// expert split k; fp32 router and input, partial sums added in a fixed order), publishes them
+// and takes a ticket; the CTA with the last ticket routes every token (a warp per token, as
+// moe_route_kernel) and permutes (permute_small), then resets the ticket for the next launch.
+constexpr int kRouteDecodeMaxTokens = 8;
+constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
+__global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
+                                                                MoePermuteView v) {
+  extern __shared__ float sel_smem[];  // [T][E] selection scores of the routing CTA
+  __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
+  __shared__ bool last;
+  const MoeRouteParams& r = p.route;
+  const int T = r.num_tokens, E = r.num_experts, H = p.hidden;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert;
+  const int e = blockIdx.x * kRouteExpertsPerCta + ew;
+  float acc[kRouteDecodeMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
+  if (e < E) {
+    const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e) * H);
+    for (int k4 = wk * 32 + lane; k4 < H / 4; k4 += 32 * kRouteWarpsPerExpert) {
+      const float4 wv = __ldg(w + k4);
+#pragma unroll
+      for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
+        if (t >= T) break;
+        const float4 xv = __ldg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
+        acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+    if (lane == 0) part[ew][wk][t] = acc[t];
+  }
+  __syncthreads();
+  if (threadIdx.x < kRouteExpertsPerCta * kRouteDecodeMaxTokens) {
+    const int ee = threadIdx.x / kRouteDecodeMaxTokens, t = threadIdx.x % kRouteDecodeMaxTokens;
+    const int eg = blockIdx.x * kRouteExpertsPerCta + ee;
+    if (eg < E && t < T) {
+      float sum = 0.f;
+      for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[ee][j][t];
+      const_cast<float*>(r.logits)[int64_t(t) * E + eg] = sum;  // this launch produces them
+    }
+  }
+  __threadfence();  // the logits reach L2 before the ticket
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(p.ticket, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (warp < T) route_token(r, warp, lane, sel_smem + warp * E);
+  __syncthreads();  // expert ids written by this CTA: visible to its threads
+  const int stride = r.top_k + (r.shared_expert >= 0);
+  const int El = r.local_experts ? r.local_experts : E;
+  permute_small(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, r.expert_ids, v);
+  if (threadIdx.x == 0) *p.ticket = 0;
 }
 
 constexpr int kBN = 64, kBK = 32, kPad = 8;

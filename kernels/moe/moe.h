@@ -54,6 +54,23 @@ struct MoeRouteParams {
 };
 void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 
+// Decode steps (num_tokens <= moe_route_decode_max_tokens()): the router logits (fp32 x · fp32
+// routerᵀ, written to route.logits), run_moe_route and run_moe_permute in one launch, with the
+// same outputs. ticket: one int of device memory, zero before the first launch (each launch
+// leaves it zero).
+struct MoeRouteDecodeParams {
+  MoeRouteParams route;          // logits: written here, then read back by the routing
+  const float* x = nullptr;      // [T, hidden] normed input, fp32
+  const float* router = nullptr; // [E, hidden] fp32
+  int hidden = 0;                // multiple of 4
+  int block_m = 16;              // of the grouped GEMMs that follow
+  int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
+  int* ticket = nullptr;
+};
+// Most tokens the fused launch takes for E experts (its shared memory holds T·E scores).
+int moe_route_decode_max_tokens(int num_experts);
+void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
+
 // Device workspace of the permutation for up to max_rows = T·K rows and E experts (ints):
 //   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R].
 size_t moe_permute_workspace_ints(int num_experts, int64_t max_rows);

@@ -270,21 +270,6 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   const ExpertRange mine = local_experts(m.full_cfg, m.tp.rank, m.tp.world, m.tp.expert_parallel);
   const int El = mine.count;
   auto& A = m.act;
-  {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)
-    GemmArgs ga;
-    ga.M = T;
-    ga.N = E;
-    ga.K = hid;
-    ga.A = reinterpret_cast<const bf16*>(A.hf);
-    ga.lda = hid;
-    ga.B = reinterpret_cast<const bf16*>(w.router);
-    ga.ldb = hid;
-    ga.C = A.router_logits;
-    ga.ldc = E;
-    ga.out = GemmOut::kF32;
-    ga.in_f32 = true;
-    m.gemm->run(ga, m.stream);
-  }
   // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
   const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
   cuda::MoeGemmParams gp;
@@ -316,15 +301,43 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
     rp.expert_first = mine.first;
     rp.local_experts = El;
   }
-  cuda::run_moe_route(rp, m.stream);
-  cuda::MoePermuteParams pp;
-  pp.num_tokens = T;
-  pp.num_experts = Ek;
-  pp.top_k = Kk;
-  pp.block_m = block_m;
-  pp.expert_ids = A.route_ids;
-  pp.workspace = A.perm_ws;
-  cuda::run_moe_permute(pp, m.stream);
+  if (block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E) && hid % 4 == 0) {
+    // Decode: router logits, routing and permutation in one launch.
+    cuda::MoeRouteDecodeParams dp;
+    dp.route = rp;
+    dp.x = A.hf;
+    dp.router = w.router;
+    dp.hidden = hid;
+    dp.block_m = block_m;
+    dp.workspace = A.perm_ws;
+    dp.ticket = A.route_ticket;
+    cuda::run_moe_route_decode(dp, m.stream);
+  } else {
+    {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)
+      GemmArgs ga;
+      ga.M = T;
+      ga.N = E;
+      ga.K = hid;
+      ga.A = reinterpret_cast<const bf16*>(A.hf);
+      ga.lda = hid;
+      ga.B = reinterpret_cast<const bf16*>(w.router);
+      ga.ldb = hid;
+      ga.C = A.router_logits;
+      ga.ldc = E;
+      ga.out = GemmOut::kF32;
+      ga.in_f32 = true;
+      m.gemm->run(ga, m.stream);
+    }
+    cuda::run_moe_route(rp, m.stream);
+    cuda::MoePermuteParams pp;
+    pp.num_tokens = T;
+    pp.num_experts = Ek;
+    pp.top_k = Kk;
+    pp.block_m = block_m;
+    pp.expert_ids = A.route_ids;
+    pp.workspace = A.perm_ws;
+    cuda::run_moe_permute(pp, m.stream);
+  }
   gp.workspace = A.perm_ws;
   gp.x = A.a;
   gp.w13 = w.w13;

@@ -341,6 +341,110 @@ TEST(MoeGpu, PermuteInvariantsOnBothPaths) {
 #endif
 }
 
+// The fused decode routing (router logits + routing + permutation in one launch) against the
+// CPU: logits within fp32 summation-order error, the same experts (local ids under expert
+// parallelism, the shared expert appended), weights within 1e-5, and the permutation workspace
+// of those ids (counts, offsets, tile starts exact; every kept pair in its expert's rows once).
+TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(77);
+  struct Case {
+    int T, E, K, H;
+    bool shared;
+    int first, local;  // expert parallelism (local 0: off)
+  };
+  for (const Case& c : {Case{1, 256, 8, 2304, true, 0, 0}, Case{8, 256, 8, 2304, false, 0, 0},
+                        Case{3, 20, 3, 64, true, 0, 0}, Case{5, 256, 8, 2304, false, 128, 128},
+                        Case{2, 16, 4, 136, true, 4, 4}}) {
+    const std::string what = str("T", c.T, " E", c.E, " K", c.K, " H", c.H, c.shared ? " shared" : "",
+                                 " local ", c.first, "+", c.local);
+    ASSERT_LE(c.T, cuda::moe_route_decode_max_tokens(c.E)) << what;
+    auto x = random_f32(rng, size_t(c.T) * c.H, -1.f, 1.f);
+    auto router = random_f32(rng, size_t(c.E) * c.H, -0.1f, 0.1f);
+    auto bias = random_f32(rng, c.E, -0.3f, 0.3f);
+    std::vector<float> logits(size_t(c.T) * c.E);
+    for (int t = 0; t < c.T; ++t)
+      for (int e = 0; e < c.E; ++e) {
+        double acc = 0;
+        for (int k = 0; k < c.H; ++k) acc += double(x[size_t(t) * c.H + k]) * router[size_t(e) * c.H + k];
+        logits[size_t(t) * c.E + e] = float(acc);
+      }
+    std::vector<int> ids(size_t(c.T) * c.K);
+    std::vector<float> w(ids.size());
+    cpu::MoeRouteParams cp;
+    cp.num_tokens = c.T, cp.num_experts = c.E, cp.top_k = c.K, cp.renormalize = true, cp.scaling = 2.446f;
+    cp.logits = logits.data(), cp.correction_bias = bias.data(), cp.expert_ids = ids.data(), cp.weights = w.data();
+    cpu::moe_route(cp);
+    const int El = c.local ? c.local : c.E, Ek = El + c.shared, stride = c.K + c.shared;
+    const int64_t R = int64_t(c.T) * stride;
+    GuardedBuffer<float> dx(x.size()), dr(router.size()), db(c.E), dl(logits.size()), dw(R);
+    GuardedBuffer<int> di(R), dws(cuda::moe_permute_workspace_ints(Ek, R)), dticket(1);
+    dx.upload(x);
+    dr.upload(router);
+    db.upload(bias);
+    dl.poison();
+    dw.poison();
+    di.poison();
+    dws.poison();
+    dticket.upload(std::vector<int>{0});
+    cuda::MoeRouteDecodeParams p;
+    p.route.num_tokens = c.T, p.route.num_experts = c.E, p.route.top_k = c.K;
+    p.route.renormalize = true, p.route.scaling = 2.446f;
+    p.route.logits = dl.data(), p.route.correction_bias = db.data();
+    p.route.expert_ids = di.data(), p.route.weights = dw.data();
+    p.route.shared_expert = c.shared ? El : -1;
+    p.route.expert_first = c.first, p.route.local_experts = c.local;
+    p.x = dx.data(), p.router = dr.data(), p.hidden = c.H, p.block_m = 16;
+    p.workspace = dws.data(), p.ticket = dticket.data();
+    for (int rep = 0; rep < 2; ++rep) {  // the ticket resets itself: a second launch works too
+      cuda::run_moe_route_decode(p, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    const auto gl = dl.to_host();
+    expect_close(str("fused logits ", what), gl.data(), logits.data(), logits.size(), 1e-5, 1e-4);
+    const auto gi = di.to_host();
+    const auto gw = dw.to_host();
+    for (int t = 0; t < c.T; ++t) {
+      for (int k = 0; k < c.K; ++k) {
+        const int e = ids[size_t(t) * c.K + k];
+        const int want = c.local == 0 ? e : (e >= c.first && e < c.first + c.local ? e - c.first : -1);
+        ASSERT_EQ(gi[size_t(t) * stride + k], want) << what << " t " << t << " k " << k;
+        ASSERT_NEAR(gw[size_t(t) * stride + k], w[size_t(t) * c.K + k], 1e-5f) << what << " t " << t;
+      }
+      if (c.shared) {
+        ASSERT_EQ(gi[size_t(t) * stride + c.K], El) << what;
+        ASSERT_EQ(gw[size_t(t) * stride + c.K], 1.f) << what;
+      }
+    }
+    EXPECT_EQ(dticket.to_host()[0], 0) << what;
+    EXPECT_TRUE(dl.guards_intact() && dw.guards_intact() && di.guards_intact() && dws.guards_intact()) << what;
+    std::vector<int> ws = dws.to_host();
+    const cuda::MoePermuteView v = cuda::moe_permute_view(ws.data(), Ek, R);
+    std::vector<int> count(size_t(Ek), 0);
+    for (int e : gi)
+      if (e >= 0) ++count[size_t(e)];
+    for (int e = 0; e < Ek; ++e) {
+      ASSERT_EQ(v.counts[e], count[size_t(e)]) << what << " expert " << e;
+      ASSERT_EQ(v.offsets[e + 1] - v.offsets[e], count[size_t(e)]) << what << " expert " << e;
+      ASSERT_EQ(v.tile_start[e + 1] - v.tile_start[e], (count[size_t(e)] + 15) / 16) << what;
+    }
+    std::vector<int> seen(size_t(v.offsets[Ek]), 0);
+    for (int64_t i = 0; i < R; ++i) {
+      const int e = gi[size_t(i)], row = v.pair_row[i];
+      if (e < 0) {
+        ASSERT_EQ(row, -1) << what << " pair " << i;
+        continue;
+      }
+      ASSERT_TRUE(row >= v.offsets[e] && row < v.offsets[e + 1]) << what << " pair " << i;
+      ASSERT_EQ(v.row_token[row], int(i / stride)) << what << " pair " << i;
+      ++seen[size_t(row)];
+    }
+    for (size_t r = 0; r < seen.size(); ++r) ASSERT_EQ(seen[r], 1) << what << " row " << r;
+  }
+#endif
+}
+
 TEST(MoeGpu, PathChoice) {
 #if KIMI_HAVE_CUDA
   cuda::MoeGemmParams p;
