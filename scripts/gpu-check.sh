@@ -6,6 +6,8 @@
 # Eight files land in OUTDIR (the device tool brings back at most 8): machine.txt, build.log,
 # tests.log, bench_kda.log (+ the FLA peer and bench_mla), bench_other.log, bench_tp.log (2+ GPUs),
 # kernels.log (per-kernel times of decode steps, where ncu exists), summary.txt.
+# KIMI_SKIP_PEER=1 skips the FLA peer, KIMI_SKIP_NCU=1 the ncu profile, KIMI_SKIP_LONG=1 the
+# long-context runs.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -77,7 +79,7 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   # Kernel times of graph-replayed decode steps (ncu replays each kernel node of the captured
   # range: bench_cuda_model marks it with cudaProfilerStart/Stop), summed per kernel by
   # scripts/kernel_times.py; their sum against the step time is the launch-gap overhead.
-  if command -v ncu >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model ]]; then
+  if command -v ncu >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model && -z ${KIMI_SKIP_NCU:-} ]]; then
     step ncu_decode "$OUT/kernels.log" timeout 400 ncu --profile-from-start off --graph-profiling node \
       --metrics gpu__time_duration.sum --csv --log-file /tmp/kimi-ncu.csv \
       "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
