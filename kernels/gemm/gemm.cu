@@ -4,7 +4,10 @@
 
 #include <cublasLt.h>
 
+#include <cstdio>
+
 #include "common.h"
+#include "gemm/gemv.h"
 
 namespace kimi::cuda {
 
@@ -20,6 +23,11 @@ struct Gemm::Plan {
 };
 
 namespace {
+
+// Split-k scratch of the small-M kernels: enough partials for 4 CTAs per SM of 132-SM cards
+// with two n tiles (run_gemv splits less when a bigger card would need more).
+constexpr int64_t kGemvPartialFloats = int64_t(1) << 20;
+constexpr int kGemvCounters = 4096;
 
 // Largest power of two <= 256 dividing the address and every byte step from it.
 int align_class(const void* p, int64_t ld_bytes, int64_t stride_bytes) {
@@ -42,10 +50,17 @@ Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
   CUBLAS_CHECK(cublasLtCreate(&h));
   handle_ = h;
   if (workspace_bytes_) CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
+  const size_t scratch = kGemvPartialFloats * sizeof(float) + kGemvCounters * sizeof(int);
+  CUDA_CHECK(cudaMalloc(&gemv_scratch_, scratch));
+  CUDA_CHECK(cudaMemset(gemv_scratch_, 0, scratch));  // the counters start (and stay) at zero
 }
 
 Gemm::~Gemm() {
   plans_.clear();
+  if (gemv_scratch_) cudaFree(gemv_scratch_);
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
@@ -117,10 +132,39 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
   KIMI_CHECK(!a.in_f32 || a.out == GemmOut::kF32, "gemm: fp32 operands need an fp32 output");
   KIMI_CHECK(a.lda >= a.K && a.ldc >= a.N && a.ldb >= (a.b_kn ? a.N : a.K), "gemm: lda ", a.lda,
              " ldb ", a.ldb, " ldc ", a.ldc, " too small for M ", a.M, " N ", a.N, " K ", a.K);
+  if (path_ != GemmPath::kCublasLt) {
+    const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
+    if (a.M <= max_rows && gemv_supported(a)) {
+      GemvWorkspace ws;
+      ws.partials = static_cast<float*>(gemv_scratch_);
+      ws.partial_floats = kGemvPartialFloats;
+      ws.counters = reinterpret_cast<int*>(ws.partials + kGemvPartialFloats);
+      ws.num_counters = kGemvCounters;
+      ws.num_sms = num_sms_;
+      run_gemv(a, ws, stream);
+      return;
+    }
+    KIMI_CHECK(path_ != GemmPath::kSmallM, "gemm: the small-M kernels cannot run M ", a.M, " N ",
+               a.N, " K ", a.K, " (lda ", a.lda, ", ldb ", a.ldb, ", b_kn ", a.b_kn, ", in_f32 ",
+               a.in_f32, "): more than ", kGemvMaxRows, " rows or not 16-byte aligned");
+    if (a.M <= max_rows && !warned_fallback_) {
+      warned_fallback_ = true;
+      std::fprintf(stderr,
+                   "kimi gemm: M %d N %d K %d (lda %d, ldb %d) is not 16-byte aligned for the "
+                   "small-M kernels; cuBLASLt runs it (said once per Gemm)\n",
+                   a.M, a.N, a.K, a.lda, a.ldb);
+    }
+  }
   Plan& p = plan_for(a);
   CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.desc, &a.alpha, a.B, p.la,
                               a.A, p.lb, &a.beta, a.C, p.lc, a.C, p.lc, &p.algo, workspace_,
                               workspace_bytes_, stream));
+}
+
+bool Gemm::uses_small_m(const GemmArgs& a) const {
+  if (path_ == GemmPath::kCublasLt) return false;
+  const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
+  return a.M >= 1 && a.M <= max_rows && gemv_supported(a);
 }
 
 void Gemm::linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,

@@ -11,6 +11,10 @@
 // (strided batched, e.g. one batch per MLA head).
 // cuBLASLt is column-major: we compute Cᵀ[N, M] = op(B)ᵀ · Aᵀ, i.e. cuBLAS "A" = our B.
 //
+// Small M (decode): a call with M <= kGemmSmallMaxRows whose operands meet 16-byte alignment
+// runs the bandwidth-bound kernels of gemv.h instead of cuBLASLt (which picks poor kernels for
+// a few rows); an unaligned one falls back to cuBLASLt and says so once on stderr.
+//
 // Plans (matmul descriptor, layouts, algorithm from the heuristic) are made once per shape,
 // stride, output type and pointer-alignment class, then reused: after warm-up no call allocates
 // or queries the heuristic. One Gemm per stream; not thread-safe.
@@ -29,6 +33,11 @@ namespace kimi::cuda {
 using bf16 = __nv_bfloat16;
 
 enum class GemmOut { kBF16, kF32 };
+
+// kAuto: the small-M kernels for M <= kGemmSmallMaxRows when the operands allow, else cuBLASLt.
+// kCublasLt / kSmallM force one (benchmarks, tests); kSmallM refuses a call it cannot run.
+enum class GemmPath { kAuto, kCublasLt, kSmallM };
+inline constexpr int kGemmSmallMaxRows = 16;
 
 struct GemmArgs {
   int M = 0, N = 0, K = 0;
@@ -62,6 +71,10 @@ class Gemm {
   void linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
               cudaStream_t stream, float beta = 0.f);
   size_t num_plans() const { return plans_.size(); }
+  void set_path(GemmPath p) { path_ = p; }
+  GemmPath path() const { return path_; }
+  // Whether run(a) would take the small-M kernels (same rule run uses).
+  bool uses_small_m(const GemmArgs& a) const;
 
  private:
   struct Plan;
@@ -72,6 +85,10 @@ class Gemm {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  GemmPath path_ = GemmPath::kAuto;
+  void* gemv_scratch_ = nullptr;  // split-k partials, then arrival counters (gemv.h)
+  int num_sms_ = 0;
+  bool warned_fallback_ = false;
 };
 
 }  // namespace kimi::cuda

@@ -1,0 +1,46 @@
+// Small-M dense GEMM (M ≤ kGemvMaxRows rows: batch-1..16 decode), bandwidth-bound: the weights
+// stream once from DRAM, so time ≈ weight bytes / copy bandwidth. Gemm::run sends a call here when
+// gemv_supported() says the kernels take it; same semantics as GemmArgs (gemm.h).
+//
+// Three kernels (gemv.cuh):
+//   B [N, K] bf16 : mma.sync with the weights as A (gemm/stream_mma.cuh), k split over the CTA's
+//                   8 warps and, when the row tiles do not fill the card, over `splits` CTAs
+//                   whose fp32 partials the last-arriving CTA sums in split order.
+//   B [K, N] bf16 : (b_kn, the MLA absorption) plain FMA, a thread owns 8 adjacent columns.
+//   fp32 A and B  : (in_f32, the MoE router) plain fp32 FMA, a warp per (row, k quarter).
+// Every reduction runs in a fixed order: results do not depend on timing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gemm/gemm.h"
+
+namespace kimi::cuda {
+
+inline constexpr int kGemvMaxRows = 16;
+
+// Split-k scratch owned by the caller (Gemm): fp32 partials and per-tile arrival counters,
+// the counters zero before the first call (each call leaves them zero).
+struct GemvWorkspace {
+  float* partials = nullptr;
+  int64_t partial_floats = 0;
+  int* counters = nullptr;
+  int num_counters = 0;
+  int num_sms = 0;  // of the device, queried once by the owner
+};
+
+// Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, and the operands meet the 16-byte
+// alignment of the kernel's vector loads (K, leading dimensions and batch strides in whole
+// 16-byte pieces; b_kn: N too). Pure function of the arguments, no device query.
+bool gemv_supported(const GemmArgs& a);
+
+// Launches the kernel for `a` (gemv_supported(a) must hold). Graph-capturable: no allocation,
+// no synchronisation, no device query.
+void run_gemv(const GemmArgs& a, const GemvWorkspace& ws, cudaStream_t stream);
+
+// The k splits run_gemv would use for the B [N, K] bf16 kernel (1 for the other two).
+int gemv_splits(const GemmArgs& a, int num_sms);
+
+}  // namespace kimi::cuda
