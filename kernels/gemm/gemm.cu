@@ -141,6 +141,7 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
       ws.counters = reinterpret_cast<int*>(ws.partials + kGemvPartialFloats);
       ws.num_counters = kGemvCounters;
       ws.num_sms = num_sms_;
+      ws.force_splits = small_m_splits_;
       run_gemv(a, ws, stream);
       return;
     }

@@ -73,6 +73,8 @@ class Gemm {
   size_t num_plans() const { return plans_.size(); }
   void set_path(GemmPath p) { path_ = p; }
   GemmPath path() const { return path_; }
+  // k splits of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
+  void set_small_m_splits(int s) { small_m_splits_ = s; }
   // Whether run(a) would take the small-M kernels (same rule run uses).
   bool uses_small_m(const GemmArgs& a) const;
 
@@ -88,6 +90,7 @@ class Gemm {
   GemmPath path_ = GemmPath::kAuto;
   void* gemv_scratch_ = nullptr;  // split-k partials, then arrival counters (gemv.h)
   int num_sms_ = 0;
+  int small_m_splits_ = 0;
   bool warned_fallback_ = false;
 };
 

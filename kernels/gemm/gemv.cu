@@ -88,7 +88,9 @@ void run_gemv(const GemmArgs& a, const GemvWorkspace& ws, cudaStream_t stream) {
       launch_kn<false>(a, stream);
     return;
   }
-  int splits = gemv_splits(a, ws.num_sms);
+  const int chunks = ceil_div(a.K, kGvChunk);
+  int splits = ws.force_splits > 0 ? ceil_div(chunks, ceil_div(chunks, std::min(ws.force_splits, chunks)))
+                                   : gemv_splits(a, ws.num_sms);
   const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
   const int64_t items = 2 * (a.M > 8 ? 2 : 1) * 4 * 32;
   if (splits > 1 && (tiles > ws.num_counters || tiles * splits * items > ws.partial_floats))

@@ -28,7 +28,8 @@ struct GemvWorkspace {
   int64_t partial_floats = 0;
   int* counters = nullptr;
   int num_counters = 0;
-  int num_sms = 0;  // of the device, queried once by the owner
+  int num_sms = 0;     // of the device, queried once by the owner
+  int force_splits = 0;  // > 0: this k split count instead of gemv_splits() (benchmarks)
 };
 
 // Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, and the operands meet the 16-byte
