@@ -6,6 +6,8 @@
 //   outputs are compared (the op tests check each against the CPU).
 //   "per step": Σ calls per decode step × time, from these isolated timings (an estimate: in the
 //   model, neighbouring kernels overlap launch tails and share L2).
+//   "no PDL": the small-M kernels launched without programmatic dependent launch (each call
+//   waits for the previous one to finish before its weight prologue starts).
 //   --splits: also sweeps the k split count of the mma kernel for the small-N shapes at M = 1.
 // Usage: bench_gemv [--quick] [--splits]
 #include <algorithm>
@@ -154,19 +156,27 @@ double time_calls(kimi::cuda::Gemm& gemm, const Operands& o, int M, bool ours, i
 }
 
 void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
-  kimi::cuda::Gemm ours, cublas;
-  ours.set_path(GemmPath::kSmallM);  // M = 16 too, whatever the kAuto threshold
+  // "ours": the small-M kernels wherever they can run (M = 16 too, above the kAuto threshold),
+  // else what kAuto does (cuBLASLt); the path column says which ran.
+  kimi::cuda::Gemm small, small_plain, automatic, cublas;
+  small.set_path(GemmPath::kSmallM);
+  small_plain.set_path(GemmPath::kSmallM);
+  small_plain.set_small_m_pdl(false);
   cublas.set_path(GemmPath::kCublasLt);
   const int groups = quick ? 7 : 15;
   const std::vector<int> Ms = {1, 2, 4, 8, 16};
-  std::printf("\n%-15s %6s %6s %8s %3s %6s %9s %9s %7s %7s %7s %8s\n", "shape", "N", "K", "MB", "M",
-              "splits", "ours us", "cuBLASLt", "speedup", "% copy", "cuBL %", "rel diff");
+  std::printf("\n%-15s %6s %6s %8s %3s %8s %6s %8s %8s %8s %7s %7s %7s %8s\n", "shape", "N", "K",
+              "MB", "M", "path", "splits", "ours us", "no PDL", "cuBLASLt", "speedup", "% copy",
+              "cuBL %", "rel diff");
   std::vector<double> step_ours(Ms.size()), step_cublas(Ms.size());
   for (const Shape& s : model_shapes()) {
     Operands o(s, Ms.back());
     for (size_t mi = 0; mi < Ms.size(); ++mi) {
       const int M = Ms[mi];
+      const bool is_small = small.uses_small_m(o.args(M, 0, true));
+      kimi::cuda::Gemm& ours = is_small ? small : automatic;
       const double t_ours = time_calls(ours, o, M, true, groups, st);
+      const double t_plain = is_small ? time_calls(small_plain, o, M, true, groups, st) : t_ours;
       const double t_cub = time_calls(cublas, o, M, false, groups, st);
       ours.run(o.args(M, 0, true), st);
       cublas.run(o.args(M, 0, false), st);
@@ -174,18 +184,20 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
       const double diff = out_diff(o, M);
       const double gbs = o.w_bytes / (t_ours * 1e-3) / 1e9, gbs_c = o.w_bytes / (t_cub * 1e-3) / 1e9;
       const GemmArgs a = o.args(M, 0, true);
-      const int splits = s.b_kn || s.in_f32 ? 1 : kimi::cuda::gemv_splits(a, sms);
-      std::printf("%-15s %6d %6d %8.2f %3d %6d %9.2f %9.2f %6.2fx %6.1f%% %6.1f%% %8.1e%s\n",
-                  s.name, s.N, s.K, o.w_bytes / 1e6, M, splits, t_ours * 1e3, t_cub * 1e3,
+      const int splits = is_small ? kimi::cuda::gemv_splits(a, sms) : 0;
+      std::printf("%-15s %6d %6d %8.2f %3d %8s %6d %8.2f %8.2f %8.2f %6.2fx %6.1f%% %6.1f%% %8.1e%s\n",
+                  s.name, s.N, s.K, o.w_bytes / 1e6, M, is_small ? "small-M" : "cuBLASLt", splits,
+                  t_ours * 1e3, t_plain * 1e3, t_cub * 1e3,
                   t_cub / t_ours, 100 * gbs / ceiling, 100 * gbs_c / ceiling, diff,
                   diff < (s.out == GemmOut::kF32 ? 1e-4 : 8e-3) ? "" : "  ** MISMATCH **");
-      step_ours[mi] += s.per_step * t_ours;
+      step_ours[mi] += s.per_step * (M <= kimi::cuda::kGemmSmallMaxRows ? t_ours : t_cub);
       step_cublas[mi] += s.per_step * t_cub;
     }
   }
-  std::printf("\nper decode step (Σ calls × isolated time, 48B model, shared expert fused):\n");
+  std::printf("\nper decode step (Σ calls × isolated time, 48B model, shared expert fused; "
+              "kAuto = small-M up to M %d, then cuBLASLt):\n", kimi::cuda::kGemmSmallMaxRows);
   for (size_t mi = 0; mi < Ms.size(); ++mi)
-    std::printf("  M %2d: small-M %7.1f us, cuBLASLt %7.1f us (%.2fx)\n", Ms[mi],
+    std::printf("  M %2d: kAuto %7.1f us, cuBLASLt %7.1f us (%.2fx)\n", Ms[mi],
                 step_ours[mi] * 1e3, step_cublas[mi] * 1e3, step_cublas[mi] / step_ours[mi]);
 }
 

@@ -142,6 +142,7 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
       ws.num_counters = kGemvCounters;
       ws.num_sms = num_sms_;
       ws.force_splits = small_m_splits_;
+      ws.pdl = small_m_pdl_;
       run_gemv(a, ws, stream);
       return;
     }

@@ -17,6 +17,22 @@ bool aligned16(const void* p, int64_t ld, int64_t stride, int elem) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % per == 0 && stride % per == 0;
 }
 
+// Launches kernel with 256 threads, as a programmatic dependent launch when pdl (the kernels
+// wait for the previous grid before touching anything it may write).
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, bool pdl, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kGvThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
 // Per n tile count of 8 input rows: one mma n tile up to 8 rows, else two. U: chunks in flight
 // per warp (three with two n tiles, to stay within the 128 registers of 2 CTAs per SM).
 template <bool OUT_F32>
@@ -24,27 +40,13 @@ void launch_mma(const GemmArgs& a, int splits, const GemvWorkspace& ws, cudaStre
   const int chunks = ceil_div(a.K, kGvChunk);
   const int split_chunks = ceil_div(chunks, splits);
   const dim3 grid(ceil_div(a.N, kGvTileCols), a.batch, splits);
+  const bool pdl = ws.pdl && stream != nullptr;
   if (a.M <= 8)
-    gemv_mma_kernel<1, 4, OUT_F32>
-        <<<grid, kGvThreads, 0, stream>>>(a, split_chunks, ws.partials, ws.counters);
+    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, pdl, stream, a, split_chunks, ws.partials,
+           ws.counters);
   else
-    gemv_mma_kernel<2, 3, OUT_F32>
-        <<<grid, kGvThreads, 0, stream>>>(a, split_chunks, ws.partials, ws.counters);
-  KIMI_CHECK_LAUNCH();
-}
-
-template <bool OUT_F32>
-void launch_kn(GemmArgs a, cudaStream_t stream) {
-  const dim3 grid(ceil_div(a.N, kKnCols), a.batch);
-  const int M = a.M, osz = OUT_F32 ? 4 : 2;
-  for (int m0 = 0; m0 < M; m0 += kKnMaxRows) {  // weights of the second pass come from L2
-    GemmArgs part = a;
-    part.M = std::min(kKnMaxRows, M - m0);
-    part.A = a.A + int64_t(m0) * a.lda;
-    part.C = static_cast<char*>(a.C) + int64_t(m0) * a.ldc * osz;
-    gemv_kn_kernel<4, OUT_F32><<<grid, kGvThreads, 0, stream>>>(part);
-    KIMI_CHECK_LAUNCH();
-  }
+    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, pdl, stream, a, split_chunks, ws.partials,
+           ws.counters);
 }
 
 }  // namespace
@@ -55,21 +57,22 @@ bool gemv_supported(const GemmArgs& a) {
     return !a.b_kn && a.out == GemmOut::kF32 && a.K % 4 == 0 &&
            aligned16(a.A, a.lda, a.batch > 1 ? a.stride_a : 0, 4) &&
            aligned16(a.B, a.ldb, a.batch > 1 ? a.stride_b : 0, 4);
-  if (a.b_kn)  // A is read element by element: no alignment needed
-    return a.N % 8 == 0 && aligned16(a.B, a.ldb, a.batch > 1 ? a.stride_b : 0, 2);
+  if (a.b_kn) return false;  // cuBLASLt was as fast or faster for the one such call (q_abs)
   return a.K % 8 == 0 && aligned16(a.A, a.lda, a.batch > 1 ? a.stride_a : 0, 2) &&
          aligned16(a.B, a.ldb, a.batch > 1 ? a.stride_b : 0, 2);
 }
 
 int gemv_splits(const GemmArgs& a, int num_sms) {
   if (a.b_kn || a.in_f32) return 1;
+  // Measured on H200 (bench_gemv --splits): a split pays only where a warp would otherwise issue
+  // more than one batch of U chunks, and only while every CTA stays resident at once (2 per SM);
+  // each split costs ~1.3 us of arrival counting and partial sums, so keep >= 2 chunks per warp.
   const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
-  const int64_t target = 2 * int64_t(std::max(num_sms, 1));  // resident CTAs: 2 per SM
-  if (tiles >= target) return 1;
-  // Enough CTAs to fill the card, but at least one chunk per warp of each CTA.
   const int chunks = ceil_div(a.K, kGvChunk);
-  const int want = int(std::min<int64_t>((target + tiles - 1) / tiles, 64));
-  const int s = std::max(1, std::min(want, chunks / kGvWarps));
+  const int64_t resident = 2 * int64_t(std::max(num_sms, 1));
+  if (chunks <= kGvWarps * 4 || tiles * 2 > resident) return 1;
+  const int want = int(std::min<int64_t>(resident / tiles, 64));
+  const int s = std::max(1, std::min(want, chunks / (2 * kGvWarps)));
   return ceil_div(chunks, ceil_div(chunks, s));  // no empty split
 }
 
@@ -77,15 +80,7 @@ void run_gemv(const GemmArgs& a, const GemvWorkspace& ws, cudaStream_t stream) {
   KIMI_CHECK(gemv_supported(a), "gemv: unsupported call M ", a.M, " N ", a.N, " K ", a.K);
   const bool f32 = a.out == GemmOut::kF32;
   if (a.in_f32) {
-    gemv_f32_kernel<4><<<dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), kGvThreads, 0, stream>>>(a);
-    KIMI_CHECK_LAUNCH();
-    return;
-  }
-  if (a.b_kn) {
-    if (f32)
-      launch_kn<true>(a, stream);
-    else
-      launch_kn<false>(a, stream);
+    launch(gemv_f32_kernel<4>, dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), false, stream, a);
     return;
   }
   const int chunks = ceil_div(a.K, kGvChunk);

@@ -10,9 +10,9 @@
 //   CTA). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 every
 //   CTA writes its sums to partials[tile][split][item]; the last CTA of a tile to arrive (atomic
 //   counter) adds the splits in split order, writes C and re-arms the counter.
-// gemv_kn_kernel (B [K, N] bf16, ≤ 8 rows per launch): grid (ceil(N / 128), batch), 256 threads:
-//   thread = 8 adjacent columns (one 16-byte piece of a B row) × k group tid / 16 (k ≡ group
-//   mod 16); input values are warp-uniform loads; the 16 groups add in group order.
+//   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
+//   before griddepcontrol.wait, so it streams while the previous kernel drains; x, C and the
+//   split scratch only after it.
 // gemv_f32_kernel (in_f32): grid (ceil(N / 2), batch), 256 threads: warp w = weight row w / 4 of
 //   the CTA × k quarter w % 4 (16-byte pieces p ≡ lane + 32 · quarter mod 128); true fp32 FMA;
 //   lanes reduce by xor butterfly, quarters add in order.
@@ -28,29 +28,52 @@
 namespace kimi::cuda {
 
 constexpr int kGvTileCols = 32;    // output columns per CTA of the mma kernel
-constexpr int kKnCols = 128;       // output columns per CTA of the b_kn kernel
-constexpr int kKnGroups = kGvThreads / (kKnCols / 8);
-constexpr int kKnMaxRows = 8;      // rows per b_kn launch
 constexpr int kF32RowsPerCta = 2;  // weight rows per CTA of the fp32 kernel
 constexpr int kF32Quarters = kGvWarps / kF32RowsPerCta;
 
-// c = alpha · s + beta · c for one output element (c read only when beta ≠ 0).
+// c = alpha · s + beta · c for one output element (c read only when beta ≠ 0, from L2: see
+// gv_load_inputs).
 template <bool OUT_F32>
 __device__ __forceinline__ void gv_store(const GemmArgs& a, int b, int m, int n, float s) {
   const int64_t off = int64_t(b) * a.stride_c + int64_t(m) * a.ldc + n;
   float v = a.alpha * s;
   if constexpr (OUT_F32) {
     float* c = static_cast<float*>(a.C) + off;
-    if (a.beta != 0.f) v = fmaf(a.beta, *c, v);
+    if (a.beta != 0.f) v = fmaf(a.beta, __ldcg(c), v);
     *c = v;
   } else {
     bf16* c = static_cast<bf16*>(a.C) + off;
-    if (a.beta != 0.f) v = fmaf(a.beta, __bfloat162float(*c), v);
+    if (a.beta != 0.f) v = fmaf(a.beta, __bfloat162float(__ldcg(c)), v);
     *c = __float2bfloat16(v);
   }
 }
 
-// Weights of U chunks (stream_mma.cuh) and the input pieces of the same k: [u][n tile].
+// Programmatic dependent launch: wait until the previous kernel of the stream has completed and
+// its writes are visible (a no-op when launched without the attribute); let the next kernel's
+// CTAs start (they wait the same way before reading what this one writes).
+__device__ __forceinline__ void gv_wait_prior_grid() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+__device__ __forceinline__ void gv_allow_next_grid() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+// The input pieces of U chunks (same k as gv_load_weights): [u][n tile]. From L2 (.cg): the
+// previous kernel wrote them while this grid was already resident, so no non-coherent or L1
+// path may see them.
+template <int U, int NT>
+__device__ __forceinline__ void gv_load_inputs(uint4 (&xv)[U][NT], const bf16* const (&xrow)[NT],
+                                               const bool (&xok)[NT], int c0, int k_end, int t) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      xv[u][nt] = xok[nt] && k < k_end ? __ldcg(reinterpret_cast<const uint4*>(xrow[nt] + k))
+                                       : make_uint4(0, 0, 0, 0);
+  }
+}
+
 template <int U, int NT>
 __device__ __forceinline__ void gv_load_chunks(uint4 (&wv)[U][2][2], uint4 (&xv)[U][NT],
                                                const bf16* const (&wrow)[2][2],
@@ -58,14 +81,7 @@ __device__ __forceinline__ void gv_load_chunks(uint4 (&wv)[U][2][2], uint4 (&xv)
                                                const bf16* const (&xrow)[NT], const bool (&xok)[NT],
                                                int c0, int k_end, int t) {
   gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-      xv[u][nt] = xok[nt] && k < k_end ? __ldg(reinterpret_cast<const uint4*>(xrow[nt] + k))
-                                       : make_uint4(0, 0, 0, 0);
-  }
+  gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
 }
 
 // NT: n tiles of 8 input rows; U: k chunks per warp in flight.
@@ -115,7 +131,10 @@ __global__ void __launch_bounds__(kGvThreads, 2)
       for (int j = 0; j < 4; ++j) acc[rg][nt][j] = 0.f;
   uint4 wv[U][2][2], xv[U][NT];
   int c0 = c_begin + warp;
-  if (c0 < c_end) gv_load_chunks<U, NT>(wv, xv, wrow, wok, xrow, xok, c0, k_end, t);
+  gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);  // loads nothing past k_end
+  gv_allow_next_grid();
+  gv_wait_prior_grid();
+  gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
   for (; c0 < c_end; c0 += kGvWarps * U) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -174,68 +193,6 @@ __global__ void __launch_bounds__(kGvThreads, 2)
   }
 }
 
-__device__ __forceinline__ float bf16_lo(uint32_t v) {
-  return __uint_as_float(v << 16);
-}
-__device__ __forceinline__ float bf16_hi(uint32_t v) {
-  return __uint_as_float(v & 0xffff0000u);
-}
-
-// B [K, N]; rows m < M ≤ kKnMaxRows of this launch (the launcher offsets A and C per 8 rows).
-template <int U, bool OUT_F32>
-__global__ void __launch_bounds__(kGvThreads) gemv_kn_kernel(GemmArgs a) {
-  __shared__ float red[kKnGroups][kKnCols];
-  const int tid = threadIdx.x, piece = tid % (kKnCols / 8), group = tid / (kKnCols / 8);
-  const int b = blockIdx.y, M = a.M, K = a.K;
-  const int n = blockIdx.x * kKnCols + 8 * piece;
-  const bool nok = n < a.N;  // N % 8 == 0: a piece is wholly inside or outside
-  const bf16* W = a.B + int64_t(b) * a.stride_b + (nok ? n : 0);
-  const bf16* X = a.A + int64_t(b) * a.stride_a;
-
-  float acc[kKnMaxRows][8];
-#pragma unroll
-  for (int m = 0; m < kKnMaxRows; ++m)
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[m][j] = 0.f;
-  for (int k0 = group; k0 < K; k0 += kKnGroups * U) {
-    uint4 wv[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k = k0 + kKnGroups * u;
-      wv[u] = ldg_stream16(W + int64_t(k < K ? k : 0) * a.ldb, nok && k < K);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int k = k0 + kKnGroups * u;
-      if (k >= K) break;
-      const float w[8] = {bf16_lo(wv[u].x), bf16_hi(wv[u].x), bf16_lo(wv[u].y), bf16_hi(wv[u].y),
-                          bf16_lo(wv[u].z), bf16_hi(wv[u].z), bf16_lo(wv[u].w), bf16_hi(wv[u].w)};
-#pragma unroll
-      for (int m = 0; m < kKnMaxRows; ++m) {
-        if (m >= M) break;
-        const float x = __bfloat162float(X[int64_t(m) * a.lda + k]);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[m][j] = fmaf(x, w[j], acc[m][j]);
-      }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < kKnMaxRows; ++m) {
-    if (m >= M) break;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) red[group][8 * piece + j] = acc[m][j];
-    __syncthreads();
-    if (tid < kKnCols) {
-      const int col = blockIdx.x * kKnCols + tid;
-      float s = 0.f;
-#pragma unroll
-      for (int q = 0; q < kKnGroups; ++q) s += red[q][tid];
-      if (col < a.N) gv_store<OUT_F32>(a, b, m, col, s);
-    }
-    __syncthreads();
-  }
-}
-
 // fp32 A and B (B [N, K]), fp32 out, M ≤ kGemvMaxRows.
 template <int U>
 __global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
@@ -253,6 +210,9 @@ __global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
   float acc[kRows];
 #pragma unroll
   for (int m = 0; m < kRows; ++m) acc[m] = 0.f;
+  // Launched plainly (its input loads use the read-only path), but lets a following small-M
+  // launch start early.
+  gv_allow_next_grid();
   if (n < a.N) {
     for (int p0 = quarter * 32 + lane; p0 < pieces; p0 += kStep * U) {
       uint4 wv[U];

@@ -2,12 +2,13 @@
 // stream once from DRAM, so time ≈ weight bytes / copy bandwidth. Gemm::run sends a call here when
 // gemv_supported() says the kernels take it; same semantics as GemmArgs (gemm.h).
 //
-// Three kernels (gemv.cuh):
+// Two kernels (gemv.cuh):
 //   B [N, K] bf16 : mma.sync with the weights as A (gemm/stream_mma.cuh), k split over the CTA's
 //                   8 warps and, when the row tiles do not fill the card, over `splits` CTAs
 //                   whose fp32 partials the last-arriving CTA sums in split order.
-//   B [K, N] bf16 : (b_kn, the MLA absorption) plain FMA, a thread owns 8 adjacent columns.
 //   fp32 A and B  : (in_f32, the MoE router) plain fp32 FMA, a warp per (row, k quarter).
+// B stored [K, N] (b_kn: the MLA q_abs absorption) stays on cuBLASLt: a plain-FMA kernel for it
+// measured slower than cuBLASLt at every M on H200 (4.3 vs 3.9 us at M = 1, 13.5 vs 3.9 at 8).
 // Every reduction runs in a fixed order: results do not depend on timing.
 #pragma once
 
@@ -30,11 +31,14 @@ struct GemvWorkspace {
   int num_counters = 0;
   int num_sms = 0;     // of the device, queried once by the owner
   int force_splits = 0;  // > 0: this k split count instead of gemv_splits() (benchmarks)
+  // Programmatic dependent launch (the kernel's weight prologue overlaps the previous kernel);
+  // never on the legacy default stream, whose implicit synchronisation we keep plain.
+  bool pdl = true;
 };
 
-// Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, and the operands meet the 16-byte
-// alignment of the kernel's vector loads (K, leading dimensions and batch strides in whole
-// 16-byte pieces; b_kn: N too). Pure function of the arguments, no device query.
+// Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, B stored [N, K], and the operands meet
+// the 16-byte alignment of the kernel's vector loads (K, leading dimensions and batch strides in
+// whole 16-byte pieces). Pure function of the arguments, no device query.
 bool gemv_supported(const GemmArgs& a);
 
 // Launches the kernel for `a` (gemv_supported(a) must hold). Graph-capturable: no allocation,

@@ -255,7 +255,7 @@ TEST(GemmGpu, SmallMOddShapesAndFeatures) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   std::mt19937 rng(31);
-  cuda::Gemm gemm;
+  cuda::Gemm gemm, auto_gemm;
   gemm.set_path(cuda::GemmPath::kSmallM);
   int i = 0;
   for (int M : {1, 2, 3, 7, 8, 9, 16})
@@ -271,16 +271,17 @@ TEST(GemmGpu, SmallMOddShapesAndFeatures) {
         check_small_m(gemm, c, rng);
         ++i;
       }
-  // Strided batches with padded strides, B [N, K] and B [K, N] (any K for b_kn), both outputs.
+  // Strided batches with padded strides, both outputs; B [K, N] goes to cuBLASLt (kAuto).
   for (int M : {1, 9, 16})
     for (bool kn : {false, true}) {
       SmallMCase c;
       c.M = M, c.N = kn ? 136 : 33, c.K = kn ? 7 : 136, c.batch = 3, c.b_kn = kn;
       c.lda = 3 * 144, c.sa = 144, c.ldb = kn ? 144 : 136, c.sb = 150 * 144, c.b_off = 8;
       c.ldc = 3 * 160 + 1, c.sc = 160, c.alpha = 0.5f, c.beta = 1.f;
-      check_small_m(gemm, c, rng);
+      cuda::Gemm& g = kn ? auto_gemm : gemm;
+      check_small_m(g, c, rng);
       c.out = cuda::GemmOut::kF32, c.beta = 0.f;
-      check_small_m(gemm, c, rng);
+      check_small_m(g, c, rng);
     }
   for (int M : {1, 3, 8, 16})  // fp32 operands
     for (int N : {1, 7, 257})
@@ -305,13 +306,15 @@ TEST(GemmGpu, SmallMOddShapesAndFeatures) {
   SmallMCase u;
   u.M = 2, u.N = 33, u.K = 12;
   EXPECT_THROW(check_small_m(gemm, u, rng), Error);
-  cuda::Gemm auto_gemm;
   check_small_m(auto_gemm, u, rng);
+  SmallMCase kn;
+  kn.M = 2, kn.N = 64, kn.K = 64, kn.b_kn = true;
+  EXPECT_THROW(check_small_m(gemm, kn, rng), Error);
 #endif
 }
 
-// The model's decode projections through the default path (kAuto must pick the small-M kernels),
-// and one M above the threshold (cuBLASLt).
+// The model's decode projections through the default path (kAuto must pick the small-M kernels
+// for all but q_abs, whose B [K, N] stays on cuBLASLt), and one M above the threshold.
 TEST(GemmGpu, SmallMModelShapes) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -355,7 +358,7 @@ TEST(GemmGpu, SmallMModelShapes) {
       probe.ldc = p.ldc, probe.batch = p.batch, probe.stride_a = p.sa, probe.stride_b = p.sb;
       probe.b_kn = p.b_kn, probe.in_f32 = p.in_f32, probe.out = p.out;
       probe.A = probe.B = reinterpret_cast<const bf16*>(uintptr_t(256));
-      EXPECT_TRUE(gemm.uses_small_m(probe)) << name_of(p);
+      EXPECT_EQ(gemm.uses_small_m(probe), !p.b_kn) << name_of(p);
       check_small_m(gemm, c, rng);
     }
   SmallMCase lm;  // lm_head, 755 MB of weights at full vocabulary: one row
@@ -368,6 +371,73 @@ TEST(GemmGpu, SmallMModelShapes) {
   probe.M = big.M, probe.N = big.N, probe.K = big.K, probe.lda = big.K, probe.ldb = big.K;
   probe.ldc = big.N, probe.A = probe.B = reinterpret_cast<const bf16*>(uintptr_t(256));
   EXPECT_FALSE(gemm.uses_small_m(probe));
+#endif
+}
+
+// Dependent small-M calls back to back on a stream (programmatic dependent launch: each kernel's
+// weight prologue overlaps the previous kernel) and replayed from a CUDA graph must give the
+// bits of the same calls run one at a time on the legacy stream (no overlap).
+TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(33);
+  const int M = 4, H = 2304, R = 256, W = 4096;
+  cuda::DeviceBuffer<bf16> x(size_t(M) * H), w1(size_t(R) * H), w2(size_t(W) * R), w3(size_t(H) * W);
+  cuda::DeviceBuffer<bf16> y1(size_t(M) * R), y2(size_t(M) * W);
+  cuda::DeviceBuffer<float> r(size_t(M) * H);
+  auto up = [&](cuda::DeviceBuffer<bf16>& b, float lo, float hi) {
+    const auto h = random_bf16(rng, b.size(), lo, hi);
+    CUDA_CHECK(cudaMemcpy(b.data(), h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  };
+  up(x, -1.f, 1.f), up(w1, -0.05f, 0.05f), up(w2, -0.1f, 0.1f), up(w3, -0.02f, 0.02f);
+  const auto r0 = random_f32(rng, r.size(), -1.f, 1.f);
+  cuda::Gemm gemm;
+  auto sequence = [&](cudaStream_t st) {
+    gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, st);  // split k
+    gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, st);  // reads y1
+    for (int i = 0; i < 2; ++i)  // split k, accumulating into what the previous call wrote
+      gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, st, 1.f);
+  };
+  auto result = [&]() {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto a = y2.to_host();
+    auto b = r.to_host();
+    std::vector<uint32_t> bits;
+    for (auto v : a) bits.push_back(std::bit_cast<uint16_t>(v));
+    for (float v : b) bits.push_back(std::bit_cast<uint32_t>(v));
+    return bits;
+  };
+  r.upload(r0);
+  for (int i = 0; i < 4; ++i) {  // the legacy stream: no programmatic launch, plain ordering
+    if (i == 0) gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, nullptr);
+    if (i == 1) gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, nullptr);
+    if (i >= 2) gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, nullptr, 1.f);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  const auto serial = result();
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  r.upload(r0);
+  CUDA_CHECK(cudaMemset(y1.data(), 0, y1.size() * 2));
+  CUDA_CHECK(cudaMemset(y2.data(), 0, y2.size() * 2));
+  sequence(st);
+  EXPECT_EQ(result(), serial) << "eager stream";
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  sequence(st);
+  CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 3; ++rep) {
+    r.upload(r0);
+    CUDA_CHECK(cudaMemset(y1.data(), 0, y1.size() * 2));
+    CUDA_CHECK(cudaMemset(y2.data(), 0, y2.size() * 2));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    EXPECT_EQ(result(), serial) << "graph replay " << rep;
+  }
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaStreamDestroy(st));
 #endif
 }
 
