@@ -206,7 +206,7 @@ void bench_splits(int sms, cudaStream_t st) {
   kimi::cuda::Gemm gemm;
   gemm.set_path(GemmPath::kSmallM);
   std::printf("\nk splits (us per call; * = the heuristic's choice)\n%-15s %3s", "shape", "M");
-  const std::vector<int> splits = {1, 2, 3, 4, 6, 9, 16, 32};
+  const std::vector<int> splits = {1, 2, 3, 4, 5, 6, 8};
   for (int s : splits) std::printf(" %8d", s);
   std::printf("\n");
   for (const Shape& s : model_shapes()) {

@@ -24,11 +24,6 @@ struct Gemm::Plan {
 
 namespace {
 
-// Split-k scratch of the small-M kernels: enough partials for 4 CTAs per SM of 132-SM cards
-// with two n tiles (run_gemv splits less when a bigger card would need more).
-constexpr int64_t kGemvPartialFloats = int64_t(1) << 20;
-constexpr int kGemvCounters = 4096;
-
 // Largest power of two <= 256 dividing the address and every byte step from it.
 int align_class(const void* p, int64_t ld_bytes, int64_t stride_bytes) {
   uint64_t v = reinterpret_cast<uintptr_t>(p) | uint64_t(ld_bytes) | uint64_t(stride_bytes) | 256u;
@@ -53,14 +48,10 @@ Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
-  const size_t scratch = kGemvPartialFloats * sizeof(float) + kGemvCounters * sizeof(int);
-  CUDA_CHECK(cudaMalloc(&gemv_scratch_, scratch));
-  CUDA_CHECK(cudaMemset(gemv_scratch_, 0, scratch));  // the counters start (and stay) at zero
 }
 
 Gemm::~Gemm() {
   plans_.clear();
-  if (gemv_scratch_) cudaFree(gemv_scratch_);
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
 }
@@ -135,15 +126,11 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
   if (path_ != GemmPath::kCublasLt) {
     const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
     if (a.M <= max_rows && gemv_supported(a)) {
-      GemvWorkspace ws;
-      ws.partials = static_cast<float*>(gemv_scratch_);
-      ws.partial_floats = kGemvPartialFloats;
-      ws.counters = reinterpret_cast<int*>(ws.partials + kGemvPartialFloats);
-      ws.num_counters = kGemvCounters;
-      ws.num_sms = num_sms_;
-      ws.force_splits = small_m_splits_;
-      ws.pdl = small_m_pdl_;
-      run_gemv(a, ws, stream);
+      GemvOptions opt;
+      opt.num_sms = num_sms_;
+      opt.force_splits = small_m_splits_;
+      opt.pdl = small_m_pdl_;
+      run_gemv(a, opt, stream);
       return;
     }
     KIMI_CHECK(path_ != GemmPath::kSmallM, "gemm: the small-M kernels cannot run M ", a.M, " N ",

@@ -77,7 +77,7 @@ class Gemm {
   size_t num_plans() const { return plans_.size(); }
   void set_path(GemmPath p) { path_ = p; }
   GemmPath path() const { return path_; }
-  // k splits of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
+  // k splits (1..8) of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
   void set_small_m_splits(int s) { small_m_splits_ = s; }
   // Programmatic dependent launch of the small-M kernels (default on). For benchmarks.
   void set_small_m_pdl(bool on) { small_m_pdl_ = on; }
@@ -94,7 +94,6 @@ class Gemm {
   size_t workspace_bytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
   GemmPath path_ = GemmPath::kAuto;
-  void* gemv_scratch_ = nullptr;  // split-k partials, then arrival counters (gemv.h)
   int num_sms_ = 0;
   int small_m_splits_ = 0;
   bool small_m_pdl_ = true;

@@ -17,36 +17,44 @@ bool aligned16(const void* p, int64_t ld, int64_t stride, int elem) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % per == 0 && stride % per == 0;
 }
 
-// Launches kernel with 256 threads, as a programmatic dependent launch when pdl (the kernels
-// wait for the previous grid before touching anything it may write).
+// Launches kernel with 256 threads: as a programmatic dependent launch when pdl (the kernels
+// wait for the previous grid before touching anything it may write), in clusters of grid.z CTAs
+// when cluster_z.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, bool pdl, cudaStream_t stream, Args... args) {
+void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cudaStream_t stream,
+            Args... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = dim3(kGvThreads);
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_z) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = grid.z;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl ? 1 : 0;
+  cfg.numAttrs = n;
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
 }
 
 // Per n tile count of 8 input rows: one mma n tile up to 8 rows, else two. U: chunks in flight
 // per warp (three with two n tiles, to stay within the 128 registers of 2 CTAs per SM).
 template <bool OUT_F32>
-void launch_mma(const GemmArgs& a, int splits, const GemvWorkspace& ws, cudaStream_t stream) {
+void launch_mma(const GemmArgs& a, int splits, bool pdl, cudaStream_t stream) {
   const int chunks = ceil_div(a.K, kGvChunk);
   const int split_chunks = ceil_div(chunks, splits);
   const dim3 grid(ceil_div(a.N, kGvTileCols), a.batch, splits);
-  const bool pdl = ws.pdl && stream != nullptr;
   if (a.M <= 8)
-    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, pdl, stream, a, split_chunks, ws.partials,
-           ws.counters);
+    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
   else
-    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, pdl, stream, a, split_chunks, ws.partials,
-           ws.counters);
+    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
 }
 
 }  // namespace
@@ -71,29 +79,29 @@ int gemv_splits(const GemmArgs& a, int num_sms) {
   const int chunks = ceil_div(a.K, kGvChunk);
   const int64_t resident = 2 * int64_t(std::max(num_sms, 1));
   if (chunks <= kGvWarps * 4 || tiles * 2 > resident) return 1;
-  const int want = int(std::min<int64_t>(resident / tiles, 64));
+  const int want = int(std::min<int64_t>(resident / tiles, kGemvMaxSplits));
   const int s = std::max(1, std::min(want, chunks / (2 * kGvWarps)));
   return ceil_div(chunks, ceil_div(chunks, s));  // no empty split
 }
 
-void run_gemv(const GemmArgs& a, const GemvWorkspace& ws, cudaStream_t stream) {
+void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
   KIMI_CHECK(gemv_supported(a), "gemv: unsupported call M ", a.M, " N ", a.N, " K ", a.K);
   const bool f32 = a.out == GemmOut::kF32;
   if (a.in_f32) {
-    launch(gemv_f32_kernel<4>, dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), false, stream, a);
+    launch(gemv_f32_kernel<4>, dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), false, false, stream,
+           a);
     return;
   }
   const int chunks = ceil_div(a.K, kGvChunk);
-  int splits = ws.force_splits > 0 ? ceil_div(chunks, ceil_div(chunks, std::min(ws.force_splits, chunks)))
-                                   : gemv_splits(a, ws.num_sms);
-  const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
-  const int64_t items = 2 * (a.M > 8 ? 2 : 1) * 4 * 32;
-  if (splits > 1 && (tiles > ws.num_counters || tiles * splits * items > ws.partial_floats))
-    splits = 1;  // scratch too small (a card with many more SMs than sized for): no split
+  const int splits = opt.force_splits > 0
+                         ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks,
+                                                                       kGemvMaxSplits})))
+                         : gemv_splits(a, opt.num_sms);
+  const bool pdl = opt.pdl && stream != nullptr;
   if (f32)
-    launch_mma<true>(a, splits, ws, stream);
+    launch_mma<true>(a, splits, pdl, stream);
   else
-    launch_mma<false>(a, splits, ws, stream);
+    launch_mma<false>(a, splits, pdl, stream);
 }
 
 }  // namespace kimi::cuda

@@ -2,22 +2,24 @@
 //   C[b][m, n] = alpha · Σ_k A[b][m, k] · op(B[b])[k, n] + beta · C[b][m, n],   m < M ≤ 16
 // fp32 accumulation; with beta = 0, C is not read.
 //
-// gemv_mma_kernel (B [N, K] bf16): grid (ceil(N / 32), batch, splits), 256 threads = 8 warps.
+// gemv_mma_kernel (B [N, K] bf16): grid (ceil(N / 32), batch, splits), cluster (1, 1, splits),
+//   256 threads = 8 warps.
 //   CTA = 32 weight rows (output columns n0..n0+31) × one k range of split_chunks chunks of 32.
 //   Weight streaming, warp k split and the mma k permutation: stream_mma.cuh. The input rows
 //   are the mma B operand (8 rows per n tile, NT = 1 for M ≤ 8, else 2), loaded per chunk with
 //   the same permutation straight from global memory (tiny, L1/L2-resident, shared by every
-//   CTA). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 every
-//   CTA writes its sums to partials[tile][split][item]; the last CTA of a tile to arrive (atomic
-//   counter) adds the splits in split order, writes C and re-arms the counter.
+//   CTA). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 the
+//   splits of a tile are one thread-block cluster (≤ 8 CTAs along z): cluster rank 0 adds the
+//   others' sums from their shared memory (DSMEM) in split order and writes C.
 //   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
-//   before griddepcontrol.wait, so it streams while the previous kernel drains; x, C and the
-//   split scratch only after it.
+//   before griddepcontrol.wait, so it streams while the previous kernel drains; x and C only
+//   after it.
 // gemv_f32_kernel (in_f32): grid (ceil(N / 2), batch), 256 threads: warp w = weight row w / 4 of
 //   the CTA × k quarter w % 4 (16-byte pieces p ≡ lane + 32 · quarter mod 128); true fp32 FMA;
 //   lanes reduce by xor butterfly, quarters add in order.
 #pragma once
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -86,12 +88,11 @@ __device__ __forceinline__ void gv_load_chunks(uint4 (&wv)[U][2][2], uint4 (&xv)
 
 // NT: n tiles of 8 input rows; U: k chunks per warp in flight.
 template <int NT, int U, bool OUT_F32>
-__global__ void __launch_bounds__(kGvThreads, 2)
-    gemv_mma_kernel(GemmArgs a, int split_chunks, float* partials, int* counters) {
+__global__ void __launch_bounds__(kGvThreads, 2) gemv_mma_kernel(GemmArgs a, int split_chunks) {
   static_assert(NT == 1 || NT == 2, "n tiles");
   constexpr int kItems = 2 * NT * 4 * 32;  // outputs of a CTA: [rg][nt][j][lane]
   __shared__ float red[kGvWarps][kItems];
-  __shared__ bool s_last;
+  __shared__ float part[kItems];  // this CTA's k-split sums, read by cluster rank 0
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int n0 = blockIdx.x * kGvTileCols, b = blockIdx.y, split = blockIdx.z;
@@ -156,7 +157,6 @@ __global__ void __launch_bounds__(kGvThreads, 2)
 
   // Item i = [rg][nt][j][l]: D element j of lane l = (g, t) in row group rg, n tile nt, i.e.
   // column n0 + 16·rg + g + 8·(j / 2), input row 8·nt + 2t + j % 2.
-  const int tile = b * gridDim.x + blockIdx.x;
   float sums[kItems / kGvThreads];
 #pragma unroll
   for (int q = 0; q < kItems / kGvThreads; ++q) {
@@ -165,23 +165,23 @@ __global__ void __launch_bounds__(kGvThreads, 2)
 #pragma unroll
     for (int w = 0; w < kGvWarps; ++w) s += red[w][i];
     sums[q] = s;
-    if (splits > 1) partials[(int64_t(tile) * splits + split) * kItems + i] = s;
+    part[i] = s;
   }
-  if (splits > 1) {
-    __threadfence();  // partials visible device-wide before the arrival is counted
-    __syncthreads();
-    if (tid == 0) s_last = atomicAdd(&counters[tile], 1) == splits - 1;
-    __syncthreads();
-    if (!s_last) return;
-    __threadfence();
+  if (splits > 1) {  // the k splits of a tile form one cluster: rank r = split r
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();  // every split's part is written
+    const bool first = cluster.block_rank() == 0;
+    if (first) {
 #pragma unroll
-    for (int q = 0; q < kItems / kGvThreads; ++q) {
-      const int i = tid + q * kGvThreads;
-      float s = 0.f;
-      for (int sp = 0; sp < splits; ++sp) s += __ldcg(partials + (int64_t(tile) * splits + sp) * kItems + i);
-      sums[q] = s;
+      for (int q = 0; q < kItems / kGvThreads; ++q) {
+        const int i = tid + q * kGvThreads;
+        float s = 0.f;
+        for (int r = 0; r < splits; ++r) s += cluster.map_shared_rank(part, r)[i];
+        sums[q] = s;
+      }
     }
-    if (tid == 0) counters[tile] = 0;  // re-armed for the next call (same stream: ordered)
+    cluster.sync();  // rank 0 has read every part: the other CTAs may exit
+    if (!first) return;
   }
 #pragma unroll
   for (int q = 0; q < kItems / kGvThreads; ++q) {

@@ -4,8 +4,9 @@
 //
 // Two kernels (gemv.cuh):
 //   B [N, K] bf16 : mma.sync with the weights as A (gemm/stream_mma.cuh), k split over the CTA's
-//                   8 warps and, when the row tiles do not fill the card, over `splits` CTAs
-//                   whose fp32 partials the last-arriving CTA sums in split order.
+//                   8 warps and, when the row tiles do not fill the card, over the ≤ 8 CTAs of
+//                   a thread-block cluster, whose first CTA sums the others' partials in split
+//                   order from their shared memory.
 //   fp32 A and B  : (in_f32, the MoE router) plain fp32 FMA, a warp per (row, k quarter).
 // B stored [K, N] (b_kn: the MLA q_abs absorption) stays on cuBLASLt: a plain-FMA kernel for it
 // measured slower than cuBLASLt at every M on H200 (4.3 vs 3.9 us at M = 1, 13.5 vs 3.9 at 8).
@@ -22,15 +23,12 @@ namespace kimi::cuda {
 
 inline constexpr int kGemvMaxRows = 16;
 
-// Split-k scratch owned by the caller (Gemm): fp32 partials and per-tile arrival counters,
-// the counters zero before the first call (each call leaves them zero).
-struct GemvWorkspace {
-  float* partials = nullptr;
-  int64_t partial_floats = 0;
-  int* counters = nullptr;
-  int num_counters = 0;
-  int num_sms = 0;     // of the device, queried once by the owner
-  int force_splits = 0;  // > 0: this k split count instead of gemv_splits() (benchmarks)
+inline constexpr int kGemvMaxSplits = 8;  // k splits per tile: one portable cluster
+
+// Per-call choices the owner (Gemm) passes down; no device memory is needed.
+struct GemvOptions {
+  int num_sms = 0;       // of the device, queried once by the owner
+  int force_splits = 0;  // > 0: this k split count (≤ kGemvMaxSplits) instead of gemv_splits()
   // Programmatic dependent launch (the kernel's weight prologue overlaps the previous kernel);
   // never on the legacy default stream, whose implicit synchronisation we keep plain.
   bool pdl = true;
@@ -43,7 +41,7 @@ bool gemv_supported(const GemmArgs& a);
 
 // Launches the kernel for `a` (gemv_supported(a) must hold). Graph-capturable: no allocation,
 // no synchronisation, no device query.
-void run_gemv(const GemmArgs& a, const GemvWorkspace& ws, cudaStream_t stream);
+void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream);
 
 // The k splits run_gemv would use for the B [N, K] bf16 kernel (1 for the other two).
 int gemv_splits(const GemmArgs& a, int num_sms);

@@ -297,6 +297,14 @@ TEST(GemmGpu, SmallMOddShapesAndFeatures) {
     c.M = 3, c.N = N, c.K = 2304, c.out = cuda::GemmOut::kF32, c.inf_nan = true;
     check_small_m(gemm, c, rng);
   }
+  // Every k split count (cluster sizes 1..8, a short last split included).
+  for (int splits = 1; splits <= 8; ++splits) {
+    SmallMCase c;
+    c.M = 3, c.N = 70, c.K = 1032, c.out = cuda::GemmOut::kF32, c.beta = 1.f;
+    gemm.set_small_m_splits(splits);
+    check_small_m(gemm, c, rng);
+  }
+  gemm.set_small_m_splits(0);
   // Split-k partials are summed in a fixed order: bit-identical reruns.
   SmallMCase d;
   d.M = 5, d.N = 40, d.K = 4096, d.out = cuda::GemmOut::kF32;
