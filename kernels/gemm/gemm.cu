@@ -136,7 +136,7 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
     KIMI_CHECK(path_ != GemmPath::kSmallM, "gemm: the small-M kernels cannot run M ", a.M, " N ",
                a.N, " K ", a.K, " (lda ", a.lda, ", ldb ", a.ldb, ", b_kn ", a.b_kn, ", in_f32 ",
                a.in_f32, "): more than ", kGemvMaxRows, " rows or not 16-byte aligned");
-    if (a.M <= max_rows && !warned_fallback_) {
+    if (a.M <= max_rows && !a.b_kn && !warned_fallback_) {  // b_kn: cuBLASLt by choice (gemv.h)
       warned_fallback_ = true;
       std::fprintf(stderr,
                    "kimi gemm: M %d N %d K %d (lda %d, ldb %d) is not 16-byte aligned for the "

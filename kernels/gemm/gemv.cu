@@ -74,7 +74,7 @@ int gemv_splits(const GemmArgs& a, int num_sms) {
   if (a.b_kn || a.in_f32) return 1;
   // Measured on H200 (bench_gemv --splits): a split pays only where a warp would otherwise issue
   // more than one batch of U chunks, and only while every CTA stays resident at once (2 per SM);
-  // each split costs ~1.3 us of arrival counting and partial sums, so keep >= 2 chunks per warp.
+  // the cross-CTA reduction costs time, so each warp keeps >= 2 chunks.
   const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
   const int chunks = ceil_div(a.K, kGvChunk);
   const int64_t resident = 2 * int64_t(std::max(num_sms, 1));
