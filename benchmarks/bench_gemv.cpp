@@ -178,6 +178,9 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
       const double t_ours = time_calls(ours, o, M, true, groups, st);
       const double t_plain = is_small ? time_calls(small_plain, o, M, true, groups, st) : t_ours;
       const double t_cub = time_calls(cublas, o, M, false, groups, st);
+      // One call each from equal C (beta = 1 accumulates: the timed calls left different sums).
+      CUDA_CHECK(cudaMemsetAsync(o.c_ours.data(), 0, o.c_ours.size(), st));
+      CUDA_CHECK(cudaMemsetAsync(o.c_ref.data(), 0, o.c_ref.size(), st));
       ours.run(o.args(M, 0, true), st);
       cublas.run(o.args(M, 0, false), st);
       CUDA_CHECK(cudaStreamSynchronize(st));
