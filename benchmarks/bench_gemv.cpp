@@ -119,7 +119,8 @@ struct Operands {
     g.A = reinterpret_cast<const bf16*>(a.data()), g.lda = lda, g.stride_a = a_stride;
     g.B = reinterpret_cast<const bf16*>(w.data() + size_t(copy) * w_elems * isz);
     g.ldb = ldb, g.stride_b = b_stride;
-    g.C = const_cast<char*>(ours ? c_ours.data() : c_ref.data()), g.ldc = ldc, g.stride_c = c_stride;
+    g.C = const_cast<char*>(ours ? c_ours.data() : c_ref.data()), g.ldc = ldc,
+    g.stride_c = c_stride;
     g.out = s.out, g.beta = s.beta;
     return g;
   }
@@ -185,23 +186,27 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
       cublas.run(o.args(M, 0, false), st);
       CUDA_CHECK(cudaStreamSynchronize(st));
       const double diff = out_diff(o, M);
-      const double gbs = o.w_bytes / (t_ours * 1e-3) / 1e9, gbs_c = o.w_bytes / (t_cub * 1e-3) / 1e9;
+      const double gbs = o.w_bytes / (t_ours * 1e-3) / 1e9,
+                   gbs_c = o.w_bytes / (t_cub * 1e-3) / 1e9;
       const GemmArgs a = o.args(M, 0, true);
       const int splits = is_small ? kimi::cuda::gemv_splits(a, sms) : 0;
-      std::printf("%-15s %6d %6d %8.2f %3d %8s %6d %8.2f %8.2f %8.2f %6.2fx %6.1f%% %6.1f%% %8.1e%s\n",
-                  s.name, s.N, s.K, o.w_bytes / 1e6, M, is_small ? "small-M" : "cuBLASLt", splits,
-                  t_ours * 1e3, t_plain * 1e3, t_cub * 1e3,
-                  t_cub / t_ours, 100 * gbs / ceiling, 100 * gbs_c / ceiling, diff,
-                  diff < (s.out == GemmOut::kF32 ? 1e-4 : 8e-3) ? "" : "  ** MISMATCH **");
+      std::printf(
+          "%-15s %6d %6d %8.2f %3d %8s %6d %8.2f %8.2f %8.2f %6.2fx %6.1f%% %6.1f%% %8.1e%s\n",
+          s.name, s.N, s.K, o.w_bytes / 1e6, M, is_small ? "small-M" : "cuBLASLt", splits,
+          t_ours * 1e3, t_plain * 1e3, t_cub * 1e3, t_cub / t_ours, 100 * gbs / ceiling,
+          100 * gbs_c / ceiling, diff,
+          diff < (s.out == GemmOut::kF32 ? 1e-4 : 8e-3) ? "" : "  ** MISMATCH **");
       step_ours[mi] += s.per_step * (M <= kimi::cuda::kGemmSmallMaxRows ? t_ours : t_cub);
       step_cublas[mi] += s.per_step * t_cub;
     }
   }
-  std::printf("\nper decode step (Σ calls × isolated time, 48B model, shared expert fused; "
-              "kAuto = small-M up to M %d, then cuBLASLt):\n", kimi::cuda::kGemmSmallMaxRows);
+  std::printf(
+      "\nper decode step (Σ calls × isolated time, 48B model, shared expert fused; "
+      "kAuto = small-M up to M %d, then cuBLASLt):\n",
+      kimi::cuda::kGemmSmallMaxRows);
   for (size_t mi = 0; mi < Ms.size(); ++mi)
-    std::printf("  M %2d: kAuto %7.1f us, cuBLASLt %7.1f us (%.2fx)\n", Ms[mi],
-                step_ours[mi] * 1e3, step_cublas[mi] * 1e3, step_cublas[mi] / step_ours[mi]);
+    std::printf("  M %2d: kAuto %7.1f us, cuBLASLt %7.1f us (%.2fx)\n", Ms[mi], step_ours[mi] * 1e3,
+                step_cublas[mi] * 1e3, step_cublas[mi] / step_ours[mi]);
 }
 
 // The k split count of the mma kernel against its heuristic, small-N shapes, M = 1 and 8.

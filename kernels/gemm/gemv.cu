@@ -96,10 +96,10 @@ void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
     return;
   }
   const int chunks = ceil_div(a.K, kGvChunk);
-  const int splits = opt.force_splits > 0
-                         ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks,
-                                                                       kGemvMaxSplits})))
-                         : gemv_splits(a, opt.num_sms);
+  const int splits =
+      opt.force_splits > 0
+          ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks, kGemvMaxSplits})))
+          : gemv_splits(a, opt.num_sms);
   const bool pdl = opt.pdl && stream != nullptr;
   if (f32)
     launch_mma<true>(a, splits, pdl, stream);

@@ -219,7 +219,8 @@ __global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int p = p0 + kStep * u;
-        wv[u] = ldg_stream16(reinterpret_cast<const bf16*>(W + 4 * (p < pieces ? p : 0)), p < pieces);
+        wv[u] =
+            ldg_stream16(reinterpret_cast<const bf16*>(W + 4 * (p < pieces ? p : 0)), p < pieces);
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {

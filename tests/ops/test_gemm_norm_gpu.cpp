@@ -177,9 +177,12 @@ std::vector<uint32_t> check_small_m(cuda::Gemm& gemm, SmallMCase c, std::mt19937
   const bool f32out = c.out == cuda::GemmOut::kF32;
   // Operands as the GPU sees them (bf16-exact unless in_f32); C starts random, and NaN on the
   // outputs when beta = 0 (a kernel that reads C then shows it).
-  std::vector<float> a = c.in_f32 ? random_f32(rng, a_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, a_n, -1.f, 1.f));
-  std::vector<float> b = c.in_f32 ? random_f32(rng, b_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, b_n, -1.f, 1.f));
-  std::vector<float> c0 = f32out ? random_f32(rng, c_n, -2.f, 2.f) : bf16_to_float(random_bf16(rng, c_n, -2.f, 2.f));
+  std::vector<float> a =
+      c.in_f32 ? random_f32(rng, a_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, a_n, -1.f, 1.f));
+  std::vector<float> b =
+      c.in_f32 ? random_f32(rng, b_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, b_n, -1.f, 1.f));
+  std::vector<float> c0 =
+      f32out ? random_f32(rng, c_n, -2.f, 2.f) : bf16_to_float(random_bf16(rng, c_n, -2.f, 2.f));
   auto a_at = [&](int bt, int m, int k) { return (bt * c.sa) + int64_t(m) * c.lda + k; };
   auto b_at = [&](int bt, int k, int n) {
     return c.b_off + bt * c.sb + (c.b_kn ? int64_t(k) * c.ldb + n : int64_t(n) * c.ldb + k);
@@ -205,7 +208,8 @@ std::vector<uint32_t> check_small_m(cuda::Gemm& gemm, SmallMCase c, std::mt19937
     return h;
   };
   GuardedBuffer<float> da32(c.in_f32 ? a_n : 0), db32(c.in_f32 ? b_n : 0), dc32(f32out ? c_n : 0);
-  GuardedBuffer<uint16_t> da16(c.in_f32 ? 0 : a_n), db16(c.in_f32 ? 0 : b_n), dc16(f32out ? 0 : c_n);
+  GuardedBuffer<uint16_t> da16(c.in_f32 ? 0 : a_n), db16(c.in_f32 ? 0 : b_n),
+      dc16(f32out ? 0 : c_n);
   if (c.in_f32) {
     da32.upload(a);
     db32.upload(b);
@@ -222,7 +226,8 @@ std::vector<uint32_t> check_small_m(cuda::Gemm& gemm, SmallMCase c, std::mt19937
   g.stride_a = c.sa, g.stride_b = c.sb, g.stride_c = c.sc, g.b_kn = c.b_kn, g.in_f32 = c.in_f32;
   g.out = c.out, g.alpha = c.alpha, g.beta = c.beta;
   g.A = c.in_f32 ? reinterpret_cast<const bf16*>(da32.data()) : dev<bf16>(da16);
-  g.B = (c.in_f32 ? reinterpret_cast<const bf16*>(db32.data() + c.b_off) : dev<bf16>(db16) + c.b_off);
+  g.B =
+      (c.in_f32 ? reinterpret_cast<const bf16*>(db32.data() + c.b_off) : dev<bf16>(db16) + c.b_off);
   g.C = f32out ? static_cast<void*>(dc32.data()) : static_cast<void*>(dc16.data());
   gemm.run(g, nullptr);
   CUDA_CHECK(cudaDeviceSynchronize());
@@ -337,16 +342,16 @@ TEST(GemmGpu, SmallMModelShapes) {
     shapes.push_back(c);
     return &shapes.back();
   };
-  add(12288, 2304);               // KDA qkv
-  add(256, 2304);                 // KDA f_a | g_a
-  add(32, 2304);                  // KDA b
-  add(4096, 128)->lda = 256;      // KDA f_b, g_b: half of the low-rank rows
-  add(2304, 4096, f32, 1.f);      // KDA o_proj into the residual
-  add(2304, 4096, f32, 0.f);      // o_proj of a tensor-parallel rank
-  add(6144, 2304);                // MLA q
-  add(576, 2304, f32);            // MLA kv_a
-  add(18432, 2304);               // dense MLP gate_up
-  add(2304, 9216, f32, 1.f);      // dense MLP down
+  add(12288, 2304);                    // KDA qkv
+  add(256, 2304);                      // KDA f_a | g_a
+  add(32, 2304);                       // KDA b
+  add(4096, 128)->lda = 256;           // KDA f_b, g_b: half of the low-rank rows
+  add(2304, 4096, f32, 1.f);           // KDA o_proj into the residual
+  add(2304, 4096, f32, 0.f);           // o_proj of a tensor-parallel rank
+  add(6144, 2304);                     // MLA q
+  add(576, 2304, f32);                 // MLA kv_a
+  add(18432, 2304);                    // dense MLP gate_up
+  add(2304, 9216, f32, 1.f);           // dense MLP down
   add(256, 2304, f32)->in_f32 = true;  // MoE router
   {
     SmallMCase* q = add(512, 128);  // MLA q_abs: per head q_nope · W_UK, B [K, N]
@@ -390,7 +395,8 @@ TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
 #if KIMI_HAVE_CUDA
   std::mt19937 rng(33);
   const int M = 4, H = 2304, R = 256, W = 4096;
-  cuda::DeviceBuffer<bf16> x(size_t(M) * H), w1(size_t(R) * H), w2(size_t(W) * R), w3(size_t(H) * W);
+  cuda::DeviceBuffer<bf16> x(size_t(M) * H), w1(size_t(R) * H), w2(size_t(W) * R),
+      w3(size_t(H) * W);
   cuda::DeviceBuffer<bf16> y1(size_t(M) * R), y2(size_t(M) * W);
   cuda::DeviceBuffer<float> r(size_t(M) * H);
   auto up = [&](cuda::DeviceBuffer<bf16>& b, float lo, float hi) {
@@ -401,7 +407,7 @@ TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
   const auto r0 = random_f32(rng, r.size(), -1.f, 1.f);
   cuda::Gemm gemm;
   auto sequence = [&](cudaStream_t st) {
-    gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, st);  // split k
+    gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, st);   // split k
     gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, st);  // reads y1
     for (int i = 0; i < 2; ++i)  // split k, accumulating into what the previous call wrote
       gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, st, 1.f);
@@ -418,8 +424,10 @@ TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
   r.upload(r0);
   for (int i = 0; i < 4; ++i) {  // the legacy stream: no programmatic launch, plain ordering
     if (i == 0) gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, nullptr);
-    if (i == 1) gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, nullptr);
-    if (i >= 2) gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, nullptr, 1.f);
+    if (i == 1)
+      gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, nullptr);
+    if (i >= 2)
+      gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, nullptr, 1.f);
     CUDA_CHECK(cudaDeviceSynchronize());
   }
   const auto serial = result();
