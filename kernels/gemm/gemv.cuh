@@ -7,8 +7,7 @@
 //   CTA = 32 weight rows (output columns n0..n0+31) × one k range of split_chunks chunks of 32.
 //   Weight streaming, warp k split and the mma k permutation: stream_mma.cuh. The input rows
 //   are the mma B operand (8 rows per n tile, NT = 1 for M ≤ 8, else 2), loaded per chunk with
-//   the same permutation straight from global memory (tiny, L1/L2-resident, shared by every
-//   CTA). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 the
+//   the same permutation straight from L2 (tiny and shared by every CTA; see gv_load_inputs). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 the
 //   splits of a tile are one thread-block cluster (≤ 8 CTAs along z): cluster rank 0 adds the
 //   others' sums from their shared memory (DSMEM) in split order and writes C.
 //   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
