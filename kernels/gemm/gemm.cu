@@ -4,7 +4,10 @@
 
 #include <cublasLt.h>
 
+#include <cstdio>
+
 #include "common.h"
+#include "gemm/gemv.h"
 
 namespace kimi::cuda {
 
@@ -42,6 +45,9 @@ Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
   CUBLAS_CHECK(cublasLtCreate(&h));
   handle_ = h;
   if (workspace_bytes_) CUDA_CHECK(cudaMalloc(&workspace_, workspace_bytes_));
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, dev));
 }
 
 Gemm::~Gemm() {
@@ -117,10 +123,37 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
   KIMI_CHECK(!a.in_f32 || a.out == GemmOut::kF32, "gemm: fp32 operands need an fp32 output");
   KIMI_CHECK(a.lda >= a.K && a.ldc >= a.N && a.ldb >= (a.b_kn ? a.N : a.K), "gemm: lda ", a.lda,
              " ldb ", a.ldb, " ldc ", a.ldc, " too small for M ", a.M, " N ", a.N, " K ", a.K);
+  if (path_ != GemmPath::kCublasLt) {
+    const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
+    if (a.M <= max_rows && gemv_supported(a)) {
+      GemvOptions opt;
+      opt.num_sms = num_sms_;
+      opt.force_splits = small_m_splits_;
+      opt.pdl = small_m_pdl_;
+      run_gemv(a, opt, stream);
+      return;
+    }
+    KIMI_CHECK(path_ != GemmPath::kSmallM, "gemm: the small-M kernels cannot run M ", a.M, " N ",
+               a.N, " K ", a.K, " (lda ", a.lda, ", ldb ", a.ldb, ", b_kn ", a.b_kn, ", in_f32 ",
+               a.in_f32, "): more than ", kGemvMaxRows, " rows or not 16-byte aligned");
+    if (a.M <= max_rows && !a.b_kn && !warned_fallback_) {  // b_kn: cuBLASLt by choice (gemv.h)
+      warned_fallback_ = true;
+      std::fprintf(stderr,
+                   "kimi gemm: M %d N %d K %d (lda %d, ldb %d) is not 16-byte aligned for the "
+                   "small-M kernels; cuBLASLt runs it (said once per Gemm)\n",
+                   a.M, a.N, a.K, a.lda, a.ldb);
+    }
+  }
   Plan& p = plan_for(a);
   CUBLAS_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.desc, &a.alpha, a.B, p.la,
                               a.A, p.lb, &a.beta, a.C, p.lc, a.C, p.lc, &p.algo, workspace_,
                               workspace_bytes_, stream));
+}
+
+bool Gemm::uses_small_m(const GemmArgs& a) const {
+  if (path_ == GemmPath::kCublasLt) return false;
+  const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
+  return a.M >= 1 && a.M <= max_rows && gemv_supported(a);
 }
 
 void Gemm::linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,

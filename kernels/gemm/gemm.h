@@ -11,6 +11,12 @@
 // (strided batched, e.g. one batch per MLA head).
 // cuBLASLt is column-major: we compute Cᵀ[N, M] = op(B)ᵀ · Aᵀ, i.e. cuBLAS "A" = our B.
 //
+// Small M (decode): a call with M <= kGemmSmallMaxRows, B stored [N, K] and operands on 16-byte
+// boundaries runs the bandwidth-bound kernels of gemv.h instead of cuBLASLt; an unaligned one
+// falls back to cuBLASLt and says so once on stderr. On a created stream those kernels are
+// programmatic dependent launches that read their first weights while the previous kernel of
+// the stream drains: B must not be written by the kernel right before the call.
+//
 // Plans (matmul descriptor, layouts, algorithm from the heuristic) are made once per shape,
 // stride, output type and pointer-alignment class, then reused: after warm-up no call allocates
 // or queries the heuristic. One Gemm per stream; not thread-safe.
@@ -29,6 +35,13 @@ namespace kimi::cuda {
 using bf16 = __nv_bfloat16;
 
 enum class GemmOut { kBF16, kF32 };
+
+// kAuto: the small-M kernels for M <= kGemmSmallMaxRows when the operands allow, else cuBLASLt.
+// kCublasLt / kSmallM force one (benchmarks, tests); kSmallM takes M up to kGemvMaxRows (16)
+// and refuses a call it cannot run.
+enum class GemmPath { kAuto, kCublasLt, kSmallM };
+// Measured on H200 (bench_gemv): at M = 16 cuBLASLt beats the small-M kernels on most shapes.
+inline constexpr int kGemmSmallMaxRows = 8;
 
 struct GemmArgs {
   int M = 0, N = 0, K = 0;
@@ -62,6 +75,14 @@ class Gemm {
   void linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
               cudaStream_t stream, float beta = 0.f);
   size_t num_plans() const { return plans_.size(); }
+  void set_path(GemmPath p) { path_ = p; }
+  GemmPath path() const { return path_; }
+  // k splits (1..8) of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
+  void set_small_m_splits(int s) { small_m_splits_ = s; }
+  // Programmatic dependent launch of the small-M kernels (default on). For benchmarks.
+  void set_small_m_pdl(bool on) { small_m_pdl_ = on; }
+  // Whether run(a) would take the small-M kernels (same rule run uses).
+  bool uses_small_m(const GemmArgs& a) const;
 
  private:
   struct Plan;
@@ -72,6 +93,11 @@ class Gemm {
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
   std::map<Key, std::unique_ptr<Plan>> plans_;
+  GemmPath path_ = GemmPath::kAuto;
+  int num_sms_ = 0;
+  int small_m_splits_ = 0;
+  bool small_m_pdl_ = true;
+  bool warned_fallback_ = false;
 };
 
 }  // namespace kimi::cuda

@@ -13,27 +13,20 @@
 //   The expert is found in one round trip: every thread tests its experts' tile ranges.
 //   The tile's input rows are staged in shared memory ([rows][lds] bf16, cp.async), P rows per
 //   pass (P = 8·NT; more rows than P only with repeated experts per token, or block_m 64).
-//   Warp w takes the k chunks c = w, w + 8, w + 16, ... (32 k each); per chunk every lane loads
-//   four 16-byte pieces of weights straight into registers (ld.global.nc, no L1 allocate; U
-//   chunks in flight), and the 8 warps of a CTA read each weight row contiguously.
-//   mma.sync m16n8k16 with the weights as A (16 weight rows = 16 output columns) and the staged
-//   rows as B (8 rows per n tile, NT ≤ 2 tiles); D is fp32 [16 columns][8 rows].
-//   k permutation: lane (g = lane/4, t = lane%4) loads weight row g (and g + 8) at k 8t..8t+7 of
-//   the chunk; mma step s ∈ {0, 1} uses its elements 4s..4s+3 as the A fragment's logical k
-//   {2t, 2t+1, 2t+8, 2t+9}. B is loaded with the same permutation (row g of the staged rows,
-//   k 8t + 4s..), so every physical k meets its own input value exactly once.
+//   Weight streaming, k split over the 8 warps and the mma k permutation: gemm/stream_mma.cuh
+//   (shared with the dense small-M kernel). Per chunk every lane loads four 16-byte pieces of
+//   weights straight into registers, U chunks in flight; the staged rows are B (8 rows per n
+//   tile, NT ≤ 2 tiles), loaded with the same k permutation; D is fp32 [16 columns][8 rows].
 //   The 8 k-split partial sums meet in shared memory (fixed order: deterministic), then the
 //   epilogue applies SiLU(g)·u (gate_up) and stores act / y.
 #pragma once
 
 #include <cstdint>
 
+#include "gemm/stream_mma.cuh"
 #include "moe/moe.h"
 
 namespace kimi::cuda::moe {
-
-constexpr int kGvWarps = 8, kGvThreads = 32 * kGvWarps;
-constexpr int kGvChunk = 32;  // k per warp step: 4 lanes × 8 bf16
 
 // Row stride (elements) of the staged rows: >= K and ≡ 32 (mod 64), so a 16-byte phase of
 // 8 lanes (2 rows × 4 consecutive pieces) hits 32 distinct banks.
@@ -41,80 +34,9 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
   return (K + 31) / 64 * 64 + 32;
 }
 
-// 16 bytes of streamed weights; zeros when !pred (nothing is read). A warp's load covers 64
-// bytes of each of 8 rows; the L2 prefetch hint turns the misses into 256-byte DRAM reads, which
-// the neighbouring warps (the next k chunks of the same rows) then hit.
-__device__ __forceinline__ uint4 ldg_stream16(const bf16* ptr, bool pred) {
-  uint4 r;
-  asm("{\n"
-      "  .reg .pred p;\n"
-      "  setp.ne.b32 p, %5, 0;\n"
-      "  mov.b32 %0, 0;\n"
-      "  mov.b32 %1, 0;\n"
-      "  mov.b32 %2, 0;\n"
-      "  mov.b32 %3, 0;\n"
-      "  @p ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-      "}\n"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(ptr), "r"(int(pred)));
-  return r;
-}
-
 __device__ __forceinline__ void gv_cp_async16(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
-__device__ __forceinline__ void gv_mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                       uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-template <int I>
-__device__ __forceinline__ uint32_t word(const uint4& v) {
-  static_assert(I >= 0 && I < 4);
-  if constexpr (I == 0) {
-    return v.x;
-  } else if constexpr (I == 1) {
-    return v.y;
-  } else if constexpr (I == 2) {
-    return v.z;
-  } else {
-    return v.w;
-  }
-}
-
-// Weight pieces of U chunks (c0, c0 + 8, ...) for the lane's 4 rows: [u][row group][g or g + 8].
-template <int U>
-__device__ __forceinline__ void gv_load_weights(uint4 (&wv)[U][2][2],
-                                                const bf16* const (&wrow)[2][2],
-                                                const bool (&wok)[2][2], int c0, int K, int t) {
-#pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
-    const bool kok = k < K;  // K % 8 == 0: a piece is wholly inside or outside
-#pragma unroll
-    for (int rg = 0; rg < 2; ++rg)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wv[u][rg][h] = ldg_stream16(wrow[rg][h] + k, kok && wok[rg][h]);
-  }
-}
-
-// One mma step s of a chunk: A = the lane's weight words 2s, 2s + 1 of rows g and g + 8.
-template <int S, int NT>
-__device__ __forceinline__ void gv_mma_step(float (&acc)[2][NT][4], const uint4 (&w)[2][2],
-                                            const uint4 (&b)[NT], bool second_tile) {
-#pragma unroll
-  for (int rg = 0; rg < 2; ++rg)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      if (nt > 0 && !second_tile) continue;
-      gv_mma(acc[rg][nt], word<2 * S>(w[rg][0]), word<2 * S>(w[rg][1]), word<2 * S + 1>(w[rg][0]),
-             word<2 * S + 1>(w[rg][1]), word<2 * S>(b[nt]), word<2 * S + 1>(b[nt]));
-    }
 }
 
 // NT: n tiles of 8 rows per pass (1 or 2); U: k chunks per warp in flight.

@@ -265,6 +265,12 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
+  if (const char* e = std::getenv("KIMI_CUDA_GEMM")) {  // small-M kernels or not (comparison)
+    const std::string v = e;
+    if (v == "cublaslt") m.gemm->set_path(cuda::GemmPath::kCublasLt);
+    else if (v == "no_pdl") m.gemm->set_small_m_pdl(false);
+    else if (v != "auto") fail("KIMI_CUDA_GEMM must be auto, no_pdl or cublaslt, got '", v, "'");
+  }
   m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);
   Carver wc2{m.weight_buf.data()};
   m.layout_weights(wc2);

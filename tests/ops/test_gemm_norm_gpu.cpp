@@ -2,6 +2,8 @@
 // (src/ops/cpu/basic.h) on bf16-exact random inputs, odd row counts, poisoned outputs inside
 // guard regions. Tolerances: bf16 outputs carry 2^-9 relative rounding, so 8e-3 relative RMS;
 // fp32 outputs of bf16 products 1e-5 (only summation order differs).
+#include <algorithm>
+#include <bit>
 #include <numeric>
 
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
@@ -128,6 +130,330 @@ TEST(GemmGpu, Fp32OperandsForTheRouter) {
     expect_close(str("gemm fp32 operands M", M), got.data(), refd.data(), refd.size(), 2e-6, 1e-5);
     EXPECT_TRUE(dy.guards_intact());
   }
+#endif
+}
+
+// ---- small-M path (gemm/gemv.h): every GemmArgs feature against a double reference ----
+#if KIMI_HAVE_CUDA
+struct SmallMCase {
+  int M = 1, N = 1, K = 8;
+  int lda = 0, ldb = 0, ldc = 0;  // 0: packed
+  int batch = 1;
+  int64_t sa = 0, sb = 0, sc = 0;  // 0: packed batches
+  int64_t b_off = 0;               // B starts this many elements into its buffer
+  bool b_kn = false, in_f32 = false;
+  cuda::GemmOut out = cuda::GemmOut::kBF16;
+  float alpha = 1.f, beta = 0.f;
+  bool inf_nan = false;  // an Inf in A row 0 and a NaN in weight column 0
+};
+
+SmallMCase packed(SmallMCase c) {
+  if (!c.lda) c.lda = c.K;
+  if (!c.ldb) c.ldb = c.b_kn ? c.N : c.K;
+  if (!c.ldc) c.ldc = c.N;
+  if (c.batch > 1) {
+    if (!c.sa) c.sa = int64_t(c.M) * c.lda;
+    if (!c.sb) c.sb = int64_t(c.b_kn ? c.K : c.N) * c.ldb;
+    if (!c.sc) c.sc = int64_t(c.M) * c.ldc;
+  }
+  return c;
+}
+
+std::string name_of(const SmallMCase& c) {
+  return str("M", c.M, " N", c.N, " K", c.K, c.batch > 1 ? str(" batch", c.batch) : "",
+             c.b_kn ? " kn" : "", c.in_f32 ? " f32in" : "",
+             c.out == cuda::GemmOut::kF32 ? " f32out" : " bf16out", " a", c.alpha, " b", c.beta,
+             c.lda > c.K ? " lda+" : "", c.ldc > c.N ? " ldc+" : "");
+}
+
+// Runs c on `gemm` and checks the whole C buffer (gaps between ldc rows must keep their values)
+// and its guards; returns the raw output bits for determinism checks.
+std::vector<uint32_t> check_small_m(cuda::Gemm& gemm, SmallMCase c, std::mt19937& rng) {
+  c = packed(c);
+  const int64_t a_n = (c.batch - 1) * c.sa + int64_t(c.M - 1) * c.lda + c.K;
+  const int64_t b_n = c.b_off + (c.batch - 1) * c.sb +
+                      (c.b_kn ? int64_t(c.K - 1) * c.ldb + c.N : int64_t(c.N - 1) * c.ldb + c.K);
+  const int64_t c_n = (c.batch - 1) * c.sc + int64_t(c.M - 1) * c.ldc + c.N;
+  const bool f32out = c.out == cuda::GemmOut::kF32;
+  // Operands as the GPU sees them (bf16-exact unless in_f32); C starts random, and NaN on the
+  // outputs when beta = 0 (a kernel that reads C then shows it).
+  std::vector<float> a =
+      c.in_f32 ? random_f32(rng, a_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, a_n, -1.f, 1.f));
+  std::vector<float> b =
+      c.in_f32 ? random_f32(rng, b_n, -1.f, 1.f) : bf16_to_float(random_bf16(rng, b_n, -1.f, 1.f));
+  std::vector<float> c0 =
+      f32out ? random_f32(rng, c_n, -2.f, 2.f) : bf16_to_float(random_bf16(rng, c_n, -2.f, 2.f));
+  auto a_at = [&](int bt, int m, int k) { return (bt * c.sa) + int64_t(m) * c.lda + k; };
+  auto b_at = [&](int bt, int k, int n) {
+    return c.b_off + bt * c.sb + (c.b_kn ? int64_t(k) * c.ldb + n : int64_t(n) * c.ldb + k);
+  };
+  auto c_at = [&](int bt, int m, int n) { return bt * c.sc + int64_t(m) * c.ldc + n; };
+  if (c.inf_nan) {
+    a[a_at(0, 0, c.K / 2)] = INFINITY;
+    b[b_at(0, c.K - 1, 0)] = NAN;
+  }
+  std::vector<double> ref(c0.begin(), c0.end());
+  for (int bt = 0; bt < c.batch; ++bt)
+    for (int m = 0; m < c.M; ++m)
+      for (int n = 0; n < c.N; ++n) {
+        double s = 0;
+        for (int k = 0; k < c.K; ++k) s += double(a[a_at(bt, m, k)]) * b[b_at(bt, k, n)];
+        const int64_t i = c_at(bt, m, n);
+        ref[i] = double(c.alpha) * s + (c.beta != 0.f ? double(c.beta) * c0[i] : 0.0);
+        if (c.beta == 0.f) c0[i] = NAN;
+      }
+  auto to_bf16 = [](const std::vector<float>& v) {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+    return h;
+  };
+  GuardedBuffer<float> da32(c.in_f32 ? a_n : 0), db32(c.in_f32 ? b_n : 0), dc32(f32out ? c_n : 0);
+  GuardedBuffer<uint16_t> da16(c.in_f32 ? 0 : a_n), db16(c.in_f32 ? 0 : b_n),
+      dc16(f32out ? 0 : c_n);
+  if (c.in_f32) {
+    da32.upload(a);
+    db32.upload(b);
+  } else {
+    da16.upload(to_bf16(a));
+    db16.upload(to_bf16(b));
+  }
+  if (f32out)
+    dc32.upload(c0);
+  else
+    dc16.upload(to_bf16(c0));
+  cuda::GemmArgs g;
+  g.M = c.M, g.N = c.N, g.K = c.K, g.lda = c.lda, g.ldb = c.ldb, g.ldc = c.ldc, g.batch = c.batch;
+  g.stride_a = c.sa, g.stride_b = c.sb, g.stride_c = c.sc, g.b_kn = c.b_kn, g.in_f32 = c.in_f32;
+  g.out = c.out, g.alpha = c.alpha, g.beta = c.beta;
+  g.A = c.in_f32 ? reinterpret_cast<const bf16*>(da32.data()) : dev<bf16>(da16);
+  g.B =
+      (c.in_f32 ? reinterpret_cast<const bf16*>(db32.data() + c.b_off) : dev<bf16>(db16) + c.b_off);
+  g.C = f32out ? static_cast<void*>(dc32.data()) : static_cast<void*>(dc16.data());
+  gemm.run(g, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<float> got;
+  std::vector<uint32_t> bits;
+  if (f32out) {
+    got = dc32.to_host();
+    for (float v : got) bits.push_back(std::bit_cast<uint32_t>(v));
+  } else {
+    const auto h = dc16.to_host();
+    got = bf16_to_float(h);
+    bits.assign(h.begin(), h.end());
+  }
+  double max_ref = 0;
+  for (double v : ref)
+    if (std::isfinite(v)) max_ref = std::max(max_ref, std::fabs(v));
+  // bf16 out: the output rounding (2^-9 relative) dominates; fp32 out: only the summation order
+  // differs (fp32 accumulation over K ≤ 9216 terms vs double); fp32 operands: no bf16 rounding.
+  const double rel = f32out ? (c.in_f32 ? 2e-6 : 1e-5) : 8e-3;
+  const double abs = f32out ? 2e-5 * std::max(max_ref, 1.0) : 4e-3 * std::max(max_ref, 1.0);
+  const std::string what = name_of(c) + (gemm.uses_small_m(g) ? " [small-M]" : " [cuBLASLt]");
+  expect_close(what, got.data(), ref.data(), ref.size(), rel, abs);
+  EXPECT_TRUE(f32out ? dc32.guards_intact() : dc16.guards_intact()) << what;
+  return bits;
+}
+#endif
+
+// Odd shapes and every GemmArgs feature on the forced small-M path (M ≤ 16).
+TEST(GemmGpu, SmallMOddShapesAndFeatures) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(31);
+  cuda::Gemm gemm, auto_gemm;
+  gemm.set_path(cuda::GemmPath::kSmallM);
+  int i = 0;
+  for (int M : {1, 2, 3, 7, 8, 9, 16})
+    for (int N : {1, 7, 33, 257, 4097})
+      for (int K : {8, 136, 2304}) {
+        SmallMCase c;
+        c.M = M, c.N = N, c.K = K;
+        c.lda = K + 8 * (i % 2);
+        c.ldc = N + 3 * (i % 3 == 1);
+        c.out = i % 2 ? cuda::GemmOut::kF32 : cuda::GemmOut::kBF16;
+        c.beta = i % 4 < 2 ? 0.f : 1.f;
+        c.alpha = i % 3 == 2 ? -0.75f : 1.f;
+        check_small_m(gemm, c, rng);
+        ++i;
+      }
+  // Strided batches with padded strides, both outputs; B [K, N] goes to cuBLASLt (kAuto).
+  for (int M : {1, 9, 16})
+    for (bool kn : {false, true}) {
+      SmallMCase c;
+      c.M = M, c.N = kn ? 136 : 33, c.K = kn ? 7 : 136, c.batch = 3, c.b_kn = kn;
+      c.lda = 3 * 144, c.sa = 144, c.ldb = kn ? 144 : 136, c.sb = 150 * 144, c.b_off = 8;
+      c.ldc = 3 * 160 + 1, c.sc = 160, c.alpha = 0.5f, c.beta = 1.f;
+      cuda::Gemm& g = kn ? auto_gemm : gemm;
+      check_small_m(g, c, rng);
+      c.out = cuda::GemmOut::kF32, c.beta = 0.f;
+      check_small_m(g, c, rng);
+    }
+  for (int M : {1, 3, 8, 16})  // fp32 operands
+    for (int N : {1, 7, 257})
+      for (int K : {8, 136, 2304}) {
+        SmallMCase c;
+        c.M = M, c.N = N, c.K = K, c.lda = K + 4, c.in_f32 = true, c.out = cuda::GemmOut::kF32;
+        c.beta = N == 7 ? 1.f : 0.f, c.alpha = N == 257 ? 2.f : 1.f;
+        check_small_m(gemm, c, rng);
+      }
+  // Inf and NaN operands reach the outputs as in the reference (split-k and unsplit shapes).
+  for (int N : {33, 4097}) {
+    SmallMCase c;
+    c.M = 3, c.N = N, c.K = 2304, c.out = cuda::GemmOut::kF32, c.inf_nan = true;
+    check_small_m(gemm, c, rng);
+  }
+  // Every k split count (cluster sizes 1..8, a short last split included).
+  for (int splits = 1; splits <= 8; ++splits) {
+    SmallMCase c;
+    c.M = 3, c.N = 70, c.K = 1032, c.out = cuda::GemmOut::kF32, c.beta = 1.f;
+    gemm.set_small_m_splits(splits);
+    check_small_m(gemm, c, rng);
+  }
+  gemm.set_small_m_splits(0);
+  // Split-k partials are summed in a fixed order: bit-identical reruns.
+  SmallMCase d;
+  d.M = 5, d.N = 40, d.K = 4096, d.out = cuda::GemmOut::kF32;
+  std::mt19937 r1(5), r2(5);
+  EXPECT_EQ(check_small_m(gemm, d, r1), check_small_m(gemm, d, r2));
+  // What the small-M kernels cannot take: kSmallM refuses, kAuto falls back to cuBLASLt.
+  SmallMCase u;
+  u.M = 2, u.N = 33, u.K = 12;
+  EXPECT_THROW(check_small_m(gemm, u, rng), Error);
+  check_small_m(auto_gemm, u, rng);
+  SmallMCase kn;
+  kn.M = 2, kn.N = 64, kn.K = 64, kn.b_kn = true;
+  EXPECT_THROW(check_small_m(gemm, kn, rng), Error);
+#endif
+}
+
+// The model's decode projections through the default path (kAuto must pick the small-M kernels
+// for all but q_abs, whose B [K, N] stays on cuBLASLt), and one M above the threshold.
+TEST(GemmGpu, SmallMModelShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(32);
+  cuda::Gemm gemm;
+  const auto f32 = cuda::GemmOut::kF32;
+  std::vector<SmallMCase> shapes;
+  shapes.reserve(16);  // add() hands out pointers into it
+  auto add = [&](int N, int K, cuda::GemmOut out = cuda::GemmOut::kBF16, float beta = 0.f) {
+    SmallMCase c;
+    c.N = N, c.K = K, c.out = out, c.beta = beta;
+    shapes.push_back(c);
+    return &shapes.back();
+  };
+  add(12288, 2304);                    // KDA qkv
+  add(256, 2304);                      // KDA f_a | g_a
+  add(32, 2304);                       // KDA b
+  add(4096, 128)->lda = 256;           // KDA f_b, g_b: half of the low-rank rows
+  add(2304, 4096, f32, 1.f);           // KDA o_proj into the residual
+  add(2304, 4096, f32, 0.f);           // o_proj of a tensor-parallel rank
+  add(6144, 2304);                     // MLA q
+  add(576, 2304, f32);                 // MLA kv_a
+  add(18432, 2304);                    // dense MLP gate_up
+  add(2304, 9216, f32, 1.f);           // dense MLP down
+  add(256, 2304, f32)->in_f32 = true;  // MoE router
+  {
+    SmallMCase* q = add(512, 128);  // MLA q_abs: per head q_nope · W_UK, B [K, N]
+    q->batch = 32, q->b_kn = true, q->lda = 32 * 192, q->sa = 192, q->ldb = 512;
+    q->sb = int64_t(256) * 512, q->ldc = 32 * 512, q->sc = 512;
+    SmallMCase* o = add(128, 512);  // MLA attn: per head u · W_UVᵀ
+    o->batch = 32, o->lda = 32 * 512, o->sa = 512, o->ldb = 512, o->b_off = 128 * 512;
+    o->sb = int64_t(256) * 512, o->ldc = 32 * 128, o->sc = 128;
+  }
+  for (const SmallMCase& s : shapes)
+    for (int M : {1, 8}) {
+      SmallMCase c = s;
+      c.M = M;
+      cuda::GemmArgs probe;  // kAuto routing of the packed shape (alignment of cudaMalloc'd rows)
+      const SmallMCase p = packed(c);
+      probe.M = M, probe.N = p.N, probe.K = p.K, probe.lda = p.lda, probe.ldb = p.ldb;
+      probe.ldc = p.ldc, probe.batch = p.batch, probe.stride_a = p.sa, probe.stride_b = p.sb;
+      probe.b_kn = p.b_kn, probe.in_f32 = p.in_f32, probe.out = p.out;
+      probe.A = probe.B = reinterpret_cast<const bf16*>(uintptr_t(256));
+      EXPECT_EQ(gemm.uses_small_m(probe), !p.b_kn) << name_of(p);
+      check_small_m(gemm, c, rng);
+    }
+  SmallMCase lm;  // lm_head, 755 MB of weights at full vocabulary: one row
+  lm.M = 1, lm.N = 163840, lm.K = 2304, lm.out = f32;
+  check_small_m(gemm, lm, rng);
+  SmallMCase big = shapes[0];
+  big.M = cuda::kGemmSmallMaxRows + 1;
+  check_small_m(gemm, big, rng);
+  cuda::GemmArgs probe;
+  probe.M = big.M, probe.N = big.N, probe.K = big.K, probe.lda = big.K, probe.ldb = big.K;
+  probe.ldc = big.N, probe.A = probe.B = reinterpret_cast<const bf16*>(uintptr_t(256));
+  EXPECT_FALSE(gemm.uses_small_m(probe));
+#endif
+}
+
+// Dependent small-M calls back to back on a stream (programmatic dependent launch: each kernel's
+// weight prologue overlaps the previous kernel) and replayed from a CUDA graph must give the
+// bits of the same calls run one at a time on the legacy stream (no overlap).
+TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(33);
+  const int M = 4, H = 2304, R = 256, W = 4096;
+  cuda::DeviceBuffer<bf16> x(size_t(M) * H), w1(size_t(R) * H), w2(size_t(W) * R),
+      w3(size_t(H) * W);
+  cuda::DeviceBuffer<bf16> y1(size_t(M) * R), y2(size_t(M) * W);
+  cuda::DeviceBuffer<float> r(size_t(M) * H);
+  auto up = [&](cuda::DeviceBuffer<bf16>& b, float lo, float hi) {
+    const auto h = random_bf16(rng, b.size(), lo, hi);
+    CUDA_CHECK(cudaMemcpy(b.data(), h.data(), h.size() * 2, cudaMemcpyHostToDevice));
+  };
+  up(x, -1.f, 1.f), up(w1, -0.05f, 0.05f), up(w2, -0.1f, 0.1f), up(w3, -0.02f, 0.02f);
+  const auto r0 = random_f32(rng, r.size(), -1.f, 1.f);
+  cuda::Gemm gemm;
+  auto sequence = [&](cudaStream_t st) {
+    gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, st);   // split k
+    gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, st);  // reads y1
+    for (int i = 0; i < 2; ++i)  // split k, accumulating into what the previous call wrote
+      gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, st, 1.f);
+  };
+  auto result = [&]() {
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto a = y2.to_host();
+    auto b = r.to_host();
+    std::vector<uint32_t> bits;
+    for (auto v : a) bits.push_back(std::bit_cast<uint16_t>(v));
+    for (float v : b) bits.push_back(std::bit_cast<uint32_t>(v));
+    return bits;
+  };
+  r.upload(r0);
+  for (int i = 0; i < 4; ++i) {  // the legacy stream: no programmatic launch, plain ordering
+    if (i == 0) gemm.linear(x.data(), w1.data(), y1.data(), M, R, H, cuda::GemmOut::kBF16, nullptr);
+    if (i == 1)
+      gemm.linear(y1.data(), w2.data(), y2.data(), M, W, R, cuda::GemmOut::kBF16, nullptr);
+    if (i >= 2)
+      gemm.linear(y2.data(), w3.data(), r.data(), M, H, W, cuda::GemmOut::kF32, nullptr, 1.f);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  const auto serial = result();
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  r.upload(r0);
+  CUDA_CHECK(cudaMemset(y1.data(), 0, y1.size() * 2));
+  CUDA_CHECK(cudaMemset(y2.data(), 0, y2.size() * 2));
+  sequence(st);
+  EXPECT_EQ(result(), serial) << "eager stream";
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  sequence(st);
+  CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 3; ++rep) {
+    r.upload(r0);
+    CUDA_CHECK(cudaMemset(y1.data(), 0, y1.size() * 2));
+    CUDA_CHECK(cudaMemset(y2.data(), 0, y2.size() * 2));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    EXPECT_EQ(result(), serial) << "graph replay " << rep;
+  }
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaStreamDestroy(st));
 #endif
 }
 

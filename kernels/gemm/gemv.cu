@@ -1,0 +1,110 @@
+// Launcher of the small-M dense GEMM kernels (gemv.cuh): which kernel, how many k splits.
+#include "gemm/gemv.h"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common.h"
+#include "gemm/gemv.cuh"
+
+namespace kimi::cuda {
+
+namespace {
+
+// p and every step of `ld` / `stride` elements of `elem` bytes stay on 16-byte boundaries.
+bool aligned16(const void* p, int64_t ld, int64_t stride, int elem) {
+  const int64_t per = 16 / elem;
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % per == 0 && stride % per == 0;
+}
+
+// Launches kernel with 256 threads: as a programmatic dependent launch when pdl (the kernels
+// wait for the previous grid before touching anything it may write), in clusters of grid.z CTAs
+// when cluster_z.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cudaStream_t stream,
+            Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kGvThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[2];
+  int n = 0;
+  if (pdl) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster_z) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = 1;
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = grid.z;
+  }
+  cfg.attrs = attr;
+  cfg.numAttrs = n;
+  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+}
+
+// Per n tile count of 8 input rows: one mma n tile up to 8 rows, else two. U: chunks in flight
+// per warp (three with two n tiles, to stay within the 128 registers of 2 CTAs per SM).
+template <bool OUT_F32>
+void launch_mma(const GemmArgs& a, int splits, bool pdl, cudaStream_t stream) {
+  const int chunks = ceil_div(a.K, kGvChunk);
+  const int split_chunks = ceil_div(chunks, splits);
+  const dim3 grid(ceil_div(a.N, kGvTileCols), a.batch, splits);
+  if (a.M <= 8)
+    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
+  else
+    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
+}
+
+}  // namespace
+
+bool gemv_supported(const GemmArgs& a) {
+  if (a.M < 1 || a.M > kGemvMaxRows || a.batch > 65535) return false;
+  if (a.in_f32)
+    return !a.b_kn && a.out == GemmOut::kF32 && a.K % 4 == 0 &&
+           aligned16(a.A, a.lda, a.batch > 1 ? a.stride_a : 0, 4) &&
+           aligned16(a.B, a.ldb, a.batch > 1 ? a.stride_b : 0, 4);
+  if (a.b_kn) return false;  // cuBLASLt was as fast or faster for the one such call (q_abs)
+  return a.K % 8 == 0 && aligned16(a.A, a.lda, a.batch > 1 ? a.stride_a : 0, 2) &&
+         aligned16(a.B, a.ldb, a.batch > 1 ? a.stride_b : 0, 2);
+}
+
+int gemv_splits(const GemmArgs& a, int num_sms) {
+  if (a.b_kn || a.in_f32) return 1;
+  // Measured on H200 (bench_gemv --splits): a split pays only where a warp would otherwise issue
+  // more than one batch of U chunks, and only while every CTA stays resident at once (2 per SM);
+  // the cross-CTA reduction costs time, so each warp keeps >= 2 chunks.
+  // A cluster must fit whole into one GPC, so a grid of nearly 2 CTAs per SM does not fit at
+  // once: 256 CTAs in clusters of 4 took two waves (N 2048, K 2304: 6.3 us vs 4.2 us at 3
+  // splits); stay within 85% of the resident slots.
+  const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
+  const int chunks = ceil_div(a.K, kGvChunk);
+  const int64_t resident = 2 * int64_t(std::max(num_sms, 1));
+  if (chunks <= kGvWarps * 4 || tiles * 2 > resident) return 1;
+  const int want = int(std::min<int64_t>(resident * 85 / 100 / tiles, kGemvMaxSplits));
+  const int s = std::max(1, std::min(want, chunks / (2 * kGvWarps)));
+  return ceil_div(chunks, ceil_div(chunks, s));  // no empty split
+}
+
+void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
+  KIMI_CHECK(gemv_supported(a), "gemv: unsupported call M ", a.M, " N ", a.N, " K ", a.K);
+  const bool f32 = a.out == GemmOut::kF32;
+  if (a.in_f32) {
+    launch(gemv_f32_kernel<4>, dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), false, false, stream,
+           a);
+    return;
+  }
+  const int chunks = ceil_div(a.K, kGvChunk);
+  const int splits =
+      opt.force_splits > 0
+          ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks, kGemvMaxSplits})))
+          : gemv_splits(a, opt.num_sms);
+  const bool pdl = opt.pdl && stream != nullptr;
+  if (f32)
+    launch_mma<true>(a, splits, pdl, stream);
+  else
+    launch_mma<false>(a, splits, pdl, stream);
+}
+
+}  // namespace kimi::cuda

@@ -1,0 +1,260 @@
+// Small-M dense GEMM kernels (contract in gemv.h, semantics of GemmArgs in gemm.h):
+//   C[b][m, n] = alpha · Σ_k A[b][m, k] · op(B[b])[k, n] + beta · C[b][m, n],   m < M ≤ 16
+// fp32 accumulation; with beta = 0, C is not read.
+//
+// gemv_mma_kernel (B [N, K] bf16): grid (ceil(N / 32), batch, splits), cluster (1, 1, splits),
+//   256 threads = 8 warps.
+//   CTA = 32 weight rows (output columns n0..n0+31) × one k range of split_chunks chunks of 32.
+//   Weight streaming, warp k split and the mma k permutation: stream_mma.cuh. The input rows
+//   are the mma B operand (8 rows per n tile, NT = 1 for M ≤ 8, else 2), loaded per chunk with
+//   the same permutation straight from L2 (tiny and shared by every CTA; see gv_load_inputs). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 the
+//   splits of a tile are one thread-block cluster (≤ 8 CTAs along z): cluster rank 0 adds the
+//   others' sums from their shared memory (DSMEM) in split order and writes C.
+//   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
+//   before griddepcontrol.wait, so it streams while the previous kernel drains; x and C only
+//   after it.
+// gemv_f32_kernel (in_f32): grid (ceil(N / 2), batch), 256 threads: warp w = weight row w / 4 of
+//   the CTA × k quarter w % 4 (16-byte pieces p ≡ lane + 32 · quarter mod 128); true fp32 FMA;
+//   lanes reduce by xor butterfly, quarters add in order.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "gemm/gemm.h"
+#include "gemm/stream_mma.cuh"
+
+namespace kimi::cuda {
+
+constexpr int kGvTileCols = 32;    // output columns per CTA of the mma kernel
+constexpr int kF32RowsPerCta = 2;  // weight rows per CTA of the fp32 kernel
+constexpr int kF32Quarters = kGvWarps / kF32RowsPerCta;
+
+// c = alpha · s + beta · c for one output element (c read only when beta ≠ 0, from L2: see
+// gv_load_inputs).
+template <bool OUT_F32>
+__device__ __forceinline__ void gv_store(const GemmArgs& a, int b, int m, int n, float s) {
+  const int64_t off = int64_t(b) * a.stride_c + int64_t(m) * a.ldc + n;
+  float v = a.alpha * s;
+  if constexpr (OUT_F32) {
+    float* c = static_cast<float*>(a.C) + off;
+    if (a.beta != 0.f) v = fmaf(a.beta, __ldcg(c), v);
+    *c = v;
+  } else {
+    bf16* c = static_cast<bf16*>(a.C) + off;
+    if (a.beta != 0.f) v = fmaf(a.beta, __bfloat162float(__ldcg(c)), v);
+    *c = __float2bfloat16(v);
+  }
+}
+
+// Programmatic dependent launch: wait until the previous kernel of the stream has completed and
+// its writes are visible (a no-op when launched without the attribute); let the next kernel's
+// CTAs start (they wait the same way before reading what this one writes).
+__device__ __forceinline__ void gv_wait_prior_grid() {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
+__device__ __forceinline__ void gv_allow_next_grid() {
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+// The input pieces of U chunks (same k as gv_load_weights): [u][n tile]. From L2 (.cg): the
+// previous kernel wrote them while this grid was already resident, so no non-coherent or L1
+// path may see them.
+template <int U, int NT>
+__device__ __forceinline__ void gv_load_inputs(uint4 (&xv)[U][NT], const bf16* const (&xrow)[NT],
+                                               const bool (&xok)[NT], int c0, int k_end, int t) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+      xv[u][nt] = xok[nt] && k < k_end ? __ldcg(reinterpret_cast<const uint4*>(xrow[nt] + k))
+                                       : make_uint4(0, 0, 0, 0);
+  }
+}
+
+template <int U, int NT>
+__device__ __forceinline__ void gv_load_chunks(uint4 (&wv)[U][2][2], uint4 (&xv)[U][NT],
+                                               const bf16* const (&wrow)[2][2],
+                                               const bool (&wok)[2][2],
+                                               const bf16* const (&xrow)[NT], const bool (&xok)[NT],
+                                               int c0, int k_end, int t) {
+  gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);
+  gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
+}
+
+// NT: n tiles of 8 input rows; U: k chunks per warp in flight.
+template <int NT, int U, bool OUT_F32>
+__global__ void __launch_bounds__(kGvThreads, 2) gemv_mma_kernel(GemmArgs a, int split_chunks) {
+  static_assert(NT == 1 || NT == 2, "n tiles");
+  constexpr int kItems = 2 * NT * 4 * 32;  // outputs of a CTA: [rg][nt][j][lane]
+  __shared__ float red[kGvWarps][kItems];
+  __shared__ float part[kItems];  // this CTA's k-split sums, read by cluster rank 0
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int n0 = blockIdx.x * kGvTileCols, b = blockIdx.y, split = blockIdx.z;
+  const int splits = gridDim.z;
+  const int M = a.M, N = a.N;
+  const bf16* W = a.B + int64_t(b) * a.stride_b;
+  const bf16* X = a.A + int64_t(b) * a.stride_a;
+  const int c_begin = split * split_chunks;
+  const int k_end = min(a.K, (c_begin + split_chunks) * kGvChunk);
+  const int c_end = (k_end + kGvChunk - 1) / kGvChunk;
+
+  const bf16* wrow[2][2];
+  bool wok[2][2];
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = n0 + 16 * rg + g + 8 * h;
+      wok[rg][h] = n < N;
+      wrow[rg][h] = W + int64_t(wok[rg][h] ? n : 0) * a.ldb;
+    }
+  const bf16* xrow[NT];
+  bool xok[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    const int m = 8 * nt + g;
+    xok[nt] = m < M;
+    xrow[nt] = X + int64_t(xok[nt] ? m : 0) * a.lda;
+  }
+
+  float acc[2][NT][4];
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) acc[rg][nt][j] = 0.f;
+  uint4 wv[U][2][2], xv[U][NT];
+  int c0 = c_begin + warp;
+  gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);  // loads nothing past k_end
+  gv_allow_next_grid();
+  gv_wait_prior_grid();
+  gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
+  for (; c0 < c_end; c0 += kGvWarps * U) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (c0 + kGvWarps * u >= c_end) break;  // warp-uniform
+      gv_mma_step<0, NT>(acc, wv[u], xv[u], NT > 1);
+      gv_mma_step<1, NT>(acc, wv[u], xv[u], NT > 1);
+    }
+    if (c0 + kGvWarps * U < c_end)
+      gv_load_chunks<U, NT>(wv, xv, wrow, wok, xrow, xok, c0 + kGvWarps * U, k_end, t);
+  }
+
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) red[warp][((rg * NT + nt) * 4 + j) * 32 + lane] = acc[rg][nt][j];
+  __syncthreads();
+
+  // Item i = [rg][nt][j][l]: D element j of lane l = (g, t) in row group rg, n tile nt, i.e.
+  // column n0 + 16·rg + g + 8·(j / 2), input row 8·nt + 2t + j % 2.
+  float sums[kItems / kGvThreads];
+#pragma unroll
+  for (int q = 0; q < kItems / kGvThreads; ++q) {
+    const int i = tid + q * kGvThreads;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kGvWarps; ++w) s += red[w][i];
+    sums[q] = s;
+    part[i] = s;
+  }
+  if (splits > 1) {  // the k splits of a tile form one cluster: rank r = split r
+    cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+    cluster.sync();  // every split's part is written
+    const bool first = cluster.block_rank() == 0;
+    if (first) {
+#pragma unroll
+      for (int q = 0; q < kItems / kGvThreads; ++q) {
+        const int i = tid + q * kGvThreads;
+        float s = 0.f;
+        for (int r = 0; r < splits; ++r) s += cluster.map_shared_rank(part, r)[i];
+        sums[q] = s;
+      }
+    }
+    cluster.sync();  // rank 0 has read every part: the other CTAs may exit
+    if (!first) return;
+  }
+#pragma unroll
+  for (int q = 0; q < kItems / kGvThreads; ++q) {
+    const int i = tid + q * kGvThreads;
+    const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
+    const int m = 8 * nt + 2 * (l % 4) + j % 2;
+    const int n = n0 + 16 * rg + l / 4 + 8 * (j / 2);
+    if (m < M && n < N) gv_store<OUT_F32>(a, b, m, n, sums[q]);
+  }
+}
+
+// fp32 A and B (B [N, K]), fp32 out, M ≤ kGemvMaxRows.
+template <int U>
+__global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
+  constexpr int kRows = 16;
+  __shared__ float red[kGvWarps][kRows];
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int row = warp / kF32Quarters, quarter = warp % kF32Quarters;
+  const int n = blockIdx.x * kF32RowsPerCta + row, b = blockIdx.y, M = a.M;
+  const int pieces = a.K / 4;
+  const float* W = reinterpret_cast<const float*>(a.B) + int64_t(b) * a.stride_b +
+                   int64_t(n < a.N ? n : 0) * a.ldb;
+  const float* X = reinterpret_cast<const float*>(a.A) + int64_t(b) * a.stride_a;
+  constexpr int kStep = 32 * kF32Quarters;  // pieces per step of the 4 quarters of a row
+
+  float acc[kRows];
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) acc[m] = 0.f;
+  // Launched plainly (its input loads use the read-only path), but lets a following small-M
+  // launch start early.
+  gv_allow_next_grid();
+  if (n < a.N) {
+    for (int p0 = quarter * 32 + lane; p0 < pieces; p0 += kStep * U) {
+      uint4 wv[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int p = p0 + kStep * u;
+        wv[u] =
+            ldg_stream16(reinterpret_cast<const bf16*>(W + 4 * (p < pieces ? p : 0)), p < pieces);
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int p = p0 + kStep * u;
+        if (p >= pieces) break;
+#pragma unroll
+        for (int m = 0; m < kRows; ++m) {
+          if (m >= M) break;
+          const float4 x = __ldg(reinterpret_cast<const float4*>(X + int64_t(m) * a.lda) + p);
+          float s = acc[m];
+          s = fmaf(x.x, __uint_as_float(wv[u].x), s);
+          s = fmaf(x.y, __uint_as_float(wv[u].y), s);
+          s = fmaf(x.z, __uint_as_float(wv[u].z), s);
+          s = fmaf(x.w, __uint_as_float(wv[u].w), s);
+          acc[m] = s;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) {
+    if (m >= M) break;
+    float s = acc[m];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (lane == 0) red[warp][m] = s;
+  }
+  __syncthreads();
+  if (tid < kF32RowsPerCta * M) {
+    const int r = tid / M, m = tid % M, col = blockIdx.x * kF32RowsPerCta + r;
+    float s = 0.f;
+#pragma unroll
+    for (int q = 0; q < kF32Quarters; ++q) s += red[r * kF32Quarters + q][m];
+    if (col < a.N) gv_store<true>(a, b, m, col, s);
+  }
+}
+
+}  // namespace kimi::cuda

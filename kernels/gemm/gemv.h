@@ -1,0 +1,49 @@
+// Small-M dense GEMM (M ≤ kGemvMaxRows rows: batch-1..16 decode), bandwidth-bound: the weights
+// stream once from DRAM, so time ≈ weight bytes / copy bandwidth. Gemm::run sends a call here when
+// gemv_supported() says the kernels take it; same semantics as GemmArgs (gemm.h).
+//
+// Two kernels (gemv.cuh):
+//   B [N, K] bf16 : mma.sync with the weights as A (gemm/stream_mma.cuh), k split over the CTA's
+//                   8 warps and, when the row tiles do not fill the card, over the ≤ 8 CTAs of
+//                   a thread-block cluster, whose first CTA sums the others' partials in split
+//                   order from their shared memory.
+//   fp32 A and B  : (in_f32, the MoE router) plain fp32 FMA, a warp per (row, k quarter).
+// B stored [K, N] (b_kn: the MLA q_abs absorption) stays on cuBLASLt: a plain-FMA kernel for it
+// measured slower than cuBLASLt at every M on H200 (4.3 vs 3.9 us at M = 1, 13.5 vs 3.9 at 8).
+// Every reduction runs in a fixed order: results do not depend on timing.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "gemm/gemm.h"
+
+namespace kimi::cuda {
+
+inline constexpr int kGemvMaxRows = 16;
+
+inline constexpr int kGemvMaxSplits = 8;  // k splits per tile: one portable cluster
+
+// Per-call choices the owner (Gemm) passes down; no device memory is needed.
+struct GemvOptions {
+  int num_sms = 0;       // of the device, queried once by the owner
+  int force_splits = 0;  // > 0: this k split count (≤ kGemvMaxSplits) instead of gemv_splits()
+  // Programmatic dependent launch (the kernel's weight prologue overlaps the previous kernel);
+  // never on the legacy default stream, whose implicit synchronisation we keep plain.
+  bool pdl = true;
+};
+
+// Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, B stored [N, K], and the operands meet
+// the 16-byte alignment of the kernel's vector loads (K, leading dimensions and batch strides in
+// whole 16-byte pieces). Pure function of the arguments, no device query.
+bool gemv_supported(const GemmArgs& a);
+
+// Launches the kernel for `a` (gemv_supported(a) must hold). Graph-capturable: no allocation,
+// no synchronisation, no device query.
+void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream);
+
+// The k splits run_gemv would use for the B [N, K] bf16 kernel (1 for the other two).
+int gemv_splits(const GemmArgs& a, int num_sms);
+
+}  // namespace kimi::cuda
