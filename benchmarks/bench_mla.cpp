@@ -76,12 +76,14 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   const double bytes = double(B) * L * 576 * 2;
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  double ms[2], ms_attn_tc = 0.0;
-  int splits[2];
-  for (int tc = 0; tc < 2; ++tc) {
+  double ms[3], ms_attn_tc = 0.0;
+  int splits[3];
+  // 0: CUDA cores; 1: tensor cores; 2: tensor cores, overlapped schedule (decode_overlap).
+  for (int path = 0; path < 3; ++path) {
+    const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
-    splits[tc] = std::max(1, plan.num_splits[0]);
+    splits[path] = std::max(1, plan.num_splits[0]);
     DeviceBuffer<int> ditems(7 * plan.items1.size()), dsb(B), dns(B);
     ditems.upload(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size());
     dsb.upload(plan.split_base);
@@ -91,6 +93,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
     ap.partials = parts.data(), ap.u = tc ? u_tc.data() : u_cc.data(), ap.tensor_cores = tc == 1;
+    ap.decode_overlap = path == 2;
     ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
     ap.num_items = int(plan.items1.size());
     auto step = [&](int, cudaStream_t s) {
@@ -100,18 +103,18 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     // About 20 ms of work per graph; the CUDA-core kernel moves ~0.1-0.3 TB/s.
     const double est_ms = bytes / ((tc ? 3e12 : 1.5e11) * 1e-3);
     const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
-    ms[tc] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
-    if (tc && plan.num_partials > 0) {  // the combine's share of the tensor-core step
+    ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
+    if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
       auto attn_only = [&](int, cudaStream_t s) { kimi::cuda::run_mla_attention(ap, 1, s); };
       ms_attn_tc = kimi::bench::graph_ms(attn_only, per_graph, 9, st);
     }
   }
   CUDA_CHECK(cudaStreamDestroy(st));
-  for (int tc = 0; tc < 2; ++tc) {
-    const double gbs = bytes / (ms[tc] * 1e-3) / 1e9;
+  const char* name[3] = {"CUDA cores", "tensor cores", "tc overlap"};
+  for (int path = 0; path < 3; ++path) {
+    const double gbs = bytes / (ms[path] * 1e-3) / 1e9;
     std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
-                tc ? "tensor cores" : "CUDA cores", splits[tc], ms[tc] * 1e3, gbs,
-                100 * gbs / copy_gbs);
+                name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
   }
   std::printf("%-4d %-8d speed-up %.1fx; combine %.1f us of the tensor-core step; u rel RMS "
               "(tensor cores vs CUDA cores) %.2e\n",

@@ -158,10 +158,16 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  if (p.num_heads <= 16)
-    mla::mla_decode_tc_kernel<1><<<grid, mla::kTcThreads, mla::kDecSmem, stream>>>(p);
+  const int th = mla::kTcThreads;
+  const size_t smem = mla::kDecSmem;
+  if (p.num_heads <= 16 && p.decode_overlap)
+    mla::mla_decode_tc_kernel<1, true><<<grid, th, smem, stream>>>(p);
+  else if (p.num_heads <= 16)
+    mla::mla_decode_tc_kernel<1, false><<<grid, th, smem, stream>>>(p);
+  else if (p.decode_overlap)
+    mla::mla_decode_tc_kernel<2, true><<<grid, th, smem, stream>>>(p);
   else
-    mla::mla_decode_tc_kernel<2><<<grid, mla::kTcThreads, mla::kDecSmem, stream>>>(p);
+    mla::mla_decode_tc_kernel<2, false><<<grid, th, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 
@@ -186,10 +192,12 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_tc_kernel<1>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_tc_kernel<2>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
+  for (const void* f : {reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, true>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, true>)})
+    CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(mla::kDecSmem)));
   done.fetch_or(bit);
 }
 

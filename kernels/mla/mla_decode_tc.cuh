@@ -6,9 +6,10 @@
 // 16 / 8 / 4 under tensor parallelism), and each cache row crosses DRAM once per (token, split).
 // Query rows: R = 16·MT (MT = 1 for H <= 16, else 2; rows of absent heads are zero, computed and
 // dropped); more than 32 heads take several CTAs (blockIdx.y, 32 heads each). The item's range
-// [kv_begin, min(kv_end, q_pos0 + 1)) is walked in tiles of 32 cache rows, gathered through the
-// block table by cp.async into a 4-stage ring (3 tiles in flight while one is used; the cache is
-// read with an L2 evict-first policy: it streams through once). Per tile:
+// [kv_begin, min(kv_end, q_pos0 + 1)) is walked in tiles of 32 cache rows (half a block: one
+// contiguous 36 KB read), gathered through the block table (entries read a tile ahead) by
+// cp.async into a 5-stage ring (4 tiles in flight while one is used; the cache is read with an
+// L2 evict-first policy: it streams through once). Per tile:
 //   1. S = Q·Kᵀ (R × 32, k = 576) with mma.sync m16n8k16 bf16 → fp32: warp w takes k-quarter
 //      w % 4 (9 k-steps of 16) × column half w / 4 (2 n-tiles); its Q fragments (MT × 9 × 4
 //      registers) are loaded once from global memory and stay in registers, so only K goes
@@ -19,8 +20,8 @@
 //   3. O = α·O + P·V with V = the first 512 channels of the same cache rows: warp w owns O
 //      columns 64·w .. +64 for all R rows (MT × 8 accumulator tiles).
 // At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
-// Shared memory: K ring [4][32][584] bf16, S quarters [4][32][36] fp32, P [32][40] bf16, α, m,
-// l [32]: 170.9 KB, one CTA per SM. Helpers and fragment layouts: mla_mma.cuh.
+// Shared memory: K ring [5][32][584] bf16, S quarters [4][32][36] fp32, P [32][40] bf16, α, m,
+// l [32]: 208.3 KB, one CTA per SM. Helpers and fragment layouts: mla_mma.cuh.
 #pragma once
 
 #include "mla/mla_mma.cuh"
@@ -29,12 +30,12 @@
 namespace kimi::cuda::mla {
 
 constexpr int kDecTile = 32;    // cache rows per KV tile
-constexpr int kDecStages = 4;   // ring of KV tiles
+constexpr int kDecStages = 5;   // ring of KV tiles (4 in flight while one is used)
 constexpr int kDecKParts = 4;   // warps splitting k (576) for S
 constexpr int kDecKSteps = kMlaRow / 16 / kDecKParts;  // k-steps of 16 per warp
 constexpr int kDecRows = kMlaDecHeadsPerCta;           // query rows at most
 constexpr size_t kDecOffS = size_t(kDecStages) * kDecTile * kTcLd * 2;
-constexpr size_t kDecOffP = kDecOffS + size_t(kDecKParts) * kDecRows * kTcLdS * 4;
+constexpr size_t kDecOffP = kDecOffS + size_t(2) * kDecKParts * kDecRows * kTcLdS * 4;
 constexpr size_t kDecOffA = kDecOffP + size_t(kDecRows) * kTcLdP * 2;
 constexpr size_t kDecOffM = kDecOffA + kDecRows * 4;
 constexpr size_t kDecOffL = kDecOffM + kDecRows * 4;
@@ -43,8 +44,9 @@ static_assert(kDecTile == kTile, "split chunks of the plans are multiples of kTi
 static_assert(kDecKSteps * 16 * kDecKParts == kMlaRow && kMlaLat % 16 == 0);
 static_assert(kTcThreads == 256 && kDecKParts * 2 == kTcThreads / 32, "8 warps: 4 k-parts × 2");
 static_assert(kDecOffS % 16 == 0 && kDecOffP % 16 == 0 && kDecOffA % 16 == 0);
+static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
 
-template <int MT>
+template <int MT, bool kOverlap>
 __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnParams p) {
   constexpr int R = 16 * MT;            // query rows (heads) of this CTA
   constexpr int kTpr = kTcThreads / R;  // softmax threads per row
@@ -53,7 +55,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   extern __shared__ uint4 smem_raw[];
   char* sm = reinterpret_cast<char*>(smem_raw);
   bf16* k_s = reinterpret_cast<bf16*>(sm);                // [kDecStages][32][kTcLd]
-  float* s_s = reinterpret_cast<float*>(sm + kDecOffS);   // [kDecKParts][R][kTcLdS]
+  float* s_s = reinterpret_cast<float*>(sm + kDecOffS);   // [2][kDecKParts][R][kTcLdS]
   bf16* p_s = reinterpret_cast<bf16*>(sm + kDecOffP);     // [R][kTcLdP]
   float* alpha_s = reinterpret_cast<float*>(sm + kDecOffA);
   float* m_s = reinterpret_cast<float*>(sm + kDecOffM);
@@ -69,19 +71,30 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   const int ntiles = kv_hi > it.kv_begin ? (kv_hi - it.kv_begin + kDecTile - 1) / kDecTile : 0;
   const uint64_t policy = tc_policy_evict_first();
 
+  // Every plan starts items at multiples of 32, so a tile is 32 consecutive rows of one cache
+  // block (one table entry, read an iteration ahead: a table read in the issuing path stalled
+  // the CTA for an L2 round trip per tile); other ranges take a table entry per row.
+  const bool aligned = it.kv_begin % kDecTile == 0;
+  auto tile_block = [&](int n) {
+    return n < ntiles ? table[(it.kv_begin + n * kDecTile) / kMlaBlock] : 0;
+  };
   // Tile n into ring slot n % kDecStages (one commit group per call, empty past the last tile);
   // rows at or past kv_hi are zero (P is 0 there, V must be finite).
-  auto load_tile = [&](int n) {
+  auto load_tile = [&](int n, int blk) {
     if (n < ntiles) {
       bf16* buf = k_s + (n % kDecStages) * kDecTile * kTcLd;
       const int j0 = it.kv_begin + n * kDecTile;
+      const bf16* tile = p.cache + (int64_t(blk) * kMlaBlock + j0 % kMlaBlock) * kMlaRow;
+#pragma unroll
       for (int idx = tid; idx < kDecTile * kTcChunks; idx += kTcThreads) {
         const int r = idx / kTcChunks, c = idx % kTcChunks, pos = j0 + r;
         bf16* dst = buf + r * kTcLd + c * 8;
         if (pos < kv_hi) {
-          const int blk = table[pos / kMlaBlock];
-          tc_cp_async16_hint(
-              dst, p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8, policy);
+          const bf16* src =
+              aligned ? tile + idx * 8
+                      : p.cache + (int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock) *
+                                      kMlaRow + c * 8;
+          tc_cp_async16_hint(dst, src, policy);
         } else {
           *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
         }
@@ -89,8 +102,14 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
     }
     tc_cp_async_commit();
   };
+  {
+    int blk[kDecStages - 1];  // the prologue's table reads, all in flight together
 #pragma unroll
-  for (int n = 0; n < kDecStages - 1; ++n) load_tile(n);
+    for (int n = 0; n < kDecStages - 1; ++n) blk[n] = tile_block(n);
+#pragma unroll
+    for (int n = 0; n < kDecStages - 1; ++n) load_tile(n, blk[n]);
+  }
+  int blk_next = tile_block(kDecStages - 1);
 
   // S roles: k-steps kq·9 .. +9, columns 16·nh .. +16 of each tile.
   const int kq = warp % kDecKParts, nh = warp / kDecKParts;
@@ -126,81 +145,81 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
 #pragma unroll
       for (int e = 0; e < 4; ++e) o[mt][nt][e] = 0.f;
 
-  for (int n = 0; n < ntiles; ++n) {
-    tc_cp_async_wait<kDecStages - 2>();
-    // Tile n landed for every thread; everyone is done with tile n − 1 (its ring slot, S, P, α).
-    __syncthreads();
-    load_tile(n + kDecStages - 1);
+  // S = Q·Kᵀ of tile n into S buffer sb (this warp's k-quarter × column half).
+  auto s_phase = [&](int n, int sb) {
     const bf16* kb = k_s + (n % kDecStages) * kDecTile * kTcLd;
-    {
-      float sacc[MT][2][4];
+    float sacc[MT][2][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
+      for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) sacc[mt][nt][e] = 0.f;
+        for (int e = 0; e < 4; ++e) sacc[mt][nt][e] = 0.f;
 #pragma unroll
-      for (int ks = 0; ks < kDecKSteps; ++ks) {
-        uint32_t b[4];
-        tc_ldsm_b_nk(b, kb, kTcLd, 16 * nh, (kq * kDecKSteps + ks) * 16, lane);
+    for (int ks = 0; ks < kDecKSteps; ++ks) {
+      uint32_t b[4];
+      tc_ldsm_b_nk(b, kb, kTcLd, 16 * nh, (kq * kDecKSteps + ks) * 16, lane);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          tc_mma(sacc[mt][0], qa[mt][ks], b[0], b[1]);
-          tc_mma(sacc[mt][1], qa[mt][ks], b[2], b[3]);
-        }
+      for (int mt = 0; mt < MT; ++mt) {
+        tc_mma(sacc[mt][0], qa[mt][ks], b[0], b[1]);
+        tc_mma(sacc[mt][1], qa[mt][ks], b[2], b[3]);
       }
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          float* s0 = s_s + (kq * R + mt * 16 + g) * kTcLdS + 16 * nh + nt * 8 + t2;
-          *reinterpret_cast<float2*>(s0) = make_float2(sacc[mt][nt][0], sacc[mt][nt][1]);
-          *reinterpret_cast<float2*>(s0 + 8 * kTcLdS) = make_float2(sacc[mt][nt][2], sacc[mt][nt][3]);
-        }
     }
-    __syncthreads();
-    {
-      const int j0 = it.kv_begin + n * kDecTile + spart * kCpt;
-      float s[kCpt];
-      float mx = -INFINITY;
+    float* sbuf = s_s + sb * kDecKParts * R * kTcLdS;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        float* s0 = sbuf + (kq * R + mt * 16 + g) * kTcLdS + 16 * nh + nt * 8 + t2;
+        *reinterpret_cast<float2*>(s0) = make_float2(sacc[mt][nt][0], sacc[mt][nt][1]);
+        *reinterpret_cast<float2*>(s0 + 8 * kTcLdS) = make_float2(sacc[mt][nt][2], sacc[mt][nt][3]);
+      }
+  };
+  // Online softmax of tile n from S buffer sb: P (bf16) and α into shared memory.
+  auto softmax_phase = [&](int n, int sb) {
+    const float* sbuf = s_s + sb * kDecKParts * R * kTcLdS;
+    const int j0 = it.kv_begin + n * kDecTile + spart * kCpt;
+    float s[kCpt];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < kCpt; ++c) {
+      float acc = 0.f;
+#pragma unroll
+      for (int q = 0; q < kDecKParts; ++q) acc += sbuf[(q * R + srow) * kTcLdS + spart * kCpt + c];
+      s[c] = j0 + c < kv_hi ? acc * p.scale : -INFINITY;
+      mx = fmaxf(mx, s[c]);
+    }
+#pragma unroll
+    for (int off = kTpr / 2; off > 0; off >>= 1)
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    const float m_new = fmaxf(m_run, mx);
+    float alpha = 1.f, sum = 0.f;
+    __align__(8) bf16 pb[kCpt];
+    if (m_new == -INFINITY) {  // nothing visible yet (cannot happen inside the range; kept safe)
+#pragma unroll
+      for (int c = 0; c < kCpt; ++c) pb[c] = __float2bfloat16(0.f);
+    } else {
+      alpha = __expf(m_run - m_new);  // 0 while m_run is −inf
 #pragma unroll
       for (int c = 0; c < kCpt; ++c) {
-        float acc = 0.f;
-#pragma unroll
-        for (int q = 0; q < kDecKParts; ++q) acc += s_s[(q * R + srow) * kTcLdS + spart * kCpt + c];
-        s[c] = j0 + c < kv_hi ? acc * p.scale : -INFINITY;
-        mx = fmaxf(mx, s[c]);
+        pb[c] = __float2bfloat16(__expf(s[c] - m_new));
+        sum += __bfloat162float(pb[c]);
       }
-#pragma unroll
-      for (int off = kTpr / 2; off > 0; off >>= 1)
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-      const float m_new = fmaxf(m_run, mx);
-      float alpha = 1.f, sum = 0.f;
-      __align__(8) bf16 pb[kCpt];
-      if (m_new == -INFINITY) {  // nothing visible yet (cannot happen inside the range; kept safe)
-#pragma unroll
-        for (int c = 0; c < kCpt; ++c) pb[c] = __float2bfloat16(0.f);
-      } else {
-        alpha = __expf(m_run - m_new);  // 0 while m_run is −inf
-#pragma unroll
-        for (int c = 0; c < kCpt; ++c) {
-          pb[c] = __float2bfloat16(__expf(s[c] - m_new));
-          sum += __bfloat162float(pb[c]);
-        }
-      }
-#pragma unroll
-      for (int off = kTpr / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-      l_run = l_run * alpha + sum;
-      m_run = m_new;
-      bf16* pdst = p_s + srow * kTcLdP + spart * kCpt;
-      if constexpr (kCpt == 4)
-        *reinterpret_cast<uint2*>(pdst) = *reinterpret_cast<const uint2*>(pb);
-      else
-        *reinterpret_cast<uint32_t*>(pdst) = *reinterpret_cast<const uint32_t*>(pb);
-      if (spart == 0) alpha_s[srow] = alpha;
     }
-    __syncthreads();
+#pragma unroll
+    for (int off = kTpr / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    l_run = l_run * alpha + sum;
+    m_run = m_new;
+    bf16* pdst = p_s + srow * kTcLdP + spart * kCpt;
+    if constexpr (kCpt == 4)
+      *reinterpret_cast<uint2*>(pdst) = *reinterpret_cast<const uint2*>(pb);
+    else
+      *reinterpret_cast<uint32_t*>(pdst) = *reinterpret_cast<const uint32_t*>(pb);
+    if (spart == 0) alpha_s[srow] = alpha;
+  };
+  // O = α·O + P·V of tile n.
+  auto pv_phase = [&](int n) {
+    const bf16* kb = k_s + (n % kDecStages) * kDecTile * kTcLd;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
       const float a0 = alpha_s[mt * 16 + g], a1 = alpha_s[mt * 16 + g + 8];
@@ -227,6 +246,41 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
           tc_mma(o[mt][2 * np + 1], a[mt], b[2], b[3]);
         }
       }
+    }
+  };
+
+  if constexpr (!kOverlap) {
+    // Three barriers per tile: S(n) | softmax(n) | P·V(n).
+    for (int n = 0; n < ntiles; ++n) {
+      tc_cp_async_wait<kDecStages - 2>();
+      // Tile n landed for every thread; everyone is done with tile n − 1 (ring slot, S, P, α).
+      __syncthreads();
+      load_tile(n + kDecStages - 1, blk_next);
+      blk_next = tile_block(n + kDecStages);
+      s_phase(n, 0);
+      __syncthreads();
+      softmax_phase(n, 0);
+      __syncthreads();
+      pv_phase(n);
+    }
+  } else {
+    // Two barriers per tile: softmax(n) | P·V(n) then S(n + 1) into the other S buffer, so the
+    // tensor work of two tiles runs between the same barriers.
+    if (ntiles > 0) {
+      tc_cp_async_wait<kDecStages - 2>();
+      __syncthreads();
+      s_phase(0, 0);
+    }
+    for (int n = 0; n < ntiles; ++n) {
+      tc_cp_async_wait<kDecStages - 3>();
+      // S(n) and tile n + 1 are visible; everyone is done with P·V(n − 1) (its ring slot, P, α).
+      __syncthreads();
+      load_tile(n + kDecStages - 1, blk_next);
+      blk_next = tile_block(n + kDecStages);
+      softmax_phase(n, n & 1);
+      __syncthreads();
+      pv_phase(n);
+      if (n + 1 < ntiles) s_phase(n + 1, (n + 1) & 1);
     }
   }
   tc_cp_async_wait<0>();

@@ -120,11 +120,18 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
   ap.u = reinterpret_cast<bf16*>(du.data());
   // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
-  // comparison) first, then tensor cores, whose u feeds the rest of the chain.
-  std::vector<uint16_t> u_path[2];
+  // comparison) first, then tensor cores with either decode schedule (decode_overlap false /
+  // true); each tensor-core u feeds the W_UV GEMM and is checked against the CPU.
+  std::vector<uint16_t> u_path[3];
   std::string plan_desc;
-  for (int tc = 0; tc < 2; ++tc) {
-    const cuda::MlaAttnPlan plan = make_plan(tc == 1);
+  const char* path_name[3] = {"CUDA cores", "tensor cores", "tensor cores (overlap)"};
+  cuda::GemmArgs g2;
+  g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
+  g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
+  g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
+  for (int path = 0; path < 3; ++path) {
+    const bool tc = path > 0;
+    const cuda::MlaAttnPlan plan = make_plan(tc);
     EXPECT_LE(plan.num_partials, max_partials);
     GuardedBuffer<int> di1(std::max<size_t>(1, 7 * plan.items1.size())),
         di4(std::max<size_t>(1, 7 * plan.items4.size()));
@@ -134,7 +141,8 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     dns.upload(plan.num_splits);
     du.poison();
     dpart.poison();
-    ap.tensor_cores = tc == 1;
+    ap.tensor_cores = tc;
+    ap.decode_overlap = path == 2;
     ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
     ap.num_items = int(plan.items1.size());
     cuda::run_mla_attention(ap, 1, nullptr);
@@ -143,27 +151,28 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     cuda::run_mla_attention(ap, 4, nullptr);
     if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    u_path[tc] = du.to_host();
-    int max_splits = 0;
-    for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
-    plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
-                     " partials ", plan.num_partials, " max splits ", max_splits);
+    u_path[path] = du.to_host();
+    if (path < 2) {
+      int max_splits = 0;
+      for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
+      plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
+                       " partials ", plan.num_partials, " max splits ", max_splits);
+    }
     EXPECT_TRUE(di1.guards_intact() && di4.guards_intact());
+    if (!tc) continue;
+    dout.poison();
+    gemm.run(g2, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = bf16_to_float(dout.to_host());
+    const std::string desc = str("mla ", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
+                                 " H", H, " S", S, " T", T, plan_desc);
+    expect_close(desc + " " + path_name[path] + " vs CPU", got.data(), ref.data(), ref.size(),
+                 1e-2, 0.1);
+    // u of the two kernel families: each is within bf16 rounding (~2e-3 relative) of the exact u.
+    auto u_tc = bf16_to_float(u_path[path]), u_cc = bf16_to_float(u_path[0]);
+    expect_close(desc + " u " + path_name[path] + " vs CUDA cores", u_tc.data(), u_cc.data(),
+                 u_tc.size(), 1e-2, 0.05);
   }
-  cuda::GemmArgs g2;
-  g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
-  g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
-  g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
-  gemm.run(g2, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  auto got = bf16_to_float(dout.to_host());
-  std::string desc = str("mla ", kind == PlanKind::kDecode ? "decode plan" : "eager plan", " H", H,
-                         " S", S, " T", T, plan_desc);
-  expect_close(desc + " tensor cores vs CPU", got.data(), ref.data(), ref.size(), 1e-2, 0.1);
-  // u of the two kernel families: each is within bf16 rounding (~2e-3 relative) of the exact u.
-  auto u_tc = bf16_to_float(u_path[1]), u_cc = bf16_to_float(u_path[0]);
-  expect_close(desc + " u tensor cores vs CUDA cores", u_tc.data(), u_cc.data(), u_tc.size(), 1e-2,
-               0.05);
   EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
               dpart.guards_intact() && dsb.guards_intact() && dns.guards_intact());
   // The cache is read-only here.
