@@ -76,10 +76,11 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   const double bytes = double(B) * L * 576 * 2;
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  double ms[3], ms_attn_tc = 0.0;
-  int splits[3];
-  // 0: CUDA cores; 1: tensor cores; 2: tensor cores, overlapped schedule (decode_overlap).
-  for (int path = 0; path < 3; ++path) {
+  constexpr int kPaths = 2;
+  double ms[kPaths], ms_attn_tc = 0.0;
+  int splits[kPaths];
+  const char* name[kPaths] = {"CUDA cores", "tensor cores"};
+  for (int path = 0; path < kPaths; ++path) {
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
@@ -93,7 +94,6 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
     ap.partials = parts.data(), ap.u = tc ? u_tc.data() : u_cc.data(), ap.tensor_cores = tc == 1;
-    ap.decode_overlap = path == 2;
     ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
     ap.num_items = int(plan.items1.size());
     auto step = [&](int, cudaStream_t s) {
@@ -110,8 +110,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     }
   }
   CUDA_CHECK(cudaStreamDestroy(st));
-  const char* name[3] = {"CUDA cores", "tensor cores", "tc overlap"};
-  for (int path = 0; path < 3; ++path) {
+  for (int path = 0; path < kPaths; ++path) {
     const double gbs = bytes / (ms[path] * 1e-3) / 1e9;
     std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
                 name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);

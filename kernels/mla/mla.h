@@ -117,9 +117,6 @@ struct MlaAttnParams {
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
-  // Tensor-core decode schedule (being measured): false, 3 barriers per tile; true, 2 (P·V of
-  // tile n and S of tile n + 1 between the same barriers).
-  bool decode_overlap = false;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.

@@ -120,16 +120,17 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
   ap.u = reinterpret_cast<bf16*>(du.data());
   // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
-  // comparison) first, then tensor cores with either decode schedule (decode_overlap false /
-  // true); each tensor-core u feeds the W_UV GEMM and is checked against the CPU.
-  std::vector<uint16_t> u_path[3];
+  // comparison) first, then tensor cores; each tensor-core u feeds the W_UV GEMM and is checked
+  // against the CPU.
+  constexpr int kPaths = 2;
+  std::vector<uint16_t> u_path[kPaths];
   std::string plan_desc;
-  const char* path_name[3] = {"CUDA cores", "tensor cores", "tensor cores (overlap)"};
+  const char* path_name[kPaths] = {"CUDA cores", "tensor cores"};
   cuda::GemmArgs g2;
   g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
   g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
   g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
-  for (int path = 0; path < 3; ++path) {
+  for (int path = 0; path < kPaths; ++path) {
     const bool tc = path > 0;
     const cuda::MlaAttnPlan plan = make_plan(tc);
     EXPECT_LE(plan.num_partials, max_partials);
@@ -142,7 +143,6 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     du.poison();
     dpart.poison();
     ap.tensor_cores = tc;
-    ap.decode_overlap = path == 2;
     ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
     ap.num_items = int(plan.items1.size());
     cuda::run_mla_attention(ap, 1, nullptr);
@@ -152,12 +152,10 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     u_path[path] = du.to_host();
-    if (path < 2) {
-      int max_splits = 0;
-      for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
-      plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
-                       " partials ", plan.num_partials, " max splits ", max_splits);
-    }
+    int max_splits = 0;
+    for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
+    plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
+                     " partials ", plan.num_partials, " max splits ", max_splits);
     EXPECT_TRUE(di1.guards_intact() && di4.guards_intact());
     if (!tc) continue;
     dout.poison();
