@@ -10,8 +10,10 @@
 // FLOPs: 2·(576 + 512) per (query row, visible key): QKᵀ over 576 and P·V over 512, causal.
 // Timing: CUDA events, median over groups of launches after warm-up; random non-zero inputs;
 // scattered block tables. The two kernels' u are compared (relative RMS) as a sanity check.
-// Usage: bench_mla [--quick] [--decode | --prefill]
+// Usage: bench_mla [--quick] [--decode | --prefill] [--bulk]
 //   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 only.
+//   --bulk: also the decode kernel with TMA bulk copies (MlaAttnParams::decode_bulk_copy,
+//           experimental).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -56,7 +58,7 @@ double rel_rms(const DeviceBuffer<bf16>& a, const DeviceBuffer<bf16>& b) {
 
 // B sequences of context L decoding one token each: both kernels, graph-replayed with the decode
 // plan and the combine.
-void bench_decode(int B, int L, int num_sms, double copy_gbs) {
+void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
   std::mt19937 rng(B * 7919 + L);
   const int per_seq = (L + 63) / 64, nb = B * per_seq;
   std::vector<int> ids(nb), table(size_t(B) * per_seq), ctx(B, L);
@@ -66,7 +68,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   const int max_partials = 8 * num_sms;
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(B) * H * 512),
       q(size_t(B) * H * 192);
-  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512);
+  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512),
+      u_bulk(size_t(B) * H * 512);
   fill_random(cache, -1.f, 1.f, 3);
   fill_random(q_abs, -0.5f, 0.5f, 4);
   fill_random(q, -1.f, 1.f, 5);
@@ -76,11 +79,13 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   const double bytes = double(B) * L * 576 * 2;
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  constexpr int kPaths = 2;
-  double ms[kPaths], ms_attn_tc = 0.0;
-  int splits[kPaths];
-  const char* name[kPaths] = {"CUDA cores", "tensor cores"};
-  for (int path = 0; path < kPaths; ++path) {
+  // 0: CUDA cores; 1: tensor cores; 2 (--bulk): tensor cores, cache tiles by TMA bulk copies
+  // (decode_bulk_copy, experimental).
+  const int num_paths = bulk ? 3 : 2;
+  double ms[3] = {0, 0, 0}, ms_attn_tc = 0.0;
+  int splits[3] = {0, 0, 0};
+  const char* name[3] = {"CUDA cores", "tensor cores", "tc bulk copy"};
+  for (int path = 0; path < num_paths; ++path) {
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
@@ -93,7 +98,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
     ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
-    ap.partials = parts.data(), ap.u = tc ? u_tc.data() : u_cc.data(), ap.tensor_cores = tc == 1;
+    ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.decode_bulk_copy = path == 2;
+    ap.u = path == 0 ? u_cc.data() : path == 1 ? u_tc.data() : u_bulk.data();
     ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
     ap.num_items = int(plan.items1.size());
     auto step = [&](int, cudaStream_t s) {
@@ -110,15 +116,15 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     }
   }
   CUDA_CHECK(cudaStreamDestroy(st));
-  for (int path = 0; path < kPaths; ++path) {
+  for (int path = 0; path < num_paths; ++path) {
     const double gbs = bytes / (ms[path] * 1e-3) / 1e9;
     std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
                 name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
   }
   std::printf("%-4d %-8d speed-up %.1fx; combine %.1f us of the tensor-core step; u rel RMS "
-              "(tensor cores vs CUDA cores) %.2e\n",
+              "vs CUDA cores: tensor cores %.2e, bulk copy %.2e\n",
               B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
-              rel_rms(u_cc, u_tc));
+              rel_rms(u_cc, u_tc), bulk ? rel_rms(u_cc, u_bulk) : 0.0);
 }
 
 void bench_prefill(int T, int num_sms, double peak) {
@@ -177,14 +183,15 @@ void bench_prefill(int T, int num_sms, double peak) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode = true, prefill = true;
+  bool quick = false, decode = true, prefill = true, bulk = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
+    else if (a == "--bulk") bulk = true;
     else if (a == "--decode") prefill = false;
     else if (a == "--prefill") decode = false;
     else {
-      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill]\n");
+      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill] [--bulk]\n");
       return 2;
     }
   }
@@ -215,7 +222,7 @@ int main(int argc, char** argv) {
           std::printf("%-4d %-8d skipped: %.1f GB of cache does not fit\n", B, L, need / 1e9);
           continue;
         }
-        bench_decode(B, L, prop.multiProcessorCount, copy);
+        bench_decode(B, L, prop.multiProcessorCount, copy, bulk);
       }
     }
     if (prefill) {

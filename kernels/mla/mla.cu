@@ -160,10 +160,14 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
   const int th = mla::kTcThreads;
   const size_t smem = mla::kDecSmem;
-  if (p.num_heads <= 16)
-    mla::mla_decode_tc_kernel<1><<<grid, th, smem, stream>>>(p);
+  if (p.num_heads <= 16 && p.decode_bulk_copy)
+    mla::mla_decode_tc_kernel<1, true><<<grid, th, smem, stream>>>(p);
+  else if (p.num_heads <= 16)
+    mla::mla_decode_tc_kernel<1, false><<<grid, th, smem, stream>>>(p);
+  else if (p.decode_bulk_copy)
+    mla::mla_decode_tc_kernel<2, true><<<grid, th, smem, stream>>>(p);
   else
-    mla::mla_decode_tc_kernel<2><<<grid, th, smem, stream>>>(p);
+    mla::mla_decode_tc_kernel<2, false><<<grid, th, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 
@@ -188,8 +192,10 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  for (const void* f : {reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1>),
-                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2>)})
+  for (const void* f : {reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, true>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, true>)})
     CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(mla::kDecSmem)));
   done.fetch_or(bit);

@@ -117,6 +117,11 @@ struct MlaAttnParams {
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
+  // Decode items on tensor cores read the cache by TMA bulk copies instead of cp.async.
+  // EXPERIMENTAL, not yet run on a GPU: the cp.async kernel moves ~17.5 GB/s per CTA (one CTA per
+  // SM, ~55% of the copy rate), whatever the barriers and table reads do, which points at the
+  // outstanding-request limit of cp.async; bulk copies are not bound by it.
+  bool decode_bulk_copy = false;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.

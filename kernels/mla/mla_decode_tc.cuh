@@ -39,14 +39,19 @@ constexpr size_t kDecOffP = kDecOffS + size_t(kDecKParts) * kDecRows * kTcLdS * 
 constexpr size_t kDecOffA = kDecOffP + size_t(kDecRows) * kTcLdP * 2;
 constexpr size_t kDecOffM = kDecOffA + kDecRows * 4;
 constexpr size_t kDecOffL = kDecOffM + kDecRows * 4;
-constexpr size_t kDecSmem = kDecOffL + kDecRows * 4;
+constexpr size_t kDecOffBar = kDecOffL + kDecRows * 4;  // kBulk: an mbarrier per ring slot
+constexpr size_t kDecSmem = kDecOffBar + kDecStages * 8;
 static_assert(kDecTile == kTile, "split chunks of the plans are multiples of kTile");
 static_assert(kDecKSteps * 16 * kDecKParts == kMlaRow && kMlaLat % 16 == 0);
 static_assert(kTcThreads == 256 && kDecKParts * 2 == kTcThreads / 32, "8 warps: 4 k-parts × 2");
-static_assert(kDecOffS % 16 == 0 && kDecOffP % 16 == 0 && kDecOffA % 16 == 0);
+static_assert(kDecOffS % 16 == 0 && kDecOffP % 16 == 0 && kDecOffA % 16 == 0 &&
+              kDecOffBar % 8 == 0);
+static_assert(kDecTile == 32 && kMlaRow * 2 % 16 == 0, "kBulk: a lane per row, 16-byte multiples");
 static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
 
-template <int MT>
+// kBulk: cache rows by TMA bulk copies (one 1152-byte copy per row, issued by the lanes of warp
+// 0, completing on the ring slot's mbarrier) instead of cp.async; experimental, see mla.h.
+template <int MT, bool kBulk>
 __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnParams p) {
   constexpr int R = 16 * MT;            // query rows (heads) of this CTA
   constexpr int kTpr = kTcThreads / R;  // softmax threads per row
@@ -60,6 +65,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   float* alpha_s = reinterpret_cast<float*>(sm + kDecOffA);
   float* m_s = reinterpret_cast<float*>(sm + kDecOffM);
   float* l_s = reinterpret_cast<float*>(sm + kDecOffL);
+  uint64_t* full = reinterpret_cast<uint64_t*>(sm + kDecOffBar);  // [kDecStages] (kBulk)
 
   const MlaWorkItem it = p.items[blockIdx.x];
   if (it.nq <= 0) return;  // an idle slot of the decode plan
@@ -78,9 +84,34 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   auto tile_block = [&](int n) {
     return n < ntiles ? table[(it.kv_begin + n * kDecTile) / kMlaBlock] : 0;
   };
-  // Tile n into ring slot n % kDecStages (one commit group per call, empty past the last tile);
-  // rows at or past kv_hi are zero (P is 0 there, V must be finite).
+  // Tile n into ring slot n % kDecStages (cp.async: one commit group per call, empty past the
+  // last tile; kBulk: completes on full[slot]); rows at or past kv_hi are zero (P is 0 there, V
+  // must be finite).
   auto load_tile = [&](int n, int blk) {
+    if constexpr (kBulk) {
+      if (n >= ntiles) return;
+      bf16* buf = k_s + (n % kDecStages) * kDecTile * kTcLd;
+      const int j0 = it.kv_begin + n * kDecTile, rows = min(kDecTile, kv_hi - j0);
+      for (int idx = rows * kTcChunks + tid; idx < kDecTile * kTcChunks; idx += kTcThreads)
+        *reinterpret_cast<uint4*>(buf + (idx / kTcChunks) * kTcLd + (idx % kTcChunks) * 8) =
+            make_uint4(0, 0, 0, 0);
+      if (warp == 0) {
+        uint64_t* bar = full + n % kDecStages;
+        // The slot was last read (ldmatrix) before the barrier this call follows.
+        tc_fence_proxy_async();
+        if (lane == 0) tc_mbar_arrive_expect_tx(bar, unsigned(rows) * kMlaRow * 2);
+        __syncwarp();
+        if (lane < rows) {
+          const int pos = j0 + lane;
+          const bf16* src =
+              aligned ? p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow
+                      : p.cache + (int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock) *
+                                      kMlaRow;
+          tc_bulk_g2s(buf + lane * kTcLd, src, kMlaRow * 2, bar, policy);
+        }
+      }
+      return;
+    }
     if (n < ntiles) {
       bf16* buf = k_s + (n % kDecStages) * kDecTile * kTcLd;
       const int j0 = it.kv_begin + n * kDecTile;
@@ -102,6 +133,13 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
     }
     tc_cp_async_commit();
   };
+  if constexpr (kBulk) {
+    if (tid == 0) {
+      for (int i = 0; i < kDecStages; ++i) tc_mbar_init(full + i, 1);
+      tc_fence_mbar_init();
+    }
+    __syncthreads();
+  }
   {
     int blk[kDecStages - 1];  // the prologue's table reads, all in flight together
 #pragma unroll
@@ -250,7 +288,10 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   // Three barriers per tile: S(n) | softmax(n) | P·V(n). (Running P·V(n) and S(n + 1) between
   // the same barriers, with two S buffers, measured 1-6% slower on an H200.)
   for (int n = 0; n < ntiles; ++n) {
-    tc_cp_async_wait<kDecStages - 2>();
+    if constexpr (kBulk)
+      tc_mbar_wait(full + n % kDecStages, unsigned(n / kDecStages) & 1u);  // use n / S of the slot
+    else
+      tc_cp_async_wait<kDecStages - 2>();
     // Tile n landed for every thread; everyone is done with tile n − 1 (ring slot, S, P, α).
     __syncthreads();
     load_tile(n + kDecStages - 1, blk_next);

@@ -9,6 +9,7 @@
 // max-abs.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -121,16 +122,19 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   ap.u = reinterpret_cast<bf16*>(du.data());
   // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
   // comparison) first, then tensor cores; each tensor-core u feeds the W_UV GEMM and is checked
-  // against the CPU.
-  constexpr int kPaths = 2;
-  std::vector<uint16_t> u_path[kPaths];
+  // against the CPU. With KIMI_TEST_MLA_BULK set, also tensor cores with the decode kernel's cache
+  // loads by TMA bulk copies (decode_bulk_copy: experimental, never run on a GPU yet, so opt-in: a
+  // wrong transaction count would hang rather than fail).
+  constexpr int kMaxPaths = 3;
+  const int num_paths = std::getenv("KIMI_TEST_MLA_BULK") ? 3 : 2;
+  std::vector<uint16_t> u_path[kMaxPaths];
   std::string plan_desc;
-  const char* path_name[kPaths] = {"CUDA cores", "tensor cores"};
+  const char* path_name[kMaxPaths] = {"CUDA cores", "tensor cores", "tensor cores (bulk copies)"};
   cuda::GemmArgs g2;
   g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
   g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
   g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
-  for (int path = 0; path < kPaths; ++path) {
+  for (int path = 0; path < num_paths; ++path) {
     const bool tc = path > 0;
     const cuda::MlaAttnPlan plan = make_plan(tc);
     EXPECT_LE(plan.num_partials, max_partials);
@@ -143,6 +147,7 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     du.poison();
     dpart.poison();
     ap.tensor_cores = tc;
+    ap.decode_bulk_copy = path == 2;
     ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
     ap.num_items = int(plan.items1.size());
     cuda::run_mla_attention(ap, 1, nullptr);
@@ -152,10 +157,12 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     u_path[path] = du.to_host();
-    int max_splits = 0;
-    for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
-    plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
-                     " partials ", plan.num_partials, " max splits ", max_splits);
+    if (path < 2) {
+      int max_splits = 0;
+      for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
+      plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
+                       " partials ", plan.num_partials, " max splits ", max_splits);
+    }
     EXPECT_TRUE(di1.guards_intact() && di4.guards_intact());
     if (!tc) continue;
     dout.poison();
