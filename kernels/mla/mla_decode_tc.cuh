@@ -20,8 +20,10 @@
 //   3. O = α·O + P·V with V = the first 512 channels of the same cache rows: warp w owns O
 //      columns 64·w .. +64 for all R rows (MT × 8 accumulator tiles).
 // At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
+// kBulk (MlaAttnParams::decode_bulk_copy, experimental, not yet run on a GPU): the rows come by
+// TMA bulk copies completing on an mbarrier per ring slot instead of cp.async.
 // Shared memory: K ring [5][32][584] bf16, S quarters [4][32][36] fp32, P [32][40] bf16, α, m,
-// l [32]: 208.3 KB, one CTA per SM. Helpers and fragment layouts: mla_mma.cuh.
+// l [32], mbarriers [5]: 208.3 KB, one CTA per SM. Helpers and fragment layouts: mla_mma.cuh.
 #pragma once
 
 #include "mla/mla_mma.cuh"
