@@ -92,7 +92,7 @@ int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials
     const int want = ceil_div(2 * num_sms, S * per_item);
     return std::max(1, std::min(want, max_partials / S));
   }
-  // One CTA per SM (170 KB of shared memory): the fewest splits whose CTAs fill the waves within
+  // One CTA per SM (208 KB of shared memory): the fewest splits whose CTAs fill the waves within
   // 3% of the best fill reachable (e.g. 132 SMs: 129 splits at batch 1, 2 at batch 64).
   const int cap = std::max(1, std::min(2 * num_sms, max_partials / S));
   auto fill = [&](int ns) {

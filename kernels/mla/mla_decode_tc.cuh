@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   const uint64_t policy = tc_policy_evict_first();
 
   // Every plan starts items at multiples of 32, so a tile is 32 consecutive rows of one cache
-  // block (one table entry, read an iteration ahead: a table read in the issuing path stalled
-  // the CTA for an L2 round trip per tile); other ranges take a table entry per row.
+  // block: one table entry, read an iteration ahead so no copy waits on it; other ranges take a
+  // table entry per row.
   const bool aligned = it.kv_begin % kDecTile == 0;
   auto tile_block = [&](int n) {
     return n < ntiles ? table[(it.kv_begin + n * kDecTile) / kMlaBlock] : 0;
