@@ -1,11 +1,19 @@
-// MLA prefill attention benchmark (H = 32 heads, absorbed MQA over the paged 576-wide latent
-// cache): one sequence of T = 4096 and 16384 new tokens (no history), the prefill items on the
+// MLA attention benchmark (H = 32 heads, absorbed MQA over the paged 576-wide latent cache).
+// Decode: one new token per sequence, batch B at context L, through the plan the model's CUDA
+// graphs use (make_mla_decode_plan) with the combine, replayed from a CUDA graph: the CUDA-core
+// kernel (mla_attn_kernel<1>, 8 heads per CTA) against the tensor-core decode kernel
+// (mla_decode_tc_kernel, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
+// second as a fraction of the device-to-device copy rate measured in the same run.
+// Prefill: one sequence of T = 4096 and 16384 new tokens (no history), the prefill items on the
 // CUDA-core kernel (mla_attn_kernel<4>) and on tensor cores (mla_attn_tc_kernel), time per layer
 // and achieved TFLOP/s, against a cuBLASLt bf16 GEMM (8192³) measured in the same run.
 // FLOPs: 2·(576 + 512) per (query row, visible key): QKᵀ over 576 and P·V over 512, causal.
 // Timing: CUDA events, median over groups of launches after warm-up; random non-zero inputs;
-// a scattered block table. The two kernels' u are compared (relative RMS) as a sanity check.
-// Usage: bench_mla [--quick]   (--quick: T = 4096 only)
+// scattered block tables. The two kernels' u are compared (relative RMS) as a sanity check.
+// Usage: bench_mla [--quick] [--decode | --prefill] [--bulk]
+//   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 only.
+//   --bulk: also the decode kernel with TMA bulk copies (MlaAttnParams::decode_bulk_copy,
+//           experimental).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -35,6 +43,90 @@ using kimi::cuda::bf16;
 using kimi::cuda::DeviceBuffer;
 constexpr int H = 32;
 
+double rel_rms(const DeviceBuffer<bf16>& a, const DeviceBuffer<bf16>& b) {
+  std::vector<uint16_t> x(a.size()), y(b.size());
+  CUDA_CHECK(cudaMemcpy(x.data(), a.data(), x.size() * 2, cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(y.data(), b.data(), y.size() * 2, cudaMemcpyDeviceToHost));
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double u = kimi::bf16_to_f32(x[i]), v = kimi::bf16_to_f32(y[i]);
+    num += (u - v) * (u - v);
+    den += u * u;
+  }
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// B sequences of context L decoding one token each: both kernels, graph-replayed with the decode
+// plan and the combine.
+void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
+  std::mt19937 rng(B * 7919 + L);
+  const int per_seq = (L + 63) / 64, nb = B * per_seq;
+  std::vector<int> ids(nb), table(size_t(B) * per_seq), ctx(B, L);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = ids[i];
+  const int max_partials = 8 * num_sms;
+  DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(B) * H * 512),
+      q(size_t(B) * H * 192);
+  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512),
+      u_bulk(size_t(B) * H * 512);
+  fill_random(cache, -1.f, 1.f, 3);
+  fill_random(q_abs, -0.5f, 0.5f, 4);
+  fill_random(q, -1.f, 1.f, 5);
+  DeviceBuffer<int> dtab(table.size());
+  DeviceBuffer<float> parts(size_t(max_partials) * H * kimi::cuda::kMlaPartialStride);
+  dtab.upload(table);
+  const double bytes = double(B) * L * 576 * 2;
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  // 0: CUDA cores; 1: tensor cores; 2 (--bulk): tensor cores, cache tiles by TMA bulk copies
+  // (decode_bulk_copy, experimental).
+  const int num_paths = bulk ? 3 : 2;
+  double ms[3] = {0, 0, 0}, ms_attn_tc = 0.0;
+  int splits[3] = {0, 0, 0};
+  const char* name[3] = {"CUDA cores", "tensor cores", "tc bulk copy"};
+  for (int path = 0; path < num_paths; ++path) {
+    const int tc = path > 0;
+    const kimi::cuda::MlaAttnPlan plan =
+        kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
+    splits[path] = std::max(1, plan.num_splits[0]);
+    DeviceBuffer<int> ditems(7 * plan.items1.size()), dsb(B), dns(B);
+    ditems.upload(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size());
+    dsb.upload(plan.split_base);
+    dns.upload(plan.num_splits);
+    kimi::cuda::MlaAttnParams ap;
+    ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
+    ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
+    ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
+    ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.decode_bulk_copy = path == 2;
+    ap.u = path == 0 ? u_cc.data() : path == 1 ? u_tc.data() : u_bulk.data();
+    ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
+    ap.num_items = int(plan.items1.size());
+    auto step = [&](int, cudaStream_t s) {
+      kimi::cuda::run_mla_attention(ap, 1, s);
+      if (plan.num_partials > 0) kimi::cuda::run_mla_combine(ap, s);
+    };
+    // About 20 ms of work per graph; the CUDA-core kernel moves ~0.1-0.3 TB/s.
+    const double est_ms = bytes / ((tc ? 3e12 : 1.5e11) * 1e-3);
+    const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
+    ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
+    if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
+      auto attn_only = [&](int, cudaStream_t s) { kimi::cuda::run_mla_attention(ap, 1, s); };
+      ms_attn_tc = kimi::bench::graph_ms(attn_only, per_graph, 9, st);
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(st));
+  for (int path = 0; path < num_paths; ++path) {
+    const double gbs = bytes / (ms[path] * 1e-3) / 1e9;
+    std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
+                name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
+  }
+  std::printf("%-4d %-8d speed-up %.1fx; combine %.1f us of the tensor-core step; u rel RMS "
+              "vs CUDA cores: tensor cores %.2e, bulk copy %.2e\n",
+              B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
+              rel_rms(u_cc, u_tc), bulk ? rel_rms(u_cc, u_bulk) : 0.0);
+}
+
 void bench_prefill(int T, int num_sms, double peak) {
   std::mt19937 rng(T);
   const int nb = (T + 63) / 64;
@@ -44,7 +136,8 @@ void bench_prefill(int T, int num_sms, double peak) {
   const int cu[2] = {0, T}, ctx[1] = {T};
   const int max_partials = 8 * num_sms;
   kimi::cuda::MlaAttnPlan plan =
-      kimi::cuda::make_mla_attn_plan(1, cu, ctx, H, num_sms, max_partials);
+      kimi::cuda::make_mla_attn_plan(1, cu, ctx, H, num_sms, max_partials, true);
+  // Without history the prefill items fill the GPU unsplit: the plan suits both kernels.
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(T) * H * 512),
       q(size_t(T) * H * 192);
   DeviceBuffer<bf16> u_cc(size_t(T) * H * 512), u_tc(size_t(T) * H * 512);
@@ -78,43 +171,69 @@ void bench_prefill(int T, int num_sms, double peak) {
   const double ms_cc = median_ms([&](int) { run(false); }, T > 4096 ? 3 : 5, 1, 1);
   const double ms_tc = median_ms([&](int) { run(true); }, 10, T > 4096 ? 1 : 3, 2);
   CUDA_CHECK(cudaDeviceSynchronize());
-  // Sanity: the two kernels' u agree to bf16 rounding.
-  std::vector<uint16_t> a(u_cc.size()), b(u_tc.size());
-  CUDA_CHECK(cudaMemcpy(a.data(), u_cc.data(), a.size() * 2, cudaMemcpyDeviceToHost));
-  CUDA_CHECK(cudaMemcpy(b.data(), u_tc.data(), b.size() * 2, cudaMemcpyDeviceToHost));
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const double x = kimi::bf16_to_f32(a[i]), y = kimi::bf16_to_f32(b[i]);
-    num += (x - y) * (x - y);
-    den += x * x;
-  }
   for (int tc = 0; tc < 2; ++tc) {
     const double ms = tc ? ms_tc : ms_cc, tf = flop / (ms * 1e-3) / 1e12;
     std::printf("%-6d %-12s %5zu items %10.3f ms %9.1f TFLOP/s %7.1f%% of GEMM\n", T,
                 tc ? "tensor cores" : "CUDA cores", plan.items4.size(), ms, tf, 100 * tf / peak);
   }
   std::printf("%-6d speed-up %.1fx; u rel RMS (tensor cores vs CUDA cores) %.2e; %d KV splits\n", T,
-              ms_cc / ms_tc, std::sqrt(num / std::max(den, 1e-300)), plan.num_partials);
+              ms_cc / ms_tc, rel_rms(u_cc, u_tc), plan.num_partials);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false, decode = true, prefill = true, bulk = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") quick = true;
+    else if (a == "--bulk") bulk = true;
+    else if (a == "--decode") prefill = false;
+    else if (a == "--prefill") decode = false;
+    else {
+      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill] [--bulk]\n");
+      return 2;
+    }
+  }
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, dev));
-    std::printf("bench_mla: %s, %d SMs, H=%d, one sequence, prefill (no history)\n", prop.name,
-                prop.multiProcessorCount, H);
-    const double peak = kimi::bench::gemm_ceiling_tflops();
-    std::printf("cuBLASLt bf16 GEMM 8192^3: %.1f TFLOP/s\n", peak);
-    std::printf("%-6s %-12s %11s %13s %17s\n", "T", "kernel", "", "time", "");
+    std::printf("bench_mla: %s, %d SMs, L2 %d MB, H=%d\n", prop.name, prop.multiProcessorCount,
+                prop.l2CacheSize >> 20, H);
     kimi::cuda::mla_prepare();
-    for (int T : {4096, 16384}) {
-      if (quick && T > 4096) break;
-      bench_prefill(T, prop.multiProcessorCount, peak);
+    if (decode) {
+      const double copy = copy_ceiling_gbs();
+      std::printf("decode (CUDA-graph replay, decode plan + combine); copy ceiling %.0f GB/s\n",
+                  copy);
+      std::printf("%-4s %-8s %-12s %11s %13s %13s\n", "B", "context", "kernel", "", "time/layer",
+                  "cache read");
+      const std::vector<std::pair<int, int>> shapes =
+          quick ? std::vector<std::pair<int, int>>{{1, 4096}, {1, 32768}, {64, 4096}}
+                : std::vector<std::pair<int, int>>{{1, 4096},    {1, 32768}, {1, 131072},
+                                                   {1, 1 << 20}, {64, 4096}, {64, 32768},
+                                                   {64, 131072}};
+      for (auto [B, L] : shapes) {
+        const size_t need = size_t(B) * ((L + 63) / 64) * 64 * 1152 + (size_t(1) << 30);
+        size_t free_b = 0, total_b = 0;
+        CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+        if (need > free_b) {
+          std::printf("%-4d %-8d skipped: %.1f GB of cache does not fit\n", B, L, need / 1e9);
+          continue;
+        }
+        bench_decode(B, L, prop.multiProcessorCount, copy, bulk);
+      }
+    }
+    if (prefill) {
+      const double peak = kimi::bench::gemm_ceiling_tflops();
+      std::printf("prefill, one sequence, no history; cuBLASLt bf16 GEMM 8192^3: %.1f TFLOP/s\n",
+                  peak);
+      std::printf("%-6s %-12s %11s %13s %17s\n", "T", "kernel", "", "time", "");
+      for (int T : {4096, 16384}) {
+        if (quick && T > 4096) break;
+        bench_prefill(T, prop.multiProcessorCount, peak);
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_mla: %s\n", e.what());

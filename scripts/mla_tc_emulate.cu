@@ -420,7 +420,7 @@ void run_case(const std::vector<Seq>& seqs, int H, uint32_t seed, bool deferred,
   P.q = rnd(size_t(T) * H * 192, 1.f);
   P.q_abs = rnd(size_t(T) * H * 512, 2.f);  // scores of a few units: a peaked softmax
   const int num_sms = 132, max_partials = 8 * num_sms;
-  MlaAttnPlan plan = make_mla_attn_plan(S, cu.data(), ctx.data(), H, num_sms, max_partials);
+  MlaAttnPlan plan = make_mla_attn_plan(S, cu.data(), ctx.data(), H, num_sms, max_partials, true);
   if (odd) odd_splits(plan);
   P.split_base = plan.split_base;
   P.partials.assign(std::max(1, plan.num_partials) * size_t(H) * kMlaPartialStride, NAN);

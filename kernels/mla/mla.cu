@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "mla/mla.cuh"
+#include "mla/mla_decode_tc.cuh"
 #include "mla/mla_tc.cuh"
 
 namespace kimi::cuda {
@@ -18,8 +19,15 @@ void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
+namespace {
+// CTAs a decode item (one query token) takes.
+int decode_ctas_per_item(int num_heads, bool tensor_cores) {
+  return ceil_div(num_heads, tensor_cores ? kMlaDecHeadsPerCta : kMlaHeadsPerCta);
+}
+}  // namespace
+
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int num_heads,
-                               int num_sms, int max_partials) {
+                               int num_sms, int max_partials, bool tensor_cores) {
   KIMI_CHECK(num_seqs >= 0 && num_heads > 0 && num_sms > 0, "mla plan S ", num_seqs, " H ",
              num_heads, " SMs ", num_sms);
   MlaAttnPlan plan;
@@ -39,9 +47,11 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
     }
   }
   // Split the KV range when the items alone leave the GPU idle (decode at small batch). Prefill
-  // items run 16 heads per CTA (tensor cores), decode items 8.
-  const int64_t base = int64_t(plan.items1.size()) * ceil_div(num_heads, kMlaHeadsPerCta) +
-                       int64_t(plan.items4.size()) * ceil_div(num_heads, kMlaTcHeadsPerCta);
+  // items run 16 heads per CTA on tensor cores (8 on CUDA cores), decode items 32 (8).
+  const int64_t base =
+      int64_t(plan.items1.size()) * decode_ctas_per_item(num_heads, tensor_cores) +
+      int64_t(plan.items4.size()) *
+          ceil_div(num_heads, tensor_cores ? kMlaTcHeadsPerCta : kMlaHeadsPerCta);
   if (base == 0 || base >= 2 * num_sms) return plan;
   const int want = int(ceil_div(2 * num_sms, int(base)));
   for (auto* list : {&plan.items1, &plan.items4}) {
@@ -75,18 +85,36 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
   return plan;
 }
 
-int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials) {
-  const int groups = ceil_div(num_heads, kMlaHeadsPerCta);
-  const int want = ceil_div(2 * num_sms, std::max(1, num_seqs * groups));
-  return std::max(1, std::min(want, max_partials / std::max(1, num_seqs)));
+int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials,
+                      bool tensor_cores) {
+  const int S = std::max(1, num_seqs), per_item = decode_ctas_per_item(num_heads, tensor_cores);
+  if (!tensor_cores) {
+    const int want = ceil_div(2 * num_sms, S * per_item);
+    return std::max(1, std::min(want, max_partials / S));
+  }
+  // One CTA per SM (208 KB of shared memory): the fewest splits whose CTAs fill the waves within
+  // 3% of the best fill reachable (e.g. 132 SMs: 129 splits at batch 1, 2 at batch 64).
+  const int cap = std::max(1, std::min(2 * num_sms, max_partials / S));
+  auto fill = [&](int ns) {
+    const int64_t ctas = int64_t(S) * ns * per_item, waves = (ctas + num_sms - 1) / num_sms;
+    return double(ctas) / double(waves * num_sms);
+  };
+  double best = 0.0;
+  for (int ns = 1; ns <= cap; ++ns) best = std::max(best, fill(ns));
+  for (int ns = 1; ns <= cap; ++ns)
+    if (fill(ns) >= 0.97 * best) return ns;
+  return 1;
 }
 
 MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, int num_sms,
-                                 int max_partials) {
+                                 int max_partials, bool tensor_cores) {
   MlaAttnPlan plan;
-  const int ns = mla_decode_splits(num_seqs, num_heads, num_sms, max_partials);
+  const int ns = mla_decode_splits(num_seqs, num_heads, num_sms, max_partials, tensor_cores);
   plan.split_base.assign(num_seqs, -1);
   plan.num_splits.assign(num_seqs, 0);
+  // Fixed partial slots (ns per sequence) whatever the contexts: whether the combine runs is part
+  // of the captured graph.
+  if (ns > 1) plan.num_partials = num_seqs * ns;
   for (int s = 0; s < num_seqs; ++s) {
     const int L = ctx[s];
     KIMI_CHECK(L >= 1, "mla decode plan: sequence ", s, " has context ", L);
@@ -94,13 +122,21 @@ MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, in
       plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
       continue;
     }
-    plan.split_base[s] = plan.num_partials;
-    plan.num_splits[s] = ns;
-    plan.num_partials += ns;
-    const int chunk = ceil_div(ceil_div(L, ns), mla::kTile) * mla::kTile;
+    int chunk = ceil_div(L, ns);
+    if (tensor_cores) chunk = std::max(chunk, kMlaDecodeMinSplit);
+    chunk = ceil_div(chunk, mla::kTile) * mla::kTile;
+    const int busy = tensor_cores ? ceil_div(L, chunk) : ns;
+    if (busy == 1) {  // one split: u directly, the other slots idle
+      plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
+      for (int k = 1; k < ns; ++k) plan.items1.push_back({s, s, 0, L - 1, L, L, -1});
+      continue;
+    }
+    plan.split_base[s] = s * ns;
+    plan.num_splits[s] = busy;
     for (int k = 0; k < ns; ++k) {
       const int b = std::min(L, k * chunk), e = std::min(L, (k + 1) * chunk);
-      plan.items1.push_back({s, s, 1, L - 1, b, e, k});
+      if (k < busy) plan.items1.push_back({s, s, 1, L - 1, b, e, k});
+      else plan.items1.push_back({s, s, 0, L - 1, L, L, -1});
     }
   }
   return plan;
@@ -117,6 +153,21 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   const size_t smem = attn_smem<QB>();
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaHeadsPerCta));
   mla::mla_attn_kernel<QB><<<grid, 256, smem, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
+
+void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
+  const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
+  const int th = mla::kTcThreads;
+  const size_t smem = mla::kDecSmem;
+  if (p.num_heads <= 16 && p.decode_bulk_copy)
+    mla::mla_decode_tc_kernel<1, true><<<grid, th, smem, stream>>>(p);
+  else if (p.num_heads <= 16)
+    mla::mla_decode_tc_kernel<1, false><<<grid, th, smem, stream>>>(p);
+  else if (p.decode_bulk_copy)
+    mla::mla_decode_tc_kernel<2, true><<<grid, th, smem, stream>>>(p);
+  else
+    mla::mla_decode_tc_kernel<2, false><<<grid, th, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 
@@ -141,6 +192,12 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
+  for (const void* f : {reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, true>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, false>),
+                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, true>)})
+    CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(mla::kDecSmem)));
   done.fetch_or(bit);
 }
 
@@ -153,7 +210,8 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
                  p.u && p.split_base,
              "mla attention: null pointer");
   KIMI_CHECK(p.scale > 0.f, "mla attention scale ", p.scale);
-  if (queries_per_item == 1) launch_attn<1>(p, stream);
+  if (queries_per_item == 1 && p.tensor_cores) launch_decode_tc(p, stream);
+  else if (queries_per_item == 1) launch_attn<1>(p, stream);
   else if (queries_per_item == 4 && p.tensor_cores) launch_attn_tc(p, stream);
   else if (queries_per_item == 4) launch_attn<4>(p, stream);
   else fail("mla attention: queries_per_item must be 1 or 4, got ", queries_per_item);
@@ -162,7 +220,11 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.num_splits && p.split_base && p.partials && p.u, "mla combine: null pointer");
-  mla::mla_combine_kernel<<<dim3(p.num_tokens, p.num_heads), 128, 0, stream>>>(p);
+  // Few (token, head) pairs (small batches, which split the most): 4 CTAs per pair.
+  if (int64_t(p.num_tokens) * p.num_heads < 512)
+    mla::mla_combine_kernel<4, 256><<<dim3(p.num_tokens, p.num_heads, 4), 256, 0, stream>>>(p);
+  else
+    mla::mla_combine_kernel<1, 128><<<dim3(p.num_tokens, p.num_heads, 1), 128, 0, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }
 

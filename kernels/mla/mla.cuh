@@ -13,8 +13,8 @@
 //        channels, p_j broadcast by shuffles.
 //   Shared memory: q [QB][8][576] bf16 + tile [32][576] bf16 = 45 KB (QB 1) or 110 KB (QB 4).
 //
-// mla_combine_kernel: one 128-thread CTA per (token, head) that was split: u = Σ_k e^{m_k−M} u_k
-//   / Σ_k e^{m_k−M} l_k.
+// mla_combine_kernel: CTAs per (token, head) that was split (and per slice of the 512 columns):
+//   u = Σ_k e^{m_k−M} u_k / Σ_k e^{m_k−M} l_k.
 #pragma once
 
 #include <cfloat>
@@ -222,48 +222,79 @@ __global__ void __launch_bounds__(256) mla_attn_kernel(MlaAttnParams p) {
   }
 }
 
-__global__ void __launch_bounds__(128) mla_combine_kernel(MlaAttnParams p) {
+// kSlices CTAs per (token, head) each merge 512 / kSlices columns; a CTA's threads form groups
+// of 128 / kSlices lanes (4 columns each, float4 loads), and the groups take every kGroups-th
+// split, so a batch-1 step over 100+ splits keeps enough loads in flight. The splits' (m, l) are
+// staged in shared memory a chunk at a time and merged online (running max M), so the kernel
+// costs two dependent rounds of loads per chunk: (m, l), then the u rows.
+template <int kSlices, int kThreads>
+__global__ void __launch_bounds__(kThreads) mla_combine_kernel(MlaAttnParams p) {
+  constexpr int kLanes = kMlaLat / 4 / kSlices, kGroups = kThreads / kLanes, kChunk = 512;
+  static_assert(kLanes * kGroups == kThreads && kThreads % 32 == 0);
   const int t = blockIdx.x, h = blockIdx.y, H = p.num_heads, tid = threadIdx.x;
   const int ns = p.num_splits[t];
   if (ns <= 0) return;
+  const int lane = tid % kLanes, grp = tid / kLanes;
+  const int col = blockIdx.z * (kMlaLat / kSlices) + 4 * lane;
   const float* P0 = p.partials + (int64_t(p.split_base[t]) * H + h) * kMlaPartialStride;
   const int64_t step = int64_t(H) * kMlaPartialStride;
-  // The splits' maxima are read in parallel (a decode step over a long context has dozens of
-  // splits: a serial chain of loads was most of this kernel's time).
-  __shared__ float red[4];
-  __shared__ float wk[128], wl[128];
-  float M = -INFINITY;
-  for (int k = tid; k < ns; k += 128) M = fmaxf(M, P0[k * step + kMlaLat]);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-  if (tid % 32 == 0) red[tid / 32] = M;
-  __syncthreads();
-  M = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-  float acc[4] = {0.f, 0.f, 0.f, 0.f}, den = 0.f;
-  for (int base = 0; base < ns; base += 128) {
-    const int n = min(128, ns - base);
-    __syncthreads();  // the previous chunk's weights are consumed
-    if (tid < n) {
-      const float* P = P0 + (base + tid) * step;
-      const float mk = P[kMlaLat];
-      const float w = mk == -INFINITY ? 0.f : __expf(mk - M);
-      wk[tid] = w;
-      wl[tid] = w * P[kMlaLat + 1];
+  __shared__ float m_sh[kChunk], l_sh[kChunk], den_sh[kGroups];
+  __shared__ float4 acc_sh[kGroups][kLanes];
+  float M = -INFINITY, den = 0.f;  // den: Σ w_k l_k over this group's splits
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int base = 0; base < ns; base += kChunk) {
+    const int n = min(kChunk, ns - base);
+    __syncthreads();  // the previous chunk's (m, l) are consumed
+    for (int k = tid; k < n; k += kThreads) {
+      const float* P = P0 + (base + k) * step;
+      m_sh[k] = P[kMlaLat];
+      l_sh[k] = P[kMlaLat + 1];
     }
     __syncthreads();
-#pragma unroll 4
-    for (int j = 0; j < n; ++j) {
-      const float* P = P0 + (base + j) * step;
-      const float w = wk[j];
-      den += wl[j];
+    // Every warp reduces the chunk's maxima itself: all threads hold the same M.
+    float mc = -INFINITY;
+    for (int k = tid % 32; k < n; k += 32) mc = fmaxf(mc, m_sh[k]);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] += w * P[tid + 128 * i];
+    for (int o = 16; o > 0; o >>= 1) mc = fmaxf(mc, __shfl_xor_sync(0xffffffffu, mc, o));
+    const float m_new = fmaxf(M, mc);
+    if (m_new == -INFINITY) continue;  // only empty splits so far (uniform over the CTA)
+    const float r = M == -INFINITY ? 0.f : __expf(M - m_new);
+    M = m_new;
+    den *= r;
+    acc.x *= r;
+    acc.y *= r;
+    acc.z *= r;
+    acc.w *= r;
+#pragma unroll 8
+    for (int j = grp; j < n; j += kGroups) {
+      const float mk = m_sh[j];
+      const float w = mk == -INFINITY ? 0.f : __expf(mk - M);
+      const float4 v = *reinterpret_cast<const float4*>(P0 + (base + j) * step + col);
+      den += w * l_sh[j];
+      acc.x += w * v.x;
+      acc.y += w * v.y;
+      acc.z += w * v.z;
+      acc.w += w * v.w;
     }
   }
-  const float inv = den > 0.f ? 1.f / den : 0.f;
-  bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat;
+  acc_sh[grp][lane] = acc;
+  if (lane == 0) den_sh[grp] = den;
+  __syncthreads();
+  if (grp != 0) return;
+  den = den_sh[0];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) dst[tid + 128 * i] = __float2bfloat16(acc[i] * inv);
+  for (int g = 1; g < kGroups; ++g) {
+    const float4 v = acc_sh[g][lane];
+    den += den_sh[g];
+    acc.x += v.x;
+    acc.y += v.y;
+    acc.z += v.z;
+    acc.w += v.w;
+  }
+  const float inv = den > 0.f ? 1.f / den : 0.f;
+  __nv_bfloat162* dst = reinterpret_cast<__nv_bfloat162*>(p.u + (int64_t(t) * H + h) * kMlaLat + col);
+  dst[0] = __floats2bfloat162_rn(acc.x * inv, acc.y * inv);
+  dst[1] = __floats2bfloat162_rn(acc.z * inv, acc.w * inv);
 }
 
 }  // namespace kimi::cuda::mla

@@ -12,11 +12,12 @@
 //   out[t, h] = W_UV(h) u[t, h]                                   (a batched GEMM, outside)
 // Work is split by a host plan (plan/run split: depends only on batch metadata): items of up
 // to 4 query tokens of one sequence (1 for decode) × groups of heads × optional KV splits.
-// Decode items (items1) run on CUDA cores in groups of 8 heads; prefill items (items4) run on
-// tensor cores in groups of 16 heads (a 64-row tile of 4 tokens × 16 heads, mla_tc.cuh), or on
-// CUDA cores like decode when MlaAttnParams::tensor_cores is false (kept for comparison).
-// Split items write (unnormalised u, running max m, sum l) partials that run_mla_combine
-// merges; unsplit items write u directly.
+// Decode items (items1) run on tensor cores with all (up to 32) heads of the rank in one CTA, so
+// each cache row is read once (mla_decode_tc.cuh); prefill items (items4) run on tensor cores in
+// groups of 16 heads (a 64-row tile of 4 tokens × 16 heads, mla_tc.cuh). With
+// MlaAttnParams::tensor_cores false both run on CUDA cores in groups of 8 heads (mla.cuh, kept
+// for comparison). Split items write (unnormalised u, running max m, sum l) partials that
+// run_mla_combine merges; unsplit items write u directly.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -34,9 +35,15 @@ constexpr int kMlaPe = 64;
 constexpr int kMlaRow = 576;
 constexpr int kMlaQk = 192;    // q row per head: q_nope (128) | q_pe (64)
 constexpr int kMlaBlock = 64;  // tokens per cache block
-constexpr int kMlaHeadsPerCta = 8;     // CUDA-core kernel
-constexpr int kMlaTcHeadsPerCta = 16;  // tensor-core kernel (prefill items)
-constexpr int kMlaPartialStride = kMlaLat + 2;  // u (512) | m | l, fp32, per (partial, head)
+constexpr int kMlaHeadsPerCta = 8;      // CUDA-core kernel
+constexpr int kMlaTcHeadsPerCta = 16;   // tensor-core kernel (prefill items)
+constexpr int kMlaDecHeadsPerCta = 32;  // tensor-core decode kernel (items1): all heads of a rank
+// u (512) | m | l | 2 unused (rows 16-byte aligned for the combine), fp32, per (partial, head).
+constexpr int kMlaPartialStride = kMlaLat + 4;
+// Fewest KV positions per split of a tensor-core decode item: a split costs H·2 KB of partials
+// (written, then read by the combine) and a pipeline ramp; shorter splits cost more than they
+// gain in parallelism.
+constexpr int kMlaDecodeMinSplit = 128;
 
 // ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
 struct MlaCacheWriteParams {
@@ -57,7 +64,7 @@ void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream);
 struct MlaWorkItem {
   int seq = 0;       // sequence (block table row)
   int q_begin = 0;   // first query token (global row of q / u)
-  int nq = 0;        // query tokens in this item (1..4)
+  int nq = 0;        // query tokens in this item (1..4; 0: an idle slot of the decode plan)
   int q_pos0 = 0;    // cache position of the first query token
   int kv_begin = 0;  // KV positions [kv_begin, kv_end) handled here
   int kv_end = 0;
@@ -70,15 +77,23 @@ struct MlaAttnPlan {
   std::vector<int> num_splits;      // [T] partial slots of token t (0: not split)
   int num_partials = 0;
 };
-// num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds.
+// num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds;
+// tensor_cores: the kernels that will run the items (MlaAttnParams::tensor_cores), which set how
+// many CTAs an item takes and so how far to split.
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
-                               int num_heads, int num_sms, int max_partials);
-// Decode plan for CUDA-graph replay: every sequence has exactly one new token and the same
-// number of KV splits, chosen from the batch size alone, so the launch shapes stay fixed while
-// the contexts grow (splits past a short context are empty and merge as zero weight).
+                               int num_heads, int num_sms, int max_partials, bool tensor_cores);
+// Decode plan for CUDA-graph replay: every sequence has exactly one new token and the same number
+// of item slots, mla_decode_splits(), chosen from the batch size alone, so the launch shapes (and
+// num_partials, hence whether the combine runs) stay fixed while the contexts grow; the slots'
+// KV ranges are recomputed every step from the contexts and uploaded with the step's metadata.
+// Tensor cores: splits of at least kMlaDecodeMinSplit positions; slots past the last split of a
+// short context are idle (nq = 0) and num_splits[s] counts the busy ones (0: one split, u
+// written directly). CUDA cores: every slot busy, splits past a short context empty (merged with
+// zero weight).
 MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* context_lens, int num_heads, int num_sms,
-                                 int max_partials);
-int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials);
+                                 int max_partials, bool tensor_cores);
+int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials,
+                      bool tensor_cores);
 // Bytes of partials workspace per partial slot.
 inline size_t mla_partial_bytes(int num_heads) {
   return size_t(num_heads) * kMlaPartialStride * sizeof(float);
@@ -99,13 +114,20 @@ struct MlaAttnParams {
   const int* num_splits = nullptr;    // [T]
   float* partials = nullptr;          // [num_partials, H, 514]
   bf16* u = nullptr;                  // [T, H, 512]
-  // items4 (queries_per_item 4) on tensor cores; false: the CUDA-core kernel (comparison only).
+  // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
+  // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
+  // Decode items on tensor cores read the cache by TMA bulk copies instead of cp.async.
+  // EXPERIMENTAL, not yet run on a GPU: the cp.async kernel moves ~17.5 GB/s per CTA (one CTA per
+  // SM, ~55% of the copy rate), whatever the barriers and table reads do, which points at the
+  // outstanding-request limit of cp.async; bulk copies are not bound by it.
+  bool decode_bulk_copy = false;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.
 void mla_prepare();
 // queries_per_item: 1 for items1, 4 for items4 (tensor cores unless p.tensor_cores is false).
+// Items with nq = 0 are skipped.
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
 // Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);

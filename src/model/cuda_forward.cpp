@@ -482,10 +482,11 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
   cuda::MlaAttnPlan plan;
   if (c.num_mla_layers() > 0)
     plan = graph ? cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
-                                              m.prop.multiProcessorCount, m.max_partials)
+                                              m.prop.multiProcessorCount, m.max_partials,
+                                              m.mla_tensor_cores)
                  : cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
                                             c.num_attention_heads, m.prop.multiProcessorCount,
-                                            m.max_partials);
+                                            m.max_partials, m.mla_tensor_cores);
   cuda::KdaChunkPlan chunks;
   if (c.num_kda_layers() > 0 && (T != S || m.kda_path == 2) && m.kda_path != 1) {
     chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);

@@ -256,7 +256,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v == "chunked") m.kda_path = 2;
     else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_MLA")) {  // prefill attention kernel (comparison)
+  if (const char* e = std::getenv("KIMI_CUDA_MLA")) {  // attention kernels (comparison)
     const std::string v = e;
     if (v == "cuda_cores") m.mla_tensor_cores = false;
     else if (v != "tensor_cores")

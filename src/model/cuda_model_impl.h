@@ -169,7 +169,7 @@ struct CudaModel::Impl {
   // Debug (env KIMI_CUDA_KDA): 0 auto (fused decode, chunked prefill), 1 recurrent scan only,
   // 2 chunked only (no fused decode).
   int kda_path = 0;
-  bool mla_tensor_cores = true;  // prefill MLA items on tensor cores (KIMI_CUDA_MLA)
+  bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

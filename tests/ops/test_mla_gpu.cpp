@@ -1,11 +1,15 @@
 // MLA GPU kernels against the CPU reference (src/ops/cpu/mla.h): the latent cache write (RMSNorm
 // of ĉ + paged bf16 store) and the absorbed attention chain (q_abs GEMM → paged attention with
-// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables;
-// prefill items on both kernels (tensor cores, CUDA cores), each checked, and against each other.
-// Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200); we allow
-// 1e-2 relative RMS and 0.1 max-abs.
+// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables and
+// on decode batches through the CUDA-graph decode plan; both kernel families (tensor cores: the
+// decode and prefill kernels; CUDA cores) run, the tensor-core chain is checked against the CPU
+// and the two families' u against each other.
+// Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200; the
+// tensor-core kernels also round P to bf16, ~1e-3 more); we allow 1e-2 relative RMS and 0.1
+// max-abs.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -52,7 +56,12 @@ PagedBatch make_batch(std::mt19937& rng, const std::vector<Seq>& seqs) {
 
 using cuda::bf16;
 
-void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
+// kEager: make_mla_attn_plan (mixed prefill/decode steps); kDecode: make_mla_decode_plan (the
+// fixed-shape plan of CUDA-graph decode steps; every sequence has one new token).
+enum class PlanKind { kEager, kDecode };
+
+void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
+               PlanKind kind = PlanKind::kEager) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -72,27 +81,28 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const int max_partials = 8 * prop.multiProcessorCount;
-  cuda::MlaAttnPlan plan = cuda::make_mla_attn_plan(S, b.cu.data(), b.ctx.data(), H,
-                                                    prop.multiProcessorCount, max_partials);
+  if (kind == PlanKind::kDecode) KIMI_CHECK(T == S, "decode plans take one new token per sequence");
+  // Each kernel family gets the plan made for it (the split counts differ).
+  auto make_plan = [&](bool tc) {
+    return kind == PlanKind::kDecode
+               ? cuda::make_mla_decode_plan(S, b.ctx.data(), H, prop.multiProcessorCount,
+                                            max_partials, tc)
+               : cuda::make_mla_attn_plan(S, b.cu.data(), b.ctx.data(), H,
+                                          prop.multiProcessorCount, max_partials, tc);
+  };
   GuardedBuffer<uint16_t> dcache(cache_n), dq(q.size()), dkvb(kv_b.size());
   GuardedBuffer<uint16_t> dqabs(size_t(T) * H * 512), du(size_t(T) * H * 512), dout(ref.size());
   GuardedBuffer<int> dtab(b.tables.size()), dsb(T), dns(T);
-  GuardedBuffer<int> di1(std::max<size_t>(1, 7 * plan.items1.size())),
-      di4(std::max<size_t>(1, 7 * plan.items4.size()));
   GuardedBuffer<float> dpart(std::max<size_t>(1, size_t(max_partials) * H * cuda::kMlaPartialStride));
   dcache.upload(cache);
   dq.upload(q);
   dkvb.upload(kv_b);
   dtab.upload(b.tables);
-  dsb.upload(plan.split_base);
-  dns.upload(plan.num_splits);
   auto as_ints = [](const std::vector<cuda::MlaWorkItem>& v) {
     std::vector<int> o(7 * v.size());
     std::memcpy(o.data(), v.data(), o.size() * 4);
     return o;
   };
-  if (!plan.items1.empty()) di1.upload(as_ints(plan.items1));
-  if (!plan.items4.empty()) di4.upload(as_ints(plan.items4));
   dqabs.poison();
   du.poison();
   dout.poison();
@@ -110,13 +120,34 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
   ap.u = reinterpret_cast<bf16*>(du.data());
-  // Both prefill kernels, each from poisoned u and partials: CUDA cores (the old path, kept for
-  // comparison) first, then tensor cores, whose u feeds the rest of the chain.
-  std::vector<uint16_t> u_path[2];
-  for (int tc = 0; tc < 2; ++tc) {
+  // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
+  // comparison) first, then tensor cores; each tensor-core u feeds the W_UV GEMM and is checked
+  // against the CPU. With KIMI_TEST_MLA_BULK set, also tensor cores with the decode kernel's cache
+  // loads by TMA bulk copies (decode_bulk_copy: experimental, never run on a GPU yet, so opt-in: a
+  // wrong transaction count would hang rather than fail).
+  constexpr int kMaxPaths = 3;
+  const int num_paths = std::getenv("KIMI_TEST_MLA_BULK") ? 3 : 2;
+  std::vector<uint16_t> u_path[kMaxPaths];
+  std::string plan_desc;
+  const char* path_name[kMaxPaths] = {"CUDA cores", "tensor cores", "tensor cores (bulk copies)"};
+  cuda::GemmArgs g2;
+  g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
+  g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
+  g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
+  for (int path = 0; path < num_paths; ++path) {
+    const bool tc = path > 0;
+    const cuda::MlaAttnPlan plan = make_plan(tc);
+    EXPECT_LE(plan.num_partials, max_partials);
+    GuardedBuffer<int> di1(std::max<size_t>(1, 7 * plan.items1.size())),
+        di4(std::max<size_t>(1, 7 * plan.items4.size()));
+    if (!plan.items1.empty()) di1.upload(as_ints(plan.items1));
+    if (!plan.items4.empty()) di4.upload(as_ints(plan.items4));
+    dsb.upload(plan.split_base);
+    dns.upload(plan.num_splits);
     du.poison();
     dpart.poison();
-    ap.tensor_cores = tc == 1;
+    ap.tensor_cores = tc;
+    ap.decode_bulk_copy = path == 2;
     ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
     ap.num_items = int(plan.items1.size());
     cuda::run_mla_attention(ap, 1, nullptr);
@@ -125,24 +156,30 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed) {
     cuda::run_mla_attention(ap, 4, nullptr);
     if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
-    u_path[tc] = du.to_host();
+    u_path[path] = du.to_host();
+    if (path < 2) {
+      int max_splits = 0;
+      for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
+      plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
+                       " partials ", plan.num_partials, " max splits ", max_splits);
+    }
+    EXPECT_TRUE(di1.guards_intact() && di4.guards_intact());
+    if (!tc) continue;
+    dout.poison();
+    gemm.run(g2, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto got = bf16_to_float(dout.to_host());
+    const std::string desc = str("mla ", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
+                                 " H", H, " S", S, " T", T, plan_desc);
+    expect_close(desc + " " + path_name[path] + " vs CPU", got.data(), ref.data(), ref.size(),
+                 1e-2, 0.1);
+    // u of the two kernel families: each is within bf16 rounding (~2e-3 relative) of the exact u.
+    auto u_tc = bf16_to_float(u_path[path]), u_cc = bf16_to_float(u_path[0]);
+    expect_close(desc + " u " + path_name[path] + " vs CUDA cores", u_tc.data(), u_cc.data(),
+                 u_tc.size(), 1e-2, 0.05);
   }
-  cuda::GemmArgs g2;
-  g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
-  g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
-  g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
-  gemm.run(g2, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  auto got = bf16_to_float(dout.to_host());
-  std::string desc = str("mla H", H, " S", S, " T", T, " splits ", plan.num_partials, " items ",
-                         plan.items1.size(), "+", plan.items4.size());
-  expect_close(desc + " tensor cores vs CPU", got.data(), ref.data(), ref.size(), 1e-2, 0.1);
-  // u of the two prefill kernels: each is within bf16 rounding (~2e-3 relative) of the exact u.
-  auto u_tc = bf16_to_float(u_path[1]), u_cc = bf16_to_float(u_path[0]);
-  expect_close(desc + " u tensor cores vs CUDA cores", u_tc.data(), u_cc.data(), u_tc.size(), 1e-2,
-               0.05);
   EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
-              dpart.guards_intact());
+              dpart.guards_intact() && dsb.guards_intact() && dns.guards_intact());
   // The cache is read-only here.
   EXPECT_EQ(dcache.to_host(), cache);
 }
@@ -186,6 +223,32 @@ TEST(MlaGpu, DecodeSplitKv) {
   run_chain({{1, 5000}}, 32, 5);               // batch 1: split over the KV length
   run_chain({{1, 3000}, {1, 77}, {1, 1025}}, 32, 6);
   run_chain({{1, 2049}, {2, 700}}, 2, 7);      // splits in a 2-query item too
+#endif
+}
+
+// The tensor-core decode kernel (all heads of the rank in one CTA) through the fixed-shape decode
+// plan of CUDA-graph steps: batches 1, 3 and 64, contexts at the tile and block edges, the head
+// counts of tensor parallelism (32 / 16 / 8 per GPU) and the smallest (1: 15 zero rows of the
+// 16-row MMA tile).
+TEST(MlaGpu, DecodeTensorCores) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const std::vector<int> ctxs = {1, 63, 64, 65, 769, 4097};
+  uint32_t seed = 200;
+  for (int H : {32, 16, 8, 1}) {
+    for (int L : ctxs) run_chain({{1, L}}, H, seed++, PlanKind::kDecode);
+    for (size_t i = 0; i < ctxs.size(); i += 3)
+      run_chain({{1, ctxs[i]}, {1, ctxs[i + 1]}, {1, ctxs[i + 2]}}, H, seed++, PlanKind::kDecode);
+    std::vector<Seq> b64;
+    for (int s = 0; s < 64; ++s) b64.push_back({1, ctxs[s % ctxs.size()] + (s / 6) % 3});
+    run_chain(b64, H, seed++, PlanKind::kDecode);
+  }
+  // Batch 1 with every split slot busy (129+ splits of >= 128 positions), and an eager plan with
+  // more splits than a combine chunk (264 > 256 partials for one token).
+  run_chain({{1, 20000}}, 32, seed++, PlanKind::kDecode);
+  run_chain({{1, 70000}}, 4, seed++, PlanKind::kEager);
+  // More heads than one CTA takes (two CTAs of 32 heads per item).
+  run_chain({{1, 3000}, {1, 5}}, 40, seed++, PlanKind::kDecode);
 #endif
 }
 
@@ -252,7 +315,8 @@ TEST(MlaPlan, CoversEveryCausalPairOnce) {
     }
     const int T = cu.back();
     const int H = 1 + int(rng() % 32);
-    cuda::MlaAttnPlan plan = cuda::make_mla_attn_plan(S, cu.data(), ctx.data(), H, 132, 1056);
+    cuda::MlaAttnPlan plan =
+        cuda::make_mla_attn_plan(S, cu.data(), ctx.data(), H, 132, 1056, trial % 2 == 0);
     std::vector<std::vector<int>> seen(T);
     for (int s = 0; s < S; ++s)
       for (int t = cu[s]; t < cu[s + 1]; ++t) seen[t].assign(ctx[s] - (cu[s + 1] - t) + 1, 0);
@@ -277,33 +341,82 @@ TEST(MlaPlan, CoversEveryCausalPairOnce) {
   }
 }
 
-// The fixed-shape decode plan (CUDA-graph replay): every sequence gets the same number of splits
-// whatever its context, the splits cover [0, context) exactly once, and the partial slots fit.
+// The fixed-shape decode plan (CUDA-graph replay): every sequence gets the same number of item
+// slots and partial slots whatever its context, the busy slots cover [0, context) exactly once,
+// idle slots (tensor cores only) have no range, and the partial slots fit.
 TEST(MlaPlan, DecodePlanFixedShapeCoversContext) {
   std::mt19937 rng(13);
-  for (int S : {1, 2, 7, 64, 300})
-    for (int H : {2, 32}) {
-      std::vector<int> ctx(S);
-      for (int& c : ctx) c = 1 + int(rng() % 5000);
-      const int ns = cuda::mla_decode_splits(S, H, 132, 1056);
-      cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(S, ctx.data(), H, 132, 1056);
-      ASSERT_EQ(plan.items1.size(), size_t(S) * ns) << "S " << S << " H " << H;
-      EXPECT_TRUE(plan.items4.empty());
-      EXPECT_LE(plan.num_partials, 1056);
-      std::vector<std::vector<int>> seen(S);
-      for (int s = 0; s < S; ++s) seen[s].assign(ctx[s], 0);
-      for (const auto& it : plan.items1) {
-        ASSERT_EQ(it.nq, 1);
-        ASSERT_EQ(it.q_begin, it.seq);
-        EXPECT_EQ(it.q_pos0, ctx[it.seq] - 1);
-        EXPECT_EQ(it.split >= 0, ns > 1);
-        for (int j = it.kv_begin; j < it.kv_end; ++j) ++seen[it.seq].at(j);
+  for (bool tc : {false, true})
+    for (int S : {1, 2, 3, 7, 64, 300})
+      for (int H : {2, 32, 40}) {
+        std::vector<int> ctx(S);
+        for (int& c : ctx) c = 1 + int(rng() % (S <= 3 && rng() % 2 ? 300000 : 5000));
+        if (S == 1) ctx[0] = rng() % 2 ? 1 : 1 << 20;
+        const int ns = cuda::mla_decode_splits(S, H, 132, 1056, tc);
+        cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(S, ctx.data(), H, 132, 1056, tc);
+        const std::string what = str("tc ", tc, " S ", S, " H ", H);
+        ASSERT_EQ(plan.items1.size(), size_t(S) * ns) << what;
+        EXPECT_TRUE(plan.items4.empty());
+        EXPECT_EQ(plan.num_partials, ns > 1 ? S * ns : 0) << what;
+        EXPECT_LE(plan.num_partials, 1056);
+        std::vector<std::vector<int>> seen(S);
+        for (int s = 0; s < S; ++s) seen[s].assign(ctx[s], 0);
+        for (size_t i = 0; i < plan.items1.size(); ++i) {
+          const auto& it = plan.items1[i];
+          ASSERT_EQ(it.seq, int(i) / ns) << what;  // fixed slots: ns per sequence, in order
+          ASSERT_EQ(it.q_begin, it.seq);
+          EXPECT_EQ(it.q_pos0, ctx[it.seq] - 1);
+          const int nsplit = plan.num_splits[it.seq];
+          if (it.nq == 0) {  // idle slot
+            EXPECT_TRUE(tc) << what;
+            EXPECT_EQ(it.kv_begin, it.kv_end);
+            EXPECT_EQ(it.split, -1);
+            continue;
+          }
+          ASSERT_EQ(it.nq, 1);
+          EXPECT_EQ(it.split >= 0, nsplit > 0) << what;
+          if (it.split >= 0) {
+            EXPECT_LT(it.split, nsplit);
+            EXPECT_LT(plan.split_base[it.seq] + it.split, plan.num_partials);
+          }
+          if (tc && nsplit > 0) {
+            EXPECT_GE(it.kv_end - it.kv_begin, 1);
+          }
+          for (int j = it.kv_begin; j < it.kv_end; ++j) ++seen[it.seq].at(j);
+        }
+        for (int s = 0; s < S; ++s) {
+          if (!tc) {
+            EXPECT_EQ(plan.num_splits[s], ns > 1 ? ns : 0);
+          }
+          if (tc && plan.num_splits[s] > 0) {
+            // Splits of at least kMlaDecodeMinSplit positions (but the last).
+            EXPECT_LE(plan.num_splits[s], (ctx[s] + cuda::kMlaDecodeMinSplit - 1) / cuda::kMlaDecodeMinSplit);
+          }
+          for (int j = 0; j < ctx[s]; ++j) ASSERT_EQ(seen[s][j], 1) << what << " seq " << s << " key " << j;
+        }
       }
-      for (int s = 0; s < S; ++s) {
-        EXPECT_EQ(plan.num_splits[s], ns > 1 ? ns : 0);
-        for (int j = 0; j < ctx[s]; ++j) ASSERT_EQ(seen[s][j], 1) << "seq " << s << " key " << j;
-      }
-    }
+}
+
+// The tensor-core decode kernel runs one CTA per (sequence, split) for up to 32 heads: the split
+// count fills 132 SMs at batch 1 and at batch 64 without splitting more than needed.
+TEST(MlaPlan, DecodeSplitCounts) {
+  EXPECT_GE(cuda::mla_decode_splits(1, 32, 132, 1056, true), 128);
+  EXPECT_LE(cuda::mla_decode_splits(1, 32, 132, 1056, true), 132);
+  EXPECT_EQ(cuda::mla_decode_splits(64, 32, 132, 1056, true), 2);
+  EXPECT_EQ(cuda::mla_decode_splits(64, 64, 132, 1056, true), 1);  // two CTAs per item already
+  EXPECT_EQ(cuda::mla_decode_splits(132, 32, 132, 1056, true), 1);
+  EXPECT_GE(cuda::mla_decode_splits(3, 8, 132, 1056, true), 42);
+  EXPECT_LE(cuda::mla_decode_splits(1000, 32, 132, 1056, true), 1);
+  // At 1M tokens, batch 1: every split busy, splits of about 1M / ns positions.
+  const int ns = cuda::mla_decode_splits(1, 32, 132, 1056, true);
+  const int L = 1 << 20;
+  cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(1, &L, 32, 132, 1056, true);
+  EXPECT_EQ(plan.num_splits[0], ns);
+  for (const auto& it : plan.items1) EXPECT_LE(it.kv_end - it.kv_begin, (L + ns - 1) / ns + 32);
+  // At 4k, batch 1: splits of kMlaDecodeMinSplit positions, the rest of the slots idle.
+  const int L4 = 4096;
+  plan = cuda::make_mla_decode_plan(1, &L4, 32, 132, 1056, true);
+  EXPECT_EQ(plan.num_splits[0], 4096 / cuda::kMlaDecodeMinSplit);
 }
 #endif
 

@@ -1,0 +1,140 @@
+// Tensor-core building blocks shared by the MLA attention kernels (mla_tc.cuh prefill,
+// mla_decode_tc.cuh decode): mma.sync m16n8k16 bf16 -> fp32, ldmatrix fragment loads with their
+// address formulas, cp.async.
+// Fragment layouts (PTX m16n8k16; g = lane / 4, t = lane % 4; (row, column) of 2 elements):
+//   A a0 (g, 2t), a1 (g + 8, 2t), a2 (g, 2t + 8), a3 (g + 8, 2t + 8);
+//   B b0 (k 2t, n g), b1 (k 2t + 8, n g);  C c0 c1 (g, 2t), c2 c3 (g + 8, 2t).
+#pragma once
+
+#include <cstdint>
+
+#include "mla/mla.h"
+
+namespace kimi::cuda::mla {
+
+__device__ __forceinline__ void tc_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void tc_ldsm_x4(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+__device__ __forceinline__ void tc_ldsm_x4_trans(uint32_t (&r)[4], const bf16* p) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+// Row addresses that lane gives ldmatrix (lanes 8i .. 8i + 7: the rows of 8×8 matrix i), as
+// element offsets; host-callable so the emulator uses the very same formulas.
+// A fragment (16×16 at r0, k0) of a row-major [m][k] tile: matrices (r0, k0), (r0 + 8, k0),
+// (r0, k0 + 8), (r0 + 8, k0 + 8) → a0 .. a3.
+__host__ __device__ constexpr int tc_off_a(int ld, int r0, int k0, int lane) {
+  return (r0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + k0 + 8 * (lane >> 4);
+}
+// B fragments of n-tiles n0 and n0 + 8 (k0 .. k0 + 15) of a tile stored [n][k] (K rows for S):
+// matrices (n0, k0), (n0, k0 + 8), (n0 + 8, k0), (n0 + 8, k0 + 8) → b0, b1 of n-tile n0, b0, b1
+// of n-tile n0 + 8.
+__host__ __device__ constexpr int tc_off_b_nk(int ld, int n0, int k0, int lane) {
+  return (n0 + (lane & 7) + 8 * (lane >> 4)) * ld + k0 + 8 * ((lane >> 3) & 1);
+}
+// The same two n-tiles of a tile stored [k][n] (V = cache rows for P·V), loaded transposed:
+// matrices (k0, n0), (k0 + 8, n0), (k0, n0 + 8), (k0 + 8, n0 + 8).
+__host__ __device__ constexpr int tc_off_b_kn(int ld, int k0, int n0, int lane) {
+  return (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * ld + n0 + 8 * (lane >> 4);
+}
+__device__ __forceinline__ void tc_ldsm_a(uint32_t (&a)[4], const bf16* base, int ld, int r0,
+                                          int k0, int lane) {
+  tc_ldsm_x4(a, base + tc_off_a(ld, r0, k0, lane));
+}
+__device__ __forceinline__ void tc_ldsm_b_nk(uint32_t (&b)[4], const bf16* base, int ld, int n0,
+                                             int k0, int lane) {
+  tc_ldsm_x4(b, base + tc_off_b_nk(ld, n0, k0, lane));
+}
+__device__ __forceinline__ void tc_ldsm_b_kn(uint32_t (&b)[4], const bf16* base, int ld, int k0,
+                                             int n0, int lane) {
+  tc_ldsm_x4_trans(b, base + tc_off_b_kn(ld, k0, n0, lane));
+}
+__device__ __forceinline__ void tc_cp_async16(void* dst, const void* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+__device__ __forceinline__ void tc_cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n");
+}
+__device__ __forceinline__ void tc_cp_async_wait_all() {
+  asm volatile("cp.async.wait_group 0;\n");
+}
+// As tc_cp_async16, with an L2 eviction-priority policy (a createpolicy result): the decode
+// kernel streams the cache once and marks it evict-first so the split partials stay in L2.
+__device__ __forceinline__ void tc_cp_async16_hint(void* dst, const void* src, uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s),
+               "l"(src), "l"(policy));
+}
+__device__ __forceinline__ uint64_t tc_policy_evict_first() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+template <int N>
+__device__ __forceinline__ void tc_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// mbarrier and 1-D TMA bulk copies (sm_90): a bulk copy of global bytes into shared memory
+// signals its completion on an mbarrier as a transaction count, off the LSU path that cp.async
+// takes (whose outstanding requests per SM are limited).
+__device__ __forceinline__ unsigned tc_smem_addr(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void tc_mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(tc_smem_addr(bar)), "r"(count)
+               : "memory");
+}
+// Makes mbarrier.init visible to the async proxy (the bulk copies' completions).
+__device__ __forceinline__ void tc_fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// Orders this thread's earlier shared-memory accesses (generic proxy) before its later bulk
+// copies into the same memory (async proxy).
+__device__ __forceinline__ void tc_fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// One arrival that also expects `bytes` more of transactions in the current phase.
+__device__ __forceinline__ void tc_mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(tc_smem_addr(bar)),
+               "r"(bytes)
+               : "memory");
+}
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void tc_mbar_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred ready;\n"
+      "mla_mbar_retry:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
+      "@!ready bra mla_mbar_retry;\n"
+      "}\n" ::"r"(tc_smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory,
+// completing on bar; policy: an L2 eviction-priority policy (createpolicy).
+__device__ __forceinline__ void tc_bulk_g2s(void* dst, const void* src, unsigned bytes,
+                                            uint64_t* bar, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+      "[%0], [%1], %2, [%3], %4;\n" ::"r"(tc_smem_addr(dst)),
+      "l"(src), "r"(bytes), "r"(tc_smem_addr(bar)), "l"(policy)
+      : "memory");
+}
+
+}  // namespace kimi::cuda::mla
