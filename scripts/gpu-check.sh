@@ -7,7 +7,8 @@
 # tests.log, bench_kda.log (+ the FLA peer and bench_mla), bench_other.log, bench_tp.log (2+ GPUs),
 # kernels.log (per-kernel times of decode steps, where ncu exists), summary.txt.
 # KIMI_SKIP_PEER=1 skips the FLA peer, KIMI_SKIP_NCU=1 the ncu profile, KIMI_SKIP_LONG=1 the
-# long-context runs.
+# long-context runs, KIMI_SKIP_PREFILL_128K=1 the 128k prefill alone, KIMI_SKIP_KERNEL_BENCH=1 the
+# per-kernel benchmarks (bench_kda, bench_mla, bench_moe, ...).
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -45,9 +46,9 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   step tests-numbers "$OUT/tests.log" "$BUILD/tests/kimi_test_model" \
     --gtest_filter='GoldenCuda.*:TensorParallel*:CudaModelGpu.CacheBudget*'
   # The KDA kernel benchmark first and in its own log; the others (CPU backend, tokenizer) after.
-  [[ -x $BUILD/benchmarks/bench_kda ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
+  [[ -x $BUILD/benchmarks/bench_kda && -z ${KIMI_SKIP_KERNEL_BENCH:-} ]] && step bench_kda "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_kda"
   # MLA prefill attention (CUDA-core vs tensor-core kernel) into the same log: at most 8 files.
-  [[ -x $BUILD/benchmarks/bench_mla ]] && step bench_mla "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_mla"
+  [[ -x $BUILD/benchmarks/bench_mla && -z ${KIMI_SKIP_KERNEL_BENCH:-} ]] && step bench_mla "$OUT/bench_kda.log" "$BUILD/benchmarks/bench_mla"
   # The peer in the same run: FLA's Triton KDA kernels from .fla/fla (scripts/gpu-prepare.sh
   # exports it; never committed), same shapes, same card. KIMI_SKIP_PEER=1 skips it (2 minutes).
   [[ -d $ROOT/.fla/fla && -z ${KIMI_SKIP_PEER:-} ]] && python3 -c 'import torch, triton' 2>/dev/null &&
@@ -65,7 +66,8 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   # decoding together. The decode contexts are zeros standing in for a prefill (timing only).
   if [[ $layers == 0 && -x $BUILD/benchmarks/bench_cuda_model && -z ${KIMI_SKIP_LONG:-} ]]; then
     M="$BUILD/benchmarks/bench_cuda_model --model $ROOT/benchmarks/configs/kimi-linear-48b-a3b --random-weights"
-    step prefill_128k "$OUT/bench_other.log" timeout 300 $M --prefill 131072 --chunk 16384 --decode 4
+    [[ -z ${KIMI_SKIP_PREFILL_128K:-} ]] &&
+      step prefill_128k "$OUT/bench_other.log" timeout 300 $M --prefill 131072 --chunk 16384 --decode 4
     step decode_1m "$OUT/bench_other.log" timeout 300 $M --prefill 64 --context 1048576 --decode 32
     step decode_30x128k "$OUT/bench_other.log" timeout 300 $M --prefill 64 --batch 30 --context 131072 --decode 16
   fi
@@ -87,6 +89,7 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
       python3 "$ROOT/scripts/kernel_times.py" /tmp/kimi-ncu.csv 2 >>"$OUT/kernels.log" 2>&1
   fi
   for b in "$BUILD"/benchmarks/bench_*; do
+    [[ -n ${KIMI_SKIP_KERNEL_BENCH:-} ]] && break
     case $(basename "$b") in bench_kda|bench_cuda_model) continue ;; esac
     [[ -x $b ]] && step "$(basename "$b")" "$OUT/bench_other.log" "$b"
   done
