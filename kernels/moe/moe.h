@@ -16,8 +16,12 @@
 //               residual stream).
 // R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
 // 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
-// Two kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
-//   tiled : the WMMA tiles above, for prefill-sized batches (compute-bound).
+// Three kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
+//   wgmma : prefill-sized batches (compute-bound) on Hopper: 128-row tiles (block_m 128) ×
+//           128 or 256 weight rows, wgmma from 128-byte-swizzled shared memory fed by a cp.async
+//           ring, SwiGLU in registers (moe_wgmma.cuh).
+//   tiled : the WMMA tiles above (block_m 16 or 64): the previous prefill kernel, kept for
+//           comparison and for permutations of 16/64-row tiles.
 //   gemv  : decode-sized batches (experts with 1..16 rows, bandwidth-bound): CTA = (row tile,
 //           32 weight rows), 8 warps split k and stream the weights with 16-byte loads into
 //           mma.sync with the weights as the M side (moe_gemv.cuh).
@@ -56,7 +60,7 @@ struct MoePermuteParams {
   int num_tokens = 0;
   int num_experts = 0;
   int top_k = 0;
-  int block_m = 64;                // BM of the grouped GEMMs that follow (16 or 64)
+  int block_m = 64;                // BM of the grouped GEMMs that follow (16, 64 or 128)
   const int* expert_ids = nullptr; // [T, K]
   int* workspace = nullptr;        // moe_permute_workspace_ints(E, T·K) ints
 };
@@ -77,17 +81,24 @@ inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
   return int((rows + block_m - 1) / block_m + busy);
 }
 
-// kAuto: gemv when the tiles are of 16 rows (block_m 16) and T·K <= kMoeGemvMaxRowsPerExpert · E
-// (decode: few rows per expert), else tiled. kTiled / kGemv force a kernel (tests, benchmarks);
-// gemv runs any shape but re-reads the weights for every 16 rows of a tile.
-enum class MoeGemmPath { kAuto, kTiled, kGemv };
+// kAuto: wgmma when the tiles are of 128 rows (block_m 128, what the model picks once experts
+// average 32+ rows); gemv when they are of 16 rows and T·K <= kMoeGemvMaxRowsPerExpert · E
+// (decode: few rows per expert); else tiled. kTiled / kGemv / kWgmma force a kernel (tests,
+// benchmarks): tiled needs block_m 16 or 64, wgmma block_m 128; gemv runs any shape but re-reads
+// the weights for every 16 rows of a tile.
+enum class MoeGemmPath { kAuto, kTiled, kGemv, kWgmma };
 inline constexpr int kMoeGemvMaxRowsPerExpert = 4;
+// block_m of the permutation for a batch of T·K rows over E experts: 128 (the wgmma kernel) once
+// experts average 32+ rows, else 16 (decode-sized: gemv or 16-row tiles).
+inline int moe_block_m(int64_t rows, int num_experts) {
+  return rows >= int64_t(32) * num_experts ? 128 : 16;
+}
 
 struct MoeGemmParams {
   int num_tokens = 0;
   int num_experts = 0;
   int top_k = 0;
-  int block_m = 64;
+  int block_m = 64;                 // of the permutation: 16 or 64 (tiled, gemv), 128 (wgmma)
   int hidden = 0;                   // model hidden size (K of gate_up, N of down)
   int inter = 0;                    // I (N of gate_up, K of down); multiples of 8
   const int* workspace = nullptr;   // the permutation workspace (after run_moe_permute)
@@ -108,6 +119,15 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
+// The wgmma kernels (moe_wgmma.cu): tiles of 128 rows × bn weight rows (128 or 256) through a
+// ring of `stages` (3 or 4) k steps. run_moe_gate_up / run_moe_down use the defaults below;
+// bench_moe times the others.
+struct MoeWgmmaTile {
+  int bn;
+  int stages;
+};
+inline constexpr MoeWgmmaTile kMoeWgmmaGateUp{256, 4}, kMoeWgmmaDown{128, 4};
+void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 
 struct MoeUnpermuteParams {

@@ -273,8 +273,9 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
     ga.in_f32 = true;
     m.gemm->run(ga, m.stream);
   }
-  // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
-  const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
+  // batches.
+  const int block_m = cuda::moe_block_m(int64_t(T) * K, E);
   cuda::MoeGemmParams gp;
   gp.num_tokens = T;
   gp.num_experts = E + 1;

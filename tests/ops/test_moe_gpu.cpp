@@ -1,8 +1,10 @@
 // MoE GPU kernels against the CPU reference: routing (src/ops/cpu/moe.h; ids must match exactly,
 // weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with
 // SwiGLU → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert
-// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for both expert kernels (tiled and gemv, see
-// moe.h). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
+// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for the three expert kernels (wgmma, tiled and
+// gemv, see moe.h). Tolerance 8e-3 relative RMS for every kernel: the error is the bf16 rounding
+// of act (~2.5e-3 measured, 2^-9 relative per value), which every kernel shares; fp32
+// accumulation order adds ~1e-6.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -119,13 +121,15 @@ struct ExpertCase {
   std::vector<float> wts, out0, act_ref, y_ref, out_ref;  // act_ref [T·K, I], y_ref [T·K, hidden]
 };
 
-ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_t seed) {
+// ids: a given routing [T, K] instead of a random one.
+ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_t seed,
+                     const std::vector<int>* ids = nullptr) {
   const int E = w.E, hidden = w.hidden, I = w.I;
   std::mt19937 rng(seed);
   ExpertCase c;
   c.T = T, c.K = K;
   c.x = random_bf16(rng, size_t(T) * hidden, -1.f, 1.f);
-  c.ids = random_ids(rng, T, E, K, repeats);
+  c.ids = ids ? *ids : random_ids(rng, T, E, K, repeats);
   c.wts = random_f32(rng, size_t(T) * K, 0.05f, 1.f);
   c.out0 = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
   const auto xf = bf16_to_float(c.x);
@@ -158,16 +162,29 @@ ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_
 }
 
 const char* path_name(cuda::MoeGemmPath p) {
-  return p == cuda::MoeGemmPath::kGemv ? "gemv" : p == cuda::MoeGemmPath::kTiled ? "tiled" : "auto";
+  switch (p) {
+    case cuda::MoeGemmPath::kGemv: return "gemv";
+    case cuda::MoeGemmPath::kTiled: return "tiled";
+    case cuda::MoeGemmPath::kWgmma: return "wgmma";
+    default: return "auto";
+  }
 }
 
-// Runs the routed path on the GPU: permute once (block_m), then for each path in `paths` (kAuto
-// runs what moe_gemm_path picks) the
-// grouped gate_up + down GEMMs on that one permutation, and the weighted un-permute into out0.
-// Checks, per path: act and y of every (t, k) pair against the CPU (through pair_row), the routed
-// contribution out − out0, every row written (the outputs were NaN-poisoned), guards intact. With
-// two paths, their y rows are also compared with each other (same rows: same permutation).
-// expect_auto: the kernel kAuto must pick for these sizes.
+// The permutation's block_m a forced path needs: wgmma tiles of 128 rows, the tiled kernel 16 or
+// 64 (64 in place of 128), gemv any.
+int block_m_for(cuda::MoeGemmPath path, int block_m) {
+  if (path == cuda::MoeGemmPath::kWgmma) return 128;
+  if (path == cuda::MoeGemmPath::kTiled && block_m == 128) return 64;
+  return block_m;
+}
+
+// Runs the routed path on the GPU: for each path in `paths` (kAuto runs what moe_gemm_path picks)
+// a permutation with the block_m that path needs (block_m_for), the grouped gate_up + down GEMMs
+// on it, and the weighted un-permute into out0. Checks, per path: act and y of every (t, k) pair
+// against the CPU (through that permutation's pair_row), the routed contribution out − out0,
+// every row written (the outputs were NaN-poisoned), guards intact. With two paths, their y rows
+// are also compared with each other, pair by pair. expect_auto: the kernel kAuto must pick for
+// these sizes at `block_m`.
 void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
                    std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto) {
   const int T = c.T, K = c.K, E = w.E, hidden = w.hidden, I = w.I;
@@ -178,16 +195,18 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
   dx.upload(c.x);
   dids.upload(c.ids);
   dwts.upload(c.wts);
-  cuda::MoePermuteParams pp;
-  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = block_m;
-  pp.expert_ids = dids.data(), pp.workspace = dws.data();
-  cuda::run_moe_permute(pp, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  // pair_row from the workspace: where each (t, k) pair's row went.
-  std::vector<int> ws = dws.to_host();
-  const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
-  std::vector<int> pair_row(hv.pair_row, hv.pair_row + R);
-  for (int64_t i = 0; i < R; ++i) ASSERT_TRUE(pair_row[i] >= 0 && pair_row[i] < R) << "pair " << i;
+  std::vector<int> pair_row;
+  // Permutes for tiles of bm rows; pair_row from the workspace: where each (t, k) pair's row went.
+  auto permute = [&](int bm) {
+    cuda::MoePermuteParams pp;
+    pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = bm;
+    pp.expert_ids = dids.data(), pp.workspace = dws.data();
+    cuda::run_moe_permute(pp, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<int> ws = dws.to_host();
+    const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
+    pair_row.assign(hv.pair_row, hv.pair_row + R);
+  };
 
   cuda::MoeGemmParams gp;
   gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = hidden;
@@ -202,9 +221,13 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     const std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I",
                                  I, " BM", block_m);
     gp.path = path;
+    gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
       ASSERT_EQ(cuda::moe_gemm_path(gp), path);
     }
+    permute(gp.block_m);
+    for (int64_t i = 0; i < R; ++i)
+      ASSERT_TRUE(pair_row[i] >= 0 && pair_row[i] < R) << what << " pair " << i;
     dact.poison();
     dy.poison();
     dout.upload(c.out0);
@@ -240,7 +263,9 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     y_by_path.push_back(std::move(y_pair));
   }
   if (y_by_path.size() == 2)  // the two kernels differ only in summation order and act rounding
-    expect_close(str("gemv vs tiled y T", T, " hid", hidden, " I", I), y_by_path[1].data(),
+    expect_close(str(path_name(paths[1]), " vs ", path_name(paths[0]), " y T", T, " hid", hidden,
+                     " I", I),
+                 y_by_path[1].data(),
                  y_by_path[0].data(), y_by_path[0].size(), 5e-3, 0.05);
   EXPECT_TRUE(dws.guards_intact() && dx.guards_intact() && w.dw13.guards_intact() &&
               w.dw2.guards_intact());
@@ -249,11 +274,12 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
 const std::vector<cuda::MoeGemmPath> kBothPaths = {cuda::MoeGemmPath::kTiled,
                                                    cuda::MoeGemmPath::kGemv};
 
-// The block_m the model picks (cuda_forward.cpp): 64 once experts average 32+ rows.
+// The block_m the model picks (cuda_forward.cpp): 128 once experts average 32+ rows.
 int model_block_m(int T, int E, int K) {
-  return int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  return cuda::moe_block_m(int64_t(T) * K, E);
 }
 cuda::MoeGemmPath expected_auto(int T, int E, int K, int block_m) {
+  if (block_m == 128) return cuda::MoeGemmPath::kWgmma;
   return block_m == 16 && int64_t(T) * K <= int64_t(cuda::kMoeGemvMaxRowsPerExpert) * E
              ? cuda::MoeGemmPath::kGemv
              : cuda::MoeGemmPath::kTiled;
@@ -270,7 +296,7 @@ TEST(MoeGpu, PermuteInvariantsOnBothPaths) {
   std::mt19937 rng(31);
   for (auto [T, E, K] : {std::tuple{1, 256, 8}, std::tuple{7, 16, 4}, std::tuple{512, 256, 8},
                          std::tuple{513, 256, 8}, std::tuple{1000, 64, 6}, std::tuple{300, 1024, 2}})
-    for (int block_m : {16, 64}) {
+    for (int block_m : {16, 64, 128}) {
       const int64_t R = int64_t(T) * K;
       std::vector<int> ids(R);
       for (int t = 0; t < T; ++t) {
@@ -335,6 +361,16 @@ TEST(MoeGpu, PathChoice) {
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
   p.num_tokens = 4096;
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  // The model's block_m: 128 (wgmma) from 32 rows per expert on average, 16 below.
+  EXPECT_EQ(cuda::moe_block_m(int64_t(1023) * 8, 256), 16);
+  EXPECT_EQ(cuda::moe_block_m(int64_t(1024) * 8, 256), 128);
+  for (int T : {1024, 4096, 16384}) {
+    p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
+    EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
+  }
+  p.path = cuda::MoeGemmPath::kTiled;  // forced: the old kernel stays selectable
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  p.path = cuda::MoeGemmPath::kAuto;
   p.block_m = 16, p.num_tokens = 1;
   p.path = cuda::MoeGemmPath::kTiled;  // forced either way
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
@@ -426,15 +462,86 @@ TEST(MoeGpu, ExpertsRepeatedIds) {
 #endif
 }
 
-// A prefill-sized batch under kAuto takes the tiled kernel (block_m 64 as the model picks).
-TEST(MoeGpu, ExpertsPrefillTakesTiled) {
+// A prefill-sized batch under kAuto takes the wgmma kernel (block_m 128 as the model picks).
+TEST(MoeGpu, ExpertsPrefillTakesWgmma) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   ExpertWeights w(256, 128, 32, 70);
   const int T = 4096, bm = model_block_m(T, 256, 8);
-  ASSERT_EQ(bm, 64);
+  ASSERT_EQ(bm, 128);
   const ExpertCase c = make_case(w, T, 8, false, 71);
-  check_experts(w, c, bm, {cuda::MoeGemmPath::kAuto}, cuda::MoeGemmPath::kTiled);
+  check_experts(w, c, bm, {cuda::MoeGemmPath::kAuto}, cuda::MoeGemmPath::kWgmma);
+#endif
+}
+
+#if KIMI_HAVE_CUDA
+// Skewed routing: every token lists expert 0 (it gets T rows, 1/K of all), the other K − 1
+// experts come from 1..busy−1, and experts busy..E−1 get no rows at all.
+ExpertCase skewed_case(const ExpertWeights& w, int T, int K, int busy, uint32_t seed) {
+  std::mt19937 rng(seed + 1);
+  std::vector<int> ids(size_t(T) * K), pick(busy - 1);
+  std::iota(pick.begin(), pick.end(), 1);
+  for (int t = 0; t < T; ++t) {
+    std::shuffle(pick.begin(), pick.end(), rng);
+    ids[size_t(t) * K] = 0;
+    for (int k = 1; k < K; ++k) ids[size_t(t) * K + k] = pick[k - 1];
+  }
+  return make_case(w, T, K, false, seed, &ids);
+}
+
+const std::vector<cuda::MoeGemmPath> kWgmmaAndTiled = {cuda::MoeGemmPath::kWgmma,
+                                                       cuda::MoeGemmPath::kTiled};
+#endif
+
+// The wgmma kernel forced (block_m 128) against the CPU and the old tiled kernel: odd small shapes
+// (hidden 136 = 2·64 + 8, I 40: k tails of one 16-byte piece, column blocks mostly empty) and a
+// 256-expert one, T = 1, 7, 65, 769, 4096 (1..128 rows per expert: single-row tiles, tails in the
+// second warpgroup, experts spanning several tiles).
+TEST(MoeGpu, ExpertsWgmmaSmallShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  struct Shape {
+    int E, K, hidden, I;
+  };
+  for (const Shape& s : {Shape{16, 4, 136, 40}, Shape{256, 8, 128, 64}}) {
+    ExpertWeights w(s.E, s.hidden, s.I, 80 + s.E);
+    for (int T : {1, 7, 65, 769, 4096}) {
+      const ExpertCase c = make_case(w, T, s.K, false, 81 + T + s.E);
+      check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+    }
+  }
+#endif
+}
+
+// Skewed routing at a small shape: expert 0 holds half the rows (K = 2, 32 tiles of 128), experts
+// 6..15 none, so CTAs of empty experts and long experts meet in one launch.
+TEST(MoeGpu, ExpertsWgmmaSkewed) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(16, 256, 192, 90);
+  for (int T : {65, 4096}) {
+    const ExpertCase c = skewed_case(w, T, 2, 6, 91 + T);
+    check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+  }
+#endif
+}
+
+// The model's sizes (hidden 2304, I 1024, top-8) on 32 experts (host memory and CPU time of the
+// fp32 reference), T = 1, 7, 65, 769; and T = 4096 skewed on 64 experts: expert 0 in every token
+// (4096 rows, ~4.4× the others), experts 32..63 empty.
+TEST(MoeGpu, ExpertsWgmmaFullSize) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  {
+    ExpertWeights w(32, 2304, 1024, 100);
+    for (int T : {1, 7, 65, 769}) {
+      const ExpertCase c = make_case(w, T, 8, false, 101 + T);
+      check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+    }
+  }
+  ExpertWeights w(64, 2304, 1024, 110);
+  const ExpertCase c = skewed_case(w, 4096, 8, 32, 111);
+  check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
 #endif
 }
 
