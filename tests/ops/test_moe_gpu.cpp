@@ -184,9 +184,11 @@ int block_m_for(cuda::MoeGemmPath path, int block_m) {
 // against the CPU (through that permutation's pair_row), the routed contribution out − out0,
 // every row written (the outputs were NaN-poisoned), guards intact. With two paths, their y rows
 // are also compared with each other, pair by pair. expect_auto: the kernel kAuto must pick for
-// these sizes at `block_m`.
+// these sizes at `block_m`. wgmma_tile: runs the wgmma path with this tile shape instead of the
+// default ones.
 void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
-                   std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto) {
+                   std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto,
+                   const cuda::moe::MoeWgmmaTile* wgmma_tile = nullptr) {
   const int T = c.T, K = c.K, E = w.E, hidden = w.hidden, I = w.I;
   const int64_t R = int64_t(T) * K;
   GuardedBuffer<uint16_t> dx(c.x.size()), dact(R * I);
@@ -218,8 +220,10 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
 
   std::vector<std::vector<float>> y_by_path;
   for (cuda::MoeGemmPath path : paths) {
-    const std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I",
-                                 I, " BM", block_m);
+    std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
+                           " BM", block_m);
+    if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages);
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -231,8 +235,13 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     dact.poison();
     dy.poison();
     dout.upload(c.out0);
-    cuda::run_moe_gate_up(gp, nullptr);
-    cuda::run_moe_down(gp, nullptr);
+    if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma) {
+      cuda::moe::launch_moe_wgmma(gp, true, *wgmma_tile, nullptr);
+      cuda::moe::launch_moe_wgmma(gp, false, *wgmma_tile, nullptr);
+    } else {
+      cuda::run_moe_gate_up(gp, nullptr);
+      cuda::run_moe_down(gp, nullptr);
+    }
     cuda::MoeUnpermuteParams up;
     up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E;
     up.workspace = dws.data();
@@ -542,6 +551,73 @@ TEST(MoeGpu, ExpertsWgmmaFullSize) {
   ExpertWeights w(64, 2304, 1024, 110);
   const ExpertCase c = skewed_case(w, 4096, 8, 32, 111);
   check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+#endif
+}
+
+// Every wgmma tile shape bench_moe times (the defaults are one of them), at a shape with k and
+// column tails in both GEMMs (hidden 264 = 4·64 + 8, I 200 = 3·64 + 8).
+TEST(MoeGpu, ExpertsWgmmaTileShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(8, 264, 200, 120);
+  const ExpertCase c = make_case(w, 300, 2, false, 121);
+  for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::MoeWgmmaTile{128, 3}, cuda::moe::MoeWgmmaTile{128, 4},
+                                       cuda::moe::MoeWgmmaTile{256, 3}, cuda::moe::MoeWgmmaTile{256, 4}})
+    check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
+#endif
+}
+
+// Exact layout probe of the wgmma down GEMM (one expert, 256 rows, k = I = 64, N = hidden = 256):
+// act row r is one-hot at k(r) = (5r + 3) % 64, so y[r, n] = W2[n, k(r)] exactly. Two weight
+// patterns tell a wrong output column (W2[n, k] = n % 128 + 1: y names the column computed) from
+// a wrong k (W2[n, k] = k + 1: y names the k that met the one). Mismatches print both readings.
+TEST(MoeGpu, WgmmaLayoutProbe) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const int T = 256, E = 1, K = 1, I = 64, H = 256;
+  std::vector<int> ids(T, 0);
+  GuardedBuffer<int> dids(T), dws(cuda::moe_permute_workspace_ints(E, T));
+  dids.upload(ids);
+  cuda::MoePermuteParams pp;
+  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = 128;
+  pp.expert_ids = dids.data(), pp.workspace = dws.data();
+  cuda::run_moe_permute(pp, nullptr);
+  auto kof = [](int r) { return (5 * r + 3) % 64; };
+  std::vector<uint16_t> act(size_t(T) * I, f32_to_bf16(0.f));
+  for (int r = 0; r < T; ++r) act[size_t(r) * I + kof(r)] = f32_to_bf16(1.f);
+  GuardedBuffer<uint16_t> dact(act.size()), dx(size_t(T) * H), dw13(size_t(2) * I * H), dw2(size_t(H) * I);
+  GuardedBuffer<float> dy(size_t(T) * H);
+  dact.upload(act);
+  for (int pattern = 0; pattern < 2; ++pattern) {
+    std::vector<uint16_t> w2(size_t(H) * I);
+    for (int n = 0; n < H; ++n)
+      for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
+    dw2.upload(w2);
+    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::MoeWgmmaTile{128, 3}, cuda::moe::MoeWgmmaTile{256, 4}}) {
+      dy.poison();
+      cuda::MoeGemmParams gp;
+      gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
+      gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
+      gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data());
+      gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
+      gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
+      cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto y = dy.to_host();
+      int bad = 0;
+      for (int r = 0; r < T; ++r)
+        for (int n = 0; n < H; ++n) {
+          const float want = pattern ? float(kof(r) + 1) : float(n % 128 + 1);
+          const float got = y[size_t(r) * H + n];
+          if (got == want) continue;
+          if (bad++ < 12)
+            std::printf("    [probe] tile %dx%d %s: y[%d, %d] = %g, want %g\n", tile.bn, tile.stages,
+                        pattern ? "k pattern" : "n pattern", r, n, got, want);
+        }
+      EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
+      EXPECT_TRUE(dy.guards_intact());
+    }
+  }
 #endif
 }
 
