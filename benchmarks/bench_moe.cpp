@@ -225,14 +225,15 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
       row(kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kWgmma ? "wgmma (kAuto, default tiles)"
                                                                 : "kAuto (not wgmma?)",
           a_gu, a_dn);
-      for (MoeWgmmaTile tile : {MoeWgmmaTile{128, 3}, MoeWgmmaTile{128, 4}, MoeWgmmaTile{256, 3},
-                                MoeWgmmaTile{256, 4}}) {
+      for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
         const double t_gu = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
         const double t_dn = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
         const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                 std::to_string(tile.stages) + " stages";
+                                 std::to_string(tile.stages) + " st" +
+                                 (tile.mma_in_flight ? ", overlap" : ", deep") +
+                                 (tile.l2_prefetch ? ", pf" : "");
         row(name.c_str(), t_gu, t_dn);
       }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

@@ -120,13 +120,22 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // The wgmma kernels (moe_wgmma.cu): tiles of 128 rows × bn weight rows (128 or 256) through a
-// ring of `stages` (3 or 4) k steps. run_moe_gate_up / run_moe_down use the defaults below;
-// bench_moe times the others.
+// ring of `stages` (3 or 4) k steps of 64; mma_in_flight: one k step of MMAs overlaps the next
+// step's barrier and copies run stages − 2 steps ahead, else stages − 1; l2_prefetch (4 stages
+// only): operand rows are prefetched into L2 4 steps before their copies. run_moe_gate_up /
+// run_moe_down use the defaults below (fastest in bench_moe on an H200); bench_moe times all of
+// kMoeWgmmaTiles and test_moe_gpu checks all of them.
 struct MoeWgmmaTile {
   int bn;
   int stages;
+  bool mma_in_flight;
+  bool l2_prefetch;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaGateUp{256, 4}, kMoeWgmmaDown{128, 4};
+inline constexpr MoeWgmmaTile kMoeWgmmaGateUp{256, 4, true, false}, kMoeWgmmaDown{256, 4, true, false};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
+    {128, 3, true, false},  {128, 3, false, false}, {128, 4, true, false}, {128, 4, false, false},
+    {256, 3, true, false},  {256, 3, false, false}, {256, 4, true, false}, {256, 4, false, false},
+    {128, 4, true, true},   {128, 4, false, true},  {256, 4, true, true},  {256, 4, false, true}};
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 

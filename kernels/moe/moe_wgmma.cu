@@ -9,7 +9,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-template <int BN, int STAGES, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool L2_PREFETCH, bool SWIGLU>
 void launch(const MoeGemmParams& p, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -18,7 +18,7 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
-  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU>;
+  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, L2_PREFETCH, SWIGLU>;
   // Per launch: the attribute belongs to the current device; legal during stream capture.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Shape::kSmemBytes));
@@ -26,13 +26,21 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool SWIGLU>
+// The shapes of kMoeWgmmaTiles; L2 prefetch only with 4 stages (fewer instantiations).
+template <bool SWIGLU, bool MMA_IN_FLIGHT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
-  if (t.bn == 128 && t.stages == 3) return launch<128, 3, SWIGLU>(p, stream);
-  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU>(p, stream);
-  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU>(p, stream);
-  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU>(p, stream);
-  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
+  constexpr bool F = MMA_IN_FLIGHT;
+  if (!t.l2_prefetch) {
+    if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, false, SWIGLU>(p, stream);
+    if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, false, SWIGLU>(p, stream);
+    if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, false, SWIGLU>(p, stream);
+    if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, false, SWIGLU>(p, stream);
+  } else {
+    if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, true, SWIGLU>(p, stream);
+    if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, true, SWIGLU>(p, stream);
+  }
+  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages",
+             t.l2_prefetch ? " and L2 prefetch" : "");
 }
 
 }  // namespace
@@ -45,10 +53,13 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
                           static_cast<const void*>(p.y)})
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe wgmma: x, w13, w2, act and y must be 16-byte aligned");
-  if (swiglu)
-    launch_tile<true>(p, tile, stream);
-  else
-    launch_tile<false>(p, tile, stream);
+  if (swiglu) {
+    if (tile.mma_in_flight) launch_tile<true, true>(p, tile, stream);
+    else launch_tile<true, false>(p, tile, stream);
+  } else {
+    if (tile.mma_in_flight) launch_tile<false, true>(p, tile, stream);
+    else launch_tile<false, false>(p, tile, stream);
+  }
 }
 
 }  // namespace kimi::cuda::moe

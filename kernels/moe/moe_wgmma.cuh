@@ -14,7 +14,11 @@
 // piece c of row r sits at piece c ^ (r % 8); tiles 1024-byte aligned); rows past the expert's
 // end, columns past N and k past K are zero-filled. Warpgroup g multiplies its 64 rows by the BN
 // weight rows with wgmma m64n128k16 (both operands K-major from shared memory, fp32 accumulators
-// in registers), keeping one k step of wgmma in flight; copies run STAGES − 2 steps ahead. A
+// in registers). MMA_IN_FLIGHT: one k step of wgmma stays in flight across the next step's
+// barrier and copies run STAGES − 2 steps ahead; else each step's MMAs retire before the next
+// barrier and copies run STAGES − 1 steps ahead (more bytes in flight for the same memory).
+// L2_PREFETCH: one lane per operand row also asks L2 for the row's 128 bytes kWgPrefetch steps
+// beyond the copies, so the copies find weights already on chip rather than waiting on DRAM. A
 // warpgroup whose 64 rows are all past the expert's end skips its MMAs (the tail tile of an
 // expert usually fills only the first half).
 // Epilogue: straight from the accumulators (thread owns rows lane/4 and lane/4 + 8 of its warp's
@@ -32,6 +36,11 @@ namespace kimi::cuda::moe {
 constexpr int kWgRows = 128;       // rows per tile (block_m)
 constexpr int kWgK = 64;           // k per pipeline step: 128 bytes of bf16
 constexpr int kWgThreads = 256;    // two warpgroups of 64 rows each
+constexpr int kWgPrefetch = 4;     // k steps between an L2 prefetch and the copy of the same bytes
+
+__device__ __forceinline__ void prefetch_l2(const void* ptr) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
+}
 
 template <int BN, int STAGES>
 struct WgmmaShape {
@@ -94,11 +103,12 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-template <int BN, int STAGES, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool L2_PREFETCH, bool SWIGLU>
 __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
     moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
   using Shape = WgmmaShape<BN, STAGES>;
-  constexpr int kAhead = STAGES - 2;       // k steps of copies in flight beyond the MMA's
+  // k steps of copies in flight beyond the one the MMAs read.
+  constexpr int kAhead = MMA_IN_FLIGHT ? STAGES - 2 : STAGES - 1;
   constexpr int kAPieces = kWgRows * 8 / kWgThreads;  // 16-byte pieces per thread per step
   constexpr int kBPieces = BN * 8 / kWgThreads;
   constexpr int kNH = BN / 128;            // m64n128 MMAs per k16 step
@@ -160,6 +170,15 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
       cp_async16(smem + st + Shape::kABytes + (row0 + 32 * i) * 128 + dst_in_row,
                  ok ? b_src[i] + k : p.w2, ok);
     }
+    if (L2_PREFETCH && piece == 0 && kt + kWgPrefetch < KT) {
+      const int kp = (kt + kWgPrefetch) * kWgK;
+#pragma unroll
+      for (int i = 0; i < kAPieces; ++i)
+        if (a_src[i]) prefetch_l2(a_src[i] + kp);
+#pragma unroll
+      for (int i = 0; i < kBPieces; ++i)
+        if (b_src[i]) prefetch_l2(b_src[i] + kp);
+    }
   };
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values: a branch it thinks divergent
@@ -181,8 +200,8 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
     cp_async_wait<kAhead - 1>();  // this thread's pieces of step kt landed
     // The tensor cores read through the async proxy: order the copies' writes before it.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    // Every piece of step kt landed, and both warpgroups finished the MMAs of step kt − 2
-    // (their wgmma_wait<1> of step kt − 1), whose stage the copies below refill.
+    // Every piece of step kt landed, and both warpgroups retired the MMAs of the step whose stage
+    // the copies below refill: kt − 2 (wgmma_wait<1> in step kt − 1) or kt − 1 (wgmma_wait<0>).
     __syncthreads();
     if (kt + kAhead < KT) issue(kt + kAhead);
     cp_async_commit();
@@ -198,7 +217,7 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
           wgmma_m64n128k16(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32), 1);
       }
       wgmma_commit();
-      wgmma_wait<1>();
+      wgmma_wait<MMA_IN_FLIGHT ? 1 : 0>();
     }
   }
   wgmma_wait<0>();  // unconditional: the compiler then sees every MMA retired before the epilogue

@@ -274,8 +274,9 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
     m.gemm->run(ga, m.stream);
   }
   // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
-  // batches.
-  const int block_m = cuda::moe_block_m(int64_t(T) * K, E);
+  // batches. KIMI_CUDA_MOE=tiled: the old 64-row WMMA tiles instead of wgmma.
+  int block_m = cuda::moe_block_m(int64_t(T) * K, E);
+  if (block_m == 128 && !m.moe_wgmma) block_m = 64;
   cuda::MoeGemmParams gp;
   gp.num_tokens = T;
   gp.num_experts = E + 1;

@@ -223,7 +223,9 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
-      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages);
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
+                  wgmma_tile->mma_in_flight ? " overlap" : " deep",
+                  wgmma_tile->l2_prefetch ? " pf" : "");
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -561,8 +563,7 @@ TEST(MoeGpu, ExpertsWgmmaTileShapes) {
 #if KIMI_HAVE_CUDA
   ExpertWeights w(8, 264, 200, 120);
   const ExpertCase c = make_case(w, 300, 2, false, 121);
-  for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::MoeWgmmaTile{128, 3}, cuda::moe::MoeWgmmaTile{128, 4},
-                                       cuda::moe::MoeWgmmaTile{256, 3}, cuda::moe::MoeWgmmaTile{256, 4}})
+  for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
     check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
 #endif
 }
@@ -593,7 +594,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
     for (int n = 0; n < H; ++n)
       for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
     dw2.upload(w2);
-    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::MoeWgmmaTile{128, 3}, cuda::moe::MoeWgmmaTile{256, 4}}) {
+    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[7]}) {
       dy.poison();
       cuda::MoeGemmParams gp;
       gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
@@ -611,7 +612,8 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
           const float got = y[size_t(r) * H + n];
           if (got == want) continue;
           if (bad++ < 12)
-            std::printf("    [probe] tile %dx%d %s: y[%d, %d] = %g, want %g\n", tile.bn, tile.stages,
+            std::printf("    [probe] tile %dx%d%s %s: y[%d, %d] = %g, want %g\n", tile.bn,
+                        tile.stages, tile.mma_in_flight ? "" : " deep",
                         pattern ? "k pattern" : "n pattern", r, n, got, want);
         }
       EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
