@@ -9,7 +9,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool L2_PREFETCH, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
 void launch(const MoeGemmParams& p, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -18,7 +18,7 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
-  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, L2_PREFETCH, SWIGLU>;
+  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU>;
   // Per launch: the attribute belongs to the current device; legal during stream capture.
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   Shape::kSmemBytes));
@@ -26,21 +26,14 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// The shapes of kMoeWgmmaTiles; L2 prefetch only with 4 stages (fewer instantiations).
 template <bool SWIGLU, bool MMA_IN_FLIGHT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   constexpr bool F = MMA_IN_FLIGHT;
-  if (!t.l2_prefetch) {
-    if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, false, SWIGLU>(p, stream);
-    if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, false, SWIGLU>(p, stream);
-    if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, false, SWIGLU>(p, stream);
-    if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, false, SWIGLU>(p, stream);
-  } else {
-    if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, true, SWIGLU>(p, stream);
-    if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, true, SWIGLU>(p, stream);
-  }
-  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages",
-             t.l2_prefetch ? " and L2 prefetch" : "");
+  if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, SWIGLU>(p, stream);
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, SWIGLU>(p, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, SWIGLU>(p, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, SWIGLU>(p, stream);
+  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
 }
 
 }  // namespace

@@ -16,9 +16,7 @@
 // weight rows with wgmma m64n128k16 (both operands K-major from shared memory, fp32 accumulators
 // in registers). MMA_IN_FLIGHT: one k step of wgmma stays in flight across the next step's
 // barrier and copies run STAGES − 2 steps ahead; else each step's MMAs retire before the next
-// barrier and copies run STAGES − 1 steps ahead (more bytes in flight for the same memory).
-// L2_PREFETCH: one lane per operand row also asks L2 for the row's 128 bytes kWgPrefetch steps
-// beyond the copies, so the copies find weights already on chip rather than waiting on DRAM. A
+// barrier and copies run STAGES − 1 steps ahead (more bytes in flight for the same memory). A
 // warpgroup whose 64 rows are all past the expert's end skips its MMAs (the tail tile of an
 // expert usually fills only the first half).
 // Epilogue: straight from the accumulators (thread owns rows lane/4 and lane/4 + 8 of its warp's
@@ -36,11 +34,6 @@ namespace kimi::cuda::moe {
 constexpr int kWgRows = 128;       // rows per tile (block_m)
 constexpr int kWgK = 64;           // k per pipeline step: 128 bytes of bf16
 constexpr int kWgThreads = 256;    // two warpgroups of 64 rows each
-constexpr int kWgPrefetch = 4;     // k steps between an L2 prefetch and the copy of the same bytes
-
-__device__ __forceinline__ void prefetch_l2(const void* ptr) {
-  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(ptr));
-}
 
 template <int BN, int STAGES>
 struct WgmmaShape {
@@ -103,7 +96,7 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool L2_PREFETCH, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
 __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
     moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
   using Shape = WgmmaShape<BN, STAGES>;
@@ -169,15 +162,6 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
       const bool ok = k_ok && b_src[i];
       cp_async16(smem + st + Shape::kABytes + (row0 + 32 * i) * 128 + dst_in_row,
                  ok ? b_src[i] + k : p.w2, ok);
-    }
-    if (L2_PREFETCH && piece == 0 && kt + kWgPrefetch < KT) {
-      const int kp = (kt + kWgPrefetch) * kWgK;
-#pragma unroll
-      for (int i = 0; i < kAPieces; ++i)
-        if (a_src[i]) prefetch_l2(a_src[i] + kp);
-#pragma unroll
-      for (int i = 0; i < kBPieces; ++i)
-        if (b_src[i]) prefetch_l2(b_src[i] + kp);
     }
   };
 

@@ -224,8 +224,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
       what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
-                  wgmma_tile->mma_in_flight ? " overlap" : " deep",
-                  wgmma_tile->l2_prefetch ? " pf" : "");
+                  wgmma_tile->mma_in_flight ? " overlap" : " deep");
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
