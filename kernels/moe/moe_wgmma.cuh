@@ -96,6 +96,73 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// Row tile `tile` of the permutation: its expert and row range [m0, m_end).
+struct WgTile {
+  int e, m0, m_end;
+};
+__device__ __forceinline__ WgTile wg_find_tile(const MoePermuteView& v, int E, int tile) {
+  int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (v.tile_start[mid] <= tile) lo = mid;
+    else hi = mid - 1;
+  }
+  return {lo, v.offsets[lo] + (tile - v.tile_start[lo]) * kWgRows, v.offsets[lo + 1]};
+}
+
+// Epilogue of one warpgroup's 64 rows × BN accumulators. Accumulator layout of m64nN: element
+// 4j + 2·half + c is row lane/4 + 8·half of the warp's 16, column 8j + 2·(lane % 4) + c.
+// row_base: the row of this thread's half 0. gate_up: column groups j < BN/16 are gate rows,
+// j + BN/16 the matching up rows.
+template <int BN, bool SWIGLU>
+__device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN / 128][64],
+                                         int row_base, int m_end, int n0, int lane) {
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const int col_q = 2 * (lane % 4);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_base + 8 * half;
+    if (r >= m_end) continue;
+    if constexpr (SWIGLU) {
+      bf16* out = p.act + int64_t(r) * p.inter;
+#pragma unroll
+      for (int j = 0; j < BN / 16; ++j) {
+        const int n = n0 + 8 * j + col_q;
+        if (n >= N) continue;
+        const int ju = j + BN / 16;
+        const float g0 = acc[j / 16][4 * (j % 16) + 2 * half],
+                    g1 = acc[j / 16][4 * (j % 16) + 2 * half + 1];
+        const float u0 = acc[ju / 16][4 * (ju % 16) + 2 * half],
+                    u1 = acc[ju / 16][4 * (ju % 16) + 2 * half + 1];
+        *reinterpret_cast<__nv_bfloat162*>(out + n) = __floats2bfloat162_rn(
+            g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
+      }
+    } else {
+      float* out = p.y + int64_t(r) * p.hidden;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int n = n0 + 8 * j + col_q;
+        if (n >= N) continue;
+        *reinterpret_cast<float2*>(out + n) = make_float2(acc[j / 16][4 * (j % 16) + 2 * half],
+                                                          acc[j / 16][4 * (j % 16) + 2 * half + 1]);
+      }
+    }
+  }
+}
+
+// The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows.
+template <int BN>
+__device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
+                                            uint32_t b_base) {
+#pragma unroll
+  for (int kk = 0; kk < kWgK / 16; ++kk) {
+    const uint64_t da = wgmma_desc(a_base + kk * 32);
+#pragma unroll
+    for (int h = 0; h < BN / 128; ++h)
+      wgmma_m64n128k16(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32), 1);
+  }
+}
+
 template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
 __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
     moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
@@ -114,14 +181,8 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
   const int E = p.num_experts;
   const int tile = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
   if (tile >= v.tile_start[E]) return;
-  int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (v.tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
-  }
-  const int e = lo;
-  const int m0 = v.offsets[e] + (tile - v.tile_start[e]) * kWgRows, m_end = v.offsets[e + 1];
+  const WgTile wt = wg_find_tile(v, E, tile);
+  const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
   const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
   const int n0 = cb * (SWIGLU ? BN / 2 : BN);  // first output column
   const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
@@ -193,13 +254,7 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
       const uint32_t st = smem_addr + uint32_t((kt % STAGES) * Shape::kStageBytes);
       const uint32_t a_base = st + uint32_t(wg * 64 * 128), b_base = st + Shape::kABytes;
       wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < kWgK / 16; ++kk) {
-        const uint64_t da = wgmma_desc(a_base + kk * 32);
-#pragma unroll
-        for (int h = 0; h < kNH; ++h)
-          wgmma_m64n128k16(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32), 1);
-      }
+      wg_mma_step<BN>(acc, a_base, b_base);
       wgmma_commit();
       wgmma_wait<MMA_IN_FLIGHT ? 1 : 0>();
     }
@@ -208,37 +263,163 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
 #pragma unroll
   for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
 
-  // Accumulator layout of m64nN: element 4j + 2·half + c is row lane/4 + 8·half of the warp's 16,
-  // column 8j + 2·(lane % 4) + c.
   const int warp = (tid % 128) / 32, lane = tid % 32;
-  const int row_base = m0 + 64 * wg + 16 * warp + lane / 4, col_q = 2 * (lane % 4);
+  wg_store<BN, SWIGLU>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
+}
+
+
+// ---- Warp-specialized persistent variant -------------------------------------------------------
+// 384 threads: warpgroup 0 copies (producer), warpgroups 1 and 2 multiply (64 rows each). The grid
+// is one CTA per SM; CTA b takes the works (row tile, column block) b, b + grid, ... in the same
+// order as above, and the k-step ring runs on across works, so the next tile's copies overlap this
+// tile's last MMAs and its epilogue. Per ring slot: `full` (128 producer arrivals: each producer
+// thread arrives once its own copies of the step landed and it issued the proxy fence) and `empty`
+// (8 consumer warps arrive after their MMAs of the step retired). The producer keeps STAGES − 1
+// steps of copies in flight (its cp.async groups) and signals a step STAGES − 2 steps later.
+// BN 256: the producer gives registers to the consumers (setmaxnreg 96 / 200).
+constexpr int kWsThreads = 384;
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred P1;\n"
+      "LAB_WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+      "@P1 bra DONE;\n"
+      "bra LAB_WAIT;\n"
+      "DONE:\n"
+      "}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+
+template <int BN, int STAGES>
+struct WsShape {
+  static constexpr int kStageBytes = WgmmaShape<BN, STAGES>::kStageBytes;
+  static constexpr int kABytes = WgmmaShape<BN, STAGES>::kABytes;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 2 * STAGES * 8 + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory");
+};
+
+template <int BN, int STAGES, bool SWIGLU>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    moe_wgmma_ws_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
+  using Shape = WsShape<BN, STAGES>;
+  constexpr int kSignalLag = STAGES - 2;  // steps between issuing a step's copies and signalling it
+  constexpr int kAPieces = kWgRows * 8 / 128, kBPieces = BN * 8 / 128;
+
+  extern __shared__ unsigned char wg_smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
+  const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;
+  unsigned char* smem = wg_smem_raw + (smem_addr - raw_addr);
+  const uint32_t full0 = smem_addr + STAGES * Shape::kStageBytes, empty0 = full0 + 8 * STAGES;
+
+  const int E = p.num_experts;
+  const int works = v.tile_start[E] * col_blocks;
+  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
+  const int KT = (Kd + kWgK - 1) / kWgK;
+  const int tid = threadIdx.x;
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full0 + 8 * s, 128);
+      mbar_init(empty0 + 8 * s, 8);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    if constexpr (BN == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 96;\n" ::: "memory");
+    const int piece = tid % 8, row0 = tid / 8;  // rows row0 + 16 i
+    const uint32_t dst_in_row = uint32_t((piece ^ (row0 % 8)) * 16);
+    int step = 0;
+    for (int w = blockIdx.x; w < works; w += gridDim.x) {
+      const int tile = w / col_blocks, cb = w % col_blocks;
+      const WgTile t = wg_find_tile(v, E, tile);
+      const int n0 = cb * (SWIGLU ? BN / 2 : BN);
+      const bf16* W = SWIGLU ? p.w13 + int64_t(t.e) * 2 * p.inter * p.hidden
+                             : p.w2 + int64_t(t.e) * p.hidden * p.inter;
+      const bf16* a_src[kAPieces];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = row_base + 8 * half;
-    if (r >= m_end) continue;
-    if constexpr (SWIGLU) {
-      // Column groups j < BN/16 are gate rows, j + BN/16 the matching up rows.
-      bf16* out = p.act + int64_t(r) * p.inter;
-#pragma unroll
-      for (int j = 0; j < BN / 16; ++j) {
-        const int n = n0 + 8 * j + col_q;
-        if (n >= N) continue;
-        const int ju = j + BN / 16;
-        const float g0 = acc[j / 16][4 * (j % 16) + 2 * half], g1 = acc[j / 16][4 * (j % 16) + 2 * half + 1];
-        const float u0 = acc[ju / 16][4 * (ju % 16) + 2 * half],
-                    u1 = acc[ju / 16][4 * (ju % 16) + 2 * half + 1];
-        *reinterpret_cast<__nv_bfloat162*>(out + n) = __floats2bfloat162_rn(
-            g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
+      for (int i = 0; i < kAPieces; ++i) {
+        const int row = t.m0 + row0 + 16 * i;
+        a_src[i] = nullptr;
+        if (row < t.m_end)
+          a_src[i] = SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
       }
-    } else {
-      float* out = p.y + int64_t(r) * p.hidden;
+      const bf16* b_src[kBPieces];
 #pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        const int n = n0 + 8 * j + col_q;
-        if (n >= N) continue;
-        *reinterpret_cast<float2*>(out + n) =
-            make_float2(acc[j / 16][4 * (j % 16) + 2 * half], acc[j / 16][4 * (j % 16) + 2 * half + 1]);
+      for (int i = 0; i < kBPieces; ++i) {
+        const int r = row0 + 16 * i;
+        const int n = n0 + (SWIGLU ? r % (BN / 2) : r);
+        const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
+        b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
       }
+      for (int kt = 0; kt < KT; ++kt, ++step) {
+        const int slot = step % STAGES;
+        mbar_wait(empty0 + 8 * slot, ((step / STAGES) & 1) ^ 1);
+        unsigned char* st = smem + slot * Shape::kStageBytes;
+        const int k = kt * kWgK + piece * 8;
+        const bool k_ok = k < Kd;
+#pragma unroll
+        for (int i = 0; i < kAPieces; ++i) {
+          const bool ok = k_ok && a_src[i];
+          cp_async16(st + (row0 + 16 * i) * 128 + dst_in_row, ok ? a_src[i] + k : p.w2, ok);
+        }
+#pragma unroll
+        for (int i = 0; i < kBPieces; ++i) {
+          const bool ok = k_ok && b_src[i];
+          cp_async16(st + Shape::kABytes + (row0 + 16 * i) * 128 + dst_in_row,
+                     ok ? b_src[i] + k : p.w2, ok);
+        }
+        cp_async_commit();
+        if (step >= kSignalLag) {
+          cp_async_wait<kSignalLag>();  // this thread's copies of step − lag landed
+          asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+          mbar_arrive(full0 + 8 * ((step - kSignalLag) % STAGES));
+        }
+      }
+    }
+    cp_async_wait<0>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    for (int d = step > kSignalLag ? step - kSignalLag : 0; d < step; ++d)
+      mbar_arrive(full0 + 8 * (d % STAGES));
+  } else {  // consumers
+    if constexpr (BN == 256) asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n" ::: "memory");
+    const int cw = wg - 1, warp = (tid % 128) / 32, lane = tid % 32;
+    int step = 0;
+    for (int w = blockIdx.x; w < works; w += gridDim.x) {
+      const int tile = w / col_blocks, cb = w % col_blocks;
+      const WgTile t = wg_find_tile(v, E, tile);
+      const int n0 = cb * (SWIGLU ? BN / 2 : BN);
+      const bool busy = __shfl_sync(0xffffffffu, int(t.m0 + 64 * cw < t.m_end), 0) != 0;
+      float acc[BN / 128][64];
+#pragma unroll
+      for (int h = 0; h < BN / 128; ++h)
+#pragma unroll
+        for (int i = 0; i < 64; ++i) acc[h][i] = 0.f;
+      for (int kt = 0; kt < KT; ++kt, ++step) {
+        const int slot = step % STAGES;
+        mbar_wait(full0 + 8 * slot, (step / STAGES) & 1);
+        if (busy) {
+          const uint32_t a_base = smem_addr + uint32_t(slot * Shape::kStageBytes + cw * 64 * 128);
+          wgmma_fence();
+          wg_mma_step<BN>(acc, a_base, smem_addr + uint32_t(slot * Shape::kStageBytes + Shape::kABytes));
+          wgmma_commit();
+        }
+        wgmma_wait<0>();
+        if (lane == 0) mbar_arrive(empty0 + 8 * slot);
+      }
+#pragma unroll
+      for (int h = 0; h < BN / 128; ++h) fence_acc(acc[h]);
+      wg_store<BN, SWIGLU>(p, acc, t.m0 + 64 * cw + 16 * warp + lane / 4, t.m_end, n0, lane);
     }
   }
 }
