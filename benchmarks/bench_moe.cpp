@@ -12,8 +12,7 @@
 //     and of the 8192³ cuBLASLt rate, same run.
 // Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
 // weights and inputs. Every CUDA call is checked.
-// Usage: bench_moe [--quick | --prefill | --prefill-no-ws]   (--prefill: the prefill tables only;
-// --prefill-no-ws: without the warp-specialized wgmma tiles)
+// Usage: bench_moe [--quick | --prefill]   (--prefill: the prefill tables only)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -181,7 +180,7 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 
-void bench_prefill(Weights& w, double gemm_ceiling, bool quick, bool no_ws) {
+void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
   using kimi::cuda::moe::MoeWgmmaTile;
   const std::vector<int> Ts = quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384};
   const int reps = quick ? 5 : 11;
@@ -227,16 +226,13 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick, bool no_ws) {
                                                                 : "kAuto (not wgmma?)",
           a_gu, a_dn);
       for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
-        if (no_ws && tile.warp_specialized) continue;
         const double t_gu = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
         const double t_dn = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
         const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
                                  std::to_string(tile.stages) + " st" +
-                                 (tile.warp_specialized ? ", ws"
-                                  : tile.mma_in_flight  ? ", overlap"
-                                                        : ", deep");
+                                 (tile.mma_in_flight ? ", overlap" : ", deep");
         row(name.c_str(), t_gu, t_dn);
       }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
@@ -253,8 +249,7 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick, bool no_ws) {
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
-  const bool no_ws = argc > 1 && std::string(argv[1]) == "--prefill-no-ws";
-  const bool prefill_only = no_ws || (argc > 1 && std::string(argv[1]) == "--prefill");
+  const bool prefill_only = argc > 1 && std::string(argv[1]) == "--prefill";
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -270,7 +265,7 @@ int main(int argc, char** argv) {
     if (!prefill_only) bench_decode(w, ceiling, prop.l2CacheSize, quick);
     const double gemm_ceiling = kimi::bench::gemm_ceiling_tflops();
     std::printf("GEMM ceiling (cuBLASLt bf16 8192^3): %.1f TFLOP/s\n", gemm_ceiling);
-    bench_prefill(w, gemm_ceiling, quick, no_ws);
+    bench_prefill(w, gemm_ceiling, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_moe: %s\n", e.what());
     return 1;

@@ -121,24 +121,21 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // The wgmma kernels (moe_wgmma.cu): tiles of 128 rows × bn weight rows (128 or 256) through a
 // ring of `stages` (3 or 4) k steps of 64; mma_in_flight: one k step of MMAs overlaps the next
-// step's barrier and copies run stages − 2 steps ahead, else stages − 1. warp_specialized: the
-// persistent kernel (one CTA per SM, a producer warpgroup and two MMA warpgroups on mbarriers;
-// 128 × 6 stages or 256 × 4; mma_in_flight unused). bench_moe times all of kMoeWgmmaTiles,
-// test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
+// step's barrier and copies run stages − 2 steps ahead, else stages − 1. bench_moe times all of
+// kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
+// moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
   int stages;
   bool mma_in_flight;
-  bool warp_specialized = false;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
-    {128, 3, true},  {128, 3, false}, {128, 4, true},        {128, 4, false},
-    {256, 3, true},  {256, 3, false}, {256, 4, true},        {256, 4, false},
-    {128, 6, false, true},            {256, 4, false, true}};
-// Fastest on an H200 (bench_moe, both GEMMs alike): 128 × 128, 3 stages, no MMA in flight (two
-// CTAs per SM) at 128 rows per expert on average (T = 4096), 3% ahead of 128 × 256, 4 stages,
-// one MMA step in flight (one CTA per SM, half the operand bytes per FLOP), which is 9% ahead at
-// 512 rows (T = 16384). The switch sits between the two measured points.
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 3, true},  {128, 3, false}, {128, 4, true},
+                                                  {128, 4, false}, {256, 3, true},  {256, 3, false},
+                                                  {256, 4, true},  {256, 4, false}};
+// Fastest on an H200 (bench_moe, both GEMMs alike, two runs): 128 × 128, 3 stages, no MMA in
+// flight (two CTAs per SM) at 128 rows per expert on average (T = 4096), 5-7% ahead of 128 × 256,
+// 4 stages, one MMA step in flight (one CTA per SM, half the operand bytes per FLOP), which is
+// 9-14% ahead at 512 rows (T = 16384). The switch sits between the two measured points.
 inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams& p) {
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   return rows < int64_t(256) * p.num_experts ? MoeWgmmaTile{128, 3, false}

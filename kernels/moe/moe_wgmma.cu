@@ -26,27 +26,6 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// Persistent warp-specialized kernel: one CTA per SM (fewer when there are fewer works).
-template <int BN, int STAGES, bool SWIGLU>
-void launch_ws(const MoeGemmParams& p, cudaStream_t stream) {
-  using Shape = WsShape<BN, STAGES>;
-  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
-  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
-  const int N = SWIGLU ? p.inter : p.hidden;
-  const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
-  const int64_t works = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
-  KIMI_CHECK(works < (int64_t(1) << 31), "moe wgmma: ", works, " works");
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  auto kernel = moe_wgmma_ws_kernel<BN, STAGES, SWIGLU>;
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  Shape::kSmemBytes));
-  const unsigned grid = unsigned(works < sms ? works : sms);
-  kernel<<<grid, kWsThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
-  KIMI_CHECK_LAUNCH();
-}
-
 template <bool SWIGLU, bool MMA_IN_FLIGHT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   constexpr bool F = MMA_IN_FLIGHT;
@@ -67,14 +46,6 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
                           static_cast<const void*>(p.y)})
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe wgmma: x, w13, w2, act and y must be 16-byte aligned");
-  if (tile.warp_specialized) {
-    if (tile.bn == 128 && tile.stages == 6)
-      return swiglu ? launch_ws<128, 6, true>(p, stream) : launch_ws<128, 6, false>(p, stream);
-    if (tile.bn == 256 && tile.stages == 4)
-      return swiglu ? launch_ws<256, 4, true>(p, stream) : launch_ws<256, 4, false>(p, stream);
-    KIMI_CHECK(false, "moe wgmma: no warp-specialized tile of ", tile.bn, " columns with ",
-               tile.stages, " stages");
-  }
   if (swiglu) {
     if (tile.mma_in_flight) launch_tile<true, true>(p, tile, stream);
     else launch_tile<true, false>(p, tile, stream);

@@ -224,9 +224,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
       what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
-                  wgmma_tile->warp_specialized ? " ws"
-                  : wgmma_tile->mma_in_flight  ? " overlap"
-                                               : " deep");
+                  wgmma_tile->mma_in_flight ? " overlap" : " deep");
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -540,8 +538,8 @@ TEST(MoeGpu, ExpertsWgmmaSkewed) {
 
 // The model's sizes (hidden 2304, I 1024, top-8) on 32 experts (host memory and CPU time of the
 // fp32 reference), T = 1, 7, 65, 769; and T = 4096 skewed on 64 experts: expert 0 in every token
-// (4096 rows, ~4.4× the others), experts 32..63 empty. T = 769 and 4096 also run the
-// warp-specialized persistent tiles.
+// (4096 rows, ~4.4× the others), experts 32..63 empty. T = 769 and 4096 also run the tile shape
+// moe_wgmma_tile does not pick there (it picks 128 × 128 at 192 rows per expert, 128 × 256 at 512).
 TEST(MoeGpu, ExpertsWgmmaFullSize) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -551,17 +549,15 @@ TEST(MoeGpu, ExpertsWgmmaFullSize) {
       const ExpertCase c = make_case(w, T, 8, false, 101 + T);
       check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
       if (T == 769)
-        for (int i : {8, 9})
-          check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
-                        &cuda::moe::kMoeWgmmaTiles[i]);
+        check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
+                      &cuda::moe::kMoeWgmmaTiles[6]);
     }
   }
   ExpertWeights w(64, 2304, 1024, 110);
   const ExpertCase c = skewed_case(w, 4096, 8, 32, 111);
   check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
-  for (int i : {8, 9})
-    check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
-                  &cuda::moe::kMoeWgmmaTiles[i]);
+  check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
+                &cuda::moe::kMoeWgmmaTiles[1]);
 #endif
 }
 
@@ -603,8 +599,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
     for (int n = 0; n < H; ++n)
       for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
     dw2.upload(w2);
-    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[7],
-                                         cuda::moe::kMoeWgmmaTiles[8], cuda::moe::kMoeWgmmaTiles[9]}) {
+    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[7]}) {
       dy.poison();
       cuda::MoeGemmParams gp;
       gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
@@ -623,7 +618,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
           if (got == want) continue;
           if (bad++ < 12)
             std::printf("    [probe] tile %dx%d%s %s: y[%d, %d] = %g, want %g\n", tile.bn,
-                        tile.stages, tile.warp_specialized ? " ws" : tile.mma_in_flight ? "" : " deep",
+                        tile.stages, tile.mma_in_flight ? "" : " deep",
                         pattern ? "k pattern" : "n pattern", r, n, got, want);
         }
       EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
