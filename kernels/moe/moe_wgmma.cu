@@ -20,8 +20,8 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
   auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU>;
   // Per launch: the attribute belongs to the current device; legal during stream capture.
-  CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  Shape::kSmemBytes));
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
   kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
   KIMI_CHECK_LAUNCH();
 }
@@ -47,11 +47,15 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe wgmma: x, w13, w2, act and y must be 16-byte aligned");
   if (swiglu) {
-    if (tile.mma_in_flight) launch_tile<true, true>(p, tile, stream);
-    else launch_tile<true, false>(p, tile, stream);
+    if (tile.mma_in_flight)
+      launch_tile<true, true>(p, tile, stream);
+    else
+      launch_tile<true, false>(p, tile, stream);
   } else {
-    if (tile.mma_in_flight) launch_tile<false, true>(p, tile, stream);
-    else launch_tile<false, false>(p, tile, stream);
+    if (tile.mma_in_flight)
+      launch_tile<false, true>(p, tile, stream);
+    else
+      launch_tile<false, false>(p, tile, stream);
   }
 }
 

@@ -31,9 +31,9 @@
 
 namespace kimi::cuda::moe {
 
-constexpr int kWgRows = 128;       // rows per tile (block_m)
-constexpr int kWgK = 64;           // k per pipeline step: 128 bytes of bf16
-constexpr int kWgThreads = 256;    // two warpgroups of 64 rows each
+constexpr int kWgRows = 128;     // rows per tile (block_m)
+constexpr int kWgK = 64;         // k per pipeline step: 128 bytes of bf16
+constexpr int kWgThreads = 256;  // two warpgroups of 64 rows each
 
 template <int BN, int STAGES>
 struct WgmmaShape {
@@ -104,8 +104,10 @@ __device__ __forceinline__ WgTile wg_find_tile(const MoePermuteView& v, int E, i
   int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (v.tile_start[mid] <= tile) lo = mid;
-    else hi = mid - 1;
+    if (v.tile_start[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   return {lo, v.offsets[lo] + (tile - v.tile_start[lo]) * kWgRows, v.offsets[lo + 1]};
 }
@@ -134,8 +136,8 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
                     g1 = acc[j / 16][4 * (j % 16) + 2 * half + 1];
         const float u0 = acc[ju / 16][4 * (ju % 16) + 2 * half],
                     u1 = acc[ju / 16][4 * (ju % 16) + 2 * half + 1];
-        *reinterpret_cast<__nv_bfloat162*>(out + n) = __floats2bfloat162_rn(
-            g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
+        *reinterpret_cast<__nv_bfloat162*>(out + n) =
+            __floats2bfloat162_rn(g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
       }
     } else {
       float* out = p.y + int64_t(r) * p.hidden;
@@ -171,7 +173,7 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
   constexpr int kAhead = MMA_IN_FLIGHT ? STAGES - 2 : STAGES - 1;
   constexpr int kAPieces = kWgRows * 8 / kWgThreads;  // 16-byte pieces per thread per step
   constexpr int kBPieces = BN * 8 / kWgThreads;
-  constexpr int kNH = BN / 128;            // m64n128 MMAs per k16 step
+  constexpr int kNH = BN / 128;  // m64n128 MMAs per k16 step
 
   extern __shared__ unsigned char wg_smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
@@ -185,8 +187,8 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
   const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
   const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
   const int n0 = cb * (SWIGLU ? BN / 2 : BN);  // first output column
-  const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
-                         : p.w2 + int64_t(e) * p.hidden * p.inter;
+  const bf16* W =
+      SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
 
   // Thread tid copies piece tid % 8 of rows tid / 8 + 32 i: one row's 128 bytes per 8 lanes.
   const int tid = threadIdx.x;
@@ -198,7 +200,8 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
     const int row = m0 + row0 + 32 * i;
     a_src[i] = nullptr;
     if (row < m_end)
-      a_src[i] = SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
+      a_src[i] =
+          SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
   }
   const bf16* b_src[kBPieces];
 #pragma unroll
@@ -266,6 +269,5 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
   const int warp = (tid % 128) / 32, lane = tid % 32;
   wg_store<BN, SWIGLU>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
 }
-
 
 }  // namespace kimi::cuda::moe
