@@ -1,15 +1,18 @@
 // MoE grouped expert GEMM benchmark (Kimi Linear sizes: 256 experts, top-8, hidden 2304,
-// moe_intermediate 1024): gate_up + down, the tiled kernel against the gemv kernel.
+// moe_intermediate 1024): gate_up + down, the wgmma, tiled and gemv kernels.
 //   decode T = 1, 4, 16, 64 (and 128, 256 without --quick): uniform random routing (distinct
 //     experts per token); time per layer, the weight bytes of the distinct experts touched, GB/s
 //     and % of the device-to-device copy ceiling measured in the same run. Timed as CUDA graphs
 //     of many calls (how decode steps run) and eagerly; the calls rotate over enough routings
 //     that one routing's experts are no longer in L2 when it comes back.
-//   prefill T = 4096: the tiled kernel's TFLOP/s against two cuBLAS bf16 GEMMs of the same
-//     FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows), same run.
+//   prefill T = 4096 and 16384 (4096 only with --quick), uniform and skewed routing (expert
+//     inclusion ∝ (rank + 1)^-0.7: the busiest expert ~14× the mean, the idlest ~1/4): the wgmma
+//     kernel (each tile shape), the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of
+//     the same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that
+//     and of the 8192³ cuBLASLt rate, same run.
 // Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
 // weights and inputs. Every CUDA call is checked.
-// Usage: bench_moe [--quick]
+// Usage: bench_moe [--quick | --prefill]   (--prefill: the prefill tables only)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -53,15 +56,31 @@ struct Weights {
 struct Routing {
   DeviceBuffer<int> ids, ws;
   int distinct = 0;
-  Routing(int T, int block_m, std::mt19937& rng)
+  int max_rows = 0, min_rows = 0;
+  // skew: K distinct experts per token drawn with weights (e + 1)^-0.7 (Efraimidis-Spirakis keys),
+  // else uniformly.
+  Routing(int T, int block_m, std::mt19937& rng, bool skew = false)
       : ids(size_t(T) * K), ws(kimi::cuda::moe_permute_workspace_ints(E, int64_t(T) * K)) {
-    std::vector<int> h(size_t(T) * K), perm(E);
+    std::vector<int> h(size_t(T) * K), perm(E), rows(E, 0);
     std::vector<char> used(E, 0);
+    std::vector<double> key(E);
+    std::uniform_real_distribution<double> u(1e-12, 1.0);
     std::iota(perm.begin(), perm.end(), 0);
     for (int t = 0; t < T; ++t) {
-      std::shuffle(perm.begin(), perm.end(), rng);
-      for (int k = 0; k < K; ++k) used[h[size_t(t) * K + k] = perm[k]] = 1;
+      if (skew) {
+        for (int e = 0; e < E; ++e) key[e] = std::log(u(rng)) * std::pow(e + 1.0, 0.7);
+        std::partial_sort(perm.begin(), perm.begin() + K, perm.end(),
+                          [&](int a, int b) { return key[a] > key[b]; });
+      } else {
+        std::shuffle(perm.begin(), perm.end(), rng);
+      }
+      for (int k = 0; k < K; ++k) {
+        used[h[size_t(t) * K + k] = perm[k]] = 1;
+        ++rows[perm[k]];
+      }
     }
+    max_rows = *std::max_element(rows.begin(), rows.end());
+    min_rows = *std::min_element(rows.begin(), rows.end());
     distinct = int(std::count(used.begin(), used.end(), 1));
     ids.upload(h);
     kimi::cuda::MoePermuteParams pp;
@@ -161,45 +180,76 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 
-void bench_prefill(Weights& w, bool quick) {
-  const int T = 4096, R = T * K, block_m = 64;
-  std::mt19937 rng(7);
-  Routing r(T, block_m, rng);
-  DeviceBuffer<bf16> x(size_t(T) * H), act(size_t(R) * I), xr(size_t(R) * H), gu(size_t(R) * 2 * I);
-  DeviceBuffer<float> y(size_t(R) * H);
-  fill_random(x, -1.f, 1.f, 11);
-  fill_random(xr, -1.f, 1.f, 12);
-  fill_random(act, -1.f, 1.f, 13);
-  kimi::cuda::MoeGemmParams gp;
-  gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = H;
-  gp.inter = I, gp.workspace = r.ws.data(), gp.x = x.data(), gp.w13 = w.w13.data();
-  gp.w2 = w.w2.data(), gp.act = act.data(), gp.y = y.data();
-  const double flop = 6.0 * R * H * I;
+void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
+  using kimi::cuda::moe::MoeWgmmaTile;
+  const std::vector<int> Ts = quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384};
   const int reps = quick ? 5 : 11;
-  const double t_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
-  const double t_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
-  kimi::cuda::Gemm gemm;
-  auto cublas = [&](int) {
-    gemm.linear(xr.data(), w.w13.data(), gu.data(), R, 2 * I, H, kimi::cuda::GemmOut::kBF16,
-                nullptr);
-    gemm.linear(act.data(), w.w2.data(), y.data(), R, H, I, kimi::cuda::GemmOut::kF32, nullptr);
-  };
-  const double t_cb = median_ms(cublas, reps, 1, 1);
-  const char* p = kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kGemv ? "gemv" : "tiled";
-  std::printf(
-      "\nprefill T = %d (R = %d rows, %d experts touched, block_m %d, kAuto = %s): %.3g FLOP\n", T,
-      R, r.distinct, block_m, p, flop);
-  std::printf("%-28s %10s %10s %10s %10s\n", "", "gate_up ms", "down ms", "total ms", "TFLOP/s");
-  std::printf("%-28s %10.3f %10.3f %10.3f %10.1f\n", "grouped (kAuto)", t_gu, t_dn, t_gu + t_dn,
-              flop / ((t_gu + t_dn) * 1e-3) / 1e12);
-  std::printf("%-28s %10s %10s %10.3f %10.1f\n", "cuBLAS bf16, same FLOPs", "-", "-", t_cb,
-              flop / (t_cb * 1e-3) / 1e12);
+  for (int T : Ts) {
+    const int R = T * K;
+    DeviceBuffer<bf16> x(size_t(T) * H), act(size_t(R) * I), xr(size_t(R) * H), gu(size_t(R) * 2 * I);
+    DeviceBuffer<float> y(size_t(R) * H);
+    fill_random(x, -1.f, 1.f, 11);
+    fill_random(xr, -1.f, 1.f, 12);
+    fill_random(act, -1.f, 1.f, 13);
+    const double flop = 6.0 * R * H * I;
+    kimi::cuda::Gemm gemm;
+    auto cublas = [&](int) {
+      gemm.linear(xr.data(), w.w13.data(), gu.data(), R, 2 * I, H, kimi::cuda::GemmOut::kBF16,
+                  nullptr);
+      gemm.linear(act.data(), w.w2.data(), y.data(), R, H, I, kimi::cuda::GemmOut::kF32, nullptr);
+    };
+    const double t_cb = median_ms(cublas, reps, 1, 1);
+    const double cb_tflops = flop / (t_cb * 1e-3) / 1e12;
+    for (bool skew : {false, true}) {
+      std::mt19937 rng64(7 + T), rng128(7 + T);  // same routing, two tile heights
+      Routing r64(T, 64, rng64, skew), r128(T, 128, rng128, skew);
+      kimi::cuda::MoeGemmParams gp;
+      gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.hidden = H, gp.inter = I;
+      gp.x = x.data(), gp.w13 = w.w13.data(), gp.w2 = w.w2.data(), gp.act = act.data();
+      gp.y = y.data();
+      std::printf(
+          "\nprefill T = %d, %s routing (R = %d rows, %d experts touched, rows per expert %d..%d,"
+          " mean %d): %.3g FLOP\n",
+          T, skew ? "skewed" : "uniform", R, r128.distinct, r128.min_rows, r128.max_rows, R / E, flop);
+      std::printf("%-30s %10s %10s %10s %10s %10s %10s\n", "", "gate_up ms", "down ms", "total ms",
+                  "TFLOP/s", "% cuBLAS", "% 8192^3");
+      auto row = [&](const char* name, double t_gu, double t_dn) {
+        const double tf = flop / ((t_gu + t_dn) * 1e-3) / 1e12;
+        std::printf("%-30s %10.3f %10.3f %10.3f %10.1f %9.1f%% %9.1f%%\n", name, t_gu, t_dn,
+                    t_gu + t_dn, tf, 100 * tf / cb_tflops, 100 * tf / gemm_ceiling);
+      };
+      // kAuto as the model runs it: block_m 128 → wgmma with the default tiles.
+      gp.block_m = 128, gp.workspace = r128.ws.data(), gp.path = MoeGemmPath::kAuto;
+      const double a_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
+      const double a_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
+      row(kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kWgmma ? "wgmma (kAuto, default tiles)"
+                                                                : "kAuto (not wgmma?)",
+          a_gu, a_dn);
+      for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
+        const double t_gu = median_ms(
+            [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
+        const double t_dn = median_ms(
+            [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
+        const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
+                                 std::to_string(tile.stages) + " st" +
+                                 (tile.mma_in_flight ? ", overlap" : ", deep");
+        row(name.c_str(), t_gu, t_dn);
+      }
+      gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
+      const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
+      const double o_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
+      row("tiled WMMA, 64-row tiles (old)", o_gu, o_dn);
+      std::printf("%-30s %10s %10s %10.3f %10.1f %9.1f%% %9.1f%%\n", "cuBLASLt bf16, same FLOPs", "-",
+                  "-", t_cb, cb_tflops, 100.0, 100 * cb_tflops / gemm_ceiling);
+    }
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const bool prefill_only = argc > 1 && std::string(argv[1]) == "--prefill";
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -212,8 +262,10 @@ int main(int argc, char** argv) {
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     Weights w;
-    bench_decode(w, ceiling, prop.l2CacheSize, quick);
-    bench_prefill(w, quick);
+    if (!prefill_only) bench_decode(w, ceiling, prop.l2CacheSize, quick);
+    const double gemm_ceiling = kimi::bench::gemm_ceiling_tflops();
+    std::printf("GEMM ceiling (cuBLASLt bf16 8192^3): %.1f TFLOP/s\n", gemm_ceiling);
+    bench_prefill(w, gemm_ceiling, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_moe: %s\n", e.what());
     return 1;

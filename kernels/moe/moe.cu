@@ -71,7 +71,8 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
 void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_tokens >= 0 && p.num_experts > 0 && p.num_experts <= 1024 && p.top_k > 0,
              "moe permute T ", p.num_tokens, " E ", p.num_experts, " K ", p.top_k);
-  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64 || p.block_m == 128,
+             "moe block_m must be 16, 64 or 128, got ", p.block_m);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.expert_ids && p.workspace, "moe permute: null pointer");
   const int64_t pairs = int64_t(p.num_tokens) * p.top_k;
@@ -102,12 +103,15 @@ void check_gemm(const MoeGemmParams& p) {
              " inter ", p.inter);
   KIMI_CHECK(p.hidden % 8 == 0 && p.inter % 8 == 0, "moe gemm needs hidden and inter multiples of 8 (",
              p.hidden, ", ", p.inter, ")");
-  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64 || p.block_m == 128,
+             "moe block_m must be 16, 64 or 128, got ", p.block_m);
   KIMI_CHECK(p.workspace && p.x && p.w13 && p.w2 && p.act && p.y, "moe gemm: null pointer");
 }
 
 template <bool SWIGLU>
 void launch_gemm(const MoeGemmParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe tiled kernel: block_m must be 16 or 64, got ",
+             p.block_m);
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
   const int N = SWIGLU ? p.inter : p.hidden;
@@ -123,6 +127,7 @@ void launch_gemm(const MoeGemmParams& p, cudaStream_t stream) {
 
 MoeGemmPath moe_gemm_path(const MoeGemmParams& p) {
   if (p.path != MoeGemmPath::kAuto) return p.path;
+  if (p.block_m == 128) return MoeGemmPath::kWgmma;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   if (p.block_m != 16 || rows > int64_t(kMoeGemvMaxRowsPerExpert) * p.num_experts)
     return MoeGemmPath::kTiled;
@@ -136,19 +141,21 @@ MoeGemmPath moe_gemm_path(const MoeGemmParams& p) {
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream) {
   check_gemm(p);
   if (p.num_tokens == 0) return;
-  if (moe_gemm_path(p) == MoeGemmPath::kGemv)
-    moe::launch_moe_gemv(p, true, stream);
-  else
-    launch_gemm<true>(p, stream);
+  switch (moe_gemm_path(p)) {
+    case MoeGemmPath::kGemv: return moe::launch_moe_gemv(p, true, stream);
+    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, true, moe::moe_wgmma_tile(p), stream);
+    default: return launch_gemm<true>(p, stream);
+  }
 }
 
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream) {
   check_gemm(p);
   if (p.num_tokens == 0) return;
-  if (moe_gemm_path(p) == MoeGemmPath::kGemv)
-    moe::launch_moe_gemv(p, false, stream);
-  else
-    launch_gemm<false>(p, stream);
+  switch (moe_gemm_path(p)) {
+    case MoeGemmPath::kGemv: return moe::launch_moe_gemv(p, false, stream);
+    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, false, moe::moe_wgmma_tile(p), stream);
+    default: return launch_gemm<false>(p, stream);
+  }
 }
 
 void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {

@@ -21,6 +21,7 @@
 #include <climits>
 
 #include "moe/moe.h"
+#include "moe/moe_async.cuh"
 
 namespace kimi::cuda::moe {
 
@@ -248,18 +249,6 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
 }
 
 constexpr int kBN = 64, kBK = 32, kPad = 8;
-
-// 16-byte asynchronous copy global → shared; src_size 0 zero-fills (rows or k past the end).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 // Pipeline depth: enough 16-byte copies in flight per SM to stream expert weights at decode
 // (where a CTA has few rows and is purely bandwidth-bound), within 48 KB of static smem.

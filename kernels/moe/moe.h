@@ -16,8 +16,12 @@
 //               residual stream).
 // R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
 // 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
-// Two kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
-//   tiled : the WMMA tiles above, for prefill-sized batches (compute-bound).
+// Three kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
+//   wgmma : prefill-sized batches (compute-bound) on Hopper: 128-row tiles (block_m 128) ×
+//           128 or 256 weight rows, wgmma from 128-byte-swizzled shared memory fed by a cp.async
+//           ring, SwiGLU in registers (moe_wgmma.cuh).
+//   tiled : the WMMA tiles above (block_m 16 or 64): the previous prefill kernel, kept for
+//           comparison and for permutations of 16/64-row tiles.
 //   gemv  : decode-sized batches (experts with 1..16 rows, bandwidth-bound): CTA = (row tile,
 //           32 weight rows), 8 warps split k and stream the weights with 16-byte loads into
 //           mma.sync with the weights as the M side (moe_gemv.cuh).
@@ -79,7 +83,7 @@ struct MoePermuteParams {
   int num_tokens = 0;
   int num_experts = 0;
   int top_k = 0;
-  int block_m = 64;                // BM of the grouped GEMMs that follow (16 or 64)
+  int block_m = 64;                // BM of the grouped GEMMs that follow (16, 64 or 128)
   const int* expert_ids = nullptr; // [T, K]
   int* workspace = nullptr;        // moe_permute_workspace_ints(E, T·K) ints
 };
@@ -100,17 +104,24 @@ inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
   return int((rows + block_m - 1) / block_m + busy);
 }
 
-// kAuto: gemv when the tiles are of 16 rows (block_m 16) and T·K <= kMoeGemvMaxRowsPerExpert · E
-// (decode: few rows per expert), else tiled. kTiled / kGemv force a kernel (tests, benchmarks);
-// gemv runs any shape but re-reads the weights for every 16 rows of a tile.
-enum class MoeGemmPath { kAuto, kTiled, kGemv };
+// kAuto: wgmma when the tiles are of 128 rows (block_m 128, what the model picks once experts
+// average 32+ rows); gemv when they are of 16 rows and T·K <= kMoeGemvMaxRowsPerExpert · E
+// (decode: few rows per expert); else tiled. kTiled / kGemv / kWgmma force a kernel (tests,
+// benchmarks): tiled needs block_m 16 or 64, wgmma block_m 128; gemv runs any shape but re-reads
+// the weights for every 16 rows of a tile.
+enum class MoeGemmPath { kAuto, kTiled, kGemv, kWgmma };
 inline constexpr int kMoeGemvMaxRowsPerExpert = 4;
+// block_m of the permutation for a batch of T·K rows over E experts: 128 (the wgmma kernel) once
+// experts average 32+ rows, else 16 (decode-sized: gemv or 16-row tiles).
+inline int moe_block_m(int64_t rows, int num_experts) {
+  return rows >= int64_t(32) * num_experts ? 128 : 16;
+}
 
 struct MoeGemmParams {
   int num_tokens = 0;
   int num_experts = 0;
   int top_k = 0;
-  int block_m = 64;
+  int block_m = 64;                 // of the permutation: 16 or 64 (tiled, gemv), 128 (wgmma)
   int hidden = 0;                   // model hidden size (K of gate_up, N of down)
   int inter = 0;                    // I (N of gate_up, K of down); multiples of 8
   const int* workspace = nullptr;   // the permutation workspace (after run_moe_permute)
@@ -131,6 +142,29 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
+// The wgmma kernels (moe_wgmma.cu): tiles of 128 rows × bn weight rows (128 or 256) through a
+// ring of `stages` (3 or 4) k steps of 64; mma_in_flight: one k step of MMAs overlaps the next
+// step's barrier and copies run stages − 2 steps ahead, else stages − 1. bench_moe times all of
+// kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
+// moe_wgmma_tile(p).
+struct MoeWgmmaTile {
+  int bn;
+  int stages;
+  bool mma_in_flight;
+};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 3, true},  {128, 3, false}, {128, 4, true},
+                                                  {128, 4, false}, {256, 3, true},  {256, 3, false},
+                                                  {256, 4, true},  {256, 4, false}};
+// Fastest on an H200 (bench_moe, both GEMMs alike, two runs): 128 × 128, 3 stages, no MMA in
+// flight (two CTAs per SM) at 128 rows per expert on average (T = 4096), 5-7% ahead of 128 × 256,
+// 4 stages, one MMA step in flight (one CTA per SM, half the operand bytes per FLOP), which is
+// 9-14% ahead at 512 rows (T = 16384). The switch sits between the two measured points.
+inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams& p) {
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  return rows < int64_t(256) * p.num_experts ? MoeWgmmaTile{128, 3, false}
+                                             : MoeWgmmaTile{256, 4, true};
+}
+void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 
 struct MoeUnpermuteParams {

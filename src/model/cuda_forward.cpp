@@ -270,8 +270,10 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   const ExpertRange mine = local_experts(m.full_cfg, m.tp.rank, m.tp.world, m.tp.expert_parallel);
   const int El = mine.count;
   auto& A = m.act;
-  // Tiles of 64 rows once experts average 32+ rows; 16 for decode-sized batches.
-  const int block_m = int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
+  // batches. KIMI_CUDA_MOE=tiled: the old 64-row WMMA tiles instead of wgmma.
+  int block_m = cuda::moe_block_m(int64_t(T) * K, E);
+  if (block_m == 128 && !m.moe_wgmma) block_m = 64;
   cuda::MoeGemmParams gp;
   gp.num_tokens = T;
   gp.num_experts = El + 1;

@@ -262,6 +262,11 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v != "tensor_cores")
       fail("KIMI_CUDA_MLA must be tensor_cores or cuda_cores, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_MOE")) {  // prefill expert GEMM kernel (comparison)
+    const std::string v = e;
+    if (v == "tiled") m.moe_wgmma = false;
+    else if (v != "wgmma") fail("KIMI_CUDA_MOE must be wgmma or tiled, got '", v, "'");
+  }
   if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);

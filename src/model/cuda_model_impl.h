@@ -170,6 +170,7 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
+  bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

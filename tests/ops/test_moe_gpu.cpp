@@ -1,8 +1,10 @@
 // MoE GPU kernels against the CPU reference: routing (src/ops/cpu/moe.h; ids must match exactly,
 // weights to fp32 rounding) and the routed-expert path (permute → grouped gate_up GEMM with
 // SwiGLU → grouped down GEMM → weighted un-permute into an fp32 accumulator) against per-expert
-// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for both expert kernels (tiled and gemv, see
-// moe.h). The bf16 act rounding (~2.5e-3 measured): 8e-3 relative RMS allowed.
+// fp32 SwiGLU MLPs (cpu::matmul, cpu::silu_mul), for the three expert kernels (wgmma, tiled and
+// gemv, see moe.h). Tolerance 8e-3 relative RMS for every kernel: the error is the bf16 rounding
+// of act (~2.5e-3 measured, 2^-9 relative per value), which every kernel shares; fp32
+// accumulation order adds ~1e-6.
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -141,13 +143,15 @@ struct ExpertCase {
   std::vector<float> wts, out0, act_ref, y_ref, out_ref;  // act_ref [T·K, I], y_ref [T·K, hidden]
 };
 
-ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_t seed) {
+// ids: a given routing [T, K] instead of a random one.
+ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_t seed,
+                     const std::vector<int>* ids = nullptr) {
   const int E = w.E, hidden = w.hidden, I = w.I;
   std::mt19937 rng(seed);
   ExpertCase c;
   c.T = T, c.K = K;
   c.x = random_bf16(rng, size_t(T) * hidden, -1.f, 1.f);
-  c.ids = random_ids(rng, T, E, K, repeats);
+  c.ids = ids ? *ids : random_ids(rng, T, E, K, repeats);
   c.wts = random_f32(rng, size_t(T) * K, 0.05f, 1.f);
   c.out0 = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
   const auto xf = bf16_to_float(c.x);
@@ -180,18 +184,33 @@ ExpertCase make_case(const ExpertWeights& w, int T, int K, bool repeats, uint32_
 }
 
 const char* path_name(cuda::MoeGemmPath p) {
-  return p == cuda::MoeGemmPath::kGemv ? "gemv" : p == cuda::MoeGemmPath::kTiled ? "tiled" : "auto";
+  switch (p) {
+    case cuda::MoeGemmPath::kGemv: return "gemv";
+    case cuda::MoeGemmPath::kTiled: return "tiled";
+    case cuda::MoeGemmPath::kWgmma: return "wgmma";
+    default: return "auto";
+  }
 }
 
-// Runs the routed path on the GPU: permute once (block_m), then for each path in `paths` (kAuto
-// runs what moe_gemm_path picks) the
-// grouped gate_up + down GEMMs on that one permutation, and the weighted un-permute into out0.
-// Checks, per path: act and y of every (t, k) pair against the CPU (through pair_row), the routed
-// contribution out − out0, every row written (the outputs were NaN-poisoned), guards intact. With
-// two paths, their y rows are also compared with each other (same rows: same permutation).
-// expect_auto: the kernel kAuto must pick for these sizes.
+// The permutation's block_m a forced path needs: wgmma tiles of 128 rows, the tiled kernel 16 or
+// 64 (64 in place of 128), gemv any.
+int block_m_for(cuda::MoeGemmPath path, int block_m) {
+  if (path == cuda::MoeGemmPath::kWgmma) return 128;
+  if (path == cuda::MoeGemmPath::kTiled && block_m == 128) return 64;
+  return block_m;
+}
+
+// Runs the routed path on the GPU: for each path in `paths` (kAuto runs what moe_gemm_path picks)
+// a permutation with the block_m that path needs (block_m_for), the grouped gate_up + down GEMMs
+// on it, and the weighted un-permute into out0. Checks, per path: act and y of every (t, k) pair
+// against the CPU (through that permutation's pair_row), the routed contribution out − out0,
+// every row written (the outputs were NaN-poisoned), guards intact. With two paths, their y rows
+// are also compared with each other, pair by pair. expect_auto: the kernel kAuto must pick for
+// these sizes at `block_m`. wgmma_tile: runs the wgmma path with this tile shape instead of the
+// default ones.
 void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
-                   std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto) {
+                   std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto,
+                   const cuda::moe::MoeWgmmaTile* wgmma_tile = nullptr) {
   const int T = c.T, K = c.K, E = w.E, hidden = w.hidden, I = w.I;
   const int64_t R = int64_t(T) * K;
   GuardedBuffer<uint16_t> dx(c.x.size()), dact(R * I);
@@ -200,16 +219,18 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
   dx.upload(c.x);
   dids.upload(c.ids);
   dwts.upload(c.wts);
-  cuda::MoePermuteParams pp;
-  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = block_m;
-  pp.expert_ids = dids.data(), pp.workspace = dws.data();
-  cuda::run_moe_permute(pp, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  // pair_row from the workspace: where each (t, k) pair's row went.
-  std::vector<int> ws = dws.to_host();
-  const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
-  std::vector<int> pair_row(hv.pair_row, hv.pair_row + R);
-  for (int64_t i = 0; i < R; ++i) ASSERT_TRUE(pair_row[i] >= 0 && pair_row[i] < R) << "pair " << i;
+  std::vector<int> pair_row;
+  // Permutes for tiles of bm rows; pair_row from the workspace: where each (t, k) pair's row went.
+  auto permute = [&](int bm) {
+    cuda::MoePermuteParams pp;
+    pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = bm;
+    pp.expert_ids = dids.data(), pp.workspace = dws.data();
+    cuda::run_moe_permute(pp, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<int> ws = dws.to_host();
+    const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
+    pair_row.assign(hv.pair_row, hv.pair_row + R);
+  };
 
   cuda::MoeGemmParams gp;
   gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = hidden;
@@ -221,17 +242,29 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
 
   std::vector<std::vector<float>> y_by_path;
   for (cuda::MoeGemmPath path : paths) {
-    const std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I",
-                                 I, " BM", block_m);
+    std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
+                           " BM", block_m);
+    if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
+                  wgmma_tile->mma_in_flight ? " overlap" : " deep");
     gp.path = path;
+    gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
       ASSERT_EQ(cuda::moe_gemm_path(gp), path);
     }
+    permute(gp.block_m);
+    for (int64_t i = 0; i < R; ++i)
+      ASSERT_TRUE(pair_row[i] >= 0 && pair_row[i] < R) << what << " pair " << i;
     dact.poison();
     dy.poison();
     dout.upload(c.out0);
-    cuda::run_moe_gate_up(gp, nullptr);
-    cuda::run_moe_down(gp, nullptr);
+    if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma) {
+      cuda::moe::launch_moe_wgmma(gp, true, *wgmma_tile, nullptr);
+      cuda::moe::launch_moe_wgmma(gp, false, *wgmma_tile, nullptr);
+    } else {
+      cuda::run_moe_gate_up(gp, nullptr);
+      cuda::run_moe_down(gp, nullptr);
+    }
     cuda::MoeUnpermuteParams up;
     up.num_tokens = T, up.top_k = K, up.hidden = hidden, up.num_experts = E;
     up.workspace = dws.data();
@@ -262,7 +295,9 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     y_by_path.push_back(std::move(y_pair));
   }
   if (y_by_path.size() == 2)  // the two kernels differ only in summation order and act rounding
-    expect_close(str("gemv vs tiled y T", T, " hid", hidden, " I", I), y_by_path[1].data(),
+    expect_close(str(path_name(paths[1]), " vs ", path_name(paths[0]), " y T", T, " hid", hidden,
+                     " I", I),
+                 y_by_path[1].data(),
                  y_by_path[0].data(), y_by_path[0].size(), 5e-3, 0.05);
   EXPECT_TRUE(dws.guards_intact() && dx.guards_intact() && w.dw13.guards_intact() &&
               w.dw2.guards_intact());
@@ -271,11 +306,12 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
 const std::vector<cuda::MoeGemmPath> kBothPaths = {cuda::MoeGemmPath::kTiled,
                                                    cuda::MoeGemmPath::kGemv};
 
-// The block_m the model picks (cuda_forward.cpp): 64 once experts average 32+ rows.
+// The block_m the model picks (cuda_forward.cpp): 128 once experts average 32+ rows.
 int model_block_m(int T, int E, int K) {
-  return int64_t(T) * K >= int64_t(32) * E ? 64 : 16;
+  return cuda::moe_block_m(int64_t(T) * K, E);
 }
 cuda::MoeGemmPath expected_auto(int T, int E, int K, int block_m) {
+  if (block_m == 128) return cuda::MoeGemmPath::kWgmma;
   return block_m == 16 && int64_t(T) * K <= int64_t(cuda::kMoeGemvMaxRowsPerExpert) * E
              ? cuda::MoeGemmPath::kGemv
              : cuda::MoeGemmPath::kTiled;
@@ -292,7 +328,7 @@ TEST(MoeGpu, PermuteInvariantsOnBothPaths) {
   std::mt19937 rng(31);
   for (auto [T, E, K] : {std::tuple{1, 256, 8}, std::tuple{7, 16, 4}, std::tuple{512, 256, 8},
                          std::tuple{513, 256, 8}, std::tuple{1000, 64, 6}, std::tuple{300, 1024, 2}})
-    for (int block_m : {16, 64}) {
+    for (int block_m : {16, 64, 128}) {
       const int64_t R = int64_t(T) * K;
       std::vector<int> ids(R);
       for (int t = 0; t < T; ++t) {
@@ -461,6 +497,23 @@ TEST(MoeGpu, PathChoice) {
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
   p.num_tokens = 4096;
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  // The model's block_m: 128 (wgmma) from 32 rows per expert on average, 16 below.
+  EXPECT_EQ(cuda::moe_block_m(int64_t(1023) * 8, 256), 16);
+  EXPECT_EQ(cuda::moe_block_m(int64_t(1024) * 8, 256), 128);
+  for (int T : {1024, 4096, 16384}) {
+    p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
+    EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
+  }
+  // The wgmma tile shape by rows per expert: 128 × 128 (two CTAs per SM) below 256 on average.
+  p.num_tokens = 4096;
+  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 128);
+  EXPECT_FALSE(cuda::moe::moe_wgmma_tile(p).mma_in_flight);
+  p.num_tokens = 16384;
+  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 256);
+  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).stages, 4);
+  p.path = cuda::MoeGemmPath::kTiled;  // forced: the old kernel stays selectable
+  EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
+  p.path = cuda::MoeGemmPath::kAuto;
   p.block_m = 16, p.num_tokens = 1;
   p.path = cuda::MoeGemmPath::kTiled;  // forced either way
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
@@ -552,15 +605,159 @@ TEST(MoeGpu, ExpertsRepeatedIds) {
 #endif
 }
 
-// A prefill-sized batch under kAuto takes the tiled kernel (block_m 64 as the model picks).
-TEST(MoeGpu, ExpertsPrefillTakesTiled) {
+// A prefill-sized batch under kAuto takes the wgmma kernel (block_m 128 as the model picks).
+TEST(MoeGpu, ExpertsPrefillTakesWgmma) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   ExpertWeights w(256, 128, 32, 70);
   const int T = 4096, bm = model_block_m(T, 256, 8);
-  ASSERT_EQ(bm, 64);
+  ASSERT_EQ(bm, 128);
   const ExpertCase c = make_case(w, T, 8, false, 71);
-  check_experts(w, c, bm, {cuda::MoeGemmPath::kAuto}, cuda::MoeGemmPath::kTiled);
+  check_experts(w, c, bm, {cuda::MoeGemmPath::kAuto}, cuda::MoeGemmPath::kWgmma);
+#endif
+}
+
+#if KIMI_HAVE_CUDA
+// Skewed routing: every token lists expert 0 (it gets T rows, 1/K of all), the other K − 1
+// experts come from 1..busy−1, and experts busy..E−1 get no rows at all.
+ExpertCase skewed_case(const ExpertWeights& w, int T, int K, int busy, uint32_t seed) {
+  std::mt19937 rng(seed + 1);
+  std::vector<int> ids(size_t(T) * K), pick(busy - 1);
+  std::iota(pick.begin(), pick.end(), 1);
+  for (int t = 0; t < T; ++t) {
+    std::shuffle(pick.begin(), pick.end(), rng);
+    ids[size_t(t) * K] = 0;
+    for (int k = 1; k < K; ++k) ids[size_t(t) * K + k] = pick[k - 1];
+  }
+  return make_case(w, T, K, false, seed, &ids);
+}
+
+const std::vector<cuda::MoeGemmPath> kWgmmaAndTiled = {cuda::MoeGemmPath::kWgmma,
+                                                       cuda::MoeGemmPath::kTiled};
+#endif
+
+// The wgmma kernel forced (block_m 128) against the CPU and the old tiled kernel: odd small shapes
+// (hidden 136 = 2·64 + 8, I 40: k tails of one 16-byte piece, column blocks mostly empty) and a
+// 256-expert one, T = 1, 7, 65, 769, 4096 (1..128 rows per expert: single-row tiles, tails in the
+// second warpgroup, experts spanning several tiles).
+TEST(MoeGpu, ExpertsWgmmaSmallShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  struct Shape {
+    int E, K, hidden, I;
+  };
+  for (const Shape& s : {Shape{16, 4, 136, 40}, Shape{256, 8, 128, 64}}) {
+    ExpertWeights w(s.E, s.hidden, s.I, 80 + s.E);
+    for (int T : {1, 7, 65, 769, 4096}) {
+      const ExpertCase c = make_case(w, T, s.K, false, 81 + T + s.E);
+      check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+    }
+  }
+#endif
+}
+
+// Skewed routing at a small shape: expert 0 holds half the rows (K = 2, 32 tiles of 128), experts
+// 6..15 none, so CTAs of empty experts and long experts meet in one launch.
+TEST(MoeGpu, ExpertsWgmmaSkewed) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(16, 256, 192, 90);
+  for (int T : {65, 4096}) {
+    const ExpertCase c = skewed_case(w, T, 2, 6, 91 + T);
+    check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+  }
+#endif
+}
+
+// The model's sizes (hidden 2304, I 1024, top-8) on 32 experts (host memory and CPU time of the
+// fp32 reference), T = 1, 7, 65, 769; and T = 4096 skewed on 64 experts: expert 0 in every token
+// (4096 rows, ~4.4× the others), experts 32..63 empty. T = 769 and 4096 also run the tile shape
+// moe_wgmma_tile does not pick there (it picks 128 × 128 at 192 rows per expert, 128 × 256 at 512).
+TEST(MoeGpu, ExpertsWgmmaFullSize) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  {
+    ExpertWeights w(32, 2304, 1024, 100);
+    for (int T : {1, 7, 65, 769}) {
+      const ExpertCase c = make_case(w, T, 8, false, 101 + T);
+      check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+      if (T == 769)
+        check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
+                      &cuda::moe::kMoeWgmmaTiles[6]);
+    }
+  }
+  ExpertWeights w(64, 2304, 1024, 110);
+  const ExpertCase c = skewed_case(w, 4096, 8, 32, 111);
+  check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+  check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
+                &cuda::moe::kMoeWgmmaTiles[1]);
+#endif
+}
+
+// Every wgmma tile shape bench_moe times (the defaults are one of them), at a shape with k and
+// column tails in both GEMMs (hidden 264 = 4·64 + 8, I 200 = 3·64 + 8).
+TEST(MoeGpu, ExpertsWgmmaTileShapes) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ExpertWeights w(8, 264, 200, 120);
+  const ExpertCase c = make_case(w, 300, 2, false, 121);
+  for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
+    check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
+#endif
+}
+
+// Exact layout probe of the wgmma down GEMM (one expert, 256 rows, k = I = 64, N = hidden = 256):
+// act row r is one-hot at k(r) = (5r + 3) % 64, so y[r, n] = W2[n, k(r)] exactly. Two weight
+// patterns tell a wrong output column (W2[n, k] = n % 128 + 1: y names the column computed) from
+// a wrong k (W2[n, k] = k + 1: y names the k that met the one). Mismatches print both readings.
+TEST(MoeGpu, WgmmaLayoutProbe) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const int T = 256, E = 1, K = 1, I = 64, H = 256;
+  std::vector<int> ids(T, 0);
+  GuardedBuffer<int> dids(T), dws(cuda::moe_permute_workspace_ints(E, T));
+  dids.upload(ids);
+  cuda::MoePermuteParams pp;
+  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = 128;
+  pp.expert_ids = dids.data(), pp.workspace = dws.data();
+  cuda::run_moe_permute(pp, nullptr);
+  auto kof = [](int r) { return (5 * r + 3) % 64; };
+  std::vector<uint16_t> act(size_t(T) * I, f32_to_bf16(0.f));
+  for (int r = 0; r < T; ++r) act[size_t(r) * I + kof(r)] = f32_to_bf16(1.f);
+  GuardedBuffer<uint16_t> dact(act.size()), dx(size_t(T) * H), dw13(size_t(2) * I * H), dw2(size_t(H) * I);
+  GuardedBuffer<float> dy(size_t(T) * H);
+  dact.upload(act);
+  for (int pattern = 0; pattern < 2; ++pattern) {
+    std::vector<uint16_t> w2(size_t(H) * I);
+    for (int n = 0; n < H; ++n)
+      for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
+    dw2.upload(w2);
+    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[7]}) {
+      dy.poison();
+      cuda::MoeGemmParams gp;
+      gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
+      gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
+      gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data());
+      gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
+      gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
+      cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto y = dy.to_host();
+      int bad = 0;
+      for (int r = 0; r < T; ++r)
+        for (int n = 0; n < H; ++n) {
+          const float want = pattern ? float(kof(r) + 1) : float(n % 128 + 1);
+          const float got = y[size_t(r) * H + n];
+          if (got == want) continue;
+          if (bad++ < 12)
+            std::printf("    [probe] tile %dx%d%s %s: y[%d, %d] = %g, want %g\n", tile.bn,
+                        tile.stages, tile.mma_in_flight ? "" : " deep",
+                        pattern ? "k pattern" : "n pattern", r, n, got, want);
+        }
+      EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
+      EXPECT_TRUE(dy.guards_intact());
+    }
+  }
 #endif
 }
 

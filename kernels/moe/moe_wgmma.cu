@@ -1,0 +1,62 @@
+// Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
+// Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
+#include <cstdint>
+
+#include "common.h"
+#include "moe/moe_wgmma.cuh"
+
+namespace kimi::cuda::moe {
+
+namespace {
+
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
+void launch(const MoeGemmParams& p, cudaStream_t stream) {
+  using Shape = WgmmaShape<BN, STAGES>;
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
+  const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
+  KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
+  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU>;
+  // Per launch: the attribute belongs to the current device; legal during stream capture.
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+  kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
+  KIMI_CHECK_LAUNCH();
+}
+
+template <bool SWIGLU, bool MMA_IN_FLIGHT>
+void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
+  constexpr bool F = MMA_IN_FLIGHT;
+  if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, SWIGLU>(p, stream);
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, SWIGLU>(p, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, SWIGLU>(p, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, SWIGLU>(p, stream);
+  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
+}
+
+}  // namespace
+
+void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream) {
+  KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,
+             ", got ", p.block_m);
+  for (const void* ptr : {static_cast<const void*>(p.x), static_cast<const void*>(p.w13),
+                          static_cast<const void*>(p.w2), static_cast<const void*>(p.act),
+                          static_cast<const void*>(p.y)})
+    KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
+               "moe wgmma: x, w13, w2, act and y must be 16-byte aligned");
+  if (swiglu) {
+    if (tile.mma_in_flight)
+      launch_tile<true, true>(p, tile, stream);
+    else
+      launch_tile<true, false>(p, tile, stream);
+  } else {
+    if (tile.mma_in_flight)
+      launch_tile<false, true>(p, tile, stream);
+    else
+      launch_tile<false, false>(p, tile, stream);
+  }
+}
+
+}  // namespace kimi::cuda::moe

@@ -1,0 +1,273 @@
+// Grouped expert GEMMs for prefill-sized batches on Hopper tensor cores (wgmma, sm_90a).
+// Contracts in moe.h; same math, inputs and outputs as moe_gemm_kernel:
+//   gate_up : act[r, n] = SiLU(x_r · W13_e[n]) · (x_r · W13_e[I + n])   (bf16 out, fp32 math)
+//   down    : y[r, n]   = act[r] · W2_e[n]                               (fp32 out)
+// with x_r = x[row_token[r]] (gate_up, gathered) or act[r] (down), r in expert e's rows.
+//
+// Launch: 1-D grid over (row tile, column block), column block fastest, so the CTAs that run
+// together share one expert's weights (read once from DRAM, the rest from L2) and, for down,
+// the same act rows. 256 threads = 2 warpgroups. Tiles of 128 rows (permutation block_m 128)
+// and BN weight rows: down owns BN output columns, gate_up BN/2 gate rows and the matching BN/2
+// up rows of W13 (BN/2 act columns), so SwiGLU is applied in registers.
+// Mainloop: k steps of 64 (one 128-byte row of bf16 per operand row). Every thread copies 16-byte
+// pieces with cp.async into a STAGES-deep ring, in the 128-byte swizzle wgmma reads (16-byte
+// piece c of row r sits at piece c ^ (r % 8); tiles 1024-byte aligned); rows past the expert's
+// end, columns past N and k past K are zero-filled. Warpgroup g multiplies its 64 rows by the BN
+// weight rows with wgmma m64n128k16 (both operands K-major from shared memory, fp32 accumulators
+// in registers). MMA_IN_FLIGHT: one k step of wgmma stays in flight across the next step's
+// barrier and copies run STAGES − 2 steps ahead; else each step's MMAs retire before the next
+// barrier and copies run STAGES − 1 steps ahead (more bytes in flight for the same memory). A
+// warpgroup whose 64 rows are all past the expert's end skips its MMAs (the tail tile of an
+// expert usually fills only the first half).
+// Epilogue: straight from the accumulators (thread owns rows lane/4 and lane/4 + 8 of its warp's
+// 16, two adjacent columns per 8): bf16x2 act stores or float2 y stores.
+// Deterministic: a fixed k order per output value, no atomics.
+#pragma once
+
+#include <cstdint>
+
+#include "moe/moe.h"
+#include "moe/moe_async.cuh"
+
+namespace kimi::cuda::moe {
+
+constexpr int kWgRows = 128;     // rows per tile (block_m)
+constexpr int kWgK = 64;         // k per pipeline step: 128 bytes of bf16
+constexpr int kWgThreads = 256;  // two warpgroups of 64 rows each
+
+template <int BN, int STAGES>
+struct WgmmaShape {
+  static_assert(BN == 128 || BN == 256, "wgmma tiles of 128 or 256 weight rows");
+  static_assert(STAGES >= 3, "one stage in the MMA, one landing, one or more in flight");
+  static constexpr int kABytes = kWgRows * kWgK * 2;
+  static constexpr int kBBytes = BN * kWgK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack for 1024 alignment
+  static constexpr int kCtasPerSm = 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
+};
+
+// Shared-memory matrix descriptor: K-major tile with 128-byte swizzle, 8-row groups 1024 bytes
+// apart (stride byte offset); the leading byte offset is unused for this layout.
+__device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_addr) {
+  return uint64_t((smem_addr & 0x3ffff) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
+         (uint64_t(1) << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
+__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+#pragma unroll
+  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// d[64 × 128] += A[64 × 16] · B[128 × 16]ᵀ (fp32 accumulate), operands bf16 in shared memory.
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
+                                                 int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"
+      " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"
+      " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"
+      " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// Row tile `tile` of the permutation: its expert and row range [m0, m_end).
+struct WgTile {
+  int e, m0, m_end;
+};
+__device__ __forceinline__ WgTile wg_find_tile(const MoePermuteView& v, int E, int tile) {
+  int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (v.tile_start[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return {lo, v.offsets[lo] + (tile - v.tile_start[lo]) * kWgRows, v.offsets[lo + 1]};
+}
+
+// Epilogue of one warpgroup's 64 rows × BN accumulators. Accumulator layout of m64nN: element
+// 4j + 2·half + c is row lane/4 + 8·half of the warp's 16, column 8j + 2·(lane % 4) + c.
+// row_base: the row of this thread's half 0. gate_up: column groups j < BN/16 are gate rows,
+// j + BN/16 the matching up rows.
+template <int BN, bool SWIGLU>
+__device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN / 128][64],
+                                         int row_base, int m_end, int n0, int lane) {
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const int col_q = 2 * (lane % 4);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row_base + 8 * half;
+    if (r >= m_end) continue;
+    if constexpr (SWIGLU) {
+      bf16* out = p.act + int64_t(r) * p.inter;
+#pragma unroll
+      for (int j = 0; j < BN / 16; ++j) {
+        const int n = n0 + 8 * j + col_q;
+        if (n >= N) continue;
+        const int ju = j + BN / 16;
+        const float g0 = acc[j / 16][4 * (j % 16) + 2 * half],
+                    g1 = acc[j / 16][4 * (j % 16) + 2 * half + 1];
+        const float u0 = acc[ju / 16][4 * (ju % 16) + 2 * half],
+                    u1 = acc[ju / 16][4 * (ju % 16) + 2 * half + 1];
+        *reinterpret_cast<__nv_bfloat162*>(out + n) =
+            __floats2bfloat162_rn(g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
+      }
+    } else {
+      float* out = p.y + int64_t(r) * p.hidden;
+#pragma unroll
+      for (int j = 0; j < BN / 8; ++j) {
+        const int n = n0 + 8 * j + col_q;
+        if (n >= N) continue;
+        *reinterpret_cast<float2*>(out + n) = make_float2(acc[j / 16][4 * (j % 16) + 2 * half],
+                                                          acc[j / 16][4 * (j % 16) + 2 * half + 1]);
+      }
+    }
+  }
+}
+
+// The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows.
+template <int BN>
+__device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
+                                            uint32_t b_base) {
+#pragma unroll
+  for (int kk = 0; kk < kWgK / 16; ++kk) {
+    const uint64_t da = wgmma_desc(a_base + kk * 32);
+#pragma unroll
+    for (int h = 0; h < BN / 128; ++h)
+      wgmma_m64n128k16(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32), 1);
+  }
+}
+
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
+__global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
+    moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
+  using Shape = WgmmaShape<BN, STAGES>;
+  // k steps of copies in flight beyond the one the MMAs read.
+  constexpr int kAhead = MMA_IN_FLIGHT ? STAGES - 2 : STAGES - 1;
+  constexpr int kAPieces = kWgRows * 8 / kWgThreads;  // 16-byte pieces per thread per step
+  constexpr int kBPieces = BN * 8 / kWgThreads;
+  constexpr int kNH = BN / 128;  // m64n128 MMAs per k16 step
+
+  extern __shared__ unsigned char wg_smem_raw[];
+  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
+  const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
+  unsigned char* smem = wg_smem_raw + (smem_addr - raw_addr);
+
+  const int E = p.num_experts;
+  const int tile = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
+  if (tile >= v.tile_start[E]) return;
+  const WgTile wt = wg_find_tile(v, E, tile);
+  const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
+  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
+  const int n0 = cb * (SWIGLU ? BN / 2 : BN);  // first output column
+  const bf16* W =
+      SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
+
+  // Thread tid copies piece tid % 8 of rows tid / 8 + 32 i: one row's 128 bytes per 8 lanes.
+  const int tid = threadIdx.x;
+  const int piece = tid % 8, row0 = tid / 8;
+  const uint32_t dst_in_row = uint32_t(((piece ^ (row0 % 8)) * 16));  // row0 + 32 i ≡ row0 mod 8
+  const bf16* a_src[kAPieces];
+#pragma unroll
+  for (int i = 0; i < kAPieces; ++i) {
+    const int row = m0 + row0 + 32 * i;
+    a_src[i] = nullptr;
+    if (row < m_end)
+      a_src[i] =
+          SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
+  }
+  const bf16* b_src[kBPieces];
+#pragma unroll
+  for (int i = 0; i < kBPieces; ++i) {
+    const int r = row0 + 32 * i;
+    const int n = n0 + (SWIGLU ? r % (BN / 2) : r);
+    const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
+    b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
+  }
+  const int KT = (Kd + kWgK - 1) / kWgK;
+  auto issue = [&](int kt) {
+    const uint32_t st = uint32_t((kt % STAGES) * Shape::kStageBytes);
+    const int k = kt * kWgK + piece * 8;
+    const bool k_ok = k < Kd;
+#pragma unroll
+    for (int i = 0; i < kAPieces; ++i) {
+      const bool ok = k_ok && a_src[i];
+      cp_async16(smem + st + (row0 + 32 * i) * 128 + dst_in_row, ok ? a_src[i] + k : p.w2, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < kBPieces; ++i) {
+      const bool ok = k_ok && b_src[i];
+      cp_async16(smem + st + Shape::kABytes + (row0 + 32 * i) * 128 + dst_in_row,
+                 ok ? b_src[i] + k : p.w2, ok);
+    }
+  };
+
+  // Broadcast from lane 0 so the compiler sees warp-uniform values: a branch it thinks divergent
+  // around wgmma makes it serialize every MMA (ptxas C7518).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  const bool wg_busy = __shfl_sync(0xffffffffu, int(m0 + 64 * wg < m_end), 0) != 0;
+  float acc[kNH][64];
+#pragma unroll
+  for (int h = 0; h < kNH; ++h)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[h][i] = 0.f;
+
+#pragma unroll
+  for (int s = 0; s < kAhead; ++s) {
+    if (s < KT) issue(s);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<kAhead - 1>();  // this thread's pieces of step kt landed
+    // The tensor cores read through the async proxy: order the copies' writes before it.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    // Every piece of step kt landed, and both warpgroups retired the MMAs of the step whose stage
+    // the copies below refill: kt − 2 (wgmma_wait<1> in step kt − 1) or kt − 1 (wgmma_wait<0>).
+    __syncthreads();
+    if (kt + kAhead < KT) issue(kt + kAhead);
+    cp_async_commit();
+    if (wg_busy) {
+      const uint32_t st = smem_addr + uint32_t((kt % STAGES) * Shape::kStageBytes);
+      const uint32_t a_base = st + uint32_t(wg * 64 * 128), b_base = st + Shape::kABytes;
+      wgmma_fence();
+      wg_mma_step<BN>(acc, a_base, b_base);
+      wgmma_commit();
+      wgmma_wait<MMA_IN_FLIGHT ? 1 : 0>();
+    }
+  }
+  wgmma_wait<0>();  // unconditional: the compiler then sees every MMA retired before the epilogue
+#pragma unroll
+  for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
+
+  const int warp = (tid % 128) / 32, lane = tid % 32;
+  wg_store<BN, SWIGLU>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
+}
+
+}  // namespace kimi::cuda::moe
