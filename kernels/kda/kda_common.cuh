@@ -3,6 +3,7 @@
 
 #include <cuda_bf16.h>
 
+#include "async_copy.cuh"
 #include "kda/kda.h"
 
 namespace kimi::cuda::kda {
@@ -55,19 +56,6 @@ __device__ __forceinline__ int find_seq(const int* cu, int n, int t) {
       hi = mid - 1;
   }
   return lo;
-}
-
-// 16-byte global -> shared copy that bypasses L1, completed by cp_async_wait.
-__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 }  // namespace kimi::cuda::kda

@@ -133,7 +133,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
         }
       }
     }
-    tc_cp_async_commit();
+    cp_async_commit();
   };
   if constexpr (kBulk) {
     if (tid == 0) {
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
     if constexpr (kBulk)
       tc_mbar_wait(full + n % kDecStages, unsigned(n / kDecStages) & 1u);  // use n / S of the slot
     else
-      tc_cp_async_wait<kDecStages - 2>();
+      cp_async_wait<kDecStages - 2>();
     // Tile n landed for every thread; everyone is done with tile n − 1 (ring slot, S, P, α).
     __syncthreads();
     load_tile(n + kDecStages - 1, blk_next);
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
     __syncthreads();
     pv_phase(n);
   }
-  tc_cp_async_wait<0>();
+  cp_async_wait<0>();
   if (spart == 0) {
     m_s[srow] = m_run;
     l_s[srow] = l_run;

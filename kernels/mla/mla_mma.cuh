@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "mla/mla.h"
 
 namespace kimi::cuda::mla {
@@ -62,17 +63,7 @@ __device__ __forceinline__ void tc_ldsm_b_kn(uint32_t (&b)[4], const bf16* base,
                                              int n0, int lane) {
   tc_ldsm_x4_trans(b, base + tc_off_b_kn(ld, k0, n0, lane));
 }
-__device__ __forceinline__ void tc_cp_async16(void* dst, const void* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-__device__ __forceinline__ void tc_cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n");
-}
-__device__ __forceinline__ void tc_cp_async_wait_all() {
-  asm volatile("cp.async.wait_group 0;\n");
-}
-// As tc_cp_async16, with an L2 eviction-priority policy (a createpolicy result): the decode
+// As cp_async16, with an L2 eviction-priority policy (a createpolicy result): the decode
 // kernel streams the cache once and marks it evict-first so the split partials stay in L2.
 __device__ __forceinline__ void tc_cp_async16_hint(void* dst, const void* src, uint64_t policy) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
@@ -83,10 +74,6 @@ __device__ __forceinline__ uint64_t tc_policy_evict_first() {
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
-}
-template <int N>
-__device__ __forceinline__ void tc_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 // mbarrier and 1-D TMA bulk copies (sm_90): a bulk copy of global bytes into shared memory

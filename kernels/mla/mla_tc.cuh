@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
     bf16* dst = q_s + r * kTcLd + c * 8;
     if (i < it.nq && h < H) {
       const int64_t th = int64_t(it.q_begin + i) * H + h;
-      tc_cp_async16(dst, c < kMlaLat / 8 ? p.q_abs + th * kMlaLat + c * 8
+      cp_async16(dst, c < kMlaLat / 8 ? p.q_abs + th * kMlaLat + c * 8
                                          : p.q + th * kMlaQk + 128 + (c - kMlaLat / 8) * 8);
     } else {
       *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
@@ -89,18 +89,18 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       bf16* dst = buf + r * kTcLd + c * 8;
       if (pos < kv_hi) {
         const int blk = table[pos / kMlaBlock];
-        tc_cp_async16(dst,
+        cp_async16(dst,
                       p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }
     }
-    tc_cp_async_commit();
+    cp_async_commit();
   };
   if (ntiles > 0)
     load_tile(0);
   else
-    tc_cp_async_commit();
+    cp_async_commit();
 
   // Softmax role: row srow, columns 8·spart .. +8 of each tile.
   const int srow = tid >> 2, spart = tid & 3, si = srow / kMlaTcHeadsPerCta;
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       for (int e = 0; e < 4; ++e) o[mt][nt][e] = 0.f;
 
   for (int n = 0; n < ntiles; ++n) {
-    tc_cp_async_wait_all();
+    cp_async_wait<0>();
     // Tile n (and Q) landed for every thread; everyone is done with tile n − 1's buffer, S, P, α.
     __syncthreads();
     if (n + 1 < ntiles) load_tile(n + 1);
@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       }
     }
   }
-  tc_cp_async_wait_all();
+  cp_async_wait<0>();
   if (spart == 0) {
     m_s[srow] = m_run;
     l_s[srow] = l_run;

@@ -21,7 +21,7 @@
 #include <climits>
 
 #include "moe/moe.h"
-#include "moe/moe_async.cuh"
+#include "async_copy.cuh"
 
 namespace kimi::cuda::moe {
 

@@ -23,6 +23,7 @@
 
 #include <cstdint>
 
+#include "async_copy.cuh"
 #include "gemm/stream_mma.cuh"
 #include "moe/moe.h"
 
@@ -34,10 +35,6 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
   return (K + 31) / 64 * 64 + 32;
 }
 
-__device__ __forceinline__ void gv_cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
 
 // NT: n tiles of 8 rows per pass (1 or 2); U: k chunks per warp in flight.
 template <bool SWIGLU, int NT, int U>
@@ -97,10 +94,10 @@ __global__ void __launch_bounds__(kGvThreads, 2)
       const int r = i / pieces, k = (i - r * pieces) * 8;
       const bf16* src = SWIGLU ? p.x + int64_t(v.row_token[r0 + r]) * p.hidden + k
                                : p.act + int64_t(r0 + r) * p.inter + k;
-      gv_cp_async16(xs + r * lds + k, src);
+      cp_async16(xs + r * lds + k, src);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    cp_async_commit();
+    cp_async_wait<0>();
     __syncthreads();
 
     const bool second_tile = rows > 8;

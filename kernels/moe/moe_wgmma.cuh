@@ -27,7 +27,7 @@
 #include <cstdint>
 
 #include "moe/moe.h"
-#include "moe/moe_async.cuh"
+#include "async_copy.cuh"
 
 namespace kimi::cuda::moe {
 
