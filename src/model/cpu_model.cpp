@@ -198,7 +198,15 @@ void CpuModel::moe(const MoeWeights& w, const float* x, float* out, int64_t T) {
   rp.correction_bias = w.correction_bias.data();
   rp.expert_ids = ids.data();
   rp.weights = weights.data();
+  vector<float> margins;
+  if (route_margins) {
+    margins.resize(T);
+    rp.margins = margins.data();
+  }
   cpu::moe_route(rp);
+  if (route_margins) {
+    for (int64_t t = 0; t < T; ++t) (*route_margins)[t] = std::min((*route_margins)[t], margins[t]);
+  }
 
   if (config_.num_shared_experts > 0) mlp(w.shared, x, out, T);
   else std::fill_n(out, T * hidden, 0.f);
@@ -228,6 +236,7 @@ void CpuModel::forward(const Batch& b, vector<float>& logits) {
   const int64_t T = b.num_tokens();
   const int S = b.num_seqs(), hidden = config_.hidden_size, V = config_.vocab_size;
   KIMI_CHECK(S >= 1 && T >= 1 && b.cu_seqlens.back() == T);
+  if (route_margins) route_margins->assign(T, INFINITY);
   for (int s = 0; s < S; ++s) {
     int n = b.cu_seqlens[s + 1] - b.cu_seqlens[s];
     KIMI_CHECK(n >= 1 && b.context_lens[s] >= n);

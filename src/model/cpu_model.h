@@ -20,6 +20,10 @@ class CpuModel final : public Model {
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;
 
+  // When set, each forward writes per token of the step the smallest MoE selection margin over
+  // its layers (cpu::MoeRouteParams::margins): where bf16 backends may route differently.
+  std::vector<float>* route_margins = nullptr;
+
  private:
   void kda_mixer(int layer, const Batch& b, const float* a, float* out);
   void mla_mixer(int layer, const Batch& b, const float* a, float* out);

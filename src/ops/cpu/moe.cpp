@@ -1,6 +1,7 @@
 #include "ops/cpu/moe.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -28,6 +29,11 @@ void moe_route(const MoeRouteParams& p) {
     for (int i = 0; i < K; ++i) {
       p.expert_ids[t * K + i] = order[i];
       p.weights[t * K + i] = score[order[i]] * norm;
+    }
+    if (p.margins) {
+      float best_out = -INFINITY;
+      for (int i = K; i < E; ++i) best_out = std::max(best_out, select[order[i]]);
+      p.margins[t] = select[order[K - 1]] - best_out;
     }
   }
 }

@@ -16,6 +16,9 @@ struct MoeRouteParams {
   const float* correction_bias = nullptr;  // [E]
   int* expert_ids = nullptr;               // [T, top_k] chosen experts, best first
   float* weights = nullptr;                // [T, top_k] their routing weights
+  // Optional [T]: the selection margin, lowest chosen selection score minus the highest
+  // unchosen one (how far the token is from choosing another expert; E == top_k: +inf).
+  float* margins = nullptr;
 };
 // Ties in the selection score go to the lower expert index.
 void moe_route(const MoeRouteParams& p);
