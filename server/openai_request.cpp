@@ -246,13 +246,15 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
     for (const auto& v : *ids)
       r.engine.stop_token_ids.push_back(parse_token_id(v, "stop_token_ids", lim.vocab_size));
   r.engine.ignore_eos = f.boolean("ignore_eos").value_or(false);
+  r.engine.min_tokens = int(f.integer("min_tokens", 0, kMaxInt).value_or(0));
+  if (r.max_tokens && r.engine.min_tokens > *r.max_tokens)
+    throw_bad_request("min_tokens", str("'min_tokens' must be less than or equal to 'max_tokens' (",
+                                        *r.max_tokens, "), got ", r.engine.min_tokens));
   r.engine.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.engine.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.return_tokens_as_token_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
 
   // vLLM extras the engine has no mechanism for: refuse rather than silently ignore.
-  if (f.integer("min_tokens", 0, kMaxInt).value_or(0) != 0)
-    throw_bad_request("min_tokens", "'min_tokens' is not supported by this server");
   if (f.integer("priority", INT32_MIN, INT32_MAX).value_or(0) != 0)
     throw_bad_request("priority", "'priority' scheduling is not supported by this server");
   if (const json* rf = f.object("response_format")) {

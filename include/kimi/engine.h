@@ -48,6 +48,10 @@ struct Request {
   bool seed_given = false;            // otherwise the engine draws sampling.seed
   int max_tokens = 16;                // < 0: up to the context length
   bool ignore_eos = false;
+  // EOS, stop_token_ids and stop strings take effect only once this many tokens are generated
+  // (vLLM's min_tokens: the EOS and stop ids cannot be drawn before; stop strings are matched
+  // from there on).
+  int min_tokens = 0;
   std::vector<std::string> stop;      // stop strings, matched on the decoded text
   std::vector<int> stop_token_ids;    // besides the model's eos ids
   bool include_stop_str_in_output = false;

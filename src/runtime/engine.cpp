@@ -52,6 +52,8 @@ class EngineImpl final : public Engine {
   void fork_samples(Sequence& leader, const float* logits);
   void sample_and_emit(Sequence& s, const float* logits);
   void emit(Sequence& s, int tok, GenerationEvent ev);
+  // The ids the next draw of s may not take: EOS and stop ids while min_tokens holds them back.
+  std::vector<int> held_back_ids(const Sequence& s) const;
   void fail_all(const std::string& why);
   void publish_metrics();
 
@@ -157,6 +159,9 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (!bad.empty()) fail(bad);
   for (int id : req.stop_token_ids)
     if (id < 0 || id >= V) fail("stop_token_ids names token ", id, ", outside the vocabulary");
+  if (req.min_tokens < 0) fail("min_tokens must be greater than or equal to 0, got ", req.min_tokens);
+  if (req.max_tokens >= 0 && req.min_tokens > req.max_tokens)
+    fail("min_tokens must be less than or equal to max_tokens=", req.max_tokens, ", got ", req.min_tokens);
   if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
   for (auto& s : req.stop)
     if (s.empty()) fail("stop strings must not be empty");
@@ -400,7 +405,7 @@ void EngineImpl::step() {
         row.top_p = sp.top_p;
         row.min_p = sp.min_p;
         row.u = uniform_from(sp.seed, uint64_t(s->generated));
-        append_logit_adjustments(sp, s->history, V, d.adjust);
+        append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
       }
       row.adjust_end = int(d.adjust.size());
       d.rows.push_back(row);
@@ -502,7 +507,7 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     logprobs.resize(V);
     for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
   }
-  apply_logit_processors(row, s.sampling, s.history);
+  apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
   if (r.logprobs >= 0) {
     TokenLogprob& lp = ev.logprobs.back();
@@ -517,6 +522,14 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], logprobs[idx[i]]});
   }
   emit(s, tok, std::move(ev));
+}
+
+std::vector<int> EngineImpl::held_back_ids(const Sequence& s) const {
+  const Request& r = s.req->req;
+  if (s.generated >= r.min_tokens) return {};
+  std::vector<int> ids = r.stop_token_ids;
+  if (!r.ignore_eos) ids.insert(ids.end(), eos_ids_.begin(), eos_ids_.end());
+  return ids;
 }
 
 // Appends the drawn token, streams its text, and finishes the sequence when it ends it.
@@ -542,7 +555,7 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   bool is_eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), tok) != eos_ids_.end();
   bool is_stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), tok) != r.stop_token_ids.end();
   // Text first: a stop string may end the sequence at this token.
-  TextDelta td = s.push_text(tok, is_eos || is_stop_id);
+  TextDelta td = s.push_text(tok, is_eos || is_stop_id, /*match_stops=*/s.generated >= r.min_tokens);
   ev.text = std::move(td.text);
   if (td.stopped) {
     fin = FinishReason::kStop;

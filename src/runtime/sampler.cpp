@@ -38,7 +38,7 @@ void TokenHistory::set_prompt(std::span<const int> ids) {
 }
 
 void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
-                            const TokenHistory& h) {
+                            const TokenHistory& h, std::span<const int> suppress) {
   const int V = int(logits.size());
   for (auto& [id, bias] : p.logit_bias)
     if (id >= 0 && id < V) logits[id] += bias;
@@ -57,6 +57,8 @@ void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
   if (p.presence_penalty != 0.f || p.frequency_penalty != 0.f)
     for (auto& [id, n] : h.generated)
       if (id >= 0 && id < V) logits[id] -= presence_frequency_offset(p, n);
+  for (int id : suppress)
+    if (id >= 0 && id < V) logits[id] = -INFINITY;
 }
 
 float presence_frequency_offset(const SamplingParams& p, int n) {
@@ -64,13 +66,15 @@ float presence_frequency_offset(const SamplingParams& p, int n) {
 }
 
 void append_logit_adjustments(const SamplingParams& p, const TokenHistory& h, int vocab_size,
-                              std::vector<LogitAdjust>& out) {
+                              std::vector<LogitAdjust>& out, std::span<const int> suppress) {
   const size_t first = out.size();
   auto valid = [&](int id) { return id >= 0 && id < vocab_size; };
   const bool rep = p.repetition_penalty != 1.f;
   const bool pf = p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
   for (auto& [id, bias] : p.logit_bias)
     if (valid(id)) out.push_back({id, bias, 1.f, 0.f});
+  for (int id : suppress)  // -inf stays -inf through rep and post
+    if (valid(id)) out.push_back({id, -INFINITY, 1.f, 0.f});
   if (rep)
     for (int id : h.prompt)
       if (valid(id)) out.push_back({id, 0.f, p.repetition_penalty, 0.f});

@@ -39,9 +39,10 @@ struct TokenHistory {
   void add_generated(int id) { ++generated[id]; }
 };
 
-// Applies bias and penalties to logits in place (the distribution that is sampled).
+// Applies bias and penalties to logits in place (the distribution that is sampled). `suppress`:
+// ids that may not be drawn this step (min_tokens holds back EOS and stop ids): logit -inf.
 void apply_logit_processors(std::span<float> logits, const SamplingParams& p,
-                            const TokenHistory& h);
+                            const TokenHistory& h, std::span<const int> suppress = {});
 
 // What presence and frequency penalties subtract from a token generated n times. One definition,
 // so that apply_logit_processors and logit_adjustments round it the same way.
@@ -53,7 +54,7 @@ float presence_frequency_offset(const SamplingParams& p, int n);
 // Applying them equals apply_logit_processors bit for bit, except when logit_bias names a token
 // twice: its biases are summed first (apply_logit_processors adds them one after the other).
 void append_logit_adjustments(const SamplingParams& p, const TokenHistory& h, int vocab_size,
-                              std::vector<LogitAdjust>& out);
+                              std::vector<LogitAdjust>& out, std::span<const int> suppress = {});
 // The host reference of what the GPU sampler does with them: l' = rep(l + bias) + post.
 void apply_logit_adjustments(std::span<float> logits, std::span<const LogitAdjust> adj);
 

@@ -19,10 +19,10 @@ void Sequence::init_decoder(const Tokenizer* tok) {
   stops_.emplace(req->req.stop);
 }
 
-TextDelta Sequence::push_text(int token, bool is_stop_token) {
+TextDelta Sequence::push_text(int token, bool is_stop_token, bool match_stops) {
   TextDelta d;
   if (!decoder_ || text_stopped_ || is_stop_token) return d;
-  StopMatcher::Result r = stops_->push(decoder_->push(token));
+  StopMatcher::Result r = stops_->push(decoder_->push(token), match_stops);
   d.text = std::move(r.text);
   if (r.stop) {
     text_stopped_ = true;

@@ -48,7 +48,8 @@ struct Sequence {
   // Text streaming (no-op without a tokenizer).
   void init_decoder(const Tokenizer* tok);
   // Decodes a new token; a stop token (eos or stop_token_ids) contributes no text.
-  TextDelta push_text(int token, bool is_stop_token);
+  // match_stops false (before min_tokens): the text passes without stop-string matching.
+  TextDelta push_text(int token, bool is_stop_token, bool match_stops = true);
   // The held-back text at the end (nothing after a stop string).
   std::string flush_text(FinishReason reason);
 

@@ -44,10 +44,15 @@ StopMatcher::StopMatcher(std::vector<std::string> stops) {
     if (!s.empty()) stops_.push_back(std::move(s));
 }
 
-StopMatcher::Result StopMatcher::push(std::string_view text) {
+StopMatcher::Result StopMatcher::push(std::string_view text, bool match) {
   Result r;
   if (stopped_) return r;
   held_ += text;
+  if (!match) {
+    r.text = std::move(held_);
+    held_.clear();
+    return r;
+  }
   // The stop that completes first wins (ties: the one that starts first). This is what
   // character-by-character streaming would see, so the result does not depend on how the text
   // was chunked.

@@ -48,8 +48,10 @@ class StopMatcher {
     std::string text;            // safe to emit now
     std::optional<size_t> stop;  // index into stops when one matched (text ends before it)
   };
-  // Feeds decoded text. After a stop matched, further pushes return nothing.
-  Result push(std::string_view text);
+  // Feeds decoded text. After a stop matched, further pushes return nothing. match false: the
+  // held-back tail and the text pass through unmatched (a stop string cannot end the output
+  // yet: min_tokens); matching resumes with the next push that matches.
+  Result push(std::string_view text, bool match = true);
   // End of stream without a stop: returns the held-back tail.
   std::string flush();
 

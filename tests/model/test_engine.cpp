@@ -234,6 +234,58 @@ TEST(Engine, StopStringEndsTheTextBeforeIt) {
   EXPECT_EQ(collect(*eng->submit(r))[0].text, full.text.substr(0, first) + stop);
 }
 
+// min_tokens (vLLM): EOS and stop ids cannot be drawn, and stop strings do not match, before
+// that many tokens. EOS is made the greedy choice with a +100 bias, so it comes right after.
+TEST(Engine, MinTokensHoldsBackEosAndStops) {
+  auto eng = Engine::create(engine_opts(2));
+  ASSERT_FALSE(eng->config().eos_token_ids.empty());
+  const int eos = eng->config().eos_token_ids[0];
+  std::mt19937 rng(23);
+  Request r = greedy(random_prompt(rng, 12, eng->config().vocab_size), 20);
+  r.ignore_eos = false;
+  r.sampling.logit_bias = {{eos, 100.f}};
+  auto quick = collect(*eng->submit(r))[0];
+  ASSERT_EQ(quick.ids, std::vector<int>{eos});
+  EXPECT_EQ(quick.finish, FinishReason::kStop);
+  r.min_tokens = 5;
+  auto held = collect(*eng->submit(r))[0];
+  ASSERT_EQ(held.ids.size(), 6u);
+  for (int i = 0; i < 5; ++i) EXPECT_NE(held.ids[size_t(i)], eos) << "token " << i;
+  EXPECT_EQ(held.ids[5], eos);
+  EXPECT_EQ(held.finish, FinishReason::kStop);
+  // A stop token id, likewise.
+  const int stop_id = 77;
+  r = greedy(random_prompt(rng, 12, eng->config().vocab_size), 20);
+  r.sampling.logit_bias = {{stop_id, 100.f}};
+  r.stop_token_ids = {stop_id};
+  r.min_tokens = 3;
+  auto stop_held = collect(*eng->submit(r))[0];
+  ASSERT_EQ(stop_held.ids.size(), 4u);
+  EXPECT_EQ(stop_held.ids[3], stop_id);
+  EXPECT_EQ(stop_held.finish, FinishReason::kStop);
+  // A stop string from the first tokens' text matches only from min_tokens on.
+  r = greedy(random_prompt(rng, 20, eng->config().vocab_size), 30);
+  auto full = collect(*eng->submit(r))[0];
+  ASSERT_EQ(full.ids.size(), 30u);
+  size_t c = 0;  // the first ASCII character of the text
+  while (c < full.text.size() && (static_cast<unsigned char>(full.text[c]) & 0x80) != 0) ++c;
+  ASSERT_LT(c, full.text.size()) << "no ASCII in the greedy text";
+  r.stop = {full.text.substr(c, 1)};
+  auto early = collect(*eng->submit(r))[0];
+  ASSERT_LT(early.ids.size(), 15u) << "the stop string should end the plain request early";
+  EXPECT_EQ(early.finish, FinishReason::kStop);
+  r.min_tokens = 15;
+  auto late = collect(*eng->submit(r))[0];
+  ASSERT_GE(late.ids.size(), 15u);
+  EXPECT_TRUE(std::equal(late.ids.begin(), late.ids.end(), full.ids.begin()));
+  // Refused: negative, or more than max_tokens.
+  r.min_tokens = 31;
+  r.max_tokens = 30;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.min_tokens = -1;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
 TEST(Engine, RejectsBadRequestsWithAMessage) {
   auto eng = Engine::create(engine_opts(2));
   Request r = greedy(std::vector<int>(5000, 1), 10);

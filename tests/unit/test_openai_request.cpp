@@ -270,8 +270,13 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
             "response_format");
   EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "text"}}}})), "<none>");
   EXPECT_EQ(rejected_param(chat({{"functions", {{{"name", "f"}}}}})), "functions");
-  EXPECT_EQ(rejected_param(chat({{"min_tokens", 3}})), "min_tokens");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 3}})), "<none>");
+  EXPECT_EQ(parse_chat(chat({{"min_tokens", 3}})).engine.min_tokens, 3);
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 0}})), "<none>");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", -1}})), "min_tokens");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 1.5}})), "min_tokens");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 5}, {"max_tokens", 4}})), "min_tokens");
+  EXPECT_EQ(rejected_param(chat({{"min_tokens", 4}, {"max_tokens", 4}})), "<none>");
   EXPECT_EQ(rejected_param(chat({{"priority", 1}})), "priority");
   EXPECT_EQ(rejected_param(chat({{"echo", true}})), "echo");
   EXPECT_EQ(rejected_param(chat({{"best_of", 3}})), "best_of");

@@ -172,10 +172,14 @@ TEST(Sampler, AdjustmentsEqualLogitProcessors) {
     h.set_prompt(prompt);
     for (int i = 0, n = coin(rng) * 200; i < n; ++i) h.add_generated(id(rng) % 400);
     h.add_generated(-1);  // out of range: ignored by both
+    std::vector<int> suppress;  // min_tokens' held-back ids, some also biased or penalised
+    for (int i = 0, n = coin(rng); i < n; ++i) suppress.push_back(id(rng) % 400);
+    if (!b.empty() && coin(rng)) suppress.push_back(b.begin()->first);
     std::vector<float> want = l, got = l;
-    apply_logit_processors(want, p, h);
+    apply_logit_processors(want, p, h, suppress);
+    for (int s : suppress) ASSERT_EQ(want[s], -INFINITY);
     std::vector<LogitAdjust> adj = {{7, 0.f, 1.f, 0.f}};  // appended after what is there
-    append_logit_adjustments(p, h, V, adj);
+    append_logit_adjustments(p, h, V, adj, suppress);
     ASSERT_EQ(adj[0].id, 7);
     for (size_t i = 2; i < adj.size(); ++i) ASSERT_LT(adj[i - 1].id, adj[i].id);
     apply_logit_adjustments(got, std::span<const LogitAdjust>(adj).subspan(1));
