@@ -105,6 +105,9 @@ inline std::vector<float> random_f32(std::mt19937& rng, size_t n, float lo, floa
   return v;
 }
 
+// Row counts of the element-wise and GEMM tests: 1, odd, and around a 64-row tile.
+inline constexpr int kRows[] = {1, 7, 63, 64, 65, 769};
+
 #if KIMI_HAVE_CUDA
 
 // Empty when a GPU is usable, else the reason (printed by KIMI_REQUIRE_GPU's skip message).
@@ -155,6 +158,12 @@ class GuardedBuffer {
   size_t n_;
   cuda::DeviceBuffer<T> buf_;
 };
+
+// A bf16 buffer (stored as uint16_t bits) seen as the kernel's element type.
+template <typename T>
+T* dev(GuardedBuffer<uint16_t>& b) {
+  return reinterpret_cast<T*>(b.data());
+}
 
 #endif
 

@@ -18,14 +18,8 @@
 namespace kimi::test {
 namespace {
 
-constexpr int kRows[] = {1, 7, 63, 64, 65, 769};
-
 #if KIMI_HAVE_CUDA
 using cuda::bf16;
-template <typename T>
-T* dev(GuardedBuffer<uint16_t>& b) {
-  return reinterpret_cast<T*>(b.data());
-}
 #endif
 
 TEST(NormGpu, RmsNormF32AndBf16InputsWithRowIndex) {

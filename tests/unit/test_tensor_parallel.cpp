@@ -18,6 +18,20 @@ namespace {
 
 ModelConfig config_of(const TinySpec& s) { return ModelConfig::from_json(tiny_config_json(s), "tiny"); }
 
+// A tiny model whose heads, experts and intermediate sizes split 1, 2 and 4 ways.
+TinySpec split_spec() {
+  TinySpec s;
+  s.layers = 4;
+  s.hidden = 64;
+  s.kda_heads = 4;
+  s.mla_heads = 4;
+  s.experts = 8;
+  s.top_k = 2;
+  s.moe_inter = 32;
+  s.dense_inter = 64;
+  return s;
+}
+
 ModelConfig full_size() {
   return ModelConfig::from_file(std::string(KIMI_SOURCE_DIR) +
                                 "/benchmarks/configs/kimi-linear-48b-a3b/config.json");
@@ -75,17 +89,7 @@ void check_split(const ModelConfig& c, int world) {
 }
 
 TEST(TensorParallel, TinyModelSlicesTileEveryTensor) {
-  TinySpec s;
-  s.layers = 4;
-  s.hidden = 64;
-  s.kda_heads = 4;
-  s.mla_heads = 4;
-  s.experts = 8;
-  s.top_k = 2;
-  s.moe_inter = 32;
-  s.dense_inter = 64;
-  const ModelConfig c = config_of(s);
-  for (int world : {1, 2, 4}) check_split(c, world);
+  for (int world : {1, 2, 4}) check_split(config_of(split_spec()), world);
 }
 
 TEST(TensorParallel, FullSizeShapesOverEightRanks) {
@@ -184,16 +188,7 @@ void check_expert_split(const ModelConfig& c, int world) {
 }
 
 TEST(TensorParallel, ExpertParallelGivesEachExpertToOneRank) {
-  TinySpec s;
-  s.layers = 4;
-  s.hidden = 64;
-  s.kda_heads = 4;
-  s.mla_heads = 4;
-  s.experts = 8;
-  s.top_k = 2;
-  s.moe_inter = 32;
-  s.dense_inter = 64;
-  for (int world : {1, 2, 4}) check_expert_split(config_of(s), world);
+  for (int world : {1, 2, 4}) check_expert_split(config_of(split_spec()), world);
   check_expert_split(full_size(), 8);
   const ModelConfig c = full_size();
   EXPECT_EQ(local_experts(c, 3, 8, true).first, 96);
