@@ -23,6 +23,7 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "gemm/gemv.h"
+#include "launch.h"
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
 
@@ -162,7 +163,6 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
   kimi::cuda::Gemm small, small_plain, automatic, cublas;
   small.set_path(GemmPath::kSmallM);
   small_plain.set_path(GemmPath::kSmallM);
-  small_plain.set_small_m_pdl(false);
   cublas.set_path(GemmPath::kCublasLt);
   const int groups = quick ? 7 : 15;
   const std::vector<int> Ms = {1, 2, 4, 8, 16};
@@ -177,7 +177,9 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
       const bool is_small = small.uses_small_m(o.args(M, 0, true));
       kimi::cuda::Gemm& ours = is_small ? small : automatic;
       const double t_ours = time_calls(ours, o, M, true, groups, st);
+      kimi::cuda::set_pdl_enabled(false);  // "no PDL": the same kernels launched plainly
       const double t_plain = is_small ? time_calls(small_plain, o, M, true, groups, st) : t_ours;
+      kimi::cuda::set_pdl_enabled(true);
       const double t_cub = time_calls(cublas, o, M, false, groups, st);
       // One call each from equal C (beta = 1 accumulates: the timed calls left different sums).
       CUDA_CHECK(cudaMemsetAsync(o.c_ours.data(), 0, o.c_ours.size(), st));

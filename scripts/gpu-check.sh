@@ -9,6 +9,9 @@
 # KIMI_SKIP_PEER=1 skips the FLA peer, KIMI_SKIP_NCU=1 the ncu profile, KIMI_SKIP_LONG=1 the
 # long-context runs, KIMI_SKIP_PREFILL_128K=1 the 128k prefill alone, KIMI_SKIP_KERNEL_BENCH=1 the
 # per-kernel benchmarks (bench_kda, bench_mla, bench_moe, ...).
+# KIMI_AB="A B ..." also runs the 4k decode benchmark once per setting, each setting one or more
+# VAR=VALUE joined by commas (e.g. KIMI_AB="KIMI_CUDA_PDL=0 KIMI_CUDA_PDL=0,KIMI_CUDA_FUSE_NORM=0"):
+# knobs compared on the same card in the same run, beside the default.
 set -uo pipefail
 OUT=${1:?usage: gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -61,6 +64,12 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   [[ -x $BUILD/benchmarks/bench_cuda_model ]] && step bench_cuda_model "$OUT/bench_other.log" \
     timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
     --random-weights --layers "$layers" --prefill 4096 --decode 128
+  for ab in ${KIMI_AB:-}; do
+    [[ -x $BUILD/benchmarks/bench_cuda_model ]] && echo "== A/B setting: $ab" >>"$OUT/bench_other.log" &&
+      step "ab:$ab" "$OUT/bench_other.log" env ${ab//,/ } timeout 300 "$BUILD/benchmarks/bench_cuda_model" \
+        --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" --random-weights --layers "$layers" \
+        --prefill 4096 --decode 128
+  done
   # Long contexts (issue 9 goals), where all 27 layers fit (H200): a 128k-token prefill in steps
   # of 16k tokens; decode at 1M tokens of context, batch 1; 30 sequences of 128k resident at once,
   # decoding together. The decode contexts are zeros standing in for a prefill (timing only).
@@ -82,7 +91,9 @@ if step configure "$OUT/build.log" cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE
   # range: bench_cuda_model marks it with cudaProfilerStart/Stop), summed per kernel by
   # scripts/kernel_times.py; their sum against the step time is the launch-gap overhead.
   if command -v ncu >/dev/null && [[ -x $BUILD/benchmarks/bench_cuda_model && -z ${KIMI_SKIP_NCU:-} ]]; then
+    # Clocks and caches as in the real step (METHOD.md): no locking, no flush between kernels.
     step ncu_decode "$OUT/kernels.log" timeout 400 ncu --profile-from-start off --graph-profiling node \
+      --clock-control none --cache-control none \
       --metrics gpu__time_duration.sum --csv --log-file /tmp/kimi-ncu.csv \
       "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
       --random-weights --layers "$layers" --prefill 4096 --decode 2 &&
@@ -100,7 +111,7 @@ fi
   grep -hE '^\[  (PASSED|FAILED|SKIPPED) ' "$OUT/tests.log" 2>/dev/null | sort | uniq -c | head -20
   grep -h 'tests passed\|tests failed' "$OUT/tests.log" 2>/dev/null
   [[ -f $OUT/bench_kda.log ]] && cat "$OUT/bench_kda.log"
-  grep -hE '^(card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" "$OUT/bench_tp.log" 2>/dev/null
+  grep -hE '^(== A/B|card|model|memory|prefill|decode|logits)' "$OUT/bench_other.log" "$OUT/bench_tp.log" 2>/dev/null
   grep -hE 'TP=|top-1 agreement|budget:' "$OUT/tests.log" 2>/dev/null
   head -40 "$OUT/kernels.log" 2>/dev/null
 } | tee "$OUT/summary.txt"

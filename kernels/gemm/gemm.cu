@@ -129,7 +129,6 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
       GemvOptions opt;
       opt.num_sms = num_sms_;
       opt.force_splits = small_m_splits_;
-      opt.pdl = small_m_pdl_;
       run_gemv(a, opt, stream);
       return;
     }

@@ -79,8 +79,6 @@ class Gemm {
   GemmPath path() const { return path_; }
   // k splits (1..8) of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
   void set_small_m_splits(int s) { small_m_splits_ = s; }
-  // Programmatic dependent launch of the small-M kernels (default on). For benchmarks.
-  void set_small_m_pdl(bool on) { small_m_pdl_ = on; }
   // Whether run(a) would take the small-M kernels (same rule run uses).
   bool uses_small_m(const GemmArgs& a) const;
 
@@ -96,7 +94,6 @@ class Gemm {
   GemmPath path_ = GemmPath::kAuto;
   int num_sms_ = 0;
   int small_m_splits_ = 0;
-  bool small_m_pdl_ = true;
   bool warned_fallback_ = false;
 };
 

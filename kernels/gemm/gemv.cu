@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "gemm/gemv.cuh"
+#include "launch.h"
 
 namespace kimi::cuda {
 
@@ -17,31 +18,16 @@ bool aligned16(const void* p, int64_t ld, int64_t stride, int elem) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && ld % per == 0 && stride % per == 0;
 }
 
-// Launches kernel with 256 threads: as a programmatic dependent launch when pdl (the kernels
-// wait for the previous grid before touching anything it may write), in clusters of grid.z CTAs
-// when cluster_z.
+// Launches kernel with 256 threads as a programmatic dependent launch (the kernels wait for the
+// previous grid before touching anything it may write; their constant weight prologue
+// overlaps it), in clusters of grid.z CTAs when cluster_z.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cudaStream_t stream,
             Args... args) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kGvThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[2];
-  int n = 0;
-  if (pdl) {
-    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[n++].val.programmaticStreamSerializationAllowed = 1;
-  }
-  if (cluster_z) {
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = 1;
-    attr[n].val.clusterDim.y = 1;
-    attr[n++].val.clusterDim.z = grid.z;
-  }
-  cfg.attrs = attr;
-  cfg.numAttrs = n;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, args...));
+  LaunchOptions o;
+  o.pdl = pdl;
+  o.cluster_z = cluster_z ? int(grid.z) : 1;
+  launch_kernel(kernel, grid, dim3(kGvThreads), o, stream, args...);
 }
 
 // Per n tile count of 8 input rows: one mma n tile up to 8 rows, else two. U: chunks in flight
@@ -100,11 +86,10 @@ void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
       opt.force_splits > 0
           ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks, kGemvMaxSplits})))
           : gemv_splits(a, opt.num_sms);
-  const bool pdl = opt.pdl && stream != nullptr;
   if (f32)
-    launch_mma<true>(a, splits, pdl, stream);
+    launch_mma<true>(a, splits, true, stream);
   else
-    launch_mma<false>(a, splits, pdl, stream);
+    launch_mma<false>(a, splits, true, stream);
 }
 
 }  // namespace kimi::cuda

@@ -25,6 +25,7 @@
 
 #include "gemm/gemm.h"
 #include "gemm/stream_mma.cuh"
+#include "pdl.cuh"
 
 namespace kimi::cuda {
 
@@ -47,16 +48,6 @@ __device__ __forceinline__ void gv_store(const GemmArgs& a, int b, int m, int n,
     if (a.beta != 0.f) v = fmaf(a.beta, __bfloat162float(__ldcg(c)), v);
     *c = __float2bfloat16(v);
   }
-}
-
-// Programmatic dependent launch: wait until the previous kernel of the stream has completed and
-// its writes are visible (a no-op when launched without the attribute); let the next kernel's
-// CTAs start (they wait the same way before reading what this one writes).
-__device__ __forceinline__ void gv_wait_prior_grid() {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-}
-__device__ __forceinline__ void gv_allow_next_grid() {
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
 // The input pieces of U chunks (same k as gv_load_weights): [u][n tile]. From L2 (.cg): the
@@ -132,8 +123,8 @@ __global__ void __launch_bounds__(kGvThreads, 2) gemv_mma_kernel(GemmArgs a, int
   uint4 wv[U][2][2], xv[U][NT];
   int c0 = c_begin + warp;
   gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);  // loads nothing past k_end
-  gv_allow_next_grid();
-  gv_wait_prior_grid();
+  pdl_launch_dependents();
+  pdl_wait();
   gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
   for (; c0 < c_end; c0 += kGvWarps * U) {
 #pragma unroll
@@ -211,7 +202,7 @@ __global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
   for (int m = 0; m < kRows; ++m) acc[m] = 0.f;
   // Launched plainly (its input loads use the read-only path), but lets a following small-M
   // launch start early.
-  gv_allow_next_grid();
+  pdl_launch_dependents();
   if (n < a.N) {
     for (int p0 = quarter * 32 + lane; p0 < pieces; p0 += kStep * U) {
       uint4 wv[U];

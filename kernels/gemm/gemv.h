@@ -29,9 +29,6 @@ inline constexpr int kGemvMaxSplits = 8;  // k splits per tile: one portable clu
 struct GemvOptions {
   int num_sms = 0;       // of the device, queried once by the owner
   int force_splits = 0;  // > 0: this k split count (≤ kGemvMaxSplits) instead of gemv_splits()
-  // Programmatic dependent launch (the kernel's weight prologue overlaps the previous kernel);
-  // never on the legacy default stream, whose implicit synchronisation we keep plain.
-  bool pdl = true;
 };
 
 // Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, B stored [N, K], and the operands meet

@@ -2,12 +2,14 @@
 #include <algorithm>
 
 #include "common.h"
+#include "launch.h"
 #include "misc/misc.cuh"
 
 namespace kimi::cuda {
 
 namespace {
 int grid_for(int64_t n) { return int(std::min<int64_t>((n + 255) / 256, 132 * 16)); }
+const LaunchOptions kPdl{0, true};  // the decode path's kernels are programmatic dependent launches
 }  // namespace
 
 void run_embedding(const EmbeddingParams& p, cudaStream_t stream) {
@@ -15,16 +17,14 @@ void run_embedding(const EmbeddingParams& p, cudaStream_t stream) {
              p.dim, " vocab ", p.vocab);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.ids && p.table && p.x, "embedding: null pointer");
-  misc::embedding_kernel<<<grid_for(int64_t(p.num_tokens) * p.dim), 256, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(misc::embedding_kernel, grid_for(int64_t(p.num_tokens) * p.dim), 256, kPdl, stream, p);
 }
 
 void run_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.rows >= 0 && p.dim > 0, "silu_mul rows ", p.rows, " dim ", p.dim);
   if (p.rows == 0) return;
   KIMI_CHECK(p.gate_up && p.out, "silu_mul: null pointer");
-  misc::silu_mul_kernel<<<grid_for(p.rows * p.dim), 256, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(misc::silu_mul_kernel, grid_for(p.rows * p.dim), 256, kPdl, stream, p);
 }
 
 void run_random_fill(const RandomFillParams& p, cudaStream_t stream) {

@@ -2,10 +2,13 @@
 #pragma once
 
 #include "misc/misc.h"
+#include "pdl.cuh"
 
 namespace kimi::cuda::misc {
 
 __global__ void embedding_kernel(EmbeddingParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   const int64_t n = int64_t(p.num_tokens) * p.dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -16,6 +19,8 @@ __global__ void embedding_kernel(EmbeddingParams p) {
 }
 
 __global__ void silu_mul_kernel(SiluMulParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   const int64_t n = p.rows * p.dim;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x) {

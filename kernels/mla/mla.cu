@@ -3,6 +3,7 @@
 #include <atomic>
 
 #include "common.h"
+#include "launch.h"
 #include "mla/mla.cuh"
 #include "mla/mla_decode_tc.cuh"
 #include "mla/mla_tc.cuh"
@@ -15,8 +16,7 @@ void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs > 0 && p.max_blocks_per_seq > 0, "cache write: no sequences/blocks");
   KIMI_CHECK(p.cu_seqlens && p.context_lens && p.block_tables && p.latent && p.norm_weight && p.cache,
              "cache write: null pointer");
-  mla::mla_cache_write_kernel<<<p.num_tokens, 128, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(mla::mla_cache_write_kernel, p.num_tokens, 128, LaunchOptions{0, true}, stream, p);
 }
 
 namespace {
@@ -158,17 +158,16 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
+  const LaunchOptions o{mla::kDecSmem, true};
   const int th = mla::kTcThreads;
-  const size_t smem = mla::kDecSmem;
   if (p.num_heads <= 16 && p.decode_bulk_copy)
-    mla::mla_decode_tc_kernel<1, true><<<grid, th, smem, stream>>>(p);
+    launch_kernel(mla::mla_decode_tc_kernel<1, true>, grid, th, o, stream, p);
   else if (p.num_heads <= 16)
-    mla::mla_decode_tc_kernel<1, false><<<grid, th, smem, stream>>>(p);
+    launch_kernel(mla::mla_decode_tc_kernel<1, false>, grid, th, o, stream, p);
   else if (p.decode_bulk_copy)
-    mla::mla_decode_tc_kernel<2, true><<<grid, th, smem, stream>>>(p);
+    launch_kernel(mla::mla_decode_tc_kernel<2, true>, grid, th, o, stream, p);
   else
-    mla::mla_decode_tc_kernel<2, false><<<grid, th, smem, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+    launch_kernel(mla::mla_decode_tc_kernel<2, false>, grid, th, o, stream, p);
 }
 
 void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
@@ -221,11 +220,11 @@ void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.num_splits && p.split_base && p.partials && p.u, "mla combine: null pointer");
   // Few (token, head) pairs (small batches, which split the most): 4 CTAs per pair.
+  const LaunchOptions pdl{0, true};
   if (int64_t(p.num_tokens) * p.num_heads < 512)
-    mla::mla_combine_kernel<4, 256><<<dim3(p.num_tokens, p.num_heads, 4), 256, 0, stream>>>(p);
+    launch_kernel(mla::mla_combine_kernel<4, 256>, dim3(p.num_tokens, p.num_heads, 4), 256, pdl, stream, p);
   else
-    mla::mla_combine_kernel<1, 128><<<dim3(p.num_tokens, p.num_heads, 1), 128, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+    launch_kernel(mla::mla_combine_kernel<1, 128>, dim3(p.num_tokens, p.num_heads, 1), 128, pdl, stream, p);
 }
 
 }  // namespace kimi::cuda

@@ -20,6 +20,7 @@
 #include <cfloat>
 
 #include "mla/mla.h"
+#include "pdl.cuh"
 
 namespace kimi::cuda::mla {
 
@@ -37,6 +38,8 @@ __device__ inline int seq_of_token(const int* cu, int num_seqs, int t) {
 }
 
 __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   const int t = blockIdx.x;
   const int s = seq_of_token(p.cu_seqlens, p.num_seqs, t);
   const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
@@ -229,6 +232,8 @@ __global__ void __launch_bounds__(256) mla_attn_kernel(MlaAttnParams p) {
 // costs two dependent rounds of loads per chunk: (m, l), then the u rows.
 template <int kSlices, int kThreads>
 __global__ void __launch_bounds__(kThreads) mla_combine_kernel(MlaAttnParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   constexpr int kLanes = kMlaLat / 4 / kSlices, kGroups = kThreads / kLanes, kChunk = 512;
   static_assert(kLanes * kGroups == kThreads && kThreads % 32 == 0);
   const int t = blockIdx.x, h = blockIdx.y, H = p.num_heads, tid = threadIdx.x;

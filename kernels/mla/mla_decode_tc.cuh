@@ -27,6 +27,7 @@
 #pragma once
 
 #include "mla/mla_mma.cuh"
+#include "pdl.cuh"
 #include "mla/mla_tc.cuh"
 
 namespace kimi::cuda::mla {
@@ -55,6 +56,8 @@ static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
 // 0, completing on the ring slot's mbarrier) instead of cp.async; experimental, see mla.h.
 template <int MT, bool kBulk>
 __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   constexpr int R = 16 * MT;            // query rows (heads) of this CTA
   constexpr int kTpr = kTcThreads / R;  // softmax threads per row
   constexpr int kCpt = kDecTile / kTpr;  // softmax columns per thread

@@ -2,6 +2,7 @@
 #include <algorithm>
 
 #include "common.h"
+#include "launch.h"
 #include "moe/moe.cuh"
 
 namespace kimi::cuda {
@@ -52,8 +53,10 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
   KIMI_CHECK(r.logits && r.correction_bias && r.expert_ids && r.weights && p.x && p.router &&
                  p.workspace && p.ticket, "moe decode route: null pointer");
-  KIMI_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.router) % 16 == 0,
-             "moe decode route: x and router must be 16-byte aligned");
+  KIMI_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.router) % 16 == 0 &&
+                 reinterpret_cast<uintptr_t>(p.norm_weight) % 16 == 0,
+             "moe decode route: x, router and norm weight must be 16-byte aligned");
+  KIMI_CHECK(!p.norm_weight || p.normed, "moe decode route: the fused norm needs its output");
   KIMI_CHECK(r.local_experts >= 0 && r.expert_first >= 0 && r.expert_first + r.local_experts <= r.num_experts,
              "moe decode route: local experts ", r.expert_first, " + ", r.local_experts, " of ", r.num_experts);
   const int local = r.local_experts ? r.local_experts : r.num_experts;
@@ -64,8 +67,7 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
                                       int64_t(r.num_tokens) * stride);
   const int grid = ceil_div(r.num_experts, moe::kRouteExpertsPerCta);
   const size_t smem = size_t(r.num_tokens) * r.num_experts * sizeof(float);
-  moe::moe_route_decode_kernel<<<grid, 1024, smem, stream>>>(p, v);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(moe::moe_route_decode_kernel, grid, 1024, LaunchOptions{smem, true}, stream, p, v);
 }
 
 void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
@@ -166,9 +168,17 @@ void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
   KIMI_CHECK(p.top_k <= 32, "moe unpermute top_k ", p.top_k);
+  if (p.norm_weight) {
+    KIMI_CHECK(p.normed && p.accumulate && p.hidden <= kRmsNormMaxFusedDim,
+               "moe unpermute: the fused norm needs its output, accumulation and hidden <= ",
+               kRmsNormMaxFusedDim, " (hidden ", p.hidden, ")");
+    launch_kernel(moe::moe_unpermute_norm_kernel, p.num_tokens, norm::kThreads, LaunchOptions{0, true},
+                  stream, p, v.pair_row);
+    return;
+  }
   const dim3 grid(p.num_tokens, ceil_div(p.hidden, moe::kUnpermuteThreads));
-  moe::moe_unpermute_kernel<<<grid, moe::kUnpermuteThreads, 0, stream>>>(p, v.pair_row);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(moe::moe_unpermute_kernel, grid, moe::kUnpermuteThreads, LaunchOptions{0, true}, stream,
+                p, v.pair_row);
 }
 
 }  // namespace kimi::cuda

@@ -3,7 +3,7 @@
 // moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
 //   K rounds of warp arg-max (ties to the lower index) pick the experts.
 // moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch
-//   (the last CTA to finish its logits does the rest).
+//   (the last CTA to finish its logits does the rest), optionally with the block's RMSNorm.
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
 //   starts; the scatter claims rows with a per-expert cursor. Up to 4096 pairs (decode steps)
 //   moe_permute_small_kernel does all three in one CTA.
@@ -14,6 +14,7 @@
 //   SWIGLU: the B tile holds the 64 gate rows and the matching 64 up rows of W13, so the epilogue
 //   computes SiLU(g)·u in fp32 before the single bf16 store.
 // moe_unpermute_kernel: a CTA per (token, 128 columns), fp32 weighted sum of the token's K rows.
+// moe_unpermute_norm_kernel: a CTA per token, the same sum plus the next block's RMSNorm.
 #pragma once
 
 #include <mma.h>
@@ -22,6 +23,8 @@
 
 #include "moe/moe.h"
 #include "async_copy.cuh"
+#include "norm/norm.cuh"
+#include "pdl.cuh"
 
 namespace kimi::cuda::moe {
 
@@ -186,21 +189,100 @@ __global__ void __launch_bounds__(1024) moe_permute_small_kernel(int pairs, int 
   permute_small(pairs, E, K, block_m, ids, v);
 }
 
+// The permutation of a few pairs (pairs <= blockDim.x, E < blockDim.x; ids in shared memory)
+// without a scan: every thread counts over the pair list. Rows of an expert follow pair order,
+// so the result is deterministic. tiles: pairs ints of shared memory. Same outputs as
+// permute_small.
+__device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m, const int* ids,
+                                            int* tiles, MoePermuteView v) {
+  const int i = threadIdx.x;
+  int x = -1, rank = 0;
+  if (i < pairs) {
+    x = ids[i];
+    int total = 0;
+    for (int j = 0; j < pairs; ++j) {
+      const bool same = ids[j] == x;
+      total += same;
+      rank += same && j < i;
+    }
+    const bool valid = x >= 0 && x < E;
+    tiles[i] = valid && rank == 0 ? (total + block_m - 1) / block_m : 0;  // on the first pair
+  }
+  __syncthreads();
+  // Thread e: count, row offset and tile start of expert e (e = E: the totals).
+  for (int e = i; e <= E; e += blockDim.x) {
+    int below = 0, count = 0, tile = 0;
+    for (int j = 0; j < pairs; ++j) {
+      const int y = ids[j];
+      const bool lower = y >= 0 && y < e;
+      below += lower;
+      tile += lower ? tiles[j] : 0;
+      count += y == e;
+    }
+    if (e < E) {
+      v.counts[e] = count;
+      v.cursor[e] = count;
+    }
+    v.offsets[e] = below;
+    v.tile_start[e] = tile;
+  }
+  if (i < pairs) {
+    if (x < 0 || x >= E) {
+      v.pair_row[i] = -1;
+    } else {
+      int row = rank;
+      for (int j = 0; j < pairs; ++j) row += ids[j] >= 0 && ids[j] < x;
+      v.row_token[row] = i / K;
+      v.pair_row[i] = row;
+    }
+  }
+}
+
 // Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
 // one launch. CTA c computes the logits of experts 4c..4c+3 for every token (8 warps per
 // expert split k; fp32 router and input, partial sums added in a fixed order), publishes them
 // and takes a ticket; the CTA with the last ticket routes every token (a warp per token, as
-// moe_route_kernel) and permutes (permute_small), then resets the ticket for the next launch.
+// moe_route_kernel) and permutes (permute_few), then resets the ticket for the next launch.
+// With the RMSNorm fused in, every CTA first reduces each token's sum of squares (a warp per
+// token), folds the norm weight into the router row and the scale into the sum, and writes its
+// share of the bf16 normed rows.
 constexpr int kRouteDecodeMaxTokens = 8;
 constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
+constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
 __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
                                                                 MoePermuteView v) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   extern __shared__ float sel_smem[];  // [T][E] selection scores of the routing CTA
   __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
+  __shared__ float inv_rms[kRouteDecodeMaxTokens];
+  __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];
   __shared__ bool last;
   const MoeRouteParams& r = p.route;
   const int T = r.num_tokens, E = r.num_experts, H = p.hidden;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool norm = p.norm_weight != nullptr;
+  if (norm) {
+    if (warp < T) {
+      const float4* x = reinterpret_cast<const float4*>(p.x + int64_t(warp) * H);
+      float ss = 0.f;
+      for (int k4 = lane; k4 < H / 4; k4 += 32) {
+        const float4 xv = __ldg(x + k4);
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) inv_rms[warp] = rsqrtf(ss / float(H) + p.eps);
+    }
+    __syncthreads();
+    const int cols = (H + gridDim.x - 1) / gridDim.x, d0 = blockIdx.x * cols;
+    for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
+      const int t = i / cols, d = d0 + i % cols;
+      if (d < H)
+        p.normed[int64_t(t) * H + d] =
+            __float2bfloat16(p.x[int64_t(t) * H + d] * inv_rms[t] * p.norm_weight[d]);
+    }
+  }
   const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert;
   const int e = blockIdx.x * kRouteExpertsPerCta + ew;
   float acc[kRouteDecodeMaxTokens];
@@ -208,8 +290,13 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
   if (e < E) {
     const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e) * H);
+    const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
     for (int k4 = wk * 32 + lane; k4 < H / 4; k4 += 32 * kRouteWarpsPerExpert) {
-      const float4 wv = __ldg(w + k4);
+      float4 wv = __ldg(w + k4);
+      if (norm) {
+        const float4 n = __ldg(nw + k4);
+        wv = make_float4(wv.x * n.x, wv.y * n.y, wv.z * n.z, wv.w * n.w);
+      }
 #pragma unroll
       for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
         if (t >= T) break;
@@ -231,6 +318,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
     if (eg < E && t < T) {
       float sum = 0.f;
       for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[ee][j][t];
+      if (norm) sum *= inv_rms[t];
       const_cast<float*>(r.logits)[int64_t(t) * E + eg] = sum;  // this launch produces them
     }
   }
@@ -244,7 +332,10 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   __syncthreads();  // expert ids written by this CTA: visible to its threads
   const int stride = r.top_k + (r.shared_expert >= 0);
   const int El = r.local_experts ? r.local_experts : E;
-  permute_small(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, r.expert_ids, v);
+  const int pairs = T * stride;
+  for (int i = threadIdx.x; i < pairs; i += blockDim.x) pair_ids[i] = r.expert_ids[i];
+  __syncthreads();
+  permute_few(pairs, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
   if (threadIdx.x == 0) *p.ticket = 0;
 }
 
@@ -396,6 +487,8 @@ constexpr int kUnpermuteThreads = 128;
 // 2304, and each thread's K loads are independent (rows and weights staged in shared memory).
 __global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnpermuteParams p,
                                                                           const int* pair_row) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   const int t = blockIdx.x, K = p.top_k;
   __shared__ int rows[32];
   __shared__ float w[32];
@@ -412,6 +505,46 @@ __global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnp
     if (rows[k] >= 0) acc += w[k] * p.y[int64_t(rows[k]) * p.hidden + d];
   float* o = p.out + int64_t(t) * p.hidden + d;
   *o = p.accumulate ? *o + acc : acc;
+}
+
+// out[t] += Σ_k w · y[row_k], then normed[t] = bf16(RMSNorm(out[t]) · norm_weight): a CTA of
+// norm::kThreads per token, column d = tid + i · kThreads as in rmsnorm_kernel, so the normed
+// row has the same bits as run_rmsnorm's.
+__global__ void __launch_bounds__(norm::kThreads) moe_unpermute_norm_kernel(MoeUnpermuteParams p,
+                                                                           const int* pair_row) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
+  const int t = blockIdx.x, K = p.top_k, H = p.hidden, tid = threadIdx.x;
+  __shared__ int rows[32];
+  __shared__ float w[32];
+  if (tid < K) {
+    rows[tid] = pair_row[int64_t(t) * K + tid];
+    w[tid] = p.weights[int64_t(t) * K + tid];
+  }
+  __syncthreads();
+  float* out = p.out + int64_t(t) * H;
+  float v[norm::kPerThread];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < norm::kPerThread; ++i) {
+    const int d = tid + i * norm::kThreads;
+    v[i] = 0.f;
+    if (d < H) {
+      float acc = 0.f;
+      for (int k = 0; k < K; ++k)
+        if (rows[k] >= 0) acc += w[k] * p.y[int64_t(rows[k]) * H + d];
+      v[i] = out[d] + acc;
+      out[d] = v[i];
+    }
+    ss += v[i] * v[i];
+  }
+  const float inv = norm::cta_inv_rms(ss, H, p.eps);
+  bf16* y = p.normed + int64_t(t) * H;
+#pragma unroll
+  for (int i = 0; i < norm::kPerThread; ++i) {
+    const int d = tid + i * norm::kThreads;
+    if (d < H) y[d] = __float2bfloat16(v[i] * inv * p.norm_weight[d]);
+  }
 }
 
 }  // namespace kimi::cuda::moe

@@ -64,7 +64,13 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 // leaves it zero).
 struct MoeRouteDecodeParams {
   MoeRouteParams route;          // logits: written here, then read back by the routing
-  const float* x = nullptr;      // [T, hidden] normed input, fp32
+  const float* x = nullptr;      // [T, hidden] normed input, fp32 (the residual with norm_weight)
+  // The block's RMSNorm fused in (one launch fewer): with norm_weight set, x is the residual
+  // stream, the router reads RMSNorm(x) · norm_weight in fp32 and `normed` receives it in bf16
+  // (the experts' input), as run_rmsnorm would write it.
+  const float* norm_weight = nullptr;  // [hidden]
+  float eps = 1e-5f;
+  bf16* normed = nullptr;              // [T, hidden]
   const float* router = nullptr; // [E, hidden] fp32
   int hidden = 0;                // multiple of 4
   int block_m = 16;              // of the grouped GEMMs that follow
@@ -177,6 +183,12 @@ struct MoeUnpermuteParams {
   const float* y = nullptr;        // [T·K, hidden]
   float* out = nullptr;            // [T, hidden]
   bool accumulate = true;          // out += Σ (else out = Σ)
+  // The next block's RMSNorm fused in (accumulate only: out is then the whole residual row):
+  // normed = bf16(RMSNorm(out) · norm_weight), bit for bit what run_rmsnorm writes. One CTA per
+  // token (hidden <= 4096): for decode-sized steps, where it saves the norm's launch.
+  const float* norm_weight = nullptr;  // [hidden]
+  float eps = 1e-5f;
+  bf16* normed = nullptr;              // [T, hidden]
 };
 void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream);
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "common.h"
+#include "launch.h"
 #include "moe/moe_gemv.cuh"
 
 namespace kimi::cuda::moe {
@@ -32,8 +33,7 @@ void launch(const MoeGemmParams& p, int pass_rows, cudaStream_t stream) {
   if (smem > size_t(48) << 10)
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  kernel<<<grid, kGvThreads, smem, stream>>>(p, v, pass_rows);
-  KIMI_CHECK_LAUNCH();
+  launch_kernel(kernel, grid, kGvThreads, LaunchOptions{smem, true}, stream, p, v, pass_rows);
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "async_copy.cuh"
 #include "gemm/stream_mma.cuh"
 #include "moe/moe.h"
+#include "pdl.cuh"
 
 namespace kimi::cuda::moe {
 
@@ -40,6 +41,8 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
 template <bool SWIGLU, int NT, int U>
 __global__ void __launch_bounds__(kGvThreads, 2)
     moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   static_assert(NT == 1 || NT == 2, "n tiles per pass");
   extern __shared__ __align__(16) unsigned char gv_smem[];
   __shared__ int s_tile[3];                        // expert, first row, end row of this CTA's tile

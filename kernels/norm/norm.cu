@@ -1,5 +1,6 @@
 // Launcher of the RMSNorm kernel: argument checks, fp32 or bf16 input instantiation.
 #include "common.h"
+#include "launch.h"
 #include "norm/norm.cuh"
 
 namespace kimi::cuda {
@@ -13,12 +14,11 @@ void run_rmsnorm(const RmsNormParams& p0, cudaStream_t stream) {
   if (p.y_stride == 0) p.y_stride = p.dim;
   KIMI_CHECK(p.x_stride >= p.dim && p.y_stride >= p.dim, "rmsnorm strides ", p.x_stride, "/",
              p.y_stride, " below dim ", p.dim);
-  const dim3 grid(p.rows);
+  const LaunchOptions pdl{0, true};
   if (p.x_bf16)
-    norm::rmsnorm_kernel<bf16><<<grid, norm::kThreads, 0, stream>>>(p);
+    launch_kernel(norm::rmsnorm_kernel<bf16>, p.rows, norm::kThreads, pdl, stream, p);
   else
-    norm::rmsnorm_kernel<float><<<grid, norm::kThreads, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+    launch_kernel(norm::rmsnorm_kernel<float>, p.rows, norm::kThreads, pdl, stream, p);
 }
 
 }  // namespace kimi::cuda

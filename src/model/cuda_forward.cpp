@@ -263,7 +263,15 @@ void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   m.gemm->linear(A.act, w.down, A.x, T, hid, w.inter, GemmOut::kF32, m.stream, beta);
 }
 
-void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
+void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
+             float* out_f32 = nullptr);
+
+// The MoE block with its RMSNorm (post_norm): x += experts(RMSNorm(x)). Decode-sized steps fold
+// the norm into the routing launch, and with next_norm (the next block's norm weight; only where
+// the un-permute completes the residual row, i.e. one GPU) the un-permute also writes the next
+// block's normed input into act.a. Returns whether it did (the caller then skips that norm).
+bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const float* next_norm,
+         int T) {
   const ModelConfig& c = m.cfg;
   const int E = c.num_experts, K = c.num_experts_per_token, hid = c.hidden_size;
   // The experts this GPU runs: all E, or its run of them under expert parallelism.
@@ -303,11 +311,19 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
     rp.expert_first = mine.first;
     rp.local_experts = El;
   }
-  if (block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E) && hid % 4 == 0) {
-    // Decode: router logits, routing and permutation in one launch.
+  const bool decode_route = block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E) && hid % 4 == 0;
+  const bool fuse_norm = decode_route && m.fuse_norms;
+  if (!fuse_norm) rmsnorm(m, post_norm, T, nullptr, A.a, A.hf);
+  if (decode_route) {
+    // Decode: (the norm,) router logits, routing and permutation in one launch.
     cuda::MoeRouteDecodeParams dp;
     dp.route = rp;
-    dp.x = A.hf;
+    dp.x = fuse_norm ? A.x : A.hf;
+    if (fuse_norm) {
+      dp.norm_weight = post_norm;
+      dp.eps = c.rms_norm_eps;
+      dp.normed = A.a;
+    }
     dp.router = w.router;
     dp.hidden = hid;
     dp.block_m = block_m;
@@ -358,12 +374,21 @@ void moe(CudaModel::Impl& m, const DevMoe& w, int T) {
   up.y = A.moe_y;
   up.out = A.x;
   up.accumulate = m.tp.rank == 0;  // see residual_beta
+  const bool fuse_next = fuse_norm && next_norm && m.tp.world == 1 &&
+                         (fuse || c.num_shared_experts == 0) &&
+                         hid <= cuda::kRmsNormMaxFusedDim;
+  if (fuse_next) {
+    up.norm_weight = next_norm;
+    up.eps = c.rms_norm_eps;
+    up.normed = A.a;
+  }
   cuda::run_moe_unpermute(up, m.stream);
   if (!fuse && c.num_shared_experts > 0) mlp(m, w.shared, T, 1.f);
+  return fuse_next;
 }
 
 void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
-             float* out_f32 = nullptr) {
+             float* out_f32) {
   cuda::RmsNormParams p;
   p.rows = rows;
   p.dim = m.cfg.hidden_size;
@@ -565,16 +590,22 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
     ep.table = m.embed;
     ep.x = m.act.x;
     cuda::run_embedding(ep, m.stream);
+    bool in_normed = false;  // act.a already holds this layer's normed input
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const DevLayer& L = m.layers[l];
-      rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
+      if (!in_normed) rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
       if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
       else mla_mixer(m, L.mla, c.kind_index(l), sm);
       all_reduce_residual(m, T);
       mark(2 * l + 1);
-      rmsnorm(m, L.post_norm, T, nullptr, m.act.a, c.is_moe(l) ? m.act.hf : nullptr);
-      if (c.is_moe(l)) moe(m, L.moe, T);
-      else mlp(m, L.mlp, T, residual_beta(m));
+      in_normed = false;
+      if (c.is_moe(l)) {
+        const bool next = l + 1 < c.num_hidden_layers;
+        in_normed = moe(m, L.moe, L.post_norm, next ? m.layers[l + 1].in_norm : nullptr, T);
+      } else {
+        rmsnorm(m, L.post_norm, T, nullptr, m.act.a);
+        mlp(m, L.mlp, T, residual_beta(m));
+      }
       all_reduce_residual(m, T);
       mark(2 * l + 2);
       if (on_layer_output) {

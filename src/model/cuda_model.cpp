@@ -16,6 +16,7 @@
 
 #include "core/check.h"
 #include "kda/kda.h"
+#include "launch.h"
 #include "mla/mla.h"
 #include "model/cuda_model_impl.h"
 #include "moe/moe.h"
@@ -267,14 +268,23 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "tiled") m.moe_wgmma = false;
     else if (v != "wgmma") fail("KIMI_CUDA_MOE must be wgmma or tiled, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_PDL")) {  // programmatic dependent launches
+    const std::string v = e;
+    if (v != "0" && v != "1") fail("KIMI_CUDA_PDL must be 0 or 1, got '", v, "'");
+    cuda::set_pdl_enabled(v == "1");
+  }
+  if (const char* e = std::getenv("KIMI_CUDA_FUSE_NORM")) {  // fused decode norms (comparison)
+    const std::string v = e;
+    if (v == "0") m.fuse_norms = false;
+    else if (v != "1") fail("KIMI_CUDA_FUSE_NORM must be 0 or 1, got '", v, "'");
+  }
   if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
   if (const char* e = std::getenv("KIMI_CUDA_GEMM")) {  // small-M kernels or not (comparison)
     const std::string v = e;
     if (v == "cublaslt") m.gemm->set_path(cuda::GemmPath::kCublasLt);
-    else if (v == "no_pdl") m.gemm->set_small_m_pdl(false);
-    else if (v != "auto") fail("KIMI_CUDA_GEMM must be auto, no_pdl or cublaslt, got '", v, "'");
+    else if (v != "auto") fail("KIMI_CUDA_GEMM must be auto or cublaslt, got '", v, "'");
   }
   m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);
   Carver wc2{m.weight_buf.data()};

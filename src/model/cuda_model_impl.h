@@ -171,6 +171,9 @@ struct CudaModel::Impl {
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
+  // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
+  // separate launches, for comparison).
+  bool fuse_norms = true;
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

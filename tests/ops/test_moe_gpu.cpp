@@ -18,6 +18,7 @@
 
 #if KIMI_HAVE_CUDA
 #include "moe/moe.h"
+#include "norm/norm.h"
 #endif
 
 namespace kimi::test {
@@ -389,21 +390,36 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
     int T, E, K, H;
     bool shared;
     int first, local;  // expert parallelism (local 0: off)
+    bool norm;         // the RMSNorm fused in: x is the residual stream
   };
-  for (const Case& c : {Case{1, 256, 8, 2304, true, 0, 0}, Case{8, 256, 8, 2304, false, 0, 0},
-                        Case{3, 20, 3, 64, true, 0, 0}, Case{5, 256, 8, 2304, false, 128, 128},
-                        Case{2, 16, 4, 136, true, 4, 4}}) {
+  for (const Case& c : {Case{1, 256, 8, 2304, true, 0, 0, false}, Case{8, 256, 8, 2304, false, 0, 0, false},
+                        Case{3, 20, 3, 64, true, 0, 0, false}, Case{5, 256, 8, 2304, false, 128, 128, false},
+                        Case{2, 16, 4, 136, true, 4, 4, false}, Case{1, 256, 8, 2304, true, 0, 0, true},
+                        Case{8, 256, 8, 2304, true, 0, 0, true}, Case{3, 20, 3, 68, false, 0, 0, true},
+                        Case{7, 64, 6, 1028, true, 16, 16, true}}) {
     const std::string what = str("T", c.T, " E", c.E, " K", c.K, " H", c.H, c.shared ? " shared" : "",
-                                 " local ", c.first, "+", c.local);
+                                 " local ", c.first, "+", c.local, c.norm ? " norm" : "");
     ASSERT_LE(c.T, cuda::moe_route_decode_max_tokens(c.E)) << what;
     auto x = random_f32(rng, size_t(c.T) * c.H, -1.f, 1.f);
+    if (c.norm)  // a residual stream: not unit scale
+      for (float& v : x) v *= 7.f;
     auto router = random_f32(rng, size_t(c.E) * c.H, -0.1f, 0.1f);
     auto bias = random_f32(rng, c.E, -0.3f, 0.3f);
+    const auto norm_w = random_f32(rng, c.H, 0.5f, 1.5f);
+    constexpr float kEps = 1e-6f;
+    std::vector<float> xn = x;  // the router's input (normed in double when the norm is fused)
+    if (c.norm)
+      for (int t = 0; t < c.T; ++t) {
+        double ss = 0;
+        for (int k = 0; k < c.H; ++k) ss += double(x[size_t(t) * c.H + k]) * x[size_t(t) * c.H + k];
+        const double inv = 1.0 / std::sqrt(ss / c.H + kEps);
+        for (int k = 0; k < c.H; ++k) xn[size_t(t) * c.H + k] = float(x[size_t(t) * c.H + k] * inv * norm_w[k]);
+      }
     std::vector<float> logits(size_t(c.T) * c.E);
     for (int t = 0; t < c.T; ++t)
       for (int e = 0; e < c.E; ++e) {
         double acc = 0;
-        for (int k = 0; k < c.H; ++k) acc += double(x[size_t(t) * c.H + k]) * router[size_t(e) * c.H + k];
+        for (int k = 0; k < c.H; ++k) acc += double(xn[size_t(t) * c.H + k]) * router[size_t(e) * c.H + k];
         logits[size_t(t) * c.E + e] = float(acc);
       }
     std::vector<int> ids(size_t(c.T) * c.K);
@@ -414,9 +430,12 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
     cpu::moe_route(cp);
     const int El = c.local ? c.local : c.E, Ek = El + c.shared, stride = c.K + c.shared;
     const int64_t R = int64_t(c.T) * stride;
-    GuardedBuffer<float> dx(x.size()), dr(router.size()), db(c.E), dl(logits.size()), dw(R);
+    GuardedBuffer<float> dx(x.size()), dr(router.size()), db(c.E), dl(logits.size()), dw(R), dnw(c.H);
     GuardedBuffer<int> di(R), dws(cuda::moe_permute_workspace_ints(Ek, R)), dticket(1);
+    GuardedBuffer<uint16_t> dnormed(x.size());
     dx.upload(x);
+    dnw.upload(norm_w);
+    dnormed.poison();
     dr.upload(router);
     db.upload(bias);
     dl.poison();
@@ -433,12 +452,23 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
     p.route.expert_first = c.first, p.route.local_experts = c.local;
     p.x = dx.data(), p.router = dr.data(), p.hidden = c.H, p.block_m = 16;
     p.workspace = dws.data(), p.ticket = dticket.data();
+    if (c.norm) {
+      p.norm_weight = dnw.data();
+      p.eps = kEps;
+      p.normed = reinterpret_cast<cuda::bf16*>(dnormed.data());
+    }
     for (int rep = 0; rep < 2; ++rep) {  // the ticket resets itself: a second launch works too
       cuda::run_moe_route_decode(p, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
     }
     const auto gl = dl.to_host();
     expect_close(str("fused logits ", what), gl.data(), logits.data(), logits.size(), 1e-5, 1e-4);
+    if (c.norm) {  // the experts' input: bf16 of the normed rows (half an ulp of bf16 each)
+      const auto gn = bf16_to_float(dnormed.to_host());
+      for (size_t i = 0; i < gn.size(); ++i)
+        ASSERT_NEAR(gn[i], xn[i], std::abs(xn[i]) * (1.f / 256) + 1e-6f) << what << " normed " << i;
+    }
+    EXPECT_TRUE(dnormed.guards_intact()) << what;
     const auto gi = di.to_host();
     const auto gw = dw.to_host();
     for (int t = 0; t < c.T; ++t) {
@@ -477,7 +507,88 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
       ++seen[size_t(row)];
     }
     for (size_t r = 0; r < seen.size(); ++r) ASSERT_EQ(seen[r], 1) << what << " row " << r;
+    // Rows of an expert follow pair order (deterministic), and the cursor equals the count.
+    for (int64_t i = 0; i < R; ++i)
+      for (int64_t j = i + 1; j < R; ++j) {
+        if (gi[size_t(i)] >= 0 && gi[size_t(i)] == gi[size_t(j)]) {
+          ASSERT_LT(v.pair_row[i], v.pair_row[j]) << what << " pairs " << i << ", " << j;
+        }
+      }
+    for (int e = 0; e < Ek; ++e) ASSERT_EQ(v.cursor[e], v.counts[e]) << what << " expert " << e;
   }
+#endif
+}
+
+// The un-permute with the next block's RMSNorm fused in against the two launches it replaces
+// (run_moe_unpermute + run_rmsnorm): the residual and the bf16 normed rows bit for bit. Odd
+// widths, several tokens, pairs routed to no expert (-1).
+TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(91);
+  for (auto [T, E, K, H] : {std::tuple{1, 257, 9, 2304}, std::tuple{8, 257, 9, 2304},
+                            std::tuple{3, 16, 4, 7}, std::tuple{5, 20, 3, 769},
+                            std::tuple{2, 64, 6, 4096}}) {
+    const std::string what = str("T", T, " E", E, " K", K, " H", H);
+    const int64_t R = int64_t(T) * K;
+    std::vector<int> ids(static_cast<size_t>(R));
+    for (auto& id : ids) id = int(rng() % (E + 1)) - 1;  // -1: another GPU's expert
+    const auto y = random_f32(rng, size_t(R) * H, -2.f, 2.f);
+    const auto wts = random_f32(rng, size_t(R), 0.f, 1.f);
+    const auto x0 = random_f32(rng, size_t(T) * H, -5.f, 5.f);
+    const auto nw = random_f32(rng, size_t(H), 0.5f, 1.5f);
+    GuardedBuffer<int> dids(ids.size()), dws(cuda::moe_permute_workspace_ints(E, R));
+    GuardedBuffer<float> dy(y.size()), dw(wts.size()), dx(x0.size()), dnw(nw.size());
+    GuardedBuffer<uint16_t> da(x0.size());
+    dids.upload(ids);
+    dy.upload(y);
+    dw.upload(wts);
+    dnw.upload(nw);
+    cuda::MoePermuteParams pp;
+    pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = 16;
+    pp.expert_ids = dids.data(), pp.workspace = dws.data();
+    cuda::run_moe_permute(pp, nullptr);
+    cuda::MoeUnpermuteParams up;
+    up.num_tokens = T, up.top_k = K, up.hidden = H, up.num_experts = E;
+    up.workspace = dws.data(), up.weights = dw.data(), up.y = dy.data(), up.out = dx.data();
+    up.accumulate = true;
+    // Separate launches.
+    dx.upload(x0);
+    da.poison();
+    cuda::run_moe_unpermute(up, nullptr);
+    cuda::RmsNormParams np;
+    np.rows = T, np.dim = H, np.x = dx.data(), np.weight = dnw.data(), np.eps = 1e-6f;
+    np.y = dev<cuda::bf16>(da);
+    cuda::run_rmsnorm(np, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto x_sep = dx.to_host();
+    const auto a_sep = da.to_host();
+    // Fused.
+    dx.upload(x0);
+    da.poison();
+    up.norm_weight = dnw.data(), up.eps = 1e-6f, up.normed = dev<cuda::bf16>(da);
+    cuda::run_moe_unpermute(up, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto x_fused = dx.to_host();
+    const auto a_fused = da.to_host();
+    for (size_t i = 0; i < x_sep.size(); ++i) {
+      ASSERT_EQ(x_fused[i], x_sep[i]) << what << " residual " << i;
+      ASSERT_EQ(a_fused[i], a_sep[i]) << what << " normed " << i;
+    }
+    EXPECT_TRUE(dx.guards_intact() && da.guards_intact() && dy.guards_intact()) << what;
+  }
+  // Refusals: the fused norm needs accumulation and rows of at most kRmsNormMaxFusedDim.
+  cuda::MoeUnpermuteParams bad;
+  GuardedBuffer<int> dws(cuda::moe_permute_workspace_ints(4, 4));
+  GuardedBuffer<float> f(8192);
+  GuardedBuffer<uint16_t> a(8192);
+  bad.num_tokens = 1, bad.top_k = 4, bad.hidden = cuda::kRmsNormMaxFusedDim + 1, bad.num_experts = 4;
+  bad.workspace = dws.data(), bad.weights = f.data(), bad.y = f.data(), bad.out = f.data();
+  bad.norm_weight = f.data(), bad.normed = dev<cuda::bf16>(a);
+  EXPECT_THROW(cuda::run_moe_unpermute(bad, nullptr), Error);
+  bad.hidden = 64;
+  bad.accumulate = false;
+  EXPECT_THROW(cuda::run_moe_unpermute(bad, nullptr), Error);
 #endif
 }
 
