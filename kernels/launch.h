@@ -20,7 +20,7 @@ bool pdl_enabled();
 struct LaunchOptions {
   size_t smem = 0;
   bool pdl = false;    // the kernel calls pdl_wait() first (see above); ignored on stream 0
-  int cluster_z = 1;   // thread-block clusters of (1, 1, cluster_z) CTAs
+  dim3 cluster{1, 1, 1};  // thread-block cluster shape (1 x 1 x 1: no clusters)
 };
 
 template <typename... Params, typename... Args>
@@ -37,11 +37,11 @@ void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, const Launc
     attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[n++].val.programmaticStreamSerializationAllowed = 1;
   }
-  if (o.cluster_z > 1) {
+  if (o.cluster.x * o.cluster.y * o.cluster.z > 1) {
     attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = 1;
-    attr[n].val.clusterDim.y = 1;
-    attr[n++].val.clusterDim.z = unsigned(o.cluster_z);
+    attr[n].val.clusterDim.x = o.cluster.x;
+    attr[n].val.clusterDim.y = o.cluster.y;
+    attr[n++].val.clusterDim.z = o.cluster.z;
   }
   cfg.attrs = attr;
   cfg.numAttrs = n;

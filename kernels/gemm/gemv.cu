@@ -26,7 +26,7 @@ void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cuda
             Args... args) {
   LaunchOptions o;
   o.pdl = pdl;
-  o.cluster_z = cluster_z ? int(grid.z) : 1;
+  if (cluster_z) o.cluster = dim3(1, 1, grid.z);
   launch_kernel(kernel, grid, dim3(kGvThreads), o, stream, args...);
 }
 

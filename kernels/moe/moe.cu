@@ -40,8 +40,8 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
 }
 
 int moe_route_decode_max_tokens(int num_experts) {
-  constexpr int kScoreBytes = 28 << 10;  // dynamic shared memory left beside the static 17 KB
-  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (4 * std::max(num_experts, 1)));
+  constexpr int kScoreBytes = 40 << 10;  // dynamic shared memory left beside the static ~5 KB
+  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (8 * std::max(num_experts, 1)));
 }
 
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
@@ -66,7 +66,7 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   MoePermuteView v = moe_permute_view(p.workspace, local + (r.shared_expert >= 0),
                                       int64_t(r.num_tokens) * stride);
   const int grid = ceil_div(r.num_experts, moe::kRouteExpertsPerCta);
-  const size_t smem = size_t(r.num_tokens) * r.num_experts * sizeof(float);
+  const size_t smem = size_t(2) * r.num_tokens * r.num_experts * sizeof(float);
   launch_kernel(moe::moe_route_decode_kernel, grid, 1024, LaunchOptions{smem, true}, stream, p, v);
 }
 
@@ -169,11 +169,15 @@ void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream) {
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
   KIMI_CHECK(p.top_k <= 32, "moe unpermute top_k ", p.top_k);
   if (p.norm_weight) {
-    KIMI_CHECK(p.normed && p.accumulate && p.hidden <= kRmsNormMaxFusedDim,
+    KIMI_CHECK(p.normed && p.accumulate && p.hidden <= kMoeUnpermuteNormMaxHidden,
                "moe unpermute: the fused norm needs its output, accumulation and hidden <= ",
-               kRmsNormMaxFusedDim, " (hidden ", p.hidden, ")");
-    launch_kernel(moe::moe_unpermute_norm_kernel, p.num_tokens, norm::kThreads, LaunchOptions{0, true},
-                  stream, p, v.pair_row);
+               kMoeUnpermuteNormMaxHidden, " (hidden ", p.hidden, ")");
+    const int cols = ceil_div(p.hidden, moe::kUnpermuteNormCtas);
+    LaunchOptions o;
+    o.pdl = true;
+    o.cluster = dim3(moe::kUnpermuteNormCtas, 1, 1);
+    launch_kernel(moe::moe_unpermute_norm_kernel, dim3(moe::kUnpermuteNormCtas, p.num_tokens),
+                  ceil_div(cols, 32) * 32, o, stream, p, v.pair_row);
     return;
   }
   const dim3 grid(p.num_tokens, ceil_div(p.hidden, moe::kUnpermuteThreads));

@@ -14,9 +14,11 @@
 //   SWIGLU: the B tile holds the 64 gate rows and the matching 64 up rows of W13, so the epilogue
 //   computes SiLU(g)·u in fp32 before the single bf16 store.
 // moe_unpermute_kernel: a CTA per (token, 128 columns), fp32 weighted sum of the token's K rows.
-// moe_unpermute_norm_kernel: a CTA per token, the same sum plus the next block's RMSNorm.
+// moe_unpermute_norm_kernel: a cluster of 8 CTAs per token, the same sum plus the next block's
+//   RMSNorm (sums of squares over the cluster's shared memory).
 #pragma once
 
+#include <cooperative_groups.h>
 #include <mma.h>
 
 #include <climits>
@@ -238,11 +240,62 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
   }
 }
 
+// Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
+// (same order, ties, NaN rule and weight arithmetic) but no serial rounds: every (token, expert)
+// scores once, then counts the experts that beat it (higher, or equal with a lower index); the
+// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; ids,
+// chosen: T·K. Leaves expert_ids / weights written (visible to the CTA after a barrier).
+__device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
+                                                 int* chosen_e, float* chosen_s) {
+  const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+  for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
+    chosen_e[i] = -1;  // fewer than K finite scores: the rest stay empty
+    chosen_s[i] = 0.f;
+  }
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const float s = 1.f / (1.f + expf(-__ldcg(p.logits + i)));
+    sig[i] = s;
+    sel[i] = s + p.correction_bias[i % E];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const int t = i / E, e = i % E;
+    const float v = sel[i];
+    if (v != v) continue;  // NaN: never chosen
+    const float* row = sel + t * E;
+    int rank = 0;
+    for (int j = 0; j < E && rank < K; ++j) {
+      const float w = row[j];
+      rank += w > v || (w == v && j < e);
+    }
+    if (rank < K) {
+      chosen_e[t * K + rank] = e;
+      chosen_s[t * K + rank] = sig[i];
+    }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
+    const int t = i / K, k = i % K;
+    float wsum = 0.f;
+    for (int j = 0; j < K; ++j) wsum += chosen_s[t * K + j];  // in choice order, as route_token
+    const int e = chosen_e[i];
+    const int local = e - p.expert_first;
+    const bool here = e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+    p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
+    p.weights[int64_t(t) * stride + k] =
+        chosen_s[i] * (p.renormalize ? p.scaling / wsum : p.scaling);
+    if (k == 0 && p.shared_expert >= 0) {
+      p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
+      p.weights[int64_t(t) * stride + K] = 1.f;
+    }
+  }
+}
+
 // Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
 // one launch. CTA c computes the logits of experts 4c..4c+3 for every token (8 warps per
 // expert split k; fp32 router and input, partial sums added in a fixed order), publishes them
-// and takes a ticket; the CTA with the last ticket routes every token (a warp per token, as
-// moe_route_kernel) and permutes (permute_few), then resets the ticket for the next launch.
+// and takes a ticket; the CTA with the last ticket routes every token (route_tokens_cta) and
+// permutes (permute_few), then resets the ticket for the next launch.
 // With the RMSNorm fused in, every CTA first reduces each token's sum of squares (a warp per
 // token), folds the norm weight into the router row and the scale into the sum, and writes its
 // share of the bf16 normed rows.
@@ -253,10 +306,12 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
                                                                 MoePermuteView v) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
-  extern __shared__ float sel_smem[];  // [T][E] selection scores of the routing CTA
+  extern __shared__ float sel_smem[];  // [2][T][E] selection scores and sigmoids of the routing CTA
   __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
   __shared__ float inv_rms[kRouteDecodeMaxTokens];
   __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];
+  __shared__ int chosen_e[kRouteDecodeMaxTokens * 32];
+  __shared__ float chosen_s[kRouteDecodeMaxTokens * 32];
   __shared__ bool last;
   const MoeRouteParams& r = p.route;
   const int T = r.num_tokens, E = r.num_experts, H = p.hidden;
@@ -321,14 +376,14 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
       if (norm) sum *= inv_rms[t];
       const_cast<float*>(r.logits)[int64_t(t) * E + eg] = sum;  // this launch produces them
     }
+    __threadfence();  // the logits reach L2 before the ticket
   }
-  __threadfence();  // the logits reach L2 before the ticket
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(p.ticket, 1) == int(gridDim.x) - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
-  if (warp < T) route_token(r, warp, lane, sel_smem + warp * E);
+  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s);
   __syncthreads();  // expert ids written by this CTA: visible to its threads
   const int stride = r.top_k + (r.shared_expert >= 0);
   const int El = r.local_experts ? r.local_experts : E;
@@ -507,44 +562,55 @@ __global__ void __launch_bounds__(kUnpermuteThreads) moe_unpermute_kernel(MoeUnp
   *o = p.accumulate ? *o + acc : acc;
 }
 
-// out[t] += Σ_k w · y[row_k], then normed[t] = bf16(RMSNorm(out[t]) · norm_weight): a CTA of
-// norm::kThreads per token, column d = tid + i · kThreads as in rmsnorm_kernel, so the normed
-// row has the same bits as run_rmsnorm's.
-__global__ void __launch_bounds__(norm::kThreads) moe_unpermute_norm_kernel(MoeUnpermuteParams p,
-                                                                           const int* pair_row) {
+// out[t] += Σ_k w · y[row_k], then normed[t] = bf16(RMSNorm(out[t]) · norm_weight): a cluster of
+// kUnpermuteNormCtas CTAs per token, CTA r owning a contiguous column slice (one column per
+// thread); the slices' sums of squares meet through distributed shared memory in rank order.
+constexpr int kUnpermuteNormCtas = 8;
+__global__ void __launch_bounds__(1024) moe_unpermute_norm_kernel(MoeUnpermuteParams p,
+                                                                  const int* pair_row) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
-  const int t = blockIdx.x, K = p.top_k, H = p.hidden, tid = threadIdx.x;
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int t = blockIdx.y, K = p.top_k, H = p.hidden, tid = threadIdx.x;
+  const int cols = (H + kUnpermuteNormCtas - 1) / kUnpermuteNormCtas;
+  const int d = int(cluster.block_rank()) * cols + tid;
+  const bool mine = tid < cols && d < H;
   __shared__ int rows[32];
   __shared__ float w[32];
+  __shared__ float warp_ss[32];
+  __shared__ float cta_ss;
   if (tid < K) {
     rows[tid] = pair_row[int64_t(t) * K + tid];
     w[tid] = p.weights[int64_t(t) * K + tid];
   }
   __syncthreads();
-  float* out = p.out + int64_t(t) * H;
-  float v[norm::kPerThread];
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < norm::kPerThread; ++i) {
-    const int d = tid + i * norm::kThreads;
-    v[i] = 0.f;
-    if (d < H) {
-      float acc = 0.f;
-      for (int k = 0; k < K; ++k)
-        if (rows[k] >= 0) acc += w[k] * p.y[int64_t(rows[k]) * H + d];
-      v[i] = out[d] + acc;
-      out[d] = v[i];
-    }
-    ss += v[i] * v[i];
+  float v = 0.f;
+  if (mine) {
+    float acc = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < K; ++k)
+      if (rows[k] >= 0) acc += w[k] * p.y[int64_t(rows[k]) * H + d];
+    float* o = p.out + int64_t(t) * H + d;
+    v = *o + acc;
+    *o = v;
   }
-  const float inv = norm::cta_inv_rms(ss, H, p.eps);
-  bf16* y = p.normed + int64_t(t) * H;
+  float ss = v * v;
 #pragma unroll
-  for (int i = 0; i < norm::kPerThread; ++i) {
-    const int d = tid + i * norm::kThreads;
-    if (d < H) y[d] = __float2bfloat16(v[i] * inv * p.norm_weight[d]);
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (tid % 32 == 0) warp_ss[tid / 32] = ss;
+  __syncthreads();
+  if (tid == 0) {
+    float c = 0.f;
+    for (int i = 0; i < int(blockDim.x) / 32; ++i) c += warp_ss[i];
+    cta_ss = c;
   }
+  cluster.sync();
+  float total = 0.f;
+  for (int r = 0; r < kUnpermuteNormCtas; ++r) total += *cluster.map_shared_rank(&cta_ss, r);
+  cluster.sync();  // no CTA leaves while a peer may still read its cta_ss
+  const float inv = rsqrtf(total / float(H) + p.eps);
+  if (mine) p.normed[int64_t(t) * H + d] = __float2bfloat16(v * inv * p.norm_weight[d]);
 }
 
 }  // namespace kimi::cuda::moe

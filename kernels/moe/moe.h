@@ -77,7 +77,7 @@ struct MoeRouteDecodeParams {
   int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
   int* ticket = nullptr;
 };
-// Most tokens the fused launch takes for E experts (its shared memory holds T·E scores).
+// Most tokens the fused launch takes for E experts (its shared memory holds 2·T·E scores).
 int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
 
@@ -184,12 +184,14 @@ struct MoeUnpermuteParams {
   float* out = nullptr;            // [T, hidden]
   bool accumulate = true;          // out += Σ (else out = Σ)
   // The next block's RMSNorm fused in (accumulate only: out is then the whole residual row):
-  // normed = bf16(RMSNorm(out) · norm_weight), bit for bit what run_rmsnorm writes. One CTA per
-  // token (hidden <= 4096): for decode-sized steps, where it saves the norm's launch.
+  // normed = bf16(RMSNorm(out) · norm_weight), what run_rmsnorm writes up to the order of the
+  // sum of squares (within one bf16 ulp). A cluster of 8 CTAs per token (hidden <=
+  // kMoeUnpermuteNormMaxHidden): for decode-sized steps, where it saves the norm's launch.
   const float* norm_weight = nullptr;  // [hidden]
   float eps = 1e-5f;
   bf16* normed = nullptr;              // [T, hidden]
 };
 void run_moe_unpermute(const MoeUnpermuteParams& p, cudaStream_t stream);
+constexpr int kMoeUnpermuteNormMaxHidden = 8 * 1024;
 
 }  // namespace kimi::cuda

@@ -11,11 +11,10 @@ __device__ inline float load_f(const float* p) { return *p; }
 __device__ inline float load_f(const bf16* p) { return __bfloat162float(*p); }
 
 constexpr int kThreads = 256;
-constexpr int kPerThread = kRmsNormMaxFusedDim / kThreads;  // rows up to 4096 values stay in registers
+constexpr int kPerThread = 16;  // rows up to 256 · 16 = 4096 values stay in registers
 
 // 1 / sqrt(mean(x²) + eps) of a row from each thread's partial sum of squares (a kThreads CTA):
-// lanes by xor butterfly, then warps in order, so every kernel that normalises a row through
-// this (rmsnorm_kernel, the fused MoE un-permute) gets the same bits.
+// lanes by xor butterfly, then warps in order.
 __device__ __forceinline__ float cta_inv_rms(float ss, int dim, float eps) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);

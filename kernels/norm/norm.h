@@ -31,8 +31,5 @@ struct RmsNormParams {
   float eps = 1e-5f;
 };
 void run_rmsnorm(const RmsNormParams& p, cudaStream_t stream);
-// Widest row the kernels that fuse a norm into their epilogue take (one CTA per row, the row in
-// registers; see norm.cuh).
-constexpr int kRmsNormMaxFusedDim = 4096;
 
 }  // namespace kimi::cuda

@@ -376,7 +376,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   up.accumulate = m.tp.rank == 0;  // see residual_beta
   const bool fuse_next = fuse_norm && next_norm && m.tp.world == 1 &&
                          (fuse || c.num_shared_experts == 0) &&
-                         hid <= cuda::kRmsNormMaxFusedDim;
+                         hid <= cuda::kMoeUnpermuteNormMaxHidden;
   if (fuse_next) {
     up.norm_weight = next_norm;
     up.eps = c.rms_norm_eps;

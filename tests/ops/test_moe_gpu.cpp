@@ -405,6 +405,9 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
       for (float& v : x) v *= 7.f;
     auto router = random_f32(rng, size_t(c.E) * c.H, -0.1f, 0.1f);
     auto bias = random_f32(rng, c.E, -0.3f, 0.3f);
+    // An exact tie that is always chosen: experts 1 and 2 score the same (ties go to the lower).
+    std::copy_n(&router[size_t(c.H)], c.H, &router[size_t(2) * c.H]);
+    bias[1] = bias[2] = 10.f;
     const auto norm_w = random_f32(rng, c.H, 0.5f, 1.5f);
     constexpr float kEps = 1e-6f;
     std::vector<float> xn = x;  // the router's input (normed in double when the norm is fused)
@@ -520,15 +523,16 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
 }
 
 // The un-permute with the next block's RMSNorm fused in against the two launches it replaces
-// (run_moe_unpermute + run_rmsnorm): the residual and the bf16 normed rows bit for bit. Odd
-// widths, several tokens, pairs routed to no expert (-1).
+// (run_moe_unpermute + run_rmsnorm): the residual bit for bit, the bf16 normed rows within one
+// bf16 ulp (the sum of squares is added in another order). Odd widths, several tokens, pairs
+// routed to no expert (-1).
 TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   std::mt19937 rng(91);
   for (auto [T, E, K, H] : {std::tuple{1, 257, 9, 2304}, std::tuple{8, 257, 9, 2304},
                             std::tuple{3, 16, 4, 7}, std::tuple{5, 20, 3, 769},
-                            std::tuple{2, 64, 6, 4096}}) {
+                            std::tuple{2, 64, 6, 4096}, std::tuple{1, 9, 9, 8192}}) {
     const std::string what = str("T", T, " E", E, " K", K, " H", H);
     const int64_t R = int64_t(T) * K;
     std::vector<int> ids(static_cast<size_t>(R));
@@ -571,18 +575,23 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto x_fused = dx.to_host();
     const auto a_fused = da.to_host();
+    int differ = 0;
     for (size_t i = 0; i < x_sep.size(); ++i) {
       ASSERT_EQ(x_fused[i], x_sep[i]) << what << " residual " << i;
-      ASSERT_EQ(a_fused[i], a_sep[i]) << what << " normed " << i;
+      const float f = bf16_to_f32(a_fused[i]), r = bf16_to_f32(a_sep[i]);
+      ASSERT_LE(std::abs(f - r), std::abs(r) * (1.f / 128)) << what << " normed " << i;
+      differ += a_fused[i] != a_sep[i];
     }
+    std::printf("    [err] %-28s normed values one ulp apart: %d of %zu\n", what.c_str(), differ,
+                a_sep.size());
     EXPECT_TRUE(dx.guards_intact() && da.guards_intact() && dy.guards_intact()) << what;
   }
-  // Refusals: the fused norm needs accumulation and rows of at most kRmsNormMaxFusedDim.
+  // Refusals: the fused norm needs accumulation and rows of at most kMoeUnpermuteNormMaxHidden.
   cuda::MoeUnpermuteParams bad;
   GuardedBuffer<int> dws(cuda::moe_permute_workspace_ints(4, 4));
-  GuardedBuffer<float> f(8192);
-  GuardedBuffer<uint16_t> a(8192);
-  bad.num_tokens = 1, bad.top_k = 4, bad.hidden = cuda::kRmsNormMaxFusedDim + 1, bad.num_experts = 4;
+  GuardedBuffer<float> f(cuda::kMoeUnpermuteNormMaxHidden + 1);
+  GuardedBuffer<uint16_t> a(cuda::kMoeUnpermuteNormMaxHidden + 1);
+  bad.num_tokens = 1, bad.top_k = 4, bad.hidden = cuda::kMoeUnpermuteNormMaxHidden + 1, bad.num_experts = 4;
   bad.workspace = dws.data(), bad.weights = f.data(), bad.y = f.data(), bad.out = f.data();
   bad.norm_weight = f.data(), bad.normed = dev<cuda::bf16>(a);
   EXPECT_THROW(cuda::run_moe_unpermute(bad, nullptr), Error);
