@@ -10,9 +10,12 @@
 //     kernel (each tile shape), the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of
 //     the same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that
 //     and of the 8192³ cuBLASLt rate, same run.
+//   routing at decode T = 1, 8: the fused launch (router logits + routing + permutation, with and
+//     without the RMSNorm folded in) against the launches it replaces (RMSNorm, fp32 router GEMM,
+//     routing, permutation), per layer; CUDA graphs, the router weights rotating out of L2.
 // Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
 // weights and inputs. Every CUDA call is checked.
-// Usage: bench_moe [--quick | --prefill]   (--prefill: the prefill tables only)
+// Usage: bench_moe [--quick | --prefill | --route]   (--prefill / --route: that table only)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -28,6 +31,7 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "moe/moe.h"
+#include "norm/norm.h"
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
 
@@ -103,6 +107,73 @@ double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
     den += double(b[i]) * b[i];
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Decode routing per layer: fused launch vs the separate launches; the router (2.4 MB fp32) and
+// inputs rotate over `copies` layers' worth so they come from DRAM as in a decode step.
+void bench_route(int l2_bytes) {
+  using namespace kimi::cuda;
+  const int copies = std::max(2, 2 * l2_bytes / int(size_t(E) * H * 4) + 1);
+  DeviceBuffer<float> router(size_t(copies) * E * H), bias(E), x(size_t(copies) * 8 * H),
+      xn(size_t(8) * H), normw(H), logits(size_t(8) * E), wts(size_t(8) * (K + 1));
+  DeviceBuffer<bf16> a(size_t(8) * H);
+  DeviceBuffer<int> ids(size_t(8) * (K + 1)), ws(moe_permute_workspace_ints(E + 1, 8 * (K + 1))),
+      ticket(1);
+  fill_random(router, -0.05f, 0.05f, 11);
+  fill_random(bias, -0.1f, 0.1f, 12);
+  fill_random(x, -3.f, 3.f, 13);
+  fill_random(normw, 0.5f, 1.5f, 14);
+  CUDA_CHECK(cudaMemset(ticket.data(), 0, sizeof(int)));
+  Gemm gemm(size_t(32) << 20);
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  std::printf("\n%-8s %3s %12s %12s %12s %9s\n", "route", "T", "separate us", "fused us",
+              "fused+norm", "speedup");
+  for (int T : {1, 8}) {
+    MoeRouteParams rp;
+    rp.num_tokens = T, rp.num_experts = E, rp.top_k = K, rp.scaling = 2.446f;
+    rp.logits = logits.data(), rp.correction_bias = bias.data();
+    rp.expert_ids = ids.data(), rp.weights = wts.data(), rp.shared_expert = E;
+    auto xs = [&](int i) { return x.data() + size_t(i % copies) * 8 * H; };
+    auto rt = [&](int i) { return router.data() + size_t(i % copies) * E * H; };
+    auto separate = [&](int i, cudaStream_t s) {
+      RmsNormParams np;
+      np.rows = T, np.dim = H, np.x = xs(i), np.weight = normw.data(), np.y = a.data();
+      np.y_f32 = xn.data();
+      run_rmsnorm(np, s);
+      GemmArgs ga;
+      ga.M = T, ga.N = E, ga.K = H;
+      ga.A = reinterpret_cast<const bf16*>(xn.data()), ga.lda = H;
+      ga.B = reinterpret_cast<const bf16*>(rt(i)), ga.ldb = H;
+      ga.C = logits.data(), ga.ldc = E, ga.out = GemmOut::kF32, ga.in_f32 = true;
+      gemm.run(ga, s);
+      run_moe_route(rp, s);
+      MoePermuteParams pp;  // the shared expert as expert E, as the model runs decode steps
+      pp.num_tokens = T, pp.num_experts = E + 1, pp.top_k = K + 1, pp.block_m = 16;
+      pp.expert_ids = ids.data(), pp.workspace = ws.data();
+      run_moe_permute(pp, s);
+    };
+    auto fused = [&](bool norm) {
+      return [&, norm](int i, cudaStream_t s) {
+        MoeRouteDecodeParams dp;
+        dp.route = rp;
+        dp.x = norm ? xs(i) : xn.data();
+        dp.router = rt(i), dp.hidden = H, dp.block_m = 16;
+        dp.workspace = ws.data(), dp.ticket = ticket.data();
+        if (norm) dp.norm_weight = normw.data(), dp.normed = a.data();
+        run_moe_route_decode(dp, s);
+      };
+    };
+    separate(0, st);  // cuBLASLt plans outside the capture
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const int per_graph = 2 * copies, groups = 15;
+    const double t_sep = graph_ms(separate, per_graph, groups, st);
+    const double t_fused = graph_ms(fused(false), per_graph, groups, st);
+    const double t_norm = graph_ms(fused(true), per_graph, groups, st);
+    std::printf("%-8s %3d %12.2f %12.2f %12.2f %8.2fx\n", "decode", T, t_sep * 1e3, t_fused * 1e3,
+                t_norm * 1e3, t_sep / t_norm);
+  }
+  CUDA_CHECK(cudaStreamDestroy(st));
 }
 
 void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
@@ -250,6 +321,7 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
   const bool prefill_only = argc > 1 && std::string(argv[1]) == "--prefill";
+  const bool route_only = argc > 1 && std::string(argv[1]) == "--route";
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -261,6 +333,8 @@ int main(int argc, char** argv) {
         kExpertBytes / 1e6);
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
+    if (!prefill_only) bench_route(prop.l2CacheSize);
+    if (route_only) return 0;
     Weights w;
     if (!prefill_only) bench_decode(w, ceiling, prop.l2CacheSize, quick);
     const double gemm_ceiling = kimi::bench::gemm_ceiling_tflops();

@@ -155,8 +155,26 @@ bool Gemm::uses_small_m(const GemmArgs& a) const {
   return a.M >= 1 && a.M <= max_rows && gemv_supported(a);
 }
 
+void Gemm::run_group(const GemmArgs* a, int n, cudaStream_t stream) {
+  bool small = n >= 1 && gemv_group_supported(a, n);
+  for (int i = 0; i < n && small; ++i) small = uses_small_m(a[i]);
+  if (small) {
+    GemvOptions opt;
+    opt.num_sms = num_sms_;
+    opt.force_splits = small_m_splits_;
+    run_gemv_group(a, n, opt, stream);
+    return;
+  }
+  for (int i = 0; i < n; ++i) run(a[i], stream);
+}
+
 void Gemm::linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
                   cudaStream_t stream, float beta) {
+  run(linear_args(x, w, y, M, N, K, out, beta), stream);
+}
+
+GemmArgs Gemm::linear_args(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
+                           float beta) {
   GemmArgs a;
   a.M = M;
   a.N = N;
@@ -169,7 +187,7 @@ void Gemm::linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, Ge
   a.ldc = N;
   a.out = out;
   a.beta = beta;
-  run(a, stream);
+  return a;
 }
 
 }  // namespace kimi::cuda

@@ -71,6 +71,12 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   void run(const GemmArgs& a, cudaStream_t stream);
+  // GEMMs of one input (same A, M, K, out, alpha, beta; batch 1): one small-M launch where the
+  // small-M kernels take them all (run_gemv_group), else one run() each.
+  void run_group(const GemmArgs* a, int n, cudaStream_t stream);
+  // The GemmArgs of linear() below.
+  static GemmArgs linear_args(const bf16* x, const bf16* w, void* y, int M, int N, int K,
+                              GemmOut out, float beta = 0.f);
   // y[M, N] = x[M, K] · w[N, K]ᵀ, contiguous rows; out bf16 or fp32; beta = 1 accumulates.
   void linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
               cudaStream_t stream, float beta = 0.f);

@@ -32,15 +32,24 @@ void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cuda
 
 // Per n tile count of 8 input rows: one mma n tile up to 8 rows, else two. U: chunks in flight
 // per warp (three with two n tiles, to stay within the 128 registers of 2 CTAs per SM).
+// tiles: 32-column tiles of the launch (a.N's, or the group's).
 template <bool OUT_F32>
-void launch_mma(const GemmArgs& a, int splits, bool pdl, cudaStream_t stream) {
+void launch_mma(const GemmArgs& a, int tiles, int splits, const GemvGroup& group,
+                cudaStream_t stream) {
   const int chunks = ceil_div(a.K, kGvChunk);
   const int split_chunks = ceil_div(chunks, splits);
-  const dim3 grid(ceil_div(a.N, kGvTileCols), a.batch, splits);
+  const dim3 grid(tiles, a.batch, splits);
   if (a.M <= 8)
-    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
+    launch(gemv_mma_kernel<1, 4, OUT_F32>, grid, true, splits > 1, stream, a, split_chunks, group);
   else
-    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, pdl, splits > 1, stream, a, split_chunks);
+    launch(gemv_mma_kernel<2, 3, OUT_F32>, grid, true, splits > 1, stream, a, split_chunks, group);
+}
+
+int pick_splits(const GemmArgs& a, const GemvOptions& opt) {
+  const int chunks = ceil_div(a.K, kGvChunk);
+  return opt.force_splits > 0
+             ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks, kGemvMaxSplits})))
+             : gemv_splits(a, opt.num_sms);
 }
 
 }  // namespace
@@ -75,21 +84,52 @@ int gemv_splits(const GemmArgs& a, int num_sms) {
 
 void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
   KIMI_CHECK(gemv_supported(a), "gemv: unsupported call M ", a.M, " N ", a.N, " K ", a.K);
-  const bool f32 = a.out == GemmOut::kF32;
   if (a.in_f32) {
     launch(gemv_f32_kernel<4>, dim3(ceil_div(a.N, kF32RowsPerCta), a.batch), false, false, stream,
            a);
     return;
   }
-  const int chunks = ceil_div(a.K, kGvChunk);
-  const int splits =
-      opt.force_splits > 0
-          ? ceil_div(chunks, ceil_div(chunks, std::min({opt.force_splits, chunks, kGemvMaxSplits})))
-          : gemv_splits(a, opt.num_sms);
-  if (f32)
-    launch_mma<true>(a, splits, true, stream);
+  const int splits = pick_splits(a, opt);
+  const int tiles = ceil_div(a.N, kGvTileCols);
+  if (a.out == GemmOut::kF32)
+    launch_mma<true>(a, tiles, splits, GemvGroup{}, stream);
   else
-    launch_mma<false>(a, splits, true, stream);
+    launch_mma<false>(a, tiles, splits, GemvGroup{}, stream);
+}
+
+bool gemv_group_supported(const GemmArgs* a, int n) {
+  if (n < 1 || n > kGemvMaxGroup) return false;
+  for (int i = 0; i < n; ++i) {
+    const GemmArgs& x = a[i];
+    if (!gemv_supported(x) || x.in_f32 || x.batch != 1) return false;
+    if (x.A != a[0].A || x.M != a[0].M || x.K != a[0].K || x.lda != a[0].lda ||
+        x.out != a[0].out || x.alpha != a[0].alpha || x.beta != a[0].beta)
+      return false;
+  }
+  return true;
+}
+
+void run_gemv_group(const GemmArgs* a, int n, const GemvOptions& opt, cudaStream_t stream) {
+  KIMI_CHECK(gemv_group_supported(a, n), "gemv group: ", n, " GEMMs that cannot share a launch");
+  GemvGroup g;
+  g.count = n;
+  int tiles = 0;
+  for (int i = 0; i < n; ++i) {
+    tiles += ceil_div(a[i].N, kGvTileCols);
+    g.tile_end[i] = tiles;
+    g.B[i] = a[i].B;
+    g.C[i] = a[i].C;
+    g.N[i] = a[i].N;
+    g.ldb[i] = a[i].ldb;
+    g.ldc[i] = a[i].ldc;
+  }
+  GemmArgs all = a[0];
+  all.N = tiles * kGvTileCols;  // the split choice sees the launch's tiles
+  const int splits = pick_splits(all, opt);
+  if (a[0].out == GemmOut::kF32)
+    launch_mma<true>(a[0], tiles, splits, g, stream);
+  else
+    launch_mma<false>(a[0], tiles, splits, g, stream);
 }
 
 }  // namespace kimi::cuda

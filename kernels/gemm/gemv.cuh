@@ -24,6 +24,7 @@
 #include <cstdint>
 
 #include "gemm/gemm.h"
+#include "gemm/gemv.h"
 #include "gemm/stream_mma.cuh"
 #include "pdl.cuh"
 
@@ -76,16 +77,43 @@ __device__ __forceinline__ void gv_load_chunks(uint4 (&wv)[U][2][2], uint4 (&xv)
   gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);
 }
 
+// The GEMMs of a grouped launch (run_gemv_group): count 0 = the kernel's GemmArgs alone.
+struct GemvGroup {
+  int count = 0;
+  int tile_end[kGemvMaxGroup] = {};  // cumulative 32-column tiles
+  const bf16* B[kGemvMaxGroup] = {};
+  void* C[kGemvMaxGroup] = {};
+  int N[kGemvMaxGroup] = {}, ldb[kGemvMaxGroup] = {}, ldc[kGemvMaxGroup] = {};
+};
+
 // NT: n tiles of 8 input rows; U: k chunks per warp in flight.
 template <int NT, int U, bool OUT_F32>
-__global__ void __launch_bounds__(kGvThreads, 2) gemv_mma_kernel(GemmArgs a, int split_chunks) {
+__global__ void __launch_bounds__(kGvThreads, 2)
+    gemv_mma_kernel(GemmArgs a, int split_chunks, GemvGroup group) {
   static_assert(NT == 1 || NT == 2, "n tiles");
   constexpr int kItems = 2 * NT * 4 * 32;  // outputs of a CTA: [rg][nt][j][lane]
   __shared__ float red[kGvWarps][kItems];
   __shared__ float part[kItems];  // this CTA's k-split sums, read by cluster rank 0
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-  const int n0 = blockIdx.x * kGvTileCols, b = blockIdx.y, split = blockIdx.z;
+  int tile = blockIdx.x;
+  if (group.count > 0) {  // this CTA's GEMM of the group
+    int begin = 0, local = -1;
+#pragma unroll
+    for (int s = 0; s < kGemvMaxGroup; ++s) {
+      if (s < group.count && local < 0 && tile < group.tile_end[s]) {
+        a.B = group.B[s];
+        a.C = group.C[s];
+        a.N = group.N[s];
+        a.ldb = group.ldb[s];
+        a.ldc = group.ldc[s];
+        local = tile - begin;
+      }
+      if (s < group.count) begin = group.tile_end[s];
+    }
+    tile = local;
+  }
+  const int n0 = tile * kGvTileCols, b = blockIdx.y, split = blockIdx.z;
   const int splits = gridDim.z;
   const int M = a.M, N = a.N;
   const bf16* W = a.B + int64_t(b) * a.stride_b;

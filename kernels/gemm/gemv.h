@@ -40,6 +40,14 @@ bool gemv_supported(const GemmArgs& a);
 // no synchronisation, no device query.
 void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream);
 
+// Several projections of one input in one launch (a decode step's q/k/v, f/g low-rank and beta
+// projections read the same normed row): up to kGemvMaxGroup GEMMs that differ only in B, C, N,
+// ldb and ldc, each gemv_supported, bf16 B [N, K], batch 1. The launch walks their 32-column
+// tiles in order; each output is what run_gemv would write for it alone.
+inline constexpr int kGemvMaxGroup = 4;
+bool gemv_group_supported(const GemmArgs* a, int n);
+void run_gemv_group(const GemmArgs* a, int n, const GemvOptions& opt, cudaStream_t stream);
+
 // The k splits run_gemv would use for the B [N, K] bf16 kernel (1 for the other two).
 int gemv_splits(const GemmArgs& a, int num_sms);
 

@@ -243,10 +243,10 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
 // (same order, ties, NaN rule and weight arithmetic) but no serial rounds: every (token, expert)
 // scores once, then counts the experts that beat it (higher, or equal with a lower index); the
-// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; ids,
-// chosen: T·K. Leaves expert_ids / weights written (visible to the CTA after a barrier).
+// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; chosen:
+// T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the permutation (after a barrier).
 __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
-                                                 int* chosen_e, float* chosen_s) {
+                                                 int* chosen_e, float* chosen_s, int* ids_smem) {
   const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
     chosen_e[i] = -1;  // fewer than K finite scores: the rest stay empty
@@ -281,72 +281,107 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float*
     const int e = chosen_e[i];
     const int local = e - p.expert_first;
     const bool here = e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-    p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
+    p.expert_ids[int64_t(t) * stride + k] = ids_smem[t * stride + k] = here ? local : -1;
     p.weights[int64_t(t) * stride + k] =
         chosen_s[i] * (p.renormalize ? p.scaling / wsum : p.scaling);
     if (k == 0 && p.shared_expert >= 0) {
-      p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
+      p.expert_ids[int64_t(t) * stride + K] = ids_smem[t * stride + K] = p.shared_expert;
       p.weights[int64_t(t) * stride + K] = 1.f;
     }
   }
 }
 
 // Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
-// one launch. CTA c computes the logits of experts 4c..4c+3 for every token (8 warps per
-// expert split k; fp32 router and input, partial sums added in a fixed order), publishes them
-// and takes a ticket; the CTA with the last ticket routes every token (route_tokens_cta) and
-// permutes (permute_few), then resets the ticket for the next launch.
-// With the RMSNorm fused in, every CTA first reduces each token's sum of squares (a warp per
-// token), folds the norm weight into the router row and the scale into the sum, and writes its
-// share of the bf16 normed rows.
+// one launch, built to have few dependent memory round trips (the kernel is latency-bound).
+// CTA c computes the logits of experts 4c..4c+3 for every token, 8 warps per expert splitting
+// k; each thread loads its router (and norm weight) pieces into registers before waiting for
+// the previous kernel (constant data: that DRAM latency overlaps it). Partial sums are added in
+// a fixed order. The CTA then publishes its logits and takes a ticket; the CTA with the last
+// ticket routes every token (route_tokens_cta) and permutes (permute_few), then resets the
+// ticket for the next launch. With the RMSNorm fused in, 4 warps per token first reduce its sum
+// of squares, the norm weight multiplies the router row and 1/rms the sum, and each CTA writes
+// its share of the bf16 normed rows.
 constexpr int kRouteDecodeMaxTokens = 8;
 constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
 constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
+constexpr int kRouteRegK4 = 4;  // float4 router pieces per thread in registers (H <= 4096: all)
+constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
                                                                 MoePermuteView v) {
-  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
-  pdl_wait();
   extern __shared__ float sel_smem[];  // [2][T][E] selection scores and sigmoids of the routing CTA
   __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
+  __shared__ float ss_part[kRouteDecodeMaxTokens][4];
   __shared__ float inv_rms[kRouteDecodeMaxTokens];
   __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];
   __shared__ int chosen_e[kRouteDecodeMaxTokens * 32];
   __shared__ float chosen_s[kRouteDecodeMaxTokens * 32];
   __shared__ bool last;
   const MoeRouteParams& r = p.route;
-  const int T = r.num_tokens, E = r.num_experts, H = p.hidden;
+  const int T = r.num_tokens, E = r.num_experts, H = p.hidden, n4 = H / 4;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool norm = p.norm_weight != nullptr;
+  const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert;
+  const int e = blockIdx.x * kRouteExpertsPerCta + ew;
+  const int k4_0 = wk * 32 + lane;
+  const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e < E ? e : 0) * H);
+  const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
+  float4 wreg[kRouteRegK4];
+#pragma unroll
+  for (int j = 0; j < kRouteRegK4; ++j) {
+    const int k4 = k4_0 + j * kRouteK4Step;
+    wreg[j] = e < E && k4 < n4 ? __ldg(w + k4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (norm && e < E && k4 < n4) {
+      const float4 n = __ldg(nw + k4);
+      wreg[j] = make_float4(wreg[j].x * n.x, wreg[j].y * n.y, wreg[j].z * n.z, wreg[j].w * n.w);
+    }
+  }
+  pdl_launch_dependents();  // PDL (launch.h): x, logits and the workspace come after the wait
+  pdl_wait();
   if (norm) {
-    if (warp < T) {
-      const float4* x = reinterpret_cast<const float4*>(p.x + int64_t(warp) * H);
+    if (warp < 4 * T) {
+      const int t = warp / 4, q = warp % 4;
+      const float4* x = reinterpret_cast<const float4*>(p.x + int64_t(t) * H);
       float ss = 0.f;
-      for (int k4 = lane; k4 < H / 4; k4 += 32) {
-        const float4 xv = __ldg(x + k4);
+#pragma unroll 5
+      for (int k4 = q * 32 + lane; k4 < n4; k4 += 128) {
+        const float4 xv = __ldcg(x + k4);
         ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) inv_rms[warp] = rsqrtf(ss / float(H) + p.eps);
+      if (lane == 0) ss_part[t][q] = ss;
     }
+    __syncthreads();
+    if (threadIdx.x < T)
+      inv_rms[threadIdx.x] = rsqrtf((ss_part[threadIdx.x][0] + ss_part[threadIdx.x][1] +
+                                     ss_part[threadIdx.x][2] + ss_part[threadIdx.x][3]) / float(H) +
+                                    p.eps);
     __syncthreads();
     const int cols = (H + gridDim.x - 1) / gridDim.x, d0 = blockIdx.x * cols;
     for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
       const int t = i / cols, d = d0 + i % cols;
       if (d < H)
         p.normed[int64_t(t) * H + d] =
-            __float2bfloat16(p.x[int64_t(t) * H + d] * inv_rms[t] * p.norm_weight[d]);
+            __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
     }
   }
-  const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert;
-  const int e = blockIdx.x * kRouteExpertsPerCta + ew;
   float acc[kRouteDecodeMaxTokens];
 #pragma unroll
   for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
   if (e < E) {
-    const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e) * H);
-    const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
-    for (int k4 = wk * 32 + lane; k4 < H / 4; k4 += 32 * kRouteWarpsPerExpert) {
+#pragma unroll
+    for (int j = 0; j < kRouteRegK4; ++j) {
+      const int k4 = k4_0 + j * kRouteK4Step;
+      if (k4 < n4) {
+#pragma unroll
+        for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
+          if (t >= T) break;
+          const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
+          acc[t] += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
+        }
+      }
+    }
+    for (int k4 = k4_0 + kRouteRegK4 * kRouteK4Step; k4 < n4; k4 += kRouteK4Step) {  // H > 4096
       float4 wv = __ldg(w + k4);
       if (norm) {
         const float4 n = __ldg(nw + k4);
@@ -355,7 +390,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
 #pragma unroll
       for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
         if (t >= T) break;
-        const float4 xv = __ldg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
+        const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
         acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
       }
     }
@@ -383,14 +418,11 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   __syncthreads();
   if (!last) return;
   __threadfence();
-  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s);
-  __syncthreads();  // expert ids written by this CTA: visible to its threads
+  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
+  __syncthreads();
   const int stride = r.top_k + (r.shared_expert >= 0);
   const int El = r.local_experts ? r.local_experts : E;
-  const int pairs = T * stride;
-  for (int i = threadIdx.x; i < pairs; i += blockDim.x) pair_ids[i] = r.expert_ids[i];
-  __syncthreads();
-  permute_few(pairs, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
+  permute_few(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
   if (threadIdx.x == 0) *p.ticket = 0;
 }
 

@@ -74,9 +74,13 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
   const int T = s.T, H = c.kda_num_heads, D = kKdaHeadDim, HD = H * D, hid = c.hidden_size;
   auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
-  g.linear(A.a, w.qkv, A.qkv, T, 3 * HD, hid, GemmOut::kBF16, m.stream);
-  g.linear(A.a, w.fg_a, A.low, T, 2 * D, hid, GemmOut::kBF16, m.stream);
-  g.linear(A.a, w.b, A.bb, T, H, hid, GemmOut::kBF16, m.stream);
+  {  // q/k/v, the f/g low-rank halves and beta read the same input: one launch at decode
+    const GemmArgs proj[] = {
+        cuda::Gemm::linear_args(A.a, w.qkv, A.qkv, T, 3 * HD, hid, GemmOut::kBF16),
+        cuda::Gemm::linear_args(A.a, w.fg_a, A.low, T, 2 * D, hid, GemmOut::kBF16),
+        cuda::Gemm::linear_args(A.a, w.b, A.bb, T, H, hid, GemmOut::kBF16)};
+    g.run_group(proj, 3, m.stream);
+  }
   {  // f = W_fb (W_fa a), z = W_gb (W_ga a): one launch, batch 2 (A.z follows A.f in the arena)
     GemmArgs ga;
     ga.M = T;

@@ -12,6 +12,7 @@
 
 #if KIMI_HAVE_CUDA
 #include "gemm/gemm.h"
+#include "gemm/gemv.h"
 #endif
 
 namespace kimi::test {
@@ -382,6 +383,101 @@ TEST(GemmGpu, SmallMModelShapes) {
 // Dependent small-M calls back to back on a stream (programmatic dependent launch: each kernel's
 // weight prologue overlaps the previous kernel) and replayed from a CUDA graph must give the
 // bits of the same calls run one at a time on the legacy stream (no overlap).
+// Grouped small-M launch (Gemm::run_group): three projections of one input, odd widths, both
+// output types, accumulation. With the k split fixed, each output equals its separate call bit
+// for bit; with the split chosen per launch (from the group's tile count), within summation
+// order. A group the kernel cannot share (different K) runs as separate calls.
+TEST(GemmGpu, SmallMGroupEqualsSeparateCalls) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(35);
+  for (int M : {1, 3, 8, 16})
+    for (int K : {136, 2304})
+      for (cuda::GemmOut out : {cuda::GemmOut::kBF16, cuda::GemmOut::kF32})
+        for (float beta : {0.f, 1.f}) {
+          const bool f32 = out == cuda::GemmOut::kF32;
+          const int Ns[3] = {1000, 33, 7};
+          GuardedBuffer<uint16_t> x(size_t(M) * K);
+          x.upload(random_bf16(rng, x.size(), -1.f, 1.f));
+          std::vector<GuardedBuffer<uint16_t>> w;
+          std::vector<GuardedBuffer<float>> y32;
+          std::vector<GuardedBuffer<uint16_t>> y16;
+          std::vector<std::vector<float>> y0;
+          for (int i = 0; i < 3; ++i) {
+            w.emplace_back(size_t(Ns[i]) * K);
+            w[i].upload(random_bf16(rng, w[i].size(), -0.1f, 0.1f));
+            y0.push_back(random_f32(rng, size_t(M) * Ns[i], -1.f, 1.f));
+            y32.emplace_back(f32 ? y0[i].size() : 0);
+            y16.emplace_back(f32 ? 0 : y0[i].size());
+          }
+          auto reset = [&]() {
+            for (int i = 0; i < 3; ++i) {
+              if (f32) {
+                y32[i].upload(y0[i]);
+              } else {
+                std::vector<uint16_t> h(y0[i].size());
+                for (size_t j = 0; j < h.size(); ++j) h[j] = f32_to_bf16(y0[i][j]);
+                y16[i].upload(h);
+              }
+            }
+          };
+          auto args = [&](int i) {
+            void* c = f32 ? static_cast<void*>(y32[i].data()) : static_cast<void*>(y16[i].data());
+            return cuda::Gemm::linear_args(dev<bf16>(x), dev<bf16>(w[i]), c, M, Ns[i], K, out, beta);
+          };
+          auto outputs = [&]() {
+            CUDA_CHECK(cudaDeviceSynchronize());
+            std::vector<float> v;
+            for (int i = 0; i < 3; ++i) {
+              const auto o = f32 ? y32[i].to_host() : bf16_to_float(y16[i].to_host());
+              v.insert(v.end(), o.begin(), o.end());
+            }
+            return v;
+          };
+          const std::string what = str("group M", M, " K", K, f32 ? " f32out" : " bf16out", " beta", beta);
+          cuda::Gemm gemm;
+          const cuda::GemmArgs group[3] = {args(0), args(1), args(2)};
+          ASSERT_TRUE(cuda::gemv_group_supported(group, 3)) << what;
+          for (int splits : {2, 0}) {  // fixed, then chosen per launch
+            gemm.set_small_m_splits(splits);
+            reset();
+            for (int i = 0; i < 3; ++i) gemm.run(args(i), nullptr);
+            const auto separate = outputs();
+            reset();
+            gemm.run_group(group, 3, nullptr);
+            const auto grouped = outputs();
+            if (splits > 0) {
+              for (size_t j = 0; j < grouped.size(); ++j)
+                ASSERT_EQ(std::bit_cast<uint32_t>(grouped[j]), std::bit_cast<uint32_t>(separate[j]))
+                    << what << " value " << j;
+            } else {
+              expect_close(what, grouped.data(), separate.data(), separate.size(), f32 ? 1e-5 : 8e-3,
+                           f32 ? 1e-4 : 2e-2);
+            }
+          }
+          for (int i = 0; i < 3; ++i)
+            EXPECT_TRUE(w[i].guards_intact() && y32[i].guards_intact() && y16[i].guards_intact()) << what;
+        }
+  // Not shareable: a different K (or input) runs call by call, with the same results.
+  GuardedBuffer<uint16_t> x(2304), w1(64 * 2304), w2(64 * 1024);
+  GuardedBuffer<float> y1(64), y2(64), r1(64), r2(64);
+  x.upload(random_bf16(rng, x.size(), -1.f, 1.f));
+  w1.upload(random_bf16(rng, w1.size(), -0.1f, 0.1f));
+  w2.upload(random_bf16(rng, w2.size(), -0.1f, 0.1f));
+  const cuda::GemmArgs mixed[2] = {
+      cuda::Gemm::linear_args(dev<bf16>(x), dev<bf16>(w1), y1.data(), 1, 64, 2304, cuda::GemmOut::kF32),
+      cuda::Gemm::linear_args(dev<bf16>(x), dev<bf16>(w2), y2.data(), 1, 64, 1024, cuda::GemmOut::kF32)};
+  EXPECT_FALSE(cuda::gemv_group_supported(mixed, 2));
+  cuda::Gemm gemm;
+  gemm.run_group(mixed, 2, nullptr);
+  gemm.linear(dev<bf16>(x), dev<bf16>(w1), r1.data(), 1, 64, 2304, cuda::GemmOut::kF32, nullptr);
+  gemm.linear(dev<bf16>(x), dev<bf16>(w2), r2.data(), 1, 64, 1024, cuda::GemmOut::kF32, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(y1.to_host(), r1.to_host());
+  EXPECT_EQ(y2.to_host(), r2.to_host());
+#endif
+}
+
 TEST(GemmGpu, SmallMBackToBackMatchesSerial) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
