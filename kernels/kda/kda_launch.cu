@@ -8,11 +8,14 @@ namespace kimi::cuda {
 namespace kda {
 template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
+void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
 }  // namespace kda
 
 // Measured on an H200 (docs/perf-log.md): staging S in shared memory pays from B·H = 8192 on
 // (B = 256: 78% vs 76% of the copy rate) and loses below (B = 64: 71% vs 75%).
 constexpr int kKdaDecodeSmemFromRows = 8192;
+// The persistent kernel from this many (sequence, head) items on (to be measured).
+constexpr int kKdaDecodePersistentFromRows = 1024;
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -28,6 +31,18 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.w.conv_weight && p.w.A_log && p.w.dt_bias && p.w.o_norm, "null weight pointer");
   KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight),
              "state/conv weight not 16-byte aligned");
+  // The persistent kernel stages the inputs by 16-byte cp.async: its rows must be aligned.
+  const bool persist_ok = aligned16(p.qkv) && aligned16(p.f) && aligned16(p.z) &&
+                          aligned16(p.conv_state);
+  KIMI_CHECK(p.persistent <= 0 || persist_ok,
+             "persistent decode needs 16-byte aligned qkv, f, z and conv state");
+  if (p.persistent > 0 ||
+      (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
+       p.batch * p.num_heads >= kKdaDecodePersistentFromRows)) {
+    kda::launch_kda_decode_persistent(p, stream);
+    KIMI_CHECK_LAUNCH();
+    return;
+  }
   // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
   KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
              "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);

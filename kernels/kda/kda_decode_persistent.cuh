@@ -1,0 +1,209 @@
+// KDA decode step, persistent variant for large batches (same math as kda_decode.cuh).
+//
+// One CTA of 512 threads owns a whole (sequence, head) item, so the q/k/v conv, gate and both
+// norms are done once per item: the cluster kernel repeats the q/k prep in each of a head's CTAs,
+// and that re-reading is what kept the L2 busy at large B (docs/perf-log.md). The grid is
+// persistent (2 CTAs per multiprocessor); each CTA walks a contiguous range of items in head-major
+// order, so consecutive items share the head's conv weights (L1 hits). While item i is computed and
+// written, item i+1's state and inputs (conv states, x, f, z: contiguous 16-byte chunks of the
+// head) are already in flight into shared memory by cp.async: reads stay outstanding during the
+// writes, as in a copy kernel, and no item starts with an exposed load latency.
+//
+// State layout over the threads: warp w covers value columns [32·(w&3), +32), 8 lanes per
+// 32-column row slice (128 contiguous bytes), rows 16·i + 4·(w>>2) + lane/8 for pass i = 0..7.
+// Each thread keeps its 8 float4 of S in registers from the copy out of shared memory to the
+// write. Its shared-memory slots are private (a thread reads back only what it issued), so the
+// state buffer is refilled with the next item right after that copy and one barrier.
+//
+// Launch: grid min(items, 2·SMs) balanced so every CTA gets the same number of items ±1, 512
+// threads, kKdaPersistSmem bytes of dynamic shared memory.
+#pragma once
+
+#include "kda/kda_common.cuh"
+
+namespace kimi::cuda::kda {
+
+constexpr int kPersistThreads = 512;
+constexpr int kPersistPasses = kKdaD * kKdaD / 4 / kPersistThreads;  // float4 of S per thread
+constexpr size_t kKdaPersistSmem = size_t(kPersistPasses) * kPersistThreads * sizeof(float4);
+
+// One item's inputs, staged by cp.async: 224 chunks of 16 bytes.
+struct __align__(16) KdaDecodeItemIn {
+  bf16 conv[3][kKdaD * 3];  // conv states of the head's q, k, v channels, [channel][3]
+  bf16 x[3][kKdaD];         // the token's q, k, v projections
+  bf16 f[kKdaD], z[kKdaD];
+};
+constexpr int kItemInChunks = int(sizeof(KdaDecodeItemIn) / 16);
+static_assert(sizeof(KdaDecodeItemIn) % 16 == 0 && kItemInChunks <= kPersistThreads);
+
+__global__ void __launch_bounds__(kPersistThreads, 2)
+    kda_decode_persistent_kernel(const KdaDecodeParams p) {
+  constexpr int D = kKdaD;
+  extern __shared__ float4 sm_s[];  // [kPersistPasses][512]: the next item's state, per thread
+  __shared__ KdaDecodeItemIn sm_in[2];
+  __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
+  __shared__ __align__(16) float sm_red[4][2][D];
+  __shared__ float sm_red3[4][3], sm_o2[4], sm_beta;
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int B = p.batch, H = p.num_heads, HD = H * D, C = 3 * HD;
+  const int col = (warp & 3) * 32 + (lane & 7) * 4, row0 = (warp >> 2) * 4 + (lane >> 3);
+
+  // Items it = h·B + bi; this CTA's range, balanced to ±1 item.
+  const int n = B * H, G = gridDim.x;
+  const int beg = int(int64_t(n) * blockIdx.x / G), end = int(int64_t(n) * (blockIdx.x + 1) / G);
+
+  // Issues item it's state and input loads into sm_s and `in` (nothing for a padding row).
+  auto prefetch = [&](int it, int slot, KdaDecodeItemIn& in) {
+    const int h = it / B, bi = it % B;
+    if (slot < 0) return;
+    const float* S = p.state + (size_t(slot) * H + h) * D * D + col;
+#pragma unroll
+    for (int i = 0; i < kPersistPasses; ++i)
+      cp_async16(&sm_s[i * kPersistThreads + tid], S + size_t(i * 16 + row0) * D);
+    if (tid < kItemInChunks) {
+      const bf16* src;
+      const int m = tid;
+      if (m < 144)  // conv states: 3 parts × 48 chunks of the head's 128 channels × 3 taps
+        src = p.conv_state + (size_t(slot) * C + (m / 48) * HD + h * D) * 3 + (m % 48) * 8;
+      else if (m < 192)
+        src = p.qkv + size_t(bi) * C + ((m - 144) / 16) * HD + h * D + ((m - 144) % 16) * 8;
+      else if (m < 208)
+        src = p.f + size_t(bi) * HD + h * D + (m - 192) * 8;
+      else
+        src = p.z + size_t(bi) * HD + h * D + (m - 208) * 8;
+      cp_async16(reinterpret_cast<uint4*>(&in) + m, src);
+    }
+  };
+  auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
+
+  int slot = slot_of(beg), slot_next = slot_of(beg + 1);
+  if (beg < end) prefetch(beg, slot, sm_in[0]);
+  cp_async_commit();
+
+  for (int it = beg, buf = 0; it < end; ++it, buf ^= 1) {
+    const int h = it / B, bi = it % B;
+    const int slot_next2 = slot_of(it + 2);  // used two iterations on: its latency is hidden
+    cp_async_wait<0>();
+    __syncthreads();  // item it's inputs visible to all; the last item's shared arrays consumed
+
+    if (slot < 0) {  // padding row: uniform over the CTA
+      if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
+      if (it + 1 < end) prefetch(it + 1, slot_next, sm_in[buf ^ 1]);
+      cp_async_commit();
+    } else {
+      const KdaDecodeItemIn& in = sm_in[buf];
+      float q = 0.f, k = 0.f;
+      if (tid < D) {  // q/k channel d: conv, gate; unnormalised (the norms are folded in later)
+        const int d = tid;
+        const bf16* cq = in.conv[0] + d * 3;
+        const bf16* ck = in.conv[1] + d * 3;
+        const float4 wq = __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + h * D + d);
+        const float4 wk = __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + HD + h * D + d);
+        q = silu(wq.x * to_f(cq[0]) + wq.y * to_f(cq[1]) + wq.z * to_f(cq[2]) +
+                 wq.w * to_f(in.x[0][d]));
+        k = silu(wk.x * to_f(ck[0]) + wk.y * to_f(ck[1]) + wk.z * to_f(ck[2]) +
+                 wk.w * to_f(in.x[1][d]));
+        const float gpre = to_f(in.f[d]) + __ldg(p.w.dt_bias + h * D + d);
+        const float alpha = expf(-expf(__ldg(p.w.A_log + h)) * softplus(gpre));
+        sm_ak[d] = alpha * k;
+        sm_aq[d] = alpha * q;
+        sm_k[d] = k;
+        sm_a[d] = alpha;
+        if (d == 0) sm_beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+      } else if (tid < 2 * D) {  // v channel j
+        const int j = tid - D;
+        const bf16* cv = in.conv[2] + j * 3;
+        const float4 wv =
+            __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + 2 * HD + h * D + j);
+        sm_v[j] = silu(wv.x * to_f(cv[0]) + wv.y * to_f(cv[1]) + wv.z * to_f(cv[2]) +
+                       wv.w * to_f(in.x[2][j]));
+      } else if (tid < 2 * D + 144) {  // new conv state, 16 bytes each: [tap1, tap2, x] per channel
+        const int m = tid - 2 * D, part = m / 48, e0 = (m % 48) * 8;
+        __align__(16) bf16 v8[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const int ch = (e0 + e) / 3, tap = (e0 + e) % 3;
+          v8[e] = tap < 2 ? in.conv[part][ch * 3 + tap + 1] : in.x[part][ch];
+        }
+        *reinterpret_cast<uint4*>(p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3 +
+                                  e0) = *reinterpret_cast<const uint4*>(v8);
+      }
+      if (warp < 4) {
+        const float sq = warp_sum(q * q), sk = warp_sum(k * k), sqk = warp_sum(q * k);
+        if (lane == 0) {
+          sm_red3[warp][0] = sq;
+          sm_red3[warp][1] = sk;
+          sm_red3[warp][2] = sqk;
+        }
+      }
+      __syncthreads();
+
+      // Column sums A_j = Σ α k S, C_j = Σ α q S over this thread's rows, then its warp's.
+      float4 s[kPersistPasses];
+#pragma unroll
+      for (int i = 0; i < kPersistPasses; ++i) s[i] = sm_s[i * kPersistThreads + tid];
+      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
+#pragma unroll
+      for (int i = 0; i < kPersistPasses; ++i) {
+        const int row = i * 16 + row0;
+        a = fma4(sm_ak[row], s[i], a);
+        c = fma4(sm_aq[row], s[i], c);
+      }
+      warp_sum_lanes<8>(a);
+      warp_sum_lanes<8>(c);
+      if (lane < 8) {
+        reinterpret_cast<float4*>(sm_red[warp >> 2][0])[col / 4] = a;
+        reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
+      }
+      __syncthreads();
+      // Every thread's copy out of sm_s is done: refill it with the next item, which stays in
+      // flight while this one is finished and written.
+      if (it + 1 < end) prefetch(it + 1, slot_next, sm_in[buf ^ 1]);
+      cp_async_commit();
+
+      float o = 0.f;
+      if (tid < D) {  // value column j
+        const int j = tid;
+        const float sq = sm_red3[0][0] + sm_red3[1][0] + sm_red3[2][0] + sm_red3[3][0];
+        const float sk = sm_red3[0][1] + sm_red3[1][1] + sm_red3[2][1] + sm_red3[3][1];
+        const float sqk = sm_red3[0][2] + sm_red3[1][2] + sm_red3[2][2] + sm_red3[3][2];
+        const float kScale = 0.08838834764831845f;  // 128^-1/2
+        const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
+        const float aj = (sm_red[0][0][j] + sm_red[1][0][j] + sm_red[2][0][j] + sm_red[3][0][j]) * rk;
+        const float cj = (sm_red[0][1][j] + sm_red[1][1][j] + sm_red[2][1][j] + sm_red[3][1][j]) * rq;
+        const float br = sm_beta * (sm_v[j] - aj);
+        sm_br[j] = br * rk;  // the update needs k·rk·br, and sm_k holds the unnormalised k
+        o = cj + br * (sqk * rq * rk);
+        const float o2 = warp_sum(o * o);
+        if (lane == 0) sm_o2[warp] = o2;
+      }
+      __syncthreads();
+
+      // S' = α S + k (β r)ᵀ, written straight back.
+      float* S = p.state + (size_t(slot) * H + h) * D * D + col;
+      const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col / 4];
+#pragma unroll
+      for (int i = 0; i < kPersistPasses; ++i) {
+        const int row = i * 16 + row0;
+        const float al = sm_a[row], kk = sm_k[row];
+        float4 nv;
+        nv.x = fmaf(al, s[i].x, kk * br4.x);
+        nv.y = fmaf(al, s[i].y, kk * br4.y);
+        nv.z = fmaf(al, s[i].z, kk * br4.z);
+        nv.w = fmaf(al, s[i].w, kk * br4.w);
+        __stcs(reinterpret_cast<float4*>(S + size_t(row) * D), nv);
+      }
+      if (tid < D) {
+        const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
+        p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
+                                  sigmoid(to_f(in.z[tid])));
+      }
+    }
+    slot = slot_next;
+    slot_next = slot_next2;
+  }
+  cp_async_wait<0>();  // nothing left in flight at exit
+}
+
+}  // namespace kimi::cuda::kda
