@@ -47,7 +47,7 @@ struct Weights {
 };
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
+  std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
               "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   const char* only = std::getenv("KIMI_BENCH_KDA_B");
   for (int B : {1, 8, 32, 64, 256}) {
@@ -87,13 +87,18 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.state = state.data();
     p.y = y.data();
     const double bytes = double(B) * H * D * D * 4 * 2;
-    // 0: automatic; 16, 32: the cluster kernel; 33: 32 columns with S staged in shared memory;
-    // 1: the persistent kernel.
-    for (int variant : {0, 16, 32, 33, 1}) {
-      const int cols = variant == 33 ? 32 : variant > 1 ? variant : 0;
-      p.cols_per_cta = cols;
-      p.smem_state = variant == 33 ? 1 : (variant > 1 ? 0 : -1);
-      p.persistent = variant == 0 ? -1 : variant == 1;
+    // The automatic choice, then each kernel forced: the cluster kernel with 16 or 32 columns per
+    // CTA (32smem: S staged in shared memory), the persistent kernel with 2 or 3 stages.
+    struct Variant {
+      const char* name;
+      int cols, smem_state, persistent;
+    };
+    for (const Variant& v : {Variant{"auto", 0, -1, -1}, Variant{"16", 16, 0, 0},
+                             Variant{"32", 32, 0, 0}, Variant{"32smem", 32, 1, 0},
+                             Variant{"persist2", 0, -1, 2}, Variant{"persist3", 0, -1, 3}}) {
+      p.cols_per_cta = v.cols;
+      p.smem_state = v.smem_state;
+      p.persistent = v.persistent;
       const double ms = median_ms(
           [&](int i) {
             p.slots = d_slots.data() + size_t(i % rot) * B;
@@ -121,12 +126,8 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
-      std::printf("%-10s %6d %7s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  variant == 33  ? "32smem"
-                  : variant == 1 ? "persist"
-                  : cols         ? std::to_string(cols).c_str()
-                                 : "auto",
-                  ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs, 100 * ggbs / ceiling);
+      std::printf("%-10s %6d %8s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  v.name, ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs, 100 * ggbs / ceiling);
     }
   }
 }

@@ -1,22 +1,22 @@
 // KDA decode step, persistent variant for large batches (same math as kda_decode.cuh).
 //
 // One CTA of 512 threads owns a whole (sequence, head) item, so the q/k/v conv, gate and both
-// norms are done once per item: the cluster kernel repeats the q/k prep in each of a head's CTAs,
-// and that re-reading is what kept the L2 busy at large B (docs/perf-log.md). The grid is
-// persistent (2 CTAs per multiprocessor); each CTA walks a contiguous range of items in head-major
-// order, so consecutive items share the head's conv weights (L1 hits). While item i is computed and
-// written, item i+1's state and inputs (conv states, x, f, z: contiguous 16-byte chunks of the
-// head) are already in flight into shared memory by cp.async: reads stay outstanding during the
-// writes, as in a copy kernel, and no item starts with an exposed load latency.
+// norms are done once per item (the cluster kernel repeats the q/k prep in each of a head's CTAs).
+// The grid is persistent, one CTA per multiprocessor; each CTA walks a contiguous range of items
+// in head-major order (consecutive items share the head's weights: L1 hits) through a cp.async
+// pipeline of kStages shared-memory stages: while item i is computed and written, the states and
+// inputs (conv states, x, f, z: contiguous 16-byte chunks of the head) of items i+1 .. i+kStages-1
+// are in flight. So every multiprocessor always has 64-128 KB of reads outstanding, also during
+// its writes and its barriers, where the cluster kernel's CTAs each read once, then compute, then
+// write (docs/perf-log.md).
 //
 // State layout over the threads: warp w covers value columns [32·(w&3), +32), 8 lanes per
 // 32-column row slice (128 contiguous bytes), rows 16·i + 4·(w>>2) + lane/8 for pass i = 0..7.
-// Each thread keeps its 8 float4 of S in registers from the copy out of shared memory to the
-// write. Its shared-memory slots are private (a thread reads back only what it issued), so the
-// state buffer is refilled with the next item right after that copy and one barrier.
+// Each thread copies its 8 float4 of S from its own stage slots (it reads back only what it
+// issued) into registers, which hold them until the write.
 //
-// Launch: grid min(items, 2·SMs) balanced so every CTA gets the same number of items ±1, 512
-// threads, kKdaPersistSmem bytes of dynamic shared memory.
+// Launch: grid min(items, SMs), balanced so that every CTA gets the same number of items ±1, 512
+// threads, kda_persist_smem<kStages>() bytes of dynamic shared memory.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -25,7 +25,6 @@ namespace kimi::cuda::kda {
 
 constexpr int kPersistThreads = 512;
 constexpr int kPersistPasses = kKdaD * kKdaD / 4 / kPersistThreads;  // float4 of S per thread
-constexpr size_t kKdaPersistSmem = size_t(kPersistPasses) * kPersistThreads * sizeof(float4);
 
 // One item's inputs, staged by cp.async: 224 chunks of 16 bytes.
 struct __align__(16) KdaDecodeItemIn {
@@ -36,14 +35,25 @@ struct __align__(16) KdaDecodeItemIn {
 constexpr int kItemInChunks = int(sizeof(KdaDecodeItemIn) / 16);
 static_assert(sizeof(KdaDecodeItemIn) % 16 == 0 && kItemInChunks <= kPersistThreads);
 
-__global__ void __launch_bounds__(kPersistThreads, 2)
+// One pipeline stage: an item's state (each thread's 8 float4 at [i][tid]) and inputs.
+struct KdaDecodeStage {
+  float4 s[kPersistPasses][kPersistThreads];
+  KdaDecodeItemIn in;
+};
+template <int kStages>
+constexpr size_t kda_persist_smem() {
+  return kStages * sizeof(KdaDecodeStage);
+}
+
+template <int kStages>
+__global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
-  extern __shared__ float4 sm_s[];  // [kPersistPasses][512]: the next item's state, per thread
-  __shared__ KdaDecodeItemIn sm_in[2];
+  extern __shared__ __align__(16) unsigned char sm_raw[];
+  KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
   __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
   __shared__ __align__(16) float sm_red[4][2][D];
-  __shared__ float sm_red3[4][3], sm_o2[4], sm_beta;
+  __shared__ float sm_red3[4][3], sm_o2[4];
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int B = p.batch, H = p.num_heads, HD = H * D, C = 3 * HD;
@@ -53,14 +63,15 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
   const int n = B * H, G = gridDim.x;
   const int beg = int(int64_t(n) * blockIdx.x / G), end = int(int64_t(n) * (blockIdx.x + 1) / G);
 
-  // Issues item it's state and input loads into sm_s and `in` (nothing for a padding row).
-  auto prefetch = [&](int it, int slot, KdaDecodeItemIn& in) {
-    const int h = it / B, bi = it % B;
+  // Issues item it's state and input loads into stage st: nothing for a padding row or past the
+  // end (slot -1).
+  auto prefetch = [&](int it, int slot, KdaDecodeStage& st) {
     if (slot < 0) return;
+    const int h = it / B, bi = it % B;
     const float* S = p.state + (size_t(slot) * H + h) * D * D + col;
 #pragma unroll
     for (int i = 0; i < kPersistPasses; ++i)
-      cp_async16(&sm_s[i * kPersistThreads + tid], S + size_t(i * 16 + row0) * D);
+      cp_async16(&st.s[i][tid], S + size_t(i * 16 + row0) * D);
     if (tid < kItemInChunks) {
       const bf16* src;
       const int m = tid;
@@ -72,27 +83,39 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
         src = p.f + size_t(bi) * HD + h * D + (m - 192) * 8;
       else
         src = p.z + size_t(bi) * HD + h * D + (m - 208) * 8;
-      cp_async16(reinterpret_cast<uint4*>(&in) + m, src);
+      cp_async16(reinterpret_cast<uint4*>(&st.in) + m, src);
     }
   };
   auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
 
-  int slot = slot_of(beg), slot_next = slot_of(beg + 1);
-  if (beg < end) prefetch(beg, slot, sm_in[0]);
-  cp_async_commit();
+  // Prologue: items beg .. beg + kStages - 2 in flight, one cp.async group each (empty ones too,
+  // so that the group count of the wait below holds).
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) {
+    prefetch(beg + j, slot_of(beg + j), stages[j]);
+    cp_async_commit();
+  }
+  int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
-  for (int it = beg, buf = 0; it < end; ++it, buf ^= 1) {
+  for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
     const int h = it / B, bi = it % B;
-    const int slot_next2 = slot_of(it + 2);  // used two iterations on: its latency is hidden
-    cp_async_wait<0>();
-    __syncthreads();  // item it's inputs visible to all; the last item's shared arrays consumed
+    // Scalars of item it, loaded before the wait so that their latency overlaps it.
+    const int slot = __ldg(p.slots + bi);
+    const float a_log = __ldg(p.w.A_log + h);
+    const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+    cp_async_wait<kStages - 2>();  // item it's group: the kStages - 2 newer ones stay in flight
+    // Item it's inputs visible to all; everyone is done with item it - 1 and its stage.
+    __syncthreads();
+    // Item it + kStages - 1 into the stage item it - 1 used: it is in flight during this item's
+    // compute and writes.
+    prefetch(it + kStages - 1, slot_ahead, stages[st == 0 ? kStages - 1 : st - 1]);
+    cp_async_commit();
+    slot_ahead = slot_of(it + kStages);
 
     if (slot < 0) {  // padding row: uniform over the CTA
       if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
-      if (it + 1 < end) prefetch(it + 1, slot_next, sm_in[buf ^ 1]);
-      cp_async_commit();
     } else {
-      const KdaDecodeItemIn& in = sm_in[buf];
+      const KdaDecodeItemIn& in = stages[st].in;
       float q = 0.f, k = 0.f;
       if (tid < D) {  // q/k channel d: conv, gate; unnormalised (the norms are folded in later)
         const int d = tid;
@@ -105,12 +128,11 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
         k = silu(wk.x * to_f(ck[0]) + wk.y * to_f(ck[1]) + wk.z * to_f(ck[2]) +
                  wk.w * to_f(in.x[1][d]));
         const float gpre = to_f(in.f[d]) + __ldg(p.w.dt_bias + h * D + d);
-        const float alpha = expf(-expf(__ldg(p.w.A_log + h)) * softplus(gpre));
+        const float alpha = expf(-expf(a_log) * softplus(gpre));
         sm_ak[d] = alpha * k;
         sm_aq[d] = alpha * q;
         sm_k[d] = k;
         sm_a[d] = alpha;
-        if (d == 0) sm_beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
       } else if (tid < 2 * D) {  // v channel j
         const int j = tid - D;
         const bf16* cv = in.conv[2] + j * 3;
@@ -142,7 +164,7 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
       // Column sums A_j = Σ α k S, C_j = Σ α q S over this thread's rows, then its warp's.
       float4 s[kPersistPasses];
 #pragma unroll
-      for (int i = 0; i < kPersistPasses; ++i) s[i] = sm_s[i * kPersistThreads + tid];
+      for (int i = 0; i < kPersistPasses; ++i) s[i] = stages[st].s[i][tid];
       float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
@@ -157,10 +179,6 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
         reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
       }
       __syncthreads();
-      // Every thread's copy out of sm_s is done: refill it with the next item, which stays in
-      // flight while this one is finished and written.
-      if (it + 1 < end) prefetch(it + 1, slot_next, sm_in[buf ^ 1]);
-      cp_async_commit();
 
       float o = 0.f;
       if (tid < D) {  // value column j
@@ -172,7 +190,7 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
         const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
         const float aj = (sm_red[0][0][j] + sm_red[1][0][j] + sm_red[2][0][j] + sm_red[3][0][j]) * rk;
         const float cj = (sm_red[0][1][j] + sm_red[1][1][j] + sm_red[2][1][j] + sm_red[3][1][j]) * rq;
-        const float br = sm_beta * (sm_v[j] - aj);
+        const float br = beta * (sm_v[j] - aj);
         sm_br[j] = br * rk;  // the update needs k·rk·br, and sm_k holds the unnormalised k
         o = cj + br * (sqk * rq * rk);
         const float o2 = warp_sum(o * o);
@@ -200,8 +218,6 @@ __global__ void __launch_bounds__(kPersistThreads, 2)
                                   sigmoid(to_f(in.z[tid])));
       }
     }
-    slot = slot_next;
-    slot_next = slot_next2;
   }
   cp_async_wait<0>();  // nothing left in flight at exit
 }

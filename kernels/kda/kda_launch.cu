@@ -8,7 +8,7 @@ namespace kimi::cuda {
 namespace kda {
 template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
+void launch_kda_decode_persistent(const KdaDecodeParams& p, int stages, cudaStream_t stream);
 }  // namespace kda
 
 // Measured on an H200 (docs/perf-log.md): staging S in shared memory pays from B·H = 8192 on
@@ -36,10 +36,12 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
                           aligned16(p.conv_state);
   KIMI_CHECK(p.persistent <= 0 || persist_ok,
              "persistent decode needs 16-byte aligned qkv, f, z and conv state");
+  KIMI_CHECK(p.persistent >= -1 && p.persistent <= 3, "persistent must be -1, 0, 1, 2 or 3, got ",
+             p.persistent);
   if (p.persistent > 0 ||
       (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
        p.batch * p.num_heads >= kKdaDecodePersistentFromRows)) {
-    kda::launch_kda_decode_persistent(p, stream);
+    kda::launch_kda_decode_persistent(p, p.persistent == 2 ? 2 : 3, stream);
     KIMI_CHECK_LAUNCH();
     return;
   }

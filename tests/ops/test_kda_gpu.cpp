@@ -276,12 +276,13 @@ TEST(KdaGpu, DecodeVariants) {
   run_decode_case(64, 32, 2, 17, 0, -1, 0);  // the cluster kernel where the persistent one is chosen
   run_decode_case(7, 32, 2, 18, 0, -1, 1);   // persistent, one item per CTA
 }
-// Persistent kernel with several items per CTA, ranges of unequal length, an odd head count and a
-// padding row in the middle of a CTA's range.
+// Persistent kernel (2 and 3 stages) with several items per CTA (more than the stages: the ring
+// wraps), ranges of unequal length, odd head counts and a padding row inside a CTA's range.
 TEST(KdaGpu, DecodePersistentOddHeads) {
   KIMI_REQUIRE_GPU();
-  run_decode_case(65, 5, 3, 19, 0, -1, 1);
-  run_decode_case(131, 3, 2, 20, 0, -1, 1);
+  run_decode_case(65, 5, 3, 19, 0, -1, 2);
+  run_decode_case(200, 5, 2, 20, 0, -1, 3);
+  run_decode_case(131, 3, 2, 21, 0, -1, 2);
 }
 
 // ---------------------------------------------------------------------------------------------
