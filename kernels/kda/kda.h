@@ -57,6 +57,8 @@ struct KdaDecodeParams {
   int persistent = -1;  // tuning: -1 = automatic, 0 = a cluster per head (above), 2 or 3 = a
                         // persistent grid, one CTA per (sequence, head) at a time, with a
                         // cp.async pipeline of that many stages (1 = its default)
+  int persist_tma = -1;  // tuning: the persistent kernel's copies, -1 = automatic, 0 = cp.async
+                         // loads and register stores, 1 = TMA bulk loads, 2 = TMA loads and stores
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);

@@ -35,9 +35,9 @@ struct __align__(16) KdaDecodeItemIn {
 constexpr int kItemInChunks = int(sizeof(KdaDecodeItemIn) / 16);
 static_assert(sizeof(KdaDecodeItemIn) % 16 == 0 && kItemInChunks <= kPersistThreads);
 
-// One pipeline stage: an item's state (each thread's 8 float4 at [i][tid]) and inputs.
+// One pipeline stage: an item's state, laid out as in global memory, and its inputs.
 struct KdaDecodeStage {
-  float4 s[kPersistPasses][kPersistThreads];
+  float s[kKdaD * kKdaD];
   KdaDecodeItemIn in;
 };
 template <int kStages>
@@ -45,12 +45,17 @@ constexpr size_t kda_persist_smem() {
   return kStages * sizeof(KdaDecodeStage);
 }
 
-template <int kStages>
+// kTma 0: every thread cp.asyncs its own slots of a stage and stores S' from registers. kTma 1:
+// thread 0 loads each stage by TMA bulk copies completing on the stage's mbarrier (off the LSU,
+// whose outstanding requests per SM are limited). kTma 2: also S' goes back through the stage and
+// one TMA bulk store.
+template <int kStages, int kTma>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
   constexpr int D = kKdaD;
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
+  __shared__ uint64_t sm_full[kStages];  // kTma: one mbarrier per stage
   __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
   __shared__ __align__(16) float sm_red[4][2][D];
   __shared__ float sm_red3[4][3], sm_o2[4];
@@ -63,15 +68,38 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   const int n = B * H, G = gridDim.x;
   const int beg = int(int64_t(n) * blockIdx.x / G), end = int(int64_t(n) * (blockIdx.x + 1) / G);
 
-  // Issues item it's state and input loads into stage st: nothing for a padding row or past the
-  // end (slot -1).
-  auto prefetch = [&](int it, int slot, KdaDecodeStage& st) {
-    if (slot < 0) return;
+  const uint64_t policy = policy_evict_first();  // (kTma) everything is read or written once
+  // Issues item it's state and input loads into stage st: nothing past the end (it >= end); for a
+  // padding row (slot -1) only the arrival that completes the stage's phase (kTma).
+  auto prefetch = [&](int it, int slot, int st) {
+    if (it >= end) return;
     const int h = it / B, bi = it % B;
+    KdaDecodeStage& sg = stages[st];
+    if constexpr (kTma > 0) {
+      if (tid != 0) return;
+      fence_proxy_async();  // the stage was last read by generic loads, before the barrier
+      if constexpr (kTma == 2) bulk_wait_read<0>();  // item it - 1's store has read the stage
+      if (slot < 0) {
+        mbar_arrive_expect_tx(&sm_full[st], 0);
+        return;
+      }
+      mbar_arrive_expect_tx(&sm_full[st], unsigned(sizeof(KdaDecodeStage)));
+      bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st], policy);
+      for (int part = 0; part < 3; ++part) {
+        bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
+                 D * 3 * 2, &sm_full[st], policy);
+        bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
+                 policy);
+      }
+      bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+      bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+      return;
+    }
+    if (slot < 0) return;
     const float* S = p.state + (size_t(slot) * H + h) * D * D + col;
 #pragma unroll
     for (int i = 0; i < kPersistPasses; ++i)
-      cp_async16(&st.s[i][tid], S + size_t(i * 16 + row0) * D);
+      cp_async16(&sg.s[(i * 16 + row0) * D + col], S + size_t(i * 16 + row0) * D);
     if (tid < kItemInChunks) {
       const bf16* src;
       const int m = tid;
@@ -83,17 +111,24 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         src = p.f + size_t(bi) * HD + h * D + (m - 192) * 8;
       else
         src = p.z + size_t(bi) * HD + h * D + (m - 208) * 8;
-      cp_async16(reinterpret_cast<uint4*>(&st.in) + m, src);
+      cp_async16(reinterpret_cast<uint4*>(&sg.in) + m, src);
     }
   };
   auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
 
+  if constexpr (kTma > 0) {
+    if (tid == 0) {
+      for (int i = 0; i < kStages; ++i) mbar_init(&sm_full[i], 1);
+      fence_mbar_init();
+    }
+    __syncthreads();
+  }
   // Prologue: items beg .. beg + kStages - 2 in flight, one cp.async group each (empty ones too,
   // so that the group count of the wait below holds).
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) {
-    prefetch(beg + j, slot_of(beg + j), stages[j]);
-    cp_async_commit();
+    prefetch(beg + j, slot_of(beg + j), j);
+    if constexpr (kTma == 0) cp_async_commit();
   }
   int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
@@ -103,13 +138,16 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     const int slot = __ldg(p.slots + bi);
     const float a_log = __ldg(p.w.A_log + h);
     const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
-    cp_async_wait<kStages - 2>();  // item it's group: the kStages - 2 newer ones stay in flight
+    if constexpr (kTma > 0)  // the (it - beg) / kStages-th phase of this stage's barrier
+      mbar_wait(&sm_full[st], unsigned((it - beg) / kStages) & 1u);
+    else
+      cp_async_wait<kStages - 2>();  // item it's group: the kStages - 2 newer ones stay in flight
     // Item it's inputs visible to all; everyone is done with item it - 1 and its stage.
     __syncthreads();
     // Item it + kStages - 1 into the stage item it - 1 used: it is in flight during this item's
     // compute and writes.
-    prefetch(it + kStages - 1, slot_ahead, stages[st == 0 ? kStages - 1 : st - 1]);
-    cp_async_commit();
+    prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1);
+    if constexpr (kTma == 0) cp_async_commit();
     slot_ahead = slot_of(it + kStages);
 
     if (slot < 0) {  // padding row: uniform over the CTA
@@ -164,7 +202,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       // Column sums A_j = Σ α k S, C_j = Σ α q S over this thread's rows, then its warp's.
       float4 s[kPersistPasses];
 #pragma unroll
-      for (int i = 0; i < kPersistPasses; ++i) s[i] = stages[st].s[i][tid];
+      for (int i = 0; i < kPersistPasses; ++i)
+        s[i] = *reinterpret_cast<const float4*>(&stages[st].s[(i * 16 + row0) * D + col]);
       float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
@@ -198,8 +237,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       }
       __syncthreads();
 
-      // S' = α S + k (β r)ᵀ, written straight back.
-      float* S = p.state + (size_t(slot) * H + h) * D * D + col;
+      // S' = α S + k (β r)ᵀ, written straight back (kTma 2: into the stage, then one bulk store).
+      float* S = p.state + (size_t(slot) * H + h) * D * D;
       const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col / 4];
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
@@ -210,16 +249,30 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         nv.y = fmaf(al, s[i].y, kk * br4.y);
         nv.z = fmaf(al, s[i].z, kk * br4.z);
         nv.w = fmaf(al, s[i].w, kk * br4.w);
-        __stcs(reinterpret_cast<float4*>(S + size_t(row) * D), nv);
+        if constexpr (kTma == 2)
+          *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
+        else
+          __stcs(reinterpret_cast<float4*>(S + row * D + col), nv);
       }
       if (tid < D) {
         const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
-        p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
-                                  sigmoid(to_f(in.z[tid])));
+        p.y[size_t(bi) * HD + h * D + tid] =
+            __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
+                             sigmoid(to_f(in.z[tid])));
+      }
+      if constexpr (kTma == 2) {
+        fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
+        __syncthreads();
+        if (tid == 0) {
+          bulk_s2g(S, stages[st].s, D * D * 4, policy);
+          bulk_commit();
+        }
       }
     }
   }
-  cp_async_wait<0>();  // nothing left in flight at exit
+  if constexpr (kTma == 0) cp_async_wait<0>();  // nothing left in flight at exit
+  if constexpr (kTma == 2)
+    if (tid == 0) bulk_wait<0>();  // the stores have read the stages before they go away
 }
 
 }  // namespace kimi::cuda::kda

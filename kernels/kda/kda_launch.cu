@@ -8,14 +8,15 @@ namespace kimi::cuda {
 namespace kda {
 template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_persistent(const KdaDecodeParams& p, int stages, cudaStream_t stream);
+void launch_kda_decode_persistent(const KdaDecodeParams& p, int stages, int tma,
+                                  cudaStream_t stream);
 }  // namespace kda
 
 // Measured on an H200 (docs/perf-log.md): staging S in shared memory pays from B·H = 8192 on
 // (B = 256: 78% vs 76% of the copy rate) and loses below (B = 64: 71% vs 75%).
 constexpr int kKdaDecodeSmemFromRows = 8192;
 // The persistent kernel from this many (sequence, head) items on (to be measured).
-constexpr int kKdaDecodePersistentFromRows = 1024;
+constexpr int kKdaDecodePersistentFromRows = 2048;
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -41,7 +42,8 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   if (p.persistent > 0 ||
       (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
        p.batch * p.num_heads >= kKdaDecodePersistentFromRows)) {
-    kda::launch_kda_decode_persistent(p, p.persistent == 2 ? 2 : 3, stream);
+    kda::launch_kda_decode_persistent(p, p.persistent == 2 ? 2 : 3,
+                                      p.persist_tma < 0 ? 2 : p.persist_tma, stream);
     KIMI_CHECK_LAUNCH();
     return;
   }
