@@ -96,9 +96,9 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     };
     for (const Variant& v :
          {Variant{"auto", 0, -1, -1, -1}, Variant{"16", 16, 0, 0, -1}, Variant{"32", 32, 0, 0, -1},
-          Variant{"32smem", 32, 1, 0, -1}, Variant{"p2cpa", 0, -1, 2, 0}, Variant{"p2tma", 0, -1, 2, 1},
-          Variant{"p3tma", 0, -1, 3, 1}, Variant{"p2tmas", 0, -1, 2, 2},
-          Variant{"p3tmas", 0, -1, 3, 2}}) {
+          Variant{"32smem", 32, 1, 0, -1}, Variant{"p2cpa", 0, -1, 2, 0},
+          Variant{"p2tma", 0, -1, 2, 1}, Variant{"p3tma", 0, -1, 3, 1},
+          Variant{"p2tmas", 0, -1, 2, 2}, Variant{"p3tmas", 0, -1, 3, 2}}) {
       p.cols_per_cta = v.cols;
       p.smem_state = v.smem_state;
       p.persistent = v.persistent;
@@ -131,7 +131,8 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
       std::printf("%-10s %6d %8s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  v.name, ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs, 100 * ggbs / ceiling);
+                  v.name, ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs,
+                  100 * ggbs / ceiling);
     }
   }
 }

@@ -85,10 +85,10 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned by
 // current bulk group; policy as above.
 __device__ __forceinline__ void bulk_s2g(void* dst, const void* src, unsigned bytes,
                                          uint64_t policy) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::
-                   "l"(dst),
-               "r"(smem_u32(src)), "r"(bytes), "l"(policy)
-               : "memory");
+  asm volatile(
+      "cp.async.bulk.global.shared::cta.bulk_group.L2::cache_hint [%0], [%1], %2, %3;\n" ::"l"(dst),
+      "r"(smem_u32(src)), "r"(bytes), "l"(policy)
+      : "memory");
 }
 __device__ __forceinline__ void bulk_commit() {
   asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");

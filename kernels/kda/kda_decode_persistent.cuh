@@ -25,6 +25,9 @@ namespace kimi::cuda::kda {
 
 constexpr int kPersistThreads = 512;
 constexpr int kPersistPasses = kKdaD * kKdaD / 4 / kPersistThreads;  // float4 of S per thread
+// The thread that issues the TMA copies (lane 0 of the last warp, which has no prep or norm work):
+// bulk store groups are per thread, so one thread commits and waits for all of them.
+constexpr int kTmaThread = kPersistThreads - 32;
 
 // One item's inputs, staged by cp.async: 224 chunks of 16 bytes.
 struct __align__(16) KdaDecodeItemIn {
@@ -76,8 +79,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     const int h = it / B, bi = it % B;
     KdaDecodeStage& sg = stages[st];
     if constexpr (kTma > 0) {
-      if (tid != 0) return;
-      fence_proxy_async();  // the stage was last read by generic loads, before the barrier
+      if (tid != kTmaThread) return;
+      fence_proxy_async();  // the stage was last read by generic loads, before a barrier
       if constexpr (kTma == 2) bulk_wait_read<0>();  // item it - 1's store has read the stage
       if (slot < 0) {
         mbar_arrive_expect_tx(&sm_full[st], 0);
@@ -145,13 +148,19 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     // Item it's inputs visible to all; everyone is done with item it - 1 and its stage.
     __syncthreads();
     // Item it + kStages - 1 into the stage item it - 1 used: it is in flight during this item's
-    // compute and writes.
-    prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1);
-    if constexpr (kTma == 0) cp_async_commit();
-    slot_ahead = slot_of(it + kStages);
+    // compute and writes. cp.async: issued here. TMA: after the column sums, so that item it - 1's
+    // bulk store has read the stage by then and the wait for it costs nothing.
+    auto issue_ahead = [&] {
+      prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1);
+    };
+    if constexpr (kTma == 0) {
+      issue_ahead();
+      cp_async_commit();
+    }
 
     if (slot < 0) {  // padding row: uniform over the CTA
       if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
+      if constexpr (kTma > 0) issue_ahead();
     } else {
       const KdaDecodeItemIn& in = stages[st].in;
       float q = 0.f, k = 0.f;
@@ -186,8 +195,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
           const int ch = (e0 + e) / 3, tap = (e0 + e) % 3;
           v8[e] = tap < 2 ? in.conv[part][ch * 3 + tap + 1] : in.x[part][ch];
         }
-        *reinterpret_cast<uint4*>(p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3 +
-                                  e0) = *reinterpret_cast<const uint4*>(v8);
+        *reinterpret_cast<uint4*>(p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3 + e0) =
+            *reinterpret_cast<const uint4*>(v8);
       }
       if (warp < 4) {
         const float sq = warp_sum(q * q), sk = warp_sum(k * k), sqk = warp_sum(q * k);
@@ -218,6 +227,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
       }
       __syncthreads();
+      if constexpr (kTma > 0) issue_ahead();
 
       float o = 0.f;
       if (tid < D) {  // value column j
@@ -227,8 +237,10 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         const float sqk = sm_red3[0][2] + sm_red3[1][2] + sm_red3[2][2] + sm_red3[3][2];
         const float kScale = 0.08838834764831845f;  // 128^-1/2
         const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
-        const float aj = (sm_red[0][0][j] + sm_red[1][0][j] + sm_red[2][0][j] + sm_red[3][0][j]) * rk;
-        const float cj = (sm_red[0][1][j] + sm_red[1][1][j] + sm_red[2][1][j] + sm_red[3][1][j]) * rq;
+        const float aj =
+            (sm_red[0][0][j] + sm_red[1][0][j] + sm_red[2][0][j] + sm_red[3][0][j]) * rk;
+        const float cj =
+            (sm_red[0][1][j] + sm_red[1][1][j] + sm_red[2][1][j] + sm_red[3][1][j]) * rq;
         const float br = beta * (sm_v[j] - aj);
         sm_br[j] = br * rk;  // the update needs k·rk·br, and sm_k holds the unnormalised k
         o = cj + br * (sqk * rq * rk);
@@ -263,16 +275,17 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       if constexpr (kTma == 2) {
         fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
         __syncthreads();
-        if (tid == 0) {
+        if (tid == kTmaThread) {
           bulk_s2g(S, stages[st].s, D * D * 4, policy);
           bulk_commit();
         }
       }
     }
+    slot_ahead = slot_of(it + kStages);
   }
   if constexpr (kTma == 0) cp_async_wait<0>();  // nothing left in flight at exit
   if constexpr (kTma == 2)
-    if (tid == 0) bulk_wait<0>();  // the stores have read the stages before they go away
+    if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
 }
 
 }  // namespace kimi::cuda::kda

@@ -33,8 +33,8 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight),
              "state/conv weight not 16-byte aligned");
   // The persistent kernel stages the inputs by 16-byte cp.async: its rows must be aligned.
-  const bool persist_ok = aligned16(p.qkv) && aligned16(p.f) && aligned16(p.z) &&
-                          aligned16(p.conv_state);
+  const bool persist_ok =
+      aligned16(p.qkv) && aligned16(p.f) && aligned16(p.z) && aligned16(p.conv_state);
   KIMI_CHECK(p.persistent <= 0 || persist_ok,
              "persistent decode needs 16-byte aligned qkv, f, z and conv state");
   KIMI_CHECK(p.persistent >= -1 && p.persistent <= 3, "persistent must be -1, 0, 1, 2 or 3, got ",

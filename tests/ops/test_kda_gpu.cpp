@@ -274,8 +274,9 @@ TEST(KdaGpu, DecodeVariants) {
   run_decode_case(7, 32, 2, 14, 16, 0);
   run_decode_case(7, 32, 2, 15, 32, 0);
   run_decode_case(9, 32, 2, 16, 32, 1);
-  run_decode_case(64, 32, 2, 17, 0, -1, 0);  // the cluster kernel where the persistent one is chosen
-  run_decode_case(7, 32, 2, 18, 0, -1, 1);   // persistent, one item per CTA
+  run_decode_case(64, 32, 2, 17, 0, -1,
+                  0);                       // the cluster kernel where the persistent one is chosen
+  run_decode_case(7, 32, 2, 18, 0, -1, 1);  // persistent, one item per CTA
 }
 // Persistent kernel (2 and 3 stages; cp.async, TMA loads, TMA loads and stores) with several items
 // per CTA (more than the stages: the ring wraps), ranges of unequal length, odd head counts and a
