@@ -88,21 +88,17 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.y = y.data();
     const double bytes = double(B) * H * D * D * 4 * 2;
     // The automatic choice, then each kernel forced: the cluster kernel with 16 or 32 columns per
-    // CTA (32smem: S staged in shared memory); the persistent kernel with 2 or 3 stages (p2, p3)
-    // loaded by cp.async (cpa), TMA bulk copies (tma), or TMA loads and stores (tmas).
+    // CTA (32smem: S staged in shared memory), the persistent kernel.
     struct Variant {
       const char* name;
-      int cols, smem_state, persistent, tma;
+      int cols, smem_state, persistent;
     };
     for (const Variant& v :
-         {Variant{"auto", 0, -1, -1, -1}, Variant{"16", 16, 0, 0, -1}, Variant{"32", 32, 0, 0, -1},
-          Variant{"32smem", 32, 1, 0, -1}, Variant{"p2cpa", 0, -1, 2, 0},
-          Variant{"p2tma", 0, -1, 2, 1}, Variant{"p3tma", 0, -1, 3, 1},
-          Variant{"p2tmas", 0, -1, 2, 2}, Variant{"p3tmas", 0, -1, 3, 2}}) {
+         {Variant{"auto", 0, -1, -1}, Variant{"16", 16, 0, 0}, Variant{"32", 32, 0, 0},
+          Variant{"32smem", 32, 1, 0}, Variant{"persist", 0, -1, 1}}) {
       p.cols_per_cta = v.cols;
       p.smem_state = v.smem_state;
       p.persistent = v.persistent;
-      p.persist_tma = v.tma;
       const double ms = median_ms(
           [&](int i) {
             p.slots = d_slots.data() + size_t(i % rot) * B;

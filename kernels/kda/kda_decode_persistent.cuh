@@ -1,22 +1,24 @@
-// KDA decode step, persistent variant for large batches (same math as kda_decode.cuh).
+// KDA decode step, persistent variant (same math as kda_decode.cuh), chosen for mid-size batches
+// (kda_launch.cu).
 //
 // One CTA of 512 threads owns a whole (sequence, head) item, so the q/k/v conv, gate and both
 // norms are done once per item (the cluster kernel repeats the q/k prep in each of a head's CTAs).
 // The grid is persistent, one CTA per multiprocessor; each CTA walks a contiguous range of items
-// in head-major order (consecutive items share the head's weights: L1 hits) through a cp.async
-// pipeline of kStages shared-memory stages: while item i is computed and written, the states and
-// inputs (conv states, x, f, z: contiguous 16-byte chunks of the head) of items i+1 .. i+kStages-1
-// are in flight. So every multiprocessor always has 64-128 KB of reads outstanding, also during
-// its writes and its barriers, where the cluster kernel's CTAs each read once, then compute, then
-// write (docs/perf-log.md).
+// in head-major order (consecutive items share the head's weights: L1 hits) through a ring of
+// kPersistStages shared-memory stages filled and drained by the TMA copy engine: while item i is
+// computed, the states and inputs (conv states, x, f, z: contiguous pieces of the head) of items
+// i+1 and i+2 are in flight, and item i-1's S' is on its way out. One thread issues every copy: the
+// SM's load/store units carry no state traffic (a cp.async version of this kernel, whose
+// outstanding requests per SM are limited, measured 8 points of copy rate slower at B = 64:
+// docs/perf-log.md).
 //
 // State layout over the threads: warp w covers value columns [32·(w&3), +32), 8 lanes per
-// 32-column row slice (128 contiguous bytes), rows 16·i + 4·(w>>2) + lane/8 for pass i = 0..7.
-// Each thread copies its 8 float4 of S from its own stage slots (it reads back only what it
-// issued) into registers, which hold them until the write.
+// 32-column row slice (128 contiguous bytes, conflict-free in shared memory), rows
+// 16·i + 4·(w>>2) + lane/8 for pass i = 0..7. Each thread keeps its 8 float4 of S in registers
+// from the column sums to the update, and writes S' back over them in the stage.
 //
 // Launch: grid min(items, SMs), balanced so that every CTA gets the same number of items ±1, 512
-// threads, kda_persist_smem<kStages>() bytes of dynamic shared memory.
+// threads, kKdaPersistSmem bytes of dynamic shared memory.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -25,40 +27,32 @@ namespace kimi::cuda::kda {
 
 constexpr int kPersistThreads = 512;
 constexpr int kPersistPasses = kKdaD * kKdaD / 4 / kPersistThreads;  // float4 of S per thread
+constexpr int kPersistStages = 3;  // 2 measured 13 points slower at B = 64
 // The thread that issues the TMA copies (lane 0 of the last warp, which has no prep or norm work):
 // bulk store groups are per thread, so one thread commits and waits for all of them.
 constexpr int kTmaThread = kPersistThreads - 32;
 
-// One item's inputs, staged by cp.async: 224 chunks of 16 bytes.
+// One item's inputs, as they lie in global memory (each piece a multiple of 16 bytes).
 struct __align__(16) KdaDecodeItemIn {
   bf16 conv[3][kKdaD * 3];  // conv states of the head's q, k, v channels, [channel][3]
   bf16 x[3][kKdaD];         // the token's q, k, v projections
   bf16 f[kKdaD], z[kKdaD];
 };
-constexpr int kItemInChunks = int(sizeof(KdaDecodeItemIn) / 16);
-static_assert(sizeof(KdaDecodeItemIn) % 16 == 0 && kItemInChunks <= kPersistThreads);
+static_assert(sizeof(KdaDecodeItemIn) % 16 == 0);
 
 // One pipeline stage: an item's state, laid out as in global memory, and its inputs.
 struct KdaDecodeStage {
   float s[kKdaD * kKdaD];
   KdaDecodeItemIn in;
 };
-template <int kStages>
-constexpr size_t kda_persist_smem() {
-  return kStages * sizeof(KdaDecodeStage);
-}
+constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
-// kTma 0: every thread cp.asyncs its own slots of a stage and stores S' from registers. kTma 1:
-// thread 0 loads each stage by TMA bulk copies completing on the stage's mbarrier (off the LSU,
-// whose outstanding requests per SM are limited). kTma 2: also S' goes back through the stage and
-// one TMA bulk store.
-template <int kStages, int kTma>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
-  constexpr int D = kKdaD;
+  constexpr int D = kKdaD, kStages = kPersistStages;
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
-  __shared__ uint64_t sm_full[kStages];  // kTma: one mbarrier per stage
+  __shared__ uint64_t sm_full[kStages];  // one mbarrier per stage: its loads have landed
   __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
   __shared__ __align__(16) float sm_red[4][2][D];
   __shared__ float sm_red3[4][3], sm_o2[4];
@@ -71,68 +65,41 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   const int n = B * H, G = gridDim.x;
   const int beg = int(int64_t(n) * blockIdx.x / G), end = int(int64_t(n) * (blockIdx.x + 1) / G);
 
-  const uint64_t policy = policy_evict_first();  // (kTma) everything is read or written once
-  // Issues item it's state and input loads into stage st: nothing past the end (it >= end); for a
-  // padding row (slot -1) only the arrival that completes the stage's phase (kTma).
+  const uint64_t policy = policy_evict_first();  // everything is read or written once
+  // Issues item it's state and input loads into stage st (thread kTmaThread): nothing past the end
+  // (it >= end); for a padding row (slot -1) only the arrival that completes the stage's phase.
   auto prefetch = [&](int it, int slot, int st) {
     if (it >= end) return;
     const int h = it / B, bi = it % B;
     KdaDecodeStage& sg = stages[st];
-    if constexpr (kTma > 0) {
-      if (tid != kTmaThread) return;
-      fence_proxy_async();  // the stage was last read by generic loads, before a barrier
-      if constexpr (kTma == 2) bulk_wait_read<0>();  // item it - 1's store has read the stage
-      if (slot < 0) {
-        mbar_arrive_expect_tx(&sm_full[st], 0);
-        return;
-      }
-      mbar_arrive_expect_tx(&sm_full[st], unsigned(sizeof(KdaDecodeStage)));
-      bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st], policy);
-      for (int part = 0; part < 3; ++part) {
-        bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
-                 D * 3 * 2, &sm_full[st], policy);
-        bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
-                 policy);
-      }
-      bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
-      bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+    if (tid != kTmaThread) return;
+    fence_proxy_async();  // the stage was last read by generic loads, before a barrier
+    bulk_wait_read<0>();  // item it - 1's store has read the stage
+    if (slot < 0) {
+      mbar_arrive_expect_tx(&sm_full[st], 0);
       return;
     }
-    if (slot < 0) return;
-    const float* S = p.state + (size_t(slot) * H + h) * D * D + col;
-#pragma unroll
-    for (int i = 0; i < kPersistPasses; ++i)
-      cp_async16(&sg.s[(i * 16 + row0) * D + col], S + size_t(i * 16 + row0) * D);
-    if (tid < kItemInChunks) {
-      const bf16* src;
-      const int m = tid;
-      if (m < 144)  // conv states: 3 parts × 48 chunks of the head's 128 channels × 3 taps
-        src = p.conv_state + (size_t(slot) * C + (m / 48) * HD + h * D) * 3 + (m % 48) * 8;
-      else if (m < 192)
-        src = p.qkv + size_t(bi) * C + ((m - 144) / 16) * HD + h * D + ((m - 144) % 16) * 8;
-      else if (m < 208)
-        src = p.f + size_t(bi) * HD + h * D + (m - 192) * 8;
-      else
-        src = p.z + size_t(bi) * HD + h * D + (m - 208) * 8;
-      cp_async16(reinterpret_cast<uint4*>(&sg.in) + m, src);
+    mbar_arrive_expect_tx(&sm_full[st], unsigned(sizeof(KdaDecodeStage)));
+    bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st], policy);
+    for (int part = 0; part < 3; ++part) {
+      bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
+               D * 3 * 2, &sm_full[st], policy);
+      bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
+               policy);
     }
+    bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+    bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
   };
   auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
 
-  if constexpr (kTma > 0) {
-    if (tid == 0) {
-      for (int i = 0; i < kStages; ++i) mbar_init(&sm_full[i], 1);
-      fence_mbar_init();
-    }
-    __syncthreads();
+  if (tid == 0) {
+    for (int i = 0; i < kStages; ++i) mbar_init(&sm_full[i], 1);
+    fence_mbar_init();
   }
-  // Prologue: items beg .. beg + kStages - 2 in flight, one cp.async group each (empty ones too,
-  // so that the group count of the wait below holds).
+  __syncthreads();
+  // Prologue: items beg .. beg + kStages - 2 in flight.
 #pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) {
-    prefetch(beg + j, slot_of(beg + j), j);
-    if constexpr (kTma == 0) cp_async_commit();
-  }
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j);
   int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
   for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
@@ -141,26 +108,18 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     const int slot = __ldg(p.slots + bi);
     const float a_log = __ldg(p.w.A_log + h);
     const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
-    if constexpr (kTma > 0)  // the (it - beg) / kStages-th phase of this stage's barrier
-      mbar_wait(&sm_full[st], unsigned((it - beg) / kStages) & 1u);
-    else
-      cp_async_wait<kStages - 2>();  // item it's group: the kStages - 2 newer ones stay in flight
+    mbar_wait(&sm_full[st], unsigned((it - beg) / kStages) & 1u);  // this stage's use of item it
     // Item it's inputs visible to all; everyone is done with item it - 1 and its stage.
     __syncthreads();
-    // Item it + kStages - 1 into the stage item it - 1 used: it is in flight during this item's
-    // compute and writes. cp.async: issued here. TMA: after the column sums, so that item it - 1's
-    // bulk store has read the stage by then and the wait for it costs nothing.
+    // Item it + kStages - 1 into the stage item it - 1 used, issued after the column sums: item
+    // it - 1's bulk store has read the stage by then, so the wait for it costs nothing.
     auto issue_ahead = [&] {
       prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1);
     };
-    if constexpr (kTma == 0) {
-      issue_ahead();
-      cp_async_commit();
-    }
 
     if (slot < 0) {  // padding row: uniform over the CTA
       if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
-      if constexpr (kTma > 0) issue_ahead();
+      issue_ahead();
     } else {
       const KdaDecodeItemIn& in = stages[st].in;
       float q = 0.f, k = 0.f;
@@ -227,7 +186,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
       }
       __syncthreads();
-      if constexpr (kTma > 0) issue_ahead();
+      issue_ahead();
 
       float o = 0.f;
       if (tid < D) {  // value column j
@@ -249,7 +208,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       }
       __syncthreads();
 
-      // S' = α S + k (β r)ᵀ, written straight back (kTma 2: into the stage, then one bulk store).
+      // S' = α S + k (β r)ᵀ over S in the stage, then one bulk store.
       float* S = p.state + (size_t(slot) * H + h) * D * D;
       const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col / 4];
 #pragma unroll
@@ -261,10 +220,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         nv.y = fmaf(al, s[i].y, kk * br4.y);
         nv.z = fmaf(al, s[i].z, kk * br4.z);
         nv.w = fmaf(al, s[i].w, kk * br4.w);
-        if constexpr (kTma == 2)
-          *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
-        else
-          __stcs(reinterpret_cast<float4*>(S + row * D + col), nv);
+        *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
       }
       if (tid < D) {
         const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
@@ -272,20 +228,16 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
             __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
                              sigmoid(to_f(in.z[tid])));
       }
-      if constexpr (kTma == 2) {
-        fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
-        __syncthreads();
-        if (tid == kTmaThread) {
-          bulk_s2g(S, stages[st].s, D * D * 4, policy);
-          bulk_commit();
-        }
+      fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
+      __syncthreads();
+      if (tid == kTmaThread) {
+        bulk_s2g(S, stages[st].s, D * D * 4, policy);
+        bulk_commit();
       }
     }
     slot_ahead = slot_of(it + kStages);
   }
-  if constexpr (kTma == 0) cp_async_wait<0>();  // nothing left in flight at exit
-  if constexpr (kTma == 2)
-    if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
+  if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
 }
 
 }  // namespace kimi::cuda::kda

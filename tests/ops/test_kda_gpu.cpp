@@ -156,7 +156,7 @@ struct DeviceWeights {
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
 void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1,
-                     int persistent = -1, int persist_tma = -1) {
+                     int persistent = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
@@ -210,7 +210,6 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
     p.cols_per_cta = cols;
     p.smem_state = smem_state;
     p.persistent = persistent;
-    p.persist_tma = persist_tma;
     cuda::run_kda_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -274,21 +273,17 @@ TEST(KdaGpu, DecodeVariants) {
   run_decode_case(7, 32, 2, 14, 16, 0);
   run_decode_case(7, 32, 2, 15, 32, 0);
   run_decode_case(9, 32, 2, 16, 32, 1);
-  run_decode_case(64, 32, 2, 17, 0, -1,
-                  0);                       // the cluster kernel where the persistent one is chosen
-  run_decode_case(7, 32, 2, 18, 0, -1, 1);  // persistent, one item per CTA
+  // The cluster kernel where the persistent one is chosen, and the persistent one at 1 item/CTA.
+  run_decode_case(64, 32, 2, 17, 0, -1, 0);
+  run_decode_case(7, 32, 2, 18, 0, -1, 1);
 }
-// Persistent kernel (2 and 3 stages; cp.async, TMA loads, TMA loads and stores) with several items
-// per CTA (more than the stages: the ring wraps), ranges of unequal length, odd head counts and a
-// padding row inside a CTA's range.
+// Persistent kernel with several items per CTA (more than its 3 stages: the ring wraps), ranges
+// of unequal length, odd head counts and a padding row inside a CTA's range.
 TEST(KdaGpu, DecodePersistentOddHeads) {
   KIMI_REQUIRE_GPU();
-  for (int tma = 0; tma <= 2; ++tma) {
-    SCOPED_TRACE(str("persist_tma ", tma));
-    run_decode_case(65, 5, 3, 19 + tma, 0, -1, 2, tma);
-    run_decode_case(200, 5, 2, 22 + tma, 0, -1, 3, tma);
-    run_decode_case(131, 3, 2, 25 + tma, 0, -1, 2, tma);
-  }
+  run_decode_case(65, 5, 3, 21, 0, -1, 1);
+  run_decode_case(200, 5, 2, 24, 0, -1, 1);
+  run_decode_case(131, 3, 2, 27, 0, -1, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
