@@ -1,11 +1,13 @@
 // KDA kernel benchmark (H = 32, D = 128): the device-to-device copy ceiling measured in the same
-// run, the fused decode step at B = 1, 8, 64, 256 (time per layer, state bytes/s as % of the
+// run, the fused decode step at B = 1, 8, 32, 64, 256 (time per layer, state bytes/s as % of the
 // ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
-// Usage: bench_kda [--quick]
+// Usage: bench_kda [--quick] [--decode-only]; KIMI_BENCH_KDA_B=64 times that decode batch alone
+// (for a profiler).
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -45,9 +47,11 @@ struct Weights {
 };
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
-  std::printf("\n%-10s %6s %7s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
+  std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
               "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
-  for (int B : {1, 8, 64, 256}) {
+  const char* only = std::getenv("KIMI_BENCH_KDA_B");
+  for (int B : {1, 8, 32, 64, 256}) {
+    if (only && std::atoi(only) != B) continue;
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
     const int num_slots = std::min(sets * B, std::max(2 * B, 256));
@@ -83,10 +87,18 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     p.state = state.data();
     p.y = y.data();
     const double bytes = double(B) * H * D * D * 4 * 2;
-    for (int variant : {0, 16, 32, 33}) {  // 33: 32 columns with S staged in shared memory
-      const int cols = variant == 33 ? 32 : variant;
-      p.cols_per_cta = cols;
-      p.smem_state = variant == 33 ? 1 : (variant == 0 ? -1 : 0);
+    // The automatic choice, then each kernel forced: the cluster kernel with 16 or 32 columns per
+    // CTA (32smem: S staged in shared memory), the persistent kernel.
+    struct Variant {
+      const char* name;
+      int cols, smem_state, persistent;
+    };
+    for (const Variant& v :
+         {Variant{"auto", 0, -1, -1}, Variant{"16", 16, 0, 0}, Variant{"32", 32, 0, 0},
+          Variant{"32smem", 32, 1, 0}, Variant{"persist", 0, -1, 1}}) {
+      p.cols_per_cta = v.cols;
+      p.smem_state = v.smem_state;
+      p.persistent = v.persistent;
       const double ms = median_ms(
           [&](int i) {
             p.slots = d_slots.data() + size_t(i % rot) * B;
@@ -114,11 +126,9 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       CUDA_CHECK(cudaGraphDestroy(graph));
       CUDA_CHECK(cudaStreamDestroy(st));
       const double gbs = bytes / (ms * 1e-3) / 1e9, ggbs = bytes / (gms * 1e-3) / 1e9;
-      std::printf("%-10s %6d %7s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
-                  variant == 33 ? "32smem"
-                  : cols        ? std::to_string(cols).c_str()
-                                : "auto",
-                  ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs, 100 * ggbs / ceiling);
+      std::printf("%-10s %6d %8s %12.2f %12.1f %9.1f%% %12.2f %12.1f %9.1f%%\n", "decode", B,
+                  v.name, ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs,
+                  100 * ggbs / ceiling);
     }
   }
 }
@@ -263,7 +273,11 @@ void bench_prefill(Weights& w, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false, decode_only = false;
+  for (int i = 1; i < argc; ++i) {
+    quick |= std::string(argv[i]) == "--quick";
+    decode_only |= std::string(argv[i]) == "--decode-only";
+  }
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -277,7 +291,7 @@ int main(int argc, char** argv) {
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     Weights w;
     bench_decode(w, ceiling, quick);
-    bench_prefill(w, quick);
+    if (!decode_only) bench_prefill(w, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_kda: %s\n", e.what());
     return 1;

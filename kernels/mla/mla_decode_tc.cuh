@@ -80,7 +80,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
   const int kv_hi = min(it.kv_end, it.q_pos0 + 1);  // positions at or past kv_hi are not seen
   const int ntiles = kv_hi > it.kv_begin ? (kv_hi - it.kv_begin + kDecTile - 1) / kDecTile : 0;
-  const uint64_t policy = tc_policy_evict_first();
+  const uint64_t policy = policy_evict_first();
 
   // Every plan starts items at multiples of 32, so a tile is 32 consecutive rows of one cache
   // block: one table entry, read an iteration ahead so no copy waits on it; other ranges take a
@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
       if (warp == 0) {
         uint64_t* bar = full + n % kDecStages;
         // The slot was last read (ldmatrix) before the barrier this call follows.
-        tc_fence_proxy_async();
-        if (lane == 0) tc_mbar_arrive_expect_tx(bar, unsigned(rows) * kMlaRow * 2);
+        fence_proxy_async();
+        if (lane == 0) mbar_arrive_expect_tx(bar, unsigned(rows) * kMlaRow * 2);
         __syncwarp();
         if (lane < rows) {
           const int pos = j0 + lane;
@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
               aligned ? p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow
                       : p.cache + (int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock) *
                                       kMlaRow;
-          tc_bulk_g2s(buf + lane * kTcLd, src, kMlaRow * 2, bar, policy);
+          bulk_g2s(buf + lane * kTcLd, src, kMlaRow * 2, bar, policy);
         }
       }
       return;
@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   };
   if constexpr (kBulk) {
     if (tid == 0) {
-      for (int i = 0; i < kDecStages; ++i) tc_mbar_init(full + i, 1);
-      tc_fence_mbar_init();
+      for (int i = 0; i < kDecStages; ++i) mbar_init(full + i, 1);
+      fence_mbar_init();
     }
     __syncthreads();
   }
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnPar
   // the same barriers, with two S buffers, measured 1-6% slower on an H200.)
   for (int n = 0; n < ntiles; ++n) {
     if constexpr (kBulk)
-      tc_mbar_wait(full + n % kDecStages, unsigned(n / kDecStages) & 1u);  // use n / S of the slot
+      mbar_wait(full + n % kDecStages, unsigned(n / kDecStages) & 1u);  // use n / S of the slot
     else
       cp_async_wait<kDecStages - 2>();
     // Tile n landed for every thread; everyone is done with tile n − 1 (ring slot, S, P, α).

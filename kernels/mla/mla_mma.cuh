@@ -70,58 +70,5 @@ __device__ __forceinline__ void tc_cp_async16_hint(void* dst, const void* src, u
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s),
                "l"(src), "l"(policy));
 }
-__device__ __forceinline__ uint64_t tc_policy_evict_first() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
-  return policy;
-}
-
-// mbarrier and 1-D TMA bulk copies (sm_90): a bulk copy of global bytes into shared memory
-// signals its completion on an mbarrier as a transaction count, off the LSU path that cp.async
-// takes (whose outstanding requests per SM are limited).
-__device__ __forceinline__ unsigned tc_smem_addr(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void tc_mbar_init(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(tc_smem_addr(bar)), "r"(count)
-               : "memory");
-}
-// Makes mbarrier.init visible to the async proxy (the bulk copies' completions).
-__device__ __forceinline__ void tc_fence_mbar_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// Orders this thread's earlier shared-memory accesses (generic proxy) before its later bulk
-// copies into the same memory (async proxy).
-__device__ __forceinline__ void tc_fence_proxy_async() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// One arrival that also expects `bytes` more of transactions in the current phase.
-__device__ __forceinline__ void tc_mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(tc_smem_addr(bar)),
-               "r"(bytes)
-               : "memory");
-}
-// Waits until the phase of parity `parity` has completed.
-__device__ __forceinline__ void tc_mbar_wait(uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred ready;\n"
-      "mla_mbar_retry:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-      "@!ready bra mla_mbar_retry;\n"
-      "}\n" ::"r"(tc_smem_addr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory,
-// completing on bar; policy: an L2 eviction-priority policy (createpolicy).
-__device__ __forceinline__ void tc_bulk_g2s(void* dst, const void* src, unsigned bytes,
-                                            uint64_t* bar, uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
-      "[%0], [%1], %2, [%3], %4;\n" ::"r"(tc_smem_addr(dst)),
-      "l"(src), "r"(bytes), "r"(tc_smem_addr(bar)), "l"(policy)
-      : "memory");
-}
 
 }  // namespace kimi::cuda::mla

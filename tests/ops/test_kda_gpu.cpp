@@ -155,7 +155,8 @@ struct DeviceWeights {
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
-void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1) {
+void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1,
+                     int persistent = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
@@ -208,6 +209,7 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
     p.y = d_y.data();
     p.cols_per_cta = cols;
     p.smem_state = smem_state;
+    p.persistent = persistent;
     cuda::run_kda_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -271,6 +273,17 @@ TEST(KdaGpu, DecodeVariants) {
   run_decode_case(7, 32, 2, 14, 16, 0);
   run_decode_case(7, 32, 2, 15, 32, 0);
   run_decode_case(9, 32, 2, 16, 32, 1);
+  // The cluster kernel where the persistent one is chosen, and the persistent one at 1 item/CTA.
+  run_decode_case(64, 32, 2, 17, 0, -1, 0);
+  run_decode_case(7, 32, 2, 18, 0, -1, 1);
+}
+// Persistent kernel with several items per CTA (more than its 3 stages: the ring wraps), ranges
+// of unequal length, odd head counts and a padding row inside a CTA's range.
+TEST(KdaGpu, DecodePersistentOddHeads) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(65, 5, 3, 21, 0, -1, 1);
+  run_decode_case(200, 5, 2, 24, 0, -1, 1);
+  run_decode_case(131, 3, 2, 27, 0, -1, 1);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,25 @@
+// Launcher of the persistent KDA decode kernel (kda_decode_persistent.cuh).
+#include "common.h"
+#include "kda/kda_decode_persistent.cuh"
+
+namespace kimi::cuda::kda {
+
+void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream) {
+  CUDA_CHECK(cudaFuncSetAttribute(kda_decode_persistent_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kKdaPersistSmem)));
+  int dev = 0, sms = 0, per_sm = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kda_decode_persistent_kernel,
+                                                           kPersistThreads, kKdaPersistSmem));
+  KIMI_CHECK(per_sm > 0, "persistent KDA decode kernel does not fit a multiprocessor");
+  // As many CTAs as fit at once, then fewer so that every CTA gets the same number of items (±1
+  // only when the item count has no such divisor): the slowest CTA sets the kernel's time.
+  const int items = p.batch * p.num_heads, max_ctas = sms * per_sm;
+  const int per_cta = (items + max_ctas - 1) / max_ctas;
+  const int ctas = (items + per_cta - 1) / per_cta;
+  kda_decode_persistent_kernel<<<ctas, kPersistThreads, kKdaPersistSmem, stream>>>(p);
+}
+
+}  // namespace kimi::cuda::kda
