@@ -172,6 +172,29 @@ void bench_route(int l2_bytes) {
     const double t_norm = graph_ms(fused(true), per_graph, groups, st);
     std::printf("%-8s %3d %12.2f %12.2f %12.2f %8.2fx\n", "decode", T, t_sep * 1e3, t_fused * 1e3,
                 t_norm * 1e3, t_sep / t_norm);
+    // Where the fused launch's time goes: %globaltimer at its phase boundaries (medians of 31
+    // launches, each alone on the stream, norm folded in).
+    DeviceBuffer<unsigned long long> stamps(kMoeRouteStamps);
+    std::vector<std::vector<double>> d(kMoeRouteStamps);
+    for (int rep = 0; rep < 31; ++rep) {
+      MoeRouteDecodeParams dp;
+      dp.route = rp;
+      dp.x = xs(rep), dp.router = rt(rep), dp.hidden = H, dp.block_m = 16;
+      dp.workspace = ws.data(), dp.ticket = ticket.data();
+      dp.norm_weight = normw.data(), dp.normed = a.data();
+      dp.stamps = stamps.data();
+      run_moe_route_decode(dp, st);
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      const auto h = stamps.to_host();
+      for (int i = 1; i < kMoeRouteStamps; ++i) d[i].push_back(double(h[i]) - double(h[i - 1]));
+    }
+    const char* names[kMoeRouteStamps] = {"", "wait", "norm", "logits", "ticket", "route", "permute"};
+    std::printf("  phases (ns, median):");
+    for (int i = 1; i < kMoeRouteStamps; ++i) {
+      std::sort(d[i].begin(), d[i].end());
+      std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
+    }
+    std::printf("\n");
   }
   CUDA_CHECK(cudaStreamDestroy(st));
 }

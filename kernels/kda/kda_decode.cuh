@@ -23,6 +23,7 @@
 #include <cooperative_groups.h>
 
 #include "kda/kda_common.cuh"
+#include "pdl.cuh"
 
 namespace kimi::cuda::kda {
 
@@ -31,6 +32,8 @@ namespace kimi::cuda::kda {
 template <int kCols, bool kSmemState>
 __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     kda_decode_kernel(const KdaDecodeParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;  // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;

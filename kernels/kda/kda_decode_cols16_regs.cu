@@ -2,24 +2,17 @@
 // (kda_decode.cuh).
 #include "common.h"
 #include "kda/kda_decode.cuh"
+#include "launch.h"
 
 namespace kimi::cuda::kda {
 
 template <>
 void launch_kda_decode<16, false>(const KdaDecodeParams& p, cudaStream_t stream) {
   constexpr int kSplit = kKdaD / 16;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(kSplit, p.num_heads, p.batch);
-  cfg.blockDim = dim3(128);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = kSplit;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&cfg, kda_decode_kernel<16, false>, p));
+  LaunchOptions o;
+  o.pdl = true;
+  o.cluster = dim3(kSplit, 1, 1);
+  launch_kernel(kda_decode_kernel<16, false>, dim3(kSplit, p.num_heads, p.batch), 128, o, stream, p);
 }
 
 }  // namespace kimi::cuda::kda

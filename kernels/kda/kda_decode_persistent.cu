@@ -1,6 +1,7 @@
 // Launcher of the persistent KDA decode kernel (kda_decode_persistent.cuh).
 #include "common.h"
 #include "kda/kda_decode_persistent.cuh"
+#include "launch.h"
 
 namespace kimi::cuda::kda {
 
@@ -19,7 +20,8 @@ void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream)
   const int items = p.batch * p.num_heads, max_ctas = sms * per_sm;
   const int per_cta = (items + max_ctas - 1) / max_ctas;
   const int ctas = (items + per_cta - 1) / per_cta;
-  kda_decode_persistent_kernel<<<ctas, kPersistThreads, kKdaPersistSmem, stream>>>(p);
+  launch_kernel(kda_decode_persistent_kernel, ctas, kPersistThreads,
+                LaunchOptions{kKdaPersistSmem, true}, stream, p);
 }
 
 }  // namespace kimi::cuda::kda

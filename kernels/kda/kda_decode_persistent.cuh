@@ -22,6 +22,7 @@
 #pragma once
 
 #include "kda/kda_common.cuh"
+#include "pdl.cuh"
 
 namespace kimi::cuda::kda {
 
@@ -49,6 +50,8 @@ constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
   constexpr int D = kKdaD, kStages = kPersistStages;
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);

@@ -305,6 +305,13 @@ constexpr int kRouteDecodeMaxTokens = 8;
 constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
 constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
 constexpr int kRouteRegK4 = 4;  // float4 router pieces per thread in registers (H <= 4096: all)
+__device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, bool who) {
+  if (stamps && who && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    stamps[i] = t;
+  }
+}
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
                                                                 MoePermuteView v) {
@@ -325,6 +332,8 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   const int k4_0 = wk * 32 + lane;
   const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e < E ? e : 0) * H);
   const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
+  const bool cta0 = blockIdx.x == 0;
+  route_stamp(p.stamps, 0, cta0);
   float4 wreg[kRouteRegK4];
 #pragma unroll
   for (int j = 0; j < kRouteRegK4; ++j) {
@@ -337,6 +346,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   }
   pdl_launch_dependents();  // PDL (launch.h): x, logits and the workspace come after the wait
   pdl_wait();
+  route_stamp(p.stamps, 1, cta0);
   if (norm) {
     if (warp < 4 * T) {
       const int t = warp / 4, q = warp % 4;
@@ -365,6 +375,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
             __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
     }
   }
+  route_stamp(p.stamps, 2, cta0);
   float acc[kRouteDecodeMaxTokens];
 #pragma unroll
   for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
@@ -414,15 +425,20 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
     __threadfence();  // the logits reach L2 before the ticket
   }
   __syncthreads();
+  route_stamp(p.stamps, 3, cta0);
   if (threadIdx.x == 0) last = atomicAdd(p.ticket, 1) == int(gridDim.x) - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
+  route_stamp(p.stamps, 4, true);
   route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
   __syncthreads();
+  route_stamp(p.stamps, 5, true);
   const int stride = r.top_k + (r.shared_expert >= 0);
   const int El = r.local_experts ? r.local_experts : E;
   permute_few(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
+  __syncthreads();
+  route_stamp(p.stamps, 6, true);
   if (threadIdx.x == 0) *p.ticket = 0;
 }
 

@@ -76,7 +76,12 @@ struct MoeRouteDecodeParams {
   int block_m = 16;              // of the grouped GEMMs that follow
   int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
   int* ticket = nullptr;
+  // Benchmarks only (null otherwise): %globaltimer (ns) at the kernel's phase boundaries,
+  // kMoeRouteStamps values: CTA 0 at entry, after the wait, after the norm, before its ticket;
+  // the routing CTA after its ticket, after routing, at the end.
+  unsigned long long* stamps = nullptr;
 };
+constexpr int kMoeRouteStamps = 7;
 // Most tokens the fused launch takes for E experts (its shared memory holds 2·T·E scores).
 int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
