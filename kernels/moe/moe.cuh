@@ -263,10 +263,19 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float*
     const float v = sel[i];
     if (v != v) continue;  // NaN: never chosen
     const float* row = sel + t * E;
-    int rank = 0;
-    for (int j = 0; j < E && rank < K; ++j) {
-      const float w = row[j];
-      rank += w > v || (w == v && j < e);
+    int rank = 0;  // no early exit: independent (broadcast) shared-memory loads, unrolled
+    if (E % 4 == 0) {
+      const float4* row4 = reinterpret_cast<const float4*>(row);
+#pragma unroll 4
+      for (int j = 0; j < E / 4; ++j) {
+        const float4 w = row4[j];
+        const int j0 = 4 * j;
+        rank += (w.x > v || (w.x == v && j0 < e)) + (w.y > v || (w.y == v && j0 + 1 < e)) +
+                (w.z > v || (w.z == v && j0 + 2 < e)) + (w.w > v || (w.w == v && j0 + 3 < e));
+      }
+    } else {
+#pragma unroll 8
+      for (int j = 0; j < E; ++j) rank += row[j] > v || (row[j] == v && j < e);
     }
     if (rank < K) {
       chosen_e[t * K + rank] = e;
