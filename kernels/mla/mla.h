@@ -141,11 +141,12 @@ void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 // FLOPs against the absorbed form's 2·(576 + 512), plus one GEMM that expands each context
 // position once: worth it when a sequence brings many new tokens (kMlaExpandMinTokens).
 // The context is expanded in pieces of at most `piece_rows` positions (the workspace): a round
-// gathers the cache rows of its segments into lat_ws [rows, 576], one GEMM makes kv_ws
-// [rows, H, 256] (k_nope | v per head), then the attention kernel runs the round's items.
-// Sequences whose context spans several rounds carry (o, m, l) in fp32 across them (state).
+// gathers the cache rows of its segments into lat [piece, 576], two head-batched GEMMs make
+// k_nope [piece, H, 128] and Vᵀ [H, 128, piece] (keys contiguous: the K-major B operand of P·V),
+// then the attention kernel runs the round's items. Segments start at workspace rows that are
+// multiples of 8 (16-byte rows of Vᵀ). Sequences whose context spans several rounds carry
+// (o, m, l) in fp32 across them (state).
 constexpr int kMlaExpandMinTokens = 128;  // new tokens of a sequence from which it expands
-constexpr int kMlaKvHead = 256;           // k_nope | v of one head in kv_ws
 constexpr int kMlaPrefillRows = 128;      // query rows (tokens of one head) per CTA
 constexpr int kMlaStateStride = 130;      // state row: o (128) | m | l, fp32, per (token, head)
 
@@ -178,10 +179,10 @@ struct MlaPrefillPlan {
   bool uses_state = false;  // some sequence spans several rounds
 };
 // expanded (optional, [S]): only sequences marked non-zero (all when null); piece_rows: the
-// workspace's rows (>= 1).
+// workspace's rows (a positive multiple of 8).
 MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
                                      const uint8_t* expanded, int piece_rows);
-// Workspace bytes for piece_rows positions: lat_ws then kv_ws (each 256-byte aligned).
+// Workspace bytes for piece_rows positions: lat, k_nope, Vᵀ (each 256-byte aligned).
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads);
 
 class Gemm;
@@ -199,6 +200,9 @@ struct MlaPrefillParams {
   int piece_rows = 0;
   float* state = nullptr;             // [T, H, kMlaStateStride] (needed when plan.uses_state)
   bf16* out = nullptr;                // [T, H, 128]: only the plan's tokens are written
+  // Attention on wgmma (mla_prefill_wgmma.cuh); false: the mma.sync kernel (mla_prefill.cuh),
+  // kept for comparison.
+  bool wgmma = true;
 };
 void mla_prefill_prepare();
 // Runs the plan's rounds on `stream` (gather, GEMM through `gemm`, attention per round).

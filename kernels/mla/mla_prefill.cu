@@ -5,17 +5,20 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "mla/mla_prefill.cuh"
+#include "mla/mla_prefill_wgmma.cuh"
 
 namespace kimi::cuda {
 
 namespace {
-size_t align256(size_t b) { return (b + 255) & ~size_t(255); }
+size_t align256(size_t b) {
+  return (b + 255) & ~size_t(255);
+}
 }  // namespace
 
 MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu, const int* ctx,
                                      const uint8_t* expanded, int piece_rows) {
-  KIMI_CHECK(num_seqs >= 0 && piece_rows >= 1, "mla prefill plan S ", num_seqs, " piece ",
-             piece_rows);
+  KIMI_CHECK(num_seqs >= 0 && piece_rows >= 8 && piece_rows % 8 == 0, "mla prefill plan S ",
+             num_seqs, " piece ", piece_rows);
   MlaPrefillPlan plan;
   MlaPrefillRound cur;
   auto close_round = [&]() {
@@ -41,19 +44,23 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu, const int* ctx
                " new tokens, context ", L);
     if (n == 0) continue;
     for (int pos = 0; pos < L;) {
-      if (cur.rows == piece_rows) close_round();
-      const int len = std::min(L - pos, piece_rows - cur.rows);
-      plan.segs.push_back({s, pos, pos + len, cur.rows});
+      int ws = (cur.rows + 7) & ~7;  // Vᵀ rows are read in 16-byte pieces
+      if (ws >= piece_rows) {
+        close_round();
+        ws = 0;
+      }
+      const int len = std::min(L - pos, piece_rows - ws);
+      plan.segs.push_back({s, pos, pos + len, ws});
       for (int i0 = 0; i0 < n; i0 += kMlaPrefillRows) {
         const int nq = std::min(kMlaPrefillRows, n - i0), p0 = q_pos0 + i0;
         const int last_visible = p0 + nq - 1;
         if (pos > last_visible) continue;  // its last segment was an earlier one
         const int hi = std::min(pos + len, last_visible + 1);
         const int flags = (pos == 0 ? kMlaFirst : 0) | (pos + len > last_visible ? kMlaLast : 0);
-        plan.items.push_back({cu[s] + i0, nq, p0, pos, hi, cur.rows, flags});
+        plan.items.push_back({cu[s] + i0, nq, p0, pos, hi, ws, flags});
         if (!(flags & kMlaLast)) plan.uses_state = true;
       }
-      cur.rows += len;
+      cur.rows = ws + len;
       pos += len;
     }
   }
@@ -61,9 +68,24 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu, const int* ctx
   return plan;
 }
 
+namespace {
+// Workspace carve: lat [piece, 576] | k_nope [piece, H, 128] | Vᵀ [H, 128, piece].
+struct PfWorkspace {
+  bf16 *lat, *knope, *vt;
+  size_t bytes;
+};
+PfWorkspace carve(void* base, int piece_rows, int num_heads) {
+  char* b = static_cast<char*>(base);
+  const size_t lat = align256(size_t(piece_rows) * kMlaRow * sizeof(bf16));
+  const size_t kn = align256(size_t(piece_rows) * num_heads * 128 * sizeof(bf16));
+  const size_t vt = size_t(num_heads) * 128 * piece_rows * sizeof(bf16);
+  return {reinterpret_cast<bf16*>(b), reinterpret_cast<bf16*>(b + lat),
+          reinterpret_cast<bf16*>(b + lat + kn), lat + kn + vt};
+}
+}  // namespace
+
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads) {
-  return align256(size_t(piece_rows) * kMlaRow * sizeof(bf16)) +
-         size_t(piece_rows) * num_heads * kMlaKvHead * sizeof(bf16);
+  return carve(nullptr, piece_rows, num_heads).bytes;
 }
 
 void mla_prefill_prepare() {
@@ -74,6 +96,8 @@ void mla_prefill_prepare() {
   if (done.load() & bit) return;
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kPfSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kPwSmem)));
   done.fetch_or(bit);
 }
 
@@ -81,37 +105,62 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
                      cudaStream_t stream) {
   if (plan.rounds.empty()) return;
   mla_prefill_prepare();
-  KIMI_CHECK(p.num_heads > 0 && p.piece_rows > 0, "mla prefill H ", p.num_heads, " piece ",
-             p.piece_rows);
+  KIMI_CHECK(p.num_heads > 0 && p.piece_rows >= 8 && p.piece_rows % 8 == 0, "mla prefill H ",
+             p.num_heads, " piece ", p.piece_rows);
   KIMI_CHECK(p.q && p.cache && p.block_tables && p.kv_b && p.segs && p.items && p.workspace &&
                  p.out && (p.state || !plan.uses_state),
              "mla prefill: null pointer");
   KIMI_CHECK(p.scale > 0.f, "mla prefill scale ", p.scale);
-  auto* lat = static_cast<bf16*>(p.workspace);
-  auto* kv = reinterpret_cast<bf16*>(static_cast<char*>(p.workspace) +
-                                     align256(size_t(p.piece_rows) * kMlaRow * sizeof(bf16)));
+  const PfWorkspace w = carve(p.workspace, p.piece_rows, p.num_heads);
+  const int H = p.num_heads;
   for (const MlaPrefillRound& r : plan.rounds) {
     KIMI_CHECK(r.rows >= 1 && r.rows <= p.piece_rows, "mla prefill round of ", r.rows,
                " rows, workspace ", p.piece_rows);
     mla::mla_gather_kernel<<<ceil_div(r.rows, mla::kGatherRows), 256, 0, stream>>>(
         p.cache, p.block_tables, p.max_blocks_per_seq, p.segs + r.seg_begin,
-        r.seg_end - r.seg_begin, r.rows, lat);
+        r.seg_end - r.seg_begin, r.rows, w.lat);
     KIMI_CHECK_LAUNCH();
-    GemmArgs ga;  // kv[j, h, :] = kv_b[h·256 .. +256] · ĉ_j
-    ga.M = r.rows;
-    ga.N = p.num_heads * kMlaKvHead;
-    ga.K = kMlaLat;
-    ga.A = lat;
-    ga.lda = kMlaRow;
-    ga.B = p.kv_b;
-    ga.ldb = kMlaLat;
-    ga.C = kv;
-    ga.ldc = p.num_heads * kMlaKvHead;
-    gemm.run(ga, stream);
+    {  // k_nope[j, h] = W_UK(h) ĉ_j: per head [rows, 512] · [128, 512]ᵀ, the latents shared
+      GemmArgs ga;
+      ga.M = r.rows;
+      ga.N = 128;
+      ga.K = kMlaLat;
+      ga.A = w.lat;
+      ga.lda = kMlaRow;
+      ga.stride_a = 0;
+      ga.B = p.kv_b;
+      ga.ldb = kMlaLat;
+      ga.stride_b = int64_t(2 * 128) * kMlaLat;
+      ga.C = w.knope;
+      ga.ldc = H * 128;
+      ga.stride_c = 128;
+      ga.batch = H;
+      gemm.run(ga, stream);
+    }
+    {  // Vᵀ[h, :, j] = W_UV(h) ĉ_j: per head [128, 512] · [rows, 512]ᵀ
+      GemmArgs ga;
+      ga.M = 128;
+      ga.N = r.rows;
+      ga.K = kMlaLat;
+      ga.A = p.kv_b + size_t(128) * kMlaLat;
+      ga.lda = kMlaLat;
+      ga.stride_a = int64_t(2 * 128) * kMlaLat;
+      ga.B = w.lat;
+      ga.ldb = kMlaRow;
+      ga.stride_b = 0;
+      ga.C = w.vt;
+      ga.ldc = p.piece_rows;
+      ga.stride_c = int64_t(128) * p.piece_rows;
+      ga.batch = H;
+      gemm.run(ga, stream);
+    }
     if (r.item_end == r.item_begin) continue;
-    mla::PfArgs a{p, p.items + r.item_begin, lat, kv};
-    const dim3 grid(r.item_end - r.item_begin, p.num_heads);
-    mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
+    mla::PfArgs a{p, p.items + r.item_begin, w.lat, w.knope, w.vt};
+    const dim3 grid(r.item_end - r.item_begin, H);
+    if (p.wgmma)
+      mla::mla_prefill_wgmma_kernel<<<grid, mla::kPwThreads, mla::kPwSmem, stream>>>(a);
+    else
+      mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
     KIMI_CHECK_LAUNCH();
   }
 }

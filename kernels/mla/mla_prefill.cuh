@@ -1,18 +1,19 @@
 // MLA prefill in the expanded form (contract in mla.h): the cache gather of a round and the
-// flash-attention kernel over per-head K = [k_nope | k_pe] (192) and V (128).
+// flash-attention kernel on mma.sync over per-head K = [k_nope | k_pe] (192) and V (128), kept
+// beside the wgmma kernel (mla_prefill_wgmma.cuh) for comparison.
 //
 // Attention: one CTA per (item, head), 8 warps; an item is up to 128 query tokens of one sequence
-// against one segment of its context (kv_ws rows ws_row ..). Warp w owns query rows 16w .. +16:
-// its Q fragments (16 × 192) stay in registers for the whole item. K/V tiles of 64 keys are
-// cp.async double-buffered from the workspace (k_nope | v: kv_ws, k_pe: lat_ws columns 512..575).
+// against one segment of its context (workspace rows ws_row ..). Warp w owns query rows 16w ..
+// +16: its Q fragments (16 × 192) stay in registers for the whole item. K/Vᵀ tiles of 64 keys are
+// cp.async double-buffered from the workspace (k_nope, k_pe: lat columns 512..575, Vᵀ).
 // Per tile and warp, all on mma.sync m16n8k16 bf16 → fp32:
 //   S = Q·Kᵀ (16 × 64, k = 192), causal mask where the tile crosses the warp's first position,
 //   online softmax in fp32 in base 2 (scale·log2 e folded into one FMA before exp2),
 //   P (bf16, taken straight from the S accumulators as A fragments) · V into O (16 × 128).
 // A warp whose rows all precede the tile skips it (the causal diagonal). State across rounds:
 // (o, m, l) fp32 per (token, head) in `state`, read unless kMlaFirst, written unless kMlaLast.
-// Shared memory: Q [128][200] + 2 × (K [64][200] + V [64][136]) bf16 (rows padded by 16 bytes:
-// ldmatrix rows land in distinct banks): 136 KB, one CTA per SM.
+// Shared memory: Q [128][200] + 2 × (K [64][200] + Vᵀ [128][72]) bf16 (rows padded by 16 bytes:
+// ldmatrix rows land in distinct banks): 137 KB, one CTA per SM.
 #pragma once
 
 #include "mla/mla.h"
@@ -24,11 +25,11 @@ constexpr int kPfRows = kMlaPrefillRows;  // query rows per CTA
 constexpr int kPfKeys = 64;               // keys per tile
 constexpr int kPfThreads = 256;           // 8 warps × 16 rows
 constexpr int kPfStages = 2;
-constexpr int kPfLdK = kMlaQk + 8;   // bf16 row stride of Q and K tiles
-constexpr int kPfLdV = 128 + 8;      // bf16 row stride of V tiles
+constexpr int kPfLdK = kMlaQk + 8;       // bf16 row stride of Q and K tiles
+constexpr int kPfLdV = kPfKeys + 8;      // bf16 row stride of Vᵀ tiles (128 rows)
 constexpr int kPfQkChunks = kMlaQk / 8;  // 16-byte chunks of a Q/K row (24)
 constexpr size_t kPfOffK = size_t(kPfRows) * kPfLdK * 2;
-constexpr size_t kPfStageBytes = size_t(kPfKeys) * (kPfLdK + kPfLdV) * 2;
+constexpr size_t kPfStageBytes = (size_t(kPfKeys) * kPfLdK + size_t(128) * kPfLdV) * 2;
 constexpr size_t kPfSmem = kPfOffK + kPfStages * kPfStageBytes;
 static_assert(kPfRows == 16 * (kPfThreads / 32), "one 16-row MMA tile per warp");
 static_assert(kPfOffK % 16 == 0 && kPfStageBytes % 16 == 0);
@@ -36,9 +37,20 @@ static_assert(kPfOffK % 16 == 0 && kPfStageBytes % 16 == 0);
 struct PfArgs {
   MlaPrefillParams p;
   const MlaPrefillItem* items;  // this round's
-  const bf16* lat;              // [rows, 576]
-  const bf16* kv;               // [rows, H, 256]
+  const bf16* lat;              // [piece, 576]
+  const bf16* knope;            // [piece, H, 128]
+  const bf16* vt;               // [H, 128, piece]
 };
+
+// cp.async of the first `bytes` (0..16) of 16, the rest zero-filled.
+__device__ __forceinline__ void pf_cp_async_n(void* dst, const void* src, int bytes) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(bytes));
+}
+// Bytes of the 8 keys from `key0` that lie before kv_hi.
+__device__ __forceinline__ int pf_valid_bytes(int key0, int kv_hi) {
+  return min(16, max(0, (kv_hi - key0) * 2));
+}
 
 __device__ __forceinline__ float pf_exp2(float x) {
   float y;
@@ -75,15 +87,21 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
       bf16* ks = reinterpret_cast<bf16*>(sm + kPfOffK + (n % kPfStages) * kPfStageBytes);
       bf16* vs = ks + kPfKeys * kPfLdK;
       const int j0 = n * kPfKeys;
-      for (int idx = tid; idx < kPfKeys * 40; idx += kPfThreads) {
-        const int r = idx / 40, c = idx % 40;
+      for (int idx = tid; idx < kPfKeys * kPfQkChunks; idx += kPfThreads) {
+        const int r = idx / kPfQkChunks, c = idx % kPfQkChunks;
         const bool ok = it.kv_begin + j0 + r < kv_hi;
         const int64_t row = it.ws_row + j0 + (ok ? r : 0);
-        const bf16* kvr = a.kv + (row * H + h) * kMlaKvHead;
-        if (c < 16) cp_async16(ks + r * kPfLdK + c * 8, kvr + c * 8, ok);  // k_nope
-        else if (c < 24)
-          cp_async16(ks + r * kPfLdK + c * 8, a.lat + row * kMlaRow + kMlaLat + (c - 16) * 8, ok);
-        else cp_async16(vs + r * kPfLdV + (c - 24) * 8, kvr + 128 + (c - 24) * 8, ok);  // v
+        const bf16* src = c < 16 ? a.knope + (row * H + h) * 128 + c * 8
+                                 : a.lat + row * kMlaRow + kMlaLat + (c - 16) * 8;
+        cp_async16(ks + r * kPfLdK + c * 8, src, ok);
+      }
+      // Vᵀ rows (one per value dimension) of 8 keys per 16-byte piece; a piece may straddle kv_hi.
+      for (int idx = tid; idx < 128 * (kPfKeys / 8); idx += kPfThreads) {
+        const int d = idx / (kPfKeys / 8), c = idx % (kPfKeys / 8);
+        const int bytes = pf_valid_bytes(it.kv_begin + j0 + 8 * c, kv_hi);
+        const bf16* src =
+            a.vt + (int64_t(h) * 128 + d) * p.piece_rows + it.ws_row + (bytes ? j0 + 8 * c : 0);
+        pf_cp_async_n(vs + d * kPfLdV + 8 * c, src, bytes);
       }
     }
     cp_async_commit();
@@ -105,7 +123,8 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
 #pragma unroll
     for (int hf = 0; hf < 2; ++hf) {
       if (!valid[hf]) continue;
-      const float* st = p.state + ((int64_t(it.q_begin) + r0 + g + 8 * hf) * H + h) * kMlaStateStride;
+      const float* st =
+          p.state + ((int64_t(it.q_begin) + r0 + g + 8 * hf) * H + h) * kMlaStateStride;
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt) {
         const float2 v = *reinterpret_cast<const float2*>(st + nt * 8 + 2 * t4);
@@ -128,7 +147,7 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
       for (int kk = 0; kk < kMlaQk / 16; ++kk) tc_ldsm_a(qf[kk], q_s, kPfLdK, r0, 16 * kk, lane);
     }
     load_tile(n + kPfStages - 1);
-    const int j0 = it.kv_begin + n * kPfKeys;   // position of the tile's first key
+    const int j0 = it.kv_begin + n * kPfKeys;  // position of the tile's first key
     // Every row of this warp precedes the tile, or the warp has no query rows.
     if (j0 > qpos_lo + 15 || r0 >= it.nq) continue;
     const bf16* ks = reinterpret_cast<const bf16*>(sm + kPfOffK + (n % kPfStages) * kPfStageBytes);
@@ -199,7 +218,7 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
 #pragma unroll
       for (int np = 0; np < 8; ++np) {
         uint32_t b[4];
-        tc_ldsm_b_kn(b, vs, kPfLdV, 16 * kk, 16 * np, lane);
+        tc_ldsm_b_nk(b, vs, kPfLdV, 16 * np, 16 * kk, lane);
         tc_mma(o[2 * np], pa[kk], b[0], b[1]);
         tc_mma(o[2 * np + 1], pa[kk], b[2], b[3]);
       }
@@ -224,7 +243,8 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
       float* st = p.state + th * kMlaStateStride;
 #pragma unroll
       for (int nt = 0; nt < 16; ++nt)
-        *reinterpret_cast<float2*>(st + nt * 8 + 2 * t4) = make_float2(o[nt][2 * hf], o[nt][2 * hf + 1]);
+        *reinterpret_cast<float2*>(st + nt * 8 + 2 * t4) =
+            make_float2(o[nt][2 * hf], o[nt][2 * hf + 1]);
       if (t4 == 0) *reinterpret_cast<float2*>(st + 128) = make_float2(m[hf], l[hf]);
     }
   }
@@ -232,9 +252,9 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
 
 // Cache rows of a round's segments into lat_ws [rows, 576]: 32 workspace rows per CTA.
 constexpr int kGatherRows = 32;
-__global__ void __launch_bounds__(256) mla_gather_kernel(const bf16* cache, const int* tables,
-                                                         int mb, const MlaPrefillSeg* segs,
-                                                         int num_segs, int rows, bf16* lat) {
+__global__ void __launch_bounds__(256)
+    mla_gather_kernel(const bf16* cache, const int* tables, int mb, const MlaPrefillSeg* segs,
+                      int num_segs, int rows, bf16* lat) {
   __shared__ const bf16* src_s[kGatherRows];
   const int row0 = blockIdx.x * kGatherRows;
   if (threadIdx.x < kGatherRows) {

@@ -173,8 +173,10 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
-  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never).
+  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never), on wgmma
+  // (=mma: the mma.sync kernel, comparison).
   bool mla_expanded = true;
+  bool mla_prefill_wgmma = true;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
 
   ~Impl();

@@ -1,8 +1,8 @@
-// The expanded MLA prefill (kernels/mla/mla_prefill.cuh: cache gather, kv_b expansion GEMM,
-// flash attention on tensor cores) against the CPU reference of the expanded attention
-// (cpu::mla_attention_expanded) on random paged caches: odd new-token counts (1, 7, 63, 64, 65,
-// 769) with and without history, several sequences per step, workspaces smaller than a context
-// (state carried across rounds, pieces not a multiple of the 64-key tile), and tokens of
+// The expanded MLA prefill (kernels/mla/mla_prefill*.cuh: cache gather, kv_b expansion GEMMs,
+// flash attention on wgmma and, for comparison, on mma.sync) against the CPU reference of the
+// expanded attention (cpu::mla_attention_expanded) on random paged caches: odd new-token counts (1,
+// 7, 63, 64, 65, 769) with and without history, several sequences per step, workspaces smaller than
+// a context (state carried across rounds, pieces not a multiple of the 64-key tile), and tokens of
 // sequences left to the absorbed path that must stay untouched.
 // Tolerance: q, the expanded K/V (bf16 GEMM output), P and the output are bf16: ~3e-3 relative
 // RMS expected; we allow 1e-2 relative RMS and 0.1 max-abs (outputs are O(1)).
@@ -84,9 +84,6 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
     dsegs.upload(v);
     ditems.upload(w);
   }
-  dout.poison();
-  dstate.poison();
-  dws.poison();
   cuda::Gemm gemm;
   cuda::MlaPrefillParams p;
   p.num_heads = H;
@@ -102,31 +99,37 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   p.piece_rows = piece;
   p.state = dstate.data();
   p.out = dev<bf16>(dout);
-  cuda::run_mla_prefill(p, plan, gemm, nullptr);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  const auto out_bits = dout.to_host();
-  const auto got = bf16_to_float(out_bits);
-  // Expanded tokens against the CPU; the others must still hold the poison.
-  std::vector<float> g, r;
-  size_t touched = 0;
-  for (int s = 0; s < S; ++s)
-    for (size_t i = size_t(cu[s]) * H * 128; i < size_t(cu[s + 1]) * H * 128; ++i) {
-      if (expand[s]) {
-        g.push_back(got[i]);
-        r.push_back(ref[i]);
-      } else if (out_bits[i] != 0xffff) {
-        ++touched;
+  for (bool wgmma : {true, false}) {
+    dout.poison();
+    dstate.poison();
+    dws.poison();
+    p.wgmma = wgmma;
+    cuda::run_mla_prefill(p, plan, gemm, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto out_bits = dout.to_host();
+    const auto got = bf16_to_float(out_bits);
+    // Expanded tokens against the CPU; the others must still hold the poison.
+    std::vector<float> g, r;
+    size_t touched = 0;
+    for (int s = 0; s < S; ++s)
+      for (size_t i = size_t(cu[s]) * H * 128; i < size_t(cu[s + 1]) * H * 128; ++i) {
+        if (expand[s]) {
+          g.push_back(got[i]);
+          r.push_back(ref[i]);
+        } else if (out_bits[i] != 0xffff) {
+          ++touched;
+        }
       }
-    }
-  std::string desc = str("mla prefill H", H, " piece ", piece, " rounds ", plan.rounds.size(),
-                         " items ", plan.items.size(), " seqs");
-  for (int s = 0; s < S; ++s)
-    desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
-  expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
-  EXPECT_EQ(touched, 0u) << desc << ": outputs of non-expanded sequences written";
-  EXPECT_TRUE(dout.guards_intact() && dstate.guards_intact() && dws.guards_intact() &&
-              dsegs.guards_intact() && ditems.guards_intact())
-      << desc;
+    std::string desc = str(wgmma ? "wgmma" : "mma.sync", " H", H, " piece ", piece, " rounds ",
+                           plan.rounds.size(), " items ", plan.items.size(), " seqs");
+    for (int s = 0; s < S; ++s)
+      desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
+    expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
+    EXPECT_EQ(touched, 0u) << desc << ": outputs of non-expanded sequences written";
+    EXPECT_TRUE(dout.guards_intact() && dstate.guards_intact() && dws.guards_intact() &&
+                dsegs.guards_intact() && ditems.guards_intact())
+        << desc;
+  }
   EXPECT_EQ(dcache.to_host(), cache);  // read-only
 }
 #endif
@@ -190,7 +193,7 @@ TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
       ctx.push_back(L);
       expand[s] = rng() % 4 != 0;
     }
-    const int piece = trial % 3 == 0 ? 100000 : 64 + int(rng() % 2000);
+    const int piece = trial % 3 == 0 ? 100000 : 8 * (8 + int(rng() % 250));
     const cuda::MlaPrefillPlan plan =
         cuda::make_mla_prefill_plan(S, cu.data(), ctx.data(), expand.data(), piece);
     std::vector<std::vector<int>> seen(cu.back());
@@ -203,6 +206,10 @@ TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
       const auto& r = plan.rounds[ri];
       ASSERT_GE(r.rows, 1);
       ASSERT_LE(r.rows, piece);
+      for (int j = r.seg_begin; j < r.seg_end; ++j) {
+        EXPECT_EQ(plan.segs[j].ws_row % 8, 0);  // Vᵀ rows are read in 16-byte pieces
+        EXPECT_LE(plan.segs[j].ws_row + plan.segs[j].pos_end - plan.segs[j].pos_begin, r.rows);
+      }
       for (int k = r.item_begin; k < r.item_end; ++k) {
         const auto& it = plan.items[k];
         ASSERT_GE(it.nq, 1);
@@ -240,7 +247,8 @@ TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
     for (int s = 0; s < S; ++s)
       for (int t = cu[s]; t < cu[s + 1]; ++t) {
         for (size_t j = 0; j < seen[t].size(); ++j)
-          ASSERT_EQ(seen[t][j], expand[s] ? 1 : 0) << "trial " << trial << " token " << t << " key " << j;
+          ASSERT_EQ(seen[t][j], expand[s] ? 1 : 0)
+              << "trial " << trial << " token " << t << " key " << j;
         if (expand[s]) {
           EXPECT_EQ(first_round[t], min_round[t]) << "trial " << trial << " token " << t;
           EXPECT_EQ(last_round[t], max_round[t]) << "trial " << trial << " token " << t;
