@@ -186,6 +186,9 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu_seqlens, const 
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads);
 
 class Gemm;
+// The attention kernel: wgmma with the two warpgroups' phases staggered (default), wgmma with
+// both in step, or mma.sync (mla_prefill.cuh); the last two are kept for comparison.
+enum class MlaPrefillKernel { kWgmmaStagger, kWgmma, kMma };
 struct MlaPrefillParams {
   int num_heads = 0;
   const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe
@@ -200,9 +203,7 @@ struct MlaPrefillParams {
   int piece_rows = 0;
   float* state = nullptr;             // [T, H, kMlaStateStride] (needed when plan.uses_state)
   bf16* out = nullptr;                // [T, H, 128]: only the plan's tokens are written
-  // Attention on wgmma (mla_prefill_wgmma.cuh); false: the mma.sync kernel (mla_prefill.cuh),
-  // kept for comparison.
-  bool wgmma = true;
+  MlaPrefillKernel kernel = MlaPrefillKernel::kWgmmaStagger;
 };
 void mla_prefill_prepare();
 // Runs the plan's rounds on `stream` (gather, GEMM through `gemm`, attention per round).

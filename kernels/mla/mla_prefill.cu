@@ -96,8 +96,12 @@ void mla_prefill_prepare() {
   if (done.load() & bit) return;
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kPfSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kPwSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel<false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::kPwSmem<false>)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::kPwSmem<true>)));
   done.fetch_or(bit);
 }
 
@@ -157,10 +161,19 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
     if (r.item_end == r.item_begin) continue;
     mla::PfArgs a{p, p.items + r.item_begin, w.lat, w.knope, w.vt};
     const dim3 grid(r.item_end - r.item_begin, H);
-    if (p.wgmma)
-      mla::mla_prefill_wgmma_kernel<<<grid, mla::kPwThreads, mla::kPwSmem, stream>>>(a);
-    else
-      mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
+    switch (p.kernel) {
+      case MlaPrefillKernel::kWgmmaStagger:
+        mla::mla_prefill_wgmma_kernel<true>
+            <<<grid, mla::kPwThreads, mla::kPwSmem<true>, stream>>>(a);
+        break;
+      case MlaPrefillKernel::kWgmma:
+        mla::mla_prefill_wgmma_kernel<false>
+            <<<grid, mla::kPwThreads, mla::kPwSmem<false>, stream>>>(a);
+        break;
+      case MlaPrefillKernel::kMma:
+        mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
+        break;
+    }
     KIMI_CHECK_LAUNCH();
   }
 }

@@ -13,7 +13,13 @@
 //   O += P·V: 4 wgmma m64n128k16 with P as the A operand in registers (the m64nN accumulator
 //   layout of S is the A-fragment layout of P, as with mma.sync) and Vᵀ as B from shared memory.
 // A warpgroup whose rows all precede the tile (the causal diagonal) or lie past the item skips it.
-// Shared memory: Q 48 KB + 3 × (24 + 16) KB + 1 KB alignment slack = 169 KB, one CTA per SM.
+// STAGGER (the default): warpgroup 1 runs one tile behind in its phases. In the loop step of tile
+// n, warpgroup 0 does S(n), softmax(n), P·V(n) while warpgroup 1 does softmax(n − 1), P·V(n − 1),
+// S(n) (its S registers live across the step), so one warpgroup's softmax overlaps the other's
+// MMAs instead of both waiting on the tensor cores, then both on the exponentials. The ring then
+// needs a 4th stage (tile n − 1 stays readable while n + 2 lands).
+// Shared memory: Q 48 KB + STAGES × (24 + 16) KB + 1 KB alignment slack: 169 KB (3 stages) or
+// 209 KB (4, STAGGER), one CTA per SM.
 #pragma once
 
 #include "mla/mla_prefill.cuh"
@@ -22,13 +28,16 @@
 namespace kimi::cuda::mla {
 
 constexpr int kPwThreads = 256;  // 2 warpgroups × 64 query rows
-constexpr int kPwStages = 3;
+constexpr int kPwAhead = 2;      // tiles in flight beyond the one being read
 constexpr int kPwKeys = 64;
 constexpr uint32_t kPwQBytes = 3 * kMlaPrefillRows * 128;  // 3 k-blocks of [128 rows][64]
 constexpr uint32_t kPwKBytes = 3 * kPwKeys * 128;          // 3 k-blocks of [64 keys][64]
 constexpr uint32_t kPwVBytes = 128 * kPwKeys * 2;          // Vᵀ [128][64 keys]
 constexpr uint32_t kPwStageBytes = kPwKBytes + kPwVBytes;
-constexpr size_t kPwSmem = kPwQBytes + size_t(kPwStages) * kPwStageBytes + 1024;
+template <bool STAGGER>
+constexpr int kPwStages = STAGGER ? 4 : 3;
+template <bool STAGGER>
+constexpr size_t kPwSmem = kPwQBytes + size_t(kPwStages<STAGGER>) * kPwStageBytes + 1024;
 static_assert(kMlaPrefillRows == 128, "two warpgroups of 64 rows");
 
 // d[64 × 64] (+)= A[64 × 16] · B[64 × 16]ᵀ, both bf16 K-major in shared memory.
@@ -79,7 +88,9 @@ __device__ __forceinline__ void pw_mma_rs_n128(float (&d)[64], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
+template <bool STAGGER>
 __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs a) {
+  constexpr int kStages = kPwStages<STAGGER>;
   extern __shared__ unsigned char pw_smem_raw[];
   const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(pw_smem_raw));
   const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
@@ -107,7 +118,7 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
     }
   auto load_tile = [&](int n) {
     if (n < ntiles) {
-      unsigned char* st = smem + kPwQBytes + (n % kPwStages) * kPwStageBytes;
+      unsigned char* st = smem + kPwQBytes + (n % kStages) * kPwStageBytes;
       const int j0 = n * kPwKeys;
 #pragma unroll
       for (int i = 0; i < kPwKeys / 32; ++i) {
@@ -131,7 +142,7 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
     }
     cp_async_commit();
   };
-  for (int s = 0; s < kPwStages - 1; ++s) load_tile(s);
+  for (int s = 0; s < kPwAhead; ++s) load_tile(s);
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
@@ -167,19 +178,16 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
   }
 
   const uint32_t q_base = smem_addr + uint32_t(wg * 64 * 128);
-  for (int n = 0; n < ntiles; ++n) {
-    cp_async_wait<kPwStages - 2>();  // this thread's pieces of tile n (and Q) landed
-    // The tensor cores read through the async proxy: order the copies' writes before them.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    // Every piece of tile n landed, and both warpgroups retired their MMAs of tile n − 1, whose
-    // stage the copies below refill.
-    __syncthreads();
-    load_tile(n + kPwStages - 1);
-    const int j0 = it.kv_begin + n * kPwKeys;  // position of the tile's first key
-    const bool busy = __shfl_sync(0xffffffffu, int(wg_rows && j0 <= wg_pos_hi), 0) != 0;
-    if (!busy) continue;
-    const uint32_t st = smem_addr + kPwQBytes + uint32_t((n % kPwStages) * kPwStageBytes);
-    float s[32];
+  auto stage = [&](int n) {
+    return smem_addr + kPwQBytes + uint32_t((n % kStages) * kPwStageBytes);
+  };
+  // Whether this warpgroup has rows that see tile n (warp-uniform for the compiler: C7518).
+  auto busy = [&](int n) {
+    return __shfl_sync(0xffffffffu, int(wg_rows && it.kv_begin + n * kPwKeys <= wg_pos_hi), 0) != 0;
+  };
+  float s[32];            // S of the tile in flight in this warpgroup
+  auto qk = [&](int n) {  // S = Q·Kᵀ of tile n
+    const uint32_t st = stage(n);
     wgmma_fence();
 #pragma unroll
     for (int kb = 0; kb < 3; ++kb)
@@ -190,6 +198,9 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(s);
+  };
+  auto softmax_pv = [&](int n) {               // online softmax of S(n), then O += P·V(n)
+    const int j0 = it.kv_begin + n * kPwKeys;  // position of the tile's first key
     // Mask only tiles that cross this warp's first position or the end of the keys.
     if (j0 + kPwKeys - 1 > qpos_lo || j0 + kPwKeys > kv_hi) {
 #pragma unroll
@@ -236,12 +247,33 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
       pa[kk][2] = pf_pack(s[8 * kk + 4], s[8 * kk + 5]);
       pa[kk][3] = pf_pack(s[8 * kk + 6], s[8 * kk + 7]);
     }
+    const uint32_t st = stage(n);
     wgmma_fence();  // o and pa were written by ordinary instructions
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) pw_mma_rs_n128(o, pa[kk], wgmma_desc(st + kPwKBytes + kk * 32));
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(o);
+  };
+
+  // Loop step n: tile n landed; the stage refilled (tile n + 2) last held tile n + 2 − STAGES,
+  // which both warpgroups are done with (n − 1 under STAGGER is still read by warpgroup 1).
+  const int steps = STAGGER ? ntiles + 1 : ntiles;
+  for (int n = 0; n < steps; ++n) {
+    cp_async_wait<kPwAhead - 1>();  // this thread's pieces of tile n (and Q) landed
+    // The tensor cores read through the async proxy: order the copies' writes before them.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    load_tile(n + kPwAhead);
+    if (!STAGGER || wg == 0) {
+      if (n < ntiles && busy(n)) {
+        qk(n);
+        softmax_pv(n);
+      }
+    } else {
+      if (n >= 1 && busy(n - 1)) softmax_pv(n - 1);
+      if (n < ntiles && busy(n)) qk(n);
+    }
   }
   cp_async_wait<0>();
 

@@ -17,6 +17,7 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "misc/misc.h"
+#include "mla/mla.h"
 #include "model/cuda_model.h"
 #include "model/tensor_parallel.h"
 #include "ops/cuda/device_buffer.h"
@@ -173,10 +174,10 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
-  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never), on wgmma
-  // (=mma: the mma.sync kernel, comparison).
+  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never) and its
+  // attention kernel (=wgmma / =mma: the unstaggered wgmma or the mma.sync kernel, comparison).
   bool mla_expanded = true;
-  bool mla_prefill_wgmma = true;
+  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmmaStagger;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
 
   ~Impl();

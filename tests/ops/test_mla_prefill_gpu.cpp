@@ -1,5 +1,5 @@
 // The expanded MLA prefill (kernels/mla/mla_prefill*.cuh: cache gather, kv_b expansion GEMMs,
-// flash attention on wgmma and, for comparison, on mma.sync) against the CPU reference of the
+// flash attention on wgmma, staggered or not, and on mma.sync) against the CPU reference of the
 // expanded attention (cpu::mla_attention_expanded) on random paged caches: odd new-token counts (1,
 // 7, 63, 64, 65, 769) with and without history, several sequences per step, workspaces smaller than
 // a context (state carried across rounds, pieces not a multiple of the 64-key tile), and tokens of
@@ -99,11 +99,12 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   p.piece_rows = piece;
   p.state = dstate.data();
   p.out = dev<bf16>(dout);
-  for (bool wgmma : {true, false}) {
+  using K = cuda::MlaPrefillKernel;
+  for (K kernel : {K::kWgmmaStagger, K::kWgmma, K::kMma}) {
     dout.poison();
     dstate.poison();
     dws.poison();
-    p.wgmma = wgmma;
+    p.kernel = kernel;
     cuda::run_mla_prefill(p, plan, gemm, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     const auto out_bits = dout.to_host();
@@ -120,8 +121,11 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
           ++touched;
         }
       }
-    std::string desc = str(wgmma ? "wgmma" : "mma.sync", " H", H, " piece ", piece, " rounds ",
-                           plan.rounds.size(), " items ", plan.items.size(), " seqs");
+    std::string desc = str(kernel == K::kWgmmaStagger ? "wgmma staggered"
+                           : kernel == K::kWgmma      ? "wgmma"
+                                                      : "mma.sync",
+                           " H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
+                           plan.items.size(), " seqs");
     for (int s = 0; s < S; ++s)
       desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
     expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
