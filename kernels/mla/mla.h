@@ -186,9 +186,10 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu_seqlens, const 
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads);
 
 class Gemm;
-// The attention kernel: wgmma with the two warpgroups' phases staggered (default), wgmma with
-// both in step, or mma.sync (mla_prefill.cuh); the last two are kept for comparison.
-enum class MlaPrefillKernel { kWgmmaStagger, kWgmma, kMma };
+// The attention kernel: wgmma (default), wgmma with the two warpgroups' phases staggered (no
+// gain measured: the per-tile CTA barrier realigns them), or mma.sync (mla_prefill.cuh); the
+// last two are kept for comparison.
+enum class MlaPrefillKernel { kWgmma, kWgmmaStagger, kMma };
 struct MlaPrefillParams {
   int num_heads = 0;
   const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe
@@ -203,7 +204,7 @@ struct MlaPrefillParams {
   int piece_rows = 0;
   float* state = nullptr;             // [T, H, kMlaStateStride] (needed when plan.uses_state)
   bf16* out = nullptr;                // [T, H, 128]: only the plan's tokens are written
-  MlaPrefillKernel kernel = MlaPrefillKernel::kWgmmaStagger;
+  MlaPrefillKernel kernel = MlaPrefillKernel::kWgmma;
 };
 void mla_prefill_prepare();
 // Runs the plan's rounds on `stream` (gather, GEMM through `gemm`, attention per round).

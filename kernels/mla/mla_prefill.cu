@@ -162,13 +162,13 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
     mla::PfArgs a{p, p.items + r.item_begin, w.lat, w.knope, w.vt};
     const dim3 grid(r.item_end - r.item_begin, H);
     switch (p.kernel) {
-      case MlaPrefillKernel::kWgmmaStagger:
-        mla::mla_prefill_wgmma_kernel<true>
-            <<<grid, mla::kPwThreads, mla::kPwSmem<true>, stream>>>(a);
-        break;
       case MlaPrefillKernel::kWgmma:
         mla::mla_prefill_wgmma_kernel<false>
             <<<grid, mla::kPwThreads, mla::kPwSmem<false>, stream>>>(a);
+        break;
+      case MlaPrefillKernel::kWgmmaStagger:
+        mla::mla_prefill_wgmma_kernel<true>
+            <<<grid, mla::kPwThreads, mla::kPwSmem<true>, stream>>>(a);
         break;
       case MlaPrefillKernel::kMma:
         mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);

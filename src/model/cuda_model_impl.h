@@ -175,9 +175,9 @@ struct CudaModel::Impl {
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
   // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never) and its
-  // attention kernel (=wgmma / =mma: the unstaggered wgmma or the mma.sync kernel, comparison).
+  // attention kernel (=stagger / =mma: the staggered wgmma or the mma.sync kernel, comparison).
   bool mla_expanded = true;
-  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmmaStagger;
+  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmma;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
 
   ~Impl();

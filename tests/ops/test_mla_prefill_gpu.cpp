@@ -100,7 +100,7 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   p.state = dstate.data();
   p.out = dev<bf16>(dout);
   using K = cuda::MlaPrefillKernel;
-  for (K kernel : {K::kWgmmaStagger, K::kWgmma, K::kMma}) {
+  for (K kernel : {K::kWgmma, K::kWgmmaStagger, K::kMma}) {
     dout.poison();
     dstate.poison();
     dws.poison();
