@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
   }
 }
 
-// Cache rows of a round's segments into lat_ws [rows, 576]: 32 workspace rows per CTA.
+// Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA.
 constexpr int kGatherRows = 32;
 __global__ void __launch_bounds__(256)
     mla_gather_kernel(const bf16* cache, const int* tables, int mb, const MlaPrefillSeg* segs,
