@@ -4,14 +4,17 @@
 // kernel (mla_attn_kernel<1>, 8 heads per CTA) against the tensor-core decode kernel
 // (mla_decode_tc_kernel, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
 // second as a fraction of the device-to-device copy rate measured in the same run.
-// Prefill: one sequence of T = 4096 and 16384 new tokens (no history), the prefill items on the
-// CUDA-core kernel (mla_attn_kernel<4>) and on tensor cores (mla_attn_tc_kernel), time per layer
-// and achieved TFLOP/s, against a cuBLASLt bf16 GEMM (8192³) measured in the same run.
-// FLOPs: 2·(576 + 512) per (query row, visible key): QKᵀ over 576 and P·V over 512, causal.
+// Prefill: one sequence of T = 4096 and 16384 new tokens with no history and with 112k positions
+// before them: the absorbed chain (q_abs GEMM, prefill items on mla_attn_tc_kernel, or on the
+// CUDA-core mla_attn_kernel<4> without history, W_UV GEMM) against the expanded prefill
+// (mla_prefill.cuh: gather, kv_b GEMM, flash attention per 16k-position round), time per layer
+// and achieved TFLOP/s against a cuBLASLt bf16 GEMM (8192³) measured in the same run; then the
+// crossover at few new tokens. FLOPs per (query, visible key, head): absorbed 2·(576 + 512),
+// expanded 2·(192 + 128) (the expansion GEMM not counted: it is reported apart).
 // Timing: CUDA events, median over groups of launches after warm-up; random non-zero inputs;
 // scattered block tables. The two kernels' u are compared (relative RMS) as a sanity check.
 // Usage: bench_mla [--quick] [--decode | --prefill] [--bulk]
-//   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 only.
+//   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 without history only.
 //   --bulk: also the decode kernel with TMA bulk copies (MlaAttnParams::decode_bulk_copy,
 //           experimental).
 #include <algorithm>
@@ -127,31 +130,49 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
               rel_rms(u_cc, u_tc), bulk ? rel_rms(u_cc, u_bulk) : 0.0);
 }
 
-void bench_prefill(int T, int num_sms, double peak) {
-  std::mt19937 rng(T);
-  const int nb = (T + 63) / 64;
+// One sequence of T new tokens after `hist` positions of history (context L = hist + T), the
+// expanded prefill (gather + kv_b GEMM + flash attention per round of kPiece positions) against
+// the absorbed chain the model ran before (q_abs GEMM, tensor-core attention, W_UV GEMM); the
+// CUDA-core kernel too where cuda_cores is set. Returns {absorbed ms, expanded ms}.
+constexpr int kPiece = 16384;  // the model's workspace rows (cuda_model.cpp)
+struct PrefillTimes {
+  double absorbed = 0, expanded = 0;
+};
+PrefillTimes bench_prefill(int T, int hist, int num_sms, double peak, bool cuda_cores, bool print) {
+  std::mt19937 rng(T + hist);
+  const int L = hist + T, nb = (L + 63) / 64;
   std::vector<int> table(nb);
   std::iota(table.begin(), table.end(), 0);
   std::shuffle(table.begin(), table.end(), rng);
-  const int cu[2] = {0, T}, ctx[1] = {T};
+  const int cu[2] = {0, T}, ctx[1] = {L};
   const int max_partials = 8 * num_sms;
   kimi::cuda::MlaAttnPlan plan =
       kimi::cuda::make_mla_attn_plan(1, cu, ctx, H, num_sms, max_partials, true);
-  // Without history the prefill items fill the GPU unsplit: the plan suits both kernels.
+  const kimi::cuda::MlaPrefillPlan pplan =
+      kimi::cuda::make_mla_prefill_plan(1, cu, ctx, nullptr, kPiece);
+  kimi::cuda::MlaPrefillPlan expand_only = pplan;  // the gather + GEMM of every round alone
+  for (auto& r : expand_only.rounds) r.item_end = r.item_begin;
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(T) * H * 512),
-      q(size_t(T) * H * 192);
+      q(size_t(T) * H * 192), kv_b(size_t(H) * 256 * 512);
   DeviceBuffer<bf16> u_cc(size_t(T) * H * 512), u_tc(size_t(T) * H * 512);
+  DeviceBuffer<bf16> o_abs(size_t(T) * H * 128), o_exp(size_t(T) * H * 128);
   fill_random(cache, -1.f, 1.f, 3);
-  fill_random(q_abs, -0.5f, 0.5f, 4);
   fill_random(q, -1.f, 1.f, 5);
+  fill_random(kv_b, -0.25f, 0.25f, 6);
   DeviceBuffer<int> dtab(nb), dsb(T), dns(T);
   DeviceBuffer<int> ditems(std::max<size_t>(1, 7 * plan.items4.size()));
+  DeviceBuffer<int> dsegs(4 * pplan.segs.size()), dpitems(7 * pplan.items.size());
   DeviceBuffer<float> parts(size_t(max_partials) * H * kimi::cuda::kMlaPartialStride);
+  DeviceBuffer<float> state(size_t(T) * H * kimi::cuda::kMlaStateStride);
+  DeviceBuffer<uint8_t> ws(kimi::cuda::mla_prefill_workspace_bytes(kPiece, H));
   dtab.upload(table);
   dsb.upload(plan.split_base);
   dns.upload(plan.num_splits);
   static_assert(sizeof(kimi::cuda::MlaWorkItem) == 7 * sizeof(int));
   ditems.upload(reinterpret_cast<const int*>(plan.items4.data()), 7 * plan.items4.size());
+  dsegs.upload(reinterpret_cast<const int*>(pplan.segs.data()), 4 * pplan.segs.size());
+  dpitems.upload(reinterpret_cast<const int*>(pplan.items.data()), 7 * pplan.items.size());
+  kimi::cuda::Gemm gemm;
 
   kimi::cuda::MlaAttnParams ap;
   ap.num_tokens = T, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
@@ -160,24 +181,80 @@ void bench_prefill(int T, int num_sms, double peak) {
   ap.partials = parts.data();
   ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
   ap.num_items = int(plan.items4.size());
-  auto run = [&](bool tc) {
+  kimi::cuda::GemmArgs g1;  // q_abs = W_UKᵀ q_nope per head
+  g1.M = T, g1.N = 512, g1.K = 128, g1.A = q.data(), g1.lda = H * 192, g1.stride_a = 192;
+  g1.B = kv_b.data(), g1.ldb = 512, g1.stride_b = 256 * 512, g1.b_kn = true;
+  g1.C = q_abs.data(), g1.ldc = H * 512, g1.stride_c = 512, g1.batch = H;
+  kimi::cuda::GemmArgs g2;  // out = W_UV u per head
+  g2.M = T, g2.N = 128, g2.K = 512, g2.A = u_tc.data(), g2.lda = H * 512, g2.stride_a = 512;
+  g2.B = kv_b.data() + 128 * 512, g2.ldb = 512, g2.stride_b = 256 * 512;
+  g2.C = o_abs.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
+  auto absorbed = [&](bool tc) {
+    gemm.run(g1, nullptr);
     ap.tensor_cores = tc;
     ap.u = tc ? u_tc.data() : u_cc.data();
     kimi::cuda::run_mla_attention(ap, 4, nullptr);
     if (plan.num_partials > 0) kimi::cuda::run_mla_combine(ap, nullptr);
+    if (tc) gemm.run(g2, nullptr);
   };
-  const double flop = 2.0 * (576 + 512) * H * (double(T) * (T + 1) / 2);
-  // The CUDA-core kernel is quadratic and slow: few repetitions.
-  const double ms_cc = median_ms([&](int) { run(false); }, T > 4096 ? 3 : 5, 1, 1);
-  const double ms_tc = median_ms([&](int) { run(true); }, 10, T > 4096 ? 1 : 3, 2);
-  CUDA_CHECK(cudaDeviceSynchronize());
-  for (int tc = 0; tc < 2; ++tc) {
-    const double ms = tc ? ms_tc : ms_cc, tf = flop / (ms * 1e-3) / 1e12;
-    std::printf("%-6d %-12s %5zu items %10.3f ms %9.1f TFLOP/s %7.1f%% of GEMM\n", T,
-                tc ? "tensor cores" : "CUDA cores", plan.items4.size(), ms, tf, 100 * tf / peak);
+  kimi::cuda::MlaPrefillParams pp;
+  pp.num_heads = H, pp.q = q.data(), pp.cache = cache.data(), pp.block_tables = dtab.data();
+  pp.max_blocks_per_seq = nb, pp.kv_b = kv_b.data(), pp.scale = 1.f / std::sqrt(192.f);
+  pp.segs = reinterpret_cast<const kimi::cuda::MlaPrefillSeg*>(dsegs.data());
+  pp.items = reinterpret_cast<const kimi::cuda::MlaPrefillItem*>(dpitems.data());
+  pp.workspace = ws.data(), pp.piece_rows = kPiece, pp.state = state.data(), pp.out = o_exp.data();
+  // Visible (query, key) pairs; FLOPs per pair and head: absorbed 2·(576 + 512), expanded
+  // 2·(192 + 128); the expansion GEMM 2·512·256·H per context position per round.
+  const double pairs = double(T) * hist + double(T) * (T + 1) / 2;
+  const double f_abs = 2.0 * (576 + 512) * H * pairs, f_exp = 2.0 * (192 + 128) * H * pairs;
+  const double work = f_abs / 175e12 * 1e3;  // ms at the absorbed kernel's rate
+  const int reps = std::clamp(int(200.0 / std::max(work, 1e-3)), 1, 20);
+  PrefillTimes r;
+  r.absorbed = median_ms([&](int) { absorbed(true); }, reps > 1 ? 5 : 3, reps, 1);
+  r.expanded = median_ms([&](int) { kimi::cuda::run_mla_prefill(pp, pplan, gemm, nullptr); },
+                         5, std::max(1, 3 * reps), 1);
+  // The other attention kernels, for comparison (the default's output kept for the checks).
+  using K = kimi::cuda::MlaPrefillKernel;
+  const K def = pp.kernel;
+  DeviceBuffer<bf16> o_def(o_exp.size());
+  CUDA_CHECK(cudaMemcpy(o_def.data(), o_exp.data(), o_exp.size() * 2, cudaMemcpyDeviceToDevice));
+  const K kernels[3] = {K::kMma, K::kWgmma, K::kWgmmaStagger};
+  const char* names[3] = {"expanded, mma.sync", "expanded, wgmma", "expanded, wgmma stagger"};
+  double ms_k[3] = {0, 0, 0};
+  double max_diff = 0;  // the other kernels' outputs against the default's
+  for (int k = 0; k < 3 && print; ++k) {
+    if (kernels[k] == def) {
+      ms_k[k] = r.expanded;
+      continue;
+    }
+    pp.kernel = kernels[k];
+    ms_k[k] = median_ms([&](int) { kimi::cuda::run_mla_prefill(pp, pplan, gemm, nullptr); }, 3,
+                        std::max(1, reps), 1);
+    max_diff = std::max(max_diff, rel_rms(o_def, o_exp));
   }
-  std::printf("%-6d speed-up %.1fx; u rel RMS (tensor cores vs CUDA cores) %.2e; %d KV splits\n", T,
-              ms_cc / ms_tc, rel_rms(u_cc, u_tc), plan.num_partials);
+  pp.kernel = def;
+  const double ms_expand = median_ms(
+      [&](int) { kimi::cuda::run_mla_prefill(pp, expand_only, gemm, nullptr); }, 5, 3, 1);
+  double ms_cc = 0;
+  if (cuda_cores) ms_cc = median_ms([&](int) { absorbed(false); }, T > 4096 ? 3 : 5, 1, 1);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  if (!print) return r;
+  auto row = [&](const char* name, double ms, double flop) {
+    const double tf = flop / (ms * 1e-3) / 1e12;
+    std::printf("%-6d %-7d %-22s %10.3f ms %8.1f TFLOP/s %6.1f%% of GEMM\n", T, hist, name, ms, tf,
+                100 * tf / peak);
+  };
+  if (cuda_cores) row("absorbed, CUDA cores", ms_cc, f_abs);
+  row("absorbed, tensor cores", r.absorbed, f_abs);
+  for (int k = 0; k < 3; ++k) row(names[k], ms_k[k], f_exp);
+  std::printf("%-6d %-7d speed-up %.2fx (expanded, default kernel, vs absorbed tc); expansion "
+              "(gather + GEMMs) %.3f ms in %zu rounds; attention alone ~%.1f TFLOP/s; out rel RMS "
+              "expanded vs absorbed %.2e\n",
+              T, hist, r.absorbed / r.expanded, ms_expand, pplan.rounds.size(),
+              f_exp / ((r.expanded - ms_expand) * 1e-3) / 1e12, rel_rms(o_abs, o_def));
+  std::printf("%-6d %-7d out rel RMS of the other expanded kernels vs the default: at most %.2e\n",
+              T, hist, max_diff);
+  return r;
 }
 
 }  // namespace
@@ -227,12 +304,23 @@ int main(int argc, char** argv) {
     }
     if (prefill) {
       const double peak = kimi::bench::gemm_ceiling_tflops();
-      std::printf("prefill, one sequence, no history; cuBLASLt bf16 GEMM 8192^3: %.1f TFLOP/s\n",
-                  peak);
-      std::printf("%-6s %-12s %11s %13s %17s\n", "T", "kernel", "", "time", "");
-      for (int T : {4096, 16384}) {
-        if (quick && T > 4096) break;
-        bench_prefill(T, prop.multiProcessorCount, peak);
+      std::printf("prefill, one sequence; cuBLASLt bf16 GEMM 8192^3: %.1f TFLOP/s\n", peak);
+      std::printf("%-6s %-7s %-22s %13s\n", "T", "history", "path", "time (all 32 heads)");
+      for (int hist : {0, 114688})
+        for (int T : {4096, 16384}) {
+          if (quick && (T > 4096 || hist > 0)) break;
+          bench_prefill(T, hist, prop.multiProcessorCount, peak, hist == 0, true);
+        }
+      // Where the expanded path starts to pay (kMlaExpandMinTokens): few new tokens after a
+      // history, whole chains (GEMMs included) as the model runs them.
+      std::printf("crossover: new tokens after history, absorbed chain vs expanded (ms)\n");
+      for (int hist : {16384, 114688}) {
+        if (quick) break;
+        for (int T : {32, 64, 128, 256, 512}) {
+          const PrefillTimes t = bench_prefill(T, hist, prop.multiProcessorCount, peak, false, false);
+          std::printf("  history %-7d new %-4d absorbed %8.3f expanded %8.3f ratio %.2f\n", hist, T,
+                      t.absorbed, t.expanded, t.absorbed / t.expanded);
+        }
       }
     }
   } catch (const std::exception& e) {

@@ -27,7 +27,8 @@ int decode_ctas_per_item(int num_heads, bool tensor_cores) {
 }  // namespace
 
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int num_heads,
-                               int num_sms, int max_partials, bool tensor_cores) {
+                               int num_sms, int max_partials, bool tensor_cores,
+                               const uint8_t* skip) {
   KIMI_CHECK(num_seqs >= 0 && num_heads > 0 && num_sms > 0, "mla plan S ", num_seqs, " H ",
              num_heads, " SMs ", num_sms);
   MlaAttnPlan plan;
@@ -37,6 +38,7 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
   for (int s = 0; s < num_seqs; ++s) {
     const int n = cu[s + 1] - cu[s], L = ctx[s], pos0 = L - n;
     KIMI_CHECK(n >= 0 && L >= n, "mla plan: sequence ", s, " has ", n, " new tokens, context ", L);
+    if (skip && skip[s]) continue;
     if (n == 1) {
       plan.items1.push_back({s, cu[s], 1, pos0, 0, L, -1});
     } else {

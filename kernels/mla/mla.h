@@ -80,8 +80,10 @@ struct MlaAttnPlan {
 // num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds;
 // tensor_cores: the kernels that will run the items (MlaAttnParams::tensor_cores), which set how
 // many CTAs an item takes and so how far to split.
+// skip (optional, [S]): sequences marked non-zero get no items (they run the expanded prefill).
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
-                               int num_heads, int num_sms, int max_partials, bool tensor_cores);
+                               int num_heads, int num_sms, int max_partials, bool tensor_cores,
+                               const uint8_t* skip = nullptr);
 // Decode plan for CUDA-graph replay: every sequence has exactly one new token and the same number
 // of item slots, mla_decode_splits(), chosen from the batch size alone, so the launch shapes (and
 // num_partials, hence whether the combine runs) stay fixed while the contexts grow; the slots'
@@ -131,5 +133,82 @@ void mla_prepare();
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
 // Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
+
+// ---- Expanded prefill (mla_prefill.cuh): per-head K/V, flash attention on tensor cores. ----
+// Long prefills run MLA as plain multi-head attention (as vLLM's prefill does): per head
+// K = [W_UK(h) ĉ_j (128) | k_pe_j (64)], V = W_UV(h) ĉ_j (128), s = scale · q·K over 192 and
+// o = Σ softmax(s) V straight into o_proj's input. Per (query, key, head) that costs 2·(192 + 128)
+// FLOPs against the absorbed form's 2·(576 + 512), plus one GEMM that expands each context
+// position once: worth it when a sequence brings many new tokens (kMlaExpandMinTokens).
+// The context is expanded in pieces of at most `piece_rows` positions (the workspace): a round
+// gathers the cache rows of its segments into lat [piece, 576], two head-batched GEMMs make
+// k_nope [piece, H, 128] and Vᵀ [H, 128, piece] (keys contiguous: the K-major B operand of P·V),
+// then the attention kernel runs the round's items. Segments start at workspace rows that are
+// multiples of 8 (16-byte rows of Vᵀ). Sequences whose context spans several rounds carry
+// (o, m, l) in fp32 across them (state).
+constexpr int kMlaExpandMinTokens = 128;  // new tokens of a sequence from which it expands
+constexpr int kMlaPrefillRows = 128;      // query rows (tokens of one head) per CTA
+constexpr int kMlaStateStride = 130;      // state row: o (128) | m | l, fp32, per (token, head)
+
+// One contiguous run of a sequence's context positions expanded in a round.
+struct MlaPrefillSeg {
+  int seq = 0;
+  int pos_begin = 0, pos_end = 0;  // context positions [pos_begin, pos_end)
+  int ws_row = 0;                  // workspace row of pos_begin
+};
+// One CTA's work (per head): up to kMlaPrefillRows query tokens of a sequence against one segment.
+struct MlaPrefillItem {
+  int q_begin = 0;   // first query token (global row of q / out / state)
+  int nq = 0;        // 1 .. kMlaPrefillRows
+  int q_pos0 = 0;    // cache position of the first query token
+  int kv_begin = 0;  // context positions [kv_begin, kv_end) of the segment (clipped by causality)
+  int kv_end = 0;
+  int ws_row = 0;    // workspace row of kv_begin
+  int flags = 0;     // kMlaFirst: no state yet; kMlaLast: write out, else write the state
+};
+constexpr int kMlaFirst = 1, kMlaLast = 2;
+struct MlaPrefillRound {
+  int seg_begin = 0, seg_end = 0;    // segments gathered in this round
+  int item_begin = 0, item_end = 0;  // items run in this round
+  int rows = 0;                      // workspace rows used
+};
+struct MlaPrefillPlan {
+  std::vector<MlaPrefillSeg> segs;
+  std::vector<MlaPrefillItem> items;
+  std::vector<MlaPrefillRound> rounds;
+  bool uses_state = false;  // some sequence spans several rounds
+};
+// expanded (optional, [S]): only sequences marked non-zero (all when null); piece_rows: the
+// workspace's rows (a positive multiple of 8).
+MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
+                                     const uint8_t* expanded, int piece_rows);
+// Workspace bytes for piece_rows positions: lat, k_nope, Vᵀ (each 256-byte aligned).
+size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads);
+
+class Gemm;
+// The attention kernel: wgmma (default), wgmma with the two warpgroups' phases staggered (no
+// gain measured: the per-tile CTA barrier realigns them), or mma.sync (mla_prefill.cuh); the
+// last two are kept for comparison.
+enum class MlaPrefillKernel { kWgmma, kWgmmaStagger, kMma };
+struct MlaPrefillParams {
+  int num_heads = 0;
+  const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe
+  const bf16* cache = nullptr;        // [num_blocks, 64, 576]
+  const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
+  int max_blocks_per_seq = 0;
+  const bf16* kv_b = nullptr;         // [H·256, 512]: per head W_UK (128 rows) then W_UV (128)
+  float scale = 0.f;                  // 1/sqrt(192)
+  const MlaPrefillSeg* segs = nullptr;    // device copy of plan.segs
+  const MlaPrefillItem* items = nullptr;  // device copy of plan.items
+  void* workspace = nullptr;          // mla_prefill_workspace_bytes(piece_rows, H)
+  int piece_rows = 0;
+  float* state = nullptr;             // [T, H, kMlaStateStride] (needed when plan.uses_state)
+  bf16* out = nullptr;                // [T, H, 128]: only the plan's tokens are written
+  MlaPrefillKernel kernel = MlaPrefillKernel::kWgmma;
+};
+void mla_prefill_prepare();
+// Runs the plan's rounds on `stream` (gather, GEMM through `gemm`, attention per round).
+void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm& gemm,
+                     cudaStream_t stream);
 
 }  // namespace kimi::cuda

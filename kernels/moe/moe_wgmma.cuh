@@ -28,6 +28,7 @@
 
 #include "moe/moe.h"
 #include "async_copy.cuh"
+#include "wgmma_common.cuh"
 
 namespace kimi::cuda::moe {
 
@@ -45,29 +46,6 @@ struct WgmmaShape {
   static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack for 1024 alignment
   static constexpr int kCtasPerSm = 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
 };
-
-// Shared-memory matrix descriptor: K-major tile with 128-byte swizzle, 8-row groups 1024 bytes
-// apart (stride byte offset); the leading byte offset is unused for this layout.
-__device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_addr) {
-  return uint64_t((smem_addr & 0x3ffff) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
-         (uint64_t(1) << 62);
-}
-
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
-#pragma unroll
-  for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
 
 // d[64 × 128] += A[64 × 16] · B[128 × 16]ᵀ (fp32 accumulate), operands bf16 in shared memory.
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b,

@@ -31,6 +31,8 @@ constexpr int kHeadRowsPerHead = kMlaNopeDim + kMlaVDim;  // kv_b rows per head
 namespace {
 
 static_assert(sizeof(cuda::MlaWorkItem) == 7 * sizeof(int), "MlaWorkItem is packed as 7 ints");
+static_assert(sizeof(cuda::MlaPrefillItem) == 7 * sizeof(int), "MlaPrefillItem: 7 ints");
+static_assert(sizeof(cuda::MlaPrefillSeg) == 4 * sizeof(int), "MlaPrefillSeg: 4 ints");
 
 // Device views of one step's metadata.
 struct StepMeta {
@@ -38,6 +40,10 @@ struct StepMeta {
   int *tokens, *cu, *ctx, *slots, *tables, *rows, *split_base, *num_splits;
   const cuda::MlaWorkItem *items1, *items4;
   int n1 = 0, n4 = 0, num_partials = 0;
+  // Expanded MLA prefill of the long prefills (host plan; its segments and items on the device).
+  const cuda::MlaPrefillPlan* prefill = nullptr;
+  const cuda::MlaPrefillSeg* pf_segs = nullptr;
+  const cuda::MlaPrefillItem* pf_items = nullptr;
   int num_chunks = 0;  // chunked KDA plan (0: decode step or recurrent fallback)
   int *chunk_seq = nullptr, *chunk_start = nullptr, *seq_first_chunk = nullptr;
 };
@@ -174,6 +180,8 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
   g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));  // x += o_proj(y)
 }
 
+void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s);
+
 void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
   const ModelConfig& c = m.cfg;
   const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
@@ -194,6 +202,34 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   wp.eps = c.rms_norm_eps;
   wp.cache = cache;
   cuda::run_mla_cache_write(wp, m.stream);
+  if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
+  if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
+    cuda::MlaPrefillParams pp;
+    pp.num_heads = H;
+    pp.q = A.mq;
+    pp.cache = cache;
+    pp.block_tables = s.tables;
+    pp.max_blocks_per_seq = s.mb;
+    pp.kv_b = w.kv_b;
+    pp.scale = 1.f / std::sqrt(float(kMlaQkDim));
+    pp.segs = s.pf_segs;
+    pp.items = s.pf_items;
+    pp.workspace = A.mla_ws;
+    pp.piece_rows = m.mla_piece;
+    pp.state = A.mla_state;
+    pp.out = A.attn;
+    pp.kernel = m.mla_prefill_kernel;
+    cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
+  }
+  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
+}
+
+// The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
+// cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
+void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s) {
+  const int T = s.T, H = m.cfg.num_attention_heads;
+  auto& A = m.act;
+  cuda::Gemm& g = *m.gemm;
   {  // q_abs[t, h] = W_UK(h)ᵀ q_nope[t, h]: per head [T,128] · [128,512]
     GemmArgs ga;
     ga.M = T;
@@ -250,7 +286,6 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     ga.batch = H;
     g.run(ga, m.stream);
   }
-  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
 }
 
 // x += down(SiLU(gate a) ⊙ up a); beta 0 overwrites x (a tensor-parallel rank's partial).
@@ -511,13 +546,25 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
     if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ev[i], m.stream));
   };
   cuda::MlaAttnPlan plan;
-  if (c.num_mla_layers() > 0)
-    plan = graph ? cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
-                                              m.prop.multiProcessorCount, m.max_partials,
-                                              m.mla_tensor_cores)
-                 : cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
-                                            c.num_attention_heads, m.prop.multiProcessorCount,
-                                            m.max_partials, m.mla_tensor_cores);
+  cuda::MlaPrefillPlan prefill;
+  if (c.num_mla_layers() > 0 && graph) {
+    plan = cuda::make_mla_decode_plan(S, b.context_lens.data(), c.num_attention_heads,
+                                      m.prop.multiProcessorCount, m.max_partials,
+                                      m.mla_tensor_cores);
+  } else if (c.num_mla_layers() > 0) {
+    // Sequences with many new tokens take the expanded prefill: its expansion GEMM (2·512·256·H
+    // FLOPs per context position) is then small against the attention FLOPs it saves
+    // (2·(1088 − 320)·H per query and key), and its 128-row tiles are full.
+    std::vector<uint8_t> expand(S, 0);
+    for (int s = 0; s < S; ++s)
+      expand[s] = m.mla_expanded &&
+                  b.cu_seqlens[s + 1] - b.cu_seqlens[s] >= cuda::kMlaExpandMinTokens;
+    plan = cuda::make_mla_attn_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
+                                    c.num_attention_heads, m.prop.multiProcessorCount,
+                                    m.max_partials, m.mla_tensor_cores, expand.data());
+    prefill = cuda::make_mla_prefill_plan(S, b.cu_seqlens.data(), b.context_lens.data(),
+                                          expand.data(), m.mla_piece);
+  }
   cuda::KdaChunkPlan chunks;
   if (c.num_kda_layers() > 0 && (T != S || m.kda_path == 2) && m.kda_path != 1) {
     chunks = cuda::make_kda_chunk_plan(b.cu_seqlens.data(), S);
@@ -532,7 +579,8 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
   const int mb = b.max_blocks_per_seq;
   const size_t n_items = 7 * (plan.items1.size() + plan.items4.size());
   const size_t need = size_t(T) + (S + 1) + 2 * S + size_t(S) * mb + R + 2 * size_t(T) + n_items +
-                      2 * size_t(chunks.num_chunks) + (S + 1) + 64;
+                      2 * size_t(chunks.num_chunks) + (S + 1) + 4 * prefill.segs.size() +
+                      7 * prefill.items.size() + 64;
   if (need > m.meta_cap) {  // grows only when a batch is larger than all before it
     CUDA_CHECK(cudaStreamSynchronize(m.stream));
     m.drop_graphs();  // they point into the old buffer
@@ -575,6 +623,11 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
   sm.n1 = int(plan.items1.size());
   sm.n4 = int(plan.items4.size());
   sm.num_partials = plan.num_partials;
+  sm.prefill = &prefill;
+  sm.pf_segs = reinterpret_cast<const cuda::MlaPrefillSeg*>(
+      put(reinterpret_cast<const int*>(prefill.segs.data()), 4 * prefill.segs.size()));
+  sm.pf_items = reinterpret_cast<const cuda::MlaPrefillItem*>(
+      put(reinterpret_cast<const int*>(prefill.items.data()), 7 * prefill.items.size()));
   if (chunks.num_chunks > 0) {
     sm.num_chunks = chunks.num_chunks;
     sm.chunk_seq = put(chunks.chunk_seq.data(), chunks.num_chunks);

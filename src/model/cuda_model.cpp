@@ -28,6 +28,9 @@ namespace {
 
 constexpr size_t kGemmWorkspace = size_t(32) << 20;
 constexpr size_t kReserve = size_t(512) << 20;  // CUDA context, cuBLAS, metadata, fragmentation
+// Context positions expanded per round of the MLA prefill: 16k rows of latents and per-head K/V
+// (H = 32: 287 MB) keep the expansion GEMM and each attention launch large, whatever the context.
+constexpr int kMlaPrefillPiece = 16384;
 
 double gib(size_t b) { return double(b) / double(size_t(1) << 30); }
 std::string gib_str(size_t b) {
@@ -107,6 +110,11 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     act.u = c.take<bf16>(T * Hm * kMlaLatentDim);
     act.attn = c.take<bf16>(T * Hm * kMlaVDim);
     act.partials = c.take<float>(size_t(max_partials) * Hm * cuda::kMlaPartialStride);
+    act.mla_ws = c.take<uint8_t>(cuda::mla_prefill_workspace_bytes(mla_piece, int(Hm)));
+    // The expanded prefill runs after the absorbed path's last read of u (the W_UV GEMM).
+    static_assert(cuda::kMlaStateStride * sizeof(float) <= kMlaLatentDim * sizeof(bf16),
+                  "the expanded prefill's state fits in u");
+    act.mla_state = reinterpret_cast<float*>(act.u);
   }
   int inter = 0;
   for (int l = 0; l < cfg.num_hidden_layers; ++l)
@@ -144,6 +152,7 @@ CudaModel::Impl::Sizes CudaModel::Impl::plan_sizes() {
   Tm = opts.max_batch_tokens;
   logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(cfg.vocab_size) * 4), 1, Tm));
   max_partials = 8 * prop.multiProcessorCount;
+  mla_piece = kMlaPrefillPiece;
   // Chunks of one step: full chunks of all tokens plus one partial chunk per sequence (capped:
   // steps with more sequences than that fall back to the recurrent scan).
   kda_chunk_cap = (Tm + kKdaChunk - 1) / kKdaChunk + std::min({Tm, cache.num_slots, 64});
@@ -263,6 +272,14 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v != "tensor_cores")
       fail("KIMI_CUDA_MLA must be tensor_cores or cuda_cores, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_MLA_PREFILL")) {  // long prefills expanded or not
+    const std::string v = e;
+    if (v == "absorbed") m.mla_expanded = false;
+    else if (v == "stagger") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmmaStagger;
+    else if (v == "mma") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kMma;
+    else if (v != "auto")
+      fail("KIMI_CUDA_MLA_PREFILL must be auto, absorbed, stagger or mma, got '", v, "'");
+  }
   if (const char* e = std::getenv("KIMI_CUDA_MOE")) {  // prefill expert GEMM kernel (comparison)
     const std::string v = e;
     if (v == "tiled") m.moe_wgmma = false;
@@ -300,6 +317,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   m.layout_arena(ac2);
   if (m.act.route_ticket) CUDA_CHECK(cudaMemset(m.act.route_ticket, 0, sizeof(int)));
   cuda::mla_prepare();
+  cuda::mla_prefill_prepare();
   if (ckpt) m.load_weights(*ckpt);
   else m.draw_weights(opts.seed);
   CUDA_CHECK(cudaDeviceSynchronize());

@@ -17,6 +17,7 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "misc/misc.h"
+#include "mla/mla.h"
 #include "model/cuda_model.h"
 #include "model/tensor_parallel.h"
 #include "ops/cuda/device_buffer.h"
@@ -120,6 +121,7 @@ struct CudaModel::Impl {
   // Activation arena (sized for Tm = opts.max_batch_tokens).
   cuda::DeviceBuffer<uint8_t> arena_buf;
   int Tm = 0, logit_rows = 0, max_partials = 0, kda_chunk_cap = 0;
+  int mla_piece = 0;  // context positions per round of the expanded MLA prefill
   struct Act {
     float* x;          // [Tm, hidden] residual stream
     bf16* a;           // [Tm, hidden] normed input of a block
@@ -129,6 +131,8 @@ struct CudaModel::Impl {
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
     float *latent, *partials;
+    void* mla_ws;                 // expanded prefill: one round's gathered latents and K/V
+    float* mla_state;             // [Tm, H, 130] its (o, m, l) across rounds: aliases u
     float* gu;                    // dense MLP / shared expert: gate | up, fp32
     bf16* act;                    // SiLU(gate)·up
     float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
@@ -170,6 +174,10 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
+  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never) and its
+  // attention kernel (=stagger / =mma: the staggered wgmma or the mma.sync kernel, comparison).
+  bool mla_expanded = true;
+  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmma;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison).

@@ -138,7 +138,9 @@ TEST_F(GoldenCuda, LogitsAndTop1MatchEveryCase) {
       const double e = rel_l2(g, r, V);
       if (e > worst) worst = e, worst_at = t;
       ++compared;
-      agree += argmax(g, V) == argmax(r, V);
+      const bool same = argmax(g, V) == argmax(r, V);
+      agree += same;
+      if (!same) std::printf("top-1 miss: case %d position %d\n", n, t);
     }
     std::printf("case %d: T=%zu, %d positions compared, max relative L2 %.3g (at %d)\n", n,
                 c.ids.size(), c.limit, worst, worst_at);
