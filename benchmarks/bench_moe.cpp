@@ -117,11 +117,13 @@ void bench_route(int l2_bytes) {
   DeviceBuffer<float> router(size_t(copies) * E * H), bias(E), x(size_t(copies) * 8 * H),
       xn(size_t(8) * H), normw(H), logits(size_t(8) * E), wts(size_t(8) * (K + 1));
   DeviceBuffer<bf16> a(size_t(8) * H);
-  DeviceBuffer<int> ids(size_t(8) * (K + 1)), ws(moe_permute_workspace_ints(E + 1, 8 * (K + 1)));
+  DeviceBuffer<int> ids(size_t(8) * (K + 1)), ws(moe_permute_workspace_ints(E + 1, 8 * (K + 1))),
+      ticket(1);
   fill_random(router, -0.05f, 0.05f, 11);
   fill_random(bias, -0.1f, 0.1f, 12);
   fill_random(x, -3.f, 3.f, 13);
   fill_random(normw, 0.5f, 1.5f, 14);
+  CUDA_CHECK(cudaMemset(ticket.data(), 0, sizeof(int)));
   Gemm gemm(size_t(32) << 20);
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
@@ -157,7 +159,7 @@ void bench_route(int l2_bytes) {
         dp.route = rp;
         dp.x = norm ? xs(i) : xn.data();
         dp.router = rt(i), dp.hidden = H, dp.block_m = 16;
-        dp.workspace = ws.data();
+        dp.workspace = ws.data(), dp.ticket = ticket.data();
         if (norm) dp.norm_weight = normw.data(), dp.normed = a.data();
         run_moe_route_decode(dp, s);
       };
@@ -178,7 +180,7 @@ void bench_route(int l2_bytes) {
       MoeRouteDecodeParams dp;
       dp.route = rp;
       dp.x = xs(rep), dp.router = rt(rep), dp.hidden = H, dp.block_m = 16;
-      dp.workspace = ws.data();
+      dp.workspace = ws.data(), dp.ticket = ticket.data();
       dp.norm_weight = normw.data(), dp.normed = a.data();
       dp.stamps = stamps.data();
       run_moe_route_decode(dp, st);
@@ -186,8 +188,7 @@ void bench_route(int l2_bytes) {
       const auto h = stamps.to_host();
       for (int i = 1; i < kMoeRouteStamps; ++i) d[i].push_back(double(h[i]) - double(h[i - 1]));
     }
-    const char* names[kMoeRouteStamps] = {"", "wait", "logits", "exchange", "route", "gather",
-                                          "permute"};
+    const char* names[kMoeRouteStamps] = {"", "wait", "norm", "logits", "ticket", "route", "permute"};
     std::printf("  phases (ns, median):");
     for (int i = 1; i < kMoeRouteStamps; ++i) {
       std::sort(d[i].begin(), d[i].end());

@@ -39,29 +39,20 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-namespace {
-size_t route_decode_smem(int num_experts, int hidden) {
-  const int per_cta = (num_experts + moe::kRouteCtas - 1) / moe::kRouteCtas;
-  return size_t(per_cta) * (hidden / 4) * sizeof(float4);
-}
-}  // namespace
-
-int moe_route_decode_max_tokens(int num_experts, int hidden) {
-  constexpr size_t kSmemCap = 200 << 10;  // dynamic shared memory beside the ~10 KB static
-  if (num_experts < 1 || num_experts > moe::kRouteMaxE || hidden < 4 || hidden % 4 != 0 ||
-      route_decode_smem(num_experts, hidden) > kSmemCap)
-    return 0;
-  return moe::kRouteDecodeMaxTokens;
+int moe_route_decode_max_tokens(int num_experts) {
+  constexpr int kScoreBytes = 40 << 10;  // dynamic shared memory left beside the static ~5 KB
+  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (8 * std::max(num_experts, 1)));
 }
 
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   const MoeRouteParams& r = p.route;
-  KIMI_CHECK(r.num_tokens >= 1 && r.num_tokens <= moe_route_decode_max_tokens(r.num_experts, p.hidden) &&
-                 r.top_k > 0 && r.top_k <= 32 && r.top_k <= r.num_experts,
-             "moe decode route T ", r.num_tokens, " E ", r.num_experts, " K ", r.top_k, " hidden ", p.hidden);
+  KIMI_CHECK(r.num_tokens >= 1 && r.num_tokens <= moe_route_decode_max_tokens(r.num_experts) && r.num_experts > 0 &&
+                 r.num_experts <= 1024 && r.top_k > 0 && r.top_k <= 32 && r.top_k <= r.num_experts,
+             "moe decode route T ", r.num_tokens, " E ", r.num_experts, " K ", r.top_k);
+  KIMI_CHECK(p.hidden > 0 && p.hidden % 4 == 0, "moe decode route: hidden ", p.hidden, " not a multiple of 4");
   KIMI_CHECK(p.block_m == 16 || p.block_m == 64, "moe block_m must be 16 or 64, got ", p.block_m);
   KIMI_CHECK(r.logits && r.correction_bias && r.expert_ids && r.weights && p.x && p.router &&
-                 p.workspace, "moe decode route: null pointer");
+                 p.workspace && p.ticket, "moe decode route: null pointer");
   KIMI_CHECK(reinterpret_cast<uintptr_t>(p.x) % 16 == 0 && reinterpret_cast<uintptr_t>(p.router) % 16 == 0 &&
                  reinterpret_cast<uintptr_t>(p.norm_weight) % 16 == 0,
              "moe decode route: x, router and norm weight must be 16-byte aligned");
@@ -74,17 +65,9 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   const int stride = r.top_k + (r.shared_expert >= 0);
   MoePermuteView v = moe_permute_view(p.workspace, local + (r.shared_expert >= 0),
                                       int64_t(r.num_tokens) * stride);
-  const size_t smem = route_decode_smem(r.num_experts, p.hidden);
-  // Per launch (legal during capture; the attributes belong to the current device).
-  CUDA_CHECK(cudaFuncSetAttribute(moe::moe_route_decode_kernel,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  CUDA_CHECK(cudaFuncSetAttribute(moe::moe_route_decode_kernel,
-                                  cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  LaunchOptions o;
-  o.smem = smem;
-  o.pdl = true;
-  o.cluster = dim3(moe::kRouteCtas, 1, 1);
-  launch_kernel(moe::moe_route_decode_kernel, moe::kRouteCtas, moe::kRouteThreads, o, stream, p, v);
+  const int grid = ceil_div(r.num_experts, moe::kRouteExpertsPerCta);
+  const size_t smem = size_t(2) * r.num_tokens * r.num_experts * sizeof(float);
+  launch_kernel(moe::moe_route_decode_kernel, grid, 1024, LaunchOptions{smem, true}, stream, p, v);
 }
 
 void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {

@@ -2,8 +2,8 @@
 //
 // moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
 //   K rounds of warp arg-max (ties to the lower index) pick the experts.
-// moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch of
-//   one 16-CTA cluster (logits meet in distributed shared memory), optionally with the RMSNorm.
+// moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch
+//   (the last CTA to finish its logits does the rest), optionally with the block's RMSNorm.
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
 //   starts; the scatter claims rows with a per-expert cursor. Up to 4096 pairs (decode steps)
 //   moe_permute_small_kernel does all three in one CTA.
@@ -240,53 +240,32 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
   }
 }
 
-// Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
-// one launch of one thread-block cluster of kRouteCtas CTAs, built for few dependent memory round
-// trips (the work is tiny; its latency chain is the cost). CTA c owns experts c·Ec .. c·Ec+Ec−1
-// (Ec = E / kRouteCtas), two warps per expert splitting k: every thread copies its router pieces
-// (fp32, constant) into shared memory before waiting for the previous kernel, so that DRAM
-// latency overlaps it. After the wait each thread reads its x pieces once (L2) for the dot
-// products and, for the norm, the sum of squares (expert 0's warps cover every k once). The
-// CTAs' logits meet through distributed shared memory: CTA t routes token t (route_token_cta),
-// writes its choice into CTA 0's shared memory, and CTA 0 permutes (permute_few).
-constexpr int kRouteDecodeMaxTokens = 8;
-constexpr int kRouteCtas = 16;  // a non-portable cluster size: H100/H200 allow 16
-constexpr int kRouteThreads = 1024;
-constexpr int kRouteMaxE = kRouteCtas * kRouteThreads / 64;  // two warps per expert: 256
-constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
-__device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, bool who) {
-  if (stamps && who && threadIdx.x == 0) {
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    stamps[i] = t;
+// Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
+// (same order, ties, NaN rule and weight arithmetic) but no serial rounds: every (token, expert)
+// scores once, then counts the experts that beat it (higher, or equal with a lower index); the
+// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; chosen:
+// T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the permutation (after a barrier).
+__device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
+                                                 int* chosen_e, float* chosen_s, int* ids_smem) {
+  const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+  for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
+    chosen_e[i] = -1;  // fewer than K finite scores: the rest stay empty
+    chosen_s[i] = 0.f;
   }
-}
-
-// One token's routing by a whole CTA, with route_token's result (same order, ties, NaN rule and
-// weight arithmetic) but no serial rounds: every expert scores once, then counts the experts that
-// beat it (higher, or equal with a lower index); the K with rank < K are the choice, at their
-// rank. logits: E values in shared memory; sel, sig, chosen_s: scratch (E, E, K floats);
-// chosen_e: K ints; ids_out (may be remote shared memory): the token's expert_ids row.
-__device__ __forceinline__ void route_token_cta(const MoeRouteParams& p, int t, const float* logits,
-                                                float* sel, float* sig, int* chosen_e,
-                                                float* chosen_s, int* ids_out) {
-  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
-    chosen_e[k] = -1;  // fewer than K finite scores: the rest stay empty
-    chosen_s[k] = 0.f;
-  }
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    const float s = 1.f / (1.f + expf(-logits[e]));
-    sig[e] = s;
-    sel[e] = s + p.correction_bias[e];
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const float s = 1.f / (1.f + expf(-__ldcg(p.logits + i)));
+    sig[i] = s;
+    sel[i] = s + p.correction_bias[i % E];
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    const float v = sel[e];
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const int t = i / E, e = i % E;
+    const float v = sel[i];
     if (v != v) continue;  // NaN: never chosen
+    const float* row = sel + t * E;
     int rank = 0;  // no early exit: independent (broadcast) shared-memory loads, unrolled
     if (E % 4 == 0) {
-      const float4* row4 = reinterpret_cast<const float4*>(sel);
+      const float4* row4 = reinterpret_cast<const float4*>(row);
 #pragma unroll 4
       for (int j = 0; j < E / 4; ++j) {
         const float4 w = row4[j];
@@ -296,70 +275,134 @@ __device__ __forceinline__ void route_token_cta(const MoeRouteParams& p, int t, 
       }
     } else {
 #pragma unroll 8
-      for (int j = 0; j < E; ++j) rank += sel[j] > v || (sel[j] == v && j < e);
+      for (int j = 0; j < E; ++j) rank += row[j] > v || (row[j] == v && j < e);
     }
     if (rank < K) {
-      chosen_e[rank] = e;
-      chosen_s[rank] = sig[e];
+      chosen_e[t * K + rank] = e;
+      chosen_s[t * K + rank] = sig[i];
     }
   }
   __syncthreads();
-  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+  for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
+    const int t = i / K, k = i % K;
     float wsum = 0.f;
-    for (int j = 0; j < K; ++j) wsum += chosen_s[j];  // in choice order, as route_token
-    const int e = chosen_e[k];
+    for (int j = 0; j < K; ++j) wsum += chosen_s[t * K + j];  // in choice order, as route_token
+    const int e = chosen_e[i];
     const int local = e - p.expert_first;
     const bool here = e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-    p.expert_ids[int64_t(t) * stride + k] = ids_out[k] = here ? local : -1;
-    p.weights[int64_t(t) * stride + k] = chosen_s[k] * (p.renormalize ? p.scaling / wsum : p.scaling);
+    p.expert_ids[int64_t(t) * stride + k] = ids_smem[t * stride + k] = here ? local : -1;
+    p.weights[int64_t(t) * stride + k] =
+        chosen_s[i] * (p.renormalize ? p.scaling / wsum : p.scaling);
     if (k == 0 && p.shared_expert >= 0) {
-      p.expert_ids[int64_t(t) * stride + K] = ids_out[K] = p.shared_expert;
+      p.expert_ids[int64_t(t) * stride + K] = ids_smem[t * stride + K] = p.shared_expert;
       p.weights[int64_t(t) * stride + K] = 1.f;
     }
   }
 }
 
-__global__ void __launch_bounds__(kRouteThreads) moe_route_decode_kernel(MoeRouteDecodeParams p,
-                                                                         MoePermuteView v) {
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  extern __shared__ __align__(16) float4 router_smem[];  // [Ec][H / 4] this CTA's router rows
-  __shared__ float logit_s[kRouteDecodeMaxTokens][kRouteMaxE / kRouteCtas];
-  __shared__ __align__(16) float sel[kRouteMaxE], sig[kRouteMaxE], all_logits[kRouteMaxE];
-  __shared__ float part[32][kRouteDecodeMaxTokens];  // [warp][token] dot-product halves
-  __shared__ float ss_part[2][kRouteDecodeMaxTokens];
+// Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
+// one launch, built to have few dependent memory round trips (the kernel is latency-bound).
+// CTA c computes the logits of experts 4c..4c+3 for every token, 8 warps per expert splitting
+// k; each thread loads its router (and norm weight) pieces into registers before waiting for
+// the previous kernel (constant data: that DRAM latency overlaps it). Partial sums are added in
+// a fixed order. The CTA then publishes its logits and takes a ticket; the CTA with the last
+// ticket routes every token (route_tokens_cta) and permutes (permute_few), then resets the
+// ticket for the next launch. With the RMSNorm fused in, 4 warps per token first reduce its sum
+// of squares, the norm weight multiplies the router row and 1/rms the sum, and each CTA writes
+// its share of the bf16 normed rows.
+constexpr int kRouteDecodeMaxTokens = 8;
+constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
+constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
+constexpr int kRouteRegK4 = 4;  // float4 router pieces per thread in registers (H <= 4096: all)
+__device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, bool who) {
+  if (stamps && who && threadIdx.x == 0) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    stamps[i] = t;
+  }
+}
+constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
+__global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
+                                                                MoePermuteView v) {
+  extern __shared__ float sel_smem[];  // [2][T][E] selection scores and sigmoids of the routing CTA
+  __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
+  __shared__ float ss_part[kRouteDecodeMaxTokens][4];
   __shared__ float inv_rms[kRouteDecodeMaxTokens];
-  __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];  // CTA 0: every choice
-  __shared__ int chosen_e[32];
-  __shared__ float chosen_s[32];
+  __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];
+  __shared__ int chosen_e[kRouteDecodeMaxTokens * 32];
+  __shared__ float chosen_s[kRouteDecodeMaxTokens * 32];
+  __shared__ bool last;
   const MoeRouteParams& r = p.route;
   const int T = r.num_tokens, E = r.num_experts, H = p.hidden, n4 = H / 4;
-  const int Ec = (E + kRouteCtas - 1) / kRouteCtas, rank = int(cluster.block_rank());
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool norm = p.norm_weight != nullptr;
-  const int ex = warp / 2, half = warp % 2;  // local expert, k half
-  const int e = rank * Ec + ex;
-  const bool has_e = ex < Ec && e < E;
-  const bool cta0 = rank == 0;
+  const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert;
+  const int e = blockIdx.x * kRouteExpertsPerCta + ew;
+  const int k4_0 = wk * 32 + lane;
+  const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(e < E ? e : 0) * H);
+  const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
+  const bool cta0 = blockIdx.x == 0;
   route_stamp(p.stamps, 0, cta0);
-  // Router pieces k4 = half·32 + lane + 64j into shared memory (each thread reads back only its
-  // own pieces, so its cp.async wait is the only synchronisation needed); the norm weight folds in.
-  const float4* w = reinterpret_cast<const float4*>(p.router + int64_t(has_e ? e : 0) * H);
-  if (has_e)
-    for (int k4 = half * 32 + lane; k4 < n4; k4 += 64)
-      cp_async16(router_smem + ex * n4 + k4, w + k4);
-  cp_async_commit();
-  pdl_launch_dependents();  // PDL (launch.h): x and the outputs come after the wait
+  float4 wreg[kRouteRegK4];
+#pragma unroll
+  for (int j = 0; j < kRouteRegK4; ++j) {
+    const int k4 = k4_0 + j * kRouteK4Step;
+    wreg[j] = e < E && k4 < n4 ? __ldg(w + k4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (norm && e < E && k4 < n4) {
+      const float4 n = __ldg(nw + k4);
+      wreg[j] = make_float4(wreg[j].x * n.x, wreg[j].y * n.y, wreg[j].z * n.z, wreg[j].w * n.w);
+    }
+  }
+  pdl_launch_dependents();  // PDL (launch.h): x, logits and the workspace come after the wait
   pdl_wait();
   route_stamp(p.stamps, 1, cta0);
-  cp_async_wait<0>();
-  const float4* nw = reinterpret_cast<const float4*>(p.norm_weight);
-  float acc[kRouteDecodeMaxTokens], ss[kRouteDecodeMaxTokens];
+  if (norm) {
+    if (warp < 4 * T) {
+      const int t = warp / 4, q = warp % 4;
+      const float4* x = reinterpret_cast<const float4*>(p.x + int64_t(t) * H);
+      float ss = 0.f;
+#pragma unroll 5
+      for (int k4 = q * 32 + lane; k4 < n4; k4 += 128) {
+        const float4 xv = __ldcg(x + k4);
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+      }
 #pragma unroll
-  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = ss[t] = 0.f;
-  if (has_e || (norm && warp < 2)) {  // warps 0 and 1 also sum squares for the norm
-    for (int k4 = half * 32 + lane; k4 < n4; k4 += 64) {
-      float4 wv = has_e ? router_smem[ex * n4 + k4] : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      if (lane == 0) ss_part[t][q] = ss;
+    }
+    __syncthreads();
+    if (threadIdx.x < T)
+      inv_rms[threadIdx.x] = rsqrtf((ss_part[threadIdx.x][0] + ss_part[threadIdx.x][1] +
+                                     ss_part[threadIdx.x][2] + ss_part[threadIdx.x][3]) / float(H) +
+                                    p.eps);
+    __syncthreads();
+    const int cols = (H + gridDim.x - 1) / gridDim.x, d0 = blockIdx.x * cols;
+    for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
+      const int t = i / cols, d = d0 + i % cols;
+      if (d < H)
+        p.normed[int64_t(t) * H + d] =
+            __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
+    }
+  }
+  route_stamp(p.stamps, 2, cta0);
+  float acc[kRouteDecodeMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
+  if (e < E) {
+#pragma unroll
+    for (int j = 0; j < kRouteRegK4; ++j) {
+      const int k4 = k4_0 + j * kRouteK4Step;
+      if (k4 < n4) {
+#pragma unroll
+        for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
+          if (t >= T) break;
+          const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
+          acc[t] += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
+        }
+      }
+    }
+    for (int k4 = k4_0 + kRouteRegK4 * kRouteK4Step; k4 < n4; k4 += kRouteK4Step) {  // H > 4096
+      float4 wv = __ldg(w + k4);
       if (norm) {
         const float4 n = __ldg(nw + k4);
         wv = make_float4(wv.x * n.x, wv.y * n.y, wv.z * n.z, wv.w * n.w);
@@ -369,66 +412,43 @@ __global__ void __launch_bounds__(kRouteThreads) moe_route_decode_kernel(MoeRout
         if (t >= T) break;
         const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
         acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
-        ss[t] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
       }
     }
   }
 #pragma unroll
   for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-      ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
-    }
-    if (lane == 0) {
-      part[warp][t] = acc[t];
-      if (warp < 2) ss_part[warp][t] = ss[t];  // warps 0 and 1 saw every k once
-    }
+    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+    if (lane == 0) part[ew][wk][t] = acc[t];
   }
   __syncthreads();
-  if (threadIdx.x < T) {
-    const int t = threadIdx.x;
-    inv_rms[t] = norm ? rsqrtf((ss_part[0][t] + ss_part[1][t]) / float(H) + p.eps) : 1.f;
+  if (threadIdx.x < kRouteExpertsPerCta * kRouteDecodeMaxTokens) {
+    const int ee = threadIdx.x / kRouteDecodeMaxTokens, t = threadIdx.x % kRouteDecodeMaxTokens;
+    const int eg = blockIdx.x * kRouteExpertsPerCta + ee;
+    if (eg < E && t < T) {
+      float sum = 0.f;
+      for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[ee][j][t];
+      if (norm) sum *= inv_rms[t];
+      const_cast<float*>(r.logits)[int64_t(t) * E + eg] = sum;  // this launch produces them
+    }
+    __threadfence();  // the logits reach L2 before the ticket
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < T * Ec; i += blockDim.x) {
-    const int t = i / Ec, x = i % Ec;
-    if (rank * Ec + x >= E) continue;
-    float sum = part[2 * x][t] + part[2 * x + 1][t];
-    if (norm) sum *= inv_rms[t];
-    logit_s[t][x] = sum;
-    const_cast<float*>(r.logits)[int64_t(t) * E + rank * Ec + x] = sum;  // callers may read them
-  }
-  if (norm) {  // this CTA's slice of the experts' bf16 input (not on the routing's critical path)
-    const int cols = (H + kRouteCtas - 1) / kRouteCtas, d0 = rank * cols;
-    for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
-      const int t = i / cols, d = d0 + i % cols;
-      if (d < H)
-        p.normed[int64_t(t) * H + d] =
-            __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
-    }
-  }
-  route_stamp(p.stamps, 2, cta0);
-  cluster.sync();  // every CTA's logits are in its shared memory
   route_stamp(p.stamps, 3, cta0);
+  if (threadIdx.x == 0) last = atomicAdd(p.ticket, 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  route_stamp(p.stamps, 4, true);
+  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
+  __syncthreads();
+  route_stamp(p.stamps, 5, true);
   const int stride = r.top_k + (r.shared_expert >= 0);
-  if (rank < T) {  // CTA t routes token t
-    const int t = rank;
-    for (int i = threadIdx.x; i < E; i += blockDim.x)
-      all_logits[i] = cluster.map_shared_rank(&logit_s[t][0], i / Ec)[i % Ec];
-    __syncthreads();
-    route_token_cta(r, t, all_logits, sel, sig, chosen_e, chosen_s,
-                    cluster.map_shared_rank(pair_ids, 0) + t * stride);
-  }
-  route_stamp(p.stamps, 4, cta0);
-  cluster.sync();  // every token's choice is in CTA 0's pair_ids
-  route_stamp(p.stamps, 5, cta0);
-  if (cta0) {
-    const int El = r.local_experts ? r.local_experts : E;
-    permute_few(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
-    __syncthreads();
-    route_stamp(p.stamps, 6, true);
-  }
+  const int El = r.local_experts ? r.local_experts : E;
+  permute_few(T * stride, El + (r.shared_expert >= 0), stride, p.block_m, pair_ids, pair_tiles, v);
+  __syncthreads();
+  route_stamp(p.stamps, 6, true);
+  if (threadIdx.x == 0) *p.ticket = 0;
 }
 
 constexpr int kBN = 64, kBK = 32, kPad = 8;

@@ -59,10 +59,11 @@ struct MoeRouteParams {
 void run_moe_route(const MoeRouteParams& p, cudaStream_t stream);
 
 // Decode steps (num_tokens <= moe_route_decode_max_tokens()): the router logits (fp32 x · fp32
-// routerᵀ, written to route.logits), run_moe_route and run_moe_permute in one launch (a cluster
-// of 16 CTAs), with the same outputs; the permutation's rows of an expert follow pair order.
+// routerᵀ, written to route.logits), run_moe_route and run_moe_permute in one launch, with the
+// same outputs. ticket: one int of device memory, zero before the first launch (each launch
+// leaves it zero).
 struct MoeRouteDecodeParams {
-  MoeRouteParams route;          // logits: written here
+  MoeRouteParams route;          // logits: written here, then read back by the routing
   const float* x = nullptr;      // [T, hidden] normed input, fp32 (the residual with norm_weight)
   // The block's RMSNorm fused in (one launch fewer): with norm_weight set, x is the residual
   // stream, the router reads RMSNorm(x) · norm_weight in fp32 and `normed` receives it in bf16
@@ -74,15 +75,15 @@ struct MoeRouteDecodeParams {
   int hidden = 0;                // multiple of 4
   int block_m = 16;              // of the grouped GEMMs that follow
   int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
-  // Benchmarks only (null otherwise): %globaltimer (ns) at the kernel's phase boundaries in
-  // cluster rank 0, kMoeRouteStamps values: entry, after the wait, logits written, logits
-  // exchanged, token routed, choices exchanged, permuted.
+  int* ticket = nullptr;
+  // Benchmarks only (null otherwise): %globaltimer (ns) at the kernel's phase boundaries,
+  // kMoeRouteStamps values: CTA 0 at entry, after the wait, after the norm, before its ticket;
+  // the routing CTA after its ticket, after routing, at the end.
   unsigned long long* stamps = nullptr;
 };
 constexpr int kMoeRouteStamps = 7;
-// Most tokens the fused launch takes (0: it cannot run these sizes; E <= 256 and the CTAs'
-// router rows, 16 · hidden · 4 bytes each, within shared memory).
-int moe_route_decode_max_tokens(int num_experts, int hidden);
+// Most tokens the fused launch takes for E experts (its shared memory holds 2·T·E scores).
+int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
 
 // Device workspace of the permutation for up to max_rows = T·K rows and E experts (ints):

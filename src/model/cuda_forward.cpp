@@ -350,7 +350,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     rp.expert_first = mine.first;
     rp.local_experts = El;
   }
-  const bool decode_route = block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E, hid);
+  const bool decode_route = block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E) && hid % 4 == 0;
   const bool fuse_norm = decode_route && m.fuse_norms;
   if (!fuse_norm) rmsnorm(m, post_norm, T, nullptr, A.a, A.hf);
   if (decode_route) {
@@ -367,6 +367,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     dp.hidden = hid;
     dp.block_m = block_m;
     dp.workspace = A.perm_ws;
+    dp.ticket = A.route_ticket;
     cuda::run_moe_route_decode(dp, m.stream);
   } else {
     {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)

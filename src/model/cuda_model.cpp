@@ -127,6 +127,7 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     const int E = cfg.num_experts + 1, K = cfg.num_experts_per_token + 1;
     act.hf = c.take<float>(size_t(T) * hd);
     act.router_logits = c.take<float>(size_t(T) * E);
+    act.route_ticket = c.take<int>(1);
     act.route_w = c.take<float>(size_t(T) * K);
     act.route_ids = c.take<int>(size_t(T) * K);
     act.perm_ws = c.take<int>(cuda::moe_permute_workspace_ints(E, int64_t(T) * K));
@@ -314,6 +315,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   m.arena_buf = cuda::DeviceBuffer<uint8_t>(abytes);
   Carver ac2{m.arena_buf.data()};
   m.layout_arena(ac2);
+  if (m.act.route_ticket) CUDA_CHECK(cudaMemset(m.act.route_ticket, 0, sizeof(int)));
   cuda::mla_prepare();
   cuda::mla_prefill_prepare();
   if (ckpt) m.load_weights(*ckpt);

@@ -136,6 +136,7 @@ struct CudaModel::Impl {
     float* gu;                    // dense MLP / shared expert: gate | up, fp32
     bf16* act;                    // SiLU(gate)·up
     float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
+    int* route_ticket;                    // the fused decode routing's ticket (zeroed once)
     int *route_ids, *perm_ws;
     bf16* moe_act;
     float* moe_y;
