@@ -188,7 +188,7 @@ void bench_route(int l2_bytes) {
       const auto h = stamps.to_host();
       for (int i = 1; i < kMoeRouteStamps; ++i) d[i].push_back(double(h[i]) - double(h[i - 1]));
     }
-    const char* names[kMoeRouteStamps] = {"", "wait", "norm", "logits", "ticket", "route", "permute"};
+    const char* names[kMoeRouteStamps] = {"", "wait", "logits", "normed", "ticket", "route", "permute"};
     std::printf("  phases (ns, median):");
     for (int i = 1; i < kMoeRouteStamps; ++i) {
       std::sort(d[i].begin(), d[i].end());

@@ -307,9 +307,10 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float*
 // the previous kernel (constant data: that DRAM latency overlaps it). Partial sums are added in
 // a fixed order. The CTA then publishes its logits and takes a ticket; the CTA with the last
 // ticket routes every token (route_tokens_cta) and permutes (permute_few), then resets the
-// ticket for the next launch. With the RMSNorm fused in, 4 warps per token first reduce its sum
-// of squares, the norm weight multiplies the router row and 1/rms the sum, and each CTA writes
-// its share of the bf16 normed rows.
+// ticket for the next launch. With the RMSNorm fused in, the warps of expert slot 0 also sum the
+// squares of the x pieces they load for the dot products (they cover every k once), the norm
+// weight multiplies the router pieces and 1/rms the sums, and each CTA writes its share of the
+// bf16 normed rows after taking its ticket (off the routing's chain).
 constexpr int kRouteDecodeMaxTokens = 8;
 constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
 constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
@@ -326,7 +327,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
                                                                 MoePermuteView v) {
   extern __shared__ float sel_smem[];  // [2][T][E] selection scores and sigmoids of the routing CTA
   __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
-  __shared__ float ss_part[kRouteDecodeMaxTokens][4];
+  __shared__ float ss_part[kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
   __shared__ float inv_rms[kRouteDecodeMaxTokens];
   __shared__ int pair_ids[kRouteMaxPairs], pair_tiles[kRouteMaxPairs];
   __shared__ int chosen_e[kRouteDecodeMaxTokens * 32];
@@ -356,39 +357,13 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   pdl_launch_dependents();  // PDL (launch.h): x, logits and the workspace come after the wait
   pdl_wait();
   route_stamp(p.stamps, 1, cta0);
-  if (norm) {
-    if (warp < 4 * T) {
-      const int t = warp / 4, q = warp % 4;
-      const float4* x = reinterpret_cast<const float4*>(p.x + int64_t(t) * H);
-      float ss = 0.f;
-#pragma unroll 5
-      for (int k4 = q * 32 + lane; k4 < n4; k4 += 128) {
-        const float4 xv = __ldcg(x + k4);
-        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
-      }
+  // The dot products; the 8 warps of expert slot 0 see every k once, so they also sum the
+  // squares for the norm from the same loads.
+  const bool sums = norm && ew == 0;
+  float acc[kRouteDecodeMaxTokens], ss[kRouteDecodeMaxTokens];
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-      if (lane == 0) ss_part[t][q] = ss;
-    }
-    __syncthreads();
-    if (threadIdx.x < T)
-      inv_rms[threadIdx.x] = rsqrtf((ss_part[threadIdx.x][0] + ss_part[threadIdx.x][1] +
-                                     ss_part[threadIdx.x][2] + ss_part[threadIdx.x][3]) / float(H) +
-                                    p.eps);
-    __syncthreads();
-    const int cols = (H + gridDim.x - 1) / gridDim.x, d0 = blockIdx.x * cols;
-    for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
-      const int t = i / cols, d = d0 + i % cols;
-      if (d < H)
-        p.normed[int64_t(t) * H + d] =
-            __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
-    }
-  }
-  route_stamp(p.stamps, 2, cta0);
-  float acc[kRouteDecodeMaxTokens];
-#pragma unroll
-  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = 0.f;
-  if (e < E) {
+  for (int t = 0; t < kRouteDecodeMaxTokens; ++t) acc[t] = ss[t] = 0.f;
+  if (e < E || sums) {
 #pragma unroll
     for (int j = 0; j < kRouteRegK4; ++j) {
       const int k4 = k4_0 + j * kRouteK4Step;
@@ -398,6 +373,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
           if (t >= T) break;
           const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
           acc[t] += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
+          ss[t] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
         }
       }
     }
@@ -412,14 +388,27 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
         if (t >= T) break;
         const float4 xv = __ldcg(reinterpret_cast<const float4*>(p.x + int64_t(t) * H) + k4);
         acc[t] += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+        ss[t] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
       }
     }
   }
 #pragma unroll
   for (int t = 0; t < kRouteDecodeMaxTokens; ++t) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
-    if (lane == 0) part[ew][wk][t] = acc[t];
+    for (int o = 16; o > 0; o >>= 1) {
+      acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], o);
+      if (sums) ss[t] += __shfl_xor_sync(0xffffffffu, ss[t], o);
+    }
+    if (lane == 0) {
+      part[ew][wk][t] = acc[t];
+      if (sums) ss_part[wk][t] = ss[t];
+    }
+  }
+  __syncthreads();
+  if (norm && threadIdx.x < T) {
+    float sq = 0.f;
+    for (int j = 0; j < kRouteWarpsPerExpert; ++j) sq += ss_part[j][threadIdx.x];
+    inv_rms[threadIdx.x] = rsqrtf(sq / float(H) + p.eps);
   }
   __syncthreads();
   if (threadIdx.x < kRouteExpertsPerCta * kRouteDecodeMaxTokens) {
@@ -434,10 +423,26 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
     __threadfence();  // the logits reach L2 before the ticket
   }
   __syncthreads();
-  route_stamp(p.stamps, 3, cta0);
+  route_stamp(p.stamps, 2, cta0);
   if (threadIdx.x == 0) last = atomicAdd(p.ticket, 1) == int(gridDim.x) - 1;
+  // This CTA's slice of the experts' bf16 input, off the routing's critical path: the routing
+  // CTA writes it last.
+  auto write_normed = [&]() {
+    if (!norm) return;
+    const int cols = (H + gridDim.x - 1) / gridDim.x, d0 = blockIdx.x * cols;
+    for (int i = threadIdx.x; i < T * cols; i += blockDim.x) {
+      const int t = i / cols, d = d0 + i % cols;
+      if (d < H)
+        p.normed[int64_t(t) * H + d] =
+            __float2bfloat16(__ldcg(p.x + int64_t(t) * H + d) * inv_rms[t] * p.norm_weight[d]);
+    }
+  };
   __syncthreads();
-  if (!last) return;
+  if (!last) {
+    write_normed();
+    route_stamp(p.stamps, 3, cta0);
+    return;
+  }
   __threadfence();
   route_stamp(p.stamps, 4, true);
   route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
@@ -449,6 +454,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   __syncthreads();
   route_stamp(p.stamps, 6, true);
   if (threadIdx.x == 0) *p.ticket = 0;
+  write_normed();
 }
 
 constexpr int kBN = 64, kBK = 32, kPad = 8;

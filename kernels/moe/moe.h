@@ -77,8 +77,8 @@ struct MoeRouteDecodeParams {
   int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
   int* ticket = nullptr;
   // Benchmarks only (null otherwise): %globaltimer (ns) at the kernel's phase boundaries,
-  // kMoeRouteStamps values: CTA 0 at entry, after the wait, after the norm, before its ticket;
-  // the routing CTA after its ticket, after routing, at the end.
+  // kMoeRouteStamps values: CTA 0 at entry, after the wait, logits published, normed slice
+  // written; the routing CTA after its ticket, after routing, at the end.
   unsigned long long* stamps = nullptr;
 };
 constexpr int kMoeRouteStamps = 7;
