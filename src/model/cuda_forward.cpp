@@ -350,7 +350,11 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     rp.expert_first = mine.first;
     rp.local_experts = El;
   }
-  const bool decode_route = block_m == 16 && T <= cuda::moe_route_decode_max_tokens(E) && hid % 4 == 0;
+  // The fused routing launch pays up to 2 tokens: its routing CTA's work grows with T·E (bench_moe
+  // --route, H200: 13.0 vs 17.5 us for the separate launches at T = 1, 39.6 vs 25.5 at T = 8).
+  constexpr int kFusedRouteMaxTokens = 2;
+  const bool decode_route = block_m == 16 && T <= std::min(kFusedRouteMaxTokens, cuda::moe_route_decode_max_tokens(E)) &&
+                            hid % 4 == 0;
   const bool fuse_norm = decode_route && m.fuse_norms;
   if (!fuse_norm) rmsnorm(m, post_norm, T, nullptr, A.a, A.hf);
   if (decode_route) {
@@ -413,7 +417,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   up.y = A.moe_y;
   up.out = A.x;
   up.accumulate = m.tp.rank == 0;  // see residual_beta
-  const bool fuse_next = fuse_norm && next_norm && m.tp.world == 1 &&
+  const bool fuse_next = m.fuse_norms && next_norm && m.tp.world == 1 && block_m == 16 &&
                          (fuse || c.num_shared_experts == 0) &&
                          hid <= cuda::kMoeUnpermuteNormMaxHidden;
   if (fuse_next) {
