@@ -267,22 +267,6 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
       CUDA_CHECK(cudaStreamSynchronize(st));
       y_set0.push_back(y.to_host());
     }
-    // The gemv kernel's two CTA heights, forced (auto picks by how well the grid fills its last
-    // wave; with the model's shared expert, 9 experts per token at T = 1, it takes 16 rows).
-    for (int rows : {32, 16}) {
-      gp.path = MoeGemmPath::kGemv;
-      gp.gemv_rows = rows;
-      auto both = [&](int i, cudaStream_t s) {
-        gp.workspace = rs[i % sets].ws.data();
-        kimi::cuda::run_moe_gate_up(gp, s);
-        kimi::cuda::run_moe_down(gp, s);
-      };
-      const double graph = graph_ms(both, sets * std::max(1, 32 / sets), quick ? 10 : 30, st);
-      const double gbs = bytes / (graph * 1e-3) / 1e9;
-      std::printf("%-6s %5d   gemv, %d weight rows per CTA: %.2f us = %.1f%% of copy\n", "", T, rows,
-                  graph * 1e3, 100 * gbs / ceiling);
-    }
-    gp.gemv_rows = 0;
     const double diff = rel_rms(y_set0[1], y_set0[0]);
     std::printf("%-6s %5d   gemv %.2fx faster than tiled; y rel diff gemv vs tiled %.2e%s\n", "", T,
                 ms_of[0] / ms_of[1], diff, diff < 5e-3 ? "" : "  ** MISMATCH **");

@@ -142,10 +142,6 @@ struct MoeGemmParams {
   bf16* act = nullptr;              // [T·K, I]
   float* y = nullptr;               // [T·K, hidden]
   MoeGemmPath path = MoeGemmPath::kAuto;
-  // Weight rows per CTA of the gemv kernel: 32 (two row groups) or 16 (one: gate_up then pairs 8
-  // gate with 8 up rows); 0 picks the one whose CTA count fills the last wave best. Tests and
-  // benchmarks force one.
-  int gemv_rows = 0;
 };
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream);
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream);

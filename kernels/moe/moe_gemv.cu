@@ -1,7 +1,6 @@
 // Launcher of the decode-sized grouped expert GEMMs (moe_gemv.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 
 #include "common.h"
@@ -18,27 +17,12 @@ int gemv_pass_rows(const MoeGemmParams& p) {
   return std::min({p.num_tokens, p.block_m, 16});
 }
 
-// Narrow (16-row) CTAs when their count fills the last wave of 2 CTAs per SM better: a grid of
-// 2.2 waves idles most of the card for its third (gate_up at T = 1 with the shared expert: 576
-// wide CTAs on 264 slots; 1152 narrow ones make 4.4 waves).
-bool pick_narrow(int64_t wide_ctas, int forced_rows) {
-  if (forced_rows == 16 || forced_rows == 32) return forced_rows == 16;
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const double slots = 2.0 * sms;
-  auto fill = [&](double ctas) { return ctas / slots / std::ceil(ctas / slots); };
-  return fill(2.0 * wide_ctas) > fill(double(wide_ctas)) + 0.05;
-}
-
 template <bool SWIGLU, int NT>
 void launch(const MoeGemmParams& p, int pass_rows, cudaStream_t stream) {
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
   const int N = SWIGLU ? p.inter : p.hidden;
-  const int tiles = moe_max_tiles(rows, p.num_experts, p.block_m);
-  const bool narrow = pick_narrow(int64_t(tiles) * ceil_div(N, SWIGLU ? 16 : 32), p.gemv_rows);
-  const dim3 grid(tiles, ceil_div(N, (SWIGLU ? 16 : 32) >> int(narrow)));
+  const dim3 grid(moe_max_tiles(rows, p.num_experts, p.block_m), ceil_div(N, SWIGLU ? 16 : 32));
   KIMI_CHECK(grid.y <= 65535, "moe gemv: ", grid.y, " column slices");
   const size_t smem = moe_gemv_smem_bytes(p, SWIGLU);
   // 9 chunks of 32 per warp at hidden 2304 (gate_up), 4 at inter 1024 (down): whole batches.
@@ -49,7 +33,7 @@ void launch(const MoeGemmParams& p, int pass_rows, cudaStream_t stream) {
   if (smem > size_t(48) << 10)
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, grid, kGvThreads, LaunchOptions{smem, true}, stream, p, v, pass_rows, narrow);
+  launch_kernel(kernel, grid, kGvThreads, LaunchOptions{smem, true}, stream, p, v, pass_rows);
 }
 
 }  // namespace

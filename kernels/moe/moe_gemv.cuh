@@ -40,7 +40,7 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
 // NT: n tiles of 8 rows per pass (1 or 2); U: k chunks per warp in flight.
 template <bool SWIGLU, int NT, int U>
 __global__ void __launch_bounds__(kGvThreads, 2)
-    moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows, bool narrow) {
+    moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
   static_assert(NT == 1 || NT == 2, "n tiles per pass");
@@ -74,26 +74,17 @@ __global__ void __launch_bounds__(kGvThreads, 2)
   const int lds = moe_gemv_lds(K);
   const bf16* W =
       SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
-  // Output columns per CTA: gate_up 16 (8 narrow), down 32 (16 narrow).
-  const int n0 = blockIdx.y * ((SWIGLU ? 16 : 32) >> int(narrow));
+  const int n0 = blockIdx.y * (SWIGLU ? 16 : 32);
   // The lane's weight rows: row group rg (gate_up: 0 gate, 1 up; down: columns +16·rg), h: g + 8h.
-  // Narrow: row group 0 only (rg 1 loads nothing and multiplies zeros); gate_up then holds gate
-  // row n0 + g as h = 0 and its up row as h = 1, so the mma puts them in the same lane.
   const bf16* wrow[2][2];
   bool wok[2][2];
 #pragma unroll
   for (int rg = 0; rg < 2; ++rg)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      int n, r;  // output column, weight row
-      if (SWIGLU && narrow) {
-        n = n0 + g;
-        r = n + h * p.inter;
-      } else {
-        n = n0 + (SWIGLU ? 0 : 16 * rg) + g + 8 * h;
-        r = SWIGLU ? n + rg * p.inter : n;
-      }
-      wok[rg][h] = n < N && !(narrow && rg == 1);
+      const int n = n0 + (SWIGLU ? 0 : 16 * rg) + g + 8 * h;  // output column
+      wok[rg][h] = n < N;
+      const int r = SWIGLU ? n + rg * p.inter : n;
       wrow[rg][h] = W + int64_t(wok[rg][h] ? r : 0) * K;
     }
 
@@ -148,27 +139,19 @@ __global__ void __launch_bounds__(kGvThreads, 2)
         for (int j = 0; j < 4; ++j)
           red[(((warp * 2 + rg) * NT + nt) * 4 + j) * 32 + lane] = acc[rg][nt][j];
     __syncthreads();
-    // D element j of lane (g, t) in n tile nt: weight row g + 8·(j / 2), row slot 8·nt + 2t + j % 2.
-    // Narrow gate_up: j = 0, 1 are gate and j + 2 the matching up values of column n0 + g.
-    const int outs = (SWIGLU ? 1 : 2) * NT * 4 * 32 >> int(narrow);
-    for (int i = tid; i < outs; i += kGvThreads) {
-      const int l = i % 32;
-      int j, nt, rg, jup;  // D element (gate / the only value), n tile, row group, up element
-      if (SWIGLU && narrow) {
-        j = (i / 32) % 2, nt = i / 64, rg = 0, jup = j + 2;
-      } else {
-        j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT), jup = j;
-      }
+    // D element j of lane (g, t) in n tile nt: column g + 8·(j / 2), row slot 8·nt + 2t + j % 2.
+    constexpr int kOuts = (SWIGLU ? 1 : 2) * NT * 4 * 32;
+    for (int i = tid; i < kOuts; i += kGvThreads) {
+      const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
       const int slot = nt * 8 + 2 * (l % 4) + (j % 2);
-      const int n = SWIGLU && narrow ? n0 + l / 4 : n0 + 16 * rg + l / 4 + 8 * (j / 2);
+      const int n = n0 + 16 * rg + l / 4 + 8 * (j / 2);
       if (slot >= rows || n >= N) continue;
       const int r = r0 + slot;
-      const int rg_up = SWIGLU && narrow ? 0 : 1;
       float s0 = 0.f, s1 = 0.f;
 #pragma unroll
       for (int w = 0; w < kGvWarps; ++w) {
         s0 += red[(((w * 2 + rg) * NT + nt) * 4 + j) * 32 + l];
-        if constexpr (SWIGLU) s1 += red[(((w * 2 + rg_up) * NT + nt) * 4 + jup) * 32 + l];
+        if constexpr (SWIGLU) s1 += red[(((w * 2 + 1) * NT + nt) * 4 + j) * 32 + l];
       }
       if constexpr (SWIGLU) {
         p.act[int64_t(r) * p.inter + n] = __float2bfloat16(s0 / (1.f + __expf(-s0)) * s1);

@@ -403,7 +403,6 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   gp.x = A.a;
   gp.w13 = w.w13;
   gp.w2 = w.w2;
-  gp.gemv_rows = m.moe_gemv_rows;
   gp.act = A.moe_act;
   gp.y = A.moe_y;
   cuda::run_moe_gate_up(gp, m.stream);

@@ -290,11 +290,6 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v != "0" && v != "1") fail("KIMI_CUDA_PDL must be 0 or 1, got '", v, "'");
     cuda::set_pdl_enabled(v == "1");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_MOE_GEMV_ROWS")) {  // decode expert CTA height
-    const std::string v = e;
-    if (v != "16" && v != "32") fail("KIMI_CUDA_MOE_GEMV_ROWS must be 16 or 32, got '", v, "'");
-    m.moe_gemv_rows = std::stoi(v);
-  }
   if (const char* e = std::getenv("KIMI_CUDA_FUSE_NORM")) {  // fused decode norms (comparison)
     const std::string v = e;
     if (v == "0") m.fuse_norms = false;

@@ -182,7 +182,6 @@ struct CudaModel::Impl {
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison).
   bool fuse_norms = true;
-  int moe_gemv_rows = 0;  // MoeGemmParams::gemv_rows (KIMI_CUDA_MOE_GEMV_ROWS=16|32: comparison)
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

@@ -211,7 +211,7 @@ int block_m_for(cuda::MoeGemmPath path, int block_m) {
 // default ones.
 void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
                    std::vector<cuda::MoeGemmPath> paths, cuda::MoeGemmPath expect_auto,
-                   const cuda::moe::MoeWgmmaTile* wgmma_tile = nullptr, int gemv_rows = 0) {
+                   const cuda::moe::MoeWgmmaTile* wgmma_tile = nullptr) {
   const int T = c.T, K = c.K, E = w.E, hidden = w.hidden, I = w.I;
   const int64_t R = int64_t(T) * K;
   GuardedBuffer<uint16_t> dx(c.x.size()), dact(R * I);
@@ -249,8 +249,6 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
       what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
                   wgmma_tile->mma_in_flight ? " overlap" : " deep");
     gp.path = path;
-    gp.gemv_rows = gemv_rows;
-    if (gemv_rows) what += str(" gemv rows ", gemv_rows);
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
       ASSERT_EQ(cuda::moe_gemm_path(gp), path);
@@ -706,9 +704,6 @@ TEST(MoeGpu, ExpertsDecodeGemv) {
       const ExpertCase c = make_case(w, T, 8, false, 51 + T + s.I);
       const int bm = model_block_m(T, s.E, 8);
       check_experts(w, c, bm, kBothPaths, expected_auto(T, s.E, 8, bm));
-      for (int rows : {16, 32})  // both CTA heights of the gemv kernel, whatever the auto pick
-        check_experts(w, c, bm, {cuda::MoeGemmPath::kGemv}, expected_auto(T, s.E, 8, bm), nullptr,
-                      rows);
       // Forced at tiles of 64 rows: several 16-row passes per tile.
       if (T == 64 && bm != 64)
         check_experts(w, c, 64, {cuda::MoeGemmPath::kGemv}, cuda::MoeGemmPath::kTiled);
