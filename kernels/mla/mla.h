@@ -119,10 +119,9 @@ struct MlaAttnParams {
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
-  // Decode items on tensor cores read the cache by TMA bulk copies instead of cp.async.
-  // EXPERIMENTAL, not yet run on a GPU: the cp.async kernel moves ~17.5 GB/s per CTA (one CTA per
-  // SM, ~55% of the copy rate), whatever the barriers and table reads do, which points at the
-  // outstanding-request limit of cp.async; bulk copies are not bound by it.
+  // Decode items on tensor cores read the cache by TMA bulk copies instead of cp.async. Tested
+  // (KIMI_TEST_MLA_BULK=1) and measured on H200: no faster (within -2..+7%), so the cp.async
+  // kernel's ~55% of the copy rate is not its outstanding-request limit. Comparison only.
   bool decode_bulk_copy = false;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
