@@ -32,6 +32,9 @@ TEST(MoeGpu, RouteMatchesCpu) {
     for (int T : {1, 7, 63, 64, 65, 769}) {
       auto logits = random_f32(rng, size_t(T) * E, -6.f, 6.f);
       auto bias = random_f32(rng, E, -0.5f, 0.5f);
+      // An exact tie, always chosen: experts 1 and 2 score the same in every token.
+      for (int t = 0; t < T; ++t) logits[size_t(t) * E + 2] = logits[size_t(t) * E + 1];
+      bias[1] = bias[2] = 3.f;
       std::vector<int> ids(size_t(T) * K);
       std::vector<float> w(size_t(T) * K);
       cpu::MoeRouteParams cp;
