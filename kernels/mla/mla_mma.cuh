@@ -71,4 +71,30 @@ __device__ __forceinline__ void tc_cp_async16_hint(void* dst, const void* src, u
                "l"(src), "l"(policy));
 }
 
+// The end of an attention item for one accumulator row (token t, head h; the lane's 8 n tiles of
+// column pairs from col, values 2·hf and 2·hf + 1 of each): O/l to u (bf16) for an unsplit item,
+// else (O, m, l) to the token's partial slot of the split (m and l by one lane per row).
+__device__ __forceinline__ void store_attention_row(const MlaAttnParams& p, int split, int t, int h,
+                                                    const float (&o)[8][4], int hf, float m,
+                                                    float l, int col, bool write_ml) {
+  const int H = p.num_heads;
+  if (split < 0) {
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat + col;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+      *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8) =
+          __floats2bfloat162_rn(o[nt][2 * hf] * inv, o[nt][2 * hf + 1] * inv);
+  } else {
+    float* P = p.partials + (int64_t(p.split_base[t] + split) * H + h) * kMlaPartialStride;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+      *reinterpret_cast<float2*>(P + col + nt * 8) = make_float2(o[nt][2 * hf], o[nt][2 * hf + 1]);
+    if (write_ml) {
+      P[kMlaLat] = m;
+      P[kMlaLat + 1] = l;
+    }
+  }
+}
+
 }  // namespace kimi::cuda::mla

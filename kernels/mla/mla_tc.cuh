@@ -233,25 +233,8 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
     for (int hf = 0; hf < 2; ++hf) {
       const int r = mt * 16 + g + 8 * hf, h = h0 + g + 8 * hf;
       if (h >= H) continue;
-      if (it.split < 0) {
-        const float l = l_s[r], inv = l > 0.f ? 1.f / l : 0.f;
-        bf16* dst = p.u + (int64_t(t) * H + h) * kMlaLat + cw + t2;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-          *reinterpret_cast<__nv_bfloat162*>(dst + nt * 8) =
-              __floats2bfloat162_rn(o[mt][nt][2 * hf] * inv, o[mt][nt][2 * hf + 1] * inv);
-      } else {
-        const int slot = p.split_base[t] + it.split;
-        float* P = p.partials + (int64_t(slot) * H + h) * kMlaPartialStride;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-          *reinterpret_cast<float2*>(P + cw + nt * 8 + t2) =
-              make_float2(o[mt][nt][2 * hf], o[mt][nt][2 * hf + 1]);
-        if (warp == 0 && t2 == 0) {
-          P[kMlaLat] = m_s[r];
-          P[kMlaLat + 1] = l_s[r];
-        }
-      }
+      store_attention_row(p, it.split, t, h, o[mt], hf, m_s[r], l_s[r], cw + t2,
+                          warp == 0 && t2 == 0);
     }
   }
 }
