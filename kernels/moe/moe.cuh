@@ -1,7 +1,7 @@
 // MoE kernels (contracts in moe.h).
 //
-// moe_route_kernel: 4 tokens per CTA, every (token, expert) ranked at once (route_tokens_cta,
-//   shared with the fused decode kernel).
+// moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
+//   K rounds of warp arg-max (ties to the lower index) pick the experts.
 // moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch
 //   (the last CTA to finish its logits does the rest), optionally with the block's RMSNorm.
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
@@ -29,6 +29,62 @@
 #include "pdl.cuh"
 
 namespace kimi::cuda::moe {
+
+// One token's routing by one warp (lane = threadIdx.x % 32); sel: E floats of shared memory
+// for the warp. The logits are read through L2 (__ldcg): the fused decode kernel reads logits
+// that other CTAs of the same launch wrote.
+__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, float* sel) {
+  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+  const float* lg = p.logits + int64_t(t) * E;
+  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-__ldcg(lg + e))) + p.correction_bias[e];
+  __syncwarp();
+  float my_w = 0.f, wsum = 0.f;
+  for (int k = 0; k < K; ++k) {
+    float best = -INFINITY;
+    int bi = INT_MAX;
+    for (int e = lane; e < E; e += 32) {
+      const float v = sel[e];
+      if (v > best || (v == best && e < bi)) {
+        best = v;
+        bi = e;
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (ob > best || (ob == best && oi < bi)) {
+        best = ob;
+        bi = oi;
+      }
+    }
+    if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
+    const float s = bi >= 0 ? 1.f / (1.f + expf(-__ldcg(lg + bi))) : 0.f;
+    if (lane == 0) {
+      const int local = bi - p.expert_first;
+      const bool here = bi >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+      p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
+      if (bi >= 0) sel[bi] = -INFINITY;
+    }
+    __syncwarp();
+    if (lane == k) my_w = s;
+    wsum += s;
+  }
+  if (lane < K)
+    p.weights[int64_t(t) * stride + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+  if (lane == 0 && p.shared_expert >= 0) {
+    p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
+    p.weights[int64_t(t) * stride + K] = 1.f;
+  }
+}
+
+__global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
+  extern __shared__ float route_smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t = blockIdx.x * 4 + warp;
+  if (t >= p.num_tokens) return;
+  route_token(p, t, lane, route_smem + warp * p.num_experts);
+}
 
 __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < pairs;
@@ -184,24 +240,20 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
   }
 }
 
-// Routing of tokens t0 .. t0 + T − 1 by a whole CTA: s = sigmoid(logit), the K experts of
-// highest s + bias (ties to the lower index; NaN scores never chosen: their slots stay −1 with
-// weight 0), weights s renormalised × scaling, summed in choice order. No serial arg-max
-// rounds: every (token, expert) scores once, then counts the experts that beat it (higher, or
-// equal with a lower index); the K with rank < K are the choice, at their rank. The logits are
-// read through L2 (the fused decode kernel reads logits other CTAs of its launch wrote).
-// sel, sig: T·E floats of shared memory; chosen_e, chosen_s: T·K; ids_smem (may be null): a copy
-// of the T rows of expert_ids in shared memory, visible to the CTA after a barrier.
-__device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, int t0, int T, float* sel,
-                                                 float* sig, int* chosen_e, float* chosen_s,
-                                                 int* ids_smem) {
-  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+// Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
+// (same order, ties, NaN rule and weight arithmetic) but no serial rounds: every (token, expert)
+// scores once, then counts the experts that beat it (higher, or equal with a lower index); the
+// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; chosen:
+// T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the permutation (after a barrier).
+__device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
+                                                 int* chosen_e, float* chosen_s, int* ids_smem) {
+  const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
     chosen_e[i] = -1;  // fewer than K finite scores: the rest stay empty
     chosen_s[i] = 0.f;
   }
   for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-    const float s = 1.f / (1.f + expf(-__ldcg(p.logits + int64_t(t0) * E + i)));
+    const float s = 1.f / (1.f + expf(-__ldcg(p.logits + i)));
     sig[i] = s;
     sel[i] = s + p.correction_bias[i % E];
   }
@@ -234,32 +286,18 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, int t0
   for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
     const int t = i / K, k = i % K;
     float wsum = 0.f;
-    for (int j = 0; j < K; ++j) wsum += chosen_s[t * K + j];  // in choice order
+    for (int j = 0; j < K; ++j) wsum += chosen_s[t * K + j];  // in choice order, as route_token
     const int e = chosen_e[i];
     const int local = e - p.expert_first;
     const bool here = e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-    const int64_t row = int64_t(t0 + t) * stride;
-    p.expert_ids[row + k] = here ? local : -1;
-    p.weights[row + k] = chosen_s[i] * (p.renormalize ? p.scaling / wsum : p.scaling);
-    if (ids_smem) ids_smem[t * stride + k] = here ? local : -1;
+    p.expert_ids[int64_t(t) * stride + k] = ids_smem[t * stride + k] = here ? local : -1;
+    p.weights[int64_t(t) * stride + k] =
+        chosen_s[i] * (p.renormalize ? p.scaling / wsum : p.scaling);
     if (k == 0 && p.shared_expert >= 0) {
-      p.expert_ids[row + K] = p.shared_expert;
-      p.weights[row + K] = 1.f;
-      if (ids_smem) ids_smem[t * stride + K] = p.shared_expert;
+      p.expert_ids[int64_t(t) * stride + K] = ids_smem[t * stride + K] = p.shared_expert;
+      p.weights[int64_t(t) * stride + K] = 1.f;
     }
   }
-}
-
-// Routing of any number of tokens: kRouteTokensPerCta per CTA (route_tokens_cta).
-constexpr int kRouteTokensPerCta = 4, kRouteThreads = 256;
-__global__ void __launch_bounds__(kRouteThreads) moe_route_kernel(MoeRouteParams p) {
-  extern __shared__ float route_smem[];  // [2][kRouteTokensPerCta][E]
-  __shared__ int chosen_e[kRouteTokensPerCta * 32];
-  __shared__ float chosen_s[kRouteTokensPerCta * 32];
-  const int t0 = blockIdx.x * kRouteTokensPerCta;
-  const int n = min(kRouteTokensPerCta, p.num_tokens - t0);
-  route_tokens_cta(p, t0, n, route_smem, route_smem + n * p.num_experts, chosen_e, chosen_s,
-                   nullptr);
 }
 
 // Decode-sized steps (T <= kRouteDecodeMaxTokens): router logits, routing and permutation in
@@ -407,7 +445,7 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   }
   __threadfence();
   route_stamp(p.stamps, 4, true);
-  route_tokens_cta(r, 0, T, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
+  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
   __syncthreads();
   route_stamp(p.stamps, 5, true);
   const int stride = r.top_k + (r.shared_expert >= 0);

@@ -3,8 +3,7 @@
 // bounds and CTAs past the real work exit at once, so a step is CUDA-graph friendly.
 //
 //   route     : s = sigmoid(logits) (fp32), top-k of s + bias (ties: lower expert), weights =
-//               s[idx] (unbiased), renormalised (sum), × scaling. Every (token, expert) ranked at
-//               once by a CTA (4 tokens per CTA; the fused decode kernel uses the same code).
+//               s[idx] (unbiased), renormalised (sum), × scaling. One warp per token.
 //   permute   : counts per expert → offsets (exclusive scan) → each (t, k) pair gets a row in
 //               its expert's contiguous range: row_token[row] = t, pair_row[t·K + k] = row.
 //               Row order inside an expert is not deterministic; every row's values are.
