@@ -295,7 +295,11 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "0") m.fuse_norms = false;
     else if (v != "1") fail("KIMI_CUDA_FUSE_NORM must be 0 or 1, got '", v, "'");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) m.use_graphs = std::string(e) != "0";
+  if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) {  // decode steps eagerly (comparison)
+    const std::string v = e;
+    if (v != "0" && v != "1") fail("KIMI_CUDA_GRAPHS must be 0 or 1, got '", v, "'");
+    m.use_graphs = v == "1";
+  }
   CUDA_CHECK(cudaStreamCreateWithFlags(&m.stream, cudaStreamNonBlocking));
   m.gemm = std::make_unique<cuda::Gemm>(kGemmWorkspace);
   if (const char* e = std::getenv("KIMI_CUDA_GEMM")) {  // small-M kernels or not (comparison)
