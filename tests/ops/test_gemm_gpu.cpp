@@ -383,6 +383,36 @@ TEST(GemmGpu, SmallMModelShapes) {
 // Dependent small-M calls back to back on a stream (programmatic dependent launch: each kernel's
 // weight prologue overlaps the previous kernel) and replayed from a CUDA graph must give the
 // bits of the same calls run one at a time on the legacy stream (no overlap).
+// Which GEMMs may share a grouped launch: host logic, checked without a GPU (pointers are
+// aligned stand-ins, never dereferenced).
+TEST(GemmGpu, SmallMGroupSupportIsHostLogic) {
+#if KIMI_HAVE_CUDA
+  auto ptr = [](uintptr_t a) { return reinterpret_cast<const bf16*>(a); };
+  auto args = [&](uintptr_t w, int N) {
+    return cuda::Gemm::linear_args(ptr(1 << 20), ptr(w), reinterpret_cast<void*>(w << 4), 1, N, 2304,
+                                   cuda::GemmOut::kBF16);
+  };
+  cuda::GemmArgs g[5] = {args(2 << 20, 12288), args(4 << 20, 256), args(6 << 20, 32),
+                         args(8 << 20, 64), args(10 << 20, 64)};
+  EXPECT_TRUE(cuda::gemv_group_supported(g, 3));
+  EXPECT_TRUE(cuda::gemv_group_supported(g, 4));
+  EXPECT_FALSE(cuda::gemv_group_supported(g, 5)) << "more than kGemvMaxGroup";
+  EXPECT_FALSE(cuda::gemv_group_supported(g, 0));
+  auto refused = [&](const char* what, auto edit) {
+    cuda::GemmArgs h[2] = {g[0], g[1]};
+    edit(h[1]);
+    EXPECT_FALSE(cuda::gemv_group_supported(h, 2)) << what;
+  };
+  refused("another input", [&](cuda::GemmArgs& a) { a.A = ptr(3 << 20); });
+  refused("another K", [](cuda::GemmArgs& a) { a.K = 1024; });
+  refused("another output type", [](cuda::GemmArgs& a) { a.out = cuda::GemmOut::kF32; });
+  refused("accumulating beside overwriting", [](cuda::GemmArgs& a) { a.beta = 1.f; });
+  refused("a batch", [](cuda::GemmArgs& a) { a.batch = 2; });
+  refused("more rows than the small-M kernels take", [](cuda::GemmArgs& a) { a.M = 17; });
+  refused("B stored [K, N]", [](cuda::GemmArgs& a) { a.b_kn = true; });
+#endif
+}
+
 // Grouped small-M launch (Gemm::run_group): three projections of one input, odd widths, both
 // output types, accumulation. With the k split fixed, each output equals its separate call bit
 // for bit; with the split chosen per launch (from the group's tile count), within summation

@@ -604,6 +604,46 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
 #endif
 }
 
+// The decode launchers' argument checks run before anything touches the device: checked without
+// a GPU (pointers are stand-ins, never dereferenced).
+TEST(MoeGpu, DecodeLaunchersRefuseBadArguments) {
+#if KIMI_HAVE_CUDA
+  auto fake = [](uintptr_t a) { return reinterpret_cast<float*>(a); };
+  cuda::MoeRouteDecodeParams p;
+  p.route.num_tokens = 1, p.route.num_experts = 256, p.route.top_k = 8;
+  p.route.logits = fake(256), p.route.correction_bias = fake(512);
+  p.route.expert_ids = reinterpret_cast<int*>(768), p.route.weights = fake(1024);
+  p.x = fake(4096), p.router = fake(8192), p.hidden = 2304, p.block_m = 16;
+  p.workspace = reinterpret_cast<int*>(12288), p.ticket = reinterpret_cast<int*>(16384);
+  auto refused = [&](const char* what, auto edit) {
+    cuda::MoeRouteDecodeParams q = p;
+    edit(q);
+    EXPECT_THROW(cuda::run_moe_route_decode(q, nullptr), Error) << what;
+  };
+  refused("no tokens", [](auto& q) { q.route.num_tokens = 0; });
+  refused("more tokens than the launch takes", [](auto& q) { q.route.num_tokens = 9; });
+  refused("hidden not a multiple of 4", [](auto& q) { q.hidden = 2302; });
+  refused("unaligned input", [&](auto& q) { q.x = fake(4100); });
+  refused("unaligned norm weight", [&](auto& q) {
+    q.norm_weight = fake(20004), q.normed = reinterpret_cast<cuda::bf16*>(24576);
+  });
+  refused("norm without its output", [&](auto& q) { q.norm_weight = fake(20480); });
+  refused("no ticket", [](auto& q) { q.ticket = nullptr; });
+  refused("block_m 128", [](auto& q) { q.block_m = 128; });
+  refused("shared expert not after the local ones", [](auto& q) { q.route.shared_expert = 3; });
+  cuda::MoeUnpermuteParams u;
+  u.num_tokens = 1, u.top_k = 9, u.hidden = 2304, u.num_experts = 257;
+  u.workspace = reinterpret_cast<int*>(256), u.weights = fake(512), u.y = fake(1024), u.out = fake(2048);
+  u.norm_weight = fake(4096);
+  EXPECT_THROW(cuda::run_moe_unpermute(u, nullptr), Error) << "fused norm without its output";
+  u.normed = reinterpret_cast<cuda::bf16*>(8192);
+  u.accumulate = false;
+  EXPECT_THROW(cuda::run_moe_unpermute(u, nullptr), Error) << "fused norm without accumulation";
+  u.accumulate = true, u.hidden = cuda::kMoeUnpermuteNormMaxHidden + 8;
+  EXPECT_THROW(cuda::run_moe_unpermute(u, nullptr), Error) << "fused norm over a too wide row";
+#endif
+}
+
 TEST(MoeGpu, PathChoice) {
 #if KIMI_HAVE_CUDA
   cuda::MoeGemmParams p;
