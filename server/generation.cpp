@@ -204,6 +204,16 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       c.finished = true;
       continue;
     }
+    // The usage value of this event's chunks: null, or (continuous usage stats, vLLM) the
+    // prompt and this choice's completion tokens so far.
+    json usage_value = nullptr;
+    if (req_.continuous_usage) {
+      Usage u;
+      u.prompt_tokens = int(prompts_.ids[prompt].size());
+      u.completion_tokens = sample_tokens_[prompt][ev.index];
+      usage_value = usage_json(u);
+    }
+    const json* usage = req_.include_usage ? &usage_value : nullptr;
     std::string out;
     if (req_.chat) {
       ParsedDelta pd;
@@ -231,13 +241,13 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       if (!delta.empty() || has_lp)
         out += sse_event(chat_chunk(head_, idx, delta,
                                     has_lp ? chat_logprobs(ev.logprobs, texts_) : json(nullptr),
-                                    nullptr, req_.include_usage));
+                                    nullptr, usage));
       if (finishing && ev.finish != FinishReason::kError) {
         c.result.finish = ev.finish;
         c.result.completed_tool_calls = c.parser ? c.parser->num_completed() : 0;
         const std::string fr = choice_finish_reason(c.result);
         out += sse_event(
-            chat_chunk(head_, idx, json::object(), nullptr, fr.c_str(), req_.include_usage));
+            chat_chunk(head_, idx, json::object(), nullptr, fr.c_str(), usage));
       }
     } else {
       std::string text = ev.text;
@@ -253,7 +263,7 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       }
       if (!text.empty() || !lp.is_null() || !fr.empty())
         out += sse_event(completion_chunk(head_, idx, text, lp, fr.empty() ? nullptr : fr.c_str(),
-                                          req_.include_usage));
+                                          usage));
     }
     if (finishing) c.finished = true;
     if (!out.empty() && !write(out)) {

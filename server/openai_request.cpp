@@ -191,9 +191,8 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
     // Sent with stream:false by some SDK stacks: ignored there (serving.md §1.2).
     Fields s(*so, "stream_options.");
     r.include_usage = r.stream && s.boolean("include_usage").value_or(false);
-    if (s.boolean("continuous_usage_stats").value_or(false))
-      throw_bad_request("stream_options.continuous_usage_stats",
-                        "'continuous_usage_stats' is not supported");
+    // vLLM: only together with include_usage.
+    r.continuous_usage = r.include_usage && s.boolean("continuous_usage_stats").value_or(false);
   }
   r.request_id = f.string("request_id").value_or("");
 

@@ -45,6 +45,9 @@ struct GenerationRequest {
   std::string model;  // as sent; empty when absent
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage (streams only)
+  // stream_options.continuous_usage_stats with include_usage (vLLM): every chunk carries the
+  // usage so far (its choice's completion tokens) instead of null.
+  bool continuous_usage = false;
   std::string request_id;      // vLLM's request_id extra; empty when absent
 
   // Chat. messages/tools are validated into the structs; the template renders the JSON as sent

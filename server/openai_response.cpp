@@ -169,24 +169,24 @@ json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
 }
 
 json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish,
-                bool usage_null) {
+                const json* usage) {
   json choice = {{"index", index}, {"delta", std::move(delta)}, {"logprobs", std::move(logprobs)}};
   choice["finish_reason"] = finish ? json(finish) : json(nullptr);
   json j = {
       {"id", h.id},       {"object", "chat.completion.chunk"}, {"created", h.created},
       {"model", h.model}, {"system_fingerprint", nullptr},     {"choices", json::array({choice})}};
-  if (usage_null) j["usage"] = nullptr;
+  if (usage) j["usage"] = *usage;
   return j;
 }
 
 json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs,
-                      const char* finish, bool usage_null) {
+                      const char* finish, const json* usage) {
   json choice = {{"index", index}, {"text", text}, {"logprobs", std::move(logprobs)}};
   choice["finish_reason"] = finish ? json(finish) : json(nullptr);
   json j = {
       {"id", h.id},       {"object", "text_completion"},   {"created", h.created},
       {"model", h.model}, {"system_fingerprint", nullptr}, {"choices", json::array({choice})}};
-  if (usage_null) j["usage"] = nullptr;
+  if (usage) j["usage"] = *usage;
   return j;
 }
 

@@ -66,11 +66,13 @@ json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
 // The finish_reason OpenAI clients see for a choice.
 std::string choice_finish_reason(const ChoiceResult& c);
 
-// Stream chunks.
+// Stream chunks. usage: nullptr leaves the key out (no include_usage); else its value (null, or
+// a usage_json object with continuous usage stats) goes in.
 json chat_chunk(const ResponseHead& h, int index, json delta, json logprobs, const char* finish,
-                bool usage_null);
+                const json* usage);
 json completion_chunk(const ResponseHead& h, int index, const std::string& text, json logprobs,
-                      const char* finish, bool usage_null);
+                      const char* finish, const json* usage);
+json usage_json(const Usage& u);
 json usage_chunk(const ResponseHead& h, bool chat, const Usage& u);
 // OpenAI tool_calls delta entries from parser deltas.
 json tool_call_deltas(const std::vector<ToolCallDelta>& calls);

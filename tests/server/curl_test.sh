@@ -80,6 +80,16 @@ check "stream: a finish chunk with empty delta" jqe -s 'map(select(.choices[0].f
 check "stream: exactly one usage chunk, last, choices []" jqe -s 'map(select(.choices == [])) | length == 1' "$WORK/chunks"
 check "stream: usage chunk is the last and adds up" jqe -s '.[-1].choices == [] and .[-1].usage.total_tokens == .[-1].usage.prompt_tokens + .[-1].usage.completion_tokens and .[-1].usage.completion_tokens >= 1' "$WORK/chunks"
 check "stream: other chunks carry usage null" jqe -s '.[:-1] | all(has("usage") and .usage == null)' "$WORK/chunks"
+# continuous_usage_stats (vLLM): every content chunk carries the usage so far.
+curl -sN -m 30 -o "$WORK/stream_cu" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" \
+  -d "{\"messages\":$MSG,\"max_tokens\":5,\"ignore_eos\":true,\"stream\":true,\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}}"
+{ sed -n 's/^data: //p' "$WORK/stream_cu" | grep -v '^\[DONE\]$' || true; } > "$WORK/chunks_cu"
+check "stream, continuous usage: usage on every chunk, prompt fixed, completion growing to the total" \
+  jqe -s '(.[:-1] | all(.usage.total_tokens == .usage.prompt_tokens + .usage.completion_tokens))
+          and ([.[:-1][].usage.completion_tokens] | . == sort)
+          and ([.[].usage.prompt_tokens] | unique | length) == 1
+          and .[-1].choices == [] and .[-1].usage.completion_tokens == 5
+          and ([.[:-1][].usage.completion_tokens] | max) == 5' "$WORK/chunks_cu"
 curl -sN -m 30 -o "$WORK/stream2" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" \
   -d "{\"messages\":$MSG,\"max_tokens\":3,\"stream\":true}"
 check "stream without stream_options: no usage chunk" test -z "$(grep -F '"choices":[]' "$WORK/stream2")"

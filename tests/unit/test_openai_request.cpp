@@ -147,6 +147,23 @@ TEST(OpenAIRequest, StreamOptionsWithoutStreamAreIgnored) {
   EXPECT_FALSE(s.include_usage);  // {} must not turn usage on (vLLM PR #36379)
 }
 
+// continuous_usage_stats (vLLM): usage on every chunk, only together with include_usage.
+TEST(OpenAIRequest, ContinuousUsageStatsNeedIncludeUsage) {
+  auto both = parse_chat(chat({{"stream", true},
+                               {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}}));
+  EXPECT_TRUE(both.include_usage);
+  EXPECT_TRUE(both.continuous_usage);
+  auto alone = parse_chat(chat({{"stream", true}, {"stream_options", {{"continuous_usage_stats", true}}}}));
+  EXPECT_FALSE(alone.include_usage);
+  EXPECT_FALSE(alone.continuous_usage);
+  auto unstreamed = parse_chat(
+      chat({{"stream_options", {{"include_usage", true}, {"continuous_usage_stats", true}}}}));
+  EXPECT_FALSE(unstreamed.continuous_usage);
+  EXPECT_EQ(rejected_param(chat({{"stream", true},
+                                 {"stream_options", {{"include_usage", true}, {"continuous_usage_stats", "yes"}}}})),
+            "stream_options.continuous_usage_stats");
+}
+
 TEST(OpenAIRequest, StopArrayDropsEmptyStrings) {
   auto r = parse_chat(chat({{"stop", {"a", "", "\n"}}}));
   EXPECT_EQ(r.engine.stop, (std::vector<std::string>{"a", "\n"}));

@@ -226,18 +226,26 @@ TEST(OpenAIResponse, SseFraming) {
 
 TEST(OpenAIResponse, Chunks) {
   ResponseHead h{"chatcmpl-1", 5, "kimi"};
-  json c = chat_chunk(h, 1, {{"content", "Hel"}}, nullptr, nullptr, true);
+  const json null_usage = nullptr;
+  json c = chat_chunk(h, 1, {{"content", "Hel"}}, nullptr, nullptr, &null_usage);
   EXPECT_EQ(c["object"], "chat.completion.chunk");
   EXPECT_EQ(c["choices"][0]["index"], 1);
   EXPECT_EQ(c["choices"][0]["delta"]["content"], "Hel");
   EXPECT_TRUE(c["choices"][0]["finish_reason"].is_null());
   ASSERT_TRUE(c.contains("usage"));
   EXPECT_TRUE(c["usage"].is_null());
-  EXPECT_FALSE(chat_chunk(h, 0, json::object(), nullptr, "stop", false).contains("usage"));
+  EXPECT_FALSE(chat_chunk(h, 0, json::object(), nullptr, "stop", nullptr).contains("usage"));
+  // Continuous usage stats: the usage so far on the chunk itself.
+  const json so_far = usage_json({7, 2});
+  json cu = chat_chunk(h, 0, {{"content", "x"}}, nullptr, nullptr, &so_far);
+  EXPECT_EQ(cu["usage"]["prompt_tokens"], 7);
+  EXPECT_EQ(cu["usage"]["completion_tokens"], 2);
+  EXPECT_EQ(cu["usage"]["total_tokens"], 9);
+  EXPECT_EQ(completion_chunk(h, 0, "x", nullptr, nullptr, &so_far)["usage"]["total_tokens"], 9);
   json u = usage_chunk(h, true, {4, 6});
   EXPECT_TRUE(u["choices"].empty());
   EXPECT_EQ(u["usage"]["total_tokens"], 10);
-  json t = completion_chunk(h, 0, "abc", nullptr, "length", false);
+  json t = completion_chunk(h, 0, "abc", nullptr, "length", nullptr);
   EXPECT_EQ(t["object"], "text_completion");
   EXPECT_EQ(t["choices"][0]["text"], "abc");
   EXPECT_EQ(t["choices"][0]["finish_reason"], "length");
