@@ -180,50 +180,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
   g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));  // x += o_proj(y)
 }
 
-void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s);
-
-void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
-  const ModelConfig& c = m.cfg;
-  const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
-  auto& A = m.act;
-  cuda::Gemm& g = *m.gemm;
-  g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
-  g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
-  bf16* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_per_block;
-  cuda::MlaCacheWriteParams wp;
-  wp.num_seqs = s.S;
-  wp.num_tokens = T;
-  wp.cu_seqlens = s.cu;
-  wp.context_lens = s.ctx;
-  wp.block_tables = s.tables;
-  wp.max_blocks_per_seq = s.mb;
-  wp.latent = A.latent;
-  wp.norm_weight = w.kv_norm;
-  wp.eps = c.rms_norm_eps;
-  wp.cache = cache;
-  cuda::run_mla_cache_write(wp, m.stream);
-  if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
-  if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
-    cuda::MlaPrefillParams pp;
-    pp.num_heads = H;
-    pp.q = A.mq;
-    pp.cache = cache;
-    pp.block_tables = s.tables;
-    pp.max_blocks_per_seq = s.mb;
-    pp.kv_b = w.kv_b;
-    pp.scale = 1.f / std::sqrt(float(kMlaQkDim));
-    pp.segs = s.pf_segs;
-    pp.items = s.pf_items;
-    pp.workspace = A.mla_ws;
-    pp.piece_rows = m.mla_piece;
-    pp.state = A.mla_state;
-    pp.out = A.attn;
-    pp.kernel = m.mla_prefill_kernel;
-    cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
-  }
-  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
-}
-
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
 // cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
 void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s) {
@@ -288,6 +244,49 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, 
   }
 }
 
+void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
+  const ModelConfig& c = m.cfg;
+  const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
+  auto& A = m.act;
+  cuda::Gemm& g = *m.gemm;
+  g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
+  g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
+  bf16* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_per_block;
+  cuda::MlaCacheWriteParams wp;
+  wp.num_seqs = s.S;
+  wp.num_tokens = T;
+  wp.cu_seqlens = s.cu;
+  wp.context_lens = s.ctx;
+  wp.block_tables = s.tables;
+  wp.max_blocks_per_seq = s.mb;
+  wp.latent = A.latent;
+  wp.norm_weight = w.kv_norm;
+  wp.eps = c.rms_norm_eps;
+  wp.cache = cache;
+  cuda::run_mla_cache_write(wp, m.stream);
+  if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
+  if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
+    cuda::MlaPrefillParams pp;
+    pp.num_heads = H;
+    pp.q = A.mq;
+    pp.cache = cache;
+    pp.block_tables = s.tables;
+    pp.max_blocks_per_seq = s.mb;
+    pp.kv_b = w.kv_b;
+    pp.scale = 1.f / std::sqrt(float(kMlaQkDim));
+    pp.segs = s.pf_segs;
+    pp.items = s.pf_items;
+    pp.workspace = A.mla_ws;
+    pp.piece_rows = m.mla_piece;
+    pp.state = A.mla_state;
+    pp.out = A.attn;
+    pp.kernel = m.mla_prefill_kernel;
+    cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
+  }
+  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
+}
+
+
 // x += down(SiLU(gate a) ⊙ up a); beta 0 overwrites x (a tensor-parallel rank's partial).
 void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   const int hid = m.cfg.hidden_size;
@@ -303,7 +302,18 @@ void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
 }
 
 void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
-             float* out_f32 = nullptr);
+             float* out_f32 = nullptr) {
+  cuda::RmsNormParams p;
+  p.rows = rows;
+  p.dim = m.cfg.hidden_size;
+  p.x = m.act.x;
+  p.row_index = row_index;
+  p.weight = w;
+  p.y = out;
+  p.y_f32 = out_f32;
+  p.eps = m.cfg.rms_norm_eps;
+  cuda::run_rmsnorm(p, m.stream);
+}
 
 // The MoE block with its RMSNorm (post_norm): x += experts(RMSNorm(x)). Decode-sized steps fold
 // the norm into the routing launch, and with next_norm (the next block's norm weight; only where
@@ -428,20 +438,6 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   cuda::run_moe_unpermute(up, m.stream);
   if (!fuse && c.num_shared_experts > 0) mlp(m, w.shared, T, 1.f);
   return fuse_next;
-}
-
-void rmsnorm(CudaModel::Impl& m, const float* w, int rows, const int* row_index, bf16* out,
-             float* out_f32) {
-  cuda::RmsNormParams p;
-  p.rows = rows;
-  p.dim = m.cfg.hidden_size;
-  p.x = m.act.x;
-  p.row_index = row_index;
-  p.weight = w;
-  p.y = out;
-  p.y_f32 = out_f32;
-  p.eps = m.cfg.rms_norm_eps;
-  cuda::run_rmsnorm(p, m.stream);
 }
 
 }  // namespace
