@@ -13,20 +13,6 @@ __device__ inline float load_f(const bf16* p) { return __bfloat162float(*p); }
 constexpr int kThreads = 256;
 constexpr int kPerThread = 16;  // rows up to 256 · 16 = 4096 values stay in registers
 
-// 1 / sqrt(mean(x²) + eps) of a row from each thread's partial sum of squares (a kThreads CTA):
-// lanes by xor butterfly, then warps in order.
-__device__ __forceinline__ float cta_inv_rms(float ss, int dim, float eps) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  __shared__ float warp_ss[kThreads / 32];
-  if (threadIdx.x % 32 == 0) warp_ss[threadIdx.x / 32] = ss;
-  __syncthreads();
-  ss = 0.f;
-#pragma unroll
-  for (int w = 0; w < kThreads / 32; ++w) ss += warp_ss[w];
-  return rsqrtf(ss / float(dim) + eps);
-}
-
 // One CTA per row: every thread loads its (up to 16) values at once, so a row costs one memory
 // latency instead of one per 32 values (a warp per row looped over 2304 values 72 times).
 template <typename T>
@@ -50,7 +36,15 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(RmsNormParams p) {
     const float t = load_f(x + d);
     ss += t * t;
   }
-  const float inv = cta_inv_rms(ss, p.dim, p.eps);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  __shared__ float warp_ss[kThreads / 32];
+  if (threadIdx.x % 32 == 0) warp_ss[threadIdx.x / 32] = ss;
+  __syncthreads();
+  ss = 0.f;
+#pragma unroll
+  for (int w = 0; w < kThreads / 32; ++w) ss += warp_ss[w];
+  const float inv = rsqrtf(ss / float(p.dim) + p.eps);
 #pragma unroll
   for (int i = 0; i < kPerThread; ++i) {
     const int d = tid + i * kThreads;
