@@ -33,6 +33,10 @@ struct EngineOptions {
   bool enable_expert_parallel = false;  // routed experts split by expert over the TP GPUs
 };
 
+// What the text must be: free text, or (JSON mode, response_format json_object) one JSON object,
+// enforced by masking the tokens that would break it (runtime/json_token_mask.h).
+enum class ResponseFormat { kText, kJsonObject };
+
 enum class FinishReason { kNone, kStop, kLength, kToolCalls, kCancelled, kError };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", ...
 
@@ -58,6 +62,7 @@ struct Request {
   bool skip_special_tokens = true;    // in the text deltas
   int n = 1;                          // samples sharing the prompt's prefill
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
+  ResponseFormat response_format = ResponseFormat::kText;
 };
 
 struct GenerationEvent {

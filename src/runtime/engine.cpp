@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "kimi/engine.h"
 #include "model/model.h"
+#include "runtime/json_token_mask.h"
 #include "runtime/pools.h"
 #include "runtime/scheduler.h"
 #include "runtime/sequence.h"
@@ -60,6 +61,7 @@ class EngineImpl final : public Engine {
   EngineOptions opts_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<JsonTokenMask> json_mask_;  // made on the first JSON-mode request
   int64_t max_model_len_ = 0;
   std::vector<int> eos_ids_;
 
@@ -163,6 +165,12 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (req.max_tokens >= 0 && req.min_tokens > req.max_tokens)
     fail("min_tokens must be less than or equal to max_tokens=", req.max_tokens, ", got ", req.min_tokens);
   if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
+  if (req.response_format == ResponseFormat::kJsonObject) {
+    // The object ends with EOS, which these would hold back or ignore.
+    if (!tokenizer_) fail("JSON mode needs the model's tokenizer, which is absent");
+    if (req.ignore_eos) fail("ignore_eos cannot be combined with response_format json_object");
+    if (req.min_tokens > 0) fail("min_tokens cannot be combined with response_format json_object");
+  }
   for (auto& s : req.stop)
     if (s.empty()) fail("stop strings must not be empty");
   if (!req.seed_given) req.sampling.seed = std::random_device{}() * 0x100000001ull + std::random_device{}();
@@ -388,7 +396,8 @@ void EngineImpl::step() {
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    if (draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1))) on_device = false;
+    if (draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json))
+      on_device = false;
   }
   std::vector<int> drawn;
   if (on_device) {
@@ -508,6 +517,17 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
   }
   apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
+  if (s.json) {
+    if (!json_mask_) json_mask_ = std::make_unique<JsonTokenMask>(*tokenizer_, V);
+    std::vector<int> end = eos_ids_;
+    end.insert(end.end(), r.stop_token_ids.begin(), r.stop_token_ids.end());
+    const std::vector<uint64_t>& mask = json_mask_->allowed(*s.json, end);
+    if (std::all_of(mask.begin(), mask.end(), [](uint64_t w) { return w == 0; })) {
+      finish_seq(s, FinishReason::kError, "JSON mode: no token of the vocabulary continues the JSON text");
+      return;
+    }
+    JsonTokenMask::apply(mask, row);
+  }
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
   if (r.logprobs >= 0) {
     TokenLogprob& lp = ev.logprobs.back();
@@ -554,6 +574,9 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   std::string why;
   bool is_eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), tok) != eos_ids_.end();
   bool is_stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), tok) != r.stop_token_ids.end();
+  if (s.json && !is_eos && !is_stop_id)  // the mask allowed only tokens the matcher accepts
+    KIMI_CHECK(s.json->step(tokenizer_->token_bytes(tok)), "JSON mode drew token ", tok,
+               ", which breaks the JSON text");
   // Text first: a stop string may end the sequence at this token.
   TextDelta td = s.push_text(tok, is_eos || is_stop_id, /*match_stops=*/s.generated >= r.min_tokens);
   ev.text = std::move(td.text);

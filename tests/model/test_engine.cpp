@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "core/check.h"
 #include "kimi/engine.h"
 #include "model/model.h"
+#include "runtime/json_matcher.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kimi {
 namespace {
@@ -283,6 +286,65 @@ TEST(Engine, MinTokensHoldsBackEosAndStops) {
   r.max_tokens = 30;
   EXPECT_THROW(eng->submit(r), Error);
   r.min_tokens = -1;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
+// JSON mode (response_format json_object): every token keeps the text a prefix of a JSON object,
+// sampled or greedy, and the object ends with EOS. The tiny model writes noise, so the last case
+// steers it with logit biases toward "{" and "}": the only completion is then "{}" and EOS.
+TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
+  auto eng = Engine::create(engine_opts(4));
+  const Tokenizer* tok = eng->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  const int eos = eng->config().eos_token_ids.at(0);
+  std::mt19937 rng(31);
+  Request r = greedy(random_prompt(rng, 16, eng->config().vocab_size), 60);
+  r.ignore_eos = false;
+  r.response_format = ResponseFormat::kJsonObject;
+  auto check = [&](const Output& o) {
+    JsonMatcher m;
+    for (size_t i = 0; i < o.ids.size(); ++i) {
+      const int id = o.ids[i];
+      if (m.complete()) {
+        EXPECT_EQ(id, eos) << "after the object";
+        EXPECT_EQ(i + 1, o.ids.size());
+        break;
+      }
+      ASSERT_FALSE(tok->is_special(id)) << "token " << i;
+      ASSERT_TRUE(m.step(tok->token_bytes(id))) << "token " << i << " breaks the JSON: " << o.text;
+    }
+    if (o.finish == FinishReason::kStop) {
+      EXPECT_TRUE(m.complete());
+      EXPECT_TRUE(nlohmann::json::parse(o.text).is_object()) << o.text;
+    } else {
+      EXPECT_EQ(o.finish, FinishReason::kLength);
+      EXPECT_EQ(o.ids.size(), 60u);
+    }
+  };
+  check(collect(*eng->submit(r))[0]);
+  r.sampling.temperature = 1.f;
+  r.sampling.seed = 5;
+  r.seed_given = true;
+  r.n = 3;
+  for (auto& [i, o] : collect(*eng->submit(r))) check(o);
+  // Steered to "{}": EOS is the only token allowed after it.
+  const std::vector<int> open = tok->encode("{", false), close = tok->encode("}", false);
+  ASSERT_EQ(open.size(), 1u);
+  ASSERT_EQ(close.size(), 1u);
+  r = greedy(random_prompt(rng, 16, eng->config().vocab_size), 20);
+  r.ignore_eos = false;
+  r.response_format = ResponseFormat::kJsonObject;
+  r.sampling.logit_bias = {{open[0], 100.f}, {close[0], 100.f}};
+  auto braces = collect(*eng->submit(r))[0];
+  EXPECT_EQ(braces.ids, (std::vector<int>{open[0], close[0], eos}));
+  EXPECT_EQ(braces.text, "{}");
+  EXPECT_EQ(braces.finish, FinishReason::kStop);
+  check(braces);
+  // The object ends with EOS: requests that ignore or hold back EOS are refused.
+  r.ignore_eos = true;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.ignore_eos = false;
+  r.min_tokens = 2;
   EXPECT_THROW(eng->submit(r), Error);
 }
 

@@ -118,6 +118,18 @@ check "chat logprobs: top_logprobs=2 per token" \
   jqe '.choices[0].logprobs.content | length == 4 and all(.top_logprobs|length == 2) and all(.bytes|length > 0)' \
   <(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":4,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":2}" >/dev/null; cat "$WORK/body")
 
+# --- JSON mode (response_format json_object) ---
+check "json mode: 200" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":30,\"response_format\":{\"type\":\"json_object\"}}")" 200
+check "json mode: an object when stopped, else the start of one" \
+  jqe '.choices[0] | if .finish_reason == "stop" then (.message.content | fromjson | type) == "object"
+                     else .finish_reason == "length" and (.message.content | test("^\\s*\\{")) end' "$WORK/body"
+open_id=$(post /tokenize '{"prompt":"{"}' >/dev/null; body '.tokens[0]')
+close_id=$(post /tokenize '{"prompt":"}"}' >/dev/null; body '.tokens[0]')
+check "json mode steered to {}: the object, then EOS" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":20,\"response_format\":{\"type\":\"json_object\"},\"logit_bias\":{\"$open_id\":100,\"$close_id\":100}}"; body '.choices[0].message.content + " " + .choices[0].finish_reason')" "200{} stop"
+check "json_schema: 400 naming response_format" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}}"; body .error.param)" "400response_format"
+
 # --- tokenize / detokenize ---
 check "tokenize" eq "$(post /tokenize '{"prompt":"Hello world"}'; body '(.count == (.tokens|length)) and .max_model_len == 512')" "200true"
 ids=$(jq -c .tokens "$WORK/body")
