@@ -388,41 +388,41 @@ void EngineImpl::step() {
   if (batch_seqs.empty()) return;
 
   const int V = model_->config().vocab_size;
-  // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none).
-  std::vector<bool> draws(batch_seqs.size());
-  bool on_device = true;  // every draw needs only its token: no logprobs, no forks
+  // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
+  // and those of them drawn on the host: logprobs, the fork of n > 1 samples, JSON mode. The
+  // others draw on the device when the backend can; the host rows' logits then come back alone.
+  std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     const Sequence* s = batch_seqs[i];
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    if (draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json))
-      on_device = false;
+    on_host[i] = draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json);
   }
   std::vector<int> drawn;
-  if (on_device) {
-    DrawBatch d;
-    for (size_t i = 0; i < batch_seqs.size(); ++i) {
-      RowDraw row;  // rows that draw nothing: greedy, result unused
-      row.temperature = 0.f;
-      row.adjust_begin = int(d.adjust.size());
-      if (draws[i]) {
-        const Sequence* s = batch_seqs[i];
-        const SamplingParams& sp = s->sampling;
-        row.temperature = sp.temperature;
-        row.top_k = sp.top_k;
-        row.top_p = sp.top_p;
-        row.min_p = sp.min_p;
-        row.u = uniform_from(sp.seed, uint64_t(s->generated));
-        append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
-      }
-      row.adjust_end = int(d.adjust.size());
-      d.rows.push_back(row);
+  DrawBatch d;
+  for (size_t i = 0; i < batch_seqs.size(); ++i) {
+    RowDraw row;  // rows that draw nothing (or on the host): greedy, result unused
+    row.temperature = 0.f;
+    row.host = on_host[i];
+    row.adjust_begin = int(d.adjust.size());
+    if (draws[i] && !on_host[i]) {
+      const Sequence* s = batch_seqs[i];
+      const SamplingParams& sp = s->sampling;
+      row.temperature = sp.temperature;
+      row.top_k = sp.top_k;
+      row.top_p = sp.top_p;
+      row.min_p = sp.min_p;
+      row.u = uniform_from(sp.seed, uint64_t(s->generated));
+      append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
     }
-    on_device = model_->forward_sampled(batch, d, drawn);
+    row.adjust_end = int(d.adjust.size());
+    d.rows.push_back(row);
   }
+  const bool on_device = model_->forward_sampled(batch, d, drawn, logits_);
   if (!on_device) model_->forward(batch, logits_);
   uint64_t prompt_tokens = 0;
+  int host_row = 0;  // with on_device: the next host row's place in logits_
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     Sequence* s = batch_seqs[i];
     int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
@@ -430,13 +430,13 @@ void EngineImpl::step() {
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
-    if (on_device) {
+    if (on_device && !on_host[i]) {
       GenerationEvent ev;
       ev.index = s->index;
       emit(*s, drawn[i], std::move(ev));
       continue;
     }
-    const float* row = logits_.data() + i * size_t(V);
+    const float* row = logits_.data() + size_t(on_device ? host_row++ : int(i)) * V;
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
   }
