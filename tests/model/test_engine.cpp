@@ -348,6 +348,53 @@ TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
   EXPECT_THROW(eng->submit(r), Error);
 }
 
+// Prefix caching: each turn of a conversation extends the previous prompt; it starts from that
+// prompt's cached state and blocks, reports them as cached tokens, and draws what an engine
+// without the cache draws. Turn lengths leave partial last blocks (copied, not shared).
+TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
+  auto cached = Engine::create(engine_opts(4));
+  EngineOptions no_cache_opts = engine_opts(4);
+  no_cache_opts.enable_prefix_caching = false;
+  auto plain = Engine::create(no_cache_opts);
+  std::mt19937 rng(41);
+  const int V = cached->config().vocab_size;
+  std::vector<int> prompt = random_prompt(rng, 100, V);
+  uint64_t queried = 0, hit = 0;
+  int previous = 0;  // the previous turn's prompt length: what the cache holds
+  int before_last = 0;
+  for (int turn = 0; turn < 4; ++turn) {
+    Request r = greedy(prompt, 12);
+    auto h = cached->submit(r);
+    auto got = collect(*h)[0];
+    auto want = collect(*plain->submit(r))[0];
+    EXPECT_EQ(got.ids, want.ids) << "turn " << turn;
+    EXPECT_EQ(h->usage().cached_tokens, previous) << "turn " << turn;
+    queried += prompt.size();
+    hit += uint64_t(previous);
+    before_last = previous;
+    previous = int(prompt.size());
+    prompt.insert(prompt.end(), got.ids.begin(), got.ids.end());  // the answer, then a new message
+    const std::vector<int> more = random_prompt(rng, 37 + 20 * turn, V);
+    prompt.insert(prompt.end(), more.begin(), more.end());
+  }
+  EngineMetrics m = cached->metrics();
+  EXPECT_EQ(m.prefix_cache_queries_total, queried);
+  EXPECT_EQ(m.prefix_cache_hits_total, hit);
+  EXPECT_EQ(m.free_blocks, m.total_blocks);  // cached prompts' blocks count as free
+  EXPECT_EQ(plain->metrics().prefix_cache_hits_total, 0u);
+  // The last turn's prompt again starts from the turn before it, not from itself (its last
+  // token's logits are needed); a prompt sharing only part of the first turn's is no hit
+  // (entries are whole prompts).
+  auto again = cached->submit(greedy(std::vector<int>(prompt.begin(), prompt.begin() + previous), 4));
+  collect(*again);
+  EXPECT_EQ(again->usage().cached_tokens, before_last);
+  std::vector<int> partial(prompt.begin(), prompt.begin() + 80);
+  partial.push_back(5);
+  auto other = cached->submit(greedy(partial, 4));
+  collect(*other);
+  EXPECT_EQ(other->usage().cached_tokens, 0);
+}
+
 TEST(Engine, RejectsBadRequestsWithAMessage) {
   auto eng = Engine::create(engine_opts(2));
   Request r = greedy(std::vector<int>(5000, 1), 10);

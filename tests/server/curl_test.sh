@@ -130,6 +130,18 @@ check "json mode steered to {}: the object, then EOS" \
 check "json_schema: 400 naming response_format" \
   eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}}"; body .error.param)" "400response_format"
 
+# --- prefix caching: the second turn starts from the first turn's prompt ---
+LONG="$(printf 'tell me about the weather in a long and winding sentence number %s, ' 1 2 3 4 5 6)"
+T1="[{\"role\":\"user\",\"content\":\"$LONG\"}]"
+check "turn 1: 200" eq "$(post /v1/chat/completions "{\"messages\":$T1,\"max_tokens\":6,\"ignore_eos\":true}")" 200
+p1=$(body .usage.prompt_tokens)
+a1=$(body '.choices[0].message.content | @json')
+check "turn 1: a prompt of 64+ tokens, nothing cached" eq "$(body '.usage.prompt_tokens >= 64 and .usage.prompt_tokens_details.cached_tokens == 0')" true
+T2="[{\"role\":\"user\",\"content\":\"$LONG\"},{\"role\":\"assistant\",\"content\":$a1},{\"role\":\"user\",\"content\":\"and tomorrow?\"}]"
+check "turn 2: 200" eq "$(post /v1/chat/completions "{\"messages\":$T2,\"max_tokens\":4}")" 200
+check "turn 2: the first turn's prompt is cached" eq "$(body .usage.prompt_tokens_details.cached_tokens)" "$p1"
+check "metrics: prefix cache hits counted" test "$(curl -s -m 10 "$URL/metrics" | awk '/^vllm:prefix_cache_hits_total/ {print $2}' | cut -d. -f1)" -ge "$p1"
+
 # --- tokenize / detokenize ---
 check "tokenize" eq "$(post /tokenize '{"prompt":"Hello world"}'; body '(.count == (.tokens|length)) and .max_model_len == 512')" "200true"
 ids=$(jq -c .tokens "$WORK/body")
