@@ -218,11 +218,13 @@ PrefillTimes bench_prefill(int T, int hist, int num_sms, double peak, bool cuda_
   const K def = pp.kernel;
   DeviceBuffer<bf16> o_def(o_exp.size());
   CUDA_CHECK(cudaMemcpy(o_def.data(), o_exp.data(), o_exp.size() * 2, cudaMemcpyDeviceToDevice));
-  const K kernels[3] = {K::kMma, K::kWgmma, K::kWgmmaStagger};
-  const char* names[3] = {"expanded, mma.sync", "expanded, wgmma", "expanded, wgmma stagger"};
-  double ms_k[3] = {0, 0, 0};
+  constexpr int kKernels = 4;
+  const K kernels[kKernels] = {K::kMma, K::kWgmma, K::kWgmmaStagger, K::kWarpSpecialized};
+  const char* names[kKernels] = {"expanded, mma.sync", "expanded, wgmma",
+                                 "expanded, wgmma stagger", "expanded, warp-spec."};
+  double ms_k[kKernels] = {};
   double max_diff = 0;  // the other kernels' outputs against the default's
-  for (int k = 0; k < 3 && print; ++k) {
+  for (int k = 0; k < kKernels && print; ++k) {
     if (kernels[k] == def) {
       ms_k[k] = r.expanded;
       continue;
@@ -246,7 +248,7 @@ PrefillTimes bench_prefill(int T, int hist, int num_sms, double peak, bool cuda_
   };
   if (cuda_cores) row("absorbed, CUDA cores", ms_cc, f_abs);
   row("absorbed, tensor cores", r.absorbed, f_abs);
-  for (int k = 0; k < 3; ++k) row(names[k], ms_k[k], f_exp);
+  for (int k = 0; k < kKernels; ++k) row(names[k], ms_k[k], f_exp);
   std::printf("%-6d %-7d speed-up %.2fx (expanded, default kernel, vs absorbed tc); expansion "
               "(gather + GEMMs) %.3f ms in %zu rounds; attention alone ~%.1f TFLOP/s; out rel RMS "
               "expanded vs absorbed %.2e\n",

@@ -188,7 +188,7 @@ class Gemm;
 // The attention kernel: wgmma (default), wgmma with the two warpgroups' phases staggered (no
 // gain measured: the per-tile CTA barrier realigns them), or mma.sync (mla_prefill.cuh); the
 // last two are kept for comparison.
-enum class MlaPrefillKernel { kWgmma, kWgmmaStagger, kMma };
+enum class MlaPrefillKernel { kWgmma, kWgmmaStagger, kMma, kWarpSpecialized };
 struct MlaPrefillParams {
   int num_heads = 0;
   const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe

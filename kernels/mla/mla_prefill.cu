@@ -1,4 +1,6 @@
 // Expanded MLA prefill: host plan and launchers (contract in mla.h, kernels in mla_prefill.cuh).
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
+
 #include <algorithm>
 #include <atomic>
 
@@ -6,6 +8,7 @@
 #include "gemm/gemm.h"
 #include "mla/mla_prefill.cuh"
 #include "mla/mla_prefill_wgmma.cuh"
+#include "mla/mla_prefill_ws.cuh"
 
 namespace kimi::cuda {
 
@@ -82,6 +85,32 @@ PfWorkspace carve(void* base, int piece_rows, int num_heads) {
   return {reinterpret_cast<bf16*>(b), reinterpret_cast<bf16*>(b + lat),
           reinterpret_cast<bf16*>(b + lat + kn), lat + kn + vt};
 }
+
+// A 2-D bf16 tensor map: dim0 contiguous elements, dim1 rows `stride` bytes apart; boxes of
+// 64 × 128 elements with the 128-byte swizzle wgmma reads (mla_prefill_ws.cuh).
+CUtensorMap tensor_map_2d(const void* base, uint64_t dim0, uint64_t dim1, uint64_t stride) {
+  // The driver's encoder, through the runtime (no link against libcuda).
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                cudaEnableDefault, &q));
+    KIMI_CHECK(q == cudaDriverEntryPointSuccess && fn, "cuTensorMapEncodeTiled not found");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  KIMI_CHECK(reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 16 == 0,
+             "mla prefill tensor map: base and row stride must be 16-byte aligned, stride ", stride);
+  CUtensorMap m;
+  const cuuint64_t dims[2] = {dim0, dim1}, strides[1] = {stride};
+  const cuuint32_t box[2] = {64, 128}, elem[2] = {1, 1};
+  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
+                            strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  KIMI_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", dim0, " x ",
+             dim1);
+  return m;
+}
 }  // namespace
 
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads) {
@@ -102,6 +131,8 @@ void mla_prefill_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel<true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::kPwSmem<true>)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_ws_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kWsSmem)));
   done.fetch_or(bit);
 }
 
@@ -117,6 +148,8 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   KIMI_CHECK(p.scale > 0.f, "mla prefill scale ", p.scale);
   const PfWorkspace w = carve(p.workspace, p.piece_rows, p.num_heads);
   const int H = p.num_heads;
+  int q_rows = 0;  // rows of q the items read (the Q tensor map's extent)
+  for (const MlaPrefillItem& it : plan.items) q_rows = std::max(q_rows, it.q_begin + it.nq);
   for (const MlaPrefillRound& r : plan.rounds) {
     KIMI_CHECK(r.rows >= 1 && r.rows <= p.piece_rows, "mla prefill round of ", r.rows,
                " rows, workspace ", p.piece_rows);
@@ -170,6 +203,17 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
         mla::mla_prefill_wgmma_kernel<true>
             <<<grid, mla::kPwThreads, mla::kPwSmem<true>, stream>>>(a);
         break;
+      case MlaPrefillKernel::kWarpSpecialized: {
+        // Extents of the round: keys past its rows read as zeros (Vᵀ must be finite there).
+        mla::WsArgs wa;
+        wa.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, q_rows, uint64_t(H) * kMlaQk * 2);
+        wa.knope = tensor_map_2d(w.knope, uint64_t(H) * 128, r.rows, uint64_t(H) * 128 * 2);
+        wa.kpe = tensor_map_2d(w.lat, kMlaRow, r.rows, kMlaRow * 2);
+        wa.vt = tensor_map_2d(w.vt, r.rows, uint64_t(H) * 128, uint64_t(p.piece_rows) * 2);
+        wa.a = a;
+        mla::mla_prefill_ws_kernel<<<grid, mla::kWsThreads, mla::kWsSmem, stream>>>(wa);
+        break;
+      }
       case MlaPrefillKernel::kMma:
         mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
         break;

@@ -250,7 +250,9 @@ __global__ void __launch_bounds__(kPfThreads, 1) mla_prefill_kernel(PfArgs a) {
   }
 }
 
-// Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA.
+// Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA. The rows
+// between segments (8-row alignment) are zeroed: their Vᵀ columns are read, with P = 0, by the
+// tiles that end a segment (mla_prefill_ws.cuh), and must be finite.
 constexpr int kGatherRows = 32;
 __global__ void __launch_bounds__(256)
     mla_gather_kernel(const bf16* cache, const int* tables, int mb, const MlaPrefillSeg* segs,
@@ -277,10 +279,10 @@ __global__ void __launch_bounds__(256)
   constexpr int kChunks = kMlaRow / 8;
   for (int idx = threadIdx.x; idx < kGatherRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, c = idx % kChunks;
+    if (row0 + r >= rows) break;
     const bf16* src = src_s[r];
-    if (src)
-      *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) =
-          *reinterpret_cast<const uint4*>(src + c * 8);
+    *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) =
+        src ? *reinterpret_cast<const uint4*>(src + c * 8) : make_uint4(0, 0, 0, 0);
   }
 }
 

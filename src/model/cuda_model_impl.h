@@ -179,7 +179,7 @@ struct CudaModel::Impl {
   bool mla_expanded = true;
   // Staggered: 1% faster on the 128k prefill than the plain wgmma kernel (two pairs of runs in
   // one device call, H200: 5.055 / 5.069 s vs 5.118 / 5.112 s).
-  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmmaStagger;
+  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWarpSpecialized;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison).

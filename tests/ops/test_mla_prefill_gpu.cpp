@@ -100,7 +100,7 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   p.state = dstate.data();
   p.out = dev<bf16>(dout);
   using K = cuda::MlaPrefillKernel;
-  for (K kernel : {K::kWgmma, K::kWgmmaStagger, K::kMma}) {
+  for (K kernel : {K::kWarpSpecialized, K::kWgmma, K::kWgmmaStagger, K::kMma}) {
     dout.poison();
     dstate.poison();
     dws.poison();
@@ -121,9 +121,10 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
           ++touched;
         }
       }
-    std::string desc = str(kernel == K::kWgmmaStagger ? "wgmma staggered"
-                           : kernel == K::kWgmma      ? "wgmma"
-                                                      : "mma.sync",
+    std::string desc = str(kernel == K::kWarpSpecialized ? "warp-specialised"
+                           : kernel == K::kWgmmaStagger  ? "wgmma staggered"
+                           : kernel == K::kWgmma         ? "wgmma"
+                                                         : "mma.sync",
                            " H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
                            plan.items.size(), " seqs");
     for (int s = 0; s < S; ++s)

@@ -1,0 +1,355 @@
+// MLA expanded prefill attention, warp-specialised on wgmma + TMA (sm_90a); same items,
+// workspace, state and output as mla_prefill_kernel (mla_prefill.cuh, contract in mla.h).
+//
+// One CTA per (item, head), 3 warpgroups. Warpgroup 0 is the producer: after setmaxnreg hands
+// its registers to the others, one thread issues TMA tensor copies (boxes of [128 rows][64
+// bf16], 128-byte swizzle: 16-byte piece c of row r at c ^ (r % 8), the layout wgmma reads)
+// into shared memory: Q once (q_nope 0..63, 64..127, q_pe), then per tile of 128 keys a K tile
+// (k_nope 0..63, 64..127 from the workspace, k_pe from the gathered latents) and a Vᵀ tile
+// (128 value rows × keys 0..63, 64..127) into two-stage rings, in the order the consumers need
+// them (K0, K1, V0, K2, V1, ...). Every ring slot has a full mbarrier (the copies' bytes) and an
+// empty one (one arrival per consumer warp when its wgmmas are done reading).
+// Warpgroups 1 and 2 (consumers, 64 query rows each, no CTA-wide barrier after the start):
+//   S(n) = Q·K(n)ᵀ: 12 wgmma m64n128k16 from shared memory, fp32 in registers;
+//   O += P(n − 1)·V(n − 1): 8 wgmma m64n128k16, P bf16 in registers (the m64nN accumulator
+//   layout of S is the A-fragment layout), issued right after S(n), before waiting for either;
+//   then the online softmax of S(n) in base 2 (scale·log2 e folded into one FMA before ex2,
+//   causal mask only on tiles crossing the diagonal or the end of the keys) runs while P·V is in
+//   flight; O is rescaled once it lands.
+// Ping-pong: the two consumers take turns issuing their wgmmas (named barriers 1 and 2: a turn
+// is bar.sync on one's own, bar.arrive on the other's), so one's softmax overlaps the other's
+// MMAs. Both consumers run every tile of the item (a tile wholly above one's diagonal is masked
+// to P = 0), so their turns pair up.
+// Keys past the item's end in a tile are masked (K may hold anything there); V there must be
+// finite (0 · NaN): workspace columns inside the round are GEMM outputs of gathered or zeroed
+// latents (mla_gather_kernel), columns past the round's rows lie outside the Vᵀ tensor map and
+// read as zeros. Query rows past the item are computed and not stored.
+// Shared memory: Q 48 KB + 2 × (K 48 KB + Vᵀ 32 KB) + 1 KB alignment slack: 209 KB, one CTA
+// per SM. Registers: producer 40, consumers 232 (setmaxnreg).
+#pragma once
+
+#include <cuda.h>  // CUtensorMap
+
+#include "async_copy.cuh"
+#include "mla/mla_prefill.cuh"
+#include "wgmma_common.cuh"
+
+namespace kimi::cuda::mla {
+
+constexpr int kWsThreads = 384;  // producer warpgroup + 2 consumer warpgroups × 64 query rows
+constexpr int kWsKeys = 128;     // keys per tile
+constexpr int kWsStages = 2;
+constexpr uint32_t kWsBox = 128 * 128;      // one TMA box: [128 rows][64 bf16], 16 KB
+constexpr uint32_t kWsQBytes = 3 * kWsBox;  // q_nope 0..63, 64..127, q_pe
+constexpr uint32_t kWsKBytes = 3 * kWsBox;  // k_nope 0..63, 64..127, k_pe
+constexpr uint32_t kWsVBytes = 2 * kWsBox;  // Vᵀ keys 0..63, 64..127
+constexpr size_t kWsSmem = kWsQBytes + size_t(kWsStages) * (kWsKBytes + kWsVBytes) + 1024;
+constexpr int kWsConsumerWarps = 8;
+static_assert(kMlaPrefillRows == 128, "two consumer warpgroups of 64 rows");
+static_assert(kWsSmem <= 227 * 1024, "one CTA per SM must fit");
+
+// The TMA tensor maps of a round (host: run_mla_prefill), 2-D, boxes of 64 × 128 elements:
+//   q     [T rows][H·192]      box at (192h + 64kb, q_begin)
+//   knope [round rows][H·128]  box at (128h + 64kb, key row)
+//   kpe   [round rows][576]    box at (512, key row)        (the latents' k_pe columns)
+//   vt    [H·128][round rows]  box at (key row, 128h)       (keys contiguous)
+struct WsArgs {
+  CUtensorMap q, knope, kpe, vt;
+  PfArgs a;
+};
+
+#define KIMI_WGMMA_D64(d)                                                                      \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),         \
+      "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), \
+      "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),           \
+      "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),           \
+      "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),           \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),           \
+      "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),           \
+      "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),           \
+      "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),           \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),           \
+      "+f"(d[62]), "+f"(d[63])
+#define KIMI_WGMMA_R64                                                                        \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"                    \
+  " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,"          \
+  " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,"          \
+  " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+
+// d[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ, both bf16 K-major in shared memory.
+__device__ __forceinline__ void ws_mma_ss(float (&d)[64], uint64_t da, uint64_t db,
+                                          int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " KIMI_WGMMA_R64
+      ", %64, %65, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : KIMI_WGMMA_D64(d)
+      : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// d[64 × 128] += A[64 × 16] · B[128 × 16]ᵀ, A bf16 in registers (a0..a3: the mma.sync A-fragment
+// layout per warp), B bf16 K-major in shared memory.
+__device__ __forceinline__ void ws_mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " KIMI_WGMMA_R64
+      ", {%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
+      : KIMI_WGMMA_D64(d)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+#undef KIMI_WGMMA_D64
+#undef KIMI_WGMMA_R64
+
+__global__ void __launch_bounds__(kWsThreads, 1)
+    mla_prefill_ws_kernel(const __grid_constant__ WsArgs args) {
+  extern __shared__ unsigned char ws_smem_raw[];
+  // q_full, k_full[2], k_empty[2], v_full[2], v_empty[2]
+  __shared__ uint64_t bars[1 + 4 * kWsStages];
+  uint64_t* const q_full = bars;
+  uint64_t* const k_full = bars + 1;
+  uint64_t* const k_empty = k_full + kWsStages;
+  uint64_t* const v_full = k_empty + kWsStages;
+  uint64_t* const v_empty = v_full + kWsStages;
+  const uint32_t q_s = (smem_u32(ws_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024
+  const uint32_t k_s = q_s + kWsQBytes;
+  const uint32_t v_s = k_s + kWsStages * kWsKBytes;
+
+  const MlaPrefillParams& p = args.a.p;
+  const MlaPrefillItem it = args.a.items[blockIdx.x];
+  const int H = p.num_heads, h = blockIdx.y;
+  const int kv_hi = it.kv_end;  // clipped by the plan to the item's last visible position + 1
+  const int ntiles = (kv_hi - it.kv_begin + kWsKeys - 1) / kWsKeys;  // ≥ 1: the plan's items
+                                                                      // are non-empty
+  if (threadIdx.x == 0) {
+    mbar_init(q_full, 1);
+    for (int s = 0; s < kWsStages; ++s) {
+      mbar_init(k_full + s, 1);
+      mbar_init(k_empty + s, kWsConsumerWarps);
+      mbar_init(v_full + s, 1);
+      mbar_init(v_empty + s, kWsConsumerWarps);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
+  const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x) / 128, 0);
+  if (wg == 0) {
+    setmaxnreg_dec<40>();
+    if (threadIdx.x == 0) {
+      mbar_arrive_expect_tx(q_full, kWsQBytes);
+      for (int kb = 0; kb < 3; ++kb)
+        tma_load_2d(q_s + kb * kWsBox, &args.q, h * kMlaQk + 64 * kb, it.q_begin, q_full);
+      // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
+      auto load_k = [&](int n) {
+        const int s = n % kWsStages;
+        mbar_wait(k_empty + s, ((n / kWsStages) & 1) ^ 1);
+        mbar_arrive_expect_tx(k_full + s, kWsKBytes);
+        const uint32_t dst = k_s + s * kWsKBytes;
+        const int row = it.ws_row + n * kWsKeys;
+        tma_load_2d(dst, &args.knope, h * 128, row, k_full + s);
+        tma_load_2d(dst + kWsBox, &args.knope, h * 128 + 64, row, k_full + s);
+        tma_load_2d(dst + 2 * kWsBox, &args.kpe, kMlaLat, row, k_full + s);
+      };
+      auto load_v = [&](int n) {
+        const int s = n % kWsStages;
+        mbar_wait(v_empty + s, ((n / kWsStages) & 1) ^ 1);
+        mbar_arrive_expect_tx(v_full + s, kWsVBytes);
+        const uint32_t dst = v_s + s * kWsVBytes;
+        const int col = it.ws_row + n * kWsKeys;
+        tma_load_2d(dst, &args.vt, col, h * 128, v_full + s);
+        tma_load_2d(dst + kWsBox, &args.vt, col + 64, h * 128, v_full + s);
+      };
+      load_k(0);
+      for (int n = 1; n < ntiles; ++n) {
+        load_k(n);
+        load_v(n - 1);
+      }
+      load_v(ntiles - 1);
+    }
+  } else {
+    setmaxnreg_inc<232>();
+    const int cw = wg - 1;  // consumer 0 or 1: query rows 64cw .. +64 of the item
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+    const int r0 = 64 * cw + 16 * warp;  // this warp's first row of the item
+    const int qpos_lo = it.q_pos0 + r0;
+    const int qp[2] = {qpos_lo + g, qpos_lo + g + 8};
+    const bool valid[2] = {r0 + g < it.nq, r0 + g + 8 < it.nq};
+    const float sl2 = p.scale * 1.4426950408889634f;
+    const int bar_me = 1 + cw, bar_other = 2 - cw;  // the named barriers of the two turns
+    // o[4j + 2hf + c]: row g + 8hf of the warp's 16, value column 8j + 2 t4 + c.
+    float o[64];
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] = 0.f;
+    if (!(it.flags & kMlaFirst)) {
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        // Rows past the item read the item's first row (never stored): an unconditional load
+        // keeps the compiler from holding both versions of o (a spill).
+        const int row = valid[hf] ? r0 + g + 8 * hf : 0;
+        const float* st = p.state + ((int64_t(it.q_begin) + row) * H + h) * kMlaStateStride;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const float2 v = *reinterpret_cast<const float2*>(st + j * 8 + 2 * t4);
+          o[4 * j + 2 * hf] = v.x;
+          o[4 * j + 2 * hf + 1] = v.y;
+        }
+        const float2 ml = *reinterpret_cast<const float2*>(st + 128);
+        m[hf] = ml.x;
+        l[hf] = t4 == 0 ? ml.y : 0.f;  // l is kept as per-lane partial sums of the quad
+      }
+    }
+
+    const uint32_t q_rows = q_s + uint32_t(cw * 64 * 128);  // this warpgroup's 64 rows of Q
+    float s[64];       // S of the newest tile, then its P in fp32
+    uint32_t pa[8][4];  // P of the tile before, bf16: the A fragments of keys 16kk .. +16
+    float alpha[2];    // O's rescale for the newest tile
+    // A descriptor's address field counts 16-byte units: offsets inside a tile are added to it.
+    const uint64_t q_desc = wgmma_desc(q_rows);
+    auto issue_s = [&](int n) {
+      const uint64_t k_desc = wgmma_desc(k_s + (n % kWsStages) * kWsKBytes);
+#pragma unroll
+      for (int kb = 0; kb < 3; ++kb)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint32_t off = (kb * kWsBox + kk * 32) / 16;
+          ws_mma_ss(s, q_desc + off, k_desc + off, kb + kk > 0);
+        }
+      wgmma_commit();
+    };
+    auto issue_pv = [&](int n) {
+      const uint64_t v_desc = wgmma_desc(v_s + (n % kWsStages) * kWsVBytes);
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+        ws_mma_rs(o, pa[kk], v_desc + ((kk / 4) * kWsBox + (kk % 4) * 32) / 16);
+      wgmma_commit();
+    };
+    // Every warp's wgmmas are done reading the slot (after its wait): one arrival per warp.
+    auto release = [&](uint64_t* bar) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar);
+    };
+    auto softmax = [&](int n) {  // S(n) → P(n) in place, m, l and alpha updated
+      const int j0 = it.kv_begin + n * kWsKeys;  // position of the tile's first key
+      if (j0 + kWsKeys - 1 > qpos_lo || j0 + kWsKeys > kv_hi) {
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = j0 + 8 * j + 2 * t4 + (e & 1);
+            if (key > qp[e >> 1] || key >= kv_hi) s[4 * j + e] = -INFINITY;
+          }
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hf], s[4 * j + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[hf], mx * sl2);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: P = 0
+        alpha[hf] = pf_exp2(m[hf] - m_use);
+        m[hf] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const float p0 = pf_exp2(fmaf(s[4 * j + 2 * hf], sl2, -m_use));
+          const float p1 = pf_exp2(fmaf(s[4 * j + 2 * hf + 1], sl2, -m_use));
+          sum += p0 + p1;
+          s[4 * j + 2 * hf] = p0;
+          s[4 * j + 2 * hf + 1] = p1;
+        }
+        l[hf] = l[hf] * alpha[hf] + sum;
+      }
+    };
+    auto rescale_pack = [&]() {  // once the P·V before has landed
+#pragma unroll
+      for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[4 * j + e] *= alpha[e >> 1];
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pa[kk][i] = pf_pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+    };
+    // Keeps the P fragments alive (and unmoved) until the P·V that reads them is waited for.
+    auto fence_pa = [&]() {
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(pa[kk][i])::"memory");
+    };
+
+    if (cw == 1) bar_arrive(bar_other, 256);  // consumer 0 takes the first turn
+    mbar_wait(q_full, 0);
+    mbar_wait(k_full, 0);
+    bar_sync(bar_me, 256);
+    wgmma_fence();
+    issue_s(0);
+    bar_arrive(bar_other, 256);
+    wgmma_wait<0>();
+    fence_acc(s);
+    release(k_empty);
+    softmax(0);
+    rescale_pack();
+    for (int n = 1; n < ntiles; ++n) {
+      const int sk = n % kWsStages, sv = (n - 1) % kWsStages;
+      mbar_wait(k_full + sk, (n / kWsStages) & 1);
+      mbar_wait(v_full + sv, ((n - 1) / kWsStages) & 1);
+      bar_sync(bar_me, 256);
+      wgmma_fence();  // o, pa and s were written by ordinary instructions
+      issue_s(n);
+      issue_pv(n - 1);
+      bar_arrive(bar_other, 256);
+      wgmma_wait<1>();  // S(n) landed; P·V(n − 1) may still run
+      fence_acc(s);
+      release(k_empty + sk);
+      softmax(n);
+      wgmma_wait<0>();
+      fence_acc(o);
+      fence_pa();
+      release(v_empty + sv);
+      rescale_pack();
+    }
+    const int sv = (ntiles - 1) % kWsStages;
+    mbar_wait(v_full + sv, ((ntiles - 1) / kWsStages) & 1);
+    bar_sync(bar_me, 256);
+    wgmma_fence();
+    issue_pv(ntiles - 1);
+    // Consumer 1's last turn hands over to nobody: every bar.sync has its arrival, none is left.
+    if (cw == 0) bar_arrive(bar_other, 256);
+    wgmma_wait<0>();
+    fence_acc(o);
+    fence_pa();
+
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 1);
+      l[hf] += __shfl_xor_sync(0xffffffffu, l[hf], 2);
+      if (!valid[hf]) continue;
+      const int64_t th = (int64_t(it.q_begin) + r0 + g + 8 * hf) * H + h;
+      if (it.flags & kMlaLast) {
+        const float inv = l[hf] > 0.f ? 1.f / l[hf] : 0.f;
+        bf16* dst = p.out + th * 128 + 2 * t4;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          *reinterpret_cast<__nv_bfloat162*>(dst + j * 8) =
+              __floats2bfloat162_rn(o[4 * j + 2 * hf] * inv, o[4 * j + 2 * hf + 1] * inv);
+      } else {
+        float* st = p.state + th * kMlaStateStride;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+          *reinterpret_cast<float2*>(st + j * 8 + 2 * t4) =
+              make_float2(o[4 * j + 2 * hf], o[4 * j + 2 * hf + 1]);
+        if (t4 == 0) *reinterpret_cast<float2*>(st + 128) = make_float2(m[hf], l[hf]);
+      }
+    }
+  }
+}
+
+}  // namespace kimi::cuda::mla
