@@ -7,8 +7,6 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "mla/mla_prefill.cuh"
-#include "mla/mla_prefill_wgmma.cuh"
-#include "mla/mla_prefill_ws.cuh"
 
 namespace kimi::cuda {
 
@@ -47,7 +45,7 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu, const int* ctx
                " new tokens, context ", L);
     if (n == 0) continue;
     for (int pos = 0; pos < L;) {
-      int ws = (cur.rows + 7) & ~7;  // Vᵀ rows are read in 16-byte pieces
+      int ws = cur.rows;
       if (ws >= piece_rows) {
         close_round();
         ws = 0;
@@ -87,7 +85,7 @@ PfWorkspace carve(void* base, int piece_rows, int num_heads) {
 }
 
 // A 2-D bf16 tensor map: dim0 contiguous elements, dim1 rows `stride` bytes apart; boxes of
-// 64 × 128 elements with the 128-byte swizzle wgmma reads (mla_prefill_ws.cuh).
+// 64 × 128 elements with the 128-byte swizzle wgmma reads (mla_prefill.cuh).
 CUtensorMap tensor_map_2d(const void* base, uint64_t dim0, uint64_t dim1, uint64_t stride) {
   // The driver's encoder, through the runtime (no link against libcuda).
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
@@ -125,14 +123,6 @@ void mla_prefill_prepare() {
   if (done.load() & bit) return;
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kPfSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel<false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::kPwSmem<false>)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_wgmma_kernel<true>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::kPwSmem<true>)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_prefill_ws_kernel,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kWsSmem)));
   done.fetch_or(bit);
 }
 
@@ -150,6 +140,9 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   const int H = p.num_heads;
   int q_rows = 0;  // rows of q the items read (the Q tensor map's extent)
   for (const MlaPrefillItem& it : plan.items) q_rows = std::max(q_rows, it.q_begin + it.nq);
+  mla::PfArgs a;
+  a.p = p;
+  a.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, std::max(q_rows, 1), uint64_t(H) * kMlaQk * 2);
   for (const MlaPrefillRound& r : plan.rounds) {
     KIMI_CHECK(r.rows >= 1 && r.rows <= p.piece_rows, "mla prefill round of ", r.rows,
                " rows, workspace ", p.piece_rows);
@@ -192,32 +185,13 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
       gemm.run(ga, stream);
     }
     if (r.item_end == r.item_begin) continue;
-    mla::PfArgs a{p, p.items + r.item_begin, w.lat, w.knope, w.vt};
+    // Extents of the round: keys past its rows read as zeros (Vᵀ must be finite there).
+    a.knope = tensor_map_2d(w.knope, uint64_t(H) * 128, r.rows, uint64_t(H) * 128 * 2);
+    a.kpe = tensor_map_2d(w.lat, kMlaRow, r.rows, kMlaRow * 2);
+    a.vt = tensor_map_2d(w.vt, r.rows, uint64_t(H) * 128, uint64_t(p.piece_rows) * 2);
+    a.items = p.items + r.item_begin;
     const dim3 grid(r.item_end - r.item_begin, H);
-    switch (p.kernel) {
-      case MlaPrefillKernel::kWgmma:
-        mla::mla_prefill_wgmma_kernel<false>
-            <<<grid, mla::kPwThreads, mla::kPwSmem<false>, stream>>>(a);
-        break;
-      case MlaPrefillKernel::kWgmmaStagger:
-        mla::mla_prefill_wgmma_kernel<true>
-            <<<grid, mla::kPwThreads, mla::kPwSmem<true>, stream>>>(a);
-        break;
-      case MlaPrefillKernel::kWarpSpecialized: {
-        // Extents of the round: keys past its rows read as zeros (Vᵀ must be finite there).
-        mla::WsArgs wa;
-        wa.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, q_rows, uint64_t(H) * kMlaQk * 2);
-        wa.knope = tensor_map_2d(w.knope, uint64_t(H) * 128, r.rows, uint64_t(H) * 128 * 2);
-        wa.kpe = tensor_map_2d(w.lat, kMlaRow, r.rows, kMlaRow * 2);
-        wa.vt = tensor_map_2d(w.vt, r.rows, uint64_t(H) * 128, uint64_t(p.piece_rows) * 2);
-        wa.a = a;
-        mla::mla_prefill_ws_kernel<<<grid, mla::kWsThreads, mla::kWsSmem, stream>>>(wa);
-        break;
-      }
-      case MlaPrefillKernel::kMma:
-        mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
-        break;
-    }
+    mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);
     KIMI_CHECK_LAUNCH();
   }
 }
