@@ -142,9 +142,10 @@ void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 // The context is expanded in pieces of at most `piece_rows` positions (the workspace): a round
 // gathers the cache rows of its segments into lat [piece, 576], two head-batched GEMMs make
 // k_nope [piece, H, 128] and Vᵀ [H, 128, piece] (keys contiguous: the K-major B operand of P·V),
-// then the attention kernel runs the round's items. A round's segments are packed without gaps
-// (every workspace row below its `rows` holds a context position). Sequences whose context spans
-// several rounds carry (o, m, l) in fp32 across them (state).
+// then the attention kernel runs the round's items. Segments start at workspace rows that are
+// multiples of 8 (the attention kernel's TMA boxes of Vᵀ start on 16-byte boundaries; the gather
+// zeroes the gaps). Sequences whose context spans several rounds carry (o, m, l) in fp32 across
+// them (state).
 constexpr int kMlaExpandMinTokens = 128;  // new tokens of a sequence from which it expands
 constexpr int kMlaPrefillRows = 128;      // query rows (tokens of one head) per CTA
 constexpr int kMlaStateStride = 130;      // state row: o (128) | m | l, fp32, per (token, head)

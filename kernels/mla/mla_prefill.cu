@@ -45,7 +45,7 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu, const int* ctx
                " new tokens, context ", L);
     if (n == 0) continue;
     for (int pos = 0; pos < L;) {
-      int ws = cur.rows;
+      int ws = (cur.rows + 7) & ~7;  // the Vᵀ tiles' TMA boxes start on 16-byte boundaries
       if (ws >= piece_rows) {
         close_round();
         ws = 0;
@@ -139,7 +139,11 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   const PfWorkspace w = carve(p.workspace, p.piece_rows, p.num_heads);
   const int H = p.num_heads;
   int q_rows = 0;  // rows of q the items read (the Q tensor map's extent)
-  for (const MlaPrefillItem& it : plan.items) q_rows = std::max(q_rows, it.q_begin + it.nq);
+  for (const MlaPrefillItem& it : plan.items) {
+    q_rows = std::max(q_rows, it.q_begin + it.nq);
+    // A Vᵀ box at an odd key offset would fault (TMA's innermost coordinate: 16-byte steps).
+    KIMI_CHECK(it.ws_row % 8 == 0, "mla prefill item at workspace row ", it.ws_row);
+  }
   mla::PfArgs a;
   a.p = p;
   a.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, std::max(q_rows, 1), uint64_t(H) * kMlaQk * 2);

@@ -25,9 +25,11 @@
 // Both consumers run every tile of the item (a tile wholly above one's diagonal is masked to
 // P = 0), so their turns pair up.
 // Keys past the item's end in a tile are masked (K may hold anything there); V there must be
-// finite (0 · NaN): workspace columns inside the round are GEMM outputs of gathered latents (the
-// plan packs a round's segments without gaps), columns past the round's rows lie outside the Vᵀ
-// tensor map and read as zeros. Query rows past the item are computed and not stored.
+// finite (0 · NaN): workspace columns inside the round are GEMM outputs of gathered latents, or
+// of zeros in the gaps that start segments on 8-row boundaries (mla_gather_kernel); columns past
+// the round's rows lie outside the Vᵀ tensor map and read as zeros. Query rows past the item are
+// computed and not stored. The Vᵀ boxes start at key ws_row + 128n: a multiple of 8 (16 bytes),
+// as TMA needs of the innermost coordinate (an odd start faults: illegal instruction).
 // State across rounds: (o, m, l) fp32 per (token, head) in `state`, read unless kMlaFirst,
 // written unless kMlaLast.
 // Shared memory: Q 48 KB + 2 × (K 48 KB + Vᵀ 32 KB) + 1 KB alignment slack: 209 KB, one CTA per
@@ -370,7 +372,9 @@ __global__ void __launch_bounds__(kPfThreads, 1)
   }
 }
 
-// Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA.
+// Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA. The rows
+// between segments (8-row alignment) are zeroed: their Vᵀ columns are read, with P = 0, by the
+// tiles that end a segment, and must be finite.
 constexpr int kGatherRows = 32;
 __global__ void __launch_bounds__(256)
     mla_gather_kernel(const bf16* cache, const int* tables, int mb, const MlaPrefillSeg* segs,
@@ -397,10 +401,10 @@ __global__ void __launch_bounds__(256)
   constexpr int kChunks = kMlaRow / 8;
   for (int idx = threadIdx.x; idx < kGatherRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, c = idx % kChunks;
+    if (row0 + r >= rows) break;
     const bf16* src = src_s[r];
-    if (src)
-      *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) =
-          *reinterpret_cast<const uint4*>(src + c * 8);
+    *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) =
+        src ? *reinterpret_cast<const uint4*>(src + c * 8) : make_uint4(0, 0, 0, 0);
   }
 }
 

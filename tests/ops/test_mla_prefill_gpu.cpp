@@ -5,7 +5,8 @@
 // context (state carried across rounds, pieces not a multiple of the 128-key tile), and tokens of
 // sequences left to the absorbed path that must stay untouched. The workspace is poisoned (NaN)
 // before every run: the kernel reads keys past an item's end with P = 0, so those must be finite
-// GEMM outputs or lie outside the round's tensor maps.
+// (GEMM outputs, zeroed gaps between segments) or lie outside the round's tensor maps; several
+// sequences per round put segments (and the Vᵀ boxes) at workspace rows other than 0.
 // Tolerance: q, the expanded K/V (bf16 GEMM output), P and the output are bf16: ~3e-3 relative
 // RMS expected; we allow 1e-2 relative RMS and 0.1 max-abs (outputs are O(1)).
 #include <algorithm>
@@ -179,8 +180,7 @@ TEST(MlaPrefillGpu, OnlyMarkedSequences) {
 #if KIMI_HAVE_CUDA
 // The plan (host only): every (query token, visible key) pair of the expanded sequences is in
 // exactly one item; each query tile starts with kMlaFirst and ends with kMlaLast, in round
-// order; rounds fit the workspace and pack their segments without gaps; items read workspace
-// rows of their own round's segments.
+// order; rounds fit the workspace; items read workspace rows of their own round's segments.
 TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
   std::mt19937 rng(7);
   for (int trial = 0; trial < 60; ++trial) {
@@ -206,15 +206,10 @@ TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
       const auto& r = plan.rounds[ri];
       ASSERT_GE(r.rows, 1);
       ASSERT_LE(r.rows, piece);
-      // Segments packed without gaps: the attention reads Vᵀ columns past a segment's end
-      // (with P = 0), which must hold GEMM outputs (finite) or lie past the round's rows.
-      for (int j = r.seg_begin, next = 0; j < r.seg_end; ++j) {
-        EXPECT_EQ(plan.segs[j].ws_row, next);
-        next = plan.segs[j].ws_row + plan.segs[j].pos_end - plan.segs[j].pos_begin;
-        EXPECT_LE(next, r.rows);
-        if (j + 1 == r.seg_end) {
-          EXPECT_EQ(next, r.rows);
-        }
+      for (int j = r.seg_begin; j < r.seg_end; ++j) {
+        // The attention's TMA boxes of Vᵀ start on 16-byte boundaries.
+        EXPECT_EQ(plan.segs[j].ws_row % 8, 0);
+        EXPECT_LE(plan.segs[j].ws_row + plan.segs[j].pos_end - plan.segs[j].pos_begin, r.rows);
       }
       for (int k = r.item_begin; k < r.item_end; ++k) {
         const auto& it = plan.items[k];
