@@ -97,14 +97,15 @@ CUtensorMap tensor_map_2d(const void* base, uint64_t dim0, uint64_t dim1, uint64
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
   KIMI_CHECK(reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 16 == 0,
-             "mla prefill tensor map: base and row stride must be 16-byte aligned, stride ", stride);
+             "mla prefill tensor map: base and row stride must be 16-byte aligned, stride ",
+             stride);
   CUtensorMap m;
   const cuuint64_t dims[2] = {dim0, dim1}, strides[1] = {stride};
   const cuuint32_t box[2] = {64, 128}, elem[2] = {1, 1};
-  const CUresult r = encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims,
-                            strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
+             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   KIMI_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", dim0, " x ",
              dim1);
   return m;
