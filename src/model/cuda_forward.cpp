@@ -280,7 +280,6 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     pp.piece_rows = m.mla_piece;
     pp.state = A.mla_state;
     pp.out = A.attn;
-    pp.kernel = m.mla_prefill_kernel;
     cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
   }
   g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));

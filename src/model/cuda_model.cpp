@@ -275,10 +275,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   if (const char* e = std::getenv("KIMI_CUDA_MLA_PREFILL")) {  // long prefills expanded or not
     const std::string v = e;
     if (v == "absorbed") m.mla_expanded = false;
-    else if (v == "wgmma") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmma;
-    else if (v == "mma") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kMma;
-    else if (v != "auto")
-      fail("KIMI_CUDA_MLA_PREFILL must be auto, absorbed, wgmma or mma, got '", v, "'");
+    else if (v != "auto") fail("KIMI_CUDA_MLA_PREFILL must be auto or absorbed, got '", v, "'");
   }
   if (const char* e = std::getenv("KIMI_CUDA_MOE")) {  // prefill expert GEMM kernel (comparison)
     const std::string v = e;
