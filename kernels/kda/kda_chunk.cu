@@ -72,7 +72,8 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
   KIMI_CHECK(p.num_seqs >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "seqs ", p.num_seqs,
              ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
-  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.g && p.beta && p.state && p.o,
+  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
+                 p.w.dt_bias && p.state && p.o,
              "null pointer");
   run_chunked<false>(p, KdaPrepParams{}, a, stream);
 }
@@ -91,6 +92,9 @@ void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
   p.num_heads = pp.num_heads;
   p.cu_seqlens = pp.cu_seqlens;
   p.slots = pp.slots;
+  p.f = pp.f;
+  p.b = pp.b;
+  p.w = pp.w;
   p.state = state;
   p.o = o;
   run_chunked<true>(p, pp, a, stream);

@@ -101,7 +101,7 @@ __device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
 
 // ------------------------------------------------------------------------------------------------
 // Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
-//   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
+//   0. load k, q (bf16 tiles), f -> g (the gate) -> Γ = cumsum(g) (fp32), b -> β
 //   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
 //      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
@@ -187,9 +187,9 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
   return v;
 }
 
-// kFused: the inputs are the raw projections (pp: qkv, f, b, conv state, weights), and the conv,
-// SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
-// to bf16 the same way); else q, k, v, g, beta come prepared in p.
+// kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
+// conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
+// way); else they come prepared in p. The gate and β are computed here from p.f, p.b either way.
 template <bool kFused>
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
@@ -211,30 +211,41 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
-  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
+  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero. The gate and β are
+  //    computed here from f and b (both paths).
   const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
+  const float neg_a = -expf(p.w.A_log[h]);
+  if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(p.b[size_t(t0 + tid) * H + h])) : 0.f;
   if constexpr (kFused) {
     for (int i = tid; i < 3 * D; i += kIntraThreads)
       sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
                                                 size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
-    if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(pp.b[size_t(t0 + tid) * H + h])) : 0.f;
     __syncthreads();
-    const float neg_a = -expf(pp.w.A_log[h]);
-    static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
-    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
-      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
-      float q[8] = {}, k[8] = {}, g[8] = {};
-      if (i < len) {
-        const int t = t0 + i;
-        conv8(pp, 0, h, t, seq_start, slot, d0, sw4, q);
-        conv8(pp, 1, h, t, seq_start, slot, d0, sw4, k);
-        const uint4 fv = *reinterpret_cast<const uint4*>(pp.f + size_t(t) * HD + h * D + d0);
-        const bf16* fb = reinterpret_cast<const bf16*>(&fv);
-        const float4 db0 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0);
-        const float4 db1 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0 + 4);
-        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+  }
+  static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
+  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+    const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
+    float g[8] = {};
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
+    if (i < len) {
+      const size_t o = size_t(t0 + i) * HD + h * D + d0;
+      const uint4 fv = *reinterpret_cast<const uint4*>(p.f + o);
+      if constexpr (!kFused) {
+        kv = *reinterpret_cast<const uint4*>(p.k + o);
+        qv = *reinterpret_cast<const uint4*>(p.q + o);
+      }
+      const bf16* fb = reinterpret_cast<const bf16*>(&fv);
+      const float4 db0 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
+      const float4 db1 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0 + 4);
+      const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+      for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+    }
+    if constexpr (kFused) {
+      float q[8] = {}, k[8] = {};
+      if (i < len) {
+        conv8(pp, 0, h, t0 + i, seq_start, slot, d0, sw4, q);
+        conv8(pp, 1, h, t0 + i, seq_start, slot, d0, sw4, k);
       }
       float sq = 0.f, sk = 0.f;
 #pragma unroll
@@ -254,37 +265,15 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         q[e] *= rq;
         k[e] *= rk;
       }
-      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
-      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
-      float* gr = sm.G + i * kLd + d0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) gr[e] = g[e];
-    }
-  }
-  for (int idx = tid; !kFused && idx < C * 16; idx += kIntraThreads) {
-    const int i = idx >> 4, d0 = (idx & 15) * 8;
-    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
-    float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
-    if (i < len) {
-      const size_t o = size_t(t0 + i) * HD + h * D + d0;
-      kv = *reinterpret_cast<const uint4*>(p.k + o);
-      qv = *reinterpret_cast<const uint4*>(p.q + o);
-      g0 = *reinterpret_cast<const float4*>(p.g + o);
-      g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
+      kv = pack8(k);
+      qv = pack8(q);
     }
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
     float* gr = sm.G + i * kLd + d0;
-    gr[0] = g0.x;
-    gr[1] = g0.y;
-    gr[2] = g0.z;
-    gr[3] = g0.w;
-    gr[4] = g1.x;
-    gr[5] = g1.y;
-    gr[6] = g1.z;
-    gr[7] = g1.w;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) gr[e] = g[e];
   }
-  if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
   for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
