@@ -211,16 +211,10 @@ void bench_prefill(Weights& w, double ceiling, bool quick) {
     const double intra =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     a.stages = 2;
-    a.inter_cols = 32;
-    const double inter32 =
-        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
-    a.inter_cols = 64;
-    const double inter64 =
+    const double inter =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     a.stages = 3;
-    a.inter_cols = 0;
-    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms (32 cols/CTA) %.3f ms (64 cols/CTA)\n",
-                "  split", T, intra, inter32, inter64);
+    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms\n", "  split", T, intra, inter);
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);

@@ -106,7 +106,7 @@ void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
 // total decay; an inter-chunk kernel (sequential over a sequence's chunks, split over value
-// columns) carries the fp32 state on tensor cores and writes o. Needs a plan made from the host
+// columns) carries the fp32 state on tensor cores (wgmma) and writes o. Needs a plan made from the host
 // copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
 struct KdaChunkPlan {
   int num_chunks = 0;
@@ -124,8 +124,7 @@ struct KdaChunkedArgs {
   const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int stages = 3;      // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
-  int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
+  int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
 // The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done

@@ -52,19 +52,12 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
-  // 32 columns: 4 CTAs per head; 64 measured 1.6x slower on an H200 (docs/perf-log.md).
-  const int cols = a.inter_cols ? a.inter_cols : 32;
-  KIMI_CHECK(cols == 32 || cols == 64, "inter_cols must be 0, 32 or 64, got ", a.inter_cols);
-  auto launch = [&](auto kernel, size_t smem, int kcols) {
-    CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<dim3(kKdaD / kcols, p.num_heads, p.num_seqs), kda::kInterThreads, smem, stream>>>(
-        p, a.seq_first_chunk, a.chunk_start, ws);
-  };
-  if (cols == 32)
-    launch(kda::kda_chunk_inter_kernel<32>, sizeof(kda::InterSmem<32>), 32);
-  else
-    launch(kda::kda_chunk_inter_kernel<64>, sizeof(kda::InterSmem<64>), 64);
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kda::kInterSmem)));
+  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
+                                kda::kInterThreads, kda::kInterSmem, stream>>>(
+      p, a.seq_first_chunk, a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
 }
 
