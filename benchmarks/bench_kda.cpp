@@ -3,8 +3,8 @@
 // ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
-// Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that decode batch alone
-// (for a profiler).
+// Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that
+// decode batch alone (for a profiler).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>

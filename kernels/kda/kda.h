@@ -106,8 +106,8 @@ void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
 // total decay; an inter-chunk kernel (sequential over a sequence's chunks, split over value
-// columns) carries the fp32 state on tensor cores (wgmma) and writes o. Needs a plan made from the host
-// copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
+// columns) carries the fp32 state on tensor cores (wgmma) and writes o. Needs a plan made from the
+// host copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
 struct KdaChunkPlan {
   int num_chunks = 0;
   std::vector<int> chunk_seq;        // [num_chunks] sequence of each chunk (a sequence's in order)

@@ -56,8 +56,8 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(kda::kInterSmem)));
   kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
-                                kda::kInterThreads, kda::kInterSmem, stream>>>(
-      p, a.seq_first_chunk, a.chunk_start, ws);
+                                kda::kInterThreads, kda::kInterSmem, stream>>>(p, a.seq_first_chunk,
+                                                                               a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
 }
 

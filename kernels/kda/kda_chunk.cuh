@@ -31,14 +31,15 @@ constexpr int kChunk = 64;
 
 // Byte offsets inside one (chunk, head) workspace record. The four wgmma B operands of the
 // inter-chunk kernel (W, Q, Kr, M) are stored in the layout it reads (swz below), so that W..gl
-// reach its shared memory as one bulk copy and its value-column slice of Uᵀ as a second.
+// reach its shared memory as one bulk copy and its value-column slice of Uᵀ as a second (Uᵀ is
+// swizzled too: its pair reads there are then free of bank conflicts).
 struct ChunkRec {
   static constexpr size_t kW = 0;                   // bf16 [64][128] swz  T (e^Γ ⊙ K)
   static constexpr size_t kQ = kW + 64 * 128 * 2;   // bf16 [64][128] swz  Q ⊙ e^Γ
   static constexpr size_t kKr = kQ + 64 * 128 * 2;  // bf16 [128][64] swz  (K ⊙ e^{Γlast−Γ})ᵀ
-  static constexpr size_t kM = kKr + 128 * 64 * 2;  // bf16 [64][64]  swz  causal q·k decay
-  static constexpr size_t kGl = kM + 64 * 64 * 2;   // f32 [128]           e^{Γlast}
-  static constexpr size_t kUT = kGl + 128 * 4;      // bf16 [128][64]      (T V)ᵀ, plain rows
+  static constexpr size_t kM = kKr + 128 * 64 * 2;      // bf16 [64][64]  swz  causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;       // f32 [128]           e^{Γlast}
+  static constexpr size_t kUT = kGl + 128 * 4;          // bf16 [128][64] swz  (T V)ᵀ
   static constexpr size_t kBytes = kUT + 128 * 64 * 2;  // 74240
 };
 static_assert(ChunkRec::kQ % 1024 == 0 && ChunkRec::kKr % 1024 == 0 && ChunkRec::kM % 1024 == 0,
@@ -404,7 +405,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     for (int idx = t; idx < C * D; idx += nt) {  // (K ⊙ e^{Γlast−Γ})ᵀ
       const int d = idx >> 6, i = idx & 63;
       oKr[swz(d, i, D)] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
-                                   __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
+                                           __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
     }
     for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
       if ((idx & 63) > (idx >> 6)) oM[swz(idx >> 6, idx & 63, C)] = __float2bfloat16(0.f);
@@ -496,9 +497,9 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
           if (which == 0) {  // W [i][d], swizzled
             *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) =
                 __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
-          } else {  // Uᵀ [d][i]
-            oUT[d * C + i] = __float2bfloat16(acc[n][2 * half]);
-            oUT[(d + 1) * C + i] = __float2bfloat16(acc[n][2 * half + 1]);
+          } else {  // Uᵀ [d][i], swizzled
+            oUT[swz(d, i, D)] = __float2bfloat16(acc[n][2 * half]);
+            oUT[swz(d + 1, i, D)] = __float2bfloat16(acc[n][2 * half + 1]);
           }
         }
     }
@@ -521,8 +522,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 constexpr int kInterThreads = 128;  // one warpgroup
 constexpr int kInterCols = 64;      // value columns per CTA: the m64 of the transposed products
 constexpr int kInterStages = 3;
-constexpr uint32_t kStageTiles = ChunkRec::kUT;                 // W, Q, Kr, M, gl
-constexpr uint32_t kStageUT = kInterCols * 64 * 2;              // Uᵀ rows of the CTA's columns
+constexpr uint32_t kStageTiles = ChunkRec::kUT;     // W, Q, Kr, M, gl
+constexpr uint32_t kStageUT = kInterCols * 64 * 2;  // Uᵀ rows of the CTA's columns
 constexpr uint32_t kStageBytes = (kStageTiles + kStageUT + 1023) / 1024 * 1024;
 constexpr int kLdO = kInterCols + 8;  // output tile rows (bf16), padded
 struct InterSmem {                    // after the stages
@@ -577,18 +578,22 @@ __global__ void __launch_bounds__(kInterThreads, 1)
     fence_mbar_init();
     for (int c = 0; c < min(nchunks, kInterStages - 1); ++c) load(c);
   }
+  __syncthreads();  // the barriers' initialisation before anyone waits on them
 
   for (int c = 0; c < nchunks; ++c) {
-    // Every thread is done with chunk c − 1: its stage may take chunk c + 2 and the output tile
+    const unsigned char* st = smem + (c % kInterStages) * kStageBytes;
+    const uint32_t sa = smem_u32(st);
+    mbar_wait(&sm.bar[c % kInterStages], (c / kInterStages) & 1);
+    // The lanes leave the wait loop one by one: wgmma (.aligned) needs the warps converged. Then
+    // every thread is done with chunk c − 1: its stage may take chunk c + 2 and the output tile
     // is free again.
+    __syncwarp();
     __syncthreads();
     if (tid == 0 && c + kInterStages - 1 < nchunks) {
       fence_proxy_async();  // the generic reads of that stage (Uᵀ, gl) before the bulk writes
       load(c + kInterStages - 1);
     }
-    const unsigned char* st = smem + (c % kInterStages) * kStageBytes;
-    const uint32_t sa = smem_u32(st);
-    mbar_wait(&sm.bar[c % kInterStages], (c / kInterStages) & 1);
+    __syncwarp();
 
     // V'ᵀ (minus Uᵀ) and Sᵀ Qᵀ: 8 k16 steps over the keys, hi and lo each.
     uint32_t shi[8][4], slo[8][4];
@@ -627,8 +632,8 @@ __global__ void __launch_bounds__(kInterThreads, 1)
         const int col = r0 + 8 * hf, tok = 8 * j + t2;
         const float2 u =
             __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ut + swz(col, tok, 64)));
-        split_pack(u.x - v[4 * j + 2 * hf], u.y - v[4 * j + 2 * hf + 1], vhi[j >> 1][2 * (j & 1) + hf],
-                   vlo[j >> 1][2 * (j & 1) + hf]);
+        split_pack(u.x - v[4 * j + 2 * hf], u.y - v[4 * j + 2 * hf + 1],
+                   vhi[j >> 1][2 * (j & 1) + hf], vlo[j >> 1][2 * (j & 1) + hf]);
       }
 
     // Oᵀ += V'ᵀ Mᵀ, then Sᵀ ← Sᵀ Diag(e^{Γlast}) + V'ᵀ Kr, as two commit groups so that the

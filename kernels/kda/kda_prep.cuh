@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
   const int h = blockIdx.y, warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
   const int part = warp % 3, run = warp / 3;
   const int tb = blockIdx.x * kPrepTokens + run * kPrepRun;  // first token of the run
-  if (tb >= T) return;  // whole warps leave
+  if (tb >= T) return;                                       // whole warps leave
   const int ch0 = part * HD + h * D + d0;
   uint2 x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
 #pragma unroll
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
 #pragma unroll
   for (int i = 0; i < kPrepRun; ++i) {
     const int t = tb + i;
-    if (t >= T) break;  // uniform over the warp
+    if (t >= T) break;   // uniform over the warp
     while (t >= next) {  // the run crosses into the next sequence (empty ones skipped)
       ++s;
       start = next;
@@ -79,8 +79,8 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
     float u[4], ss = 0.f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      u[e] = silu(w[e].x * tap[0][e] + w[e].y * tap[1][e] + w[e].z * tap[2][e] +
-                  w[e].w * tap[3][e]);
+      u[e] =
+          silu(w[e].x * tap[0][e] + w[e].y * tap[1][e] + w[e].z * tap[2][e] + w[e].w * tap[3][e]);
       ss += u[e] * u[e];
     }
     ss = warp_sum(ss);

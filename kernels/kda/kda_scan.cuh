@@ -8,9 +8,9 @@
 // columns; a CTA keeps its 128 × kCols slice of S in registers (kPasses float4 per thread) for the
 // whole sequence and reads/writes the state pool once. The next token's inputs are loaded while
 // the current one is processed.
-// Layouts: q, k, v [T, H, D] bf16; f [T, H·D], b [T, H] bf16 (g = −exp(A_log)·softplus(f + dt_bias),
-// β = sigmoid(b), formed per token); state [slots, H, D, D]; o [T, H, D].
-// Launch: grid (kSplit, H, num_seqs), 128 threads.
+// Layouts: q, k, v [T, H, D] bf16; f [T, H·D], b [T, H] bf16 (g = −exp(A_log)·softplus(f +
+// dt_bias), β = sigmoid(b), formed per token); state [slots, H, D, D]; o [T, H, D]. Launch: grid
+// (kSplit, H, num_seqs), 128 threads.
 #pragma once
 
 #include "kda/kda_common.cuh"

@@ -223,7 +223,8 @@ __global__ void __launch_bounds__(kPwThreads, 1) mla_prefill_wgmma_kernel(PfArgs
     const uint32_t st = stage(n);
     wgmma_fence();  // o and pa were written by ordinary instructions
 #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) wgmma_rs_m64n128(o, pa[kk], wgmma_desc(st + kPwKBytes + kk * 32));
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma_rs_m64n128(o, pa[kk], wgmma_desc(st + kPwKBytes + kk * 32));
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(o);
