@@ -46,10 +46,49 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
 #pragma unroll
   for (int e = 0; e < 4; ++e)
     w[e] = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
+  // Row j as floats (converted at each use: keeping all 44 converted values live costs 36 more
+  // registers than the raw rows).
+  auto row = [&](int j, float(&f)[4]) {
+    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[j].x));
+    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[j].y));
+    f[0] = lo.x;
+    f[1] = lo.y;
+    f[2] = hi.x;
+    f[3] = hi.y;
+  };
   bf16* out = (part == 0 ? p.q : part == 1 ? p.k : p.v) + h * D + d0;
-  const float scale = part == 0 ? 0.08838834764831845f : 1.f;  // D^-1/2 for q
+  // SiLU(conv) of token t = tb + i from its 4 taps, the L2 norm (q, k: the part is warp-uniform)
+  // and the store.
+  auto finish = [&](int t, const float(&tap)[4][4]) {
+    float u[4], ss = 0.f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      u[e] =
+          silu(w[e].x * tap[0][e] + w[e].y * tap[1][e] + w[e].z * tap[2][e] + w[e].w * tap[3][e]);
+      ss += u[e] * u[e];
+    }
+    float r = 1.f;
+    if (part != 2) {
+      ss = warp_sum(ss);
+      r = 1.f / sqrtf(ss + kKdaL2Eps) * (part == 0 ? 0.08838834764831845f : 1.f);  // q: D^-1/2
+    }
+    uint2 y;
+    *reinterpret_cast<__nv_bfloat162*>(&y.x) = __floats2bfloat162_rn(u[0] * r, u[1] * r);
+    *reinterpret_cast<__nv_bfloat162*>(&y.y) = __floats2bfloat162_rn(u[2] * r, u[3] * r);
+    *reinterpret_cast<uint2*>(out + size_t(t) * HD) = y;
+  };
   int s = find_seq(p.cu_seqlens, p.num_seqs, tb);
   int start = __ldg(p.cu_seqlens + s), next = __ldg(p.cu_seqlens + s + 1);
+  if (tb - 3 >= start && tb + kPrepRun <= next) {  // the common case: every tap in the rows
+#pragma unroll
+    for (int i = 0; i < kPrepRun; ++i) {
+      float tap[4][4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) row(i + k, tap[k]);
+      finish(tb + i, tap);
+    }
+    return;
+  }
 #pragma unroll
   for (int i = 0; i < kPrepRun; ++i) {
     const int t = tb + i;
@@ -63,12 +102,7 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (t - 3 + k >= start) {
-        const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[i + k].x));
-        const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[i + k].y));
-        tap[k][0] = lo.x;
-        tap[k][1] = lo.y;
-        tap[k][2] = hi.x;
-        tap[k][3] = hi.y;
+        row(i + k, tap[k]);
       } else {  // before the sequence: the conv state holds its last 3 inputs
         const bf16* st =
             p.conv_state + (size_t(__ldg(p.slots + s)) * C + ch0) * 3 + (t - start + k);
@@ -76,19 +110,7 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
         for (int e = 0; e < 4; ++e) tap[k][e] = to_f(st[e * 3]);
       }
     }
-    float u[4], ss = 0.f;
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      u[e] =
-          silu(w[e].x * tap[0][e] + w[e].y * tap[1][e] + w[e].z * tap[2][e] + w[e].w * tap[3][e]);
-      ss += u[e] * u[e];
-    }
-    ss = warp_sum(ss);
-    const float r = part == 2 ? 1.f : 1.f / sqrtf(ss + kKdaL2Eps) * scale;
-    uint2 y;
-    *reinterpret_cast<__nv_bfloat162*>(&y.x) = __floats2bfloat162_rn(u[0] * r, u[1] * r);
-    *reinterpret_cast<__nv_bfloat162*>(&y.y) = __floats2bfloat162_rn(u[2] * r, u[3] * r);
-    *reinterpret_cast<uint2*>(out + size_t(t) * HD) = y;
+    finish(t, tap);
   }
 }
 
