@@ -580,17 +580,6 @@ __global__ void __launch_bounds__(kInterThreads, 1)
   }
   __syncthreads();  // the barriers' initialisation before anyone waits on them
 
-  // A fragments of Sᵀ, hi and lo, for the 8 k16 steps over the keys: made for chunk c while the
-  // output product of chunk c − 1 is still running.
-  uint32_t shi[8][4], slo[8][4];
-  auto split_state = [&]() {
-#pragma unroll
-    for (int kk = 0; kk < 8; ++kk)
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        split_pack(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1], shi[kk][q], slo[kk][q]);
-  };
-  split_state();
   for (int c = 0; c < nchunks; ++c) {
     const unsigned char* st = smem + (c % kInterStages) * kStageBytes;
     const uint32_t sa = smem_u32(st);
@@ -606,9 +595,13 @@ __global__ void __launch_bounds__(kInterThreads, 1)
     }
     __syncwarp();
 
-    // Four commit groups in the order the tensor cores run them: Sᵀ Wᵀ (group 1) and Sᵀ Qᵀ (2);
-    // V'ᵀ is formed on the CUDA cores while 2 runs; the state update (3) and V'ᵀ Mᵀ (4); the next
-    // chunk's A fragments are made while 4 runs.
+    // V'ᵀ (minus Uᵀ) and Sᵀ Qᵀ: 8 k16 steps over the keys, hi and lo each.
+    uint32_t shi[8][4], slo[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        split_pack(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1], shi[kk][q], slo[kk][q]);
     float v[32], o[32];
     wgmma_fence();
 #pragma unroll
@@ -617,7 +610,6 @@ __global__ void __launch_bounds__(kInterThreads, 1)
       wgmma_rs_m64n64(v, shi[kk], bw, kk > 0);
       wgmma_rs_m64n64(v, slo[kk], bw, 1);
     }
-    wgmma_commit();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
       const uint64_t bq = wgmma_desc(sa + ChunkRec::kQ + (kk >> 2) * 8192 + (kk & 3) * 32);
@@ -625,8 +617,9 @@ __global__ void __launch_bounds__(kInterThreads, 1)
       wgmma_rs_m64n64(o, slo[kk], bq, 1);
     }
     wgmma_commit();
-    wgmma_wait<1>();
+    wgmma_wait<0>();
     fence_acc(v);
+    fence_acc(o);
 
     // V'ᵀ = Uᵀ − (Sᵀ Wᵀ) as hi/lo A fragments over the tokens (4 k16 steps). Uᵀ is swizzled
     // like the tiles (conflict-free pair reads); rows past the sequence are zero in U and W.
@@ -643,7 +636,8 @@ __global__ void __launch_bounds__(kInterThreads, 1)
                    vhi[j >> 1][2 * (j & 1) + hf], vlo[j >> 1][2 * (j & 1) + hf]);
       }
 
-    // Sᵀ ← Sᵀ Diag(e^{Γlast}) + V'ᵀ Kr, then Oᵀ += V'ᵀ Mᵀ.
+    // Oᵀ += V'ᵀ Mᵀ, then Sᵀ ← Sᵀ Diag(e^{Γlast}) + V'ᵀ Kr, as two commit groups so that the
+    // output leaves while the state update runs.
     const float* gl = reinterpret_cast<const float*>(st + ChunkRec::kGl);
 #pragma unroll
     for (int i = 0; i < 64; i += 2) {
@@ -654,22 +648,19 @@ __global__ void __launch_bounds__(kInterThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const uint64_t bk = wgmma_desc(sa + ChunkRec::kKr + kk * 32);
-      wgmma_rs_m64n128(s, vhi[kk], bk);
-      wgmma_rs_m64n128(s, vlo[kk], bk);
-    }
-    wgmma_commit();
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
       const uint64_t bm = wgmma_desc(sa + ChunkRec::kM + kk * 32);
       wgmma_rs_m64n64(o, vhi[kk], bm, 1);
       wgmma_rs_m64n64(o, vlo[kk], bm, 1);
     }
     wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t bk = wgmma_desc(sa + ChunkRec::kKr + kk * 32);
+      wgmma_rs_m64n128(s, vhi[kk], bk);
+      wgmma_rs_m64n128(s, vlo[kk], bk);
+    }
+    wgmma_commit();
     wgmma_wait<1>();
-    fence_acc(s);
-    split_state();
-    wgmma_wait<0>();
     fence_acc(o);
 #pragma unroll
     for (int j = 0; j < 8; ++j)
@@ -685,6 +676,8 @@ __global__ void __launch_bounds__(kInterThreads, 1)
         *reinterpret_cast<uint4*>(p.o + size_t(t0 + row) * HD + h * D + c0 + 8 * piece) =
             *reinterpret_cast<const uint4*>(sm.o + row * kLdO + 8 * piece);
     }
+    wgmma_wait<0>();
+    fence_acc(s);
   }
 
 #pragma unroll
