@@ -75,10 +75,11 @@ struct KdaPrepParams {
   bf16* q = nullptr;                // [T, H, D]  L2-normed, scaled by D^-1/2
   bf16* k = nullptr;                // [T, H, D]  L2-normed
   bf16* v = nullptr;                // [T, H, D]
-  float* g = nullptr;               // [T, H, D]  log decay (< 0)
-  float* beta = nullptr;            // [T, H]
 };
+// conv + SiLU + L2 norm of q and k (the gate and beta are left to the scans, which read f and b:
+// 2 bytes per element instead of the 4 + 4 of an fp32 g written here and read back).
 // Two launches: the prep itself, then the conv-state update (which must follow every read).
+// f, b and w.A_log, w.dt_bias are not read.
 void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream);
 
 // ---- Prefill, stage 2: the gated delta rule over a varlen batch. ----
@@ -91,10 +92,13 @@ struct KdaScanParams {
   const bf16* q = nullptr;          // [T, H, D] as written by run_kda_prep
   const bf16* k = nullptr;
   const bf16* v = nullptr;
-  const float* g = nullptr;     // [T, H, D]
-  const float* beta = nullptr;  // [T, H]
-  float* state = nullptr;       // [num_slots, H, D, D]: initial state in, final state out
-  bf16* o = nullptr;            // [T, H, D]
+  // The gate g = −exp(A_log)·softplus(f + dt_bias) and β = sigmoid(b) are computed on the fly
+  // (fp32, the formulas of the decode kernel) from the raw projections:
+  const bf16* f = nullptr;  // [T, H·D] pre-gate
+  const bf16* b = nullptr;  // [T, H]   pre-sigmoid beta
+  KdaWeights w;             // A_log, dt_bias (conv_weight and o_norm are not read)
+  float* state = nullptr;   // [num_slots, H, D, D]: initial state in, final state out
+  bf16* o = nullptr;        // [T, H, D]
 };
 // Token-by-token recurrence (the definition), state in registers; for short sequences.
 void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
@@ -102,8 +106,8 @@ void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
 // total decay; an inter-chunk kernel (sequential over a sequence's chunks, split over value
-// columns) carries the fp32 state on tensor cores and writes o. Needs a plan made from the host
-// copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
+// columns) carries the fp32 state on tensor cores (wgmma) and writes o. Needs a plan made from the
+// host copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
 struct KdaChunkPlan {
   int num_chunks = 0;
   std::vector<int> chunk_seq;        // [num_chunks] sequence of each chunk (a sequence's in order)
@@ -120,14 +124,13 @@ struct KdaChunkedArgs {
   const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int stages = 3;      // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
-  int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
+  int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
 // The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done
 // inside the intra-chunk kernel (no q, k, v, g, beta round trip through memory), then the
 // inter-chunk kernel writes o and the final states, then the conv states are updated (3 launches).
-// pp.q, pp.k, pp.v, pp.g and pp.beta are not used.
+// pp.q, pp.k and pp.v are not used.
 void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
                              const KdaChunkedArgs& a, cudaStream_t stream);
 

@@ -9,7 +9,8 @@ void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream) {
              ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
   KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
-  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.g && p.beta && p.state && p.o,
+  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
+                 p.w.dt_bias && p.state && p.o,
              "null pointer");
   constexpr int kCols = 32;
   kda::kda_scan_recurrent_kernel<kCols>

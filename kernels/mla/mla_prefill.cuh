@@ -68,47 +68,6 @@ struct PfArgs {
   const MlaPrefillItem* items;  // this round's
 };
 
-#define KIMI_WGMMA_D64(d)                                                                         \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),    \
-      "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),  \
-      "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),  \
-      "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),  \
-      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),  \
-      "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),  \
-      "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),  \
-      "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-#define KIMI_WGMMA_R64                                                               \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,"           \
-  " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31," \
-  " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47," \
-  " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
-
-// d[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ, both bf16 K-major in shared memory.
-__device__ __forceinline__ void pf_mma_ss(float (&d)[64], uint64_t da, uint64_t db,
-                                          int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred p;\n"
-      "setp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " KIMI_WGMMA_R64
-      ", %64, %65, p, 1, 1, 0, 0;\n"
-      "}\n"
-      : KIMI_WGMMA_D64(d)
-      : "l"(da), "l"(db), "r"(accumulate));
-}
-
-// d[64 × 128] += A[64 × 16] · B[128 × 16]ᵀ, A bf16 in registers (a0..a3: the mma.sync A-fragment
-// layout per warp), B bf16 K-major in shared memory.
-__device__ __forceinline__ void pf_mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
-  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " KIMI_WGMMA_R64
-               ", {%64, %65, %66, %67}, %68, 1, 1, 1, 0;\n"
-               : KIMI_WGMMA_D64(d)
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
-#undef KIMI_WGMMA_D64
-#undef KIMI_WGMMA_R64
-
 __device__ __forceinline__ float pf_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
@@ -233,7 +192,7 @@ __global__ void __launch_bounds__(kPfThreads, 1)
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
           const uint32_t off = (kb * kPfBox + kk * 32) / 16;
-          pf_mma_ss(s, q_desc + off, k_desc + off, kb + kk > 0);
+          wgmma_ss_m64n128(s, q_desc + off, k_desc + off, kb + kk > 0);
         }
       wgmma_commit();
     };
@@ -241,7 +200,7 @@ __global__ void __launch_bounds__(kPfThreads, 1)
       const uint64_t v_desc = wgmma_desc(v_s + (n % kPfStages) * kPfVBytes);
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk)
-        pf_mma_rs(o, pa[kk], v_desc + ((kk / 4) * kPfBox + (kk % 4) * 32) / 16);
+        wgmma_rs_m64n128(o, pa[kk], v_desc + ((kk / 4) * kPfBox + (kk % 4) * 32) / 16);
       wgmma_commit();
     };
     // Every warp's wgmmas are done reading the slot (after its wait): one arrival per warp.

@@ -140,8 +140,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     pp.q = A.q;
     pp.k = A.k;
     pp.v = A.v;
-    pp.g = A.g;
-    pp.beta = A.beta;
     cuda::run_kda_prep(pp, m.stream);
     cuda::KdaScanParams sp;
     sp.num_seqs = s.S;
@@ -152,8 +150,9 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     sp.q = A.q;
     sp.k = A.k;
     sp.v = A.v;
-    sp.g = A.g;
-    sp.beta = A.beta;
+    sp.f = A.f;
+    sp.b = A.bb;
+    sp.w = kw;
     sp.state = state;
     sp.o = A.o;
     if (s.num_chunks > 0) {

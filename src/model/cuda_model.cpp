@@ -97,8 +97,6 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     act.f = c.take<bf16>(2 * T * HD);  // f | z: one batched GEMM writes both
     act.z = act.f + T * HD;
     for (bf16** p : {&act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
-    act.g = c.take<float>(T * HD);
-    act.beta = c.take<float>(size_t(T) * cfg.kda_num_heads);
     act.kda_ws_bytes = cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
     act.kda_ws = c.take<uint8_t>(act.kda_ws_bytes);
   }

@@ -126,7 +126,6 @@ struct CudaModel::Impl {
     float* x;          // [Tm, hidden] residual stream
     bf16* a;           // [Tm, hidden] normed input of a block
     bf16 *qkv, *low, *f, *z, *bb, *q, *k, *v, *o, *y;  // KDA
-    float *g, *beta;
     void* kda_ws;   // chunked KDA workspace for kda_chunk_cap chunks
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
