@@ -11,6 +11,9 @@
 //   conv state pool             : [num_slots, C, 3] bf16 — the last 3 pre-conv inputs, oldest
 //   first.
 //       bf16 loses nothing: the conv inputs are bf16 GEMM outputs, so the state holds them exactly.
+// High precision (docs/precision.md): the prep, the recurrent scan and the gated norm also run
+// with T = float for every activation above and the conv state (the *ParamsT<float> overloads);
+// the fused decode and the chunked kernels are bf16 only.
 //   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
 //       reference (row d is scaled by exp(g[d])).
 // Sequences address their state through slot ids (one id for both pools); slots of one launch must
@@ -61,43 +64,51 @@ struct KdaDecodeParams {
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
 // ---- Prefill, stage 1: conv + SiLU, L2 norm, gate, beta for a varlen batch. ----
-struct KdaPrepParams {
+// T: the activations' type, bf16 or float (high precision).
+template <typename T>
+struct KdaPrepParamsT {
   int num_seqs = 0;
   int num_tokens = 0;  // T = cu_seqlens[num_seqs]
   int num_heads = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
   const int* slots = nullptr;       // [num_seqs]
-  const bf16* qkv = nullptr;        // [T, C]
-  const bf16* f = nullptr;          // [T, H·D]
-  const bf16* b = nullptr;          // [T, H]
+  const T* qkv = nullptr;           // [T, C]
+  const T* f = nullptr;             // [T, H·D]
+  const T* b = nullptr;             // [T, H]
   KdaWeights w;                     // conv_weight, A_log, dt_bias
-  bf16* conv_state = nullptr;       // [num_slots, C, 3]: read, then set to each sequence's last 3
-  bf16* q = nullptr;                // [T, H, D]  L2-normed, scaled by D^-1/2
-  bf16* k = nullptr;                // [T, H, D]  L2-normed
-  bf16* v = nullptr;                // [T, H, D]
+  T* conv_state = nullptr;          // [num_slots, C, 3]: read, then set to each sequence's last 3
+  T* q = nullptr;                   // [T, H, D]  L2-normed, scaled by D^-1/2
+  T* k = nullptr;                   // [T, H, D]  L2-normed
+  T* v = nullptr;                   // [T, H, D]
   float* g = nullptr;               // [T, H, D]  log decay (< 0)
   float* beta = nullptr;            // [T, H]
 };
+using KdaPrepParams = KdaPrepParamsT<bf16>;
 // Two launches: the prep itself, then the conv-state update (which must follow every read).
-void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream);
+void run_kda_prep(const KdaPrepParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_prep(const KdaPrepParamsT<float>& p, cudaStream_t stream);
 
 // ---- Prefill, stage 2: the gated delta rule over a varlen batch. ----
-struct KdaScanParams {
+template <typename T>
+struct KdaScanParamsT {
   int num_seqs = 0;
   int num_tokens = 0;
   int num_heads = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
   const int* slots = nullptr;       // [num_seqs]
-  const bf16* q = nullptr;          // [T, H, D] as written by run_kda_prep
-  const bf16* k = nullptr;
-  const bf16* v = nullptr;
+  const T* q = nullptr;             // [T, H, D] as written by run_kda_prep
+  const T* k = nullptr;
+  const T* v = nullptr;
   const float* g = nullptr;     // [T, H, D]
   const float* beta = nullptr;  // [T, H]
   float* state = nullptr;       // [num_slots, H, D, D]: initial state in, final state out
-  bf16* o = nullptr;            // [T, H, D]
+  T* o = nullptr;               // [T, H, D]
 };
-// Token-by-token recurrence (the definition), state in registers; for short sequences.
-void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
+using KdaScanParams = KdaScanParamsT<bf16>;
+// Token-by-token recurrence (the definition), state in registers: short sequences, and every
+// step in high precision (fp32 throughout: the CPU recurrence up to summation order).
+void run_kda_scan_recurrent(const KdaScanParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_scan_recurrent(const KdaScanParamsT<float>& p, cudaStream_t stream);
 
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
@@ -132,14 +143,17 @@ void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
                              const KdaChunkedArgs& a, cudaStream_t stream);
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
-struct KdaGatedNormParams {
+template <typename T>
+struct KdaGatedNormParamsT {
   int num_tokens = 0;
   int num_heads = 0;
-  const bf16* o = nullptr;        // [T, H, D]
-  const bf16* z = nullptr;        // [T, H·D]
+  const T* o = nullptr;           // [T, H, D]
+  const T* z = nullptr;           // [T, H·D]
   const float* weight = nullptr;  // [D]
-  bf16* y = nullptr;              // [T, H·D]; may alias o
+  T* y = nullptr;                 // [T, H·D]; may alias o
 };
-void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream);
+using KdaGatedNormParams = KdaGatedNormParamsT<bf16>;
+void run_kda_gated_rmsnorm(const KdaGatedNormParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_gated_rmsnorm(const KdaGatedNormParamsT<float>& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda

@@ -11,6 +11,9 @@ namespace kimi::cuda::kda {
 __device__ __forceinline__ float to_f(bf16 x) {
   return __bfloat162float(x);
 }
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ void store_f(bf16* p, float x) { *p = __float2bfloat16(x); }
+__device__ __forceinline__ void store_f(float* p, float x) { *p = x; }
 __device__ __forceinline__ float silu(float x) {
   return x / (1.f + expf(-x));
 }

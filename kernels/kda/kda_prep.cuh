@@ -7,7 +7,7 @@
 //   q ← q/sqrt(Σq² + 1e-6)·D^-1/2,  k ← k/sqrt(Σk² + 1e-6)
 //   g = −exp(A_log[h])·softplus(f + dt_bias),  β = sigmoid(b)
 //   In: x [T, C] (q|k|v), f [T, H·D], b [T, H]. Out: q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
+//   beta [T, H] fp32. T = float (high precision): x, f, b, the conv state and q, k, v in fp32. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
 //   CTA's head one after another, 4 channels per lane (8- and 16-byte accesses), sums by
 //   shuffles; the 3 earlier tokens are re-read (L1/L2 hits); conv weights in shared memory.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
@@ -37,11 +37,22 @@ __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(x[2], x[3]);
   *reinterpret_cast<uint2*>(p) = v;
 }
+__device__ __forceinline__ void load4(const float* p, float (&x)[4]) {
+  const float4 v = *reinterpret_cast<const float4*>(p);
+  x[0] = v.x;
+  x[1] = v.y;
+  x[2] = v.z;
+  x[3] = v.w;
+}
+__device__ __forceinline__ void store4(float* p, const float (&x)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
 
 constexpr int kPrepTokens = 32;  // tokens per CTA (8 warps × 4): the head's conv weights are
                                  // staged once in shared memory and reused by all of them
 
-__global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParams p) {
+template <typename T>
+__global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParamsT<T> p) {
   constexpr int D = kKdaD;
   __shared__ __align__(16) float sw[3 * D * 4];  // this head's conv weights [part][d][tap]
   const int H = p.num_heads, HD = H * D, C = 3 * HD;
@@ -66,7 +77,7 @@ __global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParams p) {
         if (idx >= 3) {
           load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
         } else {
-          const bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
+          const T* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
 #pragma unroll
           for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
         }
@@ -107,13 +118,14 @@ __global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParams p) {
   }
 }
 
-__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {
+template <typename T>
+__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParamsT<T> p) {
   const int s = blockIdx.y, ch = blockIdx.x * blockDim.x + threadIdx.x;
   const int C = 3 * p.num_heads * kKdaD;
   if (ch >= C) return;
   const int start = p.cu_seqlens[s], len = p.cu_seqlens[s + 1] - start;
-  bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
-  bf16 nv[3];
+  T* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
+  T nv[3];
 #pragma unroll
   for (int i = 0; i < 3; ++i) {
     const int idx = len + i;
@@ -123,29 +135,24 @@ __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams
   for (int i = 0; i < 3; ++i) st[i] = nv[i];
 }
 
-__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParams p) {
+template <typename T>
+__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParamsT<T> p) {
   const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= p.num_tokens * p.num_heads) return;
   const size_t base = size_t(row) * kKdaD + lane * 4;
-  const uint2 ov = *reinterpret_cast<const uint2*>(p.o + base);
-  const uint2 zv = *reinterpret_cast<const uint2*>(p.z + base);
-  const bf16* ob = reinterpret_cast<const bf16*>(&ov);
-  const bf16* zb = reinterpret_cast<const bf16*>(&zv);
-  float x[4], ss = 0.f;
+  float x[4], z[4], ss = 0.f;
+  load4(p.o + base, x);
+  load4(p.z + base, z);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    x[i] = to_f(ob[i]);
-    ss += x[i] * x[i];
-  }
+  for (int i = 0; i < 4; ++i) ss += x[i] * x[i];
   ss = warp_sum(ss);
   const float r = 1.f / sqrtf(ss / kKdaD + kKdaNormEps);
   const float4 w = *reinterpret_cast<const float4*>(p.weight + lane * 4);
   const float wv[4] = {w.x, w.y, w.z, w.w};
-  uint2 yv;
-  bf16* yb = reinterpret_cast<bf16*>(&yv);
+  float y[4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) yb[i] = __float2bfloat16(x[i] * r * wv[i] * sigmoid(to_f(zb[i])));
-  *reinterpret_cast<uint2*>(p.y + base) = yv;
+  for (int i = 0; i < 4; ++i) y[i] = x[i] * r * wv[i] * sigmoid(z[i]);
+  store4(p.y + base, y);
 }
 
 }  // namespace kimi::cuda::kda

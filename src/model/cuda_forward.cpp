@@ -292,7 +292,7 @@ void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   const int hid = m.cfg.hidden_size;
   auto& A = m.act;
   m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kF32, m.stream);
-  cuda::SiluMulParams sp;
+  cuda::SiluMulParams<bf16> sp;
   sp.rows = T;
   sp.dim = w.inter;
   sp.gate_up = A.gu;
