@@ -49,6 +49,11 @@ int main(int argc, char** argv) {
   app.add_flag("--enable-expert-parallel", eo.enable_expert_parallel,
                "cuda, with --tensor-parallel-size > 1: split the routed experts by expert instead of "
                "by their intermediate dimension");
+  app.add_option("--precision", eo.precision,
+                 "cuda activations: bf16 (fast) or high (hi/lo split GEMM inputs, fp32 KDA; "
+                 "docs/precision.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "high"}));
   app.add_option("--gpu-memory-utilization", eo.memory_fraction,
                  "fraction of free GPU memory for the caches")
       ->capture_default_str()

@@ -262,17 +262,20 @@ class CudaVsCpu : public CudaModelGpu {
     o.backend = "cuda";
     o.max_batch_tokens = 512;
     gpu_ = load_model(dir_, o).release();
+    o.precision = Precision::kHigh;
+    gpu_high_ = load_model(dir_, o).release();
 #endif
   }
   static void TearDownTestSuite() {
     delete cpu_;
     delete gpu_;
-    cpu_ = gpu_ = nullptr;
+    delete gpu_high_;
+    cpu_ = gpu_ = gpu_high_ = nullptr;
   }
   void SetUp() override {
     CudaModelGpu::SetUp();
     if (!IsSkipped()) {
-      ASSERT_TRUE(gpu_ && cpu_);
+      ASSERT_TRUE(gpu_ && gpu_high_ && cpu_);
     }
   }
   static std::vector<int> ids(int n, int salt) {
@@ -301,11 +304,12 @@ class CudaVsCpu : public CudaModelGpu {
     return std::sqrt(num / std::max(den, 1e-30));
   }
   static std::string dir_;
-  static Model *cpu_, *gpu_;
+  static Model *cpu_, *gpu_, *gpu_high_;  // gpu_high_: ModelOptions::precision high
 };
 std::string CudaVsCpu::dir_;
 Model* CudaVsCpu::cpu_ = nullptr;
 Model* CudaVsCpu::gpu_ = nullptr;
+Model* CudaVsCpu::gpu_high_ = nullptr;
 constexpr double kVsCpuTol = 2e-2;
 
 TEST_F(CudaVsCpu, LongPrefillEveryPosition) {
@@ -356,6 +360,36 @@ TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
   }
   cm->set_use_graphs(true);
 #endif
+}
+
+// High precision against the fp32 CPU: a 300-token prefill (several KDA chunks' worth, all through
+// the recurrent scan), then 40 decode steps (graphs) of a 130-token prefix, each worst row against
+// the CPU's prefill. Only the small-share MLA operands stay bf16 (docs/precision.md), so the
+// error must be at most half the bf16 path's on the same positions and within kVsCpuTol / 4.
+TEST_F(CudaVsCpu, HighPrecisionIsCloserToCpu) {
+  const int V = gpu_->config().vocab_size, n = 300, split = 130, steps = 40;
+  const std::vector<int> t = ids(n, 8);
+  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
+  double prefill_err[2] = {0, 0}, decode_err[2] = {0, 0};
+  Model* gpus[2] = {gpu_, gpu_high_};
+  for (int h = 0; h < 2; ++h) {
+    const std::vector<float> got = prefill(gpus[h], t, 2, 20);
+    for (int i = 0; i < n; ++i)
+      prefill_err[h] = std::max(prefill_err[h], rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
+    std::vector<float> logits = prefill(gpus[h], std::vector<int>(t.begin(), t.begin() + split), 2, 20);
+    for (int i = split; i < split + steps; ++i) {
+      Batch d;
+      d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
+      gpus[h]->forward(d, logits);
+      decode_err[h] = std::max(decode_err[h], rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
+    }
+  }
+  std::printf("max relative L2 vs CPU: prefill bf16 %.3g high %.3g; decode bf16 %.3g high %.3g\n",
+              prefill_err[0], prefill_err[1], decode_err[0], decode_err[1]);
+  EXPECT_LE(prefill_err[1], kVsCpuTol / 4);
+  EXPECT_LE(decode_err[1], kVsCpuTol / 4);
+  EXPECT_LE(prefill_err[1], 0.5 * prefill_err[0]);
+  EXPECT_LE(decode_err[1], 0.5 * decode_err[0]);
 }
 
 // The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).
