@@ -978,7 +978,7 @@ TEST(MoeGpu, ExpertsSplitInput) {
       EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kGemv) << "T " << T;
       check_experts_split(w, T, 8, cuda::MoeGemmPath::kGemv, 151 + T);
     }
-    check_experts_split(w, 200, 8, cuda::MoeGemmPath::kWgmma, 160);
+    check_experts_split(w, 40, 8, cuda::MoeGemmPath::kWgmma, 160);
   }
 #endif
 }
