@@ -362,34 +362,52 @@ TEST_F(CudaVsCpu, PrefillThenDecodeMatchesCpu) {
 #endif
 }
 
-// High precision against the fp32 CPU: a 300-token prefill (several KDA chunks' worth, all through
-// the recurrent scan), then 40 decode steps (graphs) of a 130-token prefix, each worst row against
-// the CPU's prefill. Only the small-share MLA operands stay bf16 (docs/precision.md), so the
-// error must be at most half the bf16 path's on the same positions and within kVsCpuTol / 4.
+// High precision against the fp32 CPU, layer by layer: the residual stream after every layer of a
+// 300-token prefill (several KDA chunks' worth, all through the fp32 recurrent scan). Up to the
+// first MLA layer (KDA and MoE only) nothing is rounded to bf16 but the weights, so the stream
+// must match to 1e-4 (and 20x closer than bf16); after it, the small-share MLA operands that stay
+// bf16 (docs/precision.md) add ~1e-3, still at most half of bf16's error. The logits carry the
+// bf16 lm_head input in both precisions (~2e-3 of a row), so they are only checked against
+// kVsCpuTol.
 TEST_F(CudaVsCpu, HighPrecisionIsCloserToCpu) {
-  const int V = gpu_->config().vocab_size, n = 300, split = 130, steps = 40;
+  const int V = gpu_->config().vocab_size, H = gpu_->config().hidden_size, n = 300;
+  const int L = gpu_->config().num_hidden_layers;
   const std::vector<int> t = ids(n, 8);
-  const std::vector<float> ref = prefill(cpu_, t, 1, 10);
-  double prefill_err[2] = {0, 0}, decode_err[2] = {0, 0};
-  Model* gpus[2] = {gpu_, gpu_high_};
-  for (int h = 0; h < 2; ++h) {
-    const std::vector<float> got = prefill(gpus[h], t, 2, 20);
-    for (int i = 0; i < n; ++i)
-      prefill_err[h] = std::max(prefill_err[h], rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
-    std::vector<float> logits = prefill(gpus[h], std::vector<int>(t.begin(), t.begin() + split), 2, 20);
-    for (int i = split; i < split + steps; ++i) {
-      Batch d;
-      d.add({t[i]}, i + 1, 2, blocks(20, n / kBlockSize + 2));
-      gpus[h]->forward(d, logits);
-      decode_err[h] = std::max(decode_err[h], rel_l2(logits.data(), ref.data() + size_t(i) * V, V));
-    }
+  Model* models[3] = {cpu_, gpu_, gpu_high_};
+  std::vector<std::vector<float>> hidden[3], logits(3);
+  for (int i = 0; i < 3; ++i) {
+    hidden[i].resize(L);
+    models[i]->on_layer_output = [&, i](int l, const float* x, int rows) {
+      hidden[i][l].assign(x, x + size_t(rows) * H);
+    };
+    logits[i] = prefill(models[i], t, 2, 20);
+    models[i]->on_layer_output = nullptr;
   }
-  std::printf("max relative L2 vs CPU: prefill bf16 %.3g high %.3g; decode bf16 %.3g high %.3g\n",
-              prefill_err[0], prefill_err[1], decode_err[0], decode_err[1]);
-  EXPECT_LE(prefill_err[1], kVsCpuTol / 4);
-  EXPECT_LE(decode_err[1], kVsCpuTol / 4);
-  EXPECT_LE(prefill_err[1], 0.5 * prefill_err[0]);
-  EXPECT_LE(decode_err[1], 0.5 * decode_err[0]);
+  auto worst_row = [&](const std::vector<float>& a, const std::vector<float>& b, int width) {
+    double w = 0;
+    for (size_t r = 0; r < a.size() / width; ++r)
+      w = std::max(w, rel_l2(a.data() + r * width, b.data() + r * width, width));
+    return w;
+  };
+  int first_mla = L;
+  for (int l = 0; l < L; ++l)
+    if (!gpu_->config().is_kda(l)) {
+      first_mla = l;
+      break;
+    }
+  ASSERT_GT(first_mla, 0);
+  for (int l = 0; l < L; ++l) {
+    const double bf = worst_row(hidden[1][l], hidden[0][l], H), hi = worst_row(hidden[2][l], hidden[0][l], H);
+    std::printf("layer %d: residual max relative L2 vs CPU bf16 %.3g high %.3g\n", l, bf, hi);
+    if (l < first_mla) {
+      EXPECT_LE(hi, 1e-4) << "layer " << l;
+      EXPECT_LE(20 * hi, bf) << "layer " << l;
+    }
+    EXPECT_LE(2 * hi, bf) << "layer " << l;
+  }
+  const double lb = worst_row(logits[1], logits[0], V), lh = worst_row(logits[2], logits[0], V);
+  std::printf("logits: max relative L2 vs CPU bf16 %.3g high %.3g\n", lb, lh);
+  EXPECT_LE(lh, kVsCpuTol);
 }
 
 // The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).

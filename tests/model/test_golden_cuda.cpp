@@ -32,7 +32,8 @@ constexpr double kRowTol = 2e-2;    // relative L2 per logits row against the go
 // over hundreds of positions).
 constexpr double kSelfTol = 3e-2;
 // High precision: prefill and decode run the same fp32 KDA kernels; the paths differ in GEMM
-// summation order and in the bf16 MLA operands (small shares), ~1e-3 of a row.
+// summation order and in the bf16 MLA operands (small shares): measured 2.8e-3 (prefill then
+// decode) and 2.5e-3 (mixed batch), H200.
 constexpr double kHighSelfTol = 1e-2;
 // bf16 gap noise (docs/precision.md): positions whose reference margin is at least 3 sigma.
 constexpr double kBf16GapSigma = 2.26e-3;
@@ -159,7 +160,7 @@ class GoldenCuda : public ::testing::Test {
   static Model* models_[2];  // bf16, high
   // The self-consistency checks below, on either model.
   static void prefill_then_decode(Model& m, int n, int stable, double tol);
-  static void hidden_states_per_layer(Model& m);
+  static void hidden_states_per_layer(Model& m, double layer0_tol);
   static void mixed_batch(Model& m, double tol);
 
  public:
@@ -191,12 +192,14 @@ TEST_F(GoldenCuda, HighLogitsAndTop1MatchEveryCase) {
 
 // bf16 precision over the same positions, bounds from its measured gap noise (sigma 2.26e-3 on
 // the expert-selection gap, docs/precision.md):
-// - rows whose reference margin is >= 3 sigma (6.8e-3; 25 of the 54) flip an expert with
-//   probability < 0.2% each: they must meet the acceptance bounds (2e-2, the same top-1);
-// - below that, flips are expected (Σ Φ(−margin/sigma) ≈ 3.5 over the 54; the bf16 path showed
-//   2 to 6) and a flipped expert moved its row by 0.19 and 0.23 (H200, 2026-11-27): every row
-//   within 0.35, top-1 on >= 95% of the rows, and the median row within 1e-2 (the bf16 bulk,
-//   golden README).
+// - below 3 sigma, flips are expected (Σ Φ(−margin/sigma) ≈ 3.5 over the 54; the bf16 path showed
+//   2 to 6): a flipped expert moved its own row by 0.19 and 0.23 (H200, 2026-11-27), so every
+//   row within 0.35 and top-1 on >= 95% of the rows;
+// - rows whose own margin is >= 3 sigma (6.8e-3; 25 of the 54) flip with probability < 0.2%
+//   each, but an earlier row's flip reaches them through the KDA state and attention (case 5:
+//   position 3 flipped, positions 6 and 11 at 2.9e-2 and 2.1e-2, H200): within 5e-2 and the same
+//   top-1;
+// - the median row within 1.5e-2 (the bf16 bulk, ~1e-2 per the golden README; 9.2e-3 measured).
 // A real defect (a wrong kernel, weight or routing) moves most rows far past these.
 TEST_F(GoldenCuda, Bf16LogitsWithinGapNoise) {
   ASSERT_GE(num_cases_, 7);
@@ -210,7 +213,7 @@ TEST_F(GoldenCuda, Bf16LogitsWithinGapNoise) {
     const std::string at = str("case ", r.n, " position ", r.t, " (margin ", r.margin, ")");
     if (r.margin >= 3 * kBf16GapSigma) {
       ++wide;
-      EXPECT_LE(r.err, kRowTol) << at;
+      EXPECT_LE(r.err, 5e-2) << at;
       EXPECT_TRUE(r.same_top1) << at;
     }
     EXPECT_LE(r.err, 0.35) << at;
@@ -221,7 +224,7 @@ TEST_F(GoldenCuda, Bf16LogitsWithinGapNoise) {
               rows.size(), median, wide);
   EXPECT_GE(wide, 20);
   EXPECT_GE(agree, 0.95 * double(rows.size()));
-  EXPECT_LE(median, 1e-2);
+  EXPECT_LE(median, 1.5e-2);
 }
 
 // Positions before the first route_margin < 3e-3: there two bf16 GPU paths (different kernels,
@@ -277,7 +280,7 @@ TEST_F(GoldenCuda, HighPrefillThenDecodeEqualsOnePrefill) {
 // The residual stream after every layer against the reference, over all 257 positions of the
 // last case. Layer 0 (KDA with multi-chunk prefill + dense MLP) has no routing, so it must match
 // everywhere; later layers are printed (routing flips past the first small margin are legitimate).
-void GoldenCuda::hidden_states_per_layer(Model& m) {
+void GoldenCuda::hidden_states_per_layer(Model& m, double layer0_tol) {
   const int n = num_cases_ - 1;
   GoldenCase c = load_case(n);
   const int H = m.config().hidden_size, T = int(c.ids.size());
@@ -299,14 +302,17 @@ void GoldenCuda::hidden_states_per_layer(Model& m) {
     std::printf("layer %d: max relative L2 %.3g at %d over %d positions; %.3g before position %d\n", l,
                 worst, worst_at, T, worst_stable, c.limit);
     if (l == 0) {
-      EXPECT_LE(worst, 1e-2) << "layer 0 has no routing: every position must match";
+      EXPECT_LE(worst, layer0_tol) << "layer 0 has no routing: every position must match";
     }
     EXPECT_LE(worst_stable, kRowTol) << "layer " << l;
   }
 }
 
-TEST_F(GoldenCuda, HiddenStatesPerLayer) { hidden_states_per_layer(model(Precision::kBf16)); }
-TEST_F(GoldenCuda, HighHiddenStatesPerLayer) { hidden_states_per_layer(model(Precision::kHigh)); }
+TEST_F(GoldenCuda, HiddenStatesPerLayer) { hidden_states_per_layer(model(Precision::kBf16), 1e-2); }
+// High precision: layer 0 (KDA + dense MLP) rounds nothing but the weights: 4.9e-6 measured (H200).
+TEST_F(GoldenCuda, HighHiddenStatesPerLayer) {
+  hidden_states_per_layer(model(Precision::kHigh), 1e-4);
+}
 
 // One batch holding a fresh prefill, a decode step and a continued prefill equals the three
 // sequences run alone (scattered slots and blocks). Rows are compared where the reference's
