@@ -3,8 +3,8 @@
 // ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
-// Usage: bench_kda [--quick] [--decode-only]; KIMI_BENCH_KDA_B=64 times that decode batch alone
-// (for a profiler).
+// Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that
+// decode batch alone (for a profiler).
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -133,7 +133,7 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
   }
 }
 
-void bench_prefill(Weights& w, bool quick) {
+void bench_prefill(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %8s %10s %10s %10s %10s %14s %14s\n", "prefill", "T", "prep ms", "scan ms",
               "norm ms", "total ms", "scan Mtok/s", "layer Mtok/s");
   for (int T : {4096, 32768, 131072}) {
@@ -145,7 +145,7 @@ void bench_prefill(Weights& w, bool quick) {
     DeviceBuffer<bf16> qkv(size_t(T) * C), f(size_t(T) * HD), b(size_t(T) * H), z(size_t(T) * HD),
         q(size_t(T) * HD), k(size_t(T) * HD), v(size_t(T) * HD), o(size_t(T) * HD),
         y(size_t(T) * HD), conv(size_t(2) * C * 3);
-    DeviceBuffer<float> g(size_t(T) * HD), beta(size_t(T) * H), state(size_t(2) * H * D * D);
+    DeviceBuffer<float> state(size_t(2) * H * D * D);
     fill_random(qkv, -2.f, 2.f, 11);
     fill_random(f, -4.f, 2.f, 12);
     fill_random(b, -4.f, 4.f, 13);
@@ -166,8 +166,6 @@ void bench_prefill(Weights& w, bool quick) {
     pp.q = q.data();
     pp.k = k.data();
     pp.v = v.data();
-    pp.g = g.data();
-    pp.beta = beta.data();
     kimi::cuda::KdaScanParams sp;
     sp.num_seqs = 1;
     sp.num_tokens = T;
@@ -177,8 +175,9 @@ void bench_prefill(Weights& w, bool quick) {
     sp.q = q.data();
     sp.k = k.data();
     sp.v = v.data();
-    sp.g = g.data();
-    sp.beta = beta.data();
+    sp.f = f.data();
+    sp.b = b.data();
+    sp.w = w.view();
     sp.state = state.data();
     sp.o = o.data();
     kimi::cuda::KdaGatedNormParams np;
@@ -190,6 +189,10 @@ void bench_prefill(Weights& w, bool quick) {
     np.y = y.data();
     const int reps = quick ? 3 : (T >= 131072 ? 5 : 10);
     const double prep = median_ms([&](int) { kimi::cuda::run_kda_prep(pp, nullptr); }, reps, 1, 1);
+    // The prep's bytes: q|k|v projections in, q, k, v out (bf16); the conv state is negligible.
+    const double prep_gbs = 2.0 * T * C * 2 / (prep * 1e-3) / 1e9;
+    std::printf("%-10s %8d   prep %.1f GB/s = %.1f%% of copy\n", "  prep", T, prep_gbs,
+                100 * prep_gbs / ceiling);
     const double norm =
         median_ms([&](int) { kimi::cuda::run_kda_gated_rmsnorm(np, nullptr); }, reps, 1, 1);
     const kimi::cuda::KdaChunkPlan plan = kimi::cuda::make_kda_chunk_plan(cu.data(), 1);
@@ -208,16 +211,10 @@ void bench_prefill(Weights& w, bool quick) {
     const double intra =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     a.stages = 2;
-    a.inter_cols = 32;
-    const double inter32 =
-        median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
-    a.inter_cols = 64;
-    const double inter64 =
+    const double inter =
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     a.stages = 3;
-    a.inter_cols = 0;
-    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms (32 cols/CTA) %.3f ms (64 cols/CTA)\n",
-                "  split", T, intra, inter32, inter64);
+    std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms\n", "  split", T, intra, inter);
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);
@@ -242,13 +239,14 @@ void bench_prefill(Weights& w, bool quick) {
     DeviceBuffer<int> d_cu(2), d_slots(1);
     d_cu.upload(cu);
     d_slots.upload(slots);
-    DeviceBuffer<bf16> q(size_t(T) * HD), k(size_t(T) * HD), v(size_t(T) * HD), o(size_t(T) * HD);
-    DeviceBuffer<float> g(size_t(T) * HD), beta(size_t(T) * H), state(size_t(H) * D * D);
+    DeviceBuffer<bf16> q(size_t(T) * HD), k(size_t(T) * HD), v(size_t(T) * HD), o(size_t(T) * HD),
+        f(size_t(T) * HD), b(size_t(T) * H);
+    DeviceBuffer<float> state(size_t(H) * D * D);
     fill_random(q, -0.09f, 0.09f, 21);
     fill_random(k, -0.09f, 0.09f, 22);
     fill_random(v, -2.f, 2.f, 23);
-    fill_random(g, -3.f, -0.01f, 24);
-    fill_random(beta, 0.05f, 0.95f, 25);
+    fill_random(f, -4.f, 2.f, 24);
+    fill_random(b, -4.f, 4.f, 25);
     fill_random(state, -0.5f, 0.5f, 26);
     kimi::cuda::KdaScanParams sp;
     sp.num_seqs = 1;
@@ -259,8 +257,9 @@ void bench_prefill(Weights& w, bool quick) {
     sp.q = q.data();
     sp.k = k.data();
     sp.v = v.data();
-    sp.g = g.data();
-    sp.beta = beta.data();
+    sp.f = f.data();
+    sp.b = b.data();
+    sp.w = w.view();
     sp.state = state.data();
     sp.o = o.data();
     const double scan = median_ms([&](int) { kimi::cuda::run_kda_scan_recurrent(sp, nullptr); },
@@ -273,10 +272,11 @@ void bench_prefill(Weights& w, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode_only = false;
+  bool quick = false, decode_only = false, prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     quick |= std::string(argv[i]) == "--quick";
     decode_only |= std::string(argv[i]) == "--decode-only";
+    prefill_only |= std::string(argv[i]) == "--prefill-only";
   }
   try {
     int dev = 0;
@@ -290,8 +290,8 @@ int main(int argc, char** argv) {
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     Weights w;
-    bench_decode(w, ceiling, quick);
-    if (!decode_only) bench_prefill(w, quick);
+    if (!prefill_only) bench_decode(w, ceiling, quick);
+    if (!decode_only) bench_prefill(w, ceiling, quick);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_kda: %s\n", e.what());
     return 1;

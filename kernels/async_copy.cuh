@@ -1,6 +1,6 @@
 // cp.async (global -> shared, 16 bytes, bypassing L1) and its group waits, and 1-D TMA bulk
-// copies completing on an mbarrier: the one definition every kernel family uses (KDA, MLA, MoE,
-// the small-M GEMM).
+// copies completing on an mbarrier, and 2-D TMA tensor copies: the one definition every kernel
+// family uses (KDA, MLA, MoE, the small-M GEMM).
 #pragma once
 
 #include <cstdint>
@@ -58,6 +58,10 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, unsigned by
                "r"(bytes)
                : "memory");
 }
+// One plain arrival (a consumer handing a ring slot back to its producer).
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
 // Waits until the phase of parity `parity` has completed.
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
   asm volatile(
@@ -78,6 +82,18 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned by
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
       "[%0], [%1], %2, [%3], %4;\n" ::"r"(smem_u32(dst)),
       "l"(src), "r"(bytes), "r"(smem_u32(bar)), "l"(policy)
+      : "memory");
+}
+
+// One box of a 2-D tensor map (TMA, cp.async.bulk.tensor) at element coordinates (c0, c1) into
+// shared memory at dst, completing on bar; boxes past the tensor's extent are zero-filled (their
+// bytes still count toward the transaction). map: a __grid_constant__ kernel parameter.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1,
+                                            uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes "
+      "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+      "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar))
       : "memory");
 }
 

@@ -140,6 +140,7 @@ Usage Generation::usage() const {
     Usage x = h->usage();
     u.prompt_tokens += x.prompt_tokens;
     u.completion_tokens += x.completion_tokens;
+    u.cached_tokens += x.cached_tokens;
   }
   return u;
 }

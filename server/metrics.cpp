@@ -103,6 +103,11 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   sample(out, "vllm:generation_tokens_total", L, double(m.generation_tokens_total));
   head(out, "vllm:num_preemptions_total", "counter", "Preemptions by the scheduler.");
   sample(out, "vllm:num_preemptions_total", L, double(m.preemptions_total));
+  head(out, "vllm:prefix_cache_queries_total", "counter",
+       "Prompt tokens looked up in the prefix cache.");
+  sample(out, "vllm:prefix_cache_queries_total", L, double(m.prefix_cache_queries_total));
+  head(out, "vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.");
+  sample(out, "vllm:prefix_cache_hits_total", L, double(m.prefix_cache_hits_total));
 
   head(out, "vllm:time_to_first_token_seconds", "histogram", "Time to first token, seconds.");
   render_histogram(out, "vllm:time_to_first_token_seconds", L, m.ttft);

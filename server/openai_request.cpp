@@ -258,10 +258,21 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
     throw_bad_request("priority", "'priority' scheduling is not supported by this server");
   if (const json* rf = f.object("response_format")) {
     std::string type = Fields(*rf, "response_format.").require_string("type");
-    if (type != "text")
+    if (type == "json_object") {
+      // JSON mode: the EOS that ends the object may be neither ignored nor held back.
+      if (r.engine.ignore_eos)
+        throw_bad_request("response_format", "'ignore_eos' cannot be combined with response_format json_object");
+      if (r.engine.min_tokens > 0)
+        throw_bad_request("response_format", "'min_tokens' cannot be combined with response_format json_object");
+      r.engine.response_format = ResponseFormat::kJsonObject;
+    } else if (type == "json_schema") {
       throw_bad_request("response_format",
-                        str("response_format type '", type,
-                            "' needs constrained decoding, which this server does not have"));
+                        "response_format type 'json_schema' is not supported by this server "
+                        "(JSON mode, type 'json_object', is)");
+    } else if (type != "text") {
+      throw_bad_request("response_format",
+                        str("response_format type '", type, "' is not one of 'text', 'json_object'"));
+    }
   }
   if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") ||
       f.get("guided_grammar") || f.get("structured_outputs"))

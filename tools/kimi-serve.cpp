@@ -54,6 +54,14 @@ int main(int argc, char** argv) {
                  "docs/precision.md)")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "high"}));
+  // vLLM's pair of flags; on by default as there.
+  app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", eo.enable_prefix_caching,
+               "start a prompt that extends an earlier one (multi-turn chat) from that prompt's "
+               "cached state and blocks");
+  app.add_option("--prefix-cache-slots", eo.prefix_cache_slots,
+                 "prompts the prefix cache keeps (each holds a copy of the KDA state; 0: --max-num-seqs)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
   app.add_option("--gpu-memory-utilization", eo.memory_fraction,
                  "fraction of free GPU memory for the caches")
       ->capture_default_str()

@@ -32,7 +32,16 @@ struct EngineOptions {
   int tensor_parallel_size = 1;
   bool enable_expert_parallel = false;  // routed experts split by expert over the TP GPUs
   std::string precision = "bf16";       // cuda activations: "bf16" or "high" (ModelOptions::precision)
+  // Prefix caching (vLLM's --enable-prefix-caching, runtime/prefix_cache.h): a request whose
+  // prompt extends an earlier prompt (multi-turn chat) starts from that prompt's KDA state and
+  // MLA blocks. Each cached prompt keeps a copy of the KDA state in a slot of its own.
+  bool enable_prefix_caching = true;
+  int prefix_cache_slots = 0;  // cached prompts at most; 0: max_num_seqs
 };
+
+// What the text must be: free text, or (JSON mode, response_format json_object) one JSON object,
+// enforced by masking the tokens that would break it (runtime/json_token_mask.h).
+enum class ResponseFormat { kText, kJsonObject };
 
 enum class FinishReason { kNone, kStop, kLength, kToolCalls, kCancelled, kError };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", ...
@@ -59,6 +68,7 @@ struct Request {
   bool skip_special_tokens = true;    // in the text deltas
   int n = 1;                          // samples sharing the prompt's prefill
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
+  ResponseFormat response_format = ResponseFormat::kText;
 };
 
 struct GenerationEvent {
@@ -74,6 +84,7 @@ struct GenerationEvent {
 struct Usage {
   int prompt_tokens = 0;
   int completion_tokens = 0;
+  int cached_tokens = 0;  // prompt tokens taken from the prefix cache
 };
 
 // Events of one request, in order. The engine pushes; the client pops.
@@ -88,7 +99,7 @@ class RequestHandle {
   Usage usage() const;
   // Engine side.
   void push(GenerationEvent ev);
-  void add_usage(int prompt, int completion);
+  void add_usage(int prompt, int completion, int cached = 0);
 
  private:
   const uint64_t id_;
@@ -124,6 +135,9 @@ struct EngineMetrics {
   uint64_t generation_tokens_total = 0;
   uint64_t requests_finished_total = 0;
   uint64_t preemptions_total = 0;
+  // Prefix cache, in prompt tokens: looked up at admission / found there (vLLM's counters).
+  uint64_t prefix_cache_queries_total = 0;
+  uint64_t prefix_cache_hits_total = 0;
   // Latency histograms in seconds, with vLLM's bucket bounds (bounded memory on long runs).
   Histogram ttft = Histogram::ttft_buckets();
   Histogram tpot = Histogram::tpot_buckets();

@@ -11,11 +11,11 @@
 //   conv state pool             : [num_slots, C, 3] bf16 — the last 3 pre-conv inputs, oldest
 //   first.
 //       bf16 loses nothing: the conv inputs are bf16 GEMM outputs, so the state holds them exactly.
+//   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
+//       reference (row d is scaled by exp(g[d])).
 // High precision (docs/precision.md): the prep, the recurrent scan and the gated norm also run
 // with T = float for every activation above and the conv state (the *ParamsT<float> overloads);
 // the fused decode and the chunked kernels are bf16 only.
-//   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
-//       reference (row d is scaled by exp(g[d])).
 // Sequences address their state through slot ids (one id for both pools); slots of one launch must
 // be distinct. All pointers are device pointers; every launcher checks its arguments and the
 // launch, and throws kimi::Error.
@@ -63,7 +63,7 @@ struct KdaDecodeParams {
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
-// ---- Prefill, stage 1: conv + SiLU, L2 norm, gate, beta for a varlen batch. ----
+// ---- Prefill, stage 1: conv + SiLU, L2 norm for a varlen batch. ----
 // T: the activations' type, bf16 or float (high precision).
 template <typename T>
 struct KdaPrepParamsT {
@@ -80,11 +80,12 @@ struct KdaPrepParamsT {
   T* q = nullptr;                   // [T, H, D]  L2-normed, scaled by D^-1/2
   T* k = nullptr;                   // [T, H, D]  L2-normed
   T* v = nullptr;                   // [T, H, D]
-  float* g = nullptr;               // [T, H, D]  log decay (< 0)
-  float* beta = nullptr;            // [T, H]
 };
 using KdaPrepParams = KdaPrepParamsT<bf16>;
+// conv + SiLU + L2 norm of q and k (the gate and beta are left to the scans, which read f and b:
+// 2 bytes per element instead of the 4 + 4 of an fp32 g written here and read back).
 // Two launches: the prep itself, then the conv-state update (which must follow every read).
+// f, b and w.A_log, w.dt_bias are not read.
 void run_kda_prep(const KdaPrepParamsT<bf16>& p, cudaStream_t stream);
 void run_kda_prep(const KdaPrepParamsT<float>& p, cudaStream_t stream);
 
@@ -99,10 +100,13 @@ struct KdaScanParamsT {
   const T* q = nullptr;             // [T, H, D] as written by run_kda_prep
   const T* k = nullptr;
   const T* v = nullptr;
-  const float* g = nullptr;     // [T, H, D]
-  const float* beta = nullptr;  // [T, H]
-  float* state = nullptr;       // [num_slots, H, D, D]: initial state in, final state out
-  T* o = nullptr;               // [T, H, D]
+  // The gate g = −exp(A_log)·softplus(f + dt_bias) and β = sigmoid(b) are computed on the fly
+  // (fp32, the formulas of the decode kernel) from the raw projections:
+  const T* f = nullptr;    // [T, H·D] pre-gate
+  const T* b = nullptr;    // [T, H]   pre-sigmoid beta
+  KdaWeights w;            // A_log, dt_bias (conv_weight and o_norm are not read)
+  float* state = nullptr;  // [num_slots, H, D, D]: initial state in, final state out
+  T* o = nullptr;          // [T, H, D]
 };
 using KdaScanParams = KdaScanParamsT<bf16>;
 // Token-by-token recurrence (the definition), state in registers: short sequences, and every
@@ -113,8 +117,8 @@ void run_kda_scan_recurrent(const KdaScanParamsT<float>& p, cudaStream_t stream)
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
 // total decay; an inter-chunk kernel (sequential over a sequence's chunks, split over value
-// columns) carries the fp32 state on tensor cores and writes o. Needs a plan made from the host
-// copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
+// columns) carries the fp32 state on tensor cores (wgmma) and writes o. Needs a plan made from the
+// host copy of cu_seqlens (plan/run split: it depends only on batch metadata) and a workspace.
 struct KdaChunkPlan {
   int num_chunks = 0;
   std::vector<int> chunk_seq;        // [num_chunks] sequence of each chunk (a sequence's in order)
@@ -131,14 +135,13 @@ struct KdaChunkedArgs {
   const int* seq_first_chunk = nullptr;
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
-  int stages = 3;      // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
-  int inter_cols = 0;  // tuning: value columns per inter-chunk CTA, 0 = automatic, 32 or 64
+  int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
 // The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done
 // inside the intra-chunk kernel (no q, k, v, g, beta round trip through memory), then the
 // inter-chunk kernel writes o and the final states, then the conv states are updated (3 launches).
-// pp.q, pp.k, pp.v, pp.g and pp.beta are not used.
+// pp.q, pp.k and pp.v are not used.
 void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
                              const KdaChunkedArgs& a, cudaStream_t stream);
 

@@ -53,19 +53,12 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
-  // 32 columns: 4 CTAs per head; 64 measured 1.6x slower on an H200 (docs/perf-log.md).
-  const int cols = a.inter_cols ? a.inter_cols : 32;
-  KIMI_CHECK(cols == 32 || cols == 64, "inter_cols must be 0, 32 or 64, got ", a.inter_cols);
-  auto launch = [&](auto kernel, size_t smem, int kcols) {
-    CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    kernel<<<dim3(kKdaD / kcols, p.num_heads, p.num_seqs), kda::kInterThreads, smem, stream>>>(
-        p, a.seq_first_chunk, a.chunk_start, ws);
-  };
-  if (cols == 32)
-    launch(kda::kda_chunk_inter_kernel<32>, sizeof(kda::InterSmem<32>), 32);
-  else
-    launch(kda::kda_chunk_inter_kernel<64>, sizeof(kda::InterSmem<64>), 64);
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kda::kInterSmem)));
+  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
+                                kda::kInterThreads, kda::kInterSmem, stream>>>(p, a.seq_first_chunk,
+                                                                               a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
 }
 
@@ -73,7 +66,8 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
   KIMI_CHECK(p.num_seqs >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "seqs ", p.num_seqs,
              ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
-  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.g && p.beta && p.state && p.o,
+  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
+                 p.w.dt_bias && p.state && p.o,
              "null pointer");
   run_chunked<false>(p, KdaPrepParams{}, a, stream);
 }
@@ -92,6 +86,9 @@ void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
   p.num_heads = pp.num_heads;
   p.cu_seqlens = pp.cu_seqlens;
   p.slots = pp.slots;
+  p.f = pp.f;
+  p.b = pp.b;
+  p.w = pp.w;
   p.state = state;
   p.o = o;
   run_chunked<true>(p, pp, a, stream);

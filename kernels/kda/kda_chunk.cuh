@@ -12,32 +12,45 @@
 //   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
 //   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
 //   chunk are zero, so they contribute nothing downstream.
-// kda_chunk_inter_kernel<kCols>: grid (128 / kCols, H, num_seqs), 256 threads (8 warps). A CTA owns
-//   kCols value columns of one head's state (columns of S are independent), keeps them in
-//   mma accumulator registers in fp32, and walks the sequence's chunks with the next chunk's
-//   record prefetched by cp.async into a second shared-memory stage. Products on tensor cores
-//   (mma.sync m16n8k16 bf16, fp32 accumulate); S and V' enter them as bf16 hi + lo pairs, so the
-//   state carries ~16 mantissa bits through them and only W, Q, K, U, M are rounded to bf16.
+// kda_chunk_inter_kernel: grid (2, H, num_seqs), 128 threads (one warpgroup), ~205 KB dynamic
+//   shared memory. A CTA owns 64 value columns of one head's state (columns of S are independent),
+//   keeps them in wgmma accumulator registers in fp32 and walks the sequence's chunks with the
+//   records of the next two chunks on their way by bulk copies. Products on wgmma (bf16, fp32
+//   accumulate); S and V' enter them as bf16 hi + lo pairs, so the state carries ~16 mantissa bits
+//   through them and only W, Q, K, U, M are rounded to bf16.
 #pragma once
 
 #include <cstdint>
 
 #include "kda/kda_common.cuh"
+#include "wgmma_common.cuh"
 
 namespace kimi::cuda::kda {
 
 constexpr int kChunk = 64;
 
-// Byte offsets inside one (chunk, head) workspace record.
+// Byte offsets inside one (chunk, head) workspace record. The four wgmma B operands of the
+// inter-chunk kernel (W, Q, Kr, M) are stored in the layout it reads (swz below), so that W..gl
+// reach its shared memory as one bulk copy and its value-column slice of Uᵀ as a second (Uᵀ is
+// swizzled too: its pair reads there are then free of bank conflicts).
 struct ChunkRec {
-  static constexpr size_t kW = 0;                    // bf16 [64][128]  T (e^Γ ⊙ K)
-  static constexpr size_t kQ = kW + 64 * 128 * 2;    // bf16 [64][128]  Q ⊙ e^Γ
-  static constexpr size_t kKrT = kQ + 64 * 128 * 2;  // bf16 [128][64]  (K ⊙ e^{Γlast−Γ})ᵀ
-  static constexpr size_t kU = kKrT + 128 * 64 * 2;  // bf16 [64][128]  T V
-  static constexpr size_t kM = kU + 64 * 128 * 2;    // bf16 [64][64]   causal q·k decay
-  static constexpr size_t kGl = kM + 64 * 64 * 2;    // f32 [128]       e^{Γlast}
-  static constexpr size_t kBytes = kGl + 128 * 4;    // 74240
+  static constexpr size_t kW = 0;                   // bf16 [64][128] swz  T (e^Γ ⊙ K)
+  static constexpr size_t kQ = kW + 64 * 128 * 2;   // bf16 [64][128] swz  Q ⊙ e^Γ
+  static constexpr size_t kKr = kQ + 64 * 128 * 2;  // bf16 [128][64] swz  (K ⊙ e^{Γlast−Γ})ᵀ
+  static constexpr size_t kM = kKr + 128 * 64 * 2;      // bf16 [64][64]  swz  causal q·k decay
+  static constexpr size_t kGl = kM + 64 * 64 * 2;       // f32 [128]           e^{Γlast}
+  static constexpr size_t kUT = kGl + 128 * 4;          // bf16 [128][64] swz  (T V)ᵀ
+  static constexpr size_t kBytes = kUT + 128 * 64 * 2;  // 74240
 };
+static_assert(ChunkRec::kQ % 1024 == 0 && ChunkRec::kKr % 1024 == 0 && ChunkRec::kM % 1024 == 0,
+              "the swizzled tiles keep the 1024-byte alignment of the record's stage copy");
+
+// Element offset of (row, k) in a K-major bf16 tile of `rows` rows whose k runs in blocks of 64
+// (128-byte rows, block after block) in the 128-byte swizzle that wgmma reads: 16-byte piece p of
+// row r sits at piece p ^ (r % 8). Pairs (k, k + 1), k even, stay adjacent.
+__device__ __forceinline__ int swz(int row, int k, int rows) {
+  return (k >> 6) * rows * 64 + row * 64 + ((((k & 63) >> 3) ^ (row & 7)) << 3) + (k & 7);
+}
 
 // ------------------------------------------------------------------------------------------------
 // Shared helpers.
@@ -86,22 +99,9 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
   const int mi = lane >> 3, rr = lane & 7;
   ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
 }
-// B fragments of two adjacent n-tiles (n0, n0 + 8; 16 k from k0) of a tile stored [n][k]:
-// b[0], b[1] for the first n-tile, b[2], b[3] for the second.
-__device__ __forceinline__ void ldsm_b2(uint32_t (&b)[4], const bf16* base, int ld, int n0, int k0,
-                                        int lane) {
-  const int mi = lane >> 3, rr = lane & 7;
-  ldsm_x4(b, base + (n0 + rr + 8 * (mi >> 1)) * ld + k0 + 8 * (mi & 1));
-}
-
-__device__ __forceinline__ void split_bf16(float x, bf16& hi, bf16& lo) {
-  hi = __float2bfloat16(x);
-  lo = __float2bfloat16(x - __bfloat162float(hi));
-}
-
 // ------------------------------------------------------------------------------------------------
 // Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
-//   0. load k, q (bf16 tiles), g -> Γ = cumsum(g) (fp32), β
+//   0. load k, q (bf16 tiles), f -> g (the gate) -> Γ = cumsum(g) (fp32), b -> β
 //   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
 //      row and group of 4 keys
 //   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
@@ -187,9 +187,9 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
   return v;
 }
 
-// kFused: the inputs are the raw projections (pp: qkv, f, b, conv state, weights), and the conv,
-// SiLU, L2 norm, gate and beta of kda_prep_kernel are computed here (same formulas, q, k, v rounded
-// to bf16 the same way); else q, k, v, g, beta come prepared in p.
+// kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
+// conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
+// way); else they come prepared in p. The gate and β are computed here from p.f, p.b either way.
 template <bool kFused>
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
@@ -206,35 +206,46 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
   bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
   bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
-  bf16* oKrT = reinterpret_cast<bf16*>(rec + ChunkRec::kKrT);
-  bf16* oU = reinterpret_cast<bf16*>(rec + ChunkRec::kU);
+  bf16* oKr = reinterpret_cast<bf16*>(rec + ChunkRec::kKr);
+  bf16* oUT = reinterpret_cast<bf16*>(rec + ChunkRec::kUT);
   bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
-  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero.
+  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero. The gate and β are
+  //    computed here from f and b (both paths).
   const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
+  const float neg_a = -expf(p.w.A_log[h]);
+  if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(p.b[size_t(t0 + tid) * H + h])) : 0.f;
   if constexpr (kFused) {
     for (int i = tid; i < 3 * D; i += kIntraThreads)
       sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
                                                 size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
-    if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(pp.b[size_t(t0 + tid) * H + h])) : 0.f;
     __syncthreads();
-    const float neg_a = -expf(pp.w.A_log[h]);
-    static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
-    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
-      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
-      float q[8] = {}, k[8] = {}, g[8] = {};
-      if (i < len) {
-        const int t = t0 + i;
-        conv8(pp, 0, h, t, seq_start, slot, d0, sw4, q);
-        conv8(pp, 1, h, t, seq_start, slot, d0, sw4, k);
-        const uint4 fv = *reinterpret_cast<const uint4*>(pp.f + size_t(t) * HD + h * D + d0);
-        const bf16* fb = reinterpret_cast<const bf16*>(&fv);
-        const float4 db0 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0);
-        const float4 db1 = *reinterpret_cast<const float4*>(pp.w.dt_bias + h * D + d0 + 4);
-        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+  }
+  static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
+  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+    const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
+    float g[8] = {};
+    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
+    if (i < len) {
+      const size_t o = size_t(t0 + i) * HD + h * D + d0;
+      const uint4 fv = *reinterpret_cast<const uint4*>(p.f + o);
+      if constexpr (!kFused) {
+        kv = *reinterpret_cast<const uint4*>(p.k + o);
+        qv = *reinterpret_cast<const uint4*>(p.q + o);
+      }
+      const bf16* fb = reinterpret_cast<const bf16*>(&fv);
+      const float4 db0 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
+      const float4 db1 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0 + 4);
+      const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+      for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
+    }
+    if constexpr (kFused) {
+      float q[8] = {}, k[8] = {};
+      if (i < len) {
+        conv8(pp, 0, h, t0 + i, seq_start, slot, d0, sw4, q);
+        conv8(pp, 1, h, t0 + i, seq_start, slot, d0, sw4, k);
       }
       float sq = 0.f, sk = 0.f;
 #pragma unroll
@@ -254,37 +265,15 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         q[e] *= rq;
         k[e] *= rk;
       }
-      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
-      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
-      float* gr = sm.G + i * kLd + d0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) gr[e] = g[e];
-    }
-  }
-  for (int idx = tid; !kFused && idx < C * 16; idx += kIntraThreads) {
-    const int i = idx >> 4, d0 = (idx & 15) * 8;
-    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
-    float4 g0 = make_float4(0.f, 0.f, 0.f, 0.f), g1 = g0;
-    if (i < len) {
-      const size_t o = size_t(t0 + i) * HD + h * D + d0;
-      kv = *reinterpret_cast<const uint4*>(p.k + o);
-      qv = *reinterpret_cast<const uint4*>(p.q + o);
-      g0 = *reinterpret_cast<const float4*>(p.g + o);
-      g1 = *reinterpret_cast<const float4*>(p.g + o + 4);
+      kv = pack8(k);
+      qv = pack8(q);
     }
     *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
     *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
     float* gr = sm.G + i * kLd + d0;
-    gr[0] = g0.x;
-    gr[1] = g0.y;
-    gr[2] = g0.z;
-    gr[3] = g0.w;
-    gr[4] = g1.x;
-    gr[5] = g1.y;
-    gr[6] = g1.z;
-    gr[7] = g1.w;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) gr[e] = g[e];
   }
-  if (!kFused && tid < C) sm.beta[tid] = tid < len ? p.beta[size_t(t0 + tid) * H + h] : 0.f;
   for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
   __syncthreads();
   if (tid < D) {
@@ -340,7 +329,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       for (int q = 0; q < 4; ++q) {
         const int j = j0 + q;
         if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l[q];
-        if (j <= i) oM[i * C + j] = __float2bfloat16(m[q]);
+        if (j <= i) oM[swz(i, j, C)] = __float2bfloat16(m[q]);
       }
     }
   }
@@ -386,7 +375,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
           if (side == 0)
             sm.L[i * kLa + j] = sm.beta[i] * acc[e];
           else
-            oM[i * C + j] = __float2bfloat16(acc[e]);
+            oM[swz(i, j, C)] = __float2bfloat16(acc[e]);
         }
       }
     }
@@ -410,16 +399,16 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       const int i = idx >> 6, d = (idx & 63) * 2;
       const float2 q2 =
           __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
-      *reinterpret_cast<__nv_bfloat162*>(oQ + i * D + d) = __floats2bfloat162_rn(
+      *reinterpret_cast<__nv_bfloat162*>(oQ + swz(i, d, C)) = __floats2bfloat162_rn(
           q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
     }
     for (int idx = t; idx < C * D; idx += nt) {  // (K ⊙ e^{Γlast−Γ})ᵀ
       const int d = idx >> 6, i = idx & 63;
-      oKrT[idx] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
-                                   __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
+      oKr[swz(d, i, D)] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
+                                           __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
     }
     for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
-      if ((idx & 63) > (idx >> 6)) oM[idx] = __float2bfloat16(0.f);
+      if ((idx & 63) > (idx >> 6)) oM[swz(idx >> 6, idx & 63, C)] = __float2bfloat16(0.f);
     for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
   }
   __syncthreads();
@@ -487,7 +476,6 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   for (int which = 0; which < 2; ++which) {
     const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
     const int ldb = which == 0 ? kLk : kLdT;
-    bf16* out = which == 0 ? oW : oU;
 #pragma unroll
     for (int mt = 0; mt < 4; ++mt) {
       float acc[2][4] = {};
@@ -506,217 +494,195 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
-          *reinterpret_cast<__nv_bfloat162*>(out + i * D + d) =
-              __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
+          if (which == 0) {  // W [i][d], swizzled
+            *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) =
+                __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
+          } else {  // Uᵀ [d][i], swizzled
+            oUT[swz(d, i, D)] = __float2bfloat16(acc[n][2 * half]);
+            oUT[swz(d + 1, i, D)] = __float2bfloat16(acc[n][2 * half + 1]);
+          }
         }
     }
   }
 }
 
 // ------------------------------------------------------------------------------------------------
-// Inter-chunk kernel (tensor cores).
-template <int kCols>
-struct InterStage {
-  static constexpr int kLdU = kCols + 8;  // bf16 rows of kCols, padded
-  bf16 W[64 * kLdW];
-  bf16 Q[64 * kLdW];
-  bf16 KrT[128 * kLdT];
-  bf16 M[64 * kLdT];
-  bf16 U[64 * kLdU];
-  float gl[128];
+// Inter-chunk kernel (wgmma). The products are transposed so that the state is a wgmma
+// accumulator and every B operand is a record tile as stored. Per chunk, with the CTA's slice
+// Sᵀ [64 value columns][128 keys] in fp32 accumulator registers for the whole sequence:
+//   V'ᵀ = Uᵀ − Sᵀ Wᵀ                  m64n64,  K = keys:   A = Sᵀ (hi, lo), B = W [token][key]
+//   Oᵀ  = Sᵀ Qᵀ + V'ᵀ Mᵀ              m64n64,  K = keys, then tokens: B = Q, then M [i][j]
+//   Sᵀ ← Sᵀ Diag(e^{Γlast}) + V'ᵀ Kr  m64n128, K = tokens: A = V'ᵀ (hi, lo), B = Kr [key][token]
+// The A operands are bf16 hi + lo pairs (≈16 mantissa bits) built in registers straight from the
+// accumulators (the accumulator layout of 16 columns is the A-fragment layout of a k16 step), so
+// S and V' keep fp32 accuracy through the recurrence and no shared-memory exchange or barrier
+// sits between the products. Shared memory holds kInterStages record stages (filled by two bulk
+// copies each, one mbarrier per stage, two chunks ahead) and the output tile, which leaves as
+// 16-byte row pieces.
+constexpr int kInterThreads = 128;  // one warpgroup
+constexpr int kInterCols = 64;      // value columns per CTA: the m64 of the transposed products
+constexpr int kInterStages = 3;
+constexpr uint32_t kStageTiles = ChunkRec::kUT;     // W, Q, Kr, M, gl
+constexpr uint32_t kStageUT = kInterCols * 64 * 2;  // Uᵀ rows of the CTA's columns
+constexpr uint32_t kStageBytes = (kStageTiles + kStageUT + 1023) / 1024 * 1024;
+constexpr int kLdO = kInterCols + 8;  // output tile rows (bf16), padded
+struct InterSmem {                    // after the stages
+  bf16 o[64 * kLdO];                  // [token][column]
+  uint64_t bar[kInterStages];
 };
-template <int kCols>
-struct InterSmem {
-  InterStage<kCols> stage[2];
-  bf16 st_hi[kCols * kLdW], st_lo[kCols * kLdW];  // Sᵀ slice [col][d]
-  bf16 vt_hi[kCols * kLdT], vt_lo[kCols * kLdT];  // V'ᵀ slice [col][token]
-};
+constexpr size_t kInterSmem = kInterStages * kStageBytes + sizeof(InterSmem) + 1024;  // + align
 
-constexpr int kInterThreads = 256;  // 8 warps
-
-template <int kCols>
-__device__ __forceinline__ void load_stage(InterStage<kCols>& st, const unsigned char* rec, int c0,
-                                           int tid) {
-  constexpr int kLdU = InterStage<kCols>::kLdU, kQ = kCols / 8;
-  for (int i = tid; i < 64 * 16; i += kInterThreads) {  // W, Q: 64 rows × 16 × 16 B
-    const int r = i >> 4, q = i & 15;
-    cp_async16(st.W + r * kLdW + q * 8, rec + ChunkRec::kW + r * 256 + q * 16);
-    cp_async16(st.Q + r * kLdW + q * 8, rec + ChunkRec::kQ + r * 256 + q * 16);
-  }
-  for (int i = tid; i < 128 * 8; i += kInterThreads) {  // KrT: 128 rows × 8 × 16 B
-    const int r = i >> 3, q = i & 7;
-    cp_async16(st.KrT + r * kLdT + q * 8, rec + ChunkRec::kKrT + r * 128 + q * 16);
-  }
-  for (int i = tid; i < 64 * 8; i += kInterThreads) {  // M: 64 rows × 8 × 16 B
-    const int r = i >> 3, q = i & 7;
-    cp_async16(st.M + r * kLdT + q * 8, rec + ChunkRec::kM + r * 128 + q * 16);
-  }
-  for (int i = tid; i < 64 * kQ; i += kInterThreads) {  // U columns [c0, c0 + kCols)
-    const int r = i / kQ, q = i % kQ;
-    cp_async16(st.U + r * kLdU + q * 8, rec + ChunkRec::kU + (r * 128 + c0) * 2 + q * 16);
-  }
-  if (tid < 32) cp_async16(st.gl + tid * 4, rec + ChunkRec::kGl + tid * 16);
+// bf16 hi + lo of two fp32 values, packed as two A-fragment registers (x in the low half).
+__device__ __forceinline__ void split_pack(float x, float y, uint32_t& hi, uint32_t& lo) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  const float2 hf = __bfloat1622float2(h);
+  const __nv_bfloat162 l = __floats2bfloat162_rn(x - hf.x, y - hf.y);
+  hi = *reinterpret_cast<const uint32_t*>(&h);
+  lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-// Warp roles: for V', O (64 tokens × kCols columns) warp w takes token rows 16·(w & 3) and the
-// column tiles (w >> 2)·kNT/2 + [0, kNT/2); for the state (128 keys × kCols) key rows 16w + [0,
-// 16).
-template <int kCols>
 __global__ void __launch_bounds__(kInterThreads, 1)
     kda_chunk_inter_kernel(const KdaScanParams p, const int* seq_first_chunk,
                            const int* chunk_start, const unsigned char* ws) {
   constexpr int D = kKdaD;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  constexpr int kNT = kCols / 8, kNH = kNT / 2, kLdU = InterStage<kCols>::kLdU;
-  InterSmem<kCols>& sm = *reinterpret_cast<InterSmem<kCols>*>(smem_raw);
-  const int c0 = blockIdx.x * kCols, h = blockIdx.y, sq = blockIdx.z;
-  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-  const int g = lane >> 2, t2 = (lane & 3) * 2;
+  extern __shared__ unsigned char inter_smem_raw[];
+  const uint32_t raw_addr = smem_u32(inter_smem_raw);
+  const uint32_t base = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
+  unsigned char* smem = inter_smem_raw + (base - raw_addr);
+  InterSmem& sm = *reinterpret_cast<InterSmem*>(smem + kInterStages * kStageBytes);
+  const int c0 = blockIdx.x * kInterCols, h = blockIdx.y, sq = blockIdx.z;
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, t2 = (lane & 3) * 2;
+  const int r0 = 16 * warp + (lane >> 2);  // this thread's columns r0, r0 + 8 (of the CTA's 64)
   const int H = p.num_heads, HD = H * D;
   const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
   const int seq_end = p.cu_seqlens[sq + 1];
-  float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D;
-  const int rt = w & 3, nb = kNH * (w >> 2);  // token row tile, first column tile (V', O)
+  float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D + c0;
 
-  float s[kNT][4];  // S[16w + g (+8)][c0 + 8nt + t2 (+1)]
+  // s[i] = Sᵀ[r0 + 8((i >> 1) & 1)][8(i >> 2) + t2 + (i & 1)], i.e. S[key][column].
+  float s[64];
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      s[nt][e] = S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)];
+  for (int i = 0; i < 64; ++i)
+    s[i] = S[(8 * (i >> 2) + t2 + (i & 1)) * D + r0 + 8 * ((i >> 1) & 1)];
 
   auto rec_of = [&](int c) { return ws + (size_t(first + c) * H + h) * ChunkRec::kBytes; };
-  if (nchunks > 0) load_stage(sm.stage[0], rec_of(0), c0, tid);
-  cp_async_commit();
-  for (int c = 0; c < nchunks; ++c) {
-    const InterStage<kCols>& st = sm.stage[c & 1];
-    if (c + 1 < nchunks) load_stage(sm.stage[(c + 1) & 1], rec_of(c + 1), c0, tid);
-    cp_async_commit();
-    if (tid == 0 && c + 2 < nchunks)  // one more chunk ahead into L2 (the stage copy hits L2 then)
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(rec_of(c + 2)),
-                   "r"(unsigned(ChunkRec::kBytes)));
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int d = 16 * w + g + 8 * (e >> 1), col = 8 * nt + t2 + (e & 1);
-        split_bf16(s[nt][e], sm.st_hi[col * kLdW + d], sm.st_lo[col * kLdW + d]);
-      }
-    cp_async_wait<1>();
-    __syncthreads();
+  auto load = [&](int c) {  // one thread: chunk c's record into its stage
+    unsigned char* st = smem + (c % kInterStages) * kStageBytes;
+    uint64_t* bar = &sm.bar[c % kInterStages];
+    const uint64_t pol = policy_evict_first();
+    mbar_arrive_expect_tx(bar, kStageTiles + kStageUT);
+    bulk_g2s(st, rec_of(c), kStageTiles, bar, pol);
+    bulk_g2s(st + kStageTiles, rec_of(c) + ChunkRec::kUT + size_t(c0) * 64 * 2, kStageUT, bar, pol);
+  };
+  if (tid == 0) {
+    for (int b = 0; b < kInterStages; ++b) mbar_init(&sm.bar[b], 1);
+    fence_mbar_init();
+    for (int c = 0; c < min(nchunks, kInterStages - 1); ++c) load(c);
+  }
+  __syncthreads();  // the barriers' initialisation before anyone waits on them
 
-    // V' = U − W S and O = Q S.
-    const int r0 = 16 * rt;
-    // The hi and lo halves accumulate separately: two independent mma chains of 8 instead of one
-    // of 16 (this loop is on the sequential critical path of the whole sequence).
-    float av[kNH][4] = {}, ao[kNH][4] = {}, av2[kNH][4] = {}, ao2[kNH][4] = {};
+  for (int c = 0; c < nchunks; ++c) {
+    const unsigned char* st = smem + (c % kInterStages) * kStageBytes;
+    const uint32_t sa = smem_u32(st);
+    mbar_wait(&sm.bar[c % kInterStages], (c / kInterStages) & 1);
+    // The lanes leave the wait loop one by one: wgmma (.aligned) needs the warps converged. Then
+    // every thread is done with chunk c − 1: its stage may take chunk c + 2 and the output tile
+    // is free again.
+    __syncwarp();
+    __syncthreads();
+    if (tid == 0 && c + kInterStages - 1 < nchunks) {
+      fence_proxy_async();  // the generic reads of that stage (Uᵀ, gl) before the bulk writes
+      load(c + kInterStages - 1);
+    }
+    __syncwarp();
+
+    // V'ᵀ (minus Uᵀ) and Sᵀ Qᵀ: 8 k16 steps over the keys, hi and lo each.
+    uint32_t shi[8][4], slo[8][4];
+#pragma unroll
+    for (int kk = 0; kk < 8; ++kk)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        split_pack(s[8 * kk + 2 * q], s[8 * kk + 2 * q + 1], shi[kk][q], slo[kk][q]);
+    float v[32], o[32];
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < 8; ++kk) {
-      uint32_t aw[4], aq[4];
-      ldsm_a(aw, st.W, kLdW, r0, 16 * kk, lane);
-      ldsm_a(aq, st.Q, kLdW, r0, 16 * kk, lane);
-#pragma unroll
-      for (int n = 0; n < kNH; n += 2) {
-        uint32_t bh4[4], bl4[4];
-        ldsm_b2(bh4, sm.st_hi, kLdW, 8 * (nb + n), 16 * kk, lane);
-        ldsm_b2(bl4, sm.st_lo, kLdW, 8 * (nb + n), 16 * kk, lane);
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
-          mma16816(av[n + q], aw, bh);
-          mma16816(av2[n + q], aw, bl);
-          mma16816(ao[n + q], aq, bh);
-          mma16816(ao2[n + q], aq, bl);
-        }
-      }
+      const uint64_t bw = wgmma_desc(sa + ChunkRec::kW + (kk >> 2) * 8192 + (kk & 3) * 32);
+      wgmma_rs_m64n64(v, shi[kk], bw, kk > 0);
+      wgmma_rs_m64n64(v, slo[kk], bw, 1);
     }
 #pragma unroll
-    for (int n = 0; n < kNH; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        av[n][e] += av2[n][e];
-        ao[n][e] += ao2[n][e];
-      }
-#pragma unroll
-    for (int n = 0; n < kNH; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int row = r0 + g + 8 * (e >> 1), col = 8 * (nb + n) + t2 + (e & 1);
-        const float vp = __bfloat162float(st.U[row * kLdU + col]) - av[n][e];
-        split_bf16(vp, sm.vt_hi[col * kLdT + row], sm.vt_lo[col * kLdT + row]);
-      }
-    __syncthreads();
+    for (int kk = 0; kk < 8; ++kk) {
+      const uint64_t bq = wgmma_desc(sa + ChunkRec::kQ + (kk >> 2) * 8192 + (kk & 3) * 32);
+      wgmma_rs_m64n64(o, shi[kk], bq, kk > 0);
+      wgmma_rs_m64n64(o, slo[kk], bq, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(v);
+    fence_acc(o);
 
-    // O += M V' (causal: key-token tiles up to this warp's row tile), then store.
-    for (int kt = 0; kt <= rt; ++kt) {
-      uint32_t am[4];
-      ldsm_a(am, st.M, kLdT, r0, 16 * kt, lane);
+    // V'ᵀ = Uᵀ − (Sᵀ Wᵀ) as hi/lo A fragments over the tokens (4 k16 steps). Uᵀ is swizzled
+    // like the tiles (conflict-free pair reads); rows past the sequence are zero in U and W.
+    const bf16* ut = reinterpret_cast<const bf16*>(st + kStageTiles);
+    uint32_t vhi[4][4], vlo[4][4];
 #pragma unroll
-      for (int n = 0; n < kNH; n += 2) {
-        uint32_t bh4[4], bl4[4];
-        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * (nb + n), 16 * kt, lane);
-        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * (nb + n), 16 * kt, lane);
+    for (int j = 0; j < 8; ++j)
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
-          mma16816(ao[n + q], am, bh);
-          mma16816(ao[n + q], am, bl);
-        }
+      for (int hf = 0; hf < 2; ++hf) {
+        const int col = r0 + 8 * hf, tok = 8 * j + t2;
+        const float2 u =
+            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ut + swz(col, tok, 64)));
+        split_pack(u.x - v[4 * j + 2 * hf], u.y - v[4 * j + 2 * hf + 1],
+                   vhi[j >> 1][2 * (j & 1) + hf], vlo[j >> 1][2 * (j & 1) + hf]);
       }
+
+    // Oᵀ += V'ᵀ Mᵀ, then Sᵀ ← Sᵀ Diag(e^{Γlast}) + V'ᵀ Kr, as two commit groups so that the
+    // output leaves while the state update runs.
+    const float* gl = reinterpret_cast<const float*>(st + ChunkRec::kGl);
+#pragma unroll
+    for (int i = 0; i < 64; i += 2) {
+      const float2 e = *reinterpret_cast<const float2*>(gl + 8 * (i >> 2) + t2);
+      s[i] *= e.x;
+      s[i + 1] *= e.y;
     }
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t bm = wgmma_desc(sa + ChunkRec::kM + kk * 32);
+      wgmma_rs_m64n64(o, vhi[kk], bm, 1);
+      wgmma_rs_m64n64(o, vlo[kk], bm, 1);
+    }
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+      const uint64_t bk = wgmma_desc(sa + ChunkRec::kKr + kk * 32);
+      wgmma_rs_m64n128(s, vhi[kk], bk);
+      wgmma_rs_m64n128(s, vlo[kk], bk);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_acc(o);
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        sm.o[(8 * j + t2 + (e & 1)) * kLdO + r0 + 8 * (e >> 1)] = __float2bfloat16(o[4 * j + e]);
+    __syncthreads();
     const int t0 = chunk_start[first + c];
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int tok = t0 + r0 + g + 8 * half;
-      if (tok < seq_end) {
-#pragma unroll
-        for (int n = 0; n < kNH; ++n)
-          *reinterpret_cast<__nv_bfloat162*>(p.o + size_t(tok) * HD + h * D + c0 + 8 * (nb + n) +
-                                             t2) =
-              __floats2bfloat162_rn(ao[n][2 * half], ao[n][2 * half + 1]);
-      }
+    for (int idx = tid; idx < 64 * kInterCols / 8; idx += kInterThreads) {
+      const int row = idx / (kInterCols / 8), piece = idx % (kInterCols / 8);
+      if (t0 + row < seq_end)
+        *reinterpret_cast<uint4*>(p.o + size_t(t0 + row) * HD + h * D + c0 + 8 * piece) =
+            *reinterpret_cast<const uint4*>(sm.o + row * kLdO + 8 * piece);
     }
-
-    // S ← Diag(e^{Γlast}) S + Krᵀ V'.
-    const float gl0 = st.gl[16 * w + g], gl1 = st.gl[16 * w + g + 8];
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt) {
-      s[nt][0] *= gl0;
-      s[nt][1] *= gl0;
-      s[nt][2] *= gl1;
-      s[nt][3] *= gl1;
-    }
-    float s2[kNT][4] = {};
-#pragma unroll
-    for (int kt = 0; kt < 4; ++kt) {
-      uint32_t ak[4];
-      ldsm_a(ak, st.KrT, kLdT, 16 * w, 16 * kt, lane);
-#pragma unroll
-      for (int nt = 0; nt < kNT; nt += 2) {
-        uint32_t bh4[4], bl4[4];
-        ldsm_b2(bh4, sm.vt_hi, kLdT, 8 * nt, 16 * kt, lane);
-        ldsm_b2(bl4, sm.vt_lo, kLdT, 8 * nt, 16 * kt, lane);
-#pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          const uint32_t bh[2] = {bh4[2 * q], bh4[2 * q + 1]}, bl[2] = {bl4[2 * q], bl4[2 * q + 1]};
-          mma16816(s[nt + q], ak, bh);
-          mma16816(s2[nt + q], ak, bl);
-        }
-      }
-    }
-#pragma unroll
-    for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nt][e] += s2[nt][e];
-    __syncthreads();
+    wgmma_wait<0>();
+    fence_acc(s);
   }
-  cp_async_wait<0>();
 
 #pragma unroll
-  for (int nt = 0; nt < kNT; ++nt)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      S[(16 * w + g + 8 * (e >> 1)) * D + c0 + 8 * nt + t2 + (e & 1)] = s[nt][e];
+  for (int i = 0; i < 64; ++i)
+    S[(8 * (i >> 2) + t2 + (i & 1)) * D + r0 + 8 * ((i >> 1) & 1)] = s[i];
 }
 
 }  // namespace kimi::cuda::kda

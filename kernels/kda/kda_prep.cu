@@ -1,4 +1,4 @@
-// Launchers of the KDA prefill prep (conv, L2 norm, gate, beta), the conv-state update and the
+// Launchers of the KDA prefill prep (conv, L2 norm), the conv-state update and the
 // gated output norm (kda_prep.cuh).
 #include "common.h"
 #include "kda/kda_prep.cuh"
@@ -17,12 +17,19 @@ void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs >= 0 && p.num_tokens >= 0 && p.num_heads > 0 && p.num_heads <= 65535,
              "seqs ", p.num_seqs, ", tokens ", p.num_tokens, ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
-  KIMI_CHECK(p.cu_seqlens && p.slots && p.qkv && p.f && p.b && p.conv_state && p.q && p.k && p.v &&
-                 p.g && p.beta && p.w.conv_weight && p.w.A_log && p.w.dt_bias,
-             "null pointer");
+  KIMI_CHECK(
+      p.cu_seqlens && p.slots && p.qkv && p.conv_state && p.q && p.k && p.v && p.w.conv_weight,
+      "null pointer");
+  // 4 channels per vector access: 8 bytes of bf16, 16 of fp32.
+  const auto a4 = [](const void* q) {
+    return reinterpret_cast<uintptr_t>(q) % (4 * sizeof(T)) == 0;
+  };
+  KIMI_CHECK(a4(p.qkv) && a4(p.q) && a4(p.k) && a4(p.v) &&
+                 (reinterpret_cast<uintptr_t>(p.w.conv_weight) & 15u) == 0,
+             "prep: qkv, q, k, v must be aligned to 4 elements and the conv weight to 16 bytes");
   if (p.num_tokens > 0) {
-    kda::kda_prep_kernel<T><<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads), 256, 0,
-                           stream>>>(p);
+    kda::kda_prep_kernel<T><<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads),
+                              kda::kPrepThreads, 0, stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
   kda::launch_kda_conv_state(p, stream);

@@ -5,11 +5,9 @@
 //   taps concat[p..p+3]
 //   q, k, v = SiLU(Σ_i w[c,i]·tap_i)
 //   q ← q/sqrt(Σq² + 1e-6)·D^-1/2,  k ← k/sqrt(Σk² + 1e-6)
-//   g = −exp(A_log[h])·softplus(f + dt_bias),  β = sigmoid(b)
-//   In: x [T, C] (q|k|v), f [T, H·D], b [T, H]. Out: q, k, v [T, H, D] bf16, g [T, H, D] fp32,
-//   beta [T, H] fp32. T = float (high precision): x, f, b, the conv state and q, k, v in fp32. Launch: grid (ceil(T/32), H), 256 threads; a warp takes 4 tokens of the
-//   CTA's head one after another, 4 channels per lane (8- and 16-byte accesses), sums by
-//   shuffles; the 3 earlier tokens are re-read (L1/L2 hits); conv weights in shared memory.
+//   In: x [T, C] (q|k|v). Out: q, k, v [T, H, D] bf16. (The gate and β are computed by the scans
+//   from f and b.) Launch: grid (ceil(T/32), H), 384 threads (below).
+//   Act = float (high precision): x, the conv state and q, k, v in fp32.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -20,16 +18,35 @@
 
 namespace kimi::cuda::kda {
 
-// One warp per (token, head): lane l owns channels 4l..4l+3 of q, k and v; sums by shuffles only,
-// so there is no block barrier and many independent warps keep loads in flight.
-__device__ __forceinline__ void load4(const bf16* p, float (&x)[4]) {
-  const uint2 v = *reinterpret_cast<const uint2*>(p);
-  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
-  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
-  x[0] = a.x;
-  x[1] = a.y;
-  x[2] = b.x;
-  x[3] = b.y;
+// 4 consecutive activations as one vector access: 8 bytes of bf16, 16 of fp32.
+template <typename Act>
+struct Vec4;
+template <>
+struct Vec4<bf16> {
+  using type = uint2;
+};
+template <>
+struct Vec4<float> {
+  using type = float4;
+};
+__device__ __forceinline__ void unpack4(const uint2& v, float (&x)[4]) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+  x[0] = lo.x;
+  x[1] = lo.y;
+  x[2] = hi.x;
+  x[3] = hi.y;
+}
+__device__ __forceinline__ void unpack4(const float4& v, float (&x)[4]) {
+  x[0] = v.x;
+  x[1] = v.y;
+  x[2] = v.z;
+  x[3] = v.w;
+}
+template <typename Act>
+__device__ __forceinline__ void load4(const Act* p, float (&x)[4]) {
+  const typename Vec4<Act>::type v = *reinterpret_cast<const typename Vec4<Act>::type*>(p);
+  unpack4(v, x);  // from the register copy: one vector load
 }
 __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   uint2 v;
@@ -37,95 +54,107 @@ __device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
   *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(x[2], x[3]);
   *reinterpret_cast<uint2*>(p) = v;
 }
-__device__ __forceinline__ void load4(const float* p, float (&x)[4]) {
-  const float4 v = *reinterpret_cast<const float4*>(p);
-  x[0] = v.x;
-  x[1] = v.y;
-  x[2] = v.z;
-  x[3] = v.w;
-}
 __device__ __forceinline__ void store4(float* p, const float (&x)[4]) {
   *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
 }
 
-constexpr int kPrepTokens = 32;  // tokens per CTA (8 warps × 4): the head's conv weights are
-                                 // staged once in shared memory and reused by all of them
+// Tokens per CTA: 4 runs of 8 consecutive tokens; a warp reads its run's 8 rows plus the 3 before
+// (the conv window): those 3 are re-reads of the previous run's rows (L1/L2 hits). 8 channels per
+// lane and 16-token runs took 134-168 registers (the converted taps of all rows stay live).
+constexpr int kPrepRun = 8, kPrepRuns = 4, kPrepTokens = kPrepRun * kPrepRuns;
+constexpr int kPrepThreads = 3 * 32 * kPrepRuns;  // a warp per (part, run)
 
-template <typename T>
-__global__ void __launch_bounds__(256) kda_prep_kernel(const KdaPrepParamsT<T> p) {
+// A warp per (part, run) of the CTA's head: lane l owns channels 4l..4l+3 of its part (q, k or v)
+// and walks the run's tokens; every row is one 8-byte load per lane (256 contiguous bytes per
+// warp; 16 and 512 in fp32), all of them issued before any use (11 in flight per thread), and the
+// conv weights of its 4 channels stay in registers. The L2 norm's sum is a warp butterfly.
+template <typename Act>
+__global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepParamsT<Act> p) {
+  using Vec = typename Vec4<Act>::type;
   constexpr int D = kKdaD;
-  __shared__ __align__(16) float sw[3 * D * 4];  // this head's conv weights [part][d][tap]
-  const int H = p.num_heads, HD = H * D, C = 3 * HD;
-  const int h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d0 = 4 * lane;
-  for (int i = threadIdx.x; i < 3 * D; i += 256)
-    reinterpret_cast<float4*>(sw)[i] = *reinterpret_cast<const float4*>(
-        p.w.conv_weight + size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
-  __syncthreads();
-  for (int tt = 0; tt < 4; ++tt) {
-    const int t = blockIdx.x * kPrepTokens + warp * 4 + tt;
-    if (t >= p.num_tokens) return;
-    const int s = find_seq(p.cu_seqlens, p.num_seqs, t);
-    const int start = p.cu_seqlens[s], pos = t - start;
-    float u[3][4];
+  const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
+  const int h = blockIdx.y, warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
+  const int part = warp % 3, run = warp / 3;
+  const int tb = blockIdx.x * kPrepTokens + run * kPrepRun;  // first token of the run
+  if (tb >= T) return;                                       // whole warps leave
+  const int ch0 = part * HD + h * D + d0;
+  Vec x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
 #pragma unroll
-    for (int part = 0; part < 3; ++part) {
-      const int ch0 = part * HD + h * D + d0;
-      float x[4][4];  // [tap][channel]
+  for (int j = 0; j < kPrepRun + 3; ++j) {
+    const int r = tb - 3 + j;
+    x[j] = r >= 0 && r < T ? *reinterpret_cast<const Vec*>(p.qkv + size_t(r) * C + ch0) : Vec{};
+  }
+  float4 w[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int idx = pos + i;  // index into concat(conv state, inputs)
-        if (idx >= 3) {
-          load4(p.qkv + size_t(start + idx - 3) * C + ch0, x[i]);
-        } else {
-          const T* st = p.conv_state + (size_t(p.slots[s]) * C + ch0) * 3 + idx;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) x[i][e] = to_f(st[e * 3]);
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float4 w = reinterpret_cast<const float4*>(sw)[part * D + d0 + e];
-        u[part][e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
-      }
-    }
-    float sq = 0.f, sk = 0.f;
+  for (int e = 0; e < 4; ++e)
+    w[e] = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
+  // Row j as floats (converted at each use: keeping all 44 converted values live costs 36 more
+  // registers than the raw rows).
+  auto row = [&](int j, float(&f)[4]) { unpack4(x[j], f); };
+  Act* out = (part == 0 ? p.q : part == 1 ? p.k : p.v) + h * D + d0;
+  // SiLU(conv) of token t = tb + i from its 4 taps, the L2 norm (q, k: the part is warp-uniform)
+  // and the store.
+  auto finish = [&](int t, const float(&tap)[4][4]) {
+    float u[4], ss = 0.f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      sq += u[0][e] * u[0][e];
-      sk += u[1][e] * u[1][e];
+      u[e] =
+          silu(w[e].x * tap[0][e] + w[e].y * tap[1][e] + w[e].z * tap[2][e] + w[e].w * tap[3][e]);
+      ss += u[e] * u[e];
     }
-    sq = warp_sum(sq);
-    sk = warp_sum(sk);
-    const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f,
-                rk = 1.f / sqrtf(sk + kKdaL2Eps);
-    const size_t o = size_t(t) * HD + h * D + d0;
-    float qn[4], kn[4], f[4];
+    float r = 1.f;
+    if (part != 2) {
+      ss = warp_sum(ss);
+      r = 1.f / sqrtf(ss + kKdaL2Eps) * (part == 0 ? 0.08838834764831845f : 1.f);  // q: D^-1/2
+    }
+    const float y[4] = {u[0] * r, u[1] * r, u[2] * r, u[3] * r};
+    store4(out + size_t(t) * HD, y);
+  };
+  int s = find_seq(p.cu_seqlens, p.num_seqs, tb);
+  int start = __ldg(p.cu_seqlens + s), next = __ldg(p.cu_seqlens + s + 1);
+  if (tb - 3 >= start && tb + kPrepRun <= next) {  // the common case: every tap in the rows
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      qn[e] = u[0][e] * rq;
-      kn[e] = u[1][e] * rk;
+    for (int i = 0; i < kPrepRun; ++i) {
+      float tap[4][4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) row(i + k, tap[k]);
+      finish(tb + i, tap);
     }
-    store4(p.q + o, qn);
-    store4(p.k + o, kn);
-    store4(p.v + o, u[2]);
-    load4(p.f + o, f);
-    const float neg_a = -expf(p.w.A_log[h]);
-    const float4 db = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
-    *reinterpret_cast<float4*>(p.g + o) =
-        make_float4(neg_a * softplus(f[0] + db.x), neg_a * softplus(f[1] + db.y),
-                    neg_a * softplus(f[2] + db.z), neg_a * softplus(f[3] + db.w));
-    if (lane == 0) p.beta[size_t(t) * H + h] = sigmoid(to_f(p.b[size_t(t) * H + h]));
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < kPrepRun; ++i) {
+    const int t = tb + i;
+    if (t >= T) break;   // uniform over the warp
+    while (t >= next) {  // the run crosses into the next sequence (empty ones skipped)
+      ++s;
+      start = next;
+      next = __ldg(p.cu_seqlens + s + 1);
+    }
+    float tap[4][4];  // [tap][channel]
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (t - 3 + k >= start) {
+        row(i + k, tap[k]);
+      } else {  // before the sequence: the conv state holds its last 3 inputs
+        const Act* st =
+            p.conv_state + (size_t(__ldg(p.slots + s)) * C + ch0) * 3 + (t - start + k);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) tap[k][e] = to_f(st[e * 3]);
+      }
+    }
+    finish(t, tap);
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParamsT<T> p) {
+template <typename Act>
+__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParamsT<Act> p) {
   const int s = blockIdx.y, ch = blockIdx.x * blockDim.x + threadIdx.x;
   const int C = 3 * p.num_heads * kKdaD;
   if (ch >= C) return;
   const int start = p.cu_seqlens[s], len = p.cu_seqlens[s + 1] - start;
-  T* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
-  T nv[3];
+  Act* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
+  Act nv[3];
 #pragma unroll
   for (int i = 0; i < 3; ++i) {
     const int idx = len + i;
@@ -135,21 +164,23 @@ __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams
   for (int i = 0; i < 3; ++i) st[i] = nv[i];
 }
 
-template <typename T>
-__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParamsT<T> p) {
+template <typename Act>
+__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParamsT<Act> p) {
   const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= p.num_tokens * p.num_heads) return;
   const size_t base = size_t(row) * kKdaD + lane * 4;
-  float x[4], z[4], ss = 0.f;
+  using Vec = typename Vec4<Act>::type;
+  const Vec zv = *reinterpret_cast<const Vec*>(p.z + base);  // converted after the sum
+  float x[4], ss = 0.f;
   load4(p.o + base, x);
-  load4(p.z + base, z);
 #pragma unroll
   for (int i = 0; i < 4; ++i) ss += x[i] * x[i];
   ss = warp_sum(ss);
   const float r = 1.f / sqrtf(ss / kKdaD + kKdaNormEps);
   const float4 w = *reinterpret_cast<const float4*>(p.weight + lane * 4);
   const float wv[4] = {w.x, w.y, w.z, w.w};
-  float y[4];
+  float z[4], y[4];
+  unpack4(zv, z);
 #pragma unroll
   for (int i = 0; i < 4; ++i) y[i] = x[i] * r * wv[i] * sigmoid(z[i]);
   store4(p.y + base, y);

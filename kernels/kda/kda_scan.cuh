@@ -8,8 +8,9 @@
 // columns; a CTA keeps its 128 × kCols slice of S in registers (kPasses float4 per thread) for the
 // whole sequence and reads/writes the state pool once. The next token's inputs are loaded while
 // the current one is processed.
-// Layouts: q, k, v [T, H, D] bf16 or fp32 (T); g [T, H, D] fp32; beta [T, H]; state [slots, H, D, D]; o [T, H,
-// D]. Launch: grid (kSplit, H, num_seqs), 128 threads.
+// Layouts: q, k, v [T, H, D]; f [T, H·D], b [T, H] (g = −exp(A_log)·softplus(f + dt_bias),
+// β = sigmoid(b), formed per token); all bf16, or fp32 for T = float (high precision); state
+// [slots, H, D, D]; o [T, H, D]. Launch: grid (kSplit, H, num_seqs), 128 threads.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -41,18 +42,20 @@ __global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanPa
     s[i] = reinterpret_cast<const float4*>(S + size_t(i * kRowsPerPass + row0) * D)[col4];
 
   const int d = tid;
+  const float neg_a = -expf(p.w.A_log[h]), db = p.w.dt_bias[h * D + d];
+  // Raw inputs of token t; the gate and β are formed after the loads (see the loop).
   auto load = [&](int t, float& qv, float& kv, float& gv, float& vv, float& bv) {
     const size_t o = size_t(t) * HD + h * D;
     qv = to_f(p.q[o + d]);
     kv = to_f(p.k[o + d]);
-    gv = p.g[o + d];
+    gv = to_f(p.f[o + d]);
     vv = tid < kCols ? to_f(p.v[o + c0 + tid]) : 0.f;
-    bv = p.beta[size_t(t) * H + h];
+    bv = to_f(p.b[size_t(t) * H + h]);
   };
   float qv, kv, gv, vv, bv;
   load(start, qv, kv, gv, vv, bv);
   for (int t = start; t < end; ++t) {
-    const float alpha = expf(gv), beta = bv;
+    const float alpha = expf(neg_a * softplus(gv + db)), beta = sigmoid(bv);
     sm_ak[d] = alpha * kv;
     sm_aq[d] = alpha * qv;
     sm_k[d] = kv;

@@ -133,7 +133,7 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
 // Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 
-// ---- Expanded prefill (mla_prefill.cuh): per-head K/V, flash attention on tensor cores. ----
+// ---- Expanded prefill (mla_prefill.cuh): per-head K/V, flash attention on wgmma + TMA. ----
 // Long prefills run MLA as plain multi-head attention (as vLLM's prefill does): per head
 // K = [W_UK(h) ĉ_j (128) | k_pe_j (64)], V = W_UV(h) ĉ_j (128), s = scale · q·K over 192 and
 // o = Σ softmax(s) V straight into o_proj's input. Per (query, key, head) that costs 2·(192 + 128)
@@ -143,8 +143,9 @@ void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 // gathers the cache rows of its segments into lat [piece, 576], two head-batched GEMMs make
 // k_nope [piece, H, 128] and Vᵀ [H, 128, piece] (keys contiguous: the K-major B operand of P·V),
 // then the attention kernel runs the round's items. Segments start at workspace rows that are
-// multiples of 8 (16-byte rows of Vᵀ). Sequences whose context spans several rounds carry
-// (o, m, l) in fp32 across them (state).
+// multiples of 8 (the attention kernel's TMA boxes of Vᵀ start on 16-byte boundaries; the gather
+// zeroes the gaps). Sequences whose context spans several rounds carry (o, m, l) in fp32 across
+// them (state).
 constexpr int kMlaExpandMinTokens = 128;  // new tokens of a sequence from which it expands
 constexpr int kMlaPrefillRows = 128;      // query rows (tokens of one head) per CTA
 constexpr int kMlaStateStride = 130;      // state row: o (128) | m | l, fp32, per (token, head)
@@ -185,10 +186,6 @@ MlaPrefillPlan make_mla_prefill_plan(int num_seqs, const int* cu_seqlens, const 
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads);
 
 class Gemm;
-// The attention kernel: wgmma (default), wgmma with the two warpgroups' phases staggered (no
-// gain measured: the per-tile CTA barrier realigns them), or mma.sync (mla_prefill.cuh); the
-// last two are kept for comparison.
-enum class MlaPrefillKernel { kWgmma, kWgmmaStagger, kMma };
 struct MlaPrefillParams {
   int num_heads = 0;
   const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe
@@ -203,7 +200,6 @@ struct MlaPrefillParams {
   int piece_rows = 0;
   float* state = nullptr;             // [T, H, kMlaStateStride] (needed when plan.uses_state)
   bf16* out = nullptr;                // [T, H, 128]: only the plan's tokens are written
-  MlaPrefillKernel kernel = MlaPrefillKernel::kWgmma;
 };
 void mla_prefill_prepare();
 // Runs the plan's rounds on `stream` (gather, GEMM through `gemm`, attention per round).

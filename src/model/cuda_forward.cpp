@@ -174,8 +174,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
     pp.q = A.q;
     pp.k = A.k;
     pp.v = A.v;
-    pp.g = m.act.g;
-    pp.beta = m.act.beta;
     cuda::run_kda_prep(pp, m.stream);
     cuda::KdaScanParamsT<E> sp;
     sp.num_seqs = s.S;
@@ -186,8 +184,9 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
     sp.q = A.q;
     sp.k = A.k;
     sp.v = A.v;
-    sp.g = m.act.g;
-    sp.beta = m.act.beta;
+    sp.f = A.f;
+    sp.b = A.bb;
+    sp.w = kw;
     sp.state = state;
     sp.o = A.o;
     bool chunked = false;
@@ -336,7 +335,6 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     pp.piece_rows = m.mla_piece;
     pp.state = A.mla_state;
     pp.out = A.attn;
-    pp.kernel = m.mla_prefill_kernel;
     cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
   }
   g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
@@ -537,11 +535,17 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   });
 }
 
-bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens) {
+bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
+                                std::vector<float>& host_logits) {
   Impl& m = *impl_;
   if (m.tp.world > 1) return false;  // the logits are split over the ranks: the host samples
   const int R = b.num_logit_rows(), V = m.cfg.vocab_size;
   KIMI_CHECK(int(d.rows.size()) == R, "draws for ", d.rows.size(), " rows, the step has ", R);
+  std::vector<int> host_slot(R, -1);  // where a host row's logits go in host_logits
+  int num_host = 0;
+  for (int r = 0; r < R; ++r)
+    if (d.rows[r].host) host_slot[r] = num_host++;
+  host_logits.resize(size_t(num_host) * V);
   static_assert(sizeof(LogitAdjust) == sizeof(cuda::SampleAdjust), "one layout, copied as bytes");
   // One pinned staging area and its device twin: rows | offsets | adjustments | tokens.
   const size_t A = d.adjust.size();
@@ -586,6 +590,11 @@ bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<
     cuda::run_sample(sp, m.stream);
     CUDA_CHECK(cudaMemcpyAsync(host_tok + r0, dev_tok + r0, size_t(n) * sizeof(int),
                                cudaMemcpyDeviceToHost, m.stream));
+    for (int r = r0; r < r0 + n; ++r)
+      if (host_slot[r] >= 0)
+        CUDA_CHECK(cudaMemcpyAsync(host_logits.data() + size_t(host_slot[r]) * V,
+                                   m.act.logits + size_t(r - r0) * V, size_t(V) * sizeof(float),
+                                   cudaMemcpyDeviceToHost, m.stream));
   });
   tokens.assign(host_tok, host_tok + R);
   return true;

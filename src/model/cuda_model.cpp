@@ -111,8 +111,6 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     max_k = std::max(max_k, HD);
     if (high) carve_kda(c, act.kda32, T, cfg.kda_num_heads);
     else carve_kda(c, act.kda, T, cfg.kda_num_heads);
-    act.g = c.take<float>(T * HD);
-    act.beta = c.take<float>(size_t(T) * cfg.kda_num_heads);
     // High precision runs the recurrent scan only: no chunked workspace.
     act.kda_ws_bytes = high ? 0 : cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
     act.kda_ws = c.take<uint8_t>(act.kda_ws_bytes);
@@ -301,10 +299,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   if (const char* e = std::getenv("KIMI_CUDA_MLA_PREFILL")) {  // long prefills expanded or not
     const std::string v = e;
     if (v == "absorbed") m.mla_expanded = false;
-    else if (v == "wgmma") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmma;
-    else if (v == "mma") m.mla_prefill_kernel = cuda::MlaPrefillKernel::kMma;
-    else if (v != "auto")
-      fail("KIMI_CUDA_MLA_PREFILL must be auto, absorbed, wgmma or mma, got '", v, "'");
+    else if (v != "auto") fail("KIMI_CUDA_MLA_PREFILL must be auto or absorbed, got '", v, "'");
   }
   if (const char* e = std::getenv("KIMI_CUDA_MOE")) {  // prefill expert GEMM kernel (comparison)
     const std::string v = e;

@@ -57,9 +57,11 @@ class CudaModel final : public Model {
   // The step into logits [num_logit_rows, vocab] (row pitch ld floats) that the caller sized;
   // a tensor-parallel rank writes its own vocabulary columns only.
   void forward_into(const Batch& batch, float* logits, int64_t ld);
-  // Draws on the GPU (kernels/sampling): only the tokens come back. A tensor-parallel rank
-  // returns false (its logits hold a slice of the vocabulary; the host samples).
-  bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens) override;
+  // Draws on the GPU (kernels/sampling): only the tokens come back, and the logits of the rows
+  // drawn on the host. A tensor-parallel rank returns false (its logits hold a slice of the
+  // vocabulary; the host samples).
+  bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
+                       std::vector<float>& host_logits) override;
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;

@@ -134,7 +134,6 @@ struct CudaModel::Impl {
     bf16* a;           // [Tm, hidden] normed input of a block (bf16 precision)
     KdaActs<bf16> kda;    // bf16 precision
     KdaActs<float> kda32; // high precision
-    float *g, *beta;
     void* kda_ws;   // chunked KDA workspace for kda_chunk_cap chunks
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
@@ -188,12 +187,8 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
-  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never) and its
-  // attention kernel (=stagger / =mma: the staggered wgmma or the mma.sync kernel, comparison).
+  // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never).
   bool mla_expanded = true;
-  // Staggered: 1% faster on the 128k prefill than the plain wgmma kernel (two pairs of runs in
-  // one device call, H200: 5.055 / 5.069 s vs 5.118 / 5.112 s).
-  cuda::MlaPrefillKernel mla_prefill_kernel = cuda::MlaPrefillKernel::kWgmmaStagger;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison). Off in high precision (they write bf16 only).

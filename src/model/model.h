@@ -55,6 +55,9 @@ struct RowDraw {
   float min_p = 0.f;
   double u = 0.0;                        // uniform_from(seed, step)
   int adjust_begin = 0, adjust_end = 0;  // this row's entries of DrawBatch::adjust
+  // The row is drawn on the host (logprobs, an n > 1 fork, JSON mode): its logits come back
+  // (forward_sampled's host_logits) and its device draw is meaningless.
+  bool host = false;
 };
 struct DrawBatch {
   std::vector<RowDraw> rows;  // one per logits row of the step
@@ -69,10 +72,12 @@ class Model {
   // Runs one step; logits is resized to [num_logit_rows, vocab].
   virtual void forward(const Batch& batch, std::vector<float>& logits) = 0;
   // Runs one step and draws a token per logits row on the device (the logits stay there):
-  // tokens is resized to [num_logit_rows]. Returns false, running nothing, when the backend
-  // samples only on the host (the caller then uses forward).
-  virtual bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens) {
-    (void)batch, (void)draws, (void)tokens;
+  // tokens is resized to [num_logit_rows]; the logits of the rows marked `host` are copied into
+  // host_logits, [rows marked, vocab] in row order. Returns false, running nothing, when the
+  // backend samples only on the host (the caller then uses forward).
+  virtual bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
+                               std::vector<float>& host_logits) {
+    (void)batch, (void)draws, (void)tokens, (void)host_logits;
     return false;
   }
   // Zeroes a slot's KDA state (a new sequence starts from zero state).

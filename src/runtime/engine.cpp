@@ -15,7 +15,9 @@
 #include "core/log.h"
 #include "kimi/engine.h"
 #include "model/model.h"
+#include "runtime/json_token_mask.h"
 #include "runtime/pools.h"
+#include "runtime/prefix_cache.h"
 #include "runtime/scheduler.h"
 #include "runtime/sequence.h"
 
@@ -50,6 +52,12 @@ class EngineImpl final : public Engine {
   void free_seq(Sequence& s);
   void finish_seq(Sequence& s, FinishReason r, const std::string& why = {});
   void fork_samples(Sequence& leader, const float* logits);
+  // Prefix cache: an admitted sequence starts from the longest cached prompt its tokens extend
+  // (its full blocks shared; the caller copies the state and the partial block); a sequence
+  // whose prompt has just been computed leaves a copy of its state and blocks.
+  void start_from_prefix(Sequence& s, int entry);
+  void cache_prompt(Sequence& s);
+  int free_or_reclaimable_blocks() const;
   void sample_and_emit(Sequence& s, const float* logits);
   void emit(Sequence& s, int tok, GenerationEvent ev);
   // The ids the next draw of s may not take: EOS and stop ids while min_tokens holds them back.
@@ -60,6 +68,7 @@ class EngineImpl final : public Engine {
   EngineOptions opts_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<JsonTokenMask> json_mask_;  // made on the first JSON-mode request
   int64_t max_model_len_ = 0;
   std::vector<int> eos_ids_;
 
@@ -75,16 +84,22 @@ class EngineImpl final : public Engine {
   // Owned by the loop thread.
   BlockPool blocks_;
   SlotPool slots_;
+  std::optional<PrefixCache> prefix_;  // with enable_prefix_caching
   std::list<std::unique_ptr<Sequence>> waiting_, running_;
   uint64_t next_order_ = 0;
   std::vector<float> logits_;
   std::thread thread_;
 };
 
+int prefix_cache_slots(const EngineOptions& o) {
+  if (!o.enable_prefix_caching) return 0;
+  return o.prefix_cache_slots > 0 ? o.prefix_cache_slots : o.max_num_seqs;
+}
+
 CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, const ModelOptions& mo,
                        int64_t* max_len) {
   CacheSizes cs;
-  cs.num_slots = o.max_num_seqs;
+  cs.num_slots = o.max_num_seqs + prefix_cache_slots(o);
   int64_t want_len = o.max_model_len > 0 ? o.max_model_len : c.model_max_length;
   if (o.num_blocks > 0) {
     cs.num_blocks = o.num_blocks;
@@ -95,8 +110,9 @@ CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, const Model
     const int64_t avail = b.budget_bytes - b.slot_bytes * cs.num_slots;
     if (avail < b.block_bytes)
       fail("the cache budget (", b.budget_bytes >> 20, " MiB: ", b.how,
-           ") cannot hold the KDA state of ", cs.num_slots, " sequences (",
-           (b.slot_bytes * cs.num_slots) >> 20, " MiB) and one cache block: lower --max-num-seqs",
+           ") cannot hold the KDA state of ", o.max_num_seqs, " sequences and ", prefix_cache_slots(o),
+           " cached prompts (", (b.slot_bytes * cs.num_slots) >> 20,
+           " MiB) and one cache block: lower --max-num-seqs or --prefix-cache-slots",
            mo.backend == "cuda" ? ", raise --gpu-memory-utilization or use more GPUs" : " or raise the budget");
     // Never more than every sequence at full length needs.
     int64_t cap = int64_t(cs.num_slots) * blocks_for_tokens(int(std::min<int64_t>(want_len, 1 << 30)), kBlockSize);
@@ -114,6 +130,8 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   const std::string& dir = opts.model_dir;
   if (dir.empty()) fail("no model directory given");
   KIMI_CHECK(opts.max_num_seqs >= 1 && opts.max_num_seqs <= 4096, "max_num_seqs must be in 1..4096");
+  KIMI_CHECK(opts.prefix_cache_slots >= 0 && opts.prefix_cache_slots <= 4096,
+             "prefix_cache_slots must be in 0..4096");
   KIMI_CHECK(opts.max_num_batched_tokens >= 1, "max_num_batched_tokens must be positive");
   ModelConfig cfg = ModelConfig::from_file(dir + "/config.json");
   ModelOptions mo;
@@ -126,16 +144,24 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   mo.cache = size_caches(cfg, opts, mo, &max_model_len_);
   model_ = load_model(dir, mo);
   blocks_ = BlockPool(mo.cache.num_blocks);
-  slots_ = SlotPool(mo.cache.num_slots);
+  // Slots 0 .. max_num_seqs - 1 run sequences; the rest hold the prefix cache's states.
+  slots_ = SlotPool(opts.max_num_seqs);
+  if (const int n = prefix_cache_slots(opts); n > 0) {
+    KIMI_CHECK(mo.cache.num_slots == opts.max_num_seqs + n);
+    std::vector<int> reserved;
+    for (int i = 0; i < n; ++i) reserved.push_back(opts.max_num_seqs + i);
+    prefix_.emplace(std::move(reserved), blocks_);
+  }
   tokenizer_ = load_tokenizer_if_present(dir);
   eos_ids_ = cfg.eos_token_ids;
   if (tokenizer_)
     for (int id : tokenizer_->stop_ids())
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   metrics_.total_blocks = mo.cache.num_blocks;
-  metrics_.total_slots = mo.cache.num_slots;
-  spdlog::info("engine: model {} ({} layers), {} KDA slots, {} cache blocks, max_model_len {}", dir,
-               cfg.num_hidden_layers, mo.cache.num_slots, mo.cache.num_blocks, max_model_len_);
+  metrics_.total_slots = opts.max_num_seqs;
+  spdlog::info("engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks, "
+               "max_model_len {}", dir, cfg.num_hidden_layers, mo.cache.num_slots,
+               prefix_cache_slots(opts), mo.cache.num_blocks, max_model_len_);
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -164,6 +190,12 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (req.max_tokens >= 0 && req.min_tokens > req.max_tokens)
     fail("min_tokens must be less than or equal to max_tokens=", req.max_tokens, ", got ", req.min_tokens);
   if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
+  if (req.response_format == ResponseFormat::kJsonObject) {
+    // The object ends with EOS, which these would hold back or ignore.
+    if (!tokenizer_) fail("JSON mode needs the model's tokenizer, which is absent");
+    if (req.ignore_eos) fail("ignore_eos cannot be combined with response_format json_object");
+    if (req.min_tokens > 0) fail("min_tokens cannot be combined with response_format json_object");
+  }
   for (auto& s : req.stop)
     if (s.empty()) fail("stop strings must not be empty");
   if (!req.seed_given) req.sampling.seed = std::random_device{}() * 0x100000001ull + std::random_device{}();
@@ -290,6 +322,29 @@ void EngineImpl::free_seq(Sequence& s) {
   s.num_computed = 0;
 }
 
+void EngineImpl::start_from_prefix(Sequence& s, int entry) {
+  const PrefixCache::Entry& e = prefix_->entry(entry);
+  const int n = int(e.tokens.size());
+  KIMI_CHECK(s.num_computed == 0 && s.blocks.empty());
+  for (int i = 0; i < n / kBlockSize; ++i) {
+    blocks_.retain(e.blocks[size_t(i)]);
+    s.blocks.push_back(e.blocks[size_t(i)]);
+  }
+  s.num_computed = n;
+}
+
+// Called when s has just computed exactly its prompt (its state is the prompt's end state).
+void EngineImpl::cache_prompt(Sequence& s) {
+  if (s.index != 0 || s.prompt_len < kBlockSize) return;  // short prompts save too little
+  const std::optional<int> slot = prefix_->insert(std::span<const int>(s.tokens.data(), size_t(s.prompt_len)),
+                                                  s.blocks, kBlockSize);
+  if (slot) model_->copy_slot(s.slot, *slot);
+}
+
+int EngineImpl::free_or_reclaimable_blocks() const {
+  return blocks_.num_free() + (prefix_ ? prefix_->reclaimable_blocks() : 0);
+}
+
 void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why) {
   free_seq(s);
   if (s.finished) return;
@@ -335,18 +390,49 @@ void EngineImpl::step() {
   // Scheduler view, by position in running_ then waiting_.
   std::vector<Sequence*> table;
   SchedulerInput in;
+  auto view = [&](const Sequence& s) {
+    int shared = 0;
+    for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
+    return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared};
+  };
   for (auto& s : running_) {
-    in.running.push_back({int(table.size()), int(s->tokens.size()), s->num_computed, int(s->blocks.size())});
+    in.running.push_back(view(*s));
     table.push_back(s.get());
   }
+  // A waiting sequence that extends a cached prompt is offered to the scheduler as starting
+  // from it: that many tokens computed, its full blocks held. Nothing is taken before admission
+  // (waiting sequences hold no blocks), and the entry stays pinned until the admissions are done,
+  // so no eviction takes it meanwhile. One such sequence per step: a second one waits (FCFS)
+  // for the next step, so that pinned entries never keep the first from the blocks they hold.
+  std::vector<int> from_prefix(running_.size() + waiting_.size(), -1);  // by table index
+  int offered = -1;
   for (auto& s : waiting_) {
-    in.waiting.push_back({int(table.size()), int(s->tokens.size()), s->num_computed, int(s->blocks.size())});
+    SchedSeq v = view(*s);
+    if (prefix_ && int(in.waiting.size()) < slots_.num_free())
+      if (const std::optional<int> id = prefix_->match(s->tokens)) {
+        if (offered >= 0) break;
+        offered = *id;
+        prefix_->pin(offered);
+        from_prefix[table.size()] = offered;
+        const int n = int(prefix_->entry(offered).tokens.size());
+        v.num_computed = n;
+        v.num_blocks = v.shared_blocks = n / kBlockSize;
+      }
+    in.waiting.push_back(v);
     table.push_back(s.get());
   }
-  in.free_blocks = blocks_.num_free();
+  in.free_blocks = free_or_reclaimable_blocks();
   in.free_slots = slots_.num_free();
   SchedulerLimits lim{opts_.max_num_seqs, opts_.max_num_batched_tokens, kBlockSize};
   SchedulerOutput plan = schedule(in, lim);
+  if (offered >= 0 && plan.scheduled.empty() && running_.empty()) {
+    // Only the cached prompt's own blocks are left and they are one short (its partial last
+    // block would be copied): drop the entry, and the sequence starts from scratch next step.
+    prefix_->unpin(offered);
+    prefix_->erase(offered);
+    offered = -1;
+    return;
+  }
 
   // Preemption by recompute: free everything, back to the front of the waiting queue in
   // arrival order.
@@ -364,71 +450,96 @@ void EngineImpl::step() {
   std::vector<Sequence*> batch_seqs;
   for (const ScheduledSeq& sc : plan.scheduled) {
     Sequence* s = table[sc.id];
+    const int entry = sc.admitted ? from_prefix[size_t(sc.id)] : -1;
+    if (entry >= 0) start_from_prefix(*s, entry);
+    // The scheduler counted the blocks of unpinned cached prompts as free: evict as needed.
+    while (blocks_.num_free() < sc.new_blocks && prefix_ && prefix_->evict_one()) {
+    }
+    const size_t first_new = s->blocks.size();
+    KIMI_CHECK(blocks_.allocate(sc.new_blocks, s->blocks), "scheduler over-committed blocks");
     if (sc.admitted) {
       s->slot = slots_.allocate();
       KIMI_CHECK(s->slot >= 0);
-      model_->reset_slot(s->slot);
+      int cached = 0;
+      if (entry >= 0) {
+        // Start from the cached prompt: its state, and a copy of its partial last block (this
+        // sequence writes the rest of that block).
+        const PrefixCache::Entry& e = prefix_->entry(entry);
+        cached = int(e.tokens.size());
+        model_->copy_slot(e.slot, s->slot);
+        if (cached % kBlockSize != 0) model_->copy_block(e.blocks.back(), s->blocks[first_new]);
+      } else {
+        model_->reset_slot(s->slot);
+      }
+      if (prefix_ && s->index == 0) {
+        s->req->handle->add_usage(0, 0, cached);
+        std::lock_guard lk(mu_);
+        metrics_.prefix_cache_queries_total += s->tokens.size();
+        metrics_.prefix_cache_hits_total += uint64_t(cached);
+      }
       auto it = std::find_if(waiting_.begin(), waiting_.end(), [&](auto& p) { return p.get() == s; });
       running_.splice(running_.end(), waiting_, it);
     }
-    KIMI_CHECK(blocks_.allocate(sc.new_blocks, s->blocks), "scheduler over-committed blocks");
     int from = s->num_computed;
     batch.add(std::vector<int>(s->tokens.begin() + from, s->tokens.begin() + from + sc.num_new_tokens),
               from + sc.num_new_tokens, s->slot, s->blocks);
     batch_seqs.push_back(s);
   }
+  if (offered >= 0) prefix_->unpin(offered);
   publish_metrics();
   if (batch_seqs.empty()) return;
 
   const int V = model_->config().vocab_size;
-  // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none).
-  std::vector<bool> draws(batch_seqs.size());
-  bool on_device = true;  // every draw needs only its token: no logprobs, no forks
+  // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
+  // and those of them drawn on the host: logprobs, the fork of n > 1 samples, JSON mode. The
+  // others draw on the device when the backend can; the host rows' logits then come back alone.
+  std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     const Sequence* s = batch_seqs[i];
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    if (draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1))) on_device = false;
+    on_host[i] = draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json);
   }
   std::vector<int> drawn;
-  if (on_device) {
-    DrawBatch d;
-    for (size_t i = 0; i < batch_seqs.size(); ++i) {
-      RowDraw row;  // rows that draw nothing: greedy, result unused
-      row.temperature = 0.f;
-      row.adjust_begin = int(d.adjust.size());
-      if (draws[i]) {
-        const Sequence* s = batch_seqs[i];
-        const SamplingParams& sp = s->sampling;
-        row.temperature = sp.temperature;
-        row.top_k = sp.top_k;
-        row.top_p = sp.top_p;
-        row.min_p = sp.min_p;
-        row.u = uniform_from(sp.seed, uint64_t(s->generated));
-        append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
-      }
-      row.adjust_end = int(d.adjust.size());
-      d.rows.push_back(row);
+  DrawBatch d;
+  for (size_t i = 0; i < batch_seqs.size(); ++i) {
+    RowDraw row;  // rows that draw nothing (or on the host): greedy, result unused
+    row.temperature = 0.f;
+    row.host = on_host[i];
+    row.adjust_begin = int(d.adjust.size());
+    if (draws[i] && !on_host[i]) {
+      const Sequence* s = batch_seqs[i];
+      const SamplingParams& sp = s->sampling;
+      row.temperature = sp.temperature;
+      row.top_k = sp.top_k;
+      row.top_p = sp.top_p;
+      row.min_p = sp.min_p;
+      row.u = uniform_from(sp.seed, uint64_t(s->generated));
+      append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
     }
-    on_device = model_->forward_sampled(batch, d, drawn);
+    row.adjust_end = int(d.adjust.size());
+    d.rows.push_back(row);
   }
+  const bool on_device = model_->forward_sampled(batch, d, drawn, logits_);
   if (!on_device) model_->forward(batch, logits_);
   uint64_t prompt_tokens = 0;
+  int host_row = 0;  // with on_device: the next host row's place in logits_
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     Sequence* s = batch_seqs[i];
     int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     int before = s->num_computed;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
+    if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_prompt(*s);
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
-    if (on_device) {
+    if (on_device && !on_host[i]) {
       GenerationEvent ev;
       ev.index = s->index;
       emit(*s, drawn[i], std::move(ev));
       continue;
     }
-    const float* row = logits_.data() + i * size_t(V);
+    const float* row = logits_.data() + size_t(on_device ? host_row++ : int(i)) * V;
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
   }
@@ -453,9 +564,11 @@ void EngineImpl::publish_metrics() {
   std::lock_guard lk(mu_);
   metrics_.num_running = running;
   metrics_.num_waiting = waiting;
-  metrics_.free_blocks = blocks_.num_free();
+  // Blocks only the prefix cache holds count as free, as in vLLM: they go when needed.
+  const int free_blocks = free_or_reclaimable_blocks();
+  metrics_.free_blocks = free_blocks;
   metrics_.free_slots = slots_.num_free();
-  metrics_.cache_usage = 1.0 - double(blocks_.num_free()) / blocks_.num_blocks();
+  metrics_.cache_usage = 1.0 - double(free_blocks) / blocks_.num_blocks();
 }
 
 void EngineImpl::fork_samples(Sequence& leader, const float* logits) {
@@ -509,6 +622,17 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
   }
   apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
+  if (s.json) {
+    if (!json_mask_) json_mask_ = std::make_unique<JsonTokenMask>(*tokenizer_, V);
+    std::vector<int> end = eos_ids_;
+    end.insert(end.end(), r.stop_token_ids.begin(), r.stop_token_ids.end());
+    const std::vector<uint64_t>& mask = json_mask_->allowed(*s.json, end);
+    if (std::all_of(mask.begin(), mask.end(), [](uint64_t w) { return w == 0; })) {
+      finish_seq(s, FinishReason::kError, "JSON mode: no token of the vocabulary continues the JSON text");
+      return;
+    }
+    JsonTokenMask::apply(mask, row);
+  }
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
   if (r.logprobs >= 0) {
     TokenLogprob& lp = ev.logprobs.back();
@@ -555,6 +679,9 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   std::string why;
   bool is_eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), tok) != eos_ids_.end();
   bool is_stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), tok) != r.stop_token_ids.end();
+  if (s.json && !is_eos && !is_stop_id)  // the mask allowed only tokens the matcher accepts
+    KIMI_CHECK(s.json->step(tokenizer_->token_bytes(tok)), "JSON mode drew token ", tok,
+               ", which breaks the JSON text");
   // Text first: a stop string may end the sequence at this token.
   TextDelta td = s.push_text(tok, is_eos || is_stop_id, /*match_stops=*/s.generated >= r.min_tokens);
   ev.text = std::move(td.text);

@@ -1,9 +1,8 @@
 // Cache pools, sized once at start-up:
 //   BlockPool: MLA latent-cache blocks of kBlockSize tokens, reference counted so that sequences
-//     can share full blocks (n > 1 samples of one prompt; later, prefix caching);
-//   SlotPool: KDA state slots (recurrent + conv state), one per running sequence.
-// Prefix caching will add KDA state snapshots at block boundaries as extra slots keyed by the
-// block chain's hash; the free lists here don't need to change for that.
+//     can share full blocks (n > 1 samples of one prompt; the prefix cache's prompts);
+//   SlotPool: KDA state slots (recurrent + conv state), one per running sequence (the prefix
+//     cache's state copies live in slots of their own, runtime/prefix_cache.h).
 #pragma once
 
 #include <vector>

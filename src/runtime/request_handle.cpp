@@ -67,10 +67,11 @@ void RequestHandle::push(GenerationEvent ev) {
   cv_.notify_all();
 }
 
-void RequestHandle::add_usage(int prompt, int completion) {
+void RequestHandle::add_usage(int prompt, int completion, int cached) {
   std::lock_guard lk(mu_);
   usage_.prompt_tokens += prompt;
   usage_.completion_tokens += completion;
+  usage_.cached_tokens += cached;
 }
 
 }  // namespace kimi

@@ -26,7 +26,7 @@ SchedulerOutput schedule(const SchedulerInput& in, const SchedulerLimits& lim) {
       SchedSeq victim = live.back();
       live.pop_back();
       out.preempted.push_back(victim.id);
-      free_blocks += victim.num_blocks;
+      free_blocks += victim.num_blocks - victim.shared_blocks;
       ++free_slots;
       if (live.size() == i) {
         self_preempted = true;

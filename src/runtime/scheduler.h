@@ -16,6 +16,8 @@ struct SchedSeq {
   int num_tokens = 0;    // tokens known: prompt + generated
   int num_computed = 0;  // tokens whose state is in the cache
   int num_blocks = 0;    // MLA blocks held
+  int shared_blocks = 0; // of those, blocks others hold too (n > 1 siblings, the prefix cache):
+                         // preempting the sequence does not free them
 };
 
 struct SchedulerLimits {

@@ -11,6 +11,7 @@ Sequence::Sequence(std::shared_ptr<RequestState> r, int idx, uint64_t ord, std::
   // Sample i of a seeded request draws from seed + i: sample 0 equals the n = 1 request.
   sampling.seed += uint64_t(idx);
   history.set_prompt(tokens);
+  if (req->req.response_format == ResponseFormat::kJsonObject) json.emplace();
 }
 
 void Sequence::init_decoder(const Tokenizer* tok) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kimi/engine.h"
+#include "runtime/json_matcher.h"
 #include "runtime/sampler.h"
 #include "tokenizer/stream_decoder.h"
 #include "tokenizer/tokenizer.h"
@@ -44,6 +45,7 @@ struct Sequence {
   double ttft = 0;
   SamplingParams sampling;  // the request's, with this sample's seed
   TokenHistory history;
+  std::optional<JsonMatcher> json;  // JSON mode: the text so far
 
   // Text streaming (no-op without a tokenizer).
   void init_decoder(const Tokenizer* tok);

@@ -181,7 +181,8 @@ TEST_F(CudaModelGpu, EngineSizesCachesFromGpuMemoryAndServes) {
 
 // Device sampling (Model::forward_sampled) draws what the host sampler draws from the same GPU
 // logits: a request asking for logprobs takes the host path, the same request without them the
-// device path. Seeded, with temperature / top-k / top-p / min-p and penalties.
+// device path, alone and in the same steps. Seeded, with temperature / top-k / top-p / min-p and
+// penalties.
 TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
   EngineOptions eo;
   eo.model_dir = std::string(KIMI_BINARY_DIR) + "/default-model";
@@ -219,6 +220,18 @@ TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
     same += k;
     total += int(host.size());
     std::printf("request %d: %d/%zu tokens equal before any difference\n", c, k, host.size());
+    // Both at once: one step then holds a device row and a host row (whose logits alone come
+    // back); each draws what it drew alone.
+    Request d = r;
+    d.logprobs = -1;
+    auto hd = eng->submit(d), hh = eng->submit(r);
+    std::vector<int> together_device, together_host;
+    while (auto ev = hd->next(std::chrono::seconds(60)))
+      together_device.insert(together_device.end(), ev->token_ids.begin(), ev->token_ids.end());
+    while (auto ev = hh->next(std::chrono::seconds(60)))
+      together_host.insert(together_host.end(), ev->token_ids.begin(), ev->token_ids.end());
+    EXPECT_EQ(together_device, device) << "request " << c;
+    EXPECT_EQ(together_host, host) << "request " << c;
   }
   EXPECT_EQ(same, total);
 }

@@ -4,12 +4,15 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
 #include "core/check.h"
 #include "kimi/engine.h"
 #include "model/model.h"
+#include "runtime/json_matcher.h"
+#include "tokenizer/tokenizer.h"
 
 namespace kimi {
 namespace {
@@ -284,6 +287,112 @@ TEST(Engine, MinTokensHoldsBackEosAndStops) {
   EXPECT_THROW(eng->submit(r), Error);
   r.min_tokens = -1;
   EXPECT_THROW(eng->submit(r), Error);
+}
+
+// JSON mode (response_format json_object): every token keeps the text a prefix of a JSON object,
+// sampled or greedy, and the object ends with EOS. The tiny model writes noise, so the last case
+// steers it with logit biases toward "{" and "}": the only completion is then "{}" and EOS.
+TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
+  auto eng = Engine::create(engine_opts(4));
+  const Tokenizer* tok = eng->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  const int eos = eng->config().eos_token_ids.at(0);
+  std::mt19937 rng(31);
+  Request r = greedy(random_prompt(rng, 16, eng->config().vocab_size), 60);
+  r.ignore_eos = false;
+  r.response_format = ResponseFormat::kJsonObject;
+  auto check = [&](const Output& o) {
+    JsonMatcher m;
+    for (size_t i = 0; i < o.ids.size(); ++i) {
+      const int id = o.ids[i];
+      if (m.complete()) {
+        EXPECT_EQ(id, eos) << "after the object";
+        EXPECT_EQ(i + 1, o.ids.size());
+        break;
+      }
+      ASSERT_FALSE(tok->is_special(id)) << "token " << i;
+      ASSERT_TRUE(m.step(tok->token_bytes(id))) << "token " << i << " breaks the JSON: " << o.text;
+    }
+    if (o.finish == FinishReason::kStop) {
+      EXPECT_TRUE(m.complete());
+      EXPECT_TRUE(nlohmann::json::parse(o.text).is_object()) << o.text;
+    } else {
+      EXPECT_EQ(o.finish, FinishReason::kLength);
+      EXPECT_EQ(o.ids.size(), 60u);
+    }
+  };
+  check(collect(*eng->submit(r))[0]);
+  r.sampling.temperature = 1.f;
+  r.sampling.seed = 5;
+  r.seed_given = true;
+  r.n = 3;
+  for (auto& [i, o] : collect(*eng->submit(r))) check(o);
+  // Steered to "{}": EOS is the only token allowed after it.
+  const std::vector<int> open = tok->encode("{", false), close = tok->encode("}", false);
+  ASSERT_EQ(open.size(), 1u);
+  ASSERT_EQ(close.size(), 1u);
+  r = greedy(random_prompt(rng, 16, eng->config().vocab_size), 20);
+  r.ignore_eos = false;
+  r.response_format = ResponseFormat::kJsonObject;
+  r.sampling.logit_bias = {{open[0], 100.f}, {close[0], 100.f}};
+  auto braces = collect(*eng->submit(r))[0];
+  EXPECT_EQ(braces.ids, (std::vector<int>{open[0], close[0], eos}));
+  EXPECT_EQ(braces.text, "{}");
+  EXPECT_EQ(braces.finish, FinishReason::kStop);
+  check(braces);
+  // The object ends with EOS: requests that ignore or hold back EOS are refused.
+  r.ignore_eos = true;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.ignore_eos = false;
+  r.min_tokens = 2;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
+// Prefix caching: each turn of a conversation extends the previous prompt; it starts from that
+// prompt's cached state and blocks, reports them as cached tokens, and draws what an engine
+// without the cache draws. Turn lengths leave partial last blocks (copied, not shared).
+TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
+  auto cached = Engine::create(engine_opts(4));
+  EngineOptions no_cache_opts = engine_opts(4);
+  no_cache_opts.enable_prefix_caching = false;
+  auto plain = Engine::create(no_cache_opts);
+  std::mt19937 rng(41);
+  const int V = cached->config().vocab_size;
+  std::vector<int> prompt = random_prompt(rng, 100, V);
+  uint64_t queried = 0, hit = 0;
+  int previous = 0;  // the previous turn's prompt length: what the cache holds
+  int before_last = 0;
+  for (int turn = 0; turn < 4; ++turn) {
+    Request r = greedy(prompt, 12);
+    auto h = cached->submit(r);
+    auto got = collect(*h)[0];
+    auto want = collect(*plain->submit(r))[0];
+    EXPECT_EQ(got.ids, want.ids) << "turn " << turn;
+    EXPECT_EQ(h->usage().cached_tokens, previous) << "turn " << turn;
+    queried += prompt.size();
+    hit += uint64_t(previous);
+    before_last = previous;
+    previous = int(prompt.size());
+    prompt.insert(prompt.end(), got.ids.begin(), got.ids.end());  // the answer, then a new message
+    const std::vector<int> more = random_prompt(rng, 37 + 20 * turn, V);
+    prompt.insert(prompt.end(), more.begin(), more.end());
+  }
+  EngineMetrics m = cached->metrics();
+  EXPECT_EQ(m.prefix_cache_queries_total, queried);
+  EXPECT_EQ(m.prefix_cache_hits_total, hit);
+  EXPECT_EQ(m.free_blocks, m.total_blocks);  // cached prompts' blocks count as free
+  EXPECT_EQ(plain->metrics().prefix_cache_hits_total, 0u);
+  // The last turn's prompt again starts from the turn before it, not from itself (its last
+  // token's logits are needed); a prompt sharing only part of the first turn's is no hit
+  // (entries are whole prompts).
+  auto again = cached->submit(greedy(std::vector<int>(prompt.begin(), prompt.begin() + previous), 4));
+  collect(*again);
+  EXPECT_EQ(again->usage().cached_tokens, before_last);
+  std::vector<int> partial(prompt.begin(), prompt.begin() + 80);
+  partial.push_back(5);
+  auto other = cached->submit(greedy(partial, 4));
+  collect(*other);
+  EXPECT_EQ(other->usage().cached_tokens, 0);
 }
 
 TEST(Engine, RejectsBadRequestsWithAMessage) {

@@ -302,8 +302,7 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
 // still runs on a copy of the conv states, for the prep checks and the scan-only reference.
 enum class Scan { kRecurrent, kChunked, kChunkedFused };
 
-void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed,
-                      int inter_cols = 0) {
+void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
   std::vector<int> cu(S + 1, 0);
@@ -327,10 +326,8 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
        d_z = to_device_bf16(c.z);
   GuardedBuffer<bf16> d_q(size_t(T) * HD), d_k(size_t(T) * HD), d_v(size_t(T) * HD),
       d_o(size_t(T) * HD), d_y(size_t(T) * HD);
-  GuardedBuffer<float> d_g(size_t(T) * HD), d_beta(size_t(T) * H), d_state(state0.size());
+  GuardedBuffer<float> d_state(state0.size());
   for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y}) g->poison();
-  d_g.poison();
-  d_beta.poison();
   d_state.upload(state0);
 
   cuda::KdaPrepParams pp;
@@ -347,8 +344,6 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   pp.q = d_q.data();
   pp.k = d_k.data();
   pp.v = d_v.data();
-  pp.g = d_g.data();
-  pp.beta = d_beta.data();
   cuda::run_kda_prep(pp, nullptr);
 
   cuda::KdaScanParams sp;
@@ -360,8 +355,9 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   sp.q = d_q.data();
   sp.k = d_k.data();
   sp.v = d_v.data();
-  sp.g = d_g.data();
-  sp.beta = d_beta.data();
+  sp.f = d_f.data();
+  sp.b = d_b.data();
+  sp.w = w.view();
   sp.state = d_state.data();
   sp.o = d_o.data();
   std::unique_ptr<DBuf<int>> d_cs, d_cst, d_sf;
@@ -382,12 +378,10 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
     a.seq_first_chunk = d_sf->data();
     a.workspace = d_ws->data();
     a.workspace_bytes = ws;
-    a.inter_cols = inter_cols;
     if (fused) {
       cuda::KdaPrepParams raw = pp;
       raw.conv_state = d_conv.data();
       raw.q = raw.k = raw.v = nullptr;
-      raw.g = raw.beta = nullptr;
       cuda::run_kda_prefill_chunked(raw, d_state.data(), d_o.data(), a, nullptr);
     } else {
       cuda::run_kda_chunked(sp, a, nullptr);
@@ -408,21 +402,19 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
                               : fused                  ? "fused"
                                                        : "chunked",
                               " T=", T, " S=", S, ": ");
-  // Prep: bf16 outputs of fp32 math (q, k, v), fp32 g and beta.
+  // Prep: bf16 outputs of fp32 math (q, k, v).
   const auto q = bf16_vec_to_float(d_q.to_host()), k = bf16_vec_to_float(d_k.to_host()),
              v = bf16_vec_to_float(d_v.to_host());
-  const auto g = d_g.to_host(), beta = d_beta.to_host();
   expect_close(tag + "prep q", q.data(), ref.q.data(), q.size(), 4e-3, 2e-3);
   expect_close(tag + "prep k", k.data(), ref.k.data(), k.size(), 4e-3, 2e-2);
   expect_close(tag + "prep v", v.data(), ref.v.data(), v.size(), 4e-3, 2e-2);
-  expect_close(tag + "prep g", g.data(), ref.g.data(), g.size(), 1e-5, 1e-4);
-  expect_close(tag + "prep beta", beta.data(), ref.beta.data(), beta.size(), 1e-6, 1e-6);
   const auto conv = bf16_vec_to_float(d_conv.to_host());
   const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
   EXPECT_EQ(ce.max_abs, 0.0) << tag << "conv state: " << describe(ce);
 
-  // Scan alone, on the GPU's own prep outputs: isolates the scan's error from the bf16 rounding
-  // of q, k, v.
+  // Scan alone, on the GPU's own prep outputs and the CPU's gate and beta (the scans form them
+  // from f and b in fp32; a wrong gate shows in the recurrent scan's fp32 state bound): isolates
+  // the scan's error from the bf16 rounding of q, k, v.
   std::vector<float> state_scan = state0, o_scan(size_t(T) * HD);
   cpu::KdaScanParams rp;
   rp.num_seqs = S;
@@ -433,8 +425,8 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   rp.q = q.data();
   rp.k = k.data();
   rp.v = v.data();
-  rp.g = g.data();
-  rp.beta = beta.data();
+  rp.g = ref.g.data();
+  rp.beta = ref.beta.data();
   rp.state = state_scan.data();
   rp.out = o_scan.data();
   cpu::kda_recurrent(rp);
@@ -457,15 +449,15 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   expect_close(tag + "chain y", y.data(), ref.y.data(), y.size(), 8e-3, 8e-2);
   expect_close(tag + "chain state", state.data(), state_ref.data(), state.size(), 2e-3, 3e-2);
   for (auto* gb : {&d_q, &d_k, &d_v, &d_o, &d_y}) EXPECT_TRUE(gb->guards_intact()) << tag;
-  EXPECT_TRUE(d_g.guards_intact() && d_beta.guards_intact() && d_state.guards_intact()) << tag;
+  EXPECT_TRUE(d_state.guards_intact()) << tag;
 }
 
 // High precision: fp32 projections (not bf16-representable), fp32 conv states, prep -> recurrent
 // scan -> gated norm all in fp32 (the *ParamsT<float> overloads). A varlen prefill step on
 // scattered slots, then single-token steps of every sequence through the same three launches (the
 // high-precision decode path), against the CPU chain over all tokens at once. fp32 throughout:
-// only summation order and expf differ, so the bound is 1e-4 relative, 10x below one bf16
-// rounding of any input (which the bf16 path's 4e-3 tolerances allow).
+// only summation order and the exp functions differ, so the bound is 1e-4 relative, 10x below one
+// bf16 rounding of any input (which the bf16 path's 4e-3 tolerances allow).
 void run_f32_case(const std::vector<int>& lens, int H, int decode_steps, uint32_t seed) {
   std::mt19937 rng(seed);
   const int S = int(lens.size()), HD = H * D, C = 3 * HD;
@@ -507,19 +499,20 @@ void run_f32_case(const std::vector<int>& lens, int H, int decode_steps, uint32_
     DBuf<float> d_x = gather(x, C), d_f = gather(f, HD), d_b = gather(b, H), d_z = gather(z, HD);
     DBuf<int> d_cu = to_device(cu);
     GuardedBuffer<float> d_q(size_t(T) * HD), d_k(size_t(T) * HD), d_v(size_t(T) * HD),
-        d_o(size_t(T) * HD), d_y(size_t(T) * HD), d_g(size_t(T) * HD), d_beta(size_t(T) * H);
-    for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y, &d_g, &d_beta}) g->poison();
+        d_o(size_t(T) * HD), d_y(size_t(T) * HD);
+    for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y}) g->poison();
     cuda::KdaPrepParamsT<float> pp;
     pp.num_seqs = S, pp.num_tokens = T, pp.num_heads = H;
     pp.cu_seqlens = d_cu.data(), pp.slots = d_slots.data();
     pp.qkv = d_x.data(), pp.f = d_f.data(), pp.b = d_b.data(), pp.w = w.view();
     pp.conv_state = d_conv.data();
-    pp.q = d_q.data(), pp.k = d_k.data(), pp.v = d_v.data(), pp.g = d_g.data(), pp.beta = d_beta.data();
+    pp.q = d_q.data(), pp.k = d_k.data(), pp.v = d_v.data();
     cuda::run_kda_prep(pp, nullptr);
     cuda::KdaScanParamsT<float> sp;
     sp.num_seqs = S, sp.num_tokens = T, sp.num_heads = H;
     sp.cu_seqlens = d_cu.data(), sp.slots = d_slots.data();
-    sp.q = d_q.data(), sp.k = d_k.data(), sp.v = d_v.data(), sp.g = d_g.data(), sp.beta = d_beta.data();
+    sp.q = d_q.data(), sp.k = d_k.data(), sp.v = d_v.data();
+    sp.f = d_f.data(), sp.b = d_b.data(), sp.w = w.view();
     sp.state = d_state.data(), sp.o = d_o.data();
     cuda::run_kda_scan_recurrent(sp, nullptr);
     cuda::KdaGatedNormParamsT<float> np;
@@ -545,7 +538,7 @@ void run_f32_case(const std::vector<int>& lens, int H, int decode_steps, uint32_
       expect_close("f32 prep k", k.data(), rk.data(), k.size(), 1e-5, 1e-4);
       expect_close("f32 prep v", v.data(), rv.data(), v.size(), 1e-5, 1e-4);
     }
-    for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y, &d_g, &d_beta}) EXPECT_TRUE(g->guards_intact());
+    for (auto* g : {&d_q, &d_k, &d_v, &d_o, &d_y}) EXPECT_TRUE(g->guards_intact());
   }
   const std::string tag = str("f32 S=", S, " decode ", decode_steps, ": ");
   expect_close(tag + "o", o_gpu.data(), ref.o.data(), o_gpu.size(), 1e-4, 1e-3);
@@ -561,6 +554,8 @@ TEST(KdaGpu, Fp32PrefillThenDecodeMatchesCpu) {
   KIMI_REQUIRE_GPU();
   run_f32_case({1, 7, 63, 65, 130}, 3, 3, 77);
   run_f32_case({769}, 2, 2, 78);
+  // Sequences shorter than the prep's runs (empty ones too): taps from the conv state inside a run.
+  run_f32_case({2, 0, 3, 1, 17, 0, 5, 1}, 2, 2, 79);
 }
 
 class KdaPrefillGpu : public ::testing::TestWithParam<std::tuple<int, Scan>> {};
@@ -586,9 +581,17 @@ TEST(KdaGpu, PrefillMixedVarlenChunkedFused) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunkedFused, 10);
 }
-TEST(KdaGpu, PrefillMixedVarlenChunkedInter32) {
+// Many sequences shorter than the prep's 16-token runs and the conv window (empty ones too): runs
+// that cross several sequence starts, taps from the conv state inside a run.
+TEST(KdaGpu, PrefillManyShortSequences) {
   KIMI_REQUIRE_GPU();
-  run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9, 32);
+  const std::vector<int> lens = {1, 2, 0, 3, 1, 5, 0, 0, 2, 17, 1, 4, 2, 33, 1, 1, 70, 3};
+  run_prefill_case(lens, 4, Scan::kRecurrent, 31);
+  run_prefill_case(lens, 4, Scan::kChunked, 32);
+}
+TEST(KdaGpu, PrefillMixedVarlenChunkedH16) {
+  KIMI_REQUIRE_GPU();
+  run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9);
 }
 
 // prefill(A) through run_kda_prefill_chunked (raw projections in, conv states updated), then

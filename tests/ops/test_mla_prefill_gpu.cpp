@@ -1,9 +1,12 @@
-// The expanded MLA prefill (kernels/mla/mla_prefill*.cuh: cache gather, kv_b expansion GEMMs,
-// flash attention on wgmma, staggered or not, and on mma.sync) against the CPU reference of the
-// expanded attention (cpu::mla_attention_expanded) on random paged caches: odd new-token counts (1,
-// 7, 63, 64, 65, 769) with and without history, several sequences per step, workspaces smaller than
-// a context (state carried across rounds, pieces not a multiple of the 64-key tile), and tokens of
-// sequences left to the absorbed path that must stay untouched.
+// The expanded MLA prefill (kernels/mla/mla_prefill.cuh: cache gather, kv_b expansion GEMMs,
+// warp-specialised flash attention on wgmma + TMA) against the CPU reference of the expanded
+// attention (cpu::mla_attention_expanded) on random paged caches: odd new-token counts (1, 7, 63,
+// 64, 65, 769) with and without history, several sequences per step, workspaces smaller than a
+// context (state carried across rounds, pieces not a multiple of the 128-key tile), and tokens of
+// sequences left to the absorbed path that must stay untouched. The workspace is poisoned (NaN)
+// before every run: the kernel reads keys past an item's end with P = 0, so those must be finite
+// (GEMM outputs, zeroed gaps between segments) or lie outside the round's tensor maps; several
+// sequences per round put segments (and the Vᵀ boxes) at workspace rows other than 0.
 // Tolerance: q, the expanded K/V (bf16 GEMM output), P and the output are bf16: ~3e-3 relative
 // RMS expected; we allow 1e-2 relative RMS and 0.1 max-abs (outputs are O(1)).
 #include <algorithm>
@@ -99,41 +102,34 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   p.piece_rows = piece;
   p.state = dstate.data();
   p.out = dev<bf16>(dout);
-  using K = cuda::MlaPrefillKernel;
-  for (K kernel : {K::kWgmma, K::kWgmmaStagger, K::kMma}) {
-    dout.poison();
-    dstate.poison();
-    dws.poison();
-    p.kernel = kernel;
-    cuda::run_mla_prefill(p, plan, gemm, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const auto out_bits = dout.to_host();
-    const auto got = bf16_to_float(out_bits);
-    // Expanded tokens against the CPU; the others must still hold the poison.
-    std::vector<float> g, r;
-    size_t touched = 0;
-    for (int s = 0; s < S; ++s)
-      for (size_t i = size_t(cu[s]) * H * 128; i < size_t(cu[s + 1]) * H * 128; ++i) {
-        if (expand[s]) {
-          g.push_back(got[i]);
-          r.push_back(ref[i]);
-        } else if (out_bits[i] != 0xffff) {
-          ++touched;
-        }
+  dout.poison();
+  dstate.poison();
+  dws.poison();
+  cuda::run_mla_prefill(p, plan, gemm, nullptr);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  const auto out_bits = dout.to_host();
+  const auto got = bf16_to_float(out_bits);
+  // Expanded tokens against the CPU; the others must still hold the poison.
+  std::vector<float> g, r;
+  size_t touched = 0;
+  for (int s = 0; s < S; ++s)
+    for (size_t i = size_t(cu[s]) * H * 128; i < size_t(cu[s + 1]) * H * 128; ++i) {
+      if (expand[s]) {
+        g.push_back(got[i]);
+        r.push_back(ref[i]);
+      } else if (out_bits[i] != 0xffff) {
+        ++touched;
       }
-    std::string desc = str(kernel == K::kWgmmaStagger ? "wgmma staggered"
-                           : kernel == K::kWgmma      ? "wgmma"
-                                                      : "mma.sync",
-                           " H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
-                           plan.items.size(), " seqs");
-    for (int s = 0; s < S; ++s)
-      desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
-    expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
-    EXPECT_EQ(touched, 0u) << desc << ": outputs of non-expanded sequences written";
-    EXPECT_TRUE(dout.guards_intact() && dstate.guards_intact() && dws.guards_intact() &&
-                dsegs.guards_intact() && ditems.guards_intact())
-        << desc;
-  }
+    }
+  std::string desc = str("H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
+                         plan.items.size(), " seqs");
+  for (int s = 0; s < S; ++s)
+    desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
+  expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
+  EXPECT_EQ(touched, 0u) << desc << ": outputs of non-expanded sequences written";
+  EXPECT_TRUE(dout.guards_intact() && dstate.guards_intact() && dws.guards_intact() &&
+              dsegs.guards_intact() && ditems.guards_intact())
+      << desc;
   EXPECT_EQ(dcache.to_host(), cache);  // read-only
 }
 #endif
@@ -211,7 +207,8 @@ TEST(MlaPrefillPlan, CoversEveryCausalPairOnce) {
       ASSERT_GE(r.rows, 1);
       ASSERT_LE(r.rows, piece);
       for (int j = r.seg_begin; j < r.seg_end; ++j) {
-        EXPECT_EQ(plan.segs[j].ws_row % 8, 0);  // Vᵀ rows are read in 16-byte pieces
+        // The attention's TMA boxes of Vᵀ start on 16-byte boundaries.
+        EXPECT_EQ(plan.segs[j].ws_row % 8, 0);
         EXPECT_LE(plan.segs[j].ws_row + plan.segs[j].pos_end - plan.segs[j].pos_begin, r.rows);
       }
       for (int k = r.item_begin; k < r.item_end; ++k) {

@@ -118,6 +118,30 @@ check "chat logprobs: top_logprobs=2 per token" \
   jqe '.choices[0].logprobs.content | length == 4 and all(.top_logprobs|length == 2) and all(.bytes|length > 0)' \
   <(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":4,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":2}" >/dev/null; cat "$WORK/body")
 
+# --- JSON mode (response_format json_object) ---
+check "json mode: 200" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":30,\"response_format\":{\"type\":\"json_object\"}}")" 200
+check "json mode: an object when stopped, else the start of one" \
+  jqe '.choices[0] | if .finish_reason == "stop" then (.message.content | fromjson | type) == "object"
+                     else .finish_reason == "length" and (.message.content | test("^\\s*\\{")) end' "$WORK/body"
+open_id=$(post /tokenize '{"prompt":"{"}' >/dev/null; body '.tokens[0]')
+close_id=$(post /tokenize '{"prompt":"}"}' >/dev/null; body '.tokens[0]')
+check "json mode steered to {}: the object, then EOS" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":20,\"response_format\":{\"type\":\"json_object\"},\"logit_bias\":{\"$open_id\":100,\"$close_id\":100}}"; body '.choices[0].message.content + " " + .choices[0].finish_reason')" "200{} stop"
+check "json_schema: 400 naming response_format" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}}"; body .error.param)" "400response_format"
+
+# --- prefix caching: the second turn starts from the first turn's prompt ---
+LONG="$(printf 'tell me about the weather in a long and winding sentence number %s, ' 1 2 3 4 5 6)"
+T1="[{\"role\":\"user\",\"content\":\"$LONG\"}]"
+check "turn 1: 200" eq "$(post /v1/chat/completions "{\"messages\":$T1,\"max_tokens\":6,\"ignore_eos\":true}")" 200
+p1=$(body .usage.prompt_tokens)
+a1=$(body '.choices[0].message.content | @json')
+check "turn 1: a prompt of 64+ tokens, nothing cached" eq "$(body '.usage.prompt_tokens >= 64 and .usage.prompt_tokens_details.cached_tokens == 0')" true
+T2="[{\"role\":\"user\",\"content\":\"$LONG\"},{\"role\":\"assistant\",\"content\":$a1},{\"role\":\"user\",\"content\":\"and tomorrow?\"}]"
+check "turn 2: 200" eq "$(post /v1/chat/completions "{\"messages\":$T2,\"max_tokens\":4}")" 200
+check "turn 2: the first turn's prompt is cached" eq "$(body .usage.prompt_tokens_details.cached_tokens)" "$p1"
+check "metrics: prefix cache hits counted" test "$(curl -s -m 10 "$URL/metrics" | awk '/^vllm:prefix_cache_hits_total/ {print $2}' | cut -d. -f1)" -ge "$p1"
+
 # --- tokenize / detokenize ---
 check "tokenize" eq "$(post /tokenize '{"prompt":"Hello world"}'; body '(.count == (.tokens|length)) and .max_model_len == 512')" "200true"
 ids=$(jq -c .tokens "$WORK/body")

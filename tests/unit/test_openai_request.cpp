@@ -283,9 +283,18 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param(chat({{"logit_bias", {{"5", 101}}}})), "logit_bias");
   EXPECT_EQ(rejected_param(chat({{"logit_bias", {1, 2}}})), "logit_bias");
   EXPECT_EQ(rejected_param(chat({{"stop_token_ids", {1280}}})), "stop_token_ids");
-  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}})),
-            "response_format");
   EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "text"}}}})), "<none>");
+  EXPECT_EQ(parse_chat(chat({{"response_format", {{"type", "json_object"}}}})).engine.response_format,
+            kimi::ResponseFormat::kJsonObject);
+  EXPECT_EQ(parse_chat(chat({{"response_format", {{"type", "text"}}}})).engine.response_format,
+            kimi::ResponseFormat::kText);
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_schema"}}}})), "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "xml"}}}})), "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"kind", "json_object"}}}})), "response_format.type");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}, {"ignore_eos", true}})),
+            "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}, {"min_tokens", 2}})),
+            "response_format");
   EXPECT_EQ(rejected_param(chat({{"functions", {{{"name", "f"}}}}})), "functions");
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 3}})), "<none>");
   EXPECT_EQ(parse_chat(chat({{"min_tokens", 3}})).engine.min_tokens, 3);

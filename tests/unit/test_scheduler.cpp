@@ -3,6 +3,7 @@
 
 #include "core/check.h"
 #include "runtime/pools.h"
+#include "runtime/prefix_cache.h"
 #include "runtime/scheduler.h"
 
 namespace kimi {
@@ -80,6 +81,20 @@ TEST(Scheduler, PreemptsItselfWhenNothingElseCanGo) {
   EXPECT_TRUE(out.scheduled.empty());
 }
 
+// A victim's shared blocks (held by its siblings or the prefix cache too) free nothing: the
+// scheduler preempts until the blocks it counts on are really freed.
+TEST(Scheduler, SharedBlocksAreNotCountedAsFreedByPreemption) {
+  SchedulerInput in;
+  in.running = {{0, 129, 128, 2}, {1, 65, 64, 1, 1}, {2, 65, 64, 1}};
+  in.free_blocks = 0;
+  in.free_slots = 0;
+  SchedulerOutput out = schedule(in, limits(8, 100));
+  // Seq 0 needs a block: seq 2 frees one. Seq 1 needs one: preempting itself frees nothing.
+  ASSERT_EQ(out.preempted, (std::vector<int>{2, 1}));
+  ASSERT_EQ(out.scheduled.size(), 1u);
+  EXPECT_EQ(out.scheduled[0].id, 0);
+}
+
 TEST(Scheduler, BudgetSplitsALongPromptAcrossSteps) {
   SchedulerInput in;
   in.running = {{0, 1000, 256, 4}};
@@ -116,6 +131,60 @@ TEST(Pools, Slots) {
   EXPECT_EQ(p.num_free(), 1);
   EXPECT_THROW(p.release(a), Error);
   EXPECT_EQ(p.allocate(), a);
+}
+
+// Prefix cache bookkeeping: the longest proper-prefix match, LRU eviction that skips pinned
+// entries, block references taken and returned, reclaimable counts.
+TEST(PrefixCache, MatchesTheLongestProperPrefixAndEvictsLeastRecentlyUsed) {
+  BlockPool pool(16);
+  std::vector<int> a_blocks, b_blocks, c_blocks;
+  ASSERT_TRUE(pool.allocate(2, a_blocks));  // a sequence's blocks (100 tokens)
+  ASSERT_TRUE(pool.allocate(3, b_blocks));
+  ASSERT_TRUE(pool.allocate(1, c_blocks));
+  PrefixCache cache({10, 11}, pool);
+  std::vector<int> a(100), b(150), c(40);
+  for (int i = 0; i < 100; ++i) a[size_t(i)] = i;
+  for (int i = 0; i < 150; ++i) b[size_t(i)] = i < 100 ? i : 1000 + i;  // extends a
+  for (int i = 0; i < 40; ++i) c[size_t(i)] = 7;
+  EXPECT_EQ(cache.insert(a, a_blocks, 64), std::optional<int>(10));
+  EXPECT_EQ(pool.ref_count(a_blocks[0]), 2);
+  EXPECT_EQ(cache.insert(a, a_blocks, 64), std::nullopt);  // cached already
+  EXPECT_EQ(cache.insert(b, b_blocks, 64), std::optional<int>(11));
+  // b's prompt + more: b is the longest proper prefix; a's prompt itself matches nothing.
+  std::vector<int> b_more = b;
+  b_more.push_back(5);
+  ASSERT_TRUE(cache.match(b_more).has_value());
+  EXPECT_EQ(cache.entry(*cache.match(b_more)).slot, 11);
+  EXPECT_FALSE(cache.match(a).has_value());
+  std::vector<int> a_more = a;
+  a_more.push_back(1);
+  EXPECT_EQ(cache.entry(*cache.match(a_more)).slot, 10);  // a now used more recently than b
+  std::vector<int> other = a_more;
+  other[3] = -1;
+  EXPECT_FALSE(cache.match(other).has_value());
+  // Held by the sequences too: nothing to reclaim yet.
+  EXPECT_EQ(cache.reclaimable_blocks(), 0);
+  for (int x : b_blocks) pool.release(x);  // b's sequence finished
+  EXPECT_EQ(cache.reclaimable_blocks(), 3);
+  // Full: a new entry evicts the least recently used unpinned one (b), whose blocks return.
+  const int free_before = pool.num_free();
+  EXPECT_EQ(cache.insert(c, c_blocks, 64), std::optional<int>(11));
+  EXPECT_EQ(pool.num_free(), free_before + 3);
+  EXPECT_EQ(cache.entry(*cache.match(b_more)).tokens.size(), 100u);  // only a is left of it
+  // Pinned entries stay; with both pinned nothing is evicted or inserted.
+  const int ia = *cache.match(a_more);
+  cache.pin(ia);
+  cache.pin(*cache.match(std::vector<int>(41, 7)));
+  EXPECT_FALSE(cache.evict_one());
+  std::vector<int> d_blocks;
+  ASSERT_TRUE(pool.allocate(3, d_blocks));
+  EXPECT_EQ(cache.insert(b, d_blocks, 64), std::nullopt);
+  EXPECT_EQ(pool.ref_count(d_blocks[0]), 1);
+  cache.unpin(ia);
+  EXPECT_THROW(cache.unpin(ia), Error);
+  EXPECT_TRUE(cache.evict_one());  // a
+  EXPECT_EQ(cache.num_entries(), 1);
+  EXPECT_EQ(pool.ref_count(a_blocks[0]), 1);  // back to the sequence's own reference
 }
 
 }  // namespace
