@@ -293,6 +293,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 64));
   offc->add_flag("--enable-expert-parallel", off.o.expert_parallel,
                  "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
+  offc->add_option("--precision", off.o.precision, "cuda activations: bf16 or high")
+      ->check(CLI::IsMember({"bf16", "high"}));
   offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');
   offc->add_option("--batches", off.o.batches, "decode batch sizes")->delimiter(',');
   offc->add_option("--contexts", off.o.contexts, "decode context depths")->delimiter(',');

@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
   bool expert_parallel = false;
   app.add_flag("--enable-expert-parallel", expert_parallel,
                "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
+  std::string precision = "bf16";
+  app.add_option("--precision", precision,
+                 "cuda activations: bf16 (fast) or high (hi/lo split GEMM inputs, fp32 KDA)")
+      ->check(CLI::IsMember({"bf16", "high"}));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -99,6 +103,7 @@ int main(int argc, char** argv) {
     opts.seed = weights_seed;
     opts.tensor_parallel = tp;
     opts.expert_parallel = expert_parallel;
+    opts.precision = kimi::parse_precision(precision);
     const int T = int(ids.size());
     opts.max_batch_tokens = std::max(T, 1);
     const int total = T + max_tokens;

@@ -49,6 +49,11 @@ int main(int argc, char** argv) {
   app.add_flag("--enable-expert-parallel", eo.enable_expert_parallel,
                "cuda, with --tensor-parallel-size > 1: split the routed experts by expert instead of "
                "by their intermediate dimension");
+  app.add_option("--precision", eo.precision,
+                 "cuda activations: bf16 (fast) or high (hi/lo split GEMM inputs, fp32 KDA; "
+                 "docs/precision.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"bf16", "high"}));
   // vLLM's pair of flags; on by default as there.
   app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", eo.enable_prefix_caching,
                "start a prompt that extends an earlier one (multi-turn chat) from that prompt's "

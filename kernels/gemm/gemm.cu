@@ -168,6 +168,20 @@ void Gemm::run_group(const GemmArgs* a, int n, cudaStream_t stream) {
   for (int i = 0; i < n; ++i) run(a[i], stream);
 }
 
+void Gemm::run_hilo(const GemmArgs* a, int n, int64_t lo_offset, cudaStream_t stream) {
+  KIMI_CHECK(n >= 1 && n <= kGemvMaxGroup && lo_offset > 0, "gemm hi/lo: ", n, " GEMMs, lo plane at +",
+             lo_offset);
+  GemmArgs lo[kGemvMaxGroup];
+  for (int i = 0; i < n; ++i) {
+    KIMI_CHECK(a[i].out == GemmOut::kF32 && !a[i].in_f32, "gemm hi/lo: bf16 inputs and an fp32 output");
+    lo[i] = a[i];
+    lo[i].A = a[i].A + lo_offset;
+    lo[i].beta = 1.f;
+  }
+  run_group(a, n, stream);
+  run_group(lo, n, stream);
+}
+
 void Gemm::linear(const bf16* x, const bf16* w, void* y, int M, int N, int K, GemmOut out,
                   cudaStream_t stream, float beta) {
   run(linear_args(x, w, y, M, N, K, out, beta), stream);

@@ -74,6 +74,12 @@ class Gemm {
   // GEMMs of one input (same A, M, K, out, alpha, beta; batch 1): one small-M launch where the
   // small-M kernels take them all (run_gemv_group), else one run() each.
   void run_group(const GemmArgs* a, int n, cudaStream_t stream);
+  // High-precision input (docs/precision.md): every a[i] reads the hi plane of its input at A and
+  // the lo plane lo_offset elements after it (x = hi + lo, misc.h run_split_bf16). Runs
+  // run_group(a, n), then the same GEMMs over the lo planes with beta 1: C = W·hi + W·lo (+ beta·C),
+  // i.e. W·x with x to ~16 significant bits and fp32 accumulation. Outputs must be fp32 (a bf16 C
+  // would round between the passes) and n <= kGemvMaxGroup.
+  void run_hilo(const GemmArgs* a, int n, int64_t lo_offset, cudaStream_t stream);
   // The GemmArgs of linear() below.
   static GemmArgs linear_args(const bf16* x, const bf16* w, void* y, int M, int N, int K,
                               GemmOut out, float beta = 0.f);

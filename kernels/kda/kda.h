@@ -13,6 +13,9 @@
 //       bf16 loses nothing: the conv inputs are bf16 GEMM outputs, so the state holds them exactly.
 //   recurrent state pool        : [num_slots, H, D(key), D(value)] fp32, K-major like the CPU
 //       reference (row d is scaled by exp(g[d])).
+// High precision (docs/precision.md): the prep, the recurrent scan and the gated norm also run
+// with T = float for every activation above and the conv state (the *ParamsT<float> overloads);
+// the fused decode and the chunked kernels are bf16 only.
 // Sequences address their state through slot ids (one id for both pools); slots of one launch must
 // be distinct. All pointers are device pointers; every launcher checks its arguments and the
 // launch, and throws kimi::Error.
@@ -60,48 +63,56 @@ struct KdaDecodeParams {
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
-// ---- Prefill, stage 1: conv + SiLU, L2 norm, gate, beta for a varlen batch. ----
-struct KdaPrepParams {
+// ---- Prefill, stage 1: conv + SiLU, L2 norm for a varlen batch. ----
+// T: the activations' type, bf16 or float (high precision).
+template <typename T>
+struct KdaPrepParamsT {
   int num_seqs = 0;
   int num_tokens = 0;  // T = cu_seqlens[num_seqs]
   int num_heads = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
   const int* slots = nullptr;       // [num_seqs]
-  const bf16* qkv = nullptr;        // [T, C]
-  const bf16* f = nullptr;          // [T, H·D]
-  const bf16* b = nullptr;          // [T, H]
+  const T* qkv = nullptr;           // [T, C]
+  const T* f = nullptr;             // [T, H·D]
+  const T* b = nullptr;             // [T, H]
   KdaWeights w;                     // conv_weight, A_log, dt_bias
-  bf16* conv_state = nullptr;       // [num_slots, C, 3]: read, then set to each sequence's last 3
-  bf16* q = nullptr;                // [T, H, D]  L2-normed, scaled by D^-1/2
-  bf16* k = nullptr;                // [T, H, D]  L2-normed
-  bf16* v = nullptr;                // [T, H, D]
+  T* conv_state = nullptr;          // [num_slots, C, 3]: read, then set to each sequence's last 3
+  T* q = nullptr;                   // [T, H, D]  L2-normed, scaled by D^-1/2
+  T* k = nullptr;                   // [T, H, D]  L2-normed
+  T* v = nullptr;                   // [T, H, D]
 };
+using KdaPrepParams = KdaPrepParamsT<bf16>;
 // conv + SiLU + L2 norm of q and k (the gate and beta are left to the scans, which read f and b:
 // 2 bytes per element instead of the 4 + 4 of an fp32 g written here and read back).
 // Two launches: the prep itself, then the conv-state update (which must follow every read).
 // f, b and w.A_log, w.dt_bias are not read.
-void run_kda_prep(const KdaPrepParams& p, cudaStream_t stream);
+void run_kda_prep(const KdaPrepParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_prep(const KdaPrepParamsT<float>& p, cudaStream_t stream);
 
 // ---- Prefill, stage 2: the gated delta rule over a varlen batch. ----
-struct KdaScanParams {
+template <typename T>
+struct KdaScanParamsT {
   int num_seqs = 0;
   int num_tokens = 0;
   int num_heads = 0;
   const int* cu_seqlens = nullptr;  // [num_seqs + 1]
   const int* slots = nullptr;       // [num_seqs]
-  const bf16* q = nullptr;          // [T, H, D] as written by run_kda_prep
-  const bf16* k = nullptr;
-  const bf16* v = nullptr;
+  const T* q = nullptr;             // [T, H, D] as written by run_kda_prep
+  const T* k = nullptr;
+  const T* v = nullptr;
   // The gate g = −exp(A_log)·softplus(f + dt_bias) and β = sigmoid(b) are computed on the fly
   // (fp32, the formulas of the decode kernel) from the raw projections:
-  const bf16* f = nullptr;  // [T, H·D] pre-gate
-  const bf16* b = nullptr;  // [T, H]   pre-sigmoid beta
-  KdaWeights w;             // A_log, dt_bias (conv_weight and o_norm are not read)
-  float* state = nullptr;   // [num_slots, H, D, D]: initial state in, final state out
-  bf16* o = nullptr;        // [T, H, D]
+  const T* f = nullptr;    // [T, H·D] pre-gate
+  const T* b = nullptr;    // [T, H]   pre-sigmoid beta
+  KdaWeights w;            // A_log, dt_bias (conv_weight and o_norm are not read)
+  float* state = nullptr;  // [num_slots, H, D, D]: initial state in, final state out
+  T* o = nullptr;          // [T, H, D]
 };
-// Token-by-token recurrence (the definition), state in registers; for short sequences.
-void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream);
+using KdaScanParams = KdaScanParamsT<bf16>;
+// Token-by-token recurrence (the definition), state in registers: short sequences, and every
+// step in high precision (fp32 throughout: the CPU recurrence up to summation order).
+void run_kda_scan_recurrent(const KdaScanParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_scan_recurrent(const KdaScanParamsT<float>& p, cudaStream_t stream);
 
 // Chunked WY/UT form (chunk 64, model.md §3.5): an intra-chunk kernel (parallel over chunks and
 // heads) packs each chunk into W, U, decayed Q and K, the causal q·k decay matrix and the chunk's
@@ -135,14 +146,17 @@ void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
                              const KdaChunkedArgs& a, cudaStream_t stream);
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
-struct KdaGatedNormParams {
+template <typename T>
+struct KdaGatedNormParamsT {
   int num_tokens = 0;
   int num_heads = 0;
-  const bf16* o = nullptr;        // [T, H, D]
-  const bf16* z = nullptr;        // [T, H·D]
+  const T* o = nullptr;           // [T, H, D]
+  const T* z = nullptr;           // [T, H·D]
   const float* weight = nullptr;  // [D]
-  bf16* y = nullptr;              // [T, H·D]; may alias o
+  T* y = nullptr;                 // [T, H·D]; may alias o
 };
-void run_kda_gated_rmsnorm(const KdaGatedNormParams& p, cudaStream_t stream);
+using KdaGatedNormParams = KdaGatedNormParamsT<bf16>;
+void run_kda_gated_rmsnorm(const KdaGatedNormParamsT<bf16>& p, cudaStream_t stream);
+void run_kda_gated_rmsnorm(const KdaGatedNormParamsT<float>& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda

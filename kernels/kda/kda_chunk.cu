@@ -27,7 +27,8 @@ size_t kda_chunked_workspace_bytes(int num_chunks, int num_heads) {
 }
 
 namespace kda {
-void launch_kda_conv_state(const KdaPrepParams& p, cudaStream_t stream);  // kda_prep.cu
+template <typename T>
+void launch_kda_conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream);  // kda_prep.cu
 }  // namespace kda
 
 // The shared part of both chunked entry points: checks, then the intra- and inter-chunk kernels.

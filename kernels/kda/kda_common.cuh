@@ -11,6 +11,9 @@ namespace kimi::cuda::kda {
 __device__ __forceinline__ float to_f(bf16 x) {
   return __bfloat162float(x);
 }
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ void store_f(bf16* p, float x) { *p = __float2bfloat16(x); }
+__device__ __forceinline__ void store_f(float* p, float x) { *p = x; }
 // SiLU with the hardware exp2 and reciprocal (relative error ~1e-6 at most, far below the bf16
 // rounding of every q, k, v it feeds; for x < −87 the quotient is x·0 = −0). The IEEE expf and
 // division cost ~4x the instructions, and the prefill prep is instruction-bound.

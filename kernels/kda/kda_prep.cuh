@@ -7,6 +7,7 @@
 //   q ← q/sqrt(Σq² + 1e-6)·D^-1/2,  k ← k/sqrt(Σk² + 1e-6)
 //   In: x [T, C] (q|k|v). Out: q, k, v [T, H, D] bf16. (The gate and β are computed by the scans
 //   from f and b.) Launch: grid (ceil(T/32), H), 384 threads (below).
+//   Act = float (high precision): x, the conv state and q, k, v in fp32.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -17,6 +18,46 @@
 
 namespace kimi::cuda::kda {
 
+// 4 consecutive activations as one vector access: 8 bytes of bf16, 16 of fp32.
+template <typename Act>
+struct Vec4;
+template <>
+struct Vec4<bf16> {
+  using type = uint2;
+};
+template <>
+struct Vec4<float> {
+  using type = float4;
+};
+__device__ __forceinline__ void unpack4(const uint2& v, float (&x)[4]) {
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&v.y));
+  x[0] = lo.x;
+  x[1] = lo.y;
+  x[2] = hi.x;
+  x[3] = hi.y;
+}
+__device__ __forceinline__ void unpack4(const float4& v, float (&x)[4]) {
+  x[0] = v.x;
+  x[1] = v.y;
+  x[2] = v.z;
+  x[3] = v.w;
+}
+template <typename Act>
+__device__ __forceinline__ void load4(const Act* p, float (&x)[4]) {
+  const typename Vec4<Act>::type v = *reinterpret_cast<const typename Vec4<Act>::type*>(p);
+  unpack4(v, x);  // from the register copy: one vector load
+}
+__device__ __forceinline__ void store4(bf16* p, const float (&x)[4]) {
+  uint2 v;
+  *reinterpret_cast<__nv_bfloat162*>(&v.x) = __floats2bfloat162_rn(x[0], x[1]);
+  *reinterpret_cast<__nv_bfloat162*>(&v.y) = __floats2bfloat162_rn(x[2], x[3]);
+  *reinterpret_cast<uint2*>(p) = v;
+}
+__device__ __forceinline__ void store4(float* p, const float (&x)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+}
+
 // Tokens per CTA: 4 runs of 8 consecutive tokens; a warp reads its run's 8 rows plus the 3 before
 // (the conv window): those 3 are re-reads of the previous run's rows (L1/L2 hits). 8 channels per
 // lane and 16-token runs took 134-168 registers (the converted taps of all rows stay live).
@@ -25,9 +66,11 @@ constexpr int kPrepThreads = 3 * 32 * kPrepRuns;  // a warp per (part, run)
 
 // A warp per (part, run) of the CTA's head: lane l owns channels 4l..4l+3 of its part (q, k or v)
 // and walks the run's tokens; every row is one 8-byte load per lane (256 contiguous bytes per
-// warp), all of them issued before any use (11 in flight per thread), and the conv weights of its
-// 4 channels stay in registers. The L2 norm's sum is a warp butterfly.
-__global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepParams p) {
+// warp; 16 and 512 in fp32), all of them issued before any use (11 in flight per thread), and the
+// conv weights of its 4 channels stay in registers. The L2 norm's sum is a warp butterfly.
+template <typename Act>
+__global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepParamsT<Act> p) {
+  using Vec = typename Vec4<Act>::type;
   constexpr int D = kKdaD;
   const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
   const int h = blockIdx.y, warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
@@ -35,12 +78,11 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
   const int tb = blockIdx.x * kPrepTokens + run * kPrepRun;  // first token of the run
   if (tb >= T) return;                                       // whole warps leave
   const int ch0 = part * HD + h * D + d0;
-  uint2 x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
+  Vec x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
 #pragma unroll
   for (int j = 0; j < kPrepRun + 3; ++j) {
     const int r = tb - 3 + j;
-    x[j] = r >= 0 && r < T ? *reinterpret_cast<const uint2*>(p.qkv + size_t(r) * C + ch0)
-                           : make_uint2(0, 0);
+    x[j] = r >= 0 && r < T ? *reinterpret_cast<const Vec*>(p.qkv + size_t(r) * C + ch0) : Vec{};
   }
   float4 w[4];
 #pragma unroll
@@ -48,15 +90,8 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
     w[e] = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(ch0 + e) * 4);
   // Row j as floats (converted at each use: keeping all 44 converted values live costs 36 more
   // registers than the raw rows).
-  auto row = [&](int j, float(&f)[4]) {
-    const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[j].x));
-    const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&x[j].y));
-    f[0] = lo.x;
-    f[1] = lo.y;
-    f[2] = hi.x;
-    f[3] = hi.y;
-  };
-  bf16* out = (part == 0 ? p.q : part == 1 ? p.k : p.v) + h * D + d0;
+  auto row = [&](int j, float(&f)[4]) { unpack4(x[j], f); };
+  Act* out = (part == 0 ? p.q : part == 1 ? p.k : p.v) + h * D + d0;
   // SiLU(conv) of token t = tb + i from its 4 taps, the L2 norm (q, k: the part is warp-uniform)
   // and the store.
   auto finish = [&](int t, const float(&tap)[4][4]) {
@@ -72,10 +107,8 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
       ss = warp_sum(ss);
       r = 1.f / sqrtf(ss + kKdaL2Eps) * (part == 0 ? 0.08838834764831845f : 1.f);  // q: D^-1/2
     }
-    uint2 y;
-    *reinterpret_cast<__nv_bfloat162*>(&y.x) = __floats2bfloat162_rn(u[0] * r, u[1] * r);
-    *reinterpret_cast<__nv_bfloat162*>(&y.y) = __floats2bfloat162_rn(u[2] * r, u[3] * r);
-    *reinterpret_cast<uint2*>(out + size_t(t) * HD) = y;
+    const float y[4] = {u[0] * r, u[1] * r, u[2] * r, u[3] * r};
+    store4(out + size_t(t) * HD, y);
   };
   int s = find_seq(p.cu_seqlens, p.num_seqs, tb);
   int start = __ldg(p.cu_seqlens + s), next = __ldg(p.cu_seqlens + s + 1);
@@ -104,7 +137,7 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
       if (t - 3 + k >= start) {
         row(i + k, tap[k]);
       } else {  // before the sequence: the conv state holds its last 3 inputs
-        const bf16* st =
+        const Act* st =
             p.conv_state + (size_t(__ldg(p.slots + s)) * C + ch0) * 3 + (t - start + k);
 #pragma unroll
         for (int e = 0; e < 4; ++e) tap[k][e] = to_f(st[e * 3]);
@@ -114,13 +147,14 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
   }
 }
 
-__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams p) {
+template <typename Act>
+__global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParamsT<Act> p) {
   const int s = blockIdx.y, ch = blockIdx.x * blockDim.x + threadIdx.x;
   const int C = 3 * p.num_heads * kKdaD;
   if (ch >= C) return;
   const int start = p.cu_seqlens[s], len = p.cu_seqlens[s + 1] - start;
-  bf16* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
-  bf16 nv[3];
+  Act* st = p.conv_state + (size_t(p.slots[s]) * C + ch) * 3;
+  Act nv[3];
 #pragma unroll
   for (int i = 0; i < 3; ++i) {
     const int idx = len + i;
@@ -130,29 +164,26 @@ __global__ void __launch_bounds__(256) kda_conv_state_kernel(const KdaPrepParams
   for (int i = 0; i < 3; ++i) st[i] = nv[i];
 }
 
-__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParams p) {
+template <typename Act>
+__global__ void __launch_bounds__(128) kda_gated_rmsnorm_kernel(const KdaGatedNormParamsT<Act> p) {
   const int row = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (row >= p.num_tokens * p.num_heads) return;
   const size_t base = size_t(row) * kKdaD + lane * 4;
-  const uint2 ov = *reinterpret_cast<const uint2*>(p.o + base);
-  const uint2 zv = *reinterpret_cast<const uint2*>(p.z + base);
-  const bf16* ob = reinterpret_cast<const bf16*>(&ov);
-  const bf16* zb = reinterpret_cast<const bf16*>(&zv);
+  using Vec = typename Vec4<Act>::type;
+  const Vec zv = *reinterpret_cast<const Vec*>(p.z + base);  // converted after the sum
   float x[4], ss = 0.f;
+  load4(p.o + base, x);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    x[i] = to_f(ob[i]);
-    ss += x[i] * x[i];
-  }
+  for (int i = 0; i < 4; ++i) ss += x[i] * x[i];
   ss = warp_sum(ss);
   const float r = 1.f / sqrtf(ss / kKdaD + kKdaNormEps);
   const float4 w = *reinterpret_cast<const float4*>(p.weight + lane * 4);
   const float wv[4] = {w.x, w.y, w.z, w.w};
-  uint2 yv;
-  bf16* yb = reinterpret_cast<bf16*>(&yv);
+  float z[4], y[4];
+  unpack4(zv, z);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) yb[i] = __float2bfloat16(x[i] * r * wv[i] * sigmoid(to_f(zb[i])));
-  *reinterpret_cast<uint2*>(p.y + base) = yv;
+  for (int i = 0; i < 4; ++i) y[i] = x[i] * r * wv[i] * sigmoid(z[i]);
+  store4(p.y + base, y);
 }
 
 }  // namespace kimi::cuda::kda

@@ -4,7 +4,10 @@
 
 namespace kimi::cuda {
 
-void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream) {
+namespace {
+
+template <typename T>
+void scan_recurrent(const KdaScanParamsT<T>& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "seqs ", p.num_seqs,
              ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
@@ -13,9 +16,18 @@ void run_kda_scan_recurrent(const KdaScanParams& p, cudaStream_t stream) {
                  p.w.dt_bias && p.state && p.o,
              "null pointer");
   constexpr int kCols = 32;
-  kda::kda_scan_recurrent_kernel<kCols>
+  kda::kda_scan_recurrent_kernel<kCols, T>
       <<<dim3(kKdaD / kCols, p.num_heads, p.num_seqs), 128, 0, stream>>>(p);
   KIMI_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void run_kda_scan_recurrent(const KdaScanParamsT<bf16>& p, cudaStream_t stream) {
+  scan_recurrent(p, stream);
+}
+void run_kda_scan_recurrent(const KdaScanParamsT<float>& p, cudaStream_t stream) {
+  scan_recurrent(p, stream);
 }
 
 }  // namespace kimi::cuda

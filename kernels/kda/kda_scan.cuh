@@ -8,17 +8,17 @@
 // columns; a CTA keeps its 128 × kCols slice of S in registers (kPasses float4 per thread) for the
 // whole sequence and reads/writes the state pool once. The next token's inputs are loaded while
 // the current one is processed.
-// Layouts: q, k, v [T, H, D] bf16; f [T, H·D], b [T, H] bf16 (g = −exp(A_log)·softplus(f +
-// dt_bias), β = sigmoid(b), formed per token); state [slots, H, D, D]; o [T, H, D]. Launch: grid
-// (kSplit, H, num_seqs), 128 threads.
+// Layouts: q, k, v [T, H, D]; f [T, H·D], b [T, H] (g = −exp(A_log)·softplus(f + dt_bias),
+// β = sigmoid(b), formed per token); all bf16, or fp32 for T = float (high precision); state
+// [slots, H, D, D]; o [T, H, D]. Launch: grid (kSplit, H, num_seqs), 128 threads.
 #pragma once
 
 #include "kda/kda_common.cuh"
 
 namespace kimi::cuda::kda {
 
-template <int kCols>
-__global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanParams p) {
+template <int kCols, typename T>
+__global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanParamsT<T> p) {
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -96,7 +96,7 @@ __global__ void __launch_bounds__(128) kda_scan_recurrent_kernel(const KdaScanPa
       const float kq = sm_qk[0] + sm_qk[1] + sm_qk[2] + sm_qk[3];
       const float br = beta * (sm_v[tid] - aj);
       sm_br[tid] = br;
-      p.o[size_t(t) * HD + h * D + c0 + tid] = __float2bfloat16(cj + br * kq);
+      store_f(p.o + size_t(t) * HD + h * D + c0 + tid, cj + br * kq);
     }
     __syncthreads();
     const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col4];

@@ -20,11 +20,24 @@ void run_embedding(const EmbeddingParams& p, cudaStream_t stream) {
   launch_kernel(misc::embedding_kernel, grid_for(int64_t(p.num_tokens) * p.dim), 256, kPdl, stream, p);
 }
 
-void run_silu_mul(const SiluMulParams& p, cudaStream_t stream) {
+namespace {
+template <typename OUT>
+void silu_mul(const SiluMulParams<OUT>& p, cudaStream_t stream) {
   KIMI_CHECK(p.rows >= 0 && p.dim > 0, "silu_mul rows ", p.rows, " dim ", p.dim);
   if (p.rows == 0) return;
   KIMI_CHECK(p.gate_up && p.out, "silu_mul: null pointer");
-  launch_kernel(misc::silu_mul_kernel, grid_for(p.rows * p.dim), 256, kPdl, stream, p);
+  launch_kernel(misc::silu_mul_kernel<OUT>, grid_for(p.rows * p.dim), 256, kPdl, stream, p);
+}
+}  // namespace
+
+void run_silu_mul(const SiluMulParams<bf16>& p, cudaStream_t stream) { silu_mul(p, stream); }
+void run_silu_mul(const SiluMulParams<float>& p, cudaStream_t stream) { silu_mul(p, stream); }
+
+void run_split_bf16(const SplitParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.n >= 0, "split n ", p.n);
+  if (p.n == 0) return;
+  KIMI_CHECK(p.x && p.hi, "split: null pointer");
+  launch_kernel(misc::split_bf16_kernel, grid_for(p.n), 256, kPdl, stream, p);
 }
 
 void run_random_fill(const RandomFillParams& p, cudaStream_t stream) {

@@ -18,7 +18,11 @@ __global__ void embedding_kernel(EmbeddingParams p) {
   }
 }
 
-__global__ void silu_mul_kernel(SiluMulParams p) {
+__device__ inline void store_as(bf16* p, float v) { *p = __float2bfloat16(v); }
+__device__ inline void store_as(float* p, float v) { *p = v; }
+
+template <typename OUT>
+__global__ void silu_mul_kernel(SiluMulParams<OUT> p) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
   const int64_t n = p.rows * p.dim;
@@ -27,7 +31,19 @@ __global__ void silu_mul_kernel(SiluMulParams p) {
     const int64_t r = i / p.dim, d = i % p.dim;
     const float g = p.gate_up[r * 2 * p.dim + d];
     const float u = p.gate_up[r * 2 * p.dim + p.dim + d];
-    p.out[i] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+    store_as(p.out + i, g / (1.f + __expf(-g)) * u);
+  }
+}
+
+__global__ void split_bf16_kernel(SplitParams p) {
+  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
+  pdl_wait();
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < p.n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float x = p.x[i];
+    const bf16 hi = __float2bfloat16(x);
+    p.hi[i] = hi;
+    if (p.lo) p.lo[i] = __float2bfloat16(x - __bfloat162float(hi));  // x − hi is exact in fp32
   }
 }
 

@@ -1,6 +1,8 @@
 // Small element-wise kernels of the model forward and start-up.
 //   embedding gather : x[t, :] = float(table[ids[t], :])       table [vocab, dim] bf16, x fp32
-//   silu_mul         : out[t, :] = SiLU(gu[t, 0:D]) · gu[t, D:2D] gu [T, 2D] bf16, out [T, D] bf16
+//   silu_mul         : out[t, :] = SiLU(gu[t, 0:D]) · gu[t, D:2D] gu [T, 2D] fp32, out [T, D] bf16
+//                      or fp32
+//   split            : hi = bf16(x), lo = bf16(x − hi)             x fp32, hi and lo bf16
 //   random fill      : weights drawn on the GPU from a counter-based RNG (--random-weights)
 // Launch shapes: grid-stride loops over elements, 256 threads per CTA.
 #pragma once
@@ -24,15 +26,28 @@ struct EmbeddingParams {
 };
 void run_embedding(const EmbeddingParams& p, cudaStream_t stream);
 
+// OUT: bf16 (SiLU(g)·u rounds once, as in the fused expert kernels) or fp32 (high precision:
+// the down projection splits it into hi/lo halves).
+template <typename OUT>
 struct SiluMulParams {
   int64_t rows = 0;
   int dim = 0;                 // D
-  // [rows, 2D]: gate | up, fp32 (unrounded GEMM output: SiLU(g)·u rounds once, to bf16, as in
-  // the fused expert kernels)
-  const float* gate_up = nullptr;
-  bf16* out = nullptr;            // [rows, D]
+  const float* gate_up = nullptr;  // [rows, 2D]: gate | up, fp32 (unrounded GEMM output)
+  OUT* out = nullptr;              // [rows, D]
 };
-void run_silu_mul(const SiluMulParams& p, cudaStream_t stream);
+void run_silu_mul(const SiluMulParams<bf16>& p, cudaStream_t stream);
+void run_silu_mul(const SiluMulParams<float>& p, cudaStream_t stream);
+
+// High-precision GEMM inputs (docs/precision.md): x = hi + lo to 2^-16 relative, both bf16, so
+// W·hi + W·lo with fp32 accumulation is W·x to ~16 significant bits of x. lo == nullptr: hi only
+// (a plain rounding of an fp32 result to bf16).
+struct SplitParams {
+  int64_t n = 0;
+  const float* x = nullptr;  // [n]
+  bf16* hi = nullptr;        // [n]
+  bf16* lo = nullptr;        // [n] or nullptr
+};
+void run_split_bf16(const SplitParams& p, cudaStream_t stream);
 
 // Distributions for drawn weights (the same families as kimi-make-tiny's src/model/tiny.cpp).
 enum class RandomDist {

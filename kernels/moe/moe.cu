@@ -108,6 +108,10 @@ void check_gemm(const MoeGemmParams& p) {
   KIMI_CHECK(p.block_m == 16 || p.block_m == 64 || p.block_m == 128,
              "moe block_m must be 16, 64 or 128, got ", p.block_m);
   KIMI_CHECK(p.workspace && p.x && p.w13 && p.w2 && p.act && p.y, "moe gemm: null pointer");
+  KIMI_CHECK(!p.x_lo == !p.act_lo, "moe gemm: the lo planes of x and act go together");
+  KIMI_CHECK(!p.split() || moe_gemm_path(p) != MoeGemmPath::kTiled,
+             "moe gemm: the tiled kernel has no hi/lo split input (block_m ", p.block_m,
+             "); use block_m 128 (wgmma) or a decode-sized step (gemv)");
 }
 
 template <bool SWIGLU>
@@ -133,7 +137,8 @@ MoeGemmPath moe_gemm_path(const MoeGemmParams& p) {
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   if (p.block_m != 16 || rows > int64_t(kMoeGemvMaxRowsPerExpert) * p.num_experts)
     return MoeGemmPath::kTiled;
-  // Staged rows beyond ~100 KB (hidden > ~3k) would leave one CTA per SM: keep the tiles there.
+  // Staged rows beyond ~100 KB (hidden > ~3k; both planes of a split input) would leave one CTA
+  // per SM: keep the tiles there.
   const size_t smem_cap = size_t(100) << 10;
   if (moe::moe_gemv_smem_bytes(p, true) > smem_cap || moe::moe_gemv_smem_bytes(p, false) > smem_cap)
     return MoeGemmPath::kTiled;

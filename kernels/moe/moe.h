@@ -142,10 +142,17 @@ struct MoeGemmParams {
   bf16* act = nullptr;              // [T·K, I]
   float* y = nullptr;               // [T·K, hidden]
   MoeGemmPath path = MoeGemmPath::kAuto;
+  // High precision (docs/precision.md), both or neither: the lo planes of x and act (x = hi + lo,
+  // each bf16; x and act hold the hi planes). Both GEMMs then run a second k pass over the lo plane
+  // with the same weights (W·hi + W·lo, one fp32 accumulator), and gate_up writes SiLU(g)·u split
+  // into act (hi) and act_lo. The gemv and wgmma kernels only (the tiled kernel refuses).
+  const bf16* x_lo = nullptr;       // [T, hidden]
+  bf16* act_lo = nullptr;           // [T·K, I]
+  bool split() const { return x_lo != nullptr; }
 };
 void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream);
 void run_moe_down(const MoeGemmParams& p, cudaStream_t stream);
-// The kernel run_moe_gate_up / run_moe_down launch for p: kTiled or kGemv, never kAuto.
+// The kernel run_moe_gate_up / run_moe_down launch for p: kTiled, kGemv or kWgmma, never kAuto.
 MoeGemmPath moe_gemm_path(const MoeGemmParams& p);
 namespace moe {
 // The gemv kernels (moe_gemv.cu); run_moe_gate_up / run_moe_down call it after their checks.

@@ -19,6 +19,9 @@
 //   tile, NT ≤ 2 tiles), loaded with the same k permutation; D is fp32 [16 columns][8 rows].
 //   The 8 k-split partial sums meet in shared memory (fixed order: deterministic), then the
 //   epilogue applies SiLU(g)·u (gate_up) and stores act / y.
+// SPLIT (high precision, moe.h): the rows' lo plane is staged after the hi plane and every weight
+//   chunk, loaded once, meets both (two MMAs into the same accumulators); gate_up stores SiLU(g)·u
+//   as act = bf16(v) and act_lo = bf16(v − act).
 #pragma once
 
 #include <cstdint>
@@ -38,7 +41,7 @@ __host__ __device__ constexpr int moe_gemv_lds(int K) {
 
 
 // NT: n tiles of 8 rows per pass (1 or 2); U: k chunks per warp in flight.
-template <bool SWIGLU, int NT, int U>
+template <bool SWIGLU, int NT, int U, bool SPLIT>
 __global__ void __launch_bounds__(kGvThreads, 2)
     moe_gemv_kernel(MoeGemmParams p, MoePermuteView v, int pass_rows) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -46,7 +49,7 @@ __global__ void __launch_bounds__(kGvThreads, 2)
   static_assert(NT == 1 || NT == 2, "n tiles per pass");
   extern __shared__ __align__(16) unsigned char gv_smem[];
   __shared__ int s_tile[3];                        // expert, first row, end row of this CTA's tile
-  bf16* xs = reinterpret_cast<bf16*>(gv_smem);     // [pass_rows][lds] staged input rows
+  bf16* xs = reinterpret_cast<bf16*>(gv_smem);     // [1 + SPLIT][pass_rows][lds] staged rows
   float* red = reinterpret_cast<float*>(gv_smem);  // [warp][rg][nt][4][lane] (after the k loop)
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
@@ -93,11 +96,13 @@ __global__ void __launch_bounds__(kGvThreads, 2)
     uint4 wv[U][2][2];
     gv_load_weights<U>(wv, wrow, wok, warp, K, t);  // in flight while the rows are staged
     const int pieces = K / 8;
+    [[maybe_unused]] const int64_t plane = int64_t(pass_rows) * lds;  // lo plane offset in xs
     for (int i = tid; i < rows * pieces; i += kGvThreads) {
       const int r = i / pieces, k = (i - r * pieces) * 8;
-      const bf16* src = SWIGLU ? p.x + int64_t(v.row_token[r0 + r]) * p.hidden + k
-                               : p.act + int64_t(r0 + r) * p.inter + k;
-      cp_async16(xs + r * lds + k, src);
+      const int64_t off = SWIGLU ? int64_t(v.row_token[r0 + r]) * p.hidden + k
+                                 : int64_t(r0 + r) * p.inter + k;
+      cp_async16(xs + r * lds + k, (SWIGLU ? p.x : p.act) + off);
+      if constexpr (SPLIT) cp_async16(xs + plane + r * lds + k, (SWIGLU ? p.x_lo : p.act_lo) + off);
     }
     cp_async_commit();
     cp_async_wait<0>();
@@ -126,6 +131,17 @@ __global__ void __launch_bounds__(kGvThreads, 2)
         }
         gv_mma_step<0, NT>(acc, wv[u], b, second_tile);
         gv_mma_step<1, NT>(acc, wv[u], b, second_tile);
+        if constexpr (SPLIT) {  // the same weights against the lo plane
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const int slot = nt * 8 + g;
+            b[nt] = make_uint4(0, 0, 0, 0);
+            if (k < K && slot < rows)
+              b[nt] = *reinterpret_cast<const uint4*>(xs + plane + slot * lds + k);
+          }
+          gv_mma_step<0, NT>(acc, wv[u], b, second_tile);
+          gv_mma_step<1, NT>(acc, wv[u], b, second_tile);
+        }
       }
       if (c0 + kGvWarps * U < KC) gv_load_weights<U>(wv, wrow, wok, c0 + kGvWarps * U, K, t);
     }
@@ -154,7 +170,10 @@ __global__ void __launch_bounds__(kGvThreads, 2)
         if constexpr (SWIGLU) s1 += red[(((w * 2 + 1) * NT + nt) * 4 + j) * 32 + l];
       }
       if constexpr (SWIGLU) {
-        p.act[int64_t(r) * p.inter + n] = __float2bfloat16(s0 / (1.f + __expf(-s0)) * s1);
+        const float a = s0 / (1.f + __expf(-s0)) * s1;
+        const bf16 hi = __float2bfloat16(a);
+        p.act[int64_t(r) * p.inter + n] = hi;
+        if constexpr (SPLIT) p.act_lo[int64_t(r) * p.inter + n] = __float2bfloat16(a - __bfloat162float(hi));
       } else {
         p.y[int64_t(r) * p.hidden + n] = s0;
       }

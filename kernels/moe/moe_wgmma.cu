@@ -9,7 +9,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -18,7 +18,7 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
-  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU>;
+  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU, SPLIT>;
   // Per launch: the attribute belongs to the current device; legal during stream capture.
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
@@ -26,14 +26,22 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool SWIGLU, bool MMA_IN_FLIGHT>
+template <bool SWIGLU, bool MMA_IN_FLIGHT, bool SPLIT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   constexpr bool F = MMA_IN_FLIGHT;
-  if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, SWIGLU>(p, stream);
-  if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, SWIGLU>(p, stream);
-  if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, SWIGLU>(p, stream);
-  if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, SWIGLU>(p, stream);
+  if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, SWIGLU, SPLIT>(p, stream);
   KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
+}
+
+template <bool SWIGLU, bool SPLIT>
+void launch_flight(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
+  if (t.mma_in_flight)
+    launch_tile<SWIGLU, true, SPLIT>(p, t, stream);
+  else
+    launch_tile<SWIGLU, false, SPLIT>(p, t, stream);
 }
 
 }  // namespace
@@ -43,19 +51,16 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
              ", got ", p.block_m);
   for (const void* ptr : {static_cast<const void*>(p.x), static_cast<const void*>(p.w13),
                           static_cast<const void*>(p.w2), static_cast<const void*>(p.act),
-                          static_cast<const void*>(p.y)})
+                          static_cast<const void*>(p.y), static_cast<const void*>(p.x_lo),
+                          static_cast<const void*>(p.act_lo)})
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
-               "moe wgmma: x, w13, w2, act and y must be 16-byte aligned");
+               "moe wgmma: x, w13, w2, act, y and the lo planes must be 16-byte aligned");
   if (swiglu) {
-    if (tile.mma_in_flight)
-      launch_tile<true, true>(p, tile, stream);
-    else
-      launch_tile<true, false>(p, tile, stream);
+    if (p.split()) launch_flight<true, true>(p, tile, stream);
+    else launch_flight<true, false>(p, tile, stream);
   } else {
-    if (tile.mma_in_flight)
-      launch_tile<false, true>(p, tile, stream);
-    else
-      launch_tile<false, false>(p, tile, stream);
+    if (p.split()) launch_flight<false, true>(p, tile, stream);
+    else launch_flight<false, false>(p, tile, stream);
   }
 }
 

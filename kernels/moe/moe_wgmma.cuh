@@ -21,6 +21,9 @@
 // expert usually fills only the first half).
 // Epilogue: straight from the accumulators (thread owns rows lane/4 and lane/4 + 8 of its warp's
 // 16, two adjacent columns per 8): bf16x2 act stores or float2 y stores.
+// SPLIT (high precision, moe.h): 2·⌈K/64⌉ k steps, the second half over the lo plane of the input
+// with the same weights (one accumulator: W·hi + W·lo); gate_up stores act = bf16(v) and
+// act_lo = bf16(v − act).
 // Deterministic: a fixed k order per output value, no atomics.
 #pragma once
 
@@ -67,7 +70,7 @@ __device__ __forceinline__ WgTile wg_find_tile(const MoePermuteView& v, int E, i
 // 4j + 2·half + c is row lane/4 + 8·half of the warp's 16, column 8j + 2·(lane % 4) + c.
 // row_base: the row of this thread's half 0. gate_up: column groups j < BN/16 are gate rows,
 // j + BN/16 the matching up rows.
-template <int BN, bool SWIGLU>
+template <int BN, bool SWIGLU, bool SPLIT>
 __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN / 128][64],
                                          int row_base, int m_end, int n0, int lane) {
   const int N = SWIGLU ? p.inter : p.hidden;
@@ -87,8 +90,14 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
                     g1 = acc[j / 16][4 * (j % 16) + 2 * half + 1];
         const float u0 = acc[ju / 16][4 * (ju % 16) + 2 * half],
                     u1 = acc[ju / 16][4 * (ju % 16) + 2 * half + 1];
-        *reinterpret_cast<__nv_bfloat162*>(out + n) =
-            __floats2bfloat162_rn(g0 / (1.f + __expf(-g0)) * u0, g1 / (1.f + __expf(-g1)) * u1);
+        const float a0 = g0 / (1.f + __expf(-g0)) * u0, a1 = g1 / (1.f + __expf(-g1)) * u1;
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(a0, a1);
+        *reinterpret_cast<__nv_bfloat162*>(out + n) = hi;
+        if constexpr (SPLIT) {
+          const float2 h = __bfloat1622float2(hi);
+          *reinterpret_cast<__nv_bfloat162*>(p.act_lo + int64_t(r) * p.inter + n) =
+              __floats2bfloat162_rn(a0 - h.x, a1 - h.y);
+        }
       }
     } else {
       float* out = p.y + int64_t(r) * p.hidden;
@@ -116,7 +125,7 @@ __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t
   }
 }
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU>
+template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU, bool SPLIT>
 __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
     moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
   using Shape = WgmmaShape<BN, STAGES>;
@@ -162,15 +171,20 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
     const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
     b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
   }
-  const int KT = (Kd + kWgK - 1) / kWgK;
+  const int KTd = (Kd + kWgK - 1) / kWgK;  // k steps of one plane
+  const int KT = SPLIT ? 2 * KTd : KTd;
   auto issue = [&](int kt) {
     const uint32_t st = uint32_t((kt % STAGES) * Shape::kStageBytes);
-    const int k = kt * kWgK + piece * 8;
+    const bool lo = SPLIT && kt >= KTd;
+    const int k = (lo ? kt - KTd : kt) * kWgK + piece * 8;
     const bool k_ok = k < Kd;
 #pragma unroll
     for (int i = 0; i < kAPieces; ++i) {
       const bool ok = k_ok && a_src[i];
-      cp_async16(smem + st + (row0 + 32 * i) * 128 + dst_in_row, ok ? a_src[i] + k : p.w2, ok);
+      const bf16* src = a_src[i] + k;
+      if (lo && a_src[i])  // the same row of the lo plane
+        src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
+      cp_async16(smem + st + (row0 + 32 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
     }
 #pragma unroll
     for (int i = 0; i < kBPieces; ++i) {
@@ -218,7 +232,7 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
   for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
 
   const int warp = (tid % 128) / 32, lane = tid % 32;
-  wg_store<BN, SWIGLU>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
+  wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
 }
 
 }  // namespace kimi::cuda::moe

@@ -132,6 +132,7 @@ OfflineResults run_offline(const OfflineOptions& o) {
   mo.backend = o.backend;
   mo.tensor_parallel = o.tensor_parallel;
   mo.expert_parallel = o.expert_parallel;
+  mo.precision = parse_precision(o.precision);
   mo.cache.num_slots = max_batch;
   mo.cache.num_blocks = max_batch * bps;
   mo.max_batch_tokens = std::max(o.prefill_chunk, max_batch);  // CUDA: the activation arena's size

@@ -1,11 +1,16 @@
 // CudaModel::forward: per-step metadata (one H2D copy), then the layers as straight-line calls
 // of the launchers, every projection through cuBLASLt with fp32 accumulation.
+// High precision (ModelOptions::precision, docs/precision.md): the block inputs stay fp32 (act.hf),
+// every large-share GEMM input is split into bf16 hi + lo planes (split_input) and its GEMM runs
+// over both (Gemm::run_hilo, or the expert kernels' second k pass), KDA runs in fp32 through the
+// prep, the recurrent scan and the gated norm at every step.
 #if KIMI_HAVE_CUDA
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <type_traits>
 
 #include <spdlog/spdlog.h>
 #if KIMI_HAVE_NCCL
@@ -75,24 +80,41 @@ void all_reduce_residual(CudaModel::Impl& m, int T) {
 #endif
 }
 
-void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s) {
+// High precision: x [rows, cols] fp32 into the hi plane (act.planes) and the lo plane after it
+// (rows·cols further), the input of a Gemm::run_hilo with lo offset rows·cols.
+const bf16* split_input(CudaModel::Impl& m, const float* x, int rows, int cols) {
+  const int64_t n = int64_t(rows) * cols;
+  cuda::SplitParams p;
+  p.n = n;
+  p.x = x;
+  p.hi = m.act.planes;
+  p.lo = m.act.planes + n;
+  cuda::run_split_bf16(p, m.stream);
+  return m.act.planes;
+}
+
+// The KDA mixer on activations of type E: bf16, or fp32 in high precision (hi/lo split GEMM
+// inputs, fp32 projections and prep, the recurrent scan at every step).
+template <typename E>
+void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s, const KdaActs<E>& A) {
+  constexpr bool kHigh = std::is_same_v<E, float>;
+  constexpr GemmOut kOut = kHigh ? GemmOut::kF32 : GemmOut::kBF16;
   const ModelConfig& c = m.cfg;
   const int T = s.T, H = c.kda_num_heads, D = kKdaHeadDim, HD = H * D, hid = c.hidden_size;
-  auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
   {  // q/k/v, the f/g low-rank halves and beta read the same input: one launch at decode
-    const GemmArgs proj[] = {
-        cuda::Gemm::linear_args(A.a, w.qkv, A.qkv, T, 3 * HD, hid, GemmOut::kBF16),
-        cuda::Gemm::linear_args(A.a, w.fg_a, A.low, T, 2 * D, hid, GemmOut::kBF16),
-        cuda::Gemm::linear_args(A.a, w.b, A.bb, T, H, hid, GemmOut::kBF16)};
-    g.run_group(proj, 3, m.stream);
+    const bf16* in = kHigh ? split_input(m, m.act.hf, T, hid) : m.act.a;
+    const GemmArgs proj[] = {cuda::Gemm::linear_args(in, w.qkv, A.qkv, T, 3 * HD, hid, kOut),
+                             cuda::Gemm::linear_args(in, w.fg_a, A.low, T, 2 * D, hid, kOut),
+                             cuda::Gemm::linear_args(in, w.b, A.bb, T, H, hid, kOut)};
+    if constexpr (kHigh) g.run_hilo(proj, 3, int64_t(T) * hid, m.stream);
+    else g.run_group(proj, 3, m.stream);
   }
   {  // f = W_fb (W_fa a), z = W_gb (W_ga a): one launch, batch 2 (A.z follows A.f in the arena)
     GemmArgs ga;
     ga.M = T;
     ga.N = HD;
     ga.K = D;
-    ga.A = A.low;
     ga.lda = 2 * D;
     ga.stride_a = D;
     ga.B = w.fg_b;
@@ -102,31 +124,43 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     ga.ldc = HD;
     ga.stride_c = int64_t(m.Tm) * HD;
     ga.batch = 2;
-    g.run(ga, m.stream);
+    ga.out = kOut;
+    if constexpr (kHigh) {
+      ga.A = split_input(m, A.low, T, 2 * D);
+      g.run_hilo(&ga, 1, int64_t(T) * 2 * D, m.stream);
+    } else {
+      ga.A = A.low;
+      g.run(ga, m.stream);
+    }
   }
   cuda::KdaWeights kw;
   kw.conv_weight = w.conv;
   kw.A_log = w.A_log;
   kw.dt_bias = w.dt_bias;
   kw.o_norm = w.o_norm;
-  bf16* conv_state = m.conv_state + size_t(kind) * m.cache.num_slots * m.conv_per_slot;
+  E* conv_state = static_cast<E*>(m.conv_state) + size_t(kind) * m.cache.num_slots * m.conv_per_slot;
   float* state = m.kda_state + size_t(kind) * m.cache.num_slots * m.state_per_slot;
-  if (T == s.S && m.kda_path == 0) {  // every sequence decodes one token: the fused step
-    cuda::KdaDecodeParams p;
-    p.batch = T;
-    p.num_heads = H;
-    p.slots = s.slots;
-    p.qkv = A.qkv;
-    p.f = A.f;
-    p.b = A.bb;
-    p.z = A.z;
-    p.w = kw;
-    p.conv_state = conv_state;
-    p.state = state;
-    p.y = A.y;
-    cuda::run_kda_decode(p, m.stream);
-  } else {
-    cuda::KdaPrepParams pp;
+  bool fused = false;
+  if constexpr (!kHigh) {  // the fused decode step is bf16 only
+    fused = T == s.S && m.kda_path == 0;
+    if (fused) {  // every sequence decodes one token: the fused step
+      cuda::KdaDecodeParams p;
+      p.batch = T;
+      p.num_heads = H;
+      p.slots = s.slots;
+      p.qkv = A.qkv;
+      p.f = A.f;
+      p.b = A.bb;
+      p.z = A.z;
+      p.w = kw;
+      p.conv_state = conv_state;
+      p.state = state;
+      p.y = A.y;
+      cuda::run_kda_decode(p, m.stream);
+    }
+  }
+  if (!fused) {
+    cuda::KdaPrepParamsT<E> pp;
     pp.num_seqs = s.S;
     pp.num_tokens = T;
     pp.num_heads = H;
@@ -141,7 +175,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     pp.k = A.k;
     pp.v = A.v;
     cuda::run_kda_prep(pp, m.stream);
-    cuda::KdaScanParams sp;
+    cuda::KdaScanParamsT<E> sp;
     sp.num_seqs = s.S;
     sp.num_tokens = T;
     sp.num_heads = H;
@@ -155,19 +189,22 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     sp.w = kw;
     sp.state = state;
     sp.o = A.o;
-    if (s.num_chunks > 0) {
-      cuda::KdaChunkedArgs ca;
-      ca.num_chunks = s.num_chunks;
-      ca.chunk_seq = s.chunk_seq;
-      ca.chunk_start = s.chunk_start;
-      ca.seq_first_chunk = s.seq_first_chunk;
-      ca.workspace = A.kda_ws;
-      ca.workspace_bytes = A.kda_ws_bytes;
-      cuda::run_kda_chunked(sp, ca, m.stream);
-    } else {
-      cuda::run_kda_scan_recurrent(sp, m.stream);
+    bool chunked = false;
+    if constexpr (!kHigh) {  // high precision plans no chunks: the recurrent scan is exact
+      chunked = s.num_chunks > 0;
+      if (chunked) {
+        cuda::KdaChunkedArgs ca;
+        ca.num_chunks = s.num_chunks;
+        ca.chunk_seq = s.chunk_seq;
+        ca.chunk_start = s.chunk_start;
+        ca.seq_first_chunk = s.seq_first_chunk;
+        ca.workspace = m.act.kda_ws;
+        ca.workspace_bytes = m.act.kda_ws_bytes;
+        cuda::run_kda_chunked(sp, ca, m.stream);
+      }
     }
-    cuda::KdaGatedNormParams np;
+    if (!chunked) cuda::run_kda_scan_recurrent(sp, m.stream);
+    cuda::KdaGatedNormParamsT<E> np;
     np.num_tokens = T;
     np.num_heads = H;
     np.o = A.o;
@@ -176,7 +213,13 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s)
     np.y = A.y;
     cuda::run_kda_gated_rmsnorm(np, m.stream);
   }
-  g.linear(A.y, w.o, A.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));  // x += o_proj(y)
+  if constexpr (kHigh) {  // x += o_proj(y)
+    const GemmArgs o = cuda::Gemm::linear_args(split_input(m, A.y, T, HD), w.o, m.act.x, T, hid, HD,
+                                               GemmOut::kF32, residual_beta(m));
+    g.run_hilo(&o, 1, int64_t(T) * HD, m.stream);
+  } else {
+    g.linear(A.y, w.o, m.act.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));
+  }
 }
 
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
@@ -248,8 +291,21 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
   auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
-  g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
-  g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
+  if (m.high) {  // q and the latent from the split input; q is then rounded for the MLA kernels
+    const bf16* in = split_input(m, A.hf, T, hid);
+    const GemmArgs proj[] = {
+        cuda::Gemm::linear_args(in, w.q, A.mq32, T, H * kMlaQkDim, hid, GemmOut::kF32),
+        cuda::Gemm::linear_args(in, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32)};
+    g.run_hilo(proj, 2, int64_t(T) * hid, m.stream);
+    cuda::SplitParams r;
+    r.n = int64_t(T) * H * kMlaQkDim;
+    r.x = A.mq32;
+    r.hi = A.mq;
+    cuda::run_split_bf16(r, m.stream);
+  } else {
+    g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
+    g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
+  }
   bf16* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_per_block;
   cuda::MlaCacheWriteParams wp;
   wp.num_seqs = s.S;
@@ -286,11 +342,27 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
 
 
 // x += down(SiLU(gate a) ⊙ up a); beta 0 overwrites x (a tensor-parallel rank's partial).
+// High precision: a (act.hf) and the activation split into hi/lo planes.
 void mlp(CudaModel::Impl& m, const DevMlp& w, int T, float beta) {
   const int hid = m.cfg.hidden_size;
   auto& A = m.act;
+  if (m.high) {
+    const GemmArgs gu = cuda::Gemm::linear_args(split_input(m, A.hf, T, hid), w.gate_up, A.gu, T,
+                                                2 * w.inter, hid, GemmOut::kF32);
+    m.gemm->run_hilo(&gu, 1, int64_t(T) * hid, m.stream);
+    cuda::SiluMulParams<float> sp;
+    sp.rows = T;
+    sp.dim = w.inter;
+    sp.gate_up = A.gu;
+    sp.out = A.act32;
+    cuda::run_silu_mul(sp, m.stream);
+    const GemmArgs down = cuda::Gemm::linear_args(split_input(m, A.act32, T, w.inter), w.down, A.x,
+                                                  T, hid, w.inter, GemmOut::kF32, beta);
+    m.gemm->run_hilo(&down, 1, int64_t(T) * w.inter, m.stream);
+    return;
+  }
   m.gemm->linear(A.a, w.gate_up, A.gu, T, 2 * w.inter, hid, GemmOut::kF32, m.stream);
-  cuda::SiluMulParams sp;
+  cuda::SiluMulParams<bf16> sp;
   sp.rows = T;
   sp.dim = w.inter;
   sp.gate_up = A.gu;
@@ -336,6 +408,10 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   gp.block_m = block_m;
   gp.hidden = hid;
   gp.inter = c.moe_intermediate_size;
+  if (m.high) {  // the experts read hf split into the planes (written below, after the routing)
+    gp.x_lo = A.planes + int64_t(T) * hid;
+    gp.act_lo = A.moe_act_lo;
+  }
   // Decode-sized steps run the shared expert as expert E in the same small-M launches (3 fewer
   // launches per layer); larger steps run it through cuBLASLt.
   const bool fuse = w.shared_in_experts && El + 1 <= 1024 &&
@@ -343,6 +419,8 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   const int Ek = El + fuse, Kk = K + fuse;
   gp.num_experts = Ek;
   gp.top_k = Kk;
+  // The tiled kernel has no split input: high precision takes the wgmma tiles there instead.
+  if (m.high && cuda::moe_gemm_path(gp) == cuda::MoeGemmPath::kTiled) gp.block_m = block_m = 128;
   cuda::MoeRouteParams rp;
   rp.num_tokens = T;
   rp.num_experts = E;
@@ -364,7 +442,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   const bool decode_route = block_m == 16 && T <= std::min(kFusedRouteMaxTokens, cuda::moe_route_decode_max_tokens(E)) &&
                             hid % 4 == 0;
   const bool fuse_norm = decode_route && m.fuse_norms;
-  if (!fuse_norm) rmsnorm(m, post_norm, T, nullptr, A.a, A.hf);
+  if (!fuse_norm) rmsnorm(m, post_norm, T, nullptr, A.a, A.hf);  // a: null in high precision
   if (decode_route) {
     // Decode: (the norm,) router logits, routing and permutation in one launch.
     cuda::MoeRouteDecodeParams dp;
@@ -408,7 +486,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     cuda::run_moe_permute(pp, m.stream);
   }
   gp.workspace = A.perm_ws;
-  gp.x = A.a;
+  gp.x = m.high ? split_input(m, A.hf, T, hid) : A.a;
   gp.w13 = w.w13;
   gp.w2 = w.w2;
   gp.act = A.moe_act;
@@ -659,9 +737,11 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
     bool in_normed = false;  // act.a already holds this layer's normed input
     for (int l = 0; l < c.num_hidden_layers; ++l) {
       const DevLayer& L = m.layers[l];
-      if (!in_normed) rmsnorm(m, L.in_norm, T, nullptr, m.act.a);
-      if (c.is_kda(l)) kda_mixer(m, L.kda, c.kind_index(l), sm);
-      else mla_mixer(m, L.mla, c.kind_index(l), sm);
+      // High precision: the block input in fp32 only (act.a is not allocated).
+      if (!in_normed) rmsnorm(m, L.in_norm, T, nullptr, m.act.a, m.high ? m.act.hf : nullptr);
+      if (!c.is_kda(l)) mla_mixer(m, L.mla, c.kind_index(l), sm);
+      else if (m.high) kda_mixer(m, L.kda, c.kind_index(l), sm, m.act.kda32);
+      else kda_mixer(m, L.kda, c.kind_index(l), sm, m.act.kda);
       all_reduce_residual(m, T);
       mark(2 * l + 1);
       in_normed = false;
@@ -669,7 +749,7 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
         const bool next = l + 1 < c.num_hidden_layers;
         in_normed = moe(m, L.moe, L.post_norm, next ? m.layers[l + 1].in_norm : nullptr, T);
       } else {
-        rmsnorm(m, L.post_norm, T, nullptr, m.act.a);
+        rmsnorm(m, L.post_norm, T, nullptr, m.act.a, m.high ? m.act.hf : nullptr);
         mlp(m, L.mlp, T, residual_beta(m));
       }
       all_reduce_residual(m, T);

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <spdlog/spdlog.h>
+
 #include "core/check.h"
 #include "kda/kda.h"
 #include "launch.h"
@@ -68,6 +70,18 @@ void check_config(const ModelConfig& c) {
   }
 }
 
+// One step's KDA activations: T tokens of H heads (f and z adjacent: one batched GEMM writes both).
+template <typename E>
+void carve_kda(Carver& c, KdaActs<E>& a, size_t T, size_t H) {
+  const size_t HD = H * kKdaHeadDim;
+  a.qkv = c.take<E>(T * 3 * HD);
+  a.low = c.take<E>(T * 2 * kKdaHeadDim);
+  a.bb = c.take<E>(T * H);
+  a.f = c.take<E>(2 * T * HD);
+  a.z = a.f ? a.f + T * HD : nullptr;
+  for (E** p : {&a.q, &a.k, &a.v, &a.o, &a.y}) *p = c.take<E>(T * HD);
+}
+
 }  // namespace
 
 void CudaModel::Impl::drop_graphs() {
@@ -88,21 +102,23 @@ CudaModel::Impl::~Impl() {
 size_t CudaModel::Impl::layout_arena(Carver& c) {
   const int T = Tm, hd = cfg.hidden_size;
   act.x = c.take<float>(size_t(T) * hd);
-  act.a = c.take<bf16>(size_t(T) * hd);
+  if (!high) act.a = c.take<bf16>(size_t(T) * hd);
+  // High precision: every block input stays fp32 (hf) and each split GEMM input passes through
+  // the hi/lo planes, sized for the widest (hidden, H·D, 2·D, the dense intermediate).
+  size_t max_k = size_t(hd);
   if (cfg.num_kda_layers() > 0) {
     const size_t HD = size_t(cfg.kda_num_heads) * kKdaHeadDim;
-    act.qkv = c.take<bf16>(T * 3 * HD);
-    act.low = c.take<bf16>(size_t(T) * 2 * kKdaHeadDim);
-    act.bb = c.take<bf16>(size_t(T) * cfg.kda_num_heads);
-    act.f = c.take<bf16>(2 * T * HD);  // f | z: one batched GEMM writes both
-    act.z = act.f + T * HD;
-    for (bf16** p : {&act.q, &act.k, &act.v, &act.o, &act.y}) *p = c.take<bf16>(T * HD);
-    act.kda_ws_bytes = cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
+    max_k = std::max(max_k, HD);
+    if (high) carve_kda(c, act.kda32, T, cfg.kda_num_heads);
+    else carve_kda(c, act.kda, T, cfg.kda_num_heads);
+    // High precision runs the recurrent scan only: no chunked workspace.
+    act.kda_ws_bytes = high ? 0 : cuda::kda_chunked_workspace_bytes(kda_chunk_cap, cfg.kda_num_heads);
     act.kda_ws = c.take<uint8_t>(act.kda_ws_bytes);
   }
   if (cfg.num_mla_layers() > 0) {
     const size_t Hm = cfg.num_attention_heads;
     act.mq = c.take<bf16>(T * Hm * kMlaQkDim);
+    if (high) act.mq32 = c.take<float>(T * Hm * kMlaQkDim);
     act.latent = c.take<float>(size_t(T) * kMlaCacheDim);
     act.q_abs = c.take<bf16>(T * Hm * kMlaLatentDim);
     act.u = c.take<bf16>(T * Hm * kMlaLatentDim);
@@ -119,17 +135,21 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     inter = std::max(inter, cfg.is_moe(l) ? shared_expert_inter(full_cfg, tp.world)
                                           : cfg.intermediate_size);
   act.gu = c.take<float>(size_t(T) * 2 * inter);
-  act.act = c.take<bf16>(size_t(T) * inter);
+  if (high) act.act32 = c.take<float>(size_t(T) * inter);
+  else act.act = c.take<bf16>(size_t(T) * inter);
+  max_k = std::max(max_k, size_t(inter));
+  if (cfg.num_experts > 0 || high) act.hf = c.take<float>(size_t(T) * hd);
+  if (high) act.planes = c.take<bf16>(2 * size_t(T) * max_k);
   if (cfg.num_experts > 0) {
     // Room for the shared expert as one more expert of each token (decode steps).
     const int E = cfg.num_experts + 1, K = cfg.num_experts_per_token + 1;
-    act.hf = c.take<float>(size_t(T) * hd);
     act.router_logits = c.take<float>(size_t(T) * E);
     act.route_ticket = c.take<int>(1);
     act.route_w = c.take<float>(size_t(T) * K);
     act.route_ids = c.take<int>(size_t(T) * K);
     act.perm_ws = c.take<int>(cuda::moe_permute_workspace_ints(E, int64_t(T) * K));
     act.moe_act = c.take<bf16>(size_t(T) * K * cfg.moe_intermediate_size);
+    if (high) act.moe_act_lo = c.take<bf16>(size_t(T) * K * cfg.moe_intermediate_size);
     act.moe_y = c.take<float>(size_t(T) * K * hd);
   }
   act.final_x = c.take<bf16>(size_t(logit_rows) * hd);
@@ -145,7 +165,9 @@ CudaModel::Impl::Sizes CudaModel::Impl::plan_sizes() {
   conv_per_slot = C * (kKdaConvSize - 1);
   state_per_slot = size_t(cfg.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
   mla_per_block = size_t(kBlockSize) * kMlaCacheDim;
-  sz.slot = size_t(cfg.num_kda_layers()) * (conv_per_slot * 2 + state_per_slot * 4);
+  high = opts.precision == Precision::kHigh;
+  conv_elem = high ? 4 : 2;  // the conv state holds the projections' precision
+  sz.slot = size_t(cfg.num_kda_layers()) * (conv_per_slot * conv_elem + state_per_slot * 4);
   sz.block = size_t(cfg.num_mla_layers()) * mla_per_block * 2;
   Tm = opts.max_batch_tokens;
   logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(cfg.vocab_size) * 4), 1, Tm));
@@ -264,6 +286,10 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v == "chunked") m.kda_path = 2;
     else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
   }
+  if (m.high) {  // fp32 KDA runs the recurrent scan; the fused decode and chunked kernels are bf16
+    if (m.kda_path == 2) fail("KIMI_CUDA_KDA=chunked has no high-precision kernel (--precision high)");
+    m.kda_path = 1;
+  }
   if (const char* e = std::getenv("KIMI_CUDA_MLA")) {  // attention kernels (comparison)
     const std::string v = e;
     if (v == "cuda_cores") m.mla_tensor_cores = false;
@@ -279,6 +305,8 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     const std::string v = e;
     if (v == "tiled") m.moe_wgmma = false;
     else if (v != "wgmma") fail("KIMI_CUDA_MOE must be wgmma or tiled, got '", v, "'");
+    if (m.high && !m.moe_wgmma)
+      fail("KIMI_CUDA_MOE=tiled has no hi/lo split input (--precision high)");
   }
   if (const char* e = std::getenv("KIMI_CUDA_PDL")) {  // programmatic dependent launches
     const std::string v = e;
@@ -289,6 +317,11 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     const std::string v = e;
     if (v == "0") m.fuse_norms = false;
     else if (v != "1") fail("KIMI_CUDA_FUSE_NORM must be 0 or 1, got '", v, "'");
+  }
+  if (m.high) {
+    m.fuse_norms = false;  // the fused norms write bf16 block inputs only
+    spdlog::info("cuda: precision high: split hi/lo GEMM inputs, fp32 KDA through the recurrent "
+                 "scan at every step, separate RMSNorm launches (docs/precision.md)");
   }
   if (const char* e = std::getenv("KIMI_CUDA_GRAPHS")) {  // decode steps eagerly (comparison)
     const std::string v = e;
@@ -307,7 +340,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   m.layout_weights(wc2);
   m.cache_buf = cuda::DeviceBuffer<uint8_t>(cbytes);
   Carver cc{m.cache_buf.data()};
-  m.conv_state = cc.take<bf16>(size_t(Lk) * m.cache.num_slots * m.conv_per_slot);
+  m.conv_state = cc.take<uint8_t>(size_t(Lk) * m.cache.num_slots * m.conv_per_slot * m.conv_elem);
   m.kda_state = cc.take<float>(size_t(Lk) * m.cache.num_slots * m.state_per_slot);
   m.mla_cache = cc.take<bf16>(size_t(Lm) * m.cache.num_blocks * m.mla_per_block);
   m.cache_buf.fill_bytes(0);
@@ -386,7 +419,8 @@ void CudaModel::reset_slot(int slot) {
   KIMI_CHECK(slot >= 0 && slot < m.cache.num_slots, "slot ", slot);
   for (int l = 0; l < m.cfg.num_kda_layers(); ++l) {
     const size_t base = size_t(l) * m.cache.num_slots + slot;
-    CUDA_CHECK(cudaMemsetAsync(m.conv_state + base * m.conv_per_slot, 0, m.conv_per_slot * 2, m.stream));
+    CUDA_CHECK(cudaMemsetAsync(static_cast<uint8_t*>(m.conv_state) + base * m.conv_per_slot * m.conv_elem, 0,
+                               m.conv_per_slot * m.conv_elem, m.stream));
     CUDA_CHECK(cudaMemsetAsync(m.kda_state + base * m.state_per_slot, 0, m.state_per_slot * 4, m.stream));
   }
 }
@@ -396,8 +430,9 @@ void CudaModel::copy_slot(int src, int dst) {
   KIMI_CHECK(src >= 0 && src < m.cache.num_slots && dst >= 0 && dst < m.cache.num_slots);
   for (int l = 0; l < m.cfg.num_kda_layers(); ++l) {
     const size_t s = size_t(l) * m.cache.num_slots + src, d = size_t(l) * m.cache.num_slots + dst;
-    CUDA_CHECK(cudaMemcpyAsync(m.conv_state + d * m.conv_per_slot, m.conv_state + s * m.conv_per_slot,
-                               m.conv_per_slot * 2, cudaMemcpyDeviceToDevice, m.stream));
+    uint8_t* conv = static_cast<uint8_t*>(m.conv_state);
+    const size_t cb = m.conv_per_slot * m.conv_elem;
+    CUDA_CHECK(cudaMemcpyAsync(conv + d * cb, conv + s * cb, cb, cudaMemcpyDeviceToDevice, m.stream));
     CUDA_CHECK(cudaMemcpyAsync(m.kda_state + d * m.state_per_slot, m.kda_state + s * m.state_per_slot,
                                m.state_per_slot * 4, cudaMemcpyDeviceToDevice, m.stream));
   }

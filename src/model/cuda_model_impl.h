@@ -92,6 +92,12 @@ struct WeightFill {
   std::vector<WeightPart> parts;
 };
 
+// The KDA activations of one step: bf16, or fp32 in high precision (ModelOptions::precision).
+template <typename T>
+struct KdaActs {
+  T *qkv, *low, *bb, *f, *z, *q, *k, *v, *o, *y;
+};
+
 struct CudaModel::Impl {
   ModelConfig full_cfg;  // the whole model (checkpoint names and shapes, vocabulary of the ids)
   ModelConfig cfg;       // this rank's share (rank_config): local heads, intermediate, vocabulary
@@ -113,7 +119,8 @@ struct CudaModel::Impl {
 
   // Caches.
   cuda::DeviceBuffer<uint8_t> cache_buf;
-  bf16* conv_state = nullptr;  // [Lk, slots, C, 3]
+  void* conv_state = nullptr;  // [Lk, slots, C, 3] bf16, fp32 in high precision
+  size_t conv_elem = 2;        // its element bytes
   float* kda_state = nullptr;  // [Lk, slots, H, D, D]
   bf16* mla_cache = nullptr;   // [Lm, blocks, 64, 576]
   size_t conv_per_slot = 0, state_per_slot = 0, mla_per_block = 0;
@@ -124,8 +131,9 @@ struct CudaModel::Impl {
   int mla_piece = 0;  // context positions per round of the expanded MLA prefill
   struct Act {
     float* x;          // [Tm, hidden] residual stream
-    bf16* a;           // [Tm, hidden] normed input of a block
-    bf16 *qkv, *low, *f, *z, *bb, *q, *k, *v, *o, *y;  // KDA
+    bf16* a;           // [Tm, hidden] normed input of a block (bf16 precision)
+    KdaActs<bf16> kda;    // bf16 precision
+    KdaActs<float> kda32; // high precision
     void* kda_ws;   // chunked KDA workspace for kda_chunk_cap chunks
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
@@ -133,14 +141,20 @@ struct CudaModel::Impl {
     void* mla_ws;                 // expanded prefill: one round's gathered latents and K/V
     float* mla_state;             // [Tm, H, 130] its (o, m, l) across rounds: aliases u
     float* gu;                    // dense MLP / shared expert: gate | up, fp32
-    bf16* act;                    // SiLU(gate)·up
-    float *hf, *router_logits, *route_w;  // hf: [Tm, hidden] fp32 normed input of the router
+    bf16* act;                    // SiLU(gate)·up (bf16 precision)
+    // hf: [Tm, hidden] fp32 normed input of the router, and of every block in high precision.
+    float *hf, *router_logits, *route_w;
     int* route_ticket;                    // the fused decode routing's ticket (zeroed once)
     int *route_ids, *perm_ws;
     bf16* moe_act;
     float* moe_y;
     bf16* final_x;                // [logit_rows, hidden]
     float* logits;                // [logit_rows, V]
+    // High precision only (docs/precision.md):
+    bf16* planes;      // [2, Tm, max K]: hi and lo planes of the next split GEMM input
+    float* mq32;       // [Tm, H·192] the MLA q projection, before its rounding into mq
+    float* act32;      // [Tm, inter] dense / shared-expert SiLU(gate)·up
+    bf16* moe_act_lo;  // [Tm·(K+1), moe inter] lo plane of the expert activations
   } act{};
 
   // Per-step metadata: one pinned host staging buffer and its device twin (grown if a batch
@@ -177,8 +191,10 @@ struct CudaModel::Impl {
   bool mla_expanded = true;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
-  // separate launches, for comparison).
+  // separate launches, for comparison). Off in high precision (they write bf16 only).
   bool fuse_norms = true;
+  // ModelOptions::precision == kHigh: hi/lo split GEMM inputs, KDA in fp32 by the recurrent scan.
+  bool high = false;
 
   ~Impl();
   size_t weight_bytes() const { return weight_buf.bytes(); }

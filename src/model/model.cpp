@@ -41,6 +41,14 @@ void Batch::add(const std::vector<int>& new_tokens, int context_len, int slot,
   std::copy(blocks.begin(), blocks.end(), block_tables.begin() + row);
 }
 
+Precision parse_precision(const std::string& name) {
+  if (name == "bf16") return Precision::kBf16;
+  if (name == "high") return Precision::kHigh;
+  fail("precision must be bf16 or high, got '", name, "'");
+}
+
+const char* precision_name(Precision p) { return p == Precision::kHigh ? "high" : "bf16"; }
+
 CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double memory_fraction,
                          int64_t cpu_budget_bytes) {
   CacheBudget b;

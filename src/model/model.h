@@ -90,8 +90,19 @@ class Model {
   std::function<void(int layer, const float* x, int num_tokens)> on_layer_output;
 };
 
+// Activation precision of the CUDA backend (docs/precision.md). kBf16: bf16 GEMM inputs and KDA
+// operands (the fast default, as in bf16 serving). kHigh: the large rounding points kept to ~16
+// bits: GEMM inputs split into bf16 hi + lo halves (two passes over the same weights, fp32
+// accumulation), KDA in fp32 end to end (the token-recurrent scan); ~7x less noise on the
+// expert-selection gaps, slower. The CPU backend computes in fp32 whatever this says.
+enum class Precision { kBf16, kHigh };
+// "bf16" / "high" (the --precision values); anything else is refused.
+Precision parse_precision(const std::string& name);
+const char* precision_name(Precision p);
+
 struct ModelOptions {
   std::string backend = "cpu";  // "cpu" or "cuda"
+  Precision precision = Precision::kBf16;
   CacheSizes cache;
   // CUDA: most tokens one forward may carry; the activation arena is sized for it at start-up.
   int max_batch_tokens = 4096;

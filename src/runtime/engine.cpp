@@ -138,6 +138,7 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   mo.backend = opts.backend;
   mo.tensor_parallel = opts.tensor_parallel_size;
   mo.expert_parallel = opts.enable_expert_parallel;
+  mo.precision = parse_precision(opts.precision);
   // CUDA: the activation arena holds one step of the scheduler's token budget.
   mo.max_batch_tokens = std::max(opts.max_num_batched_tokens, opts.max_num_seqs);
   mo.cache = size_caches(cfg, opts, mo, &max_model_len_);

@@ -56,6 +56,70 @@ TEST(GemmGpu, LinearBf16AndF32AccumulateOddShapes) {
 #endif
 }
 
+// High precision (Gemm::run_hilo): fp32 inputs split on the host into bf16 hi + lo planes; three
+// projections of one input (one small-M group launch per plane at M <= 8, cuBLASLt above),
+// accumulating into fp32 outputs (beta 1), against a double reference on the unrounded fp32 x.
+// hi + lo carries x to 2^-16, so the error must be ~1e-5, far below the hi-only GEMM's ~1e-3
+// (asserted too: the test would catch a lo pass that is skipped or reads the wrong plane).
+TEST(GemmGpu, HiLoSplitInputMatchesFp32Reference) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(41);
+  cuda::Gemm gemm;
+  for (int M : {1, 2, 7, 8, 63, 65, 769})
+    for (int K : {136, 2304}) {
+      const int Ns[3] = {1000, 33, 72};
+      auto x = random_f32(rng, size_t(M) * K, -1.f, 1.f);
+      std::vector<uint16_t> planes(2 * x.size());
+      for (size_t i = 0; i < x.size(); ++i) {
+        planes[i] = f32_to_bf16(x[i]);
+        planes[x.size() + i] = f32_to_bf16(x[i] - bf16_to_f32(planes[i]));
+      }
+      GuardedBuffer<uint16_t> dp(planes.size());
+      dp.upload(planes);
+      std::vector<GuardedBuffer<uint16_t>> w;
+      std::vector<GuardedBuffer<float>> y;
+      std::vector<std::vector<float>> ref, hi_ref;
+      cuda::GemmArgs args[3];
+      for (int i = 0; i < 3; ++i) {
+        auto wh = random_bf16(rng, size_t(Ns[i]) * K, -0.1f, 0.1f);
+        auto y0 = random_f32(rng, size_t(M) * Ns[i], -1.f, 1.f);
+        std::vector<float> r(y0.size()), rh(y0.size());
+        for (int m = 0; m < M; ++m)
+          for (int n = 0; n < Ns[i]; ++n) {
+            double acc = y0[size_t(m) * Ns[i] + n], acc_hi = acc;
+            for (int k = 0; k < K; ++k) {
+              const double wk = bf16_to_f32(wh[size_t(n) * K + k]);
+              acc += double(x[size_t(m) * K + k]) * wk;
+              acc_hi += double(bf16_to_f32(planes[size_t(m) * K + k])) * wk;
+            }
+            r[size_t(m) * Ns[i] + n] = float(acc);
+            rh[size_t(m) * Ns[i] + n] = float(acc_hi);
+          }
+        ref.push_back(r);
+        hi_ref.push_back(rh);
+        w.emplace_back(wh.size());
+        w[i].upload(wh);
+        y.emplace_back(y0.size());
+        y[i].upload(y0);
+        args[i] = cuda::Gemm::linear_args(dev<bf16>(dp), dev<bf16>(w[i]), y[i].data(), M, Ns[i], K,
+                                          cuda::GemmOut::kF32, 1.f);
+      }
+      gemm.run_hilo(args, 3, int64_t(M) * K, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      for (int i = 0; i < 3; ++i) {
+        auto got = y[i].to_host();
+        const std::string what = str("hi/lo M", M, " N", Ns[i], " K", K);
+        const ErrorStats e = expect_close(what, got.data(), ref[i].data(), got.size(), 3e-5, 1e-3);
+        const ErrorStats eh = compare(hi_ref[i].data(), ref[i].data(), got.size());
+        EXPECT_GT(eh.rel_rms, 20 * e.rel_rms) << what << ": hi-only error " << eh.rel_rms;
+        EXPECT_TRUE(y[i].guards_intact());
+      }
+      EXPECT_TRUE(dp.guards_intact());
+    }
+#endif
+}
+
 // Strided batched with B stored [K, N] (the MLA absorption shape: per head q_nope · W_UK).
 TEST(GemmGpu, BatchedStridedKN) {
   KIMI_REQUIRE_GPU();

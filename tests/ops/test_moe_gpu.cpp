@@ -869,6 +869,120 @@ TEST(MoeGpu, ExpertsWgmmaTileShapes) {
 #endif
 }
 
+#if KIMI_HAVE_CUDA
+// High precision (MoeGemmParams::x_lo / act_lo): fp32 inputs split on the host into bf16 hi + lo
+// planes; gate_up runs its second k pass over x_lo and writes SiLU(g)·u split into act / act_lo,
+// down runs over both act planes. Against the fp32 CPU chain on the unrounded x with an unrounded
+// act: hi + lo carries both to 2^-16, so act and y must land within 5e-5 relative (the bf16
+// kernels' act alone is ~2e-3 off: asserted 20x worse for act's hi plane, so a skipped lo pass or a
+// wrong plane fails). path: kGemv (block_m 16) or kWgmma (block_m 128, the tile given or
+// moe_wgmma_tile's).
+void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path, uint32_t seed,
+                         const cuda::moe::MoeWgmmaTile* tile = nullptr) {
+  const int E = w.E, hidden = w.hidden, I = w.I;
+  const int64_t R = int64_t(T) * K;
+  std::mt19937 rng(seed);
+  const std::vector<int> ids = random_ids(rng, T, E, K, false);
+  const std::vector<float> x = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
+  std::vector<uint16_t> planes(2 * x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    planes[i] = f32_to_bf16(x[i]);
+    planes[x.size() + i] = f32_to_bf16(x[i] - bf16_to_f32(planes[i]));
+  }
+  std::vector<float> act_ref(size_t(R) * I), y_ref(size_t(R) * hidden), gu(2 * I);
+  for (int64_t i = 0; i < R; ++i) {
+    const int e = ids[i];
+    cpu::matmul(&x[size_t(i / K) * hidden], &w.w13f[size_t(e) * 2 * I * hidden], gu.data(), 1, 2 * I,
+                hidden);
+    cpu::silu_mul(gu.data(), &act_ref[size_t(i) * I], 1, I);
+    cpu::matmul(&act_ref[size_t(i) * I], &w.w2f[size_t(e) * hidden * I], &y_ref[size_t(i) * hidden],
+                1, hidden, I);
+  }
+  const int bm = path == cuda::MoeGemmPath::kWgmma ? 128 : 16;
+  GuardedBuffer<uint16_t> dx(planes.size()), dact(R * I), dact_lo(R * I);
+  GuardedBuffer<float> dy(R * hidden);
+  GuardedBuffer<int> dids(ids.size()), dws(cuda::moe_permute_workspace_ints(E, R));
+  dx.upload(planes);
+  dids.upload(ids);
+  cuda::MoePermuteParams pp;
+  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = bm;
+  pp.expert_ids = dids.data(), pp.workspace = dws.data();
+  cuda::run_moe_permute(pp, nullptr);
+  cuda::MoeGemmParams gp;
+  gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = bm, gp.hidden = hidden;
+  gp.inter = I, gp.workspace = dws.data();
+  gp.x = dev<cuda::bf16>(dx), gp.x_lo = gp.x + size_t(T) * hidden;
+  gp.w13 = reinterpret_cast<const cuda::bf16*>(w.dw13.data());
+  gp.w2 = reinterpret_cast<const cuda::bf16*>(w.dw2.data());
+  gp.act = dev<cuda::bf16>(dact), gp.act_lo = dev<cuda::bf16>(dact_lo), gp.y = dy.data();
+  gp.path = path;
+  ASSERT_EQ(cuda::moe_gemm_path(gp), path);
+  dact.poison();
+  dact_lo.poison();
+  dy.poison();
+  if (tile) {
+    cuda::moe::launch_moe_wgmma(gp, true, *tile, nullptr);
+    cuda::moe::launch_moe_wgmma(gp, false, *tile, nullptr);
+  } else {
+    cuda::run_moe_gate_up(gp, nullptr);
+    cuda::run_moe_down(gp, nullptr);
+  }
+  CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<int> ws = dws.to_host();
+  const cuda::MoePermuteView hv = cuda::moe_permute_view(ws.data(), E, R);
+  const auto hi = bf16_to_float(dact.to_host()), lo = bf16_to_float(dact_lo.to_host());
+  const auto y_rows = dy.to_host();
+  std::vector<float> act_pair(size_t(R) * I), hi_pair(act_pair.size()), y_pair(size_t(R) * hidden);
+  for (int64_t i = 0; i < R; ++i) {
+    const size_t r = size_t(hv.pair_row[i]);
+    for (int n = 0; n < I; ++n) {
+      hi_pair[size_t(i) * I + n] = hi[r * I + n];
+      act_pair[size_t(i) * I + n] = hi[r * I + n] + lo[r * I + n];
+    }
+    std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
+  }
+  std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, tile->mma_in_flight ? " overlap" : " deep");
+  const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
+  const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
+  EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
+  expect_close(what + " y", y_pair.data(), y_ref.data(), y_pair.size(), 5e-5, 1e-3);
+  EXPECT_TRUE(dact.guards_intact() && dact_lo.guards_intact() && dy.guards_intact() && dx.guards_intact())
+      << what;
+}
+#endif
+
+// The split-input kernels (high precision): gemv at decode sizes (1..8 rows per pass; T = 9 and
+// 16: tiles of more rows than a pass), wgmma at odd small shapes, every tile shape, the model's
+// sizes. Path choice: a split input's two staged planes still fit the gemv kernel at hidden 2304.
+TEST(MoeGpu, ExpertsSplitInput) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  {
+    ExpertWeights w(16, 136, 40, 130);
+    for (int T : {1, 7, 9, 16}) check_experts_split(w, T, 4, cuda::MoeGemmPath::kGemv, 131 + T);
+    for (int T : {1, 65, 769}) check_experts_split(w, T, 4, cuda::MoeGemmPath::kWgmma, 135 + T);
+  }
+  {
+    ExpertWeights w(8, 264, 200, 140);
+    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
+      check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &tile);
+  }
+  {
+    ExpertWeights w(16, 2304, 1024, 150);
+    for (int T : {1, 3, 8}) {
+      cuda::MoeGemmParams p;
+      p.num_tokens = T, p.num_experts = 16, p.top_k = 8, p.block_m = 16, p.hidden = 2304, p.inter = 1024;
+      cuda::bf16 dummy;
+      p.x_lo = &dummy;
+      EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kGemv) << "T " << T;
+      check_experts_split(w, T, 8, cuda::MoeGemmPath::kGemv, 151 + T);
+    }
+    check_experts_split(w, 40, 8, cuda::MoeGemmPath::kWgmma, 160);
+  }
+#endif
+}
+
 // Exact layout probe of the wgmma down GEMM (one expert, 256 rows, k = I = 64, N = hidden = 256):
 // act row r is one-hot at k(r) = (5r + 3) % 64, so y[r, n] = W2[n, k(r)] exactly. Two weight
 // patterns tell a wrong output column (W2[n, k] = n % 128 + 1: y names the column computed) from

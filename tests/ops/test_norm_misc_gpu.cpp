@@ -112,13 +112,64 @@ TEST(MiscGpu, EmbeddingAndSiluMul) {
     GuardedBuffer<uint16_t> dout(ref2.size());
     dgu.upload(guf);
     dout.poison();
-    cuda::SiluMulParams sp;
+    cuda::SiluMulParams<bf16> sp;
     sp.rows = T, sp.dim = I, sp.gate_up = dgu.data(), sp.out = dev<bf16>(dout);
     cuda::run_silu_mul(sp, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     auto got2 = bf16_to_float(dout.to_host());
     expect_close(str("silu_mul T", T), got2.data(), ref2.data(), ref2.size(), 8e-3, 0.05);
     EXPECT_TRUE(dout.guards_intact());
+    // fp32 output (high precision): unrounded, only __expf's few ulps.
+    GuardedBuffer<float> dout32(ref2.size());
+    dout32.poison();
+    cuda::SiluMulParams<float> sp32;
+    sp32.rows = T, sp32.dim = I, sp32.gate_up = dgu.data(), sp32.out = dout32.data();
+    cuda::run_silu_mul(sp32, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto got3 = dout32.to_host();
+    expect_close(str("silu_mul f32 T", T), got3.data(), ref2.data(), ref2.size(), 1e-6, 1e-5);
+    EXPECT_TRUE(dout32.guards_intact());
+  }
+#endif
+}
+
+// hi = bf16(x) exactly (round to nearest even, as the host's f32_to_bf16), lo = bf16(x − hi), and
+// hi + lo within 2^-17 of x (relative per element); with lo null only hi is written.
+TEST(MiscGpu, SplitBf16HiLo) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(12);
+  for (int n : {1, 7, 63, 65, 769, 100003}) {
+    auto x = random_f32(rng, n, -300.f, 300.f);
+    x[0] = 1e-30f;  // tiny and exactly representable values
+    if (n > 1) x[1] = 2.f;
+    GuardedBuffer<float> dx(n);
+    GuardedBuffer<uint16_t> dhi(n), dlo(n);
+    dx.upload(x);
+    dhi.poison();
+    dlo.poison();
+    cuda::SplitParams p;
+    p.n = n, p.x = dx.data(), p.hi = dev<bf16>(dhi), p.lo = dev<bf16>(dlo);
+    cuda::run_split_bf16(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    auto hi = dhi.to_host(), lo = dlo.to_host();
+    size_t bad_hi = 0, bad_sum = 0;
+    for (int i = 0; i < n; ++i) {
+      bad_hi += hi[i] != f32_to_bf16(x[i]);
+      const double sum = double(bf16_to_f32(hi[i])) + bf16_to_f32(lo[i]);
+      bad_sum += std::fabs(sum - x[i]) > std::ldexp(std::fabs(double(x[i])), -16);
+    }
+    EXPECT_EQ(bad_hi, 0u) << "n " << n;
+    EXPECT_EQ(bad_sum, 0u) << "n " << n;
+    EXPECT_TRUE(dhi.guards_intact() && dlo.guards_intact());
+    dlo.poison();
+    p.lo = nullptr;
+    cuda::run_split_bf16(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    EXPECT_EQ(dhi.to_host(), hi);
+    auto untouched = dlo.to_host();
+    dlo.poison();
+    EXPECT_EQ(untouched, dlo.to_host()) << "lo written with lo == nullptr";
   }
 #endif
 }
