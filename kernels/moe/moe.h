@@ -165,14 +165,18 @@ size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // step's barrier and copies run stages − 2 steps ahead, else stages − 1. bench_moe times all of
 // kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
 // moe_wgmma_tile(p).
+// warp_spec: a producer warpgroup copies, two consumer warpgroups multiply (mbarrier rings, one
+// k step of MMAs always in flight: mma_in_flight is true).
 struct MoeWgmmaTile {
   int bn;
   int stages;
   bool mma_in_flight;
+  bool warp_spec = false;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 3, true},  {128, 3, false}, {128, 4, true},
-                                                  {128, 4, false}, {256, 3, true},  {256, 3, false},
-                                                  {256, 4, true},  {256, 4, false}};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
+    {128, 3, true},       {128, 3, false},      {128, 4, true},       {128, 4, false},
+    {256, 3, true},       {256, 3, false},      {256, 4, true},       {256, 4, false},
+    {128, 4, true, true}, {128, 6, true, true}, {256, 3, true, true}, {256, 4, true, true}};
 // Fastest on an H200 (bench_moe, both GEMMs alike, two runs): 128 × 128, 3 stages, no MMA in
 // flight (two CTAs per SM) at 128 rows per expert on average (T = 4096), 5-7% ahead of 128 × 256,
 // 4 stages, one MMA step in flight (one CTA per SM, half the operand bytes per FLOP), which is

@@ -26,6 +26,22 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
+void launch_ws(const MoeGemmParams& p, cudaStream_t stream) {
+  using Shape = WsShape<BN, STAGES>;
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
+  const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
+  KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
+  auto kernel = moe_wgmma_ws_kernel<BN, STAGES, SWIGLU, SPLIT>;
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+  kernel<<<unsigned(ctas), kWsThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
+  KIMI_CHECK_LAUNCH();
+}
+
 template <bool SWIGLU, bool MMA_IN_FLIGHT, bool SPLIT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   constexpr bool F = MMA_IN_FLIGHT;
@@ -38,6 +54,14 @@ void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
 
 template <bool SWIGLU, bool SPLIT>
 void launch_flight(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
+  if (t.warp_spec) {
+    if (t.bn == 128 && t.stages == 4) return launch_ws<128, 4, SWIGLU, SPLIT>(p, stream);
+    if (t.bn == 128 && t.stages == 6) return launch_ws<128, 6, SWIGLU, SPLIT>(p, stream);
+    if (t.bn == 256 && t.stages == 3) return launch_ws<256, 3, SWIGLU, SPLIT>(p, stream);
+    if (t.bn == 256 && t.stages == 4) return launch_ws<256, 4, SWIGLU, SPLIT>(p, stream);
+    KIMI_CHECK(false, "moe wgmma: no warp-specialised tile of ", t.bn, " columns with ", t.stages,
+               " stages");
+  }
   if (t.mma_in_flight)
     launch_tile<SWIGLU, true, SPLIT>(p, t, stream);
   else

@@ -112,16 +112,18 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
   }
 }
 
-// The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows.
+// The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows;
+// accumulate = 0: the first k16 overwrites acc.
 template <int BN>
 __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
-                                            uint32_t b_base) {
+                                            uint32_t b_base, int accumulate = 1) {
 #pragma unroll
   for (int kk = 0; kk < kWgK / 16; ++kk) {
     const uint64_t da = wgmma_desc(a_base + kk * 32);
 #pragma unroll
     for (int h = 0; h < BN / 128; ++h)
-      wgmma_ss_m64n128(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32), 1);
+      wgmma_ss_m64n128(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32),
+                       kk > 0 || accumulate);
   }
 }
 
@@ -233,6 +235,155 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
 
   const int warp = (tid % 128) / 32, lane = tid % 32;
   wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
+}
+
+// Warp-specialised variant (MoeWgmmaTile::warp_spec): 384 threads. Warpgroup 0 is the producer:
+// after setmaxnreg hands its registers to the consumers, its 128 threads copy the k steps with
+// cp.async (same pieces, swizzle and zero fill as above) into a STAGES-deep ring and signal each
+// slot's full mbarrier with cp.async.mbarrier.arrive.noinc (one arrival per producer thread once
+// its copies landed). Warpgroups 1 and 2 (64 rows each) wait on the full barrier, issue the slot's
+// wgmmas, keep them in flight while waiting for the next slot, and hand a slot back on its empty
+// mbarrier (one arrival per consumer warp) once the MMAs reading it retired: no CTA-wide barrier
+// in the loop, and copies run as far ahead as the ring allows.
+constexpr int kWsThreads = 384;
+constexpr int kWsConsumerWarps = 8;
+// One CTA per SM (ptxas compiles every path under the launch cap, 65536 / 384 = 168 registers:
+// two CTAs' 80 cannot hold a warpgroup's accumulators); 128 · 40 + 256 · 232 fit the 65536.
+constexpr int kWsProducerRegs = 64;
+constexpr int kWsConsumerRegs = 216;
+
+template <int BN, int STAGES>
+struct WsShape {
+  static constexpr int kABytes = kWgRows * kWgK * 2;
+  static constexpr int kBBytes = BN * kWgK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;
+  static_assert(kSmemBytes <= 227 * 1024, "one CTA per SM must fit");
+};
+
+// Arrives on bar once every cp.async this thread issued before has landed (counts as one of the
+// barrier's expected arrivals).
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar))
+               : "memory");
+}
+
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    moe_wgmma_ws_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
+  using Shape = WsShape<BN, STAGES>;
+  constexpr int kAPieces = kWgRows * 8 / 128;  // 16-byte pieces per producer thread per step
+  constexpr int kBPieces = BN * 8 / 128;
+  constexpr int kNH = BN / 128;
+
+  extern __shared__ unsigned char ws_smem_raw[];
+  __shared__ uint64_t bars[2 * STAGES];  // full[STAGES], empty[STAGES]
+  uint64_t* const full = bars;
+  uint64_t* const empty = bars + STAGES;
+  const uint32_t raw_addr = smem_u32(ws_smem_raw);
+  const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
+  unsigned char* smem = ws_smem_raw + (smem_addr - raw_addr);
+
+  const int E = p.num_experts;
+  const int tile = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
+  if (tile >= v.tile_start[E]) return;
+  const WgTile wt = wg_find_tile(v, E, tile);
+  const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
+  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
+  const int n0 = cb * (SWIGLU ? BN / 2 : BN);
+  const int KTd = (Kd + kWgK - 1) / kWgK;
+  const int KT = SPLIT ? 2 * KTd : KTd;
+
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full + s, 128);
+      mbar_init(empty + s, kWsConsumerWarps);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (wg == 0) {
+    setmaxnreg_dec<kWsProducerRegs>();
+    const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
+                           : p.w2 + int64_t(e) * p.hidden * p.inter;
+    // Thread tid copies piece tid % 8 of rows tid / 8 + 16 i: one row's 128 bytes per 8 lanes.
+    const int piece = tid % 8, row0 = tid / 8;
+    const uint32_t dst_in_row = uint32_t((piece ^ (row0 % 8)) * 16);  // row0 + 16 i ≡ row0 mod 8
+    const bf16* a_src[kAPieces];
+#pragma unroll
+    for (int i = 0; i < kAPieces; ++i) {
+      const int row = m0 + row0 + 16 * i;
+      a_src[i] = nullptr;
+      if (row < m_end)
+        a_src[i] =
+            SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
+    }
+    for (int kt = 0; kt < KT; ++kt) {
+      const int s = kt % STAGES;
+      // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
+      mbar_wait(empty + s, ((kt / STAGES) & 1) ^ 1);
+      const uint32_t st = uint32_t(s * Shape::kStageBytes);
+      const bool lo = SPLIT && kt >= KTd;
+      const int k = (lo ? kt - KTd : kt) * kWgK + piece * 8;
+      const bool k_ok = k < Kd;
+#pragma unroll
+      for (int i = 0; i < kAPieces; ++i) {
+        const bool ok = k_ok && a_src[i];
+        const bf16* src = a_src[i] + k;
+        if (lo && a_src[i])  // the same row of the lo plane
+          src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
+        cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
+      }
+      // Not unrolled: 16 hoisted weight-row pointers would not fit the producer's registers.
+#pragma unroll 1
+      for (int i = 0; i < kBPieces; ++i) {
+        const int r = row0 + 16 * i;  // tile row: gate rows, then up rows (SWIGLU)
+        const int n = n0 + (SWIGLU ? r % (BN / 2) : r);
+        const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
+        const bool ok = k_ok && n < N;
+        cp_async16(smem + st + Shape::kABytes + r * 128 + dst_in_row,
+                   ok ? W + int64_t(wrow) * Kd + k : p.w2, ok);
+      }
+      cp_async_mbar_arrive(full + s);
+    }
+    cp_async_wait<0>();
+  } else {
+    setmaxnreg_inc<kWsConsumerRegs>();
+    const int cw = wg - 1;  // rows 64 cw .. + 64 of the tile
+    const bool busy = __shfl_sync(0xffffffffu, int(m0 + 64 * cw < m_end), 0) != 0;
+    const int lane = tid % 32;
+    // Written by the first k step (accumulate = 0): zeroing it here instead makes ptxas serialize
+    // the 128-column tiles' wgmmas (C7515). An idle warpgroup stores none of it.
+    float acc[kNH][64];
+    // Every warp's wgmmas are done reading the slot (after its wait): one arrival per warp.
+    auto release = [&](int s) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty + s);
+    };
+    for (int kt = 0; kt < KT; ++kt) {
+      const int s = kt % STAGES;
+      mbar_wait(full + s, (kt / STAGES) & 1);
+      // The copies wrote through the generic proxy; the tensor cores read through the async one.
+      fence_proxy_async();
+      if (busy) {
+        const uint32_t st = smem_addr + uint32_t(s * Shape::kStageBytes);
+        wgmma_fence();
+        wg_mma_step<BN>(acc, st + uint32_t(cw * 64 * 128), st + Shape::kABytes, kt > 0);
+        wgmma_commit();
+        wgmma_wait<1>();  // the step before retired: its slot goes back
+      }
+      if (kt > 0) release((kt - 1) % STAGES);
+    }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
+    const int warp = (tid % 128) / 32;
+    wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * cw + 16 * warp + lane / 4, m_end, n0, lane);
+  }
 }
 
 }  // namespace kimi::cuda::moe

@@ -250,7 +250,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
       what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
-                  wgmma_tile->mma_in_flight ? " overlap" : " deep");
+                  wgmma_tile->warp_spec ? " ws" : wgmma_tile->mma_in_flight ? " overlap" : " deep");
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -942,7 +942,7 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
     std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
   }
   std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
-  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, tile->mma_in_flight ? " overlap" : " deep");
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, tile->warp_spec ? " ws" : tile->mma_in_flight ? " overlap" : " deep");
   const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
   const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
   EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
