@@ -1,12 +1,11 @@
 // Expanded MLA prefill: host plan and launchers (contract in mla.h, kernels in mla_prefill.cuh).
-#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
-
 #include <algorithm>
 #include <atomic>
 
 #include "common.h"
 #include "gemm/gemm.h"
 #include "mla/mla_prefill.cuh"
+#include "tensor_map.h"
 
 namespace kimi::cuda {
 
@@ -84,32 +83,6 @@ PfWorkspace carve(void* base, int piece_rows, int num_heads) {
           reinterpret_cast<bf16*>(b + lat + kn), lat + kn + vt};
 }
 
-// A 2-D bf16 tensor map: dim0 contiguous elements, dim1 rows `stride` bytes apart; boxes of
-// 64 × 128 elements with the 128-byte swizzle wgmma reads (mla_prefill.cuh).
-CUtensorMap tensor_map_2d(const void* base, uint64_t dim0, uint64_t dim1, uint64_t stride) {
-  // The driver's encoder, through the runtime (no link against libcuda).
-  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
-                                                cudaEnableDefault, &q));
-    KIMI_CHECK(q == cudaDriverEntryPointSuccess && fn, "cuTensorMapEncodeTiled not found");
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
-  KIMI_CHECK(reinterpret_cast<uintptr_t>(base) % 16 == 0 && stride % 16 == 0,
-             "mla prefill tensor map: base and row stride must be 16-byte aligned, stride ",
-             stride);
-  CUtensorMap m;
-  const cuuint64_t dims[2] = {dim0, dim1}, strides[1] = {stride};
-  const cuuint32_t box[2] = {64, 128}, elem[2] = {1, 1};
-  const CUresult r =
-      encode(&m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
-             elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  KIMI_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", dim0, " x ",
-             dim1);
-  return m;
-}
 }  // namespace
 
 size_t mla_prefill_workspace_bytes(int piece_rows, int num_heads) {
@@ -147,7 +120,8 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   }
   mla::PfArgs a;
   a.p = p;
-  a.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, std::max(q_rows, 1), uint64_t(H) * kMlaQk * 2);
+  a.q = tensor_map_2d(p.q, uint64_t(H) * kMlaQk, std::max(q_rows, 1), uint64_t(H) * kMlaQk * 2,
+                      128);
   for (const MlaPrefillRound& r : plan.rounds) {
     KIMI_CHECK(r.rows >= 1 && r.rows <= p.piece_rows, "mla prefill round of ", r.rows,
                " rows, workspace ", p.piece_rows);
@@ -191,9 +165,9 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
     }
     if (r.item_end == r.item_begin) continue;
     // Extents of the round: keys past its rows read as zeros (Vᵀ must be finite there).
-    a.knope = tensor_map_2d(w.knope, uint64_t(H) * 128, r.rows, uint64_t(H) * 128 * 2);
-    a.kpe = tensor_map_2d(w.lat, kMlaRow, r.rows, kMlaRow * 2);
-    a.vt = tensor_map_2d(w.vt, r.rows, uint64_t(H) * 128, uint64_t(p.piece_rows) * 2);
+    a.knope = tensor_map_2d(w.knope, uint64_t(H) * 128, r.rows, uint64_t(H) * 128 * 2, 128);
+    a.kpe = tensor_map_2d(w.lat, kMlaRow, r.rows, kMlaRow * 2, 128);
+    a.vt = tensor_map_2d(w.vt, r.rows, uint64_t(H) * 128, uint64_t(p.piece_rows) * 2, 128);
     a.items = p.items + r.item_begin;
     const dim3 grid(r.item_end - r.item_begin, H);
     mla::mla_prefill_kernel<<<grid, mla::kPfThreads, mla::kPfSmem, stream>>>(a);

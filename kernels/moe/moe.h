@@ -177,14 +177,10 @@ inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
     {128, 3, true},       {128, 3, false},      {128, 4, true},       {128, 4, false},
     {256, 3, true},       {256, 3, false},      {256, 4, true},       {256, 4, false},
     {128, 4, true, true}, {128, 6, true, true}, {256, 3, true, true}, {256, 4, true, true}};
-// Fastest on an H200 (bench_moe, both GEMMs alike, two runs): 128 × 128, 3 stages, no MMA in
-// flight (two CTAs per SM) at 128 rows per expert on average (T = 4096), 5-7% ahead of 128 × 256,
-// 4 stages, one MMA step in flight (one CTA per SM, half the operand bytes per FLOP), which is
-// 9-14% ahead at 512 rows (T = 16384). The switch sits between the two measured points.
-inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams& p) {
-  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
-  return rows < int64_t(256) * p.num_experts ? MoeWgmmaTile{128, 3, false}
-                                             : MoeWgmmaTile{256, 4, true};
+// The warp-specialised 128 × 256 tile, 4 stages, at every size (bench_moe, H200: see
+// docs/perf-log.md, session 5).
+inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
+  return MoeWgmmaTile{256, 4, true, true};
 }
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe

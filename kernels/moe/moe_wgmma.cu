@@ -4,6 +4,7 @@
 
 #include "common.h"
 #include "moe/moe_wgmma.cuh"
+#include "tensor_map.h"
 
 namespace kimi::cuda::moe {
 
@@ -35,10 +36,15 @@ void launch_ws(const MoeGemmParams& p, cudaStream_t stream) {
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
+  WsArgs a;
+  a.p = p, a.v = v, a.col_blocks = col_blocks;
+  const int Kd = SWIGLU ? p.hidden : p.inter;
+  const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
+  a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWsBoxRows);
   auto kernel = moe_wgmma_ws_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(ctas), kWsThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
+  kernel<<<unsigned(ctas), kWsThreads, Shape::kSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();
 }
 

@@ -27,6 +27,8 @@
 // Deterministic: a fixed k order per output value, no atomics.
 #pragma once
 
+#include <cuda.h>  // CUtensorMap
+
 #include <cstdint>
 
 #include "moe/moe.h"
@@ -238,10 +240,11 @@ __global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerS
 }
 
 // Warp-specialised variant (MoeWgmmaTile::warp_spec): 384 threads. Warpgroup 0 is the producer:
-// after setmaxnreg hands its registers to the consumers, its 128 threads copy the k steps with
-// cp.async (same pieces, swizzle and zero fill as above) into a STAGES-deep ring and signal each
-// slot's full mbarrier with cp.async.mbarrier.arrive.noinc (one arrival per producer thread once
-// its copies landed). Warpgroups 1 and 2 (64 rows each) wait on the full barrier, issue the slot's
+// after setmaxnreg hands its registers to the consumers, its 128 threads copy the gathered
+// input rows of each k step with cp.async (same pieces, swizzle and zero fill as above) into a
+// STAGES-deep ring and signal the slot's full mbarrier with cp.async.mbarrier.arrive.noinc (one
+// arrival per producer thread once its copies landed); its thread 0 adds the weight rows as
+// TMA boxes completing on the same barrier. Warpgroups 1 and 2 (64 rows each) wait on the full barrier, issue the slot's
 // wgmmas, keep them in flight while waiting for the next slot, and hand a slot back on its empty
 // mbarrier (one arrival per consumer warp) once the MMAs reading it retired: no CTA-wide barrier
 // in the loop, and copies run as far ahead as the ring allows.
@@ -268,12 +271,24 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
                : "memory");
 }
 
+// Kernel arguments: b is the weights' tensor map, boxes of 64 k × 64 rows: gate_up W13 as
+// [E·2I rows][hidden], down W2 as [E·hidden rows][I].
+struct WsArgs {
+  CUtensorMap b;
+  MoeGemmParams p;
+  MoePermuteView v;
+  int col_blocks;
+};
+constexpr int kWsBoxRows = 64;
+
 template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    moe_wgmma_ws_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
+    moe_wgmma_ws_kernel(const __grid_constant__ WsArgs args) {
   using Shape = WsShape<BN, STAGES>;
+  const MoeGemmParams& p = args.p;
+  const MoePermuteView& v = args.v;
+  const int col_blocks = args.col_blocks;
   constexpr int kAPieces = kWgRows * 8 / 128;  // 16-byte pieces per producer thread per step
-  constexpr int kBPieces = BN * 8 / 128;
   constexpr int kNH = BN / 128;
 
   extern __shared__ unsigned char ws_smem_raw[];
@@ -289,7 +304,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if (tile >= v.tile_start[E]) return;
   const WgTile wt = wg_find_tile(v, E, tile);
   const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
-  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
+  const int Kd = SWIGLU ? p.hidden : p.inter;
   const int n0 = cb * (SWIGLU ? BN / 2 : BN);
   const int KTd = (Kd + kWgK - 1) / kWgK;
   const int KT = SPLIT ? 2 * KTd : KTd;
@@ -297,7 +312,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int tid = threadIdx.x;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full + s, 128);
+      mbar_init(full + s, 128 + 1);  // the producers' copies + the weights' expect_tx
       mbar_init(empty + s, kWsConsumerWarps);
     }
     fence_mbar_init();
@@ -308,8 +323,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (wg == 0) {
     setmaxnreg_dec<kWsProducerRegs>();
-    const bf16* W = SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden
-                           : p.w2 + int64_t(e) * p.hidden * p.inter;
+    const int w_row = SWIGLU ? e * 2 * p.inter + n0 : e * p.hidden + n0;  // tensor map row
     // Thread tid copies piece tid % 8 of rows tid / 8 + 16 i: one row's 128 bytes per 8 lanes.
     const int piece = tid % 8, row0 = tid / 8;
     const uint32_t dst_in_row = uint32_t((piece ^ (row0 % 8)) * 16);  // row0 + 16 i ≡ row0 mod 8
@@ -328,7 +342,19 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       mbar_wait(empty + s, ((kt / STAGES) & 1) ^ 1);
       const uint32_t st = uint32_t(s * Shape::kStageBytes);
       const bool lo = SPLIT && kt >= KTd;
-      const int k = (lo ? kt - KTd : kt) * kWgK + piece * 8;
+      const int k0 = (lo ? kt - KTd : kt) * kWgK;
+      if (tid == 0) {
+        // The weight rows as TMA boxes (k past K zero-filled; rows past N belong to columns
+        // that are not stored). gate_up: the first BN/2 tile rows are gate rows, then up rows.
+        mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
+#pragma unroll
+        for (int bx = 0; bx < BN / kWsBoxRows; ++bx) {
+          const int r = bx * kWsBoxRows;
+          const int row = SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r;
+          tma_load_2d(smem_addr + st + Shape::kABytes + r * 128, &args.b, k0, row, full + s);
+        }
+      }
+      const int k = k0 + piece * 8;
       const bool k_ok = k < Kd;
 #pragma unroll
       for (int i = 0; i < kAPieces; ++i) {
@@ -337,16 +363,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         if (lo && a_src[i])  // the same row of the lo plane
           src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
         cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
-      }
-      // Not unrolled: 16 hoisted weight-row pointers would not fit the producer's registers.
-#pragma unroll 1
-      for (int i = 0; i < kBPieces; ++i) {
-        const int r = row0 + 16 * i;  // tile row: gate rows, then up rows (SWIGLU)
-        const int n = n0 + (SWIGLU ? r % (BN / 2) : r);
-        const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
-        const bool ok = k_ok && n < N;
-        cp_async16(smem + st + Shape::kABytes + r * 128 + dst_in_row,
-                   ok ? W + int64_t(wrow) * Kd + k : p.w2, ok);
       }
       cp_async_mbar_arrive(full + s);
     }

@@ -667,13 +667,13 @@ TEST(MoeGpu, PathChoice) {
     p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
     EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
   }
-  // The wgmma tile shape by rows per expert: 128 × 128 (two CTAs per SM) below 256 on average.
-  p.num_tokens = 4096;
-  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 128);
-  EXPECT_FALSE(cuda::moe::moe_wgmma_tile(p).mma_in_flight);
-  p.num_tokens = 16384;
-  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 256);
-  EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).stages, 4);
+  // The wgmma tile: warp-specialised 128 × 256, 4 stages, at every size.
+  for (int T : {4096, 16384}) {
+    p.num_tokens = T;
+    EXPECT_TRUE(cuda::moe::moe_wgmma_tile(p).warp_spec) << "T " << T;
+    EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 256) << "T " << T;
+    EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).stages, 4) << "T " << T;
+  }
   p.path = cuda::MoeGemmPath::kTiled;  // forced: the old kernel stays selectable
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
   p.path = cuda::MoeGemmPath::kAuto;
