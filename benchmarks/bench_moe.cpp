@@ -324,9 +324,8 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
         const double t_dn = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
-        const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                 std::to_string(tile.stages) + " st" +
-                                 (tile.warp_spec ? ", ws" : tile.mma_in_flight ? ", overlap" : ", deep");
+        const std::string name =
+            "  wgmma 128x" + std::to_string(tile.bn) + ", " + std::to_string(tile.stages) + " st";
         row(name.c_str(), t_gu, t_dn);
       }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

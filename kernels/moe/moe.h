@@ -160,27 +160,18 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
-// The wgmma kernels (moe_wgmma.cu): tiles of 128 rows × bn weight rows (128 or 256) through a
-// ring of `stages` (3 or 4) k steps of 64; mma_in_flight: one k step of MMAs overlaps the next
-// step's barrier and copies run stages − 2 steps ahead, else stages − 1. bench_moe times all of
-// kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
-// moe_wgmma_tile(p).
-// warp_spec: a producer warpgroup copies, two consumer warpgroups multiply (mbarrier rings, one
-// k step of MMAs always in flight: mma_in_flight is true).
+// The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
+// 256) through a ring of `stages` k steps of 64. bench_moe times all of kMoeWgmmaTiles,
+// test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
   int stages;
-  bool mma_in_flight;
-  bool warp_spec = false;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
-    {128, 3, true},       {128, 3, false},      {128, 4, true},       {128, 4, false},
-    {256, 3, true},       {256, 3, false},      {256, 4, true},       {256, 4, false},
-    {128, 4, true, true}, {128, 6, true, true}, {256, 3, true, true}, {256, 4, true, true}};
-// The warp-specialised 128 × 256 tile, 4 stages, at every size (bench_moe, H200: see
-// docs/perf-log.md, session 5).
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
+// 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
+// docs/perf-log.md session 5).
 inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
-  return MoeWgmmaTile{256, 4, true, true};
+  return MoeWgmmaTile{256, 4};
 }
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe

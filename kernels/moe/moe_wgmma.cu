@@ -10,7 +10,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU, bool SPLIT>
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -19,59 +19,25 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
-  auto kernel = moe_wgmma_kernel<BN, STAGES, MMA_IN_FLIGHT, SWIGLU, SPLIT>;
-  // Per launch: the attribute belongs to the current device; legal during stream capture.
-  CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(p, v, col_blocks);
-  KIMI_CHECK_LAUNCH();
-}
-
-template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
-void launch_ws(const MoeGemmParams& p, cudaStream_t stream) {
-  using Shape = WsShape<BN, STAGES>;
-  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
-  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
-  const int N = SWIGLU ? p.inter : p.hidden;
-  const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
-  const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
-  KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
-  WsArgs a;
+  WgmmaArgs a;
   a.p = p, a.v = v, a.col_blocks = col_blocks;
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
-  a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWsBoxRows);
-  auto kernel = moe_wgmma_ws_kernel<BN, STAGES, SWIGLU, SPLIT>;
+  a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
+  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(ctas), kWsThreads, Shape::kSmemBytes, stream>>>(a);
+  kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool SWIGLU, bool MMA_IN_FLIGHT, bool SPLIT>
-void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
-  constexpr bool F = MMA_IN_FLIGHT;
-  if (t.bn == 128 && t.stages == 3) return launch<128, 3, F, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 128 && t.stages == 4) return launch<128, 4, F, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 256 && t.stages == 3) return launch<256, 3, F, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 256 && t.stages == 4) return launch<256, 4, F, SWIGLU, SPLIT>(p, stream);
-  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
-}
-
 template <bool SWIGLU, bool SPLIT>
-void launch_flight(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
-  if (t.warp_spec) {
-    if (t.bn == 128 && t.stages == 4) return launch_ws<128, 4, SWIGLU, SPLIT>(p, stream);
-    if (t.bn == 128 && t.stages == 6) return launch_ws<128, 6, SWIGLU, SPLIT>(p, stream);
-    if (t.bn == 256 && t.stages == 3) return launch_ws<256, 3, SWIGLU, SPLIT>(p, stream);
-    if (t.bn == 256 && t.stages == 4) return launch_ws<256, 4, SWIGLU, SPLIT>(p, stream);
-    KIMI_CHECK(false, "moe wgmma: no warp-specialised tile of ", t.bn, " columns with ", t.stages,
-               " stages");
-  }
-  if (t.mma_in_flight)
-    launch_tile<SWIGLU, true, SPLIT>(p, t, stream);
-  else
-    launch_tile<SWIGLU, false, SPLIT>(p, t, stream);
+void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT>(p, stream);
+  KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
 }
 
 }  // namespace
@@ -86,11 +52,11 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe wgmma: x, w13, w2, act, y and the lo planes must be 16-byte aligned");
   if (swiglu) {
-    if (p.split()) launch_flight<true, true>(p, tile, stream);
-    else launch_flight<true, false>(p, tile, stream);
+    if (p.split()) launch_tile<true, true>(p, tile, stream);
+    else launch_tile<true, false>(p, tile, stream);
   } else {
-    if (p.split()) launch_flight<false, true>(p, tile, stream);
-    else launch_flight<false, false>(p, tile, stream);
+    if (p.split()) launch_tile<false, true>(p, tile, stream);
+    else launch_tile<false, false>(p, tile, stream);
   }
 }
 

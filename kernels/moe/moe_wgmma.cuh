@@ -6,19 +6,26 @@
 //
 // Launch: 1-D grid over (row tile, column block), column block fastest, so the CTAs that run
 // together share one expert's weights (read once from DRAM, the rest from L2) and, for down,
-// the same act rows. 256 threads = 2 warpgroups. Tiles of 128 rows (permutation block_m 128)
-// and BN weight rows: down owns BN output columns, gate_up BN/2 gate rows and the matching BN/2
-// up rows of W13 (BN/2 act columns), so SwiGLU is applied in registers.
-// Mainloop: k steps of 64 (one 128-byte row of bf16 per operand row). Every thread copies 16-byte
-// pieces with cp.async into a STAGES-deep ring, in the 128-byte swizzle wgmma reads (16-byte
-// piece c of row r sits at piece c ^ (r % 8); tiles 1024-byte aligned); rows past the expert's
-// end, columns past N and k past K are zero-filled. Warpgroup g multiplies its 64 rows by the BN
-// weight rows with wgmma m64n128k16 (both operands K-major from shared memory, fp32 accumulators
-// in registers). MMA_IN_FLIGHT: one k step of wgmma stays in flight across the next step's
-// barrier and copies run STAGES − 2 steps ahead; else each step's MMAs retire before the next
-// barrier and copies run STAGES − 1 steps ahead (more bytes in flight for the same memory). A
-// warpgroup whose 64 rows are all past the expert's end skips its MMAs (the tail tile of an
-// expert usually fills only the first half).
+// the same act rows. Tiles of 128 rows (permutation block_m 128) and BN weight rows: down owns
+// BN output columns, gate_up BN/2 gate rows and the matching BN/2 up rows of W13 (BN/2 act
+// columns), so SwiGLU is applied in registers. One CTA per SM, 384 threads, warp-specialised:
+// - Warpgroup 0, the producer (setmaxnreg down to 64), fills a STAGES-deep ring of k steps of 64
+//   (one 128-byte row of bf16 per operand row) in the 128-byte swizzle wgmma reads (16-byte piece
+//   c of row r at piece c ^ (r % 8); tiles 1024-byte aligned). Its 128 threads gather the input
+//   rows with cp.async (rows past the expert's end and k past K zero-filled; TMA cannot gather
+//   rows) and signal the slot's full mbarrier with cp.async.mbarrier.arrive.noinc, one arrival per
+//   thread once its copies landed; its thread 0 adds the BN weight rows as TMA boxes of 64 k × 64
+//   rows (k past K zero-filled by the tensor map) completing on the same barrier. Copying the
+//   weights with cp.async as well made the producer the bottleneck (1.6-1.9x slower, perf-log).
+// - Warpgroups 1 and 2, the consumers (setmaxnreg up to 216), own 64 rows each: per k step they
+//   wait on the slot's full barrier, issue wgmma m64n128k16 (both operands K-major from shared
+//   memory, fp32 accumulators in registers, the first k step overwriting them), keep that step's
+//   MMAs in flight while waiting for the next slot, and hand a slot back on its empty mbarrier
+//   (one arrival per consumer warp) once the MMAs reading it retired. No CTA-wide barrier in the
+//   loop. A warpgroup whose 64 rows are all past the expert's end skips its MMAs (the tail tile
+//   of an expert usually fills only the first half) but still takes part in the ring.
+// Weight rows past N in a box (the last column block) belong to the next rows of the tensor map
+// or are zero-filled past its end: they only feed columns that are not stored.
 // Epilogue: straight from the accumulators (thread owns rows lane/4 and lane/4 + 8 of its warp's
 // 16, two adjacent columns per 8): bf16x2 act stores or float2 y stores.
 // SPLIT (high precision, moe.h): 2·⌈K/64⌉ k steps, the second half over the lo plane of the input
@@ -39,18 +46,6 @@ namespace kimi::cuda::moe {
 
 constexpr int kWgRows = 128;     // rows per tile (block_m)
 constexpr int kWgK = 64;         // k per pipeline step: 128 bytes of bf16
-constexpr int kWgThreads = 256;  // two warpgroups of 64 rows each
-
-template <int BN, int STAGES>
-struct WgmmaShape {
-  static_assert(BN == 128 || BN == 256, "wgmma tiles of 128 or 256 weight rows");
-  static_assert(STAGES >= 3, "one stage in the MMA, one landing, one or more in flight");
-  static constexpr int kABytes = kWgRows * kWgK * 2;
-  static constexpr int kBBytes = BN * kWgK * 2;
-  static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kSmemBytes = STAGES * kStageBytes + 1024;  // + slack for 1024 alignment
-  static constexpr int kCtasPerSm = 2 * kSmemBytes <= 227 * 1024 ? 2 : 1;
-};
 
 // Row tile `tile` of the permutation: its expert and row range [m0, m_end).
 struct WgTile {
@@ -118,7 +113,7 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
 // accumulate = 0: the first k16 overwrites acc.
 template <int BN>
 __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
-                                            uint32_t b_base, int accumulate = 1) {
+                                            uint32_t b_base, int accumulate) {
 #pragma unroll
   for (int kk = 0; kk < kWgK / 16; ++kk) {
     const uint64_t da = wgmma_desc(a_base + kk * 32);
@@ -129,134 +124,17 @@ __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t
   }
 }
 
-template <int BN, int STAGES, bool MMA_IN_FLIGHT, bool SWIGLU, bool SPLIT>
-__global__ void __launch_bounds__(kWgThreads, (WgmmaShape<BN, STAGES>::kCtasPerSm))
-    moe_wgmma_kernel(MoeGemmParams p, MoePermuteView v, int col_blocks) {
-  using Shape = WgmmaShape<BN, STAGES>;
-  // k steps of copies in flight beyond the one the MMAs read.
-  constexpr int kAhead = MMA_IN_FLIGHT ? STAGES - 2 : STAGES - 1;
-  constexpr int kAPieces = kWgRows * 8 / kWgThreads;  // 16-byte pieces per thread per step
-  constexpr int kBPieces = BN * 8 / kWgThreads;
-  constexpr int kNH = BN / 128;  // m64n128 MMAs per k16 step
-
-  extern __shared__ unsigned char wg_smem_raw[];
-  const uint32_t raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(wg_smem_raw));
-  const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
-  unsigned char* smem = wg_smem_raw + (smem_addr - raw_addr);
-
-  const int E = p.num_experts;
-  const int tile = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
-  if (tile >= v.tile_start[E]) return;
-  const WgTile wt = wg_find_tile(v, E, tile);
-  const int e = wt.e, m0 = wt.m0, m_end = wt.m_end;
-  const int N = SWIGLU ? p.inter : p.hidden, Kd = SWIGLU ? p.hidden : p.inter;
-  const int n0 = cb * (SWIGLU ? BN / 2 : BN);  // first output column
-  const bf16* W =
-      SWIGLU ? p.w13 + int64_t(e) * 2 * p.inter * p.hidden : p.w2 + int64_t(e) * p.hidden * p.inter;
-
-  // Thread tid copies piece tid % 8 of rows tid / 8 + 32 i: one row's 128 bytes per 8 lanes.
-  const int tid = threadIdx.x;
-  const int piece = tid % 8, row0 = tid / 8;
-  const uint32_t dst_in_row = uint32_t(((piece ^ (row0 % 8)) * 16));  // row0 + 32 i ≡ row0 mod 8
-  const bf16* a_src[kAPieces];
-#pragma unroll
-  for (int i = 0; i < kAPieces; ++i) {
-    const int row = m0 + row0 + 32 * i;
-    a_src[i] = nullptr;
-    if (row < m_end)
-      a_src[i] =
-          SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
-  }
-  const bf16* b_src[kBPieces];
-#pragma unroll
-  for (int i = 0; i < kBPieces; ++i) {
-    const int r = row0 + 32 * i;
-    const int n = n0 + (SWIGLU ? r % (BN / 2) : r);
-    const int wrow = SWIGLU && r >= BN / 2 ? p.inter + n : n;
-    b_src[i] = n < N ? W + int64_t(wrow) * Kd : nullptr;
-  }
-  const int KTd = (Kd + kWgK - 1) / kWgK;  // k steps of one plane
-  const int KT = SPLIT ? 2 * KTd : KTd;
-  auto issue = [&](int kt) {
-    const uint32_t st = uint32_t((kt % STAGES) * Shape::kStageBytes);
-    const bool lo = SPLIT && kt >= KTd;
-    const int k = (lo ? kt - KTd : kt) * kWgK + piece * 8;
-    const bool k_ok = k < Kd;
-#pragma unroll
-    for (int i = 0; i < kAPieces; ++i) {
-      const bool ok = k_ok && a_src[i];
-      const bf16* src = a_src[i] + k;
-      if (lo && a_src[i])  // the same row of the lo plane
-        src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
-      cp_async16(smem + st + (row0 + 32 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
-    }
-#pragma unroll
-    for (int i = 0; i < kBPieces; ++i) {
-      const bool ok = k_ok && b_src[i];
-      cp_async16(smem + st + Shape::kABytes + (row0 + 32 * i) * 128 + dst_in_row,
-                 ok ? b_src[i] + k : p.w2, ok);
-    }
-  };
-
-  // Broadcast from lane 0 so the compiler sees warp-uniform values: a branch it thinks divergent
-  // around wgmma makes it serialize every MMA (ptxas C7518).
-  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
-  const bool wg_busy = __shfl_sync(0xffffffffu, int(m0 + 64 * wg < m_end), 0) != 0;
-  float acc[kNH][64];
-#pragma unroll
-  for (int h = 0; h < kNH; ++h)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[h][i] = 0.f;
-
-#pragma unroll
-  for (int s = 0; s < kAhead; ++s) {
-    if (s < KT) issue(s);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<kAhead - 1>();  // this thread's pieces of step kt landed
-    // The tensor cores read through the async proxy: order the copies' writes before it.
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    // Every piece of step kt landed, and both warpgroups retired the MMAs of the step whose stage
-    // the copies below refill: kt − 2 (wgmma_wait<1> in step kt − 1) or kt − 1 (wgmma_wait<0>).
-    __syncthreads();
-    if (kt + kAhead < KT) issue(kt + kAhead);
-    cp_async_commit();
-    if (wg_busy) {
-      const uint32_t st = smem_addr + uint32_t((kt % STAGES) * Shape::kStageBytes);
-      const uint32_t a_base = st + uint32_t(wg * 64 * 128), b_base = st + Shape::kABytes;
-      wgmma_fence();
-      wg_mma_step<BN>(acc, a_base, b_base);
-      wgmma_commit();
-      wgmma_wait<MMA_IN_FLIGHT ? 1 : 0>();
-    }
-  }
-  wgmma_wait<0>();  // unconditional: the compiler then sees every MMA retired before the epilogue
-#pragma unroll
-  for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
-
-  const int warp = (tid % 128) / 32, lane = tid % 32;
-  wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * wg + 16 * warp + lane / 4, m_end, n0, lane);
-}
-
-// Warp-specialised variant (MoeWgmmaTile::warp_spec): 384 threads. Warpgroup 0 is the producer:
-// after setmaxnreg hands its registers to the consumers, its 128 threads copy the gathered
-// input rows of each k step with cp.async (same pieces, swizzle and zero fill as above) into a
-// STAGES-deep ring and signal the slot's full mbarrier with cp.async.mbarrier.arrive.noinc (one
-// arrival per producer thread once its copies landed); its thread 0 adds the weight rows as
-// TMA boxes completing on the same barrier. Warpgroups 1 and 2 (64 rows each) wait on the full barrier, issue the slot's
-// wgmmas, keep them in flight while waiting for the next slot, and hand a slot back on its empty
-// mbarrier (one arrival per consumer warp) once the MMAs reading it retired: no CTA-wide barrier
-// in the loop, and copies run as far ahead as the ring allows.
-constexpr int kWsThreads = 384;
-constexpr int kWsConsumerWarps = 8;
+constexpr int kWgThreads = 384;  // producer warpgroup + 2 consumer warpgroups × 64 rows
+constexpr int kWgConsumerWarps = 8;
 // One CTA per SM (ptxas compiles every path under the launch cap, 65536 / 384 = 168 registers:
-// two CTAs' 80 cannot hold a warpgroup's accumulators); 128 · 40 + 256 · 232 fit the 65536.
-constexpr int kWsProducerRegs = 64;
-constexpr int kWsConsumerRegs = 216;
+// two CTAs' 80 cannot hold a warpgroup's accumulators); 128 · 64 + 256 · 216 fit the 65536. The
+// producer's 64: its gather pointers stay in registers (40 spilled).
+constexpr int kWgProducerRegs = 64;
+constexpr int kWgConsumerRegs = 216;
 
 template <int BN, int STAGES>
-struct WsShape {
+struct WgmmaShape {
+  static_assert(BN == 128 || BN == 256, "wgmma tiles of 128 or 256 weight rows");
   static constexpr int kABytes = kWgRows * kWgK * 2;
   static constexpr int kBBytes = BN * kWgK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
@@ -273,31 +151,31 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
 
 // Kernel arguments: b is the weights' tensor map, boxes of 64 k × 64 rows: gate_up W13 as
 // [E·2I rows][hidden], down W2 as [E·hidden rows][I].
-struct WsArgs {
+struct WgmmaArgs {
   CUtensorMap b;
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
 };
-constexpr int kWsBoxRows = 64;
+constexpr int kWgBoxRows = 64;
 
 template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
-__global__ void __launch_bounds__(kWsThreads, 1)
-    moe_wgmma_ws_kernel(const __grid_constant__ WsArgs args) {
-  using Shape = WsShape<BN, STAGES>;
+__global__ void __launch_bounds__(kWgThreads, 1)
+    moe_wgmma_kernel(const __grid_constant__ WgmmaArgs args) {
+  using Shape = WgmmaShape<BN, STAGES>;
   const MoeGemmParams& p = args.p;
   const MoePermuteView& v = args.v;
   const int col_blocks = args.col_blocks;
   constexpr int kAPieces = kWgRows * 8 / 128;  // 16-byte pieces per producer thread per step
   constexpr int kNH = BN / 128;
 
-  extern __shared__ unsigned char ws_smem_raw[];
+  extern __shared__ unsigned char wg_smem_raw[];
   __shared__ uint64_t bars[2 * STAGES];  // full[STAGES], empty[STAGES]
   uint64_t* const full = bars;
   uint64_t* const empty = bars + STAGES;
-  const uint32_t raw_addr = smem_u32(ws_smem_raw);
+  const uint32_t raw_addr = smem_u32(wg_smem_raw);
   const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;  // the swizzle pattern needs 1024
-  unsigned char* smem = ws_smem_raw + (smem_addr - raw_addr);
+  unsigned char* smem = wg_smem_raw + (smem_addr - raw_addr);
 
   const int E = p.num_experts;
   const int tile = blockIdx.x / col_blocks, cb = blockIdx.x % col_blocks;
@@ -313,7 +191,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full + s, 128 + 1);  // the producers' copies + the weights' expect_tx
-      mbar_init(empty + s, kWsConsumerWarps);
+      mbar_init(empty + s, kWgConsumerWarps);
     }
     fence_mbar_init();
   }
@@ -322,7 +200,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (wg == 0) {
-    setmaxnreg_dec<kWsProducerRegs>();
+    setmaxnreg_dec<kWgProducerRegs>();
     const int w_row = SWIGLU ? e * 2 * p.inter + n0 : e * p.hidden + n0;  // tensor map row
     // Thread tid copies piece tid % 8 of rows tid / 8 + 16 i: one row's 128 bytes per 8 lanes.
     const int piece = tid % 8, row0 = tid / 8;
@@ -348,8 +226,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
         // that are not stored). gate_up: the first BN/2 tile rows are gate rows, then up rows.
         mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
 #pragma unroll
-        for (int bx = 0; bx < BN / kWsBoxRows; ++bx) {
-          const int r = bx * kWsBoxRows;
+        for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
+          const int r = bx * kWgBoxRows;
           const int row = SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r;
           tma_load_2d(smem_addr + st + Shape::kABytes + r * 128, &args.b, k0, row, full + s);
         }
@@ -368,7 +246,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     }
     cp_async_wait<0>();
   } else {
-    setmaxnreg_inc<kWsConsumerRegs>();
+    setmaxnreg_inc<kWgConsumerRegs>();
     const int cw = wg - 1;  // rows 64 cw .. + 64 of the tile
     const bool busy = __shfl_sync(0xffffffffu, int(m0 + 64 * cw < m_end), 0) != 0;
     const int lane = tid % 32;

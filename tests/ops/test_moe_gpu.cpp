@@ -249,8 +249,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
-      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages,
-                  wgmma_tile->warp_spec ? " ws" : wgmma_tile->mma_in_flight ? " overlap" : " deep");
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages);
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -667,10 +666,9 @@ TEST(MoeGpu, PathChoice) {
     p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
     EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
   }
-  // The wgmma tile: warp-specialised 128 × 256, 4 stages, at every size.
+  // The wgmma tile: 128 × 256, 4 stages, at every size.
   for (int T : {4096, 16384}) {
     p.num_tokens = T;
-    EXPECT_TRUE(cuda::moe::moe_wgmma_tile(p).warp_spec) << "T " << T;
     EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 256) << "T " << T;
     EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).stages, 4) << "T " << T;
   }
@@ -834,8 +832,8 @@ TEST(MoeGpu, ExpertsWgmmaSkewed) {
 
 // The model's sizes (hidden 2304, I 1024, top-8) on 32 experts (host memory and CPU time of the
 // fp32 reference), T = 1, 7, 65, 769; and T = 4096 skewed on 64 experts: expert 0 in every token
-// (4096 rows, ~4.4× the others), experts 32..63 empty. T = 769 and 4096 also run the tile shape
-// moe_wgmma_tile does not pick there (it picks 128 × 128 at 192 rows per expert, 128 × 256 at 512).
+// (4096 rows, ~4.4× the others), experts 32..63 empty. T = 769 and 4096 also run the 128 × 128
+// tile (moe_wgmma_tile picks 128 × 256).
 TEST(MoeGpu, ExpertsWgmmaFullSize) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -846,14 +844,14 @@ TEST(MoeGpu, ExpertsWgmmaFullSize) {
       check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
       if (T == 769)
         check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
-                      &cuda::moe::kMoeWgmmaTiles[6]);
+                      &cuda::moe::kMoeWgmmaTiles[0]);
     }
   }
   ExpertWeights w(64, 2304, 1024, 110);
   const ExpertCase c = skewed_case(w, 4096, 8, 32, 111);
   check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
   check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma,
-                &cuda::moe::kMoeWgmmaTiles[1]);
+                &cuda::moe::kMoeWgmmaTiles[0]);
 #endif
 }
 
@@ -942,7 +940,7 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
     std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
   }
   std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
-  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, tile->warp_spec ? " ws" : tile->mma_in_flight ? " overlap" : " deep");
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages);
   const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
   const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
   EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
@@ -1009,7 +1007,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
     for (int n = 0; n < H; ++n)
       for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
     dw2.upload(w2);
-    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[7]}) {
+    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[3]}) {
       dy.poison();
       cuda::MoeGemmParams gp;
       gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
@@ -1027,9 +1025,8 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
           const float got = y[size_t(r) * H + n];
           if (got == want) continue;
           if (bad++ < 12)
-            std::printf("    [probe] tile %dx%d%s %s: y[%d, %d] = %g, want %g\n", tile.bn,
-                        tile.stages, tile.mma_in_flight ? "" : " deep",
-                        pattern ? "k pattern" : "n pattern", r, n, got, want);
+            std::printf("    [probe] tile %dx%d %s: y[%d, %d] = %g, want %g\n", tile.bn,
+                        tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
         }
       EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
       EXPECT_TRUE(dy.guards_intact());
