@@ -18,8 +18,10 @@
 // 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
 // Three kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
 //   wgmma : prefill-sized batches (compute-bound) on Hopper: 128-row tiles (block_m 128) ×
-//           128 or 256 weight rows, wgmma from 128-byte-swizzled shared memory fed by a cp.async
-//           ring, SwiGLU in registers (moe_wgmma.cuh).
+//           128 or 256 weight rows, warp-specialised: a producer warpgroup gathers the input
+//           rows with cp.async and the weights with TMA into mbarrier rings, two consumer
+//           warpgroups run wgmma from 128-byte-swizzled shared memory, SwiGLU in registers
+//           (moe_wgmma.cuh).
 //   tiled : the WMMA tiles above (block_m 16 or 64): the previous prefill kernel, kept for
 //           comparison and for permutations of 16/64-row tiles.
 //   gemv  : decode-sized batches (experts with 1..16 rows, bandwidth-bound): CTA = (row tile,
