@@ -206,11 +206,12 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       continue;
     }
     // The usage value of this event's chunks: null, or (continuous usage stats, vLLM) the
-    // prompt and this choice's completion tokens so far.
+    // prompt, its cached part and this choice's completion tokens so far.
     json usage_value = nullptr;
     if (req_.continuous_usage) {
       Usage u;
       u.prompt_tokens = int(prompts_.ids[prompt].size());
+      u.cached_tokens = handles_[size_t(prompt)]->usage().cached_tokens;  // known at admission
       u.completion_tokens = sample_tokens_[prompt][ev.index];
       usage_value = usage_json(u);
     }

@@ -52,11 +52,12 @@ class EngineImpl final : public Engine {
   void free_seq(Sequence& s);
   void finish_seq(Sequence& s, FinishReason r, const std::string& why = {});
   void fork_samples(Sequence& leader, const float* logits);
-  // Prefix cache: an admitted sequence starts from the longest cached prompt its tokens extend
+  // Prefix cache: an admitted sequence starts from the longest cached entry its tokens extend
   // (its full blocks shared; the caller copies the state and the partial block); a sequence
-  // whose prompt has just been computed leaves a copy of its state and blocks.
+  // leaves a copy of its state and blocks when its prompt has just been computed and when it
+  // finishes (prompt and answer: the next turn of a chat extends them).
   void start_from_prefix(Sequence& s, int entry);
-  void cache_prompt(Sequence& s);
+  void cache_computed(Sequence& s);
   int free_or_reclaimable_blocks() const;
   void sample_and_emit(Sequence& s, const float* logits);
   void emit(Sequence& s, int tok, GenerationEvent ev);
@@ -333,10 +334,11 @@ void EngineImpl::start_from_prefix(Sequence& s, int entry) {
   s.num_computed = n;
 }
 
-// Called when s has just computed exactly its prompt (its state is the prompt's end state).
-void EngineImpl::cache_prompt(Sequence& s) {
-  if (s.index != 0 || s.prompt_len < kBlockSize) return;  // short prompts save too little
-  const std::optional<int> slot = prefix_->insert(std::span<const int>(s.tokens.data(), size_t(s.prompt_len)),
+// Caches s's computed tokens (its state is at their end; a drawn token not fed yet is not
+// among them). Called at the end of the prompt and when s finishes.
+void EngineImpl::cache_computed(Sequence& s) {
+  if (s.index != 0 || s.num_computed < kBlockSize) return;  // short prompts save too little
+  const std::optional<int> slot = prefix_->insert(std::span<const int>(s.tokens.data(), size_t(s.num_computed)),
                                                   s.blocks, kBlockSize);
   if (slot) model_->copy_slot(s.slot, *slot);
 }
@@ -531,7 +533,7 @@ void EngineImpl::step() {
     int before = s->num_computed;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
-    if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_prompt(*s);
+    if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_computed(*s);
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
     if (on_device && !on_host[i]) {
       GenerationEvent ev;
@@ -704,6 +706,7 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   std::string rest = s.flush_text(fin);
   ev.text += rest;
   s.finished = true;
+  if (prefix_) cache_computed(s);
   free_seq(s);
   publish_metrics();
   s.req->handle->push(std::move(ev));  // siblings were forked before this first sample

@@ -348,9 +348,11 @@ TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
   EXPECT_THROW(eng->submit(r), Error);
 }
 
-// Prefix caching: each turn of a conversation extends the previous prompt; it starts from that
-// prompt's cached state and blocks, reports them as cached tokens, and draws what an engine
-// without the cache draws. Turn lengths leave partial last blocks (copied, not shared).
+// Prefix caching: each turn of a conversation extends the previous prompt and answer; it starts
+// from the state and blocks the previous request left when it finished (every computed token:
+// the prompt and the answer but its last token, which was drawn and never fed), reports them as
+// cached tokens, and draws what an engine without the cache draws. Turn lengths leave partial
+// last blocks (copied, not shared).
 TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   auto cached = Engine::create(engine_opts(4));
   EngineOptions no_cache_opts = engine_opts(4);
@@ -360,34 +362,44 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   const int V = cached->config().vocab_size;
   std::vector<int> prompt = random_prompt(rng, 100, V);
   uint64_t queried = 0, hit = 0;
-  int previous = 0;  // the previous turn's prompt length: what the cache holds
-  int before_last = 0;
+  int expect_cached = 0;  // the previous turn's prompt and answer but its last token
+  int last_prompt = 0, last_cached = 0;  // the last turn's
   for (int turn = 0; turn < 4; ++turn) {
     Request r = greedy(prompt, 12);
     auto h = cached->submit(r);
     auto got = collect(*h)[0];
     auto want = collect(*plain->submit(r))[0];
     EXPECT_EQ(got.ids, want.ids) << "turn " << turn;
-    EXPECT_EQ(h->usage().cached_tokens, previous) << "turn " << turn;
+    ASSERT_FALSE(got.ids.empty());
+    EXPECT_EQ(h->usage().cached_tokens, expect_cached) << "turn " << turn;
     queried += prompt.size();
-    hit += uint64_t(previous);
-    before_last = previous;
-    previous = int(prompt.size());
+    hit += uint64_t(expect_cached);
+    last_prompt = int(prompt.size());
+    last_cached = expect_cached;
     prompt.insert(prompt.end(), got.ids.begin(), got.ids.end());  // the answer, then a new message
+    expect_cached = int(prompt.size()) - 1;
     const std::vector<int> more = random_prompt(rng, 37 + 20 * turn, V);
     prompt.insert(prompt.end(), more.begin(), more.end());
   }
   EngineMetrics m = cached->metrics();
   EXPECT_EQ(m.prefix_cache_queries_total, queried);
   EXPECT_EQ(m.prefix_cache_hits_total, hit);
-  EXPECT_EQ(m.free_blocks, m.total_blocks);  // cached prompts' blocks count as free
+  EXPECT_EQ(m.free_blocks, m.total_blocks);  // cached sequences' blocks count as free
   EXPECT_EQ(plain->metrics().prefix_cache_hits_total, 0u);
-  // The last turn's prompt again starts from the turn before it, not from itself (its last
-  // token's logits are needed); a prompt sharing only part of the first turn's is no hit
-  // (entries are whole prompts).
-  auto again = cached->submit(greedy(std::vector<int>(prompt.begin(), prompt.begin() + previous), 4));
+  // The last turn's prompt again: its own entry cannot serve it (its last token's logits are
+  // needed), the turn before's finished request can; the last request's prompt plus a different
+  // answer starts from that prompt's entry (a regenerated answer); a prompt sharing only part
+  // of the first turn's is no hit (entries are whole sequences).
+  std::vector<int> last(prompt.begin(), prompt.begin() + last_prompt);
+  auto again = cached->submit(greedy(last, 4));
   collect(*again);
-  EXPECT_EQ(again->usage().cached_tokens, before_last);
+  EXPECT_EQ(again->usage().cached_tokens, last_cached);
+  std::vector<int> regen = last;
+  regen.push_back(prompt[size_t(last_prompt)] + 1);  // not the answer's first token
+  regen.push_back(7);
+  auto other_answer = cached->submit(greedy(regen, 4));
+  collect(*other_answer);
+  EXPECT_EQ(other_answer->usage().cached_tokens, last_prompt);
   std::vector<int> partial(prompt.begin(), prompt.begin() + 80);
   partial.push_back(5);
   auto other = cached->submit(greedy(partial, 4));
