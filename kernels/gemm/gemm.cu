@@ -171,12 +171,30 @@ void Gemm::run_group(const GemmArgs* a, int n, cudaStream_t stream) {
 void Gemm::run_hilo(const GemmArgs* a, int n, int64_t lo_offset, cudaStream_t stream) {
   KIMI_CHECK(n >= 1 && n <= kGemvMaxGroup && lo_offset > 0, "gemm hi/lo: ", n, " GEMMs, lo plane at +",
              lo_offset);
-  GemmArgs lo[kGemvMaxGroup];
+  GemmArgs lo[kGemvMaxGroup], stacked[kGemvMaxGroup];
+  // Decode-sized: the lo plane is the M rows after the hi plane's (lo_offset = M·lda), so both
+  // stack as 2M rows of one small-M launch whose epilogue adds the row pairs: the weights are read
+  // once (GemvOptions::fold_rows).
+  const int M = a[0].M;
+  bool stack = path_ != GemmPath::kCublasLt && M <= kGemmSmallMaxRows && 2 * M <= kGemvMaxRows &&
+               lo_offset == int64_t(M) * a[0].lda;
   for (int i = 0; i < n; ++i) {
     KIMI_CHECK(a[i].out == GemmOut::kF32 && !a[i].in_f32, "gemm hi/lo: bf16 inputs and an fp32 output");
     lo[i] = a[i];
     lo[i].A = a[i].A + lo_offset;
     lo[i].beta = 1.f;
+    stacked[i] = a[i];
+    stacked[i].M = 2 * M;
+    stack = stack && a[i].M == M && gemv_supported(stacked[i]);
+  }
+  if (stack && (n == 1 || gemv_group_supported(stacked, n))) {
+    GemvOptions opt;
+    opt.num_sms = num_sms_;
+    opt.force_splits = small_m_splits_;
+    opt.fold_rows = M;
+    if (n == 1) run_gemv(stacked[0], opt, stream);
+    else run_gemv_group(stacked, n, opt, stream);
+    return;
   }
   run_group(a, n, stream);
   run_group(lo, n, stream);

@@ -77,7 +77,9 @@ class Gemm {
   // High-precision input (docs/precision.md): every a[i] reads the hi plane of its input at A and
   // the lo plane lo_offset elements after it (x = hi + lo, misc.h run_split_bf16). Runs
   // run_group(a, n), then the same GEMMs over the lo planes with beta 1: C = W·hi + W·lo (+ beta·C),
-  // i.e. W·x with x to ~16 significant bits and fp32 accumulation. Outputs must be fp32 (a bf16 C
+  // i.e. W·x with x to ~16 significant bits and fp32 accumulation. Decode-sized calls whose lo
+  // plane follows the hi plane's rows (lo_offset = M·lda) run instead as one small-M launch of 2M
+  // stacked rows that adds the row pairs (the weights read once). Outputs must be fp32 (a bf16 C
   // would round between the passes) and n <= kGemvMaxGroup.
   void run_hilo(const GemmArgs* a, int n, int64_t lo_offset, cudaStream_t stream);
   // The GemmArgs of linear() below.

@@ -10,6 +10,8 @@
 //   the same permutation straight from L2 (tiny and shared by every CTA; see gv_load_inputs). The 8 warps' partial sums meet in shared memory in warp order. With splits > 1 the
 //   splits of a tile are one thread-block cluster (≤ 8 CTAs along z): cluster rank 0 adds the
 //   others' sums from their shared memory (DSMEM) in split order and writes C.
+//   FOLD (hi/lo split input, GemvOptions::fold_rows = fold): the 2·fold rows are hi then lo; the
+//   epilogue stages the sums in shared memory and writes C row m = row m + row m + fold.
 //   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
 //   before griddepcontrol.wait, so it streams while the previous kernel drains; x and C only
 //   after it.
@@ -87,9 +89,9 @@ struct GemvGroup {
 };
 
 // NT: n tiles of 8 input rows; U: k chunks per warp in flight.
-template <int NT, int U, bool OUT_F32>
+template <int NT, int U, bool OUT_F32, bool FOLD>
 __global__ void __launch_bounds__(kGvThreads, 2)
-    gemv_mma_kernel(GemmArgs a, int split_chunks, GemvGroup group) {
+    gemv_mma_kernel(GemmArgs a, int split_chunks, GemvGroup group, int fold) {
   static_assert(NT == 1 || NT == 2, "n tiles");
   constexpr int kItems = 2 * NT * 4 * 32;  // outputs of a CTA: [rg][nt][j][lane]
   __shared__ float red[kGvWarps][kItems];
@@ -201,13 +203,31 @@ __global__ void __launch_bounds__(kGvThreads, 2)
     cluster.sync();  // rank 0 has read every part: the other CTAs may exit
     if (!first) return;
   }
+  if constexpr (FOLD) {  // C row m = row m (hi) + row m + fold (lo), through shared memory
+    float* fin = &red[0][0];  // every warp has summed red: reused
+    __syncthreads();
 #pragma unroll
-  for (int q = 0; q < kItems / kGvThreads; ++q) {
-    const int i = tid + q * kGvThreads;
-    const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
-    const int m = 8 * nt + 2 * (l % 4) + j % 2;
-    const int n = n0 + 16 * rg + l / 4 + 8 * (j / 2);
-    if (m < M && n < N) gv_store<OUT_F32>(a, b, m, n, sums[q]);
+    for (int q = 0; q < kItems / kGvThreads; ++q) fin[tid + q * kGvThreads] = sums[q];
+    __syncthreads();
+#pragma unroll
+    for (int q = 0; q < kItems / kGvThreads; ++q) {
+      const int i = tid + q * kGvThreads;
+      const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
+      const int m = 8 * nt + 2 * (l % 4) + j % 2, nl = l / 4 + 8 * (j / 2);
+      const int n = n0 + 16 * rg + nl, m2 = m + fold;
+      if (m >= fold || n >= N) continue;
+      const int i2 = ((rg * NT + m2 / 8) * 4 + (nl / 8) * 2 + m2 % 2) * 32 + (nl % 8) * 4 + (m2 % 8) / 2;
+      gv_store<OUT_F32>(a, b, m, n, sums[q] + fin[i2]);
+    }
+  } else {
+#pragma unroll
+    for (int q = 0; q < kItems / kGvThreads; ++q) {
+      const int i = tid + q * kGvThreads;
+      const int l = i % 32, j = (i / 32) % 4, nt = (i / 128) % NT, rg = i / (128 * NT);
+      const int m = 8 * nt + 2 * (l % 4) + j % 2;
+      const int n = n0 + 16 * rg + l / 4 + 8 * (j / 2);
+      if (m < M && n < N) gv_store<OUT_F32>(a, b, m, n, sums[q]);
+    }
   }
 }
 

@@ -29,6 +29,10 @@ inline constexpr int kGemvMaxSplits = 8;  // k splits per tile: one portable clu
 struct GemvOptions {
   int num_sms = 0;       // of the device, queried once by the owner
   int force_splits = 0;  // > 0: this k split count (≤ kGemvMaxSplits) instead of gemv_splits()
+  // > 0 (bf16 B only): the M = 2·fold_rows input rows are a hi/lo split input stacked (Gemm::
+  // run_hilo), and C gets fold_rows rows: C[m] = result row m + result row m + fold_rows. The
+  // weights are read once for both halves.
+  int fold_rows = 0;
 };
 
 // Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, B stored [N, K], and the operands meet

@@ -80,9 +80,11 @@ TEST(GemmGpu, HiLoSplitInputMatchesFp32Reference) {
       std::vector<GuardedBuffer<uint16_t>> w;
       std::vector<GuardedBuffer<float>> y;
       std::vector<std::vector<float>> ref, hi_ref;
+      std::vector<uint16_t> w0;
       cuda::GemmArgs args[3];
       for (int i = 0; i < 3; ++i) {
         auto wh = random_bf16(rng, size_t(Ns[i]) * K, -0.1f, 0.1f);
+        if (i == 0) w0 = wh;
         auto y0 = random_f32(rng, size_t(M) * Ns[i], -1.f, 1.f);
         std::vector<float> r(y0.size()), rh(y0.size());
         for (int m = 0; m < M; ++m)
@@ -115,8 +117,71 @@ TEST(GemmGpu, HiLoSplitInputMatchesFp32Reference) {
         EXPECT_GT(eh.rel_rms, 20 * e.rel_rms) << what << ": hi-only error " << eh.rel_rms;
         EXPECT_TRUE(y[i].guards_intact());
       }
+      // The first GEMM alone (run_gemv rather than the group launch at M <= 8), beta 0: W·x.
+      for (float& r : ref[0]) r = 0.f;
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < Ns[0]; ++n) {
+          double acc = 0;
+          for (int k = 0; k < K; ++k)
+            acc += double(x[size_t(m) * K + k]) * bf16_to_f32(w0[size_t(n) * K + k]);
+          ref[0][size_t(m) * Ns[0] + n] = float(acc);
+        }
+      y[0].poison();
+      args[0].beta = 0.f;
+      gemm.run_hilo(args, 1, int64_t(M) * K, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto alone = y[0].to_host();
+      expect_close(str("hi/lo alone M", M, " N", Ns[0], " K", K), alone.data(), ref[0].data(), alone.size(),
+                   3e-5, 1e-3);
       EXPECT_TRUE(dp.guards_intact());
     }
+#endif
+}
+
+// run_hilo on one strided-batched GEMM shaped like the KDA f/g second stage: two batches read the
+// two halves of each input row (lda 2K, stride K), own weights and output planes. M <= 8 takes
+// the stacked small-M launch (rows m and m + M of one launch added in its epilogue), larger M the
+// two cuBLASLt passes; both against a double reference on the fp32 input, 3e-5 as above.
+TEST(GemmGpu, HiLoBatchedStridedInput) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(43);
+  cuda::Gemm gemm;
+  const int K = 128, N = 200;
+  for (int M : {1, 3, 5, 8, 65}) {
+    auto x = random_f32(rng, size_t(M) * 2 * K, -1.f, 1.f);  // [M, 2K]: batch b reads columns bK..
+    std::vector<uint16_t> planes(2 * x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      planes[i] = f32_to_bf16(x[i]);
+      planes[x.size() + i] = f32_to_bf16(x[i] - bf16_to_f32(planes[i]));
+    }
+    auto w = random_bf16(rng, size_t(2) * N * K, -0.1f, 0.1f);  // [2, N, K]
+    std::vector<float> ref(size_t(2) * M * N);                // [2, M, N]
+    for (int b = 0; b < 2; ++b)
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+          double acc = 0;
+          for (int k = 0; k < K; ++k)
+            acc += double(x[size_t(m) * 2 * K + b * K + k]) * bf16_to_f32(w[(size_t(b) * N + n) * K + k]);
+          ref[(size_t(b) * M + m) * N + n] = float(acc);
+        }
+    GuardedBuffer<uint16_t> dp(planes.size()), dw(w.size());
+    GuardedBuffer<float> dy(ref.size());
+    dp.upload(planes);
+    dw.upload(w);
+    dy.poison();
+    cuda::GemmArgs ga;
+    ga.M = M, ga.N = N, ga.K = K;
+    ga.A = dev<bf16>(dp), ga.lda = 2 * K, ga.stride_a = K;
+    ga.B = dev<bf16>(dw), ga.ldb = K, ga.stride_b = int64_t(N) * K;
+    ga.C = dy.data(), ga.ldc = N, ga.stride_c = int64_t(M) * N;
+    ga.out = cuda::GemmOut::kF32, ga.batch = 2;
+    gemm.run_hilo(&ga, 1, int64_t(M) * 2 * K, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto got = dy.to_host();
+    expect_close(str("hi/lo batched M", M), got.data(), ref.data(), got.size(), 3e-5, 1e-4);
+    EXPECT_TRUE(dy.guards_intact() && dp.guards_intact());
+  }
 #endif
 }
 
