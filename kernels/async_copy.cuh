@@ -33,13 +33,6 @@ __device__ __forceinline__ uint64_t policy_evict_first() {
   return policy;
 }
 
-// Starts bringing [src, src + bytes) into L2 (bulk, no completion to wait for; later loads of
-// it hit L2). src and bytes in whole 16-byte pieces. Weights a kernel reads after waiting for
-// the previous one (PDL) start streaming while that kernel still runs.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* src, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-}
-
 // mbarrier and 1-D TMA bulk copies (sm_90): a bulk copy of global bytes into shared memory
 // signals its completion on an mbarrier as a transaction count, off the LSU path that cp.async
 // takes (whose outstanding requests per SM are limited).

@@ -115,14 +115,6 @@ Gemm::Plan& Gemm::plan_for(const GemmArgs& a) {
   return *plans_.emplace(key, std::move(p)).first->second;
 }
 
-GemvOptions Gemm::gemv_options() const {
-  GemvOptions opt;
-  opt.num_sms = num_sms_;
-  opt.force_splits = small_m_splits_;
-  opt.l2_prefetch = l2_prefetch_;
-  return opt;
-}
-
 void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
   KIMI_CHECK(a.M >= 0 && a.N > 0 && a.K > 0 && a.batch >= 1, "gemm M ", a.M, " N ", a.N, " K ", a.K,
              " batch ", a.batch);
@@ -134,7 +126,10 @@ void Gemm::run(const GemmArgs& a, cudaStream_t stream) {
   if (path_ != GemmPath::kCublasLt) {
     const int max_rows = path_ == GemmPath::kSmallM ? kGemvMaxRows : kGemmSmallMaxRows;
     if (a.M <= max_rows && gemv_supported(a)) {
-      run_gemv(a, gemv_options(), stream);
+      GemvOptions opt;
+      opt.num_sms = num_sms_;
+      opt.force_splits = small_m_splits_;
+      run_gemv(a, opt, stream);
       return;
     }
     KIMI_CHECK(path_ != GemmPath::kSmallM, "gemm: the small-M kernels cannot run M ", a.M, " N ",
@@ -164,7 +159,10 @@ void Gemm::run_group(const GemmArgs* a, int n, cudaStream_t stream) {
   bool small = n >= 1 && gemv_group_supported(a, n);
   for (int i = 0; i < n && small; ++i) small = uses_small_m(a[i]);
   if (small) {
-    run_gemv_group(a, n, gemv_options(), stream);
+    GemvOptions opt;
+    opt.num_sms = num_sms_;
+    opt.force_splits = small_m_splits_;
+    run_gemv_group(a, n, opt, stream);
     return;
   }
   for (int i = 0; i < n; ++i) run(a[i], stream);
@@ -190,7 +188,9 @@ void Gemm::run_hilo(const GemmArgs* a, int n, int64_t lo_offset, cudaStream_t st
     stack = stack && a[i].M == M && gemv_supported(stacked[i]);
   }
   if (stack && (n == 1 || gemv_group_supported(stacked, n))) {
-    GemvOptions opt = gemv_options();
+    GemvOptions opt;
+    opt.num_sms = num_sms_;
+    opt.force_splits = small_m_splits_;
     opt.fold_rows = M;
     if (n == 1) run_gemv(stacked[0], opt, stream);
     else run_gemv_group(stacked, n, opt, stream);

@@ -43,8 +43,6 @@ enum class GemmPath { kAuto, kCublasLt, kSmallM };
 // Measured on H200 (bench_gemv): at M = 16 cuBLASLt beats the small-M kernels on most shapes.
 inline constexpr int kGemmSmallMaxRows = 8;
 
-struct GemvOptions;  // gemv.h
-
 struct GemmArgs {
   int M = 0, N = 0, K = 0;
   const bf16* A = nullptr;  // (float* reinterpreted when in_f32)
@@ -95,9 +93,6 @@ class Gemm {
   GemmPath path() const { return path_; }
   // k splits (1..8) of the small-M mma kernel; 0 (default): chosen per call. For benchmarks.
   void set_small_m_splits(int s) { small_m_splits_ = s; }
-  // The small-M kernels' L2 prefetch of their weights (GemvOptions::l2_prefetch; default on).
-  void set_l2_prefetch(bool on) { l2_prefetch_ = on; }
-  bool l2_prefetch() const { return l2_prefetch_; }
   // Whether run(a) would take the small-M kernels (same rule run uses).
   bool uses_small_m(const GemmArgs& a) const;
 
@@ -105,7 +100,6 @@ class Gemm {
   struct Plan;
   using Key = std::tuple<int, int, int, int, int, int, int64_t, int64_t, int64_t, int, int, int, int>;
   Plan& plan_for(const GemmArgs& a);
-  GemvOptions gemv_options() const;
 
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
@@ -114,7 +108,6 @@ class Gemm {
   GemmPath path_ = GemmPath::kAuto;
   int num_sms_ = 0;
   int small_m_splits_ = 0;
-  bool l2_prefetch_ = true;
   bool warned_fallback_ = false;
 };
 

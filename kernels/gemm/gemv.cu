@@ -34,9 +34,8 @@ void launch(void (*kernel)(Params...), dim3 grid, bool pdl, bool cluster_z, cuda
 // per warp (three with two n tiles, to stay within the 128 registers of 2 CTAs per SM).
 // tiles: 32-column tiles of the launch (a.N's, or the group's).
 template <bool OUT_F32>
-void launch_mma(const GemmArgs& a, int tiles, int splits, const GemvGroup& group,
-                const GemvOptions& opt, cudaStream_t stream) {
-  const int fold = opt.fold_rows;
+void launch_mma(const GemmArgs& a, int tiles, int splits, const GemvGroup& group, int fold,
+                cudaStream_t stream) {
   KIMI_CHECK(fold == 0 || 2 * fold == a.M, "gemv: fold of ", fold, " rows needs M = ", 2 * fold,
              ", got ", a.M);
   const int chunks = ceil_div(a.K, kGvChunk);
@@ -44,7 +43,7 @@ void launch_mma(const GemmArgs& a, int tiles, int splits, const GemvGroup& group
   const dim3 grid(tiles, a.batch, splits);
   auto kernel = a.M <= 8 ? (fold ? gemv_mma_kernel<1, 4, OUT_F32, true> : gemv_mma_kernel<1, 4, OUT_F32, false>)
                         : (fold ? gemv_mma_kernel<2, 3, OUT_F32, true> : gemv_mma_kernel<2, 3, OUT_F32, false>);
-  launch(kernel, grid, true, splits > 1, stream, a, split_chunks, group, fold, opt.l2_prefetch);
+  launch(kernel, grid, true, splits > 1, stream, a, split_chunks, group, fold);
 }
 
 int pick_splits(const GemmArgs& a, const GemvOptions& opt) {
@@ -95,9 +94,9 @@ void run_gemv(const GemmArgs& a, const GemvOptions& opt, cudaStream_t stream) {
   const int splits = pick_splits(a, opt);
   const int tiles = ceil_div(a.N, kGvTileCols);
   if (a.out == GemmOut::kF32)
-    launch_mma<true>(a, tiles, splits, GemvGroup{}, opt, stream);
+    launch_mma<true>(a, tiles, splits, GemvGroup{}, opt.fold_rows, stream);
   else
-    launch_mma<false>(a, tiles, splits, GemvGroup{}, opt, stream);
+    launch_mma<false>(a, tiles, splits, GemvGroup{}, opt.fold_rows, stream);
 }
 
 bool gemv_group_supported(const GemmArgs* a, int n) {
@@ -130,9 +129,9 @@ void run_gemv_group(const GemmArgs* a, int n, const GemvOptions& opt, cudaStream
   all.N = tiles * kGvTileCols;  // the split choice sees the launch's tiles
   const int splits = pick_splits(all, opt);
   if (a[0].out == GemmOut::kF32)
-    launch_mma<true>(a[0], tiles, splits, g, opt, stream);
+    launch_mma<true>(a[0], tiles, splits, g, opt.fold_rows, stream);
   else
-    launch_mma<false>(a[0], tiles, splits, g, opt, stream);
+    launch_mma<false>(a[0], tiles, splits, g, opt.fold_rows, stream);
 }
 
 }  // namespace kimi::cuda

@@ -13,8 +13,8 @@
 //   FOLD (hi/lo split input, GemvOptions::fold_rows = fold): the 2·fold rows are hi then lo; the
 //   epilogue stages the sums in shared memory and writes C row m = row m + row m + fold.
 //   Launched as a programmatic dependent launch: the first batch of weights (constant) is read
-//   before griddepcontrol.wait, and the next ones are asked of L2 (GemvOptions::l2_prefetch), so
-//   they stream while the previous kernel drains; x and C only after it.
+//   before griddepcontrol.wait, so it streams while the previous kernel drains; x and C only
+//   after it.
 // gemv_f32_kernel (in_f32): grid (ceil(N / 2), batch), 256 threads: warp w = weight row w / 4 of
 //   the CTA × k quarter w % 4 (16-byte pieces p ≡ lane + 32 · quarter mod 128); true fp32 FMA;
 //   lanes reduce by xor butterfly, quarters add in order.
@@ -25,7 +25,6 @@
 
 #include <cstdint>
 
-#include "async_copy.cuh"
 #include "gemm/gemm.h"
 #include "gemm/gemv.h"
 #include "gemm/stream_mma.cuh"
@@ -92,8 +91,7 @@ struct GemvGroup {
 // NT: n tiles of 8 input rows; U: k chunks per warp in flight.
 template <int NT, int U, bool OUT_F32, bool FOLD>
 __global__ void __launch_bounds__(kGvThreads, 2)
-    gemv_mma_kernel(GemmArgs a, int split_chunks, GemvGroup group, int fold,
-                    bool l2_prefetch) {
+    gemv_mma_kernel(GemmArgs a, int split_chunks, GemvGroup group, int fold) {
   static_assert(NT == 1 || NT == 2, "n tiles");
   constexpr int kItems = 2 * NT * 4 * 32;  // outputs of a CTA: [rg][nt][j][lane]
   __shared__ float red[kGvWarps][kItems];
@@ -155,11 +153,6 @@ __global__ void __launch_bounds__(kGvThreads, 2)
   uint4 wv[U][2][2], xv[U][NT];
   int c0 = c_begin + warp;
   gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);  // loads nothing past k_end
-  if (l2_prefetch && tid < kGvTileCols && n0 + tid < N) {  // the rest of weight row n0 + tid
-    const int k0 = (c_begin + kGvWarps * U) * kGvChunk;  // past the first register batch
-    const int bytes = min(k_end - k0, kGemvPrefetchRowBytes / 2) * 2;  // k_end: a multiple of 8
-    if (bytes > 0) prefetch_l2_bulk(W + int64_t(n0 + tid) * a.ldb + k0, uint32_t(bytes));
-  }
   pdl_launch_dependents();
   pdl_wait();
   gv_load_inputs<U, NT>(xv, xrow, xok, c0, k_end, t);

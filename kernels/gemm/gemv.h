@@ -33,12 +33,7 @@ struct GemvOptions {
   // run_hilo), and C gets fold_rows rows: C[m] = result row m + result row m + fold_rows. The
   // weights are read once for both halves.
   int fold_rows = 0;
-  // Before waiting for the previous kernel, each CTA also asks L2 for its weight rows beyond its
-  // first register batch (at most kGemvPrefetchRowBytes per row), so DRAM streams them while
-  // the previous kernel (often latency-bound: routing, attention) still runs.
-  bool l2_prefetch = true;
 };
-inline constexpr int kGemvPrefetchRowBytes = 4096;  // ≤ 128 KB per CTA, ≤ 34 MB of L2 in all
 
 // Whether the small-M kernels run `a`: M ≤ kGemvMaxRows, B stored [N, K], and the operands meet
 // the 16-byte alignment of the kernel's vector loads (K, leading dimensions and batch strides in

@@ -146,7 +146,7 @@ void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 // multiples of 8 (the attention kernel's TMA boxes of Vᵀ start on 16-byte boundaries; the gather
 // zeroes the gaps). Sequences whose context spans several rounds carry (o, m, l) in fp32 across
 // them (state).
-constexpr int kMlaExpandMinTokens = 64;  // new tokens from which a sequence expands (crossover 32..64)
+constexpr int kMlaExpandMinTokens = 128;  // new tokens of a sequence from which it expands
 constexpr int kMlaPrefillRows = 128;      // query rows (tokens of one head) per CTA
 constexpr int kMlaStateStride = 130;      // state row: o (128) | m | l, fp32, per (token, head)
 

@@ -62,10 +62,6 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   const int local = r.local_experts ? r.local_experts : r.num_experts;
   KIMI_CHECK(r.shared_expert < 0 || r.shared_expert == local,
              "moe decode route: the shared expert must follow the local experts (id ", local, ")");
-  for (int i = 0; i < 2; ++i)
-    KIMI_CHECK(!p.l2_prefetch[i] || (reinterpret_cast<uintptr_t>(p.l2_prefetch[i]) % 16 == 0 &&
-                                     p.l2_prefetch_bytes[i] >= 0 && p.l2_prefetch_bytes[i] % 16 == 0),
-               "moe decode route: L2 prefetch region ", i, " not in 16-byte pieces");
   const int stride = r.top_k + (r.shared_expert >= 0);
   MoePermuteView v = moe_permute_view(p.workspace, local + (r.shared_expert >= 0),
                                       int64_t(r.num_tokens) * stride);

@@ -354,13 +354,6 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
       wreg[j] = make_float4(wreg[j].x * n.x, wreg[j].y * n.y, wreg[j].z * n.z, wreg[j].w * n.w);
     }
   }
-  if (threadIdx.x < 2 && p.l2_prefetch[threadIdx.x]) {  // this CTA's slice of each region
-    const int64_t bytes = p.l2_prefetch_bytes[threadIdx.x];
-    const int64_t slice = (bytes / gridDim.x + 15) / 16 * 16;
-    const int64_t begin = slice * blockIdx.x, n = min(slice, bytes - begin);
-    if (n > 0)
-      prefetch_l2_bulk(static_cast<const unsigned char*>(p.l2_prefetch[threadIdx.x]) + begin, uint32_t(n));
-  }
   pdl_launch_dependents();  // PDL (launch.h): x, logits and the workspace come after the wait
   pdl_wait();
   route_stamp(p.stamps, 1, cta0);

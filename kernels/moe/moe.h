@@ -78,12 +78,6 @@ struct MoeRouteDecodeParams {
   int block_m = 16;              // of the grouped GEMMs that follow
   int* workspace = nullptr;      // permutation workspace: moe_permute_workspace_ints(E', T·K')
   int* ticket = nullptr;
-  // Weights the expert GEMMs after this launch read whatever the routing (the shared expert's
-  // W13 and W2 rows; null: none): each CTA asks L2 for a slice of them before waiting for the
-  // previous kernel, so they stream while the routing's latency-bound chain runs. 16-byte
-  // aligned, bytes a multiple of 16.
-  const void* l2_prefetch[2] = {};
-  int64_t l2_prefetch_bytes[2] = {};
   // Benchmarks only (null otherwise): %globaltimer (ns) at the kernel's phase boundaries,
   // kMoeRouteStamps values: CTA 0 at entry, after the wait, logits published, normed slice
   // written; the routing CTA after its ticket, after routing, at the end.

@@ -458,13 +458,6 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     dp.block_m = block_m;
     dp.workspace = A.perm_ws;
     dp.ticket = A.route_ticket;
-    if (fuse && m.gemm->l2_prefetch()) {  // the shared expert's weights, read whatever the routing
-      const int64_t per = int64_t(hid) * c.moe_intermediate_size;
-      dp.l2_prefetch[0] = w.w13 + int64_t(El) * 2 * per;
-      dp.l2_prefetch_bytes[0] = 2 * per * int64_t(sizeof(bf16));
-      dp.l2_prefetch[1] = w.w2 + int64_t(El) * per;
-      dp.l2_prefetch_bytes[1] = per * int64_t(sizeof(bf16));
-    }
     cuda::run_moe_route_decode(dp, m.stream);
   } else {
     {  // router logits in fp32 from the unrounded normed input (HF computes them in fp32 too)

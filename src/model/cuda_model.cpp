@@ -335,11 +335,6 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "cublaslt") m.gemm->set_path(cuda::GemmPath::kCublasLt);
     else if (v != "auto") fail("KIMI_CUDA_GEMM must be auto or cublaslt, got '", v, "'");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_L2_PREFETCH")) {  // small-M weights into L2 early
-    const std::string v = e;
-    if (v != "0" && v != "1") fail("KIMI_CUDA_L2_PREFETCH must be 0 or 1, got '", v, "'");
-    m.gemm->set_l2_prefetch(v == "1");
-  }
   m.weight_buf = cuda::DeviceBuffer<uint8_t>(wbytes);
   Carver wc2{m.weight_buf.data()};
   m.layout_weights(wc2);

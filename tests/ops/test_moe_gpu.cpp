@@ -463,10 +463,6 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
       p.normed = reinterpret_cast<cuda::bf16*>(dnormed.data());
     }
     for (int rep = 0; rep < 2; ++rep) {  // the ticket resets itself: a second launch works too
-      if (rep == 1) {  // and an L2 prefetch of weights (here: the router's) changes nothing
-        p.l2_prefetch[0] = dr.data();
-        p.l2_prefetch_bytes[0] = int64_t(c.E) * c.H * int64_t(sizeof(float));
-      }
       cuda::run_moe_route_decode(p, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
     }
@@ -634,7 +630,6 @@ TEST(MoeGpu, DecodeLaunchersRefuseBadArguments) {
   refused("no ticket", [](auto& q) { q.ticket = nullptr; });
   refused("block_m 128", [](auto& q) { q.block_m = 128; });
   refused("shared expert not after the local ones", [](auto& q) { q.route.shared_expert = 3; });
-  refused("L2 prefetch of 8 bytes", [&](auto& q) { q.l2_prefetch[1] = fake(32768), q.l2_prefetch_bytes[1] = 8; });
   cuda::MoeUnpermuteParams u;
   u.num_tokens = 1, u.top_k = 9, u.hidden = 2304, u.num_experts = 257;
   u.workspace = reinterpret_cast<int*>(256), u.weights = fake(512), u.y = fake(1024), u.out = fake(2048);
