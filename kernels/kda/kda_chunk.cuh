@@ -475,28 +475,31 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   for (int a = 1; a < 4; ++a) {
     const int r = 16 * a - 1, nk = 16 * a;
     __syncthreads();  // phase 1 / the previous round's readers of the scratch done
-    for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {  // two channels per step
-      const int ii = idx >> 6, d = (idx & 63) * 2, i = 16 * a + ii;
-      const float2 gi = *reinterpret_cast<const float2*>(sm.G + i * kLd + d);
-      const float2 gr = *reinterpret_cast<const float2*>(sm.G + r * kLd + d);
-      const float e0 = ex2(gi.x - gr.x), e1 = ex2(gi.y - gr.y);
-      const float2 k2 =
-          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + i * kLdW + d));
-      const float2 q2 =
-          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
-      *reinterpret_cast<__nv_bfloat162*>(sm.off.Ak + ii * kLdW + d) =
-          __floats2bfloat162_rn(k2.x * e0, k2.y * e1);
-      *reinterpret_cast<__nv_bfloat162*>(sm.off.Aq + ii * kLdW + d) =
-          __floats2bfloat162_rn(q2.x * e0, q2.y * e1);
+    {  // row i of block a, 8 channels per thread (exactly 256 items)
+      const int ii = tid >> 4, d0 = (tid & 15) * 8, i = 16 * a + ii;
+      float gi[8], gr[8], k[8], q[8];
+      load8f(sm.G + i * kLd + d0, gi);
+      load8f(sm.G + r * kLd + d0, gr);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k);
+      unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float x = ex2(gi[e] - gr[e]);
+        k[e] *= x;
+        q[e] *= x;
+      }
+      *reinterpret_cast<uint4*>(sm.off.Ak + ii * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.off.Aq + ii * kLdW + d0) = pack8(q);
     }
-    for (int idx = tid; idx < nk * D / 2; idx += kIntraThreads) {
-      const int j = idx >> 6, d = (idx & 63) * 2;
-      const float2 gj = *reinterpret_cast<const float2*>(sm.G + j * kLd + d);
-      const float2 gr = *reinterpret_cast<const float2*>(sm.G + r * kLd + d);
-      const float2 k2 =
-          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
-      *reinterpret_cast<__nv_bfloat162*>(sm.off.B + j * kLdW + d) =
-          __floats2bfloat162_rn(k2.x * ex2(gr.x - gj.x), k2.y * ex2(gr.y - gj.y));
+    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a, 8 channels
+      const int j = it >> 4, d0 = (it & 15) * 8;
+      float gj[8], gr[8], k[8];
+      load8f(sm.G + j * kLd + d0, gj);
+      load8f(sm.G + r * kLd + d0, gr);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) k[e] *= ex2(gr[e] - gj[e]);
+      *reinterpret_cast<uint4*>(sm.off.B + j * kLdW + d0) = pack8(k);
     }
     __syncthreads();
     for (int tile = warp; tile < 2 * (nk / 8); tile += kIntraWarps) {
@@ -546,14 +549,18 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       }
     }
   }
-  if (tid < C) {
-    const int a = tid >> 4, j = tid;
-    for (int i = 16 * a; i < j; ++i) sm.inv.X[i * kLx + j] = 0.f;
-    for (int i = j; i < 16 * a + 16; ++i) {
-      float x = i == j ? 1.f : 0.f;
-      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.inv.X[m * kLx + j], x);
-      sm.inv.X[i * kLx + j] = x;
+  if (tid < C) {  // column j of its diagonal block in registers: x_i = δ_ij − Σ_{m<i} L_im x_m
+    const int a = tid >> 4, jl = tid & 15, base = 16 * a;  // (x_m = 0 for m < j: no masks)
+    float x[16];
+#pragma unroll
+    for (int il = 0; il < 16; ++il) {
+      float acc = il == jl ? 1.f : 0.f;
+#pragma unroll
+      for (int m = 0; m < il; ++m) acc = fmaf(-sm.L[(base + il) * kLa + base + m], x[m], acc);
+      x[il] = acc;
     }
+#pragma unroll
+    for (int il = 0; il < 16; ++il) sm.inv.X[(base + il) * kLx + tid] = x[il];
   } else {
     for (int it = tid - C; it < 32 * 16; it += kIntraThreads - C) {  // (key pair, 8 channels)
       const int j = 2 * (it & 31), d0 = (it >> 5) * 8;
@@ -588,31 +595,50 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 
   // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
   //     X[m, b-cols] (every X[m, ·] needed is known from smaller δ).
+  //     Constant trip counts (unrolled, two partial sums); the second sum runs over the whole
+  //     16 columns of X_aa, whose entries above the diagonal are zero.
+#pragma unroll
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
-    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
-      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
-      float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m)
-        acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.inv.X[m * kLx + 16 * b + cc], acc);
-      sm.inv.tmp[e] = acc;
+#pragma unroll
+    for (int q = 0; q < nblk; ++q) {
+      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      const float* lr = sm.L + (16 * a + r) * kLa + 16 * b;
+      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + cc;
+      float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16 * delta; m += 2) {
+        acc0 = fmaf(lr[m], xc[m * kLx], acc0);
+        acc1 = fmaf(lr[m + 1], xc[(m + 1) * kLx], acc1);
+      }
+      sm.inv.tmp[e] = acc0 + acc1;
     }
     __syncthreads();
-    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
-      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
-      float acc = 0.f;
-      for (int m = 0; m <= r; ++m)
-        acc = fmaf(sm.inv.X[(16 * a + r) * kLx + 16 * a + m], sm.inv.tmp[(b << 8) + (m << 4) + cc],
-                   acc);
-      sm.inv.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
+#pragma unroll
+    for (int q = 0; q < nblk; ++q) {
+      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      const float* xr = sm.inv.X + (16 * a + r) * kLx + 16 * a;
+      const float* tc = sm.inv.tmp + (b << 8) + cc;
+      float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16; m += 2) {
+        acc0 = fmaf(xr[m], tc[m << 4], acc0);
+        acc1 = fmaf(xr[m + 1], tc[(m + 1) << 4], acc1);
+      }
+      sm.inv.X[(16 * a + r) * kLx + 16 * b + cc] = -(acc0 + acc1);
     }
     __syncthreads();
   }
 
   // 4. T = X Diag(β) over L (X above the diagonal blocks was never written: masked here).
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
-    const int i = idx >> 6, j = idx & 63;
-    sm.T[i * kLdT + j] = __float2bfloat16(j <= i ? sm.inv.X[i * kLx + j] * sm.beta[j] : 0.f);
+  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns)
+    const int i = it >> 3, j0 = (it & 7) * 8;
+    float x[8], bt[8];
+    load8f(sm.inv.X + i * kLx + j0, x);
+    load8f(sm.beta + j0, bt);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) x[e] = j0 + e <= i ? x[e] * bt[e] : 0.f;
+    *reinterpret_cast<uint4*>(sm.T + i * kLdT + j0) = pack8(x);
   }
   __syncthreads();
 
