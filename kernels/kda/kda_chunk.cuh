@@ -5,10 +5,11 @@
 //   T = (I + L)^-1 Diag(β),  W = T (e^{Γ} ⊙ K),  U = T V
 //   then, sequentially over the chunks of a sequence, with the fp32 state S [K, V]:
 //   V' = U − W S,   O = (Q ⊙ e^{Γ}) S + M V',   S ← Diag(e^{Γ_last}) S + (K ⊙ e^{Γ_last−Γ})ᵀ V'
-// Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
-// pairs are never exponentiated.
+// Every exponent that reaches a result is a difference Γ_i − Γ_j with j <= i (or Γ itself), so
+// every such exp is <= 1; the pairs past the diagonal inside the diagonal 4×4 tiles of the intra
+// kernel are exponentiated with the rest of their tile and dropped.
 //
-// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~100 KB dynamic shared memory (two
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~105 KB dynamic shared memory (two
 //   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
 //   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
 //   chunk are zero, so they contribute nothing downstream.
