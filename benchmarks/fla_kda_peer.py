@@ -12,7 +12,7 @@ The copy ceiling (1 GiB device-to-device, read + write) is measured here too. Ti
 events, median over repetitions after warm-up.
 
 FLA is never committed: pass the folder that holds its `fla/` package (default .fla, ignored).
-Usage: python3 benchmarks/fla_kda_peer.py [--fla .fla] [--quick]
+Usage: python3 benchmarks/fla_kda_peer.py [--fla .fla] [--quick] [--prefill-only]
 """
 import argparse
 import statistics
@@ -51,6 +51,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--fla", default=".fla")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--prefill-only", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, args.fla)
     from fla.ops.kda import chunk_kda
@@ -65,7 +66,7 @@ def main():
     dt_bias = torch.randn(H * K, device=dev) * 0.1
 
     print("\ndecode          B     us/layer   state GB/s     % copy")
-    for B in ([1, 64] if args.quick else [1, 8, 64, 256]):
+    for B in [] if args.prefill_only else ([1, 64] if args.quick else [1, 8, 64, 256]):
         sets = max(2, (1 << 30) // (B * H * K * V * 4) + 1)  # > 1 GiB of state across the sets
         sets = min(sets, 64)
         pool = torch.randn(sets * B, H, K, V, device=dev, dtype=torch.float32) * 0.1

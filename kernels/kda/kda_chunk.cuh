@@ -5,10 +5,11 @@
 //   T = (I + L)^-1 Diag(β),  W = T (e^{Γ} ⊙ K),  U = T V
 //   then, sequentially over the chunks of a sequence, with the fp32 state S [K, V]:
 //   V' = U − W S,   O = (Q ⊙ e^{Γ}) S + M V',   S ← Diag(e^{Γ_last}) S + (K ⊙ e^{Γ_last−Γ})ᵀ V'
-// Every exponent is a difference Γ_i − Γ_j with j <= i (or Γ itself), so every exp is <= 1; masked
-// pairs are never exponentiated.
+// Every exponent that reaches a result is a difference Γ_i − Γ_j with j <= i (or Γ itself), so
+// every such exp is <= 1; the pairs past the diagonal inside the diagonal 4×4 tiles of the intra
+// kernel are exponentiated with the rest of their tile and dropped.
 //
-// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~100 KB dynamic shared memory (two
+// kda_chunk_intra_kernel: grid (num_chunks, H), 256 threads, ~105 KB dynamic shared memory (two
 //   CTAs per SM); diagonal 16×16 blocks on CUDA cores in fp32, the rest on tensor cores. Writes
 //   one record per (chunk, head) into the workspace (ChunkRec below); rows past a short last
 //   chunk are zero, so they contribute nothing downstream.
@@ -68,15 +69,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4],
 __device__ __forceinline__ uint32_t ld32(const bf16* p) {
   return *reinterpret_cast<const uint32_t*>(p);
 }
-// A fragment (16×16) of a row-major [m][k] bf16 tile.
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], const bf16* base, int ld, int r0, int k0,
-                                       int lane) {
-  const int g = lane >> 2, t = (lane & 3) * 2;
-  a[0] = ld32(base + (r0 + g) * ld + k0 + t);
-  a[1] = ld32(base + (r0 + g + 8) * ld + k0 + t);
-  a[2] = ld32(base + (r0 + g) * ld + k0 + 8 + t);
-  a[3] = ld32(base + (r0 + g + 8) * ld + k0 + 8 + t);
-}
 // B fragment (16×8) of a tile stored [n][k] (k contiguous).
 __device__ __forceinline__ void load_b(uint32_t (&b)[2], const bf16* base, int ld, int n0, int k0,
                                        int lane) {
@@ -100,55 +92,80 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
   ldsm_x4(a, base + (r0 + rr + 8 * (mi & 1)) * ld + k0 + 8 * (mi >> 1));
 }
 // ------------------------------------------------------------------------------------------------
-// Intra-chunk kernel. Phases (256 threads, one chunk and head per CTA, two CTAs per SM):
-//   0. load k, q (bf16 tiles), f -> g (the gate) -> Γ = cumsum(g) (fp32), b -> β
-//   1. diagonal 16×16 blocks of L and M on CUDA cores, one exp per (i, j, d); a quad of lanes per
-//      row and group of 4 keys
-//   2. off-diagonal blocks on tensor cores: for key block b and every later row i, with the
-//      reference r = 16b + 15 (the end of block b):
-//        L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}),  M likewise with q_i; both factors
-//        <= 1
-//   3. X = (I + L)^-1 blockwise: 16×16 diagonal blocks by forward substitution (64 threads, while
-//   the
-//      others write Q ⊙ e^Γ, (K ⊙ e^{Γlast−Γ})ᵀ, M's upper zeros and e^{Γlast}), then the
-//      off-diagonal blocks by distance
-//   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), (K ⊙ e^Γ)ᵀ, vᵀ
+// Intra-chunk kernel. One chunk and head per CTA, 256 threads, two CTAs per SM. Γ is kept in log2
+// units (Γ₂ = Γ·log2 e, the cumsum of g·log2 e), so every decay is one ex2 of a difference.
+//   0. q, k rows (bf16 tiles; conv, SiLU and L2 norm here when fused), β; the gate from f in
+//      log2 units and its cumsum Γ₂ per channel: a thread owns 8 channels of a run of 4 rows,
+//      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
+//   1. diagonal 16×16 blocks of L and M in fp32, one ex2 per (i, j, d): a thread owns a 4×4 tile
+//      of (i, j) pairs over 16 channels (register tile, vector smem loads), the 8 channel slices
+//      of a tile are summed by a reduce-scatter over 8 lanes. Threads left idle by the uneven
+//      last round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's
+//      zero blocks)
+//   2. off-diagonal blocks on tensor cores, per row block a through the reference r = 16a − 1
+//      (the last row before it): L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}) for all
+//      j < 16a at once, M likewise with q_i; both factors <= 1, and row i's factor serves k and q
+//   3. X = (I + L)^-1: the diagonal 16×16 blocks by forward substitution (64 threads, while the
+//      others form (K ⊙ e^Γ)ᵀ), then the off-diagonal blocks by distance
+//   4. T = X Diag(β) (bf16: W and U are stored in bf16 anyway), vᵀ
 //   5. W = T (K ⊙ e^Γ), U = T V on tensor cores (T lower triangular: causal k-steps only)
-// Shared memory (~100 KB) is reused across phases so that two CTAs fit on a multiprocessor.
-constexpr int kLd = 129;  // fp32 [64][128] tiles, padded
-constexpr int kLa = 65;   // fp32 [64][64] tiles, padded
-constexpr int kLx = 68;   // fp32 X rows; the region doubles as phase 2's operand scratch
+// Shared memory (~105 KB) is reused across phases so that two CTAs fit on a multiprocessor.
+constexpr int kLd = 132;  // fp32 Γ₂ rows of 128, padded (16-byte aligned rows)
+constexpr int kLa = 65;   // fp32 [64][64] L, padded
+constexpr int kLx = 68;   // fp32 X rows
 constexpr int kLk = 68;   // bf16 (K ⊙ e^Γ)ᵀ rows of 64, padded to fit the q tile's space
 
 struct IntraSmem {
   union {
-    float G[kChunk * kLd];  // Γ (phases 0-4a)
-    bf16 VT[128 * kLdT];    // vᵀ [d][j] (phases 4b-5)
+    float G[kChunk * kLd];  // Γ₂ (phases 0-3a)
+    bf16 VT[128 * kLdT];    // vᵀ [d][j] (phases 3b-5)
   };
   union {
     float L[kChunk * kLa];  // L, strictly lower (phases 1-3)
     bf16 T[kChunk * kLdT];  // X Diag(β) (phases 4-5)
   };
   union {
-    float X[kChunk * kLx];  // (I + L)^-1 (phases 3-4a)
-    struct {                // phase 2 operands
-      bf16 A[48 * kLdW];    // x_i e^{Γ_i−Γ_r} for the rows after block b (x = k or q)
-      bf16 B[16 * kLdW];    // k_j e^{Γ_r−Γ_j}, j in block b
+    struct {                   // phase 3
+      float X[kChunk * kLx];   // (I + L)^-1
+      float tmp[3 * 16 * 16];  // phase 3b partial products
+    } inv;
+    struct {                  // phase 2 operands of row block a
+      bf16 Ak[16 * kLdW];     // k_i e^{Γ_i−Γ_r}, i in block a
+      bf16 Aq[16 * kLdW];     // q_i e^{Γ_i−Γ_r}
+      bf16 B[48 * kLdW];      // k_j e^{Γ_r−Γ_j}, j < 16a
     } off;
   };
   bf16 K[kChunk * kLdW];  // raw k [i][d]
   union {
-    bf16 Q[kChunk * kLdW];   // raw q [i][d] (phases 0-3)
-    float tmp[3 * 16 * 16];  // phase 3b partial products
-    bf16 KeT[128 * kLk];     // (K ⊙ e^Γ)ᵀ [d][j] (phases 4-5)
+    bf16 Q[kChunk * kLdW];  // raw q [i][d] (phases 0-2)
+    bf16 KeT[128 * kLk];    // (K ⊙ e^Γ)ᵀ [d][j] (phases 3-5)
   };
   float beta[kChunk];
 };
-static_assert(sizeof(bf16) * 48 * kLdW + sizeof(bf16) * 16 * kLdW <= sizeof(float) * kChunk * kLx,
-              "phase 2 operands must fit the X region");
 static_assert(128 * kLk <= kChunk * kLdW, "(K ⊙ e^Γ)ᵀ must fit the q tile's space");
 constexpr size_t kIntraSmem = sizeof(IntraSmem);
 constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
+
+constexpr float kLog2e = 1.4426950408889634f;
+// 2^x and log2 x on the special function unit (relative error ~2^-22, absolute ~2^-22 for log2
+// near 1); every exponent here is a difference of Γ₂ values that is <= 0.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+// The gate in log2 units, g·log2 e = −exp(A_log)·softplus(x)·log2 e with x = f + dt_bias:
+// softplus(x)·log2 e = max(y, 0) + log2(1 + 2^−|y|), y = x·log2 e. Above x = 20 the second term
+// rounds away (1 + 2^−28.9 == 1), which is PyTorch's threshold.
+__device__ __forceinline__ float gate2(float neg_a, float x) {
+  const float y = x * kLog2e;
+  return neg_a * (fmaxf(y, 0.f) + lg2(1.f + ex2(-fabsf(y))));
+}
 
 // SiLU(conv) of channels d0..d0+7 of one part (0 q, 1 k, 2 v) of head h at token t of a sequence
 // that starts at token `start` with conv-state slot `slot` (taps before the start come from the
@@ -186,6 +203,39 @@ __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
   for (int e = 0; e < 4; ++e) b[e] = __floats2bfloat162_rn(x[2 * e], x[2 * e + 1]);
   return v;
 }
+__device__ __forceinline__ void unpack8(const uint4& v, float (&x)[8]) {
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 f = __bfloat1622float2(b[e]);
+    x[2 * e] = f.x;
+    x[2 * e + 1] = f.y;
+  }
+}
+__device__ __forceinline__ void unpack4(const uint2& v, float (&x)[4]) {
+  const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&v);
+  const float2 f0 = __bfloat1622float2(b[0]), f1 = __bfloat1622float2(b[1]);
+  x[0] = f0.x, x[1] = f0.y, x[2] = f1.x, x[3] = f1.y;
+}
+// 8 consecutive fp32 from 16-byte aligned memory.
+__device__ __forceinline__ void load8f(const float* p, float (&x)[8]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
+}
+
+// One level of a reduce-scatter of acc over lanes kHalf / 4 apart: the lane with that bit set
+// keeps acc[kHalf..2kHalf) (moved to [0, kHalf)), its partner acc[0, kHalf), each adding the
+// other's half.
+template <int kHalf>
+__device__ __forceinline__ void fold_half(float (&acc)[32], int lane) {
+  constexpr int kBit = kHalf / 4;
+  const bool upper = (lane & kBit) != 0;
+#pragma unroll
+  for (int v = 0; v < kHalf; ++v) {
+    const float lo = acc[v], hi = acc[v + kHalf];
+    acc[v] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, kBit);
+  }
+}
 
 // kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
 // conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
@@ -211,37 +261,28 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   bf16* oM = reinterpret_cast<bf16*>(rec + ChunkRec::kM);
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
-  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero. The gate and β are
-  //    computed here from f and b (both paths).
+  // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero, with a zero gate.
   const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
   const float neg_a = -expf(p.w.A_log[h]);
   if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(p.b[size_t(t0 + tid) * H + h])) : 0.f;
+  static_assert(C * 16 == 4 * kIntraThreads, "four rounds of (row, 8 channels) items");
+  // The gate's layout: channels d0g..d0g+7 of rows 4rs..4rs+3 per thread, the 16 runs of a
+  // channel group being the 16 lanes of a half-warp (Γ₂'s scan below).
+  const int rs = lane & 15, d0g = 8 * (2 * warp + (lane >> 4));
+  uint4 fv[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int i = 4 * rs + q;
+    fv[q] = i < len ? *reinterpret_cast<const uint4*>(p.f + size_t(t0 + i) * HD + h * D + d0g)
+                    : make_uint4(0, 0, 0, 0);
+  }
   if constexpr (kFused) {
     for (int i = tid; i < 3 * D; i += kIntraThreads)
       sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
                                                 size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
     __syncthreads();
-  }
-  static_assert(C * 16 % kIntraThreads == 0, "whole rounds: the row sums shuffle over 16 lanes");
-  for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
-    const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
-    float g[8] = {};
-    uint4 kv = make_uint4(0, 0, 0, 0), qv = kv;
-    if (i < len) {
-      const size_t o = size_t(t0 + i) * HD + h * D + d0;
-      const uint4 fv = *reinterpret_cast<const uint4*>(p.f + o);
-      if constexpr (!kFused) {
-        kv = *reinterpret_cast<const uint4*>(p.k + o);
-        qv = *reinterpret_cast<const uint4*>(p.q + o);
-      }
-      const bf16* fb = reinterpret_cast<const bf16*>(&fv);
-      const float4 db0 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0);
-      const float4 db1 = *reinterpret_cast<const float4*>(p.w.dt_bias + h * D + d0 + 4);
-      const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
-#pragma unroll
-      for (int e = 0; e < 8; ++e) g[e] = neg_a * softplus(to_f(fb[e]) + db[e]);
-    }
-    if constexpr (kFused) {
+    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
+      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
       float q[8] = {}, k[8] = {};
       if (i < len) {
         conv8(pp, 0, h, t0 + i, seq_start, slot, d0, sw4, q);
@@ -265,208 +306,340 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         q[e] *= rq;
         k[e] *= rk;
       }
-      kv = pack8(k);
-      qv = pack8(q);
+      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
     }
-    *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv;
-    *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv;
-    float* gr = sm.G + i * kLd + d0;
+  } else {
+    uint4 kv[4], qv[4];  // every round's loads in flight before the first store
 #pragma unroll
-    for (int e = 0; e < 8; ++e) gr[e] = g[e];
-  }
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.L[(idx >> 6) * kLa + (idx & 63)] = 0.f;
-  __syncthreads();
-  if (tid < D) {
-    float acc = 0.f;
-#pragma unroll 8
-    for (int i = 0; i < C; ++i) {
-      acc += sm.G[i * kLd + tid];
-      sm.G[i * kLd + tid] = acc;
-    }
-  }
-  __syncthreads();
-
-  // 1. Diagonal blocks: per block, row ii and a group of 4 keys jj = 4jg..4jg+3 (jg <= ii/4; the
-  //    keys past the diagonal are computed and dropped), split over a quad of lanes by channel
-  //    pairs and summed by shuffles. One exp per (i, j, d); M goes straight to the workspace.
-  static_assert((4 * 40 * 4) % 32 == 0, "whole warps per round: the shuffles use a full mask");
-  for (int item = tid; item < 4 * 40 * 4; item += kIntraThreads) {
-    const int pidx = item >> 2, quad = item & 3;
-    const int a = pidx / 40, r = pidx - a * 40;
-    // rows 4·band .. 4·band + 3 have band + 1 groups each; bands start at items 0, 4, 12, 24
-    const int band = r < 4 ? 0 : r < 12 ? 1 : r < 24 ? 2 : 3;
-    const int rr = r - (band == 0 ? 0 : band == 1 ? 4 : band == 2 ? 12 : 24);
-    const int ii = 4 * band + rr / (band + 1), jg = rr % (band + 1);
-    const int i = 16 * a + ii, j0 = 16 * a + 4 * jg;
-    const float* gi = sm.G + i * kLd;
-    const bf16 *ki = sm.K + i * kLdW, *qi = sm.Q + i * kLdW;
-    float l[4] = {0.f, 0.f, 0.f, 0.f}, m[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 2
-    for (int d = 2 * quad; d < D; d += 8) {
-      const float2 ki2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ki + d));
-      const float2 qi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(qi + d));
-      const float gi0 = gi[d], gi1 = gi[d + 1];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int j = j0 + q;
-        const float2 kj2 =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
-        const float e0 = kj2.x * __expf(gi0 - sm.G[j * kLd + d]);
-        const float e1 = kj2.y * __expf(gi1 - sm.G[j * kLd + d + 1]);
-        l[q] = fmaf(ki2.x, e0, fmaf(ki2.y, e1, l[q]));
-        m[q] = fmaf(qi2.x, e0, fmaf(qi2.y, e1, m[q]));
+    for (int r = 0; r < 4; ++r) {
+      const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+      kv[r] = qv[r] = make_uint4(0, 0, 0, 0);
+      if (i < len) {
+        const size_t o = size_t(t0 + i) * HD + h * D + d0;
+        kv[r] = *reinterpret_cast<const uint4*>(p.k + o);
+        qv[r] = *reinterpret_cast<const uint4*>(p.q + o);
       }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
+      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = kv[r];
+      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = qv[r];
+    }
+  }
+  {  // Γ₂ (f was loaded first)
+    const int d0 = d0g;
+    float db[8], run[8] = {}, cum[4][8];
+    load8f(p.w.dt_bias + h * D + d0, db);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      float f[8];
+      unpack8(fv[q], f);
+      const bool live = 4 * rs + q < len;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        run[e] += live ? gate2(neg_a, f[e] + db[e]) : 0.f;
+        cum[q][e] = run[e];
+      }
+    }
+    float incl[8];  // inclusive scan of the runs' totals over the half-warp
+#pragma unroll
+    for (int e = 0; e < 8; ++e) incl[e] = run[e];
+#pragma unroll
+    for (int off = 1; off < 16; off <<= 1)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float v = __shfl_up_sync(0xffffffffu, incl[e], off, 16);
+        if (rs >= off) incl[e] += v;
+      }
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float v = __shfl_up_sync(0xffffffffu, incl[e], 1, 16);
+      const float before = rs > 0 ? v : 0.f;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) cum[q][e] += before;
     }
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 1);
-      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 1);
-      l[q] += __shfl_xor_sync(0xffffffffu, l[q], 2);
-      m[q] += __shfl_xor_sync(0xffffffffu, m[q], 2);
-    }
-    if (quad == 0) {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int j = j0 + q;
-        if (j < i) sm.L[i * kLa + j] = sm.beta[i] * l[q];
-        if (j <= i) oM[swz(i, j, C)] = __float2bfloat16(m[q]);
-      }
-    }
-  }
-
-  // 2. Off-diagonal blocks through the reference at the end of key block b; K side (L) and
-  //    Q side (M) one after the other, so the operands fit the X region.
-  for (int b = 0; b < 3; ++b) {
-    const int r = 16 * b + 15, row0 = 16 * (b + 1), nr = C - row0;  // rows i in [row0, 64)
-    const int mtiles = nr / 16;
-    for (int side = 0; side < 2; ++side) {
-      const bf16* src = side == 0 ? sm.K : sm.Q;
-      __syncthreads();  // previous users of the scratch (and phase 1 / the previous round) done
-      for (int idx = tid; idx < nr * D / 2; idx += kIntraThreads) {  // two channels per step
-        const int ir = idx >> 6, d = (idx & 63) * 2, i = row0 + ir;
-        const float2 x =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src + i * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.A + ir * kLdW + d) =
-            __floats2bfloat162_rn(x.x * __expf(sm.G[i * kLd + d] - sm.G[r * kLd + d]),
-                                  x.y * __expf(sm.G[i * kLd + d + 1] - sm.G[r * kLd + d + 1]));
-      }
-      for (int idx = tid; idx < 16 * D / 2; idx += kIntraThreads) {
-        const int jj = idx >> 6, d = (idx & 63) * 2, j = 16 * b + jj;
-        const float2 x =
-            __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.K + j * kLdW + d));
-        *reinterpret_cast<__nv_bfloat162*>(sm.off.B + jj * kLdW + d) =
-            __floats2bfloat162_rn(x.x * __expf(sm.G[r * kLd + d] - sm.G[j * kLd + d]),
-                                  x.y * __expf(sm.G[r * kLd + d + 1] - sm.G[j * kLd + d + 1]));
-      }
-      __syncthreads();
-      for (int tile = warp; tile < 2 * mtiles; tile += kIntraWarps) {
-        const int mt = tile >> 1, nt = tile & 1;
-        float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-          uint32_t af[4], bfr[2];
-          ldsm_a(af, sm.off.A, kLdW, mt * 16, 16 * kk, lane);
-          load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
-          mma16816(acc, af, bfr);
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int i = row0 + mt * 16 + g8 + 8 * (e >> 1), j = 16 * b + nt * 8 + t2 + (e & 1);
-          if (side == 0)
-            sm.L[i * kLa + j] = sm.beta[i] * acc[e];
-          else
-            oM[swz(i, j, C)] = __float2bfloat16(acc[e]);
-        }
-      }
+      float4* gr = reinterpret_cast<float4*>(sm.G + (4 * rs + q) * kLd + d0);
+      gr[0] = make_float4(cum[q][0], cum[q][1], cum[q][2], cum[q][3]);
+      gr[1] = make_float4(cum[q][4], cum[q][5], cum[q][6], cum[q][7]);
     }
   }
   __syncthreads();
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) sm.X[(idx >> 6) * kLx + (idx & 63)] = 0.f;
-  __syncthreads();
 
-  // 3a. Diagonal blocks of X (threads 0..63, one column each) while the others write the
-  //     outputs that need no X.
-  if (tid < C) {
-    const int a = tid >> 4, j = tid;
-    for (int i = j; i < 16 * a + 16; ++i) {
-      float x = i == j ? 1.f : 0.f;
-      for (int m = j; m < i; ++m) x = fmaf(-sm.L[i * kLa + m], sm.X[m * kLx + j], x);
-      sm.X[i * kLx + j] = x;
+  // 1. Diagonal blocks: 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri, column quad
+  //    cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes of a slice
+  //    group read consecutive 16 bytes) = 320 items; pairs j > i in the diagonal tiles are computed
+  //    and dropped. Items 256..319 are a second round for warps 6 and 7; warps 0-5 write the record
+  //    parts that need no L meanwhile.
+  auto diag_item = [&](int item) {
+    const int tile = item >> 3, sl = item & 7, a = tile / 10, r = tile - 10 * a;
+    const int ri = r < 1 ? 0 : r < 3 ? 1 : r < 6 ? 2 : 3, cj = r - ri * (ri + 1) / 2;
+    const int i0 = 16 * a + 4 * ri, j0 = 16 * a + 4 * cj;
+    float acc[32];  // [side: L, M][rr][cc]
+#pragma unroll
+    for (int v = 0; v < 32; ++v) acc[v] = 0.f;
+#pragma unroll 1
+    for (int m = 0; m < 4; ++m) {
+      const int d = 4 * sl + 32 * m;
+      float gi[4][4], ki[4][4], qi[4][4];
+#pragma unroll
+      for (int rr = 0; rr < 4; ++rr) {
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (i0 + rr) * kLd + d);
+        gi[rr][0] = g4.x, gi[rr][1] = g4.y, gi[rr][2] = g4.z, gi[rr][3] = g4.w;
+        unpack4(*reinterpret_cast<const uint2*>(sm.K + (i0 + rr) * kLdW + d), ki[rr]);
+        unpack4(*reinterpret_cast<const uint2*>(sm.Q + (i0 + rr) * kLdW + d), qi[rr]);
+      }
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) {
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (j0 + cc) * kLd + d);
+        const float gj[4] = {g4.x, g4.y, g4.z, g4.w};
+        float kj[4];
+        unpack4(*reinterpret_cast<const uint2*>(sm.K + (j0 + cc) * kLdW + d), kj);
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+#pragma unroll
+          for (int rr = 0; rr < 4; ++rr) {
+            const float x = kj[e] * ex2(gi[rr][e] - gj[e]);
+            acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
+            acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+          }
+      }
     }
+    // Reduce-scatter over the 8 slice lanes: lane bit 2 keeps a side, bits 1, 0 a row.
+    fold_half<16>(acc, lane);
+    fold_half<8>(acc, lane);
+    fold_half<4>(acc, lane);
+    const int i = i0 + (lane & 3);
+    if ((lane & 4) == 0) {
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc)
+        if (j0 + cc < i) sm.L[i * kLa + j0 + cc] = sm.beta[i] * acc[cc];
+    } else {  // M[i, j0..j0+3] with zeros past the diagonal: one 8-byte store
+      uint2 v;
+      __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&v);
+      b[0] = __floats2bfloat162_rn(j0 <= i ? acc[0] : 0.f, j0 + 1 <= i ? acc[1] : 0.f);
+      b[1] = __floats2bfloat162_rn(j0 + 2 <= i ? acc[2] : 0.f, j0 + 3 <= i ? acc[3] : 0.f);
+      *reinterpret_cast<uint2*>(oM + swz(i, j0, C)) = v;
+    }
+  };
+  static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 256 + 64");
+  diag_item(tid);
+  if (tid >= 192) {
+    diag_item(tid + 64);
   } else {
-    const int t = tid - C, nt = kIntraThreads - C;
-    for (int idx = t; idx < C * D / 2; idx += nt) {  // Q ⊙ e^Γ, two channels per step
-      const int i = idx >> 6, d = (idx & 63) * 2;
-      const float2 q2 =
-          __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(sm.Q + i * kLdW + d));
-      *reinterpret_cast<__nv_bfloat162*>(oQ + swz(i, d, C)) = __floats2bfloat162_rn(
-          q2.x * __expf(sm.G[i * kLd + d]), q2.y * __expf(sm.G[i * kLd + d + 1]));
+    for (int it = tid; it < C * 16; it += 192) {  // Q ⊙ e^Γ: (row, 8 channels) -> one 16-byte piece
+      const int i = it >> 4, d0 = (it & 15) * 8;
+      float q[8], g[8];
+      unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
+      load8f(sm.G + i * kLd + d0, g);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) q[e] *= ex2(g[e]);
+      *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
     }
-    for (int idx = t; idx < C * D; idx += nt) {  // (K ⊙ e^{Γlast−Γ})ᵀ
-      const int d = idx >> 6, i = idx & 63;
-      oKr[swz(d, i, D)] = __float2bfloat16(__bfloat162float(sm.K[i * kLdW + d]) *
-                                           __expf(sm.G[63 * kLd + d] - sm.G[i * kLd + d]));
+    for (int it = tid; it < 32 * 16; it += 192) {  // Kr: (token pair, 8 channels) -> 8 pairs
+      const int i = 2 * (it & 31), d0 = (it >> 5) * 8;
+      float k0[8], k1[8], g0[8], g1[8], gl[8];
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
+      load8f(sm.G + i * kLd + d0, g0);
+      load8f(sm.G + (i + 1) * kLd + d0, g1);
+      load8f(sm.G + 63 * kLd + d0, gl);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        *reinterpret_cast<__nv_bfloat162*>(oKr + swz(d0 + e, i, D)) = __floats2bfloat162_rn(
+            k0[e] * ex2(gl[e] - g0[e]), k1[e] * ex2(gl[e] - g1[e]));
     }
-    for (int idx = t; idx < C * C; idx += nt)  // M is causal: zeros above the diagonal
-      if ((idx & 63) > (idx >> 6)) oM[swz(idx >> 6, idx & 63, C)] = __float2bfloat16(0.f);
-    for (int idx = t; idx < D; idx += nt) oGl[idx] = __expf(sm.G[63 * kLd + idx]);
+    if (tid < D) oGl[tid] = ex2(sm.G[63 * kLd + tid]);
+    {  // M's zeros above the diagonal tiles: blocks right of the diagonal block (16 rows × 6, 4,
+       // 2 pieces for blocks 0, 1, 2: exactly 192), and rows of the 6 quads above the diagonal
+       // inside each diagonal block (96)
+      const int it = tid;
+      const int a = it < 96 ? 0 : it < 160 ? 1 : 2, base = a == 0 ? 0 : a == 1 ? 96 : 160;
+      const int per = 6 - 2 * a, row = 16 * a + (it - base) / per;
+      const int piece = 2 * a + 2 + (it - base) % per;
+      *reinterpret_cast<uint4*>(oM + swz(row, 8 * piece, C)) = make_uint4(0, 0, 0, 0);
+      if (it < 96) {
+        const int blk = it / 24, q = (it % 24) >> 2;  // quad (ri, cj): 01 02 03 12 13 23
+        const int ri = q < 3 ? 0 : q < 5 ? 1 : 2, cj = q < 3 ? q + 1 : q < 5 ? q - 1 : 3;
+        const int i = 16 * blk + 4 * ri + (it & 3);
+        *reinterpret_cast<uint2*>(oM + swz(i, 16 * blk + 4 * cj, C)) = make_uint2(0, 0);
+      }
+    }
+  }
+
+  // 2. Off-diagonal blocks, row block a through the reference r = 16a − 1: both sides of the
+  //    row's factor at once, every earlier key in one product (16 × 16a per side).
+#pragma unroll 1
+  for (int a = 1; a < 4; ++a) {
+    const int r = 16 * a - 1, nk = 16 * a;
+    __syncthreads();  // phase 1 / the previous round's readers of the scratch done
+    {  // row i of block a, 8 channels per thread (exactly 256 items)
+      const int ii = tid >> 4, d0 = (tid & 15) * 8, i = 16 * a + ii;
+      float gi[8], gr[8], k[8], q[8];
+      load8f(sm.G + i * kLd + d0, gi);
+      load8f(sm.G + r * kLd + d0, gr);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k);
+      unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float x = ex2(gi[e] - gr[e]);
+        k[e] *= x;
+        q[e] *= x;
+      }
+      *reinterpret_cast<uint4*>(sm.off.Ak + ii * kLdW + d0) = pack8(k);
+      *reinterpret_cast<uint4*>(sm.off.Aq + ii * kLdW + d0) = pack8(q);
+    }
+    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a, 8 channels
+      const int j = it >> 4, d0 = (it & 15) * 8;
+      float gj[8], gr[8], k[8];
+      load8f(sm.G + j * kLd + d0, gj);
+      load8f(sm.G + r * kLd + d0, gr);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) k[e] *= ex2(gr[e] - gj[e]);
+      *reinterpret_cast<uint4*>(sm.off.B + j * kLdW + d0) = pack8(k);
+    }
+    __syncthreads();
+    for (int tile = warp; tile < 2 * (nk / 8); tile += kIntraWarps) {
+      const int side = tile & 1, nt = tile >> 1;
+      float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        uint32_t af[4], bfr[2];
+        ldsm_a(af, side == 0 ? sm.off.Ak : sm.off.Aq, kLdW, 0, 16 * kk, lane);
+        load_b(bfr, sm.off.B, kLdW, nt * 8, 16 * kk, lane);
+        mma16816(acc, af, bfr);
+      }
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        const int i = 16 * a + g8 + 8 * hf, j = 8 * nt + t2;
+        if (side == 0) {
+          sm.L[i * kLa + j] = sm.beta[i] * acc[2 * hf];
+          sm.L[i * kLa + j + 1] = sm.beta[i] * acc[2 * hf + 1];
+        } else {
+          *reinterpret_cast<__nv_bfloat162*>(oM + swz(i, j, C)) =
+              __floats2bfloat162_rn(acc[2 * hf], acc[2 * hf + 1]);
+        }
+      }
+    }
   }
   __syncthreads();
+
+  // 3a. Diagonal blocks of X (threads 0..63, one column each; zeros above the diagonal inside
+  //     the block, which 3b reads) while the others form (K ⊙ e^Γ)ᵀ over the dead q tile. v is
+  //     fetched first (two token rows × 8 channels per item, 16-byte pieces in pairs) so that its
+  //     latency overlaps.
+  uint4 vreg[2][2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int it = tid + r * kIntraThreads, i = 2 * ((it >> 1) & 31);
+    const int d0 = 8 * (2 * (it >> 6) + (it & 1));
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      if constexpr (kFused) {
+        float v[8] = {};
+        if (i + u < len) conv8(pp, 2, h, t0 + i + u, seq_start, slot, d0, sw4, v);
+        vreg[r][u] = pack8(v);
+      } else {
+        vreg[r][u] = i + u < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i + u) * HD +
+                                                                   h * D + d0)
+                                 : make_uint4(0, 0, 0, 0);
+      }
+    }
+  }
+  if (tid < C) {  // column j of its diagonal block in registers: x_i = δ_ij − Σ_{m<i} L_im x_m
+    const int a = tid >> 4, jl = tid & 15, base = 16 * a;  // (x_m = 0 for m < j: no masks)
+    float x[16];
+#pragma unroll
+    for (int il = 0; il < 16; ++il) {
+      float acc = il == jl ? 1.f : 0.f;
+#pragma unroll
+      for (int m = 0; m < il; ++m) acc = fmaf(-sm.L[(base + il) * kLa + base + m], x[m], acc);
+      x[il] = acc;
+    }
+#pragma unroll
+    for (int il = 0; il < 16; ++il) sm.inv.X[(base + il) * kLx + tid] = x[il];
+  } else {
+    for (int it = tid - C; it < 32 * 16; it += kIntraThreads - C) {  // (key pair, 8 channels)
+      const int j = 2 * (it & 31), d0 = (it >> 5) * 8;
+      float k0[8], k1[8], g0[8], g1[8];
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
+      unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
+      load8f(sm.G + j * kLd + d0, g0);
+      load8f(sm.G + (j + 1) * kLd + d0, g1);
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        *reinterpret_cast<__nv_bfloat162*>(sm.KeT + (d0 + e) * kLk + j) =
+            __floats2bfloat162_rn(k0[e] * ex2(g0[e]), k1[e] * ex2(g1[e]));
+    }
+  }
+  __syncthreads();
+
+  // vᵀ over the dead Γ₂ (pairs of tokens per 4-byte store).
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int it = tid + r * kIntraThreads, i = 2 * ((it >> 1) & 31);
+    const int d0 = 8 * (2 * (it >> 6) + (it & 1));
+    const bf16* v0 = reinterpret_cast<const bf16*>(&vreg[r][0]);
+    const bf16* v1 = reinterpret_cast<const bf16*>(&vreg[r][1]);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      __nv_bfloat162 pr;
+      pr.x = v0[e];
+      pr.y = v1[e];
+      *reinterpret_cast<__nv_bfloat162*>(sm.VT + (d0 + e) * kLdT + i) = pr;
+    }
+  }
 
   // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
-  // X[m, b-cols]
-  //     (every X[m, ·] needed is known from smaller δ). Partial products in sm.tmp (q is dead).
+  //     X[m, b-cols] (every X[m, ·] needed is known from smaller δ).
+  //     Constant trip counts (unrolled, two partial sums); the second sum runs over the whole
+  //     16 columns of X_aa, whose entries above the diagonal are zero.
+#pragma unroll
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
-    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
-      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
-      float acc = 0.f;
-      for (int m = 16 * b; m < 16 * a; ++m)
-        acc = fmaf(sm.L[(16 * a + r) * kLa + m], sm.X[m * kLx + 16 * b + cc], acc);
-      sm.tmp[e] = acc;
+#pragma unroll
+    for (int q = 0; q < nblk; ++q) {
+      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      const float* lr = sm.L + (16 * a + r) * kLa + 16 * b;
+      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + cc;
+      float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16 * delta; m += 2) {
+        acc0 = fmaf(lr[m], xc[m * kLx], acc0);
+        acc1 = fmaf(lr[m + 1], xc[(m + 1) * kLx], acc1);
+      }
+      sm.inv.tmp[e] = acc0 + acc1;
     }
     __syncthreads();
-    for (int e = tid; e < nblk * 256; e += kIntraThreads) {
-      const int b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
-      float acc = 0.f;
-      for (int m = 0; m <= r; ++m)
-        acc = fmaf(sm.X[(16 * a + r) * kLx + 16 * a + m], sm.tmp[(b << 8) + (m << 4) + cc], acc);
-      sm.X[(16 * a + r) * kLx + 16 * b + cc] = -acc;
+#pragma unroll
+    for (int q = 0; q < nblk; ++q) {
+      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+      const float* xr = sm.inv.X + (16 * a + r) * kLx + 16 * a;
+      const float* tc = sm.inv.tmp + (b << 8) + cc;
+      float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+      for (int m = 0; m < 16; m += 2) {
+        acc0 = fmaf(xr[m], tc[m << 4], acc0);
+        acc1 = fmaf(xr[m + 1], tc[(m + 1) << 4], acc1);
+      }
+      sm.inv.X[(16 * a + r) * kLx + 16 * b + cc] = -(acc0 + acc1);
     }
     __syncthreads();
   }
 
-  // 4. T = X Diag(β) (over L), (K ⊙ e^Γ)ᵀ (over q), then vᵀ (over Γ). v is fetched first so its
-  //    latency overlaps the T and Kᵀ work.
-  uint4 vreg[C * 16 / kIntraThreads];
+  // 4. T = X Diag(β) over L (X above the diagonal blocks was never written: masked here).
+  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns)
+    const int i = it >> 3, j0 = (it & 7) * 8;
+    float x[8], bt[8];
+    load8f(sm.inv.X + i * kLx + j0, x);
+    load8f(sm.beta + j0, bt);
 #pragma unroll
-  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
-    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
-    if constexpr (kFused) {
-      float v[8] = {};
-      if (i < len) conv8(pp, 2, h, t0 + i, seq_start, slot, d0, sw4, v);
-      vreg[r] = pack8(v);
-    } else {
-      vreg[r] = i < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i) * HD + h * D + d0)
-                        : make_uint4(0, 0, 0, 0);
-    }
-  }
-  for (int idx = tid; idx < C * C; idx += kIntraThreads) {
-    const int i = idx >> 6, j = idx & 63;
-    sm.T[i * kLdT + j] = __float2bfloat16(sm.X[i * kLx + j] * sm.beta[j]);
-  }
-  for (int idx = tid; idx < C * D; idx += kIntraThreads) {
-    const int d = idx >> 6, j = idx & 63;
-    sm.KeT[d * kLk + j] =
-        __float2bfloat16(__bfloat162float(sm.K[j * kLdW + d]) * __expf(sm.G[j * kLd + d]));
-  }
-  __syncthreads();
-#pragma unroll
-  for (int r = 0; r < C * 16 / kIntraThreads; ++r) {
-    const int idx = tid + r * kIntraThreads, i = idx >> 4, d0 = (idx & 15) * 8;
-    const bf16* vb = reinterpret_cast<const bf16*>(&vreg[r]);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sm.VT[(d0 + e) * kLdT + i] = vb[e];
+    for (int e = 0; e < 8; ++e) x[e] = j0 + e <= i ? x[e] * bt[e] : 0.f;
+    *reinterpret_cast<uint4*>(sm.T + i * kLdT + j0) = pack8(x);
   }
   __syncthreads();
 
@@ -492,14 +665,20 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 #pragma unroll
       for (int n = 0; n < 2; ++n)
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int i = 16 * mt + g8 + 8 * half, d = 8 * (2 * warp + n) + t2;
+        for (int hf = 0; hf < 2; ++hf) {
+          const int i = 16 * mt + g8 + 8 * hf, d = 8 * (2 * warp + n) + t2;
+          const float u0 = acc[n][2 * hf], u1 = acc[n][2 * hf + 1];
           if (which == 0) {  // W [i][d], swizzled
-            *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) =
-                __floats2bfloat162_rn(acc[n][2 * half], acc[n][2 * half + 1]);
-          } else {  // Uᵀ [d][i], swizzled
-            oUT[swz(d, i, D)] = __float2bfloat16(acc[n][2 * half]);
-            oUT[swz(d + 1, i, D)] = __float2bfloat16(acc[n][2 * half + 1]);
+            *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) = __floats2bfloat162_rn(u0, u1);
+          } else {  // Uᵀ [d][i], swizzled: rows i, i + 1 (lanes 4 apart) paired by one shuffle
+            const bool odd = (g8 & 1) != 0;
+            const float other = __shfl_xor_sync(0xffffffffu, odd ? u0 : u1, 4);
+            if (!odd)
+              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d, i, D)) =
+                  __floats2bfloat162_rn(u0, other);
+            else
+              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d + 1, i - 1, D)) =
+                  __floats2bfloat162_rn(other, u1);
           }
         }
     }

@@ -589,6 +589,15 @@ TEST(KdaGpu, PrefillManyShortSequences) {
   run_prefill_case(lens, 4, Scan::kRecurrent, 31);
   run_prefill_case(lens, 4, Scan::kChunked, 32);
 }
+// Lengths at and around the intra-chunk kernel's 4- and 16-row blocks (its diagonal tiles and the
+// off-diagonal references at rows 15, 31, 47) and the chunk boundary, so that the last chunk of a
+// sequence ends inside, at and just past each block.
+TEST(KdaGpu, PrefillChunkBlockBoundaries) {
+  KIMI_REQUIRE_GPU();
+  const std::vector<int> lens = {3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 127, 128, 129, 191};
+  run_prefill_case(lens, 4, Scan::kChunked, 41);
+  run_prefill_case(lens, 4, Scan::kChunkedFused, 42);
+}
 TEST(KdaGpu, PrefillMixedVarlenChunkedH16) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9);
