@@ -2,7 +2,7 @@
 // Decode: one new token per sequence, batch B at context L, through the plan the model's CUDA
 // graphs use (make_mla_decode_plan) with the combine, replayed from a CUDA graph: the CUDA-core
 // kernel (mla_attn_kernel<1>, 8 heads per CTA) against the tensor-core decode kernel
-// (mla_decode_tc_kernel, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
+// (mla_decode_kernel: wgmma + TMA, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
 // second as a fraction of the device-to-device copy rate measured in the same run.
 // Prefill: one sequence of T = 4096 and 16384 new tokens with no history and with 112k positions
 // before them: the absorbed chain (q_abs GEMM, prefill items on mla_attn_tc_kernel, or on the
@@ -14,10 +14,8 @@
 // its FLOPs, and is timed apart: "attention alone" is the rate without it.
 // Timing: CUDA events, median over groups of launches after warm-up; random non-zero inputs;
 // scattered block tables. The two kernels' u are compared (relative RMS) as a sanity check.
-// Usage: bench_mla [--quick] [--decode | --prefill] [--bulk]
+// Usage: bench_mla [--quick] [--decode | --prefill]
 //   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 without history only.
-//   --bulk: also the decode kernel with TMA bulk copies (MlaAttnParams::decode_bulk_copy,
-//           experimental).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -62,7 +60,7 @@ double rel_rms(const DeviceBuffer<bf16>& a, const DeviceBuffer<bf16>& b) {
 
 // B sequences of context L decoding one token each: both kernels, graph-replayed with the decode
 // plan and the combine.
-void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
+void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   std::mt19937 rng(B * 7919 + L);
   const int per_seq = (L + 63) / 64, nb = B * per_seq;
   std::vector<int> ids(nb), table(size_t(B) * per_seq), ctx(B, L);
@@ -72,8 +70,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
   const int max_partials = 8 * num_sms;
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(B) * H * 512),
       q(size_t(B) * H * 192);
-  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512),
-      u_bulk(size_t(B) * H * 512);
+  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512);
   fill_random(cache, -1.f, 1.f, 3);
   fill_random(q_abs, -0.5f, 0.5f, 4);
   fill_random(q, -1.f, 1.f, 5);
@@ -83,14 +80,13 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
   const double bytes = double(B) * L * 576 * 2;
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  // 0: CUDA cores; 1: tensor cores; 2 (--bulk): tensor cores, cache tiles by TMA bulk copies
-  // (decode_bulk_copy, experimental).
-  const int num_paths = bulk ? 3 : 2;
-  double ms[3] = {0, 0, 0}, ms_attn_tc = 0.0;
-  int splits[3] = {0, 0, 0};
-  const char* name[3] = {"CUDA cores", "tensor cores", "tc bulk copy"};
+  // 0: CUDA cores; 1: tensor cores.
+  constexpr int num_paths = 2;
+  double ms[2] = {0, 0}, ms_attn_tc = 0.0;
+  int splits[2] = {0, 0};
+  const char* name[2] = {"CUDA cores", "tensor cores"};
   for (int path = 0; path < num_paths; ++path) {
-    const int tc = path > 0;
+    const int tc = path;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
     splits[path] = std::max(1, plan.num_splits[0]);
@@ -102,8 +98,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
     ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
     ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
-    ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.decode_bulk_copy = path == 2;
-    ap.u = path == 0 ? u_cc.data() : path == 1 ? u_tc.data() : u_bulk.data();
+    ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.num_blocks = nb;
+    ap.u = path == 0 ? u_cc.data() : u_tc.data();
     ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
     ap.num_items = int(plan.items1.size());
     auto step = [&](int, cudaStream_t s) {
@@ -126,9 +122,9 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs, bool bulk) {
                 name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
   }
   std::printf("%-4d %-8d speed-up %.1fx; combine %.1f us of the tensor-core step; u rel RMS "
-              "vs CUDA cores: tensor cores %.2e, bulk copy %.2e\n",
+              "vs CUDA cores %.2e\n",
               B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
-              rel_rms(u_cc, u_tc), bulk ? rel_rms(u_cc, u_bulk) : 0.0);
+              rel_rms(u_cc, u_tc));
 }
 
 // One sequence of T new tokens after `hist` positions of history (context L = hist + T), the
@@ -240,15 +236,14 @@ PrefillTimes bench_prefill(int T, int hist, int num_sms, double peak, bool cuda_
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode = true, prefill = true, bulk = false;
+  bool quick = false, decode = true, prefill = true;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
-    else if (a == "--bulk") bulk = true;
     else if (a == "--decode") prefill = false;
     else if (a == "--prefill") decode = false;
     else {
-      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill] [--bulk]\n");
+      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill]\n");
       return 2;
     }
   }
@@ -279,7 +274,7 @@ int main(int argc, char** argv) {
           std::printf("%-4d %-8d skipped: %.1f GB of cache does not fit\n", B, L, need / 1e9);
           continue;
         }
-        bench_decode(B, L, prop.multiProcessorCount, copy, bulk);
+        bench_decode(B, L, prop.multiProcessorCount, copy);
       }
     }
     if (prefill) {

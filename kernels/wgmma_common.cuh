@@ -15,6 +15,15 @@ __device__ __forceinline__ uint64_t wgmma_desc(uint32_t smem_addr) {
          (uint64_t(1) << 62);
 }
 
+// The same tile read MN-major (transposed: the M or N index contiguous, 128 bytes = 64 of them
+// per row, rows = k): with one 64-wide atom along M or N (m64 / n64 at most) only the 1024-byte
+// stride between 8-row k groups matters; both offsets carry it, which covers either reading of
+// which offset the MN-major layout takes for that stride.
+__device__ __forceinline__ uint64_t wgmma_desc_mn(uint32_t smem_addr) {
+  return uint64_t((smem_addr & 0x3ffff) >> 4) | (uint64_t(1024 >> 4) << 16) |
+         (uint64_t(1024 >> 4) << 32) | (uint64_t(1) << 62);
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -51,6 +60,25 @@ __device__ __forceinline__ void wgmma_ss_m64n128(float (&d)[64], uint64_t desc_a
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// d[64 × 32] (+)= A[64 × 16] · B[32 × 16]ᵀ, both bf16 in shared memory, B K-major; A K-major
+// (kTransA = 0, wgmma_desc) or MN-major (kTransA = 1, wgmma_desc_mn: A stored [16 k][64 m]).
+template <int kTransA>
+__device__ __forceinline__ void wgmma_ss_m64n32(float (&d)[16], uint64_t desc_a, uint64_t desc_b,
+                                                int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "%16, %17, p, 1, 1, %19, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate), "n"(kTransA));
 }
 
 // d[64 × 64] (+)= A[64 × 16] · B[64 × 16]ᵀ: A bf16 in registers (a0..a3 per warp: the mma.sync

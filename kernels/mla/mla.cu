@@ -7,6 +7,7 @@
 #include "mla/mla.cuh"
 #include "mla/mla_decode_tc.cuh"
 #include "mla/mla_tc.cuh"
+#include "tensor_map.h"
 
 namespace kimi::cuda {
 
@@ -56,13 +57,15 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
           ceil_div(num_heads, tensor_cores ? kMlaTcHeadsPerCta : kMlaHeadsPerCta);
   if (base == 0 || base >= 2 * num_sms) return plan;
   const int want = int(ceil_div(2 * num_sms, int(base)));
+  // Splits start on whole tiles: a cache block for the decode kernel (its tile), else kTile.
+  const int align = tensor_cores ? kMlaBlock : mla::kTile;
   for (auto* list : {&plan.items1, &plan.items4}) {
     std::vector<MlaWorkItem> out;
     for (const MlaWorkItem& it : *list) {
       const int len = it.kv_end - it.kv_begin;
       int ns = std::min(want, ceil_div(len, 256));
       if (ns > 1) {
-        const int chunk = ceil_div(ceil_div(len, ns), mla::kTile) * mla::kTile;
+        const int chunk = ceil_div(ceil_div(len, ns), align) * align;
         ns = ceil_div(len, chunk);
         if (ns > 1 && plan.num_partials + it.nq * ns <= max_partials) {
           for (int i = 0; i < it.nq; ++i) {
@@ -126,7 +129,8 @@ MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, in
     }
     int chunk = ceil_div(L, ns);
     if (tensor_cores) chunk = std::max(chunk, kMlaDecodeMinSplit);
-    chunk = ceil_div(chunk, mla::kTile) * mla::kTile;
+    const int align = tensor_cores ? kMlaBlock : mla::kTile;  // the kernel's tile
+    chunk = ceil_div(chunk, align) * align;
     const int busy = tensor_cores ? ceil_div(L, chunk) : ns;
     if (busy == 1) {  // one split: u directly, the other slots idle
       plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
@@ -159,17 +163,14 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 }
 
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
+  KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
+  mla::DecArgs a;
+  a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
+                          kMlaBlock);
+  a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  const LaunchOptions o{mla::kDecSmem, true};
-  const int th = mla::kTcThreads;
-  if (p.num_heads <= 16 && p.decode_bulk_copy)
-    launch_kernel(mla::mla_decode_tc_kernel<1, true>, grid, th, o, stream, p);
-  else if (p.num_heads <= 16)
-    launch_kernel(mla::mla_decode_tc_kernel<1, false>, grid, th, o, stream, p);
-  else if (p.decode_bulk_copy)
-    launch_kernel(mla::mla_decode_tc_kernel<2, true>, grid, th, o, stream, p);
-  else
-    launch_kernel(mla::mla_decode_tc_kernel<2, false>, grid, th, o, stream, p);
+  launch_kernel(mla::mla_decode_kernel, grid, mla::kDecThreads,
+                LaunchOptions{mla::kDecSmem, true}, stream, a);
 }
 
 void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
@@ -193,12 +194,8 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  for (const void* f : {reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, false>),
-                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<1, true>),
-                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, false>),
-                        reinterpret_cast<const void*>(mla::mla_decode_tc_kernel<2, true>)})
-    CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(mla::kDecSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
   done.fetch_or(bit);
 }
 

@@ -107,6 +107,7 @@ struct MlaAttnParams {
   const bf16* q_abs = nullptr;        // [T, H, 512]
   const bf16* q = nullptr;            // [T, H, 192]: q_pe is q[t, h, 128:192]
   const bf16* cache = nullptr;        // [num_blocks, 64, 576]
+  int num_blocks = 0;                 // the cache's blocks (the decode kernel's TMA extent)
   const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
   int max_blocks_per_seq = 0;
   float scale = 0.f;                  // 1/sqrt(192)
@@ -119,10 +120,6 @@ struct MlaAttnParams {
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
-  // Decode items on tensor cores read the cache by TMA bulk copies instead of cp.async. Tested
-  // (KIMI_TEST_MLA_BULK=1) and measured on H200: no faster (within -2..+7%), so the cp.async
-  // kernel's ~55% of the copy rate is not its outstanding-request limit. Comparison only.
-  bool decode_bulk_copy = false;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.

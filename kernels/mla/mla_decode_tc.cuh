@@ -1,329 +1,361 @@
-// MLA decode attention on tensor cores (contract in mla.h; same items1, outputs and partials as
-// mla_attn_kernel<1>).
+// MLA decode attention on wgmma + TMA (sm_90a; contract in mla.h; same items1, outputs and
+// partials as mla_attn_kernel<1>).
 //
 // A decode item is one query token of one sequence and a KV range; its heads all share the one
-// 576-wide KV head, so one CTA (8 warps) takes all of them, up to 32 (a rank's heads: 32, or
-// 16 / 8 / 4 under tensor parallelism), and each cache row crosses DRAM once per (token, split).
-// Query rows: R = 16·MT (MT = 1 for H <= 16, else 2; rows of absent heads are zero, computed and
-// dropped); more than 32 heads take several CTAs (blockIdx.y, 32 heads each). The item's range
-// [kv_begin, min(kv_end, q_pos0 + 1)) is walked in tiles of 32 cache rows (half a block: one
-// contiguous 36 KB read), gathered through the block table (entries read a tile ahead) by
-// cp.async into a 5-stage ring (4 tiles in flight while one is used; the cache is read with an
-// L2 evict-first policy: it streams through once). Per tile:
-//   1. S = Q·Kᵀ (R × 32, k = 576) with mma.sync m16n8k16 bf16 → fp32: warp w takes k-quarter
-//      w % 4 (9 k-steps of 16) × column half w / 4 (2 n-tiles); its Q fragments (MT × 9 × 4
-//      registers) are loaded once from global memory and stay in registers, so only K goes
-//      through shared memory. The four k-quarters' partial S meet in shared memory.
-//   2. Online softmax in fp32, 256 / R threads per row: sum of the quarters × scale, positions
-//      past the range masked, running max m and sum l, P = e^{s − m} rounded to bf16 (l sums the
-//      rounded values), α = e^{m_old − m_new} per row.
-//   3. O = α·O + P·V with V = the first 512 channels of the same cache rows: warp w owns O
-//      columns 64·w .. +64 for all R rows (MT × 8 accumulator tiles).
-// At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
-// kBulk (MlaAttnParams::decode_bulk_copy, experimental, not yet run on a GPU): the rows come by
-// TMA bulk copies completing on an mbarrier per ring slot instead of cp.async.
-// Shared memory: K ring [5][32][584] bf16, S quarters [4][32][36] fp32, P [32][40] bf16, α, m,
-// l [32], mbarriers [5]: 208.3 KB, one CTA per SM. Helpers and fragment layouts: mla_mma.cuh.
+// 576-wide KV head, so one CTA takes all of them (up to 32: a rank's heads, 32, or 16 / 8 / 4
+// under tensor parallelism; more take several CTAs, blockIdx.y) and each cache row crosses DRAM
+// once per (token, split). The keys are the M dimension of both products, so 32 heads fill an
+// N = 32 MMA without padding:
+//   Sᵀ = K·Qᵀ  (64 keys × 32 heads, k = 576): 36 wgmma m64n32k16, A = the tile's cache rows
+//              (K-major), B = Q [32 heads][576] (K-major), both from shared memory;
+//   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps of wgmma
+//              m64n32k16, A = the same cache rows read MN-major (transposed), B = P [32 heads]
+//              [64 keys] written to shared memory by the softmax (stmatrix .trans of the Sᵀ
+//              accumulators).
+// A tile is one cache block (64 rows, one block-table entry), loaded by 9 TMA boxes of
+// [64 rows][64 channels] in the 128-byte swizzle (16-byte piece c of row r at c ^ (r % 8)) from
+// the cache viewed as a [num_blocks·64][576] matrix, with an L2 evict-first policy (the cache
+// streams through once; the split partials stay in L2).
+// Warp roles (160 threads): warps 0-3 are the consumer warpgroup; warp 4's lane 0 is the
+// producer, filling a 2-stage ring (full / empty mbarriers per slot, one empty arrival per
+// consumer warp once its wgmmas are done with the slot), reading block-table entries a tile
+// ahead. Per tile the consumers:
+//   1. wait for the slot, issue Sᵀ and wait for it;
+//   2. online softmax in base 2 (scale·log2 e folded in), per head over the 64 keys: a lane
+//      holds 2 keys × 8 heads, reduced over its 8 key lanes by shuffles and over the 4 warps
+//      through shared memory (named barrier); keys outside [kv_begin, kv_hi) are masked (first
+//      and last tile), and cache rows at or past kv_hi are zeroed in the slot before Pᵀ·V reads
+//      them (P = 0 there, but rows past the context may hold anything: 0 · NaN);
+//   3. P (bf16) to shared memory; O rescaled by α per head (the lane's O columns are the same 8
+//      heads as its S columns: α never leaves the thread); issue Oᵀ, wait, release the slot.
+// l is kept as per-lane partial sums (reduced once at the end). At the end Oᵀ goes through
+// shared memory (the ring, free by then) so u (bf16, O/l) or the partial (O, m, l; m in natural
+// units as the combine expects) is written in whole rows.
+// Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
+// 187 KB, one CTA per SM.
 #pragma once
 
-#include "mla/mla_mma.cuh"
+#include <cuda.h>  // CUtensorMap
+
+#include "async_copy.cuh"
+#include "mla/mla.h"
 #include "pdl.cuh"
-#include "mla/mla_tc.cuh"
+#include "wgmma_common.cuh"
 
 namespace kimi::cuda::mla {
 
-constexpr int kDecTile = 32;    // cache rows per KV tile
-constexpr int kDecStages = 5;   // ring of KV tiles (4 in flight while one is used)
-constexpr int kDecKParts = 4;   // warps splitting k (576) for S
-constexpr int kDecKSteps = kMlaRow / 16 / kDecKParts;  // k-steps of 16 per warp
-constexpr int kDecRows = kMlaDecHeadsPerCta;           // query rows at most
-constexpr size_t kDecOffS = size_t(kDecStages) * kDecTile * kTcLd * 2;
-constexpr size_t kDecOffP = kDecOffS + size_t(kDecKParts) * kDecRows * kTcLdS * 4;
-constexpr size_t kDecOffA = kDecOffP + size_t(kDecRows) * kTcLdP * 2;
-constexpr size_t kDecOffM = kDecOffA + kDecRows * 4;
-constexpr size_t kDecOffL = kDecOffM + kDecRows * 4;
-constexpr size_t kDecOffBar = kDecOffL + kDecRows * 4;  // kBulk: an mbarrier per ring slot
-constexpr size_t kDecSmem = kDecOffBar + kDecStages * 8;
-static_assert(kDecTile == kTile, "split chunks of the plans are multiples of kTile");
-static_assert(kDecKSteps * 16 * kDecKParts == kMlaRow && kMlaLat % 16 == 0);
-static_assert(kTcThreads == 256 && kDecKParts * 2 == kTcThreads / 32, "8 warps: 4 k-parts × 2");
-static_assert(kDecOffS % 16 == 0 && kDecOffP % 16 == 0 && kDecOffA % 16 == 0 &&
-              kDecOffBar % 8 == 0);
-static_assert(kDecTile == 32 && kMlaRow * 2 % 16 == 0, "kBulk: a lane per row, 16-byte multiples");
+constexpr int kDecThreads = 160;  // consumer warpgroup + producer warp
+constexpr int kDecKeys = kMlaBlock;  // keys per tile: one cache block
+constexpr int kDecStages = 2;
+constexpr int kDecHeads = kMlaDecHeadsPerCta;
+constexpr uint32_t kDecBox = kDecKeys * 128;              // [64 rows][64 bf16]: 8 KB
+constexpr uint32_t kDecTileBytes = 9 * kDecBox;           // 576 channels
+constexpr uint32_t kDecQBox = kDecHeads * 128;            // [32 heads][64 bf16]: 4 KB
+constexpr uint32_t kDecQBytes = 9 * kDecQBox;
+constexpr uint32_t kDecPBytes = kDecHeads * 128;          // [32 heads][64 keys] bf16
+constexpr uint32_t kDecOffRing = kDecQBytes;
+constexpr uint32_t kDecOffP = kDecOffRing + kDecStages * kDecTileBytes;
+constexpr uint32_t kDecOffRed = kDecOffP + kDecPBytes;   // [2][4 warps][32 heads] fp32
+constexpr uint32_t kDecOffMl = kDecOffRed + 2 * 4 * kDecHeads * 4;  // [32] m, [32] l
+constexpr size_t kDecSmem = kDecOffMl + 2 * kDecHeads * 4 + 1024;
+constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
+static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
+static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
 static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
 
-// kBulk: cache rows by TMA bulk copies (one 1152-byte copy per row, issued by the lanes of warp
-// 0, completing on the ring slot's mbarrier) instead of cp.async; experimental, see mla.h.
-template <int MT, bool kBulk>
-__global__ void __launch_bounds__(kTcThreads, 1) mla_decode_tc_kernel(MlaAttnParams p) {
+// Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
+// [64 rows][64 channels]).
+struct DecArgs {
+  CUtensorMap cache;
+  MlaAttnParams p;
+};
+
+__device__ __forceinline__ float dec_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ uint32_t dec_pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+// Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
+// rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
+// matrix i before the transpose.
+__device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)[4]) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n" ::"r"(
+                   addr),
+               "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+               : "memory");
+}
+
+__global__ void __launch_bounds__(kDecThreads, 1)
+    mla_decode_kernel(const __grid_constant__ DecArgs args) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
-  constexpr int R = 16 * MT;            // query rows (heads) of this CTA
-  constexpr int kTpr = kTcThreads / R;  // softmax threads per row
-  constexpr int kCpt = kDecTile / kTpr;  // softmax columns per thread
-  static_assert(kTpr <= 32 && kCpt * kTpr == kDecTile && (kCpt == 2 || kCpt == 4));
-  extern __shared__ uint4 smem_raw[];
-  char* sm = reinterpret_cast<char*>(smem_raw);
-  bf16* k_s = reinterpret_cast<bf16*>(sm);                // [kDecStages][32][kTcLd]
-  float* s_s = reinterpret_cast<float*>(sm + kDecOffS);   // [kDecKParts][R][kTcLdS]
-  bf16* p_s = reinterpret_cast<bf16*>(sm + kDecOffP);     // [R][kTcLdP]
-  float* alpha_s = reinterpret_cast<float*>(sm + kDecOffA);
-  float* m_s = reinterpret_cast<float*>(sm + kDecOffM);
-  float* l_s = reinterpret_cast<float*>(sm + kDecOffL);
-  uint64_t* full = reinterpret_cast<uint64_t*>(sm + kDecOffBar);  // [kDecStages] (kBulk)
-
+  const MlaAttnParams& p = args.p;
   const MlaWorkItem it = p.items[blockIdx.x];
   if (it.nq <= 0) return;  // an idle slot of the decode plan
-  const int H = p.num_heads, h0 = blockIdx.y * kMlaDecHeadsPerCta;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int g = lane >> 2, t2 = (lane & 3) * 2;
-  const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
+  extern __shared__ unsigned char dec_smem_raw[];
+  __shared__ uint64_t bars[2 * kDecStages];  // full[2], empty[2]
+  uint64_t* const full = bars;
+  uint64_t* const empty = bars + kDecStages;
+  const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024
+  unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
+  const uint32_t q_s = base, ring_s = base + kDecOffRing, p_s = base + kDecOffP;
+  float* const red = reinterpret_cast<float*>(sm + kDecOffRed);
+  float* const ml = reinterpret_cast<float*>(sm + kDecOffMl);
+
+  const int H = p.num_heads, h0 = blockIdx.y * kDecHeads;
   const int kv_hi = min(it.kv_end, it.q_pos0 + 1);  // positions at or past kv_hi are not seen
-  const int ntiles = kv_hi > it.kv_begin ? (kv_hi - it.kv_begin + kDecTile - 1) / kDecTile : 0;
-  const uint64_t policy = policy_evict_first();
-
-  // Every plan starts items at multiples of 32, so a tile is 32 consecutive rows of one cache
-  // block: one table entry, read an iteration ahead so no copy waits on it; other ranges take a
-  // table entry per row.
-  const bool aligned = it.kv_begin % kDecTile == 0;
-  auto tile_block = [&](int n) {
-    return n < ntiles ? table[(it.kv_begin + n * kDecTile) / kMlaBlock] : 0;
-  };
-  // Tile n into ring slot n % kDecStages (cp.async: one commit group per call, empty past the
-  // last tile; kBulk: completes on full[slot]); rows at or past kv_hi are zero (P is 0 there, V
-  // must be finite).
-  auto load_tile = [&](int n, int blk) {
-    if constexpr (kBulk) {
-      if (n >= ntiles) return;
-      bf16* buf = k_s + (n % kDecStages) * kDecTile * kTcLd;
-      const int j0 = it.kv_begin + n * kDecTile, rows = min(kDecTile, kv_hi - j0);
-      for (int idx = rows * kTcChunks + tid; idx < kDecTile * kTcChunks; idx += kTcThreads)
-        *reinterpret_cast<uint4*>(buf + (idx / kTcChunks) * kTcLd + (idx % kTcChunks) * 8) =
-            make_uint4(0, 0, 0, 0);
-      if (warp == 0) {
-        uint64_t* bar = full + n % kDecStages;
-        // The slot was last read (ldmatrix) before the barrier this call follows.
-        fence_proxy_async();
-        if (lane == 0) mbar_arrive_expect_tx(bar, unsigned(rows) * kMlaRow * 2);
-        __syncwarp();
-        if (lane < rows) {
-          const int pos = j0 + lane;
-          const bf16* src =
-              aligned ? p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow
-                      : p.cache + (int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock) *
-                                      kMlaRow;
-          bulk_g2s(buf + lane * kTcLd, src, kMlaRow * 2, bar, policy);
-        }
-      }
-      return;
+  const int blk0 = it.kv_begin / kDecKeys;           // the first tile's cache block index
+  const int ntiles = kv_hi > it.kv_begin ? (kv_hi - 1) / kDecKeys - blk0 + 1 : 0;
+  const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kDecStages; ++s) {
+      mbar_init(full + s, 1);
+      mbar_init(empty + s, 4);
     }
-    if (n < ntiles) {
-      bf16* buf = k_s + (n % kDecStages) * kDecTile * kTcLd;
-      const int j0 = it.kv_begin + n * kDecTile;
-      const bf16* tile = p.cache + (int64_t(blk) * kMlaBlock + j0 % kMlaBlock) * kMlaRow;
-#pragma unroll
-      for (int idx = tid; idx < kDecTile * kTcChunks; idx += kTcThreads) {
-        const int r = idx / kTcChunks, c = idx % kTcChunks, pos = j0 + r;
-        bf16* dst = buf + r * kTcLd + c * 8;
-        if (pos < kv_hi) {
-          const bf16* src =
-              aligned ? tile + idx * 8
-                      : p.cache + (int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock) *
-                                      kMlaRow + c * 8;
-          tc_cp_async16_hint(dst, src, policy);
-        } else {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-        }
-      }
-    }
-    cp_async_commit();
-  };
-  if constexpr (kBulk) {
-    if (tid == 0) {
-      for (int i = 0; i < kDecStages; ++i) mbar_init(full + i, 1);
-      fence_mbar_init();
-    }
-    __syncthreads();
-  }
-  {
-    int blk[kDecStages - 1];  // the prologue's table reads, all in flight together
-#pragma unroll
-    for (int n = 0; n < kDecStages - 1; ++n) blk[n] = tile_block(n);
-#pragma unroll
-    for (int n = 0; n < kDecStages - 1; ++n) load_tile(n, blk[n]);
-  }
-  int blk_next = tile_block(kDecStages - 1);
-
-  // S roles: k-steps kq·9 .. +9, columns 16·nh .. +16 of each tile.
-  const int kq = warp % kDecKParts, nh = warp / kDecKParts;
-  // Q as A fragments, straight from global memory (row r = head h0 + r; 4-byte pairs of columns).
-  uint32_t qa[MT][kDecKSteps][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int h = h0 + mt * 16 + g + 8 * hf;
-      const int64_t th = int64_t(it.q_begin) * H + h;
-#pragma unroll
-      for (int ks = 0; ks < kDecKSteps; ++ks) {
-        const int k0 = (kq * kDecKSteps + ks) * 16;  // a k-step lies wholly in q_abs or q_pe
-        const bf16* src = k0 < kMlaLat ? p.q_abs + th * kMlaLat + k0
-                                       : p.q + th * kMlaQk + 128 + (k0 - kMlaLat);
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          qa[mt][ks][hf + 2 * half] =
-              h < H ? *reinterpret_cast<const uint32_t*>(src + t2 + 8 * half) : 0u;
-      }
-    }
-
-  // Softmax role: row srow, columns kCpt·spart .. +kCpt of each tile.
-  const int srow = tid / kTpr, spart = tid % kTpr;
-  float m_run = -INFINITY, l_run = 0.f;
-  const int cw = 64 * warp;  // O columns of this warp
-  float o[MT][8][4];
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) o[mt][nt][e] = 0.f;
-
-  // S = Q·Kᵀ of tile n (this warp's k-quarter × column half) into shared memory.
-  auto s_phase = [&](int n) {
-    const bf16* kb = k_s + (n % kDecStages) * kDecTile * kTcLd;
-    float sacc[MT][2][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) sacc[mt][nt][e] = 0.f;
-#pragma unroll
-    for (int ks = 0; ks < kDecKSteps; ++ks) {
-      uint32_t b[4];
-      tc_ldsm_b_nk(b, kb, kTcLd, 16 * nh, (kq * kDecKSteps + ks) * 16, lane);
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        tc_mma(sacc[mt][0], qa[mt][ks], b[0], b[1]);
-        tc_mma(sacc[mt][1], qa[mt][ks], b[2], b[3]);
-      }
-    }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        float* s0 = s_s + (kq * R + mt * 16 + g) * kTcLdS + 16 * nh + nt * 8 + t2;
-        *reinterpret_cast<float2*>(s0) = make_float2(sacc[mt][nt][0], sacc[mt][nt][1]);
-        *reinterpret_cast<float2*>(s0 + 8 * kTcLdS) = make_float2(sacc[mt][nt][2], sacc[mt][nt][3]);
-      }
-  };
-  // Online softmax of tile n: P (bf16) and α into shared memory.
-  auto softmax_phase = [&](int n) {
-    const int j0 = it.kv_begin + n * kDecTile + spart * kCpt;
-    float s[kCpt];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < kCpt; ++c) {
-      float acc = 0.f;
-#pragma unroll
-      for (int q = 0; q < kDecKParts; ++q) acc += s_s[(q * R + srow) * kTcLdS + spart * kCpt + c];
-      s[c] = j0 + c < kv_hi ? acc * p.scale : -INFINITY;
-      mx = fmaxf(mx, s[c]);
-    }
-#pragma unroll
-    for (int off = kTpr / 2; off > 0; off >>= 1)
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-    const float m_new = fmaxf(m_run, mx);
-    float alpha = 1.f, sum = 0.f;
-    __align__(8) bf16 pb[kCpt];
-    if (m_new == -INFINITY) {  // nothing visible yet (cannot happen inside the range; kept safe)
-#pragma unroll
-      for (int c = 0; c < kCpt; ++c) pb[c] = __float2bfloat16(0.f);
-    } else {
-      alpha = __expf(m_run - m_new);  // 0 while m_run is −inf
-#pragma unroll
-      for (int c = 0; c < kCpt; ++c) {
-        pb[c] = __float2bfloat16(__expf(s[c] - m_new));
-        sum += __bfloat162float(pb[c]);
-      }
-    }
-#pragma unroll
-    for (int off = kTpr / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    l_run = l_run * alpha + sum;
-    m_run = m_new;
-    bf16* pdst = p_s + srow * kTcLdP + spart * kCpt;
-    if constexpr (kCpt == 4)
-      *reinterpret_cast<uint2*>(pdst) = *reinterpret_cast<const uint2*>(pb);
-    else
-      *reinterpret_cast<uint32_t*>(pdst) = *reinterpret_cast<const uint32_t*>(pb);
-    if (spart == 0) alpha_s[srow] = alpha;
-  };
-  // O = α·O + P·V of tile n.
-  auto pv_phase = [&](int n) {
-    const bf16* kb = k_s + (n % kDecStages) * kDecTile * kTcLd;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      const float a0 = alpha_s[mt * 16 + g], a1 = alpha_s[mt * 16 + g + 8];
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        o[mt][nt][0] *= a0;
-        o[mt][nt][1] *= a0;
-        o[mt][nt][2] *= a1;
-        o[mt][nt][3] *= a1;
-      }
-    }
-#pragma unroll
-    for (int k0 = 0; k0 < kDecTile; k0 += 16) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) tc_ldsm_a(a[mt], p_s, kTcLdP, mt * 16, k0, lane);
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {
-        uint32_t b[4];
-        tc_ldsm_b_kn(b, kb, kTcLd, k0, cw + np * 16, lane);
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          tc_mma(o[mt][2 * np], a[mt], b[0], b[1]);
-          tc_mma(o[mt][2 * np + 1], a[mt], b[2], b[3]);
-        }
-      }
-    }
-  };
-
-  // Three barriers per tile: S(n) | softmax(n) | P·V(n). (Running P·V(n) and S(n + 1) between
-  // the same barriers, with two S buffers, measured 1-6% slower on an H200.)
-  for (int n = 0; n < ntiles; ++n) {
-    if constexpr (kBulk)
-      mbar_wait(full + n % kDecStages, unsigned(n / kDecStages) & 1u);  // use n / S of the slot
-    else
-      cp_async_wait<kDecStages - 2>();
-    // Tile n landed for every thread; everyone is done with tile n − 1 (ring slot, S, P, α).
-    __syncthreads();
-    load_tile(n + kDecStages - 1, blk_next);
-    blk_next = tile_block(n + kDecStages);
-    s_phase(n);
-    __syncthreads();
-    softmax_phase(n);
-    __syncthreads();
-    pv_phase(n);
-  }
-  cp_async_wait<0>();
-  if (spart == 0) {
-    m_s[srow] = m_run;
-    l_s[srow] = l_run;
+    fence_mbar_init();
   }
   __syncthreads();
-  // Accumulator rows mt·16 + g (+ 8) are heads h0 + mt·16 + g (+ 8).
-  const int t = it.q_begin;
+
+  // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
+  const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
+  const int lane = threadIdx.x % 32;
+  if (warp == 4) {  // producer
+    if (lane == 0) {
+      const uint64_t policy = policy_evict_first();
+      int blk = ntiles > 0 ? table[blk0] : 0;
+      for (int n = 0; n < ntiles; ++n) {
+        const int next = n + 1 < ntiles ? table[blk0 + n + 1] : 0;
+        const int s = n % kDecStages;
+        // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
+        mbar_wait(empty + s, ((n / kDecStages) & 1) ^ 1);
+        mbar_arrive_expect_tx(full + s, kDecTileBytes);
+        const uint32_t dst = ring_s + s * kDecTileBytes;
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      const int r = mt * 16 + g + 8 * hf, h = h0 + r;
-      if (h >= H) continue;
-      store_attention_row(p, it.split, t, h, o[mt], hf, m_s[r], l_s[r], cw + t2,
-                          warp == 0 && t2 == 0);
+        for (int c = 0; c < 9; ++c)
+          tma_load_2d(dst + c * kDecBox, &args.cache, 64 * c, blk * kDecKeys, full + s, policy);
+        blk = next;
+      }
     }
+    return;
+  }
+
+  // Consumers: 128 threads, warp w owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of each
+  // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
+  const int tid = threadIdx.x, g = lane / 4, t = lane % 4;
+  // Q into shared memory, swizzled as TMA would (box c: channels 64c .. +64; heads past H zero).
+  {
+    const int64_t tq = it.q_begin;
+    for (int idx = tid; idx < kDecHeads * 72; idx += 128) {
+      const int r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: 16-byte piece of the 576
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (h < H)
+        v = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
+                    : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
+                                                      (ch - 64) * 8);
+      *reinterpret_cast<uint4*>(sm + (ch / 8) * kDecQBox + r * 128 + ((ch % 8) ^ (r % 8)) * 16) = v;
+    }
+    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
+    bar_sync(1, 128);
+  }
+
+  const float sl2 = p.scale * 1.4426950408889634f;
+  float o[8][16];  // Oᵀ m-tile c: o[c][4j + 2b + e] = channel 64c + 16w + g + 8b, head 8j + 2t + e
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+#pragma unroll
+    for (int i = 0; i < 16; ++i) o[c][i] = 0.f;
+  float m_run[4][2], l_run[4][2];  // per head 8j + 2t + e (m: base 2, scaled; l: lane partial)
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) m_run[j][e] = -INFINITY, l_run[j][e] = 0.f;
+  float s[16];  // Sᵀ: s[4j + 2b + e] = key 16w + g + 8b, head 8j + 2t + e
+  const uint64_t q_desc = wgmma_desc(q_s);
+  // stmatrix rows: lane (i = lane / 8, r = lane % 8) stores P row 8j + r (j = 2x + i / 2), keys
+  // 16w + 8(i % 2) .. +8: 16-byte piece 2w + i % 2, swizzled.
+  const int st_i = lane / 8, st_r = lane % 8;
+  const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * warp + st_i % 2) ^ st_r) * 16);
+
+  for (int n = 0; n < ntiles; ++n) {
+    const int slot = n % kDecStages;
+    const uint32_t tile = ring_s + slot * kDecTileBytes;
+    mbar_wait(full + slot, (n / kDecStages) & 1);
+    wgmma_fence();
+    {
+      const uint64_t k_desc = wgmma_desc(tile);
+#pragma unroll
+      for (int c = 0; c < 9; ++c)
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
+                             q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_acc(s);
+
+    // Mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
+    const int pos0 = (blk0 + n) * kDecKeys;
+    const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int pos = pos0 + 16 * warp + g + 8 * ((i >> 1) & 1);
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+    }
+    // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
+    float* const rb = red + (n & 1) * 4 * kDecHeads;
+    float mx[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
+        mx[j][e] = v;
+      }
+    if (g == 0)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        *reinterpret_cast<float2*>(rb + warp * kDecHeads + 8 * j + 2 * t) =
+            make_float2(mx[j][0], mx[j][1]);
+    // After this barrier every warp has waited for its Sᵀ of this tile and its P·V of the tile
+    // before: P and the slot's rows may be written.
+    bar_sync(1, 128);
+    if (pos0 + kDecKeys > kv_hi) {
+      // Rows at or past kv_hi of the value boxes (channels 0..511) to zero.
+      const int first = kv_hi - pos0, n16 = (kDecKeys - first) * 8;  // 16-byte pieces per box
+      for (int idx = tid; idx < 8 * n16; idx += 128) {
+        const int c = idx / n16, k = idx % n16;
+        *reinterpret_cast<uint4*>(sm + (tile - base) + c * kDecBox + first * 128 + k * 16) =
+            make_uint4(0, 0, 0, 0);
+      }
+    }
+    float alpha[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float2 v = *reinterpret_cast<const float2*>(rb + 8 * j + 2 * t);
+#pragma unroll
+      for (int w = 1; w < 4; ++w) {
+        const float2 u = *reinterpret_cast<const float2*>(rb + w * kDecHeads + 8 * j + 2 * t);
+        v.x = fmaxf(v.x, u.x);
+        v.y = fmaxf(v.y, u.y);
+      }
+      const float tmax[2] = {v.x, v.y};
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float m_new = fmaxf(m_run[j][e], tmax[e]);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: P = 0
+        alpha[j][e] = dec_exp2(m_run[j][e] - m_use);
+        m_run[j][e] = m_new;
+        float sum = 0.f;
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const float pv = dec_exp2(s[4 * j + 2 * b + e] - m_use);
+          s[4 * j + 2 * b + e] = pv;
+          sum += pv;
+        }
+        l_run[j][e] = l_run[j][e] * alpha[j][e] + sum;
+      }
+    }
+    // P to shared memory as [32 heads][64 keys] (the K-major B of Oᵀ), transposed by stmatrix.
+#pragma unroll
+    for (int x = 0; x < 2; ++x) {
+      uint32_t r[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int j = 2 * x + i / 2, b = i % 2;
+        r[i] = dec_pack(s[4 * j + 2 * b], s[4 * j + 2 * b + 1]);
+      }
+      stsm_x4_trans(st_addr0 + x * 16 * 128, r);
+    }
+    fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
+    bar_sync(1, 128);
+#pragma unroll
+    for (int c = 0; c < 8; ++c)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+    wgmma_fence();
+    {
+      const uint64_t p_desc = wgmma_desc(p_s);
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+#pragma unroll
+        for (int c = 0; c < 8; ++c)
+          wgmma_ss_m64n32<1>(o[c], wgmma_desc_mn(tile + c * kDecBox + kk * 16 * 128),
+                             p_desc + kk * 32 / 16, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+#pragma unroll
+    for (int c = 0; c < 8; ++c) fence_acc(o[c]);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + slot);
+  }
+
+  // l per head: over the 8 key lanes, then the 4 warps.
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = l_run[j][e];
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      l_run[j][e] = v;
+    }
+  float* const rl = red + (ntiles & 1) * 4 * kDecHeads;  // not the buffer of the last tile
+  if (g == 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      *reinterpret_cast<float2*>(rl + warp * kDecHeads + 8 * j + 2 * t) =
+          make_float2(l_run[j][0], l_run[j][1]);
+  bar_sync(1, 128);  // every warp's wgmmas are done with the ring
+  // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed).
+  float* const ost = reinterpret_cast<float*>(sm + kDecOffRing);
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * warp + g + 8 * (i >> 1)] =
+            o[c][4 * j + i];
+  if (warp == 0 && g == 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int hd = 8 * j + 2 * t + e;
+        ml[hd] = m_run[j][e] * 0.6931471805599453f;  // natural units: max of scale·s
+        ml[kDecHeads + hd] = rl[hd] + rl[kDecHeads + hd] + rl[2 * kDecHeads + hd] +
+                             rl[3 * kDecHeads + hd];
+      }
+  bar_sync(1, 128);
+  const int tok = it.q_begin, col = 4 * tid;  // each thread: 4 channels of every head row
+  for (int r = 0; r < kDecHeads && h0 + r < H; ++r) {
+    const int h = h0 + r;
+    const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
+    if (it.split < 0) {
+      const float l = ml[kDecHeads + r], inv = l > 0.f ? 1.f / l : 0.f;
+      const uint2 w = make_uint2(dec_pack(v.x * inv, v.y * inv), dec_pack(v.z * inv, v.w * inv));
+      *reinterpret_cast<uint2*>(p.u + (int64_t(tok) * H + h) * kMlaLat + col) = w;
+    } else {
+      float* P = p.partials + (int64_t(p.split_base[tok] + it.split) * H + h) * kMlaPartialStride;
+      *reinterpret_cast<float4*>(P + col) = v;
+      if (tid == 0) {
+        P[kMlaLat] = ml[r];
+        P[kMlaLat + 1] = ml[kDecHeads + r];
+      }
+    }
+  }
 }
 
 }  // namespace kimi::cuda::mla

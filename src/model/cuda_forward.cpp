@@ -252,6 +252,7 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, 
   ap.q_abs = A.q_abs;
   ap.q = A.mq;
   ap.cache = cache;
+  ap.num_blocks = m.cache.num_blocks;
   ap.block_tables = s.tables;
   ap.max_blocks_per_seq = s.mb;
   ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
