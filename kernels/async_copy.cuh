@@ -97,7 +97,11 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
       : "memory");
 }
 
-// As above, with an L2 eviction-priority policy (createpolicy): data streamed once.
+// Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first copy.
+__device__ __forceinline__ void prefetch_tensormap(const void* map) {
+  asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");
+}
+// As tma_load_2d, with an L2 eviction-priority policy (createpolicy): data streamed once.
 __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c0, int c1,
                                             uint64_t* bar, uint64_t policy) {
   asm volatile(

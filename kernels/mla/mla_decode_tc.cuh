@@ -91,15 +91,24 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 
 __global__ void __launch_bounds__(kDecThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
+  extern __shared__ unsigned char dec_smem_raw[];
+  __shared__ uint64_t bars[2 * kDecStages];  // full[2], empty[2]
+  uint64_t* const full = bars;
+  uint64_t* const empty = bars + kDecStages;
+  // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
+  if (threadIdx.x == 0) {
+    prefetch_tensormap(&args.cache);
+    for (int s = 0; s < kDecStages; ++s) {
+      mbar_init(full + s, 1);
+      mbar_init(empty + s, 4);
+    }
+    fence_mbar_init();
+  }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
   const MlaAttnParams& p = args.p;
   const MlaWorkItem it = p.items[blockIdx.x];
   if (it.nq <= 0) return;  // an idle slot of the decode plan
-  extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages];  // full[2], empty[2]
-  uint64_t* const full = bars;
-  uint64_t* const empty = bars + kDecStages;
   const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024
   unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
   const uint32_t q_s = base, ring_s = base + kDecOffRing, p_s = base + kDecOffP;
@@ -111,14 +120,7 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   const int blk0 = it.kv_begin / kDecKeys;           // the first tile's cache block index
   const int ntiles = kv_hi > it.kv_begin ? (kv_hi - 1) / kDecKeys - blk0 + 1 : 0;
   const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, 1);
-      mbar_init(empty + s, 4);
-    }
-    fence_mbar_init();
-  }
-  __syncthreads();
+  __syncthreads();  // the barriers are initialised
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
@@ -147,16 +149,26 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
   const int tid = threadIdx.x, g = lane / 4, t = lane % 4;
   // Q into shared memory, swizzled as TMA would (box c: channels 64c .. +64; heads past H zero).
+  // All of a thread's loads are issued before its stores: one round of latency, not 18.
   {
+    constexpr int kPer = kDecHeads * 72 / 128;  // 16-byte pieces per thread
+    static_assert(kPer * 128 == kDecHeads * 72);
     const int64_t tq = it.q_begin;
-    for (int idx = tid; idx < kDecHeads * 72; idx += 128) {
-      const int r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: 16-byte piece of the 576
-      uint4 v = make_uint4(0, 0, 0, 0);
+    uint4 v[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: piece of 576
+      v[i] = make_uint4(0, 0, 0, 0);
       if (h < H)
-        v = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
-                    : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
-                                                      (ch - 64) * 8);
-      *reinterpret_cast<uint4*>(sm + (ch / 8) * kDecQBox + r * 128 + ((ch % 8) ^ (r % 8)) * 16) = v;
+        v[i] = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
+                       : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
+                                                         (ch - 64) * 8);
+    }
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72;
+      *reinterpret_cast<uint4*>(sm + (ch / 8) * kDecQBox + r * 128 + ((ch % 8) ^ (r % 8)) * 16) =
+          v[i];
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
     bar_sync(1, 128);
@@ -340,19 +352,24 @@ __global__ void __launch_bounds__(kDecThreads, 1)
       }
   bar_sync(1, 128);
   const int tok = it.q_begin, col = 4 * tid;  // each thread: 4 channels of every head row
-  for (int r = 0; r < kDecHeads && h0 + r < H; ++r) {
-    const int h = h0 + r;
-    const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
-    if (it.split < 0) {
+  const int nh = min(kDecHeads, H - h0);
+  if (it.split < 0) {
+    bf16* const u = p.u + (int64_t(tok) * H + h0) * kMlaLat + col;
+    for (int r = 0; r < nh; ++r) {
+      const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
       const float l = ml[kDecHeads + r], inv = l > 0.f ? 1.f / l : 0.f;
-      const uint2 w = make_uint2(dec_pack(v.x * inv, v.y * inv), dec_pack(v.z * inv, v.w * inv));
-      *reinterpret_cast<uint2*>(p.u + (int64_t(tok) * H + h) * kMlaLat + col) = w;
-    } else {
-      float* P = p.partials + (int64_t(p.split_base[tok] + it.split) * H + h) * kMlaPartialStride;
-      *reinterpret_cast<float4*>(P + col) = v;
+      *reinterpret_cast<uint2*>(u + r * kMlaLat) =
+          make_uint2(dec_pack(v.x * inv, v.y * inv), dec_pack(v.z * inv, v.w * inv));
+    }
+  } else {
+    float* const P =
+        p.partials + (int64_t(p.split_base[tok] + it.split) * H + h0) * kMlaPartialStride;
+    for (int r = 0; r < nh; ++r) {
+      *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
+          *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
       if (tid == 0) {
-        P[kMlaLat] = ml[r];
-        P[kMlaLat + 1] = ml[kDecHeads + r];
+        P[r * kMlaPartialStride + kMlaLat] = ml[r];
+        P[r * kMlaPartialStride + kMlaLat + 1] = ml[kDecHeads + r];
       }
     }
   }

@@ -1,6 +1,5 @@
-// Tensor-core building blocks shared by the MLA attention kernels (mla_tc.cuh prefill,
-// mla_decode_tc.cuh decode): mma.sync m16n8k16 bf16 -> fp32, ldmatrix fragment loads with their
-// address formulas, cp.async.
+// Tensor-core building blocks of the MLA prefill-item kernel (mla_tc.cuh): mma.sync m16n8k16
+// bf16 -> fp32, ldmatrix fragment loads with their address formulas.
 // Fragment layouts (PTX m16n8k16; g = lane / 4, t = lane % 4; (row, column) of 2 elements):
 //   A a0 (g, 2t), a1 (g + 8, 2t), a2 (g, 2t + 8), a3 (g + 8, 2t + 8);
 //   B b0 (k 2t, n g), b1 (k 2t + 8, n g);  C c0 c1 (g, 2t), c2 c3 (g + 8, 2t).
@@ -63,14 +62,6 @@ __device__ __forceinline__ void tc_ldsm_b_kn(uint32_t (&b)[4], const bf16* base,
                                              int n0, int lane) {
   tc_ldsm_x4_trans(b, base + tc_off_b_kn(ld, k0, n0, lane));
 }
-// As cp_async16, with an L2 eviction-priority policy (a createpolicy result): the decode
-// kernel streams the cache once and marks it evict-first so the split partials stay in L2.
-__device__ __forceinline__ void tc_cp_async16_hint(void* dst, const void* src, uint64_t policy) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s),
-               "l"(src), "l"(policy));
-}
-
 // The end of an attention item for one accumulator row (token t, head h; the lane's 8 n tiles of
 // column pairs from col, values 2·hf and 2·hf + 1 of each): O/l to u (bf16) for an unsplit item,
 // else (O, m, l) to the token's partial slot of the split (m and l by one lane per row).

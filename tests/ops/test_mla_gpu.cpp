@@ -231,8 +231,8 @@ TEST(MlaGpu, DecodeSplitKv) {
 
 // The tensor-core decode kernel (all heads of the rank in one CTA) through the fixed-shape decode
 // plan of CUDA-graph steps: batches 1, 3 and 64, contexts at the tile and block edges, the head
-// counts of tensor parallelism (32 / 16 / 8 per GPU) and the smallest (1: 15 zero rows of the
-// 16-row MMA tile).
+// counts of tensor parallelism (32 / 16 / 8 per GPU) and the smallest (1: 31 zero columns of the
+// N = 32 MMA), unwritten (NaN) rows after every context's end.
 TEST(MlaGpu, DecodeTensorCores) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -246,8 +246,9 @@ TEST(MlaGpu, DecodeTensorCores) {
     for (int s = 0; s < 64; ++s) b64.push_back({1, ctxs[s % ctxs.size()] + (s / 6) % 3});
     run_chain(b64, H, seed++, PlanKind::kDecode);
   }
-  // Batch 1 with every split slot busy (129+ splits of >= 128 positions), and an eager plan with
-  // more splits than a combine chunk (264 > 256 partials for one token).
+  // Batch 1 on 132 SMs with every split slot busy (129 splits of 128 positions, the last 116), 105 of
+  // 129 busy (splits of 192), and an eager plan with 219 splits of one token.
+  run_chain({{1, 16500}}, 32, seed++, PlanKind::kDecode);
   run_chain({{1, 20000}}, 32, seed++, PlanKind::kDecode);
   run_chain({{1, 70000}}, 4, seed++, PlanKind::kEager);
   // More heads than one CTA takes (two CTAs of 32 heads per item).
