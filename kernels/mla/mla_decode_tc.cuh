@@ -32,7 +32,7 @@
 // shared memory (the ring, free by then) so u (bf16, O/l) or the partial (O, m, l; m in natural
 // units as the combine expects) is written in whole rows.
 // Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
-// 187 KB, one CTA per SM.
+// 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
