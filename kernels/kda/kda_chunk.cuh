@@ -237,6 +237,13 @@ __device__ __forceinline__ void fold_half(float (&acc)[32], int lane) {
   }
 }
 
+// First channel of item `it` of the (token pair 2(it mod 32), 8 channels) loops, lanes over the
+// pairs: lanes 4..7 of each quarter-warp take the next 8 channels, so that the 16-byte pieces of
+// rows 0, 2, .., 14 (row strides of 4 banks) fall in distinct banks. A bijection for each pair.
+__device__ __forceinline__ int pair_octet(int it) {
+  return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
+}
+
 // kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
 // conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
 // way); else they come prepared in p. The gate and β are computed here from p.f, p.b either way.
@@ -440,7 +447,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
     }
     for (int it = tid; it < 32 * 16; it += 192) {  // Kr: (token pair, 8 channels) -> 8 pairs
-      const int i = 2 * (it & 31), d0 = (it >> 5) * 8;
+      const int i = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
@@ -476,8 +483,10 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   for (int a = 1; a < 4; ++a) {
     const int r = 16 * a - 1, nk = 16 * a;
     __syncthreads();  // phase 1 / the previous round's readers of the scratch done
-    {  // row i of block a, 8 channels per thread (exactly 256 items)
-      const int ii = tid >> 4, d0 = (tid & 15) * 8, i = 16 * a + ii;
+    // Lanes run over rows (8 channels each): the 16-byte row pieces of a quarter-warp then fall
+    // in distinct banks (row strides of 4 banks mod 32).
+    {  // row i of block a (exactly 256 items)
+      const int ii = tid & 15, d0 = (tid >> 4) * 8, i = 16 * a + ii;
       float gi[8], gr[8], k[8], q[8];
       load8f(sm.G + i * kLd + d0, gi);
       load8f(sm.G + r * kLd + d0, gr);
@@ -492,8 +501,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint4*>(sm.off.Ak + ii * kLdW + d0) = pack8(k);
       *reinterpret_cast<uint4*>(sm.off.Aq + ii * kLdW + d0) = pack8(q);
     }
-    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a, 8 channels
-      const int j = it >> 4, d0 = (it & 15) * 8;
+    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a
+      const int o = it / nk, j = it - o * nk, d0 = 8 * o;
       float gj[8], gr[8], k[8];
       load8f(sm.G + j * kLd + d0, gj);
       load8f(sm.G + r * kLd + d0, gr);
@@ -564,7 +573,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     for (int il = 0; il < 16; ++il) sm.inv.X[(base + il) * kLx + tid] = x[il];
   } else {
     for (int it = tid - C; it < 32 * 16; it += kIntraThreads - C) {  // (key pair, 8 channels)
-      const int j = 2 * (it & 31), d0 = (it >> 5) * 8;
+      const int j = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
@@ -596,44 +605,40 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 
   // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
   //     X[m, b-cols] (every X[m, ·] needed is known from smaller δ).
-  //     Constant trip counts (unrolled, two partial sums); the second sum runs over the whole
-  //     16 columns of X_aa, whose entries above the diagonal are zero.
+  //     A thread owns 4 adjacent columns (float4 rows of X and of the partial products), so
+  //     that one L or X load feeds 4 FMAs; constant trip counts, unrolled. The second sum runs
+  //     over the 16 columns of X_aa, whose entries above the diagonal are zero.
 #pragma unroll
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
-#pragma unroll
-    for (int q = 0; q < nblk; ++q) {
-      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+    if (tid < nblk * 64) {
+      const int b = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) * 4, a = b + delta;
       const float* lr = sm.L + (16 * a + r) * kLa + 16 * b;
-      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + cc;
-      float acc0 = 0.f, acc1 = 0.f;
+      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + c4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int m = 0; m < 16 * delta; m += 2) {
-        acc0 = fmaf(lr[m], xc[m * kLx], acc0);
-        acc1 = fmaf(lr[m + 1], xc[(m + 1) * kLx], acc1);
-      }
-      sm.inv.tmp[e] = acc0 + acc1;
+      for (int m = 0; m < 16 * delta; ++m)
+        acc = fma4(lr[m], *reinterpret_cast<const float4*>(xc + m * kLx), acc);
+      *reinterpret_cast<float4*>(sm.inv.tmp + (b << 8) + (r << 4) + c4) = acc;
     }
     __syncthreads();
-#pragma unroll
-    for (int q = 0; q < nblk; ++q) {
-      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+    if (tid < nblk * 64) {
+      const int b = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) * 4, a = b + delta;
       const float* xr = sm.inv.X + (16 * a + r) * kLx + 16 * a;
-      const float* tc = sm.inv.tmp + (b << 8) + cc;
-      float acc0 = 0.f, acc1 = 0.f;
+      const float* tc = sm.inv.tmp + (b << 8) + c4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int m = 0; m < 16; m += 2) {
-        acc0 = fmaf(xr[m], tc[m << 4], acc0);
-        acc1 = fmaf(xr[m + 1], tc[(m + 1) << 4], acc1);
-      }
-      sm.inv.X[(16 * a + r) * kLx + 16 * b + cc] = -(acc0 + acc1);
+      for (int m = 0; m < 16; ++m)
+        acc = fma4(xr[m], *reinterpret_cast<const float4*>(tc + (m << 4)), acc);
+      *reinterpret_cast<float4*>(sm.inv.X + (16 * a + r) * kLx + 16 * b + c4) =
+          make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
     }
     __syncthreads();
   }
 
   // 4. T = X Diag(β) over L (X above the diagonal blocks was never written: masked here).
-  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns)
-    const int i = it >> 3, j0 = (it & 7) * 8;
+  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns), lanes over rows
+    const int i = it & 63, j0 = (it >> 6) * 8;
     float x[8], bt[8];
     load8f(sm.inv.X + i * kLx + j0, x);
     load8f(sm.beta + j0, bt);
