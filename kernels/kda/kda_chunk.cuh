@@ -376,21 +376,27 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri, column quad
-  //    cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes of a slice
-  //    group read consecutive 16 bytes) = 320 items; pairs j > i in the diagonal tiles are computed
-  //    and dropped. Items 256..319 are a second round for warps 6 and 7; warps 0-5 write the record
-  //    parts that need no L meanwhile.
-  auto diag_item = [&](int item) {
-    const int tile = item >> 3, sl = item & 7, a = tile / 10, r = tile - 10 * a;
-    const int ri = r < 1 ? 0 : r < 3 ? 1 : r < 6 ? 2 : 3, cj = r - ri * (ri + 1) / 2;
-    const int i0 = 16 * a + 4 * ri, j0 = 16 * a + 4 * cj;
+  // 1. Diagonal blocks in fp32, as 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri,
+  //    column quad cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes
+  //    of a slice group read consecutive 16 bytes) = 320 items. The 16 tiles on the diagonal
+  //    (warps 0-3) take one ex2 per (i, j, d) (pairs j > i are computed and dropped); the 24 below
+  //    it (warps 4-7, then a second round on warps 6, 7 while warps 0-5 write the record parts
+  //    that need no L) go through the reference r = j0 + 3, the tile's last column:
+  //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
+  //    instead of 16.
+  auto diag_item = [&](int i0, int j0, bool via_ref) {
+    const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
     for (int v = 0; v < 32; ++v) acc[v] = 0.f;
 #pragma unroll 1
     for (int m = 0; m < 4; ++m) {
       const int d = 4 * sl + 32 * m;
+      float gr[4] = {0.f, 0.f, 0.f, 0.f};
+      if (via_ref) {
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+        gr[0] = g4.x, gr[1] = g4.y, gr[2] = g4.z, gr[3] = g4.w;
+      }
       float gi[4][4], ki[4][4], qi[4][4];
 #pragma unroll
       for (int rr = 0; rr < 4; ++rr) {
@@ -398,6 +404,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         gi[rr][0] = g4.x, gi[rr][1] = g4.y, gi[rr][2] = g4.z, gi[rr][3] = g4.w;
         unpack4(*reinterpret_cast<const uint2*>(sm.K + (i0 + rr) * kLdW + d), ki[rr]);
         unpack4(*reinterpret_cast<const uint2*>(sm.Q + (i0 + rr) * kLdW + d), qi[rr]);
+        if (via_ref) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float f = ex2(gi[rr][e] - gr[e]);
+            ki[rr][e] *= f;
+            qi[rr][e] *= f;
+          }
+        }
       }
 #pragma unroll
       for (int cc = 0; cc < 4; ++cc) {
@@ -405,14 +419,26 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         const float gj[4] = {g4.x, g4.y, g4.z, g4.w};
         float kj[4];
         unpack4(*reinterpret_cast<const uint2*>(sm.K + (j0 + cc) * kLdW + d), kj);
+        if (via_ref) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
+          for (int e = 0; e < 4; ++e) {
+            const float x = kj[e] * ex2(gr[e] - gj[e]);
 #pragma unroll
-          for (int rr = 0; rr < 4; ++rr) {
-            const float x = kj[e] * ex2(gi[rr][e] - gj[e]);
-            acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
-            acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            for (int rr = 0; rr < 4; ++rr) {
+              acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
+              acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            }
           }
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) {
+              const float x = kj[e] * ex2(gi[rr][e] - gj[e]);
+              acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
+              acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            }
+        }
       }
     }
     // Reduce-scatter over the 8 slice lanes: lane bit 2 keeps a side, bits 1, 0 a row.
@@ -432,10 +458,21 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint2*>(oM + swz(i, j0, C)) = v;
     }
   };
-  static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 256 + 64");
-  diag_item(tid);
+  // Tile to (0..23) below the diagonal: block to / 6, (ri, cj) = 10 20 21 30 31 32.
+  auto below = [&](int to) {
+    const int a = to / 6, r = to - 6 * a;
+    const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true);
+  };
+  static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
+  if (tid < 128) {
+    const int td = tid >> 3, a = td >> 2, q = td & 3;  // tile (a, q, q) on the diagonal
+    diag_item(16 * a + 4 * q, 16 * a + 4 * q, false);
+  } else {
+    below((tid - 128) >> 3);
+  }
   if (tid >= 192) {
-    diag_item(tid + 64);
+    below(16 + ((tid - 192) >> 3));
   } else {
     for (int it = tid; it < C * 16; it += 192) {  // Q ⊙ e^Γ: (row, 8 channels) -> one 16-byte piece
       const int i = it >> 4, d0 = (it & 15) * 8;
