@@ -97,11 +97,11 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
 //   0. q, k rows (bf16 tiles; conv, SiLU and L2 norm here when fused), β; the gate from f in
 //      log2 units and its cumsum Γ₂ per channel: a thread owns 8 channels of a run of 4 rows,
 //      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
-//   1. diagonal 16×16 blocks of L and M in fp32, one ex2 per (i, j, d): a thread owns a 4×4 tile
-//      of (i, j) pairs over 16 channels (register tile, vector smem loads), the 8 channel slices
-//      of a tile are summed by a reduce-scatter over 8 lanes. Threads left idle by the uneven
-//      last round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's
-//      zero blocks)
+//   1. diagonal 16×16 blocks of L and M in fp32: a thread owns a 4×4 tile of (i, j) pairs over
+//      16 channels (register tile, vector smem loads), the 8 channel slices of a tile are summed
+//      by a reduce-scatter over 8 lanes; one ex2 per (i, j, d) on the diagonal tiles, the tiles
+//      below them through their last column as reference. Threads left idle by the uneven last
+//      round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's zeros)
 //   2. off-diagonal blocks on tensor cores, per row block a through the reference r = 16a − 1
 //      (the last row before it): L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}) for all
 //      j < 16a at once, M likewise with q_i; both factors <= 1, and row i's factor serves k and q
