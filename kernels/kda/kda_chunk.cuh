@@ -97,11 +97,11 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
 //   0. q, k rows (bf16 tiles; conv, SiLU and L2 norm here when fused), β; the gate from f in
 //      log2 units and its cumsum Γ₂ per channel: a thread owns 8 channels of a run of 4 rows,
 //      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
-//   1. diagonal 16×16 blocks of L and M in fp32, one ex2 per (i, j, d): a thread owns a 4×4 tile
-//      of (i, j) pairs over 16 channels (register tile, vector smem loads), the 8 channel slices
-//      of a tile are summed by a reduce-scatter over 8 lanes. Threads left idle by the uneven
-//      last round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's
-//      zero blocks)
+//   1. diagonal 16×16 blocks of L and M in fp32: a thread owns a 4×4 tile of (i, j) pairs over
+//      16 channels (register tile, vector smem loads), the 8 channel slices of a tile are summed
+//      by a reduce-scatter over 8 lanes; one ex2 per (i, j, d) on the diagonal tiles, the tiles
+//      below them through their last column as reference. Threads left idle by the uneven last
+//      round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's zeros)
 //   2. off-diagonal blocks on tensor cores, per row block a through the reference r = 16a − 1
 //      (the last row before it): L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}) for all
 //      j < 16a at once, M likewise with q_i; both factors <= 1, and row i's factor serves k and q
@@ -237,6 +237,13 @@ __device__ __forceinline__ void fold_half(float (&acc)[32], int lane) {
   }
 }
 
+// First channel of item `it` of the (token pair 2(it mod 32), 8 channels) loops, lanes over the
+// pairs: lanes 4..7 of each quarter-warp take the next 8 channels, so that the 16-byte pieces of
+// rows 0, 2, .., 14 (row strides of 4 banks) fall in distinct banks. A bijection for each pair.
+__device__ __forceinline__ int pair_octet(int it) {
+  return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
+}
+
 // kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
 // conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
 // way); else they come prepared in p. The gate and β are computed here from p.f, p.b either way.
@@ -369,21 +376,27 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   }
   __syncthreads();
 
-  // 1. Diagonal blocks: 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri, column quad
-  //    cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes of a slice
-  //    group read consecutive 16 bytes) = 320 items; pairs j > i in the diagonal tiles are computed
-  //    and dropped. Items 256..319 are a second round for warps 6 and 7; warps 0-5 write the record
-  //    parts that need no L meanwhile.
-  auto diag_item = [&](int item) {
-    const int tile = item >> 3, sl = item & 7, a = tile / 10, r = tile - 10 * a;
-    const int ri = r < 1 ? 0 : r < 3 ? 1 : r < 6 ? 2 : 3, cj = r - ri * (ri + 1) / 2;
-    const int i0 = 16 * a + 4 * ri, j0 = 16 * a + 4 * cj;
+  // 1. Diagonal blocks in fp32, as 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri,
+  //    column quad cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes
+  //    of a slice group read consecutive 16 bytes) = 320 items. The 16 tiles on the diagonal
+  //    (warps 0-3) take one ex2 per (i, j, d) (pairs j > i are computed and dropped); the 24 below
+  //    it (warps 4-7, then a second round on warps 6, 7 while warps 0-5 write the record parts
+  //    that need no L) go through the reference r = j0 + 3, the tile's last column:
+  //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
+  //    instead of 16.
+  auto diag_item = [&](int i0, int j0, bool via_ref) {
+    const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
     for (int v = 0; v < 32; ++v) acc[v] = 0.f;
 #pragma unroll 1
     for (int m = 0; m < 4; ++m) {
       const int d = 4 * sl + 32 * m;
+      float gr[4] = {0.f, 0.f, 0.f, 0.f};
+      if (via_ref) {
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+        gr[0] = g4.x, gr[1] = g4.y, gr[2] = g4.z, gr[3] = g4.w;
+      }
       float gi[4][4], ki[4][4], qi[4][4];
 #pragma unroll
       for (int rr = 0; rr < 4; ++rr) {
@@ -391,6 +404,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         gi[rr][0] = g4.x, gi[rr][1] = g4.y, gi[rr][2] = g4.z, gi[rr][3] = g4.w;
         unpack4(*reinterpret_cast<const uint2*>(sm.K + (i0 + rr) * kLdW + d), ki[rr]);
         unpack4(*reinterpret_cast<const uint2*>(sm.Q + (i0 + rr) * kLdW + d), qi[rr]);
+        if (via_ref) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float f = ex2(gi[rr][e] - gr[e]);
+            ki[rr][e] *= f;
+            qi[rr][e] *= f;
+          }
+        }
       }
 #pragma unroll
       for (int cc = 0; cc < 4; ++cc) {
@@ -398,14 +419,26 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         const float gj[4] = {g4.x, g4.y, g4.z, g4.w};
         float kj[4];
         unpack4(*reinterpret_cast<const uint2*>(sm.K + (j0 + cc) * kLdW + d), kj);
+        if (via_ref) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
+          for (int e = 0; e < 4; ++e) {
+            const float x = kj[e] * ex2(gr[e] - gj[e]);
 #pragma unroll
-          for (int rr = 0; rr < 4; ++rr) {
-            const float x = kj[e] * ex2(gi[rr][e] - gj[e]);
-            acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
-            acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            for (int rr = 0; rr < 4; ++rr) {
+              acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
+              acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            }
           }
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) {
+              const float x = kj[e] * ex2(gi[rr][e] - gj[e]);
+              acc[4 * rr + cc] = fmaf(ki[rr][e], x, acc[4 * rr + cc]);
+              acc[16 + 4 * rr + cc] = fmaf(qi[rr][e], x, acc[16 + 4 * rr + cc]);
+            }
+        }
       }
     }
     // Reduce-scatter over the 8 slice lanes: lane bit 2 keeps a side, bits 1, 0 a row.
@@ -425,10 +458,21 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint2*>(oM + swz(i, j0, C)) = v;
     }
   };
-  static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 256 + 64");
-  diag_item(tid);
+  // Tile to (0..23) below the diagonal: block to / 6, (ri, cj) = 10 20 21 30 31 32.
+  auto below = [&](int to) {
+    const int a = to / 6, r = to - 6 * a;
+    const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true);
+  };
+  static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
+  if (tid < 128) {
+    const int td = tid >> 3, a = td >> 2, q = td & 3;  // tile (a, q, q) on the diagonal
+    diag_item(16 * a + 4 * q, 16 * a + 4 * q, false);
+  } else {
+    below((tid - 128) >> 3);
+  }
   if (tid >= 192) {
-    diag_item(tid + 64);
+    below(16 + ((tid - 192) >> 3));
   } else {
     for (int it = tid; it < C * 16; it += 192) {  // Q ⊙ e^Γ: (row, 8 channels) -> one 16-byte piece
       const int i = it >> 4, d0 = (it & 15) * 8;
@@ -440,7 +484,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
     }
     for (int it = tid; it < 32 * 16; it += 192) {  // Kr: (token pair, 8 channels) -> 8 pairs
-      const int i = 2 * (it & 31), d0 = (it >> 5) * 8;
+      const int i = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
@@ -476,8 +520,10 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   for (int a = 1; a < 4; ++a) {
     const int r = 16 * a - 1, nk = 16 * a;
     __syncthreads();  // phase 1 / the previous round's readers of the scratch done
-    {  // row i of block a, 8 channels per thread (exactly 256 items)
-      const int ii = tid >> 4, d0 = (tid & 15) * 8, i = 16 * a + ii;
+    // Lanes run over rows (8 channels each): the 16-byte row pieces of a quarter-warp then fall
+    // in distinct banks (row strides of 4 banks mod 32).
+    {  // row i of block a (exactly 256 items)
+      const int ii = tid & 15, d0 = (tid >> 4) * 8, i = 16 * a + ii;
       float gi[8], gr[8], k[8], q[8];
       load8f(sm.G + i * kLd + d0, gi);
       load8f(sm.G + r * kLd + d0, gr);
@@ -492,8 +538,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       *reinterpret_cast<uint4*>(sm.off.Ak + ii * kLdW + d0) = pack8(k);
       *reinterpret_cast<uint4*>(sm.off.Aq + ii * kLdW + d0) = pack8(q);
     }
-    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a, 8 channels
-      const int j = it >> 4, d0 = (it & 15) * 8;
+    for (int it = tid; it < nk * 16; it += kIntraThreads) {  // key j < 16a
+      const int o = it / nk, j = it - o * nk, d0 = 8 * o;
       float gj[8], gr[8], k[8];
       load8f(sm.G + j * kLd + d0, gj);
       load8f(sm.G + r * kLd + d0, gr);
@@ -564,7 +610,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     for (int il = 0; il < 16; ++il) sm.inv.X[(base + il) * kLx + tid] = x[il];
   } else {
     for (int it = tid - C; it < 32 * 16; it += kIntraThreads - C) {  // (key pair, 8 channels)
-      const int j = 2 * (it & 31), d0 = (it >> 5) * 8;
+      const int j = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
@@ -596,44 +642,40 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
 
   // 3b. Off-diagonal blocks of X by distance δ: X_ab = −X_aa Σ_{m in blocks b..a−1} L[a-rows, m]
   //     X[m, b-cols] (every X[m, ·] needed is known from smaller δ).
-  //     Constant trip counts (unrolled, two partial sums); the second sum runs over the whole
-  //     16 columns of X_aa, whose entries above the diagonal are zero.
+  //     A thread owns 4 adjacent columns (float4 rows of X and of the partial products), so
+  //     that one L or X load feeds 4 FMAs; constant trip counts, unrolled. The second sum runs
+  //     over the 16 columns of X_aa, whose entries above the diagonal are zero.
 #pragma unroll
   for (int delta = 1; delta < 4; ++delta) {
     const int nblk = 4 - delta;
-#pragma unroll
-    for (int q = 0; q < nblk; ++q) {
-      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+    if (tid < nblk * 64) {
+      const int b = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) * 4, a = b + delta;
       const float* lr = sm.L + (16 * a + r) * kLa + 16 * b;
-      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + cc;
-      float acc0 = 0.f, acc1 = 0.f;
+      const float* xc = sm.inv.X + 16 * b * kLx + 16 * b + c4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int m = 0; m < 16 * delta; m += 2) {
-        acc0 = fmaf(lr[m], xc[m * kLx], acc0);
-        acc1 = fmaf(lr[m + 1], xc[(m + 1) * kLx], acc1);
-      }
-      sm.inv.tmp[e] = acc0 + acc1;
+      for (int m = 0; m < 16 * delta; ++m)
+        acc = fma4(lr[m], *reinterpret_cast<const float4*>(xc + m * kLx), acc);
+      *reinterpret_cast<float4*>(sm.inv.tmp + (b << 8) + (r << 4) + c4) = acc;
     }
     __syncthreads();
-#pragma unroll
-    for (int q = 0; q < nblk; ++q) {
-      const int e = tid + q * kIntraThreads, b = e >> 8, r = (e >> 4) & 15, cc = e & 15, a = b + delta;
+    if (tid < nblk * 64) {
+      const int b = tid >> 6, r = (tid >> 2) & 15, c4 = (tid & 3) * 4, a = b + delta;
       const float* xr = sm.inv.X + (16 * a + r) * kLx + 16 * a;
-      const float* tc = sm.inv.tmp + (b << 8) + cc;
-      float acc0 = 0.f, acc1 = 0.f;
+      const float* tc = sm.inv.tmp + (b << 8) + c4;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-      for (int m = 0; m < 16; m += 2) {
-        acc0 = fmaf(xr[m], tc[m << 4], acc0);
-        acc1 = fmaf(xr[m + 1], tc[(m + 1) << 4], acc1);
-      }
-      sm.inv.X[(16 * a + r) * kLx + 16 * b + cc] = -(acc0 + acc1);
+      for (int m = 0; m < 16; ++m)
+        acc = fma4(xr[m], *reinterpret_cast<const float4*>(tc + (m << 4)), acc);
+      *reinterpret_cast<float4*>(sm.inv.X + (16 * a + r) * kLx + 16 * b + c4) =
+          make_float4(-acc.x, -acc.y, -acc.z, -acc.w);
     }
     __syncthreads();
   }
 
   // 4. T = X Diag(β) over L (X above the diagonal blocks was never written: masked here).
-  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns)
-    const int i = it >> 3, j0 = (it & 7) * 8;
+  for (int it = tid; it < C * 8; it += kIntraThreads) {  // (row, 8 columns), lanes over rows
+    const int i = it & 63, j0 = (it >> 6) * 8;
     float x[8], bt[8];
     load8f(sm.inv.X + i * kLx + j0, x);
     load8f(sm.beta + j0, bt);
