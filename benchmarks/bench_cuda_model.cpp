@@ -2,7 +2,9 @@
 // tokens), then decode D tokens greedily for --batch B sequences in lockstep, on a real checkpoint
 // or on weights drawn on the GPU from config.json alone (--random-weights; --layers N keeps the
 // first N layers when the card is too small). Prints the card, the memory held, prefill and decode
-// tokens/s, and checks every logit is finite.
+// tokens/s, and checks every logit is finite (prefill, and one decode step after the timed ones).
+// Decode steps draw the greedy token on the device as the engine does (Model::forward_sampled;
+// tensor parallelism: logits to the host and argmax there, as the engine does too).
 //   bench_cuda_model --model benchmarks/configs/kimi-linear-48b-a3b --random-weights [--layers 13]
 //                    [--prefill 4096] [--chunk 4096] [--decode 128] [--batch B] [--context C]
 //                    [--tensor-parallel-size N [--enable-expert-parallel]] [--precision bf16|high]
@@ -103,7 +105,7 @@ int main(int argc, char** argv) {
     opts.max_batch_tokens = std::max(chunk, batch);
     // Decode passes (eager, graphs, profiled) continue one another's contexts.
     const int blocks_per_seq =
-        (std::max(prefill, context) + 2 * decode + std::min(decode, 32) + kBlockSize - 1) / kBlockSize + 1;
+        (std::max(prefill, context) + 2 * decode + std::min(decode, 32) + 1 + kBlockSize - 1) / kBlockSize + 1;
     opts.cache.num_slots = batch;
     opts.cache.num_blocks = batch * blocks_per_seq;
     const double t_load = now_s();
@@ -167,14 +169,25 @@ int main(int argc, char** argv) {
       last[s] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
     }
     int ctx = context > 0 ? context : prefill;
-    auto decode_step = [&](int ctx) {
+    DrawBatch greedy;
+    greedy.rows.resize(size_t(batch));
+    for (RowDraw& r : greedy.rows) r.temperature = 0.f;
+    std::vector<int> drawn;
+    std::vector<float> host_logits;  // none: no row is drawn on the host
+    // on_host: logits to the host and the argmax there (the check step below).
+    auto decode_step = [&](int ctx, bool on_host = false) {
       Batch d;
       for (int s = 0; s < batch; ++s) d.add({last[s]}, ctx, s, blocks_of(s));
+      if (!on_host && model->forward_sampled(d, greedy, drawn, host_logits)) {
+        for (int s = 0; s < batch; ++s) last[s] = drawn[size_t(s)];
+        return;
+      }
       model->forward(d, logits);
       for (int s = 0; s < batch; ++s) {
         const float* row = logits.data() + size_t(s) * V;
         last[s] = int(std::max_element(row, row + V) - row);
       }
+      bad += count_nonfinite(logits);
     };
 
     // Decode D tokens greedily, eagerly (one launch per kernel) and then replaying CUDA graphs.
@@ -188,7 +201,6 @@ int main(int argc, char** argv) {
         const double ts = now_s();
         decode_step(++ctx);
         if (s == 0) t_first = now_s() - ts;
-        bad += count_nonfinite(logits);
       }
       const double t_decode = now_s() - t1;
       if (graphs) CUDA_CHECK(cudaProfilerStop());
@@ -207,12 +219,10 @@ int main(int argc, char** argv) {
       ctx = std::min(prefill, chunk);
       last[0] = int(std::max_element(logits.end() - V, logits.end()) - (logits.end() - V));
     }
-    for (int s = 0; s < std::min(decode, 32); ++s) {
-      decode_step(++ctx);
-      bad += count_nonfinite(logits);
-    }
+    for (int s = 0; s < std::min(decode, 32); ++s) decode_step(++ctx);
     std::printf("%s", cm->profile_report().c_str());
     each_rank([](CudaModel& m) { m.set_profile(false); });
+    if (decode > 0) decode_step(++ctx, /*on_host=*/true);  // the logits of a decode step, checked
     std::printf("logits: %zu non-finite values\n", bad);
     return bad == 0 ? 0 : 1;
   } catch (const std::exception& e) {
