@@ -532,28 +532,38 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   KIMI_CHECK(ld >= m.full_cfg.vocab_size);
   run_step(b, [&](int r0, int n) {
     CUDA_CHECK(cudaMemcpy2DAsync(logits + r0 * ld + vr0, ld * 4, m.act.logits, size_t(Vr) * 4,
-                                 size_t(Vr) * 4, n, cudaMemcpyDeviceToHost, m.stream));
+                                 size_t(Vr) * 4, n, cudaMemcpyDefault, m.stream));
   });
 }
 
-bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
-                                std::vector<float>& host_logits) {
+// The draws of a step staged for the sampling kernel: one pinned area and its device twin,
+// rows | offsets | adjustments | tokens; host_slot[r]: where row r's logits go in host_logits
+// (-1: drawn on the device only).
+struct CudaModel::DrawStage {
+  uint8_t* dev = nullptr;
+  int* dev_tok = nullptr;
+  int* host_tok = nullptr;
+  size_t off_rows = 0, off_csr = 0, off_adj = 0;
+  std::vector<int> host_slot;
+};
+
+CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vector<float>& host_logits) {
   Impl& m = *impl_;
-  if (m.tp.world > 1) return false;  // the logits are split over the ranks: the host samples
-  const int R = b.num_logit_rows(), V = m.cfg.vocab_size;
+  const int V = m.full_cfg.vocab_size;
   KIMI_CHECK(int(d.rows.size()) == R, "draws for ", d.rows.size(), " rows, the step has ", R);
-  std::vector<int> host_slot(R, -1);  // where a host row's logits go in host_logits
+  DrawStage st;
+  st.host_slot.assign(R, -1);
   int num_host = 0;
   for (int r = 0; r < R; ++r)
-    if (d.rows[r].host) host_slot[r] = num_host++;
+    if (d.rows[r].host) st.host_slot[r] = num_host++;
   host_logits.resize(size_t(num_host) * V);
   static_assert(sizeof(LogitAdjust) == sizeof(cuda::SampleAdjust), "one layout, copied as bytes");
-  // One pinned staging area and its device twin: rows | offsets | adjustments | tokens.
   const size_t A = d.adjust.size();
   auto align = [](size_t x) { return (x + 15) & ~size_t(15); };
-  const size_t off_rows = 0, off_csr = align(R * sizeof(cuda::SampleRow)),
-               off_adj = off_csr + align((R + 1) * sizeof(int)),
-               off_tok = off_adj + align(std::max<size_t>(A, 1) * sizeof(cuda::SampleAdjust)),
+  st.off_rows = 0;
+  st.off_csr = align(R * sizeof(cuda::SampleRow));
+  st.off_adj = st.off_csr + align((R + 1) * sizeof(int));
+  const size_t off_tok = st.off_adj + align(std::max<size_t>(A, 1) * sizeof(cuda::SampleAdjust)),
                bytes = off_tok + align(R * sizeof(int));
   if (bytes > m.draw_cap) {
     CUDA_CHECK(cudaStreamSynchronize(m.stream));
@@ -563,8 +573,8 @@ bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<
     m.draw_dev = cuda::DeviceBuffer<uint8_t>(m.draw_cap);
   }
   uint8_t* h = m.draw_host;
-  auto* rows = reinterpret_cast<cuda::SampleRow*>(h + off_rows);
-  auto* csr = reinterpret_cast<int*>(h + off_csr);
+  auto* rows = reinterpret_cast<cuda::SampleRow*>(h + st.off_rows);
+  auto* csr = reinterpret_cast<int*>(h + st.off_csr);
   for (int r = 0; r < R; ++r) {
     const RowDraw& x = d.rows[r];
     KIMI_CHECK(x.adjust_begin >= 0 && x.adjust_begin <= x.adjust_end && size_t(x.adjust_end) <= A &&
@@ -574,31 +584,65 @@ bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<
     csr[r] = x.adjust_begin;
   }
   csr[R] = R ? d.rows[R - 1].adjust_end : 0;
-  if (A) std::memcpy(h + off_adj, d.adjust.data(), A * sizeof(LogitAdjust));
+  if (A) std::memcpy(h + st.off_adj, d.adjust.data(), A * sizeof(LogitAdjust));
   CUDA_CHECK(cudaMemcpyAsync(m.draw_dev.data(), h, off_tok, cudaMemcpyHostToDevice, m.stream));
-  uint8_t* dev = m.draw_dev.data();
-  int* dev_tok = reinterpret_cast<int*>(dev + off_tok);
-  int* host_tok = reinterpret_cast<int*>(h + off_tok);
-  run_step(b, [&](int r0, int n) {
-    cuda::SampleParams sp;
-    sp.rows = n;
-    sp.vocab = V;
-    sp.logits = m.act.logits;
-    sp.row_params = reinterpret_cast<const cuda::SampleRow*>(dev + off_rows) + r0;
-    sp.adjust_offsets = reinterpret_cast<const int*>(dev + off_csr) + r0;
-    sp.adjust = reinterpret_cast<const cuda::SampleAdjust*>(dev + off_adj);
-    sp.token = dev_tok + r0;
-    cuda::run_sample(sp, m.stream);
-    CUDA_CHECK(cudaMemcpyAsync(host_tok + r0, dev_tok + r0, size_t(n) * sizeof(int),
-                               cudaMemcpyDeviceToHost, m.stream));
-    for (int r = r0; r < r0 + n; ++r)
-      if (host_slot[r] >= 0)
-        CUDA_CHECK(cudaMemcpyAsync(host_logits.data() + size_t(host_slot[r]) * V,
-                                   m.act.logits + size_t(r - r0) * V, size_t(V) * sizeof(float),
-                                   cudaMemcpyDeviceToHost, m.stream));
-  });
-  tokens.assign(host_tok, host_tok + R);
+  st.dev = m.draw_dev.data();
+  st.dev_tok = reinterpret_cast<int*>(st.dev + off_tok);
+  st.host_tok = reinterpret_cast<int*>(h + off_tok);
+  return st;
+}
+
+// Rows r0 .. r0 + n of the step, their logits at `logits` (row pitch: the vocabulary): drawn
+// into the staged tokens, copied back with the host rows' logits.
+void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int n,
+                          std::vector<float>& host_logits) {
+  Impl& m = *impl_;
+  const int V = m.full_cfg.vocab_size;
+  cuda::SampleParams sp;
+  sp.rows = n;
+  sp.vocab = V;
+  sp.logits = logits;
+  sp.row_params = reinterpret_cast<const cuda::SampleRow*>(st.dev + st.off_rows) + r0;
+  sp.adjust_offsets = reinterpret_cast<const int*>(st.dev + st.off_csr) + r0;
+  sp.adjust = reinterpret_cast<const cuda::SampleAdjust*>(st.dev + st.off_adj);
+  sp.token = st.dev_tok + r0;
+  cuda::run_sample(sp, m.stream);
+  CUDA_CHECK(cudaMemcpyAsync(st.host_tok + r0, st.dev_tok + r0, size_t(n) * sizeof(int),
+                             cudaMemcpyDeviceToHost, m.stream));
+  for (int r = r0; r < r0 + n; ++r)
+    if (st.host_slot[r] >= 0)
+      CUDA_CHECK(cudaMemcpyAsync(host_logits.data() + size_t(st.host_slot[r]) * V,
+                                 logits + size_t(r - r0) * V, size_t(V) * sizeof(float),
+                                 cudaMemcpyDeviceToHost, m.stream));
+}
+
+bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
+                                std::vector<float>& host_logits) {
+  Impl& m = *impl_;
+  if (m.tp.world > 1) return false;  // a rank's logits are a slice: TpModel gathers them first
+  const int R = b.num_logit_rows();
+  const DrawStage st = stage_draws(d, R, host_logits);
+  run_step(b, [&](int r0, int n) { draw_rows(st, m.act.logits, r0, n, host_logits); });
+  tokens.assign(st.host_tok, st.host_tok + R);
   return true;
+}
+
+void CudaModel::sample_gathered(const float* logits, int rows, const DrawBatch& d,
+                                std::vector<int>& tokens, std::vector<float>& host_logits) {
+  Impl& m = *impl_;
+  const DrawStage st = stage_draws(d, rows, host_logits);
+  draw_rows(st, logits, 0, rows, host_logits);
+  CUDA_CHECK(cudaStreamSynchronize(m.stream));
+  tokens.assign(st.host_tok, st.host_tok + rows);
+}
+
+float* CudaModel::logits_gather_buffer(size_t floats) {
+  Impl& m = *impl_;
+  if (m.gather.size() < floats) {
+    CUDA_CHECK(cudaStreamSynchronize(m.stream));
+    m.gather = cuda::DeviceBuffer<float>(floats);
+  }
+  return m.gather.data();
 }
 
 void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& consume) {

@@ -54,14 +54,20 @@ class CudaModel final : public Model {
   const ModelConfig& config() const override;
   CacheSizes cache_sizes() const override;
   void forward(const Batch& batch, std::vector<float>& logits) override;
-  // The step into logits [num_logit_rows, vocab] (row pitch ld floats) that the caller sized;
-  // a tensor-parallel rank writes its own vocabulary columns only.
+  // The step into logits [num_logit_rows, vocab] (row pitch ld floats) that the caller sized,
+  // in host memory or on a GPU (TpModel gathers into rank 0's); a tensor-parallel rank writes
+  // its own vocabulary columns only. Returns once they are there.
   void forward_into(const Batch& batch, float* logits, int64_t ld);
   // Draws on the GPU (kernels/sampling): only the tokens come back, and the logits of the rows
   // drawn on the host. A tensor-parallel rank returns false (its logits hold a slice of the
-  // vocabulary; the host samples).
+  // vocabulary): TpModel gathers them and calls sample_gathered on rank 0.
   bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
                        std::vector<float>& host_logits) override;
+  // forward_sampled's draws over whole-vocabulary logits already on this GPU ([rows, vocab]).
+  void sample_gathered(const float* logits, int rows, const DrawBatch& draws,
+                       std::vector<int>& tokens, std::vector<float>& host_logits);
+  // A device buffer of at least `floats` on this GPU for those logits (kept, grown on demand).
+  float* logits_gather_buffer(size_t floats);
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;
@@ -90,6 +96,10 @@ class CudaModel final : public Model {
   // The step's device work; consume(r0, n) is called on the stream once logits rows r0.. + n
   // are in the activation arena (in chunks of the arena's logit rows).
   void run_step(const Batch& batch, const std::function<void(int, int)>& consume);
+  struct DrawStage;
+  DrawStage stage_draws(const DrawBatch& draws, int rows, std::vector<float>& host_logits);
+  void draw_rows(const DrawStage& st, const float* logits, int r0, int n,
+                 std::vector<float>& host_logits);
   std::unique_ptr<Impl> impl_;
 };
 

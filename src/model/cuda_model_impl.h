@@ -167,6 +167,7 @@ struct CudaModel::Impl {
   uint8_t* draw_host = nullptr;
   size_t draw_cap = 0;
   cuda::DeviceBuffer<uint8_t> draw_dev;
+  cuda::DeviceBuffer<float> gather;  // rank 0 under TP: the ranks' logits slices side by side
   bool warned_recurrent = false;
   // Per-component timing (eager steps only): events at every layer boundary.
   bool profile = false;

@@ -242,6 +242,23 @@ void TpModel::forward(const Batch& batch, std::vector<float>& logits) {
   run_on_all([&](int, CudaModel& m) { m.forward_into(batch, out, cfg_.vocab_size); });
 }
 
+bool TpModel::forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
+                              std::vector<float>& host_logits) {
+  if (peer_mem_.empty()) return false;  // no peer access: the slices go through the host
+  const int R = batch.num_logit_rows(), V = cfg_.vocab_size;
+  KIMI_CHECK(int(draws.rows.size()) == R, "draws for ", draws.rows.size(), " rows, the step has ", R);
+  float* gathered = nullptr;
+  run_on_all([&](int r, CudaModel& m) {
+    if (r == 0) gathered = m.logits_gather_buffer(size_t(R) * V);
+  });
+  ranks_[0]->on_layer_output = on_layer_output;
+  run_on_all([&](int, CudaModel& m) { m.forward_into(batch, gathered, V); });  // peer copies
+  run_on_all([&](int r, CudaModel& m) {
+    if (r == 0) m.sample_gathered(gathered, R, draws, tokens, host_logits);
+  });
+  return true;
+}
+
 void TpModel::reset_slot(int slot) {
   run_on_all([&](int, CudaModel& m) { m.reset_slot(slot); });
 }

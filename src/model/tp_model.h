@@ -2,7 +2,7 @@
 // splits). One process; one worker thread per GPU, each owning a CudaModel rank on its device.
 // Every Model call is handed to all workers and returns when all are done; the ranks meet in
 // NCCL all-reduces inside the step (two per layer) and each writes its vocabulary columns of
-// the logits. Sampling stays with the caller (the runtime), so it happens once.
+// the logits: to the host (forward), or to GPU 0, which samples (forward_sampled).
 #pragma once
 
 #if KIMI_HAVE_CUDA
@@ -28,6 +28,11 @@ class TpModel final : public Model {
   const ModelConfig& config() const override;
   CacheSizes cache_sizes() const override;
   void forward(const Batch& batch, std::vector<float>& logits) override;
+  // With peer access between the GPUs: every rank copies its vocabulary columns into a buffer on
+  // GPU 0, which draws there (CudaModel::sample_gathered); only the tokens come to the host.
+  // Without it: false (the caller samples from forward's logits).
+  bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
+                       std::vector<float>& host_logits) override;
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;

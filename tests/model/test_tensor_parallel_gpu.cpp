@@ -301,6 +301,41 @@ TEST_F(TensorParallelGpu, TinyModelExpertParallelEqualsTp1) {
   else std::printf("TP=4 EP not run: %d GPUs visible\n", visible_gpus());
 }
 
+// Sampling at TP = 2 (forward_sampled): the ranks' vocabulary slices meet on GPU 0, which draws
+// there: a greedy row draws the argmax of the logits forward() returns for the same step, and a
+// row drawn on the host gets those logits back.
+TEST_F(TensorParallelGpu, SamplesTheGatheredLogitsOnGpuZero) {
+  auto m = load(tiny_model_dir(), 2);
+  const int V = m->config().vocab_size;
+  std::vector<int> prompt(45);
+  for (int i = 0; i < 45; ++i) prompt[i] = (i * 29 + 7) % 1000;
+  auto step = [&] {
+    Batch b;
+    for (int s = 0; s < 2; ++s) {
+      m->reset_slot(s);
+      b.add(prompt, int(prompt.size()), s, {8 * s});
+    }
+    return b;
+  };
+  std::vector<float> logits;
+  m->forward(step(), logits);
+  ASSERT_EQ(logits.size(), size_t(2) * V);
+  DrawBatch d;
+  d.rows.resize(2);
+  d.rows[0].temperature = 0.f;
+  d.rows[1].host = true;
+  std::vector<int> tokens;
+  std::vector<float> host_logits;
+  if (!m->forward_sampled(step(), d, tokens, host_logits))
+    GTEST_SKIP() << "no peer access between the GPUs: the host samples";
+  ASSERT_EQ(tokens.size(), 2u);
+  EXPECT_EQ(tokens[0], int(std::max_element(logits.begin(), logits.begin() + V) - logits.begin()));
+  ASSERT_EQ(host_logits.size(), size_t(V));
+  for (int i = 0; i < V; ++i)  // the same step again: the same kernels on the same inputs
+    ASSERT_NEAR(host_logits[size_t(i)], logits[size_t(V + i)], 1e-5f * std::abs(logits[size_t(V + i)]) + 1e-6f)
+        << "token " << i;
+}
+
 // kimi-serve's path at TP = 2: the engine on TpModel with caches sized from both GPUs' memory
 // serves concurrent greedy, seeded-sampled and n = 2 requests (forks copy KDA slots and cache
 // blocks on every rank) to their full length; the greedy one equals TP = 1's tokens up to a tie.
