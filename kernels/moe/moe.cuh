@@ -245,7 +245,6 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
 // scores once, then counts the experts that beat it (higher, or equal with a lower index); the
 // K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; chosen:
 // T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the permutation (after a barrier).
-constexpr int kRankSplit = 4;  // threads per (token, expert) in route_tokens_cta's ranking
 __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
                                                  int* chosen_e, float* chosen_s, int* ids_smem) {
   const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
@@ -259,46 +258,28 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float*
     sel[i] = s + p.correction_bias[i % E];
   }
   __syncthreads();
-  if (E % (4 * kRankSplit) == 0 && blockDim.x % kRankSplit == 0) {
-    // kRankSplit consecutive threads per (token, expert), each counting over its part of the
-    // row (whole float4s), summed by shuffles: a chain of E/4 compares per thread was this
-    // CTA's longest phase with one thread per pair (8 warps at T = 1). Every thread runs every
-    // round (shuffles need the whole warp); a group never straddles a warp.
-    const int items = T * E * kRankSplit, part4 = E / 4 / kRankSplit;
-    for (int base = 0; base < items; base += blockDim.x) {
-      const int i = base + int(threadIdx.x), pair = i / kRankSplit, q = i % kRankSplit;
-      const bool live = i < items;
-      const int t = live ? pair / E : 0, e = pair % E;
-      const float v = live ? sel[pair] : 0.f;
-      const float4* row4 = reinterpret_cast<const float4*>(sel + t * E) + q * part4;
-      int rank = 0;
+  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+    const int t = i / E, e = i % E;
+    const float v = sel[i];
+    if (v != v) continue;  // NaN: never chosen
+    const float* row = sel + t * E;
+    int rank = 0;  // no early exit: independent (broadcast) shared-memory loads, unrolled
+    if (E % 4 == 0) {
+      const float4* row4 = reinterpret_cast<const float4*>(row);
 #pragma unroll 4
-      for (int j = 0; j < part4; ++j) {
+      for (int j = 0; j < E / 4; ++j) {
         const float4 w = row4[j];
-        const int j0 = 4 * (q * part4 + j);
+        const int j0 = 4 * j;
         rank += (w.x > v || (w.x == v && j0 < e)) + (w.y > v || (w.y == v && j0 + 1 < e)) +
                 (w.z > v || (w.z == v && j0 + 2 < e)) + (w.w > v || (w.w == v && j0 + 3 < e));
       }
-#pragma unroll
-      for (int o = 1; o < kRankSplit; o <<= 1) rank += __shfl_xor_sync(0xffffffffu, rank, o);
-      if (live && q == 0 && v == v && rank < K) {  // NaN: never chosen
-        chosen_e[t * K + rank] = e;
-        chosen_s[t * K + rank] = sig[pair];
-      }
-    }
-  } else {
-    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-      const int t = i / E, e = i % E;
-      const float v = sel[i];
-      if (v != v) continue;  // NaN: never chosen
-      const float* row = sel + t * E;
-      int rank = 0;
+    } else {
 #pragma unroll 8
       for (int j = 0; j < E; ++j) rank += row[j] > v || (row[j] == v && j < e);
-      if (rank < K) {
-        chosen_e[t * K + rank] = e;
-        chosen_s[t * K + rank] = sig[i];
-      }
+    }
+    if (rank < K) {
+      chosen_e[t * K + rank] = e;
+      chosen_s[t * K + rank] = sig[i];
     }
   }
   __syncthreads();
