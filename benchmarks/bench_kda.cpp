@@ -218,19 +218,6 @@ void bench_prefill(Weights& w, double ceiling, bool quick) {
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);
-    // The fused path: prep inside the intra-chunk kernel (run_kda_prefill_chunked, 3 launches).
-    a.stages = 1;
-    const double fintra = median_ms(
-        [&](int) { kimi::cuda::run_kda_prefill_chunked(pp, state.data(), o.data(), a, nullptr); },
-        reps, 1, 1);
-    a.stages = 3;
-    const double fused = median_ms(
-        [&](int) { kimi::cuda::run_kda_prefill_chunked(pp, state.data(), o.data(), a, nullptr); },
-        reps, 1, 1);
-    const double ftotal = fused + norm;
-    std::printf("%-10s %8d %10s %10.3f %10.3f %10.3f %14.2f %14.2f   (fused intra %.3f ms)\n",
-                "fused", T, "-", fused, norm, ftotal, T / (fused * 1e-3) / 1e6,
-                T / (ftotal * 1e-3) / 1e6, fintra);
   }
   // The token-by-token scan at 4k for comparison.
   {

@@ -138,12 +138,6 @@ struct KdaChunkedArgs {
   int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
-// The whole chunked prefill of a layer from the raw projections: the prep of run_kda_prep is done
-// inside the intra-chunk kernel (no q, k, v, g, beta round trip through memory), then the
-// inter-chunk kernel writes o and the final states, then the conv states are updated (3 launches).
-// pp.q, pp.k and pp.v are not used.
-void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
-                             const KdaChunkedArgs& a, cudaStream_t stream);
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
 template <typename T>

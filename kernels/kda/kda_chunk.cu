@@ -26,15 +26,13 @@ size_t kda_chunked_workspace_bytes(int num_chunks, int num_heads) {
   return size_t(num_chunks) * num_heads * kda::ChunkRec::kBytes;
 }
 
-namespace kda {
-template <typename T>
-void launch_kda_conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream);  // kda_prep.cu
-}  // namespace kda
-
-// The shared part of both chunked entry points: checks, then the intra- and inter-chunk kernels.
-template <bool kFused>
-static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const KdaChunkedArgs& a,
-                        cudaStream_t stream) {
+void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream) {
+  KIMI_CHECK(p.num_seqs >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "seqs ", p.num_seqs,
+             ", heads ", p.num_heads);
+  if (p.num_seqs == 0) return;
+  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
+                 p.w.dt_bias && p.state && p.o,
+             "null pointer");
   KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
   KIMI_CHECK(a.num_chunks >= 0 && a.chunk_seq && a.chunk_start && a.seq_first_chunk,
              "chunk plan not uploaded");
@@ -44,12 +42,11 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
   KIMI_CHECK((reinterpret_cast<uintptr_t>(a.workspace) & 15) == 0, "workspace not 16-byte aligned");
   auto* ws = static_cast<unsigned char*>(a.workspace);
   if (a.num_chunks > 0 && (a.stages & 1)) {
-    CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel<kFused>,
+    CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
-    kda::kda_chunk_intra_kernel<kFused>
-        <<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads, kda::kIntraSmem, stream>>>(
-            p, pp, a.chunk_seq, a.chunk_start, ws);
+    kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
+                                  kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws);
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
@@ -60,39 +57,6 @@ static void run_chunked(const KdaScanParams& p, const KdaPrepParams& pp, const K
                                 kda::kInterThreads, kda::kInterSmem, stream>>>(p, a.seq_first_chunk,
                                                                                a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
-}
-
-void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream) {
-  KIMI_CHECK(p.num_seqs >= 0 && p.num_heads > 0 && p.num_heads <= 65535, "seqs ", p.num_seqs,
-             ", heads ", p.num_heads);
-  if (p.num_seqs == 0) return;
-  KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
-                 p.w.dt_bias && p.state && p.o,
-             "null pointer");
-  run_chunked<false>(p, KdaPrepParams{}, a, stream);
-}
-
-void run_kda_prefill_chunked(const KdaPrepParams& pp, float* state, bf16* o,
-                             const KdaChunkedArgs& a, cudaStream_t stream) {
-  KIMI_CHECK(pp.num_seqs >= 0 && pp.num_heads > 0 && pp.num_heads <= 65535, "seqs ", pp.num_seqs,
-             ", heads ", pp.num_heads);
-  if (pp.num_seqs == 0) return;
-  KIMI_CHECK(pp.cu_seqlens && pp.slots && pp.qkv && pp.f && pp.b && pp.conv_state && state && o &&
-                 pp.w.conv_weight && pp.w.A_log && pp.w.dt_bias,
-             "null pointer");
-  KdaScanParams p;
-  p.num_seqs = pp.num_seqs;
-  p.num_tokens = pp.num_tokens;
-  p.num_heads = pp.num_heads;
-  p.cu_seqlens = pp.cu_seqlens;
-  p.slots = pp.slots;
-  p.f = pp.f;
-  p.b = pp.b;
-  p.w = pp.w;
-  p.state = state;
-  p.o = o;
-  run_chunked<true>(p, pp, a, stream);
-  if (a.stages == 3) kda::launch_kda_conv_state(pp, stream);  // after every read of the old state
 }
 
 }  // namespace kimi::cuda

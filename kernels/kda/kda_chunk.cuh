@@ -94,7 +94,7 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
 // ------------------------------------------------------------------------------------------------
 // Intra-chunk kernel. One chunk and head per CTA, 256 threads, two CTAs per SM. Γ is kept in log2
 // units (Γ₂ = Γ·log2 e, the cumsum of g·log2 e), so every decay is one ex2 of a difference.
-//   0. q, k rows (bf16 tiles; conv, SiLU and L2 norm here when fused), β; the gate from f in
+//   0. q, k rows (bf16 tiles, prepared by run_kda_prep), β; the gate from f in
 //      log2 units and its cumsum Γ₂ per channel: a thread owns 8 channels of a run of 4 rows,
 //      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
 //   1. diagonal 16×16 blocks of L and M in fp32: a thread owns a 4×4 tile of (i, j) pairs over
@@ -167,35 +167,6 @@ __device__ __forceinline__ float gate2(float neg_a, float x) {
   return neg_a * (fmaxf(y, 0.f) + lg2(1.f + ex2(-fabsf(y))));
 }
 
-// SiLU(conv) of channels d0..d0+7 of one part (0 q, 1 k, 2 v) of head h at token t of a sequence
-// that starts at token `start` with conv-state slot `slot` (taps before the start come from the
-// conv state); conv weights from shared memory (sw4[part·128 + d] = the 4 taps of channel d).
-__device__ __forceinline__ void conv8(const KdaPrepParams& pp, int part, int h, int t, int start,
-                                      int slot, int d0, const float4* sw4, float (&u)[8]) {
-  const int HD = pp.num_heads * kKdaD, C = 3 * HD, ch0 = part * HD + h * kKdaD + d0;
-  const int pos = t - start;
-  float x[4][8];
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int idx = pos + k;  // index into concat(conv state, inputs)
-    if (idx >= 3) {
-      const uint4 v = *reinterpret_cast<const uint4*>(pp.qkv + size_t(start + idx - 3) * C + ch0);
-      const bf16* vb = reinterpret_cast<const bf16*>(&v);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[k][e] = to_f(vb[e]);
-    } else {
-      const bf16* st = pp.conv_state + (size_t(slot) * C + ch0) * 3 + idx;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) x[k][e] = to_f(st[e * 3]);
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float4 w = sw4[part * kKdaD + d0 + e];
-    u[e] = silu(w.x * x[0][e] + w.y * x[1][e] + w.z * x[2][e] + w.w * x[3][e]);
-  }
-}
-
 __device__ __forceinline__ uint4 pack8(const float (&x)[8]) {
   uint4 v;
   __nv_bfloat162* b = reinterpret_cast<__nv_bfloat162*>(&v);
@@ -244,14 +215,10 @@ __device__ __forceinline__ int pair_octet(int it) {
   return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
 }
 
-// kFused: q, k, v come from the raw projections (pp: qkv, conv state, conv weights), with the
-// conv, SiLU and L2 norm of kda_prep_kernel computed here (same formulas, rounded to bf16 the same
-// way); else they come prepared in p. The gate and β are computed here from p.f, p.b either way.
-template <bool kFused>
+// q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
 __global__ void __launch_bounds__(kIntraThreads, 2)
-    kda_chunk_intra_kernel(const KdaScanParams p, const KdaPrepParams pp, const int* chunk_seq,
-                           const int* chunk_start, unsigned char* ws) {
-  __shared__ float4 sw4[kFused ? 3 * kKdaD : 1];  // conv weights of this head (fused only)
+    kda_chunk_intra_kernel(const KdaScanParams p, const int* chunk_seq, const int* chunk_start,
+                           unsigned char* ws) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -269,7 +236,6 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   float* oGl = reinterpret_cast<float*>(rec + ChunkRec::kGl);
 
   // 0. Loads (8 bf16 / 4 floats per access); rows past the sequence are zero, with a zero gate.
-  const int seq_start = p.cu_seqlens[s], slot = kFused ? pp.slots[s] : 0;
   const float neg_a = -expf(p.w.A_log[h]);
   if (tid < C) sm.beta[tid] = tid < len ? sigmoid(to_f(p.b[size_t(t0 + tid) * H + h])) : 0.f;
   static_assert(C * 16 == 4 * kIntraThreads, "four rounds of (row, 8 channels) items");
@@ -283,40 +249,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     fv[q] = i < len ? *reinterpret_cast<const uint4*>(p.f + size_t(t0 + i) * HD + h * D + d0g)
                     : make_uint4(0, 0, 0, 0);
   }
-  if constexpr (kFused) {
-    for (int i = tid; i < 3 * D; i += kIntraThreads)
-      sw4[i] = *reinterpret_cast<const float4*>(pp.w.conv_weight +
-                                                size_t((i >> 7) * HD + h * D + (i & 127)) * 4);
-    __syncthreads();
-    for (int idx = tid; idx < C * 16; idx += kIntraThreads) {
-      const int i = idx >> 4, d0 = (idx & 15) * 8;  // a row's 16 channel groups: one half-warp
-      float q[8] = {}, k[8] = {};
-      if (i < len) {
-        conv8(pp, 0, h, t0 + i, seq_start, slot, d0, sw4, q);
-        conv8(pp, 1, h, t0 + i, seq_start, slot, d0, sw4, k);
-      }
-      float sq = 0.f, sk = 0.f;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        sq += q[e] * q[e];
-        sk += k[e] * k[e];
-      }
-#pragma unroll
-      for (int off = 1; off < 16; off <<= 1) {
-        sq += __shfl_xor_sync(0xffffffffu, sq, off);
-        sk += __shfl_xor_sync(0xffffffffu, sk, off);
-      }
-      const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * 0.08838834764831845f;
-      const float rk = 1.f / sqrtf(sk + kKdaL2Eps);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        q[e] *= rq;
-        k[e] *= rk;
-      }
-      *reinterpret_cast<uint4*>(sm.K + i * kLdW + d0) = pack8(k);
-      *reinterpret_cast<uint4*>(sm.Q + i * kLdW + d0) = pack8(q);
-    }
-  } else {
+  {
     uint4 kv[4], qv[4];  // every round's loads in flight before the first store
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -585,15 +518,9 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     const int d0 = 8 * (2 * (it >> 6) + (it & 1));
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
-      if constexpr (kFused) {
-        float v[8] = {};
-        if (i + u < len) conv8(pp, 2, h, t0 + i + u, seq_start, slot, d0, sw4, v);
-        vreg[r][u] = pack8(v);
-      } else {
-        vreg[r][u] = i + u < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i + u) * HD +
-                                                                   h * D + d0)
-                                 : make_uint4(0, 0, 0, 0);
-      }
+      vreg[r][u] = i + u < len ? *reinterpret_cast<const uint4*>(p.v + size_t(t0 + i + u) * HD +
+                                                                 h * D + d0)
+                               : make_uint4(0, 0, 0, 0);
     }
   }
   if (tid < C) {  // column j of its diagonal block in registers: x_i = δ_ij − Σ_{m<i} L_im x_m

@@ -5,12 +5,16 @@
 
 namespace kimi::cuda {
 
-namespace kda {
-template <typename T>
-void launch_kda_conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream);
-}  // namespace kda
-
 namespace {
+
+// The conv states after the prep has read them (its own launch: every read of the old state first).
+template <typename T>
+void conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
+  const int C = 3 * p.num_heads * kKdaD;
+  KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
+  kda::kda_conv_state_kernel<T><<<dim3(ceil_div(C, 256), p.num_seqs), 256, 0, stream>>>(p);
+  KIMI_CHECK_LAUNCH();
+}
 
 template <typename T>
 void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
@@ -32,7 +36,7 @@ void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
                               kda::kPrepThreads, 0, stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
-  kda::launch_kda_conv_state(p, stream);
+  conv_state(p, stream);
 }
 
 template <typename T>
@@ -47,17 +51,6 @@ void gated_rmsnorm(const KdaGatedNormParamsT<T>& p, cudaStream_t stream) {
 }
 
 }  // namespace
-
-namespace kda {
-template <typename T>
-void launch_kda_conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
-  const int C = 3 * p.num_heads * kKdaD;
-  KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
-  kda_conv_state_kernel<T><<<dim3(ceil_div(C, 256), p.num_seqs), 256, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
-}
-template void launch_kda_conv_state(const KdaPrepParamsT<bf16>&, cudaStream_t);
-}  // namespace kda
 
 void run_kda_prep(const KdaPrepParamsT<bf16>& p, cudaStream_t stream) { prep(p, stream); }
 void run_kda_prep(const KdaPrepParamsT<float>& p, cudaStream_t stream) { prep(p, stream); }

@@ -298,9 +298,7 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
 // ---------------------------------------------------------------------------------------------
 // Prefill: prep -> scan (recurrent or chunked) -> gated norm for a varlen batch on scattered slots
 // with random initial conv and recurrent states.
-// kChunkedFused: run_kda_prefill_chunked on the raw projections (its own prep); the separate prep
-// still runs on a copy of the conv states, for the prep checks and the scan-only reference.
-enum class Scan { kRecurrent, kChunked, kChunkedFused };
+enum class Scan { kRecurrent, kChunked };
 
 void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -320,8 +318,6 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   DeviceWeights w(c);
   DBuf<int> d_cu = to_device(cu), d_slots = to_device(slots);
   auto d_conv = to_device_bf16(conv_bits);
-  auto d_conv_prep = to_device_bf16(conv_bits);  // the separate prep's copy (fused case)
-  const bool fused = scan == Scan::kChunkedFused;
   auto d_qkv = to_device_bf16(c.qkv), d_f = to_device_bf16(c.f), d_b = to_device_bf16(c.b),
        d_z = to_device_bf16(c.z);
   GuardedBuffer<bf16> d_q(size_t(T) * HD), d_k(size_t(T) * HD), d_v(size_t(T) * HD),
@@ -340,7 +336,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   pp.f = d_f.data();
   pp.b = d_b.data();
   pp.w = w.view();
-  pp.conv_state = fused ? d_conv_prep.data() : d_conv.data();
+  pp.conv_state = d_conv.data();
   pp.q = d_q.data();
   pp.k = d_k.data();
   pp.v = d_v.data();
@@ -378,14 +374,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
     a.seq_first_chunk = d_sf->data();
     a.workspace = d_ws->data();
     a.workspace_bytes = ws;
-    if (fused) {
-      cuda::KdaPrepParams raw = pp;
-      raw.conv_state = d_conv.data();
-      raw.q = raw.k = raw.v = nullptr;
-      cuda::run_kda_prefill_chunked(raw, d_state.data(), d_o.data(), a, nullptr);
-    } else {
-      cuda::run_kda_chunked(sp, a, nullptr);
-    }
+    cuda::run_kda_chunked(sp, a, nullptr);
   }
   cuda::KdaGatedNormParams np;
   np.num_tokens = T;
@@ -398,10 +387,8 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   CUDA_CHECK(cudaDeviceSynchronize());
 
   const CpuOut ref = cpu_chain(c, 0, cu, slots, conv_ref, state_ref);
-  const std::string tag = str(scan == Scan::kRecurrent ? "recurrent"
-                              : fused                  ? "fused"
-                                                       : "chunked",
-                              " T=", T, " S=", S, ": ");
+  const std::string tag =
+      str(scan == Scan::kRecurrent ? "recurrent" : "chunked", " T=", T, " S=", S, ": ");
   // Prep: bf16 outputs of fp32 math (q, k, v).
   const auto q = bf16_vec_to_float(d_q.to_host()), k = bf16_vec_to_float(d_k.to_host()),
              v = bf16_vec_to_float(d_v.to_host());
@@ -566,8 +553,7 @@ TEST_P(KdaPrefillGpu, SingleSequence) {
 }
 INSTANTIATE_TEST_SUITE_P(Lengths, KdaPrefillGpu,
                          ::testing::Combine(::testing::Values(1, 7, 63, 64, 65, 769),
-                                            ::testing::Values(Scan::kRecurrent, Scan::kChunked,
-                                                              Scan::kChunkedFused)));
+                                            ::testing::Values(Scan::kRecurrent, Scan::kChunked)));
 
 TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
   KIMI_REQUIRE_GPU();
@@ -576,10 +562,6 @@ TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
 TEST(KdaGpu, PrefillMixedVarlenChunked) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
-}
-TEST(KdaGpu, PrefillMixedVarlenChunkedFused) {
-  KIMI_REQUIRE_GPU();
-  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunkedFused, 10);
 }
 // Many sequences shorter than the prep's 16-token runs and the conv window (empty ones too): runs
 // that cross several sequence starts, taps from the conv state inside a run.
@@ -596,16 +578,15 @@ TEST(KdaGpu, PrefillChunkBlockBoundaries) {
   KIMI_REQUIRE_GPU();
   const std::vector<int> lens = {3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 127, 128, 129, 191};
   run_prefill_case(lens, 4, Scan::kChunked, 41);
-  run_prefill_case(lens, 4, Scan::kChunkedFused, 42);
 }
 TEST(KdaGpu, PrefillMixedVarlenChunkedH16) {
   KIMI_REQUIRE_GPU();
   run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9);
 }
 
-// prefill(A) through run_kda_prefill_chunked (raw projections in, conv states updated), then
-// decode(B) steps with the fused decode kernel, must equal the CPU recurrence over A + B tokens
-// (outputs of the decode steps and the final states).
+// prefill(A) as the model runs it (run_kda_prep, conv states updated, then run_kda_chunked),
+// then decode(B) steps with the fused decode kernel, must equal the CPU recurrence over A + B
+// tokens (outputs of the decode steps and the final states).
 TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   KIMI_REQUIRE_GPU();
   std::mt19937 rng(99);
@@ -625,7 +606,7 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   };
   auto d_qkv = to_device_bf16(head(c.qkv, C)), d_f = to_device_bf16(head(c.f, HD)),
        d_b = to_device_bf16(head(c.b, H));
-  DBuf<bf16> d_o(size_t(A) * HD);
+  DBuf<bf16> d_o(size_t(A) * HD), d_q(size_t(A) * HD), d_k(size_t(A) * HD), d_v(size_t(A) * HD);
   cuda::KdaPrepParams pp;
   pp.num_seqs = 1;
   pp.num_tokens = A;
@@ -637,14 +618,31 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   pp.b = d_b.data();
   pp.w = w.view();
   pp.conv_state = d_conv.data();
+  pp.q = d_q.data();
+  pp.k = d_k.data();
+  pp.v = d_v.data();
+  cuda::run_kda_prep(pp, nullptr);
+  cuda::KdaScanParams sp;
+  sp.num_seqs = 1;
+  sp.num_tokens = A;
+  sp.num_heads = H;
+  sp.cu_seqlens = d_cu.data();
+  sp.slots = d_slots.data();
+  sp.q = d_q.data();
+  sp.k = d_k.data();
+  sp.v = d_v.data();
+  sp.f = d_f.data();
+  sp.b = d_b.data();
+  sp.w = w.view();
+  sp.state = d_state.data();
+  sp.o = d_o.data();
   const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), 1);
   DBuf<int> d_cs = to_device(plan.chunk_seq), d_cst = to_device(plan.chunk_start),
             d_sf = to_device(plan.seq_first_chunk);
   const size_t wsb = cuda::kda_chunked_workspace_bytes(plan.num_chunks, H);
   DBuf<unsigned char> d_ws(wsb);
-  cuda::run_kda_prefill_chunked(
-      pp, d_state.data(), d_o.data(),
-      {plan.num_chunks, d_cs.data(), d_cst.data(), d_sf.data(), d_ws.data(), wsb}, nullptr);
+  cuda::run_kda_chunked(
+      sp, {plan.num_chunks, d_cs.data(), d_cst.data(), d_sf.data(), d_ws.data(), wsb}, nullptr);
   std::vector<float> y_gpu;
   for (int t = A; t < A + B; ++t) {
     auto row = [&](const std::vector<uint16_t>& v, size_t width) {
