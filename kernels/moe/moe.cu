@@ -41,7 +41,7 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
 
 int moe_route_decode_max_tokens(int num_experts) {
   constexpr int kScoreBytes = 40 << 10;  // dynamic shared memory left beside the static ~5 KB
-  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (8 * std::max(num_experts, 1)));
+  return std::min(moe::kRouteDecodeMaxTokens, kScoreBytes / (12 * std::max(num_experts, 1)));
 }
 
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
@@ -66,7 +66,7 @@ void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream) {
   MoePermuteView v = moe_permute_view(p.workspace, local + (r.shared_expert >= 0),
                                       int64_t(r.num_tokens) * stride);
   const int grid = ceil_div(r.num_experts, moe::kRouteExpertsPerCta);
-  const size_t smem = size_t(2) * r.num_tokens * r.num_experts * sizeof(float);
+  const size_t smem = size_t(3) * r.num_tokens * r.num_experts * sizeof(float);
   launch_kernel(moe::moe_route_decode_kernel, grid, 1024, LaunchOptions{smem, true}, stream, p, v);
 }
 

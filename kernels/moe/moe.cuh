@@ -243,10 +243,18 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
 // (same order, ties, NaN rule and weight arithmetic) but no serial rounds: every (token, expert)
 // scores once, then counts the experts that beat it (higher, or equal with a lower index); the
-// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory; chosen:
-// T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the permutation (after a barrier).
+// K with rank < K are the choice, at their rank. sel, sig: T·E floats of shared memory, ranks:
+// T·E ints; chosen: T·K; ids_smem: T·(K + shared) ints, a copy of expert_ids for the
+// permutation (after a barrier).
+// With E a multiple of 32 the counting is split in kRankParts parts of the row: item (part, t,
+// e), the parts in different warps, so that a warp's lanes (consecutive experts of one token and
+// part) all read the same score at once (a shared-memory broadcast), four times the warps of one
+// item per (token, expert) on a quarter of the chain; the parts' counts meet by shared-memory
+// atomic adds (integers: any order gives the same rank).
+constexpr int kRankParts = 4;
 __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float* sel, float* sig,
-                                                 int* chosen_e, float* chosen_s, int* ids_smem) {
+                                                 int* ranks, int* chosen_e, float* chosen_s,
+                                                 int* ids_smem) {
   const int T = p.num_tokens, E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   for (int i = threadIdx.x; i < T * K; i += blockDim.x) {
     chosen_e[i] = -1;  // fewer than K finite scores: the rest stay empty
@@ -256,30 +264,58 @@ __device__ __forceinline__ void route_tokens_cta(const MoeRouteParams& p, float*
     const float s = 1.f / (1.f + expf(-__ldcg(p.logits + i)));
     sig[i] = s;
     sel[i] = s + p.correction_bias[i % E];
+    ranks[i] = 0;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
-    const int t = i / E, e = i % E;
-    const float v = sel[i];
-    if (v != v) continue;  // NaN: never chosen
-    const float* row = sel + t * E;
-    int rank = 0;  // no early exit: independent (broadcast) shared-memory loads, unrolled
-    if (E % 4 == 0) {
-      const float4* row4 = reinterpret_cast<const float4*>(row);
+  if (E % 32 == 0) {
+    const int TE = T * E, part4 = E / 4 / kRankParts;
+    for (int i = threadIdx.x; i < kRankParts * TE; i += blockDim.x) {
+      const int q = i / TE, pair = i - q * TE, t = pair / E, e = pair - t * E;
+      const float v = sel[pair];
+      if (v != v) continue;  // NaN: never chosen
+      const float4* row4 = reinterpret_cast<const float4*>(sel + t * E) + q * part4;
+      int rank = 0;
 #pragma unroll 4
-      for (int j = 0; j < E / 4; ++j) {
+      for (int j = 0; j < part4; ++j) {
         const float4 w = row4[j];
-        const int j0 = 4 * j;
+        const int j0 = 4 * (q * part4 + j);
         rank += (w.x > v || (w.x == v && j0 < e)) + (w.y > v || (w.y == v && j0 + 1 < e)) +
                 (w.z > v || (w.z == v && j0 + 2 < e)) + (w.w > v || (w.w == v && j0 + 3 < e));
       }
-    } else {
-#pragma unroll 8
-      for (int j = 0; j < E; ++j) rank += row[j] > v || (row[j] == v && j < e);
+      atomicAdd(ranks + pair, rank);
     }
-    if (rank < K) {
-      chosen_e[t * K + rank] = e;
-      chosen_s[t * K + rank] = sig[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < TE; i += blockDim.x) {
+      const int t = i / E, rank = ranks[i];
+      if (sel[i] == sel[i] && rank < K) {
+        chosen_e[t * K + rank] = i - t * E;
+        chosen_s[t * K + rank] = sig[i];
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < T * E; i += blockDim.x) {
+      const int t = i / E, e = i % E;
+      const float v = sel[i];
+      if (v != v) continue;  // NaN: never chosen
+      const float* row = sel + t * E;
+      int rank = 0;  // no early exit: independent (broadcast) shared-memory loads, unrolled
+      if (E % 4 == 0) {
+        const float4* row4 = reinterpret_cast<const float4*>(row);
+#pragma unroll 4
+        for (int j = 0; j < E / 4; ++j) {
+          const float4 w = row4[j];
+          const int j0 = 4 * j;
+          rank += (w.x > v || (w.x == v && j0 < e)) + (w.y > v || (w.y == v && j0 + 1 < e)) +
+                  (w.z > v || (w.z == v && j0 + 2 < e)) + (w.w > v || (w.w == v && j0 + 3 < e));
+        }
+      } else {
+#pragma unroll 8
+        for (int j = 0; j < E; ++j) rank += row[j] > v || (row[j] == v && j < e);
+      }
+      if (rank < K) {
+        chosen_e[t * K + rank] = e;
+        chosen_s[t * K + rank] = sig[i];
+      }
     }
   }
   __syncthreads();
@@ -325,7 +361,7 @@ __device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, b
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
                                                                 MoePermuteView v) {
-  extern __shared__ float sel_smem[];  // [2][T][E] selection scores and sigmoids of the routing CTA
+  extern __shared__ float sel_smem[];  // [3][T][E] selection scores, sigmoids, ranks (routing CTA)
   __shared__ float part[kRouteExpertsPerCta][kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
   __shared__ float ss_part[kRouteWarpsPerExpert][kRouteDecodeMaxTokens];
   __shared__ float inv_rms[kRouteDecodeMaxTokens];
@@ -445,7 +481,8 @@ __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodePa
   }
   __threadfence();
   route_stamp(p.stamps, 4, true);
-  route_tokens_cta(r, sel_smem, sel_smem + T * E, chosen_e, chosen_s, pair_ids);
+  route_tokens_cta(r, sel_smem, sel_smem + T * E, reinterpret_cast<int*>(sel_smem + 2 * T * E),
+                   chosen_e, chosen_s, pair_ids);
   __syncthreads();
   route_stamp(p.stamps, 5, true);
   const int stride = r.top_k + (r.shared_expert >= 0);

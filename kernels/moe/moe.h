@@ -84,7 +84,7 @@ struct MoeRouteDecodeParams {
   unsigned long long* stamps = nullptr;
 };
 constexpr int kMoeRouteStamps = 7;
-// Most tokens the fused launch takes for E experts (its shared memory holds 2·T·E scores).
+// Most tokens the fused launch takes for E experts (its shared memory holds 3·T·E scores and ranks).
 int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
 
