@@ -69,6 +69,7 @@ void Generation::submit() {
   for (size_t p = 0; p < prompts_.ids.size(); ++p) {
     Request r = req_.engine;
     r.prompt_ids = prompts_.ids[p];
+    r.cache_point = prompts_.cache_point;
     r.max_tokens = max_tokens_;
     if (p > 0 && r.seed_given) r.sampling.seed += p;  // distinct prompts, still reproducible
     auto h = engine_.submit(std::move(r));

@@ -23,6 +23,7 @@ struct PreparedPrompts {
   std::vector<std::vector<int>> ids;    // one engine request each
   std::vector<std::string> echo_texts;  // completions echo: the prompt text per prompt
   std::string forced_prefix;            // tool_choice required/named: the answer's forced start
+  int cache_point = 0;                  // chat: Request::cache_point of the one prompt
 };
 
 class Generation;

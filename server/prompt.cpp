@@ -1,5 +1,7 @@
 #include "prompt.h"
 
+#include <algorithm>
+
 #include "api_error.h"
 #include "core/check.h"
 #include "tokenizer/chat_template.h"
@@ -33,6 +35,19 @@ std::vector<int> render_chat(const Tokenizer& tok, const GenerationRequest& r) {
   }
 }
 
+int system_prefix_length(const Tokenizer& tok, const std::vector<int>& ids) {
+  // The template renders the system messages (tool declarations included) first, each opened by
+  // <|im_system|>; the first other role marker starts what differs between requests.
+  const std::optional<int> system = tok.special_id("<|im_system|>");
+  if (!system || ids.empty() || ids[0] != *system) return 0;
+  std::vector<int> others;
+  for (const char* name : {"<|im_user|>", "<|im_assistant|>"})
+    if (const std::optional<int> id = tok.special_id(name)) others.push_back(*id);
+  for (size_t i = 1; i < ids.size(); ++i)
+    if (std::find(others.begin(), others.end(), ids[i]) != others.end()) return int(i);
+  return 0;  // only system messages: nothing after them to share them with
+}
+
 std::string forced_tool_prefix(const GenerationRequest& r) {
   if (!r.parse_tool_calls()) return "";
   if (r.tool_choice == ToolChoice::kRequired)
@@ -50,6 +65,7 @@ PreparedPrompts prepare_prompts(const GenerationRequest& r, const Tokenizer* tok
       throw_bad_request("messages",
                         "this model has no tokenizer files: send token ids to /v1/completions");
     p.ids.push_back(render_chat(*tok, r));
+    p.cache_point = system_prefix_length(*tok, p.ids[0]);
     // tool_choice required / named: the answer starts inside a tool call, so the model must call.
     p.forced_prefix = forced_tool_prefix(r);
     if (!p.forced_prefix.empty()) {

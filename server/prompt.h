@@ -21,6 +21,11 @@ PreparedPrompts prepare_prompts(const GenerationRequest& r, const Tokenizer* tok
 // The chat template alone (also used by /tokenize).
 std::vector<int> render_chat(const Tokenizer& tok, const GenerationRequest& r);
 
+// Tokens of a rendered chat's leading system messages (tool declarations included) when other
+// messages follow: the prefix that requests of one deployment share, cached on its own
+// (Request::cache_point); 0 when the chat does not start with a system message.
+int system_prefix_length(const Tokenizer& tok, const std::vector<int>& ids);
+
 // The answer's forced start for tool_choice "required" / a named function ("" otherwise).
 std::string forced_tool_prefix(const GenerationRequest& r);
 

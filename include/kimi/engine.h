@@ -69,6 +69,10 @@ struct Request {
   int n = 1;                          // samples sharing the prompt's prefill
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
   ResponseFormat response_format = ResponseFormat::kText;
+  // > 0: the first cache_point prompt tokens are worth a prefix-cache entry of their own (a chat's
+  // system prompt and tool declarations, which other requests share): with prefix caching on, the
+  // prefill stops there once and saves the state. 0 <= cache_point < the prompt's length.
+  int cache_point = 0;
 };
 
 struct GenerationEvent {

@@ -191,6 +191,8 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (req.max_tokens >= 0 && req.min_tokens > req.max_tokens)
     fail("min_tokens must be less than or equal to max_tokens=", req.max_tokens, ", got ", req.min_tokens);
   if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
+  if (req.cache_point < 0 || req.cache_point >= P)
+    fail("cache_point must be in 0..", P - 1, " (the prompt's length less one), got ", req.cache_point);
   if (req.response_format == ResponseFormat::kJsonObject) {
     // The object ends with EOS, which these would hold back or ignore.
     if (!tokenizer_) fail("JSON mode needs the model's tokenizer, which is absent");
@@ -292,6 +294,8 @@ void EngineImpl::admit_incoming() {
   for (auto& st : in) {
     // The leader computes the prompt; its siblings fork from it after the prefill.
     auto s = std::make_unique<Sequence>(st, 0, next_order_++, st->req.prompt_ids);
+    // Points shorter than a block save too little (as cache_computed's rule).
+    if (prefix_ && st->req.cache_point >= kBlockSize) s->cache_point = st->req.cache_point;
     s->init_decoder(tokenizer_.get());
     waiting_.push_back(std::move(s));
   }
@@ -395,7 +399,8 @@ void EngineImpl::step() {
   auto view = [&](const Sequence& s) {
     int shared = 0;
     for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
-    return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared};
+    return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared,
+                    s.cache_point};
   };
   for (auto& s : running_) {
     in.running.push_back(view(*s));
@@ -534,6 +539,7 @@ void EngineImpl::step() {
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
     if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_computed(*s);
+    if (prefix_ && before < s->cache_point && s->num_computed == s->cache_point) cache_computed(*s);
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
     if (on_device && !on_host[i]) {
       GenerationEvent ev;

@@ -6,6 +6,15 @@ namespace kimi {
 
 int blocks_for_tokens(int tokens, int block_size) { return (tokens + block_size - 1) / block_size; }
 
+namespace {
+// The tokens s takes this step within `budget`: the rest of what it knows, up to its stop point.
+int tokens_this_step(const SchedSeq& s, int budget) {
+  int n = std::min(s.num_tokens - s.num_computed, budget);
+  if (s.stop_at > s.num_computed) n = std::min(n, s.stop_at - s.num_computed);
+  return n;
+}
+}  // namespace
+
 SchedulerOutput schedule(const SchedulerInput& in, const SchedulerLimits& lim) {
   SchedulerOutput out;
   int budget = lim.token_budget;
@@ -14,7 +23,7 @@ SchedulerOutput schedule(const SchedulerInput& in, const SchedulerLimits& lim) {
 
   for (size_t i = 0; i < live.size() && budget > 0;) {
     const SchedSeq& s = live[i];
-    int n = std::min(s.num_tokens - s.num_computed, budget);
+    int n = tokens_this_step(s, budget);
     if (n <= 0) {
       ++i;
       continue;
@@ -45,7 +54,7 @@ SchedulerOutput schedule(const SchedulerInput& in, const SchedulerLimits& lim) {
     int running = int(live.size());
     for (const SchedSeq& w : in.waiting) {
       if (running >= lim.max_num_seqs || budget <= 0 || free_slots <= 0) break;
-      int n = std::min(w.num_tokens - w.num_computed, budget);
+      int n = tokens_this_step(w, budget);
       int need = blocks_for_tokens(w.num_computed + n, lim.block_size) - w.num_blocks;
       if (need > free_blocks) break;
       free_blocks -= need;

@@ -1,9 +1,10 @@
 // The scheduler: a short, pure function of queue state (no model, no threads), so it is unit
 // tested in milliseconds. Policy: FCFS; running sequences first (oldest first), each taking the
-// tokens it still needs (1 for decode, a chunk of the prompt for prefill) within a per-step token
-// budget; when the MLA block pool runs out, the newest running sequence is preempted (its blocks
-// and KDA slot are freed and it is recomputed later); then waiting sequences are admitted in
-// order while a slot, blocks, budget and the running cap allow, with no skipping ahead.
+// tokens it still needs (1 for decode, a chunk of the prompt for prefill, ending at its stop_at
+// if that is ahead) within a per-step token budget; when the MLA block pool runs out, the newest
+// running sequence is preempted (its blocks and KDA slot are freed and it is recomputed later);
+// then waiting sequences are admitted in order while a slot, blocks, budget and the running cap
+// allow, with no skipping ahead.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +19,8 @@ struct SchedSeq {
   int num_blocks = 0;    // MLA blocks held
   int shared_blocks = 0; // of those, blocks others hold too (n > 1 siblings, the prefix cache):
                          // preempting the sequence does not free them
+  int stop_at = 0;       // > num_computed: this step's chunk ends there at most (a prefix-cache
+                         // point: the state is saved there)
 };
 
 struct SchedulerLimits {

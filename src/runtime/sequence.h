@@ -37,6 +37,7 @@ struct Sequence {
   std::vector<int> tokens;  // prompt, then generated
   int prompt_len = 0;
   int num_computed = 0;     // tokens whose state is cached
+  int cache_point = 0;      // > 0: a prefix-cache entry is made when num_computed reaches it
   std::vector<int> blocks;  // MLA cache blocks, in order
   int slot = -1;            // KDA state slot
   int generated = 0;

@@ -407,6 +407,55 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   EXPECT_EQ(other->usage().cached_tokens, 0);
 }
 
+// A cache point (a chat's system prompt): the first request's prefill stops there once and
+// leaves an entry, so a second request sharing only that prefix starts from it and draws what an
+// engine without the cache draws. A point shorter than a block makes no entry; a point past the
+// prompt is refused.
+TEST(Engine, PrefixCacheSharesACachePoint) {
+  auto cached = Engine::create(engine_opts(4));
+  EngineOptions no_cache_opts = engine_opts(4);
+  no_cache_opts.enable_prefix_caching = false;
+  auto plain = Engine::create(no_cache_opts);
+  std::mt19937 rng(43);
+  const int V = cached->config().vocab_size;
+  const std::vector<int> system = random_prompt(rng, 100, V);
+  auto with_system = [&](int user_len, int point) {
+    Request r = greedy(system, 8);
+    const std::vector<int> user = random_prompt(rng, user_len, V);
+    r.prompt_ids.insert(r.prompt_ids.end(), user.begin(), user.end());
+    r.cache_point = point;
+    return r;
+  };
+  const int expect[] = {0, 100, 100};
+  for (int i = 0; i < 3; ++i) {
+    Request r = with_system(30 + 15 * i, 100);
+    auto h = cached->submit(r);
+    auto got = collect(*h)[0];
+    EXPECT_EQ(got.ids, collect(*plain->submit(r))[0].ids) << "request " << i;
+    EXPECT_EQ(h->usage().cached_tokens, expect[i]) << "request " << i;
+  }
+  EXPECT_EQ(cached->metrics().prefix_cache_hits_total, 200u);
+  // A point shorter than a block: no entry, so the next such request is no hit either.
+  const std::vector<int> short_system(system.begin(), system.begin() + 40);
+  for (int i = 0; i < 2; ++i) {
+    Request r = greedy(short_system, 4);
+    const std::vector<int> user = random_prompt(rng, 50, V);
+    r.prompt_ids.insert(r.prompt_ids.end(), user.begin(), user.end());
+    r.prompt_ids[0] = (r.prompt_ids[0] + 1) % (V - 256);  // not the 100-token entry's start
+    r.cache_point = 40;
+    auto h = cached->submit(r);
+    collect(*h);
+    EXPECT_EQ(h->usage().cached_tokens, 0) << "short point, request " << i;
+  }
+  Request bad = with_system(10, 110);
+  try {
+    cached->submit(bad);
+    FAIL() << "a cache point at the prompt's end was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cache_point"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Engine, RejectsBadRequestsWithAMessage) {
   auto eng = Engine::create(engine_opts(2));
   Request r = greedy(std::vector<int>(5000, 1), 10);

@@ -106,6 +106,23 @@ TEST(Scheduler, BudgetSplitsALongPromptAcrossSteps) {
   EXPECT_EQ(out.scheduled[0].new_blocks, 4);
 }
 
+// A prefix-cache point ahead ends the chunk there (the state is saved at it); the rest of the
+// budget goes to the others; a point already passed or reached changes nothing.
+TEST(Scheduler, ChunkEndsAtTheStopPoint) {
+  SchedulerInput in;
+  in.running = {{0, 1000, 64, 1, 0, 300}, {1, 500, 100, 2, 0, 100}};
+  in.waiting = {{2, 400, 0, 0, 0, 130}};
+  in.free_blocks = 100;
+  in.free_slots = 1;
+  SchedulerOutput out = schedule(in, limits(8, 1024));
+  ASSERT_EQ(out.scheduled.size(), 3u);
+  EXPECT_EQ(out.scheduled[0].num_new_tokens, 236);  // 64 -> 300
+  EXPECT_EQ(out.scheduled[0].new_blocks, 4);        // 5 blocks for 300 tokens, 1 held
+  EXPECT_EQ(out.scheduled[1].num_new_tokens, 400);  // its point is reached: the rest
+  EXPECT_EQ(out.scheduled[2].num_new_tokens, 130);  // admitted, up to its point
+  EXPECT_EQ(out.scheduled[2].new_blocks, 3);
+}
+
 TEST(Pools, BlockRefCountsAndFreeList) {
   BlockPool p(4);
   std::vector<int> got;
