@@ -151,6 +151,17 @@ curl -sN -m 30 -o "$WORK/stream_t2" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/comp
 check "turn 2 again, continuous usage: every chunk carries the cached tokens" \
   jqe -s "length >= 2 and all(.usage.prompt_tokens_details.cached_tokens == $c2)" "$WORK/chunks_t2"
 
+# --- prefix caching: requests sharing a system prompt share its prefill ---
+SYS="$(printf 'You are a careful assistant for a weather service; rule %s: answer briefly and cite the station. ' 1 2 3 4 5)"
+S1="[{\"role\":\"system\",\"content\":\"$SYS\"},{\"role\":\"user\",\"content\":\"rain in Paris?\"}]"
+S2="[{\"role\":\"system\",\"content\":\"$SYS\"},{\"role\":\"user\",\"content\":\"and snow in Oslo tomorrow morning?\"}]"
+sys_len=$(post /tokenize "{\"messages\":$S1,\"return_token_strs\":true}" >/dev/null; body '.token_strs | index("<|im_user|>")')
+check "system prompt: 64+ tokens before the first user marker" test "$sys_len" -ge 64
+check "system prompt, first request: 200, nothing cached" \
+  eq "$(post /v1/chat/completions "{\"messages\":$S1,\"max_tokens\":3}"; body .usage.prompt_tokens_details.cached_tokens)" "2000"
+check "system prompt, another user message: the system prompt is cached" \
+  eq "$(post /v1/chat/completions "{\"messages\":$S2,\"max_tokens\":3}"; body .usage.prompt_tokens_details.cached_tokens)" "200$sys_len"
+
 # --- tokenize / detokenize ---
 check "tokenize" eq "$(post /tokenize '{"prompt":"Hello world"}'; body '(.count == (.tokens|length)) and .max_model_len == 512')" "200true"
 ids=$(jq -c .tokens "$WORK/body")
