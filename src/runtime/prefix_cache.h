@@ -1,12 +1,13 @@
 // Prefix caching (vLLM's --enable-prefix-caching) for a hybrid model. The KDA layers carry a
 // recurrent state that cached MLA blocks alone cannot rebuild, so an entry is a whole computed
-// sequence: a prompt (cached when it has been computed) or a prompt with its answer (cached when
-// the request finishes): its tokens, the MLA blocks holding their latents (shared through the
+// sequence: a prompt (cached when it has been computed), a prompt with its answer (cached when
+// the request finishes) or a prompt's marked prefix (Request::cache_point, a chat's system
+// prompt: the prefill stops there once): its tokens, the MLA blocks holding their latents (shared through the
 // block pool's reference counts) and a copy of the KDA state (recurrent + conv) at its end, in a
 // slot of its own. A request whose prompt starts with an entry's tokens and goes on starts from
 // there: the state copied into its slot, the full blocks shared, the partial last block copied,
 // only the rest computed. That is multi-turn chat, where each turn's prompt extends the one
-// before, the previous answer included.
+// before, the previous answer included, and requests that share a system prompt.
 //
 // Pure bookkeeping (the engine copies the state and blocks): entries live in fixed slots, are
 // found by a hash of their tokens (then compared), evicted least recently used first, and never
