@@ -1,8 +1,11 @@
 // wgmma (sm_90a) building blocks shared by the kernel families that use them (MoE grouped GEMM,
-// MLA expanded prefill, KDA inter-chunk scan): the shared-memory descriptor of a 128-byte-swizzled
-// K-major tile, the register-A products, the fence / commit / wait instructions, and the
-// warp-specialisation tools (setmaxnreg, named barriers).
+// MLA expanded prefill and decode, KDA chunked scan): the shared-memory descriptors of a
+// 128-byte-swizzled tile, the register-A products, the fence / commit / wait instructions, the
+// SFU exponentials and bf16 fragment packing around them, and the warp-specialisation tools
+// (setmaxnreg, named barriers).
 #pragma once
+
+#include <cuda_bf16.h>
 
 #include <cstdint>
 
@@ -116,6 +119,24 @@ __device__ __forceinline__ void wgmma_rs_m64n128(float (&d)[64], const uint32_t 
 #undef KIMI_WG_D16
 #undef KIMI_WG_D32
 #undef KIMI_WG_D64
+
+// 2^x and log2 x on the special function unit (relative error ~2^-22; flush-to-zero), for the
+// softmax and decay exponents of the tensor-core kernels.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ float lg2(float x) {
+  float y;
+  asm("lg2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+// Two fp32 values rounded to bf16 in one 32-bit fragment register (lo in the low half).
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
 
 // Keeps the compiler from moving accumulator reads or writes across the asynchronous MMAs.
 template <int N>

@@ -147,18 +147,7 @@ constexpr size_t kIntraSmem = sizeof(IntraSmem);
 constexpr int kIntraThreads = 256, kIntraWarps = kIntraThreads / 32;
 
 constexpr float kLog2e = 1.4426950408889634f;
-// 2^x and log2 x on the special function unit (relative error ~2^-22, absolute ~2^-22 for log2
-// near 1); every exponent here is a difference of Γ₂ values that is <= 0.
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ float lg2(float x) {
-  float y;
-  asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
+// ex2 / lg2 (wgmma_common.cuh): every exponent here is a difference of Γ₂ values that is <= 0.
 // The gate in log2 units, g·log2 e = −exp(A_log)·softplus(x)·log2 e with x = f + dt_bias:
 // softplus(x)·log2 e = max(y, 0) + log2(1 + 2^−|y|), y = x·log2 e. Above x = 20 the second term
 // rounds away (1 + 2^−28.9 == 1), which is PyTorch's threshold.

@@ -70,15 +70,6 @@ struct DecArgs {
   MlaAttnParams p;
 };
 
-__device__ __forceinline__ float dec_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t dec_pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
 // matrix i before the transpose.
@@ -263,12 +254,12 @@ __global__ void __launch_bounds__(kDecThreads, 1)
       for (int e = 0; e < 2; ++e) {
         const float m_new = fmaxf(m_run[j][e], tmax[e]);
         const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: P = 0
-        alpha[j][e] = dec_exp2(m_run[j][e] - m_use);
+        alpha[j][e] = ex2(m_run[j][e] - m_use);
         m_run[j][e] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int b = 0; b < 2; ++b) {
-          const float pv = dec_exp2(s[4 * j + 2 * b + e] - m_use);
+          const float pv = ex2(s[4 * j + 2 * b + e] - m_use);
           s[4 * j + 2 * b + e] = pv;
           sum += pv;
         }
@@ -282,7 +273,7 @@ __global__ void __launch_bounds__(kDecThreads, 1)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const int j = 2 * x + i / 2, b = i % 2;
-        r[i] = dec_pack(s[4 * j + 2 * b], s[4 * j + 2 * b + 1]);
+        r[i] = pack_bf16x2(s[4 * j + 2 * b], s[4 * j + 2 * b + 1]);
       }
       stsm_x4_trans(st_addr0 + x * 16 * 128, r);
     }
@@ -359,7 +350,7 @@ __global__ void __launch_bounds__(kDecThreads, 1)
       const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
       const float l = ml[kDecHeads + r], inv = l > 0.f ? 1.f / l : 0.f;
       *reinterpret_cast<uint2*>(u + r * kMlaLat) =
-          make_uint2(dec_pack(v.x * inv, v.y * inv), dec_pack(v.z * inv, v.w * inv));
+          make_uint2(pack_bf16x2(v.x * inv, v.y * inv), pack_bf16x2(v.z * inv, v.w * inv));
     }
   } else {
     float* const P =

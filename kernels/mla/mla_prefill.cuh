@@ -68,15 +68,6 @@ struct PfArgs {
   const MlaPrefillItem* items;  // this round's
 };
 
-__device__ __forceinline__ float pf_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t pf_pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<uint32_t*>(&v);
-}
 
 __global__ void __launch_bounds__(kPfThreads, 1)
     mla_prefill_kernel(const __grid_constant__ PfArgs args) {
@@ -230,13 +221,13 @@ __global__ void __launch_bounds__(kPfThreads, 1)
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m[hf], mx * sl2);
         const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: P = 0
-        alpha[hf] = pf_exp2(m[hf] - m_use);
+        alpha[hf] = ex2(m[hf] - m_use);
         m[hf] = m_new;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
-          const float p0 = pf_exp2(fmaf(s[4 * j + 2 * hf], sl2, -m_use));
-          const float p1 = pf_exp2(fmaf(s[4 * j + 2 * hf + 1], sl2, -m_use));
+          const float p0 = ex2(fmaf(s[4 * j + 2 * hf], sl2, -m_use));
+          const float p1 = ex2(fmaf(s[4 * j + 2 * hf + 1], sl2, -m_use));
           sum += p0 + p1;
           s[4 * j + 2 * hf] = p0;
           s[4 * j + 2 * hf + 1] = p1;
@@ -252,7 +243,7 @@ __global__ void __launch_bounds__(kPfThreads, 1)
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) pa[kk][i] = pf_pack(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
+        for (int i = 0; i < 4; ++i) pa[kk][i] = pack_bf16x2(s[8 * kk + 2 * i], s[8 * kk + 2 * i + 1]);
     };
     // Keeps the P fragments alive (and unmoved) until the P·V that reads them is waited for.
     auto fence_pa = [&]() {
