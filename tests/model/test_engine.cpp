@@ -116,6 +116,13 @@ EngineOptions engine_opts(int max_seqs, int num_blocks = 0, int budget = 256) {
   return o;
 }
 
+// The reference for the prefix-cache tests: the same engine computing every prompt in full.
+std::unique_ptr<Engine> engine_without_prefix_cache(int max_seqs) {
+  EngineOptions o = engine_opts(max_seqs);
+  o.enable_prefix_caching = false;
+  return Engine::create(o);
+}
+
 Request greedy(std::vector<int> prompt, int max_tokens) {
   Request r;
   r.prompt_ids = std::move(prompt);
@@ -355,9 +362,7 @@ TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
 // last blocks (copied, not shared).
 TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   auto cached = Engine::create(engine_opts(4));
-  EngineOptions no_cache_opts = engine_opts(4);
-  no_cache_opts.enable_prefix_caching = false;
-  auto plain = Engine::create(no_cache_opts);
+  auto plain = engine_without_prefix_cache(4);
   std::mt19937 rng(41);
   const int V = cached->config().vocab_size;
   std::vector<int> prompt = random_prompt(rng, 100, V);
@@ -413,9 +418,7 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
 // prompt is refused.
 TEST(Engine, PrefixCacheSharesACachePoint) {
   auto cached = Engine::create(engine_opts(4));
-  EngineOptions no_cache_opts = engine_opts(4);
-  no_cache_opts.enable_prefix_caching = false;
-  auto plain = Engine::create(no_cache_opts);
+  auto plain = engine_without_prefix_cache(4);
   std::mt19937 rng(43);
   const int V = cached->config().vocab_size;
   const std::vector<int> system = random_prompt(rng, 100, V);
