@@ -15,7 +15,8 @@
 //     routing, permutation), per layer; CUDA graphs, the router weights rotating out of L2.
 // Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
 // weights and inputs. Every CUDA call is checked.
-// Usage: bench_moe [--quick | --prefill | --route]   (--prefill / --route: that table only)
+// Usage: bench_moe [--quick | --prefill | --route | --decode]   (the last three: that table only;
+// --decode with --quick's sizes)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -341,7 +342,8 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  const bool decode_only = argc > 1 && std::string(argv[1]) == "--decode";
+  const bool quick = decode_only || (argc > 1 && std::string(argv[1]) == "--quick");
   const bool prefill_only = argc > 1 && std::string(argv[1]) == "--prefill";
   const bool route_only = argc > 1 && std::string(argv[1]) == "--route";
   try {
@@ -359,6 +361,7 @@ int main(int argc, char** argv) {
     if (route_only) return 0;
     Weights w;
     if (!prefill_only) bench_decode(w, ceiling, prop.l2CacheSize, quick);
+    if (decode_only) return 0;
     const double gemm_ceiling = kimi::bench::gemm_ceiling_tflops();
     std::printf("GEMM ceiling (cuBLASLt bf16 8192^3): %.1f TFLOP/s\n", gemm_ceiling);
     bench_prefill(w, gemm_ceiling, quick);
