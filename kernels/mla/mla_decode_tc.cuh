@@ -40,7 +40,7 @@
 // against the SM count, and a launch that does not fit has the last CTA merge alone. Tokens with
 // num_splits > 0 are merged by run_mla_combine.
 // Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
-// 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
+// 186 KiB (190,720 bytes), one CTA per SM; 205 registers, no spills.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -82,6 +82,15 @@ struct DecArgs {
   int all_resident;  // every CTA of the launch has an SM at once: a token's CTAs share its merge
 };
 
+// Split-merge tickets (acquire / release at GPU scope; no fence.sc on the merge's path).
+__device__ __forceinline__ int atom_add_acq_rel_gpu(int* p, int v) {
+  int old;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n"
+               : "=r"(old)
+               : "l"(p), "r"(v)
+               : "memory");
+  return old;
+}
 __device__ __forceinline__ int ld_acquire_gpu(const int* p) {
   int v;
   asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
@@ -91,14 +100,17 @@ __device__ __forceinline__ void st_release_gpu(int* p, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
+// (column, split) loads per thread in flight in the split merge.
+constexpr int kMergeBatch = 24;
+
 // The merge of token tok's nb split partials for heads h0 .. h0 + nh, share `slice` of R: the
 // work units are (head, 128 columns), unit i of the 4·nh in share i / ceil(4·nh / R). The 128
-// consumer threads (tid) first stage the shares' heads' (m, l) in shared memory and turn them into
-// weights e^{m_k − M} / Σ_k e^{m_k − M} l_k (one warp per head), then sum the weighted float4
-// columns of the partials: thread groups over the splits when the share has few columns, and
-// loads in batches of 16 (a thread's (column, split) pairs in order) so that a share costs about
-// two rounds of L2 latency whatever its shape. Every thread's sums run in a fixed order (the
-// result does not depend on which CTA merges). sm: 128 KB of free shared memory.
+// consumer threads (tid) take (float4 column, split) pairs: thread groups over the splits when the
+// share has few columns, else several columns per thread; the first kMergeBatch loads are issued
+// before the share's heads' (m, l) are staged in shared memory and turned into weights
+// e^{m_k − M} / Σ_k e^{m_k − M} l_k (one warp per head), so a share costs about two rounds of L2
+// latency. Every thread's sums run in a fixed order (the result does not depend on which CTA
+// merges). sm: 128 KB of free shared memory.
 __device__ __forceinline__ void merge_splits(const MlaAttnParams& p, int tok, int h0, int nh,
                                              int nb, int slice, int R, int tid,
                                              unsigned char* sm) {
@@ -111,6 +123,31 @@ __device__ __forceinline__ void merge_splits(const MlaAttnParams& p, int tok, in
   float* const wts = reinterpret_cast<float*>(sm);            // [nr][nb]: m, then the weights
   float* const ls = wts + kDecHeads * kMlaMergeMaxSplits;     // [nr][nb]
   float4* const acc = reinterpret_cast<float4*>(ls + kDecHeads * kMlaMergeMaxSplits);  // [J][128]
+  // Lanes x = float4 columns of the share (x / 32: unit, x % 32: column in the unit).
+  const int LT = 32 * (u1 - u0);
+  const int G = LT >= 128 ? 1 : 128 / LT;   // thread groups over the splits
+  const int TG = G == 1 ? 128 : LT;         // threads per group
+  const int grp = tid / TG, xi = tid % TG;
+  const int J = (LT + TG - 1) / TG;         // lanes per thread: xi + TG·j
+  const int nk = grp < G ? (nb - grp + G - 1) / G : 0;  // splits per thread: grp + G·q
+  const int n = J * nk;                     // the thread's pairs (j, q), q fastest
+  float4 v[kMergeBatch];
+  int jx[kMergeBatch], wi[kMergeBatch];  // lane slot (-1: none), weight index
+  auto load = [&](int p0) {
+#pragma unroll
+    for (int i = 0; i < kMergeBatch; ++i) {
+      const int pi = p0 + i, j = pi / max(nk, 1), k = grp + G * (pi - j * nk), x = xi + TG * j;
+      jx[i] = -1;
+      if (pi < n && x < LT) {
+        const int unit = u0 + x / 32, r = unit / 4, col = 128 * (unit % 4) + 4 * (x % 32);
+        v[i] = __ldcg(
+            reinterpret_cast<const float4*>(part + k * stride + r * kMlaPartialStride + col));
+        wi[i] = (r - r0) * nb + k;
+        jx[i] = j;
+      }
+    }
+  };
+  load(0);
   for (int i0 = 0; i0 < nr * nb; i0 += 4 * 128) {  // 4 (m, l) loads per thread in flight
     float m4[4], l4[4];
 #pragma unroll
@@ -144,39 +181,19 @@ __device__ __forceinline__ void merge_splits(const MlaAttnParams& p, int tok, in
     const float inv = den > 0.f ? 1.f / den : 0.f;
     for (int k = lane; k < nb; k += 32) w[k] = w[k] == -INFINITY ? 0.f : __expf(w[k] - M) * inv;
   }
-  bar_sync(1, 128);
-  // Lanes x = float4 columns of the share (x / 32: unit, x % 32: column in the unit).
-  const int LT = 32 * (u1 - u0);
-  const int G = LT >= 128 ? 1 : 128 / LT;   // thread groups over the splits
-  const int TG = G == 1 ? 128 : LT;         // threads per group
-  const int grp = tid / TG, xi = tid % TG;
-  const int J = (LT + TG - 1) / TG;         // lanes per thread: xi + TG·j
-  const int nk = grp < G ? (nb - grp + G - 1) / G : 0;  // splits per thread: grp + G·q
   for (int j = 0; j < J; ++j) acc[j * 128 + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int p0 = 0; p0 < J * nk; p0 += 16) {
-    float4 v[16];
-    float w[16];
-    int jx[16];
+  bar_sync(1, 128);
+  for (int p0 = 0; p0 < n; p0 += kMergeBatch) {
+    if (p0 > 0) load(p0);
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int pi = p0 + i, j = pi / max(nk, 1), k = grp + G * (pi - j * nk), x = xi + TG * j;
-      jx[i] = -1;
-      if (pi < J * nk && x < LT) {
-        const int unit = u0 + x / 32, r = unit / 4, col = 128 * (unit % 4) + 4 * (x % 32);
-        v[i] = __ldcg(
-            reinterpret_cast<const float4*>(part + k * stride + r * kMlaPartialStride + col));
-        w[i] = wts[(r - r0) * nb + k];
-        jx[i] = j;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < 16; ++i)
+    for (int i = 0; i < kMergeBatch; ++i)
       if (jx[i] >= 0) {
+        const float w = wts[wi[i]];
         float4& a = acc[jx[i] * 128 + tid];
-        a.x += w[i] * v[i].x;
-        a.y += w[i] * v[i].y;
-        a.z += w[i] * v[i].z;
-        a.w += w[i] * v[i].w;
+        a.x += w * v[i].x;
+        a.y += w * v[i].y;
+        a.z += w * v[i].z;
+        a.w += w * v[i].w;
       }
   }
   if (G > 1) bar_sync(1, 128);  // the groups' sums meet in group 0
@@ -494,25 +511,23 @@ __global__ void __launch_bounds__(kDecThreads, 1)
     }
   }
   if (nsplit > 0) return;  // run_mla_combine merges this token
-  // Merge here. Thread 0 reads the release flag, then takes a ticket (after a fence: the CTA's
-  // partial is in L2 first). The last CTA resets the count and raises the flag; with all CTAs
-  // resident, every CTA waits for the flag and merges share `ticket` of nb, else the last alone.
+  // Merge here. Thread 0 reads the release flag, then takes a ticket (acq_rel: the CTA's partial,
+  // written before the barrier, is released with it; the last CTA acquires everyone's). The last
+  // CTA resets the count and raises the flag (release); with all CTAs resident, every CTA waits
+  // for the flag (acquire) and merges share `ticket` of nb, else the last alone.
   const int nb = -nsplit;
   int* const tk = p.tickets + 2 * (int64_t(tok) * gridDim.y + blockIdx.y);  // count, flag
   int* const ticket = reinterpret_cast<int*>(red);
   bar_sync(1, 128);  // the CTA's partial rows are written
   if (tid == 0) {
     const int f0 = ld_acquire_gpu(tk + 1);
-    __threadfence();
-    const int t = atomicAdd(tk, 1);
-    __threadfence();
+    const int t = atom_add_acq_rel_gpu(tk, 1);
     if (t == nb - 1) {
       tk[0] = 0;
       st_release_gpu(tk + 1, f0 + 1);
     } else if (args.all_resident) {
       while (ld_acquire_gpu(tk + 1) == f0) {
       }
-      __threadfence();
     }
     *ticket = t;
   }
