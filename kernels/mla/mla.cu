@@ -25,17 +25,6 @@ namespace {
 int decode_ctas_per_item(int num_heads, bool tensor_cores) {
   return ceil_div(num_heads, tensor_cores ? kMlaDecHeadsPerCta : kMlaHeadsPerCta);
 }
-// Positions per split of a decode item of context L over at most ns splits on tensor cores: at
-// least kMlaDecodeMinSplit, whole cache blocks (the kernel's tiles).
-int decode_chunk(int L, int ns) {
-  return ceil_div(std::max(ceil_div(L, ns), kMlaDecodeMinSplit), kMlaBlock) * kMlaBlock;
-}
-// Whether the tensor-core decode kernel merges the splits of a launch of `slots` item slots
-// itself: its CTAs then wait for each other, so all of them must be resident at once (one CTA
-// per SM).
-bool merges_in_kernel(int64_t slots, int ns, int num_heads, int num_sms) {
-  return ns <= kMlaMergeMaxSplits && slots * decode_ctas_per_item(num_heads, true) <= num_sms;
-}
 }  // namespace
 
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int num_heads,
@@ -68,31 +57,9 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
           ceil_div(num_heads, tensor_cores ? kMlaTcHeadsPerCta : kMlaHeadsPerCta);
   if (base == 0 || base >= 2 * num_sms) return plan;
   const int want = int(ceil_div(2 * num_sms, int(base)));
-  if (tensor_cores && !plan.items1.empty()) {
-    // Decode items: a launch of their own, split as the decode plan splits them.
-    const int n1 = int(plan.items1.size());
-    const int ns = mla_decode_splits(n1, num_heads, num_sms, max_partials, true);
-    const bool in_kernel = merges_in_kernel(int64_t(n1) * ns, ns, num_heads, num_sms);
-    std::vector<MlaWorkItem> out;
-    for (const MlaWorkItem& it : plan.items1) {
-      const int L = it.kv_end, chunk = decode_chunk(L, ns), busy = ns > 1 ? ceil_div(L, chunk) : 1;
-      if (busy == 1) {
-        out.push_back(it);
-        continue;
-      }
-      plan.split_base[it.q_begin] = plan.num_partials;
-      plan.num_splits[it.q_begin] = in_kernel ? -busy : busy;
-      plan.num_partials += busy;
-      for (int k = 0; k < busy; ++k)
-        out.push_back(
-            {it.seq, it.q_begin, 1, it.q_pos0, k * chunk, std::min(L, (k + 1) * chunk), k});
-    }
-    plan.items1 = std::move(out);
-  }
-  // Splits start on whole tiles: a cache block for the tensor-core kernels, else kTile.
+  // Splits start on whole tiles: a cache block for the decode kernel (its tile), else kTile.
   const int align = tensor_cores ? kMlaBlock : mla::kTile;
   for (auto* list : {&plan.items1, &plan.items4}) {
-    if (tensor_cores && list == &plan.items1) continue;  // split above
     std::vector<MlaWorkItem> out;
     for (const MlaWorkItem& it : *list) {
       const int len = it.kv_end - it.kv_begin;
@@ -120,8 +87,6 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu, const int* ctx, int 
     }
     *list = std::move(out);
   }
-  plan.combine = std::any_of(plan.num_splits.begin(), plan.num_splits.end(),
-                             [](int ns) { return ns > 0; });
   return plan;
 }
 
@@ -155,9 +120,6 @@ MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, in
   // Fixed partial slots (ns per sequence) whatever the contexts: whether the combine runs is part
   // of the captured graph.
   if (ns > 1) plan.num_partials = num_seqs * ns;
-  const bool in_kernel =
-      tensor_cores && merges_in_kernel(int64_t(num_seqs) * ns, ns, num_heads, num_sms);
-  plan.combine = ns > 1 && !in_kernel;
   for (int s = 0; s < num_seqs; ++s) {
     const int L = ctx[s];
     KIMI_CHECK(L >= 1, "mla decode plan: sequence ", s, " has context ", L);
@@ -165,8 +127,10 @@ MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, in
       plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
       continue;
     }
-    const int chunk = tensor_cores ? decode_chunk(L, ns)
-                                   : ceil_div(ceil_div(L, ns), mla::kTile) * mla::kTile;
+    int chunk = ceil_div(L, ns);
+    if (tensor_cores) chunk = std::max(chunk, kMlaDecodeMinSplit);
+    const int align = tensor_cores ? kMlaBlock : mla::kTile;  // the kernel's tile
+    chunk = ceil_div(chunk, align) * align;
     const int busy = tensor_cores ? ceil_div(L, chunk) : ns;
     if (busy == 1) {  // one split: u directly, the other slots idle
       plan.items1.push_back({s, s, 1, L - 1, 0, L, -1});
@@ -174,7 +138,7 @@ MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* ctx, int num_heads, in
       continue;
     }
     plan.split_base[s] = s * ns;
-    plan.num_splits[s] = in_kernel ? -busy : busy;
+    plan.num_splits[s] = busy;
     for (int k = 0; k < ns; ++k) {
       const int b = std::min(L, k * chunk), e = std::min(L, (k + 1) * chunk);
       if (k < busy) plan.items1.push_back({s, s, 1, L - 1, b, e, k});
@@ -200,18 +164,11 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
-  KIMI_CHECK(p.tickets, "mla decode: tickets not set");
   mla::DecArgs a;
   a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
                           kMlaBlock);
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  // The CTAs of a split token share its merge only if they cannot wait on a CTA that has no SM
-  // yet (one CTA per SM); else its last CTA merges alone (plans avoid that: merges_in_kernel).
-  int dev = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  a.all_resident = int64_t(grid.x) * grid.y <= sms;
   launch_kernel(mla::mla_decode_kernel, grid, mla::kDecThreads,
                 LaunchOptions{mla::kDecSmem, true}, stream, a);
 }

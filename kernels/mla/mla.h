@@ -16,10 +16,8 @@
 // each cache row is read once (mla_decode_tc.cuh); prefill items (items4) run on tensor cores in
 // groups of 16 heads (a 64-row tile of 4 tokens × 16 heads, mla_tc.cuh). With
 // MlaAttnParams::tensor_cores false both run on CUDA cores in groups of 8 heads (mla.cuh, kept
-// for comparison). Split items write (unnormalised u, running max m, sum l) partials; the decode
-// kernel on tensor cores merges its splits itself when the launch fits in one wave (the last CTA
-// to finish releases the others, which then merge a share each), the rest run_mla_combine
-// merges; unsplit items write u directly.
+// for comparison). Split items write (unnormalised u, running max m, sum l) partials that
+// run_mla_combine merges; unsplit items write u directly.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -43,11 +41,9 @@ constexpr int kMlaDecHeadsPerCta = 32;  // tensor-core decode kernel (items1): a
 // u (512) | m | l | 2 unused (rows 16-byte aligned for the combine), fp32, per (partial, head).
 constexpr int kMlaPartialStride = kMlaLat + 4;
 // Fewest KV positions per split of a tensor-core decode item: a split costs H·2 KB of partials
-// (written, then read by the merge) and a pipeline ramp; shorter splits cost more than they
+// (written, then read by the combine) and a pipeline ramp; shorter splits cost more than they
 // gain in parallelism.
 constexpr int kMlaDecodeMinSplit = 128;
-// Most splits of a token the decode kernel merges itself (its shared memory stages their m, l).
-constexpr int kMlaMergeMaxSplits = 256;
 
 // ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
 struct MlaCacheWriteParams {
@@ -78,16 +74,12 @@ struct MlaAttnPlan {
   std::vector<MlaWorkItem> items1;  // single-query items (decode)
   std::vector<MlaWorkItem> items4;  // up to 4 queries per item (prefill)
   std::vector<int> split_base;      // [T] first partial slot of token t (−1: not split)
-  // [T] busy splits of token t: > 0 merged by run_mla_combine; < 0 (−count) merged by the
-  // tensor-core decode kernel itself (decode items of a one-wave launch); 0: not split.
-  std::vector<int> num_splits;
+  std::vector<int> num_splits;      // [T] partial slots of token t (0: not split)
   int num_partials = 0;
-  bool combine = false;  // some token's splits need run_mla_combine
 };
 // num_sms: multiprocessors to fill; max_partials: partial slots the workspace holds;
 // tensor_cores: the kernels that will run the items (MlaAttnParams::tensor_cores), which set how
-// many CTAs an item takes and so how far to split. Decode items on tensor cores split as the
-// decode plan does (mla_decode_splits over the decode items alone: they are a launch of their own).
+// many CTAs an item takes and so how far to split.
 // skip (optional, [S]): sequences marked non-zero get no items (they run the expanded prefill).
 MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* context_lens,
                                int num_heads, int num_sms, int max_partials, bool tensor_cores,
@@ -98,9 +90,8 @@ MlaAttnPlan make_mla_attn_plan(int num_seqs, const int* cu_seqlens, const int* c
 // KV ranges are recomputed every step from the contexts and uploaded with the step's metadata.
 // Tensor cores: splits of at least kMlaDecodeMinSplit positions; slots past the last split of a
 // short context are idle (nq = 0) and num_splits[s] counts the busy ones (0: one split, u
-// written directly), negative when the launch (S · splits · CTAs per item) fits in one wave of
-// num_sms: the kernel then merges them (no combine launch). CUDA cores: every slot busy, splits
-// past a short context empty (merged with zero weight).
+// written directly). CUDA cores: every slot busy, splits past a short context empty (merged with
+// zero weight).
 MlaAttnPlan make_mla_decode_plan(int num_seqs, const int* context_lens, int num_heads, int num_sms,
                                  int max_partials, bool tensor_cores);
 int mla_decode_splits(int num_seqs, int num_heads, int num_sms, int max_partials,
@@ -124,11 +115,7 @@ struct MlaAttnParams {
   int num_items = 0;
   const int* split_base = nullptr;    // [T] device copy of plan.split_base
   const int* num_splits = nullptr;    // [T]
-  float* partials = nullptr;          // [num_partials, H, 516]
-  // [T, ceil(H / 32), 2] ints, zeroed once before the first launch: per (token, 32 heads) the
-  // decode kernel's arrival count (left at zero by every launch, so graph replays reuse it) and
-  // release flag. Needed by the tensor-core decode kernel.
-  int* tickets = nullptr;
+  float* partials = nullptr;          // [num_partials, H, 514]
   bf16* u = nullptr;                  // [T, H, 512]
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
@@ -140,12 +127,8 @@ void mla_prepare();
 // queries_per_item: 1 for items1, 4 for items4 (tensor cores unless p.tensor_cores is false).
 // Items with nq = 0 are skipped.
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
-// Merges split partials into u for every token with num_splits > 0 (run it when plan.combine).
+// Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
-// Ints of MlaAttnParams::tickets for num_tokens tokens of num_heads heads.
-inline size_t mla_ticket_ints(int num_tokens, int num_heads) {
-  return size_t(num_tokens) * ((num_heads + kMlaDecHeadsPerCta - 1) / kMlaDecHeadsPerCta) * 2;
-}
 
 // ---- Expanded prefill (mla_prefill.cuh): per-head K/V, flash attention on wgmma + TMA. ----
 // Long prefills run MLA as plain multi-head attention (as vLLM's prefill does): per head

@@ -30,17 +30,9 @@
 //      heads as its S columns: α never leaves the thread); issue Oᵀ, wait, release the slot.
 // l is kept as per-lane partial sums (reduced once at the end). At the end Oᵀ goes through
 // shared memory (the ring, free by then) so u (bf16, O/l) or the partial (O, m, l; m in natural
-// units) is written in whole rows.
-// Split merge (num_splits[t] < 0: the plan made the launch one wave): after its partial, a CTA
-// takes a ticket on its (token, 32 heads); the last to arrive resets the count and raises a flag
-// that the others wait on, then each of the nb CTAs merges a 1/nb share of the (head, 128
-// columns) units from the partials in L2 and writes those columns of u: no combine launch, and
-// the merge costs a few L2 round trips spread over nb SMs. The wait is safe only with every CTA
-// resident at once (a CTA never waits on one that has no SM); the launcher checks the grid
-// against the SM count, and a launch that does not fit has the last CTA merge alone. Tokens with
-// num_splits > 0 are merged by run_mla_combine.
+// units as the combine expects) is written in whole rows.
 // Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
-// 186 KiB (190,720 bytes), one CTA per SM; 205 registers, no spills.
+// 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -70,150 +62,13 @@ constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
 static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
-// The merge's staging over the ring: (m, l) of up to 32 heads × kMlaMergeMaxSplits, then up to
-// 32 float4 sums per thread.
-static_assert(2 * kDecHeads * kMlaMergeMaxSplits * 4 + 32 * 128 * 16 <= kDecStages * kDecTileBytes);
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
 // [64 rows][64 channels]).
 struct DecArgs {
   CUtensorMap cache;
   MlaAttnParams p;
-  int all_resident;  // every CTA of the launch has an SM at once: a token's CTAs share its merge
 };
-
-// Split-merge tickets (acquire / release at GPU scope; no fence.sc on the merge's path).
-__device__ __forceinline__ int atom_add_acq_rel_gpu(int* p, int v) {
-  int old;
-  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], %2;\n"
-               : "=r"(old)
-               : "l"(p), "r"(v)
-               : "memory");
-  return old;
-}
-__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
-  int v;
-  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_gpu(int* p, int v) {
-  asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
-}
-
-// (column, split) loads per thread in flight in the split merge.
-constexpr int kMergeBatch = 24;
-
-// The merge of token tok's nb split partials for heads h0 .. h0 + nh, share `slice` of R: the
-// work units are (head, 128 columns), unit i of the 4·nh in share i / ceil(4·nh / R). The 128
-// consumer threads (tid) take (float4 column, split) pairs: thread groups over the splits when the
-// share has few columns, else several columns per thread; the first kMergeBatch loads are issued
-// before the share's heads' (m, l) are staged in shared memory and turned into weights
-// e^{m_k − M} / Σ_k e^{m_k − M} l_k (one warp per head), so a share costs about two rounds of L2
-// latency. Every thread's sums run in a fixed order (the result does not depend on which CTA
-// merges). sm: 128 KB of free shared memory.
-__device__ __forceinline__ void merge_splits(const MlaAttnParams& p, int tok, int h0, int nh,
-                                             int nb, int slice, int R, int tid,
-                                             unsigned char* sm) {
-  const int H = p.num_heads, units = 4 * nh, U = (units + R - 1) / R;
-  const int u0 = slice * U, u1 = min(units, u0 + U);
-  if (u0 >= u1) return;  // uniform over the CTA
-  const int r0 = u0 / 4, nr = (u1 - 1) / 4 + 1 - r0;  // heads h0 + r0 .. + nr
-  const int64_t stride = int64_t(H) * kMlaPartialStride;  // between splits
-  const float* const part = p.partials + (int64_t(p.split_base[tok]) * H + h0) * kMlaPartialStride;
-  float* const wts = reinterpret_cast<float*>(sm);            // [nr][nb]: m, then the weights
-  float* const ls = wts + kDecHeads * kMlaMergeMaxSplits;     // [nr][nb]
-  float4* const acc = reinterpret_cast<float4*>(ls + kDecHeads * kMlaMergeMaxSplits);  // [J][128]
-  // Lanes x = float4 columns of the share (x / 32: unit, x % 32: column in the unit).
-  const int LT = 32 * (u1 - u0);
-  const int G = LT >= 128 ? 1 : 128 / LT;   // thread groups over the splits
-  const int TG = G == 1 ? 128 : LT;         // threads per group
-  const int grp = tid / TG, xi = tid % TG;
-  const int J = (LT + TG - 1) / TG;         // lanes per thread: xi + TG·j
-  const int nk = grp < G ? (nb - grp + G - 1) / G : 0;  // splits per thread: grp + G·q
-  const int n = J * nk;                     // the thread's pairs (j, q), q fastest
-  float4 v[kMergeBatch];
-  int jx[kMergeBatch], wi[kMergeBatch];  // lane slot (-1: none), weight index
-  auto load = [&](int p0) {
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i) {
-      const int pi = p0 + i, j = pi / max(nk, 1), k = grp + G * (pi - j * nk), x = xi + TG * j;
-      jx[i] = -1;
-      if (pi < n && x < LT) {
-        const int unit = u0 + x / 32, r = unit / 4, col = 128 * (unit % 4) + 4 * (x % 32);
-        v[i] = __ldcg(
-            reinterpret_cast<const float4*>(part + k * stride + r * kMlaPartialStride + col));
-        wi[i] = (r - r0) * nb + k;
-        jx[i] = j;
-      }
-    }
-  };
-  load(0);
-  for (int i0 = 0; i0 < nr * nb; i0 += 4 * 128) {  // 4 (m, l) loads per thread in flight
-    float m4[4], l4[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int i = i0 + tid + 128 * q;
-      if (i < nr * nb) {
-        const float* P = part + (i % nb) * stride + (r0 + i / nb) * kMlaPartialStride + kMlaLat;
-        m4[q] = __ldcg(P);
-        l4[q] = __ldcg(P + 1);
-      }
-    }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int i = i0 + tid + 128 * q;
-      if (i < nr * nb) wts[i] = m4[q], ls[i] = l4[q];
-    }
-  }
-  bar_sync(1, 128);
-  const int warp = tid / 32, lane = tid % 32;
-  for (int r = warp; r < nr; r += 4) {
-    float* const w = wts + r * nb;
-    float M = -INFINITY;
-    for (int k = lane; k < nb; k += 32) M = fmaxf(M, w[k]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-    float den = 0.f;
-    for (int k = lane; k < nb; k += 32)
-      den += (w[k] == -INFINITY ? 0.f : __expf(w[k] - M)) * ls[r * nb + k];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) den += __shfl_xor_sync(0xffffffffu, den, o);
-    const float inv = den > 0.f ? 1.f / den : 0.f;
-    for (int k = lane; k < nb; k += 32) w[k] = w[k] == -INFINITY ? 0.f : __expf(w[k] - M) * inv;
-  }
-  for (int j = 0; j < J; ++j) acc[j * 128 + tid] = make_float4(0.f, 0.f, 0.f, 0.f);
-  bar_sync(1, 128);
-  for (int p0 = 0; p0 < n; p0 += kMergeBatch) {
-    if (p0 > 0) load(p0);
-#pragma unroll
-    for (int i = 0; i < kMergeBatch; ++i)
-      if (jx[i] >= 0) {
-        const float w = wts[wi[i]];
-        float4& a = acc[jx[i] * 128 + tid];
-        a.x += w * v[i].x;
-        a.y += w * v[i].y;
-        a.z += w * v[i].z;
-        a.w += w * v[i].w;
-      }
-  }
-  if (G > 1) bar_sync(1, 128);  // the groups' sums meet in group 0
-  if (grp > 0) return;
-  for (int j = 0; j < J; ++j) {
-    const int x = xi + TG * j;
-    if (x >= LT) break;
-    float4 a = acc[j * 128 + tid];
-    for (int g = 1; g < G; ++g) {
-      const float4 b = acc[tid + g * TG];
-      a.x += b.x;
-      a.y += b.y;
-      a.z += b.z;
-      a.w += b.w;
-    }
-    const int unit = u0 + x / 32, r = unit / 4, col = 128 * (unit % 4) + 4 * (x % 32);
-    *reinterpret_cast<uint2*>(p.u + (int64_t(tok) * H + h0 + r) * kMlaLat + col) =
-        make_uint2(pack_bf16x2(a.x, a.y), pack_bf16x2(a.z, a.w));
-  }
-}
 
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
@@ -256,7 +111,6 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   const int blk0 = it.kv_begin / kDecKeys;           // the first tile's cache block index
   const int ntiles = kv_hi > it.kv_begin ? (kv_hi - 1) / kDecKeys - blk0 + 1 : 0;
   const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
-  const int nsplit = it.split >= 0 ? p.num_splits[it.q_begin] : 0;  // < 0: merged here
   __syncthreads();  // the barriers are initialised
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
@@ -498,42 +352,18 @@ __global__ void __launch_bounds__(kDecThreads, 1)
       *reinterpret_cast<uint2*>(u + r * kMlaLat) =
           make_uint2(pack_bf16x2(v.x * inv, v.y * inv), pack_bf16x2(v.z * inv, v.w * inv));
     }
-    return;
-  }
-  float* const P =
-      p.partials + (int64_t(p.split_base[tok] + it.split) * H + h0) * kMlaPartialStride;
-  for (int r = 0; r < nh; ++r) {
-    *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
-        *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
-    if (tid == 0) {
-      P[r * kMlaPartialStride + kMlaLat] = ml[r];
-      P[r * kMlaPartialStride + kMlaLat + 1] = ml[kDecHeads + r];
-    }
-  }
-  if (nsplit > 0) return;  // run_mla_combine merges this token
-  // Merge here. Thread 0 reads the release flag, then takes a ticket (acq_rel: the CTA's partial,
-  // written before the barrier, is released with it; the last CTA acquires everyone's). The last
-  // CTA resets the count and raises the flag (release); with all CTAs resident, every CTA waits
-  // for the flag (acquire) and merges share `ticket` of nb, else the last alone.
-  const int nb = -nsplit;
-  int* const tk = p.tickets + 2 * (int64_t(tok) * gridDim.y + blockIdx.y);  // count, flag
-  int* const ticket = reinterpret_cast<int*>(red);
-  bar_sync(1, 128);  // the CTA's partial rows are written
-  if (tid == 0) {
-    const int f0 = ld_acquire_gpu(tk + 1);
-    const int t = atom_add_acq_rel_gpu(tk, 1);
-    if (t == nb - 1) {
-      tk[0] = 0;
-      st_release_gpu(tk + 1, f0 + 1);
-    } else if (args.all_resident) {
-      while (ld_acquire_gpu(tk + 1) == f0) {
+  } else {
+    float* const P =
+        p.partials + (int64_t(p.split_base[tok] + it.split) * H + h0) * kMlaPartialStride;
+    for (int r = 0; r < nh; ++r) {
+      *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
+          *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
+      if (tid == 0) {
+        P[r * kMlaPartialStride + kMlaLat] = ml[r];
+        P[r * kMlaPartialStride + kMlaLat + 1] = ml[kDecHeads + r];
       }
     }
-    *ticket = t;
   }
-  bar_sync(1, 128);
-  const int R = args.all_resident ? nb : 1, slice = *ticket - (nb - R);
-  if (slice >= 0) merge_splits(p, tok, h0, nh, nb, slice, R, tid, sm + kDecOffRing);
 }
 
 }  // namespace kimi::cuda::mla

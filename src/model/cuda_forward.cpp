@@ -44,8 +44,7 @@ struct StepMeta {
   int T = 0, S = 0, R = 0, mb = 0;
   int *tokens, *cu, *ctx, *slots, *tables, *rows, *split_base, *num_splits;
   const cuda::MlaWorkItem *items1, *items4;
-  int n1 = 0, n4 = 0;
-  bool combine = false;  // the MLA plan needs run_mla_combine
+  int n1 = 0, n4 = 0, num_partials = 0;
   // Expanded MLA prefill of the long prefills (host plan; its segments and items on the device).
   const cuda::MlaPrefillPlan* prefill = nullptr;
   const cuda::MlaPrefillSeg* pf_segs = nullptr;
@@ -224,8 +223,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
 }
 
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
-// cache (split merges in the decode kernel or a combine launch), W_UV GEMM into attn (rows of
-// expanded sequences are overwritten after).
+// cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
 void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s) {
   const int T = s.T, H = m.cfg.num_attention_heads;
   auto& A = m.act;
@@ -261,7 +259,6 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, 
   ap.split_base = s.split_base;
   ap.num_splits = s.num_splits;
   ap.partials = A.partials;
-  ap.tickets = A.mla_tickets;
   ap.u = A.u;
   ap.tensor_cores = m.mla_tensor_cores;
   ap.items = s.items1;
@@ -270,7 +267,7 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, 
   ap.items = s.items4;
   ap.num_items = s.n4;
   cuda::run_mla_attention(ap, 4, m.stream);
-  if (s.combine) cuda::run_mla_combine(ap, m.stream);
+  if (s.num_partials > 0) cuda::run_mla_combine(ap, m.stream);
   {  // attn[t, h] = W_UV(h) u[t, h]: per head [T,512] · [128,512]ᵀ
     GemmArgs ga;
     ga.M = T;
@@ -757,7 +754,7 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
       put(reinterpret_cast<const int*>(plan.items4.data()), 7 * plan.items4.size()));
   sm.n1 = int(plan.items1.size());
   sm.n4 = int(plan.items4.size());
-  sm.combine = plan.combine;
+  sm.num_partials = plan.num_partials;
   sm.prefill = &prefill;
   sm.pf_segs = reinterpret_cast<const cuda::MlaPrefillSeg*>(
       put(reinterpret_cast<const int*>(prefill.segs.data()), 4 * prefill.segs.size()));

@@ -124,7 +124,6 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     act.u = c.take<bf16>(T * Hm * kMlaLatentDim);
     act.attn = c.take<bf16>(T * Hm * kMlaVDim);
     act.partials = c.take<float>(size_t(max_partials) * Hm * cuda::kMlaPartialStride);
-    act.mla_tickets = c.take<int>(cuda::mla_ticket_ints(T, int(Hm)));
     act.mla_ws = c.take<uint8_t>(cuda::mla_prefill_workspace_bytes(mla_piece, int(Hm)));
     // The expanded prefill runs after the absorbed path's last read of u (the W_UV GEMM).
     static_assert(cuda::kMlaStateStride * sizeof(float) <= kMlaLatentDim * sizeof(bf16),
@@ -349,9 +348,6 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   Carver ac2{m.arena_buf.data()};
   m.layout_arena(ac2);
   if (m.act.route_ticket) CUDA_CHECK(cudaMemset(m.act.route_ticket, 0, sizeof(int)));
-  if (m.cfg.num_mla_layers() > 0)
-    CUDA_CHECK(cudaMemset(m.act.mla_tickets, 0,
-                          cuda::mla_ticket_ints(m.Tm, m.cfg.num_attention_heads) * sizeof(int)));
   cuda::mla_prepare();
   cuda::mla_prefill_prepare();
   if (ckpt) m.load_weights(*ckpt);

@@ -138,7 +138,6 @@ struct CudaModel::Impl {
     size_t kda_ws_bytes;
     bf16 *mq, *q_abs, *u, *attn;  // MLA
     float *latent, *partials;
-    int* mla_tickets;             // the decode kernel's split merges (zeroed once)
     void* mla_ws;                 // expanded prefill: one round's gathered latents and K/V
     float* mla_state;             // [Tm, H, 130] its (o, m, l) across rounds: aliases u
     float* gu;                    // dense MLP / shared expert: gate | up, fp32

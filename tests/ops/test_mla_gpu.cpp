@@ -1,11 +1,9 @@
 // MLA GPU kernels against the CPU reference (src/ops/cpu/mla.h): the latent cache write (RMSNorm
 // of ĉ + paged bf16 store) and the absorbed attention chain (q_abs GEMM → paged attention with
-// split-KV → split merge (in the decode kernel, or the combine) → W_UV GEMM) on mixed
-// prefill/decode batches with scattered block tables and on decode batches through the CUDA-graph
-// decode plan; both kernel families (tensor cores: the decode and prefill kernels; CUDA cores)
-// run, the tensor-core chain is checked against the CPU, the two families' u against each other,
-// and a second tensor-core launch on the same tickets (a graph replay) must repeat the first's u
-// bit for bit and leave the tickets' counts at zero.
+// split-KV → combine → W_UV GEMM) on mixed prefill/decode batches with scattered block tables and
+// on decode batches through the CUDA-graph decode plan; both kernel families (tensor cores: the
+// decode and prefill kernels; CUDA cores) run, the tensor-core chain is checked against the CPU
+// and the two families' u against each other.
 // Tolerance: bf16 cache/q/q_abs/u roundings give ~2.5e-3 relative (measured, H200; the
 // tensor-core kernels also round P to bf16, ~1e-3 more); we allow 1e-2 relative RMS and 0.1
 // max-abs.
@@ -58,21 +56,12 @@ PagedBatch make_batch(std::mt19937& rng, const std::vector<Seq>& seqs) {
 
 using cuda::bf16;
 
-int device_sms() {
-  cudaDeviceProp prop{};
-  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  return prop.multiProcessorCount;
-}
-
 // kEager: make_mla_attn_plan (mixed prefill/decode steps); kDecode: make_mla_decode_plan (the
 // fixed-shape plan of CUDA-graph decode steps; every sequence has one new token).
 enum class PlanKind { kEager, kDecode };
 
-// plan_sms: SMs the plans are made for (0: the device's). Twice the device's makes the decode
-// plan merge in the kernel a launch that does not fit in one wave: the kernel's fallback (its last
-// CTA merges alone) runs.
 void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
-               PlanKind kind = PlanKind::kEager, int plan_sms = 0) {
+               PlanKind kind = PlanKind::kEager) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -95,24 +84,26 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   cp.scale = 1.f / std::sqrt(192.f), cp.out = ref.data();
   cpu::mla_attention_absorbed(cp);
 
-  const int max_partials = 8 * device_sms();
-  const int sms = plan_sms > 0 ? plan_sms : device_sms();
+  cudaDeviceProp prop{};
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const int max_partials = 8 * prop.multiProcessorCount;
   if (kind == PlanKind::kDecode) KIMI_CHECK(T == S, "decode plans take one new token per sequence");
   // Each kernel family gets the plan made for it (the split counts differ).
   auto make_plan = [&](bool tc) {
     return kind == PlanKind::kDecode
-               ? cuda::make_mla_decode_plan(S, b.ctx.data(), H, sms, max_partials, tc)
-               : cuda::make_mla_attn_plan(S, b.cu.data(), b.ctx.data(), H, sms, max_partials, tc);
+               ? cuda::make_mla_decode_plan(S, b.ctx.data(), H, prop.multiProcessorCount,
+                                            max_partials, tc)
+               : cuda::make_mla_attn_plan(S, b.cu.data(), b.ctx.data(), H,
+                                          prop.multiProcessorCount, max_partials, tc);
   };
   GuardedBuffer<uint16_t> dcache(cache_n), dq(q.size()), dkvb(kv_b.size());
   GuardedBuffer<uint16_t> dqabs(size_t(T) * H * 512), du(size_t(T) * H * 512), dout(ref.size());
-  GuardedBuffer<int> dtab(b.tables.size()), dsb(T), dns(T), dtk(cuda::mla_ticket_ints(T, H));
+  GuardedBuffer<int> dtab(b.tables.size()), dsb(T), dns(T);
   GuardedBuffer<float> dpart(std::max<size_t>(1, size_t(max_partials) * H * cuda::kMlaPartialStride));
   dcache.upload(cache);
   dq.upload(q);
   dkvb.upload(kv_b);
   dtab.upload(b.tables);
-  dtk.upload(std::vector<int>(dtk.size(), 0));
   auto as_ints = [](const std::vector<cuda::MlaWorkItem>& v) {
     std::vector<int> o(7 * v.size());
     std::memcpy(o.data(), v.data(), o.size() * 4);
@@ -135,14 +126,14 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   ap.num_blocks = b.num_blocks;
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
-  ap.tickets = dtk.data(), ap.u = reinterpret_cast<bf16*>(du.data());
+  ap.u = reinterpret_cast<bf16*>(du.data());
   // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
-  // comparison) first, then tensor cores twice (the second launch reuses the tickets as a graph
-  // replay does); the tensor-core u feeds the W_UV GEMM and is checked against the CPU.
-  constexpr int num_paths = 3;
+  // comparison) first, then tensor cores; the tensor-core u feeds the W_UV GEMM and is checked
+  // against the CPU.
+  constexpr int num_paths = 2;
   std::vector<uint16_t> u_path[num_paths];
   std::string plan_desc;
-  const char* path_name[num_paths] = {"CUDA cores", "tensor cores", "tensor cores again"};
+  const char* path_name[num_paths] = {"CUDA cores", "tensor cores"};
   cuda::GemmArgs g2;
   g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
   g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
@@ -166,27 +157,17 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     ap.items = reinterpret_cast<const cuda::MlaWorkItem*>(di4.data());
     ap.num_items = int(plan.items4.size());
     cuda::run_mla_attention(ap, 4, nullptr);
-    if (plan.combine) cuda::run_mla_combine(ap, nullptr);
+    if (plan.num_partials > 0) cuda::run_mla_combine(ap, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     u_path[path] = du.to_host();
-    if (path < 2) {
-      int max_splits = 0, merged = 0;
-      for (int ns : plan.num_splits) max_splits = std::max(max_splits, std::abs(ns));
-      for (int ns : plan.num_splits) merged += ns < 0;
+    {
+      int max_splits = 0;
+      for (int ns : plan.num_splits) max_splits = std::max(max_splits, ns);
       plan_desc += str(tc ? " tc" : " cc", " items ", plan.items1.size(), "+", plan.items4.size(),
-                       " partials ", plan.num_partials, " max splits ", max_splits,
-                       " merged in kernel ", merged, plan.combine ? " combine" : "");
+                       " partials ", plan.num_partials, " max splits ", max_splits);
     }
     EXPECT_TRUE(di1.guards_intact() && di4.guards_intact());
     if (!tc) continue;
-    {  // every launch leaves the arrival counts at zero
-      const std::vector<int> tk = dtk.to_host();
-      for (size_t i = 0; i < tk.size(); i += 2) ASSERT_EQ(tk[i], 0) << "ticket count " << i / 2;
-    }
-    if (path == 2) {
-      EXPECT_TRUE(u_path[2] == u_path[1]) << "the replayed launch changed u";
-      continue;
-    }
     dout.poison();
     gemm.run(g2, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
@@ -201,8 +182,7 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
                  u_tc.size(), 1e-2, 0.05);
   }
   EXPECT_TRUE(dout.guards_intact() && du.guards_intact() && dqabs.guards_intact() &&
-              dpart.guards_intact() && dsb.guards_intact() && dns.guards_intact() &&
-              dtk.guards_intact());
+              dpart.guards_intact() && dsb.guards_intact() && dns.guards_intact());
   // The cache is read-only here.
   EXPECT_EQ(dcache.to_host(), cache);
 }
@@ -267,24 +247,12 @@ TEST(MlaGpu, DecodeTensorCores) {
     run_chain(b64, H, seed++, PlanKind::kDecode);
   }
   // Batch 1 on 132 SMs with every split slot busy (129 splits of 128 positions, the last 116), 105 of
-  // 129 busy (splits of 192), and an eager plan of 70000 positions (129 splits, merged in the
-  // kernel, beside a prefill item whose splits the combine merges).
+  // 129 busy (splits of 192), and an eager plan with 219 splits of one token.
   run_chain({{1, 16500}}, 32, seed++, PlanKind::kDecode);
   run_chain({{1, 20000}}, 32, seed++, PlanKind::kDecode);
   run_chain({{1, 70000}}, 4, seed++, PlanKind::kEager);
-  run_chain({{1, 70000}, {3, 2000}}, 32, seed++, PlanKind::kEager);
   // More heads than one CTA takes (two CTAs of 32 heads per item).
   run_chain({{1, 3000}, {1, 5}}, 40, seed++, PlanKind::kDecode);
-  // Odd contexts and split counts merged in the kernel: 5 sequences (26 slots each), 2 (66 each:
-  // one context short enough for one split), 64 with one of two splits busy in some.
-  run_chain({{1, 2047}, {1, 3001}, {1, 129}, {1, 777}, {1, 10007}}, 32, seed++, PlanKind::kDecode);
-  run_chain({{1, 50001}, {1, 100}}, 16, seed++, PlanKind::kDecode);
-  std::vector<Seq> b64;
-  for (int s = 0; s < 64; ++s) b64.push_back({1, 129 + 97 * s});
-  run_chain(b64, 32, seed++, PlanKind::kDecode);
-  // Plans made for twice the SMs: merges in the kernel in a launch of two waves (the last CTA of a
-  // token merges alone).
-  run_chain({{1, 40000}, {1, 30001}}, 32, seed++, PlanKind::kDecode, 2 * device_sms());
 #endif
 }
 
@@ -337,8 +305,7 @@ namespace {
 
 #if KIMI_HAVE_CUDA
 // The host plan covers every (query token, key position <= its position) exactly once, and
-// splits only where the GPU would otherwise idle; on tensor cores the decode kernel merges its
-// tokens' splits itself only when its launch fits in one wave, the combine merges the rest.
+// splits only where the GPU would otherwise idle.
 TEST(MlaPlan, CoversEveryCausalPairOnce) {
   std::mt19937 rng(12);
   for (int trial = 0; trial < 50; ++trial) {
@@ -358,25 +325,15 @@ TEST(MlaPlan, CoversEveryCausalPairOnce) {
     for (int s = 0; s < S; ++s)
       for (int t = cu[s]; t < cu[s + 1]; ++t) seen[t].assign(ctx[s] - (cu[s + 1] - t) + 1, 0);
     EXPECT_LE(plan.num_partials, 1056);
-    EXPECT_EQ(plan.combine, std::any_of(plan.num_splits.begin(), plan.num_splits.end(),
-                                        [](int ns) { return ns > 0; }));
     for (auto* list : {&plan.items1, &plan.items4})
       for (const auto& it : *list) {
         ASSERT_GE(it.nq, 1);
         ASSERT_LE(it.nq, list == &plan.items1 ? 1 : 4);
         for (int i = 0; i < it.nq; ++i) {
           const int t = it.q_begin + i;
-          EXPECT_EQ(it.split >= 0, plan.num_splits[t] != 0);
+          EXPECT_EQ(it.split >= 0, plan.num_splits[t] > 0);
           if (it.split >= 0) {
-            EXPECT_LT(it.split, std::abs(plan.num_splits[t]));
-            // Merged in the kernel: decode items on tensor cores, in a launch of one wave.
-            if (plan.num_splits[t] < 0) {
-              EXPECT_TRUE(trial % 2 == 0 && list == &plan.items1);
-              EXPECT_LE(plan.items1.size(), 132u);
-            }
-            if (trial % 2 == 0 && list == &plan.items1 && plan.items1.size() <= 132) {
-              EXPECT_LT(plan.num_splits[t], 0);
-            }
+            EXPECT_LT(it.split, plan.num_splits[t]);
           }
           for (int j = it.kv_begin; j < it.kv_end; ++j)
             if (j <= it.q_pos0 + i) ++seen[t].at(j);
@@ -421,30 +378,23 @@ TEST(MlaPlan, DecodePlanFixedShapeCoversContext) {
             continue;
           }
           ASSERT_EQ(it.nq, 1);
-          EXPECT_EQ(it.split >= 0, nsplit != 0) << what;
+          EXPECT_EQ(it.split >= 0, nsplit > 0) << what;
           if (it.split >= 0) {
-            EXPECT_LT(it.split, std::abs(nsplit));
+            EXPECT_LT(it.split, nsplit);
             EXPECT_LT(plan.split_base[it.seq] + it.split, plan.num_partials);
           }
-          if (tc && nsplit != 0) {
+          if (tc && nsplit > 0) {
             EXPECT_GE(it.kv_end - it.kv_begin, 1);
           }
           for (int j = it.kv_begin; j < it.kv_end; ++j) ++seen[it.seq].at(j);
         }
-        // Tensor cores merge in the kernel when the launch (one CTA per 32 heads) fits 132 SMs.
-        const bool in_kernel = tc && ns > 1 && int64_t(S) * ns * ((H + 31) / 32) <= 132;
-        EXPECT_EQ(plan.combine, ns > 1 && !in_kernel) << what;
         for (int s = 0; s < S; ++s) {
           if (!tc) {
             EXPECT_EQ(plan.num_splits[s], ns > 1 ? ns : 0);
           }
-          if (plan.num_splits[s] != 0) {
-            EXPECT_EQ(plan.num_splits[s] < 0, in_kernel) << what;
-          }
-          if (tc && plan.num_splits[s] != 0) {
+          if (tc && plan.num_splits[s] > 0) {
             // Splits of at least kMlaDecodeMinSplit positions (but the last).
-            EXPECT_LE(std::abs(plan.num_splits[s]),
-                      (ctx[s] + cuda::kMlaDecodeMinSplit - 1) / cuda::kMlaDecodeMinSplit);
+            EXPECT_LE(plan.num_splits[s], (ctx[s] + cuda::kMlaDecodeMinSplit - 1) / cuda::kMlaDecodeMinSplit);
           }
           for (int j = 0; j < ctx[s]; ++j) ASSERT_EQ(seen[s][j], 1) << what << " seq " << s << " key " << j;
         }
@@ -466,8 +416,7 @@ TEST(MlaPlan, DecodeSplitCounts) {
   const int ns = cuda::mla_decode_splits(1, 32, 132, 1056, true);
   const int L = 1 << 20;
   cuda::MlaAttnPlan plan = cuda::make_mla_decode_plan(1, &L, 32, 132, 1056, true);
-  EXPECT_GE(-plan.num_splits[0], ns - 1);  // merged in the kernel: one wave
-  EXPECT_FALSE(plan.combine);
+  EXPECT_GE(plan.num_splits[0], ns - 1);
   for (const auto& it : plan.items1) {
     EXPECT_LE(it.kv_end - it.kv_begin, (L + ns - 1) / ns + cuda::kMlaBlock);
     EXPECT_EQ(it.kv_begin % cuda::kMlaBlock, 0);
@@ -475,16 +424,7 @@ TEST(MlaPlan, DecodeSplitCounts) {
   // At 4k, batch 1: splits of kMlaDecodeMinSplit positions, the rest of the slots idle.
   const int L4 = 4096;
   plan = cuda::make_mla_decode_plan(1, &L4, 32, 132, 1056, true);
-  EXPECT_EQ(plan.num_splits[0], -4096 / cuda::kMlaDecodeMinSplit);
-  // Batch 64: two splits per sequence, 128 CTAs, merged in the kernel; batch 40: 13 splits in
-  // several waves, merged by the combine.
-  std::vector<int> c64(64, 4096);
-  plan = cuda::make_mla_decode_plan(64, c64.data(), 32, 132, 1056, true);
-  EXPECT_EQ(plan.num_splits[63], -2);
-  EXPECT_FALSE(plan.combine);
-  plan = cuda::make_mla_decode_plan(40, c64.data(), 32, 132, 1056, true);
-  EXPECT_GT(plan.num_splits[0], 1);
-  EXPECT_TRUE(plan.combine);
+  EXPECT_EQ(plan.num_splits[0], 4096 / cuda::kMlaDecodeMinSplit);
 }
 #endif
 
