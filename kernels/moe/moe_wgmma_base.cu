@@ -1,0 +1,55 @@
+// Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
+// Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
+#include <cstdint>
+
+#include "common.h"
+#include "moe/moe_wgmma_base.cuh"
+#include "tensor_map.h"
+
+namespace kimi::cuda::moe_base {
+
+namespace {
+
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
+void launch(const MoeGemmParams& p, cudaStream_t stream) {
+  using Shape = WgmmaShape<BN, STAGES>;
+  const int64_t rows = int64_t(p.num_tokens) * p.top_k;
+  MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
+  const int N = SWIGLU ? p.inter : p.hidden;
+  const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
+  const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
+  KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
+  WgmmaArgs a;
+  a.p = p, a.v = v, a.col_blocks = col_blocks;
+  const int Kd = SWIGLU ? p.hidden : p.inter;
+  const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
+  a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
+  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+  kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(a);
+  KIMI_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+// TEMPORARY (session 7 A/B): the kernel as of 4d2536a, default tile, for bench_moe only.
+void launch_moe_wgmma_base(const MoeGemmParams& p, bool swiglu, cudaStream_t stream) {
+  KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,
+             ", got ", p.block_m);
+  for (const void* ptr : {static_cast<const void*>(p.x), static_cast<const void*>(p.w13),
+                          static_cast<const void*>(p.w2), static_cast<const void*>(p.act),
+                          static_cast<const void*>(p.y), static_cast<const void*>(p.x_lo),
+                          static_cast<const void*>(p.act_lo)})
+    KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
+               "moe wgmma: x, w13, w2, act, y and the lo planes must be 16-byte aligned");
+  if (swiglu) {
+    if (p.split()) launch<256, 4, true, true>(p, stream);
+    else launch<256, 4, true, false>(p, stream);
+  } else {
+    if (p.split()) launch<256, 4, false, true>(p, stream);
+    else launch<256, 4, false, false>(p, stream);
+  }
+}
+
+}  // namespace kimi::cuda::moe_base
