@@ -40,6 +40,9 @@
 namespace kimi::cuda::moe_base {
 void launch_moe_wgmma_base(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 }
+namespace kimi::cuda::moe {
+void set_moe_wgmma_variant(int variant);
+}
 
 namespace {
 
@@ -336,6 +339,14 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
         row(name, t_gu, t_dn);
       };
       base_row("wgmma before the plan (4d2536a)");
+      for (int variant : {2, 4, 6, 1}) {
+        kimi::cuda::moe::set_moe_wgmma_variant(variant);
+        wgmma_row(variant == 1 ? "  variant 1: no tall pairs"
+                  : variant == 2 ? "  variant 2: B L2 prefetch"
+                  : variant == 4 ? "  variant 4: B evict_first"
+                                 : "  variant 6: prefetch + evict_first");
+      }
+      kimi::cuda::moe::set_moe_wgmma_variant(0);
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
       const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
       const double o_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);

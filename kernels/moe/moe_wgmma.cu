@@ -1,6 +1,7 @@
 // Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
 #include <cstdint>
+#include <cstdlib>
 
 #include "common.h"
 #include "moe/moe_wgmma.cuh"
@@ -9,6 +10,16 @@
 namespace kimi::cuda::moe {
 
 namespace {
+
+// TEMPORARY (session 7 A/B): set_moe_wgmma_variant's value, else KIMI_MOE_WG_VARIANT, else 0.
+int g_variant = -1;
+int moe_wgmma_variant() {
+  if (g_variant < 0) {
+    const char* env = std::getenv("KIMI_MOE_WG_VARIANT");
+    g_variant = env ? std::atoi(env) : 0;
+  }
+  return g_variant;
+}
 
 template <bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, cudaStream_t stream) {
@@ -21,7 +32,7 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * wide_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
   WgmmaArgs a;
-  a.p = p, a.v = v, a.wide_blocks = wide_blocks;
+  a.p = p, a.v = v, a.wide_blocks = wide_blocks, a.variant = moe_wgmma_variant();
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
@@ -32,6 +43,8 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
 }
 
 }  // namespace
+
+void set_moe_wgmma_variant(int variant) { g_variant = variant; }
 
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,

@@ -146,6 +146,7 @@ struct WgmmaArgs {
   MoeGemmParams p;
   MoePermuteView v;
   int wide_blocks;
+  int variant;  // TEMPORARY (session 7 A/B): bit 0 no tall pairs, 1 L2 prefetch of B, 2 B evict_first
 };
 constexpr int kWgBoxRows = 64;
 
@@ -183,8 +184,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     const int t0 = v.tile_start[e], t1 = v.tile_start[e + 1];
     const int r0 = v.offsets[e], r1 = v.offsets[e + 1];
     if (t0 <= unit && unit < t1) {
-      const MoeWgmmaTileOf t = moe_wgmma_tile_of(r1 - r0, int(blockIdx.x) - t0 * wide_blocks, N,
-                                                 SWIGLU ? kWgBRows / 2 : kWgBRows);
+      MoeWgmmaTileOf t = moe_wgmma_tile_of(r1 - r0, int(blockIdx.x) - t0 * wide_blocks, N,
+                                           SWIGLU ? kWgBRows / 2 : kWgBRows);
+      if (args.variant & 1)
+        t = {true, false, (unit - t0) * kWgRows, int(blockIdx.x % wide_blocks) * (SWIGLU ? kWgBRows / 2 : kWgBRows)};
       found = t.has_work;
       plan[0] = e, plan[1] = r0 + t.row0, plan[2] = r1, plan[3] = t.tall, plan[4] = t.col0;
     }
@@ -218,10 +221,30 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       if (row0 + 16 * i < a_rows && row < m_end)
         a_el[i] = SWIGLU ? uint32_t(v.row_token[row]) * uint32_t(p.hidden) : uint32_t(row) * uint32_t(p.inter);
     }
+    // TEMPORARY variant bit 1: this thread's weight rows (r = tid, tid + 128 of the tile) asked of
+    // L2 four steps ahead of the TMA, 512 contiguous bytes per row every 4 steps.
+    const bf16* pf_row[2] = {nullptr, nullptr};
+    if (args.variant & 2) {
+      const int64_t w_total = int64_t(E) * (SWIGLU ? 2 * p.inter : p.hidden);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int r = tid + 128 * j;
+        if (r >= b_rows) continue;
+        const int row = SWIGLU && r >= b_rows / 2 ? w_row + p.inter + r - b_rows / 2 : w_row + r;
+        if (row < w_total) pf_row[j] = (SWIGLU ? p.w13 : p.w2) + int64_t(row) * Kd;
+      }
+    }
+    const uint64_t policy = policy_evict_first();
     const bf16* const a_hi = SWIGLU ? p.x : p.act;
     const bf16* const a_lo = SWIGLU ? p.x_lo : p.act_lo;
     for (int kt = 0; kt < KT; ++kt) {
       const int s = kt % kWgStages;
+      if ((args.variant & 2) && kt % 4 == 0 && kt + 4 < KTd) {
+        const int kb = (kt + 4) * kWgK, ke = min(Kd, (kt + 8) * kWgK);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+          if (pf_row[j]) prefetch_l2_bulk(pf_row[j] + kb, unsigned(ke - kb) * 2);
+      }
       // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
       mbar_wait(empty + s, ((kt / kWgStages) & 1) ^ 1);
       const uint32_t st = uint32_t(s * kWgStageBytes);
@@ -237,7 +260,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           const int r = bx * kWgBoxRows;
           if (r >= b_rows) break;
           const int row = SWIGLU && r >= b_rows / 2 ? w_row + p.inter + r - b_rows / 2 : w_row + r;
-          tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s);
+          if (args.variant & 4)
+            tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s, policy);
+          else
+            tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s);
         }
       }
       const int k = k0 + piece * 8;
