@@ -339,12 +339,12 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
         row(name, t_gu, t_dn);
       };
       base_row("wgmma before the plan (4d2536a)");
-      for (int variant : {2, 4, 6, 1}) {
+      for (int variant : {2, 4, 8, 16, 14, 30, 15, 31, 1}) {
         kimi::cuda::moe::set_moe_wgmma_variant(variant);
-        wgmma_row(variant == 1 ? "  variant 1: no tall pairs"
-                  : variant == 2 ? "  variant 2: B L2 prefetch"
-                  : variant == 4 ? "  variant 4: B evict_first"
-                                 : "  variant 6: prefetch + evict_first");
+        const std::string name = "  variant " + std::to_string(variant) +
+                                 (variant & 1 ? " no-tall" : "") + (variant & 2 ? " zfill" : "") +
+                                 (variant & 4 ? " bsearch" : "") + (variant & 8 ? " r216" : "") + (variant & 16 ? " simple" : "");
+        wgmma_row(name.c_str());
       }
       kimi::cuda::moe::set_moe_wgmma_variant(0);
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

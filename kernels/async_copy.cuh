@@ -97,12 +97,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
       : "memory");
 }
 
-// Asks L2 to fetch `bytes` of global memory at src (a multiple of 16; src 16-byte aligned) ahead
-// of its use: one contiguous DRAM read instead of the pieces the later copies ask for.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* src, unsigned bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(bytes) : "memory");
-}
-
 // Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first copy.
 __device__ __forceinline__ void prefetch_tensormap(const void* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

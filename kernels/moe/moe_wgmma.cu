@@ -36,7 +36,11 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
-  auto kernel = moe_wgmma_kernel<SWIGLU, SPLIT>;
+  auto kernel = (a.variant & 8)
+                    ? ((a.variant & 16) ? moe_wgmma_kernel<SWIGLU, SPLIT, true, true>
+                                        : moe_wgmma_kernel<SWIGLU, SPLIT, true, false>)
+                    : ((a.variant & 16) ? moe_wgmma_kernel<SWIGLU, SPLIT, false, true>
+                                        : moe_wgmma_kernel<SWIGLU, SPLIT, false, false>);
   CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes));
   kernel<<<unsigned(ctas), kWgThreads, kWgSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();

@@ -146,11 +146,14 @@ struct WgmmaArgs {
   MoeGemmParams p;
   MoePermuteView v;
   int wide_blocks;
-  int variant;  // TEMPORARY (session 7 A/B): bit 0 no tall pairs, 1 L2 prefetch of B, 2 B evict_first
+  // TEMPORARY (session 7 bisection): bit 0 no tall pairs, 1 zero-fill rows past the end, 2 lookup
+  // by a binary search in every thread (before the barrier init), 3 registers 72 / 216 (launcher),
+  // 4 one consumer loop (launcher).
+  int variant;
 };
 constexpr int kWgBoxRows = 64;
 
-template <bool SWIGLU, bool SPLIT>
+template <bool SWIGLU, bool SPLIT, bool REGS216, bool SIMPLE>
 __global__ void __launch_bounds__(kWgThreads, 1)
     moe_wgmma_kernel(const __grid_constant__ WgmmaArgs args) {
   const MoeGemmParams& p = args.p;
@@ -169,6 +172,35 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int E = p.num_experts;
   const int N = SWIGLU ? p.inter : p.hidden;
   const int tid = threadIdx.x;
+  const int unit = blockIdx.x / wide_blocks;
+  int e, m0, m_end, n0;
+  bool tall;
+  if (args.variant & 4) {
+    if (unit >= v.tile_start[E]) return;
+    int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= unit
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (v.tile_start[mid] <= unit)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const int t0 = v.tile_start[lo], r0 = v.offsets[lo], r1 = v.offsets[lo + 1];
+    MoeWgmmaTileOf t = moe_wgmma_tile_of(r1 - r0, int(blockIdx.x) - t0 * wide_blocks, N,
+                                         SWIGLU ? kWgBRows / 2 : kWgBRows);
+    if (args.variant & 1)
+      t = {true, false, (unit - t0) * kWgRows, int(blockIdx.x % wide_blocks) * (SWIGLU ? kWgBRows / 2 : kWgBRows)};
+    if (!t.has_work) return;
+    e = lo, m0 = r0 + t.row0, m_end = r1, n0 = t.col0, tall = t.tall;
+    if (tid == 0) {
+      for (int s = 0; s < kWgStages; ++s) {
+        mbar_init(full + s, 128 + 1);
+        mbar_init(empty + s, kWgConsumerWarps);
+      }
+      fence_mbar_init();
+    }
+    __syncthreads();
+  } else {
   if (tid == 0) {
     for (int s = 0; s < kWgStages; ++s) {
       mbar_init(full + s, 128 + 1);  // the producers' copies + the weights' expect_tx
@@ -178,23 +210,23 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
   // The expert whose units hold this CTA's: one probe per thread, all loads independent (none
   // matches past the last unit or for a tall column block past N: the CTA exits).
-  const int unit = blockIdx.x / wide_blocks;
   int found = 0;
-  for (int e = tid; e < E; e += kWgThreads) {
-    const int t0 = v.tile_start[e], t1 = v.tile_start[e + 1];
-    const int r0 = v.offsets[e], r1 = v.offsets[e + 1];
+  for (int x = tid; x < E; x += kWgThreads) {
+    const int t0 = v.tile_start[x], t1 = v.tile_start[x + 1];
+    const int r0 = v.offsets[x], r1 = v.offsets[x + 1];
     if (t0 <= unit && unit < t1) {
       MoeWgmmaTileOf t = moe_wgmma_tile_of(r1 - r0, int(blockIdx.x) - t0 * wide_blocks, N,
                                            SWIGLU ? kWgBRows / 2 : kWgBRows);
       if (args.variant & 1)
         t = {true, false, (unit - t0) * kWgRows, int(blockIdx.x % wide_blocks) * (SWIGLU ? kWgBRows / 2 : kWgBRows)};
       found = t.has_work;
-      plan[0] = e, plan[1] = r0 + t.row0, plan[2] = r1, plan[3] = t.tall, plan[4] = t.col0;
+      plan[0] = x, plan[1] = r0 + t.row0, plan[2] = r1, plan[3] = t.tall, plan[4] = t.col0;
     }
   }
   if (!__syncthreads_or(found)) return;
-  const int e = plan[0], m0 = plan[1], m_end = plan[2], n0 = plan[4];
-  const bool tall = plan[3] != 0;
+  e = plan[0], m0 = plan[1], m_end = plan[2], n0 = plan[4];
+  tall = plan[3] != 0;
+  }
   const int a_rows = tall ? 2 * kWgRows : kWgRows, b_rows = tall ? kWgBRows / 2 : kWgBRows;
   const uint32_t a_bytes = uint32_t(a_rows * kWgK * 2);
   const int Kd = SWIGLU ? p.hidden : p.inter;
@@ -204,7 +236,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (wg == 0) {
-    setmaxnreg_dec<kWgProducerRegs>();
+    setmaxnreg_dec<REGS216 ? 72 : kWgProducerRegs>();
     const int w_row = SWIGLU ? e * 2 * p.inter + n0 : e * p.hidden + n0;  // tensor map row
     // Thread tid copies piece tid % 8 of rows tid / 8 + 16 i: one row's 128 bytes per 8 lanes.
     const int piece = tid % 8, row0 = tid / 8;
@@ -221,30 +253,10 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       if (row0 + 16 * i < a_rows && row < m_end)
         a_el[i] = SWIGLU ? uint32_t(v.row_token[row]) * uint32_t(p.hidden) : uint32_t(row) * uint32_t(p.inter);
     }
-    // TEMPORARY variant bit 1: this thread's weight rows (r = tid, tid + 128 of the tile) asked of
-    // L2 four steps ahead of the TMA, 512 contiguous bytes per row every 4 steps.
-    const bf16* pf_row[2] = {nullptr, nullptr};
-    if (args.variant & 2) {
-      const int64_t w_total = int64_t(E) * (SWIGLU ? 2 * p.inter : p.hidden);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int r = tid + 128 * j;
-        if (r >= b_rows) continue;
-        const int row = SWIGLU && r >= b_rows / 2 ? w_row + p.inter + r - b_rows / 2 : w_row + r;
-        if (row < w_total) pf_row[j] = (SWIGLU ? p.w13 : p.w2) + int64_t(row) * Kd;
-      }
-    }
-    const uint64_t policy = policy_evict_first();
     const bf16* const a_hi = SWIGLU ? p.x : p.act;
     const bf16* const a_lo = SWIGLU ? p.x_lo : p.act_lo;
     for (int kt = 0; kt < KT; ++kt) {
       const int s = kt % kWgStages;
-      if ((args.variant & 2) && kt % 4 == 0 && kt + 4 < KTd) {
-        const int kb = (kt + 4) * kWgK, ke = min(Kd, (kt + 8) * kWgK);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-          if (pf_row[j]) prefetch_l2_bulk(pf_row[j] + kb, unsigned(ke - kb) * 2);
-      }
       // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
       mbar_wait(empty + s, ((kt / kWgStages) & 1) ^ 1);
       const uint32_t st = uint32_t(s * kWgStageBytes);
@@ -260,10 +272,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           const int r = bx * kWgBoxRows;
           if (r >= b_rows) break;
           const int row = SWIGLU && r >= b_rows / 2 ? w_row + p.inter + r - b_rows / 2 : w_row + r;
-          if (args.variant & 4)
-            tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s, policy);
-          else
-            tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s);
+          tma_load_2d(smem_addr + st + a_bytes + r * 128, &args.b, k0, row, full + s);
         }
       }
       const int k = k0 + piece * 8;
@@ -274,11 +283,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         if (a_el[i] != kNoRow)
           cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, k_ok ? base + a_el[i] + k : base,
                      k_ok);
+        else if ((args.variant & 2) && row0 + 16 * i < a_rows)
+          cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, base, false);
       cp_async_mbar_arrive(full + s);
     }
     cp_async_wait<0>();
   } else {
-    setmaxnreg_inc<kWgConsumerRegs>();
+    setmaxnreg_inc<REGS216 ? 216 : kWgConsumerRegs>();
     const int cw = wg - 1;
     // wide: rows 64 cw .. + 64 of the tile, products over column halves h; tall: rows 128 cw ..
     // + 128, products over its 64-row slabs h. parts: the products with rows before m_end.
@@ -319,12 +330,27 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         if (kt > 0) release((kt - 1) % kWgStages);
       }
     };
+    if constexpr (SIMPLE) {  // TEMPORARY (bisection): one loop, both products whenever busy
+      for (int kt = 0; kt < KT; ++kt) {
+        const int s = kt % kWgStages;
+        mbar_wait(full + s, (kt / kWgStages) & 1);
+        fence_proxy_async();
+        if (parts > 0) {
+          wgmma_fence();
+          wg_mma_step<2>(acc, smem_addr + uint32_t(s * kWgStageBytes), a_off, b_off, kt > 0);
+          wgmma_commit();
+          wgmma_wait<1>();
+        }
+        if (kt > 0) release((kt - 1) % kWgStages);
+      }
+    } else {
     if (parts == 2)
       consume(std::integral_constant<int, 2>());
     else if (parts == 1)
       consume(std::integral_constant<int, 1>());
     else
       consume(std::integral_constant<int, 0>());
+    }
     wgmma_wait<0>();
 #pragma unroll
     for (int h = 0; h < 2; ++h) fence_acc(acc[h]);
