@@ -7,10 +7,10 @@
 //     that one routing's experts are no longer in L2 when it comes back.
 //   prefill T = 4096 and 16384 (4096 only with --quick), uniform and skewed routing (expert
 //     inclusion ∝ (rank + 1)^-0.7: the busiest expert ~14× the mean, the idlest ~1/4): the wgmma
-//     kernel (timed first and again last: the spread between the two is the noise), the old tiled
-//     kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of the same FLOPs (x · W13ᵀ, act · W2ᵀ of
-//     one expert over all T·K rows); TFLOP/s as % of that and of the 8192³ cuBLASLt rate, same
-//     run; and the tiles the wgmma plan launches (wide, tall pairs).
+//     kernel as the model runs it (timed first and again last: their spread is the noise), each
+//     of its tile shapes, the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of the
+//     same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that and
+//     of the 8192³ cuBLASLt rate, same run; and the 128-row tiles the routing needs.
 //   routing at decode T = 1, 8: the fused launch (router logits + routing + permutation, with and
 //     without the RMSNorm folded in) against the launches it replaces (RMSNorm, fp32 router GEMM,
 //     routing, permutation), per layer; CUDA graphs, the router weights rotating out of L2.
@@ -35,14 +35,6 @@
 #include "norm/norm.h"
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
-
-// TEMPORARY (session 7 A/B): the kernel before the tile plan (kernels/moe/moe_wgmma_base.cu).
-namespace kimi::cuda::moe_base {
-void launch_moe_wgmma_base(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
-}
-namespace kimi::cuda::moe {
-void set_moe_wgmma_variant(int variant);
-}
 
 namespace {
 
@@ -286,6 +278,7 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
 }
 
 void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
+  using kimi::cuda::moe::MoeWgmmaTile;
   const std::vector<int> Ts = quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384};
   const int reps = quick ? 5 : 11;
   for (int T : Ts) {
@@ -322,50 +315,42 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
         std::printf("%-30s %10.3f %10.3f %10.3f %10.1f %9.1f%% %9.1f%%\n", name, t_gu, t_dn,
                     t_gu + t_dn, tf, 100 * tf / cb_tflops, 100 * tf / gemm_ceiling);
       };
-      // kAuto as the model runs it: block_m 128 → wgmma.
+      // kAuto as the model runs it: block_m 128 → wgmma with the default tiles.
       gp.block_m = 128, gp.workspace = r128.ws.data(), gp.path = MoeGemmPath::kAuto;
-      auto wgmma_row = [&](const char* name) {
+      auto auto_row = [&](const char* name) {
         const double t_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
         const double t_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
         row(kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kWgmma ? name : "kAuto (not wgmma?)",
             t_gu, t_dn);
       };
-      wgmma_row("wgmma (kAuto)");
-      auto base_row = [&](const char* name) {
+      auto_row("wgmma (kAuto, default tiles)");
+      for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
         const double t_gu = median_ms(
-            [&](int) { kimi::cuda::moe_base::launch_moe_wgmma_base(gp, true, nullptr); }, reps, 1, 1);
+            [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
         const double t_dn = median_ms(
-            [&](int) { kimi::cuda::moe_base::launch_moe_wgmma_base(gp, false, nullptr); }, reps, 1, 1);
-        row(name, t_gu, t_dn);
-      };
-      base_row("wgmma before the plan (4d2536a)");
-      for (int variant : {2, 4, 8, 16, 14, 30, 15, 31, 1}) {
-        kimi::cuda::moe::set_moe_wgmma_variant(variant);
-        const std::string name = "  variant " + std::to_string(variant) +
-                                 (variant & 1 ? " no-tall" : "") + (variant & 2 ? " zfill" : "") +
-                                 (variant & 4 ? " bsearch" : "") + (variant & 8 ? " r216" : "") + (variant & 16 ? " simple" : "");
-        wgmma_row(name.c_str());
+            [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
+        const std::string name =
+            "  wgmma 128x" + std::to_string(tile.bn) + ", " + std::to_string(tile.stages) + " st";
+        row(name.c_str(), t_gu, t_dn);
       }
-      kimi::cuda::moe::set_moe_wgmma_variant(0);
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
       const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
       const double o_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
       row("tiled WMMA, 64-row tiles (old)", o_gu, o_dn);
       gp.block_m = 128, gp.workspace = r128.ws.data(), gp.path = MoeGemmPath::kAuto;
-      base_row("wgmma before the plan, again");
-      wgmma_row("wgmma (kAuto), again");
+      auto_row("wgmma (kAuto), again");
       std::printf("%-30s %10s %10s %10.3f %10.1f %9.1f%% %9.1f%%\n", "cuBLASLt bf16, same FLOPs", "-",
                   "-", t_cb, cb_tflops, 100.0, 100 * cb_tflops / gemm_ceiling);
-      // The plan's tiles (moe_wgmma_tile_of) for this routing: 128-row units, and how many of
-      // them run as tall pairs.
-      int units = 0, tall_units = 0;
+      // 128-row tiles of this routing: an expert of c rows takes ceil(c / 128), its last one
+      // partial unless c % 128 == 0 (at T = 4096, ~128 ± 11 rows each: about half need a second,
+      // nearly empty tile).
+      int tiles = 0, second = 0;
       for (int c : r128.rows) {
-        const int u = (c + 127) / 128;
-        units += u;
-        if (u >= 2 && c % 128 != 0) tall_units += 2;
+        tiles += (c + 127) / 128;
+        second += c > 128 && c % 128 != 0;
       }
-      std::printf("wgmma plan: %d units of 128 rows for %d rows (%.2f per expert, %d as tall pairs)\n",
-                  units, R, double(units) / E, tall_units);
+      std::printf("wgmma tiles: %d of 128 rows for %d rows (%.2f per expert; %d experts end in a partial one after a full one)\n",
+                  tiles, R, double(tiles) / E, second);
     }
   }
 }

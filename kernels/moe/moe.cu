@@ -150,7 +150,7 @@ void run_moe_gate_up(const MoeGemmParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   switch (moe_gemm_path(p)) {
     case MoeGemmPath::kGemv: return moe::launch_moe_gemv(p, true, stream);
-    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, true, stream);
+    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, true, moe::moe_wgmma_tile(p), stream);
     default: return launch_gemm<true>(p, stream);
   }
 }
@@ -160,7 +160,7 @@ void run_moe_down(const MoeGemmParams& p, cudaStream_t stream) {
   if (p.num_tokens == 0) return;
   switch (moe_gemm_path(p)) {
     case MoeGemmPath::kGemv: return moe::launch_moe_gemv(p, false, stream);
-    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, false, stream);
+    case MoeGemmPath::kWgmma: return moe::launch_moe_wgmma(p, false, moe::moe_wgmma_tile(p), stream);
     default: return launch_gemm<false>(p, stream);
   }
 }

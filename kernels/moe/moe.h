@@ -17,11 +17,11 @@
 // R = T·K rows. Tiles: BM rows × 64 columns × 32 k per step, 4 warps; BM = 16 for small batches,
 // 64 otherwise. tile_start[e] = Σ_{e' < e} ceil(count[e'] / BM) lets a CTA find its expert.
 // Three kernels run the grouped GEMMs (same inputs, outputs and workspace; moe_gemm_path picks):
-//   wgmma : prefill-sized batches on Hopper: tiles of 128 rows × 256 weight rows, an expert's
-//           partial last rows with the 128 before them as 256 × 128 tiles (block_m 128; plan
-//           below), warp-specialised: a producer warpgroup gathers the input rows with cp.async
-//           and the weights with TMA into an mbarrier ring, two consumer warpgroups run wgmma
-//           from 128-byte-swizzled shared memory, SwiGLU in registers (moe_wgmma.cuh).
+//   wgmma : prefill-sized batches (compute-bound) on Hopper: 128-row tiles (block_m 128) ×
+//           128 or 256 weight rows, warp-specialised: a producer warpgroup gathers the input
+//           rows with cp.async and the weights with TMA into mbarrier rings, two consumer
+//           warpgroups run wgmma from 128-byte-swizzled shared memory, SwiGLU in registers
+//           (moe_wgmma.cuh).
 //   tiled : the WMMA tiles above (block_m 16 or 64): the previous prefill kernel, kept for
 //           comparison and for permutations of 16/64-row tiles.
 //   gemv  : decode-sized batches (experts with 1..16 rows, bandwidth-bound): CTA = (row tile,
@@ -162,40 +162,20 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
-// The wgmma kernel (moe_wgmma.cu, warp-specialised; tile plan below), what run_moe_gate_up /
-// run_moe_down launch after their checks.
-//
-// Tile plan. An expert of `rows` rows has ceil(rows / 128) units of the permutation's tile_start
-// (block_m 128), each launching `wide_blocks` = ceil(n / wide_cols) CTAs, wide_cols = 256 output
-// columns for down (n = hidden), 128 act columns for gate_up (n = I; 256 rows of W13). CTA `cta`
-// of the expert (unit cta / wide_blocks, column block cta % wide_blocks) covers
-//   wide: rows [row0, row0 + 128) × columns [col0, col0 + wide_cols), each consumer warpgroup
-//         64 rows × all columns;
-//   tall: rows [row0, row0 + 256) × columns [col0, col0 + wide_cols / 2), each consumer
-//         warpgroup 128 rows (two m64 slabs) × all columns;
-// clipped to the expert's rows and to n. The last two units of an expert whose last unit is
-// partial (rows % 128 != 0, rows > 128) run as tall tiles: 2 · wide_blocks CTAs over the
-// expert's last 128 + rows % 128 rows, so the weights of that stretch stream once instead of
-// twice (as a full 128-row tile and a nearly empty one). Every tile streams the same 48 KB per k
-// step (A 128 or 256 rows, B 256 or 128 weight rows) into the same ring. has_work false: a tall
-// column block past n (2 · wide_blocks > ceil(n / (wide_cols / 2))): the CTA exits.
-struct MoeWgmmaTileOf {
-  bool has_work;
-  bool tall;
-  int row0;  // first row of the tile, relative to the expert's first row
-  int col0;  // first output column (act column for gate_up)
+// The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
+// 256) through a ring of `stages` k steps of 64. bench_moe times all of kMoeWgmmaTiles,
+// test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
+struct MoeWgmmaTile {
+  int bn;
+  int stages;
 };
-__host__ __device__ inline MoeWgmmaTileOf moe_wgmma_tile_of(int rows, int cta, int n, int wide_cols) {
-  const int wide_blocks = (n + wide_cols - 1) / wide_cols;
-  const int units = (rows + 127) / 128;
-  const int unit = cta / wide_blocks, cb = cta % wide_blocks;
-  if (units >= 2 && rows % 128 != 0 && unit >= units - 2) {
-    const int col0 = ((unit - (units - 2)) * wide_blocks + cb) * (wide_cols / 2);
-    return {col0 < n, true, (units - 2) * 128, col0};
-  }
-  return {true, false, unit * 128, cb * wide_cols};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
+// 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
+// docs/perf-log.md session 5).
+inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
+  return MoeWgmmaTile{256, 4};
 }
-void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
+void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 
 struct MoeUnpermuteParams {
