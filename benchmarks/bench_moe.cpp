@@ -7,9 +7,10 @@
 //     that one routing's experts are no longer in L2 when it comes back.
 //   prefill T = 4096 and 16384 (4096 only with --quick), uniform and skewed routing (expert
 //     inclusion ∝ (rank + 1)^-0.7: the busiest expert ~14× the mean, the idlest ~1/4): the wgmma
-//     kernel (each tile shape), the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of
-//     the same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that
-//     and of the 8192³ cuBLASLt rate, same run.
+//     kernel as the model runs it (timed first and again last: their spread is the noise), each
+//     of its tile shapes, the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of the
+//     same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that and
+//     of the 8192³ cuBLASLt rate, same run; and the 128-row tiles the routing needs.
 //   routing at decode T = 1, 8: the fused launch (router logits + routing + permutation, with and
 //     without the RMSNorm folded in) against the launches it replaces (RMSNorm, fp32 router GEMM,
 //     routing, permutation), per layer; CUDA graphs, the router weights rotating out of L2.
@@ -62,11 +63,13 @@ struct Routing {
   DeviceBuffer<int> ids, ws;
   int distinct = 0;
   int max_rows = 0, min_rows = 0;
+  std::vector<int> rows;  // per expert
   // skew: K distinct experts per token drawn with weights (e + 1)^-0.7 (Efraimidis-Spirakis keys),
   // else uniformly.
   Routing(int T, int block_m, std::mt19937& rng, bool skew = false)
       : ids(size_t(T) * K), ws(kimi::cuda::moe_permute_workspace_ints(E, int64_t(T) * K)) {
-    std::vector<int> h(size_t(T) * K), perm(E), rows(E, 0);
+    std::vector<int> h(size_t(T) * K), perm(E);
+    rows.assign(E, 0);
     std::vector<char> used(E, 0);
     std::vector<double> key(E);
     std::uniform_real_distribution<double> u(1e-12, 1.0);
@@ -315,11 +318,13 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
       };
       // kAuto as the model runs it: block_m 128 → wgmma with the default tiles.
       gp.block_m = 128, gp.workspace = r128.ws.data(), gp.path = MoeGemmPath::kAuto;
-      const double a_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
-      const double a_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
-      row(kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kWgmma ? "wgmma (kAuto, default tiles)"
-                                                                : "kAuto (not wgmma?)",
-          a_gu, a_dn);
+      auto auto_row = [&](const char* name) {
+        const double t_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
+        const double t_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
+        row(kimi::cuda::moe_gemm_path(gp) == MoeGemmPath::kWgmma ? name : "kAuto (not wgmma?)",
+            t_gu, t_dn);
+      };
+      auto_row("wgmma (kAuto, default tiles)");
       for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
         const double t_gu = median_ms(
             [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
@@ -333,8 +338,20 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
       const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);
       const double o_dn = median_ms([&](int) { kimi::cuda::run_moe_down(gp, nullptr); }, reps, 1, 1);
       row("tiled WMMA, 64-row tiles (old)", o_gu, o_dn);
+      gp.block_m = 128, gp.workspace = r128.ws.data(), gp.path = MoeGemmPath::kAuto;
+      auto_row("wgmma (kAuto), again");
       std::printf("%-30s %10s %10s %10.3f %10.1f %9.1f%% %9.1f%%\n", "cuBLASLt bf16, same FLOPs", "-",
                   "-", t_cb, cb_tflops, 100.0, 100 * cb_tflops / gemm_ceiling);
+      // 128-row tiles of this routing: an expert of c rows takes ceil(c / 128), its last one
+      // partial unless c % 128 == 0 (at T = 4096, ~128 ± 11 rows each: about half need a second,
+      // nearly empty tile).
+      int tiles = 0, second = 0;
+      for (int c : r128.rows) {
+        tiles += (c + 127) / 128;
+        second += c > 128 && c % 128 != 0;
+      }
+      std::printf("wgmma tiles: %d of 128 rows for %d rows (%.2f per expert; %d experts end in a partial one after a full one)\n",
+                  tiles, R, double(tiles) / E, second);
     }
   }
 }

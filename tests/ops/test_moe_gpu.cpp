@@ -868,6 +868,41 @@ TEST(MoeGpu, ExpertsWgmmaTileShapes) {
 }
 
 #if KIMI_HAVE_CUDA
+// Routing that gives expert e exactly counts[e] rows: K = 2 experts per token, the pairs dealt
+// expert by expert over the tokens (pair i to token i % T, slot i / T), so no token lists an
+// expert twice while counts[e] <= T. sum(counts) must be even.
+std::vector<int> ids_for_counts(const std::vector<int>& counts) {
+  const int total = std::accumulate(counts.begin(), counts.end(), 0), T = total / 2;
+  std::vector<int> ids(static_cast<size_t>(total));
+  int i = 0;
+  for (int e = 0; e < int(counts.size()); ++e)
+    for (int j = 0; j < counts[e]; ++j, ++i) ids[size_t(i % T) * 2 + i / T] = e;
+  return ids;
+}
+// Row counts at every edge of the 128-row tiles and their two 64-row warpgroups: empty, one row,
+// 63 / 64 / 65 (the second warpgroup idle, then one row in it), 127 / 128 / 129 (a second tile
+// with one row), 191 / 192 / 193, 255 / 256 / 257, 385. Sum even (two experts per token).
+const std::vector<int> kEdgeCounts = {0, 1, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 257, 385, 8};
+#endif
+
+// Those row counts with k and column tails in both GEMMs (hidden 264 = 4·64 + 8, I 200 = 3·64 + 8;
+// hidden 136, I 40: column blocks mostly empty), every tile shape.
+TEST(MoeGpu, ExpertsWgmmaTileEdges) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const std::vector<int> ids = ids_for_counts(kEdgeCounts);
+  const int T = int(ids.size()) / 2;
+  for (const auto& [hidden, I] : {std::pair{264, 200}, std::pair{136, 40}}) {
+    ExpertWeights w(int(kEdgeCounts.size()), hidden, I, 120 + I);
+    const ExpertCase c = make_case(w, T, 2, false, 121 + I, &ids);
+    check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
+    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
+      check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
+  }
+#endif
+}
+
+#if KIMI_HAVE_CUDA
 // High precision (MoeGemmParams::x_lo / act_lo): fp32 inputs split on the host into bf16 hi + lo
 // planes; gate_up runs its second k pass over x_lo and writes SiLU(g)·u split into act / act_lo,
 // down runs over both act planes. Against the fp32 CPU chain on the unrounded x with an unrounded
@@ -876,11 +911,12 @@ TEST(MoeGpu, ExpertsWgmmaTileShapes) {
 // wrong plane fails). path: kGemv (block_m 16) or kWgmma (block_m 128, the tile given or
 // moe_wgmma_tile's).
 void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path, uint32_t seed,
-                         const cuda::moe::MoeWgmmaTile* tile = nullptr) {
+                         const cuda::moe::MoeWgmmaTile* tile = nullptr,
+                         const std::vector<int>* given_ids = nullptr) {
   const int E = w.E, hidden = w.hidden, I = w.I;
   const int64_t R = int64_t(T) * K;
   std::mt19937 rng(seed);
-  const std::vector<int> ids = random_ids(rng, T, E, K, false);
+  const std::vector<int> ids = given_ids ? *given_ids : random_ids(rng, T, E, K, false);
   const std::vector<float> x = random_f32(rng, size_t(T) * hidden, -1.f, 1.f);
   std::vector<uint16_t> planes(2 * x.size());
   for (size_t i = 0; i < x.size(); ++i) {
@@ -951,8 +987,8 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
 #endif
 
 // The split-input kernels (high precision): gemv at decode sizes (1..8 rows per pass; T = 9 and
-// 16: tiles of more rows than a pass), wgmma at odd small shapes, every tile shape, the model's
-// sizes. Path choice: a split input's two staged planes still fit the gemv kernel at hidden 2304.
+// 16: tiles of more rows than a pass), wgmma at odd small shapes, every tile shape, the tile-edge
+// row counts, the model's sizes. Path choice: a split input's two staged planes still fit the gemv kernel at hidden 2304.
 TEST(MoeGpu, ExpertsSplitInput) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -965,6 +1001,9 @@ TEST(MoeGpu, ExpertsSplitInput) {
     ExpertWeights w(8, 264, 200, 140);
     for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
       check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &tile);
+    ExpertWeights we(int(kEdgeCounts.size()), 264, 200, 142);
+    const std::vector<int> ids = ids_for_counts(kEdgeCounts);
+    check_experts_split(we, int(ids.size()) / 2, 2, cuda::MoeGemmPath::kWgmma, 143, nullptr, &ids);
   }
   {
     ExpertWeights w(16, 2304, 1024, 150);
@@ -981,55 +1020,60 @@ TEST(MoeGpu, ExpertsSplitInput) {
 #endif
 }
 
-// Exact layout probe of the wgmma down GEMM (one expert, 256 rows, k = I = 64, N = hidden = 256):
-// act row r is one-hot at k(r) = (5r + 3) % 64, so y[r, n] = W2[n, k(r)] exactly. Two weight
-// patterns tell a wrong output column (W2[n, k] = n % 128 + 1: y names the column computed) from
-// a wrong k (W2[n, k] = k + 1: y names the k that met the one). Mismatches print both readings.
+// Exact layout probe of the wgmma down GEMM (one expert, k = I = 64, N = hidden = 256; 256 rows:
+// two full tiles, 200 rows: a full tile and one of 72 rows, its second warpgroup partly past the
+// end): act row r is one-hot at k(r) = (5r + 3) % 64, so y[r, n] = W2[n, k(r)] exactly. Two weight
+// patterns tell a wrong output column (W2[n, k] = n + 1, exact in bf16 up to 256: y names the
+// column computed) from a wrong k (W2[n, k] = k + 1: y names the k that met the one). Mismatches
+// print both readings.
 TEST(MoeGpu, WgmmaLayoutProbe) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
-  const int T = 256, E = 1, K = 1, I = 64, H = 256;
-  std::vector<int> ids(T, 0);
-  GuardedBuffer<int> dids(T), dws(cuda::moe_permute_workspace_ints(E, T));
-  dids.upload(ids);
-  cuda::MoePermuteParams pp;
-  pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = 128;
-  pp.expert_ids = dids.data(), pp.workspace = dws.data();
-  cuda::run_moe_permute(pp, nullptr);
+  const int E = 1, K = 1, I = 64, H = 256;
   auto kof = [](int r) { return (5 * r + 3) % 64; };
-  std::vector<uint16_t> act(size_t(T) * I, f32_to_bf16(0.f));
-  for (int r = 0; r < T; ++r) act[size_t(r) * I + kof(r)] = f32_to_bf16(1.f);
-  GuardedBuffer<uint16_t> dact(act.size()), dx(size_t(T) * H), dw13(size_t(2) * I * H), dw2(size_t(H) * I);
-  GuardedBuffer<float> dy(size_t(T) * H);
-  dact.upload(act);
-  for (int pattern = 0; pattern < 2; ++pattern) {
-    std::vector<uint16_t> w2(size_t(H) * I);
-    for (int n = 0; n < H; ++n)
-      for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n % 128 + 1));
-    dw2.upload(w2);
-    for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[3]}) {
-      dy.poison();
-      cuda::MoeGemmParams gp;
-      gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
-      gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
-      gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data());
-      gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
-      gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
-      cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      const auto y = dy.to_host();
-      int bad = 0;
-      for (int r = 0; r < T; ++r)
-        for (int n = 0; n < H; ++n) {
-          const float want = pattern ? float(kof(r) + 1) : float(n % 128 + 1);
-          const float got = y[size_t(r) * H + n];
-          if (got == want) continue;
-          if (bad++ < 12)
-            std::printf("    [probe] tile %dx%d %s: y[%d, %d] = %g, want %g\n", tile.bn,
-                        tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
-        }
-      EXPECT_EQ(bad, 0) << "tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
-      EXPECT_TRUE(dy.guards_intact());
+  for (int T : {256, 200}) {
+    std::vector<int> ids(T, 0);
+    GuardedBuffer<int> dids(T), dws(cuda::moe_permute_workspace_ints(E, T));
+    dids.upload(ids);
+    cuda::MoePermuteParams pp;
+    pp.num_tokens = T, pp.num_experts = E, pp.top_k = K, pp.block_m = 128;
+    pp.expert_ids = dids.data(), pp.workspace = dws.data();
+    cuda::run_moe_permute(pp, nullptr);
+    std::vector<uint16_t> act(size_t(T) * I, f32_to_bf16(0.f));
+    for (int r = 0; r < T; ++r) act[size_t(r) * I + kof(r)] = f32_to_bf16(1.f);
+    GuardedBuffer<uint16_t> dact(act.size()), dx(size_t(T) * H), dw13(size_t(2) * I * H),
+        dw2(size_t(H) * I);
+    GuardedBuffer<float> dy(size_t(T) * H);
+    dact.upload(act);
+    for (int pattern = 0; pattern < 2; ++pattern) {
+      std::vector<uint16_t> w2(size_t(H) * I);
+      for (int n = 0; n < H; ++n)
+        for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n + 1));
+      dw2.upload(w2);
+      for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[3]}) {
+        dy.poison();
+        cuda::MoeGemmParams gp;
+        gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
+        gp.inter = I, gp.workspace = dws.data(), gp.x = reinterpret_cast<cuda::bf16*>(dx.data());
+        gp.w13 = reinterpret_cast<cuda::bf16*>(dw13.data());
+        gp.w2 = reinterpret_cast<cuda::bf16*>(dw2.data());
+        gp.act = reinterpret_cast<cuda::bf16*>(dact.data()), gp.y = dy.data();
+        cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const auto y = dy.to_host();
+        int bad = 0;
+        for (int r = 0; r < T; ++r)
+          for (int n = 0; n < H; ++n) {
+            const float want = float(pattern ? kof(r) + 1 : n + 1);
+            const float got = y[size_t(r) * H + n];
+            if (got == want) continue;
+            if (bad++ < 12)
+              std::printf("    [probe] %d rows, tile %dx%d %s: y[%d, %d] = %g, want %g\n", T, tile.bn,
+                          tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
+          }
+        EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
+        EXPECT_TRUE(dy.guards_intact());
+      }
     }
   }
 #endif
