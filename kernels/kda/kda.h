@@ -109,6 +109,25 @@ struct KdaScanParamsT {
   T* o = nullptr;          // [T, H, D]
 };
 using KdaScanParams = KdaScanParamsT<bf16>;
+// The scan of what a prep wrote: its sequences, slots, q/k/v, f, b and weights.
+template <typename T>
+KdaScanParamsT<T> kda_scan_after_prep(const KdaPrepParamsT<T>& pp, float* state, T* o) {
+  KdaScanParamsT<T> sp;
+  sp.num_seqs = pp.num_seqs;
+  sp.num_tokens = pp.num_tokens;
+  sp.num_heads = pp.num_heads;
+  sp.cu_seqlens = pp.cu_seqlens;
+  sp.slots = pp.slots;
+  sp.q = pp.q;
+  sp.k = pp.k;
+  sp.v = pp.v;
+  sp.f = pp.f;
+  sp.b = pp.b;
+  sp.w = pp.w;
+  sp.state = state;
+  sp.o = o;
+  return sp;
+}
 // Token-by-token recurrence (the definition), state in registers: short sequences, and every
 // step in high precision (fp32 throughout: the CPU recurrence up to summation order).
 void run_kda_scan_recurrent(const KdaScanParamsT<bf16>& p, cudaStream_t stream);

@@ -175,20 +175,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
     pp.k = A.k;
     pp.v = A.v;
     cuda::run_kda_prep(pp, m.stream);
-    cuda::KdaScanParamsT<E> sp;
-    sp.num_seqs = s.S;
-    sp.num_tokens = T;
-    sp.num_heads = H;
-    sp.cu_seqlens = s.cu;
-    sp.slots = s.slots;
-    sp.q = A.q;
-    sp.k = A.k;
-    sp.v = A.v;
-    sp.f = A.f;
-    sp.b = A.bb;
-    sp.w = kw;
-    sp.state = state;
-    sp.o = A.o;
+    const cuda::KdaScanParamsT<E> sp = cuda::kda_scan_after_prep(pp, state, A.o);
     bool chunked = false;
     if constexpr (!kHigh) {  // high precision plans no chunks: the recurrent scan is exact
       chunked = s.num_chunks > 0;

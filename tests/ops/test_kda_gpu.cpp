@@ -300,26 +300,6 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
 // with random initial conv and recurrent states.
 enum class Scan { kRecurrent, kChunked };
 
-// The scan over what the prep wrote (its sequences, q, k, v, f, b and weights), as the model
-// chains them.
-cuda::KdaScanParams scan_after_prep(const cuda::KdaPrepParams& pp, float* state, cuda::bf16* o) {
-  cuda::KdaScanParams sp;
-  sp.num_seqs = pp.num_seqs;
-  sp.num_tokens = pp.num_tokens;
-  sp.num_heads = pp.num_heads;
-  sp.cu_seqlens = pp.cu_seqlens;
-  sp.slots = pp.slots;
-  sp.q = pp.q;
-  sp.k = pp.k;
-  sp.v = pp.v;
-  sp.f = pp.f;
-  sp.b = pp.b;
-  sp.w = pp.w;
-  sp.state = state;
-  sp.o = o;
-  return sp;
-}
-
 void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
@@ -362,7 +342,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   pp.v = d_v.data();
   cuda::run_kda_prep(pp, nullptr);
 
-  const cuda::KdaScanParams sp = scan_after_prep(pp, d_state.data(), d_o.data());
+  const cuda::KdaScanParams sp = cuda::kda_scan_after_prep(pp, d_state.data(), d_o.data());
   std::unique_ptr<DBuf<int>> d_cs, d_cst, d_sf;
   std::unique_ptr<DBuf<unsigned char>> d_ws;
   if (scan == Scan::kRecurrent) {
@@ -629,7 +609,7 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   pp.k = d_k.data();
   pp.v = d_v.data();
   cuda::run_kda_prep(pp, nullptr);
-  const cuda::KdaScanParams sp = scan_after_prep(pp, d_state.data(), d_o.data());
+  const cuda::KdaScanParams sp = cuda::kda_scan_after_prep(pp, d_state.data(), d_o.data());
   const cuda::KdaChunkPlan plan = cuda::make_kda_chunk_plan(cu.data(), 1);
   DBuf<int> d_cs = to_device(plan.chunk_seq), d_cst = to_device(plan.chunk_start),
             d_sf = to_device(plan.seq_first_chunk);
