@@ -145,6 +145,44 @@ void softmax_strided(float* x, int n, int stride) {
 
 }  // namespace
 
+uint8_t e4m3_from_float(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const float a = std::fabs(x);
+  if (a >= kE4m3Max) return sign | 0x7e;
+  // The quantum of a's binade (3 mantissa bits), 2^-9 below the smallest normal 2^-6.
+  int e = 0;
+  std::frexp(a, &e);  // a in [2^(e-1), 2^e)
+  const int binade = std::max(e - 1, -6);
+  const float m = std::nearbyint(std::ldexp(a, 3 - binade));  // exact scaling, ties to even
+  if (m == 0.f) return sign;
+  if (binade == -6 && m < 8.f) return sign | uint8_t(m);  // subnormal
+  const int mi = int(m), carry = mi == 16;  // rounded up into the next binade
+  const int exp_field = binade + 7 + carry, mant = carry ? 0 : mi - 8;
+  return sign | uint8_t(exp_field << 3) | uint8_t(mant);
+}
+
+float e4m3_to_float(uint8_t code) {
+  const int exp_field = (code >> 3) & 15, mant = code & 7;
+  float v = 0.f;
+  if ((code & 0x7f) == 0x7f) v = NAN;
+  else if (exp_field == 0) v = std::ldexp(float(mant), -9);
+  else v = std::ldexp(float(8 + mant), exp_field - 10);
+  return code & 0x80 ? -v : v;
+}
+
+void mla_fp8_quantize(const float* latent, uint8_t* codes, float* scales) {
+  for (int g = 0; g < kLat / kMlaFp8Group; ++g) {
+    const float* x = latent + g * kMlaFp8Group;
+    float amax = 0.f;
+    for (int i = 0; i < kMlaFp8Group; ++i) amax = std::max(amax, std::fabs(x[i]));
+    // The CUDA write kernel computes the same two IEEE divisions and products: equal codes.
+    const float inv = amax > 0.f ? kE4m3Max / amax : 0.f;
+    scales[g] = amax / kE4m3Max;
+    for (int i = 0; i < kMlaFp8Group; ++i) codes[g * kMlaFp8Group + i] = e4m3_from_float(x[i] * inv);
+  }
+}
+
 void mla_cache_write(const MlaCacheWriteParams& p) {
   const int64_t T = check_paged(p.num_seqs, p.cu_seqlens, p.context_lens, p.block_tables,
                                 p.max_blocks_per_seq, p.num_blocks, "mla_cache_write");
@@ -158,6 +196,12 @@ void mla_cache_write(const MlaCacheWriteParams& p) {
     const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
     float* dst = cache_row(p.cache, table, pos);
     std::memcpy(dst, p.latent + t * kRow, sizeof(float) * kRow);
+    if (p.fp8) {
+      uint8_t codes[kLat];
+      float scales[kLat / kMlaFp8Group];
+      mla_fp8_quantize(dst, codes, scales);
+      for (int i = 0; i < kLat; ++i) dst[i] = e4m3_to_float(codes[i]) * scales[i / kMlaFp8Group];
+    }
   }
 }
 
