@@ -33,18 +33,33 @@
 // units as the combine expects) is written in whole rows.
 // Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
 // 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
+//
+// fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
+// replaces the producer warp. Its thread 0 loads a tile's 41 KB instead of 72 KB (4 boxes of
+// [64 rows][128 codes], the k_pe box and the [64][4] scales) into the same slot, the codes into
+// boxes 4-7 (the upper half of the ĉ boxes), k_pe straight into box 8, completing the slot's
+// full8 barrier; the warpgroup then decodes the codes in place into the bf16 boxes 0-7 (same
+// swizzle as TMA's) and completes the slot's full barrier, so the consumers' loop is the bf16
+// one, untouched, and the conversion of tile n + 1 overlaps their work on tile n. Tile n + 1 is
+// loaded once tile n is converted and the consumers have released its slot (tile n − 1), as the
+// bf16 producer would. In place: a converter thread holds all its 16 pieces of codes in
+// registers before any thread writes (named barrier 2), since boxes 4-7 are both the codes and
+// the decoded channels 256-511. 256 threads keep the 255-register cap the consumers need (a
+// separate producer warp, 288 threads, capped them at 224 and serialised the wgmmas).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
 
 #include "async_copy.cuh"
 #include "mla/mla.h"
+#include "mla/mla_fp8.cuh"
 #include "pdl.cuh"
 #include "wgmma_common.cuh"
 
 namespace kimi::cuda::mla {
 
 constexpr int kDecThreads = 160;  // consumer warpgroup + producer warp
+constexpr int kDecThreadsFp8 = 256;  // consumer + converter warpgroups (the converter loads)
 constexpr int kDecKeys = kMlaBlock;  // keys per tile: one cache block
 constexpr int kDecStages = 2;
 constexpr int kDecHeads = kMlaDecHeadsPerCta;
@@ -57,18 +72,75 @@ constexpr uint32_t kDecOffRing = kDecQBytes;
 constexpr uint32_t kDecOffP = kDecOffRing + kDecStages * kDecTileBytes;
 constexpr uint32_t kDecOffRed = kDecOffP + kDecPBytes;   // [2][4 warps][32 heads] fp32
 constexpr uint32_t kDecOffMl = kDecOffRed + 2 * 4 * kDecHeads * 4;  // [32] m, [32] l
-constexpr size_t kDecSmem = kDecOffMl + 2 * kDecHeads * 4 + 1024;
+constexpr uint32_t kDecScBytes = kDecKeys * 16;                    // fp8: [64 rows][4] scales
+constexpr uint32_t kDecOffSc = kDecOffMl + 2 * kDecHeads * 4;      // fp8: one per stage
+constexpr uint32_t kDecFp8TileBytes = 5 * kDecBox + kDecScBytes;   // codes, k_pe, scales
+constexpr size_t kDecSmem = kDecOffSc + kDecStages * kDecScBytes + 1024;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
 static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
+static_assert(kDecOffSc % 128 == 0, "TMA destinations are 128-byte aligned");
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
-// [64 rows][64 channels]).
+// [64 rows][64 channels]); fp8: the records as [num_blocks·64][656] bytes, boxes of [64 rows]
+// [128 bytes] (cache) and [64 rows][16 bytes] unswizzled (scales).
 struct DecArgs {
   CUtensorMap cache;
+  CUtensorMap scales;
   MlaAttnParams p;
 };
+
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
+__device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
+                                                   uint32_t ring_s, uint32_t base, uint64_t* full8,
+                                                   uint64_t* full, uint64_t* empty, const int* table,
+                                                   int blk0, int ntiles, int ct) {
+  constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
+  const uint64_t policy = policy_evict_first();
+  auto load = [&](int n) {  // thread 0: tile n into its slot, once the consumers released it
+    const int s = n % kDecStages, blk = table[blk0 + n];
+    // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
+    mbar_wait(empty + s, ((n / kDecStages) & 1) ^ 1);
+    mbar_arrive_expect_tx(full8 + s, kDecFp8TileBytes);
+    const uint32_t dst = ring_s + s * kDecTileBytes;
+#pragma unroll
+    for (int b = 0; b < 5; ++b)  // codes into boxes 4-7, k_pe (byte 512) into box 8
+      tma_load_2d(dst + (4 + b) * kDecBox, &args.cache, 128 * b, blk * kDecKeys, full8 + s, policy);
+    tma_load_2d(base + kDecOffSc + s * kDecScBytes, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
+                full8 + s, policy);
+  };
+  if (ct == 0 && ntiles > 0) load(0);
+  for (int n = 0; n < ntiles; ++n) {
+    const int slot = n % kDecStages;
+    unsigned char* const tile = sm + (ring_s - base) + slot * kDecTileBytes;
+    const float* const sc = reinterpret_cast<const float*>(sm + kDecOffSc + slot * kDecScBytes);
+    mbar_wait(full8 + slot, (n / kDecStages) & 1);
+    uint4 v[kPieces];
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {  // piece k of row r of code box b: channels 128b + 16k ..
+      const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
+      v[i] = *reinterpret_cast<const uint4*>(tile + (4 + b) * kDecBox + r * 128 + ((k ^ (r % 8)) * 16));
+    }
+    bar_sync(2, 128);  // every code is in registers: boxes 4-7 may be overwritten
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
+      const float s = sc[r * 4 + b];
+      unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
+      const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
+      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), s);
+      *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
+          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), s);
+    }
+    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
+    bar_sync(2, 128);
+    if (ct == 0) {
+      mbar_arrive(full + slot);
+      if (n + 1 < ntiles) load(n + 1);
+    }
+  }
+}
 
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
@@ -80,18 +152,22 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
-__global__ void __launch_bounds__(kDecThreads, 1)
+template <bool kFp8>
+__global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages];  // full[2], empty[2]
+  __shared__ uint64_t bars[3 * kDecStages];  // full[2], empty[2], fp8: full8[2] (codes landed)
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
+  uint64_t* const full8 = bars + 2 * kDecStages;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
     prefetch_tensormap(&args.cache);
+    if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, 1);
+      mbar_init(full + s, 1);  // the producer's expect_tx; fp8: the converter's arrival
       mbar_init(empty + s, 4);
+      if (kFp8) mbar_init(full8 + s, 1);
     }
     fence_mbar_init();
   }
@@ -116,7 +192,12 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (warp == 4) {  // producer
+  if (kFp8 && warp >= 4) {  // converter warpgroup (fp8), loads included
+    mla_decode_convert(args, sm, ring_s, base, full8, full, empty, table, blk0, ntiles,
+                       threadIdx.x - 128);
+    return;
+  }
+  if (warp == 4) {  // producer (bf16)
     if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
