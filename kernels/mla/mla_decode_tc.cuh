@@ -35,17 +35,20 @@
 // 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
 //
 // fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
-// replaces the producer warp. Its thread 0 loads a tile's 41 KB instead of 72 KB (4 boxes of
-// [64 rows][128 codes], the k_pe box and the [64][4] scales) into the same slot, the codes into
-// boxes 4-7 (the upper half of the ĉ boxes), k_pe straight into box 8, completing the slot's
-// full8 barrier; the warpgroup then decodes the codes in place into the bf16 boxes 0-7 (same
-// swizzle as TMA's) and completes the slot's full barrier, so the consumers' loop is the bf16
-// one, untouched, and the conversion of tile n + 1 overlaps their work on tile n. Tile n + 1 is
-// loaded once tile n is converted and the consumers have released its slot (tile n − 1), as the
-// bf16 producer would. In place: a converter thread holds all its 16 pieces of codes in
-// registers before any thread writes (named barrier 2), since boxes 4-7 are both the codes and
-// the decoded channels 256-511. 256 threads keep the 255-register cap the consumers need (a
-// separate producer warp, 288 threads, capped them at 224 and serialised the wgmmas).
+// replaces the producer warp, and the consumers' loop is the bf16 one, untouched. A tile's codes
+// and scales (4 boxes of [64 rows][128 codes] and [64][4] fp32: 33 KB) land in a staging area
+// (stage barrier); each converter thread loads its 16 pieces of codes and their scales into
+// registers, and once all have (named barrier 2) thread 0 starts the next tile's codes into the
+// staging area: the loads run back to back, one in flight at all times, each overlapping the
+// conversion of the tile before it and the consumers' work on the one before that. The
+// converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
+// loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
+// ĉ (fp32 code · scale, rounded to bf16) into boxes 0-7 in TMA's swizzle; the slot's full
+// barrier (2 arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it
+// to the consumers. 256 threads keep the 255-register cap the consumers need (a separate
+// producer warp, 288 threads, capped them at 224 and serialised the wgmmas). The first version
+// decoded in place in the ring slot (no staging area), so a tile's load could start only once
+// the tile before it was converted and its slot released: 43% of copy at 1M, slower than bf16.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -72,15 +75,16 @@ constexpr uint32_t kDecOffRing = kDecQBytes;
 constexpr uint32_t kDecOffP = kDecOffRing + kDecStages * kDecTileBytes;
 constexpr uint32_t kDecOffRed = kDecOffP + kDecPBytes;   // [2][4 warps][32 heads] fp32
 constexpr uint32_t kDecOffMl = kDecOffRed + 2 * 4 * kDecHeads * 4;  // [32] m, [32] l
-constexpr uint32_t kDecScBytes = kDecKeys * 16;                    // fp8: [64 rows][4] scales
-constexpr uint32_t kDecOffSc = kDecOffMl + 2 * kDecHeads * 4;      // fp8: one per stage
-constexpr uint32_t kDecFp8TileBytes = 5 * kDecBox + kDecScBytes;   // codes, k_pe, scales
-constexpr size_t kDecSmem = kDecOffSc + kDecStages * kDecScBytes + 1024;
+constexpr size_t kDecSmem = kDecOffMl + 2 * kDecHeads * 4 + 1024;
+// fp8: the staging area after the bf16 kernel's layout: codes [4 boxes][64 rows][128] (swizzled,
+// 1024-aligned) then the scales [64 rows][4] fp32.
+constexpr uint32_t kDecOffStg = (kDecOffMl + 2 * kDecHeads * 4 + 1023) / 1024 * 1024;
+constexpr uint32_t kDecStgBytes = 4 * kDecBox + kDecKeys * 16;
+constexpr size_t kDecSmemFp8 = kDecOffStg + kDecStgBytes + 1024;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
-static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
-static_assert(kDecOffSc % 128 == 0, "TMA destinations are 128-byte aligned");
+static_assert(kDecSmem <= 227 * 1024 && kDecSmemFp8 <= 227 * 1024, "one CTA per SM must fit");
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
 // [64 rows][64 channels]); fp8: the records as [num_blocks·64][656] bytes, boxes of [64 rows]
@@ -93,52 +97,58 @@ struct DecArgs {
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
-                                                   uint32_t ring_s, uint32_t base, uint64_t* full8,
-                                                   uint64_t* full, uint64_t* empty, const int* table,
-                                                   int blk0, int ntiles, int ct) {
+                                                   uint32_t base, uint64_t* stage, uint64_t* full,
+                                                   uint64_t* empty, const int* table, int blk0,
+                                                   int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
   const uint64_t policy = policy_evict_first();
-  auto load = [&](int n) {  // thread 0: tile n into its slot, once the consumers released it
-    const int s = n % kDecStages, blk = table[blk0 + n];
-    // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
-    mbar_wait(empty + s, ((n / kDecStages) & 1) ^ 1);
-    mbar_arrive_expect_tx(full8 + s, kDecFp8TileBytes);
-    const uint32_t dst = ring_s + s * kDecTileBytes;
+  auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
+    const int blk = table[blk0 + n];
+    mbar_arrive_expect_tx(stage, kDecStgBytes);
 #pragma unroll
-    for (int b = 0; b < 5; ++b)  // codes into boxes 4-7, k_pe (byte 512) into box 8
-      tma_load_2d(dst + (4 + b) * kDecBox, &args.cache, 128 * b, blk * kDecKeys, full8 + s, policy);
-    tma_load_2d(base + kDecOffSc + s * kDecScBytes, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
-                full8 + s, policy);
+    for (int b = 0; b < 4; ++b)
+      tma_load_2d(base + kDecOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
+                  policy);
+    tma_load_2d(base + kDecOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
+                stage, policy);
   };
-  if (ct == 0 && ntiles > 0) load(0);
+  if (ct == 0 && ntiles > 0) load_codes(0);
+  const float* const sc = reinterpret_cast<const float*>(sm + kDecOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    unsigned char* const tile = sm + (ring_s - base) + slot * kDecTileBytes;
-    const float* const sc = reinterpret_cast<const float*>(sm + kDecOffSc + slot * kDecScBytes);
-    mbar_wait(full8 + slot, (n / kDecStages) & 1);
+    mbar_wait(stage, n & 1);
     uint4 v[kPieces];
+    float s[kPieces];
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {  // piece k of row r of code box b: channels 128b + 16k ..
       const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
-      v[i] = *reinterpret_cast<const uint4*>(tile + (4 + b) * kDecBox + r * 128 + ((k ^ (r % 8)) * 16));
+      v[i] = *reinterpret_cast<const uint4*>(sm + kDecOffStg + b * kDecBox + r * 128 +
+                                             ((k ^ (r % 8)) * 16));
+      s[i] = sc[r * 4 + b];
     }
-    bar_sync(2, 128);  // every code is in registers: boxes 4-7 may be overwritten
+    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
+    if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
+    // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
+    mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
+    unsigned char* const tile = sm + kDecOffRing + slot * kDecTileBytes;
+    if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
+      mbar_arrive_expect_tx(full + slot, kDecBox);
+      tma_load_2d(base + kDecOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
+                  kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
+    }
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
       const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
-      const float s = sc[r * 4 + b];
       unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
       const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
-      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), s);
+      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) =
+          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), s[i]);
       *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), s);
+          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), s[i]);
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
     bar_sync(2, 128);
-    if (ct == 0) {
-      mbar_arrive(full + slot);
-      if (n + 1 < ntiles) load(n + 1);
-    }
+    if (ct == 0) mbar_arrive(full + slot);
   }
 }
 
@@ -156,19 +166,19 @@ template <bool kFp8>
 __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[3 * kDecStages];  // full[2], empty[2], fp8: full8[2] (codes landed)
+  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
-  uint64_t* const full8 = bars + 2 * kDecStages;
+  uint64_t* const stage = bars + 2 * kDecStages;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
     prefetch_tensormap(&args.cache);
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, 1);  // the producer's expect_tx; fp8: the converter's arrival
+      mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
       mbar_init(empty + s, 4);
-      if (kFp8) mbar_init(full8 + s, 1);
     }
+    if (kFp8) mbar_init(stage, 1);
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -193,8 +203,7 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
   if (kFp8 && warp >= 4) {  // converter warpgroup (fp8), loads included
-    mla_decode_convert(args, sm, ring_s, base, full8, full, empty, table, blk0, ntiles,
-                       threadIdx.x - 128);
+    mla_decode_convert(args, sm, base, stage, full, empty, table, blk0, ntiles, threadIdx.x - 128);
     return;
   }
   if (warp == 4) {  // producer (bf16)
