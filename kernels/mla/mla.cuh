@@ -3,7 +3,8 @@
 // mla_cache_write_kernel: one 128-thread CTA per new token: sum of squares of ĉ (512 fp32) by a
 //   block reduction, then ĉ·rsqrt(mean + eps)·w and k_pe as bf16 into the token's cache row.
 //   fp8 cache: thread i's values i, i + 128, i + 256, i + 384 are one per scale group, so each
-//   group's amax is one more block reduction; codes, k_pe and scales into the token's record.
+//   group's amax is one more block reduction; codes (scale 2^k, subnormal codes flushed), k_pe
+//   and scales into the token's record.
 //
 // mla_attn_kernel<QB>: one CTA (8 warps) per (work item, group of 8 heads); warp w owns head
 //   h0 + w and the item's QB query tokens. Lane l owns latent channels [16l, 16l + 16) and pe
@@ -91,11 +92,14 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float amax = fmaxf(fmaxf(warp_mx[0][i], warp_mx[1][i]), fmaxf(warp_mx[2][i], warp_mx[3][i]));
-    // The same IEEE divisions and product as cpu::mla_fp8_quantize: equal codes.
-    const float q = amax > 0.f ? 448.f / amax : 0.f;
-    dst[threadIdx.x + 128 * i] = fp8_code(__fmul_rn(y[i], q));
+    // The steps of cpu::mla_fp8_quantize (power-of-two scale, exact scaling): equal codes.
+    // k = e − 9 + (f > 0.875) for amax = f · 2^e, f in [0.5, 1), from the bits of a normal amax.
+    const int bits = __float_as_int(amax), k = (bits >> 23) - 135 + ((bits & 0x7fffff) > 0x600000);
+    const bool on = amax >= 1.17549435e-38f && k > -127 && k < 127;  // else scale 0 (all zero)
+    const float inv = on ? __int_as_float((127 - k) << 23) : 0.f;
+    dst[threadIdx.x + 128 * i] = fp8_code(__fmul_rn(y[i], inv));
     if (threadIdx.x == 0)
-      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] = amax / 448.f;
+      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] = on ? __int_as_float((127 + k) << 23) : 0.f;
   }
   if (threadIdx.x < kMlaPe)
     reinterpret_cast<bf16*>(dst + kMlaFp8PeOff)[threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);

@@ -21,11 +21,12 @@
 //
 // fp8 cache (--kv-cache-dtype fp8; set `cache8` instead of `cache` in every params struct): per
 // token a kMlaFp8Row = 656-byte record, ĉ as e4m3 codes (512 bytes) | k_pe bf16 (128 bytes) | 4
-// fp32 scales (16 bytes), one per 128 values of ĉ: scale = amax / 448, code = e4m3(x · (448 /
-// amax)), rounded to nearest even and saturated (cpu::mla_fp8_quantize computes the same codes).
-// 656 = 41 · 16: records stay 16-byte aligned for TMA. The readers decode code · scale in fp32
-// and round it to bf16 where the bf16 path reads the cache (the decode kernel's tile, the
-// prefill kernel's tile, the expanded prefill's gathered latents).
+// fp32 scales (16 bytes), one per 128 values of ĉ: scale = 2^k, the smallest power of two with
+// amax <= 448 · 2^k, code = e4m3(x · 2^-k) rounded to nearest even, subnormal codes flushed to
+// ±0 (cpu::mla_fp8_quantize computes the same codes). 656 = 41 · 16: records stay 16-byte
+// aligned for TMA. code · scale is then exact in bf16: the readers decode it with integer and
+// bf16x2 multiply instructions (mla_fp8.cuh) where the bf16 path reads the cache (the decode
+// kernel's tile, the prefill kernel's tile, the expanded prefill's gathered latents).
 #pragma once
 
 #include <cuda_bf16.h>

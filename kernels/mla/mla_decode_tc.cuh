@@ -43,7 +43,7 @@
 // conversion of the tile before it and the consumers' work on the one before that. The
 // converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
 // loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
-// ĉ (fp32 code · scale, rounded to bf16) into boxes 0-7 in TMA's swizzle; the slot's full
+// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle; the slot's full
 // barrier (2 arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it
 // to the consumers. 256 threads keep the 255-register cap the consumers need (a separate
 // producer warp, 288 threads, capped them at 224 and serialised the wgmmas). The first version
@@ -113,18 +113,26 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
                 stage, policy);
   };
   if (ct == 0 && ntiles > 0) load_codes(0);
-  const float* const sc = reinterpret_cast<const float*>(sm + kDecOffStg + 4 * kDecBox);
+  // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
+  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
+  const int k = ct % 8;
+  const uint4* const sc = reinterpret_cast<const uint4*>(sm + kDecOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     mbar_wait(stage, n & 1);
     uint4 v[kPieces];
-    float s[kPieces];
+    uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
 #pragma unroll
-    for (int i = 0; i < kPieces; ++i) {  // piece k of row r of code box b: channels 128b + 16k ..
-      const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
+    for (int i = 0; i < kPieces; ++i) {
+      const int b = i / 4, r = ct / 8 + 16 * (i % 4);
       v[i] = *reinterpret_cast<const uint4*>(sm + kDecOffStg + b * kDecBox + r * 128 +
                                              ((k ^ (r % 8)) * 16));
-      s[i] = sc[r * 4 + b];
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint4 f = sc[ct / 8 + 16 * j];
+      s[j][0] = __byte_perm(f.x, f.y, 0x7632);
+      s[j][1] = __byte_perm(f.z, f.w, 0x7632);
     }
     bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
     if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
@@ -138,13 +146,16 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     }
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
-      const int idx = ct + 128 * i, b = idx / 512, r = (idx / 8) % kDecKeys, k = idx % 8;
+      const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
+      // The scale of group b twice (bf16x2).
+      const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
+      const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
       unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
       const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
       *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), s[i]);
+          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
       *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), s[i]);
+          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
     bar_sync(2, 128);

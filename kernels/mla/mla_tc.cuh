@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
           if (c < kMlaLat / 8) {
             const float s = reinterpret_cast<const float*>(rec + kMlaFp8ScaleOff)[c / 16];
             *reinterpret_cast<uint4*>(dst) =
-                fp8x8_to_bf16(*reinterpret_cast<const uint2*>(rec + c * 8), s);
+                fp8x8_to_bf16(*reinterpret_cast<const uint2*>(rec + c * 8), fp8_scale2(s));
           } else {
             cp_async16(dst, rec + kMlaFp8PeOff + (c - kMlaLat / 8) * 16);
           }

@@ -262,10 +262,11 @@ TEST(MlaFp8, E4m3CodesAndRounding) {
   EXPECT_EQ(e4m3_from_float(NAN) & 0x7f, 0x7f);
 }
 
-// One scale per 128 values: each group's largest magnitude maps to ±448 exactly, the decoded
-// values are within half a step of e4m3 (relative 2^-4) of the input, and the relative RMS error
-// of a Gaussian row is what 3 mantissa bits give (2.4%, measured; bound 3%). A zero group gets
-// scale 0 and decodes to zeros.
+// One scale per 128 values, the smallest power of two that brings the group's largest magnitude
+// to <= 448 (so it lands in (224, 448]); the decoded values are within half a step of e4m3
+// (relative 2^-4) of the input, or below its normal range (2^-6 · scale, flushed to 0); the
+// relative RMS error of a Gaussian row is what 3 mantissa bits give (~2.6% for values spread
+// evenly over their binades; 2.8% measured for this row; bound 3.5%). A zero group gets scale 0 and decodes to zeros.
 TEST(MlaFp8, QuantizeGroupsOf128) {
   auto x = test::randn(kMlaLatentDim, 9);
   for (int i = 128; i < 256; ++i) x[i] *= 1000.f;  // groups of very different magnitudes
@@ -279,23 +280,28 @@ TEST(MlaFp8, QuantizeGroupsOf128) {
   for (int g : {0, 1, 3}) {
     float amax = 0;
     for (int i = 0; i < 128; ++i) amax = std::max(amax, std::fabs(x[g * 128 + i]));
-    EXPECT_EQ(scales[g], amax / 448.f);
+    int e = 0;
+    EXPECT_EQ(std::frexp(scales[g], &e), 0.5f) << "group " << g << ": scale " << scales[g];
+    EXPECT_LE(amax, 448.f * scales[g]);
+    EXPECT_GT(amax, 224.f * scales[g]);
     bool hit = false;
     for (int i = 0; i < 128; ++i) {
       const float v = x[g * 128 + i], d = e4m3_to_float(codes[g * 128 + i]) * scales[g];
-      hit |= (codes[g * 128 + i] & 0x7f) == 0x7e;
-      // Half a step: 2^-4 of the value in normal binades, half of 2^-9 · scale below them.
-      EXPECT_LE(std::fabs(d - v), std::max(std::fabs(v) / 16, scales[g] / 1024) * 1.0001f)
+      hit |= std::fabs(v) == amax && std::fabs(d) >= 224.f * scales[g];
+      const uint8_t c = codes[g * 128 + i];
+      EXPECT_TRUE((c & 0x78) != 0 || (c & 0x7f) == 0) << "subnormal code for " << v;
+      // Half a step: 2^-4 of the value in normal binades; below them the value is flushed.
+      EXPECT_LE(std::fabs(d - v), std::max(std::fabs(v) / 16, scales[g] / 64) * 1.0001f)
           << "group " << g << " value " << i;
       num += double(d - v) * (d - v) / (double(scales[g]) * scales[g]);
       den += double(v) * v / (double(scales[g]) * scales[g]);
     }
-    EXPECT_TRUE(hit) << "group " << g << ": its amax must map to ±448";
+    EXPECT_TRUE(hit) << "group " << g << ": its amax must land in (224, 448] · scale";
   }
   for (int i = 256; i < 384; ++i) EXPECT_EQ(codes[i], 0);
   const double rel = std::sqrt(num / den);
   std::printf("fp8 quantisation relative RMS error (Gaussian, 3 groups): %.4f\n", rel);
-  EXPECT_LE(rel, 3e-2);
+  EXPECT_LE(rel, 3.5e-2);
 }
 
 // The fp8 cache write stores each value's fp8 round trip (k_pe untouched) at the place the fp32

@@ -16,6 +16,7 @@
 #include "ops/cpu/mla.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -171,15 +172,30 @@ float e4m3_to_float(uint8_t code) {
   return code & 0x80 ? -v : v;
 }
 
+int mla_fp8_scale_exponent(float amax) {
+  int e = 0;
+  const float f = std::frexp(amax, &e);  // amax = f · 2^e, f in [0.5, 1); 448 = 0.875 · 2^9
+  return e - 9 + (f > 0.875f);
+}
+
+uint8_t mla_fp8_code(float x, float inv_scale) {
+  const uint8_t c = e4m3_from_float(x * inv_scale);
+  return (c & 0x78) == 0 ? c & 0x80 : c;  // subnormal codes flushed to ±0
+}
+
 void mla_fp8_quantize(const float* latent, uint8_t* codes, float* scales) {
   for (int g = 0; g < kLat / kMlaFp8Group; ++g) {
     const float* x = latent + g * kMlaFp8Group;
     float amax = 0.f;
     for (int i = 0; i < kMlaFp8Group; ++i) amax = std::max(amax, std::fabs(x[i]));
-    // The CUDA write kernel computes the same two IEEE divisions and products: equal codes.
-    const float inv = amax > 0.f ? kE4m3Max / amax : 0.f;
-    scales[g] = amax / kE4m3Max;
-    for (int i = 0; i < kMlaFp8Group; ++i) codes[g * kMlaFp8Group + i] = e4m3_from_float(x[i] * inv);
+    // Powers of two: x · 2^-k is exact, so the CUDA write kernel (the same steps) gets the same
+    // codes from the same x.
+    // Groups whose amax is below the normal floats or whose 2^±k would not be one: scale 0.
+    const int k = mla_fp8_scale_exponent(amax);
+    const bool on = amax >= FLT_MIN && k > -127 && k < 127;
+    scales[g] = on ? std::ldexp(1.f, k) : 0.f;
+    const float inv = on ? std::ldexp(1.f, -k) : 0.f;
+    for (int i = 0; i < kMlaFp8Group; ++i) codes[g * kMlaFp8Group + i] = mla_fp8_code(x[i], inv);
   }
 }
 

@@ -4,10 +4,13 @@
 // blocks in order, so token position p sits in block_table[p / 64] at row p % 64.
 //
 // fp8 latent cache (--kv-cache-dtype fp8, docs/precision.md): ĉ is stored as float8 e4m3 with
-// one fp32 scale per group of 128 values, scale = amax / 448 (e4m3's largest finite value),
-// code = e4m3(x · (448 / amax)) rounded to nearest even and saturated; k_pe is not quantised.
-// The CPU cache stays fp32 and holds each value's fp8 round trip (code · scale): the values the
-// CUDA fp8 cache decodes to, so both backends attend over the same keys.
+// one scale per group of 128 values, the smallest power of two 2^k with amax <= 448 · 2^k (448:
+// e4m3's largest finite value), code = e4m3(x · 2^-k) rounded to nearest even, codes below
+// e4m3's normal range (|x| < 2^(k-6)) flushed to ±0; k_pe is not quantised. Power-of-two scales
+// and normal codes make every decoded value code · 2^k exact in bf16, so the CUDA readers decode
+// with integer and bf16 multiply instructions alone (docs/kernels-mla-moe.md). The CPU cache
+// stays fp32 and holds each value's fp8 round trip (code · scale): the values the CUDA fp8 cache
+// decodes to, so both backends attend over the same keys.
 #pragma once
 
 #include <cstdint>
@@ -21,7 +24,12 @@ constexpr float kE4m3Max = 448.f;
 // float -> e4m3 code (round to nearest even, saturating to ±448; NaN -> 0x7f), and back.
 uint8_t e4m3_from_float(float x);
 float e4m3_to_float(uint8_t code);
-// ĉ (512 values) -> codes [512] and scales [4]; a group of zeros gets scale 0 and zero codes.
+// k of a group's scale 2^k: the smallest with amax <= 448 · 2^k.
+int mla_fp8_scale_exponent(float amax);
+// The code of x given 1 / scale (a power of two), subnormal codes flushed to ±0.
+uint8_t mla_fp8_code(float x, float inv_scale);
+// ĉ (512 values) -> codes [512] and scales [4]; a group of zeros (amax below FLT_MIN) gets scale
+// 0 and zero codes.
 void mla_fp8_quantize(const float* latent, uint8_t* codes, float* scales);
 
 struct MlaCacheWriteParams {
