@@ -123,12 +123,13 @@ int main(int argc, char** argv) {
     const ModelConfig& c = model->config();
     std::printf("card: %s%s\n", cm->device_name().c_str(),
                 tp > 1 ? str(" x ", tp, " (tensor parallel", expert_parallel ? ", experts split by expert" : "", ")").c_str() : "");
-    std::printf("model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d, "
-                "precision %s, kv cache %s\n",
-                dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
-                random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
-                c.num_experts_per_token, c.vocab_size, precision_name(opts.precision),
-                kv_cache_dtype_name(opts.kv_cache_dtype));
+    std::printf(
+        "model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d, "
+        "precision %s, kv cache %s\n",
+        dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
+        random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
+        c.num_experts_per_token, c.vocab_size, precision_name(opts.precision),
+        kv_cache_dtype_name(opts.kv_cache_dtype));
     std::printf("memory%s: weights %.2f GiB, caches %.3f GiB, activations %.2f GiB; load %.1f s\n",
                 tp > 1 ? " (rank 0)" : "", cm->weight_bytes() / 1073741824.0, cm->cache_bytes() / 1073741824.0,
                 cm->arena_bytes() / 1073741824.0, now_s() - t_load);

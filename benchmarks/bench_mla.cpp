@@ -2,11 +2,11 @@
 // Decode: one new token per sequence, batch B at context L, through the plan the model's CUDA
 // graphs use (make_mla_decode_plan) with the combine, replayed from a CUDA graph: the CUDA-core
 // kernel (mla_attn_kernel<1>, 8 heads per CTA) against the tensor-core decode kernel
-// (mla_decode_kernel: wgmma + TMA, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
-// second as a fraction of the device-to-device copy rate measured in the same run. Then the
-// tensor-core kernel on the fp8 cache (--kv-cache-dtype fp8: 656-byte records, B·L·656 bytes
-// read) at the same shape, and its time against the bf16 one; both caches are written from the
-// same random latents by the cache-write kernel, so their u differ by the fp8 rounding alone.
+// (mla_decode_kernel: wgmma + TMA, all heads per CTA); time per layer and cache bytes read
+// (B·L·1152) per second as a fraction of the device-to-device copy rate measured in the same run.
+// Then the tensor-core kernel on the fp8 cache (--kv-cache-dtype fp8: 656-byte records, B·L·656
+// bytes read) at the same shape, and its time against the bf16 one; both caches are written from
+// the same random latents by the cache-write kernel, so their u differ by the fp8 rounding alone.
 // Prefill: one sequence of T = 4096 and 16384 new tokens with no history and with 112k positions
 // before them: the absorbed chain (q_abs GEMM, prefill items on mla_attn_tc_kernel, or on the
 // CUDA-core mla_attn_kernel<4> without history, W_UV GEMM) against the expanded prefill
@@ -102,7 +102,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(B) * H * 512),
       q(size_t(B) * H * 192);
   DeviceBuffer<uint8_t> cache8(size_t(nb) * 64 * kimi::cuda::kMlaFp8Row);
-  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512), u_f8(size_t(B) * H * 512);
+  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512),
+      u_f8(size_t(B) * H * 512);
   fill_random(q_abs, -0.5f, 0.5f, 4);
   fill_random(q, -1.f, 1.f, 5);
   DeviceBuffer<int> dtab(table.size());
@@ -128,8 +129,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     dns.upload(plan.num_splits);
     kimi::cuda::MlaAttnParams ap;
     ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
-    if (path == 2) ap.cache8 = cache8.data();
-    else ap.cache = cache.data();
+    ap.cache = path == 2 ? nullptr : cache.data();
+    ap.cache8 = path == 2 ? cache8.data() : nullptr;
     ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
     ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.num_blocks = nb;
@@ -159,9 +160,10 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
               "vs CUDA cores %.2e\n",
               B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
               rel_rms(u_cc, u_tc));
-  std::printf("%-4d %-8d fp8 cache: %.2fx the bf16 tensor-core step (bytes 0.57x); u rel RMS vs "
-              "bf16 cache %.2e\n",
-              B, L, ms[1] / ms[2], rel_rms(u_tc, u_f8));
+  std::printf(
+      "%-4d %-8d fp8 cache: %.2fx the bf16 tensor-core step (bytes 0.57x); u rel RMS vs "
+      "bf16 cache %.2e\n",
+      B, L, ms[1] / ms[2], rel_rms(u_tc, u_f8));
 }
 
 // One sequence of T new tokens after `hist` positions of history (context L = hist + T), the
@@ -304,8 +306,8 @@ int main(int argc, char** argv) {
                                                    {1, 1 << 20}, {64, 4096}, {64, 32768},
                                                    {64, 131072}};
       for (auto [B, L] : shapes) {
-        const size_t need = size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) +
-                            (size_t(1) << 30);
+        const size_t need =
+            size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) + (size_t(1) << 30);
         size_t free_b = 0, total_b = 0;
         CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
         if (need > free_b) {

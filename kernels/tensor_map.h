@@ -32,11 +32,10 @@ inline CUtensorMap tensor_map_2d(CUtensorMapDataType type, const void* base, uin
   CUtensorMap m;
   const cuuint64_t dims[2] = {dim0, dim1}, strides[1] = {stride};
   const cuuint32_t box[2] = {box0, box_rows}, elem[2] = {1, 1};
-  const CUresult r =
-      encode(&m, type, 2, const_cast<void*>(base), dims, strides, box, elem,
-             CU_TENSOR_MAP_INTERLEAVE_NONE,
-             swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r = encode(&m, type, 2, const_cast<void*>(base), dims, strides, box, elem,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            swizzle ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_NONE,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   KIMI_CHECK(r == CUDA_SUCCESS, "cuTensorMapEncodeTiled failed (", int(r), ") for ", dim0, " x ",
              dim1);
   return m;

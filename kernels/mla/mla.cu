@@ -172,8 +172,8 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   if (p.cache8) {
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                             128, kMlaBlock, true);
-    a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows,
-                             kMlaFp8Row, 16, kMlaBlock, false);
+    a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
+                             16, kMlaBlock, false);
     launch_kernel(mla::mla_decode_kernel<true>, grid, mla::kDecThreadsFp8,
                   LaunchOptions{mla::kDecSmemFp8, true}, stream, a);
   } else {
@@ -207,7 +207,8 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmemFp8)));
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::kDecSmemFp8)));
   done.fetch_or(bit);
 }
 

@@ -71,7 +71,8 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
       const int c = threadIdx.x + 128 * i;
       dst[c] = __float2bfloat16(v[i] * inv * p.norm_weight[c]);
     }
-    if (threadIdx.x < kMlaPe) dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
+    if (threadIdx.x < kMlaPe)
+      dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
     return;
   }
   static_assert(kMlaLat / kMlaFp8Group == 4 && kMlaFp8Group == 128);
@@ -91,7 +92,8 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
   __syncthreads();
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float amax = fmaxf(fmaxf(warp_mx[0][i], warp_mx[1][i]), fmaxf(warp_mx[2][i], warp_mx[3][i]));
+    const float amax =
+        fmaxf(fmaxf(warp_mx[0][i], warp_mx[1][i]), fmaxf(warp_mx[2][i], warp_mx[3][i]));
     // The steps of cpu::mla_fp8_quantize (power-of-two scale, exact scaling): equal codes.
     // k = e − 9 + (f > 0.875) for amax = f · 2^e, f in [0.5, 1), from the bits of a normal amax.
     const int bits = __float_as_int(amax), k = (bits >> 23) - 135 + ((bits & 0x7fffff) > 0x600000);
@@ -99,10 +101,12 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
     const float inv = on ? __int_as_float((127 - k) << 23) : 0.f;
     dst[threadIdx.x + 128 * i] = fp8_code(__fmul_rn(y[i], inv));
     if (threadIdx.x == 0)
-      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] = on ? __int_as_float((127 + k) << 23) : 0.f;
+      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] =
+          on ? __int_as_float((127 + k) << 23) : 0.f;
   }
   if (threadIdx.x < kMlaPe)
-    reinterpret_cast<bf16*>(dst + kMlaFp8PeOff)[threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
+    reinterpret_cast<bf16*>(dst + kMlaFp8PeOff)[threadIdx.x] =
+        __float2bfloat16(src[kMlaLat + threadIdx.x]);
 }
 
 __device__ inline void bf16x8_to_float(const uint4& raw, float* f) {

@@ -61,7 +61,9 @@ constexpr int kMlaFp8Group = 128;  // ĉ values per scale
 static_assert(kMlaFp8PeOff == kMlaLat && kMlaFp8ScaleOff == kMlaFp8PeOff + 2 * kMlaPe &&
               kMlaFp8Row == kMlaFp8ScaleOff + 4 * (kMlaLat / kMlaFp8Group) && kMlaFp8Row % 16 == 0);
 // Bytes of one cached token (one MLA layer) in either format.
-inline size_t mla_cache_row_bytes(bool fp8) { return fp8 ? kMlaFp8Row : kMlaRow * sizeof(bf16); }
+inline size_t mla_cache_row_bytes(bool fp8) {
+  return fp8 ? kMlaFp8Row : kMlaRow * sizeof(bf16);
+}
 
 // ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
 struct MlaCacheWriteParams {

@@ -26,7 +26,8 @@ __device__ __forceinline__ uint2 fp8x4_to_bf16(uint32_t codes, __nv_bfloat162 sc
   // Per pair: magnitudes into the low bytes of the 16-bit lanes, signs into their high bytes.
   const uint32_t lo = __byte_perm(m, 0, 0x4140) * 16u + __byte_perm(s, 0, 0x1404);
   const uint32_t hi = __byte_perm(m, 0, 0x4342) * 16u + __byte_perm(s, 0, 0x3424);
-  const __nv_bfloat162 k120 = __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
+  const __nv_bfloat162 k120 =
+      __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
   __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&lo);
   __nv_bfloat162 b = *reinterpret_cast<const __nv_bfloat162*>(&hi);
   a = __hmul2(__hmul2(a, k120), scale2);

@@ -106,8 +106,8 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   mla_prefill_prepare();
   KIMI_CHECK(p.num_heads > 0 && p.piece_rows >= 8 && p.piece_rows % 8 == 0, "mla prefill H ",
              p.num_heads, " piece ", p.piece_rows);
-  KIMI_CHECK(p.q && (p.cache != nullptr) != (p.cache8 != nullptr) && p.block_tables && p.kv_b && p.segs && p.items && p.workspace &&
-                 p.out && (p.state || !plan.uses_state),
+  KIMI_CHECK(p.q && (p.cache != nullptr) != (p.cache8 != nullptr) && p.block_tables && p.kv_b &&
+                 p.segs && p.items && p.workspace && p.out && (p.state || !plan.uses_state),
              "mla prefill: null pointer");
   KIMI_CHECK(p.scale > 0.f, "mla prefill scale ", p.scale);
   const PfWorkspace w = carve(p.workspace, p.piece_rows, p.num_heads);

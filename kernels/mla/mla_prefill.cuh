@@ -359,8 +359,9 @@ __global__ void __launch_bounds__(256)
     } else if (src >= 0) {  // fp8 record: 8 codes times their scale, or 8 bf16 of k_pe
       const uint8_t* rec = cache8 + src * kMlaFp8Row;
       v = c < kMlaLat / 8
-              ? fp8x8_to_bf16(*reinterpret_cast<const uint2*>(rec + c * 8),
-                              fp8_scale2(reinterpret_cast<const float*>(rec + kMlaFp8ScaleOff)[c / 16]))
+              ? fp8x8_to_bf16(
+                    *reinterpret_cast<const uint2*>(rec + c * 8),
+                    fp8_scale2(reinterpret_cast<const float*>(rec + kMlaFp8ScaleOff)[c / 16]))
               : *reinterpret_cast<const uint4*>(rec + kMlaFp8PeOff + (c - kMlaLat / 8) * 16);
     }
     *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) = v;

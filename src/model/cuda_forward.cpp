@@ -225,7 +225,8 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
 // cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
 // cache: the layer's MLA cache, bf16 rows or fp8 records (m.fp8_cache).
-void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache, const StepMeta& s) {
+void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
+                        const StepMeta& s) {
   const int T = s.T, H = m.cfg.num_attention_heads;
   auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
@@ -252,8 +253,8 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
   ap.num_heads = H;
   ap.q_abs = A.q_abs;
   ap.q = A.mq;
-  if (m.fp8_cache) ap.cache8 = cache;
-  else ap.cache = reinterpret_cast<const bf16*>(cache);
+  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+  ap.cache8 = m.fp8_cache ? cache : nullptr;
   ap.num_blocks = m.cache.num_blocks;
   ap.block_tables = s.tables;
   ap.max_blocks_per_seq = s.mb;
@@ -320,16 +321,16 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   wp.latent = A.latent;
   wp.norm_weight = w.kv_norm;
   wp.eps = c.rms_norm_eps;
-  if (m.fp8_cache) wp.cache8 = cache;
-  else wp.cache = reinterpret_cast<bf16*>(cache);
+  wp.cache = m.fp8_cache ? nullptr : reinterpret_cast<bf16*>(cache);
+  wp.cache8 = m.fp8_cache ? cache : nullptr;
   cuda::run_mla_cache_write(wp, m.stream);
   if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
   if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
     cuda::MlaPrefillParams pp;
     pp.num_heads = H;
     pp.q = A.mq;
-    if (m.fp8_cache) pp.cache8 = cache;
-    else pp.cache = reinterpret_cast<const bf16*>(cache);
+    pp.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+    pp.cache8 = m.fp8_cache ? cache : nullptr;
     pp.block_tables = s.tables;
     pp.max_blocks_per_seq = s.mb;
     pp.kv_b = w.kv_b;

@@ -446,8 +446,9 @@ void CudaModel::copy_block(int src, int dst) {
   KIMI_CHECK(src >= 0 && src < m.cache.num_blocks && dst >= 0 && dst < m.cache.num_blocks);
   for (int l = 0; l < m.cfg.num_mla_layers(); ++l) {
     const size_t s = size_t(l) * m.cache.num_blocks + src, d = size_t(l) * m.cache.num_blocks + dst;
-    CUDA_CHECK(cudaMemcpyAsync(m.mla_cache + d * m.mla_block_bytes, m.mla_cache + s * m.mla_block_bytes,
-                               m.mla_block_bytes, cudaMemcpyDeviceToDevice, m.stream));
+    CUDA_CHECK(cudaMemcpyAsync(m.mla_cache + d * m.mla_block_bytes,
+                               m.mla_cache + s * m.mla_block_bytes, m.mla_block_bytes,
+                               cudaMemcpyDeviceToDevice, m.stream));
   }
 }
 

@@ -55,7 +55,9 @@ KvCacheDtype parse_kv_cache_dtype(const std::string& name) {
   fail("kv cache dtype must be auto, bf16 or fp8, got '", name, "'");
 }
 
-const char* kv_cache_dtype_name(KvCacheDtype d) { return d == KvCacheDtype::kFp8 ? "fp8" : "bf16"; }
+const char* kv_cache_dtype_name(KvCacheDtype d) {
+  return d == KvCacheDtype::kFp8 ? "fp8" : "bf16";
+}
 
 CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double memory_fraction,
                          int64_t cpu_budget_bytes) {

@@ -102,8 +102,9 @@ const char* precision_name(Precision p);
 
 // MLA latent cache storage (vLLM's --kv-cache-dtype; docs/precision.md). kBf16: ĉ | k_pe in bf16
 // on CUDA (1152 bytes per token and MLA layer), unquantised fp32 on the CPU. kFp8: ĉ as e4m3
-// with one fp32 scale per 128 values, k_pe still bf16 (656 bytes on CUDA: 0.57x, so 1.76x the
-// tokens fit and decode reads 0.57x the bytes); the CPU stores the same fp8 round trip in fp32.
+// with one power-of-two scale per 128 values, k_pe still bf16 (656 bytes on CUDA: 0.57x, so
+// 1.76x the tokens fit; decode reads 0.57x the bytes but is not faster yet, perf-log session 7);
+// the CPU stores the same fp8 round trip in fp32.
 enum class KvCacheDtype { kBf16, kFp8 };
 // "auto" (= bf16) / "bf16" / "fp8" (the --kv-cache-dtype values); anything else is refused.
 KvCacheDtype parse_kv_cache_dtype(const std::string& name);

@@ -161,10 +161,11 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   metrics_.total_blocks = mo.cache.num_blocks;
   metrics_.total_slots = opts.max_num_seqs;
-  spdlog::info("engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks "
-               "({} MLA cache), max_model_len {}", dir, cfg.num_hidden_layers, mo.cache.num_slots,
-               prefix_cache_slots(opts), mo.cache.num_blocks, kv_cache_dtype_name(mo.kv_cache_dtype),
-               max_model_len_);
+  spdlog::info(
+      "engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks "
+      "({} MLA cache), max_model_len {}",
+      dir, cfg.num_hidden_layers, mo.cache.num_slots, prefix_cache_slots(opts), mo.cache.num_blocks,
+      kv_cache_dtype_name(mo.kv_cache_dtype), max_model_len_);
   thread_ = std::thread([this] { loop(); });
 }
 

@@ -445,20 +445,25 @@ TEST_F(CudaVsCpu, Fp8CacheMatchesCpu) {
   ASSERT_TRUE(cm);
   for (bool graphs : {true, false}) {
     cm->set_use_graphs(graphs);
-    std::vector<float> got = prefill(gpu_fp8_, std::vector<int>(t.begin(), t.begin() + first), 2, 20);
+    std::vector<float> got =
+        prefill(gpu_fp8_, std::vector<int>(t.begin(), t.begin() + first), 2, 20);
     double worst_prefill = 0, worst_pieces = 0, worst_decode = 0, vs_bf16 = 0;
     for (int i = 0; i < first; ++i) {
-      worst_prefill = std::max(worst_prefill, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
-      vs_bf16 = std::max(vs_bf16, rel_l2(got.data() + size_t(i) * V, plain.data() + size_t(i) * V, V));
+      worst_prefill = std::max(worst_prefill,
+                               rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
+      vs_bf16 =
+          std::max(vs_bf16, rel_l2(got.data() + size_t(i) * V, plain.data() + size_t(i) * V, V));
     }
     int pos = first;
     for (int piece : {57, 70}) {
       Batch b;
       b.all_logits = true;
-      b.add(std::vector<int>(t.begin() + pos, t.begin() + pos + piece), pos + piece, 2, blocks(20, n / kBlockSize + 2));
+      b.add(std::vector<int>(t.begin() + pos, t.begin() + pos + piece), pos + piece, 2,
+            blocks(20, n / kBlockSize + 2));
       gpu_fp8_->forward(b, got);
       for (int i = 0; i < piece; ++i)
-        worst_pieces = std::max(worst_pieces, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(pos + i) * V, V));
+        worst_pieces = std::max(
+            worst_pieces, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(pos + i) * V, V));
       pos += piece;
     }
     for (; pos < n; ++pos) {
@@ -468,9 +473,10 @@ TEST_F(CudaVsCpu, Fp8CacheMatchesCpu) {
       worst_decode = std::max(worst_decode, rel_l2(got.data(), ref.data() + size_t(pos) * V, V));
       vs_bf16 = std::max(vs_bf16, rel_l2(got.data(), plain.data() + size_t(pos) * V, V));
     }
-    std::printf("fp8 cache (%s decode): max relative L2 vs CPU fp8: prefill %.3g, pieces %.3g, "
-                "decode %.3g; vs the GPU's bf16 cache %.3g\n",
-                graphs ? "graphs" : "eager", worst_prefill, worst_pieces, worst_decode, vs_bf16);
+    std::printf(
+        "fp8 cache (%s decode): max relative L2 vs CPU fp8: prefill %.3g, pieces %.3g, "
+        "decode %.3g; vs the GPU's bf16 cache %.3g\n",
+        graphs ? "graphs" : "eager", worst_prefill, worst_pieces, worst_decode, vs_bf16);
     EXPECT_LE(worst_prefill, kVsCpuTol);
     EXPECT_LE(worst_pieces, kVsCpuTol);
     EXPECT_LE(worst_decode, kVsCpuTol) << (graphs ? "graphs" : "eager");

@@ -146,7 +146,8 @@ TEST(Engine, KvCacheDtypeOption) {
       Engine::create(o);
       ADD_FAILURE() << "kv_cache_dtype '" << bad << "' accepted";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("kv cache dtype must be auto, bf16 or fp8"), std::string::npos)
+      EXPECT_NE(std::string(e.what()).find("kv cache dtype must be auto, bf16 or fp8"),
+                std::string::npos)
           << e.what();
     }
   }

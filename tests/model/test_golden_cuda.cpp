@@ -251,7 +251,8 @@ TEST_F(GoldenCuda, Fp8CacheLogitsNearBf16Cache) {
   for (const Row& r : rows) {
     agree += r.same_top1;
     errs.push_back(r.err);
-    EXPECT_LE(r.err, 0.35) << "case " << r.n << " position " << r.t << " (margin " << r.margin << ")";
+    EXPECT_LE(r.err, 0.35) << "case " << r.n << " position " << r.t << " (margin " << r.margin
+                           << ")";
   }
   std::nth_element(errs.begin(), errs.begin() + errs.size() / 2, errs.end());
   const double median = errs[errs.size() / 2];
@@ -271,9 +272,10 @@ TEST_F(GoldenCuda, Fp8CacheLogitsNearBf16Cache) {
       for (int v = 0; v < V; ++v) max_abs = std::max(max_abs, double(std::fabs(x[v] - y[v])));
     }
   }
-  std::printf("fp8 cache: top-1 vs reference %d of %zu, median row %.3g; vs the bf16 cache: top-1 "
-              "%d of %d, worst row %.3g, max logit difference %.3g\n",
-              agree, rows.size(), median, same, total, worst_row, max_abs);
+  std::printf(
+      "fp8 cache: top-1 vs reference %d of %zu, median row %.3g; vs the bf16 cache: top-1 "
+      "%d of %d, worst row %.3g, max logit difference %.3g\n",
+      agree, rows.size(), median, same, total, worst_row, max_abs);
   EXPECT_GE(agree, 0.90 * double(rows.size()));
   EXPECT_LE(median, 3e-2);
   EXPECT_GE(same, 0.90 * double(total));

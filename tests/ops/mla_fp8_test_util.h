@@ -23,8 +23,8 @@ struct Fp8Cache {
 // cache: [rows, 576] bf16 bits. Group g of row r is scaled by 4^−((r + g) % 4) first, so the
 // groups' scales span 1 .. 1/64 of each other (downwards: larger values would sharpen the
 // softmax and test its conditioning instead of the cache; first run: up to 16x gave errors of
-// up to 1.5e-2 relative, 1.5 absolute, on every reader alike). A row holding a NaN (never written) becomes all
-// 0xff bytes (NaN codes, NaN scales, NaN k_pe) and NaN values.
+// up to 1.5e-2 relative, 1.5 absolute, on every reader alike). A row holding a NaN (never written)
+// becomes all 0xff bytes (NaN codes, NaN scales, NaN k_pe) and NaN values.
 inline Fp8Cache make_fp8_cache(const std::vector<uint16_t>& cache) {
   const size_t rows = cache.size() / 576;
   Fp8Cache f;

@@ -63,8 +63,8 @@ enum class PlanKind { kEager, kDecode };
 
 // fp8: the cache as fp8 records (mla_fp8_test_util.h); the CPU attends over their decoded values
 // and only the tensor-core kernels run (the CUDA-core ones have no fp8 path).
-void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
-               PlanKind kind = PlanKind::kEager, bool fp8 = false) {
+void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind = PlanKind::kEager,
+               bool fp8 = false) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -133,8 +133,8 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   cuda::MlaAttnParams ap;
   ap.num_tokens = T, ap.num_heads = H, ap.q_abs = reinterpret_cast<bf16*>(dqabs.data());
   ap.q = reinterpret_cast<bf16*>(dq.data());
-  if (fp8) ap.cache8 = dcache8.data();
-  else ap.cache = reinterpret_cast<bf16*>(dcache.data());
+  ap.cache = fp8 ? nullptr : reinterpret_cast<bf16*>(dcache.data());
+  ap.cache8 = fp8 ? dcache8.data() : nullptr;
   ap.num_blocks = b.num_blocks;
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
@@ -184,8 +184,9 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     gemm.run(g2, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     auto got = bf16_to_float(dout.to_host());
-    const std::string desc = str("mla ", fp8 ? "fp8 " : "", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
-                                 " H", H, " S", S, " T", T, plan_desc);
+    const std::string desc =
+        str("mla ", fp8 ? "fp8 " : "", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
+            " H", H, " S", S, " T", T, plan_desc);
     expect_close(desc + " " + path_name[path] + " vs CPU", got.data(), ref.data(), ref.size(),
                  1e-2, 0.1);
     if (fp8) continue;
@@ -321,8 +322,9 @@ TEST(MlaGpu, Fp8CacheWriteQuantises) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   std::mt19937 rng(12);
-  for (auto seqs : {std::vector<Seq>{{1, 1}}, std::vector<Seq>{{7, 70}, {1, 64}, {65, 65}, {1, 129}},
-                    std::vector<Seq>{{769, 800}}}) {
+  for (auto seqs :
+       {std::vector<Seq>{{1, 1}}, std::vector<Seq>{{7, 70}, {1, 64}, {65, 65}, {1, 129}},
+        std::vector<Seq>{{769, 800}}}) {
     PagedBatch b = make_batch(rng, seqs);
     const int S = int(seqs.size()), T = b.cu.back();
     const size_t rows = size_t(b.num_blocks) * 64;
@@ -330,7 +332,8 @@ TEST(MlaGpu, Fp8CacheWriteQuantises) {
     for (auto& x : cache) x = uint8_t(rng());
     auto latent = random_f32(rng, size_t(T) * 576, -3.f, 3.f);
     for (int t = 0; t < T; ++t)  // groups of different magnitudes: scales 1/16 .. 16 apart
-      for (int i = 0; i < 512; ++i) latent[size_t(t) * 576 + i] *= std::ldexp(1.f, 2 * ((t + i / 128) % 5 - 2));
+      for (int i = 0; i < 512; ++i)
+        latent[size_t(t) * 576 + i] *= std::ldexp(1.f, 2 * ((t + i / 128) % 5 - 2));
     auto w = random_f32(rng, 512, 0.5f, 1.5f);
     GuardedBuffer<uint8_t> dcache(cache.size());
     GuardedBuffer<float> dlat(latent.size()), dw(512);
@@ -373,14 +376,15 @@ TEST(MlaGpu, Fp8CacheWriteQuantises) {
         for (int c = 0; c < 512; ++c) {
           if (g[c] == rec[c]) continue;
           // Neighbouring codes: same sign, magnitudes one step apart (e4m3 codes are ordered).
-          const bool next = (g[c] & 0x80) == (rec[c] & 0x80) && std::abs((g[c] & 0x7f) - (rec[c] & 0x7f)) == 1;
+          const bool next =
+              (g[c] & 0x80) == (rec[c] & 0x80) && std::abs((g[c] & 0x7f) - (rec[c] & 0x7f)) == 1;
           ++(next ? neighbours : others);
           g[c] = rec[c];  // then the rest compares bytewise
         }
         std::memcpy(g + 640, scales, 16);  // checked above
       }
-    std::printf("    fp8 cache write T%d: %zu of %d codes one step off, worst scale error %.2g\n", T,
-                neighbours, T * 512, worst_scale);
+    std::printf("    fp8 cache write T%d: %zu of %d codes one step off, worst scale error %.2g\n",
+                T, neighbours, T * 512, worst_scale);
     EXPECT_EQ(others, 0u);
     EXPECT_LE(neighbours, size_t(T) * 512 / 100 + 1);
     EXPECT_LE(worst_scale, 2e-6);

@@ -100,8 +100,8 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   cuda::MlaPrefillParams p;
   p.num_heads = H;
   p.q = dev<bf16>(dq);
-  if (fp8) p.cache8 = dcache8.data();
-  else p.cache = dev<bf16>(dcache);
+  p.cache = fp8 ? nullptr : dev<bf16>(dcache);
+  p.cache8 = fp8 ? dcache8.data() : nullptr;
   p.block_tables = dtab.data();
   p.max_blocks_per_seq = mb;
   p.kv_b = dev<bf16>(dkvb);
@@ -131,8 +131,8 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
         ++touched;
       }
     }
-  std::string desc = str(fp8 ? "fp8 " : "", "H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
-                         plan.items.size(), " seqs");
+  std::string desc = str(fp8 ? "fp8 " : "", "H", H, " piece ", piece, " rounds ",
+                         plan.rounds.size(), " items ", plan.items.size(), " seqs");
   for (int s = 0; s < S; ++s)
     desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
   expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);

@@ -245,14 +245,14 @@ TEST(MlaFp8, E4m3CodesAndRounding) {
     EXPECT_EQ(e4m3_from_float(e4m3_to_float(uint8_t(c))), c) << "code " << c;
   }
   EXPECT_EQ(e4m3_to_float(0x7e), 448.f);
-  EXPECT_EQ(e4m3_to_float(0x08), 1.f / 64);    // smallest normal 2^-6
-  EXPECT_EQ(e4m3_to_float(0x01), 1.f / 512);   // smallest subnormal 2^-9
+  EXPECT_EQ(e4m3_to_float(0x08), 1.f / 64);   // smallest normal 2^-6
+  EXPECT_EQ(e4m3_to_float(0x01), 1.f / 512);  // smallest subnormal 2^-9
   EXPECT_EQ(e4m3_to_float(0x38), 1.f);
   EXPECT_EQ(e4m3_to_float(0xb9), -1.125f);
-  EXPECT_EQ(e4m3_from_float(1.0625f), 0x38);   // halfway 1 .. 1.125: to the even code (1)
-  EXPECT_EQ(e4m3_from_float(1.1875f), 0x3a);   // halfway 1.125 .. 1.25: to 1.25
+  EXPECT_EQ(e4m3_from_float(1.0625f), 0x38);  // halfway 1 .. 1.125: to the even code (1)
+  EXPECT_EQ(e4m3_from_float(1.1875f), 0x3a);  // halfway 1.125 .. 1.25: to 1.25
   EXPECT_EQ(e4m3_from_float(1.07f), 0x39);
-  EXPECT_EQ(e4m3_from_float(15.5f), 0x58);     // 15.5 is halfway 15 .. 16: to 16 (carry)
+  EXPECT_EQ(e4m3_from_float(15.5f), 0x58);       // 15.5 is halfway 15 .. 16: to 16 (carry)
   EXPECT_EQ(e4m3_from_float(3.f / 1024), 0x02);  // 1.5 subnormal steps: to even (2)
   EXPECT_EQ(e4m3_from_float(1e-4f), 0x00);
   EXPECT_EQ(e4m3_from_float(-1e-4f), 0x80);
@@ -266,7 +266,8 @@ TEST(MlaFp8, E4m3CodesAndRounding) {
 // to <= 448 (so it lands in (224, 448]); the decoded values are within half a step of e4m3
 // (relative 2^-4) of the input, or below its normal range (2^-6 · scale, flushed to 0); the
 // relative RMS error of a Gaussian row is what 3 mantissa bits give (~2.6% for values spread
-// evenly over their binades; 2.8% measured for this row; bound 3.5%). A zero group gets scale 0 and decodes to zeros.
+// evenly over their binades; 2.8% measured for this row; bound 3.5%). A zero group gets scale 0 and
+// decodes to zeros.
 TEST(MlaFp8, QuantizeGroupsOf128) {
   auto x = test::randn(kMlaLatentDim, 9);
   for (int i = 128; i < 256; ++i) x[i] *= 1000.f;  // groups of very different magnitudes
@@ -324,7 +325,8 @@ TEST(MlaFp8, CacheWriteStoresRoundTrip) {
     float scales[4];
     mla_fp8_quantize(&plain[row * kRow], codes, scales);
     for (int c = 0; c < kRow; ++c) {
-      const float want = c < kMlaLatentDim ? e4m3_to_float(codes[c]) * scales[c / 128] : plain[row * kRow + c];
+      const float want =
+          c < kMlaLatentDim ? e4m3_to_float(codes[c]) * scales[c / 128] : plain[row * kRow + c];
       ASSERT_EQ(fp8[row * kRow + c], want) << "token " << t << " col " << c;
     }
   }

@@ -158,17 +158,16 @@ uint8_t e4m3_from_float(float x) {
   const float m = std::nearbyint(std::ldexp(a, 3 - binade));  // exact scaling, ties to even
   if (m == 0.f) return sign;
   if (binade == -6 && m < 8.f) return sign | uint8_t(m);  // subnormal
-  const int mi = int(m), carry = mi == 16;  // rounded up into the next binade
+  const int mi = int(m), carry = mi == 16;                // rounded up into the next binade
   const int exp_field = binade + 7 + carry, mant = carry ? 0 : mi - 8;
   return sign | uint8_t(exp_field << 3) | uint8_t(mant);
 }
 
 float e4m3_to_float(uint8_t code) {
   const int exp_field = (code >> 3) & 15, mant = code & 7;
-  float v = 0.f;
-  if ((code & 0x7f) == 0x7f) v = NAN;
-  else if (exp_field == 0) v = std::ldexp(float(mant), -9);
-  else v = std::ldexp(float(8 + mant), exp_field - 10);
+  const float v = (code & 0x7f) == 0x7f ? NAN
+                  : exp_field == 0      ? std::ldexp(float(mant), -9)  // subnormal
+                                        : std::ldexp(float(8 + mant), exp_field - 10);
   return code & 0x80 ? -v : v;
 }
 

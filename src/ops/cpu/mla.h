@@ -18,7 +18,7 @@
 namespace kimi::cpu {
 
 constexpr int kMlaBlockSize = 64;
-constexpr int kMlaFp8Group = 128;     // ĉ values per fp32 scale
+constexpr int kMlaFp8Group = 128;  // ĉ values per fp32 scale
 constexpr float kE4m3Max = 448.f;
 
 // float -> e4m3 code (round to nearest even, saturating to ±448; NaN -> 0x7f), and back.
