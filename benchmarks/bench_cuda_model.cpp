@@ -8,6 +8,7 @@
 //   bench_cuda_model --model benchmarks/configs/kimi-linear-48b-a3b --random-weights [--layers 13]
 //                    [--prefill 4096] [--chunk 4096] [--decode 128] [--batch B] [--context C]
 //                    [--tensor-parallel-size N [--enable-expert-parallel]] [--precision bf16|high]
+//                    [--kv-cache-dtype auto|bf16|fp8]
 // --context C: the decode starts at context C without running a prefill for it: the caches hold
 // C positions of zeros, which costs the same bytes and FLOPs as real ones (timing only: such
 // tokens are not a model output). Without it every sequence is prefilled with the P tokens.
@@ -51,7 +52,7 @@ int main(int argc, char** argv) {
   using namespace kimi;
   std::string dir;
   bool random_weights = false, expert_parallel = false;
-  std::string precision = "bf16";
+  std::string precision = "bf16", kv_cache_dtype = "auto";
   int layers = 0, prefill = 4096, decode = 128, tp = 1, chunk = 0, batch = 1, context = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
     else if (a == "--tensor-parallel-size" || a == "-tp") tp = std::atoi(next());
     else if (a == "--enable-expert-parallel") expert_parallel = true;
     else if (a == "--precision") precision = next();
+    else if (a == "--kv-cache-dtype") kv_cache_dtype = next();
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -102,6 +104,7 @@ int main(int argc, char** argv) {
     opts.tensor_parallel = tp;
     opts.expert_parallel = expert_parallel;
     opts.precision = parse_precision(precision);
+    opts.kv_cache_dtype = parse_kv_cache_dtype(kv_cache_dtype);
     opts.max_batch_tokens = std::max(chunk, batch);
     // Decode passes (eager, graphs, profiled) continue one another's contexts.
     const int blocks_per_seq =
@@ -120,11 +123,13 @@ int main(int argc, char** argv) {
     const ModelConfig& c = model->config();
     std::printf("card: %s%s\n", cm->device_name().c_str(),
                 tp > 1 ? str(" x ", tp, " (tensor parallel", expert_parallel ? ", experts split by expert" : "", ")").c_str() : "");
-    std::printf("model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d, "
-                "precision %s\n",
-                dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
-                random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
-                c.num_experts_per_token, c.vocab_size, precision_name(opts.precision));
+    std::printf(
+        "model: %s, %d layers (%d KDA, %d MLA)%s, hidden %d, %d experts top-%d, vocab %d, "
+        "precision %s, kv cache %s\n",
+        dir.c_str(), c.num_hidden_layers, c.num_kda_layers(), c.num_mla_layers(),
+        random_weights ? ", random weights" : "", c.hidden_size, c.num_experts,
+        c.num_experts_per_token, c.vocab_size, precision_name(opts.precision),
+        kv_cache_dtype_name(opts.kv_cache_dtype));
     std::printf("memory%s: weights %.2f GiB, caches %.3f GiB, activations %.2f GiB; load %.1f s\n",
                 tp > 1 ? " (rank 0)" : "", cm->weight_bytes() / 1073741824.0, cm->cache_bytes() / 1073741824.0,
                 cm->arena_bytes() / 1073741824.0, now_s() - t_load);

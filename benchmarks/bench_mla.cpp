@@ -2,8 +2,11 @@
 // Decode: one new token per sequence, batch B at context L, through the plan the model's CUDA
 // graphs use (make_mla_decode_plan) with the combine, replayed from a CUDA graph: the CUDA-core
 // kernel (mla_attn_kernel<1>, 8 heads per CTA) against the tensor-core decode kernel
-// (mla_decode_kernel: wgmma + TMA, all heads per CTA); time per layer and cache bytes read (B·L·1152) per
-// second as a fraction of the device-to-device copy rate measured in the same run.
+// (mla_decode_kernel: wgmma + TMA, all heads per CTA); time per layer and cache bytes read
+// (B·L·1152) per second as a fraction of the device-to-device copy rate measured in the same run.
+// Then the tensor-core kernel on the fp8 cache (--kv-cache-dtype fp8: 656-byte records, B·L·656
+// bytes read) at the same shape, and its time against the bf16 one; both caches are written from
+// the same random latents by the cache-write kernel, so their u differ by the fp8 rounding alone.
 // Prefill: one sequence of T = 4096 and 16384 new tokens with no history and with 112k positions
 // before them: the absorbed chain (q_abs GEMM, prefill items on mla_attn_tc_kernel, or on the
 // CUDA-core mla_attn_kernel<4> without history, W_UV GEMM) against the expanded prefill
@@ -58,8 +61,36 @@ double rel_rms(const DeviceBuffer<bf16>& a, const DeviceBuffer<bf16>& b) {
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+// Both caches of B sequences of context L written by run_mla_cache_write from the same random
+// latents (a chunk of positions of one sequence per launch, unit norm weights).
+void write_caches(int B, int L, int per_seq, const DeviceBuffer<int>& dtab, bf16* cache,
+                  uint8_t* cache8) {
+  const int chunk = std::min(L, 65536);
+  DeviceBuffer<float> latent(size_t(chunk) * 576), w(512);
+  fill_random(latent, -2.f, 2.f, 6);
+  const std::vector<float> ones(512, 1.f);
+  w.upload(ones);
+  DeviceBuffer<int> cu(2), ctx(1);
+  for (int s = 0; s < B; ++s)
+    for (int p0 = 0; p0 < L; p0 += chunk) {
+      const int n = std::min(chunk, L - p0);
+      cu.upload(std::vector<int>{0, n});
+      ctx.upload(std::vector<int>{p0 + n});
+      kimi::cuda::MlaCacheWriteParams p;
+      p.num_seqs = 1, p.num_tokens = n, p.cu_seqlens = cu.data(), p.context_lens = ctx.data();
+      p.block_tables = dtab.data() + size_t(s) * per_seq, p.max_blocks_per_seq = per_seq;
+      p.latent = latent.data(), p.norm_weight = w.data();
+      for (int f = 0; f < 2; ++f) {
+        p.cache = f ? nullptr : cache;
+        p.cache8 = f ? cache8 : nullptr;
+        kimi::cuda::run_mla_cache_write(p, nullptr);
+      }
+    }
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 // B sequences of context L decoding one token each: both kernels, graph-replayed with the decode
-// plan and the combine.
+// plan and the combine; then the tensor-core kernel on the fp8 cache.
 void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   std::mt19937 rng(B * 7919 + L);
   const int per_seq = (L + 63) / 64, nb = B * per_seq;
@@ -70,23 +101,25 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   const int max_partials = 8 * num_sms;
   DeviceBuffer<bf16> cache(size_t(nb) * 64 * 576), q_abs(size_t(B) * H * 512),
       q(size_t(B) * H * 192);
-  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512);
-  fill_random(cache, -1.f, 1.f, 3);
+  DeviceBuffer<uint8_t> cache8(size_t(nb) * 64 * kimi::cuda::kMlaFp8Row);
+  DeviceBuffer<bf16> u_cc(size_t(B) * H * 512), u_tc(size_t(B) * H * 512),
+      u_f8(size_t(B) * H * 512);
   fill_random(q_abs, -0.5f, 0.5f, 4);
   fill_random(q, -1.f, 1.f, 5);
   DeviceBuffer<int> dtab(table.size());
   DeviceBuffer<float> parts(size_t(max_partials) * H * kimi::cuda::kMlaPartialStride);
   dtab.upload(table);
-  const double bytes = double(B) * L * 576 * 2;
+  write_caches(B, L, per_seq, dtab, cache.data(), cache8.data());
+  const double bytes = double(B) * L * 576 * 2, bytes8 = double(B) * L * kimi::cuda::kMlaFp8Row;
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  // 0: CUDA cores; 1: tensor cores.
-  constexpr int num_paths = 2;
-  double ms[2] = {0, 0}, ms_attn_tc = 0.0;
-  int splits[2] = {0, 0};
-  const char* name[2] = {"CUDA cores", "tensor cores"};
+  // 0: CUDA cores; 1: tensor cores; 2: tensor cores on the fp8 cache.
+  constexpr int num_paths = 3;
+  double ms[num_paths] = {0, 0, 0}, ms_attn_tc = 0.0;
+  int splits[num_paths] = {0, 0, 0};
+  const char* name[num_paths] = {"CUDA cores", "tensor cores", "tc fp8"};
   for (int path = 0; path < num_paths; ++path) {
-    const int tc = path;
+    const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
     splits[path] = std::max(1, plan.num_splits[0]);
@@ -96,10 +129,12 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     dns.upload(plan.num_splits);
     kimi::cuda::MlaAttnParams ap;
     ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
-    ap.cache = cache.data(), ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
+    ap.cache = path == 2 ? nullptr : cache.data();
+    ap.cache8 = path == 2 ? cache8.data() : nullptr;
+    ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
     ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.num_blocks = nb;
-    ap.u = path == 0 ? u_cc.data() : u_tc.data();
+    ap.u = path == 0 ? u_cc.data() : path == 1 ? u_tc.data() : u_f8.data();
     ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
     ap.num_items = int(plan.items1.size());
     auto step = [&](int, cudaStream_t s) {
@@ -107,7 +142,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
       if (plan.num_partials > 0) kimi::cuda::run_mla_combine(ap, s);
     };
     // About 20 ms of work per graph; the CUDA-core kernel moves ~0.1-0.3 TB/s.
-    const double est_ms = bytes / ((tc ? 3e12 : 1.5e11) * 1e-3);
+    const double est_ms = (path == 2 ? bytes8 : bytes) / ((tc ? 3e12 : 1.5e11) * 1e-3);
     const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
     ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
     if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
@@ -117,7 +152,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   }
   CUDA_CHECK(cudaStreamDestroy(st));
   for (int path = 0; path < num_paths; ++path) {
-    const double gbs = bytes / (ms[path] * 1e-3) / 1e9;
+    const double gbs = (path == 2 ? bytes8 : bytes) / (ms[path] * 1e-3) / 1e9;
     std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
                 name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
   }
@@ -125,6 +160,10 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
               "vs CUDA cores %.2e\n",
               B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
               rel_rms(u_cc, u_tc));
+  std::printf(
+      "%-4d %-8d fp8 cache: %.2fx the bf16 tensor-core step (bytes 0.57x); u rel RMS vs "
+      "bf16 cache %.2e\n",
+      B, L, ms[1] / ms[2], rel_rms(u_tc, u_f8));
 }
 
 // One sequence of T new tokens after `hist` positions of history (context L = hist + T), the
@@ -267,7 +306,8 @@ int main(int argc, char** argv) {
                                                    {1, 1 << 20}, {64, 4096}, {64, 32768},
                                                    {64, 131072}};
       for (auto [B, L] : shapes) {
-        const size_t need = size_t(B) * ((L + 63) / 64) * 64 * 1152 + (size_t(1) << 30);
+        const size_t need =
+            size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) + (size_t(1) << 30);
         size_t free_b = 0, total_b = 0;
         CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
         if (need > free_b) {

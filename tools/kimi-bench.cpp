@@ -221,6 +221,7 @@ nlohmann::ordered_json run_engine_part(const OfflineArgs& a, const kimi::bench::
   EngineRunOptions e = a.e;
   e.model_dir = a.o.model_dir;
   e.backend = a.o.backend;
+  e.kv_cache_dtype = a.o.kv_cache_dtype;
   e.progress = a.o.progress;
   EngineRun run = run_engine(e);
   MetricOptions mo;
@@ -295,6 +296,9 @@ int main(int argc, char** argv) {
                  "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
   offc->add_option("--precision", off.o.precision, "cuda activations: bf16 or high")
       ->check(CLI::IsMember({"bf16", "high"}));
+  offc->add_option("--kv-cache-dtype", off.o.kv_cache_dtype,
+                   "MLA latent cache: auto (= bf16), bf16 or fp8 (e4m3, a scale per 128 values)")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   offc->add_option("--prompt-lens", off.o.prompt_lens, "prefill prompt lengths")->delimiter(',');
   offc->add_option("--batches", off.o.batches, "decode batch sizes")->delimiter(',');
   offc->add_option("--contexts", off.o.contexts, "decode context depths")->delimiter(',');

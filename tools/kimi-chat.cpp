@@ -71,12 +71,13 @@ void emit(const std::string& text) {
 class LocalBackend : public Backend {
  public:
   LocalBackend(const std::string& dir, const std::string& backend, int tensor_parallel,
-               bool expert_parallel) {
+               bool expert_parallel, const std::string& kv_cache_dtype) {
     kimi::EngineOptions eo;
     eo.model_dir = dir;
     eo.backend = backend == "auto" ? kimi::default_backend() : backend;
     eo.tensor_parallel_size = tensor_parallel;
     eo.enable_expert_parallel = expert_parallel;
+    eo.kv_cache_dtype = kv_cache_dtype;
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
   }
@@ -290,6 +291,11 @@ int main(int argc, char** argv) {
   app.add_flag("--enable-expert-parallel", expert_parallel,
                "in-process cuda backend, with --tensor-parallel-size > 1: routed experts split by expert")
       ->excludes(u);
+  std::string kv_cache_dtype = "auto";
+  app.add_option("--kv-cache-dtype", kv_cache_dtype,
+                 "in-process backend: MLA latent cache auto (= bf16), bf16 or fp8")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}))
+      ->excludes(u);
   app.add_option("--api-key", api_key, "API key for --url")->envname("KIMI_API_KEY");
   app.add_option("--model-name", model_name,
                  "model id for --url (default: the first of /v1/models)");
@@ -328,7 +334,7 @@ int main(int argc, char** argv) {
             "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
       backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel,
-                                               expert_parallel);
+                                               expert_parallel, kv_cache_dtype);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());

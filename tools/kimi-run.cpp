@@ -79,6 +79,10 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision,
                  "cuda activations: bf16 (fast) or high (hi/lo split GEMM inputs, fp32 KDA)")
       ->check(CLI::IsMember({"bf16", "high"}));
+  std::string kv_cache_dtype = "auto";
+  app.add_option("--kv-cache-dtype", kv_cache_dtype,
+                 "MLA latent cache: auto (= bf16), bf16 or fp8 (e4m3, a scale per 128 values)")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   CLI11_PARSE(app, argc, argv);
 
   try {
@@ -104,6 +108,7 @@ int main(int argc, char** argv) {
     opts.tensor_parallel = tp;
     opts.expert_parallel = expert_parallel;
     opts.precision = kimi::parse_precision(precision);
+    opts.kv_cache_dtype = kimi::parse_kv_cache_dtype(kv_cache_dtype);
     const int T = int(ids.size());
     opts.max_batch_tokens = std::max(T, 1);
     const int total = T + max_tokens;

@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
                  "docs/precision.md)")
       ->capture_default_str()
       ->check(CLI::IsMember({"bf16", "high"}));
+  app.add_option("--kv-cache-dtype", eo.kv_cache_dtype,
+                 "MLA latent cache: auto (= bf16), bf16 or fp8 (e4m3 with a scale per 128 values: "
+                 "0.57x the bytes, so 1.76x the tokens fit; docs/precision.md)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
   // vLLM's pair of flags; on by default as there.
   app.add_flag("--enable-prefix-caching,!--no-enable-prefix-caching", eo.enable_prefix_caching,
                "start a prompt that extends an earlier one (multi-turn chat) from that prompt's "

@@ -32,6 +32,7 @@ struct EngineOptions {
   int tensor_parallel_size = 1;
   bool enable_expert_parallel = false;  // routed experts split by expert over the TP GPUs
   std::string precision = "bf16";       // cuda activations: "bf16" or "high" (ModelOptions::precision)
+  std::string kv_cache_dtype = "auto";  // MLA latent cache: "auto" (bf16), "bf16" or "fp8"
   // Prefix caching (vLLM's --enable-prefix-caching, runtime/prefix_cache.h): a request whose
   // prompt extends an earlier prompt (multi-turn chat) starts from that prompt's KDA state and
   // MLA blocks. Each cached prompt keeps a copy of the KDA state in a slot of its own.

@@ -15,8 +15,9 @@ void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs >= 0 && p.num_tokens >= 0, "cache write S ", p.num_seqs, " T ", p.num_tokens);
   if (p.num_tokens == 0) return;
   KIMI_CHECK(p.num_seqs > 0 && p.max_blocks_per_seq > 0, "cache write: no sequences/blocks");
-  KIMI_CHECK(p.cu_seqlens && p.context_lens && p.block_tables && p.latent && p.norm_weight && p.cache,
-             "cache write: null pointer");
+  KIMI_CHECK(p.cu_seqlens && p.context_lens && p.block_tables && p.latent && p.norm_weight &&
+                 (p.cache != nullptr) != (p.cache8 != nullptr),
+             "cache write: null pointer (or both cache and cache8 set)");
   launch_kernel(mla::mla_cache_write_kernel, p.num_tokens, 128, LaunchOptions{0, true}, stream, p);
 }
 
@@ -164,13 +165,22 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
-  mla::DecArgs a;
-  a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
-                          kMlaBlock);
+  mla::DecArgs a{};
+  const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  launch_kernel(mla::mla_decode_kernel, grid, mla::kDecThreads,
-                LaunchOptions{mla::kDecSmem, true}, stream, a);
+  if (p.cache8) {
+    a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
+                            128, kMlaBlock, true);
+    a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
+                             16, kMlaBlock, false);
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::kDecThreadsFp8,
+                  LaunchOptions{mla::kDecSmemFp8, true}, stream, a);
+  } else {
+    a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
+    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::kDecThreads,
+                  LaunchOptions{mla::kDecSmem, true}, stream, a);
+  }
 }
 
 void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
@@ -194,8 +204,11 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel,
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::kDecSmemFp8)));
   done.fetch_or(bit);
 }
 
@@ -204,9 +217,11 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
   KIMI_CHECK(p.num_items >= 0 && p.num_heads > 0, "mla attention items ", p.num_items, " H ",
              p.num_heads);
   if (p.num_items == 0) return;
-  KIMI_CHECK(p.num_items <= 0x7fffffff && p.items && p.q_abs && p.q && p.cache && p.block_tables &&
-                 p.u && p.split_base,
-             "mla attention: null pointer");
+  KIMI_CHECK(p.num_items <= 0x7fffffff && p.items && p.q_abs && p.q && p.block_tables && p.u &&
+                 p.split_base && (p.cache != nullptr) != (p.cache8 != nullptr),
+             "mla attention: null pointer (or both cache and cache8 set)");
+  KIMI_CHECK(!p.cache8 || p.tensor_cores,
+             "mla attention: the fp8 cache has no CUDA-core kernel (KIMI_CUDA_MLA=cuda_cores)");
   KIMI_CHECK(p.scale > 0.f, "mla attention scale ", p.scale);
   if (queries_per_item == 1 && p.tensor_cores) launch_decode_tc(p, stream);
   else if (queries_per_item == 1) launch_attn<1>(p, stream);

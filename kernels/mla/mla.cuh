@@ -2,6 +2,9 @@
 //
 // mla_cache_write_kernel: one 128-thread CTA per new token: sum of squares of ĉ (512 fp32) by a
 //   block reduction, then ĉ·rsqrt(mean + eps)·w and k_pe as bf16 into the token's cache row.
+//   fp8 cache: thread i's values i, i + 128, i + 256, i + 384 are one per scale group, so each
+//   group's amax is one more block reduction; codes (scale 2^k, subnormal codes flushed), k_pe
+//   and scales into the token's record.
 //
 // mla_attn_kernel<QB>: one CTA (8 warps) per (work item, group of 8 heads); warp w owns head
 //   h0 + w and the item's QB query tokens. Lane l owns latent channels [16l, 16l + 16) and pe
@@ -20,6 +23,7 @@
 #include <cfloat>
 
 #include "mla/mla.h"
+#include "mla/mla_fp8.cuh"
 #include "pdl.cuh"
 
 namespace kimi::cuda::mla {
@@ -45,7 +49,7 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
   const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
   const int pos = p.context_lens[s] - n_new + (t - p.cu_seqlens[s]);
   const int blk = p.block_tables[int64_t(s) * p.max_blocks_per_seq + pos / kMlaBlock];
-  bf16* dst = p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow;
+  const int64_t row = int64_t(blk) * kMlaBlock + pos % kMlaBlock;
   const float* src = p.latent + int64_t(t) * kMlaRow;
   float v[4], ss = 0.f;
 #pragma unroll
@@ -60,12 +64,49 @@ __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParam
   __syncthreads();
   ss = warp_ss[0] + warp_ss[1] + warp_ss[2] + warp_ss[3];
   const float inv = rsqrtf(ss / float(kMlaLat) + p.eps);
+  if (!p.cache8) {
+    bf16* dst = p.cache + row * kMlaRow;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int c = threadIdx.x + 128 * i;
+      dst[c] = __float2bfloat16(v[i] * inv * p.norm_weight[c]);
+    }
+    if (threadIdx.x < kMlaPe)
+      dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
+    return;
+  }
+  static_assert(kMlaLat / kMlaFp8Group == 4 && kMlaFp8Group == 128);
+  uint8_t* dst = p.cache8 + row * kMlaFp8Row;
+  float y[4], mx[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int c = threadIdx.x + 128 * i;
-    dst[c] = __float2bfloat16(v[i] * inv * p.norm_weight[c]);
+    y[i] = v[i] * inv * p.norm_weight[threadIdx.x + 128 * i];
+    mx[i] = fabsf(y[i]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], o));
   }
-  if (threadIdx.x < kMlaPe) dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
+  __shared__ float warp_mx[4][4];  // [warp][group]
+  if (threadIdx.x % 32 == 0)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) warp_mx[threadIdx.x / 32][i] = mx[i];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float amax =
+        fmaxf(fmaxf(warp_mx[0][i], warp_mx[1][i]), fmaxf(warp_mx[2][i], warp_mx[3][i]));
+    // The steps of cpu::mla_fp8_quantize (power-of-two scale, exact scaling): equal codes.
+    // k = e − 9 + (f > 0.875) for amax = f · 2^e, f in [0.5, 1), from the bits of a normal amax.
+    const int bits = __float_as_int(amax), k = (bits >> 23) - 135 + ((bits & 0x7fffff) > 0x600000);
+    const bool on = amax >= 1.17549435e-38f && k > -127 && k < 127;  // else scale 0 (all zero)
+    const float inv = on ? __int_as_float((127 - k) << 23) : 0.f;
+    dst[threadIdx.x + 128 * i] = fp8_code(__fmul_rn(y[i], inv));
+    if (threadIdx.x == 0)
+      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] =
+          on ? __int_as_float((127 + k) << 23) : 0.f;
+  }
+  if (threadIdx.x < kMlaPe)
+    reinterpret_cast<bf16*>(dst + kMlaFp8PeOff)[threadIdx.x] =
+        __float2bfloat16(src[kMlaLat + threadIdx.x]);
 }
 
 __device__ inline void bf16x8_to_float(const uint4& raw, float* f) {

@@ -18,6 +18,15 @@
 // MlaAttnParams::tensor_cores false both run on CUDA cores in groups of 8 heads (mla.cuh, kept
 // for comparison). Split items write (unnormalised u, running max m, sum l) partials that
 // run_mla_combine merges; unsplit items write u directly.
+//
+// fp8 cache (--kv-cache-dtype fp8; set `cache8` instead of `cache` in every params struct): per
+// token a kMlaFp8Row = 656-byte record, ĉ as e4m3 codes (512 bytes) | k_pe bf16 (128 bytes) | 4
+// fp32 scales (16 bytes), one per 128 values of ĉ: scale = 2^k, the smallest power of two with
+// amax <= 448 · 2^k, code = e4m3(x · 2^-k) rounded to nearest even, subnormal codes flushed to
+// ±0 (cpu::mla_fp8_quantize computes the same codes). 656 = 41 · 16: records stay 16-byte
+// aligned for TMA. code · scale is then exact in bf16: the readers decode it with integer and
+// bf16x2 multiply instructions (mla_fp8.cuh) where the bf16 path reads the cache (the decode
+// kernel's tile, the prefill kernel's tile, the expanded prefill's gathered latents).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -44,6 +53,17 @@ constexpr int kMlaPartialStride = kMlaLat + 4;
 // (written, then read by the combine) and a pipeline ramp; shorter splits cost more than they
 // gain in parallelism.
 constexpr int kMlaDecodeMinSplit = 128;
+// fp8 cache record (bytes): codes | k_pe | scales.
+constexpr int kMlaFp8Row = 656;
+constexpr int kMlaFp8PeOff = 512;
+constexpr int kMlaFp8ScaleOff = 640;
+constexpr int kMlaFp8Group = 128;  // ĉ values per scale
+static_assert(kMlaFp8PeOff == kMlaLat && kMlaFp8ScaleOff == kMlaFp8PeOff + 2 * kMlaPe &&
+              kMlaFp8Row == kMlaFp8ScaleOff + 4 * (kMlaLat / kMlaFp8Group) && kMlaFp8Row % 16 == 0);
+// Bytes of one cached token (one MLA layer) in either format.
+inline size_t mla_cache_row_bytes(bool fp8) {
+  return fp8 ? kMlaFp8Row : kMlaRow * sizeof(bf16);
+}
 
 // ---- Latent cache write: RMSNorm of ĉ (fp32 in), k_pe passed through, bf16 into the cache. ----
 struct MlaCacheWriteParams {
@@ -57,6 +77,7 @@ struct MlaCacheWriteParams {
   const float* norm_weight = nullptr; // [512] kv_a_layernorm
   float eps = 1e-5f;
   bf16* cache = nullptr;              // [num_blocks, 64, 576]
+  uint8_t* cache8 = nullptr;          // fp8 cache [num_blocks, 64, 656 bytes] (instead of cache)
 };
 void run_mla_cache_write(const MlaCacheWriteParams& p, cudaStream_t stream);
 
@@ -107,6 +128,8 @@ struct MlaAttnParams {
   const bf16* q_abs = nullptr;        // [T, H, 512]
   const bf16* q = nullptr;            // [T, H, 192]: q_pe is q[t, h, 128:192]
   const bf16* cache = nullptr;        // [num_blocks, 64, 576]
+  const uint8_t* cache8 = nullptr;    // fp8 cache [num_blocks, 64, 656 bytes] (instead of cache;
+                                      // tensor-core kernels only)
   int num_blocks = 0;                 // the cache's blocks (the decode kernel's TMA extent)
   const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
   int max_blocks_per_seq = 0;
@@ -187,6 +210,7 @@ struct MlaPrefillParams {
   int num_heads = 0;
   const bf16* q = nullptr;            // [T, H, 192]: q_nope | q_pe
   const bf16* cache = nullptr;        // [num_blocks, 64, 576]
+  const uint8_t* cache8 = nullptr;    // fp8 cache [num_blocks, 64, 656 bytes] (instead of cache)
   const int* block_tables = nullptr;  // [S, max_blocks_per_seq]
   int max_blocks_per_seq = 0;
   const bf16* kv_b = nullptr;         // [H·256, 512]: per head W_UK (128 rows) then W_UV (128)

@@ -33,18 +33,38 @@
 // units as the combine expects) is written in whole rows.
 // Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
 // 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
+//
+// fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
+// replaces the producer warp, and the consumers' loop is the bf16 one, untouched. A tile's codes
+// and scales (4 boxes of [64 rows][128 codes] and [64][4] fp32: 33 KB) land in a staging area
+// (stage barrier); each converter thread loads its 16 pieces of codes and their scales into
+// registers, and once all have (named barrier 2) thread 0 starts the next tile's codes into the
+// staging area: the loads run back to back, one in flight at all times, each overlapping the
+// conversion of the tile before it and the consumers' work on the one before that. The
+// converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
+// loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
+// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle; the slot's full
+// barrier (2 arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it
+// to the consumers. 256 threads keep the 255-register cap the consumers need (a separate
+// producer warp, 288 threads, capped them at 224 and serialised the wgmmas). The first version
+// decoded in place in the ring slot (no staging area), so a tile's load could start only once
+// the tile before it was converted and its slot released: 43% of copy at 1M, slower than bf16.
+// This version (H200): ~2.55 us per tile at long contexts, 0.9x the bf16 kernel's speed on 0.57x
+// the bytes: the per-tile work, not the bytes, is its floor (docs/kernels-mla-moe.md).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
 
 #include "async_copy.cuh"
 #include "mla/mla.h"
+#include "mla/mla_fp8.cuh"
 #include "pdl.cuh"
 #include "wgmma_common.cuh"
 
 namespace kimi::cuda::mla {
 
 constexpr int kDecThreads = 160;  // consumer warpgroup + producer warp
+constexpr int kDecThreadsFp8 = 256;  // consumer + converter warpgroups (the converter loads)
 constexpr int kDecKeys = kMlaBlock;  // keys per tile: one cache block
 constexpr int kDecStages = 2;
 constexpr int kDecHeads = kMlaDecHeadsPerCta;
@@ -58,17 +78,92 @@ constexpr uint32_t kDecOffP = kDecOffRing + kDecStages * kDecTileBytes;
 constexpr uint32_t kDecOffRed = kDecOffP + kDecPBytes;   // [2][4 warps][32 heads] fp32
 constexpr uint32_t kDecOffMl = kDecOffRed + 2 * 4 * kDecHeads * 4;  // [32] m, [32] l
 constexpr size_t kDecSmem = kDecOffMl + 2 * kDecHeads * 4 + 1024;
+// fp8: the staging area after the bf16 kernel's layout: codes [4 boxes][64 rows][128] (swizzled,
+// 1024-aligned) then the scales [64 rows][4] fp32.
+constexpr uint32_t kDecOffStg = (kDecOffMl + 2 * kDecHeads * 4 + 1023) / 1024 * 1024;
+constexpr uint32_t kDecStgBytes = 4 * kDecBox + kDecKeys * 16;
+constexpr size_t kDecSmemFp8 = kDecOffStg + kDecStgBytes + 1024;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
-static_assert(kDecSmem <= 227 * 1024, "one CTA per SM must fit");
+static_assert(kDecSmem <= 227 * 1024 && kDecSmemFp8 <= 227 * 1024, "one CTA per SM must fit");
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
-// [64 rows][64 channels]).
+// [64 rows][64 channels]); fp8: the records as [num_blocks·64][656] bytes, boxes of [64 rows]
+// [128 bytes] (cache) and [64 rows][16 bytes] unswizzled (scales).
 struct DecArgs {
   CUtensorMap cache;
+  CUtensorMap scales;
   MlaAttnParams p;
 };
+
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
+__device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
+                                                   uint32_t base, uint64_t* stage, uint64_t* full,
+                                                   uint64_t* empty, const int* table, int blk0,
+                                                   int ntiles, int ct) {
+  constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
+  const uint64_t policy = policy_evict_first();
+  auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
+    const int blk = table[blk0 + n];
+    mbar_arrive_expect_tx(stage, kDecStgBytes);
+#pragma unroll
+    for (int b = 0; b < 4; ++b)
+      tma_load_2d(base + kDecOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
+                  policy);
+    tma_load_2d(base + kDecOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
+                stage, policy);
+  };
+  if (ct == 0 && ntiles > 0) load_codes(0);
+  // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
+  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
+  const int k = ct % 8;
+  const uint4* const sc = reinterpret_cast<const uint4*>(sm + kDecOffStg + 4 * kDecBox);
+  for (int n = 0; n < ntiles; ++n) {
+    const int slot = n % kDecStages;
+    mbar_wait(stage, n & 1);
+    uint4 v[kPieces];
+    uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int b = i / 4, r = ct / 8 + 16 * (i % 4);
+      v[i] = *reinterpret_cast<const uint4*>(sm + kDecOffStg + b * kDecBox + r * 128 +
+                                             ((k ^ (r % 8)) * 16));
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint4 f = sc[ct / 8 + 16 * j];
+      s[j][0] = __byte_perm(f.x, f.y, 0x7632);
+      s[j][1] = __byte_perm(f.z, f.w, 0x7632);
+    }
+    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
+    if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
+    // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
+    mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
+    unsigned char* const tile = sm + kDecOffRing + slot * kDecTileBytes;
+    if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
+      mbar_arrive_expect_tx(full + slot, kDecBox);
+      tma_load_2d(base + kDecOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
+                  kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
+    }
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
+      // The scale of group b twice (bf16x2).
+      const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
+      const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
+      unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
+      const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
+      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) =
+          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
+      *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
+          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+    }
+    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
+    bar_sync(2, 128);
+    if (ct == 0) mbar_arrive(full + slot);
+  }
+}
 
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
@@ -80,19 +175,23 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
-__global__ void __launch_bounds__(kDecThreads, 1)
+template <bool kFp8>
+__global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages];  // full[2], empty[2]
+  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
+  uint64_t* const stage = bars + 2 * kDecStages;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
     prefetch_tensormap(&args.cache);
+    if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, 1);
+      mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
       mbar_init(empty + s, 4);
     }
+    if (kFp8) mbar_init(stage, 1);
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -116,7 +215,11 @@ __global__ void __launch_bounds__(kDecThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (warp == 4) {  // producer
+  if (kFp8 && warp >= 4) {  // converter warpgroup (fp8), loads included
+    mla_decode_convert(args, sm, base, stage, full, empty, table, blk0, ntiles, threadIdx.x - 128);
+    return;
+  }
+  if (warp == 4) {  // producer (bf16)
     if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;

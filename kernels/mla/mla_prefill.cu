@@ -106,8 +106,8 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
   mla_prefill_prepare();
   KIMI_CHECK(p.num_heads > 0 && p.piece_rows >= 8 && p.piece_rows % 8 == 0, "mla prefill H ",
              p.num_heads, " piece ", p.piece_rows);
-  KIMI_CHECK(p.q && p.cache && p.block_tables && p.kv_b && p.segs && p.items && p.workspace &&
-                 p.out && (p.state || !plan.uses_state),
+  KIMI_CHECK(p.q && (p.cache != nullptr) != (p.cache8 != nullptr) && p.block_tables && p.kv_b &&
+                 p.segs && p.items && p.workspace && p.out && (p.state || !plan.uses_state),
              "mla prefill: null pointer");
   KIMI_CHECK(p.scale > 0.f, "mla prefill scale ", p.scale);
   const PfWorkspace w = carve(p.workspace, p.piece_rows, p.num_heads);
@@ -126,7 +126,7 @@ void run_mla_prefill(const MlaPrefillParams& p, const MlaPrefillPlan& plan, Gemm
     KIMI_CHECK(r.rows >= 1 && r.rows <= p.piece_rows, "mla prefill round of ", r.rows,
                " rows, workspace ", p.piece_rows);
     mla::mla_gather_kernel<<<ceil_div(r.rows, mla::kGatherRows), 256, 0, stream>>>(
-        p.cache, p.block_tables, p.max_blocks_per_seq, p.segs + r.seg_begin,
+        p.cache, p.cache8, p.block_tables, p.max_blocks_per_seq, p.segs + r.seg_begin,
         r.seg_end - r.seg_begin, r.rows, w.lat);
     KIMI_CHECK_LAUNCH();
     {  // k_nope[j, h] = W_UK(h) ĉ_j: per head [rows, 512] · [128, 512]ᵀ, the latents shared

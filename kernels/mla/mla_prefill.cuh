@@ -40,6 +40,7 @@
 
 #include "async_copy.cuh"
 #include "mla/mla.h"
+#include "mla/mla_fp8.cuh"
 #include "wgmma_common.cuh"
 
 namespace kimi::cuda::mla {
@@ -322,23 +323,24 @@ __global__ void __launch_bounds__(kPfThreads, 1)
 
 // Cache rows of a round's segments into lat [rows, 576]: 32 workspace rows per CTA. The rows
 // between segments (8-row alignment) are zeroed: their Vᵀ columns are read, with P = 0, by the
-// tiles that end a segment, and must be finite.
+// tiles that end a segment, and must be finite. An fp8 cache (cache8) is decoded to bf16 here,
+// so the expansion GEMMs and the attention read the same lat as with a bf16 cache.
 constexpr int kGatherRows = 32;
 __global__ void __launch_bounds__(256)
-    mla_gather_kernel(const bf16* cache, const int* tables, int mb, const MlaPrefillSeg* segs,
-                      int num_segs, int rows, bf16* lat) {
-  __shared__ const bf16* src_s[kGatherRows];
+    mla_gather_kernel(const bf16* cache, const uint8_t* cache8, const int* tables, int mb,
+                      const MlaPrefillSeg* segs, int num_segs, int rows, bf16* lat) {
+  __shared__ int64_t src_s[kGatherRows];  // the row's cache row, −1: a gap (zeros)
   const int row0 = blockIdx.x * kGatherRows;
   if (threadIdx.x < kGatherRows) {
     const int r = row0 + threadIdx.x;
-    const bf16* src = nullptr;
+    int64_t src = -1;
     if (r < rows) {
       for (int k = 0; k < num_segs; ++k) {
         const MlaPrefillSeg sg = segs[k];
         if (r >= sg.ws_row && r < sg.ws_row + (sg.pos_end - sg.pos_begin)) {
           const int pos = sg.pos_begin + r - sg.ws_row;
           const int blk = tables[int64_t(sg.seq) * mb + pos / kMlaBlock];
-          src = cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow;
+          src = int64_t(blk) * kMlaBlock + pos % kMlaBlock;
           break;
         }
       }
@@ -350,9 +352,19 @@ __global__ void __launch_bounds__(256)
   for (int idx = threadIdx.x; idx < kGatherRows * kChunks; idx += blockDim.x) {
     const int r = idx / kChunks, c = idx % kChunks;
     if (row0 + r >= rows) break;
-    const bf16* src = src_s[r];
-    *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) =
-        src ? *reinterpret_cast<const uint4*>(src + c * 8) : make_uint4(0, 0, 0, 0);
+    const int64_t src = src_s[r];
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (src >= 0 && !cache8) {
+      v = *reinterpret_cast<const uint4*>(cache + src * kMlaRow + c * 8);
+    } else if (src >= 0) {  // fp8 record: 8 codes times their scale, or 8 bf16 of k_pe
+      const uint8_t* rec = cache8 + src * kMlaFp8Row;
+      v = c < kMlaLat / 8
+              ? fp8x8_to_bf16(
+                    *reinterpret_cast<const uint2*>(rec + c * 8),
+                    fp8_scale2(reinterpret_cast<const float*>(rec + kMlaFp8ScaleOff)[c / 16]))
+              : *reinterpret_cast<const uint4*>(rec + kMlaFp8PeOff + (c - kMlaLat / 8) * 16);
+    }
+    *reinterpret_cast<uint4*>(lat + (int64_t(row0) + r) * kMlaRow + c * 8) = v;
   }
 }
 

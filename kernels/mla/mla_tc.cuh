@@ -18,6 +18,10 @@
 // At the end O/l goes to u (bf16) for unsplit items, (O, m, l) to the partials for split ones.
 // Shared memory: Q [64][584] + K [2][32][584] bf16 (rows padded by 8: ldmatrix rows hit distinct
 // banks), S [2][64][36] fp32, P [64][40] bf16, α, m, l [64]: 169.8 KB, one CTA per SM.
+// fp8 cache (p.cache8): the tile's ĉ is loaded through registers (8 codes per 16-byte piece,
+// decoded to bf16 with the row's scale, mla_fp8.cuh) and stored to the same K tile; k_pe still
+// by cp.async. Those loads are synchronous, so the load of tile n + 1 no longer overlaps the MMAs
+// of tile n: this kernel only runs prefill chunks of < 128 new tokens (kMlaExpandMinTokens).
 // mma, ldmatrix and cp.async helpers (and the fragment layouts): mla_mma.cuh.
 // scripts/mla_tc_emulate.cu replays this kernel's indexing on the CPU.
 #pragma once
@@ -88,9 +92,19 @@ __global__ void __launch_bounds__(kTcThreads, 1) mla_attn_tc_kernel(MlaAttnParam
       const int r = idx / kTcChunks, c = idx % kTcChunks, pos = j0 + r;
       bf16* dst = buf + r * kTcLd + c * 8;
       if (pos < kv_hi) {
-        const int blk = table[pos / kMlaBlock];
-        cp_async16(dst,
-                      p.cache + (int64_t(blk) * kMlaBlock + pos % kMlaBlock) * kMlaRow + c * 8);
+        const int64_t row = int64_t(table[pos / kMlaBlock]) * kMlaBlock + pos % kMlaBlock;
+        if (!p.cache8) {
+          cp_async16(dst, p.cache + row * kMlaRow + c * 8);
+        } else {
+          const uint8_t* rec = p.cache8 + row * kMlaFp8Row;
+          if (c < kMlaLat / 8) {
+            const float s = reinterpret_cast<const float*>(rec + kMlaFp8ScaleOff)[c / 16];
+            *reinterpret_cast<uint4*>(dst) =
+                fp8x8_to_bf16(*reinterpret_cast<const uint2*>(rec + c * 8), fp8_scale2(s));
+          } else {
+            cp_async16(dst, rec + kMlaFp8PeOff + (c - kMlaLat / 8) * 16);
+          }
+        }
       } else {
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
       }

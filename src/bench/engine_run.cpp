@@ -55,6 +55,7 @@ EngineRun run_engine(const EngineRunOptions& o) {
   EngineOptions eo;
   eo.model_dir = o.model_dir;
   eo.backend = o.backend;
+  eo.kv_cache_dtype = o.kv_cache_dtype;
   eo.max_num_seqs = o.max_num_seqs;
   eo.max_model_len = o.input_len + o.output_len + 1;
   auto engine = Engine::create(eo);

@@ -15,6 +15,7 @@ namespace kimi::bench {
 struct EngineRunOptions {
   std::string model_dir;
   std::string backend = "cpu";
+  std::string kv_cache_dtype = "auto";  // EngineOptions::kv_cache_dtype
   int num_prompts = 16;
   int input_len = 128;
   int output_len = 32;

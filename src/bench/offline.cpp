@@ -133,6 +133,7 @@ OfflineResults run_offline(const OfflineOptions& o) {
   mo.tensor_parallel = o.tensor_parallel;
   mo.expert_parallel = o.expert_parallel;
   mo.precision = parse_precision(o.precision);
+  mo.kv_cache_dtype = parse_kv_cache_dtype(o.kv_cache_dtype);
   mo.cache.num_slots = max_batch;
   mo.cache.num_blocks = max_batch * bps;
   mo.max_batch_tokens = std::max(o.prefill_chunk, max_batch);  // CUDA: the activation arena's size

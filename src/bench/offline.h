@@ -25,6 +25,7 @@ struct OfflineOptions {
   int tensor_parallel = 1;  // cuda: GPUs the model is split over
   bool expert_parallel = false;  // cuda, TP > 1: routed experts split by expert
   std::string precision = "bf16";  // cuda activations: bf16 or high (ModelOptions::precision)
+  std::string kv_cache_dtype = "auto";  // MLA latent cache: auto (bf16), bf16 or fp8
   std::vector<int> prompt_lens = {128, 512, 2048};
   std::vector<int> batches = {1, 4, 16};
   std::vector<int> contexts = {512, 4096};

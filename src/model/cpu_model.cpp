@@ -29,8 +29,12 @@ void enable_flush_to_zero() {
 
 }  // namespace
 
-CpuModel::CpuModel(const ModelConfig& config, const Checkpoint& ckpt, CacheSizes cache)
-    : config_(config), w_(load_weights_f32(config, ckpt)), cache_(cache) {
+CpuModel::CpuModel(const ModelConfig& config, const Checkpoint& ckpt, CacheSizes cache,
+                   KvCacheDtype kv_cache_dtype)
+    : config_(config),
+      w_(load_weights_f32(config, ckpt)),
+      cache_(cache),
+      fp8_cache_(kv_cache_dtype == KvCacheDtype::kFp8) {
   enable_flush_to_zero();
   KIMI_CHECK(cache.num_slots >= 1 && cache.num_blocks >= 1);
   const size_t HD = size_t(config.kda_num_heads) * kKdaHeadDim;
@@ -152,6 +156,7 @@ void CpuModel::mla_mixer(int layer, const Batch& b, const float* a, float* out) 
   wp.num_blocks = cache_.num_blocks;
   wp.latent = latent.data();
   wp.cache = mla_cache_[kind].data();
+  wp.fp8 = fp8_cache_;
   cpu::mla_cache_write(wp);
 
   vector<float> attn(T * H * kMlaVDim);

@@ -11,7 +11,9 @@ namespace kimi {
 
 class CpuModel final : public Model {
  public:
-  CpuModel(const ModelConfig& config, const Checkpoint& ckpt, CacheSizes cache);
+  // kv_cache_dtype kFp8: the MLA cache holds ĉ's fp8 round trip (ops/cpu/mla.h), still in fp32.
+  CpuModel(const ModelConfig& config, const Checkpoint& ckpt, CacheSizes cache,
+           KvCacheDtype kv_cache_dtype = KvCacheDtype::kBf16);
 
   const ModelConfig& config() const override { return config_; }
   CacheSizes cache_sizes() const override { return cache_; }
@@ -33,6 +35,7 @@ class CpuModel final : public Model {
   ModelConfig config_;
   ModelWeights w_;
   CacheSizes cache_;
+  bool fp8_cache_ = false;
   // Per KDA layer (by kind index): conv state [slots, 3·H·D, 3], recurrent [slots, H, D, D].
   std::vector<std::vector<float>> conv_state_, kda_state_;
   // Per MLA layer (by kind index): [blocks, 64, 576].

@@ -211,7 +211,9 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
 
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
 // cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
-void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, const StepMeta& s) {
+// cache: the layer's MLA cache, bf16 rows or fp8 records (m.fp8_cache).
+void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
+                        const StepMeta& s) {
   const int T = s.T, H = m.cfg.num_attention_heads;
   auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
@@ -238,7 +240,8 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const bf16* cache, 
   ap.num_heads = H;
   ap.q_abs = A.q_abs;
   ap.q = A.mq;
-  ap.cache = cache;
+  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+  ap.cache8 = m.fp8_cache ? cache : nullptr;
   ap.num_blocks = m.cache.num_blocks;
   ap.block_tables = s.tables;
   ap.max_blocks_per_seq = s.mb;
@@ -294,7 +297,7 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
     g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
   }
-  bf16* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_per_block;
+  uint8_t* cache = m.mla_cache + size_t(kind) * m.cache.num_blocks * m.mla_block_bytes;
   cuda::MlaCacheWriteParams wp;
   wp.num_seqs = s.S;
   wp.num_tokens = T;
@@ -305,14 +308,16 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   wp.latent = A.latent;
   wp.norm_weight = w.kv_norm;
   wp.eps = c.rms_norm_eps;
-  wp.cache = cache;
+  wp.cache = m.fp8_cache ? nullptr : reinterpret_cast<bf16*>(cache);
+  wp.cache8 = m.fp8_cache ? cache : nullptr;
   cuda::run_mla_cache_write(wp, m.stream);
   if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
   if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
     cuda::MlaPrefillParams pp;
     pp.num_heads = H;
     pp.q = A.mq;
-    pp.cache = cache;
+    pp.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+    pp.cache8 = m.fp8_cache ? cache : nullptr;
     pp.block_tables = s.tables;
     pp.max_blocks_per_seq = s.mb;
     pp.kv_b = w.kv_b;

@@ -164,11 +164,12 @@ CudaModel::Impl::Sizes CudaModel::Impl::plan_sizes() {
   const size_t C = size_t(3) * cfg.kda_num_heads * kKdaHeadDim;
   conv_per_slot = C * (kKdaConvSize - 1);
   state_per_slot = size_t(cfg.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
-  mla_per_block = size_t(kBlockSize) * kMlaCacheDim;
+  fp8_cache = opts.kv_cache_dtype == KvCacheDtype::kFp8;
+  mla_block_bytes = size_t(kBlockSize) * cuda::mla_cache_row_bytes(fp8_cache);
   high = opts.precision == Precision::kHigh;
   conv_elem = high ? 4 : 2;  // the conv state holds the projections' precision
   sz.slot = size_t(cfg.num_kda_layers()) * (conv_per_slot * conv_elem + state_per_slot * 4);
-  sz.block = size_t(cfg.num_mla_layers()) * mla_per_block * 2;
+  sz.block = size_t(cfg.num_mla_layers()) * mla_block_bytes;
   Tm = opts.max_batch_tokens;
   logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(cfg.vocab_size) * 4), 1, Tm));
   max_partials = 8 * prop.multiProcessorCount;
@@ -295,6 +296,8 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "cuda_cores") m.mla_tensor_cores = false;
     else if (v != "tensor_cores")
       fail("KIMI_CUDA_MLA must be tensor_cores or cuda_cores, got '", v, "'");
+    if (!m.mla_tensor_cores && m.fp8_cache)
+      fail("KIMI_CUDA_MLA=cuda_cores has no fp8 cache kernel (--kv-cache-dtype fp8)");
   }
   if (const char* e = std::getenv("KIMI_CUDA_MLA_PREFILL")) {  // long prefills expanded or not
     const std::string v = e;
@@ -342,7 +345,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   Carver cc{m.cache_buf.data()};
   m.conv_state = cc.take<uint8_t>(size_t(Lk) * m.cache.num_slots * m.conv_per_slot * m.conv_elem);
   m.kda_state = cc.take<float>(size_t(Lk) * m.cache.num_slots * m.state_per_slot);
-  m.mla_cache = cc.take<bf16>(size_t(Lm) * m.cache.num_blocks * m.mla_per_block);
+  m.mla_cache = cc.take<uint8_t>(size_t(Lm) * m.cache.num_blocks * m.mla_block_bytes);
   m.cache_buf.fill_bytes(0);
   m.arena_buf = cuda::DeviceBuffer<uint8_t>(abytes);
   Carver ac2{m.arena_buf.data()};
@@ -443,8 +446,9 @@ void CudaModel::copy_block(int src, int dst) {
   KIMI_CHECK(src >= 0 && src < m.cache.num_blocks && dst >= 0 && dst < m.cache.num_blocks);
   for (int l = 0; l < m.cfg.num_mla_layers(); ++l) {
     const size_t s = size_t(l) * m.cache.num_blocks + src, d = size_t(l) * m.cache.num_blocks + dst;
-    CUDA_CHECK(cudaMemcpyAsync(m.mla_cache + d * m.mla_per_block, m.mla_cache + s * m.mla_per_block,
-                               m.mla_per_block * 2, cudaMemcpyDeviceToDevice, m.stream));
+    CUDA_CHECK(cudaMemcpyAsync(m.mla_cache + d * m.mla_block_bytes,
+                               m.mla_cache + s * m.mla_block_bytes, m.mla_block_bytes,
+                               cudaMemcpyDeviceToDevice, m.stream));
   }
 }
 

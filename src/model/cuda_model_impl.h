@@ -122,8 +122,9 @@ struct CudaModel::Impl {
   void* conv_state = nullptr;  // [Lk, slots, C, 3] bf16, fp32 in high precision
   size_t conv_elem = 2;        // its element bytes
   float* kda_state = nullptr;  // [Lk, slots, H, D, D]
-  bf16* mla_cache = nullptr;   // [Lm, blocks, 64, 576]
-  size_t conv_per_slot = 0, state_per_slot = 0, mla_per_block = 0;
+  uint8_t* mla_cache = nullptr;  // [Lm, blocks, 64, 576] bf16, or fp8 [Lm, blocks, 64, 656 bytes]
+  size_t conv_per_slot = 0, state_per_slot = 0, mla_block_bytes = 0;
+  bool fp8_cache = false;  // ModelOptions::kv_cache_dtype fp8 (kernels/mla/mla.h's record)
 
   // Activation arena (sized for Tm = opts.max_batch_tokens).
   cuda::DeviceBuffer<uint8_t> arena_buf;

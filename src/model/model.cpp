@@ -49,6 +49,16 @@ Precision parse_precision(const std::string& name) {
 
 const char* precision_name(Precision p) { return p == Precision::kHigh ? "high" : "bf16"; }
 
+KvCacheDtype parse_kv_cache_dtype(const std::string& name) {
+  if (name == "auto" || name == "bf16") return KvCacheDtype::kBf16;
+  if (name == "fp8") return KvCacheDtype::kFp8;
+  fail("kv cache dtype must be auto, bf16 or fp8, got '", name, "'");
+}
+
+const char* kv_cache_dtype_name(KvCacheDtype d) {
+  return d == KvCacheDtype::kFp8 ? "fp8" : "bf16";
+}
+
 CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double memory_fraction,
                          int64_t cpu_budget_bytes) {
   CacheBudget b;
@@ -117,7 +127,7 @@ std::unique_ptr<Model> load_model(const std::string& dir, const ModelOptions& op
   if (opts.backend == "cpu") {
     if (opts.random_weights) fail("random weights (--random-weights) need the cuda backend");
     Checkpoint ckpt(dir);
-    return std::make_unique<CpuModel>(config, ckpt, opts.cache);
+    return std::make_unique<CpuModel>(config, ckpt, opts.cache, opts.kv_cache_dtype);
   }
 #if KIMI_HAVE_CUDA
   if (opts.backend == "cuda") {

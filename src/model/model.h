@@ -100,9 +100,20 @@ enum class Precision { kBf16, kHigh };
 Precision parse_precision(const std::string& name);
 const char* precision_name(Precision p);
 
+// MLA latent cache storage (vLLM's --kv-cache-dtype; docs/precision.md). kBf16: ĉ | k_pe in bf16
+// on CUDA (1152 bytes per token and MLA layer), unquantised fp32 on the CPU. kFp8: ĉ as e4m3
+// with one power-of-two scale per 128 values, k_pe still bf16 (656 bytes on CUDA: 0.57x, so
+// 1.76x the tokens fit; decode reads 0.57x the bytes but is not faster yet, perf-log session 7);
+// the CPU stores the same fp8 round trip in fp32.
+enum class KvCacheDtype { kBf16, kFp8 };
+// "auto" (= bf16) / "bf16" / "fp8" (the --kv-cache-dtype values); anything else is refused.
+KvCacheDtype parse_kv_cache_dtype(const std::string& name);
+const char* kv_cache_dtype_name(KvCacheDtype d);
+
 struct ModelOptions {
   std::string backend = "cpu";  // "cpu" or "cuda"
   Precision precision = Precision::kBf16;
+  KvCacheDtype kv_cache_dtype = KvCacheDtype::kBf16;
   CacheSizes cache;
   // CUDA: most tokens one forward may carry; the activation arena is sized for it at start-up.
   int max_batch_tokens = 4096;

@@ -140,6 +140,7 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   mo.tensor_parallel = opts.tensor_parallel_size;
   mo.expert_parallel = opts.enable_expert_parallel;
   mo.precision = parse_precision(opts.precision);
+  mo.kv_cache_dtype = parse_kv_cache_dtype(opts.kv_cache_dtype);
   // CUDA: the activation arena holds one step of the scheduler's token budget.
   mo.max_batch_tokens = std::max(opts.max_num_batched_tokens, opts.max_num_seqs);
   mo.cache = size_caches(cfg, opts, mo, &max_model_len_);
@@ -160,9 +161,11 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   metrics_.total_blocks = mo.cache.num_blocks;
   metrics_.total_slots = opts.max_num_seqs;
-  spdlog::info("engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks, "
-               "max_model_len {}", dir, cfg.num_hidden_layers, mo.cache.num_slots,
-               prefix_cache_slots(opts), mo.cache.num_blocks, max_model_len_);
+  spdlog::info(
+      "engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks "
+      "({} MLA cache), max_model_len {}",
+      dir, cfg.num_hidden_layers, mo.cache.num_slots, prefix_cache_slots(opts), mo.cache.num_blocks,
+      kv_cache_dtype_name(mo.kv_cache_dtype), max_model_len_);
   thread_ = std::thread([this] { loop(); });
 }
 

@@ -272,23 +272,27 @@ class CudaVsCpu : public CudaModelGpu {
     o.cache.num_slots = 6;
     o.cache.num_blocks = 40;
     cpu_ = load_model(dir_, o).release();
+    o.kv_cache_dtype = KvCacheDtype::kFp8;
+    cpu_fp8_ = load_model(dir_, o).release();
     o.backend = "cuda";
     o.max_batch_tokens = 512;
+    gpu_fp8_ = load_model(dir_, o).release();
+    o.kv_cache_dtype = KvCacheDtype::kBf16;
     gpu_ = load_model(dir_, o).release();
     o.precision = Precision::kHigh;
     gpu_high_ = load_model(dir_, o).release();
 #endif
   }
   static void TearDownTestSuite() {
-    delete cpu_;
-    delete gpu_;
-    delete gpu_high_;
-    cpu_ = gpu_ = gpu_high_ = nullptr;
+    for (Model** m : {&cpu_, &gpu_, &gpu_high_, &cpu_fp8_, &gpu_fp8_}) {
+      delete *m;
+      *m = nullptr;
+    }
   }
   void SetUp() override {
     CudaModelGpu::SetUp();
     if (!IsSkipped()) {
-      ASSERT_TRUE(gpu_ && gpu_high_ && cpu_);
+      ASSERT_TRUE(gpu_ && gpu_high_ && cpu_ && cpu_fp8_ && gpu_fp8_);
     }
   }
   static std::vector<int> ids(int n, int salt) {
@@ -318,8 +322,11 @@ class CudaVsCpu : public CudaModelGpu {
   }
   static std::string dir_;
   static Model *cpu_, *gpu_, *gpu_high_;  // gpu_high_: ModelOptions::precision high
+  static Model *cpu_fp8_, *gpu_fp8_;      // ModelOptions::kv_cache_dtype fp8
 };
 std::string CudaVsCpu::dir_;
+Model* CudaVsCpu::cpu_fp8_ = nullptr;
+Model* CudaVsCpu::gpu_fp8_ = nullptr;
 Model* CudaVsCpu::cpu_ = nullptr;
 Model* CudaVsCpu::gpu_ = nullptr;
 Model* CudaVsCpu::gpu_high_ = nullptr;
@@ -421,6 +428,61 @@ TEST_F(CudaVsCpu, HighPrecisionIsCloserToCpu) {
   const double lb = worst_row(logits[1], logits[0], V), lh = worst_row(logits[2], logits[0], V);
   std::printf("logits: max relative L2 vs CPU bf16 %.3g high %.3g\n", lb, lh);
   EXPECT_LE(lh, kVsCpuTol);
+}
+
+// The fp8 latent cache on both backends (the CPU's fp32 cache holds the same fp8 round trip):
+// every reader of the GPU cache against the CPU, as the bf16 cache's tests do: a 300-token
+// prefill (expanded: the gather decodes the records), pieces of 57 and 70 tokens after it (the
+// absorbed prefill kernel's fp8 tiles), then decode steps replayed from CUDA graphs and eager
+// (the decode kernel's converter warps). How far fp8 moves the GPU logits from the bf16 cache's
+// is printed (the rounding of ĉ to 3 mantissa bits; docs/precision.md).
+TEST_F(CudaVsCpu, Fp8CacheMatchesCpu) {
+#if KIMI_HAVE_CUDA
+  const int V = gpu_->config().vocab_size, n = 460, first = 300;
+  const std::vector<int> t = ids(n, 8);
+  const std::vector<float> ref = prefill(cpu_fp8_, t, 1, 10), plain = prefill(gpu_, t, 1, 10);
+  auto* cm = dynamic_cast<CudaModel*>(gpu_fp8_);
+  ASSERT_TRUE(cm);
+  for (bool graphs : {true, false}) {
+    cm->set_use_graphs(graphs);
+    std::vector<float> got =
+        prefill(gpu_fp8_, std::vector<int>(t.begin(), t.begin() + first), 2, 20);
+    double worst_prefill = 0, worst_pieces = 0, worst_decode = 0, vs_bf16 = 0;
+    for (int i = 0; i < first; ++i) {
+      worst_prefill = std::max(worst_prefill,
+                               rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(i) * V, V));
+      vs_bf16 =
+          std::max(vs_bf16, rel_l2(got.data() + size_t(i) * V, plain.data() + size_t(i) * V, V));
+    }
+    int pos = first;
+    for (int piece : {57, 70}) {
+      Batch b;
+      b.all_logits = true;
+      b.add(std::vector<int>(t.begin() + pos, t.begin() + pos + piece), pos + piece, 2,
+            blocks(20, n / kBlockSize + 2));
+      gpu_fp8_->forward(b, got);
+      for (int i = 0; i < piece; ++i)
+        worst_pieces = std::max(
+            worst_pieces, rel_l2(got.data() + size_t(i) * V, ref.data() + size_t(pos + i) * V, V));
+      pos += piece;
+    }
+    for (; pos < n; ++pos) {
+      Batch d;
+      d.add({t[pos]}, pos + 1, 2, blocks(20, n / kBlockSize + 2));
+      gpu_fp8_->forward(d, got);
+      worst_decode = std::max(worst_decode, rel_l2(got.data(), ref.data() + size_t(pos) * V, V));
+      vs_bf16 = std::max(vs_bf16, rel_l2(got.data(), plain.data() + size_t(pos) * V, V));
+    }
+    std::printf(
+        "fp8 cache (%s decode): max relative L2 vs CPU fp8: prefill %.3g, pieces %.3g, "
+        "decode %.3g; vs the GPU's bf16 cache %.3g\n",
+        graphs ? "graphs" : "eager", worst_prefill, worst_pieces, worst_decode, vs_bf16);
+    EXPECT_LE(worst_prefill, kVsCpuTol);
+    EXPECT_LE(worst_pieces, kVsCpuTol);
+    EXPECT_LE(worst_decode, kVsCpuTol) << (graphs ? "graphs" : "eager");
+  }
+  cm->set_use_graphs(true);
+#endif
 }
 
 // The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).

@@ -132,6 +132,40 @@ Request greedy(std::vector<int> prompt, int max_tokens) {
   return r;
 }
 
+// --kv-cache-dtype: auto and bf16 are the unquantised cache, fp8 the e4m3 one; anything else is
+// refused with a message naming the accepted values, before any model loads. The CPU backend
+// serves fp8 (its fp32 cache holds the fp8 round trip, ops/cpu/mla.h), with different logits.
+TEST(Engine, KvCacheDtypeOption) {
+  EXPECT_EQ(parse_kv_cache_dtype("auto"), KvCacheDtype::kBf16);
+  EXPECT_EQ(parse_kv_cache_dtype("bf16"), KvCacheDtype::kBf16);
+  EXPECT_EQ(parse_kv_cache_dtype("fp8"), KvCacheDtype::kFp8);
+  for (const char* bad : {"fp16", "FP8", "", "fp8_e5m2"}) {
+    EngineOptions o = engine_opts(2);
+    o.kv_cache_dtype = bad;
+    try {
+      Engine::create(o);
+      ADD_FAILURE() << "kv_cache_dtype '" << bad << "' accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("kv cache dtype must be auto, bf16 or fp8"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  std::mt19937 rng(5);
+  EngineOptions o = engine_opts(2);
+  auto plain = Engine::create(o);
+  const Request r = greedy(random_prompt(rng, 150, plain->config().vocab_size), 12);
+  const auto want = collect(*plain->submit(r))[0];
+  o.kv_cache_dtype = "fp8";
+  auto fp8 = Engine::create(o);
+  const auto got = collect(*fp8->submit(r))[0];
+  EXPECT_EQ(got.finish, FinishReason::kLength);
+  EXPECT_EQ(got.ids.size(), 12u);
+  int same = 0;
+  for (size_t i = 0; i < got.ids.size(); ++i) same += got.ids[i] == want.ids[i];
+  std::printf("fp8 cache: %d of 12 greedy tokens as the fp32 cache's\n", same);
+}
+
 // 16 concurrent requests with a small token budget (chunked prefill mixed with decodes) give the
 // same greedy tokens as each request run alone.
 TEST(Engine, ConcurrentEqualsOneAtATime) {

@@ -15,6 +15,7 @@
 
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
+#include "mla_fp8_test_util.h"
 #include "model/config.h"
 #include "ops/cpu/basic.h"
 #include "ops/cpu/mla.h"
@@ -60,8 +61,10 @@ using cuda::bf16;
 // fixed-shape plan of CUDA-graph decode steps; every sequence has one new token).
 enum class PlanKind { kEager, kDecode };
 
-void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
-               PlanKind kind = PlanKind::kEager) {
+// fp8: the cache as fp8 records (mla_fp8_test_util.h); the CPU attends over their decoded values
+// and only the tensor-core kernels run (the CUDA-core ones have no fp8 path).
+void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind = PlanKind::kEager,
+               bool fp8 = false) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -76,6 +79,11 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   auto q = random_bf16(rng, size_t(T) * H * 192, -1.f, 1.f);
   auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
   auto cache_f = bf16_to_float(cache), q_f = bf16_to_float(q), kvb_f = bf16_to_float(kv_b);
+  Fp8Cache f8;
+  if (fp8) {
+    f8 = make_fp8_cache(cache);
+    cache_f = f8.values;
+  }
   std::vector<float> ref(size_t(T) * H * 128);
   cpu::MlaAttnParams cp;
   cp.num_seqs = S, cp.cu_seqlens = b.cu.data(), cp.context_lens = b.ctx.data();
@@ -97,6 +105,8 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
                                           prop.multiProcessorCount, max_partials, tc);
   };
   GuardedBuffer<uint16_t> dcache(cache_n), dq(q.size()), dkvb(kv_b.size());
+  GuardedBuffer<uint8_t> dcache8(std::max<size_t>(1, f8.bytes.size()));
+  if (fp8) dcache8.upload(f8.bytes);
   GuardedBuffer<uint16_t> dqabs(size_t(T) * H * 512), du(size_t(T) * H * 512), dout(ref.size());
   GuardedBuffer<int> dtab(b.tables.size()), dsb(T), dns(T);
   GuardedBuffer<float> dpart(std::max<size_t>(1, size_t(max_partials) * H * cuda::kMlaPartialStride));
@@ -122,7 +132,9 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   gemm.run(g, nullptr);
   cuda::MlaAttnParams ap;
   ap.num_tokens = T, ap.num_heads = H, ap.q_abs = reinterpret_cast<bf16*>(dqabs.data());
-  ap.q = reinterpret_cast<bf16*>(dq.data()), ap.cache = reinterpret_cast<bf16*>(dcache.data());
+  ap.q = reinterpret_cast<bf16*>(dq.data());
+  ap.cache = fp8 ? nullptr : reinterpret_cast<bf16*>(dcache.data());
+  ap.cache8 = fp8 ? dcache8.data() : nullptr;
   ap.num_blocks = b.num_blocks;
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
@@ -138,7 +150,7 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
   g2.M = T, g2.N = 128, g2.K = 512, g2.A = reinterpret_cast<bf16*>(du.data()), g2.lda = H * 512;
   g2.stride_a = 512, g2.B = reinterpret_cast<bf16*>(dkvb.data()) + 128 * 512, g2.ldb = 512;
   g2.stride_b = 256 * 512, g2.C = dout.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
-  for (int path = 0; path < num_paths; ++path) {
+  for (int path = fp8 ? 1 : 0; path < num_paths; ++path) {
     const bool tc = path > 0;
     const cuda::MlaAttnPlan plan = make_plan(tc);
     EXPECT_LE(plan.num_partials, max_partials);
@@ -172,10 +184,12 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
     gemm.run(g2, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
     auto got = bf16_to_float(dout.to_host());
-    const std::string desc = str("mla ", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
-                                 " H", H, " S", S, " T", T, plan_desc);
+    const std::string desc =
+        str("mla ", fp8 ? "fp8 " : "", kind == PlanKind::kDecode ? "decode plan" : "eager plan",
+            " H", H, " S", S, " T", T, plan_desc);
     expect_close(desc + " " + path_name[path] + " vs CPU", got.data(), ref.data(), ref.size(),
                  1e-2, 0.1);
+    if (fp8) continue;
     // u of the two kernel families: each is within bf16 rounding (~2e-3 relative) of the exact u.
     auto u_tc = bf16_to_float(u_path[path]), u_cc = bf16_to_float(u_path[0]);
     expect_close(desc + " u " + path_name[path] + " vs CUDA cores", u_tc.data(), u_cc.data(),
@@ -185,6 +199,9 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed,
               dpart.guards_intact() && dsb.guards_intact() && dns.guards_intact());
   // The cache is read-only here.
   EXPECT_EQ(dcache.to_host(), cache);
+  if (fp8) {
+    EXPECT_EQ(dcache8.to_host(), f8.bytes);
+  }
 }
 #endif
 
@@ -293,6 +310,120 @@ TEST(MlaGpu, CacheWriteNormsAndPlaces) {
     auto got = bf16_to_float(dcache.to_host());
     expect_close(str("cache write T", T), got.data(), cache_ref.data(), got.size(), 4e-3, 0.05);
     EXPECT_TRUE(dcache.guards_intact());
+  }
+#endif
+}
+
+// fp8 cache write: codes and scales against cpu::mla_fp8_quantize of the CPU's normed latent.
+// The two RMSNorms differ in the last bits, so a value next to a rounding boundary of e4m3 may
+// take the neighbouring code (measured: see the printed count); any other difference, a scale
+// off by more than float rounding, k_pe not its bf16, or a byte of another record touched fails.
+TEST(MlaGpu, Fp8CacheWriteQuantises) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(12);
+  for (auto seqs :
+       {std::vector<Seq>{{1, 1}}, std::vector<Seq>{{7, 70}, {1, 64}, {65, 65}, {1, 129}},
+        std::vector<Seq>{{769, 800}}}) {
+    PagedBatch b = make_batch(rng, seqs);
+    const int S = int(seqs.size()), T = b.cu.back();
+    const size_t rows = size_t(b.num_blocks) * 64;
+    std::vector<uint8_t> cache(rows * kFp8Record);
+    for (auto& x : cache) x = uint8_t(rng());
+    auto latent = random_f32(rng, size_t(T) * 576, -3.f, 3.f);
+    for (int t = 0; t < T; ++t)  // groups of different magnitudes: scales 1/16 .. 16 apart
+      for (int i = 0; i < 512; ++i)
+        latent[size_t(t) * 576 + i] *= std::ldexp(1.f, 2 * ((t + i / 128) % 5 - 2));
+    auto w = random_f32(rng, 512, 0.5f, 1.5f);
+    GuardedBuffer<uint8_t> dcache(cache.size());
+    GuardedBuffer<float> dlat(latent.size()), dw(512);
+    GuardedBuffer<int> dcu(S + 1), dctx(S), dtab(b.tables.size());
+    dcache.upload(cache);
+    dlat.upload(latent);
+    dw.upload(w);
+    dcu.upload(b.cu);
+    dctx.upload(b.ctx);
+    dtab.upload(b.tables);
+    cuda::MlaCacheWriteParams p;
+    p.num_seqs = S, p.num_tokens = T, p.cu_seqlens = dcu.data(), p.context_lens = dctx.data();
+    p.block_tables = dtab.data(), p.max_blocks_per_seq = b.mb, p.latent = dlat.data();
+    p.norm_weight = dw.data(), p.cache8 = dcache.data();
+    cuda::run_mla_cache_write(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<uint8_t> got = dcache.to_host();
+    std::vector<uint8_t> want = cache;  // untouched records keep their bytes
+    size_t neighbours = 0, others = 0;
+    double worst_scale = 0;
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < b.cu[s + 1] - b.cu[s]; ++i) {
+        const int t = b.cu[s] + i, pos = b.ctx[s] - (b.cu[s + 1] - b.cu[s]) + i;
+        const size_t row = size_t(b.tables[size_t(s) * b.mb + pos / 64]) * 64 + pos % 64;
+        float normed[576];
+        cpu::rmsnorm(&latent[size_t(t) * 576], w.data(), normed, 1, 512, 1e-5f);
+        uint8_t* rec = want.data() + row * kFp8Record;
+        float scales[4];
+        cpu::mla_fp8_quantize(normed, rec, scales);
+        std::memcpy(rec + 640, scales, 16);
+        for (int c = 0; c < 64; ++c) {
+          const uint16_t pe = f32_to_bf16(latent[size_t(t) * 576 + 512 + c]);
+          std::memcpy(rec + 512 + 2 * c, &pe, 2);
+        }
+        uint8_t* g = got.data() + row * kFp8Record;  // neighbouring codes set to want's below
+        float gs[4];
+        std::memcpy(gs, g + 640, 16);
+        for (int k = 0; k < 4; ++k)
+          worst_scale = std::max(worst_scale, std::fabs(double(gs[k]) - scales[k]) / scales[k]);
+        for (int c = 0; c < 512; ++c) {
+          if (g[c] == rec[c]) continue;
+          // Neighbouring codes: same sign, magnitudes one step apart (e4m3 codes are ordered).
+          const bool next =
+              (g[c] & 0x80) == (rec[c] & 0x80) && std::abs((g[c] & 0x7f) - (rec[c] & 0x7f)) == 1;
+          ++(next ? neighbours : others);
+          g[c] = rec[c];  // then the rest compares bytewise
+        }
+        std::memcpy(g + 640, scales, 16);  // checked above
+      }
+    std::printf("    fp8 cache write T%d: %zu of %d codes one step off, worst scale error %.2g\n",
+                T, neighbours, T * 512, worst_scale);
+    EXPECT_EQ(others, 0u);
+    EXPECT_LE(neighbours, size_t(T) * 512 / 100 + 1);
+    EXPECT_LE(worst_scale, 2e-6);
+    EXPECT_TRUE(got == want) << "k_pe or an untouched record differs";
+    EXPECT_TRUE(dcache.guards_intact());
+  }
+#endif
+}
+
+// The fp8 cache through every tensor-core attention kernel against the CPU on the same decoded
+// values: the decode kernel (converter warps) through the CUDA-graph decode plan at batch 1, 3
+// and 64, odd contexts, every split slot busy, unwritten records (NaN codes and scales) past
+// each context; and the prefill items (4 tokens per CTA, eager plans) with history and splits.
+TEST(MlaGpu, Fp8DecodeTensorCores) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const std::vector<int> ctxs = {1, 63, 64, 65, 769, 4097};
+  uint32_t seed = 500;
+  for (int H : {32, 8, 1}) {
+    for (int L : ctxs) run_chain({{1, L}}, H, seed++, PlanKind::kDecode, true);
+    run_chain({{1, 63}, {1, 769}, {1, 65}}, H, seed++, PlanKind::kDecode, true);
+    std::vector<Seq> b64;
+    for (int s = 0; s < 64; ++s) b64.push_back({1, ctxs[s % ctxs.size()] + (s / 6) % 3});
+    run_chain(b64, H, seed++, PlanKind::kDecode, true);
+  }
+  run_chain({{1, 16500}}, 32, seed++, PlanKind::kDecode, true);
+  run_chain({{1, 20000}}, 32, seed++, PlanKind::kDecode, true);
+  run_chain({{1, 3000}, {1, 5}}, 40, seed++, PlanKind::kDecode, true);
+#endif
+}
+
+TEST(MlaGpu, Fp8PrefillTensorCores) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  uint32_t seed = 600;
+  for (int H : {32, 2}) {
+    run_chain({{1, 1}, {7, 7}, {63, 63}, {64, 64}, {65, 65}}, H, seed++, PlanKind::kEager, true);
+    run_chain({{65, 1000}, {7, 300}, {64, 129}, {1, 77}}, H, seed++, PlanKind::kEager, true);
+    run_chain({{2, 2049}, {3, 515}}, H, seed++, PlanKind::kEager, true);
   }
 #endif
 }

@@ -16,6 +16,7 @@
 
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
+#include "mla_fp8_test_util.h"
 #include "ops/cpu/mla.h"
 
 #if KIMI_HAVE_CUDA
@@ -34,9 +35,10 @@ struct Seq {
 };
 
 // Runs the expanded prefill on `seqs` (sequences with expand[s] = 0 are left alone) with a
-// workspace of `piece` positions and checks it against the CPU.
+// workspace of `piece` positions and checks it against the CPU. fp8: the cache as fp8 records
+// (mla_fp8_test_util.h), the CPU on their decoded values.
 void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
-                 std::vector<uint8_t> expand = {}) {
+                 std::vector<uint8_t> expand = {}, bool fp8 = false) {
   std::mt19937 rng(seed);
   const int S = int(seqs.size());
   if (expand.empty()) expand.assign(S, 1);
@@ -58,6 +60,11 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   auto q = random_bf16(rng, size_t(T) * H * 192, -1.f, 1.f);
   auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
   auto cache_f = bf16_to_float(cache), q_f = bf16_to_float(q), kvb_f = bf16_to_float(kv_b);
+  Fp8Cache f8;
+  if (fp8) {
+    f8 = make_fp8_cache(cache);
+    cache_f = f8.values;
+  }
   std::vector<float> ref(size_t(T) * H * 128);
   cpu::MlaAttnParams cp;
   cp.num_seqs = S, cp.cu_seqlens = cu.data(), cp.context_lens = ctx.data();
@@ -70,6 +77,8 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
       cuda::make_mla_prefill_plan(S, cu.data(), ctx.data(), expand.data(), piece);
   GuardedBuffer<uint16_t> dcache(cache_n), dq(q.size()), dkvb(kv_b.size()), dout(ref.size());
   GuardedBuffer<int> dtab(tables.size());
+  GuardedBuffer<uint8_t> dcache8(std::max<size_t>(1, f8.bytes.size()));
+  if (fp8) dcache8.upload(f8.bytes);
   GuardedBuffer<int> dsegs(std::max<size_t>(1, 4 * plan.segs.size()));
   GuardedBuffer<int> ditems(std::max<size_t>(1, 7 * plan.items.size()));
   GuardedBuffer<uint8_t> dws(cuda::mla_prefill_workspace_bytes(piece, H));
@@ -91,7 +100,8 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
   cuda::MlaPrefillParams p;
   p.num_heads = H;
   p.q = dev<bf16>(dq);
-  p.cache = dev<bf16>(dcache);
+  p.cache = fp8 ? nullptr : dev<bf16>(dcache);
+  p.cache8 = fp8 ? dcache8.data() : nullptr;
   p.block_tables = dtab.data();
   p.max_blocks_per_seq = mb;
   p.kv_b = dev<bf16>(dkvb);
@@ -121,8 +131,8 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
         ++touched;
       }
     }
-  std::string desc = str("H", H, " piece ", piece, " rounds ", plan.rounds.size(), " items ",
-                         plan.items.size(), " seqs");
+  std::string desc = str(fp8 ? "fp8 " : "", "H", H, " piece ", piece, " rounds ",
+                         plan.rounds.size(), " items ", plan.items.size(), " seqs");
   for (int s = 0; s < S; ++s)
     desc += str(" ", seqs[s].n_new, "/", seqs[s].ctx, expand[s] ? "" : "(absorbed)");
   expect_close(desc, g.data(), r.data(), g.size(), 1e-2, 0.1);
@@ -131,6 +141,9 @@ void run_prefill(const std::vector<Seq>& seqs, int H, int piece, uint32_t seed,
               dsegs.guards_intact() && ditems.guards_intact())
       << desc;
   EXPECT_EQ(dcache.to_host(), cache);  // read-only
+  if (fp8) {
+    EXPECT_EQ(dcache8.to_host(), f8.bytes);
+  }
 }
 #endif
 
@@ -166,6 +179,19 @@ TEST(MlaPrefillGpu, ContextLongerThanWorkspace) {
     run_prefill({{65, 1000}, {7, 300}, {129, 129}, {1, 500}}, 8, piece, seed++);
     run_prefill({{300, 300}, {64, 2000}}, 32, piece, seed++);
   }
+#endif
+}
+
+// The fp8 cache: the gather decodes the records into the bf16 latents the expansion reads, over
+// odd sizes, history, several rounds and mixed steps.
+TEST(MlaPrefillGpu, Fp8Cache) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  uint32_t seed = 400;
+  run_prefill({{1, 1}, {7, 7}, {63, 63}, {64, 64}, {65, 65}}, 32, 16384, seed++, {}, true);
+  run_prefill({{65, 1000}, {7, 300}, {64, 129}, {1, 77}}, 16, 16384, seed++, {}, true);
+  run_prefill({{769, 1800}}, 4, 256, seed++, {}, true);
+  run_prefill({{1, 700}, {200, 900}, {7, 7}, {150, 150}}, 8, 200, seed++, {0, 1, 0, 1}, true);
 #endif
 }
 

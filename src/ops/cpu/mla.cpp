@@ -16,6 +16,7 @@
 #include "ops/cpu/mla.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -145,6 +146,58 @@ void softmax_strided(float* x, int n, int stride) {
 
 }  // namespace
 
+uint8_t e4m3_from_float(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const uint8_t sign = std::signbit(x) ? 0x80 : 0;
+  const float a = std::fabs(x);
+  if (a >= kE4m3Max) return sign | 0x7e;
+  // The quantum of a's binade (3 mantissa bits), 2^-9 below the smallest normal 2^-6.
+  int e = 0;
+  std::frexp(a, &e);  // a in [2^(e-1), 2^e)
+  const int binade = std::max(e - 1, -6);
+  const float m = std::nearbyint(std::ldexp(a, 3 - binade));  // exact scaling, ties to even
+  if (m == 0.f) return sign;
+  if (binade == -6 && m < 8.f) return sign | uint8_t(m);  // subnormal
+  const int mi = int(m), carry = mi == 16;                // rounded up into the next binade
+  const int exp_field = binade + 7 + carry, mant = carry ? 0 : mi - 8;
+  return sign | uint8_t(exp_field << 3) | uint8_t(mant);
+}
+
+float e4m3_to_float(uint8_t code) {
+  const int exp_field = (code >> 3) & 15, mant = code & 7;
+  const float v = (code & 0x7f) == 0x7f ? NAN
+                  : exp_field == 0      ? std::ldexp(float(mant), -9)  // subnormal
+                                        : std::ldexp(float(8 + mant), exp_field - 10);
+  return code & 0x80 ? -v : v;
+}
+
+int mla_fp8_scale_exponent(float amax) {
+  int e = 0;
+  const float f = std::frexp(amax, &e);  // amax = f · 2^e, f in [0.5, 1); 448 = 0.875 · 2^9
+  return e - 9 + (f > 0.875f);
+}
+
+uint8_t mla_fp8_code(float x, float inv_scale) {
+  const uint8_t c = e4m3_from_float(x * inv_scale);
+  return (c & 0x78) == 0 ? c & 0x80 : c;  // subnormal codes flushed to ±0
+}
+
+void mla_fp8_quantize(const float* latent, uint8_t* codes, float* scales) {
+  for (int g = 0; g < kLat / kMlaFp8Group; ++g) {
+    const float* x = latent + g * kMlaFp8Group;
+    float amax = 0.f;
+    for (int i = 0; i < kMlaFp8Group; ++i) amax = std::max(amax, std::fabs(x[i]));
+    // Powers of two: x · 2^-k is exact, so the CUDA write kernel (the same steps) gets the same
+    // codes from the same x.
+    // Groups whose amax is below the normal floats or whose 2^±k would not be one: scale 0.
+    const int k = mla_fp8_scale_exponent(amax);
+    const bool on = amax >= FLT_MIN && k > -127 && k < 127;
+    scales[g] = on ? std::ldexp(1.f, k) : 0.f;
+    const float inv = on ? std::ldexp(1.f, -k) : 0.f;
+    for (int i = 0; i < kMlaFp8Group; ++i) codes[g * kMlaFp8Group + i] = mla_fp8_code(x[i], inv);
+  }
+}
+
 void mla_cache_write(const MlaCacheWriteParams& p) {
   const int64_t T = check_paged(p.num_seqs, p.cu_seqlens, p.context_lens, p.block_tables,
                                 p.max_blocks_per_seq, p.num_blocks, "mla_cache_write");
@@ -158,6 +211,12 @@ void mla_cache_write(const MlaCacheWriteParams& p) {
     const int* table = p.block_tables + int64_t(s) * p.max_blocks_per_seq;
     float* dst = cache_row(p.cache, table, pos);
     std::memcpy(dst, p.latent + t * kRow, sizeof(float) * kRow);
+    if (p.fp8) {
+      uint8_t codes[kLat];
+      float scales[kLat / kMlaFp8Group];
+      mla_fp8_quantize(dst, codes, scales);
+      for (int i = 0; i < kLat; ++i) dst[i] = e4m3_to_float(codes[i]) * scales[i / kMlaFp8Group];
+    }
   }
 }
 

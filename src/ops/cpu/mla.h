@@ -2,6 +2,15 @@
 // Each cached token holds kMlaCacheDim = 576 values: the normed latent ĉ (512) then k_pe (64).
 // The cache is a pool of blocks of kMlaBlockSize tokens; a sequence's block table lists its
 // blocks in order, so token position p sits in block_table[p / 64] at row p % 64.
+//
+// fp8 latent cache (--kv-cache-dtype fp8, docs/precision.md): ĉ is stored as float8 e4m3 with
+// one scale per group of 128 values, the smallest power of two 2^k with amax <= 448 · 2^k (448:
+// e4m3's largest finite value), code = e4m3(x · 2^-k) rounded to nearest even, codes below
+// e4m3's normal range (|x| < 2^(k-6)) flushed to ±0; k_pe is not quantised. Power-of-two scales
+// and normal codes make every decoded value code · 2^k exact in bf16, so the CUDA readers decode
+// with integer and bf16 multiply instructions alone (docs/kernels-mla-moe.md). The CPU cache
+// stays fp32 and holds each value's fp8 round trip (code · scale): the values the CUDA fp8 cache
+// decodes to, so both backends attend over the same keys.
 #pragma once
 
 #include <cstdint>
@@ -9,6 +18,19 @@
 namespace kimi::cpu {
 
 constexpr int kMlaBlockSize = 64;
+constexpr int kMlaFp8Group = 128;  // ĉ values per fp32 scale
+constexpr float kE4m3Max = 448.f;
+
+// float -> e4m3 code (round to nearest even, saturating to ±448; NaN -> 0x7f), and back.
+uint8_t e4m3_from_float(float x);
+float e4m3_to_float(uint8_t code);
+// k of a group's scale 2^k: the smallest with amax <= 448 · 2^k.
+int mla_fp8_scale_exponent(float amax);
+// The code of x given 1 / scale (a power of two), subnormal codes flushed to ±0.
+uint8_t mla_fp8_code(float x, float inv_scale);
+// ĉ (512 values) -> codes [512] and scales [4]; a group of zeros (amax below FLT_MIN) gets scale
+// 0 and zero codes.
+void mla_fp8_quantize(const float* latent, uint8_t* codes, float* scales);
 
 struct MlaCacheWriteParams {
   int num_seqs = 0;
@@ -19,6 +41,7 @@ struct MlaCacheWriteParams {
   int num_blocks = 0;                 // blocks in the cache pool (range check)
   const float* latent = nullptr;      // [T, 576] normed ĉ | k_pe of the new tokens
   float* cache = nullptr;             // [num_blocks, 64, 576]
+  bool fp8 = false;                   // store ĉ's fp8 round trip (the fp8 cache's values)
 };
 // Writes the new tokens' latents at positions context_len - n_new ... context_len - 1.
 void mla_cache_write(const MlaCacheWriteParams& p);
