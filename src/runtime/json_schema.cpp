@@ -43,7 +43,6 @@ std::string join(const std::string& path, const std::string& key) {
 template <typename... Args>
 [[noreturn]] void fail(const std::string& path, Args&&... args) {
   std::ostringstream os;
-  os << "invalid JSON schema at '" << (path.empty() ? "(root)" : path) << "': ";
   (os << ... << args);
   throw Failure{{path, os.str()}};
 }

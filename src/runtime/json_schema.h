@@ -64,7 +64,7 @@ class JsonSchema {
 
 struct SchemaError {
   std::string path;     // where in the schema: "properties.a.items.type" ("" = the schema itself)
-  std::string message;  // names the path and the keyword
+  std::string message;  // what is wrong there, naming the keyword
 };
 
 // The schema compiled, or nullptr with *error filled (malformed or unsupported schema, or one

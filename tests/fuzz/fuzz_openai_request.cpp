@@ -23,7 +23,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const kimi::server::ApiException&) {
   }
   try {
-    (void)kimi::server::parse_completion_request(kimi::server::parse_body(body), limits);
+    (void)kimi::server::parse_completion_body(body, limits);
   } catch (const kimi::server::ApiException&) {
   }
   return 0;
