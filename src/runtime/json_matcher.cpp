@@ -152,7 +152,7 @@ bool JsonMatcher::begin_concrete(Thread& t, uint32_t node, uint8_t c, std::vecto
       if (!numbers || (c != '-' && !is_digit(c))) return false;
       enter(t, c == '-' ? kMinus : c == '0' ? kZero : kInt);
       t.lex.count = 1;
-      if (!(n.types & SchemaNode::kNumber)) t.lex.aux = kIntegerOnly;
+      if (!(n.types & SchemaNode::kNumber)) t.lex.aux = kIntegerOnly | (c == '-' ? kNegative : 0);
       return true;
   }
 }
@@ -217,7 +217,9 @@ bool JsonMatcher::close(Thread& t, uint8_t c) const {
 bool JsonMatcher::number(Thread& t, Mode next) const {
   const bool may_end = next == kZero || next == kInt || next == kFrac || next == kExpDigits;
   const int room = may_end ? 0 : 1;
-  if (t.lex.count + 1 + room > kMaxNumberBytes) return false;
+  const int max = t.lex.aux & kIntegerOnly ? kMaxIntegerDigits + (t.lex.aux & kNegative ? 1 : 0)
+                                           : kMaxNumberBytes;
+  if (t.lex.count + 1 + room > max) return false;
   ++t.lex.count;
   t.lex.mode = next;
   return true;

@@ -14,7 +14,8 @@
 //
 // Limits that keep a model from looping inside the grammar and keep numbers parseable as doubles:
 // nesting depth <= kMaxDepth, runs of whitespace between tokens <= kMaxWhitespaceRun bytes,
-// numbers <= kMaxNumberBytes bytes with <= 2 exponent digits. Strings hold valid UTF-8 only, no
+// numbers <= kMaxNumberBytes bytes with <= 2 exponent digits (integers <= kMaxIntegerDigits
+// digits). Strings hold valid UTF-8 only, no
 // control characters, and \u escapes with surrogates in pairs.
 #pragma once
 
@@ -33,6 +34,9 @@ class JsonMatcher {
   static constexpr int kMaxDepth = 64;
   static constexpr int kMaxWhitespaceRun = 40;
   static constexpr int kMaxNumberBytes = 32;
+  // Digits of a value whose schema type is integer (not number): it always fits an int64, which
+  // parsers read as an integer (nlohmann::json reads 20 digits as a double).
+  static constexpr int kMaxIntegerDigits = 18;
   static constexpr int kMaxThreads = 16;
 
   JsonMatcher();  // JSON mode: one object
@@ -68,7 +72,7 @@ class JsonMatcher {
     kMinus, kZero, kInt, kDot, kFrac, kExpMark, kExpSign, kExpDigits,  // number parts
     kDone,
   };
-  static constexpr uint8_t kInKey = 1, kLowSurrogate = 2, kIntegerOnly = 4;
+  static constexpr uint8_t kInKey = 1, kLowSurrogate = 2, kIntegerOnly = 4, kNegative = 8;
 
   // Where the current token stands: plain data, saved and restored around a refused byte.
   struct Lex {
