@@ -72,8 +72,8 @@ bool JsonMatcher::may_add_key(const Thread& t) const {
   const SchemaNode& n = schema_->nodes[f.node];
   if (n.keys.empty()) return n.free_values >= 0 && fits(t, uint32_t(n.free_values));
   if (f.count >= n.keys.size()) return false;
-  for (int tag : schema_->choices[size_t(n.key_choice[f.count])].tags)
-    if (fits(t, n.values[size_t(tag)])) return true;
+  for (int i = int(f.count); i <= n.next_required[f.count]; ++i)
+    if (fits(t, n.values[size_t(i)])) return true;
   return false;
 }
 
@@ -94,7 +94,7 @@ bool JsonMatcher::begin_key(Thread& t) const {
   }
   enter(t, kChoice);
   t.lex.aux = kInKey;
-  t.lex.choice = n.key_choice[f.count];
+  t.lex.choice = n.key_choice;
   t.lex.last = uint32_t(schema_->choices[size_t(t.lex.choice)].texts.size());
   t.lex.offset = 1;  // every key text starts with the quote
   return true;
@@ -169,10 +169,14 @@ bool JsonMatcher::step_choice(Thread& t, uint8_t c, std::vector<Thread>& forks) 
   while (b < t.lex.last && byte(b) == int(c)) ++b;
   const bool key = t.lex.aux & kInKey;
   bool live = a < b;
-  if (key) {  // only keys whose value still fits under the depth limit
-    const SchemaNode& obj = schema_->nodes[t.stack.back().node];
+  if (key) {  // only keys that may come next and whose value still fits under the depth limit
+    const Frame& f = t.stack.back();
+    const SchemaNode& obj = schema_->nodes[f.node];
     live = false;
-    for (uint32_t i = a; i < b && !live; ++i) live = fits(t, obj.values[size_t(ch.tags[i])]);
+    for (uint32_t i = a; i < b && !live; ++i) {
+      const int tag = ch.tags[i];
+      live = tag >= int(f.count) && tag <= obj.next_required[f.count] && fits(t, obj.values[size_t(tag)]);
+    }
   }
   if (!live) {
     // A complete enum value (the shortest live text, first in the run) ends before c, as a
@@ -183,6 +187,8 @@ bool JsonMatcher::step_choice(Thread& t, uint8_t c, std::vector<Thread>& forks) 
   t.lex.first = a;
   t.lex.last = b;
   t.lex.offset = off + 1;
+  // Complete: no text extends a key (each ends at its closing quote); enum texts may extend
+  // one another ("1", "12").
   if (b - a > 1 || ch.texts[a].size() != off + 1) return true;
   if (key) {  // the one key left is complete: its value comes next
     Frame& f = t.stack.back();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -15,7 +16,8 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 constexpr int kInf = SchemaNode::kUnbounded;
-constexpr int kMaxProperties = 256;  // key choices are kept per position: quadratic in this
+constexpr int kMaxProperties = 1024;  // a key's first byte scans them all
+constexpr int kMaxAlternatives = 256;  // per anyOf, after $ref and nested anyOf: a thread each
 constexpr int kMaxNesting = 256;     // schema recursion (nesting and $ref chains), for the stack
 
 const std::set<std::string>& annotations() {
@@ -292,20 +294,18 @@ class Compiler {
       if (extra == s.end() || *extra == true) n.free_values = int(any());
       else if (extra_node) n.free_values = int(*extra_node);
     }
-    // The keys that may come next after p properties: p.. up to the first required one.
     const int np = int(n.keys.size());
-    for (int pos = 0; pos < np; ++pos) {
-      std::vector<std::pair<std::string, int>> cands;
-      for (int i = pos; i < np; ++i) {
-        cands.emplace_back(n.keys[size_t(i)], i);
-        if (n.required[size_t(i)]) break;
-      }
-      std::sort(cands.begin(), cands.end());
-      SchemaChoice ch;
-      for (auto& [text, tag] : cands) ch.texts.push_back(text), ch.tags.push_back(tag);
-      n.key_choice.push_back(int(out_->choices.size()));
-      out_->choices.push_back(std::move(ch));
-    }
+    n.next_required.assign(size_t(np), np - 1);
+    for (int pos = np - 1; pos >= 0; --pos)
+      n.next_required[size_t(pos)] = n.required[size_t(pos)] || pos == np - 1 ? pos : n.next_required[size_t(pos) + 1];
+    if (np == 0) return;
+    std::vector<std::pair<std::string, int>> keys;
+    for (int i = 0; i < np; ++i) keys.emplace_back(n.keys[size_t(i)], i);
+    std::sort(keys.begin(), keys.end());
+    SchemaChoice ch;
+    for (auto& [text, tag] : keys) ch.texts.push_back(text), ch.tags.push_back(tag);
+    n.key_choice = int(out_->choices.size());
+    out_->choices.push_back(std::move(ch));
   }
 
   void array(SchemaNode& n, const ojson& s, const std::string& path) {
@@ -342,36 +342,55 @@ class Compiler {
     std::vector<uint32_t> unique;
     for (uint32_t a : flat)
       if (std::find(unique.begin(), unique.end(), a) == unique.end()) unique.push_back(a);
+    if (unique.size() > size_t(kMaxAlternatives))
+      fail(paths_[id], "'anyOf' has ", unique.size(), " alternatives (through $ref and nested anyOf); at most ",
+           kMaxAlternatives, " are supported");
     out_->nodes[id].alts = std::move(unique);
     state_[id] = 2;
   }
 
+  // The least fixpoint of: scalar 0; object 1 + the deepest required property; array 1, or 1 +
+  // the items with minItems > 0; anyOf the shallowest branch. Depths above the nesting limit
+  // count as kInf, so each node's value falls at most kMaxDepth + 2 times: a worklist that
+  // re-evaluates a node's parents when it falls stays linear in the schema.
   void min_depths() {
     auto& nodes = out_->nodes;
-    for (bool changed = true; changed;) {
-      changed = false;
-      for (SchemaNode& n : nodes) {
-        int d = kInf, od = kInf, ad = kInf;
-        if (!n.alts.empty()) {
-          for (uint32_t a : n.alts) d = std::min(d, nodes[a].min_depth);
-        } else if (n.choice >= 0) {
-          d = out_->choices[size_t(n.choice)].texts.empty() ? kInf : 0;
-        } else {
-          if (n.types & ~(SchemaNode::kObject | SchemaNode::kArray)) d = 0;
-          if (n.types & SchemaNode::kObject) {
-            od = 1;
-            for (size_t i = 0; i < n.keys.size(); ++i)
-              if (n.required[i]) od = std::max(od, std::min(kInf, 1 + nodes[n.values[i]].min_depth));
-          }
-          if (n.types & SchemaNode::kArray)
-            ad = n.min_items > 0 ? std::min(kInf, 1 + nodes[n.items].min_depth) : 1;
-          d = std::min({d, od, ad});
+    std::vector<std::vector<uint32_t>> parents(nodes.size());
+    for (uint32_t i = 0; i < nodes.size(); ++i) {
+      const SchemaNode& n = nodes[i];
+      for (uint32_t a : n.alts) parents[a].push_back(i);
+      for (size_t k = 0; k < n.keys.size(); ++k)
+        if (n.required[k]) parents[n.values[k]].push_back(i);
+      if (n.min_items > 0) parents[n.items].push_back(i);
+    }
+    auto capped = [](int d) { return d > JsonMatcher::kMaxDepth ? kInf : d; };
+    std::vector<uint32_t> work;
+    std::vector<uint8_t> queued(nodes.size(), 1);
+    for (uint32_t i = uint32_t(nodes.size()); i-- > 0;) work.push_back(i);  // children first
+    while (!work.empty()) {
+      const uint32_t id = work.back();
+      work.pop_back();
+      queued[id] = 0;
+      SchemaNode& n = nodes[id];
+      int d = kInf, od = kInf, ad = kInf;
+      if (!n.alts.empty()) {
+        for (uint32_t a : n.alts) d = std::min(d, nodes[a].min_depth);
+      } else if (n.choice >= 0) {
+        d = out_->choices[size_t(n.choice)].texts.empty() ? kInf : 0;
+      } else {
+        if (n.types & ~(SchemaNode::kObject | SchemaNode::kArray)) d = 0;
+        if (n.types & SchemaNode::kObject) {
+          od = 1;
+          for (size_t i = 0; i < n.keys.size(); ++i)
+            if (n.required[i]) od = std::max(od, capped(1 + nodes[n.values[i]].min_depth));
         }
-        if (d != n.min_depth || od != n.object_depth || ad != n.array_depth) {
-          n.min_depth = d, n.object_depth = od, n.array_depth = ad;
-          changed = true;
-        }
+        if (n.types & SchemaNode::kArray) ad = n.min_items > 0 ? capped(1 + nodes[n.items].min_depth) : 1;
+        d = std::min({d, od, ad});
       }
+      if (d == n.min_depth && od == n.object_depth && ad == n.array_depth) continue;
+      n.min_depth = d, n.object_depth = od, n.array_depth = ad;
+      for (uint32_t p : parents[id])
+        if (!queued[p]) queued[p] = 1, work.push_back(p);
     }
   }
 

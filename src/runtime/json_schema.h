@@ -26,7 +26,8 @@ struct SchemaNode {
     kObject = 1, kArray = 2, kString = 4, kNumber = 8, kInteger = 16, kBoolean = 32, kNull = 64,
     kAny = 127,
   };
-  static constexpr int kUnbounded = 1 << 20;  // min_depth of a node no finite value satisfies
+  // min_depth of a node with no value within the matcher's nesting limit (any depth above it).
+  static constexpr int kUnbounded = 1 << 20;
 
   uint8_t types = 0;              // what the value may be, unless choice or alts decide
   int choice = -1;                // enum / const: the value is one of choices[choice]'s texts
@@ -36,12 +37,15 @@ struct SchemaNode {
   std::vector<uint32_t> values;
   std::vector<uint8_t> required;  // per property
   int last_required = -1;         // index of the last required property
-  std::vector<int> key_choice;    // per next-property position p: the keys that may come next
+  // After p properties, properties p..next_required[p] may come next (the first required one
+  // at or after p ends the run; the last property if none is).
+  std::vector<int> next_required;
+  int key_choice = -1;            // all the keys, sorted, tagged with their property index
   int free_values = -1;           // no declared properties: any key, values of this node; -1: none
   // Array.
   uint32_t items = 0;
   int min_items = 0, max_items = std::numeric_limits<int>::max();
-  // Fewest containers a value of this node opens (itself included); kUnbounded if none exists.
+  // Fewest containers a value of this node opens (the object or array itself included).
   int min_depth = kUnbounded, object_depth = kUnbounded, array_depth = kUnbounded;
 };
 

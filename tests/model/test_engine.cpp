@@ -396,7 +396,9 @@ TEST(Engine, JsonSchemaOutputParsesAndValidates) {
     EXPECT_TRUE(v["ok"].is_boolean());
     EXPECT_TRUE(v["color"] == "red" || v["color"] == "green" || v["color"] == "blue") << o.text;
     EXPECT_TRUE(v["n"].is_number_integer()) << o.text;
-    if (v.contains("note")) EXPECT_TRUE(v["note"].is_null());
+    if (v.contains("note")) {
+      EXPECT_TRUE(v["note"].is_null());
+    }
     ASSERT_TRUE(v["flags"].is_array());
     EXPECT_LE(v["flags"].size(), 3u);
     for (const auto& f : v["flags"]) EXPECT_TRUE(f.is_boolean());

@@ -460,6 +460,12 @@ TEST(OpenAIRequest, JsonSchemaResponseFormat) {
       {false, s},
   };
   for (const auto& [sch, param] : bad) EXPECT_EQ(param_of(schema_format(sch)), param) << sch.dump();
+  // Size limits: anyOf alternatives (each a matcher thread), properties per object.
+  json wide = json::array(), props = json::object();
+  for (int i = 0; i < 300; ++i) wide.push_back({{"const", i}});
+  for (int i = 0; i < 1100; ++i) props["p" + std::to_string(i)] = {{"type", "null"}};
+  EXPECT_EQ(param_of(schema_format({{"anyOf", wide}})), s);
+  EXPECT_EQ(param_of(schema_format({{"properties", props}})), s + ".properties");
   // Nesting deeper than the compiler recurses: a 400, not a stack overflow.
   json deep = {{"type", "integer"}};
   for (int i = 0; i < 2000; ++i) deep = {{"type", "array"}, {"items", std::move(deep)}};
