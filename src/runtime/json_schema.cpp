@@ -96,6 +96,16 @@ class Compiler {
 
   std::shared_ptr<JsonSchema> run() {
     out_->root = pointer("#", "");
+    // Definitions nothing refers to are checked too: no keyword in the schema goes unread.
+    for (const char* defs : {"$defs", "definitions"}) {
+      if (!root_.is_object() || !root_.contains(defs)) continue;
+      if (!root_[defs].is_object()) fail(defs, "'", defs, "' must be an object of schemas");
+      for (auto it = root_[defs].begin(); it != root_[defs].end(); ++it) {
+        std::string ref = std::string("#/") + defs + "/";
+        for (char c : it.key()) ref += c == '~' ? "~0" : c == '/' ? "~1" : std::string(1, c);
+        pointer(ref, defs);
+      }
+    }
     for (uint32_t i = 0; i < out_->nodes.size(); ++i) flatten(i);
     min_depths();
     if (out_->nodes[out_->root].min_depth > JsonMatcher::kMaxDepth)

@@ -454,6 +454,8 @@ TEST(OpenAIRequest, JsonSchemaResponseFormat) {
       {{{"properties", {{"a", {{"type", "wrong"}}}}}}, s + ".properties.a.type"},
       {{{"$defs", {{"a", {{"$ref", "#/$defs/a"}}}}}, {"$ref", "#/$defs/a"}}, s + ".$defs.a"},  // cycle
       {{{"definitions", {{"n", {{"type", "integer"}}}}}, {"$ref", "#/definitions/m"}}, s + ".$ref"},
+      {{{"$defs", {{"unused", {{"type", "string"}, {"maxLength", 3}}}}}, {"type", "null"}}, s + ".$defs.unused.maxLength"},
+      {{{"$defs", 3}, {"type", "null"}}, s + ".$defs"},
       // Admits no document: a required self-reference, an enum none of whose values has the type.
       {{{"type", "object"}, {"properties", {{"self", {{"$ref", "#"}}}}}, {"required", {"self"}}}, s},
       {{{"type", "string"}, {"enum", {1, 2}}}, s},
