@@ -6,6 +6,7 @@
 #include "api_error.h"
 #include "core/check.h"
 #include "json_fields.h"
+#include "runtime/json_schema.h"
 
 namespace kimi::server {
 namespace {
@@ -184,6 +185,32 @@ int parse_token_id(const json& v, const std::string& param, int vocab) {
 }
 
 // Fields common to both endpoints.
+// response_format {"type": "json_schema", "json_schema": {"name", "description"?, "schema",
+// "strict"?}}: the schema compiled, or a 400 naming the offending field of the schema. ordered:
+// the client's key order, which is the order of generated properties.
+std::shared_ptr<const JsonSchema> parse_json_schema(const nlohmann::ordered_json& rf) {
+  const json plain = json(rf);
+  Fields rff(plain, "response_format.");
+  const json* js = rff.object("json_schema");
+  if (!js) throw_bad_request("response_format.json_schema",
+                             "'response_format.json_schema' is required with type 'json_schema'");
+  Fields jf(*js, "response_format.json_schema.");
+  jf.require_string("name");
+  jf.string("description");
+  jf.boolean("strict");  // the schema is always enforced
+  if (!jf.get("schema"))
+    throw_bad_request("response_format.json_schema.schema",
+                      "'response_format.json_schema.schema' is required");
+  SchemaError e;
+  auto schema = compile_json_schema(rf["json_schema"]["schema"], &e);
+  if (!schema) {
+    const std::string base = "response_format.json_schema.schema";
+    const std::string path = e.path.empty() ? base : base + "." + e.path;
+    throw_bad_request(path, str("invalid JSON schema at '", path, "': ", e.message));
+  }
+  return schema;
+}
+
 void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r) {
   r.model = f.string("model").value_or("");
   r.stream = f.boolean("stream").value_or(false);
@@ -257,21 +284,24 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   if (f.integer("priority", INT32_MIN, INT32_MAX).value_or(0) != 0)
     throw_bad_request("priority", "'priority' scheduling is not supported by this server");
   if (const json* rf = f.object("response_format")) {
-    std::string type = Fields(*rf, "response_format.").require_string("type");
-    if (type == "json_object") {
-      // JSON mode: the EOS that ends the object may be neither ignored nor held back.
+    Fields rff(*rf, "response_format.");
+    const std::string type = rff.require_string("type");
+    if (type == "json_object" || type == "json_schema") {
+      // The EOS that ends the document may be neither ignored nor held back.
       if (r.engine.ignore_eos)
-        throw_bad_request("response_format", "'ignore_eos' cannot be combined with response_format json_object");
+        throw_bad_request("response_format", str("'ignore_eos' cannot be combined with response_format ", type));
       if (r.engine.min_tokens > 0)
-        throw_bad_request("response_format", "'min_tokens' cannot be combined with response_format json_object");
+        throw_bad_request("response_format", str("'min_tokens' cannot be combined with response_format ", type));
+    }
+    if (type == "json_object") {
       r.engine.response_format = ResponseFormat::kJsonObject;
     } else if (type == "json_schema") {
-      throw_bad_request("response_format",
-                        "response_format type 'json_schema' is not supported by this server "
-                        "(JSON mode, type 'json_object', is)");
+      r.engine.response_format = ResponseFormat::kJsonSchema;
+      r.engine.json_schema = parse_json_schema(nlohmann::ordered_json(*rf));
     } else if (type != "text") {
-      throw_bad_request("response_format",
-                        str("response_format type '", type, "' is not one of 'text', 'json_object'"));
+      throw_bad_request("response_format.type",
+                        str("response_format type '", type,
+                            "' is not one of 'text', 'json_object', 'json_schema'"));
     }
   }
   if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") ||
@@ -340,13 +370,32 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
   return r;
 }
 
+namespace {
+
+// A json_schema request compiled again from the body in the client's key order (nlohmann::json
+// sorts keys): the properties are generated in the schema's order.
+void keep_schema_order(const nlohmann::ordered_json& body, GenerationRequest& r) {
+  if (r.engine.response_format == ResponseFormat::kJsonSchema)
+    r.engine.json_schema = parse_json_schema(body["response_format"]);
+}
+
+}  // namespace
+
 GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits) {
   GenerationRequest r = parse_chat_request(parse_body(body), limits);
   auto ordered = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
   if (ordered.is_object()) {
     r.messages_json = ordered["messages"];
     if (!r.tools.empty()) r.tools_json = ordered["tools"];
+    keep_schema_order(ordered, r);
   }
+  return r;
+}
+
+GenerationRequest parse_completion_body(const std::string& body, const ParseLimits& limits) {
+  GenerationRequest r = parse_completion_request(parse_body(body), limits);
+  auto ordered = nlohmann::ordered_json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (ordered.is_object()) keep_schema_order(ordered, r);
   return r;
 }
 

@@ -88,7 +88,10 @@ GenerationRequest parse_completion_request(const nlohmann::json& body, const Par
 // Parses a body; throws ApiException 400 for malformed JSON or a non-object.
 nlohmann::json parse_body(const std::string& body);
 
-// parse_chat_request() of the body text, keeping messages/tools in the client's key order.
+// parse_chat_request() of the body text, keeping messages/tools and a response_format
+// json_schema's properties in the client's key order.
 GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits);
+// parse_completion_request() of the body text, keeping the json_schema's key order.
+GenerationRequest parse_completion_body(const std::string& body, const ParseLimits& limits);
 
 }  // namespace kimi::server

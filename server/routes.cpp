@@ -78,7 +78,7 @@ void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& re
   ParseLimits lim;
   lim.vocab_size = ctx.vocab_size;
   GenerationRequest r =
-      chat ? parse_chat_body(req.body, lim) : parse_completion_request(parse_body(req.body), lim);
+      chat ? parse_chat_body(req.body, lim) : parse_completion_body(req.body, lim);
   check_model(ctx, r.model);
 
   // Admission: running + queued beyond the limit -> 429, which the SDKs retry after Retry-After.

@@ -19,6 +19,7 @@
 namespace kimi {
 
 class Tokenizer;
+class JsonSchema;
 
 struct EngineOptions {
   std::string model_dir;              // required (tools pass their default)
@@ -40,9 +41,10 @@ struct EngineOptions {
   int prefix_cache_slots = 0;  // cached prompts at most; 0: max_num_seqs
 };
 
-// What the text must be: free text, or (JSON mode, response_format json_object) one JSON object,
+// What the text must be: free text, one JSON object (JSON mode, response_format json_object) or
+// one JSON document valid against Request::json_schema (structured outputs, json_schema),
 // enforced by masking the tokens that would break it (runtime/json_token_mask.h).
-enum class ResponseFormat { kText, kJsonObject };
+enum class ResponseFormat { kText, kJsonObject, kJsonSchema };
 
 enum class FinishReason { kNone, kStop, kLength, kToolCalls, kCancelled, kError };
 const char* finish_reason_name(FinishReason r);  // "stop", "length", ...
@@ -70,6 +72,7 @@ struct Request {
   int n = 1;                          // samples sharing the prompt's prefill
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
   ResponseFormat response_format = ResponseFormat::kText;
+  std::shared_ptr<const JsonSchema> json_schema;  // kJsonSchema: compile_json_schema()'s
   // > 0: the first cache_point prompt tokens are worth a prefix-cache entry of their own (a chat's
   // system prompt and tool declarations, which other requests share): with prefix caching on, the
   // prefill stops there once and saves the state. 0 <= cache_point < the prompt's length.

@@ -196,11 +196,14 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (!req.stop.empty() && !tokenizer_) fail("stop strings need the model's tokenizer, which is absent");
   if (req.cache_point < 0 || req.cache_point >= P)
     fail("cache_point must be in 0..", P - 1, " (the prompt's length less one), got ", req.cache_point);
-  if (req.response_format == ResponseFormat::kJsonObject) {
-    // The object ends with EOS, which these would hold back or ignore.
-    if (!tokenizer_) fail("JSON mode needs the model's tokenizer, which is absent");
-    if (req.ignore_eos) fail("ignore_eos cannot be combined with response_format json_object");
-    if (req.min_tokens > 0) fail("min_tokens cannot be combined with response_format json_object");
+  if (req.response_format != ResponseFormat::kText) {
+    // The document ends with EOS, which these would hold back or ignore.
+    const char* format = req.response_format == ResponseFormat::kJsonObject ? "json_object" : "json_schema";
+    if (!tokenizer_) fail("response_format ", format, " needs the model's tokenizer, which is absent");
+    if (req.ignore_eos) fail("ignore_eos cannot be combined with response_format ", format);
+    if (req.min_tokens > 0) fail("min_tokens cannot be combined with response_format ", format);
+    if ((req.response_format == ResponseFormat::kJsonSchema) != bool(req.json_schema))
+      fail("json_schema is given exactly with response_format json_schema");
   }
   for (auto& s : req.stop)
     if (s.empty()) fail("stop strings must not be empty");
@@ -639,7 +642,7 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     end.insert(end.end(), r.stop_token_ids.begin(), r.stop_token_ids.end());
     const std::vector<uint64_t>& mask = json_mask_->allowed(*s.json, end);
     if (std::all_of(mask.begin(), mask.end(), [](uint64_t w) { return w == 0; })) {
-      finish_seq(s, FinishReason::kError, "JSON mode: no token of the vocabulary continues the JSON text");
+      finish_seq(s, FinishReason::kError, "response_format: no token of the vocabulary continues the JSON text");
       return;
     }
     JsonTokenMask::apply(mask, row);

@@ -26,13 +26,17 @@ JsonTokenMask::JsonTokenMask(const Tokenizer& tok, int vocab_size) : vocab_(voca
 
 const std::vector<uint64_t>& JsonTokenMask::allowed(const JsonMatcher& m,
                                                     std::span<const int> end_ids) {
+  const std::vector<uint64_t>& bytes = byte_mask(m);
+  if (!m.complete()) return bytes;
+  // A whole document may end: the end ids too (and a number may still go on).
+  end_mask_ = bytes;
+  for (int id : end_ids)
+    if (id >= 0 && id < vocab_) end_mask_[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
+  return end_mask_;
+}
+
+const std::vector<uint64_t>& JsonTokenMask::byte_mask(const JsonMatcher& m) {
   const size_t words = (size_t(vocab_) + 63) / 64;
-  if (m.complete()) {
-    end_mask_.assign(words, 0);
-    for (int id : end_ids)
-      if (id >= 0 && id < vocab_) end_mask_[id >> 6] |= uint64_t(1) << (id & 63);
-    return end_mask_;
-  }
   if (auto it = cache_.find(m); it != cache_.end()) return it->second;
   if (cache_.size() >= kMaxCachedStates) cache_.clear();
   std::vector<uint64_t> mask(words, 0);

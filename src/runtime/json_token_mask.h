@@ -1,7 +1,8 @@
-// JSON mode's token mask: which tokens may be drawn next so that the text stays a prefix of a
-// valid JSON object (runtime/json_matcher.h). A token is allowed when the matcher accepts all of
-// its bytes; special tokens never are, except the request's end ids (EOS, stop_token_ids), which
-// are the only tokens allowed once the object is complete.
+// The token mask of JSON mode and structured outputs: which tokens may be drawn next so that the
+// text stays a prefix of a valid document (runtime/json_matcher.h). A token is allowed when the
+// matcher accepts all of its bytes; special tokens never are, except the request's end ids (EOS,
+// stop_token_ids), which are allowed once the document is complete (then they are the only ones,
+// unless it is a top-level number or enum value that may go on).
 //
 // The base tokens are kept sorted by their bytes with each one's common prefix with the one
 // before, so one pass steps each distinct prefix once (a walk of the vocabulary's byte trie) and
@@ -34,6 +35,9 @@ class JsonTokenMask {
   static void apply(const std::vector<uint64_t>& mask, std::span<float> logits);
 
  private:
+  // The tokens whose bytes m accepts, cached per state.
+  const std::vector<uint64_t>& byte_mask(const JsonMatcher& m);
+
   static constexpr size_t kMaxCachedStates = 256;  // 20 KB each at a 163,840-token vocabulary
 
   int vocab_;

@@ -12,6 +12,7 @@ Sequence::Sequence(std::shared_ptr<RequestState> r, int idx, uint64_t ord, std::
   sampling.seed += uint64_t(idx);
   history.set_prompt(tokens);
   if (req->req.response_format == ResponseFormat::kJsonObject) json.emplace();
+  if (req->req.response_format == ResponseFormat::kJsonSchema) json.emplace(req->req.json_schema);
 }
 
 void Sequence::init_decoder(const Tokenizer* tok) {

@@ -46,7 +46,7 @@ struct Sequence {
   double ttft = 0;
   SamplingParams sampling;  // the request's, with this sample's seed
   TokenHistory history;
-  std::optional<JsonMatcher> json;  // JSON mode: the text so far
+  std::optional<JsonMatcher> json;  // JSON mode / structured outputs: the text so far
 
   // Text streaming (no-op without a tokenizer).
   void init_decoder(const Tokenizer* tok);

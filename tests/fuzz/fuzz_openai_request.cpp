@@ -1,10 +1,12 @@
 // Any bytes as the body of /v1/chat/completions and /v1/completions: either an ApiException
-// (the server's 4xx) or a request whose messages render through the chat template. Anything
-// else escaping (another exception type, a crash, a hang) is a finding.
+// (the server's 4xx) or a request whose messages render through the chat template. A
+// response_format json_schema that compiles is then walked by the matcher over the body's own
+// bytes. Anything else escaping (another exception type, a crash, a hang) is a finding.
 #include <cstdlib>
 #include <string>
 
 #include "core/check.h"
+#include "runtime/json_matcher.h"
 #include "server/api_error.h"
 #include "server/openai_request.h"
 #include "tokenizer/chat_template.h"
@@ -15,6 +17,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   limits.vocab_size = 1280;
   try {
     kimi::server::GenerationRequest r = kimi::server::parse_chat_body(body, limits);
+    if (r.engine.json_schema) {
+      kimi::JsonMatcher m(r.engine.json_schema);
+      for (char c : body) (void)m.step(uint8_t(c));  // a refused byte leaves m as it was
+      (void)m.complete();
+    }
     try {
       (void)kimi::render_chat(r.messages_json, r.tools_json, {});
     } catch (const kimi::Error&) {
@@ -23,7 +30,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const kimi::server::ApiException&) {
   }
   try {
-    (void)kimi::server::parse_completion_request(kimi::server::parse_body(body), limits);
+    (void)kimi::server::parse_completion_body(body, limits);
   } catch (const kimi::server::ApiException&) {
   }
   return 0;

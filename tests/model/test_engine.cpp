@@ -12,6 +12,7 @@
 #include "kimi/engine.h"
 #include "model/model.h"
 #include "runtime/json_matcher.h"
+#include "runtime/json_schema.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi {
@@ -386,6 +387,70 @@ TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
   EXPECT_THROW(eng->submit(r), Error);
   r.ignore_eos = false;
   r.min_tokens = 2;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
+// Structured outputs (response_format json_schema): a schema whose documents are bounded in
+// length (no free strings; whitespace runs and integers are capped by the matcher) so that every
+// generation, greedy or sampled, must end with a whole document and EOS within max_tokens; the
+// text parses and has the schema's keys, in its order, with values of its types.
+TEST(Engine, JsonSchemaOutputParsesAndValidates) {
+  auto eng = Engine::create(engine_opts(4));
+  const Tokenizer* tok = eng->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  std::vector<int> eos = eng->config().eos_token_ids;  // and the tokenizer's stop ids
+  for (int id : tok->stop_ids()) eos.push_back(id);
+  SchemaError err;
+  auto schema = compile_json_schema(nlohmann::ordered_json::parse(R"({
+      "type": "object",
+      "properties": {"ok": {"type": "boolean"}, "color": {"enum": ["red", "green", "blue"]},
+                     "n": {"type": "integer"}, "note": {"type": "null"},
+                     "flags": {"type": "array", "items": {"type": "boolean"}, "maxItems": 3}},
+      "required": ["ok", "color", "n", "flags"], "additionalProperties": false})"), &err);
+  ASSERT_NE(schema, nullptr) << err.message;
+  std::mt19937 rng(37);
+  Request r = greedy(random_prompt(rng, 16, eng->config().vocab_size), 1500);
+  r.ignore_eos = false;
+  r.response_format = ResponseFormat::kJsonSchema;
+  r.json_schema = schema;
+  auto check = [&](const Output& o) {
+    ASSERT_EQ(o.finish, FinishReason::kStop) << o.text;
+    ASSERT_NE(std::find(eos.begin(), eos.end(), o.ids.back()), eos.end()) << "ends with EOS";
+    JsonMatcher m(schema);
+    for (size_t i = 0; i + 1 < o.ids.size(); ++i)
+      ASSERT_TRUE(m.step(tok->token_bytes(o.ids[i]))) << "token " << i << " breaks the schema: " << o.text;
+    EXPECT_TRUE(m.complete());
+    const auto v = nlohmann::ordered_json::parse(o.text);
+    std::vector<std::string> keys;
+    for (auto it = v.begin(); it != v.end(); ++it) keys.push_back(it.key());
+    const std::vector<std::string> all = {"ok", "color", "n", "note", "flags"};
+    std::vector<std::string> want = all;
+    if (!v.contains("note")) want.erase(want.begin() + 3);
+    EXPECT_EQ(keys, want) << o.text;
+    EXPECT_TRUE(v["ok"].is_boolean());
+    EXPECT_TRUE(v["color"] == "red" || v["color"] == "green" || v["color"] == "blue") << o.text;
+    EXPECT_TRUE(v["n"].is_number_integer()) << o.text;
+    if (v.contains("note")) {
+      EXPECT_TRUE(v["note"].is_null());
+    }
+    ASSERT_TRUE(v["flags"].is_array());
+    EXPECT_LE(v["flags"].size(), 3u);
+    for (const auto& f : v["flags"]) EXPECT_TRUE(f.is_boolean());
+  };
+  check(collect(*eng->submit(r))[0]);
+  r.sampling.temperature = 1.f;
+  r.sampling.seed = 9;
+  r.seed_given = true;
+  r.n = 3;
+  for (auto& [i, o] : collect(*eng->submit(r))) check(o);
+  // A json_schema request needs its schema, and a schema needs the json_schema format.
+  r.json_schema = nullptr;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.json_schema = schema;
+  r.response_format = ResponseFormat::kJsonObject;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.response_format = ResponseFormat::kJsonSchema;
+  r.ignore_eos = true;
   EXPECT_THROW(eng->submit(r), Error);
 }
 

@@ -127,8 +127,42 @@ open_id=$(post /tokenize '{"prompt":"{"}' >/dev/null; body '.tokens[0]')
 close_id=$(post /tokenize '{"prompt":"}"}' >/dev/null; body '.tokens[0]')
 check "json mode steered to {}: the object, then EOS" \
   eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":20,\"response_format\":{\"type\":\"json_object\"},\"logit_bias\":{\"$open_id\":100,\"$close_id\":100}}"; body '.choices[0].message.content + " " + .choices[0].finish_reason')" "200{} stop"
-check "json_schema: 400 naming response_format" \
-  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\"}}}"; body .error.param)" "400response_format"
+
+# --- structured outputs (response_format json_schema) ---
+# A schema whose documents are bounded (an enum, a boolean; whitespace runs are capped at 40
+# bytes), so that generation must end with a whole document within 440 tokens.
+SCHEMA='{"type":"object","properties":{"ok":{"type":"boolean"},"color":{"enum":["red","green","blue"]}},"required":["ok","color"],"additionalProperties":false}'
+RF="{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"answer\",\"strict\":true,\"schema\":$SCHEMA}}"
+valid_doc='fromjson | (keys_unsorted == ["ok","color"]) and (.ok|type) == "boolean" and (.color|IN("red","green","blue"))'
+check "json_schema chat: 200" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":440,\"response_format\":$RF}")" 200
+check "json_schema chat: stopped with a document valid against the schema" \
+  jqe ".choices[0].finish_reason == \"stop\" and (.choices[0].message.content | $valid_doc)" "$WORK/body"
+echo "    json_schema chat document: $(body .choices[0].message.content | tr -s ' \n\t' ' ')"
+check "json_schema completions: 200" eq "$(post /v1/completions "{\"prompt\":\"Answer:\",\"max_tokens\":440,\"temperature\":1,\"seed\":3,\"response_format\":$RF}")" 200
+check "json_schema completions: stopped with a valid document" \
+  jqe ".choices[0].finish_reason == \"stop\" and (.choices[0].text | $valid_doc)" "$WORK/body"
+curl -sN -m 60 -o "$WORK/stream_js" "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" \
+  -d "{\"messages\":$MSG,\"max_tokens\":440,\"stream\":true,\"temperature\":1,\"seed\":8,\"response_format\":$RF}"
+{ sed -n 's/^data: //p' "$WORK/stream_js" | grep -v '^\[DONE\]$' || true; } > "$WORK/chunks_js"
+check "json_schema stream: the deltas join into a valid document" \
+  jqe -s "([.[].choices[0].delta.content // empty] | join(\"\") | $valid_doc) and (map(.choices[0].finish_reason) | index(\"stop\") != null)" "$WORK/chunks_js"
+# Malformed or unsupported schemas: 400 with the path of the offending field as param.
+schema_param() {
+  post /v1/chat/completions "{\"messages\":$MSG,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":$1}}" >/dev/null
+  echo "$(jq -r '.error.param' "$WORK/body")"
+}
+S=response_format.json_schema.schema
+check "json_schema without schema: 400" eq "$(schema_param '{"name":"x"}')" "$S"
+check "json_schema without name: 400" eq "$(schema_param '{"schema":{}}')" "response_format.json_schema.name"
+check "json_schema: schema not an object" eq "$(schema_param '{"name":"x","schema":[1]}')" "$S"
+check "json_schema: unknown type name" eq "$(schema_param '{"name":"x","schema":{"type":"text"}}')" "$S.type"
+check "json_schema: unsupported keyword named" eq "$(schema_param '{"name":"x","schema":{"properties":{"a":{"type":"string","pattern":"^a"}}}}')" "$S.properties.a.pattern"
+check "  ... in the message" jqe '.error.message | test("pattern")' "$WORK/body"
+check "  ... an invalid_request_error" is_error 400 invalid_request_error ""
+check "json_schema: bad \$ref" eq "$(schema_param '{"name":"x","schema":{"$ref":"#/$defs/nope"}}')" "$S.\$ref"
+check "json_schema: required names a missing property" eq "$(schema_param '{"name":"x","schema":{"properties":{"a":{}},"required":["b"]}}')" "$S.required[0]"
+check "json_schema: a required self-reference admits no document" eq "$(schema_param '{"name":"x","schema":{"type":"object","properties":{"a":{"$ref":"#"}},"required":["a"]}}')" "$S"
+check "the server still answers after the 400s" eq "$(post /v1/completions '{"prompt":"hi","max_tokens":2}')" 200
 
 # --- prefix caching: the second turn starts from the first turn's prompt ---
 LONG="$(printf 'tell me about the weather in a long and winding sentence number %s, ' 1 2 3 4 5 6)"

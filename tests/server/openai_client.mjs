@@ -135,6 +135,22 @@ test('tool-call round trip through the stream helper', async () => {
   assert.ok(next.usage.prompt_tokens > final.usage.prompt_tokens);
 });
 
+test('structured outputs: chat.completions.parse with a json_schema response_format', async () => {
+  // Bounded documents (an enum, a boolean, capped whitespace): generation ends within 440 tokens.
+  const schema = { type: 'object', properties: { ok: { type: 'boolean' }, color: { enum: ['red', 'green', 'blue'] } },
+    required: ['ok', 'color'], additionalProperties: false };
+  const r = await client.chat.completions.parse({ model, messages, max_tokens: 440, seed: 4, temperature: 1,
+    response_format: { type: 'json_schema', json_schema: { name: 'answer', strict: true, schema } } });
+  assert.equal(r.choices[0].finish_reason, 'stop');
+  const p = r.choices[0].message.parsed;
+  assert.deepEqual(Object.keys(p), ['ok', 'color']);
+  assert.equal(typeof p.ok, 'boolean');
+  assert.ok(['red', 'green', 'blue'].includes(p.color));
+  await assert.rejects(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema',
+    json_schema: { name: 'x', schema: { type: 'string', format: 'email' } } } }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.json_schema.schema.format');
+});
+
 test('legacy completions, token-id prompt, logprobs', async () => {
   const r = await client.completions.create({ model, prompt: [1, 2, 3], max_tokens: 3, ignore_eos: true, logprobs: 1 });
   assert.equal(r.object, 'text_completion');

@@ -2,6 +2,7 @@
 // unknown fields ignored, and a 400 naming the field for everything invalid or unsupported.
 #include <gtest/gtest.h>
 
+#include "runtime/json_matcher.h"
 #include "server/api_error.h"
 #include "server/openai_request.h"
 
@@ -288,8 +289,9 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
             kimi::ResponseFormat::kJsonObject);
   EXPECT_EQ(parse_chat(chat({{"response_format", {{"type", "text"}}}})).engine.response_format,
             kimi::ResponseFormat::kText);
-  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_schema"}}}})), "response_format");
-  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "xml"}}}})), "response_format");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_schema"}}}})),
+            "response_format.json_schema");
+  EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "xml"}}}})), "response_format.type");
   EXPECT_EQ(rejected_param(chat({{"response_format", {{"kind", "json_object"}}}})), "response_format.type");
   EXPECT_EQ(rejected_param(chat({{"response_format", {{"type", "json_object"}}}, {"ignore_eos", true}})),
             "response_format");
@@ -360,4 +362,114 @@ TEST(OpenAIRequest, CompletionPrompts) {
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"suffix", ""}}, false), "<none>");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"best_of", 2}}, false), "best_of");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"n", 2}, {"best_of", 2}}, false), "<none>");
+}
+
+namespace {
+
+json schema_format(json schema) {
+  return {{"type", "json_schema"},
+          {"json_schema", {{"name", "answer"}, {"strict", true}, {"schema", std::move(schema)}}}};
+}
+
+}  // namespace
+
+// response_format json_schema: accepted on both routes with the schema compiled; the properties
+// keep the body's key order; every malformed or unsupported schema is a 400 whose param is the
+// path of the offending field inside the schema.
+TEST(OpenAIRequest, JsonSchemaResponseFormat) {
+  const json schema = {{"type", "object"},
+                       {"properties", {{"a", {{"type", "integer"}}}}},
+                       {"required", {"a"}},
+                       {"additionalProperties", false}};
+  for (bool is_chat : {true, false}) {
+    json body = is_chat ? chat() : json{{"model", "m"}, {"prompt", "hi"}};
+    body["response_format"] = schema_format(schema);
+    GenerationRequest r = is_chat ? parse_chat(body) : parse_cmpl(body);
+    EXPECT_EQ(r.engine.response_format, kimi::ResponseFormat::kJsonSchema);
+    ASSERT_NE(r.engine.json_schema, nullptr);
+    kimi::JsonMatcher m(r.engine.json_schema);
+    EXPECT_TRUE(m.step(std::string_view("{\"a\": 7}")) && m.complete());
+  }
+
+  // The body's key order: "b" before "a", both required.
+  const std::string tail =
+      R"(, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": )"
+      R"({"type": "object", "properties": {"b": {"type": "null"}, "a": {"type": "null"}},)"
+      R"( "required": ["b", "a"]}}}})";
+  for (bool is_chat : {true, false}) {
+    const std::string body =
+        (is_chat ? R"({"messages": [{"role": "user", "content": "hi"}])" : R"({"prompt": "hi")") + tail;
+    GenerationRequest r = is_chat ? kimi::server::parse_chat_body(body, limits())
+                                  : kimi::server::parse_completion_body(body, limits());
+    kimi::JsonMatcher ordered(r.engine.json_schema), other = ordered;
+    EXPECT_TRUE(ordered.step(std::string_view(R"({"b":null,"a":null})")) && ordered.complete());
+    EXPECT_FALSE(other.step(std::string_view(R"({"a")")));
+  }
+
+  auto param_of = [](json response_format, json extra = json::object()) {
+    json body = chat(std::move(extra));
+    body["response_format"] = std::move(response_format);
+    return rejected_param(body);
+  };
+  const std::string s = "response_format.json_schema.schema";
+  EXPECT_EQ(param_of({{"type", "json_schema"}, {"json_schema", {{"schema", schema}}}}),
+            "response_format.json_schema.name");
+  EXPECT_EQ(param_of({{"type", "json_schema"}, {"json_schema", {{"name", "x"}}}}), s);
+  EXPECT_EQ(param_of({{"type", "json_schema"}, {"json_schema", "x"}}), "response_format.json_schema");
+  EXPECT_EQ(param_of({{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"strict", "yes"}, {"schema", schema}}}}),
+            "response_format.json_schema.strict");
+  EXPECT_EQ(param_of(schema_format(schema), {{"ignore_eos", true}}), "response_format");
+  EXPECT_EQ(param_of(schema_format(schema), {{"min_tokens", 2}}), "response_format");
+
+  const std::pair<json, std::string> bad[] = {
+      {5, s},                                                   // not a schema
+      {json::array(), s},
+      {{{"type", "strin"}}, s + ".type"},                       // unknown type name
+      {{{"type", {"string", 3}}}, s + ".type[1]"},
+      {{{"type", json::array()}}, s + ".type"},
+      {{{"$ref", "#/$defs/missing"}}, s + ".$ref"},             // bad $ref
+      {{{"$ref", "https://example.com/s.json"}}, s + ".$ref"},
+      {{{"$ref", 3}}, s + ".$ref"},
+      {{{"properties", {{"a", {{"type", "string"}}}}}, {"required", {"b"}}}, s + ".required[0]"},
+      {{{"properties", {{"a", {{"type", "string"}}}}}, {"required", "a"}}, s + ".required"},
+      {{{"properties", {{"a", {{"type", "string"}, {"pattern", "^x"}}}}}}, s + ".properties.a.pattern"},
+      {{{"type", "string"}, {"minLength", 1}}, s + ".minLength"},
+      {{{"type", "string"}, {"format", "date"}}, s + ".format"},
+      {{{"type", "number"}, {"minimum", 0}}, s + ".minimum"},
+      {{{"oneOf", {{{"type", "string"}}}}}, s + ".oneOf"},
+      {{{"allOf", {{{"type", "string"}}}}}, s + ".allOf"},
+      {{{"type", "object"}, {"patternProperties", json::object()}}, s + ".patternProperties"},
+      {{{"type", "array"}, {"prefixItems", json::array()}}, s + ".prefixItems"},
+      {{{"items", {{{"type", "string"}}}}}, s + ".items"},        // tuple form
+      {{{"enum", {{{"a", 1}}}}}, s + ".enum[0]"},               // non-scalar enum
+      {{{"enum", "a"}}, s + ".enum"},
+      {{{"const", json::array()}}, s + ".const"},
+      {{{"type", "array"}, {"minItems", 3}, {"maxItems", 2}}, s + ".minItems"},
+      {{{"type", "array"}, {"minItems", -1}}, s + ".minItems"},
+      {{{"type", "array"}, {"maxItems", 1.5}}, s + ".maxItems"},
+      {{{"anyOf", json::array()}}, s + ".anyOf"},
+      {{{"anyOf", {{{"type", "string"}}}}, {"type", "string"}}, s + ".type"},  // beside anyOf
+      {{{"$ref", "#"}, {"type", "object"}}, s + ".type"},
+      {{{"additionalProperties", "no"}}, s + ".additionalProperties"},
+      {{{"properties", {{"a", {{"type", "wrong"}}}}}}, s + ".properties.a.type"},
+      {{{"$defs", {{"a", {{"$ref", "#/$defs/a"}}}}}, {"$ref", "#/$defs/a"}}, s + ".$defs.a"},  // cycle
+      {{{"definitions", {{"n", {{"type", "integer"}}}}}, {"$ref", "#/definitions/m"}}, s + ".$ref"},
+      {{{"$defs", {{"unused", {{"type", "string"}, {"maxLength", 3}}}}}, {"type", "null"}}, s + ".$defs.unused.maxLength"},
+      {{{"$defs", 3}, {"type", "null"}}, s + ".$defs"},
+      // Admits no document: a required self-reference, an enum none of whose values has the type.
+      {{{"type", "object"}, {"properties", {{"self", {{"$ref", "#"}}}}}, {"required", {"self"}}}, s},
+      {{{"type", "string"}, {"enum", {1, 2}}}, s},
+      {false, s},
+  };
+  for (const auto& [sch, param] : bad) EXPECT_EQ(param_of(schema_format(sch)), param) << sch.dump();
+  // Size limits: anyOf alternatives (each a matcher thread), properties per object.
+  json wide = json::array(), props = json::object();
+  for (int i = 0; i < 300; ++i) wide.push_back({{"const", i}});
+  for (int i = 0; i < 1100; ++i) props[std::to_string(i)] = {{"type", "null"}};
+  EXPECT_EQ(param_of(schema_format({{"anyOf", wide}})), s);
+  EXPECT_EQ(param_of(schema_format({{"properties", props}})), s + ".properties");
+  // Nesting deeper than the compiler recurses: a 400, not a stack overflow.
+  json deep = {{"type", "integer"}};
+  for (int i = 0; i < 2000; ++i) deep = {{"type", "array"}, {"items", std::move(deep)}};
+  EXPECT_EQ(param_of(schema_format(deep)).rfind(s + ".items.items", 0), 0u);
 }
