@@ -307,22 +307,7 @@ TEST(JsonSchemaTokenMask, EqualsBruteForce) {
       "{", "}", "[", "]", ":", ",", "\"", " ", "\n", "name", "age", "tags", "kind", "admin", "user",
       "nick", "ad", "score", "null", "true", "1", "7", "0", ".", "e", "-", "\\u", "00e9", "x",
       "\":", "\",\"", "\"}", "],", "\xc3\xa9", "address", "city", "ok"};
-  std::mt19937 rng(5);
-  std::set<std::string> tokens;
-  for (int b = 0; b < 256; ++b) tokens.insert(std::string(1, char(b)));
-  while (tokens.size() < 6000) {
-    std::string t;
-    for (int n = 1 + int(rng() % 3); n > 0; --n) t += pieces[rng() % pieces.size()];
-    tokens.insert(t);
-  }
-  std::string model;
-  int rank = 0;
-  for (const std::string& t : tokens) model += base64_encode(t) + " " + std::to_string(rank++) + "\n";
-  test::TempDir dir;
-  dir.write("tiktoken.model", model);
-  dir.write("tokenizer_config.json",
-            R"({"added_tokens_decoder": {"6000": {"content": "[BOS]"}, "6001": {"content": "[EOS]"}}})");
-  const Tokenizer tok = Tokenizer::load(dir.str());
+  const Tokenizer tok = test::fragment_tokenizer(pieces, 6000, 1, 3, 5);
   const int V = tok.vocab_size() + 3;
   JsonTokenMask masks(tok, V);
   const std::vector<int> end = {tok.eos_id()};

@@ -7,10 +7,14 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <random>
+#include <set>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "core/check.h"
+#include "tokenizer/base64.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi::test {
@@ -52,6 +56,32 @@ struct TempDir {
   }
   std::string str() const { return path.string(); }
 };
+
+// A tokenizer of `size` tokens: the 256 single bytes, then distinct concatenations of min_pieces
+// .. max_pieces random pieces (seeded), with [BOS] and [EOS] as the added ids size, size + 1.
+// Many shared prefixes: the vocabularies of the token-mask tests.
+inline Tokenizer fragment_tokenizer(const std::vector<std::string>& pieces, size_t size,
+                                    int min_pieces, int max_pieces, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::set<std::string> tokens;
+  for (int b = 0; b < 256; ++b) tokens.insert(std::string(1, char(b)));
+  while (tokens.size() < size) {
+    std::string t;
+    for (int n = min_pieces + int(rng() % (max_pieces - min_pieces + 1)); n > 0; --n)
+      t += pieces[rng() % pieces.size()];
+    tokens.insert(t);
+  }
+  std::string model;
+  int rank = 0;
+  for (const std::string& t : tokens) model += base64_encode(t) + " " + std::to_string(rank++) + "\n";
+  TempDir dir;
+  dir.write("tiktoken.model", model);
+  nlohmann::json added;
+  added[std::to_string(size)] = {{"content", "[BOS]"}};
+  added[std::to_string(size + 1)] = {{"content", "[EOS]"}};
+  dir.write("tokenizer_config.json", nlohmann::json{{"added_tokens_decoder", added}}.dump());
+  return Tokenizer::load(dir.str());
+}
 
 }  // namespace kimi::test
 
