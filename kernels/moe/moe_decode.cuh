@@ -12,16 +12,19 @@
 //      and no second round trip; CTA 0 writes the ids and weights. Each lane keeps its pieces of
 //      the experts' input bf16(a) in shared memory.
 //   D  gate_up: units (slot, 8 columns) of 8 gate + 8 up weight rows, one row per warp; a CTA
-//      takes a contiguous run of the S·ceil(I/8) units (S = K + shared slots); raw fp32 dot
-//      products to scratch h13[slot][2I].                                          barrier 2
-//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down units touch, in shared memory.
-//   F  down: units (slot, 32 columns), two rows per warp; y[slot][n] to scratch.    barrier 3
+//      takes a contiguous run of the shared expert's ceil(I/8) units, then of the K·ceil(I/8)
+//      routed ones; raw fp32 dot products to scratch h13[slot][2I]. The shared expert's first
+//      rows are requested before the PDL wait (constant weights: they stream through B and C).
+//                                                                                 barrier 2
+//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down units touch, in shared memory; the
+//      first down rows (known since C) are requested before barrier 2 and stream through E.
+//   F  down: units (slot, 16 columns), one row per warp; y[slot][n] to scratch.     barrier 3
 //   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
 //      squares to scratch.                                                         barrier 4
 //   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
-// Streaming: a warp walks its rows with every lane holding PR 16-byte weight pieces in flight
-// (piece j of a row is k 8·(lane + 32j)..+7: each load instruction reads 512 contiguous bytes);
-// piece j of the next row is requested as soon as piece j of this one is used.
+// Streaming: a warp walks its rows with R rows in flight, every lane holding P 16-byte pieces of
+// each (piece j of a row is k 8·(lane + 32j)..+7: each load instruction reads 512 contiguous
+// bytes); piece j of row i + R is requested as soon as piece j of row i is used.
 // Residency: the grid never exceeds the multiprocessor count and a CTA needs a whole one, so all
 // CTAs run at once once the previous kernel drains (launch_dependents lets the next kernel in only
 // after every CTA has started: it cannot take a multiprocessor a CTA of this grid still needs).
@@ -44,7 +47,7 @@ constexpr int kFusedRouteRegK4 = 4;  // float4 router pieces per thread in regis
 // 16-byte pieces per lane per row: gate_up rows of hidden, down rows of inter.
 constexpr int kFusedPiecesGateUp = kMoeDecodeFusedMaxHidden / 256;
 constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
-constexpr int kFusedDownRows = 2;  // rows per warp per down unit (16 KB in flight per warp)
+
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
 static_assert(kFusedRouteRegK4 * 32 * kFusedRouteWarps * 4 >= kMoeDecodeFusedMaxHidden);
 
@@ -89,6 +92,29 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// P 16-byte pieces of a weight row into the lane's registers (zeros past the row or without one).
+template <int P>
+__device__ __forceinline__ void load_row(uint4 (&buf)[P], const bf16* row, int pieces, int lane) {
+#pragma unroll
+  for (int j = 0; j < P; ++j) {
+    const int pc = lane + 32 * j;
+    buf[j] = ldg_stream16(row + 8 * pc, row && pc < pieces);
+  }
+}
+
+// Benchmarks only: %globaltimer at phase boundaries (CTA 0), and the last CTA's end of gate_up
+// and of down (atomicMax over the CTAs).
+__device__ __forceinline__ void fused_stamp(unsigned long long* stamps, int i, bool max_over_ctas) {
+  if (!stamps || threadIdx.x != 0 || (!max_over_ctas && blockIdx.x != 0)) return;
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  if (max_over_ctas) atomicMax(stamps + i, t);
+  else stamps[i] = t;
+}
+
+// RG, RD: weight rows in flight per warp in gate_up (rows of hidden) and down (rows of inter);
+// the choices are moe::kMoeFusedShapes.
+template <int RG, int RD>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
@@ -120,14 +146,44 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     return make_float4(w.x * n.x, w.y * n.y, w.z * n.z, w.w * n.w);
   };
   const int e_first = blockIdx.x * kEw + ew;
+  fused_stamp(p.stamps, 0, false);
   float4 wreg[kFusedRouteRegK4];
 #pragma unroll
   for (int j = 0; j < kFusedRouteRegK4; ++j) {
     const int k4 = k4_0 + j * kK4Step;
     wreg[j] = e_first < E && k4 < n4 ? router_piece(e_first, k4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
+  // D's row sequence (see below), and its first rows where they are the shared expert's: constant
+  // weights, so they may stream while the previous kernel drains and through B and C.
+  constexpr int PG = kFusedPiecesGateUp;
+  const int pieces_g = H / 8, CG = (I + 7) / 8;
+  const bool has_shared = r.shared_expert >= 0;
+  const int sh0 = has_shared ? int(int64_t(blockIdx.x) * CG / G) : 0;
+  const int sh1 = has_shared ? int(int64_t(blockIdx.x + 1) * CG / G) : 0;
+  const int ro0 = int(int64_t(blockIdx.x) * K * CG / G), ro1 = int(int64_t(blockIdx.x + 1) * K * CG / G);
+  const int nsh = sh1 - sh0, ng = nsh + ro1 - ro0;
+  const bool up = warp >= 8;
+  auto g_slot_col = [&](int i, int& slot, int& n) {  // row i of the warp's sequence
+    const int u = i < nsh ? K * CG + sh0 + i : ro0 + i - nsh;
+    slot = u / CG;
+    n = (u - slot * CG) * 8 + (warp & 7);
+  };
+  auto g_row = [&](int i) -> const bf16* {  // ids[] only for routed slots (set by C)
+    int slot, n;
+    g_slot_col(i, slot, n);
+    const int e = slot == K ? r.shared_expert : ids[slot];
+    return e >= 0 && n < I ? p.w13 + (int64_t(e) * 2 * I + (up ? I : 0) + n) * H : nullptr;
+  };
+  uint4 gbuf[RG][PG];
+  const bf16* grow[RG];
+#pragma unroll
+  for (int q = 0; q < RG; ++q) {
+    grow[q] = q < nsh && q < ng ? g_row(q) : nullptr;
+    load_row(gbuf[q], grow[q], pieces_g, lane);
+  }
   pdl_launch_dependents();  // the next kernel starts only once every CTA here has (see above)
   pdl_wait();
+  fused_stamp(p.stamps, 1, false);
 
   // B: the row, its sum of squares (fixed order), the logits.
   float ss = 0.f;
@@ -179,7 +235,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     }
     __syncthreads();
   }
+  fused_stamp(p.stamps, 2, false);
   grid_barrier(p.barrier, G);
+  fused_stamp(p.stamps, 3, false);
 
   // C: routing, here in every CTA (ids and weights into shared memory).
   {
@@ -195,111 +253,110 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     }
   }
   // The experts' input: bf16(x · 1/rms · norm weight), as the routing kernel writes it.
-  constexpr int PG = kFusedPiecesGateUp;
-  const int pieces_g = H / 8;
   for (int k = tid; k < H; k += kFusedThreads) xa[k] = __float2bfloat16(xs[k] * inv_rms * p.norm_weight[k]);
   __syncthreads();
+  fused_stamp(p.stamps, 4, false);
   const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
 
-  // D: gate_up.
-  {
-    const int CG = (I + 7) / 8, U = S * CG;
-    const int u0 = int(int64_t(blockIdx.x) * U / G), u1 = int(int64_t(blockIdx.x + 1) * U / G);
-    const bool up = warp >= 8;
-    auto row_of = [&](int u, int& out) -> const bf16* {  // warp's weight row of unit u
-      const int s = u / CG, n = (u - s * CG) * 8 + (warp & 7), e = ids[s];
-      out = s * 2 * I + (up ? I : 0) + n;
-      return e >= 0 && n < I ? p.w13 + (int64_t(e) * 2 * I + (up ? I : 0) + n) * H : nullptr;
-    };
-    uint4 buf[PG];
-    int out = 0;
-    const bf16* cur = u0 < u1 ? row_of(u0, out) : nullptr;
+  // D: gate_up. Units (slot, 8 columns): the warp's row is gate (warps 0-7) or up (8-15) row
+  // 8·group + warp % 8 of the slot's expert. A CTA takes a contiguous run of the shared expert's
+  // ceil(I/8) units, then of the K·ceil(I/8) routed ones; each warp keeps RG rows in flight.
 #pragma unroll
-    for (int j = 0; j < PG; ++j) {
-      const int pc = lane + 32 * j;
-      buf[j] = ldg_stream16(cur + 8 * pc, cur && pc < pieces_g);
+  for (int q = 0; q < RG; ++q)
+    if (q >= nsh && q < ng) {
+      grow[q] = g_row(q);
+      load_row(gbuf[q], grow[q], pieces_g, lane);
     }
-    for (int u = u0; u < u1; ++u) {
-      int next_out = 0;
-      const bf16* next = u + 1 < u1 ? row_of(u + 1, next_out) : nullptr;
+  for (int i0 = 0; i0 < ng; i0 += RG) {
+#pragma unroll
+    for (int q = 0; q < RG; ++q) {
+      const int i = i0 + q;
+      const bf16* next = i + RG < ng ? g_row(i + RG) : nullptr;
       float acc = 0.f;
 #pragma unroll
       for (int j = 0; j < PG; ++j) {
         const int pc = lane + 32 * j;
-        if (pc < pieces_g) acc += dot8(buf[j], xa16[pc]);
-        buf[j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
+        if (pc < pieces_g) acc += dot8(gbuf[q][j], xa16[pc]);
+        gbuf[q][j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
       }
       acc = warp_sum(acc);
-      if (lane == 0 && cur) __stcg(h13 + out, acc);
-      cur = next;
-      out = next_out;
+      if (lane == 0 && grow[q]) {
+        int slot, n;
+        g_slot_col(i, slot, n);
+        __stcg(h13 + int64_t(slot) * 2 * I + (up ? I : 0) + n, acc);
+      }
+      grow[q] = next;
     }
   }
+  fused_stamp(p.stamps, 5, false);
+  fused_stamp(p.stamps, 10, true);
+
+  // F's rows (units (slot, 16 columns), row n = 16·group + warp of W2): known since C, so the
+  // first RD rows stream through barrier 2 and E.
+  constexpr int PD = kFusedPiecesDown;
+  const int pieces_d = I / 8, DG = (H + 15) / 16, UD = S * DG;
+  const int v0 = int(int64_t(blockIdx.x) * UD / G), v1 = int(int64_t(blockIdx.x + 1) * UD / G);
+  const int nd = v1 - v0;
+  auto d_slot_col = [&](int i, int& slot, int& n) {
+    const int v = v0 + i;
+    slot = v / DG;
+    n = (v - slot * DG) * 16 + warp;
+  };
+  auto d_row = [&](int i) -> const bf16* {
+    int slot, n;
+    d_slot_col(i, slot, n);
+    const int e = ids[slot];
+    return e >= 0 && n < H ? p.w2 + (int64_t(e) * H + n) * I : nullptr;
+  };
+  uint4 dbuf[RD][PD];
+  const bf16* drow[RD];
+#pragma unroll
+  for (int q = 0; q < RD; ++q) {
+    drow[q] = q < nd ? d_row(q) : nullptr;
+    load_row(dbuf[q], drow[q], pieces_d, lane);
+  }
   grid_barrier(p.barrier, G);
+  fused_stamp(p.stamps, 6, false);
 
   // E: act of the slots this CTA's down units touch.
-  const int DG = (H + 16 * kFusedDownRows - 1) / (16 * kFusedDownRows), UD = S * DG;
-  const int v0 = int(int64_t(blockIdx.x) * UD / G), v1 = int(int64_t(blockIdx.x + 1) * UD / G);
-  if (v0 < v1) {
+  if (nd > 0) {
     const int s0 = v0 / DG, s1 = (v1 - 1) / DG;
     for (int i = tid; i < (s1 - s0 + 1) * I; i += kFusedThreads) {
-      const int s = s0 + i / I, j = i % I;
-      if (ids[s] < 0) continue;
-      const float g = __ldcg(h13 + int64_t(s) * 2 * I + j), u = __ldcg(h13 + int64_t(s) * 2 * I + I + j);
-      act[int64_t(s) * I + j] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+      const int slot = s0 + i / I, j = i % I;
+      if (ids[slot] < 0) continue;
+      const float g = __ldcg(h13 + int64_t(slot) * 2 * I + j);
+      const float u = __ldcg(h13 + int64_t(slot) * 2 * I + I + j);
+      act[int64_t(slot) * I + j] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
     }
   }
   __syncthreads();
 
-  // F: down, two rows per warp: columns n0 + warp and n0 + 16 + warp.
-  {
-    constexpr int PD = kFusedPiecesDown, RD = kFusedDownRows;
-    const int pieces_d = I / 8;
-    auto row_of = [&](int v, int rr, int& s_out, int& n_out) -> const bf16* {
-      const int s = v / DG, n = (v - s * DG) * 16 * RD + 16 * rr + warp, e = ids[s];
-      s_out = s;
-      n_out = n;
-      return e >= 0 && n < H ? p.w2 + (int64_t(e) * H + n) * I : nullptr;
-    };
-    uint4 buf[RD][PD];
-    const bf16* cur[RD];
-    int cs[RD], cn[RD];
+  // F: down, RD rows in flight per warp.
+  const uint4* act16 = reinterpret_cast<const uint4*>(act);
+  for (int i0 = 0; i0 < nd; i0 += RD) {
 #pragma unroll
-    for (int rr = 0; rr < RD; ++rr) {
-      cur[rr] = v0 < v1 ? row_of(v0, rr, cs[rr], cn[rr]) : nullptr;
+    for (int q = 0; q < RD; ++q) {
+      const int i = i0 + q;
+      const bf16* next = i + RD < nd ? d_row(i + RD) : nullptr;
+      int slot = 0, n = 0;
+      if (i < nd) d_slot_col(i, slot, n);
+      const uint4* arow = act16 + int64_t(slot) * (I / 8);
+      float acc = 0.f;
 #pragma unroll
       for (int j = 0; j < PD; ++j) {
         const int pc = lane + 32 * j;
-        buf[rr][j] = ldg_stream16(cur[rr] + 8 * pc, cur[rr] && pc < pieces_d);
+        if (pc < pieces_d) acc += dot8(dbuf[q][j], arow[pc]);
+        dbuf[q][j] = ldg_stream16(next + 8 * pc, next && pc < pieces_d);
       }
-    }
-    for (int v = v0; v < v1; ++v) {
-      const bf16* next[RD];
-      int ns[RD], nn[RD];
-      float acc[RD];
-#pragma unroll
-      for (int rr = 0; rr < RD; ++rr) {
-        next[rr] = v + 1 < v1 ? row_of(v + 1, rr, ns[rr], nn[rr]) : nullptr;
-        acc[rr] = 0.f;
-        const bf16* arow = act + int64_t(cs[rr]) * I;
-#pragma unroll
-        for (int j = 0; j < PD; ++j) {
-          const int pc = lane + 32 * j;
-          if (pc < pieces_d) acc[rr] += dot8(buf[rr][j], *reinterpret_cast<const uint4*>(arow + 8 * pc));
-          buf[rr][j] = ldg_stream16(next[rr] + 8 * pc, next[rr] && pc < pieces_d);
-        }
-      }
-#pragma unroll
-      for (int rr = 0; rr < RD; ++rr) {
-        acc[rr] = warp_sum(acc[rr]);
-        if (lane == 0 && cur[rr]) __stcg(y + int64_t(cs[rr]) * H + cn[rr], acc[rr]);
-        cur[rr] = next[rr];
-        cs[rr] = ns[rr];
-        cn[rr] = nn[rr];
-      }
+      acc = warp_sum(acc);
+      if (lane == 0 && drow[q]) __stcg(y + int64_t(slot) * H + n, acc);
+      drow[q] = next;
     }
   }
+  fused_stamp(p.stamps, 7, false);
+  fused_stamp(p.stamps, 11, true);
   grid_barrier(p.barrier, G);
+  fused_stamp(p.stamps, 8, false);
 
   // G: this CTA's columns of the residual, as the un-permute adds them.
   const int cols = (H + G - 1) / G, c0 = blockIdx.x * cols, c1 = min(c0 + cols, H);
@@ -313,6 +370,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     xs[n] = v;
     sq += v * v;
   }
+  fused_stamp(p.stamps, 9, false);
   if (!p.next_norm) return;
   sq = warp_sum(sq);
   if (lane == 0) red[warp] = sq;

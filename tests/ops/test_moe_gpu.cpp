@@ -610,7 +610,7 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
 // (the bf16 rounding of act, as for the other expert kernels). Shapes: the model's; odd ones
 // (rows of 8, 17 and 287 pieces, inter 40 and 1016); more experts than the grid holds in
 // registers (300); every expert chosen (K = E); with and without the shared expert and the next
-// norm. Each case runs twice: the grid barrier resets itself.
+// norm. Each case runs twice with every kMoeFusedShapes shape: the grid barrier resets itself.
 TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -699,16 +699,17 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     if (c.next) p.next_norm = dnext.data(), p.next_normed = dev<cuda::bf16>(dnormed);
     p.scratch = dscratch.data();
     p.barrier = reinterpret_cast<unsigned*>(dbar.data());
-    for (int rep = 0; rep < 2; ++rep) {
+    for (int rep = 0; rep < 2 * int(std::size(cuda::moe::kMoeFusedShapes)); ++rep) {
+      const cuda::moe::MoeFusedShape shape = cuda::moe::kMoeFusedShapes[rep / 2];
       dx.upload(x);
       dl.poison();
       dw.poison();
       di.poison();
       dnormed.poison();
       dscratch.poison();
-      cuda::run_moe_decode_fused(p, nullptr);
+      cuda::moe::launch_moe_decode_fused(p, shape, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
-      const std::string run = str(what, " run ", rep);
+      const std::string run = str(what, " rows ", shape.rows_gate_up, "/", shape.rows_down, " run ", rep % 2);
       expect_close(str("fused block logits ", run), dl.to_host().data(), logits.data(), logits.size(), 1e-5, 1e-4);
       const auto gi = di.to_host();
       const auto gw = dw.to_host();
