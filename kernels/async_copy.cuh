@@ -92,10 +92,10 @@ __device__ __forceinline__ unsigned cluster_map(const void* p, unsigned r) {
 // v into another CTA's shared memory at dst (a cluster address), completing there as 4
 // transaction bytes on its mbarrier bar (a cluster address); one-way: the sender waits for nothing.
 __device__ __forceinline__ void st_async_f32(unsigned dst, float v, unsigned bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(
-                   dst),
-               "r"(__float_as_uint(v)), "r"(bar)
-               : "memory");
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(dst),
+      "r"(__float_as_uint(v)), "r"(bar)
+      : "memory");
 }
 
 // As mbar_wait, acquiring at cluster scope: for data other CTAs of the cluster stored with

@@ -39,8 +39,7 @@ constexpr int kGvTileCols = 32;    // output columns per CTA of the mma kernel
 constexpr int kF32RowsPerCta = 2;  // weight rows per CTA of the fp32 kernel
 constexpr int kF32Quarters = kGvWarps / kF32RowsPerCta;
 
-// The old value of output element (m, n), read when beta ≠ 0 (from L2: see gv_load_inputs). The
-// kernel reads it right after its PDL wait, so the epilogue does not wait for it.
+// The old value of output element (m, n), read when beta ≠ 0 (from L2: see gv_load_input_chunk).
 template <bool OUT_F32>
 __device__ __forceinline__ float gv_load_c(const GemmArgs& a, int b, int m, int n) {
   const int64_t off = int64_t(b) * a.stride_c + int64_t(m) * a.ldc + n;
@@ -172,15 +171,17 @@ __global__ void __launch_bounds__(kGvThreads, 2)
 #pragma unroll
       for (int j = 0; j < 4; ++j) acc[rg][nt][j] = 0.f;
   // Slot u holds chunk c0 + 8u + 8U·step of this warp; it is refilled right after its mma, so
-  // each warp keeps U chunks in flight to the end of its range (refilling a whole batch at once
-  // left the DRAM queue empty while the batch's last chunk was still arriving).
+  // each warp keeps U chunks in flight to the end of its range (against refilling all U after
+  // the last one's mma: KDA qkv −4%, MLA q −1%, one-batch shapes +0.02-0.07 us; perf-log
+  // session 8).
   uint4 wv[U][2][2], xv[U][NT];
   const int c0 = c_begin + warp;
   gv_load_weights<U>(wv, wrow, wok, c0, k_end, t);  // loads nothing past k_end
   pdl_launch_dependents();
   pdl_wait();
 #pragma unroll
-  for (int u = 0; u < U; ++u) gv_load_input_chunk<NT>(xv[u], xrow, xok, c0 + kGvWarps * u, k_end, t);
+  for (int u = 0; u < U; ++u)
+    gv_load_input_chunk<NT>(xv[u], xrow, xok, c0 + kGvWarps * u, k_end, t);
   for (int c = c0; c < c_end; c += kGvWarps * U) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(kGvThreads, 2)
     for (int w = 0; w < kGvWarps; ++w) s += red[w][i];
     sums[q] = s;
   }
-  if (splits > 1) {  // the k splits of a tile form one cluster: rank r = split r
+  if (splits > 1) {          // the k splits of a tile form one cluster: rank r = split r
     cluster_wait_acquire();  // rank 0's recv_bar is initialised
     if (split > 0) {
       const unsigned bar = cluster_map(&recv_bar, 0);
@@ -243,7 +244,7 @@ __global__ void __launch_bounds__(kGvThreads, 2)
       sums[q] = s;
     }
   }
-  if constexpr (FOLD) {  // C row m = row m (hi) + row m + fold (lo), through shared memory
+  if constexpr (FOLD) {       // C row m = row m (hi) + row m + fold (lo), through shared memory
     float* fin = &red[0][0];  // every warp has summed red: reused
     __syncthreads();
 #pragma unroll
@@ -255,7 +256,8 @@ __global__ void __launch_bounds__(kGvThreads, 2)
       gv_item<NT>(tid + q * kGvThreads, m, nl, rg);
       const int n = n0 + 16 * rg + nl, m2 = m + fold;
       if (m >= fold || n >= N) continue;
-      const int i2 = ((rg * NT + m2 / 8) * 4 + (nl / 8) * 2 + m2 % 2) * 32 + (nl % 8) * 4 + (m2 % 8) / 2;
+      const int i2 =
+          ((rg * NT + m2 / 8) * 4 + (nl / 8) * 2 + m2 % 2) * 32 + (nl % 8) * 4 + (m2 % 8) / 2;
       gv_store<OUT_F32>(a, b, m, n, sums[q] + fin[i2], c_old[q]);
     }
   } else {
@@ -330,7 +332,8 @@ __global__ void __launch_bounds__(kGvThreads) gemv_f32_kernel(GemmArgs a) {
     float s = 0.f;
 #pragma unroll
     for (int q = 0; q < kF32Quarters; ++q) s += red[r * kF32Quarters + q][m];
-    if (col < a.N) gv_store<true>(a, b, m, col, s, a.beta != 0.f ? gv_load_c<true>(a, b, m, col) : 0.f);
+    if (col < a.N)
+      gv_store<true>(a, b, m, col, s, a.beta != 0.f ? gv_load_c<true>(a, b, m, col) : 0.f);
   }
 }
 
