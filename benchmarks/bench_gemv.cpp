@@ -9,10 +9,13 @@
 //   "no PDL": the small-M kernels launched without programmatic dependent launch (each call
 //   waits for the previous one to finish before its weight prologue starts).
 //   --splits: also sweeps the k split count of the mma kernel for the small-N shapes at M = 1.
-// Usage: bench_gemv [--quick] [--splits]
+//   --shapes a,b: only the shapes whose name contains one of the comma-separated words;
+//   --rows 1,8: only these M (default 1, 2, 4, 8, 16).
+// Usage: bench_gemv [--quick] [--splits] [--shapes a,b] [--rows 1,8]
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -70,6 +73,26 @@ std::vector<Shape> model_shapes() {
       {"lm_head", 1, 163840, 2304, f32},
   };
   return s;
+}
+
+// The comma-separated items of s.
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  while (b <= s.size()) {
+    const size_t e = std::min(s.find(',', b), s.size());
+    if (e > b) out.push_back(s.substr(b, e - b));
+    b = e + 1;
+  }
+  return out;
+}
+
+// Whether shape `name` passes the --shapes filter (empty: every shape).
+bool selected(const char* name, const std::vector<std::string>& only) {
+  if (only.empty()) return true;
+  for (const std::string& w : only)
+    if (std::string(name).find(w) != std::string::npos) return true;
+  return false;
 }
 
 // Operands of one shape: `copies` weight copies (rotated), input rows and two outputs.
@@ -157,7 +180,8 @@ double time_calls(kimi::cuda::Gemm& gemm, const Operands& o, int M, bool ours, i
                   per_graph, groups, st);
 }
 
-void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
+void bench_shapes(double ceiling, int sms, bool quick, const std::vector<std::string>& only,
+                  const std::vector<int>& Ms, cudaStream_t st) {
   // "ours": the small-M kernels wherever they can run (M = 16 too, above the kAuto threshold),
   // else what kAuto does (cuBLASLt); the path column says which ran.
   kimi::cuda::Gemm small, small_plain, automatic, cublas;
@@ -165,13 +189,13 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
   small_plain.set_path(GemmPath::kSmallM);
   cublas.set_path(GemmPath::kCublasLt);
   const int groups = quick ? 7 : 15;
-  const std::vector<int> Ms = {1, 2, 4, 8, 16};
   std::printf("\n%-15s %6s %6s %8s %3s %8s %6s %8s %8s %8s %7s %7s %7s %8s\n", "shape", "N", "K",
               "MB", "M", "path", "splits", "ours us", "no PDL", "cuBLASLt", "speedup", "% copy",
               "cuBL %", "rel diff");
   std::vector<double> step_ours(Ms.size()), step_cublas(Ms.size());
   for (const Shape& s : model_shapes()) {
-    Operands o(s, Ms.back());
+    if (!selected(s.name, only)) continue;
+    Operands o(s, *std::max_element(Ms.begin(), Ms.end()));
     for (size_t mi = 0; mi < Ms.size(); ++mi) {
       const int M = Ms[mi];
       const bool is_small = small.uses_small_m(o.args(M, 0, true));
@@ -212,7 +236,7 @@ void bench_shapes(double ceiling, int sms, bool quick, cudaStream_t st) {
 }
 
 // The k split count of the mma kernel against its heuristic, small-N shapes, M = 1 and 8.
-void bench_splits(int sms, cudaStream_t st) {
+void bench_splits(int sms, const std::vector<std::string>& only, cudaStream_t st) {
   kimi::cuda::Gemm gemm;
   gemm.set_path(GemmPath::kSmallM);
   std::printf("\nk splits (us per call; * = the heuristic's choice)\n%-15s %3s", "shape", "M");
@@ -220,7 +244,7 @@ void bench_splits(int sms, cudaStream_t st) {
   for (int s : splits) std::printf(" %8d", s);
   std::printf("\n");
   for (const Shape& s : model_shapes()) {
-    if (s.b_kn || s.in_f32 || int64_t(s.N) * s.batch > 8192) continue;
+    if (s.b_kn || s.in_f32 || int64_t(s.N) * s.batch > 8192 || !selected(s.name, only)) continue;
     Operands o(s, 8);
     for (int M : {1, 8}) {
       const int chosen = kimi::cuda::gemv_splits(o.args(M, 0, true), sms);
@@ -240,14 +264,24 @@ void bench_splits(int sms, cudaStream_t st) {
 
 int main(int argc, char** argv) {
   bool quick = false, splits = false;
+  std::vector<std::string> only;
+  std::vector<int> Ms = {1, 2, 4, 8, 16};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") {
       quick = true;
     } else if (a == "--splits") {
       splits = true;
+    } else if (a == "--shapes" && i + 1 < argc) {
+      only = split_list(argv[++i]);
+    } else if (a == "--rows" && i + 1 < argc) {
+      Ms.clear();
+      for (const std::string& r : split_list(argv[++i])) Ms.push_back(std::atoi(r.c_str()));
     } else {
-      std::fprintf(stderr, "usage: bench_gemv [--quick] [--splits]\n");
+      Ms.clear();
+    }
+    if (Ms.empty() || std::any_of(Ms.begin(), Ms.end(), [](int m) { return m < 1 || m > 16; })) {
+      std::fprintf(stderr, "usage: bench_gemv [--quick] [--splits] [--shapes a,b] [--rows 1,8]\n");
       return 2;
     }
   }
@@ -262,8 +296,8 @@ int main(int argc, char** argv) {
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     cudaStream_t st;
     CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    bench_shapes(ceiling, prop.multiProcessorCount, quick, st);
-    if (splits) bench_splits(prop.multiProcessorCount, st);
+    bench_shapes(ceiling, prop.multiProcessorCount, quick, only, Ms, st);
+    if (splits) bench_splits(prop.multiProcessorCount, only, st);
     CUDA_CHECK(cudaStreamDestroy(st));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_gemv: %s\n", e.what());

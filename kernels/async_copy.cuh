@@ -74,6 +74,43 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
       "r"(parity)
       : "memory");
 }
+// Thread-block cluster: the two halves of a cluster barrier (every thread of every CTA arrives,
+// then waits; the arrive releases this thread's earlier writes, the wait acquires the others'),
+// and one-way stores into another CTA's shared memory.
+__device__ __forceinline__ void cluster_arrive_release() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait_acquire() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The shared::cluster address of p (in this CTA's shared memory) in the CTA of cluster rank r.
+__device__ __forceinline__ unsigned cluster_map(const void* p, unsigned r) {
+  unsigned d;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(d) : "r"(smem_u32(p)), "r"(r));
+  return d;
+}
+// v into another CTA's shared memory at dst (a cluster address), completing there as 4
+// transaction bytes on its mbarrier bar (a cluster address); one-way: the sender waits for nothing.
+__device__ __forceinline__ void st_async_f32(unsigned dst, float v, unsigned bar) {
+  asm volatile(
+      "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];\n" ::"r"(dst),
+      "r"(__float_as_uint(v)), "r"(bar)
+      : "memory");
+}
+
+// As mbar_wait, acquiring at cluster scope: for data other CTAs of the cluster stored with
+// st_async_f32.
+__device__ __forceinline__ void mbar_wait_cluster(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred ready;\n"
+      "mbar_retry:\n"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 ready, [%0], %1;\n"
+      "@!ready bra mbar_retry;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
 // bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory,
 // completing on bar; policy: an L2 eviction-priority policy (createpolicy).
 __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned bytes, uint64_t* bar,

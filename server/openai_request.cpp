@@ -1,5 +1,6 @@
 #include "openai_request.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -184,33 +185,139 @@ int parse_token_id(const json& v, const std::string& param, int vocab) {
   return v.get<int>();
 }
 
-// Fields common to both endpoints.
-// response_format {"type": "json_schema", "json_schema": {"name", "description"?, "schema",
-// "strict"?}}: the schema compiled, or a 400 naming the offending field of the schema. ordered:
-// the client's key order, which is the order of generated properties.
-std::shared_ptr<const JsonSchema> parse_json_schema(const nlohmann::ordered_json& rf) {
-  const json plain = json(rf);
-  Fields rff(plain, "response_format.");
-  const json* js = rff.object("json_schema");
-  if (!js) throw_bad_request("response_format.json_schema",
-                             "'response_format.json_schema' is required with type 'json_schema'");
-  Fields jf(*js, "response_format.json_schema.");
-  jf.require_string("name");
-  jf.string("description");
-  jf.boolean("strict");  // the schema is always enforced
-  if (!jf.get("schema"))
-    throw_bad_request("response_format.json_schema.schema",
-                      "'response_format.json_schema.schema' is required");
-  SchemaError e;
-  auto schema = compile_json_schema(rf["json_schema"]["schema"], &e);
-  if (!schema) {
-    const std::string base = "response_format.json_schema.schema";
-    const std::string path = e.path.empty() ? base : base + "." + e.path;
-    throw_bad_request(path, str("invalid JSON schema at '", path, "': ", e.message));
-  }
-  return schema;
+// A JSON schema as vLLM's guided_json / structured_outputs.json take it: the schema, or a string
+// holding its JSON text (parsed in its own key order, the order of generated properties).
+template <class J>
+nlohmann::ordered_json schema_value(const J& v, const std::string& param) {
+  if (!v.is_string()) return nlohmann::ordered_json(v);
+  auto s = nlohmann::ordered_json::parse(v.template get<std::string>(), nullptr, false);
+  if (s.is_discarded())
+    throw_bad_request(param, str("'", param, "' is a string that is not valid JSON"));
+  return s;
 }
 
+// The schema compiled, or a 400 naming the offending field of the schema under param.
+std::shared_ptr<const JsonSchema> compile_schema(const nlohmann::ordered_json& schema,
+                                                 const std::string& param) {
+  SchemaError e;
+  auto compiled = compile_json_schema(schema, &e);
+  if (!compiled) {
+    const std::string path = e.path.empty() ? param : param + "." + e.path;
+    throw_bad_request(path, str("invalid JSON schema at '", path, "': ", e.message));
+  }
+  return compiled;
+}
+
+// One constraint on the output that the request asks for.
+struct FormatAsk {
+  std::string param;           // the field asking: "response_format.json_schema.schema", ...
+  std::string what;            // for messages: "response_format json_object", "guided_json", ...
+  const json* value;           // the schema, or a string holding it; nullptr: JSON mode
+  std::optional<json> schema;  // the schema (a string's parsed), to compare; nullopt: JSON mode
+};
+
+constexpr const char* kChoiceRefused =
+    "is not supported by this server: vLLM emits the bare text of the choice, which a JSON "
+    "schema cannot express (an enum of strings gives it quoted: ask for that instead)";
+
+// vLLM's structured_outputs object: json and json_object are asked for, backend options that
+// change nothing here accepted, every other constraint refused by name.
+void parse_structured_outputs(const json& so, std::vector<FormatAsk>& asks) {
+  Fields sf(so, "structured_outputs.");
+  for (auto it = so.begin(); it != so.end(); ++it) {
+    const std::string& key = it.key();
+    const std::string param = sf.name(key);
+    if (it->is_null()) continue;
+    if (key == "json") {
+      asks.push_back({param, param, &*it, json(schema_value(*it, param))});
+    } else if (key == "json_object") {
+      if (*sf.boolean(key)) asks.push_back({param, param, nullptr, std::nullopt});
+    } else if (key == "choice") {
+      throw_bad_request(param, str("'", param, "' ", kChoiceRefused));
+    } else if (key == "regex" || key == "grammar" || key == "structural_tag" ||
+               key == "whitespace_pattern") {
+      throw_bad_request(param, str("'", param,
+                                   "' is not supported by this server: structured "
+                                   "outputs take a JSON schema (structured_outputs.json)"));
+    } else if (key == "disable_fallback") {
+      sf.boolean(key);  // nothing to fall back to: a schema is compiled exactly or refused
+    } else if (key == "disable_any_whitespace" || key == "disable_additional_properties") {
+      if (*sf.boolean(key))
+        throw_bad_request(param, str("'", param, "' is not supported by this server"));
+    } else {
+      throw_bad_request(param, str("unknown field '", param, "'"));
+    }
+  }
+}
+
+// response_format, and vLLM's extras guided_json and structured_outputs (json, json_object): each
+// becomes JSON mode or a compiled schema, on one path. Several may be given only if they ask for
+// the same thing (vLLM lets response_format's schema replace the others silently; a mismatch is
+// more likely a client bug than a choice). Constraints that are not JSON are refused by name.
+void parse_format(const Fields& f, GenerationRequest& r) {
+  std::vector<FormatAsk> asks;
+  if (const json* rf = f.object("response_format")) {
+    Fields rff(*rf, "response_format.");
+    const std::string type = rff.require_string("type");
+    if (type == "json_object") {
+      asks.push_back({"response_format", "response_format json_object", nullptr, std::nullopt});
+    } else if (type == "json_schema") {
+      const json* js = rff.object("json_schema");
+      if (!js)
+        throw_bad_request("response_format.json_schema",
+                          "'response_format.json_schema' is required with type 'json_schema'");
+      Fields jf(*js, "response_format.json_schema.");
+      jf.require_string("name");
+      jf.string("description");
+      jf.boolean("strict");  // the schema is always enforced
+      const json* schema = jf.get("schema");
+      if (!schema)
+        throw_bad_request("response_format.json_schema.schema",
+                          "'response_format.json_schema.schema' is required");
+      asks.push_back(
+          {"response_format.json_schema.schema", "response_format json_schema", schema, *schema});
+    } else if (type != "text") {
+      throw_bad_request("response_format.type",
+                        str("response_format type '", type,
+                            "' is not one of 'text', 'json_object', 'json_schema'"));
+    }
+  }
+  if (const json* g = f.get("guided_json"))
+    asks.push_back({"guided_json", "guided_json", g, json(schema_value(*g, "guided_json"))});
+  if (f.get("guided_choice"))
+    throw_bad_request("guided_choice", str("'guided_choice' ", kChoiceRefused));
+  for (const char* name : {"guided_regex", "guided_grammar", "guided_whitespace_pattern"})
+    if (f.get(name))
+      throw_bad_request(name,
+                        str("'", name,
+                            "' is not supported by this server: structured "
+                            "outputs take a JSON schema (guided_json, structured_outputs.json "
+                            "or response_format json_schema)"));
+  if (const json* so = f.object("structured_outputs")) parse_structured_outputs(*so, asks);
+  if (asks.empty()) return;
+  for (const FormatAsk& a : asks)
+    if (a.schema != asks[0].schema)
+      throw_bad_request(a.param, str("'", asks[0].param, "' and '", a.param,
+                                     "' ask for different output formats: give one of them"));
+  // The EOS that ends the document may be neither ignored nor held back.
+  const FormatAsk& a = asks[0];
+  const std::string field = a.param.substr(0, a.param.find('.'));
+  if (r.engine.ignore_eos)
+    throw_bad_request(field, str("'ignore_eos' cannot be combined with ", a.what));
+  if (r.engine.min_tokens > 0)
+    throw_bad_request(field, str("'min_tokens' cannot be combined with ", a.what));
+  if (!a.value) {
+    r.engine.response_format = ResponseFormat::kJsonObject;
+    return;
+  }
+  r.engine.response_format = ResponseFormat::kJsonSchema;
+  r.schema_param = a.param;
+  // In nlohmann::json's sorted key order (a string keeps its own); parse_*_body compile it again
+  // from the body in the client's order.
+  r.engine.json_schema = compile_schema(schema_value(*a.value, a.param), a.param);
+}
+
+// Fields common to both endpoints.
 void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r) {
   r.model = f.string("model").value_or("");
   r.stream = f.boolean("stream").value_or(false);
@@ -283,31 +390,7 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   // vLLM extras the engine has no mechanism for: refuse rather than silently ignore.
   if (f.integer("priority", INT32_MIN, INT32_MAX).value_or(0) != 0)
     throw_bad_request("priority", "'priority' scheduling is not supported by this server");
-  if (const json* rf = f.object("response_format")) {
-    Fields rff(*rf, "response_format.");
-    const std::string type = rff.require_string("type");
-    if (type == "json_object" || type == "json_schema") {
-      // The EOS that ends the document may be neither ignored nor held back.
-      if (r.engine.ignore_eos)
-        throw_bad_request("response_format", str("'ignore_eos' cannot be combined with response_format ", type));
-      if (r.engine.min_tokens > 0)
-        throw_bad_request("response_format", str("'min_tokens' cannot be combined with response_format ", type));
-    }
-    if (type == "json_object") {
-      r.engine.response_format = ResponseFormat::kJsonObject;
-    } else if (type == "json_schema") {
-      r.engine.response_format = ResponseFormat::kJsonSchema;
-      r.engine.json_schema = parse_json_schema(nlohmann::ordered_json(*rf));
-    } else if (type != "text") {
-      throw_bad_request("response_format.type",
-                        str("response_format type '", type,
-                            "' is not one of 'text', 'json_object', 'json_schema'"));
-    }
-  }
-  if (f.get("guided_json") || f.get("guided_regex") || f.get("guided_choice") ||
-      f.get("guided_grammar") || f.get("structured_outputs"))
-    throw_bad_request("structured_outputs",
-                      "guided / structured decoding is not supported by this server");
+  parse_format(f, r);
   if (f.get("logits_processors"))
     throw_bad_request("logits_processors", "'logits_processors' is not supported");
   f.string("user");
@@ -372,11 +455,15 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
 
 namespace {
 
-// A json_schema request compiled again from the body in the client's key order (nlohmann::json
-// sorts keys): the properties are generated in the schema's order.
+// A JSON schema compiled again from the body in the client's key order (nlohmann::json sorts
+// keys): the properties are generated in the schema's order.
 void keep_schema_order(const nlohmann::ordered_json& body, GenerationRequest& r) {
-  if (r.engine.response_format == ResponseFormat::kJsonSchema)
-    r.engine.json_schema = parse_json_schema(body["response_format"]);
+  if (r.schema_param.empty()) return;
+  std::string pointer = "/" + r.schema_param;  // dotted field names, none with '/' or '~'
+  std::replace(pointer.begin(), pointer.end(), '.', '/');
+  r.engine.json_schema = compile_schema(
+      schema_value(body.at(nlohmann::ordered_json::json_pointer(pointer)), r.schema_param),
+      r.schema_param);
 }
 
 }  // namespace

@@ -71,6 +71,9 @@ struct GenerationRequest {
   int top_logprobs = 0;  // chat top_logprobs / completions logprobs=k
   bool return_tokens_as_token_ids = false;
   Request engine;  // sampling, stop, n, logprobs, ...; prompt_ids and max_tokens unset
+  // The field engine.json_schema was compiled from ("response_format.json_schema.schema",
+  // "guided_json" or "structured_outputs.json"); empty without a schema.
+  std::string schema_param;
 
   int num_prompts() const {
     return chat ? 1 : int(prompt_texts.empty() ? prompt_ids.size() : prompt_texts.size());
@@ -88,10 +91,10 @@ GenerationRequest parse_completion_request(const nlohmann::json& body, const Par
 // Parses a body; throws ApiException 400 for malformed JSON or a non-object.
 nlohmann::json parse_body(const std::string& body);
 
-// parse_chat_request() of the body text, keeping messages/tools and a response_format
-// json_schema's properties in the client's key order.
+// parse_chat_request() of the body text, keeping messages/tools and a JSON schema's properties
+// in the client's key order.
 GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& limits);
-// parse_completion_request() of the body text, keeping the json_schema's key order.
+// parse_completion_request() of the body text, keeping the JSON schema's key order.
 GenerationRequest parse_completion_body(const std::string& body, const ParseLimits& limits);
 
 }  // namespace kimi::server

@@ -73,7 +73,9 @@ int gemv_splits(const GemmArgs& a, int num_sms) {
   // the cross-CTA reduction costs time, so each warp keeps >= 2 chunks.
   // A cluster must fit whole into one GPC, so a grid of nearly 2 CTAs per SM does not fit at
   // once: 256 CTAs in clusters of 4 took two waves (N 2048, K 2304: 6.3 us vs 4.2 us at 3
-  // splits); stay within 85% of the resident slots.
+  // splits); stay within 85% of the resident slots. Re-swept with the st.async split reduction
+  // (session 8): o_proj (N 2304, K 4096) still best at 3 splits (5.9 us; 2: 6.6, 4: 7.7); kv_a
+  // and f_a|g_a (N 576 / 256, K 2304) 0.05-0.12 us faster at 5-6 splits than the 4 chosen.
   const int64_t tiles = int64_t(ceil_div(a.N, kGvTileCols)) * a.batch;
   const int chunks = ceil_div(a.K, kGvChunk);
   const int64_t resident = 2 * int64_t(std::max(num_sms, 1));

@@ -5,8 +5,8 @@
 // Two kernels (gemv.cuh):
 //   B [N, K] bf16 : mma.sync with the weights as A (gemm/stream_mma.cuh), k split over the CTA's
 //                   8 warps and, when the row tiles do not fill the card, over the ≤ 8 CTAs of
-//                   a thread-block cluster, whose first CTA sums the others' partials in split
-//                   order from their shared memory.
+//                   a thread-block cluster: the others push their partials into the first CTA's
+//                   shared memory (st.async), which sums them in split order.
 //   fp32 A and B  : (in_f32, the MoE router) plain fp32 FMA, a warp per (row, k quarter).
 // B stored [K, N] (b_kn: the MLA q_abs absorption) stays on cuBLASLt: a plain-FMA kernel for it
 // measured slower than cuBLASLt at every M on H200 (4.3 vs 3.9 us at M = 1, 13.5 vs 3.9 at 8).

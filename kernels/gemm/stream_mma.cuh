@@ -61,21 +61,27 @@ __device__ __forceinline__ uint32_t word(const uint4& v) {
   }
 }
 
-// Weight pieces of U chunks (c0, c0 + 8, ...) for the lane's 4 rows: [u][row group][g or g + 8].
+// Weight pieces of chunk c for the lane's 4 rows: [row group][g or g + 8].
 // k_end: the end of the k range (a multiple of 8: a piece is wholly inside or outside).
+__device__ __forceinline__ void gv_load_weight_chunk(uint4 (&wv)[2][2],
+                                                     const __nv_bfloat16* const (&wrow)[2][2],
+                                                     const bool (&wok)[2][2], int c, int k_end,
+                                                     int t) {
+  const int k = c * kGvChunk + 8 * t;
+  const bool kok = k < k_end;
+#pragma unroll
+  for (int rg = 0; rg < 2; ++rg)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) wv[rg][h] = ldg_stream16(wrow[rg][h] + k, kok && wok[rg][h]);
+}
+
+// Weight pieces of U chunks (c0, c0 + 8, ...): [u][row group][g or g + 8].
 template <int U>
 __device__ __forceinline__ void gv_load_weights(uint4 (&wv)[U][2][2],
                                                 const __nv_bfloat16* const (&wrow)[2][2],
                                                 const bool (&wok)[2][2], int c0, int k_end, int t) {
 #pragma unroll
-  for (int u = 0; u < U; ++u) {
-    const int k = (c0 + kGvWarps * u) * kGvChunk + 8 * t;
-    const bool kok = k < k_end;
-#pragma unroll
-    for (int rg = 0; rg < 2; ++rg)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) wv[u][rg][h] = ldg_stream16(wrow[rg][h] + k, kok && wok[rg][h]);
-  }
+  for (int u = 0; u < U; ++u) gv_load_weight_chunk(wv[u], wrow, wok, c0 + kGvWarps * u, k_end, t);
 }
 
 // One mma step s of a chunk: A = the lane's weight words 2s, 2s + 1 of rows g and g + 8;

@@ -25,17 +25,8 @@ ParamCounts param_counts(const ModelConfig& c) {
   return p;
 }
 
-int64_t kda_slot_bytes(const ModelConfig& c, int sb) {
-  int64_t per_layer = int64_t(c.kda_num_heads) * kKdaHeadDim * kKdaHeadDim +
-                      3 * int64_t(c.kda_num_heads) * kKdaHeadDim * (kKdaConvSize - 1);
-  return per_layer * c.num_kda_layers() * sb;
-}
-
-int64_t mla_token_bytes(const ModelConfig& c, int sb) {
-  return int64_t(kMlaCacheDim) * c.num_mla_layers() * sb;
-}
-
-StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, int wb, int sb) {
+StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, int wb,
+                            const CacheEntryBytes& cache) {
   ParamCounts p = param_counts(c);
   StepBytes s;
   const double E = c.num_experts, k = c.num_experts_per_token;
@@ -43,9 +34,8 @@ StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, in
   double params = double(p.dense) + double(batch) * c.hidden_size +
                   s.expected_experts_per_layer * p.num_moe_layers * double(p.per_expert);
   s.weights = params * wb;
-  s.state = double(batch) *
-            (2.0 * double(kda_slot_bytes(c, sb)) +
-             double(context) * double(mla_token_bytes(c, sb)) + double(mla_token_bytes(c, sb)));
+  s.state =
+      double(batch) * (2.0 * double(cache.slot) + double(context + 1) * double(cache.mla_token));
   return s;
 }
 

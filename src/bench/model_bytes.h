@@ -4,15 +4,18 @@
 //            lm_head), B rows of the embedding, and in each MoE layer the experts the B tokens
 //            route to — E·(1 − (1 − k/E)^B) distinct experts on average under uniform routing
 //            (the bound the router can't beat on average; real routing is less uniform);
-//   state:   per KDA layer and sequence the recurrent state H·128·128 and the conv state
-//            3·H·128·3, each read and written; per MLA layer and sequence C·576 cached values
-//            read and one row of 576 written.
-// Element sizes are the backend's: fp32 weights and state on the CPU backend.
+//   state:   per sequence its KDA slot (recurrent state H·128·128 and conv state 3·H·128·3 per
+//            KDA layer), read and written; per MLA layer and sequence C cached tokens read and
+//            one written.
+// Element sizes are the backend's: fp32 weights on the CPU, bf16 on CUDA; the caches' as
+// cache_entry_bytes (model/model.h) gives them for the run's options (--kv-cache-dtype fp8: 656
+// bytes per cached token and MLA layer on CUDA).
 #pragma once
 
 #include <cstdint>
 
 #include "model/config.h"
+#include "model/model.h"
 
 namespace kimi::bench {
 
@@ -35,11 +38,6 @@ struct StepBytes {
 };
 
 StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, int weight_bytes,
-                            int state_bytes);
-
-// Per-sequence cache sizes (bytes) at the given element size: the KDA slot (recurrent + conv
-// state over all KDA layers) and one MLA token (576 values over all MLA layers).
-int64_t kda_slot_bytes(const ModelConfig& c, int state_bytes);
-int64_t mla_token_bytes(const ModelConfig& c, int state_bytes);
+                            const CacheEntryBytes& cache);
 
 }  // namespace kimi::bench

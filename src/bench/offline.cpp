@@ -88,11 +88,6 @@ int weight_elem_bytes(const std::string& backend) {
   fail("unknown backend '", backend, "' (expected cpu or cuda)");
 }
 
-int state_elem_bytes(const std::string& backend) {
-  if (backend == "cpu" || backend == "cuda") return 4;  // fp32 KDA state and MLA cache
-  fail("unknown backend '", backend, "' (expected cpu or cuda)");
-}
-
 OfflineResults run_offline(const OfflineOptions& o) {
   if (o.prompt_lens.empty() && o.batches.empty())
     fail("nothing to measure: no prompt lengths and no batch sizes");
@@ -111,7 +106,6 @@ OfflineResults run_offline(const OfflineOptions& o) {
   OfflineResults r;
   r.backend = o.backend;
   r.weight_elem_bytes = weight_elem_bytes(o.backend);
-  r.state_elem_bytes = state_elem_bytes(o.backend);
   r.threads = omp_get_max_threads();
   if (o.random_weights) {
     if (o.config_file.empty()) fail("--random-weights needs --config FILE");
@@ -139,10 +133,11 @@ OfflineResults run_offline(const OfflineOptions& o) {
   mo.max_batch_tokens = std::max(o.prefill_chunk, max_batch);  // CUDA: the activation arena's size
   std::unique_ptr<Model> model =
       o.random_weights ? random_weights_model(r.config, mo) : load_model(o.model_dir, mo);
+  r.kv_cache_dtype = kv_cache_dtype_name(mo.kv_cache_dtype);
+  r.cache = cache_entry_bytes(r.config, mo);
   r.memory.weight_bytes = r.params.total * r.weight_elem_bytes;
-  r.memory.cache_bytes =
-      int64_t(mo.cache.num_slots) * kda_slot_bytes(r.config, r.state_elem_bytes) +
-      int64_t(mo.cache.num_blocks) * kBlockSize * mla_token_bytes(r.config, r.state_elem_bytes);
+  r.memory.cache_bytes = int64_t(mo.cache.num_slots) * r.cache.slot +
+                         int64_t(mo.cache.num_blocks) * kBlockSize * r.cache.mla_token;
 
   Runner run(*model, bps);
   run.prefill(0, std::min(64, o.prompt_lens.empty() ? 64 : o.prompt_lens.front()), o.prefill_chunk,
@@ -187,8 +182,8 @@ OfflineResults run_offline(const OfflineOptions& o) {
       d.tpot_ms = step_s * 1e3;
       d.tokens_per_s = B / step_s;
       // Depth in the middle of the timed steps.
-      d.bytes = decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes,
-                                  r.state_elem_bytes);
+      d.bytes =
+          decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.cache);
       d.achieved_gbps = d.bytes.total() / step_s / 1e9;
       r.decode.push_back(d);
       progress.tick();

@@ -66,7 +66,9 @@ struct OfflineResults {
   int threads = 0;
   ModelConfig config;
   ParamCounts params;
-  int weight_elem_bytes = 0, state_elem_bytes = 0;
+  int weight_elem_bytes = 0;
+  std::string kv_cache_dtype;  // what the cache stored: bf16 or fp8
+  CacheEntryBytes cache;       // a KDA slot, an MLA token, as the backend stores them
   std::vector<PrefillPoint> prefill;
   std::vector<DecodePoint> decode;
   MemoryUse memory;
@@ -76,9 +78,8 @@ struct OfflineResults {
 
 OfflineResults run_offline(const OfflineOptions& o);
 
-// Element sizes the backend stores weights and state in (CPU: fp32 everything). Throws for
-// an unknown backend.
+// Element size the backend stores weights in (CPU: fp32, CUDA: bf16). Throws for an unknown
+// backend.
 int weight_elem_bytes(const std::string& backend);
-int state_elem_bytes(const std::string& backend);
 
 }  // namespace kimi::bench

@@ -21,8 +21,10 @@ std::string mib(int64_t b) {
 std::string format_offline_table(const OfflineResults& r, const std::string& model_label) {
   std::string s = "model " + model_label + ", backend " + r.backend + ", " +
                   std::to_string(r.threads) + " threads; " + f("%.3g", double(r.params.total)) +
-                  " parameters (" + std::to_string(r.weight_elem_bytes) + " B each), state " +
-                  std::to_string(r.state_elem_bytes) + " B per value\n\n";
+                  " parameters (" + std::to_string(r.weight_elem_bytes) +
+                  " B each); caches: " + std::to_string(r.cache.slot) + " B per KDA slot, " +
+                  std::to_string(r.cache.mla_token) + " B per MLA token (" + r.kv_cache_dtype +
+                  ")\n\n";
   if (!r.prefill.empty()) {
     s += "| prefill | prompt tokens | time (ms) | tokens/s | CPU share "
          "|\n|---|---:|---:|---:|---:|\n";
@@ -67,7 +69,9 @@ nlohmann::ordered_json offline_json(const OfflineResults& r, const std::string& 
   j["threads"] = r.threads;
   j["parameters"] = r.params.total;
   j["weight_elem_bytes"] = r.weight_elem_bytes;
-  j["state_elem_bytes"] = r.state_elem_bytes;
+  j["kv_cache_dtype"] = r.kv_cache_dtype;
+  j["kda_slot_bytes"] = r.cache.slot;
+  j["mla_token_bytes"] = r.cache.mla_token;
   auto& pre = j["prefill"] = nlohmann::ordered_json::array();
   for (auto& p : r.prefill)
     pre.push_back({{"prompt_len", p.prompt_len},

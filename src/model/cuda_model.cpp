@@ -173,6 +173,11 @@ CudaModel::Impl::Sizes CudaModel::Impl::plan_sizes() {
   conv_elem = high ? 4 : 2;  // the conv state holds the projections' precision
   sz.slot = size_t(cfg.num_kda_layers()) * (conv_per_slot * conv_elem + state_per_slot * 4);
   sz.block = size_t(cfg.num_mla_layers()) * mla_block_bytes;
+  // kimi-bench counts by cache_entry_bytes: it must describe this layout.
+  static_assert(kMlaFp8RowBytes == cuda::kMlaFp8Row);
+  const CacheEntryBytes e = cache_entry_bytes(cfg, opts);
+  KIMI_CHECK(size_t(e.slot) == sz.slot && size_t(e.mla_token) * kBlockSize == sz.block,
+             "cache_entry_bytes does not describe the CUDA cache layout");
   Tm = opts.max_batch_tokens;
   logit_rows = int(std::clamp<int64_t>((int64_t(256) << 20) / (int64_t(cfg.vocab_size) * 4), 1, Tm));
   max_partials = 8 * prop.multiProcessorCount;

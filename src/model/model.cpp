@@ -59,13 +59,25 @@ const char* kv_cache_dtype_name(KvCacheDtype d) {
   return d == KvCacheDtype::kFp8 ? "fp8" : "bf16";
 }
 
+CacheEntryBytes cache_entry_bytes(const ModelConfig& c, const ModelOptions& opts) {
+  const bool cuda = opts.backend == "cuda";
+  const int64_t state = int64_t(c.kda_num_heads) * kKdaHeadDim * kKdaHeadDim;
+  const int64_t conv = int64_t(3) * c.kda_num_heads * kKdaHeadDim * (kKdaConvSize - 1);
+  const int conv_elem = cuda && opts.precision != Precision::kHigh ? 2 : 4;
+  const int64_t row = !cuda                                       ? int64_t(kMlaCacheDim) * 4
+                      : opts.kv_cache_dtype == KvCacheDtype::kFp8 ? int64_t(kMlaFp8RowBytes)
+                                                                  : int64_t(kMlaCacheDim) * 2;
+  return {c.num_kda_layers() * (state * 4 + conv * conv_elem), c.num_mla_layers() * row};
+}
+
 CacheBudget cache_budget(const ModelConfig& c, const ModelOptions& opts, double memory_fraction,
                          int64_t cpu_budget_bytes) {
   CacheBudget b;
   if (opts.backend != "cuda") {
-    b.slot_bytes = int64_t(c.num_kda_layers()) * c.kda_num_heads * kKdaHeadDim *
-                   (kKdaHeadDim + 3 * (kKdaConvSize - 1)) * 4;
-    b.block_bytes = int64_t(std::max(c.num_mla_layers(), 1)) * kBlockSize * kMlaCacheDim * 4;
+    const CacheEntryBytes e = cache_entry_bytes(c, opts);
+    b.slot_bytes = e.slot;
+    // Priced as one MLA layer's at least, so a config without one still has a bounded count.
+    b.block_bytes = kBlockSize * std::max<int64_t>(e.mla_token, kMlaCacheDim * 4);
     b.budget_bytes = cpu_budget_bytes;
     b.how = str("the CPU cache budget of ", cpu_budget_bytes >> 20, " MiB");
     return b;

@@ -109,6 +109,9 @@ enum class KvCacheDtype { kBf16, kFp8 };
 // "auto" (= bf16) / "bf16" / "fp8" (the --kv-cache-dtype values); anything else is refused.
 KvCacheDtype parse_kv_cache_dtype(const std::string& name);
 const char* kv_cache_dtype_name(KvCacheDtype d);
+// One token of one MLA layer in the CUDA fp8 cache: ĉ as e4m3 | k_pe in bf16 | one fp32 scale
+// per 128 values of ĉ (kernels/mla/mla.h's kMlaFp8Row, which must equal it).
+constexpr int kMlaFp8RowBytes = kMlaLatentDim + 2 * kMlaRopeDim + 4 * (kMlaLatentDim / 128);
 
 struct ModelOptions {
   std::string backend = "cpu";  // "cpu" or "cuda"
@@ -129,6 +132,17 @@ struct ModelOptions {
   // experts) instead of by their intermediate dimension (vLLM's --enable-expert-parallel).
   bool expert_parallel = false;
 };
+
+// One KDA slot (recurrent + conv state over all KDA layers) and one token of the MLA latent cache
+// (all MLA layers), in bytes, as opts.backend stores them: fp32 throughout on the CPU (the fp8
+// round trip too); on CUDA the recurrent state in fp32, the conv state in the projections'
+// precision (bf16; fp32 with Precision::kHigh) and the latent cache in bf16 (1152 bytes per token
+// and layer) or fp8 (kMlaFp8RowBytes = 656). From the config alone: what the backends size their
+// caches by, and what kimi-bench counts.
+struct CacheEntryBytes {
+  int64_t slot = 0, mla_token = 0;
+};
+CacheEntryBytes cache_entry_bytes(const ModelConfig& config, const ModelOptions& opts);
 
 // What the caches may take on each device, and what one KDA slot and one MLA block cost there.
 // CPU: cpu_budget_bytes (fp32 caches). CUDA: memory_fraction of each GPU's total memory, less

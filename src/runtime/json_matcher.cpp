@@ -67,14 +67,20 @@ bool JsonMatcher::fits(const Thread& t, uint32_t node) const {
   return int(t.stack.size()) + schema_->nodes[node].min_depth <= kMaxDepth;
 }
 
-bool JsonMatcher::may_add_key(const Thread& t) const {
+bool JsonMatcher::may_add_declared(const Thread& t) const {
   const Frame& f = t.stack.back();
   const SchemaNode& n = schema_->nodes[f.node];
-  if (n.keys.empty()) return n.free_values >= 0 && fits(t, uint32_t(n.free_values));
   if (f.count >= n.keys.size()) return false;
   for (int i = int(f.count); i <= n.next_required[f.count]; ++i)
     if (fits(t, n.values[size_t(i)])) return true;
   return false;
+}
+
+// Extra keys come once every required property has (and end the declared ones).
+bool JsonMatcher::may_add_extra(const Thread& t) const {
+  const Frame& f = t.stack.back();
+  const SchemaNode& n = schema_->nodes[f.node];
+  return n.free_values >= 0 && int(f.count) > n.last_required && fits(t, uint32_t(n.free_values));
 }
 
 bool JsonMatcher::may_close_object(const Thread& t) const {
@@ -83,14 +89,26 @@ bool JsonMatcher::may_close_object(const Thread& t) const {
   return n.keys.empty() || int(f.count) > n.last_required;
 }
 
-// After the '"' that opens a key (may_add_key held).
-bool JsonMatcher::begin_key(Thread& t) const {
-  const Frame& f = t.stack.back();
-  const SchemaNode& n = schema_->nodes[f.node];
-  if (n.keys.empty()) {
-    enter(t, kString);
-    t.lex.aux = kInKey;
-    return true;
+// After the '"' that opens a key (may_add_declared or may_add_extra held): a thread for each kind
+// of key that may come.
+bool JsonMatcher::begin_key(Thread& t, std::vector<Thread>& forks) const {
+  const SchemaNode& n = schema_->nodes[t.stack.back().node];
+  const bool declared = may_add_declared(t);
+  if (may_add_extra(t)) {
+    Thread x = t;
+    enter(x, kString);
+    x.lex.aux = kInKey;
+    if (n.key_choice >= 0) {  // an extra key must differ from every declared one
+      x.lex.aux |= kExtraKey;
+      x.lex.choice = n.key_choice;
+      x.lex.last = uint32_t(schema_->choices[size_t(n.key_choice)].texts.size());
+      x.lex.offset = 1;  // every key text starts with the quote
+    }
+    if (!declared) {
+      t = std::move(x);
+      return true;
+    }
+    forks.push_back(std::move(x));
   }
   enter(t, kChoice);
   t.lex.aux = kInKey;
@@ -157,16 +175,40 @@ bool JsonMatcher::begin_concrete(Thread& t, uint32_t node, uint8_t c, std::vecto
   }
 }
 
-// One byte of an enum value or a declared key: the live texts [first, last) share `offset`
-// bytes, so those that continue with c are a contiguous run (sorted as unsigned bytes).
+// The live texts [first, last) of a choice share `offset` bytes, so those that continue with c
+// are a contiguous run (sorted as unsigned bytes): [a, b).
+std::pair<uint32_t, uint32_t> JsonMatcher::narrow(const Lex& l, uint8_t c) const {
+  const SchemaChoice& ch = schema_->choices[size_t(l.choice)];
+  auto byte = [&](uint32_t i) {
+    return ch.texts[i].size() > l.offset ? int(uint8_t(ch.texts[i][l.offset])) : -1;
+  };
+  uint32_t a = l.first;
+  while (a < l.last && byte(a) < int(c)) ++a;
+  uint32_t b = a;
+  while (b < l.last && byte(b) == int(c)) ++b;
+  return {a, b};
+}
+
+// A byte of an extra key (not its closing quote): the declared keys it may still equal narrow to
+// those going on with c. Once none does, no escape can make it one of them: it is a free key.
+void JsonMatcher::extra_key_byte(Lex& l, uint8_t c) const {
+  const auto [a, b] = narrow(l, c);
+  if (a == b) {
+    l.aux &= uint8_t(~kExtraKey);
+    l.choice = -1;
+    l.first = l.last = l.offset = 0;
+    return;
+  }
+  l.first = a;
+  l.last = b;
+  ++l.offset;
+}
+
+// One byte of an enum value or a declared key.
 bool JsonMatcher::step_choice(Thread& t, uint8_t c, std::vector<Thread>& forks) const {
   const SchemaChoice& ch = schema_->choices[size_t(t.lex.choice)];
   const uint32_t off = t.lex.offset;
-  auto byte = [&](uint32_t i) { return ch.texts[i].size() > off ? int(uint8_t(ch.texts[i][off])) : -1; };
-  uint32_t a = t.lex.first;
-  while (a < t.lex.last && byte(a) < int(c)) ++a;
-  uint32_t b = a;
-  while (b < t.lex.last && byte(b) == int(c)) ++b;
+  const auto [a, b] = narrow(t.lex, c);
   const bool key = t.lex.aux & kInKey;
   bool live = a < b;
   if (key) {  // only keys that may come next and whose value still fits under the depth limit
@@ -241,7 +283,7 @@ bool JsonMatcher::structural(Thread& t, uint8_t c, std::vector<Thread>& forks) c
       if (c == '}') return may_close_object(t) && close(t, c);
       [[fallthrough]];
     case kKey:
-      return c == '"' && may_add_key(t) && begin_key(t);
+      return c == '"' && (may_add_declared(t) || may_add_extra(t)) && begin_key(t, forks);
     case kColon: {
       if (c != ':') return false;
       const uint32_t value = t.stack.back().value;
@@ -267,7 +309,7 @@ bool JsonMatcher::structural(Thread& t, uint8_t c, std::vector<Thread>& forks) c
         return true;
       }
       if (c == '}') return may_close_object(t) && close(t, c);
-      if (c != ',' || !may_add_key(t)) return false;
+      if (c != ',' || !(may_add_declared(t) || may_add_extra(t))) return false;
       enter(t, kKey);
       return true;
     }
@@ -296,8 +338,16 @@ bool JsonMatcher::step_thread(Thread& t, uint8_t c, std::vector<Thread>& forks) 
     case kString:
       if (c == '"') {
         if (l.aux & kInKey) {
+          // An extra key equal to a declared one is that key: the declared-key thread reads it
+          // where it may come, and it never comes twice or with the extra keys' schema.
+          if (l.aux & kExtraKey) {
+            const auto [a, b] = narrow(l, c);
+            if (a != b) return false;
+          }
           Frame& f = t.stack.back();
-          f.value = uint32_t(schema_->nodes[f.node].free_values);
+          const SchemaNode& n = schema_->nodes[f.node];
+          f.value = uint32_t(n.free_values);
+          f.count = uint32_t(n.keys.size());  // no declared key after an extra one
           enter(t, kColon);
         } else {
           end_value(t);
@@ -305,10 +355,12 @@ bool JsonMatcher::step_thread(Thread& t, uint8_t c, std::vector<Thread>& forks) 
         return true;
       }
       if (c == '\\') {
+        if (l.aux & kExtraKey) return false;  // "\u0061" would spell a declared key "a"
         l.mode = kEscape;
         return true;
       }
       if (c < 0x20) return false;  // control characters must be escaped
+      if (l.aux & kExtraKey) extra_key_byte(l, c);
       if (c < 0x80) return true;
       // A UTF-8 lead byte: how many continuation bytes follow and the range of the first (no
       // overlong forms, no surrogates, nothing above U+10FFFF).
@@ -324,6 +376,7 @@ bool JsonMatcher::step_thread(Thread& t, uint8_t c, std::vector<Thread>& forks) 
       return true;
     case kUtf8:
       if (c < l.lo || c > l.hi) return false;
+      if (l.aux & kExtraKey) extra_key_byte(l, c);
       l.lo = 0x80;
       l.hi = 0xBF;
       if (--l.count == 0) l.mode = kString, l.lo = l.hi = 0;

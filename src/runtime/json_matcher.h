@@ -10,7 +10,10 @@
 // branch, stepped together (at most kMaxThreads; beyond that the later branches are dropped,
 // which narrows what may be generated but never admits an invalid document). Object keys come
 // in the schema's order and are matched, like enum values, against the sorted set of texts that
-// may come next.
+// may come next. Extra keys (additionalProperties true or a schema) come after every required
+// one, and no declared key after them; where both kinds may come a thread follows each. An extra
+// key must differ from every declared key: it is matched against their texts as it goes and may
+// hold escapes only once it has left them all behind.
 //
 // Limits that keep a model from looping inside the grammar and keep numbers parseable as doubles:
 // nesting depth <= kMaxDepth, runs of whitespace between tokens <= kMaxWhitespaceRun bytes,
@@ -23,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "runtime/json_schema.h"
@@ -62,7 +66,8 @@ class JsonMatcher {
     kArrayOpen,   // after '[': a value or ']'
     kAfterValue,  // in a container after a value: ',' or its closing bracket
     kChoice,      // an enum value or a declared key: one of choices[choice] (aux kInKey: a key)
-    kString,      // inside a string (aux & kInKey: a key of an object without declared properties)
+    kString,      // inside a string (aux & kInKey: a key not matched as a declared one; with
+                  // kExtraKey, the declared keys it may still equal: choice, first, last, offset)
     kEscape,      // after '\' in a string
     kUnicode,     // \u: count hex digits read so far, code their value
     kLowBackslash,  // after a high-surrogate escape: '\' of the low one
@@ -72,7 +77,8 @@ class JsonMatcher {
     kMinus, kZero, kInt, kDot, kFrac, kExpMark, kExpSign, kExpDigits,  // number parts
     kDone,
   };
-  static constexpr uint8_t kInKey = 1, kLowSurrogate = 2, kIntegerOnly = 4, kNegative = 8;
+  static constexpr uint8_t kInKey = 1, kLowSurrogate = 2, kIntegerOnly = 4, kNegative = 8,
+                           kExtraKey = 16;
 
   // Where the current token stands: plain data, saved and restored around a refused byte.
   struct Lex {
@@ -91,7 +97,8 @@ class JsonMatcher {
   struct Frame {
     uint32_t node;
     bool array;
-    uint32_t count;  // object: properties (declared) consumed; array: items before the current
+    uint32_t count;  // object: declared properties consumed (all after an extra key); array: items
+                     // before the current
     uint32_t value;  // object: the node of the value after the current key
     bool operator==(const Frame&) const = default;
   };
@@ -105,7 +112,9 @@ class JsonMatcher {
   bool structural(Thread& t, uint8_t c, std::vector<Thread>& forks) const;
   bool begin_value(Thread& t, uint32_t node, uint8_t c, std::vector<Thread>& forks) const;
   bool begin_concrete(Thread& t, uint32_t node, uint8_t c, std::vector<Thread>& forks) const;
-  bool begin_key(Thread& t) const;
+  bool begin_key(Thread& t, std::vector<Thread>& forks) const;
+  std::pair<uint32_t, uint32_t> narrow(const Lex& l, uint8_t c) const;
+  void extra_key_byte(Lex& l, uint8_t c) const;
   bool step_choice(Thread& t, uint8_t c, std::vector<Thread>& forks) const;
   bool end_then_step(Thread& t, uint8_t c, std::vector<Thread>& forks) const;
   bool close(Thread& t, uint8_t c) const;
@@ -113,7 +122,8 @@ class JsonMatcher {
   void enter(Thread& t, Mode m) const;
   void end_value(Thread& t) const;
   bool fits(const Thread& t, uint32_t node) const;  // a value of node can still be completed
-  bool may_add_key(const Thread& t) const;
+  bool may_add_declared(const Thread& t) const;
+  bool may_add_extra(const Thread& t) const;
   bool may_close_object(const Thread& t) const;
 
   std::shared_ptr<const JsonSchema> schema_;

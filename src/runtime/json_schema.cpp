@@ -298,12 +298,14 @@ class Compiler {
       const std::string p = join(path, "additionalProperties");
       if (!extra->is_boolean() && !extra->is_object())
         fail(p, "'additionalProperties' must be a boolean or a schema, got ", kind(*extra));
-      if (extra->is_object()) extra_node = node(*extra, p);  // checked even where unused
+      if (extra->is_object()) extra_node = node(*extra, p);
     }
-    if (n.keys.empty()) {
-      if (extra == s.end() || *extra == true) n.free_values = int(any());
-      else if (extra_node) n.free_values = int(*extra_node);
-    }
+    // Absent beside declared properties: none (what OpenAI's strict mode means; JSON Schema
+    // would allow any).
+    if (extra == s.end() ? n.keys.empty() : *extra == true)
+      n.free_values = int(any());
+    else if (extra_node)
+      n.free_values = int(*extra_node);
     const int np = int(n.keys.size());
     n.next_required.assign(size_t(np), np - 1);
     for (int pos = np - 1; pos >= 0; --pos)

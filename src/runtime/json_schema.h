@@ -6,9 +6,10 @@
 // minItems / maxItems, enum and const of scalars, anyOf, $ref to "#", "#/$defs/NAME" and
 // "#/definitions/NAME", boolean schemas, and the annotations title, description, default,
 // examples, $schema, $id, $comment, deprecated, readOnly, writeOnly. Every other keyword is
-// refused by name, never ignored. An object that declares properties gets only those keys
-// (whatever additionalProperties says: fewer keys are still valid); one that declares none takes
-// any keys whose values match additionalProperties (absent or true: any value; false: none).
+// refused by name, never ignored. Keys beyond the declared properties take values that match
+// additionalProperties (true: any value; false: none; absent: any value where no properties are
+// declared, none beside them, as in OpenAI's strict mode); they come after the declared ones
+// (runtime/json_matcher.h) and never repeat one.
 // A schema without type, enum, const, anyOf or $ref (e.g. {}) takes any JSON value.
 #pragma once
 
@@ -41,7 +42,7 @@ struct SchemaNode {
   // at or after p ends the run; the last property if none is).
   std::vector<int> next_required;
   int key_choice = -1;            // all the keys, sorted, tagged with their property index
-  int free_values = -1;           // no declared properties: any key, values of this node; -1: none
+  int free_values = -1;           // keys beyond the declared ones: values of this node; -1: none
   // Array.
   uint32_t items = 0;
   int min_items = 0, max_items = std::numeric_limits<int>::max();

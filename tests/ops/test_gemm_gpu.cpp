@@ -424,12 +424,19 @@ TEST(GemmGpu, SmallMOddShapesAndFeatures) {
     c.M = 3, c.N = N, c.K = 2304, c.out = cuda::GemmOut::kF32, c.inf_nan = true;
     check_small_m(gemm, c, rng);
   }
-  // Every k split count (cluster sizes 1..8, a short last split included).
+  // Every k split count (cluster sizes 1..8, a short last split included); K 4104 gives each
+  // warp several refills of its chunk registers and a k tail inside the last chunk.
   for (int splits = 1; splits <= 8; ++splits) {
     SmallMCase c;
     c.M = 3, c.N = 70, c.K = 1032, c.out = cuda::GemmOut::kF32, c.beta = 1.f;
     gemm.set_small_m_splits(splits);
     check_small_m(gemm, c, rng);
+    for (int M : {1, 16}) {
+      SmallMCase l;
+      l.M = M, l.N = 77, l.K = 4104, l.beta = 1.f, l.alpha = M == 1 ? 1.f : -0.75f;
+      l.out = M == 1 ? cuda::GemmOut::kF32 : cuda::GemmOut::kBF16;
+      check_small_m(gemm, l, rng);
+    }
   }
   gemm.set_small_m_splits(0);
   // Split-k partials are summed in a fixed order: bit-identical reruns.

@@ -162,6 +162,26 @@ check "  ... an invalid_request_error" is_error 400 invalid_request_error ""
 check "json_schema: bad \$ref" eq "$(schema_param '{"name":"x","schema":{"$ref":"#/$defs/nope"}}')" "$S.\$ref"
 check "json_schema: required names a missing property" eq "$(schema_param '{"name":"x","schema":{"properties":{"a":{}},"required":["b"]}}')" "$S.required[0]"
 check "json_schema: a required self-reference admits no document" eq "$(schema_param '{"name":"x","schema":{"type":"object","properties":{"a":{"$ref":"#"}},"required":["a"]}}')" "$S"
+# vLLM's extras through extra_body: guided_json (a JSON string of the schema here) and
+# structured_outputs.json go the json_schema path.
+check "guided_json completions: 200" eq "$(post /v1/completions "{\"prompt\":\"Answer:\",\"max_tokens\":440,\"temperature\":1,\"seed\":5,\"guided_json\":$(jq -cn --arg s "$SCHEMA" '$s')}")" 200
+check "guided_json completions: stopped with a valid document" \
+  jqe ".choices[0].finish_reason == \"stop\" and (.choices[0].text | $valid_doc)" "$WORK/body"
+check "structured_outputs.json chat: 200" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":440,\"temperature\":1,\"seed\":6,\"structured_outputs\":{\"json\":$SCHEMA}}")" 200
+check "structured_outputs.json chat: stopped with a valid document" \
+  jqe ".choices[0].finish_reason == \"stop\" and (.choices[0].message.content | $valid_doc)" "$WORK/body"
+check "the same schema in response_format and guided_json: 200" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":440,\"response_format\":$RF,\"guided_json\":$SCHEMA}")" 200
+check "  ... a valid document" jqe ".choices[0].message.content | $valid_doc" "$WORK/body"
+extra_param() {
+  post /v1/chat/completions "{\"messages\":$MSG,$1}" >/dev/null
+  echo "$(jq -r '.error.param' "$WORK/body")"
+}
+check "guided_json: unsupported keyword named" eq "$(extra_param '"guided_json":{"type":"string","pattern":"^a"}')" "guided_json.pattern"
+check "structured_outputs.json: unsupported keyword named" eq "$(extra_param '"structured_outputs":{"json":{"type":"number","minimum":0}}')" "structured_outputs.json.minimum"
+check "response_format json_object with a different guided_json: 400" eq "$(extra_param "\"response_format\":{\"type\":\"json_object\"},\"guided_json\":$SCHEMA")" "guided_json"
+check "  ... naming both" jqe '.error.message | test("response_format") and test("guided_json")' "$WORK/body"
+check "guided_choice: 400" eq "$(extra_param '"guided_choice":["yes","no"]')" "guided_choice"
+check "structured_outputs.regex: 400" eq "$(extra_param '"structured_outputs":{"regex":"a+"}')" "structured_outputs.regex"
 check "the server still answers after the 400s" eq "$(post /v1/completions '{"prompt":"hi","max_tokens":2}')" 200
 
 # --- prefix caching: the second turn starts from the first turn's prompt ---

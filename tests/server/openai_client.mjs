@@ -135,10 +135,11 @@ test('tool-call round trip through the stream helper', async () => {
   assert.ok(next.usage.prompt_tokens > final.usage.prompt_tokens);
 });
 
+// Bounded documents (an enum, a boolean, capped whitespace): generation ends within 440 tokens.
+const schema = { type: 'object', properties: { ok: { type: 'boolean' }, color: { enum: ['red', 'green', 'blue'] } },
+  required: ['ok', 'color'], additionalProperties: false };
+
 test('structured outputs: chat.completions.parse with a json_schema response_format', async () => {
-  // Bounded documents (an enum, a boolean, capped whitespace): generation ends within 440 tokens.
-  const schema = { type: 'object', properties: { ok: { type: 'boolean' }, color: { enum: ['red', 'green', 'blue'] } },
-    required: ['ok', 'color'], additionalProperties: false };
   const r = await client.chat.completions.parse({ model, messages, max_tokens: 440, seed: 4, temperature: 1,
     response_format: { type: 'json_schema', json_schema: { name: 'answer', strict: true, schema } } });
   assert.equal(r.choices[0].finish_reason, 'stop');
@@ -149,6 +150,20 @@ test('structured outputs: chat.completions.parse with a json_schema response_for
   await assert.rejects(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema',
     json_schema: { name: 'x', schema: { type: 'string', format: 'email' } } } }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.json_schema.schema.format');
+});
+
+test("vLLM's guided_json and structured_outputs.json as extra body fields", async () => {
+  // The Python SDK's extra_body merges them into the body; the node SDK sends unknown params as given.
+  for (const extra of [{ guided_json: schema }, { structured_outputs: { json: JSON.stringify(schema) } }]) {
+    const r = await client.chat.completions.create({ model, messages, max_tokens: 440, seed: 9, temperature: 1, ...extra });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    const p = JSON.parse(r.choices[0].message.content);
+    assert.deepEqual(Object.keys(p), ['ok', 'color']);
+    assert.equal(typeof p.ok, 'boolean');
+    assert.ok(['red', 'green', 'blue'].includes(p.color));
+  }
+  await assert.rejects(client.chat.completions.create({ model, messages, guided_choice: ['yes', 'no'] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'guided_choice');
 });
 
 test('legacy completions, token-id prompt, logprobs', async () => {

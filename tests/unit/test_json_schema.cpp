@@ -5,6 +5,7 @@
 // lets through exactly the tokens whose bytes it accepts.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -98,6 +99,32 @@ bool valid(const ojson& root, const ojson& s, const nlohmann::json& v) {
   return true;
 }
 
+// Every name a schema declares in some "properties".
+void declared_names(const ojson& s, std::set<std::string>& out) {
+  if (s.is_object())
+    for (auto it = s.begin(); it != s.end(); ++it) {
+      if (it.key() == "properties" && it->is_object())
+        for (auto p = it->begin(); p != it->end(); ++p) out.insert(p.key());
+      declared_names(*it, out);
+    }
+  if (s.is_array())
+    for (const ojson& v : s) declared_names(v, out);
+}
+
+// The keys of each object of a document, duplicates kept (a parsed value keeps one of them).
+std::vector<std::vector<std::string>> object_keys(const std::string& text) {
+  std::vector<std::vector<std::string>> done, open;
+  using event = nlohmann::json::parse_event_t;
+  const nlohmann::json doc = nlohmann::json::parse(text, [&](int, event e, nlohmann::json& v) {
+    if (e == event::object_start) open.emplace_back();
+    if (e == event::key) open.back().push_back(v.get<std::string>());
+    if (e == event::object_end) done.push_back(std::move(open.back())), open.pop_back();
+    return true;
+  });
+  EXPECT_TRUE(open.empty()) << doc.dump();
+  return done;
+}
+
 const char* const kPerson = R"({
   "type": "object",
   "properties": {
@@ -139,6 +166,21 @@ const char* const kShapes = R"({
 
 const char* const kMap = R"({"type": "object", "additionalProperties": {"type": "array", "items": {"type": "integer"}}})";
 
+// Extra keys beside declared properties: after the required ones, never one of the declared.
+const char* const kExtras = R"({
+  "type": "object",
+  "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "note": {"type": "string"}},
+  "required": ["id"],
+  "additionalProperties": {"type": "boolean"}
+})";
+
+const char* const kOpenItems = R"({
+  "type": "array", "maxItems": 3,
+  "items": {"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"],
+            "additionalProperties": {"type": "object", "properties": {"v": {"type": "null"}},
+                                     "additionalProperties": true}}
+})";
+
 TEST(JsonSchemaMatcher, AcceptsValidDocumentsByteByByte) {
   const std::pair<const char*, std::vector<std::string>> cases[] = {
       {kPerson,
@@ -151,6 +193,13 @@ TEST(JsonSchemaMatcher, AcceptsValidDocumentsByteByByte) {
        {R"({"shapes":[{"kind":"circle","r":1.5},{"kind":"rect","w":1,"h":2},{"kind":"circle","d":3},"label"]})",
         R"({"shapes":[]})"}},
       {kMap, {R"({})", R"({"a":[1,2],"b":[],"a":[-3]})"}},
+      {kExtras,
+       {R"({"id":1})", R"({"id":1,"x":true})", R"({"id":1,"name":"a","x":true,"y":false})",
+        R"({"id":1,"nam":true,"names":false,"Name":true,"":false})",  // near the declared keys
+        R"({"id":1,"note":"n","x\u0041\n":true})"}},  // escapes once no declared key is near
+      {R"({"properties": {"a": {"type": "integer"}}, "additionalProperties": true})",
+       {R"({})", R"({"a":1,"b":[1,{"c":null}]})", R"({"b":"x","c":{}})"}},
+      {kOpenItems, {R"([{"k":"a"},{"k":"b","x":{},"y":{"v":null,"w":[true]}}])"}},
       {R"({})", {R"([1,"x",{"k":[null,true]}])", R"("s")", R"(-0.5)", R"(null)"}},
       {R"({"type": "array", "items": false})", {"[]"}},
       {R"({"type": ["integer", "boolean"]})", {"12", "false"}},
@@ -204,6 +253,13 @@ TEST(JsonSchemaMatcher, RefusesEachViolationAtItsFirstByte) {
       {kTree, R"({"value":1,"children":[{"value":2}]})", 33},  // "children" is required below too
       {kMap, R"({"k":[1,"x")", 8},
       {R"({"type": "object", "additionalProperties": false})", R"({")", 1},
+      {kExtras, R"({"x":true)", 2},                     // extra keys only after the required "id"
+      {kExtras, R"({"id":1,"name":"a","id")", 22},      // a declared key is never an extra one
+      {kExtras, R"({"id":1,"x":true,"name")", 22},      // nor comes after an extra one
+      {kExtras, R"({"id":1,"x":1)", 12},                // extra values match additionalProperties
+      {kExtras, R"({"id":1,"n\u)", 10},                 // "\u0061" could spell a declared key
+      {R"({"properties": {"a": {"type": "integer"}, "c": {}}})", R"({"a":1,"b")", 8},  // absent: none
+      {kOpenItems, R"([{"k":"a","x":{"v":1)", 19},
       {R"({"enum": ["a", "ab"]})", R"("ac")", 2},
   };
   for (const auto& [schema, text, at] : cases)
@@ -263,13 +319,16 @@ TEST(JsonSchemaMatcher, TopLevelScalarsMayEndOrGoOn) {
 // close things first). Every walk must find an accepted byte until the matcher is complete (no
 // dead ends) and what it wrote must parse and validate against the schema.
 TEST(JsonSchemaMatcher, RandomWalksFinishAndValidate) {
-  const char* const schemas[] = {kPerson, kTree, kShapes, kMap, R"({})",
+  const char* const schemas[] = {kPerson, kTree, kShapes, kMap, kExtras, kOpenItems, R"({})",
                                  R"({"type": "array", "minItems": 2, "maxItems": 5, "items": {"enum": [1, 12, 123]}})"};
   std::mt19937 rng(11);
   const std::string closers = "\"}]0n:,";
   for (const char* schema : schemas) {
     auto s = compile(schema);
     const ojson root = ojson::parse(schema);
+    std::set<std::string> declared;
+    declared_names(root, declared);
+    int extra_keys = 0;
     for (int walk = 0; walk < 60; ++walk) {
       JsonMatcher m(s);
       std::string text;
@@ -296,6 +355,19 @@ TEST(JsonSchemaMatcher, RandomWalksFinishAndValidate) {
       nlohmann::json v = nlohmann::json::parse(text, nullptr, false);
       ASSERT_FALSE(v.is_discarded()) << text;
       EXPECT_TRUE(valid(root, root, v)) << schema << "\n" << text;
+      // What parsing hides: a declared key twice in one object (extra keys may repeat, as the
+      // keys of an object without declared properties do).
+      for (const std::vector<std::string>& keys : object_keys(text))
+        for (size_t i = 0; i < keys.size(); ++i) {
+          if (!declared.count(keys[i])) {
+            ++extra_keys;
+          } else {
+            EXPECT_EQ(std::count(keys.begin(), keys.end(), keys[i]), 1) << keys[i] << " in " << text;
+          }
+        }
+    }
+    if (schema == kExtras || schema == kOpenItems) {
+      EXPECT_GT(extra_keys, 0) << schema;
     }
   }
 }
@@ -306,7 +378,7 @@ TEST(JsonSchemaTokenMask, EqualsBruteForce) {
   const std::vector<std::string> pieces = {
       "{", "}", "[", "]", ":", ",", "\"", " ", "\n", "name", "age", "tags", "kind", "admin", "user",
       "nick", "ad", "score", "null", "true", "1", "7", "0", ".", "e", "-", "\\u", "00e9", "x",
-      "\":", "\",\"", "\"}", "],", "\xc3\xa9", "address", "city", "ok"};
+      "\":", "\",\"", "\"}", "],", "\xc3\xa9", "address", "city", "ok", "id", "note", "na"};
   const Tokenizer tok = test::fragment_tokenizer(pieces, 6000, 1, 3, 5);
   const int V = tok.vocab_size() + 3;
   JsonTokenMask masks(tok, V);
@@ -318,6 +390,8 @@ TEST(JsonSchemaTokenMask, EqualsBruteForce) {
         R"({"name":"x","age":1,"tags":["a"],"kind":)", R"({"name":"x","age":1,"tags":["a"],"kind":"ad)",
         R"({"name":"x","age":1,"tags":["a"],"kind":7)", R"({"name":"x","age":1,"tags":["a"],"kind":7})"}},
       {kShapes, {R"({"shapes":[)", R"({"shapes":[{"kind":"circle",)"}},
+      {kExtras, {R"({"id":1,)", R"({"id":1,")", R"({"id":1,"na)", R"({"id":1,"nax)", R"({"id":1,"x":)",
+                 R"({"id":1,"x":true,")"}},
       {R"({"enum": [1, 17, 170]})", {"", "1", "17"}},
   };
   for (const auto& [schema, prefixes] : states) {

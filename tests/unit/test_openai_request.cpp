@@ -473,3 +473,137 @@ TEST(OpenAIRequest, JsonSchemaResponseFormat) {
   for (int i = 0; i < 2000; ++i) deep = {{"type", "array"}, {"items", std::move(deep)}};
   EXPECT_EQ(param_of(schema_format(deep)).rfind(s + ".items.items", 0), 0u);
 }
+
+namespace {
+
+// The 400 an invalid body gets ("<none>" when it is accepted): param, then message.
+std::pair<std::string, std::string> rejection(const json& b, bool is_chat = true) {
+  try {
+    is_chat ? parse_chat(b) : parse_cmpl(b);
+  } catch (const ApiException& e) {
+    return {e.error.param, e.error.message};
+  }
+  return {"<none>", ""};
+}
+
+}  // namespace
+
+// vLLM's structured-output extras: guided_json and structured_outputs.json (a schema or a JSON
+// string of one) compile onto the json_schema path, structured_outputs.json_object onto JSON
+// mode; everything that is not a JSON schema is refused by name; several formats must agree.
+TEST(OpenAIRequest, GuidedJsonAndStructuredOutputs) {
+  const json schema = {{"type", "object"},
+                       {"properties", {{"a", {{"type", "integer"}}}}},
+                       {"required", {"a"}},
+                       {"additionalProperties", false}};
+  const std::pair<json, std::string> forms[] = {
+      {{{"guided_json", schema}}, "guided_json"},
+      {{{"guided_json", schema.dump()}}, "guided_json"},
+      {{{"structured_outputs", {{"json", schema}}}}, "structured_outputs.json"},
+      {{{"structured_outputs", {{"json", schema.dump()}, {"disable_fallback", true}}}},
+       "structured_outputs.json"},
+      // The same schema twice: response_format's is used.
+      {{{"response_format", schema_format(schema)}, {"guided_json", schema.dump()}},
+       "response_format.json_schema.schema"},
+      {{{"guided_json", schema}, {"structured_outputs", {{"json", schema}}}}, "guided_json"},
+      {{{"response_format", {{"type", "text"}}}, {"guided_json", schema}}, "guided_json"},
+  };
+  for (bool is_chat : {true, false}) {
+    for (const auto& [extra, param] : forms) {
+      json body = is_chat ? chat(extra) : json{{"model", "m"}, {"prompt", "hi"}};
+      if (!is_chat) body.update(extra);
+      GenerationRequest r = is_chat ? parse_chat(body) : parse_cmpl(body);
+      EXPECT_EQ(r.engine.response_format, kimi::ResponseFormat::kJsonSchema) << extra.dump();
+      EXPECT_EQ(r.schema_param, param);
+      ASSERT_NE(r.engine.json_schema, nullptr);
+      kimi::JsonMatcher m(r.engine.json_schema), other = m;
+      EXPECT_TRUE(m.step(std::string_view("{\"a\": 7}")) && m.complete());
+      EXPECT_FALSE(other.step(std::string_view("{\"b\"")));
+    }
+  }
+  EXPECT_EQ(
+      parse_chat(chat({{"structured_outputs", {{"json_object", true}}}})).engine.response_format,
+      kimi::ResponseFormat::kJsonObject);
+  EXPECT_EQ(parse_chat(chat({{"response_format", {{"type", "json_object"}}},
+                             {"structured_outputs", {{"json_object", true}}}}))
+                .engine.response_format,
+            kimi::ResponseFormat::kJsonObject);
+  for (const json& absent :
+       {json{{"guided_json", nullptr}}, json{{"structured_outputs", nullptr}},
+        json{{"structured_outputs", {{"json", nullptr}, {"json_object", false}}}}}) {
+    GenerationRequest r = parse_chat(chat(absent));
+    EXPECT_EQ(r.engine.response_format, kimi::ResponseFormat::kText) << absent.dump();
+    EXPECT_TRUE(r.schema_param.empty());
+  }
+
+  // The properties come in the schema's key order: "b" before "a", both required. A string
+  // schema keeps its own order even through parse_chat_request; an object one through the
+  // parse_*_body entry points.
+  const std::string ordered = R"({"type": "object", "properties": {"b": {"type": "null"}, )"
+                              R"("a": {"type": "null"}}, "required": ["b", "a"]})";
+  auto expect_b_first = [](const GenerationRequest& r) {
+    ASSERT_NE(r.engine.json_schema, nullptr);
+    kimi::JsonMatcher m(r.engine.json_schema), other = m;
+    EXPECT_TRUE(m.step(std::string_view(R"({"b":null,"a":null})")) && m.complete());
+    EXPECT_FALSE(other.step(std::string_view(R"({"a")")));
+  };
+  expect_b_first(parse_chat(chat({{"guided_json", ordered}})));
+  expect_b_first(parse_cmpl({{"prompt", "hi"}, {"structured_outputs", {{"json", ordered}}}}));
+  const std::string chat_head = R"({"messages": [{"role": "user", "content": "hi"}])";
+  expect_b_first(
+      kimi::server::parse_chat_body(chat_head + R"(, "guided_json": )" + ordered + "}", limits()));
+  expect_b_first(kimi::server::parse_completion_body(
+      R"({"prompt": "hi", "structured_outputs": {"json": )" + ordered + "}}", limits()));
+
+  const std::pair<json, std::string> bad[] = {
+      // Unsupported keywords and malformed schemas: the path inside the field.
+      {{{"guided_json", {{"type", "string"}, {"pattern", "^a"}}}}, "guided_json.pattern"},
+      {{{"guided_json", R"({"type": "string", "minLength": 2})"}}, "guided_json.minLength"},
+      {{{"structured_outputs", {{"json", {{"properties", {{"a", {{"format", "date"}}}}}}}}}},
+       "structured_outputs.json.properties.a.format"},
+      {{{"guided_json", "{\"type\": "}}, "guided_json"},  // a string that is not JSON
+      {{{"guided_json", 5}}, "guided_json"},
+      {{{"guided_json", "[1]"}}, "guided_json"},
+      {{{"structured_outputs", "json"}}, "structured_outputs"},
+      {{{"structured_outputs", {{"json_object", "yes"}}}}, "structured_outputs.json_object"},
+      // Constraints other than a JSON schema.
+      {{{"guided_choice", {"yes", "no"}}}, "guided_choice"},
+      {{{"guided_regex", "a+"}}, "guided_regex"},
+      {{{"guided_grammar", "root ::= \"a\""}}, "guided_grammar"},
+      {{{"guided_whitespace_pattern", " ?"}, {"guided_json", schema}}, "guided_whitespace_pattern"},
+      {{{"structured_outputs", {{"choice", {"yes", "no"}}}}}, "structured_outputs.choice"},
+      {{{"structured_outputs", {{"regex", "a+"}}}}, "structured_outputs.regex"},
+      {{{"structured_outputs", {{"grammar", "root ::= \"a\""}}}}, "structured_outputs.grammar"},
+      {{{"structured_outputs", {{"structural_tag", "{}"}}}}, "structured_outputs.structural_tag"},
+      {{{"structured_outputs", {{"json", schema}, {"whitespace_pattern", " "}}}},
+       "structured_outputs.whitespace_pattern"},
+      {{{"structured_outputs", {{"json", schema}, {"disable_any_whitespace", true}}}},
+       "structured_outputs.disable_any_whitespace"},
+      {{{"structured_outputs", {{"json", schema}, {"disable_additional_properties", true}}}},
+       "structured_outputs.disable_additional_properties"},
+      {{{"structured_outputs", {{"jsn", schema}}}}, "structured_outputs.jsn"},
+      // Two formats that differ.
+      {{{"response_format", schema_format(schema)}, {"guided_json", {{"type", "object"}}}},
+       "guided_json"},
+      {{{"response_format", {{"type", "json_object"}}}, {"guided_json", schema}}, "guided_json"},
+      {{{"guided_json", schema}, {"structured_outputs", {{"json_object", true}}}},
+       "structured_outputs.json_object"},
+      {{{"structured_outputs", {{"json", schema}, {"json_object", true}}}},
+       "structured_outputs.json_object"},
+      // The document ends with EOS.
+      {{{"guided_json", schema}, {"ignore_eos", true}}, "guided_json"},
+      {{{"structured_outputs", {{"json", schema}}}, {"min_tokens", 1}}, "structured_outputs"},
+  };
+  for (const auto& [extra, param] : bad)
+    for (bool is_chat : {true, false}) {
+      json body = is_chat ? chat(extra) : json{{"model", "m"}, {"prompt", "hi"}};
+      if (!is_chat) body.update(extra);
+      EXPECT_EQ(rejection(body, is_chat).first, param) << extra.dump();
+    }
+  // A mismatch names both fields.
+  auto [param, message] =
+      rejection(chat({{"response_format", {{"type", "json_object"}}}, {"guided_json", schema}}));
+  EXPECT_NE(message.find("'response_format'"), std::string::npos) << message;
+  EXPECT_NE(message.find("'guided_json'"), std::string::npos) << message;
+  EXPECT_NE(rejection(chat({{"guided_choice", {"a"}}})).second.find("bare"), std::string::npos);
+}
