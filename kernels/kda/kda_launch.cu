@@ -1,4 +1,6 @@
 // Host launchers of the KDA family: argument checks and the choice of template instantiation.
+#include <cstdlib>
+
 #include "common.h"
 #include "kda/kda.h"
 #include "kda/kda_common.cuh"
@@ -6,9 +8,9 @@
 namespace kimi::cuda {
 
 namespace kda {
-template <int kCols, bool kSmemState>
+template <int kCols, bool kSmemState, bool kEarly>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
+void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream, int mode);
 }  // namespace kda
 
 // Measured on an H200 (docs/perf-log.md), % of the copy rate, graph replay. The persistent kernel
@@ -19,6 +21,16 @@ void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream)
 constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
+
+// Experiment (A/B in one build): KIMI_KDA_DECODE_EXP=0 state loads after the PDL wait (the old
+// kernels), 1 before it, 2 before it and the persistent kernel's producer-warp variant.
+static int decode_exp() {
+  static const int v = [] {
+    const char* e = std::getenv("KIMI_KDA_DECODE_EXP");
+    return e ? std::atoi(e) : 1;
+  }();
+  return v;
+}
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -46,7 +58,7 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   if (p.persistent > 0 ||
       (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
        rows >= kKdaDecodePersistentFromRows && rows < kKdaDecodePersistentToRows)) {
-    kda::launch_kda_decode_persistent(p, stream);
+    kda::launch_kda_decode_persistent(p, stream, decode_exp());
     KIMI_CHECK_LAUNCH();
     return;
   }
@@ -57,12 +69,16 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   const bool smem =
       p.smem_state < 0 ? cols == 32 && rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
   KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
+  const bool early = decode_exp() != 0;
   if (cols == 16)
-    kda::launch_kda_decode<16, false>(p, stream);
+    early ? kda::launch_kda_decode<16, false, true>(p, stream)
+          : kda::launch_kda_decode<16, false, false>(p, stream);
   else if (smem)
-    kda::launch_kda_decode<32, true>(p, stream);
+    early ? kda::launch_kda_decode<32, true, true>(p, stream)
+          : kda::launch_kda_decode<32, true, false>(p, stream);
   else
-    kda::launch_kda_decode<32, false>(p, stream);
+    early ? kda::launch_kda_decode<32, false, true>(p, stream)
+          : kda::launch_kda_decode<32, false, false>(p, stream);
   KIMI_CHECK_LAUNCH();
 }
 
