@@ -1,5 +1,5 @@
 // KDA kernel benchmark (H = 32, D = 128): the device-to-device copy ceiling measured in the same
-// run, the fused decode step at B = 1, 8, 32, 64, 256 (time per layer, state bytes/s as % of the
+// run, the fused decode step at B = 1, 4, 8, 32, 64, 256 (time per layer, state bytes/s as % of the
 // ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
@@ -50,7 +50,7 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "cols", "us/layer",
               "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   const char* only = std::getenv("KIMI_BENCH_KDA_B");
-  for (int B : {1, 8, 32, 64, 256}) {
+  for (int B : {1, 4, 8, 32, 64, 256}) {
     if (only && std::atoi(only) != B) continue;
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));

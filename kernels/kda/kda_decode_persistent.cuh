@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
 }
 
 // Producer-warp variant: 16 compute warps as above plus a 17th warp whose lane 0 issues every
-// copy. The compute warps hand a stage back through an mbarrier (sm_done, 512 arrivals) after
+// copy. The compute warps hand a stage back through an mbarrier (sm_done, one arrival a warp) after
 // writing S' and never wait for a store to have read its stage: the producer stores item i, waits
 // for that read, and refills the stage with item i + kStages while the compute warps go on with
 // items i + 1 and i + 2. Compute warps meet at three named barriers per item (the small per-item
@@ -292,7 +292,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   if (tid == 0) {
     for (int i = 0; i < kStages; ++i) {
       mbar_init(&sm_full[i], 1);
-      mbar_init(&sm_done[i], kWsConsumers);
+      mbar_init(&sm_done[i], kWsConsumers / 32);
     }
     fence_mbar_init();
   }
@@ -475,7 +475,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       }
       fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
     }
-    mbar_arrive(&sm_done[st]);
+    __syncwarp();  // the warp's stage accesses (and proxy fences), before its one arrival
+    if (lane == 0) mbar_arrive(&sm_done[st]);
     slot = slot_next;
   }
 }

@@ -65,7 +65,7 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
   KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
              "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
-  const int cols = p.cols_per_cta ? p.cols_per_cta : (rows < 256 ? 16 : 32);
+  const int cols = p.cols_per_cta ? p.cols_per_cta : (rows < 256 && decode_exp() == 0 ? 16 : 32);
   const bool smem =
       p.smem_state < 0 ? cols == 32 && rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
   KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
