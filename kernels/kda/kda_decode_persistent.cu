@@ -24,12 +24,15 @@ static void launch_persistent(Kernel kernel, int threads, const KdaDecodeParams&
   launch_kernel(kernel, ctas, threads, LaunchOptions{kKdaPersistSmem, true}, stream, p);
 }
 
-// mode (experiment): 0 = state loads after the PDL wait, 1 = before, 2 = producer warp.
+// mode (experiment): 0 = state loads after the PDL wait, 1 = before, 2 = producer warp, 3 = the
+// copy-only probe.
 void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream, int mode) {
   if (mode == 0)
     launch_persistent(kda_decode_persistent_kernel<false>, kPersistThreads, p, stream);
   else if (mode == 1)
     launch_persistent(kda_decode_persistent_kernel<true>, kPersistThreads, p, stream);
+  else if (mode == 3)
+    launch_persistent(kda_decode_persistent_kernel<true, true>, kPersistThreads, p, stream);
   else
     launch_persistent(kda_decode_persistent_ws_kernel, kWsThreads, p, stream);
 }

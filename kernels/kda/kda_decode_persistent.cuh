@@ -48,7 +48,9 @@ struct KdaDecodeStage {
 };
 constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
-template <bool kEarly>
+// kProbe (experiment only, wrong results): no compute, each stage stored back as loaded, to
+// measure the copy pipeline alone.
+template <bool kEarly, bool kProbe = false>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
   pdl_launch_dependents();  // PDL (launch.h)
@@ -134,7 +136,14 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1, 3);
     };
 
-    if (slot < 0) {  // padding row: uniform over the CTA
+    if (kProbe && slot >= 0) {
+      issue_ahead();
+      __syncthreads();
+      if (tid == kTmaThread) {
+        bulk_s2g(p.state + (size_t(slot) * H + h) * D * D, stages[st].s, D * D * 4, policy);
+        bulk_commit();
+      }
+    } else if (slot < 0) {  // padding row: uniform over the CTA
       if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
       issue_ahead();
     } else {
