@@ -13,8 +13,10 @@
 // time, but it is what keeps the L2 busy at large B: docs/perf-log.md); the RMSNorm's sum of
 // squares is combined across the cluster through distributed shared memory.
 //
-// Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads. Thread d preps channel d; for
-// the state, 8 (kCols=32) or 4 (kCols=16) threads cover one row slice with float4s, and each thread
+// Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads; instantiated with kCols = 32
+// (16 columns, 8 CTAs a head, was the small-batch choice until the state reads moved before the
+// PDL wait: since then 32 is faster at every batch, docs/perf-log.md session 8). Thread d preps
+// channel d; for the state, kCols/4 threads cover one row slice with float4s, and each thread
 // keeps kPasses float4 of S in registers between the read and the write, so S crosses DRAM exactly
 // once each way (streaming loads/stores: it is touched once per step).
 // Conv-state writes wait for the first cluster barrier: the other CTAs read the same q/k channels.
@@ -22,7 +24,9 @@
 // a decode step nothing but this launch writes a layer's pools, and whatever wrote them before
 // (the previous step's launch of the layer, a slot reset, a prefill) is separated from it by the
 // step's metadata upload, a copy that waits for all earlier work. So the state's DRAM latency
-// overlaps the previous kernel's tail; only the token's inputs (qkv, f, b, z) wait.
+// overlaps the previous kernel's tail; only the token's inputs (qkv, f, b, z) wait. A caller that
+// launches the decode twice on the same pools with only PDL kernels between must put a copy or a
+// plain launch between them (test DecodePdlChain does).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -34,11 +38,10 @@ namespace kimi::cuda::kda {
 
 // kSmemState: S goes to shared memory by cp.async instead of registers (32 fewer registers, so
 // more CTAs and more bytes in flight per multiprocessor).
-template <int kCols, bool kSmemState, bool kEarly>
+template <int kCols, bool kSmemState>
 __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     kda_decode_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h)
-  if constexpr (!kEarly) pdl_wait();
+  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the state reads (note above)
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;  // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -60,7 +63,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   const int c0 = rank * kCols;
   const int slot = p.slots[bi];
   if (slot < 0) {  // padding row: uniform over the cluster, so no CTA waits at a barrier
-    if constexpr (kEarly) pdl_wait();
+    pdl_wait();
     if (tid < kCols) p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(0.f);
     return;
   }
@@ -105,7 +108,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     cv2 = csv[2];
     wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
   }
-  if constexpr (kEarly) pdl_wait();  // the token's inputs come from the previous kernels
+  pdl_wait();  // the token's inputs come from the previous kernels
 
   // 3. Prep: thread d owns q/k channel d of head h.
   const bf16* x = p.qkv + size_t(bi) * C;
@@ -232,7 +235,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
-template <int kCols, bool kSmemState, bool kEarly>
+template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda::kda

@@ -18,7 +18,8 @@
 // from the column sums to the update, and writes S' back over them in the stage.
 //
 // Launch: grid min(items, SMs), balanced so that every CTA gets the same number of items ±1, 512
-// threads, kKdaPersistSmem bytes of dynamic shared memory.
+// threads, kKdaPersistSmem bytes of dynamic shared memory. PDL: the first items' states and conv
+// states are loaded before pdl_wait(), under kda_decode.cuh's contract.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -48,13 +49,9 @@ struct KdaDecodeStage {
 };
 constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
-// kProbe (experiment only, wrong results): no compute, each stage stored back as loaded, to
-// measure the copy pipeline alone.
-template <bool kEarly, bool kProbe = false>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h)
-  if constexpr (!kEarly) pdl_wait();
+  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the first states' loads
   constexpr int D = kKdaD, kStages = kPersistStages;
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
@@ -108,17 +105,14 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     fence_mbar_init();
   }
   __syncthreads();
-  // Prologue: items beg .. beg + kStages - 2 in flight, their states before the PDL wait.
-  if constexpr (kEarly) {
+  // Prologue: items beg .. beg + kStages - 2 in flight. Their states and conv states are read
+  // before the PDL wait (no kernel that may still run writes them: kda_decode.cuh), their inputs
+  // after it.
 #pragma unroll
-    for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
-    pdl_wait();
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
+  pdl_wait();
 #pragma unroll
-    for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 3);
-  }
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
   int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
   for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
@@ -136,14 +130,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1, 3);
     };
 
-    if (kProbe && slot >= 0) {
-      issue_ahead();
-      __syncthreads();
-      if (tid == kTmaThread) {
-        bulk_s2g(p.state + (size_t(slot) * H + h) * D * D, stages[st].s, D * D * 4, policy);
-        bulk_commit();
-      }
-    } else if (slot < 0) {  // padding row: uniform over the CTA
+    if (slot < 0) {  // padding row: uniform over the CTA
       if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
       issue_ahead();
     } else {
@@ -264,230 +251,6 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     slot_ahead = slot_of(it + kStages);
   }
   if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
-}
-
-// Producer-warp variant: 16 compute warps as above plus a 17th warp whose lane 0 issues every
-// copy. The compute warps hand a stage back through an mbarrier (sm_done, one arrival a warp) after
-// writing S' and never wait for a store to have read its stage: the producer stores item i, waits
-// for that read, and refills the stage with item i + kStages while the compute warps go on with
-// items i + 1 and i + 2. Compute warps meet at three named barriers per item (the small per-item
-// arrays that the update reads are double-buffered by item parity so the next item's prep may
-// start before a slow warp's update has ended).
-constexpr int kWsConsumers = kPersistThreads;
-constexpr int kWsThreads = kPersistThreads + 32;
-
-__device__ __forceinline__ void ws_consumer_sync() {
-  asm volatile("bar.sync 1, %0;\n" ::"n"(kWsConsumers) : "memory");
-}
-
-__global__ void __launch_bounds__(kWsThreads, 1)
-    kda_decode_persistent_ws_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h)
-  constexpr int D = kKdaD, kStages = kPersistStages;
-  extern __shared__ __align__(16) unsigned char sm_raw[];
-  KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
-  __shared__ uint64_t sm_full[kStages];  // the stage's loads have landed
-  __shared__ uint64_t sm_done[kStages];  // the compute warps are done with the stage
-  __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_v[D], sm_br[D];
-  __shared__ __align__(16) float sm_k[2][D], sm_a[2][D];
-  __shared__ __align__(16) float sm_red[4][2][D];
-  __shared__ float sm_red3[4][3], sm_o2[4];
-
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int B = p.batch, H = p.num_heads, HD = H * D, C = 3 * HD;
-  const int n = B * H, G = gridDim.x;
-  const int beg = int(int64_t(n) * blockIdx.x / G), end = int(int64_t(n) * (blockIdx.x + 1) / G);
-
-  if (tid == 0) {
-    for (int i = 0; i < kStages; ++i) {
-      mbar_init(&sm_full[i], 1);
-      mbar_init(&sm_done[i], kWsConsumers / 32);
-    }
-    fence_mbar_init();
-  }
-  __syncthreads();
-
-  if (tid >= kWsConsumers) {  // the producer warp
-    if (lane == 0) {
-      const uint64_t policy = policy_evict_first();
-      // Item it into stage st: kParts 1 = state and conv states (the stage's whole transaction
-      // count expected), 2 = the token's inputs.
-      auto issue = [&](int it, int slot, int st, int kParts) {
-        const int h = it / B, bi = it % B;
-        KdaDecodeStage& sg = stages[st];
-        if (kParts & 1)
-          mbar_arrive_expect_tx(&sm_full[st], slot < 0 ? 0u : unsigned(sizeof(KdaDecodeStage)));
-        if (slot < 0) return;
-        if (kParts & 1) {
-          bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st],
-                   policy);
-          for (int part = 0; part < 3; ++part)
-            bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
-                     D * 3 * 2, &sm_full[st], policy);
-        }
-        if (kParts & 2) {
-          for (int part = 0; part < 3; ++part)
-            bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2,
-                     &sm_full[st], policy);
-          bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
-          bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
-        }
-      };
-      // Prologue: the first kStages items' states before the PDL wait, their inputs after it.
-#pragma unroll
-      for (int j = 0; j < kStages; ++j)
-        if (beg + j < end) issue(beg + j, __ldg(p.slots + (beg + j) % B), j, 1);
-      pdl_wait();
-#pragma unroll
-      for (int j = 0; j < kStages; ++j)
-        if (beg + j < end) issue(beg + j, __ldg(p.slots + (beg + j) % B), j, 2);
-      for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
-        const int slot = __ldg(p.slots + it % B);
-        const int next = it + kStages;
-        const int slot_next = next < end ? __ldg(p.slots + next % B) : -1;
-        mbar_wait(&sm_done[st], unsigned((it - beg) / kStages) & 1u);
-        if (slot >= 0) {
-          bulk_s2g(p.state + (size_t(slot) * H + it / B) * D * D, stages[st].s, D * D * 4, policy);
-          bulk_commit();
-        }
-        if (next < end) {
-          fence_proxy_async();  // the stage was last read by the compute warps' generic loads
-          bulk_wait_read<0>();  // item it's store has read the stage
-          issue(next, slot_next, st, 3);
-        }
-      }
-      bulk_wait<0>();  // the stores are done before the stages go away
-    } else {
-      pdl_wait();  // this grid completes only after its predecessors
-    }
-    return;
-  }
-
-  pdl_wait();  // the compute warps read b and write y and the conv states
-  const int col = (warp & 3) * 32 + (lane & 7) * 4, row0 = (warp >> 2) * 4 + (lane >> 3);
-  int slot = beg < end ? __ldg(p.slots + beg % B) : -1;
-  for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
-    const int h = it / B, bi = it % B, par = (it - beg) & 1;
-    const float a_log = __ldg(p.w.A_log + h);
-    const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
-    const int slot_next = it + 1 < end ? __ldg(p.slots + (it + 1) % B) : -1;
-    mbar_wait(&sm_full[st], unsigned((it - beg) / kStages) & 1u);
-
-    if (slot < 0) {  // padding row: uniform over the CTA
-      if (tid < D) p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(0.f);
-      ws_consumer_sync();  // the next item's prep may not overwrite what item it - 1 still reads
-    } else {
-      const KdaDecodeItemIn& in = stages[st].in;
-      float q = 0.f, k = 0.f;
-      if (tid < D) {  // q/k channel d: conv, gate; unnormalised (the norms are folded in later)
-        const int d = tid;
-        const bf16* cq = in.conv[0] + d * 3;
-        const bf16* ck = in.conv[1] + d * 3;
-        const float4 wq = __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + h * D + d);
-        const float4 wk = __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + HD + h * D + d);
-        q = silu(wq.x * to_f(cq[0]) + wq.y * to_f(cq[1]) + wq.z * to_f(cq[2]) +
-                 wq.w * to_f(in.x[0][d]));
-        k = silu(wk.x * to_f(ck[0]) + wk.y * to_f(ck[1]) + wk.z * to_f(ck[2]) +
-                 wk.w * to_f(in.x[1][d]));
-        const float gpre = to_f(in.f[d]) + __ldg(p.w.dt_bias + h * D + d);
-        const float alpha = expf(-expf(a_log) * softplus(gpre));
-        sm_ak[d] = alpha * k;
-        sm_aq[d] = alpha * q;
-        sm_k[par][d] = k;
-        sm_a[par][d] = alpha;
-      } else if (tid < 2 * D) {  // v channel j
-        const int j = tid - D;
-        const bf16* cv = in.conv[2] + j * 3;
-        const float4 wv =
-            __ldg(reinterpret_cast<const float4*>(p.w.conv_weight) + 2 * HD + h * D + j);
-        sm_v[j] = silu(wv.x * to_f(cv[0]) + wv.y * to_f(cv[1]) + wv.z * to_f(cv[2]) +
-                       wv.w * to_f(in.x[2][j]));
-      } else if (tid < 2 * D + 144) {  // new conv state, 16 bytes each: [tap1, tap2, x] per channel
-        const int m = tid - 2 * D, part = m / 48, e0 = (m % 48) * 8;
-        __align__(16) bf16 v8[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const int ch = (e0 + e) / 3, tap = (e0 + e) % 3;
-          v8[e] = tap < 2 ? in.conv[part][ch * 3 + tap + 1] : in.x[part][ch];
-        }
-        *reinterpret_cast<uint4*>(p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3 + e0) =
-            *reinterpret_cast<const uint4*>(v8);
-      }
-      if (warp < 4) {
-        const float sq = warp_sum(q * q), sk = warp_sum(k * k), sqk = warp_sum(q * k);
-        if (lane == 0) {
-          sm_red3[warp][0] = sq;
-          sm_red3[warp][1] = sk;
-          sm_red3[warp][2] = sqk;
-        }
-      }
-      ws_consumer_sync();
-
-      // Column sums A_j = Σ α k S, C_j = Σ α q S over this thread's rows, then its warp's.
-      float4 s[kPersistPasses];
-#pragma unroll
-      for (int i = 0; i < kPersistPasses; ++i)
-        s[i] = *reinterpret_cast<const float4*>(&stages[st].s[(i * 16 + row0) * D + col]);
-      float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
-#pragma unroll
-      for (int i = 0; i < kPersistPasses; ++i) {
-        const int row = i * 16 + row0;
-        a = fma4(sm_ak[row], s[i], a);
-        c = fma4(sm_aq[row], s[i], c);
-      }
-      warp_sum_lanes<8>(a);
-      warp_sum_lanes<8>(c);
-      if (lane < 8) {
-        reinterpret_cast<float4*>(sm_red[warp >> 2][0])[col / 4] = a;
-        reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
-      }
-      ws_consumer_sync();
-
-      float o = 0.f;
-      if (tid < D) {  // value column j
-        const int j = tid;
-        const float sq = sm_red3[0][0] + sm_red3[1][0] + sm_red3[2][0] + sm_red3[3][0];
-        const float sk = sm_red3[0][1] + sm_red3[1][1] + sm_red3[2][1] + sm_red3[3][1];
-        const float sqk = sm_red3[0][2] + sm_red3[1][2] + sm_red3[2][2] + sm_red3[3][2];
-        const float kScale = 0.08838834764831845f;  // 128^-1/2
-        const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
-        const float aj =
-            (sm_red[0][0][j] + sm_red[1][0][j] + sm_red[2][0][j] + sm_red[3][0][j]) * rk;
-        const float cj =
-            (sm_red[0][1][j] + sm_red[1][1][j] + sm_red[2][1][j] + sm_red[3][1][j]) * rq;
-        const float br = beta * (sm_v[j] - aj);
-        sm_br[j] = br * rk;  // the update needs k·rk·br, and sm_k holds the unnormalised k
-        o = cj + br * (sqk * rq * rk);
-        const float o2 = warp_sum(o * o);
-        if (lane == 0) sm_o2[warp] = o2;
-      }
-      ws_consumer_sync();
-
-      // S' = α S + k (β r)ᵀ over S in the stage; the producer stores it.
-      const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col / 4];
-#pragma unroll
-      for (int i = 0; i < kPersistPasses; ++i) {
-        const int row = i * 16 + row0;
-        const float al = sm_a[par][row], kk = sm_k[par][row];
-        float4 nv;
-        nv.x = fmaf(al, s[i].x, kk * br4.x);
-        nv.y = fmaf(al, s[i].y, kk * br4.y);
-        nv.z = fmaf(al, s[i].z, kk * br4.z);
-        nv.w = fmaf(al, s[i].w, kk * br4.w);
-        *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
-      }
-      if (tid < D) {
-        const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
-        p.y[size_t(bi) * HD + h * D + tid] =
-            __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
-                             sigmoid(to_f(in.z[tid])));
-      }
-      fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
-    }
-    __syncwarp();  // the warp's stage accesses (and proxy fences), before its one arrival
-    if (lane == 0) mbar_arrive(&sm_done[st]);
-    slot = slot_next;
-  }
 }
 
 }  // namespace kimi::cuda::kda

@@ -1,6 +1,4 @@
 // Host launchers of the KDA family: argument checks and the choice of template instantiation.
-#include <cstdlib>
-
 #include "common.h"
 #include "kda/kda.h"
 #include "kda/kda_common.cuh"
@@ -8,29 +6,20 @@
 namespace kimi::cuda {
 
 namespace kda {
-template <int kCols, bool kSmemState, bool kEarly>
+template <int kCols, bool kSmemState>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream, int mode);
+void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
 }  // namespace kda
 
-// Measured on an H200 (docs/perf-log.md), % of the copy rate, graph replay. The persistent kernel
-// wins at B·H = 256 .. 2048 (B = 8: 59 vs 54, 32: 77 vs 72, 64: 80 vs 76) and loses at 8192
-// (B = 256: 76 vs 79 for the cluster kernel with S staged in shared memory, which pays from 8192 on
-// and loses below: B = 64, 72 vs 76). Between 2048 and 8192 nothing was measured: the boundary
-// is put halfway.
+// Measured on an H200 at H = 32 (docs/perf-log.md sessions 4 and 8), % of the copy rate, graph
+// replay. The persistent kernel wins at B·H = 256 .. 2048 (B = 8: 66 vs 59, 32: 77 vs 76, 64: 80
+// vs 79) and loses at 8192 (B = 256: 75 vs 82 for the cluster kernel with S staged in shared
+// memory, which pays from 8192 on and loses below: B = 64, 78 vs 79). Between 2048 and 8192
+// nothing was measured: the boundary is put halfway. At B·H = 128 (B = 4) the persistent kernel
+// was 3% faster (7.26 vs 7.45 us), at 32 (B = 1) 49% slower; nothing between: it stays at 256.
 constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
-
-// Experiment (A/B in one build): KIMI_KDA_DECODE_EXP=0 state loads after the PDL wait (the old
-// kernels), 1 before it, 2 before it and the persistent kernel's producer-warp variant.
-static int decode_exp() {
-  static const int v = [] {
-    const char* e = std::getenv("KIMI_KDA_DECODE_EXP");
-    return e ? std::atoi(e) : 1;
-  }();
-  return v;
-}
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -56,29 +45,17 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
              "persistent decode needs 16-byte aligned qkv, f, z and conv state");
   const int rows = p.batch * p.num_heads;
   if (p.persistent > 0 ||
-      (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
-       rows >= kKdaDecodePersistentFromRows && rows < kKdaDecodePersistentToRows)) {
-    kda::launch_kda_decode_persistent(p, stream, decode_exp());
+      (p.persistent < 0 && persist_ok && p.smem_state < 0 && rows >= kKdaDecodePersistentFromRows &&
+       rows < kKdaDecodePersistentToRows)) {
+    kda::launch_kda_decode_persistent(p, stream);
     KIMI_CHECK_LAUNCH();
     return;
   }
-  // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
-  KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
-             "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
-  const int cols = p.cols_per_cta ? p.cols_per_cta : (rows < 256 && decode_exp() == 0 ? 16 : 32);
-  const bool smem =
-      p.smem_state < 0 ? cols == 32 && rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
-  KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
-  const bool early = decode_exp() != 0;
-  if (cols == 16)
-    early ? kda::launch_kda_decode<16, false, true>(p, stream)
-          : kda::launch_kda_decode<16, false, false>(p, stream);
-  else if (smem)
-    early ? kda::launch_kda_decode<32, true, true>(p, stream)
-          : kda::launch_kda_decode<32, true, false>(p, stream);
+  const bool smem = p.smem_state < 0 ? rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
+  if (smem)
+    kda::launch_kda_decode<32, true>(p, stream);
   else
-    early ? kda::launch_kda_decode<32, false, true>(p, stream)
-          : kda::launch_kda_decode<32, false, false>(p, stream);
+    kda::launch_kda_decode<32, false>(p, stream);
   KIMI_CHECK_LAUNCH();
 }
 

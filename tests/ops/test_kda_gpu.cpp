@@ -164,7 +164,7 @@ struct DeviceWeights {
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
-void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1,
+void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1,
                      int persistent = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
@@ -216,7 +216,6 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
     p.conv_state = d_conv.data();
     p.state = d_state.data();
     p.y = d_y.data();
-    p.cols_per_cta = cols;
     p.smem_state = smem_state;
     p.persistent = persistent;
     cuda::run_kda_decode(p, nullptr);
@@ -279,20 +278,19 @@ TEST(KdaGpu, DecodeB64) {
 // Every instantiation, whatever the automatic choice picks.
 TEST(KdaGpu, DecodeVariants) {
   KIMI_REQUIRE_GPU();
-  run_decode_case(7, 32, 2, 14, 16, 0);
-  run_decode_case(7, 32, 2, 15, 32, 0);
-  run_decode_case(9, 32, 2, 16, 32, 1);
+  run_decode_case(7, 32, 2, 15, 0);
+  run_decode_case(9, 32, 2, 16, 1);
   // The cluster kernel where the persistent one is chosen, and the persistent one at 1 item/CTA.
-  run_decode_case(64, 32, 2, 17, 0, -1, 0);
-  run_decode_case(7, 32, 2, 18, 0, -1, 1);
+  run_decode_case(64, 32, 2, 17, -1, 0);
+  run_decode_case(7, 32, 2, 18, -1, 1);
 }
 // Persistent kernel with several items per CTA (more than its 3 stages: the ring wraps), ranges
 // of unequal length, odd head counts and a padding row inside a CTA's range.
 TEST(KdaGpu, DecodePersistentOddHeads) {
   KIMI_REQUIRE_GPU();
-  run_decode_case(65, 5, 3, 21, 0, -1, 1);
-  run_decode_case(200, 5, 2, 24, 0, -1, 1);
-  run_decode_case(131, 3, 2, 27, 0, -1, 1);
+  run_decode_case(65, 5, 3, 21, -1, 1);
+  run_decode_case(200, 5, 2, 24, -1, 1);
+  run_decode_case(131, 3, 2, 27, -1, 1);
 }
 
 // Decode as the model launches it: programmatic dependent launches on a created stream, two
@@ -301,7 +299,7 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
 // arrive by copies on the stream, as the model's step metadata does; that copy is what separates
 // a layer's launches of consecutive steps, which the kernels' early state reads rely on
 // (kda_decode.cuh). No host synchronisation until the end. Against the CPU chain per layer.
-void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int cols, int persistent) {
+void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent) {
   std::mt19937 rng(seed);
   const int num_slots = B + 3;
   const KdaCase c0 = make_case(rng, H, B * steps), c1 = make_case(rng, H, B * steps);
@@ -362,7 +360,6 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int cols, int 
       p.conv_state = d_conv[l].data();
       p.state = d_state[l].data();
       p.y = y[l].data() + size_t(step) * B * HD;
-      p.cols_per_cta = cols;
       p.persistent = persistent;
       cuda::run_kda_decode(p, st);
     }
@@ -370,7 +367,8 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int cols, int 
   CUDA_CHECK(cudaStreamSynchronize(st));
   CUDA_CHECK(cudaStreamDestroy(st));
 
-  const std::vector<float> y0 = bf16_vec_to_float(y[0].to_host()), y1 = bf16_vec_to_float(y[1].to_host());
+  const std::vector<float> y0 = bf16_vec_to_float(y[0].to_host()),
+                           y1 = bf16_vec_to_float(y[1].to_host());
   for (int step = 0; step < steps; ++step) {
     const std::string tag = str("decode pdl chain B=", B, " H=", H, " step ", step, ": ");
     const size_t off = size_t(step) * B * HD;
@@ -399,10 +397,10 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int cols, int 
 
 TEST(KdaGpu, DecodePdlChain) {
   KIMI_REQUIRE_GPU();
-  run_decode_pdl_chain(1, 32, 3, 31, 0, -1);   // cluster kernel, 16 columns
-  run_decode_pdl_chain(5, 7, 3, 32, 32, 0);    // cluster kernel, 32 columns, odd heads
-  run_decode_pdl_chain(9, 32, 3, 33, 0, -1);   // persistent kernel (B·H = 288)
-  run_decode_pdl_chain(13, 5, 4, 34, 0, 1);    // persistent, several items per CTA, odd heads
+  run_decode_pdl_chain(1, 32, 3, 31, -1);  // cluster kernel
+  run_decode_pdl_chain(5, 7, 3, 32, 0);    // cluster kernel, odd heads
+  run_decode_pdl_chain(9, 32, 3, 33, -1);  // persistent kernel (B·H = 288)
+  run_decode_pdl_chain(13, 5, 4, 34, 1);   // persistent, several items per CTA, odd heads
 }
 
 // ---------------------------------------------------------------------------------------------
