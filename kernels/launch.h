@@ -3,7 +3,9 @@
 // so a decode step's ~300 small dependent kernels stop paying a full launch gap each. Such a
 // kernel must execute pdl_wait() (pdl.cuh) in every CTA before it reads or writes anything an
 // earlier kernel touches, and before it exits (so its completion still implies its
-// predecessors'); what it does before (index math, loading constant weights) overlaps.
+// predecessors'); what it does before (index math, loading constant weights) overlaps. The KDA
+// decode kernels also read their state pools before the wait, under a contract of their own
+// (kda_decode.cuh).
 #pragma once
 
 #include <cuda_runtime.h>

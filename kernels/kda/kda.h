@@ -55,10 +55,10 @@ struct KdaDecodeParams {
   bf16* conv_state = nullptr;  // [num_slots, C, 3], updated in place
   float* state = nullptr;      // [num_slots, H, D, D], updated in place
   bf16* y = nullptr;           // [B, H·D] gated RMSNorm output, ready for o_proj
-  int cols_per_cta = 0;        // tuning: 0 = automatic, else 16 or 32 value columns per CTA
-  int smem_state = -1;         // tuning: -1 = automatic, 1 = S staged in shared memory (32 cols)
-  int persistent = -1;         // tuning: -1 = automatic, 0 = a cluster per head (above), 1 = the
-                               // persistent grid (a CTA per (sequence, head) item, TMA pipeline)
+  int smem_state = -1;         // tuning: -1 = automatic, 0 / 1 = the cluster kernel with S in
+                               // registers / staged in shared memory
+  int persistent = -1;         // tuning: -1 = automatic, 0 = the cluster kernel (4 CTAs per head),
+                               // 1 = the persistent grid (a CTA per (sequence, head) item, TMA)
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);

@@ -13,11 +13,20 @@
 // time, but it is what keeps the L2 busy at large B: docs/perf-log.md); the RMSNorm's sum of
 // squares is combined across the cluster through distributed shared memory.
 //
-// Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads. Thread d preps channel d; for
-// the state, 8 (kCols=32) or 4 (kCols=16) threads cover one row slice with float4s, and each thread
+// Launch: grid (kSplit, H, B), cluster (kSplit, 1, 1), 128 threads; instantiated with kCols = 32
+// (16 columns, 8 CTAs a head, was the small-batch choice until the state reads moved before the
+// PDL wait: since then 32 is faster at every batch, docs/perf-log.md session 8). Thread d preps
+// channel d; for the state, kCols/4 threads cover one row slice with float4s, and each thread
 // keeps kPasses float4 of S in registers between the read and the write, so S crosses DRAM exactly
 // once each way (streaming loads/stores: it is touched once per step).
 // Conv-state writes wait for the first cluster barrier: the other CTAs read the same q/k channels.
+// PDL (launch.h): the slot ids, both state pools and the weights are read before pdl_wait(): within
+// a decode step nothing but this launch writes a layer's pools, and whatever wrote them before
+// (the previous step's launch of the layer, a slot reset, a prefill) is separated from it by the
+// step's metadata upload, a copy that waits for all earlier work. So the state's DRAM latency
+// overlaps the previous kernel's tail; only the token's inputs (qkv, f, b, z) wait. A caller that
+// launches the decode twice on the same pools with only PDL kernels between must put a copy or a
+// plain launch between them (test DecodePdlChain does).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -32,8 +41,7 @@ namespace kimi::cuda::kda {
 template <int kCols, bool kSmemState>
 __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     kda_decode_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
-  pdl_wait();
+  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the state reads (note above)
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;  // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -55,6 +63,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   const int c0 = rank * kCols;
   const int slot = p.slots[bi];
   if (slot < 0) {  // padding row: uniform over the cluster, so no CTA waits at a barrier
+    pdl_wait();
     if (tid < kCols) p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(0.f);
     return;
   }
@@ -80,46 +89,57 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
       return s_reg[i];
   };
 
-  float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns, loaded early
-  if (tid < kCols) {
-    zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
-    wn = p.w.o_norm[c0 + tid];
-  }
-
-  // 2. Prep: thread d owns q/k channel d of head h.
+  // 2. Before the wait (see the note above): the conv states and the weights.
   const int d = tid;
-  const bf16* x = p.qkv + size_t(bi) * C;
   const int chq = h * D + d, chk = HD + h * D + d;
   const bf16* csq = p.conv_state + (size_t(slot) * C + chq) * 3;
   const bf16* csk = p.conv_state + (size_t(slot) * C + chk) * 3;
-  const float xq = to_f(x[chq]), xk = to_f(x[chk]);
-  const float q1 = to_f(csq[1]), q2 = to_f(csq[2]), k1 = to_f(csk[1]), k2 = to_f(csk[2]);
+  const bf16 cq0 = csq[0], cq1 = csq[1], cq2 = csq[2], ck0 = csk[0], ck1 = csk[1], ck2 = csk[2];
   const float4 wq = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chq) * 4);
   const float4 wk = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chk) * 4);
-  const float q = silu(wq.x * to_f(csq[0]) + wq.y * q1 + wq.z * q2 + wq.w * xq);
-  const float k = silu(wk.x * to_f(csk[0]) + wk.y * k1 + wk.z * k2 + wk.w * xk);
-  const float gpre = to_f(p.f[size_t(bi) * HD + h * D + d]) + p.w.dt_bias[h * D + d];
-  const float alpha = expf(-expf(p.w.A_log[h]) * softplus(gpre));
-
-  if (d >= c0 && d < c0 + kCols) {  // the new conv state of the q/k channels this CTA owns
-    sm_conv[0][d - c0][0] = csq[1];
-    sm_conv[0][d - c0][1] = csq[2];
-    sm_conv[0][d - c0][2] = x[chq];
-    sm_conv[1][d - c0][0] = csk[1];
-    sm_conv[1][d - c0][1] = csk[2];
-    sm_conv[1][d - c0][2] = x[chk];
-  }
+  const float dtb = p.w.dt_bias[h * D + d], a_log = p.w.A_log[h];
+  const int chv = 2 * HD + h * D + c0 + (tid < kCols ? tid : 0);
+  const bf16* csv = p.conv_state + (size_t(slot) * C + chv) * 3;
+  bf16 cv0 = {}, cv1 = {}, cv2 = {};
+  float4 wv = make_float4(0.f, 0.f, 0.f, 0.f);
   if (tid < kCols) {
-    const int chv = 2 * HD + h * D + c0 + tid;
-    const bf16* csv = p.conv_state + (size_t(slot) * C + chv) * 3;
-    const bf16 v0 = csv[0], v1 = csv[1], v2 = csv[2], vx = x[chv];
-    const float4 wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
-    sm_v[tid] = silu(wv.x * to_f(v0) + wv.y * to_f(v1) + wv.z * to_f(v2) + wv.w * to_f(vx));
-    sm_conv[2][tid][0] = v1;
-    sm_conv[2][tid][1] = v2;
-    sm_conv[2][tid][2] = vx;
+    cv0 = csv[0];
+    cv1 = csv[1];
+    cv2 = csv[2];
+    wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
+  }
+  pdl_wait();  // the token's inputs come from the previous kernels
+
+  // 3. Prep: thread d owns q/k channel d of head h.
+  const bf16* x = p.qkv + size_t(bi) * C;
+  const bf16 xq = x[chq], xk = x[chk];
+  const float gpre = to_f(p.f[size_t(bi) * HD + h * D + d]) + dtb;
+  float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns
+  bf16 vx = {};
+  if (tid < kCols) {
+    zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
+    wn = p.w.o_norm[c0 + tid];
+    vx = x[chv];
   }
   const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+  const float q = silu(wq.x * to_f(cq0) + wq.y * to_f(cq1) + wq.z * to_f(cq2) + wq.w * to_f(xq));
+  const float k = silu(wk.x * to_f(ck0) + wk.y * to_f(ck1) + wk.z * to_f(ck2) + wk.w * to_f(xk));
+  const float alpha = expf(-expf(a_log) * softplus(gpre));
+
+  if (d >= c0 && d < c0 + kCols) {  // the new conv state of the q/k channels this CTA owns
+    sm_conv[0][d - c0][0] = cq1;
+    sm_conv[0][d - c0][1] = cq2;
+    sm_conv[0][d - c0][2] = xq;
+    sm_conv[1][d - c0][0] = ck1;
+    sm_conv[1][d - c0][1] = ck2;
+    sm_conv[1][d - c0][2] = xk;
+  }
+  if (tid < kCols) {
+    sm_v[tid] = silu(wv.x * to_f(cv0) + wv.y * to_f(cv1) + wv.z * to_f(cv2) + wv.w * to_f(vx));
+    sm_conv[2][tid][0] = cv1;
+    sm_conv[2][tid][1] = cv2;
+    sm_conv[2][tid][2] = vx;
+  }
 
   float sq = warp_sum(q * q), sk = warp_sum(k * k), sqk = warp_sum(q * k);
   if (lane == 0) {
@@ -140,7 +160,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   sm_a[d] = alpha;
   __syncthreads();
 
-  // 3. Column sums a_j, c_j over this thread's rows, then over the lanes and warps of one column.
+  // 4. Column sums a_j, c_j over this thread's rows, then over the lanes and warps of one column.
   if constexpr (kSmemState) cp_async_wait<0>();  // each thread reads back only its own copies
   float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
@@ -173,7 +193,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   }
   __syncthreads();
 
-  // 4. Gated RMSNorm's sum of squares across the cluster. The barrier comes before the state
+  // 5. Gated RMSNorm's sum of squares across the cluster. The barrier comes before the state
   //    stores so that its release does not wait for them.
   if (warp == 0) {
     const float o2 = warp_sum(tid < kCols ? o * o : 0.f);
@@ -181,7 +201,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   }
   cluster.sync();  // also: every CTA has consumed the old conv state of all q/k channels
 
-  // 5. S' = α S + k (β r)ᵀ, written straight back.
+  // 6. S' = α S + k (β r)ᵀ, written straight back.
   const float4 br4 = reinterpret_cast<const float4*>(sm_br)[col4];
 #pragma unroll
   for (int i = 0; i < kPasses; ++i) {

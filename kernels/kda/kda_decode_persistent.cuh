@@ -18,7 +18,8 @@
 // from the column sums to the update, and writes S' back over them in the stage.
 //
 // Launch: grid min(items, SMs), balanced so that every CTA gets the same number of items ±1, 512
-// threads, kKdaPersistSmem bytes of dynamic shared memory.
+// threads, kKdaPersistSmem bytes of dynamic shared memory. PDL: the first items' states and conv
+// states are loaded before pdl_wait(), under kda_decode.cuh's contract.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -50,8 +51,7 @@ constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
-  pdl_wait();
+  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the first states' loads
   constexpr int D = kKdaD, kStages = kPersistStages;
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
@@ -71,27 +71,32 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   const uint64_t policy = policy_evict_first();  // everything is read or written once
   // Issues item it's state and input loads into stage st (thread kTmaThread): nothing past the end
   // (it >= end); for a padding row (slot -1) only the arrival that completes the stage's phase.
-  auto prefetch = [&](int it, int slot, int st) {
+  // kParts: 1 = the state and conv states (the stage's whole transaction count is expected), 2 =
+  // the token's inputs, 3 = both.
+  auto prefetch = [&](int it, int slot, int st, int kParts) {
     if (it >= end) return;
     const int h = it / B, bi = it % B;
     KdaDecodeStage& sg = stages[st];
     if (tid != kTmaThread) return;
-    fence_proxy_async();  // the stage was last read by generic loads, before a barrier
-    bulk_wait_read<0>();  // item it - 1's store has read the stage
-    if (slot < 0) {
-      mbar_arrive_expect_tx(&sm_full[st], 0);
-      return;
+    if (kParts & 1) {
+      fence_proxy_async();  // the stage was last read by generic loads, before a barrier
+      bulk_wait_read<0>();  // item it - 1's store has read the stage
+      mbar_arrive_expect_tx(&sm_full[st], slot < 0 ? 0u : unsigned(sizeof(KdaDecodeStage)));
     }
-    mbar_arrive_expect_tx(&sm_full[st], unsigned(sizeof(KdaDecodeStage)));
-    bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st], policy);
-    for (int part = 0; part < 3; ++part) {
-      bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
-               D * 3 * 2, &sm_full[st], policy);
-      bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
-               policy);
+    if (slot < 0) return;
+    if (kParts & 1) {
+      bulk_g2s(sg.s, p.state + (size_t(slot) * H + h) * D * D, D * D * 4, &sm_full[st], policy);
+      for (int part = 0; part < 3; ++part)
+        bulk_g2s(sg.in.conv[part], p.conv_state + (size_t(slot) * C + part * HD + h * D) * 3,
+                 D * 3 * 2, &sm_full[st], policy);
     }
-    bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
-    bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+    if (kParts & 2) {
+      for (int part = 0; part < 3; ++part)
+        bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
+                 policy);
+      bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+      bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+    }
   };
   auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
 
@@ -100,9 +105,14 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     fence_mbar_init();
   }
   __syncthreads();
-  // Prologue: items beg .. beg + kStages - 2 in flight.
+  // Prologue: items beg .. beg + kStages - 2 in flight. Their states and conv states are read
+  // before the PDL wait (no kernel that may still run writes them: kda_decode.cuh), their inputs
+  // after it.
 #pragma unroll
-  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j);
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
+  pdl_wait();
+#pragma unroll
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
   int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
   for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
@@ -117,7 +127,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     // Item it + kStages - 1 into the stage item it - 1 used, issued after the column sums: item
     // it - 1's bulk store has read the stage by then, so the wait for it costs nothing.
     auto issue_ahead = [&] {
-      prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1);
+      prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1, 3);
     };
 
     if (slot < 0) {  // padding row: uniform over the CTA

@@ -11,11 +11,12 @@ void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
 }  // namespace kda
 
-// Measured on an H200 (docs/perf-log.md), % of the copy rate, graph replay. The persistent kernel
-// wins at B·H = 256 .. 2048 (B = 8: 59 vs 54, 32: 77 vs 72, 64: 80 vs 76) and loses at 8192
-// (B = 256: 76 vs 79 for the cluster kernel with S staged in shared memory, which pays from 8192 on
-// and loses below: B = 64, 72 vs 76). Between 2048 and 8192 nothing was measured: the boundary
-// is put halfway.
+// Measured on an H200 at H = 32 (docs/perf-log.md sessions 4 and 8), % of the copy rate, graph
+// replay. The persistent kernel wins at B·H = 256 .. 2048 (B = 8: 66 vs 59, 32: 77 vs 76, 64: 80
+// vs 79) and loses at 8192 (B = 256: 75 vs 82 for the cluster kernel with S staged in shared
+// memory, which pays from 8192 on and loses below: B = 64, 78 vs 79). Between 2048 and 8192
+// nothing was measured: the boundary is put halfway. At B·H = 128 (B = 4) the persistent kernel
+// was 3% faster (7.26 vs 7.45 us), at 32 (B = 1) 49% slower; nothing between: it stays at 256.
 constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
@@ -44,22 +45,14 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
              "persistent decode needs 16-byte aligned qkv, f, z and conv state");
   const int rows = p.batch * p.num_heads;
   if (p.persistent > 0 ||
-      (p.persistent < 0 && persist_ok && p.cols_per_cta == 0 && p.smem_state < 0 &&
-       rows >= kKdaDecodePersistentFromRows && rows < kKdaDecodePersistentToRows)) {
+      (p.persistent < 0 && persist_ok && p.smem_state < 0 && rows >= kKdaDecodePersistentFromRows &&
+       rows < kKdaDecodePersistentToRows)) {
     kda::launch_kda_decode_persistent(p, stream);
     KIMI_CHECK_LAUNCH();
     return;
   }
-  // Small batches: 8 CTAs per head keep more multiprocessors busy; large: 4, less redundant prep.
-  KIMI_CHECK(p.cols_per_cta == 0 || p.cols_per_cta == 16 || p.cols_per_cta == 32,
-             "cols_per_cta must be 0, 16 or 32, got ", p.cols_per_cta);
-  const int cols = p.cols_per_cta ? p.cols_per_cta : (rows < 256 ? 16 : 32);
-  const bool smem =
-      p.smem_state < 0 ? cols == 32 && rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
-  KIMI_CHECK(!smem || cols == 32, "the shared-memory state variant has 32 columns per CTA");
-  if (cols == 16)
-    kda::launch_kda_decode<16, false>(p, stream);
-  else if (smem)
+  const bool smem = p.smem_state < 0 ? rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
+  if (smem)
     kda::launch_kda_decode<32, true>(p, stream);
   else
     kda::launch_kda_decode<32, false>(p, stream);

@@ -164,7 +164,7 @@ struct DeviceWeights {
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
 // the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
-void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int smem_state = -1,
+void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1,
                      int persistent = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
@@ -216,7 +216,6 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int cols = 0, int s
     p.conv_state = d_conv.data();
     p.state = d_state.data();
     p.y = d_y.data();
-    p.cols_per_cta = cols;
     p.smem_state = smem_state;
     p.persistent = persistent;
     cuda::run_kda_decode(p, nullptr);
@@ -279,20 +278,129 @@ TEST(KdaGpu, DecodeB64) {
 // Every instantiation, whatever the automatic choice picks.
 TEST(KdaGpu, DecodeVariants) {
   KIMI_REQUIRE_GPU();
-  run_decode_case(7, 32, 2, 14, 16, 0);
-  run_decode_case(7, 32, 2, 15, 32, 0);
-  run_decode_case(9, 32, 2, 16, 32, 1);
+  run_decode_case(7, 32, 2, 15, 0);
+  run_decode_case(9, 32, 2, 16, 1);
   // The cluster kernel where the persistent one is chosen, and the persistent one at 1 item/CTA.
-  run_decode_case(64, 32, 2, 17, 0, -1, 0);
-  run_decode_case(7, 32, 2, 18, 0, -1, 1);
+  run_decode_case(64, 32, 2, 17, -1, 0);
+  run_decode_case(7, 32, 2, 18, -1, 1);
 }
 // Persistent kernel with several items per CTA (more than its 3 stages: the ring wraps), ranges
 // of unequal length, odd head counts and a padding row inside a CTA's range.
 TEST(KdaGpu, DecodePersistentOddHeads) {
   KIMI_REQUIRE_GPU();
-  run_decode_case(65, 5, 3, 21, 0, -1, 1);
-  run_decode_case(200, 5, 2, 24, 0, -1, 1);
-  run_decode_case(131, 3, 2, 27, 0, -1, 1);
+  run_decode_case(65, 5, 3, 21, -1, 1);
+  run_decode_case(200, 5, 2, 24, -1, 1);
+  run_decode_case(131, 3, 2, 27, -1, 1);
+}
+
+// Decode as the model launches it: programmatic dependent launches on a created stream, two
+// layers per step with their own pools, and layer 1's output gate z taken from layer 0's y (an
+// input the kernel right before writes: it must be read after the PDL wait). Each step's inputs
+// arrive by copies on the stream, as the model's step metadata does; that copy is what separates
+// a layer's launches of consecutive steps, which the kernels' early state reads rely on
+// (kda_decode.cuh). No host synchronisation until the end. Against the CPU chain per layer.
+void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent) {
+  std::mt19937 rng(seed);
+  const int num_slots = B + 3;
+  const KdaCase c0 = make_case(rng, H, B * steps), c1 = make_case(rng, H, B * steps);
+  const int HD = c0.HD(), C = c0.C();
+  const std::vector<int> slots = scattered_slots(rng, B, num_slots);
+  std::vector<int> cu(B + 1);
+  std::iota(cu.begin(), cu.end(), 0);
+  const KdaCase* cases[2] = {&c0, &c1};
+  std::vector<float> conv_ref[2], state_ref[2];
+  std::vector<DBuf<bf16>> d_conv;
+  std::vector<DBuf<float>> d_state;
+  std::vector<DeviceWeights> w;
+  for (int l = 0; l < 2; ++l) {
+    const std::vector<uint16_t> cb = random_bf16(rng, size_t(num_slots) * C * 3, -2.f, 2.f);
+    conv_ref[l] = bf16_to_float(cb);
+    state_ref[l] = random_f32(rng, size_t(num_slots) * H * D * D, -0.5f, 0.5f);
+    d_conv.push_back(to_device_bf16(cb));
+    d_state.push_back(to_device(state_ref[l]));
+    w.emplace_back(*cases[l]);
+  }
+  DBuf<int> d_slots = to_device(slots);
+  // All steps' inputs, and the working buffers each step's copies fill (layer 1's z is y0).
+  DBuf<bf16> all_qkv[2] = {to_device_bf16(c0.qkv), to_device_bf16(c1.qkv)};
+  DBuf<bf16> all_f[2] = {to_device_bf16(c0.f), to_device_bf16(c1.f)};
+  DBuf<bf16> all_b[2] = {to_device_bf16(c0.b), to_device_bf16(c1.b)};
+  DBuf<bf16> all_z0 = to_device_bf16(c0.z);
+  DBuf<bf16> qkv[2] = {DBuf<bf16>(size_t(B) * C), DBuf<bf16>(size_t(B) * C)};
+  DBuf<bf16> f[2] = {DBuf<bf16>(size_t(B) * HD), DBuf<bf16>(size_t(B) * HD)};
+  DBuf<bf16> b[2] = {DBuf<bf16>(size_t(B) * H), DBuf<bf16>(size_t(B) * H)};
+  DBuf<bf16> z0(size_t(B) * HD);
+  GuardedBuffer<bf16> y[2] = {GuardedBuffer<bf16>(size_t(steps) * B * HD),
+                              GuardedBuffer<bf16>(size_t(steps) * B * HD)};
+  y[0].poison();
+  y[1].poison();
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  auto copy_rows = [&](DBuf<bf16>& dst, const DBuf<bf16>& src, int step, size_t width) {
+    CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data() + size_t(step) * B * width,
+                               size_t(B) * width * 2, cudaMemcpyDeviceToDevice, st));
+  };
+  for (int step = 0; step < steps; ++step) {
+    for (int l = 0; l < 2; ++l) {
+      copy_rows(qkv[l], all_qkv[l], step, C);
+      copy_rows(f[l], all_f[l], step, HD);
+      copy_rows(b[l], all_b[l], step, H);
+    }
+    copy_rows(z0, all_z0, step, HD);
+    for (int l = 0; l < 2; ++l) {
+      cuda::KdaDecodeParams p;
+      p.batch = B;
+      p.num_heads = H;
+      p.slots = d_slots.data();
+      p.qkv = qkv[l].data();
+      p.f = f[l].data();
+      p.b = b[l].data();
+      p.z = l == 0 ? z0.data() : y[0].data() + size_t(step) * B * HD;
+      p.w = w[l].view();
+      p.conv_state = d_conv[l].data();
+      p.state = d_state[l].data();
+      p.y = y[l].data() + size_t(step) * B * HD;
+      p.persistent = persistent;
+      cuda::run_kda_decode(p, st);
+    }
+  }
+  CUDA_CHECK(cudaStreamSynchronize(st));
+  CUDA_CHECK(cudaStreamDestroy(st));
+
+  const std::vector<float> y0 = bf16_vec_to_float(y[0].to_host()),
+                           y1 = bf16_vec_to_float(y[1].to_host());
+  for (int step = 0; step < steps; ++step) {
+    const std::string tag = str("decode pdl chain B=", B, " H=", H, " step ", step, ": ");
+    const size_t off = size_t(step) * B * HD;
+    const CpuOut r0 = cpu_chain(c0, step * B, cu, slots, conv_ref[0], state_ref[0]);
+    expect_close(tag + "y layer 0", y0.data() + off, r0.y.data(), r0.y.size(), 4e-3, 3e-2);
+    // Layer 1 against the GPU's own layer-0 output as its z (bf16 values, exact in fp32).
+    auto rows = [&](const std::vector<uint16_t>& v, size_t width) {
+      return bf16_to_float(std::vector<uint16_t>(v.begin() + size_t(step) * B * width,
+                                                 v.begin() + size_t(step + 1) * B * width));
+    };
+    const std::vector<float> z1(y0.begin() + off, y0.begin() + off + size_t(B) * HD);
+    const CpuOut r1 = cpu_chain_f32(c1, rows(c1.qkv, C), rows(c1.f, HD), rows(c1.b, H), z1, cu,
+                                    slots, conv_ref[1], state_ref[1]);
+    expect_close(tag + "y layer 1", y1.data() + off, r1.y.data(), r1.y.size(), 4e-3, 3e-2);
+  }
+  for (int l = 0; l < 2; ++l) {
+    EXPECT_TRUE(y[l].guards_intact()) << "y guard overwritten, layer " << l;
+    const std::vector<float> state = d_state[l].to_host();
+    expect_close(str("decode pdl chain B=", B, " state layer ", l), state.data(),
+                 state_ref[l].data(), state.size(), 2e-5, 1e-3);
+    const std::vector<float> conv = bf16_vec_to_float(d_conv[l].to_host());
+    const ErrorStats ce = compare(conv.data(), conv_ref[l].data(), conv.size());
+    EXPECT_EQ(ce.max_abs, 0.0) << "conv state layer " << l << ": " << describe(ce);
+  }
+}
+
+TEST(KdaGpu, DecodePdlChain) {
+  KIMI_REQUIRE_GPU();
+  run_decode_pdl_chain(1, 32, 3, 31, -1);  // cluster kernel
+  run_decode_pdl_chain(5, 7, 3, 32, 0);    // cluster kernel, odd heads
+  run_decode_pdl_chain(9, 32, 3, 33, -1);  // persistent kernel (B·H = 288)
+  run_decode_pdl_chain(13, 5, 4, 34, 1);   // persistent, several items per CTA, odd heads
 }
 
 // ---------------------------------------------------------------------------------------------
