@@ -262,44 +262,37 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
   };
   const double bytes = double(E) * H * 4 + (K + 1) * kExpertBytes;
   auto pct = [&](double ms) { return 100 * bytes / (ms * 1e-3) / 1e9 / ceiling; };
-  std::printf("\n%-6s %3s %9s %12s %8s   %-10s %10s %8s %9s\n", "block", "T", "MB", "chain us",
-              "% copy", "fused rows", "fused us", "% copy", "speedup");
+  std::printf("\n%-6s %3s %9s %12s %8s %12s %8s %9s\n", "block", "T", "MB", "chain us", "% copy",
+              "fused us", "% copy", "speedup");
   const int per_graph = 2 * copies, groups = 15;
+  auto fused = [&](int i, cudaStream_t s) { run_moe_decode_fused(fused_params(i), s); };
   for (int rep = 0; rep < 2; ++rep) {  // alternated: the spread is the noise
     const double t_chain = graph_ms(chain, per_graph, groups, st);
-    for (const moe::MoeFusedShape shape : moe::kMoeFusedShapes) {
-      auto fused = [&](int i, cudaStream_t s) { moe::launch_moe_decode_fused(fused_params(i), shape, s); };
-      const double t = graph_ms(fused, per_graph, groups, st);
-      std::printf("%-6s %3d %9.1f %12.2f %7.1f%%   %4d / %-3d %10.2f %7.1f%% %8.2fx%s\n", "block", 1,
-                  bytes / 1e6, t_chain * 1e3, pct(t_chain), shape.rows_gate_up, shape.rows_down, t * 1e3,
-                  pct(t), t_chain / t,
-                  shape.rows_gate_up == moe::kMoeFusedDefault.rows_gate_up &&
-                          shape.rows_down == moe::kMoeFusedDefault.rows_down ? "  (default)" : "");
-    }
+    const double t = graph_ms(fused, per_graph, groups, st);
+    std::printf("%-6s %3d %9.1f %12.2f %7.1f%% %12.2f %7.1f%% %8.2fx\n", "block", 1, bytes / 1e6,
+                t_chain * 1e3, pct(t_chain), t * 1e3, pct(t), t_chain / t);
   }
-  // Where each shape's time goes: %globaltimer at its phase boundaries (medians of 31 launches,
-  // each alone on the stream), relative to the entry of CTA 0.
+  // Where the fused launch's time goes: %globaltimer at its phase boundaries (medians of 31
+  // launches, each alone on the stream), relative to the entry of CTA 0.
   DeviceBuffer<unsigned long long> stamps(kMoeFusedStamps);
   const char* names[kMoeFusedStamps] = {"entry", "wait", "logits", "bar1", "routed", "gate_up0",
                                         "bar2", "down0", "bar3", "residual", "gate_up_last", "down_last"};
-  for (const moe::MoeFusedShape shape : moe::kMoeFusedShapes) {
-    std::vector<std::vector<double>> d(kMoeFusedStamps);
-    for (int rep = 0; rep < 31; ++rep) {
-      CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));
-      MoeDecodeFusedParams fp = fused_params(rep);
-      fp.stamps = stamps.data();
-      moe::launch_moe_decode_fused(fp, shape, st);
-      CUDA_CHECK(cudaStreamSynchronize(st));
-      const auto h = stamps.to_host();
-      for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
-    }
-    std::printf("  rows %d / %d, phase ends (ns after entry, median):", shape.rows_gate_up, shape.rows_down);
-    for (int i = 1; i < kMoeFusedStamps; ++i) {
-      std::sort(d[i].begin(), d[i].end());
-      std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
-    }
-    std::printf("\n");
+  std::vector<std::vector<double>> d(kMoeFusedStamps);
+  for (int rep = 0; rep < 31; ++rep) {
+    CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));
+    MoeDecodeFusedParams fp = fused_params(rep);
+    fp.stamps = stamps.data();
+    run_moe_decode_fused(fp, st);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const auto h = stamps.to_host();
+    for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
   }
+  std::printf("  phase ends (ns after CTA 0's entry, median):");
+  for (int i = 1; i < kMoeFusedStamps; ++i) {
+    std::sort(d[i].begin(), d[i].end());
+    std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
+  }
+  std::printf("\n");
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 

@@ -211,17 +211,6 @@ struct MoeDecodeFusedParams {
 constexpr int kMoeFusedStamps = 12;
 constexpr int kMoeDecodeFusedMaxHidden = 2304, kMoeDecodeFusedMaxInter = 1024;
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter);
-namespace moe {
-// Weight rows each warp keeps in flight (registers: 36 per gate_up row, 16 per down row).
-// bench_moe --block times every shape, test_moe_gpu checks every shape; run_moe_decode_fused
-// takes kMoeFusedDefault.
-struct MoeFusedShape {
-  int rows_gate_up, rows_down;
-};
-inline constexpr MoeFusedShape kMoeFusedShapes[] = {{1, 2}, {2, 2}, {2, 4}};
-inline constexpr MoeFusedShape kMoeFusedDefault = {1, 2};
-void launch_moe_decode_fused(const MoeDecodeFusedParams& p, MoeFusedShape shape, cudaStream_t stream);
-}  // namespace moe
 // Whether this device runs the fused kernel (one CTA on every multiprocessor must fit).
 bool moe_decode_fused_supported();
 void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream);

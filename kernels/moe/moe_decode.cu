@@ -23,14 +23,6 @@ int grid_size() {
   return std::min(sms, kMaxGrid);
 }
 
-template <int RG, int RD>
-void launch_shape(const MoeDecodeFusedParams& p, size_t smem, cudaStream_t stream) {
-  auto kernel = moe::moe_decode_fused_kernel<RG, RD>;
-  if (smem > (size_t(48) << 10))
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);
-}
-
 }  // namespace
 
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
@@ -41,7 +33,7 @@ size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
   const size_t smem = fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
-  auto kernel = moe::moe_decode_fused_kernel<moe::kMoeFusedDefault.rows_gate_up, moe::kMoeFusedDefault.rows_down>;
+  auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int blocks = 0;
@@ -50,10 +42,6 @@ bool moe_decode_fused_supported() {
 }
 
 void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
-  moe::launch_moe_decode_fused(p, moe::kMoeFusedDefault, stream);
-}
-
-void moe::launch_moe_decode_fused(const MoeDecodeFusedParams& p, MoeFusedShape shape, cudaStream_t stream) {
   const MoeRouteParams& r = p.route;
   KIMI_CHECK(r.num_tokens == 1, "moe fused decode: one token, got ", r.num_tokens);
   KIMI_CHECK(r.num_experts > 0 && r.num_experts <= 1024 && r.top_k > 0 && r.top_k <= 32 &&
@@ -80,10 +68,10 @@ void moe::launch_moe_decode_fused(const MoeDecodeFusedParams& p, MoeFusedShape s
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
   const int S = r.top_k + (r.shared_expert >= 0);
   const size_t smem = fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
-  if (shape.rows_gate_up == 1 && shape.rows_down == 2) launch_shape<1, 2>(p, smem, stream);
-  else if (shape.rows_gate_up == 2 && shape.rows_down == 2) launch_shape<2, 2>(p, smem, stream);
-  else if (shape.rows_gate_up == 2 && shape.rows_down == 4) launch_shape<2, 4>(p, smem, stream);
-  else KIMI_CHECK(false, "moe fused decode: no kernel for ", shape.rows_gate_up, " / ", shape.rows_down, " rows in flight");
+  auto kernel = moe::moe_decode_fused_kernel;
+  if (smem > (size_t(48) << 10))
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);
 }
 
 }  // namespace kimi::cuda

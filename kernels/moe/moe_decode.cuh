@@ -4,20 +4,21 @@
 // Why: at batch 1 the block was four launches (routing with the norm, gate_up, down, un-permute
 // with the next norm) whose ramps, tails and hand-offs cost about as much as the ~31 us of expert
 // weights they stream (docs/perf-log.md, session 7: ~63 us per layer). Here one grid of one
-// 512-thread CTA per multiprocessor runs the phases back to back, meeting at grid-wide barriers:
+// 512-thread CTA per multiprocessor runs the phases back to back, meeting at grid-wide barriers
+// (work that needs no other CTA goes between a barrier's arrival and its wait):
 //   A  before the PDL wait: this CTA's router rows (× the norm weight) into registers, 8 warps
 //      per expert splitting k as the routing kernel does (the same sums in the same order).
 //   B  x → shared memory, 1/rms, the CTA's logits → route.logits.                  barrier 1
+//      (while waiting: the experts' input bf16(RMSNorm(x)·w) into shared memory)
 //   C  every CTA routes the token itself from the E logits (route_tokens_cta): no permutation
-//      and no second round trip; CTA 0 writes the ids and weights. Each lane keeps its pieces of
-//      the experts' input bf16(a) in shared memory.
-//   D  gate_up: units (slot, 8 columns) of 8 gate + 8 up weight rows, one row per warp; a CTA
-//      takes a contiguous run of the shared expert's ceil(I/8) units, then of the K·ceil(I/8)
-//      routed ones; raw fp32 dot products to scratch h13[slot][2I]. The shared expert's first
-//      rows are requested before the PDL wait (constant weights: they stream through B and C).
-//                                                                                 barrier 2
-//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down units touch, in shared memory; the
-//      first down rows (known since C) are requested before barrier 2 and stream through E.
+//      and no second round trip; CTA 0 writes the ids and weights.
+//   D  gate_up: units (slot, 8 columns) of 8 gate + 8 up weight rows, one row per warp, in one
+//      order for the grid with the shared expert's units spread evenly among the routed ones; a
+//      CTA takes a contiguous run (as many as any other ±1), its shared units first; raw fp32
+//      dot products to scratch h13[slot][2I]. The first shared row is requested before the PDL
+//      wait (constant weights: it streams through B and C).                      barrier 2
+//      (while waiting: the first down rows, known since C, are requested)
+//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down units touch, in shared memory.
 //   F  down: units (slot, 16 columns), one row per warp; y[slot][n] to scratch.     barrier 3
 //   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
 //      squares to scratch.                                                         barrier 4
@@ -47,33 +48,36 @@ constexpr int kFusedRouteRegK4 = 4;  // float4 router pieces per thread in regis
 // 16-byte pieces per lane per row: gate_up rows of hidden, down rows of inter.
 constexpr int kFusedPiecesGateUp = kMoeDecodeFusedMaxHidden / 256;
 constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
-
+// Rows in flight per warp: 1 × 4.6 KB (gate_up: 74 KB per SM), 2 × 2 KB (down). Two gate_up rows
+// (72 registers of pieces) spilled and measured 20% slower (bench_moe --block, session 8).
+constexpr int kFusedRowsGateUp = 1, kFusedRowsDown = 2;
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
 static_assert(kFusedRouteRegK4 * 32 * kFusedRouteWarps * 4 >= kMoeDecodeFusedMaxHidden);
 
-// Grid-wide barrier over G resident CTAs; bar[0] counts arrivals, bar[1] is the generation. The
-// last arrival resets the count before it publishes the next generation, so the pair is ready for
-// the next barrier and the next launch.
+// Grid-wide barrier in two halves over G resident CTAs: bar[0] counts arrivals during the launch
+// (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done; the last one done
+// zeroes both for the next launch (every CTA has passed its last wait by then). An arrival is one
+// fire-and-forget release; work independent of the other CTAs goes between arrive and wait.
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
-__device__ __forceinline__ void grid_barrier(unsigned* bar, unsigned G) {
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const unsigned gen = ld_acquire_gpu(bar + 1);  // cannot move on before this CTA arrives
-    __threadfence();                               // the CTA's writes before the arrival
-    if (atomicAdd(bar, 1u) == G - 1) {
-      atomicExch(bar, 0u);
-      __threadfence();
-      atomicAdd(bar + 1, 1u);
-    } else {
-      while (ld_acquire_gpu(bar + 1) == gen) __nanosleep(20);
+__device__ __forceinline__ void grid_arrive(unsigned* bar) {
+  __syncthreads();  // the CTA's writes before the arrival
+  if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+}
+__device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
+  if (threadIdx.x == 0)
+    while (ld_acquire_gpu(bar) < target) {
     }
-    __threadfence();
-  }
   __syncthreads();
+}
+__device__ __forceinline__ void grid_done(unsigned* bar, unsigned G) {
+  if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == G - 1) {
+    atomicExch(bar, 0u);
+    atomicExch(bar + 1, 0u);
+  }
 }
 
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
@@ -91,7 +95,6 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-
 // P 16-byte pieces of a weight row into the lane's registers (zeros past the row or without one).
 template <int P>
 __device__ __forceinline__ void load_row(uint4 (&buf)[P], const bf16* row, int pieces, int lane) {
@@ -112,9 +115,6 @@ __device__ __forceinline__ void fused_stamp(unsigned long long* stamps, int i, b
   else stamps[i] = t;
 }
 
-// RG, RD: weight rows in flight per warp in gate_up (rows of hidden) and down (rows of inter);
-// the choices are moe::kMoeFusedShapes.
-template <int RG, int RD>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   float* sel = reinterpret_cast<float*>(xa + H);     // [E] × 3: routing scores, sigmoids, ranks
   bf16* act = reinterpret_cast<bf16*>(sel + (3 * E + 3) / 4 * 4);  // [S][I] (16-byte aligned)
   __shared__ float part[kFusedWarps / kFusedRouteWarps][kFusedRouteWarps];
+  __shared__ float ss_part_s[kFusedRouteWarps];
   __shared__ float red[kFusedWarps];
   __shared__ float inv_rms_s;
   __shared__ int chosen_e[32], ids[33];
@@ -153,15 +154,17 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const int k4 = k4_0 + j * kK4Step;
     wreg[j] = e_first < E && k4 < n4 ? router_piece(e_first, k4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  // D's row sequence (see below), and its first rows where they are the shared expert's: constant
-  // weights, so they may stream while the previous kernel drains and through B and C.
+  // D's units in one order for the grid, the shared expert's spread evenly among the routed
+  // ones (each (K+1)-th when there is one); CTA c takes positions [c·U/G, (c+1)·U/G): as many
+  // units as any other ±1, its shared units first. Those rows are constant weights: the first
+  // is requested here, before the PDL wait, and streams through B and C.
   constexpr int PG = kFusedPiecesGateUp;
   const int pieces_g = H / 8, CG = (I + 7) / 8;
   const bool has_shared = r.shared_expert >= 0;
-  const int sh0 = has_shared ? int(int64_t(blockIdx.x) * CG / G) : 0;
-  const int sh1 = has_shared ? int(int64_t(blockIdx.x + 1) * CG / G) : 0;
-  const int ro0 = int(int64_t(blockIdx.x) * K * CG / G), ro1 = int(int64_t(blockIdx.x + 1) * K * CG / G);
-  const int nsh = sh1 - sh0, ng = nsh + ro1 - ro0;
+  const int U = S * CG;
+  const int a = int(int64_t(blockIdx.x) * U / G), b = int(int64_t(blockIdx.x + 1) * U / G);
+  const int sh0 = has_shared ? a / S : 0, sh1 = has_shared ? b / S : 0;
+  const int ro0 = a - sh0, nsh = sh1 - sh0, ng = b - a;
   const bool up = warp >= 8;
   auto g_slot_col = [&](int i, int& slot, int& n) {  // row i of the warp's sequence
     const int u = i < nsh ? K * CG + sh0 + i : ro0 + i - nsh;
@@ -174,69 +177,81 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const int e = slot == K ? r.shared_expert : ids[slot];
     return e >= 0 && n < I ? p.w13 + (int64_t(e) * 2 * I + (up ? I : 0) + n) * H : nullptr;
   };
-  uint4 gbuf[RG][PG];
-  const bf16* grow[RG];
-#pragma unroll
-  for (int q = 0; q < RG; ++q) {
-    grow[q] = q < nsh && q < ng ? g_row(q) : nullptr;
-    load_row(gbuf[q], grow[q], pieces_g, lane);
-  }
+  uint4 gbuf[PG];
+  const bf16* grow = nsh > 0 ? g_row(0) : nullptr;
+  load_row(gbuf, grow, pieces_g, lane);
   pdl_launch_dependents();  // the next kernel starts only once every CTA here has (see above)
   pdl_wait();
   fused_stamp(p.stamps, 1, false);
 
-  // B: the row, its sum of squares (fixed order), the logits.
-  float ss = 0.f;
-  for (int k = tid; k < H; k += kFusedThreads) {
-    const float v = __ldcg(p.x + k);
-    xs[k] = v;
-    ss += v * v;
+  // B: the row (each expert slot's 8 warps see every k once: slot 0 keeps it and sums its
+  // squares), the logits' partial sums, then 1/rms and the logits.
+  const float4* x4 = reinterpret_cast<const float4*>(p.x);
+  float4* xs4 = reinterpret_cast<float4*>(xs);
+  float acc = 0.f, ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kFusedRouteRegK4; ++j) {
+    const int k4 = k4_0 + j * kK4Step;
+    if (k4 < n4) {
+      const float4 xv = __ldcg(x4 + k4);
+      acc += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
+      if (ew == 0) {
+        xs4[k4] = xv;
+        ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+      }
+    }
   }
+  for (int k4 = k4_0 + kFusedRouteRegK4 * kK4Step; k4 < n4; k4 += kK4Step) {  // H > 4096
+    const float4 xv = __ldcg(x4 + k4);
+    if (e_first < E) {
+      const float4 wv = router_piece(e_first, k4);
+      acc += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
+    }
+    if (ew == 0) {
+      xs4[k4] = xv;
+      ss += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+    }
+  }
+  acc = warp_sum(acc);
   ss = warp_sum(ss);
-  if (lane == 0) red[warp] = ss;
+  if (lane == 0) {
+    part[ew][wk] = acc;
+    if (ew == 0) ss_part_s[wk] = ss;
+  }
   __syncthreads();
-  if (tid == 0) {
-    float t = 0.f;
-    for (int w = 0; w < kFusedWarps; ++w) t += red[w];
-    inv_rms_s = rsqrtf(t / float(H) + p.eps);
+  if (tid < kEw) {  // the routing kernel's sums, in its order
+    float t = 0.f, sum = 0.f;
+    for (int j = 0; j < kFusedRouteWarps; ++j) t += ss_part_s[j];
+    const float inv = rsqrtf(t / float(H) + p.eps);
+    if (tid == 0) inv_rms_s = inv;
+    for (int j = 0; j < kFusedRouteWarps; ++j) sum += part[tid][j];
+    const int eg = blockIdx.x * kEw + tid;
+    if (eg < E) const_cast<float*>(r.logits)[eg] = sum * inv;
   }
   __syncthreads();
   const float inv_rms = inv_rms_s;
-  const float4* xs4 = reinterpret_cast<const float4*>(xs);
-  for (int e = e_first, round = 0; e - ew < E; e += G * kEw, ++round) {  // warp-uniform bounds
-    float acc = 0.f;
-    if (e < E) {
-      if (round == 0) {
-#pragma unroll
-        for (int j = 0; j < kFusedRouteRegK4; ++j) {
-          const int k4 = k4_0 + j * kK4Step;
-          if (k4 < n4) {
-            const float4 xv = xs4[k4];
-            acc += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
-          }
-        }
-      } else {
-        for (int k4 = k4_0; k4 < n4; k4 += kK4Step) {
-          const float4 wv = router_piece(e, k4), xv = xs4[k4];
-          acc += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
-        }
+  for (int e = e_first + G * kEw; e - ew < E; e += G * kEw) {  // experts past the registers
+    float acc2 = 0.f;
+    if (e < E)
+      for (int k4 = k4_0; k4 < n4; k4 += kK4Step) {
+        const float4 wv = router_piece(e, k4), xv = xs4[k4];
+        acc2 += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
       }
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) part[ew][wk] = acc;
+    acc2 = warp_sum(acc2);
+    if (lane == 0) part[ew][wk] = acc2;
     __syncthreads();
-    if (tid < kEw) {
-      const int eg = e - ew + tid;
-      if (eg < E) {
-        float sum = 0.f;
-        for (int j = 0; j < kFusedRouteWarps; ++j) sum += part[tid][j];
-        const_cast<float*>(r.logits)[eg] = sum * inv_rms;
-      }
+    if (tid < kEw && e - ew + tid < E) {
+      float sum = 0.f;
+      for (int j = 0; j < kFusedRouteWarps; ++j) sum += part[tid][j];
+      const_cast<float*>(r.logits)[e - ew + tid] = sum * inv_rms;
     }
     __syncthreads();
   }
   fused_stamp(p.stamps, 2, false);
-  grid_barrier(p.barrier, G);
+  grid_arrive(p.barrier);
+  // The experts' input: bf16(x · 1/rms · norm weight), as the routing kernel writes it.
+  for (int k = tid; k < H; k += kFusedThreads) xa[k] = __float2bfloat16(xs[k] * inv_rms * p.norm_weight[k]);
+  grid_wait(p.barrier, G);
   fused_stamp(p.stamps, 3, false);
 
   // C: routing, here in every CTA (ids and weights into shared memory).
@@ -252,48 +267,39 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       r.weights[tid] = wts[tid];
     }
   }
-  // The experts' input: bf16(x · 1/rms · norm weight), as the routing kernel writes it.
-  for (int k = tid; k < H; k += kFusedThreads) xa[k] = __float2bfloat16(xs[k] * inv_rms * p.norm_weight[k]);
-  __syncthreads();
   fused_stamp(p.stamps, 4, false);
   const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
 
-  // D: gate_up. Units (slot, 8 columns): the warp's row is gate (warps 0-7) or up (8-15) row
-  // 8·group + warp % 8 of the slot's expert. A CTA takes a contiguous run of the shared expert's
-  // ceil(I/8) units, then of the K·ceil(I/8) routed ones; each warp keeps RG rows in flight.
+  // D: gate_up. The warp's row of a unit (slot, 8 columns) is gate (warps 0-7) or up (8-15) row
+  // 8·group + warp % 8 of the slot's expert; raw fp32 sums to h13.
+  if (nsh == 0 && ng > 0) {
+    grow = g_row(0);
+    load_row(gbuf, grow, pieces_g, lane);
+  }
+  for (int i = 0; i < ng; ++i) {
+    const bf16* next = i + 1 < ng ? g_row(i + 1) : nullptr;
+    float sum = 0.f;
 #pragma unroll
-  for (int q = 0; q < RG; ++q)
-    if (q >= nsh && q < ng) {
-      grow[q] = g_row(q);
-      load_row(gbuf[q], grow[q], pieces_g, lane);
+    for (int j = 0; j < PG; ++j) {
+      const int pc = lane + 32 * j;
+      if (pc < pieces_g) sum += dot8(gbuf[j], xa16[pc]);
+      gbuf[j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
     }
-  for (int i0 = 0; i0 < ng; i0 += RG) {
-#pragma unroll
-    for (int q = 0; q < RG; ++q) {
-      const int i = i0 + q;
-      const bf16* next = i + RG < ng ? g_row(i + RG) : nullptr;
-      float acc = 0.f;
-#pragma unroll
-      for (int j = 0; j < PG; ++j) {
-        const int pc = lane + 32 * j;
-        if (pc < pieces_g) acc += dot8(gbuf[q][j], xa16[pc]);
-        gbuf[q][j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
-      }
-      acc = warp_sum(acc);
-      if (lane == 0 && grow[q]) {
-        int slot, n;
-        g_slot_col(i, slot, n);
-        __stcg(h13 + int64_t(slot) * 2 * I + (up ? I : 0) + n, acc);
-      }
-      grow[q] = next;
+    sum = warp_sum(sum);
+    if (lane == 0 && grow) {
+      int slot, n;
+      g_slot_col(i, slot, n);
+      __stcg(h13 + int64_t(slot) * 2 * I + (up ? I : 0) + n, sum);
     }
+    grow = next;
   }
   fused_stamp(p.stamps, 5, false);
   fused_stamp(p.stamps, 10, true);
+  grid_arrive(p.barrier);
 
   // F's rows (units (slot, 16 columns), row n = 16·group + warp of W2): known since C, so the
   // first RD rows stream through barrier 2 and E.
-  constexpr int PD = kFusedPiecesDown;
+  constexpr int PD = kFusedPiecesDown, RD = kFusedRowsDown;
   const int pieces_d = I / 8, DG = (H + 15) / 16, UD = S * DG;
   const int v0 = int(int64_t(blockIdx.x) * UD / G), v1 = int(int64_t(blockIdx.x + 1) * UD / G);
   const int nd = v1 - v0;
@@ -315,7 +321,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     drow[q] = q < nd ? d_row(q) : nullptr;
     load_row(dbuf[q], drow[q], pieces_d, lane);
   }
-  grid_barrier(p.barrier, G);
+  grid_wait(p.barrier, 2 * G);
   fused_stamp(p.stamps, 6, false);
 
   // E: act of the slots this CTA's down units touch.
@@ -341,58 +347,62 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       int slot = 0, n = 0;
       if (i < nd) d_slot_col(i, slot, n);
       const uint4* arow = act16 + int64_t(slot) * (I / 8);
-      float acc = 0.f;
+      float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < PD; ++j) {
         const int pc = lane + 32 * j;
-        if (pc < pieces_d) acc += dot8(dbuf[q][j], arow[pc]);
+        if (pc < pieces_d) sum += dot8(dbuf[q][j], arow[pc]);
         dbuf[q][j] = ldg_stream16(next + 8 * pc, next && pc < pieces_d);
       }
-      acc = warp_sum(acc);
-      if (lane == 0 && drow[q]) __stcg(y + int64_t(slot) * H + n, acc);
+      sum = warp_sum(sum);
+      if (lane == 0 && drow[q]) __stcg(y + int64_t(slot) * H + n, sum);
       drow[q] = next;
     }
   }
   fused_stamp(p.stamps, 7, false);
   fused_stamp(p.stamps, 11, true);
-  grid_barrier(p.barrier, G);
+  grid_arrive(p.barrier);
+  grid_wait(p.barrier, 3 * G);
   fused_stamp(p.stamps, 8, false);
 
   // G: this CTA's columns of the residual, as the un-permute adds them.
   const int cols = (H + G - 1) / G, c0 = blockIdx.x * cols, c1 = min(c0 + cols, H);
   float sq = 0.f;
   for (int n = c0 + tid; n < c1; n += kFusedThreads) {
-    float acc = 0.f;
+    float sum = 0.f;
     for (int s = 0; s < S; ++s)
-      if (ids[s] >= 0) acc += wts[s] * __ldcg(y + int64_t(s) * H + n);
-    const float v = xs[n] + acc;
+      if (ids[s] >= 0) sum += wts[s] * __ldcg(y + int64_t(s) * H + n);
+    const float v = xs[n] + sum;
     p.x[n] = v;
     xs[n] = v;
     sq += v * v;
   }
   fused_stamp(p.stamps, 9, false);
-  if (!p.next_norm) return;
-  sq = warp_sum(sq);
-  if (lane == 0) red[warp] = sq;
-  __syncthreads();
-  if (tid == 0) {
-    float t = 0.f;
-    for (int w = 0; w < kFusedWarps; ++w) t += red[w];
-    __stcg(ss_part + blockIdx.x, t);
+  if (p.next_norm) {
+    sq = warp_sum(sq);
+    if (lane == 0) red[warp] = sq;
+    __syncthreads();
+    if (tid == 0) {
+      float t = 0.f;
+      for (int w = 0; w < kFusedWarps; ++w) t += red[w];
+      __stcg(ss_part + blockIdx.x, t);
+    }
+    grid_arrive(p.barrier);
+    grid_wait(p.barrier, 4 * G);
+    // H: the next block's input.
+    if (c0 < c1) {
+      if (warp == 0) {
+        float t = 0.f;
+        for (int c = lane; c < G; c += 32) t += __ldcg(ss_part + c);
+        t = warp_sum(t);
+        if (lane == 0) inv_rms_s = rsqrtf(t / float(H) + p.eps);
+      }
+      __syncthreads();
+      for (int n = c0 + tid; n < c1; n += kFusedThreads)
+        p.next_normed[n] = __float2bfloat16(xs[n] * inv_rms_s * p.next_norm[n]);
+    }
   }
-  grid_barrier(p.barrier, G);
-
-  // H: the next block's input.
-  if (c0 >= c1) return;
-  if (warp == 0) {
-    float t = 0.f;
-    for (int c = lane; c < G; c += 32) t += __ldcg(ss_part + c);
-    t = warp_sum(t);
-    if (lane == 0) inv_rms_s = rsqrtf(t / float(H) + p.eps);
-  }
-  __syncthreads();
-  for (int n = c0 + tid; n < c1; n += kFusedThreads)
-    p.next_normed[n] = __float2bfloat16(xs[n] * inv_rms_s * p.next_norm[n]);
+  grid_done(p.barrier, G);
 }
 
 }  // namespace kimi::cuda::moe
