@@ -11,13 +11,17 @@
 //     of its tile shapes, the old tiled kernel (64-row tiles) and two cuBLASLt bf16 GEMMs of the
 //     same FLOPs (x · W13ᵀ, act · W2ᵀ of one expert over all T·K rows); TFLOP/s as % of that and
 //     of the 8192³ cuBLASLt rate, same run; and the 128-row tiles the routing needs.
+//   the whole block at decode T = 1 (--block): the fused launch (run_moe_decode_fused) against the
+//     launches it replaces (routing with the norm, gate_up, down, un-permute with the next norm);
+//     bytes = router + the 8 routed and the shared expert's weights; CUDA graphs, the router and
+//     the residual rows rotating (so the routings, and the experts read, change every call).
 //   routing at decode T = 1, 8: the fused launch (router logits + routing + permutation, with and
 //     without the RMSNorm folded in) against the launches it replaces (RMSNorm, fp32 router GEMM,
 //     routing, permutation), per layer; CUDA graphs, the router weights rotating out of L2.
 // Timing: CUDA events around groups of calls, median over groups, after warm-up; random non-zero
 // weights and inputs. Every CUDA call is checked.
-// Usage: bench_moe [--quick | --prefill | --route | --decode]   (the last three: that table only;
-// --decode with --quick's sizes)
+// Usage: bench_moe [--quick | --prefill | --route | --decode | --block]   (the last four: that
+// table only; --decode with --quick's sizes)
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -50,8 +54,9 @@ using kimi::cuda::MoeGemmPath;
 constexpr int E = 256, K = 8, H = 2304, I = 1024;
 constexpr double kExpertBytes = 3.0 * H * I * 2;  // w1 + w3 + w2, bf16
 
+// E routed experts and the shared expert as expert E (the decode block runs it there).
 struct Weights {
-  DeviceBuffer<bf16> w13{size_t(E) * 2 * I * H}, w2{size_t(E) * H * I};
+  DeviceBuffer<bf16> w13{size_t(E + 1) * 2 * I * H}, w2{size_t(E + 1) * H * I};
   Weights() {
     fill_random(w13, -0.04f, 0.04f, 1);
     fill_random(w2, -0.06f, 0.06f, 2);
@@ -200,6 +205,94 @@ void bench_route(int l2_bytes) {
     }
     std::printf("\n");
   }
+  CUDA_CHECK(cudaStreamDestroy(st));
+}
+
+// The MoE block of a one-token decode step: the fused launch against the four it replaces.
+void bench_block(Weights& w, double ceiling, int l2_bytes) {
+  using namespace kimi::cuda;
+  const int copies = std::max(2, 2 * l2_bytes / int(size_t(E) * H * 4) + 1);
+  DeviceBuffer<float> router(size_t(copies) * E * H), bias(E), x(size_t(copies) * H), normw(H),
+      nextw(H), logits(E + 1), wts(K + 1), y(size_t(K + 1) * H),
+      scratch(moe_decode_fused_scratch_floats(K, H, I));
+  DeviceBuffer<bf16> a(H), act(size_t(K + 1) * I);
+  DeviceBuffer<int> ids(K + 1), ws(moe_permute_workspace_ints(E + 1, K + 1)), ticket(1), bar(2);
+  fill_random(router, -0.05f, 0.05f, 21);
+  fill_random(bias, -0.1f, 0.1f, 22);
+  fill_random(x, -3.f, 3.f, 23);
+  fill_random(normw, 0.5f, 1.5f, 24);
+  fill_random(nextw, 0.5f, 1.5f, 25);
+  CUDA_CHECK(cudaMemset(ticket.data(), 0, sizeof(int)));
+  CUDA_CHECK(cudaMemset(bar.data(), 0, 2 * sizeof(int)));
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  MoeRouteParams rp;
+  rp.num_tokens = 1, rp.num_experts = E, rp.top_k = K, rp.scaling = 2.446f;
+  rp.logits = logits.data(), rp.correction_bias = bias.data();
+  rp.expert_ids = ids.data(), rp.weights = wts.data(), rp.shared_expert = E;
+  auto xs = [&](int i) { return x.data() + size_t(i % copies) * H; };
+  auto rt = [&](int i) { return router.data() + size_t(i % copies) * E * H; };
+  auto chain = [&](int i, cudaStream_t s) {
+    MoeRouteDecodeParams dp;
+    dp.route = rp;
+    dp.x = xs(i), dp.router = rt(i), dp.hidden = H, dp.block_m = 16;
+    dp.workspace = ws.data(), dp.ticket = ticket.data();
+    dp.norm_weight = normw.data(), dp.normed = a.data();
+    run_moe_route_decode(dp, s);
+    MoeGemmParams gp;
+    gp.num_tokens = 1, gp.num_experts = E + 1, gp.top_k = K + 1, gp.block_m = 16, gp.hidden = H;
+    gp.inter = I, gp.workspace = ws.data(), gp.x = a.data(), gp.w13 = w.w13.data();
+    gp.w2 = w.w2.data(), gp.act = act.data(), gp.y = y.data();
+    run_moe_gate_up(gp, s);
+    run_moe_down(gp, s);
+    MoeUnpermuteParams up;
+    up.num_tokens = 1, up.top_k = K + 1, up.hidden = H, up.num_experts = E + 1;
+    up.workspace = ws.data(), up.weights = wts.data(), up.y = y.data(), up.out = xs(i);
+    up.norm_weight = nextw.data(), up.normed = a.data();
+    run_moe_unpermute(up, s);
+  };
+  auto fused_params = [&](int i) {
+    MoeDecodeFusedParams fp;
+    fp.route = rp;
+    fp.x = xs(i), fp.norm_weight = normw.data(), fp.router = rt(i);
+    fp.w13 = w.w13.data(), fp.w2 = w.w2.data(), fp.hidden = H, fp.inter = I;
+    fp.next_norm = nextw.data(), fp.next_normed = a.data();
+    fp.scratch = scratch.data(), fp.barrier = reinterpret_cast<unsigned*>(bar.data());
+    return fp;
+  };
+  const double bytes = double(E) * H * 4 + (K + 1) * kExpertBytes;
+  auto pct = [&](double ms) { return 100 * bytes / (ms * 1e-3) / 1e9 / ceiling; };
+  std::printf("\n%-6s %3s %9s %12s %8s %12s %8s %9s\n", "block", "T", "MB", "chain us", "% copy",
+              "fused us", "% copy", "speedup");
+  const int per_graph = 2 * copies, groups = 15;
+  auto fused = [&](int i, cudaStream_t s) { run_moe_decode_fused(fused_params(i), s); };
+  for (int rep = 0; rep < 2; ++rep) {  // alternated: the spread is the noise
+    const double t_chain = graph_ms(chain, per_graph, groups, st);
+    const double t = graph_ms(fused, per_graph, groups, st);
+    std::printf("%-6s %3d %9.1f %12.2f %7.1f%% %12.2f %7.1f%% %8.2fx\n", "block", 1, bytes / 1e6,
+                t_chain * 1e3, pct(t_chain), t * 1e3, pct(t), t_chain / t);
+  }
+  // Where the fused launch's time goes: %globaltimer at its phase boundaries (medians of 31
+  // launches, each alone on the stream), relative to the entry of CTA 0.
+  DeviceBuffer<unsigned long long> stamps(kMoeFusedStamps);
+  const char* names[kMoeFusedStamps] = {"entry", "wait", "logits", "bar1", "routed", "gate_up0",
+                                        "bar2", "down0", "bar3", "residual", "gate_up_last", "down_last"};
+  std::vector<std::vector<double>> d(kMoeFusedStamps);
+  for (int rep = 0; rep < 31; ++rep) {
+    CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));
+    MoeDecodeFusedParams fp = fused_params(rep);
+    fp.stamps = stamps.data();
+    run_moe_decode_fused(fp, st);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const auto h = stamps.to_host();
+    for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
+  }
+  std::printf("  phase ends (ns after CTA 0's entry, median):");
+  for (int i = 1; i < kMoeFusedStamps; ++i) {
+    std::sort(d[i].begin(), d[i].end());
+    std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
+  }
+  std::printf("\n");
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 
@@ -363,6 +456,7 @@ int main(int argc, char** argv) {
   const bool quick = decode_only || (argc > 1 && std::string(argv[1]) == "--quick");
   const bool prefill_only = argc > 1 && std::string(argv[1]) == "--prefill";
   const bool route_only = argc > 1 && std::string(argv[1]) == "--route";
+  const bool block_only = argc > 1 && std::string(argv[1]) == "--block";
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -374,9 +468,11 @@ int main(int argc, char** argv) {
         kExpertBytes / 1e6);
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
-    if (!prefill_only) bench_route(prop.l2CacheSize);
+    if (!prefill_only && !block_only) bench_route(prop.l2CacheSize);
     if (route_only) return 0;
     Weights w;
+    if (!prefill_only) bench_block(w, ceiling, prop.l2CacheSize);
+    if (block_only) return 0;
     if (!prefill_only) bench_decode(w, ceiling, prop.l2CacheSize, quick);
     if (decode_only) return 0;
     const double gemm_ceiling = kimi::bench::gemm_ceiling_tflops();

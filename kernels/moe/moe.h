@@ -178,6 +178,43 @@ inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 
+// The whole MoE block of a one-token decode step in one persistent launch (moe_decode.cuh), for
+// one GPU (no expert parallelism), bf16 weights, the shared expert stored as expert E:
+//   a = RMSNorm(x)·norm_weight;  logits = a·routerᵀ (fp32);  route (as run_moe_route);
+//   x += Σ_k w_k · down_k(SiLU(gate_k(bf16 a)) ⊙ up_k(bf16 a))  (+ the shared expert, weight 1);
+//   next_normed = bf16(RMSNorm(x)·next_norm)  (optional: the next block's input).
+// Same arithmetic as run_moe_route_decode (with its norm) → gate_up → down → run_moe_unpermute
+// (with the next norm), up to the order of the sums of squares. One CTA per multiprocessor, all
+// resident at once: the phases meet at grid-wide barriers (the barrier's two uints: zero before
+// the first launch; each launch leaves them ready for the next).
+struct MoeDecodeFusedParams {
+  MoeRouteParams route;          // num_tokens 1, no expert parallelism; logits: written here;
+                                 // expert_ids / weights: K (+ 1 with shared_expert == E) entries
+  float* x = nullptr;            // [hidden] the residual stream, updated in place
+  const float* norm_weight = nullptr;  // [hidden] the block's RMSNorm
+  float eps = 1e-5f;
+  const float* router = nullptr; // [E, hidden] fp32
+  const bf16* w13 = nullptr;     // [E (+ 1), 2I, hidden]
+  const bf16* w2 = nullptr;      // [E (+ 1), hidden, I]
+  int hidden = 0;                // multiple of 8, <= kMoeDecodeFusedMaxHidden
+  int inter = 0;                 // multiple of 8, <= kMoeDecodeFusedMaxInter
+  const float* next_norm = nullptr;  // [hidden] or null
+  bf16* next_normed = nullptr;       // [hidden]
+  float* scratch = nullptr;          // moe_decode_fused_scratch_floats(...)
+  unsigned* barrier = nullptr;       // 2 uints
+  // Benchmarks only (null otherwise; zero before the launch): %globaltimer (ns), kMoeFusedStamps
+  // values: CTA 0 at entry, after the wait, logits published, after barrier 1, routed, gate_up
+  // done, after barrier 2, down done, after barrier 3, residual written; the last CTA's gate_up
+  // and down ends.
+  unsigned long long* stamps = nullptr;
+};
+constexpr int kMoeFusedStamps = 12;
+constexpr int kMoeDecodeFusedMaxHidden = 2304, kMoeDecodeFusedMaxInter = 1024;
+size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter);
+// Whether this device runs the fused kernel (one CTA on every multiprocessor must fit).
+bool moe_decode_fused_supported();
+void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream);
+
 struct MoeUnpermuteParams {
   int num_tokens = 0;
   int top_k = 0;

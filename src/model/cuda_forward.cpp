@@ -390,6 +390,38 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   const ExpertRange mine = local_experts(m.full_cfg, m.tp.rank, m.tp.world, m.tp.expert_parallel);
   const int El = mine.count;
   auto& A = m.act;
+  // One token on one GPU: the whole block in one launch (route, experts, residual, next norm).
+  if (T == 1 && m.moe_fused && m.fuse_norms && m.tp.world == 1 && El == E &&
+      (w.shared_in_experts || c.num_shared_experts == 0) && hid <= cuda::kMoeDecodeFusedMaxHidden &&
+      c.moe_intermediate_size <= cuda::kMoeDecodeFusedMaxInter) {
+    cuda::MoeDecodeFusedParams fp;
+    fp.route.num_tokens = 1;
+    fp.route.num_experts = E;
+    fp.route.top_k = K;
+    fp.route.renormalize = c.moe_renormalize;
+    fp.route.scaling = c.routed_scaling_factor;
+    fp.route.logits = A.router_logits;
+    fp.route.correction_bias = w.bias;
+    fp.route.expert_ids = A.route_ids;
+    fp.route.weights = A.route_w;
+    fp.route.shared_expert = w.shared_in_experts ? E : -1;
+    fp.x = A.x;
+    fp.norm_weight = post_norm;
+    fp.eps = c.rms_norm_eps;
+    fp.router = w.router;
+    fp.w13 = w.w13;
+    fp.w2 = w.w2;
+    fp.hidden = hid;
+    fp.inter = c.moe_intermediate_size;
+    if (next_norm) {
+      fp.next_norm = next_norm;
+      fp.next_normed = A.a;
+    }
+    fp.scratch = A.moe_fused_scratch;
+    fp.barrier = A.moe_fused_barrier;
+    cuda::run_moe_decode_fused(fp, m.stream);
+    return next_norm != nullptr;
+  }
   // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
   // batches. KIMI_CUDA_MOE=tiled: the old 64-row WMMA tiles instead of wgmma.
   int block_m = cuda::moe_block_m(int64_t(T) * K, E);

@@ -145,6 +145,9 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
     const int E = cfg.num_experts + 1, K = cfg.num_experts_per_token + 1;
     act.router_logits = c.take<float>(size_t(T) * E);
     act.route_ticket = c.take<int>(1);
+    act.moe_fused_scratch = c.take<float>(
+        cuda::moe_decode_fused_scratch_floats(cfg.num_experts_per_token, int(hd), cfg.moe_intermediate_size));
+    act.moe_fused_barrier = c.take<unsigned>(2);
     act.route_w = c.take<float>(size_t(T) * K);
     act.route_ids = c.take<int>(size_t(T) * K);
     act.perm_ws = c.take<int>(cuda::moe_permute_workspace_ints(E, int64_t(T) * K));
@@ -326,6 +329,12 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "0") m.fuse_norms = false;
     else if (v != "1") fail("KIMI_CUDA_FUSE_NORM must be 0 or 1, got '", v, "'");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_MOE_FUSED")) {  // one-launch MoE decode (comparison)
+    const std::string v = e;
+    if (v == "0") m.moe_fused = false;
+    else if (v != "1") fail("KIMI_CUDA_MOE_FUSED must be 0 or 1, got '", v, "'");
+  }
+  if (m.moe_fused && !cuda::moe_decode_fused_supported()) m.moe_fused = false;
   if (m.high) {
     m.fuse_norms = false;  // the fused norms write bf16 block inputs only
     spdlog::info("cuda: precision high: split hi/lo GEMM inputs, fp32 KDA through the recurrent "
@@ -356,6 +365,7 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
   Carver ac2{m.arena_buf.data()};
   m.layout_arena(ac2);
   if (m.act.route_ticket) CUDA_CHECK(cudaMemset(m.act.route_ticket, 0, sizeof(int)));
+  if (m.act.moe_fused_barrier) CUDA_CHECK(cudaMemset(m.act.moe_fused_barrier, 0, 2 * sizeof(unsigned)));
   cuda::mla_prepare();
   cuda::mla_prefill_prepare();
   if (ckpt) m.load_weights(*ckpt);

@@ -146,6 +146,9 @@ struct CudaModel::Impl {
     // hf: [Tm, hidden] fp32 normed input of the router, and of every block in high precision.
     float *hf, *router_logits, *route_w;
     int* route_ticket;                    // the fused decode routing's ticket (zeroed once)
+    // The fused one-token MoE block (run_moe_decode_fused): scratch and grid barrier (zeroed once).
+    float* moe_fused_scratch;
+    unsigned* moe_fused_barrier;
     int *route_ids, *perm_ws;
     bf16* moe_act;
     float* moe_y;
@@ -195,6 +198,9 @@ struct CudaModel::Impl {
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison). Off in high precision (they write bf16 only).
   bool fuse_norms = true;
+  // One-token decode steps run each MoE block as one persistent launch (run_moe_decode_fused)
+  // where the device fits it (KIMI_CUDA_MOE_FUSED=0: the routing, expert and un-permute launches).
+  bool moe_fused = true;
   // ModelOptions::precision == kHigh: hi/lo split GEMM inputs, KDA in fp32 by the recurrent scan.
   bool high = false;
 

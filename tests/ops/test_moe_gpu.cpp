@@ -603,6 +603,173 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
 #endif
 }
 
+// The fused one-token MoE block (run_moe_decode_fused) against the CPU reference of the whole
+// block: RMSNorm, fp32 router logits, routing (cpu::moe_route; ids exact, weights to fp32
+// rounding), the chosen experts' fp32 SwiGLU MLPs on bf16(normed x) plus the shared expert, the
+// residual, and the next block's norm. Tolerance on the block's contribution: 8e-3 relative RMS
+// (the bf16 rounding of act, as for the other expert kernels). Shapes: the model's; odd ones
+// (rows of 8, 17 and 287 pieces, inter 40 and 1016); more experts than the grid holds in
+// registers (300); every expert chosen (K = E); with and without the shared expert and the next
+// norm. Each case runs twice: the grid barrier resets itself.
+TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  ASSERT_TRUE(cuda::moe_decode_fused_supported());
+  std::mt19937 rng(123);
+  struct Case {
+    int E, K, H, I;
+    bool shared, next;
+  };
+  for (const Case& c : {Case{256, 8, 2304, 1024, true, true}, Case{20, 3, 64, 40, true, false},
+                        Case{40, 6, 136, 72, false, true}, Case{300, 8, 2296, 1016, true, true},
+                        Case{9, 9, 8, 8, true, true}}) {
+    const std::string what = str("E", c.E, " K", c.K, " H", c.H, " I", c.I, c.shared ? " shared" : "",
+                                 c.next ? " next-norm" : "");
+    const int E = c.E, K = c.K, H = c.H, I = c.I, S = K + c.shared;
+    constexpr float kEps = 1e-6f;
+    ExpertWeights w(E + c.shared, H, I, 500 + uint32_t(E));
+    auto x = random_f32(rng, H, -7.f, 7.f);  // a residual stream: not unit scale
+    auto router = random_f32(rng, size_t(E) * H, -0.1f, 0.1f);
+    auto bias = random_f32(rng, E, -0.3f, 0.3f);
+    // An exact tie that is always chosen: experts 1 and 2 score the same (ties go to the lower).
+    std::copy_n(&router[size_t(H)], H, &router[size_t(2) * H]);
+    bias[1] = bias[2] = 10.f;
+    const auto norm_w = random_f32(rng, H, 0.5f, 1.5f), next_w = random_f32(rng, H, 0.5f, 1.5f);
+
+    // Reference.
+    double ss = 0;
+    for (float v : x) ss += double(v) * v;
+    const double inv = 1.0 / std::sqrt(ss / H + kEps);
+    std::vector<float> xn(static_cast<size_t>(H)), a(static_cast<size_t>(H));
+    for (int k = 0; k < H; ++k) {
+      xn[size_t(k)] = float(x[size_t(k)] * inv * norm_w[size_t(k)]);
+      a[size_t(k)] = bf16_to_f32(f32_to_bf16(xn[size_t(k)]));  // the experts' bf16 input
+    }
+    std::vector<float> logits(static_cast<size_t>(E));
+    for (int e = 0; e < E; ++e) {
+      double acc = 0;
+      for (int k = 0; k < H; ++k) acc += double(xn[size_t(k)]) * router[size_t(e) * H + k];
+      logits[size_t(e)] = float(acc);
+    }
+    std::vector<int> ids(static_cast<size_t>(K));
+    std::vector<float> wts(static_cast<size_t>(K));
+    cpu::MoeRouteParams cp;
+    cp.num_tokens = 1, cp.num_experts = E, cp.top_k = K, cp.renormalize = true, cp.scaling = 2.446f;
+    cp.logits = logits.data(), cp.correction_bias = bias.data(), cp.expert_ids = ids.data(), cp.weights = wts.data();
+    cpu::moe_route(cp);
+    ASSERT_EQ(ids[0], 1) << what;
+    ASSERT_EQ(ids[1], 2) << what;
+    std::vector<float> delta(size_t(H), 0.f), gu(size_t(2) * I), act(static_cast<size_t>(I)), y(static_cast<size_t>(H));
+    for (int s = 0; s < S; ++s) {
+      const int e = s < K ? ids[size_t(s)] : E;
+      const float wt = s < K ? wts[size_t(s)] : 1.f;
+      cpu::matmul(a.data(), &w.w13f[size_t(e) * 2 * I * H], gu.data(), 1, 2 * I, H);
+      cpu::silu_mul(gu.data(), act.data(), 1, I);
+      cpu::matmul(act.data(), &w.w2f[size_t(e) * H * I], y.data(), 1, H, I);
+      for (int d = 0; d < H; ++d) delta[size_t(d)] += wt * y[size_t(d)];
+    }
+    std::vector<float> x_ref(static_cast<size_t>(H)), normed_ref(static_cast<size_t>(H));
+    double ss2 = 0;
+    for (int d = 0; d < H; ++d) {
+      x_ref[size_t(d)] = x[size_t(d)] + delta[size_t(d)];
+      ss2 += double(x_ref[size_t(d)]) * x_ref[size_t(d)];
+    }
+    const double inv2 = 1.0 / std::sqrt(ss2 / H + kEps);
+    for (int d = 0; d < H; ++d) normed_ref[size_t(d)] = float(x_ref[size_t(d)] * inv2 * next_w[size_t(d)]);
+
+    // GPU.
+    GuardedBuffer<float> dx(static_cast<size_t>(H)), dr(router.size()), db(static_cast<size_t>(E)), dl(static_cast<size_t>(E)), dw(static_cast<size_t>(S)),
+        dnw(static_cast<size_t>(H)), dnext(static_cast<size_t>(H)),
+        dscratch(cuda::moe_decode_fused_scratch_floats(K, H, I));
+    GuardedBuffer<int> di(static_cast<size_t>(S)), dbar(2);
+    GuardedBuffer<uint16_t> dnormed(static_cast<size_t>(H));
+    dr.upload(router);
+    db.upload(bias);
+    dnw.upload(norm_w);
+    dnext.upload(next_w);
+    dbar.upload(std::vector<int>{0, 0});
+    cuda::MoeDecodeFusedParams p;
+    p.route.num_tokens = 1, p.route.num_experts = E, p.route.top_k = K;
+    p.route.renormalize = true, p.route.scaling = 2.446f;
+    p.route.logits = dl.data(), p.route.correction_bias = db.data();
+    p.route.expert_ids = di.data(), p.route.weights = dw.data();
+    p.route.shared_expert = c.shared ? E : -1;
+    p.x = dx.data(), p.norm_weight = dnw.data(), p.eps = kEps, p.router = dr.data();
+    p.w13 = dev<cuda::bf16>(w.dw13), p.w2 = dev<cuda::bf16>(w.dw2), p.hidden = H, p.inter = I;
+    if (c.next) p.next_norm = dnext.data(), p.next_normed = dev<cuda::bf16>(dnormed);
+    p.scratch = dscratch.data();
+    p.barrier = reinterpret_cast<unsigned*>(dbar.data());
+    for (int rep = 0; rep < 2; ++rep) {
+      dx.upload(x);
+      dl.poison();
+      dw.poison();
+      di.poison();
+      dnormed.poison();
+      dscratch.poison();
+      cuda::run_moe_decode_fused(p, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const std::string run = str(what, " run ", rep);
+      expect_close(str("fused block logits ", run), dl.to_host().data(), logits.data(), logits.size(), 1e-5, 1e-4);
+      const auto gi = di.to_host();
+      const auto gw = dw.to_host();
+      for (int k = 0; k < K; ++k) {
+        ASSERT_EQ(gi[size_t(k)], ids[size_t(k)]) << run << " k " << k;
+        ASSERT_NEAR(gw[size_t(k)], wts[size_t(k)], 1e-5f) << run << " k " << k;
+      }
+      if (c.shared) {
+        ASSERT_EQ(gi[size_t(K)], E) << run;
+        ASSERT_EQ(gw[size_t(K)], 1.f) << run;
+      }
+      const auto gx = dx.to_host();
+      std::vector<float> gdelta(static_cast<size_t>(H));
+      for (int d = 0; d < H; ++d) gdelta[size_t(d)] = gx[size_t(d)] - x[size_t(d)];
+      expect_close(str("fused block delta ", run), gdelta.data(), delta.data(), delta.size(), 8e-3, 1e-1);
+      if (c.next)
+        expect_close(str("fused block next normed ", run), bf16_to_float(dnormed.to_host()).data(),
+                     normed_ref.data(), normed_ref.size(), 8e-3, 5e-2);
+      else
+        for (uint16_t v : dnormed.to_host()) ASSERT_EQ(v, 0xffff) << run << ": next_normed written";
+      EXPECT_EQ(dbar.to_host(), (std::vector<int>{0, 0})) << run << ": the barrier is reset";
+      EXPECT_TRUE(dx.guards_intact() && dl.guards_intact() && dw.guards_intact() && di.guards_intact() &&
+                  dnormed.guards_intact() && dscratch.guards_intact())
+          << run;
+    }
+  }
+#endif
+}
+
+// The fused block's launcher refuses what it cannot run, before touching the device (pointers
+// are stand-ins, never dereferenced).
+TEST(MoeGpu, FusedDecodeBlockRefusesBadArguments) {
+#if KIMI_HAVE_CUDA
+  auto f = [](uintptr_t a) { return reinterpret_cast<float*>(a); };
+  cuda::MoeDecodeFusedParams ok;
+  ok.route.num_tokens = 1, ok.route.num_experts = 16, ok.route.top_k = 4;
+  ok.route.logits = f(0x1000), ok.route.correction_bias = f(0x2000);
+  ok.route.expert_ids = reinterpret_cast<int*>(0x3000), ok.route.weights = f(0x4000);
+  ok.x = f(0x5000), ok.norm_weight = f(0x6000), ok.router = f(0x7000);
+  ok.w13 = reinterpret_cast<const cuda::bf16*>(0x8000), ok.w2 = reinterpret_cast<const cuda::bf16*>(0x9000);
+  ok.hidden = 64, ok.inter = 32, ok.scratch = f(0xa000), ok.barrier = reinterpret_cast<unsigned*>(0xb000);
+  auto bad = [&](auto edit, const char* what) {
+    cuda::MoeDecodeFusedParams p = ok;
+    edit(p);
+    EXPECT_THROW(cuda::run_moe_decode_fused(p, nullptr), Error) << what;
+  };
+  bad([](auto& p) { p.route.num_tokens = 2; }, "two tokens");
+  bad([](auto& p) { p.route.top_k = 17; }, "top_k > E");
+  bad([](auto& p) { p.route.local_experts = 8; }, "expert parallelism");
+  bad([](auto& p) { p.route.shared_expert = 3; }, "shared expert not E");
+  bad([](auto& p) { p.hidden = 60; }, "hidden not a multiple of 8");
+  bad([](auto& p) { p.hidden = cuda::kMoeDecodeFusedMaxHidden + 8; }, "hidden too large");
+  bad([](auto& p) { p.inter = cuda::kMoeDecodeFusedMaxInter + 8; }, "inter too large");
+  bad([](auto& p) { p.barrier = nullptr; }, "no barrier");
+  bad([&](auto& p) { p.next_norm = f(0xc000); }, "next_norm without its output");
+  bad([](auto& p) { p.router = reinterpret_cast<const float*>(0x7004); }, "misaligned router");
+#else
+  GTEST_SKIP() << "built without the CUDA backend";
+#endif
+}
+
 // The decode launchers' argument checks run before anything touches the device: checked without
 // a GPU (pointers are stand-ins, never dereferenced).
 TEST(MoeGpu, DecodeLaunchersRefuseBadArguments) {
