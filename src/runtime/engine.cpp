@@ -321,7 +321,9 @@ void EngineImpl::admit_incoming() {
 std::list<std::unique_ptr<Sequence>>::iterator EngineImpl::waiting_place(const Sequence& s) {
   // From the back: a new arrival goes last under FCFS, so this costs nothing there.
   auto pos = waiting_.end();
-  while (pos != waiting_.begin() && queues_before(queue_key(s), queue_key(**std::prev(pos)), policy_)) --pos;
+  while (pos != waiting_.begin() &&
+         queues_before(queue_key(s), queue_key(**std::prev(pos)), policy_))
+    --pos;
   return pos;
 }
 

@@ -15,7 +15,8 @@ SchedulingPolicy parse_scheduling_policy(const std::string& name) {
 }
 
 bool queues_before(const SchedSeq& a, const SchedSeq& b, SchedulingPolicy policy) {
-  if (policy == SchedulingPolicy::kPriority && a.priority != b.priority) return a.priority < b.priority;
+  if (policy == SchedulingPolicy::kPriority && a.priority != b.priority)
+    return a.priority < b.priority;
   return a.arrival < b.arrival;
 }
 
@@ -27,12 +28,12 @@ int tokens_this_step(const SchedSeq& s, int budget) {
   return n;
 }
 
-// The running sequence to preempt: FCFS the last admitted (it has computed the least since),
-// priority the last in queue order.
+// The running sequence to preempt: FCFS the last admitted, priority the last in queue order.
 size_t victim(const std::vector<SchedSeq>& live, SchedulingPolicy policy) {
   if (policy == SchedulingPolicy::kFcfs) return live.size() - 1;
-  auto last = std::max_element(live.begin(), live.end(),
-                               [&](const SchedSeq& a, const SchedSeq& b) { return queues_before(a, b, policy); });
+  auto last = std::max_element(live.begin(), live.end(), [&](const SchedSeq& a, const SchedSeq& b) {
+    return queues_before(a, b, policy);
+  });
   return size_t(last - live.begin());
 }
 }  // namespace

@@ -6,8 +6,8 @@
 // last admitted, under the priority policy the one that queues last (highest priority value,
 // then latest arrival), even if it was already given tokens this step (they are taken back);
 // then, in a step that preempted nothing, waiting sequences are admitted in queue order while a
-// slot, blocks, budget and the running cap allow, with no skipping ahead. This is vLLM's V1
-// scheduler (--scheduling-policy fcfs|priority).
+// slot, blocks, budget and the running cap allow, with no skipping ahead. As vLLM's V1 scheduler
+// does under its --scheduling-policy fcfs|priority.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +33,8 @@ struct SchedSeq {
   uint64_t arrival = 0;  // arrival order (a preempted sequence keeps its own)
 };
 
-// Whether a goes before b in the waiting queue under the policy (and so b is preempted first).
+// Whether a goes before b in the waiting queue under the policy. The priority policy preempts
+// the running sequence that would go last.
 bool queues_before(const SchedSeq& a, const SchedSeq& b, SchedulingPolicy policy);
 
 struct SchedulerLimits {

@@ -232,7 +232,8 @@ TEST(Engine, PoolExhaustionPreemptsAndCompletesCorrectly) {
 
 // The order in which requests queued behind a running one are admitted, with one sequence at a
 // time: each runs until it is cancelled, so the next to produce a token is the next admitted.
-std::vector<int> admission_order(const std::string& policy, const std::vector<int64_t>& priorities) {
+std::vector<int> admission_order(const std::string& policy,
+                                 const std::vector<int64_t>& priorities) {
   EngineOptions o = engine_opts(1);
   o.scheduling_policy = policy;
   auto eng = Engine::create(o);
@@ -312,7 +313,8 @@ TEST(Engine, PriorityPreemptionCompletesCorrectly) {
   EXPECT_EQ(m.free_blocks, m.total_blocks);
   EXPECT_EQ(m.free_slots, m.total_slots);
   auto solo = Engine::create(engine_opts(1));
-  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(collect(*solo->submit(reqs[i]))[0].ids, got[i]) << i;
+  for (size_t i = 0; i < reqs.size(); ++i)
+    EXPECT_EQ(collect(*solo->submit(reqs[i]))[0].ids, got[i]) << i;
 }
 
 TEST(Engine, SeedReproducibleAndNSamplesShareThePrefill) {

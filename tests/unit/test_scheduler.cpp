@@ -141,11 +141,13 @@ SchedSeq keyed(int id, int64_t priority, uint64_t arrival) {
 }
 
 TEST(Scheduler, QueueOrderByPolicy) {
-  std::vector<SchedSeq> q = {keyed(0, 5, 0), keyed(1, 0, 1), keyed(2, 5, 2), keyed(3, -3, 3), keyed(4, 0, 4)};
+  std::vector<SchedSeq> q = {keyed(0, 5, 0), keyed(1, 0, 1), keyed(2, 5, 2), keyed(3, -3, 3),
+                             keyed(4, 0, 4)};
   auto order = [&](SchedulingPolicy p) {
     std::vector<SchedSeq> v = q;
     std::reverse(v.begin(), v.end());  // the input order must not matter
-    std::sort(v.begin(), v.end(), [&](const SchedSeq& a, const SchedSeq& b) { return queues_before(a, b, p); });
+    std::sort(v.begin(), v.end(),
+              [&](const SchedSeq& a, const SchedSeq& b) { return queues_before(a, b, p); });
     std::vector<int> ids;
     for (const SchedSeq& s : v) ids.push_back(s.id);
     return ids;
