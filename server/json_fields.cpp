@@ -68,13 +68,14 @@ std::optional<int64_t> Fields::integer(const std::string& key, int64_t lo, int64
   const json* v = get(key);
   if (!v) return std::nullopt;
   int64_t i = 0;
-  if (v->is_number_integer()) {
-    i = v->get<int64_t>();
-  } else if (v->is_number_unsigned()) {
+  // Unsigned first: nlohmann counts it as an integer too, and 2^63 and above would wrap.
+  if (v->is_number_unsigned()) {
     uint64_t u = v->get<uint64_t>();
     if (u > uint64_t(INT64_MAX))
       throw_bad_request(name(key), str("'", name(key), "' is out of range: ", v->dump()));
     i = int64_t(u);
+  } else if (v->is_number_integer()) {
+    i = v->get<int64_t>();
   } else if (v->is_number_float()) {
     double d = v->get<double>();
     if (!std::isfinite(d) || d != std::floor(d) || std::fabs(d) > 9.0e15)

@@ -386,11 +386,13 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   r.engine.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.engine.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.return_tokens_as_token_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
-
-  // vLLM extras the engine has no mechanism for: refuse rather than silently ignore.
-  if (f.integer("priority", INT32_MIN, INT32_MAX).value_or(0) != 0)
-    throw_bad_request("priority", "'priority' scheduling is not supported by this server");
+  // vLLM's range; used under --scheduling-policy priority, accepted and ignored under fcfs (as
+  // vLLM's V1 engine does).
+  r.engine.priority = f.integer("priority", std::numeric_limits<int64_t>::min(),
+                                std::numeric_limits<int64_t>::max())
+                          .value_or(0);
   parse_format(f, r);
+  // vLLM extras the engine has no mechanism for: refuse rather than silently ignore.
   if (f.get("logits_processors"))
     throw_bad_request("logits_processors", "'logits_processors' is not supported");
   f.string("user");

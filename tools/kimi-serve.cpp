@@ -67,6 +67,11 @@ int main(int argc, char** argv) {
                  "prompts the prefix cache keeps (each holds a copy of the KDA state; 0: --max-num-seqs)")
       ->capture_default_str()
       ->check(CLI::Range(0, 4096));
+  app.add_option("--scheduling-policy", eo.scheduling_policy,
+                 "waiting queue order: fcfs (arrival) or priority (the requests' 'priority', lower "
+                 "first, then arrival; under memory pressure the last in that order is preempted)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fcfs", "priority"}));
   app.add_option("--gpu-memory-utilization", eo.memory_fraction,
                  "fraction of free GPU memory for the caches")
       ->capture_default_str()

@@ -39,6 +39,9 @@ struct EngineOptions {
   // MLA blocks. Each cached prompt keeps a copy of the KDA state in a slot of its own.
   bool enable_prefix_caching = true;
   int prefix_cache_slots = 0;  // cached prompts at most; 0: max_num_seqs
+  // Waiting queue order and preemption choice (vLLM's --scheduling-policy, runtime/scheduler.h):
+  // "fcfs" (by arrival) or "priority" (by Request::priority, then arrival).
+  std::string scheduling_policy = "fcfs";
 };
 
 // What the text must be: free text, one JSON object (JSON mode, response_format json_object) or
@@ -77,6 +80,9 @@ struct Request {
   // system prompt and tool declarations, which other requests share): with prefix caching on, the
   // prefill stops there once and saves the state. 0 <= cache_point < the prompt's length.
   int cache_point = 0;
+  // Under the priority policy, lower values are admitted first and preempted last (ties by
+  // arrival); ignored under fcfs, as in vLLM.
+  int64_t priority = 0;
 };
 
 struct GenerationEvent {

@@ -30,6 +30,14 @@ double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
+// What orders s in the waiting queue (queues_before).
+SchedSeq queue_key(const Sequence& s) {
+  SchedSeq k;
+  k.priority = s.req->req.priority;
+  k.arrival = s.order;
+  return k;
+}
+
 class EngineImpl final : public Engine {
  public:
   explicit EngineImpl(const EngineOptions& opts);
@@ -48,6 +56,8 @@ class EngineImpl final : public Engine {
   void step();
   void stop_loop();
   void admit_incoming();
+  // Where s goes in waiting_: behind every sequence that queues before it under the policy.
+  std::list<std::unique_ptr<Sequence>>::iterator waiting_place(const Sequence& s);
   void apply_cancellations();
   void free_seq(Sequence& s);
   void finish_seq(Sequence& s, FinishReason r, const std::string& why = {});
@@ -67,6 +77,7 @@ class EngineImpl final : public Engine {
   void publish_metrics();
 
   EngineOptions opts_;
+  SchedulingPolicy policy_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<JsonTokenMask> json_mask_;  // made on the first JSON-mode request
@@ -86,7 +97,7 @@ class EngineImpl final : public Engine {
   BlockPool blocks_;
   SlotPool slots_;
   std::optional<PrefixCache> prefix_;  // with enable_prefix_caching
-  std::list<std::unique_ptr<Sequence>> waiting_, running_;
+  std::list<std::unique_ptr<Sequence>> waiting_, running_;  // waiting_ in queue order
   uint64_t next_order_ = 0;
   std::vector<float> logits_;
   std::thread thread_;
@@ -127,7 +138,7 @@ CacheSizes size_caches(const ModelConfig& c, const EngineOptions& o, const Model
 }
 
 EngineImpl::EngineImpl(const EngineOptions& opts)
-    : opts_(opts), blocks_(1), slots_(1) {
+    : opts_(opts), policy_(parse_scheduling_policy(opts.scheduling_policy)), blocks_(1), slots_(1) {
   const std::string& dir = opts.model_dir;
   if (dir.empty()) fail("no model directory given");
   KIMI_CHECK(opts.max_num_seqs >= 1 && opts.max_num_seqs <= 4096, "max_num_seqs must be in 1..4096");
@@ -303,8 +314,17 @@ void EngineImpl::admit_incoming() {
     // Points shorter than a block save too little (as cache_computed's rule).
     if (prefix_ && st->req.cache_point >= kBlockSize) s->cache_point = st->req.cache_point;
     s->init_decoder(tokenizer_.get());
-    waiting_.push_back(std::move(s));
+    waiting_.insert(waiting_place(*s), std::move(s));
   }
+}
+
+std::list<std::unique_ptr<Sequence>>::iterator EngineImpl::waiting_place(const Sequence& s) {
+  // From the back: a new arrival goes last under FCFS, so this costs nothing there.
+  auto pos = waiting_.end();
+  while (pos != waiting_.begin() &&
+         queues_before(queue_key(s), queue_key(**std::prev(pos)), policy_))
+    --pos;
+  return pos;
 }
 
 void EngineImpl::apply_cancellations() {
@@ -406,7 +426,7 @@ void EngineImpl::step() {
     int shared = 0;
     for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
     return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared,
-                    s.cache_point};
+                    s.cache_point, s.req->req.priority, s.order};
   };
   for (auto& s : running_) {
     in.running.push_back(view(*s));
@@ -436,7 +456,7 @@ void EngineImpl::step() {
   }
   in.free_blocks = free_or_reclaimable_blocks();
   in.free_slots = slots_.num_free();
-  SchedulerLimits lim{opts_.max_num_seqs, opts_.max_num_batched_tokens, kBlockSize};
+  SchedulerLimits lim{opts_.max_num_seqs, opts_.max_num_batched_tokens, kBlockSize, policy_};
   SchedulerOutput plan = schedule(in, lim);
   if (offered >= 0 && plan.scheduled.empty() && running_.empty()) {
     // Only the cached prompt's own blocks are left and they are one short (its partial last
@@ -447,14 +467,13 @@ void EngineImpl::step() {
     return;
   }
 
-  // Preemption by recompute: free everything, back to the front of the waiting queue in
-  // arrival order.
+  // Preemption by recompute: free everything, back to its place in the waiting queue (it keeps
+  // its arrival).
   for (int id : plan.preempted) {
     Sequence* s = table[id];
     free_seq(*s);
     auto it = std::find_if(running_.begin(), running_.end(), [&](auto& p) { return p.get() == s; });
-    auto pos = std::find_if(waiting_.begin(), waiting_.end(), [&](auto& p) { return p->order > s->order; });
-    waiting_.splice(pos, running_, it);
+    waiting_.splice(waiting_place(*s), running_, it);
     std::lock_guard lk(mu_);
     metrics_.preemptions_total += 1;
   }
@@ -613,7 +632,7 @@ void EngineImpl::fork_samples(Sequence& leader, const float* logits) {
     } else {
       // No room to fork now: this sample recomputes the prompt when it is admitted.
       if (slot >= 0) slots_.release(slot);
-      waiting_.push_back(std::move(s));
+      waiting_.insert(waiting_place(*s), std::move(s));
     }
   }
 }

@@ -33,7 +33,7 @@ struct Sequence {
 
   std::shared_ptr<RequestState> req;
   int index = 0;        // sample index within the request
-  uint64_t order = 0;   // FCFS priority: smaller is older
+  uint64_t order = 0;   // arrival: smaller is older (a preempted sequence keeps its own)
   std::vector<int> tokens;  // prompt, then generated
   int prompt_len = 0;
   int num_computed = 0;     // tokens whose state is cached

@@ -228,6 +228,7 @@ check "malformed JSON: 400" eq "$(post /v1/chat/completions '{"messages": [')" 4
 check "  ... error object" is_error 400 invalid_request_error ""
 check "empty messages: 400 naming messages" eq "$(post /v1/chat/completions '{"messages":[]}'; body .error.param)" "400messages"
 check "temperature 5: 400 naming temperature" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"temperature\":5}"; body .error.param)" "400temperature"
+check "priority under fcfs: accepted (and ignored, as vLLM)" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":2,\"priority\":3}")" 200
 check "image part: 400" eq "$(post /v1/chat/completions '{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}'; body .error.param)" "400messages[0].content[0].type"
 check "unknown model: 404 model_not_found" eq "$(post /v1/chat/completions "{\"model\":\"gpt-4o\",\"messages\":$MSG}"; body .error.code)" "404model_not_found"
 check "prompt + max_tokens over the context: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":100000}")" 400

@@ -305,13 +305,32 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 1.5}})), "min_tokens");
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 5}, {"max_tokens", 4}})), "min_tokens");
   EXPECT_EQ(rejected_param(chat({{"min_tokens", 4}, {"max_tokens", 4}})), "<none>");
-  EXPECT_EQ(rejected_param(chat({{"priority", 1}})), "priority");
+  EXPECT_EQ(rejected_param(chat({{"seed", uint64_t(1) << 63}})), "seed");  // int64, not wrapped
   EXPECT_EQ(rejected_param(chat({{"echo", true}})), "echo");
   EXPECT_EQ(rejected_param(chat({{"best_of", 3}})), "best_of");
   EXPECT_EQ(rejected_param(chat({{"audio", {{"voice", "x"}}}})), "audio");
   EXPECT_EQ(rejected_param(chat({{"modalities", {"text", "audio"}}})), "modalities");
   EXPECT_EQ(rejected_param(chat({{"model", 3}})), "model");
   EXPECT_EQ(rejected_param(chat({{"continue_final_message", true}})), "continue_final_message");
+}
+
+// vLLM's priority extra: any int64 on both routes (the engine ignores it under fcfs); other
+// values are a 400 naming it.
+TEST(OpenAIRequest, Priority) {
+  EXPECT_EQ(parse_chat(chat()).engine.priority, 0);
+  EXPECT_EQ(parse_chat(chat({{"priority", nullptr}})).engine.priority, 0);
+  EXPECT_EQ(parse_chat(chat({{"priority", -7}})).engine.priority, -7);
+  EXPECT_EQ(parse_chat(chat({{"priority", 3.0}})).engine.priority, 3);
+  EXPECT_EQ(parse_chat(chat({{"priority", INT64_MAX}})).engine.priority, INT64_MAX);
+  EXPECT_EQ(parse_chat(chat({{"priority", INT64_MIN}})).engine.priority, INT64_MIN);
+  const json cmpl = {{"model", "m"}, {"prompt", "hi"}, {"priority", 1u << 31}};
+  EXPECT_EQ(parse_cmpl(cmpl).engine.priority, int64_t(1) << 31);
+  for (const json& bad : {json(1.5), json("1"), json(true), json::array({1}),
+                          json(uint64_t(INT64_MAX) + 1), json(1e19)}) {
+    EXPECT_EQ(rejected_param(chat({{"priority", bad}})), "priority") << bad.dump();
+    const json cmpl_bad = {{"prompt", "hi"}, {"priority", bad}};
+    EXPECT_EQ(rejected_param(cmpl_bad, false), "priority") << bad.dump();
+  }
 }
 
 TEST(OpenAIRequest, BodyMustBeAJsonObject) {

@@ -1,6 +1,8 @@
 // Scheduler and pool unit tests: pure functions of queue state, no model.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "runtime/pools.h"
 #include "runtime/prefix_cache.h"
@@ -121,6 +123,109 @@ TEST(Scheduler, ChunkEndsAtTheStopPoint) {
   EXPECT_EQ(out.scheduled[1].num_new_tokens, 400);  // its point is reached: the rest
   EXPECT_EQ(out.scheduled[2].num_new_tokens, 130);  // admitted, up to its point
   EXPECT_EQ(out.scheduled[2].new_blocks, 3);
+}
+
+// Priority policy (vLLM's --scheduling-policy priority): the queue orders by (priority, arrival),
+// lower first; fcfs by arrival alone.
+SchedulerLimits priority_limits(int seqs, int budget) {
+  SchedulerLimits l = limits(seqs, budget);
+  l.policy = SchedulingPolicy::kPriority;
+  return l;
+}
+
+SchedSeq keyed(int id, int64_t priority, uint64_t arrival) {
+  SchedSeq s{id, 10, 0, 0};
+  s.priority = priority;
+  s.arrival = arrival;
+  return s;
+}
+
+TEST(Scheduler, QueueOrderByPolicy) {
+  std::vector<SchedSeq> q = {keyed(0, 5, 0), keyed(1, 0, 1), keyed(2, 5, 2), keyed(3, -3, 3),
+                             keyed(4, 0, 4)};
+  auto order = [&](SchedulingPolicy p) {
+    std::vector<SchedSeq> v = q;
+    std::reverse(v.begin(), v.end());  // the input order must not matter
+    std::sort(v.begin(), v.end(),
+              [&](const SchedSeq& a, const SchedSeq& b) { return queues_before(a, b, p); });
+    std::vector<int> ids;
+    for (const SchedSeq& s : v) ids.push_back(s.id);
+    return ids;
+  };
+  // Lower priority values first; equal priorities by arrival.
+  EXPECT_EQ(order(SchedulingPolicy::kPriority), (std::vector<int>{3, 1, 4, 0, 2}));
+  EXPECT_EQ(order(SchedulingPolicy::kFcfs), (std::vector<int>{0, 1, 2, 3, 4}));
+  EXPECT_EQ(parse_scheduling_policy("fcfs"), SchedulingPolicy::kFcfs);
+  EXPECT_EQ(parse_scheduling_policy("priority"), SchedulingPolicy::kPriority);
+  EXPECT_THROW(parse_scheduling_policy("sjf"), Error);
+}
+
+// Four running sequences at a block boundary (each needs a block), one free block. fcfs
+// preempts the last admitted; priority the highest value, the latest among equals.
+TEST(Scheduler, PriorityPreemptsTheLastInQueueOrder) {
+  SchedulerInput in;
+  in.running = {{0, 65, 64, 1}, {1, 65, 64, 1}, {2, 65, 64, 1}, {3, 65, 64, 1}};
+  const int64_t prio[] = {0, 5, 5, 1};
+  const uint64_t arrival[] = {0, 1, 2, 3};
+  for (int i = 0; i < 4; ++i) {
+    in.running[size_t(i)].priority = prio[i];
+    in.running[size_t(i)].arrival = arrival[i];
+  }
+  in.free_blocks = 1;
+  SchedulerOutput fcfs = schedule(in, limits(8, 100));
+  EXPECT_EQ(fcfs.preempted, (std::vector<int>{3, 2}));
+  SchedulerOutput prio_out = schedule(in, priority_limits(8, 100));
+  // Seq 0 takes the free block; seq 1 needs one: seq 2 (priority 5, later than seq 1) goes; seq 3
+  // (priority 1) needs one: seq 1 (priority 5) goes, though it was scheduled already.
+  EXPECT_EQ(prio_out.preempted, (std::vector<int>{2, 1}));
+  ASSERT_EQ(prio_out.scheduled.size(), 2u);
+  EXPECT_EQ(prio_out.scheduled[0].id, 0);
+  EXPECT_EQ(prio_out.scheduled[1].id, 3);
+  EXPECT_EQ(prio_out.scheduled[1].new_blocks, 1);
+}
+
+// A victim scheduled earlier in the step gives back its tokens and its new blocks, which the
+// sequences after it then get.
+TEST(Scheduler, PriorityVictimScheduledThisStepGivesBackBudgetAndBlocks) {
+  SchedulerInput in;
+  // 0: the rest of a prompt; 1: a decode at a block boundary; 2: a decode within its block.
+  in.running = {{0, 150, 64, 1}, {1, 65, 64, 1}, {2, 10, 9, 1}};
+  const int64_t prio[] = {9, 0, 0};
+  for (int i = 0; i < 3; ++i) {
+    in.running[size_t(i)].priority = prio[i];
+    in.running[size_t(i)].arrival = uint64_t(i);
+  }
+  in.free_blocks = 2;
+  SchedulerOutput out = schedule(in, priority_limits(8, 87));
+  // Seq 0 takes 86 tokens and both free blocks; seq 1 needs a block: seq 0 is preempted, which
+  // frees its own block and the two new ones and returns its 86 tokens, so seq 2 still fits.
+  EXPECT_EQ(out.preempted, std::vector<int>{0});
+  ASSERT_EQ(out.scheduled.size(), 2u);
+  EXPECT_EQ(out.scheduled[0].id, 1);
+  EXPECT_EQ(out.scheduled[0].new_blocks, 1);
+  EXPECT_EQ(out.scheduled[1].id, 2);
+  EXPECT_EQ(out.scheduled[1].num_new_tokens, 1);
+  // fcfs: seq 2, the last admitted, goes instead, and the budget ends with seq 1.
+  SchedulerOutput fcfs = schedule(in, limits(8, 87));
+  EXPECT_EQ(fcfs.preempted, std::vector<int>{2});
+  ASSERT_EQ(fcfs.scheduled.size(), 2u);
+  EXPECT_EQ(fcfs.scheduled[0].id, 0);
+  EXPECT_EQ(fcfs.scheduled[1].id, 1);
+}
+
+// The sequence that needs a block is itself the lowest priority: it preempts itself, the running
+// pass stops there, and nothing is admitted in that step.
+TEST(Scheduler, PriorityPreemptsItselfAndAdmitsNothing) {
+  SchedulerInput in;
+  in.running = {{0, 65, 64, 1}, {1, 10, 9, 1}};
+  in.running[0].priority = 4;
+  in.running[1].arrival = 1;
+  in.waiting = {keyed(2, -1, 2)};
+  in.free_blocks = 0;
+  in.free_slots = 4;
+  SchedulerOutput out = schedule(in, priority_limits(8, 100));
+  EXPECT_EQ(out.preempted, std::vector<int>{0});
+  EXPECT_TRUE(out.scheduled.empty());
 }
 
 TEST(Pools, BlockRefCountsAndFreeList) {
