@@ -627,7 +627,6 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
                                  c.next ? " next-norm" : "");
     const int E = c.E, K = c.K, H = c.H, I = c.I, S = K + c.shared;
     constexpr float kEps = 1e-6f;
-    ExpertWeights w(E + c.shared, H, I, 500 + uint32_t(E));
     auto x = random_f32(rng, H, -7.f, 7.f);  // a residual stream: not unit scale
     auto router = random_f32(rng, size_t(E) * H, -0.1f, 0.1f);
     auto bias = random_f32(rng, E, -0.3f, 0.3f);
@@ -659,13 +658,21 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     cpu::moe_route(cp);
     ASSERT_EQ(ids[0], 1) << what;
     ASSERT_EQ(ids[1], 2) << what;
+    // Weights for the chosen experts only (drawing all of them at the model's size took 40 s):
+    // every other expert keeps GuardedBuffer's fill, bf16 0x5b5b ≈ 3.6e16, so a wrong choice
+    // cannot pass unnoticed.
+    GuardedBuffer<uint16_t> dw13(size_t(E + c.shared) * 2 * I * H), dw2(size_t(E + c.shared) * H * I);
     std::vector<float> delta(size_t(H), 0.f), gu(size_t(2) * I), act(static_cast<size_t>(I)), y(static_cast<size_t>(H));
+    const float r13 = std::min(0.1f, 2.f / std::sqrt(float(H))), r2 = std::min(0.1f, 2.f / std::sqrt(float(I)));
     for (int s = 0; s < S; ++s) {
       const int e = s < K ? ids[size_t(s)] : E;
       const float wt = s < K ? wts[size_t(s)] : 1.f;
-      cpu::matmul(a.data(), &w.w13f[size_t(e) * 2 * I * H], gu.data(), 1, 2 * I, H);
+      const auto w13 = random_bf16(rng, size_t(2) * I * H, -r13, r13), w2 = random_bf16(rng, size_t(H) * I, -r2, r2);
+      CUDA_CHECK(cudaMemcpy(dw13.data() + size_t(e) * w13.size(), w13.data(), w13.size() * 2, cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(dw2.data() + size_t(e) * w2.size(), w2.data(), w2.size() * 2, cudaMemcpyHostToDevice));
+      cpu::matmul(a.data(), bf16_to_float(w13).data(), gu.data(), 1, 2 * I, H);
       cpu::silu_mul(gu.data(), act.data(), 1, I);
-      cpu::matmul(act.data(), &w.w2f[size_t(e) * H * I], y.data(), 1, H, I);
+      cpu::matmul(act.data(), bf16_to_float(w2).data(), y.data(), 1, H, I);
       for (int d = 0; d < H; ++d) delta[size_t(d)] += wt * y[size_t(d)];
     }
     std::vector<float> x_ref(static_cast<size_t>(H)), normed_ref(static_cast<size_t>(H));
@@ -695,7 +702,7 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     p.route.expert_ids = di.data(), p.route.weights = dw.data();
     p.route.shared_expert = c.shared ? E : -1;
     p.x = dx.data(), p.norm_weight = dnw.data(), p.eps = kEps, p.router = dr.data();
-    p.w13 = dev<cuda::bf16>(w.dw13), p.w2 = dev<cuda::bf16>(w.dw2), p.hidden = H, p.inter = I;
+    p.w13 = dev<cuda::bf16>(dw13), p.w2 = dev<cuda::bf16>(dw2), p.hidden = H, p.inter = I;
     if (c.next) p.next_norm = dnext.data(), p.next_normed = dev<cuda::bf16>(dnormed);
     p.scratch = dscratch.data();
     p.barrier = reinterpret_cast<unsigned*>(dbar.data());
@@ -731,7 +738,8 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
         for (uint16_t v : dnormed.to_host()) ASSERT_EQ(v, 0xffff) << run << ": next_normed written";
       EXPECT_EQ(dbar.to_host(), (std::vector<int>{0, 0})) << run << ": the barrier is reset";
       EXPECT_TRUE(dx.guards_intact() && dl.guards_intact() && dw.guards_intact() && di.guards_intact() &&
-                  dnormed.guards_intact() && dscratch.guards_intact())
+                  dnormed.guards_intact() && dscratch.guards_intact() && dw13.guards_intact() &&
+                  dw2.guards_intact())
           << run;
     }
   }
