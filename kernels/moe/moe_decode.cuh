@@ -48,9 +48,10 @@ constexpr int kFusedRouteRegK4 = 4;  // float4 router pieces per thread in regis
 // 16-byte pieces per lane per row: gate_up rows of hidden, down rows of inter.
 constexpr int kFusedPiecesGateUp = kMoeDecodeFusedMaxHidden / 256;
 constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
-// Rows in flight per warp: 1 × 4.6 KB (gate_up: 74 KB per SM), 2 × 2 KB (down). Two gate_up rows
-// (72 registers of pieces) spilled and measured 20% slower (bench_moe --block, session 8).
-constexpr int kFusedRowsGateUp = 1, kFusedRowsDown = 2;
+// Down rows in flight per warp (2 × 2 KB); gate_up keeps one row of 4.6 KB (74 KB per SM). Two
+// gate_up rows (72 registers of pieces) spilled and measured 20% slower (bench_moe --block,
+// docs/perf-log.md session 8).
+constexpr int kFusedRowsDown = 2;
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
 static_assert(kFusedRouteRegK4 * 32 * kFusedRouteWarps * 4 >= kMoeDecodeFusedMaxHidden);
 
