@@ -47,7 +47,8 @@ class JsonTokenMask {
   template <class M>
   void walk(const M& m, std::vector<uint64_t>& mask) const;
   // The byte mask with the ids set (those in [0, vocab)).
-  const std::vector<uint64_t>& with_ids(const std::vector<uint64_t>& bytes, std::span<const int> ids);
+  const std::vector<uint64_t>& with_ids(const std::vector<uint64_t>& bytes,
+                                        std::span<const int> ids);
 
   static constexpr size_t kMaxCachedStates = 256;  // 20 KB each at a 163,840-token vocabulary
 

@@ -82,8 +82,8 @@ class ToolCallMatcher {
   std::shared_ptr<const ToolCallGrammar> g_;
   ToolCallMarkers markers_;
   Phase phase_ = Phase::kId;
-  int calls_ = 0;                // calls begun before the current one
-  uint32_t pos_ = 0;             // kId: bytes of the id text matched
+  int calls_ = 0;                  // calls begun before the current one
+  uint32_t pos_ = 0;               // kId: bytes of the id text matched
   uint32_t first_ = 0, last_ = 0;  // kId: the functions whose id texts still match, [first_, last_)
   std::optional<JsonMatcher> args_;  // kArguments
 };
