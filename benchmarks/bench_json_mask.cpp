@@ -1,6 +1,7 @@
 // Token-mask cost of JSON mode and structured outputs (runtime/json_token_mask.h): the uncached
 // mask at states across a document, json_object against a json_schema with anyOf, enum and
-// required keys, median of --runs fresh masks each. The vocabulary is synthetic (163,840 tokens:
+// required keys, and a forced tool call's id (runtime/tool_call_matcher.h, never cached), median
+// of --runs fresh masks each. The vocabulary is synthetic (163,840 tokens:
 // words with and without a leading space, JSON fragments), made deterministic in a temporary
 // directory. Prints one line per state for docs/architecture.md.
 //   bench_json_mask [--runs 7]
@@ -16,6 +17,7 @@
 
 #include "runtime/json_matcher.h"
 #include "runtime/json_token_mask.h"
+#include "runtime/tool_call_matcher.h"
 #include "tokenizer/base64.h"
 #include "tokenizer/tokenizer.h"
 
@@ -45,9 +47,12 @@ std::string make_vocabulary(int size) {
   std::ofstream model(dir + "/tiktoken.model");
   int rank = 0;
   for (const std::string& t : tokens) model << base64_encode(t) << " " << rank++ << "\n";
+  nlohmann::json added;
+  const char* names[] = {"[BOS]", "[EOS]", "<|tool_calls_section_end|>", "<|tool_call_begin|>",
+                         "<|tool_call_argument_begin|>", "<|tool_call_end|>"};
+  for (const char* name : names) added[std::to_string(rank++)] = {{"content", name}};
   std::ofstream(dir + "/tokenizer_config.json")
-      << R"({"added_tokens_decoder": {")" << rank << R"(": {"content": "[BOS]"}, ")" << rank + 1
-      << R"(": {"content": "[EOS]"}}})";
+      << nlohmann::json{{"added_tokens_decoder", added}}.dump();
   return dir;
 }
 
@@ -91,5 +96,30 @@ int main(int argc, char** argv) {
       std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", with_schema ? "json_schema" : "json_object",
                   (std::string("'") + p + "'").c_str(), ms[size_t(runs / 2)], allowed);
     }
+  }
+  // tool_choice required over 16 functions: the id after "functions.", on its first byte, inside
+  // a name two functions share, and whole (only <|tool_call_argument_begin|> may follow).
+  std::vector<ToolCallGrammar::Function> fns;
+  for (const char* n : {"get_weather", "get_time", "search", "send_mail", "read_file", "write_file",
+                        "list_dir", "run", "fetch", "book", "cancel", "pay", "refund", "ask",
+                        "translate", "summarize"})
+    fns.push_back({n, JsonSchema::any_object()});
+  auto grammar = std::make_shared<const ToolCallGrammar>(fns, true, true, 0);
+  for (const char* p : {"", "get_", "get_weather:0"}) {
+    ToolCallMatcher m(grammar, *ToolCallMarkers::of(tok));
+    if (!m.step(std::string_view(p))) continue;
+    JsonTokenMask masks(tok, tok.vocab_size());
+    std::vector<double> ms;
+    int allowed = 0;
+    for (int r = 0; r < runs; ++r) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const std::vector<uint64_t>& mask = masks.allowed(m, end);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      allowed = 0;
+      for (int id = 0; id < tok.vocab_size(); ++id) allowed += JsonTokenMask::test(mask, id);
+    }
+    std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
+    std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", "tool id",
+                (std::string("'functions.") + p + "'").c_str(), ms[size_t(runs / 2)], allowed);
   }
 }

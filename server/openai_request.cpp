@@ -8,6 +8,7 @@
 #include "core/check.h"
 #include "json_fields.h"
 #include "runtime/json_schema.h"
+#include "runtime/tool_call_matcher.h"
 
 namespace kimi::server {
 namespace {
@@ -158,7 +159,8 @@ void parse_tools(const Fields& f, GenerationRequest& r) {
                                              "', which is not in 'tools'"));
     }
   }
-  f.boolean("parallel_tool_calls");  // several calls per turn are always allowed
+  // Honoured by tool_choice required's grammar; under auto the model decides.
+  r.parallel_tool_calls = f.boolean("parallel_tool_calls").value_or(true);
 }
 
 std::vector<std::string> parse_stop(const Fields& f) {
@@ -301,6 +303,7 @@ void parse_format(const Fields& f, GenerationRequest& r) {
                                      "' ask for different output formats: give one of them"));
   // The EOS that ends the document may be neither ignored nor held back.
   const FormatAsk& a = asks[0];
+  r.format_param = a.param;
   const std::string field = a.param.substr(0, a.param.find('.'));
   if (r.engine.ignore_eos)
     throw_bad_request(field, str("'ignore_eos' cannot be combined with ", a.what));
@@ -311,10 +314,46 @@ void parse_format(const Fields& f, GenerationRequest& r) {
     return;
   }
   r.engine.response_format = ResponseFormat::kJsonSchema;
-  r.schema_param = a.param;
   // In nlohmann::json's sorted key order (a string keeps its own); parse_*_body compile it again
   // from the body in the client's order.
   r.engine.json_schema = compile_schema(schema_value(*a.value, a.param), a.param);
+}
+
+// tool_choice required / named: the grammar of the answer's tool calls
+// (runtime/tool_call_matcher.h), as vLLM constrains them with structured outputs. Each function's
+// arguments are compiled from its `parameters` in the order of r.tools_json (none: any object,
+// as vLLM's `{"type": "object", "properties": {}}`), with response_format's 400s (param
+// "tools[1].function.parameters..."); under a named choice only that function's, so that
+// keywords this server cannot enforce elsewhere pass, as they do under auto. The calls are the
+// whole answer and end with EOS: another output format (vLLM drops response_format and refuses
+// structured_outputs with a named function), ignore_eos and min_tokens are refused.
+void constrain_tool_calls(GenerationRequest& r) {
+  if (!r.parse_tool_calls() || r.tool_choice == ToolChoice::kAuto) return;
+  const std::string choice = r.tool_choice == ToolChoice::kRequired
+                                 ? "tool_choice 'required'"
+                                 : str("tool_choice '", r.tool_choice_name, "'");
+  if (!r.format_param.empty()) {
+    const std::string field = r.format_param.substr(0, r.format_param.find('.'));
+    throw_bad_request(field, str("'", field, "' cannot be combined with ", choice,
+                                 ": the answer is the tool call, in Kimi's tool-call format"));
+  }
+  if (r.engine.ignore_eos)
+    throw_bad_request("tool_choice", str("'ignore_eos' cannot be combined with ", choice));
+  if (r.engine.min_tokens > 0)
+    throw_bad_request("tool_choice", str("'min_tokens' cannot be combined with ", choice));
+  std::vector<ToolCallGrammar::Function> fns;
+  for (size_t i = 0; i < r.tools.size(); ++i) {
+    if (r.tool_choice == ToolChoice::kNamed && r.tools[i].name != r.tool_choice_name) continue;
+    const nlohmann::ordered_json& fn = r.tools_json.at(i).at("function");
+    auto p = fn.find("parameters");
+    fns.push_back(
+        {r.tools[i].name, p == fn.end() || p->is_null()
+                              ? JsonSchema::any_object()
+                              : compile_schema(*p, str("tools[", i, "].function.parameters"))});
+  }
+  r.engine.tool_calls = std::make_shared<const ToolCallGrammar>(
+      std::move(fns), r.tool_choice == ToolChoice::kRequired, r.parallel_tool_calls,
+      r.history_tool_calls());
 }
 
 // Fields common to both endpoints.
@@ -452,7 +491,14 @@ GenerationRequest parse_chat_request(const json& body, const ParseLimits& lim) {
   if (r.parse_tool_calls()) r.engine.skip_special_tokens = false;  // the parser reads the markers
   r.messages_json = nlohmann::ordered_json::parse(msgs->dump());
   if (!r.tools.empty()) r.tools_json = nlohmann::ordered_json::parse(f.get("tools")->dump());
+  constrain_tool_calls(r);
   return r;
+}
+
+int GenerationRequest::history_tool_calls() const {
+  int n = 0;
+  for (const ChatMessage& m : messages) n += int(m.tool_calls.size());
+  return n;
 }
 
 namespace {
@@ -460,12 +506,12 @@ namespace {
 // A JSON schema compiled again from the body in the client's key order (nlohmann::json sorts
 // keys): the properties are generated in the schema's order.
 void keep_schema_order(const nlohmann::ordered_json& body, GenerationRequest& r) {
-  if (r.schema_param.empty()) return;
-  std::string pointer = "/" + r.schema_param;  // dotted field names, none with '/' or '~'
+  if (r.engine.response_format != ResponseFormat::kJsonSchema) return;
+  std::string pointer = "/" + r.format_param;  // dotted field names, none with '/' or '~'
   std::replace(pointer.begin(), pointer.end(), '.', '/');
   r.engine.json_schema = compile_schema(
-      schema_value(body.at(nlohmann::ordered_json::json_pointer(pointer)), r.schema_param),
-      r.schema_param);
+      schema_value(body.at(nlohmann::ordered_json::json_pointer(pointer)), r.format_param),
+      r.format_param);
 }
 
 }  // namespace
@@ -477,6 +523,7 @@ GenerationRequest parse_chat_body(const std::string& body, const ParseLimits& li
     r.messages_json = ordered["messages"];
     if (!r.tools.empty()) r.tools_json = ordered["tools"];
     keep_schema_order(ordered, r);
+    constrain_tool_calls(r);  // again, in the client's key order
   }
   return r;
 }

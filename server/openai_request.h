@@ -57,6 +57,7 @@ struct GenerationRequest {
   std::vector<ToolSpec> tools;
   ToolChoice tool_choice = ToolChoice::kNone;
   std::string tool_choice_name;  // kNamed
+  bool parallel_tool_calls = true;  // false: tool_choice required makes one call
   bool add_generation_prompt = true;
   bool continue_final_message = false;
 
@@ -71,9 +72,10 @@ struct GenerationRequest {
   int top_logprobs = 0;  // chat top_logprobs / completions logprobs=k
   bool return_tokens_as_token_ids = false;
   Request engine;  // sampling, stop, n, logprobs, ...; prompt_ids and max_tokens unset
-  // The field engine.json_schema was compiled from ("response_format.json_schema.schema",
-  // "guided_json" or "structured_outputs.json"); empty without a schema.
-  std::string schema_param;
+  // The field that asked for the output format; empty for text. With a schema, the field it was
+  // compiled from ("response_format.json_schema.schema", "guided_json",
+  // "structured_outputs.json"); JSON mode: "response_format" or "structured_outputs.json_object".
+  std::string format_param;
 
   int num_prompts() const {
     return chat ? 1 : int(prompt_texts.empty() ? prompt_ids.size() : prompt_texts.size());
@@ -82,6 +84,9 @@ struct GenerationRequest {
   bool parse_tool_calls() const {
     return chat && !tools.empty() && tool_choice != ToolChoice::kNone;
   }
+  // Tool calls in the history: the chat template numbers calls on from here (functions.NAME:IDX),
+  // and so do the ids of forced calls, as vLLM's kimi_k2 ids do.
+  int history_tool_calls() const;
 };
 
 // Both throw ApiException (400, param = the field) on invalid input.

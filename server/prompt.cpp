@@ -53,8 +53,8 @@ std::string forced_tool_prefix(const GenerationRequest& r) {
   if (r.tool_choice == ToolChoice::kRequired)
     return "<|tool_calls_section_begin|><|tool_call_begin|>functions.";
   if (r.tool_choice == ToolChoice::kNamed)
-    return "<|tool_calls_section_begin|><|tool_call_begin|>functions." + r.tool_choice_name +
-           ":0<|tool_call_argument_begin|>";
+    return str("<|tool_calls_section_begin|><|tool_call_begin|>functions.", r.tool_choice_name, ":",
+               r.history_tool_calls(), "<|tool_call_argument_begin|>");
   return "";
 }
 
@@ -66,7 +66,8 @@ PreparedPrompts prepare_prompts(const GenerationRequest& r, const Tokenizer* tok
                         "this model has no tokenizer files: send token ids to /v1/completions");
     p.ids.push_back(render_chat(*tok, r));
     p.cache_point = system_prefix_length(*tok, p.ids[0]);
-    // tool_choice required / named: the answer starts inside a tool call, so the model must call.
+    // tool_choice required / named: the answer starts inside a tool call, so the model must call
+    // (and Request::tool_calls makes it finish the call).
     p.forced_prefix = forced_tool_prefix(r);
     if (!p.forced_prefix.empty()) {
       auto forced = tok->encode(p.forced_prefix, /*allow_special=*/true);

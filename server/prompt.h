@@ -26,7 +26,9 @@ std::vector<int> render_chat(const Tokenizer& tok, const GenerationRequest& r);
 // (Request::cache_point); 0 when the chat does not start with a system message.
 int system_prefix_length(const Tokenizer& tok, const std::vector<int>& ids);
 
-// The answer's forced start for tool_choice "required" / a named function ("" otherwise).
+// The answer's forced start for tool_choice "required" / a named function ("" otherwise): the
+// start of a call, up to "functions." or (named) its whole id, numbered after the history's calls;
+// the engine masks the rest to the calls' grammar (Request::tool_calls).
 std::string forced_tool_prefix(const GenerationRequest& r);
 
 }  // namespace kimi::server

@@ -20,6 +20,7 @@ namespace kimi {
 
 class Tokenizer;
 class JsonSchema;
+struct ToolCallGrammar;
 
 struct EngineOptions {
   std::string model_dir;              // required (tools pass their default)
@@ -76,6 +77,10 @@ struct Request {
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
   ResponseFormat response_format = ResponseFormat::kText;
   std::shared_ptr<const JsonSchema> json_schema;  // kJsonSchema: compile_json_schema()'s
+  // tool_choice required / named: the answer, which the prompt starts inside a Kimi tool call,
+  // is masked to whole tool calls with valid arguments, then EOS (runtime/tool_call_matcher.h).
+  // Only with the text format; like it, refuses ignore_eos and min_tokens.
+  std::shared_ptr<const ToolCallGrammar> tool_calls;
   // > 0: the first cache_point prompt tokens are worth a prefix-cache entry of their own (a chat's
   // system prompt and tool declarations, which other requests share): with prefix caching on, the
   // prefill stops there once and saves the state. 0 <= cache_point < the prompt's length.

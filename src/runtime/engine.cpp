@@ -216,6 +216,17 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
     if ((req.response_format == ResponseFormat::kJsonSchema) != bool(req.json_schema))
       fail("json_schema is given exactly with response_format json_schema");
   }
+  std::optional<ToolCallMarkers> tool_markers;
+  if (req.tool_calls) {
+    // The calls end the answer with EOS, and their own format excludes any other.
+    if (!tokenizer_) fail("tool_choice required / named needs the model's tokenizer");
+    tool_markers = ToolCallMarkers::of(*tokenizer_);
+    if (!tool_markers) fail("tool_choice required / named: the tokenizer lacks the tool-call markers");
+    if (req.response_format != ResponseFormat::kText)
+      fail("tool_choice required / named cannot be combined with a response format");
+    if (req.ignore_eos) fail("ignore_eos cannot be combined with tool_choice required / named");
+    if (req.min_tokens > 0) fail("min_tokens cannot be combined with tool_choice required / named");
+  }
   for (auto& s : req.stop)
     if (s.empty()) fail("stop strings must not be empty");
   if (!req.seed_given) req.sampling.seed = std::random_device{}() * 0x100000001ull + std::random_device{}();
@@ -225,6 +236,7 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   auto st = std::make_shared<RequestState>();
   st->handle = std::make_shared<RequestHandle>(next_id_++, req.n);
   st->req = std::move(req);
+  if (tool_markers) st->tool_markers = *tool_markers;
   st->arrival = Clock::now();
   st->handle->add_usage(P, 0);
   incoming_.push_back(st);
@@ -523,15 +535,17 @@ void EngineImpl::step() {
 
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
-  // and those of them drawn on the host: logprobs, the fork of n > 1 samples, JSON mode. The
-  // others draw on the device when the backend can; the host rows' logits then come back alone.
+  // and those of them drawn on the host: logprobs, the fork of n > 1 samples, JSON mode and
+  // forced tool calls. The others draw on the device when the backend can; the host rows' logits
+  // then come back alone.
   std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     const Sequence* s = batch_seqs[i];
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    on_host[i] = draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json);
+    on_host[i] = draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json ||
+                              s->tool);
   }
   std::vector<int> drawn;
   DrawBatch d;
@@ -655,13 +669,16 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
   }
   apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
-  if (s.json) {
+  if (s.json || s.tool) {
     if (!json_mask_) json_mask_ = std::make_unique<JsonTokenMask>(*tokenizer_, V);
     std::vector<int> end = eos_ids_;
     end.insert(end.end(), r.stop_token_ids.begin(), r.stop_token_ids.end());
-    const std::vector<uint64_t>& mask = json_mask_->allowed(*s.json, end);
+    const std::vector<uint64_t>& mask =
+        s.json ? json_mask_->allowed(*s.json, end) : json_mask_->allowed(*s.tool, end);
     if (std::all_of(mask.begin(), mask.end(), [](uint64_t w) { return w == 0; })) {
-      finish_seq(s, FinishReason::kError, "response_format: no token of the vocabulary continues the JSON text");
+      finish_seq(s, FinishReason::kError,
+                 s.json ? "response_format: no token of the vocabulary continues the JSON text"
+                        : "tool_choice: no token of the vocabulary continues the tool call");
       return;
     }
     JsonTokenMask::apply(mask, row);
@@ -715,6 +732,10 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   if (s.json && !is_eos && !is_stop_id)  // the mask allowed only tokens the matcher accepts
     KIMI_CHECK(s.json->step(tokenizer_->token_bytes(tok)), "JSON mode drew token ", tok,
                ", which breaks the JSON text");
+  if (s.tool && !is_eos && !is_stop_id)
+    KIMI_CHECK(tokenizer_->is_special(tok) ? s.tool->step_marker(tok)
+                                           : s.tool->step(tokenizer_->token_bytes(tok)),
+               "tool_choice drew token ", tok, ", which breaks the tool call");
   // Text first: a stop string may end the sequence at this token.
   TextDelta td = s.push_text(tok, is_eos || is_stop_id, /*match_stops=*/s.generated >= r.min_tokens);
   ev.text = std::move(td.text);

@@ -29,20 +29,42 @@ const std::vector<uint64_t>& JsonTokenMask::allowed(const JsonMatcher& m,
   const std::vector<uint64_t>& bytes = byte_mask(m);
   if (!m.complete()) return bytes;
   // A whole document may end: the end ids too (and a number may still go on).
-  end_mask_ = bytes;
-  for (int id : end_ids)
-    if (id >= 0 && id < vocab_) end_mask_[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
-  return end_mask_;
+  return with_ids(bytes, end_ids);
+}
+
+const std::vector<uint64_t>& JsonTokenMask::allowed(const ToolCallMatcher& m,
+                                                    std::span<const int> end_ids) {
+  const std::vector<int> markers = m.markers();
+  if (m.phase() == ToolCallMatcher::Phase::kArguments)
+    return allowed(m.arguments(), markers);  // the document ends with <|tool_call_end|>
+  scratch_.assign((size_t(vocab_) + 63) / 64, 0);
+  // The id's walk is not cached: most tokens are refused at their first byte, and skipped with
+  // the tokens sharing it, so it is short.
+  if (m.phase() == ToolCallMatcher::Phase::kId) walk(m, scratch_);
+  return with_ids(scratch_, m.phase() == ToolCallMatcher::Phase::kEnd ? end_ids : markers);
+}
+
+const std::vector<uint64_t>& JsonTokenMask::with_ids(const std::vector<uint64_t>& bytes,
+                                                     std::span<const int> ids) {
+  ids_mask_ = bytes;
+  for (int id : ids)
+    if (id >= 0 && id < vocab_) ids_mask_[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
+  return ids_mask_;
 }
 
 const std::vector<uint64_t>& JsonTokenMask::byte_mask(const JsonMatcher& m) {
-  const size_t words = (size_t(vocab_) + 63) / 64;
   if (auto it = cache_.find(m); it != cache_.end()) return it->second;
   if (cache_.size() >= kMaxCachedStates) cache_.clear();
-  std::vector<uint64_t> mask(words, 0);
+  std::vector<uint64_t> mask((size_t(vocab_) + 63) / 64, 0);
+  walk(m, mask);
+  return cache_.emplace(m, std::move(mask)).first->second;
+}
+
+template <class M>
+void JsonTokenMask::walk(const M& m, std::vector<uint64_t>& mask) const {
   // states[k]: the matcher after the first k bytes of the current token, valid for k <= ready.
   // refused: where the previous token's bytes were refused (its length if they were not).
-  std::vector<JsonMatcher> states(1, m);
+  std::vector<M> states(1, m);
   size_t ready = 0, refused = std::numeric_limits<size_t>::max();
   for (size_t i = 0; i < order_.size(); ++i) {
     const std::string_view t = bytes_[i];
@@ -53,7 +75,7 @@ const std::vector<uint64_t>& JsonTokenMask::byte_mask(const JsonMatcher& m) {
       continue;
     }
     size_t k = std::min(ready, common);
-    if (states.size() < t.size() + 1) states.resize(t.size() + 1);
+    if (states.size() < t.size() + 1) states.resize(t.size() + 1, m);
     for (; k < t.size(); ++k) {
       states[k + 1] = states[k];
       if (!states[k + 1].step(uint8_t(t[k]))) break;
@@ -62,7 +84,6 @@ const std::vector<uint64_t>& JsonTokenMask::byte_mask(const JsonMatcher& m) {
     refused = k < t.size() ? k : std::numeric_limits<size_t>::max();
     if (k == t.size()) mask[size_t(order_[i]) >> 6] |= uint64_t(1) << (order_[i] & 63);
   }
-  return cache_.emplace(m, std::move(mask)).first->second;
 }
 
 void JsonTokenMask::apply(const std::vector<uint64_t>& mask, std::span<float> logits) {

@@ -2,7 +2,9 @@
 // text stays a prefix of a valid document (runtime/json_matcher.h). A token is allowed when the
 // matcher accepts all of its bytes; special tokens never are, except the request's end ids (EOS,
 // stop_token_ids), which are allowed once the document is complete (then they are the only ones,
-// unless it is a top-level number or enum value that may go on).
+// unless it is a top-level number or enum value that may go on). Forced tool calls
+// (runtime/tool_call_matcher.h) use the same masks for their arguments, with <|tool_call_end|>
+// as the document's end id, and add the markers where the call's grammar allows them.
 //
 // The base tokens are kept sorted by their bytes with each one's common prefix with the one
 // before, so one pass steps each distinct prefix once (a walk of the vocabulary's byte trie) and
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "runtime/json_matcher.h"
+#include "runtime/tool_call_matcher.h"
 #include "tokenizer/tokenizer.h"
 
 namespace kimi {
@@ -30,6 +33,9 @@ class JsonTokenMask {
   // next call.
   const std::vector<uint64_t>& allowed(const JsonMatcher& m, std::span<const int> end_ids);
 
+  // tool_choice required / named: what may follow m; end_ids once the tool-call section ended.
+  const std::vector<uint64_t>& allowed(const ToolCallMatcher& m, std::span<const int> end_ids);
+
   static bool test(const std::vector<uint64_t>& mask, int id) { return mask[id >> 6] >> (id & 63) & 1; }
   // Sets every logit whose token the mask refuses to -inf.
   static void apply(const std::vector<uint64_t>& mask, std::span<float> logits);
@@ -37,6 +43,12 @@ class JsonTokenMask {
  private:
   // The tokens whose bytes m accepts, cached per state.
   const std::vector<uint64_t>& byte_mask(const JsonMatcher& m);
+  // Sets the bits of the base tokens whose bytes m accepts (M: JsonMatcher or ToolCallMatcher).
+  template <class M>
+  void walk(const M& m, std::vector<uint64_t>& mask) const;
+  // The byte mask with the ids set (those in [0, vocab)).
+  const std::vector<uint64_t>& with_ids(const std::vector<uint64_t>& bytes,
+                                        std::span<const int> ids);
 
   static constexpr size_t kMaxCachedStates = 256;  // 20 KB each at a 163,840-token vocabulary
 
@@ -45,7 +57,8 @@ class JsonTokenMask {
   std::vector<std::string_view> bytes_;  // bytes_[i]: token order_[i]'s
   std::vector<uint32_t> common_;         // common prefix length of bytes_[i] and bytes_[i - 1]
   std::unordered_map<JsonMatcher, std::vector<uint64_t>, JsonMatcherHash> cache_;
-  std::vector<uint64_t> end_mask_;
+  std::vector<uint64_t> ids_mask_;  // with_ids()'s answer
+  std::vector<uint64_t> scratch_;   // a tool call's byte mask outside its arguments
 };
 
 }  // namespace kimi

@@ -13,6 +13,7 @@ Sequence::Sequence(std::shared_ptr<RequestState> r, int idx, uint64_t ord, std::
   history.set_prompt(tokens);
   if (req->req.response_format == ResponseFormat::kJsonObject) json.emplace();
   if (req->req.response_format == ResponseFormat::kJsonSchema) json.emplace(req->req.json_schema);
+  if (req->req.tool_calls) tool.emplace(req->req.tool_calls, req->tool_markers);
 }
 
 void Sequence::init_decoder(const Tokenizer* tok) {

@@ -10,6 +10,7 @@
 
 #include "kimi/engine.h"
 #include "runtime/json_matcher.h"
+#include "runtime/tool_call_matcher.h"
 #include "runtime/sampler.h"
 #include "tokenizer/stream_decoder.h"
 #include "tokenizer/tokenizer.h"
@@ -19,6 +20,7 @@ namespace kimi {
 struct RequestState {
   Request req;
   std::shared_ptr<RequestHandle> handle;
+  ToolCallMarkers tool_markers;  // with Request::tool_calls: the engine tokenizer's
   std::chrono::steady_clock::time_point arrival;
 };
 
@@ -47,6 +49,7 @@ struct Sequence {
   SamplingParams sampling;  // the request's, with this sample's seed
   TokenHistory history;
   std::optional<JsonMatcher> json;  // JSON mode / structured outputs: the text so far
+  std::optional<ToolCallMatcher> tool;  // forced tool calls: the answer so far
 
   // Text streaming (no-op without a tokenizer).
   void init_decoder(const Tokenizer* tok);

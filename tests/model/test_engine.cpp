@@ -14,7 +14,9 @@
 #include "model/model.h"
 #include "runtime/json_matcher.h"
 #include "runtime/json_schema.h"
+#include "runtime/tool_call_matcher.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/tool_calls.h"
 
 namespace kimi {
 namespace {
@@ -539,6 +541,128 @@ TEST(Engine, JsonSchemaOutputParsesAndValidates) {
   EXPECT_THROW(eng->submit(r), Error);
   r.response_format = ResponseFormat::kJsonSchema;
   r.ignore_eos = true;
+  EXPECT_THROW(eng->submit(r), Error);
+}
+
+// tool_choice required / named (Request::tool_calls): whatever the model prefers, the answer is
+// whole Kimi tool calls of the declared functions, numbered on from the grammar's first index,
+// with arguments valid for their schemas, then EOS, and Kimi's parser reads them. The schemas'
+// documents are bounded, so greedy and sampled generations must end within max_tokens. With
+// parallel calls a bias toward <|tool_call_begin|> makes the model call again and again.
+TEST(Engine, ForcedToolCallsParseIntoValidArguments) {
+  auto eng = Engine::create(engine_opts(4));
+  const Tokenizer* tok = eng->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  const std::optional<ToolCallMarkers> markers = ToolCallMarkers::of(*tok);
+  ASSERT_TRUE(markers.has_value());
+  std::vector<int> eos = eng->config().eos_token_ids;
+  for (int id : tok->stop_ids()) eos.push_back(id);
+  auto compile = [](const char* text) {
+    SchemaError err;
+    auto s = compile_json_schema(nlohmann::ordered_json::parse(text), &err);
+    EXPECT_NE(s, nullptr) << err.message;
+    return s;
+  };
+  const std::vector<ToolCallGrammar::Function> fns = {
+      {"set_unit", compile(R"({"type": "object", "properties": {"unit": {"enum": ["c", "f"]},
+                              "ok": {"type": "boolean"}}, "required": ["unit", "ok"],
+                              "additionalProperties": false})")},
+      {"count", compile(R"({"type": "object", "properties": {"n": {"type": "integer"},
+                           "tags": {"type": "array", "items": {"enum": [1, 2, 3]},
+                           "maxItems": 2}}, "required": ["n"], "additionalProperties": false})")}};
+  auto valid = [](const ToolCall& c) {
+    const auto v = nlohmann::json::parse(c.arguments);
+    if (c.name == "set_unit")
+      return v.size() == 2 && (v["unit"] == "c" || v["unit"] == "f") && v["ok"].is_boolean();
+    if (v.contains("tags")) {
+      if (!v["tags"].is_array() || v["tags"].size() > 2) return false;
+      for (const auto& t : v["tags"])
+        if (t != 1 && t != 2 && t != 3) return false;
+    }
+    return c.name == "count" && v["n"].is_number_integer() && v.size() <= 2;
+  };
+  const std::string section = str(kToolCallsSectionBegin, kToolCallBegin, "functions.");
+  std::mt19937 rng(43);
+  // Runs r (its prompt ending with the forced start) and returns the calls of each sample, every
+  // token checked against a fresh matcher.
+  auto run = [&](Request r, const std::shared_ptr<const ToolCallGrammar>& g,
+                 const std::string& forced) {
+    r.prompt_ids = random_prompt(rng, 16, eng->config().vocab_size);
+    for (int id : tok->encode(forced, /*allow_special=*/true)) r.prompt_ids.push_back(id);
+    r.ignore_eos = false;
+    r.skip_special_tokens = false;  // the parser reads the markers
+    r.tool_calls = g;
+    std::vector<std::pair<Output, std::vector<ToolCall>>> got;
+    for (auto& [i, o] : collect(*eng->submit(r))) {
+      ToolCallMatcher m(g, *markers);
+      const bool stopped = o.finish == FinishReason::kStop;
+      for (size_t k = 0; k + (stopped ? 1 : 0) < o.ids.size(); ++k) {
+        const int id = o.ids[k];
+        EXPECT_TRUE(tok->is_special(id) ? m.step_marker(id) : m.step(tok->token_bytes(id)))
+            << "token " << k << " breaks the call: " << o.text;
+      }
+      if (stopped) {
+        EXPECT_EQ(m.phase(), ToolCallMatcher::Phase::kEnd) << o.text;
+        EXPECT_NE(std::find(eos.begin(), eos.end(), o.ids.back()), eos.end()) << "ends with EOS";
+      }
+      // A generation cut by max_tokens: its completed calls.
+      std::string text = forced + o.text;
+      if (!stopped)
+        text = text.substr(0, text.rfind(kToolCallEnd)) + str(kToolCallEnd, kToolCallsSectionEnd);
+      ParsedOutput parsed = parse_tool_calls(text);
+      EXPECT_EQ(parsed.content, "") << o.text;
+      for (const ToolCall& c : parsed.tool_calls)
+        EXPECT_TRUE(valid(c)) << c.name << " " << c.arguments;
+      got.emplace_back(o, std::move(parsed.tool_calls));
+    }
+    return got;
+  };
+  Request greedy_r = greedy({}, 400);
+  Request sampled_r = greedy_r;
+  sampled_r.sampling.temperature = 1.f;
+  sampled_r.sampling.seed = 13;
+  sampled_r.seed_given = true;
+  sampled_r.n = 3;
+
+  // Named: one call of that function; the prompt holds its id.
+  auto named = std::make_shared<const ToolCallGrammar>(
+      std::vector<ToolCallGrammar::Function>{fns[1]}, false, true, 2);
+  const std::string named_start = str(section, "count:2", kToolCallArgumentBegin);
+  for (const Request& r : {greedy_r, sampled_r})
+    for (auto& [o, calls] : run(r, named, named_start)) {
+      EXPECT_EQ(o.finish, FinishReason::kStop) << o.text;
+      ASSERT_EQ(calls.size(), 1u) << o.text;
+      EXPECT_EQ(calls[0].id, "functions.count:2");
+    }
+  // Required, one call: a declared function of the model's choice.
+  auto one = std::make_shared<const ToolCallGrammar>(fns, true, false, 0);
+  for (const Request& r : {greedy_r, sampled_r})
+    for (auto& [o, calls] : run(r, one, section)) {
+      EXPECT_EQ(o.finish, FinishReason::kStop) << o.text;
+      ASSERT_EQ(calls.size(), 1u) << o.text;
+      EXPECT_EQ(calls[0].id, "functions." + calls[0].name + ":0");
+    }
+  // Required, parallel, steered to call again after every call: ids numbered one on.
+  auto many = std::make_shared<const ToolCallGrammar>(fns, true, true, 5);
+  Request again = greedy({}, 1500);
+  again.sampling.logit_bias = {{markers->call_begin, 100.f}};
+  for (auto& [o, calls] : run(again, many, section)) {
+    EXPECT_EQ(o.finish, FinishReason::kLength);
+    ASSERT_GE(calls.size(), 3u) << o.text;
+    for (size_t k = 0; k < calls.size(); ++k)
+      EXPECT_EQ(calls[k].id, str("functions.", calls[k].name, ":", 5 + k));
+  }
+
+  // The calls end with EOS and are the whole answer: these are refused.
+  Request r = greedy(random_prompt(rng, 8, eng->config().vocab_size), 10);
+  r.tool_calls = one;
+  r.ignore_eos = true;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.ignore_eos = false;
+  r.min_tokens = 2;
+  EXPECT_THROW(eng->submit(r), Error);
+  r.min_tokens = 0;
+  r.response_format = ResponseFormat::kJsonObject;
   EXPECT_THROW(eng->submit(r), Error);
 }
 

@@ -251,14 +251,35 @@ check "tool history renders in Kimi form with canonical ids" \
   eq "$(post /tokenize "{\"messages\":$HIST,\"tools\":$TOOLS,\"return_token_strs\":true}"; body '.token_strs|join("")|(contains("<|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>") and contains("## Return of functions.get_weather:0") and (contains("call_abc123")|not) and contains("tool_declare"))')" "200true"
 check "chat with tool history: 200" eq "$(post /v1/chat/completions "{\"messages\":$HIST,\"tools\":$TOOLS,\"max_tokens\":4}")" 200
 check "named tool_choice: a tool call with the Kimi id" \
-  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":5,\"ignore_eos\":true}"; body '.choices[0].message.tool_calls[0] | .id + " " + .type + " " + .function.name')" "200functions.get_weather:0 function get_weather"
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":5}"; body '.choices[0].message.tool_calls[0] | .id + " " + .type + " " + .function.name')" "200functions.get_weather:0 function get_weather"
 curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" -o "$WORK/tstream" \
-  -d "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":6,\"ignore_eos\":true,\"stream\":true}"
+  -d "{\"messages\":$MSG,\"tools\":$TOOLS,\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}},\"max_tokens\":6,\"stream\":true}"
 check "named tool_choice streamed: first delta has role and the call's id, type, name" \
   jqe -s '.[0].choices[0].delta | .role == "assistant" and .tool_calls[0].index == 0 and .tool_calls[0].id == "functions.get_weather:0" and .tool_calls[0].type == "function" and .tool_calls[0].function.name == "get_weather"' \
   <(sed -n 's/^data: {/{/p' "$WORK/tstream")
 check "named tool_choice streamed: no marker text leaks into content" \
   test -z "$(sed -n 's/^data: {/{/p' "$WORK/tstream" | jq -r '.choices[0].delta.content // empty' | grep -F '<|')"
+# Forced calls are masked to Kimi's tool-call grammar: a declared function, arguments valid for its
+# schema (short documents only here, so the random model must finish), the section end, EOS.
+STOOLS='[{"type":"function","function":{"name":"set_unit","parameters":{"type":"object","properties":{"unit":{"enum":["c","f"]},"ok":{"type":"boolean"}},"required":["unit","ok"],"additionalProperties":false}}},{"type":"function","function":{"name":"now","parameters":{"type":"object","properties":{},"additionalProperties":false}}}]'
+NAMED='{"type":"function","function":{"name":"set_unit"}}'
+VALID='(.function.name as $n | .function.arguments | fromjson | if $n == "set_unit" then ((.unit == "c" or .unit == "f") and (.ok | type == "boolean") and length == 2) else . == {} end)'
+check "named tool_choice: arguments valid for the schema, id numbered after the history's call" \
+  eq "$(post /v1/chat/completions "{\"messages\":$HIST,\"tools\":$STOOLS,\"tool_choice\":$NAMED}"; body ".choices[0] | [.finish_reason, (.message.tool_calls | length), .message.tool_calls[0].id, (.message.tool_calls[0] | $VALID)] | @csv")" '200"tool_calls",1,"functions.set_unit:1",true'
+check "required tool_choice, parallel_tool_calls false: one call of a declared function" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$STOOLS,\"tool_choice\":\"required\",\"parallel_tool_calls\":false,\"temperature\":1,\"seed\":3}"; body ".choices[0] | [.finish_reason, (.message.tool_calls | length), (.message.tool_calls[0] | .id == \"functions.\" + .function.name + \":0\" and $VALID)] | @csv")" '200"tool_calls",1,true'
+curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/chat/completions" -o "$WORK/tstream2" \
+  -d "{\"messages\":$MSG,\"tools\":$STOOLS,\"tool_choice\":$NAMED,\"stream\":true}"
+check "named tool_choice streamed: the argument deltas join into valid arguments" \
+  jqe -s "[.[] | .choices[0] | select(. != null)] | ([.[].delta.tool_calls[0].function.arguments // empty] | add | {function: {name: \"set_unit\", arguments: .}} | $VALID) and .[-1].finish_reason == \"tool_calls\"" \
+  <(sed -n 's/^data: {/{/p' "$WORK/tstream2")
+check "required tool_choice with response_format json_object: 400" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$STOOLS,\"tool_choice\":\"required\",\"response_format\":{\"type\":\"json_object\"}}"; body .error.param)" "400response_format"
+PTOOLS='[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"code":{"type":"string","pattern":"^a"}}}}}]'
+check "required tool_choice, a parameters keyword the server cannot enforce: 400 naming it" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$PTOOLS,\"tool_choice\":\"required\"}"; body .error.param)" "400tools[0].function.parameters.properties.code.pattern"
+check "  ... tool_choice auto leaves the schema alone" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":$PTOOLS,\"max_tokens\":2}")" 200
 check "tool with a '.' in its name: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a.b\"}}]}"; body .error.param)" "400tools[0].function.name"
 
 # --- concurrency: 8 streams (= --max-num-seqs) at once all complete ---

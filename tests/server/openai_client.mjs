@@ -117,7 +117,7 @@ test('stop: the text ends before the stop string, finish_reason stop', async () 
 
 test('tool-call round trip through the stream helper', async () => {
   const s = client.chat.completions.stream({ model, messages: [{ role: 'user', content: 'Weather in Paris?' }],
-    tools, tool_choice: { type: 'function', function: { name: 'get_weather' } }, max_tokens: 6, ignore_eos: true,
+    tools, tool_choice: { type: 'function', function: { name: 'get_weather' } }, max_tokens: 6,
     stream_options: { include_usage: true } });
   const final = await s.finalChatCompletion();
   const msg = final.choices[0].message;
@@ -150,6 +150,27 @@ test('structured outputs: chat.completions.parse with a json_schema response_for
   await assert.rejects(client.chat.completions.create({ model, messages, response_format: { type: 'json_schema',
     json_schema: { name: 'x', schema: { type: 'string', format: 'email' } } } }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format.json_schema.schema.format');
+});
+
+test('forced tool calls: chat.completions.parse reads strict tools\' arguments', async () => {
+  // The SDK parses the arguments of strict function tools (parsed_arguments); tool_choice required
+  // makes the server mask them to the schema.
+  const strict = [{ type: 'function', function: { name: 'answer', strict: true, parameters: schema } }];
+  for (const tool_choice of ['required', { type: 'function', function: { name: 'answer' } }]) {
+    const r = await client.chat.completions.parse({ model, messages, seed: 5, temperature: 1,
+      tools: strict, tool_choice, parallel_tool_calls: false });
+    assert.equal(r.choices[0].finish_reason, 'tool_calls');
+    const calls = r.choices[0].message.tool_calls;
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0].id, 'functions.answer:0');
+    const p = calls[0].function.parsed_arguments;
+    assert.deepEqual(Object.keys(p), ['ok', 'color']);
+    assert.equal(typeof p.ok, 'boolean');
+    assert.ok(['red', 'green', 'blue'].includes(p.color));
+  }
+  await assert.rejects(client.chat.completions.create({ model, messages, tool_choice: 'required',
+    tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'string', format: 'email' } } }] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'tools[0].function.parameters.format');
 });
 
 test("vLLM's guided_json and structured_outputs.json as extra body fields", async () => {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "runtime/json_matcher.h"
+#include "runtime/tool_call_matcher.h"
 #include "server/api_error.h"
 #include "server/openai_request.h"
 
@@ -234,6 +235,126 @@ TEST(OpenAIRequest, ToolsAndToolChoice) {
             "tools[0].function.name");
   json dup = {tools[0], tools[0]};
   EXPECT_EQ(rejected_param(chat({{"tools", dup}})), "tools[1].function.name");
+}
+
+// tool_choice required / named constrain the answer (vLLM's structured outputs for tools): the
+// engine request carries the grammar, with each function's parameters compiled (absent: any
+// object) and the ids numbered after the history's calls; unsupported schema keywords are 400s
+// naming their path under tools[i].function.parameters, but only for the functions the choice
+// constrains (auto passes them through untouched); another output format, ignore_eos and
+// min_tokens are refused with a forced choice.
+TEST(OpenAIRequest, ForcedToolChoiceConstrainsTheArguments) {
+  const json weather = {{"type", "function"},
+                        {"function",
+                         {{"name", "get_weather"},
+                          {"parameters",
+                           {{"type", "object"},
+                            {"properties", {{"city", {{"type", "string"}}}}},
+                            {"required", {"city"}}}}}}};
+  const json bare = {{"type", "function"}, {"function", {{"name", "now"}}}};
+  const json fancy = {{"type", "function"},
+                      {"function",
+                       {{"name", "fancy"},
+                        {"parameters",
+                         {{"type", "object"},
+                          {"properties", {{"code", {{"type", "string"}, {"pattern", "^a"}}}}}}}}}};
+  const json tools = {weather, bare, fancy};
+  const json named_weather = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  const json history = {{{"role", "user"}, {"content", "hi"}},
+                        {{"role", "assistant"},
+                         {"content", nullptr},
+                         {"tool_calls",
+                          {{{"id", "functions.now:0"},
+                            {"type", "function"},
+                            {"function", {{"name", "now"}, {"arguments", "{}"}}}},
+                           {{"id", "functions.now:1"},
+                            {"type", "function"},
+                            {"function", {{"name", "now"}, {"arguments", "{}"}}}}}}},
+                        {{"role", "tool"}, {"tool_call_id", "functions.now:0"}, {"content", "9"}},
+                        {{"role", "tool"}, {"tool_call_id", "functions.now:1"}, {"content", "9"}}};
+
+  // Auto and none: no grammar, and a schema this server cannot enforce is fine.
+  for (const json& choice : {json("auto"), json("none"), json(nullptr)}) {
+    auto r = parse_chat(chat({{"tools", tools}, {"tool_choice", choice}}));
+    EXPECT_EQ(r.engine.tool_calls, nullptr) << choice.dump();
+  }
+  // Named: the one function, whose schema is enforced; the others are not compiled.
+  auto named = parse_chat(chat({{"tools", tools}, {"tool_choice", named_weather}}));
+  ASSERT_NE(named.engine.tool_calls, nullptr);
+  const kimi::ToolCallGrammar& g = *named.engine.tool_calls;
+  EXPECT_FALSE(g.required);
+  ASSERT_EQ(g.functions.size(), 1u);
+  EXPECT_EQ(g.functions[0].name, "get_weather");
+  EXPECT_EQ(g.first_index, 0);
+  kimi::JsonMatcher args(g.functions[0].parameters), bad = args;
+  EXPECT_TRUE(args.step(std::string_view(R"({"city": "Oslo"})")) && args.complete());
+  EXPECT_FALSE(bad.step(std::string_view(R"({"town")")));
+  // Required: every function, sorted by name; no parameters is any object; numbered after the
+  // two calls in the history; parallel_tool_calls false allows one call.
+  auto req = parse_chat(chat({{"messages", history},
+                              {"tools", {weather, bare}},
+                              {"tool_choice", "required"},
+                              {"parallel_tool_calls", false}}));
+  ASSERT_NE(req.engine.tool_calls, nullptr);
+  const kimi::ToolCallGrammar& rg = *req.engine.tool_calls;
+  EXPECT_TRUE(rg.required);
+  EXPECT_FALSE(rg.parallel);
+  EXPECT_EQ(rg.first_index, 2);
+  ASSERT_EQ(rg.functions.size(), 2u);
+  EXPECT_EQ(rg.functions[0].name, "get_weather");
+  EXPECT_EQ(rg.functions[1].name, "now");
+  EXPECT_EQ(rg.functions[1].parameters, kimi::JsonSchema::any_object());
+  EXPECT_TRUE(parse_chat(chat({{"tools", json::array({weather})}, {"tool_choice", "required"}}))
+                  .engine.tool_calls->parallel);
+  auto named_later =
+      parse_chat(chat({{"messages", history}, {"tools", tools}, {"tool_choice", named_weather}}));
+  EXPECT_EQ(named_later.engine.tool_calls->first_index, 2);
+
+  // The 400s.
+  const json named_fancy = {{"type", "function"}, {"function", {{"name", "fancy"}}}};
+  EXPECT_EQ(rejected_param(chat({{"tools", tools}, {"tool_choice", "required"}})),
+            "tools[2].function.parameters.properties.code.pattern");
+  EXPECT_EQ(rejected_param(chat({{"tools", tools}, {"tool_choice", named_fancy}})),
+            "tools[2].function.parameters.properties.code.pattern");
+  for (const json& format :
+       {json{{"response_format", {{"type", "json_object"}}}},
+        json{{"response_format",
+              {{"type", "json_schema"},
+               {"json_schema", {{"name", "x"}, {"schema", {{"type", "object"}}}}}}}},
+        json{{"guided_json", {{"type", "object"}}}},
+        json{{"structured_outputs", {{"json_object", true}}}}}) {
+    for (const json& choice : {json("required"), named_weather}) {
+      json body = chat({{"tools", json::array({weather})}, {"tool_choice", choice}});
+      body.update(format);
+      EXPECT_EQ(rejected_param(body), format.begin().key()) << body.dump();
+    }
+    json text = chat({{"tools", json::array({weather})}, {"tool_choice", "auto"}});
+    text.update(format);
+    EXPECT_EQ(rejected_param(text), "<none>") << "auto keeps its format";
+  }
+  EXPECT_EQ(rejected_param(chat({{"tools", json::array({weather})},
+                                 {"tool_choice", "required"},
+                                 {"response_format", {{"type", "text"}}}})),
+            "<none>");
+  EXPECT_EQ(rejected_param(
+                chat({{"tools", tools}, {"tool_choice", "required"}, {"ignore_eos", true}})),
+            "tool_choice");
+  EXPECT_EQ(rejected_param(
+                chat({{"tools", tools}, {"tool_choice", named_weather}, {"min_tokens", 2}})),
+            "tool_choice");
+}
+
+// The arguments' properties come in the client's key order, as a response format's do.
+TEST(OpenAIRequest, ForcedToolArgumentsKeepTheClientsKeyOrder) {
+  const std::string body = R"({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+      "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f",
+      "parameters": {"type": "object", "properties": {"b": {"type": "integer"},
+      "a": {"type": "integer"}}, "required": ["b", "a"]}}}]})";
+  GenerationRequest r = kimi::server::parse_chat_body(body, limits());
+  ASSERT_NE(r.engine.tool_calls, nullptr);
+  kimi::JsonMatcher m(r.engine.tool_calls->functions[0].parameters), wrong = m;
+  EXPECT_TRUE(m.step(std::string_view(R"({"b": 1, "a": 2})")) && m.complete());
+  EXPECT_FALSE(wrong.step(std::string_view(R"({"a")")));
 }
 
 TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
@@ -533,7 +654,7 @@ TEST(OpenAIRequest, GuidedJsonAndStructuredOutputs) {
       if (!is_chat) body.update(extra);
       GenerationRequest r = is_chat ? parse_chat(body) : parse_cmpl(body);
       EXPECT_EQ(r.engine.response_format, kimi::ResponseFormat::kJsonSchema) << extra.dump();
-      EXPECT_EQ(r.schema_param, param);
+      EXPECT_EQ(r.format_param, param);
       ASSERT_NE(r.engine.json_schema, nullptr);
       kimi::JsonMatcher m(r.engine.json_schema), other = m;
       EXPECT_TRUE(m.step(std::string_view("{\"a\": 7}")) && m.complete());
@@ -552,7 +673,7 @@ TEST(OpenAIRequest, GuidedJsonAndStructuredOutputs) {
         json{{"structured_outputs", {{"json", nullptr}, {"json_object", false}}}}}) {
     GenerationRequest r = parse_chat(chat(absent));
     EXPECT_EQ(r.engine.response_format, kimi::ResponseFormat::kText) << absent.dump();
-    EXPECT_TRUE(r.schema_param.empty());
+    EXPECT_TRUE(r.format_param.empty());
   }
 
   // The properties come in the schema's key order: "b" before "a", both required. A string

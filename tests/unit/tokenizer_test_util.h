@@ -58,10 +58,11 @@ struct TempDir {
 };
 
 // A tokenizer of `size` tokens: the 256 single bytes, then distinct concatenations of min_pieces
-// .. max_pieces random pieces (seeded), with [BOS] and [EOS] as the added ids size, size + 1.
-// Many shared prefixes: the vocabularies of the token-mask tests.
+// .. max_pieces random pieces (seeded), with [BOS] and [EOS] as the added ids size, size + 1, and
+// `specials` after them. Many shared prefixes: the vocabularies of the token-mask tests.
 inline Tokenizer fragment_tokenizer(const std::vector<std::string>& pieces, size_t size,
-                                    int min_pieces, int max_pieces, uint32_t seed) {
+                                    int min_pieces, int max_pieces, uint32_t seed,
+                                    const std::vector<std::string>& specials = {}) {
   std::mt19937 rng(seed);
   std::set<std::string> tokens;
   for (int b = 0; b < 256; ++b) tokens.insert(std::string(1, char(b)));
@@ -79,6 +80,8 @@ inline Tokenizer fragment_tokenizer(const std::vector<std::string>& pieces, size
   nlohmann::json added;
   added[std::to_string(size)] = {{"content", "[BOS]"}};
   added[std::to_string(size + 1)] = {{"content", "[EOS]"}};
+  for (size_t i = 0; i < specials.size(); ++i)
+    added[std::to_string(size + 2 + i)] = {{"content", specials[i]}};
   dir.write("tokenizer_config.json", nlohmann::json{{"added_tokens_decoder", added}}.dump());
   return Tokenizer::load(dir.str());
 }
