@@ -5,6 +5,7 @@
 
 #include "async_copy.cuh"
 #include "kda/kda.h"
+#include "warp.cuh"
 
 namespace kimi::cuda::kda {
 
@@ -26,12 +27,6 @@ __device__ __forceinline__ float sigmoid(float x) {
 // PyTorch/FLA softplus: x itself above the threshold 20.
 __device__ __forceinline__ float softplus(float x) {
   return x > 20.f ? x : log1pf(expf(x));
-}
-
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-  return v;
 }
 
 __device__ __forceinline__ float4 fma4(float a, float4 x, float4 y) {

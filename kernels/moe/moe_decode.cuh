@@ -39,6 +39,7 @@
 #include "moe/moe.h"
 #include "moe/moe_route.cuh"
 #include "pdl.cuh"
+#include "warp.cuh"
 
 namespace kimi::cuda::moe {
 
@@ -90,11 +91,6 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
     s += __uint_as_float(ww[i] & 0xffff0000u) * __uint_as_float(xx[i] & 0xffff0000u);
   }
   return s;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
 }
 // P 16-byte pieces of a weight row into the lane's registers (zeros past the row or without one).
 template <int P>
