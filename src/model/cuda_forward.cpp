@@ -390,21 +390,32 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   const ExpertRange mine = local_experts(m.full_cfg, m.tp.rank, m.tp.world, m.tp.expert_parallel);
   const int El = mine.count;
   auto& A = m.act;
+  // The routing of the T tokens over all E experts into act's ids and weights, the shared expert
+  // as expert `shared` (-1: none); under expert parallelism, ids local to this GPU's run.
+  auto route_params = [&](int shared) {
+    cuda::MoeRouteParams rp;
+    rp.num_tokens = T;
+    rp.num_experts = E;
+    rp.top_k = K;
+    rp.renormalize = c.moe_renormalize;
+    rp.scaling = c.routed_scaling_factor;
+    rp.logits = A.router_logits;
+    rp.correction_bias = w.bias;
+    rp.expert_ids = A.route_ids;
+    rp.weights = A.route_w;
+    rp.shared_expert = shared;
+    if (El != E) {
+      rp.expert_first = mine.first;
+      rp.local_experts = El;
+    }
+    return rp;
+  };
   // One token on one GPU: the whole block in one launch (route, experts, residual, next norm).
   if (T == 1 && m.moe_fused && m.fuse_norms && m.tp.world == 1 && El == E &&
       (w.shared_in_experts || c.num_shared_experts == 0) && hid <= cuda::kMoeDecodeFusedMaxHidden &&
       c.moe_intermediate_size <= cuda::kMoeDecodeFusedMaxInter) {
     cuda::MoeDecodeFusedParams fp;
-    fp.route.num_tokens = 1;
-    fp.route.num_experts = E;
-    fp.route.top_k = K;
-    fp.route.renormalize = c.moe_renormalize;
-    fp.route.scaling = c.routed_scaling_factor;
-    fp.route.logits = A.router_logits;
-    fp.route.correction_bias = w.bias;
-    fp.route.expert_ids = A.route_ids;
-    fp.route.weights = A.route_w;
-    fp.route.shared_expert = w.shared_in_experts ? E : -1;
+    fp.route = route_params(w.shared_in_experts ? E : -1);
     fp.x = A.x;
     fp.norm_weight = post_norm;
     fp.eps = c.rms_norm_eps;
@@ -446,21 +457,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   gp.top_k = Kk;
   // The tiled kernel has no split input: high precision takes the wgmma tiles there instead.
   if (m.high && cuda::moe_gemm_path(gp) == cuda::MoeGemmPath::kTiled) gp.block_m = block_m = 128;
-  cuda::MoeRouteParams rp;
-  rp.num_tokens = T;
-  rp.num_experts = E;
-  rp.top_k = K;
-  rp.renormalize = c.moe_renormalize;
-  rp.scaling = c.routed_scaling_factor;
-  rp.logits = A.router_logits;
-  rp.correction_bias = w.bias;
-  rp.expert_ids = A.route_ids;
-  rp.weights = A.route_w;
-  rp.shared_expert = fuse ? El : -1;
-  if (El != E) {
-    rp.expert_first = mine.first;
-    rp.local_experts = El;
-  }
+  const cuda::MoeRouteParams rp = route_params(fuse ? El : -1);
   // The fused routing launch pays up to 2 tokens: its routing CTA's work grows with T·E (bench_moe
   // --route, H200: 13.0 vs 17.5 us for the separate launches at T = 1, 39.6 vs 25.5 at T = 8).
   constexpr int kFusedRouteMaxTokens = 2;
