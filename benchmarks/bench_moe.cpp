@@ -118,6 +118,17 @@ double rel_rms(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / std::max(den, 1e-30));
 }
 
+// One line: label, then name and median of each series d[1..] (d[0] is unused: stamp 0 is the
+// reference the others are taken from).
+void print_medians(const char* label, const char* const* names, std::vector<std::vector<double>>& d) {
+  std::printf("%s", label);
+  for (size_t i = 1; i < d.size(); ++i) {
+    std::sort(d[i].begin(), d[i].end());
+    std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
+  }
+  std::printf("\n");
+}
+
 // Decode routing per layer: fused launch vs the separate launches; the router (2.4 MB fp32) and
 // inputs rotate over `copies` layers' worth so they come from DRAM as in a decode step.
 void bench_route(int l2_bytes) {
@@ -198,12 +209,7 @@ void bench_route(int l2_bytes) {
       for (int i = 1; i < kMoeRouteStamps; ++i) d[i].push_back(double(h[i]) - double(h[i - 1]));
     }
     const char* names[kMoeRouteStamps] = {"", "wait", "logits", "normed", "ticket", "route", "permute"};
-    std::printf("  phases (ns, median):");
-    for (int i = 1; i < kMoeRouteStamps; ++i) {
-      std::sort(d[i].begin(), d[i].end());
-      std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
-    }
-    std::printf("\n");
+    print_medians("  phases (ns, median):", names, d);
   }
   CUDA_CHECK(cudaStreamDestroy(st));
 }
@@ -287,12 +293,7 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
     const auto h = stamps.to_host();
     for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
   }
-  std::printf("  phase ends (ns after CTA 0's entry, median):");
-  for (int i = 1; i < kMoeFusedStamps; ++i) {
-    std::sort(d[i].begin(), d[i].end());
-    std::printf(" %s %.0f", names[i], d[i][d[i].size() / 2]);
-  }
-  std::printf("\n");
+  print_medians("  phase ends (ns after CTA 0's entry, median):", names, d);
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 
