@@ -205,9 +205,8 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
 // weight multiplies the router pieces and 1/rms the sums, and each CTA writes its share of the
 // bf16 normed rows after taking its ticket (off the routing's chain).
 constexpr int kRouteDecodeMaxTokens = 8;
-constexpr int kRouteExpertsPerCta = 4, kRouteWarpsPerExpert = 8;
+constexpr int kRouteExpertsPerCta = 4;
 constexpr int kRouteMaxPairs = kRouteDecodeMaxTokens * 33;  // top_k <= 32, + the shared expert
-constexpr int kRouteRegK4 = 4;  // float4 router pieces per thread in registers (H <= 4096: all)
 __device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, bool who) {
   if (stamps && who && threadIdx.x == 0) {
     unsigned long long t;
@@ -215,7 +214,6 @@ __device__ __forceinline__ void route_stamp(unsigned long long* stamps, int i, b
     stamps[i] = t;
   }
 }
-constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 __global__ void __launch_bounds__(1024) moe_route_decode_kernel(MoeRouteDecodeParams p,
                                                                 MoePermuteView v) {
   extern __shared__ float sel_smem[];  // [3][T][E] selection scores, sigmoids, ranks (routing CTA)

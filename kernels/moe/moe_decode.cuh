@@ -44,8 +44,6 @@
 namespace kimi::cuda::moe {
 
 constexpr int kFusedThreads = 512, kFusedWarps = kFusedThreads / 32;
-constexpr int kFusedRouteWarps = 8;  // warps per expert for the logits (as the routing kernel)
-constexpr int kFusedRouteRegK4 = 4;  // float4 router pieces per thread in registers
 // 16-byte pieces per lane per row: gate_up rows of hidden, down rows of inter.
 constexpr int kFusedPiecesGateUp = kMoeDecodeFusedMaxHidden / 256;
 constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
@@ -54,7 +52,7 @@ constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
 // docs/perf-log.md session 8).
 constexpr int kFusedRowsDown = 2;
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
-static_assert(kFusedRouteRegK4 * 32 * kFusedRouteWarps * 4 >= kMoeDecodeFusedMaxHidden);
+static_assert(kRouteRegK4 * 32 * kRouteWarpsPerExpert * 4 >= kMoeDecodeFusedMaxHidden);
 
 // Grid-wide barrier in two halves over G resident CTAs: bar[0] counts arrivals during the launch
 // (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done; the last one done
@@ -122,8 +120,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   bf16* xa = reinterpret_cast<bf16*>(xs + H);       // [H] the experts' input
   float* sel = reinterpret_cast<float*>(xa + H);     // [E] × 3: routing scores, sigmoids, ranks
   bf16* act = reinterpret_cast<bf16*>(sel + (3 * E + 3) / 4 * 4);  // [S][I] (16-byte aligned)
-  __shared__ float part[kFusedWarps / kFusedRouteWarps][kFusedRouteWarps];
-  __shared__ float ss_part_s[kFusedRouteWarps];
+  __shared__ float part[kFusedWarps / kRouteWarpsPerExpert][kRouteWarpsPerExpert];
+  __shared__ float ss_part_s[kRouteWarpsPerExpert];
   __shared__ float red[kFusedWarps];
   __shared__ float inv_rms_s;
   __shared__ int chosen_e[32], ids[33];
@@ -133,10 +131,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   float* ss_part = y + int64_t(S) * H;      // [G]
 
   // A: router rows of experts blockIdx.x·2 + ew (+ 2G, ...; registers for the first only).
-  constexpr int kEw = kFusedWarps / kFusedRouteWarps;
-  const int ew = warp / kFusedRouteWarps, wk = warp % kFusedRouteWarps, n4 = H / 4;
+  constexpr int kEw = kFusedWarps / kRouteWarpsPerExpert;
+  const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert, n4 = H / 4;
   const int k4_0 = wk * 32 + lane;
-  constexpr int kK4Step = 32 * kFusedRouteWarps;
   const float4* nw4 = reinterpret_cast<const float4*>(p.norm_weight);
   auto router_piece = [&](int e, int k4) {
     const float4 w = __ldg(reinterpret_cast<const float4*>(p.router + int64_t(e) * H) + k4);
@@ -145,10 +142,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   };
   const int e_first = blockIdx.x * kEw + ew;
   fused_stamp(p.stamps, 0, false);
-  float4 wreg[kFusedRouteRegK4];
+  float4 wreg[kRouteRegK4];
 #pragma unroll
-  for (int j = 0; j < kFusedRouteRegK4; ++j) {
-    const int k4 = k4_0 + j * kK4Step;
+  for (int j = 0; j < kRouteRegK4; ++j) {
+    const int k4 = k4_0 + j * kRouteK4Step;
     wreg[j] = e_first < E && k4 < n4 ? router_piece(e_first, k4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
   // D's units in one order for the grid, the shared expert's spread evenly among the routed
@@ -187,8 +184,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   float4* xs4 = reinterpret_cast<float4*>(xs);
   float acc = 0.f, ss = 0.f;
 #pragma unroll
-  for (int j = 0; j < kFusedRouteRegK4; ++j) {
-    const int k4 = k4_0 + j * kK4Step;
+  for (int j = 0; j < kRouteRegK4; ++j) {
+    const int k4 = k4_0 + j * kRouteK4Step;
     if (k4 < n4) {
       const float4 xv = __ldcg(x4 + k4);
       acc += wreg[j].x * xv.x + wreg[j].y * xv.y + wreg[j].z * xv.z + wreg[j].w * xv.w;
@@ -198,7 +195,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       }
     }
   }
-  for (int k4 = k4_0 + kFusedRouteRegK4 * kK4Step; k4 < n4; k4 += kK4Step) {  // H > 4096
+  for (int k4 = k4_0 + kRouteRegK4 * kRouteK4Step; k4 < n4; k4 += kRouteK4Step) {  // H > 4096
     const float4 xv = __ldcg(x4 + k4);
     if (e_first < E) {
       const float4 wv = router_piece(e_first, k4);
@@ -218,10 +215,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   __syncthreads();
   if (tid < kEw) {  // the routing kernel's sums, in its order
     float t = 0.f, sum = 0.f;
-    for (int j = 0; j < kFusedRouteWarps; ++j) t += ss_part_s[j];
+    for (int j = 0; j < kRouteWarpsPerExpert; ++j) t += ss_part_s[j];
     const float inv = rsqrtf(t / float(H) + p.eps);
     if (tid == 0) inv_rms_s = inv;
-    for (int j = 0; j < kFusedRouteWarps; ++j) sum += part[tid][j];
+    for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[tid][j];
     const int eg = blockIdx.x * kEw + tid;
     if (eg < E) const_cast<float*>(r.logits)[eg] = sum * inv;
   }
@@ -230,7 +227,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   for (int e = e_first + G * kEw; e - ew < E; e += G * kEw) {  // experts past the registers
     float acc2 = 0.f;
     if (e < E)
-      for (int k4 = k4_0; k4 < n4; k4 += kK4Step) {
+      for (int k4 = k4_0; k4 < n4; k4 += kRouteK4Step) {
         const float4 wv = router_piece(e, k4), xv = xs4[k4];
         acc2 += wv.x * xv.x + wv.y * xv.y + wv.z * xv.z + wv.w * xv.w;
       }
@@ -239,7 +236,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     __syncthreads();
     if (tid < kEw && e - ew + tid < E) {
       float sum = 0.f;
-      for (int j = 0; j < kFusedRouteWarps; ++j) sum += part[tid][j];
+      for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[tid][j];
       const_cast<float*>(r.logits)[e - ew + tid] = sum * inv_rms;
     }
     __syncthreads();

@@ -9,6 +9,13 @@
 
 namespace kimi::cuda::moe {
 
+// The router logits' k split, shared by the decode routing kernel and the fused MoE block (the
+// same sums in the same order): 8 warps per expert, thread (warp w, lane l) taking the float4
+// pieces k4 = 32w + l + j·kRouteK4Step, the first kRouteRegK4 of them in registers.
+constexpr int kRouteWarpsPerExpert = 8;
+constexpr int kRouteRegK4 = 4;  // H <= 4096: all of them
+constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
+
 // One token's routing by one warp (lane = threadIdx.x % 32); sel: E floats of shared memory
 // for the warp. The logits are read through L2 (__ldcg): the fused decode kernel reads logits
 // that other CTAs of the same launch wrote.
