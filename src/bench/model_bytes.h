@@ -10,6 +10,9 @@
 // Element sizes are the backend's: fp32 weights on the CPU, bf16 on CUDA; the caches' as
 // cache_entry_bytes (model/model.h) gives them for the run's options (--kv-cache-dtype fp8: 656
 // bytes per cached token and MLA layer on CUDA).
+// Over N GPUs (model/tensor_parallel.h) the counts are summed over the ranks: split tensors and
+// the KDA slots once, but every rank reads its own copy of the whole tensors (norms, router,
+// f_a/g_a, the latent projection), B embedding rows, and the whole latent cache.
 #pragma once
 
 #include <cstdint>
@@ -25,10 +28,19 @@ struct ParamCounts {
   int64_t per_expert = 0;  // one routed expert (w1 + w3 + w2)
   int64_t routed = 0;      // all routed experts of all MoE layers
   int64_t dense = 0;       // total − embed − routed
+  // Over N GPUs: the copies of whole non-embedding tensors that ranks 1..N−1 hold as well.
+  int64_t dense_replicas = 0;
   int num_moe_layers = 0;
 };
 
-ParamCounts param_counts(const ModelConfig& c);
+// How the model is split (model/tensor_parallel.h); the default is one device.
+struct ModelSplit {
+  int world = 1;
+  bool expert_parallel = false;
+};
+
+// Throws (naming the field) when the config cannot be split as asked.
+ParamCounts param_counts(const ModelConfig& c, const ModelSplit& split = {});
 
 struct StepBytes {
   double weights = 0;  // bytes of weights read
@@ -38,6 +50,6 @@ struct StepBytes {
 };
 
 StepBytes decode_step_bytes(const ModelConfig& c, int batch, int64_t context, int weight_bytes,
-                            const CacheEntryBytes& cache);
+                            const CacheEntryBytes& cache, const ModelSplit& split = {});
 
 }  // namespace kimi::bench

@@ -114,7 +114,8 @@ OfflineResults run_offline(const OfflineOptions& o) {
     if (o.model_dir.empty()) fail("give --model DIR (or --random-weights --config FILE)");
     r.config = ModelConfig::from_file(o.model_dir + "/config.json");
   }
-  r.params = param_counts(r.config);
+  r.split = {o.backend == "cuda" ? std::max(o.tensor_parallel, 1) : 1, o.expert_parallel};
+  r.params = param_counts(r.config, r.split);
 
   // Caches for the largest shape measured: one slot per sequence, blocks for the longest run.
   int max_batch = o.batches.empty() ? 1 : *std::max_element(o.batches.begin(), o.batches.end());
@@ -135,9 +136,13 @@ OfflineResults run_offline(const OfflineOptions& o) {
       o.random_weights ? random_weights_model(r.config, mo) : load_model(o.model_dir, mo);
   r.kv_cache_dtype = kv_cache_dtype_name(mo.kv_cache_dtype);
   r.cache = cache_entry_bytes(r.config, mo);
-  r.memory.weight_bytes = r.params.total * r.weight_elem_bytes;
+  // Over N GPUs: every rank holds the whole tensors, the embedding and the latent cache.
+  const int world = r.split.world;
+  r.memory.weight_bytes =
+      (r.params.total + r.params.dense_replicas + (world - 1) * r.params.embed) *
+      r.weight_elem_bytes;
   r.memory.cache_bytes = int64_t(mo.cache.num_slots) * r.cache.slot +
-                         int64_t(mo.cache.num_blocks) * kBlockSize * r.cache.mla_token;
+                         int64_t(world) * mo.cache.num_blocks * kBlockSize * r.cache.mla_token;
 
   Runner run(*model, bps);
   run.prefill(0, std::min(64, o.prompt_lens.empty() ? 64 : o.prompt_lens.front()), o.prefill_chunk,
@@ -183,7 +188,8 @@ OfflineResults run_offline(const OfflineOptions& o) {
       d.tokens_per_s = B / step_s;
       // Depth in the middle of the timed steps.
       d.bytes =
-          decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.cache);
+          decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.cache,
+                            r.split);
       d.achieved_gbps = d.bytes.total() / step_s / 1e9;
       r.decode.push_back(d);
       progress.tick();

@@ -50,7 +50,7 @@ struct DecodePoint {
   double tpot_ms = 0;       // median step time
   double tokens_per_s = 0;  // batch / step time
   StepBytes bytes;
-  double achieved_gbps = 0;  // bytes.total() / step time / 1e9
+  double achieved_gbps = 0;  // bytes.total() / step time / 1e9 (all GPUs together)
   double cpu_share = 0;      // over the timed steps
 };
 
@@ -65,6 +65,7 @@ struct OfflineResults {
   std::string backend;
   int threads = 0;
   ModelConfig config;
+  ModelSplit split;     // the GPUs the model runs on: byte counts are summed over them
   ParamCounts params;
   int weight_elem_bytes = 0;
   std::string kv_cache_dtype;  // what the cache stored: bf16 or fp8
@@ -72,7 +73,7 @@ struct OfflineResults {
   std::vector<PrefillPoint> prefill;
   std::vector<DecodePoint> decode;
   MemoryUse memory;
-  std::optional<double> copy_gbps;  // device-to-device copy ceiling; none on CPU
+  std::optional<double> copy_gbps;  // one GPU's device-to-device copy ceiling; none on CPU
   std::string copy_note;            // why there is none
 };
 

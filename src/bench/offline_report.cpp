@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace kimi::bench {
 namespace {
@@ -16,6 +17,12 @@ std::string mib(int64_t b) {
   return f("%.1f MiB", double(b) / (1 << 20));
 }
 
+// The ceiling a step's bytes are measured against: one GPU's copy rate times the GPUs.
+std::optional<double> ceiling_gbps(const OfflineResults& r) {
+  if (!r.copy_gbps) return std::nullopt;
+  return *r.copy_gbps * r.split.world;
+}
+
 }  // namespace
 
 std::string format_offline_table(const OfflineResults& r, const std::string& model_label) {
@@ -24,7 +31,13 @@ std::string format_offline_table(const OfflineResults& r, const std::string& mod
                   " parameters (" + std::to_string(r.weight_elem_bytes) +
                   " B each); caches: " + std::to_string(r.cache.slot) + " B per KDA slot, " +
                   std::to_string(r.cache.mla_token) + " B per MLA token (" + r.kv_cache_dtype +
-                  ")\n\n";
+                  ")" +
+                  (r.split.world > 1
+                       ? "; " + std::to_string(r.split.world) + " GPUs (" +
+                             (r.split.expert_parallel ? "expert" : "tensor") +
+                             " parallel): bytes and memory summed over them"
+                       : "") +
+                  "\n\n";
   if (!r.prefill.empty()) {
     s += "| prefill | prompt tokens | time (ms) | tokens/s | CPU share "
          "|\n|---|---:|---:|---:|---:|\n";
@@ -49,11 +62,14 @@ std::string format_offline_table(const OfflineResults& r, const std::string& mod
        "), device " + r.memory.device + "\n";
   s += "copy bandwidth ceiling: " + (r.copy_gbps ? f("%.1f GB/s", *r.copy_gbps) : r.copy_note) +
        "\n";
-  if (r.copy_gbps && !r.decode.empty()) {
-    s += "decode bandwidth as a fraction of the ceiling:";
+  if (const auto ceiling = ceiling_gbps(r); ceiling && !r.decode.empty()) {
+    s += "decode bandwidth as a fraction of the ceiling" +
+         (r.split.world > 1 ? " (" + std::to_string(r.split.world) + " GPUs' copy rate)"
+                            : std::string()) +
+         ":";
     for (auto& d : r.decode)
       s += " b" + std::to_string(d.batch) + "/c" + std::to_string(d.context) + " " +
-           f("%.0f%%", 100.0 * d.achieved_gbps / *r.copy_gbps);
+           f("%.0f%%", 100.0 * d.achieved_gbps / *ceiling);
     s += "\n";
   }
   return s;
@@ -67,6 +83,8 @@ nlohmann::ordered_json offline_json(const OfflineResults& r, const std::string& 
   j["model"] = model_label;
   j["backend"] = r.backend;
   j["threads"] = r.threads;
+  j["gpus"] = r.split.world;
+  j["expert_parallel"] = r.split.expert_parallel;
   j["parameters"] = r.params.total;
   j["weight_elem_bytes"] = r.weight_elem_bytes;
   j["kv_cache_dtype"] = r.kv_cache_dtype;
@@ -90,7 +108,7 @@ nlohmann::ordered_json offline_json(const OfflineResults& r, const std::string& 
                    {"achieved_gbps", d.achieved_gbps},
                    {"cpu_share", d.cpu_share},
                    {"fraction_of_copy_ceiling",
-                    r.copy_gbps ? nlohmann::ordered_json(d.achieved_gbps / *r.copy_gbps)
+                    r.copy_gbps ? nlohmann::ordered_json(d.achieved_gbps / *ceiling_gbps(r))
                                 : nlohmann::ordered_json()}});
   j["memory"] = {{"weight_bytes", r.memory.weight_bytes},
                  {"cache_bytes", r.memory.cache_bytes},

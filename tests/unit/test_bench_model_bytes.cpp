@@ -70,5 +70,33 @@ TEST(BenchModelBytes, DecodeStateTrafficFollowsTheCacheDtype) {
   EXPECT_DOUBLE_EQ(bf16.weights, fp8.weights);  // the weights do not depend on the cache
 }
 
+// Over N GPUs each rank holds and reads its own copy of the whole tensors (model/tensor_parallel.h)
+// and of the latent cache; split tensors, routed experts and the KDA slots count once.
+TEST(BenchModelBytes, TensorParallelCountsWhatEveryRankReads) {
+  const ModelConfig c = full_size();
+  // Whole on every rank: 27 layers' two norms and the final norm; per KDA layer f_a and g_a
+  // [128, 2304] and o_norm [128]; per MLA layer kv_a_proj_with_mqa [576, 2304] and
+  // kv_a_layernorm [512]; per MoE layer (26) the router [256, 2304] and its bias [256].
+  const int64_t whole = (27 * 2 + 1) * 2304 + 20 * (2 * 128 * 2304 + 128) +
+                        7 * (576 * 2304 + 512) + 26 * (256 * 2304 + 256);
+  const ParamCounts one = param_counts(c);
+  EXPECT_EQ(one.dense_replicas, 0);
+  for (const ModelSplit split : {ModelSplit{2, false}, ModelSplit{4, false}, ModelSplit{2, true}}) {
+    const ParamCounts p = param_counts(c, split);
+    EXPECT_EQ(p.total, one.total);
+    EXPECT_EQ(p.dense_replicas, (split.world - 1) * whole) << split.world;
+    const int B = 3;
+    const int64_t C = 5000;
+    const CacheEntryBytes e = cache_entry_bytes(c, options("cuda", KvCacheDtype::kBf16));
+    const StepBytes s1 = decode_step_bytes(c, B, C, 2, e);
+    const StepBytes sn = decode_step_bytes(c, B, C, 2, e, split);
+    EXPECT_DOUBLE_EQ(sn.state - s1.state, (split.world - 1) * double(B) * double(C + 1) * 7 * 1152);
+    EXPECT_DOUBLE_EQ(sn.weights - s1.weights,
+                     (split.world - 1) * 2.0 * double(whole + int64_t(B) * 2304));
+  }
+  // A config the split cannot divide is refused by name, as the model would refuse it.
+  EXPECT_THROW(param_counts(c, ModelSplit{3, false}), std::exception);
+}
+
 }  // namespace
 }  // namespace kimi::bench
