@@ -56,6 +56,26 @@ std::string make_vocabulary(int size) {
   return dir;
 }
 
+// The median time of the matcher's mask with an empty cache (a fresh mask object per run, built
+// outside the timed region), and how many tokens it allows.
+template <typename Matcher>
+void time_mask(const Tokenizer& tok, const Matcher& m, const std::vector<int>& end, int runs,
+               const char* kind, const std::string& prefix) {
+  std::vector<double> ms;
+  int allowed = 0;
+  for (int r = 0; r < runs; ++r) {
+    JsonTokenMask masks(tok, tok.vocab_size());
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::vector<uint64_t>& mask = masks.allowed(m, end);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    allowed = 0;
+    for (int id = 0; id < tok.vocab_size(); ++id) allowed += JsonTokenMask::test(mask, id);
+  }
+  std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
+  std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", kind, prefix.c_str(), ms[size_t(runs / 2)],
+              allowed);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -81,20 +101,8 @@ int main(int argc, char** argv) {
   for (bool with_schema : {false, true}) {
     for (const char* p : prefixes) {
       JsonMatcher m = with_schema ? JsonMatcher(schema) : JsonMatcher();
-      if (!m.step(std::string_view(p))) continue;
-      std::vector<double> ms;
-      int allowed = 0;
-      for (int r = 0; r < runs; ++r) {
-        JsonTokenMask masks(tok, tok.vocab_size());  // empty cache
-        const auto t0 = std::chrono::steady_clock::now();
-        const std::vector<uint64_t>& mask = masks.allowed(m, end);
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-        allowed = 0;
-        for (int id = 0; id < tok.vocab_size(); ++id) allowed += JsonTokenMask::test(mask, id);
-      }
-      std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
-      std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", with_schema ? "json_schema" : "json_object",
-                  (std::string("'") + p + "'").c_str(), ms[size_t(runs / 2)], allowed);
+      if (m.step(std::string_view(p)))
+        time_mask(tok, m, end, runs, with_schema ? "json_schema" : "json_object", std::string("'") + p + "'");
     }
   }
   // tool_choice required over 16 functions: the id after "functions.", on its first byte, inside
@@ -107,19 +115,6 @@ int main(int argc, char** argv) {
   auto grammar = std::make_shared<const ToolCallGrammar>(fns, true, true, 0);
   for (const char* p : {"", "get_", "get_weather:0"}) {
     ToolCallMatcher m(grammar, *ToolCallMarkers::of(tok));
-    if (!m.step(std::string_view(p))) continue;
-    JsonTokenMask masks(tok, tok.vocab_size());
-    std::vector<double> ms;
-    int allowed = 0;
-    for (int r = 0; r < runs; ++r) {
-      const auto t0 = std::chrono::steady_clock::now();
-      const std::vector<uint64_t>& mask = masks.allowed(m, end);
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-      allowed = 0;
-      for (int id = 0; id < tok.vocab_size(); ++id) allowed += JsonTokenMask::test(mask, id);
-    }
-    std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
-    std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", "tool id",
-                (std::string("'functions.") + p + "'").c_str(), ms[size_t(runs / 2)], allowed);
+    if (m.step(std::string_view(p))) time_mask(tok, m, end, runs, "tool id", std::string("'functions.") + p + "'");
   }
 }
