@@ -323,8 +323,13 @@ void EngineImpl::admit_incoming() {
   for (auto& st : in) {
     // The leader computes the prompt; its siblings fork from it after the prefill.
     auto s = std::make_unique<Sequence>(st, 0, next_order_++, st->req.prompt_ids);
-    // Points shorter than a block save too little (as cache_computed's rule).
-    if (prefix_ && st->req.cache_point >= kBlockSize) s->cache_point = st->req.cache_point;
+    if (prefix_) {
+      // The request's own point (a chat's system prompt) or a head an earlier prompt shared,
+      // whichever reaches further; points shorter than a block save too little (as
+      // cache_computed's rule).
+      const int point = std::max(st->req.cache_point, prefix_->shared_head(st->req.prompt_ids, kBlockSize));
+      if (point >= kBlockSize) s->cache_point = point;
+    }
     s->init_decoder(tokenizer_.get());
     waiting_.insert(waiting_place(*s), std::move(s));
   }

@@ -75,6 +75,34 @@ std::optional<int> PrefixCache::insert(std::span<const int> tokens, std::span<co
   return target->slot;
 }
 
+int PrefixCache::shared_head(std::span<const int> prompt, int block_size) {
+  KIMI_CHECK(block_size > 0, "block size ", block_size);
+  const int heads = prompt.empty() ? 0 : int((prompt.size() - 1) / size_t(block_size));
+  std::vector<uint64_t> hash(static_cast<size_t>(heads));
+  uint64_t h = 0;
+  for (int b = 0; b < heads; ++b) {
+    for (int i = b * block_size; i < (b + 1) * block_size; ++i) h = extend(h, prompt[size_t(i)]);
+    hash[size_t(b)] = h;
+  }
+  // A head seen before means all the shorter ones were too: the longest is found from the end.
+  int shared = 0;
+  for (int b = heads; b > 0 && shared == 0; --b)
+    if (seen_heads_.count(hash[size_t(b - 1)])) shared = b * block_size;
+  const uint64_t now = ++clock_;
+  for (uint64_t x : hash) seen_heads_[x] = now;
+  if (seen_heads_.size() > kSeenHeads) {  // forget the older half (rare: one pass)
+    std::vector<uint64_t> when;
+    when.reserve(seen_heads_.size());
+    for (const auto& [key, t] : seen_heads_) when.push_back(t);
+    auto mid = when.begin() + ptrdiff_t(when.size() / 2);
+    std::nth_element(when.begin(), mid, when.end());
+    const uint64_t cut = *mid;
+    for (auto it = seen_heads_.begin(); it != seen_heads_.end();)
+      it = it->second < cut ? seen_heads_.erase(it) : std::next(it);
+  }
+  return shared;
+}
+
 int PrefixCache::reclaimable_blocks() const {
   // A block comes back when every holder is an unpinned entry: count those references, then
   // compare with the pool's (clearing the counts on the way, so each block counts once).

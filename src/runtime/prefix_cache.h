@@ -9,6 +9,12 @@
 // only the rest computed. That is multi-turn chat, where each turn's prompt extends the one
 // before, the previous answer included, and requests that share a system prompt.
 //
+// Prompts that share only a head (raw completions with one few-shot or document preamble, the
+// same prompt sent again) leave no entry that serves each other, so the cache also remembers the
+// prompts it has seen, block by block (hashes of their block-aligned prefixes, no tokens): a new
+// prompt that shares a block-aligned head with an earlier one gets that head as its cache point
+// (shared_head), and the entry made there serves the requests after it.
+//
 // Pure bookkeeping (the engine copies the state and blocks): entries live in fixed slots, are
 // found by a hash of their tokens (then compared), evicted least recently used first, and never
 // while pinned (a waiting request has taken the entry but not copied it yet).
@@ -17,6 +23,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/pools.h"
@@ -51,6 +58,14 @@ class PrefixCache {
   // when all slots are taken.
   std::optional<int> insert(std::span<const int> tokens, std::span<const int> blocks, int block_size);
 
+  // The longest head of `prompt`, a multiple of block_size tokens and shorter than the prompt,
+  // that a prompt passed here before also started with (0 if none); then remembers this
+  // prompt's heads. Found by hash alone: a collision only places a cache point where no later
+  // prompt matches (match compares tokens). At most kSeenHeads heads are remembered, the least
+  // recently seen forgotten first.
+  int shared_head(std::span<const int> prompt, int block_size);
+  static constexpr size_t kSeenHeads = size_t(1) << 16;
+
   // Blocks that evicting every unpinned entry would return to the pool.
   int reclaimable_blocks() const;
   // Evicts the least recently used unpinned entry; false if there is none.
@@ -67,6 +82,7 @@ class PrefixCache {
   BlockPool& blocks_;
   uint64_t clock_ = 0;
   mutable std::vector<int> refs_;  // reclaimable_blocks' per-block counts (zero between calls)
+  std::unordered_map<uint64_t, uint64_t> seen_heads_;  // head hash → when last seen (clock_)
 };
 
 }  // namespace kimi

@@ -705,7 +705,8 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   // The last turn's prompt again: its own entry cannot serve it (its last token's logits are
   // needed), the turn before's finished request can; the last request's prompt plus a different
   // answer starts from that prompt's entry (a regenerated answer); a prompt sharing only part
-  // of the first turn's is no hit (entries are whole sequences).
+  // of the first turn's is no hit (entries are whole sequences), but it leaves an entry at the
+  // block-aligned head it shares with the prompts before it, which serves the next such prompt.
   std::vector<int> last(prompt.begin(), prompt.begin() + last_prompt);
   auto again = cached->submit(greedy(last, 4));
   collect(*again);
@@ -721,6 +722,39 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   auto other = cached->submit(greedy(partial, 4));
   collect(*other);
   EXPECT_EQ(other->usage().cached_tokens, 0);
+  partial.back() = 6;
+  partial.push_back(9);
+  auto next = cached->submit(greedy(partial, 4));
+  EXPECT_EQ(collect(*next)[0].ids, collect(*plain->submit(greedy(partial, 4)))[0].ids);
+  EXPECT_EQ(next->usage().cached_tokens, 64);
+}
+
+// Raw prompts that share only a head (a few-shot preamble): the first is no hit, the second
+// shares a block-aligned head with it, so its prefill stops there once and leaves an entry; from
+// the third on they start from it and draw what an engine without the cache draws. The same
+// prompt sent again gets its longest block-aligned head from the second time on.
+TEST(Engine, PrefixCacheSharesHeadsOfRawPrompts) {
+  auto cached = Engine::create(engine_opts(4));
+  auto plain = engine_without_prefix_cache(4);
+  std::mt19937 rng(47);
+  const int V = cached->config().vocab_size;
+  const std::vector<int> head = random_prompt(rng, 150, V);
+  const int expect[] = {0, 0, 128, 128};
+  for (int i = 0; i < 4; ++i) {
+    Request r = greedy(head, 6);
+    const std::vector<int> tail = random_prompt(rng, 20 + 7 * i, V);
+    r.prompt_ids.insert(r.prompt_ids.end(), tail.begin(), tail.end());
+    auto h = cached->submit(r);
+    EXPECT_EQ(collect(*h)[0].ids, collect(*plain->submit(r))[0].ids) << "request " << i;
+    EXPECT_EQ(h->usage().cached_tokens, expect[i]) << "request " << i;
+  }
+  const std::vector<int> same = random_prompt(rng, 140, V);
+  const int expect_same[] = {0, 0, 128};
+  for (int i = 0; i < 3; ++i) {
+    auto h = cached->submit(greedy(same, 4));
+    EXPECT_EQ(collect(*h)[0].ids, collect(*plain->submit(greedy(same, 4)))[0].ids) << "again " << i;
+    EXPECT_EQ(h->usage().cached_tokens, expect_same[i]) << "again " << i;
+  }
 }
 
 // A cache point (a chat's system prompt): the first request's prefill stops there once and

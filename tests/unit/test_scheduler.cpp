@@ -309,5 +309,41 @@ TEST(PrefixCache, MatchesTheLongestProperPrefixAndEvictsLeastRecentlyUsed) {
   EXPECT_EQ(pool.ref_count(a_blocks[0]), 1);  // back to the sequence's own reference
 }
 
+// Heads shared between prompts: the longest block-aligned head (shorter than the prompt) that an
+// earlier prompt also started with; a prompt never matches itself; old heads are forgotten.
+TEST(PrefixCache, SharedHeadIsTheLongestBlockAlignedHeadSeenBefore) {
+  BlockPool pool(4);
+  PrefixCache cache({0}, pool);
+  std::vector<int> a(300), b(300), c(200);
+  for (int i = 0; i < 300; ++i) a[size_t(i)] = i;
+  b = a;
+  b[150] = -1;  // shares 150 tokens with a: heads 64 and 128
+  for (int i = 0; i < 200; ++i) c[size_t(i)] = 5000 + i;
+  EXPECT_EQ(cache.shared_head(a, 64), 0);
+  EXPECT_EQ(cache.shared_head(b, 64), 128);
+  EXPECT_EQ(cache.shared_head(c, 64), 0);
+  // The same prompt again: its longest head shorter than itself (256 of 300; 128 of 129; none of
+  // 64, which must leave a token to compute).
+  EXPECT_EQ(cache.shared_head(a, 64), 256);
+  const std::vector<int> a129(a.begin(), a.begin() + 129), a64(a.begin(), a.begin() + 64);
+  EXPECT_EQ(cache.shared_head(a129, 64), 128);
+  EXPECT_EQ(cache.shared_head(a64, 64), 0);
+  EXPECT_EQ(cache.shared_head(std::vector<int>(), 64), 0);
+  // Other block sizes, and a difference inside the first block: no head.
+  std::vector<int> d = a;
+  d[3] = -7;
+  EXPECT_EQ(cache.shared_head(d, 64), 0);
+  EXPECT_EQ(cache.shared_head(b, 100), 0);  // no 100-token head was remembered before
+  EXPECT_EQ(cache.shared_head(a, 100), 100);
+  // Past kSeenHeads heads the oldest are forgotten: a's heads go, a recent prompt's stay.
+  std::vector<int> filler(PrefixCache::kSeenHeads + 2);
+  for (size_t i = 0; i < filler.size(); ++i) filler[i] = int(100000 + i);
+  EXPECT_EQ(cache.shared_head(filler, 1), 0);
+  std::vector<int> e(filler.begin(), filler.begin() + 10);
+  e.push_back(-3);
+  EXPECT_EQ(cache.shared_head(e, 1), 10);
+  EXPECT_EQ(cache.shared_head(a, 64), 0);
+}
+
 }  // namespace
 }  // namespace kimi
