@@ -42,7 +42,8 @@ __device__ __forceinline__ float gate_decay(float a_log, float x) {
 // w[4..7]) and the same piece of the vector (x[0..3]); mma step s takes words 2s, 2s+1 of each as
 // the fragments' logical k {2t, 2t+1} and {2t+8, 2t+9}.
 __device__ __forceinline__ void load_up_rows(uint4 (&w)[8], const bf16* row0, int lane) {
-  const uint4* r = reinterpret_cast<const uint4*>(row0 + size_t(lane >> 2) * kKdaD) + (lane & 3) * 4;
+  const uint4* r =
+      reinterpret_cast<const uint4*>(row0 + size_t(lane >> 2) * kKdaD) + (lane & 3) * 4;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     w[i] = __ldg(r + i);

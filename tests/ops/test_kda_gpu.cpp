@@ -25,7 +25,7 @@ struct KdaCase {
   int H = 0;
   std::vector<float> conv_w, A_log, dt_bias, o_norm;  // [C,4], [H], [H·D], [D]
   std::vector<uint16_t> qkv, f, b, z;                 // [T,C], [T,HD], [T,H], [T,HD]
-  // The decode's folded up-projections (add_low_rank): f_low | g_low [T, 2D], W_fb | W_gb [2, HD, D].
+  // The folded decode's inputs (add_low_rank): f_low | g_low [T, 2D], W_fb | W_gb [2, HD, D].
   std::vector<uint16_t> low, up;
   int C() const { return 3 * H * D; }
   int HD() const { return H * D; }
