@@ -1,8 +1,8 @@
 // KDA kernel benchmark (H = 32, D = 128): the device-to-device copy ceiling measured in the same
-// run, the fused decode step at B = 1, 4, 8, 32, 64, 256 (time per layer, state bytes/s as % of the
-// ceiling), the decode with its f/z up-projections (the separate batch-2 GEMM + decode pair against
-// the decode that folds them in), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated
-// norm).
+// run, the fused decode step at B = 1, 2, 4, 8, 16, 32, 64, 256 (time per layer, state bytes/s as %
+// of the ceiling), the decode with its f/z up-projections (the separate batch-2 GEMM + decode pair
+// against the decode that folds them in), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan,
+// gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
 // Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that
@@ -58,7 +58,7 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "kernel",
               "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   const char* only = std::getenv("KIMI_BENCH_KDA_B");
-  for (int B : {1, 4, 8, 32, 64, 256}) {
+  for (int B : {1, 2, 4, 8, 16, 32, 64, 256}) {
     if (only && std::atoi(only) != B) continue;
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));

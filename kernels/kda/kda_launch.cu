@@ -20,8 +20,17 @@ void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream)
 constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
-// The f/z up-projections are folded into the decode below this many rows (B·H).
-constexpr int kKdaDecodeFoldToRows = 8192;
+// Folded up-projections (session 9, H200, H = 32, graph replay, us per layer of the separate
+// GEMM + decode pair against the folded decode): B = 1 7.29 -> 5.01 (cluster kernel, S in
+// registers); B = 4 10.21 -> 12.08 there (its 126 registers allow 4 CTAs per SM: the grid no longer
+// fits at once) but 9.81 (the best pair, persistent) -> 9.64 with S in shared memory, hence that
+// instantiation above kKdaDecodeFoldRegsMaxRows; persistent kernel B = 8 14.51 -> 14.94 (loses),
+// B = 32 46.1 -> 45.5, B = 64 85.6 -> 84.7 (wins, within noise at 64); the cluster kernels at
+// B·H >= 2048 lose 10-120 us (their CTAs re-read a head's weights per sequence). So folded where
+// B·H < 256 and 1024 <= B·H < 4096; in between nothing was measured.
+constexpr int kKdaDecodeFoldRegsMaxRows = 64;  // B = 2, 3 unmeasured when set
+constexpr int kKdaDecodeFoldPairFromRows = 256;
+constexpr int kKdaDecodeFoldFromRows = 1024;
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
@@ -57,7 +66,9 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
     KIMI_CHECK_LAUNCH();
     return;
   }
-  const bool smem = p.smem_state < 0 ? rows >= kKdaDecodeSmemFromRows : p.smem_state != 0;
+  const bool smem = p.smem_state >= 0 ? p.smem_state != 0
+                    : fold              ? rows > kKdaDecodeFoldRegsMaxRows
+                                        : rows >= kKdaDecodeSmemFromRows;
   if (smem && fold)
     kda::launch_kda_decode<32, true, true>(p, stream);
   else if (smem)
@@ -70,7 +81,9 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
 }
 
 bool kda_decode_folds_up(int batch, int num_heads) {
-  return int64_t(batch) * num_heads < kKdaDecodeFoldToRows;
+  const int64_t rows = int64_t(batch) * num_heads;
+  return rows < kKdaDecodeFoldPairFromRows ||
+         (rows >= kKdaDecodeFoldFromRows && rows < kKdaDecodePersistentToRows);
 }
 
 }  // namespace kimi::cuda
