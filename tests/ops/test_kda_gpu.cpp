@@ -341,6 +341,7 @@ TEST(KdaGpu, DecodeFoldedUpProjections) {
   run_decode_case(7, 32, 2, 42, 0, 0, true);    // the same, with a padding row
   run_decode_case(5, 7, 2, 43, 0, 0, true);     // the same, odd heads
   run_decode_case(9, 32, 2, 44, 1, 0, true);    // cluster kernel, S in shared memory
+  run_decode_case(3, 32, 2, 49, -1, -1, true);  // the same, as chosen automatically
   run_decode_case(13, 32, 2, 45, -1, 1, true);  // persistent: 4 items per CTA, 13 per head
   run_decode_case(65, 5, 3, 46, -1, 1, true);   // persistent: 3 items per CTA
   run_decode_case(200, 5, 2, 47, -1, 1, true);  // persistent: 8 items per CTA
@@ -488,6 +489,7 @@ TEST(KdaGpu, DecodePdlChain) {
   run_decode_pdl_chain(1, 2, 3, 35, -1, true);    // cluster kernel
   run_decode_pdl_chain(1, 32, 3, 36, -1, true);   // cluster kernel, the model's heads
   run_decode_pdl_chain(5, 7, 3, 37, 0, true);     // cluster kernel, odd heads
+  run_decode_pdl_chain(3, 32, 3, 40, -1, true);   // cluster kernel, S in shared memory
   run_decode_pdl_chain(9, 32, 3, 38, -1, true);   // persistent kernel
   run_decode_pdl_chain(131, 2, 3, 39, 1, true);   // persistent, 2 items per CTA
 }
