@@ -21,16 +21,16 @@ constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
 // Folded up-projections (session 9, H200, H = 32, graph replay, us per layer of the separate
-// GEMM + decode pair against the folded decode): B = 1 7.29 -> 5.01 (cluster kernel, S in
-// registers); B = 4 10.21 -> 12.08 there (its 126 registers allow 4 CTAs per SM: the grid no longer
-// fits at once) but 9.81 (the best pair, persistent) -> 9.64 with S in shared memory, hence that
-// instantiation above kKdaDecodeFoldRegsMaxRows; persistent kernel B = 8 14.51 -> 14.94 (loses),
-// B = 32 46.1 -> 45.5, B = 64 85.6 -> 84.7 (wins, within noise at 64); the cluster kernels at
-// B·H >= 2048 lose 10-120 us (their CTAs re-read a head's weights per sequence). So folded where
-// B·H < 256 and 1024 <= B·H < 4096; in between nothing was measured.
-constexpr int kKdaDecodeFoldRegsMaxRows = 64;  // B = 2, 3 unmeasured when set
+// GEMM + decode pair against the folded decode): B = 1 7.30 -> 5.01 and B = 2 8.31 -> 6.96
+// (cluster kernel, S in registers); B = 4 10.22 -> 12.09 there (its 126 registers allow 4 CTAs per
+// SM: the grid no longer fits at once) but 10.17 -> 9.62 with S in shared memory, hence that
+// instantiation above kKdaDecodeFoldRegsMaxRows; persistent kernel B = 8 14.48 -> 14.95 (loses),
+// B = 16 25.20 -> 24.81, 32 46.8 -> 45.5, 64 84.6 -> 84.5 (wins, within noise at 64); the cluster
+// kernels at B·H >= 512 lose 4-120 us (their CTAs re-read a head's weights per sequence). So
+// folded where B·H < 256 and 512 <= B·H < 4096.
+constexpr int kKdaDecodeFoldRegsMaxRows = 64;
 constexpr int kKdaDecodeFoldPairFromRows = 256;
-constexpr int kKdaDecodeFoldFromRows = 1024;
+constexpr int kKdaDecodeFoldFromRows = 512;
 
 static bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;
