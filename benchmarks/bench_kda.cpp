@@ -1,6 +1,8 @@
 // KDA kernel benchmark (H = 32, D = 128): the device-to-device copy ceiling measured in the same
-// run, the fused decode step at B = 1, 4, 8, 32, 64, 256 (time per layer, state bytes/s as % of the
-// ceiling), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan, gated norm).
+// run, the fused decode step at B = 1, 2, 4, 8, 16, 32, 64, 256 (time per layer, state bytes/s as %
+// of the ceiling), the decode with its f/z up-projections (the separate batch-2 GEMM + decode pair
+// against the decode that folds them in), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan,
+// gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
 // Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that
@@ -18,6 +20,7 @@
 
 #if KIMI_HAVE_CUDA
 #include "common.h"
+#include "gemm/gemm.h"
 #include "kda/kda.h"
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
@@ -27,6 +30,7 @@ namespace {
 using kimi::bench::copy_ceiling_gbs;
 using kimi::bench::fill_random;
 using kimi::bench::graph_ms;
+using kimi::cuda::GemmArgs;
 using kimi::bench::median_ms;
 
 using kimi::cuda::bf16;
@@ -47,10 +51,14 @@ struct Weights {
 };
 
 void bench_decode(Weights& w, double ceiling, bool quick) {
+  constexpr int kLayers = 20;  // launches per graph (the model's KDA layers)
+  kimi::cuda::Gemm gemm;
+  std::printf("decode+up: us per layer (graph) of the up-projection GEMM + decode pair, of the "
+              "folded decode, and their difference\n");
   std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "kernel",
               "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   const char* only = std::getenv("KIMI_BENCH_KDA_B");
-  for (int B : {1, 4, 8, 32, 64, 256}) {
+  for (int B : {1, 2, 4, 8, 16, 32, 64, 256}) {
     if (only && std::atoi(only) != B) continue;
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
@@ -132,6 +140,65 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
                   v.name, ms * 1e3, gbs, 100 * gbs / ceiling, gms * 1e3, ggbs,
                   100 * ggbs / ceiling);
     }
+
+    // With the f/z up-projections, graph replay as the model runs them: "pair" = the batch-2
+    // GEMM (the model's GemmArgs: small-M kernel up to B = 8, cuBLASLt above) then the decode on
+    // f and z; "folded" = one decode launch that forms f and z from the low-rank row. Each of the
+    // graph's launches (a layer) has its own up weights, so they come from DRAM as in the model.
+    DeviceBuffer<bf16> up(size_t(kLayers) * 2 * HD * D), low(size_t(B) * 2 * D);
+    DeviceBuffer<bf16> fz(size_t(2) * B * HD);  // the GEMM's f, then z
+    fill_random(up, -0.4f, 0.4f, 11);
+    fill_random(low, -1.f, 1.f, 12);
+    cudaStream_t st;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    auto launch = [&](int i, cudaStream_t s, bool fold) {
+      const bf16* w = up.data() + size_t(i % kLayers) * 2 * HD * D;
+      p.slots = d_slots.data() + size_t(i % rot) * B;
+      if (fold) {
+        p.f = p.z = nullptr;
+        p.fg_low = low.data();
+        p.fg_b = w;
+      } else {
+        GemmArgs ga;
+        ga.M = B;
+        ga.N = HD;
+        ga.K = D;
+        ga.A = low.data();
+        ga.lda = 2 * D;
+        ga.stride_a = D;
+        ga.B = w;
+        ga.ldb = D;
+        ga.stride_b = int64_t(HD) * D;
+        ga.C = fz.data();
+        ga.ldc = HD;
+        ga.stride_c = int64_t(B) * HD;
+        ga.batch = 2;
+        gemm.run(ga, s);
+        p.fg_low = p.fg_b = nullptr;
+        p.f = fz.data();
+        p.z = fz.data() + size_t(B) * HD;
+      }
+      kimi::cuda::run_kda_decode(p, s);
+    };
+    for (const Variant& v : {Variant{"auto", -1, -1}, Variant{"32", 0, 0}, Variant{"32smem", 1, 0},
+                             Variant{"persist", -1, 1}}) {
+      p.smem_state = v.smem_state;
+      p.persistent = v.persistent;
+      double us[2];
+      for (int fold = 0; fold < 2; ++fold) {
+        launch(0, st, fold);  // plans and attributes outside the capture
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        us[fold] = 1e3 * graph_ms([&](int i, cudaStream_t s) { launch(i, s, fold); }, kLayers,
+                                  quick ? 10 : 30, st);
+      }
+      std::printf("%-10s %6d %8s %12.2f %12.2f %+11.2f %14s\n", "decode+up", B, v.name, us[0],
+                  us[1], us[1] - us[0],
+                  kimi::cuda::kda_decode_folds_up(B, H) ? "folds (auto)" : "pair (auto)");
+    }
+    p.fg_low = p.fg_b = nullptr;
+    p.f = f.data();
+    p.z = z.data();
+    CUDA_CHECK(cudaStreamDestroy(st));
   }
 }
 

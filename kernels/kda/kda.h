@@ -48,9 +48,14 @@ struct KdaDecodeParams {
   int num_heads = 0;
   const int* slots = nullptr;  // [B]; slot < 0 marks a padding row: y row = 0, no state touched
   const bf16* qkv = nullptr;   // [B, C]
-  const bf16* f = nullptr;     // [B, H·D]
   const bf16* b = nullptr;     // [B, H]
-  const bf16* z = nullptr;     // [B, H·D]
+  // f and z: either given (the up-projections ran as their own GEMM) ...
+  const bf16* f = nullptr;  // [B, H·D]
+  const bf16* z = nullptr;  // [B, H·D]
+  // ... or, folded (f and z null), formed in the kernel in fp32 from the low-rank halves:
+  // f = W_fb·f_low, z = W_gb·g_low. kda_decode_folds_up says where folding pays.
+  const bf16* fg_low = nullptr;  // [B, 2·D]: f_low | g_low (the f_a | g_a projections)
+  const bf16* fg_b = nullptr;    // [2, H·D, D]: W_fb | W_gb
   KdaWeights w;
   bf16* conv_state = nullptr;  // [num_slots, C, 3], updated in place
   float* state = nullptr;      // [num_slots, H, D, D], updated in place
@@ -62,6 +67,10 @@ struct KdaDecodeParams {
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
+// Whether the decode of this batch should take the folded up-projections (fg_low, fg_b) rather
+// than a separate f/z GEMM: true where the automatic kernel choice folds them (measured,
+// docs/perf-log.md session 9). Folded params are accepted at any size.
+bool kda_decode_folds_up(int batch, int num_heads);
 
 // ---- Prefill, stage 1: conv + SiLU, L2 norm for a varlen batch. ----
 // T: the activations' type, bf16 or float (high precision).

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include "async_copy.cuh"
+#include "gemm/stream_mma.cuh"
 #include "kda/kda.h"
 #include "warp.cuh"
 
@@ -27,6 +28,37 @@ __device__ __forceinline__ float sigmoid(float x) {
 // PyTorch/FLA softplus: x itself above the threshold 20.
 __device__ __forceinline__ float softplus(float x) {
   return x > 20.f ? x : log1pf(expf(x));
+}
+
+// The decay α = exp(g) of a gate g = −exp(A_log)·softplus(f + dt_bias); x = f + dt_bias.
+__device__ __forceinline__ float gate_decay(float a_log, float x) {
+  return expf(-expf(a_log) * softplus(x));
+}
+
+// The decode kernels' folded up-projections (f = W_fb·f_low, z = W_gb·g_low): 16 rows of a
+// [·, 128] bf16 weight times one 128-vector on the tensor cores, the weights as the A operand (as
+// in gemm/stream_mma.cuh) and the vector as every column of B. k is permuted (a dot product does
+// not care): lane (g = lane/4, t = lane%4) holds the 64-byte piece t of rows g and g + 8 (w[0..3],
+// w[4..7]) and the same piece of the vector (x[0..3]); mma step s takes words 2s, 2s+1 of each as
+// the fragments' logical k {2t, 2t+1} and {2t+8, 2t+9}.
+__device__ __forceinline__ void load_up_rows(uint4 (&w)[8], const bf16* row0, int lane) {
+  const uint4* r =
+      reinterpret_cast<const uint4*>(row0 + size_t(lane >> 2) * kKdaD) + (lane & 3) * 4;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    w[i] = __ldg(r + i);
+    w[4 + i] = __ldg(r + kKdaD + i);  // row g + 8: 8 rows of 16 pieces further
+  }
+}
+// Rows g and g + 8 of the product (in every lane of quad g).
+__device__ __forceinline__ float2 up_rows_apply(const uint4 (&w)[8], const uint4 (&x)[4]) {
+  float c0[4] = {0.f, 0.f, 0.f, 0.f}, c1[4] = {0.f, 0.f, 0.f, 0.f};  // even and odd steps
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    gv_mma(c0, w[i].x, w[4 + i].x, w[i].y, w[4 + i].y, x[i].x, x[i].y);
+    gv_mma(c1, w[i].z, w[4 + i].z, w[i].w, w[4 + i].w, x[i].z, x[i].w);
+  }
+  return make_float2(c0[0] + c1[0], c0[2] + c1[2]);
 }
 
 __device__ __forceinline__ float4 fma4(float a, float4 x, float4 y) {

@@ -27,6 +27,12 @@
 // overlaps the previous kernel's tail; only the token's inputs (qkv, f, b, z) wait. A caller that
 // launches the decode twice on the same pools with only PDL kernels between must put a copy or a
 // plain launch between them (test DecodePdlChain does).
+// Folded up-projections (kFold): f = W_fb·f_low and z = W_gb·g_low are formed here (fp32
+// accumulation) instead of read. CTA rank r forms the gates of key channels [r·kCols, +kCols) and
+// the z of its value columns: warp w the 16 rows 16·(w&1).. of W_fb (w < 2) or W_gb, by mma
+// (kda_common.cuh: 32 registers of weights per thread, read before the PDL wait like the other
+// weights). The head's 128 gates meet through distributed shared memory, across a split cluster
+// barrier around the conv and norm sums; so each weight byte is read once per (sequence, head).
 #pragma once
 
 #include <cooperative_groups.h>
@@ -38,9 +44,15 @@ namespace kimi::cuda::kda {
 
 // kSmemState: S goes to shared memory by cp.async instead of registers (32 fewer registers, so
 // more CTAs and more bytes in flight per multiprocessor).
-template <int kCols, bool kSmemState>
-__global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
+// Occupancy: the folded kernels hold 32 more registers (the weights) across the PDL wait.
+constexpr int kda_decode_min_ctas(bool smem_state, bool fold) {
+  return smem_state ? (fold ? 5 : 12) : (fold ? 4 : 8);
+}
+
+template <int kCols, bool kSmemState, bool kFold>
+__global__ void __launch_bounds__(128, kda_decode_min_ctas(kSmemState, kFold))
     kda_decode_kernel(const KdaDecodeParams p) {
+  static_assert(!kFold || kCols == 32, "the folded up-projections map 4 warps to 2 × 32 rows");
   pdl_launch_dependents();  // PDL (launch.h); the wait comes after the state reads (note above)
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;  // threads per row slice
@@ -55,6 +67,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   __shared__ float sm_red3[4][3];
   __shared__ float sm_part;
   __shared__ bf16 sm_conv[3][kCols][3];  // new conv state of this CTA's q, k, v channels
+  __shared__ float sm_gate[kFold ? kCols : 1], sm_z[kFold ? kCols : 1];  // kFold: α, z of its rows
   __shared__ __align__(16) float4 sm_s[kSmemState ? kPasses * 128 : 1];
 
   const int rank = blockIdx.x, h = blockIdx.y, bi = blockIdx.z;
@@ -108,23 +121,50 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
     cv2 = csv[2];
     wv = *reinterpret_cast<const float4*>(p.w.conv_weight + size_t(chv) * 4);
   }
+  // Folded: warp w's rows ur, ur + 8 of this CTA's 32, of W_fb (um = 0) or W_gb (um = 1).
+  const int um = warp >> 1, ur = 16 * (warp & 1) + (lane >> 2);
+  uint4 up_w[kFold ? 8 : 1];
+  float dtb_up0 = 0.f, dtb_up1 = 0.f;
+  if constexpr (kFold) {
+    load_up_rows(up_w, p.fg_b + (size_t(um) * HD + h * D + c0 + 16 * (warp & 1)) * D, lane);
+    dtb_up0 = p.w.dt_bias[h * D + c0 + ur];
+    dtb_up1 = p.w.dt_bias[h * D + c0 + ur + 8];
+  }
   pdl_wait();  // the token's inputs come from the previous kernels
 
-  // 3. Prep: thread d owns q/k channel d of head h.
+  // 3. Prep: thread d owns q/k channel d of head h. The token's inputs are loaded first.
   const bf16* x = p.qkv + size_t(bi) * C;
   const bf16 xq = x[chq], xk = x[chk];
-  const float gpre = to_f(p.f[size_t(bi) * HD + h * D + d]) + dtb;
+  const float gpre = kFold ? 0.f : to_f(p.f[size_t(bi) * HD + h * D + d]) + dtb;
   float zj = 0.f, wn = 0.f;  // output gate and norm weight of this CTA's columns
   bf16 vx = {};
   if (tid < kCols) {
-    zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
+    if constexpr (!kFold) zj = to_f(p.z[size_t(bi) * HD + h * D + c0 + tid]);
     wn = p.w.o_norm[c0 + tid];
     vx = x[chv];
   }
   const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+  if constexpr (kFold) {  // gates (warps 0, 1) or z (2, 3) of rows ur, ur + 8, shared below
+    const uint4* src =
+        reinterpret_cast<const uint4*>(p.fg_low + size_t(bi) * 2 * D + um * D) + (lane & 3) * 4;
+    uint4 xv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) xv[i] = src[i];
+    const float2 v = up_rows_apply(up_w, xv);
+    if ((lane & 3) == 0) {
+      if (um == 0) {
+        sm_gate[ur] = gate_decay(a_log, v.x + dtb_up0);
+        sm_gate[ur + 8] = gate_decay(a_log, v.y + dtb_up1);
+      } else {
+        sm_z[ur] = v.x;
+        sm_z[ur + 8] = v.y;
+      }
+    }
+    cluster_arrive_release();  // waited for before the gates are read
+  }
   const float q = silu(wq.x * to_f(cq0) + wq.y * to_f(cq1) + wq.z * to_f(cq2) + wq.w * to_f(xq));
   const float k = silu(wk.x * to_f(ck0) + wk.y * to_f(ck1) + wk.z * to_f(ck2) + wk.w * to_f(xk));
-  const float alpha = expf(-expf(a_log) * softplus(gpre));
+  float alpha = kFold ? 0.f : gate_decay(a_log, gpre);  // folded: from the cluster, below
 
   if (d >= c0 && d < c0 + kCols) {  // the new conv state of the q/k channels this CTA owns
     sm_conv[0][d - c0][0] = cq1;
@@ -154,6 +194,11 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   const float kScale = 0.08838834764831845f;  // 128^-1/2
   const float rq = 1.f / sqrtf(sq + kKdaL2Eps) * kScale, rk = 1.f / sqrtf(sk + kKdaL2Eps);
   const float qn = q * rq, kn = k * rk, kq = sqk * rq * rk;
+  if constexpr (kFold) {
+    cluster_wait_acquire();  // every CTA's gates are in its shared memory
+    alpha = *cluster.map_shared_rank(&sm_gate[d % kCols], d / kCols);
+    if (tid < kCols) zj = sm_z[tid];
+  }
   sm_ak[d] = alpha * kn;
   sm_aq[d] = alpha * qn;
   sm_k[d] = kn;
@@ -235,7 +280,7 @@ __global__ void __launch_bounds__(128, kSmemState ? 12 : 8)
   asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
-template <int kCols, bool kSmemState>
+template <int kCols, bool kSmemState, bool kFold>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 
 }  // namespace kimi::cuda::kda

@@ -7,12 +7,13 @@
 namespace kimi::cuda::kda {
 
 template <>
-void launch_kda_decode<32, false>(const KdaDecodeParams& p, cudaStream_t stream) {
+void launch_kda_decode<32, false, false>(const KdaDecodeParams& p, cudaStream_t stream) {
   constexpr int kSplit = kKdaD / 32;
   LaunchOptions o;
   o.pdl = true;
   o.cluster = dim3(kSplit, 1, 1);
-  launch_kernel(kda_decode_kernel<32, false>, dim3(kSplit, p.num_heads, p.batch), 128, o, stream, p);
+  launch_kernel(kda_decode_kernel<32, false, false>, dim3(kSplit, p.num_heads, p.batch), 128, o,
+                stream, p);
 }
 
 }  // namespace kimi::cuda::kda

@@ -17,9 +17,16 @@
 // 16·i + 4·(w>>2) + lane/8 for pass i = 0..7. Each thread keeps its 8 float4 of S in registers
 // from the column sums to the update, and writes S' back over them in the stage.
 //
+// Folded up-projections (kFold, f = W_fb·f_low and z = W_gb·g_low formed here): warp w holds the
+// 16 rows 16·(w&7).. of W_fb (w < 8) or W_gb of the item's head in registers (32 per thread,
+// reloaded when the head changes; the first before the PDL wait) and applies them to the item's
+// f_low | g_low row, which takes the place of the f and z rows in the stage, by mma
+// (kda_common.cuh). The gate is formed by the lane that holds the row's f, so the column sums
+// take α from its own array (α·S is formed there, and the update adds k·βr to it).
+//
 // Launch: grid min(items, SMs), balanced so that every CTA gets the same number of items ±1, 512
 // threads, kKdaPersistSmem bytes of dynamic shared memory. PDL: the first items' states and conv
-// states are loaded before pdl_wait(), under kda_decode.cuh's contract.
+// states (and folded weights) are loaded before pdl_wait(), under kda_decode.cuh's contract.
 #pragma once
 
 #include "kda/kda_common.cuh"
@@ -38,7 +45,7 @@ constexpr int kTmaThread = kPersistThreads - 32;
 struct __align__(16) KdaDecodeItemIn {
   bf16 conv[3][kKdaD * 3];  // conv states of the head's q, k, v channels, [channel][3]
   bf16 x[3][kKdaD];         // the token's q, k, v projections
-  bf16 f[kKdaD], z[kKdaD];
+  bf16 fz[2][kKdaD];        // the token's f and z rows; folded: its f_low | g_low row
 };
 static_assert(sizeof(KdaDecodeItemIn) % 16 == 0);
 
@@ -49,6 +56,7 @@ struct KdaDecodeStage {
 };
 constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
+template <bool kFold>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
   pdl_launch_dependents();  // PDL (launch.h); the wait comes after the first states' loads
@@ -56,7 +64,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   extern __shared__ __align__(16) unsigned char sm_raw[];
   KdaDecodeStage* stages = reinterpret_cast<KdaDecodeStage*>(sm_raw);
   __shared__ uint64_t sm_full[kStages];  // one mbarrier per stage: its loads have landed
-  __shared__ __align__(16) float sm_ak[D], sm_aq[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
+  __shared__ __align__(16) float sm_q[D], sm_k[D], sm_a[D], sm_v[D], sm_br[D];
+  __shared__ float sm_z[kFold ? D : 1];
   __shared__ __align__(16) float sm_red[4][2][D];
   __shared__ float sm_red3[4][3], sm_o2[4];
 
@@ -94,11 +103,28 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       for (int part = 0; part < 3; ++part)
         bulk_g2s(sg.in.x[part], p.qkv + size_t(bi) * C + part * HD + h * D, D * 2, &sm_full[st],
                  policy);
-      bulk_g2s(sg.in.f, p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
-      bulk_g2s(sg.in.z, p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+      if constexpr (kFold) {
+        bulk_g2s(sg.in.fz, p.fg_low + size_t(bi) * 2 * D, 2 * D * 2, &sm_full[st], policy);
+      } else {
+        bulk_g2s(sg.in.fz[0], p.f + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+        bulk_g2s(sg.in.fz[1], p.z + size_t(bi) * HD + h * D, D * 2, &sm_full[st], policy);
+      }
     }
   };
   auto slot_of = [&](int it) { return it < end ? __ldg(p.slots + it % B) : -1; };
+  // Folded: warp w's rows 16·(w&7) + lane/4 (+ 8) of W_fb (um = 0) or W_gb, for head up_h.
+  const int um = warp >> 3, ur = 16 * (warp & 7) + (lane >> 2);
+  uint4 up_w[kFold ? 8 : 1];
+  float dtb_up0 = 0.f, dtb_up1 = 0.f;
+  int up_h = -1;
+  auto load_up = [&](int h) {
+    if constexpr (kFold) {
+      load_up_rows(up_w, p.fg_b + (size_t(um) * HD + h * D + 16 * (warp & 7)) * D, lane);
+      dtb_up0 = __ldg(p.w.dt_bias + h * D + ur);
+      dtb_up1 = __ldg(p.w.dt_bias + h * D + ur + 8);
+      up_h = h;
+    }
+  };
 
   if (tid == 0) {
     for (int i = 0; i < kStages; ++i) mbar_init(&sm_full[i], 1);
@@ -110,6 +136,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   // after it.
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
+  if (beg < end) load_up(beg / B);
   pdl_wait();
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
@@ -121,6 +148,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     const int slot = __ldg(p.slots + bi);
     const float a_log = __ldg(p.w.A_log + h);
     const float beta = sigmoid(to_f(p.b[size_t(bi) * H + h]));
+    if (kFold && h != up_h) load_up(h);  // uniform over the CTA
     mbar_wait(&sm_full[st], unsigned((it - beg) / kStages) & 1u);  // this stage's use of item it
     // Item it's inputs visible to all; everyone is done with item it - 1 and its stage.
     __syncthreads();
@@ -135,8 +163,24 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       issue_ahead();
     } else {
       const KdaDecodeItemIn& in = stages[st].in;
+      if constexpr (kFold) {  // gates (warps 0..7) or z of rows ur, ur + 8
+        const uint4* src = reinterpret_cast<const uint4*>(in.fz[um]) + (lane & 3) * 4;
+        uint4 xv[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[i] = src[i];
+        const float2 v = up_rows_apply(up_w, xv);
+        if ((lane & 3) == 0) {
+          if (um == 0) {
+            sm_a[ur] = gate_decay(a_log, v.x + dtb_up0);
+            sm_a[ur + 8] = gate_decay(a_log, v.y + dtb_up1);
+          } else {
+            sm_z[ur] = v.x;
+            sm_z[ur + 8] = v.y;
+          }
+        }
+      }
       float q = 0.f, k = 0.f;
-      if (tid < D) {  // q/k channel d: conv, gate; unnormalised (the norms are folded in later)
+      if (tid < D) {  // q/k channel d: conv (unfolded: gate); unnormalised (norms come later)
         const int d = tid;
         const bf16* cq = in.conv[0] + d * 3;
         const bf16* ck = in.conv[1] + d * 3;
@@ -146,12 +190,10 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
                  wq.w * to_f(in.x[0][d]));
         k = silu(wk.x * to_f(ck[0]) + wk.y * to_f(ck[1]) + wk.z * to_f(ck[2]) +
                  wk.w * to_f(in.x[1][d]));
-        const float gpre = to_f(in.f[d]) + __ldg(p.w.dt_bias + h * D + d);
-        const float alpha = expf(-expf(a_log) * softplus(gpre));
-        sm_ak[d] = alpha * k;
-        sm_aq[d] = alpha * q;
+        if constexpr (!kFold)
+          sm_a[d] = gate_decay(a_log, to_f(in.fz[0][d]) + __ldg(p.w.dt_bias + h * D + d));
+        sm_q[d] = q;
         sm_k[d] = k;
-        sm_a[d] = alpha;
       } else if (tid < 2 * D) {  // v channel j
         const int j = tid - D;
         const bf16* cv = in.conv[2] + j * 3;
@@ -180,7 +222,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       }
       __syncthreads();
 
-      // Column sums A_j = Σ α k S, C_j = Σ α q S over this thread's rows, then its warp's.
+      // Column sums A_j = Σ k (α S), C_j = Σ q (α S) over this thread's rows, then its warp's;
+      // s keeps α S for the update.
       float4 s[kPersistPasses];
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i)
@@ -189,8 +232,10 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
         const int row = i * 16 + row0;
-        a = fma4(sm_ak[row], s[i], a);
-        c = fma4(sm_aq[row], s[i], c);
+        const float al = sm_a[row];
+        s[i] = make_float4(al * s[i].x, al * s[i].y, al * s[i].z, al * s[i].w);
+        a = fma4(sm_k[row], s[i], a);
+        c = fma4(sm_q[row], s[i], c);
       }
       warp_sum_lanes<8>(a);
       warp_sum_lanes<8>(c);
@@ -227,19 +272,19 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
         const int row = i * 16 + row0;
-        const float al = sm_a[row], kk = sm_k[row];
+        const float kk = sm_k[row];
         float4 nv;
-        nv.x = fmaf(al, s[i].x, kk * br4.x);
-        nv.y = fmaf(al, s[i].y, kk * br4.y);
-        nv.z = fmaf(al, s[i].z, kk * br4.z);
-        nv.w = fmaf(al, s[i].w, kk * br4.w);
+        nv.x = fmaf(kk, br4.x, s[i].x);
+        nv.y = fmaf(kk, br4.y, s[i].y);
+        nv.z = fmaf(kk, br4.z, s[i].z);
+        nv.w = fmaf(kk, br4.w, s[i].w);
         *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
       }
       if (tid < D) {
         const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
-        p.y[size_t(bi) * HD + h * D + tid] =
-            __float2bfloat16(o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) *
-                             sigmoid(to_f(in.z[tid])));
+        const float zj = kFold ? sm_z[tid] : to_f(in.fz[1][tid]);
+        p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(
+            o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) * sigmoid(zj));
       }
       fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
       __syncthreads();

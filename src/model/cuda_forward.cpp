@@ -102,6 +102,10 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
   const ModelConfig& c = m.cfg;
   const int T = s.T, H = c.kda_num_heads, D = kKdaHeadDim, HD = H * D, hid = c.hidden_size;
   cuda::Gemm& g = *m.gemm;
+  // Every sequence decodes one token: the fused step (bf16 only), which at most batch sizes also
+  // forms f and z from the low-rank halves itself (no up-projection launch).
+  const bool fused = !kHigh && T == s.S && m.kda_path == 0;
+  const bool fold_up = fused && cuda::kda_decode_folds_up(T, H);
   {  // q/k/v, the f/g low-rank halves and beta read the same input: one launch at decode
     const bf16* in = kHigh ? split_input(m, m.act.hf, T, hid) : m.act.a;
     const GemmArgs proj[] = {cuda::Gemm::linear_args(in, w.qkv, A.qkv, T, 3 * HD, hid, kOut),
@@ -110,7 +114,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
     if constexpr (kHigh) g.run_hilo(proj, 3, int64_t(T) * hid, m.stream);
     else g.run_group(proj, 3, m.stream);
   }
-  {  // f = W_fb (W_fa a), z = W_gb (W_ga a): one launch, batch 2 (A.z follows A.f in the arena)
+  if (!fold_up) {  // f = W_fb (W_fa a), z = W_gb (W_ga a): one launch, batch 2 (A.z follows A.f)
     GemmArgs ga;
     ga.M = T;
     ga.N = HD;
@@ -140,18 +144,21 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
   kw.o_norm = w.o_norm;
   E* conv_state = static_cast<E*>(m.conv_state) + size_t(kind) * m.cache.num_slots * m.conv_per_slot;
   float* state = m.kda_state + size_t(kind) * m.cache.num_slots * m.state_per_slot;
-  bool fused = false;
-  if constexpr (!kHigh) {  // the fused decode step is bf16 only
-    fused = T == s.S && m.kda_path == 0;
-    if (fused) {  // every sequence decodes one token: the fused step
+  if constexpr (!kHigh) {
+    if (fused) {
       cuda::KdaDecodeParams p;
       p.batch = T;
       p.num_heads = H;
       p.slots = s.slots;
       p.qkv = A.qkv;
-      p.f = A.f;
       p.b = A.bb;
-      p.z = A.z;
+      if (fold_up) {
+        p.fg_low = A.low;
+        p.fg_b = w.fg_b;
+      } else {
+        p.f = A.f;
+        p.z = A.z;
+      }
       p.w = kw;
       p.conv_state = conv_state;
       p.state = state;

@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "gpu_test_util.h"
+#include "ops/cpu/basic.h"
 #include "ops/cpu/kda.h"
 
 #if KIMI_HAVE_CUDA
@@ -24,6 +25,8 @@ struct KdaCase {
   int H = 0;
   std::vector<float> conv_w, A_log, dt_bias, o_norm;  // [C,4], [H], [H·D], [D]
   std::vector<uint16_t> qkv, f, b, z;                 // [T,C], [T,HD], [T,H], [T,HD]
+  // The folded decode's inputs (add_low_rank): f_low | g_low [T, 2D], W_fb | W_gb [2, HD, D].
+  std::vector<uint16_t> low, up;
   int C() const { return 3 * H * D; }
   int HD() const { return H * D; }
 };
@@ -40,6 +43,26 @@ KdaCase make_case(std::mt19937& rng, int H, int T) {
   c.b = random_bf16(rng, size_t(T) * H, -4.f, 4.f);
   c.z = random_bf16(rng, size_t(T) * c.HD(), -3.f, 3.f);
   return c;
+}
+
+// Low-rank halves and up-projection weights for the folded decode: f = W_fb·f_low stays in about
+// [-4, 4] (rms 1.5) and z likewise, the ranges of the given f and z above.
+void add_low_rank(KdaCase& c, std::mt19937& rng, int T) {
+  c.low = random_bf16(rng, size_t(T) * 2 * D, -1.f, 1.f);
+  c.up = random_bf16(rng, size_t(2) * c.HD() * D, -0.4f, 0.4f);
+}
+// The CPU's f (which = 0) or z (1) of rows [t0, t0 + T) given their low-rank rows low [·, 2D]
+// (fp32, from row 0): W·x in fp32 (kimi::cpu::matmul), the model's CPU reference.
+std::vector<float> up_proj(const KdaCase& c, const std::vector<float>& low, int T, int which) {
+  const int HD = c.HD();
+  const std::vector<float> w =
+      bf16_to_float(std::vector<uint16_t>(c.up.begin() + size_t(which) * HD * D,
+                                          c.up.begin() + size_t(which + 1) * HD * D));
+  std::vector<float> x(size_t(T) * D), y(size_t(T) * HD);
+  for (int t = 0; t < T; ++t)
+    std::copy_n(low.begin() + size_t(t) * 2 * D + which * D, D, x.begin() + size_t(t) * D);
+  cpu::matmul(x.data(), w.data(), y.data(), T, HD, D);
+  return y;
 }
 
 // The CPU chain of model.md §3 for tokens [t0, t0 + T) of the case's inputs:
@@ -133,7 +156,7 @@ DBuf<T> to_device(const std::vector<T>& h) {
 }
 DBuf<bf16> to_device_bf16(const std::vector<uint16_t>& h) {
   DBuf<bf16> d(h.size());
-  d.upload(reinterpret_cast<const bf16*>(h.data()), h.size());
+  if (!h.empty()) d.upload(reinterpret_cast<const bf16*>(h.data()), h.size());
   return d;
 }
 std::vector<uint16_t> bits(const std::vector<bf16>& v) {
@@ -163,12 +186,14 @@ struct DeviceWeights {
 // ---------------------------------------------------------------------------------------------
 // Decode: several consecutive steps of B sequences on scattered slots; one padding row (slot -1)
 // when B > 1. Compares y, the recurrent-state pool (untouched slots must stay bit-identical) and
-// the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly).
+// the conv-state pool (bit-exact: bf16 holds the bf16 inputs exactly). fold: the kernel forms f
+// and z from the low-rank halves (the CPU does the up-projections in fp32).
 void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1,
-                     int persistent = -1) {
+                     int persistent = -1, bool fold = false) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
+  if (fold) add_low_rank(c, rng, B * steps);
   const int HD = c.HD(), C = c.C();
   std::vector<int> slots = scattered_slots(rng, B, num_slots);
   if (B > 1) slots[B / 2] = -1;  // padding row
@@ -192,6 +217,7 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
   GuardedBuffer<float> d_state(state_ref.size());
   d_state.upload(state_ref);
   GuardedBuffer<bf16> d_y(size_t(B) * HD);
+  DBuf<bf16> d_up = to_device_bf16(c.up);
 
   for (int step = 0; step < steps; ++step) {
     // This step's inputs: rows [step·B, step·B + B) of the case.
@@ -203,15 +229,21 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
     auto d_f = to_device_bf16(slice(c.f, HD));
     auto d_b = to_device_bf16(slice(c.b, H));
     auto d_z = to_device_bf16(slice(c.z, HD));
+    auto d_low = to_device_bf16(fold ? slice(c.low, 2 * D) : std::vector<uint16_t>());
     d_y.poison();
     cuda::KdaDecodeParams p;
     p.batch = B;
     p.num_heads = H;
     p.slots = d_slots.data();
     p.qkv = d_qkv.data();
-    p.f = d_f.data();
     p.b = d_b.data();
-    p.z = d_z.data();
+    if (fold) {
+      p.fg_low = d_low.data();
+      p.fg_b = d_up.data();
+    } else {
+      p.f = d_f.data();
+      p.z = d_z.data();
+    }
     p.w = w.view();
     p.conv_state = d_conv.data();
     p.state = d_state.data();
@@ -222,34 +254,42 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
     CUDA_CHECK(cudaDeviceSynchronize());
 
     // CPU: the live rows only, as a batch of L one-token sequences.
-    KdaCase cl = c;
-    cl.qkv.clear();
-    cl.f.clear();
-    cl.b.clear();
-    cl.z.clear();
+    std::vector<uint16_t> qkv, f, b, z, low;
+    auto take = [&](std::vector<uint16_t>& dst, const std::vector<uint16_t>& src, size_t row,
+                    size_t width) {
+      dst.insert(dst.end(), src.begin() + row * width, src.begin() + (row + 1) * width);
+    };
     for (int r : live_rows) {
       const size_t row = r0 + r;
-      cl.qkv.insert(cl.qkv.end(), c.qkv.begin() + row * C, c.qkv.begin() + (row + 1) * C);
-      cl.f.insert(cl.f.end(), c.f.begin() + row * HD, c.f.begin() + (row + 1) * HD);
-      cl.b.insert(cl.b.end(), c.b.begin() + row * H, c.b.begin() + (row + 1) * H);
-      cl.z.insert(cl.z.end(), c.z.begin() + row * HD, c.z.begin() + (row + 1) * HD);
+      take(qkv, c.qkv, row, C);
+      take(b, c.b, row, H);
+      if (fold) {
+        take(low, c.low, row, 2 * D);
+      } else {
+        take(f, c.f, row, HD);
+        take(z, c.z, row, HD);
+      }
     }
-    const CpuOut ref = cpu_chain(cl, 0, cu, live_slots, conv_ref, state_ref);
+    const std::vector<float> low32 = bf16_to_float(low);
+    const CpuOut ref =
+        cpu_chain_f32(c, bf16_to_float(qkv), fold ? up_proj(c, low32, L, 0) : bf16_to_float(f),
+                      bf16_to_float(b), fold ? up_proj(c, low32, L, 1) : bf16_to_float(z), cu,
+                      live_slots, conv_ref, state_ref);
 
     const std::vector<float> y = bf16_vec_to_float(d_y.to_host());
     std::vector<float> y_live, y_ref_full(size_t(B) * HD, 0.f);
     for (int i = 0; i < L; ++i)
       std::copy(ref.y.begin() + size_t(i) * HD, ref.y.begin() + size_t(i + 1) * HD,
                 y_ref_full.begin() + size_t(live_rows[i]) * HD);
-    const std::string tag = str("decode B=", B, " step ", step, ": ");
+    const std::string tag = str("decode B=", B, fold ? " folded" : "", " step ", step, ": ");
     // y is bf16 (relative rounding <= 2^-9) after fp32 math: rel RMS well under 4e-3.
     expect_close(tag + "y", y.data(), y_ref_full.data(), y.size(), 4e-3, 3e-2);
     EXPECT_TRUE(d_y.guards_intact()) << tag << "y guard overwritten";
   }
   const std::vector<float> state = d_state.to_host();
   // fp32 recurrence vs fp32 CPU: differences are summation order only.
-  expect_close(str("decode B=", B, " state"), state.data(), state_ref.data(), state.size(), 2e-5,
-               1e-3);
+  expect_close(str("decode B=", B, fold ? " folded" : "", " state"), state.data(), state_ref.data(),
+               state.size(), 2e-5, 1e-3);
   EXPECT_TRUE(d_state.guards_intact()) << "state guard overwritten";
   for (int s = 0; s < num_slots; ++s)
     if (std::find(live_slots.begin(), live_slots.end(), s) == live_slots.end()) {
@@ -292,6 +332,21 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
   run_decode_case(200, 5, 2, 24, -1, 1);
   run_decode_case(131, 3, 2, 27, -1, 1);
 }
+// The f/z up-projections folded into the decode: each kernel and instantiation at odd batches
+// (padding rows included), odd head counts, and the persistent kernel with several items per CTA
+// whose ranges cross heads (the up weights reloaded) and wrap the stage ring.
+TEST(KdaGpu, DecodeFoldedUpProjections) {
+  KIMI_REQUIRE_GPU();
+  run_decode_case(1, 32, 3, 41, -1, -1, true);  // cluster kernel, S in registers
+  run_decode_case(7, 32, 2, 42, 0, 0, true);    // the same, with a padding row
+  run_decode_case(5, 7, 2, 43, 0, 0, true);     // the same, odd heads
+  run_decode_case(9, 32, 2, 44, 1, 0, true);    // cluster kernel, S in shared memory
+  run_decode_case(3, 32, 2, 49, -1, -1, true);  // the same, as chosen automatically
+  run_decode_case(13, 32, 2, 45, -1, 1, true);  // persistent: 4 items per CTA, 13 per head
+  run_decode_case(65, 5, 3, 46, -1, 1, true);   // persistent: 3 items per CTA
+  run_decode_case(200, 5, 2, 47, -1, 1, true);  // persistent: 8 items per CTA
+  run_decode_case(131, 3, 2, 48, -1, 1, true);
+}
 
 // Decode as the model launches it: programmatic dependent launches on a created stream, two
 // layers per step with their own pools, and layer 1's output gate z taken from layer 0's y (an
@@ -299,10 +354,18 @@ TEST(KdaGpu, DecodePersistentOddHeads) {
 // arrive by copies on the stream, as the model's step metadata does; that copy is what separates
 // a layer's launches of consecutive steps, which the kernels' early state reads rely on
 // (kda_decode.cuh). No host synchronisation until the end. Against the CPU chain per layer.
-void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent) {
+// fold: f and z formed in the kernel; then layer 1's f_low | g_low row is layer 0's y where the
+// widths match (H = 2), else copied in like the other inputs.
+void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent,
+                          bool fold = false) {
   std::mt19937 rng(seed);
   const int num_slots = B + 3;
-  const KdaCase c0 = make_case(rng, H, B * steps), c1 = make_case(rng, H, B * steps);
+  KdaCase c0 = make_case(rng, H, B * steps), c1 = make_case(rng, H, B * steps);
+  if (fold) {
+    add_low_rank(c0, rng, B * steps);
+    add_low_rank(c1, rng, B * steps);
+  }
+  const bool low_from_y0 = fold && H == 2;
   const int HD = c0.HD(), C = c0.C();
   const std::vector<int> slots = scattered_slots(rng, B, num_slots);
   std::vector<int> cu(B + 1);
@@ -326,6 +389,9 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent
   DBuf<bf16> all_f[2] = {to_device_bf16(c0.f), to_device_bf16(c1.f)};
   DBuf<bf16> all_b[2] = {to_device_bf16(c0.b), to_device_bf16(c1.b)};
   DBuf<bf16> all_z0 = to_device_bf16(c0.z);
+  DBuf<bf16> all_low[2] = {to_device_bf16(c0.low), to_device_bf16(c1.low)};
+  DBuf<bf16> up[2] = {to_device_bf16(c0.up), to_device_bf16(c1.up)};
+  DBuf<bf16> low[2] = {DBuf<bf16>(size_t(B) * 2 * D), DBuf<bf16>(size_t(B) * 2 * D)};
   DBuf<bf16> qkv[2] = {DBuf<bf16>(size_t(B) * C), DBuf<bf16>(size_t(B) * C)};
   DBuf<bf16> f[2] = {DBuf<bf16>(size_t(B) * HD), DBuf<bf16>(size_t(B) * HD)};
   DBuf<bf16> b[2] = {DBuf<bf16>(size_t(B) * H), DBuf<bf16>(size_t(B) * H)};
@@ -343,19 +409,26 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent
   for (int step = 0; step < steps; ++step) {
     for (int l = 0; l < 2; ++l) {
       copy_rows(qkv[l], all_qkv[l], step, C);
-      copy_rows(f[l], all_f[l], step, HD);
       copy_rows(b[l], all_b[l], step, H);
+      if (!fold) copy_rows(f[l], all_f[l], step, HD);
+      else if (l == 0 || !low_from_y0) copy_rows(low[l], all_low[l], step, 2 * D);
     }
-    copy_rows(z0, all_z0, step, HD);
+    if (!fold) copy_rows(z0, all_z0, step, HD);
     for (int l = 0; l < 2; ++l) {
       cuda::KdaDecodeParams p;
       p.batch = B;
       p.num_heads = H;
       p.slots = d_slots.data();
       p.qkv = qkv[l].data();
-      p.f = f[l].data();
       p.b = b[l].data();
-      p.z = l == 0 ? z0.data() : y[0].data() + size_t(step) * B * HD;
+      bf16* y0_step = y[0].data() + size_t(step) * B * HD;
+      if (fold) {
+        p.fg_low = l == 1 && low_from_y0 ? y0_step : low[l].data();
+        p.fg_b = up[l].data();
+      } else {
+        p.f = f[l].data();
+        p.z = l == 0 ? z0.data() : y0_step;
+      }
       p.w = w[l].view();
       p.conv_state = d_conv[l].data();
       p.state = d_state[l].data();
@@ -370,18 +443,29 @@ void run_decode_pdl_chain(int B, int H, int steps, uint32_t seed, int persistent
   const std::vector<float> y0 = bf16_vec_to_float(y[0].to_host()),
                            y1 = bf16_vec_to_float(y[1].to_host());
   for (int step = 0; step < steps; ++step) {
-    const std::string tag = str("decode pdl chain B=", B, " H=", H, " step ", step, ": ");
+    const std::string tag =
+        str("decode pdl chain B=", B, " H=", H, fold ? " folded" : "", " step ", step, ": ");
     const size_t off = size_t(step) * B * HD;
-    const CpuOut r0 = cpu_chain(c0, step * B, cu, slots, conv_ref[0], state_ref[0]);
-    expect_close(tag + "y layer 0", y0.data() + off, r0.y.data(), r0.y.size(), 4e-3, 3e-2);
-    // Layer 1 against the GPU's own layer-0 output as its z (bf16 values, exact in fp32).
     auto rows = [&](const std::vector<uint16_t>& v, size_t width) {
       return bf16_to_float(std::vector<uint16_t>(v.begin() + size_t(step) * B * width,
                                                  v.begin() + size_t(step + 1) * B * width));
     };
-    const std::vector<float> z1(y0.begin() + off, y0.begin() + off + size_t(B) * HD);
-    const CpuOut r1 = cpu_chain_f32(c1, rows(c1.qkv, C), rows(c1.f, HD), rows(c1.b, H), z1, cu,
-                                    slots, conv_ref[1], state_ref[1]);
+    // The GPU's own layer-0 output, an input of layer 1 (bf16 values, exact in fp32).
+    const std::vector<float> y0_step(y0.begin() + off, y0.begin() + off + size_t(B) * HD);
+    CpuOut r0, r1;
+    if (fold) {
+      const std::vector<float> low0 = rows(c0.low, 2 * D),
+                               low1 = low_from_y0 ? y0_step : rows(c1.low, 2 * D);
+      r0 = cpu_chain_f32(c0, rows(c0.qkv, C), up_proj(c0, low0, B, 0), rows(c0.b, H),
+                         up_proj(c0, low0, B, 1), cu, slots, conv_ref[0], state_ref[0]);
+      r1 = cpu_chain_f32(c1, rows(c1.qkv, C), up_proj(c1, low1, B, 0), rows(c1.b, H),
+                         up_proj(c1, low1, B, 1), cu, slots, conv_ref[1], state_ref[1]);
+    } else {
+      r0 = cpu_chain(c0, step * B, cu, slots, conv_ref[0], state_ref[0]);
+      r1 = cpu_chain_f32(c1, rows(c1.qkv, C), rows(c1.f, HD), rows(c1.b, H), y0_step, cu, slots,
+                         conv_ref[1], state_ref[1]);
+    }
+    expect_close(tag + "y layer 0", y0.data() + off, r0.y.data(), r0.y.size(), 4e-3, 3e-2);
     expect_close(tag + "y layer 1", y1.data() + off, r1.y.data(), r1.y.size(), 4e-3, 3e-2);
   }
   for (int l = 0; l < 2; ++l) {
@@ -401,6 +485,13 @@ TEST(KdaGpu, DecodePdlChain) {
   run_decode_pdl_chain(5, 7, 3, 32, 0);    // cluster kernel, odd heads
   run_decode_pdl_chain(9, 32, 3, 33, -1);  // persistent kernel (B·H = 288)
   run_decode_pdl_chain(13, 5, 4, 34, 1);   // persistent, several items per CTA, odd heads
+  // Folded up-projections; H = 2: layer 1's low-rank row is layer 0's y.
+  run_decode_pdl_chain(1, 2, 3, 35, -1, true);    // cluster kernel
+  run_decode_pdl_chain(1, 32, 3, 36, -1, true);   // cluster kernel, the model's heads
+  run_decode_pdl_chain(5, 7, 3, 37, 0, true);     // cluster kernel, odd heads
+  run_decode_pdl_chain(3, 32, 3, 40, -1, true);   // cluster kernel, S in shared memory
+  run_decode_pdl_chain(9, 32, 3, 38, -1, true);   // persistent kernel
+  run_decode_pdl_chain(131, 2, 3, 39, 1, true);   // persistent, 2 items per CTA
 }
 
 // ---------------------------------------------------------------------------------------------
