@@ -1,6 +1,7 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -163,23 +164,35 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
+template <bool kFp8, int kCons>
+void launch_decode_variant(dim3 grid, const mla::DecArgs& a, cudaStream_t stream) {
+  using L = mla::DecLayout<kFp8, kCons>;
+  launch_kernel(mla::mla_decode_kernel<kFp8, kCons>, grid, L::kThreads,
+                LaunchOptions{L::kSmem, true}, stream, a);
+}
+
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
   const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
+  // EXPERIMENT (run 1 only): KIMI_MLA_DEC_CONS=1|2 consumer warpgroups.
+  static const int cons = [] {
+    const char* e = std::getenv("KIMI_MLA_DEC_CONS");
+    return e && e[0] == '1' ? 1 : 2;
+  }();
   if (p.cache8) {
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                             128, kMlaBlock, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                              16, kMlaBlock, false);
-    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::kDecThreadsFp8,
-                  LaunchOptions{mla::kDecSmemFp8, true}, stream, a);
+    if (cons == 2) launch_decode_variant<true, 2>(grid, a, stream);
+    else launch_decode_variant<true, 1>(grid, a, stream);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::kDecThreads,
-                  LaunchOptions{mla::kDecSmem, true}, stream, a);
+    if (cons == 2) launch_decode_variant<false, 2>(grid, a, stream);
+    else launch_decode_variant<false, 1>(grid, a, stream);
   }
 }
 
@@ -187,6 +200,13 @@ void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaTcHeadsPerCta));
   mla::mla_attn_tc_kernel<<<grid, mla::kTcThreads, mla::kTcSmem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
+}
+
+template <bool kFp8, int kCons>
+void decode_smem_attr() {
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<kFp8, kCons>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<kFp8, kCons>::kSmem)));
 }
 }  // namespace
 
@@ -204,11 +224,10 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::kDecSmemFp8)));
+  decode_smem_attr<false, 1>();
+  decode_smem_attr<false, 2>();
+  decode_smem_attr<true, 1>();
+  decode_smem_attr<true, 2>();
   done.fetch_or(bit);
 }
 
