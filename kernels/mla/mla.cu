@@ -182,6 +182,8 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
     const char* e = std::getenv("KIMI_MLA_DEC_CONS");
     return e && e[0] == '1' ? 1 : 2;
   }();
+  static const int diag = std::getenv("KIMI_MLA_DEC_DIAG") ? 1 : 0;
+  a.diag = diag;
   if (p.cache8) {
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                             128, kMlaBlock, true);

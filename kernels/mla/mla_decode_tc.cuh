@@ -114,6 +114,7 @@ struct DecArgs {
   CUtensorMap cache;
   CUtensorMap scales;
   MlaAttnParams p;
+  int diag;  // EXPERIMENT: 1 = the converter skips its writes (timing only)
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
@@ -168,6 +169,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     }
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
+      if (args.diag) break;
       const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
       // The scale of group b twice (bf16x2).
       const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
