@@ -164,10 +164,10 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool kFp8, int kCons>
+template <bool kFp8, bool kPing>
 void launch_decode_variant(dim3 grid, const mla::DecArgs& a, cudaStream_t stream) {
-  using L = mla::DecLayout<kFp8, kCons>;
-  launch_kernel(mla::mla_decode_kernel<kFp8, kCons>, grid, L::kThreads,
+  using L = mla::DecLayout<kFp8, kPing>;
+  launch_kernel(mla::mla_decode_kernel<kFp8, kPing>, grid, L::kThreads,
                 LaunchOptions{L::kSmem, true}, stream, a);
 }
 
@@ -177,24 +177,22 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  // EXPERIMENT (run 1 only): KIMI_MLA_DEC_CONS=1|2 consumer warpgroups.
-  static const int cons = [] {
-    const char* e = std::getenv("KIMI_MLA_DEC_CONS");
-    return e && e[0] == '1' ? 1 : 2;
+  // EXPERIMENT (measurement runs only): KIMI_MLA_DEC_PING=0 takes the one-consumer kernels.
+  static const bool ping = [] {
+    const char* e = std::getenv("KIMI_MLA_DEC_PING");
+    return !(e && e[0] == '0');
   }();
-  static const int diag = std::getenv("KIMI_MLA_DEC_DIAG") ? 1 : 0;
-  a.diag = diag;
   if (p.cache8) {
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                             128, kMlaBlock, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                              16, kMlaBlock, false);
-    if (cons == 2) launch_decode_variant<true, 2>(grid, a, stream);
-    else launch_decode_variant<true, 1>(grid, a, stream);
+    if (ping) launch_decode_variant<true, true>(grid, a, stream);
+    else launch_decode_variant<true, false>(grid, a, stream);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    if (cons == 2) launch_decode_variant<false, 2>(grid, a, stream);
-    else launch_decode_variant<false, 1>(grid, a, stream);
+    if (ping) launch_decode_variant<false, true>(grid, a, stream);
+    else launch_decode_variant<false, false>(grid, a, stream);
   }
 }
 
@@ -204,11 +202,11 @@ void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool kFp8, int kCons>
+template <bool kFp8, bool kPing>
 void decode_smem_attr() {
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<kFp8, kCons>,
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<kFp8, kPing>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::DecLayout<kFp8, kCons>::kSmem)));
+                                  int(mla::DecLayout<kFp8, kPing>::kSmem)));
 }
 }  // namespace
 
@@ -226,10 +224,10 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  decode_smem_attr<false, 1>();
-  decode_smem_attr<false, 2>();
-  decode_smem_attr<true, 1>();
-  decode_smem_attr<true, 2>();
+  decode_smem_attr<false, false>();
+  decode_smem_attr<false, true>();
+  decode_smem_attr<true, false>();
+  decode_smem_attr<true, true>();
   done.fetch_or(bit);
 }
 

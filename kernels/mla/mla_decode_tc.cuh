@@ -77,34 +77,35 @@ constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
-// Warp roles and shared memory of one kernel variant: kCons consumer warpgroups (1 or 2) split a
-// tile's channels; then a producer warp (bf16) or the converter warpgroup (fp8).
-template <bool kFp8, int kCons>
+// Warp roles and shared memory of one kernel variant. kPing: two consumer warpgroups take the
+// tiles in turn (warpgroup n % 2 tile n, in ring slot n % 2), then the loader warpgroup (bf16:
+// its thread 0 issues the loads; fp8: the converter), 384 threads; else one consumer warpgroup
+// and a producer warp (bf16) or the converter warpgroup (fp8).
+template <bool kFp8, bool kPing>
 struct DecLayout {
+  static constexpr int kCons = kPing ? 2 : 1;  // consumer warpgroups
   static constexpr int kConsThreads = 128 * kCons;
-  static constexpr int kThreads = kConsThreads + (kFp8 ? 128 : 32);
-  // fp8 with two consumer warpgroups: 168 registers a thread at launch (3 warps per SM
-  // sub-partition), moved from the consumers to the converter (its 16 pieces of codes are held
-  // across the wait for the slot).
-  static constexpr int kConsRegs = 152, kConvRegs = 200;
-  static_assert(2 * kConsRegs + kConvRegs <= 65536 / 128 && kConvRegs % 8 == 0);
-  // One consumer warpgroup writes P of tile n while its other warps may still run Oᵀ of tile
-  // n − 1 (no barrier between): two buffers. With two, the Sᵀ exchange orders them: one.
-  static constexpr int kPBufs = kCons == 1 ? 2 : 1;
+  static constexpr int kThreads = kConsThreads + (kFp8 || kPing ? 128 : 32);
+  // kPing: 168 registers a thread at launch (65536 / 384, in steps of 8), moved by setmaxnreg
+  // from the loader to the consumers (fp8: the converter holds a tile's codes in registers;
+  // 200 / 104 leaves 8 bytes of consumer spills, 208 / 96 44 bytes of converter spills).
+  static constexpr int kConsRegs = kFp8 ? 200 : 232, kLoadRegs = kFp8 ? 104 : 40;
+  static_assert(2 * kConsRegs + kLoadRegs <= 3 * (65536 / 384 / 8 * 8));
   static constexpr uint32_t kOffRing = kDecQBytes;
+  // P of the tile in ring slot i. A consumer writes P of tile n once tile n is in its slot,
+  // so every consumer of the slot's previous tile, n − 2, is done with P.
   static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
   // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
-  static constexpr uint32_t kOffStg = kOffP + kPBufs * kDecPBytes;
+  static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
   static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
-  // Two consumer warpgroups: warpgroup 1's partial Sᵀ, [4][128 threads] float4.
-  static constexpr uint32_t kOffX = kOffStg + kStgBytes;
-  static constexpr uint32_t kXBytes = kCons == 2 ? 128 * 16 * 4 : 0;
-  static constexpr uint32_t kOffRed = kOffX + kXBytes;  // [4 warps][32 heads] fp32
-  static constexpr uint32_t kOffMl = kOffRed + 4 * kDecHeads * 4;  // [32] m, [32] l, [32] α
+  // Per consumer warpgroup: [4 warps][32 heads] fp32 (the slow path's maxima, the end's l),
+  // then [32] m, [32] l.
+  static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
+  static constexpr uint32_t kRedBytes = 6 * kDecHeads * 4;
   // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
-  static constexpr size_t kSmem = kOffMl + 3 * kDecHeads * 4 + 1024;
+  static constexpr size_t kSmem = kOffRed + kCons * kRedBytes + 1024;
   static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
-  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
+  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
 };
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
@@ -114,7 +115,6 @@ struct DecArgs {
   CUtensorMap cache;
   CUtensorMap scales;
   MlaAttnParams p;
-  int diag;  // EXPERIMENT: 1 = the converter skips its writes (timing only)
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
@@ -157,7 +157,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       s[j][0] = __byte_perm(f.x, f.y, 0x7632);
       s[j][1] = __byte_perm(f.z, f.w, 0x7632);
     }
-    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
+    bar_sync(4, 128);  // the staging area is read: the next tile's codes may land there
     if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
@@ -167,22 +167,24 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
                   kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
     }
+    // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
+    // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
+    // (one row, k = 0..7) cover all 8 pieces of the two boxes' rows: all 32 banks, no conflict.
+    const int pc = 2 * (k % 4), hi = k / 4;
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
-      if (args.diag) break;
       const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
       // The scale of group b twice (bf16x2).
       const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
       const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
-      unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
-      const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
-      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
-      *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+      unsigned char* const row = tile + (2 * b + hi) * kDecBox + r * 128;
+      const uint4 lo8 = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
+      const uint4 hi8 = fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+      *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
+      *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    bar_sync(2, 128);
+    bar_sync(4, 128);
     if (ct == 0) mbar_arrive(full + slot);
   }
 }
@@ -197,14 +199,12 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
-// Named barriers: 1 all consumer threads, 2 the converter warpgroup, 3 consumer warpgroup 0,
-// 4 the Sᵀ exchange (warpgroup 1 arrives, warpgroup 0 waits).
-template <bool kFp8, int kCons>
-__global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
+// Named barriers: 1 all consumer threads, 2 + cw consumer warpgroup cw, 4 the converter.
+template <bool kFp8, bool kPing>
+__global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
-  using L = DecLayout<kFp8, kCons>;
-  constexpr int kKs = 4 / kCons;  // Sᵀ k-steps (16 channels) per box and consumer warpgroup
-  constexpr int kMt = 8 / kCons;      // Oᵀ m-tiles (64 channels) per consumer warpgroup
+  using L = DecLayout<kFp8, kPing>;
+  constexpr int kCons = L::kCons;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
       mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
-      mbar_init(empty + s, 4 * kCons);    // every consumer warp
+      mbar_init(empty + s, 4);            // the warps of the consumer warpgroup of the slot
     }
     if (kFp8) mbar_init(stage, 1);
     fence_mbar_init();
@@ -229,8 +229,6 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
   const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024
   unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
   const uint32_t q_s = base, ring_s = base + L::kOffRing, p_s = base + L::kOffP;
-  float* const red = reinterpret_cast<float*>(sm + L::kOffRed);
-  float* const ml = reinterpret_cast<float*>(sm + L::kOffMl);
 
   const int H = p.num_heads, h0 = blockIdx.y * kDecHeads;
   const int kv_hi = min(it.kv_end, it.q_pos0 + 1);  // positions at or past kv_hi are not seen
@@ -242,14 +240,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (kFp8 && warp >= 4 * kCons) {  // converter warpgroup (fp8), loads included
-    if (kCons == 2) setmaxnreg_inc<L::kConvRegs>();
-    mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
-                          threadIdx.x - L::kConsThreads);
-    return;
-  }
-  if (warp == 4 * kCons) {  // producer (bf16)
-    if (lane == 0) {
+  if (warp >= 4 * kCons) {  // loader: the converter warpgroup (fp8) or the producer (bf16)
+    if (kPing) setmaxnreg_dec<L::kLoadRegs>();
+    if (kFp8) {
+      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+                            threadIdx.x - L::kConsThreads);
+    } else if (threadIdx.x == L::kConsThreads) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
       for (int n = 0; n < ntiles; ++n) {
@@ -267,13 +263,15 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
     }
     return;
   }
+  if (kPing) setmaxnreg_inc<L::kConsRegs>();
 
-  if (kFp8 && kCons == 2) setmaxnreg_dec<L::kConsRegs>();
-  // Consumers: warpgroup cw, warp w of it owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of
-  // each of the warpgroup's 64-channel m-tiles of Oᵀ; lane (g, t) holds rows g, g + 8 and heads
-  // 8j + 2t, +1 (j = 0..3).
+  // Consumers: warpgroup cw takes tiles cw, cw + kCons, ...; its warp w owns keys 16w .. +16 of
+  // Sᵀ and channels 16w .. +16 of each 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8
+  // and heads 8j + 2t, +1 (j = 0..3).
   const int tid = threadIdx.x, cw = kCons == 1 ? 0 : warp / 4, w = warp % 4, g = lane / 4,
             t = lane % 4;
+  float* const red = reinterpret_cast<float*>(sm + L::kOffRed + cw * L::kRedBytes);
+  float* const ml = red + 4 * kDecHeads;  // [32] m, [32] l
   // Q into shared memory, swizzled as TMA would (box c: channels 64c .. +64; heads past H zero).
   // All of a thread's loads are issued before its stores: one round of latency.
   {
@@ -301,241 +299,237 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
   }
 
   const float sl2 = p.scale * 1.4426950408889634f;
-  float o[kMt][16];  // m-tile c: o[c][4j + 2b + e] = channel 64(kMt·cw + c) + 16w + g + 8b, head 8j + 2t + e
+  float o[8][16];  // Oᵀ m-tile c: o[c][4j + 2b + e] = channel 64c + 16w + g + 8b, head 8j + 2t + e
 #pragma unroll
-  for (int c = 0; c < kMt; ++c)
+  for (int c = 0; c < 8; ++c)
 #pragma unroll
     for (int i = 0; i < 16; ++i) o[c][i] = 0.f;
-  // Per head 8j + 2t + e (warpgroup 0): m the reference of P (base 2, scaled), l the lane's
-  // partial sum of P.
+  // Per head 8j + 2t + e: m the reference of P (base 2, scaled), l the lane's partial sum of P.
   float m_run[4][2], l_run[4][2];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
     for (int e = 0; e < 2; ++e) m_run[j][e] = -INFINITY, l_run[j][e] = 0.f;
   float s[16];  // Sᵀ: s[4j + 2b + e] = key 16w + g + 8b, head 8j + 2t + e
-  const uint64_t q_desc = wgmma_desc(q_s) + kKs * 32 / 16 * cw;
+  const uint64_t q_desc = wgmma_desc(q_s);
   // stmatrix rows: lane (i = lane / 8, r = lane % 8) stores P row 8j + r (j = 2x + i / 2), keys
   // 16w + 8(i % 2) .. +8: 16-byte piece 2w + i % 2, swizzled.
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
-  float4* const xch = reinterpret_cast<float4*>(sm + L::kOffX) + tid % 128;
 
-  for (int n = 0; n < ntiles; ++n) {
+  for (int n = cw; n < ntiles; n += kCons) {
     const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * kDecTileBytes;
-    const uint32_t pbuf = (n % L::kPBufs) * kDecPBytes;
+    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
     mbar_wait(full + slot, (n / kDecStages) & 1);
     wgmma_fence();
     {
-      // Warpgroup cw's k-steps: channels 64c + 16(kKs·cw + kk) .. +16 of every box c.
-      const uint64_t k_desc = wgmma_desc(tile) + kKs * 32 / 16 * cw;
+      const uint64_t k_desc = wgmma_desc(tile);
 #pragma unroll
       for (int c = 0; c < 9; ++c)
 #pragma unroll
-        for (int kk = 0; kk < kKs; ++kk)
+        for (int kk = 0; kk < 4; ++kk)
           wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
                              q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
     }
     wgmma_commit();
     wgmma_wait<0>();
     fence_acc(s);
+
+    // Scale; mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
     const int pos0 = (blk0 + n) * kDecKeys;
     const bool last = pos0 + kDecKeys > kv_hi;
-    // Warpgroup 0: P = exp2(s − m) against the reference m per head, to shared memory as
-    // [32 heads][64 keys] (the K-major B of Oᵀ, transposed by stmatrix); psum: this lane's sum
-    // per head.
+    const bool edge = pos0 < it.kv_begin || last;
+    bool over = false;  // a score above its head's reference + kDecLazy
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+      over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
+    }
+    if (last) {
+      // Rows at or past kv_hi of the value boxes (channels 0..511) to zero once every warp's Sᵀ
+      // has read the slot: P = 0 there, but rows past the context may hold anything (0 · NaN).
+      bar_sync(2 + cw, 128);
+      const int first = kv_hi - pos0, n16 = (kDecKeys - first) * 8;  // 16-byte pieces per box
+      for (int idx = tid % 128; idx < 8 * n16; idx += 128) {
+        const int c = idx / n16, k = idx % n16;
+        *reinterpret_cast<uint4*>(sm + (tile - base) + c * kDecBox + first * 128 + k * 16) =
+            make_uint4(0, 0, 0, 0);
+      }
+    }
+    // P = exp2(s − m) against the reference m per head, to shared memory as [32 heads][64 keys]
+    // (the K-major B of Oᵀ, transposed by stmatrix); psum: this lane's sum per head.
     float psum[4][2];
     auto store_p = [&]() {
-      uint32_t pk[8];  // stmatrix x's r[i] is pk[4x + i]: head 8j + 2t + (0, 1), j = 2x + i / 2
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        psum[j][0] = psum[j][1] = 0.f;
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
-          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
-          psum[j][0] += p0;
-          psum[j][1] += p1;
-          pk[4 * (j / 2) + 2 * (j % 2) + b] = pack_bf16x2(p0, p1);
-        }
-      }
-#pragma unroll
-      for (int x = 0; x < 2; ++x)
-        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128,
-                      {pk[4 * x], pk[4 * x + 1], pk[4 * x + 2], pk[4 * x + 3]});
-      fence_proxy_async();  // P (and the zeroed rows): generic writes read by wgmma
-    };
-    bool over = false;  // a score above its head's reference + kDecLazy
-    if (kCons == 2 && cw == 1) {
-      // Warpgroup 1 hands its partial Sᵀ (the upper half of the channels) to warpgroup 0.
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        xch[128 * i] = make_float4(s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]);
-      bar_arrive(4, 256);
-    } else {
-      if (kCons == 2) {
-        bar_sync(4, 256);  // also: every consumer warp is done with Oᵀ of tile n − 1
+      for (int x = 0; x < 2; ++x) {
+        uint32_t r[4];  // r[i]: keys of b = i % 2, heads 8j + 2t + (0, 1), j = 2x + i / 2
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const float4 v = xch[128 * i];
-          s[4 * i] += v.x, s[4 * i + 1] += v.y, s[4 * i + 2] += v.z, s[4 * i + 3] += v.w;
+          const int j = 2 * x + i / 2, b = i % 2;
+          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+          psum[j][0] = b ? psum[j][0] + p0 : p0;
+          psum[j][1] = b ? psum[j][1] + p1 : p1;
+          r[i] = pack_bf16x2(p0, p1);
         }
+        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128, r);
       }
-      // Scale; mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
-      const bool edge = pos0 < it.kv_begin || last;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
-        s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
-        over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
-      }
-      if (last) {
-        // Every warp's Sᵀ has read the slot (two warpgroups: the exchange ordered it). Rows at or
-        // past kv_hi of the value boxes (channels 0..511) to zero: P = 0 there, but rows past
-        // the context may hold anything (0 · NaN).
-        if (kCons == 1) bar_sync(3, 128);
-        const int first = kv_hi - pos0, n16 = (kDecKeys - first) * 8;  // 16-byte pieces per box
-        for (int idx = tid; idx < 8 * n16; idx += 128) {
-          const int c = idx / n16, k = idx % n16;
-          *reinterpret_cast<uint4*>(sm + (tile - base) + c * kDecBox + first * 128 + k * 16) =
-              make_uint4(0, 0, 0, 0);
-        }
-      }
-      store_p();
-    }
+      fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
+    };
+    store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
-    if (bar_sync_or(1, L::kConsThreads, over)) {
-      float alpha[4][2];
-      float* const alpha_sm = ml + 2 * kDecHeads;
-      if (cw == 0) {
-        // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
+    if (bar_sync_or(2 + cw, 128, over)) {
+      // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float mx[2];
+      for (int j = 0; j < 4; ++j) {
+        float mx[2];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
-            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
-            v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-            mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-          }
-          if (g == 0)
-            *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
-                make_float2(mx[0], mx[1]);
+        for (int e = 0; e < 2; ++e) {
+          float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+          mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
         }
-        bar_sync(3, 128);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
-#pragma unroll
-          for (int u = 1; u < 4; ++u) {
-            const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
-            v.x = fmaxf(v.x, x.x);
-            v.y = fmaxf(v.y, x.y);
-          }
-          const float tmax[2] = {v.x, v.y};
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            // Finite: every tile holds a visible key (the first tile's α is 0).
-            const float m_new = fmaxf(m_run[j][e], tmax[e]);
-            alpha[j][e] = ex2(m_run[j][e] - m_new);
-            m_run[j][e] = m_new;
-            l_run[j][e] *= alpha[j][e];
-          }
-          if (kCons == 2 && w == 0 && g == 0)
-            *reinterpret_cast<float2*>(alpha_sm + 8 * j + 2 * t) =
-                make_float2(alpha[j][0], alpha[j][1]);
-        }
-        store_p();  // over the first P: every thread has passed the barrier, none ran Oᵀ yet
+        if (g == 0)
+          *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
+              make_float2(mx[0], mx[1]);
       }
-      bar_sync(1, L::kConsThreads);
-      if (kCons == 2 && cw == 1)
+      bar_sync(2 + cw, 128);
+      float alpha[4][2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float2 v = *reinterpret_cast<const float2*>(alpha_sm + 8 * j + 2 * t);
-          alpha[j][0] = v.x, alpha[j][1] = v.y;
+      for (int j = 0; j < 4; ++j) {
+        float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
+#pragma unroll
+        for (int u = 1; u < 4; ++u) {
+          const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
+          v.x = fmaxf(v.x, x.x);
+          v.y = fmaxf(v.y, x.y);
         }
+        const float tmax[2] = {v.x, v.y};
 #pragma unroll
-      for (int c = 0; c < kMt; ++c)
+        for (int e = 0; e < 2; ++e) {
+          // Finite: every tile holds a visible key (the first tile's α is 0).
+          const float m_new = fmaxf(m_run[j][e], tmax[e]);
+          alpha[j][e] = ex2(m_run[j][e] - m_new);
+          m_run[j][e] = m_new;
+          l_run[j][e] *= alpha[j][e];
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      store_p();  // over the first P: the warpgroup has passed the barrier, none ran Oᵀ yet
+      bar_sync(2 + cw, 128);
     }
-    if (cw == 0)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
+      for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
     wgmma_fence();
     {
       const uint64_t p_desc = wgmma_desc(p_s + pbuf);
-      const uint32_t v_s = tile + cw * kMt * kDecBox;  // this warpgroup's value channels
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
-        for (int c = 0; c < kMt; ++c)
-          wgmma_ss_m64n32<1>(o[c], wgmma_desc_mn(v_s + c * kDecBox + kk * 16 * 128),
+        for (int c = 0; c < 8; ++c)
+          wgmma_ss_m64n32<1>(o[c], wgmma_desc_mn(tile + c * kDecBox + kk * 16 * 128),
                              p_desc + kk * 32 / 16, 1);
     }
     wgmma_commit();
     wgmma_wait<0>();
 #pragma unroll
-    for (int c = 0; c < kMt; ++c) fence_acc(o[c]);
+    for (int c = 0; c < 8; ++c) fence_acc(o[c]);
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + slot);
   }
 
-  // l per head (warpgroup 0): over the 8 key lanes, then the 4 warps.
-  if (cw == 0) {
+  // l per head: over the 8 key lanes, then the 4 warps (the slow path's last reads of red were
+  // before its closing barrier).
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = l_run[j][e];
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      l_run[j][e] = v;
+    }
+  if (g == 0)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float v = l_run[j][e];
-        v += __shfl_xor_sync(0xffffffffu, v, 4);
-        v += __shfl_xor_sync(0xffffffffu, v, 8);
-        v += __shfl_xor_sync(0xffffffffu, v, 16);
-        l_run[j][e] = v;
-      }
-    if (g == 0)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
-            make_float2(l_run[j][0], l_run[j][1]);
-  }
+      *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
+          make_float2(l_run[j][0], l_run[j][1]);
   bar_sync(1, L::kConsThreads);  // every warp's wgmmas are done with the ring
-  // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed).
-  float* const ost = reinterpret_cast<float*>(sm + L::kOffRing);
-#pragma unroll
-  for (int c = 0; c < kMt; ++c)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * (kMt * cw + c) + 16 * w + g +
-            8 * (i >> 1)] = o[c][4 * j + i];
-  if (warp == 0 && g == 0)
+  if (w == 0 && g == 0)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int hd = 8 * j + 2 * t + e;
-        ml[hd] = m_run[j][e] * 0.6931471805599453f;  // natural units: the reference of scale·s
+        ml[hd] = m_run[j][e];
         ml[kDecHeads + hd] = red[hd] + red[kDecHeads + hd] + red[2 * kDecHeads + hd] +
                              red[3 * kDecHeads + hd];
       }
-  bar_sync(1, L::kConsThreads);
-  // Each thread: 4 channels of every kCons-th head row.
+  // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed). Two
+  // warpgroups: warpgroup 1's O at its weight e^(m1 − M) first, then warpgroup 0 adds its own.
+  float* const ost = reinterpret_cast<float*>(sm + L::kOffRing);
+  float* const ml0 = reinterpret_cast<float*>(sm + L::kOffRed) + 4 * kDecHeads;
+  float* const ml1 = ml0 + L::kRedBytes / 4;
+  if (kCons == 2) bar_sync(1, L::kConsThreads);  // both warpgroups' m and l are in place
+  float wgt[4][2];  // this warpgroup's weight per head
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      wgt[j][e] = 1.f;
+      if (kCons == 2) {
+        const int hd = 8 * j + 2 * t + e;
+        const float mm = fmaxf(ml0[hd], ml1[hd]);
+        wgt[j][e] = mm == -INFINITY ? 0.f : ex2(m_run[j][e] - mm);
+      }
+    }
+  for (int pass = kCons - 1; pass >= 0; --pass) {
+    if (cw == pass)
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            float& dst = ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * w + g +
+                             8 * (i >> 1)];
+            const float v = o[c][4 * j + i] * wgt[j][i & 1];
+            dst = pass == kCons - 1 ? v : dst + v;
+          }
+    bar_sync(1, L::kConsThreads);
+  }
   const int tok = it.q_begin, col = 4 * (tid % 128), r0 = tid / 128;
   const int nh = min(kDecHeads, H - h0);
+  // Per head: m (natural units: the reference of scale·s) and l of the combined O.
+  auto head_ml = [&](int r, float& m, float& l) {
+    m = ml0[r], l = ml0[kDecHeads + r];
+    if (kCons == 2) {
+      const float mm = fmaxf(ml0[r], ml1[r]);
+      if (mm != -INFINITY)
+        l = l * ex2(ml0[r] - mm) + ml1[kDecHeads + r] * ex2(ml1[r] - mm);
+      m = mm;
+    }
+    m *= 0.6931471805599453f;
+  };
+  // Each thread: 4 channels of every kCons-th head row.
   if (it.split < 0) {
     bf16* const u = p.u + (int64_t(tok) * H + h0) * kMlaLat + col;
     for (int r = r0; r < nh; r += kCons) {
+      float m, l;
+      head_ml(r, m, l);
       const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
-      const float l = ml[kDecHeads + r], inv = l > 0.f ? 1.f / l : 0.f;
+      const float inv = l > 0.f ? 1.f / l : 0.f;
       *reinterpret_cast<uint2*>(u + r * kMlaLat) =
           make_uint2(pack_bf16x2(v.x * inv, v.y * inv), pack_bf16x2(v.z * inv, v.w * inv));
     }
@@ -546,8 +540,10 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kCons>::kThreads, 1)
       *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
           *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
       if (col == 0) {
-        P[r * kMlaPartialStride + kMlaLat] = ml[r];
-        P[r * kMlaPartialStride + kMlaLat + 1] = ml[kDecHeads + r];
+        float m, l;
+        head_ml(r, m, l);
+        P[r * kMlaPartialStride + kMlaLat] = m;
+        P[r * kMlaPartialStride + kMlaLat + 1] = l;
       }
     }
   }
