@@ -1,7 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -164,35 +163,23 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <bool kFp8, bool kPing>
-void launch_decode_variant(dim3 grid, const mla::DecArgs& a, cudaStream_t stream) {
-  using L = mla::DecLayout<kFp8, kPing>;
-  launch_kernel(mla::mla_decode_kernel<kFp8, kPing>, grid, L::kThreads,
-                LaunchOptions{L::kSmem, true}, stream, a);
-}
-
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
   const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  // EXPERIMENT (measurement runs only): KIMI_MLA_DEC_PING=0 takes the one-consumer kernels.
-  static const bool ping = [] {
-    const char* e = std::getenv("KIMI_MLA_DEC_PING");
-    return !(e && e[0] == '0');
-  }();
   if (p.cache8) {
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                             128, kMlaBlock, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                              16, kMlaBlock, false);
-    if (ping) launch_decode_variant<true, true>(grid, a, stream);
-    else launch_decode_variant<true, false>(grid, a, stream);
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
+                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    if (ping) launch_decode_variant<false, true>(grid, a, stream);
-    else launch_decode_variant<false, false>(grid, a, stream);
+    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
+                  LaunchOptions{mla::DecLayout<false>::kSmem, true}, stream, a);
   }
 }
 
@@ -200,13 +187,6 @@ void launch_attn_tc(const MlaAttnParams& p, cudaStream_t stream) {
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaTcHeadsPerCta));
   mla::mla_attn_tc_kernel<<<grid, mla::kTcThreads, mla::kTcSmem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
-}
-
-template <bool kFp8, bool kPing>
-void decode_smem_attr() {
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<kFp8, kPing>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::DecLayout<kFp8, kPing>::kSmem)));
 }
 }  // namespace
 
@@ -224,10 +204,12 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  decode_smem_attr<false, false>();
-  decode_smem_attr<false, true>();
-  decode_smem_attr<true, false>();
-  decode_smem_attr<true, true>();
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<false>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);
 }
 

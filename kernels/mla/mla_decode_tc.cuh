@@ -21,18 +21,27 @@
 // consumer warp once its wgmmas are done with the slot), reading block-table entries a tile
 // ahead. Per tile the consumers:
 //   1. wait for the slot, issue Sᵀ and wait for it;
-//   2. online softmax in base 2 (scale·log2 e folded in), per head over the 64 keys: a lane
-//      holds 2 keys × 8 heads, reduced over its 8 key lanes by shuffles and over the 4 warps
-//      through shared memory (named barrier); keys outside [kv_begin, kv_hi) are masked (first
-//      and last tile), and cache rows at or past kv_hi are zeroed in the slot before Pᵀ·V reads
-//      them (P = 0 there, but rows past the context may hold anything: 0 · NaN);
-//   3. P (bf16) to shared memory; O rescaled by α per head (the lane's O columns are the same 8
-//      heads as its S columns: α never leaves the thread); issue Oᵀ, wait, release the slot.
-// l is kept as per-lane partial sums (reduced once at the end). At the end Oᵀ goes through
-// shared memory (the ring, free by then) so u (bf16, O/l) or the partial (O, m, l; m in natural
-// units as the combine expects) is written in whole rows.
-// Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
-// 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
+//   2. softmax in base 2 (scale·log2 e folded in) with lazy rescaling: P = exp2(s − m) against a
+//      reference m per head that moves only when a score passes it by more than kDecLazy = 8
+//      (P <= 256: bf16 and the fp32 sums keep their relative precision). A lane holds 2 keys ×
+//      8 heads; it writes its P (bf16, stmatrix .trans) and votes whether any of its scores
+//      passed; one barrier (bar.red.or) publishes P and the vote. Usually nobody passed: no
+//      tile maximum, no shuffles, no α. Otherwise (the first tile, then rarely) the slow path
+//      takes the tile maximum (shuffles over the 8 key lanes, the 4 warps through shared
+//      memory), m = max(m, tile max), rescales O and l by α = exp2(m_old − m), rewrites P, and
+//      a second barrier. Keys outside [kv_begin, kv_hi) are masked (first and last tile), and
+//      on the last tile cache rows at or past kv_hi are zeroed in the slot (after a barrier:
+//      every warp's Sᵀ has read them) before Pᵀ·V reads them (P = 0 there, but rows past the
+//      context may hold anything: 0 · NaN);
+//   3. issue Oᵀ, wait, release the slot.
+// P has one buffer per ring slot: with one barrier per tile a warp may write P of tile n while
+// another still runs Oᵀ of tile n − 1; tile n in its slot means every warp released tile
+// n − 2, the last reader of that buffer. l is kept as per-lane partial sums (reduced once at
+// the end). At the end Oᵀ goes through shared memory (the ring, free by then) so u (bf16, O/l)
+// or the partial (O, m, l; m the reference, in natural units as the combine expects: any m
+// works there) is written in whole rows.
+// Shared memory: Q 36 KB + 2 × 72 KB ring + 2 × 4 KB P + reductions 0.75 KB + 1 KB alignment
+// slack: 189.75 KiB (194,304 bytes), one CTA per SM; 204 registers, no spills.
 //
 // fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
 // replaces the producer warp, and the consumers' loop is the bf16 one, untouched. A tile's codes
@@ -43,14 +52,20 @@
 // conversion of the tile before it and the consumers' work on the one before that. The
 // converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
 // loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
-// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle; the slot's full
-// barrier (2 arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it
-// to the consumers. 256 threads keep the 255-register cap the consumers need (a separate
-// producer warp, 288 threads, capped them at 224 and serialised the wgmmas). The first version
-// decoded in place in the ring slot (no staging area), so a tile's load could start only once
-// the tile before it was converted and its slot released: 43% of copy at 1M, slower than bf16.
-// This version (H200): ~2.55 us per tile at long contexts, 0.9x the bf16 kernel's speed on 0.57x
-// the bytes: the per-tile work, not the bytes, is its floor (docs/kernels-mla-moe.md).
+// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle, each 16-byte
+// store phase (8 lanes: one row, two boxes) on all 32 banks; the slot's full barrier (2
+// arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it to the
+// consumers. 256 threads keep the 255-register cap the consumers need (205 registers, no spills;
+// shared memory 222.75 KiB, 228,096 bytes). Measured on H200 (docs/perf-log.md, session 9):
+// the lazy rescaling and the conflict-free stores (the first version's stores were 2-way
+// conflicted) took the fp8 kernel from 47.7% to 55.1% of copy at 1M (342 → 296 us) and from
+// 50.0% to 56.9% at B = 64, 128k; the bf16 kernel is unchanged (93% of copy at 1M, 99.7% at
+// B = 64, 128k). Still ~2.3 us per 64-key tile where the tile's bytes take 1.3 us: with the
+// converter's stores skipped (results wrong, timing only) the consumer loop alone ran at
+// ~1.86 us per tile. Tried and dropped (same measurements): two consumer warpgroups splitting a
+// tile's channels (Sᵀ k-steps halved, partial Sᵀ exchanged through shared memory, Oᵀ m-tiles
+// halved: 384 threads, setmaxnreg) and two consumer warpgroups taking the tiles in turn (each
+// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -77,33 +92,23 @@ constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
-// Warp roles and shared memory of one kernel variant. kPing: two consumer warpgroups take the
-// tiles in turn (warpgroup n % 2 tile n, in ring slot n % 2), then the loader warpgroup (bf16:
-// its thread 0 issues the loads; fp8: the converter), 384 threads; else one consumer warpgroup
-// and a producer warp (bf16) or the converter warpgroup (fp8).
-template <bool kFp8, bool kPing>
+// Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
+// converter warpgroup (fp8).
+template <bool kFp8>
 struct DecLayout {
-  static constexpr int kCons = kPing ? 2 : 1;  // consumer warpgroups
-  static constexpr int kConsThreads = 128 * kCons;
-  static constexpr int kThreads = kConsThreads + (kFp8 || kPing ? 128 : 32);
-  // kPing: 168 registers a thread at launch (65536 / 384, in steps of 8), moved by setmaxnreg
-  // from the loader to the consumers (fp8: the converter holds a tile's codes in registers;
-  // 200 / 104 leaves 8 bytes of consumer spills, 208 / 96 44 bytes of converter spills).
-  static constexpr int kConsRegs = kFp8 ? 200 : 232, kLoadRegs = kFp8 ? 104 : 40;
-  static_assert(2 * kConsRegs + kLoadRegs <= 3 * (65536 / 384 / 8 * 8));
+  static constexpr int kThreads = 128 + (kFp8 ? 128 : 32);
   static constexpr uint32_t kOffRing = kDecQBytes;
-  // P of the tile in ring slot i. A consumer writes P of tile n once tile n is in its slot,
-  // so every consumer of the slot's previous tile, n − 2, is done with P.
+  // P of the tile in ring slot i. The consumers write P of tile n once tile n is in its slot,
+  // so every consumer warp is done with P of the slot's previous tile, n − 2 (its release came
+  // first); a warp may still run Oᵀ of tile n − 1 on the other buffer.
   static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
   // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
   static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
   static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
-  // Per consumer warpgroup: [4 warps][32 heads] fp32 (the slow path's maxima, the end's l),
-  // then [32] m, [32] l.
+  // [4 warps][32 heads] fp32 (the slow path's maxima, the end's l), then [32] m, [32] l.
   static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
-  static constexpr uint32_t kRedBytes = 6 * kDecHeads * 4;
   // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
-  static constexpr size_t kSmem = kOffRed + kCons * kRedBytes + 1024;
+  static constexpr size_t kSmem = kOffRed + 6 * kDecHeads * 4 + 1024;
   static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
 };
@@ -157,7 +162,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       s[j][0] = __byte_perm(f.x, f.y, 0x7632);
       s[j][1] = __byte_perm(f.z, f.w, 0x7632);
     }
-    bar_sync(4, 128);  // the staging area is read: the next tile's codes may land there
+    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
     if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
@@ -184,7 +189,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    bar_sync(4, 128);
+    bar_sync(2, 128);
     if (ct == 0) mbar_arrive(full + slot);
   }
 }
@@ -199,12 +204,11 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
-// Named barriers: 1 all consumer threads, 2 + cw consumer warpgroup cw, 4 the converter.
-template <bool kFp8, bool kPing>
-__global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
+// Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
+template <bool kFp8>
+__global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
-  using L = DecLayout<kFp8, kPing>;
-  constexpr int kCons = L::kCons;
+  using L = DecLayout<kFp8>;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
@@ -216,7 +220,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
       mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
-      mbar_init(empty + s, 4);            // the warps of the consumer warpgroup of the slot
+      mbar_init(empty + s, 4);            // every consumer warp
     }
     if (kFp8) mbar_init(stage, 1);
     fence_mbar_init();
@@ -240,12 +244,11 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (warp >= 4 * kCons) {  // loader: the converter warpgroup (fp8) or the producer (bf16)
-    if (kPing) setmaxnreg_dec<L::kLoadRegs>();
+  if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
     if (kFp8) {
       mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
-                            threadIdx.x - L::kConsThreads);
-    } else if (threadIdx.x == L::kConsThreads) {
+                            threadIdx.x - 128);
+    } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
       for (int n = 0; n < ntiles; ++n) {
@@ -263,25 +266,22 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     }
     return;
   }
-  if (kPing) setmaxnreg_inc<L::kConsRegs>();
 
-  // Consumers: warpgroup cw takes tiles cw, cw + kCons, ...; its warp w owns keys 16w .. +16 of
-  // Sᵀ and channels 16w .. +16 of each 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8
-  // and heads 8j + 2t, +1 (j = 0..3).
-  const int tid = threadIdx.x, cw = kCons == 1 ? 0 : warp / 4, w = warp % 4, g = lane / 4,
-            t = lane % 4;
-  float* const red = reinterpret_cast<float*>(sm + L::kOffRed + cw * L::kRedBytes);
+  // Consumers: 128 threads, warp w owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of each
+  // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
+  const int tid = threadIdx.x, w = warp, g = lane / 4, t = lane % 4;
+  float* const red = reinterpret_cast<float*>(sm + L::kOffRed);
   float* const ml = red + 4 * kDecHeads;  // [32] m, [32] l
   // Q into shared memory, swizzled as TMA would (box c: channels 64c .. +64; heads past H zero).
   // All of a thread's loads are issued before its stores: one round of latency.
   {
-    constexpr int kPer = kDecHeads * 72 / L::kConsThreads;  // 16-byte pieces per thread
-    static_assert(kPer * L::kConsThreads == kDecHeads * 72);
+    constexpr int kPer = kDecHeads * 72 / 128;  // 16-byte pieces per thread
+    static_assert(kPer * 128 == kDecHeads * 72);
     const int64_t tq = it.q_begin;
     uint4 v[kPer];
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
-      const int idx = tid + L::kConsThreads * i, r = idx / 72, ch = idx % 72, h = h0 + r;
+      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: of 576
       v[i] = make_uint4(0, 0, 0, 0);
       if (h < H)
         v[i] = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
@@ -290,12 +290,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     }
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
-      const int idx = tid + L::kConsThreads * i, r = idx / 72, ch = idx % 72;
+      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72;
       *reinterpret_cast<uint4*>(sm + (ch / 8) * kDecQBox + r * 128 + ((ch % 8) ^ (r % 8)) * 16) =
           v[i];
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    bar_sync(1, L::kConsThreads);
+    bar_sync(1, 128);
   }
 
   const float sl2 = p.scale * 1.4426950408889634f;
@@ -317,7 +317,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
 
-  for (int n = cw; n < ntiles; n += kCons) {
+  for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
     mbar_wait(full + slot, (n / kDecStages) & 1);
@@ -349,9 +349,9 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     if (last) {
       // Rows at or past kv_hi of the value boxes (channels 0..511) to zero once every warp's Sᵀ
       // has read the slot: P = 0 there, but rows past the context may hold anything (0 · NaN).
-      bar_sync(2 + cw, 128);
+      bar_sync(1, 128);
       const int first = kv_hi - pos0, n16 = (kDecKeys - first) * 8;  // 16-byte pieces per box
-      for (int idx = tid % 128; idx < 8 * n16; idx += 128) {
+      for (int idx = tid; idx < 8 * n16; idx += 128) {
         const int c = idx / n16, k = idx % n16;
         *reinterpret_cast<uint4*>(sm + (tile - base) + c * kDecBox + first * 128 + k * 16) =
             make_uint4(0, 0, 0, 0);
@@ -380,7 +380,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
-    if (bar_sync_or(2 + cw, 128, over)) {
+    if (bar_sync_or(1, 128, over)) {
       // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -396,7 +396,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
           *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
               make_float2(mx[0], mx[1]);
       }
-      bar_sync(2 + cw, 128);
+      bar_sync(1, 128);
       float alpha[4][2];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -423,8 +423,8 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
         for (int j = 0; j < 4; ++j)
 #pragma unroll
           for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
-      store_p();  // over the first P: the warpgroup has passed the barrier, none ran Oᵀ yet
-      bar_sync(2 + cw, 128);
+      store_p();  // over the first P: every warp has passed the barrier, none ran Oᵀ yet
+      bar_sync(1, 128);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
@@ -465,85 +465,47 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kPing>::kThreads, 1)
     for (int j = 0; j < 4; ++j)
       *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
           make_float2(l_run[j][0], l_run[j][1]);
-  bar_sync(1, L::kConsThreads);  // every warp's wgmmas are done with the ring
+  bar_sync(1, 128);  // every warp's wgmmas are done with the ring
+  // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed).
+  float* const ost = reinterpret_cast<float*>(sm + L::kOffRing);
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * w + g + 8 * (i >> 1)] =
+            o[c][4 * j + i];
   if (w == 0 && g == 0)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int hd = 8 * j + 2 * t + e;
-        ml[hd] = m_run[j][e];
+        ml[hd] = m_run[j][e] * 0.6931471805599453f;  // natural units: the reference of scale·s
         ml[kDecHeads + hd] = red[hd] + red[kDecHeads + hd] + red[2 * kDecHeads + hd] +
                              red[3 * kDecHeads + hd];
       }
-  // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed). Two
-  // warpgroups: warpgroup 1's O at its weight e^(m1 − M) first, then warpgroup 0 adds its own.
-  float* const ost = reinterpret_cast<float*>(sm + L::kOffRing);
-  float* const ml0 = reinterpret_cast<float*>(sm + L::kOffRed) + 4 * kDecHeads;
-  float* const ml1 = ml0 + L::kRedBytes / 4;
-  if (kCons == 2) bar_sync(1, L::kConsThreads);  // both warpgroups' m and l are in place
-  float wgt[4][2];  // this warpgroup's weight per head
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      wgt[j][e] = 1.f;
-      if (kCons == 2) {
-        const int hd = 8 * j + 2 * t + e;
-        const float mm = fmaxf(ml0[hd], ml1[hd]);
-        wgt[j][e] = mm == -INFINITY ? 0.f : ex2(m_run[j][e] - mm);
-      }
-    }
-  for (int pass = kCons - 1; pass >= 0; --pass) {
-    if (cw == pass)
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            float& dst = ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * w + g +
-                             8 * (i >> 1)];
-            const float v = o[c][4 * j + i] * wgt[j][i & 1];
-            dst = pass == kCons - 1 ? v : dst + v;
-          }
-    bar_sync(1, L::kConsThreads);
-  }
-  const int tok = it.q_begin, col = 4 * (tid % 128), r0 = tid / 128;
+  bar_sync(1, 128);
+  const int tok = it.q_begin, col = 4 * tid;  // each thread: 4 channels of every head row
   const int nh = min(kDecHeads, H - h0);
-  // Per head: m (natural units: the reference of scale·s) and l of the combined O.
-  auto head_ml = [&](int r, float& m, float& l) {
-    m = ml0[r], l = ml0[kDecHeads + r];
-    if (kCons == 2) {
-      const float mm = fmaxf(ml0[r], ml1[r]);
-      if (mm != -INFINITY)
-        l = l * ex2(ml0[r] - mm) + ml1[kDecHeads + r] * ex2(ml1[r] - mm);
-      m = mm;
-    }
-    m *= 0.6931471805599453f;
-  };
-  // Each thread: 4 channels of every kCons-th head row.
   if (it.split < 0) {
     bf16* const u = p.u + (int64_t(tok) * H + h0) * kMlaLat + col;
-    for (int r = r0; r < nh; r += kCons) {
-      float m, l;
-      head_ml(r, m, l);
+    for (int r = 0; r < nh; ++r) {
       const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
-      const float inv = l > 0.f ? 1.f / l : 0.f;
+      const float l = ml[kDecHeads + r], inv = l > 0.f ? 1.f / l : 0.f;
       *reinterpret_cast<uint2*>(u + r * kMlaLat) =
           make_uint2(pack_bf16x2(v.x * inv, v.y * inv), pack_bf16x2(v.z * inv, v.w * inv));
     }
   } else {
     float* const P =
         p.partials + (int64_t(p.split_base[tok] + it.split) * H + h0) * kMlaPartialStride;
-    for (int r = r0; r < nh; r += kCons) {
+    for (int r = 0; r < nh; ++r) {
       *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
           *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
-      if (col == 0) {
-        float m, l;
-        head_ml(r, m, l);
-        P[r * kMlaPartialStride + kMlaLat] = m;
-        P[r * kMlaPartialStride + kMlaLat + 1] = l;
+      if (tid == 0) {
+        P[r * kMlaPartialStride + kMlaLat] = ml[r];
+        P[r * kMlaPartialStride + kMlaLat + 1] = ml[kDecHeads + r];
       }
     }
   }
