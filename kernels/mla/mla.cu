@@ -174,12 +174,12 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
                             128, kMlaBlock, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                              16, kMlaBlock, false);
-    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::kDecThreadsFp8,
-                  LaunchOptions{mla::kDecSmemFp8, true}, stream, a);
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
+                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::kDecThreads,
-                  LaunchOptions{mla::kDecSmem, true}, stream, a);
+    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
+                  LaunchOptions{mla::DecLayout<false>::kSmem, true}, stream, a);
   }
 }
 
@@ -205,10 +205,11 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kDecSmem)));
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<false>::kSmem)));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::kDecSmemFp8)));
+                                  int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);
 }
 

@@ -21,18 +21,27 @@
 // consumer warp once its wgmmas are done with the slot), reading block-table entries a tile
 // ahead. Per tile the consumers:
 //   1. wait for the slot, issue Sᵀ and wait for it;
-//   2. online softmax in base 2 (scale·log2 e folded in), per head over the 64 keys: a lane
-//      holds 2 keys × 8 heads, reduced over its 8 key lanes by shuffles and over the 4 warps
-//      through shared memory (named barrier); keys outside [kv_begin, kv_hi) are masked (first
-//      and last tile), and cache rows at or past kv_hi are zeroed in the slot before Pᵀ·V reads
-//      them (P = 0 there, but rows past the context may hold anything: 0 · NaN);
-//   3. P (bf16) to shared memory; O rescaled by α per head (the lane's O columns are the same 8
-//      heads as its S columns: α never leaves the thread); issue Oᵀ, wait, release the slot.
-// l is kept as per-lane partial sums (reduced once at the end). At the end Oᵀ goes through
-// shared memory (the ring, free by then) so u (bf16, O/l) or the partial (O, m, l; m in natural
-// units as the combine expects) is written in whole rows.
-// Shared memory: Q 36 KB + 2 × 72 KB ring + P 4 KB + reductions 1.3 KB + 1 KB alignment slack:
-// 186 KiB (190,720 bytes), one CTA per SM; 203 registers, no spills.
+//   2. softmax in base 2 (scale·log2 e folded in) with lazy rescaling: P = exp2(s − m) against a
+//      reference m per head that moves only when a score passes it by more than kDecLazy = 8
+//      (P <= 256: bf16 and the fp32 sums keep their relative precision). A lane holds 2 keys ×
+//      8 heads; it writes its P (bf16, stmatrix .trans) and votes whether any of its scores
+//      passed; one barrier (bar.red.or) publishes P and the vote. Usually nobody passed: no
+//      tile maximum, no shuffles, no α. Otherwise (the first tile, then rarely) the slow path
+//      takes the tile maximum (shuffles over the 8 key lanes, the 4 warps through shared
+//      memory), m = max(m, tile max), rescales O and l by α = exp2(m_old − m), rewrites P, and
+//      a second barrier. Keys outside [kv_begin, kv_hi) are masked (first and last tile), and
+//      on the last tile cache rows at or past kv_hi are zeroed in the slot (after a barrier:
+//      every warp's Sᵀ has read them) before Pᵀ·V reads them (P = 0 there, but rows past the
+//      context may hold anything: 0 · NaN);
+//   3. issue Oᵀ, wait, release the slot.
+// P has one buffer per ring slot: with one barrier per tile a warp may write P of tile n while
+// another still runs Oᵀ of tile n − 1; tile n in its slot means every warp released tile
+// n − 2, the last reader of that buffer. l is kept as per-lane partial sums (reduced once at
+// the end). At the end Oᵀ goes through shared memory (the ring, free by then) so u (bf16, O/l)
+// or the partial (O, m, l; m the reference, in natural units as the combine expects: any m
+// works there) is written in whole rows.
+// Shared memory: Q 36 KB + 2 × 72 KB ring + 2 × 4 KB P + reductions 0.75 KB + 1 KB alignment
+// slack: 189.75 KiB (194,304 bytes), one CTA per SM; 204 registers, no spills.
 //
 // fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
 // replaces the producer warp, and the consumers' loop is the bf16 one, untouched. A tile's codes
@@ -43,14 +52,20 @@
 // conversion of the tile before it and the consumers' work on the one before that. The
 // converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
 // loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
-// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle; the slot's full
-// barrier (2 arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it
-// to the consumers. 256 threads keep the 255-register cap the consumers need (a separate
-// producer warp, 288 threads, capped them at 224 and serialised the wgmmas). The first version
-// decoded in place in the ring slot (no staging area), so a tile's load could start only once
-// the tile before it was converted and its slot released: 43% of copy at 1M, slower than bf16.
-// This version (H200): ~2.55 us per tile at long contexts, 0.9x the bf16 kernel's speed on 0.57x
-// the bytes: the per-tile work, not the bytes, is its floor (docs/kernels-mla-moe.md).
+// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle, each 16-byte
+// store phase (8 lanes: one row, two boxes) on all 32 banks; the slot's full barrier (2
+// arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it to the
+// consumers. 256 threads keep the 255-register cap the consumers need (205 registers, no spills;
+// shared memory 222.75 KiB, 228,096 bytes). Measured on H200 (docs/perf-log.md, session 9):
+// the lazy rescaling and the conflict-free stores (the first version's stores were 2-way
+// conflicted) took the fp8 kernel from 47.7% to 55.1% of copy at 1M (342 → 296 us) and from
+// 50.0% to 56.9% at B = 64, 128k; the bf16 kernel is unchanged (93% of copy at 1M, 99.7% at
+// B = 64, 128k). Still ~2.3 us per 64-key tile where the tile's bytes take 1.3 us: with the
+// converter's stores skipped (results wrong, timing only) the consumer loop alone ran at
+// ~1.86 us per tile. Tried and dropped (same measurements): two consumer warpgroups splitting a
+// tile's channels (Sᵀ k-steps halved, partial Sᵀ exchanged through shared memory, Oᵀ m-tiles
+// halved: 384 threads, setmaxnreg) and two consumer warpgroups taking the tiles in turn (each
+// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -63,8 +78,6 @@
 
 namespace kimi::cuda::mla {
 
-constexpr int kDecThreads = 160;  // consumer warpgroup + producer warp
-constexpr int kDecThreadsFp8 = 256;  // consumer + converter warpgroups (the converter loads)
 constexpr int kDecKeys = kMlaBlock;  // keys per tile: one cache block
 constexpr int kDecStages = 2;
 constexpr int kDecHeads = kMlaDecHeadsPerCta;
@@ -73,20 +86,32 @@ constexpr uint32_t kDecTileBytes = 9 * kDecBox;           // 576 channels
 constexpr uint32_t kDecQBox = kDecHeads * 128;            // [32 heads][64 bf16]: 4 KB
 constexpr uint32_t kDecQBytes = 9 * kDecQBox;
 constexpr uint32_t kDecPBytes = kDecHeads * 128;          // [32 heads][64 keys] bf16
-constexpr uint32_t kDecOffRing = kDecQBytes;
-constexpr uint32_t kDecOffP = kDecOffRing + kDecStages * kDecTileBytes;
-constexpr uint32_t kDecOffRed = kDecOffP + kDecPBytes;   // [2][4 warps][32 heads] fp32
-constexpr uint32_t kDecOffMl = kDecOffRed + 2 * 4 * kDecHeads * 4;  // [32] m, [32] l
-constexpr size_t kDecSmem = kDecOffMl + 2 * kDecHeads * 4 + 1024;
-// fp8: the staging area after the bf16 kernel's layout: codes [4 boxes][64 rows][128] (swizzled,
-// 1024-aligned) then the scales [64 rows][4] fp32.
-constexpr uint32_t kDecOffStg = (kDecOffMl + 2 * kDecHeads * 4 + 1023) / 1024 * 1024;
-constexpr uint32_t kDecStgBytes = 4 * kDecBox + kDecKeys * 16;
-constexpr size_t kDecSmemFp8 = kDecOffStg + kDecStgBytes + 1024;
+// P is exp2(s − m) against a reference m that moves only when a score passes it by more than
+// this (base 2): P <= 256, exact enough in bf16 and fp32 (lazy rescaling).
+constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
-static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kDecTileBytes);
-static_assert(kDecSmem <= 227 * 1024 && kDecSmemFp8 <= 227 * 1024, "one CTA per SM must fit");
+
+// Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
+// converter warpgroup (fp8).
+template <bool kFp8>
+struct DecLayout {
+  static constexpr int kThreads = 128 + (kFp8 ? 128 : 32);
+  static constexpr uint32_t kOffRing = kDecQBytes;
+  // P of the tile in ring slot i. The consumers write P of tile n once tile n is in its slot,
+  // so every consumer warp is done with P of the slot's previous tile, n − 2 (its release came
+  // first); a warp may still run Oᵀ of tile n − 1 on the other buffer.
+  static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
+  // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
+  static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
+  static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
+  // [4 warps][32 heads] fp32 (the slow path's maxima, the end's l), then [32] m, [32] l.
+  static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
+  // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
+  static constexpr size_t kSmem = kOffRed + 6 * kDecHeads * 4 + 1024;
+  static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
+  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
+};
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
 // [64 rows][64 channels]); fp8: the records as [num_blocks·64][656] bytes, boxes of [64 rows]
@@ -98,6 +123,7 @@ struct DecArgs {
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
+template <class L>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
@@ -106,19 +132,19 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
   const uint64_t policy = policy_evict_first();
   auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
     const int blk = table[blk0 + n];
-    mbar_arrive_expect_tx(stage, kDecStgBytes);
+    mbar_arrive_expect_tx(stage, L::kStgBytes);
 #pragma unroll
     for (int b = 0; b < 4; ++b)
-      tma_load_2d(base + kDecOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
+      tma_load_2d(base + L::kOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
                   policy);
-    tma_load_2d(base + kDecOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
+    tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
                 stage, policy);
   };
   if (ct == 0 && ntiles > 0) load_codes(0);
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
   // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
-  const uint4* const sc = reinterpret_cast<const uint4*>(sm + kDecOffStg + 4 * kDecBox);
+  const uint4* const sc = reinterpret_cast<const uint4*>(sm + L::kOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     mbar_wait(stage, n & 1);
@@ -127,7 +153,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
       const int b = i / 4, r = ct / 8 + 16 * (i % 4);
-      v[i] = *reinterpret_cast<const uint4*>(sm + kDecOffStg + b * kDecBox + r * 128 +
+      v[i] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + b * kDecBox + r * 128 +
                                              ((k ^ (r % 8)) * 16));
     }
 #pragma unroll
@@ -140,24 +166,27 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
-    unsigned char* const tile = sm + kDecOffRing + slot * kDecTileBytes;
+    unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
     if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
       mbar_arrive_expect_tx(full + slot, kDecBox);
-      tma_load_2d(base + kDecOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
+      tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
                   kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
     }
+    // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
+    // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
+    // (one row, k = 0..7) cover all 8 pieces of the two boxes' rows: all 32 banks, no conflict.
+    const int pc = 2 * (k % 4), hi = k / 4;
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
       const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
       // The scale of group b twice (bf16x2).
       const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
       const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
-      unsigned char* const row = tile + (2 * b + k / 4) * kDecBox + r * 128;
-      const int pc = 2 * (k % 4);  // bf16 pieces pc, pc + 1 of the row (8 channels each)
-      *reinterpret_cast<uint4*>(row + ((pc ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
-      *reinterpret_cast<uint4*>(row + (((pc + 1) ^ (r % 8)) * 16)) =
-          fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+      unsigned char* const row = tile + (2 * b + hi) * kDecBox + r * 128;
+      const uint4 lo8 = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
+      const uint4 hi8 = fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+      *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
+      *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
     bar_sync(2, 128);
@@ -175,9 +204,11 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
+// Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
 template <bool kFp8>
-__global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
+__global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
+  using L = DecLayout<kFp8>;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
@@ -189,7 +220,7 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
       mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
-      mbar_init(empty + s, 4);
+      mbar_init(empty + s, 4);            // every consumer warp
     }
     if (kFp8) mbar_init(stage, 1);
     fence_mbar_init();
@@ -201,9 +232,7 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
   if (it.nq <= 0) return;  // an idle slot of the decode plan
   const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024
   unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
-  const uint32_t q_s = base, ring_s = base + kDecOffRing, p_s = base + kDecOffP;
-  float* const red = reinterpret_cast<float*>(sm + kDecOffRed);
-  float* const ml = reinterpret_cast<float*>(sm + kDecOffMl);
+  const uint32_t q_s = base, ring_s = base + L::kOffRing, p_s = base + L::kOffP;
 
   const int H = p.num_heads, h0 = blockIdx.y * kDecHeads;
   const int kv_hi = min(it.kv_end, it.q_pos0 + 1);  // positions at or past kv_hi are not seen
@@ -215,12 +244,11 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (kFp8 && warp >= 4) {  // converter warpgroup (fp8), loads included
-    mla_decode_convert(args, sm, base, stage, full, empty, table, blk0, ntiles, threadIdx.x - 128);
-    return;
-  }
-  if (warp == 4) {  // producer (bf16)
-    if (lane == 0) {
+  if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
+    if (kFp8) {
+      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+                            threadIdx.x - 128);
+    } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
       for (int n = 0; n < ntiles; ++n) {
@@ -241,9 +269,11 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
 
   // Consumers: 128 threads, warp w owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of each
   // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
-  const int tid = threadIdx.x, g = lane / 4, t = lane % 4;
+  const int tid = threadIdx.x, w = warp, g = lane / 4, t = lane % 4;
+  float* const red = reinterpret_cast<float*>(sm + L::kOffRed);
+  float* const ml = red + 4 * kDecHeads;  // [32] m, [32] l
   // Q into shared memory, swizzled as TMA would (box c: channels 64c .. +64; heads past H zero).
-  // All of a thread's loads are issued before its stores: one round of latency, not 18.
+  // All of a thread's loads are issued before its stores: one round of latency.
   {
     constexpr int kPer = kDecHeads * 72 / 128;  // 16-byte pieces per thread
     static_assert(kPer * 128 == kDecHeads * 72);
@@ -251,7 +281,7 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     uint4 v[kPer];
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
-      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: piece of 576
+      const int idx = tid + 128 * i, r = idx / 72, ch = idx % 72, h = h0 + r;  // ch: of 576
       v[i] = make_uint4(0, 0, 0, 0);
       if (h < H)
         v[i] = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
@@ -274,7 +304,8 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
   for (int c = 0; c < 8; ++c)
 #pragma unroll
     for (int i = 0; i < 16; ++i) o[c][i] = 0.f;
-  float m_run[4][2], l_run[4][2];  // per head 8j + 2t + e (m: base 2, scaled; l: lane partial)
+  // Per head 8j + 2t + e: m the reference of P (base 2, scaled), l the lane's partial sum of P.
+  float m_run[4][2], l_run[4][2];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -284,11 +315,11 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
   // stmatrix rows: lane (i = lane / 8, r = lane % 8) stores P row 8j + r (j = 2x + i / 2), keys
   // 16w + 8(i % 2) .. +8: 16-byte piece 2w + i % 2, swizzled.
   const int st_i = lane / 8, st_r = lane % 8;
-  const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * warp + st_i % 2) ^ st_r) * 16);
+  const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * kDecTileBytes;
+    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
     mbar_wait(full + slot, (n / kDecStages) & 1);
     wgmma_fence();
     {
@@ -304,37 +335,21 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     wgmma_wait<0>();
     fence_acc(s);
 
-    // Mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
+    // Scale; mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
     const int pos0 = (blk0 + n) * kDecKeys;
-    const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
+    const bool last = pos0 + kDecKeys > kv_hi;
+    const bool edge = pos0 < it.kv_begin || last;
+    bool over = false;  // a score above its head's reference + kDecLazy
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-      const int pos = pos0 + 16 * warp + g + 8 * ((i >> 1) & 1);
+      const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
       s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+      over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
-    // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
-    float* const rb = red + (n & 1) * 4 * kDecHeads;
-    float mx[4][2];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-        mx[j][e] = v;
-      }
-    if (g == 0)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-        *reinterpret_cast<float2*>(rb + warp * kDecHeads + 8 * j + 2 * t) =
-            make_float2(mx[j][0], mx[j][1]);
-    // After this barrier every warp has waited for its Sᵀ of this tile and its P·V of the tile
-    // before: P and the slot's rows may be written.
-    bar_sync(1, 128);
-    if (pos0 + kDecKeys > kv_hi) {
-      // Rows at or past kv_hi of the value boxes (channels 0..511) to zero.
+    if (last) {
+      // Rows at or past kv_hi of the value boxes (channels 0..511) to zero once every warp's Sᵀ
+      // has read the slot: P = 0 there, but rows past the context may hold anything (0 · NaN).
+      bar_sync(1, 128);
       const int first = kv_hi - pos0, n16 = (kDecKeys - first) * 8;  // 16-byte pieces per box
       for (int idx = tid; idx < 8 * n16; idx += 128) {
         const int c = idx / n16, k = idx % n16;
@@ -342,55 +357,82 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
             make_uint4(0, 0, 0, 0);
       }
     }
-    float alpha[4][2];
+    // P = exp2(s − m) against the reference m per head, to shared memory as [32 heads][64 keys]
+    // (the K-major B of Oᵀ, transposed by stmatrix); psum: this lane's sum per head.
+    float psum[4][2];
+    auto store_p = [&]() {
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float2 v = *reinterpret_cast<const float2*>(rb + 8 * j + 2 * t);
+      for (int x = 0; x < 2; ++x) {
+        uint32_t r[4];  // r[i]: keys of b = i % 2, heads 8j + 2t + (0, 1), j = 2x + i / 2
 #pragma unroll
-      for (int w = 1; w < 4; ++w) {
-        const float2 u = *reinterpret_cast<const float2*>(rb + w * kDecHeads + 8 * j + 2 * t);
-        v.x = fmaxf(v.x, u.x);
-        v.y = fmaxf(v.y, u.y);
-      }
-      const float tmax[2] = {v.x, v.y};
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float m_new = fmaxf(m_run[j][e], tmax[e]);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: P = 0
-        alpha[j][e] = ex2(m_run[j][e] - m_use);
-        m_run[j][e] = m_new;
-        float sum = 0.f;
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const float pv = ex2(s[4 * j + 2 * b + e] - m_use);
-          s[4 * j + 2 * b + e] = pv;
-          sum += pv;
+        for (int i = 0; i < 4; ++i) {
+          const int j = 2 * x + i / 2, b = i % 2;
+          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+          psum[j][0] = b ? psum[j][0] + p0 : p0;
+          psum[j][1] = b ? psum[j][1] + p1 : p1;
+          r[i] = pack_bf16x2(p0, p1);
         }
-        l_run[j][e] = l_run[j][e] * alpha[j][e] + sum;
+        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128, r);
       }
-    }
-    // P to shared memory as [32 heads][64 keys] (the K-major B of Oᵀ), transposed by stmatrix.
+      fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
+    };
+    store_p();
+    // P is complete, and unless a score passed its reference (the first tile, then rarely) the
+    // references stand: no rescaling.
+    if (bar_sync_or(1, 128, over)) {
+      // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
 #pragma unroll
-    for (int x = 0; x < 2; ++x) {
-      uint32_t r[4];
+      for (int j = 0; j < 4; ++j) {
+        float mx[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int j = 2 * x + i / 2, b = i % 2;
-        r[i] = pack_bf16x2(s[4 * j + 2 * b], s[4 * j + 2 * b + 1]);
+        for (int e = 0; e < 2; ++e) {
+          float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+          mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
+        }
+        if (g == 0)
+          *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
+              make_float2(mx[0], mx[1]);
       }
-      stsm_x4_trans(st_addr0 + x * 16 * 128, r);
+      bar_sync(1, 128);
+      float alpha[4][2];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
+#pragma unroll
+        for (int u = 1; u < 4; ++u) {
+          const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
+          v.x = fmaxf(v.x, x.x);
+          v.y = fmaxf(v.y, x.y);
+        }
+        const float tmax[2] = {v.x, v.y};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          // Finite: every tile holds a visible key (the first tile's α is 0).
+          const float m_new = fmaxf(m_run[j][e], tmax[e]);
+          alpha[j][e] = ex2(m_run[j][e] - m_new);
+          m_run[j][e] = m_new;
+          l_run[j][e] *= alpha[j][e];
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      store_p();  // over the first P: every warp has passed the barrier, none ran Oᵀ yet
+      bar_sync(1, 128);
     }
-    fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
-    bar_sync(1, 128);
 #pragma unroll
-    for (int c = 0; c < 8; ++c)
+    for (int j = 0; j < 4; ++j)
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
     wgmma_fence();
     {
-      const uint64_t p_desc = wgmma_desc(p_s);
+      const uint64_t p_desc = wgmma_desc(p_s + pbuf);
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
@@ -406,7 +448,8 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
     if (lane == 0) mbar_arrive(empty + slot);
   }
 
-  // l per head: over the 8 key lanes, then the 4 warps.
+  // l per head: over the 8 key lanes, then the 4 warps (the slow path's last reads of red were
+  // before its closing barrier).
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -417,32 +460,31 @@ __global__ void __launch_bounds__(kFp8 ? kDecThreadsFp8 : kDecThreads, 1)
       v += __shfl_xor_sync(0xffffffffu, v, 16);
       l_run[j][e] = v;
     }
-  float* const rl = red + (ntiles & 1) * 4 * kDecHeads;  // not the buffer of the last tile
   if (g == 0)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
-      *reinterpret_cast<float2*>(rl + warp * kDecHeads + 8 * j + 2 * t) =
+      *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
           make_float2(l_run[j][0], l_run[j][1]);
   bar_sync(1, 128);  // every warp's wgmmas are done with the ring
   // Oᵀ to shared memory as [32 heads][kDecOutLd] fp32 over the ring (every slot consumed).
-  float* const ost = reinterpret_cast<float*>(sm + kDecOffRing);
+  float* const ost = reinterpret_cast<float*>(sm + L::kOffRing);
 #pragma unroll
   for (int c = 0; c < 8; ++c)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * warp + g + 8 * (i >> 1)] =
+        ost[(8 * j + 2 * t + (i & 1)) * kDecOutLd + 64 * c + 16 * w + g + 8 * (i >> 1)] =
             o[c][4 * j + i];
-  if (warp == 0 && g == 0)
+  if (w == 0 && g == 0)
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int hd = 8 * j + 2 * t + e;
-        ml[hd] = m_run[j][e] * 0.6931471805599453f;  // natural units: max of scale·s
-        ml[kDecHeads + hd] = rl[hd] + rl[kDecHeads + hd] + rl[2 * kDecHeads + hd] +
-                             rl[3 * kDecHeads + hd];
+        ml[hd] = m_run[j][e] * 0.6931471805599453f;  // natural units: the reference of scale·s
+        ml[kDecHeads + hd] = red[hd] + red[kDecHeads + hd] + red[2 * kDecHeads + hd] +
+                             red[3 * kDecHeads + hd];
       }
   bar_sync(1, 128);
   const int tok = it.q_begin, col = 4 * tid;  // each thread: 4 channels of every head row

@@ -63,13 +63,21 @@ enum class PlanKind { kEager, kDecode };
 
 // fp8: the cache as fp8 records (mla_fp8_test_util.h); the CPU attends over their decoded values
 // and only the tensor-core kernels run (the CUDA-core ones have no fp8 path).
+// ramp: the scores rise along each sequence by up to 200 / sqrt(192) (14.4; 20.8 in base 2:
+// channel 0 of q_pe is 1, that of k_pe at position pos 200 · pos / context), so the running
+// maximum keeps moving inside a KV range (the decode kernel's lazy rescaling must follow it).
 void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind = PlanKind::kEager,
-               bool fp8 = false) {
+               bool fp8 = false, bool ramp = false) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
   const size_t cache_n = size_t(b.num_blocks) * 64 * 576;
   auto cache = random_bf16(rng, cache_n, -1.f, 1.f);
+  if (ramp)
+    for (int s = 0; s < S; ++s)
+      for (int pos = 0; pos < b.ctx[s]; ++pos)
+        cache[(size_t(b.tables[size_t(s) * b.mb + pos / 64]) * 64 + pos % 64) * 576 + 512] =
+            f32_to_bf16(200.f * pos / b.ctx[s]);
   // Rows past a sequence's context in its last block were never written: NaN here, so a kernel
   // that lets them into P·V (P = 0, but 0 · NaN) fails.
   for (int s = 0; s < int(seqs.size()); ++s)
@@ -77,6 +85,8 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind
       std::fill_n(cache.begin() + (size_t(b.tables[size_t(s) * b.mb + pos / 64]) * 64 + pos % 64) * 576,
                   576, uint16_t(0x7fc0));
   auto q = random_bf16(rng, size_t(T) * H * 192, -1.f, 1.f);
+  if (ramp)
+    for (size_t i = 0; i < size_t(T) * H; ++i) q[i * 192 + 128] = f32_to_bf16(1.f);
   auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
   auto cache_f = bf16_to_float(cache), q_f = bf16_to_float(q), kvb_f = bf16_to_float(kv_b);
   Fp8Cache f8;
@@ -270,6 +280,14 @@ TEST(MlaGpu, DecodeTensorCores) {
   run_chain({{1, 70000}}, 4, seed++, PlanKind::kEager);
   // More heads than one CTA takes (two CTAs of 32 heads per item).
   run_chain({{1, 3000}, {1, 5}}, 40, seed++, PlanKind::kDecode);
+  // The running maximum moving inside KV ranges (run_chain's ramp): batch 64 (few splits per
+  // sequence), a split batch 1, the tensor-parallel head counts.
+  for (int H : {32, 16, 4}) {
+    std::vector<Seq> b64;
+    for (int s = 0; s < 64; ++s) b64.push_back({1, 700 + 37 * s});
+    run_chain(b64, H, seed++, PlanKind::kDecode, false, true);
+    run_chain({{1, 9000}}, H, seed++, PlanKind::kDecode, false, true);
+  }
 #endif
 }
 
@@ -413,6 +431,14 @@ TEST(MlaGpu, Fp8DecodeTensorCores) {
   run_chain({{1, 16500}}, 32, seed++, PlanKind::kDecode, true);
   run_chain({{1, 20000}}, 32, seed++, PlanKind::kDecode, true);
   run_chain({{1, 3000}, {1, 5}}, 40, seed++, PlanKind::kDecode, true);
+  // Tensor-parallel head counts; the running maximum moving inside KV ranges (run_chain's ramp).
+  for (int H : {16, 4}) run_chain({{1, 65}, {1, 4097}, {1, 1}}, H, seed++, PlanKind::kDecode, true);
+  for (int H : {32, 16, 4}) {
+    std::vector<Seq> b64;
+    for (int s = 0; s < 64; ++s) b64.push_back({1, 700 + 37 * s});
+    run_chain(b64, H, seed++, PlanKind::kDecode, true, true);
+    run_chain({{1, 9000}}, H, seed++, PlanKind::kDecode, true, true);
+  }
 #endif
 }
 
