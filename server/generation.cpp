@@ -154,6 +154,13 @@ std::variant<json, ApiError> Generation::collect(const std::function<bool()>& cl
   std::string engine_error;
   bool cancelled = false;
   while (next_event(ev, prompt, client_gone)) {
+    if (ev.prompt_logprobs) {  // the prompt's, for every sample of it
+      for (int k = 0; k < n; ++k) {
+        choices[prompt * n + k].result.prompt = prompts_.ids[prompt];
+        choices[prompt * n + k].result.prompt_logprobs = *ev.prompt_logprobs;
+      }
+      continue;
+    }
     Choice& c = choices[prompt * n + ev.index];
     c.result.text += ev.text;
     for (auto& lp : ev.logprobs) c.result.logprobs.push_back(std::move(lp));
@@ -182,8 +189,9 @@ std::variant<json, ApiError> Generation::collect(const std::function<bool()>& cl
     }
     results.push_back(std::move(r));
   }
-  return req_.chat ? chat_completion_json(head_, results, usage(), texts_, req_.logprobs)
-                   : text_completion_json(head_, results, usage(), texts_, req_.logprobs);
+  const LogprobsOut lo{req_.logprobs, req_.echo_logprobs(), req_.prompt_logprobs};
+  return req_.chat ? chat_completion_json(head_, results, usage(), texts_, lo)
+                   : text_completion_json(head_, results, usage(), texts_, lo);
 }
 
 void Generation::stream(const std::function<bool(const std::string&)>& write) {
@@ -195,7 +203,13 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
   int prompt = 0;
   std::string error;
   bool shutdown_cut = false;
+  // Completions echo with logprobs: each prompt's logprobs, sent in its choices' first chunks.
+  std::vector<std::vector<TokenLogprob>> echo_lps(handles_.size());
   while (next_event(ev, prompt)) {
+    if (ev.prompt_logprobs) {
+      echo_lps[size_t(prompt)] = std::move(*ev.prompt_logprobs);
+      continue;
+    }
     const int idx = prompt * n + ev.index;
     Choice& c = choices[idx];
     const bool finishing = ev.finish != FinishReason::kNone;
@@ -254,11 +268,15 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       }
     } else {
       std::string text = ev.text;
-      if (req_.echo && !c.role_sent) text = prompts_.echo_texts[prompt] + text;
-      c.role_sent = true;
       json lp = nullptr;
+      if (req_.echo && !c.role_sent) {
+        text = prompts_.echo_texts[prompt] + text;
+        if (req_.echo_logprobs())
+          lp = echo_prompt_logprobs(prompts_.ids[prompt], echo_lps[size_t(prompt)], texts_, c.text_offset);
+      }
+      c.role_sent = true;
       if (req_.logprobs && !ev.logprobs.empty())
-        lp = completion_logprobs(ev.logprobs, texts_, c.text_offset);
+        append_completion_logprobs(lp, completion_logprobs(ev.logprobs, texts_, c.text_offset));
       std::string fr;
       if (finishing && ev.finish != FinishReason::kError) {
         c.result.finish = ev.finish;

@@ -425,6 +425,12 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   r.engine.include_stop_str_in_output = f.boolean("include_stop_str_in_output").value_or(false);
   r.engine.skip_special_tokens = f.boolean("skip_special_tokens").value_or(true);
   r.return_tokens_as_token_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
+  if (auto k = f.integer("prompt_logprobs", 0, 20)) {  // vLLM: not in a stream
+    if (r.stream)
+      throw_bad_request("prompt_logprobs", "'prompt_logprobs' is not available when 'stream' is true");
+    r.prompt_logprobs = true;
+    r.engine.prompt_logprobs = int(*k);
+  }
   // vLLM's range; used under --scheduling-policy priority, accepted and ignored under fcfs (as
   // vLLM's V1 engine does).
   r.engine.priority = f.integer("priority", std::numeric_limits<int64_t>::min(),
@@ -584,10 +590,7 @@ GenerationRequest parse_completion_request(const json& body, const ParseLimits& 
   }
   r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
   r.echo = f.boolean("echo").value_or(false);
-  if (r.echo && r.logprobs)
-    throw_bad_request("echo",
-                      "'echo' together with 'logprobs' needs prompt logprobs, which this server "
-                      "does not compute");
+  if (r.echo_logprobs()) r.engine.prompt_logprobs = std::max(r.engine.prompt_logprobs, r.top_logprobs);
   if (auto suffix = f.string("suffix"); suffix && !suffix->empty())
     throw_bad_request("suffix", "'suffix' (insert mode) is not supported by this model");
   return r;

@@ -71,6 +71,10 @@ struct GenerationRequest {
   bool logprobs = false;
   int top_logprobs = 0;  // chat top_logprobs / completions logprobs=k
   bool return_tokens_as_token_ids = false;
+  // vLLM's prompt_logprobs (not with stream): the prompt's token logprobs, in vLLM's shape.
+  bool prompt_logprobs = false;
+  // Completions echo with logprobs: the prompt's tokens lead the choice's logprobs.
+  bool echo_logprobs() const { return !chat && echo && logprobs; }
   Request engine;  // sampling, stop, n, logprobs, ...; prompt_ids and max_tokens unset
   // The field that asked for the output format; empty for text. With a schema, the field it was
   // compiled from ("response_format.json_schema.schema", "guided_json",

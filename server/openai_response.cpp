@@ -98,6 +98,38 @@ void append_completion_logprobs(json& into, const json& more) {
     for (const auto& v : more[k]) into[k].push_back(v);
 }
 
+json echo_prompt_logprobs(const std::vector<int>& prompt, const std::vector<TokenLogprob>& lps,
+                          const TokenTexts& tt, size_t& offset) {
+  json out = {{"tokens", json::array()},
+              {"token_logprobs", json::array()},
+              {"top_logprobs", json::array()},
+              {"text_offset", json::array()}};
+  if (prompt.empty()) return out;
+  const std::string first = tt.text(prompt[0]);
+  out["tokens"].push_back(first);
+  out["token_logprobs"].push_back(nullptr);
+  out["top_logprobs"].push_back(nullptr);
+  out["text_offset"].push_back(offset);
+  offset += first.size();
+  append_completion_logprobs(out, completion_logprobs(lps, tt, offset));
+  return out;
+}
+
+json vllm_prompt_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt) {
+  json out = json::array();
+  out.push_back(nullptr);
+  for (const TokenLogprob& lp : lps) {
+    json d = json::object();
+    d[std::to_string(lp.id)] = {{"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", tt.text(lp.id)}};
+    for (size_t r = 0; r < lp.top.size(); ++r) {
+      const auto& [id, v] = lp.top[r];
+      if (id != lp.id) d[std::to_string(id)] = {{"logprob", v}, {"rank", int(r) + 1}, {"decoded_token", tt.text(id)}};
+    }
+    out.push_back(std::move(d));
+  }
+  return out;
+}
+
 std::string choice_finish_reason(const ChoiceResult& c) {
   // A completed tool call turns a normal stop into "tool_calls" (vLLM kimi_k2 behaviour).
   if (c.completed_tool_calls > 0 &&
@@ -118,7 +150,7 @@ json tool_calls_json(const std::vector<ToolCall>& calls) {
 }
 
 json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
-                          const Usage& usage, const TokenTexts& tt, bool with_logprobs) {
+                          const Usage& usage, const TokenTexts& tt, const LogprobsOut& lo) {
   json arr = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& c = choices[i];
@@ -132,29 +164,40 @@ json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
     }
     msg["refusal"] = nullptr;
     json choice = {{"index", i}, {"message", msg}};
-    choice["logprobs"] = with_logprobs ? chat_logprobs(c.logprobs, tt) : json(nullptr);
+    choice["logprobs"] = lo.generated ? chat_logprobs(c.logprobs, tt) : json(nullptr);
     choice["finish_reason"] = choice_finish_reason(c);
     choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
     arr.push_back(choice);
   }
-  return {{"id", h.id},
-          {"object", "chat.completion"},
-          {"created", h.created},
-          {"model", h.model},
-          {"system_fingerprint", nullptr},
-          {"choices", arr},
-          {"usage", usage_json(usage)}};
+  json out = {{"id", h.id},
+              {"object", "chat.completion"},
+              {"created", h.created},
+              {"model", h.model},
+              {"system_fingerprint", nullptr},
+              {"choices", arr},
+              {"usage", usage_json(usage)}};
+  if (lo.vllm_prompt)
+    out["prompt_logprobs"] = !choices.empty() && choices[0].prompt_logprobs
+                                 ? vllm_prompt_logprobs(*choices[0].prompt_logprobs, tt)
+                                 : json(nullptr);
+  return out;
 }
 
 json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
-                          const Usage& usage, const TokenTexts& tt, bool with_logprobs) {
+                          const Usage& usage, const TokenTexts& tt, const LogprobsOut& lo) {
   json arr = json::array();
   for (size_t i = 0; i < choices.size(); ++i) {
     const ChoiceResult& c = choices[i];
     json choice = {{"index", i}, {"text", c.text}};
     size_t offset = 0;
-    choice["logprobs"] =
-        with_logprobs ? completion_logprobs(c.logprobs, tt, offset) : json(nullptr);
+    json lp = nullptr;
+    if (lo.echo_prompt && c.prompt_logprobs)
+      lp = echo_prompt_logprobs(c.prompt, *c.prompt_logprobs, tt, offset);
+    if (lo.generated) append_completion_logprobs(lp, completion_logprobs(c.logprobs, tt, offset));
+    choice["logprobs"] = lp;
+    if (lo.vllm_prompt)
+      choice["prompt_logprobs"] =
+          c.prompt_logprobs ? vllm_prompt_logprobs(*c.prompt_logprobs, tt) : json(nullptr);
     choice["finish_reason"] = choice_finish_reason(c);
     choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
     arr.push_back(choice);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,13 @@ json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
 json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt,
                          size_t& offset);
 void append_completion_logprobs(json& into, const json& more);
+// The prompt's part of a completions choice's logprobs with echo: its first token has none (null
+// logprob and top_logprobs), lps give tokens 1.. (as the engine's prompt logprobs).
+json echo_prompt_logprobs(const std::vector<int>& prompt, const std::vector<TokenLogprob>& lps,
+                          const TokenTexts& tt, size_t& offset);
+// vLLM's prompt_logprobs: [null, {"<id>": {logprob, rank, decoded_token}, ...}, ...], a dict per
+// prompt token from the second: the token itself and the top alternatives.
+json vllm_prompt_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
 
 struct ResponseHead {
   std::string id;       // "chatcmpl-..." / "cmpl-..."
@@ -51,6 +59,10 @@ struct ResponseHead {
 struct ChoiceResult {
   std::string text;
   std::vector<TokenLogprob> logprobs;
+  // With prompt logprobs (echo with logprobs, or prompt_logprobs): the prompt and the logprobs of
+  // its tokens 1.. .
+  std::vector<int> prompt;
+  std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
   std::string stop_reason;
   std::vector<ToolCall> tool_calls;  // when parsed
@@ -58,10 +70,18 @@ struct ChoiceResult {
   bool parsed_tools = false;
 };
 
+// What a response carries besides the text: the generated tokens' logprobs, the prompt's ahead
+// of them (completions echo), vLLM's prompt_logprobs (per choice for completions, once at the
+// top for chat, whose choices share the prompt).
+struct LogprobsOut {
+  bool generated = false;
+  bool echo_prompt = false;
+  bool vllm_prompt = false;
+};
 json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
-                          const Usage& usage, const TokenTexts& tt, bool with_logprobs);
+                          const Usage& usage, const TokenTexts& tt, const LogprobsOut& lo);
 json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>& choices,
-                          const Usage& usage, const TokenTexts& tt, bool with_logprobs);
+                          const Usage& usage, const TokenTexts& tt, const LogprobsOut& lo);
 
 // The finish_reason OpenAI clients see for a choice.
 std::string choice_finish_reason(const ChoiceResult& c);

@@ -56,6 +56,7 @@ const char* finish_reason_name(FinishReason r);  // "stop", "length", ...
 struct TokenLogprob {
   int id = 0;
   float logprob = 0.f;
+  int rank = 1;  // of id among the vocabulary by logprob (1: the best; ties: lower ids first)
   std::vector<std::pair<int, float>> top;  // top_logprobs alternatives, best first
 };
 
@@ -75,6 +76,10 @@ struct Request {
   bool skip_special_tokens = true;    // in the text deltas
   int n = 1;                          // samples sharing the prompt's prefill
   int logprobs = -1;                  // -1: none; k >= 0: the chosen token's plus top k
+  // -1: none; k >= 0: each prompt token's logprob given the tokens before it (from the second
+  // token on) plus the top k (vLLM's prompt_logprobs; the completions echo with logprobs). Such a
+  // prompt is computed whole: the prefix cache is not asked for it.
+  int prompt_logprobs = -1;
   ResponseFormat response_format = ResponseFormat::kText;
   std::shared_ptr<const JsonSchema> json_schema;  // kJsonSchema: compile_json_schema()'s
   // tool_choice required / named: the answer, which the prompt starts inside a Kimi tool call,
@@ -95,6 +100,9 @@ struct GenerationEvent {
   std::vector<int> token_ids;         // new tokens
   std::string text;                   // new text (whole UTF-8 characters, stop-aware)
   std::vector<TokenLogprob> logprobs; // one per new token, when asked
+  // With Request::prompt_logprobs, once, in an event of its own (index 0, no tokens) before the
+  // first token's: the logprobs of prompt tokens 1..P-1.
+  std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
   std::string stop_reason;            // the stop string or token that ended it
   std::string error;                  // for kError

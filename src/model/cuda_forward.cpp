@@ -767,8 +767,7 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
   sm.ctx = put(b.context_lens.data(), S);
   sm.slots = put(b.slots.data(), S);
   sm.tables = put(b.block_tables.data(), size_t(S) * mb);
-  std::vector<int> rows(R);
-  for (int r = 0; r < R; ++r) rows[r] = b.all_logits ? r : b.cu_seqlens[r + 1] - 1;
+  const std::vector<int> rows = b.logit_token_rows();
   sm.rows = put(rows.data(), R);
   if (plan.split_base.empty()) {
     plan.split_base.assign(T, -1);

@@ -15,6 +15,26 @@
 
 namespace kimi {
 
+int Batch::num_logit_rows() const {
+  if (all_logits) return num_tokens();
+  if (seq_all_logits.empty()) return num_seqs();
+  KIMI_CHECK(int(seq_all_logits.size()) == num_seqs(), "seq_all_logits has ", seq_all_logits.size(),
+             " entries for ", num_seqs(), " sequences");
+  int rows = 0;
+  for (int s = 0; s < num_seqs(); ++s) rows += seq_all_logits[size_t(s)] ? cu_seqlens[s + 1] - cu_seqlens[s] : 1;
+  return rows;
+}
+
+std::vector<int> Batch::logit_token_rows() const {
+  std::vector<int> rows;
+  rows.reserve(size_t(num_logit_rows()));
+  for (int s = 0; s < num_seqs(); ++s) {
+    const bool every = all_logits || (!seq_all_logits.empty() && seq_all_logits[size_t(s)]);
+    for (int t = every ? cu_seqlens[s] : cu_seqlens[s + 1] - 1; t < cu_seqlens[s + 1]; ++t) rows.push_back(t);
+  }
+  return rows;
+}
+
 void Batch::add(const std::vector<int>& new_tokens, int context_len, int slot,
                 const std::vector<int>& blocks) {
   KIMI_CHECK(!new_tokens.empty(), "a sequence in a batch needs at least one new token");

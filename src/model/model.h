@@ -25,11 +25,17 @@ struct Batch {
   std::vector<int> block_tables;  // [S, max_blocks_per_seq] MLA cache blocks, in order
   int max_blocks_per_seq = 0;
   bool all_logits = false;        // logits for every token; otherwise the last of each sequence
+  // Optional, [S]: 1 gives that sequence's every token a logits row (prompt logprobs), not only
+  // its last.
+  std::vector<uint8_t> seq_all_logits;
 
   int num_seqs() const { return int(cu_seqlens.size()) - 1; }
   int num_tokens() const { return int(tokens.size()); }
-  // Rows of the logits output: T with all_logits, else S.
-  int num_logit_rows() const { return all_logits ? num_tokens() : num_seqs(); }
+  // Rows of the logits output, in token order: T with all_logits, else per sequence its last
+  // token, or all of them where seq_all_logits says so.
+  int num_logit_rows() const;
+  // The token (index into tokens) of each logits row.
+  std::vector<int> logit_token_rows() const;
   // Appends a sequence; checks the sizes (the runtime's and tests' one way to build a batch).
   void add(const std::vector<int>& new_tokens, int context_len, int slot,
            const std::vector<int>& blocks);

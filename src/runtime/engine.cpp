@@ -1,6 +1,7 @@
 // The engine loop: one thread owns the model; each step it applies cancellations, asks the
 // scheduler for a batch, runs one forward, samples, and pushes events to the request handles.
 #include <algorithm>
+#include <numeric>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -28,6 +29,38 @@ using Clock = std::chrono::steady_clock;
 
 double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
+}
+
+// Prompt tokens a sequence with prompt logprobs computes per step: each brings a logits row
+// (V floats) to the host.
+constexpr int kPromptLogprobsChunk = 256;
+
+// Log-probabilities of a raw logits row (the model's distribution, vLLM's default).
+std::vector<float> log_softmax(const float* row, int V) {
+  const float mx = *std::max_element(row, row + V);
+  double sum = 0;
+  for (int i = 0; i < V; ++i) sum += std::exp(double(row[i] - mx));
+  const float lse = mx + float(std::log(sum));
+  std::vector<float> lp(static_cast<size_t>(V), 0.f);
+  for (int i = 0; i < V; ++i) lp[size_t(i)] = row[i] - lse;
+  return lp;
+}
+
+// Token id's entry of a log_softmax row: its logprob, its rank and the k best alternatives
+// (ties to the lower id).
+TokenLogprob token_logprob(const std::vector<float>& lp, int id, int k) {
+  const int V = int(lp.size());
+  auto better = [&](int a, int b) { return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b); };
+  TokenLogprob t;
+  t.id = id;
+  t.logprob = lp[size_t(id)];
+  for (int i = 0; i < V; ++i) t.rank += better(i, id);
+  std::vector<int> idx(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min(k, V);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
+  for (int i = 0; i < k; ++i) t.top.push_back({idx[size_t(i)], lp[size_t(idx[size_t(i)])]});
+  return t;
 }
 
 // What orders s in the waiting queue (queues_before).
@@ -70,6 +103,7 @@ class EngineImpl final : public Engine {
   void cache_computed(Sequence& s);
   int free_or_reclaimable_blocks() const;
   void sample_and_emit(Sequence& s, const float* logits);
+  void collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows);
   void emit(Sequence& s, int tok, GenerationEvent ev);
   // The ids the next draw of s may not take: EOS and stop ids while min_tokens holds them back.
   std::vector<int> held_back_ids(const Sequence& s) const;
@@ -197,6 +231,7 @@ std::shared_ptr<RequestHandle> EngineImpl::submit(Request req) {
   if (req.n < 1 || req.n > 128) fail("n must be in 1..128");
   if (req.n > opts_.max_num_seqs) fail("n (", req.n, ") exceeds max_num_seqs (", opts_.max_num_seqs, ")");
   if (req.logprobs > 20) fail("logprobs/top_logprobs must be at most 20");
+  if (req.prompt_logprobs > 20) fail("prompt_logprobs must be at most 20");
   std::string bad = req.sampling.validate(V);
   if (!bad.empty()) fail(bad);
   for (int id : req.stop_token_ids)
@@ -442,8 +477,13 @@ void EngineImpl::step() {
   auto view = [&](const Sequence& s) {
     int shared = 0;
     for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
+    int stop_at = s.cache_point;  // ends the chunk: at a prefix-cache point, and every
+    if (s.wants_prompt_logprobs()) {  // kPromptLogprobsChunk tokens with prompt logprobs
+      const int cap = s.num_computed + kPromptLogprobsChunk;
+      stop_at = stop_at > s.num_computed ? std::min(stop_at, cap) : cap;
+    }
     return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared,
-                    s.cache_point, s.req->req.priority, s.order};
+                    stop_at, s.req->req.priority, s.order};
   };
   for (auto& s : running_) {
     in.running.push_back(view(*s));
@@ -458,7 +498,7 @@ void EngineImpl::step() {
   int offered = -1;
   for (auto& s : waiting_) {
     SchedSeq v = view(*s);
-    if (prefix_ && int(in.waiting.size()) < slots_.num_free())
+    if (prefix_ && int(in.waiting.size()) < slots_.num_free() && s->req->req.prompt_logprobs < 0)
       if (const std::optional<int> id = prefix_->match(s->tokens)) {
         if (offered >= 0) break;
         offered = *id;
@@ -532,8 +572,12 @@ void EngineImpl::step() {
     int from = s->num_computed;
     batch.add(std::vector<int>(s->tokens.begin() + from, s->tokens.begin() + from + sc.num_new_tokens),
               from + sc.num_new_tokens, s->slot, s->blocks);
+    batch.seq_all_logits.push_back(s->wants_prompt_logprobs());
     batch_seqs.push_back(s);
   }
+  const bool prompt_rows =
+      std::any_of(batch.seq_all_logits.begin(), batch.seq_all_logits.end(), [](uint8_t f) { return f; });
+  if (!prompt_rows) batch.seq_all_logits.clear();
   if (offered >= 0) prefix_->unpin(offered);
   publish_metrics();
   if (batch_seqs.empty()) return;
@@ -572,18 +616,32 @@ void EngineImpl::step() {
     row.adjust_end = int(d.adjust.size());
     d.rows.push_back(row);
   }
-  const bool on_device = model_->forward_sampled(batch, d, drawn, logits_);
+  // Prompt logprobs need every row of their chunks on the host: the whole step runs there.
+  const bool on_device = !prompt_rows && model_->forward_sampled(batch, d, drawn, logits_);
   if (!on_device) model_->forward(batch, logits_);
   uint64_t prompt_tokens = 0;
   int host_row = 0;  // with on_device: the next host row's place in logits_
+  int first_row = 0;  // otherwise: sequence i's first row in logits_
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     Sequence* s = batch_seqs[i];
     int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     int before = s->num_computed;
+    const int rows = prompt_rows && batch.seq_all_logits[i] ? n : 1;
+    const int last_row = first_row + rows - 1;
+    if (prompt_rows && batch.seq_all_logits[i])
+      collect_prompt_logprobs(*s, before, n, logits_.data() + size_t(first_row) * V);
+    first_row += rows;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
     if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_computed(*s);
     if (prefix_ && before < s->cache_point && s->num_computed == s->cache_point) cache_computed(*s);
+    if (s->index == 0 && s->req->req.prompt_logprobs >= 0 && !s->prompt_logprobs_sent &&
+        s->num_computed >= s->prompt_len) {
+      GenerationEvent ev;  // before the first token's
+      ev.prompt_logprobs = std::move(s->prompt_logprobs);
+      s->prompt_logprobs_sent = true;
+      s->req->handle->push(std::move(ev));
+    }
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
     if (on_device && !on_host[i]) {
       GenerationEvent ev;
@@ -591,7 +649,7 @@ void EngineImpl::step() {
       emit(*s, drawn[i], std::move(ev));
       continue;
     }
-    const float* row = logits_.data() + size_t(on_device ? host_row++ : int(i)) * V;
+    const float* row = logits_.data() + size_t(on_device ? host_row++ : last_row) * V;
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
   }
@@ -662,17 +720,8 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
   std::vector<float> row(logits, logits + V);
   GenerationEvent ev;
   ev.index = s.index;
-  if (r.logprobs >= 0) ev.logprobs.push_back({});  // filled after the token is known
   std::vector<float> logprobs;
-  if (r.logprobs >= 0) {
-    // Log-probabilities of the raw model distribution (vLLM's default).
-    float mx = *std::max_element(row.begin(), row.end());
-    double sum = 0;
-    for (float v : row) sum += std::exp(double(v - mx));
-    float lse = mx + float(std::log(sum));
-    logprobs.resize(V);
-    for (int i = 0; i < V; ++i) logprobs[i] = row[i] - lse;
-  }
+  if (r.logprobs >= 0) logprobs = log_softmax(row.data(), V);  // before the processors
   apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
   if (s.json || s.tool) {
     if (!json_mask_) json_mask_ = std::make_unique<JsonTokenMask>(*tokenizer_, V);
@@ -689,19 +738,22 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     JsonTokenMask::apply(mask, row);
   }
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
-  if (r.logprobs >= 0) {
-    TokenLogprob& lp = ev.logprobs.back();
-    lp.id = tok;
-    lp.logprob = logprobs[tok];
-    std::vector<int> idx(V);
-    for (int i = 0; i < V; ++i) idx[i] = i;
-    int k = std::min(r.logprobs, V);
-    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) {
-      return logprobs[a] > logprobs[b] || (logprobs[a] == logprobs[b] && a < b);
-    });
-    for (int i = 0; i < k; ++i) lp.top.push_back({idx[i], logprobs[idx[i]]});
-  }
+  if (r.logprobs >= 0) ev.logprobs.push_back(token_logprob(logprobs, tok, r.logprobs));
   emit(s, tok, std::move(ev));
+}
+
+// rows: the logits of tokens from..from + n − 1 of s; row j gives token from + j + 1's logprob
+// while that token is in the prompt. Positions collected before (a preempted sequence
+// recomputes) are skipped.
+void EngineImpl::collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows) {
+  const int V = model_->config().vocab_size;
+  for (int j = 0; j < n; ++j) {
+    const int pos = from + j + 1;  // prompt_logprobs[pos − 1]
+    if (pos >= s.prompt_len) break;
+    if (pos <= int(s.prompt_logprobs.size())) continue;
+    s.prompt_logprobs.push_back(token_logprob(log_softmax(rows + size_t(j) * V, V), s.tokens[size_t(pos)],
+                                              s.req->req.prompt_logprobs));
+  }
 }
 
 std::vector<int> EngineImpl::held_back_ids(const Sequence& s) const {

@@ -16,6 +16,10 @@ Sequence::Sequence(std::shared_ptr<RequestState> r, int idx, uint64_t ord, std::
   if (req->req.tool_calls) tool.emplace(req->req.tool_calls, req->tool_markers);
 }
 
+bool Sequence::wants_prompt_logprobs() const {
+  return index == 0 && req->req.prompt_logprobs >= 0 && !prompt_logprobs_sent && num_computed < prompt_len;
+}
+
 void Sequence::init_decoder(const Tokenizer* tok) {
   if (!tok) return;
   decoder_.emplace(*tok, req->req.skip_special_tokens);

@@ -50,6 +50,10 @@ struct Sequence {
   TokenHistory history;
   std::optional<JsonMatcher> json;  // JSON mode / structured outputs: the text so far
   std::optional<ToolCallMatcher> tool;  // forced tool calls: the answer so far
+  // With Request::prompt_logprobs (the leader only): prompt tokens 1.. so far, sent once whole.
+  std::vector<TokenLogprob> prompt_logprobs;
+  bool prompt_logprobs_sent = false;
+  bool wants_prompt_logprobs() const;  // the leader, its prompt not all computed and sent
 
   // Text streaming (no-op without a tokenizer).
   void init_decoder(const Tokenizer* tok);

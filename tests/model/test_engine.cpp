@@ -89,6 +89,44 @@ TEST(Batching, MixedBatchLogitsEqualSingleSequence) {
   std::printf("max relative L2, batched vs alone: %.3g\n", worst);
 }
 
+// Per-sequence logits rows (prompt logprobs): a flagged sequence gets a row for each of its
+// tokens, the others their last; the rows equal an all_logits step's.
+TEST(Batching, PerSequenceAllLogitsRows) {
+  ModelOptions mo;
+  mo.cache.num_slots = 6;
+  mo.cache.num_blocks = 6 * 3;
+  auto model = load_model(kModel, mo);
+  const int V = model->config().vocab_size;
+  std::mt19937 rng(9);
+  const int lens[] = {5, 70, 1};
+  std::vector<std::vector<int>> prompts;
+  for (int L : lens) prompts.push_back(random_prompt(rng, L, V));
+  auto blocks = [](int s) { return std::vector<int>{3 * s, 3 * s + 1, 3 * s + 2}; };
+  auto step = [&](int slot0, bool all, std::vector<uint8_t> flags, std::vector<float>& out) {
+    Batch b;
+    for (int s = 0; s < 3; ++s) {
+      model->reset_slot(slot0 + s);
+      b.add(prompts[size_t(s)], lens[s], slot0 + s, blocks(slot0 + s));
+    }
+    b.all_logits = all;
+    b.seq_all_logits = std::move(flags);
+    model->forward(b, out);
+    return b;
+  };
+  std::vector<float> all, mixed;
+  step(0, true, {}, all);
+  const Batch b = step(3, false, {1, 0, 1}, mixed);
+  EXPECT_EQ(b.num_logit_rows(), 5 + 1 + 1);
+  const std::vector<int> rows = b.logit_token_rows();
+  EXPECT_EQ(rows, (std::vector<int>{0, 1, 2, 3, 4, 74, 75}));
+  ASSERT_EQ(mixed.size(), rows.size() * size_t(V));
+  for (size_t r = 0; r < rows.size(); ++r)
+    EXPECT_LE(rel_l2(mixed.data() + r * V, all.data() + size_t(rows[r]) * V, V), 1e-5) << "row " << r;
+  Batch bad = b;
+  bad.seq_all_logits = {1};
+  EXPECT_THROW(bad.num_logit_rows(), Error);
+}
+
 struct Output {
   std::vector<int> ids;
   std::string text;
@@ -727,6 +765,76 @@ TEST(Engine, PrefixCacheServesMultiTurnPrompts) {
   auto next = cached->submit(greedy(partial, 4));
   EXPECT_EQ(collect(*next)[0].ids, collect(*plain->submit(greedy(partial, 4)))[0].ids);
   EXPECT_EQ(next->usage().cached_tokens, 64);
+}
+
+// Prompt logprobs (vLLM's prompt_logprobs, the completions echo with logprobs): one event before
+// the first token with the logprob, rank and top k of every prompt token from the second, as the
+// model's log-softmax over a whole-prompt step gives them; a prompt longer than one chunk of them
+// (256) included. Such a prompt is computed whole, so it takes nothing from the prefix cache and
+// gives the same values again; its tokens are the ones a request without them draws.
+TEST(Engine, PromptLogprobsPrecedeTheFirstToken) {
+  auto eng = Engine::create(engine_opts(2, 0, 512));
+  const int V = eng->config().vocab_size;
+  std::mt19937 rng(53);
+  const std::vector<int> prompt = random_prompt(rng, 300, V);
+  // The reference: one step over the whole prompt with every row's logits.
+  ModelOptions mo;
+  mo.cache.num_slots = 1;
+  mo.cache.num_blocks = 5;
+  auto model = load_model(kModel, mo);
+  model->reset_slot(0);
+  Batch b;
+  b.add(prompt, int(prompt.size()), 0, {0, 1, 2, 3, 4});
+  b.all_logits = true;
+  std::vector<float> logits;
+  model->forward(b, logits);
+  Request r = greedy(prompt, 3);
+  r.prompt_logprobs = 2;
+  std::vector<TokenLogprob> first;
+  for (int round = 0; round < 2; ++round) {
+    auto h = eng->submit(r);
+    std::optional<std::vector<TokenLogprob>> lps;
+    std::vector<int> ids;
+    while (auto ev = h->next(std::chrono::seconds(60))) {
+      if (ev->prompt_logprobs) {
+        EXPECT_FALSE(lps.has_value()) << "sent twice";
+        EXPECT_TRUE(ids.empty()) << "after a token";
+        EXPECT_EQ(ev->index, 0);
+        EXPECT_TRUE(ev->token_ids.empty());
+        lps = std::move(ev->prompt_logprobs);
+      }
+      ids.insert(ids.end(), ev->token_ids.begin(), ev->token_ids.end());
+    }
+    ASSERT_TRUE(lps.has_value());
+    ASSERT_EQ(lps->size(), prompt.size() - 1);
+    EXPECT_EQ(h->usage().cached_tokens, 0) << "round " << round;
+    double worst = 0;
+    for (size_t p = 1; p < prompt.size(); ++p) {
+      const TokenLogprob& t = (*lps)[p - 1];
+      const float* row = logits.data() + (p - 1) * size_t(V);
+      const float mx = *std::max_element(row, row + V);
+      double sum = 0;
+      for (int i = 0; i < V; ++i) sum += std::exp(double(row[i] - mx));
+      const double lse = mx + std::log(sum);
+      EXPECT_EQ(t.id, prompt[p]);
+      worst = std::max(worst, std::abs(double(t.logprob) - (row[prompt[p]] - lse)));
+      int rank = 1;
+      for (int i = 0; i < V; ++i) rank += row[i] > row[prompt[p]];
+      EXPECT_EQ(t.rank, rank) << "position " << p;
+      ASSERT_EQ(t.top.size(), 2u);
+      EXPECT_GE(t.top[0].second, t.top[1].second);
+      EXPECT_GE(t.top[0].second, t.logprob);
+      if (t.rank == 1) EXPECT_EQ(t.top[0].first, t.id);
+    }
+    EXPECT_LE(worst, 1e-3) << "round " << round;
+    if (round == 0) first = *lps;
+    else
+      for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i].logprob, (*lps)[i].logprob);
+    EXPECT_EQ(ids, collect(*eng->submit(greedy(prompt, 3)))[0].ids);
+  }
+  Request too_many = r;
+  too_many.prompt_logprobs = 21;
+  EXPECT_THROW(eng->submit(too_many), Error);
 }
 
 // Raw prompts that share only a head (a few-shot preamble): the first is no hit, the second

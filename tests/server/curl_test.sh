@@ -109,6 +109,19 @@ check "completions: echo prepends the prompt" \
 check "completions: logprobs=2" \
   jqe '.choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs[0]|length) == 2 and (.text_offset[0] == 0)' \
   <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2}' >/dev/null; cat "$WORK/body")
+check "completions: echo with logprobs leads with the prompt (its first token without a logprob)" \
+  jqe '.choices[0] | .text != "" and (.logprobs | (.tokens|length) == 5 and .token_logprobs[0] == null and .top_logprobs[0] == null
+       and (.token_logprobs[1:]|all(. <= 0)) and (.top_logprobs[1:]|all(length == 1)) and .text_offset[0] == 0
+       and (.text_offset|. == sort))' \
+  <(post /v1/completions '{"prompt":[3,4,5],"max_tokens":2,"ignore_eos":true,"logprobs":1,"echo":true}' >/dev/null; cat "$WORK/body")
+check "completions: prompt_logprobs in vLLM's shape" \
+  jqe '.choices[0].prompt_logprobs | length == 3 and .[0] == null and (.[1]|has("4")) and (.[2]["5"]|has("logprob") and has("rank") and has("decoded_token"))' \
+  <(post /v1/completions '{"prompt":[3,4,5],"max_tokens":1,"prompt_logprobs":0}' >/dev/null; cat "$WORK/body")
+check "completions stream: echo with logprobs in the first chunk" \
+  eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" -d '{"prompt":[3,4,5],"max_tokens":2,"ignore_eos":true,"logprobs":0,"echo":true,"stream":true}' |
+        sed -n 's/^data: //p' | grep -v DONE | jq -s -c '[(.[0].choices[0].logprobs.tokens|length), .[0].choices[0].logprobs.token_logprobs[0], (map(.choices[0].logprobs.tokens|length)|add)]')" "[4,null,5]"
+check "prompt_logprobs with stream is a 400 naming it" \
+  eq "$(post /v1/completions '{"prompt":[3,4],"max_tokens":1,"prompt_logprobs":1,"stream":true}'; body .error.param)" "400prompt_logprobs"
 check "completions stream: text_completion chunks, usage, [DONE]" \
   eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}' |
         sed -n 's/^data: //p' | grep -v DONE | jq -s -c '[(all(.object == "text_completion")), .[-1].usage.completion_tokens, (map(.choices[0].text // "")|length > 0)]')" "[true,4,true]"

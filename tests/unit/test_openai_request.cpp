@@ -487,6 +487,23 @@ TEST(OpenAIRequest, CompletionPrompts) {
   auto nolp = parse_cmpl({{"prompt", "x"}, {"logprobs", nullptr}, {"repetition_penalty", 1.0}});
   EXPECT_EQ(nolp.engine.logprobs, -1);
   EXPECT_TRUE(parse_cmpl({{"prompt", "x"}, {"echo", true}}).echo);
+  EXPECT_EQ(parse_cmpl({{"prompt", "x"}, {"echo", true}}).engine.prompt_logprobs, -1);
+  // echo with logprobs asks the engine for the prompt's logprobs too (lm-eval's loglikelihood).
+  auto echo_lp = parse_cmpl({{"prompt", "x"}, {"echo", true}, {"logprobs", 3}});
+  EXPECT_TRUE(echo_lp.echo_logprobs());
+  EXPECT_EQ(echo_lp.engine.prompt_logprobs, 3);
+  EXPECT_EQ(echo_lp.engine.logprobs, 3);
+  // vLLM's prompt_logprobs, alone or beside echo (the engine computes the larger k).
+  auto plp = parse_cmpl({{"prompt", "x"}, {"prompt_logprobs", 0}});
+  EXPECT_TRUE(plp.prompt_logprobs);
+  EXPECT_FALSE(plp.echo_logprobs());
+  EXPECT_EQ(plp.engine.prompt_logprobs, 0);
+  EXPECT_EQ(parse_cmpl({{"prompt", "x"}, {"prompt_logprobs", 5}, {"echo", true}, {"logprobs", 2}})
+                .engine.prompt_logprobs,
+            5);
+  EXPECT_EQ(parse_chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"prompt_logprobs", 1}})
+                .engine.prompt_logprobs,
+            1);
 
   EXPECT_EQ(rejected_param({{"model", "m"}}, false), "prompt");
   EXPECT_EQ(rejected_param({{"prompt", ""}}, false), "prompt");
@@ -497,7 +514,10 @@ TEST(OpenAIRequest, CompletionPrompts) {
   EXPECT_EQ(rejected_param({{"prompt", 7}}, false), "prompt");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"logprobs", true}}, false), "logprobs");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"logprobs", 21}}, false), "logprobs");
-  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"echo", true}, {"logprobs", 1}}, false), "echo");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"prompt_logprobs", 21}}, false), "prompt_logprobs");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"prompt_logprobs", -1}}, false), "prompt_logprobs");
+  EXPECT_EQ(rejected_param({{"prompt", "x"}, {"prompt_logprobs", 1}, {"stream", true}}, false),
+            "prompt_logprobs");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"suffix", "y"}}, false), "suffix");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"suffix", ""}}, false), "<none>");
   EXPECT_EQ(rejected_param({{"prompt", "x"}, {"best_of", 2}}, false), "best_of");

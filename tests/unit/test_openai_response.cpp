@@ -180,7 +180,7 @@ TEST(OpenAIResponse, ChatCompletionWithToolCalls) {
   ResponseHead h{"chatcmpl-x", 1764200000, "kimi"};
   kimi::Usage u{12, 3};
   TokenTexts tt(nullptr, false);
-  json j = chat_completion_json(h, {c, plain}, u, tt, false);
+  json j = chat_completion_json(h, {c, plain}, u, tt, LogprobsOut{});
   EXPECT_EQ(j["object"], "chat.completion");
   EXPECT_EQ(j["id"], "chatcmpl-x");
   EXPECT_EQ(j["created"], 1764200000);
@@ -284,6 +284,60 @@ TEST(OpenAIResponse, Logprobs) {
   append_completion_logprobs(all, l);
   append_completion_logprobs(all, l);
   EXPECT_EQ(all["tokens"].size(), 4u);
+}
+
+// The prompt's logprobs: the completions echo shape (the first token without a logprob, then the
+// generated tokens' after it, offsets running on) and vLLM's prompt_logprobs (null, then per token
+// a dict by id: the token with its rank, and the alternatives ranked 1..k).
+TEST(OpenAIResponse, PromptLogprobs) {
+  TokenTexts tt(nullptr, true);
+  std::vector<kimi::TokenLogprob> prompt_lps(2);
+  prompt_lps[0].id = 5, prompt_lps[0].logprob = -3.f, prompt_lps[0].rank = 4;
+  prompt_lps[0].top = {{8, -0.25f}, {2, -1.f}};
+  prompt_lps[1].id = 6, prompt_lps[1].logprob = -0.1f, prompt_lps[1].rank = 1;
+  prompt_lps[1].top = {{6, -0.1f}};
+  size_t off = 0;
+  json e = echo_prompt_logprobs({4, 5, 6}, prompt_lps, tt, off);
+  EXPECT_EQ(e["tokens"], json({"token_id:4", "token_id:5", "token_id:6"}));
+  EXPECT_TRUE(e["token_logprobs"][0].is_null());
+  EXPECT_TRUE(e["top_logprobs"][0].is_null());
+  EXPECT_FLOAT_EQ(e["token_logprobs"][1].get<float>(), -3.f);
+  EXPECT_FLOAT_EQ(e["top_logprobs"][1]["token_id:8"].get<float>(), -0.25f);
+  EXPECT_EQ(e["text_offset"], json({0, 10, 20}));
+  EXPECT_EQ(off, 30u);
+  std::vector<kimi::TokenLogprob> gen(1);
+  gen[0].id = 9, gen[0].logprob = -0.7f;
+  ChoiceResult c;
+  c.text = "abc";
+  c.logprobs = gen;
+  c.prompt = {4, 5, 6};
+  c.prompt_logprobs = prompt_lps;
+  json t = text_completion_json(ResponseHead{"cmpl-1", 0, "m"}, {c}, kimi::Usage{}, tt,
+                                LogprobsOut{true, true, true});
+  const json& lp = t["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"].size(), 4u);
+  EXPECT_EQ(lp["tokens"][3], "token_id:9");
+  EXPECT_EQ(lp["text_offset"][3], 30);
+  const json& v = t["choices"][0]["prompt_logprobs"];
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_TRUE(v[0].is_null());
+  EXPECT_EQ(v[1].size(), 3u);  // the token and two alternatives
+  EXPECT_EQ(v[1]["5"]["rank"], 4);
+  EXPECT_EQ(v[1]["8"]["rank"], 1);
+  EXPECT_EQ(v[1]["2"]["rank"], 2);
+  EXPECT_EQ(v[1]["2"]["decoded_token"], "token_id:2");
+  EXPECT_EQ(v[2].size(), 1u);  // the token is the top alternative
+  EXPECT_EQ(v[2]["6"]["rank"], 1);
+  // Without echo the choice's logprobs are the generated tokens' only; chat puts vLLM's list at
+  // the top, once.
+  json plain = text_completion_json(ResponseHead{"cmpl-1", 0, "m"}, {c}, kimi::Usage{}, tt,
+                                    LogprobsOut{true, false, false});
+  EXPECT_EQ(plain["choices"][0]["logprobs"]["tokens"].size(), 1u);
+  EXPECT_FALSE(plain["choices"][0].contains("prompt_logprobs"));
+  json chat = chat_completion_json(ResponseHead{"chatcmpl-1", 0, "m"}, {c, c}, kimi::Usage{}, tt,
+                                   LogprobsOut{false, false, true});
+  EXPECT_EQ(chat["prompt_logprobs"].size(), 3u);
+  EXPECT_FALSE(chat["choices"][0].contains("prompt_logprobs"));
 }
 
 TEST(Metrics, PrometheusText) {
