@@ -93,6 +93,43 @@ std::vector<float> run_once(const std::string& dir, uint64_t seed, int layers) {
   return logits;
 }
 
+// Per-sequence logits rows (prompt logprobs) on the device: a flagged sequence's every token, the
+// others' last, equal to an all_logits step's rows of the same batch.
+TEST_F(CudaModelGpu, PerSequenceAllLogitsRows) {
+  ModelOptions o;
+  o.backend = "cuda";
+  o.random_weights = true;
+  o.seed = 3;
+  o.cache.num_slots = 6;
+  o.cache.num_blocks = 12;
+  o.max_batch_tokens = 200;
+  auto m = load_model(config_only_dir(), o);
+  const int V = m->config().vocab_size;
+  const int lens[] = {70, 3, 1};
+  auto step = [&](int slot0, bool all, std::vector<uint8_t> flags, std::vector<float>& out) {
+    Batch b;
+    for (int s = 0; s < 3; ++s) {
+      std::vector<int> ids(static_cast<size_t>(lens[s]));
+      for (int i = 0; i < lens[s]; ++i) ids[size_t(i)] = (i * 31 + s * 7) % 1000;
+      m->reset_slot(slot0 + s);
+      b.add(ids, lens[s], slot0 + s, {2 * (slot0 + s), 2 * (slot0 + s) + 1});
+    }
+    b.all_logits = all;
+    b.seq_all_logits = std::move(flags);
+    m->forward(b, out);
+    return b.logit_token_rows();
+  };
+  std::vector<float> all, mixed;
+  step(0, true, {}, all);
+  const std::vector<int> rows = step(3, false, {0, 1, 1}, mixed);
+  ASSERT_EQ(rows, (std::vector<int>{69, 70, 71, 72, 73}));
+  ASSERT_EQ(mixed.size(), rows.size() * size_t(V));
+  for (size_t r = 0; r < rows.size(); ++r)
+    for (int i = 0; i < V; ++i)
+      ASSERT_NEAR(mixed[r * V + i], all[size_t(rows[r]) * V + i], 1e-3f * (1 + std::fabs(all[size_t(rows[r]) * V + i])))
+          << "row " << r << " id " << i;
+}
+
 TEST_F(CudaModelGpu, RandomWeightsFromConfigAloneAreReproducible) {
   const std::string dir = config_only_dir();
   std::vector<float> a = run_once(dir, 7, 0), b = run_once(dir, 7, 0), c = run_once(dir, 8, 0);
