@@ -16,48 +16,64 @@ constexpr int kRouteWarpsPerExpert = 8;
 constexpr int kRouteRegK4 = 4;  // H <= 4096: all of them
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 
-// One token's routing by one warp (lane = threadIdx.x % 32); sel: E floats of shared memory
-// for the warp. The logits are read through L2 (__ldcg): the fused decode kernel reads logits
-// that other CTAs of the same launch wrote.
-__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, float* sel) {
+// One token's routing by one warp (lane = threadIdx.x % 32). key, sig: E words each of shared
+// memory for the warp; bias: the E correction biases (global or shared memory). The logits are
+// read through L2 (__ldcg): the fused decode kernel reads logits that other CTAs of the same
+// launch wrote.
+// Each score becomes an order-preserving unsigned key (0 for NaN: never chosen; no score is -0,
+// since the sigmoid is never -0, so equal keys are equal scores) and each lane keeps the best of
+// its experts e ≡ lane (mod 32), the lower index on ties. A round takes the warp's maximum by
+// redux.sync (the lowest index among equal maxima: a second reduction, only on a tie); only the
+// winning lane rescans its experts. Same choice, order and weight arithmetic as the CPU's.
+__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, const float* bias,
+                                            unsigned* key, float* sig) {
   const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   const float* lg = p.logits + int64_t(t) * E;
-  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-__ldcg(lg + e))) + p.correction_bias[e];
-  __syncwarp();
-  float my_w = 0.f, wsum = 0.f;
-  for (int k = 0; k < K; ++k) {
-    float best = -INFINITY;
-    int bi = INT_MAX;
-    for (int e = lane; e < E; e += 32) {
-      const float v = sel[e];
-      if (v > best || (v == best && e < bi)) {
-        best = v;
-        bi = e;
-      }
+  unsigned best = 0;
+  int bi = -1;
+#pragma unroll 8
+  for (int e = lane; e < E; e += 32) {
+    const float s = 1.f / (1.f + expf(-__ldcg(lg + e)));
+    const float v = s + bias[e];
+    const unsigned u = __float_as_uint(v);
+    const unsigned k = v != v ? 0u : (u >> 31 ? ~u : u | 0x80000000u);
+    sig[e] = s;
+    key[e] = k;
+    if (k > best) {
+      best = k;
+      bi = e;
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ob > best || (ob == best && oi < bi)) {
-        best = ob;
-        bi = oi;
-      }
-    }
-    if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
-    const float s = bi >= 0 ? 1.f / (1.f + expf(-__ldcg(lg + bi))) : 0.f;
-    if (lane == 0) {
-      const int local = bi - p.expert_first;
-      const bool here = bi >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-      p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
-      if (bi >= 0) sel[bi] = -INFINITY;
-    }
-    __syncwarp();
-    if (lane == k) my_w = s;
-    wsum += s;
   }
-  if (lane < K)
-    p.weights[int64_t(t) * stride + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+  int my_e = -1;  // lane k: the k-th choice (-1: none, only NaN scores were left)
+  for (int k = 0; k < K; ++k) {
+    const unsigned m = __reduce_max_sync(0xffffffffu, best);
+    if (m == 0) break;
+    const unsigned tied = __ballot_sync(0xffffffffu, best == m);
+    const int e = __popc(tied) == 1 ? __shfl_sync(0xffffffffu, bi, __ffs(tied) - 1)
+                                    : int(__reduce_min_sync(0xffffffffu, best == m ? unsigned(bi) : ~0u));
+    if (lane == k) my_e = e;
+    if (bi == e) {  // the winner: its next best
+      key[e] = 0;
+      best = 0;
+      bi = -1;
+      for (int j = lane; j < E; j += 32) {
+        const unsigned kj = key[j];
+        if (kj > best) {
+          best = kj;
+          bi = j;
+        }
+      }
+    }
+  }
+  const float my_s = my_e >= 0 ? sig[my_e] : 0.f;
+  float wsum = 0.f;
+  for (int k = 0; k < K; ++k) wsum += __shfl_sync(0xffffffffu, my_s, k);  // in choice order
+  if (lane < K) {
+    const int local = my_e - p.expert_first;
+    const bool here = my_e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+    p.expert_ids[int64_t(t) * stride + lane] = here ? local : -1;
+    p.weights[int64_t(t) * stride + lane] = my_s * (p.renormalize ? p.scaling / wsum : p.scaling);
+  }
   if (lane == 0 && p.shared_expert >= 0) {
     p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
     p.weights[int64_t(t) * stride + K] = 1.f;
