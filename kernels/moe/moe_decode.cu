@@ -28,8 +28,7 @@ size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
 
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
-  const size_t smem = moe::fused_smem_bytes(1024, 33, true, kMoeDecodeFusedMaxHidden,
-                                            kMoeDecodeFusedMaxInter, grid_size());
+  const size_t smem = moe::fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
   auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -63,13 +62,12 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
                           static_cast<const void*>(p.w13), static_cast<const void*>(p.w2)})
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
-  const bool shared = r.shared_expert >= 0;
-  const int G = grid_size();
-  const size_t smem = moe::fused_smem_bytes(r.num_experts, r.top_k + shared, shared, p.hidden, p.inter, G);
+  const int S = r.top_k + (r.shared_expert >= 0);
+  const size_t smem = moe::fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
   auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  launch_kernel(kernel, G, moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);
+  launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);
 }
 
 }  // namespace kimi::cuda

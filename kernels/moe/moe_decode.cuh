@@ -6,27 +6,26 @@
 // weights they stream (docs/perf-log.md, session 7: ~63 us per layer). Here one grid of one
 // 512-thread CTA per multiprocessor runs the phases back to back, meeting at grid-wide barriers
 // (work that needs no other CTA goes between a barrier's arrival and its wait). Every CTA owns
-// an even share of each kind of row (fused_share: [c·n/G, (c+1)·n/G), ±1 row): of the routed
-// gate_up rows, the routed down rows, and the shared expert's gate_up and down rows. The shared
-// expert's are constant weights that need no routing: the copy engine brings the CTA's share
-// into shared memory (two 1-D bulk copies on two mbarriers) while the logits, barrier 1 and the
-// routing leave the memory system idle.
+// an even share of each kind of row (fused_share: [c·n/G, (c+1)·n/G), ±1 row): of the shared
+// expert's and of the routed experts' gate_up rows, and likewise of their down rows.
+// Latency-bound loads (x, the barrier polls, the logits) wait behind whatever streaming loads
+// their multiprocessor has queued (session 9: B took 2.8 us with the shared expert's rows in
+// flight, 1.3 us without), so nothing streams until the routing warp has its logits.
 //   A  before the PDL wait: this CTA's router rows (× the norm weight) into registers, 8 warps
 //      per expert splitting k as the routing kernel does (the same sums in the same order); the
 //      correction biases into shared memory.
-//   B  x → shared memory, 1/rms, the CTA's logits → route.logits; then the shared expert's bulk
-//      copies start (not earlier: they would queue x's loads behind them).        barrier 1
+//   B  x → shared memory, 1/rms, the CTA's logits → route.logits.                  barrier 1
 //      (while waiting: the experts' input bf16(RMSNorm(x)·w) into shared memory)
-//   C  warp 0 routes the token from the E logits (route_token: order-preserving keys, K rounds
-//      of redux.sync; every CTA itself, so no second round trip); CTA 0 writes the ids and
-//      weights. Meanwhile the warps of the other three schedulers dot the shared expert's
-//      gate_up rows with xa if their copy has landed (else they do so after D).
-//   D  gate_up: the CTA's routed rows, warp w taking rows w, w + 16, ..., one row in flight;
-//      raw fp32 dot products to scratch h13[slot][2I].                             barrier 2
+//   C  warp 0 routes the token from the E logits (route_scores, route_choose: every CTA itself,
+//      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
+//      the other warps request their first gate_up row where it is the shared expert's.
+//   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
+//      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
+//                                                                                  barrier 2
 //      (while waiting: the first down rows, known since C, are requested)
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
-//   F  down: the shared expert's rows from shared memory, then the routed rows, warp w taking
-//      rows w, w + 16, ...; y[slot][n] to scratch.                                 barrier 3
+//   F  down: warp w takes rows w, w + 16, ... of the CTA's list (shared, then routed), RD rows in
+//      flight; y[slot][n] to scratch.                                              barrier 3
 //   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
 //      squares to scratch.                                                         barrier 4
 //   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
@@ -42,7 +41,6 @@
 
 #include <cstdint>
 
-#include "async_copy.cuh"
 #include "gemm/stream_mma.cuh"
 #include "moe/moe.h"
 #include "moe/moe_route.cuh"
@@ -75,12 +73,51 @@ __device__ __forceinline__ void grid_arrive(unsigned* bar) {
   __syncthreads();  // the CTA's writes before the arrival
   if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
 }
+#ifdef KIMI_FUSED_POLL_PIPELINE
+__device__ __forceinline__ unsigned ld_relaxed_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void spin_cycles(long long n) {
+  const long long t0 = clock64();
+  while (clock64() - t0 < n) {
+  }
+}
+// Four polls in flight, issued ~kPollGap cycles apart and each reissued as it returns: the last
+// arrival is seen a fraction of a round trip sooner than by one poll at a time.
+constexpr int kPollGap = 128;
+__device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
+  if (threadIdx.x == 0) {
+    unsigned v0 = ld_relaxed_gpu(bar);
+    spin_cycles(kPollGap);
+    unsigned v1 = ld_relaxed_gpu(bar);
+    spin_cycles(kPollGap);
+    unsigned v2 = ld_relaxed_gpu(bar);
+    spin_cycles(kPollGap);
+    unsigned v3 = ld_relaxed_gpu(bar);
+    for (;;) {
+      if (v0 >= target) break;
+      v0 = ld_relaxed_gpu(bar);
+      if (v1 >= target) break;
+      v1 = ld_relaxed_gpu(bar);
+      if (v2 >= target) break;
+      v2 = ld_relaxed_gpu(bar);
+      if (v3 >= target) break;
+      v3 = ld_relaxed_gpu(bar);
+    }
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");  // the arrivals' releases → this CTA
+  }
+  __syncthreads();
+}
+#else
 __device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
   if (threadIdx.x == 0)
     while (ld_acquire_gpu(bar) < target) {
     }
   __syncthreads();
 }
+#endif
 __device__ __forceinline__ void grid_done(unsigned* bar, unsigned G) {
   if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == G - 1) {
     atomicExch(bar, 0u);
@@ -123,12 +160,17 @@ __host__ __device__ inline void fused_share(int n, int c, int G, int& lo, int& h
   lo = int(int64_t(c) * n / G);
   hi = int(int64_t(c + 1) * n / G);
 }
-// Shared memory: xs [H] fp32, xa [H] bf16, keys, sigmoids and biases [E] each, act [S][I], the
-// shared expert's gate_up rows [ceil(2I/G)][H] and down rows [ceil(H/G)][I] (bf16).
-__host__ __device__ inline size_t fused_smem_bytes(int E, int S, bool shared, int H, int I, int G) {
-  size_t b = size_t(H) * 6 + size_t((3 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
-  if (shared) b += size_t((2 * I + G - 1) / G) * H * 2 + size_t((H + G - 1) / G) * I * 2;
-  return b;
+// Shared memory: xs [H] fp32, xa [H] bf16, keys, sigmoids and biases [E] each, act [S][I] bf16.
+inline size_t fused_smem_bytes(int E, int S, int H, int I) {
+  return size_t(H) * 6 + size_t((3 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
+}
+// The routing warp tells the others that its logits loads have landed (named barrier 1): only
+// then do they start streaming, which would otherwise queue ahead of those loads.
+__device__ __forceinline__ void routing_loads_done_arrive() {
+  asm volatile("bar.arrive 1, %0;" ::"n"(kFusedThreads) : "memory");
+}
+__device__ __forceinline__ void routing_loads_done_wait() {
+  asm volatile("bar.sync 1, %0;" ::"n"(kFusedThreads) : "memory");
 }
 
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
@@ -145,22 +187,20 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   float* sig_s = reinterpret_cast<float*>(key_s + E);     // [E] sigmoids
   float* bias_s = sig_s + E;                              // [E] correction biases
   bf16* act = reinterpret_cast<bf16*>(reinterpret_cast<float*>(key_s) + (3 * E + 3) / 4 * 4);  // [S][I]
-  bf16* shg = act + int64_t(S) * I;                        // [ceil(2I/G)][H]
-  bf16* shd = shg + int64_t(has_shared ? (2 * I + G - 1) / G : 0) * H;  // [ceil(H/G)][I]
   __shared__ float part[kFusedWarps / kRouteWarpsPerExpert][kRouteWarpsPerExpert];
   __shared__ float ss_part_s[kRouteWarpsPerExpert];
   __shared__ float red[kFusedWarps];
   __shared__ float inv_rms_s;
   __shared__ int ids[33];
   __shared__ float wts[33];
-  __shared__ __align__(8) uint64_t sh_bar[2];  // the shared expert's gate_up rows, down rows
   float* h13 = p.scratch;                   // [S][2I]
   float* y = h13 + int64_t(S) * 2 * I;      // [S][H]
   float* ss_part = y + int64_t(S) * H;      // [G]
 
-  // The CTA's rows: routed gate_up rows [g0, g1) of the K·2I (slot-major, h13's order) and down
-  // rows [d0, d1) of the K·H (y's order); the shared expert's gate_up rows [sg0, sg1) of its 2I
-  // and down rows [sd0, sd1) of its H, which the copy engine brings into shared memory early.
+  // The CTA's rows, in two lists walked by warp w at positions w, w + 16, ...: gate_up, the
+  // shared expert's rows [sg0, sg1) of its 2I then the routed rows [g0, g1) of the K·2I
+  // (slot-major: h13's order); down, the shared expert's rows [sd0, sd1) of its H then the
+  // routed rows [d0, d1) of the K·H (y's order).
   int g0, g1, d0, d1, sg0 = 0, sg1 = 0, sd0 = 0, sd1 = 0;
   fused_share(K * 2 * I, c, G, g0, g1);
   fused_share(K * H, c, G, d0, d1);
@@ -168,14 +208,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     fused_share(2 * I, c, G, sg0, sg1);
     fused_share(H, c, G, sd0, sd1);
   }
-  auto issue_shared_rows = [&] {  // one thread
-    const unsigned bg = unsigned(sg1 - sg0) * 2 * H, bd = unsigned(sd1 - sd0) * 2 * I;
-    const uint64_t pol = policy_evict_first();
-    mbar_arrive_expect_tx(&sh_bar[0], bg);
-    if (bg) bulk_g2s(shg, p.w13 + (int64_t(E) * 2 * I + sg0) * H, bg, &sh_bar[0], pol);
-    mbar_arrive_expect_tx(&sh_bar[1], bd);
-    if (bd) bulk_g2s(shd, p.w2 + (int64_t(E) * H + sd0) * I, bd, &sh_bar[1], pol);
-  };
+  const int nsg = sg1 - sg0, nsd = sd1 - sd0;
 
   // A: router rows of experts c·2 + ew (+ 2G, ...; registers for the first only).
   constexpr int kEw = kFusedWarps / kRouteWarpsPerExpert;
@@ -194,15 +227,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   for (int j = 0; j < kRouteRegK4; ++j) {
     const int k4 = k4_0 + j * kRouteK4Step;
     wreg[j] = e_first < E && k4 < n4 ? router_piece(e_first, k4) : make_float4(0.f, 0.f, 0.f, 0.f);
-  }
-  if (tid == 0) {
-    mbar_init(&sh_bar[0], 1);
-    mbar_init(&sh_bar[1], 1);
-    fence_mbar_init();
-#ifdef KIMI_FUSED_SHARED_ROWS_EARLY
-    asm volatile("" ::"f"(wreg[0].x), "f"(wreg[1].x), "f"(wreg[2].x), "f"(wreg[3].x));
-    issue_shared_rows();
-#endif
   }
   for (int e = tid; e < E; e += kFusedThreads) bias_s[e] = __ldg(r.correction_bias + e);
   pdl_launch_dependents();  // the next kernel starts only once every CTA here has (see above)
@@ -253,9 +277,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const int eg = c * kEw + tid;
     if (eg < E) const_cast<float*>(r.logits)[eg] = sum * inv;
   }
-#ifndef KIMI_FUSED_SHARED_ROWS_EARLY
-  if (tid == 0) issue_shared_rows();  // x and the router rows are in: the copies can't delay them
-#endif
   __syncthreads();
   const float inv_rms = inv_rms_s;
   for (int e = e_first + G * kEw; e - ew < E; e += G * kEw) {  // experts past the registers
@@ -283,29 +304,42 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   fused_stamp(p.stamps, 3, false);
 
   // C: warp 0 routes the token from the E logits (route_token; every CTA itself: no second
-  // round trip), while the warps of the other three schedulers take the shared expert's gate_up
-  // rows from shared memory if they have landed (else after D's rows): raw fp32 sums to h13[K].
-  const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
+  // round trip); once its logits loads have landed, the other warps request their first gate_up
+  // row where it is the shared expert's (needs no routing).
+  constexpr int PG = kFusedPiecesGateUp;
   const int pieces_g = H / 8;
-  bool sh_gate_left = warp % 4 != 0 && sg1 > sg0;
-  auto shared_gate_up = [&] {
-    const uint4* rows16 = reinterpret_cast<const uint4*>(shg);
-    for (int j = warp - warp / 4 - 1; j < sg1 - sg0; j += kFusedWarps / 4 * 3) {
-      float sum = 0.f;
-      for (int pc = lane; pc < pieces_g; pc += 32) sum += dot8(rows16[int64_t(j) * pieces_g + pc], xa16[pc]);
-      sum = warp_sum(sum);
-      if (lane == 0) __stcg(h13 + int64_t(K) * 2 * I + sg0 + j, sum);
+  const int ngw = nsg + g1 - g0 > warp ? (nsg + g1 - g0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  auto g_row = [&](int i, int& h) -> const bf16* {  // the warp's i-th row, and its h13 index
+    const int j = warp + kFusedWarps * i;
+    if (j < nsg) {
+      h = K * 2 * I + sg0 + j;
+      return p.w13 + (int64_t(E) * 2 * I + sg0 + j) * H;
     }
-    sh_gate_left = false;
+    const int q = g0 + j - nsg, slot = q / (2 * I), e = ids[slot];
+    h = q;
+    return e >= 0 ? p.w13 + (int64_t(e) * 2 * I + (q - slot * 2 * I)) * H : nullptr;
   };
+  uint4 gbuf[PG];
+  const bf16* grow = nullptr;
+  int gh = 0;
   if (warp == 0) {
     MoeRouteParams rr = r;
     rr.num_tokens = 1;
     rr.expert_ids = ids;
     rr.weights = wts;
-    route_token(rr, 0, lane, bias_s, key_s, sig_s);
-  } else if (sh_gate_left && __all_sync(0xffffffffu, mbar_test(&sh_bar[0], 0))) {
-    shared_gate_up();
+    const RouteLaneBest b = route_scores(rr, 0, lane, bias_s, key_s, sig_s);
+    fused_stamp(p.stamps, 12, false);
+    routing_loads_done_arrive();
+    route_choose(rr, 0, lane, key_s, sig_s, b);
+    fused_stamp(p.stamps, 13, false);
+  } else {
+    routing_loads_done_wait();
+#ifndef KIMI_FUSED_NO_ROUTING_PREFETCH
+    if (warp < nsg) {
+      grow = g_row(0, gh);
+      load_row(gbuf, grow, pieces_g, lane);
+    }
+#endif
   }
   __syncthreads();
   if (c == 0 && tid < S) {
@@ -314,19 +348,19 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 4, false);
 
-  // D: the routed gate_up rows, warp w taking the CTA's rows g0 + w, g0 + w + 16, ... one in
-  // flight; raw fp32 sums to h13.
-  constexpr int PG = kFusedPiecesGateUp;
-  const int ngw = g1 - g0 > warp ? (g1 - g0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
-  auto g_row = [&](int i) -> const bf16* {  // the warp's i-th row
-    const int q = g0 + warp + kFusedWarps * i, slot = q / (2 * I), e = ids[slot];
-    return e >= 0 ? p.w13 + (int64_t(e) * 2 * I + (q - slot * 2 * I)) * H : nullptr;
-  };
-  uint4 gbuf[PG];
-  const bf16* grow = ngw > 0 ? g_row(0) : nullptr;
-  load_row(gbuf, grow, pieces_g, lane);
+  // D: gate_up, one row in flight per warp; raw fp32 sums to h13.
+  const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
+#ifndef KIMI_FUSED_NO_ROUTING_PREFETCH
+  if ((warp == 0 || warp >= nsg) && ngw > 0) {
+#else
+  if (ngw > 0) {
+#endif
+    grow = g_row(0, gh);
+    load_row(gbuf, grow, pieces_g, lane);
+  }
   for (int i = 0; i < ngw; ++i) {
-    const bf16* next = i + 1 < ngw ? g_row(i + 1) : nullptr;
+    int nh = 0;
+    const bf16* next = i + 1 < ngw ? g_row(i + 1, nh) : nullptr;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < PG; ++j) {
@@ -335,25 +369,34 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       gbuf[j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
     }
     sum = warp_sum(sum);
-    if (lane == 0 && grow) __stcg(h13 + g0 + warp + kFusedWarps * i, sum);
+    if (lane == 0 && grow) __stcg(h13 + gh, sum);
     grow = next;
-  }
-  if (sh_gate_left) {
-    mbar_wait(&sh_bar[0], 0);
-    shared_gate_up();
+    gh = nh;
   }
   fused_stamp(p.stamps, 5, false);
   fused_stamp(p.stamps, 10, true);
   grid_arrive(p.barrier);
 
-  // F's routed rows (warp w: d0 + w, d0 + w + 16, ...): known since C, so the first RD stream
-  // through barrier 2 and E.
+  // F's rows: known since C, so the first RD stream through barrier 2 and E.
   constexpr int PD = kFusedPiecesDown, RD = kFusedRowsDown;
   const int pieces_d = I / 8;
-  const int ndw = d1 - d0 > warp ? (d1 - d0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  const int ndw = nsd + d1 - d0 > warp ? (nsd + d1 - d0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  auto d_slot_col = [&](int i, int& slot, int& n) {  // the warp's i-th row: y[slot][n]
+    const int j = warp + kFusedWarps * i;
+    if (j < nsd) {
+      slot = K;
+      n = sd0 + j;
+    } else {
+      const int v = d0 + j - nsd;
+      slot = v / H;
+      n = v - slot * H;
+    }
+  };
   auto d_row = [&](int i) -> const bf16* {
-    const int v = d0 + warp + kFusedWarps * i, slot = v / H, e = ids[slot];
-    return e >= 0 ? p.w2 + (int64_t(e) * H + (v - slot * H)) * I : nullptr;
+    int slot, n;
+    d_slot_col(i, slot, n);
+    const int e = ids[slot];
+    return e >= 0 ? p.w2 + (int64_t(e) * H + n) * I : nullptr;
   };
   uint4 dbuf[RD][PD];
   const bf16* drow[RD];
@@ -368,7 +411,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   // E: act of the slots this CTA's down rows use (its routed slots, then the shared expert's),
   // kActBatch elements per thread loaded at once: one L2 round trip, not one per element.
   constexpr int kActBatch = 4;
-  const int sa0 = d0 / H, na = d1 > d0 ? (d1 - 1) / H - sa0 + 1 : 0, nact = na + (sd1 > sd0);
+  const int sa0 = d0 / H, na = d1 > d0 ? (d1 - 1) / H - sa0 + 1 : 0, nact = na + (nsd > 0);
   for (int i0 = tid; i0 < nact * I; i0 += kActBatch * kFusedThreads) {
     float g[kActBatch], u[kActBatch];
     int at[kActBatch];
@@ -385,26 +428,16 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   __syncthreads();
 
-  // F: down. The shared expert's rows from shared memory (while the first routed rows stream
-  // in), then the routed rows, RD in flight per warp; y[slot][n] to scratch.
+  // F: down, RD rows in flight per warp; y[slot][n] to scratch.
   const uint4* act16 = reinterpret_cast<const uint4*>(act);
-  if (sd1 > sd0) {
-    mbar_wait(&sh_bar[1], 0);
-    const uint4* rows16 = reinterpret_cast<const uint4*>(shd);
-    const uint4* arow = act16 + int64_t(K) * pieces_d;
-    for (int j = warp; j < sd1 - sd0; j += kFusedWarps) {
-      float sum = 0.f;
-      for (int pc = lane; pc < pieces_d; pc += 32) sum += dot8(rows16[int64_t(j) * pieces_d + pc], arow[pc]);
-      sum = warp_sum(sum);
-      if (lane == 0) __stcg(y + int64_t(K) * H + sd0 + j, sum);
-    }
-  }
   for (int i0 = 0; i0 < ndw; i0 += RD) {
 #pragma unroll
     for (int q = 0; q < RD; ++q) {
-      const int i = i0 + q, v = d0 + warp + kFusedWarps * i;
+      const int i = i0 + q;
       const bf16* next = i + RD < ndw ? d_row(i + RD) : nullptr;
-      const uint4* arow = act16 + int64_t(i < ndw ? v / H : 0) * pieces_d;
+      int slot = 0, n = 0;
+      if (i < ndw) d_slot_col(i, slot, n);
+      const uint4* arow = act16 + int64_t(slot) * pieces_d;
       float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < PD; ++j) {
@@ -413,7 +446,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
         dbuf[q][j] = ldg_stream16(next + 8 * pc, next && pc < pieces_d);
       }
       sum = warp_sum(sum);
-      if (lane == 0 && drow[q]) __stcg(y + v, sum);
+      if (lane == 0 && drow[q]) __stcg(y + int64_t(slot) * H + n, sum);
       drow[q] = next;
     }
   }
