@@ -9,8 +9,10 @@
 // an even share of each kind of row (fused_share: [c·n/G, (c+1)·n/G), ±1 row): of the shared
 // expert's and of the routed experts' gate_up rows, and likewise of their down rows.
 // Latency-bound loads (x, the barrier polls, the logits) wait behind whatever streaming loads
-// their multiprocessor has queued (session 9: B took 2.8 us with the shared expert's rows in
-// flight, 1.3 us without), so nothing streams until the routing warp has its logits.
+// their multiprocessor has queued (session 9, bench_moe --block: B took 2.8 us with the shared
+// expert's rows in flight, 1.0-1.3 us without), so nothing streams until the routing warp has
+// its logits; the shared expert's first rows then stream during the routing's rounds (1.8 us
+// faster than requesting them after it).
 //   A  before the PDL wait: this CTA's router rows (× the norm weight) into registers, 8 warps
 //      per expert splitting k as the routing kernel does (the same sums in the same order); the
 //      correction biases into shared memory.
@@ -19,6 +21,7 @@
 //   C  warp 0 routes the token from the E logits (route_scores, route_choose: every CTA itself,
 //      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
 //      the other warps request their first gate_up row where it is the shared expert's.
+//      (Session 9: scores 1.3 us, the K = 8 rounds 3.1 us: the rounds are the phase's cost.)
 //   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
 //      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
 //                                                                                  barrier 2
@@ -73,51 +76,12 @@ __device__ __forceinline__ void grid_arrive(unsigned* bar) {
   __syncthreads();  // the CTA's writes before the arrival
   if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
 }
-#ifdef KIMI_FUSED_POLL_PIPELINE
-__device__ __forceinline__ unsigned ld_relaxed_gpu(const unsigned* p) {
-  unsigned v;
-  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void spin_cycles(long long n) {
-  const long long t0 = clock64();
-  while (clock64() - t0 < n) {
-  }
-}
-// Four polls in flight, issued ~kPollGap cycles apart and each reissued as it returns: the last
-// arrival is seen a fraction of a round trip sooner than by one poll at a time.
-constexpr int kPollGap = 128;
-__device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
-  if (threadIdx.x == 0) {
-    unsigned v0 = ld_relaxed_gpu(bar);
-    spin_cycles(kPollGap);
-    unsigned v1 = ld_relaxed_gpu(bar);
-    spin_cycles(kPollGap);
-    unsigned v2 = ld_relaxed_gpu(bar);
-    spin_cycles(kPollGap);
-    unsigned v3 = ld_relaxed_gpu(bar);
-    for (;;) {
-      if (v0 >= target) break;
-      v0 = ld_relaxed_gpu(bar);
-      if (v1 >= target) break;
-      v1 = ld_relaxed_gpu(bar);
-      if (v2 >= target) break;
-      v2 = ld_relaxed_gpu(bar);
-      if (v3 >= target) break;
-      v3 = ld_relaxed_gpu(bar);
-    }
-    asm volatile("fence.acq_rel.gpu;" ::: "memory");  // the arrivals' releases → this CTA
-  }
-  __syncthreads();
-}
-#else
 __device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
   if (threadIdx.x == 0)
     while (ld_acquire_gpu(bar) < target) {
     }
   __syncthreads();
 }
-#endif
 __device__ __forceinline__ void grid_done(unsigned* bar, unsigned G) {
   if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == G - 1) {
     atomicExch(bar, 0u);
@@ -334,12 +298,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     fused_stamp(p.stamps, 13, false);
   } else {
     routing_loads_done_wait();
-#ifndef KIMI_FUSED_NO_ROUTING_PREFETCH
     if (warp < nsg) {
       grow = g_row(0, gh);
       load_row(gbuf, grow, pieces_g, lane);
     }
-#endif
   }
   __syncthreads();
   if (c == 0 && tid < S) {
@@ -350,11 +312,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 
   // D: gate_up, one row in flight per warp; raw fp32 sums to h13.
   const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
-#ifndef KIMI_FUSED_NO_ROUTING_PREFETCH
-  if ((warp == 0 || warp >= nsg) && ngw > 0) {
-#else
-  if (ngw > 0) {
-#endif
+  if ((warp == 0 || warp >= nsg) && ngw > 0) {  // the first row, where C did not request it
     grow = g_row(0, gh);
     load_row(gbuf, grow, pieces_g, lane);
   }
