@@ -36,7 +36,8 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * 4 + warp;
   if (t >= p.num_tokens) return;
-  route_token(p, t, lane, route_smem + warp * p.num_experts);
+  float* sm = route_smem + warp * 2 * p.num_experts;  // the warp's keys and sigmoids
+  route_token(p, t, lane, p.correction_bias, reinterpret_cast<unsigned*>(sm), sm + p.num_experts);
 }
 
 __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {

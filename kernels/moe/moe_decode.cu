@@ -12,10 +12,6 @@ namespace {
 
 constexpr int kMaxGrid = 1024;  // ss_part entries of the scratch
 
-size_t fused_smem_bytes(int E, int S, int H, int I) {
-  return size_t(H) * 6 + size_t((3 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
-}
-
 int grid_size() {
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
@@ -32,7 +28,7 @@ size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
 
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
-  const size_t smem = fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
+  const size_t smem = moe::fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
   auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
@@ -67,7 +63,7 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
   const int S = r.top_k + (r.shared_expert >= 0);
-  const size_t smem = fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
+  const size_t smem = moe::fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
   auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

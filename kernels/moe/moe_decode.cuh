@@ -5,21 +5,30 @@
 // with the next norm) whose ramps, tails and hand-offs cost about as much as the ~31 us of expert
 // weights they stream (docs/perf-log.md, session 7: ~63 us per layer). Here one grid of one
 // 512-thread CTA per multiprocessor runs the phases back to back, meeting at grid-wide barriers
-// (work that needs no other CTA goes between a barrier's arrival and its wait):
+// (work that needs no other CTA goes between a barrier's arrival and its wait). Every CTA owns
+// an even share of each kind of row (fused_share: [c·n/G, (c+1)·n/G), ±1 row): of the shared
+// expert's and of the routed experts' gate_up rows, and likewise of their down rows.
+// Latency-bound loads (x, the barrier polls, the logits) wait behind whatever streaming loads
+// their multiprocessor has queued (session 9, bench_moe --block: B took 2.8 us with the shared
+// expert's rows in flight, 1.0-1.3 us without), so nothing streams until the routing warp has
+// its logits; the shared expert's first rows then stream during the routing's rounds (1.8 us
+// faster than requesting them after it).
 //   A  before the PDL wait: this CTA's router rows (× the norm weight) into registers, 8 warps
-//      per expert splitting k as the routing kernel does (the same sums in the same order).
+//      per expert splitting k as the routing kernel does (the same sums in the same order); the
+//      correction biases into shared memory.
 //   B  x → shared memory, 1/rms, the CTA's logits → route.logits.                  barrier 1
 //      (while waiting: the experts' input bf16(RMSNorm(x)·w) into shared memory)
-//   C  every CTA routes the token itself from the E logits (route_tokens_cta): no permutation
-//      and no second round trip; CTA 0 writes the ids and weights.
-//   D  gate_up: units (slot, 8 columns) of 8 gate + 8 up weight rows, one row per warp, in one
-//      order for the grid with the shared expert's units spread evenly among the routed ones; a
-//      CTA takes a contiguous run (as many as any other ±1), its shared units first; raw fp32
-//      dot products to scratch h13[slot][2I]. The first shared row is requested before the PDL
-//      wait (constant weights: it streams through B and C).                      barrier 2
+//   C  warp 0 routes the token from the E logits (route_scores, route_choose: every CTA itself,
+//      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
+//      the other warps request their first gate_up row where it is the shared expert's.
+//      (Session 9: scores 1.3 us, the K = 8 rounds 3.1 us: the rounds are the phase's cost.)
+//   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
+//      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
+//                                                                                  barrier 2
 //      (while waiting: the first down rows, known since C, are requested)
-//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down units touch, in shared memory.
-//   F  down: units (slot, 16 columns), one row per warp; y[slot][n] to scratch.     barrier 3
+//   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
+//   F  down: warp w takes rows w, w + 16, ... of the CTA's list (shared, then routed), RD rows in
+//      flight; y[slot][n] to scratch.                                              barrier 3
 //   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
 //      squares to scratch.                                                         barrier 4
 //   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
@@ -110,27 +119,62 @@ __device__ __forceinline__ void fused_stamp(unsigned long long* stamps, int i, b
   else stamps[i] = t;
 }
 
+// The CTA's share [c·n/G, (c+1)·n/G) of n items (as many as any other CTA ±1).
+__host__ __device__ inline void fused_share(int n, int c, int G, int& lo, int& hi) {
+  lo = int(int64_t(c) * n / G);
+  hi = int(int64_t(c + 1) * n / G);
+}
+// Shared memory: xs [H] fp32, xa [H] bf16, keys, sigmoids and biases [E] each, act [S][I] bf16.
+inline size_t fused_smem_bytes(int E, int S, int H, int I) {
+  return size_t(H) * 6 + size_t((3 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
+}
+// The routing warp tells the others that its logits loads have landed (named barrier 1): only
+// then do they start streaming, which would otherwise queue ahead of those loads.
+__device__ __forceinline__ void routing_loads_done_arrive() {
+  asm volatile("bar.arrive 1, %0;" ::"n"(kFusedThreads) : "memory");
+}
+__device__ __forceinline__ void routing_loads_done_wait() {
+  asm volatile("bar.sync 1, %0;" ::"n"(kFusedThreads) : "memory");
+}
+
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
-  const int E = r.num_experts, K = r.top_k, S = K + (r.shared_expert >= 0);
-  const int H = p.hidden, I = p.inter, G = gridDim.x;
+  const int E = r.num_experts, K = r.top_k;
+  const bool has_shared = r.shared_expert >= 0;
+  const int S = K + has_shared;
+  const int H = p.hidden, I = p.inter, G = gridDim.x, c = blockIdx.x;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   float* xs = reinterpret_cast<float*>(fused_smem);  // [H] the residual row
   bf16* xa = reinterpret_cast<bf16*>(xs + H);       // [H] the experts' input
-  float* sel = reinterpret_cast<float*>(xa + H);     // [E] × 3: routing scores, sigmoids, ranks
-  bf16* act = reinterpret_cast<bf16*>(sel + (3 * E + 3) / 4 * 4);  // [S][I] (16-byte aligned)
+  unsigned* key_s = reinterpret_cast<unsigned*>(xa + H);  // [E] routing keys
+  float* sig_s = reinterpret_cast<float*>(key_s + E);     // [E] sigmoids
+  float* bias_s = sig_s + E;                              // [E] correction biases
+  bf16* act = reinterpret_cast<bf16*>(reinterpret_cast<float*>(key_s) + (3 * E + 3) / 4 * 4);  // [S][I]
   __shared__ float part[kFusedWarps / kRouteWarpsPerExpert][kRouteWarpsPerExpert];
   __shared__ float ss_part_s[kRouteWarpsPerExpert];
   __shared__ float red[kFusedWarps];
   __shared__ float inv_rms_s;
-  __shared__ int chosen_e[32], ids[33];
-  __shared__ float chosen_s[32], wts[33];
+  __shared__ int ids[33];
+  __shared__ float wts[33];
   float* h13 = p.scratch;                   // [S][2I]
   float* y = h13 + int64_t(S) * 2 * I;      // [S][H]
   float* ss_part = y + int64_t(S) * H;      // [G]
 
-  // A: router rows of experts blockIdx.x·2 + ew (+ 2G, ...; registers for the first only).
+  // The CTA's rows, in two lists walked by warp w at positions w, w + 16, ...: gate_up, the
+  // shared expert's rows [sg0, sg1) of its 2I then the routed rows [g0, g1) of the K·2I
+  // (slot-major: h13's order); down, the shared expert's rows [sd0, sd1) of its H then the
+  // routed rows [d0, d1) of the K·H (y's order).
+  int g0, g1, d0, d1, sg0 = 0, sg1 = 0, sd0 = 0, sd1 = 0;
+  fused_share(K * 2 * I, c, G, g0, g1);
+  fused_share(K * H, c, G, d0, d1);
+  if (has_shared) {
+    fused_share(2 * I, c, G, sg0, sg1);
+    fused_share(H, c, G, sd0, sd1);
+  }
+  const int nsg = sg1 - sg0, nsd = sd1 - sd0;
+
+  // A: router rows of experts c·2 + ew (+ 2G, ...; registers for the first only).
   constexpr int kEw = kFusedWarps / kRouteWarpsPerExpert;
   const int ew = warp / kRouteWarpsPerExpert, wk = warp % kRouteWarpsPerExpert, n4 = H / 4;
   const int k4_0 = wk * 32 + lane;
@@ -140,7 +184,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const float4 n = __ldg(nw4 + k4);
     return make_float4(w.x * n.x, w.y * n.y, w.z * n.z, w.w * n.w);
   };
-  const int e_first = blockIdx.x * kEw + ew;
+  const int e_first = c * kEw + ew;
   fused_stamp(p.stamps, 0, false);
   float4 wreg[kRouteRegK4];
 #pragma unroll
@@ -148,32 +192,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const int k4 = k4_0 + j * kRouteK4Step;
     wreg[j] = e_first < E && k4 < n4 ? router_piece(e_first, k4) : make_float4(0.f, 0.f, 0.f, 0.f);
   }
-  // D's units in one order for the grid, the shared expert's spread evenly among the routed
-  // ones (each (K+1)-th when there is one); CTA c takes positions [c·U/G, (c+1)·U/G): as many
-  // units as any other ±1, its shared units first. Those rows are constant weights: the first
-  // is requested here, before the PDL wait, and streams through B and C.
-  constexpr int PG = kFusedPiecesGateUp;
-  const int pieces_g = H / 8, CG = (I + 7) / 8;
-  const bool has_shared = r.shared_expert >= 0;
-  const int U = S * CG;
-  const int a = int(int64_t(blockIdx.x) * U / G), b = int(int64_t(blockIdx.x + 1) * U / G);
-  const int sh0 = has_shared ? a / S : 0, sh1 = has_shared ? b / S : 0;
-  const int ro0 = a - sh0, nsh = sh1 - sh0, ng = b - a;
-  const bool up = warp >= 8;
-  auto g_slot_col = [&](int i, int& slot, int& n) {  // row i of the warp's sequence
-    const int u = i < nsh ? K * CG + sh0 + i : ro0 + i - nsh;
-    slot = u / CG;
-    n = (u - slot * CG) * 8 + (warp & 7);
-  };
-  auto g_row = [&](int i) -> const bf16* {  // ids[] only for routed slots (set by C)
-    int slot, n;
-    g_slot_col(i, slot, n);
-    const int e = slot == K ? r.shared_expert : ids[slot];
-    return e >= 0 && n < I ? p.w13 + (int64_t(e) * 2 * I + (up ? I : 0) + n) * H : nullptr;
-  };
-  uint4 gbuf[PG];
-  const bf16* grow = nsh > 0 ? g_row(0) : nullptr;
-  load_row(gbuf, grow, pieces_g, lane);
+  for (int e = tid; e < E; e += kFusedThreads) bias_s[e] = __ldg(r.correction_bias + e);
   pdl_launch_dependents();  // the next kernel starts only once every CTA here has (see above)
   pdl_wait();
   fused_stamp(p.stamps, 1, false);
@@ -219,7 +238,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const float inv = rsqrtf(t / float(H) + p.eps);
     if (tid == 0) inv_rms_s = inv;
     for (int j = 0; j < kRouteWarpsPerExpert; ++j) sum += part[tid][j];
-    const int eg = blockIdx.x * kEw + tid;
+    const int eg = c * kEw + tid;
     if (eg < E) const_cast<float*>(r.logits)[eg] = sum * inv;
   }
   __syncthreads();
@@ -248,30 +267,58 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   grid_wait(p.barrier, G);
   fused_stamp(p.stamps, 3, false);
 
-  // C: routing, here in every CTA (ids and weights into shared memory).
-  {
+  // C: warp 0 routes the token from the E logits (route_token; every CTA itself: no second
+  // round trip); once its logits loads have landed, the other warps request their first gate_up
+  // row where it is the shared expert's (needs no routing).
+  constexpr int PG = kFusedPiecesGateUp;
+  const int pieces_g = H / 8;
+  const int ngw = nsg + g1 - g0 > warp ? (nsg + g1 - g0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  auto g_row = [&](int i, int& h) -> const bf16* {  // the warp's i-th row, and its h13 index
+    const int j = warp + kFusedWarps * i;
+    if (j < nsg) {
+      h = K * 2 * I + sg0 + j;
+      return p.w13 + (int64_t(E) * 2 * I + sg0 + j) * H;
+    }
+    const int q = g0 + j - nsg, slot = q / (2 * I), e = ids[slot];
+    h = q;
+    return e >= 0 ? p.w13 + (int64_t(e) * 2 * I + (q - slot * 2 * I)) * H : nullptr;
+  };
+  uint4 gbuf[PG];
+  const bf16* grow = nullptr;
+  int gh = 0;
+  if (warp == 0) {
     MoeRouteParams rr = r;
     rr.num_tokens = 1;
     rr.expert_ids = ids;
     rr.weights = wts;
-    route_tokens_cta(rr, sel, sel + E, reinterpret_cast<int*>(sel + 2 * E), chosen_e, chosen_s, ids);
-    __syncthreads();
-    if (blockIdx.x == 0 && tid < S) {
-      r.expert_ids[tid] = ids[tid];
-      r.weights[tid] = wts[tid];
+    const RouteLaneBest b = route_scores(rr, 0, lane, bias_s, key_s, sig_s);
+    fused_stamp(p.stamps, 12, false);
+    routing_loads_done_arrive();
+    route_choose(rr, 0, lane, key_s, sig_s, b);
+    fused_stamp(p.stamps, 13, false);
+  } else {
+    routing_loads_done_wait();
+    if (warp < nsg) {
+      grow = g_row(0, gh);
+      load_row(gbuf, grow, pieces_g, lane);
     }
   }
+  __syncthreads();
+  if (c == 0 && tid < S) {
+    r.expert_ids[tid] = ids[tid];
+    r.weights[tid] = wts[tid];
+  }
   fused_stamp(p.stamps, 4, false);
-  const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
 
-  // D: gate_up. The warp's row of a unit (slot, 8 columns) is gate (warps 0-7) or up (8-15) row
-  // 8·group + warp % 8 of the slot's expert; raw fp32 sums to h13.
-  if (nsh == 0 && ng > 0) {
-    grow = g_row(0);
+  // D: gate_up, one row in flight per warp; raw fp32 sums to h13.
+  const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
+  if ((warp == 0 || warp >= nsg) && ngw > 0) {  // the first row, where C did not request it
+    grow = g_row(0, gh);
     load_row(gbuf, grow, pieces_g, lane);
   }
-  for (int i = 0; i < ng; ++i) {
-    const bf16* next = i + 1 < ng ? g_row(i + 1) : nullptr;
+  for (int i = 0; i < ngw; ++i) {
+    int nh = 0;
+    const bf16* next = i + 1 < ngw ? g_row(i + 1, nh) : nullptr;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < PG; ++j) {
@@ -280,67 +327,75 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       gbuf[j] = ldg_stream16(next + 8 * pc, next && pc < pieces_g);
     }
     sum = warp_sum(sum);
-    if (lane == 0 && grow) {
-      int slot, n;
-      g_slot_col(i, slot, n);
-      __stcg(h13 + int64_t(slot) * 2 * I + (up ? I : 0) + n, sum);
-    }
+    if (lane == 0 && grow) __stcg(h13 + gh, sum);
     grow = next;
+    gh = nh;
   }
   fused_stamp(p.stamps, 5, false);
   fused_stamp(p.stamps, 10, true);
   grid_arrive(p.barrier);
 
-  // F's rows (units (slot, 16 columns), row n = 16·group + warp of W2): known since C, so the
-  // first RD rows stream through barrier 2 and E.
+  // F's rows: known since C, so the first RD stream through barrier 2 and E.
   constexpr int PD = kFusedPiecesDown, RD = kFusedRowsDown;
-  const int pieces_d = I / 8, DG = (H + 15) / 16, UD = S * DG;
-  const int v0 = int(int64_t(blockIdx.x) * UD / G), v1 = int(int64_t(blockIdx.x + 1) * UD / G);
-  const int nd = v1 - v0;
-  auto d_slot_col = [&](int i, int& slot, int& n) {
-    const int v = v0 + i;
-    slot = v / DG;
-    n = (v - slot * DG) * 16 + warp;
+  const int pieces_d = I / 8;
+  const int ndw = nsd + d1 - d0 > warp ? (nsd + d1 - d0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  auto d_slot_col = [&](int i, int& slot, int& n) {  // the warp's i-th row: y[slot][n]
+    const int j = warp + kFusedWarps * i;
+    if (j < nsd) {
+      slot = K;
+      n = sd0 + j;
+    } else {
+      const int v = d0 + j - nsd;
+      slot = v / H;
+      n = v - slot * H;
+    }
   };
   auto d_row = [&](int i) -> const bf16* {
     int slot, n;
     d_slot_col(i, slot, n);
     const int e = ids[slot];
-    return e >= 0 && n < H ? p.w2 + (int64_t(e) * H + n) * I : nullptr;
+    return e >= 0 ? p.w2 + (int64_t(e) * H + n) * I : nullptr;
   };
   uint4 dbuf[RD][PD];
   const bf16* drow[RD];
 #pragma unroll
   for (int q = 0; q < RD; ++q) {
-    drow[q] = q < nd ? d_row(q) : nullptr;
+    drow[q] = q < ndw ? d_row(q) : nullptr;
     load_row(dbuf[q], drow[q], pieces_d, lane);
   }
   grid_wait(p.barrier, 2 * G);
   fused_stamp(p.stamps, 6, false);
 
-  // E: act of the slots this CTA's down units touch.
-  if (nd > 0) {
-    const int s0 = v0 / DG, s1 = (v1 - 1) / DG;
-    for (int i = tid; i < (s1 - s0 + 1) * I; i += kFusedThreads) {
-      const int slot = s0 + i / I, j = i % I;
-      if (ids[slot] < 0) continue;
-      const float g = __ldcg(h13 + int64_t(slot) * 2 * I + j);
-      const float u = __ldcg(h13 + int64_t(slot) * 2 * I + I + j);
-      act[int64_t(slot) * I + j] = __float2bfloat16(g / (1.f + __expf(-g)) * u);
+  // E: act of the slots this CTA's down rows use (its routed slots, then the shared expert's),
+  // kActBatch elements per thread loaded at once: one L2 round trip, not one per element.
+  constexpr int kActBatch = 4;
+  const int sa0 = d0 / H, na = d1 > d0 ? (d1 - 1) / H - sa0 + 1 : 0, nact = na + (nsd > 0);
+  for (int i0 = tid; i0 < nact * I; i0 += kActBatch * kFusedThreads) {
+    float g[kActBatch], u[kActBatch];
+    int at[kActBatch];
+#pragma unroll
+    for (int q = 0; q < kActBatch; ++q) {
+      const int i = i0 + q * kFusedThreads, a = i / I, j = i - a * I, slot = a < na ? sa0 + a : K;
+      at[q] = i < nact * I && ids[slot] >= 0 ? slot * I + j : -1;
+      g[q] = at[q] >= 0 ? __ldcg(h13 + int64_t(slot) * 2 * I + j) : 0.f;
+      u[q] = at[q] >= 0 ? __ldcg(h13 + int64_t(slot) * 2 * I + I + j) : 0.f;
     }
+#pragma unroll
+    for (int q = 0; q < kActBatch; ++q)
+      if (at[q] >= 0) act[at[q]] = __float2bfloat16(g[q] / (1.f + __expf(-g[q])) * u[q]);
   }
   __syncthreads();
 
-  // F: down, RD rows in flight per warp.
+  // F: down, RD rows in flight per warp; y[slot][n] to scratch.
   const uint4* act16 = reinterpret_cast<const uint4*>(act);
-  for (int i0 = 0; i0 < nd; i0 += RD) {
+  for (int i0 = 0; i0 < ndw; i0 += RD) {
 #pragma unroll
     for (int q = 0; q < RD; ++q) {
       const int i = i0 + q;
-      const bf16* next = i + RD < nd ? d_row(i + RD) : nullptr;
+      const bf16* next = i + RD < ndw ? d_row(i + RD) : nullptr;
       int slot = 0, n = 0;
-      if (i < nd) d_slot_col(i, slot, n);
-      const uint4* arow = act16 + int64_t(slot) * (I / 8);
+      if (i < ndw) d_slot_col(i, slot, n);
+      const uint4* arow = act16 + int64_t(slot) * pieces_d;
       float sum = 0.f;
 #pragma unroll
       for (int j = 0; j < PD; ++j) {
@@ -359,13 +414,22 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   grid_wait(p.barrier, 3 * G);
   fused_stamp(p.stamps, 8, false);
 
-  // G: this CTA's columns of the residual, as the un-permute adds them.
-  const int cols = (H + G - 1) / G, c0 = blockIdx.x * cols, c1 = min(c0 + cols, H);
+  // G: this CTA's columns of the residual, as the un-permute adds them (slot order), the slots'
+  // values of a column loaded kSlotBatch at a time.
+  constexpr int kSlotBatch = 16;
+  const int cols = (H + G - 1) / G, c0 = c * cols, c1 = min(c0 + cols, H);
   float sq = 0.f;
   for (int n = c0 + tid; n < c1; n += kFusedThreads) {
     float sum = 0.f;
-    for (int s = 0; s < S; ++s)
-      if (ids[s] >= 0) sum += wts[s] * __ldcg(y + int64_t(s) * H + n);
+    for (int s0 = 0; s0 < S; s0 += kSlotBatch) {
+      float ys[kSlotBatch];
+#pragma unroll
+      for (int q = 0; q < kSlotBatch; ++q)
+        ys[q] = s0 + q < S && ids[s0 + q] >= 0 ? __ldcg(y + int64_t(s0 + q) * H + n) : 0.f;
+#pragma unroll
+      for (int q = 0; q < kSlotBatch; ++q)
+        if (s0 + q < S && ids[s0 + q] >= 0) sum += wts[s0 + q] * ys[q];
+    }
     const float v = xs[n] + sum;
     p.x[n] = v;
     xs[n] = v;
@@ -379,7 +443,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     if (tid == 0) {
       float t = 0.f;
       for (int w = 0; w < kFusedWarps; ++w) t += red[w];
-      __stcg(ss_part + blockIdx.x, t);
+      __stcg(ss_part + c, t);
     }
     grid_arrive(p.barrier);
     grid_wait(p.barrier, 4 * G);
@@ -387,7 +451,14 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     if (c0 < c1) {
       if (warp == 0) {
         float t = 0.f;
-        for (int c = lane; c < G; c += 32) t += __ldcg(ss_part + c);
+        for (int c2 = lane; c2 < G; c2 += 32 * kSlotBatch) {  // the loads at once, the sum in order
+          float v[kSlotBatch];
+#pragma unroll
+          for (int q = 0; q < kSlotBatch; ++q) v[q] = c2 + 32 * q < G ? __ldcg(ss_part + c2 + 32 * q) : 0.f;
+#pragma unroll
+          for (int q = 0; q < kSlotBatch; ++q)
+            if (c2 + 32 * q < G) t += v[q];
+        }
         t = warp_sum(t);
         if (lane == 0) inv_rms_s = rsqrtf(t / float(H) + p.eps);
       }

@@ -16,52 +16,88 @@ constexpr int kRouteWarpsPerExpert = 8;
 constexpr int kRouteRegK4 = 4;  // H <= 4096: all of them
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 
-// One token's routing by one warp (lane = threadIdx.x % 32); sel: E floats of shared memory
-// for the warp. The logits are read through L2 (__ldcg): the fused decode kernel reads logits
-// that other CTAs of the same launch wrote.
-__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, float* sel) {
-  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+// One token's routing by one warp (lane = threadIdx.x % 32), in two steps: route_scores, then
+// route_choose (route_token does both; the fused decode kernel lets other warps go on between
+// them). key, sig: E words each of shared memory for the warp; bias: the E correction biases
+// (global or shared memory). The logits are read through L2 (__ldcg): the fused decode kernel
+// reads logits that other CTAs of the same launch wrote.
+// Each score becomes an order-preserving unsigned key (0 for NaN: never chosen; no score is -0,
+// since the sigmoid is never -0, so equal keys are equal scores) and each lane keeps the best of
+// its experts e ≡ lane (mod 32), the lower index on ties. A round takes the warp's maximum by
+// redux.sync (the lowest index among equal maxima: a second reduction, only on a tie); only the
+// winning lane rescans its experts. Same choice, order and weight arithmetic as the CPU's.
+struct RouteLaneBest {
+  unsigned key = 0;  // 0: none left
+  int e = -1;
+};
+constexpr int kRouteLoadBatch = 8;  // logits per lane loaded at once (E <= 256: all of them)
+__device__ __forceinline__ RouteLaneBest route_scores(const MoeRouteParams& p, int t, int lane,
+                                                      const float* bias, unsigned* key, float* sig) {
+  const int E = p.num_experts;
   const float* lg = p.logits + int64_t(t) * E;
-  for (int e = lane; e < E; e += 32) sel[e] = 1.f / (1.f + expf(-__ldcg(lg + e))) + p.correction_bias[e];
-  __syncwarp();
-  float my_w = 0.f, wsum = 0.f;
-  for (int k = 0; k < K; ++k) {
-    float best = -INFINITY;
-    int bi = INT_MAX;
-    for (int e = lane; e < E; e += 32) {
-      const float v = sel[e];
-      if (v > best || (v == best && e < bi)) {
-        best = v;
-        bi = e;
-      }
-    }
+  RouteLaneBest b;
+  for (int e0 = lane; e0 < E; e0 += 32 * kRouteLoadBatch) {
+    float l[kRouteLoadBatch];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-      if (ob > best || (ob == best && oi < bi)) {
-        best = ob;
-        bi = oi;
+    for (int q = 0; q < kRouteLoadBatch; ++q) l[q] = e0 + 32 * q < E ? __ldcg(lg + e0 + 32 * q) : 0.f;
+#pragma unroll
+    for (int q = 0; q < kRouteLoadBatch; ++q) {
+      const int e = e0 + 32 * q;
+      if (e >= E) break;
+      const float s = 1.f / (1.f + expf(-l[q]));
+      const float v = s + bias[e];
+      const unsigned u = __float_as_uint(v);
+      const unsigned k = v != v ? 0u : (u >> 31 ? ~u : u | 0x80000000u);
+      sig[e] = s;
+      key[e] = k;
+      if (k > b.key) {
+        b.key = k;
+        b.e = e;
       }
     }
-    if (bi == INT_MAX) bi = -1;  // NaN scores: no expert (the permutation skips it)
-    const float s = bi >= 0 ? 1.f / (1.f + expf(-__ldcg(lg + bi))) : 0.f;
-    if (lane == 0) {
-      const int local = bi - p.expert_first;
-      const bool here = bi >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-      p.expert_ids[int64_t(t) * stride + k] = here ? local : -1;
-      if (bi >= 0) sel[bi] = -INFINITY;
-    }
-    __syncwarp();
-    if (lane == k) my_w = s;
-    wsum += s;
   }
-  if (lane < K)
-    p.weights[int64_t(t) * stride + lane] = my_w * (p.renormalize ? p.scaling / wsum : p.scaling);
+  return b;
+}
+__device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int lane, unsigned* key,
+                                             const float* sig, RouteLaneBest b) {
+  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+  int my_e = -1;  // lane k: the k-th choice (-1: none, only NaN scores were left)
+  for (int k = 0; k < K; ++k) {
+    const unsigned m = __reduce_max_sync(0xffffffffu, b.key);
+    if (m == 0) break;
+    const unsigned tied = __ballot_sync(0xffffffffu, b.key == m);
+    const int e = __popc(tied) == 1 ? __shfl_sync(0xffffffffu, b.e, __ffs(tied) - 1)
+                                    : int(__reduce_min_sync(0xffffffffu, b.key == m ? unsigned(b.e) : ~0u));
+    if (lane == k) my_e = e;
+    if (b.e == e) {  // the winner: its next best
+      key[e] = 0;
+      b = RouteLaneBest();
+      for (int j = lane; j < E; j += 32) {
+        const unsigned kj = key[j];
+        if (kj > b.key) {
+          b.key = kj;
+          b.e = j;
+        }
+      }
+    }
+  }
+  const float my_s = my_e >= 0 ? sig[my_e] : 0.f;
+  float wsum = 0.f;
+  for (int k = 0; k < K; ++k) wsum += __shfl_sync(0xffffffffu, my_s, k);  // in choice order
+  if (lane < K) {
+    const int local = my_e - p.expert_first;
+    const bool here = my_e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+    p.expert_ids[int64_t(t) * stride + lane] = here ? local : -1;
+    p.weights[int64_t(t) * stride + lane] = my_s * (p.renormalize ? p.scaling / wsum : p.scaling);
+  }
   if (lane == 0 && p.shared_expert >= 0) {
     p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
     p.weights[int64_t(t) * stride + K] = 1.f;
   }
+}
+__device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, const float* bias,
+                                            unsigned* key, float* sig) {
+  route_choose(p, t, lane, key, sig, route_scores(p, t, lane, bias, key, sig));
 }
 
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result

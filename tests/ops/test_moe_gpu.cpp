@@ -7,6 +7,7 @@
 // accumulation order adds ~1e-6.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <tuple>
@@ -99,6 +100,69 @@ TEST(MoeGpu, RouteMatchesCpu) {
         p.expert_first = 0, p.local_experts = 0;
       }
     }
+#endif
+}
+
+// The routing's NaN rule (run_moe_route; the fused block routes with the same warp code): a NaN
+// logit is never chosen, even with a bias that would put it first, and with fewer than K finite
+// scores the remaining slots stay empty (id −1, weight 0) while the finite choices keep the CPU's
+// order and weights (the CPU reference routes the finite experts alone).
+TEST(MoeGpu, RouteNeverChoosesNan) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(5);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (auto [E, K, nans] : {std::tuple{256, 8, 40}, std::tuple{20, 6, 16}, std::tuple{40, 32, 10}}) {
+    constexpr int T = 5;
+    auto logits = random_f32(rng, size_t(T) * E, -6.f, 6.f);
+    auto bias = random_f32(rng, E, -0.5f, 0.5f);
+    std::vector<int> finite;  // the experts with finite logits, in increasing order
+    for (int e = 0; e < E; ++e) {
+      if ((e * 37 + 11) % E < nans) {  // 37 is prime to E: exactly `nans` experts
+        bias[size_t(e)] = 10.f;
+        for (int t = 0; t < T; ++t) logits[size_t(t) * E + e] = nan;
+      } else {
+        finite.push_back(e);
+      }
+    }
+    const int F = int(finite.size()), Kf = std::min(K, F);
+    std::vector<float> lf(size_t(T) * F), bf(static_cast<size_t>(F)), wf(size_t(T) * Kf);
+    std::vector<int> idf(size_t(T) * Kf);
+    for (int i = 0; i < F; ++i) {
+      bf[size_t(i)] = bias[size_t(finite[size_t(i)])];
+      for (int t = 0; t < T; ++t) lf[size_t(t) * F + i] = logits[size_t(t) * E + finite[size_t(i)]];
+    }
+    cpu::MoeRouteParams cp;
+    cp.num_tokens = T, cp.num_experts = F, cp.top_k = Kf, cp.renormalize = true, cp.scaling = 2.446f;
+    cp.logits = lf.data(), cp.correction_bias = bf.data(), cp.expert_ids = idf.data(), cp.weights = wf.data();
+    cpu::moe_route(cp);
+    GuardedBuffer<float> dl(logits.size()), db(static_cast<size_t>(E)), dw(size_t(T) * K);
+    GuardedBuffer<int> di(size_t(T) * K);
+    dl.upload(logits);
+    db.upload(bias);
+    dw.poison();
+    di.poison();
+    cuda::MoeRouteParams p;
+    p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true, p.scaling = 2.446f;
+    p.logits = dl.data(), p.correction_bias = db.data(), p.expert_ids = di.data(), p.weights = dw.data();
+    cuda::run_moe_route(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    const auto gi = di.to_host();
+    const auto gw = dw.to_host();
+    for (int t = 0; t < T; ++t)
+      for (int k = 0; k < K; ++k) {
+        const size_t i = size_t(t) * K + k;
+        const std::string at = str("E ", E, " K ", K, " t ", t, " k ", k);
+        if (k < Kf) {
+          ASSERT_EQ(gi[i], finite[size_t(idf[size_t(t) * Kf + k])]) << at;
+          ASSERT_NEAR(gw[i], wf[size_t(t) * Kf + k], 1e-5f) << at;
+        } else {
+          ASSERT_EQ(gi[i], -1) << at;
+          ASSERT_EQ(gw[i], 0.f) << at;
+        }
+      }
+    EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+  }
 #endif
 }
 
@@ -610,7 +674,8 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
 // (the bf16 rounding of act, as for the other expert kernels). Shapes: the model's; odd ones
 // (rows of 8, 17 and 287 pieces, inter 40 and 1016); more experts than the grid holds in
 // registers (300); every expert chosen (K = E); with and without the shared expert and the next
-// norm. Each case runs twice: the grid barrier resets itself.
+// norm; an exact tie and a NaN logit (never chosen). Each case runs twice: the grid barrier
+// resets itself.
 TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -633,6 +698,15 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     // An exact tie that is always chosen: experts 1 and 2 score the same (ties go to the lower).
     std::copy_n(&router[size_t(H)], H, &router[size_t(2) * H]);
     bias[1] = bias[2] = 10.f;
+    // Expert 3 (when E > K): a NaN router row, so a NaN logit, with the bias of a sure choice:
+    // never chosen (the reference scores it −inf).
+    const bool nan3 = E > K && E > 3;
+    auto bias_ref = bias;
+    if (nan3) {
+      std::fill_n(&router[size_t(3) * H], H, std::numeric_limits<float>::quiet_NaN());
+      bias[3] = 10.f;
+      bias_ref[3] = -INFINITY;
+    }
     const auto norm_w = random_f32(rng, H, 0.5f, 1.5f), next_w = random_f32(rng, H, 0.5f, 1.5f);
 
     // Reference.
@@ -654,7 +728,9 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     std::vector<float> wts(static_cast<size_t>(K));
     cpu::MoeRouteParams cp;
     cp.num_tokens = 1, cp.num_experts = E, cp.top_k = K, cp.renormalize = true, cp.scaling = 2.446f;
-    cp.logits = logits.data(), cp.correction_bias = bias.data(), cp.expert_ids = ids.data(), cp.weights = wts.data();
+    auto logits_ref = logits;
+    if (nan3) logits_ref[3] = 0.f;
+    cp.logits = logits_ref.data(), cp.correction_bias = bias_ref.data(), cp.expert_ids = ids.data(), cp.weights = wts.data();
     cpu::moe_route(cp);
     ASSERT_EQ(ids[0], 1) << what;
     ASSERT_EQ(ids[1], 2) << what;
@@ -716,7 +792,12 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
       cuda::run_moe_decode_fused(p, nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());
       const std::string run = str(what, " run ", rep);
-      expect_close(str("fused block logits ", run), dl.to_host().data(), logits.data(), logits.size(), 1e-5, 1e-4);
+      auto gl = dl.to_host();
+      if (nan3) {
+        ASSERT_TRUE(std::isnan(gl[3])) << run;
+        gl[3] = logits[3] = 0.f;
+      }
+      expect_close(str("fused block logits ", run), gl.data(), logits.data(), logits.size(), 1e-5, 1e-4);
       const auto gi = di.to_host();
       const auto gw = dw.to_host();
       for (int k = 0; k < K; ++k) {
