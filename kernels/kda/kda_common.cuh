@@ -61,11 +61,31 @@ __device__ __forceinline__ float2 up_rows_apply(const uint4 (&w)[8], const uint4
   return make_float2(c0[0] + c1[0], c0[2] + c1[2]);
 }
 
+// One warp's share of the folded gates or z: rows ur and ur + 8 of the product with the 128-wide
+// low-rank vector at src (this lane's piece, as load_up_rows takes them), stored by the quad's
+// first lane: um 0 as the decays α into gate (dtb0, dtb1: the rows' dt_bias), um 1 into z.
+__device__ __forceinline__ void up_rows_store(const uint4 (&w)[8], const uint4* src, int um, int ur,
+                                              int lane, float a_log, float dtb0, float dtb1,
+                                              float* gate, float* z) {
+  uint4 xv[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) xv[i] = src[i];
+  const float2 v = up_rows_apply(w, xv);
+  if ((lane & 3) == 0) {
+    if (um == 0) {
+      gate[ur] = gate_decay(a_log, v.x + dtb0);
+      gate[ur + 8] = gate_decay(a_log, v.y + dtb1);
+    } else {
+      z[ur] = v.x;
+      z[ur + 8] = v.y;
+    }
+  }
+}
+
 __device__ __forceinline__ float4 fma4(float a, float4 x, float4 y) {
   return make_float4(fmaf(a, x.x, y.x), fmaf(a, x.y, y.y), fmaf(a, x.z, y.z), fmaf(a, x.w, y.w));
 }
 
-// Sequence of token t in a cu_seqlens array of n+1 offsets (largest s with cu[s] <= t).
 // Sums a float4 over the lanes of a warp that share (lane mod kFirstLane): the butterfly over
 // xor distances kFirstLane, 2·kFirstLane, ... 16. Column sums of the state tiles use it.
 template <int kFirstLane>

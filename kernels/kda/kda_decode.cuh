@@ -147,19 +147,7 @@ __global__ void __launch_bounds__(128, kda_decode_min_ctas(kSmemState, kFold))
   if constexpr (kFold) {  // gates (warps 0, 1) or z (2, 3) of rows ur, ur + 8, shared below
     const uint4* src =
         reinterpret_cast<const uint4*>(p.fg_low + size_t(bi) * 2 * D + um * D) + (lane & 3) * 4;
-    uint4 xv[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) xv[i] = src[i];
-    const float2 v = up_rows_apply(up_w, xv);
-    if ((lane & 3) == 0) {
-      if (um == 0) {
-        sm_gate[ur] = gate_decay(a_log, v.x + dtb_up0);
-        sm_gate[ur + 8] = gate_decay(a_log, v.y + dtb_up1);
-      } else {
-        sm_z[ur] = v.x;
-        sm_z[ur + 8] = v.y;
-      }
-    }
+    up_rows_store(up_w, src, um, ur, lane, a_log, dtb_up0, dtb_up1, sm_gate, sm_z);
     cluster_arrive_release();  // waited for before the gates are read
   }
   const float q = silu(wq.x * to_f(cq0) + wq.y * to_f(cq1) + wq.z * to_f(cq2) + wq.w * to_f(xq));

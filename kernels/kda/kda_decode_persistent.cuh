@@ -165,19 +165,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       const KdaDecodeItemIn& in = stages[st].in;
       if constexpr (kFold) {  // gates (warps 0..7) or z of rows ur, ur + 8
         const uint4* src = reinterpret_cast<const uint4*>(in.fz[um]) + (lane & 3) * 4;
-        uint4 xv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xv[i] = src[i];
-        const float2 v = up_rows_apply(up_w, xv);
-        if ((lane & 3) == 0) {
-          if (um == 0) {
-            sm_a[ur] = gate_decay(a_log, v.x + dtb_up0);
-            sm_a[ur + 8] = gate_decay(a_log, v.y + dtb_up1);
-          } else {
-            sm_z[ur] = v.x;
-            sm_z[ur + 8] = v.y;
-          }
-        }
+        up_rows_store(up_w, src, um, ur, lane, a_log, dtb_up0, dtb_up1, sm_a, sm_z);
       }
       float q = 0.f, k = 0.f;
       if (tid < D) {  // q/k channel d: conv (unfolded: gate); unnormalised (norms come later)
