@@ -23,8 +23,8 @@
 //      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
 //      the other warps request their first gate_up row where it is the shared expert's.
 //      Each lane's keys sit sorted in registers: a round is a redux.sync and the winning lane's
-//      register shift (session 9's rescan of the winner's keys in shared memory: 3.1 us for
-//      the K = 8 rounds).
+//      register shift (branch moefuse3: scores 1.5 us, the K = 8 rounds 2.0 us, against 1.0-1.3
+//      and 3.1-3.3 with session 9's rescan of the winner's keys in shared memory).
 //   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
 //      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
 //                                                                                  barrier 2
@@ -166,8 +166,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   // The CTA's rows, in two lists walked by warp w at positions w, w + 16, ...: gate_up, the
   // shared expert's rows [sg0, sg1) of its 2I then the routed rows [g0, g1) of the K·2I
   // (slot-major: h13's order); down, the rows [d0, d1) of the S·H in y's order (slot-major, the
-  // shared expert's slot last), so that a CTA's down rows use one or two slots of act (session
-  // 10: the down phase 1.5 us slower with every CTA's share of the shared expert's rows too).
+  // shared expert's slot last), so that a CTA's down rows use one or two slots of act (perf-log,
+  // branch moefuse3: barrier 2 to the last CTA's down 11.0 us, 12.8-13.1 with every CTA's share
+  // of the shared expert's down rows too).
   int g0, g1, d0, d1, sg0 = 0, sg1 = 0;
   fused_share(K * 2 * I, c, G, g0, g1);
   fused_share(S * H, c, G, d0, d1);
