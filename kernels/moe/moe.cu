@@ -34,7 +34,7 @@ void run_moe_route(const MoeRouteParams& p, cudaStream_t stream) {
   const int local = p.local_experts ? p.local_experts : p.num_experts;
   KIMI_CHECK(p.shared_expert < 0 || p.shared_expert >= local,
              "moe route: the shared expert's id ", p.shared_expert, " is a routed expert's");
-  const size_t smem = size_t(4) * 2 * p.num_experts * sizeof(float);  // 4 warps' keys and sigmoids
+  const size_t smem = size_t(4) * p.num_experts * sizeof(float);  // 4 warps' sigmoids
   moe::moe_route_kernel<<<ceil_div(p.num_tokens, 4), 128, smem, stream>>>(p);
   KIMI_CHECK_LAUNCH();
 }

@@ -1,7 +1,8 @@
 // MoE kernels (contracts in moe.h).
 //
-// moe_route_kernel: one warp per token; the warp's selection scores sit in shared memory and
-//   K rounds of warp arg-max (ties to the lower index) pick the experts.
+// moe_route_kernel: one warp per token; each lane keeps its best selection scores sorted in
+//   registers and K rounds of warp arg-max over the lanes' heads (ties to the lower index) pick
+//   the experts.
 // moe_route_decode_kernel: decode steps' router logits + routing + permutation in one launch
 //   (the last CTA to finish its logits does the rest), optionally with the block's RMSNorm.
 // moe_count/scan/scatter: atomics per expert; a 1024-thread block scan gives offsets and tile
@@ -36,8 +37,7 @@ __global__ void __launch_bounds__(128) moe_route_kernel(MoeRouteParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.x * 4 + warp;
   if (t >= p.num_tokens) return;
-  float* sm = route_smem + warp * 2 * p.num_experts;  // the warp's keys and sigmoids
-  route_token(p, t, lane, p.correction_bias, reinterpret_cast<unsigned*>(sm), sm + p.num_experts);
+  route_token(p, t, lane, p.correction_bias, route_smem + warp * p.num_experts);  // the warp's sigmoids
 }
 
 __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* counts) {

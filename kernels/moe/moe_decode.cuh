@@ -6,8 +6,9 @@
 // weights they stream (docs/perf-log.md, session 7: ~63 us per layer). Here one grid of one
 // 512-thread CTA per multiprocessor runs the phases back to back, meeting at grid-wide barriers
 // (work that needs no other CTA goes between a barrier's arrival and its wait). Every CTA owns
-// an even share of each kind of row (fused_share: [c·n/G, (c+1)·n/G), ±1 row): of the shared
-// expert's and of the routed experts' gate_up rows, and likewise of their down rows.
+// an even share (fused_share: [c·n/G, (c+1)·n/G), ±1 row) of the shared expert's gate_up rows
+// and of the routed experts', and of the down rows in slot order (the shared expert's slot last,
+// as before session 9: a CTA's down rows then need one or two slots of act, not two or three).
 // Latency-bound loads (x, the barrier polls, the logits) wait behind whatever streaming loads
 // their multiprocessor has queued (session 9, bench_moe --block: B took 2.8 us with the shared
 // expert's rows in flight, 1.0-1.3 us without), so nothing streams until the routing warp has
@@ -21,14 +22,16 @@
 //   C  warp 0 routes the token from the E logits (route_scores, route_choose: every CTA itself,
 //      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
 //      the other warps request their first gate_up row where it is the shared expert's.
-//      (Session 9: scores 1.3 us, the K = 8 rounds 3.1 us: the rounds are the phase's cost.)
+//      Each lane's keys sit sorted in registers: a round is a redux.sync and the winning lane's
+//      register shift (branch moefuse3: scores 1.5 us, the K = 8 rounds 2.0 us, against 1.0-1.3
+//      and 3.1-3.3 with session 9's rescan of the winner's keys in shared memory).
 //   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
 //      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
 //                                                                                  barrier 2
 //      (while waiting: the first down rows, known since C, are requested)
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
-//   F  down: warp w takes rows w, w + 16, ... of the CTA's list (shared, then routed), RD rows in
-//      flight; y[slot][n] to scratch.                                              barrier 3
+//   F  down: warp w takes rows w, w + 16, ... of the CTA's list (slot order), RD rows in flight;
+//      y[slot][n] to scratch.                                              barrier 3
 //   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
 //      squares to scratch.                                                         barrier 4
 //   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
@@ -124,9 +127,9 @@ __host__ __device__ inline void fused_share(int n, int c, int G, int& lo, int& h
   lo = int(int64_t(c) * n / G);
   hi = int(int64_t(c + 1) * n / G);
 }
-// Shared memory: xs [H] fp32, xa [H] bf16, keys, sigmoids and biases [E] each, act [S][I] bf16.
+// Shared memory: xs [H] fp32, xa [H] bf16, sigmoids and biases [E] each, act [S][I] bf16.
 inline size_t fused_smem_bytes(int E, int S, int H, int I) {
-  return size_t(H) * 6 + size_t((3 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
+  return size_t(H) * 6 + size_t((2 * E + 3) / 4 * 4) * 4 + size_t(S) * I * 2;
 }
 // The routing warp tells the others that its logits loads have landed (named barrier 1): only
 // then do they start streaming, which would otherwise queue ahead of those loads.
@@ -147,10 +150,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   float* xs = reinterpret_cast<float*>(fused_smem);  // [H] the residual row
   bf16* xa = reinterpret_cast<bf16*>(xs + H);       // [H] the experts' input
-  unsigned* key_s = reinterpret_cast<unsigned*>(xa + H);  // [E] routing keys
-  float* sig_s = reinterpret_cast<float*>(key_s + E);     // [E] sigmoids
-  float* bias_s = sig_s + E;                              // [E] correction biases
-  bf16* act = reinterpret_cast<bf16*>(reinterpret_cast<float*>(key_s) + (3 * E + 3) / 4 * 4);  // [S][I]
+  float* sig_s = reinterpret_cast<float*>(xa + H);  // [E] sigmoids
+  float* bias_s = sig_s + E;                         // [E] correction biases
+  bf16* act = reinterpret_cast<bf16*>(sig_s + (2 * E + 3) / 4 * 4);  // [S][I]
   __shared__ float part[kFusedWarps / kRouteWarpsPerExpert][kRouteWarpsPerExpert];
   __shared__ float ss_part_s[kRouteWarpsPerExpert];
   __shared__ float red[kFusedWarps];
@@ -163,16 +165,15 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 
   // The CTA's rows, in two lists walked by warp w at positions w, w + 16, ...: gate_up, the
   // shared expert's rows [sg0, sg1) of its 2I then the routed rows [g0, g1) of the K·2I
-  // (slot-major: h13's order); down, the shared expert's rows [sd0, sd1) of its H then the
-  // routed rows [d0, d1) of the K·H (y's order).
-  int g0, g1, d0, d1, sg0 = 0, sg1 = 0, sd0 = 0, sd1 = 0;
+  // (slot-major: h13's order); down, the rows [d0, d1) of the S·H in y's order (slot-major, the
+  // shared expert's slot last), so that a CTA's down rows use one or two slots of act (perf-log,
+  // branch moefuse3: barrier 2 to the last CTA's down 11.0 us, 12.8-13.1 with every CTA's share
+  // of the shared expert's down rows too).
+  int g0, g1, d0, d1, sg0 = 0, sg1 = 0;
   fused_share(K * 2 * I, c, G, g0, g1);
-  fused_share(K * H, c, G, d0, d1);
-  if (has_shared) {
-    fused_share(2 * I, c, G, sg0, sg1);
-    fused_share(H, c, G, sd0, sd1);
-  }
-  const int nsg = sg1 - sg0, nsd = sd1 - sd0;
+  fused_share(S * H, c, G, d0, d1);
+  if (has_shared) fused_share(2 * I, c, G, sg0, sg1);
+  const int nsg = sg1 - sg0;
 
   // A: router rows of experts c·2 + ew (+ 2G, ...; registers for the first only).
   constexpr int kEw = kFusedWarps / kRouteWarpsPerExpert;
@@ -291,10 +292,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     rr.num_tokens = 1;
     rr.expert_ids = ids;
     rr.weights = wts;
-    const RouteLaneBest b = route_scores(rr, 0, lane, bias_s, key_s, sig_s);
+    const RouteLaneKeys keys = route_scores(rr, 0, lane, bias_s, sig_s);
     fused_stamp(p.stamps, 12, false);
     routing_loads_done_arrive();
-    route_choose(rr, 0, lane, key_s, sig_s, b);
+    route_choose(rr, 0, lane, bias_s, sig_s, keys);
     fused_stamp(p.stamps, 13, false);
   } else {
     routing_loads_done_wait();
@@ -338,17 +339,11 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   // F's rows: known since C, so the first RD stream through barrier 2 and E.
   constexpr int PD = kFusedPiecesDown, RD = kFusedRowsDown;
   const int pieces_d = I / 8;
-  const int ndw = nsd + d1 - d0 > warp ? (nsd + d1 - d0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
+  const int ndw = d1 - d0 > warp ? (d1 - d0 - warp + kFusedWarps - 1) / kFusedWarps : 0;
   auto d_slot_col = [&](int i, int& slot, int& n) {  // the warp's i-th row: y[slot][n]
-    const int j = warp + kFusedWarps * i;
-    if (j < nsd) {
-      slot = K;
-      n = sd0 + j;
-    } else {
-      const int v = d0 + j - nsd;
-      slot = v / H;
-      n = v - slot * H;
-    }
+    const int v = d0 + warp + kFusedWarps * i;
+    slot = v / H;
+    n = v - slot * H;
   };
   auto d_row = [&](int i) -> const bf16* {
     int slot, n;
@@ -366,16 +361,16 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   grid_wait(p.barrier, 2 * G);
   fused_stamp(p.stamps, 6, false);
 
-  // E: act of the slots this CTA's down rows use (its routed slots, then the shared expert's),
-  // kActBatch elements per thread loaded at once: one L2 round trip, not one per element.
+  // E: act of the slots this CTA's down rows use, kActBatch elements per thread loaded at once:
+  // one L2 round trip, not one per element.
   constexpr int kActBatch = 4;
-  const int sa0 = d0 / H, na = d1 > d0 ? (d1 - 1) / H - sa0 + 1 : 0, nact = na + (nsd > 0);
+  const int sa0 = d0 / H, nact = d1 > d0 ? (d1 - 1) / H - sa0 + 1 : 0;
   for (int i0 = tid; i0 < nact * I; i0 += kActBatch * kFusedThreads) {
     float g[kActBatch], u[kActBatch];
     int at[kActBatch];
 #pragma unroll
     for (int q = 0; q < kActBatch; ++q) {
-      const int i = i0 + q * kFusedThreads, a = i / I, j = i - a * I, slot = a < na ? sa0 + a : K;
+      const int i = i0 + q * kFusedThreads, a = i / I, j = i - a * I, slot = sa0 + a;
       at[q] = i < nact * I && ids[slot] >= 0 ? slot * I + j : -1;
       g[q] = at[q] >= 0 ? __ldcg(h13 + int64_t(slot) * 2 * I + j) : 0.f;
       u[q] = at[q] >= 0 ? __ldcg(h13 + int64_t(slot) * 2 * I + I + j) : 0.f;

@@ -18,24 +18,62 @@ constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 
 // One token's routing by one warp (lane = threadIdx.x % 32), in two steps: route_scores, then
 // route_choose (route_token does both; the fused decode kernel lets other warps go on between
-// them). key, sig: E words each of shared memory for the warp; bias: the E correction biases
-// (global or shared memory). The logits are read through L2 (__ldcg): the fused decode kernel
-// reads logits that other CTAs of the same launch wrote.
+// them). sig: E floats of shared memory for the warp; bias: the E correction biases (global or
+// shared memory). The logits are read through L2 (__ldcg): the fused decode kernel reads logits
+// that other CTAs of the same launch wrote.
 // Each score becomes an order-preserving unsigned key (0 for NaN: never chosen; no score is -0,
-// since the sigmoid is never -0, so equal keys are equal scores) and each lane keeps the best of
-// its experts e ≡ lane (mod 32), the lower index on ties. A round takes the warp's maximum by
-// redux.sync (the lowest index among equal maxima: a second reduction, only on a tie); only the
-// winning lane rescans its experts. Same choice, order and weight arithmetic as the CPU's.
-struct RouteLaneBest {
-  unsigned key = 0;  // 0: none left
-  int e = -1;
+// since the sigmoid is never -0, so equal keys are equal scores). Lane l owns the experts
+// e ≡ l (mod 32) and keeps its best kRouteLaneKeys of them in registers, sorted (higher key
+// first, the lower index on ties): a round is one redux.sync max over the lanes' heads (a second
+// one for the lowest index, only on a tie) and a register shift in the winning lane. With
+// E > 32·kRouteLaneKeys a lane whose list runs out while it has keys left refills it from the
+// sigmoids (the same sums, so the same keys) below its last choice. Same choice, order and
+// weight arithmetic as the CPU's.
+constexpr int kRouteLaneKeys = 8;  // E <= 256: every key of a lane
+struct RouteLaneKeys {
+  unsigned key[kRouteLaneKeys];  // descending, 0: empty
+  int e[kRouteLaneKeys];
+  bool more;  // keys left out of the list (E > 32·kRouteLaneKeys)
 };
+__device__ __forceinline__ unsigned route_key(float v) {
+  const unsigned u = __float_as_uint(v);
+  return v != v ? 0u : (u >> 31 ? ~u : u | 0x80000000u);
+}
+// Inserts (k, e) after the keys >= k: the lane inserts in increasing e, so the lower index of
+// equal keys stays first.
+__device__ __forceinline__ void route_insert(RouteLaneKeys& L, unsigned k, int e) {
+  constexpr int N = kRouteLaneKeys;
+  L.more |= k != 0 && L.key[N - 1] != 0;  // a full list drops its last key or this one
+  bool above[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) above[i] = k > L.key[i];
+#pragma unroll
+  for (int i = N - 1; i > 0; --i) {
+    if (above[i - 1]) {
+      L.key[i] = L.key[i - 1];
+      L.e[i] = L.e[i - 1];
+    } else if (above[i]) {
+      L.key[i] = k;
+      L.e[i] = e;
+    }
+  }
+  if (above[0]) {
+    L.key[0] = k;
+    L.e[0] = e;
+  }
+}
 constexpr int kRouteLoadBatch = 8;  // logits per lane loaded at once (E <= 256: all of them)
-__device__ __forceinline__ RouteLaneBest route_scores(const MoeRouteParams& p, int t, int lane,
-                                                      const float* bias, unsigned* key, float* sig) {
+__device__ __forceinline__ RouteLaneKeys route_scores(const MoeRouteParams& p, int t, int lane,
+                                                      const float* bias, float* sig) {
   const int E = p.num_experts;
   const float* lg = p.logits + int64_t(t) * E;
-  RouteLaneBest b;
+  RouteLaneKeys L;
+#pragma unroll
+  for (int i = 0; i < kRouteLaneKeys; ++i) {
+    L.key[i] = 0;
+    L.e[i] = -1;
+  }
+  L.more = false;
   for (int e0 = lane; e0 < E; e0 += 32 * kRouteLoadBatch) {
     float l[kRouteLoadBatch];
 #pragma unroll
@@ -45,38 +83,44 @@ __device__ __forceinline__ RouteLaneBest route_scores(const MoeRouteParams& p, i
       const int e = e0 + 32 * q;
       if (e >= E) break;
       const float s = 1.f / (1.f + expf(-l[q]));
-      const float v = s + bias[e];
-      const unsigned u = __float_as_uint(v);
-      const unsigned k = v != v ? 0u : (u >> 31 ? ~u : u | 0x80000000u);
       sig[e] = s;
-      key[e] = k;
-      if (k > b.key) {
-        b.key = k;
-        b.e = e;
-      }
+      route_insert(L, route_key(s + bias[e]), e);
     }
   }
-  return b;
+  return L;
 }
-__device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int lane, unsigned* key,
-                                             const float* sig, RouteLaneBest b) {
+__device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int lane, const float* bias,
+                                             const float* sig, RouteLaneKeys L) {
+  constexpr int N = kRouteLaneKeys;
   const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
   int my_e = -1;  // lane k: the k-th choice (-1: none, only NaN scores were left)
   for (int k = 0; k < K; ++k) {
-    const unsigned m = __reduce_max_sync(0xffffffffu, b.key);
+    const unsigned m = __reduce_max_sync(0xffffffffu, L.key[0]);
     if (m == 0) break;
-    const unsigned tied = __ballot_sync(0xffffffffu, b.key == m);
-    const int e = __popc(tied) == 1 ? __shfl_sync(0xffffffffu, b.e, __ffs(tied) - 1)
-                                    : int(__reduce_min_sync(0xffffffffu, b.key == m ? unsigned(b.e) : ~0u));
+    const bool top = L.key[0] == m;
+    const unsigned tied = __ballot_sync(0xffffffffu, top);
+    int e;
+    bool win = top;
+    if (tied & (tied - 1)) {  // equal scores in several lanes: the lower index
+      e = int(__reduce_min_sync(0xffffffffu, top ? unsigned(L.e[0]) : ~0u));
+      win = top && L.e[0] == e;
+    } else {
+      e = __shfl_sync(0xffffffffu, L.e[0], __ffs(tied) - 1);
+    }
     if (lane == k) my_e = e;
-    if (b.e == e) {  // the winner: its next best
-      key[e] = 0;
-      b = RouteLaneBest();
-      for (int j = lane; j < E; j += 32) {
-        const unsigned kj = key[j];
-        if (kj > b.key) {
-          b.key = kj;
-          b.e = j;
+    if (win) {  // the winner: its next best
+      const unsigned kt = L.key[0];
+#pragma unroll
+      for (int i = 0; i + 1 < N; ++i) {
+        L.key[i] = L.key[i + 1];
+        L.e[i] = L.e[i + 1];
+      }
+      L.key[N - 1] = 0;
+      if (L.key[0] == 0 && L.more) {  // refill: the best keys below (kt, e)
+        L.more = false;
+        for (int j = lane; j < E; j += 32) {
+          const unsigned kj = route_key(sig[j] + bias[j]);
+          if (kj < kt || (kj == kt && j > e)) route_insert(L, kj, j);
         }
       }
     }
@@ -96,8 +140,8 @@ __device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int
   }
 }
 __device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, const float* bias,
-                                            unsigned* key, float* sig) {
-  route_choose(p, t, lane, key, sig, route_scores(p, t, lane, bias, key, sig));
+                                            float* sig) {
+  route_choose(p, t, lane, bias, sig, route_scores(p, t, lane, bias, sig));
 }
 
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result

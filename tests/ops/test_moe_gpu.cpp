@@ -29,13 +29,21 @@ TEST(MoeGpu, RouteMatchesCpu) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
   std::mt19937 rng(21);
-  for (auto [E, K] : {std::pair{256, 8}, std::pair{16, 4}, std::pair{20, 3}})
+  for (auto [E, K] : {std::pair{256, 8}, std::pair{16, 4}, std::pair{20, 3}, std::pair{1024, 32}})
     for (int T : {1, 7, 63, 64, 65, 769}) {
       auto logits = random_f32(rng, size_t(T) * E, -6.f, 6.f);
       auto bias = random_f32(rng, E, -0.5f, 0.5f);
       // An exact tie, always chosen: experts 1 and 2 score the same in every token.
       for (int t = 0; t < T; ++t) logits[size_t(t) * E + 2] = logits[size_t(t) * E + 1];
       bias[1] = bias[2] = 3.f;
+      // E > 256: the experts e ≡ 3 (mod 32) first, so that one lane of the warp has more choices
+      // than its register list holds (kRouteLaneKeys: refills), in groups of three equal scores
+      // (ties across a refill).
+      if (E > 256)
+        for (int e = 3; e < E; e += 32) {
+          bias[size_t(e)] = 2.f;
+          for (int t = 0; t < T; ++t) logits[size_t(t) * E + e] = logits[size_t(t) * E + 3 + 96 * (e / 96)];
+        }
       std::vector<int> ids(size_t(T) * K);
       std::vector<float> w(size_t(T) * K);
       cpu::MoeRouteParams cp;
