@@ -745,15 +745,21 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
 // rows: the logits of tokens from..from + n − 1 of s; row j gives token from + j + 1's logprob
 // while that token is in the prompt. Positions collected before (a preempted sequence
 // recomputes) are skipped.
+// The rows are independent: spread over the host's threads (the engine loop waits for them, and
+// a 256-row chunk is 42M exponentials).
 void EngineImpl::collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows) {
   const int V = model_->config().vocab_size;
-  for (int j = 0; j < n; ++j) {
-    const int pos = from + j + 1;  // prompt_logprobs[pos − 1]
-    if (pos >= s.prompt_len) break;
-    if (pos <= int(s.prompt_logprobs.size())) continue;
-    s.prompt_logprobs.push_back(token_logprob(log_softmax(rows + size_t(j) * V, V), s.tokens[size_t(pos)],
-                                              s.req->req.prompt_logprobs));
-  }
+  KIMI_CHECK(int(s.prompt_logprobs.size()) >= std::min(from, s.prompt_len - 1),
+             "prompt logprobs: a chunk from ", from, " after ", s.prompt_logprobs.size(), " positions");
+  const int first = std::max(int(s.prompt_logprobs.size()) + 1, from + 1);  // positions to add
+  const int last = std::min(s.prompt_len - 1, from + n);
+  if (first > last) return;
+  std::vector<TokenLogprob> got(size_t(last - first + 1));
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int pos = first; pos <= last; ++pos)  // row pos − 1 − from gives token pos
+    got[size_t(pos - first)] = token_logprob(log_softmax(rows + size_t(pos - 1 - from) * V, V),
+                                             s.tokens[size_t(pos)], s.req->req.prompt_logprobs);
+  for (TokenLogprob& t : got) s.prompt_logprobs.push_back(std::move(t));
 }
 
 std::vector<int> EngineImpl::held_back_ids(const Sequence& s) const {
