@@ -1,13 +1,13 @@
 // The engine loop: one thread owns the model; each step it applies cancellations, asks the
 // scheduler for a batch, runs one forward, samples, and pushes events to the request handles.
 #include <algorithm>
-#include <numeric>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <list>
 #include <map>
+#include <numeric>
 #include <random>
 #include <thread>
 #include <unordered_set>
@@ -50,7 +50,9 @@ std::vector<float> log_softmax(const float* row, int V) {
 // (ties to the lower id).
 TokenLogprob token_logprob(const std::vector<float>& lp, int id, int k) {
   const int V = int(lp.size());
-  auto better = [&](int a, int b) { return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b); };
+  auto better = [&](int a, int b) {
+    return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b);
+  };
   TokenLogprob t;
   t.id = id;
   t.logprob = lp[size_t(id)];
