@@ -67,13 +67,14 @@ void time_mask(const Tokenizer& tok, const Matcher& m, const std::vector<int>& e
     JsonTokenMask masks(tok, tok.vocab_size());
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<uint64_t>& mask = masks.allowed(m, end);
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     allowed = 0;
     for (int id = 0; id < tok.vocab_size(); ++id) allowed += JsonTokenMask::test(mask, id);
   }
   std::nth_element(ms.begin(), ms.begin() + runs / 2, ms.end());
-  std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", kind, prefix.c_str(), ms[size_t(runs / 2)],
-              allowed);
+  std::printf("%-11s %-62s %7.3f ms %7d tokens allowed\n", kind, prefix.c_str(),
+              ms[size_t(runs / 2)], allowed);
 }
 
 }  // namespace
@@ -102,7 +103,8 @@ int main(int argc, char** argv) {
     for (const char* p : prefixes) {
       JsonMatcher m = with_schema ? JsonMatcher(schema) : JsonMatcher();
       if (m.step(std::string_view(p)))
-        time_mask(tok, m, end, runs, with_schema ? "json_schema" : "json_object", std::string("'") + p + "'");
+        time_mask(tok, m, end, runs, with_schema ? "json_schema" : "json_object",
+                  std::string("'") + p + "'");
     }
   }
   // tool_choice required over 16 functions: the id after "functions.", on its first byte, inside
@@ -115,6 +117,7 @@ int main(int argc, char** argv) {
   auto grammar = std::make_shared<const ToolCallGrammar>(fns, true, true, 0);
   for (const char* p : {"", "get_", "get_weather:0"}) {
     ToolCallMatcher m(grammar, *ToolCallMarkers::of(tok));
-    if (m.step(std::string_view(p))) time_mask(tok, m, end, runs, "tool id", std::string("'functions.") + p + "'");
+    if (m.step(std::string_view(p)))
+      time_mask(tok, m, end, runs, "tool id", std::string("'functions.") + p + "'");
   }
 }

@@ -272,7 +272,8 @@ void Generation::stream(const std::function<bool(const std::string&)>& write) {
       if (req_.echo && !c.role_sent) {
         text = prompts_.echo_texts[prompt] + text;
         if (req_.echo_logprobs())
-          lp = echo_prompt_logprobs(prompts_.ids[prompt], echo_lps[size_t(prompt)], texts_, c.text_offset);
+          lp = echo_prompt_logprobs(prompts_.ids[prompt], echo_lps[size_t(prompt)], texts_,
+                                    c.text_offset);
       }
       c.role_sent = true;
       if (req_.logprobs && !ev.logprobs.empty())

@@ -427,7 +427,8 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   r.return_tokens_as_token_ids = f.boolean("return_tokens_as_token_ids").value_or(false);
   if (auto k = f.integer("prompt_logprobs", 0, 20)) {  // vLLM: not in a stream
     if (r.stream)
-      throw_bad_request("prompt_logprobs", "'prompt_logprobs' is not available when 'stream' is true");
+      throw_bad_request("prompt_logprobs",
+                        "'prompt_logprobs' is not available when 'stream' is true");
     r.prompt_logprobs = true;
     r.engine.prompt_logprobs = int(*k);
   }
@@ -590,7 +591,8 @@ GenerationRequest parse_completion_request(const json& body, const ParseLimits& 
   }
   r.engine.logprobs = r.logprobs ? r.top_logprobs : -1;
   r.echo = f.boolean("echo").value_or(false);
-  if (r.echo_logprobs()) r.engine.prompt_logprobs = std::max(r.engine.prompt_logprobs, r.top_logprobs);
+  if (r.echo_logprobs())
+    r.engine.prompt_logprobs = std::max(r.engine.prompt_logprobs, r.top_logprobs);
   if (auto suffix = f.string("suffix"); suffix && !suffix->empty())
     throw_bad_request("suffix", "'suffix' (insert mode) is not supported by this model");
   return r;

@@ -120,10 +120,13 @@ json vllm_prompt_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts
   out.push_back(nullptr);
   for (const TokenLogprob& lp : lps) {
     json d = json::object();
-    d[std::to_string(lp.id)] = {{"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", tt.text(lp.id)}};
+    d[std::to_string(lp.id)] = {
+        {"logprob", lp.logprob}, {"rank", lp.rank}, {"decoded_token", tt.text(lp.id)}};
     for (size_t r = 0; r < lp.top.size(); ++r) {
       const auto& [id, v] = lp.top[r];
-      if (id != lp.id) d[std::to_string(id)] = {{"logprob", v}, {"rank", int(r) + 1}, {"decoded_token", tt.text(id)}};
+      if (id != lp.id)
+        d[std::to_string(id)] = {
+            {"logprob", v}, {"rank", int(r) + 1}, {"decoded_token", tt.text(id)}};
     }
     out.push_back(std::move(d));
   }

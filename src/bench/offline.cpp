@@ -187,9 +187,8 @@ OfflineResults run_offline(const OfflineOptions& o) {
       d.tpot_ms = step_s * 1e3;
       d.tokens_per_s = B / step_s;
       // Depth in the middle of the timed steps.
-      d.bytes =
-          decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.cache,
-                            r.split);
+      d.bytes = decode_step_bytes(r.config, B, C + o.decode_steps / 2, r.weight_elem_bytes, r.cache,
+                                  r.split);
       d.achieved_gbps = d.bytes.total() / step_s / 1e9;
       r.decode.push_back(d);
       progress.tick();

@@ -65,7 +65,7 @@ struct OfflineResults {
   std::string backend;
   int threads = 0;
   ModelConfig config;
-  ModelSplit split;     // the GPUs the model runs on: byte counts are summed over them
+  ModelSplit split;  // the GPUs the model runs on: byte counts are summed over them
   ParamCounts params;
   int weight_elem_bytes = 0;
   std::string kv_cache_dtype;  // what the cache stored: bf16 or fp8

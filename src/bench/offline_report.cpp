@@ -32,11 +32,10 @@ std::string format_offline_table(const OfflineResults& r, const std::string& mod
                   " B each); caches: " + std::to_string(r.cache.slot) + " B per KDA slot, " +
                   std::to_string(r.cache.mla_token) + " B per MLA token (" + r.kv_cache_dtype +
                   ")" +
-                  (r.split.world > 1
-                       ? "; " + std::to_string(r.split.world) + " GPUs (" +
-                             (r.split.expert_parallel ? "expert" : "tensor") +
-                             " parallel): bytes and memory summed over them"
-                       : "") +
+                  (r.split.world > 1 ? "; " + std::to_string(r.split.world) + " GPUs (" +
+                                           (r.split.expert_parallel ? "expert" : "tensor") +
+                                           " parallel): bytes and memory summed over them"
+                                     : "") +
                   "\n\n";
   if (!r.prefill.empty()) {
     s += "| prefill | prompt tokens | time (ms) | tokens/s | CPU share "

@@ -275,7 +275,8 @@ void CpuModel::forward(const Batch& b, vector<float>& logits) {
   vector<float> last(int64_t(R) * hidden);
   const std::vector<int> rows = b.logit_token_rows();
   for (int r = 0; r < R; ++r)
-    std::copy_n(x.data() + int64_t(rows[size_t(r)]) * hidden, hidden, last.data() + int64_t(r) * hidden);
+    std::copy_n(x.data() + int64_t(rows[size_t(r)]) * hidden, hidden,
+                last.data() + int64_t(r) * hidden);
   cpu::rmsnorm(last.data(), w_.final_norm.data(), last.data(), R, hidden, config_.rms_norm_eps);
   logits.resize(size_t(R) * V);
   cpu::matmul(last.data(), w_.lm_head.data(), logits.data(), R, V, hidden);

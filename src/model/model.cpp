@@ -21,7 +21,8 @@ int Batch::num_logit_rows() const {
   KIMI_CHECK(int(seq_all_logits.size()) == num_seqs(), "seq_all_logits has ", seq_all_logits.size(),
              " entries for ", num_seqs(), " sequences");
   int rows = 0;
-  for (int s = 0; s < num_seqs(); ++s) rows += seq_all_logits[size_t(s)] ? cu_seqlens[s + 1] - cu_seqlens[s] : 1;
+  for (int s = 0; s < num_seqs(); ++s)
+    rows += seq_all_logits[size_t(s)] ? cu_seqlens[s + 1] - cu_seqlens[s] : 1;
   return rows;
 }
 
@@ -30,7 +31,8 @@ std::vector<int> Batch::logit_token_rows() const {
   rows.reserve(size_t(num_logit_rows()));
   for (int s = 0; s < num_seqs(); ++s) {
     const bool every = all_logits || (!seq_all_logits.empty() && seq_all_logits[size_t(s)]);
-    for (int t = every ? cu_seqlens[s] : cu_seqlens[s + 1] - 1; t < cu_seqlens[s + 1]; ++t) rows.push_back(t);
+    for (int t = every ? cu_seqlens[s] : cu_seqlens[s + 1] - 1; t < cu_seqlens[s + 1]; ++t)
+      rows.push_back(t);
   }
   return rows;
 }

@@ -1,5 +1,7 @@
 // The engine loop: one thread owns the model; each step it applies cancellations, asks the
 // scheduler for a batch, runs one forward, samples, and pushes events to the request handles.
+#include "kimi/engine.h"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,7 +16,6 @@
 
 #include "core/check.h"
 #include "core/log.h"
-#include "kimi/engine.h"
 #include "model/model.h"
 #include "runtime/json_token_mask.h"
 #include "runtime/pools.h"
@@ -364,7 +365,8 @@ void EngineImpl::admit_incoming() {
       // The request's own point (a chat's system prompt) or a head an earlier prompt shared,
       // whichever reaches further; points shorter than a block save too little (as
       // cache_computed's rule).
-      const int point = std::max(st->req.cache_point, prefix_->shared_head(st->req.prompt_ids, kBlockSize));
+      const int point =
+          std::max(st->req.cache_point, prefix_->shared_head(st->req.prompt_ids, kBlockSize));
       if (point >= kBlockSize) s->cache_point = point;
     }
     s->init_decoder(tokenizer_.get());
@@ -479,13 +481,14 @@ void EngineImpl::step() {
   auto view = [&](const Sequence& s) {
     int shared = 0;
     for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
-    int stop_at = s.cache_point;  // ends the chunk: at a prefix-cache point, and every
+    int stop_at = s.cache_point;      // ends the chunk: at a prefix-cache point, and every
     if (s.wants_prompt_logprobs()) {  // kPromptLogprobsChunk tokens with prompt logprobs
       const int cap = s.num_computed + kPromptLogprobsChunk;
       stop_at = stop_at > s.num_computed ? std::min(stop_at, cap) : cap;
     }
-    return SchedSeq{int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared,
-                    stop_at, s.req->req.priority, s.order};
+    return SchedSeq{
+        int(table.size()), int(s.tokens.size()), s.num_computed, int(s.blocks.size()), shared,
+        stop_at,           s.req->req.priority,  s.order};
   };
   for (auto& s : running_) {
     in.running.push_back(view(*s));
@@ -577,8 +580,8 @@ void EngineImpl::step() {
     batch.seq_all_logits.push_back(s->wants_prompt_logprobs());
     batch_seqs.push_back(s);
   }
-  const bool prompt_rows =
-      std::any_of(batch.seq_all_logits.begin(), batch.seq_all_logits.end(), [](uint8_t f) { return f; });
+  const bool prompt_rows = std::any_of(batch.seq_all_logits.begin(), batch.seq_all_logits.end(),
+                                       [](uint8_t f) { return f; });
   if (!prompt_rows) batch.seq_all_logits.clear();
   if (offered >= 0) prefix_->unpin(offered);
   publish_metrics();
@@ -752,7 +755,8 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
 void EngineImpl::collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows) {
   const int V = model_->config().vocab_size;
   KIMI_CHECK(int(s.prompt_logprobs.size()) >= std::min(from, s.prompt_len - 1),
-             "prompt logprobs: a chunk from ", from, " after ", s.prompt_logprobs.size(), " positions");
+             "prompt logprobs: a chunk from ", from, " after ", s.prompt_logprobs.size(),
+             " positions");
   const int first = std::max(int(s.prompt_logprobs.size()) + 1, from + 1);  // positions to add
   const int last = std::min(s.prompt_len - 1, from + n);
   if (first > last) return;

@@ -4,10 +4,10 @@
 // the request finishes) or a prompt's marked prefix (Request::cache_point, a chat's system
 // prompt: the prefill stops there once): its tokens, the MLA blocks holding their latents
 // (shared through the block pool's reference counts) and a copy of the KDA state (recurrent +
-// conv) at its end, in a slot of its own. A request whose prompt starts with an entry's tokens and goes on starts from
-// there: the state copied into its slot, the full blocks shared, the partial last block copied,
-// only the rest computed. That is multi-turn chat, where each turn's prompt extends the one
-// before, the previous answer included, and requests that share a system prompt.
+// conv) at its end, in a slot of its own. A request whose prompt starts with an entry's tokens and
+// goes on starts from there: the state copied into its slot, the full blocks shared, the partial
+// last block copied, only the rest computed. That is multi-turn chat, where each turn's prompt
+// extends the one before, the previous answer included, and requests that share a system prompt.
 //
 // Prompts that share only a head (raw completions with one few-shot or document preamble, the
 // same prompt sent again) leave no entry that serves each other, so the cache also remembers the

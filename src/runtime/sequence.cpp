@@ -17,7 +17,8 @@ Sequence::Sequence(std::shared_ptr<RequestState> r, int idx, uint64_t ord, std::
 }
 
 bool Sequence::wants_prompt_logprobs() const {
-  return index == 0 && req->req.prompt_logprobs >= 0 && !prompt_logprobs_sent && num_computed < prompt_len;
+  return index == 0 && req->req.prompt_logprobs >= 0 && !prompt_logprobs_sent &&
+         num_computed < prompt_len;
 }
 
 void Sequence::init_decoder(const Tokenizer* tok) {

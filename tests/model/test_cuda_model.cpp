@@ -126,7 +126,8 @@ TEST_F(CudaModelGpu, PerSequenceAllLogitsRows) {
   ASSERT_EQ(mixed.size(), rows.size() * size_t(V));
   for (size_t r = 0; r < rows.size(); ++r)
     for (int i = 0; i < V; ++i)
-      ASSERT_NEAR(mixed[r * V + i], all[size_t(rows[r]) * V + i], 1e-3f * (1 + std::fabs(all[size_t(rows[r]) * V + i])))
+      ASSERT_NEAR(mixed[r * V + i], all[size_t(rows[r]) * V + i],
+                  1e-3f * (1 + std::fabs(all[size_t(rows[r]) * V + i])))
           << "row " << r << " id " << i;
 }
 

@@ -121,7 +121,8 @@ TEST(Batching, PerSequenceAllLogitsRows) {
   EXPECT_EQ(rows, (std::vector<int>{0, 1, 2, 3, 4, 74, 75}));
   ASSERT_EQ(mixed.size(), rows.size() * size_t(V));
   for (size_t r = 0; r < rows.size(); ++r)
-    EXPECT_LE(rel_l2(mixed.data() + r * V, all.data() + size_t(rows[r]) * V, V), 1e-5) << "row " << r;
+    EXPECT_LE(rel_l2(mixed.data() + r * V, all.data() + size_t(rows[r]) * V, V), 1e-5)
+        << "row " << r;
   Batch bad = b;
   bad.seq_all_logits = {1};
   EXPECT_THROW(bad.num_logit_rows(), Error);
@@ -827,7 +828,8 @@ TEST(Engine, PromptLogprobsPrecedeTheFirstToken) {
       if (t.rank == 1) EXPECT_EQ(t.top[0].first, t.id);
     }
     EXPECT_LE(worst, 1e-3) << "round " << round;
-    if (round == 0) first = *lps;
+    if (round == 0)
+      first = *lps;
     else
       for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i].logprob, (*lps)[i].logprob);
     EXPECT_EQ(ids, collect(*eng->submit(greedy(prompt, 3)))[0].ids);

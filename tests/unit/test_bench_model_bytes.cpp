@@ -77,8 +77,8 @@ TEST(BenchModelBytes, TensorParallelCountsWhatEveryRankReads) {
   // Whole on every rank: 27 layers' two norms and the final norm; per KDA layer f_a and g_a
   // [128, 2304] and o_norm [128]; per MLA layer kv_a_proj_with_mqa [576, 2304] and
   // kv_a_layernorm [512]; per MoE layer (26) the router [256, 2304] and its bias [256].
-  const int64_t whole = (27 * 2 + 1) * 2304 + 20 * (2 * 128 * 2304 + 128) +
-                        7 * (576 * 2304 + 512) + 26 * (256 * 2304 + 256);
+  const int64_t whole = (27 * 2 + 1) * 2304 + 20 * (2 * 128 * 2304 + 128) + 7 * (576 * 2304 + 512) +
+                        26 * (256 * 2304 + 256);
   const ParamCounts one = param_counts(c);
   EXPECT_EQ(one.dense_replicas, 0);
   for (const ModelSplit split : {ModelSplit{2, false}, ModelSplit{4, false}, ModelSplit{2, true}}) {

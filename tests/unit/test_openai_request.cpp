@@ -501,9 +501,10 @@ TEST(OpenAIRequest, CompletionPrompts) {
   EXPECT_EQ(parse_cmpl({{"prompt", "x"}, {"prompt_logprobs", 5}, {"echo", true}, {"logprobs", 2}})
                 .engine.prompt_logprobs,
             5);
-  EXPECT_EQ(parse_chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"prompt_logprobs", 1}})
-                .engine.prompt_logprobs,
-            1);
+  EXPECT_EQ(
+      parse_chat({{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"prompt_logprobs", 1}})
+          .engine.prompt_logprobs,
+      1);
 
   EXPECT_EQ(rejected_param({{"model", "m"}}, false), "prompt");
   EXPECT_EQ(rejected_param({{"prompt", ""}}, false), "prompt");
