@@ -1,6 +1,8 @@
 // kimi-bench: throughput and latency measurement (issue 6).
 //   kimi-bench offline [--model DIR] [--backend cpu|cuda] ...   the engine's model in process
 //   kimi-bench online --base-url URL --endpoint /v1/completions ...  any OpenAI-compatible server
+//   kimi-bench perplexity --file TEXT [--model DIR] [--ctx 512] ...  the model's perplexity on a
+//                                     text (llama.cpp's llama-perplexity method)
 // Online metrics use vLLM's `bench serve` definitions and JSON keys (serving.md §3.4-3.5).
 #include <sys/resource.h>
 
@@ -18,6 +20,7 @@
 #include "bench/offline_report.h"
 #include "bench/online.h"
 #include "bench/online_plot.h"
+#include "bench/perplexity.h"
 #include "bench/report.h"
 #include "bench/sysinfo.h"
 #include "core/check.h"
@@ -269,10 +272,77 @@ int run_offline_cmd(OfflineArgs& a) {
   return 0;
 }
 
+struct PerplexityArgs {
+  std::string model_dir = KIMI_DEFAULT_MODEL_DIR, file, backend = "cpu", precision = "bf16",
+              kv_cache_dtype = "auto", result_file;
+  int ctx = 512, chunks = 0, tensor_parallel = 1;
+  bool expert_parallel = false;
+};
+
+int run_perplexity_cmd(const PerplexityArgs& a) {
+  using namespace kimi::bench;
+  if (a.ctx < 4) kimi::fail("--ctx must be at least 4, got ", a.ctx);
+  if (!std::filesystem::exists(a.model_dir + "/tiktoken.model"))
+    kimi::fail("perplexity needs the model's tokenizer files: no ", a.model_dir, "/tiktoken.model");
+  std::ifstream in(a.file, std::ios::binary);
+  if (!in) kimi::fail("cannot read --file ", a.file);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const kimi::Tokenizer tok = kimi::Tokenizer::load(a.model_dir);
+  const std::vector<int> tokens = tok.encode(text, /*allow_special=*/false);
+  if (tokens.size() < size_t(a.ctx))  // before the model is loaded
+    kimi::fail(a.file, " has ", tokens.size(), " tokens, fewer than one chunk of --ctx ", a.ctx);
+  kimi::ModelOptions mo;
+  mo.backend = a.backend;
+  mo.tensor_parallel = a.tensor_parallel;
+  mo.expert_parallel = a.expert_parallel;
+  mo.precision = kimi::parse_precision(a.precision);
+  mo.kv_cache_dtype = kimi::parse_kv_cache_dtype(a.kv_cache_dtype);
+  mo.cache.num_slots = 1;
+  mo.cache.num_blocks = (a.ctx + kimi::kBlockSize - 1) / kimi::kBlockSize;
+  mo.max_batch_tokens = a.ctx;
+  std::unique_ptr<kimi::Model> model = kimi::load_model(a.model_dir, mo);
+  std::fprintf(stderr, "%s: %zu tokens, chunks of %d (the second half of each scored)\n",
+               a.file.c_str(), tokens.size(), a.ctx);
+  const PerplexityResult r =
+      perplexity(*model, tokens, a.ctx, a.chunks, [](const PerplexityResult& p) {
+        std::fprintf(stderr, "[%d] %.4f\n", p.chunks, p.perplexity);
+      });
+  // exp(nll ± stderr) as the interval, llama.cpp's "PPL = x +/- y" uses the first-order width.
+  std::printf(
+      "perplexity %.4f +/- %.4f over %lld tokens (%d chunks of %d, %s, kv cache %s); %.1f "
+      "tokens/s\n",
+      r.perplexity, r.perplexity * r.nll_stderr, static_cast<long long>(r.scored), r.chunks, a.ctx,
+      a.backend.c_str(), kimi::kv_cache_dtype_name(mo.kv_cache_dtype),
+      double(r.chunks) * a.ctx / r.seconds);
+  if (!a.result_file.empty()) {
+    const SystemInfo sys = system_info();
+    nlohmann::ordered_json j = {{"mode", "perplexity"},
+                                {"date", utc_date_stamp()},
+                                {"model", a.model_dir},
+                                {"file", a.file},
+                                {"backend", a.backend},
+                                {"precision", a.backend == "cuda" ? a.precision : "fp32"},
+                                {"kv_cache_dtype", kimi::kv_cache_dtype_name(mo.kv_cache_dtype)},
+                                {"ctx", a.ctx},
+                                {"chunks", r.chunks},
+                                {"tokens_scored", r.scored},
+                                {"nll", r.nll},
+                                {"nll_stderr", r.nll_stderr},
+                                {"perplexity", r.perplexity},
+                                {"seconds", r.seconds},
+                                {"card", sys.card},
+                                {"git_commit", sys.git_commit}};
+    write_json(a.result_file, j);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"kimi-bench: offline (in-process) and online (OpenAI-compatible server) benchmarks"};
+  CLI::App app{
+      "kimi-bench: offline (in-process) and online (OpenAI-compatible server) benchmarks, "
+      "perplexity"};
   app.require_subcommand(1);
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "debug, info, warn, error, off");
@@ -359,6 +429,26 @@ int main(int argc, char** argv) {
   onc->add_flag("--disable-progress,--disable-tqdm", on.no_progress, "no progress bar");
   onc->footer(kOnlineFooter);
 
+  PerplexityArgs pp;
+  auto* ppc = app.add_subcommand(
+      "perplexity", "the model's perplexity on a text file (llama.cpp's llama-perplexity method)");
+  ppc->option_defaults()->always_capture_default();
+  ppc->add_option("--file,-f", pp.file, "the text (UTF-8)")->required();
+  ppc->add_option("--model", pp.model_dir, "model directory with its tokenizer files");
+  ppc->add_option("--ctx,-c", pp.ctx, "tokens per chunk; the second half of each is scored");
+  ppc->add_option("--chunks", pp.chunks, "chunks to use at most (0: all whole chunks)");
+  ppc->add_option("--backend", pp.backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
+  ppc->add_option("--tensor-parallel-size", pp.tensor_parallel,
+                  "cuda: GPUs to split the model over")
+      ->check(CLI::Range(1, 64));
+  ppc->add_flag("--enable-expert-parallel", pp.expert_parallel,
+                "cuda, with --tensor-parallel-size > 1: routed experts split by expert");
+  ppc->add_option("--precision", pp.precision, "cuda activations: bf16 or high")
+      ->check(CLI::IsMember({"bf16", "high"}));
+  ppc->add_option("--kv-cache-dtype", pp.kv_cache_dtype, "MLA latent cache: auto, bf16 or fp8")
+      ->check(CLI::IsMember({"auto", "bf16", "fp8"}));
+  ppc->add_option("--result-file", pp.result_file, "write the result as JSON");
+
   CLI11_PARSE(app, argc, argv);
   // One socket per in-flight request: allow as many descriptors as the hard limit permits.
   rlimit nofile{};
@@ -372,6 +462,7 @@ int main(int argc, char** argv) {
       off.o.progress = !off_no_progress;
       return run_offline_cmd(off);
     }
+    if (*ppc) return run_perplexity_cmd(pp);
     return run_online_cmd(on);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "kimi-bench: %s\n", e.what());

@@ -2,11 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
-#include <nlohmann/json.hpp>
-#include <fstream>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
+#include "bench/perplexity.h"
 #include "core/check.h"
 #include "model/model.h"
 #include "model/safetensors.h"
@@ -201,6 +202,46 @@ TEST_F(Golden, HiddenStatesPerLayer) {
       worst = std::max(worst, rel_l2(got[l].data() + size_t(t) * H, want.data() + size_t(t) * H, H));
     EXPECT_LE(worst, 1e-4) << "layer " << l;
   }
+}
+
+// kimi-bench perplexity on a golden prompt as one chunk equals the perplexity the reference
+// logits give its second half (cases whose routing margins are all clear); a text shorter than
+// a chunk, a token outside the vocabulary and a chunk under 4 tokens are refused.
+TEST_F(Golden, PerplexityMatchesTheReferenceLogits) {
+  const int V = model_->config().vocab_size;
+  int checked = 0;
+  for (int n = 0; n < num_cases_; ++n) {
+    GoldenCase c = load_case(n);
+    const int T = int(c.ids.size());
+    if (T < 8 || c.limit < T) continue;
+    double nll = 0;
+    for (int i = T / 2; i < T - 1; ++i) {
+      const float* row = c.logits.data() + size_t(i) * V;
+      double mx = row[0], z = 0;
+      for (int v = 1; v < V; ++v) mx = std::max(mx, double(row[v]));
+      for (int v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
+      nll += mx + std::log(z) - row[c.ids[size_t(i) + 1]];
+    }
+    const double want = std::exp(nll / (T - 1 - T / 2));
+    const bench::PerplexityResult got = bench::perplexity(*model_, c.ids, T, 0);
+    EXPECT_EQ(got.chunks, 1);
+    EXPECT_EQ(got.scored, T - 1 - T / 2);
+    EXPECT_NEAR(got.perplexity, want, 1e-4 * want) << "case " << n << " (T=" << T << ")";
+    // Two chunks of half the length score their own second halves.
+    const bench::PerplexityResult two = bench::perplexity(*model_, c.ids, T / 2, 0);
+    EXPECT_EQ(two.chunks, 2);
+    EXPECT_EQ(two.scored, 2 * (T / 2 - 1 - T / 4));
+    std::printf("case %d: T=%d, perplexity %.4f (reference %.4f)\n", n, T, got.perplexity, want);
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
+  const std::vector<int> ids = load_case(num_cases_ - 1).ids;
+  EXPECT_THROW(bench::perplexity(*model_, std::vector<int>(ids.begin(), ids.begin() + 7), 8, 0),
+               Error);
+  std::vector<int> bad = ids;
+  bad[3] = V;
+  EXPECT_THROW(bench::perplexity(*model_, bad, 64, 0), Error);
+  EXPECT_THROW(bench::perplexity(*model_, ids, 3, 0), Error);
 }
 
 }  // namespace
