@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "runtime/sampler.h"
 
 namespace kimi::bench {
 
@@ -34,11 +35,7 @@ PerplexityResult perplexity(Model& model, const std::vector<int>& tokens, int ct
     r.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     for (int i = ctx / 2; i < ctx - 1; ++i) {  // row i gives token i + 1
       const float* row = logits.data() + size_t(i) * V;
-      float mx = row[0];
-      for (int v = 1; v < V; ++v) mx = std::max(mx, row[v]);
-      double z = 0;
-      for (int v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
-      const double nll = mx + std::log(z) - row[chunk[size_t(i) + 1]];
+      const double nll = log_sum_exp({row, size_t(V)}) - row[chunk[size_t(i) + 1]];
       sum += nll;
       sum_sq += nll * nll;
       ++r.scored;

@@ -112,6 +112,14 @@ void apply_logit_adjustments(std::span<float> logits, std::span<const LogitAdjus
   }
 }
 
+double log_sum_exp(std::span<const float> logits) {
+  KIMI_CHECK(!logits.empty());
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - mx);
+  return mx + std::log(sum);
+}
+
 double uniform_from(uint64_t seed, uint64_t step) {
   uint64_t z = seed + 0x9e3779b97f4a7c15ull * (step + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

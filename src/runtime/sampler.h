@@ -83,6 +83,10 @@ struct SampleResult {
 SampleResult sample_with_u(std::span<const float> logits, const SamplingParams& p, double u,
                            bool want_logprob = false);
 
+// log Σ_i exp(l_i) of a raw logits row, in double with the maximum taken out first: the
+// normaliser of its log-probabilities (prompt and token logprobs, perplexity).
+double log_sum_exp(std::span<const float> logits);
+
 // Uniform in [0, 1) from (seed, step): splitmix64 on the combined counter.
 double uniform_from(uint64_t seed, uint64_t step);
 
