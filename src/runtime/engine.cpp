@@ -38,10 +38,7 @@ constexpr int kPromptLogprobsChunk = 256;
 
 // Log-probabilities of a raw logits row (the model's distribution, vLLM's default).
 std::vector<float> log_softmax(const float* row, int V) {
-  const float mx = *std::max_element(row, row + V);
-  double sum = 0;
-  for (int i = 0; i < V; ++i) sum += std::exp(double(row[i] - mx));
-  const float lse = mx + float(std::log(sum));
+  const float lse = float(log_sum_exp({row, size_t(V)}));
   std::vector<float> lp(static_cast<size_t>(V), 0.f);
   for (int i = 0; i < V; ++i) lp[size_t(i)] = row[i] - lse;
   return lp;
@@ -631,11 +628,10 @@ void EngineImpl::step() {
     Sequence* s = batch_seqs[i];
     int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     int before = s->num_computed;
-    const int rows = prompt_rows && batch.seq_all_logits[i] ? n : 1;
-    const int last_row = first_row + rows - 1;
-    if (prompt_rows && batch.seq_all_logits[i])
-      collect_prompt_logprobs(*s, before, n, logits_.data() + size_t(first_row) * V);
-    first_row += rows;
+    const bool every_row = prompt_rows && batch.seq_all_logits[i];
+    const int last_row = first_row + (every_row ? n : 1) - 1;
+    if (every_row) collect_prompt_logprobs(*s, before, n, logits_.data() + size_t(first_row) * V);
+    first_row = last_row + 1;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
     if (prefix_ && before < s->prompt_len && s->num_computed == s->prompt_len) cache_computed(*s);
