@@ -15,25 +15,24 @@
 
 namespace kimi {
 
-int Batch::num_logit_rows() const {
-  if (all_logits) return num_tokens();
-  if (seq_all_logits.empty()) return num_seqs();
+int Batch::first_logit_token(int s) const {
+  if (all_logits) return cu_seqlens[s];
+  if (seq_all_logits.empty()) return cu_seqlens[s + 1] - 1;
   KIMI_CHECK(int(seq_all_logits.size()) == num_seqs(), "seq_all_logits has ", seq_all_logits.size(),
              " entries for ", num_seqs(), " sequences");
+  return seq_all_logits[size_t(s)] ? cu_seqlens[s] : cu_seqlens[s + 1] - 1;
+}
+
+int Batch::num_logit_rows() const {
   int rows = 0;
-  for (int s = 0; s < num_seqs(); ++s)
-    rows += seq_all_logits[size_t(s)] ? cu_seqlens[s + 1] - cu_seqlens[s] : 1;
+  for (int s = 0; s < num_seqs(); ++s) rows += cu_seqlens[s + 1] - first_logit_token(s);
   return rows;
 }
 
 std::vector<int> Batch::logit_token_rows() const {
   std::vector<int> rows;
-  rows.reserve(size_t(num_logit_rows()));
-  for (int s = 0; s < num_seqs(); ++s) {
-    const bool every = all_logits || (!seq_all_logits.empty() && seq_all_logits[size_t(s)]);
-    for (int t = every ? cu_seqlens[s] : cu_seqlens[s + 1] - 1; t < cu_seqlens[s + 1]; ++t)
-      rows.push_back(t);
-  }
+  for (int s = 0; s < num_seqs(); ++s)
+    for (int t = first_logit_token(s); t < cu_seqlens[s + 1]; ++t) rows.push_back(t);
   return rows;
 }
 

@@ -36,6 +36,8 @@ struct Batch {
   int num_logit_rows() const;
   // The token (index into tokens) of each logits row.
   std::vector<int> logit_token_rows() const;
+  // Sequence s's first token with a logits row (its rows run to its last token).
+  int first_logit_token(int s) const;
   // Appends a sequence; checks the sizes (the runtime's and tests' one way to build a batch).
   void add(const std::vector<int>& new_tokens, int context_len, int slot,
            const std::vector<int>& blocks);
