@@ -825,13 +825,16 @@ TEST(Engine, PromptLogprobsPrecedeTheFirstToken) {
       ASSERT_EQ(t.top.size(), 2u);
       EXPECT_GE(t.top[0].second, t.top[1].second);
       EXPECT_GE(t.top[0].second, t.logprob);
-      if (t.rank == 1) EXPECT_EQ(t.top[0].first, t.id);
+      if (t.rank == 1) {
+        EXPECT_EQ(t.top[0].first, t.id);
+      }
     }
     EXPECT_LE(worst, 1e-3) << "round " << round;
-    if (round == 0)
+    if (round == 0) {
       first = *lps;
-    else
+    } else {
       for (size_t i = 0; i < first.size(); ++i) EXPECT_EQ(first[i].logprob, (*lps)[i].logprob);
+    }
     EXPECT_EQ(ids, collect(*eng->submit(greedy(prompt, 3)))[0].ids);
   }
   Request too_many = r;
