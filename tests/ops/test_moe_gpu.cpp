@@ -25,6 +25,47 @@
 namespace kimi::test {
 namespace {
 
+constexpr float kRouteScaling = 2.446f;
+
+// The CPU reference's routing of T rows of E logits (renormalised, scaled by kRouteScaling).
+void cpu_route(const std::vector<float>& logits, const std::vector<float>& bias, int T, int E,
+               int K, std::vector<int>& ids, std::vector<float>& weights) {
+  ids.assign(size_t(T) * K, 0);
+  weights.assign(size_t(T) * K, 0.f);
+  cpu::MoeRouteParams cp;
+  cp.num_tokens = T, cp.num_experts = E, cp.top_k = K, cp.renormalize = true;
+  cp.scaling = kRouteScaling, cp.logits = logits.data(), cp.correction_bias = bias.data();
+  cp.expert_ids = ids.data(), cp.weights = weights.data();
+  cpu::moe_route(cp);
+}
+
+#if KIMI_HAVE_CUDA
+// run_moe_route on the device with the same rule; `p` may be changed between runs (the shared
+// expert, expert parallelism), the outputs are poisoned before each run.
+struct DeviceRoute {
+  GuardedBuffer<float> logits, bias, weights;
+  GuardedBuffer<int> ids;
+  cuda::MoeRouteParams p;
+  DeviceRoute(const std::vector<float>& l, const std::vector<float>& b, int T, int E, int K,
+              int row = 0)
+      : logits(l.size()), bias(b.size()), weights(size_t(T) * (row ? row : K)),
+        ids(size_t(T) * (row ? row : K)) {
+    logits.upload(l);
+    bias.upload(b);
+    p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true;
+    p.scaling = kRouteScaling, p.logits = logits.data(), p.correction_bias = bias.data();
+    p.expert_ids = ids.data(), p.weights = weights.data();
+  }
+  void run() {
+    ids.poison();
+    weights.poison();
+    cuda::run_moe_route(p, nullptr);
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
+  bool guards_intact() const { return ids.guards_intact() && weights.guards_intact(); }
+};
+#endif
+
 TEST(MoeGpu, RouteMatchesCpu) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -44,38 +85,21 @@ TEST(MoeGpu, RouteMatchesCpu) {
           bias[size_t(e)] = 2.f;
           for (int t = 0; t < T; ++t) logits[size_t(t) * E + e] = logits[size_t(t) * E + 3 + 96 * (e / 96)];
         }
-      std::vector<int> ids(size_t(T) * K);
-      std::vector<float> w(size_t(T) * K);
-      cpu::MoeRouteParams cp;
-      cp.num_tokens = T, cp.num_experts = E, cp.top_k = K, cp.renormalize = true, cp.scaling = 2.446f;
-      cp.logits = logits.data(), cp.correction_bias = bias.data(), cp.expert_ids = ids.data();
-      cp.weights = w.data();
-      cpu::moe_route(cp);
-      GuardedBuffer<float> dl(logits.size()), db(E), dw(w.size());
-      GuardedBuffer<int> di(ids.size());
-      dl.upload(logits);
-      db.upload(bias);
-      dw.poison();
-      di.poison();
-      cuda::MoeRouteParams p;
-      p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true, p.scaling = 2.446f;
-      p.logits = dl.data(), p.correction_bias = db.data(), p.expert_ids = di.data(), p.weights = dw.data();
-      cuda::run_moe_route(p, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      EXPECT_EQ(di.to_host(), ids) << "E " << E << " K " << K << " T " << T;
-      auto gw = dw.to_host();
+      std::vector<int> ids;
+      std::vector<float> w;
+      cpu_route(logits, bias, T, E, K, ids, w);
+      DeviceRoute d(logits, bias, T, E, K);
+      d.run();
+      EXPECT_EQ(d.ids.to_host(), ids) << "E " << E << " K " << K << " T " << T;
+      auto gw = d.weights.to_host();
       expect_close(str("route weights E", E, " T", T), gw.data(), w.data(), w.size(), 1e-6, 1e-5);
-      EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+      EXPECT_TRUE(d.guards_intact());
       // With the shared expert as expert E: rows of K + 1, the routed part unchanged.
-      GuardedBuffer<float> dw1(size_t(T) * (K + 1));
-      GuardedBuffer<int> di1(size_t(T) * (K + 1));
-      dw1.poison();
-      di1.poison();
-      p.shared_expert = E, p.expert_ids = di1.data(), p.weights = dw1.data();
-      cuda::run_moe_route(p, nullptr);
-      CUDA_CHECK(cudaDeviceSynchronize());
-      const auto ids1 = di1.to_host();
-      const auto w1 = dw1.to_host();
+      DeviceRoute d1(logits, bias, T, E, K, K + 1);
+      d1.p.shared_expert = E;
+      d1.run();
+      const auto ids1 = d1.ids.to_host();
+      const auto w1 = d1.weights.to_host();
       for (int t = 0; t < T; ++t) {
         for (int k = 0; k < K; ++k) {
           ASSERT_EQ(ids1[size_t(t) * (K + 1) + k], ids[size_t(t) * K + k]) << "t " << t;
@@ -84,28 +108,23 @@ TEST(MoeGpu, RouteMatchesCpu) {
         ASSERT_EQ(ids1[size_t(t) * (K + 1) + K], E) << "t " << t;
         ASSERT_EQ(w1[size_t(t) * (K + 1) + K], 1.f) << "t " << t;
       }
-      EXPECT_TRUE(dw1.guards_intact() && di1.guards_intact());
+      EXPECT_TRUE(d1.guards_intact());
       // Expert parallelism over 4 GPUs (E divisible by 4 here): GPU g sees the same selection
       // and weights, its experts as local ids e − g·E/4, the others' as −1.
       if (E % 4 == 0) {
         const int n = E / 4;
         for (int g = 0; g < 4; ++g) {
-          p.shared_expert = -1, p.expert_ids = di.data(), p.weights = dw.data();
-          p.expert_first = g * n, p.local_experts = n;
-          di.poison();
-          dw.poison();
-          cuda::run_moe_route(p, nullptr);
-          CUDA_CHECK(cudaDeviceSynchronize());
-          const auto idsg = di.to_host();
-          const auto wg = dw.to_host();
+          d.p.expert_first = g * n, d.p.local_experts = n;
+          d.run();
+          const auto idsg = d.ids.to_host();
+          const auto wg = d.weights.to_host();
           for (size_t i = 0; i < ids.size(); ++i) {
             const int e = ids[i];
             ASSERT_EQ(idsg[i], e >= g * n && e < (g + 1) * n ? e - g * n : -1) << "pair " << i;
             ASSERT_EQ(wg[i], gw[i]) << "pair " << i;
           }
-          EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+          EXPECT_TRUE(d.guards_intact());
         }
-        p.expert_first = 0, p.local_experts = 0;
       }
     }
 #endif
@@ -134,29 +153,17 @@ TEST(MoeGpu, RouteNeverChoosesNan) {
       }
     }
     const int F = int(finite.size()), Kf = std::min(K, F);
-    std::vector<float> lf(size_t(T) * F), bf(static_cast<size_t>(F)), wf(size_t(T) * Kf);
-    std::vector<int> idf(size_t(T) * Kf);
+    std::vector<float> lf(size_t(T) * F), bf(static_cast<size_t>(F)), wf;
+    std::vector<int> idf;
     for (int i = 0; i < F; ++i) {
       bf[size_t(i)] = bias[size_t(finite[size_t(i)])];
       for (int t = 0; t < T; ++t) lf[size_t(t) * F + i] = logits[size_t(t) * E + finite[size_t(i)]];
     }
-    cpu::MoeRouteParams cp;
-    cp.num_tokens = T, cp.num_experts = F, cp.top_k = Kf, cp.renormalize = true, cp.scaling = 2.446f;
-    cp.logits = lf.data(), cp.correction_bias = bf.data(), cp.expert_ids = idf.data(), cp.weights = wf.data();
-    cpu::moe_route(cp);
-    GuardedBuffer<float> dl(logits.size()), db(static_cast<size_t>(E)), dw(size_t(T) * K);
-    GuardedBuffer<int> di(size_t(T) * K);
-    dl.upload(logits);
-    db.upload(bias);
-    dw.poison();
-    di.poison();
-    cuda::MoeRouteParams p;
-    p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true, p.scaling = 2.446f;
-    p.logits = dl.data(), p.correction_bias = db.data(), p.expert_ids = di.data(), p.weights = dw.data();
-    cuda::run_moe_route(p, nullptr);
-    CUDA_CHECK(cudaDeviceSynchronize());
-    const auto gi = di.to_host();
-    const auto gw = dw.to_host();
+    cpu_route(lf, bf, T, F, Kf, idf, wf);
+    DeviceRoute d(logits, bias, T, E, K);
+    d.run();
+    const auto gi = d.ids.to_host();
+    const auto gw = d.weights.to_host();
     for (int t = 0; t < T; ++t)
       for (int k = 0; k < K; ++k) {
         const size_t i = size_t(t) * K + k;
@@ -169,7 +176,7 @@ TEST(MoeGpu, RouteNeverChoosesNan) {
           ASSERT_EQ(gw[i], 0.f) << at;
         }
       }
-    EXPECT_TRUE(dw.guards_intact() && di.guards_intact());
+    EXPECT_TRUE(d.guards_intact());
   }
 #endif
 }
@@ -499,12 +506,9 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
         for (int k = 0; k < c.H; ++k) acc += double(xn[size_t(t) * c.H + k]) * router[size_t(e) * c.H + k];
         logits[size_t(t) * c.E + e] = float(acc);
       }
-    std::vector<int> ids(size_t(c.T) * c.K);
-    std::vector<float> w(ids.size());
-    cpu::MoeRouteParams cp;
-    cp.num_tokens = c.T, cp.num_experts = c.E, cp.top_k = c.K, cp.renormalize = true, cp.scaling = 2.446f;
-    cp.logits = logits.data(), cp.correction_bias = bias.data(), cp.expert_ids = ids.data(), cp.weights = w.data();
-    cpu::moe_route(cp);
+    std::vector<int> ids;
+    std::vector<float> w;
+    cpu_route(logits, bias, c.T, c.E, c.K, ids, w);
     const int El = c.local ? c.local : c.E, Ek = El + c.shared, stride = c.K + c.shared;
     const int64_t R = int64_t(c.T) * stride;
     GuardedBuffer<float> dx(x.size()), dr(router.size()), db(c.E), dl(logits.size()), dw(R), dnw(c.H);
@@ -522,7 +526,7 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
     dticket.upload(std::vector<int>{0});
     cuda::MoeRouteDecodeParams p;
     p.route.num_tokens = c.T, p.route.num_experts = c.E, p.route.top_k = c.K;
-    p.route.renormalize = true, p.route.scaling = 2.446f;
+    p.route.renormalize = true, p.route.scaling = kRouteScaling;
     p.route.logits = dl.data(), p.route.correction_bias = db.data();
     p.route.expert_ids = di.data(), p.route.weights = dw.data();
     p.route.shared_expert = c.shared ? El : -1;
@@ -732,14 +736,11 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
       for (int k = 0; k < H; ++k) acc += double(xn[size_t(k)]) * router[size_t(e) * H + k];
       logits[size_t(e)] = float(acc);
     }
-    std::vector<int> ids(static_cast<size_t>(K));
-    std::vector<float> wts(static_cast<size_t>(K));
-    cpu::MoeRouteParams cp;
-    cp.num_tokens = 1, cp.num_experts = E, cp.top_k = K, cp.renormalize = true, cp.scaling = 2.446f;
+    std::vector<int> ids;
+    std::vector<float> wts;
     auto logits_ref = logits;
     if (nan3) logits_ref[3] = 0.f;
-    cp.logits = logits_ref.data(), cp.correction_bias = bias_ref.data(), cp.expert_ids = ids.data(), cp.weights = wts.data();
-    cpu::moe_route(cp);
+    cpu_route(logits_ref, bias_ref, 1, E, K, ids, wts);
     ASSERT_EQ(ids[0], 1) << what;
     ASSERT_EQ(ids[1], 2) << what;
     // Weights for the chosen experts only (drawing all of them at the model's size took 40 s):
@@ -781,7 +782,7 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     dbar.upload(std::vector<int>{0, 0});
     cuda::MoeDecodeFusedParams p;
     p.route.num_tokens = 1, p.route.num_experts = E, p.route.top_k = K;
-    p.route.renormalize = true, p.route.scaling = 2.446f;
+    p.route.renormalize = true, p.route.scaling = kRouteScaling;
     p.route.logits = dl.data(), p.route.correction_bias = db.data();
     p.route.expert_ids = di.data(), p.route.weights = dw.data();
     p.route.shared_expert = c.shared ? E : -1;
