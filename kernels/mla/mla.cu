@@ -164,8 +164,8 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// Temporary A/B switch of the decode kernel's variants (mla_decode_tc.cuh: bit 1 kDecDirect, bit
-// 2 kDecEarly).
+// Temporary A/B switch of the decode kernel's variants (mla_decode_tc.cuh: bit 1 kDecPrefetch,
+// bit 2 kDecEarly).
 int decode_variant() {
   static const int v = [] {
     const char* e = std::getenv("KIMI_MLA_DEC_VAR");
@@ -176,7 +176,7 @@ int decode_variant() {
 
 template <bool kFp8, int kVar>
 void launch_decode_var(const dim3& grid, const mla::DecArgs& a, cudaStream_t stream) {
-  using L = mla::DecLayout<kFp8, kVar>;
+  using L = mla::DecLayout<kFp8>;
   launch_kernel(mla::mla_decode_kernel<kFp8, kVar>, grid, L::kThreads, LaunchOptions{L::kSmem, true},
                 stream, a);
 }
@@ -200,8 +200,12 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
     }
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    if (decode_variant() & mla::kDecEarly) launch_decode_var<false, 2>(grid, a, stream);
-    else launch_decode_var<false, 0>(grid, a, stream);
+    switch (decode_variant()) {
+      case 0: launch_decode_var<false, 0>(grid, a, stream); break;
+      case 1: launch_decode_var<false, 1>(grid, a, stream); break;
+      case 2: launch_decode_var<false, 2>(grid, a, stream); break;
+      default: launch_decode_var<false, 3>(grid, a, stream); break;
+    }
   }
 }
 
@@ -230,12 +234,14 @@ void mla_prepare() {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(bytes)));
   };
-  dec_smem(mla::mla_decode_kernel<false, 0>, mla::DecLayout<false, 0>::kSmem);
-  dec_smem(mla::mla_decode_kernel<false, 2>, mla::DecLayout<false, 2>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 0>, mla::DecLayout<true, 0>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 1>, mla::DecLayout<true, 1>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 2>, mla::DecLayout<true, 2>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 3>, mla::DecLayout<true, 3>::kSmem);
+  dec_smem(mla::mla_decode_kernel<false, 0>, mla::DecLayout<false>::kSmem);
+  dec_smem(mla::mla_decode_kernel<false, 1>, mla::DecLayout<false>::kSmem);
+  dec_smem(mla::mla_decode_kernel<false, 2>, mla::DecLayout<false>::kSmem);
+  dec_smem(mla::mla_decode_kernel<false, 3>, mla::DecLayout<false>::kSmem);
+  dec_smem(mla::mla_decode_kernel<true, 0>, mla::DecLayout<true>::kSmem);
+  dec_smem(mla::mla_decode_kernel<true, 1>, mla::DecLayout<true>::kSmem);
+  dec_smem(mla::mla_decode_kernel<true, 2>, mla::DecLayout<true>::kSmem);
+  dec_smem(mla::mla_decode_kernel<true, 3>, mla::DecLayout<true>::kSmem);
   done.fetch_or(bit);
 }
 

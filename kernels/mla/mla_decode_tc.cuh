@@ -92,38 +92,39 @@ constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
-// Variant bits (temporary switch, KIMI_MLA_DEC_VAR): kDecDirect (fp8) the converter loads its
-// codes and scales straight into registers a tile ahead (no staging area) and k_pe goes by TMA
-// into a ring of its own, 2 tiles ahead; kDecEarly the consumers issue Sᵀ of tile n + 1 behind
-// Oᵀ of tile n before waiting for it.
-constexpr int kDecDirect = 1;
+// Variant bits (temporary A/B switch, KIMI_MLA_DEC_VAR): kDecPrefetch asks L2 for the cache
+// block kDecPrefetchAhead tiles past the next tile's load (one bulk prefetch per tile; the fp8
+// path holds only one tile of codes in flight in shared memory); kDecEarly issues Sᵀ of tile
+// n + 1 behind Oᵀ of tile n before waiting for it (from the third tile on, or where no load
+// waits for slot n any more).
+constexpr int kDecPrefetch = 1;
 constexpr int kDecEarly = 2;
-constexpr int kDecKpeStages = 4;
+constexpr int kDecPrefetchAhead = 2;
+
+// A whole cache block (contiguous bytes) into L2, nothing into shared memory.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* ptr, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+}
 
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
 // converter warpgroup (fp8).
-template <bool kFp8, int kVar = 0>
+template <bool kFp8>
 struct DecLayout {
-  static constexpr bool kDirectCodes = kFp8 && (kVar & kDecDirect);
   static constexpr int kThreads = 128 + (kFp8 ? 128 : 32);
   static constexpr uint32_t kOffRing = kDecQBytes;
-  // A ring slot: 9 boxes, or the 8 value boxes when k_pe has a ring of its own.
-  static constexpr uint32_t kSlotBytes = kDirectCodes ? 8 * kDecBox : kDecTileBytes;
-  static constexpr uint32_t kOffKpe = kOffRing + kDecStages * kSlotBytes;
-  static constexpr uint32_t kKpeBytes = kDirectCodes ? kDecKpeStages * kDecBox : 0;
   // P of the tile in ring slot i. The consumers write P of tile n once tile n is in its slot,
   // so every consumer warp is done with P of the slot's previous tile, n − 2 (its release came
   // first); a warp may still run Oᵀ of tile n − 1 on the other buffer.
-  static constexpr uint32_t kOffP = kOffKpe + kKpeBytes;
+  static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
   // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
   static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
-  static constexpr uint32_t kStgBytes = kFp8 && !kDirectCodes ? 4 * kDecBox + kDecKeys * 16 : 0;
+  static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
   // [4 warps][32 heads] fp32 (the slow path's maxima, the end's l), then [32] m, [32] l.
   static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
   // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
   static constexpr size_t kSmem = kOffRed + 6 * kDecHeads * 4 + 1024;
-  static_assert(kOffStg % 1024 == 0 && kSmem + 96 <= 227 * 1024, "one CTA per SM must fit");
-  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecStages * kSlotBytes);
+  static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
+  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
 };
 
 // Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
@@ -136,14 +137,20 @@ struct DecArgs {
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
-template <class L>
+template <class L, bool kPf>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
                                                    int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
   const uint64_t policy = policy_evict_first();
+  constexpr uint32_t kBlockBytes = kDecKeys * kMlaFp8Row;
+  auto prefetch = [&](int n) {  // thread 0
+    if (n < ntiles) prefetch_l2_bulk(args.p.cache8 + int64_t(table[blk0 + n]) * kBlockBytes,
+                                     kBlockBytes);
+  };
   auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
+    if (kPf) prefetch(n + kDecPrefetchAhead);
     const int blk = table[blk0 + n];
     mbar_arrive_expect_tx(stage, L::kStgBytes);
 #pragma unroll
@@ -153,7 +160,11 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
                 stage, policy);
   };
-  if (ct == 0 && ntiles > 0) load_codes(0);
+  if (ct == 0 && ntiles > 0) {
+    if (kPf)
+      for (int m = 1; m < kDecPrefetchAhead; ++m) prefetch(m);
+    load_codes(0);
+  }
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
   // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
@@ -207,91 +218,6 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
   }
 }
 
-// 16 bytes of the streamed cache, not kept in L1, evict-first in L2.
-__device__ __forceinline__ uint4 ld_stream16(const void* ptr, uint64_t policy) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(ptr), "l"(policy));
-  return v;
-}
-
-// fp8, kDecDirect: the converter warpgroup loads tile n + 1's codes and scales from global
-// memory into registers while it decodes tile n; thread 0 keeps k_pe kDecKpeStages − 2 tiles
-// ahead in its own ring (kfull); each converter warp arrives on the slot's full barrier once its
-// stores are done. ct = 0..127.
-template <class L>
-__device__ __forceinline__ void mla_decode_convert_direct(const DecArgs& args, unsigned char* sm,
-                                                          uint32_t base, uint64_t* full,
-                                                          uint64_t* empty, uint64_t* kfull,
-                                                          const int* table, int blk0, int ntiles,
-                                                          int ct) {
-  constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
-  const uint64_t policy = policy_evict_first();
-  const int k = ct % 8, lane = ct % 32;
-  auto load_kpe = [&](int n, int blk) {  // thread 0
-    uint64_t* const bar = kfull + n % kDecKpeStages;
-    mbar_arrive_expect_tx(bar, kDecBox);
-    tma_load_2d(base + L::kOffKpe + (n % kDecKpeStages) * kDecBox, &args.cache, kMlaFp8PeOff,
-                blk * kDecKeys, bar, policy);
-  };
-  // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16), row
-  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
-  auto load = [&](int blk, uint4(&v)[kPieces], uint4(&sc)[4]) {
-    const uint8_t* const rows =
-        args.p.cache8 + (int64_t(blk) * kDecKeys + ct / 8) * kMlaFp8Row;
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i)
-      v[i] = ld_stream16(rows + 16 * (i % 4) * kMlaFp8Row + 128 * (i / 4) + 16 * k, policy);
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      sc[j] = ld_stream16(rows + 16 * j * kMlaFp8Row + kMlaFp8ScaleOff, policy);
-  };
-  const int pc = 2 * (k % 4), hi = k / 4;
-  auto convert = [&](int n, const uint4(&v)[kPieces], const uint4(&sc)[4]) {
-    const int slot = n % kDecStages;
-    unsigned char* const tile = sm + L::kOffRing + slot * L::kSlotBytes;
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
-      // The scale of group b twice (bf16x2): a power of two's fp32 high half.
-      const uint32_t f = b == 0 ? sc[j].x : b == 1 ? sc[j].y : b == 2 ? sc[j].z : sc[j].w;
-      const uint32_t s2 = __byte_perm(f, 0, 0x3232);
-      const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
-      unsigned char* const row = tile + (2 * b + hi) * kDecBox + r * 128;
-      const uint4 lo8 = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
-      const uint4 hi8 = fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
-      *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
-      *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
-    }
-    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    __syncwarp();
-    if (lane == 0) mbar_arrive(full + slot);
-  };
-  uint4 va[kPieces], sa[4], vb[kPieces], sb[4];
-  // blk_next: the block of tile n + 1 (read a tile ahead of its loads).
-  int blk_next = ntiles > 1 ? table[blk0 + 1] : 0;
-  if (ntiles > 0) load(table[blk0], va, sa);
-  if (ct == 0)
-    for (int n = 0; n < min(ntiles, kDecKpeStages - 2); ++n) load_kpe(n, table[blk0 + n]);
-  // One tile: tile n + 1's loads into (nv, ns), then tile n from (cv, cs) into its slot.
-  auto step = [&](int n, const uint4(&cv)[kPieces], const uint4(&cs)[4], uint4(&nv)[kPieces],
-                  uint4(&ns)[4]) {
-    if (n + 1 < ntiles) load(blk_next, nv, ns);
-    const int ahead = n + kDecKpeStages - 2;  // k_pe of this tile, into the slot of tile n − 2
-    const int blk_ahead = ct == 0 && ahead < ntiles ? table[blk0 + ahead] : 0;
-    blk_next = n + 2 < ntiles ? table[blk0 + n + 2] : 0;
-    // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
-    mbar_wait(empty + n % kDecStages, ((n / kDecStages) & 1) ^ 1);
-    if (ct == 0 && ahead < ntiles) load_kpe(ahead, blk_ahead);
-    convert(n, cv, cs);
-  };
-  for (int n = 0; n < ntiles; n += 2) {
-    step(n, va, sa, vb, sb);
-    if (n + 1 < ntiles) step(n + 1, vb, sb, va, sa);
-  }
-}
-
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
 // matrix i before the transpose.
@@ -304,29 +230,24 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 
 // Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
 template <bool kFp8, int kVar = 0>
-__global__ void __launch_bounds__(DecLayout<kFp8, kVar>::kThreads, 1)
+__global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
-  using L = DecLayout<kFp8, kVar>;
-  constexpr bool kDirectCodes = L::kDirectCodes, kEarly = (kVar & kDecEarly) != 0;
+  using L = DecLayout<kFp8>;
+  constexpr bool kPf = (kVar & kDecPrefetch) != 0, kEarly = (kVar & kDecEarly) != 0;
   extern __shared__ unsigned char dec_smem_raw[];
-  // full[2], empty[2], fp8: the staging area's; kDecDirect: k_pe's full[4]
-  __shared__ uint64_t bars[2 * kDecStages + 1 + kDecKpeStages];
+  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
   uint64_t* const stage = bars + 2 * kDecStages;
-  uint64_t* const kfull = bars + 2 * kDecStages + 1;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
     prefetch_tensormap(&args.cache);
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      // The expect_tx; fp8: and the converters' writes (kDecDirect: each converter warp's).
-      mbar_init(full + s, kDirectCodes ? 4 : kFp8 ? 2 : 1);
-      mbar_init(empty + s, 4);  // every consumer warp
+      mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
+      mbar_init(empty + s, 4);            // every consumer warp
     }
     if (kFp8) mbar_init(stage, 1);
-    if (kDirectCodes)
-      for (int s = 0; s < kDecKpeStages; ++s) mbar_init(kfull + s, 1);
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -349,16 +270,21 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kVar>::kThreads, 1)
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
-    if (kDirectCodes) {
-      mla_decode_convert_direct<L>(args, sm, base, full, empty, kfull, table, blk0, ntiles,
-                                   threadIdx.x - 128);
-    } else if (kFp8) {
-      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+    if (kFp8) {
+      mla_decode_convert<L, kPf>(args, sm, base, stage, full, empty, table, blk0, ntiles,
                             threadIdx.x - 128);
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
+      constexpr uint32_t kBlockBytes = kDecKeys * kMlaRow * 2;
+      auto prefetch = [&](int n) {
+        if (n < ntiles)
+          prefetch_l2_bulk(p.cache + int64_t(table[blk0 + n]) * (kBlockBytes / 2), kBlockBytes);
+      };
+      if (kPf)
+        for (int m = 2; m < 2 + kDecPrefetchAhead; ++m) prefetch(m);
       for (int n = 0; n < ntiles; ++n) {
+        if (kPf) prefetch(n + 2 + kDecPrefetchAhead);  // the slots hold tiles n, n + 1
         const int next = n + 1 < ntiles ? table[blk0 + n + 1] : 0;
         const int s = n % kDecStages;
         // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
@@ -426,29 +352,27 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kVar>::kThreads, 1)
 
   // Sᵀ of tile n into s (committed, not waited for).
   auto issue_s = [&](int n) {
-    const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * L::kSlotBytes;
-    mbar_wait(full + slot, (n / kDecStages) & 1);
-    if (kDirectCodes) mbar_wait(kfull + n % kDecKpeStages, (n / kDecKpeStages) & 1);
+    const uint32_t tile = ring_s + (n % kDecStages) * kDecTileBytes;
+    mbar_wait(full + n % kDecStages, (n / kDecStages) & 1);
     wgmma_fence();
     const uint64_t k_desc = wgmma_desc(tile);
-    const uint64_t pe_desc =
-        kDirectCodes ? wgmma_desc(base + L::kOffKpe + (n % kDecKpeStages) * kDecBox)
-                     : k_desc + 8 * kDecBox / 16;
 #pragma unroll
     for (int c = 0; c < 9; ++c)
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        wgmma_ss_m64n32<0>(s, (c < 8 ? k_desc + c * kDecBox / 16 : pe_desc) + kk * 32 / 16,
+        wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
                            q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
     wgmma_commit();
   };
-  if (kEarly && ntiles > 0) issue_s(0);
+  // kDecEarly: whether Sᵀ of tile n + 1 went out behind Oᵀ of tile n. Not in the first two
+  // tiles: there the next tile often is not in yet, and waiting for it before handing slot n
+  // back would hold up the load of tile n + 2.
+  auto early = [&](int n) { return kEarly && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * L::kSlotBytes, pbuf = slot * kDecPBytes;
-    if (!kEarly) issue_s(n);
+    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
+    if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
 
@@ -558,7 +482,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kVar>::kThreads, 1)
                              p_desc + kk * 32 / 16, 1);
     }
     wgmma_commit();
-    if (kEarly && n + 1 < ntiles) {
+    if (early(n)) {
       issue_s(n + 1);  // behind Oᵀ of this tile; the next iteration waits for it
       wgmma_wait<1>();
     } else {
