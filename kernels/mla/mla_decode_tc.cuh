@@ -92,6 +92,20 @@ constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
+// Variant bits (temporary A/B switch, KIMI_MLA_DEC_VAR): kDecPrefetch asks L2 for the cache
+// block kDecPrefetchAhead tiles past the next tile's load (one bulk prefetch per tile; the fp8
+// path holds only one tile of codes in flight in shared memory); kDecEarly issues Sᵀ of tile
+// n + 1 behind Oᵀ of tile n before waiting for it (from the third tile on, or where no load
+// waits for slot n any more).
+constexpr int kDecPrefetch = 1;
+constexpr int kDecEarly = 2;
+constexpr int kDecPrefetchAhead = 2;
+
+// A whole cache block (contiguous bytes) into L2, nothing into shared memory.
+__device__ __forceinline__ void prefetch_l2_bulk(const void* ptr, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
+}
+
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
 // converter warpgroup (fp8).
 template <bool kFp8>
@@ -123,14 +137,20 @@ struct DecArgs {
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
-template <class L>
+template <class L, bool kPf>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
                                                    int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
   const uint64_t policy = policy_evict_first();
+  constexpr uint32_t kBlockBytes = kDecKeys * kMlaFp8Row;
+  auto prefetch = [&](int n) {  // thread 0
+    if (n < ntiles) prefetch_l2_bulk(args.p.cache8 + int64_t(table[blk0 + n]) * kBlockBytes,
+                                     kBlockBytes);
+  };
   auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
+    if (kPf) prefetch(n + kDecPrefetchAhead);
     const int blk = table[blk0 + n];
     mbar_arrive_expect_tx(stage, L::kStgBytes);
 #pragma unroll
@@ -140,7 +160,11 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
                 stage, policy);
   };
-  if (ct == 0 && ntiles > 0) load_codes(0);
+  if (ct == 0 && ntiles > 0) {
+    if (kPf)
+      for (int m = 1; m < kDecPrefetchAhead; ++m) prefetch(m);
+    load_codes(0);
+  }
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
   // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
@@ -205,10 +229,11 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
-template <bool kFp8>
+template <bool kFp8, int kVar = 0>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   using L = DecLayout<kFp8>;
+  constexpr bool kPf = (kVar & kDecPrefetch) != 0, kEarly = (kVar & kDecEarly) != 0;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
@@ -246,12 +271,20 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
     if (kFp8) {
-      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+      mla_decode_convert<L, kPf>(args, sm, base, stage, full, empty, table, blk0, ntiles,
                             threadIdx.x - 128);
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
+      constexpr uint32_t kBlockBytes = kDecKeys * kMlaRow * 2;
+      auto prefetch = [&](int n) {
+        if (n < ntiles)
+          prefetch_l2_bulk(p.cache + int64_t(table[blk0 + n]) * (kBlockBytes / 2), kBlockBytes);
+      };
+      if (kPf)
+        for (int m = 2; m < 2 + kDecPrefetchAhead; ++m) prefetch(m);
       for (int n = 0; n < ntiles; ++n) {
+        if (kPf) prefetch(n + 2 + kDecPrefetchAhead);  // the slots hold tiles n, n + 1
         const int next = n + 1 < ntiles ? table[blk0 + n + 1] : 0;
         const int s = n % kDecStages;
         // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
@@ -317,21 +350,29 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
 
+  // Sᵀ of tile n into s (committed, not waited for).
+  auto issue_s = [&](int n) {
+    const uint32_t tile = ring_s + (n % kDecStages) * kDecTileBytes;
+    mbar_wait(full + n % kDecStages, (n / kDecStages) & 1);
+    wgmma_fence();
+    const uint64_t k_desc = wgmma_desc(tile);
+#pragma unroll
+    for (int c = 0; c < 9; ++c)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
+                           q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
+    wgmma_commit();
+  };
+  // kDecEarly: whether Sᵀ of tile n + 1 went out behind Oᵀ of tile n. Not in the first two
+  // tiles: there the next tile often is not in yet, and waiting for it before handing slot n
+  // back would hold up the load of tile n + 2.
+  auto early = [&](int n) { return kEarly && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
+
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
-    mbar_wait(full + slot, (n / kDecStages) & 1);
-    wgmma_fence();
-    {
-      const uint64_t k_desc = wgmma_desc(tile);
-#pragma unroll
-      for (int c = 0; c < 9; ++c)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
-                             q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
-    }
-    wgmma_commit();
+    if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
 
@@ -441,7 +482,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
                              p_desc + kk * 32 / 16, 1);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if (early(n)) {
+      issue_s(n + 1);  // behind Oᵀ of this tile; the next iteration waits for it
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
 #pragma unroll
     for (int c = 0; c < 8; ++c) fence_acc(o[c]);
     __syncwarp();
