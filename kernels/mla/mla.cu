@@ -1,7 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -164,23 +163,6 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// Temporary A/B switch of the decode kernel's variants (mla_decode_tc.cuh: bit 1 kDecPrefetch,
-// bit 2 kDecEarly).
-int decode_variant() {
-  static const int v = [] {
-    const char* e = std::getenv("KIMI_MLA_DEC_VAR");
-    return e ? std::atoi(e) & 3 : 3;
-  }();
-  return v;
-}
-
-template <bool kFp8, int kVar>
-void launch_decode_var(const dim3& grid, const mla::DecArgs& a, cudaStream_t stream) {
-  using L = mla::DecLayout<kFp8>;
-  launch_kernel(mla::mla_decode_kernel<kFp8, kVar>, grid, L::kThreads, LaunchOptions{L::kSmem, true},
-                stream, a);
-}
-
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
@@ -192,20 +174,12 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
                             128, kMlaBlock, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
                              16, kMlaBlock, false);
-    switch (decode_variant()) {
-      case 0: launch_decode_var<true, 0>(grid, a, stream); break;
-      case 1: launch_decode_var<true, 1>(grid, a, stream); break;
-      case 2: launch_decode_var<true, 2>(grid, a, stream); break;
-      default: launch_decode_var<true, 3>(grid, a, stream); break;
-    }
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
+                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
-    switch (decode_variant()) {
-      case 0: launch_decode_var<false, 0>(grid, a, stream); break;
-      case 1: launch_decode_var<false, 1>(grid, a, stream); break;
-      case 2: launch_decode_var<false, 2>(grid, a, stream); break;
-      default: launch_decode_var<false, 3>(grid, a, stream); break;
-    }
+    launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
+                  LaunchOptions{mla::DecLayout<false>::kSmem, true}, stream, a);
   }
 }
 
@@ -230,18 +204,12 @@ void mla_prepare() {
                                   int(attn_smem<4>())));
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_attn_tc_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(mla::kTcSmem)));
-  auto dec_smem = [](auto kernel, size_t bytes) {
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(bytes)));
-  };
-  dec_smem(mla::mla_decode_kernel<false, 0>, mla::DecLayout<false>::kSmem);
-  dec_smem(mla::mla_decode_kernel<false, 1>, mla::DecLayout<false>::kSmem);
-  dec_smem(mla::mla_decode_kernel<false, 2>, mla::DecLayout<false>::kSmem);
-  dec_smem(mla::mla_decode_kernel<false, 3>, mla::DecLayout<false>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 0>, mla::DecLayout<true>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 1>, mla::DecLayout<true>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 2>, mla::DecLayout<true>::kSmem);
-  dec_smem(mla::mla_decode_kernel<true, 3>, mla::DecLayout<true>::kSmem);
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<false>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);
 }
 

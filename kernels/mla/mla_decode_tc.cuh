@@ -33,7 +33,12 @@
 //      on the last tile cache rows at or past kv_hi are zeroed in the slot (after a barrier:
 //      every warp's Sᵀ has read them) before Pᵀ·V reads them (P = 0 there, but rows past the
 //      context may hold anything: 0 · NaN);
-//   3. issue Oᵀ, wait, release the slot.
+//   3. issue Oᵀ, wait for it, release the slot. bf16, from the third tile on: Sᵀ of tile n + 1
+//      goes out behind Oᵀ before the wait (wgmma_wait<1>), so the tensor pipe is not idle across
+//      the release, the full-barrier wait and the 36 issues; step 1 of the next tile then only
+//      waits. Not in the first two tiles: waiting for tile n + 1 before releasing slot n would
+//      hold up the load of tile n + 2 in the ramp. Measured on H200 (docs/perf-log.md, session
+//      10): 307 → 295 us at 1M (93% → 97% of copy), 3-4% faster at B = 64.
 // P has one buffer per ring slot: with one barrier per tile a warp may write P of tile n while
 // another still runs Oᵀ of tile n − 1; tile n in its slot means every warp released tile
 // n − 2, the last reader of that buffer. l is kept as per-lane partial sums (reduced once at
@@ -65,7 +70,10 @@
 // ~1.86 us per tile. Tried and dropped (same measurements): two consumer warpgroups splitting a
 // tile's channels (Sᵀ k-steps halved, partial Sᵀ exchanged through shared memory, Oᵀ m-tiles
 // halved: 384 threads, setmaxnreg) and two consumer warpgroups taking the tiles in turn (each
-// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one.
+// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one. Session 10: the
+// early Sᵀ above (no faster here: the kernel waits on its loads, one staging tile of codes in
+// flight) and an L2 bulk prefetch (cp.async.bulk.prefetch.L2) of the cache block two tiles ahead
+// (5% slower at 1M; 24% slower on the bf16 kernel): dropped.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -91,20 +99,6 @@ constexpr uint32_t kDecPBytes = kDecHeads * 128;          // [32 heads][64 keys]
 constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
-
-// Variant bits (temporary A/B switch, KIMI_MLA_DEC_VAR): kDecPrefetch asks L2 for the cache
-// block kDecPrefetchAhead tiles past the next tile's load (one bulk prefetch per tile; the fp8
-// path holds only one tile of codes in flight in shared memory); kDecEarly issues Sᵀ of tile
-// n + 1 behind Oᵀ of tile n before waiting for it (from the third tile on, or where no load
-// waits for slot n any more).
-constexpr int kDecPrefetch = 1;
-constexpr int kDecEarly = 2;
-constexpr int kDecPrefetchAhead = 2;
-
-// A whole cache block (contiguous bytes) into L2, nothing into shared memory.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* ptr, uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(ptr), "r"(bytes) : "memory");
-}
 
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
 // converter warpgroup (fp8).
@@ -137,20 +131,14 @@ struct DecArgs {
 };
 
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
-template <class L, bool kPf>
+template <class L>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
                                                    int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
   const uint64_t policy = policy_evict_first();
-  constexpr uint32_t kBlockBytes = kDecKeys * kMlaFp8Row;
-  auto prefetch = [&](int n) {  // thread 0
-    if (n < ntiles) prefetch_l2_bulk(args.p.cache8 + int64_t(table[blk0 + n]) * kBlockBytes,
-                                     kBlockBytes);
-  };
   auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
-    if (kPf) prefetch(n + kDecPrefetchAhead);
     const int blk = table[blk0 + n];
     mbar_arrive_expect_tx(stage, L::kStgBytes);
 #pragma unroll
@@ -160,11 +148,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
                 stage, policy);
   };
-  if (ct == 0 && ntiles > 0) {
-    if (kPf)
-      for (int m = 1; m < kDecPrefetchAhead; ++m) prefetch(m);
-    load_codes(0);
-  }
+  if (ct == 0 && ntiles > 0) load_codes(0);
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
   // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
@@ -229,11 +213,10 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
-template <bool kFp8, int kVar = 0>
+template <bool kFp8>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   using L = DecLayout<kFp8>;
-  constexpr bool kPf = (kVar & kDecPrefetch) != 0, kEarly = (kVar & kDecEarly) != 0;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
   uint64_t* const full = bars;
@@ -271,20 +254,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
     if (kFp8) {
-      mla_decode_convert<L, kPf>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
                             threadIdx.x - 128);
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
-      constexpr uint32_t kBlockBytes = kDecKeys * kMlaRow * 2;
-      auto prefetch = [&](int n) {
-        if (n < ntiles)
-          prefetch_l2_bulk(p.cache + int64_t(table[blk0 + n]) * (kBlockBytes / 2), kBlockBytes);
-      };
-      if (kPf)
-        for (int m = 2; m < 2 + kDecPrefetchAhead; ++m) prefetch(m);
       for (int n = 0; n < ntiles; ++n) {
-        if (kPf) prefetch(n + 2 + kDecPrefetchAhead);  // the slots hold tiles n, n + 1
         const int next = n + 1 < ntiles ? table[blk0 + n + 1] : 0;
         const int s = n % kDecStages;
         // A slot's first use waits on parity 1 of its empty barrier: that returns at once.
@@ -364,10 +339,11 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
                            q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
     wgmma_commit();
   };
-  // kDecEarly: whether Sᵀ of tile n + 1 went out behind Oᵀ of tile n. Not in the first two
-  // tiles: there the next tile often is not in yet, and waiting for it before handing slot n
-  // back would hold up the load of tile n + 2.
-  auto early = [&](int n) { return kEarly && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
+  // Whether Sᵀ of tile n + 1 goes out behind Oᵀ of tile n, before waiting for Oᵀ (bf16 only:
+  // there the consumer chain sets the pace; the fp8 kernel is bound by its loads and was no
+  // faster). Not in the first two tiles: there the next tile often is not in yet, and waiting
+  // for it before handing slot n back would hold up the load of tile n + 2.
+  auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
