@@ -33,7 +33,12 @@
 //      on the last tile cache rows at or past kv_hi are zeroed in the slot (after a barrier:
 //      every warp's Sᵀ has read them) before Pᵀ·V reads them (P = 0 there, but rows past the
 //      context may hold anything: 0 · NaN);
-//   3. issue Oᵀ, wait, release the slot.
+//   3. issue Oᵀ, wait for it, release the slot. bf16, from the third tile on: Sᵀ of tile n + 1
+//      goes out behind Oᵀ before the wait (wgmma_wait<1>), so the tensor pipe is not idle across
+//      the release, the full-barrier wait and the 36 issues; step 1 of the next tile then only
+//      waits. Not in the first two tiles: waiting for tile n + 1 before releasing slot n would
+//      hold up the load of tile n + 2 in the ramp. Measured on H200 (docs/perf-log.md, session
+//      10): 307 → 295 us at 1M (93% → 97% of copy), 3-4% faster at B = 64.
 // P has one buffer per ring slot: with one barrier per tile a warp may write P of tile n while
 // another still runs Oᵀ of tile n − 1; tile n in its slot means every warp released tile
 // n − 2, the last reader of that buffer. l is kept as per-lane partial sums (reduced once at
@@ -65,7 +70,10 @@
 // ~1.86 us per tile. Tried and dropped (same measurements): two consumer warpgroups splitting a
 // tile's channels (Sᵀ k-steps halved, partial Sᵀ exchanged through shared memory, Oᵀ m-tiles
 // halved: 384 threads, setmaxnreg) and two consumer warpgroups taking the tiles in turn (each
-// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one.
+// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one. Session 10: the
+// early Sᵀ above (no faster here: the kernel waits on its loads, one staging tile of codes in
+// flight) and an L2 bulk prefetch (cp.async.bulk.prefetch.L2) of the cache block two tiles ahead
+// (5% slower at 1M; 24% slower on the bf16 kernel): dropped.
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -317,21 +325,30 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
 
+  // Sᵀ of tile n into s (committed, not waited for).
+  auto issue_s = [&](int n) {
+    const uint32_t tile = ring_s + (n % kDecStages) * kDecTileBytes;
+    mbar_wait(full + n % kDecStages, (n / kDecStages) & 1);
+    wgmma_fence();
+    const uint64_t k_desc = wgmma_desc(tile);
+#pragma unroll
+    for (int c = 0; c < 9; ++c)
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
+                           q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
+    wgmma_commit();
+  };
+  // Whether Sᵀ of tile n + 1 goes out behind Oᵀ of tile n, before waiting for Oᵀ (bf16 only:
+  // there the consumer chain sets the pace; the fp8 kernel is bound by its loads and was no
+  // faster). Not in the first two tiles: there the next tile often is not in yet, and waiting
+  // for it before handing slot n back would hold up the load of tile n + 2.
+  auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
+
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
-    mbar_wait(full + slot, (n / kDecStages) & 1);
-    wgmma_fence();
-    {
-      const uint64_t k_desc = wgmma_desc(tile);
-#pragma unroll
-      for (int c = 0; c < 9; ++c)
-#pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          wgmma_ss_m64n32<0>(s, k_desc + (c * kDecBox + kk * 32) / 16,
-                             q_desc + (c * kDecQBox + kk * 32) / 16, c + kk > 0);
-    }
-    wgmma_commit();
+    if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
 
@@ -441,7 +458,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
                              p_desc + kk * 32 / 16, 1);
     }
     wgmma_commit();
-    wgmma_wait<0>();
+    if (early(n)) {
+      issue_s(n + 1);  // behind Oᵀ of this tile; the next iteration waits for it
+      wgmma_wait<1>();
+    } else {
+      wgmma_wait<0>();
+    }
 #pragma unroll
     for (int c = 0; c < 8; ++c) fence_acc(o[c]);
     __syncwarp();
