@@ -21,7 +21,7 @@
 // B, context L, the decode plan), from the normed input row to the o_proj residual update: the
 // GEMM chain (q and kv_a projections, cache write, q_abs GEMM, attention, combine, W_UV GEMM,
 // o_proj: 8 launches) against the fused chain of mla_layer.h (q | kv_a grouped, q prep,
-// attention, uv, o_proj: 5 launches), each replayed from a CUDA graph over 3 weight sets in
+// attention, uv, o_proj: 5 launches; o_proj on the small-M GEMM or run_mla_o_proj), each replayed from a CUDA graph over 3 weight sets in
 // turn (60 MB each: no replay finds the previous one's weights in L2); time per layer and the
 // bytes a layer must move (W_q, kv_a, kv_b, W_o and the cache rows read) against the copy
 // ceiling; then at B = 1, 4k each chain cut after each launch (one graph per prefix): the
@@ -261,8 +261,9 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
     if (++n <= upto)
       gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
   };
-  // The fused chain (mla_layer.h): launches 1..upto of its 5.
-  auto new_chain = [&](int i, cudaStream_t s, int upto) {
+  // The fused chain (mla_layer.h): launches 1..upto of its 5; o_proj by run_mla_o_proj (smem)
+  // or the small-M GEMM.
+  auto fused_chain = [&](int i, cudaStream_t s, int upto, bool smem) {
     const Weights& W = w[i % kSets];
     int n = 0;
     const GemmArgs proj[] = {
@@ -278,53 +279,82 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
     kimi::cuda::MlaUvParams up;
     up.num_tokens = B, up.num_heads = H, up.split_base = dsb.data(), up.num_splits = dns.data();
     up.partials = parts.data(), up.u = u.data(), up.kv_b = W.kv_b.data(), up.out = attn.data();
+    up.dependents_at_entry = smem;
     if (++n <= upto) kimi::cuda::run_mla_uv(up, s);
-    if (++n <= upto)
-      gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
+    kimi::cuda::MlaOProjParams op;
+    op.num_tokens = B, op.in_dim = H * 128, op.out_dim = kHid, op.in = attn.data(), op.w = W.o.data();
+    op.x = x.data(), op.beta = 1.f;
+    if (++n <= upto) {
+      if (smem) kimi::cuda::run_mla_o_proj(op, num_sms, s);
+      else gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
+    }
   };
+  constexpr int kChains = 3;
+  auto run_chain = [&](int c, int i, cudaStream_t s, int upto) {
+    if (c == 0) old_chain(i, s, upto);
+    else fused_chain(i, s, upto, c == 2);
+  };
+  const int launches[kChains] = {8, 5, 5};
+  const char* name[kChains] = {"GEMM chain (8)", "fused, gemv o_proj", "fused, smem o_proj"};
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-  auto time_chain = [&](auto& chain, int upto) {
-    for (int i = 0; i < kSets; ++i) chain(i, st, upto);  // plans made outside the capture
+  auto time_chain = [&](int c, int upto) {
+    for (int i = 0; i < kSets; ++i) run_chain(c, i, st, upto);  // plans made outside the capture
     CUDA_CHECK(cudaStreamSynchronize(st));
-    return 1e3 * kimi::bench::graph_ms([&](int i, cudaStream_t s) { chain(i, s, upto); }, 30, 15, st);
+    return 1e3 * kimi::bench::graph_ms([&](int i, cudaStream_t s) { run_chain(c, i, s, upto); }, 30,
+                                       15, st);
   };
   const double weight_bytes = 2.0 * (double(H) * 192 * kHid + 576.0 * kHid + H * 256.0 * 512 +
                                      double(kHid) * H * 128),
                cache_bytes = double(B) * L * (fp8 ? kimi::cuda::kMlaFp8Row : 1152),
                bytes = weight_bytes + cache_bytes, floor_us = bytes / (copy_gbs * 1e3);
-  double us[2][2];
-  for (int rep = 0; rep < 2; ++rep) {  // alternated: old, new, old, new
-    us[0][rep] = time_chain(old_chain, 8);
-    us[1][rep] = time_chain(new_chain, 5);
+  double us[kChains][2];
+  for (int rep = 0; rep < 2; ++rep)  // alternated: each chain, then each again
+    for (int c = 0; c < kChains; ++c) us[c][rep] = time_chain(c, launches[c]);
+  // The chains' outputs from the same inputs: attn (rel RMS) and the residual x (fp32, reset).
+  DeviceBuffer<bf16> attn_ref(attn.size());
+  std::vector<float> x0(x.size()), x_ref(x.size()), x_got(x.size());
+  double attn_err[kChains] = {0, 0, 0}, x_err[kChains] = {0, 0, 0};
+  CUDA_CHECK(cudaMemcpy(x0.data(), x.data(), x.size() * 4, cudaMemcpyDeviceToHost));
+  for (int c = 0; c < kChains; ++c) {
+    x.upload(x0);
+    run_chain(c, 0, st, launches[c]);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    std::vector<float>& dst = c == 0 ? x_ref : x_got;
+    CUDA_CHECK(cudaMemcpy(dst.data(), x.data(), x.size() * 4, cudaMemcpyDeviceToHost));
+    if (c == 0) {
+      CUDA_CHECK(cudaMemcpy(attn_ref.data(), attn.data(), attn.size() * 2, cudaMemcpyDeviceToDevice));
+      continue;
+    }
+    attn_err[c] = rel_rms(attn_ref, attn);
+    double num = 0, den = 0;
+    for (size_t k = 0; k < x0.size(); ++k) {
+      num += double(x_got[k] - x_ref[k]) * (x_got[k] - x_ref[k]);
+      den += double(x_ref[k] - x0[k]) * (x_ref[k] - x0[k]);
+    }
+    x_err[c] = std::sqrt(num / std::max(den, 1e-300));
   }
-  // The two chains' outputs from the same inputs (x reset; attn rel RMS as a sanity check).
-  DeviceBuffer<bf16> attn_old(attn.size());
-  fill_random(x, -1.f, 1.f, 61);
-  old_chain(0, st, 8);
-  CUDA_CHECK(cudaMemcpyAsync(attn_old.data(), attn.data(), attn.size() * 2, cudaMemcpyDeviceToDevice, st));
-  new_chain(0, st, 5);
-  CUDA_CHECK(cudaStreamSynchronize(st));
-  const char* name[2] = {"GEMM chain (8)", "fused chain (5)"};
-  for (int c = 0; c < 2; ++c)
-    std::printf("%-4d %-8d %-5s %-16s %8.1f / %8.1f us  bytes %6.1f MB (floor %5.1f us) %5.1f%% of copy\n",
+  for (int c = 0; c < kChains; ++c)
+    std::printf("%-4d %-8d %-5s %-19s %8.1f / %8.1f us  bytes %6.1f MB (floor %5.1f us) %5.1f%% of copy\n",
                 B, L, fp8 ? "fp8" : "bf16", name[c], us[c][0], us[c][1], bytes / 1e6, floor_us,
                 100 * floor_us / std::min(us[c][0], us[c][1]));
-  std::printf("%-4d %-8d %-5s saved %.1f us per layer (best of 2 each); attn rel RMS fused vs GEMM chain %.2e\n",
-              B, L, fp8 ? "fp8" : "bf16", std::min(us[0][0], us[0][1]) - std::min(us[1][0], us[1][1]),
-              rel_rms(attn_old, attn));
+  for (int c = 1; c < kChains; ++c)
+    std::printf("%-4d %-8d %-5s %s: saved %.1f us per layer (best of 2 each); vs the GEMM chain: attn "
+                "rel RMS %.2e, o_proj update rel RMS %.2e\n",
+                B, L, fp8 ? "fp8" : "bf16", name[c],
+                std::min(us[0][0], us[0][1]) - std::min(us[c][0], us[c][1]), attn_err[c], x_err[c]);
   if (prefixes) {
-    const char* old_names[8] = {"q gemv", "kv_a gemv", "cache write", "q_abs (cuBLASLt)",
-                                "attention", "combine", "W_UV (cuBLASLt)", "o_proj gemv"};
-    const char* new_names[5] = {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention",
-                                "uv (merge+W_UV)", "o_proj gemv"};
-    for (int c = 0; c < 2; ++c) {
-      const int n = c ? 5 : 8;
+    const char* names[kChains][8] = {
+        {"q gemv", "kv_a gemv", "cache write", "q_abs (cuBLASLt)", "attention", "combine",
+         "W_UV (cuBLASLt)", "o_proj gemv"},
+        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj gemv"},
+        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj smem"}};
+    for (int c = 0; c < kChains; ++c) {
       double prev = 0;
       std::printf("  %s, cut after each launch (us; increment):\n", name[c]);
-      for (int k = 1; k <= n; ++k) {
-        const double t = c ? time_chain(new_chain, k) : time_chain(old_chain, k);
-        std::printf("    %-22s %8.2f  %+7.2f\n", c ? new_names[k - 1] : old_names[k - 1], t, t - prev);
+      for (int k = 1; k <= launches[c]; ++k) {
+        const double t = time_chain(c, k);
+        std::printf("    %-22s %8.2f  %+7.2f\n", names[c][k - 1], t, t - prev);
         prev = t;
       }
     }
@@ -467,6 +497,7 @@ int main(int argc, char** argv) {
                   "ceiling %.0f GB/s; times: two alternations\n", copy);
       bench_layer(1, 4096, false, true, prop.multiProcessorCount, copy);
       bench_layer(1, 4096, true, false, prop.multiProcessorCount, copy);
+      bench_layer(2, 4096, false, false, prop.multiProcessorCount, copy);
       bench_layer(4, 4096, false, false, prop.multiProcessorCount, copy);
       if (!quick) {
         bench_layer(1, 32768, false, false, prop.multiProcessorCount, copy);

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <type_traits>
 
 #include <spdlog/spdlog.h>
@@ -289,13 +290,30 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
 // The fused chain of a small decode step (mla_layer.h): q | latent in one grouped projection,
 // q rounding + q_abs + cache write in one launch, the attention, split merge + W_UV in one
 // launch. KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size (comparison runs).
-bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
-  static const bool off = [] {
+// KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size, =fused_gemv the fused chain with o_proj
+// on the small-M GEMM (comparison runs); default: the fused chain with run_mla_o_proj.
+int mla_layer_mode() {
+  static const int mode = [] {
     const char* e = std::getenv("KIMI_MLA_LAYER");
-    return e && std::strcmp(e, "gemm") == 0;
+    const std::string v = e ? e : "fused";
+    if (v == "gemm") return 0;
+    if (v == "fused_gemv") return 1;
+    KIMI_CHECK(v == "fused", "KIMI_MLA_LAYER must be fused, fused_gemv or gemm, got '", v, "'");
+    return 2;
   }();
-  return !off && !m.high && s.T >= 1 && s.T <= cuda::kMlaLayerMaxTokens &&
+  return mode;
+}
+
+bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
+  return mla_layer_mode() > 0 && !m.high && s.T >= 1 && s.T <= cuda::kMlaLayerMaxTokens &&
          !(s.prefill && !s.prefill->rounds.empty());
+}
+
+// Whether the fused chain's o_proj runs as run_mla_o_proj (W_o rows in shared memory).
+bool mla_o_proj_smem(const CudaModel::Impl& m) {
+  return mla_layer_mode() == 2 &&
+         cuda::mla_o_proj_rows(m.cfg.hidden_size, m.cfg.num_attention_heads * kMlaVDim,
+                               m.prop.multiProcessorCount) > 0;
 }
 
 void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
@@ -342,6 +360,7 @@ void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cac
   up.u = A.u;
   up.kv_b = w.kv_b;
   up.out = A.attn;
+  up.dependents_at_entry = mla_o_proj_smem(m);
   cuda::run_mla_uv(up, m.stream);
 }
 
@@ -408,7 +427,19 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     pp.out = A.attn;
     cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
   }
-  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
+  if (fused && mla_o_proj_smem(m)) {
+    cuda::MlaOProjParams op;
+    op.num_tokens = T;
+    op.in_dim = H * kMlaVDim;
+    op.out_dim = hid;
+    op.in = A.attn;
+    op.w = w.o;
+    op.x = A.x;
+    op.beta = residual_beta(m);
+    cuda::run_mla_o_proj(op, m.prop.multiProcessorCount, m.stream);
+  } else {
+    g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
+  }
 }
 
 
