@@ -21,7 +21,7 @@
 // B, context L, the decode plan), from the normed input row to the o_proj residual update: the
 // GEMM chain (q and kv_a projections, cache write, q_abs GEMM, attention, combine, W_UV GEMM,
 // o_proj: 8 launches) against the fused chain of mla_layer.h (q | kv_a grouped, q prep,
-// attention, uv, o_proj: 5 launches; o_proj on the small-M GEMM or run_mla_o_proj), each replayed from a CUDA graph over 3 weight sets in
+// attention, uv, o_proj: 5 launches), each replayed from a CUDA graph over 3 weight sets in
 // turn (60 MB each: no replay finds the previous one's weights in L2); time per layer and the
 // bytes a layer must move (W_q, kv_a, kv_b, W_o and the cache rows read) against the copy
 // ceiling; then at B = 1, 4k each chain cut after each launch (one graph per prefix): the
@@ -261,9 +261,8 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
     if (++n <= upto)
       gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
   };
-  // The fused chain (mla_layer.h): launches 1..upto of its 5; o_proj by run_mla_o_proj (smem)
-  // or the small-M GEMM.
-  auto fused_chain = [&](int i, cudaStream_t s, int upto, bool smem) {
+  // The fused chain (mla_layer.h): launches 1..upto of its 5.
+  auto fused_chain = [&](int i, cudaStream_t s, int upto) {
     const Weights& W = w[i % kSets];
     int n = 0;
     const GemmArgs proj[] = {
@@ -279,23 +278,17 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
     kimi::cuda::MlaUvParams up;
     up.num_tokens = B, up.num_heads = H, up.split_base = dsb.data(), up.num_splits = dns.data();
     up.partials = parts.data(), up.u = u.data(), up.kv_b = W.kv_b.data(), up.out = attn.data();
-    up.dependents_at_entry = smem;
     if (++n <= upto) kimi::cuda::run_mla_uv(up, s);
-    kimi::cuda::MlaOProjParams op;
-    op.num_tokens = B, op.in_dim = H * 128, op.out_dim = kHid, op.in = attn.data(), op.w = W.o.data();
-    op.x = x.data(), op.beta = 1.f;
-    if (++n <= upto) {
-      if (smem) kimi::cuda::run_mla_o_proj(op, num_sms, s);
-      else gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
-    }
+    if (++n <= upto)
+      gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
   };
-  constexpr int kChains = 3;
+  constexpr int kChains = 2;
   auto run_chain = [&](int c, int i, cudaStream_t s, int upto) {
     if (c == 0) old_chain(i, s, upto);
-    else fused_chain(i, s, upto, c == 2);
+    else fused_chain(i, s, upto);
   };
-  const int launches[kChains] = {8, 5, 5};
-  const char* name[kChains] = {"GEMM chain (8)", "fused, gemv o_proj", "fused, smem o_proj"};
+  const int launches[kChains] = {8, 5};
+  const char* name[kChains] = {"GEMM chain (8)", "fused chain (5)"};
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   auto time_chain = [&](int c, int upto) {
@@ -314,7 +307,7 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
   // The chains' outputs from the same inputs: attn (rel RMS) and the residual x (fp32, reset).
   DeviceBuffer<bf16> attn_ref(attn.size());
   std::vector<float> x0(x.size()), x_ref(x.size()), x_got(x.size());
-  double attn_err[kChains] = {0, 0, 0}, x_err[kChains] = {0, 0, 0};
+  double attn_err[kChains] = {0, 0}, x_err[kChains] = {0, 0};
   CUDA_CHECK(cudaMemcpy(x0.data(), x.data(), x.size() * 4, cudaMemcpyDeviceToHost));
   for (int c = 0; c < kChains; ++c) {
     x.upload(x0);
@@ -347,8 +340,7 @@ void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy
     const char* names[kChains][8] = {
         {"q gemv", "kv_a gemv", "cache write", "q_abs (cuBLASLt)", "attention", "combine",
          "W_UV (cuBLASLt)", "o_proj gemv"},
-        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj gemv"},
-        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj smem"}};
+        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj gemv"}};
     for (int c = 0; c < kChains; ++c) {
       double prev = 0;
       std::printf("  %s, cut after each launch (us; increment):\n", name[c]);

@@ -1,6 +1,5 @@
 // Launchers of the fused small-decode MLA kernels (contracts in mla_layer.h).
 #include <algorithm>
-#include <atomic>
 
 #include "common.h"
 #include "launch.h"
@@ -32,40 +31,7 @@ void run_mla_uv(const MlaUvParams& p, cudaStream_t stream) {
   LaunchOptions o;
   o.pdl = true;
   o.cluster = dim3(4, 1, 1);
-  launch_kernel(p.dependents_at_entry ? mla::mla_uv_kernel<true> : mla::mla_uv_kernel<false>,
-                dim3(4, p.num_heads), mla::kLayerThreads, o, stream, p);
-}
-
-int mla_o_proj_rows(int out_dim, int in_dim, int num_sms) {
-  if (out_dim <= 0 || in_dim <= 0 || in_dim % 8 != 0 || in_dim > 8192 || num_sms <= 0) return 0;
-  const int R = ceil_div(out_dim, num_sms);
-  return R <= kMlaOProjMaxRows && size_t(R) * in_dim * 2 <= size_t(200) << 10 ? R : 0;
-}
-
-void run_mla_o_proj(const MlaOProjParams& p, int num_sms, cudaStream_t stream) {
-  KIMI_CHECK(p.num_tokens >= 0 && p.num_tokens <= kMlaLayerMaxTokens, "mla o_proj: T ",
-             p.num_tokens, " (at most ", kMlaLayerMaxTokens, ")");
-  if (p.num_tokens == 0) return;
-  const int R = mla_o_proj_rows(p.out_dim, p.in_dim, num_sms);
-  KIMI_CHECK(R > 0, "mla o_proj: ", p.out_dim, " x ", p.in_dim, " does not fit ", num_sms,
-             " SMs' shared memory");
-  KIMI_CHECK(p.in && p.w && p.x, "mla o_proj: null pointer");
-  KIMI_CHECK(reinterpret_cast<uintptr_t>(p.in) % 16 == 0 && reinterpret_cast<uintptr_t>(p.w) % 16 == 0,
-             "mla o_proj: operands not 16-byte aligned");
-  const size_t smem = size_t(R) * p.in_dim * 2;
-  {  // the dynamic shared-memory limit (200 KiB): per function and device, set once on each
-    static std::atomic<uint64_t> done{0};
-    int dev = 0;
-    CUDA_CHECK(cudaGetDevice(&dev));
-    const uint64_t bit = uint64_t(1) << (dev & 63);
-    if (!(done.load() & bit)) {
-      CUDA_CHECK(cudaFuncSetAttribute(mla::mla_o_proj_kernel,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, 200 << 10));
-      done.fetch_or(bit);
-    }
-  }
-  launch_kernel(mla::mla_o_proj_kernel, dim3(ceil_div(p.out_dim, R)), mla::kLayerThreads,
-                LaunchOptions{smem, true}, stream, p, R);
+  launch_kernel(mla::mla_uv_kernel, dim3(4, p.num_heads), mla::kLayerThreads, o, stream, p);
 }
 
 }  // namespace kimi::cuda

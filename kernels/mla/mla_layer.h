@@ -9,8 +9,9 @@
 //   4. run_mla_uv: per (token, head) the split partials merged into u (rounded to bf16, as the
 //      combine rounds it; or the u an unsplit item wrote) and attn[t, h] = W_UV(h) u in one
 //      launch;
-//   5. o_proj: run_mla_o_proj (W_o rows in shared memory, loaded during 3. and 4.), or the
-//      caller's small-M GEMM where it does not fit.
+//   5. o_proj (the caller's small-M GEMM).
+// bench_mla --layer on one H200, batch 1: 30.8 us a layer at 4k against the GEMM chain's 36.2
+// (62.9 MB a layer: 48.6% of the copy ceiling, was 41.4%); docs/perf-log.md, session 10.
 // Both kernels are programmatic dependent launches that read their weights (W_UK, W_UV slices:
 // 32 KB per CTA) into registers before waiting for the previous kernel, so their weight bytes
 // stream while the projection (2.) or the attention (3.) still runs; neither goes through
@@ -25,7 +26,7 @@
 namespace kimi::cuda {
 
 // Most new tokens of a step that run_mla_q_prep / run_mla_uv take (each CTA loops over them
-// with its weights in registers); larger steps keep the GEMM chain.
+// with its weights in registers; the model uses them up to 2: at 4 the GEMM chain is faster).
 inline constexpr int kMlaLayerMaxTokens = 4;
 
 struct MlaQPrepParams {
@@ -50,36 +51,11 @@ struct MlaUvParams {
   const bf16* u = nullptr;          // [T, H, 512] u of the tokens with num_splits 0
   const bf16* kv_b = nullptr;       // [H·256, 512]: W_UV(h) is rows h·256 + 128 .. +128
   bf16* out = nullptr;              // [T, H, 128] attn = W_UV(h) u[t, h]
-  // Let the next launch start at this kernel's entry (run_mla_o_proj next: its CTAs then load
-  // their W_o rows while the attention still runs); else after the last product.
-  bool dependents_at_entry = false;
 };
 // Grid (4, H) in clusters of 4 (the 4 slices of 128 latent columns of one head), 256 threads:
 // each CTA merges its 128 columns of u (m, l of every split: the same weights in all four) and
 // multiplies them by its 128 × 128 slice of W_UV(h); ranks 1-3 send their 128 partial sums to
 // rank 0's shared memory, which adds them in rank order and stores bf16.
 void run_mla_uv(const MlaUvParams& p, cudaStream_t stream);
-
-// o_proj of a small decode step with its weights in shared memory: x[t] = beta·x[t] + W_o
-// in[t] (fp32 sums, fp32 x). Each CTA owns rows_per_cta consecutive rows of W_o (one CTA per
-// SM at most: 18 rows × 4096 = 144 KiB for the full-size model on 132 SMs), loaded by 1-D bulk
-// copies before the PDL wait, so they stream while the attention and run_mla_uv run (the
-// attention kernel at batch 1 moves a few MB in ~9 us). After the wait: the input rows from L2,
-// a thread's 8-wide pieces against every row in shared memory, per-row warp shuffles, the 8
-// warps added in order, one store per row.
-inline constexpr int kMlaOProjMaxRows = 32;
-struct MlaOProjParams {
-  int num_tokens = 0;        // T <= kMlaLayerMaxTokens
-  int in_dim = 0;            // K = H·128 (a multiple of 8, at most 8192)
-  int out_dim = 0;           // N (hidden size)
-  const bf16* in = nullptr;  // [T, K]
-  const bf16* w = nullptr;   // [N, K] W_o
-  float* x = nullptr;        // [T, N] the residual stream
-  float beta = 1.f;          // 0: x is overwritten (a tensor-parallel rank's partial)
-};
-// Rows per CTA for an N × K o_proj on num_sms SMs; 0 when it does not fit (more than
-// kMlaOProjMaxRows rows or 200 KiB of shared memory a CTA): then the small-M GEMM runs it.
-int mla_o_proj_rows(int out_dim, int in_dim, int num_sms);
-void run_mla_o_proj(const MlaOProjParams& p, int num_sms, cudaStream_t stream);
 
 }  // namespace kimi::cuda

@@ -287,33 +287,24 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
   }
 }
 
+// The fused chain runs steps of at most this many tokens (bench_mla --layer, one H200, 4k: 30.8
+// vs 36.2 us a layer at batch 1, 45.3 vs 42.0 at batch 4; at batch 2 a slower variant of
+// run_mla_uv measured 36.0 vs 38.4: docs/perf-log.md, session 10).
+constexpr int kMlaFusedMaxTokens = 2;
+static_assert(kMlaFusedMaxTokens <= cuda::kMlaLayerMaxTokens);
+
 // The fused chain of a small decode step (mla_layer.h): q | latent in one grouped projection,
 // q rounding + q_abs + cache write in one launch, the attention, split merge + W_UV in one
 // launch. KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size (comparison runs).
-// KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size, =fused_gemv the fused chain with o_proj
-// on the small-M GEMM (comparison runs); default: the fused chain with run_mla_o_proj.
-int mla_layer_mode() {
-  static const int mode = [] {
+bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
+  static const bool on = [] {
     const char* e = std::getenv("KIMI_MLA_LAYER");
     const std::string v = e ? e : "fused";
-    if (v == "gemm") return 0;
-    if (v == "fused_gemv") return 1;
-    KIMI_CHECK(v == "fused", "KIMI_MLA_LAYER must be fused, fused_gemv or gemm, got '", v, "'");
-    return 2;
+    KIMI_CHECK(v == "fused" || v == "gemm", "KIMI_MLA_LAYER must be fused or gemm, got '", v, "'");
+    return v == "fused";
   }();
-  return mode;
-}
-
-bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
-  return mla_layer_mode() > 0 && !m.high && s.T >= 1 && s.T <= cuda::kMlaLayerMaxTokens &&
+  return on && !m.high && s.T >= 1 && s.T <= kMlaFusedMaxTokens &&
          !(s.prefill && !s.prefill->rounds.empty());
-}
-
-// Whether the fused chain's o_proj runs as run_mla_o_proj (W_o rows in shared memory).
-bool mla_o_proj_smem(const CudaModel::Impl& m) {
-  return mla_layer_mode() == 2 &&
-         cuda::mla_o_proj_rows(m.cfg.hidden_size, m.cfg.num_attention_heads * kMlaVDim,
-                               m.prop.multiProcessorCount) > 0;
 }
 
 void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
@@ -360,7 +351,6 @@ void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cac
   up.u = A.u;
   up.kv_b = w.kv_b;
   up.out = A.attn;
-  up.dependents_at_entry = mla_o_proj_smem(m);
   cuda::run_mla_uv(up, m.stream);
 }
 
@@ -427,19 +417,7 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     pp.out = A.attn;
     cuda::run_mla_prefill(pp, *s.prefill, g, m.stream);
   }
-  if (fused && mla_o_proj_smem(m)) {
-    cuda::MlaOProjParams op;
-    op.num_tokens = T;
-    op.in_dim = H * kMlaVDim;
-    op.out_dim = hid;
-    op.in = A.attn;
-    op.w = w.o;
-    op.x = A.x;
-    op.beta = residual_beta(m);
-    cuda::run_mla_o_proj(op, m.prop.multiProcessorCount, m.stream);
-  } else {
-    g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
-  }
+  g.linear(A.attn, w.o, A.x, T, hid, H * kMlaVDim, GemmOut::kF32, m.stream, residual_beta(m));
 }
 
 
