@@ -682,7 +682,16 @@ TEST(MlaGpu, LayerQPrepMatchesCpu) {
           cp.block_tables = b.tables.data(), cp.max_blocks_per_seq = b.mb, cp.num_blocks = b.num_blocks;
           cp.latent = normed.data(), cp.cache = cache_ref.data();
           cpu::mla_cache_write(cp);
-          expect_close(what + " cache vs CPU", got_f.data(), cache_ref.data(), got_f.size(), 4e-3, 0.05);
+          std::vector<float> got_rows, ref_rows;  // the new tokens' rows (the rest: bitwise above)
+          for (int q = 0; q < S; ++q)
+            for (int pos = b.ctx[q] - (b.cu[q + 1] - b.cu[q]); pos < b.ctx[q]; ++pos) {
+              const size_t row = size_t(b.tables[size_t(q) * b.mb + pos / 64]) * 64 + pos % 64;
+              got_rows.insert(got_rows.end(), &got_f[row * 576], &got_f[row * 576] + 576);
+              ref_rows.insert(ref_rows.end(), &cache_ref[row * 576], &cache_ref[row * 576] + 576);
+            }
+          ASSERT_EQ(got_rows.size(), size_t(T) * 576);
+          expect_close(what + " cache rows vs CPU", got_rows.data(), ref_rows.data(), got_rows.size(),
+                       4e-3, 0.05);
         }
         EXPECT_TRUE(dq.guards_intact() && dqabs.guards_intact() && dcache.guards_intact());
       }
