@@ -17,7 +17,16 @@
 // its FLOPs, and is timed apart: "attention alone" is the rate without it.
 // Timing: CUDA events, median over groups of launches after warm-up; random non-zero inputs;
 // scattered block tables. The two kernels' u are compared (relative RMS) as a sanity check.
-// Usage: bench_mla [--quick] [--decode | --prefill]
+// Layer (--layer): one whole MLA layer of a decode step at full size (hidden 2304, H = 32, batch
+// B, context L, the decode plan), from the normed input row to the o_proj residual update: the
+// GEMM chain (q and kv_a projections, cache write, q_abs GEMM, attention, combine, W_UV GEMM,
+// o_proj: 8 launches) against the fused chain of mla_layer.h (q | kv_a grouped, q prep,
+// attention, uv, o_proj: 5 launches), each replayed from a CUDA graph over 3 weight sets in
+// turn (60 MB each: no replay finds the previous one's weights in L2); time per layer and the
+// bytes a layer must move (W_q, kv_a, kv_b, W_o and the cache rows read) against the copy
+// ceiling; then at B = 1, 4k each chain cut after each launch (one graph per prefix): the
+// increments place the time per launch.
+// Usage: bench_mla [--quick] [--decode | --prefill | --layer]
 //   --quick: decode B = 1 at 4k and 32k, B = 64 at 4k; prefill T = 4096 without history only.
 #include <algorithm>
 #include <cmath>
@@ -34,6 +43,7 @@
 #include "common.h"
 #include "gemm/gemm.h"
 #include "mla/mla.h"
+#include "mla/mla_layer.h"
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
 
@@ -166,6 +176,184 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
       B, L, ms[1] / ms[2], rel_rms(u_tc, u_f8));
 }
 
+// One MLA layer at full size: B sequences at context L (the new token's row included), decode
+// plan, bf16 or fp8 cache. Prints both chains' times; prefixes: the per-launch increments.
+void bench_layer(int B, int L, bool fp8, bool prefixes, int num_sms, double copy_gbs) {
+  using kimi::cuda::GemmArgs;
+  using kimi::cuda::GemmOut;
+  constexpr int kHid = 2304, kSets = 3;
+  std::mt19937 rng(B * 31 + L);
+  const int per_seq = (L + 63) / 64, nb = B * per_seq;
+  std::vector<int> ids(nb), table(size_t(B) * per_seq), ctx(B, L), cu(B + 1);
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = ids[i];
+  std::iota(cu.begin(), cu.end(), 0);
+  const int max_partials = 8 * num_sms;
+  struct Weights {
+    DeviceBuffer<bf16> q{size_t(H) * 192 * kHid}, kv_a{size_t(576) * kHid},
+        kv_b{size_t(H) * 256 * 512}, o{size_t(kHid) * H * 128};
+    DeviceBuffer<float> norm{512};
+  };
+  std::vector<Weights> w(kSets);
+  for (int i = 0; i < kSets; ++i) {
+    fill_random(w[i].q, -0.02f, 0.02f, 10 + i);
+    fill_random(w[i].kv_a, -0.02f, 0.02f, 20 + i);
+    fill_random(w[i].kv_b, -0.05f, 0.05f, 30 + i);
+    fill_random(w[i].o, -0.02f, 0.02f, 40 + i);
+    fill_random(w[i].norm, 0.5f, 1.5f, 50 + i);
+  }
+  DeviceBuffer<bf16> a(size_t(B) * kHid), mq(size_t(B) * H * 192), q_abs(size_t(B) * H * 512),
+      u(size_t(B) * H * 512), attn(size_t(B) * H * 128), cache(size_t(nb) * 64 * 576);
+  DeviceBuffer<uint8_t> cache8(size_t(nb) * 64 * kimi::cuda::kMlaFp8Row);
+  DeviceBuffer<float> mq32(size_t(B) * H * 192), latent(size_t(B) * 576), x(size_t(B) * kHid),
+      parts(size_t(max_partials) * H * kimi::cuda::kMlaPartialStride);
+  fill_random(a, -1.f, 1.f, 60);
+  fill_random(x, -1.f, 1.f, 61);
+  DeviceBuffer<int> dtab(table.size()), dcu(B + 1), dctx(B);
+  dtab.upload(table);
+  dcu.upload(cu);
+  dctx.upload(ctx);
+  write_caches(B, L, per_seq, dtab, cache.data(), cache8.data());
+  const kimi::cuda::MlaAttnPlan plan =
+      kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, true);
+  DeviceBuffer<int> ditems(7 * plan.items1.size()), dsb(B), dns(B);
+  ditems.upload(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size());
+  dsb.upload(plan.split_base);
+  dns.upload(plan.num_splits);
+  kimi::cuda::Gemm gemm;
+  kimi::cuda::MlaCacheWriteParams wp;
+  wp.num_seqs = B, wp.num_tokens = B, wp.cu_seqlens = dcu.data(), wp.context_lens = dctx.data();
+  wp.block_tables = dtab.data(), wp.max_blocks_per_seq = per_seq, wp.latent = latent.data();
+  wp.cache = fp8 ? nullptr : cache.data();
+  wp.cache8 = fp8 ? cache8.data() : nullptr;
+  kimi::cuda::MlaAttnParams ap;
+  ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = mq.data();
+  ap.cache = fp8 ? nullptr : cache.data();
+  ap.cache8 = fp8 ? cache8.data() : nullptr;
+  ap.num_blocks = nb, ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
+  ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
+  ap.partials = parts.data(), ap.u = u.data(), ap.tensor_cores = true;
+  ap.items = reinterpret_cast<const kimi::cuda::MlaWorkItem*>(ditems.data());
+  ap.num_items = int(plan.items1.size());
+  // The GEMM chain (cuda_forward.cpp before mla_layer.h): launches 1..upto of its 8.
+  auto old_chain = [&](int i, cudaStream_t s, int upto) {
+    const Weights& W = w[i % kSets];
+    int n = 0;
+    if (++n <= upto) gemm.linear(a.data(), W.q.data(), mq.data(), B, H * 192, kHid, GemmOut::kBF16, s);
+    if (++n <= upto)
+      gemm.linear(a.data(), W.kv_a.data(), latent.data(), B, 576, kHid, GemmOut::kF32, s);
+    kimi::cuda::MlaCacheWriteParams c = wp;
+    c.norm_weight = W.norm.data();
+    if (++n <= upto) kimi::cuda::run_mla_cache_write(c, s);
+    GemmArgs g1;
+    g1.M = B, g1.N = 512, g1.K = 128, g1.A = mq.data(), g1.lda = H * 192, g1.stride_a = 192;
+    g1.B = W.kv_b.data(), g1.ldb = 512, g1.stride_b = 256 * 512, g1.b_kn = true;
+    g1.C = q_abs.data(), g1.ldc = H * 512, g1.stride_c = 512, g1.batch = H;
+    if (++n <= upto) gemm.run(g1, s);
+    if (++n <= upto) kimi::cuda::run_mla_attention(ap, 1, s);
+    if (++n <= upto && plan.num_partials > 0) kimi::cuda::run_mla_combine(ap, s);
+    GemmArgs g2;
+    g2.M = B, g2.N = 128, g2.K = 512, g2.A = u.data(), g2.lda = H * 512, g2.stride_a = 512;
+    g2.B = W.kv_b.data() + 128 * 512, g2.ldb = 512, g2.stride_b = 256 * 512;
+    g2.C = attn.data(), g2.ldc = H * 128, g2.stride_c = 128, g2.batch = H;
+    if (++n <= upto) gemm.run(g2, s);
+    if (++n <= upto)
+      gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
+  };
+  // The fused chain (mla_layer.h): launches 1..upto of its 5.
+  auto fused_chain = [&](int i, cudaStream_t s, int upto) {
+    const Weights& W = w[i % kSets];
+    int n = 0;
+    const GemmArgs proj[] = {
+        kimi::cuda::Gemm::linear_args(a.data(), W.q.data(), mq32.data(), B, H * 192, kHid, GemmOut::kF32),
+        kimi::cuda::Gemm::linear_args(a.data(), W.kv_a.data(), latent.data(), B, 576, kHid, GemmOut::kF32)};
+    if (++n <= upto) gemm.run_group(proj, 2, s);
+    kimi::cuda::MlaQPrepParams qp;
+    qp.num_tokens = B, qp.num_heads = H, qp.q32 = mq32.data(), qp.kv_b = W.kv_b.data();
+    qp.q = mq.data(), qp.q_abs = q_abs.data(), qp.cache = wp;
+    qp.cache.norm_weight = W.norm.data();
+    if (++n <= upto) kimi::cuda::run_mla_q_prep(qp, s);
+    if (++n <= upto) kimi::cuda::run_mla_attention(ap, 1, s);
+    kimi::cuda::MlaUvParams up;
+    up.num_tokens = B, up.num_heads = H, up.split_base = dsb.data(), up.num_splits = dns.data();
+    up.partials = parts.data(), up.u = u.data(), up.kv_b = W.kv_b.data(), up.out = attn.data();
+    if (++n <= upto) kimi::cuda::run_mla_uv(up, s);
+    if (++n <= upto)
+      gemm.linear(attn.data(), W.o.data(), x.data(), B, kHid, H * 128, GemmOut::kF32, s, 1.f);
+  };
+  constexpr int kChains = 2;
+  auto run_chain = [&](int c, int i, cudaStream_t s, int upto) {
+    if (c == 0) old_chain(i, s, upto);
+    else fused_chain(i, s, upto);
+  };
+  const int launches[kChains] = {8, 5};
+  const char* name[kChains] = {"GEMM chain (8)", "fused chain (5)"};
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  auto time_chain = [&](int c, int upto) {
+    for (int i = 0; i < kSets; ++i) run_chain(c, i, st, upto);  // plans made outside the capture
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    return 1e3 * kimi::bench::graph_ms([&](int i, cudaStream_t s) { run_chain(c, i, s, upto); }, 30,
+                                       15, st);
+  };
+  const double weight_bytes = 2.0 * (double(H) * 192 * kHid + 576.0 * kHid + H * 256.0 * 512 +
+                                     double(kHid) * H * 128),
+               cache_bytes = double(B) * L * (fp8 ? kimi::cuda::kMlaFp8Row : 1152),
+               bytes = weight_bytes + cache_bytes, floor_us = bytes / (copy_gbs * 1e3);
+  double us[kChains][2];
+  for (int rep = 0; rep < 2; ++rep)  // alternated: each chain, then each again
+    for (int c = 0; c < kChains; ++c) us[c][rep] = time_chain(c, launches[c]);
+  // The chains' outputs from the same inputs: attn (rel RMS) and the residual x (fp32, reset).
+  DeviceBuffer<bf16> attn_ref(attn.size());
+  std::vector<float> x0(x.size()), x_ref(x.size()), x_got(x.size());
+  double attn_err[kChains] = {0, 0}, x_err[kChains] = {0, 0};
+  CUDA_CHECK(cudaMemcpy(x0.data(), x.data(), x.size() * 4, cudaMemcpyDeviceToHost));
+  for (int c = 0; c < kChains; ++c) {
+    x.upload(x0);
+    run_chain(c, 0, st, launches[c]);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    std::vector<float>& dst = c == 0 ? x_ref : x_got;
+    CUDA_CHECK(cudaMemcpy(dst.data(), x.data(), x.size() * 4, cudaMemcpyDeviceToHost));
+    if (c == 0) {
+      CUDA_CHECK(cudaMemcpy(attn_ref.data(), attn.data(), attn.size() * 2, cudaMemcpyDeviceToDevice));
+      continue;
+    }
+    attn_err[c] = rel_rms(attn_ref, attn);
+    double num = 0, den = 0;
+    for (size_t k = 0; k < x0.size(); ++k) {
+      num += double(x_got[k] - x_ref[k]) * (x_got[k] - x_ref[k]);
+      den += double(x_ref[k] - x0[k]) * (x_ref[k] - x0[k]);
+    }
+    x_err[c] = std::sqrt(num / std::max(den, 1e-300));
+  }
+  for (int c = 0; c < kChains; ++c)
+    std::printf("%-4d %-8d %-5s %-19s %8.1f / %8.1f us  bytes %6.1f MB (floor %5.1f us) %5.1f%% of copy\n",
+                B, L, fp8 ? "fp8" : "bf16", name[c], us[c][0], us[c][1], bytes / 1e6, floor_us,
+                100 * floor_us / std::min(us[c][0], us[c][1]));
+  for (int c = 1; c < kChains; ++c)
+    std::printf("%-4d %-8d %-5s %s: saved %.1f us per layer (best of 2 each); vs the GEMM chain: attn "
+                "rel RMS %.2e, o_proj update rel RMS %.2e\n",
+                B, L, fp8 ? "fp8" : "bf16", name[c],
+                std::min(us[0][0], us[0][1]) - std::min(us[c][0], us[c][1]), attn_err[c], x_err[c]);
+  if (prefixes) {
+    const char* names[kChains][8] = {
+        {"q gemv", "kv_a gemv", "cache write", "q_abs (cuBLASLt)", "attention", "combine",
+         "W_UV (cuBLASLt)", "o_proj gemv"},
+        {"q|kv_a grouped gemv", "q prep (q_abs+cache)", "attention", "uv (merge+W_UV)", "o_proj gemv"}};
+    for (int c = 0; c < kChains; ++c) {
+      double prev = 0;
+      std::printf("  %s, cut after each launch (us; increment):\n", name[c]);
+      for (int k = 1; k <= launches[c]; ++k) {
+        const double t = time_chain(c, k);
+        std::printf("    %-22s %8.2f  %+7.2f\n", names[c][k - 1], t, t - prev);
+        prev = t;
+      }
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(st));
+}
+
 // One sequence of T new tokens after `hist` positions of history (context L = hist + T), the
 // expanded prefill (gather + kv_b GEMM + flash attention per round of kPiece positions) against
 // the absorbed chain the model ran before (q_abs GEMM, tensor-core attention, W_UV GEMM); the
@@ -275,14 +463,15 @@ PrefillTimes bench_prefill(int T, int hist, int num_sms, double peak, bool cuda_
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode = true, prefill = true;
+  bool quick = false, decode = true, prefill = true, layer = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--decode") prefill = false;
     else if (a == "--prefill") decode = false;
+    else if (a == "--layer") layer = true, decode = prefill = false;
     else {
-      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill]\n");
+      std::fprintf(stderr, "usage: bench_mla [--quick] [--decode | --prefill | --layer]\n");
       return 2;
     }
   }
@@ -294,6 +483,20 @@ int main(int argc, char** argv) {
     std::printf("bench_mla: %s, %d SMs, L2 %d MB, H=%d\n", prop.name, prop.multiProcessorCount,
                 prop.l2CacheSize >> 20, H);
     kimi::cuda::mla_prepare();
+    if (layer) {
+      const double copy = copy_ceiling_gbs();
+      std::printf("one MLA layer of a decode step (CUDA-graph replay, 3 weight sets in turn); copy "
+                  "ceiling %.0f GB/s; times: two alternations\n", copy);
+      bench_layer(1, 4096, false, true, prop.multiProcessorCount, copy);
+      bench_layer(1, 4096, true, false, prop.multiProcessorCount, copy);
+      bench_layer(2, 4096, false, false, prop.multiProcessorCount, copy);
+      bench_layer(4, 4096, false, false, prop.multiProcessorCount, copy);
+      if (!quick) {
+        bench_layer(1, 32768, false, false, prop.multiProcessorCount, copy);
+        bench_layer(1, 1 << 20, false, false, prop.multiProcessorCount, copy);
+        bench_layer(1, 1 << 20, true, false, prop.multiProcessorCount, copy);
+      }
+    }
     if (decode) {
       const double copy = copy_ceiling_gbs();
       std::printf("decode (CUDA-graph replay, decode plan + combine); copy ceiling %.0f GB/s\n",

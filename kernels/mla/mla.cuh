@@ -1,7 +1,8 @@
 // MLA kernels (contracts in mla.h).
 //
-// mla_cache_write_kernel: one 128-thread CTA per new token: sum of squares of ĉ (512 fp32) by a
-//   block reduction, then ĉ·rsqrt(mean + eps)·w and k_pe as bf16 into the token's cache row.
+// mla_cache_write_kernel: one 128-thread CTA per new token (cache_write_token): sum of squares
+//   of ĉ (512 fp32) by a block reduction, then ĉ·rsqrt(mean + eps)·w and k_pe as bf16 into the
+//   token's cache row.
 //   fp8 cache: thread i's values i, i + 128, i + 256, i + 384 are one per scale group, so each
 //   group's amax is one more block reduction; codes (scale 2^k, subnormal codes flushed), k_pe
 //   and scales into the token's record.
@@ -23,6 +24,7 @@
 #include <cfloat>
 
 #include "mla/mla.h"
+#include "mla/mla_cache_write.cuh"
 #include "mla/mla_fp8.cuh"
 #include "pdl.cuh"
 
@@ -31,82 +33,10 @@ namespace kimi::cuda::mla {
 constexpr int kTile = 32;
 constexpr int kChunks = kMlaRow / 8;  // 16-byte chunks per cache row
 
-__device__ inline int seq_of_token(const int* cu, int num_seqs, int t) {
-  int lo = 0, hi = num_seqs - 1;  // largest s with cu[s] <= t
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (cu[mid] <= t) lo = mid;
-    else hi = mid - 1;
-  }
-  return lo;
-}
-
 __global__ void __launch_bounds__(128) mla_cache_write_kernel(MlaCacheWriteParams p) {
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
-  const int t = blockIdx.x;
-  const int s = seq_of_token(p.cu_seqlens, p.num_seqs, t);
-  const int n_new = p.cu_seqlens[s + 1] - p.cu_seqlens[s];
-  const int pos = p.context_lens[s] - n_new + (t - p.cu_seqlens[s]);
-  const int blk = p.block_tables[int64_t(s) * p.max_blocks_per_seq + pos / kMlaBlock];
-  const int64_t row = int64_t(blk) * kMlaBlock + pos % kMlaBlock;
-  const float* src = p.latent + int64_t(t) * kMlaRow;
-  float v[4], ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    v[i] = src[threadIdx.x + 128 * i];
-    ss += v[i] * v[i];
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  __shared__ float warp_ss[4];
-  if (threadIdx.x % 32 == 0) warp_ss[threadIdx.x / 32] = ss;
-  __syncthreads();
-  ss = warp_ss[0] + warp_ss[1] + warp_ss[2] + warp_ss[3];
-  const float inv = rsqrtf(ss / float(kMlaLat) + p.eps);
-  if (!p.cache8) {
-    bf16* dst = p.cache + row * kMlaRow;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int c = threadIdx.x + 128 * i;
-      dst[c] = __float2bfloat16(v[i] * inv * p.norm_weight[c]);
-    }
-    if (threadIdx.x < kMlaPe)
-      dst[kMlaLat + threadIdx.x] = __float2bfloat16(src[kMlaLat + threadIdx.x]);
-    return;
-  }
-  static_assert(kMlaLat / kMlaFp8Group == 4 && kMlaFp8Group == 128);
-  uint8_t* dst = p.cache8 + row * kMlaFp8Row;
-  float y[4], mx[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    y[i] = v[i] * inv * p.norm_weight[threadIdx.x + 128 * i];
-    mx[i] = fabsf(y[i]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], o));
-  }
-  __shared__ float warp_mx[4][4];  // [warp][group]
-  if (threadIdx.x % 32 == 0)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) warp_mx[threadIdx.x / 32][i] = mx[i];
-  __syncthreads();
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float amax =
-        fmaxf(fmaxf(warp_mx[0][i], warp_mx[1][i]), fmaxf(warp_mx[2][i], warp_mx[3][i]));
-    // The steps of cpu::mla_fp8_quantize (power-of-two scale, exact scaling): equal codes.
-    // k = e − 9 + (f > 0.875) for amax = f · 2^e, f in [0.5, 1), from the bits of a normal amax.
-    const int bits = __float_as_int(amax), k = (bits >> 23) - 135 + ((bits & 0x7fffff) > 0x600000);
-    const bool on = amax >= 1.17549435e-38f && k > -127 && k < 127;  // else scale 0 (all zero)
-    const float inv = on ? __int_as_float((127 - k) << 23) : 0.f;
-    dst[threadIdx.x + 128 * i] = fp8_code(__fmul_rn(y[i], inv));
-    if (threadIdx.x == 0)
-      reinterpret_cast<float*>(dst + kMlaFp8ScaleOff)[i] =
-          on ? __int_as_float((127 + k) << 23) : 0.f;
-  }
-  if (threadIdx.x < kMlaPe)
-    reinterpret_cast<bf16*>(dst + kMlaFp8PeOff)[threadIdx.x] =
-        __float2bfloat16(src[kMlaLat + threadIdx.x]);
+  cache_write_token(p, blockIdx.x);
 }
 
 __device__ inline void bf16x8_to_float(const uint4& raw, float* f) {

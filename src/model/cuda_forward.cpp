@@ -8,8 +8,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <type_traits>
 
 #include <spdlog/spdlog.h>
@@ -20,6 +22,7 @@
 #include "core/check.h"
 #include "kda/kda.h"
 #include "mla/mla.h"
+#include "mla/mla_layer.h"
 #include "model/cuda_model.h"
 #include "model/cuda_model_impl.h"
 #include "moe/moe.h"
@@ -284,11 +287,79 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
   }
 }
 
+// The fused chain runs steps of at most this many tokens (bench_mla --layer, one H200, 4k: 30.8
+// vs 36.2 us a layer at batch 1, 45.3 vs 42.0 at batch 4; at batch 2 a slower variant of
+// run_mla_uv measured 36.0 vs 38.4: docs/perf-log.md, session 10).
+constexpr int kMlaFusedMaxTokens = 2;
+static_assert(kMlaFusedMaxTokens <= cuda::kMlaLayerMaxTokens);
+
+// The fused chain of a small decode step (mla_layer.h): q | latent in one grouped projection,
+// q rounding + q_abs + cache write in one launch, the attention, split merge + W_UV in one
+// launch. KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size (comparison runs).
+bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
+  static const bool on = [] {
+    const char* e = std::getenv("KIMI_MLA_LAYER");
+    const std::string v = e ? e : "fused";
+    KIMI_CHECK(v == "fused" || v == "gemm", "KIMI_MLA_LAYER must be fused or gemm, got '", v, "'");
+    return v == "fused";
+  }();
+  return on && !m.high && s.T >= 1 && s.T <= kMlaFusedMaxTokens &&
+         !(s.prefill && !s.prefill->rounds.empty());
+}
+
+void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
+                         const StepMeta& s, const cuda::MlaCacheWriteParams& wp) {
+  const int T = s.T, H = m.cfg.num_attention_heads;
+  auto& A = m.act;
+  cuda::MlaQPrepParams qp;
+  qp.num_tokens = T;
+  qp.num_heads = H;
+  qp.q32 = A.mq32;
+  qp.kv_b = w.kv_b;
+  qp.q = A.mq;
+  qp.q_abs = A.q_abs;
+  qp.cache = wp;
+  cuda::run_mla_q_prep(qp, m.stream);
+  cuda::MlaAttnParams ap;
+  ap.num_tokens = T;
+  ap.num_heads = H;
+  ap.q_abs = A.q_abs;
+  ap.q = A.mq;
+  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+  ap.cache8 = m.fp8_cache ? cache : nullptr;
+  ap.num_blocks = m.cache.num_blocks;
+  ap.block_tables = s.tables;
+  ap.max_blocks_per_seq = s.mb;
+  ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
+  ap.split_base = s.split_base;
+  ap.num_splits = s.num_splits;
+  ap.partials = A.partials;
+  ap.u = A.u;
+  ap.tensor_cores = m.mla_tensor_cores;
+  ap.items = s.items1;
+  ap.num_items = s.n1;
+  cuda::run_mla_attention(ap, 1, m.stream);
+  ap.items = s.items4;
+  ap.num_items = s.n4;
+  cuda::run_mla_attention(ap, 4, m.stream);
+  cuda::MlaUvParams up;
+  up.num_tokens = T;
+  up.num_heads = H;
+  up.split_base = s.split_base;
+  up.num_splits = s.num_splits;
+  up.partials = A.partials;
+  up.u = A.u;
+  up.kv_b = w.kv_b;
+  up.out = A.attn;
+  cuda::run_mla_uv(up, m.stream);
+}
+
 void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s) {
   const ModelConfig& c = m.cfg;
   const int T = s.T, H = c.num_attention_heads, hid = c.hidden_size;
   auto& A = m.act;
   cuda::Gemm& g = *m.gemm;
+  const bool fused = mla_layer_fused(m, s);
   if (m.high) {  // q and the latent from the split input; q is then rounded for the MLA kernels
     const bf16* in = split_input(m, A.hf, T, hid);
     const GemmArgs proj[] = {
@@ -300,6 +371,11 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
     r.x = A.mq32;
     r.hi = A.mq;
     cuda::run_split_bf16(r, m.stream);
+  } else if (fused) {  // one launch; q in fp32, rounded to bf16 by run_mla_q_prep
+    const GemmArgs proj[] = {
+        cuda::Gemm::linear_args(A.a, w.q, A.mq32, T, H * kMlaQkDim, hid, GemmOut::kF32),
+        cuda::Gemm::linear_args(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32)};
+    g.run_group(proj, 2, m.stream);
   } else {
     g.linear(A.a, w.q, A.mq, T, H * kMlaQkDim, hid, GemmOut::kBF16, m.stream);
     g.linear(A.a, w.kv_a, A.latent, T, kMlaCacheDim, hid, GemmOut::kF32, m.stream);
@@ -317,8 +393,12 @@ void mla_mixer(CudaModel::Impl& m, const DevMla& w, int kind, const StepMeta& s)
   wp.eps = c.rms_norm_eps;
   wp.cache = m.fp8_cache ? nullptr : reinterpret_cast<bf16*>(cache);
   wp.cache8 = m.fp8_cache ? cache : nullptr;
-  cuda::run_mla_cache_write(wp, m.stream);
-  if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
+  if (fused) {
+    mla_attention_fused(m, w, cache, s, wp);
+  } else {
+    cuda::run_mla_cache_write(wp, m.stream);
+    if (s.n1 + s.n4 > 0) absorbed_attention(m, w, cache, s);
+  }
   if (s.prefill && !s.prefill->rounds.empty()) {  // after the absorbed path: state aliases u
     cuda::MlaPrefillParams pp;
     pp.num_heads = H;

@@ -20,6 +20,7 @@
 #include "kda/kda.h"
 #include "launch.h"
 #include "mla/mla.h"
+#include "mla/mla_layer.h"
 #include "model/cuda_model_impl.h"
 #include "moe/moe.h"
 #include "norm/norm.h"
@@ -118,7 +119,10 @@ size_t CudaModel::Impl::layout_arena(Carver& c) {
   if (cfg.num_mla_layers() > 0) {
     const size_t Hm = cfg.num_attention_heads;
     act.mq = c.take<bf16>(T * Hm * kMlaQkDim);
-    if (high) act.mq32 = c.take<float>(T * Hm * kMlaQkDim);
+    // q in fp32: high precision's rounding input, else the fused small-decode chain's
+    // (mla_layer.h; steps of at most kMlaLayerMaxTokens tokens).
+    act.mq32 = c.take<float>((high ? T : std::min<size_t>(T, cuda::kMlaLayerMaxTokens)) * Hm *
+                             kMlaQkDim);
     act.latent = c.take<float>(size_t(T) * kMlaCacheDim);
     act.q_abs = c.take<bf16>(T * Hm * kMlaLatentDim);
     act.u = c.take<bf16>(T * Hm * kMlaLatentDim);

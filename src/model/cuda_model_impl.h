@@ -156,7 +156,8 @@ struct CudaModel::Impl {
     float* logits;                // [logit_rows, V]
     // High precision only (docs/precision.md):
     bf16* planes;      // [2, Tm, max K]: hi and lo planes of the next split GEMM input
-    float* mq32;       // [Tm, H·192] the MLA q projection, before its rounding into mq
+    float* mq32;       // [Tm, H·192] the MLA q projection, before its rounding into mq (bf16
+                       // precision: the fused small-decode chain's, kMlaLayerMaxTokens rows)
     float* act32;      // [Tm, inter] dense / shared-expert SiLU(gate)·up
     bf16* moe_act_lo;  // [Tm·(K+1), moe inter] lo plane of the expert activations
   } act{};

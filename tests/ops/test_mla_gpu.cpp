@@ -23,6 +23,7 @@
 #if KIMI_HAVE_CUDA
 #include "gemm/gemm.h"
 #include "mla/mla.h"
+#include "mla/mla_layer.h"
 #endif
 
 namespace kimi::test {
@@ -66,8 +67,11 @@ enum class PlanKind { kEager, kDecode };
 // ramp: the scores rise along each sequence by up to 200 / sqrt(192) (14.4; 20.8 in base 2:
 // channel 0 of q_pe is 1, that of k_pe at position pos 200 · pos / context), so the running
 // maximum keeps moving inside a KV range (the decode kernel's lazy rescaling must follow it).
+// fused: also the fused small-decode chain (mla_layer.h: run_mla_q_prep from q in fp32, the
+// tensor-core attention, run_mla_uv) on the tensor-core plan, against the CPU and against the GEMM
+// chain's output; its cache write goes to a scratch cache (checked by LayerQPrepMatchesCpu).
 void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind = PlanKind::kEager,
-               bool fp8 = false, bool ramp = false) {
+               bool fp8 = false, bool ramp = false, bool fused = false) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -199,6 +203,52 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind
             " H", H, " S", S, " T", T, plan_desc);
     expect_close(desc + " " + path_name[path] + " vs CPU", got.data(), ref.data(), ref.size(),
                  1e-2, 0.1);
+    if (fused) {
+      GuardedBuffer<float> dq32(q.size()), dlat(size_t(T) * 576), dw(512);
+      GuardedBuffer<uint16_t> dqf(q.size()), dqabs2(size_t(T) * H * 512), dout2(ref.size());
+      GuardedBuffer<uint16_t> dscratch(fp8 ? 1 : cache_n);
+      GuardedBuffer<uint8_t> dscratch8(fp8 ? f8.bytes.size() : 1);
+      GuardedBuffer<int> dcu(S + 1), dctx(S);
+      dq32.upload(q_f);  // bf16 values: q32 rounds back to q exactly
+      dlat.upload(random_f32(rng, size_t(T) * 576, -2.f, 2.f));
+      dw.upload(random_f32(rng, 512, 0.5f, 1.5f));
+      dcu.upload(b.cu);
+      dctx.upload(b.ctx);
+      dqf.poison();
+      dqabs2.poison();
+      dout2.poison();
+      du.poison();
+      dpart.poison();
+      cuda::MlaQPrepParams qp;
+      qp.num_tokens = T, qp.num_heads = H, qp.q32 = dq32.data();
+      qp.kv_b = reinterpret_cast<bf16*>(dkvb.data()), qp.q = dev<bf16>(dqf), qp.q_abs = dev<bf16>(dqabs2);
+      cuda::MlaCacheWriteParams& wp = qp.cache;
+      wp.num_seqs = S, wp.num_tokens = T, wp.cu_seqlens = dcu.data(), wp.context_lens = dctx.data();
+      wp.block_tables = dtab.data(), wp.max_blocks_per_seq = b.mb, wp.latent = dlat.data();
+      wp.norm_weight = dw.data();
+      wp.cache = fp8 ? nullptr : dev<bf16>(dscratch);
+      wp.cache8 = fp8 ? dscratch8.data() : nullptr;
+      cuda::run_mla_q_prep(qp, nullptr);
+      cuda::MlaAttnParams fp = ap;
+      fp.q_abs = dev<bf16>(dqabs2), fp.q = dev<bf16>(dqf);
+      fp.items = reinterpret_cast<const cuda::MlaWorkItem*>(di1.data());
+      fp.num_items = int(plan.items1.size());
+      cuda::run_mla_attention(fp, 1, nullptr);
+      fp.items = reinterpret_cast<const cuda::MlaWorkItem*>(di4.data());
+      fp.num_items = int(plan.items4.size());
+      cuda::run_mla_attention(fp, 4, nullptr);
+      cuda::MlaUvParams up;
+      up.num_tokens = T, up.num_heads = H, up.split_base = dsb.data(), up.num_splits = dns.data();
+      up.partials = dpart.data(), up.u = dev<bf16>(du), up.kv_b = qp.kv_b, up.out = dev<bf16>(dout2);
+      cuda::run_mla_uv(up, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_EQ(dqf.to_host(), q) << desc << ": fused q rounding";
+      auto got2 = bf16_to_float(dout2.to_host());
+      expect_close(desc + " fused chain vs CPU", got2.data(), ref.data(), ref.size(), 1e-2, 0.1);
+      expect_close(desc + " fused vs GEMM chain", got2.data(), got.data(), ref.size(), 1e-2, 0.05);
+      EXPECT_TRUE(dqf.guards_intact() && dqabs2.guards_intact() && dout2.guards_intact() &&
+                  dscratch.guards_intact() && dscratch8.guards_intact());
+    }
     if (fp8) continue;
     // u of the two kernel families: each is within bf16 rounding (~2e-3 relative) of the exact u.
     auto u_tc = bf16_to_float(u_path[path]), u_cc = bf16_to_float(u_path[0]);
@@ -439,6 +489,280 @@ TEST(MlaGpu, Fp8DecodeTensorCores) {
     run_chain(b64, H, seed++, PlanKind::kDecode, true, true);
     run_chain({{1, 9000}}, H, seed++, PlanKind::kDecode, true, true);
   }
+#endif
+}
+
+// The fused small-decode chain (mla_layer.h) inside the whole chain: decode plans at batch 1, 3
+// and 4 (split and unsplit tokens, every split slot busy), an eager plan with a 3-token item
+// (items4) beside a split decode token, both caches, the tensor-parallel head counts and odd ones.
+TEST(MlaGpu, LayerFusedChain) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  uint32_t seed = 700;
+  for (bool fp8 : {false, true})
+    for (int H : {32, 16, 7, 1}) {
+      for (int L : {1, 65, 4097}) run_chain({{1, L}}, H, seed++, PlanKind::kDecode, fp8, false, true);
+      run_chain({{1, 63}, {1, 769}, {1, 130}}, H, seed++, PlanKind::kDecode, fp8, false, true);
+      run_chain({{1, 5}, {1, 3000}, {1, 64}, {1, 257}}, H, seed++, PlanKind::kDecode, fp8, false,
+                true);
+      run_chain({{3, 70}, {1, 5000}}, H, seed++, PlanKind::kEager, fp8, false, true);
+    }
+  run_chain({{1, 16500}}, 32, seed++, PlanKind::kDecode, false, false, true);  // 129 busy splits
+  run_chain({{1, 9000}}, 32, seed++, PlanKind::kDecode, false, true, true);    // moving maximum
+#endif
+}
+
+#if KIMI_HAVE_CUDA
+// CPU reference of run_mla_q_prep's q and q_abs, from the same params with host pointers (the
+// cache write is run_mla_cache_write's, compared below): q = bf16(q32), q_abs = the exact sum over
+// bf16 q_nope and W_UK (exact, before the GPU's rounding to bf16; abs: Σ |terms|, for the bound).
+void ref_q_prep(const cuda::MlaQPrepParams& p, std::vector<uint16_t>& q, std::vector<double>& q_abs,
+                std::vector<double>& abs_sum) {
+  const int T = p.num_tokens, H = p.num_heads;
+  const uint16_t* kvb = reinterpret_cast<const uint16_t*>(p.kv_b);
+  q.resize(size_t(T) * H * 192);
+  q_abs.assign(size_t(T) * H * 512, 0.0);
+  abs_sum.assign(q_abs.size(), 0.0);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = f32_to_bf16(p.q32[i]);
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h)
+      for (int n = 0; n < 512; ++n) {
+        double s = 0, a = 0;
+        for (int k = 0; k < 128; ++k) {
+          const double x = double(bf16_to_f32(q[(size_t(t) * H + h) * 192 + k])) *
+                           bf16_to_f32(kvb[(size_t(h) * 256 + k) * 512 + n]);
+          s += x;
+          a += std::fabs(x);
+        }
+        q_abs[(size_t(t) * H + h) * 512 + n] = s;
+        abs_sum[(size_t(t) * H + h) * 512 + n] = a;
+      }
+}
+
+// CPU reference of run_mla_uv from the same params (host pointers): per (token, head) the split
+// partials merged exactly (u = Σ e^{m_k − M} u_k / Σ e^{m_k − M} l_k, empty splits m = −inf
+// weigh 0) and rounded to bf16, or the given u; out = W_UV(h) u, exact, rounded to bf16.
+std::vector<uint16_t> ref_uv(const cuda::MlaUvParams& p) {
+  const int T = p.num_tokens, H = p.num_heads;
+  const uint16_t* kvb = reinterpret_cast<const uint16_t*>(p.kv_b);
+  const uint16_t* u_in = reinterpret_cast<const uint16_t*>(p.u);
+  std::vector<uint16_t> out(size_t(T) * H * 128);
+  std::vector<double> u(512);
+  for (int t = 0; t < T; ++t)
+    for (int h = 0; h < H; ++h) {
+      const int ns = p.num_splits[t];
+      if (ns > 0) {
+        auto part = [&](int k) {
+          return p.partials + (size_t(p.split_base[t] + k) * H + h) * cuda::kMlaPartialStride;
+        };
+        double M = -INFINITY, den = 0;
+        for (int k = 0; k < ns; ++k) M = std::max(M, double(part(k)[512]));
+        std::fill(u.begin(), u.end(), 0.0);
+        for (int k = 0; k < ns; ++k) {
+          const double w = std::isinf(part(k)[512]) ? 0.0 : std::exp(double(part(k)[512]) - M);
+          den += w * part(k)[513];
+          for (int c = 0; c < 512; ++c) u[c] += w * part(k)[c];
+        }
+        for (int c = 0; c < 512; ++c) u[c] = bf16_to_f32(f32_to_bf16(float(den > 0 ? u[c] / den : 0.0)));
+      } else {
+        for (int c = 0; c < 512; ++c) u[c] = bf16_to_f32(u_in[(size_t(t) * H + h) * 512 + c]);
+      }
+      for (int n = 0; n < 128; ++n) {
+        double s = 0;
+        for (int c = 0; c < 512; ++c) s += u[c] * bf16_to_f32(kvb[(size_t(h) * 256 + 128 + n) * 512 + c]);
+        out[(size_t(t) * H + h) * 128 + n] = f32_to_bf16(float(s));
+      }
+    }
+  return out;
+}
+
+#endif
+
+// run_mla_q_prep against its CPU reference on random inputs: q bit for bit, q_abs within one bf16
+// step of the exactly rounded sum (fp32 summation order), at odd head counts (H < T too: the
+// cache-write CTAs past the heads), T = 1..4 with a 3-token sequence; its cache rows equal
+// run_mla_cache_write's bit for bit (bf16 and fp8) and the bf16 rows match the CPU cache write.
+TEST(MlaGpu, LayerQPrepMatchesCpu) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(31);
+  const std::vector<std::vector<Seq>> batches = {
+      {{1, 1}}, {{1, 70}, {1, 64}, {1, 129}}, {{3, 70}, {1, 5000}}, {{1, 4097}, {1, 2}}};
+  for (int H : {32, 7, 1})
+    for (const auto& seqs : batches)
+      for (bool fp8 : {false, true}) {
+        PagedBatch b = make_batch(rng, seqs);
+        const int S = int(seqs.size()), T = b.cu.back();
+        const size_t rows = size_t(b.num_blocks) * 64, row_bytes = fp8 ? kFp8Record : 1152;
+        std::vector<uint8_t> cache(rows * row_bytes);
+        for (auto& x : cache) x = uint8_t(rng());
+        auto q32 = random_f32(rng, size_t(T) * H * 192, -1.5f, 1.5f);
+        auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
+        auto latent = random_f32(rng, size_t(T) * 576, -3.f, 3.f);
+        auto w = random_f32(rng, 512, 0.5f, 1.5f);
+        GuardedBuffer<uint8_t> dcache(cache.size()), dcache_ref(cache.size());
+        GuardedBuffer<float> dq32(q32.size()), dlat(latent.size()), dw(512);
+        GuardedBuffer<uint16_t> dkvb(kv_b.size()), dq(q32.size()), dqabs(size_t(T) * H * 512);
+        GuardedBuffer<int> dcu(S + 1), dctx(S), dtab(b.tables.size());
+        dcache.upload(cache);
+        dcache_ref.upload(cache);
+        dq32.upload(q32);
+        dlat.upload(latent);
+        dw.upload(w);
+        dkvb.upload(kv_b);
+        dcu.upload(b.cu);
+        dctx.upload(b.ctx);
+        dtab.upload(b.tables);
+        dq.poison();
+        dqabs.poison();
+        cuda::MlaQPrepParams p;
+        p.num_tokens = T, p.num_heads = H, p.q32 = dq32.data(), p.kv_b = dev<bf16>(dkvb);
+        p.q = dev<bf16>(dq), p.q_abs = dev<bf16>(dqabs);
+        cuda::MlaCacheWriteParams& c = p.cache;
+        c.num_seqs = S, c.num_tokens = T, c.cu_seqlens = dcu.data(), c.context_lens = dctx.data();
+        c.block_tables = dtab.data(), c.max_blocks_per_seq = b.mb, c.latent = dlat.data();
+        c.norm_weight = dw.data();
+        c.cache = fp8 ? nullptr : reinterpret_cast<bf16*>(dcache.data());
+        c.cache8 = fp8 ? dcache.data() : nullptr;
+        cuda::run_mla_q_prep(p, nullptr);
+        cuda::MlaCacheWriteParams cr = c;
+        cr.cache = fp8 ? nullptr : reinterpret_cast<bf16*>(dcache_ref.data());
+        cr.cache8 = fp8 ? dcache_ref.data() : nullptr;
+        cuda::run_mla_cache_write(cr, nullptr);
+        CUDA_CHECK(cudaDeviceSynchronize());
+
+        cuda::MlaQPrepParams hp = p;  // the same params on the host
+        hp.q32 = q32.data(), hp.kv_b = reinterpret_cast<const bf16*>(kv_b.data());
+        std::vector<uint16_t> q_ref;
+        std::vector<double> qabs_ref, qabs_abs;
+        ref_q_prep(hp, q_ref, qabs_ref, qabs_abs);
+        const std::string what = str("q prep H", H, " T", T, fp8 ? " fp8" : " bf16");
+        EXPECT_EQ(dq.to_host(), q_ref) << what << ": q";
+        // Each q_abs within its bf16 rounding (2^-9 relative, a little more for the fp32 sums)
+        // of the exact sum, plus fp32 summation error (128 terms: well under 1e-5 of Σ|terms|).
+        const auto qabs = dqabs.to_host();
+        size_t bad = 0, first = 0, rounded_off = 0;
+        for (size_t i = 0; i < qabs.size(); ++i) {
+          const double got = bf16_to_f32(qabs[i]), want = qabs_ref[i];
+          if (std::fabs(got - want) > std::ldexp(std::fabs(want), -8) + 1e-5 * qabs_abs[i])
+            if (bad++ == 0) first = i;
+          rounded_off += qabs[i] != f32_to_bf16(float(want));
+        }
+        std::printf("    %s: q_abs %zu of %zu not the exact sum's bf16 rounding, %zu out of bounds\n",
+                    what.c_str(), rounded_off, qabs.size(), bad);
+        EXPECT_EQ(bad, 0u) << what << ": first at " << first;
+        EXPECT_LE(rounded_off, qabs.size() / 100) << what;
+        // Batch invariance: token 0 alone gives the same bits.
+        if (T > 1) {
+          GuardedBuffer<uint16_t> dq1(size_t(H) * 192), dqabs1(size_t(H) * 512);
+          cuda::MlaQPrepParams p1 = p;
+          p1.num_tokens = 1, p1.cache.num_tokens = 1, p1.q = dev<bf16>(dq1), p1.q_abs = dev<bf16>(dqabs1);
+          cuda::run_mla_q_prep(p1, nullptr);
+          CUDA_CHECK(cudaDeviceSynchronize());
+          const auto q1 = dq1.to_host(), qabs1 = dqabs1.to_host();
+          EXPECT_TRUE(std::equal(qabs1.begin(), qabs1.end(), qabs.begin())) << what << ": T = 1 differs";
+          EXPECT_TRUE(std::equal(q1.begin(), q1.end(), q_ref.begin())) << what << ": T = 1 q";
+        }
+        const auto got_cache = dcache.to_host();
+        EXPECT_TRUE(got_cache == dcache_ref.to_host()) << what << ": cache rows differ from run_mla_cache_write";
+        EXPECT_TRUE(got_cache != cache) << what << ": no cache row written";
+        if (!fp8) {  // the rows against the CPU cache write (normed on the CPU)
+          std::vector<float> normed = latent, cache_ref(rows * 576), got_f(rows * 576);
+          for (int t = 0; t < T; ++t)
+            cpu::rmsnorm(&normed[size_t(t) * 576], w.data(), &normed[size_t(t) * 576], 1, 512, 1e-5f);
+          for (size_t i = 0; i < rows * 576; ++i) {
+            uint16_t x, y;
+            std::memcpy(&x, &cache[2 * i], 2);
+            std::memcpy(&y, &got_cache[2 * i], 2);
+            cache_ref[i] = bf16_to_f32(x);
+            got_f[i] = bf16_to_f32(y);
+          }
+          cpu::MlaCacheWriteParams cp;
+          cp.num_seqs = S, cp.cu_seqlens = b.cu.data(), cp.context_lens = b.ctx.data();
+          cp.block_tables = b.tables.data(), cp.max_blocks_per_seq = b.mb, cp.num_blocks = b.num_blocks;
+          cp.latent = normed.data(), cp.cache = cache_ref.data();
+          cpu::mla_cache_write(cp);
+          std::vector<float> got_rows, ref_rows;  // the new tokens' rows (the rest: bitwise above)
+          for (int q = 0; q < S; ++q)
+            for (int pos = b.ctx[q] - (b.cu[q + 1] - b.cu[q]); pos < b.ctx[q]; ++pos) {
+              const size_t row = size_t(b.tables[size_t(q) * b.mb + pos / 64]) * 64 + pos % 64;
+              got_rows.insert(got_rows.end(), &got_f[row * 576], &got_f[row * 576] + 576);
+              ref_rows.insert(ref_rows.end(), &cache_ref[row * 576], &cache_ref[row * 576] + 576);
+            }
+          ASSERT_EQ(got_rows.size(), size_t(T) * 576);
+          expect_close(what + " cache rows vs CPU", got_rows.data(), ref_rows.data(), got_rows.size(),
+                       4e-3, 0.05);
+        }
+        EXPECT_TRUE(dq.guards_intact() && dqabs.guards_intact() && dcache.guards_intact());
+      }
+#endif
+}
+
+// run_mla_uv against its CPU reference on random partials: tokens with no split (u as given),
+// 1, 2, 32, 129 and 300 splits, some empty (m = −inf, l = 0), scattered slot bases, odd head
+// counts, T = 1..4.
+TEST(MlaGpu, LayerUvMatchesCpu) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  std::mt19937 rng(41);
+  const std::vector<std::vector<int>> split_sets = {{0}, {129}, {1, 300}, {32, 0, 2}, {5, 129, 0, 33}};
+  for (int H : {32, 5, 1})
+    for (const auto& splits : split_sets) {
+      const int T = int(splits.size());
+      std::vector<int> base(T), ns = splits;
+      int slots = 3;  // unused slots first: bases are not zero
+      for (int t = 0; t < T; ++t) {
+        base[t] = ns[t] > 0 ? slots : -1;
+        slots += ns[t] + 1;
+      }
+      std::vector<float> parts(size_t(slots) * H * cuda::kMlaPartialStride);
+      std::uniform_real_distribution<float> um(-6.f, 6.f), ul(0.5f, 40.f), uu(-30.f, 30.f);
+      for (int k = 0; k < slots; ++k)
+        for (int h = 0; h < H; ++h) {
+          float* P = &parts[(size_t(k) * H + h) * cuda::kMlaPartialStride];
+          const bool empty = (k + h) % 7 == 3;
+          for (int c = 0; c < 512; ++c) P[c] = empty ? 0.f : uu(rng);
+          P[512] = empty ? -INFINITY : um(rng);
+          P[513] = empty ? 0.f : ul(rng);
+          P[514] = P[515] = 0.f;
+        }
+      auto u = random_bf16(rng, size_t(T) * H * 512, -1.f, 1.f);
+      auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
+      GuardedBuffer<float> dparts(parts.size());
+      GuardedBuffer<uint16_t> du(u.size()), dkvb(kv_b.size()), dout(size_t(T) * H * 128);
+      GuardedBuffer<int> dbase(T), dns(T);
+      dparts.upload(parts);
+      du.upload(u);
+      dkvb.upload(kv_b);
+      dbase.upload(base);
+      dns.upload(ns);
+      dout.poison();
+      cuda::MlaUvParams p;
+      p.num_tokens = T, p.num_heads = H, p.split_base = dbase.data(), p.num_splits = dns.data();
+      p.partials = dparts.data(), p.u = dev<bf16>(du), p.kv_b = dev<bf16>(dkvb), p.out = dev<bf16>(dout);
+      cuda::run_mla_uv(p, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      cuda::MlaUvParams hp = p;  // the same params on the host
+      hp.split_base = base.data(), hp.num_splits = ns.data(), hp.partials = parts.data();
+      hp.u = reinterpret_cast<const bf16*>(u.data()), hp.kv_b = reinterpret_cast<const bf16*>(kv_b.data());
+      const auto want = bf16_to_float(ref_uv(hp)), got = bf16_to_float(dout.to_host());
+      std::string what = str("uv H", H, " splits");
+      for (int x : ns) what += str(" ", x);
+      // u within a bf16 step of the exact merge: out ~2e-3 relative at worst.
+      expect_close(what, got.data(), want.data(), got.size(), 3e-3, 0.05);
+      EXPECT_TRUE(dout.guards_intact() && dparts.guards_intact());
+      // Batch invariance: the last token alone gives the same bits.
+      GuardedBuffer<uint16_t> dout1(size_t(H) * 128);
+      cuda::MlaUvParams p1 = p;
+      p1.num_tokens = 1, p1.split_base = dbase.data() + T - 1, p1.num_splits = dns.data() + T - 1;
+      p1.u = dev<bf16>(du) + size_t(T - 1) * H * 512, p1.out = dev<bf16>(dout1);
+      cuda::run_mla_uv(p1, nullptr);
+      CUDA_CHECK(cudaDeviceSynchronize());
+      const auto all = dout.to_host(), one = dout1.to_host();
+      EXPECT_TRUE(std::equal(one.begin(), one.end(), all.begin() + size_t(T - 1) * H * 128))
+          << what << ": the last token alone differs";
+      EXPECT_EQ(dparts.to_host(), parts) << what << ": partials are read-only";
+    }
 #endif
 }
 
