@@ -219,6 +219,35 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
   }
 }
 
+// The attention over the latent cache for the step's decode items (split-KV partials where the
+// plan splits), shared by the GEMM chain and the fused chain; returns the params for the merge.
+cuda::MlaAttnParams mla_attention(CudaModel::Impl& m, const uint8_t* cache, const StepMeta& s) {
+  auto& A = m.act;
+  cuda::MlaAttnParams ap;
+  ap.num_tokens = s.T;
+  ap.num_heads = m.cfg.num_attention_heads;
+  ap.q_abs = A.q_abs;
+  ap.q = A.mq;
+  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
+  ap.cache8 = m.fp8_cache ? cache : nullptr;
+  ap.num_blocks = m.cache.num_blocks;
+  ap.block_tables = s.tables;
+  ap.max_blocks_per_seq = s.mb;
+  ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
+  ap.split_base = s.split_base;
+  ap.num_splits = s.num_splits;
+  ap.partials = A.partials;
+  ap.u = A.u;
+  ap.tensor_cores = m.mla_tensor_cores;
+  ap.items = s.items1;
+  ap.num_items = s.n1;
+  cuda::run_mla_attention(ap, 1, m.stream);
+  ap.items = s.items4;
+  ap.num_items = s.n4;
+  cuda::run_mla_attention(ap, 4, m.stream);
+  return ap;
+}
+
 // The absorbed path (decode items and short prefills): q_abs GEMM, attention over the latent
 // cache, combine, W_UV GEMM into attn (rows of expanded sequences are overwritten after).
 // cache: the layer's MLA cache, bf16 rows or fp8 records (m.fp8_cache).
@@ -245,28 +274,7 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
     ga.batch = H;
     g.run(ga, m.stream);
   }
-  cuda::MlaAttnParams ap;
-  ap.num_tokens = T;
-  ap.num_heads = H;
-  ap.q_abs = A.q_abs;
-  ap.q = A.mq;
-  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
-  ap.cache8 = m.fp8_cache ? cache : nullptr;
-  ap.num_blocks = m.cache.num_blocks;
-  ap.block_tables = s.tables;
-  ap.max_blocks_per_seq = s.mb;
-  ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
-  ap.split_base = s.split_base;
-  ap.num_splits = s.num_splits;
-  ap.partials = A.partials;
-  ap.u = A.u;
-  ap.tensor_cores = m.mla_tensor_cores;
-  ap.items = s.items1;
-  ap.num_items = s.n1;
-  cuda::run_mla_attention(ap, 1, m.stream);
-  ap.items = s.items4;
-  ap.num_items = s.n4;
-  cuda::run_mla_attention(ap, 4, m.stream);
+  const cuda::MlaAttnParams ap = mla_attention(m, cache, s);
   if (s.num_partials > 0) cuda::run_mla_combine(ap, m.stream);
   {  // attn[t, h] = W_UV(h) u[t, h]: per head [T,512] · [128,512]ᵀ
     GemmArgs ga;
@@ -320,28 +328,7 @@ void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cac
   qp.q_abs = A.q_abs;
   qp.cache = wp;
   cuda::run_mla_q_prep(qp, m.stream);
-  cuda::MlaAttnParams ap;
-  ap.num_tokens = T;
-  ap.num_heads = H;
-  ap.q_abs = A.q_abs;
-  ap.q = A.mq;
-  ap.cache = m.fp8_cache ? nullptr : reinterpret_cast<const bf16*>(cache);
-  ap.cache8 = m.fp8_cache ? cache : nullptr;
-  ap.num_blocks = m.cache.num_blocks;
-  ap.block_tables = s.tables;
-  ap.max_blocks_per_seq = s.mb;
-  ap.scale = 1.f / std::sqrt(float(kMlaQkDim));
-  ap.split_base = s.split_base;
-  ap.num_splits = s.num_splits;
-  ap.partials = A.partials;
-  ap.u = A.u;
-  ap.tensor_cores = m.mla_tensor_cores;
-  ap.items = s.items1;
-  ap.num_items = s.n1;
-  cuda::run_mla_attention(ap, 1, m.stream);
-  ap.items = s.items4;
-  ap.num_items = s.n4;
-  cuda::run_mla_attention(ap, 4, m.stream);
+  mla_attention(m, cache, s);
   cuda::MlaUvParams up;
   up.num_tokens = T;
   up.num_heads = H;
