@@ -18,10 +18,17 @@ namespace {
 // wait, which follows the previous launch's completion).
 __device__ unsigned g_oproj_barrier[2];
 
-unsigned* barrier_ptr() {
-  void* ptr = nullptr;
-  CUDA_CHECK(cudaGetSymbolAddress(&ptr, g_oproj_barrier));
-  return static_cast<unsigned*>(ptr);
+std::mutex mu;  // guards the caches below
+std::map<std::tuple<int, int, int, int>, bool> fits_cache;  // (device, B, H, hidden)
+std::map<int, unsigned*> barrier_cache;                     // device -> g_oproj_barrier
+
+// Filled by kda_decode_oproj_fits (which every launch passes first), so that a launch inside a
+// graph capture makes no symbol or occupancy queries.
+unsigned* barrier_ptr(int dev) {
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = barrier_cache.find(dev);
+  KIMI_CHECK(it != barrier_cache.end(), "KDA decode with o_proj launched before its fits check");
+  return it->second;
 }
 
 void set_smem_limit(size_t bytes) {
@@ -39,20 +46,25 @@ void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream) {
   o.smem = l.bytes;
   o.pdl = true;
   o.cluster = dim3(kOprojSplit, 1, 1);
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
   launch_kernel(kda_decode_oproj_kernel<32>, dim3(kOprojSplit, p.num_heads, p.batch), 128, o, stream,
-                p, barrier_ptr());
+                p, barrier_ptr(dev));
 }
 
 // All G = 4·H·B CTAs must be resident at once (the grid barrier): at most as many clusters as the
 // occupancy API allows on an idle device, with this shape's shared memory.
 bool kda_decode_oproj_fits(int batch, int num_heads, int hidden) {
-  static std::mutex mu;
-  static std::map<std::tuple<int, int, int, int>, bool> cache;
   int dev = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   const auto key = std::make_tuple(dev, batch, num_heads, hidden);
   std::lock_guard<std::mutex> lock(mu);
-  if (const auto it = cache.find(key); it != cache.end()) return it->second;
+  if (const auto it = fits_cache.find(key); it != fits_cache.end()) return it->second;
+  if (!barrier_cache.count(dev)) {
+    void* ptr = nullptr;
+    CUDA_CHECK(cudaGetSymbolAddress(&ptr, g_oproj_barrier));
+    barrier_cache.emplace(dev, static_cast<unsigned*>(ptr));
+  }
   const KdaOprojLayout l = kda_oproj_layout(batch, num_heads, hidden);
   int optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
@@ -76,7 +88,7 @@ bool kda_decode_oproj_fits(int batch, int num_heads, int hidden) {
     CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kda_decode_oproj_kernel<32>, &cfg));
     fits = int64_t(clusters) >= int64_t(num_heads) * batch;
   }
-  cache.emplace(key, fits);
+  fits_cache.emplace(key, fits);
   return fits;
 }
 
