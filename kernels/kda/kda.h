@@ -73,6 +73,8 @@ struct KdaDecodeParams {
   float* out = nullptr;            // [B, hidden]
   int hidden = 0;
   float out_beta = 1.f;  // 1: accumulate into out (the residual stream); 0: overwrite (a partial)
+  int oproj_smem_rows = -1;  // tuning (tests): at most this many rows of a CTA's W_o share in
+                             // shared memory, the rest (6 at most) in registers; -1 = automatic
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);

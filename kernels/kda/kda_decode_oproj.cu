@@ -19,17 +19,9 @@ namespace {
 __device__ unsigned g_oproj_barrier[2];
 
 std::mutex mu;  // guards the caches below
-std::map<std::tuple<int, int, int, int>, bool> fits_cache;  // (device, B, H, hidden)
-std::map<int, unsigned*> barrier_cache;                     // device -> g_oproj_barrier
-
-// Filled by kda_decode_oproj_fits (which every launch passes first), so that a launch inside a
-// graph capture makes no symbol or occupancy queries.
-unsigned* barrier_ptr(int dev) {
-  std::lock_guard<std::mutex> lock(mu);
-  const auto it = barrier_cache.find(dev);
-  KIMI_CHECK(it != barrier_cache.end(), "KDA decode with o_proj launched before its fits check");
-  return it->second;
-}
+// (device, B, H, hidden, cap) -> rows of a share in shared memory, or -1: does not fit.
+std::map<std::tuple<int, int, int, int, int>, int> rows_cache;
+std::map<int, unsigned*> barrier_cache;  // device -> g_oproj_barrier
 
 void set_smem_limit(size_t bytes) {
   if (bytes > (size_t(48) << 10))
@@ -37,41 +29,20 @@ void set_smem_limit(size_t bytes) {
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-}  // namespace
-
-void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream) {
-  const KdaOprojLayout l = kda_oproj_layout(p.batch, p.num_heads, p.hidden);
-  set_smem_limit(l.bytes);
-  LaunchOptions o;
-  o.smem = l.bytes;
-  o.pdl = true;
-  o.cluster = dim3(kOprojSplit, 1, 1);
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  launch_kernel(kda_decode_oproj_kernel<32>, dim3(kOprojSplit, p.num_heads, p.batch), 128, o, stream,
-                p, barrier_ptr(dev));
-}
-
-// All G = 4·H·B CTAs must be resident at once (the grid barrier): at most as many clusters as the
-// occupancy API allows on an idle device, with this shape's shared memory.
-bool kda_decode_oproj_fits(int batch, int num_heads, int hidden) {
-  int dev = 0;
-  CUDA_CHECK(cudaGetDevice(&dev));
-  const auto key = std::make_tuple(dev, batch, num_heads, hidden);
-  std::lock_guard<std::mutex> lock(mu);
-  if (const auto it = fits_cache.find(key); it != fits_cache.end()) return it->second;
-  if (!barrier_cache.count(dev)) {
-    void* ptr = nullptr;
-    CUDA_CHECK(cudaGetSymbolAddress(&ptr, g_oproj_barrier));
-    barrier_cache.emplace(dev, static_cast<unsigned*>(ptr));
-  }
-  const KdaOprojLayout l = kda_oproj_layout(batch, num_heads, hidden);
+// The most rows of a share in shared memory (at most cap, and at most kOprojRegRows fewer than
+// the share, the rest in registers) with which all G = 4·H·B CTAs are resident at once: as many
+// clusters as the occupancy API allows on an idle device, with that shared memory. -1: none.
+int choose_rows(int dev, int batch, int num_heads, int hidden, int cap) {
+  const KdaOprojLayout full = kda_oproj_layout(batch, num_heads, hidden, -1);
   int optin = 0;
   CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   cudaFuncAttributes fa{};
   CUDA_CHECK(cudaFuncGetAttributes(&fa, kda_decode_oproj_kernel<32>));
-  bool fits = l.bytes + fa.sharedSizeBytes <= size_t(optin);
-  if (fits) {
+  const int top = cap < 0 ? full.rows_max : std::min(cap, full.rows_max);
+  for (int r = top; r >= 0 && full.rows_max - r <= kOprojRegRows; --r) {
+    if (r < full.rows_max && num_heads * kKdaD > 128 * 8 * kOprojRegPieces) break;
+    const KdaOprojLayout l = kda_oproj_layout(batch, num_heads, hidden, r);
+    if (l.bytes + fa.sharedSizeBytes > size_t(optin)) continue;
     set_smem_limit(l.bytes);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(kOprojSplit, num_heads, batch);
@@ -86,10 +57,49 @@ bool kda_decode_oproj_fits(int batch, int num_heads, int hidden) {
     cfg.numAttrs = 1;
     int clusters = 0;
     CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kda_decode_oproj_kernel<32>, &cfg));
-    fits = int64_t(clusters) >= int64_t(num_heads) * batch;
+    if (int64_t(clusters) >= int64_t(num_heads) * batch) return r;
   }
-  fits_cache.emplace(key, fits);
-  return fits;
+  return -1;
+}
+
+// Filled by kda_decode_oproj_fits (which every launch passes first), so that a launch inside a
+// graph capture makes no symbol or occupancy queries.
+int cached_rows(int batch, int num_heads, int hidden, int cap, unsigned** barrier) {
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const auto key = std::make_tuple(dev, batch, num_heads, hidden, cap);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = rows_cache.find(key);
+  if (it == rows_cache.end()) {
+    if (!barrier_cache.count(dev)) {
+      void* ptr = nullptr;
+      CUDA_CHECK(cudaGetSymbolAddress(&ptr, g_oproj_barrier));
+      barrier_cache.emplace(dev, static_cast<unsigned*>(ptr));
+    }
+    it = rows_cache.emplace(key, choose_rows(dev, batch, num_heads, hidden, cap)).first;
+  }
+  if (barrier) *barrier = barrier_cache.at(dev);
+  return it->second;
+}
+
+}  // namespace
+
+void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream) {
+  unsigned* barrier = nullptr;
+  const int rows = cached_rows(p.batch, p.num_heads, p.hidden, p.oproj_smem_rows, &barrier);
+  KIMI_CHECK(rows >= 0, "decode with o_proj does not fit");
+  const KdaOprojLayout l = kda_oproj_layout(p.batch, p.num_heads, p.hidden, rows);
+  set_smem_limit(l.bytes);
+  LaunchOptions o;
+  o.smem = l.bytes;
+  o.pdl = true;
+  o.cluster = dim3(kOprojSplit, 1, 1);
+  launch_kernel(kda_decode_oproj_kernel<32>, dim3(kOprojSplit, p.num_heads, p.batch), 128, o, stream,
+                p, barrier, rows);
+}
+
+bool kda_decode_oproj_fits(int batch, int num_heads, int hidden, int smem_rows_cap) {
+  return cached_rows(batch, num_heads, hidden, smem_rows_cap, nullptr) >= 0;
 }
 
 }  // namespace kimi::cuda::kda

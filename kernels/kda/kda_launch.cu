@@ -10,7 +10,7 @@ template <int kCols, bool kSmemState, bool kFold>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
 void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream);
-bool kda_decode_oproj_fits(int batch, int num_heads, int hidden);
+bool kda_decode_oproj_fits(int batch, int num_heads, int hidden, int smem_rows_cap);
 }  // namespace kda
 
 // Measured on an H200 at H = 32 (docs/perf-log.md sessions 4 and 8), % of the copy rate, graph
@@ -66,9 +66,10 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
                    p.smem_state <= 0,
                "decode with o_proj: folded up-projections, the cluster kernel with S in registers, "
                "out, hidden > 0 and a 16-byte aligned o_weight");
-    KIMI_CHECK(kda_decode_folds_oproj(p.batch, p.num_heads, p.hidden), "decode with o_proj at B ",
-               p.batch, ", H ", p.num_heads, ", hidden ", p.hidden,
-               " does not fit (kda_decode_folds_oproj)");
+    KIMI_CHECK(kda_decode_folds_oproj(p.batch, p.num_heads, p.hidden) &&
+                   kda::kda_decode_oproj_fits(p.batch, p.num_heads, p.hidden, p.oproj_smem_rows),
+               "decode with o_proj at B ", p.batch, ", H ", p.num_heads, ", hidden ", p.hidden,
+               ", shared-memory rows ", p.oproj_smem_rows, " does not fit (kda_decode_folds_oproj)");
     kda::launch_kda_decode_oproj(p, stream);
     KIMI_CHECK_LAUNCH();
     return;
@@ -97,7 +98,7 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
 bool kda_decode_folds_oproj(int batch, int num_heads, int hidden) {
   return batch > 0 && batch <= kKdaOprojMaxBatch && hidden > 0 &&
          int64_t(batch) * num_heads <= kKdaDecodeFoldRegsMaxRows &&
-         kda::kda_decode_oproj_fits(batch, num_heads, hidden);
+         kda::kda_decode_oproj_fits(batch, num_heads, hidden, -1);
 }
 
 bool kda_decode_folds_up(int batch, int num_heads) {

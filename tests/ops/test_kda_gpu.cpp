@@ -193,7 +193,7 @@ struct DeviceWeights {
 // must be overwritten, never read).
 void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1,
                      int persistent = -1, bool fold = false, int oproj_hidden = 0,
-                     float oproj_beta = 1.f) {
+                     float oproj_beta = 1.f, int oproj_smem_rows = -1) {
   std::mt19937 rng(seed);
   const int num_slots = B + 5;
   KdaCase c = make_case(rng, H, B * steps);
@@ -265,6 +265,7 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
       p.out = d_out.data();
       p.hidden = hid;
       p.out_beta = oproj_beta;
+      p.oproj_smem_rows = oproj_smem_rows;
       if (oproj_beta != 0.f) {
         out0 = random_f32(rng, out0.size(), -1.f, 1.f);
         d_out.upload(out0);
@@ -383,16 +384,21 @@ TEST(KdaGpu, DecodeFoldedUpProjections) {
 // o_proj folded into the decode (grid barrier, W_o rows in shared memory): the model's shape
 // (H = 32, hidden 2304) at B = 1 and 2, odd heads and hidden sizes (rows per CTA not a multiple of
 // 16, more than one 16-row tile, fewer rows than CTAs), the largest batch (8: every mma column),
-// padding rows, beta 0 and 1.
+// padding rows, beta 0 and 1; rows held in registers (the model's shape at B = 1 on an H200, and
+// forced by a cap on the rows in shared memory: 4-6 register rows, B = 1 .. 3).
 TEST(KdaGpu, DecodeFoldedOproj) {
   KIMI_REQUIRE_GPU();
   struct Case {
     int B, H, steps, hidden;
     float beta;
+    int smem_rows;
   };
-  const Case cases[] = {{1, 32, 3, 2304, 1.f}, {1, 32, 2, 2304, 0.f}, {2, 32, 2, 2304, 1.f},
-                        {1, 3, 3, 333, 1.f},   {5, 7, 2, 1001, 0.f},  {8, 8, 2, 517, 1.f},
-                        {1, 32, 2, 101, 0.f},  {3, 5, 2, 4099, 1.f}};
+  const Case cases[] = {{1, 32, 3, 2304, 1.f, -1}, {1, 32, 2, 2304, 0.f, -1},
+                        {2, 32, 2, 2304, 1.f, -1}, {1, 3, 3, 333, 1.f, -1},
+                        {5, 7, 2, 1001, 0.f, -1},  {8, 8, 2, 517, 1.f, -1},
+                        {1, 32, 2, 101, 0.f, -1},  {3, 5, 2, 4099, 1.f, -1},
+                        {1, 3, 2, 333, 0.f, 23},   {3, 5, 2, 4099, 1.f, 64},
+                        {2, 32, 2, 2304, 0.f, 3}};
   uint32_t seed = 61;
   for (const Case& k : cases) {
     const bool fits = cuda::kda_decode_folds_oproj(k.B, k.H, k.hidden);
@@ -404,7 +410,7 @@ TEST(KdaGpu, DecodeFoldedOproj) {
                   k.H, k.hidden);
       continue;
     }
-    run_decode_case(k.B, k.H, k.steps, seed++, -1, -1, true, k.hidden, k.beta);
+    run_decode_case(k.B, k.H, k.steps, seed++, -1, -1, true, k.hidden, k.beta, k.smem_rows);
   }
 }
 
