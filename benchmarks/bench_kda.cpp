@@ -2,11 +2,10 @@
 // run, the fused decode step at B = 1, 2, 4, 8, 16, 32, 64, 256 (time per layer, state bytes/s as %
 // of the ceiling), the decode with its f/z up-projections (the separate batch-2 GEMM + decode pair
 // against the decode that folds them in), and prefill tokens/s at T = 4k, 32k, 128k (prep, scan,
-// gated norm), and (--tail) the layer's tail at small B: the folded decode then the o_proj GEMM
-// (x += W_o·y, hidden 2304) against the decode that takes o_proj in.
+// gated norm).
 // Timing: CUDA events around groups of launches, median over many groups, after warm-up; random
 // non-zero inputs; decode rotates over enough slot sets that the state is not L2-resident.
-// Usage: bench_kda [--quick] [--decode-only | --prefill-only | --tail]; KIMI_BENCH_KDA_B=64 times that
+// Usage: bench_kda [--quick] [--decode-only | --prefill-only]; KIMI_BENCH_KDA_B=64 times that
 // decode batch alone (for a profiler).
 #include <algorithm>
 #include <cstdio>
@@ -203,86 +202,6 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
   }
 }
 
-// The layer tail at small batch, graph replay of kLayers layers (each with its own up weights and
-// W_o, so they come from DRAM as in the model; state slots rotate as in bench_decode): "pair" = the
-// folded decode + Gemm::linear(y, W_o, x, beta 1) (the model's o_proj), "fused" = the decode with
-// o_proj folded in (KdaDecodeParams::o_weight); also the decode and the o_proj GEMM alone. Bytes:
-// the state read and written, the up weights, W_o, x read and written (y and the token's inputs
-// are negligible); % of the copy ceiling.
-void bench_tail(Weights& w, double ceiling, bool quick) {
-  constexpr int kLayers = 20, kHidden = 2304;
-  kimi::cuda::Gemm gemm;
-  std::printf("\ntail: us per layer (graph) of the folded decode + o_proj GEMM pair against the "
-              "decode with o_proj folded in (H %d, hidden %d)\n",
-              H, kHidden);
-  std::printf("%-6s %4s %10s %10s %10s %8s %10s %8s %9s\n", "tail", "B", "decode", "o_proj",
-              "pair", "% copy", "fused", "% copy", "fused-pair");
-  for (int B : {1, 2, 4, 8}) {
-    const int num_slots = 256, rot = num_slots / B;
-    std::vector<int> slots(size_t(rot) * B);
-    std::iota(slots.begin(), slots.end(), 0);
-    std::shuffle(slots.begin(), slots.end(), std::mt19937(B));
-    DeviceBuffer<int> d_slots(slots.size());
-    d_slots.upload(slots);
-    DeviceBuffer<bf16> qkv(size_t(B) * C), b(size_t(B) * H), y(size_t(B) * HD),
-        conv(size_t(num_slots) * C * 3), low(size_t(B) * 2 * D), up(size_t(kLayers) * 2 * HD * D),
-        wo(size_t(kLayers) * kHidden * HD);
-    DeviceBuffer<float> state(size_t(num_slots) * H * D * D), x(size_t(B) * kHidden);
-    fill_random(qkv, -2.f, 2.f, 31);
-    fill_random(b, -4.f, 4.f, 32);
-    fill_random(conv, -2.f, 2.f, 33);
-    fill_random(low, -1.f, 1.f, 34);
-    fill_random(up, -0.4f, 0.4f, 35);
-    fill_random(wo, -0.03f, 0.03f, 36);
-    fill_random(state, -0.5f, 0.5f, 37);
-    fill_random(x, -1.f, 1.f, 38);
-    kimi::cuda::KdaDecodeParams p;
-    p.batch = B;
-    p.num_heads = H;
-    p.qkv = qkv.data();
-    p.b = b.data();
-    p.fg_low = low.data();
-    p.w = w.view();
-    p.conv_state = conv.data();
-    p.state = state.data();
-    p.y = y.data();
-    p.out = x.data();
-    p.hidden = kHidden;
-    const bool fits = kimi::cuda::kda_decode_folds_oproj(B, H, kHidden);
-    // mode 0: decode alone, 1: o_proj GEMM alone, 2: the pair, 3: fused.
-    auto launch = [&](int i, cudaStream_t s, int mode) {
-      const int layer = i % kLayers;
-      p.slots = d_slots.data() + size_t(i % rot) * B;
-      p.fg_b = up.data() + size_t(layer) * 2 * HD * D;
-      const bf16* w_o = wo.data() + size_t(layer) * kHidden * HD;
-      p.o_weight = mode == 3 ? w_o : nullptr;
-      if (mode != 1) kimi::cuda::run_kda_decode(p, s);
-      if (mode == 1 || mode == 2)
-        gemm.linear(y.data(), w_o, x.data(), B, kHidden, HD, kimi::cuda::GemmOut::kF32, s, 1.f);
-    };
-    cudaStream_t st;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    double us[4] = {0, 0, 0, 0};
-    for (int mode = 0; mode < 4; ++mode) {
-      if (mode == 3 && !fits) continue;
-      launch(0, st, mode);  // plans and attributes outside the capture
-      CUDA_CHECK(cudaStreamSynchronize(st));
-      us[mode] = 1e3 * graph_ms([&](int i, cudaStream_t s) { launch(i, s, mode); }, kLayers,
-                                quick ? 10 : 30, st);
-    }
-    CUDA_CHECK(cudaStreamDestroy(st));
-    const double bytes = double(B) * H * D * D * 4 * 2 + 2.0 * HD * D * 2 +
-                         double(kHidden) * HD * 2 + 2.0 * B * kHidden * 4;
-    auto pct = [&](double t) { return t > 0 ? 100 * bytes / (t * 1e-6) / 1e9 / ceiling : 0.0; };
-    if (fits)
-      std::printf("%-6s %4d %10.2f %10.2f %10.2f %7.1f%% %10.2f %7.1f%% %+9.2f\n", "tail", B, us[0],
-                  us[1], us[2], pct(us[2]), us[3], pct(us[3]), us[3] - us[2]);
-    else
-      std::printf("%-6s %4d %10.2f %10.2f %10.2f %7.1f%% %10s\n", "tail", B, us[0], us[1], us[2],
-                  pct(us[2]), "no fit");
-  }
-}
-
 void bench_prefill(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %8s %10s %10s %10s %10s %14s %14s\n", "prefill", "T", "prep ms", "scan ms",
               "norm ms", "total ms", "scan Mtok/s", "layer Mtok/s");
@@ -396,12 +315,11 @@ void bench_prefill(Weights& w, double ceiling, bool quick) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, decode_only = false, prefill_only = false, tail = false;
+  bool quick = false, decode_only = false, prefill_only = false;
   for (int i = 1; i < argc; ++i) {
     quick |= std::string(argv[i]) == "--quick";
     decode_only |= std::string(argv[i]) == "--decode-only";
     prefill_only |= std::string(argv[i]) == "--prefill-only";
-    tail |= std::string(argv[i]) == "--tail";
   }
   try {
     int dev = 0;
@@ -415,10 +333,6 @@ int main(int argc, char** argv) {
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
     Weights w;
-    if (tail) {
-      bench_tail(w, ceiling, quick);
-      return 0;
-    }
     if (!prefill_only) bench_decode(w, ceiling, quick);
     if (!decode_only) bench_prefill(w, ceiling, quick);
   } catch (const std::exception& e) {

@@ -64,17 +64,6 @@ struct KdaDecodeParams {
                                // registers / staged in shared memory
   int persistent = -1;         // tuning: -1 = automatic, 0 = the cluster kernel (4 CTAs per head),
                                // 1 = the persistent grid (a CTA per (sequence, head) item, TMA)
-  // o_proj folded in (o_weight set; needs the folded up-projections and kda_decode_folds_oproj):
-  // out[b] = out_beta·out[b] + W_o·y[b] in fp32, as Gemm::linear(y, W_o, out, B, hidden, H·D,
-  // kF32, beta) would (y is still written). One launch: every CTA streams its share of W_o's rows
-  // into shared memory during the step, then after a grid-wide barrier multiplies them by every
-  // sequence's y; each output element is summed by one CTA in a fixed order (deterministic).
-  const bf16* o_weight = nullptr;  // [hidden, H·D], 16-byte aligned
-  float* out = nullptr;            // [B, hidden]
-  int hidden = 0;
-  float out_beta = 1.f;  // 1: accumulate into out (the residual stream); 0: overwrite (a partial)
-  int oproj_smem_rows = -1;  // tuning (tests): at most this many rows of a CTA's W_o share in
-                             // shared memory, the rest (6 at most) in registers; -1 = automatic
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
@@ -82,12 +71,6 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 // than a separate f/z GEMM: true where the automatic kernel choice folds them (measured,
 // docs/perf-log.md session 9). Folded params are accepted at any size.
 bool kda_decode_folds_up(int batch, int num_heads);
-// Whether the decode of this batch can take o_proj in (KdaDecodeParams::o_weight): where it folds
-// the up-projections into the cluster kernel with S in registers (small B·H), batch <= 8, and the
-// grid (4·H·B CTAs with their share of W_o in shared memory) fits on the device at once (occupancy
-// API, cached per shape): otherwise the caller runs the separate o_proj GEMM.
-bool kda_decode_folds_oproj(int batch, int num_heads, int hidden);
-constexpr int kKdaOprojMaxBatch = 8;
 
 // ---- Prefill, stage 1: conv + SiLU, L2 norm for a varlen batch. ----
 // T: the activations' type, bf16 or float (high precision).

@@ -37,7 +37,6 @@
 
 #include <cooperative_groups.h>
 
-#include "grid_barrier.cuh"
 #include "kda/kda_common.cuh"
 #include "pdl.cuh"
 
@@ -50,12 +49,11 @@ constexpr int kda_decode_min_ctas(bool smem_state, bool fold) {
   return smem_state ? (fold ? 5 : 12) : (fold ? 4 : 8);
 }
 
-// The step of one (sequence, head, column slice) item; hook() runs once in every CTA, before the
-// PDL wait and after the state loads are issued (the o_proj kernel below starts its weight copies
-// there).
-template <int kCols, bool kSmemState, bool kFold, typename Hook>
-__device__ __forceinline__ void kda_decode_step(const KdaDecodeParams& p, Hook&& hook) {
+template <int kCols, bool kSmemState, bool kFold>
+__global__ void __launch_bounds__(128, kda_decode_min_ctas(kSmemState, kFold))
+    kda_decode_kernel(const KdaDecodeParams p) {
   static_assert(!kFold || kCols == 32, "the folded up-projections map 4 warps to 2 × 32 rows");
+  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the state reads (note above)
   constexpr int D = kKdaD;
   constexpr int kTpr = kCols / 4;  // threads per row slice
   constexpr int kRowsPerPass = 128 / kTpr;
@@ -78,7 +76,6 @@ __device__ __forceinline__ void kda_decode_step(const KdaDecodeParams& p, Hook&&
   const int c0 = rank * kCols;
   const int slot = p.slots[bi];
   if (slot < 0) {  // padding row: uniform over the cluster, so no CTA waits at a barrier
-    hook();
     pdl_wait();
     if (tid < kCols) p.y[size_t(bi) * HD + h * D + c0 + tid] = __float2bfloat16(0.f);
     return;
@@ -98,7 +95,6 @@ __device__ __forceinline__ void kda_decode_step(const KdaDecodeParams& p, Hook&&
       s_reg[i] = __ldcs(src);
   }
   if constexpr (kSmemState) cp_async_commit();
-  hook();
   auto s = [&](int i) -> float4 {
     if constexpr (kSmemState)
       return sm_s[i * 128 + tid];
@@ -273,214 +269,6 @@ __device__ __forceinline__ void kda_decode_step(const KdaDecodeParams& p, Hook&&
 }
 
 template <int kCols, bool kSmemState, bool kFold>
-__global__ void __launch_bounds__(128, kda_decode_min_ctas(kSmemState, kFold))
-    kda_decode_kernel(const KdaDecodeParams p) {
-  pdl_launch_dependents();  // PDL (launch.h); the wait comes after the state reads (note above)
-  kda_decode_step<kCols, kSmemState, kFold>(p, [] {});
-}
-
-// ---- o_proj folded in (KdaDecodeParams::o_weight): the cluster kernel, folded, S in registers ----
-// Grid (4, H, B), G = 4·H·B CTAs, all resident at once (kda_decode_folds_oproj checks); CTA c
-// owns output rows [c·hidden/G, (c+1)·hidden/G) of every sequence (at B = 1, H = 32, hidden = 2304:
-// 18 rows, 147 KB of W_o).
-//   1. During the step (hook: after the state loads are issued, before the PDL wait; the weights
-//      are constant), warp 0 starts one bulk copy per row of the first rows_smem rows of its share
-//      into shared memory, completing on an mbarrier (L2 evict-first: streamed once per step); the
-//      last rows (at most kOprojRegRows) go to registers instead, every thread 16-byte pieces
-//      tid, tid + 128, ... of each (H <= 32: 4 pieces at most). Why: 147 KB allows one CTA per
-//      multiprocessor, and clusters of 4 CTAs at one per multiprocessor do not all fit at once on
-//      an H200 (its GPCs' multiprocessor counts are not multiples of 4: 30 clusters, not 32), so at
-//      B = 1 the share is split 12 rows in shared memory (two CTAs per multiprocessor) + 6 in
-//      registers.
-//   2. The decode step writes y as the plain kernel does.
-//   3. Grid barrier (grid_barrier.cuh): every head's y is written. Every sequence's y (8 KB each)
-//      comes through L2 into shared memory.
-//   4. The register rows: each thread's pieces times y's, summed over the warp, then over the 4
-//      warps in order. The shared-memory rows on tensor cores, as the folded up-projections
-//      (kda_common.cuh: weights as A, permuted k, the sequences as the n columns, so B <= 8):
-//      warp w takes the heads [w·H/4, (w+1)·H/4) of k for every 16-row tile, 8 independent
-//      accumulator chains; the 4 warps' partials meet in shared memory and are summed in warp
-//      order. Each output element is summed by one CTA, in a fixed order.
-//   5. out = out_beta·out + sum (out_beta 0: overwritten, never read), then the barrier's reset.
-// Rows sit in shared memory at a stride of H·D·2 + 16 bytes: a fragment load's 8 rows × 4 pieces
-// then fall into distinct 16-byte bank groups four times over (the minimum for 512 bytes).
-static_assert(kKdaOprojMaxBatch == 8, "the sequences are the mma's 8 n columns");
-constexpr int kOprojSplit = kKdaD / 32;
-constexpr int kOprojRegRows = 6;    // rows of a CTA's share held in registers at most
-constexpr int kOprojRegPieces = 4;  // 16-byte pieces of a register row per thread (H <= 32)
-
-struct KdaOprojLayout {
-  int rows_max = 0;   // rows of the largest share: ceil(hidden / G)
-  int rows_smem = 0;  // of which in shared memory (the rest in registers)
-  int rows_pad = 0;   // rows_smem rounded up to the 16-row tiles
-  int row_bytes = 0;  // H·D·2 + 16
-  size_t y_off = 0, part_off = 0, bytes = 0;
-};
-// rows_smem < 0: every row in shared memory.
-__host__ __device__ inline KdaOprojLayout kda_oproj_layout(int batch, int heads, int hidden,
-                                                           int rows_smem) {
-  KdaOprojLayout l;
-  const int G = kOprojSplit * heads * batch;
-  l.rows_max = (hidden + G - 1) / G;
-  l.rows_smem = rows_smem < 0 || rows_smem > l.rows_max ? l.rows_max : rows_smem;
-  l.rows_pad = (l.rows_smem + 15) / 16 * 16;
-  l.row_bytes = heads * kKdaD * 2 + 16;
-  l.y_off = size_t(l.rows_smem) * l.row_bytes;
-  l.part_off = l.y_off + size_t(batch) * l.row_bytes;
-  l.bytes = l.part_off + size_t(4) * l.rows_pad * batch * sizeof(float);
-  return l;
-}
-
-__device__ __forceinline__ float oproj_dot8(const uint4& w, const uint4& x) {
-  const uint32_t ww[4] = {w.x, w.y, w.z, w.w}, xx[4] = {x.x, x.y, x.z, x.w};
-  float s = 0.f;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {  // bf16 → fp32 is a shift: the low half, then the high half
-    s = fmaf(__uint_as_float(ww[i] << 16), __uint_as_float(xx[i] << 16), s);
-    s = fmaf(__uint_as_float(ww[i] & 0xffff0000u), __uint_as_float(xx[i] & 0xffff0000u), s);
-  }
-  return s;
-}
-
-// bar: the grid barrier's two counters, zero before the launch (and after it). rows_smem: as in
-// kda_oproj_layout (a CTA's share has at most kOprojRegRows rows beyond it).
-// Two CTAs per multiprocessor at most (the register rows need up to 96 more registers).
-template <int kCols>
-__global__ void __launch_bounds__(128, 2)
-    kda_decode_oproj_kernel(const KdaDecodeParams p, unsigned* bar, int rows_smem) {
-  static_assert(kCols == 32, "o_proj is folded into the 32-column folded kernel only");
-  pdl_launch_dependents();  // every CTA starts before a dependent may take a multiprocessor
-  extern __shared__ __align__(128) unsigned char oproj_smem[];
-  __shared__ __align__(8) uint64_t w_full;
-  __shared__ float red[4][kOprojRegRows][kKdaOprojMaxBatch];  // the register rows' warp sums
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int G = gridDim.x * gridDim.y * gridDim.z;
-  const int cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-  const int B = p.batch, H = p.num_heads, HD = H * kKdaD, pieces = HD / 8;
-  const KdaOprojLayout L = kda_oproj_layout(B, H, p.hidden, rows_smem);
-  const int lo = int(int64_t(cta) * p.hidden / G);
-  const int rows = int(int64_t(cta + 1) * p.hidden / G) - lo;
-  const int rows_s = min(rows, L.rows_smem), rows_g = rows - rows_s;
-  unsigned char* ws = oproj_smem;
-  unsigned char* ys = oproj_smem + L.y_off;
-  float* part = reinterpret_cast<float*>(oproj_smem + L.part_off);  // [4][rows_pad][B]
-  uint4 wr[kOprojRegRows][kOprojRegPieces];
-
-  kda_decode_step<kCols, false, true>(p, [&] {
-#pragma unroll
-    for (int j = 0; j < kOprojRegRows; ++j) {
-      const bf16* row = p.o_weight + size_t(lo + rows_s + j) * HD;
-#pragma unroll
-      for (int i = 0; i < kOprojRegPieces; ++i) {
-        const int q = tid + 128 * i;
-        wr[j][i] = ldg_stream16(row + 8 * q, j < rows_g && q < pieces);
-      }
-    }
-    if (warp != 0) return;
-    if (lane == 0) {
-      mbar_init(&w_full, 1);
-      fence_mbar_init();
-      mbar_arrive_expect_tx(&w_full, unsigned(rows_s) * unsigned(HD) * 2u);
-    }
-    __syncwarp();
-    const uint64_t policy = policy_evict_first();
-    for (int r = lane; r < rows_s; r += 32)
-      bulk_g2s(ws + size_t(r) * L.row_bytes, p.o_weight + size_t(lo + r) * HD, unsigned(HD) * 2u,
-               &w_full, policy);
-  });
-
-  grid_arrive(bar);
-  grid_wait(bar, G);
-  for (int i = tid; i < B * pieces; i += 128) {
-    const int b = i / pieces, j = i - b * pieces;
-    *reinterpret_cast<uint4*>(ys + size_t(b) * L.row_bytes + size_t(j) * 16) =
-        __ldcg(reinterpret_cast<const uint4*>(p.y + size_t(b) * HD) + j);
-  }
-  __syncthreads();
-
-  if (rows_g > 0) {  // the register rows (uniform over the CTA)
-    for (int b = 0; b < B; ++b) {
-      uint4 yv[kOprojRegPieces];
-#pragma unroll
-      for (int i = 0; i < kOprojRegPieces; ++i) {
-        const int q = tid + 128 * i;
-        yv[i] = q < pieces ? *reinterpret_cast<const uint4*>(ys + size_t(b) * L.row_bytes +
-                                                             size_t(q) * 16)
-                           : make_uint4(0u, 0u, 0u, 0u);
-      }
-#pragma unroll
-      for (int j = 0; j < kOprojRegRows; ++j) {
-        if (j < rows_g) {
-          float acc = 0.f;
-#pragma unroll
-          for (int i = 0; i < kOprojRegPieces; ++i) acc += oproj_dot8(wr[j][i], yv[i]);
-          acc = warp_sum(acc);
-          if (lane == 0) red[warp][j][b] = acc;
-        }
-      }
-    }
-  }
-
-  mbar_wait(&w_full, 0);
-  const int g = lane >> 2, t = lane & 3;
-  const int h0 = warp * H / 4, h1 = (warp + 1) * H / 4;
-  const int tiles = (rows_s + 15) / 16;
-  const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-  for (int tile = 0; tile < tiles; ++tile) {
-    const int r0 = tile * 16 + g, r1 = r0 + 8;
-    const bool v0 = r0 < rows_s, v1 = r1 < rows_s, vy = g < B;
-    const uint4* w0 = reinterpret_cast<const uint4*>(ws + size_t(r0) * L.row_bytes) + t * 4;
-    const uint4* w1 = reinterpret_cast<const uint4*>(ws + size_t(r1) * L.row_bytes) + t * 4;
-    const uint4* yv = reinterpret_cast<const uint4*>(ys + size_t(g) * L.row_bytes) + t * 4;
-    float c[8][4] = {};
-    for (int h = h0; h < h1; ++h) {
-      uint4 a[4], b[4], x[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        a[i] = v0 ? w0[h * 16 + i] : zero;
-        b[i] = v1 ? w1[h * 16 + i] : zero;
-        x[i] = vy ? yv[h * 16 + i] : zero;
-      }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        gv_mma(c[2 * i], a[i].x, b[i].x, a[i].y, b[i].y, x[i].x, x[i].y);
-        gv_mma(c[2 * i + 1], a[i].z, b[i].z, a[i].w, b[i].w, x[i].z, x[i].w);
-      }
-    }
-    float s[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      s[e] = ((c[0][e] + c[1][e]) + (c[2][e] + c[3][e])) + ((c[4][e] + c[5][e]) + (c[6][e] + c[7][e]));
-    // Lane (g, t): rows g and g + 8 of the tile, sequences 2t and 2t + 1.
-#pragma unroll
-    for (int e = 0; e < 2; ++e) {
-      const int n = 2 * t + e;
-      if (n < B) {
-        part[(size_t(warp) * L.rows_pad + tile * 16 + g) * B + n] = s[e];
-        part[(size_t(warp) * L.rows_pad + tile * 16 + g + 8) * B + n] = s[2 + e];
-      }
-    }
-  }
-  __syncthreads();
-  for (int i = tid; i < rows * B; i += 128) {
-    const int r = i / B, b = i - r * B;
-    float sum;
-    if (r < rows_s) {
-      const size_t q = size_t(r) * B + b, wstride = size_t(L.rows_pad) * B;
-      sum = ((part[q] + part[q + wstride]) + part[q + 2 * wstride]) + part[q + 3 * wstride];
-    } else {
-      const int j = r - rows_s;
-      sum = ((red[0][j][b] + red[1][j][b]) + red[2][j][b]) + red[3][j][b];
-    }
-    float* o = p.out + size_t(b) * p.hidden + lo + r;
-    *o = p.out_beta != 0.f ? fmaf(p.out_beta, *o, sum) : sum;
-  }
-  grid_done(bar, G);
-}
-
-template <int kCols, bool kSmemState, bool kFold>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream);
-bool kda_decode_oproj_fits(int batch, int num_heads, int hidden, int smem_rows_cap);
 
 }  // namespace kimi::cuda::kda

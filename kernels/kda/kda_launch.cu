@@ -9,8 +9,6 @@ namespace kda {
 template <int kCols, bool kSmemState, bool kFold>
 void launch_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);
 void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream);
-void launch_kda_decode_oproj(const KdaDecodeParams& p, cudaStream_t stream);
-bool kda_decode_oproj_fits(int batch, int num_heads, int hidden, int smem_rows_cap);
 }  // namespace kda
 
 // Measured on an H200 at H = 32 (docs/perf-log.md sessions 4 and 8), % of the copy rate, graph
@@ -61,19 +59,6 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.persistent <= 0 || persist_ok,
              "persistent decode needs 16-byte aligned qkv, f, z (or fg_low) and conv state");
   const int rows = p.batch * p.num_heads;
-  if (p.o_weight) {
-    KIMI_CHECK(fold && p.out && p.hidden > 0 && aligned16(p.o_weight) && p.persistent <= 0 &&
-                   p.smem_state <= 0,
-               "decode with o_proj: folded up-projections, the cluster kernel with S in registers, "
-               "out, hidden > 0 and a 16-byte aligned o_weight");
-    KIMI_CHECK(kda_decode_folds_oproj(p.batch, p.num_heads, p.hidden) &&
-                   kda::kda_decode_oproj_fits(p.batch, p.num_heads, p.hidden, p.oproj_smem_rows),
-               "decode with o_proj at B ", p.batch, ", H ", p.num_heads, ", hidden ", p.hidden,
-               ", shared-memory rows ", p.oproj_smem_rows, " does not fit (kda_decode_folds_oproj)");
-    kda::launch_kda_decode_oproj(p, stream);
-    KIMI_CHECK_LAUNCH();
-    return;
-  }
   if (p.persistent > 0 ||
       (p.persistent < 0 && persist_ok && p.smem_state < 0 && rows >= kKdaDecodePersistentFromRows &&
        rows < kKdaDecodePersistentToRows)) {
@@ -93,12 +78,6 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   else
     kda::launch_kda_decode<32, false, false>(p, stream);
   KIMI_CHECK_LAUNCH();
-}
-
-bool kda_decode_folds_oproj(int batch, int num_heads, int hidden) {
-  return batch > 0 && batch <= kKdaOprojMaxBatch && hidden > 0 &&
-         int64_t(batch) * num_heads <= kKdaDecodeFoldRegsMaxRows &&
-         kda::kda_decode_oproj_fits(batch, num_heads, hidden, -1);
 }
 
 bool kda_decode_folds_up(int batch, int num_heads) {

@@ -48,7 +48,6 @@
 #include <cstdint>
 
 #include "gemm/stream_mma.cuh"
-#include "grid_barrier.cuh"
 #include "moe/moe.h"
 #include "moe/moe_route.cuh"
 #include "pdl.cuh"
@@ -66,6 +65,32 @@ constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
 constexpr int kFusedRowsDown = 2;
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
 static_assert(kRouteRegK4 * 32 * kRouteWarpsPerExpert * 4 >= kMoeDecodeFusedMaxHidden);
+
+// Grid-wide barrier in two halves over G resident CTAs: bar[0] counts arrivals during the launch
+// (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done; the last one done
+// zeroes both for the next launch (every CTA has passed its last wait by then). An arrival is one
+// fire-and-forget release; work independent of the other CTAs goes between arrive and wait.
+__device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void grid_arrive(unsigned* bar) {
+  __syncthreads();  // the CTA's writes before the arrival
+  if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+}
+__device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) {
+  if (threadIdx.x == 0)
+    while (ld_acquire_gpu(bar) < target) {
+    }
+  __syncthreads();
+}
+__device__ __forceinline__ void grid_done(unsigned* bar, unsigned G) {
+  if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == G - 1) {
+    atomicExch(bar, 0u);
+    atomicExch(bar + 1, 0u);
+  }
+}
 
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
   const uint32_t ww[4] = {w.x, w.y, w.z, w.w}, xx[4] = {x.x, x.y, x.z, x.w};

@@ -106,8 +106,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
   // forms f and z from the low-rank halves itself (no up-projection launch).
   const bool fused = !kHigh && T == s.S && m.kda_path == 0;
   const bool fold_up = fused && cuda::kda_decode_folds_up(T, H);
-  // ... and at the smallest batches o_proj too (x += W_o·y in the same launch).
-  const bool fold_o = fold_up && m.kda_fuse_oproj && cuda::kda_decode_folds_oproj(T, H, hid);
   {  // q/k/v, the f/g low-rank halves and beta read the same input: one launch at decode
     const bf16* in = kHigh ? split_input(m, m.act.hf, T, hid) : m.act.a;
     const GemmArgs proj[] = {cuda::Gemm::linear_args(in, w.qkv, A.qkv, T, 3 * HD, hid, kOut),
@@ -165,12 +163,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
       p.conv_state = conv_state;
       p.state = state;
       p.y = A.y;
-      if (fold_o) {
-        p.o_weight = w.o;
-        p.out = m.act.x;
-        p.hidden = hid;
-        p.out_beta = residual_beta(m);
-      }
       cuda::run_kda_decode(p, m.stream);
     }
   }
@@ -219,7 +211,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
     const GemmArgs o = cuda::Gemm::linear_args(split_input(m, A.y, T, HD), w.o, m.act.x, T, hid, HD,
                                                GemmOut::kF32, residual_beta(m));
     g.run_hilo(&o, 1, int64_t(T) * HD, m.stream);
-  } else if (!fold_o) {
+  } else {
     g.linear(A.y, w.o, m.act.x, T, hid, HD, GemmOut::kF32, m.stream, residual_beta(m));
   }
 }

@@ -295,14 +295,6 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     else if (v == "chunked") m.kda_path = 2;
     else if (v != "auto") fail("KIMI_CUDA_KDA must be auto, recurrent or chunked, got '", v, "'");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_KDA_OPROJ")) {  // o_proj in the KDA decode (comparison)
-    const std::string v = e;
-    if (v == "0") m.kda_fuse_oproj = false;
-    else if (v != "1") fail("KIMI_CUDA_KDA_OPROJ must be 0 or 1, got '", v, "'");
-  }
-  if (m.kda_fuse_oproj && m.cfg.kda_num_heads > 0)  // its occupancy queries, outside graph capture
-    for (int b = 1; b <= cuda::kKdaOprojMaxBatch; ++b)
-      cuda::kda_decode_folds_oproj(b, m.cfg.kda_num_heads, m.cfg.hidden_size);
   if (m.high) {  // fp32 KDA runs the recurrent scan; the fused decode and chunked kernels are bf16
     if (m.kda_path == 2) fail("KIMI_CUDA_KDA=chunked has no high-precision kernel (--precision high)");
     m.kda_path = 1;

@@ -191,9 +191,6 @@ struct CudaModel::Impl {
   // Debug (env KIMI_CUDA_KDA): 0 auto (fused decode, chunked prefill), 1 recurrent scan only,
   // 2 chunked only (no fused decode).
   int kda_path = 0;
-  // Small-batch KDA decode takes o_proj in (kda_decode_folds_oproj; KIMI_CUDA_KDA_OPROJ=0: the
-  // separate o_proj GEMM, for comparison).
-  bool kda_fuse_oproj = true;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
   // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never).
   bool mla_expanded = true;
