@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 
+#include "../error_of.h"
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "../ops/gpu_test_util.h"
 #include "model/model.h"
@@ -21,6 +22,8 @@
 namespace kimi {
 namespace {
 
+using test::error_of;
+
 namespace fs = std::filesystem;
 
 // A model directory holding only config.json (the tiny test shapes, 4 layers: 3 KDA + 1 MLA).
@@ -30,15 +33,6 @@ std::string config_only_dir() {
   TinySpec spec;
   std::ofstream(dir / "config.json") << tiny_config_json(spec);
   return dir.string();
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(CudaModelHost, RandomWeightsNeedCudaAndLayersNeedRandom) {

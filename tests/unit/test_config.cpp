@@ -6,11 +6,14 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 
+#include "../error_of.h"
 #include "core/check.h"
 #include "model/config.h"
 
 namespace kimi {
 namespace {
+
+using test::error_of;
 
 using json = nlohmann::json;
 
@@ -69,16 +72,6 @@ const char* kOfficialConfig = R"({
   "v_head_dim": 128,
   "vocab_size": 163840
 })";
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a kimi::Error";
-  return "";
-}
 
 // Parses the official config after `edit`; expects an error naming the source and all `parts`.
 void expect_refused(const std::function<void(json&)>& edit, std::initializer_list<std::string> parts) {

@@ -12,12 +12,15 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "../error_of.h"
 #include "core/check.h"
 #include "core/dtype.h"
 #include "model/safetensors.h"
 
 namespace kimi {
 namespace {
+
+using test::error_of;
 
 namespace fs = std::filesystem;
 
@@ -60,16 +63,6 @@ std::string crafted(const std::string& header, size_t data_bytes) {
 }
 
 // The message of the kimi::Error `f` throws; fails the test when it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a kimi::Error";
-  return "";
-}
-
 void expect_contains(const std::string& msg, std::initializer_list<std::string> parts) {
   for (const auto& p : parts) EXPECT_NE(msg.find(p), std::string::npos) << "'" << p << "' not in: " << msg;
 }

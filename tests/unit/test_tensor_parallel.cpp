@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 
+#include "../error_of.h"
 #include "core/check.h"
 #include "model/config.h"
 #include "model/tensor_parallel.h"
@@ -15,6 +16,8 @@
 
 namespace kimi {
 namespace {
+
+using test::error_of;
 
 ModelConfig config_of(const TinySpec& s) { return ModelConfig::from_json(tiny_config_json(s), "tiny"); }
 
@@ -35,15 +38,6 @@ TinySpec split_spec() {
 ModelConfig full_size() {
   return ModelConfig::from_file(std::string(KIMI_SOURCE_DIR) +
                                 "/benchmarks/configs/kimi-linear-48b-a3b/config.json");
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 // Slices of rank r match the tensors of rank_config(c, world) (the embedding stays whole), and
