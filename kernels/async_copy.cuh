@@ -134,23 +134,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
       : "memory");
 }
 
-// Asks L2 for CTA `cta`'s share (of `ctas`) of [base, base + bytes), read by a later kernel:
-// bulk prefetches of up to 64 KB (cp.async.bulk.prefetch.L2, a hint: nothing waits on it, no
-// shared memory). For a latency-bound kernel during which DRAM would idle (the next weights
-// stream meanwhile); base and bytes 16-byte aligned (L2Ahead). One thread calls it.
-__device__ __forceinline__ void l2_prefetch_share(const void* base, int64_t bytes, int cta,
-                                                  int ctas) {
-  if (base == nullptr || bytes <= 0) return;
-  const int64_t share = ((bytes + ctas - 1) / ctas + 15) / 16 * 16;
-  const int64_t end = min(bytes, share * (cta + 1));
-  for (int64_t b = share * cta; b < end; b += 65536) {
-    const uint32_t n = uint32_t(min(int64_t(65536), end - b));
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(static_cast<const char*>(base) + b),
-                 "r"(n)
-                 : "memory");
-  }
-}
-
 // Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first copy.
 __device__ __forceinline__ void prefetch_tensormap(const void* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

@@ -8,8 +8,6 @@
 #include <cublas_api.h>
 #include <cuda_runtime.h>
 
-#include <cstdint>
-
 #include "core/check.h"
 
 #define CUDA_CHECK(stmt)                                                               \
@@ -37,17 +35,6 @@ namespace kimi::cuda {
 
 inline int ceil_div(int a, int b) {
   return (a + b - 1) / b;
-}
-
-// Bytes a latency-bound kernel asks L2 to fetch for a later kernel while it runs (async_copy.cuh
-// l2_prefetch_share), e.g. the o_proj weights during a batch-1 attention step; empty: none.
-struct L2Ahead {
-  const void* base = nullptr;
-  int64_t bytes = 0;
-};
-inline void check_l2_ahead(const L2Ahead& a) {
-  KIMI_CHECK(a.bytes >= 0 && a.bytes % 16 == 0 && reinterpret_cast<uintptr_t>(a.base) % 16 == 0,
-             "L2Ahead: base and bytes must be 16-byte aligned, got ", a.bytes, " bytes");
 }
 
 }  // namespace kimi::cuda

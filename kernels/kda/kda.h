@@ -27,8 +27,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "common.h"
-
 namespace kimi::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -66,7 +64,6 @@ struct KdaDecodeParams {
                                // registers / staged in shared memory
   int persistent = -1;         // tuning: -1 = automatic, 0 = the cluster kernel (4 CTAs per head),
                                // 1 = the persistent grid (a CTA per (sequence, head) item, TMA)
-  L2Ahead l2_ahead;            // fetched into L2 during the step (the layer's o_proj weights)
 };
 // conv + SiLU -> gate/beta -> L2 norm (q·D^-1/2) -> one recurrence step -> gated RMSNorm.
 void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream);

@@ -131,9 +131,6 @@ __global__ void __launch_bounds__(128, kda_decode_min_ctas(kSmemState, kFold))
     dtb_up1 = p.w.dt_bias[h * D + c0 + ur + 8];
   }
   pdl_wait();  // the token's inputs come from the previous kernels
-  if (tid == 0)  // the layer's next weights into L2 while this latency-bound step runs
-    l2_prefetch_share(p.l2_ahead.base, p.l2_ahead.bytes, (bi * H + h) * int(gridDim.x) + rank,
-                      int(gridDim.x) * H * p.batch);
 
   // 3. Prep: thread d owns q/k channel d of head h. The token's inputs are loaded first.
   const bf16* x = p.qkv + size_t(bi) * C;

@@ -138,8 +138,6 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
   for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
   if (beg < end) load_up(beg / B);
   pdl_wait();
-  if (threadIdx.x == 0)
-    l2_prefetch_share(p.l2_ahead.base, p.l2_ahead.bytes, blockIdx.x, int(gridDim.x));
 #pragma unroll
   for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
   int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early

@@ -42,7 +42,6 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   if (p.batch == 0) return;
   KIMI_CHECK(p.batch <= 65535, "decode batch ", p.batch, " exceeds the grid's z limit");
   KIMI_CHECK(p.slots && p.qkv && p.b && p.conv_state && p.state && p.y, "null tensor pointer");
-  check_l2_ahead(p.l2_ahead);
   const bool fold = p.fg_low != nullptr;
   KIMI_CHECK(fold ? p.fg_b && !p.f && !p.z : p.f && p.z && !p.fg_b,
              "decode needs either f and z or (folded) fg_low and fg_b");

@@ -218,7 +218,6 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
   KIMI_CHECK(p.num_items >= 0 && p.num_heads > 0, "mla attention items ", p.num_items, " H ",
              p.num_heads);
   if (p.num_items == 0) return;
-  check_l2_ahead(p.l2_ahead);
   KIMI_CHECK(p.num_items <= 0x7fffffff && p.items && p.q_abs && p.q && p.block_tables && p.u &&
                  p.split_base && (p.cache != nullptr) != (p.cache8 != nullptr),
              "mla attention: null pointer (or both cache and cache8 set)");

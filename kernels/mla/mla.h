@@ -35,8 +35,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "common.h"
-
 namespace kimi::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -145,9 +143,6 @@ struct MlaAttnParams {
   // Items on tensor cores (decode: mla_decode_tc.cuh, prefill: mla_tc.cuh); false: the CUDA-core
   // kernel for both (comparison only). Plans must be made with the same choice.
   bool tensor_cores = true;
-  // Fetched into L2 during the attention (the layer's o_proj weights at batch 1); honoured by the
-  // tensor-core decode kernel (items1), the others ignore it.
-  L2Ahead l2_ahead;
 };
 // Sets the kernels' shared-memory limits; call once before the first launch (and before any CUDA
 // graph capture). run_mla_attention calls it too.

@@ -236,9 +236,6 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
   pdl_wait();
   const MlaAttnParams& p = args.p;
-  if (threadIdx.x == 0)  // the layer's next weights into L2 (idle plan slots take a share too)
-    l2_prefetch_share(p.l2_ahead.base, p.l2_ahead.bytes, blockIdx.y * gridDim.x + blockIdx.x,
-                      int(gridDim.x * gridDim.y));
   const MlaWorkItem it = p.items[blockIdx.x];
   if (it.nq <= 0) return;  // an idle slot of the decode plan
   const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;  // the swizzle needs 1024

@@ -61,16 +61,6 @@ struct StepMeta {
 // follows leaves x + Σ partials on every rank (model/tensor_parallel.h).
 float residual_beta(const CudaModel::Impl& m) { return m.tp.rank == 0 ? 1.f : 0.f; }
 
-// Steps of at most this many tokens leave DRAM mostly idle during the KDA decode (~5 us at batch
-// 1) and the MLA attention at short contexts (~9 us): o_proj's weights stream into L2 then.
-constexpr int kL2AheadMaxTokens = 2;
-
-// The o_proj weights W_o [hidden, cols] (bf16) as an L2Ahead, for steps that ask for them.
-cuda::L2Ahead o_proj_ahead(const CudaModel::Impl& m, const bf16* o, int cols, int T) {
-  if (!m.l2_ahead || T > kL2AheadMaxTokens) return {};
-  return {o, int64_t(m.cfg.hidden_size) * cols * int64_t(sizeof(bf16))};
-}
-
 void all_reduce_residual(CudaModel::Impl& m, int T) {
   if (m.tp.world == 1) return;
 #if KIMI_HAVE_NCCL
@@ -176,7 +166,6 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
       p.conv_state = conv_state;
       p.state = state;
       p.y = A.y;
-      p.l2_ahead = o_proj_ahead(m, w.o, HD, T);
       cuda::run_kda_decode(p, m.stream);
     }
   }
@@ -232,8 +221,7 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
 
 // The attention over the latent cache for the step's decode items (split-KV partials where the
 // plan splits), shared by the GEMM chain and the fused chain; returns the params for the merge.
-cuda::MlaAttnParams mla_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cache,
-                                  const StepMeta& s) {
+cuda::MlaAttnParams mla_attention(CudaModel::Impl& m, const uint8_t* cache, const StepMeta& s) {
   auto& A = m.act;
   cuda::MlaAttnParams ap;
   ap.num_tokens = s.T;
@@ -251,7 +239,6 @@ cuda::MlaAttnParams mla_attention(CudaModel::Impl& m, const DevMla& w, const uin
   ap.partials = A.partials;
   ap.u = A.u;
   ap.tensor_cores = m.mla_tensor_cores;
-  ap.l2_ahead = o_proj_ahead(m, w.o, ap.num_heads * kMlaVDim, s.T);
   ap.items = s.items1;
   ap.num_items = s.n1;
   cuda::run_mla_attention(ap, 1, m.stream);
@@ -287,7 +274,7 @@ void absorbed_attention(CudaModel::Impl& m, const DevMla& w, const uint8_t* cach
     ga.batch = H;
     g.run(ga, m.stream);
   }
-  const cuda::MlaAttnParams ap = mla_attention(m, w, cache, s);
+  const cuda::MlaAttnParams ap = mla_attention(m, cache, s);
   if (s.num_partials > 0) cuda::run_mla_combine(ap, m.stream);
   {  // attn[t, h] = W_UV(h) u[t, h]: per head [T,512] · [128,512]ᵀ
     GemmArgs ga;
@@ -341,7 +328,7 @@ void mla_attention_fused(CudaModel::Impl& m, const DevMla& w, const uint8_t* cac
   qp.q_abs = A.q_abs;
   qp.cache = wp;
   cuda::run_mla_q_prep(qp, m.stream);
-  mla_attention(m, w, cache, s);
+  mla_attention(m, cache, s);
   cuda::MlaUvParams up;
   up.num_tokens = T;
   up.num_heads = H;

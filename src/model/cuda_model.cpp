@@ -338,11 +338,6 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (v == "0") m.moe_fused = false;
     else if (v != "1") fail("KIMI_CUDA_MOE_FUSED must be 0 or 1, got '", v, "'");
   }
-  if (const char* e = std::getenv("KIMI_CUDA_L2_AHEAD")) {  // o_proj weights asked of L2 early
-    const std::string v = e;
-    if (v == "0") m.l2_ahead = false;
-    else if (v != "1") fail("KIMI_CUDA_L2_AHEAD must be 0 or 1, got '", v, "'");
-  }
   if (m.moe_fused && !cuda::moe_decode_fused_supported()) m.moe_fused = false;
   if (m.high) {
     m.fuse_norms = false;  // the fused norms write bf16 block inputs only

@@ -202,9 +202,6 @@ struct CudaModel::Impl {
   // One-token decode steps run each MoE block as one persistent launch (run_moe_decode_fused)
   // where the device fits it (KIMI_CUDA_MOE_FUSED=0: the routing, expert and un-permute launches).
   bool moe_fused = true;
-  // Steps of at most kL2AheadMaxTokens tokens: the KDA decode and the MLA attention, latency-bound
-  // there, ask L2 for the layer's o_proj weights while they run (KIMI_CUDA_L2_AHEAD=0: not).
-  bool l2_ahead = true;
   // ModelOptions::precision == kHigh: hi/lo split GEMM inputs, KDA in fp32 by the recurrent scan.
   bool high = false;
 

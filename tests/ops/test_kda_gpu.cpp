@@ -6,7 +6,6 @@
 #include <cstdio>
 #include <numeric>
 
-#include "../error_of.h"
 #include "gpu_test_util.h"
 #include "ops/cpu/basic.h"
 #include "ops/cpu/kda.h"
@@ -219,9 +218,6 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
   d_state.upload(state_ref);
   GuardedBuffer<bf16> d_y(size_t(B) * HD);
   DBuf<bf16> d_up = to_device_bf16(c.up);
-  // An L2 prefetch range for every case (a hint: the results must not depend on it), of a size
-  // that no grid divides evenly.
-  DBuf<float> d_ahead(262'147 * 4);
 
   for (int step = 0; step < steps; ++step) {
     // This step's inputs: rows [step·B, step·B + B) of the case.
@@ -254,7 +250,6 @@ void run_decode_case(int B, int H, int steps, uint32_t seed, int smem_state = -1
     p.y = d_y.data();
     p.smem_state = smem_state;
     p.persistent = persistent;
-    p.l2_ahead = {d_ahead.data(), int64_t(d_ahead.size() * sizeof(float))};
     cuda::run_kda_decode(p, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -855,19 +850,6 @@ TEST(KdaGpu, PrefillThenDecodeMatchesRecurrence) {
   const auto conv = bf16_vec_to_float(d_conv.to_host());
   const ErrorStats ce = compare(conv.data(), conv_ref.data(), conv.size());
   EXPECT_EQ(ce.max_abs, 0.0) << "conv state: " << describe(ce);
-}
-
-// The launchers' check of an L2 prefetch range (host only: runs without a GPU).
-TEST(KdaGpu, L2AheadRefusesUnalignedRanges) {
-  alignas(16) static char buf[64];
-  cuda::check_l2_ahead({buf, 48});
-  cuda::check_l2_ahead({});
-  EXPECT_NE(error_of([&] { cuda::check_l2_ahead({buf, 40}); }).find("16-byte aligned"),
-            std::string::npos);
-  EXPECT_NE(error_of([&] { cuda::check_l2_ahead({buf + 8, 32}); }).find("16-byte aligned"),
-            std::string::npos);
-  EXPECT_NE(error_of([&] { cuda::check_l2_ahead({buf, -16}); }).find("16-byte aligned"),
-            std::string::npos);
 }
 
 #else

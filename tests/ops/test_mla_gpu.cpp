@@ -153,8 +153,6 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind
   ap.block_tables = dtab.data(), ap.max_blocks_per_seq = b.mb, ap.scale = 1.f / std::sqrt(192.f);
   ap.split_base = dsb.data(), ap.num_splits = dns.data(), ap.partials = dpart.data();
   ap.u = reinterpret_cast<bf16*>(du.data());
-  // An L2 prefetch range (a hint the decode kernel takes: results must not depend on it).
-  ap.l2_ahead = {dkvb.data(), int64_t(dkvb.size() * sizeof(uint16_t))};
   // Both kernel families, each from poisoned u and partials: CUDA cores (the old path, kept for
   // comparison) first, then tensor cores; the tensor-core u feeds the W_UV GEMM and is checked
   // against the CPU.
