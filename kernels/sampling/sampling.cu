@@ -4,16 +4,83 @@
 
 namespace kimi::cuda {
 
-SampleShape sample_shape(int vocab) {
+namespace {
+
+constexpr int kWideRows = 4;  // batches up to this size may use clusters of 16
+
+cudaLaunchConfig_t launch_config(const SampleParams& p, SampleShape s, cudaStream_t stream,
+                                 cudaLaunchAttribute* attr) {
+  using namespace sampling;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(s.cluster, p.rows);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = dynamic_smem_bytes(s.cluster, s.slice);
+  cfg.stream = stream;
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = s.cluster;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cfg;
+}
+
+// Whether this device runs a cluster of 16 CTAs with `slice` logits each (cached per thread for
+// the last device and slice asked about).
+bool wide_cluster_fits(int slice) {
+  using namespace sampling;
+  thread_local int last_dev = -1, last_slice = -1;
+  thread_local bool last_ok = false;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (dev == last_dev && slice == last_slice) return last_ok;
+  bool ok = cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                 1) == cudaSuccess;
+  const size_t smem = dynamic_smem_bytes(kMaxCluster, slice);
+  ok = ok && cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(smem)) == cudaSuccess;
+  if (ok) {
+    SampleParams p;
+    p.rows = 1;
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = launch_config(p, SampleShape{kMaxCluster, slice}, nullptr, attr);
+    int clusters = 0;
+    ok = cudaOccupancyMaxActiveClusters(&clusters, sample_kernel, &cfg) == cudaSuccess &&
+         clusters >= 1;
+  }
+  if (!ok) cudaGetLastError();  // clear a refusal: the launch then uses 8 CTAs
+  last_dev = dev;
+  last_slice = slice;
+  last_ok = ok;
+  return ok;
+}
+
+// The shape run_sample uses for `rows` rows (sample_shape: any batch above kWideRows).
+SampleShape launch_shape(int vocab, int rows) {
   using namespace sampling;
   // The fewest CTAs that hold the row in shared memory, more while each keeps >= kMinSlice ids:
   // a small batch then reads its rows with more multiprocessors.
-  SampleShape s;
   auto per = [&](int c) { return (vocab + c - 1) / c; };
-  while (s.cluster < kMaxCluster && per(s.cluster) > kMinSlice) s.cluster *= 2;
-  s.slice = (per(s.cluster) + 3) / 4 * 4;  // whole float4s, so every CTA's part stays aligned
+  auto shape = [&](int max_c) {
+    SampleShape s;
+    while (s.cluster < max_c && per(s.cluster) > kMinSlice) s.cluster *= 2;
+    s.slice = (per(s.cluster) + 3) / 4 * 4;  // whole float4s, so every CTA's part stays aligned
+    return s;
+  };
+  const SampleShape s = shape(kPortableCluster);
+  if (rows > 0 && rows <= kWideRows && per(kPortableCluster) > kMinSlice) {
+    const SampleShape w = shape(kMaxCluster);
+    if (w.cluster > kPortableCluster && wide_cluster_fits(w.slice)) return w;
+  }
   return s;
 }
+
+}  // namespace
+
+SampleShape sample_shape(int vocab) { return launch_shape(vocab, 0); }
 
 void run_sample(const SampleParams& p0, cudaStream_t stream) {
   using namespace sampling;
@@ -25,24 +92,18 @@ void run_sample(const SampleParams& p0, cudaStream_t stream) {
   KIMI_CHECK(!p.adjust_offsets || p.adjust, "sample: adjust_offsets without adjust");
   if (p.stride == 0) p.stride = p.vocab;
   KIMI_CHECK(p.stride >= p.vocab, "sample stride ", p.stride, " below vocab ", p.vocab);
-  const SampleShape s = sample_shape(p.vocab);
-  KIMI_CHECK(s.slice <= kMaxSlice, "sample: vocab ", p.vocab, " above ", kMaxCluster * kMaxSlice,
-             " (", kMaxCluster, " CTAs of ", kMaxSlice, " logits)");
+  const SampleShape s = launch_shape(p.vocab, p.rows);
+  KIMI_CHECK(s.slice <= kMaxSlice, "sample: vocab ", p.vocab, " above ",
+             kPortableCluster * kMaxSlice, " (", kPortableCluster, " CTAs of ", kMaxSlice,
+             " logits)");
   const size_t smem = dynamic_smem_bytes(s.cluster, s.slice);
+  if (s.cluster > kPortableCluster)
+    CUDA_CHECK(cudaFuncSetAttribute(sample_kernel,
+                                    cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   CUDA_CHECK(
       cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(s.cluster, p.rows);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
   cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = s.cluster;
-  attr[0].val.clusterDim.y = 1;
-  attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  const cudaLaunchConfig_t cfg = launch_config(p, s, stream, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, sample_kernel, p, s.slice));
 }
 

@@ -62,7 +62,9 @@ struct SampleParams {
 };
 void run_sample(const SampleParams& p, cudaStream_t stream);
 
-// The CTAs per row (cluster size) and ids per CTA that run_sample uses for a vocabulary.
+// The CTAs per row (cluster size) and ids per CTA that run_sample uses for a vocabulary (up to 8
+// CTAs). A batch of at most 4 rows uses twice the CTAs, up to 16, where the device runs such a
+// (non-portable) cluster.
 struct SampleShape {
   int cluster = 1;
   int slice = 0;
