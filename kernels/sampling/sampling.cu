@@ -2,6 +2,8 @@
 #include "common.h"
 #include "sampling/sampling.cuh"
 
+#include <mutex>
+
 namespace kimi::cuda {
 
 namespace {
@@ -25,37 +27,52 @@ cudaLaunchConfig_t launch_config(const SampleParams& p, SampleShape s, cudaStrea
   return cfg;
 }
 
-// Whether this device runs a cluster of 16 CTAs with `slice` logits each (cached per thread for
-// the last device and slice asked about).
+// Sets the kernel's attributes once per device: the dynamic shared memory of the largest slice
+// (a launch's own size decides its occupancy) and, where the device allows, non-portable cluster
+// sizes. Returns whether clusters of 16 are allowed.
+bool set_attributes(int dev) {
+  using namespace sampling;
+  constexpr int kDevices = 64;
+  static std::mutex mu;
+  static signed char state[kDevices] = {};  // 0: not yet, 1: wide allowed, -1: not
+  KIMI_CHECK(dev >= 0 && dev < kDevices, "sample: device ", dev);
+  std::lock_guard<std::mutex> lock(mu);
+  if (state[dev] == 0) {
+    CUDA_CHECK(cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    int(dynamic_smem_bytes(1, kMaxSlice))));
+    const bool wide = cudaFuncSetAttribute(sample_kernel,
+                                           cudaFuncAttributeNonPortableClusterSizeAllowed,
+                                           1) == cudaSuccess;
+    if (!wide) cudaGetLastError();
+    state[dev] = wide ? 1 : -1;
+  }
+  return state[dev] > 0;
+}
+
+// Whether the current device runs a cluster of 16 CTAs with `slice` logits each.
 bool wide_cluster_fits(int slice) {
   using namespace sampling;
-  thread_local int last_dev = -1, last_slice = -1;
-  thread_local bool last_ok = false;
   int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (dev == last_dev && slice == last_slice) return last_ok;
-  bool ok = cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeNonPortableClusterSizeAllowed,
-                                 1) == cudaSuccess;
-  const size_t smem = dynamic_smem_bytes(kMaxCluster, slice);
-  ok = ok && cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(smem)) == cudaSuccess;
-  if (ok) {
+  CUDA_CHECK(cudaGetDevice(&dev));
+  if (!set_attributes(dev)) return false;
+  constexpr int kDevices = 64;
+  static std::mutex mu;
+  static int known_slice[kDevices] = {};
+  static bool known_ok[kDevices] = {};
+  std::lock_guard<std::mutex> lock(mu);
+  if (known_slice[dev] != slice) {
     SampleParams p;
     p.rows = 1;
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = launch_config(p, SampleShape{kMaxCluster, slice}, nullptr, attr);
     int clusters = 0;
-    ok = cudaOccupancyMaxActiveClusters(&clusters, sample_kernel, &cfg) == cudaSuccess &&
-         clusters >= 1;
+    const bool ok = cudaOccupancyMaxActiveClusters(&clusters, sample_kernel, &cfg) == cudaSuccess &&
+                    clusters >= 1;
+    if (!ok) cudaGetLastError();  // a refusal: the launch then uses 8 CTAs
+    known_slice[dev] = slice;
+    known_ok[dev] = ok;
   }
-  if (!ok) cudaGetLastError();  // clear a refusal: the launch then uses 8 CTAs
-  last_dev = dev;
-  last_slice = slice;
-  last_ok = ok;
-  return ok;
+  return known_ok[dev];
 }
 
 // The shape run_sample uses for `rows` rows (sample_shape: any batch above kWideRows).
@@ -97,11 +114,11 @@ void run_sample(const SampleParams& p0, cudaStream_t stream) {
              kPortableCluster * kMaxSlice, " (", kPortableCluster, " CTAs of ", kMaxSlice,
              " logits)");
   const size_t smem = dynamic_smem_bytes(s.cluster, s.slice);
-  if (s.cluster > kPortableCluster)
-    CUDA_CHECK(cudaFuncSetAttribute(sample_kernel,
-                                    cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-  CUDA_CHECK(
-      cudaFuncSetAttribute(sample_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  KIMI_CHECK(smem <= dynamic_smem_bytes(1, kMaxSlice), "sample: shared memory");
+  int dev = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  const bool wide_ok = set_attributes(dev);
+  KIMI_CHECK(wide_ok || s.cluster <= kPortableCluster, "sample: no cluster of ", s.cluster);
   cudaLaunchAttribute attr[1];
   const cudaLaunchConfig_t cfg = launch_config(p, s, stream, attr);
   CUDA_CHECK(cudaLaunchKernelEx(&cfg, sample_kernel, p, s.slice));

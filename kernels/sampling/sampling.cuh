@@ -1,7 +1,7 @@
 // Sampling kernel (contract in sampling.h).
 //
-// One cluster of C CTAs per row; CTA `rank` keeps ids [rank·slice, rank·slice + n) in shared
-// memory, so every pass after the load reads shared memory. The candidate order is (logit
+// One cluster of C CTAs per row (C <= 8; 16 for a batch of at most 4 rows); CTA `rank` keeps ids
+// [rank·slice, rank·slice + n) in shared memory, so every pass after the load reads shared memory. The candidate order is (logit
 // descending, id ascending). A cut in that order is a position (key K, r): every token with a
 // larger logit, then the first r tokens (by id) whose logit has order key K. Mass is fixed point,
 // p = round(exp((l - max)/T) · 2^40) in 64-bit integers, so sums are exact and agree in every CTA
@@ -12,13 +12,17 @@
 //   1. load (+ adjustments, sanitising) with running statistics: max and its lowest id, smallest
 //      finite logit (and, greedy, sum exp(l - max) online); merged over the cluster;
 //   2. level-0 histogram: bin = floor((max - l)/T · scale) over [0, 28.5) in 1022 bins, one bin
-//      for everything further (all mass 0); counts and masses per bin. CTA c merges bins
-//      [c·1024/C, (c+1)·1024/C) of all CTAs (distributed shared memory); each CTA then finds the
-//      bin where a cumulative target is crossed by reading the C chunk totals and one chunk;
-//   3. select(target): the crossing bin; a bin of <= 256 tokens is gathered from all CTAs and
-//      ranked exactly (each token counts the tokens of the bin above it and its ties with lower
-//      ids), a bigger one refined by histograms of 10-bit digits of the order key; a count target
-//      crossing a massless bin needs no position (the cut's mass is the mass above it);
+//      for everything further (all mass 0); counts and masses per bin (masses added with two 32-bit
+//      shared atomics). After a cluster barrier every CTA reads all CTAs' bins at once and, after
+//      a second barrier, keeps the merged histogram's cumulative counts and masses in its own
+//      shared memory: every later cut finds its bin by a local binary search, with no cluster
+//      traffic;
+//   3. select(target): the crossing bin; a bin of <= 256 tokens is gathered from all CTAs (one
+//      remote load per token, lists double-buffered so one cluster barrier suffices) and ranked
+//      exactly (each token counts the tokens of the bin above it and its ties with lower ids), a
+//      bigger one refined by merged histograms of 8-bit digits of the order key (the same
+//      gather); a count target crossing a massless bin needs no position (the cut's mass is the
+//      mass above it);
 //   4. cuts: top-k (count target k), top-p (mass target ceil(top_p · top-k mass)), min-p (a
 //      reduction: tokens with (l - max)/T >= ln min_p, in double); the shortest wins;
 //   5. the draw: mass target floor(u · kept) + 1 → (K, r) and, from a ranked list, the token; after
