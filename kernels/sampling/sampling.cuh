@@ -402,6 +402,7 @@ __device__ __forceinline__ Hit find_cumulative(const unsigned* cnt, const u64* m
 // Histogram of the tokens matching f by the 8 key bits below f.shift, in descending key order
 // (bin 0 = largest digit), merged into the cumulative refinement arrays.
 __device__ void refine_hist(Ctx& x, const RowCtx& rc, const Filter& f, int ds, uint32_t mask) {
+  __syncthreads();  // every thread has searched the previous level's arrays before they are reset
   for (int b = threadIdx.x; b < kRBins; b += kThreads) {
     x.sm.rhist_cnt[b] = 0;
     x.sm.rhist_mass[b] = 0;
