@@ -8,7 +8,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -303,15 +302,9 @@ static_assert(kMlaFusedMaxTokens <= cuda::kMlaLayerMaxTokens);
 
 // The fused chain of a small decode step (mla_layer.h): q | latent in one grouped projection,
 // q rounding + q_abs + cache write in one launch, the attention, split merge + W_UV in one
-// launch. KIMI_MLA_LAYER=gemm keeps the GEMM chain at every size (comparison runs).
+// launch (Impl::mla_fused_chain).
 bool mla_layer_fused(const CudaModel::Impl& m, const StepMeta& s) {
-  static const bool on = [] {
-    const char* e = std::getenv("KIMI_MLA_LAYER");
-    const std::string v = e ? e : "fused";
-    KIMI_CHECK(v == "fused" || v == "gemm", "KIMI_MLA_LAYER must be fused or gemm, got '", v, "'");
-    return v == "fused";
-  }();
-  return on && !m.high && s.T >= 1 && s.T <= kMlaFusedMaxTokens &&
+  return m.mla_fused_chain && !m.high && s.T >= 1 && s.T <= kMlaFusedMaxTokens &&
          !(s.prefill && !s.prefill->rounds.empty());
 }
 

@@ -311,6 +311,11 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (!m.mla_tensor_cores && m.fp8_cache)
       fail("KIMI_CUDA_MLA=cuda_cores has no fp8 cache kernel (--kv-cache-dtype fp8)");
   }
+  if (const char* e = std::getenv("KIMI_CUDA_MLA_LAYER")) {  // small decode steps' chain (comparison)
+    const std::string v = e;
+    if (v == "gemm") m.mla_fused_chain = false;
+    else if (v != "fused") fail("KIMI_CUDA_MLA_LAYER must be fused or gemm, got '", v, "'");
+  }
   if (const char* e = std::getenv("KIMI_CUDA_MLA_PREFILL")) {  // long prefills expanded or not
     const std::string v = e;
     if (v == "absorbed") m.mla_expanded = false;

@@ -193,6 +193,9 @@ struct CudaModel::Impl {
   // 2 chunked only (no fused decode).
   int kda_path = 0;
   bool mla_tensor_cores = true;  // MLA attention on tensor cores (KIMI_CUDA_MLA)
+  // Steps of 1-2 tokens run the MLA layer as the fused chain of mla_layer.h (KIMI_CUDA_MLA_LAYER=gemm:
+  // the GEMM chain, for comparison).
+  bool mla_fused_chain = true;
   // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never).
   bool mla_expanded = true;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
