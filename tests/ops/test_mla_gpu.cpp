@@ -13,6 +13,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "../error_of.h"
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
 #include "mla_fp8_test_util.h"
@@ -763,6 +764,48 @@ TEST(MlaGpu, LayerUvMatchesCpu) {
           << what << ": the last token alone differs";
       EXPECT_EQ(dparts.to_host(), parts) << what << ": partials are read-only";
     }
+#endif
+}
+
+// The fused chain's launchers refuse what they cannot run, before touching the device (host
+// checks: this runs without a GPU).
+TEST(MlaGpu, LayerLaunchersRefuseBadArguments) {
+#if KIMI_HAVE_CUDA
+  int i = 0;
+  float f = 0.f;
+  bf16 b{};
+  cuda::MlaQPrepParams q;
+  q.num_tokens = 1, q.num_heads = 32, q.q32 = &f, q.kv_b = &b, q.q = &b, q.q_abs = &b;
+  q.cache.num_seqs = 1, q.cache.num_tokens = 1, q.cache.cu_seqlens = &i, q.cache.context_lens = &i;
+  q.cache.block_tables = &i, q.cache.max_blocks_per_seq = 1, q.cache.latent = &f;
+  q.cache.norm_weight = &f, q.cache.cache = &b;
+  auto q_error = [&](auto&& change) {
+    cuda::MlaQPrepParams bad = q;
+    change(bad);
+    return error_of([&] { cuda::run_mla_q_prep(bad, nullptr); });
+  };
+  auto has = [](const std::string& e, const char* what) { return e.find(what) != std::string::npos; };
+  EXPECT_TRUE(has(q_error([](auto& p) { p.num_tokens = cuda::kMlaLayerMaxTokens + 1; }), "at most"));
+  EXPECT_TRUE(has(q_error([](auto& p) { p.num_heads = 0; }), "H 0"));
+  EXPECT_TRUE(has(q_error([](auto& p) { p.q32 = nullptr; }), "null pointer"));
+  EXPECT_TRUE(has(q_error([](auto& p) { p.cache.num_tokens = 2; }), "cache write of 2 tokens"));
+  EXPECT_TRUE(has(q_error([&](auto& p) { p.cache.cache8 = reinterpret_cast<uint8_t*>(&i); }),
+                  "both cache and cache8"));
+  EXPECT_TRUE(has(q_error([](auto& p) { p.cache.cache = nullptr; }), "null pointer"));
+  EXPECT_EQ(q_error([](auto& p) { p.num_tokens = 0; }), "");  // nothing to do: no launch
+
+  cuda::MlaUvParams u;
+  u.num_tokens = 1, u.num_heads = 32, u.split_base = &i, u.num_splits = &i, u.partials = &f;
+  u.u = &b, u.kv_b = &b, u.out = &b;
+  auto u_error = [&](auto&& change) {
+    cuda::MlaUvParams bad = u;
+    change(bad);
+    return error_of([&] { cuda::run_mla_uv(bad, nullptr); });
+  };
+  EXPECT_TRUE(has(u_error([](auto& p) { p.num_tokens = -1; }), "mla uv: T -1"));
+  EXPECT_TRUE(has(u_error([](auto& p) { p.num_tokens = cuda::kMlaLayerMaxTokens + 1; }), "at most"));
+  EXPECT_TRUE(has(u_error([](auto& p) { p.partials = nullptr; }), "null pointer"));
+  EXPECT_EQ(u_error([](auto& p) { p.num_tokens = 0; }), "");
 #endif
 }
 
