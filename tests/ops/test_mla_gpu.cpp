@@ -809,6 +809,33 @@ TEST(MlaGpu, LayerLaunchersRefuseBadArguments) {
 #endif
 }
 
+// The cache write and the split merge refuse bad arguments on the host as well.
+TEST(MlaGpu, CacheWriteAndCombineRefuseBadArguments) {
+#if KIMI_HAVE_CUDA
+  int i = 0;
+  float f = 0.f;
+  bf16 b{};
+  auto has = [](const std::string& e, const char* what) { return e.find(what) != std::string::npos; };
+  cuda::MlaCacheWriteParams w;
+  w.num_seqs = 1, w.num_tokens = 1, w.cu_seqlens = &i, w.context_lens = &i, w.block_tables = &i;
+  w.max_blocks_per_seq = 1, w.latent = &f, w.norm_weight = &f, w.cache = &b;
+  auto w_error = [&](auto&& change) {
+    cuda::MlaCacheWriteParams bad = w;
+    change(bad);
+    return error_of([&] { cuda::run_mla_cache_write(bad, nullptr); });
+  };
+  EXPECT_TRUE(has(w_error([](auto& p) { p.num_seqs = -1; }), "cache write S -1"));
+  EXPECT_TRUE(has(w_error([](auto& p) { p.max_blocks_per_seq = 0; }), "no sequences/blocks"));
+  EXPECT_TRUE(has(w_error([](auto& p) { p.latent = nullptr; }), "null pointer"));
+  EXPECT_TRUE(has(w_error([&](auto& p) { p.cache8 = reinterpret_cast<uint8_t*>(&i); }),
+                  "both cache and cache8"));
+  EXPECT_EQ(w_error([](auto& p) { p.num_tokens = 0; }), "");
+  cuda::MlaAttnParams a;
+  a.num_tokens = 1, a.num_heads = 32, a.num_splits = &i, a.split_base = &i, a.u = &b;
+  EXPECT_TRUE(has(error_of([&] { cuda::run_mla_combine(a, nullptr); }), "mla combine: null pointer"));
+#endif
+}
+
 TEST(MlaGpu, Fp8PrefillTensorCores) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
