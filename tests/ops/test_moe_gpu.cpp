@@ -25,6 +25,7 @@
 namespace kimi::test {
 namespace {
 
+#if KIMI_HAVE_CUDA
 constexpr float kRouteScaling = 2.446f;
 
 // The CPU reference's routing of T rows of E logits (renormalised, scaled by kRouteScaling).
@@ -39,7 +40,6 @@ void cpu_route(const std::vector<float>& logits, const std::vector<float>& bias,
   cpu::moe_route(cp);
 }
 
-#if KIMI_HAVE_CUDA
 // run_moe_route on the device with the same rule; `p` may be changed between runs (the shared
 // expert, expert parallelism), the outputs are poisoned before each run.
 struct DeviceRoute {
