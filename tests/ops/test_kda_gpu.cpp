@@ -860,28 +860,30 @@ TEST(KdaGpu, DecodeRefusesBadArguments) {
   const auto* b16 = reinterpret_cast<const bf16*>(buf);
   auto* w16 = reinterpret_cast<bf16*>(buf);
   cuda::KdaDecodeParams p;
-  p.batch = 1, p.num_heads = 32, p.slots = reinterpret_cast<const int*>(buf), p.qkv = b16, p.b = b16;
+  p.batch = 1, p.num_heads = 32, p.slots = reinterpret_cast<const int*>(buf), p.qkv = b16,
+  p.b = b16;
   p.f = b16, p.z = b16, p.conv_state = w16, p.state = buf, p.y = w16;
   p.w.conv_weight = buf, p.w.A_log = buf, p.w.dt_bias = buf, p.w.o_norm = buf;
-  auto error = [&](auto&& change) {
-    cuda::KdaDecodeParams bad = p;
-    change(bad);
-    return error_of([&] { cuda::run_kda_decode(bad, nullptr); });
-  };
-  auto has = [](const std::string& e, const char* what) { return e.find(what) != std::string::npos; };
-  EXPECT_TRUE(has(error([](auto& q) { q.batch = -1; }), "batch -1"));
-  EXPECT_TRUE(has(error([](auto& q) { q.num_heads = 0; }), "heads 0"));
-  EXPECT_TRUE(has(error([](auto& q) { q.batch = 65536; }), "grid's z limit"));
-  EXPECT_TRUE(has(error([](auto& q) { q.y = nullptr; }), "null tensor pointer"));
-  EXPECT_TRUE(has(error([&](auto& q) { q.fg_low = b16; }), "either f and z or (folded)"));
-  EXPECT_TRUE(has(error([&](auto& q) { q.f = q.z = nullptr, q.fg_low = b16 + 1, q.fg_b = b16; }),
-                  "16-byte aligned fg_low"));
-  EXPECT_TRUE(has(error([](auto& q) { q.w.o_norm = nullptr; }), "null weight pointer"));
-  EXPECT_TRUE(has(error([](auto& q) { q.state = buf + 1; }), "not 16-byte aligned"));
-  EXPECT_TRUE(has(error([](auto& q) { q.persistent = 2; }), "persistent must be"));
-  EXPECT_TRUE(has(error([&](auto& q) { q.persistent = 1, q.qkv = b16 + 1; }),
-                  "persistent decode needs 16-byte aligned"));
-  EXPECT_EQ(error([](auto& q) { q.batch = 0; }), "");  // nothing to do: no launch
+  const auto run_p = [](const cuda::KdaDecodeParams& bad) { cuda::run_kda_decode(bad, nullptr); };
+  EXPECT_TRUE(contains(error_with(p, run_p, [](auto& q) { q.batch = -1; }), "batch -1"));
+  EXPECT_TRUE(contains(error_with(p, run_p, [](auto& q) { q.num_heads = 0; }), "heads 0"));
+  EXPECT_TRUE(contains(error_with(p, run_p, [](auto& q) { q.batch = 65536; }), "grid's z limit"));
+  EXPECT_TRUE(
+      contains(error_with(p, run_p, [](auto& q) { q.y = nullptr; }), "null tensor pointer"));
+  EXPECT_TRUE(contains(error_with(p, run_p, [&](auto& q) { q.fg_low = b16; }),
+                       "either f and z or (folded)"));
+  EXPECT_TRUE(contains(
+      error_with(p, run_p, [&](auto& q) { q.f = q.z = nullptr, q.fg_low = b16 + 1, q.fg_b = b16; }),
+      "16-byte aligned fg_low"));
+  EXPECT_TRUE(
+      contains(error_with(p, run_p, [](auto& q) { q.w.o_norm = nullptr; }), "null weight pointer"));
+  EXPECT_TRUE(
+      contains(error_with(p, run_p, [](auto& q) { q.state = buf + 1; }), "not 16-byte aligned"));
+  EXPECT_TRUE(
+      contains(error_with(p, run_p, [](auto& q) { q.persistent = 2; }), "persistent must be"));
+  EXPECT_TRUE(contains(error_with(p, run_p, [&](auto& q) { q.persistent = 1, q.qkv = b16 + 1; }),
+                       "persistent decode needs 16-byte aligned"));
+  EXPECT_EQ(error_with(p, run_p, [](auto& q) { q.batch = 0; }), "");  // nothing to do: no launch
 }
 
 #else
