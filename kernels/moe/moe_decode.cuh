@@ -32,8 +32,8 @@
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
 //   F  down: warp w takes rows w, w + 16, ... of the CTA's list (slot order), RD rows in flight;
 //      y[slot][n] to scratch.                                              barrier 3
-//   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute), and its sum of
-//      squares to scratch.                                                         barrier 4
+//   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ without
+//      accumulate), and its sum of squares to scratch.                             barrier 4
 //   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
 // Streaming: a warp walks its rows with R rows in flight, every lane holding P 16-byte pieces of
 // each (piece j of a row is k 8·(lane + 32j)..+7: each load instruction reads 512 contiguous
@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       for (int q = 0; q < kSlotBatch; ++q)
         if (s0 + q < S && ids[s0 + q] >= 0) sum += wts[s0 + q] * ys[q];
     }
-    const float v = xs[n] + sum;
+    const float v = (p.accumulate ? xs[n] : 0.f) + sum;
     p.x[n] = v;
     xs[n] = v;
     sq += v * v;
