@@ -1,6 +1,7 @@
 // Launcher of the fused one-token MoE block (moe_decode.cuh; contract in moe.h).
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -11,6 +12,26 @@ namespace kimi::cuda {
 namespace {
 
 constexpr int kMaxGrid = 1024;  // ss_part entries of the scratch
+
+// The L2 prefetch flags (moe_decode.cuh: kPf), KIMI_MOE_FUSED_PF while they are measured.
+using FusedKernel = void (*)(MoeDecodeFusedParams);
+FusedKernel fused_kernel() {
+  int pf = 0;
+  if (const char* e = std::getenv("KIMI_MOE_FUSED_PF")) pf = std::atoi(e);
+  switch (pf) {
+    case 0: return moe::moe_decode_fused_kernel<0>;
+    case 1: return moe::moe_decode_fused_kernel<1>;
+    case 3: return moe::moe_decode_fused_kernel<3>;
+    case 7: return moe::moe_decode_fused_kernel<7>;
+    case 9: return moe::moe_decode_fused_kernel<9>;
+    case 11: return moe::moe_decode_fused_kernel<11>;
+    case 16: return moe::moe_decode_fused_kernel<16>;
+    case 25: return moe::moe_decode_fused_kernel<25>;
+    case 27: return moe::moe_decode_fused_kernel<27>;
+  }
+  KIMI_CHECK(false, "KIMI_MOE_FUSED_PF: 0, 1, 3, 7, 9, 11, 16, 25 or 27, got ", pf);
+  return nullptr;
+}
 
 int grid_size() {
   int dev = 0, sms = 0;
@@ -29,7 +50,7 @@ size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
   const size_t smem = moe::fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
-  auto kernel = moe::moe_decode_fused_kernel;
+  auto kernel = fused_kernel();
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int blocks = 0;
@@ -64,7 +85,7 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
   const int S = r.top_k + (r.shared_expert >= 0);
   const size_t smem = moe::fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
-  auto kernel = moe::moe_decode_fused_kernel;
+  auto kernel = fused_kernel();
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);

@@ -140,6 +140,40 @@ __device__ __forceinline__ void routing_loads_done_wait() {
   asm volatile("bar.sync 1, %0;" ::"n"(kFusedThreads) : "memory");
 }
 
+// Weight rows asked of L2 by the copy engine (cp.async.bulk.prefetch.L2: no registers, nothing to
+// wait on, and none of the multiprocessor's load queue, which the routing warp's and the barriers'
+// latency-bound loads share), in requests of kFusedL2Chunk bytes. Bit flags of the kernel's kPf
+// (benchmark switch KIMI_MOE_FUSED_PF while measured; docs/perf-log.md session 11):
+//   kPfShared   the CTA's shared-expert gate_up rows at barrier 1's arrival, instead of into
+//               registers once the routing warp's logits have landed
+//   kPfGateUp   the CTA's routed gate_up rows as soon as the routing is known
+//   kPfDownEarly the CTA's down rows right after them
+//   kPfDownLate the CTA's down rows when warp 0 starts its last gate_up row
+// With either down flag no down rows are loaded into registers before barrier 2.
+//   kTailLast   no barriers 3 and 4: every CTA counts itself done after its down rows and leaves;
+//               the last one adds the whole residual row (slot order, as G) and writes the next
+//               normed row (H without barrier 4).
+constexpr int kPfShared = 1, kPfGateUp = 2, kPfDownEarly = 4, kPfDownLate = 8, kTailLast = 16;
+constexpr int kFusedL2Chunk = 32 << 10;
+__device__ __forceinline__ void prefetch_l2_range(const bf16* p, int64_t bytes) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += kFusedL2Chunk) {
+    const unsigned n = unsigned(bytes - o < kFusedL2Chunk ? bytes - o : kFusedL2Chunk);
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c + o), "r"(n) : "memory");
+  }
+}
+// Rows [v0, v1) of a slot-major list of rows of `per` rows a slot, each `len` elements, slot s's
+// rows in expert ids[s]'s block of w (blocks of `per` rows): the slots' contiguous runs.
+__device__ __forceinline__ void prefetch_l2_rows(const bf16* w, const int* ids, int v0, int v1, int per,
+                                                 int len) {
+  for (int v = v0; v < v1;) {
+    const int s = v / per, end = min(v1, (s + 1) * per), e = ids[s];
+    if (e >= 0) prefetch_l2_range(w + (int64_t(e) * per + (v - s * per)) * len, int64_t(end - v) * len * 2);
+    v = end;
+  }
+}
+
+template <int kPf>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
@@ -263,6 +297,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 2, false);
   grid_arrive(p.barrier);
+  if constexpr ((kPf & kPfShared) != 0)
+    if (tid == 0 && nsg > 0) prefetch_l2_range(p.w13 + (int64_t(E) * 2 * I + sg0) * H, int64_t(nsg) * H * 2);
   // The experts' input: bf16(x · 1/rms · norm weight), as the routing kernel writes it.
   for (int k = tid; k < H; k += kFusedThreads) xa[k] = __float2bfloat16(xs[k] * inv_rms * p.norm_weight[k]);
   grid_wait(p.barrier, G);
@@ -294,10 +330,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     rr.weights = wts;
     const RouteLaneKeys keys = route_scores(rr, 0, lane, bias_s, sig_s);
     fused_stamp(p.stamps, 12, false);
-    routing_loads_done_arrive();
+    if constexpr ((kPf & kPfShared) == 0) routing_loads_done_arrive();
     route_choose(rr, 0, lane, bias_s, sig_s, keys);
     fused_stamp(p.stamps, 13, false);
-  } else {
+  } else if constexpr ((kPf & kPfShared) == 0) {
     routing_loads_done_wait();
     if (warp < nsg) {
       grow = g_row(0, gh);
@@ -305,6 +341,11 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     }
   }
   __syncthreads();
+  if constexpr ((kPf & (kPfGateUp | kPfDownEarly)) != 0)
+    if (tid == 0) {
+      if constexpr ((kPf & kPfGateUp) != 0) prefetch_l2_rows(p.w13, ids, g0, g1, 2 * I, H);
+      if constexpr ((kPf & kPfDownEarly) != 0) prefetch_l2_rows(p.w2, ids, d0, d1, H, I);
+    }
   if (c == 0 && tid < S) {
     r.expert_ids[tid] = ids[tid];
     r.weights[tid] = wts[tid];
@@ -313,11 +354,15 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 
   // D: gate_up, one row in flight per warp; raw fp32 sums to h13.
   const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
-  if ((warp == 0 || warp >= nsg) && ngw > 0) {  // the first row, where C did not request it
+  if ((warp == 0 || warp >= nsg || (kPf & kPfShared) != 0) && ngw > 0) {  // where C did not request it
     grow = g_row(0, gh);
     load_row(gbuf, grow, pieces_g, lane);
   }
+  constexpr bool kDownL2 = (kPf & (kPfDownEarly | kPfDownLate)) != 0;
+  auto prefetch_down = [&] { prefetch_l2_rows(p.w2, ids, d0, d1, H, I); };
   for (int i = 0; i < ngw; ++i) {
+    if constexpr ((kPf & kPfDownLate) != 0 && (kPf & kPfDownEarly) == 0)
+      if (tid == 0 && i == ngw - 1) prefetch_down();
     int nh = 0;
     const bf16* next = i + 1 < ngw ? g_row(i + 1, nh) : nullptr;
     float sum = 0.f;
@@ -332,6 +377,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     grow = next;
     gh = nh;
   }
+  if constexpr ((kPf & kPfDownLate) != 0 && (kPf & kPfDownEarly) == 0)
+    if (tid == 0 && ngw == 0) prefetch_down();
   fused_stamp(p.stamps, 5, false);
   fused_stamp(p.stamps, 10, true);
   grid_arrive(p.barrier);
@@ -353,13 +400,17 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   };
   uint4 dbuf[RD][PD];
   const bf16* drow[RD];
+  auto first_down_rows = [&] {
 #pragma unroll
-  for (int q = 0; q < RD; ++q) {
-    drow[q] = q < ndw ? d_row(q) : nullptr;
-    load_row(dbuf[q], drow[q], pieces_d, lane);
-  }
+    for (int q = 0; q < RD; ++q) {
+      drow[q] = q < ndw ? d_row(q) : nullptr;
+      load_row(dbuf[q], drow[q], pieces_d, lane);
+    }
+  };
+  if constexpr (!kDownL2) first_down_rows();
   grid_wait(p.barrier, 2 * G);
   fused_stamp(p.stamps, 6, false);
+  if constexpr (kDownL2) first_down_rows();  // from L2 (or merged with the prefetch in flight)
 
   // E: act of the slots this CTA's down rows use, kActBatch elements per thread loaded at once:
   // one L2 round trip, not one per element.
@@ -405,6 +456,72 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 7, false);
   fused_stamp(p.stamps, 11, true);
+  if constexpr ((kPf & kTailLast) != 0) {
+    __shared__ unsigned last_s;
+    __syncthreads();  // the CTA's y before its count
+    if (tid == 0) {
+      unsigned old;
+      asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(p.barrier + 1) : "memory");
+      last_s = old == unsigned(G - 1);
+      if (last_s) {  // every other CTA is past its last wait
+        p.barrier[0] = 0;
+        p.barrier[1] = 0;
+      }
+    }
+    __syncthreads();
+    if (!last_s) {
+      fused_stamp(p.stamps, 14, false);
+      fused_stamp(p.stamps, 15, true);
+      return;
+    }
+    fused_stamp(p.stamps, 8, true);
+    // G for the whole row: x += Σ_k w_k y_k in slot order, kSlotBatch slots' float4 at once.
+    constexpr int kSlotBatch = 8;
+    const float4* y4 = reinterpret_cast<const float4*>(y);
+    float4* x4o = reinterpret_cast<float4*>(p.x);
+    float sq = 0.f;
+    for (int q4 = tid; q4 < n4; q4 += kFusedThreads) {
+      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int s0 = 0; s0 < S; s0 += kSlotBatch) {
+        float4 ys[kSlotBatch];
+#pragma unroll
+        for (int q = 0; q < kSlotBatch; ++q)
+          ys[q] = s0 + q < S && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4)
+                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int q = 0; q < kSlotBatch; ++q)
+          if (s0 + q < S && ids[s0 + q] >= 0) {
+            const float w = wts[s0 + q];
+            sum.x += w * ys[q].x;
+            sum.y += w * ys[q].y;
+            sum.z += w * ys[q].z;
+            sum.w += w * ys[q].w;
+          }
+      }
+      const float4 xo = xs4[q4];
+      const float4 v = make_float4(xo.x + sum.x, xo.y + sum.y, xo.z + sum.z, xo.w + sum.w);
+      x4o[q4] = v;
+      xs4[q4] = v;
+      sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    fused_stamp(p.stamps, 9, true);
+    if (p.next_norm) {
+      sq = warp_sum(sq);
+      if (lane == 0) red[warp] = sq;
+      __syncthreads();
+      if (tid == 0) {
+        float t = 0.f;
+        for (int w = 0; w < kFusedWarps; ++w) t += red[w];
+        inv_rms_s = rsqrtf(t / float(H) + p.eps);
+      }
+      __syncthreads();
+      const float inv = inv_rms_s;
+      for (int n = tid; n < H; n += kFusedThreads)
+        p.next_normed[n] = __float2bfloat16(xs[n] * inv * p.next_norm[n]);
+    }
+    fused_stamp(p.stamps, 15, true);
+    return;
+  }
   grid_arrive(p.barrier);
   grid_wait(p.barrier, 3 * G);
   fused_stamp(p.stamps, 8, false);
@@ -462,6 +579,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
         p.next_normed[n] = __float2bfloat16(xs[n] * inv_rms_s * p.next_norm[n]);
     }
   }
+  fused_stamp(p.stamps, 14, false);
+  fused_stamp(p.stamps, 15, true);
   grid_done(p.barrier, G);
 }
 
