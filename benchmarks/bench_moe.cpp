@@ -273,9 +273,9 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
               "fused us", "% copy", "speedup");
   const int per_graph = 2 * copies, groups = 15;
   auto fused = [&](int i, cudaStream_t s) { run_moe_decode_fused(fused_params(i), s); };
-  // KIMI_MOE_FUSED_PF_LIST=a,b,...: the kernel's variants (KIMI_MOE_FUSED_PF) one after the other.
+  // KIMI_MOE_FUSED_V_LIST=a,b,...: the kernel's variants (KIMI_MOE_FUSED_V) one after the other.
   std::vector<std::string> variants;
-  if (const char* l = std::getenv("KIMI_MOE_FUSED_PF_LIST")) {
+  if (const char* l = std::getenv("KIMI_MOE_FUSED_V_LIST")) {
     std::string all = l;
     for (size_t b = 0; b <= all.size();) {
       const size_t e = std::min(all.find(',', b), all.size());
@@ -286,7 +286,7 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
   const bool switching = !variants.empty();
   if (!switching) variants.push_back("");
   auto pick = [&](const std::string& v) {
-    if (switching) setenv("KIMI_MOE_FUSED_PF", v.c_str(), 1);
+    if (switching) setenv("KIMI_MOE_FUSED_V", v.c_str(), 1);
   };
   for (int rep = 0; rep < 2; ++rep) {  // alternated: the spread is the noise
     const double t_chain = graph_ms(chain, per_graph, groups, st);
@@ -295,7 +295,7 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
       const double t = graph_ms(fused, per_graph, groups, st);
       std::printf("%-6s %3d %9.1f %12.2f %7.1f%% %12.2f %7.1f%% %8.2fx %s\n", "block", 1, bytes / 1e6,
                   t_chain * 1e3, pct(t_chain), t * 1e3, pct(t), t_chain / t,
-                  switching ? ("pf " + v).c_str() : "");
+                  switching ? ("v " + v).c_str() : "");
     }
   }
   // Where the fused launch's time goes: %globaltimer at its phase boundaries (medians of 31
@@ -316,7 +316,7 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
       const auto h = stamps.to_host();
       for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
     }
-    print_medians(switching ? ("  pf " + v + " phase ends (ns after CTA 0's entry, median):").c_str()
+    print_medians(switching ? ("  v " + v + " phase ends (ns after CTA 0's entry, median):").c_str()
                             : "  phase ends (ns after CTA 0's entry, median):",
                   names, d);
   }

@@ -13,23 +13,18 @@ namespace {
 
 constexpr int kMaxGrid = 1024;  // ss_part entries of the scratch
 
-// The L2 prefetch flags (moe_decode.cuh: kPf), KIMI_MOE_FUSED_PF while they are measured.
+// The kernel's variant flags (moe_decode.cuh: kV), KIMI_MOE_FUSED_V while they are measured.
 using FusedKernel = void (*)(MoeDecodeFusedParams);
 FusedKernel fused_kernel() {
-  int pf = 0;
-  if (const char* e = std::getenv("KIMI_MOE_FUSED_PF")) pf = std::atoi(e);
-  switch (pf) {
+  int v = 0;
+  if (const char* e = std::getenv("KIMI_MOE_FUSED_V")) v = std::atoi(e);
+  switch (v) {
     case 0: return moe::moe_decode_fused_kernel<0>;
     case 1: return moe::moe_decode_fused_kernel<1>;
+    case 2: return moe::moe_decode_fused_kernel<2>;
     case 3: return moe::moe_decode_fused_kernel<3>;
-    case 7: return moe::moe_decode_fused_kernel<7>;
-    case 9: return moe::moe_decode_fused_kernel<9>;
-    case 11: return moe::moe_decode_fused_kernel<11>;
-    case 16: return moe::moe_decode_fused_kernel<16>;
-    case 25: return moe::moe_decode_fused_kernel<25>;
-    case 27: return moe::moe_decode_fused_kernel<27>;
   }
-  KIMI_CHECK(false, "KIMI_MOE_FUSED_PF: 0, 1, 3, 7, 9, 11, 16, 25 or 27, got ", pf);
+  KIMI_CHECK(false, "KIMI_MOE_FUSED_V: 0 to 3, got ", v);
   return nullptr;
 }
 

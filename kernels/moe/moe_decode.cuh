@@ -140,40 +140,15 @@ __device__ __forceinline__ void routing_loads_done_wait() {
   asm volatile("bar.sync 1, %0;" ::"n"(kFusedThreads) : "memory");
 }
 
-// Weight rows asked of L2 by the copy engine (cp.async.bulk.prefetch.L2: no registers, nothing to
-// wait on, and none of the multiprocessor's load queue, which the routing warp's and the barriers'
-// latency-bound loads share), in requests of kFusedL2Chunk bytes. Bit flags of the kernel's kPf
-// (benchmark switch KIMI_MOE_FUSED_PF while measured; docs/perf-log.md session 11):
-//   kPfShared   the CTA's shared-expert gate_up rows at barrier 1's arrival, instead of into
-//               registers once the routing warp's logits have landed
-//   kPfGateUp   the CTA's routed gate_up rows as soon as the routing is known
-//   kPfDownEarly the CTA's down rows right after them
-//   kPfDownLate the CTA's down rows when warp 0 starts its last gate_up row
-// With either down flag no down rows are loaded into registers before barrier 2.
+// Variant flags of the kernel's kV (KIMI_MOE_FUSED_V while measured; docs/perf-log.md session 11):
 //   kTailLast   no barriers 3 and 4: every CTA counts itself done after its down rows and leaves;
 //               the last one adds the whole residual row (slot order, as G) and writes the next
-//               normed row (H without barrier 4).
-constexpr int kPfShared = 1, kPfGateUp = 2, kPfDownEarly = 4, kPfDownLate = 8, kTailLast = 16;
-constexpr int kFusedL2Chunk = 32 << 10;
-__device__ __forceinline__ void prefetch_l2_range(const bf16* p, int64_t bytes) {
-  const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t o = 0; o < bytes; o += kFusedL2Chunk) {
-    const unsigned n = unsigned(bytes - o < kFusedL2Chunk ? bytes - o : kFusedL2Chunk);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c + o), "r"(n) : "memory");
-  }
-}
-// Rows [v0, v1) of a slot-major list of rows of `per` rows a slot, each `len` elements, slot s's
-// rows in expert ids[s]'s block of w (blocks of `per` rows): the slots' contiguous runs.
-__device__ __forceinline__ void prefetch_l2_rows(const bf16* w, const int* ids, int v0, int v1, int per,
-                                                 int len) {
-  for (int v = v0; v < v1;) {
-    const int s = v / per, end = min(v1, (s + 1) * per), e = ids[s];
-    if (e >= 0) prefetch_l2_range(w + (int64_t(e) * per + (v - s * per)) * len, int64_t(end - v) * len * 2);
-    v = end;
-  }
-}
-
-template <int kPf>
+//               normed row, all its loads in one round trip.
+//   kRouteMerge for E <= 32·kRouteLaneKeys and K <= kRouteLaneKeys, the routing warp's lanes merge
+//               their sorted keys in five butterfly rounds (route_choose_merge) instead of K
+//               rounds of route_choose.
+constexpr int kTailLast = 1, kRouteMerge = 2;
+template <int kV>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
@@ -297,8 +272,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 2, false);
   grid_arrive(p.barrier);
-  if constexpr ((kPf & kPfShared) != 0)
-    if (tid == 0 && nsg > 0) prefetch_l2_range(p.w13 + (int64_t(E) * 2 * I + sg0) * H, int64_t(nsg) * H * 2);
   // The experts' input: bf16(x · 1/rms · norm weight), as the routing kernel writes it.
   for (int k = tid; k < H; k += kFusedThreads) xa[k] = __float2bfloat16(xs[k] * inv_rms * p.norm_weight[k]);
   grid_wait(p.barrier, G);
@@ -330,10 +303,13 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     rr.weights = wts;
     const RouteLaneKeys keys = route_scores(rr, 0, lane, bias_s, sig_s);
     fused_stamp(p.stamps, 12, false);
-    if constexpr ((kPf & kPfShared) == 0) routing_loads_done_arrive();
-    route_choose(rr, 0, lane, bias_s, sig_s, keys);
+    routing_loads_done_arrive();
+    if ((kV & kRouteMerge) != 0 && E <= 32 * kRouteLaneKeys && K <= kRouteLaneKeys)
+      route_choose_merge(rr, 0, lane, sig_s, keys);
+    else
+      route_choose(rr, 0, lane, bias_s, sig_s, keys);
     fused_stamp(p.stamps, 13, false);
-  } else if constexpr ((kPf & kPfShared) == 0) {
+  } else {
     routing_loads_done_wait();
     if (warp < nsg) {
       grow = g_row(0, gh);
@@ -341,11 +317,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     }
   }
   __syncthreads();
-  if constexpr ((kPf & (kPfGateUp | kPfDownEarly)) != 0)
-    if (tid == 0) {
-      if constexpr ((kPf & kPfGateUp) != 0) prefetch_l2_rows(p.w13, ids, g0, g1, 2 * I, H);
-      if constexpr ((kPf & kPfDownEarly) != 0) prefetch_l2_rows(p.w2, ids, d0, d1, H, I);
-    }
   if (c == 0 && tid < S) {
     r.expert_ids[tid] = ids[tid];
     r.weights[tid] = wts[tid];
@@ -354,15 +325,11 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 
   // D: gate_up, one row in flight per warp; raw fp32 sums to h13.
   const uint4* xa16 = reinterpret_cast<const uint4*>(xa);
-  if ((warp == 0 || warp >= nsg || (kPf & kPfShared) != 0) && ngw > 0) {  // where C did not request it
+  if ((warp == 0 || warp >= nsg) && ngw > 0) {  // the first row, where C did not request it
     grow = g_row(0, gh);
     load_row(gbuf, grow, pieces_g, lane);
   }
-  constexpr bool kDownL2 = (kPf & (kPfDownEarly | kPfDownLate)) != 0;
-  auto prefetch_down = [&] { prefetch_l2_rows(p.w2, ids, d0, d1, H, I); };
   for (int i = 0; i < ngw; ++i) {
-    if constexpr ((kPf & kPfDownLate) != 0 && (kPf & kPfDownEarly) == 0)
-      if (tid == 0 && i == ngw - 1) prefetch_down();
     int nh = 0;
     const bf16* next = i + 1 < ngw ? g_row(i + 1, nh) : nullptr;
     float sum = 0.f;
@@ -377,8 +344,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     grow = next;
     gh = nh;
   }
-  if constexpr ((kPf & kPfDownLate) != 0 && (kPf & kPfDownEarly) == 0)
-    if (tid == 0 && ngw == 0) prefetch_down();
   fused_stamp(p.stamps, 5, false);
   fused_stamp(p.stamps, 10, true);
   grid_arrive(p.barrier);
@@ -400,17 +365,13 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   };
   uint4 dbuf[RD][PD];
   const bf16* drow[RD];
-  auto first_down_rows = [&] {
 #pragma unroll
-    for (int q = 0; q < RD; ++q) {
-      drow[q] = q < ndw ? d_row(q) : nullptr;
-      load_row(dbuf[q], drow[q], pieces_d, lane);
-    }
-  };
-  if constexpr (!kDownL2) first_down_rows();
+  for (int q = 0; q < RD; ++q) {
+    drow[q] = q < ndw ? d_row(q) : nullptr;
+    load_row(dbuf[q], drow[q], pieces_d, lane);
+  }
   grid_wait(p.barrier, 2 * G);
   fused_stamp(p.stamps, 6, false);
-  if constexpr (kDownL2) first_down_rows();  // from L2 (or merged with the prefetch in flight)
 
   // E: act of the slots this CTA's down rows use, kActBatch elements per thread loaded at once:
   // one L2 round trip, not one per element.
@@ -456,7 +417,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 7, false);
   fused_stamp(p.stamps, 11, true);
-  if constexpr ((kPf & kTailLast) != 0) {
+  if constexpr ((kV & kTailLast) != 0) {
     __shared__ unsigned last_s;
     __syncthreads();  // the CTA's y before its count
     if (tid == 0) {
@@ -475,34 +436,51 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       return;
     }
     fused_stamp(p.stamps, 8, true);
-    // G for the whole row: x += Σ_k w_k y_k in slot order, kSlotBatch slots' float4 at once.
-    constexpr int kSlotBatch = 8;
+    // G for the whole row: x += Σ_k w_k y_k in slot order, as G; a thread's two float4 columns
+    // (q4, q4 + 512) with kTailSlots slots each and their next-norm weights loaded at once.
+    constexpr int kTailSlots = 9;
     const float4* y4 = reinterpret_cast<const float4*>(y);
     float4* x4o = reinterpret_cast<float4*>(p.x);
+    const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
     float sq = 0.f;
-    for (int q4 = tid; q4 < n4; q4 += kFusedThreads) {
-      float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int s0 = 0; s0 < S; s0 += kSlotBatch) {
-        float4 ys[kSlotBatch];
+    float4 v[2], nw[2];
+    for (int qa = tid; qa < n4; qa += 2 * kFusedThreads) {
+      int q4[2] = {qa, qa + kFusedThreads};
+      float4 sum[2] = {zero4, zero4};
 #pragma unroll
-        for (int q = 0; q < kSlotBatch; ++q)
-          ys[q] = s0 + q < S && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4)
-                                                 : make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int h = 0; h < 2; ++h) {
+        const float* nn = p.next_norm + 4 * q4[h];
+        nw[h] = p.next_norm && q4[h] < n4 ? make_float4(__ldg(nn), __ldg(nn + 1), __ldg(nn + 2), __ldg(nn + 3)) : zero4;
+      }
+      for (int s0 = 0; s0 < S; s0 += kTailSlots) {
+        float4 ys[2][kTailSlots];
 #pragma unroll
-        for (int q = 0; q < kSlotBatch; ++q)
+        for (int q = 0; q < kTailSlots; ++q)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            ys[h][q] = s0 + q < S && q4[h] < n4 && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4[h]) : zero4;
+#pragma unroll
+        for (int q = 0; q < kTailSlots; ++q)
           if (s0 + q < S && ids[s0 + q] >= 0) {
             const float w = wts[s0 + q];
-            sum.x += w * ys[q].x;
-            sum.y += w * ys[q].y;
-            sum.z += w * ys[q].z;
-            sum.w += w * ys[q].w;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              sum[h].x += w * ys[h][q].x;
+              sum[h].y += w * ys[h][q].y;
+              sum[h].z += w * ys[h][q].z;
+              sum[h].w += w * ys[h][q].w;
+            }
           }
       }
-      const float4 xo = xs4[q4];
-      const float4 v = make_float4(xo.x + sum.x, xo.y + sum.y, xo.z + sum.z, xo.w + sum.w);
-      x4o[q4] = v;
-      xs4[q4] = v;
-      sq += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+        if (q4[h] < n4) {
+          const float4 xo = xs4[q4[h]];
+          v[h] = make_float4(xo.x + sum[h].x, xo.y + sum[h].y, xo.z + sum[h].z, xo.w + sum[h].w);
+          x4o[q4[h]] = v[h];
+          xs4[q4[h]] = v[h];
+          sq += v[h].x * v[h].x + v[h].y * v[h].y + v[h].z * v[h].z + v[h].w * v[h].w;
+        }
     }
     fused_stamp(p.stamps, 9, true);
     if (p.next_norm) {
@@ -516,8 +494,22 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       }
       __syncthreads();
       const float inv = inv_rms_s;
-      for (int n = tid; n < H; n += kFusedThreads)
-        p.next_normed[n] = __float2bfloat16(xs[n] * inv * p.next_norm[n]);
+      if (n4 <= 2 * kFusedThreads) {  // the row and weights still in registers
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int q4 = tid + h * kFusedThreads;
+          if (q4 < n4) {
+            bf16* o = p.next_normed + 4 * q4;
+            o[0] = __float2bfloat16(v[h].x * inv * nw[h].x);
+            o[1] = __float2bfloat16(v[h].y * inv * nw[h].y);
+            o[2] = __float2bfloat16(v[h].z * inv * nw[h].z);
+            o[3] = __float2bfloat16(v[h].w * inv * nw[h].w);
+          }
+        }
+      } else {
+        for (int n = tid; n < H; n += kFusedThreads)
+          p.next_normed[n] = __float2bfloat16(xs[n] * inv * p.next_norm[n]);
+      }
     }
     fused_stamp(p.stamps, 15, true);
     return;
