@@ -23,8 +23,10 @@ FusedKernel fused_kernel() {
     case 1: return moe::moe_decode_fused_kernel<1>;
     case 2: return moe::moe_decode_fused_kernel<2>;
     case 3: return moe::moe_decode_fused_kernel<3>;
+    case 4: return moe::moe_decode_fused_kernel<4>;
+    case 7: return moe::moe_decode_fused_kernel<7>;
   }
-  KIMI_CHECK(false, "KIMI_MOE_FUSED_V: 0 to 3, got ", v);
+  KIMI_CHECK(false, "KIMI_MOE_FUSED_V: 0, 1, 2, 3, 4 or 7, got ", v);
   return nullptr;
 }
 

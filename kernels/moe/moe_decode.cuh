@@ -147,7 +147,9 @@ __device__ __forceinline__ void routing_loads_done_wait() {
 //   kRouteMerge for E <= 32·kRouteLaneKeys and K <= kRouteLaneKeys, the routing warp's lanes merge
 //               their sorted keys in five butterfly rounds (route_choose_merge) instead of K
 //               rounds of route_choose.
-constexpr int kTailLast = 1, kRouteMerge = 2;
+//   kDownHalf   only the first of the RD down rows requested before barrier 2, the others after
+//               E's loads (which otherwise queue behind all RD rows of every warp).
+constexpr int kTailLast = 1, kRouteMerge = 2, kDownHalf = 4;
 template <int kV>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
   extern __shared__ __align__(16) unsigned char fused_smem[];
@@ -365,8 +367,9 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   };
   uint4 dbuf[RD][PD];
   const bf16* drow[RD];
+  constexpr int kRowsBefore = (kV & kDownHalf) != 0 ? 1 : RD;
 #pragma unroll
-  for (int q = 0; q < RD; ++q) {
+  for (int q = 0; q < kRowsBefore; ++q) {
     drow[q] = q < ndw ? d_row(q) : nullptr;
     load_row(dbuf[q], drow[q], pieces_d, lane);
   }
@@ -390,6 +393,11 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 #pragma unroll
     for (int q = 0; q < kActBatch; ++q)
       if (at[q] >= 0) act[at[q]] = __float2bfloat16(g[q] / (1.f + __expf(-g[q])) * u[q]);
+  }
+#pragma unroll
+  for (int q = kRowsBefore; q < RD; ++q) {
+    drow[q] = q < ndw ? d_row(q) : nullptr;
+    load_row(dbuf[q], drow[q], pieces_d, lane);
   }
   __syncthreads();
 
