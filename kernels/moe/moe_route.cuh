@@ -17,8 +17,8 @@ constexpr int kRouteRegK4 = 4;  // H <= 4096: all of them
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 
 // One token's routing by one warp (lane = threadIdx.x % 32), in two steps: route_scores, then
-// route_choose (route_token does both; the fused decode kernel lets other warps go on between
-// them). sig: E floats of shared memory for the warp; bias: the E correction biases (global or
+// route_choose, or route_choose_merge where the lists hold every key and K <= kRouteLaneKeys
+// (route_token does both; the fused decode kernel lets other warps go on between them). sig: E floats of shared memory for the warp; bias: the E correction biases (global or
 // shared memory). The logits are read through L2 (__ldcg): the fused decode kernel reads logits
 // that other CTAs of the same launch wrote.
 // Each score becomes an order-preserving unsigned key (0 for NaN: never chosen; no score is -0,
@@ -183,7 +183,11 @@ __device__ __forceinline__ void route_choose_merge(const MoeRouteParams& p, int 
 }
 __device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, const float* bias,
                                             float* sig) {
-  route_choose(p, t, lane, bias, sig, route_scores(p, t, lane, bias, sig));
+  const RouteLaneKeys keys = route_scores(p, t, lane, bias, sig);
+  if (p.num_experts <= 32 * kRouteLaneKeys && p.top_k <= kRouteLaneKeys)
+    route_choose_merge(p, t, lane, sig, keys);
+  else
+    route_choose(p, t, lane, bias, sig, keys);
 }
 
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result
