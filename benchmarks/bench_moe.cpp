@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -273,53 +272,29 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
               "fused us", "% copy", "speedup");
   const int per_graph = 2 * copies, groups = 15;
   auto fused = [&](int i, cudaStream_t s) { run_moe_decode_fused(fused_params(i), s); };
-  // KIMI_MOE_FUSED_V_LIST=a,b,...: the kernel's variants (KIMI_MOE_FUSED_V) one after the other.
-  std::vector<std::string> variants;
-  if (const char* l = std::getenv("KIMI_MOE_FUSED_V_LIST")) {
-    std::string all = l;
-    for (size_t b = 0; b <= all.size();) {
-      const size_t e = std::min(all.find(',', b), all.size());
-      if (e > b) variants.push_back(all.substr(b, e - b));
-      b = e + 1;
-    }
-  }
-  const bool switching = !variants.empty();
-  if (!switching) variants.push_back("");
-  auto pick = [&](const std::string& v) {
-    if (switching) setenv("KIMI_MOE_FUSED_V", v.c_str(), 1);
-  };
   for (int rep = 0; rep < 2; ++rep) {  // alternated: the spread is the noise
     const double t_chain = graph_ms(chain, per_graph, groups, st);
-    for (const std::string& v : variants) {
-      pick(v);
-      const double t = graph_ms(fused, per_graph, groups, st);
-      std::printf("%-6s %3d %9.1f %12.2f %7.1f%% %12.2f %7.1f%% %8.2fx %s\n", "block", 1, bytes / 1e6,
-                  t_chain * 1e3, pct(t_chain), t * 1e3, pct(t), t_chain / t,
-                  switching ? ("v " + v).c_str() : "");
-    }
+    const double t = graph_ms(fused, per_graph, groups, st);
+    std::printf("%-6s %3d %9.1f %12.2f %7.1f%% %12.2f %7.1f%% %8.2fx\n", "block", 1, bytes / 1e6,
+                t_chain * 1e3, pct(t_chain), t * 1e3, pct(t), t_chain / t);
   }
   // Where the fused launch's time goes: %globaltimer at its phase boundaries (medians of 31
   // launches, each alone on the stream), relative to the entry of CTA 0.
   DeviceBuffer<unsigned long long> stamps(kMoeFusedStamps);
   const char* names[kMoeFusedStamps] = {"entry", "wait", "logits", "bar1", "routed", "gate_up0",
-                                        "bar2", "down0", "bar3", "residual", "gate_up_last", "down_last",
-                                        "scored", "chosen", "end0", "end_last"};
-  for (const std::string& v : variants) {
-    pick(v);
-    std::vector<std::vector<double>> d(kMoeFusedStamps);
-    for (int rep = 0; rep < 31; ++rep) {
-      CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));
-      MoeDecodeFusedParams fp = fused_params(rep);
-      fp.stamps = stamps.data();
-      run_moe_decode_fused(fp, st);
-      CUDA_CHECK(cudaStreamSynchronize(st));
-      const auto h = stamps.to_host();
-      for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
-    }
-    print_medians(switching ? ("  v " + v + " phase ends (ns after CTA 0's entry, median):").c_str()
-                            : "  phase ends (ns after CTA 0's entry, median):",
-                  names, d);
+                                        "bar2", "down0", "last", "residual", "gate_up_last", "down_last",
+                                        "scored", "chosen", "done0", "end_last"};
+  std::vector<std::vector<double>> d(kMoeFusedStamps);
+  for (int rep = 0; rep < 31; ++rep) {
+    CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));
+    MoeDecodeFusedParams fp = fused_params(rep);
+    fp.stamps = stamps.data();
+    run_moe_decode_fused(fp, st);
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    const auto h = stamps.to_host();
+    for (int i = 1; i < kMoeFusedStamps; ++i) d[i].push_back(double(h[i]) - double(h[0]));
   }
+  print_medians("  phase ends (ns after CTA 0's entry, median):", names, d);
   CUDA_CHECK(cudaStreamDestroy(st));
 }
 

@@ -1,7 +1,5 @@
 // Launcher of the fused one-token MoE block (moe_decode.cuh; contract in moe.h).
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -11,43 +9,24 @@ namespace kimi::cuda {
 
 namespace {
 
-constexpr int kMaxGrid = 1024;  // ss_part entries of the scratch
-
-// The kernel's variant flags (moe_decode.cuh: kV), KIMI_MOE_FUSED_V while they are measured.
-using FusedKernel = void (*)(MoeDecodeFusedParams);
-FusedKernel fused_kernel() {
-  int v = 0;
-  if (const char* e = std::getenv("KIMI_MOE_FUSED_V")) v = std::atoi(e);
-  switch (v) {
-    case 0: return moe::moe_decode_fused_kernel<0>;
-    case 1: return moe::moe_decode_fused_kernel<1>;
-    case 2: return moe::moe_decode_fused_kernel<2>;
-    case 3: return moe::moe_decode_fused_kernel<3>;
-    case 4: return moe::moe_decode_fused_kernel<4>;
-    case 7: return moe::moe_decode_fused_kernel<7>;
-  }
-  KIMI_CHECK(false, "KIMI_MOE_FUSED_V: 0, 1, 2, 3, 4 or 7, got ", v);
-  return nullptr;
-}
-
 int grid_size() {
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return std::min(sms, kMaxGrid);
+  return sms;
 }
 
 }  // namespace
 
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
   const size_t S = size_t(top_k) + 1;  // room for the shared expert's slot
-  return S * 2 * inter + S * hidden + kMaxGrid;
+  return S * 2 * inter + S * hidden;
 }
 
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
   const size_t smem = moe::fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
-  auto kernel = fused_kernel();
+  auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int blocks = 0;
@@ -82,7 +61,7 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
   const int S = r.top_k + (r.shared_expert >= 0);
   const size_t smem = moe::fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
-  auto kernel = fused_kernel();
+  auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);
