@@ -1,6 +1,7 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -170,12 +171,23 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
   if (p.cache8) {
+    // Temporary A/B switches: KIMI_MLA_FP8_PARTS (1, 2, 4), KIMI_MLA_FP8_EARLY (0, 1; 4 parts).
+    const char* ep = std::getenv("KIMI_MLA_FP8_PARTS");
+    const char* ee = std::getenv("KIMI_MLA_FP8_EARLY");
+    const int parts = ep ? std::atoi(ep) : 4;
+    const bool early = ee && std::atoi(ee) != 0;
+    KIMI_CHECK(parts == 1 || parts == 2 || parts == 4, "KIMI_MLA_FP8_PARTS ", parts);
+    const uint32_t box_rows = kMlaBlock / parts;
     a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                            128, kMlaBlock, true);
+                            128, box_rows, true);
     a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                             16, kMlaBlock, false);
-    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
-                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
+                             16, box_rows, false);
+    const LaunchOptions opt{mla::DecLayout<true>::kSmem, true};
+    const int threads = mla::DecLayout<true>::kThreads;
+    if (parts == 1) launch_kernel(mla::mla_decode_kernel<true, 1>, grid, threads, opt, stream, a);
+    else if (parts == 2) launch_kernel(mla::mla_decode_kernel<true, 2>, grid, threads, opt, stream, a);
+    else if (!early) launch_kernel(mla::mla_decode_kernel<true, 4>, grid, threads, opt, stream, a);
+    else launch_kernel(mla::mla_decode_kernel<true, 4, true>, grid, threads, opt, stream, a);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
     launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
@@ -207,7 +219,16 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<false>::kSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true, 1>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true, 2>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true, 4>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true, 4, true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);

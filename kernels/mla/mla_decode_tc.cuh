@@ -130,55 +130,76 @@ struct DecArgs {
   MlaAttnParams p;
 };
 
-// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
-template <class L>
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. The staging area
+// holds a tile's codes and scales in kParts parts of 64 / kParts rows, each its own TMA loads
+// and stage barrier: part j of tile n + 1 is asked for as soon as every converter thread holds
+// part j of tile n in registers, so the loads of tile n + 1 go out while tile n's later parts
+// still land (with one part, the pipe drained once per tile: DRAM latency exposed per tile).
+template <class L, int kParts>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
                                                    int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
+  constexpr int kRows = kDecKeys / kParts;          // rows of a part
+  constexpr uint32_t kPartBox = kRows * 128;        // one code box of a part
+  constexpr uint32_t kPartBytes = 4 * kPartBox + kRows * 16;
+  static_assert(kDecKeys % kParts == 0 && kRows % 16 == 0, "parts of 16, 32 or 64 rows");
   const uint64_t policy = policy_evict_first();
-  auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
-    const int blk = table[blk0 + n];
-    mbar_arrive_expect_tx(stage, L::kStgBytes);
+  // Thread 0: part j of tile n's codes ([4 boxes][kRows][128] at 4 · kPartBox · j) and scales
+  // (rows kRows · j .. of the [64][16] scale area) into the staging area.
+  auto load_part = [&](int n, int j) {
+    const int row = table[blk0 + n] * kDecKeys + kRows * j;
+    mbar_arrive_expect_tx(stage + j, kPartBytes);
 #pragma unroll
     for (int b = 0; b < 4; ++b)
-      tma_load_2d(base + L::kOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
-                  policy);
-    tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
-                stage, policy);
+      tma_load_2d(base + L::kOffStg + (4 * j + b) * kPartBox, &args.cache, 128 * b, row,
+                  stage + j, policy);
+    tma_load_2d(base + L::kOffStg + 4 * kDecBox + kRows * 16 * j, &args.scales, kMlaFp8ScaleOff,
+                row, stage + j, policy);
   };
-  if (ct == 0 && ntiles > 0) load_codes(0);
+  if (ct == 0 && ntiles > 0)
+#pragma unroll
+    for (int j = 0; j < kParts; ++j) load_part(0, j);
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
-  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
+  // r = ct / 8 + 16 (i % 4) (in part r / kRows); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
   const uint4* const sc = reinterpret_cast<const uint4*>(sm + L::kOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    mbar_wait(stage, n & 1);
     uint4 v[kPieces];
     uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
 #pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int b = i / 4, r = ct / 8 + 16 * (i % 4);
-      v[i] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + b * kDecBox + r * 128 +
-                                             ((k ^ (r % 8)) * 16));
-    }
+    for (int j = 0; j < kParts; ++j) {
+      mbar_wait(stage + j, n & 1);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint4 f = sc[ct / 8 + 16 * j];
-      s[j][0] = __byte_perm(f.x, f.y, 0x7632);
-      s[j][1] = __byte_perm(f.z, f.w, 0x7632);
+      for (int i = 0; i < kPieces; ++i) {
+        // ct / 8 < 16 and kRows % 16 == 0: the row's part is 16 (i % 4) / kRows.
+        if (16 * (i % 4) / kRows != j) continue;
+        const int b = i / 4, rr = (ct / 8 + 16 * (i % 4)) % kRows;
+        v[i] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + (4 * j + b) * kPartBox +
+                                               rr * 128 + ((k ^ (rr % 8)) * 16));
+      }
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        if (16 * jj / kRows != j) continue;
+        const uint4 f = sc[ct / 8 + 16 * jj];
+        s[jj][0] = __byte_perm(f.x, f.y, 0x7632);
+        s[jj][1] = __byte_perm(f.z, f.w, 0x7632);
+      }
+      bar_sync(2, 128);  // part j is read: tile n + 1's part j may land there
+      if (ct == 0 && n + 1 < ntiles) load_part(n + 1, j);
     }
-    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
-    if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
     unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
     if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
       mbar_arrive_expect_tx(full + slot, kDecBox);
-      tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
-                  kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
+#pragma unroll
+      for (int j = 0; j < kParts; ++j)
+        tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox + j * kPartBox,
+                    &args.cache, kMlaFp8PeOff, table[blk0 + n] * kDecKeys + kRows * j,
+                    full + slot, policy);
     }
     // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
     // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
@@ -213,12 +234,12 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
-template <bool kFp8>
+template <bool kFp8, int kParts = 1, bool kEarly8 = false>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   using L = DecLayout<kFp8>;
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
+  __shared__ uint64_t bars[2 * kDecStages + kParts];  // full[2], empty[2], fp8: the staging parts'
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
   uint64_t* const stage = bars + 2 * kDecStages;
@@ -230,7 +251,8 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
       mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
       mbar_init(empty + s, 4);            // every consumer warp
     }
-    if (kFp8) mbar_init(stage, 1);
+    if (kFp8)
+      for (int j = 0; j < kParts; ++j) mbar_init(stage + j, 1);
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -254,7 +276,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
     if (kFp8) {
-      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
+      mla_decode_convert<L, kParts>(args, sm, base, stage, full, empty, table, blk0, ntiles,
                             threadIdx.x - 128);
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
@@ -343,7 +365,9 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   // there the consumer chain sets the pace; the fp8 kernel is bound by its loads and was no
   // faster). Not in the first two tiles: there the next tile often is not in yet, and waiting
   // for it before handing slot n back would hold up the load of tile n + 2.
-  auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
+  auto early = [&](int n) {
+    return (!kFp8 || kEarly8) && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles);
+  };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
