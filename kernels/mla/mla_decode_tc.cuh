@@ -141,7 +141,7 @@ struct DecArgs {
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. The staging area
 // holds a tile's codes and scales in kParts parts of 64 / kParts rows, each its own loads and
 // stage barrier (kMode 0: thread 0 issues them after a converter barrier; 1 and 2: a producer
-// warp, once the 4 converter warps arrived on the part's stage_empty barrier).
+// warp, once the 128 converter threads arrived on the part's stage_empty barrier).
 template <class L, int kMode, int kParts>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
                                                    uint32_t base, uint64_t* stage,
@@ -171,7 +171,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
     for (int j = 0; j < kParts; ++j) load_part(0, j);
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
   // r = ct / 8 + 16 (i % 4) (in part r / kRows); the row's 4 scales are one 16-byte load.
-  const int k = ct % 8, lane = ct % 32;
+  const int k = ct % 8;
   const uint4* const sc = reinterpret_cast<const uint4*>(sm + L::kOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
@@ -210,8 +210,12 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
         bar_sync(2, 128);  // part j is read: tile n + 1's part j may land there
         if (ct == 0 && n + 1 < ntiles) load_part(n + 1, j);
       } else {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(stage_empty + j);
+        // The reads above (generic proxy) must be done before the producer's copy (async proxy)
+        // overwrites the part: a proxy fence, then every thread's own arrival. Measured without
+        // them (one arrival per warp after __syncwarp): results changed from run to run, NaN
+        // rows of the next tile leaked in (run 2 of docs/perf-log.md's fp8mla3 section).
+        fence_proxy_async();
+        mbar_arrive(stage_empty + j);
       }
     }
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
@@ -252,8 +256,7 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       bar_sync(2, 128);
       if (ct == 0) mbar_arrive(full + slot);
     } else {
-      __syncwarp();
-      if (lane == 0) mbar_arrive(full + slot);
+      mbar_arrive(full + slot);  // every thread, after its own proxy fence
     }
   }
 }
@@ -340,15 +343,15 @@ __global__ void __launch_bounds__(DecLayout<kFp8, kMode>::kThreads, 1)
     prefetch_tensormap(&args.cache);
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      // The expect_tx; fp8: and the converters' writes (mode 0: thread 0; 1: 4 warps; 2: 4 warps
-      // and no expect_tx, k_pe comes through the staging area).
-      mbar_init(full + s, !kFp8 ? 1 : kMode == 0 ? 2 : kMode == 1 ? 5 : 4);
+      // The expect_tx; fp8: and the converters' writes (mode 0: thread 0; 1: 128 threads; 2: 128
+      // threads and no expect_tx, k_pe comes through the staging area).
+      mbar_init(full + s, !kFp8 ? 1 : kMode == 0 ? 2 : kMode == 1 ? 129 : 128);
       mbar_init(empty + s, 4);            // every consumer warp
     }
     if (kFp8)
       for (int j = 0; j < kParts; ++j) {
         mbar_init(stage + j, 1);
-        mbar_init(stage_empty + j, 4);  // modes 1, 2: every converter warp
+        mbar_init(stage_empty + j, 128);  // modes 1, 2: every converter thread
       }
     fence_mbar_init();
   }
