@@ -282,8 +282,8 @@ void bench_block(Weights& w, double ceiling, int l2_bytes) {
   // launches, each alone on the stream), relative to the entry of CTA 0.
   DeviceBuffer<unsigned long long> stamps(kMoeFusedStamps);
   const char* names[kMoeFusedStamps] = {"entry", "wait", "logits", "bar1", "routed", "gate_up0",
-                                        "bar2", "down0", "bar3", "residual", "gate_up_last", "down_last",
-                                        "scored", "chosen"};
+                                        "bar2", "down0", "last", "residual", "gate_up_last", "down_last",
+                                        "scored", "chosen", "done0", "end_last"};
   std::vector<std::vector<double>> d(kMoeFusedStamps);
   for (int rep = 0; rep < 31; ++rep) {
     CUDA_CHECK(cudaMemsetAsync(stamps.data(), 0, kMoeFusedStamps * sizeof(unsigned long long), st));

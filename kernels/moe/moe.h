@@ -210,11 +210,12 @@ struct MoeDecodeFusedParams {
   unsigned* barrier = nullptr;       // 2 uints
   // Benchmarks only (null otherwise; zero before the launch): %globaltimer (ns), kMoeFusedStamps
   // values: CTA 0 at entry, after the wait, logits published, after barrier 1, routed, gate_up
-  // done, after barrier 2, down done, after barrier 3, residual written; the last CTA's gate_up
-  // and down ends; CTA 0's routing warp with its scores, with its choice.
+  // done, after barrier 2, down done; the last CTA done once it knows it, with the residual
+  // written; the last CTA's gate_up and down ends; CTA 0's routing warp with its scores, with its
+  // choice; CTA 0 counted done; the last CTA's end.
   unsigned long long* stamps = nullptr;
 };
-constexpr int kMoeFusedStamps = 14;
+constexpr int kMoeFusedStamps = 16;
 constexpr int kMoeDecodeFusedMaxHidden = 2304, kMoeDecodeFusedMaxInter = 1024;
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter);
 // Whether this device runs the fused kernel (one CTA on every multiprocessor must fit).

@@ -1,5 +1,4 @@
 // Launcher of the fused one-token MoE block (moe_decode.cuh; contract in moe.h).
-#include <algorithm>
 #include <cstdint>
 
 #include "common.h"
@@ -10,20 +9,18 @@ namespace kimi::cuda {
 
 namespace {
 
-constexpr int kMaxGrid = 1024;  // ss_part entries of the scratch
-
 int grid_size() {
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  return std::min(sms, kMaxGrid);
+  return sms;
 }
 
 }  // namespace
 
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
   const size_t S = size_t(top_k) + 1;  // room for the shared expert's slot
-  return S * 2 * inter + S * hidden + kMaxGrid;
+  return S * 2 * inter + S * hidden;
 }
 
 bool moe_decode_fused_supported() {

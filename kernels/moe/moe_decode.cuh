@@ -22,19 +22,21 @@
 //   C  warp 0 routes the token from the E logits (route_scores, route_choose: every CTA itself,
 //      so no second round trip); CTA 0 writes the ids and weights. Once its logits have landed,
 //      the other warps request their first gate_up row where it is the shared expert's.
-//      Each lane's keys sit sorted in registers: a round is a redux.sync and the winning lane's
-//      register shift (branch moefuse3: scores 1.5 us, the K = 8 rounds 2.0 us, against 1.0-1.3
-//      and 3.1-3.3 with session 9's rescan of the winner's keys in shared memory).
+//      Each lane's keys sit sorted in registers; for E <= 256 and K <= 8 the lanes merge them in
+//      five butterfly rounds (route_choose_merge; branch moefuse4: 1.3 us against 2.0 for the K
+//      rounds of route_choose, which larger shapes still take).
 //   D  gate_up: warp w takes rows w, w + 16, ... of the CTA's list (its shared expert's rows,
 //      then its routed rows), one row in flight; raw fp32 dot products to scratch h13[slot][2I].
 //                                                                                  barrier 2
 //      (while waiting: the first down rows, known since C, are requested)
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
 //   F  down: warp w takes rows w, w + 16, ... of the CTA's list (slot order), RD rows in flight;
-//      y[slot][n] to scratch.                                              barrier 3
-//   G  the CTA's column slice: x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ without
-//      accumulate), and its sum of squares to scratch.                             barrier 4
-//   H  (next_norm only) 1/rms from the CTAs' partial sums in CTA order; the slice of next_normed.
+//      y[slot][n] to scratch. The CTA counts itself done and leaves, but for the last one:
+//   G  the last CTA done: the whole row x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ
+//      without accumulate), all its loads in one round trip, and (next_norm) 1/rms and
+//      next_normed. No barriers 3 and 4: the
+//      other CTAs' multiprocessors go to the next kernel meanwhile (branch moefuse4: 2.1 us per
+//      layer against a column slice per CTA between two more grid barriers).
 // Streaming: a warp walks its rows with R rows in flight, every lane holding P 16-byte pieces of
 // each (piece j of a row is k 8·(lane + 32j)..+7: each load instruction reads 512 contiguous
 // bytes); piece j of row i + R is requested as soon as piece j of row i is used.
@@ -67,9 +69,10 @@ static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 2
 static_assert(kRouteRegK4 * 32 * kRouteWarpsPerExpert * 4 >= kMoeDecodeFusedMaxHidden);
 
 // Grid-wide barrier in two halves over G resident CTAs: bar[0] counts arrivals during the launch
-// (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done; the last one done
-// zeroes both for the next launch (every CTA has passed its last wait by then). An arrival is one
-// fire-and-forget release; work independent of the other CTAs goes between arrive and wait.
+// (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done (fused_done); the
+// last one done zeroes both for the next launch (every CTA has passed its last wait by then). An
+// arrival is one fire-and-forget release; work independent of the other CTAs goes between arrive
+// and wait.
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -85,11 +88,22 @@ __device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) 
     }
   __syncthreads();
 }
-__device__ __forceinline__ void grid_done(unsigned* bar, unsigned G) {
-  if (threadIdx.x == 0 && atomicAdd(bar + 1, 1u) == G - 1) {
-    atomicExch(bar, 0u);
-    atomicExch(bar + 1, 0u);
+// Counts the CTA done (after a CTA barrier: its writes before the count, released) and tells
+// whether it was the last; the last one resets the barrier. Every CTA must call it once.
+__device__ __forceinline__ bool fused_done(unsigned* bar, unsigned G) {
+  __shared__ unsigned last_s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned old;
+    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(bar + 1) : "memory");
+    last_s = old == G - 1;
+    if (last_s) {  // every other CTA is past its last wait
+      bar[0] = 0;
+      bar[1] = 0;
+    }
   }
+  __syncthreads();
+  return last_s != 0;
 }
 
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
@@ -161,7 +175,6 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   __shared__ float wts[33];
   float* h13 = p.scratch;                   // [S][2I]
   float* y = h13 + int64_t(S) * 2 * I;      // [S][H]
-  float* ss_part = y + int64_t(S) * H;      // [G]
 
   // The CTA's rows, in two lists walked by warp w at positions w, w + 16, ...: gate_up, the
   // shared expert's rows [sg0, sg1) of its 2I then the routed rows [g0, g1) of the K·2I
@@ -295,7 +308,10 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     const RouteLaneKeys keys = route_scores(rr, 0, lane, bias_s, sig_s);
     fused_stamp(p.stamps, 12, false);
     routing_loads_done_arrive();
-    route_choose(rr, 0, lane, bias_s, sig_s, keys);
+    if (E <= 32 * kRouteLaneKeys && K <= kRouteLaneKeys)
+      route_choose_merge(rr, 0, lane, sig_s, keys);
+    else
+      route_choose(rr, 0, lane, bias_s, sig_s, keys);
     fused_stamp(p.stamps, 13, false);
   } else {
     routing_loads_done_wait();
@@ -405,32 +421,61 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 7, false);
   fused_stamp(p.stamps, 11, true);
-  grid_arrive(p.barrier);
-  grid_wait(p.barrier, 3 * G);
-  fused_stamp(p.stamps, 8, false);
-
-  // G: this CTA's columns of the residual, as the un-permute adds them (slot order), the slots'
-  // values of a column loaded kSlotBatch at a time.
-  constexpr int kSlotBatch = 16;
-  const int cols = (H + G - 1) / G, c0 = c * cols, c1 = min(c0 + cols, H);
-  float sq = 0.f;
-  for (int n = c0 + tid; n < c1; n += kFusedThreads) {
-    float sum = 0.f;
-    for (int s0 = 0; s0 < S; s0 += kSlotBatch) {
-      float ys[kSlotBatch];
-#pragma unroll
-      for (int q = 0; q < kSlotBatch; ++q)
-        ys[q] = s0 + q < S && ids[s0 + q] >= 0 ? __ldcg(y + int64_t(s0 + q) * H + n) : 0.f;
-#pragma unroll
-      for (int q = 0; q < kSlotBatch; ++q)
-        if (s0 + q < S && ids[s0 + q] >= 0) sum += wts[s0 + q] * ys[q];
-    }
-    const float v = (p.accumulate ? xs[n] : 0.f) + sum;
-    p.x[n] = v;
-    xs[n] = v;
-    sq += v * v;
+  const bool last = fused_done(p.barrier, G);
+  fused_stamp(p.stamps, 14, false);
+  if (!last) {
+    fused_stamp(p.stamps, 15, true);
+    return;
   }
-  fused_stamp(p.stamps, 9, false);
+  fused_stamp(p.stamps, 8, true);
+  // G, the last CTA: the whole row, x += Σ_k w_k y_k in slot order (the un-permute's order); a
+  // thread's two float4 columns (q4, q4 + 512: H <= 4096 with the launcher's limit, so one pass)
+  // with kTailSlots slots each and their next-norm weights loaded at once.
+  constexpr int kTailSlots = 9;
+  const float4* y4 = reinterpret_cast<const float4*>(y);
+  float4* x4o = reinterpret_cast<float4*>(p.x);
+  const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
+  float sq = 0.f;
+  float4 v[2], nw[2];
+  for (int qa = tid; qa < n4; qa += 2 * kFusedThreads) {
+    int q4[2] = {qa, qa + kFusedThreads};
+    float4 sum[2] = {zero4, zero4};
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float* nn = p.next_norm + 4 * q4[h];
+      nw[h] = p.next_norm && q4[h] < n4 ? make_float4(__ldg(nn), __ldg(nn + 1), __ldg(nn + 2), __ldg(nn + 3)) : zero4;
+    }
+    for (int s0 = 0; s0 < S; s0 += kTailSlots) {
+      float4 ys[2][kTailSlots];
+#pragma unroll
+      for (int q = 0; q < kTailSlots; ++q)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          ys[h][q] = s0 + q < S && q4[h] < n4 && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4[h]) : zero4;
+#pragma unroll
+      for (int q = 0; q < kTailSlots; ++q)
+        if (s0 + q < S && ids[s0 + q] >= 0) {
+          const float w = wts[s0 + q];
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            sum[h].x += w * ys[h][q].x;
+            sum[h].y += w * ys[h][q].y;
+            sum[h].z += w * ys[h][q].z;
+            sum[h].w += w * ys[h][q].w;
+          }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (q4[h] < n4) {
+        const float4 xo = p.accumulate ? xs4[q4[h]] : zero4;
+        v[h] = make_float4(xo.x + sum[h].x, xo.y + sum[h].y, xo.z + sum[h].z, xo.w + sum[h].w);
+        x4o[q4[h]] = v[h];
+        xs4[q4[h]] = v[h];
+        sq += v[h].x * v[h].x + v[h].y * v[h].y + v[h].z * v[h].z + v[h].w * v[h].w;
+      }
+  }
+  fused_stamp(p.stamps, 9, true);
   if (p.next_norm) {
     sq = warp_sum(sq);
     if (lane == 0) red[warp] = sq;
@@ -438,31 +483,28 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     if (tid == 0) {
       float t = 0.f;
       for (int w = 0; w < kFusedWarps; ++w) t += red[w];
-      __stcg(ss_part + c, t);
+      inv_rms_s = rsqrtf(t / float(H) + p.eps);
     }
-    grid_arrive(p.barrier);
-    grid_wait(p.barrier, 4 * G);
-    // H: the next block's input.
-    if (c0 < c1) {
-      if (warp == 0) {
-        float t = 0.f;
-        for (int c2 = lane; c2 < G; c2 += 32 * kSlotBatch) {  // the loads at once, the sum in order
-          float v[kSlotBatch];
+    __syncthreads();
+    const float inv = inv_rms_s;
+    if (n4 <= 2 * kFusedThreads) {  // the row and weights still in registers (always, see G)
 #pragma unroll
-          for (int q = 0; q < kSlotBatch; ++q) v[q] = c2 + 32 * q < G ? __ldcg(ss_part + c2 + 32 * q) : 0.f;
-#pragma unroll
-          for (int q = 0; q < kSlotBatch; ++q)
-            if (c2 + 32 * q < G) t += v[q];
+      for (int h = 0; h < 2; ++h) {
+        const int q4 = tid + h * kFusedThreads;
+        if (q4 < n4) {
+          bf16* o = p.next_normed + 4 * q4;
+          o[0] = __float2bfloat16(v[h].x * inv * nw[h].x);
+          o[1] = __float2bfloat16(v[h].y * inv * nw[h].y);
+          o[2] = __float2bfloat16(v[h].z * inv * nw[h].z);
+          o[3] = __float2bfloat16(v[h].w * inv * nw[h].w);
         }
-        t = warp_sum(t);
-        if (lane == 0) inv_rms_s = rsqrtf(t / float(H) + p.eps);
       }
-      __syncthreads();
-      for (int n = c0 + tid; n < c1; n += kFusedThreads)
-        p.next_normed[n] = __float2bfloat16(xs[n] * inv_rms_s * p.next_norm[n]);
+    } else {
+      for (int n = tid; n < H; n += kFusedThreads)
+        p.next_normed[n] = __float2bfloat16(xs[n] * inv * p.next_norm[n]);
     }
   }
-  grid_done(p.barrier, G);
+  fused_stamp(p.stamps, 15, true);
 }
 
 }  // namespace kimi::cuda::moe

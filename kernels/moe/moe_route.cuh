@@ -17,8 +17,8 @@ constexpr int kRouteRegK4 = 4;  // H <= 4096: all of them
 constexpr int kRouteK4Step = 32 * kRouteWarpsPerExpert;
 
 // One token's routing by one warp (lane = threadIdx.x % 32), in two steps: route_scores, then
-// route_choose (route_token does both; the fused decode kernel lets other warps go on between
-// them). sig: E floats of shared memory for the warp; bias: the E correction biases (global or
+// route_choose, or route_choose_merge where the lists hold every key and K <= kRouteLaneKeys
+// (route_token does both; the fused decode kernel lets other warps go on between them). sig: E floats of shared memory for the warp; bias: the E correction biases (global or
 // shared memory). The logits are read through L2 (__ldcg): the fused decode kernel reads logits
 // that other CTAs of the same launch wrote.
 // Each score becomes an order-preserving unsigned key (0 for NaN: never chosen; no score is -0,
@@ -89,10 +89,27 @@ __device__ __forceinline__ RouteLaneKeys route_scores(const MoeRouteParams& p, i
   }
   return L;
 }
+// The weights of the choice (lane k < K holds choice k in my_e, -1 for none) and its outputs.
+__device__ __forceinline__ void route_write(const MoeRouteParams& p, int t, int lane, const float* sig, int my_e) {
+  const int K = p.top_k, stride = K + (p.shared_expert >= 0);
+  const float my_s = my_e >= 0 ? sig[my_e] : 0.f;
+  float wsum = 0.f;
+  for (int k = 0; k < K; ++k) wsum += __shfl_sync(0xffffffffu, my_s, k);  // in choice order
+  if (lane < K) {
+    const int local = my_e - p.expert_first;
+    const bool here = my_e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
+    p.expert_ids[int64_t(t) * stride + lane] = here ? local : -1;
+    p.weights[int64_t(t) * stride + lane] = my_s * (p.renormalize ? p.scaling / wsum : p.scaling);
+  }
+  if (lane == 0 && p.shared_expert >= 0) {
+    p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
+    p.weights[int64_t(t) * stride + K] = 1.f;
+  }
+}
 __device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int lane, const float* bias,
                                              const float* sig, RouteLaneKeys L) {
   constexpr int N = kRouteLaneKeys;
-  const int E = p.num_experts, K = p.top_k, stride = K + (p.shared_expert >= 0);
+  const int E = p.num_experts, K = p.top_k;
   int my_e = -1;  // lane k: the k-th choice (-1: none, only NaN scores were left)
   for (int k = 0; k < K; ++k) {
     const unsigned m = __reduce_max_sync(0xffffffffu, L.key[0]);
@@ -125,23 +142,52 @@ __device__ __forceinline__ void route_choose(const MoeRouteParams& p, int t, int
       }
     }
   }
-  const float my_s = my_e >= 0 ? sig[my_e] : 0.f;
-  float wsum = 0.f;
-  for (int k = 0; k < K; ++k) wsum += __shfl_sync(0xffffffffu, my_s, k);  // in choice order
-  if (lane < K) {
-    const int local = my_e - p.expert_first;
-    const bool here = my_e >= 0 && (p.local_experts == 0 || (local >= 0 && local < p.local_experts));
-    p.expert_ids[int64_t(t) * stride + lane] = here ? local : -1;
-    p.weights[int64_t(t) * stride + lane] = my_s * (p.renormalize ? p.scaling / wsum : p.scaling);
+  route_write(p, t, lane, sig, my_e);
+}
+// route_choose's choice without its K serial rounds, for lists that hold every key of their lane
+// (E <= 32·kRouteLaneKeys) and K <= kRouteLaneKeys: each entry as one 64-bit word (key, then the
+// complemented index: unique, higher is better, the lower index on equal keys; an empty entry is
+// 0, a NaN score's key 0 sorts below every finite one), and five butterfly rounds (partner lane
+// ^1, ^2, ^4, ^8, ^16) in which a lane keeps the best kRouteLaneKeys of its list and its partner's
+// (the half-cleaner of the two descending lists, then a bitonic merge). After the fifth every lane
+// holds the warp's best kRouteLaneKeys in order: route_choose's choice, order and weights.
+__device__ __forceinline__ void route_choose_merge(const MoeRouteParams& p, int t, int lane, const float* sig,
+                                                   const RouteLaneKeys& L) {
+  constexpr int N = kRouteLaneKeys;
+  static_assert((N & (N - 1)) == 0, "a bitonic merge of a power of two");
+  unsigned long long c[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) c[i] = (static_cast<unsigned long long>(L.key[i]) << 32) | unsigned(~L.e[i]);
+#pragma unroll
+  for (int m = 1; m < 32; m *= 2) {
+    unsigned long long o[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) o[i] = __shfl_xor_sync(0xffffffffu, c[i], m);
+#pragma unroll
+    for (int i = 0; i < N; ++i) c[i] = max(c[i], o[N - 1 - i]);  // the best N, a bitonic sequence
+#pragma unroll
+    for (int k = N / 2; k > 0; k /= 2)
+#pragma unroll
+      for (int i = 0; i < N; ++i)
+        if ((i & k) == 0) {
+          const unsigned long long hi = max(c[i], c[i + k]), lo = min(c[i], c[i + k]);
+          c[i] = hi;
+          c[i + k] = lo;
+        }
   }
-  if (lane == 0 && p.shared_expert >= 0) {
-    p.expert_ids[int64_t(t) * stride + K] = p.shared_expert;
-    p.weights[int64_t(t) * stride + K] = 1.f;
-  }
+  int my_e = -1;  // lane k: the k-th choice (-1: none, only NaN scores were left)
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    if (lane == i && (c[i] >> 32) != 0) my_e = int(~unsigned(c[i]));
+  route_write(p, t, lane, sig, my_e);
 }
 __device__ __forceinline__ void route_token(const MoeRouteParams& p, int t, int lane, const float* bias,
                                             float* sig) {
-  route_choose(p, t, lane, bias, sig, route_scores(p, t, lane, bias, sig));
+  const RouteLaneKeys keys = route_scores(p, t, lane, bias, sig);
+  if (p.num_experts <= 32 * kRouteLaneKeys && p.top_k <= kRouteLaneKeys)
+    route_choose_merge(p, t, lane, sig, keys);
+  else
+    route_choose(p, t, lane, bias, sig, keys);
 }
 
 // Routing of T tokens by a whole CTA (the decode kernel's tail), with route_token's result

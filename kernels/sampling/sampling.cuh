@@ -1,6 +1,6 @@
 // Sampling kernel (contract in sampling.h).
 //
-// One cluster of C CTAs per row; CTA `rank` keeps ids [rank·slice, rank·slice + n) in shared
+// One cluster of C <= 8 CTAs per row; CTA `rank` keeps ids [rank·slice, rank·slice + n) in shared
 // memory, so every pass after the load reads shared memory. The candidate order is (logit
 // descending, id ascending). A cut in that order is a position (key K, r): every token with a
 // larger logit, then the first r tokens (by id) whose logit has order key K. Mass is fixed point,
@@ -12,13 +12,17 @@
 //   1. load (+ adjustments, sanitising) with running statistics: max and its lowest id, smallest
 //      finite logit (and, greedy, sum exp(l - max) online); merged over the cluster;
 //   2. level-0 histogram: bin = floor((max - l)/T · scale) over [0, 28.5) in 1022 bins, one bin
-//      for everything further (all mass 0); counts and masses per bin. CTA c merges bins
-//      [c·1024/C, (c+1)·1024/C) of all CTAs (distributed shared memory); each CTA then finds the
-//      bin where a cumulative target is crossed by reading the C chunk totals and one chunk;
-//   3. select(target): the crossing bin; a bin of <= 256 tokens is gathered from all CTAs and
-//      ranked exactly (each token counts the tokens of the bin above it and its ties with lower
-//      ids), a bigger one refined by histograms of 10-bit digits of the order key; a count target
-//      crossing a massless bin needs no position (the cut's mass is the mass above it);
+//      for everything further (all mass 0); counts and masses per bin (masses added with two 32-bit
+//      shared atomics). After a cluster barrier every CTA reads all CTAs' bins at once and, after
+//      a second barrier, keeps the merged histogram's cumulative counts and masses in its own
+//      shared memory: every later cut finds its bin by a local binary search, with no cluster
+//      traffic;
+//   3. select(target): the crossing bin; a bin of <= 256 tokens is gathered from all CTAs (one
+//      remote load per token, lists double-buffered so one cluster barrier suffices) and ranked
+//      exactly (each token counts the tokens of the bin above it and its ties with lower ids), a
+//      bigger one refined by merged histograms of 8-bit digits of the order key (the same
+//      gather); a count target crossing a massless bin needs no position (the cut's mass is the
+//      mass above it);
 //   4. cuts: top-k (count target k), top-p (mass target ceil(top_p · top-k mass)), min-p (a
 //      reduction: tokens with (l - max)/T >= ln min_p, in double); the shortest wins;
 //   5. the draw: mass target floor(u · kept) + 1 → (K, r) and, from a ranked list, the token; after
@@ -43,20 +47,21 @@ using u64 = unsigned long long;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
+// At most 8 CTAs per row (a portable cluster). Clusters of 16 for small batches were measured
+// slower on temperature-only rows (docs/perf-log.md, session 10).
 constexpr int kMaxCluster = 8;
-constexpr int kMaxSlice = 24576;  // logits per CTA (96 KB)
+constexpr int kGather = 8;           // remote loads of a merge issued together
+constexpr int kMaxSlice = 24576;     // logits per CTA (96 KB)
 constexpr int kMinSlice = 4096;   // below this, fewer CTAs per row
-constexpr int kBins = 1024;       // histogram bins at every level
+constexpr int kBins = 1024;       // level-0 histogram bins
+constexpr int kRBins = 256;       // refinement bins: 8-bit digits of the order key
 constexpr int kListCap = 256;     // a bin this small is ranked exactly
 constexpr float kXCut = 28.5f;    // (max - l)/T beyond this: mass 0 (e^-28.5 · 2^40 < 0.5)
 constexpr float kMassOne = 0x1p40f;
 constexpr int kLoadBatch = 8;  // float4 loads in flight per thread
 
-// Dynamic shared memory: merged level-0 and refinement chunks, then the logits.
-inline size_t dynamic_smem_bytes(int cluster, int slice) {
-  const size_t chunk = kBins / cluster;
-  return chunk * (2 * sizeof(u64) + 2 * sizeof(unsigned)) + size_t(slice) * sizeof(float);
-}
+// Dynamic shared memory: the logits.
+inline size_t dynamic_smem_bytes(int /*cluster*/, int slice) { return size_t(slice) * sizeof(float); }
 
 // ---- values, order keys, mass ----
 
@@ -245,24 +250,28 @@ struct Shared {
   // Read by the other CTAs of the cluster.
   Stats stats;  // this CTA's logit statistics
   unsigned tie_count;
-  int list_n;
-  u64 minp_cnt, minp_mass;
-  u64 tot0_cnt, tot0_mass;  // this CTA's chunk totals, level 0
-  u64 tot1_cnt, tot1_mass;  // same, current refinement level
-  float list[kListCap];     // this CTA's tokens of the bin being ranked: logit, id
-  int list_id[kListCap];
-  unsigned hist_cnt[kBins];  // this CTA's histogram of the current level
-  u64 hist_mass[kBins];
+  int list_n[2];
+  u64 minp[2];  // this CTA's min-p count and mass
+  // This CTA's tokens of the bin being ranked (logit, id); two buffers used in turn, so that a
+  // CTA may fill one while another still reads the other.
+  float list[2][kListCap];
+  int list_id[2][kListCap];
+  // Level 0: this CTA's histogram, then (after merge_cumulative) the merged histogram's inclusive
+  // cumulative counts and masses, kept for every later cut.
+  __align__(16) unsigned hist_cnt[kBins];
+  __align__(16) u64 hist_mass[kBins];
+  // Refinement level: the same for 256 digits.
+  __align__(16) unsigned rhist_cnt[kRBins];
+  __align__(16) u64 rhist_mass[kRBins];
   // Block-local.
   u64 scratch[kWarps + 2];
+  u64 scan_a[kWarps], scan_b[kWarps];
   Stats warp_stats[kWarps];
   Stats all_stats[kMaxCluster];
-  u64 xchg[kMaxCluster];
   uint32_t comb_key[kListCap];
   u64 comb_mass[kListCap];
   int comb_id[kListCap];
   int comb_off[kMaxCluster + 1];
-  Hit hit;
   uint32_t res_key;
   u64 res_cnt, res_mass, res_r;
   int res_id;
@@ -274,11 +283,8 @@ struct Ctx {
   float* vals;  // [n] this CTA's logits
   int n;        // ids in this CTA
   int begin;    // first id
-  int C, rank, chunk;
-  u64* m0_mass;  // [chunk] merged level-0 chunk of this CTA
-  unsigned* m0_cnt;
-  u64* m1_mass;  // [chunk] merged refinement chunk
-  unsigned* m1_cnt;
+  int C, rank;
+  int list_buf;  // the list buffer the next rank_list fills (the same in every CTA)
 };
 
 // ---- histograms ----
@@ -288,162 +294,192 @@ __device__ __forceinline__ bool matches(float v, const Filter& f, const RowCtx& 
   return f.shift >= 32 || (key_of(v) >> f.shift) == f.prefix;
 }
 
-// After every CTA built hist_*: CTA c sums bins [c·chunk, (c+1)·chunk) of all CTAs into m_*, and
-// its chunk totals into tot_*. Ends with a cluster barrier: merged data is then readable.
-__device__ void merge_hist(Ctx& x, u64* m_mass, unsigned* m_cnt, u64* tot_cnt, u64* tot_mass) {
-  x.cluster.sync();  // histograms complete in every CTA
-  u64 tc = 0, tm = 0;
-  for (int j = threadIdx.x; j < x.chunk; j += kThreads) {
-    const int b = x.rank * x.chunk + j;
-    unsigned c = 0;
-    u64 m = 0;
-    for (int q = 0; q < x.C; ++q) {
-      c += *x.cluster.map_shared_rank(&x.sm.hist_cnt[b], q);
-      m += *x.cluster.map_shared_rank(&x.sm.hist_mass[b], q);
-    }
-    m_cnt[j] = c;
-    m_mass[j] = m;
-    tc += c;
-    tm += m;
-  }
-  tc = block_reduce(tc, Sum{}, u64(0), x.sm.scratch);
-  tm = block_reduce(tm, Sum{}, u64(0), x.sm.scratch);
-  if (threadIdx.x == 0) {
-    *tot_cnt = tc;
-    *tot_mass = tm;
-  }
-  x.cluster.sync();  // merged chunks complete; every CTA is done reading the histograms
+// Adds m to a 64-bit shared counter with two 32-bit atomics (low word, then the carry and the
+// high word): exact, and cheaper than a 64-bit shared atomic under contention.
+__device__ __forceinline__ void add_mass(u64* slot, u64 m) {
+  unsigned* w = reinterpret_cast<unsigned*>(slot);  // little endian: w[0] low, w[1] high
+  const unsigned lo = unsigned(m), hi = unsigned(m >> 32);
+  const unsigned old = lo ? atomicAdd(&w[0], lo) : 0u;
+  const unsigned carry = unsigned(old + lo < old);
+  if (hi + carry) atomicAdd(&w[1], hi + carry);
 }
 
-// The first bin (of the merged histogram whose chunks are m_* / tot_* in the CTAs) where the
-// cumulative count or mass reaches T (1 <= T <= total). Warp 0 searches; every thread returns it.
-__device__ Hit find_bin(Ctx& x, const u64* m_mass, const unsigned* m_cnt, const u64* tot_cnt,
-                        const u64* tot_mass, bool by_mass, u64 T) {
-  __syncthreads();  // earlier readers of sm.hit are done
-  const int lane = threadIdx.x & 31;
-  if (threadIdx.x < 32) {
-    // The chunk: lanes 0..C-1 hold the chunk totals.
-    u64 c = 0, m = 0;
-    if (lane < x.C) {
-      c = *x.cluster.map_shared_rank(tot_cnt, lane);
-      m = *x.cluster.map_shared_rank(tot_mass, lane);
-    }
-    u64 w = by_mass ? m : c;
-    u64 wi = warp_inclusive_scan(w), ci = warp_inclusive_scan(c), mi = warp_inclusive_scan(m);
-    unsigned ok = __ballot_sync(0xffffffffu, lane < x.C && wi >= T);
-    const int j = ok ? __ffs(ok) - 1 : x.C - 1;
-    u64 before_w = __shfl_sync(0xffffffffu, wi - w, j);
-    u64 before_c = __shfl_sync(0xffffffffu, ci - c, j);
-    u64 before_m = __shfl_sync(0xffffffffu, mi - m, j);
-    // The bin inside chunk j: lane l sums bins [l·per, (l+1)·per).
-    const int per = x.chunk / 32;
-    const u64* rm = x.cluster.map_shared_rank(m_mass, j);
-    const unsigned* rc = x.cluster.map_shared_rank(m_cnt, j);
-    c = 0;
-    m = 0;
-    for (int b = lane * per; b < (lane + 1) * per; ++b) {
-      c += rc[b];
-      m += rm[b];
-    }
-    w = by_mass ? m : c;
-    wi = warp_inclusive_scan(w);
-    ci = warp_inclusive_scan(c);
-    mi = warp_inclusive_scan(m);
-    ok = __ballot_sync(0xffffffffu, before_w + wi >= T);
-    const int l = ok ? __ffs(ok) - 1 : 31;
-    if (lane == l) {
-      u64 cw = before_w + wi - w, cc = before_c + ci - c, cm = before_m + mi - m;
-      int b = lane * per;
-      for (; b < (lane + 1) * per - 1; ++b) {
-        const u64 bw = by_mass ? rm[b] : rc[b];
-        if (cw + bw >= T) break;
-        cw += bw;
-        cc += rc[b];
-        cm += rm[b];
+// Exclusive scan over the block's threads of two values; every thread gets its prefixes.
+__device__ __forceinline__ void block_exclusive_scan2(u64 a, u64 b, u64& ea, u64& eb,
+                                                      Shared& sm) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const u64 ia = warp_inclusive_scan(a), ib = warp_inclusive_scan(b);
+  __syncthreads();  // earlier readers of scan_* are done
+  if (lane == 31) {
+    sm.scan_a[warp] = ia;
+    sm.scan_b[warp] = ib;
+  }
+  __syncthreads();
+  u64 pa = 0, pb = 0;
+  for (int w = 0; w < warp; ++w) {
+    pa += sm.scan_a[w];
+    pb += sm.scan_b[w];
+  }
+  ea = pa + ia - a;
+  eb = pb + ib - b;
+}
+
+// After every CTA built its histogram in cnt / mass (NB bins): every CTA reads all CTAs' bins at
+// once (each thread NB / kThreads adjacent bins, all loads in flight), and after a second cluster
+// barrier (nobody reads the per-CTA histograms any more) writes the merged histogram's inclusive
+// cumulative counts and masses over its own. Every CTA then holds the same cumulative arrays.
+template <int NB>
+__device__ void merge_cumulative(Ctx& x, unsigned* cnt, u64* mass) {
+  constexpr int kPer = NB >= kThreads ? NB / kThreads : 1;
+  static_assert(NB % kPer == 0 && (NB >= kThreads ? NB % kThreads == 0 : true));
+  const int b0 = int(threadIdx.x) * kPer;
+  const bool active = b0 < NB;
+  u64 c[kPer], m[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) c[k] = m[k] = 0;
+  x.cluster.sync();  // histograms complete in every CTA
+  if (active) {
+    for (int q0 = 0; q0 < x.C; q0 += kGather) {
+#pragma unroll
+      for (int g = 0; g < kGather; ++g) {
+        const int q = q0 + g;
+        const int src = q < x.C ? q : 0;  // unconditional loads, so that all can be in flight
+        const unsigned* pc = x.cluster.map_shared_rank(cnt, src);
+        const u64* pm = x.cluster.map_shared_rank(mass, src);
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) {
+          const unsigned vc = pc[b0 + k];
+          const u64 vm = pm[b0 + k];
+          c[k] += q < x.C ? vc : 0u;
+          m[k] += q < x.C ? vm : 0ull;
+        }
       }
-      x.sm.hit = Hit{j * x.chunk + b, cc, cm, rc[b], rm[b]};
+    }
+  }
+  x.cluster.sync();  // every CTA is done reading the per-CTA histograms
+  u64 tc = 0, tm = 0;
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    tc += c[k];
+    tm += m[k];
+  }
+  u64 ec, em;
+  block_exclusive_scan2(tc, tm, ec, em, x.sm);
+  if (active) {
+#pragma unroll
+    for (int k = 0; k < kPer; ++k) {
+      ec += c[k];
+      em += m[k];
+      cnt[b0 + k] = unsigned(ec);
+      mass[b0 + k] = em;
     }
   }
   __syncthreads();
-  return x.sm.hit;
 }
 
-// Histogram of the tokens matching f by the 10 (or fewer) key bits below f.shift, in descending
-// key order (bin 0 = largest digit), merged into m1.
+// The first bin whose inclusive cumulative count (by_mass false) or mass reaches T (NB - 1 when
+// none does), from cumulative arrays in this CTA. Every thread searches (broadcast reads).
+template <int NB>
+__device__ __forceinline__ Hit find_cumulative(const unsigned* cnt, const u64* mass, bool by_mass,
+                                               u64 T) {
+  int lo = 0, hi = NB - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    const u64 v = by_mass ? mass[mid] : u64(cnt[mid]);
+    if (v >= T)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  Hit h;
+  h.bin = lo;
+  h.cnt_before = lo ? cnt[lo - 1] : 0u;
+  h.mass_before = lo ? mass[lo - 1] : 0ull;
+  h.bin_cnt = cnt[lo] - h.cnt_before;
+  h.bin_mass = mass[lo] - h.mass_before;
+  return h;
+}
+
+// Histogram of the tokens matching f by the 8 key bits below f.shift, in descending key order
+// (bin 0 = largest digit), merged into the cumulative refinement arrays.
 __device__ void refine_hist(Ctx& x, const RowCtx& rc, const Filter& f, int ds, uint32_t mask) {
-  for (int b = threadIdx.x; b < kBins; b += kThreads) {
-    x.sm.hist_cnt[b] = 0;
-    x.sm.hist_mass[b] = 0;
+  __syncthreads();  // every thread has searched the previous level's arrays before they are reset
+  for (int b = threadIdx.x; b < kRBins; b += kThreads) {
+    x.sm.rhist_cnt[b] = 0;
+    x.sm.rhist_mass[b] = 0;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < x.n; i += kThreads) {
     const float v = x.vals[i];
     if (!matches(v, f, rc)) continue;
     const int b = int(mask - ((key_of(v) >> ds) & mask));
-    atomicAdd(&x.sm.hist_cnt[b], 1u);
+    atomicAdd(&x.sm.rhist_cnt[b], 1u);
     const u64 m = mass_of(v, rc);
-    if (m) atomicAdd(&x.sm.hist_mass[b], m);
+    if (m) add_mass(&x.sm.rhist_mass[b], m);
   }
-  merge_hist(x, x.m1_mass, x.m1_cnt, &x.sm.tot1_cnt, &x.sm.tot1_mass);
+  merge_cumulative<kRBins>(x, x.sm.rhist_cnt, x.sm.rhist_mass);
 }
 
 // The position in a bin of at most kListCap tokens where the target is crossed: gathers the bin's
 // tokens of every CTA, then each token counts the count and mass above it and its place among
 // its ties. `target` is relative to the bin's start. Sets s.key, s.r, s.id and adds the bin's part
-// to s.cnt_gt / s.mass_gt.
+// to s.cnt_gt / s.mass_gt. Every CTA ranks the same list; one cluster barrier.
 __device__ void rank_list(Ctx& x, const RowCtx& rc, const Filter& f, bool by_mass, u64 target,
                           Sel& s) {
+  const int buf = x.list_buf;
+  x.list_buf ^= 1;
+  // Nobody reads this buffer now: the last reads of it were before the cluster barrier of the
+  // previous rank_list (or of a merge in between).
   if (threadIdx.x == 0) {
-    x.sm.list_n = 0;
+    x.sm.list_n[buf] = 0;
     x.sm.res_id = -1;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < x.n; i += kThreads) {
     const float v = x.vals[i];
     if (!matches(v, f, rc)) continue;
-    const int pos = atomicAdd(&x.sm.list_n, 1);
+    const int pos = atomicAdd(&x.sm.list_n[buf], 1);
     if (pos < kListCap) {
-      x.sm.list[pos] = v;
-      x.sm.list_id[pos] = x.begin + i;
+      x.sm.list[buf][pos] = v;
+      x.sm.list_id[buf][pos] = x.begin + i;
     }
   }
   x.cluster.sync();  // every CTA's list is complete
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
-    int cnt = lane < x.C ? min(*x.cluster.map_shared_rank(&x.sm.list_n, lane), kListCap) : 0;
+    int cnt = lane < x.C ? min(*x.cluster.map_shared_rank(&x.sm.list_n[buf], lane), kListCap) : 0;
     const int inc = warp_inclusive_scan(cnt);
-    if (lane < x.C) x.sm.comb_off[lane] = inc - cnt;
+    if (lane < x.C) x.sm.comb_off[lane] = min(inc - cnt, kListCap);
     if (lane == x.C - 1) x.sm.comb_off[x.C] = min(inc, kListCap);
   }
   __syncthreads();
   const int total = x.sm.comb_off[x.C];
-  for (int q = 0; q < x.C; ++q) {
-    const int off = x.sm.comb_off[q], cnt = min(x.sm.comb_off[q + 1], kListCap) - off;
-    const float* rl = x.cluster.map_shared_rank(x.sm.list, q);
-    const int* ri = x.cluster.map_shared_rank(x.sm.list_id, q);
-    for (int j = threadIdx.x; j < cnt; j += kThreads) {
-      const float v = rl[j];
-      x.sm.comb_key[off + j] = key_of(v);
-      x.sm.comb_mass[off + j] = mass_of(v, rc);
-      x.sm.comb_id[off + j] = ri[j];
-    }
+  for (int i = threadIdx.x; i < total; i += kThreads) {  // one remote load per token, all at once
+    int q = 0;
+    while (q + 1 < x.C && x.sm.comb_off[q + 1] <= i) ++q;
+    const int j = i - x.sm.comb_off[q];
+    const float v = *x.cluster.map_shared_rank(&x.sm.list[buf][j], q);
+    const int id = *x.cluster.map_shared_rank(&x.sm.list_id[buf][j], q);
+    x.sm.comb_key[i] = key_of(v);
+    x.sm.comb_mass[i] = mass_of(v, rc);
+    x.sm.comb_id[i] = id;
   }
   __syncthreads();
   for (int i = threadIdx.x; i < total; i += kThreads) {
     const uint32_t k = x.sm.comb_key[i];
     const int id = x.sm.comb_id[i];
     u64 cg = 0, mg = 0, ce = 0, me = 0, before = 0;
+#pragma unroll 4
     for (int j = 0; j < total; ++j) {
       const uint32_t kj = x.sm.comb_key[j];
       const u64 mj = x.sm.comb_mass[j];
-      if (kj > k) {
-        ++cg;
-        mg += mj;
-      } else if (kj == k) {
-        ++ce;
-        me += mj;
-        before += x.sm.comb_id[j] < id;
-      }
+      const int ij = x.sm.comb_id[j];
+      const bool gt = kj > k, eq = kj == k;
+      cg += gt;
+      mg += gt ? mj : 0ull;
+      ce += eq;
+      me += eq ? mj : 0ull;
+      before += eq && ij < id;
     }
     const u64 gt = by_mass ? mg : cg, ge = gt + (by_mass ? me : ce);
     if (gt < target && target <= ge) {  // the crossing key; its tokens share one mass (> 0 here)
@@ -456,17 +492,18 @@ __device__ void rank_list(Ctx& x, const RowCtx& rc, const Filter& f, bool by_mas
       if (before + 1 == r) x.sm.res_id = id;
     }
   }
-  x.cluster.sync();  // results visible; every CTA is done reading the lists
+  __syncthreads();  // results visible (block-local; the lists are double-buffered)
   s.key = x.sm.res_key;
   s.cnt_gt += x.sm.res_cnt;
   s.mass_gt += x.sm.res_mass;
   s.r = x.sm.res_r;
   s.id = x.sm.res_id;
+  __syncthreads();  // every thread has read res_* before a later call writes them
 }
 
 // The position where the cumulative count (by_mass false) or mass first reaches T.
 __device__ Sel select_position(Ctx& x, const RowCtx& rc, bool by_mass, u64 T) {
-  Hit h = find_bin(x, x.m0_mass, x.m0_cnt, &x.sm.tot0_cnt, &x.sm.tot0_mass, by_mass, T);
+  Hit h = find_cumulative<kBins>(x.sm.hist_cnt, x.sm.hist_mass, by_mass, T);
   Sel s{0, 0, h.cnt_before, h.mass_before, false, -1};
   Filter f{h.bin, 32, 0};
   for (;;) {
@@ -484,10 +521,10 @@ __device__ Sel select_position(Ctx& x, const RowCtx& rc, bool by_mass, u64 T) {
       s.key = f.prefix;
       break;
     }
-    const int ds = f.shift > 10 ? f.shift - 10 : 0, nd = f.shift - ds;
+    const int ds = f.shift > 8 ? f.shift - 8 : 0, nd = f.shift - ds;
     const uint32_t mask = (1u << nd) - 1u;
     refine_hist(x, rc, f, ds, mask);
-    h = find_bin(x, x.m1_mass, x.m1_cnt, &x.sm.tot1_cnt, &x.sm.tot1_mass, by_mass, rel);
+    h = find_cumulative<kRBins>(x.sm.rhist_cnt, x.sm.rhist_mass, by_mass, rel);
     s.cnt_gt += h.cnt_before;
     s.mass_gt += h.mass_before;
     const uint32_t digit = mask - uint32_t(h.bin);
@@ -604,15 +641,20 @@ __device__ Stats row_stats(Ctx& x, Stats st) {
   return g;
 }
 
-// Sums a u64 slot over the CTAs of the cluster (the same value in every CTA). The slot must have
-// been written by every CTA before the last cluster barrier.
-__device__ u64 cluster_sum(Ctx& x, u64* slot) {
-  __syncthreads();  // earlier readers of xchg are done
-  if (threadIdx.x < x.C) x.sm.xchg[threadIdx.x] = *x.cluster.map_shared_rank(slot, threadIdx.x);
-  __syncthreads();
-  u64 s = 0;
-  for (int q = 0; q < x.C; ++q) s += x.sm.xchg[q];
-  return s;
+// Sums slot[0] and slot[1] over the CTAs of the cluster (the same in every CTA); every CTA wrote
+// its slots before the last cluster barrier. All loads in flight at once.
+__device__ __forceinline__ void cluster_sum2(Ctx& x, const u64* slot, u64& a, u64& b) {
+  a = b = 0;
+  for (int q0 = 0; q0 < x.C; q0 += kGather) {
+#pragma unroll
+    for (int g = 0; g < kGather; ++g) {
+      const int q = q0 + g;
+      const u64* r = x.cluster.map_shared_rank(slot, q < x.C ? q : 0);
+      const u64 va = r[0], vb = r[1];
+      a += q < x.C ? va : 0ull;
+      b += q < x.C ? vb : 0ull;
+    }
+  }
 }
 
 __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams p, int slice) {
@@ -620,19 +662,14 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams 
   extern __shared__ __align__(16) unsigned char dyn[];
   cg::cluster_group cluster = cg::this_cluster();
   const int C = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  const int chunk = kBins / C;
   const int row = blockIdx.y;
   Ctx x{cluster, sm};
   x.C = C;
   x.rank = rank;
-  x.chunk = chunk;
+  x.list_buf = 0;
   x.begin = rank * slice;
   x.n = max(0, min(p.vocab - x.begin, slice));
-  x.m0_mass = reinterpret_cast<u64*>(dyn);
-  x.m1_mass = x.m0_mass + chunk;
-  x.m0_cnt = reinterpret_cast<unsigned*>(x.m1_mass + chunk);
-  x.m1_cnt = x.m0_cnt + chunk;
-  x.vals = reinterpret_cast<float*>(x.m1_cnt + chunk);
+  x.vals = reinterpret_cast<float*>(dyn);
   const SampleRow rp = p.row_params[row];
   const int tid = threadIdx.x;
 
@@ -675,12 +712,12 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams 
       }
       atomicAdd(&sm.hist_cnt[b], 1u);
       const u64 m = mass_of(v, rc);
-      if (m) atomicAdd(&sm.hist_mass[b], m);
+      if (m) add_mass(&sm.hist_mass[b], m);
     }
     far = block_reduce(far, Sum{}, 0u, sm.scratch);
     if (tid == 0) sm.hist_cnt[kBins - 1] = far;
-    merge_hist(x, x.m0_mass, x.m0_cnt, &sm.tot0_cnt, &sm.tot0_mass);
-    const u64 total_cnt = cluster_sum(x, &sm.tot0_cnt), total_mass = cluster_sum(x, &sm.tot0_mass);
+    merge_cumulative<kBins>(x, sm.hist_cnt, sm.hist_mass);  // from here cumulative, all CTAs
+    const u64 total_cnt = sm.hist_cnt[kBins - 1], total_mass = sm.hist_mass[kBins - 1];
 
     // 3-4. The cuts, as (tokens, mass) of a prefix.
     auto cut_of = [&](const Sel& s, u64& n, u64& m) {
@@ -711,12 +748,11 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(const SampleParams 
       c = block_reduce(c, Sum{}, u64(0), sm.scratch);
       m = block_reduce(m, Sum{}, u64(0), sm.scratch);
       if (tid == 0) {
-        sm.minp_cnt = c;
-        sm.minp_mass = m;
+        sm.minp[0] = c;
+        sm.minp[1] = m;
       }
       cluster.sync();
-      c = cluster_sum(x, &sm.minp_cnt);
-      m = cluster_sum(x, &sm.minp_mass);
+      cluster_sum2(x, sm.minp, c, m);
       if (c == 0) c = 1, m = u64(kMassOne);  // min_p above 1: the top token (mass exactly 2^40)
       if (c < n_keep) n_keep = c, m_keep = m;
     }

@@ -686,8 +686,9 @@ TEST(MoeGpu, UnpermuteNormEqualsSeparateLaunches) {
 // (the bf16 rounding of act, as for the other expert kernels). Shapes: the model's; odd ones
 // (rows of 8, 17 and 287 pieces, inter 40 and 1016); more experts than the grid holds in
 // registers (300); every expert chosen (K = E); with and without the shared expert and the next
-// norm; an exact tie and a NaN logit (never chosen). Each case runs twice: the grid barrier
-// resets itself.
+// norm; an exact tie and a NaN logit (never chosen); E 16 with K 8 (the routing warp's merge,
+// like the model's shape). Each case runs twice: the grid barrier resets itself, and the second
+// launch must write the first's bits.
 TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -699,7 +700,7 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
   };
   for (const Case& c : {Case{256, 8, 2304, 1024, true, true}, Case{20, 3, 64, 40, true, false},
                         Case{40, 6, 136, 72, false, true}, Case{300, 8, 2296, 1016, true, true},
-                        Case{9, 9, 8, 8, true, true}}) {
+                        Case{9, 9, 8, 8, true, true}, Case{16, 8, 72, 24, true, true}}) {
     const std::string what = str("E", c.E, " K", c.K, " H", c.H, " I", c.I, c.shared ? " shared" : "",
                                  c.next ? " next-norm" : "");
     const int E = c.E, K = c.K, H = c.H, I = c.I, S = K + c.shared;
@@ -791,6 +792,8 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     if (c.next) p.next_norm = dnext.data(), p.next_normed = dev<cuda::bf16>(dnormed);
     p.scratch = dscratch.data();
     p.barrier = reinterpret_cast<unsigned*>(dbar.data());
+    std::vector<float> gx0;
+    std::vector<uint16_t> gn0;
     for (int rep = 0; rep < 2; ++rep) {
       dx.upload(x);
       dl.poison();
@@ -826,6 +829,14 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
                      normed_ref.data(), normed_ref.size(), 8e-3, 5e-2);
       else
         for (uint16_t v : dnormed.to_host()) ASSERT_EQ(v, 0xffff) << run << ": next_normed written";
+      // Deterministic: the second launch writes the first's bits (fixed summation orders).
+      if (rep == 0) {
+        gx0 = gx;
+        gn0 = dnormed.to_host();
+      } else {
+        EXPECT_EQ(gx, gx0) << run << ": the residual differs from run 0";
+        EXPECT_EQ(dnormed.to_host(), gn0) << run << ": next_normed differs from run 0";
+      }
       EXPECT_EQ(dbar.to_host(), (std::vector<int>{0, 0})) << run << ": the barrier is reset";
       EXPECT_TRUE(dx.guards_intact() && dl.guards_intact() && dw.guards_intact() && di.guards_intact() &&
                   dnormed.guards_intact() && dscratch.guards_intact() && dw13.guards_intact() &&
