@@ -4,7 +4,8 @@
 # Builds (Release, sm_90a), runs the tensor-parallel tests (unit, op, model) and the full-size
 # TP matrix with random weights: TP = 2 and 4 (where the GPUs exist), experts split by
 # intermediate dimension and by expert (--enable-expert-parallel), and the decode all-reduce
-# through peer memory (default) and through NCCL (KIMI_TP_ALLREDUCE=nccl). Logs into OUTDIR.
+# through peer memory (default: the push kernel; KIMI_TP_ALLREDUCE=pull the previous one) and
+# through NCCL (KIMI_TP_ALLREDUCE=nccl). Logs into OUTDIR.
 set -uo pipefail
 OUT=${1:?usage: gpu-tp-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -38,6 +39,8 @@ for tp in 2 4; do
     --tensor-parallel-size $tp
   bench "TP=$tp experts by expert (EP), peer all-reduce" "CUDA_VISIBLE_DEVICES=$devs" \
     --tensor-parallel-size $tp --enable-expert-parallel
+  bench "TP=$tp experts by intermediate, peer all-reduce (pull kernel)" "CUDA_VISIBLE_DEVICES=$devs KIMI_TP_ALLREDUCE=pull" \
+    --tensor-parallel-size $tp
   bench "TP=$tp experts by intermediate, NCCL all-reduce" "CUDA_VISIBLE_DEVICES=$devs KIMI_TP_ALLREDUCE=nccl" \
     --tensor-parallel-size $tp
 done

@@ -179,10 +179,13 @@ void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cu
 }  // namespace moe
 
 // The whole MoE block of a one-token decode step in one persistent launch (moe_decode.cuh), for
-// one GPU (no expert parallelism), bf16 weights, the shared expert stored as expert E:
+// one GPU or one tensor-parallel rank with the experts split by intermediate dimension (every
+// expert on every rank, I its slice; not expert parallelism), bf16 weights, the shared expert
+// stored as expert E:
 //   a = RMSNorm(x)·norm_weight;  logits = a·routerᵀ (fp32);  route (as run_moe_route);
-//   x += Σ_k w_k · down_k(SiLU(gate_k(bf16 a)) ⊙ up_k(bf16 a))  (+ the shared expert, weight 1);
-//   next_normed = bf16(RMSNorm(x)·next_norm)  (optional: the next block's input).
+//   x = (accumulate ? x : 0) + Σ_k w_k · down_k(SiLU(gate_k(bf16 a)) ⊙ up_k(bf16 a))
+//       (+ the shared expert, weight 1);
+//   next_normed = bf16(RMSNorm(x)·next_norm)  (optional, accumulate only: the next block's input).
 // Same arithmetic as run_moe_route_decode (with its norm) → gate_up → down → run_moe_unpermute
 // (with the next norm), up to the order of the sums of squares. One CTA per multiprocessor, all
 // resident at once: the phases meet at grid-wide barriers (the barrier's two uints: zero before
@@ -198,6 +201,9 @@ struct MoeDecodeFusedParams {
   const bf16* w2 = nullptr;      // [E (+ 1), hidden, I]
   int hidden = 0;                // multiple of 8, <= kMoeDecodeFusedMaxHidden
   int inter = 0;                 // multiple of 8, <= kMoeDecodeFusedMaxInter
+  // false: x is overwritten with this rank's partial of the block (a tensor-parallel rank other
+  // than 0; the all-reduce that follows adds the residual back once, as run_moe_unpermute's).
+  bool accumulate = true;
   const float* next_norm = nullptr;  // [hidden] or null
   bf16* next_normed = nullptr;       // [hidden]
   float* scratch = nullptr;          // moe_decode_fused_scratch_floats(...)

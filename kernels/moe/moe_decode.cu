@@ -55,6 +55,8 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
                  p.router && p.w13 && p.w2 && p.scratch && p.barrier,
              "moe fused decode: null pointer");
   KIMI_CHECK(!p.next_norm == !p.next_normed, "moe fused decode: next_norm and next_normed go together");
+  KIMI_CHECK(p.accumulate || !p.next_norm,
+             "moe fused decode: next_norm needs accumulate (a partial row has no norm)");
   for (const void* ptr : {static_cast<const void*>(p.router), static_cast<const void*>(p.norm_weight),
                           static_cast<const void*>(p.w13), static_cast<const void*>(p.w2)})
     KIMI_CHECK((reinterpret_cast<uintptr_t>(ptr) & 15) == 0,

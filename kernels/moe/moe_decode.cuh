@@ -32,8 +32,9 @@
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
 //   F  down: warp w takes rows w, w + 16, ... of the CTA's list (slot order), RD rows in flight;
 //      y[slot][n] to scratch. The CTA counts itself done and leaves, but for the last one:
-//   G  the last CTA done: the whole row x += Σ_k w_k y_k (slot order, as the un-permute), all its
-//      loads in one round trip, and (next_norm) 1/rms and next_normed. No barriers 3 and 4: the
+//   G  the last CTA done: the whole row x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ
+//      without accumulate), all its loads in one round trip, and (next_norm) 1/rms and
+//      next_normed. No barriers 3 and 4: the
 //      other CTAs' multiprocessors go to the next kernel meanwhile (branch moefuse4: 2.1 us per
 //      layer against a column slice per CTA between two more grid barriers).
 // Streaming: a warp walks its rows with R rows in flight, every lane holding P 16-byte pieces of
@@ -467,7 +468,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
 #pragma unroll
     for (int h = 0; h < 2; ++h)
       if (q4[h] < n4) {
-        const float4 xo = xs4[q4[h]];
+        const float4 xo = p.accumulate ? xs4[q4[h]] : zero4;
         v[h] = make_float4(xo.x + sum[h].x, xo.y + sum[h].y, xo.z + sum[h].z, xo.w + sum[h].w);
         x4o[q4[h]] = v[h];
         xs4[q4[h]] = v[h];

@@ -60,14 +60,33 @@ struct StepMeta {
 // follows leaves x + Σ partials on every rank (model/tensor_parallel.h).
 float residual_beta(const CudaModel::Impl& m) { return m.tp.rank == 0 ? 1.f : 0.f; }
 
-void all_reduce_residual(CudaModel::Impl& m, int T) {
-  if (m.tp.world == 1) return;
+// The all-reduce after a sub-layer. norm_weight: the next sub-layer's RMSNorm, which the push
+// kernel applies on the way (act.a = bf16(RMSNorm(x)·norm_weight), as rmsnorm() writes it);
+// returns whether it did (bf16 path only: high precision also needs the fp32 input).
+bool all_reduce_residual(CudaModel::Impl& m, int T, const float* norm_weight = nullptr) {
+  if (m.tp.world == 1) return false;
+  bool normed = false;
 #if KIMI_HAVE_NCCL
   const bool prof = m.profile && m.prof_ar_used + 2 <= int(m.prof_ar_ev.size());
   if (prof) CUDA_CHECK(cudaEventRecord(m.prof_ar_ev[m.prof_ar_used], m.stream));
-  const int64_t n = int64_t(T) * m.cfg.hidden_size;
-  if (m.peer_ar && n <= m.peer.capacity && n % 4 == 0) {  // small: one peer-memory round trip
-    cuda::run_peer_allreduce(m.peer, m.act.x, n, m.stream);
+  const int hid = m.cfg.hidden_size;
+  const int64_t n = int64_t(T) * hid;
+  if (m.peer_ar && n <= m.peer.capacity && n % 4 == 0) {  // small: through peer memory
+    if (m.peer_push && hid % 4 == 0) {
+      cuda::PeerPushParams p;
+      p.rows = T;
+      p.dim = hid;
+      p.x = m.act.x;
+      if (norm_weight && !m.high && m.fuse_norms) {
+        p.norm_weight = norm_weight;
+        p.eps = m.cfg.rms_norm_eps;
+        p.normed = m.act.a;
+        normed = true;
+      }
+      cuda::run_peer_allreduce_push(m.peer, p, m.stream);
+    } else {
+      cuda::run_peer_allreduce(m.peer, m.act.x, n, m.stream);
+    }
   } else {
     const ncclResult_t r = ncclAllReduce(m.act.x, m.act.x, size_t(n), ncclFloat, ncclSum,
                                          static_cast<ncclComm_t>(m.tp.comm), m.stream);
@@ -80,6 +99,7 @@ void all_reduce_residual(CudaModel::Impl& m, int T) {
 #else
   KIMI_CHECK(false, "tensor parallelism without NCCL");
 #endif
+  return normed;
 }
 
 // High precision: x [rows, cols] fp32 into the hi plane (act.planes) and the lo plane after it
@@ -477,8 +497,11 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     }
     return rp;
   };
-  // One token on one GPU: the whole block in one launch (route, experts, residual, next norm).
-  if (T == 1 && m.moe_fused && m.fuse_norms && m.tp.world == 1 && El == E &&
+  // One token: the whole block in one launch (route, experts, residual; on one GPU the next
+  // norm too). Under tensor parallelism with the experts split by intermediate dimension every
+  // rank routes over all E and runs its slice of every expert: its partial goes into x by
+  // residual_beta's rule and the all-reduce that follows completes the row.
+  if (T == 1 && m.moe_fused && m.fuse_norms && El == E &&
       (w.shared_in_experts || c.num_shared_experts == 0) && hid <= cuda::kMoeDecodeFusedMaxHidden &&
       c.moe_intermediate_size <= cuda::kMoeDecodeFusedMaxInter) {
     cuda::MoeDecodeFusedParams fp;
@@ -491,6 +514,8 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     fp.w2 = w.w2;
     fp.hidden = hid;
     fp.inter = c.moe_intermediate_size;
+    fp.accumulate = m.tp.rank == 0;  // see residual_beta
+    if (m.tp.world > 1) next_norm = nullptr;
     if (next_norm) {
       fp.next_norm = next_norm;
       fp.next_normed = A.a;
@@ -874,17 +899,18 @@ void CudaModel::run_step(const Batch& b, const std::function<void(int, int)>& co
       if (!c.is_kda(l)) mla_mixer(m, L.mla, c.kind_index(l), sm);
       else if (m.high) kda_mixer(m, L.kda, c.kind_index(l), sm, m.act.kda32);
       else kda_mixer(m, L.kda, c.kind_index(l), sm, m.act.kda);
-      all_reduce_residual(m, T);
+      // Under tensor parallelism the all-reduces may write the next sub-layer's normed input.
+      const bool post_normed = all_reduce_residual(m, T, c.is_moe(l) ? nullptr : L.post_norm);
       mark(2 * l + 1);
       in_normed = false;
+      const float* next_norm = l + 1 < c.num_hidden_layers ? m.layers[l + 1].in_norm : nullptr;
       if (c.is_moe(l)) {
-        const bool next = l + 1 < c.num_hidden_layers;
-        in_normed = moe(m, L.moe, L.post_norm, next ? m.layers[l + 1].in_norm : nullptr, T);
+        in_normed = moe(m, L.moe, L.post_norm, next_norm, T);
       } else {
-        rmsnorm(m, L.post_norm, T, nullptr, m.act.a, m.high ? m.act.hf : nullptr);
+        if (!post_normed) rmsnorm(m, L.post_norm, T, nullptr, m.act.a, m.high ? m.act.hf : nullptr);
         mlp(m, L.mlp, T, residual_beta(m));
       }
-      all_reduce_residual(m, T);
+      if (all_reduce_residual(m, T, next_norm)) in_normed = true;
       mark(2 * l + 2);
       if (on_layer_output) {
         m.layer_out.resize(size_t(T) * hid);

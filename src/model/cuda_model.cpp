@@ -396,10 +396,11 @@ void CudaModel::set_use_graphs(bool on) {
 }
 size_t CudaModel::num_graphs() const { return impl_->graphs.size(); }
 
-void CudaModel::set_peer_allreduce(const cuda::PeerAllReduceView* view) {
+void CudaModel::set_peer_allreduce(const cuda::PeerAllReduceView* view, bool push) {
   Impl& m = *impl_;
   m.drop_graphs();  // captured steps hold the old all-reduce
   m.peer_ar = view != nullptr;
+  m.peer_push = push;
   if (view) m.peer = *view;
 }
 

@@ -87,8 +87,9 @@ class CudaModel final : public Model {
   std::string profile_report() const;
   // Tensor parallelism: all-reduces of up to `capacity` floats go through peer memory
   // (kernels/comm/peer_allreduce.h) instead of NCCL; TpModel sets it up when every pair of GPUs
-  // has peer access. nullptr: NCCL only.
-  void set_peer_allreduce(const cuda::PeerAllReduceView* view);
+  // has peer access. nullptr: NCCL only. push: the one-shot push kernel, which also writes the
+  // next sub-layer's normed input (else the flag-and-pull kernel, for comparison).
+  void set_peer_allreduce(const cuda::PeerAllReduceView* view, bool push = true);
 
   struct Impl;
 

@@ -180,6 +180,7 @@ struct CudaModel::Impl {
   std::vector<cudaEvent_t> prof_ar_ev;  // before/after each tensor-parallel all-reduce
   // Small all-reduces through peer memory when set (set_peer_allreduce).
   bool peer_ar = false;
+  bool peer_push = true;  // the one-shot push kernel (else the pull kernel)
   cuda::PeerAllReduceView peer;
   int prof_ar_used = 0;
   std::map<std::string, double> prof_ms;

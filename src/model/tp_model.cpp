@@ -155,13 +155,18 @@ void TpModel::release_rank(int r) {
 }
 
 // Small all-reduces (decode steps) through peer memory when every pair of GPUs can reach each
-// other's memory; env KIMI_TP_ALLREDUCE=nccl keeps NCCL for all (comparison).
+// other's memory: the one-shot push kernel (with the next sub-layer's norm folded in); env
+// KIMI_TP_ALLREDUCE=pull takes the previous flag-and-pull kernel, =nccl NCCL for all
+// (comparisons).
 void TpModel::setup_peer_allreduce() {
   const int n = world();
+  bool push = true;
   if (const char* e = std::getenv("KIMI_TP_ALLREDUCE")) {
     const std::string v = e;
     if (v == "nccl") return;
-    if (v != "peer") fail("KIMI_TP_ALLREDUCE must be peer or nccl, got '", v, "'");
+    if (v != "peer" && v != "push" && v != "pull")
+      fail("KIMI_TP_ALLREDUCE must be push (peer), pull or nccl, got '", v, "'");
+    push = v != "pull";
   }
   if (n > cuda::kPeerMaxRanks) return;
   for (int r = 0; r < n; ++r)
@@ -174,7 +179,7 @@ void TpModel::setup_peer_allreduce() {
       }
     }
   constexpr int64_t kCapacity = 256 * 1024;  // floats: a step of up to 113 tokens at hidden 2304
-  const size_t bytes = cuda::peer_allreduce_bytes(kCapacity);
+  const size_t bytes = cuda::peer_allreduce_bytes(kCapacity, n);
   peer_mem_.assign(n, nullptr);
   run_round([&](int r) {
     for (int q = 0; q < n; ++q) {
@@ -192,14 +197,9 @@ void TpModel::setup_peer_allreduce() {
     views[r].rank = r;
     views[r].world = n;
     views[r].capacity = kCapacity;
-    for (int q = 0; q < n; ++q) {
-      uint32_t* counters = nullptr;
-      cuda::peer_allreduce_carve(peer_mem_[q], kCapacity, &views[r].stage[q], &views[r].flags[q],
-                                 &counters);
-      if (q == r) views[r].counters = counters;
-    }
+    for (int q = 0; q < n; ++q) cuda::peer_allreduce_carve(peer_mem_[q], kCapacity, q, views[r]);
   }
-  run_round([&](int r) { ranks_[r]->set_peer_allreduce(&views[r]); });
+  run_round([&](int r) { ranks_[r]->set_peer_allreduce(&views[r], push); });
 }
 
 void TpModel::run_round(const std::function<void(int)>& f) {
