@@ -210,9 +210,9 @@ struct MoeDecodeFusedParams {
   unsigned* barrier = nullptr;       // 2 uints
   // Benchmarks only (null otherwise; zero before the launch): %globaltimer (ns), kMoeFusedStamps
   // values: CTA 0 at entry, after the wait, logits published, after barrier 1, routed, gate_up
-  // done, after barrier 2, down done; every CTA counted done as the tail CTAs know it, their
-  // residual slices written (the latest of them); the last CTA's gate_up and down ends; CTA 0's
-  // routing warp with its scores, with its choice; CTA 0 counted done; the last CTA's end.
+  // done, after barrier 2, down done; the last CTA done once it knows it, with the residual
+  // written; the last CTA's gate_up and down ends; CTA 0's routing warp with its scores, with its
+  // choice; CTA 0 counted done; the last CTA's end.
   unsigned long long* stamps = nullptr;
 };
 constexpr int kMoeFusedStamps = 16;

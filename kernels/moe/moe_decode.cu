@@ -1,7 +1,5 @@
 // Launcher of the fused one-token MoE block (moe_decode.cuh; contract in moe.h).
-#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -18,31 +16,17 @@ int grid_size() {
   return sms;
 }
 
-// The kernel for T tail CTAs (TEMPORARY A/B: 1, 4, 8, 16 by KIMI_MOE_TAIL_CTAS).
-using FusedKernel = void (*)(MoeDecodeFusedParams);
-FusedKernel fused_kernel(int G) {
-  static const int tail_env = [] {
-    const char* e = std::getenv("KIMI_MOE_TAIL_CTAS");
-    return e ? std::atoi(e) : moe::kFusedTailCtas;
-  }();
-  const int T = std::min(tail_env, G);
-  if (T >= 16) return moe::moe_decode_fused_kernel<16>;
-  if (T >= 8) return moe::moe_decode_fused_kernel<8>;
-  if (T >= 4) return moe::moe_decode_fused_kernel<4>;
-  return moe::moe_decode_fused_kernel<1>;
-}
-
 }  // namespace
 
 size_t moe_decode_fused_scratch_floats(int top_k, int hidden, int inter) {
   const size_t S = size_t(top_k) + 1;  // room for the shared expert's slot
-  return S * 2 * inter + S * hidden + moe::kFusedMaxTailCtas;  // h13, y, the tail's sums
+  return S * 2 * inter + S * hidden;
 }
 
 bool moe_decode_fused_supported() {
   // The largest shape's shared memory; one CTA per multiprocessor must fit beside nothing else.
   const size_t smem = moe::fused_smem_bytes(1024, 33, kMoeDecodeFusedMaxHidden, kMoeDecodeFusedMaxInter);
-  auto kernel = fused_kernel(grid_size());
+  auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   int blocks = 0;
@@ -79,7 +63,7 @@ void run_moe_decode_fused(const MoeDecodeFusedParams& p, cudaStream_t stream) {
                "moe fused decode: router, norm weight, w13 and w2 must be 16-byte aligned");
   const int S = r.top_k + (r.shared_expert >= 0);
   const size_t smem = moe::fused_smem_bytes(r.num_experts, S, p.hidden, p.inter);
-  auto kernel = fused_kernel(grid_size());
+  auto kernel = moe::moe_decode_fused_kernel;
   if (smem > (size_t(48) << 10))
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
   launch_kernel(kernel, grid_size(), moe::kFusedThreads, LaunchOptions{smem, true}, stream, p);

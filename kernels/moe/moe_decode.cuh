@@ -31,14 +31,12 @@
 //      (while waiting: the first down rows, known since C, are requested)
 //   E  act = bf16(SiLU(g)·u) of the slots this CTA's down rows use, in shared memory.
 //   F  down: warp w takes rows w, w + 16, ... of the CTA's list (slot order), RD rows in flight;
-//      y[slot][n] to scratch. The CTA counts itself done and leaves, but for the last T:
-//   G  the last T = kFusedTailCtas CTAs done, each a column slice of the row once all G are
-//      counted: x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ without accumulate), all
-//      its loads in one round trip, and (next_norm) the slices' sums of squares met in scratch
-//      and added in slice order (deterministic), 1/rms and next_normed. No barriers 3 and 4: the
+//      y[slot][n] to scratch. The CTA counts itself done and leaves, but for the last one:
+//   G  the last CTA done: the whole row x += Σ_k w_k y_k (slot order, as the un-permute; x = Σ
+//      without accumulate), all its loads in one round trip, and (next_norm) 1/rms and
+//      next_normed. No barriers 3 and 4: the
 //      other CTAs' multiprocessors go to the next kernel meanwhile (branch moefuse4: 2.1 us per
-//      layer against a column slice per CTA between two more grid barriers; branch moefuse5: the
-//      row by T CTAs, not by the last one alone, whose 83 KB of y took 2.0-2.3 us).
+//      layer against a column slice per CTA between two more grid barriers).
 // Streaming: a warp walks its rows with R rows in flight, every lane holding P 16-byte pieces of
 // each (piece j of a row is k 8·(lane + 32j)..+7: each load instruction reads 512 contiguous
 // bytes); piece j of row i + R is requested as soon as piece j of row i is used.
@@ -67,19 +65,12 @@ constexpr int kFusedPiecesDown = kMoeDecodeFusedMaxInter / 256;
 // gate_up rows (72 registers of pieces) spilled and measured 20% slower (bench_moe --block,
 // docs/perf-log.md session 8).
 constexpr int kFusedRowsDown = 2;
-// CTAs sharing the tail (G): the last kFusedTailCtas to finish their down rows, each a column
-// slice of the residual row; their sums of squares meet in kFusedMaxTailCtas floats of scratch
-// past h13 and y (kFusedMaxTailCtas <= kFusedWarps: they meet in red).
-constexpr int kFusedMaxTailCtas = 16, kFusedTailCtas = 8;
-__host__ __device__ inline int64_t fused_tail_ss_offset(int K, int H, int I) {
-  return int64_t(K + 1) * (2 * I + H);
-}
 static_assert(kMoeDecodeFusedMaxHidden % 256 == 0 && kMoeDecodeFusedMaxInter % 256 == 0);
 static_assert(kRouteRegK4 * 32 * kRouteWarpsPerExpert * 4 >= kMoeDecodeFusedMaxHidden);
 
 // Grid-wide barrier in two halves over G resident CTAs: bar[0] counts arrivals during the launch
 // (barrier b is passed once it reaches b·G), bar[1] counts CTAs that are done (fused_done); the
-// tail CTAs (G) then count on both and the last of them zeroes both for the next launch. An
+// last one done zeroes both for the next launch (every CTA has passed its last wait by then). An
 // arrival is one fire-and-forget release; work independent of the other CTAs goes between arrive
 // and wait.
 __device__ __forceinline__ unsigned ld_acquire_gpu(const unsigned* p) {
@@ -97,18 +88,22 @@ __device__ __forceinline__ void grid_wait(const unsigned* bar, unsigned target) 
     }
   __syncthreads();
 }
-// Counts the CTA done (after a CTA barrier: its writes before the count, released) and returns
-// its place in the order of finishing (G - 1: the last). Every CTA must call it once.
-__device__ __forceinline__ unsigned fused_done(unsigned* bar) {
-  __shared__ unsigned order_s;
+// Counts the CTA done (after a CTA barrier: its writes before the count, released) and tells
+// whether it was the last; the last one resets the barrier. Every CTA must call it once.
+__device__ __forceinline__ bool fused_done(unsigned* bar, unsigned G) {
+  __shared__ unsigned last_s;
   __syncthreads();
   if (threadIdx.x == 0) {
     unsigned old;
     asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(bar + 1) : "memory");
-    order_s = old;
+    last_s = old == G - 1;
+    if (last_s) {  // every other CTA is past its last wait
+      bar[0] = 0;
+      bar[1] = 0;
+    }
   }
   __syncthreads();
-  return order_s;
+  return last_s != 0;
 }
 
 __device__ __forceinline__ float dot8(const uint4& w, const uint4& x) {
@@ -159,10 +154,7 @@ __device__ __forceinline__ void routing_loads_done_wait() {
   asm volatile("bar.sync 1, %0;" ::"n"(kFusedThreads) : "memory");
 }
 
-// T: the CTAs sharing G (kFusedTailCtas; 1 where the grid is smaller).
-template <int T>
 __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeDecodeFusedParams p) {
-  static_assert(T >= 1 && T <= kFusedMaxTailCtas);
   extern __shared__ __align__(16) unsigned char fused_smem[];
   const MoeRouteParams& r = p.route;
   const int E = r.num_experts, K = r.top_k;
@@ -429,43 +421,29 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 7, false);
   fused_stamp(p.stamps, 11, true);
-  const unsigned order = fused_done(p.barrier);
+  const bool last = fused_done(p.barrier, G);
   fused_stamp(p.stamps, 14, false);
-  if (int(order) < G - T) {
+  if (!last) {
     fused_stamp(p.stamps, 15, true);
     return;
   }
-  // G, the last T CTAs done: tail CTA t = order - (G - T) takes the columns [lo, hi) (its share of
-  // the H / 4 float4), x += Σ_k w_k y_k in slot order (the un-permute's order); a thread's two
-  // float4 columns (q4, q4 + 512: H <= 4096 with the launcher's limit, so one pass) with
-  // kTailSlots slots each and their next-norm weights loaded at once. The others' y is complete
-  // once all G are counted: the last CTA knows it from its count, the others poll.
-  const int t = int(order) - (G - T);
-  if (T > 1) {
-    if (tid == 0 && t < T - 1)
-      while (ld_acquire_gpu(p.barrier + 1) < unsigned(G)) {
-      }
-    __syncthreads();
-  } else if (tid == 0) {  // T == 1: every other CTA is past its last wait
-    p.barrier[0] = 0;
-    p.barrier[1] = 0;
-  }
   fused_stamp(p.stamps, 8, true);
-  int lo, hi;
-  fused_share(n4, t, T, lo, hi);
+  // G, the last CTA: the whole row, x += Σ_k w_k y_k in slot order (the un-permute's order); a
+  // thread's two float4 columns (q4, q4 + 512: H <= 4096 with the launcher's limit, so one pass)
+  // with kTailSlots slots each and their next-norm weights loaded at once.
   constexpr int kTailSlots = 9;
   const float4* y4 = reinterpret_cast<const float4*>(y);
   float4* x4o = reinterpret_cast<float4*>(p.x);
   const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
   float sq = 0.f;
   float4 v[2], nw[2];
-  for (int qa = lo + tid; qa < hi; qa += 2 * kFusedThreads) {
+  for (int qa = tid; qa < n4; qa += 2 * kFusedThreads) {
     int q4[2] = {qa, qa + kFusedThreads};
     float4 sum[2] = {zero4, zero4};
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const float* nn = p.next_norm + 4 * q4[h];
-      nw[h] = p.next_norm && q4[h] < hi ? make_float4(__ldg(nn), __ldg(nn + 1), __ldg(nn + 2), __ldg(nn + 3)) : zero4;
+      nw[h] = p.next_norm && q4[h] < n4 ? make_float4(__ldg(nn), __ldg(nn + 1), __ldg(nn + 2), __ldg(nn + 3)) : zero4;
     }
     for (int s0 = 0; s0 < S; s0 += kTailSlots) {
       float4 ys[2][kTailSlots];
@@ -473,7 +451,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
       for (int q = 0; q < kTailSlots; ++q)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          ys[h][q] = s0 + q < S && q4[h] < hi && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4[h]) : zero4;
+          ys[h][q] = s0 + q < S && q4[h] < n4 && ids[s0 + q] >= 0 ? __ldcg(y4 + int64_t(s0 + q) * n4 + q4[h]) : zero4;
 #pragma unroll
       for (int q = 0; q < kTailSlots; ++q)
         if (s0 + q < S && ids[s0 + q] >= 0) {
@@ -489,7 +467,7 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      if (q4[h] < hi) {
+      if (q4[h] < n4) {
         const float4 xo = p.accumulate ? xs4[q4[h]] : zero4;
         v[h] = make_float4(xo.x + sum[h].x, xo.y + sum[h].y, xo.z + sum[h].z, xo.w + sum[h].w);
         x4o[q4[h]] = v[h];
@@ -499,43 +477,21 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
   }
   fused_stamp(p.stamps, 9, true);
   if (p.next_norm) {
-    // 1/rms: the CTA's sum of squares over its columns (warps in order); with T > 1 the T sums
-    // meet in scratch (one arrival each on bar[0], which holds 2G since barrier 2) and every tail
-    // CTA adds them in the order of t: the same bits whichever CTA finished when.
     sq = warp_sum(sq);
     if (lane == 0) red[warp] = sq;
     __syncthreads();
-    float* tail_ss = p.scratch + fused_tail_ss_offset(K, H, I);
     if (tid == 0) {
-      float tsum = 0.f;
-      for (int w = 0; w < kFusedWarps; ++w) tsum += red[w];
-      if (T > 1) {
-        __stcg(tail_ss + t, tsum);
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(p.barrier) : "memory");
-        while (ld_acquire_gpu(p.barrier) < unsigned(2 * G + T)) {
-        }
-      }
-      inv_rms_s = tsum;
+      float t = 0.f;
+      for (int w = 0; w < kFusedWarps; ++w) t += red[w];
+      inv_rms_s = rsqrtf(t / float(H) + p.eps);
     }
-    __syncthreads();
-    if (T > 1) {
-      if (tid < T) red[tid] = __ldcg(tail_ss + tid);
-      __syncthreads();
-      if (tid == 0) {
-        float tsum = 0.f;
-        for (int j = 0; j < T; ++j) tsum += red[j];
-        inv_rms_s = tsum;
-      }
-      __syncthreads();
-    }
-    if (tid == 0) inv_rms_s = rsqrtf(inv_rms_s / float(H) + p.eps);
     __syncthreads();
     const float inv = inv_rms_s;
     if (n4 <= 2 * kFusedThreads) {  // the row and weights still in registers (always, see G)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int q4 = lo + tid + h * kFusedThreads;
-        if (q4 < hi) {
+        const int q4 = tid + h * kFusedThreads;
+        if (q4 < n4) {
           bf16* o = p.next_normed + 4 * q4;
           o[0] = __float2bfloat16(v[h].x * inv * nw[h].x);
           o[1] = __float2bfloat16(v[h].y * inv * nw[h].y);
@@ -544,18 +500,8 @@ __global__ void __launch_bounds__(kFusedThreads, 1) moe_decode_fused_kernel(MoeD
         }
       }
     } else {
-      for (int n = 4 * lo + tid; n < 4 * hi; n += kFusedThreads)
+      for (int n = tid; n < H; n += kFusedThreads)
         p.next_normed[n] = __float2bfloat16(xs[n] * inv * p.next_norm[n]);
-    }
-  }
-  // T > 1: the last tail CTA past its last poll zeroes the barrier for the next launch (bar[1]
-  // then holds G + T - 1 arrivals before its own).
-  if (T > 1 && tid == 0) {
-    unsigned old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(p.barrier + 1) : "memory");
-    if (old == unsigned(G + T - 1)) {
-      p.barrier[0] = 0;
-      p.barrier[1] = 0;
     }
   }
   fused_stamp(p.stamps, 15, true);
