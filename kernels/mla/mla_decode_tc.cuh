@@ -101,21 +101,29 @@ constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
-// converter warpgroup (fp8).
-template <bool kFp8>
+// converter warpgroup (fp8). kMode (fp8): 0 the converter's thread 0 issues the loads; 1 a
+// producer warp (warp 8) issues them (TMA boxes, as 0); 2 a producer warp, each part of the
+// staging area one bulk copy of whole 656-byte records (codes, k_pe and scales), one P buffer.
+template <bool kFp8, int kMode = 0>
 struct DecLayout {
-  static constexpr int kThreads = 128 + (kFp8 ? 128 : 32);
+  // Modes 1, 2: a third warpgroup (warp 8 the producer) gives its registers to the consumers
+  // (setmaxnreg: producer 40, converter 200, consumer 240; 9 warps would cap every thread at 168).
+  static constexpr int kThreads = 128 + (kFp8 ? (kMode > 0 ? 256 : 128) : 32);
   static constexpr uint32_t kOffRing = kDecQBytes;
   // P of the tile in ring slot i. The consumers write P of tile n once tile n is in its slot,
   // so every consumer warp is done with P of the slot's previous tile, n − 2 (its release came
-  // first); a warp may still run Oᵀ of tile n − 1 on the other buffer.
+  // first); a warp may still run Oᵀ of tile n − 1 on the other buffer. Mode 2: one buffer, a
+  // consumer barrier before it is written.
+  static constexpr int kPBufs = kFp8 && kMode == 2 ? 1 : kDecStages;
   static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
-  // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
-  static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
-  static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
+  // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4];
+  // mode 2: the records [64][656] as they are in the cache.
+  static constexpr uint32_t kOffStg = kOffP + kPBufs * kDecPBytes;
+  static constexpr uint32_t kStgBytes =
+      !kFp8 ? 0 : kMode == 2 ? kDecKeys * kMlaFp8Row : 4 * kDecBox + kDecKeys * 16;
   // [4 warps][32 heads] fp32 (the slow path's maxima, the end's l), then [32] m, [32] l.
   static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
-  // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
+  // + 1 KB for the 1024 alignment; the kernel's static barriers (<= 64 bytes) come on top.
   static constexpr size_t kSmem = kOffRed + 6 * kDecHeads * 4 + 1024;
   static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
@@ -130,56 +138,103 @@ struct DecArgs {
   MlaAttnParams p;
 };
 
-// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
-template <class L>
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. The staging area
+// holds a tile's codes and scales in kParts parts of 64 / kParts rows, each its own loads and
+// stage barrier (kMode 0: thread 0 issues them after a converter barrier; 1 and 2: a producer
+// warp, once the 128 converter threads arrived on the part's stage_empty barrier).
+template <class L, int kMode, int kParts>
 __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
-                                                   uint32_t base, uint64_t* stage, uint64_t* full,
+                                                   uint32_t base, uint64_t* stage,
+                                                   uint64_t* stage_empty, uint64_t* full,
                                                    uint64_t* empty, const int* table, int blk0,
                                                    int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
+  constexpr int kRows = kDecKeys / kParts;          // rows of a part
+  constexpr uint32_t kPartBox = kRows * 128;        // one code box of a part
+  constexpr uint32_t kPartBytes = 4 * kPartBox + kRows * 16;
+  static_assert(kDecKeys % kParts == 0 && kRows % 16 == 0, "parts of 16, 32 or 64 rows");
   const uint64_t policy = policy_evict_first();
-  auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
-    const int blk = table[blk0 + n];
-    mbar_arrive_expect_tx(stage, L::kStgBytes);
+  // Mode 0, thread 0: part j of tile n's codes ([4 boxes][kRows][128] at 4 · kPartBox · j) and
+  // scales (rows kRows · j .. of the [64][16] scale area) into the staging area.
+  auto load_part = [&](int n, int j) {
+    const int row = table[blk0 + n] * kDecKeys + kRows * j;
+    mbar_arrive_expect_tx(stage + j, kPartBytes);
 #pragma unroll
     for (int b = 0; b < 4; ++b)
-      tma_load_2d(base + L::kOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
-                  policy);
-    tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
-                stage, policy);
+      tma_load_2d(base + L::kOffStg + (4 * j + b) * kPartBox, &args.cache, 128 * b, row,
+                  stage + j, policy);
+    tma_load_2d(base + L::kOffStg + 4 * kDecBox + kRows * 16 * j, &args.scales, kMlaFp8ScaleOff,
+                row, stage + j, policy);
   };
-  if (ct == 0 && ntiles > 0) load_codes(0);
+  if (kMode == 0 && ct == 0 && ntiles > 0)
+#pragma unroll
+    for (int j = 0; j < kParts; ++j) load_part(0, j);
   // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
-  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
+  // r = ct / 8 + 16 (i % 4) (in part r / kRows); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
   const uint4* const sc = reinterpret_cast<const uint4*>(sm + L::kOffStg + 4 * kDecBox);
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    mbar_wait(stage, n & 1);
     uint4 v[kPieces];
+    uint4 pe[4];       // mode 2: k_pe piece k of rows ct / 8 + 16 jj
     uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
 #pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int b = i / 4, r = ct / 8 + 16 * (i % 4);
-      v[i] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + b * kDecBox + r * 128 +
-                                             ((k ^ (r % 8)) * 16));
-    }
+    for (int j = 0; j < kParts; ++j) {
+      mbar_wait(stage + j, n & 1);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint4 f = sc[ct / 8 + 16 * j];
-      s[j][0] = __byte_perm(f.x, f.y, 0x7632);
-      s[j][1] = __byte_perm(f.z, f.w, 0x7632);
+      for (int i = 0; i < kPieces; ++i) {
+        // ct / 8 < 16 and kRows % 16 == 0: the row's part is 16 (i % 4) / kRows.
+        if (16 * (i % 4) / kRows != j) continue;
+        const int b = i / 4, r = ct / 8 + 16 * (i % 4), rr = r % kRows;
+        v[i] = kMode == 2
+                   ? *reinterpret_cast<const uint4*>(sm + L::kOffStg + r * kMlaFp8Row + 128 * b +
+                                                     16 * k)
+                   : *reinterpret_cast<const uint4*>(sm + L::kOffStg + (4 * j + b) * kPartBox +
+                                                     rr * 128 + ((k ^ (rr % 8)) * 16));
+      }
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        if (16 * jj / kRows != j) continue;
+        const int r = ct / 8 + 16 * jj;
+        const uint4 f =
+            kMode == 2
+                ? *reinterpret_cast<const uint4*>(sm + L::kOffStg + r * kMlaFp8Row + kMlaFp8ScaleOff)
+                : sc[r];
+        if (kMode == 2)
+          pe[jj] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + r * kMlaFp8Row +
+                                                   kMlaFp8PeOff + 16 * k);
+        s[jj][0] = __byte_perm(f.x, f.y, 0x7632);
+        s[jj][1] = __byte_perm(f.z, f.w, 0x7632);
+      }
+      if (kMode == 0) {
+        bar_sync(2, 128);  // part j is read: tile n + 1's part j may land there
+        if (ct == 0 && n + 1 < ntiles) load_part(n + 1, j);
+      } else {
+        // The reads above (generic proxy) must be done before the producer's copy (async proxy)
+        // overwrites the part: a proxy fence, then every thread's own arrival. Measured without
+        // them (one arrival per warp after __syncwarp): results changed from run to run, NaN
+        // rows of the next tile leaked in (run 2 of docs/perf-log.md's fp8mla3 section).
+        fence_proxy_async();
+        mbar_arrive(stage_empty + j);
+      }
     }
-    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
-    if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
     unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
-    if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
+    if (kMode == 0 && ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
       mbar_arrive_expect_tx(full + slot, kDecBox);
-      tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
-                  kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
+#pragma unroll
+      for (int j = 0; j < kParts; ++j)
+        tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox + j * kPartBox,
+                    &args.cache, kMlaFp8PeOff, table[blk0 + n] * kDecKeys + kRows * j,
+                    full + slot, policy);
     }
+    if (kMode == 2)  // k_pe into box 8, swizzled (one row's 8 pieces per store phase)
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) {
+        const int r = ct / 8 + 16 * jj;
+        *reinterpret_cast<uint4*>(tile + 8 * kDecBox + r * 128 + ((k ^ (r % 8)) * 16)) = pe[jj];
+      }
     // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
     // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
     // (one row, k = 0..7) cover all 8 pieces of the two boxes' rows: all 32 banks, no conflict.
@@ -197,8 +252,67 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
     fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    bar_sync(2, 128);
-    if (ct == 0) mbar_arrive(full + slot);
+    if (kMode == 0) {
+      bar_sync(2, 128);
+      if (ct == 0) mbar_arrive(full + slot);
+    } else {
+      mbar_arrive(full + slot);  // every thread, after its own proxy fence
+    }
+  }
+}
+
+// fp8, kMode 1 and 2: the producer (warp 8's lane 0). Part j of tile n + 1 goes out once the
+// converter warps have read part j of tile n; mode 1 then loads tile n + 1's k_pe into its ring
+// slot once the consumers have released it. Block-table entries are read two tiles ahead.
+template <class L, int kMode, int kParts>
+__device__ __forceinline__ void mla_decode_produce(const DecArgs& args, unsigned char* sm,
+                                                   uint32_t base, uint64_t* stage,
+                                                   uint64_t* stage_empty, uint64_t* full,
+                                                   uint64_t* empty, const int* table, int blk0,
+                                                   int ntiles) {
+  constexpr int kRows = kDecKeys / kParts;
+  constexpr uint32_t kPartBox = kRows * 128;
+  const uint64_t policy = policy_evict_first();
+  auto load_part = [&](int blk, int j) {
+    const int row = blk * kDecKeys + kRows * j;
+    if (kMode == 2) {
+      mbar_arrive_expect_tx(stage + j, kRows * kMlaFp8Row);
+      bulk_g2s(sm + L::kOffStg + kRows * kMlaFp8Row * j, args.p.cache8 + int64_t(row) * kMlaFp8Row,
+               kRows * kMlaFp8Row, stage + j, policy);
+    } else {
+      mbar_arrive_expect_tx(stage + j, 4 * kPartBox + kRows * 16);
+#pragma unroll
+      for (int b = 0; b < 4; ++b)
+        tma_load_2d(base + L::kOffStg + (4 * j + b) * kPartBox, &args.cache, 128 * b, row,
+                    stage + j, policy);
+      tma_load_2d(base + L::kOffStg + 4 * kDecBox + kRows * 16 * j, &args.scales,
+                  kMlaFp8ScaleOff, row, stage + j, policy);
+    }
+  };
+  auto load_pe = [&](int blk, int n) {  // mode 1: tile n's k_pe into box 8 of its slot
+    const int slot = n % kDecStages;
+    mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
+    mbar_arrive_expect_tx(full + slot, kDecBox);
+#pragma unroll
+    for (int j = 0; j < kParts; ++j)
+      tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox + j * kPartBox,
+                  &args.cache, kMlaFp8PeOff, blk * kDecKeys + kRows * j, full + slot, policy);
+  };
+  if (ntiles <= 0) return;
+  const int blk = table[blk0];
+  int next = ntiles > 1 ? table[blk0 + 1] : 0;
+#pragma unroll
+  for (int j = 0; j < kParts; ++j) load_part(blk, j);
+  if (kMode == 1) load_pe(blk, 0);
+  for (int n = 0; n + 1 < ntiles; ++n) {
+    const int after = n + 2 < ntiles ? table[blk0 + n + 2] : 0;
+#pragma unroll
+    for (int j = 0; j < kParts; ++j) {
+      mbar_wait(stage_empty + j, n & 1);
+      load_part(next, j);
+    }
+    if (kMode == 1) load_pe(next, n + 1);
+    next = after;
   }
 }
 
@@ -213,24 +327,32 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
-template <bool kFp8>
-__global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
+template <bool kFp8, int kMode = 0, int kParts = 1, bool kEarly8 = false>
+__global__ void __launch_bounds__(DecLayout<kFp8, kMode>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
-  using L = DecLayout<kFp8>;
+  using L = DecLayout<kFp8, kMode>;
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
+  // full[2], empty[2]; fp8: the staging parts' stage (full) and stage_empty barriers
+  __shared__ uint64_t bars[2 * kDecStages + 2 * kParts];
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
   uint64_t* const stage = bars + 2 * kDecStages;
+  uint64_t* const stage_empty = stage + kParts;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
     prefetch_tensormap(&args.cache);
     if (kFp8) prefetch_tensormap(&args.scales);
     for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
+      // The expect_tx; fp8: and the converters' writes (mode 0: thread 0; 1: 128 threads; 2: 128
+      // threads and no expect_tx, k_pe comes through the staging area).
+      mbar_init(full + s, !kFp8 ? 1 : kMode == 0 ? 2 : kMode == 1 ? 129 : 128);
       mbar_init(empty + s, 4);            // every consumer warp
     }
-    if (kFp8) mbar_init(stage, 1);
+    if (kFp8)
+      for (int j = 0; j < kParts; ++j) {
+        mbar_init(stage + j, 1);
+        mbar_init(stage_empty + j, 128);  // modes 1, 2: every converter thread
+      }
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -254,8 +376,16 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
     if (kFp8) {
-      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
-                            threadIdx.x - 128);
+      if (kMode == 0 || warp < 8) {
+        if constexpr (kMode > 0) setmaxnreg_inc<200>();
+        mla_decode_convert<L, kMode, kParts>(args, sm, base, stage, stage_empty, full, empty,
+                                             table, blk0, ntiles, threadIdx.x - 128);
+      } else {
+        if constexpr (kMode > 0) setmaxnreg_dec<40>();
+        if (warp == 8 && lane == 0)
+          mla_decode_produce<L, kMode, kParts>(args, sm, base, stage, stage_empty, full, empty,
+                                               table, blk0, ntiles);
+      }
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
@@ -275,6 +405,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     return;
   }
 
+  if constexpr (kFp8 && kMode > 0) setmaxnreg_inc<240>();
   // Consumers: 128 threads, warp w owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of each
   // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
   const int tid = threadIdx.x, w = warp, g = lane / 4, t = lane % 4;
@@ -343,11 +474,13 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   // there the consumer chain sets the pace; the fp8 kernel is bound by its loads and was no
   // faster). Not in the first two tiles: there the next tile often is not in yet, and waiting
   // for it before handing slot n back would hold up the load of tile n + 2.
-  auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
+  auto early = [&](int n) {
+    return (!kFp8 || kEarly8) && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles);
+  };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
+    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = (slot % L::kPBufs) * kDecPBytes;
     if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
@@ -394,6 +527,8 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
       }
       fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
     };
+    // One P buffer (fp8 mode 2): every warp's Oᵀ of the tile before must be done with it.
+    if (L::kPBufs == 1) bar_sync(1, 128);
     store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
