@@ -160,6 +160,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     // TEMP (fp8mla3 A/B): the fp8 kernel's variants (KIMI_MLA_FP8_VAR values), in turn.
     if (path == 2 && std::getenv("KIMI_BENCH_FP8_VARIANTS")) {
       const std::string vs = std::getenv("KIMI_BENCH_FP8_VARIANTS");
+      std::vector<bf16> first;  // u of the first variant listed: the others compare bitwise
       size_t pos = 0;
       while (pos < vs.size()) {
         size_t end = vs.find(',', pos);
@@ -170,9 +171,15 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
         CUDA_CHECK(cudaMemset(u_f8.data(), 0xff, u_f8.size() * sizeof(bf16)));
         const double vms = kimi::bench::graph_ms(step, per_graph, 9, st);
         const double gbs = bytes8 / (vms * 1e-3) / 1e9;
+        const std::vector<bf16> got = u_f8.to_host();
+        if (first.empty()) first = got;
+        size_t ndiff = 0;
+        for (size_t i = 0; i < got.size(); ++i)
+          ndiff += std::memcmp(&got[i], &first[i], sizeof(bf16)) != 0;
         std::printf("%-4d %-8d fp8 var %-4s %10.1f us %8.1f GB/s %6.1f%% of copy  u rel RMS vs "
-                    "bf16 %.2e\n",
-                    B, L, v.c_str(), vms * 1e3, gbs, 100 * gbs / copy_gbs, rel_rms(u_tc, u_f8));
+                    "bf16 %.2e  bits differing from the first %zu\n",
+                    B, L, v.c_str(), vms * 1e3, gbs, 100 * gbs / copy_gbs, rel_rms(u_tc, u_f8),
+                    ndiff);
       }
       unsetenv("KIMI_MLA_FP8_VAR");
       CUDA_CHECK(cudaMemset(u_f8.data(), 0xff, u_f8.size() * sizeof(bf16)));
