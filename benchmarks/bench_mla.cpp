@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -129,8 +128,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   double ms[num_paths] = {0, 0, 0}, ms_attn_tc = 0.0;
   int splits[num_paths] = {0, 0, 0};
   const char* name[num_paths] = {"CUDA cores", "tensor cores", "tc fp8"};
-  const bool skip_cc = std::getenv("KIMI_BENCH_SKIP_CC") != nullptr;  // TEMP (fp8mla3 A/B)
-  for (int path = skip_cc ? 1 : 0; path < num_paths; ++path) {
+  for (int path = 0; path < num_paths; ++path) {
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
@@ -157,34 +155,6 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     const double est_ms = (path == 2 ? bytes8 : bytes) / ((tc ? 3e12 : 1.5e11) * 1e-3);
     const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
     ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
-    // TEMP (fp8mla3 A/B): the fp8 kernel's variants (KIMI_MLA_FP8_VAR values), in turn.
-    if (path == 2 && std::getenv("KIMI_BENCH_FP8_VARIANTS")) {
-      const std::string vs = std::getenv("KIMI_BENCH_FP8_VARIANTS");
-      std::vector<bf16> first;  // u of the first variant listed: the others compare bitwise
-      size_t pos = 0;
-      while (pos < vs.size()) {
-        size_t end = vs.find(',', pos);
-        if (end == std::string::npos) end = vs.size();
-        const std::string v = vs.substr(pos, end - pos);
-        pos = end + 1;
-        setenv("KIMI_MLA_FP8_VAR", v.c_str(), 1);
-        CUDA_CHECK(cudaMemset(u_f8.data(), 0xff, u_f8.size() * sizeof(bf16)));
-        const double vms = kimi::bench::graph_ms(step, per_graph, 9, st);
-        const double gbs = bytes8 / (vms * 1e-3) / 1e9;
-        const std::vector<bf16> got = u_f8.to_host();
-        if (first.empty()) first = got;
-        size_t ndiff = 0;
-        for (size_t i = 0; i < got.size(); ++i)
-          ndiff += std::memcmp(&got[i], &first[i], sizeof(bf16)) != 0;
-        std::printf("%-4d %-8d fp8 var %-4s %10.1f us %8.1f GB/s %6.1f%% of copy  u rel RMS vs "
-                    "bf16 %.2e  bits differing from the first %zu\n",
-                    B, L, v.c_str(), vms * 1e3, gbs, 100 * gbs / copy_gbs, rel_rms(u_tc, u_f8),
-                    ndiff);
-      }
-      unsetenv("KIMI_MLA_FP8_VAR");
-      CUDA_CHECK(cudaMemset(u_f8.data(), 0xff, u_f8.size() * sizeof(bf16)));
-      ms[path] = kimi::bench::graph_ms(step, per_graph, 9, st);
-    }
     if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
       auto attn_only = [&](int, cudaStream_t s) { kimi::cuda::run_mla_attention(ap, 1, s); };
       ms_attn_tc = kimi::bench::graph_ms(attn_only, per_graph, 9, st);

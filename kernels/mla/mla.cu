@@ -1,8 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string>
 
 #include "common.h"
 #include "launch.h"
@@ -165,49 +163,17 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-template <int kMode, int kParts, bool kEarly>
-void launch_fp8(dim3 grid, const mla::DecArgs& a, cudaStream_t stream) {
-  using L = mla::DecLayout<true, kMode>;
-  const auto kernel = mla::mla_decode_kernel<true, kMode, kParts, kEarly>;
-  launch_kernel(kernel, grid, L::kThreads, LaunchOptions{L::kSmem, true}, stream, a);
-}
-
-template <int kMode, int kParts, bool kEarly>
-void fp8_attr() {
-  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true, kMode, kParts, kEarly>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(mla::DecLayout<true, kMode>::kSmem)));
-}
-
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
-  const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  if (p.cache8) {
-    // Temporary A/B switch KIMI_MLA_FP8_VAR: m (mode 0, 1 part: main's kernel), p1, p2, p1e
-    // (mode 1: producer warp, TMA boxes; parts; early Sᵀ), b1, b2, b1e (mode 2: producer warp,
-    // bulk copies of whole records).
-    const char* ev = std::getenv("KIMI_MLA_FP8_VAR");
-    const std::string v = ev ? ev : "b1";
-    const int parts = v.size() > 1 ? v[1] - '0' : 1;
-    KIMI_CHECK(parts == 1 || parts == 2, "KIMI_MLA_FP8_VAR ", v);
-    const uint32_t box_rows = kMlaBlock / parts;
-    a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                            128, box_rows, true);
-    a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                             16, box_rows, false);
-    if (v == "m") launch_fp8<0, 1, false>(grid, a, stream);
-    else if (v == "p1") launch_fp8<1, 1, false>(grid, a, stream);
-    else if (v == "p2") launch_fp8<1, 2, false>(grid, a, stream);
-    else if (v == "p1e") launch_fp8<1, 1, true>(grid, a, stream);
-    else if (v == "b1") launch_fp8<2, 1, false>(grid, a, stream);
-    else if (v == "b2") launch_fp8<2, 2, false>(grid, a, stream);
-    else if (v == "b1e") launch_fp8<2, 1, true>(grid, a, stream);
-    else fail("KIMI_MLA_FP8_VAR ", v);
+  if (p.cache8) {  // whole records by bulk copies: no tensor map
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
+                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
-    a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
+    a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
+                            kMlaBlock);
     launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
                   LaunchOptions{mla::DecLayout<false>::kSmem, true}, stream, a);
   }
@@ -237,13 +203,9 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<false>::kSmem)));
-  fp8_attr<0, 1, false>();
-  fp8_attr<1, 1, false>();
-  fp8_attr<1, 2, false>();
-  fp8_attr<1, 1, true>();
-  fp8_attr<2, 1, false>();
-  fp8_attr<2, 2, false>();
-  fp8_attr<2, 1, true>();
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);
 }
 
