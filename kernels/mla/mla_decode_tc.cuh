@@ -194,7 +194,7 @@ __device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* 
       *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
       *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
-    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
+    fence_proxy_async();       // generic writes, read by wgmma (async proxy)
     mbar_arrive(full + slot);  // every thread, after its own proxy fence
   }
 }
