@@ -166,18 +166,14 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
-  const uint64_t rows = uint64_t(p.num_blocks) * kMlaBlock;
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  if (p.cache8) {
-    a.cache = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                            128, kMlaBlock, true);
-    a.scales = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_UINT8, p.cache8, kMlaFp8Row, rows, kMlaFp8Row,
-                             16, kMlaBlock, false);
+  if (p.cache8) {  // whole records by bulk copies: no tensor map
     launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
                   LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
-    a.cache = tensor_map_2d(p.cache, kMlaRow, rows, kMlaRow * 2, kMlaBlock);
+    a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
+                            kMlaBlock);
     launch_kernel(mla::mla_decode_kernel<false>, grid, mla::DecLayout<false>::kThreads,
                   LaunchOptions{mla::DecLayout<false>::kSmem, true}, stream, a);
   }

@@ -48,32 +48,35 @@
 // Shared memory: Q 36 KB + 2 × 72 KB ring + 2 × 4 KB P + reductions 0.75 KB + 1 KB alignment
 // slack: 189.75 KiB (194,304 bytes), one CTA per SM; 204 registers, no spills.
 //
-// fp8 cache (kFp8, mla.h's record layout): a converter warpgroup (warps 4-7, 256 threads in all)
-// replaces the producer warp, and the consumers' loop is the bf16 one, untouched. A tile's codes
-// and scales (4 boxes of [64 rows][128 codes] and [64][4] fp32: 33 KB) land in a staging area
-// (stage barrier); each converter thread loads its 16 pieces of codes and their scales into
-// registers, and once all have (named barrier 2) thread 0 starts the next tile's codes into the
-// staging area: the loads run back to back, one in flight at all times, each overlapping the
-// conversion of the tile before it and the consumers' work on the one before that. The
-// converters then wait for the ring slot (the consumers release it after tile n − 2), thread 0
-// loads the tile's k_pe box straight into the slot's box 8, and the warpgroup writes the decoded
-// ĉ (code · scale, exact in bf16: mla_fp8.cuh) into boxes 0-7 in TMA's swizzle, each 16-byte
-// store phase (8 lanes: one row, two boxes) on all 32 banks; the slot's full barrier (2
-// arrivals: the k_pe copy's expect_tx and thread 0 after the writes) then hands it to the
-// consumers. 256 threads keep the 255-register cap the consumers need (205 registers, no spills;
-// shared memory 222.75 KiB, 228,096 bytes). Measured on H200 (docs/perf-log.md, session 9):
-// the lazy rescaling and the conflict-free stores (the first version's stores were 2-way
-// conflicted) took the fp8 kernel from 47.7% to 55.1% of copy at 1M (342 → 296 us) and from
-// 50.0% to 56.9% at B = 64, 128k; the bf16 kernel is unchanged (93% of copy at 1M, 99.7% at
-// B = 64, 128k). Still ~2.3 us per 64-key tile where the tile's bytes take 1.3 us: with the
-// converter's stores skipped (results wrong, timing only) the consumer loop alone ran at
-// ~1.86 us per tile. Tried and dropped (same measurements): two consumer warpgroups splitting a
-// tile's channels (Sᵀ k-steps halved, partial Sᵀ exchanged through shared memory, Oᵀ m-tiles
-// halved: 384 threads, setmaxnreg) and two consumer warpgroups taking the tiles in turn (each
-// its own slot, O, m, l; 384 threads, setmaxnreg): neither was faster than one. Session 10: the
-// early Sᵀ above (no faster here: the kernel waits on its loads, one staging tile of codes in
-// flight) and an L2 bulk prefetch (cp.async.bulk.prefetch.L2) of the cache block two tiles ahead
-// (5% slower at 1M; 24% slower on the bf16 kernel): dropped.
+// fp8 cache (kFp8, mla.h's record layout): 384 threads; the consumers' loop is the bf16 one
+// (one P buffer: the staging area takes the room of the second, so a consumer barrier comes
+// before P is written; no early Sᵀ). Warp 8's lane 0 is the producer (warps 8-11 hand their
+// registers to the others: setmaxnreg producer 40, converters 200, consumers 240): each tile's
+// 64 records (41,984 bytes: codes, k_pe and scales as they are in the cache) land in a staging
+// area with one bulk copy (cp.async.bulk, L2 evict-first), block-table entries read two tiles
+// ahead. The converter warpgroup (warps 4-7) replaces the bf16 producer: each thread loads its 16
+// pieces of codes, 4 pieces of k_pe and 4 rows' scales into registers, fences the async proxy
+// and arrives on the stage_empty barrier (all 128: the next copy must not land before every
+// read is done), and once all have, the producer starts the next tile's copy: one copy always in
+// flight, overlapping the conversion of the tile before it and the consumers' work on the one
+// before that. The converters then wait for the ring slot (the consumers release it after tile
+// n − 2) and write k_pe into box 8 and the decoded ĉ (code · scale, exact in bf16: mla_fp8.cuh)
+// into boxes 0-7 in TMA's swizzle, each 16-byte store phase (8 lanes: one row, two boxes) on all
+// 32 banks, then each fences the async proxy and arrives on the slot's full barrier (128
+// arrivals). No spills (168 registers at entry); shared memory 226.75 KiB (232,192 bytes).
+// Measured on H200 (docs/perf-log.md): session 9's lazy rescaling and conflict-free stores took
+// the fp8 kernel from 47.7% to 55.1% of copy at 1M (342 → 296 us); session 11's producer
+// warpgroup with whole-record copies (this layout) against the converters' thread 0 issuing 5
+// TMA boxes per tile between two converter barriers: 1M, B = 1 314-326 → 289-290 us (52% → 56%
+// of copy), B = 64, 128k 2441-2516 → 2288-2304 us, bit-identical outputs; the bf16 kernel is at
+// 93-96% of copy at 1M. Still ~2.2 us per 64-key tile where the tile's bytes take 1.3 us: with
+// the converter's stores skipped (results wrong, timing only) the consumer loop alone ran at
+// ~1.86 us per tile (session 9). Tried and dropped (same measurements): two consumer
+// warpgroups splitting a tile's channels or taking the tiles in turn (session 9: neither faster
+// than one); the early Sᵀ (sessions 10 and 11: no faster); an L2 bulk prefetch of the block two
+// tiles ahead (session 10: 5% slower at 1M); the staging area in 2 or 4 parts with their own
+// loads and barriers (slower: ~35 ns per extra TMA box per tile); the producer issuing TMA boxes
+// instead of whole records (314 us at 1M) or two half-tile copies (292-298 us).
 #pragma once
 
 #include <cuda.h>  // CUtensorMap
@@ -101,84 +104,79 @@ constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
-// converter warpgroup (fp8).
+// converter warpgroup and the producer warpgroup (fp8; warp 8's lane 0 issues the copies).
 template <bool kFp8>
 struct DecLayout {
-  static constexpr int kThreads = 128 + (kFp8 ? 128 : 32);
+  // fp8: the producer warpgroup gives its registers to the others (setmaxnreg: producer 40,
+  // converter 200, consumer 240; 384 threads would cap every thread at 168).
+  static constexpr int kThreads = 128 + (kFp8 ? 256 : 32);
   static constexpr uint32_t kOffRing = kDecQBytes;
-  // P of the tile in ring slot i. The consumers write P of tile n once tile n is in its slot,
-  // so every consumer warp is done with P of the slot's previous tile, n − 2 (its release came
-  // first); a warp may still run Oᵀ of tile n − 1 on the other buffer.
+  // P of the tile in ring slot i (bf16). The consumers write P of tile n once tile n is in its
+  // slot, so every consumer warp is done with P of the slot's previous tile, n − 2 (its release
+  // came first); a warp may still run Oᵀ of tile n − 1 on the other buffer. fp8: one buffer (the
+  // staging area needs the room), a consumer barrier before it is written.
+  static constexpr int kPBufs = kFp8 ? 1 : kDecStages;
   static constexpr uint32_t kOffP = kOffRing + kDecStages * kDecTileBytes;
-  // fp8: codes [4 boxes][64 rows][128] (swizzled, 1024-aligned), then the scales [64 rows][4].
-  static constexpr uint32_t kOffStg = kOffP + kDecStages * kDecPBytes;
-  static constexpr uint32_t kStgBytes = kFp8 ? 4 * kDecBox + kDecKeys * 16 : 0;
+  // fp8: a tile's records [64][656] as they are in the cache (codes, k_pe, scales).
+  static constexpr uint32_t kOffStg = kOffP + kPBufs * kDecPBytes;
+  static constexpr uint32_t kStgBytes = kFp8 ? kDecKeys * kMlaFp8Row : 0;
   // [4 warps][32 heads] fp32 (the slow path's maxima, the end's l), then [32] m, [32] l.
   static constexpr uint32_t kOffRed = kOffStg + kStgBytes;
-  // + 1 KB for the 1024 alignment; the kernel's static barriers (48 bytes) come on top.
+  // + 1 KB for the 1024 alignment; the kernel's static barriers (<= 64 bytes) come on top.
   static constexpr size_t kSmem = kOffRed + 6 * kDecHeads * 4 + 1024;
   static_assert(kOffStg % 1024 == 0 && kSmem + 64 <= 227 * 1024, "one CTA per SM must fit");
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kDecTileBytes);
 };
 
-// Kernel arguments: the params and the cache as a [num_blocks·64][576] tensor map (boxes of
-// [64 rows][64 channels]); fp8: the records as [num_blocks·64][656] bytes, boxes of [64 rows]
-// [128 bytes] (cache) and [64 rows][16 bytes] unswizzled (scales).
+// Kernel arguments: the params and, bf16, the cache as a [num_blocks·64][576] tensor map (boxes
+// of [64 rows][64 channels]); the fp8 kernel copies whole records from p.cache8 (no tensor map).
 struct DecArgs {
   CUtensorMap cache;
-  CUtensorMap scales;
   MlaAttnParams p;
 };
 
-// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127.
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. Thread ct takes
+// rows r = ct / 8 + 16j (j = 0..3) and 16-byte piece k = ct % 8 of each 128-code group b of a
+// row (codes 128b + 16k .. + 16: piece i = 4b + j), of its k_pe, and the row's 4 scales.
 template <class L>
-__device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned char* sm,
-                                                   uint32_t base, uint64_t* stage, uint64_t* full,
-                                                   uint64_t* empty, const int* table, int blk0,
-                                                   int ntiles, int ct) {
+__device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* stage,
+                                                   uint64_t* stage_empty, uint64_t* full,
+                                                   uint64_t* empty, int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
-  const uint64_t policy = policy_evict_first();
-  auto load_codes = [&](int n) {  // thread 0: tile n's codes and scales into the staging area
-    const int blk = table[blk0 + n];
-    mbar_arrive_expect_tx(stage, L::kStgBytes);
-#pragma unroll
-    for (int b = 0; b < 4; ++b)
-      tma_load_2d(base + L::kOffStg + b * kDecBox, &args.cache, 128 * b, blk * kDecKeys, stage,
-                  policy);
-    tma_load_2d(base + L::kOffStg + 4 * kDecBox, &args.scales, kMlaFp8ScaleOff, blk * kDecKeys,
-                stage, policy);
-  };
-  if (ct == 0 && ntiles > 0) load_codes(0);
-  // Piece i of this thread: code box b = i / 4 (channels 128b + 16k .. + 16, k = ct % 8), row
-  // r = ct / 8 + 16 (i % 4); the row's 4 scales are one 16-byte load.
   const int k = ct % 8;
-  const uint4* const sc = reinterpret_cast<const uint4*>(sm + L::kOffStg + 4 * kDecBox);
+  const unsigned char* const stg = sm + L::kOffStg;
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    mbar_wait(stage, n & 1);
     uint4 v[kPieces];
+    uint4 pe[4];       // k_pe piece k of rows ct / 8 + 16 jj
     uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
+    mbar_wait(stage, n & 1);
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
       const int b = i / 4, r = ct / 8 + 16 * (i % 4);
-      v[i] = *reinterpret_cast<const uint4*>(sm + L::kOffStg + b * kDecBox + r * 128 +
-                                             ((k ^ (r % 8)) * 16));
+      v[i] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + 128 * b + 16 * k);
     }
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const uint4 f = sc[ct / 8 + 16 * j];
-      s[j][0] = __byte_perm(f.x, f.y, 0x7632);
-      s[j][1] = __byte_perm(f.z, f.w, 0x7632);
+    for (int jj = 0; jj < 4; ++jj) {
+      const int r = ct / 8 + 16 * jj;
+      const uint4 f = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8ScaleOff);
+      pe[jj] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8PeOff + 16 * k);
+      s[jj][0] = __byte_perm(f.x, f.y, 0x7632);
+      s[jj][1] = __byte_perm(f.z, f.w, 0x7632);
     }
-    bar_sync(2, 128);  // the staging area is read: the next tile's codes may land there
-    if (ct == 0 && n + 1 < ntiles) load_codes(n + 1);
+    // The reads above (generic proxy) must be done before the producer's next copy (async proxy)
+    // overwrites the staging area: a proxy fence, then every thread's own arrival. Without them
+    // (one arrival per warp after __syncwarp) results changed from run to run and NaN rows of
+    // the next tile leaked in (docs/perf-log.md, session 11, fp8mla3).
+    fence_proxy_async();
+    mbar_arrive(stage_empty);
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
     unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
-    if (ct == 0) {  // k_pe straight into box 8 (bytes 512 .. 639 of the records)
-      mbar_arrive_expect_tx(full + slot, kDecBox);
-      tma_load_2d(base + L::kOffRing + slot * kDecTileBytes + 8 * kDecBox, &args.cache,
-                  kMlaFp8PeOff, table[blk0 + n] * kDecKeys, full + slot, policy);
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {  // k_pe into box 8, swizzled (one row's 8 pieces per phase)
+      const int r = ct / 8 + 16 * jj;
+      *reinterpret_cast<uint4*>(tile + 8 * kDecBox + r * 128 + ((k ^ (r % 8)) * 16)) = pe[jj];
     }
     // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
     // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
@@ -196,9 +194,32 @@ __device__ __forceinline__ void mla_decode_convert(const DecArgs& args, unsigned
       *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
       *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
     }
-    fence_proxy_async();  // generic writes, read by wgmma (async proxy)
-    bar_sync(2, 128);
-    if (ct == 0) mbar_arrive(full + slot);
+    fence_proxy_async();       // generic writes, read by wgmma (async proxy)
+    mbar_arrive(full + slot);  // every thread, after its own proxy fence
+  }
+}
+
+// fp8: the producer (warp 8's lane 0). Tile n + 1's records (one bulk copy of the block's 64
+// records, 41,984 bytes) go out into the staging area once every converter thread has read tile
+// n's; block-table entries are read two tiles ahead.
+__device__ __forceinline__ void mla_decode_produce(const MlaAttnParams& p, unsigned char* stg,
+                                                   uint64_t* stage, uint64_t* stage_empty,
+                                                   const int* table, int blk0, int ntiles) {
+  constexpr uint32_t kBytes = kDecKeys * kMlaFp8Row;
+  const uint64_t policy = policy_evict_first();
+  auto load = [&](int blk) {
+    mbar_arrive_expect_tx(stage, kBytes);
+    bulk_g2s(stg, p.cache8 + int64_t(blk) * kBytes, kBytes, stage, policy);
+  };
+  if (ntiles <= 0) return;
+  const int blk = table[blk0];
+  int next = ntiles > 1 ? table[blk0 + 1] : 0;
+  load(blk);
+  for (int n = 0; n + 1 < ntiles; ++n) {
+    const int after = n + 2 < ntiles ? table[blk0 + n + 2] : 0;
+    mbar_wait(stage_empty, n & 1);
+    load(next);
+    next = after;
   }
 }
 
@@ -212,25 +233,30 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
-// Named barriers: 1 the consumer warpgroup, 2 the converter warpgroup.
+// Named barrier 1: the consumer warpgroup.
 template <bool kFp8>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   using L = DecLayout<kFp8>;
   extern __shared__ unsigned char dec_smem_raw[];
-  __shared__ uint64_t bars[2 * kDecStages + 1];  // full[2], empty[2], fp8: the staging area's
+  // full[2], empty[2]; fp8: the staging area's stage (full) and stage_empty barriers
+  __shared__ uint64_t bars[2 * kDecStages + 2];
   uint64_t* const full = bars;
   uint64_t* const empty = bars + kDecStages;
   uint64_t* const stage = bars + 2 * kDecStages;
+  uint64_t* const stage_empty = stage + 1;
   // Nothing here reads what earlier kernels write: it overlaps their tail (PDL).
   if (threadIdx.x == 0) {
-    prefetch_tensormap(&args.cache);
-    if (kFp8) prefetch_tensormap(&args.scales);
+    if (!kFp8) prefetch_tensormap(&args.cache);
     for (int s = 0; s < kDecStages; ++s) {
-      mbar_init(full + s, kFp8 ? 2 : 1);  // the expect_tx; fp8: and the converters' writes
-      mbar_init(empty + s, 4);            // every consumer warp
+      // bf16: the producer's expect_tx; fp8: every converter thread, after its writes.
+      mbar_init(full + s, kFp8 ? 128 : 1);
+      mbar_init(empty + s, 4);  // every consumer warp
     }
-    if (kFp8) mbar_init(stage, 1);
+    if (kFp8) {
+      mbar_init(stage, 1);
+      mbar_init(stage_empty, 128);  // every converter thread
+    }
     fence_mbar_init();
   }
   pdl_launch_dependents();  // PDL (launch.h): everything below may depend on the previous kernel
@@ -252,10 +278,16 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
   const int lane = threadIdx.x % 32;
-  if (warp >= 4) {  // the converter warpgroup (fp8, loads included) or the producer (bf16)
-    if (kFp8) {
-      mla_decode_convert<L>(args, sm, base, stage, full, empty, table, blk0, ntiles,
-                            threadIdx.x - 128);
+  if (warp >= 4) {  // fp8: the converter and producer warpgroups; bf16: the producer warp
+    if constexpr (kFp8) {
+      if (warp < 8) {
+        setmaxnreg_inc<200>();
+        mla_decode_convert<L>(sm, stage, stage_empty, full, empty, ntiles, threadIdx.x - 128);
+      } else {
+        setmaxnreg_dec<40>();
+        if (warp == 8 && lane == 0)
+          mla_decode_produce(p, sm + L::kOffStg, stage, stage_empty, table, blk0, ntiles);
+      }
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
       int blk = ntiles > 0 ? table[blk0] : 0;
@@ -275,6 +307,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     return;
   }
 
+  if constexpr (kFp8) setmaxnreg_inc<240>();
   // Consumers: 128 threads, warp w owns keys 16w .. +16 of Sᵀ and channels 16w .. +16 of each
   // 64-channel m-tile of Oᵀ; lane (g, t) holds rows g, g + 8 and heads 8j + 2t, +1 (j = 0..3).
   const int tid = threadIdx.x, w = warp, g = lane / 4, t = lane % 4;
@@ -340,14 +373,14 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     wgmma_commit();
   };
   // Whether Sᵀ of tile n + 1 goes out behind Oᵀ of tile n, before waiting for Oᵀ (bf16 only:
-  // there the consumer chain sets the pace; the fp8 kernel is bound by its loads and was no
-  // faster). Not in the first two tiles: there the next tile often is not in yet, and waiting
+  // there the consumer chain sets the pace; the fp8 kernel was no faster with it, sessions 10
+  // and 11). Not in the first two tiles: there the next tile often is not in yet, and waiting
   // for it before handing slot n back would hold up the load of tile n + 2.
   auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
-    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = slot * kDecPBytes;
+    const uint32_t tile = ring_s + slot * kDecTileBytes, pbuf = (slot % L::kPBufs) * kDecPBytes;
     if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
@@ -394,6 +427,8 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
       }
       fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
     };
+    // One P buffer (fp8): every warp's Oᵀ of the tile before must be done with it.
+    if (L::kPBufs == 1) bar_sync(1, 128);
     store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
