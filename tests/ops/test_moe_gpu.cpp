@@ -40,6 +40,28 @@ void cpu_route(const std::vector<float>& logits, const std::vector<float>& bias,
   cpu::moe_route(cp);
 }
 
+// The fused block's input side on the CPU: xn = RMSNorm(x) · norm_w (fp32), a = bf16(xn) (the
+// experts' input) and the fp32 router logits from xn.
+void fused_block_input(const std::vector<float>& x, const std::vector<float>& norm_w,
+                       const std::vector<float>& router, int H, int E, float eps,
+                       std::vector<float>& xn, std::vector<float>& a, std::vector<float>& logits) {
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double inv = 1.0 / std::sqrt(ss / H + eps);
+  xn.assign(size_t(H), 0.f);
+  a.assign(size_t(H), 0.f);
+  for (int k = 0; k < H; ++k) {
+    xn[size_t(k)] = float(x[size_t(k)] * inv * norm_w[size_t(k)]);
+    a[size_t(k)] = bf16_to_f32(f32_to_bf16(xn[size_t(k)]));
+  }
+  logits.assign(size_t(E), 0.f);
+  for (int e = 0; e < E; ++e) {
+    double acc = 0;
+    for (int k = 0; k < H; ++k) acc += double(xn[size_t(k)]) * router[size_t(e) * H + k];
+    logits[size_t(e)] = float(acc);
+  }
+}
+
 // run_moe_route on the device with the same rule; `p` may be changed between runs (the shared
 // expert, expert parallelism), the outputs are poisoned before each run.
 struct DeviceRoute {
@@ -723,20 +745,8 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     const auto norm_w = random_f32(rng, H, 0.5f, 1.5f), next_w = random_f32(rng, H, 0.5f, 1.5f);
 
     // Reference.
-    double ss = 0;
-    for (float v : x) ss += double(v) * v;
-    const double inv = 1.0 / std::sqrt(ss / H + kEps);
-    std::vector<float> xn(static_cast<size_t>(H)), a(static_cast<size_t>(H));
-    for (int k = 0; k < H; ++k) {
-      xn[size_t(k)] = float(x[size_t(k)] * inv * norm_w[size_t(k)]);
-      a[size_t(k)] = bf16_to_f32(f32_to_bf16(xn[size_t(k)]));  // the experts' bf16 input
-    }
-    std::vector<float> logits(static_cast<size_t>(E));
-    for (int e = 0; e < E; ++e) {
-      double acc = 0;
-      for (int k = 0; k < H; ++k) acc += double(xn[size_t(k)]) * router[size_t(e) * H + k];
-      logits[size_t(e)] = float(acc);
-    }
+    std::vector<float> xn, a, logits;
+    fused_block_input(x, norm_w, router, H, E, kEps, xn, a, logits);
     std::vector<int> ids;
     std::vector<float> wts;
     auto logits_ref = logits;
@@ -909,19 +919,8 @@ TEST(MoeGpu, FusedDecodeBlockTensorParallelSlices) {
     const auto norm_w = random_f32(rng, H, 0.5f, 1.5f);
 
     // Reference: routing from the whole row, then each rank's slice of every chosen expert.
-    double ss = 0;
-    for (float v : x) ss += double(v) * v;
-    const double inv = 1.0 / std::sqrt(ss / H + kEps);
-    std::vector<float> xn(static_cast<size_t>(H)), a(static_cast<size_t>(H)), logits(static_cast<size_t>(E));
-    for (int k = 0; k < H; ++k) {
-      xn[size_t(k)] = float(x[size_t(k)] * inv * norm_w[size_t(k)]);
-      a[size_t(k)] = bf16_to_f32(f32_to_bf16(xn[size_t(k)]));
-    }
-    for (int e = 0; e < E; ++e) {
-      double acc = 0;
-      for (int k = 0; k < H; ++k) acc += double(xn[size_t(k)]) * router[size_t(e) * H + k];
-      logits[size_t(e)] = float(acc);
-    }
+    std::vector<float> xn, a, logits;
+    fused_block_input(x, norm_w, router, H, E, kEps, xn, a, logits);
     std::vector<int> ids;
     std::vector<float> wts;
     cpu_route(logits, bias, 1, E, K, ids, wts);
