@@ -12,6 +12,7 @@
 // Usage: bench_comm [--ranks N]
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -25,13 +26,26 @@
 
 int main(int argc, char** argv) {
 #if !KIMI_HAVE_CUDA
+  (void)argc;
+  (void)argv;
   std::printf("bench_comm: built without CUDA\n");
   return 0;
 #else
   using namespace kimi;
   int want = 2;
-  for (int i = 1; i < argc; ++i)
-    if (!std::strcmp(argv[i], "--ranks") && i + 1 < argc) want = std::atoi(argv[++i]);
+  for (int i = 1; i < argc; ++i) {
+    char* end = nullptr;
+    if (!std::strcmp(argv[i], "--ranks") && i + 1 < argc) {
+      want = int(std::strtol(argv[++i], &end, 10));
+      if (*end != '\0' || want < 2 || want > cuda::kPeerMaxRanks) {
+        std::fprintf(stderr, "bench_comm: --ranks takes 2..%d, got '%s'\n", cuda::kPeerMaxRanks, argv[i]);
+        return 2;
+      }
+    } else {
+      std::fprintf(stderr, "bench_comm: unknown argument '%s' (usage: bench_comm [--ranks N])\n", argv[i]);
+      return 2;
+    }
+  }
   int n = 0;
   CUDA_CHECK(cudaGetDeviceCount(&n));
   n = std::min({n, want, cuda::kPeerMaxRanks});
