@@ -20,10 +20,10 @@
 // Launch: a cluster of C CTAs (1, 2, 4 or 8) per row, 512 threads; CTA c holds ids
 // [c·slice, (c+1)·slice) of the row in shared memory (vocab up to 8 · 24576 = 196608). The cut
 // points are found without sorting: a histogram of fixed-point probability mass (2^-40 units) over
-// 1024 value bins, merged through distributed shared memory, locates the bin where a cumulative
-// count or mass crosses its target; a bin of at most 256 tokens is then ranked exactly, a larger
-// one refined by 10-bit radix digits of the logit. No workspace, no host synchronisation: the
-// launch can be captured in a CUDA graph.
+// 1024 value bins, merged through distributed shared memory into cumulative arrays in every CTA,
+// locates the bin where a cumulative count or mass crosses its target; a bin of at most 256
+// tokens is then ranked exactly, a larger one refined by 8-bit radix digits of the logit. No
+// workspace, no host synchronisation: the launch can be captured in a CUDA graph.
 #pragma once
 
 #include <cuda_runtime.h>
