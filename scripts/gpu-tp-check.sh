@@ -5,7 +5,8 @@
 # TP matrix with random weights: TP = 2 and 4 (where the GPUs exist), experts split by
 # intermediate dimension and by expert (--enable-expert-parallel), and the decode all-reduce
 # through peer memory (default: the push kernel; KIMI_TP_ALLREDUCE=pull the previous one) and
-# through NCCL (KIMI_TP_ALLREDUCE=nccl). Logs into OUTDIR.
+# through NCCL (KIMI_TP_ALLREDUCE=nccl), after bench_comm (the all-reduce kernels alone). Logs into
+# OUTDIR.
 set -uo pipefail
 OUT=${1:?usage: gpu-tp-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -17,7 +18,7 @@ export LD_LIBRARY_PATH=$DEPS/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY
 { nvidia-smi; nvidia-smi topo -m; } >"$OUT/machine.txt" 2>&1
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$DEPS" \
   -DKIMI_CUDA_ARCHITECTURES=90a >"$OUT/build.log" 2>&1 &&
-  cmake --build "$BUILD" -j "$(nproc)" --target kimi_test_unit kimi_test_ops kimi_test_model bench_cuda_model \
+  cmake --build "$BUILD" -j "$(nproc)" --target kimi_test_unit kimi_test_ops kimi_test_model bench_cuda_model bench_comm \
     >>"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 T=$OUT/tests.log
 "$BUILD/tests/kimi_test_unit" --gtest_filter='TensorParallel*' >>"$T" 2>&1
@@ -32,6 +33,8 @@ bench() {  # bench LABEL "VAR=value ..." ARGS...
   env $envs timeout 300 "$BUILD/benchmarks/bench_cuda_model" --model "$ROOT/benchmarks/configs/kimi-linear-48b-a3b" \
     --random-weights --prefill 4096 --decode "${KIMI_TP_DECODE:-64}" "$@" >>"$B" 2>&1 || echo "FAILED rc $?" >>"$B"
 }
+echo "==== bench_comm: decode-sized peer all-reduces, $(( gpus < 8 ? gpus : 8 )) GPUs" >>"$B"
+timeout 120 "$BUILD/benchmarks/bench_comm" --ranks $(( gpus < 8 ? gpus : 8 )) >>"$B" 2>&1 || echo "FAILED rc $?" >>"$B"
 for tp in 2 4; do
   [[ $gpus -ge $tp ]] || continue
   devs=$(seq -s, 0 $((tp - 1)))
@@ -47,5 +50,5 @@ done
 {
   echo "==== gpu-tp-check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $gpus)"
   grep -hE '^\[  (PASSED|FAILED) |tests? ran|TP=.*vs TP=1' "$T"
-  grep -hE '^(====|card|memory|prefill|decode|FAILED)|all-reduce' "$B"
+  grep -hE '^(====|card|memory|prefill|decode|FAILED|rows)|all-reduce' "$B"
 } | tee "$OUT/summary.txt"
