@@ -62,6 +62,17 @@ void fused_block_input(const std::vector<float>& x, const std::vector<float>& no
   }
 }
 
+// The routing rule of every device test here (renormalised, scaled by kRouteScaling, as
+// cpu_route) over device buffers.
+cuda::MoeRouteParams route_rule(int T, int E, int K, const float* logits, const float* bias,
+                                int* ids, float* weights) {
+  cuda::MoeRouteParams p;
+  p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true;
+  p.scaling = kRouteScaling, p.logits = logits, p.correction_bias = bias;
+  p.expert_ids = ids, p.weights = weights;
+  return p;
+}
+
 // run_moe_route on the device with the same rule; `p` may be changed between runs (the shared
 // expert, expert parallelism), the outputs are poisoned before each run.
 struct DeviceRoute {
@@ -74,9 +85,7 @@ struct DeviceRoute {
         ids(size_t(T) * (row ? row : K)) {
     logits.upload(l);
     bias.upload(b);
-    p.num_tokens = T, p.num_experts = E, p.top_k = K, p.renormalize = true;
-    p.scaling = kRouteScaling, p.logits = logits.data(), p.correction_bias = bias.data();
-    p.expert_ids = ids.data(), p.weights = weights.data();
+    p = route_rule(T, E, K, logits.data(), bias.data(), ids.data(), weights.data());
   }
   void run() {
     ids.poison();
@@ -547,10 +556,7 @@ TEST(MoeGpu, FusedDecodeRouteMatchesCpu) {
     dws.poison();
     dticket.upload(std::vector<int>{0});
     cuda::MoeRouteDecodeParams p;
-    p.route.num_tokens = c.T, p.route.num_experts = c.E, p.route.top_k = c.K;
-    p.route.renormalize = true, p.route.scaling = kRouteScaling;
-    p.route.logits = dl.data(), p.route.correction_bias = db.data();
-    p.route.expert_ids = di.data(), p.route.weights = dw.data();
+    p.route = route_rule(c.T, c.E, c.K, dl.data(), db.data(), di.data(), dw.data());
     p.route.shared_expert = c.shared ? El : -1;
     p.route.expert_first = c.first, p.route.local_experts = c.local;
     p.x = dx.data(), p.router = dr.data(), p.hidden = c.H, p.block_m = 16;
@@ -792,10 +798,7 @@ TEST(MoeGpu, FusedDecodeBlockMatchesCpu) {
     dnext.upload(next_w);
     dbar.upload(std::vector<int>{0, 0});
     cuda::MoeDecodeFusedParams p;
-    p.route.num_tokens = 1, p.route.num_experts = E, p.route.top_k = K;
-    p.route.renormalize = true, p.route.scaling = kRouteScaling;
-    p.route.logits = dl.data(), p.route.correction_bias = db.data();
-    p.route.expert_ids = di.data(), p.route.weights = dw.data();
+    p.route = route_rule(1, E, K, dl.data(), db.data(), di.data(), dw.data());
     p.route.shared_expert = c.shared ? E : -1;
     p.x = dx.data(), p.norm_weight = dnw.data(), p.eps = kEps, p.router = dr.data();
     p.w13 = dev<cuda::bf16>(dw13), p.w2 = dev<cuda::bf16>(dw2), p.hidden = H, p.inter = I;
@@ -966,10 +969,7 @@ TEST(MoeGpu, FusedDecodeBlockTensorParallelSlices) {
     for (int r = 0; r < c.ranks; ++r) {
       const std::string run = str(what, " rank ", r);
       cuda::MoeDecodeFusedParams p;
-      p.route.num_tokens = 1, p.route.num_experts = E, p.route.top_k = K;
-      p.route.renormalize = true, p.route.scaling = kRouteScaling;
-      p.route.logits = dl.data(), p.route.correction_bias = db.data();
-      p.route.expert_ids = di.data(), p.route.weights = dw.data();
+      p.route = route_rule(1, E, K, dl.data(), db.data(), di.data(), dw.data());
       p.route.shared_expert = c.shared ? E : -1;
       p.x = dx.data(), p.norm_weight = dnw.data(), p.eps = kEps, p.router = dr.data();
       p.w13 = dev<cuda::bf16>(dw13[size_t(r)]), p.w2 = dev<cuda::bf16>(dw2[size_t(r)]);
