@@ -176,8 +176,7 @@ int fp8_diag() {
 }
 template <int D>
 void launch_fp8_diag(const mla::DecArgs& a, dim3 grid, cudaStream_t stream) {
-  launch_kernel(mla::mla_decode_kernel<true, D>, grid,
-                mla::DecLayout<true, (D & 16) ? 1 : 2>::kThreads,
+  launch_kernel(mla::mla_decode_kernel<true, D>, grid, mla::DecLayout<true>::kThreads,
                 LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
 }
 
@@ -193,10 +192,6 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
       case 4: launch_fp8_diag<4>(a, grid, stream); break;
       case 8: launch_fp8_diag<8>(a, grid, stream); break;
       case 3: launch_fp8_diag<3>(a, grid, stream); break;
-      case 16: launch_fp8_diag<16>(a, grid, stream); break;
-      case 17: launch_fp8_diag<17>(a, grid, stream); break;
-      case 32: launch_fp8_diag<32>(a, grid, stream); break;
-      case 33: launch_fp8_diag<33>(a, grid, stream); break;
       default: launch_fp8_diag<0>(a, grid, stream); break;
     }
   } else {
@@ -236,11 +231,7 @@ void mla_prepare() {
                         (const void*)mla::mla_decode_kernel<true, 2>,
                         (const void*)mla::mla_decode_kernel<true, 3>,
                         (const void*)mla::mla_decode_kernel<true, 4>,
-                        (const void*)mla::mla_decode_kernel<true, 8>,
-                        (const void*)mla::mla_decode_kernel<true, 16>,
-                        (const void*)mla::mla_decode_kernel<true, 17>,
-                        (const void*)mla::mla_decode_kernel<true, 32>,
-                        (const void*)mla::mla_decode_kernel<true, 33>})
+                        (const void*)mla::mla_decode_kernel<true, 8>})
     CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);

@@ -111,12 +111,10 @@ constexpr int kStampN = 32;
 
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
 // converter warpgroup and the producer warpgroup (fp8; warp 8's lane 0 issues the copies).
-template <bool kFp8, int kConvWG = 2>
+template <bool kFp8>
 struct DecLayout {
   // fp8: the producer warpgroup gives its registers to the others (setmaxnreg: producer 40,
   // converter 200, consumer 240; 384 threads would cap every thread at 168).
-  // kConvWG = 2: two converter warpgroups, converter thread 0 issuing the copies.
-  static constexpr int kConvThreads = 128 * kConvWG;
   static constexpr int kThreads = 128 + (kFp8 ? 256 : 32);
   static constexpr uint32_t kOffRing = kDecQBytes;
   // P of the tile in ring slot i (bf16). The consumers write P of tile n once tile n is in its
@@ -142,6 +140,95 @@ struct DecArgs {
   CUtensorMap cache;
   MlaAttnParams p;
 };
+
+// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. Thread ct takes
+// rows r = ct / 8 + 16j (j = 0..3) and 16-byte piece k = ct % 8 of each 128-code group b of a
+// row (codes 128b + 16k .. + 16: piece i = 4b + j), of its k_pe, and the row's 4 scales.
+template <class L, int kDiag>
+__device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* stage,
+                                                   uint64_t* stage_empty, uint64_t* full,
+                                                   uint64_t* empty, int ntiles, int ct) {
+  constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
+  const int k = ct % 8;
+  const unsigned char* const stg = sm + L::kOffStg;
+  unsigned long long st[4] = {0, 0, 0, 0};
+  const long long c_begin = clock64();
+  for (int n = 0; n < ntiles; ++n) {
+    const int slot = n % kDecStages;
+    uint4 v[kPieces];
+    uint4 pe[4];       // k_pe piece k of rows ct / 8 + 16 jj
+    uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
+    long long c0 = 0;
+    if (kDiag & 1) c0 = clock64();
+    mbar_wait(stage, n & 1);
+    long long c1 = 0;
+    if (kDiag & 1) c1 = clock64(), st[0] += c1 - c0;
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int b = i / 4, r = ct / 8 + 16 * (i % 4);
+      v[i] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + 128 * b + 16 * k);
+    }
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int r = ct / 8 + 16 * jj;
+      const uint4 f = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8ScaleOff);
+      pe[jj] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8PeOff + 16 * k);
+      s[jj][0] = __byte_perm(f.x, f.y, 0x7632);
+      s[jj][1] = __byte_perm(f.z, f.w, 0x7632);
+    }
+    // The reads above (generic proxy) must be done before the producer's next copy (async proxy)
+    // overwrites the staging area: a proxy fence, then every thread's own arrival. Without them
+    // (one arrival per warp after __syncwarp) results changed from run to run and NaN rows of
+    // the next tile leaked in (docs/perf-log.md, session 11, fp8mla3).
+    fence_proxy_async();
+    mbar_arrive(stage_empty);
+    if (kDiag & 1) c0 = clock64(), st[1] += c0 - c1;
+    // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
+    mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
+    if (kDiag & 1) c1 = clock64(), st[2] += c1 - c0;
+    unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
+    if (kDiag & 2) {  // timing only: no conversion, no stores (the loads kept alive)
+      uint32_t x = 0;
+#pragma unroll
+      for (int i = 0; i < kPieces; ++i) x ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj) x ^= pe[jj].x ^ s[jj][0] ^ s[jj][1];
+      if (x == 0x9e3779b9u && ct == 1000) *reinterpret_cast<uint32_t*>(tile) = x;
+      fence_proxy_async();
+      mbar_arrive(full + slot);
+      if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
+      continue;
+    }
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {  // k_pe into box 8, swizzled (one row's 8 pieces per phase)
+      const int r = ct / 8 + 16 * jj;
+      *reinterpret_cast<uint4*>(tile + 8 * kDecBox + r * 128 + ((k ^ (r % 8)) * 16)) = pe[jj];
+    }
+    // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
+    // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
+    // (one row, k = 0..7) cover all 8 pieces of the two boxes' rows: all 32 banks, no conflict.
+    const int pc = 2 * (k % 4), hi = k / 4;
+#pragma unroll
+    for (int i = 0; i < kPieces; ++i) {
+      const int b = i / 4, j = i % 4, r = ct / 8 + 16 * j;
+      // The scale of group b twice (bf16x2).
+      const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
+      const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
+      unsigned char* const row = tile + (2 * b + hi) * kDecBox + r * 128;
+      const uint4 lo8 = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
+      const uint4 hi8 = fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
+      *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
+      *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
+    }
+    fence_proxy_async();       // generic writes, read by wgmma (async proxy)
+    mbar_arrive(full + slot);  // every thread, after its own proxy fence
+    if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
+  }
+  if ((kDiag & 1) && ct == 0) {
+    for (int i = 0; i < 4; ++i) atomicAdd(g_mla_dec_stamps + 16 + i, st[i]);
+    atomicAdd(g_mla_dec_stamps + 20, (unsigned long long)(clock64() - c_begin));
+  }
+}
 
 // fp8: the producer (warp 8's lane 0). Tile n + 1's records (one bulk copy of the block's 64
 // records, 41,984 bytes) go out into the staging area once every converter thread has read tile
@@ -171,120 +258,6 @@ __device__ __forceinline__ void mla_decode_produce(const MlaAttnParams& p, unsig
   }
 }
 
-// fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. Thread ct takes
-// rows r = ct / 8 + 16j (j = 0..3) and 16-byte piece k = ct % 8 of each 128-code group b of a
-// row (codes 128b + 16k .. + 16: piece i = 4b + j), of its k_pe, and the row's 4 scales.
-template <class L, int kDiag>
-__device__ __forceinline__ void mla_decode_convert(const MlaAttnParams& p, unsigned char* sm,
-                                                   uint64_t* stage, uint64_t* stage_empty,
-                                                   uint64_t* full, uint64_t* empty,
-                                                   const int* table, int blk0, int ntiles, int ct) {
-  constexpr int kNC = L::kConvThreads;
-  constexpr int kRows = kDecKeys * 8 / kNC;  // rows per thread
-  constexpr int kRs = kNC / 8;               // row step
-  constexpr int kPieces = 4 * kRows;         // 16-byte pieces of codes per thread
-  const int k = ct % 8;
-  const unsigned char* const stg = sm + L::kOffStg;
-  unsigned long long st[4] = {0, 0, 0, 0};
-  const long long c_begin = clock64();
-  // Two converter warpgroups: thread 0 is also the producer (as mla_decode_produce).
-  const bool prod = kNC == 256 && ct == 0;
-  constexpr uint32_t kBytes = kDecKeys * kMlaFp8Row;
-  uint64_t policy = 0;
-  int next = 0;
-  auto load = [&](int blk) {
-    mbar_arrive_expect_tx(stage, kBytes);
-    bulk_g2s(sm + L::kOffStg, p.cache8 + int64_t(blk) * kBytes, kBytes, stage, policy);
-  };
-  if (prod && ntiles > 0) {
-    policy = policy_evict_first();
-    const int blk = table[blk0];
-    next = ntiles > 1 ? table[blk0 + 1] : 0;
-    load(blk);
-  }
-  for (int n = 0; n < ntiles; ++n) {
-    const int slot = n % kDecStages;
-    uint4 v[kPieces];
-    uint4 pe[kRows];       // k_pe piece k of rows ct / 8 + kRs jj
-    uint32_t s[kRows][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
-    long long c0 = 0;
-    if (kDiag & 1) c0 = clock64();
-    mbar_wait(stage, n & 1);
-    long long c1 = 0;
-    if (kDiag & 1) c1 = clock64(), st[0] += c1 - c0;
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int b = i / kRows, r = ct / 8 + kRs * (i % kRows);
-      v[i] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + 128 * b + 16 * k);
-    }
-#pragma unroll
-    for (int jj = 0; jj < kRows; ++jj) {
-      const int r = ct / 8 + kRs * jj;
-      const uint4 f = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8ScaleOff);
-      pe[jj] = *reinterpret_cast<const uint4*>(stg + r * kMlaFp8Row + kMlaFp8PeOff + 16 * k);
-      s[jj][0] = __byte_perm(f.x, f.y, 0x7632);
-      s[jj][1] = __byte_perm(f.z, f.w, 0x7632);
-    }
-    // The reads above (generic proxy) must be done before the producer's next copy (async proxy)
-    // overwrites the staging area: a proxy fence, then every thread's own arrival. Without them
-    // (one arrival per warp after __syncwarp) results changed from run to run and NaN rows of
-    // the next tile leaked in (docs/perf-log.md, session 11, fp8mla3).
-    fence_proxy_async();
-    mbar_arrive(stage_empty);
-    if (prod && n + 1 < ntiles) {  // the next tile's copy once every converter thread has read
-      const int after = n + 2 < ntiles ? table[blk0 + n + 2] : 0;
-      mbar_wait(stage_empty, n & 1);
-      load(next);
-      next = after;
-    }
-    if (kDiag & 1) c0 = clock64(), st[1] += c0 - c1;
-    // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
-    mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
-    if (kDiag & 1) c1 = clock64(), st[2] += c1 - c0;
-    unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
-    if (kDiag & 2) {  // timing only: no conversion, no stores (the loads kept alive)
-      uint32_t x = 0;
-#pragma unroll
-      for (int i = 0; i < kPieces; ++i) x ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
-#pragma unroll
-      for (int jj = 0; jj < kRows; ++jj) x ^= pe[jj].x ^ s[jj][0] ^ s[jj][1];
-      if (x == 0x9e3779b9u && ct == 1000) *reinterpret_cast<uint32_t*>(tile) = x;
-      fence_proxy_async();
-      mbar_arrive(full + slot);
-      if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
-      continue;
-    }
-#pragma unroll
-    for (int jj = 0; jj < kRows; ++jj) {  // k_pe into box 8, swizzled (one row's 8 pieces per phase)
-      const int r = ct / 8 + kRs * jj;
-      *reinterpret_cast<uint4*>(tile + 8 * kDecBox + r * 128 + ((k ^ (r % 8)) * 16)) = pe[jj];
-    }
-    // A thread's 16 codes are bf16 pieces pc, pc + 1 of one row of box 2b + k / 4. Threads
-    // k = 4..7 store theirs in the other order, so that the 8 lanes of a 16-byte store phase
-    // (one row, k = 0..7) cover all 8 pieces of the two boxes' rows: all 32 banks, no conflict.
-    const int pc = 2 * (k % 4), hi = k / 4;
-#pragma unroll
-    for (int i = 0; i < kPieces; ++i) {
-      const int b = i / kRows, j = i % kRows, r = ct / 8 + kRs * j;
-      // The scale of group b twice (bf16x2).
-      const uint32_t s2 = __byte_perm(s[j][b / 2], 0, b % 2 ? 0x3232 : 0x1010);
-      const __nv_bfloat162 scale2 = *reinterpret_cast<const __nv_bfloat162*>(&s2);
-      unsigned char* const row = tile + (2 * b + hi) * kDecBox + r * 128;
-      const uint4 lo8 = fp8x8_to_bf16(make_uint2(v[i].x, v[i].y), scale2);
-      const uint4 hi8 = fp8x8_to_bf16(make_uint2(v[i].z, v[i].w), scale2);
-      *reinterpret_cast<uint4*>(row + (((pc + hi) ^ (r % 8)) * 16)) = hi ? hi8 : lo8;
-      *reinterpret_cast<uint4*>(row + (((pc + 1 - hi) ^ (r % 8)) * 16)) = hi ? lo8 : hi8;
-    }
-    fence_proxy_async();       // generic writes, read by wgmma (async proxy)
-    mbar_arrive(full + slot);  // every thread, after its own proxy fence
-    if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
-  }
-  if ((kDiag & 1) && ct == 0) {
-    for (int i = 0; i < 4; ++i) atomicAdd(g_mla_dec_stamps + 16 + i, st[i]);
-    atomicAdd(g_mla_dec_stamps + 20, (unsigned long long)(clock64() - c_begin));
-  }
-}
-
 // Four 8×8 bf16 matrices stored transposed: lanes 8i .. 8i + 7 give the addresses of the stored
 // rows 0 .. 7 of matrix i; r[i] holds the lane's (row lane / 4, columns 2(lane % 4), +1) of
 // matrix i before the transpose.
@@ -296,12 +269,10 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barrier 1: the consumer warpgroup.
-// kDiag bit 16: one converter warpgroup (main's kernel, for the A/B).
 template <bool kFp8, int kDiag = 0>
-__global__ void __launch_bounds__(DecLayout<kFp8, (kDiag & 16) ? 1 : 2>::kThreads, 1)
+__global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
-  constexpr int kConvWG = (kDiag & 16) ? 1 : 2;
-  using L = DecLayout<kFp8, kConvWG>;
+  using L = DecLayout<kFp8>;
   extern __shared__ unsigned char dec_smem_raw[];
   // full[2], empty[2]; fp8: the staging area's stage (full) and stage_empty barriers
   __shared__ uint64_t bars[2 * kDecStages + 2];
@@ -314,12 +285,12 @@ __global__ void __launch_bounds__(DecLayout<kFp8, (kDiag & 16) ? 1 : 2>::kThread
     if (!kFp8) prefetch_tensormap(&args.cache);
     for (int s = 0; s < kDecStages; ++s) {
       // bf16: the producer's expect_tx; fp8: every converter thread, after its writes.
-      mbar_init(full + s, kFp8 ? L::kConvThreads : 1);
+      mbar_init(full + s, kFp8 ? 128 : 1);
       mbar_init(empty + s, 4);  // every consumer warp
     }
     if (kFp8) {
       mbar_init(stage, 1);
-      mbar_init(stage_empty, L::kConvThreads);  // every converter thread
+      mbar_init(stage_empty, 128);  // every converter thread
     }
     fence_mbar_init();
   }
@@ -344,14 +315,13 @@ __global__ void __launch_bounds__(DecLayout<kFp8, (kDiag & 16) ? 1 : 2>::kThread
   const int lane = threadIdx.x % 32;
   if (warp >= 4) {  // fp8: the converter and producer warpgroups; bf16: the producer warp
     if constexpr (kFp8) {
-      if (warp < 4 + 4 * kConvWG) {
-        if constexpr (kConvWG == 1) setmaxnreg_inc<200>();
-        else setmaxnreg_dec<128>();
-        mla_decode_convert<L, kDiag>(p, sm, stage, stage_empty, full, empty, table, blk0, ntiles,
+      if (warp < 8) {
+        setmaxnreg_inc<200>();
+        mla_decode_convert<L, kDiag>(sm, stage, stage_empty, full, empty, ntiles,
                                      threadIdx.x - 128);
       } else {
-        if constexpr (kConvWG == 1) setmaxnreg_dec<40>();
-        if (warp == 4 + 4 * kConvWG && lane == 0)
+        setmaxnreg_dec<40>();
+        if (warp == 8 && lane == 0)
           mla_decode_produce<kDiag>(p, sm + L::kOffStg, stage, stage_empty, table, blk0, ntiles);
       }
     } else if (lane == 0) {
@@ -451,9 +421,7 @@ __global__ void __launch_bounds__(DecLayout<kFp8, (kDiag & 16) ? 1 : 2>::kThread
   // there the consumer chain sets the pace; the fp8 kernel was no faster with it, sessions 10
   // and 11). Not in the first two tiles: there the next tile often is not in yet, and waiting
   // for it before handing slot n back would hold up the load of tile n + 2.
-  auto early = [&](int n) {
-    return (!kFp8 || (kDiag & 32)) && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles);
-  };
+  auto early = [&](int n) { return !kFp8 && n + 1 < ntiles && (n >= 2 || n + 2 >= ntiles); };
 
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
