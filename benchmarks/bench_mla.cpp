@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -129,24 +128,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   double ms[num_paths] = {0, 0, 0}, ms_attn_tc = 0.0;
   int splits[num_paths] = {0, 0, 0};
   const char* name[num_paths] = {"CUDA cores", "tensor cores", "tc fp8"};
-  // TEMPORARY (fp8mla5): KIMI_BENCH_SKIP_CC=1 skips the CUDA-core path; KIMI_BENCH_FP8_VARIANTS
-  // (e.g. "0,1,2,0") runs the fp8 path once per listed kDiag of the fp8 kernel, in that order,
-  // comparing each variant's u bitwise with the first's; stamps printed for variants with bit 1.
-  const bool skip_cc = std::getenv("KIMI_BENCH_SKIP_CC") != nullptr;
-  std::vector<int> variants;
-  if (const char* e = std::getenv("KIMI_BENCH_FP8_VARIANTS")) {
-    for (const char* c = e; *c;) {
-      variants.push_back(std::atoi(c));
-      while (*c && *c != ',') ++c;
-      if (*c == ',') ++c;
-    }
-  }
-  const bool var_loop = !variants.empty();
-  if (!var_loop) variants.push_back(kimi::cuda::mla_decode_get_diag());
-  std::vector<uint16_t> u_first;
   for (int path = 0; path < num_paths; ++path) {
-    if (path == 0 && skip_cc) continue;
-    if (path == 1 && skip_cc && std::atoi(std::getenv("KIMI_BENCH_SKIP_CC")) >= 2) continue;
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
@@ -172,42 +154,6 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     // About 20 ms of work per graph; the CUDA-core kernel moves ~0.1-0.3 TB/s.
     const double est_ms = (path == 2 ? bytes8 : bytes) / ((tc ? 3e12 : 1.5e11) * 1e-3);
     const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
-    if (path == 2) {
-      for (size_t vi = 0; vi < variants.size(); ++vi) {
-        kimi::cuda::mla_decode_set_diag(variants[vi]);
-        unsigned long long stm[32];
-        kimi::cuda::mla_decode_stamps(stm, true);
-        ms[path] = kimi::bench::graph_ms(step, per_graph, 9, st);
-        kimi::cuda::mla_decode_stamps(stm, true);
-        std::vector<uint16_t> u(size_t(B) * H * 512);
-        CUDA_CHECK(cudaMemcpy(u.data(), u_f8.data(), u.size() * 2, cudaMemcpyDeviceToHost));
-        size_t diff = 0;
-        if (vi == 0) u_first = u;
-        for (size_t i = 0; i < u.size(); ++i) diff += u[i] != u_first[i];
-        if (var_loop) {
-          const double gbs = bytes8 / (ms[path] * 1e-3) / 1e9;
-          std::printf("%-4d %-8d fp8 diag %-3d %10.1f us %6.1f%% of copy; u vs first: %zu differ; "
-                      "rel RMS vs bf16 %.2e\n",
-                      B, L, variants[vi], ms[path] * 1e3, 100 * gbs / copy_gbs, diff,
-                      rel_rms(u_tc, u_f8));
-        }
-        if (variants[vi] & 1) {
-          const double t = double(std::max(1ull, stm[0]));
-          std::printf("  stamps (cycles per tile, warp 0 lane 0; %llu tiles, %llu CTAs, %.1f "
-                      "tiles/CTA): cons loop %.0f = wait full %.0f + S %.0f + softmax %.0f + "
-                      "bar1 %.0f + P/bar_or %.0f + slow %.0f + O %.0f; over %.3f/tile\n",
-                      stm[0], stm[15], t / std::max(1ull, stm[15]), stm[14] / t, stm[1] / t,
-                      stm[2] / t, stm[3] / t, stm[4] / t, stm[5] / t, stm[6] / t, stm[7] / t,
-                      stm[8] / t);
-          std::printf("  converter thread 0: loop %.0f = wait stage %.0f + loads %.0f + wait slot "
-                      "%.0f + convert/store %.0f; producer wait stage_empty %.0f\n",
-                      stm[20] / t, stm[16] / t, stm[17] / t, stm[18] / t, stm[19] / t,
-                      stm[21] / t);
-        }
-      }
-      kimi::cuda::mla_decode_set_diag(variants[0]);
-      continue;
-    }
     ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
     if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
       auto attn_only = [&](int, cudaStream_t s) { kimi::cuda::run_mla_attention(ap, 1, s); };
@@ -562,17 +508,7 @@ int main(int argc, char** argv) {
                 : std::vector<std::pair<int, int>>{{1, 4096},    {1, 32768}, {1, 131072},
                                                    {1, 1 << 20}, {64, 4096}, {64, 32768},
                                                    {64, 131072}};
-      std::vector<std::pair<int, int>> only;  // TEMPORARY (fp8mla5): KIMI_BENCH_SHAPES="1x1048576,64x131072"
-      if (const char* e = std::getenv("KIMI_BENCH_SHAPES"))
-        for (const char* c = e; *c;) {
-          const int b = std::atoi(c);
-          while (*c && *c != 'x') ++c;
-          if (*c) ++c;
-          only.push_back({b, std::atoi(c)});
-          while (*c && *c != ',') ++c;
-          if (*c == ',') ++c;
-        }
-      for (auto [B, L] : only.empty() ? shapes : only) {
+      for (auto [B, L] : shapes) {
         const size_t need =
             size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) + (size_t(1) << 30);
         size_t free_b = 0, total_b = 0;

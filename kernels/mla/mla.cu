@@ -1,7 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -164,36 +163,14 @@ void launch_attn(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// TEMPORARY (fp8mla5 measurement): the fp8 kernel's kDiag, from KIMI_MLA_FP8_DIAG or
-// mla_decode_set_diag.
-int g_fp8_diag = -1;
-int fp8_diag() {
-  if (g_fp8_diag < 0) {
-    const char* e = std::getenv("KIMI_MLA_FP8_DIAG");
-    g_fp8_diag = e ? std::atoi(e) : 0;
-  }
-  return g_fp8_diag;
-}
-template <int D>
-void launch_fp8_diag(const mla::DecArgs& a, dim3 grid, cudaStream_t stream) {
-  launch_kernel(mla::mla_decode_kernel<true, D>, grid, mla::DecLayout<true>::kThreads,
-                LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
-}
-
 void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_blocks > 0, "mla decode: num_blocks (the cache's extent) not set");
   mla::DecArgs a{};
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
   if (p.cache8) {  // whole records by bulk copies: no tensor map
-    switch (fp8_diag()) {
-      case 1: launch_fp8_diag<1>(a, grid, stream); break;
-      case 2: launch_fp8_diag<2>(a, grid, stream); break;
-      case 4: launch_fp8_diag<4>(a, grid, stream); break;
-      case 8: launch_fp8_diag<8>(a, grid, stream); break;
-      case 3: launch_fp8_diag<3>(a, grid, stream); break;
-      default: launch_fp8_diag<0>(a, grid, stream); break;
-    }
+    launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
+                  LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
     a.cache = tensor_map_2d(p.cache, kMlaRow, uint64_t(p.num_blocks) * kMlaBlock, kMlaRow * 2,
                             kMlaBlock);
@@ -226,14 +203,9 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<false>::kSmem)));
-  for (const void* f : {(const void*)mla::mla_decode_kernel<true, 0>,
-                        (const void*)mla::mla_decode_kernel<true, 1>,
-                        (const void*)mla::mla_decode_kernel<true, 2>,
-                        (const void*)mla::mla_decode_kernel<true, 3>,
-                        (const void*)mla::mla_decode_kernel<true, 4>,
-                        (const void*)mla::mla_decode_kernel<true, 8>})
-    CUDA_CHECK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::DecLayout<true>::kSmem)));
   done.fetch_or(bit);
 }
 
@@ -253,17 +225,6 @@ void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_
   else if (queries_per_item == 4 && p.tensor_cores) launch_attn_tc(p, stream);
   else if (queries_per_item == 4) launch_attn<4>(p, stream);
   else fail("mla attention: queries_per_item must be 1 or 4, got ", queries_per_item);
-}
-
-void mla_decode_set_diag(int d) { g_fp8_diag = d; }
-int mla_decode_get_diag() { return fp8_diag(); }
-void mla_decode_stamps(unsigned long long (&out)[32], bool reset) {
-  CUDA_CHECK(cudaDeviceSynchronize());
-  CUDA_CHECK(cudaMemcpyFromSymbol(out, mla::g_mla_dec_stamps, sizeof(out)));
-  if (reset) {
-    unsigned long long z[32] = {};
-    CUDA_CHECK(cudaMemcpyToSymbol(mla::g_mla_dec_stamps, z, sizeof(z)));
-  }
 }
 
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream) {

@@ -150,11 +150,6 @@ void mla_prepare();
 // queries_per_item: 1 for items1, 4 for items4 (tensor cores unless p.tensor_cores is false).
 // Items with nq = 0 are skipped.
 void run_mla_attention(const MlaAttnParams& p, int queries_per_item, cudaStream_t stream);
-// TEMPORARY (fp8mla5 measurement): the fp8 decode kernel's diagnostic variant (mla_decode_tc.cuh
-// kDiag) and its summed clock64 stamps.
-void mla_decode_set_diag(int d);
-int mla_decode_get_diag();
-void mla_decode_stamps(unsigned long long (&out)[32], bool reset);
 // Merges split partials into u for every token with num_splits > 0.
 void run_mla_combine(const MlaAttnParams& p, cudaStream_t stream);
 

@@ -103,12 +103,6 @@ constexpr float kDecLazy = 8.f;
 constexpr int kDecOutLd = kMlaLat + 4;  // fp32 row of the staged Oᵀ (conflict-free writes)
 static_assert(kDecHeads == 32 && kMlaRow == 9 * 64 && kMlaLat == 8 * 64);
 
-// TEMPORARY (fp8mla5 measurement): kDiag bits: 1 per-phase clock64 stamps summed into
-// g_mla_dec_stamps; 2 converter skips conversion and stores (timing only); 4 consumer skips the
-// Oᵀ wgmmas; 8 consumer skips the Sᵀ wgmmas (results wrong with 2, 4, 8).
-__device__ unsigned long long g_mla_dec_stamps[32];
-constexpr int kStampN = 32;
-
 // Warp roles and shared memory: the consumer warpgroup, then a producer warp (bf16) or the
 // converter warpgroup and the producer warpgroup (fp8; warp 8's lane 0 issues the copies).
 template <bool kFp8>
@@ -144,25 +138,19 @@ struct DecArgs {
 // fp8: the converter warpgroup's loop (see the header comment); ct = 0..127. Thread ct takes
 // rows r = ct / 8 + 16j (j = 0..3) and 16-byte piece k = ct % 8 of each 128-code group b of a
 // row (codes 128b + 16k .. + 16: piece i = 4b + j), of its k_pe, and the row's 4 scales.
-template <class L, int kDiag>
+template <class L>
 __device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* stage,
                                                    uint64_t* stage_empty, uint64_t* full,
                                                    uint64_t* empty, int ntiles, int ct) {
   constexpr int kPieces = 4 * kDecKeys * 8 / 128;  // 16-byte pieces of codes per thread
   const int k = ct % 8;
   const unsigned char* const stg = sm + L::kOffStg;
-  unsigned long long st[4] = {0, 0, 0, 0};
-  const long long c_begin = clock64();
   for (int n = 0; n < ntiles; ++n) {
     const int slot = n % kDecStages;
     uint4 v[kPieces];
     uint4 pe[4];       // k_pe piece k of rows ct / 8 + 16 jj
     uint32_t s[4][2];  // row j's scales as bf16 (a power of two's fp32 high half), 2 per register
-    long long c0 = 0;
-    if (kDiag & 1) c0 = clock64();
     mbar_wait(stage, n & 1);
-    long long c1 = 0;
-    if (kDiag & 1) c1 = clock64(), st[0] += c1 - c0;
 #pragma unroll
     for (int i = 0; i < kPieces; ++i) {
       const int b = i / 4, r = ct / 8 + 16 * (i % 4);
@@ -182,23 +170,9 @@ __device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* 
     // the next tile leaked in (docs/perf-log.md, session 11, fp8mla3).
     fence_proxy_async();
     mbar_arrive(stage_empty);
-    if (kDiag & 1) c0 = clock64(), st[1] += c0 - c1;
     // The slot's last reader was tile n − 2; its first use waits on parity 1: returns at once.
     mbar_wait(empty + slot, ((n / kDecStages) & 1) ^ 1);
-    if (kDiag & 1) c1 = clock64(), st[2] += c1 - c0;
     unsigned char* const tile = sm + L::kOffRing + slot * kDecTileBytes;
-    if (kDiag & 2) {  // timing only: no conversion, no stores (the loads kept alive)
-      uint32_t x = 0;
-#pragma unroll
-      for (int i = 0; i < kPieces; ++i) x ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
-#pragma unroll
-      for (int jj = 0; jj < 4; ++jj) x ^= pe[jj].x ^ s[jj][0] ^ s[jj][1];
-      if (x == 0x9e3779b9u && ct == 1000) *reinterpret_cast<uint32_t*>(tile) = x;
-      fence_proxy_async();
-      mbar_arrive(full + slot);
-      if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
-      continue;
-    }
 #pragma unroll
     for (int jj = 0; jj < 4; ++jj) {  // k_pe into box 8, swizzled (one row's 8 pieces per phase)
       const int r = ct / 8 + 16 * jj;
@@ -222,18 +196,12 @@ __device__ __forceinline__ void mla_decode_convert(unsigned char* sm, uint64_t* 
     }
     fence_proxy_async();       // generic writes, read by wgmma (async proxy)
     mbar_arrive(full + slot);  // every thread, after its own proxy fence
-    if (kDiag & 1) c0 = clock64(), st[3] += c0 - c1;
-  }
-  if ((kDiag & 1) && ct == 0) {
-    for (int i = 0; i < 4; ++i) atomicAdd(g_mla_dec_stamps + 16 + i, st[i]);
-    atomicAdd(g_mla_dec_stamps + 20, (unsigned long long)(clock64() - c_begin));
   }
 }
 
 // fp8: the producer (warp 8's lane 0). Tile n + 1's records (one bulk copy of the block's 64
 // records, 41,984 bytes) go out into the staging area once every converter thread has read tile
 // n's; block-table entries are read two tiles ahead.
-template <int kDiag>
 __device__ __forceinline__ void mla_decode_produce(const MlaAttnParams& p, unsigned char* stg,
                                                    uint64_t* stage, uint64_t* stage_empty,
                                                    const int* table, int blk0, int ntiles) {
@@ -249,10 +217,7 @@ __device__ __forceinline__ void mla_decode_produce(const MlaAttnParams& p, unsig
   load(blk);
   for (int n = 0; n + 1 < ntiles; ++n) {
     const int after = n + 2 < ntiles ? table[blk0 + n + 2] : 0;
-    long long c0 = 0;
-    if (kDiag & 1) c0 = clock64();
     mbar_wait(stage_empty, n & 1);
-    if (kDiag & 1) atomicAdd(g_mla_dec_stamps + 21, (unsigned long long)(clock64() - c0));
     load(next);
     next = after;
   }
@@ -269,7 +234,7 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
 }
 
 // Named barrier 1: the consumer warpgroup.
-template <bool kFp8, int kDiag = 0>
+template <bool kFp8>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     mla_decode_kernel(const __grid_constant__ DecArgs args) {
   using L = DecLayout<kFp8>;
@@ -317,12 +282,11 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     if constexpr (kFp8) {
       if (warp < 8) {
         setmaxnreg_inc<200>();
-        mla_decode_convert<L, kDiag>(sm, stage, stage_empty, full, empty, ntiles,
-                                     threadIdx.x - 128);
+        mla_decode_convert<L>(sm, stage, stage_empty, full, empty, ntiles, threadIdx.x - 128);
       } else {
         setmaxnreg_dec<40>();
         if (warp == 8 && lane == 0)
-          mla_decode_produce<kDiag>(p, sm + L::kOffStg, stage, stage_empty, table, blk0, ntiles);
+          mla_decode_produce(p, sm + L::kOffStg, stage, stage_empty, table, blk0, ntiles);
       }
     } else if (lane == 0) {
       const uint64_t policy = policy_evict_first();
@@ -388,12 +352,6 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
 #pragma unroll
     for (int e = 0; e < 2; ++e) m_run[j][e] = -INFINITY, l_run[j][e] = 0.f;
   float s[16];  // Sᵀ: s[4j + 2b + e] = key 16w + g + 8b, head 8j + 2t + e
-  if (kDiag & 8)
-#pragma unroll
-    for (int i = 0; i < 16; ++i) s[i] = 0.f;
-  unsigned long long cst[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  long long cc0 = 0, cc1 = 0;
-  const long long cbegin = clock64();
   const uint64_t q_desc = wgmma_desc(q_s);
   // stmatrix rows: lane (i = lane / 8, r = lane % 8) stores P row 8j + r (j = 2x + i / 2), keys
   // 16w + 8(i % 2) .. +8: 16-byte piece 2w + i % 2, swizzled.
@@ -403,12 +361,9 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
   // Sᵀ of tile n into s (committed, not waited for).
   auto issue_s = [&](int n) {
     const uint32_t tile = ring_s + (n % kDecStages) * kDecTileBytes;
-    if (kDiag & 1) cc0 = clock64();
     mbar_wait(full + n % kDecStages, (n / kDecStages) & 1);
-    if (kDiag & 1) cc1 = clock64(), cst[0] += cc1 - cc0;
     wgmma_fence();
     const uint64_t k_desc = wgmma_desc(tile);
-    if (!(kDiag & 8))
 #pragma unroll
     for (int c = 0; c < 9; ++c)
 #pragma unroll
@@ -429,7 +384,6 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     if (!(n > 0 && early(n - 1))) issue_s(n);
     wgmma_wait<0>();
     fence_acc(s);
-    if (kDiag & 1) cc0 = clock64(), cst[1] += cc0 - cc1;
 
     // Scale; mask keys outside [kv_begin, kv_hi) (only the first and last tiles have any).
     const int pos0 = (blk0 + n) * kDecKeys;
@@ -474,15 +428,11 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
       fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
     };
     // One P buffer (fp8): every warp's Oᵀ of the tile before must be done with it.
-    if (kDiag & 1) cc1 = clock64(), cst[2] += cc1 - cc0;
     if (L::kPBufs == 1) bar_sync(1, 128);
-    if (kDiag & 1) cc0 = clock64(), cst[3] += cc0 - cc1;
     store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
-    const bool any_over = bar_sync_or(1, 128, over);
-    if (kDiag & 1) cc1 = clock64(), cst[4] += cc1 - cc0, cst[7] += any_over;
-    if (any_over) {
+    if (bar_sync_or(1, 128, over)) {
       // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -532,11 +482,9 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
-    if (kDiag & 1) cc0 = clock64(), cst[5] += cc0 - cc1;
     wgmma_fence();
     {
       const uint64_t p_desc = wgmma_desc(p_s + pbuf);
-      if (!(kDiag & 4))
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
 #pragma unroll
@@ -553,15 +501,8 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
     }
 #pragma unroll
     for (int c = 0; c < 8; ++c) fence_acc(o[c]);
-    if (kDiag & 1) cc1 = clock64(), cst[6] += cc1 - cc0;
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + slot);
-  }
-  if ((kDiag & 1) && tid == 0) {
-    for (int i = 0; i < 8; ++i) atomicAdd(g_mla_dec_stamps + 1 + i, cst[i]);  // [1..8]: 8 = over
-    atomicAdd(g_mla_dec_stamps + 0, (unsigned long long)ntiles);
-    atomicAdd(g_mla_dec_stamps + 14, (unsigned long long)(clock64() - cbegin));
-    atomicAdd(g_mla_dec_stamps + 15, 1ull);
   }
 
   // l per head: over the 8 key lanes, then the 4 warps (the slow path's last reads of red were
