@@ -8,7 +8,9 @@
 //   bench_cuda_model --model benchmarks/configs/kimi-linear-48b-a3b --random-weights [--layers 13]
 //                    [--prefill 4096] [--chunk 4096] [--decode 128] [--batch B] [--context C]
 //                    [--tensor-parallel-size N [--enable-expert-parallel]] [--precision bf16|high]
-//                    [--kv-cache-dtype auto|bf16|fp8]
+//                    [--kv-cache-dtype auto|bf16|fp8] [--logprobs K]
+// --logprobs K: every decode row also asks for the logprob record of its token with K
+// alternatives (kernels/sampling/logprobs.h), as a request with logprobs / top_logprobs does.
 // --context C: the decode starts at context C without running a prefill for it: the caches hold
 // C positions of zeros, which costs the same bytes and FLOPs as real ones (timing only: such
 // tokens are not a model output). Without it every sequence is prefilled with the P tokens.
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
   bool random_weights = false, expert_parallel = false;
   std::string precision = "bf16", kv_cache_dtype = "auto";
   int layers = 0, prefill = 4096, decode = 128, tp = 1, chunk = 0, batch = 1, context = 0;
+  int logprobs = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -75,6 +78,7 @@ int main(int argc, char** argv) {
     else if (a == "--enable-expert-parallel") expert_parallel = true;
     else if (a == "--precision") precision = next();
     else if (a == "--kv-cache-dtype") kv_cache_dtype = next();
+    else if (a == "--logprobs") logprobs = std::atoi(next());
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -86,14 +90,14 @@ int main(int argc, char** argv) {
   }
 #if !KIMI_HAVE_CUDA
   (void)random_weights, (void)layers, (void)prefill, (void)decode, (void)tp, (void)expert_parallel;
-  (void)chunk, (void)batch, (void)context;
+  (void)chunk, (void)batch, (void)context, (void)logprobs;
   std::printf("bench_cuda_model: built without the CUDA backend\n");
   return 0;
 #else
   if (chunk <= 0) chunk = std::min(prefill, 4096);
-  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1) {
+  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1 || logprobs > kMaxTopLogprobs) {
     std::fprintf(stderr, "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
-                         "--decode and --context not negative\n");
+                         "--decode and --context not negative, --logprobs at most %d\n", kMaxTopLogprobs);
     return 2;
   }
   try {
@@ -176,14 +180,18 @@ int main(int argc, char** argv) {
     int ctx = context > 0 ? context : prefill;
     DrawBatch greedy;
     greedy.rows.resize(size_t(batch));
-    for (RowDraw& r : greedy.rows) r.temperature = 0.f;
+    for (RowDraw& r : greedy.rows) {
+      r.temperature = 0.f;
+      r.logprobs = logprobs;
+    }
     std::vector<int> drawn;
     std::vector<float> host_logits;  // none: no row is drawn on the host
+    std::vector<RowLogprobs> records;
     // on_host: logits to the host and the argmax there (the check step below).
     auto decode_step = [&](int ctx, bool on_host = false) {
       Batch d;
       for (int s = 0; s < batch; ++s) d.add({last[s]}, ctx, s, blocks_of(s));
-      if (!on_host && model->forward_sampled(d, greedy, drawn, host_logits)) {
+      if (!on_host && model->forward_sampled(d, greedy, drawn, host_logits, records)) {
         for (int s = 0; s < batch; ++s) last[s] = drawn[size_t(s)];
         return;
       }
