@@ -571,8 +571,8 @@ void EngineImpl::step() {
 
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
-  // and those of them drawn on the host: the fork of n > 1 samples, JSON mode and forced tool
-  // calls (their logits come back). The others draw on the device when the backend can. The
+  // and those of them drawn on the host: the fork of n > 1 samples, JSON mode, forced tool calls
+  // and Request::host_sampling (their logits come back). The others draw on the device when the backend can. The
   // logprob records (of the token drawn, of the next prompt token on a prompt-logprobs row) are
   // computed where the logits are, from the raw logits.
   std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
@@ -581,7 +581,8 @@ void EngineImpl::step() {
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    on_host[i] = draws[i] && ((s->index == 0 && !s->forked && r.n > 1) || s->json || s->tool);
+    on_host[i] = draws[i] && ((s->index == 0 && !s->forked && r.n > 1) || s->json || s->tool ||
+                              r.host_sampling);
   }
   DrawBatch d;
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
