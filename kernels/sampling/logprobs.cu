@@ -24,19 +24,32 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTop = kMaxTopLogprobs;
 
-// Calls f(value, id) for every logit of the row; float4 loads when the row is 16-byte aligned.
+// Calls f(value, id) for every logit of the row; float4 loads, kBatch in flight per thread, when
+// the row is 16-byte aligned (one CTA reads a whole row: the loads in flight set its speed).
+constexpr int kBatch = 4;
 template <typename F>
 __device__ __forceinline__ void for_row(const float* l, int V, F&& f) {
   int done = 0;
   if ((reinterpret_cast<uintptr_t>(l) & 15) == 0) {
     const int nv = V / 4;
     const float4* l4 = reinterpret_cast<const float4*>(l);
-    for (int i = threadIdx.x; i < nv; i += kThreads) {
-      const float4 v = l4[i];
-      f(v.x, 4 * i);
-      f(v.y, 4 * i + 1);
-      f(v.z, 4 * i + 2);
-      f(v.w, 4 * i + 3);
+    for (int base = 0; base < nv; base += kThreads * kBatch) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = base + b * kThreads + int(threadIdx.x);
+        if (i < nv) v[b] = l4[i];
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int i = base + b * kThreads + int(threadIdx.x);
+        if (i < nv) {
+          f(v[b].x, 4 * i);
+          f(v[b].y, 4 * i + 1);
+          f(v[b].z, 4 * i + 2);
+          f(v[b].w, 4 * i + 3);
+        }
+      }
     }
     done = nv * 4;
   }
@@ -45,7 +58,7 @@ __device__ __forceinline__ void for_row(const float* l, int V, F&& f) {
 
 // Block-wide reduction (every thread gets the result); scratch: kWarps + 1 slots.
 template <typename T, typename Op>
-__device__ T block_reduce(T v, Op op, T* scratch) {
+__device__ T block_reduce(T v, Op op, T identity, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -53,7 +66,7 @@ __device__ T block_reduce(T v, Op op, T* scratch) {
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    T w = scratch[lane < kWarps ? lane : 0];
+    T w = lane < kWarps ? scratch[lane] : identity;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) w = op(w, __shfl_xor_sync(0xffffffffu, w, o));
     if (lane == 0) scratch[kWarps] = w;
@@ -123,8 +136,8 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
-  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, sm.fscratch);
-  bad = block_reduce(bad, [](unsigned a, unsigned b) { return a | b; }, sm.uscratch);
+  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY, sm.fscratch);
+  bad = block_reduce(bad, [](unsigned a, unsigned b) { return a | b; }, 0u, sm.uscratch);
 
   float lse = __int_as_float(0x7fc00000);
   if (!bad && mx > -INFINITY) {
@@ -132,7 +145,7 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     const double dm = double(mx);
     double s = 0.0;
     for_row(l, V, [&](float v, int) { s += exp(double(v) - dm); });
-    s = block_reduce(s, [](double a, double b) { return a + b; }, sm.dscratch);
+    s = block_reduce(s, [](double a, double b) { return a + b; }, 0.0, sm.dscratch);
     lse = __double2float_rn(dm + log(s));
   }
   const float tok_lp = __fsub_rn(l[token], lse);
@@ -166,7 +179,7 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
   } else {
     for_row(l, V, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
   }
-  above = block_reduce(above, [](unsigned a, unsigned b) { return a + b; }, sm.uscratch);
+  above = block_reduce(above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
 
   // Each warp's k best (a lane holds at most k of them): k rounds of a max over the lanes' heads.
   const int lane = tid & 31, warp = tid >> 5;
