@@ -7,7 +7,8 @@
 //      larger = better: the rank counts keys above the token's, and each thread keeps its 20
 //      best keys sorted in registers (a compare-exchange chain; most keys fail the first test).
 //      Each warp then takes its k best by k rounds of a warp max over the lanes' heads, and the
-//      block's k best are found by ranking the warps' candidates (at most 16 · 20) in shared memory.
+//      block's k best are found by ranking the warps' candidates (at most 16 · 20) in shared
+//      memory.
 #include <cfloat>
 #include <climits>
 #include <cstdint>
@@ -81,7 +82,9 @@ __device__ __forceinline__ u64 key_of(float lp, int id) {
   const uint32_t k = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return (u64(k) << 32) | u64(0xffffffffu - uint32_t(id));
 }
-__device__ __forceinline__ int id_of(u64 key) { return int(0xffffffffu - uint32_t(key)); }
+__device__ __forceinline__ int id_of(u64 key) {
+  return int(0xffffffffu - uint32_t(key));
+}
 
 // Keeps t sorted descending: key replaces the smallest and bubbles up.
 __device__ __forceinline__ void insert(u64 (&t)[kTop], u64 key) {
@@ -136,8 +139,10 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
-  mx = block_reduce(mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY, sm.fscratch);
-  bad = block_reduce(bad, [](unsigned a, unsigned b) { return a | b; }, 0u, sm.uscratch);
+  mx = block_reduce(
+      mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY, sm.fscratch);
+  bad = block_reduce(
+      bad, [](unsigned a, unsigned b) { return a | b; }, 0u, sm.uscratch);
 
   float lse = __int_as_float(0x7fc00000);
   if (!bad && mx > -INFINITY) {
@@ -145,7 +150,8 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     const double dm = double(mx);
     double s = 0.0;
     for_row(l, V, [&](float v, int) { s += exp(double(v) - dm); });
-    s = block_reduce(s, [](double a, double b) { return a + b; }, 0.0, sm.dscratch);
+    s = block_reduce(
+        s, [](double a, double b) { return a + b; }, 0.0, sm.dscratch);
     lse = __double2float_rn(dm + log(s));
   }
   const float tok_lp = __fsub_rn(l[token], lse);
@@ -179,7 +185,8 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
   } else {
     for_row(l, V, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
   }
-  above = block_reduce(above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
+  above = block_reduce(
+      above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
 
   // Each warp's k best (a lane holds at most k of them): k rounds of a max over the lanes' heads.
   const int lane = tid & 31, warp = tid >> 5;

@@ -41,15 +41,15 @@ struct LogprobRequest {
 };
 
 struct LogprobParams {
-  int count = 0;  // requests
-  int rows = 0;   // rows of logits (and of sampled)
+  int count = 0;      // requests
+  int rows = 0;       // rows of logits (and of sampled)
   int row_begin = 0;  // the row number of logits' first row, as the requests count rows
   int vocab = 0;
-  int64_t stride = 0;                      // elements between rows of logits (0: vocab)
-  const float* logits = nullptr;           // [rows, stride]
-  const int* sampled = nullptr;            // [rows], optional: the tokens drawn
+  int64_t stride = 0;                        // elements between rows of logits (0: vocab)
+  const float* logits = nullptr;             // [rows, stride]
+  const int* sampled = nullptr;              // [rows], optional: the tokens drawn
   const LogprobRequest* requests = nullptr;  // [count], device memory
-  LogprobRecord* out = nullptr;            // [count]
+  LogprobRecord* out = nullptr;              // [count]
 };
 void run_logprobs(const LogprobParams& p, cudaStream_t stream);
 

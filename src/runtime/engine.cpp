@@ -572,9 +572,9 @@ void EngineImpl::step() {
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
   // and those of them drawn on the host: the fork of n > 1 samples, JSON mode, forced tool calls
-  // and Request::host_sampling (their logits come back). The others draw on the device when the backend can. The
-  // logprob records (of the token drawn, of the next prompt token on a prompt-logprobs row) are
-  // computed where the logits are, from the raw logits.
+  // and Request::host_sampling (their logits come back). The others draw on the device when the
+  // backend can. The logprob records (of the token drawn, of the next prompt token on a
+  // prompt-logprobs row) are computed where the logits are, from the raw logits.
   std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     const Sequence* s = batch_seqs[i];

@@ -33,9 +33,9 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNan = std::numeric_limits<float>::quiet_NaN();
 
 enum class Shape { kLm, kTies, kEqual, kMinusInf, kNan, kPlusInf, kNothing };
-constexpr Shape kShapes[] = {Shape::kLm,       Shape::kTies, Shape::kEqual,  Shape::kMinusInf,
-                             Shape::kLm,       Shape::kTies, Shape::kNan,    Shape::kPlusInf,
-                             Shape::kNothing};
+constexpr Shape kShapes[] = {Shape::kLm,       Shape::kTies,    Shape::kEqual,
+                             Shape::kMinusInf, Shape::kLm,      Shape::kTies,
+                             Shape::kNan,      Shape::kPlusInf, Shape::kNothing};
 
 std::vector<float> make_row(std::mt19937& rng, int V, Shape s) {
   std::vector<float> l(static_cast<size_t>(V));
@@ -112,10 +112,18 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
     const int argmax = int(std::max_element(l.begin(), l.end()) - l.begin());
     const int worst = int(std::min_element(l.begin(), l.end()) - l.begin());
     switch (r % 4) {
-      case 0: req.push_back({row_begin + r, argmax, k}); break;
-      case 1: req.push_back({row_begin + r, worst, k}); break;
-      case 2: req.push_back({row_begin + r, any(rng), k}); break;
-      case 3: req.push_back({row_begin + r, -1, k}); break;  // the drawn token
+      case 0:
+        req.push_back({row_begin + r, argmax, k});
+        break;
+      case 1:
+        req.push_back({row_begin + r, worst, k});
+        break;
+      case 2:
+        req.push_back({row_begin + r, any(rng), k});
+        break;
+      case 3:
+        req.push_back({row_begin + r, -1, k});
+        break;  // the drawn token
     }
     if (r % 3 == 0) req.push_back({row_begin + r, any(rng), anyk(rng)});
   }
@@ -139,7 +147,8 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
   p.out = dout.data();
   cuda::run_logprobs(p, nullptr);
   std::vector<RowLogprobs> got(req.size());
-  CUDA_CHECK(cudaMemcpy(static_cast<void*>(got.data()), dout.data(), dout.bytes(), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(cudaMemcpy(static_cast<void*>(got.data()), dout.data(), dout.bytes(),
+                        cudaMemcpyDeviceToHost));
   int inexact = 0;
   for (size_t i = 0; i < req.size(); ++i) {
     const int r = req[i].row - row_begin;
@@ -157,7 +166,8 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
     const float tol = 4e-7f * (1.f + std::fabs(want.logprob)) + 1e-6f;
     EXPECT_EQ(got[i].token, want.token) << "V " << V << " request " << i << ": " << d;
     EXPECT_NEAR(got[i].logprob, want.logprob, tol) << "V " << V << " request " << i << ": " << d;
-    EXPECT_LE(std::abs(got[i].rank - want.rank), V / 100 + 2) << "V " << V << " request " << i << ": " << d;
+    EXPECT_LE(std::abs(got[i].rank - want.rank), V / 100 + 2)
+        << "V " << V << " request " << i << ": " << d;
   }
   EXPECT_LE(inexact, int(req.size()) / 200) << "V " << V << " R " << R;
 }
@@ -185,10 +195,10 @@ TEST(LogprobsGpu, KnownAnswers) {
 #if KIMI_HAVE_CUDA
   const int V = 5;
   // lse of {1, 1, 0, -inf, 1}: 1 + log(3 + e^-1).
-  const std::vector<float> logits = {1.f, 1.f, 0.f, -kInf, 1.f,  // row 0
-                                     0.f, -0.f, 0.f, -0.f, -kInf};  // row 1
-  const std::vector<cuda::LogprobRequest> req = {
-      {0, 4, 5}, {0, 2, 2}, {0, 3, 20}, {1, 3, 1}, {1, 1, 0}, {2, 0, 1}, {0, 5, 1}};
+  const std::vector<float> logits = {1.f, 1.f,  0.f, -kInf, 1.f,     // row 0
+                                     0.f, -0.f, 0.f, -0.f,  -kInf};  // row 1
+  const std::vector<cuda::LogprobRequest> req = {{0, 4, 5}, {0, 2, 2}, {0, 3, 20}, {1, 3, 1},
+                                                 {1, 1, 0}, {2, 0, 1}, {0, 5, 1}};
   cuda::DeviceBuffer<float> dl(logits.size());
   cuda::DeviceBuffer<cuda::LogprobRequest> dq(req.size());
   cuda::DeviceBuffer<cuda::LogprobRecord> dout(req.size());
@@ -203,7 +213,8 @@ TEST(LogprobsGpu, KnownAnswers) {
   p.out = dout.data();
   cuda::run_logprobs(p, nullptr);
   std::vector<RowLogprobs> g(req.size());
-  CUDA_CHECK(cudaMemcpy(static_cast<void*>(g.data()), dout.data(), dout.bytes(), cudaMemcpyDeviceToHost));
+  CUDA_CHECK(
+      cudaMemcpy(static_cast<void*>(g.data()), dout.data(), dout.bytes(), cudaMemcpyDeviceToHost));
   const float lse = float(1.0 + std::log(3.0 + std::exp(-1.0)));
   EXPECT_EQ(g[0].rank, 3);  // ids 0 and 1 tie with 4 and come first
   EXPECT_EQ(g[0].logprob, 1.f - lse);
@@ -225,7 +236,8 @@ TEST(LogprobsGpu, KnownAnswers) {
   EXPECT_EQ(g[6].token, -1);  // token 5 of a vocabulary of 5
   for (size_t i = 0; i < 5; ++i) {
     const int tok = req[i].token;
-    const RowLogprobs want = row_logprobs({logits.data() + size_t(req[i].row) * V, size_t(V)}, tok, req[i].k);
+    const RowLogprobs want =
+        row_logprobs({logits.data() + size_t(req[i].row) * V, size_t(V)}, tok, req[i].k);
     EXPECT_EQ(differ(g[i], want), "") << "request " << i;
   }
 #endif
