@@ -95,9 +95,12 @@ int main(int argc, char** argv) {
   return 0;
 #else
   if (chunk <= 0) chunk = std::min(prefill, 4096);
-  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1 || logprobs > kMaxTopLogprobs) {
-    std::fprintf(stderr, "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
-                         "--decode and --context not negative, --logprobs at most %d\n", kMaxTopLogprobs);
+  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1 ||
+      logprobs > kMaxTopLogprobs) {
+    std::fprintf(stderr,
+                 "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
+                 "--decode and --context not negative, --logprobs at most %d\n",
+                 kMaxTopLogprobs);
     return 2;
   }
   try {

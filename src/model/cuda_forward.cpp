@@ -672,7 +672,8 @@ static_assert(sizeof(RowLogprobs) == sizeof(cuda::LogprobRecord) &&
                   offsetof(RowLogprobs, logprob) == offsetof(cuda::LogprobRecord, logprob) &&
                   offsetof(RowLogprobs, num_top) == offsetof(cuda::LogprobRecord, num_top) &&
                   offsetof(RowLogprobs, top_id) == offsetof(cuda::LogprobRecord, top_id) &&
-                  offsetof(RowLogprobs, top_logprob) == offsetof(cuda::LogprobRecord, top_logprob) &&
+                  offsetof(RowLogprobs, top_logprob) ==
+                      offsetof(cuda::LogprobRecord, top_logprob) &&
                   kMaxTopLogprobs == cuda::kMaxTopLogprobs,
               "one layout, copied as bytes");
 
@@ -724,7 +725,8 @@ CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vect
   auto* req = reinterpret_cast<cuda::LogprobRequest*>(h + st.off_req);
   for (size_t i = 0; i < Q; ++i) {
     const RowDraw& x = d.rows[st.req_rows[i]];
-    req[i] = cuda::LogprobRequest{st.req_rows[i], x.logprob_token < 0 ? -1 : x.logprob_token, x.logprobs};
+    req[i] = cuda::LogprobRequest{st.req_rows[i], x.logprob_token < 0 ? -1 : x.logprob_token,
+                                  x.logprobs};
   }
   CUDA_CHECK(cudaMemcpyAsync(m.draw_dev.data(), h, off_tok, cudaMemcpyHostToDevice, m.stream));
   st.dev = m.draw_dev.data();
@@ -751,8 +753,9 @@ void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int 
   sp.adjust = reinterpret_cast<const cuda::SampleAdjust*>(st.dev + st.off_adj);
   sp.token = st.dev_tok + r0;
   cuda::run_sample(sp, m.stream);
-  const int q0 = int(std::lower_bound(st.req_rows.begin(), st.req_rows.end(), r0) - st.req_rows.begin());
-  const int q1 = int(std::lower_bound(st.req_rows.begin(), st.req_rows.end(), r0 + n) - st.req_rows.begin());
+  const auto& qr = st.req_rows;  // the requests of rows r0 .. r0 + n - 1: q0 .. q1 - 1
+  const int q0 = int(std::lower_bound(qr.begin(), qr.end(), r0) - qr.begin());
+  const int q1 = int(std::lower_bound(qr.begin(), qr.end(), r0 + n) - qr.begin());
   if (q1 > q0) {
     cuda::LogprobParams lp;
     lp.count = q1 - q0;
@@ -765,8 +768,8 @@ void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int 
     lp.out = st.dev_rec + q0;
     cuda::run_logprobs(lp, m.stream);
     CUDA_CHECK(cudaMemcpyAsync(st.host_rec + q0, st.dev_rec + q0,
-                               size_t(q1 - q0) * sizeof(cuda::LogprobRecord), cudaMemcpyDeviceToHost,
-                               m.stream));
+                               size_t(q1 - q0) * sizeof(cuda::LogprobRecord),
+                               cudaMemcpyDeviceToHost, m.stream));
   }
   CUDA_CHECK(cudaMemcpyAsync(st.host_tok + r0, st.dev_tok + r0, size_t(n) * sizeof(int),
                              cudaMemcpyDeviceToHost, m.stream));
@@ -783,11 +786,13 @@ void CudaModel::take_records(const DrawStage& st, std::vector<RowLogprobs>& logp
   logprobs.resize(Q);
   if (Q) std::memcpy(static_cast<void*>(logprobs.data()), st.host_rec, Q * sizeof(RowLogprobs));
   for (size_t i = 0; i < Q; ++i)
-    KIMI_CHECK(logprobs[i].token >= 0, "logprobs of row ", st.req_rows[i], ": the kernel refused it");
+    KIMI_CHECK(logprobs[i].token >= 0, "logprobs of row ", st.req_rows[i],
+               ": the kernel refused it");
 }
 
 bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
-                                std::vector<float>& host_logits, std::vector<RowLogprobs>& logprobs) {
+                                std::vector<float>& host_logits,
+                                std::vector<RowLogprobs>& logprobs) {
   Impl& m = *impl_;
   if (m.tp.world > 1) return false;  // a rank's logits are a slice: TpModel gathers them first
   const int R = b.num_logit_rows();

@@ -63,7 +63,8 @@ class CudaModel final : public Model {
   // tensor-parallel rank returns false (its logits hold a slice of the vocabulary): TpModel
   // gathers them and calls sample_gathered on rank 0.
   bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                       std::vector<float>& host_logits, std::vector<RowLogprobs>& logprobs) override;
+                       std::vector<float>& host_logits,
+                       std::vector<RowLogprobs>& logprobs) override;
   // forward_sampled's draws over whole-vocabulary logits already on this GPU ([rows, vocab]).
   void sample_gathered(const float* logits, int rows, const DrawBatch& draws,
                        std::vector<int>& tokens, std::vector<float>& host_logits,

@@ -87,7 +87,8 @@ struct RowLogprobs {
 // token in [0, vocab) or, on a row drawn on the device, the drawn token.
 inline bool valid_logprob_request(const RowDraw& d, int vocab) {
   if (d.logprobs < 0) return true;
-  return d.logprobs <= kMaxTopLogprobs && d.logprob_token < vocab && (d.logprob_token >= 0 || !d.host);
+  return d.logprobs <= kMaxTopLogprobs && d.logprob_token < vocab &&
+         (d.logprob_token >= 0 || !d.host);
 }
 struct DrawBatch {
   std::vector<RowDraw> rows;  // one per logits row of the step
@@ -108,7 +109,8 @@ class Model {
   // samples only on the host (the caller then uses forward and the host's functions,
   // runtime/sampler.h draw_on_host).
   virtual bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                               std::vector<float>& host_logits, std::vector<RowLogprobs>& logprobs) {
+                               std::vector<float>& host_logits,
+                               std::vector<RowLogprobs>& logprobs) {
     (void)batch, (void)draws, (void)tokens, (void)host_logits, (void)logprobs;
     return false;
   }

@@ -243,7 +243,8 @@ void TpModel::forward(const Batch& batch, std::vector<float>& logits) {
 }
 
 bool TpModel::forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                              std::vector<float>& host_logits, std::vector<RowLogprobs>& logprobs) {
+                              std::vector<float>& host_logits,
+                              std::vector<RowLogprobs>& logprobs) {
   if (peer_mem_.empty()) return false;  // no peer access: the slices go through the host
   const int R = batch.num_logit_rows(), V = cfg_.vocab_size;
   // Prompt-logprob rows (more rows than sequences) would grow GPU 0's gather buffer by a chunk of

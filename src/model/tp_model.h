@@ -33,7 +33,8 @@ class TpModel final : public Model {
   // Without it, and for steps with prompt-logprob rows (a logits row per token of a sequence):
   // false (the caller samples from forward's logits).
   bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                       std::vector<float>& host_logits, std::vector<RowLogprobs>& logprobs) override;
+                       std::vector<float>& host_logits,
+                       std::vector<RowLogprobs>& logprobs) override;
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;

@@ -20,8 +20,8 @@
 #include "runtime/json_token_mask.h"
 #include "runtime/pools.h"
 #include "runtime/prefix_cache.h"
-#include "runtime/scheduler.h"
 #include "runtime/sampler.h"
+#include "runtime/scheduler.h"
 #include "runtime/sequence.h"
 
 namespace kimi {
@@ -595,7 +595,8 @@ void EngineImpl::step() {
     int first = 0, last = -1;
     if (every_row) {
       KIMI_CHECK(int(s->prompt_logprobs.size()) >= std::min(from, s->prompt_len - 1),
-                 "prompt logprobs: a chunk from ", from, " after ", s->prompt_logprobs.size(), " positions");
+                 "prompt logprobs: a chunk from ", from, " after ", s->prompt_logprobs.size(),
+                 " positions");
       first = std::max(int(s->prompt_logprobs.size()) + 1, from + 1);
       last = std::min(s->prompt_len - 1, from + n);
     }
@@ -650,10 +651,14 @@ void EngineImpl::step() {
     for (int row = first_row; row <= last_row; ++row) {
       const RowDraw& x = d.rows[size_t(row)];
       if (x.logprobs < 0) continue;
-      KIMI_CHECK(next_record < records.size(), "logprob records: ", records.size(), " for more rows");
+      KIMI_CHECK(next_record < records.size(), "logprob records: ", records.size(),
+                 " for more rows");
       const RowLogprobs& rec = records[next_record++];
-      if (x.logprob_token >= 0) s->prompt_logprobs.push_back(token_logprob(rec));
-      else drawn_record = &rec;
+      if (x.logprob_token >= 0) {
+        s->prompt_logprobs.push_back(token_logprob(rec));
+      } else {
+        drawn_record = &rec;
+      }
     }
     first_row = last_row + 1;
     s->num_computed += n;
@@ -680,7 +685,8 @@ void EngineImpl::step() {
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
   }
-  KIMI_CHECK(next_record == records.size(), "logprob records: ", records.size(), " for ", next_record, " rows");
+  KIMI_CHECK(next_record == records.size(), "logprob records: ", records.size(), " for ",
+             next_record, " rows");
   // Drop finished sequences.
   for (auto it = running_.begin(); it != running_.end();) {
     if ((*it)->finished) it = running_.erase(it);
@@ -765,7 +771,8 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
   }
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
   // Of the raw logits (before the processors), as on the device.
-  if (r.logprobs >= 0) ev.logprobs.push_back(token_logprob(row_logprobs({logits, size_t(V)}, tok, r.logprobs)));
+  if (r.logprobs >= 0)
+    ev.logprobs.push_back(token_logprob(row_logprobs({logits, size_t(V)}, tok, r.logprobs)));
   emit(s, tok, std::move(ev));
 }
 

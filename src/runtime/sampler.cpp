@@ -176,8 +176,9 @@ void draw_on_host(std::span<const float> logits, int V, const DrawBatch& draws,
     const std::span<const float> raw = logits.subspan(size_t(r) * V, size_t(V));
     if (!d.host) {
       std::vector<float> row(raw.begin(), raw.end());
-      apply_logit_adjustments(row, std::span<const LogitAdjust>(draws.adjust).subspan(
-                                       size_t(d.adjust_begin), size_t(d.adjust_end - d.adjust_begin)));
+      apply_logit_adjustments(
+          row, std::span<const LogitAdjust>(draws.adjust)
+                   .subspan(size_t(d.adjust_begin), size_t(d.adjust_end - d.adjust_begin)));
       SamplingParams p;
       p.temperature = d.temperature;
       p.top_k = d.top_k;

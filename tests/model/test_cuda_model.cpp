@@ -214,8 +214,8 @@ TEST_F(CudaModelGpu, EngineSizesCachesFromGpuMemoryAndServes) {
 
 // Device sampling (Model::forward_sampled) draws what the host sampler draws from the same GPU
 // logits: a request with Request::host_sampling takes the host path, the same request without it
-// the device path, alone and in the same steps. Seeded, with temperature / top-k / top-p / min-p and
-// penalties.
+// the device path, alone and in the same steps. Seeded, with temperature / top-k / top-p / min-p
+// and penalties.
 TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
   EngineOptions eo;
   eo.model_dir = std::string(KIMI_BINARY_DIR) + "/default-model";

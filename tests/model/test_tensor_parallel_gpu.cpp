@@ -341,7 +341,8 @@ TEST_F(TensorParallelGpu, SamplesTheGatheredLogitsOnGpuZero) {
   EXPECT_EQ(lps[0].top_id[0], tokens[0]);
   EXPECT_NEAR(lps[0].logprob, want.logprob, 1e-4f * (1 + std::abs(want.logprob)));
   for (int j = 0; j < 3; ++j)
-    EXPECT_NEAR(lps[0].top_logprob[j], want.top_logprob[j], 1e-4f * (1 + std::abs(want.top_logprob[j])));
+    EXPECT_NEAR(lps[0].top_logprob[j], want.top_logprob[j],
+                1e-4f * (1 + std::abs(want.top_logprob[j])));
   ASSERT_EQ(host_logits.size(), size_t(V));
   for (int i = 0; i < V; ++i)  // the same step again: the same kernels on the same inputs
     ASSERT_NEAR(host_logits[size_t(i)], logits[size_t(V + i)], 1e-5f * std::abs(logits[size_t(V + i)]) + 1e-6f)

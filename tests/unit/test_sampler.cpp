@@ -1,8 +1,8 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
-#include <algorithm>
 #include <map>
 #include <numeric>
 #include <random>
@@ -210,7 +210,8 @@ TEST(Sampler, RowLogprobsFollowTheLogSoftmaxOrder) {
     for (int i = 0; i < V; ++i) lp[size_t(i)] = l[size_t(i)] - float(lse);
     std::vector<int> order(static_cast<size_t>(V));
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return lp[size_t(a)] > lp[size_t(b)]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return lp[size_t(a)] > lp[size_t(b)]; });
     for (int k : {0, 1, 5, 20}) {
       const int token = order[size_t(trial * 7 % V)];
       const RowLogprobs r = row_logprobs(l, token, k);
@@ -226,9 +227,11 @@ TEST(Sampler, RowLogprobsFollowTheLogSoftmaxOrder) {
     }
   }
   // A NaN or +inf logit, or no finite one: lse is NaN, so every lp is; rank 1, ids 0..k-1.
-  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-  for (const std::vector<float>& l : {std::vector<float>{1.f, nan, 2.f, 0.f}, std::vector<float>{1.f, inf, 2.f, 0.f},
-                                      std::vector<float>{-inf, -inf, -inf, -inf}}) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  for (const std::vector<float>& l :
+       {std::vector<float>{1.f, nan, 2.f, 0.f}, std::vector<float>{1.f, inf, 2.f, 0.f},
+        std::vector<float>{-inf, -inf, -inf, -inf}}) {
     const RowLogprobs r = row_logprobs(l, 2, 3);
     EXPECT_TRUE(std::isnan(r.logprob));
     EXPECT_EQ(r.rank, 1);
@@ -261,7 +264,7 @@ TEST(Sampler, DrawOnHostIsTheDeviceContractOnTheHost) {
     if (r == 1) d.adjust.push_back({42, 100.f, 1.f, 0.f});  // logit_bias: 42 wins
     row.adjust_end = int(d.adjust.size());
     row.host = r == 4;
-    if (r == 1 || r == 3) row.logprobs = 2;       // of the token drawn
+    if (r == 1 || r == 3) row.logprobs = 2;                             // of the token drawn
     if (r == 4 || r == 5) row.logprobs = 0, row.logprob_token = 7 * r;  // of a given token
     d.rows.push_back(row);
   }
@@ -275,7 +278,8 @@ TEST(Sampler, DrawOnHostIsTheDeviceContractOnTheHost) {
     if (r == 4) continue;
     std::vector<float> row(logits.begin() + size_t(r) * V, logits.begin() + size_t(r + 1) * V);
     apply_logit_adjustments(row, std::span<const LogitAdjust>(d.adjust).subspan(
-                                     size_t(d.rows[r].adjust_begin), size_t(d.rows[r].adjust_end - d.rows[r].adjust_begin)));
+                                     size_t(d.rows[r].adjust_begin),
+                                     size_t(d.rows[r].adjust_end - d.rows[r].adjust_begin)));
     SamplingParams p;
     p.temperature = d.rows[r].temperature;
     p.top_k = d.rows[r].top_k;
@@ -286,7 +290,8 @@ TEST(Sampler, DrawOnHostIsTheDeviceContractOnTheHost) {
   for (int q = 0; q < 4; ++q) {
     const int r = rows_asking[q];
     const int tok = d.rows[r].logprob_token >= 0 ? d.rows[r].logprob_token : tokens[size_t(r)];
-    const RowLogprobs want = row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok, d.rows[r].logprobs);
+    const RowLogprobs want =
+        row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok, d.rows[r].logprobs);
     EXPECT_EQ(lps[q].token, want.token);
     EXPECT_EQ(lps[q].rank, want.rank);
     EXPECT_EQ(lps[q].logprob, want.logprob);  // of the raw row: the bias of row 1 does not count
