@@ -8,7 +8,13 @@
 //   bench_cuda_model --model benchmarks/configs/kimi-linear-48b-a3b --random-weights [--layers 13]
 //                    [--prefill 4096] [--chunk 4096] [--decode 128] [--batch B] [--context C]
 //                    [--tensor-parallel-size N [--enable-expert-parallel]] [--precision bf16|high]
-//                    [--kv-cache-dtype auto|bf16|fp8]
+//                    [--kv-cache-dtype auto|bf16|fp8] [--logprobs K] [--prompt-logprobs K]
+// --logprobs K: every decode row also asks for the logprob record of its token with K
+// alternatives (kernels/sampling/logprobs.h), as a request with logprobs / top_logprobs does.
+// --prompt-logprobs K: after the timed prefill, the prompt again with a logits row per token and
+// each row's record of the next prompt token (vLLM prompt_logprobs, as the engine runs it, in
+// steps of --chunk: the engine's are 256): records on the GPU (forward_sampled), every row to the
+// host and the records there (forward + draw_on_host, the path before), the GPU again.
 // --context C: the decode starts at context C without running a prefill for it: the caches hold
 // C positions of zeros, which costs the same bytes and FLOPs as real ones (timing only: such
 // tokens are not a model output). Without it every sequence is prefilled with the P tokens.
@@ -24,6 +30,7 @@
 
 #include "core/check.h"
 #include "model/model.h"
+#include "runtime/sampler.h"
 #if KIMI_HAVE_CUDA
 #include <cuda_profiler_api.h>
 
@@ -54,6 +61,7 @@ int main(int argc, char** argv) {
   bool random_weights = false, expert_parallel = false;
   std::string precision = "bf16", kv_cache_dtype = "auto";
   int layers = 0, prefill = 4096, decode = 128, tp = 1, chunk = 0, batch = 1, context = 0;
+  int logprobs = -1, prompt_logprobs = -1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> const char* {
@@ -75,6 +83,8 @@ int main(int argc, char** argv) {
     else if (a == "--enable-expert-parallel") expert_parallel = true;
     else if (a == "--precision") precision = next();
     else if (a == "--kv-cache-dtype") kv_cache_dtype = next();
+    else if (a == "--logprobs") logprobs = std::atoi(next());
+    else if (a == "--prompt-logprobs") prompt_logprobs = std::atoi(next());
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 2;
@@ -86,14 +96,18 @@ int main(int argc, char** argv) {
   }
 #if !KIMI_HAVE_CUDA
   (void)random_weights, (void)layers, (void)prefill, (void)decode, (void)tp, (void)expert_parallel;
-  (void)chunk, (void)batch, (void)context;
+  (void)chunk, (void)batch, (void)context, (void)logprobs, (void)prompt_logprobs;
   std::printf("bench_cuda_model: built without the CUDA backend\n");
   return 0;
 #else
   if (chunk <= 0) chunk = std::min(prefill, 4096);
-  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1) {
-    std::fprintf(stderr, "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
-                         "--decode and --context not negative\n");
+  if (prefill < 1 || decode < 0 || batch < 1 || context < 0 || chunk < 1 ||
+      logprobs > kMaxTopLogprobs || prompt_logprobs > kMaxTopLogprobs) {
+    std::fprintf(stderr,
+                 "bench_cuda_model: --prefill, --chunk and --batch must be positive, "
+                 "--decode and --context not negative, --logprobs and --prompt-logprobs at "
+                 "most %d\n",
+                 kMaxTopLogprobs);
     return 2;
   }
   try {
@@ -161,6 +175,54 @@ int main(int argc, char** argv) {
     size_t bad = count_nonfinite(logits);
     std::printf("prefill: %d tokens in %.1f ms = %.0f tokens/s (steps of %d tokens)\n", prefill,
                 t_prefill * 1e3, prefill / t_prefill, chunk);
+    if (prompt_logprobs >= 0) {
+      // Records of the last step of each way, compared.
+      std::vector<RowLogprobs> recs, recs_dev, recs_host;
+      std::vector<int> drawn;
+      std::vector<float> rows;
+      for (bool device : {true, false, true}) {  // the GPU way twice: cold, then warm
+        model->reset_slot(0);
+        const std::vector<int> blocks = blocks_of(0);
+        size_t n_rec = 0;
+        const double tp0 = now_s();
+        for (int off = 0; off < prefill; off += chunk) {
+          const int n = std::min(chunk, prefill - off);
+          Batch b;
+          b.add(std::vector<int>(ids.begin() + off, ids.begin() + off + n), off + n, 0, blocks);
+          b.seq_all_logits = {1};
+          DrawBatch d;
+          d.rows.resize(size_t(n));
+          for (int j = 0; j < n; ++j) {
+            d.rows[size_t(j)].temperature = 0.f;
+            if (off + j + 1 < prefill) {
+              d.rows[size_t(j)].logprobs = prompt_logprobs;
+              d.rows[size_t(j)].logprob_token = ids[size_t(off + j + 1)];
+            }
+          }
+          if (!device || !model->forward_sampled(b, d, drawn, rows, recs)) {
+            model->forward(b, rows);
+            draw_on_host(rows, V, d, drawn, recs);
+          }
+          n_rec += recs.size();
+        }
+        const double tpl = now_s() - tp0;
+        std::printf("prompt logprobs (%s): %d tokens in %.1f ms = %.0f tokens/s, %zu records of "
+                    "k %d (steps of %d tokens)\n",
+                    device ? "records on the GPU" : "rows to the host", prefill, tpl * 1e3,
+                    prefill / tpl, n_rec, prompt_logprobs, chunk);
+        if (device) recs_dev = recs;
+        else recs_host = recs;
+      }
+      double worst = 0;
+      int same_rank = 0;
+      for (size_t i = 0; i < std::min(recs_host.size(), recs_dev.size()); ++i) {
+        worst = std::max(worst, double(std::fabs(recs_host[i].logprob - recs_dev[i].logprob)));
+        same_rank += recs_host[i].rank == recs_dev[i].rank;
+      }
+      std::printf("prompt logprobs, last step: GPU vs host records: max |logprob difference| %.3g, "
+                  "equal ranks %d/%zu\n",
+                  worst, same_rank, recs_host.size());
+    }
     // Every sequence at its starting context: prefilled (slot 0 by the timed prefill above), or
     // (--context) zeros taken as context.
     std::vector<int> last(batch);
@@ -176,14 +238,18 @@ int main(int argc, char** argv) {
     int ctx = context > 0 ? context : prefill;
     DrawBatch greedy;
     greedy.rows.resize(size_t(batch));
-    for (RowDraw& r : greedy.rows) r.temperature = 0.f;
+    for (RowDraw& r : greedy.rows) {
+      r.temperature = 0.f;
+      r.logprobs = logprobs;
+    }
     std::vector<int> drawn;
     std::vector<float> host_logits;  // none: no row is drawn on the host
+    std::vector<RowLogprobs> records;
     // on_host: logits to the host and the argmax there (the check step below).
     auto decode_step = [&](int ctx, bool on_host = false) {
       Batch d;
       for (int s = 0; s < batch; ++s) d.add({last[s]}, ctx, s, blocks_of(s));
-      if (!on_host && model->forward_sampled(d, greedy, drawn, host_logits)) {
+      if (!on_host && model->forward_sampled(d, greedy, drawn, host_logits, records)) {
         for (int s = 0; s < batch; ++s) last[s] = drawn[size_t(s)];
         return;
       }

@@ -93,6 +93,9 @@ struct Request {
   // Under the priority policy, lower values are admitted first and preempted last (ties by
   // arrival); ignored under fcfs, as in vLLM.
   int64_t priority = 0;
+  // Tests: draw this request's tokens on the host sampler (runtime/sampler.h) even where the
+  // backend draws on the device: the reference that device sampling is checked against.
+  bool host_sampling = false;
 };
 
 struct GenerationEvent {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <functional>
 #include <string>
@@ -26,6 +27,7 @@
 #include "model/cuda_model_impl.h"
 #include "moe/moe.h"
 #include "norm/norm.h"
+#include "sampling/logprobs.h"
 #include "sampling/sampling.h"
 
 namespace kimi {
@@ -649,16 +651,31 @@ void CudaModel::forward_into(const Batch& b, float* logits, int64_t ld) {
   });
 }
 
-// The draws of a step staged for the sampling kernel: one pinned area and its device twin,
-// rows | offsets | adjustments | tokens; host_slot[r]: where row r's logits go in host_logits
-// (-1: drawn on the device only).
+// The draws of a step staged for the sampling and logprob kernels: one pinned area and its device
+// twin, rows | offsets | adjustments | logprob requests (copied to the device) | tokens | records
+// (copied back); host_slot[r]: where row r's logits go in host_logits (-1: drawn on the device
+// only); req_rows: the row of each logprob request, ascending.
 struct CudaModel::DrawStage {
   uint8_t* dev = nullptr;
   int* dev_tok = nullptr;
   int* host_tok = nullptr;
-  size_t off_rows = 0, off_csr = 0, off_adj = 0;
+  cuda::LogprobRecord* dev_rec = nullptr;
+  cuda::LogprobRecord* host_rec = nullptr;
+  size_t off_rows = 0, off_csr = 0, off_adj = 0, off_req = 0;
   std::vector<int> host_slot;
+  std::vector<int> req_rows;
 };
+
+static_assert(sizeof(RowLogprobs) == sizeof(cuda::LogprobRecord) &&
+                  offsetof(RowLogprobs, token) == offsetof(cuda::LogprobRecord, token) &&
+                  offsetof(RowLogprobs, rank) == offsetof(cuda::LogprobRecord, rank) &&
+                  offsetof(RowLogprobs, logprob) == offsetof(cuda::LogprobRecord, logprob) &&
+                  offsetof(RowLogprobs, num_top) == offsetof(cuda::LogprobRecord, num_top) &&
+                  offsetof(RowLogprobs, top_id) == offsetof(cuda::LogprobRecord, top_id) &&
+                  offsetof(RowLogprobs, top_logprob) ==
+                      offsetof(cuda::LogprobRecord, top_logprob) &&
+                  kMaxTopLogprobs == cuda::kMaxTopLogprobs,
+              "one layout, copied as bytes");
 
 CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vector<float>& host_logits) {
   Impl& m = *impl_;
@@ -667,17 +684,24 @@ CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vect
   DrawStage st;
   st.host_slot.assign(R, -1);
   int num_host = 0;
-  for (int r = 0; r < R; ++r)
-    if (d.rows[r].host) st.host_slot[r] = num_host++;
+  for (int r = 0; r < R; ++r) {
+    const RowDraw& x = d.rows[r];
+    if (x.host) st.host_slot[r] = num_host++;
+    KIMI_CHECK(valid_logprob_request(x, V), "draw row ", r, ": logprobs ", x.logprobs, " of token ",
+               x.logprob_token, (x.host ? " (a host row)" : ""));
+    if (x.logprobs >= 0) st.req_rows.push_back(r);
+  }
   host_logits.resize(size_t(num_host) * V);
   static_assert(sizeof(LogitAdjust) == sizeof(cuda::SampleAdjust), "one layout, copied as bytes");
-  const size_t A = d.adjust.size();
+  const size_t A = d.adjust.size(), Q = st.req_rows.size();
   auto align = [](size_t x) { return (x + 15) & ~size_t(15); };
   st.off_rows = 0;
   st.off_csr = align(R * sizeof(cuda::SampleRow));
   st.off_adj = st.off_csr + align((R + 1) * sizeof(int));
-  const size_t off_tok = st.off_adj + align(std::max<size_t>(A, 1) * sizeof(cuda::SampleAdjust)),
-               bytes = off_tok + align(R * sizeof(int));
+  st.off_req = st.off_adj + align(std::max<size_t>(A, 1) * sizeof(cuda::SampleAdjust));
+  const size_t off_tok = st.off_req + align(std::max<size_t>(Q, 1) * sizeof(cuda::LogprobRequest)),
+               off_rec = off_tok + align(R * sizeof(int)),
+               bytes = off_rec + align(Q * sizeof(cuda::LogprobRecord));
   if (bytes > m.draw_cap) {
     CUDA_CHECK(cudaStreamSynchronize(m.stream));
     if (m.draw_host) CUDA_CHECK(cudaFreeHost(m.draw_host));
@@ -698,15 +722,24 @@ CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vect
   }
   csr[R] = R ? d.rows[R - 1].adjust_end : 0;
   if (A) std::memcpy(h + st.off_adj, d.adjust.data(), A * sizeof(LogitAdjust));
+  auto* req = reinterpret_cast<cuda::LogprobRequest*>(h + st.off_req);
+  for (size_t i = 0; i < Q; ++i) {
+    const RowDraw& x = d.rows[st.req_rows[i]];
+    req[i] = cuda::LogprobRequest{st.req_rows[i], x.logprob_token < 0 ? -1 : x.logprob_token,
+                                  x.logprobs};
+  }
   CUDA_CHECK(cudaMemcpyAsync(m.draw_dev.data(), h, off_tok, cudaMemcpyHostToDevice, m.stream));
   st.dev = m.draw_dev.data();
   st.dev_tok = reinterpret_cast<int*>(st.dev + off_tok);
   st.host_tok = reinterpret_cast<int*>(h + off_tok);
+  st.dev_rec = reinterpret_cast<cuda::LogprobRecord*>(st.dev + off_rec);
+  st.host_rec = reinterpret_cast<cuda::LogprobRecord*>(h + off_rec);
   return st;
 }
 
 // Rows r0 .. r0 + n of the step, their logits at `logits` (row pitch: the vocabulary): drawn
-// into the staged tokens, copied back with the host rows' logits.
+// into the staged tokens, their logprob records computed; both copied back with the host rows'
+// logits.
 void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int n,
                           std::vector<float>& host_logits) {
   Impl& m = *impl_;
@@ -720,6 +753,24 @@ void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int 
   sp.adjust = reinterpret_cast<const cuda::SampleAdjust*>(st.dev + st.off_adj);
   sp.token = st.dev_tok + r0;
   cuda::run_sample(sp, m.stream);
+  const auto& qr = st.req_rows;  // the requests of rows r0 .. r0 + n - 1: q0 .. q1 - 1
+  const int q0 = int(std::lower_bound(qr.begin(), qr.end(), r0) - qr.begin());
+  const int q1 = int(std::lower_bound(qr.begin(), qr.end(), r0 + n) - qr.begin());
+  if (q1 > q0) {
+    cuda::LogprobParams lp;
+    lp.count = q1 - q0;
+    lp.rows = n;
+    lp.row_begin = r0;
+    lp.vocab = V;
+    lp.logits = logits;
+    lp.sampled = st.dev_tok + r0;
+    lp.requests = reinterpret_cast<const cuda::LogprobRequest*>(st.dev + st.off_req) + q0;
+    lp.out = st.dev_rec + q0;
+    cuda::run_logprobs(lp, m.stream);
+    CUDA_CHECK(cudaMemcpyAsync(st.host_rec + q0, st.dev_rec + q0,
+                               size_t(q1 - q0) * sizeof(cuda::LogprobRecord),
+                               cudaMemcpyDeviceToHost, m.stream));
+  }
   CUDA_CHECK(cudaMemcpyAsync(st.host_tok + r0, st.dev_tok + r0, size_t(n) * sizeof(int),
                              cudaMemcpyDeviceToHost, m.stream));
   for (int r = r0; r < r0 + n; ++r)
@@ -729,24 +780,38 @@ void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int 
                                  cudaMemcpyDeviceToHost, m.stream));
 }
 
+// The records of a finished step (the stream synchronised) into logprobs.
+void CudaModel::take_records(const DrawStage& st, std::vector<RowLogprobs>& logprobs) {
+  const size_t Q = st.req_rows.size();
+  logprobs.resize(Q);
+  if (Q) std::memcpy(static_cast<void*>(logprobs.data()), st.host_rec, Q * sizeof(RowLogprobs));
+  for (size_t i = 0; i < Q; ++i)
+    KIMI_CHECK(logprobs[i].token >= 0, "logprobs of row ", st.req_rows[i],
+               ": the kernel refused it");
+}
+
 bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
-                                std::vector<float>& host_logits) {
+                                std::vector<float>& host_logits,
+                                std::vector<RowLogprobs>& logprobs) {
   Impl& m = *impl_;
   if (m.tp.world > 1) return false;  // a rank's logits are a slice: TpModel gathers them first
   const int R = b.num_logit_rows();
   const DrawStage st = stage_draws(d, R, host_logits);
   run_step(b, [&](int r0, int n) { draw_rows(st, m.act.logits, r0, n, host_logits); });
   tokens.assign(st.host_tok, st.host_tok + R);
+  take_records(st, logprobs);
   return true;
 }
 
 void CudaModel::sample_gathered(const float* logits, int rows, const DrawBatch& d,
-                                std::vector<int>& tokens, std::vector<float>& host_logits) {
+                                std::vector<int>& tokens, std::vector<float>& host_logits,
+                                std::vector<RowLogprobs>& logprobs) {
   Impl& m = *impl_;
   const DrawStage st = stage_draws(d, rows, host_logits);
   draw_rows(st, logits, 0, rows, host_logits);
   CUDA_CHECK(cudaStreamSynchronize(m.stream));
   tokens.assign(st.host_tok, st.host_tok + rows);
+  take_records(st, logprobs);
 }
 
 float* CudaModel::logits_gather_buffer(size_t floats) {

@@ -58,14 +58,17 @@ class CudaModel final : public Model {
   // in host memory or on a GPU (TpModel gathers into rank 0's); a tensor-parallel rank writes
   // its own vocabulary columns only. Returns once they are there.
   void forward_into(const Batch& batch, float* logits, int64_t ld);
-  // Draws on the GPU (kernels/sampling): only the tokens come back, and the logits of the rows
-  // drawn on the host. A tensor-parallel rank returns false (its logits hold a slice of the
-  // vocabulary): TpModel gathers them and calls sample_gathered on rank 0.
+  // Draws on the GPU (kernels/sampling): only the tokens and the logprob records
+  // (kernels/sampling/logprobs.h) come back, and the logits of the rows drawn on the host. A
+  // tensor-parallel rank returns false (its logits hold a slice of the vocabulary): TpModel
+  // gathers them and calls sample_gathered on rank 0.
   bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                       std::vector<float>& host_logits) override;
+                       std::vector<float>& host_logits,
+                       std::vector<RowLogprobs>& logprobs) override;
   // forward_sampled's draws over whole-vocabulary logits already on this GPU ([rows, vocab]).
   void sample_gathered(const float* logits, int rows, const DrawBatch& draws,
-                       std::vector<int>& tokens, std::vector<float>& host_logits);
+                       std::vector<int>& tokens, std::vector<float>& host_logits,
+                       std::vector<RowLogprobs>& logprobs);
   // A device buffer of at least `floats` on this GPU for those logits (kept, grown on demand).
   float* logits_gather_buffer(size_t floats);
   void reset_slot(int slot) override;
@@ -101,6 +104,7 @@ class CudaModel final : public Model {
   DrawStage stage_draws(const DrawBatch& draws, int rows, std::vector<float>& host_logits);
   void draw_rows(const DrawStage& st, const float* logits, int r0, int n,
                  std::vector<float>& host_logits);
+  static void take_records(const DrawStage& st, std::vector<RowLogprobs>& logprobs);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -63,10 +63,33 @@ struct RowDraw {
   float min_p = 0.f;
   double u = 0.0;                        // uniform_from(seed, step)
   int adjust_begin = 0, adjust_end = 0;  // this row's entries of DrawBatch::adjust
-  // The row is drawn on the host (logprobs, an n > 1 fork, JSON mode): its logits come back
-  // (forward_sampled's host_logits) and its device draw is meaningless.
+  // The row is drawn on the host (an n > 1 fork, JSON mode, forced tool calls): its logits come
+  // back (forward_sampled's host_logits) and its device draw is meaningless.
   bool host = false;
+  // logprobs >= 0: the row's RowLogprobs with that many alternatives (<= kMaxTopLogprobs), of
+  // token logprob_token (a prompt token), or of the token drawn when logprob_token < 0.
+  int logprobs = -1;
+  int logprob_token = -1;
 };
+// Log-probabilities of one token under a raw logits row (before any adjustment: the model's
+// distribution, vLLM's default), as the host's row_logprobs (runtime/sampler.h) defines them and
+// the GPU computes them (kernels/sampling/logprobs.h LogprobRecord, the same layout).
+constexpr int kMaxTopLogprobs = 20;
+struct RowLogprobs {
+  int token = 0;
+  int rank = 1;  // 1 + the ids with a higher logprob, or an equal one and a lower id
+  float logprob = 0.f;
+  int num_top = 0;  // min(logprobs, vocab) alternatives, best first (ties: lower ids first)
+  int top_id[kMaxTopLogprobs] = {};
+  float top_logprob[kMaxTopLogprobs] = {};
+};
+// A row's logprob request is one forward_sampled accepts: none, or k in 0..kMaxTopLogprobs with a
+// token in [0, vocab) or, on a row drawn on the device, the drawn token.
+inline bool valid_logprob_request(const RowDraw& d, int vocab) {
+  if (d.logprobs < 0) return true;
+  return d.logprobs <= kMaxTopLogprobs && d.logprob_token < vocab &&
+         (d.logprob_token >= 0 || !d.host);
+}
 struct DrawBatch {
   std::vector<RowDraw> rows;  // one per logits row of the step
   std::vector<LogitAdjust> adjust;
@@ -81,11 +104,14 @@ class Model {
   virtual void forward(const Batch& batch, std::vector<float>& logits) = 0;
   // Runs one step and draws a token per logits row on the device (the logits stay there):
   // tokens is resized to [num_logit_rows]; the logits of the rows marked `host` are copied into
-  // host_logits, [rows marked, vocab] in row order. Returns false, running nothing, when the
-  // backend samples only on the host (the caller then uses forward).
+  // host_logits, [rows marked, vocab] in row order; logprobs gets the RowLogprobs of the rows
+  // with RowDraw::logprobs >= 0, in row order. Returns false, running nothing, when the backend
+  // samples only on the host (the caller then uses forward and the host's functions,
+  // runtime/sampler.h draw_on_host).
   virtual bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                               std::vector<float>& host_logits) {
-    (void)batch, (void)draws, (void)tokens, (void)host_logits;
+                               std::vector<float>& host_logits,
+                               std::vector<RowLogprobs>& logprobs) {
+    (void)batch, (void)draws, (void)tokens, (void)host_logits, (void)logprobs;
     return false;
   }
   // Zeroes a slot's KDA state (a new sequence starts from zero state).

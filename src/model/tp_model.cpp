@@ -243,9 +243,13 @@ void TpModel::forward(const Batch& batch, std::vector<float>& logits) {
 }
 
 bool TpModel::forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                              std::vector<float>& host_logits) {
+                              std::vector<float>& host_logits,
+                              std::vector<RowLogprobs>& logprobs) {
   if (peer_mem_.empty()) return false;  // no peer access: the slices go through the host
   const int R = batch.num_logit_rows(), V = cfg_.vocab_size;
+  // Prompt-logprob rows (more rows than sequences) would grow GPU 0's gather buffer by a chunk of
+  // rows of the whole vocabulary after the caches took their share: those steps go to the host.
+  if (R > batch.num_seqs()) return false;
   KIMI_CHECK(int(draws.rows.size()) == R, "draws for ", draws.rows.size(), " rows, the step has ", R);
   float* gathered = nullptr;
   run_on_all([&](int r, CudaModel& m) {
@@ -254,7 +258,7 @@ bool TpModel::forward_sampled(const Batch& batch, const DrawBatch& draws, std::v
   ranks_[0]->on_layer_output = on_layer_output;
   run_on_all([&](int, CudaModel& m) { m.forward_into(batch, gathered, V); });  // peer copies
   run_on_all([&](int r, CudaModel& m) {
-    if (r == 0) m.sample_gathered(gathered, R, draws, tokens, host_logits);
+    if (r == 0) m.sample_gathered(gathered, R, draws, tokens, host_logits, logprobs);
   });
   return true;
 }

@@ -30,9 +30,11 @@ class TpModel final : public Model {
   void forward(const Batch& batch, std::vector<float>& logits) override;
   // With peer access between the GPUs: every rank copies its vocabulary columns into a buffer on
   // GPU 0, which draws there (CudaModel::sample_gathered); only the tokens come to the host.
-  // Without it: false (the caller samples from forward's logits).
+  // Without it, and for steps with prompt-logprob rows (a logits row per token of a sequence):
+  // false (the caller samples from forward's logits).
   bool forward_sampled(const Batch& batch, const DrawBatch& draws, std::vector<int>& tokens,
-                       std::vector<float>& host_logits) override;
+                       std::vector<float>& host_logits,
+                       std::vector<RowLogprobs>& logprobs) override;
   void reset_slot(int slot) override;
   void copy_slot(int src, int dst) override;
   void copy_block(int src, int dst) override;

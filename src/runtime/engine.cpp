@@ -20,6 +20,7 @@
 #include "runtime/json_token_mask.h"
 #include "runtime/pools.h"
 #include "runtime/prefix_cache.h"
+#include "runtime/sampler.h"
 #include "runtime/scheduler.h"
 #include "runtime/sequence.h"
 
@@ -32,34 +33,18 @@ double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Prompt tokens a sequence with prompt logprobs computes per step: each brings a logits row
-// (V floats) to the host.
+// Prompt tokens a sequence with prompt logprobs computes per step: each is a logits row (V floats)
+// that the device keeps for its logprob record, or that comes to the host on a backend that
+// samples there (and under tensor parallelism).
 constexpr int kPromptLogprobsChunk = 256;
 
-// Log-probabilities of a raw logits row (the model's distribution, vLLM's default).
-std::vector<float> log_softmax(const float* row, int V) {
-  const float lse = float(log_sum_exp({row, size_t(V)}));
-  std::vector<float> lp(static_cast<size_t>(V), 0.f);
-  for (int i = 0; i < V; ++i) lp[size_t(i)] = row[i] - lse;
-  return lp;
-}
-
-// Token id's entry of a log_softmax row: its logprob, its rank and the k best alternatives
-// (ties to the lower id).
-TokenLogprob token_logprob(const std::vector<float>& lp, int id, int k) {
-  const int V = int(lp.size());
-  auto better = [&](int a, int b) {
-    return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b);
-  };
+// The API's form of a logprob record (runtime/sampler.h row_logprobs, or the GPU's).
+TokenLogprob token_logprob(const RowLogprobs& r) {
   TokenLogprob t;
-  t.id = id;
-  t.logprob = lp[size_t(id)];
-  for (int i = 0; i < V; ++i) t.rank += better(i, id);
-  std::vector<int> idx(static_cast<size_t>(V));
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min(k, V);
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), better);
-  for (int i = 0; i < k; ++i) t.top.push_back({idx[size_t(i)], lp[size_t(idx[size_t(i)])]});
+  t.id = r.token;
+  t.logprob = r.logprob;
+  t.rank = r.rank;
+  for (int j = 0; j < r.num_top; ++j) t.top.push_back({r.top_id[j], r.top_logprob[j]});
   return t;
 }
 
@@ -103,7 +88,6 @@ class EngineImpl final : public Engine {
   void cache_computed(Sequence& s);
   int free_or_reclaimable_blocks() const;
   void sample_and_emit(Sequence& s, const float* logits);
-  void collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows);
   void emit(Sequence& s, int tok, GenerationEvent ev);
   // The ids the next draw of s may not take: EOS and stop ids while min_tokens holds them back.
   std::vector<int> held_back_ids(const Sequence& s) const;
@@ -133,7 +117,8 @@ class EngineImpl final : public Engine {
   std::optional<PrefixCache> prefix_;  // with enable_prefix_caching
   std::list<std::unique_ptr<Sequence>> waiting_, running_;  // waiting_ in queue order
   uint64_t next_order_ = 0;
-  std::vector<float> logits_;
+  std::vector<float> logits_;      // the host rows' logits (forward_sampled)
+  std::vector<float> all_logits_;  // every row, when the backend samples on the host
   std::thread thread_;
 };
 
@@ -586,51 +571,95 @@ void EngineImpl::step() {
 
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
-  // and those of them drawn on the host: logprobs, the fork of n > 1 samples, JSON mode and
-  // forced tool calls. The others draw on the device when the backend can; the host rows' logits
-  // then come back alone.
+  // and those of them drawn on the host: the fork of n > 1 samples, JSON mode, forced tool calls
+  // and Request::host_sampling (their logits come back). The others draw on the device when the
+  // backend can. The logprob records (of the token drawn, of the next prompt token on a
+  // prompt-logprobs row) are computed where the logits are, from the raw logits.
   std::vector<bool> draws(batch_seqs.size()), on_host(batch_seqs.size());
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     const Sequence* s = batch_seqs[i];
     const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     draws[i] = s->num_computed + n >= int(s->tokens.size());
     const Request& r = s->req->req;
-    on_host[i] = draws[i] && (r.logprobs >= 0 || (s->index == 0 && !s->forked && r.n > 1) || s->json ||
-                              s->tool);
+    on_host[i] = draws[i] && ((s->index == 0 && !s->forked && r.n > 1) || s->json || s->tool ||
+                              r.host_sampling);
   }
-  std::vector<int> drawn;
   DrawBatch d;
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
-    RowDraw row;  // rows that draw nothing (or on the host): greedy, result unused
-    row.temperature = 0.f;
-    row.host = on_host[i];
-    row.adjust_begin = int(d.adjust.size());
-    if (draws[i] && !on_host[i]) {
-      const Sequence* s = batch_seqs[i];
-      const SamplingParams& sp = s->sampling;
-      row.temperature = sp.temperature;
-      row.top_k = sp.top_k;
-      row.top_p = sp.top_p;
-      row.min_p = sp.min_p;
-      row.u = uniform_from(sp.seed, uint64_t(s->generated));
-      append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
+    const Sequence* s = batch_seqs[i];
+    const Request& r = s->req->req;
+    const int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i], from = s->num_computed;
+    const bool every_row = prompt_rows && batch.seq_all_logits[i];
+    // Row j of a prompt-logprobs chunk gives token from + j + 1's logprob while that token is in
+    // the prompt; positions collected before (a preempted sequence recomputes) are skipped.
+    int first = 0, last = -1;
+    if (every_row) {
+      KIMI_CHECK(int(s->prompt_logprobs.size()) >= std::min(from, s->prompt_len - 1),
+                 "prompt logprobs: a chunk from ", from, " after ", s->prompt_logprobs.size(),
+                 " positions");
+      first = std::max(int(s->prompt_logprobs.size()) + 1, from + 1);
+      last = std::min(s->prompt_len - 1, from + n);
     }
-    row.adjust_end = int(d.adjust.size());
-    d.rows.push_back(row);
+    const int rows = every_row ? n : 1;
+    for (int j = 0; j < rows; ++j) {
+      RowDraw row;  // rows that draw nothing (or on the host): greedy, result unused
+      row.temperature = 0.f;
+      row.adjust_begin = int(d.adjust.size());
+      const int pos = from + j + 1;
+      if (every_row && pos >= first && pos <= last) {
+        row.logprobs = r.prompt_logprobs;
+        row.logprob_token = s->tokens[size_t(pos)];
+      }
+      if (j == rows - 1) {
+        row.host = on_host[i];
+        if (draws[i] && !on_host[i]) {
+          const SamplingParams& sp = s->sampling;
+          row.temperature = sp.temperature;
+          row.top_k = sp.top_k;
+          row.top_p = sp.top_p;
+          row.min_p = sp.min_p;
+          row.u = uniform_from(sp.seed, uint64_t(s->generated));
+          append_logit_adjustments(sp, s->history, V, d.adjust, held_back_ids(*s));
+          if (r.logprobs >= 0) {
+            KIMI_CHECK(row.logprobs < 0, "a drawing row with a prompt logprob");
+            row.logprobs = r.logprobs;  // of the token drawn
+          }
+        }
+      }
+      row.adjust_end = int(d.adjust.size());
+      d.rows.push_back(row);
+    }
   }
-  // Prompt logprobs need every row of their chunks on the host: the whole step runs there.
-  const bool on_device = !prompt_rows && model_->forward_sampled(batch, d, drawn, logits_);
-  if (!on_device) model_->forward(batch, logits_);
+  std::vector<int> drawn;
+  std::vector<RowLogprobs> records;  // of the rows that ask, in row order
+  const bool on_device = model_->forward_sampled(batch, d, drawn, logits_, records);
+  if (!on_device) {
+    model_->forward(batch, all_logits_);
+    draw_on_host(all_logits_, V, d, drawn, records);
+  }
   uint64_t prompt_tokens = 0;
-  int host_row = 0;  // with on_device: the next host row's place in logits_
-  int first_row = 0;  // otherwise: sequence i's first row in logits_
+  int host_row = 0;   // with on_device: the next host row's place in logits_
+  int first_row = 0;  // sequence i's first row
+  size_t next_record = 0;
   for (size_t i = 0; i < batch_seqs.size(); ++i) {
     Sequence* s = batch_seqs[i];
     int n = batch.cu_seqlens[i + 1] - batch.cu_seqlens[i];
     int before = s->num_computed;
     const bool every_row = prompt_rows && batch.seq_all_logits[i];
     const int last_row = first_row + (every_row ? n : 1) - 1;
-    if (every_row) collect_prompt_logprobs(*s, before, n, logits_.data() + size_t(first_row) * V);
+    const RowLogprobs* drawn_record = nullptr;
+    for (int row = first_row; row <= last_row; ++row) {
+      const RowDraw& x = d.rows[size_t(row)];
+      if (x.logprobs < 0) continue;
+      KIMI_CHECK(next_record < records.size(), "logprob records: ", records.size(),
+                 " for more rows");
+      const RowLogprobs& rec = records[next_record++];
+      if (x.logprob_token >= 0) {
+        s->prompt_logprobs.push_back(token_logprob(rec));
+      } else {
+        drawn_record = &rec;
+      }
+    }
     first_row = last_row + 1;
     s->num_computed += n;
     prompt_tokens += std::max(0, std::min(s->prompt_len, s->num_computed) - std::min(s->prompt_len, before));
@@ -644,16 +673,20 @@ void EngineImpl::step() {
       s->req->handle->push(std::move(ev));
     }
     if (!draws[i]) continue;  // prefill chunk: nothing to sample yet
-    if (on_device && !on_host[i]) {
+    if (!on_host[i]) {
       GenerationEvent ev;
       ev.index = s->index;
-      emit(*s, drawn[i], std::move(ev));
+      if (drawn_record) ev.logprobs.push_back(token_logprob(*drawn_record));
+      emit(*s, drawn[size_t(last_row)], std::move(ev));
       continue;
     }
-    const float* row = logits_.data() + size_t(on_device ? host_row++ : last_row) * V;
+    const float* row = on_device ? logits_.data() + size_t(host_row++) * V
+                                 : all_logits_.data() + size_t(last_row) * V;
     if (s->index == 0 && !s->forked && s->req->req.n > 1) fork_samples(*s, row);
     sample_and_emit(*s, row);
   }
+  KIMI_CHECK(next_record == records.size(), "logprob records: ", records.size(), " for ",
+             next_record, " rows");
   // Drop finished sequences.
   for (auto it = running_.begin(); it != running_.end();) {
     if ((*it)->finished) it = running_.erase(it);
@@ -721,8 +754,6 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
   std::vector<float> row(logits, logits + V);
   GenerationEvent ev;
   ev.index = s.index;
-  std::vector<float> logprobs;
-  if (r.logprobs >= 0) logprobs = log_softmax(row.data(), V);  // before the processors
   apply_logit_processors(row, s.sampling, s.history, held_back_ids(s));
   if (s.json || s.tool) {
     if (!json_mask_) json_mask_ = std::make_unique<JsonTokenMask>(*tokenizer_, V);
@@ -739,29 +770,10 @@ void EngineImpl::sample_and_emit(Sequence& s, const float* logits) {
     JsonTokenMask::apply(mask, row);
   }
   int tok = sample_token(row, s.sampling, uint64_t(s.generated));
-  if (r.logprobs >= 0) ev.logprobs.push_back(token_logprob(logprobs, tok, r.logprobs));
+  // Of the raw logits (before the processors), as on the device.
+  if (r.logprobs >= 0)
+    ev.logprobs.push_back(token_logprob(row_logprobs({logits, size_t(V)}, tok, r.logprobs)));
   emit(s, tok, std::move(ev));
-}
-
-// rows: the logits of tokens from..from + n − 1 of s; row j gives token from + j + 1's logprob
-// while that token is in the prompt. Positions collected before (a preempted sequence
-// recomputes) are skipped.
-// The rows are independent: spread over the host's threads (the engine loop waits for them, and
-// a 256-row chunk is 42M exponentials).
-void EngineImpl::collect_prompt_logprobs(Sequence& s, int from, int n, const float* rows) {
-  const int V = model_->config().vocab_size;
-  KIMI_CHECK(int(s.prompt_logprobs.size()) >= std::min(from, s.prompt_len - 1),
-             "prompt logprobs: a chunk from ", from, " after ", s.prompt_logprobs.size(),
-             " positions");
-  const int first = std::max(int(s.prompt_logprobs.size()) + 1, from + 1);  // positions to add
-  const int last = std::min(s.prompt_len - 1, from + n);
-  if (first > last) return;
-  std::vector<TokenLogprob> got(size_t(last - first + 1));
-#pragma omp parallel for schedule(dynamic, 4)
-  for (int pos = first; pos <= last; ++pos)  // row pos − 1 − from gives token pos
-    got[size_t(pos - first)] = token_logprob(log_softmax(rows + size_t(pos - 1 - from) * V, V),
-                                             s.tokens[size_t(pos)], s.req->req.prompt_logprobs);
-  for (TokenLogprob& t : got) s.prompt_logprobs.push_back(std::move(t));
 }
 
 std::vector<int> EngineImpl::held_back_ids(const Sequence& s) const {

@@ -120,6 +120,79 @@ double log_sum_exp(std::span<const float> logits) {
   return mx + std::log(sum);
 }
 
+RowLogprobs row_logprobs(std::span<const float> logits, int token, int k) {
+  const int V = int(logits.size());
+  KIMI_CHECK(token >= 0 && token < V && k >= 0 && k <= kMaxTopLogprobs, "row_logprobs: token ",
+             token, " k ", k, " vocab ", V);
+  RowLogprobs r;
+  r.token = token;
+  r.num_top = std::min(k, V);
+  const float lse = float(log_sum_exp(logits));
+  r.logprob = logits[token] - lse;
+  if (std::isnan(lse)) {  // every lp NaN: no order
+    for (int j = 0; j < r.num_top; ++j) {
+      r.top_id[j] = j;
+      r.top_logprob[j] = std::numeric_limits<float>::quiet_NaN();
+    }
+    return r;
+  }
+  // lse is finite here, so no logit is NaN (every lp is a number).
+  auto lp = [&](int i) { return logits[i] - lse; };
+  auto better = [&](int a, int b) { return lp(a) > lp(b) || (lp(a) == lp(b) && a < b); };
+  for (int i = 0; i < V; ++i) r.rank += better(i, token);
+  if (r.num_top == 0) return r;
+  std::vector<int> idx(static_cast<size_t>(V));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + r.num_top, idx.end(), better);
+  for (int j = 0; j < r.num_top; ++j) {
+    r.top_id[j] = idx[size_t(j)];
+    r.top_logprob[j] = lp(idx[size_t(j)]);
+  }
+  return r;
+}
+
+void draw_on_host(std::span<const float> logits, int V, const DrawBatch& draws,
+                  std::vector<int>& tokens, std::vector<RowLogprobs>& logprobs) {
+  const int R = int(draws.rows.size());
+  KIMI_CHECK(logits.size() == size_t(R) * size_t(V), "draw_on_host: ", logits.size(),
+             " logits for ", R, " rows of ", V);
+  tokens.assign(size_t(R), 0);
+  std::vector<int> record(size_t(R), -1);  // row -> its place in logprobs
+  int n = 0;
+  for (int r = 0; r < R; ++r) {
+    const RowDraw& d = draws.rows[size_t(r)];
+    KIMI_CHECK(d.adjust_begin >= 0 && d.adjust_begin <= d.adjust_end &&
+                   size_t(d.adjust_end) <= draws.adjust.size(),
+               "draw row ", r, ": adjustments ", d.adjust_begin, "..", d.adjust_end);
+    KIMI_CHECK(valid_logprob_request(d, V), "draw row ", r, ": logprobs ", d.logprobs, " of token ",
+               d.logprob_token, (d.host ? " (a host row)" : ""));
+    if (d.logprobs >= 0) record[size_t(r)] = n++;
+  }
+  logprobs.assign(size_t(n), RowLogprobs{});
+  // Rows are independent (a prompt-logprobs chunk is hundreds of rows of V exponentials).
+#pragma omp parallel for schedule(dynamic, 4)
+  for (int r = 0; r < R; ++r) {
+    const RowDraw& d = draws.rows[size_t(r)];
+    const std::span<const float> raw = logits.subspan(size_t(r) * V, size_t(V));
+    if (!d.host) {
+      std::vector<float> row(raw.begin(), raw.end());
+      apply_logit_adjustments(
+          row, std::span<const LogitAdjust>(draws.adjust)
+                   .subspan(size_t(d.adjust_begin), size_t(d.adjust_end - d.adjust_begin)));
+      SamplingParams p;
+      p.temperature = d.temperature;
+      p.top_k = d.top_k;
+      p.top_p = d.top_p;
+      p.min_p = d.min_p;
+      tokens[size_t(r)] = sample_with_u(row, p, d.u).token;
+    }
+    if (d.logprobs >= 0) {
+      const int tok = d.logprob_token >= 0 ? d.logprob_token : tokens[size_t(r)];
+      logprobs[size_t(record[size_t(r)])] = row_logprobs(raw, tok, d.logprobs);
+    }
+  }
+}
+
 double uniform_from(uint64_t seed, uint64_t step) {
   uint64_t z = seed + 0x9e3779b97f4a7c15ull * (step + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;

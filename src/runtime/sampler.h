@@ -87,6 +87,21 @@ SampleResult sample_with_u(std::span<const float> logits, const SamplingParams& 
 // normaliser of its log-probabilities (prompt and token logprobs, perplexity).
 double log_sum_exp(std::span<const float> logits);
 
+// The log-probabilities of `token` under a raw logits row (model/model.h RowLogprobs): with
+// lse = float(log_sum_exp(logits)) and lp_i = logits[i] - lse (fp32), logprob = lp_token, rank =
+// 1 + #{i : lp_i > lp_token or (lp_i == lp_token and i < token)}, and the min(k, V) best ids in
+// that order with their lp. A row with NaN or +inf, or with no finite logit, has lse NaN: every
+// lp is NaN, rank 1, the alternatives ids 0..k-1. The GPU computes the same
+// (kernels/sampling/logprobs.h). k in 0..kMaxTopLogprobs, token in [0, V).
+RowLogprobs row_logprobs(std::span<const float> logits, int token, int k);
+
+// What Model::forward_sampled computes on the device, on the host from logits [rows, V] (the
+// rows of a forward): a token per row not marked `host` (apply_logit_adjustments, then
+// sample_with_u; a host row's token is left 0) and the RowLogprobs the rows ask for. For the
+// backends that sample only on the host, so the engine has one path.
+void draw_on_host(std::span<const float> logits, int V, const DrawBatch& draws,
+                  std::vector<int>& tokens, std::vector<RowLogprobs>& logprobs);
+
 // Uniform in [0, 1) from (seed, step): splitmix64 on the combined counter.
 double uniform_from(uint64_t seed, uint64_t step);
 

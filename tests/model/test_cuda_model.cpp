@@ -15,6 +15,7 @@
 #include "model/model.h"
 #include "kimi/engine.h"
 #include "model/tiny.h"
+#include "runtime/sampler.h"
 #if KIMI_HAVE_CUDA
 #include "model/cuda_model.h"
 #endif
@@ -212,9 +213,9 @@ TEST_F(CudaModelGpu, EngineSizesCachesFromGpuMemoryAndServes) {
 }
 
 // Device sampling (Model::forward_sampled) draws what the host sampler draws from the same GPU
-// logits: a request asking for logprobs takes the host path, the same request without them the
-// device path, alone and in the same steps. Seeded, with temperature / top-k / top-p / min-p and
-// penalties.
+// logits: a request with Request::host_sampling takes the host path, the same request without it
+// the device path, alone and in the same steps. Seeded, with temperature / top-k / top-p / min-p
+// and penalties.
 TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
   EngineOptions eo;
   eo.model_dir = std::string(KIMI_BINARY_DIR) + "/default-model";
@@ -229,7 +230,7 @@ TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
     Request twin = r;
     twin.sampling = SamplingParams{};
     twin.sampling.temperature = 0;
-    twin.logprobs = -1;
+    twin.host_sampling = false;
     std::vector<int> ids;
     auto h = eng->submit(r);
     auto ht = eng->submit(twin);
@@ -253,7 +254,7 @@ TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
     if (c == 4) r.sampling.min_p = 0.05f;
     if (c == 5) r.sampling.repetition_penalty = 1.2f, r.sampling.presence_penalty = 0.5f;
     const std::vector<int> device = run(r);
-    r.logprobs = 0;  // forces the host sampler
+    r.host_sampling = true;
     const std::vector<int> host = run(r);
     ASSERT_EQ(device.size(), host.size());
     // A difference could only come from a u within ~1e-6 of a boundary (the sums run in
@@ -266,7 +267,7 @@ TEST_F(CudaModelGpu, DeviceSamplingDrawsWhatTheHostDraws) {
     // Both at once: one step then holds a device row and a host row (whose logits alone come
     // back); each draws what it drew alone.
     Request d = r;
-    d.logprobs = -1;
+    d.host_sampling = false;
     auto hd = eng->submit(d), hh = eng->submit(r);
     std::vector<int> together_device, together_host;
     while (auto ev = hd->next(std::chrono::seconds(60)))
@@ -529,6 +530,105 @@ TEST_F(CudaVsCpu, Fp8CacheMatchesCpu) {
 }
 
 // The prompt fed to the GPU in odd pieces (continued chunked prefill, one single-token piece).
+// The CUDA engine's logprobs, computed on the GPU (kernels/sampling/logprobs.h: prompt_logprobs,
+// and the logprobs of the tokens drawn on the device) against the fp32 CPU model's log-softmax of
+// the same sequence (one whole-sequence prefill): values within a tolerance scaled to the row,
+// ranks up to near-ties, the alternatives best first with the CPU's values in that order. The
+// record of a greedy token is exact: rank 1, itself first (the record and the draw read the same
+// logits); a sampled token's record is of the token drawn. Two requests share the steps (one
+// greedy with prompt logprobs, one sampled with 20 alternatives and prompt logprobs k = 0).
+TEST_F(CudaVsCpu, EngineLogprobsMatchCpu) {
+  EngineOptions eo;
+  eo.model_dir = dir_;
+  eo.backend = "cuda";
+  eo.max_num_seqs = 2;
+  eo.num_blocks = 16;
+  eo.precision = "high";
+  auto eng = Engine::create(eo);
+  const int V = eng->config().vocab_size;
+  const std::vector<int> prompt = ids(70, 11);  // more than one cache block
+  Request g;
+  g.prompt_ids = prompt;
+  g.max_tokens = 6;
+  g.ignore_eos = true;
+  g.sampling.temperature = 0;
+  g.logprobs = 5;
+  g.prompt_logprobs = 3;
+  Request t = g;
+  t.sampling.temperature = 1.f;
+  t.seed_given = true;
+  t.sampling.seed = 7;
+  t.logprobs = 20;
+  t.prompt_logprobs = 0;
+  struct Out {
+    std::vector<TokenLogprob> prompt_lps, lps;
+    std::vector<int> ids;
+  };
+  auto hg = eng->submit(g), ht = eng->submit(t);
+  auto collect = [](RequestHandle& h) {
+    Out o;
+    while (auto ev = h.next(std::chrono::seconds(60))) {
+      if (ev->prompt_logprobs) o.prompt_lps = *ev->prompt_logprobs;
+      o.ids.insert(o.ids.end(), ev->token_ids.begin(), ev->token_ids.end());
+      o.lps.insert(o.lps.end(), ev->logprobs.begin(), ev->logprobs.end());
+    }
+    return o;
+  };
+  const Out og = collect(*hg), ot = collect(*ht);
+  int checked = 0;
+  auto check = [&](const Out& o, const Request& r, const char* name) {
+    ASSERT_EQ(o.ids.size(), size_t(r.max_tokens)) << name;
+    ASSERT_EQ(o.lps.size(), o.ids.size()) << name;
+    ASSERT_EQ(o.prompt_lps.size(), prompt.size() - 1) << name;
+    std::vector<int> seq = prompt;
+    seq.insert(seq.end(), o.ids.begin(), o.ids.end() - 1);
+    const std::vector<float> ref = prefill(cpu_, seq, 5, 30);  // row p - 1 gives token p
+    for (size_t p = 1; p < seq.size() + 1; ++p) {
+      const bool generated = p >= prompt.size();
+      const TokenLogprob& x = generated ? o.lps[p - prompt.size()] : o.prompt_lps[p - 1];
+      const int k = generated ? r.logprobs : r.prompt_logprobs;
+      const int want_id = generated ? o.ids[p - prompt.size()] : seq[p];
+      const std::string at = str(name, " position ", p, generated ? " (generated)" : " (prompt)");
+      ASSERT_EQ(x.id, want_id) << at;
+      const float* row = ref.data() + (p - 1) * size_t(V);
+      const double lse = log_sum_exp({row, size_t(V)});
+      double ms = 0;
+      for (int i = 0; i < V; ++i) ms += double(row[i]) * row[i];
+      const double tol = 0.02 + 0.05 * std::sqrt(ms / V);
+      auto lp = [&](int i) { return double(row[i]) - lse; };
+      EXPECT_NEAR(x.logprob, lp(x.id), tol) << at;
+      int lo = 1, hi = 1;
+      for (int i = 0; i < V; ++i) {
+        lo += lp(i) > lp(x.id) + 2 * tol;
+        hi += i != x.id && lp(i) >= lp(x.id) - 2 * tol;
+      }
+      EXPECT_GE(x.rank, lo) << at;
+      EXPECT_LE(x.rank, hi) << at;
+      ASSERT_EQ(x.top.size(), size_t(k)) << at;
+      std::vector<double> best(static_cast<size_t>(V));
+      for (int i = 0; i < V; ++i) best[size_t(i)] = lp(i);
+      std::sort(best.begin(), best.end(), std::greater<>());
+      for (int j = 0; j < k; ++j) {
+        EXPECT_NEAR(x.top[j].second, best[size_t(j)], tol) << at << " alternative " << j;
+        EXPECT_NEAR(x.top[j].second, lp(x.top[j].first), tol) << at << " alternative " << j;
+        if (j > 0) {
+          EXPECT_GE(x.top[j - 1].second, x.top[j].second) << at;
+        }
+      }
+      if (generated && r.sampling.temperature == 0) {
+        EXPECT_EQ(x.rank, 1) << at;
+        ASSERT_GE(x.top.size(), 1u);
+        EXPECT_EQ(x.top[0].first, x.id) << at;
+        EXPECT_EQ(x.top[0].second, x.logprob) << at;
+      }
+      ++checked;
+    }
+  };
+  check(og, g, "greedy");
+  check(ot, t, "sampled");
+  EXPECT_EQ(checked, 2 * int(prompt.size() - 1 + 6));
+}
+
 TEST_F(CudaVsCpu, ChunkedPrefillMatchesCpu) {
   const int V = gpu_->config().vocab_size, n = 257;
   const std::vector<int> t = ids(n, 4);

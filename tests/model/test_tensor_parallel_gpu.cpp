@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "model/safetensors.h"
 #include "model/tiny.h"
+#include "runtime/sampler.h"
 
 #if KIMI_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -323,13 +324,25 @@ TEST_F(TensorParallelGpu, SamplesTheGatheredLogitsOnGpuZero) {
   DrawBatch d;
   d.rows.resize(2);
   d.rows[0].temperature = 0.f;
+  d.rows[0].logprobs = 3;  // of the token drawn, computed on GPU 0 too
   d.rows[1].host = true;
   std::vector<int> tokens;
   std::vector<float> host_logits;
-  if (!m->forward_sampled(step(), d, tokens, host_logits))
+  std::vector<RowLogprobs> lps;
+  if (!m->forward_sampled(step(), d, tokens, host_logits, lps))
     GTEST_SKIP() << "no peer access between the GPUs: the host samples";
   ASSERT_EQ(tokens.size(), 2u);
   EXPECT_EQ(tokens[0], int(std::max_element(logits.begin(), logits.begin() + V) - logits.begin()));
+  ASSERT_EQ(lps.size(), 1u);
+  const RowLogprobs want = row_logprobs({logits.data(), size_t(V)}, tokens[0], 3);
+  EXPECT_EQ(lps[0].token, tokens[0]);
+  EXPECT_EQ(lps[0].rank, 1);  // the argmax
+  ASSERT_EQ(lps[0].num_top, 3);
+  EXPECT_EQ(lps[0].top_id[0], tokens[0]);
+  EXPECT_NEAR(lps[0].logprob, want.logprob, 1e-4f * (1 + std::abs(want.logprob)));
+  for (int j = 0; j < 3; ++j)
+    EXPECT_NEAR(lps[0].top_logprob[j], want.top_logprob[j],
+                1e-4f * (1 + std::abs(want.top_logprob[j])));
   ASSERT_EQ(host_logits.size(), size_t(V));
   for (int i = 0; i < V; ++i)  // the same step again: the same kernels on the same inputs
     ASSERT_NEAR(host_logits[size_t(i)], logits[size_t(V + i)], 1e-5f * std::abs(logits[size_t(V + i)]) + 1e-6f)

@@ -1,10 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <random>
 
+#include "core/check.h"
 #include "runtime/sampler.h"
 
 namespace kimi {
@@ -189,6 +192,114 @@ TEST(Sampler, AdjustmentsEqualLogitProcessors) {
     }
   }
   EXPECT_GT(touched, 10000);
+}
+
+// row_logprobs (the reference of the GPU's logprob records) against a direct reading of its
+// definition: the full log-softmax row, ids sorted by (lp descending, id ascending). Rows with
+// coarse ties (equal lp), -inf entries, k 0 / 1 / 20 and a vocabulary below k.
+TEST(Sampler, RowLogprobsFollowTheLogSoftmaxOrder) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int V = trial % 3 == 0 ? 7 : 100 + 37 * trial;
+    std::uniform_real_distribution<float> u(-6.f, 6.f);
+    std::vector<float> l(static_cast<size_t>(V));
+    for (auto& x : l) x = trial % 2 ? std::floor(u(rng)) : u(rng);  // odd trials: many ties
+    if (trial % 4 == 1) l[size_t(trial) % size_t(V)] = -INFINITY;
+    const double lse = log_sum_exp(l);
+    std::vector<float> lp(l.size());
+    for (int i = 0; i < V; ++i) lp[size_t(i)] = l[size_t(i)] - float(lse);
+    std::vector<int> order(static_cast<size_t>(V));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return lp[size_t(a)] > lp[size_t(b)]; });
+    for (int k : {0, 1, 5, 20}) {
+      const int token = order[size_t(trial * 7 % V)];
+      const RowLogprobs r = row_logprobs(l, token, k);
+      EXPECT_EQ(r.token, token);
+      EXPECT_EQ(r.logprob, lp[size_t(token)]);
+      EXPECT_EQ(r.rank, int(std::find(order.begin(), order.end(), token) - order.begin()) + 1);
+      ASSERT_EQ(r.num_top, std::min(k, V));
+      for (int j = 0; j < r.num_top; ++j) {
+        EXPECT_EQ(r.top_id[j], order[size_t(j)]) << "trial " << trial << " k " << k << " j " << j;
+        EXPECT_EQ(r.top_logprob[j], lp[size_t(order[size_t(j)])]);
+      }
+      for (int j = r.num_top; j < kMaxTopLogprobs; ++j) EXPECT_EQ(r.top_id[j], 0);
+    }
+  }
+  // A NaN or +inf logit, or no finite one: lse is NaN, so every lp is; rank 1, ids 0..k-1.
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  for (const std::vector<float>& l :
+       {std::vector<float>{1.f, nan, 2.f, 0.f}, std::vector<float>{1.f, inf, 2.f, 0.f},
+        std::vector<float>{-inf, -inf, -inf, -inf}}) {
+    const RowLogprobs r = row_logprobs(l, 2, 3);
+    EXPECT_TRUE(std::isnan(r.logprob));
+    EXPECT_EQ(r.rank, 1);
+    ASSERT_EQ(r.num_top, 3);
+    for (int j = 0; j < 3; ++j) {
+      EXPECT_EQ(r.top_id[j], j);
+      EXPECT_TRUE(std::isnan(r.top_logprob[j]));
+    }
+  }
+  EXPECT_THROW(row_logprobs(std::vector<float>(4, 0.f), 4, 1), Error);
+  EXPECT_THROW(row_logprobs(std::vector<float>(4, 0.f), 0, kMaxTopLogprobs + 1), Error);
+}
+
+// draw_on_host, the host's form of Model::forward_sampled: each device row draws what
+// sample_with_u draws after the row's adjustments, a host row draws nothing, and the records are
+// row_logprobs of the raw row (of the given token, or of the one drawn), in row order.
+TEST(Sampler, DrawOnHostIsTheDeviceContractOnTheHost) {
+  std::mt19937 rng(3);
+  const int V = 500, R = 6;
+  std::uniform_real_distribution<float> u(-5.f, 5.f);
+  std::vector<float> logits(size_t(R) * V);
+  for (auto& x : logits) x = u(rng);
+  DrawBatch d;
+  for (int r = 0; r < R; ++r) {
+    RowDraw row;
+    row.temperature = r == 0 ? 0.f : 0.7f;
+    row.top_k = r == 2 ? 10 : 0;
+    row.u = uniform_from(9, uint64_t(r));
+    row.adjust_begin = int(d.adjust.size());
+    if (r == 1) d.adjust.push_back({42, 100.f, 1.f, 0.f});  // logit_bias: 42 wins
+    row.adjust_end = int(d.adjust.size());
+    row.host = r == 4;
+    if (r == 1 || r == 3) row.logprobs = 2;                             // of the token drawn
+    if (r == 4 || r == 5) row.logprobs = 0, row.logprob_token = 7 * r;  // of a given token
+    d.rows.push_back(row);
+  }
+  std::vector<int> tokens;
+  std::vector<RowLogprobs> lps;
+  draw_on_host(logits, V, d, tokens, lps);
+  ASSERT_EQ(tokens.size(), size_t(R));
+  EXPECT_EQ(tokens[1], 42);
+  EXPECT_EQ(tokens[4], 0);
+  for (int r = 0; r < R; ++r) {
+    if (r == 4) continue;
+    std::vector<float> row(logits.begin() + size_t(r) * V, logits.begin() + size_t(r + 1) * V);
+    apply_logit_adjustments(row, std::span<const LogitAdjust>(d.adjust).subspan(
+                                     size_t(d.rows[r].adjust_begin),
+                                     size_t(d.rows[r].adjust_end - d.rows[r].adjust_begin)));
+    SamplingParams p;
+    p.temperature = d.rows[r].temperature;
+    p.top_k = d.rows[r].top_k;
+    EXPECT_EQ(tokens[size_t(r)], sample_with_u(row, p, d.rows[r].u).token) << "row " << r;
+  }
+  ASSERT_EQ(lps.size(), 4u);
+  const int rows_asking[] = {1, 3, 4, 5};
+  for (int q = 0; q < 4; ++q) {
+    const int r = rows_asking[q];
+    const int tok = d.rows[r].logprob_token >= 0 ? d.rows[r].logprob_token : tokens[size_t(r)];
+    const RowLogprobs want =
+        row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok, d.rows[r].logprobs);
+    EXPECT_EQ(lps[q].token, want.token);
+    EXPECT_EQ(lps[q].rank, want.rank);
+    EXPECT_EQ(lps[q].logprob, want.logprob);  // of the raw row: the bias of row 1 does not count
+    EXPECT_EQ(lps[q].num_top, want.num_top);
+  }
+  // A host row cannot ask for the logprob of a token it has not drawn yet.
+  d.rows[4].logprob_token = -1;
+  EXPECT_THROW(draw_on_host(logits, V, d, tokens, lps), Error);
 }
 
 }  // namespace

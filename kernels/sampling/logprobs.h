@@ -1,0 +1,56 @@
+// Log-probabilities of tokens under raw logits rows on the GPU (OpenAI logprobs / top_logprobs,
+// vLLM prompt_logprobs): per request, one small record instead of the row on the host. It
+// computes what the host's row_logprobs (src/runtime/sampler.h) computes:
+//
+//   lse = float(max + log Σ_i exp(double(l_i) - max))   (double accumulation, as log_sum_exp)
+//   lp_i = l_i - lse (fp32); logprob = lp_token;
+//   rank = 1 + #{i : lp_i > lp_token, or lp_i == lp_token and i < token};
+//   top = the min(k, vocab) best ids in that order (ties: lower ids first) with their lp.
+//   A row with a NaN or +inf logit, or with no finite logit, has lse NaN: logprob NaN, rank 1,
+//   top = ids 0..k-1 with lp NaN.
+//
+// The token is the request's, or (token < 0) the one the sampler drew for that row (`sampled`,
+// run_sample's output in the same step). The logits are read as they are (before any logit
+// processor). Launch: one CTA of 512 threads per request, three passes over its row (the last two
+// from L2); no workspace, no host synchronisation (capturable in a CUDA graph). A request the
+// kernel cannot serve (row out of range, token outside the vocabulary) gets token -1, rank 0.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kimi::cuda {
+
+constexpr int kMaxTopLogprobs = 20;
+
+// Same layout as kimi::RowLogprobs (src/model/model.h), into which the host copies it.
+struct LogprobRecord {
+  int token = 0;
+  int rank = 1;
+  float logprob = 0.f;
+  int num_top = 0;  // min(k, vocab); entries past it are zero
+  int top_id[kMaxTopLogprobs] = {};
+  float top_logprob[kMaxTopLogprobs] = {};
+};
+
+struct LogprobRequest {
+  int row = 0;    // in row_begin .. row_begin + rows - 1
+  int token = 0;  // < 0: sampled[row - row_begin]
+  int k = 0;      // alternatives, 0 .. kMaxTopLogprobs
+};
+
+struct LogprobParams {
+  int count = 0;      // requests
+  int rows = 0;       // rows of logits (and of sampled)
+  int row_begin = 0;  // the row number of logits' first row, as the requests count rows
+  int vocab = 0;
+  int64_t stride = 0;                        // elements between rows of logits (0: vocab)
+  const float* logits = nullptr;             // [rows, stride]
+  const int* sampled = nullptr;              // [rows], optional: the tokens drawn
+  const LogprobRequest* requests = nullptr;  // [count], device memory
+  LogprobRecord* out = nullptr;              // [count]
+};
+void run_logprobs(const LogprobParams& p, cudaStream_t stream);
+
+}  // namespace kimi::cuda
