@@ -163,18 +163,22 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
-// 256) through a ring of `stages` k steps of 64. bench_moe times all of kMoeWgmmaTiles,
-// test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
+// 256) through a ring of `stages` k steps of 64. sched: 0 one CTA per (row tile, column block)
+// (session 5's grid), 1 persistent CTAs (one per SM) over the same items in a static stride, 2
+// persistent with the next item from a global counter. max_ctas (tests): caps the persistent
+// grid (0: one CTA per SM). bench_moe times all of kMoeWgmmaTiles, test_moe_gpu checks all of
+// them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
   int stages;
+  int sched = 1;
+  int max_ctas = 0;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4, 1}, {128, 6, 1}, {256, 3, 1},
+                                                  {256, 4, 1}, {256, 4, 0}, {256, 4, 2}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
-// docs/perf-log.md session 5).
-inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
-  return MoeWgmmaTile{256, 4};
-}
+// docs/perf-log.md session 5). KIMI_MOE_WGMMA_SCHED (A/B only) overrides sched.
+MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&);
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 

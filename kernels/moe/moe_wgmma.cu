@@ -1,6 +1,7 @@
 // Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
 #include <cstdint>
+#include <cstdlib>
 
 #include "common.h"
 #include "moe/moe_wgmma.cuh"
@@ -10,8 +11,12 @@ namespace kimi::cuda::moe {
 
 namespace {
 
+// The persistent kernel's item counters (sched 2), one per GEMM: zero at load, and each launch
+// leaves its counter zero.
+__device__ int g_wgmma_next[2];
+
 template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
-void launch(const MoeGemmParams& p, cudaStream_t stream) {
+void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
@@ -24,23 +29,49 @@ void launch(const MoeGemmParams& p, cudaStream_t stream) {
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
-  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
+  if (t.sched == 0 || p.num_experts > kWgMaxExperts) {
+    auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    Shape::kSmemBytes));
+    kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(a);
+    KIMI_CHECK_LAUNCH();
+    return;
+  }
+  int dev = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&dev));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  int64_t grid = ctas < sms ? ctas : sms;
+  if (t.max_ctas > 0 && grid > t.max_ctas) grid = t.max_ctas;
+  int* next = nullptr;
+  if (t.sched == 2) {
+    CUDA_CHECK(cudaGetSymbolAddress(reinterpret_cast<void**>(&next), g_wgmma_next));
+    next += SWIGLU ? 1 : 0;
+  }
+  auto kernel = moe_wgmma_persistent_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(a);
+  kernel<<<unsigned(grid), kWgThreads, Shape::kSmemBytes, stream>>>(a, next);
   KIMI_CHECK_LAUNCH();
 }
 
 template <bool SWIGLU, bool SPLIT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
-  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT>(p, stream);
-  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT>(p, stream);
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT>(p, t, stream);
   KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
 }
 
 }  // namespace
+
+MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
+  static const int sched = [] {
+    const char* s = std::getenv("KIMI_MOE_WGMMA_SCHED");
+    return s ? std::atoi(s) : 1;
+  }();
+  return MoeWgmmaTile{256, 4, sched};
+}
 
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,

@@ -280,4 +280,188 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
 }
 
+
+// Persistent form (MoeWgmmaTile::sched 1 and 2): one CTA per SM walks a list of work items
+// (item = tile · col_blocks + column block, the order of the one-CTA-per-item grid above), so the
+// producer runs into the next item's k steps while the consumers finish the current one and
+// store it: the ring's fill and the epilogue no longer leave the SM's copies idle. The ring state
+// (slot, parity) runs on across items. sched 1: CTA b takes items b, b + G, b + 2G, ... (G CTAs);
+// sched 2: the producer takes the next item from a global counter (`next`: zero before a launch;
+// the CTA that draws the launch's last number puts it back to zero). The producer's thread 0
+// writes the item of a ring slot's first k step into slot_item[slot] before arriving on its full
+// barrier, −1 after the last item (then the slot carries no data); the consumers read it there.
+// The experts' tile starts and row offsets are copied to shared memory once (E <= kWgMaxExperts):
+// both sides find an item's expert by a binary search there.
+constexpr int kWgMaxExperts = 1024;
+
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
+__global__ void __launch_bounds__(kWgThreads, 1)
+    moe_wgmma_persistent_kernel(const __grid_constant__ WgmmaArgs args, int* next) {
+  using Shape = WgmmaShape<BN, STAGES>;
+  const MoeGemmParams& p = args.p;
+  const MoePermuteView& v = args.v;
+  const int col_blocks = args.col_blocks;
+  constexpr int kAPieces = kWgRows * 8 / 128;
+  constexpr int kNH = BN / 128;
+
+  extern __shared__ unsigned char wg_smem_raw[];
+  __shared__ uint64_t bars[2 * STAGES];
+  __shared__ int slot_item[STAGES];
+  __shared__ int fetched[2];
+  __shared__ int s_tile_start[kWgMaxExperts + 1], s_offsets[kWgMaxExperts + 1];
+  uint64_t* const full = bars;
+  uint64_t* const empty = bars + STAGES;
+  const uint32_t raw_addr = smem_u32(wg_smem_raw);
+  const uint32_t smem_addr = (raw_addr + 1023) & ~1023u;
+  unsigned char* smem = wg_smem_raw + (smem_addr - raw_addr);
+
+  const int E = p.num_experts;
+  const int Kd = SWIGLU ? p.hidden : p.inter;
+  const int KTd = (Kd + kWgK - 1) / kWgK;
+  const int KT = SPLIT ? 2 * KTd : KTd;
+  const int tid = threadIdx.x;
+  for (int i = tid; i <= E; i += kWgThreads) {
+    s_tile_start[i] = v.tile_start[i];
+    s_offsets[i] = v.offsets[i];
+  }
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full + s, 128 + 1);
+      mbar_init(empty + s, kWgConsumerWarps);
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+  const int n_items = s_tile_start[E] * col_blocks;
+  // Item → (expert's rows [m0, m_end), first output column n0).
+  auto find = [&](int item, int& m0, int& m_end, int& n0, int& e) {
+    const int tile = item / col_blocks, cb = item - tile * col_blocks;
+    int lo = 0, hi = E - 1;  // largest e with tile_start[e] <= tile
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (s_tile_start[mid] <= tile)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    e = lo;
+    m0 = s_offsets[lo] + (tile - s_tile_start[lo]) * kWgRows;
+    m_end = s_offsets[lo + 1];
+    n0 = cb * (SWIGLU ? BN / 2 : BN);
+  };
+
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (wg == 0) {
+    setmaxnreg_dec<kWgProducerRegs>();
+    const int piece = tid % 8, row0 = tid / 8;
+    const uint32_t dst_in_row = uint32_t((piece ^ (row0 % 8)) * 16);
+    int s = 0;
+    uint32_t ph = 0;
+    for (int it = 0;; ++it) {
+      int item;
+      if (next) {
+        if (tid == 0) fetched[it & 1] = atomicAdd(next, 1);
+        bar_sync(1, 128);
+        item = fetched[it & 1];
+      } else {
+        item = int(blockIdx.x) + it * int(gridDim.x);
+      }
+      if (item >= n_items) {
+        // The launch's last draw: every CTA has drawn its past-the-end number.
+        if (next && tid == 0 && item == n_items + int(gridDim.x) - 1) *next = 0;
+        mbar_wait(empty + s, ph ^ 1);
+        if (tid == 0) {
+          slot_item[s] = -1;
+          mbar_arrive(full + s);  // in place of the expect_tx arrival
+        }
+        mbar_arrive(full + s);
+        break;
+      }
+      int m0, m_end, n0, e;
+      find(item, m0, m_end, n0, e);
+      const int w_row = SWIGLU ? e * 2 * p.inter + n0 : e * p.hidden + n0;
+      const bf16* a_src[kAPieces];
+#pragma unroll
+      for (int i = 0; i < kAPieces; ++i) {
+        const int row = m0 + row0 + 16 * i;
+        a_src[i] = nullptr;
+        if (row < m_end)
+          a_src[i] =
+              SWIGLU ? p.x + int64_t(v.row_token[row]) * p.hidden : p.act + int64_t(row) * p.inter;
+      }
+      for (int kt = 0; kt < KT; ++kt) {
+        mbar_wait(empty + s, ph ^ 1);
+        const uint32_t st = uint32_t(s * Shape::kStageBytes);
+        const bool lo = SPLIT && kt >= KTd;
+        const int k0 = (lo ? kt - KTd : kt) * kWgK;
+        if (tid == 0) {
+          if (kt == 0) slot_item[s] = item;
+          mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
+#pragma unroll
+          for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
+            const int r = bx * kWgBoxRows;
+            const int row = SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r;
+            tma_load_2d(smem_addr + st + Shape::kABytes + r * 128, &args.b, k0, row, full + s);
+          }
+        }
+        const int k = k0 + piece * 8;
+        const bool k_ok = k < Kd;
+#pragma unroll
+        for (int i = 0; i < kAPieces; ++i) {
+          const bool ok = k_ok && a_src[i];
+          const bf16* src = a_src[i] + k;
+          if (lo && a_src[i])
+            src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
+          cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
+        }
+        cp_async_mbar_arrive(full + s);
+        if (++s == STAGES) s = 0, ph ^= 1;
+      }
+    }
+    cp_async_wait<0>();
+  } else {
+    setmaxnreg_inc<kWgConsumerRegs>();
+    const int cw = wg - 1;
+    const int lane = tid % 32, warp = (tid % 128) / 32;
+    float acc[kNH][64];
+    auto release = [&](int s) {
+      __syncwarp();
+      if (lane == 0) mbar_arrive(empty + s);
+    };
+    const volatile int* items = slot_item;
+    int s = 0;
+    uint32_t ph = 0;
+    for (;;) {
+      mbar_wait(full + s, ph);
+      const int item = __shfl_sync(0xffffffffu, items[s], 0);
+      if (item < 0) break;
+      int m0, m_end, n0, e;
+      find(item, m0, m_end, n0, e);
+      const bool busy = __shfl_sync(0xffffffffu, int(m0 + 64 * cw < m_end), 0) != 0;
+      int prev = 0;
+      for (int kt = 0; kt < KT; ++kt) {
+        if (kt > 0) mbar_wait(full + s, ph);
+        fence_proxy_async();
+        if (busy) {
+          const uint32_t st = smem_addr + uint32_t(s * Shape::kStageBytes);
+          wgmma_fence();
+          wg_mma_step<BN>(acc, st + uint32_t(cw * 64 * 128), st + Shape::kABytes, kt > 0);
+          wgmma_commit();
+          wgmma_wait<1>();
+        }
+        if (kt > 0) release(prev);
+        prev = s;
+        if (++s == STAGES) s = 0, ph ^= 1;
+      }
+      wgmma_wait<0>();
+      release(prev);  // the producer refills it while this warpgroup stores
+      if (busy) {
+#pragma unroll
+        for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
+        wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * cw + 16 * warp + lane / 4, m_end, n0, lane);
+      }
+    }
+  }
+}
+
 }  // namespace kimi::cuda::moe
