@@ -89,7 +89,9 @@ int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
 
 // Device workspace of the permutation for up to max_rows = T·K rows and E experts (ints):
-//   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R].
+//   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R],
+//   gemm_next [2] (the wgmma GEMMs' item counters: zeroed by the permutation, each launch leaves
+//   its counter zero).
 size_t moe_permute_workspace_ints(int num_experts, int64_t max_rows);
 
 struct MoePermuteParams {
@@ -109,6 +111,7 @@ struct MoePermuteView {
   int* tile_start;
   int* row_token;
   int* pair_row;
+  int* gemm_next;
 };
 MoePermuteView moe_permute_view(int* workspace, int num_experts, int64_t max_rows);
 // Upper bound on grouped-GEMM row tiles for R rows over E experts with tile BM.
@@ -164,9 +167,8 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
 // 256) through a ring of `stages` k steps of 64. sched: 0 one CTA per (row tile, column block)
-// (session 5's grid), 1 persistent CTAs (one per SM) over the same items in a static stride, 2
-// persistent with the next item from a global counter. max_ctas (tests): caps the persistent
-// grid (0: one CTA per SM). bench_moe times all of kMoeWgmmaTiles, test_moe_gpu checks all of
+// (session 5's grid), 1 persistent CTAs (one per SM) taking the next item from a counter in the
+// permutation workspace. max_ctas (tests): caps the persistent grid (0: one CTA per SM). bench_moe times all of kMoeWgmmaTiles, test_moe_gpu checks all of
 // them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
@@ -175,7 +177,7 @@ struct MoeWgmmaTile {
   int max_ctas = 0;
 };
 inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4, 1}, {128, 6, 1}, {256, 3, 1},
-                                                  {256, 4, 1}, {256, 4, 0}, {256, 4, 2}};
+                                                  {256, 4, 1}, {256, 4, 0}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
 // docs/perf-log.md session 5). KIMI_MOE_WGMMA_SCHED (A/B only) overrides sched.
 MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&);

@@ -11,10 +11,6 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-// The persistent kernel's item counters (sched 2), one per GEMM: zero at load, and each launch
-// leaves its counter zero.
-__device__ int g_wgmma_next[2];
-
 template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
@@ -42,15 +38,10 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int64_t grid = ctas < sms ? ctas : sms;
   if (t.max_ctas > 0 && grid > t.max_ctas) grid = t.max_ctas;
-  int* next = nullptr;
-  if (t.sched == 2) {
-    CUDA_CHECK(cudaGetSymbolAddress(reinterpret_cast<void**>(&next), g_wgmma_next));
-    next += SWIGLU ? 1 : 0;
-  }
   auto kernel = moe_wgmma_persistent_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(grid), kWgThreads, Shape::kSmemBytes, stream>>>(a, next);
+  kernel<<<unsigned(grid), kWgThreads, Shape::kSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();
 }
 

@@ -281,13 +281,15 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 }
 
 
-// Persistent form (MoeWgmmaTile::sched 1 and 2): one CTA per SM walks a list of work items
-// (item = tile · col_blocks + column block, the order of the one-CTA-per-item grid above), so the
-// producer runs into the next item's k steps while the consumers finish the current one and
-// store it: the ring's fill and the epilogue no longer leave the SM's copies idle. The ring state
-// (slot, parity) runs on across items. sched 1: CTA b takes items b, b + G, b + 2G, ... (G CTAs);
-// sched 2: the producer takes the next item from a global counter (`next`: zero before a launch;
-// the CTA that draws the launch's last number puts it back to zero). The producer's thread 0
+// Persistent form (MoeWgmmaTile::sched 1): one CTA per SM walks the work items (item = tile ·
+// col_blocks + column block, the order of the one-CTA-per-item grid above), so the producer runs
+// into the next item's k steps while the consumers finish the current one and store it: the
+// ring's fill and the epilogue no longer leave the SM's copies idle. The ring state (slot,
+// parity) runs on across items. The producer's thread 0 draws the next item from a counter in the
+// permutation workspace (v.gemm_next[SWIGLU]: zeroed by the permutation; the CTA that draws the
+// launch's last number, the G-th past the end, puts it back to zero for the next launch), so the
+// CTAs take items in order as they free up (a static stride b, b + G, ... measured 3-9% slower:
+// tiles differ in cost, and the CTAs drift apart from the ones sharing their weights). Its thread 0
 // writes the item of a ring slot's first k step into slot_item[slot] before arriving on its full
 // barrier, −1 after the last item (then the slot carries no data); the consumers read it there.
 // The experts' tile starts and row offsets are copied to shared memory once (E <= kWgMaxExperts):
@@ -296,7 +298,7 @@ constexpr int kWgMaxExperts = 1024;
 
 template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 __global__ void __launch_bounds__(kWgThreads, 1)
-    moe_wgmma_persistent_kernel(const __grid_constant__ WgmmaArgs args, int* next) {
+    moe_wgmma_persistent_kernel(const __grid_constant__ WgmmaArgs args) {
   using Shape = WgmmaShape<BN, STAGES>;
   const MoeGemmParams& p = args.p;
   const MoePermuteView& v = args.v;
@@ -333,6 +335,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
   __syncthreads();
   const int n_items = s_tile_start[E] * col_blocks;
+  int* const next = v.gemm_next + (SWIGLU ? 1 : 0);
   // Item → (expert's rows [m0, m_end), first output column n0).
   auto find = [&](int item, int& m0, int& m_end, int& n0, int& e) {
     const int tile = item / col_blocks, cb = item - tile * col_blocks;
@@ -358,17 +361,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     int s = 0;
     uint32_t ph = 0;
     for (int it = 0;; ++it) {
-      int item;
-      if (next) {
-        if (tid == 0) fetched[it & 1] = atomicAdd(next, 1);
-        bar_sync(1, 128);
-        item = fetched[it & 1];
-      } else {
-        item = int(blockIdx.x) + it * int(gridDim.x);
-      }
+      if (tid == 0) fetched[it & 1] = atomicAdd(next, 1);
+      bar_sync(1, 128);  // the 128 producer threads
+      const int item = fetched[it & 1];
       if (item >= n_items) {
         // The launch's last draw: every CTA has drawn its past-the-end number.
-        if (next && tid == 0 && item == n_items + int(gridDim.x) - 1) *next = 0;
+        if (tid == 0 && item == n_items + int(gridDim.x) - 1) *next = 0;
         mbar_wait(empty + s, ph ^ 1);
         if (tid == 0) {
           slot_item[s] = -1;
