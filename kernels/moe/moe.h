@@ -175,9 +175,13 @@ struct MoeWgmmaTile {
   int stages;
   int sched = 1;
   int max_ctas = 0;
+  int prefetch = 0;  // sched 1: weight boxes prefetched into L2 this many k steps ahead (0: none)
+  int pf_width = 1;  // 1: one 64-k box per k step; 4: one 256-k box every 4 k steps
 };
 inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4, 1}, {128, 6, 1}, {256, 3, 1},
-                                                  {256, 4, 1}, {256, 4, 0}};
+                                                  {256, 4, 1}, {256, 4, 0},
+                                                  {256, 4, 1, 0, 4, 1}, {256, 4, 1, 0, 8, 1},
+                                                  {256, 4, 1, 0, 4, 4}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
 // docs/perf-log.md session 5). KIMI_MOE_WGMMA_SCHED (A/B only) overrides sched.
 MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&);

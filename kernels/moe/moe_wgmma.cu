@@ -21,10 +21,15 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
   KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
   WgmmaArgs a;
-  a.p = p, a.v = v, a.col_blocks = col_blocks;
+  a.p = p, a.v = v, a.col_blocks = col_blocks, a.prefetch = t.prefetch;
+  a.pf_width = t.pf_width > 1 ? 4 : 1;
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
+  a.b_wide = a.b;
+  if (t.prefetch > 0 && t.pf_width > 1)
+    a.b_wide = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, SWIGLU ? p.w13 : p.w2, Kd, w_rows,
+                             uint64_t(Kd) * 2, 256, kWgBoxRows, false);
   if (t.sched == 0 || p.num_experts > kWgMaxExperts) {
     auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

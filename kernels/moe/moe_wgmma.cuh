@@ -153,9 +153,12 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
 // [E·2I rows][hidden], down W2 as [E·hidden rows][I].
 struct WgmmaArgs {
   CUtensorMap b;
+  CUtensorMap b_wide;  // the same weights in unswizzled boxes of 256 k × 64 rows (L2 prefetch)
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
+  int prefetch;  // persistent kernel: weight boxes prefetched into L2 this many k steps ahead (0: none)
+  int pf_width;  // 1: a 64-k box every k step; 4: a 256-k box (b_wide) every 4 k steps
 };
 constexpr int kWgBoxRows = 64;
 
@@ -394,6 +397,16 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         const int k0 = (lo ? kt - KTd : kt) * kWgK;
         if (tid == 0) {
           if (kt == 0) slot_item[s] = item;
+          const int kp = k0 + args.prefetch * kWgK;
+          if (args.prefetch > 0 && !lo && kp < Kd && kt % args.pf_width == 0) {
+            const void* map = args.pf_width > 1 ? &args.b_wide : &args.b;
+#pragma unroll
+            for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
+              const int r = bx * kWgBoxRows;
+              tma_prefetch_2d(map, kp,
+                              SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r);
+            }
+          }
           mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
 #pragma unroll
           for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
