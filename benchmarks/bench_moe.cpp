@@ -420,8 +420,8 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
             t_gu, t_dn);
       };
       auto_row("wgmma (kAuto, default tiles)");
-      // Two rounds over the tiles (sched 0 = one CTA per tile, 1 / 2 = persistent): rows timed
-      // earlier in a process come out faster, so each is read against the same tile's other round.
+      // Two rounds over the tiles: rows timed earlier in a process come out faster, so each is
+      // read against the same tile's other round.
       for (int round = 0; round < 2; ++round)
         for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
           const double t_gu = median_ms(
@@ -429,11 +429,7 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
           const double t_dn = median_ms(
               [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
           const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                   std::to_string(tile.stages) + " st, sched " +
-                                   std::to_string(tile.sched) +
-                                   (tile.prefetch ? ", pf " + std::to_string(tile.prefetch) + "/" +
-                                                       std::to_string(tile.pf_width)
-                                                 : "");
+                                   std::to_string(tile.stages) + " st";
           row(name.c_str(), t_gu, t_dn);
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

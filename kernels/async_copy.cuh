@@ -134,13 +134,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
       : "memory");
 }
 
-// Prefetches one box of a 2-D tensor map into L2 (no completion to wait for).
-__device__ __forceinline__ void tma_prefetch_2d(const void* map, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n" ::"l"(map),
-               "r"(c0), "r"(c1)
-               : "memory");
-}
-
 // Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first copy.
 __device__ __forceinline__ void prefetch_tensormap(const void* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

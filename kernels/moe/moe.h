@@ -165,26 +165,22 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
-// The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
-// 256) through a ring of `stages` k steps of 64. sched: 0 one CTA per (row tile, column block)
-// (session 5's grid), 1 persistent CTAs (one per SM) taking the next item from a counter in the
-// permutation workspace. max_ctas (tests): caps the persistent grid (0: one CTA per SM). bench_moe times all of kMoeWgmmaTiles, test_moe_gpu checks all of
-// them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
+// The wgmma kernel (moe_wgmma.cu, warp-specialised, persistent: one CTA per SM over the work
+// items): tiles of 128 rows × bn weight rows (128 or 256) through a ring of `stages` k steps of
+// 64. max_ctas (tests): caps the grid (0: one CTA per SM). bench_moe times all of
+// kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
+// moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
   int stages;
-  int sched = 1;
   int max_ctas = 0;
-  int prefetch = 0;  // sched 1: weight boxes prefetched into L2 this many k steps ahead (0: none)
-  int pf_width = 1;  // 1: one 64-k box per k step; 4: one 256-k box every 4 k steps
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4, 1}, {128, 6, 1}, {256, 3, 1},
-                                                  {256, 4, 1}, {256, 4, 0},
-                                                  {256, 4, 1, 0, 4, 1}, {256, 4, 1, 0, 8, 1},
-                                                  {256, 4, 1, 0, 4, 4}};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
-// docs/perf-log.md session 5). KIMI_MOE_WGMMA_SCHED (A/B only) overrides sched.
-MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&);
+// docs/perf-log.md sessions 5 and 12).
+inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
+  return MoeWgmmaTile{256, 4};
+}
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe
 

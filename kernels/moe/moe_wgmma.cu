@@ -1,7 +1,7 @@
 // Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
+#include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 
 #include "common.h"
 #include "moe/moe_wgmma.cuh"
@@ -18,35 +18,23 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   MoePermuteView v = moe_permute_view(const_cast<int*>(p.workspace), p.num_experts, rows);
   const int N = SWIGLU ? p.inter : p.hidden;
   const int col_blocks = ceil_div(N, SWIGLU ? BN / 2 : BN);
-  const int64_t ctas = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
-  KIMI_CHECK(ctas < (int64_t(1) << 31), "moe wgmma: ", ctas, " CTAs");
+  const int64_t items = int64_t(moe_max_tiles(rows, p.num_experts, kWgRows)) * col_blocks;
+  KIMI_CHECK(items < (int64_t(1) << 31) - 1024, "moe wgmma: ", items, " work items");
   WgmmaArgs a;
-  a.p = p, a.v = v, a.col_blocks = col_blocks, a.prefetch = t.prefetch;
-  a.pf_width = t.pf_width > 1 ? 4 : 1;
+  a.p = p, a.v = v, a.col_blocks = col_blocks;
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
-  a.b_wide = a.b;
-  if (t.prefetch > 0 && t.pf_width > 1)
-    a.b_wide = tensor_map_2d(CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, SWIGLU ? p.w13 : p.w2, Kd, w_rows,
-                             uint64_t(Kd) * 2, 256, kWgBoxRows, false);
-  if (t.sched == 0 || p.num_experts > kWgMaxExperts) {
-    auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    Shape::kSmemBytes));
-    kernel<<<unsigned(ctas), kWgThreads, Shape::kSmemBytes, stream>>>(a);
-    KIMI_CHECK_LAUNCH();
-    return;
-  }
+  // One persistent CTA per SM (fewer when there are fewer items; max_ctas: tests).
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  int64_t grid = ctas < sms ? ctas : sms;
-  if (t.max_ctas > 0 && grid > t.max_ctas) grid = t.max_ctas;
-  auto kernel = moe_wgmma_persistent_kernel<BN, STAGES, SWIGLU, SPLIT>;
+  int64_t grid = std::min<int64_t>(items, sms);
+  if (t.max_ctas > 0) grid = std::min<int64_t>(grid, t.max_ctas);
+  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  kernel<<<unsigned(grid), kWgThreads, Shape::kSmemBytes, stream>>>(a);
+  kernel<<<unsigned(std::max<int64_t>(grid, 1)), kWgThreads, Shape::kSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();
 }
 
@@ -61,17 +49,11 @@ void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
 
 }  // namespace
 
-MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
-  static const int sched = [] {
-    const char* s = std::getenv("KIMI_MOE_WGMMA_SCHED");
-    return s ? std::atoi(s) : 1;
-  }();
-  return MoeWgmmaTile{256, 4, sched};
-}
-
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,
              ", got ", p.block_m);
+  KIMI_CHECK(p.num_experts <= kWgMaxExperts, "moe wgmma: at most ", kWgMaxExperts, " experts, got ",
+             p.num_experts);
   for (const void* ptr : {static_cast<const void*>(p.x), static_cast<const void*>(p.w13),
                           static_cast<const void*>(p.w2), static_cast<const void*>(p.act),
                           static_cast<const void*>(p.y), static_cast<const void*>(p.x_lo),

@@ -359,8 +359,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
-      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages, " sched ", wgmma_tile->sched,
-                " ctas ", wgmma_tile->max_ctas);
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages, " ctas ", wgmma_tile->max_ctas);
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -1298,13 +1297,11 @@ TEST(MoeGpu, ExpertsWgmmaTileEdges) {
     check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
     for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles) {
       check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
-      // Persistent CTAs on a grid of 2: each walks many items, the ring (3, 4 or 6 slots) running
-      // on across items whose k steps (3 .. 5 per pass) are not a multiple of it.
-      if (tile.sched != 0) {
-        cuda::moe::MoeWgmmaTile few = tile;
-        few.max_ctas = 2;
-        check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &few);
-      }
+      // A grid of 2 CTAs: each walks many items, the ring (3, 4 or 6 slots) running on across
+      // items whose k steps (1 .. 5 per pass) are not a multiple of it.
+      cuda::moe::MoeWgmmaTile few = tile;
+      few.max_ctas = 2;
+      check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &few);
     }
   }
 #endif
@@ -1384,7 +1381,7 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
     std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
   }
   std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
-  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, " sched ", tile->sched);
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, " ctas ", tile->max_ctas);
   const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
   const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
   EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
@@ -1409,11 +1406,9 @@ TEST(MoeGpu, ExpertsSplitInput) {
     ExpertWeights w(8, 264, 200, 140);
     for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles) {
       check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &tile);
-      if (tile.sched != 0) {  // persistent CTAs walking many items, two passes each
-        cuda::moe::MoeWgmmaTile few = tile;
-        few.max_ctas = 3;
-        check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &few);
-      }
+      cuda::moe::MoeWgmmaTile few = tile;  // 3 CTAs walking many items, two passes each
+      few.max_ctas = 3;
+      check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &few);
     }
     ExpertWeights we(int(kEdgeCounts.size()), 264, 200, 142);
     const std::vector<int> ids = ids_for_counts(kEdgeCounts);
@@ -1482,11 +1477,10 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
             const float got = y[size_t(r) * H + n];
             if (got == want) continue;
             if (bad++ < 12)
-              std::printf("    [probe] %d rows, tile %dx%d sched %d %s: y[%d, %d] = %g, want %g\n", T,
-                          tile.bn, tile.stages, tile.sched, pattern ? "k pattern" : "n pattern", r, n, got, want);
+              std::printf("    [probe] %d rows, tile %dx%d %s: y[%d, %d] = %g, want %g\n", T,
+                          tile.bn, tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
           }
-        EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages << " sched " << tile.sched
-                    << " pattern " << pattern;
+        EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
         EXPECT_TRUE(dy.guards_intact());
       }
     }
