@@ -8,7 +8,7 @@
 namespace kimi::cuda {
 
 size_t moe_permute_workspace_ints(int E, int64_t max_rows) {
-  return size_t(2 * E + 2 * (E + 1)) + 2 * size_t(max_rows);
+  return size_t(2 * E + 2 * (E + 1)) + 2 * size_t(max_rows) + 2;
 }
 
 MoePermuteView moe_permute_view(int* ws, int E, int64_t max_rows) {
@@ -19,6 +19,7 @@ MoePermuteView moe_permute_view(int* ws, int E, int64_t max_rows) {
   v.tile_start = v.offsets + E + 1;
   v.row_token = v.tile_start + E + 1;
   v.pair_row = v.row_token + max_rows;
+  v.gemm_next = v.pair_row + max_rows;
   return v;
 }
 
@@ -90,7 +91,7 @@ void run_moe_permute(const MoePermuteParams& p, cudaStream_t stream) {
   moe::moe_count_kernel<<<grid, 256, 0, stream>>>(pairs, p.num_experts, p.expert_ids, v.counts);
   KIMI_CHECK_LAUNCH();
   moe::moe_scan_kernel<<<1, 1024, 0, stream>>>(p.num_experts, p.block_m, v.counts, v.offsets,
-                                               v.tile_start);
+                                               v.tile_start, v.gemm_next);
   KIMI_CHECK_LAUNCH();
   moe::moe_scatter_kernel<<<grid, 256, 0, stream>>>(pairs, p.num_experts, p.top_k, p.expert_ids,
                                                     v.offsets, v.cursor, v.row_token, v.pair_row);

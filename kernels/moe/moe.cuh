@@ -50,7 +50,8 @@ __global__ void moe_count_kernel(int64_t pairs, int E, const int* ids, int* coun
 
 // One 1024-thread block; E <= 1024.
 __global__ void __launch_bounds__(1024) moe_scan_kernel(int E, int block_m, const int* counts,
-                                                         int* offsets, int* tile_start) {
+                                                         int* offsets, int* tile_start,
+                                                         int* gemm_next) {
   __shared__ int a[1024], b[1024];
   const int e = threadIdx.x;
   const int c = e < E ? counts[e] : 0;
@@ -71,6 +72,7 @@ __global__ void __launch_bounds__(1024) moe_scan_kernel(int E, int block_m, cons
   if (e == 0) {
     offsets[0] = 0;
     tile_start[0] = 0;
+    gemm_next[0] = gemm_next[1] = 0;
   }
 }
 
@@ -127,6 +129,7 @@ __device__ __forceinline__ void permute_small(int pairs, int E, int K, int block
   if (e == 0) {
     v.offsets[0] = 0;
     v.tile_start[0] = 0;
+    v.gemm_next[0] = v.gemm_next[1] = 0;
   }
   for (int i = e; i < pairs; i += 1024) {
     const int x = ids[i];
@@ -182,6 +185,7 @@ __device__ __forceinline__ void permute_few(int pairs, int E, int K, int block_m
     v.offsets[e] = below;
     v.tile_start[e] = tile;
   }
+  if (i == 0) v.gemm_next[0] = v.gemm_next[1] = 0;
   if (i < pairs) {
     if (x < 0 || x >= E) {
       v.pair_row[i] = -1;

@@ -89,7 +89,9 @@ int moe_route_decode_max_tokens(int num_experts);
 void run_moe_route_decode(const MoeRouteDecodeParams& p, cudaStream_t stream);
 
 // Device workspace of the permutation for up to max_rows = T·K rows and E experts (ints):
-//   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R].
+//   counts [E], cursor [E], offsets [E + 1], tile_start [E + 1], row_token [R], pair_row [R],
+//   gemm_next [2] (the wgmma GEMMs' item counters: zeroed by the permutation, each launch leaves
+//   its counter zero).
 size_t moe_permute_workspace_ints(int num_experts, int64_t max_rows);
 
 struct MoePermuteParams {
@@ -109,6 +111,7 @@ struct MoePermuteView {
   int* tile_start;
   int* row_token;
   int* pair_row;
+  int* gemm_next;
 };
 MoePermuteView moe_permute_view(int* workspace, int num_experts, int64_t max_rows);
 // Upper bound on grouped-GEMM row tiles for R rows over E experts with tile BM.
@@ -162,16 +165,19 @@ void launch_moe_gemv(const MoeGemmParams& p, bool swiglu, cudaStream_t stream);
 // Dynamic shared memory of the gemv kernel for p (bytes): the staged input rows or the k-split
 // reduction, whichever is larger.
 size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
-// The wgmma kernel (moe_wgmma.cu, warp-specialised): tiles of 128 rows × bn weight rows (128 or
-// 256) through a ring of `stages` k steps of 64. bench_moe times all of kMoeWgmmaTiles,
-// test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take moe_wgmma_tile(p).
+// The wgmma kernel (moe_wgmma.cu, warp-specialised, persistent: one CTA per SM over the work
+// items): tiles of 128 rows × bn weight rows (128 or 256) through a ring of `stages` k steps of
+// 64. max_ctas (tests): caps the grid (0: one CTA per SM). bench_moe times all of
+// kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
+// moe_wgmma_tile(p).
 struct MoeWgmmaTile {
   int bn;
   int stages;
+  int max_ctas = 0;
 };
 inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
-// docs/perf-log.md session 5).
+// docs/perf-log.md sessions 5 and 12).
 inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
   return MoeWgmmaTile{256, 4};
 }

@@ -359,7 +359,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
-      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages);
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages, " ctas ", wgmma_tile->max_ctas);
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -1295,8 +1295,14 @@ TEST(MoeGpu, ExpertsWgmmaTileEdges) {
     ExpertWeights w(int(kEdgeCounts.size()), hidden, I, 120 + I);
     const ExpertCase c = make_case(w, T, 2, false, 121 + I, &ids);
     check_experts(w, c, 128, kWgmmaAndTiled, cuda::MoeGemmPath::kWgmma);
-    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
+    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles) {
       check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &tile);
+      // A grid of 2 CTAs: each walks many items, the ring (3, 4 or 6 slots) running on across
+      // items whose k steps (1 .. 5 per pass) are not a multiple of it.
+      cuda::moe::MoeWgmmaTile few = tile;
+      few.max_ctas = 2;
+      check_experts(w, c, 128, {cuda::MoeGemmPath::kWgmma}, cuda::MoeGemmPath::kWgmma, &few);
+    }
   }
 #endif
 }
@@ -1375,7 +1381,7 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
     std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
   }
   std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
-  if (tile) what += str(" tile ", tile->bn, "x", tile->stages);
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, " ctas ", tile->max_ctas);
   const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
   const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
   EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
@@ -1398,8 +1404,12 @@ TEST(MoeGpu, ExpertsSplitInput) {
   }
   {
     ExpertWeights w(8, 264, 200, 140);
-    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles)
+    for (const cuda::moe::MoeWgmmaTile& tile : cuda::moe::kMoeWgmmaTiles) {
       check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &tile);
+      cuda::moe::MoeWgmmaTile few = tile;  // 3 CTAs walking many items, two passes each
+      few.max_ctas = 3;
+      check_experts_split(w, 300, 2, cuda::MoeGemmPath::kWgmma, 141, &few);
+    }
     ExpertWeights we(int(kEdgeCounts.size()), 264, 200, 142);
     const std::vector<int> ids = ids_for_counts(kEdgeCounts);
     check_experts_split(we, int(ids.size()) / 2, 2, cuda::MoeGemmPath::kWgmma, 143, nullptr, &ids);
@@ -1449,7 +1459,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
       for (int n = 0; n < H; ++n)
         for (int k = 0; k < I; ++k) w2[size_t(n) * I + k] = f32_to_bf16(float(pattern ? k + 1 : n + 1));
       dw2.upload(w2);
-      for (cuda::moe::MoeWgmmaTile tile : {cuda::moe::kMoeWgmmaTiles[0], cuda::moe::kMoeWgmmaTiles[3]}) {
+      for (cuda::moe::MoeWgmmaTile tile : cuda::moe::kMoeWgmmaTiles) {
         dy.poison();
         cuda::MoeGemmParams gp;
         gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = 128, gp.hidden = H;
@@ -1467,8 +1477,8 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
             const float got = y[size_t(r) * H + n];
             if (got == want) continue;
             if (bad++ < 12)
-              std::printf("    [probe] %d rows, tile %dx%d %s: y[%d, %d] = %g, want %g\n", T, tile.bn,
-                          tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
+              std::printf("    [probe] %d rows, tile %dx%d %s: y[%d, %d] = %g, want %g\n", T,
+                          tile.bn, tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
           }
         EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
         EXPECT_TRUE(dy.guards_intact());
