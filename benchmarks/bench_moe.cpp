@@ -102,10 +102,18 @@ struct Routing {
     kimi::cuda::run_moe_permute(pp, nullptr);
     CUDA_CHECK(cudaDeviceSynchronize());
   }
+  // pair_row [T·K] of the permutation: the y row of each (token, k) pair.
+  std::vector<int> pair_rows() {
+    const size_t R = ids.size();
+    const int* d = kimi::cuda::moe_permute_view(ws.data(), E, int64_t(R)).pair_row;
+    std::vector<int> h(R);
+    CUDA_CHECK(cudaMemcpy(h.data(), d, R * sizeof(int), cudaMemcpyDeviceToHost));
+    return h;
+  }
 };
 
 const char* path_name(MoeGemmPath p) {
-  return p == MoeGemmPath::kGemv ? "gemv" : "tiled";
+  return p == MoeGemmPath::kGemv ? "gemv" : p == MoeGemmPath::kWgmma ? "wgmma" : "tiled";
 }
 
 // Relative RMS difference of a against b.
@@ -304,36 +312,44 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
   cudaStream_t st;
   CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   std::vector<int> Ts = {1, 4, 16, 64};
-  if (!quick) Ts.insert(Ts.end(), {128, 256});
+  // Without --quick also the sizes between decode and prefill (chunked prefill, large decode
+  // batches), where the choice among the three kernels is made by rows per expert.
+  if (!quick) Ts.insert(Ts.end(), {128, 256, 512, 1024});
+  const MoeGemmPath paths[] = {MoeGemmPath::kTiled, MoeGemmPath::kGemv, MoeGemmPath::kWgmma};
   for (int T : Ts) {
     const int R = T * K;
-    const int block_m = int64_t(R) >= int64_t(32) * E ? 64 : 16;  // as cuda_forward.cpp
-    std::mt19937 rng(100 + T);
     // Enough routings that a routing's experts have left L2 when it is used again.
     const double expect = E * (1.0 - std::pow(1.0 - double(K) / E, T)) * kExpertBytes;
     const int sets = std::clamp(int(std::ceil(8.0 * l2_bytes / expect)), 4, 32);
-    std::vector<Routing> rs;
-    rs.reserve(sets);
+    // The same routings permuted for 16-row tiles (tiled, gemv) and 128-row tiles (wgmma).
+    std::vector<Routing> rs16, rs128;
+    rs16.reserve(sets);
+    rs128.reserve(sets);
     double distinct = 0;
-    for (int s = 0; s < sets; ++s) {
-      rs.emplace_back(T, block_m, rng);
-      distinct += rs.back().distinct;
+    for (int bm : {16, 128}) {
+      std::mt19937 rng(100 + T);
+      for (int s = 0; s < sets; ++s) (bm == 16 ? rs16 : rs128).emplace_back(T, bm, rng);
     }
+    for (const Routing& r : rs16) distinct += r.distinct;
     distinct /= sets;
     const double bytes = distinct * kExpertBytes;
     DeviceBuffer<bf16> x(size_t(T) * H), act(size_t(R) * I);
     DeviceBuffer<float> y(size_t(R) * H);
     fill_random(x, -1.f, 1.f, 7 + T);
     kimi::cuda::MoeGemmParams gp;
-    gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.block_m = block_m, gp.hidden = H;
+    gp.num_tokens = T, gp.num_experts = E, gp.top_k = K, gp.hidden = H;
     gp.inter = I, gp.x = x.data(), gp.w13 = w.w13.data(), gp.w2 = w.w2.data();
     gp.act = act.data(), gp.y = y.data();
     gp.path = MoeGemmPath::kAuto;
+    gp.block_m = kimi::cuda::moe_block_m(int64_t(R), E);  // as cuda_forward.cpp
     const MoeGemmPath auto_path = kimi::cuda::moe_gemm_path(gp);
     std::vector<std::vector<float>> y_set0;
-    double ms_of[2] = {0, 0};
-    for (MoeGemmPath path : {MoeGemmPath::kTiled, MoeGemmPath::kGemv}) {
+    double ms_of[3] = {0, 0, 0};
+    for (int pi = 0; pi < 3; ++pi) {
+      const MoeGemmPath path = paths[pi];
       gp.path = path;
+      gp.block_m = path == MoeGemmPath::kWgmma ? 128 : 16;
+      std::vector<Routing>& rs = path == MoeGemmPath::kWgmma ? rs128 : rs16;
       auto both = [&](int i, cudaStream_t s) {
         gp.workspace = rs[i % sets].ws.data();
         kimi::cuda::run_moe_gate_up(gp, s);
@@ -347,28 +363,35 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
         gp.workspace = rs[i % sets].ws.data();
         kimi::cuda::run_moe_down(gp, s);
       };
-      const int groups = quick ? 10 : 30;
+      const int groups = quick || T >= 512 ? 10 : 30;
       const int per_graph = sets * std::max(1, 32 / sets);
       const double eager = median_ms([&](int i) { both(i, st); }, groups, sets, 3, st);
       const double graph = graph_ms(both, per_graph, groups, st);
       const double gu = graph_ms(gate_up, per_graph, groups, st);
       const double dn = graph_ms(down, per_graph, groups, st);
-      ms_of[path == MoeGemmPath::kGemv] = graph;
+      ms_of[pi] = graph;
       const double gbs = bytes / (graph * 1e-3) / 1e9;
       std::printf("%-6s %5d %6s %8.1f %9.1f %10.2f %10.2f %10.1f %7.1f%% %10.2f %10.2f%s\n",
                   "decode", T, path_name(path), distinct, bytes / 1e6, eager * 1e3, graph * 1e3,
                   gbs, 100 * gbs / ceiling, gu * 1e3, dn * 1e3,
                   path == auto_path ? "  (auto)" : "");
-      // The two kernels on routing 0 must agree (op tests check both against the CPU).
+      // The kernels on routing 0 must agree (op tests check each against the CPU).
       gp.workspace = rs[0].ws.data();
       kimi::cuda::run_moe_gate_up(gp, st);
       kimi::cuda::run_moe_down(gp, st);
       CUDA_CHECK(cudaStreamSynchronize(st));
-      y_set0.push_back(y.to_host());
+      // y rows are in each permutation's row order: compare per (token, k) pair.
+      std::vector<float> yh = y.to_host(), yp(yh.size());
+      const std::vector<int> pr = rs[0].pair_rows();
+      for (int q = 0; q < R; ++q)
+        std::copy_n(yh.begin() + size_t(pr[size_t(q)]) * H, H, yp.begin() + size_t(q) * H);
+      y_set0.push_back(std::move(yp));
     }
-    const double diff = rel_rms(y_set0[1], y_set0[0]);
-    std::printf("%-6s %5d   gemv %.2fx faster than tiled; y rel diff gemv vs tiled %.2e%s\n", "", T,
-                ms_of[0] / ms_of[1], diff, diff < 5e-3 ? "" : "  ** MISMATCH **");
+    const double d_gemv = rel_rms(y_set0[1], y_set0[0]), d_wgmma = rel_rms(y_set0[2], y_set0[0]);
+    std::printf("%-6s %5d   tiled / gemv %.2fx, tiled / wgmma %.2fx; y rel diff vs tiled: gemv "
+                "%.2e, wgmma %.2e%s\n",
+                "", T, ms_of[0] / ms_of[1], ms_of[0] / ms_of[2], d_gemv, d_wgmma,
+                d_gemv < 5e-3 && d_wgmma < 5e-3 ? "" : "  ** MISMATCH **");
   }
   CUDA_CHECK(cudaStreamDestroy(st));
 }

@@ -136,7 +136,7 @@ MoeGemmPath moe_gemm_path(const MoeGemmParams& p) {
   if (p.path != MoeGemmPath::kAuto) return p.path;
   if (p.block_m == 128) return MoeGemmPath::kWgmma;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
-  if (p.block_m != 16 || rows > int64_t(kMoeGemvMaxRowsPerExpert) * p.num_experts)
+  if (p.block_m != 16 || rows > int64_t(p.gemv_max_rows_per_expert) * p.num_experts)
     return MoeGemmPath::kTiled;
   // Staged rows beyond ~100 KB (hidden > ~3k; both planes of a split input) would leave one CTA
   // per SM: keep the tiles there.

@@ -121,16 +121,18 @@ inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
 }
 
 // kAuto: wgmma when the tiles are of 128 rows (block_m 128, what the model picks once experts
-// average 32+ rows); gemv when they are of 16 rows and T·K <= kMoeGemvMaxRowsPerExpert · E
-// (decode: few rows per expert); else tiled. kTiled / kGemv / kWgmma force a kernel (tests,
-// benchmarks): tiled needs block_m 16 or 64, wgmma block_m 128; gemv runs any shape but re-reads
-// the weights for every 16 rows of a tile.
+// average kMoeWgmmaMinRowsPerExpert+ rows); gemv when they are of 16 rows and
+// T·K <= gemv_max_rows_per_expert · E (decode: few rows per expert); else tiled. kTiled / kGemv /
+// kWgmma force a kernel (tests, benchmarks): tiled needs block_m 16 or 64, wgmma block_m 128;
+// gemv runs any shape but re-reads the weights for every 16 rows of a tile.
 enum class MoeGemmPath { kAuto, kTiled, kGemv, kWgmma };
 inline constexpr int kMoeGemvMaxRowsPerExpert = 4;
+inline constexpr int kMoeWgmmaMinRowsPerExpert = 32;
 // block_m of the permutation for a batch of T·K rows over E experts: 128 (the wgmma kernel) once
-// experts average 32+ rows, else 16 (decode-sized: gemv or 16-row tiles).
-inline int moe_block_m(int64_t rows, int num_experts) {
-  return rows >= int64_t(32) * num_experts ? 128 : 16;
+// experts average wgmma_min_rows+ rows, else 16 (decode-sized: gemv or 16-row tiles).
+inline int moe_block_m(int64_t rows, int num_experts,
+                       int wgmma_min_rows = kMoeWgmmaMinRowsPerExpert) {
+  return rows >= int64_t(wgmma_min_rows) * num_experts ? 128 : 16;
 }
 
 struct MoeGemmParams {
@@ -147,6 +149,7 @@ struct MoeGemmParams {
   bf16* act = nullptr;              // [T·K, I]
   float* y = nullptr;               // [T·K, hidden]
   MoeGemmPath path = MoeGemmPath::kAuto;
+  int gemv_max_rows_per_expert = kMoeGemvMaxRowsPerExpert;  // kAuto's gemv bound (see above)
   // High precision (docs/precision.md), both or neither: the lo planes of x and act (x = hi + lo,
   // each bf16; x and act hold the hi planes). Both GEMMs then run a second k pass over the lo plane
   // with the same weights (W·hi + W·lo, one fp32 accumulator), and gate_up writes SiLU(g)·u split

@@ -529,13 +529,14 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
   }
   // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
   // batches. KIMI_CUDA_MOE=tiled: the old 64-row WMMA tiles instead of wgmma.
-  int block_m = cuda::moe_block_m(int64_t(T) * K, E);
+  int block_m = cuda::moe_block_m(int64_t(T) * K, E, m.moe_wgmma_rows);
   if (block_m == 128 && !m.moe_wgmma) block_m = 64;
   cuda::MoeGemmParams gp;
   gp.num_tokens = T;
   gp.num_experts = El + 1;
   gp.top_k = K + 1;
   gp.block_m = block_m;
+  gp.gemv_max_rows_per_expert = m.moe_gemv_rows;
   gp.hidden = hid;
   gp.inter = c.moe_intermediate_size;
   if (m.high) {  // the experts read hf split into the planes (written below, after the routing)

@@ -328,6 +328,18 @@ CudaModel::CudaModel(const ModelConfig& full_config, const Checkpoint* ckpt,
     if (m.high && !m.moe_wgmma)
       fail("KIMI_CUDA_MOE=tiled has no hi/lo split input (--precision high)");
   }
+  // Tuning of the expert GEMM kernel choice by rows per expert (comparison; moe.h kAuto).
+  auto rows_per_expert = [&](const char* name, int& v) {
+    const char* e = std::getenv(name);
+    if (!e) return;
+    char* end = nullptr;
+    const long n = std::strtol(e, &end, 10);
+    if (end == e || *end != '\0' || n < 1 || n > 4096)
+      fail(name, " must be a whole number of rows per expert in 1..4096, got '", e, "'");
+    v = int(n);
+  };
+  rows_per_expert("KIMI_CUDA_MOE_GEMV_ROWS", m.moe_gemv_rows);
+  rows_per_expert("KIMI_CUDA_MOE_WGMMA_ROWS", m.moe_wgmma_rows);
   if (const char* e = std::getenv("KIMI_CUDA_PDL")) {  // programmatic dependent launches
     const std::string v = e;
     if (v != "0" && v != "1") fail("KIMI_CUDA_PDL must be 0 or 1, got '", v, "'");

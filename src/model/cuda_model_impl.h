@@ -18,6 +18,7 @@
 #include "gemm/gemm.h"
 #include "misc/misc.h"
 #include "mla/mla.h"
+#include "moe/moe.h"
 #include "model/cuda_model.h"
 #include "model/tensor_parallel.h"
 #include "ops/cuda/device_buffer.h"
@@ -200,6 +201,10 @@ struct CudaModel::Impl {
   // Long prefills of MLA in the expanded form (KIMI_CUDA_MLA_PREFILL=absorbed: never).
   bool mla_expanded = true;
   bool moe_wgmma = true;         // prefill expert GEMMs on wgmma, else the old WMMA tiles (KIMI_CUDA_MOE)
+  // Average rows per expert up to which the small-M gemv runs, and from which the 128-row wgmma
+  // tiles do (between them: 16-row tiles); KIMI_CUDA_MOE_GEMV_ROWS / KIMI_CUDA_MOE_WGMMA_ROWS.
+  int moe_gemv_rows = cuda::kMoeGemvMaxRowsPerExpert;
+  int moe_wgmma_rows = cuda::kMoeWgmmaMinRowsPerExpert;
   // Decode: RMSNorms folded into the MoE routing and un-permute launches (KIMI_CUDA_FUSE_NORM=0:
   // separate launches, for comparison). Off in high precision (they write bf16 only).
   bool fuse_norms = true;
