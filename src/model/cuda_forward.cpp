@@ -791,6 +791,8 @@ void CudaModel::take_records(const DrawStage& st, std::vector<RowLogprobs>& logp
                ": the kernel refused it");
 }
 
+bool CudaModel::keeps_logit_rows() const { return impl_->tp.world == 1; }
+
 bool CudaModel::forward_sampled(const Batch& b, const DrawBatch& d, std::vector<int>& tokens,
                                 std::vector<float>& host_logits,
                                 std::vector<RowLogprobs>& logprobs) {

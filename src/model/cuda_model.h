@@ -58,6 +58,9 @@ class CudaModel final : public Model {
   // in host memory or on a GPU (TpModel gathers into rank 0's); a tensor-parallel rank writes
   // its own vocabulary columns only. Returns once they are there.
   void forward_into(const Batch& batch, float* logits, int64_t ld);
+  // One GPU: rows go through the logits buffer in chunks of its own (tensor parallelism gathers
+  // rows to GPU 0 and sends prompt-logprob steps to the host).
+  bool keeps_logit_rows() const override;
   // Draws on the GPU (kernels/sampling): only the tokens and the logprob records
   // (kernels/sampling/logprobs.h) come back, and the logits of the rows drawn on the host. A
   // tensor-parallel rank returns false (its logits hold a slice of the vocabulary): TpModel

@@ -114,6 +114,10 @@ class Model {
     (void)batch, (void)draws, (void)tokens, (void)host_logits, (void)logprobs;
     return false;
   }
+  // Whether forward_sampled serves steps with a logits row per token (prompt logprobs) of any
+  // length on the device, keeping the rows there: then the engine need not cut such prompts into
+  // short chunks to bound the rows coming to the host.
+  virtual bool keeps_logit_rows() const { return false; }
   // Zeroes a slot's KDA state (a new sequence starts from zero state).
   virtual void reset_slot(int slot) = 0;
   // Copies a slot's KDA state (n > 1 samples share one prompt prefill).

@@ -33,9 +33,11 @@ double secs(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Prompt tokens a sequence with prompt logprobs computes per step: each is a logits row (V floats)
-// that the device keeps for its logprob record, or that comes to the host on a backend that
-// samples there (and under tensor parallelism).
+// Prompt tokens a sequence with prompt logprobs computes per step where each is a logits row (V
+// floats) that comes to the host (a backend that samples there, tensor parallelism). Where the
+// model keeps the rows on the device (Model::keeps_logit_rows) only the step's token budget
+// bounds the chunk: steps of 256 tokens ran a 4k prompt ~10x slower than one step (the experts'
+// weights are read once a step).
 constexpr int kPromptLogprobsChunk = 256;
 
 // The API's form of a logprob record (runtime/sampler.h row_logprobs, or the GPU's).
@@ -464,7 +466,7 @@ void EngineImpl::step() {
     int shared = 0;
     for (int b : s.blocks) shared += blocks_.ref_count(b) > 1;
     int stop_at = s.cache_point;      // ends the chunk: at a prefix-cache point, and every
-    if (s.wants_prompt_logprobs()) {  // kPromptLogprobsChunk tokens with prompt logprobs
+    if (s.wants_prompt_logprobs() && !model_->keeps_logit_rows()) {  // rows to the host
       const int cap = s.num_computed + kPromptLogprobsChunk;
       stop_at = stop_at > s.num_computed ? std::min(stop_at, cap) : cap;
     }
