@@ -57,8 +57,8 @@ __device__ __forceinline__ void for_row(const float* l, int V, F&& f) {
   for (int i = done + int(threadIdx.x); i < V; i += kThreads) f(l[i], i);
 }
 
-// Block-wide reduction (every thread gets the result); scratch: kWarps + 1 slots.
-template <typename T, typename Op>
+// Block-wide reduction over W warps (every thread gets the result); scratch: W + 1 slots.
+template <int W, typename T, typename Op>
 __device__ T block_reduce(T v, Op op, T identity, T* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
@@ -67,13 +67,13 @@ __device__ T block_reduce(T v, Op op, T identity, T* scratch) {
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    T w = lane < kWarps ? scratch[lane] : identity;
+    T w = lane < W ? scratch[lane] : identity;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) w = op(w, __shfl_xor_sync(0xffffffffu, w, o));
-    if (lane == 0) scratch[kWarps] = w;
+    if (lane == 0) scratch[W] = w;
   }
   __syncthreads();
-  return scratch[kWarps];
+  return scratch[W];
 }
 
 // The order key of (lp, id): larger lp first, then lower id; never 0 (lp is not NaN here).
@@ -105,7 +105,7 @@ struct Shared {
   u64 cand[kWarps * kTop];
 };
 
-__global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams p) {
+__global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p) {
   __shared__ Shared sm;
   const int tid = threadIdx.x;
   const LogprobRequest q = p.requests[blockIdx.x];
@@ -139,9 +139,9 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
-  mx = block_reduce(
+  mx = block_reduce<kWarps>(
       mx, [](float a, float b) { return fmaxf(a, b); }, -INFINITY, sm.fscratch);
-  bad = block_reduce(
+  bad = block_reduce<kWarps>(
       bad, [](unsigned a, unsigned b) { return a | b; }, 0u, sm.uscratch);
 
   float lse = __int_as_float(0x7fc00000);
@@ -150,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
     const double dm = double(mx);
     double s = 0.0;
     for_row(l, V, [&](float v, int) { s += exp(double(v) - dm); });
-    s = block_reduce(
+    s = block_reduce<kWarps>(
         s, [](double a, double b) { return a + b; }, 0.0, sm.dscratch);
     lse = __double2float_rn(dm + log(s));
   }
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
   } else {
     for_row(l, V, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
   }
-  above = block_reduce(
+  above = block_reduce<kWarps>(
       above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
 
   // Each warp's k best (a lane holds at most k of them): k rounds of a max over the lanes' heads.
@@ -233,6 +233,297 @@ __global__ void __launch_bounds__(kThreads) logprobs_kernel(const LogprobParams 
   }
 }
 
+// ---- The split kernels: kChunks CTAs per request (see the header comment of this file). ----
+
+constexpr int kSplitThreads = 256;
+constexpr int kSplitWarps = kSplitThreads / 32;
+constexpr int kSplitBatch = 2;  // float4 loads in flight per thread: a 2048-logit chunk at once
+constexpr int kMinChunk = kSplitThreads * 4 * kSplitBatch;
+constexpr int kMaxChunks = 128;
+constexpr int kSlots = 16384;  // chunk slots of the workspace: one launch serves kSlots / chunks
+
+struct Geometry {
+  int chunks = 1;  // CTAs per request
+  int chunk = 4;   // logits per chunk, a multiple of 4 (the last chunk may be shorter)
+};
+__host__ __device__ inline Geometry geometry(int V) {
+  Geometry g;
+  int c = V / kMinChunk + (V % kMinChunk != 0);
+  c = c < 1 ? 1 : (c > kMaxChunks ? kMaxChunks : c);
+  g.chunk = ((V / c + (V % c != 0)) + 3) & ~3;
+  g.chunks = V / g.chunk + (V % g.chunk != 0);
+  return g;
+}
+
+// The workspace, static in device memory: per chunk slot (request q of a launch, chunk c: slot
+// q * chunks + c) its max (NaN: the chunk holds a NaN or +inf), Σ exp(double(l) - max), the count
+// of keys above the token's and its k best keys (sorted, zeros past its logits); per request a
+// ticket, back to 0 when the request's last CTA has taken it. Launches on one stream are ordered;
+// calls on two streams at once would share it (the engine has one stream per device).
+__device__ float g_max[kSlots];
+__device__ double g_sum[kSlots];
+__device__ unsigned g_above[kSlots];
+__device__ u64 g_top[size_t(kSlots) * kTop];
+__device__ unsigned g_ticket[kSlots];
+
+// Calls f(value, id) for the logits b .. e - 1 of row l (b a multiple of 4): float4 loads when
+// l + b is 16-byte aligned, kSplitBatch in flight per thread.
+template <typename F>
+__device__ __forceinline__ void for_range(const float* l, int b, int e, F&& f) {
+  int done = b;
+  if ((reinterpret_cast<uintptr_t>(l + b) & 15) == 0) {
+    const int nv = (e - b) / 4;
+    const float4* l4 = reinterpret_cast<const float4*>(l + b);
+    for (int base = 0; base < nv; base += kSplitThreads * kSplitBatch) {
+      float4 v[kSplitBatch];
+#pragma unroll
+      for (int j = 0; j < kSplitBatch; ++j) {
+        const int i = base + j * kSplitThreads + int(threadIdx.x);
+        if (i < nv) v[j] = l4[i];
+      }
+#pragma unroll
+      for (int j = 0; j < kSplitBatch; ++j) {
+        const int i = base + j * kSplitThreads + int(threadIdx.x);
+        if (i < nv) {
+          f(v[j].x, b + 4 * i);
+          f(v[j].y, b + 4 * i + 1);
+          f(v[j].z, b + 4 * i + 2);
+          f(v[j].w, b + 4 * i + 3);
+        }
+      }
+    }
+    done = b + nv * 4;
+  }
+  for (int i = done + int(threadIdx.x); i < e; i += kSplitThreads) f(l[i], i);
+}
+
+// A request as the kernels see it; ok false: the record says "cannot serve".
+struct Req {
+  const float* l = nullptr;
+  int token = -1;
+  int k = 0;
+  int num_top = 0;
+  bool ok = false;
+};
+__device__ __forceinline__ Req decode(const LogprobParams& p, int qi) {
+  const LogprobRequest q = p.requests[qi];
+  Req r;
+  const int row = q.row - p.row_begin;
+  r.token = q.token;
+  const bool row_ok = row >= 0 && row < p.rows;
+  if (r.token < 0 && row_ok && p.sampled) r.token = p.sampled[row];
+  r.k = q.k < 0 ? 0 : (q.k > kTop ? kTop : q.k);
+  r.num_top = r.k < p.vocab ? r.k : p.vocab;
+  r.ok = row_ok && r.token >= 0 && r.token < p.vocab;
+  if (r.ok) r.l = p.logits + int64_t(row) * p.stride;
+  return r;
+}
+
+__device__ void write_refused(LogprobRecord* o) {
+  if (threadIdx.x == 0) {
+    o->token = -1;
+    o->rank = 0;
+    o->logprob = __int_as_float(0x7fc00000);
+    o->num_top = 0;
+  }
+  if (threadIdx.x < kTop) {
+    o->top_id[threadIdx.x] = 0;
+    o->top_logprob[threadIdx.x] = 0.f;
+  }
+}
+
+// 1. Per chunk: its max (NaN if it holds a NaN or +inf) and Σ exp(double(l) - max) in double.
+__global__ void __launch_bounds__(kSplitThreads) chunk_stats_kernel(const LogprobParams p,
+                                                                    const Geometry g) {
+  __shared__ float fscratch[kSplitWarps + 1];
+  __shared__ unsigned uscratch[kSplitWarps + 1];
+  __shared__ double dscratch[kSplitWarps + 1];
+  const Req r = decode(p, int(blockIdx.y));
+  if (!r.ok) return;
+  const int b = int(blockIdx.x) * g.chunk;
+  const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
+  float mx = -INFINITY;
+  unsigned bad = 0;
+  for_range(r.l, b, e, [&](float v, int) {
+    mx = fmaxf(mx, v);
+    bad |= (v != v) | (v == INFINITY);
+  });
+  mx = block_reduce<kSplitWarps>(
+      mx, [](float a, float c) { return fmaxf(a, c); }, -INFINITY, fscratch);
+  bad = block_reduce<kSplitWarps>(
+      bad, [](unsigned a, unsigned c) { return a | c; }, 0u, uscratch);
+  double s = 0.0;
+  if (!bad && mx > -INFINITY) {  // block-uniform
+    const double dm = double(mx);
+    for_range(r.l, b, e, [&](float v, int) { s += exp(double(v) - dm); });
+    s = block_reduce<kSplitWarps>(
+        s, [](double a, double c) { return a + c; }, 0.0, dscratch);
+  }
+  if (threadIdx.x == 0) {
+    const int slot = int(blockIdx.y) * g.chunks + int(blockIdx.x);
+    g_max[slot] = bad ? __int_as_float(0x7fc00000) : mx;
+    g_sum[slot] = s;
+  }
+}
+
+// The block's k best of the threads' sorted lists t (each thread's k best), sorted, into
+// best[0 .. kTop - 1] (zeros past them): each warp's k best by k rounds of a warp max over the
+// lanes' heads, then each of the warps' candidates placed by counting those above it.
+__device__ void block_top(u64 (&t)[kTop], int k, u64* cand, u64* best) {
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  for (int j = lane; j < kTop; j += 32) cand[warp * kTop + j] = 0;
+  if (tid < kTop) best[tid] = 0;
+  __syncwarp();
+  for (int j = 0; j < k; ++j) {
+    u64 m = t[0];
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      const u64 x = __shfl_xor_sync(0xffffffffu, m, d);
+      m = x > m ? x : m;
+    }
+    if (m == 0) break;  // the warp has no more keys (warp-uniform)
+    if (t[0] == m) {    // keys are unique: one lane
+#pragma unroll
+      for (int c = 0; c < kTop - 1; ++c) t[c] = t[c + 1];
+      t[kTop - 1] = 0;
+    }
+    if (lane == 0) cand[warp * kTop + j] = m;
+  }
+  __syncthreads();
+  for (int i = tid; i < kSplitWarps * kTop; i += kSplitThreads) {
+    const u64 c = cand[i];
+    if (c == 0) continue;
+    int place = 0;
+    for (int j = 0; j < kSplitWarps * kTop; ++j) place += cand[j] > c;
+    if (place < k) best[place] = c;
+  }
+  __syncthreads();
+}
+
+// 2. Per chunk: the row's lse from the chunk partials (every CTA of the row the same, fixed
+// order), then the chunk's count of keys above the token's and its k best keys; the last CTA of
+// the request (ticket) merges the chunks' counts and lists and writes the record.
+__global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const LogprobParams p,
+                                                                   const Geometry g) {
+  __shared__ unsigned uscratch[kSplitWarps + 1];
+  __shared__ u64 cand[kSplitWarps * kTop];
+  __shared__ u64 best[kTop];
+  __shared__ float s_lse;
+  __shared__ int s_last;
+  const int tid = int(threadIdx.x), lane = tid & 31;
+  const int qi = int(blockIdx.y), c = int(blockIdx.x);
+  const Req r = decode(p, qi);
+  LogprobRecord* o = p.out + qi;
+  if (!r.ok) {
+    if (c == 0) write_refused(o);
+    return;
+  }
+  const int base = qi * g.chunks;
+  if (tid < 32) {
+    // lse = max + log Σ_c s_c · exp(double(m_c) - max): lane j takes chunks j, j + 32, ...
+    float m = -INFINITY;
+    unsigned bad = 0;
+    for (int j = lane; j < g.chunks; j += 32) {
+      const float x = g_max[base + j];
+      bad |= x != x;
+      m = fmaxf(m, x);
+    }
+    bad = __any_sync(0xffffffffu, bad);
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+    float lse = __int_as_float(0x7fc00000);
+    if (!bad && m > -INFINITY) {  // warp-uniform
+      const double dm = double(m);
+      double s = 0.0;
+      for (int j = lane; j < g.chunks; j += 32) {
+        const float x = g_max[base + j];
+        if (x > -INFINITY) s += g_sum[base + j] * exp(double(x) - dm);
+      }
+#pragma unroll
+      for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
+      lse = __double2float_rn(dm + log(s));
+    }
+    if (lane == 0) s_lse = lse;
+  }
+  __syncthreads();
+  const float lse = s_lse;
+  const float tok_lp = __fsub_rn(r.l[r.token], lse);
+  if (lse != lse) {  // no order: rank 1, ids 0..k-1 (every CTA of the request knows; chunk 0 writes)
+    if (c == 0) {
+      if (tid == 0) {
+        o->token = r.token;
+        o->rank = 1;
+        o->logprob = tok_lp;
+        o->num_top = r.num_top;
+      }
+      if (tid < kTop) {
+        o->top_id[tid] = tid < r.num_top ? tid : 0;
+        o->top_logprob[tid] = tid < r.num_top ? lse : 0.f;
+      }
+    }
+    return;
+  }
+
+  // The chunk: keys above the token's, and its k best.
+  const int b = c * g.chunk;
+  const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
+  const u64 tkey = key_of(tok_lp, r.token);
+  unsigned above = 0;
+  u64 t[kTop];
+#pragma unroll
+  for (int j = 0; j < kTop; ++j) t[j] = 0;
+  if (r.k > 0) {
+    for_range(r.l, b, e, [&](float v, int i) {
+      const u64 key = key_of(__fsub_rn(v, lse), i);
+      above += key > tkey;
+      insert(t, key);
+    });
+  } else {
+    for_range(r.l, b, e, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
+  }
+  above = block_reduce<kSplitWarps>(
+      above, [](unsigned a, unsigned x) { return a + x; }, 0u, uscratch);
+  if (r.k > 0) block_top(t, r.k, cand, best);
+  const int slot = base + c;
+  if (tid == 0) g_above[slot] = above;
+  if (tid < r.k) g_top[size_t(slot) * kTop + tid] = best[tid];
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) s_last = atomicAdd(&g_ticket[qi], 1u) == unsigned(g.chunks - 1);
+  __syncthreads();
+  if (!s_last) return;
+
+  // The request's last CTA: every chunk's slot is written (the ticket came after their fences).
+  if (tid == 0) g_ticket[qi] = 0;  // for the next launch
+  __threadfence();
+  unsigned total = 0;
+  for (int j = tid; j < g.chunks; j += kSplitThreads) total += __ldcg(&g_above[base + j]);
+  total = block_reduce<kSplitWarps>(
+      total, [](unsigned a, unsigned x) { return a + x; }, 0u, uscratch);
+  if (r.k > 0) {
+#pragma unroll
+    for (int j = 0; j < kTop; ++j) t[j] = 0;
+    for (int i = tid; i < g.chunks * r.k; i += kSplitThreads) {
+      const int ch = i / r.k, j = i - ch * r.k;
+      const u64 key = __ldcg(&g_top[size_t(base + ch) * kTop + j]);
+      if (key != 0) insert(t, key);
+    }
+    block_top(t, r.k, cand, best);
+  }
+  if (tid < kTop) {
+    const bool in = tid < r.num_top;
+    const int id = in ? id_of(best[tid]) : 0;
+    o->top_id[tid] = id;
+    o->top_logprob[tid] = in ? __fsub_rn(r.l[id], lse) : 0.f;
+  }
+  if (tid == 0) {
+    o->token = r.token;
+    o->rank = int(total) + 1;
+    o->logprob = tok_lp;
+    o->num_top = r.num_top;
+  }
+}
+
 }  // namespace logprobs
 
 void run_logprobs(const LogprobParams& p0, cudaStream_t stream) {
@@ -244,8 +535,24 @@ void run_logprobs(const LogprobParams& p0, cudaStream_t stream) {
   if (p.stride == 0) p.stride = p.vocab;
   KIMI_CHECK(p.stride >= p.vocab, "logprobs: stride ", p.stride, " below vocab ", p.vocab);
   KIMI_CHECK(p.count <= INT_MAX / 2, "logprobs: ", p.count, " requests");
-  logprobs::logprobs_kernel<<<p.count, logprobs::kThreads, 0, stream>>>(p);
-  KIMI_CHECK_LAUNCH();
+  if (p.one_cta) {
+    logprobs::one_cta_kernel<<<p.count, logprobs::kThreads, 0, stream>>>(p);
+    KIMI_CHECK_LAUNCH();
+    return;
+  }
+  const logprobs::Geometry g = logprobs::geometry(p.vocab);
+  const int per = logprobs::kSlots / g.chunks;  // requests per launch pair (chunks <= 128)
+  for (int q0 = 0; q0 < p.count; q0 += per) {
+    LogprobParams s = p;
+    s.count = p.count - q0 < per ? p.count - q0 : per;
+    s.requests = p.requests + q0;
+    s.out = p.out + q0;
+    const dim3 grid(unsigned(g.chunks), unsigned(s.count));
+    logprobs::chunk_stats_kernel<<<grid, logprobs::kSplitThreads, 0, stream>>>(s, g);
+    KIMI_CHECK_LAUNCH();
+    logprobs::chunk_rank_kernel<<<grid, logprobs::kSplitThreads, 0, stream>>>(s, g);
+    KIMI_CHECK_LAUNCH();
+  }
 }
 
 }  // namespace kimi::cuda
