@@ -1,14 +1,29 @@
 // Token log-probabilities, rank and top-k on the GPU (contract in logprobs.h).
 //
-// One CTA per request:
+// Each request's row is split into C <= 128 chunks of >= 2048 logits (163840: 80 of 2048), one
+// CTA of 256 threads per chunk, two kernels:
+//   1. chunk_stats: the chunk's max m_c (NaN if it holds a NaN or +inf) and
+//      s_c = Σ exp(double(l) - m_c) in double;
+//   2. chunk_rank: every CTA of the request combines the partials in the same fixed order,
+//      lse = float(M + log Σ_c s_c · exp(double(m_c) - M)), M = max m_c (the host sums
+//      exp(double(l) - M) in one pass: the two double sums differ by a few ulp of a double, and
+//      the fp32 rounding of lse only differs when the exact value lies within that of a float
+//      rounding boundary, as for the block reduction of the one-CTA kernel). Then lp_i = l_i - lse;
+//      every id is ordered by a 64-bit key (order key of lp | ~id), unique, larger = better: the
+//      chunk counts keys above the token's, and keeps its k best in per-thread sorted lists, only
+//      for lp at or above a bound (the k-th largest of the 32 lane maxima of the chunk maxima: k
+//      logits lie at or above it, so a logit below cannot be among the k best); the chunk's k best
+//      (warp rounds, then a rank among the warps' candidates) and its count go to a static
+//      workspace, and the request's last CTA (a ticket, set back to 0 for the next launch) sums
+//      the counts, merges the chunks' lists the same way and writes the record.
+// The former kernel, one CTA of 512 threads per request and three passes over its row, stays for
+// bench_sampling's comparison (LogprobParams::one_cta):
 //   1. max over the row and whether it holds a NaN or +inf (then lse is NaN, as on the host);
 //   2. Σ exp(double(l) - max) in double per thread, reduced in double; lse rounded to fp32;
-//   3. lp_i = l_i - lse; every id is ordered by a 64-bit key (order key of lp | ~id), unique,
-//      larger = better: the rank counts keys above the token's, and each thread keeps its 20
-//      best keys sorted in registers (a compare-exchange chain; most keys fail the first test).
-//      Each warp then takes its k best by k rounds of a warp max over the lanes' heads, and the
-//      block's k best are found by ranking the warps' candidates (at most 16 · 20) in shared
-//      memory.
+//   3. lp_i = l_i - lse; rank and each thread's 20 best keys sorted in registers (a
+//      compare-exchange chain; most keys fail the first test). Each warp then takes its k best by
+//      k rounds of a warp max over the lanes' heads, and the block's k best are found by ranking
+//      the warps' candidates (at most 16 · 20) in shared memory.
 #include <cfloat>
 #include <climits>
 #include <cstdint>
@@ -408,7 +423,7 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
   __shared__ unsigned uscratch[kSplitWarps + 1];
   __shared__ u64 cand[kSplitWarps * kTop];
   __shared__ u64 best[kTop];
-  __shared__ float s_lse;
+  __shared__ float s_lse, s_bound;
   __shared__ int s_last;
   const int tid = int(threadIdx.x), lane = tid & 31;
   const int qi = int(blockIdx.y), c = int(blockIdx.x);
@@ -429,6 +444,15 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
       m = fmaxf(m, x);
     }
     bad = __any_sync(0xffffffffu, bad);
+    // A bound for the top k: the k-th largest lane max (lanes in a total order: value, then lane)
+    // is <= the k-th largest logit of the row, so a logit below it has k others above it.
+    int place = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float x = __shfl_sync(0xffffffffu, m, j);
+      place += x > m || (x == m && j < lane);
+    }
+    const unsigned at = __ballot_sync(0xffffffffu, place == r.k - 1);
+    const float bound = at ? __shfl_sync(0xffffffffu, m, __ffs(at) - 1) : -INFINITY;
 #pragma unroll
     for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
     float lse = __int_as_float(0x7fc00000);
@@ -443,7 +467,10 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
       for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
       lse = __double2float_rn(dm + log(s));
     }
-    if (lane == 0) s_lse = lse;
+    if (lane == 0) {
+      s_lse = lse;
+      s_bound = __fsub_rn(bound, lse);
+    }
   }
   __syncthreads();
   const float lse = s_lse;
@@ -473,10 +500,12 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
 #pragma unroll
   for (int j = 0; j < kTop; ++j) t[j] = 0;
   if (r.k > 0) {
+    const float lp_bound = s_bound;  // a key with lp below it is not among the row's k best
     for_range(r.l, b, e, [&](float v, int i) {
-      const u64 key = key_of(__fsub_rn(v, lse), i);
+      const float lp = __fsub_rn(v, lse);
+      const u64 key = key_of(lp, i);
       above += key > tkey;
-      insert(t, key);
+      if (lp >= lp_bound) insert(t, key);
     });
   } else {
     for_range(r.l, b, e, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
