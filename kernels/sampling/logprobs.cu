@@ -255,6 +255,7 @@ constexpr int kSplitWarps = kSplitThreads / 32;
 constexpr int kSplitBatch = 2;  // float4 loads in flight per thread: a 2048-logit chunk at once
 constexpr int kMinChunk = kSplitThreads * 4 * kSplitBatch;
 constexpr int kMaxChunks = 128;
+static_assert(kMaxChunks % 32 == 0, "a warp lane takes kMaxChunks / 32 chunk partials");
 constexpr int kSlots = 16384;  // chunk slots of the workspace: one launch serves kSlots / chunks
 
 struct Geometry {
@@ -355,11 +356,12 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_stats_kernel(const Logpro
   __shared__ double dscratch[kSplitWarps + 1];
   const Req r = decode(p, int(blockIdx.y));
   if (!r.ok) return;
+  const float* l = r.l;
   const int b = int(blockIdx.x) * g.chunk;
   const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
   float mx = -INFINITY;
   unsigned bad = 0;
-  for_range(r.l, b, e, [&](float v, int) {
+  for_range(l, b, e, [&](float v, int) {
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
@@ -370,7 +372,7 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_stats_kernel(const Logpro
   double s = 0.0;
   if (!bad && mx > -INFINITY) {  // block-uniform
     const double dm = double(mx);
-    for_range(r.l, b, e, [&](float v, int) { s += exp(double(v) - dm); });
+    for_range(l, b, e, [&](float v, int) { s += exp(double(v) - dm); });
     s = block_reduce<kSplitWarps>(
         s, [](double a, double c) { return a + c; }, 0.0, dscratch);
   }
@@ -427,21 +429,35 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
   __shared__ int s_last;
   const int tid = int(threadIdx.x), lane = tid & 31;
   const int qi = int(blockIdx.y), c = int(blockIdx.x);
+  const int base = qi * g.chunks;
+  // Warp 0: the chunk partials, lane j those of chunks j, j + 32, ... (loaded before the request,
+  // whose loads they do not depend on; a refused request's slots are not used).
+  constexpr int kPer = kMaxChunks / 32;
+  float pm[kPer];
+  double ps[kPer];
+  if (tid < 32) {
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int j = lane + 32 * u;
+      pm[u] = j < g.chunks ? g_max[base + j] : -INFINITY;
+      ps[u] = j < g.chunks ? g_sum[base + j] : 0.0;
+    }
+  }
   const Req r = decode(p, qi);
   LogprobRecord* o = p.out + qi;
   if (!r.ok) {
     if (c == 0) write_refused(o);
     return;
   }
-  const int base = qi * g.chunks;
+  const float tok_l = r.l[r.token];
   if (tid < 32) {
-    // lse = max + log Σ_c s_c · exp(double(m_c) - max): lane j takes chunks j, j + 32, ...
+    // lse = max + log Σ_c s_c · exp(double(m_c) - max), in this fixed order.
     float m = -INFINITY;
     unsigned bad = 0;
-    for (int j = lane; j < g.chunks; j += 32) {
-      const float x = g_max[base + j];
-      bad |= x != x;
-      m = fmaxf(m, x);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      bad |= pm[u] != pm[u];
+      m = fmaxf(m, pm[u]);
     }
     bad = __any_sync(0xffffffffu, bad);
     // A bound for the top k: the k-th largest lane max (lanes in a total order: value, then lane)
@@ -459,10 +475,9 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
     if (!bad && m > -INFINITY) {  // warp-uniform
       const double dm = double(m);
       double s = 0.0;
-      for (int j = lane; j < g.chunks; j += 32) {
-        const float x = g_max[base + j];
-        if (x > -INFINITY) s += g_sum[base + j] * exp(double(x) - dm);
-      }
+#pragma unroll
+      for (int u = 0; u < kPer; ++u)
+        if (pm[u] > -INFINITY) s += ps[u] * exp(double(pm[u]) - dm);
 #pragma unroll
       for (int d = 16; d > 0; d >>= 1) s += __shfl_xor_sync(0xffffffffu, s, d);
       lse = __double2float_rn(dm + log(s));
@@ -474,7 +489,7 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
   }
   __syncthreads();
   const float lse = s_lse;
-  const float tok_lp = __fsub_rn(r.l[r.token], lse);
+  const float tok_lp = __fsub_rn(tok_l, lse);
   if (lse != lse) {  // no order: rank 1, ids 0..k-1 (every CTA of the request knows; chunk 0 writes)
     if (c == 0) {
       if (tid == 0) {
