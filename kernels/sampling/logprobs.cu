@@ -349,8 +349,8 @@ __device__ void write_refused(LogprobRecord* o) {
 }
 
 // 1. Per chunk: its max (NaN if it holds a NaN or +inf) and Σ exp(double(l) - max) in double.
-__global__ void __launch_bounds__(kSplitThreads) chunk_stats_kernel(const LogprobParams p,
-                                                                    const Geometry g) {
+__global__ void __launch_bounds__(kSplitThreads)
+    chunk_stats_kernel(const LogprobParams p, const Geometry g) {
   __shared__ float fscratch[kSplitWarps + 1];
   __shared__ unsigned uscratch[kSplitWarps + 1];
   __shared__ double dscratch[kSplitWarps + 1];
@@ -420,8 +420,8 @@ __device__ void block_top(u64 (&t)[kTop], int k, u64* cand, u64* best) {
 // 2. Per chunk: the row's lse from the chunk partials (every CTA of the row the same, fixed
 // order), then the chunk's count of keys above the token's and its k best keys; the last CTA of
 // the request (ticket) merges the chunks' counts and lists and writes the record.
-__global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const LogprobParams p,
-                                                                   const Geometry g) {
+__global__ void __launch_bounds__(kSplitThreads)
+    chunk_rank_kernel(const LogprobParams p, const Geometry g) {
   __shared__ unsigned uscratch[kSplitWarps + 1];
   __shared__ u64 cand[kSplitWarps * kTop];
   __shared__ u64 best[kTop];
@@ -490,7 +490,8 @@ __global__ void __launch_bounds__(kSplitThreads) chunk_rank_kernel(const Logprob
   __syncthreads();
   const float lse = s_lse;
   const float tok_lp = __fsub_rn(tok_l, lse);
-  if (lse != lse) {  // no order: rank 1, ids 0..k-1 (every CTA of the request knows; chunk 0 writes)
+  // No order (every CTA of the request knows; chunk 0 writes): rank 1, ids 0..k-1.
+  if (lse != lse) {
     if (c == 0) {
       if (tid == 0) {
         o->token = r.token;

@@ -188,7 +188,7 @@ TEST(LogprobsGpu, MatchesHostOnRandomRows) {
   for (int V : {1, 7, 1000, 32001, 163840})
     for (int rows : {1, 9, 40}) run_case(V, rows, V, 0, seed++, c);
   run_case(1000, 17, 1003, 500, seed++, c);  // a row pitch above the vocabulary, a window of rows
-  run_case(163840, 300, 163840, 0, seed++, c);  // a prompt-logprobs chunk's worth (2 launches)
+  run_case(163840, 300, 163840, 0, seed++, c);      // a prompt-logprobs chunk's worth (2 launches)
   run_case(163840, 9, 163840, 0, seed++, c, true);  // the one-CTA kernel
   run_case(1000, 17, 1003, 500, seed++, c, true);
   std::printf("    [logprobs] %d records, %d bit-exact\n", c.records, c.exact);
@@ -251,16 +251,16 @@ TEST(LogprobsGpu, GraphReplaysMatchDirectLaunches) {
     p.out = dg.data();
     CUDA_CHECK(cudaStreamSynchronize(st));
     std::vector<RowLogprobs> g(req.size()), d(req.size());
-    CUDA_CHECK(cudaMemcpy(static_cast<void*>(g.data()), dg.data(), dg.bytes(),
-                          cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(static_cast<void*>(d.data()), dd.data(), dd.bytes(),
-                          cudaMemcpyDeviceToHost));
+    CUDA_CHECK(
+        cudaMemcpy(static_cast<void*>(g.data()), dg.data(), dg.bytes(), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(
+        cudaMemcpy(static_cast<void*>(d.data()), dd.data(), dd.bytes(), cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < req.size(); ++i) {
       ASSERT_EQ(differ(g[i], d[i]), "") << "step " << step << " request " << i;
       const int r = req[i].row;
       const int tok = req[i].token >= 0 ? req[i].token : sampled[size_t(r)];
-      const RowLogprobs want = row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok,
-                                            req[i].k);
+      const RowLogprobs want =
+          row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok, req[i].k);
       ++c.records;
       c.exact += differ(g[i], want).empty();
     }
