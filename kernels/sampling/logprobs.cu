@@ -450,6 +450,11 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float tok_l = r.l[r.token];
+  const int b = c * g.chunk;
+  const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
+  // The chunk asked for (a prefetch per 128 bytes) while warp 0 combines the partials.
+  for (int i = b + 32 * tid; i < e; i += 32 * kSplitThreads)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(r.l + i));
   if (tid < 32) {
     // lse = max + log Σ_c s_c · exp(double(m_c) - max), in this fixed order.
     float m = -INFINITY;
@@ -508,8 +513,6 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
 
   // The chunk: keys above the token's, and its k best.
-  const int b = c * g.chunk;
-  const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
   const u64 tkey = key_of(tok_lp, r.token);
   unsigned above = 0;
   u64 t[kTop];
