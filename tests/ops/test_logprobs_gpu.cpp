@@ -244,6 +244,7 @@ TEST(LogprobsGpu, GraphReplaysMatchDirectLaunches) {
     }
     dl.upload(logits);
     ds.upload(sampled);
+    CUDA_CHECK(cudaDeviceSynchronize());  // st does not wait for the legacy stream's copies
     CUDA_CHECK(cudaMemsetAsync(dg.data(), 0xff, dg.bytes(), st));
     CUDA_CHECK(cudaGraphLaunch(exec, st));
     p.out = dd.data();
