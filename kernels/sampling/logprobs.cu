@@ -29,6 +29,8 @@
 #include <cstdint>
 
 #include "common.h"
+#include "launch.h"
+#include "pdl.cuh"
 #include "sampling/logprobs.h"
 
 namespace kimi::cuda {
@@ -354,6 +356,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   __shared__ float fscratch[kSplitWarps + 1];
   __shared__ unsigned uscratch[kSplitWarps + 1];
   __shared__ double dscratch[kSplitWarps + 1];
+  pdl_wait();  // a programmatic dependent launch (launch.h): the rows are the last kernel's
   const Req r = decode(p, int(blockIdx.y));
   if (!r.ok) return;
   const float* l = r.l;
@@ -430,6 +433,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int tid = int(threadIdx.x), lane = tid & 31;
   const int qi = int(blockIdx.y), c = int(blockIdx.x);
   const int base = qi * g.chunks;
+  pdl_wait();  // the partials are chunk_stats_kernel's
   // Warp 0: the chunk partials, lane j those of chunks j, j + 32, ... (loaded before the request,
   // whose loads they do not depend on; a refused request's slots are not used).
   constexpr int kPer = kMaxChunks / 32;
@@ -596,10 +600,10 @@ void run_logprobs(const LogprobParams& p0, cudaStream_t stream) {
     s.requests = p.requests + q0;
     s.out = p.out + q0;
     const dim3 grid(unsigned(g.chunks), unsigned(s.count));
-    logprobs::chunk_stats_kernel<<<grid, logprobs::kSplitThreads, 0, stream>>>(s, g);
-    KIMI_CHECK_LAUNCH();
-    logprobs::chunk_rank_kernel<<<grid, logprobs::kSplitThreads, 0, stream>>>(s, g);
-    KIMI_CHECK_LAUNCH();
+    LaunchOptions o;
+    o.pdl = true;  // scheduled while the previous kernel drains; each waits first
+    launch_kernel(logprobs::chunk_stats_kernel, grid, logprobs::kSplitThreads, o, stream, s, g);
+    launch_kernel(logprobs::chunk_rank_kernel, grid, logprobs::kSplitThreads, o, stream, s, g);
   }
 }
 
