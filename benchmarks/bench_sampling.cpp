@@ -6,7 +6,11 @@
 // rotate over >= 512 MB of distinct rows so that they come from DRAM, not L2.
 // Two logit shapes: "lm" (30 high logits over a normal bulk: little mass outside the head) and
 // "flat" (uniform in [-3, 3]: the mass spread over the whole vocabulary).
-// Usage: bench_sampling [--quick]
+// --logprobs: the logprob kernel (kernels/sampling/logprobs.h) instead, at rows 1, 8, 64, 256 and
+// k 0, 5, 20, one request per row (the drawn token): us per launch replayed from a CUDA graph, the
+// split kernel ("split") and the former one CTA per request ("1-CTA"), GB/s of logits (one read
+// of each row) against the copy ceiling.
+// Usage: bench_sampling [--quick] [--logprobs]
 #include <algorithm>
 #include <cstdio>
 #include <random>
@@ -18,6 +22,7 @@
 #include "ops/cuda/device_buffer.h"
 #include "bench_util.h"
 #include "runtime/sampler.h"
+#include "sampling/logprobs.h"
 #include "sampling/sampling.h"
 
 namespace {
@@ -138,10 +143,67 @@ void bench(double ceiling, bool flat, bool quick) {
   }
 }
 
+void bench_logprobs(double ceiling, bool quick) {
+  std::printf("\n%-9s %6s %4s %10s %10s %8s\n", "logprobs", "rows", "k", "us", "read GB/s",
+              "% copy");
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  for (int rows : {1, 8, 64, 256}) {
+    const size_t row_bytes = size_t(V) * 4;
+    const int sets = std::max(2, int((size_t(512) << 20) / (rows * row_bytes)));
+    DeviceBuffer<float> logits(size_t(sets) * rows * V);
+    fill_rows(logits, size_t(sets) * rows, false, 11 + rows);
+    std::mt19937 rng(5);
+    std::uniform_int_distribution<int> id(0, V - 1);
+    std::vector<int> tok(rows);
+    for (auto& t : tok) t = id(rng);
+    DeviceBuffer<int> dtok(rows);
+    dtok.upload(tok);
+    DeviceBuffer<kimi::cuda::LogprobRequest> dq(rows);
+    DeviceBuffer<kimi::cuda::LogprobRecord> dout(rows);
+    for (int k : {0, 5, 20}) {
+      std::vector<kimi::cuda::LogprobRequest> q(rows);
+      for (int r = 0; r < rows; ++r) q[r] = {r, -1, k};
+      dq.upload(q);
+      for (bool one_cta : {false, true}) {
+        kimi::cuda::LogprobParams p;
+        p.count = rows;
+        p.rows = rows;
+        p.vocab = V;
+        p.sampled = dtok.data();
+        p.requests = dq.data();
+        p.out = dout.data();
+        p.one_cta = one_cta;
+        const double ms = graph_ms(
+            [&](int i, cudaStream_t s) {
+              p.logits = logits.data() + size_t(i % sets) * rows * V;
+              kimi::cuda::run_logprobs(p, s);
+            },
+            std::clamp(sets, 16, 200), quick ? 7 : 21, st);
+        const double gbs = double(rows) * row_bytes / (ms * 1e-3) / 1e9;
+        std::printf("%-9s %6d %4d %10.2f %10.1f %7.1f%%\n", one_cta ? "1-CTA" : "split", rows, k,
+                    ms * 1e3, gbs, 100 * gbs / ceiling);
+      }
+    }
+  }
+  CUDA_CHECK(cudaStreamDestroy(st));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "--quick";
+  bool quick = false, logprobs = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--logprobs") {
+      logprobs = true;
+    } else {
+      std::fprintf(stderr, "usage: bench_sampling [--quick] [--logprobs]\n");
+      return 2;
+    }
+  }
   try {
     int dev = 0;
     CUDA_CHECK(cudaGetDevice(&dev));
@@ -152,8 +214,12 @@ int main(int argc, char** argv) {
                 prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20, V, s.cluster, s.slice);
     const double ceiling = copy_ceiling_gbs();
     std::printf("copy ceiling (1 GiB D2D, read+write): %.1f GB/s\n", ceiling);
-    bench(ceiling, false, quick);
-    bench(ceiling, true, quick);
+    if (logprobs) {
+      bench_logprobs(ceiling, quick);
+    } else {
+      bench(ceiling, false, quick);
+      bench(ceiling, true, quick);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_sampling: %s\n", e.what());
     return 1;

@@ -11,9 +11,12 @@
 //
 // The token is the request's, or (token < 0) the one the sampler drew for that row (`sampled`,
 // run_sample's output in the same step). The logits are read as they are (before any logit
-// processor). Launch: one CTA of 512 threads per request, three passes over its row (the last two
-// from L2); no workspace, no host synchronisation (capturable in a CUDA graph). A request the
-// kernel cannot serve (row out of range, token outside the vocabulary) gets token -1, rank 0.
+// processor). Launch: each request's row split into up to 128 chunks of >= 2048 logits, one CTA
+// of 256 threads per chunk, in two kernels (chunk max and sum; then lse from the chunk partials in
+// a fixed order, the chunk's rank count and top k, the request's last CTA merging them); no host
+// synchronisation (capturable in a CUDA graph). The workspace is static device memory: calls on
+// two streams of one device must not overlap. A request the kernel cannot serve (row out of
+// range, token outside the vocabulary) gets token -1, rank 0.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -50,6 +53,7 @@ struct LogprobParams {
   const int* sampled = nullptr;              // [rows], optional: the tokens drawn
   const LogprobRequest* requests = nullptr;  // [count], device memory
   LogprobRecord* out = nullptr;              // [count]
+  bool one_cta = false;  // the former kernel (one CTA per request), for bench_sampling's comparison
 };
 void run_logprobs(const LogprobParams& p, cudaStream_t stream);
 

@@ -12,6 +12,9 @@
 #include <cstddef>
 #include <limits>
 #include <numeric>
+#include <random>
+#include <string>
+#include <vector>
 
 #include "core/check.h"  // before gpu_test_util.h, which uses str() but does not include it
 #include "gpu_test_util.h"
@@ -96,7 +99,9 @@ struct Counts {
 
 // One launch over R rows of V (row pitch stride): a record for every row, and a second request
 // for some rows (of a low-ranked token), some of the drawn token.
-void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts& c) {
+// one_cta: the former kernel (one CTA per request), kept for bench_sampling's comparison.
+void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts& c,
+              bool one_cta = false) {
   std::mt19937 rng(seed);
   std::vector<float> logits(size_t(R) * size_t(stride), 0.f);
   std::vector<int> sampled(static_cast<size_t>(R));
@@ -145,6 +150,7 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
   p.sampled = ds.data();
   p.requests = dq.data();
   p.out = dout.data();
+  p.one_cta = one_cta;
   cuda::run_logprobs(p, nullptr);
   std::vector<RowLogprobs> got(req.size());
   CUDA_CHECK(cudaMemcpy(static_cast<void*>(got.data()), dout.data(), dout.bytes(),
@@ -182,9 +188,88 @@ TEST(LogprobsGpu, MatchesHostOnRandomRows) {
   for (int V : {1, 7, 1000, 32001, 163840})
     for (int rows : {1, 9, 40}) run_case(V, rows, V, 0, seed++, c);
   run_case(1000, 17, 1003, 500, seed++, c);  // a row pitch above the vocabulary, a window of rows
-  run_case(163840, 300, 163840, 0, seed++, c);  // a prompt-logprobs chunk's worth
+  run_case(163840, 300, 163840, 0, seed++, c);      // a prompt-logprobs chunk's worth (2 launches)
+  run_case(163840, 9, 163840, 0, seed++, c, true);  // the one-CTA kernel
+  run_case(1000, 17, 1003, 500, seed++, c, true);
   std::printf("    [logprobs] %d records, %d bit-exact\n", c.records, c.exact);
   EXPECT_GE(c.exact, c.records - c.records / 200);
+#endif
+}
+
+// Captured in a CUDA graph and replayed over changing rows: the per-request tickets return to 0
+// after each launch (else a replay would merge too early or never), records equal to direct
+// launches bit for bit, and to the host's. 150 rows of 163840 with two requests each: more
+// requests than one launch pair serves (the launcher slices them).
+TEST(LogprobsGpu, GraphReplaysMatchDirectLaunches) {
+  KIMI_REQUIRE_GPU();
+#if KIMI_HAVE_CUDA
+  const int V = 163840, R = 150;
+  std::mt19937 rng(41);
+  std::uniform_int_distribution<int> any(0, V - 1), anyk(0, kMaxTopLogprobs);
+  std::vector<cuda::LogprobRequest> req;
+  for (int r = 0; r < R; ++r) {
+    req.push_back({r, -1, anyk(rng)});
+    req.push_back({r, any(rng), r % 2 ? 0 : kMaxTopLogprobs});
+  }
+  std::vector<int> sampled(static_cast<size_t>(R));
+  cuda::DeviceBuffer<float> dl(size_t(R) * V);
+  cuda::DeviceBuffer<int> ds(sampled.size());
+  cuda::DeviceBuffer<cuda::LogprobRequest> dq(req.size());
+  cuda::DeviceBuffer<cuda::LogprobRecord> dg(req.size()), dd(req.size());
+  dq.upload(req);
+  cuda::LogprobParams p;
+  p.count = int(req.size());
+  p.rows = R;
+  p.vocab = V;
+  p.logits = dl.data();
+  p.sampled = ds.data();
+  p.requests = dq.data();
+  cudaStream_t st;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  p.out = dg.data();
+  CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  cuda::run_logprobs(p, st);
+  CUDA_CHECK(cudaStreamEndCapture(st, &graph));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  Counts c;
+  for (int step = 0; step < 3; ++step) {
+    std::vector<float> logits(size_t(R) * V);
+    for (int r = 0; r < R; ++r) {
+      const Shape s = step == 1 && r % 5 == 0 ? Shape::kTies : Shape::kLm;
+      const std::vector<float> l = make_row(rng, V, s);
+      std::copy(l.begin(), l.end(), logits.begin() + size_t(r) * V);
+      sampled[size_t(r)] = any(rng);
+    }
+    dl.upload(logits);
+    ds.upload(sampled);
+    CUDA_CHECK(cudaDeviceSynchronize());  // st does not wait for the legacy stream's copies
+    CUDA_CHECK(cudaMemsetAsync(dg.data(), 0xff, dg.bytes(), st));
+    CUDA_CHECK(cudaGraphLaunch(exec, st));
+    p.out = dd.data();
+    cuda::run_logprobs(p, st);
+    p.out = dg.data();
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    std::vector<RowLogprobs> g(req.size()), d(req.size());
+    CUDA_CHECK(
+        cudaMemcpy(static_cast<void*>(g.data()), dg.data(), dg.bytes(), cudaMemcpyDeviceToHost));
+    CUDA_CHECK(
+        cudaMemcpy(static_cast<void*>(d.data()), dd.data(), dd.bytes(), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < req.size(); ++i) {
+      ASSERT_EQ(differ(g[i], d[i]), "") << "step " << step << " request " << i;
+      const int r = req[i].row;
+      const int tok = req[i].token >= 0 ? req[i].token : sampled[size_t(r)];
+      const RowLogprobs want =
+          row_logprobs({logits.data() + size_t(r) * V, size_t(V)}, tok, req[i].k);
+      ++c.records;
+      c.exact += differ(g[i], want).empty();
+    }
+  }
+  EXPECT_GE(c.exact, c.records - c.records / 200) << c.exact << " of " << c.records;
+  CUDA_CHECK(cudaGraphExecDestroy(exec));
+  CUDA_CHECK(cudaGraphDestroy(graph));
+  CUDA_CHECK(cudaStreamDestroy(st));
 #endif
 }
 
