@@ -527,7 +527,7 @@ bool moe(CudaModel::Impl& m, const DevMoe& w, const float* post_norm, const floa
     cuda::run_moe_decode_fused(fp, m.stream);
     return next_norm != nullptr;
   }
-  // Tiles of 128 rows (the wgmma kernel) once experts average 32+ rows; 16 for decode-sized
+  // Tiles of 128 rows (the wgmma kernel) once experts average 2+ rows (moe.h); 16 for decode-sized
   // batches. KIMI_CUDA_MOE=tiled: the old 64-row WMMA tiles instead of wgmma.
   int block_m = cuda::moe_block_m(int64_t(T) * K, E, m.moe_wgmma_rows);
   if (block_m == 128 && !m.moe_wgmma) block_m = 64;
