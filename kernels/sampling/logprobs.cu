@@ -115,11 +115,49 @@ __device__ __forceinline__ void insert(u64 (&t)[kTop], u64 key) {
   }
 }
 
+// The block's k best of the threads' sorted lists t (each thread's k best), sorted, into
+// best[0 .. kTop - 1] (zeros past them): each warp's k best by k rounds of a warp max over the
+// lanes' heads, then each of the warps' candidates placed by counting those above it. cand:
+// (Threads / 32) · kTop keys of shared memory.
+template <int Threads>
+__device__ void block_top(u64 (&t)[kTop], int k, u64* cand, u64* best) {
+  constexpr int Warps = Threads / 32;
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  for (int j = lane; j < kTop; j += 32) cand[warp * kTop + j] = 0;
+  if (tid < kTop) best[tid] = 0;
+  __syncwarp();
+  for (int j = 0; j < k; ++j) {
+    u64 m = t[0];
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      const u64 x = __shfl_xor_sync(0xffffffffu, m, d);
+      m = x > m ? x : m;
+    }
+    if (m == 0) break;  // the warp has no more keys (warp-uniform)
+    if (t[0] == m) {    // keys are unique: one lane
+#pragma unroll
+      for (int c = 0; c < kTop - 1; ++c) t[c] = t[c + 1];
+      t[kTop - 1] = 0;
+    }
+    if (lane == 0) cand[warp * kTop + j] = m;
+  }
+  __syncthreads();
+  for (int i = tid; i < Warps * kTop; i += Threads) {
+    const u64 c = cand[i];
+    if (c == 0) continue;
+    int place = 0;
+    for (int j = 0; j < Warps * kTop; ++j) place += cand[j] > c;
+    if (place < k) best[place] = c;
+  }
+  __syncthreads();
+}
+
 struct Shared {
   float fscratch[kWarps + 1];
   double dscratch[kWarps + 1];
   unsigned uscratch[kWarps + 1];
   u64 cand[kWarps * kTop];
+  u64 best[kTop];
 };
 
 __global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p) {
@@ -205,42 +243,13 @@ __global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p
   above = block_reduce<kWarps>(
       above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
 
-  // Each warp's k best (a lane holds at most k of them): k rounds of a max over the lanes' heads.
-  const int lane = tid & 31, warp = tid >> 5;
-  for (int j = lane; j < kTop; j += 32) sm.cand[warp * kTop + j] = 0;
-  __syncwarp();
-  for (int j = 0; j < k; ++j) {
-    u64 m = t[0];
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      const u64 x = __shfl_xor_sync(0xffffffffu, m, d);
-      m = x > m ? x : m;
-    }
-    if (m == 0) break;  // the warp has no more ids (warp-uniform)
-    if (t[0] == m) {    // keys are unique: one lane
-#pragma unroll
-      for (int c = 0; c < kTop - 1; ++c) t[c] = t[c + 1];
-      t[kTop - 1] = 0;
-    }
-    if (lane == 0) sm.cand[warp * kTop + j] = m;
-  }
-  __syncthreads();
-  // The block's k best: each candidate's place among all candidates.
-  if (tid < kTop) {
-    o->top_id[tid] = 0;  // entries past num_top stay zero
-    o->top_logprob[tid] = 0.f;
-  }
-  __syncthreads();
-  for (int i = tid; i < kWarps * kTop; i += kThreads) {
-    const u64 c = sm.cand[i];
-    if (c == 0) continue;
-    int place = 0;
-    for (int j = 0; j < kWarps * kTop; ++j) place += sm.cand[j] > c;
-    if (place < num_top) {
-      const int id = id_of(c);
-      o->top_id[place] = id;
-      o->top_logprob[place] = __fsub_rn(l[id], lse);
-    }
+  block_top<kThreads>(t, k, sm.cand, sm.best);
+  if (tid < kTop) {  // entries past num_top stay zero
+    const u64 c = sm.best[tid];
+    const bool in = tid < num_top && c != 0;
+    const int id = in ? id_of(c) : 0;
+    o->top_id[tid] = id;
+    o->top_logprob[tid] = in ? __fsub_rn(l[id], lse) : 0.f;
   }
   if (tid == 0) {
     o->token = token;
@@ -386,39 +395,6 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
 }
 
-// The block's k best of the threads' sorted lists t (each thread's k best), sorted, into
-// best[0 .. kTop - 1] (zeros past them): each warp's k best by k rounds of a warp max over the
-// lanes' heads, then each of the warps' candidates placed by counting those above it.
-__device__ void block_top(u64 (&t)[kTop], int k, u64* cand, u64* best) {
-  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  for (int j = lane; j < kTop; j += 32) cand[warp * kTop + j] = 0;
-  if (tid < kTop) best[tid] = 0;
-  __syncwarp();
-  for (int j = 0; j < k; ++j) {
-    u64 m = t[0];
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      const u64 x = __shfl_xor_sync(0xffffffffu, m, d);
-      m = x > m ? x : m;
-    }
-    if (m == 0) break;  // the warp has no more keys (warp-uniform)
-    if (t[0] == m) {    // keys are unique: one lane
-#pragma unroll
-      for (int c = 0; c < kTop - 1; ++c) t[c] = t[c + 1];
-      t[kTop - 1] = 0;
-    }
-    if (lane == 0) cand[warp * kTop + j] = m;
-  }
-  __syncthreads();
-  for (int i = tid; i < kSplitWarps * kTop; i += kSplitThreads) {
-    const u64 c = cand[i];
-    if (c == 0) continue;
-    int place = 0;
-    for (int j = 0; j < kSplitWarps * kTop; ++j) place += cand[j] > c;
-    if (place < k) best[place] = c;
-  }
-  __syncthreads();
-}
 
 // 2. Per chunk: the row's lse from the chunk partials (every CTA of the row the same, fixed
 // order), then the chunk's count of keys above the token's and its k best keys; the last CTA of
@@ -535,7 +511,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
   above = block_reduce<kSplitWarps>(
       above, [](unsigned a, unsigned x) { return a + x; }, 0u, uscratch);
-  if (r.k > 0) block_top(t, r.k, cand, best);
+  if (r.k > 0) block_top<kSplitThreads>(t, r.k, cand, best);
   const int slot = base + c;
   if (tid == 0) g_above[slot] = above;
   if (tid < r.k) g_top[size_t(slot) * kTop + tid] = best[tid];
@@ -560,7 +536,7 @@ __global__ void __launch_bounds__(kSplitThreads)
       const u64 key = __ldcg(&g_top[size_t(base + ch) * kTop + j]);
       if (key != 0) insert(t, key);
     }
-    block_top(t, r.k, cand, best);
+    block_top<kSplitThreads>(t, r.k, cand, best);
   }
   if (tid < kTop) {
     const bool in = tid < r.num_top;
