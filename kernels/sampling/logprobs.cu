@@ -42,36 +42,39 @@ constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
 constexpr int kTop = kMaxTopLogprobs;
 
-// Calls f(value, id) for every logit of the row; float4 loads, kBatch in flight per thread, when
-// the row is 16-byte aligned (one CTA reads a whole row: the loads in flight set its speed).
+// float4 loads in flight per thread of the one-CTA kernel (a CTA reads a whole row: the loads in
+// flight set its speed).
 constexpr int kBatch = 4;
-template <typename F>
-__device__ __forceinline__ void for_row(const float* l, int V, F&& f) {
-  int done = 0;
-  if ((reinterpret_cast<uintptr_t>(l) & 15) == 0) {
-    const int nv = V / 4;
-    const float4* l4 = reinterpret_cast<const float4*>(l);
-    for (int base = 0; base < nv; base += kThreads * kBatch) {
-      float4 v[kBatch];
+
+// Calls f(value, id) for the logits b .. e - 1 of row l (b a multiple of 4) over a block of
+// Threads threads: float4 loads when l + b is 16-byte aligned, Batch of them in flight per thread.
+template <int Threads, int Batch, typename F>
+__device__ __forceinline__ void for_range(const float* l, int b, int e, F&& f) {
+  int done = b;
+  if ((reinterpret_cast<uintptr_t>(l + b) & 15) == 0) {
+    const int nv = (e - b) / 4;
+    const float4* l4 = reinterpret_cast<const float4*>(l + b);
+    for (int base = 0; base < nv; base += Threads * Batch) {
+      float4 v[Batch];
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int i = base + b * kThreads + int(threadIdx.x);
-        if (i < nv) v[b] = l4[i];
+      for (int j = 0; j < Batch; ++j) {
+        const int i = base + j * Threads + int(threadIdx.x);
+        if (i < nv) v[j] = l4[i];
       }
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int i = base + b * kThreads + int(threadIdx.x);
+      for (int j = 0; j < Batch; ++j) {
+        const int i = base + j * Threads + int(threadIdx.x);
         if (i < nv) {
-          f(v[b].x, 4 * i);
-          f(v[b].y, 4 * i + 1);
-          f(v[b].z, 4 * i + 2);
-          f(v[b].w, 4 * i + 3);
+          f(v[j].x, b + 4 * i);
+          f(v[j].y, b + 4 * i + 1);
+          f(v[j].z, b + 4 * i + 2);
+          f(v[j].w, b + 4 * i + 3);
         }
       }
     }
-    done = nv * 4;
+    done = b + nv * 4;
   }
-  for (int i = done + int(threadIdx.x); i < V; i += kThreads) f(l[i], i);
+  for (int i = done + int(threadIdx.x); i < e; i += Threads) f(l[i], i);
 }
 
 // Block-wide reduction over W warps (every thread gets the result); scratch: W + 1 slots.
@@ -190,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p
   // 1. The maximum; a NaN or +inf makes the host's sum NaN.
   float mx = -INFINITY;
   unsigned bad = 0;
-  for_row(l, V, [&](float v, int) {
+  for_range<kThreads, kBatch>(l, 0, V, [&](float v, int) {
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
@@ -204,7 +207,7 @@ __global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p
     // 2. The normaliser, as log_sum_exp: double terms, double sum.
     const double dm = double(mx);
     double s = 0.0;
-    for_row(l, V, [&](float v, int) { s += exp(double(v) - dm); });
+    for_range<kThreads, kBatch>(l, 0, V, [&](float v, int) { s += exp(double(v) - dm); });
     s = block_reduce<kWarps>(
         s, [](double a, double b) { return a + b; }, 0.0, sm.dscratch);
     lse = __double2float_rn(dm + log(s));
@@ -232,13 +235,14 @@ __global__ void __launch_bounds__(kThreads) one_cta_kernel(const LogprobParams p
 #pragma unroll
   for (int j = 0; j < kTop; ++j) t[j] = 0;
   if (k > 0) {
-    for_row(l, V, [&](float v, int i) {
+    for_range<kThreads, kBatch>(l, 0, V, [&](float v, int i) {
       const u64 key = key_of(__fsub_rn(v, lse), i);
       above += key > tkey;
       insert(t, key);
     });
   } else {
-    for_row(l, V, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
+    for_range<kThreads, kBatch>(
+        l, 0, V, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
   }
   above = block_reduce<kWarps>(
       above, [](unsigned a, unsigned b) { return a + b; }, 0u, sm.uscratch);
@@ -293,37 +297,6 @@ __device__ unsigned g_above[kSlots];
 __device__ u64 g_top[size_t(kSlots) * kTop];
 __device__ unsigned g_ticket[kSlots];
 
-// Calls f(value, id) for the logits b .. e - 1 of row l (b a multiple of 4): float4 loads when
-// l + b is 16-byte aligned, kSplitBatch in flight per thread.
-template <typename F>
-__device__ __forceinline__ void for_range(const float* l, int b, int e, F&& f) {
-  int done = b;
-  if ((reinterpret_cast<uintptr_t>(l + b) & 15) == 0) {
-    const int nv = (e - b) / 4;
-    const float4* l4 = reinterpret_cast<const float4*>(l + b);
-    for (int base = 0; base < nv; base += kSplitThreads * kSplitBatch) {
-      float4 v[kSplitBatch];
-#pragma unroll
-      for (int j = 0; j < kSplitBatch; ++j) {
-        const int i = base + j * kSplitThreads + int(threadIdx.x);
-        if (i < nv) v[j] = l4[i];
-      }
-#pragma unroll
-      for (int j = 0; j < kSplitBatch; ++j) {
-        const int i = base + j * kSplitThreads + int(threadIdx.x);
-        if (i < nv) {
-          f(v[j].x, b + 4 * i);
-          f(v[j].y, b + 4 * i + 1);
-          f(v[j].z, b + 4 * i + 2);
-          f(v[j].w, b + 4 * i + 3);
-        }
-      }
-    }
-    done = b + nv * 4;
-  }
-  for (int i = done + int(threadIdx.x); i < e; i += kSplitThreads) f(l[i], i);
-}
-
 // A request as the kernels see it; ok false: the record says "cannot serve".
 struct Req {
   const float* l = nullptr;
@@ -373,7 +346,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int e = b + g.chunk < p.vocab ? b + g.chunk : p.vocab;
   float mx = -INFINITY;
   unsigned bad = 0;
-  for_range(l, b, e, [&](float v, int) {
+  for_range<kSplitThreads, kSplitBatch>(l, b, e, [&](float v, int) {
     mx = fmaxf(mx, v);
     bad |= (v != v) | (v == INFINITY);
   });
@@ -384,7 +357,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   double s = 0.0;
   if (!bad && mx > -INFINITY) {  // block-uniform
     const double dm = double(mx);
-    for_range(l, b, e, [&](float v, int) { s += exp(double(v) - dm); });
+    for_range<kSplitThreads, kSplitBatch>(l, b, e, [&](float v, int) { s += exp(double(v) - dm); });
     s = block_reduce<kSplitWarps>(
         s, [](double a, double c) { return a + c; }, 0.0, dscratch);
   }
@@ -394,7 +367,6 @@ __global__ void __launch_bounds__(kSplitThreads)
     g_sum[slot] = s;
   }
 }
-
 
 // 2. Per chunk: the row's lse from the chunk partials (every CTA of the row the same, fixed
 // order), then the chunk's count of keys above the token's and its k best keys; the last CTA of
@@ -500,14 +472,15 @@ __global__ void __launch_bounds__(kSplitThreads)
   for (int j = 0; j < kTop; ++j) t[j] = 0;
   if (r.k > 0) {
     const float lp_bound = s_bound;  // a key with lp below it is not among the row's k best
-    for_range(r.l, b, e, [&](float v, int i) {
+    for_range<kSplitThreads, kSplitBatch>(r.l, b, e, [&](float v, int i) {
       const float lp = __fsub_rn(v, lse);
       const u64 key = key_of(lp, i);
       above += key > tkey;
       if (lp >= lp_bound) insert(t, key);
     });
   } else {
-    for_range(r.l, b, e, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
+    for_range<kSplitThreads, kSplitBatch>(
+        r.l, b, e, [&](float v, int i) { above += key_of(__fsub_rn(v, lse), i) > tkey; });
   }
   above = block_reduce<kSplitWarps>(
       above, [](unsigned a, unsigned x) { return a + x; }, 0u, uscratch);
