@@ -175,16 +175,21 @@ void draw_on_host(std::span<const float> logits, int V, const DrawBatch& draws,
     const RowDraw& d = draws.rows[size_t(r)];
     const std::span<const float> raw = logits.subspan(size_t(r) * V, size_t(V));
     if (!d.host) {
-      std::vector<float> row(raw.begin(), raw.end());
-      apply_logit_adjustments(
-          row, std::span<const LogitAdjust>(draws.adjust)
-                   .subspan(size_t(d.adjust_begin), size_t(d.adjust_end - d.adjust_begin)));
       SamplingParams p;
       p.temperature = d.temperature;
       p.top_k = d.top_k;
       p.top_p = d.top_p;
       p.min_p = d.min_p;
-      tokens[size_t(r)] = sample_with_u(row, p, d.u).token;
+      // A copy only for rows with adjustments (not the rows that draw nothing, e.g. a
+      // prompt-logprobs chunk's).
+      std::vector<float> adjusted;
+      if (d.adjust_end > d.adjust_begin) {
+        adjusted.assign(raw.begin(), raw.end());
+        apply_logit_adjustments(
+            adjusted, std::span<const LogitAdjust>(draws.adjust)
+                          .subspan(size_t(d.adjust_begin), size_t(d.adjust_end - d.adjust_begin)));
+      }
+      tokens[size_t(r)] = sample_with_u(adjusted.empty() ? raw : adjusted, p, d.u).token;
     }
     if (d.logprobs >= 0) {
       const int tok = d.logprob_token >= 0 ? d.logprob_token : tokens[size_t(r)];
