@@ -13,8 +13,9 @@
 // alternatives (kernels/sampling/logprobs.h), as a request with logprobs / top_logprobs does.
 // --prompt-logprobs K: after the timed prefill, the prompt again with a logits row per token and
 // each row's record of the next prompt token (vLLM prompt_logprobs, as the engine runs it, in
-// steps of --chunk: the engine's are 256): records on the GPU (forward_sampled), every row to the
-// host and the records there (forward + draw_on_host, the path before), the GPU again.
+// steps of --chunk: the engine's are its prefill chunks on one GPU, 256 tokens where rows go to
+// the host): records on the GPU (forward_sampled), every row to the host and the records there
+// (forward + draw_on_host, the path before), the GPU again.
 // --context C: the decode starts at context C without running a prefill for it: the caches hold
 // C positions of zeros, which costs the same bytes and FLOPs as real ones (timing only: such
 // tokens are not a model output). Without it every sequence is prefilled with the P tokens.
