@@ -122,6 +122,16 @@ __device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned by
       : "memory");
 }
 
+// As above without an L2 hint (data that neighbouring CTAs read again).
+__device__ __forceinline__ void bulk_g2s(void* dst, const void* src, unsigned bytes,
+                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::
+          "r"(smem_u32(dst)),
+      "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+}
+
 // One box of a 2-D tensor map (TMA, cp.async.bulk.tensor) at element coordinates (c0, c1) into
 // shared memory at dst, completing on bar; boxes past the tensor's extent are zero-filled (their
 // bytes still count toward the transaction). map: a __grid_constant__ kernel parameter.

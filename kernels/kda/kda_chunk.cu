@@ -1,4 +1,6 @@
 // Plan and launcher of the chunked KDA prefill (kda_chunk.cuh).
+#include <cstdlib>
+
 #include "common.h"
 #include "kda/kda_chunk.cuh"
 
@@ -45,8 +47,17 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
-    kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
-                                  kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws);
+    static const int old_order = [] {
+      const char* e = std::getenv("KIMI_KDA_OLD_ORDER");
+      return e ? std::atoi(e) : 0;
+    }();
+    KIMI_CHECK(int64_t(a.num_chunks) * p.num_heads < (int64_t(1) << 31), "too many chunks");
+    if (old_order & 2)
+      kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
+                                    kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws, 0);
+    else
+      kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks * p.num_heads), kda::kIntraThreads,
+                                    kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws, 1);
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;

@@ -207,12 +207,14 @@ __device__ __forceinline__ int pair_octet(int it) {
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const int* chunk_seq, const int* chunk_start,
-                           unsigned char* ws) {
+                           unsigned char* ws, int heads_fast) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
-  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int H = p.num_heads, HD = H * D;
+  const int c = heads_fast ? int(blockIdx.x / H) : int(blockIdx.x);
+  const int h = heads_fast ? int(blockIdx.x % H) : int(blockIdx.y);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;

@@ -1,5 +1,8 @@
 // Launchers of the KDA prefill prep (conv, L2 norm), the conv-state update and the
 // gated output norm (kda_prep.cuh).
+#include <cstdlib>
+#include <type_traits>
+
 #include "common.h"
 #include "kda/kda_prep.cuh"
 
@@ -32,8 +35,34 @@ void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
                  (reinterpret_cast<uintptr_t>(p.w.conv_weight) & 15u) == 0,
              "prep: qkv, q, k, v must be aligned to 4 elements and the conv weight to 16 bytes");
   if (p.num_tokens > 0) {
-    kda::kda_prep_kernel<T><<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads),
-                              kda::kPrepThreads, 0, stream>>>(p);
+    const int blocks = ceil_div(p.num_tokens, kda::kPrepTokens);
+    static const int old_order = [] {
+      const char* e = std::getenv("KIMI_KDA_OLD_ORDER");
+      return e ? std::atoi(e) : 0;
+    }();
+    static const bool tile = [] {
+      const char* e = std::getenv("KIMI_KDA_PREP_TILE");
+      return e && std::atoi(e) != 0;
+    }();
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (tile && (reinterpret_cast<uintptr_t>(p.qkv) & 15u) == 0) {
+        const int64_t tiles = int64_t(ceil_div(p.num_tokens, kda::kPrepTileTokens)) * p.num_heads;
+        KIMI_CHECK(tiles < (int64_t(1) << 31), "too many prep tiles: ", tiles);
+        CUDA_CHECK(cudaFuncSetAttribute(kda::kda_prep_tile_kernel,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        int(kda::kPrepTileSmem)));
+        kda::kda_prep_tile_kernel<<<unsigned(tiles), kda::kPrepTileThreads, kda::kPrepTileSmem,
+                                    stream>>>(p);
+        KIMI_CHECK_LAUNCH();
+        conv_state(p, stream);
+        return;
+      }
+    }
+    KIMI_CHECK(int64_t(blocks) * p.num_heads < (int64_t(1) << 31), "too many prep blocks");
+    if (old_order & 1)
+      kda::kda_prep_kernel<T><<<dim3(blocks, p.num_heads), kda::kPrepThreads, 0, stream>>>(p, 0);
+    else
+      kda::kda_prep_kernel<T><<<dim3(blocks * p.num_heads), kda::kPrepThreads, 0, stream>>>(p, 1);
     KIMI_CHECK_LAUNCH();
   }
   conv_state(p, stream);

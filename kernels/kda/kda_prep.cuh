@@ -64,26 +64,16 @@ __device__ __forceinline__ void store4(float* p, const float (&x)[4]) {
 constexpr int kPrepRun = 8, kPrepRuns = 4, kPrepTokens = kPrepRun * kPrepRuns;
 constexpr int kPrepThreads = 3 * 32 * kPrepRuns;  // a warp per (part, run)
 
-// A warp per (part, run) of the CTA's head: lane l owns channels 4l..4l+3 of its part (q, k or v)
-// and walks the run's tokens; every row is one 8-byte load per lane (256 contiguous bytes per
-// warp; 16 and 512 in fp32), all of them issued before any use (11 in flight per thread), and the
-// conv weights of its 4 channels stay in registers. The L2 norm's sum is a warp butterfly.
+// One warp's run of kPrepRun tokens from tb on, lane l owning channels d0 = 4l..4l+3 of its part
+// (q, k or v) of head h: x holds the lane's 4 channels of rows tb − 3 .. tb + kPrepRun − 1 (rows
+// outside [0, T) are never read). The conv weights of its 4 channels stay in registers; the L2
+// norm's sum is a warp butterfly.
 template <typename Act>
-__global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepParamsT<Act> p) {
-  using Vec = typename Vec4<Act>::type;
+__device__ __forceinline__ void prep_run(const KdaPrepParamsT<Act>& p, int h, int part, int d0,
+                                         int tb, const typename Vec4<Act>::type (&x)[kPrepRun + 3]) {
   constexpr int D = kKdaD;
   const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
-  const int h = blockIdx.y, warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
-  const int part = warp % 3, run = warp / 3;
-  const int tb = blockIdx.x * kPrepTokens + run * kPrepRun;  // first token of the run
-  if (tb >= T) return;                                       // whole warps leave
   const int ch0 = part * HD + h * D + d0;
-  Vec x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
-#pragma unroll
-  for (int j = 0; j < kPrepRun + 3; ++j) {
-    const int r = tb - 3 + j;
-    x[j] = r >= 0 && r < T ? *reinterpret_cast<const Vec*>(p.qkv + size_t(r) * C + ch0) : Vec{};
-  }
   float4 w[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e)
@@ -144,6 +134,74 @@ __global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepPar
       }
     }
     finish(t, tap);
+  }
+}
+
+// A warp per (part, run) of the CTA's head: every row is one 8-byte load per lane (256
+// contiguous bytes per warp; 16 and 512 in fp32), all of them issued before any use (11 in flight
+// per thread).
+template <typename Act>
+__global__ void __launch_bounds__(kPrepThreads)
+    kda_prep_kernel(const KdaPrepParamsT<Act> p, int heads_fast) {
+  using Vec = typename Vec4<Act>::type;
+  constexpr int D = kKdaD;
+  const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
+  const int h = heads_fast ? int(blockIdx.x % H) : int(blockIdx.y);
+  const int blk = heads_fast ? int(blockIdx.x / H) : int(blockIdx.x);
+  const int warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
+  const int part = warp % 3, run = warp / 3;
+  const int tb = blk * kPrepTokens + run * kPrepRun;  // first token of the run
+  if (tb >= T) return;                                // whole warps leave
+  const int ch0 = part * HD + h * D + d0;
+  Vec x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
+#pragma unroll
+  for (int j = 0; j < kPrepRun + 3; ++j) {
+    const int r = tb - 3 + j;
+    x[j] = r >= 0 && r < T ? *reinterpret_cast<const Vec*>(p.qkv + size_t(r) * C + ch0) : Vec{};
+  }
+  prep_run(p, h, part, d0, tb, x);
+}
+
+// The same work with the CTA's rows staged in shared memory by bulk copies (bf16 only): a tile of
+// kPrepTileTokens tokens of one head, its rows tb0 − 3 .. tb0 + kPrepTileTokens − 1 as 3 copies of
+// 256 bytes each (q, k, v parts), so that the loads in flight cost no registers. 6 warps, a warp
+// per (part, half of the tile), 4 runs each.
+constexpr int kPrepTileTokens = 64, kPrepTileRows = kPrepTileTokens + 3;
+constexpr int kPrepTileThreads = 3 * 32 * 2;
+constexpr size_t kPrepTileSmem = size_t(kPrepTileRows) * 3 * kKdaD * 2 + 16;
+__global__ void __launch_bounds__(kPrepTileThreads) kda_prep_tile_kernel(const KdaPrepParams p) {
+  using Vec = uint2;
+  constexpr int D = kKdaD;
+  extern __shared__ __align__(16) unsigned char prep_smem_raw[];
+  uint64_t* bar = reinterpret_cast<uint64_t*>(prep_smem_raw);
+  bf16* rows = reinterpret_cast<bf16*>(prep_smem_raw + 16);  // [row][part][D]
+  const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
+  const int h = blockIdx.x % H, tb0 = int(blockIdx.x / H) * kPrepTileTokens;
+  const int r_lo = max(tb0 - 3, 0), r_hi = min(tb0 + kPrepTileTokens, T);  // rows read
+  if (threadIdx.x == 0) {
+    mbar_init(bar, 1);
+    fence_mbar_init();
+    mbar_arrive_expect_tx(bar, unsigned(r_hi - r_lo) * 3 * D * 2);
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < (r_hi - r_lo) * 3; i += kPrepTileThreads) {
+    const int r = r_lo + i / 3, part = i % 3;
+    bulk_g2s(rows + ((r - (tb0 - 3)) * 3 + part) * D, p.qkv + size_t(r) * C + part * HD + h * D,
+             D * 2, bar);
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, d0 = lane * 4;
+  const int part = warp % 3, half = warp / 3;
+  mbar_wait(bar, 0);
+#pragma unroll 1
+  for (int q = 0; q < 4; ++q) {
+    const int rb = (4 * half + q) * kPrepRun;  // the run's first token in the tile
+    const int tb = tb0 + rb;
+    if (tb >= T) return;  // whole warps leave
+    Vec x[kPrepRun + 3];
+#pragma unroll
+    for (int j = 0; j < kPrepRun + 3; ++j)
+      x[j] = *reinterpret_cast<const Vec*>(rows + ((rb + j) * 3 + part) * D + d0);
+    prep_run(p, h, part, d0, tb, x);
   }
 }
 
