@@ -3,6 +3,7 @@
 
 #include "common.h"
 #include "kda/kda_chunk.cuh"
+#include "launch.h"
 
 namespace kimi::cuda {
 
@@ -61,12 +62,25 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel<false>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(kda::kInterSmem)));
-  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
-                                kda::kInterThreads, kda::kInterSmem, stream>>>(p, a.seq_first_chunk,
-                                                                               a.chunk_start, ws);
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel<true>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kda::kInterSmem)));
+  const dim3 grid(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs);
+  if (p.z) {  // the fused output norm: the CTAs of a head's columns form a cluster
+    KIMI_CHECK(p.w.o_norm && (reinterpret_cast<uintptr_t>(p.z) & 15) == 0,
+               "fused norm needs w.o_norm and a 16-byte aligned z");
+    LaunchOptions lo;
+    lo.smem = kda::kInterSmem;
+    lo.cluster = dim3(kKdaD / kda::kInterCols, 1, 1);
+    launch_kernel(kda::kda_chunk_inter_kernel<true>, grid, dim3(kda::kInterThreads), lo, stream, p,
+                  a.seq_first_chunk, a.chunk_start, static_cast<const unsigned char*>(ws));
+  } else {
+    kda::kda_chunk_inter_kernel<false><<<grid, kda::kInterThreads, kda::kInterSmem, stream>>>(
+        p, a.seq_first_chunk, a.chunk_start, ws);
+  }
   KIMI_CHECK_LAUNCH();
 }
 
