@@ -271,20 +271,6 @@ void bench_prefill(Weights& w, double ceiling, bool quick) {
         median_ms([&](int) { kimi::cuda::run_kda_chunked(sp, a, nullptr); }, reps, 1, 1);
     a.stages = 3;
     std::printf("%-10s %8d   intra %.3f ms, inter %.3f ms\n", "  split", T, intra, inter);
-    // The output norm fused into the inter-chunk kernel (z set: o receives y).
-    kimi::cuda::KdaScanParams fp = sp;
-    fp.z = z.data();
-    fp.o = y.data();
-    const double fused =
-        median_ms([&](int) { kimi::cuda::run_kda_chunked(fp, a, nullptr); }, reps, 1, 1);
-    a.stages = 2;
-    const double fused_inter =
-        median_ms([&](int) { kimi::cuda::run_kda_chunked(fp, a, nullptr); }, reps, 1, 1);
-    a.stages = 3;
-    std::printf("%-10s %8d   scan with the norm fused %.3f ms (inter %.3f ms) vs scan + norm %.3f ms;"
-                " layer %.3f ms = %.2f Mtok/s\n",
-                "  fused", T, fused, fused_inter, scan + norm, prep + fused,
-                T / ((prep + fused) * 1e-3) / 1e6);
     const double total = prep + scan + norm;
     std::printf("%-10s %8d %10.3f %10.3f %10.3f %10.3f %14.2f %14.2f\n", name, T, prep, scan, norm,
                 total, T / (scan * 1e-3) / 1e6, T / (total * 1e-3) / 1e6);

@@ -113,12 +113,9 @@ struct KdaScanParamsT {
   // (fp32, the formulas of the decode kernel) from the raw projections:
   const T* f = nullptr;    // [T, H·D] pre-gate
   const T* b = nullptr;    // [T, H]   pre-sigmoid beta
-  KdaWeights w;            // A_log, dt_bias; o_norm with z (conv_weight is not read)
+  KdaWeights w;            // A_log, dt_bias (conv_weight and o_norm are not read)
   float* state = nullptr;  // [num_slots, H, D, D]: initial state in, final state out
   T* o = nullptr;          // [T, H, D]
-  // Chunked scan only: with z set, o receives the gated RMSNorm's y (KdaGatedNormParamsT below,
-  // weight w.o_norm) of the bf16-rounded o instead of o itself, so no separate norm pass runs.
-  const T* z = nullptr;  // [T, H·D]
 };
 using KdaScanParams = KdaScanParamsT<bf16>;
 // The scan of what a prep wrote: its sequences, slots, q/k/v, f, b and weights.

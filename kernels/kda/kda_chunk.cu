@@ -1,9 +1,6 @@
 // Plan and launcher of the chunked KDA prefill (kda_chunk.cuh).
-#include <cstdlib>
-
 #include "common.h"
 #include "kda/kda_chunk.cuh"
-#include "launch.h"
 
 namespace kimi::cuda {
 
@@ -48,39 +45,17 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
-    static const int old_order = [] {
-      const char* e = std::getenv("KIMI_KDA_OLD_ORDER");
-      return e ? std::atoi(e) : 0;
-    }();
-    KIMI_CHECK(int64_t(a.num_chunks) * p.num_heads < (int64_t(1) << 31), "too many chunks");
-    if (old_order & 2)
-      kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
-                                    kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws, 0);
-    else
-      kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks * p.num_heads), kda::kIntraThreads,
-                                    kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws, 1);
+    kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
+                                  kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws);
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;
-  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel<false>,
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(kda::kInterSmem)));
-  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_inter_kernel<true>,
-                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  int(kda::kInterSmem)));
-  const dim3 grid(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs);
-  if (p.z) {  // the fused output norm: the CTAs of a head's columns form a cluster
-    KIMI_CHECK(p.w.o_norm && (reinterpret_cast<uintptr_t>(p.z) & 15) == 0,
-               "fused norm needs w.o_norm and a 16-byte aligned z");
-    LaunchOptions lo;
-    lo.smem = kda::kInterSmem;
-    lo.cluster = dim3(kKdaD / kda::kInterCols, 1, 1);
-    launch_kernel(kda::kda_chunk_inter_kernel<true>, grid, dim3(kda::kInterThreads), lo, stream, p,
-                  a.seq_first_chunk, a.chunk_start, static_cast<const unsigned char*>(ws));
-  } else {
-    kda::kda_chunk_inter_kernel<false><<<grid, kda::kInterThreads, kda::kInterSmem, stream>>>(
-        p, a.seq_first_chunk, a.chunk_start, ws);
-  }
+  kda::kda_chunk_inter_kernel<<<dim3(kKdaD / kda::kInterCols, p.num_heads, p.num_seqs),
+                                kda::kInterThreads, kda::kInterSmem, stream>>>(p, a.seq_first_chunk,
+                                                                               a.chunk_start, ws);
   KIMI_CHECK_LAUNCH();
 }
 

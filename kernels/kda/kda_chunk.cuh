@@ -21,8 +21,6 @@
 //   through them and only W, Q, K, U, M are rounded to bf16.
 #pragma once
 
-#include <cooperative_groups.h>
-
 #include <cstdint>
 
 #include "kda/kda_common.cuh"
@@ -209,14 +207,12 @@ __device__ __forceinline__ int pair_octet(int it) {
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const int* chunk_seq, const int* chunk_start,
-                           unsigned char* ws, int heads_fast) {
+                           unsigned char* ws) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
+  const int c = blockIdx.x, h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int H = p.num_heads, HD = H * D;
-  const int c = heads_fast ? int(blockIdx.x / H) : int(blockIdx.x);
-  const int h = heads_fast ? int(blockIdx.x % H) : int(blockIdx.y);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
@@ -670,12 +666,6 @@ constexpr int kLdO = kInterCols + 8;  // output tile rows (bf16), padded
 struct InterSmem {                    // after the stages
   bf16 o[64 * kLdO];                  // [token][column]
   uint64_t bar[kInterStages];
-  // Fused output norm (p.z set): per token of the chunk, this CTA's sum of squares over its 64
-  // columns and the other CTA's (written there through the cluster), by chunk parity; the norm
-  // weight of this CTA's columns.
-  float ssq[2][64];
-  float ssq_peer[2][64];
-  float wn[kInterCols];
 };
 constexpr size_t kInterSmem = kInterStages * kStageBytes + sizeof(InterSmem) + 1024;  // + align
 
@@ -688,7 +678,6 @@ __device__ __forceinline__ void split_pack(float x, float y, uint32_t& hi, uint3
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
-template <bool kFuse>
 __global__ void __launch_bounds__(kInterThreads, 1)
     kda_chunk_inter_kernel(const KdaScanParams p, const int* seq_first_chunk,
                            const int* chunk_start, const unsigned char* ws) {
@@ -705,17 +694,6 @@ __global__ void __launch_bounds__(kInterThreads, 1)
   const int first = seq_first_chunk[sq], nchunks = seq_first_chunk[sq + 1] - first;
   const int seq_end = p.cu_seqlens[sq + 1];
   float* S = p.state + (size_t(p.slots[sq]) * H + h) * D * D + c0;
-  // Fused gated norm: the two CTAs of a head (the cluster) exchange their per-token sums of
-  // squares; the other CTA must be running before the first store into its shared memory.
-  constexpr bool fuse = kFuse;
-  namespace cg = cooperative_groups;
-  float* peer_ssq = nullptr;
-  if constexpr (fuse) {
-    cg::cluster_group cluster = cg::this_cluster();
-    peer_ssq = cluster.map_shared_rank(&sm.ssq_peer[0][0], cluster.block_rank() ^ 1u);
-    if (tid < kInterCols) sm.wn[tid] = p.w.o_norm[c0 + tid];
-    cluster.sync();
-  }
 
   // s[i] = Sᵀ[r0 + 8((i >> 1) & 1)][8(i >> 2) + t2 + (i & 1)], i.e. S[key][column].
   float s[64];
@@ -753,18 +731,6 @@ __global__ void __launch_bounds__(kInterThreads, 1)
       load(c + kInterStages - 1);
     }
     __syncwarp();
-    const int t0 = chunk_start[first + c];
-    uint4 zv[64 * kInterCols / 8 / kInterThreads];  // z of this thread's output pieces, in flight
-    if (fuse) {
-#pragma unroll
-      for (int k = 0; k < 64 * kInterCols / 8 / kInterThreads; ++k) {
-        const int idx = tid + k * kInterThreads, row = idx / (kInterCols / 8),
-                  piece = idx % (kInterCols / 8);
-        zv[k] = t0 + row < seq_end ? *reinterpret_cast<const uint4*>(
-                                         p.z + size_t(t0 + row) * HD + h * D + c0 + 8 * piece)
-                                   : make_uint4(0, 0, 0, 0);
-      }
-    }
 
     // V'ᵀ (minus Uᵀ) and Sᵀ Qᵀ: 8 k16 steps over the keys, hi and lo each.
     uint32_t shi[8][4], slo[8][4];
@@ -839,43 +805,13 @@ __global__ void __launch_bounds__(kInterThreads, 1)
       for (int e = 0; e < 4; ++e)
         sm.o[(8 * j + t2 + (e & 1)) * kLdO + r0 + 8 * (e >> 1)] = __float2bfloat16(o[4 * j + e]);
     __syncthreads();
-    const int par = c & 1;
-    if (fuse) {  // this CTA's half of each token's sum of squares of the bf16-rounded o
-      const int row = tid >> 1, half = tid & 1;
-      float ss = 0.f;
+    const int t0 = chunk_start[first + c];
 #pragma unroll
-      for (int j = 0; j < kInterCols / 16; ++j) {
-        float x[8];
-        unpack8(*reinterpret_cast<const uint4*>(sm.o + row * kLdO + (kInterCols / 2) * half + 8 * j),
-                x);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) ss += x[e] * x[e];
-      }
-      ss += __shfl_xor_sync(0xffffffffu, ss, 1);
-      if (half == 0) {
-        sm.ssq[par][row] = ss;
-        peer_ssq[par * 64 + row] = ss;
-      }
-      cg::this_cluster().sync();  // both halves of every row's sum in both CTAs
-    }
-#pragma unroll
-    for (int k = 0; k < 64 * kInterCols / 8 / kInterThreads; ++k) {
-      const int idx = tid + k * kInterThreads, row = idx / (kInterCols / 8),
-                piece = idx % (kInterCols / 8);
-      if (t0 + row < seq_end) {
-        uint4 ov = *reinterpret_cast<const uint4*>(sm.o + row * kLdO + 8 * piece);
-        if (fuse) {  // y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), as kda_gated_rmsnorm_kernel
-          const float r =
-              1.f / sqrtf((sm.ssq[par][row] + sm.ssq_peer[par][row]) / D + kKdaNormEps);
-          float x[8], z[8], y[8];
-          unpack8(ov, x);
-          unpack8(zv[k], z);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) y[e] = x[e] * r * sm.wn[8 * piece + e] * sigmoid(z[e]);
-          ov = pack8(y);
-        }
-        *reinterpret_cast<uint4*>(p.o + size_t(t0 + row) * HD + h * D + c0 + 8 * piece) = ov;
-      }
+    for (int idx = tid; idx < 64 * kInterCols / 8; idx += kInterThreads) {
+      const int row = idx / (kInterCols / 8), piece = idx % (kInterCols / 8);
+      if (t0 + row < seq_end)
+        *reinterpret_cast<uint4*>(p.o + size_t(t0 + row) * HD + h * D + c0 + 8 * piece) =
+            *reinterpret_cast<const uint4*>(sm.o + row * kLdO + 8 * piece);
     }
     wgmma_wait<0>();
     fence_acc(s);

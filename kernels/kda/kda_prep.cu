@@ -1,7 +1,6 @@
 // Launchers of the KDA prefill prep (conv, L2 norm), the conv-state update and the
 // gated output norm (kda_prep.cuh).
-#include <cstdlib>
-#include <type_traits>
+#include <cstdint>
 
 #include "common.h"
 #include "kda/kda_prep.cuh"
@@ -17,6 +16,23 @@ void conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
   kda::kda_conv_state_kernel<T><<<dim3(ceil_div(C, 256), p.num_seqs), 256, 0, stream>>>(p);
   KIMI_CHECK_LAUNCH();
+}
+
+// bf16 with 16-byte aligned rows: the bulk-copy tile kernel (one H200, H = 32, against the
+// register kernel in the same process: T = 128k 2.21 vs 2.61 ms = 69% vs 59% of copy, 32k 0.574
+// vs 0.664 ms, 4k 0.098 vs 0.094 ms; docs/perf-log.md session 13). Launches it and returns true,
+// or returns false: fp32 (high precision) and other alignments take the register kernel.
+bool prep_tile(const KdaPrepParamsT<float>&, cudaStream_t) { return false; }
+bool prep_tile(const KdaPrepParamsT<bf16>& p, cudaStream_t stream) {
+  if ((reinterpret_cast<uintptr_t>(p.qkv) & 15u) != 0) return false;
+  const int64_t tiles = int64_t(ceil_div(p.num_tokens, kda::kPrepTileTokens)) * p.num_heads;
+  KIMI_CHECK(tiles < (int64_t(1) << 31), "too many prep tiles for the grid: ", tiles);
+  CUDA_CHECK(cudaFuncSetAttribute(kda::kda_prep_tile_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(kda::kPrepTileSmem)));
+  kda::kda_prep_tile_kernel<<<unsigned(tiles), kda::kPrepTileThreads, kda::kPrepTileSmem,
+                              stream>>>(p);
+  return true;
 }
 
 template <typename T>
@@ -35,34 +51,9 @@ void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
                  (reinterpret_cast<uintptr_t>(p.w.conv_weight) & 15u) == 0,
              "prep: qkv, q, k, v must be aligned to 4 elements and the conv weight to 16 bytes");
   if (p.num_tokens > 0) {
-    const int blocks = ceil_div(p.num_tokens, kda::kPrepTokens);
-    static const int old_order = [] {
-      const char* e = std::getenv("KIMI_KDA_OLD_ORDER");
-      return e ? std::atoi(e) : 0;
-    }();
-    static const bool tile = [] {
-      const char* e = std::getenv("KIMI_KDA_PREP_TILE");
-      return e && std::atoi(e) != 0;
-    }();
-    if constexpr (std::is_same_v<T, bf16>) {
-      if (tile && (reinterpret_cast<uintptr_t>(p.qkv) & 15u) == 0) {
-        const int64_t tiles = int64_t(ceil_div(p.num_tokens, kda::kPrepTileTokens)) * p.num_heads;
-        KIMI_CHECK(tiles < (int64_t(1) << 31), "too many prep tiles: ", tiles);
-        CUDA_CHECK(cudaFuncSetAttribute(kda::kda_prep_tile_kernel,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        int(kda::kPrepTileSmem)));
-        kda::kda_prep_tile_kernel<<<unsigned(tiles), kda::kPrepTileThreads, kda::kPrepTileSmem,
-                                    stream>>>(p);
-        KIMI_CHECK_LAUNCH();
-        conv_state(p, stream);
-        return;
-      }
-    }
-    KIMI_CHECK(int64_t(blocks) * p.num_heads < (int64_t(1) << 31), "too many prep blocks");
-    if (old_order & 1)
-      kda::kda_prep_kernel<T><<<dim3(blocks, p.num_heads), kda::kPrepThreads, 0, stream>>>(p, 0);
-    else
-      kda::kda_prep_kernel<T><<<dim3(blocks * p.num_heads), kda::kPrepThreads, 0, stream>>>(p, 1);
+    if (!prep_tile(p, stream))
+      kda::kda_prep_kernel<T><<<dim3(ceil_div(p.num_tokens, kda::kPrepTokens), p.num_heads),
+                                kda::kPrepThreads, 0, stream>>>(p);
     KIMI_CHECK_LAUNCH();
   }
   conv_state(p, stream);

@@ -8,6 +8,8 @@
 //   In: x [T, C] (q|k|v). Out: q, k, v [T, H, D] bf16. (The gate and β are computed by the scans
 //   from f and b.) Launch: grid (ceil(T/32), H), 384 threads (below).
 //   Act = float (high precision): x, the conv state and q, k, v in fp32.
+// kda_prep_tile_kernel — the same for bf16 with the CTA's input rows staged in shared memory by
+//   bulk copies. Launch: ceil(T/64)·H blocks (heads fastest) of 192 threads, kPrepTileSmem bytes.
 // kda_conv_state_kernel — after the prep (which reads the old state): per sequence and channel,
 //   new state[i] = concat[len + i], i = 0..2. Launch: grid (ceil(C/256), num_seqs), 256 threads.
 // kda_gated_rmsnorm_kernel — y = o/sqrt(mean(o²)+1e-5)·w·sigmoid(z) over D, one warp per
@@ -141,17 +143,14 @@ __device__ __forceinline__ void prep_run(const KdaPrepParamsT<Act>& p, int h, in
 // contiguous bytes per warp; 16 and 512 in fp32), all of them issued before any use (11 in flight
 // per thread).
 template <typename Act>
-__global__ void __launch_bounds__(kPrepThreads)
-    kda_prep_kernel(const KdaPrepParamsT<Act> p, int heads_fast) {
+__global__ void __launch_bounds__(kPrepThreads) kda_prep_kernel(const KdaPrepParamsT<Act> p) {
   using Vec = typename Vec4<Act>::type;
   constexpr int D = kKdaD;
   const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
-  const int h = heads_fast ? int(blockIdx.x % H) : int(blockIdx.y);
-  const int blk = heads_fast ? int(blockIdx.x / H) : int(blockIdx.x);
-  const int warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
+  const int h = blockIdx.y, warp = threadIdx.x >> 5, d0 = (threadIdx.x & 31) * 4;
   const int part = warp % 3, run = warp / 3;
-  const int tb = blk * kPrepTokens + run * kPrepRun;  // first token of the run
-  if (tb >= T) return;                                // whole warps leave
+  const int tb = blockIdx.x * kPrepTokens + run * kPrepRun;  // first token of the run
+  if (tb >= T) return;                                       // whole warps leave
   const int ch0 = part * HD + h * D + d0;
   Vec x[kPrepRun + 3];  // rows tb − 3 .. tb + kPrepRun − 1 of this lane's 4 channels
 #pragma unroll

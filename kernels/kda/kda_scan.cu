@@ -12,7 +12,6 @@ void scan_recurrent(const KdaScanParamsT<T>& p, cudaStream_t stream) {
              ", heads ", p.num_heads);
   if (p.num_seqs == 0) return;
   KIMI_CHECK(p.num_seqs <= 65535, "too many sequences for the grid: ", p.num_seqs);
-  KIMI_CHECK(!p.z, "the recurrent scan has no fused output norm: run_kda_gated_rmsnorm");
   KIMI_CHECK(p.cu_seqlens && p.slots && p.q && p.k && p.v && p.f && p.b && p.w.A_log &&
                  p.w.dt_bias && p.state && p.o,
              "null pointer");

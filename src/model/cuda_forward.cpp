@@ -218,23 +218,18 @@ void kda_mixer(CudaModel::Impl& m, const DevKda& w, int kind, const StepMeta& s,
         ca.seq_first_chunk = s.seq_first_chunk;
         ca.workspace = m.act.kda_ws;
         ca.workspace_bytes = m.act.kda_ws_bytes;
-        cuda::KdaScanParamsT<E> fp = sp;  // the output norm fused: y straight from the scan
-        fp.z = A.z;
-        fp.o = A.y;
-        cuda::run_kda_chunked(fp, ca, m.stream);
+        cuda::run_kda_chunked(sp, ca, m.stream);
       }
     }
-    if (!chunked) {
-      cuda::run_kda_scan_recurrent(sp, m.stream);
-      cuda::KdaGatedNormParamsT<E> np;
-      np.num_tokens = T;
-      np.num_heads = H;
-      np.o = A.o;
-      np.z = A.z;
-      np.weight = w.o_norm;
-      np.y = A.y;
-      cuda::run_kda_gated_rmsnorm(np, m.stream);
-    }
+    if (!chunked) cuda::run_kda_scan_recurrent(sp, m.stream);
+    cuda::KdaGatedNormParamsT<E> np;
+    np.num_tokens = T;
+    np.num_heads = H;
+    np.o = A.o;
+    np.z = A.z;
+    np.weight = w.o_norm;
+    np.y = A.y;
+    cuda::run_kda_gated_rmsnorm(np, m.stream);
   }
   if constexpr (kHigh) {  // x += o_proj(y)
     const GemmArgs o = cuda::Gemm::linear_args(split_input(m, A.y, T, HD), w.o, m.act.x, T, hid, HD,
