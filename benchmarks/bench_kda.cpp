@@ -110,8 +110,10 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
                      Variant{"auto", -1, -1},         Variant{"32smem", 1, 0},
                      Variant{"p.old", -1, 1, "-1"},   Variant{"p.new", -1, 1, "0"},
                      Variant{"p.late", -1, 1, "1"},   Variant{"p.seq", -1, 1, "2"},
+                     Variant{"p.lseq", -1, 1, "3"},
                      Variant{"p.old", -1, 1, "-1"},   Variant{"p.new", -1, 1, "0"},
                      Variant{"p.late", -1, 1, "1"},   Variant{"p.seq", -1, 1, "2"},
+                     Variant{"p.lseq", -1, 1, "3"},
                      Variant{"auto.old", -1, -1, "-1"}, Variant{"auto", -1, -1}};
     for (const Variant& v : variants) {
       if (v.exp)
