@@ -51,15 +51,13 @@ void run_kda_decode(const KdaDecodeParams& p, cudaStream_t stream) {
   KIMI_CHECK(aligned16(p.state) && aligned16(p.w.conv_weight),
              "state/conv weight not 16-byte aligned");
   // The persistent kernel copies each head's rows by TMA bulk copies: they must be 16-byte
-  // aligned (the row strides are multiples of 16 bytes); it writes y 4 values (8 bytes) at a time.
+  // aligned (the row strides are multiples of 16 bytes).
   const bool persist_ok = aligned16(p.qkv) && aligned16(p.conv_state) &&
-                          (fold || (aligned16(p.f) && aligned16(p.z))) &&
-                          (reinterpret_cast<uintptr_t>(p.y) & 7u) == 0;
+                          (fold || (aligned16(p.f) && aligned16(p.z)));
   KIMI_CHECK(p.persistent >= -1 && p.persistent <= 1, "persistent must be -1, 0 or 1, got ",
              p.persistent);
   KIMI_CHECK(p.persistent <= 0 || persist_ok,
-             "persistent decode needs 16-byte aligned qkv, f, z (or fg_low) and conv state, and an "
-             "8-byte aligned y");
+             "persistent decode needs 16-byte aligned qkv, f, z (or fg_low) and conv state");
   const int rows = p.batch * p.num_heads;
   if (p.persistent > 0 ||
       (p.persistent < 0 && persist_ok && p.smem_state < 0 && rows >= kKdaDecodePersistentFromRows &&
