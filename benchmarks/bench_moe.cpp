@@ -452,7 +452,8 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
           const double t_dn = median_ms(
               [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
           const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                   std::to_string(tile.stages) + " st";
+                                   std::to_string(tile.stages) + " st" +
+                                   (tile.pair ? ", pairs" : "");
           row(name.c_str(), t_gu, t_dn);
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
