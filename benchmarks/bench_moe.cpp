@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -399,6 +400,8 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
 void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
   using kimi::cuda::moe::MoeWgmmaTile;
   const std::vector<int> Ts = quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384};
+  std::printf("wgmma CTA pairs resident at once: %d (grid %d)\n", kimi::cuda::moe::moe_wgmma_max_pairs(),
+              2 * kimi::cuda::moe::moe_wgmma_max_pairs());
   const int reps = quick ? 5 : 11;
   for (int T : Ts) {
     const int R = T * K;
@@ -455,6 +458,15 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
                                    std::to_string(tile.stages) + " st" +
                                    (tile.pair ? ", pairs" : "");
           row(name.c_str(), t_gu, t_dn);
+          if (tile.pair) {  // TEMPORARY: the same pairs with each CTA loading all its boxes
+            setenv("KIMI_MOE_PAIR_NOMC", "1", 1);
+            const double n_gu = median_ms(
+                [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
+            const double n_dn = median_ms(
+                [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
+            unsetenv("KIMI_MOE_PAIR_NOMC");
+            row("  wgmma 128x256, 4 st, pairs, no mcast", n_gu, n_dn);
+          }
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
       const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);

@@ -196,6 +196,8 @@ inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams& p) {
   return t;
 }
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
+// Clusters of 2 CTAs of the pair kernel resident at once (the pair grid is twice this).
+int moe_wgmma_max_pairs();
 }  // namespace moe
 
 // The whole MoE block of a one-token decode step in one persistent launch (moe_decode.cuh), for

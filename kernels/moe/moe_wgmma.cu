@@ -1,6 +1,7 @@
 // Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
 #include <algorithm>
+#include <cstdlib>
 #include <cstdint>
 
 #include "common.h"
@@ -41,6 +42,7 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   KIMI_CHECK(items < (int64_t(1) << 31) - 1024, "moe wgmma: ", items, " work items");
   WgmmaArgs a;
   a.p = p, a.v = v, a.col_blocks = col_blocks;
+  a.no_multicast = std::getenv("KIMI_MOE_PAIR_NOMC") != nullptr;  // TEMPORARY
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
@@ -81,6 +83,14 @@ void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
 }
 
 }  // namespace
+
+int moe_wgmma_max_pairs() {
+  using Shape = WgmmaShape<256, 4>;
+  auto kernel = moe_wgmma_kernel<256, 4, true, false, true>;
+  CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
+  return max_pairs(kernel, Shape::kSmemBytes);
+}
 
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,

@@ -162,6 +162,7 @@ struct WgmmaArgs {
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
+  int no_multicast;  // TEMPORARY (A/B): pairs without shared boxes
 };
 constexpr int kWgBoxRows = 64;
 
@@ -340,6 +341,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       bool shared = false;
       const int item = PAIR ? decode(2 * drawn + int(rank), shared) : drawn;
+      if (args.no_multicast) shared = false;
       const bool idle = item < 0;  // PAIR: a pad or past the end; the ring still turns
       int m0 = 0, m_end = 0, n0 = 0, e = 0;
       if (!idle) find(item, m0, m_end, n0, e);
