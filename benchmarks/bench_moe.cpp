@@ -458,14 +458,17 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
                                    std::to_string(tile.stages) + " st" +
                                    (tile.pair ? ", pairs" : "");
           row(name.c_str(), t_gu, t_dn);
-          if (tile.pair) {  // TEMPORARY: the same pairs with each CTA loading all its boxes
-            setenv("KIMI_MOE_PAIR_NOMC", "1", 1);
+          // TEMPORARY: the pairs without shared boxes (knobs 1), with the cluster-scope
+          // release of run 1 (2, 3).
+          for (const char* k : {"1", "2", "3"}) {
+            if (!tile.pair) break;
+            setenv("KIMI_MOE_PAIR_KNOBS", k, 1);
             const double n_gu = median_ms(
                 [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
             const double n_dn = median_ms(
                 [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
-            unsetenv("KIMI_MOE_PAIR_NOMC");
-            row("  wgmma 128x256, 4 st, pairs, no mcast", n_gu, n_dn);
+            unsetenv("KIMI_MOE_PAIR_KNOBS");
+            row((std::string("  wgmma 128x256, 4 st, pairs, knobs ") + k).c_str(), n_gu, n_dn);
           }
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

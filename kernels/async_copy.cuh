@@ -150,6 +150,12 @@ __device__ __forceinline__ void mbar_arrive_cluster(unsigned bar) {
   asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(bar)
                : "memory");
 }
+// One arrival on the mbarrier at cluster address bar, with the default (CTA-scope) semantics: a
+// consumer handing a ring slot back to another CTA's producer once its MMAs reading the slot
+// retired (a cluster-scope release would also wait for this thread's earlier global stores).
+__device__ __forceinline__ void mbar_arrive_remote(unsigned bar) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
 // v into another CTA's shared memory at cluster address dst.
 __device__ __forceinline__ void st_cluster_u32(unsigned dst, uint32_t v) {
   asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");

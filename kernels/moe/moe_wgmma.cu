@@ -42,7 +42,8 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   KIMI_CHECK(items < (int64_t(1) << 31) - 1024, "moe wgmma: ", items, " work items");
   WgmmaArgs a;
   a.p = p, a.v = v, a.col_blocks = col_blocks;
-  a.no_multicast = std::getenv("KIMI_MOE_PAIR_NOMC") != nullptr;  // TEMPORARY
+  const char* knobs = std::getenv("KIMI_MOE_PAIR_KNOBS");  // TEMPORARY
+  a.knobs = knobs ? std::atoi(knobs) : 0;
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);

@@ -162,7 +162,7 @@ struct WgmmaArgs {
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
-  int no_multicast;  // TEMPORARY (A/B): pairs without shared boxes
+  int knobs;  // TEMPORARY (A/B), pairs: bit 0 no shared boxes, bit 1 cluster-scope slot release
 };
 constexpr int kWgBoxRows = 64;
 
@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       }
       bool shared = false;
       const int item = PAIR ? decode(2 * drawn + int(rank), shared) : drawn;
-      if (args.no_multicast) shared = false;
+      if (args.knobs & 1) shared = false;
       const bool idle = item < 0;  // PAIR: a pad or past the end; the ring still turns
       int m0 = 0, m_end = 0, n0 = 0, e = 0;
       if (!idle) find(item, m0, m_end, n0, e);
@@ -413,7 +413,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       __syncwarp();
       if (lane == 0) {
         mbar_arrive(empty + s);
-        if constexpr (PAIR) mbar_arrive_cluster(peer_empty + 8u * unsigned(s));
+        if constexpr (PAIR) {
+          if (args.knobs & 2)
+            mbar_arrive_cluster(peer_empty + 8u * unsigned(s));
+          else
+            mbar_arrive_remote(peer_empty + 8u * unsigned(s));
+        }
       }
     };
     const volatile int* items = slot_item;
