@@ -25,7 +25,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -400,8 +399,6 @@ void bench_decode(Weights& w, double ceiling, int l2_bytes, bool quick) {
 void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
   using kimi::cuda::moe::MoeWgmmaTile;
   const std::vector<int> Ts = quick ? std::vector<int>{4096} : std::vector<int>{4096, 16384};
-  std::printf("wgmma CTA pairs resident at once: %d (grid %d)\n", kimi::cuda::moe::moe_wgmma_max_pairs(),
-              2 * kimi::cuda::moe::moe_wgmma_max_pairs());
   const int reps = quick ? 5 : 11;
   for (int T : Ts) {
     const int R = T * K;
@@ -455,21 +452,8 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
           const double t_dn = median_ms(
               [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
           const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                   std::to_string(tile.stages) + " st" +
-                                   (tile.pair ? ", pairs" : "");
+                                   std::to_string(tile.stages) + " st";
           row(name.c_str(), t_gu, t_dn);
-          // TEMPORARY: the pairs without shared boxes (knobs 1), with the cluster-scope
-          // release of run 1 (2, 3).
-          for (const char* k : {"1", "2", "3"}) {
-            if (!tile.pair) break;
-            setenv("KIMI_MOE_PAIR_KNOBS", k, 1);
-            const double n_gu = median_ms(
-                [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
-            const double n_dn = median_ms(
-                [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
-            unsetenv("KIMI_MOE_PAIR_KNOBS");
-            row((std::string("  wgmma 128x256, 4 st, pairs, knobs ") + k).c_str(), n_gu, n_dn);
-          }
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;
       const double o_gu = median_ms([&](int) { kimi::cuda::run_moe_gate_up(gp, nullptr); }, reps, 1, 1);

@@ -134,39 +134,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const void* map, int c
       : "memory");
 }
 
-// As tma_load_2d, into the same shared-memory offset of every CTA of the cluster in cta_mask
-// (bit r: cluster rank r), completing there on the mbarrier at bar's offset.
-__device__ __forceinline__ void tma_load_2d_multicast(uint32_t dst, const void* map, int c0, int c1,
-                                                      uint64_t* bar, uint16_t cta_mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
-      ".multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-      "l"(map), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "h"(cta_mask)
-      : "memory");
-}
-// One arrival on the mbarrier at cluster address bar (another CTA's, from cluster_map), releasing
-// this thread's earlier writes at cluster scope.
-__device__ __forceinline__ void mbar_arrive_cluster(unsigned bar) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(bar)
-               : "memory");
-}
-// One arrival on the mbarrier at cluster address bar, with the default (CTA-scope) semantics: a
-// consumer handing a ring slot back to another CTA's producer once its MMAs reading the slot
-// retired (a cluster-scope release would also wait for this thread's earlier global stores).
-__device__ __forceinline__ void mbar_arrive_remote(unsigned bar) {
-  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-// v into another CTA's shared memory at cluster address dst.
-__device__ __forceinline__ void st_cluster_u32(unsigned dst, uint32_t v) {
-  asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(dst), "r"(v) : "memory");
-}
-// This CTA's rank in its cluster.
-__device__ __forceinline__ unsigned cluster_rank() {
-  unsigned r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-  return r;
-}
-
 // Fetches a tensor map (a __grid_constant__ kernel parameter) ahead of its first copy.
 __device__ __forceinline__ void prefetch_tensormap(const void* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(map) : "memory");

@@ -177,27 +177,18 @@ size_t moe_gemv_smem_bytes(const MoeGemmParams& p, bool swiglu);
 // 64. max_ctas (tests): caps the grid (0: one CTA per SM). bench_moe times all of
 // kMoeWgmmaTiles, test_moe_gpu checks all of them; run_moe_gate_up / run_moe_down take
 // moe_wgmma_tile(p).
-// pair: CTA pairs (clusters of 2) taking an expert's row tiles two at a time, each weight box
-// loaded once into both (TMA multicast); 128 × 256 × 4 only.
 struct MoeWgmmaTile {
   int bn;
   int stages;
   int max_ctas = 0;
-  bool pair = false;
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {
-    {128, 4}, {128, 6}, {256, 3}, {256, 4}, {256, 4, 0, true}};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
-// docs/perf-log.md sessions 5 and 12). In CTA pairs once the experts average a full tile of
-// rows (T·top_k >= 128·E): below that few experts have a second tile to share weights with.
-inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams& p) {
-  MoeWgmmaTile t{256, 4};
-  t.pair = int64_t(p.num_tokens) * p.top_k >= int64_t(128) * p.num_experts;
-  return t;
+// docs/perf-log.md sessions 5 and 12).
+inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
+  return MoeWgmmaTile{256, 4};
 }
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
-// Clusters of 2 CTAs of the pair kernel resident at once (the pair grid is twice this).
-int moe_wgmma_max_pairs();
 }  // namespace moe
 
 // The whole MoE block of a one-token decode step in one persistent launch (moe_decode.cuh), for

@@ -1,11 +1,9 @@
 // Launcher of the prefill grouped expert GEMMs on wgmma (moe_wgmma.cuh; chosen by moe_gemm_path).
 // Arguments are checked by run_moe_gate_up / run_moe_down before they get here.
 #include <algorithm>
-#include <cstdlib>
 #include <cstdint>
 
 #include "common.h"
-#include "launch.h"
 #include "moe/moe_wgmma.cuh"
 #include "tensor_map.h"
 
@@ -13,25 +11,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-// Clusters of 2 CTAs (one per SM) that can be resident at once for kernel (PAIR).
-template <typename Kernel>
-int max_pairs(Kernel kernel, size_t smem) {
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(2 * 132);
-  cfg.blockDim = dim3(kWgThreads);
-  cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 2, attr.val.clusterDim.y = 1, attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int n = 0;
-  CUDA_CHECK(cudaOccupancyMaxActiveClusters(&n, kernel, &cfg));
-  KIMI_CHECK(n > 0, "moe wgmma: no cluster of 2 CTAs fits");
-  return n;
-}
-
-template <int BN, int STAGES, bool SWIGLU, bool SPLIT, bool PAIR>
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -42,8 +22,6 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   KIMI_CHECK(items < (int64_t(1) << 31) - 1024, "moe wgmma: ", items, " work items");
   WgmmaArgs a;
   a.p = p, a.v = v, a.col_blocks = col_blocks;
-  const char* knobs = std::getenv("KIMI_MOE_PAIR_KNOBS");  // TEMPORARY
-  a.knobs = knobs ? std::atoi(knobs) : 0;
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
@@ -53,45 +31,23 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int64_t grid = std::min<int64_t>(items, sms);
   if (t.max_ctas > 0) grid = std::min<int64_t>(grid, t.max_ctas);
-  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT, PAIR>;
+  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  if constexpr (PAIR) {
-    // As many pairs as are resident at once (an SM without a partner in its GPC stays idle).
-    static const int pairs = max_pairs(kernel, Shape::kSmemBytes);
-    grid = 2 * std::max<int64_t>(1, std::min<int64_t>(pairs, grid / 2));
-    LaunchOptions o;
-    o.smem = Shape::kSmemBytes;
-    o.cluster = dim3(2, 1, 1);
-    launch_kernel(kernel, dim3(unsigned(grid)), dim3(kWgThreads), o, stream, a);
-  } else {
-    kernel<<<unsigned(std::max<int64_t>(grid, 1)), kWgThreads, Shape::kSmemBytes, stream>>>(a);
-  }
+  kernel<<<unsigned(std::max<int64_t>(grid, 1)), kWgThreads, Shape::kSmemBytes, stream>>>(a);
   KIMI_CHECK_LAUNCH();
 }
 
 template <bool SWIGLU, bool SPLIT>
 void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
-  if (t.pair) {
-    if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT, true>(p, t, stream);
-    KIMI_CHECK(false, "moe wgmma: CTA pairs only with the 128 x 256 tile, 4 stages");
-  }
-  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT, false>(p, t, stream);
-  if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT, false>(p, t, stream);
-  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT, false>(p, t, stream);
-  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT, false>(p, t, stream);
+  if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT>(p, t, stream);
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT>(p, t, stream);
   KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
 }
 
 }  // namespace
-
-int moe_wgmma_max_pairs() {
-  using Shape = WgmmaShape<256, 4>;
-  auto kernel = moe_wgmma_kernel<256, 4, true, false, true>;
-  CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
-  return max_pairs(kernel, Shape::kSmemBytes);
-}
 
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream) {
   KIMI_CHECK(p.block_m == kWgRows, "moe wgmma: the permutation must use block_m ", kWgRows,

@@ -40,18 +40,6 @@
 // SPLIT (high precision, moe.h): 2·⌈K/64⌉ k steps, the second half over the lo plane of the input
 // with the same weights (one accumulator: W·hi + W·lo); gate_up stores act = bf16(v) and
 // act_lo = bf16(v − act).
-// Pairs (PAIR, MoeWgmmaTile::pair): clusters of 2 CTAs on neighbouring SMs take units of two
-// items from the counter (rank 0 draws and hands the unit to rank 1 through its shared memory).
-// The items are laid out in slots: per expert, its row tiles two at a time (tiles 2j and 2j + 1
-// of each column block in adjacent slots, a "pair item" each), its odd last tile's column blocks
-// one per slot; unit u is slots 2u (rank 0) and 2u + 1 (rank 1). For a pair item each CTA loads
-// half of the weight boxes by TMA multicast into both CTAs' ring slot, so the two tiles of an
-// expert read each weight box from L2 once instead of twice (with an expert's second tile nearly
-// empty at T = 4096, the re-read was a third of the L2 → SM weight traffic). Pair items start at
-// even slots: an expert starting at an odd slot puts its odd-length leftover first, or is
-// preceded by an idle pad slot. The rings of the two CTAs turn together: every consumer warp
-// hands a slot back to both CTAs' empty barriers, and an idle item (a pad, past the end) still
-// passes its k steps through the ring without copies.
 // Deterministic: a fixed k order per output value (the item counter only decides which CTA
 // computes an item).
 #pragma once
@@ -162,15 +150,13 @@ struct WgmmaArgs {
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
-  int knobs;  // TEMPORARY (A/B), pairs: bit 0 no shared boxes, bit 1 cluster-scope slot release
 };
 constexpr int kWgBoxRows = 64;
 
 // Experts the kernel's shared-memory tables hold (tile starts and row offsets).
 constexpr int kWgMaxExperts = 1024;
 
-// PAIR: CTA pairs (thread-block clusters of 2) over the work items, see "Pairs" above.
-template <int BN, int STAGES, bool SWIGLU, bool SPLIT, bool PAIR>
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 __global__ void __launch_bounds__(kWgThreads, 1)
     moe_wgmma_kernel(const __grid_constant__ WgmmaArgs args) {
   using Shape = WgmmaShape<BN, STAGES>;
@@ -185,10 +171,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   __shared__ int slot_item[STAGES];      // the item whose first k step the slot holds, or −1
   __shared__ int fetched[2];             // the producer's drawn item, by item parity
   __shared__ int s_tile_start[kWgMaxExperts + 1], s_offsets[kWgMaxExperts + 1];
-  // PAIR: each expert's first slot · 2 + its leftover-first flag; [E]: the slots · 2.
-  __shared__ int s_slot[PAIR ? kWgMaxExperts + 1 : 1];
-  __shared__ uint64_t unit_bars[PAIR ? 4 : 1];  // PAIR: unit_full[2] (rank 1), unit_empty[2] (rank 0)
-  __shared__ int unit_box[2];                   // PAIR: rank 0's drawn unit, in rank 1
   uint64_t* const full = bars;
   uint64_t* const empty = bars + STAGES;
   const uint32_t raw_addr = smem_u32(wg_smem_raw);
@@ -204,47 +186,14 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     s_tile_start[i] = v.tile_start[i];
     s_offsets[i] = v.offsets[i];
   }
-  const unsigned rank = PAIR ? cluster_rank() : 0;
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       mbar_init(full + s, 128 + 1);  // the producers' copies + the weights' expect_tx
-      mbar_init(empty + s, (PAIR ? 2 : 1) * kWgConsumerWarps);  // PAIR: both CTAs' consumers
+      mbar_init(empty + s, kWgConsumerWarps);
     }
-    if constexpr (PAIR)
-      for (int i = 0; i < 4; ++i) mbar_init(unit_bars + i, 1);
     fence_mbar_init();
   }
   __syncthreads();
-  if constexpr (PAIR) {
-    // Warp 0 lays out the slots (see "Pairs"): lane l walks experts [l·C, l·C + C); the walk
-    // depends on the start's parity only, so each lane measures its chunk from both parities,
-    // then the lanes' starts follow in lane order, then each lane writes its experts' starts.
-    if (tid < 32) {
-      const int C = (E + 31) / 32, e_lo = min(E, tid * C), e_hi = min(E, e_lo + C);
-      auto walk = [&](int pos, bool write) {
-        for (int e = e_lo; e < e_hi; ++e) {
-          const int nt = s_tile_start[e + 1] - s_tile_start[e];
-          const int lc = (nt & 1) * col_blocks, pairs = nt / 2;
-          const bool odd = pos & 1, lf = odd && (lc & 1);
-          pos += odd && !(lc & 1) && pairs > 0;  // a pad slot keeps the pairs aligned
-          if (write) s_slot[e] = 2 * pos + int(lf);
-          pos += nt * col_blocks;
-        }
-        return pos;
-      };
-      const int len0 = walk(0, false), len1 = walk(1, false) - 1;
-      int pos = 0, mine = 0;
-      for (int l = 0; l < 32; ++l) {
-        const int a0 = __shfl_sync(0xffffffffu, len0, l), a1 = __shfl_sync(0xffffffffu, len1, l);
-        if (tid == l) mine = pos;
-        pos += (pos & 1) ? a1 : a0;
-      }
-      walk(mine, true);
-      if (tid == 0) s_slot[E] = 2 * pos;
-    }
-    cluster_arrive_release();  // the barriers' init and the slots, before any remote arrival
-    cluster_wait_acquire();
-  }
   const int n_items = s_tile_start[E] * col_blocks;
   int* const next = v.gemm_next + (SWIGLU ? 1 : 0);
   // Item → (expert's rows [m0, m_end), first output column n0).
@@ -263,35 +212,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     m_end = s_offsets[lo + 1];
     n0 = cb * (SWIGLU ? BN / 2 : BN);
   };
-  // PAIR: slot → its item (tile · col_blocks + column block), −2 for a pad or past the end;
-  // shared: a pair item (the other CTA's item of the unit has the same weight boxes).
-  auto decode = [&](int slot, bool& shared) {
-    shared = false;
-    if (slot >= (s_slot[E] >> 1)) return -2;
-    int lo = 0, hi = E - 1;  // largest e with its first slot <= slot
-    while (lo < hi) {
-      const int mid = (lo + hi + 1) / 2;
-      if ((s_slot[mid] >> 1) <= slot)
-        lo = mid;
-      else
-        hi = mid - 1;
-    }
-    const int nt = s_tile_start[lo + 1] - s_tile_start[lo];
-    const bool lf = s_slot[lo] & 1;
-    int q = slot - (s_slot[lo] >> 1);
-    if (q >= nt * col_blocks) return -2;
-    const int lc = (nt & 1) * col_blocks, pr = nt / 2 * 2 * col_blocks;
-    int tile, cb;
-    if (lf ? q < lc : q >= pr) {
-      tile = nt - 1, cb = lf ? q : q - pr;
-    } else {
-      if (lf) q -= lc;
-      const int pair = q / (2 * col_blocks), w = q - pair * 2 * col_blocks;
-      tile = 2 * pair + (w & 1), cb = w >> 1;
-      shared = true;
-    }
-    return (s_tile_start[lo] + tile) * col_blocks + cb;
-  };
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
@@ -302,35 +222,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     const uint32_t dst_in_row = uint32_t((piece ^ (row0 % 8)) * 16);  // row0 + 16 i ≡ row0 mod 8
     int s = 0;       // ring slot of the next k step, over all items
     uint32_t ph = 0; // its use count's parity
-    // PAIR: units of two slots; rank 0 draws, hands the unit to rank 1 (unit_box, unit_full)
-    // and reuses a box once rank 1 took its last value (unit_empty).
-    const int n_draws = PAIR ? ((s_slot[E] >> 1) + 1) / 2 : n_items;
-    const int drawers = PAIR ? int(gridDim.x) / 2 : int(gridDim.x);
     for (int it = 0;; ++it) {
-      if (tid == 0) {
-        if constexpr (PAIR) {
-          const int b = it & 1;
-          int u;
-          if (rank == 0) {
-            u = atomicAdd(next, 1);
-            if (it >= 2) mbar_wait_cluster(unit_bars + 2 + b, ((it >> 1) - 1) & 1);
-            st_cluster_u32(cluster_map(unit_box + b, 1), uint32_t(u));
-            mbar_arrive_cluster(cluster_map(unit_bars + b, 1));
-          } else {
-            mbar_wait_cluster(unit_bars + b, (it >> 1) & 1);
-            u = *static_cast<volatile int*>(unit_box + b);
-            mbar_arrive_cluster(cluster_map(unit_bars + 2 + b, 0));
-          }
-          fetched[b] = u;
-        } else {
-          fetched[it & 1] = atomicAdd(next, 1);
-        }
-      }
+      if (tid == 0) fetched[it & 1] = atomicAdd(next, 1);
       bar_sync(1, 128);  // the 128 producer threads
-      const int drawn = fetched[it & 1];
-      if (drawn >= n_draws) {
-        // The launch's last draw: every CTA (PAIR: rank 0) has drawn its past-the-end number.
-        if (tid == 0 && rank == 0 && drawn == n_draws + drawers - 1) *next = 0;
+      const int item = fetched[it & 1];
+      if (item >= n_items) {
+        // The launch's last draw: every CTA has drawn its past-the-end number.
+        if (tid == 0 && item == n_items + int(gridDim.x) - 1) *next = 0;
         mbar_wait(empty + s, ph ^ 1);
         if (tid == 0) {
           slot_item[s] = -1;
@@ -339,12 +237,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         mbar_arrive(full + s);
         break;
       }
-      bool shared = false;
-      const int item = PAIR ? decode(2 * drawn + int(rank), shared) : drawn;
-      if (args.knobs & 1) shared = false;
-      const bool idle = item < 0;  // PAIR: a pad or past the end; the ring still turns
-      int m0 = 0, m_end = 0, n0 = 0, e = 0;
-      if (!idle) find(item, m0, m_end, n0, e);
+      int m0, m_end, n0, e;
+      find(item, m0, m_end, n0, e);
       const int w_row = SWIGLU ? e * 2 * p.inter + n0 : e * p.hidden + n0;  // tensor map row
       const bf16* a_src[kAPieces];
 #pragma unroll
@@ -365,28 +259,18 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           // The weight rows as TMA boxes (k past K zero-filled; rows past N belong to columns
           // that are not stored). gate_up: the first BN/2 tile rows are gate rows, then up rows.
           if (kt == 0) slot_item[s] = item;  // released by the arrival below
-          if (idle) {
-            mbar_arrive(full + s);
-          } else {
-            mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
-            // A pair item: this CTA loads every other box into both CTAs (the other CTA the
-            // rest), into the same slot there; both expect all BN rows on their own barrier.
+          mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes));
 #pragma unroll
-            for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
-              const int r = bx * kWgBoxRows;
-              const int row = SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r;
-              const uint32_t dst = smem_addr + st + Shape::kABytes + r * 128;
-              if (!shared)
-                tma_load_2d(dst, &args.b, k0, row, full + s);
-              else if ((bx & 1) == int(rank))
-                tma_load_2d_multicast(dst, &args.b, k0, row, full + s, uint16_t(3));
-            }
+          for (int bx = 0; bx < BN / kWgBoxRows; ++bx) {
+            const int r = bx * kWgBoxRows;
+            const int row = SWIGLU && r >= BN / 2 ? w_row + p.inter + r - BN / 2 : w_row + r;
+            tma_load_2d(smem_addr + st + Shape::kABytes + r * 128, &args.b, k0, row, full + s);
           }
         }
         const int k = k0 + piece * 8;
         const bool k_ok = k < Kd;
 #pragma unroll
-        for (int i = 0; i < kAPieces && !idle; ++i) {
+        for (int i = 0; i < kAPieces; ++i) {
           const bool ok = k_ok && a_src[i];
           const bf16* src = a_src[i] + k;
           if (lo && a_src[i])  // the same row of the lo plane
@@ -406,20 +290,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     // serialize the 128-column tiles' wgmmas (C7515). An idle warpgroup stores none of it.
     float acc[kNH][64];
     // Every warp's wgmmas are done reading the slot (after its wait): one arrival per warp.
-    // PAIR: the other CTA's producer writes this slot too (shared boxes): both CTAs' empty
-    // barriers take every warp's arrival, so the two rings turn together.
-    const unsigned peer_empty = PAIR ? cluster_map(empty, rank ^ 1u) : 0u;
     auto release = [&](int s) {
       __syncwarp();
-      if (lane == 0) {
-        mbar_arrive(empty + s);
-        if constexpr (PAIR) {
-          if (args.knobs & 2)
-            mbar_arrive_cluster(peer_empty + 8u * unsigned(s));
-          else
-            mbar_arrive_remote(peer_empty + 8u * unsigned(s));
-        }
-      }
+      if (lane == 0) mbar_arrive(empty + s);
     };
     const volatile int* items = slot_item;
     int s = 0;
@@ -427,9 +300,9 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     for (;;) {
       mbar_wait(full + s, ph);
       const int item = __shfl_sync(0xffffffffu, items[s], 0);
-      if (item == -1) break;
-      int m0 = 0, m_end = 0, n0 = 0, e = 0;
-      if (item >= 0) find(item, m0, m_end, n0, e);  // −2 (PAIR): an idle item, nothing stored
+      if (item < 0) break;
+      int m0, m_end, n0, e;
+      find(item, m0, m_end, n0, e);
       const bool busy = __shfl_sync(0xffffffffu, int(m0 + 64 * cw < m_end), 0) != 0;
       int prev = 0;
       for (int kt = 0; kt < KT; ++kt) {
@@ -455,11 +328,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         wg_store<BN, SWIGLU, SPLIT>(p, acc, m0 + 64 * cw + 16 * warp + lane / 4, m_end, n0, lane);
       }
     }
-  }
-  if constexpr (PAIR) {
-    // No CTA leaves while the other may still arrive on its barriers.
-    cluster_arrive_release();
-    cluster_wait_acquire();
   }
 }
 

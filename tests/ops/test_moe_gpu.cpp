@@ -359,8 +359,7 @@ void check_experts(ExpertWeights& w, const ExpertCase& c, int block_m,
     std::string what = str(path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I,
                            " BM", block_m);
     if (wgmma_tile && path == cuda::MoeGemmPath::kWgmma)
-      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages, " ctas ", wgmma_tile->max_ctas,
-                wgmma_tile->pair ? " pairs" : "");
+      what += str(" tile ", wgmma_tile->bn, "x", wgmma_tile->stages, " ctas ", wgmma_tile->max_ctas);
     gp.path = path;
     gp.block_m = block_m_for(path, block_m);
     if (path != cuda::MoeGemmPath::kAuto) {
@@ -1069,13 +1068,11 @@ TEST(MoeGpu, PathChoice) {
     p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
     EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
   }
-  // The wgmma tile: 128 × 256, 4 stages, at every size; CTA pairs from 128 rows per expert on
-  // average (T = 4096 at 256 experts, top 8).
-  for (int T : {64, 1024, 4095, 4096, 16384}) {
+  // The wgmma tile: 128 × 256, 4 stages, at every size.
+  for (int T : {4096, 16384}) {
     p.num_tokens = T;
     EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).bn, 256) << "T " << T;
     EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).stages, 4) << "T " << T;
-    EXPECT_EQ(cuda::moe::moe_wgmma_tile(p).pair, T >= 4096) << "T " << T;
   }
   p.path = cuda::MoeGemmPath::kTiled;  // forced: the old kernel stays selectable
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
@@ -1387,8 +1384,7 @@ void check_experts_split(ExpertWeights& w, int T, int K, cuda::MoeGemmPath path,
     std::copy_n(&y_rows[r * hidden], hidden, &y_pair[size_t(i) * hidden]);
   }
   std::string what = str("split ", path_name(path), " T", T, " E", E, " K", K, " hid", hidden, " I", I);
-  if (tile)
-    what += str(" tile ", tile->bn, "x", tile->stages, " ctas ", tile->max_ctas, tile->pair ? " pairs" : "");
+  if (tile) what += str(" tile ", tile->bn, "x", tile->stages, " ctas ", tile->max_ctas);
   const ErrorStats ea = expect_close(what + " act", act_pair.data(), act_ref.data(), act_pair.size(), 5e-5, 1e-3);
   const ErrorStats eh = compare(hi_pair.data(), act_ref.data(), act_ref.size());
   EXPECT_GT(eh.rel_rms, 20 * ea.rel_rms) << what << ": the hi plane alone is " << eh.rel_rms << " off";
@@ -1487,8 +1483,7 @@ TEST(MoeGpu, WgmmaLayoutProbe) {
               std::printf("    [probe] %d rows, tile %dx%d %s: y[%d, %d] = %g, want %g\n", T,
                           tile.bn, tile.stages, pattern ? "k pattern" : "n pattern", r, n, got, want);
           }
-        EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages
-                          << (tile.pair ? " pairs" : "") << " pattern " << pattern;
+        EXPECT_EQ(bad, 0) << T << " rows, tile " << tile.bn << "x" << tile.stages << " pattern " << pattern;
         EXPECT_TRUE(dy.guards_intact());
       }
     }
