@@ -173,7 +173,7 @@ void bench_logprobs(double ceiling, bool quick) {
         p.sampled = dtok.data();
         p.requests = dq.data();
         p.out = dout.data();
-        p.one_cta = one_cta;
+        p.kernel = one_cta ? kimi::cuda::LogprobKernel::kOneCta : kimi::cuda::LogprobKernel::kSplit;
         const double ms = graph_ms(
             [&](int i, cudaStream_t s) {
               p.logits = logits.data() + size_t(i % sets) * rows * V;

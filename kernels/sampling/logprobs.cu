@@ -16,8 +16,8 @@
 //      (warp rounds, then a rank among the warps' candidates) and its count go to a static
 //      workspace, and the request's last CTA (a ticket, set back to 0 for the next launch) sums
 //      the counts, merges the chunks' lists the same way and writes the record.
-// The former kernel, one CTA of 512 threads per request and three passes over its row, stays for
-// bench_sampling's comparison (LogprobParams::one_cta):
+// One CTA of 512 threads per request and three passes over its row (the first kernel; it serves
+// many requests that ask for no alternatives, logprobs.h):
 //   1. max over the row and whether it holds a NaN or +inf (then lse is NaN, as on the host);
 //   2. Σ exp(double(l) - max) in double per thread, reduced in double; lse rounded to fp32;
 //   3. lp_i = l_i - lse; rank and each thread's 20 best keys sorted in registers (a
@@ -527,6 +527,13 @@ __global__ void __launch_bounds__(kSplitThreads)
 
 }  // namespace logprobs
 
+LogprobKernel choose_logprob_kernel(const LogprobParams& p) {
+  KIMI_CHECK(p.max_k >= 0 && p.max_k <= kMaxTopLogprobs, "logprobs: max_k ", p.max_k);
+  if (p.kernel != LogprobKernel::kAuto) return p.kernel;
+  return p.max_k == 0 && p.count >= kLogprobOneCtaFromRequests ? LogprobKernel::kOneCta
+                                                               : LogprobKernel::kSplit;
+}
+
 void run_logprobs(const LogprobParams& p0, cudaStream_t stream) {
   LogprobParams p = p0;
   KIMI_CHECK(p.count >= 0, "logprobs: ", p.count, " requests");
@@ -536,7 +543,7 @@ void run_logprobs(const LogprobParams& p0, cudaStream_t stream) {
   if (p.stride == 0) p.stride = p.vocab;
   KIMI_CHECK(p.stride >= p.vocab, "logprobs: stride ", p.stride, " below vocab ", p.vocab);
   KIMI_CHECK(p.count <= INT_MAX / 2, "logprobs: ", p.count, " requests");
-  if (p.one_cta) {
+  if (choose_logprob_kernel(p) == LogprobKernel::kOneCta) {
     logprobs::one_cta_kernel<<<p.count, logprobs::kThreads, 0, stream>>>(p);
     KIMI_CHECK_LAUNCH();
     return;

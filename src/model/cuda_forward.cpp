@@ -665,6 +665,7 @@ struct CudaModel::DrawStage {
   size_t off_rows = 0, off_csr = 0, off_adj = 0, off_req = 0;
   std::vector<int> host_slot;
   std::vector<int> req_rows;
+  std::vector<int> req_k;  // the requests' k, in req_rows' order
 };
 
 static_assert(sizeof(RowLogprobs) == sizeof(cuda::LogprobRecord) &&
@@ -690,7 +691,7 @@ CudaModel::DrawStage CudaModel::stage_draws(const DrawBatch& d, int R, std::vect
     if (x.host) st.host_slot[r] = num_host++;
     KIMI_CHECK(valid_logprob_request(x, V), "draw row ", r, ": logprobs ", x.logprobs, " of token ",
                x.logprob_token, (x.host ? " (a host row)" : ""));
-    if (x.logprobs >= 0) st.req_rows.push_back(r);
+    if (x.logprobs >= 0) st.req_rows.push_back(r), st.req_k.push_back(x.logprobs);
   }
   host_logits.resize(size_t(num_host) * V);
   static_assert(sizeof(LogitAdjust) == sizeof(cuda::SampleAdjust), "one layout, copied as bytes");
@@ -767,6 +768,7 @@ void CudaModel::draw_rows(const DrawStage& st, const float* logits, int r0, int 
     lp.sampled = st.dev_tok + r0;
     lp.requests = reinterpret_cast<const cuda::LogprobRequest*>(st.dev + st.off_req) + q0;
     lp.out = st.dev_rec + q0;
+    lp.max_k = *std::max_element(st.req_k.begin() + q0, st.req_k.begin() + q1);
     cuda::run_logprobs(lp, m.stream);
     CUDA_CHECK(cudaMemcpyAsync(st.host_rec + q0, st.dev_rec + q0,
                                size_t(q1 - q0) * sizeof(cuda::LogprobRecord),

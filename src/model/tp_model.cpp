@@ -4,8 +4,10 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <latch>
 #include <mutex>
 #include <thread>
 
@@ -251,14 +253,36 @@ bool TpModel::forward_sampled(const Batch& batch, const DrawBatch& draws, std::v
   // rows of the whole vocabulary after the caches took their share: those steps go to the host.
   if (R > batch.num_seqs()) return false;
   KIMI_CHECK(int(draws.rows.size()) == R, "draws for ", draws.rows.size(), " rows, the step has ", R);
-  float* gathered = nullptr;
-  run_on_all([&](int r, CudaModel& m) {
-    if (r == 0) gathered = m.logits_gather_buffer(size_t(R) * V);
-  });
+  if (size_t(R) * V > gather_floats_) {  // grows only when a step has more rows than all before
+    run_on_all([&](int r, CudaModel& m) {
+      if (r == 0) gather_ = m.logits_gather_buffer(size_t(R) * V);
+    });
+    gather_floats_ = size_t(R) * V;
+  }
+  float* gathered = gather_;
   ranks_[0]->on_layer_output = on_layer_output;
-  run_on_all([&](int, CudaModel& m) { m.forward_into(batch, gathered, V); });  // peer copies
+  // One round: every rank copies its columns into GPU 0's buffer (forward_into returns once its
+  // stream is done, copies included); GPU 0's thread waits for all of them, then draws. A rank
+  // that fails still counts itself down, so GPU 0 never waits for it.
+  std::latch copied(world());
+  std::atomic<bool> failed{false};
   run_on_all([&](int r, CudaModel& m) {
-    if (r == 0) m.sample_gathered(gathered, R, draws, tokens, host_logits, logprobs);
+    {
+      struct Arrive {
+        std::latch& l;
+        ~Arrive() { l.count_down(); }
+      } arrive{copied};
+      try {
+        m.forward_into(batch, gathered, V);  // peer copies
+      } catch (...) {
+        failed = true;
+        throw;
+      }
+    }
+    if (r != 0) return;
+    copied.wait();
+    if (failed) fail("tensor parallelism: a rank failed before its logits reached GPU 0");
+    m.sample_gathered(gathered, R, draws, tokens, host_logits, logprobs);
   });
   return true;
 }

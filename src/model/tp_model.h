@@ -52,6 +52,8 @@ class TpModel final : public Model {
   void setup_peer_allreduce();
   void release_rank(int r);  // on rank r's thread: its CudaModel and peer memory
   std::vector<void*> peer_mem_;  // per rank: staging + flags of the peer all-reduce
+  float* gather_ = nullptr;      // GPU 0's buffer of gathered logits rows (forward_sampled)
+  size_t gather_floats_ = 0;
   ModelConfig cfg_;
   std::unique_ptr<TpRound> round_;
   std::vector<void*> comms_;  // ncclComm_t per rank

@@ -99,9 +99,9 @@ struct Counts {
 
 // One launch over R rows of V (row pitch stride): a record for every row, and a second request
 // for some rows (of a low-ranked token), some of the drawn token.
-// one_cta: the former kernel (one CTA per request), kept for bench_sampling's comparison.
+// kernel: which kernels serve it; no_top: every request asks for k = 0 (and says so in max_k).
 void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts& c,
-              bool one_cta = false) {
+              cuda::LogprobKernel kernel = cuda::LogprobKernel::kAuto, bool no_top = false) {
   std::mt19937 rng(seed);
   std::vector<float> logits(size_t(R) * size_t(stride), 0.f);
   std::vector<int> sampled(static_cast<size_t>(R));
@@ -113,7 +113,7 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
     std::copy(l.begin(), l.end(), logits.begin() + size_t(r) * size_t(stride));
     sampled[size_t(r)] = any(rng);
     const int ks[] = {0, 1, kMaxTopLogprobs, anyk(rng)};
-    const int k = ks[size_t(r) % 4];
+    const int k = no_top ? 0 : ks[size_t(r) % 4];
     const int argmax = int(std::max_element(l.begin(), l.end()) - l.begin());
     const int worst = int(std::min_element(l.begin(), l.end()) - l.begin());
     switch (r % 4) {
@@ -130,7 +130,7 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
         req.push_back({row_begin + r, -1, k});
         break;  // the drawn token
     }
-    if (r % 3 == 0) req.push_back({row_begin + r, any(rng), anyk(rng)});
+    if (r % 3 == 0) req.push_back({row_begin + r, any(rng), no_top ? 0 : anyk(rng)});
   }
   cuda::DeviceBuffer<float> dl(logits.size());
   cuda::DeviceBuffer<int> ds(sampled.size());
@@ -150,7 +150,8 @@ void run_case(int V, int R, int64_t stride, int row_begin, uint32_t seed, Counts
   p.sampled = ds.data();
   p.requests = dq.data();
   p.out = dout.data();
-  p.one_cta = one_cta;
+  p.max_k = no_top ? 0 : kMaxTopLogprobs;
+  p.kernel = kernel;
   cuda::run_logprobs(p, nullptr);
   std::vector<RowLogprobs> got(req.size());
   CUDA_CHECK(cudaMemcpy(static_cast<void*>(got.data()), dout.data(), dout.bytes(),
@@ -189,8 +190,11 @@ TEST(LogprobsGpu, MatchesHostOnRandomRows) {
     for (int rows : {1, 9, 40}) run_case(V, rows, V, 0, seed++, c);
   run_case(1000, 17, 1003, 500, seed++, c);  // a row pitch above the vocabulary, a window of rows
   run_case(163840, 300, 163840, 0, seed++, c);      // a prompt-logprobs chunk's worth (2 launches)
-  run_case(163840, 9, 163840, 0, seed++, c, true);  // the one-CTA kernel
-  run_case(1000, 17, 1003, 500, seed++, c, true);
+  const auto one_cta = cuda::LogprobKernel::kOneCta;
+  run_case(163840, 9, 163840, 0, seed++, c, one_cta);
+  run_case(1000, 17, 1003, 500, seed++, c, one_cta);
+  run_case(163840, 70, 163840, 0, seed++, c, cuda::LogprobKernel::kAuto, true);  // auto: one CTA
+  run_case(1000, 70, 1000, 0, seed++, c, cuda::LogprobKernel::kSplit, true);
   std::printf("    [logprobs] %d records, %d bit-exact\n", c.records, c.exact);
   EXPECT_GE(c.exact, c.records - c.records / 200);
 #endif
@@ -329,6 +333,28 @@ TEST(LogprobsGpu, KnownAnswers) {
 }
 
 // The launcher's checks, before anything touches a GPU (runs without one).
+// Many requests without alternatives go to one CTA per request, everything else to the split
+// kernels, and a forced choice stands.
+TEST(LogprobsGpu, KernelChoice) {
+#if KIMI_HAVE_CUDA
+  using K = cuda::LogprobKernel;
+  auto pick = [](int count, int max_k, K forced = K::kAuto) {
+    cuda::LogprobParams p;
+    p.count = count, p.max_k = max_k, p.kernel = forced;
+    return cuda::choose_logprob_kernel(p);
+  };
+  EXPECT_EQ(pick(cuda::kLogprobOneCtaFromRequests, 0), K::kOneCta);
+  EXPECT_EQ(pick(4096, 0), K::kOneCta);
+  EXPECT_EQ(pick(cuda::kLogprobOneCtaFromRequests - 1, 0), K::kSplit);
+  EXPECT_EQ(pick(4096, 1), K::kSplit);
+  EXPECT_EQ(pick(4096, kMaxTopLogprobs), K::kSplit);
+  EXPECT_EQ(pick(1, 5, K::kOneCta), K::kOneCta);
+  EXPECT_EQ(pick(4096, 0, K::kSplit), K::kSplit);
+#else
+  GTEST_SKIP() << "built without the CUDA backend";
+#endif
+}
+
 TEST(LogprobsGpu, RefusesBadArguments) {
 #if KIMI_HAVE_CUDA
   float f = 0.f;
@@ -354,6 +380,8 @@ TEST(LogprobsGpu, RefusesBadArguments) {
   bad([](auto& p) { p.requests = nullptr; }, "null pointer");
   bad([](auto& p) { p.out = nullptr; }, "null pointer");
   bad([](auto& p) { p.vocab = 8, p.stride = 7; }, "stride 7 below vocab 8");
+  bad([](auto& p) { p.max_k = 21; }, "max_k 21");
+  bad([](auto& p) { p.max_k = -1; }, "max_k -1");
   cuda::LogprobParams none;  // nothing to do: no launch, no error
   EXPECT_NO_THROW(cuda::run_logprobs(none, nullptr));
 #else
