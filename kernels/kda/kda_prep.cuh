@@ -72,7 +72,8 @@ constexpr int kPrepThreads = 3 * 32 * kPrepRuns;  // a warp per (part, run)
 // norm's sum is a warp butterfly.
 template <typename Act>
 __device__ __forceinline__ void prep_run(const KdaPrepParamsT<Act>& p, int h, int part, int d0,
-                                         int tb, const typename Vec4<Act>::type (&x)[kPrepRun + 3]) {
+                                         int tb,
+                                         const typename Vec4<Act>::type (&x)[kPrepRun + 3]) {
   constexpr int D = kKdaD;
   const int H = p.num_heads, HD = H * D, C = 3 * HD, T = p.num_tokens;
   const int ch0 = part * HD + h * D + d0;
