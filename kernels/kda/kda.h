@@ -89,6 +89,9 @@ struct KdaPrepParamsT {
   T* q = nullptr;                   // [T, H, D]  L2-normed, scaled by D^-1/2
   T* k = nullptr;                   // [T, H, D]  L2-normed
   T* v = nullptr;                   // [T, H, D]
+  // bf16's kernel: -1 by step length (kda_prep.cu), 0 the register kernel, 1 the bulk-copy tile
+  // kernel (needs 16-byte aligned qkv). fp32 has the register kernel only.
+  int tile = -1;
 };
 using KdaPrepParams = KdaPrepParamsT<bf16>;
 // conv + SiLU + L2 norm of q and k (the gate and beta are left to the scans, which read f and b:

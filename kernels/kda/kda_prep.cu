@@ -18,13 +18,21 @@ void conv_state(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
   KIMI_CHECK_LAUNCH();
 }
 
-// bf16 with 16-byte aligned rows: the bulk-copy tile kernel (one H200, H = 32, against the
-// register kernel in the same process: T = 128k 2.21 vs 2.61 ms = 69% vs 59% of copy, 32k 0.574
-// vs 0.664 ms, 4k 0.098 vs 0.094 ms; docs/perf-log.md session 13). Launches it and returns true,
-// or returns false: fp32 (high precision) and other alignments take the register kernel.
-bool prep_tile(const KdaPrepParamsT<float>&, cudaStream_t) { return false; }
+// bf16 with 16-byte aligned rows, steps of kPrepTileMinTokens or more: the bulk-copy tile kernel
+// (one H200, H = 32, against the register kernel in the same process: T = 128k 2.21 vs 2.61 ms =
+// 69% vs 59% of copy, 32k 0.574 vs 0.664 ms, but 4k 0.098 vs 0.094 ms; docs/perf-log.md session
+// 13; the bound lies between the measured sizes). Launches it and returns true, or returns false:
+// shorter steps (the engine's default 2048-token steps among them), fp32 (high precision) and
+// other alignments take the register kernel.
+constexpr int kPrepTileMinTokens = 16384;
+bool prep_tile(const KdaPrepParamsT<float>& p, cudaStream_t) {
+  KIMI_CHECK(p.tile < 1, "prep: the tile kernel has no fp32 form");
+  return false;
+}
 bool prep_tile(const KdaPrepParamsT<bf16>& p, cudaStream_t stream) {
-  if ((reinterpret_cast<uintptr_t>(p.qkv) & 15u) != 0) return false;
+  const bool aligned = (reinterpret_cast<uintptr_t>(p.qkv) & 15u) == 0;
+  KIMI_CHECK(p.tile < 1 || aligned, "prep: the tile kernel needs 16-byte aligned qkv");
+  if (p.tile == 0 || !aligned || (p.tile < 0 && p.num_tokens < kPrepTileMinTokens)) return false;
   const int64_t tiles = int64_t(ceil_div(p.num_tokens, kda::kPrepTileTokens)) * p.num_heads;
   KIMI_CHECK(tiles < (int64_t(1) << 31), "too many prep tiles for the grid: ", tiles);
   CUDA_CHECK(cudaFuncSetAttribute(kda::kda_prep_tile_kernel,
@@ -39,6 +47,7 @@ template <typename T>
 void prep(const KdaPrepParamsT<T>& p, cudaStream_t stream) {
   KIMI_CHECK(p.num_seqs >= 0 && p.num_tokens >= 0 && p.num_heads > 0 && p.num_heads <= 65535,
              "seqs ", p.num_seqs, ", tokens ", p.num_tokens, ", heads ", p.num_heads);
+  KIMI_CHECK(p.tile >= -1 && p.tile <= 1, "prep: tile must be -1, 0 or 1, got ", p.tile);
   if (p.num_seqs == 0) return;
   KIMI_CHECK(
       p.cu_seqlens && p.slots && p.qkv && p.conv_state && p.q && p.k && p.v && p.w.conv_weight,

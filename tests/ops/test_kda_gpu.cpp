@@ -500,7 +500,9 @@ TEST(KdaGpu, DecodePdlChain) {
 // with random initial conv and recurrent states.
 enum class Scan { kRecurrent, kChunked };
 
-void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed) {
+// prep_tile: the prep kernel (KdaPrepParams::tile, forced: these steps are shorter than where the
+// model takes the tile kernel).
+void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed, int prep_tile) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
   std::vector<int> cu(S + 1, 0);
@@ -540,6 +542,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   pp.q = d_q.data();
   pp.k = d_k.data();
   pp.v = d_v.data();
+  pp.tile = prep_tile;
   cuda::run_kda_prep(pp, nullptr);
 
   const cuda::KdaScanParams sp = cuda::kda_scan_after_prep(pp, d_state.data(), d_o.data());
@@ -736,7 +739,7 @@ class KdaPrefillGpu : public ::testing::TestWithParam<std::tuple<int, Scan>> {};
 TEST_P(KdaPrefillGpu, SingleSequence) {
   KIMI_REQUIRE_GPU();
   const auto [len, scan] = GetParam();
-  run_prefill_case({len}, 8, scan, 100 + len);
+  run_prefill_case({len}, 8, scan, 100 + len, scan == Scan::kChunked);  // both prep kernels
 }
 INSTANTIATE_TEST_SUITE_P(Lengths, KdaPrefillGpu,
                          ::testing::Combine(::testing::Values(1, 7, 63, 64, 65, 769),
@@ -744,19 +747,19 @@ INSTANTIATE_TEST_SUITE_P(Lengths, KdaPrefillGpu,
 
 TEST(KdaGpu, PrefillMixedVarlenRecurrent) {
   KIMI_REQUIRE_GPU();
-  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kRecurrent, 7);
+  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kRecurrent, 7, 0);
 }
 TEST(KdaGpu, PrefillMixedVarlenChunked) {
   KIMI_REQUIRE_GPU();
-  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8);
+  run_prefill_case({5, 64, 1, 130, 769, 33, 128}, 32, Scan::kChunked, 8, 1);
 }
 // Many sequences shorter than the prep's 16-token runs and the conv window (empty ones too): runs
 // that cross several sequence starts, taps from the conv state inside a run.
 TEST(KdaGpu, PrefillManyShortSequences) {
   KIMI_REQUIRE_GPU();
   const std::vector<int> lens = {1, 2, 0, 3, 1, 5, 0, 0, 2, 17, 1, 4, 2, 33, 1, 1, 70, 3};
-  run_prefill_case(lens, 4, Scan::kRecurrent, 31);
-  run_prefill_case(lens, 4, Scan::kChunked, 32);
+  run_prefill_case(lens, 4, Scan::kRecurrent, 31, 0);
+  run_prefill_case(lens, 4, Scan::kChunked, 32, 1);
 }
 // Lengths at and around the intra-chunk kernel's 4- and 16-row blocks (its diagonal tiles and the
 // off-diagonal references at rows 15, 31, 47) and the chunk boundary, so that the last chunk of a
@@ -764,11 +767,11 @@ TEST(KdaGpu, PrefillManyShortSequences) {
 TEST(KdaGpu, PrefillChunkBlockBoundaries) {
   KIMI_REQUIRE_GPU();
   const std::vector<int> lens = {3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 127, 128, 129, 191};
-  run_prefill_case(lens, 4, Scan::kChunked, 41);
+  run_prefill_case(lens, 4, Scan::kChunked, 41, 1);
 }
 TEST(KdaGpu, PrefillMixedVarlenChunkedH16) {
   KIMI_REQUIRE_GPU();
-  run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9);
+  run_prefill_case({200, 0, 3, 64, 97}, 16, Scan::kChunked, 9, 0);
 }
 
 // prefill(A) as the model runs it (run_kda_prep, conv states updated, then run_kda_chunked),
@@ -884,6 +887,30 @@ TEST(KdaGpu, DecodeRefusesBadArguments) {
   EXPECT_TRUE(contains(error_with(p, run_p, [&](auto& q) { q.persistent = 1, q.qkv = b16 + 1; }),
                        "persistent decode needs 16-byte aligned"));
   EXPECT_EQ(error_with(p, run_p, [](auto& q) { q.batch = 0; }), "");  // nothing to do: no launch
+}
+
+// The prep launcher refuses a kernel choice it cannot run, before touching the device.
+TEST(KdaGpu, PrepRefusesBadArguments) {
+  alignas(16) static float buf[64];
+  static const int cu[2] = {0, 1}, slots[1] = {0};
+  auto* w16 = reinterpret_cast<bf16*>(buf);
+  cuda::KdaPrepParams p;
+  p.num_seqs = 1, p.num_tokens = 1, p.num_heads = 1, p.cu_seqlens = cu, p.slots = slots;
+  p.qkv = w16, p.conv_state = w16, p.q = w16, p.k = w16, p.v = w16, p.w.conv_weight = buf;
+  const auto run_p = [](const cuda::KdaPrepParams& bad) { cuda::run_kda_prep(bad, nullptr); };
+  EXPECT_TRUE(contains(error_with(p, run_p, [](auto& q) { q.tile = 2; }), "tile must be"));
+  EXPECT_TRUE(contains(error_with(p, run_p, [&](auto& q) { q.tile = 1, q.qkv = w16 + 4; }),
+                       "tile kernel needs 16-byte aligned qkv"));
+  cuda::KdaPrepParamsT<float> p32;
+  p32.num_seqs = 1, p32.num_tokens = 1, p32.num_heads = 1, p32.cu_seqlens = cu, p32.slots = slots;
+  p32.qkv = p32.conv_state = p32.q = p32.k = p32.v = buf, p32.w.conv_weight = buf, p32.tile = 1;
+  std::string msg;
+  try {
+    cuda::run_kda_prep(p32, nullptr);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_TRUE(contains(msg, "no fp32 form")) << msg;
 }
 
 #else
