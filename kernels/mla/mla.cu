@@ -1,10 +1,12 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
 #include "mla/mla.cuh"
+#include "mla/mla_decode_fp8.cuh"
 #include "mla/mla_decode_tc.cuh"
 #include "mla/mla_tc.cuh"
 #include "tensor_map.h"
@@ -168,7 +170,12 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   mla::DecArgs a{};
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  if (p.cache8) {  // whole records by bulk copies: no tensor map
+  // TEMPORARY A/B switch (KIMI_MLA_FP8_OLD=1: the converter kernel); removed before merge.
+  static const bool fp8_old = std::getenv("KIMI_MLA_FP8_OLD") && std::getenv("KIMI_MLA_FP8_OLD")[0] == '1';
+  if (p.cache8 && !fp8_old) {
+    launch_kernel(mla::mla_decode_fp8_kernel, grid, mla::Dec8Layout::kThreads,
+                  LaunchOptions{mla::Dec8Layout::kSmem, true}, stream, a);
+  } else if (p.cache8) {  // whole records by bulk copies: no tensor map
     launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
                   LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
@@ -206,6 +213,9 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_fp8_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::Dec8Layout::kSmem)));
   done.fetch_or(bit);
 }
 
