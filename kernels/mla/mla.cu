@@ -171,7 +171,7 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
   // TEMPORARY A/B switch (KIMI_MLA_FP8_OLD=1: the converter kernel); removed before merge.
-  static const bool fp8_old = std::getenv("KIMI_MLA_FP8_OLD") && std::getenv("KIMI_MLA_FP8_OLD")[0] == '1';
+  const bool fp8_old = std::getenv("KIMI_MLA_FP8_OLD") && std::getenv("KIMI_MLA_FP8_OLD")[0] == '1';
   if (p.cache8 && !fp8_old) {
     launch_kernel(mla::mla_decode_fp8_kernel, grid, mla::Dec8Layout::kThreads,
                   LaunchOptions{mla::Dec8Layout::kSmem, true}, stream, a);
