@@ -116,13 +116,17 @@ __device__ __forceinline__ void wgmma_rs_m64n32(float (&d)[16], const uint32_t* 
 __device__ __forceinline__ void wgmma_rs_m64n32_first(float (&d)[16], const uint32_t* a,
                                                       uint64_t db) {
   asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, 0, 1, 1, 0;\n"
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
       : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]),
         "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]),
         "=f"(d[14]), "=f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(0));
 }
 template <int N>
 __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
