@@ -139,7 +139,7 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
-    splits[path] = std::max(1, plan.num_splits[0]);
+    if (path < num_paths) splits[path] = std::max(1, plan.num_splits[0]);
     DeviceBuffer<int> ditems(7 * plan.items1.size()), dsb(B), dns(B);
     ditems.upload(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size());
     dsb.upload(plan.split_base);
@@ -530,7 +530,7 @@ int main(int argc, char** argv) {
       // TEMPORARY (fp8mla6): the A/B mode takes 1M first.
       std::vector<std::pair<int, int>> order = shapes;
       if (std::getenv("KIMI_BENCH_FP8_AB"))
-        order = {{1, 1 << 20}, {1, 32768}, {64, 32768}, {1, 4096}, {1, 131072}, {64, 131072}, {64, 4096}};
+        order = {{1, 1 << 20}, {64, 32768}, {1, 32768}, {1, 4096}, {1, 131072}, {64, 131072}, {64, 4096}};
       for (auto [B, L] : order) {
         const size_t need =
             size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) + (size_t(1) << 30);
