@@ -31,7 +31,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <random>
@@ -129,25 +128,19 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
   double ms[num_paths] = {0, 0, 0}, ms_attn_tc = 0.0;
   int splits[num_paths] = {0, 0, 0};
   const char* name[num_paths] = {"CUDA cores", "tensor cores", "tc fp8"};
-  // TEMPORARY (branch fp8mla6): KIMI_BENCH_FP8_AB skips the CUDA-core path and times the fp8
-  // kernel old / new alternated after the three paths.
-  const bool ab = std::getenv("KIMI_BENCH_FP8_AB") != nullptr;
-  double ms_ab[4] = {0, 0, 0, 0}, rms_ab[4] = {0, 0, 0, 0};
-  for (int path = ab ? 1 : 0; path < num_paths + (ab ? 4 : 0); ++path) {
-    const int ab_round = path - num_paths;
-    if (ab_round >= 0) setenv("KIMI_MLA_FP8_OLD", ab_round % 2 == 0 ? "1" : "0", 1);
+  for (int path = 0; path < num_paths; ++path) {
     const int tc = path > 0;
     const kimi::cuda::MlaAttnPlan plan =
         kimi::cuda::make_mla_decode_plan(B, ctx.data(), H, num_sms, max_partials, tc == 1);
-    if (path < num_paths) splits[path] = std::max(1, plan.num_splits[0]);
+    splits[path] = std::max(1, plan.num_splits[0]);
     DeviceBuffer<int> ditems(7 * plan.items1.size()), dsb(B), dns(B);
     ditems.upload(reinterpret_cast<const int*>(plan.items1.data()), 7 * plan.items1.size());
     dsb.upload(plan.split_base);
     dns.upload(plan.num_splits);
     kimi::cuda::MlaAttnParams ap;
     ap.num_tokens = B, ap.num_heads = H, ap.q_abs = q_abs.data(), ap.q = q.data();
-    ap.cache = path >= 2 ? nullptr : cache.data();
-    ap.cache8 = path >= 2 ? cache8.data() : nullptr;
+    ap.cache = path == 2 ? nullptr : cache.data();
+    ap.cache8 = path == 2 ? cache8.data() : nullptr;
     ap.block_tables = dtab.data(), ap.max_blocks_per_seq = per_seq;
     ap.scale = 1.f / std::sqrt(192.f), ap.split_base = dsb.data(), ap.num_splits = dns.data();
     ap.partials = parts.data(), ap.tensor_cores = tc == 1, ap.num_blocks = nb;
@@ -159,13 +152,8 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
       if (plan.num_partials > 0) kimi::cuda::run_mla_combine(ap, s);
     };
     // About 20 ms of work per graph; the CUDA-core kernel moves ~0.1-0.3 TB/s.
-    const double est_ms = (path >= 2 ? bytes8 : bytes) / ((tc ? 3e12 : 1.5e11) * 1e-3);
+    const double est_ms = (path == 2 ? bytes8 : bytes) / ((tc ? 3e12 : 1.5e11) * 1e-3);
     const int per_graph = std::clamp(int(20.0 / std::max(est_ms, 1e-3)), 1, 200);
-    if (ab_round >= 0) {
-      ms_ab[ab_round] = kimi::bench::graph_ms(step, per_graph, 9, st);
-      rms_ab[ab_round] = rel_rms(u_tc, u_f8);
-      continue;
-    }
     ms[path] = kimi::bench::graph_ms(step, per_graph, tc ? 9 : 3, st);
     if (path == 1 && plan.num_partials > 0) {  // the combine's share of the tensor-core step
       auto attn_only = [&](int, cudaStream_t s) { kimi::cuda::run_mla_attention(ap, 1, s); };
@@ -178,13 +166,6 @@ void bench_decode(int B, int L, int num_sms, double copy_gbs) {
     std::printf("%-4d %-8d %-12s %4d splits %10.1f us %8.1f GB/s %6.1f%% of copy\n", B, L,
                 name[path], splits[path], ms[path] * 1e3, gbs, 100 * gbs / copy_gbs);
   }
-  for (int r = 0; ab && r < 4; ++r) {
-    const double gbs = bytes8 / (ms_ab[r] * 1e-3) / 1e9;
-    std::printf("%-4d %-8d AB fp8 %-4s %10.1f us %6.1f%% of copy; u rel RMS vs bf16 %.3e\n", B, L,
-                r % 2 == 0 ? "old" : "new", ms_ab[r] * 1e3, 100 * gbs / copy_gbs, rms_ab[r]);
-  }
-  unsetenv("KIMI_MLA_FP8_OLD");
-  std::fflush(stdout);
   std::printf("%-4d %-8d speed-up %.1fx; combine %.1f us of the tensor-core step; u rel RMS "
               "vs CUDA cores %.2e\n",
               B, L, ms[0] / ms[1], ms_attn_tc > 0 ? (ms[1] - ms_attn_tc) * 1e3 : 0.0,
@@ -527,11 +508,7 @@ int main(int argc, char** argv) {
                 : std::vector<std::pair<int, int>>{{1, 4096},    {1, 32768}, {1, 131072},
                                                    {1, 1 << 20}, {64, 4096}, {64, 32768},
                                                    {64, 131072}};
-      // TEMPORARY (fp8mla6): the A/B mode takes 1M first.
-      std::vector<std::pair<int, int>> order = shapes;
-      if (std::getenv("KIMI_BENCH_FP8_AB"))
-        order = {{1, 1 << 20}, {64, 32768}, {1, 32768}, {1, 4096}, {1, 131072}, {64, 131072}, {64, 4096}};
-      for (auto [B, L] : order) {
+      for (auto [B, L] : shapes) {
         const size_t need =
             size_t(B) * ((L + 63) / 64) * 64 * (1152 + kimi::cuda::kMlaFp8Row) + (size_t(1) << 30);
         size_t free_b = 0, total_b = 0;

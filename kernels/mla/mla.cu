@@ -1,7 +1,6 @@
 // MLA launchers and the host attention plan (contracts in mla.h).
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "common.h"
 #include "launch.h"
@@ -170,9 +169,12 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   mla::DecArgs a{};
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  // TEMPORARY A/B switch (KIMI_MLA_FP8_OLD=1: the converter kernel); removed before merge.
-  const bool fp8_old = std::getenv("KIMI_MLA_FP8_OLD") && std::getenv("KIMI_MLA_FP8_OLD")[0] == '1';
-  if (p.cache8 && !fp8_old) {
+  // fp8: the register-operand kernel where a CTA's KV range averages kDec8MinTiles tiles or
+  // more (from the widest block table: fixed for a captured decode graph), else the converter
+  // kernel (mla_decode_fp8.cuh says why).
+  const bool fp8_reg = int64_t(p.num_tokens) * p.max_blocks_per_seq >=
+                       int64_t(mla::kDec8MinTiles) * std::max(p.num_items, 1);
+  if (p.cache8 && fp8_reg) {
     launch_kernel(mla::mla_decode_fp8_kernel, grid, mla::Dec8Layout::kThreads,
                   LaunchOptions{mla::Dec8Layout::kSmem, true}, stream, a);
   } else if (p.cache8) {  // whole records by bulk copies: no tensor map

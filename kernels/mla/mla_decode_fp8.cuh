@@ -32,6 +32,13 @@
 // l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
 // copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
 // have read it (a proxy fence and an arrival per thread), before waiting for its Oᵀ.
+// Measured on one H200 (docs/perf-log.md, session 13, branch fp8mla6; same process, alternated
+// with the converter kernel mla_decode_kernel<true>): faster where a CTA walks many tiles, 1M at
+// B = 1 278-280 -> 243-246 us (59% -> 67% of copy; one round 272), B = 64 at 4k / 32k / 128k 6%,
+// 11%, 14% faster; slower where it walks few: B = 1 at 4k 13.1 -> 21.7 us, 32k 22.3 -> 30.2,
+// 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
+// launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
+// or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
 // Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
 // per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
 // multiplier 0 (rows past the context may hold anything; codes never decode to Inf / NaN).
@@ -58,6 +65,10 @@ __host__ __device__ constexpr int dec8_vch(int c, int w, int g, int b) {
   return 16 * (8 * w + g) + 2 * c + b;
 }
 
+// Items average at least this many tiles (the block-table width × tokens / items) where the
+// decode runs this kernel: measured 16 tiles per CTA 6% slower (B = 1, 128k), 32 6% faster
+// (B = 64, 4k).
+constexpr int kDec8MinTiles = 24;
 // m-tiles of Oᵀ per group of products (A double-buffered over groups).
 constexpr int kOG = 2;
 
