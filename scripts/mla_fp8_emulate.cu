@@ -5,8 +5,8 @@
 // and compared with an fp64 reference of code · scale over random records; the 16-byte loads'
 // bank groups are checked per 8-lane phase, and the masked keys (multiplier 0) in Oᵀ.
 // Build and run (no GPU needed):
-//   nvcc -std=c++17 -O2 -Ikernels -Isrc -Iinclude -gencode arch=compute_90a,code=sm_90a scripts/mla_fp8_emulate.cu \
-//     -o /tmp/mla_fp8_emulate && /tmp/mla_fp8_emulate
+//   nvcc -std=c++17 -O2 -Ikernels -Isrc -Iinclude -gencode arch=compute_90a,code=sm_90a \
+//     scripts/mla_fp8_emulate.cu -o /tmp/mla_fp8_emulate && /tmp/mla_fp8_emulate
 #include <cmath>
 #include <cstdio>
 #include <cstring>

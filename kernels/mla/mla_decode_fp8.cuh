@@ -268,7 +268,8 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   float s[16];
   const uint64_t q_desc = wgmma_desc(q_s);
   const int st_i = lane / 8, st_r = lane % 8;
-  const uint32_t st_addr0 = p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
+  const uint32_t st_addr0 =
+      p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
   // Byte offsets in a record: Sᵀ's code pieces (rotated), its k_pe, Oᵀ's piece and scale.
   const int s_key = 16 * w + g;  // and s_key + 8
   const int v_off = 16 * (8 * w + g), v_scale = kMlaFp8ScaleOff + 4 * w;
