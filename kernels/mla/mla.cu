@@ -5,6 +5,7 @@
 #include "common.h"
 #include "launch.h"
 #include "mla/mla.cuh"
+#include "mla/mla_decode_fp8.cuh"
 #include "mla/mla_decode_tc.cuh"
 #include "mla/mla_tc.cuh"
 #include "tensor_map.h"
@@ -168,7 +169,15 @@ void launch_decode_tc(const MlaAttnParams& p, cudaStream_t stream) {
   mla::DecArgs a{};
   a.p = p;
   const dim3 grid(p.num_items, ceil_div(p.num_heads, kMlaDecHeadsPerCta));
-  if (p.cache8) {  // whole records by bulk copies: no tensor map
+  // fp8: the register-operand kernel where a CTA's KV range averages kDec8MinTiles tiles or
+  // more (from the widest block table: fixed for a captured decode graph), else the converter
+  // kernel (mla_decode_fp8.cuh says why).
+  const bool fp8_reg = int64_t(p.num_tokens) * p.max_blocks_per_seq >=
+                       int64_t(mla::kDec8MinTiles) * std::max(p.num_items, 1);
+  if (p.cache8 && fp8_reg) {
+    launch_kernel(mla::mla_decode_fp8_kernel, grid, mla::Dec8Layout::kThreads,
+                  LaunchOptions{mla::Dec8Layout::kSmem, true}, stream, a);
+  } else if (p.cache8) {  // whole records by bulk copies: no tensor map
     launch_kernel(mla::mla_decode_kernel<true>, grid, mla::DecLayout<true>::kThreads,
                   LaunchOptions{mla::DecLayout<true>::kSmem, true}, stream, a);
   } else {
@@ -206,6 +215,9 @@ void mla_prepare() {
   CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_kernel<true>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(mla::DecLayout<true>::kSmem)));
+  CUDA_CHECK(cudaFuncSetAttribute(mla::mla_decode_fp8_kernel,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  int(mla::Dec8Layout::kSmem)));
   done.fetch_or(bit);
 }
 

@@ -48,7 +48,8 @@
 // Shared memory: Q 36 KB + 2 × 72 KB ring + 2 × 4 KB P + reductions 0.75 KB + 1 KB alignment
 // slack: 189.75 KiB (194,304 bytes), one CTA per SM; 204 registers, no spills.
 //
-// fp8 cache (kFp8, mla.h's record layout): 384 threads; the consumers' loop is the bf16 one
+// fp8 cache (kFp8, mla.h's record layout; where the decode items average kDec8MinTiles tiles or
+// more, mla_decode_fp8.cuh's register-operand kernel runs instead): 384 threads; the consumers' loop is the bf16 one
 // (one P buffer: the staging area takes the room of the second, so a consumer barrier comes
 // before P is written; no early Sᵀ). Warp 8's lane 0 is the producer (warps 8-11 hand their
 // registers to the others: setmaxnreg producer 40, converters 200, consumers 240): each tile's

@@ -464,9 +464,11 @@ TEST(MlaGpu, Fp8CacheWriteQuantises) {
 }
 
 // The fp8 cache through every tensor-core attention kernel against the CPU on the same decoded
-// values: the decode kernel (converter warps) through the CUDA-graph decode plan at batch 1, 3
-// and 64, odd contexts, every split slot busy, unwritten records (NaN codes and scales) past
-// each context; and the prefill items (4 tokens per CTA, eager plans) with history and splits.
+// values: the decode kernels through the CUDA-graph decode plan at batch 1, 3 and 64, odd
+// contexts, every split slot busy, unwritten records (NaN codes and scales) past each context
+// (batch 1 and 3: the converter kernel; the batch-64 cases, table widths 48-65 blocks over 128
+// items, average >= kDec8MinTiles tiles: the register-operand kernel, mla_decode_fp8.cuh); and
+// the prefill items (4 tokens per CTA, eager plans) with history and splits.
 TEST(MlaGpu, Fp8DecodeTensorCores) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA

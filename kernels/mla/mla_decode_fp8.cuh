@@ -1,0 +1,579 @@
+// MLA decode attention on the fp8 latent cache (sm_90a; contract in mla.h, same items1, outputs
+// and partials as mla_decode_kernel<false>): both products take their A operand from registers,
+// decoded by the consumer threads straight from the staged fp8 records, so no bf16 copy of a
+// tile is ever written to or read from shared memory.
+//
+// Per 64-key tile (one cache block, 64 records of 656 bytes: codes | k_pe | scales, landed in a
+// staging slot by one bulk copy):
+//   Sᵀ = K·Qᵀ  (64 keys × 32 heads, k = 576): 36 wgmma m64n32k16, A = K from registers, B = Q
+//              from shared memory. Lane (w, g, t) of the consumer warpgroup holds keys 16w + g
+//              and 16w + g + 8 (the fragment rows) and takes all its columns from scale group t
+//              (channels 128t .. +128) and from k_pe channels 16t .. +16: in k-step 4j + u
+//              (j < 8) its four columns 2t, 2t + 1, 2t + 8, 2t + 9 are channels
+//              128t + 16((j + 2t) % 8) + 4u + {0, 1, 2, 3}, in k-step 32 + u k_pe channels
+//              16t + 4u + {0, 1, 2, 3}. Q is staged once with its columns in that order
+//              (dec8_qcol). The rotation (j + 2t) % 8 puts the 8 lanes of each 16-byte load
+//              phase (g = 2q, 2q + 1; t = 0..3) on 8 distinct bank groups: a record is 41 bank
+//              groups long, 41 = 1 mod 8.
+//   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
+//              registers, B = P from shared memory (as the bf16 kernel). Lane (w, g, t)'s
+//              fragment rows g, g + 8 of m-tile c are channels 16(8w + g) + 2c + {0, 1} (one
+//              16-byte piece of each key's codes covers all its rows, scale group w), its
+//              columns keys 16kk + 2t + {0, 1, 8, 9} (the keys in order: P needs no
+//              permutation); a register pairs one channel of two keys (prmt of two words).
+// A code becomes bf16 in 3 integer instructions per pair and a bf16x2 multiply: prmt places
+// each code in the low byte of a 16-bit lane with its sign replicated in the high byte, << 4
+// and a mask leave magnitude << 4 under the sign: the bf16 of code · 2^-120; the multiplier is
+// scale · 2^60 (the fp32 scale's high half, exponent + 60), so the decoded values are
+// code · scale · 2^-60, exact for scales 2^-60 .. 2^67 (smaller ones flush towards 0: below
+// 2^-66 · 448 in absolute terms). Q's code channels are staged times 2^60 (exact), so Sᵀ is
+// exact as before; O carries 2^-60, folded back at the end.
+// Two consumer warpgroups take the tiles in turn (tile n: warpgroup n % 2; each has its own O, m,
+// l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
+// copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
+// have read it (a proxy fence and an arrival per thread), before waiting for its Oᵀ.
+// Measured on one H200 (docs/perf-log.md, session 13, branch fp8mla6; same process, alternated
+// with the converter kernel mla_decode_kernel<true>): faster where a CTA walks many tiles, 1M at
+// B = 1 278-280 -> 243-246 us (59% -> 67% of copy; one round 272), B = 64 at 4k / 32k / 128k 6%,
+// 11%, 14% faster; slower where it walks few: B = 1 at 4k 13.1 -> 21.7 us, 32k 22.3 -> 30.2,
+// 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
+// launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
+// or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
+// Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
+// per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
+// multiplier 0 (rows past the context may hold anything; codes never decode to Inf / NaN).
+#pragma once
+
+#include "async_copy.cuh"
+#include "mla/mla.h"
+#include "mla/mla_decode_tc.cuh"
+#include "pdl.cuh"
+#include "wgmma_common.cuh"
+
+namespace kimi::cuda::mla {
+
+// The k index (0..575) of Sᵀ that Q channel ch (0..575: ĉ then k_pe) is staged at.
+__host__ __device__ constexpr int dec8_qcol(int ch) {
+  const bool pe = ch >= kMlaLat;
+  const int r = pe ? ch - kMlaLat : ch % 128;
+  const int t = pe ? r / 16 : ch / 128, w4 = r % 16, u = w4 / 4, e2 = w4 % 4;
+  const int ks = pe ? 32 + u : 4 * ((r / 16 - 2 * t) & 7) + u;
+  return 16 * ks + 2 * t + (e2 & 1) + 8 * (e2 >> 1);
+}
+// The Oᵀ accumulator row (m-tile c, warp w, lane row g, half b) is channel dec8_vch(...).
+__host__ __device__ constexpr int dec8_vch(int c, int w, int g, int b) {
+  return 16 * (8 * w + g) + 2 * c + b;
+}
+
+// Items average at least this many tiles (the block-table width × tokens / items) where the
+// decode runs this kernel: measured 16 tiles per CTA 6% slower (B = 1, 128k), 32 6% faster
+// (B = 64, 4k).
+constexpr int kDec8MinTiles = 24;
+// m-tiles of Oᵀ per group of products (A double-buffered over groups).
+constexpr int kOG = 2;
+
+struct Dec8Layout {
+  static constexpr int kConsumers = 2;  // warpgroups, taking the tiles in turn
+  static constexpr int kThreads = 128 * kConsumers + 128;
+  static constexpr int kStages = 4;
+  static constexpr uint32_t kStgBytes = kDecKeys * kMlaFp8Row;  // 41,984
+  static constexpr uint32_t kOffP = kDecQBytes;                 // [consumer][2] P buffers
+  static constexpr uint32_t kOffStg = kOffP + 2 * kConsumers * kDecPBytes;
+  static constexpr uint32_t kOffRed = kOffStg + kStages * kStgBytes;
+  static constexpr uint32_t kRedFloats = 6 * kDecHeads;  // [4 warps][32], [32] m, [32] l
+  static constexpr size_t kSmem = kOffRed + kConsumers * kRedFloats * 4 + 1024;
+  static_assert(kOffP % 1024 == 0 && kOffStg % 16 == 0 && kSmem + 64 <= 227 * 1024);
+  static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kStages * kStgBytes);
+};
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+// prmt selector: byte i of a into the low byte of lane 0 (its sign replicated in the high
+// byte), byte j of {b:a} (0..7) into lane 1 likewise.
+__host__ __device__ constexpr uint32_t dec8_sel(int i, int j) {
+  return uint32_t(i) | uint32_t(8 | i) << 4 | uint32_t(j) << 8 | uint32_t(8 | j) << 12;
+}
+// Two codes (selected by sel from {b:a}) to bf16x2 of code · 2^-120, times mult.
+__device__ __forceinline__ uint32_t dec8_pair(uint32_t a, uint32_t b, uint32_t sel,
+                                              uint32_t mult) {
+  const uint32_t x = (prmt(a, b, sel) << 4) & 0x87f087f0u;
+  __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&x),
+                             *reinterpret_cast<const __nv_bfloat162*>(&mult));
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+// The fp32 bits of a scale (a power of two or 0) times 2^60.
+__device__ __forceinline__ uint32_t dec8_scale60(uint32_t f) { return f + (60u << 23); }
+
+// d[64 × 32] (+)= A[64 × 16] · B[32 × 16]ᵀ: A bf16 in registers, B bf16 K-major in shared memory.
+__device__ __forceinline__ void wgmma_rs_m64n32(float (&d)[16], const uint32_t* a, uint64_t db,
+                                                int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+// The same with d overwritten (d is not read: not live before the first product of a tile).
+__device__ __forceinline__ void wgmma_rs_m64n32_first(float (&d)[16], const uint32_t* a,
+                                                      uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]),
+        "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]),
+        "=f"(d[14]), "=f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(0));
+}
+template <int N>
+__device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+__device__ __forceinline__ uint4 lds128(const unsigned char* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+__device__ __forceinline__ uint32_t w4(const uint4& v, int i) {
+  return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+// The producer (one thread): tile n's 64 records into staging slot n % kStages once the
+// consumer warpgroup of tile n − kStages has read that slot; block-table entries a tile ahead.
+__device__ __forceinline__ void dec8_produce(const MlaAttnParams& p, unsigned char* stg,
+                                             uint64_t* full, uint64_t* empty, const int* table,
+                                             int blk0, int ntiles) {
+  using L = Dec8Layout;
+  const uint64_t policy = policy_evict_first();
+  int blk = ntiles > 0 ? table[blk0] : 0;
+  for (int n = 0; n < ntiles; ++n) {
+    const int next = n + 1 < ntiles ? table[blk0 + n + 1] : 0;
+    const int s = n % L::kStages;
+    mbar_wait(empty + s, ((n / L::kStages) & 1) ^ 1);
+    mbar_arrive_expect_tx(full + s, L::kStgBytes);
+    bulk_g2s(stg + s * L::kStgBytes, p.cache8 + int64_t(blk) * L::kStgBytes, L::kStgBytes,
+             full + s, policy);
+    blk = next;
+  }
+}
+
+// Named barriers: 1 + wg the consumer warpgroup wg, 3 both consumer warpgroups.
+__global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
+    mla_decode_fp8_kernel(const __grid_constant__ DecArgs args) {
+  using L = Dec8Layout;
+  extern __shared__ unsigned char dec_smem_raw[];
+  __shared__ uint64_t bars[2 * L::kStages];
+  uint64_t* const full = bars;
+  uint64_t* const empty = bars + L::kStages;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < L::kStages; ++s) {
+      mbar_init(full + s, 1);      // the producer's expect_tx
+      mbar_init(empty + s, 128);  // every thread of the tile's consumer warpgroup
+    }
+    fence_mbar_init();
+  }
+  pdl_launch_dependents();
+  pdl_wait();
+  const MlaAttnParams& p = args.p;
+  const MlaWorkItem it = p.items[blockIdx.x];
+  if (it.nq <= 0) return;
+  const uint32_t base = (smem_u32(dec_smem_raw) + 1023) & ~1023u;
+  unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
+  const uint32_t q_s = base, p_s = base + L::kOffP;
+  unsigned char* const stg = sm + L::kOffStg;
+
+  const int H = p.num_heads, h0 = blockIdx.y * kDecHeads;
+  const int kv_hi = min(it.kv_end, it.q_pos0 + 1);
+  const int blk0 = it.kv_begin / kDecKeys;
+  const int ntiles = kv_hi > it.kv_begin ? (kv_hi - 1) / kDecKeys - blk0 + 1 : 0;
+  const int* table = p.block_tables + int64_t(it.seq) * p.max_blocks_per_seq;
+  __syncthreads();
+
+  const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x) / 32, 0);
+  const int lane = threadIdx.x % 32;
+  if (warp >= 4 * L::kConsumers) {
+    setmaxnreg_dec<40>();
+    if (warp == 4 * L::kConsumers && lane == 0)
+      dec8_produce(p, stg, full, empty, table, blk0, ntiles);
+    return;
+  }
+  setmaxnreg_inc<232>();
+  const int ctid = threadIdx.x;  // 0..255
+  const int wg = warp / 4, w = warp % 4, tid = ctid % 128, g = lane / 4, t = lane % 4;
+  float* const red = reinterpret_cast<float*>(sm + L::kOffRed) + wg * L::kRedFloats;
+  float* const ml = red + 4 * kDecHeads;  // [32] m, [32] l of this warpgroup
+
+  // Q into shared memory in the Sᵀ k order (dec8_qcol), swizzled as TMA would; ĉ channels times
+  // 2^60; heads past H zero. Pairs of channels stay pairs (a 4-byte store each).
+  {
+    constexpr int kPer = kDecHeads * 72 / 256;
+    static_assert(kPer * 256 == kDecHeads * 72);
+    const int64_t tq = it.q_begin;
+    uint4 v[kPer];
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = ctid + 256 * i, r = idx / 72, ch = idx % 72, h = h0 + r;
+      v[i] = make_uint4(0, 0, 0, 0);
+      if (h < H)
+        v[i] = ch < 64 ? *reinterpret_cast<const uint4*>(p.q_abs + (tq * H + h) * kMlaLat + ch * 8)
+                       : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
+                                                         (ch - 64) * 8);
+    }
+    const uint32_t k60 = 0x5d805d80u;  // bf16x2 of 2^60
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = ctid + 256 * i, r = idx / 72, ch = idx % 72;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        uint32_t x = w4(v[i], e);
+        if (ch < 64) {
+          __nv_bfloat162 y = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&x),
+                                     *reinterpret_cast<const __nv_bfloat162*>(&k60));
+          x = *reinterpret_cast<uint32_t*>(&y);
+        }
+        const int k = dec8_qcol(8 * ch + 2 * e);
+        *reinterpret_cast<uint32_t*>(sm + (k / 64) * kDecQBox + r * 128 +
+                                     ((((k % 64) / 8) ^ (r % 8)) * 16) + (k % 8) * 2) = x;
+      }
+    }
+    fence_proxy_async();
+    bar_sync(3, 256);
+  }
+
+  const float sl2 = p.scale * 1.4426950408889634f;
+  float o[8][16];  // o[c][4j + 2b + e] = channel dec8_vch(c, w, g, b), head 8j + 2t + e
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+#pragma unroll
+    for (int i = 0; i < 16; ++i) o[c][i] = 0.f;
+  float m_run[4][2], l_run[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) m_run[j][e] = -INFINITY, l_run[j][e] = 0.f;
+  float s[16];
+  const uint64_t q_desc = wgmma_desc(q_s);
+  const int st_i = lane / 8, st_r = lane % 8;
+  const uint32_t st_addr0 =
+      p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
+  // Byte offsets in a record: Sᵀ's code pieces (rotated), its k_pe, Oᵀ's piece and scale.
+  const int s_key = 16 * w + g;  // and s_key + 8
+  const int v_off = 16 * (8 * w + g), v_scale = kMlaFp8ScaleOff + 4 * w;
+
+  for (int n = wg, i_loc = 0; n < ntiles; n += L::kConsumers, ++i_loc) {
+    const int slot = n % L::kStages;
+    const uint32_t pbuf = (2 * wg + (i_loc & 1)) * kDecPBytes;
+    const unsigned char* const tile = stg + slot * L::kStgBytes;
+    const unsigned char* const rec0 = tile + s_key * kMlaFp8Row;
+    const unsigned char* const rec1 = rec0 + 8 * kMlaFp8Row;
+    mbar_wait(full + slot, (n / L::kStages) & 1);
+
+    // ---- Sᵀ: 9 groups of 4 k-steps, A double-buffered (group i waits for group i − 2).
+    {
+      const uint32_t f0 = *reinterpret_cast<const uint32_t*>(rec0 + kMlaFp8ScaleOff + 4 * t);
+      const uint32_t f1 = *reinterpret_cast<const uint32_t*>(rec1 + kMlaFp8ScaleOff + 4 * t);
+      const uint32_t sc0 = dec8_scale60(f0), sc1 = dec8_scale60(f1);
+      const uint32_t m0 = prmt(sc0, 0, 0x3232), m1 = prmt(sc1, 0, 0x3232);
+      uint32_t a[2][16];
+      uint4 x0 = lds128(rec0 + 128 * t + 16 * ((2 * t) & 7));
+      uint4 x1 = lds128(rec1 + 128 * t + 16 * ((2 * t) & 7));
+      uint4 y0 = x0, y1 = x1;  // k_pe's second pieces (group 8)
+#pragma unroll
+      for (int jg = 0; jg < 9; ++jg) {
+        uint32_t(&A)[16] = a[jg & 1];
+        if (jg >= 2) wgmma_wait<1>();
+        fence_regs(A);
+        if (jg < 8) {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            A[4 * u + 0] = dec8_pair(w4(x0, u), 0, dec8_sel(0, 1), m0);
+            A[4 * u + 1] = dec8_pair(w4(x1, u), 0, dec8_sel(0, 1), m1);
+            A[4 * u + 2] = dec8_pair(w4(x0, u), 0, dec8_sel(2, 3), m0);
+            A[4 * u + 3] = dec8_pair(w4(x1, u), 0, dec8_sel(2, 3), m1);
+          }
+        } else {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const uint4& p0 = u < 2 ? x0 : y0;
+            const uint4& p1 = u < 2 ? x1 : y1;
+            A[4 * u + 0] = w4(p0, 2 * (u % 2));
+            A[4 * u + 1] = w4(p1, 2 * (u % 2));
+            A[4 * u + 2] = w4(p0, 2 * (u % 2) + 1);
+            A[4 * u + 3] = w4(p1, 2 * (u % 2) + 1);
+          }
+        }
+        // The next group's pieces (loaded while this group's products run).
+        if (jg + 1 < 8) {
+          const int off = 128 * t + 16 * ((jg + 1 + 2 * t) & 7);
+          x0 = lds128(rec0 + off);
+          x1 = lds128(rec1 + off);
+        } else if (jg + 1 == 8) {
+          x0 = lds128(rec0 + kMlaFp8PeOff + 32 * t);
+          x1 = lds128(rec1 + kMlaFp8PeOff + 32 * t);
+          y0 = lds128(rec0 + kMlaFp8PeOff + 32 * t + 16);
+          y1 = lds128(rec1 + kMlaFp8PeOff + 32 * t + 16);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int ks = 4 * jg + u;
+          const uint64_t qd = q_desc + ((ks / 4) * kDecQBox + (ks % 4) * 32) / 16;
+          if (ks == 0)
+            wgmma_rs_m64n32_first(s, &A[4 * u], qd);
+          else
+            wgmma_rs_m64n32(s, &A[4 * u], qd, 1);
+        }
+        wgmma_commit();
+      }
+      wgmma_wait<0>();
+      fence_acc(s);
+    }
+
+    // ---- Softmax (as the bf16 kernel).
+    const int pos0 = (blk0 + n) * kDecKeys;
+    const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
+    bool over = false;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+      over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
+    }
+    float psum[4][2];
+    auto store_p = [&]() {
+#pragma unroll
+      for (int x = 0; x < 2; ++x) {
+        uint32_t r[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int j = 2 * x + i / 2, b = i % 2;
+          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+          psum[j][0] = b ? psum[j][0] + p0 : p0;
+          psum[j][1] = b ? psum[j][1] + p1 : p1;
+          r[i] = pack_bf16x2(p0, p1);
+        }
+        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128, r);
+      }
+      fence_proxy_async();
+    };
+    store_p();
+    if (bar_sync_or(1 + wg, 128, over)) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float mx[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+          mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
+        }
+        if (g == 0)
+          *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
+              make_float2(mx[0], mx[1]);
+      }
+      bar_sync(1 + wg, 128);
+      float alpha[4][2];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
+#pragma unroll
+        for (int u = 1; u < 4; ++u) {
+          const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
+          v.x = fmaxf(v.x, x.x);
+          v.y = fmaxf(v.y, x.y);
+        }
+        const float tmax[2] = {v.x, v.y};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float m_new = fmaxf(m_run[j][e], tmax[e]);
+          alpha[j][e] = ex2(m_run[j][e] - m_new);
+          m_run[j][e] = m_new;
+          l_run[j][e] *= alpha[j][e];
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      store_p();
+      bar_sync(1 + wg, 128);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
+
+    // ---- Oᵀ: per k-step kk the lane's 4 keys (16 codes each: one piece), 2 groups of 4
+    // m-tiles, A double-buffered.
+    {
+      const uint64_t p_desc = wgmma_desc(p_s + pbuf);
+      const int lim = kv_hi - pos0;  // keys at or past it decode with multiplier 0
+      uint32_t a[2][4 * kOG];
+      uint4 y[4];
+      uint32_t f[4];
+      auto load_v = [&](int kk) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+          const unsigned char* r = tile + (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1)) * kMlaFp8Row;
+          y[q] = lds128(r + v_off);
+          f[q] = *reinterpret_cast<const uint32_t*>(r + v_scale);
+        }
+      };
+      load_v(0);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t mult[2];
+#pragma unroll
+        for (int hq = 0; hq < 2; ++hq) {
+          const int k0 = 16 * kk + 2 * t + 8 * hq;
+          const uint32_t s0 = k0 < lim ? dec8_scale60(f[2 * hq]) : 0u;
+          const uint32_t s1 = k0 + 1 < lim ? dec8_scale60(f[2 * hq + 1]) : 0u;
+          mult[hq] = prmt(s0, s1, 0x7632);
+        }
+#pragma unroll
+        for (int half = 0; half < 8 / kOG; ++half) {
+          const int grp = (8 / kOG) * kk + half;
+          uint32_t(&A)[4 * kOG] = a[grp & 1];
+          if (grp >= 2) wgmma_wait<1>();
+          fence_regs(A);
+#pragma unroll
+          for (int cc = 0; cc < kOG; ++cc) {
+            const int c = kOG * half + cc, wd = c / 2, b0 = 2 * (c % 2);
+            A[4 * cc + 0] = dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0, 4 + b0), mult[0]);
+            A[4 * cc + 1] =
+                dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0 + 1, 5 + b0), mult[0]);
+            A[4 * cc + 2] = dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0, 4 + b0), mult[1]);
+            A[4 * cc + 3] =
+                dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0 + 1, 5 + b0), mult[1]);
+          }
+          // The next k-step's pieces (this k-step's are decoded).
+          if (half == 8 / kOG - 1 && kk + 1 < 4) load_v(kk + 1);
+          wgmma_fence();
+#pragma unroll
+          for (int cc = 0; cc < kOG; ++cc)
+            wgmma_rs_m64n32(o[kOG * half + cc], &A[4 * cc], p_desc + kk * 32 / 16, 1);
+          wgmma_commit();
+        }
+      }
+      // Every read of the slot is done (the loads fed the decoding above): hand it back.
+      fence_proxy_async();
+      mbar_arrive(empty + slot);
+      wgmma_wait<0>();
+#pragma unroll
+      for (int c = 0; c < 8; ++c) fence_acc(o[c]);
+    }
+  }
+
+  // ---- The end: l per head over the warpgroup, then the two warpgroups merged.
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = l_run[j][e];
+      v += __shfl_xor_sync(0xffffffffu, v, 4);
+      v += __shfl_xor_sync(0xffffffffu, v, 8);
+      v += __shfl_xor_sync(0xffffffffu, v, 16);
+      l_run[j][e] = v;
+    }
+  if (g == 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
+          make_float2(l_run[j][0], l_run[j][1]);
+  bar_sync(1 + wg, 128);
+  if (w == 0 && g == 0)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int hd = 8 * j + 2 * t + e;
+        ml[hd] = m_run[j][e];
+        ml[kDecHeads + hd] = red[hd] + red[kDecHeads + hd] + red[2 * kDecHeads + hd] +
+                             red[3 * kDecHeads + hd];
+      }
+  bar_sync(3, 256);  // both warpgroups' m and l are in; every tile is consumed
+  const float* const ml0 = reinterpret_cast<const float*>(sm + L::kOffRed) + 4 * kDecHeads;
+  const float* const ml1 = ml0 + L::kRedFloats;
+  float* const ost = reinterpret_cast<float*>(stg);
+  // This warpgroup's weight per head: exp2(m_wg − m) · 2^60 (O carries 2^-60).
+  float wt[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const int hd = 8 * j + 2 * t + e;
+      const float mm = fmaxf(ml0[hd], ml1[hd]);
+      wt[j][e] = mm == -INFINITY ? 0.f : ex2(m_run[j][e] - mm) * 1.152921504606847e18f;
+    }
+#pragma unroll
+  for (int pass = 1; pass >= 0; --pass) {
+    if (wg == pass) {
+#pragma unroll
+      for (int c = 0; c < 8; ++c)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            float* const d =
+                ost + (8 * j + 2 * t + (i & 1)) * kDecOutLd + dec8_vch(c, w, g, i >> 1);
+            const float v = o[c][4 * j + i] * wt[j][i & 1];
+            *d = pass ? v : *d + v;
+          }
+    }
+    bar_sync(3, 256);
+  }
+  const int tok = it.q_begin, col = 4 * tid;
+  const int nh = min(kDecHeads, H - h0);
+  auto head_ml = [&](int r, float& m, float& l) {
+    const float mm = fmaxf(ml0[r], ml1[r]);
+    const float a0 = mm == -INFINITY ? 0.f : ex2(ml0[r] - mm);
+    const float a1 = mm == -INFINITY ? 0.f : ex2(ml1[r] - mm);
+    m = mm * 0.6931471805599453f;
+    l = a0 * ml0[kDecHeads + r] + a1 * ml1[kDecHeads + r];
+  };
+  if (it.split < 0) {
+    bf16* const u = p.u + (int64_t(tok) * H + h0) * kMlaLat + col;
+    for (int r = wg; r < nh; r += 2) {
+      float m, l;
+      head_ml(r, m, l);
+      const float4 v = *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      *reinterpret_cast<uint2*>(u + r * kMlaLat) =
+          make_uint2(pack_bf16x2(v.x * inv, v.y * inv), pack_bf16x2(v.z * inv, v.w * inv));
+    }
+  } else {
+    float* const P =
+        p.partials + (int64_t(p.split_base[tok] + it.split) * H + h0) * kMlaPartialStride;
+    for (int r = wg; r < nh; r += 2) {
+      *reinterpret_cast<float4*>(P + r * kMlaPartialStride + col) =
+          *reinterpret_cast<const float4*>(ost + r * kDecOutLd + col);
+      if (tid == 0) {
+        float m, l;
+        head_ml(r, m, l);
+        P[r * kMlaPartialStride + kMlaLat] = m;
+        P[r * kMlaPartialStride + kMlaLat + 1] = l;
+      }
+    }
+  }
+}
+
+}  // namespace kimi::cuda::mla

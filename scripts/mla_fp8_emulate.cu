@@ -1,0 +1,225 @@
+// CPU replay of mla_decode_fp8_kernel's register operands (kernels/mla/mla_decode_fp8.cuh) for
+// checking its indexing without a GPU: one tile's Sᵀ and Oᵀ fragments are built lane by lane as
+// the kernel builds them (the same record offsets, prmt selectors and decoding, prmt emulated from
+// its PTX definition, bf16 multiplies exact), multiplied with Q staged by dec8_qcol and with P,
+// and compared with an fp64 reference of code · scale over random records; the 16-byte loads'
+// bank groups are checked per 8-lane phase, and the masked keys (multiplier 0) in Oᵀ.
+// Build and run (no GPU needed):
+//   nvcc -std=c++17 -O2 -Ikernels -Isrc -Iinclude -gencode arch=compute_90a,code=sm_90a \
+//     scripts/mla_fp8_emulate.cu -o /tmp/mla_fp8_emulate && /tmp/mla_fp8_emulate
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "mla/mla_decode_fp8.cuh"
+
+using namespace kimi::cuda;
+using namespace kimi::cuda::mla;
+
+namespace {
+
+int g_fail = 0;
+#define EXPECT(c)                                                          \
+  do {                                                                     \
+    if (!(c)) {                                                            \
+      if (++g_fail < 20) std::printf("FAIL %s:%d %s\n", __FILE__, __LINE__, #c); \
+    }                                                                      \
+  } while (0)
+
+uint32_t prmt_h(uint32_t a, uint32_t b, uint32_t sel) {
+  const uint64_t x = uint64_t(b) << 32 | a;
+  uint32_t r = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t c = (sel >> (4 * i)) & 15;
+    uint32_t byte = (x >> (8 * (c & 7))) & 0xff;
+    if (c & 8) byte = (byte & 0x80) ? 0xff : 0;
+    r |= byte << (8 * i);
+  }
+  return r;
+}
+float bf(uint32_t h) {
+  const uint32_t u = h << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint32_t fbits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+// dec8_pair on the host: two bf16 products (exact for these inputs).
+void pair_h(uint32_t a, uint32_t b, uint32_t sel, uint32_t mult, double& lo, double& hi) {
+  const uint32_t x = (prmt_h(a, b, sel) << 4) & 0x87f087f0u;
+  lo = double(bf(x & 0xffff)) * bf(mult & 0xffff);
+  hi = double(bf(x >> 16)) * bf(mult >> 16);
+}
+double e4m3(uint8_t c) {
+  const int e = (c >> 3) & 15, m = c & 7;
+  const double v = e == 0 ? std::ldexp(m / 8.0, -6) : std::ldexp(1 + m / 8.0, e - 7);
+  return (c & 0x80) ? -v : v;
+}
+uint32_t ld32(const std::vector<uint8_t>& t, int off) {
+  uint32_t v;
+  std::memcpy(&v, &t[off], 4);
+  return v;
+}
+// Bank groups (16-byte units mod 8) of one 8-lane phase must be distinct.
+void check_phase(const int (&off)[32]) {
+  for (int q = 0; q < 4; ++q) {
+    int seen = 0;
+    for (int l = 8 * q; l < 8 * q + 8; ++l) {
+      EXPECT(off[l] % 16 == 0);
+      seen |= 1 << ((off[l] / 16) % 8);
+    }
+    EXPECT(seen == 0xff);
+  }
+}
+
+}  // namespace
+
+int main() {
+  std::mt19937 rng(7);
+  constexpr int R = kMlaFp8Row, NK = 64, NH = 32;
+  std::vector<uint8_t> tile(NK * R);
+  std::vector<double> K(NK * 576);  // decoded reference (code · scale; k_pe)
+  for (int k = 0; k < NK; ++k) {
+    for (int gr = 0; gr < 4; ++gr) {
+      const float sc = std::ldexp(1.f, int(rng() % 15) - 10);
+      std::memcpy(&tile[k * R + kMlaFp8ScaleOff + 4 * gr], &sc, 4);
+      for (int i = 0; i < 128; ++i) {
+        uint8_t c = uint8_t(rng());
+        if ((c & 0x7f) == 0x7f) c &= 0xfe;   // no NaN codes
+        if ((c & 0x78) == 0) c &= 0x80;      // subnormals flushed
+        tile[k * R + 128 * gr + i] = c;
+        K[k * 576 + 128 * gr + i] = e4m3(c) * sc;
+      }
+    }
+    for (int i = 0; i < 64; ++i) {
+      const uint16_t h = uint16_t(fbits(float(int(rng() % 2001) - 1000) / 256.f) >> 16);
+      std::memcpy(&tile[k * R + kMlaFp8PeOff + 2 * i], &h, 2);
+      K[k * 576 + 512 + i] = bf(h);
+    }
+  }
+  // Q, staged as the kernel does (ĉ channels times 2^60).
+  std::vector<double> Q(NH * 576), Qs(NH * 576, NAN);
+  std::vector<int> hit(576, 0);
+  for (int ch = 0; ch < 576; ++ch) hit[dec8_qcol(ch)]++;
+  for (int k = 0; k < 576; ++k) EXPECT(hit[k] == 1);
+  for (int h = 0; h < NH; ++h)
+    for (int ch = 0; ch < 576; ++ch) {
+      Q[h * 576 + ch] = bf(fbits(float(int(rng() % 2001) - 1000) / 512.f) >> 16);
+      Qs[h * 576 + dec8_qcol(ch)] = Q[h * 576 + ch] * (ch < 512 ? std::ldexp(1.0, 60) : 1.0);
+    }
+  // ---- Sᵀ as the kernel builds it.
+  std::vector<double> S(NK * NH, 0.0);
+  for (int w = 0; w < 4; ++w) {
+    for (int jg = 0; jg < 9; ++jg) {
+      int offs[2][32], offs2[32];
+      for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4, s_key = 16 * w + g;
+        const int r0 = s_key * R, r1 = r0 + 8 * R;
+        const uint32_t f0 = ld32(tile, r0 + kMlaFp8ScaleOff + 4 * t);
+        const uint32_t f1 = ld32(tile, r1 + kMlaFp8ScaleOff + 4 * t);
+        const uint32_t m0 = prmt_h(f0 + (60u << 23), 0, 0x3232);
+        const uint32_t m1 = prmt_h(f1 + (60u << 23), 0, 0x3232);
+        const int off = jg < 8 ? 128 * t + 16 * ((jg + 2 * t) & 7) : kMlaFp8PeOff + 32 * t;
+        offs[0][lane] = r0 + off;
+        offs[1][lane] = r1 + off;
+        offs2[lane] = r0 + off + 16;
+        for (int u = 0; u < 4; ++u) {
+          double a[4][2];  // register i: (lo, hi)
+          if (jg < 8) {
+            pair_h(ld32(tile, r0 + off + 4 * u), 0, dec8_sel(0, 1), m0, a[0][0], a[0][1]);
+            pair_h(ld32(tile, r1 + off + 4 * u), 0, dec8_sel(0, 1), m1, a[1][0], a[1][1]);
+            pair_h(ld32(tile, r0 + off + 4 * u), 0, dec8_sel(2, 3), m0, a[2][0], a[2][1]);
+            pair_h(ld32(tile, r1 + off + 4 * u), 0, dec8_sel(2, 3), m1, a[3][0], a[3][1]);
+          } else {
+            const int po = off + 16 * (u / 2) + 4 * 2 * (u % 2);
+            for (int i = 0; i < 4; ++i) {
+              const uint32_t v = ld32(tile, ((i & 1) ? r1 : r0) + po + 4 * (i >> 1));
+              a[i][0] = bf(v & 0xffff);
+              a[i][1] = bf(v >> 16);
+            }
+          }
+          const int ks = 4 * jg + u;
+          for (int i = 0; i < 4; ++i)
+            for (int e = 0; e < 2; ++e) {
+              const int row = 16 * w + g + 8 * (i & 1), col = 2 * t + e + 8 * (i >> 1);
+              for (int h = 0; h < NH; ++h) S[row * NH + h] += a[i][e] * Qs[h * 576 + 16 * ks + col];
+            }
+        }
+      }
+      check_phase(offs[0]);
+      check_phase(offs[1]);
+      if (jg == 8) check_phase(offs2);
+    }
+  }
+  double err = 0, ref2 = 0;
+  for (int k = 0; k < NK; ++k)
+    for (int h = 0; h < NH; ++h) {
+      double r = 0;
+      for (int ch = 0; ch < 576; ++ch) r += K[k * 576 + ch] * Q[h * 576 + ch];
+      err = std::max(err, std::fabs(r - S[k * NH + h]));
+      ref2 = std::max(ref2, std::fabs(r));
+    }
+  std::printf("S: max |err| %.3g (max |S| %.3g)\n", err, ref2);
+  EXPECT(err <= 1e-9 * ref2);
+
+  // ---- Oᵀ as the kernel builds it (keys at or past lim: multiplier 0).
+  for (int lim : {64, 37}) {
+    std::vector<double> P(NH * NK), O(NH * 512, 0.0);
+    for (auto& x : P) x = double(rng() % 1000) / 999.0;
+    for (int w = 0; w < 4; ++w)
+      for (int kk = 0; kk < 4; ++kk) {
+        int offs[4][32];
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, t = lane % 4;
+          uint32_t y[4][4], f[4];
+          for (int q = 0; q < 4; ++q) {
+            const int r = (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1)) * R;
+            offs[q][lane] = r + 16 * (8 * w + g);
+            for (int i = 0; i < 4; ++i) y[q][i] = ld32(tile, offs[q][lane] + 4 * i);
+            f[q] = ld32(tile, r + kMlaFp8ScaleOff + 4 * w);
+          }
+          uint32_t mult[2];
+          for (int hq = 0; hq < 2; ++hq) {
+            const int k0 = 16 * kk + 2 * t + 8 * hq;
+            const uint32_t s0 = k0 < lim ? f[2 * hq] + (60u << 23) : 0u;
+            const uint32_t s1 = k0 + 1 < lim ? f[2 * hq + 1] + (60u << 23) : 0u;
+            mult[hq] = prmt_h(s0, s1, 0x7632);
+          }
+          for (int c = 0; c < 8; ++c) {
+            const int wd = c / 2, b0 = 2 * (c % 2);
+            double a[4][2];
+            pair_h(y[0][wd], y[1][wd], dec8_sel(b0, 4 + b0), mult[0], a[0][0], a[0][1]);
+            pair_h(y[0][wd], y[1][wd], dec8_sel(b0 + 1, 5 + b0), mult[0], a[1][0], a[1][1]);
+            pair_h(y[2][wd], y[3][wd], dec8_sel(b0, 4 + b0), mult[1], a[2][0], a[2][1]);
+            pair_h(y[2][wd], y[3][wd], dec8_sel(b0 + 1, 5 + b0), mult[1], a[3][0], a[3][1]);
+            for (int i = 0; i < 4; ++i)
+              for (int e = 0; e < 2; ++e) {
+                const int ch = dec8_vch(c, w, g, i & 1);
+                const int key = 16 * kk + 2 * t + e + 8 * (i >> 1);
+                for (int h = 0; h < NH; ++h)
+                  O[h * 512 + ch] += a[i][e] * P[h * NK + key] * std::ldexp(1.0, 60);
+              }
+          }
+        }
+        for (int q = 0; q < 4; ++q) check_phase(offs[q]);
+      }
+    double oerr = 0, oref = 0;
+    for (int h = 0; h < NH; ++h)
+      for (int ch = 0; ch < 512; ++ch) {
+        double r = 0;
+        for (int k = 0; k < lim; ++k) r += P[h * NK + k] * K[k * 576 + ch];
+        oerr = std::max(oerr, std::fabs(r - O[h * 512 + ch]));
+        oref = std::max(oref, std::fabs(r));
+      }
+    std::printf("O (lim %d): max |err| %.3g (max |O| %.3g)\n", lim, oerr, oref);
+    EXPECT(oerr <= 1e-9 * oref);
+  }
+  std::printf(g_fail ? "FAILED (%d)\n" : "ok\n", g_fail);
+  return g_fail ? 1 : 0;
+}
