@@ -49,8 +49,8 @@
 // slack: 189.75 KiB (194,304 bytes), one CTA per SM; 204 registers, no spills.
 //
 // fp8 cache (kFp8, mla.h's record layout; where the decode items average kDec8MinTiles tiles or
-// more, mla_decode_fp8.cuh's register-operand kernel runs instead): 384 threads; the consumers' loop is the bf16 one
-// (one P buffer: the staging area takes the room of the second, so a consumer barrier comes
+// more, mla_decode_fp8.cuh's register-operand kernel runs instead): 384 threads; the consumers'
+// loop is the bf16 one (one P buffer: the staging area takes the room of the second, so a consumer barrier comes
 // before P is written; no early Sᵀ). Warp 8's lane 0 is the producer (warps 8-11 hand their
 // registers to the others: setmaxnreg producer 40, converters 200, consumers 240): each tile's
 // 64 records (41,984 bytes: codes, k_pe and scales as they are in the cache) land in a staging

@@ -502,7 +502,8 @@ enum class Scan { kRecurrent, kChunked };
 
 // prep_tile: the prep kernel (KdaPrepParams::tile, forced: these steps are shorter than where the
 // model takes the tile kernel).
-void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed, int prep_tile) {
+void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed,
+                      int prep_tile) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
   std::vector<int> cu(S + 1, 0);
