@@ -127,11 +127,12 @@ inline int moe_max_tiles(int64_t rows, int num_experts, int block_m) {
 // gemv runs any shape but re-reads the weights for every 16 rows of a tile.
 enum class MoeGemmPath { kAuto, kTiled, kGemv, kWgmma };
 inline constexpr int kMoeGemvMaxRowsPerExpert = 4;
-// From 2 rows per expert (T >= 64 at 256 experts top-8) the persistent wgmma kernel beats the
-// gemv and the 16-row tiles in the whole model: 1.6x at batch-64 decode (against gemv), 1.7x at
-// batch 128 and in 256- and 512-token prefill steps (against the tiles); docs/perf-log.md
-// session 12.
-inline constexpr int kMoeWgmmaMinRowsPerExpert = 2;
+// From 1 row per expert (T >= 32 at 256 experts top-8) the persistent wgmma kernel beats the
+// gemv and the 16-row tiles in the whole model: batch-32 decode 7.22 -> 5.18 ms a step, 1.6x at
+// batch 64 (against gemv), 1.7x at batch 128 and in 256- and 512-token prefill steps (against the
+// tiles); docs/perf-log.md sessions 12-13. Below (T < 32) gemv stays: at T = 16 the kernel table
+// (uniform routing) has wgmma 7% faster, not measured in the model.
+inline constexpr int kMoeWgmmaMinRowsPerExpert = 1;
 // block_m of the permutation for a batch of T·K rows over E experts: 128 (the wgmma kernel) once
 // experts average wgmma_min_rows+ rows, else 16 (decode-sized: gemv or 16-row tiles).
 inline int moe_block_m(int64_t rows, int num_experts,

@@ -1058,13 +1058,13 @@ TEST(MoeGpu, PathChoice) {
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
   p.num_tokens = 4096;
   EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kTiled);
-  // The model's block_m: 128 (wgmma) from kMoeWgmmaMinRowsPerExpert (2) rows per expert on
+  // The model's block_m: 128 (wgmma) from kMoeWgmmaMinRowsPerExpert (1) row per expert on
   // average, 16 below; another bound when asked (KIMI_CUDA_MOE_WGMMA_ROWS).
-  EXPECT_EQ(cuda::moe_block_m(int64_t(63) * 8, 256), 16);
-  EXPECT_EQ(cuda::moe_block_m(int64_t(64) * 8, 256), 128);
+  EXPECT_EQ(cuda::moe_block_m(int64_t(31) * 8, 256), 16);
+  EXPECT_EQ(cuda::moe_block_m(int64_t(32) * 8, 256), 128);
   EXPECT_EQ(cuda::moe_block_m(int64_t(1023) * 8, 256, 32), 16);
   EXPECT_EQ(cuda::moe_block_m(int64_t(1024) * 8, 256, 32), 128);
-  for (int T : {64, 256, 1024, 4096, 16384}) {
+  for (int T : {32, 64, 256, 1024, 4096, 16384}) {
     p.num_tokens = T, p.block_m = cuda::moe_block_m(int64_t(T) * 8, 256);
     EXPECT_EQ(cuda::moe_gemm_path(p), cuda::MoeGemmPath::kWgmma) << "T " << T;
   }
