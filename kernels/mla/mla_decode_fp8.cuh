@@ -7,27 +7,31 @@
 // staging slot by one bulk copy):
 //   Sᵀ = K·Qᵀ  (64 keys × 32 heads, k = 576): 36 wgmma m64n32k16, A = K from registers, B = Q
 //              from shared memory. Lane (w, g, t) of the consumer warpgroup holds keys 16w + g
-//              and 16w + g + 8 (the fragment rows) and takes all its columns from scale group t
-//              (channels 128t .. +128) and from k_pe channels 16t .. +16: in k-step 4j + u
-//              (j < 8) its four columns 2t, 2t + 1, 2t + 8, 2t + 9 are channels
-//              128t + 16((j + 2t) % 8) + 4u + {0, 1, 2, 3}, in k-step 32 + u k_pe channels
-//              16t + 4u + {0, 1, 2, 3}. Q is staged once with its columns in that order
-//              (dec8_qcol). The rotation (j + 2t) % 8 puts the 8 lanes of each 16-byte load
-//              phase (g = 2q, 2q + 1; t = 0..3) on 8 distinct bank groups: a record is 41 bank
-//              groups long, 41 = 1 mod 8.
+//              and 16w + g + 8 (the fragment rows). k_pe first (k-steps 32..35, bf16, into s):
+//              in k-step 32 + u its four columns 2t, 2t + 1, 2t + 8, 2t + 9 are k_pe channels
+//              16t + 4u + {0, 1, 2, 3}. Then scale group G (k-steps 8G .. 8G + 7, f16, into acc):
+//              in k-step 8G + v its columns are channels 128G + 32t + 4v + {0, 1, 2, 3}, the
+//              codes themselves (cvt e4m3x2 -> f16x2, exact), and once the group's 8 products
+//              are done s += scale(key, G) · acc in fp32 (the fold; acc is single-buffered, so
+//              the group after waits for it). Q is staged once with its columns in that order
+//              (dec8_qcol): ĉ in f16, k_pe in bf16, both times 2^(141 − E) with E the largest
+//              bf16 exponent field of the CTA's ĉ (so ĉ stays below 2^15 and is exact in f16
+//              down to 2^-14 · max-ish); the softmax scale takes 2^(E − 141) back. The 8 lanes of
+//              each 16-byte load phase (g = 2q, 2q + 1; t = 0..3) sit on 8 distinct bank
+//              groups: a record is 41 bank groups long (41 = 1 mod 8), lane t's pieces 2t apart.
 //   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
 //              registers, B = P from shared memory (as the bf16 kernel). Lane (w, g, t)'s
 //              fragment rows g, g + 8 of m-tile c are channels 16(8w + g) + 2c + {0, 1} (one
 //              16-byte piece of each key's codes covers all its rows, scale group w), its
 //              columns keys 16kk + 2t + {0, 1, 8, 9} (the keys in order: P needs no
 //              permutation); a register pairs one channel of two keys (prmt of two words).
-// A code becomes bf16 in 3 integer instructions per pair and a bf16x2 multiply: prmt places
+// Oᵀ's codes (Sᵀ's go through cvt, above) become bf16 in 3 integer instructions per pair and a
+// bf16x2 multiply: prmt places
 // each code in the low byte of a 16-bit lane with its sign replicated in the high byte, << 4
 // and a mask leave magnitude << 4 under the sign: the bf16 of code · 2^-120; the multiplier is
 // scale · 2^60 (the fp32 scale's high half, exponent + 60), so the decoded values are
 // code · scale · 2^-60, exact for scales 2^-60 .. 2^67 (smaller ones flush towards 0: below
-// 2^-66 · 448 in absolute terms). Q's code channels are staged times 2^60 (exact), so Sᵀ is
-// exact as before; O carries 2^-60, folded back at the end.
+// 2^-66 · 448 in absolute terms); O carries 2^-60, folded back at the end.
 // Two consumer warpgroups take the tiles in turn (tile n: warpgroup n % 2; each has its own O, m,
 // l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
 // copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
