@@ -41,11 +41,14 @@
 // B = 1 278-280 -> 243-246 us (59% -> 67% of copy; one round 272), B = 64 at 4k / 32k / 128k 6%,
 // 11%, 14% faster; slower where it walks few: B = 1 at 4k 13.1 -> 21.7 us, 32k 22.3 -> 30.2,
 // 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
+// Sᵀ through cvt and f16 products (branch fp8mla7, same call against main): 1M at B = 1
+// 248.3-248.8 -> 230.3-230.8 us (71% of copy), B = 64 at 4k / 32k / 128k 5% / 8% / 8% faster.
 // launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
 // or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
 // Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
 // per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
-// multiplier 0 (rows past the context may hold anything; codes never decode to Inf / NaN).
+// multiplier 0 (rows past the context may hold anything; Oᵀ's decoding never yields Inf / NaN;
+// Sᵀ's cvt may, for a masked key's row only, which the mask replaces).
 #pragma once
 
 #include <cuda_fp16.h>
