@@ -7,27 +7,31 @@
 // staging slot by one bulk copy):
 //   Sᵀ = K·Qᵀ  (64 keys × 32 heads, k = 576): 36 wgmma m64n32k16, A = K from registers, B = Q
 //              from shared memory. Lane (w, g, t) of the consumer warpgroup holds keys 16w + g
-//              and 16w + g + 8 (the fragment rows) and takes all its columns from scale group t
-//              (channels 128t .. +128) and from k_pe channels 16t .. +16: in k-step 4j + u
-//              (j < 8) its four columns 2t, 2t + 1, 2t + 8, 2t + 9 are channels
-//              128t + 16((j + 2t) % 8) + 4u + {0, 1, 2, 3}, in k-step 32 + u k_pe channels
-//              16t + 4u + {0, 1, 2, 3}. Q is staged once with its columns in that order
-//              (dec8_qcol). The rotation (j + 2t) % 8 puts the 8 lanes of each 16-byte load
-//              phase (g = 2q, 2q + 1; t = 0..3) on 8 distinct bank groups: a record is 41 bank
-//              groups long, 41 = 1 mod 8.
+//              and 16w + g + 8 (the fragment rows). k_pe first (k-steps 32..35, bf16, into s):
+//              in k-step 32 + u its four columns 2t, 2t + 1, 2t + 8, 2t + 9 are k_pe channels
+//              16t + 4u + {0, 1, 2, 3}. Then scale group G (k-steps 8G .. 8G + 7, f16, into acc):
+//              in k-step 8G + v its columns are channels 128G + 32t + 4v + {0, 1, 2, 3}, the
+//              codes themselves (cvt e4m3x2 -> f16x2, exact), and once the group's 8 products
+//              are done s += scale(key, G) · acc in fp32 (the fold; acc is single-buffered, so
+//              the group after waits for it). Q is staged once with its columns in that order
+//              (dec8_qcol): ĉ in f16, k_pe in bf16, both times 2^(141 − E) with E the largest
+//              bf16 exponent field of the CTA's ĉ (so ĉ stays below 2^15 and is exact in f16
+//              down to 2^-14 · max-ish); the softmax scale takes 2^(E − 141) back. The 8 lanes of
+//              each 16-byte load phase (g = 2q, 2q + 1; t = 0..3) sit on 8 distinct bank
+//              groups: a record is 41 bank groups long (41 = 1 mod 8), lane t's pieces 2t apart.
 //   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
 //              registers, B = P from shared memory (as the bf16 kernel). Lane (w, g, t)'s
 //              fragment rows g, g + 8 of m-tile c are channels 16(8w + g) + 2c + {0, 1} (one
 //              16-byte piece of each key's codes covers all its rows, scale group w), its
 //              columns keys 16kk + 2t + {0, 1, 8, 9} (the keys in order: P needs no
 //              permutation); a register pairs one channel of two keys (prmt of two words).
-// A code becomes bf16 in 3 integer instructions per pair and a bf16x2 multiply: prmt places
+// Oᵀ's codes (Sᵀ's go through cvt, above) become bf16 in 3 integer instructions per pair and a
+// bf16x2 multiply: prmt places
 // each code in the low byte of a 16-bit lane with its sign replicated in the high byte, << 4
 // and a mask leave magnitude << 4 under the sign: the bf16 of code · 2^-120; the multiplier is
 // scale · 2^60 (the fp32 scale's high half, exponent + 60), so the decoded values are
 // code · scale · 2^-60, exact for scales 2^-60 .. 2^67 (smaller ones flush towards 0: below
-// 2^-66 · 448 in absolute terms). Q's code channels are staged times 2^60 (exact), so Sᵀ is
-// exact as before; O carries 2^-60, folded back at the end.
+// 2^-66 · 448 in absolute terms); O carries 2^-60, folded back at the end.
 // Two consumer warpgroups take the tiles in turn (tile n: warpgroup n % 2; each has its own O, m,
 // l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
 // copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
@@ -37,12 +41,17 @@
 // B = 1 278-280 -> 243-246 us (59% -> 67% of copy; one round 272), B = 64 at 4k / 32k / 128k 6%,
 // 11%, 14% faster; slower where it walks few: B = 1 at 4k 13.1 -> 21.7 us, 32k 22.3 -> 30.2,
 // 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
+// Sᵀ through cvt and f16 products (branch fp8mla7, same call against main): 1M at B = 1
+// 248.3-248.8 -> 230.3-230.8 us (71% of copy), B = 64 at 4k / 32k / 128k 5% / 8% / 8% faster.
 // launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
 // or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
 // Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
 // per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
-// multiplier 0 (rows past the context may hold anything; codes never decode to Inf / NaN).
+// multiplier 0 (rows past the context may hold anything; Oᵀ's decoding never yields Inf / NaN;
+// Sᵀ's cvt may, for a masked key's row only, which the mask replaces).
 #pragma once
+
+#include <cuda_fp16.h>
 
 #include "async_copy.cuh"
 #include "mla/mla.h"
@@ -57,8 +66,11 @@ __host__ __device__ constexpr int dec8_qcol(int ch) {
   const bool pe = ch >= kMlaLat;
   const int r = pe ? ch - kMlaLat : ch % 128;
   const int t = pe ? r / 16 : ch / 128, w4 = r % 16, u = w4 / 4, e2 = w4 % 4;
-  const int ks = pe ? 32 + u : 4 * ((r / 16 - 2 * t) & 7) + u;
-  return 16 * ks + 2 * t + (e2 & 1) + 8 * (e2 >> 1);
+  if (pe) return 16 * (32 + u) + 2 * t + (e2 & 1) + 8 * (e2 >> 1);
+  // ĉ: scale group G = ch / 128 fills k-steps 8G .. 8G + 7; lane t's columns of k-step 8G + v
+  // are channels 128G + 32t + 4v + {0, 1, 2, 3}.
+  const int tc = r / 32, v = (r % 32) / 4, e = r % 4;
+  return 16 * (8 * (ch / 128) + v) + 2 * tc + (e & 1) + 8 * (e >> 1);
 }
 // The Oᵀ accumulator row (m-tile c, warp w, lane row g, half b) is channel dec8_vch(...).
 __host__ __device__ constexpr int dec8_vch(int c, int w, int g, int b) {
@@ -82,7 +94,7 @@ struct Dec8Layout {
   static constexpr uint32_t kOffRed = kOffStg + kStages * kStgBytes;
   static constexpr uint32_t kRedFloats = 6 * kDecHeads;  // [4 warps][32], [32] m, [32] l
   static constexpr size_t kSmem = kOffRed + kConsumers * kRedFloats * 4 + 1024;
-  static_assert(kOffP % 1024 == 0 && kOffStg % 16 == 0 && kSmem + 64 <= 227 * 1024);
+  static_assert(kOffP % 1024 == 0 && kOffStg % 16 == 0 && kSmem + 128 <= 227 * 1024);
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kStages * kStgBytes);
 };
 
@@ -103,6 +115,50 @@ __device__ __forceinline__ uint32_t dec8_pair(uint32_t a, uint32_t b, uint32_t s
   __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&x),
                              *reinterpret_cast<const __nv_bfloat162*>(&mult));
   return *reinterpret_cast<uint32_t*>(&v);
+}
+// Two pairs of e4m3 codes (the 4 bytes of x) to f16x2: lo = bytes 0, 1, hi = bytes 2, 3 (exact).
+__device__ __forceinline__ void dec8_cvt(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  asm("{\n"
+      ".reg .b16 l, h;\n"
+      "mov.b32 {l, h}, %2;\n"
+      "cvt.rn.f16x2.e4m3x2 %0, l;\n"
+      "cvt.rn.f16x2.e4m3x2 %1, h;\n"
+      "}\n"
+      : "=r"(lo), "=r"(hi)
+      : "r"(x));
+}
+// d[64 × 32] (+)= A[64 × 16] · B[32 × 16]ᵀ: A f16 in registers, B f16 K-major in shared memory;
+// accumulate 0 overwrites d.
+__device__ __forceinline__ void wgmma_rs_m64n32_f16(float (&d)[16], const uint32_t* a, uint64_t db,
+                                                    int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+// The same with d overwritten (d is not read).
+__device__ __forceinline__ void wgmma_rs_m64n32_f16_first(float (&d)[16], const uint32_t* a,
+                                                          uint64_t db) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n"
+      "}\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]),
+        "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]),
+        "=f"(d[14]), "=f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(0));
 }
 // The fp32 bits of a scale (a power of two or 0) times 2^60.
 __device__ __forceinline__ uint32_t dec8_scale60(uint32_t f) { return f + (60u << 23); }
@@ -148,6 +204,18 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 __device__ __forceinline__ uint4 lds128(const unsigned char* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
+__device__ __forceinline__ uint4 lds128(uint32_t a) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "r"(a));
+  return v;
+}
+__device__ __forceinline__ uint32_t lds32(uint32_t a) {
+  uint32_t v;
+  asm volatile("ld.shared.u32 %0, [%1];\n" : "=r"(v) : "r"(a));
+  return v;
+}
 __device__ __forceinline__ uint32_t w4(const uint4& v, int i) {
   return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
 }
@@ -177,9 +245,11 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   using L = Dec8Layout;
   extern __shared__ unsigned char dec_smem_raw[];
   __shared__ uint64_t bars[2 * L::kStages];
+  __shared__ uint32_t q_emax;  // the largest bf16 exponent field of the CTA's Q ĉ
   uint64_t* const full = bars;
   uint64_t* const empty = bars + L::kStages;
   if (threadIdx.x == 0) {
+    q_emax = 0;
     for (int s = 0; s < L::kStages; ++s) {
       mbar_init(full + s, 1);      // the producer's expect_tx
       mbar_init(empty + s, 128);  // every thread of the tile's consumer warpgroup
@@ -195,6 +265,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   unsigned char* const sm = dec_smem_raw + (base - smem_u32(dec_smem_raw));
   const uint32_t q_s = base, p_s = base + L::kOffP;
   unsigned char* const stg = sm + L::kOffStg;
+  const uint32_t stg_s = base + L::kOffStg;
 
   const int H = p.num_heads, h0 = blockIdx.y * kDecHeads;
   const int kv_hi = min(it.kv_end, it.q_pos0 + 1);
@@ -217,8 +288,10 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   float* const red = reinterpret_cast<float*>(sm + L::kOffRed) + wg * L::kRedFloats;
   float* const ml = red + 4 * kDecHeads;  // [32] m, [32] l of this warpgroup
 
-  // Q into shared memory in the Sᵀ k order (dec8_qcol), swizzled as TMA would; ĉ channels times
-  // 2^60; heads past H zero. Pairs of channels stay pairs (a 4-byte store each).
+  // Q into shared memory in the Sᵀ k order (dec8_qcol), swizzled as TMA would; ĉ channels in f16,
+  // k_pe in bf16, both times 2^(141 − E) (below); heads past H zero. Pairs of channels stay pairs
+  // (a 4-byte store each).
+  float q_unscale;
   {
     constexpr int kPer = kDecHeads * 72 / 256;
     static_assert(kPer * 256 == kDecHeads * 72);
@@ -233,7 +306,29 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
                        : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
                                                          (ch - 64) * 8);
     }
-    const uint32_t k60 = 0x5d805d80u;  // bf16x2 of 2^60
+    // Q times 2^(141 − E), E the largest exponent field of ĉ (at least 15): ĉ below 2^15 in
+    // f16 (exact down to 2^-14), k_pe in bf16 (exact); the softmax takes 2^(E − 141) back.
+    uint32_t em = 0;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int ch = (ctid + 256 * i) % 72;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t x = ch < 64 ? w4(v[i], e) : 0u;
+        em = max(em, max(x & 0x7f80u, (x >> 16) & 0x7f80u));
+      }
+    }
+    em = __reduce_max_sync(0xffffffffu, em);
+    if (w == 0 && g == 0)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        *reinterpret_cast<float2*>(ml + 8 * j + 2 * t) = make_float2(-INFINITY, -INFINITY);
+    if (lane == 0) atomicMax(&q_emax, em);
+    bar_sync(3, 256);
+    const int qe = max(int(q_emax >> 7), 15);
+    q_unscale = __int_as_float((qe - 14) << 23);
+    const float qf = __int_as_float((268 - qe) << 23);
+    const uint32_t qfb = (__float_as_uint(qf) >> 16) * 0x10001u;  // bf16x2 of qf
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int idx = ctid + 256 * i, r = idx / 72, ch = idx % 72;
@@ -241,8 +336,12 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       for (int e = 0; e < 4; ++e) {
         uint32_t x = w4(v[i], e);
         if (ch < 64) {
+          __half2 y = __floats2half2_rn(__uint_as_float(x << 16) * qf,
+                                        __uint_as_float(x & 0xffff0000u) * qf);
+          x = *reinterpret_cast<uint32_t*>(&y);
+        } else {
           __nv_bfloat162 y = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&x),
-                                     *reinterpret_cast<const __nv_bfloat162*>(&k60));
+                                     *reinterpret_cast<const __nv_bfloat162*>(&qfb));
           x = *reinterpret_cast<uint32_t*>(&y);
         }
         const int k = dec8_qcol(8 * ch + 2 * e);
@@ -254,18 +353,18 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     bar_sync(3, 256);
   }
 
-  const float sl2 = p.scale * 1.4426950408889634f;
+  const float sl2 = p.scale * 1.4426950408889634f * q_unscale;
   float o[8][16];  // o[c][4j + 2b + e] = channel dec8_vch(c, w, g, b), head 8j + 2t + e
 #pragma unroll
   for (int c = 0; c < 8; ++c)
 #pragma unroll
     for (int i = 0; i < 16; ++i) o[c][i] = 0.f;
-  float m_run[4][2], l_run[4][2];
+  float l_run[4][2];  // the running m per head lives in ml (registers during the softmax only)
 #pragma unroll
   for (int j = 0; j < 4; ++j)
 #pragma unroll
-    for (int e = 0; e < 2; ++e) m_run[j][e] = -INFINITY, l_run[j][e] = 0.f;
-  float s[16];
+    for (int e = 0; e < 2; ++e) l_run[j][e] = 0.f;
+  float s[16], acc[16];
   const uint64_t q_desc = wgmma_desc(q_s);
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 =
@@ -277,35 +376,40 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   for (int n = wg, i_loc = 0; n < ntiles; n += L::kConsumers, ++i_loc) {
     const int slot = n % L::kStages;
     const uint32_t pbuf = (2 * wg + (i_loc & 1)) * kDecPBytes;
-    const unsigned char* const tile = stg + slot * L::kStgBytes;
-    const unsigned char* const rec0 = tile + s_key * kMlaFp8Row;
-    const unsigned char* const rec1 = rec0 + 8 * kMlaFp8Row;
+    const uint32_t tile = stg_s + slot * L::kStgBytes;
+    const uint32_t rec0t = tile + s_key * kMlaFp8Row + 32 * t;
+    constexpr uint32_t kRec1 = 8 * kMlaFp8Row;  // key + 8
     mbar_wait(full + slot, (n / L::kStages) & 1);
 
-    // ---- Sᵀ: 9 groups of 4 k-steps, A double-buffered (group i waits for group i − 2).
+    // ---- Sᵀ: 9 groups of 4 k-steps, A double-buffered (group i waits for group i − 2). Group 0:
+    // k_pe (bf16, into s); groups 1 + 2G, 2 + 2G: scale group G's codes (f16, exact) into acc,
+    // added into s times the key's scale once they are done (before group 1 + 2(G + 1) starts;
+    // its A is decoded first).
     {
-      const uint32_t f0 = *reinterpret_cast<const uint32_t*>(rec0 + kMlaFp8ScaleOff + 4 * t);
-      const uint32_t f1 = *reinterpret_cast<const uint32_t*>(rec1 + kMlaFp8ScaleOff + 4 * t);
-      const uint32_t sc0 = dec8_scale60(f0), sc1 = dec8_scale60(f1);
-      const uint32_t m0 = prmt(sc0, 0, 0x3232), m1 = prmt(sc1, 0, 0x3232);
+      auto fold = [&](int G) {
+        const uint32_t sc = rec0t - 32 * t + kMlaFp8ScaleOff + 4 * G;
+        const float c0 = __uint_as_float(lds32(sc)), c1 = __uint_as_float(lds32(sc + kRec1));
+        fence_acc(s);
+        fence_acc(acc);
+#pragma unroll
+        for (int i = 0; i < 16; ++i) s[i] = fmaf((i >> 1) & 1 ? c1 : c0, acc[i], s[i]);
+      };
       uint32_t a[2][16];
-      uint4 x0 = lds128(rec0 + 128 * t + 16 * ((2 * t) & 7));
-      uint4 x1 = lds128(rec1 + 128 * t + 16 * ((2 * t) & 7));
-      uint4 y0 = x0, y1 = x1;  // k_pe's second pieces (group 8)
+      uint4 x0 = lds128(rec0t + kMlaFp8PeOff);
+      uint4 x1 = lds128(rec0t + kRec1 + kMlaFp8PeOff);
+      uint4 y0 = lds128(rec0t + kMlaFp8PeOff + 16);
+      uint4 y1 = lds128(rec0t + kRec1 + kMlaFp8PeOff + 16);
 #pragma unroll
       for (int jg = 0; jg < 9; ++jg) {
         uint32_t(&A)[16] = a[jg & 1];
-        if (jg >= 2) wgmma_wait<1>();
+        if (jg >= 3 && jg % 2 == 1) {  // scale group (jg − 3) / 2 done: into s, acc free
+          wgmma_wait<0>();
+          fold((jg - 3) / 2);
+        } else if (jg >= 2) {
+          wgmma_wait<1>();
+        }
         fence_regs(A);
-        if (jg < 8) {
-#pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            A[4 * u + 0] = dec8_pair(w4(x0, u), 0, dec8_sel(0, 1), m0);
-            A[4 * u + 1] = dec8_pair(w4(x1, u), 0, dec8_sel(0, 1), m1);
-            A[4 * u + 2] = dec8_pair(w4(x0, u), 0, dec8_sel(2, 3), m0);
-            A[4 * u + 3] = dec8_pair(w4(x1, u), 0, dec8_sel(2, 3), m1);
-          }
-        } else {
+        if (jg == 0) {
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             const uint4& p0 = u < 2 ? x0 : y0;
@@ -315,31 +419,46 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
             A[4 * u + 2] = w4(p0, 2 * (u % 2) + 1);
             A[4 * u + 3] = w4(p1, 2 * (u % 2) + 1);
           }
+        } else {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            dec8_cvt(w4(x0, u), A[4 * u + 0], A[4 * u + 2]);
+            dec8_cvt(w4(x1, u), A[4 * u + 1], A[4 * u + 3]);
+          }
         }
-        // The next group's pieces (loaded while this group's products run).
-        if (jg + 1 < 8) {
-          const int off = 128 * t + 16 * ((jg + 1 + 2 * t) & 7);
-          x0 = lds128(rec0 + off);
-          x1 = lds128(rec1 + off);
-        } else if (jg + 1 == 8) {
-          x0 = lds128(rec0 + kMlaFp8PeOff + 32 * t);
-          x1 = lds128(rec1 + kMlaFp8PeOff + 32 * t);
-          y0 = lds128(rec0 + kMlaFp8PeOff + 32 * t + 16);
-          y1 = lds128(rec1 + kMlaFp8PeOff + 32 * t + 16);
+        // The next group's pieces (loaded while this group's products run): scale group
+        // jg / 2, its half jg % 2; lane t's 32 channels from 32t.
+        if (jg + 1 < 9) {
+          const uint32_t off = 128 * (jg / 2) + 16 * (jg % 2);
+          x0 = lds128(rec0t + off);
+          x1 = lds128(rec0t + kRec1 + off);
         }
         wgmma_fence();
+        if (jg == 0) {
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          const int ks = 4 * jg + u;
-          const uint64_t qd = q_desc + ((ks / 4) * kDecQBox + (ks % 4) * 32) / 16;
-          if (ks == 0)
-            wgmma_rs_m64n32_first(s, &A[4 * u], qd);
-          else
-            wgmma_rs_m64n32(s, &A[4 * u], qd, 1);
+          for (int u = 0; u < 4; ++u) {
+            const int ks = 32 + u;
+            const uint64_t qd = q_desc + ((ks / 4) * kDecQBox + (ks % 4) * 32) / 16;
+            if (u == 0)
+              wgmma_rs_m64n32_first(s, &A[0], qd);
+            else
+              wgmma_rs_m64n32(s, &A[4 * u], qd, 1);
+          }
+        } else {
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const int ks = 4 * (jg - 1) + u;
+            const uint64_t qd = q_desc + ((ks / 4) * kDecQBox + (ks % 4) * 32) / 16;
+            if (jg % 2 == 1 && u == 0)
+              wgmma_rs_m64n32_f16_first(acc, &A[0], qd);
+            else
+              wgmma_rs_m64n32_f16(acc, &A[4 * u], qd, 1);
+          }
         }
         wgmma_commit();
       }
       wgmma_wait<0>();
+      fold(3);
       fence_acc(s);
     }
 
@@ -347,6 +466,13 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     const int pos0 = (blk0 + n) * kDecKeys;
     const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
     bool over = false;
+    float m_run[4][2];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 v = *reinterpret_cast<const float2*>(ml + 8 * j + 2 * t);
+      m_run[j][0] = v.x;
+      m_run[j][1] = v.y;
+    }
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
@@ -406,6 +532,8 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
           m_run[j][e] = m_new;
           l_run[j][e] *= alpha[j][e];
         }
+        if (w == 0 && g == 0)
+          *reinterpret_cast<float2*>(ml + 8 * j + 2 * t) = make_float2(m_run[j][0], m_run[j][1]);
       }
 #pragma unroll
       for (int c = 0; c < 8; ++c)
@@ -429,12 +557,13 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       uint32_t a[2][4 * kOG];
       uint4 y[4];
       uint32_t f[4];
+      const uint32_t vrec = tile + 2 * t * kMlaFp8Row;
       auto load_v = [&](int kk) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
-          const unsigned char* r = tile + (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1)) * kMlaFp8Row;
+          const uint32_t r = vrec + (16 * kk + (q & 1) + 8 * (q >> 1)) * kMlaFp8Row;
           y[q] = lds128(r + v_off);
-          f[q] = *reinterpret_cast<const uint32_t*>(r + v_scale);
+          f[q] = lds32(r + v_scale);
         }
       };
       load_v(0);
@@ -506,7 +635,6 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int hd = 8 * j + 2 * t + e;
-        ml[hd] = m_run[j][e];
         ml[kDecHeads + hd] = red[hd] + red[kDecHeads + hd] + red[2 * kDecHeads + hd] +
                              red[3 * kDecHeads + hd];
       }
@@ -522,7 +650,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     for (int e = 0; e < 2; ++e) {
       const int hd = 8 * j + 2 * t + e;
       const float mm = fmaxf(ml0[hd], ml1[hd]);
-      wt[j][e] = mm == -INFINITY ? 0.f : ex2(m_run[j][e] - mm) * 1.152921504606847e18f;
+      wt[j][e] = mm == -INFINITY ? 0.f : ex2(ml[hd] - mm) * 1.152921504606847e18f;
     }
 #pragma unroll
   for (int pass = 1; pass >= 0; --pass) {
