@@ -1,8 +1,10 @@
 // CPU replay of mla_decode_fp8_kernel's register operands (kernels/mla/mla_decode_fp8.cuh) for
 // checking its indexing without a GPU: one tile's Sᵀ and Oᵀ fragments are built lane by lane as
-// the kernel builds them (the same record offsets, prmt selectors and decoding, prmt emulated from
-// its PTX definition, bf16 multiplies exact), multiplied with Q staged by dec8_qcol and with P,
-// and compared with an fp64 reference of code · scale over random records; the 16-byte loads'
+// the kernel builds them (the same record offsets; Sᵀ's codes as cvt e4m3x2 -> f16x2 gives them,
+// per scale group, folded with the key's scale; Oᵀ's prmt selectors and decoding, prmt emulated
+// from its PTX definition, bf16 multiplies exact), multiplied with Q staged by dec8_qcol (scaled
+// and rounded as the kernel stages it) and with P, and compared with an fp64 reference of
+// code · scale over random records; the 16-byte loads'
 // bank groups are checked per 8-lane phase, and the masked keys (multiplier 0) in Oᵀ.
 // Build and run (no GPU needed):
 //   nvcc -std=c++17 -O2 -Ikernels -Isrc -Iinclude -gencode arch=compute_90a,code=sm_90a \
@@ -103,60 +105,77 @@ int main() {
       K[k * 576 + 512 + i] = bf(h);
     }
   }
-  // Q, staged as the kernel does (ĉ channels times 2^60).
+  // Q, staged as the kernel does: in dec8_qcol's order, times 2^(141 − E) (E the largest bf16
+  // exponent field of ĉ, at least 15), ĉ rounded to f16, k_pe kept in bf16.
   std::vector<double> Q(NH * 576), Qs(NH * 576, NAN);
   std::vector<int> hit(576, 0);
   for (int ch = 0; ch < 576; ++ch) hit[dec8_qcol(ch)]++;
   for (int k = 0; k < 576; ++k) EXPECT(hit[k] == 1);
+  uint32_t em = 0;
   for (int h = 0; h < NH; ++h)
     for (int ch = 0; ch < 576; ++ch) {
-      Q[h * 576 + ch] = bf(fbits(float(int(rng() % 2001) - 1000) / 512.f) >> 16);
-      Qs[h * 576 + dec8_qcol(ch)] = Q[h * 576 + ch] * (ch < 512 ? std::ldexp(1.0, 60) : 1.0);
+      const uint32_t hb = fbits(float(int(rng() % 2001) - 1000) / 512.f) >> 16;
+      Q[h * 576 + ch] = bf(hb);
+      if (ch < 512) em = std::max(em, hb & 0x7f80u);
     }
-  // ---- Sᵀ as the kernel builds it.
+  const int qe = std::max(int(em >> 7), 15);
+  const double qf = std::ldexp(1.0, 141 - qe);
+  for (int h = 0; h < NH; ++h)
+    for (int ch = 0; ch < 576; ++ch) {
+      const float x = float(Q[h * 576 + ch] * qf);
+      Qs[h * 576 + dec8_qcol(ch)] = ch < 512 ? double(__half2float(__float2half_rn(x))) : x;
+    }
+  // ---- Sᵀ as the kernel builds it: group 0 k_pe (bf16 words as they lie, into s); groups
+  // 1 + 2G, 2 + 2G scale group G's codes (cvt e4m3x2 -> f16x2: exact) into acc, then
+  // s += scale(key, G) · acc.
   std::vector<double> S(NK * NH, 0.0);
   for (int w = 0; w < 4; ++w) {
     for (int jg = 0; jg < 9; ++jg) {
       int offs[2][32], offs2[32];
+      std::vector<double> acc(NK * NH, 0.0);
       for (int lane = 0; lane < 32; ++lane) {
         const int g = lane / 4, t = lane % 4, s_key = 16 * w + g;
-        const int r0 = s_key * R, r1 = r0 + 8 * R;
-        const uint32_t f0 = ld32(tile, r0 + kMlaFp8ScaleOff + 4 * t);
-        const uint32_t f1 = ld32(tile, r1 + kMlaFp8ScaleOff + 4 * t);
-        const uint32_t m0 = prmt_h(f0 + (60u << 23), 0, 0x3232);
-        const uint32_t m1 = prmt_h(f1 + (60u << 23), 0, 0x3232);
-        const int off = jg < 8 ? 128 * t + 16 * ((jg + 2 * t) & 7) : kMlaFp8PeOff + 32 * t;
-        offs[0][lane] = r0 + off;
-        offs[1][lane] = r1 + off;
-        offs2[lane] = r0 + off + 16;
+        const int rec0t = s_key * R + 32 * t, rec1t = rec0t + 8 * R;
+        const int off = jg == 0 ? kMlaFp8PeOff : 128 * ((jg - 1) / 2) + 16 * ((jg - 1) % 2);
+        offs[0][lane] = rec0t + off;
+        offs[1][lane] = rec1t + off;
+        offs2[lane] = rec0t + off + 16;
         for (int u = 0; u < 4; ++u) {
           double a[4][2];  // register i: (lo, hi)
-          if (jg < 8) {
-            pair_h(ld32(tile, r0 + off + 4 * u), 0, dec8_sel(0, 1), m0, a[0][0], a[0][1]);
-            pair_h(ld32(tile, r1 + off + 4 * u), 0, dec8_sel(0, 1), m1, a[1][0], a[1][1]);
-            pair_h(ld32(tile, r0 + off + 4 * u), 0, dec8_sel(2, 3), m0, a[2][0], a[2][1]);
-            pair_h(ld32(tile, r1 + off + 4 * u), 0, dec8_sel(2, 3), m1, a[3][0], a[3][1]);
-          } else {
+          if (jg == 0) {
             const int po = off + 16 * (u / 2) + 4 * 2 * (u % 2);
             for (int i = 0; i < 4; ++i) {
-              const uint32_t v = ld32(tile, ((i & 1) ? r1 : r0) + po + 4 * (i >> 1));
+              const uint32_t v = ld32(tile, ((i & 1) ? rec1t : rec0t) + po + 4 * (i >> 1));
               a[i][0] = bf(v & 0xffff);
               a[i][1] = bf(v >> 16);
             }
+          } else {
+            for (int r = 0; r < 2; ++r) {  // dec8_cvt: bytes 0, 1 -> register r, 2, 3 -> r + 2
+              const uint32_t v = ld32(tile, (r ? rec1t : rec0t) + off + 4 * u);
+              for (int e = 0; e < 4; ++e) a[r + 2 * (e / 2)][e % 2] = e4m3(uint8_t(v >> (8 * e)));
+            }
           }
-          const int ks = 4 * jg + u;
+          const int ks = jg == 0 ? 32 + u : 4 * (jg - 1) + u;
+          std::vector<double>& d = jg == 0 ? S : acc;
           for (int i = 0; i < 4; ++i)
             for (int e = 0; e < 2; ++e) {
               const int row = 16 * w + g + 8 * (i & 1), col = 2 * t + e + 8 * (i >> 1);
-              for (int h = 0; h < NH; ++h) S[row * NH + h] += a[i][e] * Qs[h * 576 + 16 * ks + col];
+              for (int h = 0; h < NH; ++h) d[row * NH + h] += a[i][e] * Qs[h * 576 + 16 * ks + col];
             }
         }
       }
+      if (jg > 0)  // the fold: this half of scale group G times the key's scale
+        for (int row = 16 * w; row < 16 * w + 16; ++row) {
+          float sc;
+          std::memcpy(&sc, &tile[row * R + kMlaFp8ScaleOff + 4 * ((jg - 1) / 2)], 4);
+          for (int h = 0; h < NH; ++h) S[row * NH + h] += double(sc) * acc[row * NH + h];
+        }
       check_phase(offs[0]);
       check_phase(offs[1]);
-      if (jg == 8) check_phase(offs2);
+      if (jg == 0) check_phase(offs2);
     }
   }
+  for (auto& x : S) x /= qf;  // the softmax's 2^(E − 141)
   double err = 0, ref2 = 0;
   for (int k = 0; k < NK; ++k)
     for (int h = 0; h < NH; ++h) {
