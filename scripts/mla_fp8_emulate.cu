@@ -106,7 +106,7 @@ int main() {
     }
   }
   // Q, staged as the kernel does: in dec8_qcol's order, times 2^(141 − E) (E the largest bf16
-  // exponent field of ĉ, at least 15), ĉ rounded to f16, k_pe kept in bf16.
+  // exponent field of Q, at least 15), ĉ rounded to f16, k_pe kept in bf16.
   std::vector<double> Q(NH * 576), Qs(NH * 576, NAN);
   std::vector<int> hit(576, 0);
   for (int ch = 0; ch < 576; ++ch) hit[dec8_qcol(ch)]++;
@@ -116,7 +116,7 @@ int main() {
     for (int ch = 0; ch < 576; ++ch) {
       const uint32_t hb = fbits(float(int(rng() % 2001) - 1000) / 512.f) >> 16;
       Q[h * 576 + ch] = bf(hb);
-      if (ch < 512) em = std::max(em, hb & 0x7f80u);
+      em = std::max(em, hb & 0x7f80u);
     }
   const int qe = std::max(int(em >> 7), 15);
   const double qf = std::ldexp(1.0, 141 - qe);

@@ -15,8 +15,9 @@
 //              are done s += scale(key, G) · acc in fp32 (the fold; acc is single-buffered, so
 //              the group after waits for it). Q is staged once with its columns in that order
 //              (dec8_qcol): ĉ in f16, k_pe in bf16, both times 2^(141 − E) with E the largest
-//              bf16 exponent field of the CTA's ĉ (so ĉ stays below 2^15 and is exact in f16
-//              down to 2^-14 · max-ish); the softmax scale takes 2^(E − 141) back. The 8 lanes of
+//              bf16 exponent field of the CTA's Q (ĉ and k_pe: so ĉ stays below 2^15, exact in
+//              f16 down to 2^-14 · max-ish, and k_pe cannot overflow when ĉ is all small or
+//              zero); the softmax scale takes 2^(E − 141) back. The 8 lanes of
 //              each 16-byte load phase (g = 2q, 2q + 1; t = 0..3) sit on 8 distinct bank
 //              groups: a record is 41 bank groups long (41 = 1 mod 8), lane t's pieces 2t apart.
 //   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
@@ -306,15 +307,15 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
                        : *reinterpret_cast<const uint4*>(p.q + (tq * H + h) * kMlaQk + 128 +
                                                          (ch - 64) * 8);
     }
-    // Q times 2^(141 − E), E the largest exponent field of ĉ (at least 15): ĉ below 2^15 in
-    // f16 (exact down to 2^-14), k_pe in bf16 (exact); the softmax takes 2^(E − 141) back.
+    // Q times 2^(141 − E), E the largest exponent field of Q (ĉ and k_pe; at least 15): ĉ below
+    // 2^15 in f16 (exact down to 2^-14), k_pe in bf16 (exact, and finite: an E of ĉ alone
+    // would scale a k_pe of 2 beside an all-zero ĉ to 2^128); the softmax takes 2^(E − 141) back.
     uint32_t em = 0;
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
-      const int ch = (ctid + 256 * i) % 72;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const uint32_t x = ch < 64 ? w4(v[i], e) : 0u;
+        const uint32_t x = w4(v[i], e);
         em = max(em, max(x & 0x7f80u, (x >> 16) & 0x7f80u));
       }
     }

@@ -71,8 +71,10 @@ enum class PlanKind { kEager, kDecode };
 // fused: also the fused small-decode chain (mla_layer.h: run_mla_q_prep from q in fp32, the
 // tensor-core attention, run_mla_uv) on the tensor-core plan, against the CPU and against the GEMM
 // chain's output; its cache write goes to a scratch cache (checked by LayerQPrepMatchesCpu).
+// zero_nope: q_nope all zero (so q_abs is) and q_pe in [−8, 8]: the scores come from k_pe alone
+// (the fp8 register-operand kernel scales Q by its largest exponent, which k_pe sets then).
 void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind = PlanKind::kEager,
-               bool fp8 = false, bool ramp = false, bool fused = false) {
+               bool fp8 = false, bool ramp = false, bool fused = false, bool zero_nope = false) {
   std::mt19937 rng(seed);
   PagedBatch b = make_batch(rng, seqs);
   const int S = int(seqs.size()), T = b.cu.back();
@@ -92,6 +94,10 @@ void run_chain(const std::vector<Seq>& seqs, int H, uint32_t seed, PlanKind kind
   auto q = random_bf16(rng, size_t(T) * H * 192, -1.f, 1.f);
   if (ramp)
     for (size_t i = 0; i < size_t(T) * H; ++i) q[i * 192 + 128] = f32_to_bf16(1.f);
+  if (zero_nope)
+    for (size_t i = 0; i < size_t(T) * H; ++i)
+      for (int k = 0; k < 192; ++k)
+        q[i * 192 + k] = k < 128 ? uint16_t(0) : f32_to_bf16(8.f * bf16_to_f32(q[i * 192 + k]));
   auto kv_b = random_bf16(rng, size_t(H) * 256 * 512, -0.25f, 0.25f);
   auto cache_f = bf16_to_float(cache), q_f = bf16_to_float(q), kvb_f = bf16_to_float(kv_b);
   Fp8Cache f8;
@@ -467,8 +473,8 @@ TEST(MlaGpu, Fp8CacheWriteQuantises) {
 // values: the decode kernels through the CUDA-graph decode plan at batch 1, 3 and 64, odd
 // contexts, every split slot busy, unwritten records (NaN codes and scales) past each context
 // (batch 1 and 3: the converter kernel; the batch-64 cases, table widths 48-65 blocks over 128
-// items, average >= kDec8MinTiles tiles: the register-operand kernel, mla_decode_fp8.cuh); and
-// the prefill items (4 tokens per CTA, eager plans) with history and splits.
+// items, average >= kDec8MinTiles tiles: the register-operand kernel, mla_decode_fp8.cuh), also
+// with the scores from k_pe alone; and the prefill items (4 tokens per CTA, eager plans) with history and splits.
 TEST(MlaGpu, Fp8DecodeTensorCores) {
   KIMI_REQUIRE_GPU();
 #if KIMI_HAVE_CUDA
@@ -492,6 +498,11 @@ TEST(MlaGpu, Fp8DecodeTensorCores) {
     run_chain(b64, H, seed++, PlanKind::kDecode, true, true);
     run_chain({{1, 9000}}, H, seed++, PlanKind::kDecode, true, true);
   }
+  // Scores from k_pe alone (q_abs zero) through both fp8 decode kernels.
+  std::vector<Seq> b64;
+  for (int s = 0; s < 64; ++s) b64.push_back({1, 1500 + 41 * s});
+  run_chain(b64, 32, seed++, PlanKind::kDecode, true, false, false, true);
+  run_chain({{1, 3000}}, 32, seed++, PlanKind::kDecode, true, false, false, true);
 #endif
 }
 
