@@ -481,67 +481,10 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
     float psum[4][2];
-    auto store_p = [&]() {
-#pragma unroll
-      for (int x = 0; x < 2; ++x) {
-        uint32_t r[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int j = 2 * x + i / 2, b = i % 2;
-          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
-          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
-          psum[j][0] = b ? psum[j][0] + p0 : p0;
-          psum[j][1] = b ? psum[j][1] + p1 : p1;
-          r[i] = pack_bf16x2(p0, p1);
-        }
-        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128, r);
-      }
-      fence_proxy_async();
-    };
+    auto store_p = [&]() { dec_store_p(s, m_run, st_addr0 + pbuf, psum); };
     store_p();
     if (bar_sync_or(1 + wg, 128, over)) {
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float mx[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-          mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-        }
-        if (g == 0)
-          *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
-              make_float2(mx[0], mx[1]);
-      }
-      bar_sync(1 + wg, 128);
-      float alpha[4][2];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
-#pragma unroll
-        for (int u = 1; u < 4; ++u) {
-          const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
-          v.x = fmaxf(v.x, x.x);
-          v.y = fmaxf(v.y, x.y);
-        }
-        const float tmax[2] = {v.x, v.y};
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float m_new = fmaxf(m_run[j][e], tmax[e]);
-          alpha[j][e] = ex2(m_run[j][e] - m_new);
-          m_run[j][e] = m_new;
-          l_run[j][e] *= alpha[j][e];
-        }
-        if (w == 0 && g == 0)
-          *reinterpret_cast<float2*>(ml + 8 * j + 2 * t) = make_float2(m_run[j][0], m_run[j][1]);
-      }
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      dec_rescale(s, m_run, l_run, o, red, ml, w, g, t, 1 + wg);
       store_p();
       bar_sync(1 + wg, 128);
     }

@@ -234,6 +234,80 @@ __device__ __forceinline__ void stsm_x4_trans(uint32_t addr, const uint32_t (&r)
                : "memory");
 }
 
+// The consumer's lazy softmax, shared by both decode kernels (this one and mla_decode_fp8.cuh).
+// A lane holds the scores s[4j + 2b + e] of keys 16w + g + 8b, heads 8j + 2t + e.
+// P = exp2(s − m) against the reference m per head, to shared memory at st_addr as [32 heads][64
+// keys] (the K-major B of Oᵀ, transposed by stmatrix); psum: this lane's sum per head.
+__device__ __forceinline__ void dec_store_p(const float (&s)[16], const float (&m_run)[4][2],
+                                            uint32_t st_addr, float (&psum)[4][2]) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    uint32_t r[4];  // r[i]: keys of b = i % 2, heads 8j + 2t + (0, 1), j = 2x + i / 2
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int j = 2 * x + i / 2, b = i % 2;
+      const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+      const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+      psum[j][0] = b ? psum[j][0] + p0 : p0;
+      psum[j][1] = b ? psum[j][1] + p1 : p1;
+      r[i] = pack_bf16x2(p0, p1);
+    }
+    stsm_x4_trans(st_addr + x * 16 * 128, r);
+  }
+  fence_proxy_async();  // P (and the bf16 kernel's zeroed rows): generic writes read by wgmma
+}
+// The slow path (a score passed its head's reference): the tile's maximum per head over the
+// lane's 2 keys, its 8 key lanes, then the 4 warps (through red, [4 warps][32 heads], and named
+// barrier bar of the warpgroup's 128 threads); the new reference m, α = 2^(m_old − m_new) applied
+// to l_run and to the Oᵀ accumulators o[c][4j + i] (head 8j + 2t + (i & 1)). ml: where the
+// reference lives between tiles (nullptr: registers only).
+__device__ __forceinline__ void dec_rescale(const float (&s)[16], float (&m_run)[4][2],
+                                            float (&l_run)[4][2], float (&o)[8][16], float* red,
+                                            float* ml, int w, int g, int t, int bar) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float mx[2];
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
+      v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
+      mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
+    }
+    if (g == 0)
+      *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) = make_float2(mx[0], mx[1]);
+  }
+  bar_sync(bar, 128);
+  float alpha[4][2];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
+#pragma unroll
+    for (int u = 1; u < 4; ++u) {
+      const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
+      v.x = fmaxf(v.x, x.x);
+      v.y = fmaxf(v.y, x.y);
+    }
+    const float tmax[2] = {v.x, v.y};
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      // Finite: every tile holds a visible key (the first tile's α is 0).
+      const float m_new = fmaxf(m_run[j][e], tmax[e]);
+      alpha[j][e] = ex2(m_run[j][e] - m_new);
+      m_run[j][e] = m_new;
+      l_run[j][e] *= alpha[j][e];
+    }
+    if (ml && w == 0 && g == 0)
+      *reinterpret_cast<float2*>(ml + 8 * j + 2 * t) = make_float2(m_run[j][0], m_run[j][1]);
+  }
+#pragma unroll
+  for (int c = 0; c < 8; ++c)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+}
+
 // Named barrier 1: the consumer warpgroup.
 template <bool kFp8>
 __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
@@ -408,74 +482,16 @@ __global__ void __launch_bounds__(DecLayout<kFp8>::kThreads, 1)
             make_uint4(0, 0, 0, 0);
       }
     }
-    // P = exp2(s − m) against the reference m per head, to shared memory as [32 heads][64 keys]
-    // (the K-major B of Oᵀ, transposed by stmatrix); psum: this lane's sum per head.
+    // P against the reference m per head (dec_store_p).
     float psum[4][2];
-    auto store_p = [&]() {
-#pragma unroll
-      for (int x = 0; x < 2; ++x) {
-        uint32_t r[4];  // r[i]: keys of b = i % 2, heads 8j + 2t + (0, 1), j = 2x + i / 2
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int j = 2 * x + i / 2, b = i % 2;
-          const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
-          const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
-          psum[j][0] = b ? psum[j][0] + p0 : p0;
-          psum[j][1] = b ? psum[j][1] + p1 : p1;
-          r[i] = pack_bf16x2(p0, p1);
-        }
-        stsm_x4_trans(st_addr0 + pbuf + x * 16 * 128, r);
-      }
-      fence_proxy_async();  // P and the zeroed rows: generic writes read by wgmma
-    };
+    auto store_p = [&]() { dec_store_p(s, m_run, st_addr0 + pbuf, psum); };
     // One P buffer (fp8): every warp's Oᵀ of the tile before must be done with it.
     if (L::kPBufs == 1) bar_sync(1, 128);
     store_p();
     // P is complete, and unless a score passed its reference (the first tile, then rarely) the
     // references stand: no rescaling.
     if (bar_sync_or(1, 128, over)) {
-      // Tile maximum per head: over the lane's 2 keys, its 8 key lanes, then the 4 warps.
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float mx[2];
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          float v = fmaxf(s[4 * j + e], s[4 * j + 2 + e]);
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 4));
-          v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 8));
-          mx[e] = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 16));
-        }
-        if (g == 0)
-          *reinterpret_cast<float2*>(red + w * kDecHeads + 8 * j + 2 * t) =
-              make_float2(mx[0], mx[1]);
-      }
-      bar_sync(1, 128);
-      float alpha[4][2];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        float2 v = *reinterpret_cast<const float2*>(red + 8 * j + 2 * t);
-#pragma unroll
-        for (int u = 1; u < 4; ++u) {
-          const float2 x = *reinterpret_cast<const float2*>(red + u * kDecHeads + 8 * j + 2 * t);
-          v.x = fmaxf(v.x, x.x);
-          v.y = fmaxf(v.y, x.y);
-        }
-        const float tmax[2] = {v.x, v.y};
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          // Finite: every tile holds a visible key (the first tile's α is 0).
-          const float m_new = fmaxf(m_run[j][e], tmax[e]);
-          alpha[j][e] = ex2(m_run[j][e] - m_new);
-          m_run[j][e] = m_new;
-          l_run[j][e] *= alpha[j][e];
-        }
-      }
-#pragma unroll
-      for (int c = 0; c < 8; ++c)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) o[c][4 * j + i] *= alpha[j][i & 1];
+      dec_rescale(s, m_run, l_run, o, red, nullptr, w, g, t, 1);
       store_p();  // over the first P: every warp has passed the barrier, none ran Oᵀ yet
       bar_sync(1, 128);
     }
