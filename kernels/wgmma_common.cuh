@@ -51,6 +51,12 @@ __device__ __forceinline__ void wgmma_wait() {
   KIMI_WG_D32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47" \
               ", %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 
+#define KIMI_WG_D64HI \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79" ", " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" ", " \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111" ", " \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+
 // d[64 × 128] (+)= A[64 × 16] · B[128 × 16]ᵀ, both bf16 K-major in shared memory; accumulate = 0
 // overwrites d.
 __device__ __forceinline__ void wgmma_ss_m64n128(float (&d)[64], uint64_t desc_a, uint64_t desc_b,
@@ -63,6 +69,22 @@ __device__ __forceinline__ void wgmma_ss_m64n128(float (&d)[64], uint64_t desc_a
       "{" KIMI_WG_D64 "}, %64, %65, p, 1, 1, 0, 0;\n"
       "}\n"
       : KIMI_WG_ACC64(d)
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
+// d[64 × 256] (+)= A[64 × 16] · B[256 × 16]ᵀ, both bf16 K-major in shared memory, d0 the
+// columns 0..127 and d1 128..255 (the m64n128 layout of each half); accumulate = 0 overwrites d.
+// One instruction reads A once where two m64n128 read it twice.
+__device__ __forceinline__ void wgmma_ss_m64n256(float (&d0)[64], float (&d1)[64], uint64_t desc_a,
+                                                 uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n"
+      ".reg .pred p;\n"
+      "setp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{" KIMI_WG_D64 ", " KIMI_WG_D64HI "}, %128, %129, p, 1, 1, 0, 0;\n"
+      "}\n"
+      : KIMI_WG_ACC64(d0), KIMI_WG_ACC64(d1)
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
@@ -119,6 +141,7 @@ __device__ __forceinline__ void wgmma_rs_m64n128(float (&d)[64], const uint32_t 
 #undef KIMI_WG_D16
 #undef KIMI_WG_D32
 #undef KIMI_WG_D64
+#undef KIMI_WG_D64HI
 
 // 2^x and log2 x on the special function unit (relative error ~2^-22; flush-to-zero), for the
 // softmax and decay exponents of the tensor-core kernels.
