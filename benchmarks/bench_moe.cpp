@@ -445,20 +445,14 @@ void bench_prefill(Weights& w, double gemm_ceiling, bool quick) {
       auto_row("wgmma (kAuto, default tiles)");
       // Two rounds over the tiles: rows timed earlier in a process come out faster, so each is
       // read against the same tile's other round.
-      // moepf4 A/B (temporary): the default tile under the consumer-loop knobs, the order
-      // reversed in the second round (the position effect).
-      std::vector<MoeWgmmaTile> variants;
-      for (int mode : {0, 1, 2, 4, 5, 6, 8, 16, 20, 22, 32, 36, 0}) variants.push_back(MoeWgmmaTile{256, 4, 0, mode});
       for (int round = 0; round < 2; ++round)
-        for (int vi = 0; vi < int(variants.size()); ++vi) {
-          const MoeWgmmaTile& tile = variants[round ? variants.size() - 1 - vi : vi];
+        for (const MoeWgmmaTile& tile : kimi::cuda::moe::kMoeWgmmaTiles) {
           const double t_gu = median_ms(
               [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, true, tile, nullptr); }, reps, 1, 1);
           const double t_dn = median_ms(
               [&](int) { kimi::cuda::moe::launch_moe_wgmma(gp, false, tile, nullptr); }, reps, 1, 1);
           const std::string name = "  wgmma 128x" + std::to_string(tile.bn) + ", " +
-                                   std::to_string(tile.stages) + " st, mode " +
-                                   std::to_string(tile.mode) + (round ? " r2" : " r1");
+                                   std::to_string(tile.stages) + " st";
           row(name.c_str(), t_gu, t_dn);
         }
       gp.block_m = 64, gp.workspace = r64.ws.data(), gp.path = MoeGemmPath::kTiled;

@@ -74,20 +74,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
       "r"(parity)
       : "memory");
 }
-// Whether the phase of parity `parity` has completed, without waiting.
-__device__ __forceinline__ bool mbar_test(uint64_t* bar, unsigned parity) {
-  uint32_t r;
-  asm volatile(
-      "{\n"
-      ".reg .pred ready;\n"
-      "mbarrier.test_wait.parity.shared::cta.b64 ready, [%1], %2;\n"
-      "selp.u32 %0, 1, 0, ready;\n"
-      "}\n"
-      : "=r"(r)
-      : "r"(smem_u32(bar)), "r"(parity)
-      : "memory");
-  return r != 0;
-}
 // Thread-block cluster: the two halves of a cluster barrier (every thread of every CTA arrives,
 // then waits; the arrive releases this thread's earlier writes, the wait acquires the others'),
 // and one-way stores into another CTA's shared memory.

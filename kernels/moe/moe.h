@@ -33,7 +33,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 
 namespace kimi::cuda {
 
@@ -183,21 +182,12 @@ struct MoeWgmmaTile {
   int bn;
   int stages;
   int max_ctas = 0;
-  int mode = 0;  // A/B knobs of the consumer loop (moe_wgmma.cuh)
 };
-inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4},
-                                                  {256, 4, 0, 1}, {256, 4, 0, 2}, {256, 4, 0, 4},
-                                                  {256, 4, 0, 5}, {256, 4, 0, 6}, {256, 4, 0, 16},
-                                                  {256, 4, 0, 20}, {256, 4, 0, 22}, {256, 4, 0, 32},
-                                                  {256, 4, 0, 36}};
+inline constexpr MoeWgmmaTile kMoeWgmmaTiles[] = {{128, 4}, {128, 6}, {256, 3}, {256, 4}};
 // 128 × 256, 4 stages at every size: fastest of the four at T = 4096 and 16384 (bench_moe, H200,
 // docs/perf-log.md sessions 5 and 12).
 inline MoeWgmmaTile moe_wgmma_tile(const MoeGemmParams&) {
-  static const int mode = [] {  // moepf4 A/B in the model (temporary)
-    const char* s = std::getenv("KIMI_MOE_WG_MODE");
-    return s ? std::atoi(s) : 0;
-  }();
-  return MoeWgmmaTile{256, 4, 0, mode};
+  return MoeWgmmaTile{256, 4};
 }
 void launch_moe_wgmma(const MoeGemmParams& p, bool swiglu, MoeWgmmaTile tile, cudaStream_t stream);
 }  // namespace moe

@@ -11,7 +11,7 @@ namespace kimi::cuda::moe {
 
 namespace {
 
-template <int BN, int STAGES, bool SWIGLU, bool SPLIT, int MODE = 0>
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   using Shape = WgmmaShape<BN, STAGES>;
   const int64_t rows = int64_t(p.num_tokens) * p.top_k;
@@ -25,14 +25,13 @@ void launch(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   const int Kd = SWIGLU ? p.hidden : p.inter;
   const uint64_t w_rows = uint64_t(p.num_experts) * (SWIGLU ? 2 * p.inter : p.hidden);
   a.b = tensor_map_2d(SWIGLU ? p.w13 : p.w2, Kd, w_rows, uint64_t(Kd) * 2, kWgBoxRows);
-  if (!SWIGLU && (MODE & 16)) a.a = tensor_map_2d(p.act, Kd, uint64_t(rows), uint64_t(Kd) * 2, 64);
   // One persistent CTA per SM (fewer when there are fewer items; max_ctas: tests).
   int dev = 0, sms = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   int64_t grid = std::min<int64_t>(items, sms);
   if (t.max_ctas > 0) grid = std::min<int64_t>(grid, t.max_ctas);
-  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT, MODE>;
+  auto kernel = moe_wgmma_kernel<BN, STAGES, SWIGLU, SPLIT>;
   CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmemBytes));
   kernel<<<unsigned(std::max<int64_t>(grid, 1)), kWgThreads, Shape::kSmemBytes, stream>>>(a);
@@ -44,26 +43,7 @@ void launch_tile(const MoeGemmParams& p, MoeWgmmaTile t, cudaStream_t stream) {
   if (t.bn == 128 && t.stages == 4) return launch<128, 4, SWIGLU, SPLIT>(p, t, stream);
   if (t.bn == 128 && t.stages == 6) return launch<128, 6, SWIGLU, SPLIT>(p, t, stream);
   if (t.bn == 256 && t.stages == 3) return launch<256, 3, SWIGLU, SPLIT>(p, t, stream);
-  if (t.bn == 256 && t.stages == 4) {
-    // moepf4 A/B: the consumer-loop modes (moe_wgmma.cuh), not for the split input.
-    if constexpr (!SPLIT) {
-      switch (t.mode) {
-        case 1: return launch<256, 4, SWIGLU, SPLIT, 1>(p, t, stream);
-        case 2: return launch<256, 4, SWIGLU, SPLIT, 2>(p, t, stream);
-        case 4: return launch<256, 4, SWIGLU, SPLIT, 4>(p, t, stream);
-        case 5: return launch<256, 4, SWIGLU, SPLIT, 5>(p, t, stream);
-        case 6: return launch<256, 4, SWIGLU, SPLIT, 6>(p, t, stream);
-        case 8: return launch<256, 4, SWIGLU, SPLIT, 8>(p, t, stream);
-        case 16: return launch<256, 4, SWIGLU, SPLIT, 16>(p, t, stream);
-        case 20: return launch<256, 4, SWIGLU, SPLIT, 20>(p, t, stream);
-        case 22: return launch<256, 4, SWIGLU, SPLIT, 22>(p, t, stream);
-        case 32: return launch<256, 4, SWIGLU, SPLIT, 32>(p, t, stream);
-        case 36: return launch<256, 4, SWIGLU, SPLIT, 36>(p, t, stream);
-        default: break;
-      }
-    }
-    return launch<256, 4, SWIGLU, SPLIT>(p, t, stream);
-  }
+  if (t.bn == 256 && t.stages == 4) return launch<256, 4, SWIGLU, SPLIT>(p, t, stream);
   KIMI_CHECK(false, "moe wgmma: no tile of ", t.bn, " columns with ", t.stages, " stages");
 }
 

@@ -27,7 +27,7 @@
 //   rows (k past K zero-filled by the tensor map) completing on the same barrier. Copying the
 //   weights with cp.async as well made the producer the bottleneck (1.6-1.9x slower, perf-log).
 // - Warpgroups 1 and 2, the consumers (setmaxnreg up to 216), own 64 rows each: per k step they
-//   wait on the slot's full barrier, issue wgmma m64n128k16 (both operands K-major from shared
+//   wait on the slot's full barrier, issue wgmma m64nBNk16 (both operands K-major from shared
 //   memory, fp32 accumulators in registers, the first k step overwriting them), keep that step's
 //   MMAs in flight while waiting for the next slot, and hand a slot back on its empty mbarrier
 //   (one arrival per consumer warp) once the MMAs reading it retired. No CTA-wide barrier in the
@@ -104,24 +104,19 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
 }
 
 // The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows;
-// accumulate = 0: the first k16 overwrites acc.
-template <int BN, bool N256>
+// accumulate = 0: the first k16 overwrites acc. BN = 256 as one m64n256 per k16 (A read from
+// shared memory once, not once per 128 columns: 2-3% faster at T = 4096 and 16384, perf-log
+// session 14).
+template <int BN>
 __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
                                             uint32_t b_base, int accumulate) {
-  if constexpr (BN == 256 && N256) {
 #pragma unroll
-    for (int kk = 0; kk < kWgK / 16; ++kk)
-      wgmma_ss_m64n256(acc[0], acc[1], wgmma_desc(a_base + kk * 32), wgmma_desc(b_base + kk * 32),
-                       kk > 0 || accumulate);
-  } else {
-#pragma unroll
-    for (int kk = 0; kk < kWgK / 16; ++kk) {
-      const uint64_t da = wgmma_desc(a_base + kk * 32);
-#pragma unroll
-      for (int h = 0; h < BN / 128; ++h)
-        wgmma_ss_m64n128(acc[h], da, wgmma_desc(b_base + h * 128 * 128 + kk * 32),
-                         kk > 0 || accumulate);
-    }
+  for (int kk = 0; kk < kWgK / 16; ++kk) {
+    const uint64_t da = wgmma_desc(a_base + kk * 32), db = wgmma_desc(b_base + kk * 32);
+    if constexpr (BN == 256)
+      wgmma_ss_m64n256(acc[0], acc[1], da, db, kk > 0 || accumulate);
+    else
+      wgmma_ss_m64n128(acc[0], da, db, kk > 0 || accumulate);
   }
 }
 
@@ -154,7 +149,6 @@ __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t* bar) {
 // [E·2I rows][hidden], down W2 as [E·hidden rows][I].
 struct WgmmaArgs {
   CUtensorMap b;
-  CUtensorMap a;  // down: act as [R rows][I], boxes of 64 k × 64 rows (MODE & 16)
   MoeGemmParams p;
   MoePermuteView v;
   int col_blocks;
@@ -164,7 +158,7 @@ constexpr int kWgBoxRows = 64;
 // Experts the kernel's shared-memory tables hold (tile starts and row offsets).
 constexpr int kWgMaxExperts = 1024;
 
-template <int BN, int STAGES, bool SWIGLU, bool SPLIT, int MODE = 0>
+template <int BN, int STAGES, bool SWIGLU, bool SPLIT>
 __global__ void __launch_bounds__(kWgThreads, 1)
     moe_wgmma_kernel(const __grid_constant__ WgmmaArgs args) {
   using Shape = WgmmaShape<BN, STAGES>;
@@ -173,11 +167,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   const int col_blocks = args.col_blocks;
   constexpr int kAPieces = kWgRows * 8 / 128;  // 16-byte pieces per producer thread per step
   constexpr int kNH = BN / 128;
-  // MODE & 16: down's A tile by TMA (act rows are contiguous per expert); thread 0 alone fills
-  // the ring and no proxy fence is needed. MODE & 32: no copies for A rows past the expert's end
-  // (they only feed output rows that are not stored).
-  constexpr bool kTmaA = (MODE & 16) && !SWIGLU && !SPLIT;
-  constexpr bool kSkipRows = MODE & 32;
 
   extern __shared__ unsigned char wg_smem_raw[];
   __shared__ uint64_t bars[2 * STAGES];  // full[STAGES], empty[STAGES]
@@ -201,7 +190,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
   }
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      mbar_init(full + s, kTmaA ? 1 : 128 + 1);  // the producers' copies + the weights' expect_tx
+      mbar_init(full + s, 128 + 1);  // the producers' copies + the weights' expect_tx
       mbar_init(empty + s, kWgConsumerWarps);
     }
     fence_mbar_init();
@@ -228,41 +217,7 @@ __global__ void __launch_bounds__(kWgThreads, 1)
 
   // Broadcast from lane 0 so the compiler sees warp-uniform values around wgmma (ptxas C7518).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
-  if (wg == 0 && kTmaA) {
-    setmaxnreg_dec<kWgProducerRegs>();
-    if (tid == 0) {
-      int s = 0;
-      uint32_t ph = 0;
-      for (;;) {
-        const int item = atomicAdd(next, 1);
-        if (item >= n_items) {
-          if (item == n_items + int(gridDim.x) - 1) *next = 0;
-          mbar_wait(empty + s, ph ^ 1);
-          slot_item[s] = -1;
-          mbar_arrive(full + s);
-          break;
-        }
-        int m0, m_end, n0, e;
-        find(item, m0, m_end, n0, e);
-        const int w_row = e * p.hidden + n0;
-        const int na = m_end - m0 > 64 ? 2 : 1;  // the second warpgroup's rows only if it works
-        for (int kt = 0; kt < KT; ++kt) {
-          mbar_wait(empty + s, ph ^ 1);
-          const uint32_t st = smem_addr + uint32_t(s * Shape::kStageBytes);
-          const int k0 = kt * kWgK;
-          if (kt == 0) slot_item[s] = item;
-          mbar_arrive_expect_tx(full + s, uint32_t(Shape::kBBytes + na * 64 * 128));
-          for (int a = 0; a < na; ++a)
-            tma_load_2d(st + a * 64 * 128, &args.a, k0, m0 + 64 * a, full + s);
-#pragma unroll
-          for (int bx = 0; bx < BN / kWgBoxRows; ++bx)
-            tma_load_2d(st + Shape::kABytes + bx * kWgBoxRows * 128, &args.b, k0,
-                        w_row + bx * kWgBoxRows, full + s);
-          if (++s == STAGES) s = 0, ph ^= 1;
-        }
-      }
-    }
-  } else if (wg == 0) {
+  if (wg == 0) {
     setmaxnreg_dec<kWgProducerRegs>();
     // Thread tid copies piece tid % 8 of rows tid / 8 + 16 i: one row's 128 bytes per 8 lanes.
     const int piece = tid % 8, row0 = tid / 8;
@@ -322,7 +277,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
           const bf16* src = a_src[i] + k;
           if (lo && a_src[i])  // the same row of the lo plane
             src = SWIGLU ? p.x_lo + (a_src[i] - p.x) + k : p.act_lo + (a_src[i] - p.act) + k;
-          if (kSkipRows && !a_src[i]) continue;
           cp_async16(smem + st + (row0 + 16 * i) * 128 + dst_in_row, ok ? src : p.w2, ok);
         }
         cp_async_mbar_arrive(full + s);
@@ -343,13 +297,6 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       if (lane == 0) mbar_arrive(empty + s);
     };
     const volatile int* items = slot_item;
-    // MoeWgmmaTile::mode (A/B knobs): 1 = each k step's MMAs retired and its slot handed back
-    // before the next step (the producer gets all STAGES slots while this warpgroup waits);
-    // 2 = the same only when the next slot is not full yet (the warpgroup agrees by a named
-    // barrier), else the step's MMAs stay in flight; 4 = m64n256 (A read once per k16);
-    // 8 = no proxy fence (timing only: not race-free); 16, 32: the producer (above).
-    constexpr bool early = MODE & 1, hybrid = MODE & 2, n256 = MODE & 4,
-                   fence = !(MODE & 8) && !kTmaA;
     int s = 0;
     uint32_t ph = 0;
     for (;;) {
@@ -359,36 +306,24 @@ __global__ void __launch_bounds__(kWgThreads, 1)
       int m0, m_end, n0, e;
       find(item, m0, m_end, n0, e);
       const bool busy = __shfl_sync(0xffffffffu, int(m0 + 64 * cw < m_end), 0) != 0;
-      int pending = -1;  // a slot whose MMAs may be in flight, not handed back yet
+      int prev = 0;
       for (int kt = 0; kt < KT; ++kt) {
         if (kt > 0) mbar_wait(full + s, ph);
         // The copies wrote through the generic proxy; the tensor cores read through the async one.
-        if (fence) fence_proxy_async();
+        fence_proxy_async();
         if (busy) {
           const uint32_t st = smem_addr + uint32_t(s * Shape::kStageBytes);
           wgmma_fence();
-          wg_mma_step<BN, n256>(acc, st + uint32_t(cw * 64 * 128), st + Shape::kABytes, kt > 0);
+          wg_mma_step<BN>(acc, st + uint32_t(cw * 64 * 128), st + Shape::kABytes, kt > 0);
           wgmma_commit();
+          wgmma_wait<1>();  // the step before retired: its slot goes back
         }
-        bool now = early;
-        if (hybrid && kt + 1 < KT) {
-          const int s1 = s + 1 == STAGES ? 0 : s + 1;
-          const uint32_t ph1 = s + 1 == STAGES ? ph ^ 1 : ph;
-          now = bar_sync_or(2 + cw, 128, !mbar_test(full + s1, ph1));
-        }
-        if (busy) {
-          if (now)
-            wgmma_wait<0>();
-          else
-            wgmma_wait<1>();  // the step before retired: its slot goes back
-        }
-        if (pending >= 0) release(pending);
-        pending = s;
-        if (now) release(s), pending = -1;
+        if (kt > 0) release(prev);
+        prev = s;
         if (++s == STAGES) s = 0, ph ^= 1;
       }
       wgmma_wait<0>();
-      if (pending >= 0) release(pending);  // the producer refills it while this warpgroup stores
+      release(prev);  // the producer refills it while this warpgroup stores
       if (busy) {
 #pragma unroll
         for (int h = 0; h < kNH; ++h) fence_acc(acc[h]);
