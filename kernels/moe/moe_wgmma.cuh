@@ -105,8 +105,8 @@ __device__ __forceinline__ void wg_store(const MoeGemmParams& p, float (&acc)[BN
 
 // The k16 MMAs of one k step of 64: this warpgroup's 64 rows (a_base) × the BN weight rows;
 // accumulate = 0: the first k16 overwrites acc. BN = 256 as one m64n256 per k16 (A read from
-// shared memory once, not once per 128 columns: 2-3% faster at T = 4096 and 16384, perf-log
-// session 14).
+// shared memory once, not once per 128 columns: ~2% faster at T = 4096 and 16384 with uniform
+// routing, equal with skewed; perf-log session 14).
 template <int BN>
 __device__ __forceinline__ void wg_mma_step(float (&acc)[BN / 128][64], uint32_t a_base,
                                             uint32_t b_base, int accumulate) {
