@@ -8,6 +8,7 @@
 #include <cstring>
 #include <random>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.h"
@@ -70,6 +71,39 @@ double median_ms(F&& fn, int groups, int per_group, int warmup = 3, cudaStream_t
   CUDA_CHECK(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+// Medians of two workloads timed in alternation (a, b, a, b, ...), one call each per sample:
+// {ms of a, ms of b}. For ratios between them: both see the same clock and power state, which
+// drifts over a long run (a row timed first in a process can come out several % faster).
+template <typename A, typename B>
+std::pair<double, double> paired_median_ms(A&& a, B&& b, int samples, int warmup = 2) {
+  for (int i = 0; i < warmup; ++i) a(i), b(i);
+  CUDA_CHECK(cudaDeviceSynchronize());
+  cudaEvent_t e0, e1, e2;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  CUDA_CHECK(cudaEventCreate(&e2));
+  std::vector<double> ta, tb;
+  for (int i = 0; i < samples; ++i) {
+    CUDA_CHECK(cudaEventRecord(e0, nullptr));
+    a(warmup + i);
+    CUDA_CHECK(cudaEventRecord(e1, nullptr));
+    b(warmup + i);
+    CUDA_CHECK(cudaEventRecord(e2, nullptr));
+    CUDA_CHECK(cudaEventSynchronize(e2));
+    float ms_a = 0.f, ms_b = 0.f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms_a, e0, e1));
+    CUDA_CHECK(cudaEventElapsedTime(&ms_b, e1, e2));
+    ta.push_back(ms_a);
+    tb.push_back(ms_b);
+  }
+  CUDA_CHECK(cudaEventDestroy(e0));
+  CUDA_CHECK(cudaEventDestroy(e1));
+  CUDA_CHECK(cudaEventDestroy(e2));
+  std::sort(ta.begin(), ta.end());
+  std::sort(tb.begin(), tb.end());
+  return {ta[ta.size() / 2], tb[tb.size() / 2]};
 }
 
 // Median ms per call of call(i, stream), replayed from one CUDA graph holding `per_graph` calls.
