@@ -1,35 +1,50 @@
 // Launcher of the persistent KDA decode kernel (kda_decode_persistent.cuh).
+#include <cstdlib>
+
 #include "common.h"
 #include "kda/kda_decode_persistent.cuh"
 #include "launch.h"
 
 namespace kimi::cuda::kda {
 
-template <bool kFold>
+template <bool kFold, int kMode>
 static void launch(const KdaDecodeParams& p, cudaStream_t stream) {
-  CUDA_CHECK(cudaFuncSetAttribute(kda_decode_persistent_kernel<kFold>,
+  CUDA_CHECK(cudaFuncSetAttribute(kda_decode_persistent_kernel<kFold, kMode>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   int(kKdaPersistSmem)));
   int dev = 0, sms = 0, per_sm = 0;
   CUDA_CHECK(cudaGetDevice(&dev));
   CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &per_sm, kda_decode_persistent_kernel<kFold>, kPersistThreads, kKdaPersistSmem));
+      &per_sm, kda_decode_persistent_kernel<kFold, kMode>, kPersistThreads, kKdaPersistSmem));
   KIMI_CHECK(per_sm > 0, "persistent KDA decode kernel does not fit a multiprocessor");
   // As many CTAs as fit at once, then fewer so that every CTA gets the same number of items (±1
   // only when the item count has no such divisor): the slowest CTA sets the kernel's time.
   const int items = p.batch * p.num_heads, max_ctas = sms * per_sm;
   const int per_cta = (items + max_ctas - 1) / max_ctas;
   const int ctas = (items + per_cta - 1) / per_cta;
-  launch_kernel(kda_decode_persistent_kernel<kFold>, ctas, kPersistThreads,
+  launch_kernel(kda_decode_persistent_kernel<kFold, kMode>, ctas, kPersistThreads,
                 LaunchOptions{kKdaPersistSmem, true}, stream, p);
+}
+
+// EXPERIMENT: KIMI_KDA_DECODE_EXP picks the kernel's mode (default 1).
+template <bool kFold>
+static void launch_mode(const KdaDecodeParams& p, cudaStream_t stream) {
+  const char* e = std::getenv("KIMI_KDA_DECODE_EXP");
+  const int mode = e ? std::atoi(e) : 1;
+  if (mode == 0)
+    launch<kFold, 0>(p, stream);
+  else if (mode == 2)
+    launch<kFold, 2>(p, stream);
+  else
+    launch<kFold, 1>(p, stream);
 }
 
 void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream) {
   if (p.fg_low)
-    launch<true>(p, stream);
+    launch_mode<true>(p, stream);
   else
-    launch<false>(p, stream);
+    launch_mode<false>(p, stream);
 }
 
 }  // namespace kimi::cuda::kda
