@@ -102,15 +102,14 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       int smem_state, persistent;
       const char* exp = nullptr;  // EXPERIMENT: KIMI_KDA_DECODE_EXP
     };
-    // EXPERIMENT: the persistent kernel's modes alternating (0 = main's, 1 = S' stored by the
-    // threads + refill of the item's own stage, 2 = as 1 with S read before the prep).
+    // EXPERIMENT: the persistent kernels alternating (0 = main's, 3 = the two-ring kernel
+    // refilling at the top of an item, 4 = refilling after the item's store).
     const std::vector<Variant> variants =
         B == 1 ? std::vector<Variant>{Variant{"auto", -1, -1, "0"}}
-               : std::vector<Variant>{Variant{"auto", -1, -1, "0"},  Variant{"32smem", 1, 0},
-                                      Variant{"p.main", -1, 1, "0"}, Variant{"p.new", -1, 1, "1"},
-                                      Variant{"p.new2", -1, 1, "2"}, Variant{"p.main", -1, 1, "0"},
-                                      Variant{"p.new", -1, 1, "1"},  Variant{"p.new2", -1, 1, "2"},
-                                      Variant{"p.main", -1, 1, "0"}, Variant{"p.new", -1, 1, "1"}};
+               : std::vector<Variant>{Variant{"32smem", 1, 0},       Variant{"p.main", -1, 1, "0"},
+                                      Variant{"p.new", -1, 1, "3"},  Variant{"p.late", -1, 1, "4"},
+                                      Variant{"p.main", -1, 1, "0"}, Variant{"p.new", -1, 1, "3"},
+                                      Variant{"p.late", -1, 1, "4"}, Variant{"p.main", -1, 1, "0"}};
     for (const Variant& v : variants) {
       if (v.exp)
         setenv("KIMI_KDA_DECODE_EXP", v.exp, 1);

@@ -56,15 +56,9 @@ struct KdaDecodeStage {
 };
 constexpr size_t kKdaPersistSmem = kPersistStages * sizeof(KdaDecodeStage);
 
-// EXPERIMENT kMode: 0 = main's kernel (S' back through the stage by bulk store, item it + 2 into
-// the stage of item it - 1); 1 = S' stored from registers by the threads, item it + 3 into item
-// it's own stage right after the column sums' barrier; 2 = as 1, but S read into registers before
-// the prep and the refill after the prep's barrier.
-template <bool kFold, int kMode>
+template <bool kFold>
 __global__ void __launch_bounds__(kPersistThreads, 1)
     kda_decode_persistent_kernel(const KdaDecodeParams p) {
-  constexpr bool kDirect = kMode != 0;
-  constexpr int kAhead = kDirect ? kPersistStages : kPersistStages - 1;  // items issued ahead
   pdl_launch_dependents();  // PDL (launch.h); the wait comes after the first states' loads
   constexpr int D = kKdaD, kStages = kPersistStages;
   extern __shared__ __align__(16) unsigned char sm_raw[];
@@ -95,7 +89,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     if (tid != kTmaThread) return;
     if (kParts & 1) {
       fence_proxy_async();  // the stage was last read by generic loads, before a barrier
-      if constexpr (!kDirect) bulk_wait_read<0>();  // item it - 1's store has read the stage
+      bulk_wait_read<0>();  // item it - 1's store has read the stage
       mbar_arrive_expect_tx(&sm_full[st], slot < 0 ? 0u : unsigned(sizeof(KdaDecodeStage)));
     }
     if (slot < 0) return;
@@ -137,16 +131,16 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     fence_mbar_init();
   }
   __syncthreads();
-  // Prologue: items beg .. beg + kAhead - 1 in flight. Their states and conv states are read
+  // Prologue: items beg .. beg + kStages - 2 in flight. Their states and conv states are read
   // before the PDL wait (no kernel that may still run writes them: kda_decode.cuh), their inputs
   // after it.
 #pragma unroll
-  for (int j = 0; j < kAhead; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 1);
   if (beg < end) load_up(beg / B);
   pdl_wait();
 #pragma unroll
-  for (int j = 0; j < kAhead; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
-  int slot_ahead = slot_of(beg + kAhead);  // the slot the next issue needs, loaded early
+  for (int j = 0; j < kStages - 1; ++j) prefetch(beg + j, slot_of(beg + j), j, 2);
+  int slot_ahead = slot_of(beg + kStages - 1);  // the slot the next issue needs, loaded early
 
   for (int it = beg, st = 0; it < end; ++it, st = st + 1 == kStages ? 0 : st + 1) {
     const int h = it / B, bi = it % B;
@@ -160,12 +154,8 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
     __syncthreads();
     // Item it + kStages - 1 into the stage item it - 1 used, issued after the column sums: item
     // it - 1's bulk store has read the stage by then, so the wait for it costs nothing.
-    // kDirect: item it + kStages into this item's stage, once S and the inputs are read from it.
     auto issue_ahead = [&] {
-      if constexpr (kDirect)
-        prefetch(it + kStages, slot_ahead, st, 3);
-      else
-        prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1, 3);
+      prefetch(it + kStages - 1, slot_ahead, st == 0 ? kStages - 1 : st - 1, 3);
     };
 
     if (slot < 0) {  // padding row: uniform over the CTA
@@ -173,14 +163,6 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
       issue_ahead();
     } else {
       const KdaDecodeItemIn& in = stages[st].in;
-      float4 s[kPersistPasses];
-      if constexpr (kMode == 2) {
-#pragma unroll
-        for (int i = 0; i < kPersistPasses; ++i)
-          s[i] = *reinterpret_cast<const float4*>(&stages[st].s[(i * 16 + row0) * D + col]);
-      }
-      // kDirect, unfolded: z of column tid, read before the stage is refilled
-      const float z_early = kDirect && !kFold && tid < D ? to_f(in.fz[1][tid]) : 0.f;
       if constexpr (kFold) {  // gates (warps 0..7) or z of rows ur, ur + 8
         const uint4* src = reinterpret_cast<const uint4*>(in.fz[um]) + (lane & 3) * 4;
         up_rows_store(up_w, src, um, ur, lane, a_log, dtb_up0, dtb_up1, sm_a, sm_z);
@@ -227,15 +209,13 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         }
       }
       __syncthreads();
-      if constexpr (kMode == 2) issue_ahead();
 
       // Column sums A_j = Σ k (α S), C_j = Σ q (α S) over this thread's rows, then its warp's;
       // s keeps α S for the update.
-      if constexpr (kMode != 2) {
+      float4 s[kPersistPasses];
 #pragma unroll
-        for (int i = 0; i < kPersistPasses; ++i)
-          s[i] = *reinterpret_cast<const float4*>(&stages[st].s[(i * 16 + row0) * D + col]);
-      }
+      for (int i = 0; i < kPersistPasses; ++i)
+        s[i] = *reinterpret_cast<const float4*>(&stages[st].s[(i * 16 + row0) * D + col]);
       float4 a = make_float4(0.f, 0.f, 0.f, 0.f), c = a;
 #pragma unroll
       for (int i = 0; i < kPersistPasses; ++i) {
@@ -252,7 +232,7 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         reinterpret_cast<float4*>(sm_red[warp >> 2][1])[col / 4] = c;
       }
       __syncthreads();
-      if constexpr (kMode != 2) issue_ahead();
+      issue_ahead();
 
       float o = 0.f;
       if (tid < D) {  // value column j
@@ -286,30 +266,24 @@ __global__ void __launch_bounds__(kPersistThreads, 1)
         nv.y = fmaf(kk, br4.y, s[i].y);
         nv.z = fmaf(kk, br4.z, s[i].z);
         nv.w = fmaf(kk, br4.w, s[i].w);
-        if constexpr (kDirect)
-          __stcs(reinterpret_cast<float4*>(S + row * D + col), nv);
-        else
-          *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
+        *reinterpret_cast<float4*>(&stages[st].s[row * D + col]) = nv;
       }
       if (tid < D) {
         const float total = sm_o2[0] + sm_o2[1] + sm_o2[2] + sm_o2[3];
-        const float zj = kFold ? sm_z[tid] : kDirect ? z_early : to_f(in.fz[1][tid]);
+        const float zj = kFold ? sm_z[tid] : to_f(in.fz[1][tid]);
         p.y[size_t(bi) * HD + h * D + tid] = __float2bfloat16(
             o / sqrtf(total / D + kKdaNormEps) * __ldg(p.w.o_norm + tid) * sigmoid(zj));
       }
-      if constexpr (!kDirect) {
-        fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
-        __syncthreads();
-        if (tid == kTmaThread) {
-          bulk_s2g(S, stages[st].s, D * D * 4, policy);
-          bulk_commit();
-        }
+      fence_proxy_async();  // each thread's stage writes, before the bulk store reads them
+      __syncthreads();
+      if (tid == kTmaThread) {
+        bulk_s2g(S, stages[st].s, D * D * 4, policy);
+        bulk_commit();
       }
     }
-    slot_ahead = slot_of(it + kAhead + 1);
+    slot_ahead = slot_of(it + kStages);
   }
-  if constexpr (!kDirect)
-    if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
+  if (tid == kTmaThread) bulk_wait<0>();  // the stores are done before the stages go away
 }
 
 }  // namespace kimi::cuda::kda
