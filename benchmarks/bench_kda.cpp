@@ -58,7 +58,7 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
   std::printf("\n%-10s %6s %8s %12s %12s %10s %12s %12s %10s\n", "decode", "B", "kernel",
               "us/layer", "state GB/s", "% copy", "graph us", "graph GB/s", "% copy");
   const char* only = std::getenv("KIMI_BENCH_KDA_B");
-  for (int B : {1, 8, 32, 64, 256}) {  // EXPERIMENT: the task's batches
+  for (int B : {1, 2, 4, 8, 16, 32, 64, 256}) {
     if (only && std::atoi(only) != B) continue;
     // Enough distinct slot sets that one set's state (B·2 MiB) is cold again when reused.
     const int sets = std::max(2, int((size_t(512) << 20) / (size_t(B) * H * D * D * 4)));
@@ -100,21 +100,9 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
     struct Variant {
       const char* name;
       int smem_state, persistent;
-      const char* exp = nullptr;  // EXPERIMENT: KIMI_KDA_DECODE_EXP
     };
-    // EXPERIMENT: the persistent kernels alternating (0 = main's, 3 = the two-ring kernel
-    // refilling at the top of an item, 4 = refilling after the item's store).
-    const std::vector<Variant> variants =
-        B == 1 ? std::vector<Variant>{Variant{"auto", -1, -1, "0"}}
-               : std::vector<Variant>{Variant{"32smem", 1, 0},       Variant{"p.main", -1, 1, "0"},
-                                      Variant{"p.new", -1, 1, "3"},  Variant{"p.late", -1, 1, "4"},
-                                      Variant{"p.main", -1, 1, "0"}, Variant{"p.new", -1, 1, "3"},
-                                      Variant{"p.late", -1, 1, "4"}, Variant{"p.main", -1, 1, "0"}};
-    for (const Variant& v : variants) {
-      if (v.exp)
-        setenv("KIMI_KDA_DECODE_EXP", v.exp, 1);
-      else
-        unsetenv("KIMI_KDA_DECODE_EXP");
+    for (const Variant& v : {Variant{"auto", -1, -1}, Variant{"32", 0, 0}, Variant{"32smem", 1, 0},
+                             Variant{"persist", -1, 1}}) {
       p.smem_state = v.smem_state;
       p.persistent = v.persistent;
       const double ms = median_ms(
@@ -192,11 +180,8 @@ void bench_decode(Weights& w, double ceiling, bool quick) {
       }
       kimi::cuda::run_kda_decode(p, s);
     };
-    for (const Variant& v : variants) {
-      if (v.exp)
-        setenv("KIMI_KDA_DECODE_EXP", v.exp, 1);
-      else
-        unsetenv("KIMI_KDA_DECODE_EXP");
+    for (const Variant& v : {Variant{"auto", -1, -1}, Variant{"32", 0, 0}, Variant{"32smem", 1, 0},
+                             Variant{"persist", -1, 1}}) {
       p.smem_state = v.smem_state;
       p.persistent = v.persistent;
       double us[2];
