@@ -17,6 +17,8 @@ void launch_kda_decode_persistent(const KdaDecodeParams& p, cudaStream_t stream)
 // memory, which pays from 8192 on and loses below: B = 64, 78 vs 79). Between 2048 and 8192
 // nothing was measured: the boundary is put halfway. At B·H = 128 (B = 4) the persistent kernel
 // was 3% faster (7.26 vs 7.45 us), at 32 (B = 1) 49% slower; nothing between: it stays at 256.
+// Session 14's two-ring persistent kernel: B = 8 65%, 32 80%, 64 81%, 256 79% (cluster kernel, S
+// in shared memory: 56, 74, 78, 82%): the boundaries stay.
 constexpr int kKdaDecodePersistentFromRows = 256;
 constexpr int kKdaDecodePersistentToRows = 4096;
 constexpr int kKdaDecodeSmemFromRows = 8192;
@@ -27,7 +29,8 @@ constexpr int kKdaDecodeSmemFromRows = 8192;
 // instantiation above kKdaDecodeFoldRegsMaxRows; persistent kernel B = 8 14.48 -> 14.95 (loses),
 // B = 16 25.20 -> 24.81, 32 46.8 -> 45.5, 64 84.6 -> 84.5 (wins, within noise at 64); the cluster
 // kernels at B·H >= 512 lose 4-120 us (their CTAs re-read a head's weights per sequence). So
-// folded where B·H < 256 and 512 <= B·H < 4096.
+// folded where B·H < 256 and 512 <= B·H < 4096. Session 14's two-ring persistent kernel: B = 8
+// 14.3 -> 15.8 (loses), 32 47.0 -> 44.0, 64 87.6 -> 81.9 (win).
 constexpr int kKdaDecodeFoldRegsMaxRows = 64;
 constexpr int kKdaDecodeFoldPairFromRows = 256;
 constexpr int kKdaDecodeFoldFromRows = 512;
