@@ -94,7 +94,10 @@ struct Dec8Layout {
   static constexpr uint32_t kOffStg = kOffP + 2 * kConsumers * kDecPBytes;
   static constexpr uint32_t kOffRed = kOffStg + kStages * kStgBytes;
   static constexpr uint32_t kRedFloats = 6 * kDecHeads;  // [4 warps][32], [32] m, [32] l
-  static constexpr size_t kSmem = kOffRed + kConsumers * kRedFloats * 4 + 1024;
+  // Oᵀ's multipliers beside each P buffer: [4 scale groups][64 keys] f16 (dec8 softmax).
+  static constexpr uint32_t kMulBytes = 4 * kDecKeys * 2;
+  static constexpr uint32_t kOffMul = kOffRed + kConsumers * kRedFloats * 4;
+  static constexpr size_t kSmem = kOffMul + 2 * kConsumers * kMulBytes + 1024;
   static_assert(kOffP % 1024 == 0 && kOffStg % 16 == 0 && kSmem + 128 <= 227 * 1024);
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kStages * kStgBytes);
 };
@@ -161,8 +164,34 @@ __device__ __forceinline__ void wgmma_rs_m64n32_f16_first(float (&d)[16], const 
         "=f"(d[14]), "=f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(0));
 }
-// The fp32 bits of a scale (a power of two or 0) times 2^60.
-__device__ __forceinline__ uint32_t dec8_scale60(uint32_t f) { return f + (60u << 23); }
+// P = 2^(s − m) per (key, head) into the Oᵀ B buffer as f16 (s: the scores plus the key's
+// exponent e_k, below), psum[j][e] the lane's two keys' P times 2^-e_k (inv[b], key b), so l
+// sums 2^(score − m) as the bf16 kernel's does. Layout as dec_store_p's.
+__device__ __forceinline__ void dec8_store_p(const float (&s)[16], const float (&m_run)[4][2],
+                                             const float (&inv)[2], uint32_t st_addr,
+                                             float (&psum)[4][2]) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    uint32_t r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int j = 2 * x + i / 2, b = i % 2;
+      const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+      const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+      psum[j][0] = b ? fmaf(p0, inv[1], psum[j][0]) : p0 * inv[0];
+      psum[j][1] = b ? fmaf(p1, inv[1], psum[j][1]) : p1 * inv[0];
+      __half2 h = __floats2half2_rn(p0, p1);
+      r[i] = *reinterpret_cast<uint32_t*>(&h);
+    }
+    stsm_x4_trans(st_addr + x * 16 * 128, r);
+  }
+  fence_proxy_async();
+}
+// f16x2 product (exact here: a code times a power of two within f16's range).
+__device__ __forceinline__ uint32_t hmul2_u(uint32_t a, uint32_t b) {
+  __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&v);
+}
 
 // d[64 × 32] (+)= A[64 × 16] · B[32 × 16]ᵀ: A bf16 in registers, B bf16 K-major in shared memory.
 __device__ __forceinline__ void wgmma_rs_m64n32(float (&d)[16], const uint32_t* a, uint64_t db,
@@ -372,11 +401,12 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
   // Byte offsets in a record: Sᵀ's code pieces (rotated), its k_pe, Oᵀ's piece and scale.
   const int s_key = 16 * w + g;  // and s_key + 8
-  const int v_off = 16 * (8 * w + g), v_scale = kMlaFp8ScaleOff + 4 * w;
+  const int v_off = 16 * (8 * w + g);
 
   for (int n = wg, i_loc = 0; n < ntiles; n += L::kConsumers, ++i_loc) {
     const int slot = n % L::kStages;
     const uint32_t pbuf = (2 * wg + (i_loc & 1)) * kDecPBytes;
+    const uint32_t mtab = base + L::kOffMul + (2 * wg + (i_loc & 1)) * L::kMulBytes;
     const uint32_t tile = stg_s + slot * L::kStgBytes;
     const uint32_t rec0t = tile + s_key * kMlaFp8Row + 32 * t;
     constexpr uint32_t kRec1 = 8 * kMlaFp8Row;  // key + 8
@@ -463,9 +493,29 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       fence_acc(s);
     }
 
-    // ---- Softmax (as the bf16 kernel).
+    // ---- Softmax (as the bf16 kernel, on s + e_k). e_k: the exponent of the key's largest scale
+    // (clamped to [−30, 126]); Oᵀ's A is code · scale(key, G) · 2^(7 − e_k) in f16 (at most
+    // 448 · 2^7, exact while scale(key, G) >= 2^(e_k − 22)), its B P · 2^e_k, so the scores
+    // shift by e_k: P = 2^(s + e_k − m), l sums P · 2^-e_k, O carries 2^7. Lane t writes the
+    // multipliers of scale group t of its two keys (0 for masked keys) into mtab.
     const int pos0 = (blk0 + n) * kDecKeys;
     const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
+    float ek[2], inv[2];
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int key = s_key + 8 * b, pos = pos0 + key;
+      const uint32_t sc = lds32(tile + key * kMlaFp8Row + kMlaFp8ScaleOff + 4 * t);
+      uint32_t mx = max(sc, __shfl_xor_sync(0xffffffffu, sc, 1));
+      mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const int E = min(max(int(mx >> 23), 97), 253);
+      ek[b] = float(E - 127);
+      inv[b] = __int_as_float((254 - E) << 23);
+      const bool masked = edge && (pos < it.kv_begin || pos >= kv_hi);
+      const float mult = masked ? 0.f : __uint_as_float(sc) * __int_as_float((261 - E) << 23);
+      const __half hm = __float2half_rn(mult);
+      asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(mtab + (t * kDecKeys + key) * 2),
+                   "h"(*reinterpret_cast<const unsigned short*>(&hm)));
+    }
     bool over = false;
     float m_run[4][2];
 #pragma unroll
@@ -477,11 +527,12 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
-      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY
+                                                         : fmaf(s[i], sl2, ek[(i >> 1) & 1]);
       over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
     float psum[4][2];
-    auto store_p = [&]() { dec_store_p(s, m_run, st_addr0 + pbuf, psum); };
+    auto store_p = [&]() { dec8_store_p(s, m_run, inv, st_addr0 + pbuf, psum); };
     store_p();
     if (bar_sync_or(1 + wg, 128, over)) {
       dec_rescale(s, m_run, l_run, o, red, ml, w, g, t, 1 + wg);
@@ -494,34 +545,37 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
 
     // ---- Oᵀ: per k-step kk the lane's 4 keys (16 codes each: one piece), 2 groups of 4
-    // m-tiles, A double-buffered.
+    // m-tiles, A double-buffered. A register pairs one channel of two keys: one prmt gathers two
+    // channels' pairs, cvt e4m3x2 -> f16x2 (exact) and an f16x2 multiply by the keys'
+    // multipliers from mtab (code · scale · 2^(7 − e_k), exact). Keys at or past kv_hi may hold
+    // NaN codes: zeroed on the last tile (their multiplier is 0 too).
     {
       const uint64_t p_desc = wgmma_desc(p_s + pbuf);
-      const int lim = kv_hi - pos0;  // keys at or past it decode with multiplier 0
+      const int lim = kv_hi - pos0;
       uint32_t a[2][4 * kOG];
       uint4 y[4];
-      uint32_t f[4];
+      uint32_t mult[2];
       const uint32_t vrec = tile + 2 * t * kMlaFp8Row;
+      const uint32_t mrow = mtab + (w * kDecKeys + 2 * t) * 2;
       auto load_v = [&](int kk) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const uint32_t r = vrec + (16 * kk + (q & 1) + 8 * (q >> 1)) * kMlaFp8Row;
           y[q] = lds128(r + v_off);
-          f[q] = lds32(r + v_scale);
+        }
+        mult[0] = lds32(mrow + 16 * kk * 2);
+        mult[1] = lds32(mrow + (16 * kk + 8) * 2);
+        if (lim < kDecKeys) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1) >= lim) y[q] = make_uint4(0, 0, 0, 0);
         }
       };
       load_v(0);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint32_t mult[2];
-#pragma unroll
-        for (int hq = 0; hq < 2; ++hq) {
-          const int k0 = 16 * kk + 2 * t + 8 * hq;
-          const uint32_t s0 = k0 < lim ? dec8_scale60(f[2 * hq]) : 0u;
-          const uint32_t s1 = k0 + 1 < lim ? dec8_scale60(f[2 * hq + 1]) : 0u;
-          mult[hq] = prmt(s0, s1, 0x7632);
-        }
+        const uint32_t m0 = mult[0], m1 = mult[1];
 #pragma unroll
         for (int half = 0; half < 8 / kOG; ++half) {
           const int grp = (8 / kOG) * kk + half;
@@ -531,19 +585,21 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
           for (int cc = 0; cc < kOG; ++cc) {
             const int c = kOG * half + cc, wd = c / 2, b0 = 2 * (c % 2);
-            A[4 * cc + 0] = dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0, 4 + b0), mult[0]);
-            A[4 * cc + 1] =
-                dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0 + 1, 5 + b0), mult[0]);
-            A[4 * cc + 2] = dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0, 4 + b0), mult[1]);
-            A[4 * cc + 3] =
-                dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0 + 1, 5 + b0), mult[1]);
+            const uint32_t sel = b0 | (4 + b0) << 4 | (b0 + 1) << 8 | (5 + b0) << 12;
+            uint32_t lo, hi;
+            dec8_cvt(prmt(w4(y[0], wd), w4(y[1], wd), sel), lo, hi);
+            A[4 * cc + 0] = hmul2_u(lo, m0);
+            A[4 * cc + 1] = hmul2_u(hi, m0);
+            dec8_cvt(prmt(w4(y[2], wd), w4(y[3], wd), sel), lo, hi);
+            A[4 * cc + 2] = hmul2_u(lo, m1);
+            A[4 * cc + 3] = hmul2_u(hi, m1);
           }
           // The next k-step's pieces (this k-step's are decoded).
           if (half == 8 / kOG - 1 && kk + 1 < 4) load_v(kk + 1);
           wgmma_fence();
 #pragma unroll
           for (int cc = 0; cc < kOG; ++cc)
-            wgmma_rs_m64n32(o[kOG * half + cc], &A[4 * cc], p_desc + kk * 32 / 16, 1);
+            wgmma_rs_m64n32_f16(o[kOG * half + cc], &A[4 * cc], p_desc + kk * 32 / 16, 1);
           wgmma_commit();
         }
       }
@@ -586,7 +642,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   const float* const ml0 = reinterpret_cast<const float*>(sm + L::kOffRed) + 4 * kDecHeads;
   const float* const ml1 = ml0 + L::kRedFloats;
   float* const ost = reinterpret_cast<float*>(stg);
-  // This warpgroup's weight per head: exp2(m_wg − m) · 2^60 (O carries 2^-60).
+  // This warpgroup's weight per head: exp2(m_wg − m) · 2^-7 (O carries 2^7).
   float wt[4][2];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
@@ -594,7 +650,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     for (int e = 0; e < 2; ++e) {
       const int hd = 8 * j + 2 * t + e;
       const float mm = fmaxf(ml0[hd], ml1[hd]);
-      wt[j][e] = mm == -INFINITY ? 0.f : ex2(ml[hd] - mm) * 1.152921504606847e18f;
+      wt[j][e] = mm == -INFINITY ? 0.f : ex2(ml[hd] - mm) * 0.0078125f;
     }
 #pragma unroll
   for (int pass = 1; pass >= 0; --pass) {
