@@ -21,18 +21,21 @@
 //              each 16-byte load phase (g = 2q, 2q + 1; t = 0..3) sit on 8 distinct bank
 //              groups: a record is 41 bank groups long (41 = 1 mod 8), lane t's pieces 2t apart.
 //   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
-//              registers, B = P from shared memory (as the bf16 kernel). Lane (w, g, t)'s
+//              registers, B = P from shared memory (f16; below). Lane (w, g, t)'s
 //              fragment rows g, g + 8 of m-tile c are channels 16(8w + g) + 2c + {0, 1} (one
 //              16-byte piece of each key's codes covers all its rows, scale group w), its
 //              columns keys 16kk + 2t + {0, 1, 8, 9} (the keys in order: P needs no
 //              permutation); a register pairs one channel of two keys (prmt of two words).
-// Oᵀ's codes (Sᵀ's go through cvt, above) become bf16 in 3 integer instructions per pair and a
-// bf16x2 multiply: prmt places
-// each code in the low byte of a 16-bit lane with its sign replicated in the high byte, << 4
-// and a mask leave magnitude << 4 under the sign: the bf16 of code · 2^-120; the multiplier is
-// scale · 2^60 (the fp32 scale's high half, exponent + 60), so the decoded values are
-// code · scale · 2^-60, exact for scales 2^-60 .. 2^67 (smaller ones flush towards 0: below
-// 2^-66 · 448 in absolute terms); O carries 2^-60, folded back at the end.
+// Oᵀ's codes go through cvt as well (branch fp8mla8): one prmt gathers one channel of two keys
+// for two channels, cvt e4m3x2 -> f16x2 (exact), and an f16x2 multiply by the two keys'
+// multipliers scale(key, G) · 2^(7 − e_k), e_k the exponent of the key's largest scale (clamped
+// to [−30, 126]): at most 448 · 2^7, exact while scale(key, G) >= 2^(e_k − 22) (a group 2^22
+// below its key's largest loses low bits, relative to that largest: < 2^-40). The scale no
+// longer varies along Oᵀ's k in B's range: the softmax runs on s + e_k, so B = P · 2^e_k =
+// 2^(s + e_k − m) <= 2^kDecLazy in f16, l sums B · 2^-e_k (= 2^(s − m)) in fp32, O carries 2^7.
+// Each lane writes the multipliers of scale group t of its two softmax keys into a
+// [4 groups][64 keys] f16 table beside the P buffer (0 for masked keys); Oᵀ reads one pair per
+// two keys. Keys past kv_hi may hold NaN codes: their pieces are zeroed on the last tile.
 // Two consumer warpgroups take the tiles in turn (tile n: warpgroup n % 2; each has its own O, m,
 // l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
 // copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
@@ -46,10 +49,10 @@
 // 248.3-248.8 -> 230.3-230.8 us (71% of copy), B = 64 at 4k / 32k / 128k 5% / 8% / 8% faster.
 // launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
 // or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
-// Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
-// per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
-// multiplier 0 (rows past the context may hold anything; Oᵀ's decoding never yields Inf / NaN;
-// Sᵀ's cvt may, for a masked key's row only, which the mask replaces).
+// Softmax per tile as the bf16 kernel (mla_decode_tc.cuh) on s + e_k: lazy rescaling against a
+// reference m per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi
+// are zeroed (rows past the context may hold anything; Sᵀ's cvt may yield NaN for a masked
+// key's row only, which the mask replaces).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -399,7 +402,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 =
       p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
-  // Byte offsets in a record: Sᵀ's code pieces (rotated), its k_pe, Oᵀ's piece and scale.
+  // Byte offsets in a record: Sᵀ's code pieces, its k_pe, Oᵀ's piece.
   const int s_key = 16 * w + g;  // and s_key + 8
   const int v_off = 16 * (8 * w + g);
 
@@ -500,7 +503,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     // multipliers of scale group t of its two keys (0 for masked keys) into mtab.
     const int pos0 = (blk0 + n) * kDecKeys;
     const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
-    float ek[2], inv[2];
+    int eb[2];
 #pragma unroll
     for (int b = 0; b < 2; ++b) {
       const int key = s_key + 8 * b, pos = pos0 + key;
@@ -508,8 +511,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       uint32_t mx = max(sc, __shfl_xor_sync(0xffffffffu, sc, 1));
       mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       const int E = min(max(int(mx >> 23), 97), 253);
-      ek[b] = float(E - 127);
-      inv[b] = __int_as_float((254 - E) << 23);
+      eb[b] = E;
       const bool masked = edge && (pos < it.kv_begin || pos >= kv_hi);
       const float mult = masked ? 0.f : __uint_as_float(sc) * __int_as_float((261 - E) << 23);
       const __half hm = __float2half_rn(mult);
@@ -528,11 +530,14 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     for (int i = 0; i < 16; ++i) {
       const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
       s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY
-                                                         : fmaf(s[i], sl2, ek[(i >> 1) & 1]);
+                                                         : fmaf(s[i], sl2, float(eb[(i >> 1) & 1] - 127));
       over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
     float psum[4][2];
-    auto store_p = [&]() { dec8_store_p(s, m_run, inv, st_addr0 + pbuf, psum); };
+    auto store_p = [&]() {
+      const float inv[2] = {__int_as_float((254 - eb[0]) << 23), __int_as_float((254 - eb[1]) << 23)};
+      dec8_store_p(s, m_run, inv, st_addr0 + pbuf, psum);
+    };
     store_p();
     if (bar_sync_or(1 + wg, 128, over)) {
       dec_rescale(s, m_run, l_run, o, red, ml, w, g, t, 1 + wg);
