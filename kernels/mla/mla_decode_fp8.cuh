@@ -47,8 +47,11 @@
 // 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
 // Sᵀ through cvt and f16 products (branch fp8mla7, same call against main): 1M at B = 1
 // 248.3-248.8 -> 230.3-230.8 us (71% of copy), B = 64 at 4k / 32k / 128k 5% / 8% / 8% faster.
+// Oᵀ through cvt and f16 products (branch fp8mla8, same call against main): 1M at B = 1
+// 230.5-231.9 -> 228.6-229.1 us, B = 64 at 128k 1747-1756 -> 1717-1724 (~1-2%; the 1M model
+// step's MLA 1.812-1.815 -> 1.793-1.794 ms for 7 layers); P in f16 is also more accurate.
 // launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
-// or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
+// or more (B = 1: contexts of ~160k and up; B = 64: ~2.5k and up), else the converter kernel.
 // Softmax per tile as the bf16 kernel (mla_decode_tc.cuh) on s + e_k: lazy rescaling against a
 // reference m per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi
 // are zeroed (rows past the context may hold anything; Sᵀ's cvt may yield NaN for a masked
@@ -82,9 +85,11 @@ __host__ __device__ constexpr int dec8_vch(int c, int w, int g, int b) {
 }
 
 // Items average at least this many tiles (the block-table width × tokens / items) where the
-// decode runs this kernel: measured 16 tiles per CTA 6% slower (B = 1, 128k), 32 6% faster
-// (B = 64, 4k).
-constexpr int kDec8MinTiles = 24;
+// decode runs this kernel: measured against the converter kernel (session 14, fp8mla8, same
+// process) 16 tiles per CTA 5% slower (B = 1, 128k: 50.0 against 47.7 us; B = 64, 2k: 46.5
+// against 44.3), 24 6% faster (B = 1, 192k: 60.9 against 64.5; B = 64, 3k: 57.8 against 61.0):
+// even at ~19 (B = 1, 160k, 20 tiles: 55.8-55.9 against 55.7-56.3).
+constexpr int kDec8MinTiles = 20;
 // m-tiles of Oᵀ per group of products (A double-buffered over groups).
 constexpr int kOG = 2;
 
