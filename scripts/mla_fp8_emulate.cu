@@ -204,7 +204,8 @@ int main() {
       ek[k] = E - 127;
       for (int gr = 0; gr < 4; ++gr) {
         float sc, f2;
-        const uint32_t sb = ld32(vt, k * R + kMlaFp8ScaleOff + 4 * gr), fb = uint32_t(261 - E) << 23;
+        const uint32_t sb = ld32(vt, k * R + kMlaFp8ScaleOff + 4 * gr);
+        const uint32_t fb = uint32_t(261 - E) << 23;
         std::memcpy(&sc, &sb, 4);
         std::memcpy(&f2, &fb, 4);
         mtab[gr * NK + k] = __float2half_rn(k < lim ? sc * f2 : 0.f);

@@ -534,13 +534,14 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
-      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY
-                                                         : fmaf(s[i], sl2, float(eb[(i >> 1) & 1] - 127));
+      const float ek = float(eb[(i >> 1) & 1] - 127);
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : fmaf(s[i], sl2, ek);
       over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
     float psum[4][2];
     auto store_p = [&]() {
-      const float inv[2] = {__int_as_float((254 - eb[0]) << 23), __int_as_float((254 - eb[1]) << 23)};
+      const float inv[2] = {__int_as_float((254 - eb[0]) << 23),
+                            __int_as_float((254 - eb[1]) << 23)};
       dec8_store_p(s, m_run, inv, st_addr0 + pbuf, psum);
     };
     store_p();
