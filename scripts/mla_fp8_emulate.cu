@@ -2,10 +2,11 @@
 // checking its indexing without a GPU: one tile's Sᵀ and Oᵀ fragments are built lane by lane as
 // the kernel builds them (the same record offsets; Sᵀ's codes as cvt e4m3x2 -> f16x2 gives them,
 // per scale group, folded with the key's scale; Oᵀ's prmt selectors and decoding, prmt emulated
-// from its PTX definition, bf16 multiplies exact), multiplied with Q staged by dec8_qcol (scaled
-// and rounded as the kernel stages it) and with P, and compared with an fp64 reference of
-// code · scale over random records; the 16-byte loads'
-// bank groups are checked per 8-lane phase, and the masked keys (multiplier 0) in Oᵀ.
+// from its PTX definition, cvt to f16 exact, f16 multiplies by the per-key multipliers rounded as
+// the kernel rounds them), multiplied with Q staged by dec8_qcol (scaled and rounded as the
+// kernel stages it) and with P, and compared with an fp64 reference of code · scale over random
+// records; the 16-byte loads' bank groups are checked per 8-lane phase, and the keys past the
+// context (NaN codes and scales: zeroed, multiplier 0) in Oᵀ.
 // Build and run (no GPU needed):
 //   nvcc -std=c++17 -O2 -Ikernels -Isrc -Iinclude -gencode arch=compute_90a,code=sm_90a \
 //     scripts/mla_fp8_emulate.cu -o /tmp/mla_fp8_emulate && /tmp/mla_fp8_emulate
@@ -51,12 +52,6 @@ uint32_t fbits(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
   return u;
-}
-// dec8_pair on the host: two bf16 products (exact for these inputs).
-void pair_h(uint32_t a, uint32_t b, uint32_t sel, uint32_t mult, double& lo, double& hi) {
-  const uint32_t x = (prmt_h(a, b, sel) << 4) & 0x87f087f0u;
-  lo = double(bf(x & 0xffff)) * bf(mult & 0xffff);
-  hi = double(bf(x >> 16)) * bf(mult >> 16);
 }
 double e4m3(uint8_t c) {
   const int e = (c >> 3) & 15, m = c & 7;
@@ -187,42 +182,69 @@ int main() {
   std::printf("S: max |err| %.3g (max |S| %.3g)\n", err, ref2);
   EXPECT(err <= 1e-9 * ref2);
 
-  // ---- Oᵀ as the kernel builds it (keys at or past lim: multiplier 0).
+  // ---- Oᵀ as the kernel builds it: the softmax's per-key exponent e_k (of the key's largest
+  // scale, clamped to [−30, 126]) and multipliers scale(key, G) · 2^(7 − e_k) in f16 (0 for keys
+  // at or past lim), the codes of one channel of two keys gathered by prmt, cvt to f16 (exact),
+  // times the multipliers in f16 (rounded as __hmul2 rounds); B = P · 2^e_k in f16 (exact here:
+  // the replay draws B as i / 1024 and takes P = B · 2^-e_k), O · 2^-7 against code · scale.
+  // Rows at or past lim hold NaN codes and scales, as rows past the context may.
   for (int lim : {64, 37}) {
-    std::vector<double> P(NH * NK), O(NH * 512, 0.0);
-    for (auto& x : P) x = double(rng() % 1000) / 999.0;
+    std::vector<uint8_t> vt = tile;
+    for (int k = lim; k < NK; ++k) {
+      for (int i = 0; i < 512; ++i) vt[k * R + i] = 0x7f;
+      for (int i = 0; i < 16; ++i) vt[k * R + kMlaFp8ScaleOff + i] = 0xff;
+    }
+    std::vector<double> P(NH * NK), B(NH * NK), O(NH * 512, 0.0);
+    std::vector<__half> mtab(4 * NK);
+    std::vector<int> ek(NK);
+    for (int k = 0; k < NK; ++k) {
+      uint32_t mx = 0;
+      for (int gr = 0; gr < 4; ++gr) mx = std::max(mx, ld32(vt, k * R + kMlaFp8ScaleOff + 4 * gr));
+      const int E = std::min(std::max(int(mx >> 23), 97), 253);
+      ek[k] = E - 127;
+      for (int gr = 0; gr < 4; ++gr) {
+        float sc, f2;
+        const uint32_t sb = ld32(vt, k * R + kMlaFp8ScaleOff + 4 * gr);
+        const uint32_t fb = uint32_t(261 - E) << 23;
+        std::memcpy(&sc, &sb, 4);
+        std::memcpy(&f2, &fb, 4);
+        mtab[gr * NK + k] = __float2half_rn(k < lim ? sc * f2 : 0.f);
+      }
+      for (int h = 0; h < NH; ++h) {
+        B[h * NK + k] = double(rng() % 1025) / 1024.0;
+        P[h * NK + k] = std::ldexp(B[h * NK + k], -ek[k]);
+      }
+    }
     for (int w = 0; w < 4; ++w)
       for (int kk = 0; kk < 4; ++kk) {
         int offs[4][32];
         for (int lane = 0; lane < 32; ++lane) {
           const int g = lane / 4, t = lane % 4;
-          uint32_t y[4][4], f[4];
+          uint32_t y[4][4];
           for (int q = 0; q < 4; ++q) {
-            const int r = (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1)) * R;
-            offs[q][lane] = r + 16 * (8 * w + g);
-            for (int i = 0; i < 4; ++i) y[q][i] = ld32(tile, offs[q][lane] + 4 * i);
-            f[q] = ld32(tile, r + kMlaFp8ScaleOff + 4 * w);
-          }
-          uint32_t mult[2];
-          for (int hq = 0; hq < 2; ++hq) {
-            const int k0 = 16 * kk + 2 * t + 8 * hq;
-            const uint32_t s0 = k0 < lim ? f[2 * hq] + (60u << 23) : 0u;
-            const uint32_t s1 = k0 + 1 < lim ? f[2 * hq + 1] + (60u << 23) : 0u;
-            mult[hq] = prmt_h(s0, s1, 0x7632);
+            const int key = 16 * kk + 2 * t + (q & 1) + 8 * (q >> 1);
+            offs[q][lane] = key * R + 16 * (8 * w + g);
+            for (int i = 0; i < 4; ++i) y[q][i] = key < lim ? ld32(vt, offs[q][lane] + 4 * i) : 0u;
           }
           for (int c = 0; c < 8; ++c) {
             const int wd = c / 2, b0 = 2 * (c % 2);
+            const uint32_t sel = b0 | (4 + b0) << 4 | (b0 + 1) << 8 | (5 + b0) << 12;
             double a[4][2];
-            pair_h(y[0][wd], y[1][wd], dec8_sel(b0, 4 + b0), mult[0], a[0][0], a[0][1]);
-            pair_h(y[0][wd], y[1][wd], dec8_sel(b0 + 1, 5 + b0), mult[0], a[1][0], a[1][1]);
-            pair_h(y[2][wd], y[3][wd], dec8_sel(b0, 4 + b0), mult[1], a[2][0], a[2][1]);
-            pair_h(y[2][wd], y[3][wd], dec8_sel(b0 + 1, 5 + b0), mult[1], a[3][0], a[3][1]);
+            for (int hq = 0; hq < 2; ++hq) {
+              const uint32_t x = prmt_h(y[2 * hq][wd], y[2 * hq + 1][wd], sel);
+              for (int r = 0; r < 2; ++r)      // cvt: bytes 0, 1 -> register 2hq, 2, 3 -> 2hq + 1
+                for (int e = 0; e < 2; ++e) {  // e: the key (lo, hi)
+                  const int key = 16 * kk + 2 * t + e + 8 * hq;
+                  const float m = __half2float(mtab[w * NK + key]);
+                  a[2 * hq + r][e] = __half2float(__float2half_rn(
+                      float(e4m3(uint8_t(x >> (8 * (2 * r + e))))) * m));
+                }
+            }
             for (int i = 0; i < 4; ++i)
               for (int e = 0; e < 2; ++e) {
                 const int ch = dec8_vch(c, w, g, i & 1);
                 const int key = 16 * kk + 2 * t + e + 8 * (i >> 1);
-                for (int h = 0; h < NH; ++h)
-                  O[h * 512 + ch] += a[i][e] * P[h * NK + key] * std::ldexp(1.0, 60);
+                for (int h = 0; h < NH; ++h) O[h * 512 + ch] += a[i][e] * B[h * NK + key];
               }
           }
         }
@@ -233,7 +255,8 @@ int main() {
       for (int ch = 0; ch < 512; ++ch) {
         double r = 0;
         for (int k = 0; k < lim; ++k) r += P[h * NK + k] * K[k * 576 + ch];
-        oerr = std::max(oerr, std::fabs(r - O[h * 512 + ch]));
+        const double o = O[h * 512 + ch] / 128.0;
+        oerr = std::max(oerr, std::isnan(o) ? INFINITY : std::fabs(r - o));
         oref = std::max(oref, std::fabs(r));
       }
     std::printf("O (lim %d): max |err| %.3g (max |O| %.3g)\n", lim, oerr, oref);

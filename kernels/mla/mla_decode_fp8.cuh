@@ -21,18 +21,21 @@
 //              each 16-byte load phase (g = 2q, 2q + 1; t = 0..3) sit on 8 distinct bank
 //              groups: a record is 41 bank groups long (41 = 1 mod 8), lane t's pieces 2t apart.
 //   Oᵀ += Vᵀ·Pᵀ (512 channels × 32 heads, k = 64 keys): 8 m-tiles × 4 k-steps, A = Vᵀ from
-//              registers, B = P from shared memory (as the bf16 kernel). Lane (w, g, t)'s
+//              registers, B = P from shared memory (f16; below). Lane (w, g, t)'s
 //              fragment rows g, g + 8 of m-tile c are channels 16(8w + g) + 2c + {0, 1} (one
 //              16-byte piece of each key's codes covers all its rows, scale group w), its
 //              columns keys 16kk + 2t + {0, 1, 8, 9} (the keys in order: P needs no
 //              permutation); a register pairs one channel of two keys (prmt of two words).
-// Oᵀ's codes (Sᵀ's go through cvt, above) become bf16 in 3 integer instructions per pair and a
-// bf16x2 multiply: prmt places
-// each code in the low byte of a 16-bit lane with its sign replicated in the high byte, << 4
-// and a mask leave magnitude << 4 under the sign: the bf16 of code · 2^-120; the multiplier is
-// scale · 2^60 (the fp32 scale's high half, exponent + 60), so the decoded values are
-// code · scale · 2^-60, exact for scales 2^-60 .. 2^67 (smaller ones flush towards 0: below
-// 2^-66 · 448 in absolute terms); O carries 2^-60, folded back at the end.
+// Oᵀ's codes go through cvt as well (branch fp8mla8): one prmt gathers one channel of two keys
+// for two channels, cvt e4m3x2 -> f16x2 (exact), and an f16x2 multiply by the two keys'
+// multipliers scale(key, G) · 2^(7 − e_k), e_k the exponent of the key's largest scale (clamped
+// to [−30, 126]): at most 448 · 2^7, exact while scale(key, G) >= 2^(e_k − 22) (a group 2^22
+// below its key's largest loses low bits, relative to that largest: < 2^-40). The scale no
+// longer varies along Oᵀ's k in B's range: the softmax runs on s + e_k, so B = P · 2^e_k =
+// 2^(s + e_k − m) <= 2^kDecLazy in f16, l sums B · 2^-e_k (= 2^(s − m)) in fp32, O carries 2^7.
+// Each lane writes the multipliers of scale group t of its two softmax keys into a
+// [4 groups][64 keys] f16 table beside the P buffer (0 for masked keys); Oᵀ reads one pair per
+// two keys. Keys past kv_hi may hold NaN codes: their pieces are zeroed on the last tile.
 // Two consumer warpgroups take the tiles in turn (tile n: warpgroup n % 2; each has its own O, m,
 // l and two P buffers, merged at the end through shared memory), a producer warp issues the bulk
 // copies into a ring of 4 staging slots. A consumer warpgroup releases a slot once its threads
@@ -44,12 +47,15 @@
 // 128k 47.6 -> 50.3 (~8 us more per CTA, not spent per tile: a fixed cost, not yet located).
 // Sᵀ through cvt and f16 products (branch fp8mla7, same call against main): 1M at B = 1
 // 248.3-248.8 -> 230.3-230.8 us (71% of copy), B = 64 at 4k / 32k / 128k 5% / 8% / 8% faster.
+// Oᵀ through cvt and f16 products (branch fp8mla8, same call against main): 1M at B = 1
+// 230.5-231.9 -> 228.6-229.1 us, B = 64 at 128k 1747-1756 -> 1717-1724 (~1-2%; the 1M model
+// step's MLA 1.812-1.815 -> 1.793-1.794 ms for 7 layers); P in f16 is also more accurate.
 // launch_decode_tc (mla.cu) therefore runs it only where the items average kDec8MinTiles tiles
-// or more (B = 1: contexts of ~200k and up; B = 64: 3k and up), else the converter kernel.
-// Softmax per tile as the bf16 kernel (mla_decode_tc.cuh): lazy rescaling against a reference m
-// per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi decode with
-// multiplier 0 (rows past the context may hold anything; Oᵀ's decoding never yields Inf / NaN;
-// Sᵀ's cvt may, for a masked key's row only, which the mask replaces).
+// or more (B = 1: contexts of ~160k and up; B = 64: ~2.5k and up), else the converter kernel.
+// Softmax per tile as the bf16 kernel (mla_decode_tc.cuh) on s + e_k: lazy rescaling against a
+// reference m per head, keys outside [kv_begin, kv_hi) masked; values of keys at or past kv_hi
+// are zeroed (rows past the context may hold anything; Sᵀ's cvt may yield NaN for a masked
+// key's row only, which the mask replaces).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -79,9 +85,11 @@ __host__ __device__ constexpr int dec8_vch(int c, int w, int g, int b) {
 }
 
 // Items average at least this many tiles (the block-table width × tokens / items) where the
-// decode runs this kernel: measured 16 tiles per CTA 6% slower (B = 1, 128k), 32 6% faster
-// (B = 64, 4k).
-constexpr int kDec8MinTiles = 24;
+// decode runs this kernel: measured against the converter kernel (session 14, fp8mla8, same
+// process) 16 tiles per CTA 5% slower (B = 1, 128k: 50.0 against 47.7 us; B = 64, 2k: 46.5
+// against 44.3), 24 6% faster (B = 1, 192k: 60.9 against 64.5; B = 64, 3k: 57.8 against 61.0):
+// even at ~19 (B = 1, 160k, 20 tiles: 55.8-55.9 against 55.7-56.3).
+constexpr int kDec8MinTiles = 20;
 // m-tiles of Oᵀ per group of products (A double-buffered over groups).
 constexpr int kOG = 2;
 
@@ -94,7 +102,10 @@ struct Dec8Layout {
   static constexpr uint32_t kOffStg = kOffP + 2 * kConsumers * kDecPBytes;
   static constexpr uint32_t kOffRed = kOffStg + kStages * kStgBytes;
   static constexpr uint32_t kRedFloats = 6 * kDecHeads;  // [4 warps][32], [32] m, [32] l
-  static constexpr size_t kSmem = kOffRed + kConsumers * kRedFloats * 4 + 1024;
+  // Oᵀ's multipliers beside each P buffer: [4 scale groups][64 keys] f16 (dec8 softmax).
+  static constexpr uint32_t kMulBytes = 4 * kDecKeys * 2;
+  static constexpr uint32_t kOffMul = kOffRed + kConsumers * kRedFloats * 4;
+  static constexpr size_t kSmem = kOffMul + 2 * kConsumers * kMulBytes + 1024;
   static_assert(kOffP % 1024 == 0 && kOffStg % 16 == 0 && kSmem + 128 <= 227 * 1024);
   static_assert(size_t(kDecHeads) * kDecOutLd * 4 <= kStages * kStgBytes);
 };
@@ -161,8 +172,34 @@ __device__ __forceinline__ void wgmma_rs_m64n32_f16_first(float (&d)[16], const 
         "=f"(d[14]), "=f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(0));
 }
-// The fp32 bits of a scale (a power of two or 0) times 2^60.
-__device__ __forceinline__ uint32_t dec8_scale60(uint32_t f) { return f + (60u << 23); }
+// P = 2^(s − m) per (key, head) into the Oᵀ B buffer as f16 (s: the scores plus the key's
+// exponent e_k, below), psum[j][e] the lane's two keys' P times 2^-e_k (inv[b], key b), so l
+// sums 2^(score − m) as the bf16 kernel's does. Layout as dec_store_p's.
+__device__ __forceinline__ void dec8_store_p(const float (&s)[16], const float (&m_run)[4][2],
+                                             const float (&inv)[2], uint32_t st_addr,
+                                             float (&psum)[4][2]) {
+#pragma unroll
+  for (int x = 0; x < 2; ++x) {
+    uint32_t r[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int j = 2 * x + i / 2, b = i % 2;
+      const float p0 = ex2(s[4 * j + 2 * b] - m_run[j][0]);
+      const float p1 = ex2(s[4 * j + 2 * b + 1] - m_run[j][1]);
+      psum[j][0] = b ? fmaf(p0, inv[1], psum[j][0]) : p0 * inv[0];
+      psum[j][1] = b ? fmaf(p1, inv[1], psum[j][1]) : p1 * inv[0];
+      __half2 h = __floats2half2_rn(p0, p1);
+      r[i] = *reinterpret_cast<uint32_t*>(&h);
+    }
+    stsm_x4_trans(st_addr + x * 16 * 128, r);
+  }
+  fence_proxy_async();
+}
+// f16x2 product (exact here: a code times a power of two within f16's range).
+__device__ __forceinline__ uint32_t hmul2_u(uint32_t a, uint32_t b) {
+  __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
+  return *reinterpret_cast<uint32_t*>(&v);
+}
 
 // d[64 × 32] (+)= A[64 × 16] · B[32 × 16]ᵀ: A bf16 in registers, B bf16 K-major in shared memory.
 __device__ __forceinline__ void wgmma_rs_m64n32(float (&d)[16], const uint32_t* a, uint64_t db,
@@ -370,13 +407,14 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   const int st_i = lane / 8, st_r = lane % 8;
   const uint32_t st_addr0 =
       p_s + (8 * (st_i / 2) + st_r) * 128 + (((2 * w + st_i % 2) ^ st_r) * 16);
-  // Byte offsets in a record: Sᵀ's code pieces (rotated), its k_pe, Oᵀ's piece and scale.
+  // Byte offsets in a record: Sᵀ's code pieces, its k_pe, Oᵀ's piece.
   const int s_key = 16 * w + g;  // and s_key + 8
-  const int v_off = 16 * (8 * w + g), v_scale = kMlaFp8ScaleOff + 4 * w;
+  const int v_off = 16 * (8 * w + g);
 
   for (int n = wg, i_loc = 0; n < ntiles; n += L::kConsumers, ++i_loc) {
     const int slot = n % L::kStages;
     const uint32_t pbuf = (2 * wg + (i_loc & 1)) * kDecPBytes;
+    const uint32_t mtab = base + L::kOffMul + (2 * wg + (i_loc & 1)) * L::kMulBytes;
     const uint32_t tile = stg_s + slot * L::kStgBytes;
     const uint32_t rec0t = tile + s_key * kMlaFp8Row + 32 * t;
     constexpr uint32_t kRec1 = 8 * kMlaFp8Row;  // key + 8
@@ -463,9 +501,28 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       fence_acc(s);
     }
 
-    // ---- Softmax (as the bf16 kernel).
+    // ---- Softmax (as the bf16 kernel, on s + e_k). e_k: the exponent of the key's largest scale
+    // (clamped to [−30, 126]); Oᵀ's A is code · scale(key, G) · 2^(7 − e_k) in f16 (at most
+    // 448 · 2^7, exact while scale(key, G) >= 2^(e_k − 22)), its B P · 2^e_k, so the scores
+    // shift by e_k: P = 2^(s + e_k − m), l sums P · 2^-e_k, O carries 2^7. Lane t writes the
+    // multipliers of scale group t of its two keys (0 for masked keys) into mtab.
     const int pos0 = (blk0 + n) * kDecKeys;
     const bool edge = pos0 < it.kv_begin || pos0 + kDecKeys > kv_hi;
+    int eb[2];
+#pragma unroll
+    for (int b = 0; b < 2; ++b) {
+      const int key = s_key + 8 * b, pos = pos0 + key;
+      const uint32_t sc = lds32(tile + key * kMlaFp8Row + kMlaFp8ScaleOff + 4 * t);
+      uint32_t mx = max(sc, __shfl_xor_sync(0xffffffffu, sc, 1));
+      mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const int E = min(max(int(mx >> 23), 97), 253);
+      eb[b] = E;
+      const bool masked = edge && (pos < it.kv_begin || pos >= kv_hi);
+      const float mult = masked ? 0.f : __uint_as_float(sc) * __int_as_float((261 - E) << 23);
+      const __half hm = __float2half_rn(mult);
+      asm volatile("st.shared.b16 [%0], %1;\n" ::"r"(mtab + (t * kDecKeys + key) * 2),
+                   "h"(*reinterpret_cast<const unsigned short*>(&hm)));
+    }
     bool over = false;
     float m_run[4][2];
 #pragma unroll
@@ -477,11 +534,16 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const int pos = pos0 + 16 * w + g + 8 * ((i >> 1) & 1);
-      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : s[i] * sl2;
+      const float ek = float(eb[(i >> 1) & 1] - 127);
+      s[i] = edge && (pos < it.kv_begin || pos >= kv_hi) ? -INFINITY : fmaf(s[i], sl2, ek);
       over |= s[i] > m_run[i / 4][i & 1] + kDecLazy;
     }
     float psum[4][2];
-    auto store_p = [&]() { dec_store_p(s, m_run, st_addr0 + pbuf, psum); };
+    auto store_p = [&]() {
+      const float inv[2] = {__int_as_float((254 - eb[0]) << 23),
+                            __int_as_float((254 - eb[1]) << 23)};
+      dec8_store_p(s, m_run, inv, st_addr0 + pbuf, psum);
+    };
     store_p();
     if (bar_sync_or(1 + wg, 128, over)) {
       dec_rescale(s, m_run, l_run, o, red, ml, w, g, t, 1 + wg);
@@ -494,34 +556,37 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
       for (int e = 0; e < 2; ++e) l_run[j][e] += psum[j][e];
 
     // ---- Oᵀ: per k-step kk the lane's 4 keys (16 codes each: one piece), 2 groups of 4
-    // m-tiles, A double-buffered.
+    // m-tiles, A double-buffered. A register pairs one channel of two keys: one prmt gathers two
+    // channels' pairs, cvt e4m3x2 -> f16x2 (exact) and an f16x2 multiply by the keys'
+    // multipliers from mtab (code · scale · 2^(7 − e_k), exact). Keys at or past kv_hi may hold
+    // NaN codes: zeroed on the last tile (their multiplier is 0 too).
     {
       const uint64_t p_desc = wgmma_desc(p_s + pbuf);
-      const int lim = kv_hi - pos0;  // keys at or past it decode with multiplier 0
+      const int lim = kv_hi - pos0;
       uint32_t a[2][4 * kOG];
       uint4 y[4];
-      uint32_t f[4];
+      uint32_t mult[2];
       const uint32_t vrec = tile + 2 * t * kMlaFp8Row;
+      const uint32_t mrow = mtab + (w * kDecKeys + 2 * t) * 2;
       auto load_v = [&](int kk) {
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
           const uint32_t r = vrec + (16 * kk + (q & 1) + 8 * (q >> 1)) * kMlaFp8Row;
           y[q] = lds128(r + v_off);
-          f[q] = lds32(r + v_scale);
+        }
+        mult[0] = lds32(mrow + 16 * kk * 2);
+        mult[1] = lds32(mrow + (16 * kk + 8) * 2);
+        if (lim < kDecKeys) {
+#pragma unroll
+          for (int q = 0; q < 4; ++q)
+            if (16 * kk + 2 * t + (q & 1) + 8 * (q >> 1) >= lim) y[q] = make_uint4(0, 0, 0, 0);
         }
       };
       load_v(0);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        uint32_t mult[2];
-#pragma unroll
-        for (int hq = 0; hq < 2; ++hq) {
-          const int k0 = 16 * kk + 2 * t + 8 * hq;
-          const uint32_t s0 = k0 < lim ? dec8_scale60(f[2 * hq]) : 0u;
-          const uint32_t s1 = k0 + 1 < lim ? dec8_scale60(f[2 * hq + 1]) : 0u;
-          mult[hq] = prmt(s0, s1, 0x7632);
-        }
+        const uint32_t m0 = mult[0], m1 = mult[1];
 #pragma unroll
         for (int half = 0; half < 8 / kOG; ++half) {
           const int grp = (8 / kOG) * kk + half;
@@ -531,19 +596,21 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
 #pragma unroll
           for (int cc = 0; cc < kOG; ++cc) {
             const int c = kOG * half + cc, wd = c / 2, b0 = 2 * (c % 2);
-            A[4 * cc + 0] = dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0, 4 + b0), mult[0]);
-            A[4 * cc + 1] =
-                dec8_pair(w4(y[0], wd), w4(y[1], wd), dec8_sel(b0 + 1, 5 + b0), mult[0]);
-            A[4 * cc + 2] = dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0, 4 + b0), mult[1]);
-            A[4 * cc + 3] =
-                dec8_pair(w4(y[2], wd), w4(y[3], wd), dec8_sel(b0 + 1, 5 + b0), mult[1]);
+            const uint32_t sel = b0 | (4 + b0) << 4 | (b0 + 1) << 8 | (5 + b0) << 12;
+            uint32_t lo, hi;
+            dec8_cvt(prmt(w4(y[0], wd), w4(y[1], wd), sel), lo, hi);
+            A[4 * cc + 0] = hmul2_u(lo, m0);
+            A[4 * cc + 1] = hmul2_u(hi, m0);
+            dec8_cvt(prmt(w4(y[2], wd), w4(y[3], wd), sel), lo, hi);
+            A[4 * cc + 2] = hmul2_u(lo, m1);
+            A[4 * cc + 3] = hmul2_u(hi, m1);
           }
           // The next k-step's pieces (this k-step's are decoded).
           if (half == 8 / kOG - 1 && kk + 1 < 4) load_v(kk + 1);
           wgmma_fence();
 #pragma unroll
           for (int cc = 0; cc < kOG; ++cc)
-            wgmma_rs_m64n32(o[kOG * half + cc], &A[4 * cc], p_desc + kk * 32 / 16, 1);
+            wgmma_rs_m64n32_f16(o[kOG * half + cc], &A[4 * cc], p_desc + kk * 32 / 16, 1);
           wgmma_commit();
         }
       }
@@ -586,7 +653,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
   const float* const ml0 = reinterpret_cast<const float*>(sm + L::kOffRed) + 4 * kDecHeads;
   const float* const ml1 = ml0 + L::kRedFloats;
   float* const ost = reinterpret_cast<float*>(stg);
-  // This warpgroup's weight per head: exp2(m_wg − m) · 2^60 (O carries 2^-60).
+  // This warpgroup's weight per head: exp2(m_wg − m) · 2^-7 (O carries 2^7).
   float wt[4][2];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
@@ -594,7 +661,7 @@ __global__ void __launch_bounds__(Dec8Layout::kThreads, 1)
     for (int e = 0; e < 2; ++e) {
       const int hd = 8 * j + 2 * t + e;
       const float mm = fmaxf(ml0[hd], ml1[hd]);
-      wt[j][e] = mm == -INFINITY ? 0.f : ex2(ml[hd] - mm) * 1.152921504606847e18f;
+      wt[j][e] = mm == -INFINITY ? 0.f : ex2(ml[hd] - mm) * 0.0078125f;
     }
 #pragma unroll
   for (int pass = 1; pass >= 0; --pass) {
