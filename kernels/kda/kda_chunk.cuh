@@ -204,10 +204,25 @@ __device__ __forceinline__ int pair_octet(int it) {
   return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
 }
 
+// Options of the intra kernel (temporary A/B switches, KIMI_KDA_INTRA_OPTS): bit 0 takes the
+// diagonal 4×4 tiles through their first column as reference where the tile's gate spread allows
+// it; bits 8.. are the L2 prefetch distance in chunks (0: none).
+constexpr int kIntraDiagRef = 1;
+// Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
+// reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
+// so nothing overflows or flushes to zero in fp32 (|k|, |q| <= 1 after the L2 norm; the pairs
+// above the diagonal, dropped, stay below 128·2^96).
+constexpr float kDiagRefSpread = kKdaDiagRefSpread;
+static_assert(kDiagRefSpread <= 100.f, "factors up to 2^spread must stay far from fp32's range");
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const int* chunk_seq, const int* chunk_start,
-                           unsigned char* ws) {
+                           unsigned char* ws, int opts) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -248,6 +263,18 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         const size_t o = size_t(t0 + i) * HD + h * D + d0;
         kv[r] = *reinterpret_cast<const uint4*>(p.k + o);
         qv[r] = *reinterpret_cast<const uint4*>(p.q + o);
+      }
+    }
+    // L2 prefetch of a later CTA's q, k, f, v rows (the CTA pf chunks on, same head): its loads
+    // then come from L2 instead of DRAM.
+    const int pf = opts >> 8;
+    if (pf > 0 && c + pf < int(gridDim.x)) {
+      const int t = chunk_start[c + pf] + (tid >> 2), which = tid & 3;
+      if (t < p.num_tokens) {
+        const bf16* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.f : p.v;
+        const bf16* row = src + size_t(t) * HD + h * D;
+        prefetch_l2(row);
+        prefetch_l2(row + 64);
       }
     }
 #pragma unroll
@@ -306,7 +333,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   //    that need no L) go through the reference r = j0 + 3, the tile's last column:
   //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
   //    instead of 16.
-  auto diag_item = [&](int i0, int j0, bool via_ref) {
+  auto diag_item = [&](int i0, int j0, bool via_ref, int ref) {
     const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
@@ -316,7 +343,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       const int d = 4 * sl + 32 * m;
       float gr[4] = {0.f, 0.f, 0.f, 0.f};
       if (via_ref) {
-        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + ref * kLd + d);
         gr[0] = g4.x, gr[1] = g4.y, gr[2] = g4.z, gr[3] = g4.w;
       }
       float gi[4][4], ki[4][4], qi[4][4];
@@ -384,12 +411,27 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   auto below = [&](int to) {
     const int a = to / 6, r = to - 6 * a;
     const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
-    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true);
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3);
   };
   static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
   if (tid < 128) {
-    const int td = tid >> 3, a = td >> 2, q = td & 3;  // tile (a, q, q) on the diagonal
-    diag_item(16 * a + 4 * q, 16 * a + 4 * q, false);
+    const int td = tid >> 3, a = td >> 2, q = td & 3, j0 = 16 * a + 4 * q;  // tile (a, q, q)
+    // Through the tile's first column as reference (row factors 2^{Γ₂i−Γ₂j0} <= 1, key factors
+    // 2^{Γ₂j0−Γ₂j} >= 1): 8 ex2 per channel instead of 16, where the spread over the tile's rows
+    // is at most kDiagRefSpread in every channel of the warp (a warp-uniform choice).
+    bool ref = false;
+    if (opts & kIntraDiagRef) {
+      float spread = 0.f;
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        const int d = 4 * (lane & 7) + 32 * m;
+        const float4 g0 = *reinterpret_cast<const float4*>(sm.G + j0 * kLd + d);
+        const float4 g3 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+        spread = fmaxf(spread, fmaxf(fmaxf(g0.x - g3.x, g0.y - g3.y), fmaxf(g0.z - g3.z, g0.w - g3.w)));
+      }
+      ref = __all_sync(0xffffffffu, spread <= kDiagRefSpread);  // false on NaN
+    }
+    diag_item(j0, j0, ref, j0);
   } else {
     below((tid - 128) >> 3);
   }
