@@ -206,8 +206,10 @@ __device__ __forceinline__ int pair_octet(int it) {
 
 // Options of the intra kernel (temporary A/B switches, KIMI_KDA_INTRA_OPTS): bit 0 takes the
 // diagonal 4×4 tiles through their first column as reference where the tile's gate spread allows
-// it; bits 8.. are the L2 prefetch distance in chunks (0: none).
+// it; bit 1 stages W and Uᵀ for bulk copies; bits 8.. are the L2 prefetch distance in chunks
+// (0: none).
 constexpr int kIntraDiagRef = 1;
+constexpr int kIntraStageWU = 2;  // W and Uᵀ staged in shared memory, bulk copies out
 // Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
 // reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
 // so nothing overflows or flushes to zero in fp32 (|k|, |q| <= 1 after the L2 norm; the pairs
@@ -217,6 +219,16 @@ static_assert(kDiagRefSpread <= 100.f, "factors up to 2^spread must stay far fro
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
+// Shared -> global bulk copy (16-byte aligned ends, bytes a multiple of 16) and its group waits.
+__device__ __forceinline__ void bulk_s2g(void* dst, const void* src, unsigned bytes) {
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst),
+               "r"(smem_u32(src)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::); }
+__device__ __forceinline__ void bulk_wait_read0() {
+  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
@@ -644,7 +656,15 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   __syncthreads();
 
   // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
+  //    With kIntraStageWU they are written in the record's layout into dead shared memory (the
+  //    inverse's scratch, raw k) and leave as two 16 KB bulk copies, instead of 4-byte stores
+  //    that touch 8 rows of 16 bytes each.
   static_assert(kIntraWarps == 8, "phase 5 maps two column tiles per warp");
+  static_assert(sizeof(sm.off) >= 64 * 128 * 2 && sizeof(sm.K) >= 128 * 64 * 2,
+                "staging space for W and Uᵀ");
+  const bool stage = (opts & kIntraStageWU) != 0;
+  bf16* sW = reinterpret_cast<bf16*>(&sm.off);
+  bf16* sUT = sm.K;
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
     const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
@@ -669,18 +689,33 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
           const int i = 16 * mt + g8 + 8 * hf, d = 8 * (2 * warp + n) + t2;
           const float u0 = acc[n][2 * hf], u1 = acc[n][2 * hf + 1];
           if (which == 0) {  // W [i][d], swizzled
-            *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) = __floats2bfloat162_rn(u0, u1);
+            const __nv_bfloat162 w2 = __floats2bfloat162_rn(u0, u1);
+            if (stage)
+              *reinterpret_cast<__nv_bfloat162*>(sW + swz(i, d, C)) = w2;
+            else
+              *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) = w2;
           } else {  // Uᵀ [d][i], swizzled: rows i, i + 1 (lanes 4 apart) paired by one shuffle
             const bool odd = (g8 & 1) != 0;
             const float other = __shfl_xor_sync(0xffffffffu, odd ? u0 : u1, 4);
-            if (!odd)
-              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d, i, D)) =
-                  __floats2bfloat162_rn(u0, other);
+            const int o = odd ? swz(d + 1, i - 1, D) : swz(d, i, D);
+            const __nv_bfloat162 u2 =
+                odd ? __floats2bfloat162_rn(other, u1) : __floats2bfloat162_rn(u0, other);
+            if (stage)
+              *reinterpret_cast<__nv_bfloat162*>(sUT + o) = u2;
             else
-              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d + 1, i - 1, D)) =
-                  __floats2bfloat162_rn(other, u1);
+              *reinterpret_cast<__nv_bfloat162*>(oUT + o) = u2;
           }
         }
+    }
+  }
+  if (stage) {  // the two staged tiles leave as one bulk copy each
+    fence_proxy_async();  // this thread's generic writes before the async proxy reads them
+    __syncthreads();
+    if (tid == 0) {
+      bulk_s2g(oW, sW, 64 * 128 * 2);
+      bulk_s2g(oUT, sUT, 128 * 64 * 2);
+      bulk_commit();
+      bulk_wait_read0();  // the shared memory stays the CTA's until the copies have read it
     }
   }
 }
