@@ -49,7 +49,7 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
                                     int(kda::kIntraSmem)));
     static const int opts = [] {  // temporary A/B switch (kda_chunk.cuh: kIntraDiagRef, bits 8..)
       const char* e = std::getenv("KIMI_KDA_INTRA_OPTS");
-      return e ? std::atoi(e) : kda::kIntraDiagRef | kda::kIntraStageWU;
+      return e ? std::atoi(e) : kda::kIntraDiagRef | kda::kIntraSwapG | 132 << 8;
     }();
     kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
                                   kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws,

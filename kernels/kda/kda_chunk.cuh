@@ -182,6 +182,16 @@ __device__ __forceinline__ void load8f(const float* p, float (&x)[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
+// The same with the two 16-byte halves read in the other order where `swap`: lanes whose pieces
+// sit 8 banks past another lane's then take the other half first, so that the two loads of a
+// quarter-warp hit distinct banks.
+__device__ __forceinline__ void load8f_sw(const float* p, float (&x)[8], bool swap) {
+  const float4* q = reinterpret_cast<const float4*>(p);
+  const float4 a = q[swap ? 1 : 0], b = q[swap ? 0 : 1];
+  const float4 lo = swap ? b : a, hi = swap ? a : b;
+  x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z,
+  x[7] = hi.w;
+}
 
 // One level of a reduce-scatter of acc over lanes kHalf / 4 apart: the lane with that bit set
 // keeps acc[kHalf..2kHalf) (moved to [0, kHalf)), its partner acc[0, kHalf), each adding the
@@ -210,6 +220,7 @@ __device__ __forceinline__ int pair_octet(int it) {
 // (0: none).
 constexpr int kIntraDiagRef = 1;
 constexpr int kIntraStageWU = 2;  // W and Uᵀ staged in shared memory, bulk copies out
+constexpr int kIntraSwapG = 4;    // Γ₂ halves swapped on lanes 4..7 of each quarter-warp (below)
 // Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
 // reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
 // so nothing overflows or flushes to zero in fp32 (|k|, |q| <= 1 after the L2 norm; the pairs
@@ -243,6 +254,11 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
+  // The (row, 8 channels) loops of Q ⊙ e^Γ, Kr and (K ⊙ e^Γ)ᵀ read Γ₂ pieces 32 bytes apart on
+  // lanes 4 apart (row strides of 4 banks, pieces of 8 channels): a 2-way conflict per load,
+  // avoided by reading the halves in the other order on lanes with bit 2 set (it & 4 is lane & 4
+  // there: the loops step by multiples of 32).
+  const bool swap_g = (opts & kIntraSwapG) != 0;
   unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
   bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
   bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
@@ -277,14 +293,17 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         qv[r] = *reinterpret_cast<const uint4*>(p.q + o);
       }
     }
-    // L2 prefetch of a later CTA's q, k, f, v rows (the CTA pf chunks on, same head): its loads
-    // then come from L2 instead of DRAM.
-    const int pf = opts >> 8;
-    if (pf > 0 && c + pf < int(gridDim.x)) {
-      const int t = chunk_start[c + pf] + (tid >> 2), which = tid & 3;
+    // L2 prefetch of the q, k, f, v rows of the CTA pf places later in launch order (chunks
+    // fastest, then heads): it starts about pf / (2 · SMs) of a CTA's lifetime later and finds
+    // its rows in L2 instead of DRAM.
+    const int pf = opts >> 8, nc = int(gridDim.x);
+    const int later = c + h * nc + pf;
+    if (pf > 0 && later < nc * H) {
+      const int c2 = later % nc, h2 = later / nc;
+      const int t = chunk_start[c2] + (tid >> 2), which = tid & 3;
       if (t < p.num_tokens) {
         const bf16* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.f : p.v;
-        const bf16* row = src + size_t(t) * HD + h * D;
+        const bf16* row = src + size_t(t) * HD + h2 * D;
         prefetch_l2(row);
         prefetch_l2(row + 64);
       }
@@ -454,7 +473,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       const int i = it >> 4, d0 = (it & 15) * 8;
       float q[8], g[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
-      load8f(sm.G + i * kLd + d0, g);
+      load8f_sw(sm.G + i * kLd + d0, g, swap_g && (it & 4));
 #pragma unroll
       for (int e = 0; e < 8; ++e) q[e] *= ex2(g[e]);
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
@@ -464,8 +483,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
-      load8f(sm.G + i * kLd + d0, g0);
-      load8f(sm.G + (i + 1) * kLd + d0, g1);
+      load8f_sw(sm.G + i * kLd + d0, g0, swap_g && (it & 4));
+      load8f_sw(sm.G + (i + 1) * kLd + d0, g1, swap_g && (it & 4));
       load8f(sm.G + 63 * kLd + d0, gl);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
@@ -584,8 +603,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       float k0[8], k1[8], g0[8], g1[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
-      load8f(sm.G + j * kLd + d0, g0);
-      load8f(sm.G + (j + 1) * kLd + d0, g1);
+      load8f_sw(sm.G + j * kLd + d0, g0, swap_g && (it & 4));
+      load8f_sw(sm.G + (j + 1) * kLd + d0, g1, swap_g && (it & 4));
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         *reinterpret_cast<__nv_bfloat162*>(sm.KeT + (d0 + e) * kLk + j) =
