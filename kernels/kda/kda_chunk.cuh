@@ -220,6 +220,7 @@ __device__ __forceinline__ int pair_octet(int it) {
 // (0: none).
 constexpr int kIntraDiagRef = 1;
 constexpr int kIntraStageWU = 2;  // W and Uᵀ staged in shared memory, bulk copies out
+constexpr int kIntraSplitTail = 8;  // phase 1's last 8 tiles over all warps (below)
 constexpr int kIntraSwapG = 4;    // Γ₂ halves swapped on lanes 4..7 of each quarter-warp (below)
 // Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
 // reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
@@ -364,13 +365,15 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   //    that need no L) go through the reference r = j0 + 3, the tile's last column:
   //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
   //    instead of 16.
-  auto diag_item = [&](int i0, int j0, bool via_ref, int ref) {
+  // Channel slices m0..m1-1 of 32 (one item per 8 lanes); `quarters`: the warp's four
+  // quarter-warps hold the slices m = lane >> 3 of one tile, summed before the store.
+  auto diag_item = [&](int i0, int j0, bool via_ref, int ref, int m0, int m1, bool quarters) {
     const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
     for (int v = 0; v < 32; ++v) acc[v] = 0.f;
 #pragma unroll 1
-    for (int m = 0; m < 4; ++m) {
+    for (int m = m0; m < m1; ++m) {
       const int d = 4 * sl + 32 * m;
       float gr[4] = {0.f, 0.f, 0.f, 0.f};
       if (via_ref) {
@@ -425,6 +428,14 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     fold_half<16>(acc, lane);
     fold_half<8>(acc, lane);
     fold_half<4>(acc, lane);
+    if (quarters) {
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) {
+        acc[cc] += __shfl_xor_sync(0xffffffffu, acc[cc], 8);
+        acc[cc] += __shfl_xor_sync(0xffffffffu, acc[cc], 16);
+      }
+      if (lane >= 8) return;
+    }
     const int i = i0 + (lane & 3);
     if ((lane & 4) == 0) {
 #pragma unroll
@@ -439,10 +450,10 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     }
   };
   // Tile to (0..23) below the diagonal: block to / 6, (ri, cj) = 10 20 21 30 31 32.
-  auto below = [&](int to) {
+  auto below = [&](int to, int m0, int m1, bool quarters) {
     const int a = to / 6, r = to - 6 * a;
     const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
-    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3);
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3, m0, m1, quarters);
   };
   static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
   if (tid < 128) {
@@ -462,14 +473,19 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       }
       ref = __all_sync(0xffffffffu, spread <= kDiagRefSpread);  // false on NaN
     }
-    diag_item(j0, j0, ref, j0);
+    diag_item(j0, j0, ref, j0, 0, 4, false);
   } else {
-    below((tid - 128) >> 3);
+    below((tid - 128) >> 3, 0, 4, false);
   }
-  if (tid >= 192) {
-    below(16 + ((tid - 192) >> 3));
+  // The last 8 tiles: on warps 6, 7 while warps 0-5 write the record parts below, or
+  // (kIntraSplitTail) one tile per warp with a channel slice per quarter-warp after all 8 warps
+  // shared those record parts.
+  const bool split_tail = (opts & kIntraSplitTail) != 0;
+  if (!split_tail && tid >= 192) {
+    below(16 + ((tid - 192) >> 3), 0, 4, false);
   } else {
-    for (int it = tid; it < C * 16; it += 192) {  // Q ⊙ e^Γ: (row, 8 channels) -> one 16-byte piece
+    const int stride = split_tail ? kIntraThreads : 192;  // multiples of 32: it & 31 is the lane
+    for (int it = tid; it < C * 16; it += stride) {  // Q ⊙ e^Γ: (row, 8 channels) -> 16 bytes
       const int i = it >> 4, d0 = (it & 15) * 8;
       float q[8], g[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
@@ -478,7 +494,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       for (int e = 0; e < 8; ++e) q[e] *= ex2(g[e]);
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
     }
-    for (int it = tid; it < 32 * 16; it += 192) {  // Kr: (token pair, 8 channels) -> 8 pairs
+    for (int it = tid; it < 32 * 16; it += stride) {  // Kr: (token pair, 8 channels) -> 8 pairs
       const int i = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
@@ -492,9 +508,9 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
             k0[e] * ex2(gl[e] - g0[e]), k1[e] * ex2(gl[e] - g1[e]));
     }
     if (tid < D) oGl[tid] = ex2(sm.G[63 * kLd + tid]);
-    {  // M's zeros above the diagonal tiles: blocks right of the diagonal block (16 rows × 6, 4,
-       // 2 pieces for blocks 0, 1, 2: exactly 192), and rows of the 6 quads above the diagonal
-       // inside each diagonal block (96)
+    if (tid < 192) {  // M's zeros above the diagonal tiles: blocks right of the diagonal block
+       // (16 rows × 6, 4, 2 pieces for blocks 0, 1, 2: exactly 192), and rows of the 6 quads
+       // above the diagonal inside each diagonal block (96)
       const int it = tid;
       const int a = it < 96 ? 0 : it < 160 ? 1 : 2, base = a == 0 ? 0 : a == 1 ? 96 : 160;
       const int per = 6 - 2 * a, row = 16 * a + (it - base) / per;
@@ -507,6 +523,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         *reinterpret_cast<uint2*>(oM + swz(i, 16 * blk + 4 * cj, C)) = make_uint2(0, 0);
       }
     }
+    if (split_tail) below(16 + warp, lane >> 3, (lane >> 3) + 1, true);
   }
 
   // 2. Off-diagonal blocks, row block a through the reference r = 16a − 1: both sides of the
