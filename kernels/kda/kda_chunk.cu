@@ -1,6 +1,4 @@
 // Plan and launcher of the chunked KDA prefill (kda_chunk.cuh).
-#include <cstdlib>
-
 #include "common.h"
 #include "kda/kda_chunk.cuh"
 
@@ -47,13 +45,8 @@ void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream
     CUDA_CHECK(cudaFuncSetAttribute(kda::kda_chunk_intra_kernel,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     int(kda::kIntraSmem)));
-    static const int opts = [] {  // temporary A/B switch (kda_chunk.cuh: kIntraDiagRef, bits 8..)
-      const char* e = std::getenv("KIMI_KDA_INTRA_OPTS");
-      return e ? std::atoi(e) : kda::kIntraDiagRef | kda::kIntraSwapG | 132 << 8;
-    }();
     kda::kda_chunk_intra_kernel<<<dim3(a.num_chunks, p.num_heads), kda::kIntraThreads,
-                                  kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws,
-                                                             opts);
+                                  kda::kIntraSmem, stream>>>(p, a.chunk_seq, a.chunk_start, ws);
     KIMI_CHECK_LAUNCH();
   }
   if (!(a.stages & 2)) return;

@@ -99,8 +99,9 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
 //      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
 //   1. diagonal 16×16 blocks of L and M in fp32: a thread owns a 4×4 tile of (i, j) pairs over
 //      16 channels (register tile, vector smem loads), the 8 channel slices of a tile are summed
-//      by a reduce-scatter over 8 lanes; one ex2 per (i, j, d) on the diagonal tiles, the tiles
-//      below them through their last column as reference. Threads left idle by the uneven last
+//      by a reduce-scatter over 8 lanes; the tiles on the diagonal through their first column
+//      as reference where the gate's spread allows it (else one ex2 per (i, j, d)), the tiles
+//      below them through their last column. Threads left idle by the uneven last
 //      round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's zeros)
 //   2. off-diagonal blocks on tensor cores, per row block a through the reference r = 16a − 1
 //      (the last row before it): L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}) for all
@@ -183,8 +184,8 @@ __device__ __forceinline__ void load8f(const float* p, float (&x)[8]) {
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
 // The same with the two 16-byte halves read in the other order where `swap`: lanes whose pieces
-// sit 8 banks past another lane's then take the other half first, so that the two loads of a
-// quarter-warp hit distinct banks.
+// sit 8 banks past another lane's take the other half first, so that each of the two loads of a
+// quarter-warp hits distinct banks.
 __device__ __forceinline__ void load8f_sw(const float* p, float (&x)[8], bool swap) {
   const float4* q = reinterpret_cast<const float4*>(p);
   const float4 a = q[swap ? 1 : 0], b = q[swap ? 0 : 1];
@@ -214,39 +215,23 @@ __device__ __forceinline__ int pair_octet(int it) {
   return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
 }
 
-// Options of the intra kernel (temporary A/B switches, KIMI_KDA_INTRA_OPTS): bit 0 takes the
-// diagonal 4×4 tiles through their first column as reference where the tile's gate spread allows
-// it; bit 1 stages W and Uᵀ for bulk copies; bits 8.. are the L2 prefetch distance in chunks
-// (0: none).
-constexpr int kIntraDiagRef = 1;
-constexpr int kIntraStageWU = 2;  // W and Uᵀ staged in shared memory, bulk copies out
-constexpr int kIntraSplitTail = 8;  // phase 1's last 8 tiles over all warps (below)
-constexpr int kIntraSwapG = 4;    // Γ₂ halves swapped on lanes 4..7 of each quarter-warp (below)
 // Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
 // reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
 // so nothing overflows or flushes to zero in fp32 (|k|, |q| <= 1 after the L2 norm; the pairs
 // above the diagonal, dropped, stay below 128·2^96).
 constexpr float kDiagRefSpread = kKdaDiagRefSpread;
 static_assert(kDiagRefSpread <= 100.f, "factors up to 2^spread must stay far from fp32's range");
+// L2 prefetch distance in CTAs of launch order (perf-log, session 14: 132 beat 264 and none).
+constexpr int kIntraPrefetch = 132;
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-// Shared -> global bulk copy (16-byte aligned ends, bytes a multiple of 16) and its group waits.
-__device__ __forceinline__ void bulk_s2g(void* dst, const void* src, unsigned bytes) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst),
-               "r"(smem_u32(src)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::); }
-__device__ __forceinline__ void bulk_wait_read0() {
-  asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
 }
 
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
 __global__ void __launch_bounds__(kIntraThreads, 2)
     kda_chunk_intra_kernel(const KdaScanParams p, const int* chunk_seq, const int* chunk_start,
-                           unsigned char* ws, int opts) {
+                           unsigned char* ws) {
   constexpr int C = kChunk, D = kKdaD;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   IntraSmem& sm = *reinterpret_cast<IntraSmem*>(smem_raw);
@@ -255,11 +240,6 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   const int s = chunk_seq[c], t0 = chunk_start[c];
   const int len = min(C, p.cu_seqlens[s + 1] - t0);
   const int g8 = lane >> 2, t2 = (lane & 3) * 2;
-  // The (row, 8 channels) loops of Q ⊙ e^Γ, Kr and (K ⊙ e^Γ)ᵀ read Γ₂ pieces 32 bytes apart on
-  // lanes 4 apart (row strides of 4 banks, pieces of 8 channels): a 2-way conflict per load,
-  // avoided by reading the halves in the other order on lanes with bit 2 set (it & 4 is lane & 4
-  // there: the loops step by multiples of 32).
-  const bool swap_g = (opts & kIntraSwapG) != 0;
   unsigned char* rec = ws + (size_t(c) * H + h) * ChunkRec::kBytes;
   bf16* oW = reinterpret_cast<bf16*>(rec + ChunkRec::kW);
   bf16* oQ = reinterpret_cast<bf16*>(rec + ChunkRec::kQ);
@@ -294,12 +274,11 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         qv[r] = *reinterpret_cast<const uint4*>(p.q + o);
       }
     }
-    // L2 prefetch of the q, k, f, v rows of the CTA pf places later in launch order (chunks
-    // fastest, then heads): it starts about pf / (2 · SMs) of a CTA's lifetime later and finds
-    // its rows in L2 instead of DRAM.
-    const int pf = opts >> 8, nc = int(gridDim.x);
-    const int later = c + h * nc + pf;
-    if (pf > 0 && later < nc * H) {
+    // L2 prefetch of the q, k, f, v rows of the CTA kIntraPrefetch places later in launch order
+    // (chunks fastest, then heads): it starts about half a CTA lifetime later (two CTAs per SM)
+    // and finds its rows in L2 instead of DRAM.
+    const int nc = int(gridDim.x), later = c + h * nc + kIntraPrefetch;
+    if (later < nc * H) {
       const int c2 = later % nc, h2 = later / nc;
       const int t = chunk_start[c2] + (tid >> 2), which = tid & 3;
       if (t < p.num_tokens) {
@@ -360,20 +339,18 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   // 1. Diagonal blocks in fp32, as 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri,
   //    column quad cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes
   //    of a slice group read consecutive 16 bytes) = 320 items. The 16 tiles on the diagonal
-  //    (warps 0-3) take one ex2 per (i, j, d) (pairs j > i are computed and dropped); the 24 below
-  //    it (warps 4-7, then a second round on warps 6, 7 while warps 0-5 write the record parts
-  //    that need no L) go through the reference r = j0 + 3, the tile's last column:
-  //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
-  //    instead of 16.
-  // Channel slices m0..m1-1 of 32 (one item per 8 lanes); `quarters`: the warp's four
-  // quarter-warps hold the slices m = lane >> 3 of one tile, summed before the store.
-  auto diag_item = [&](int i0, int j0, bool via_ref, int ref, int m0, int m1, bool quarters) {
+  //    (warps 0-3) go through their first column (below) or take one ex2 per (i, j, d) (pairs
+  //    j > i are computed and dropped); the 24 below it (warps 4-7, then a second round on warps
+  //    6, 7 while warps 0-5 write the record parts that need no L) go through the reference
+  //    r = j0 + 3, the tile's last column: (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors
+  //    <= 1, 8 ex2 per tile and channel instead of 16.
+  auto diag_item = [&](int i0, int j0, bool via_ref, int ref) {
     const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
     for (int v = 0; v < 32; ++v) acc[v] = 0.f;
 #pragma unroll 1
-    for (int m = m0; m < m1; ++m) {
+    for (int m = 0; m < 4; ++m) {
       const int d = 4 * sl + 32 * m;
       float gr[4] = {0.f, 0.f, 0.f, 0.f};
       if (via_ref) {
@@ -428,14 +405,6 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     fold_half<16>(acc, lane);
     fold_half<8>(acc, lane);
     fold_half<4>(acc, lane);
-    if (quarters) {
-#pragma unroll
-      for (int cc = 0; cc < 4; ++cc) {
-        acc[cc] += __shfl_xor_sync(0xffffffffu, acc[cc], 8);
-        acc[cc] += __shfl_xor_sync(0xffffffffu, acc[cc], 16);
-      }
-      if (lane >= 8) return;
-    }
     const int i = i0 + (lane & 3);
     if ((lane & 4) == 0) {
 #pragma unroll
@@ -450,57 +419,51 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
     }
   };
   // Tile to (0..23) below the diagonal: block to / 6, (ri, cj) = 10 20 21 30 31 32.
-  auto below = [&](int to, int m0, int m1, bool quarters) {
+  auto below = [&](int to) {
     const int a = to / 6, r = to - 6 * a;
     const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
-    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3, m0, m1, quarters);
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3);
   };
   static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
   if (tid < 128) {
     const int td = tid >> 3, a = td >> 2, q = td & 3, j0 = 16 * a + 4 * q;  // tile (a, q, q)
     // Through the tile's first column as reference (row factors 2^{Γ₂i−Γ₂j0} <= 1, key factors
-    // 2^{Γ₂j0−Γ₂j} >= 1): 8 ex2 per channel instead of 16, where the spread over the tile's rows
-    // is at most kDiagRefSpread in every channel of the warp (a warp-uniform choice).
-    bool ref = false;
-    if (opts & kIntraDiagRef) {
-      float spread = 0.f;
+    // 2^{Γ₂j0−Γ₂j} >= 1): 8 ex2 per channel instead of 16, where Γ₂ falls by at most
+    // kDiagRefSpread over the tile's rows in every channel of the warp's 4 tiles (one choice
+    // per warp); otherwise one ex2 per pair.
+    float spread = 0.f;
 #pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        const int d = 4 * (lane & 7) + 32 * m;
-        const float4 g0 = *reinterpret_cast<const float4*>(sm.G + j0 * kLd + d);
-        const float4 g3 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
-        spread = fmaxf(spread, fmaxf(fmaxf(g0.x - g3.x, g0.y - g3.y), fmaxf(g0.z - g3.z, g0.w - g3.w)));
-      }
-      ref = __all_sync(0xffffffffu, spread <= kDiagRefSpread);  // false on NaN
+    for (int m = 0; m < 4; ++m) {
+      const int d = 4 * (lane & 7) + 32 * m;
+      const float4 g0 = *reinterpret_cast<const float4*>(sm.G + j0 * kLd + d);
+      const float4 g3 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+      const float s01 = fmaxf(g0.x - g3.x, g0.y - g3.y), s23 = fmaxf(g0.z - g3.z, g0.w - g3.w);
+      spread = fmaxf(spread, fmaxf(s01, s23));
     }
-    diag_item(j0, j0, ref, j0, 0, 4, false);
+    const bool ref = __all_sync(0xffffffffu, spread <= kDiagRefSpread);
+    diag_item(j0, j0, ref, j0);
   } else {
-    below((tid - 128) >> 3, 0, 4, false);
+    below((tid - 128) >> 3);
   }
-  // The last 8 tiles: on warps 6, 7 while warps 0-5 write the record parts below, or
-  // (kIntraSplitTail) one tile per warp with a channel slice per quarter-warp after all 8 warps
-  // shared those record parts.
-  const bool split_tail = (opts & kIntraSplitTail) != 0;
-  if (!split_tail && tid >= 192) {
-    below(16 + ((tid - 192) >> 3), 0, 4, false);
+  if (tid >= 192) {
+    below(16 + ((tid - 192) >> 3));
   } else {
-    const int stride = split_tail ? kIntraThreads : 192;  // multiples of 32: it & 31 is the lane
-    for (int it = tid; it < C * 16; it += stride) {  // Q ⊙ e^Γ: (row, 8 channels) -> 16 bytes
+    for (int it = tid; it < C * 16; it += 192) {  // Q ⊙ e^Γ: (row, 8 channels) -> one 16-byte piece
       const int i = it >> 4, d0 = (it & 15) * 8;
       float q[8], g[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
-      load8f_sw(sm.G + i * kLd + d0, g, swap_g && (it & 4));
+      load8f_sw(sm.G + i * kLd + d0, g, it & 4);  // (it & 4 is lane & 4: steps of 192)
 #pragma unroll
       for (int e = 0; e < 8; ++e) q[e] *= ex2(g[e]);
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
     }
-    for (int it = tid; it < 32 * 16; it += stride) {  // Kr: (token pair, 8 channels) -> 8 pairs
+    for (int it = tid; it < 32 * 16; it += 192) {  // Kr: (token pair, 8 channels) -> 8 pairs
       const int i = 2 * (it & 31), d0 = pair_octet(it);
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
-      load8f_sw(sm.G + i * kLd + d0, g0, swap_g && (it & 4));
-      load8f_sw(sm.G + (i + 1) * kLd + d0, g1, swap_g && (it & 4));
+      load8f_sw(sm.G + i * kLd + d0, g0, it & 4);
+      load8f_sw(sm.G + (i + 1) * kLd + d0, g1, it & 4);
       load8f(sm.G + 63 * kLd + d0, gl);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
@@ -508,9 +471,9 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
             k0[e] * ex2(gl[e] - g0[e]), k1[e] * ex2(gl[e] - g1[e]));
     }
     if (tid < D) oGl[tid] = ex2(sm.G[63 * kLd + tid]);
-    if (tid < 192) {  // M's zeros above the diagonal tiles: blocks right of the diagonal block
-       // (16 rows × 6, 4, 2 pieces for blocks 0, 1, 2: exactly 192), and rows of the 6 quads
-       // above the diagonal inside each diagonal block (96)
+    {  // M's zeros above the diagonal tiles: blocks right of the diagonal block (16 rows × 6, 4,
+       // 2 pieces for blocks 0, 1, 2: exactly 192), and rows of the 6 quads above the diagonal
+       // inside each diagonal block (96)
       const int it = tid;
       const int a = it < 96 ? 0 : it < 160 ? 1 : 2, base = a == 0 ? 0 : a == 1 ? 96 : 160;
       const int per = 6 - 2 * a, row = 16 * a + (it - base) / per;
@@ -523,7 +486,6 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         *reinterpret_cast<uint2*>(oM + swz(i, 16 * blk + 4 * cj, C)) = make_uint2(0, 0);
       }
     }
-    if (split_tail) below(16 + warp, lane >> 3, (lane >> 3) + 1, true);
   }
 
   // 2. Off-diagonal blocks, row block a through the reference r = 16a − 1: both sides of the
@@ -620,8 +582,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       float k0[8], k1[8], g0[8], g1[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
-      load8f_sw(sm.G + j * kLd + d0, g0, swap_g && (it & 4));
-      load8f_sw(sm.G + (j + 1) * kLd + d0, g1, swap_g && (it & 4));
+      load8f_sw(sm.G + j * kLd + d0, g0, it & 4);
+      load8f_sw(sm.G + (j + 1) * kLd + d0, g1, it & 4);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         *reinterpret_cast<__nv_bfloat162*>(sm.KeT + (d0 + e) * kLk + j) =
@@ -692,15 +654,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   __syncthreads();
 
   // 5. W and U: 4 row tiles × 16 column tiles each; warp w takes column tiles {2w, 2w + 1}.
-  //    With kIntraStageWU they are written in the record's layout into dead shared memory (the
-  //    inverse's scratch, raw k) and leave as two 16 KB bulk copies, instead of 4-byte stores
-  //    that touch 8 rows of 16 bytes each.
   static_assert(kIntraWarps == 8, "phase 5 maps two column tiles per warp");
-  static_assert(sizeof(sm.off) >= 64 * 128 * 2 && sizeof(sm.K) >= 128 * 64 * 2,
-                "staging space for W and Uᵀ");
-  const bool stage = (opts & kIntraStageWU) != 0;
-  bf16* sW = reinterpret_cast<bf16*>(&sm.off);
-  bf16* sUT = sm.K;
 #pragma unroll 1
   for (int which = 0; which < 2; ++which) {
     const bf16* Bop = which == 0 ? sm.KeT : sm.VT;
@@ -725,33 +679,18 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
           const int i = 16 * mt + g8 + 8 * hf, d = 8 * (2 * warp + n) + t2;
           const float u0 = acc[n][2 * hf], u1 = acc[n][2 * hf + 1];
           if (which == 0) {  // W [i][d], swizzled
-            const __nv_bfloat162 w2 = __floats2bfloat162_rn(u0, u1);
-            if (stage)
-              *reinterpret_cast<__nv_bfloat162*>(sW + swz(i, d, C)) = w2;
-            else
-              *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) = w2;
+            *reinterpret_cast<__nv_bfloat162*>(oW + swz(i, d, C)) = __floats2bfloat162_rn(u0, u1);
           } else {  // Uᵀ [d][i], swizzled: rows i, i + 1 (lanes 4 apart) paired by one shuffle
             const bool odd = (g8 & 1) != 0;
             const float other = __shfl_xor_sync(0xffffffffu, odd ? u0 : u1, 4);
-            const int o = odd ? swz(d + 1, i - 1, D) : swz(d, i, D);
-            const __nv_bfloat162 u2 =
-                odd ? __floats2bfloat162_rn(other, u1) : __floats2bfloat162_rn(u0, other);
-            if (stage)
-              *reinterpret_cast<__nv_bfloat162*>(sUT + o) = u2;
+            if (!odd)
+              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d, i, D)) =
+                  __floats2bfloat162_rn(u0, other);
             else
-              *reinterpret_cast<__nv_bfloat162*>(oUT + o) = u2;
+              *reinterpret_cast<__nv_bfloat162*>(oUT + swz(d + 1, i - 1, D)) =
+                  __floats2bfloat162_rn(other, u1);
           }
         }
-    }
-  }
-  if (stage) {  // the two staged tiles leave as one bulk copy each
-    fence_proxy_async();  // this thread's generic writes before the async proxy reads them
-    __syncthreads();
-    if (tid == 0) {
-      bulk_s2g(oW, sW, 64 * 128 * 2);
-      bulk_s2g(oUT, sUT, 128 * 64 * 2);
-      bulk_commit();
-      bulk_wait_read0();  // the shared memory stays the CTA's until the copies have read it
     }
   }
 }
