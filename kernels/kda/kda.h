@@ -169,6 +169,11 @@ struct KdaChunkedArgs {
   int stages = 3;  // benchmarking: bit 0 runs the intra-chunk kernel, bit 1 the inter-chunk one
 };
 void run_kda_chunked(const KdaScanParams& p, const KdaChunkedArgs& a, cudaStream_t stream);
+// The intra-chunk kernel takes the diagonal 4×4 tiles of a chunk's 16-row block through each
+// tile's first column as reference when, for every such tile and every channel, Γ₂ (the gate's
+// cumsum in log2 units) falls by at most this much over the tile's 4 rows; otherwise those 4
+// tiles take one exp per pair. (Exposed for the tests, which check that both paths run.)
+constexpr float kKdaDiagRefSpread = 96.f;
 
 // ---- Output: y = o / sqrt(mean(o²) + eps) · w · sigmoid(z), per head over D. ----
 template <typename T>

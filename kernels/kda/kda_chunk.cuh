@@ -99,8 +99,9 @@ __device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const bf16* base, int l
 //      the runs' totals are scanned across the 16 lanes that share the channels (shuffles)
 //   1. diagonal 16×16 blocks of L and M in fp32: a thread owns a 4×4 tile of (i, j) pairs over
 //      16 channels (register tile, vector smem loads), the 8 channel slices of a tile are summed
-//      by a reduce-scatter over 8 lanes; one ex2 per (i, j, d) on the diagonal tiles, the tiles
-//      below them through their last column as reference. Threads left idle by the uneven last
+//      by a reduce-scatter over 8 lanes; the tiles on the diagonal through their first column
+//      as reference where the gate's spread allows it (else one ex2 per (i, j, d)), the tiles
+//      below them through their last column. Threads left idle by the uneven last
 //      round write the record parts that need only Γ, K, Q (Q ⊙ e^Γ, Kr, e^{Γlast}, M's zeros)
 //   2. off-diagonal blocks on tensor cores, per row block a through the reference r = 16a − 1
 //      (the last row before it): L[i, j] = β_i Σ_d (k_i e^{Γ_i−Γ_r}) (k_j e^{Γ_r−Γ_j}) for all
@@ -182,6 +183,16 @@ __device__ __forceinline__ void load8f(const float* p, float (&x)[8]) {
   const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
   x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = b.x, x[5] = b.y, x[6] = b.z, x[7] = b.w;
 }
+// The same with the two 16-byte halves read in the other order where `swap`: lanes whose pieces
+// sit 8 banks past another lane's take the other half first, so that each of the two loads of a
+// quarter-warp hits distinct banks.
+__device__ __forceinline__ void load8f_sw(const float* p, float (&x)[8], bool swap) {
+  const float4* q = reinterpret_cast<const float4*>(p);
+  const float4 a = q[swap ? 1 : 0], b = q[swap ? 0 : 1];
+  const float4 lo = swap ? b : a, hi = swap ? a : b;
+  x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z,
+  x[7] = hi.w;
+}
 
 // One level of a reduce-scatter of acc over lanes kHalf / 4 apart: the lane with that bit set
 // keeps acc[kHalf..2kHalf) (moved to [0, kHalf)), its partner acc[0, kHalf), each adding the
@@ -202,6 +213,19 @@ __device__ __forceinline__ void fold_half(float (&acc)[32], int lane) {
 // rows 0, 2, .., 14 (row strides of 4 banks) fall in distinct banks. A bijection for each pair.
 __device__ __forceinline__ int pair_octet(int it) {
   return 8 * (((it >> 5) + ((it >> 2) & 1)) & 15);
+}
+
+// Largest Γ₂ spread (log2 units) over the 4 rows of a diagonal tile that still takes the
+// reference path (kda.h): the key factors 2^{Γ₂r−Γ₂j} stay <= 2^96 and the row factors >= 2^−96,
+// so nothing overflows or flushes to zero in fp32 (|k|, |q| <= 1 after the L2 norm; the pairs
+// above the diagonal, dropped, stay below 128·2^96).
+constexpr float kDiagRefSpread = kKdaDiagRefSpread;
+static_assert(kDiagRefSpread <= 100.f, "factors up to 2^spread must stay far from fp32's range");
+// L2 prefetch distance in CTAs of launch order (perf-log, session 14: 132 beat 264 and none).
+constexpr int kIntraPrefetch = 132;
+
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
 // q, k, v come prepared (run_kda_prep) in p; the gate and β are computed here from p.f, p.b.
@@ -248,6 +272,20 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
         const size_t o = size_t(t0 + i) * HD + h * D + d0;
         kv[r] = *reinterpret_cast<const uint4*>(p.k + o);
         qv[r] = *reinterpret_cast<const uint4*>(p.q + o);
+      }
+    }
+    // L2 prefetch of the q, k, f, v rows of the CTA kIntraPrefetch places later in launch order
+    // (chunks fastest, then heads): it starts about half a CTA lifetime later (two CTAs per SM)
+    // and finds its rows in L2 instead of DRAM.
+    const int nc = int(gridDim.x), later = c + h * nc + kIntraPrefetch;
+    if (later < nc * H) {
+      const int c2 = later % nc, h2 = later / nc;
+      const int t = chunk_start[c2] + (tid >> 2), which = tid & 3;
+      if (t < p.num_tokens) {
+        const bf16* src = which == 0 ? p.q : which == 1 ? p.k : which == 2 ? p.f : p.v;
+        const bf16* row = src + size_t(t) * HD + h2 * D;
+        prefetch_l2(row);
+        prefetch_l2(row + 64);
       }
     }
 #pragma unroll
@@ -301,12 +339,12 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   // 1. Diagonal blocks in fp32, as 40 tiles of 4×4 (i, j) pairs (10 per block: row quad ri,
   //    column quad cj <= ri) × 8 channel slices (channels 4s + 32m + 0..3, m = 0..3: the 8 lanes
   //    of a slice group read consecutive 16 bytes) = 320 items. The 16 tiles on the diagonal
-  //    (warps 0-3) take one ex2 per (i, j, d) (pairs j > i are computed and dropped); the 24 below
-  //    it (warps 4-7, then a second round on warps 6, 7 while warps 0-5 write the record parts
-  //    that need no L) go through the reference r = j0 + 3, the tile's last column:
-  //    (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors <= 1, 8 ex2 per tile and channel
-  //    instead of 16.
-  auto diag_item = [&](int i0, int j0, bool via_ref) {
+  //    (warps 0-3) go through their first column (below) or take one ex2 per (i, j, d) (pairs
+  //    j > i are computed and dropped); the 24 below it (warps 4-7, then a second round on warps
+  //    6, 7 while warps 0-5 write the record parts that need no L) go through the reference
+  //    r = j0 + 3, the tile's last column: (k_i 2^{Γ₂i−Γ₂r}) (k_j 2^{Γ₂r−Γ₂j}), both factors
+  //    <= 1, 8 ex2 per tile and channel instead of 16.
+  auto diag_item = [&](int i0, int j0, bool via_ref, int ref) {
     const int sl = lane & 7;
     float acc[32];  // [side: L, M][rr][cc]
 #pragma unroll
@@ -316,7 +354,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       const int d = 4 * sl + 32 * m;
       float gr[4] = {0.f, 0.f, 0.f, 0.f};
       if (via_ref) {
-        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+        const float4 g4 = *reinterpret_cast<const float4*>(sm.G + ref * kLd + d);
         gr[0] = g4.x, gr[1] = g4.y, gr[2] = g4.z, gr[3] = g4.w;
       }
       float gi[4][4], ki[4][4], qi[4][4];
@@ -384,12 +422,26 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
   auto below = [&](int to) {
     const int a = to / 6, r = to - 6 * a;
     const int ri = r < 1 ? 1 : r < 3 ? 2 : 3, cj = r - (ri - 1) * ri / 2;
-    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true);
+    diag_item(16 * a + 4 * ri, 16 * a + 4 * cj, true, 16 * a + 4 * cj + 3);
   };
   static_assert(kIntraThreads == 256, "phase 1 maps 320 items as 128 + 128 + 64");
   if (tid < 128) {
-    const int td = tid >> 3, a = td >> 2, q = td & 3;  // tile (a, q, q) on the diagonal
-    diag_item(16 * a + 4 * q, 16 * a + 4 * q, false);
+    const int td = tid >> 3, a = td >> 2, q = td & 3, j0 = 16 * a + 4 * q;  // tile (a, q, q)
+    // Through the tile's first column as reference (row factors 2^{Γ₂i−Γ₂j0} <= 1, key factors
+    // 2^{Γ₂j0−Γ₂j} >= 1): 8 ex2 per channel instead of 16, where Γ₂ falls by at most
+    // kDiagRefSpread over the tile's rows in every channel of the warp's 4 tiles (one choice
+    // per warp); otherwise one ex2 per pair.
+    float spread = 0.f;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+      const int d = 4 * (lane & 7) + 32 * m;
+      const float4 g0 = *reinterpret_cast<const float4*>(sm.G + j0 * kLd + d);
+      const float4 g3 = *reinterpret_cast<const float4*>(sm.G + (j0 + 3) * kLd + d);
+      const float s01 = fmaxf(g0.x - g3.x, g0.y - g3.y), s23 = fmaxf(g0.z - g3.z, g0.w - g3.w);
+      spread = fmaxf(spread, fmaxf(s01, s23));
+    }
+    const bool ref = __all_sync(0xffffffffu, spread <= kDiagRefSpread);
+    diag_item(j0, j0, ref, j0);
   } else {
     below((tid - 128) >> 3);
   }
@@ -400,7 +452,7 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       const int i = it >> 4, d0 = (it & 15) * 8;
       float q[8], g[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.Q + i * kLdW + d0), q);
-      load8f(sm.G + i * kLd + d0, g);
+      load8f_sw(sm.G + i * kLd + d0, g, it & 4);  // (it & 4 is lane & 4: steps of 192)
 #pragma unroll
       for (int e = 0; e < 8; ++e) q[e] *= ex2(g[e]);
       *reinterpret_cast<uint4*>(oQ + swz(i, d0, C)) = pack8(q);
@@ -410,8 +462,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       float k0[8], k1[8], g0[8], g1[8], gl[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + i * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (i + 1) * kLdW + d0), k1);
-      load8f(sm.G + i * kLd + d0, g0);
-      load8f(sm.G + (i + 1) * kLd + d0, g1);
+      load8f_sw(sm.G + i * kLd + d0, g0, it & 4);
+      load8f_sw(sm.G + (i + 1) * kLd + d0, g1, it & 4);
       load8f(sm.G + 63 * kLd + d0, gl);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
@@ -530,8 +582,8 @@ __global__ void __launch_bounds__(kIntraThreads, 2)
       float k0[8], k1[8], g0[8], g1[8];
       unpack8(*reinterpret_cast<const uint4*>(sm.K + j * kLdW + d0), k0);
       unpack8(*reinterpret_cast<const uint4*>(sm.K + (j + 1) * kLdW + d0), k1);
-      load8f(sm.G + j * kLd + d0, g0);
-      load8f(sm.G + (j + 1) * kLd + d0, g1);
+      load8f_sw(sm.G + j * kLd + d0, g0, it & 4);
+      load8f_sw(sm.G + (j + 1) * kLd + d0, g1, it & 4);
 #pragma unroll
       for (int e = 0; e < 8; ++e)
         *reinterpret_cast<__nv_bfloat162*>(sm.KeT + (d0 + e) * kLk + j) =

@@ -502,8 +502,35 @@ enum class Scan { kRecurrent, kChunked };
 
 // prep_tile: the prep kernel (KdaPrepParams::tile, forced: these steps are shorter than where the
 // model takes the tile kernel).
+// The intra-chunk kernel's choice per (chunk, head, 16-row block) from the CPU's gate g [T, H·D]
+// (ln units): the block's diagonal tiles go through a reference when Γ₂ falls by at most
+// cuda::kKdaDiagRefSpread over each tile's 4 rows in every channel. Returns {reference, direct}
+// block counts.
+std::pair<int, int> count_diag_ref_blocks(const std::vector<float>& g, const std::vector<int>& cu,
+                                          int H) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  std::pair<int, int> n{0, 0};
+  for (size_t s = 0; s + 1 < cu.size(); ++s)
+    for (int t0 = cu[s]; t0 < cu[s + 1]; t0 += 64)
+      for (int h = 0; h < H; ++h)
+        for (int a = 0; a < 4; ++a) {
+          float worst = 0.f;
+          for (int q = 0; q < 4; ++q)
+            for (int d = 0; d < D; ++d) {
+              float spread = 0.f;  // Γ₂[j0] − Γ₂[j0 + 3]: rows j0 + 1..j0 + 3 of the chunk
+              for (int r = 16 * a + 4 * q + 1; r <= 16 * a + 4 * q + 3; ++r)
+                if (t0 + r < cu[s + 1]) spread -= g[(size_t(t0 + r) * H + h) * D + d] * kLog2e;
+              worst = std::max(worst, spread);
+            }
+          ++(worst <= cuda::kKdaDiagRefSpread ? n.first : n.second);
+        }
+  return n;
+}
+
+// a_log_shift is added to every head's A_log: stronger gates (larger exp(A_log) · softplus).
 void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t seed,
-                      int prep_tile) {
+                      int prep_tile, float a_log_shift = 0.f,
+                      std::pair<int, int>* diag_ref_blocks = nullptr) {
   std::mt19937 rng(seed);
   const int S = int(lens.size());
   std::vector<int> cu(S + 1, 0);
@@ -511,6 +538,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   const int T = cu.back();
   const int num_slots = S + 3;
   KdaCase c = make_case(rng, H, T);
+  for (float& a : c.A_log) a += a_log_shift;
   const int HD = c.HD(), C = c.C();
   const std::vector<int> slots = scattered_slots(rng, S, num_slots);
   std::vector<uint16_t> conv_bits = random_bf16(rng, size_t(num_slots) * C * 3, -2.f, 2.f);
@@ -578,6 +606,7 @@ void run_prefill_case(const std::vector<int>& lens, int H, Scan scan, uint32_t s
   CUDA_CHECK(cudaDeviceSynchronize());
 
   const CpuOut ref = cpu_chain(c, 0, cu, slots, conv_ref, state_ref);
+  if (diag_ref_blocks) *diag_ref_blocks = count_diag_ref_blocks(ref.g, cu, H);
   const std::string tag =
       str(scan == Scan::kRecurrent ? "recurrent" : "chunked", " T=", T, " S=", S, ": ");
   // Prep: bf16 outputs of fp32 math (q, k, v).
@@ -769,6 +798,18 @@ TEST(KdaGpu, PrefillChunkBlockBoundaries) {
   KIMI_REQUIRE_GPU();
   const std::vector<int> lens = {3, 4, 5, 15, 16, 17, 31, 32, 33, 47, 48, 49, 63, 127, 128, 129, 191};
   run_prefill_case(lens, 4, Scan::kChunked, 41, 1);
+}
+// Strong gates (A_log + 1: exp(A_log) in [1, 12], so g down to about −37 per token): some 16-row
+// blocks' diagonal tiles fall by more than the reference path's spread over 4 rows and take one
+// exp per pair, others take the reference; both must occur (counted from the CPU's gate) and
+// both must match the recurrence. Odd lengths, block and chunk boundaries, a long sequence.
+TEST(KdaGpu, PrefillChunkedStrongGates) {
+  KIMI_REQUIRE_GPU();
+  std::pair<int, int> blocks{0, 0};
+  run_prefill_case({1, 4, 5, 17, 64, 65, 130, 3, 600}, 8, Scan::kChunked, 53, 1, 1.f, &blocks);
+  std::printf("strong gates: %d blocks by reference, %d direct\n", blocks.first, blocks.second);
+  EXPECT_GT(blocks.first, 0);
+  EXPECT_GT(blocks.second, 0);
 }
 TEST(KdaGpu, PrefillMixedVarlenChunkedH16) {
   KIMI_REQUIRE_GPU();
