@@ -15,11 +15,14 @@ std::vector<double> arrival_times(int n, double rate, double burstiness, uint64_
   std::vector<double> t(size_t(n), 0.0);
   if (std::isinf(rate) || n == 0) return t;
   std::mt19937_64 rng(seed);
-  std::gamma_distribution<double> gamma(burstiness, 1.0 / (rate * burstiness));
+  const double shape = std::isinf(burstiness) ? 1.0 : burstiness;  // unused when infinite
+  std::gamma_distribution<double> gamma(shape, 1.0 / (rate * shape));
   double acc = 0;
   for (int i = 0; i < n; ++i) {
     double gap;
-    if (burstiness == 1.0) {
+    if (std::isinf(burstiness)) {
+      gap = 1.0 / rate;  // vLLM's limit: constant gaps (a gamma of infinite shape gives NaN)
+    } else if (burstiness == 1.0) {
       // Exponential by inverse CDF from 53 random bits: identical across standard libraries.
       double u = double(rng() >> 11) * 0x1.0p-53;
       gap = -std::log1p(-u) / rate;

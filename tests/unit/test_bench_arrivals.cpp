@@ -41,6 +41,12 @@ TEST(BenchArrivals, PoissonAndGammaGapShapes) {
   EXPECT_NEAR(gap_cv(arrival_times(20000, 10.0, 4.0, 3)), 0.5, 0.05);   // smoother
 }
 
+// vLLM: burstiness inf means constant gaps of 1 / rate (a uniform load).
+TEST(BenchArrivals, InfiniteBurstinessGivesConstantGaps) {
+  auto t = arrival_times(4, 2.0, std::numeric_limits<double>::infinity(), 9);
+  EXPECT_EQ(t, (std::vector<double>{0.5, 1.0, 1.5, 2.0}));
+}
+
 TEST(BenchArrivals, InfiniteRateSendsAtOnceAndBadRatesFail) {
   auto t = arrival_times(5, std::numeric_limits<double>::infinity(), 1.0, 0);
   EXPECT_EQ(t, std::vector<double>(5, 0.0));
