@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/check.h"
 
@@ -45,14 +46,19 @@ bool meets_slos(const std::map<std::string, double>& slo, double ttft_ms, double
 }  // namespace
 
 double max_output_tokens_per_s(const std::vector<RequestOutput>& outputs) {
+  // vLLM's buckets start at the earliest start of a successful request, not at the benchmark's
+  // clock origin (with paced arrivals the first request leaves after its own gap).
+  double origin = std::numeric_limits<double>::infinity();
+  for (auto& o : outputs)
+    if (o.success && o.num_events > 0) origin = std::min(origin, o.start_time);
   std::map<int64_t, int> per_second;
   for (auto& o : outputs) {
     if (!o.success || o.num_events == 0) continue;
     double t = o.start_time + o.ttft;
-    per_second[int64_t(std::floor(t))] += 1;
+    per_second[int64_t(std::floor(t - origin))] += 1;
     for (double gap : o.itl) {
       t += gap;
-      per_second[int64_t(std::floor(t))] += 1;
+      per_second[int64_t(std::floor(t - origin))] += 1;
     }
   }
   int best = 0;

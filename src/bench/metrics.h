@@ -4,7 +4,8 @@
 //   ITL   = every gap between consecutive `choices` events, pooled over all requests;
 //   E2EL  = last `choices` event − request start (the usage chunk and [DONE] don't count);
 //   TPOT  = (E2EL − TTFT) / (output_tokens − 1), only for requests with output_tokens > 1;
-//   duration = dispatch of the first benchmark request (warm-ups excluded) to the last completion.
+//   duration = start of the arrival schedule (after the warm-ups) to the last completion; as in
+//              vLLM, a paced run's first request leaves after its own arrival gap, inside it.
 // Times are seconds on a steady clock; reported statistics are in milliseconds.
 #pragma once
 
@@ -75,7 +76,9 @@ BenchmarkMetrics calculate_metrics(const std::vector<RequestOutput>& outputs, do
                                    const std::vector<int>& fallback_output_tokens = {});
 
 // Peak of the per-second histogram of token (event) arrivals: first event at start+TTFT, later
-// ones at the cumulative ITLs; buckets are whole seconds since the benchmark start.
+// ones at the cumulative ITLs; buckets are whole seconds since the earliest start of a successful
+// request (vLLM's origin). Counts stream events, as vLLM does: a server that sends several tokens
+// per event reads low here.
 double max_output_tokens_per_s(const std::vector<RequestOutput>& outputs);
 // Largest number of successful requests whose [start, start + E2EL) intervals overlap.
 int max_concurrent_requests(const std::vector<RequestOutput>& outputs);
