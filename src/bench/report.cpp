@@ -58,7 +58,7 @@ std::string utc_date_stamp() {
 }
 
 std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
-                         const MetricOptions&) {
+                         const MetricOptions& opts) {
   std::string out = centered(" Serving Benchmark Result ", '=');
   out += row("Successful requests:", std::to_string(m.completed));
   out += row("Failed requests:", std::to_string(m.failed));
@@ -70,6 +70,8 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   out += row("Total input tokens:", std::to_string(m.total_input));
   out += row("Total generated tokens:", std::to_string(m.total_output));
   out += row("Request throughput (req/s):", num(m.request_throughput));
+  if (!opts.goodput_slo_ms.empty())  // where vLLM prints it, only with --goodput
+    out += row("Request goodput (req/s):", num(m.request_goodput));
   out += row("Output token throughput (tok/s):", num(m.output_throughput));
   out += row("Peak output token throughput (tok/s):", num(m.max_output_tokens_per_s));
   out += row("Peak concurrent requests:", std::to_string(m.max_concurrent_requests));
