@@ -31,14 +31,24 @@ namespace {
 
 const char* const kOnlineFooter = R"(
 Metrics (vLLM `bench serve` definitions; statistics in ms: mean, median, std (population),
-linearly interpolated percentiles):
-  TTFT   first SSE event with non-empty choices - request start
-  TPOT   (E2EL - TTFT) / (output_tokens - 1), requests with > 1 output token
-  ITL    every gap between consecutive choices events, pooled over all requests
-  E2EL   last choices event - request start
+percentiles 0..100 linearly interpolated as numpy does; default 90,99, vLLM's is 99):
+  TTFT   first SSE event with non-empty choices - request start (its content may be empty)
+  TPOT   (E2EL - TTFT) / (output_tokens - 1) per request, then the statistics over requests;
+         requests with 1 output token have none (for --goodput their TPOT counts as 0)
+  ITL    every gap between consecutive choices events, pooled over all requests (a server
+         that sends k tokens per event shows about k x TPOT here)
+  E2EL   last choices event - request start (the usage chunk and [DONE] don't count)
   output_tokens = usage.completion_tokens (stream_options.include_usage is always requested);
-  prompt tokens = usage.prompt_tokens when the server sends it.
-  Throughputs divide by the duration: first dispatch (after warm-ups) to the last completion.
+  without it the generated text counted with --tokenizer, else 1 (warned; JSON
+  requests_without_usage). Prompt tokens = usage.prompt_tokens, else the dataset's count.
+  Only successful requests enter statistics and totals. A request fails on an HTTP status
+  other than 200, a transport error or a read slower than --timeout, no choices event, an
+  unparsable event, or an {"error": ...} event in the stream (vLLM counts the last as a success
+  when a token came before it). A stream that ends without [DONE] is not a failure.
+  duration: start of the arrival schedule (after the warm-ups) to the last completion; the
+  throughputs divide by it. Peak output token throughput: choices events per whole second
+  since the first successful request's start. Peak concurrent requests: most overlapping
+  [start, start + E2EL) intervals. --burstiness inf: constant gaps of 1 / rate.
 
 Name clashes between tools:
 | Concept                               | vLLM/SGLang       | genai-perf        | guidellm         | llmperf               |
@@ -71,7 +81,8 @@ std::vector<double> parse_percentiles(const std::string& s) {
     } catch (const std::exception&) {
       kimi::fail("--metric-percentiles: '", item, "' is not a number");
     }
-    if (p <= 0 || p >= 100) kimi::fail("--metric-percentiles: ", p, " is outside (0, 100)");
+    // numpy (vLLM) takes 0..100: p0 is the minimum, p100 the maximum (e.g. the largest ITL).
+    if (!(p >= 0 && p <= 100)) kimi::fail("--metric-percentiles: ", p, " is outside [0, 100]");
     out.push_back(p);
   }
   return out;
@@ -84,7 +95,13 @@ std::map<std::string, double> parse_goodput(const std::vector<std::string>& item
     std::string k = it.substr(0, c);
     if (c == std::string::npos || (k != "ttft" && k != "tpot" && k != "e2el"))
       kimi::fail("--goodput: '", it, "' must be ttft:MS, tpot:MS or e2el:MS");
-    slo[k] = std::stod(it.substr(c + 1));
+    double ms = -1;
+    try {
+      ms = std::stod(it.substr(c + 1));
+    } catch (const std::exception&) {
+    }
+    if (!(ms >= 0)) kimi::fail("--goodput: '", it, "' needs a non-negative number of ms");
+    slo[k] = ms;
   }
   return slo;
 }
@@ -402,7 +419,7 @@ int main(int argc, char** argv) {
   onc->add_option("--num-prompts", on.num_prompts, "benchmark requests")
       ->check(CLI::PositiveNumber);
   onc->add_option("--request-rate", on.request_rate, "requests/s (Poisson arrivals), or inf");
-  onc->add_option("--burstiness", on.burstiness, "gamma shape of the gaps; 1 = Poisson");
+  onc->add_option("--burstiness", on.burstiness, "gamma shape of the gaps; 1 = Poisson, inf = constant gaps");
   onc->add_option("--seed", on.seed, "seed of the dataset and the arrival times");
   onc->add_option("--max-concurrency", on.max_concurrency, "in-flight cap; a,b,c runs a sweep")
       ->delimiter(',');
@@ -421,7 +438,7 @@ int main(int argc, char** argv) {
                 "send ignore_eos: outputs have exactly the requested length");
   onc->add_option("--num-warmups", on.num_warmups, "warm-up requests, not measured")
       ->check(CLI::NonNegativeNumber);
-  onc->add_option("--metric-percentiles", on.percentiles, "comma-separated percentiles");
+  onc->add_option("--metric-percentiles", on.percentiles, "comma-separated percentiles, 0..100");
   onc->add_option("--goodput", on.goodput, "SLOs: ttft:MS tpot:MS e2el:MS");
   onc->add_option("--timeout", on.timeout, "per-request connect/read timeout, s");
   onc->add_option("--result-file,--save-result", on.result_file, "write the results as JSON");
