@@ -119,6 +119,20 @@ TEST(BenchMetrics, AggregatesFollowVllmDefinitions) {
   EXPECT_DOUBLE_EQ(m.max_output_tokens_per_s, 5);
 }
 
+// vLLM buckets the peak-throughput histogram from the earliest successful start, not from the
+// benchmark's clock origin: with paced arrivals the first request leaves late.
+TEST(BenchMetrics, PeakTokensPerSecondCountsFromTheFirstStart) {
+  // Seven events within 0.9 s of the request's start at 0.5 s: one bucket of 7 (seconds since
+  // the benchmark start would split them 3 + 4). A failed request's earlier start is ignored.
+  std::vector<RequestOutput> outs = {make(0.5, {0.6, 0.7, 0.8, 1.1, 1.2, 1.3, 1.4}, 7, 1)};
+  RequestOutput failed;
+  failed.start_time = 0.1;
+  failed.error = "HTTP 500";
+  outs.push_back(failed);
+  EXPECT_DOUBLE_EQ(max_output_tokens_per_s(outs), 7);
+  EXPECT_DOUBLE_EQ(calculate_metrics(outs, 2.0, {}).max_output_tokens_per_s, 7);
+}
+
 TEST(BenchMetrics, MissingUsageFallsBackAndIsCounted) {
   std::vector<RequestOutput> outs = {make(0, {0.1, 0.2, 0.3}, 0, 3), make(0, {0.1, 0.3}, 0, 3)};
   BenchmarkMetrics m = calculate_metrics(outs, 1.0, {}, {3, 0});
@@ -126,6 +140,35 @@ TEST(BenchMetrics, MissingUsageFallsBackAndIsCounted) {
   EXPECT_EQ(m.output_lens, (std::vector<int>{3, 1}));  // tokenizer count, else 1 (vLLM)
   EXPECT_NEAR(m.tpot_ms.mean, 100, 1e-9);              // only the first has > 1 token
   EXPECT_THROW(calculate_metrics(outs, 0.0, {}), Error);
+}
+
+// No successful request: zeros everywhere (vLLM's np.mean(x or 0)), no NaN, a valid JSON.
+TEST(BenchMetrics, NoSuccessfulRequestGivesZeros) {
+  std::vector<RequestOutput> outs(2);
+  outs[0].error = "HTTP 503";
+  outs[0].prompt_len = 5;
+  outs[1].error = "Never received a valid chunk to calculate TTFT.";
+  MetricOptions opts;
+  opts.goodput_slo_ms = {{"e2el", 1000}};
+  BenchmarkMetrics m = calculate_metrics(outs, 0.5, opts);
+  EXPECT_EQ(m.completed, 0);
+  EXPECT_EQ(m.failed, 2);
+  EXPECT_EQ(m.total_input, 0);
+  EXPECT_EQ(m.output_lens, (std::vector<int>{0, 0}));
+  for (const Summary* s : {&m.ttft_ms, &m.tpot_ms, &m.itl_ms, &m.e2el_ms, &m.tpot_incl_first_ms}) {
+    EXPECT_EQ(s->mean, 0);
+    EXPECT_EQ(s->std, 0);
+    EXPECT_EQ(s->at(99), 0);
+  }
+  EXPECT_EQ(m.request_goodput, 0);
+  EXPECT_EQ(m.max_output_tokens_per_s, 0);
+  EXPECT_EQ(m.max_concurrent_requests, 0);
+  auto j = result_json(m, outs, OnlineRunInfo{}, opts, SystemInfo{});
+  for (auto& [k, v] : j.items())
+    if (v.is_number_float()) EXPECT_TRUE(std::isfinite(v.get<double>())) << k;
+  EXPECT_EQ(j["completed"], 0);
+  EXPECT_EQ(j["request_goodput"], 0.0);
+  EXPECT_NE(format_table(m, OnlineRunInfo{}, opts).find("Failed requests:"), std::string::npos);
 }
 
 TEST(BenchSse, SplitsEventsAcrossReadsAndSkipsComments) {
@@ -204,6 +247,19 @@ TEST(BenchReport, JsonHasVllmKeysAndProvenance) {
   std::string table = format_table(m, info, opts);
   EXPECT_NE(table.find("Mean TTFT (ms):"), std::string::npos);
   EXPECT_NE(table.find("P90 TPOT (ms):"), std::string::npos);
+  EXPECT_EQ(table.find("goodput"), std::string::npos);  // no --goodput, no row (vLLM)
+}
+
+// With --goodput the table has vLLM's goodput row, not only the JSON.
+TEST(BenchReport, TableShowsGoodputWhenAsked) {
+  std::vector<RequestOutput> outs = {make(0.0, {0.5, 0.6}, 2, 10), make(0.0, {0.1, 0.2}, 2, 10)};
+  MetricOptions opts;
+  opts.goodput_slo_ms = {{"ttft", 200}};
+  BenchmarkMetrics m = calculate_metrics(outs, 2.0, opts);
+  EXPECT_DOUBLE_EQ(m.request_goodput, 0.5);
+  std::string table = format_table(m, OnlineRunInfo{}, opts);
+  EXPECT_NE(table.find("Request goodput (req/s):                 0.50"), std::string::npos)
+      << table;
 }
 
 }  // namespace

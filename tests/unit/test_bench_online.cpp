@@ -6,6 +6,7 @@
 #include <httplib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 
 #include "bench/metrics.h"
 #include "bench/online.h"
@@ -57,6 +59,9 @@ class FakeServer {
   std::atomic<int> requests{0}, max_active{0}, ignore_eos_seen{0}, usage_asked{0};
   std::atomic<int> fail_every{0};       // every n-th request answers 500
   std::atomic<bool> omit_usage{false};  // never send the usage chunk
+  std::atomic<bool> omit_done{false};   // end the stream without data: [DONE]
+  std::atomic<int> error_after{0};      // > 0: an {"error": ...} event after this many tokens
+  std::atomic<int> stall_ms{0};         // > 0: after the tokens, hold the stream open this long
   std::string authorization() {
     std::lock_guard lk(mu_);
     return auth_;
@@ -110,6 +115,17 @@ class FakeServer {
         if (sent == max_tokens) c0["finish_reason"] = "length";
         std::string ev = "data: " + nlohmann::json{{"id", "x"}, {"choices", {c0}}}.dump() + "\n\n";
         if (!sink.write(ev.data(), ev.size())) break;
+        if (error_after > 0 && sent >= error_after) {
+          std::string err =
+              "data: {\"error\":{\"message\":\"engine died\",\"type\":\"server_error\"}}\n\n";
+          sink.write(err.data(), err.size());
+          break;
+        }
+      }
+      if (stall_ms > 0) {  // a server that neither finishes nor closes the stream
+        std::this_thread::sleep_for(std::chrono::milliseconds(stall_ms.load()));
+        --active_;
+        return false;
       }
       if (usage) {
         std::string u = "data: " +
@@ -124,7 +140,7 @@ class FakeServer {
         sink.write(u.data(), u.size());
       }
       std::string done = "data: [DONE]\n\n";
-      sink.write(done.data(), done.size());
+      if (!omit_done) sink.write(done.data(), done.size());
       --active_;
       sink.done();
       return true;
@@ -250,6 +266,44 @@ TEST(BenchOnline, FailedWarmupStopsTheRun) {
   EXPECT_NE(o.error.find("connection"), std::string::npos) << o.error;
 }
 
+// Stream endings a client has to survive: no [DONE] (fine, as for vLLM), an error event in the
+// middle of a stream (a failure with the server's message), and a stream that stalls without
+// ending (a failure after --timeout, not a hang).
+TEST(BenchOnline, StreamEndingsAreAnsweredWithoutHanging) {
+  FakeServer srv;
+  Endpoint ep = make_endpoint(srv.url(), "/v1/chat/completions");
+  ep.model = "fake-model";
+  const SampleRequest req = prompts(1, 4)[0];
+
+  srv.omit_done = true;
+  RequestOutput no_done = send_request(ep, req, Clock::now());
+  EXPECT_TRUE(no_done.success) << no_done.error;
+  EXPECT_EQ(no_done.num_events, 4);
+  EXPECT_EQ(no_done.output_tokens, 4);
+  srv.omit_done = false;
+
+  srv.error_after = 2;
+  RequestOutput mid_error = send_request(ep, req, Clock::now());
+  EXPECT_FALSE(mid_error.success);
+  EXPECT_EQ(mid_error.error, "engine died");
+  EXPECT_EQ(mid_error.num_events, 2);
+  srv.error_after = 0;
+
+  srv.stall_ms = 1500;
+  ep.timeout_s = 0.3;
+  const auto t0 = Clock::now();
+  RequestOutput stalled = send_request(ep, req, t0);
+  const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+  EXPECT_FALSE(stalled.success);
+  EXPECT_NE(stalled.error.find("after 4 stream events"), std::string::npos) << stalled.error;
+  EXPECT_LT(waited, 1.2);  // the read timeout ended it, not the server
+  BenchmarkMetrics m =
+      calculate_metrics({no_done, mid_error, stalled}, 1.0, MetricOptions{});
+  EXPECT_EQ(m.completed, 1);
+  EXPECT_EQ(m.failed, 2);
+  EXPECT_EQ(m.total_output, 4);
+}
+
 // The kimi-bench binary end to end: CLI, a concurrency sweep, the JSON file and the SVG.
 TEST(BenchOnline, ToolWritesSweepJsonAndPlot) {
   FakeServer srv;
@@ -293,6 +347,44 @@ TEST(BenchOnline, ToolWritesSweepJsonAndPlot) {
   EXPECT_EQ(plot.rfind("<svg", 0), 0u);
   EXPECT_NE(plot.find("vs max concurrency"), std::string::npos);
   EXPECT_NE(plot.find("</svg>"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+// vLLM's option ranges through the CLI: percentiles 0 and 100 (numpy's min and max), constant
+// arrivals (--burstiness inf), goodput; a malformed --goodput stops before any request.
+TEST(BenchOnline, ToolTakesVllmOptionRanges) {
+  FakeServer srv;
+  const std::string bin = std::string(KIMI_BINARY_DIR) + "/kimi-bench";
+  auto dir =
+      std::filesystem::temp_directory_path() / ("kimi_bench_ranges_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::string json = (dir / "r.json").string(), log = (dir / "log").string();
+  auto run = [&](const std::string& args) {
+    std::string cmd = bin + " online --base-url " + srv.url() +
+                      " --model fake-model --num-prompts 3 --input-len 4 --output-len 3"
+                      " --num-warmups 0 --disable-progress " +
+                      args + " > " + log + " 2>&1";
+    int rc = std::system(cmd.c_str());
+    std::ifstream lf(log);
+    return std::make_pair(rc, std::string((std::istreambuf_iterator<char>(lf)), {}));
+  };
+  auto [rc, out] = run("--metric-percentiles 0,100 --request-rate 50 --burstiness inf"
+                       " --goodput ttft:60000 --result-file " + json);
+  ASSERT_EQ(rc, 0) << out;
+  auto j = nlohmann::json::parse(std::ifstream(json));
+  std::vector<double> itls;
+  for (auto& per_request : j["itls"])
+    for (double gap : per_request) itls.push_back(gap * 1e3);
+  ASSERT_EQ(itls.size(), 6u);
+  EXPECT_DOUBLE_EQ(j["p0_itl_ms"].get<double>(), *std::min_element(itls.begin(), itls.end()));
+  EXPECT_DOUBLE_EQ(j["p100_itl_ms"].get<double>(), *std::max_element(itls.begin(), itls.end()));
+  EXPECT_GE(j["duration"].get<double>(), 3 / 50.0);  // the last of 3 arrivals at 3 / rate
+  EXPECT_DOUBLE_EQ(j["request_goodput"].get<double>(), 3 / j["duration"].get<double>());
+  EXPECT_EQ(srv.requests.load(), 3);
+  std::tie(rc, out) = run("--goodput ttft:fast");
+  EXPECT_NE(rc, 0);
+  EXPECT_NE(out.find("needs a non-negative number"), std::string::npos) << out;
+  EXPECT_EQ(srv.requests.load(), 3);  // nothing sent
   std::filesystem::remove_all(dir);
 }
 
