@@ -419,7 +419,8 @@ int main(int argc, char** argv) {
   onc->add_option("--num-prompts", on.num_prompts, "benchmark requests")
       ->check(CLI::PositiveNumber);
   onc->add_option("--request-rate", on.request_rate, "requests/s (Poisson arrivals), or inf");
-  onc->add_option("--burstiness", on.burstiness, "gamma shape of the gaps; 1 = Poisson, inf = constant gaps");
+  onc->add_option("--burstiness", on.burstiness,
+                  "gamma shape of the gaps; 1 = Poisson, inf = constant gaps");
   onc->add_option("--seed", on.seed, "seed of the dataset and the arrival times");
   onc->add_option("--max-concurrency", on.max_concurrency, "in-flight cap; a,b,c runs a sweep")
       ->delimiter(',');

@@ -297,8 +297,7 @@ TEST(BenchOnline, StreamEndingsAreAnsweredWithoutHanging) {
   EXPECT_FALSE(stalled.success);
   EXPECT_NE(stalled.error.find("after 4 stream events"), std::string::npos) << stalled.error;
   EXPECT_LT(waited, 1.2);  // the read timeout ended it, not the server
-  BenchmarkMetrics m =
-      calculate_metrics({no_done, mid_error, stalled}, 1.0, MetricOptions{});
+  BenchmarkMetrics m = calculate_metrics({no_done, mid_error, stalled}, 1.0, MetricOptions{});
   EXPECT_EQ(m.completed, 1);
   EXPECT_EQ(m.failed, 2);
   EXPECT_EQ(m.total_output, 4);
@@ -368,8 +367,10 @@ TEST(BenchOnline, ToolTakesVllmOptionRanges) {
     std::ifstream lf(log);
     return std::make_pair(rc, std::string((std::istreambuf_iterator<char>(lf)), {}));
   };
-  auto [rc, out] = run("--metric-percentiles 0,100 --request-rate 50 --burstiness inf"
-                       " --goodput ttft:60000 --result-file " + json);
+  auto [rc, out] =
+      run("--metric-percentiles 0,100 --request-rate 50 --burstiness inf"
+          " --goodput ttft:60000 --result-file " +
+          json);
   ASSERT_EQ(rc, 0) << out;
   auto j = nlohmann::json::parse(std::ifstream(json));
   std::vector<double> itls;
