@@ -65,7 +65,10 @@ request_rate, burstiness, max_concurrency, duration, completed, failed, total_in
 total_output_tokens, request_throughput, request_goodput, output_throughput,
 total_token_throughput, max_output_tokens_per_s, max_concurrent_requests,
 {mean,median,std,pNN}_{ttft,tpot,itl,e2el}_ms, input_lens, output_lens, ttfts, itls, latencies,
-errors, generated_texts) plus host, card and git_commit (of the machine kimi-bench runs on).
+start_times (s since the benchmark start), queue_times, errors, generated_texts; with
+--max-concurrency also {mean,median,std,pNN}_client_queue_time_ms, and with a finite
+--request-rate *_e2el_including_client_queue_ms: the wait for a slot, outside TTFT and E2EL)
+plus host, card and git_commit (of the machine kimi-bench runs on).
 A --max-concurrency sweep writes a JSON array with one such object per value.
 Exit status: 0, 1 on errors before/while measuring, 3 when some requests failed.
 )";
@@ -206,6 +209,7 @@ int run_online_cmd(const OnlineArgs& a) {
     info.request_rate = o.request_rate;
     info.burstiness = o.burstiness;
     info.max_concurrency = c;
+    info.client_queue = c > 0;
     info.ignore_eos = a.ignore_eos;
     info.seed = a.seed;
     std::fputs(format_table(m, info, mopts).c_str(), stdout);

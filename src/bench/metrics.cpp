@@ -85,7 +85,7 @@ BenchmarkMetrics calculate_metrics(const std::vector<RequestOutput>& outputs, do
   KIMI_CHECK(duration > 0, "benchmark duration must be positive");
   BenchmarkMetrics m;
   m.duration = duration;
-  std::vector<double> ttfts, tpots, itls, e2els, tpot_incl;
+  std::vector<double> ttfts, tpots, itls, e2els, tpot_incl, queues, e2el_incl_queue;
   int good = 0;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const RequestOutput& o = outputs[i];
@@ -113,6 +113,8 @@ BenchmarkMetrics calculate_metrics(const std::vector<RequestOutput>& outputs, do
     itls.insert(itls.end(), o.itl.begin(), o.itl.end());
     ttfts.push_back(o.ttft);
     e2els.push_back(o.latency);
+    queues.push_back(o.queue_time);
+    e2el_incl_queue.push_back(o.latency + o.queue_time);
     ++m.completed;
     if (!opts.goodput_slo_ms.empty() &&
         meets_slos(opts.goodput_slo_ms, o.ttft * 1e3, tpot * 1e3, o.latency * 1e3))
@@ -127,6 +129,8 @@ BenchmarkMetrics calculate_metrics(const std::vector<RequestOutput>& outputs, do
   m.itl_ms = summarize(to_ms(itls), opts.percentiles);
   m.e2el_ms = summarize(to_ms(e2els), opts.percentiles);
   m.tpot_incl_first_ms = summarize(to_ms(tpot_incl), opts.percentiles);
+  m.client_queue_ms = summarize(to_ms(queues), opts.percentiles);
+  m.e2el_incl_queue_ms = summarize(to_ms(e2el_incl_queue), opts.percentiles);
   m.max_output_tokens_per_s = max_output_tokens_per_s(outputs);
   m.max_concurrent_requests = max_concurrent_requests(outputs);
   return m;

@@ -21,7 +21,10 @@ namespace kimi::bench {
 struct RequestOutput {
   bool success = false;
   std::string error;
-  double start_time = 0;    // seconds since the benchmark start
+  double start_time = 0;  // seconds since the benchmark start
+  // Seconds between the request's arrival and its dispatch: the wait for a --max-concurrency
+  // slot (vLLM's client_queue_time; not part of TTFT or E2EL).
+  double queue_time = 0;
   double ttft = 0;          // seconds
   double latency = 0;       // E2EL, seconds
   std::vector<double> itl;  // gaps between choices events, seconds
@@ -65,6 +68,8 @@ struct BenchmarkMetrics {
   // Statistics in milliseconds. tpot_incl_first is guidellm's "TPOT" (E2EL / output_tokens),
   // reported under its own name so it is never confused with vLLM's TPOT.
   Summary ttft_ms, tpot_ms, itl_ms, e2el_ms, tpot_incl_first_ms;
+  // vLLM's client-side queueing (successful requests): the wait, and E2EL plus the wait.
+  Summary client_queue_ms, e2el_incl_queue_ms;
   std::vector<int> input_lens, output_lens;  // per request, 0 output for failures
   int requests_without_usage = 0;
 };

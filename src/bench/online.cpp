@@ -50,6 +50,9 @@ OnlineRun run_online(const Endpoint& ep, const std::vector<SampleRequest>& reque
     }
     threads.emplace_back([&, i] {
       RequestOutput o = send_request(ep, requests[size_t(i)], bench_start);
+      // From the scheduled arrival: this loop waits for a slot before it sleeps for the next
+      // arrival, where vLLM's requests arrive on schedule and then wait on the semaphore.
+      o.queue_time = std::max(0.0, o.start_time - arrivals[size_t(i)]);
       double end = std::chrono::duration<double>(Clock::now() - bench_start).count();
       bool ok = o.success;
       {

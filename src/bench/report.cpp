@@ -80,6 +80,12 @@ std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,
   latency_block(out, "Time per Output Token (excl. 1st token)", "TPOT", m.tpot_ms);
   latency_block(out, "Inter-token Latency", "ITL", m.itl_ms);
   latency_block(out, "End-to-end Latency", "E2EL", m.e2el_ms);
+  if (info.client_queue) {
+    latency_block(out, "Client-side Queueing", "Client Queue Time", m.client_queue_ms);
+    if (!std::isinf(info.request_rate))
+      latency_block(out, "Queue-inclusive End-to-end Latency", "E2EL incl. Client Queue",
+                    m.e2el_incl_queue_ms);
+  }
   out += centered("E2EL / output tokens (guidellm's \"TPOT\")", '-');
   out += row("Mean E2EL/token (ms):", num(m.tpot_incl_first_ms.mean));
   out += row("Median E2EL/token (ms):", num(m.tpot_incl_first_ms.median));
@@ -116,6 +122,8 @@ std::vector<std::string> required_result_keys(const MetricOptions& opts) {
           "ttfts",
           "itls",
           "latencies",
+          "start_times",
+          "queue_times",
           "errors",
           "generated_texts",
           "host",
@@ -162,25 +170,33 @@ nlohmann::ordered_json result_json(const BenchmarkMetrics& m,
   j["total_token_throughput"] = m.total_token_throughput;
   j["max_output_tokens_per_s"] = m.max_output_tokens_per_s;
   j["max_concurrent_requests"] = m.max_concurrent_requests;
-  for (const char* name : kMetricNames) {
-    const Summary& s = summary_of(m, name);
-    std::string n = name;
+  auto stats = [&](const std::string& n, const Summary& s) {
     j["mean_" + n + "_ms"] = s.mean;
     j["median_" + n + "_ms"] = s.median;
     j["std_" + n + "_ms"] = s.std;
     for (auto& [p, v] : s.percentiles) j[percentile_word(p, "p") + "_" + n + "_ms"] = v;
+  };
+  for (const char* name : kMetricNames) stats(name, summary_of(m, name));
+  if (info.client_queue) {  // vLLM's names
+    stats("client_queue_time", m.client_queue_ms);
+    if (!std::isinf(info.request_rate))
+      stats("e2el_including_client_queue", m.e2el_incl_queue_ms);
   }
   j["input_lens"] = m.input_lens;
   j["output_lens"] = m.output_lens;
   auto& ttfts = j["ttfts"] = nlohmann::ordered_json::array();
   auto& itls = j["itls"] = nlohmann::ordered_json::array();
   auto& lat = j["latencies"] = nlohmann::ordered_json::array();
+  auto& starts = j["start_times"] = nlohmann::ordered_json::array();
+  auto& queues = j["queue_times"] = nlohmann::ordered_json::array();
   auto& errs = j["errors"] = nlohmann::ordered_json::array();
   auto& texts = j["generated_texts"] = nlohmann::ordered_json::array();
   for (auto& o : outs) {  // seconds, per request, as vLLM writes them
     ttfts.push_back(o.ttft);
     itls.push_back(o.itl);
     lat.push_back(o.latency);
+    starts.push_back(o.start_time);  // since the benchmark start (vLLM: perf_counter values)
+    queues.push_back(o.queue_time);
     errs.push_back(o.error);
     texts.push_back(o.generated_text);
   }

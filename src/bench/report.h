@@ -21,6 +21,9 @@ struct OnlineRunInfo {
   int max_concurrency = 0;  // 0: unlimited (null in JSON)
   bool ignore_eos = false;
   uint64_t seed = 0;
+  // Online with --max-concurrency: report the client-side queueing as vLLM does (the wait
+  // for a slot; with a finite --request-rate also E2EL including it).
+  bool client_queue = false;
 };
 
 std::string format_table(const BenchmarkMetrics& m, const OnlineRunInfo& info,

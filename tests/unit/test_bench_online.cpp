@@ -266,6 +266,43 @@ TEST(BenchOnline, FailedWarmupStopsTheRun) {
   EXPECT_NE(o.error.find("connection"), std::string::npos) << o.error;
 }
 
+// vLLM's client-side queueing under --max-concurrency: the wait for a slot is reported apart
+// (queue_times, *_client_queue_time_ms) and kept out of TTFT and E2EL.
+TEST(BenchOnline, ClientQueueTimeIsReportedApart) {
+  FakeServer srv;
+  Endpoint ep = make_endpoint(srv.url(), "/v1/completions");
+  ep.model = "fake-model";
+  OnlineOptions o = quiet(1);
+  o.num_warmups = 0;
+  OnlineRun run = run_online(ep, prompts(3, 2), o);
+  ASSERT_EQ(run.outputs.size(), 3u);
+  // One slot, three arrivals at t = 0: the second waits one request's life, the third two.
+  const double life = (kFirstMs + kGapMs) / 1e3;
+  EXPECT_LT(run.outputs[0].queue_time, life);
+  EXPECT_GE(run.outputs[1].queue_time, 0.9 * life);
+  EXPECT_GE(run.outputs[2].queue_time, 1.8 * life);
+  EXPECT_LT(run.outputs[2].latency, run.outputs[2].queue_time);  // E2EL starts at dispatch
+  MetricOptions mo;
+  BenchmarkMetrics m = calculate_metrics(run.outputs, run.duration, mo);
+  OnlineRunInfo info;
+  info.max_concurrency = 1;
+  info.client_queue = true;
+  info.request_rate = std::numeric_limits<double>::infinity();
+  auto j = result_json(m, run.outputs, info, mo, SystemInfo{});
+  ASSERT_EQ(j["queue_times"].size(), 3u);
+  ASSERT_EQ(j["start_times"].size(), 3u);
+  double sum = 0;
+  for (double q : j["queue_times"]) sum += q;
+  EXPECT_NEAR(j["mean_client_queue_time_ms"].get<double>(), sum / 3 * 1e3, 1e-9);
+  EXPECT_TRUE(j.contains("p99_client_queue_time_ms"));
+  EXPECT_FALSE(j.contains("mean_e2el_including_client_queue_ms"));  // only with a finite rate
+  EXPECT_NE(format_table(m, info, mo).find("Mean Client Queue Time (ms):"), std::string::npos);
+  info.request_rate = 10;
+  j = result_json(m, run.outputs, info, mo, SystemInfo{});
+  EXPECT_NEAR(j["mean_e2el_including_client_queue_ms"].get<double>(),
+              m.e2el_ms.mean + m.client_queue_ms.mean, 1e-9);
+}
+
 // Stream endings a client has to survive: no [DONE] (fine, as for vLLM), an error event in the
 // middle of a stream (a failure with the server's message), and a stream that stalls without
 // ending (a failure after --timeout, not a hang).
