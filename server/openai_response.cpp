@@ -77,9 +77,12 @@ json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts&
     std::string t = tt.text(lp.id);
     tokens.push_back(t);
     values.push_back(lp.logprob);
+    // The sampled token and its alternatives: up to k + 1 entries, even for logprobs=0
+    // (OpenAI's legacy API and vLLM; lm-eval takes max(top.values()) for is_greedy).
     json top = json::object();
     for (const auto& [id, v] : lp.top) top[tt.text(id)] = v;
-    tops.push_back(lp.top.empty() ? json(nullptr) : top);
+    top[t] = lp.logprob;  // last: the same value as token_logprobs
+    tops.push_back(top);
     offsets.push_back(offset);
     offset += t.size();
   }

@@ -36,7 +36,8 @@ json usage_json(const Usage& u);
 
 // choices[i].logprobs for chat: {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}
 json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
-// choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset};
+// choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset}, each
+// top_logprobs entry the sampled token's and the alternatives' (OpenAI: "up to logprobs+1");
 // `offset` is the text length before these tokens and is advanced.
 json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt,
                          size_t& offset);
