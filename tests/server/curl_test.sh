@@ -106,12 +106,17 @@ check "completions: two prompts x n=2 -> 4 choices" \
   eq "$(post /v1/completions '{"prompt":[[5,6],[7,8,9]],"max_tokens":2,"n":2}'; body '[.choices[].index]|@csv')" "2000,1,2,3"
 check "completions: echo prepends the prompt" \
   eq "$(post /v1/completions '{"prompt":"Echo me","max_tokens":2,"echo":true}'; body '.choices[0].text|startswith("Echo me")')" "200true"
+# top_logprobs holds the sampled token and the k alternatives (OpenAI: "up to logprobs+1"; vLLM).
+has_sampled='[.tokens, .token_logprobs, .top_logprobs] | transpose | all(.[0] as $t | .[1] as $v | .[2][$t] == $v)'
 check "completions: logprobs=2" \
-  jqe '.choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs[0]|length) == 2 and (.text_offset[0] == 0)' \
-  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2}' >/dev/null; cat "$WORK/body")
+  jqe ".choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs|all(length == 2 or length == 3)) and (.text_offset[0] == 0) and ($has_sampled)" \
+  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2,"return_tokens_as_token_ids":true}' >/dev/null; cat "$WORK/body")
+check "completions: logprobs=0 still gives the sampled token's entry" \
+  jqe ".choices[0].logprobs | (.top_logprobs|all(length == 1)) and ($has_sampled)" \
+  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":0,"return_tokens_as_token_ids":true}' >/dev/null; cat "$WORK/body")
 check "completions: echo with logprobs leads with the prompt (its first token without a logprob)" \
   jqe '.choices[0] | .text != "" and (.logprobs | (.tokens|length) == 5 and .token_logprobs[0] == null and .top_logprobs[0] == null
-       and (.token_logprobs[1:]|all(. <= 0)) and (.top_logprobs[1:]|all(length == 1)) and .text_offset[0] == 0
+       and (.token_logprobs[1:]|all(. <= 0)) and (.top_logprobs[1:]|all(length == 1 or length == 2)) and .text_offset[0] == 0
        and (.text_offset|. == sort))' \
   <(post /v1/completions '{"prompt":[3,4,5],"max_tokens":2,"ignore_eos":true,"logprobs":1,"echo":true}' >/dev/null; cat "$WORK/body")
 check "completions: prompt_logprobs in vLLM's shape" \
@@ -310,10 +315,18 @@ check "8 concurrent streams all finish" eq "$done_count" 8
 get /metrics >/dev/null
 for name in vllm:num_requests_running vllm:num_requests_waiting vllm:kv_cache_usage_perc vllm:prompt_tokens_total \
             vllm:generation_tokens_total vllm:request_success_total vllm:time_to_first_token_seconds_bucket \
-            vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket; do
+            vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket \
+            vllm:inter_token_latency_seconds_bucket vllm:time_per_output_token_seconds_count \
+            vllm:request_time_per_output_token_seconds_count vllm:request_queue_time_seconds_bucket; do
   check "metrics has $name" grep -q "^$name{" "$WORK/body"
 done
 check "metrics content type" eq "$(header content-type)" "text/plain; version=0.0.4; charset=utf-8"
 check "generation tokens were counted" test "$(metric "$P" 'vllm:generation_tokens_total{')" -gt 50
+# vLLM's semantics: an inter-token gap per token after each sample's first, a queue time per request.
+itl0=$(metric "$P" 'vllm:inter_token_latency_seconds_count{')
+queue0=$(metric "$P" 'vllm:request_queue_time_seconds_count{')
+post /v1/completions '{"prompt":[1,2,3],"max_tokens":8,"ignore_eos":true,"n":2}' >/dev/null
+check "metrics: 2 samples x 7 inter-token gaps" eq "$(( $(metric "$P" 'vllm:inter_token_latency_seconds_count{') - itl0 ))" 14
+check "metrics: one queue time for the request" eq "$(( $(metric "$P" 'vllm:request_queue_time_seconds_count{') - queue0 ))" 1
 
 finish
