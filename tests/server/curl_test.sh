@@ -251,10 +251,12 @@ check "image part: 400" eq "$(post /v1/chat/completions '{"messages":[{"role":"u
 check "unknown model: 404 model_not_found" eq "$(post /v1/chat/completions "{\"model\":\"gpt-4o\",\"messages\":$MSG}"; body .error.code)" "404model_not_found"
 check "prompt + max_tokens over the context: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":100000}")" 400
 check "  ... context_length_exceeded, 'maximum context length'" \
-  jqe '.error.code == "context_length_exceeded" and (.error.message|contains("maximum context length is 512 tokens"))' "$WORK/body"
+  jqe '.error.code == "context_length_exceeded" and .error.param == "messages" and (.error.message|contains("maximum context length is 512 tokens"))' "$WORK/body"
 long=$(node -e 'console.log(JSON.stringify(Array.from({length:600},(_, i)=>i%200+1)))')
-check "over-long prompt: 400 maximum context length" \
-  eq "$(post /v1/completions "{\"prompt\":$long,\"max_tokens\":1}"; body '.error.message|contains("maximum context length")')" "400true"
+check "over-long prompt: 400 maximum context length, naming prompt" \
+  eq "$(post /v1/completions "{\"prompt\":$long,\"max_tokens\":1}"; body '(.error.message|contains("maximum context length")) and .error.param == "prompt"')" "400true"
+check "completions: prompt + max_tokens over the context names prompt" \
+  eq "$(post /v1/completions '{"prompt":[1,2,3],"max_tokens":600}'; body '.error.code + " " + .error.param')" "400context_length_exceeded prompt"
 head -c 1500000 /dev/zero | tr '\0' 'a' > "$WORK/big"
 check "body over --max-body-mb: 413" \
   eq "$(curl -s -m 30 -o "$WORK/body" -w '%{http_code}' "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" --data-binary "@$WORK/big")" 413
