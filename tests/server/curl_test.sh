@@ -263,6 +263,11 @@ check "body over --max-body-mb: 413" \
 check "  ... error object" is_error 413 invalid_request_error request_too_large
 check "unknown route: 404 error object" eq "$(post /v1/embeddings '{"input":"x"}')" 404
 check "  ... error object" is_error 404 invalid_request_error not_found
+check "GET on a POST route: 405, Allow: POST" \
+  eq "$(curl -s -m 10 -D "$WORK/headers" -o "$WORK/body" -w '%{http_code}' "${AUTH[@]}" "$URL/v1/chat/completions"; header allow)" "405POST"
+check "  ... error object" is_error 405 invalid_request_error ""
+check "POST on a GET route: 405, Allow: GET" \
+  eq "$(curl -s -m 10 -D "$WORK/headers" -o /dev/null -w '%{http_code}' "$URL/health" -d x; header allow)" "405GET"
 
 # --- tools: the mapping through the server (the random model never calls on its own) ---
 TOOLS='[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]'
