@@ -107,7 +107,8 @@ struct GenerationEvent {
   // first token's: the logprobs of prompt tokens 1..P-1.
   std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
-  std::string stop_reason;            // the stop string or token that ended it
+  std::string stop_reason;            // the stop string that ended it
+  int stop_token = -1;                // or the EOS / stop_token_ids token that did
   std::string error;                  // for kError
 };
 

@@ -831,7 +831,7 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
     why = td.stop_string;
   } else if (is_eos || is_stop_id) {
     fin = FinishReason::kStop;
-    why = str(tok);
+    ev.stop_token = tok;
   } else if (s.generated >= r.max_tokens || int64_t(s.tokens.size()) >= max_model_len_) {
     fin = FinishReason::kLength;
   }

@@ -130,6 +130,8 @@ check "prompt_logprobs with stream is a 400 naming it" \
 check "completions stream: text_completion chunks, usage, [DONE]" \
   eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}' |
         sed -n 's/^data: //p' | grep -v DONE | jq -s -c '[(all(.object == "text_completion")), .[-1].usage.completion_tokens, (map(.choices[0].text // "")|length > 0)]')" "[true,4,true]"
+check "a stop_token_ids token: finish_reason stop, stop_reason its id as an integer (vLLM)" \
+  eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":5,"logit_bias":{"100":100},"stop_token_ids":[100]}'; body '[.choices[0].finish_reason, .choices[0].stop_reason] | tojson')" '200["stop",100]'
 check "logit_bias forces a token" \
   eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":5,"ignore_eos":true,"logit_bias":{"100":100},"logprobs":0,"return_tokens_as_token_ids":true}'; body '.choices[0].logprobs.tokens|unique|@csv')" '200"token_id:100"'
 check "chat logprobs: top_logprobs=2 per token" \

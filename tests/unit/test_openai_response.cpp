@@ -214,6 +214,25 @@ TEST(OpenAIResponse, FinishReasons) {
   EXPECT_EQ(choice_finish_reason(c), "stop");
 }
 
+// vLLM's stop_reason: the matched stop string, a stop token's id as an integer, else null; in
+// both response shapes.
+TEST(OpenAIResponse, StopReason) {
+  ChoiceResult c;
+  c.finish = kimi::FinishReason::kStop;
+  EXPECT_TRUE(stop_reason_json(c).is_null());
+  c.stop_token = 163586;
+  EXPECT_EQ(stop_reason_json(c), json(163586));
+  EXPECT_TRUE(stop_reason_json(c).is_number_integer());
+  TokenTexts tt(nullptr, true);
+  const ResponseHead h{"x", 0, "m"};
+  EXPECT_EQ(text_completion_json(h, {c}, kimi::Usage{}, tt, {})["choices"][0]["stop_reason"],
+            json(163586));
+  c.stop_token = -1;
+  c.stop_reason = "\n\n";
+  EXPECT_EQ(chat_completion_json(h, {c}, kimi::Usage{}, tt, {})["choices"][0]["stop_reason"],
+            json("\n\n"));
+}
+
 TEST(OpenAIResponse, SseFraming) {
   std::string e = sse_event({{"a", "x\ny"}});
   EXPECT_EQ(e, "data: {\"a\":\"x\\ny\"}\n\n");
