@@ -94,7 +94,11 @@ void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& re
     throw_bad_request("", bad);
 
   ResponseHead head;
-  head.id = r.request_id.empty() ? new_id(chat ? "chatcmpl-" : "cmpl-") : r.request_id;
+  // vLLM's id: the prefix and the X-Request-Id header, else the request_id field, else random.
+  const char* prefix = chat ? "chatcmpl-" : "cmpl-";
+  const std::string given =
+      req.has_header("X-Request-Id") ? req.get_header_value("X-Request-Id") : r.request_id;
+  head.id = given.empty() ? new_id(prefix) : prefix + given;
   head.created = int64_t(std::time(nullptr));
   head.model = ctx.opts.served_model_name;
   const bool stream = r.stream;

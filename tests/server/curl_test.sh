@@ -58,6 +58,10 @@ check "chat: object, role, index" eq "$(body '.object + " " + .choices[0].messag
 check "chat: finish_reason stop or length" jqe '.choices[0].finish_reason == "stop" or .choices[0].finish_reason == "length"' "$WORK/body"
 check "chat: usage adds up, at most 8 tokens" jqe '.usage.total_tokens == .usage.prompt_tokens + .usage.completion_tokens and .usage.completion_tokens <= 8 and .usage.completion_tokens >= 1 and .usage.prompt_tokens > 5' "$WORK/body"
 check "chat: id and created" jqe '(.id|startswith("chatcmpl-")) and (.created > 1700000000)' "$WORK/body"
+check "request_id: the response id is vLLM's, chatcmpl- and the id" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":1,\"request_id\":\"abc-1\"}"; body .id)" "200chatcmpl-abc-1"
+check "X-Request-Id header: cmpl- and the header's id" \
+  eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":1,"request_id":"ignored"}' -H 'X-Request-Id: xyz-2'; body .id)" "200cmpl-xyz-2"
 check "chat: max_tokens 1 -> length, 1 token" \
   eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":1,\"ignore_eos\":true}"; body '.choices[0].finish_reason + (.usage.completion_tokens|tostring)')" "200length1"
 check "nulls and unknown fields are accepted" \
