@@ -392,6 +392,12 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param(chat({{"max_completion_tokens", -3}})), "max_completion_tokens");
   EXPECT_EQ(rejected_param(chat({{"presence_penalty", 2.5}})), "presence_penalty");
   EXPECT_EQ(rejected_param(chat({{"frequency_penalty", -3}})), "frequency_penalty");
+  // repetition_penalty: vLLM's range, any value > 0.
+  auto strong = parse_chat(chat({{"repetition_penalty", 2.5}}));
+  EXPECT_FLOAT_EQ(strong.engine.sampling.repetition_penalty, 2.5f);
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", 0}})), "repetition_penalty");
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", -1}})), "repetition_penalty");
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", 1e300}})), "repetition_penalty");
   EXPECT_EQ(rejected_param(chat({{"stop", 5}})), "stop");
   EXPECT_EQ(rejected_param(chat({{"stop", {"a", 1}}})), "stop");
   EXPECT_EQ(rejected_param(chat({{"seed", "x"}})), "seed");
