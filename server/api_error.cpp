@@ -24,7 +24,8 @@ ApiError internal_error(const std::string& message) {
   return ApiError{500, message, "server_error", "", "internal_error", 0};
 }
 
-ApiError context_length_error(int64_t max_model_len, int64_t prompt_tokens, int64_t max_tokens) {
+ApiError context_length_error(int64_t max_model_len, int64_t prompt_tokens, int64_t max_tokens,
+                              const std::string& param) {
   // vLLM's wording: clients string-match "maximum context length".
   std::string msg;
   if (max_tokens > 0)
@@ -36,7 +37,7 @@ ApiError context_length_error(int64_t max_model_len, int64_t prompt_tokens, int6
     msg = str("This model's maximum context length is ", max_model_len,
               " tokens. However, your messages resulted in ", prompt_tokens,
               " tokens. Please reduce the length of the messages.");
-  return ApiError{400, msg, "invalid_request_error", "messages", "context_length_exceeded", 0};
+  return ApiError{400, msg, "invalid_request_error", param, "context_length_exceeded", 0};
 }
 
 nlohmann::json error_json(const ApiError& e) {

@@ -30,7 +30,9 @@ ApiError not_found(const std::string& message, const std::string& code);
 ApiError unavailable(const std::string& message, int retry_after_s);
 ApiError rate_limited(const std::string& message, int retry_after_s);
 ApiError internal_error(const std::string& message);
-ApiError context_length_error(int64_t max_model_len, int64_t prompt_tokens, int64_t max_tokens);
+// vLLM's wording for both endpoints; param names the prompt's field ("messages" or "prompt").
+ApiError context_length_error(int64_t max_model_len, int64_t prompt_tokens, int64_t max_tokens,
+                              const std::string& param);
 
 // {"error": {"message", "type", "param", "code"}}
 nlohmann::json error_json(const ApiError& e);

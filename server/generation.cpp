@@ -167,6 +167,7 @@ std::variant<json, ApiError> Generation::collect(const std::function<bool()>& cl
     if (ev.finish != FinishReason::kNone) {
       c.result.finish = ev.finish;
       c.result.stop_reason = ev.stop_reason;
+      c.result.stop_token = ev.stop_token;
       if (ev.finish == FinishReason::kError)
         engine_error = ev.error.empty() ? "generation failed" : ev.error;
       if (ev.finish == FinishReason::kCancelled) cancelled = true;

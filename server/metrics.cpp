@@ -111,12 +111,22 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
 
   head(out, "vllm:time_to_first_token_seconds", "histogram", "Time to first token, seconds.");
   render_histogram(out, "vllm:time_to_first_token_seconds", L, m.ttft);
-  head(out, "vllm:time_per_output_token_seconds", "histogram",
-       "Time per output token after the first, seconds.");
-  render_histogram(out, "vllm:time_per_output_token_seconds", L, m.tpot);
+  // vLLM observes the gap before every token after a sequence's first here; the old name is
+  // the same series (deprecated in vLLM), the per-request mean has its own.
+  for (const char* name :
+       {"vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"}) {
+    head(out, name, "histogram", "Gap before each token after a sequence's first, seconds.");
+    render_histogram(out, name, L, m.itl);
+  }
+  head(out, "vllm:request_time_per_output_token_seconds", "histogram",
+       "Per request: time per output token after the first, seconds.");
+  render_histogram(out, "vllm:request_time_per_output_token_seconds", L, m.tpot);
   head(out, "vllm:e2e_request_latency_seconds", "histogram",
        "End-to-end request latency, seconds.");
   render_histogram(out, "vllm:e2e_request_latency_seconds", L, m.e2e);
+  head(out, "vllm:request_queue_time_seconds", "histogram",
+       "Time from arrival to first scheduled, seconds.");
+  render_histogram(out, "vllm:request_queue_time_seconds", L, m.queue);
 
   std::lock_guard lk(mu_);
   head(out, "vllm:request_success_total", "counter", "Finished requests by finish reason.");

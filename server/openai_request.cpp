@@ -381,9 +381,11 @@ void parse_common(const Fields& f, const ParseLimits& lim, GenerationRequest& r)
   sp.frequency_penalty = float(f.number("frequency_penalty", -2, 2).value_or(0));
   sp.top_k = int(f.integer("top_k", -1, lim.vocab_size > 0 ? lim.vocab_size : kMaxInt).value_or(0));
   sp.min_p = float(f.number("min_p", 0, 1).value_or(0));
-  sp.repetition_penalty = float(f.number("repetition_penalty", 0, 2).value_or(1.0));
+  // vLLM: any value > 0 (no upper bound, unlike the OpenAI penalties' -2..2).
+  sp.repetition_penalty = float(
+      f.number("repetition_penalty", 0, std::numeric_limits<float>::max()).value_or(1.0));
   if (sp.repetition_penalty <= 0)
-    throw_bad_request("repetition_penalty", "'repetition_penalty' must be in (0, 2]");
+    throw_bad_request("repetition_penalty", "'repetition_penalty' must be greater than 0");
   if (auto seed = f.integer("seed", std::numeric_limits<int64_t>::min(),
                             std::numeric_limits<int64_t>::max())) {
     sp.seed = uint64_t(*seed);

@@ -77,9 +77,12 @@ json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts&
     std::string t = tt.text(lp.id);
     tokens.push_back(t);
     values.push_back(lp.logprob);
+    // The sampled token and its alternatives: up to k + 1 entries, even for logprobs=0
+    // (OpenAI's legacy API and vLLM; lm-eval takes max(top.values()) for is_greedy).
     json top = json::object();
     for (const auto& [id, v] : lp.top) top[tt.text(id)] = v;
-    tops.push_back(lp.top.empty() ? json(nullptr) : top);
+    top[t] = lp.logprob;  // last: the same value as token_logprobs
+    tops.push_back(top);
     offsets.push_back(offset);
     offset += t.size();
   }
@@ -143,6 +146,11 @@ std::string choice_finish_reason(const ChoiceResult& c) {
   return r ? r : "stop";
 }
 
+json stop_reason_json(const ChoiceResult& c) {
+  if (!c.stop_reason.empty()) return c.stop_reason;
+  return c.stop_token >= 0 ? json(c.stop_token) : json(nullptr);
+}
+
 json tool_calls_json(const std::vector<ToolCall>& calls) {
   json out = json::array();
   for (const auto& c : calls)
@@ -169,7 +177,7 @@ json chat_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
     json choice = {{"index", i}, {"message", msg}};
     choice["logprobs"] = lo.generated ? chat_logprobs(c.logprobs, tt) : json(nullptr);
     choice["finish_reason"] = choice_finish_reason(c);
-    choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    choice["stop_reason"] = stop_reason_json(c);
     arr.push_back(choice);
   }
   json out = {{"id", h.id},
@@ -202,7 +210,7 @@ json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
       choice["prompt_logprobs"] =
           c.prompt_logprobs ? vllm_prompt_logprobs(*c.prompt_logprobs, tt) : json(nullptr);
     choice["finish_reason"] = choice_finish_reason(c);
-    choice["stop_reason"] = c.stop_reason.empty() ? json(nullptr) : json(c.stop_reason);
+    choice["stop_reason"] = stop_reason_json(c);
     arr.push_back(choice);
   }
   return {{"id", h.id},

@@ -36,7 +36,8 @@ json usage_json(const Usage& u);
 
 // choices[i].logprobs for chat: {"content":[{token, logprob, bytes, top_logprobs}], "refusal":null}
 json chat_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt);
-// choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset};
+// choices[i].logprobs for completions: {tokens, token_logprobs, top_logprobs, text_offset}, each
+// top_logprobs entry the sampled token's and the alternatives' (OpenAI: "up to logprobs+1");
 // `offset` is the text length before these tokens and is advanced.
 json completion_logprobs(const std::vector<TokenLogprob>& lps, const TokenTexts& tt,
                          size_t& offset);
@@ -65,6 +66,7 @@ struct ChoiceResult {
   std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
   std::string stop_reason;
+  int stop_token = -1;
   std::vector<ToolCall> tool_calls;  // when parsed
   int completed_tool_calls = 0;
   bool parsed_tools = false;
@@ -85,6 +87,8 @@ json text_completion_json(const ResponseHead& h, const std::vector<ChoiceResult>
 
 // The finish_reason OpenAI clients see for a choice.
 std::string choice_finish_reason(const ChoiceResult& c);
+// vLLM's stop_reason: the stop string, the stop token's id as an integer, or null.
+json stop_reason_json(const ChoiceResult& c);
 
 // Stream chunks. usage: nullptr leaves the key out (no include_usage); else its value (null, or
 // a usage_json object with continuous usage stats) goes in.

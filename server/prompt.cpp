@@ -102,6 +102,14 @@ PreparedPrompts prepare_prompts(const GenerationRequest& r, const Tokenizer* tok
       }
     }
   }
+  // Text-level features of a token-id prompt need the tokenizer too: a 400 naming the field
+  // (the engine's own refusal names none).
+  if (!tok && !r.engine.stop.empty())
+    throw_bad_request("stop", "stop strings need the model's tokenizer files");
+  if (!tok && !r.format_param.empty()) {
+    const std::string field = r.format_param.substr(0, r.format_param.find('.'));
+    throw_bad_request(field, str("'", field, "' needs the model's tokenizer files"));
+  }
   return p;
 }
 

@@ -57,12 +57,13 @@ int effective_max_tokens(const ServerContext& ctx, const GenerationRequest& r,
   size_t longest = 0;
   for (const auto& ids : p.ids) longest = std::max(longest, ids.size());
   const int64_t prompt = int64_t(longest);
+  const char* field = r.chat ? "messages" : "prompt";
   if (prompt >= ctx.max_model_len)
-    throw ApiException{context_length_error(ctx.max_model_len, prompt, 0)};
+    throw ApiException{context_length_error(ctx.max_model_len, prompt, 0, field)};
   const int64_t room = ctx.max_model_len - prompt;
   if (r.max_tokens) {
     if (*r.max_tokens > room)
-      throw ApiException{context_length_error(ctx.max_model_len, prompt, *r.max_tokens)};
+      throw ApiException{context_length_error(ctx.max_model_len, prompt, *r.max_tokens, field)};
     return int(*r.max_tokens);
   }
   int64_t def = r.chat ? ctx.opts.default_max_tokens : 16;  // completions: OpenAI's default
@@ -93,7 +94,11 @@ void handle_generation(ServerContext& ctx, bool chat, const httplib::Request& re
     throw_bad_request("", bad);
 
   ResponseHead head;
-  head.id = r.request_id.empty() ? new_id(chat ? "chatcmpl-" : "cmpl-") : r.request_id;
+  // vLLM's id: the prefix and the X-Request-Id header, else the request_id field, else random.
+  const char* prefix = chat ? "chatcmpl-" : "cmpl-";
+  const std::string given =
+      req.has_header("X-Request-Id") ? req.get_header_value("X-Request-Id") : r.request_id;
+  head.id = given.empty() ? new_id(prefix) : prefix + given;
   head.created = int64_t(std::time(nullptr));
   head.model = ctx.opts.served_model_name;
   const bool stream = r.stream;

@@ -40,6 +40,15 @@ const char* status_phrase(int status) {
   }
 }
 
+// The method a known route takes, for a 405 (with Allow) instead of a 404 when another is used.
+const char* route_method(const std::string& path) {
+  for (const char* p : {"/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize"})
+    if (path == p) return "POST";
+  for (const char* p : {"/v1/models", "/metrics", "/health", "/version"})
+    if (path == p) return "GET";
+  return path.rfind("/v1/models/", 0) == 0 ? "GET" : nullptr;
+}
+
 }  // namespace
 
 struct Server::Impl {
@@ -116,6 +125,10 @@ Server::Server(Engine& engine, ServerOptions opts)
   http.set_error_handler(
       httplib::Server::HandlerWithResponse([](const httplib::Request& req, httplib::Response& res) {
         if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        if (const char* allow = route_method(req.path); res.status == 404 && allow) {
+          res.status = 405;  // as vLLM (FastAPI) answers
+          res.set_header("Allow", allow);
+        }
         ApiError e{res.status,
                    str(status_phrase(res.status), ": ", req.method, " ", req.path),
                    "invalid_request_error",

@@ -107,7 +107,8 @@ struct GenerationEvent {
   // first token's: the logprobs of prompt tokens 1..P-1.
   std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
-  std::string stop_reason;            // the stop string or token that ended it
+  std::string stop_reason;            // the stop string that ended it
+  int stop_token = -1;                // or the EOS / stop_token_ids token that did
   std::string error;                  // for kError
 };
 
@@ -170,8 +171,10 @@ struct EngineMetrics {
   uint64_t prefix_cache_hits_total = 0;
   // Latency histograms in seconds, with vLLM's bucket bounds (bounded memory on long runs).
   Histogram ttft = Histogram::ttft_buckets();
-  Histogram tpot = Histogram::tpot_buckets();
+  Histogram tpot = Histogram::tpot_buckets();  // per request: (e2e - ttft) / (generated - 1)
+  Histogram itl = Histogram::tpot_buckets();   // per token after a sequence's first: the gap
   Histogram e2e = Histogram::e2e_buckets();
+  Histogram queue = Histogram::e2e_buckets();  // arrival to first scheduled, once per request
 };
 
 class Engine {

@@ -549,6 +549,11 @@ void EngineImpl::step() {
       } else {
         model_->reset_slot(s->slot);
       }
+      if (s->index == 0 && !s->queue_timed) {  // vLLM: QUEUED to first SCHEDULED
+        s->queue_timed = true;
+        std::lock_guard lk(mu_);
+        metrics_.queue.observe(secs(s->req->arrival, Clock::now()));
+      }
       if (prefix_ && s->index == 0) {
         s->req->handle->add_usage(0, 0, cached);
         std::lock_guard lk(mu_);
@@ -800,8 +805,11 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
     if (s.generated == 1) {
       s.ttft = secs(s.req->arrival, now);
       metrics_.ttft.observe(s.ttft);
+    } else {
+      metrics_.itl.observe(secs(s.last_token_at, now));
     }
   }
+  s.last_token_at = now;
   ev.token_ids.push_back(tok);
 
   FinishReason fin = FinishReason::kNone;
@@ -823,7 +831,7 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
     why = td.stop_string;
   } else if (is_eos || is_stop_id) {
     fin = FinishReason::kStop;
-    why = str(tok);
+    ev.stop_token = tok;
   } else if (s.generated >= r.max_tokens || int64_t(s.tokens.size()) >= max_model_len_) {
     fin = FinishReason::kLength;
   }

@@ -46,6 +46,8 @@ struct Sequence {
   bool finished = false;
   bool forked = false;      // the leader of an n > 1 request has started its siblings
   double ttft = 0;
+  std::chrono::steady_clock::time_point last_token_at;  // inter-token latency
+  bool queue_timed = false;  // the request's queue time is recorded (the leader, once)
   SamplingParams sampling;  // the request's, with this sample's seed
   TokenHistory history;
   std::optional<JsonMatcher> json;  // JSON mode / structured outputs: the text so far

@@ -58,6 +58,10 @@ check "chat: object, role, index" eq "$(body '.object + " " + .choices[0].messag
 check "chat: finish_reason stop or length" jqe '.choices[0].finish_reason == "stop" or .choices[0].finish_reason == "length"' "$WORK/body"
 check "chat: usage adds up, at most 8 tokens" jqe '.usage.total_tokens == .usage.prompt_tokens + .usage.completion_tokens and .usage.completion_tokens <= 8 and .usage.completion_tokens >= 1 and .usage.prompt_tokens > 5' "$WORK/body"
 check "chat: id and created" jqe '(.id|startswith("chatcmpl-")) and (.created > 1700000000)' "$WORK/body"
+check "request_id: the response id is vLLM's, chatcmpl- and the id" \
+  eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":1,\"request_id\":\"abc-1\"}"; body .id)" "200chatcmpl-abc-1"
+check "X-Request-Id header: cmpl- and the header's id" \
+  eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":1,"request_id":"ignored"}' -H 'X-Request-Id: xyz-2'; body .id)" "200cmpl-xyz-2"
 check "chat: max_tokens 1 -> length, 1 token" \
   eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":1,\"ignore_eos\":true}"; body '.choices[0].finish_reason + (.usage.completion_tokens|tostring)')" "200length1"
 check "nulls and unknown fields are accepted" \
@@ -106,12 +110,17 @@ check "completions: two prompts x n=2 -> 4 choices" \
   eq "$(post /v1/completions '{"prompt":[[5,6],[7,8,9]],"max_tokens":2,"n":2}'; body '[.choices[].index]|@csv')" "2000,1,2,3"
 check "completions: echo prepends the prompt" \
   eq "$(post /v1/completions '{"prompt":"Echo me","max_tokens":2,"echo":true}'; body '.choices[0].text|startswith("Echo me")')" "200true"
+# top_logprobs holds the sampled token and the k alternatives (OpenAI: "up to logprobs+1"; vLLM).
+has_sampled='[.tokens, .token_logprobs, .top_logprobs] | transpose | all(.[0] as $t | .[1] as $v | .[2][$t] == $v)'
 check "completions: logprobs=2" \
-  jqe '.choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs[0]|length) == 2 and (.text_offset[0] == 0)' \
-  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2}' >/dev/null; cat "$WORK/body")
+  jqe ".choices[0].logprobs | (.tokens|length) == 3 and (.token_logprobs|length) == 3 and (.top_logprobs|all(length == 2 or length == 3)) and (.text_offset[0] == 0) and ($has_sampled)" \
+  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":2,"return_tokens_as_token_ids":true}' >/dev/null; cat "$WORK/body")
+check "completions: logprobs=0 still gives the sampled token's entry" \
+  jqe ".choices[0].logprobs | (.top_logprobs|all(length == 1)) and ($has_sampled)" \
+  <(post /v1/completions '{"prompt":[3,4],"max_tokens":3,"ignore_eos":true,"logprobs":0,"return_tokens_as_token_ids":true}' >/dev/null; cat "$WORK/body")
 check "completions: echo with logprobs leads with the prompt (its first token without a logprob)" \
   jqe '.choices[0] | .text != "" and (.logprobs | (.tokens|length) == 5 and .token_logprobs[0] == null and .top_logprobs[0] == null
-       and (.token_logprobs[1:]|all(. <= 0)) and (.top_logprobs[1:]|all(length == 1)) and .text_offset[0] == 0
+       and (.token_logprobs[1:]|all(. <= 0)) and (.top_logprobs[1:]|all(length == 1 or length == 2)) and .text_offset[0] == 0
        and (.text_offset|. == sort))' \
   <(post /v1/completions '{"prompt":[3,4,5],"max_tokens":2,"ignore_eos":true,"logprobs":1,"echo":true}' >/dev/null; cat "$WORK/body")
 check "completions: prompt_logprobs in vLLM's shape" \
@@ -125,6 +134,8 @@ check "prompt_logprobs with stream is a 400 naming it" \
 check "completions stream: text_completion chunks, usage, [DONE]" \
   eq "$(curl -sN -m 30 "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" -d '{"prompt":[1,2,3],"max_tokens":4,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}' |
         sed -n 's/^data: //p' | grep -v DONE | jq -s -c '[(all(.object == "text_completion")), .[-1].usage.completion_tokens, (map(.choices[0].text // "")|length > 0)]')" "[true,4,true]"
+check "a stop_token_ids token: finish_reason stop, stop_reason its id as an integer (vLLM)" \
+  eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":5,"logit_bias":{"100":100},"stop_token_ids":[100]}'; body '[.choices[0].finish_reason, .choices[0].stop_reason] | tojson')" '200["stop",100]'
 check "logit_bias forces a token" \
   eq "$(post /v1/completions '{"prompt":[1,2],"max_tokens":5,"ignore_eos":true,"logit_bias":{"100":100},"logprobs":0,"return_tokens_as_token_ids":true}'; body '.choices[0].logprobs.tokens|unique|@csv')" '200"token_id:100"'
 check "chat logprobs: top_logprobs=2 per token" \
@@ -246,16 +257,23 @@ check "image part: 400" eq "$(post /v1/chat/completions '{"messages":[{"role":"u
 check "unknown model: 404 model_not_found" eq "$(post /v1/chat/completions "{\"model\":\"gpt-4o\",\"messages\":$MSG}"; body .error.code)" "404model_not_found"
 check "prompt + max_tokens over the context: 400" eq "$(post /v1/chat/completions "{\"messages\":$MSG,\"max_tokens\":100000}")" 400
 check "  ... context_length_exceeded, 'maximum context length'" \
-  jqe '.error.code == "context_length_exceeded" and (.error.message|contains("maximum context length is 512 tokens"))' "$WORK/body"
+  jqe '.error.code == "context_length_exceeded" and .error.param == "messages" and (.error.message|contains("maximum context length is 512 tokens"))' "$WORK/body"
 long=$(node -e 'console.log(JSON.stringify(Array.from({length:600},(_, i)=>i%200+1)))')
-check "over-long prompt: 400 maximum context length" \
-  eq "$(post /v1/completions "{\"prompt\":$long,\"max_tokens\":1}"; body '.error.message|contains("maximum context length")')" "400true"
+check "over-long prompt: 400 maximum context length, naming prompt" \
+  eq "$(post /v1/completions "{\"prompt\":$long,\"max_tokens\":1}"; body '(.error.message|contains("maximum context length")) and .error.param == "prompt"')" "400true"
+check "completions: prompt + max_tokens over the context names prompt" \
+  eq "$(post /v1/completions '{"prompt":[1,2,3],"max_tokens":600}'; body '.error.code + " " + .error.param')" "400context_length_exceeded prompt"
 head -c 1500000 /dev/zero | tr '\0' 'a' > "$WORK/big"
 check "body over --max-body-mb: 413" \
   eq "$(curl -s -m 30 -o "$WORK/body" -w '%{http_code}' "${AUTH[@]}" "${JSON[@]}" "$URL/v1/completions" --data-binary "@$WORK/big")" 413
 check "  ... error object" is_error 413 invalid_request_error request_too_large
 check "unknown route: 404 error object" eq "$(post /v1/embeddings '{"input":"x"}')" 404
 check "  ... error object" is_error 404 invalid_request_error not_found
+check "GET on a POST route: 405, Allow: POST" \
+  eq "$(curl -s -m 10 -D "$WORK/headers" -o "$WORK/body" -w '%{http_code}' "${AUTH[@]}" "$URL/v1/chat/completions"; header allow)" "405POST"
+check "  ... error object" is_error 405 invalid_request_error ""
+check "POST on a GET route: 405, Allow: GET" \
+  eq "$(curl -s -m 10 -D "$WORK/headers" -o /dev/null -w '%{http_code}' "$URL/health" -d x; header allow)" "405GET"
 
 # --- tools: the mapping through the server (the random model never calls on its own) ---
 TOOLS='[{"type":"function","function":{"name":"get_weather","description":"Weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]'
@@ -310,10 +328,18 @@ check "8 concurrent streams all finish" eq "$done_count" 8
 get /metrics >/dev/null
 for name in vllm:num_requests_running vllm:num_requests_waiting vllm:kv_cache_usage_perc vllm:prompt_tokens_total \
             vllm:generation_tokens_total vllm:request_success_total vllm:time_to_first_token_seconds_bucket \
-            vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket; do
+            vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket \
+            vllm:inter_token_latency_seconds_bucket vllm:time_per_output_token_seconds_count \
+            vllm:request_time_per_output_token_seconds_count vllm:request_queue_time_seconds_bucket; do
   check "metrics has $name" grep -q "^$name{" "$WORK/body"
 done
 check "metrics content type" eq "$(header content-type)" "text/plain; version=0.0.4; charset=utf-8"
 check "generation tokens were counted" test "$(metric "$P" 'vllm:generation_tokens_total{')" -gt 50
+# vLLM's semantics: an inter-token gap per token after each sample's first, a queue time per request.
+itl0=$(metric "$P" 'vllm:inter_token_latency_seconds_count{')
+queue0=$(metric "$P" 'vllm:request_queue_time_seconds_count{')
+post /v1/completions '{"prompt":[1,2,3],"max_tokens":8,"ignore_eos":true,"n":2}' >/dev/null
+check "metrics: 2 samples x 7 inter-token gaps" eq "$(( $(metric "$P" 'vllm:inter_token_latency_seconds_count{') - itl0 ))" 14
+check "metrics: one queue time for the request" eq "$(( $(metric "$P" 'vllm:request_queue_time_seconds_count{') - queue0 ))" 1
 
 finish

@@ -56,8 +56,10 @@ TEST(OpenAIErrors, ApiExceptionKeepsItsStatusAndRetryAfter) {
 }
 
 TEST(OpenAIErrors, ContextLengthWording) {
-  ApiError e = context_length_error(512, 500, 100);
+  ApiError e = context_length_error(512, 500, 100, "messages");
   EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "messages");
+  EXPECT_EQ(context_length_error(512, 600, 0, "prompt").param, "prompt");  // /v1/completions
   EXPECT_EQ(e.code, "context_length_exceeded");
   EXPECT_NE(e.message.find("maximum context length is 512 tokens"), std::string::npos);
   EXPECT_NE(e.message.find("you requested 600 tokens (500 in the messages, 100 in the completion)"),

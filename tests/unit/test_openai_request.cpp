@@ -6,6 +6,7 @@
 #include "runtime/tool_call_matcher.h"
 #include "server/api_error.h"
 #include "server/openai_request.h"
+#include "server/prompt.h"
 
 using kimi::server::ApiException;
 using kimi::server::GenerationRequest;
@@ -391,6 +392,12 @@ TEST(OpenAIRequest, InvalidChatFieldsAreRejectedByName) {
   EXPECT_EQ(rejected_param(chat({{"max_completion_tokens", -3}})), "max_completion_tokens");
   EXPECT_EQ(rejected_param(chat({{"presence_penalty", 2.5}})), "presence_penalty");
   EXPECT_EQ(rejected_param(chat({{"frequency_penalty", -3}})), "frequency_penalty");
+  // repetition_penalty: vLLM's range, any value > 0.
+  auto strong = parse_chat(chat({{"repetition_penalty", 2.5}}));
+  EXPECT_FLOAT_EQ(strong.engine.sampling.repetition_penalty, 2.5f);
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", 0}})), "repetition_penalty");
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", -1}})), "repetition_penalty");
+  EXPECT_EQ(rejected_param(chat({{"repetition_penalty", 1e300}})), "repetition_penalty");
   EXPECT_EQ(rejected_param(chat({{"stop", 5}})), "stop");
   EXPECT_EQ(rejected_param(chat({{"stop", {"a", 1}}})), "stop");
   EXPECT_EQ(rejected_param(chat({{"seed", "x"}})), "seed");
@@ -767,4 +774,25 @@ TEST(OpenAIRequest, GuidedJsonAndStructuredOutputs) {
   EXPECT_NE(message.find("'response_format'"), std::string::npos) << message;
   EXPECT_NE(message.find("'guided_json'"), std::string::npos) << message;
   EXPECT_NE(rejection(chat({{"guided_choice", {"a"}}})).second.find("bare"), std::string::npos);
+}
+
+// A model directory without tokenizer files (the golden checkpoints) serves token-id prompts;
+// what needs text is refused with a 400 naming the field.
+TEST(OpenAIRequest, NoTokenizerRefusalsNameTheField) {
+  auto param_of = [](const json& b) -> std::string {
+    try {
+      kimi::server::prepare_prompts(parse_cmpl(b), nullptr, 1280);
+    } catch (const ApiException& e) {
+      EXPECT_EQ(e.error.status, 400);
+      return e.error.param;
+    }
+    return "<none>";
+  };
+  EXPECT_EQ(param_of({{"prompt", {1, 2, 3}}}), "<none>");
+  EXPECT_EQ(param_of({{"prompt", "text"}}), "prompt");
+  EXPECT_EQ(param_of({{"prompt", {1, 2}}, {"echo", true}}), "echo");
+  EXPECT_EQ(param_of({{"prompt", {1, 2}}, {"stop", "x"}}), "stop");
+  EXPECT_EQ(param_of({{"prompt", {1, 2}}, {"response_format", {{"type", "json_object"}}}}),
+            "response_format");
+  EXPECT_EQ(param_of({{"prompt", {1, 2}}, {"guided_json", {{"type", "object"}}}}), "guided_json");
 }

@@ -214,6 +214,25 @@ TEST(OpenAIResponse, FinishReasons) {
   EXPECT_EQ(choice_finish_reason(c), "stop");
 }
 
+// vLLM's stop_reason: the matched stop string, a stop token's id as an integer, else null; in
+// both response shapes.
+TEST(OpenAIResponse, StopReason) {
+  ChoiceResult c;
+  c.finish = kimi::FinishReason::kStop;
+  EXPECT_TRUE(stop_reason_json(c).is_null());
+  c.stop_token = 163586;
+  EXPECT_EQ(stop_reason_json(c), json(163586));
+  EXPECT_TRUE(stop_reason_json(c).is_number_integer());
+  TokenTexts tt(nullptr, true);
+  const ResponseHead h{"x", 0, "m"};
+  EXPECT_EQ(text_completion_json(h, {c}, kimi::Usage{}, tt, {})["choices"][0]["stop_reason"],
+            json(163586));
+  c.stop_token = -1;
+  c.stop_reason = "\n\n";
+  EXPECT_EQ(chat_completion_json(h, {c}, kimi::Usage{}, tt, {})["choices"][0]["stop_reason"],
+            json("\n\n"));
+}
+
 TEST(OpenAIResponse, SseFraming) {
   std::string e = sse_event({{"a", "x\ny"}});
   EXPECT_EQ(e, "data: {\"a\":\"x\\ny\"}\n\n");
@@ -279,7 +298,12 @@ TEST(OpenAIResponse, Logprobs) {
   EXPECT_EQ(l["text_offset"][0], 3);
   EXPECT_EQ(l["text_offset"][1], 3 + std::string("token_id:7").size());
   EXPECT_FLOAT_EQ(l["top_logprobs"][0]["token_id:9"].get<float>(), -1.5f);
-  EXPECT_TRUE(l["top_logprobs"][1].is_null());
+  EXPECT_EQ(l["top_logprobs"][0].size(), 2u);  // the sampled token is the top alternative
+  // The sampled token is always in the dict (OpenAI's "up to logprobs+1", vLLM), also for
+  // logprobs=0, where there are no alternatives.
+  ASSERT_TRUE(l["top_logprobs"][1].is_object());
+  EXPECT_EQ(l["top_logprobs"][1].size(), 1u);
+  EXPECT_FLOAT_EQ(l["top_logprobs"][1]["token_id:12"].get<float>(), -2.f);
   json all;
   append_completion_logprobs(all, l);
   append_completion_logprobs(all, l);
@@ -303,6 +327,8 @@ TEST(OpenAIResponse, PromptLogprobs) {
   EXPECT_TRUE(e["top_logprobs"][0].is_null());
   EXPECT_FLOAT_EQ(e["token_logprobs"][1].get<float>(), -3.f);
   EXPECT_FLOAT_EQ(e["top_logprobs"][1]["token_id:8"].get<float>(), -0.25f);
+  EXPECT_EQ(e["top_logprobs"][1].size(), 3u);  // the prompt token (rank 4) and two alternatives
+  EXPECT_FLOAT_EQ(e["top_logprobs"][1]["token_id:5"].get<float>(), -3.f);
   EXPECT_EQ(e["text_offset"], json({0, 10, 20}));
   EXPECT_EQ(off, 30u);
   std::vector<kimi::TokenLogprob> gen(1);
@@ -367,6 +393,29 @@ TEST(Metrics, PrometheusText) {
             std::string::npos);
   EXPECT_NE(t.find("vllm:request_prompt_tokens_sum{" + L + "} 310\n"), std::string::npos);
   EXPECT_EQ(buckets_125(100), (std::vector<double>{1, 2, 5, 10, 20, 50, 100}));
+}
+
+// vLLM's latency series (serving.md §2.2): inter-token gaps under the new name and the old one,
+// the per-request mean TPOT and the queue time under their own names.
+TEST(Metrics, LatencyHistogramsUseVllmNames) {
+  ServerMetrics m("m", 1000);
+  kimi::EngineMetrics em;
+  for (double v : {0.02, 0.03, 0.04}) em.itl.observe(v);
+  em.tpot.observe(0.03);
+  for (double v : {0.001, 0.4}) em.queue.observe(v);
+  const std::string t = m.render(em, 0);
+  const std::string L = "{model_name=\"m\",engine=\"0\"} ";
+  for (const char* itl :
+       {"vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"}) {
+    EXPECT_NE(t.find(std::string("# TYPE ") + itl + " histogram\n"), std::string::npos) << itl;
+    EXPECT_NE(t.find(itl + std::string("_count") + L + "3\n"), std::string::npos) << itl;
+  }
+  EXPECT_NE(t.find("vllm:request_time_per_output_token_seconds_count" + L + "1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_queue_time_seconds_count" + L + "2\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_queue_time_seconds_bucket{model_name=\"m\",engine=\"0\","
+                   "le=\"0.3\"} 1\n"),
+            std::string::npos);
 }
 
 TEST(Auth, ConstantTimeKeyCheck) {
