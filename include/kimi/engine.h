@@ -108,7 +108,7 @@ struct GenerationEvent {
   std::optional<std::vector<TokenLogprob>> prompt_logprobs;
   FinishReason finish = FinishReason::kNone;
   std::string stop_reason;            // the stop string that ended it
-  int stop_token = -1;                // or the EOS / stop_token_ids token that did
+  int stop_token = -1;                // or the stop token (-1: none, or the tokenizer's eos)
   std::string error;                  // for kError
 };
 

@@ -103,6 +103,7 @@ class EngineImpl final : public Engine {
   std::unique_ptr<JsonTokenMask> json_mask_;  // made on the first JSON-mode request
   int64_t max_model_len_ = 0;
   std::vector<int> eos_ids_;
+  int tokenizer_eos_ = -1;  // the tokenizer's eos_token: a stop on it has no stop_reason (vLLM)
 
   // Shared with submitters, under mu_.
   mutable std::mutex mu_;
@@ -188,6 +189,7 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
   }
   tokenizer_ = load_tokenizer_if_present(dir);
   eos_ids_ = cfg.eos_token_ids;
+  if (tokenizer_) tokenizer_eos_ = tokenizer_->eos_id();
   if (tokenizer_)
     for (int id : tokenizer_->stop_ids())
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
@@ -831,7 +833,9 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
     why = td.stop_string;
   } else if (is_eos || is_stop_id) {
     fin = FinishReason::kStop;
-    ev.stop_token = tok;
+    // vLLM: the tokenizer's eos ends with stop_reason null; config / generation-config eos ids
+    // (Kimi's <|im_end|>) and stop_token_ids with the id.
+    if (is_stop_id || tok != tokenizer_eos_) ev.stop_token = tok;
   } else if (s.generated >= r.max_tokens || int64_t(s.tokens.size()) >= max_model_len_) {
     fin = FinishReason::kLength;
   }

@@ -133,6 +133,7 @@ struct Output {
   std::string text;
   FinishReason finish = FinishReason::kNone;
   std::string stop_reason;
+  int stop_token = -1;
 };
 
 std::map<int, Output> collect(RequestHandle& h) {
@@ -144,6 +145,7 @@ std::map<int, Output> collect(RequestHandle& h) {
     if (ev->finish != FinishReason::kNone) {
       o.finish = ev->finish;
       o.stop_reason = ev->stop_reason;
+      o.stop_token = ev->stop_token;
     }
   }
   return out;
@@ -517,6 +519,35 @@ TEST(Engine, JsonModeKeepsTheTextAJsonObject) {
   r.ignore_eos = false;
   r.min_tokens = 2;
   EXPECT_THROW(eng->submit(r), Error);
+}
+
+// The token behind a stop, as vLLM's stop_reason: the config's eos (Kimi's <|im_end|>, a
+// generation-config eos in vLLM) and a stop_token_ids entry give their id, the tokenizer's
+// eos_token ([EOS]) none; a stop string gives the string.
+TEST(Engine, StopTokenNamedAsVllmStopReason) {
+  auto eng = Engine::create(engine_opts(2));
+  const Tokenizer* tok = eng->tokenizer();
+  ASSERT_NE(tok, nullptr);
+  ASSERT_FALSE(eng->config().eos_token_ids.empty());
+  const int config_eos = eng->config().eos_token_ids[0], tokenizer_eos = tok->eos_id();
+  ASSERT_GE(tokenizer_eos, 0);
+  ASSERT_NE(config_eos, tokenizer_eos) << "the test model mirrors Kimi: <|im_end|> and [EOS]";
+  std::mt19937 rng(29);
+  Request r = greedy(random_prompt(rng, 12, eng->config().vocab_size), 20);
+  r.ignore_eos = false;
+  auto ending_on = [&](int id, std::vector<int> stop_ids) {
+    r.sampling.logit_bias = {{id, 100.f}};
+    r.stop_token_ids = std::move(stop_ids);
+    Output o = collect(*eng->submit(r))[0];
+    EXPECT_EQ(o.ids, std::vector<int>{id});
+    EXPECT_EQ(o.finish, FinishReason::kStop);
+    EXPECT_TRUE(o.stop_reason.empty());
+    return o.stop_token;
+  };
+  EXPECT_EQ(ending_on(config_eos, {}), config_eos);
+  EXPECT_EQ(ending_on(tokenizer_eos, {}), -1);
+  EXPECT_EQ(ending_on(tokenizer_eos, {tokenizer_eos}), tokenizer_eos);
+  EXPECT_EQ(ending_on(77, {77}), 77);
 }
 
 // Structured outputs (response_format json_schema): a schema whose documents are bounded in
