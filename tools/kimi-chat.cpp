@@ -6,8 +6,12 @@
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <atomic>
+#include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -53,6 +57,46 @@ class Backend {
   virtual std::string answer(const json& messages, const Settings& s, Stats& st) = 0;
 };
 
+// The whole of `text` as a number (from_chars: no leading space, no trailing junk such as "3x").
+template <class T>
+bool parse_number(const std::string& text, T& out) {
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, out);
+  return ec == std::errc() && p == end;
+}
+
+std::string check_top_p(std::string& v) {
+  double x = 0;
+  return parse_number(v, x) && x > 0 && x <= 1 ? "" : "must be a number in (0, 1], got " + v;
+}
+
+// `/set KEY VALUE`, with the ranges the command line accepts (the server's). Returns an error
+// message, empty when the setting was changed; a bad value leaves the setting as it was.
+std::string set_setting(Settings& s, const std::string& key, std::string value) {
+  if (key == "temperature") {
+    double x = 0;
+    if (!parse_number(value, x) || !(x >= 0 && x <= 2))
+      return "temperature must be a number in [0, 2], got '" + value + "'";
+    s.temperature = x;
+  } else if (key == "top_p") {
+    if (std::string bad = check_top_p(value); !bad.empty()) return "top_p " + bad;
+    parse_number(value, s.top_p);
+  } else if (key == "max_tokens") {
+    int x = 0;
+    if (!parse_number(value, x) || x < 1)
+      return "max_tokens must be an integer in [1, " + std::to_string(INT_MAX) + "], got '" +
+             value + "'";
+    s.max_tokens = x;
+  } else if (key == "seed") {
+    int64_t x = 0;
+    if (!parse_number(value, x)) return "seed must be an integer, got '" + value + "'";
+    s.seed = x;
+  } else {
+    return "usage: /set temperature|top_p|max_tokens|seed VALUE";
+  }
+  return "";
+}
+
 json request_body(const json& messages, const Settings& s, const std::string& model) {
   json b = {{"messages", messages}, {"temperature", s.temperature},
             {"top_p", s.top_p},     {"max_tokens", s.max_tokens},
@@ -80,6 +124,8 @@ class LocalBackend : public Backend {
     eo.kv_cache_dtype = kv_cache_dtype;
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
+    if (!engine_->tokenizer())
+      kimi::fail(dir, " has no tokenizer files (tiktoken.model, tokenizer_config.json): a chat needs them");
   }
   std::string answer(const json& messages, const Settings& s, Stats& st) override {
     kimi::server::ParseLimits lim;
@@ -233,20 +279,31 @@ const char* kHelp =
     "multi-line input: end a line with \\ to continue it, or start and end a block with \"\"\"\n"
     "Ctrl-C stops the answer being generated.\n";
 
-// Reads one user turn; nullopt at end of input.
+// Prompts ("> ", "... ") only when a person types: piped input gets the answers alone.
+const bool g_interactive = isatty(STDIN_FILENO);
+void prompt(const char* p) {
+  if (!g_interactive) return;
+  std::printf("%s", p);
+  std::fflush(stdout);
+}
+
+// Reads one user turn; nullopt at end of input. A turn still open at the end (a last line ending
+// in '\', an unclosed """ block) is returned as it is, not dropped.
 std::optional<std::string> read_turn() {
   std::string text, line;
   bool block = false;
-  std::printf("> ");
-  std::fflush(stdout);
+  prompt("> ");
   while (true) {
     if (!std::getline(std::cin, line)) {
-      if (std::cin.eof()) return std::nullopt;
+      if (std::cin.eof()) {
+        if (text.empty()) return std::nullopt;
+        return text;
+      }
       // Ctrl-C at the prompt interrupts the read: drop what was typed and prompt again.
       std::cin.clear();
       g_interrupted = false;
-      std::printf("\n(use /exit or Ctrl-D to leave)\n> ");
-      std::fflush(stdout);
+      std::printf("\n(use /exit or Ctrl-D to leave)\n");
+      prompt("> ");
       text.clear();
       block = false;
       continue;
@@ -262,8 +319,7 @@ std::optional<std::string> read_turn() {
     } else {
       return text + line;
     }
-    std::printf("... ");
-    std::fflush(stdout);
+    prompt("... ");
   }
 }
 
@@ -303,15 +359,18 @@ int main(int argc, char** argv) {
   app.add_option("--temperature", s.temperature)
       ->capture_default_str()
       ->check(CLI::Range(0.0, 2.0));
-  app.add_option("--top-p", s.top_p)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-p", s.top_p)
+      ->capture_default_str()
+      ->check(CLI::Validator(check_top_p, "in (0, 1]"));
   app.add_option("--max-tokens", s.max_tokens, "tokens per answer")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, INT_MAX));
   app.add_option("--seed", s.seed, "sampling seed (reproducible answers)");
   app.add_flag("--ignore-eos", s.ignore_eos,
                "generate max-tokens tokens whatever the model says (benchmarks)");
   app.add_flag("--show-stats", show_stats, "print the figures after every answer");
-  app.add_option("--log-level", log_level)->capture_default_str();
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
   struct sigaction sa {};
@@ -326,12 +385,12 @@ int main(int argc, char** argv) {
     kimi::set_log_level(log_level);
     if (!url.empty()) {
       backend = std::make_unique<HttpBackend>(url, api_key, model_name);
-      std::printf("kimi-chat: connected to %s\n", url.c_str());
+      std::fprintf(stderr, "kimi-chat: connected to %s\n", url.c_str());
     } else {
       if (model_dir.empty()) {
         model_dir = KIMI_DEFAULT_MODEL_DIR;
-        std::printf(
-            "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
+        std::fprintf(
+            stderr, "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
       }
       backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel,
                                                expert_parallel, kv_cache_dtype);
@@ -340,15 +399,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kimi-chat: %s\n", e.what());
     return 1;
   }
-  std::printf("Type /help for commands.\n");
+  if (g_interactive) std::fprintf(stderr, "Type /help for commands.\n");
 
   json history = json::array();
   Stats last;
   bool have_last = false;
+  int failed_turns = 0;
   while (true) {
     auto turn = read_turn();
     if (!turn) {
-      std::printf("\n");
+      if (g_interactive) std::printf("\n");
       break;
     }
     const std::string& t = *turn;
@@ -392,23 +452,15 @@ int main(int argc, char** argv) {
     }
     if (t.rfind("/set ", 0) == 0) {
       std::istringstream in(t.substr(5));
-      std::string key, value;
-      in >> key >> value;
-      try {
-        if (key == "temperature")
-          s.temperature = std::stod(value);
-        else if (key == "top_p")
-          s.top_p = std::stod(value);
-        else if (key == "max_tokens")
-          s.max_tokens = std::stoi(value);
-        else if (key == "seed")
-          s.seed = std::stoll(value);
-        else
-          throw std::invalid_argument(key);
+      std::string key, value, extra;
+      in >> key >> value >> extra;
+      const std::string bad = extra.empty()
+                                  ? set_setting(s, key, value)
+                                  : "usage: /set temperature|top_p|max_tokens|seed VALUE";
+      if (bad.empty())
         std::printf("(%s = %s)\n", key.c_str(), value.c_str());
-      } catch (const std::exception&) {
-        std::printf("usage: /set temperature|top_p|max_tokens|seed VALUE\n");
-      }
+      else
+        std::printf("%s\n", bad.c_str());
       continue;
     }
     if (t[0] == '/' && t.find(' ') == std::string::npos && t.find('\n') == std::string::npos) {
@@ -433,8 +485,11 @@ int main(int argc, char** argv) {
       have_last = true;
       if (show_stats) print_stats(st);
     } catch (const std::exception& e) {
-      std::printf("\nerror: %s\n", e.what());
+      std::fflush(stdout);
+      std::fprintf(stderr, "\nerror: %s\n", e.what());
+      ++failed_turns;
     }
   }
-  return 0;
+  // Piped input has no one to read an error: a failed turn makes the exit code 1.
+  return !g_interactive && failed_turns > 0 ? 1 : 0;
 }

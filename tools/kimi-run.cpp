@@ -37,6 +37,7 @@ std::vector<int> parse_ids(const std::string& s) {
     ids.push_back(v);
   }
   if (ids.empty()) kimi::fail("--prompt-ids: no ids given");
+  if (s.back() == ',') kimi::fail("--prompt-ids: '", s, "' ends with a comma");
   return ids;
 }
 
@@ -57,14 +58,20 @@ int main(int argc, char** argv) {
   auto* ids_opt = app.add_option("--prompt-ids", prompt_ids, "comma-separated token ids");
   auto* text_opt = app.add_option("--prompt", prompt, "prompt text (needs the tokenizer files)");
   ids_opt->excludes(text_opt);
-  app.add_option("--max-tokens", max_tokens, "tokens to generate")->check(CLI::Range(0, 1 << 20));
-  app.add_option("--temperature", sp.temperature, "0 = greedy");
-  app.add_option("--top-p", sp.top_p);
-  app.add_option("--top-k", sp.top_k);
-  app.add_option("--min-p", sp.min_p);
-  app.add_option("--seed", sp.seed)->each([&](const std::string&) { seed_given = true; });
+  app.add_option("--max-tokens", max_tokens, "tokens to generate")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--temperature", sp.temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--top-p", sp.top_p, "nucleus sampling, in (0, 1]")->capture_default_str();
+  app.add_option("--top-k", sp.top_k, "keep the K most likely tokens (0 or -1: off)")
+      ->capture_default_str();
+  app.add_option("--min-p", sp.min_p, "drop tokens below min-p times the top probability, in [0, 1]")
+      ->capture_default_str();
+  app.add_option("--seed", sp.seed, "sampling seed (default: from the clock)")
+      ->each([&](const std::string&) { seed_given = true; });
   app.add_option("--dump-logits", dump_logits, "write the prompt's logits [T, vocab] here");
-  app.add_option("--log-level", log_level);
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error or off")
+      ->capture_default_str();
   app.add_option("--backend", backend, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--random-weights", random_weights,
                "cuda: draw the weights on the GPU from config.json alone (no safetensors needed)");
@@ -87,11 +94,12 @@ int main(int argc, char** argv) {
 
   try {
     kimi::set_log_level(log_level);
-    if (prompt_ids.empty() && prompt.empty()) kimi::fail("give --prompt-ids or --prompt");
+    if (!ids_opt->count() && !text_opt->count()) kimi::fail("give --prompt-ids or --prompt");
+    if (text_opt->count() && prompt.empty()) kimi::fail("--prompt is empty");
     std::optional<kimi::Tokenizer> tok;
     if (std::filesystem::exists(model_dir + "/tiktoken.model")) tok = kimi::Tokenizer::load(model_dir);
     std::vector<int> ids;
-    if (!prompt.empty()) {
+    if (text_opt->count()) {
       if (!tok) kimi::fail("--prompt needs ", model_dir, "/tiktoken.model; give --prompt-ids instead");
       ids = tok->encode(prompt, /*allow_special=*/true);
       if (ids.empty()) kimi::fail("--prompt encodes to no tokens");
