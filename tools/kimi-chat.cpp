@@ -4,10 +4,9 @@
 // current answer and returns to the prompt; /stats prints prompt and throughput figures.
 #include <httplib.h>
 #include <signal.h>
-
-#include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -125,7 +124,8 @@ class LocalBackend : public Backend {
     eo.max_num_seqs = 1;
     engine_ = kimi::Engine::create(eo);
     if (!engine_->tokenizer())
-      kimi::fail(dir, " has no tokenizer files (tiktoken.model, tokenizer_config.json): a chat needs them");
+      kimi::fail(dir, " has no tokenizer files (tiktoken.model, tokenizer_config.json): ",
+                 "a chat needs them");
   }
   std::string answer(const json& messages, const Settings& s, Stats& st) override {
     kimi::server::ParseLimits lim;
@@ -389,8 +389,9 @@ int main(int argc, char** argv) {
     } else {
       if (model_dir.empty()) {
         model_dir = KIMI_DEFAULT_MODEL_DIR;
-        std::fprintf(
-            stderr, "kimi-chat: no --model given: using the embedded tiny model (random weights)\n");
+        std::fprintf(stderr,
+                     "kimi-chat: no --model given: using the embedded tiny model (random "
+                     "weights)\n");
       }
       backend = std::make_unique<LocalBackend>(model_dir, backend_name, tensor_parallel,
                                                expert_parallel, kv_cache_dtype);
@@ -454,9 +455,8 @@ int main(int argc, char** argv) {
       std::istringstream in(t.substr(5));
       std::string key, value, extra;
       in >> key >> value >> extra;
-      const std::string bad = extra.empty()
-                                  ? set_setting(s, key, value)
-                                  : "usage: /set temperature|top_p|max_tokens|seed VALUE";
+      const std::string bad = extra.empty() ? set_setting(s, key, value)
+                                            : "usage: /set temperature|top_p|max_tokens|seed VALUE";
       if (bad.empty())
         std::printf("(%s = %s)\n", key.c_str(), value.c_str());
       else

@@ -65,7 +65,8 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", sp.top_p, "nucleus sampling, in (0, 1]")->capture_default_str();
   app.add_option("--top-k", sp.top_k, "keep the K most likely tokens (0 or -1: off)")
       ->capture_default_str();
-  app.add_option("--min-p", sp.min_p, "drop tokens below min-p times the top probability, in [0, 1]")
+  app.add_option("--min-p", sp.min_p,
+                 "drop tokens below min-p times the top probability, in [0, 1]")
       ->capture_default_str();
   app.add_option("--seed", sp.seed, "sampling seed (default: from the clock)")
       ->each([&](const std::string&) { seed_given = true; });

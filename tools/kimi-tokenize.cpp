@@ -32,8 +32,9 @@ int run(const kimi::Tokenizer& tok, bool decode, bool allow_special) {
         for (const auto& v : j) {
           if (!v.is_number_integer()) kimi::fail("expected integer token ids, got ", v.dump());
           // Range-checked before the narrowing: 4294967297 must not decode as id 1.
-          if (v.is_number_unsigned() ? v.get<uint64_t>() >= uint64_t(tok.vocab_size())
-                                     : (v.get<int64_t>() < 0 || v.get<int64_t>() >= tok.vocab_size()))
+          if (v.is_number_unsigned()
+                  ? v.get<uint64_t>() >= uint64_t(tok.vocab_size())
+                  : (v.get<int64_t>() < 0 || v.get<int64_t>() >= tok.vocab_size()))
             kimi::fail("token id ", v.dump(), " is outside the vocabulary [0, ", tok.vocab_size(),
                        ")");
           ids.push_back(v.get<int>());
