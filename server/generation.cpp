@@ -1,5 +1,6 @@
 #include "generation.h"
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -77,6 +78,7 @@ void Generation::submit() {
     handles_.push_back(std::move(h));
     handle_done_.push_back(false);
     sample_tokens_.emplace_back(req_.engine.n, 0);
+    samples_finished_.push_back(0);
     if (cancelled_) engine_.cancel(handles_.back()->id());
   }
 }
@@ -131,8 +133,12 @@ void Generation::record_finish(const GenerationEvent& ev, int prompt) {
     reason = "abort";
   else if (ev.finish == FinishReason::kError)
     reason = "error";
-  metrics_.request_finished(reason, int(prompts_.ids[prompt].size()),
-                            sample_tokens_[prompt][ev.index], req_.engine.n, max_tokens_);
+  const std::vector<int>& tokens = sample_tokens_[prompt];
+  metrics_.sample_finished(reason, int(prompts_.ids[prompt].size()), tokens[ev.index],
+                           max_tokens_);
+  // vLLM observes n (and the longest sample) once per parent request, when its last child ends.
+  if (++samples_finished_[prompt] == req_.engine.n)
+    metrics_.request_finished(req_.engine.n, *std::max_element(tokens.begin(), tokens.end()));
 }
 
 Usage Generation::usage() const {

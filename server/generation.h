@@ -77,6 +77,7 @@ class Generation {
   std::vector<std::shared_ptr<RequestHandle>> handles_;
   std::vector<bool> handle_done_;
   std::vector<std::vector<int>> sample_tokens_;  // per prompt, per sample: generated tokens so far
+  std::vector<int> samples_finished_;           // per prompt: the request ends at n
   size_t rr_ = 0;                                // round-robin position among handles
   std::atomic<bool> cancelled_{false}, by_shutdown_{false};
 };

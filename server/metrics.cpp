@@ -53,7 +53,8 @@ ServerMetrics::ServerMetrics(std::string model_name, int64_t max_model_len)
     : prompt_tokens_(buckets_125(double(max_model_len))),
       generation_tokens_(buckets_125(double(max_model_len))),
       params_n_({1, 2, 5, 10, 20}),
-      params_max_tokens_(buckets_125(double(max_model_len))) {
+      params_max_tokens_(buckets_125(double(max_model_len))),
+      max_generation_tokens_(buckets_125(double(max_model_len))) {
   std::string escaped;
   for (char c : model_name) {
     if (c == '\\' || c == '"') escaped += '\\';
@@ -66,14 +67,19 @@ ServerMetrics::ServerMetrics(std::string model_name, int64_t max_model_len)
   labels_ = "model_name=\"" + escaped + "\",engine=\"0\"";
 }
 
-void ServerMetrics::request_finished(const std::string& reason, int prompt_tokens,
-                                     int generation_tokens, int n, int max_tokens) {
+void ServerMetrics::sample_finished(const std::string& reason, int prompt_tokens,
+                                    int generation_tokens, int max_tokens) {
   std::lock_guard lk(mu_);
   ++success_[reason];
   prompt_tokens_.observe(prompt_tokens);
   generation_tokens_.observe(generation_tokens);
-  params_n_.observe(n);
   params_max_tokens_.observe(max_tokens);
+}
+
+void ServerMetrics::request_finished(int n, int max_generation_tokens) {
+  std::lock_guard lk(mu_);
+  params_n_.observe(n);
+  max_generation_tokens_.observe(max_generation_tokens);
 }
 
 void ServerMetrics::http_response(int status) {
@@ -127,6 +133,24 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   head(out, "vllm:request_queue_time_seconds", "histogram",
        "Time from arrival to first scheduled, seconds.");
   render_histogram(out, "vllm:request_queue_time_seconds", L, m.queue);
+  head(out, "vllm:request_prefill_time_seconds", "histogram",
+       "Per request: first scheduled to first token (the prefill phase), seconds.");
+  render_histogram(out, "vllm:request_prefill_time_seconds", L, m.prefill);
+  head(out, "vllm:request_decode_time_seconds", "histogram",
+       "Per request: first token to last token (the decode phase), seconds.");
+  render_histogram(out, "vllm:request_decode_time_seconds", L, m.decode);
+  head(out, "vllm:request_inference_time_seconds", "histogram",
+       "Per request: first scheduled to last token (the running phase), seconds.");
+  render_histogram(out, "vllm:request_inference_time_seconds", L, m.inference);
+  head(out, "vllm:iteration_tokens_total", "histogram", "Tokens per engine step.");
+  render_histogram(out, "vllm:iteration_tokens_total", L, m.iteration_tokens);
+  // vLLM's info gauge: the cache configuration as labels (its own label set, no model_name).
+  head(out, "vllm:cache_config_info", "gauge", "Information of the engine's cache configuration.");
+  sample(out, "vllm:cache_config_info",
+         "block_size=\"" + std::to_string(m.block_size) + "\",cache_dtype=\"" + m.cache_dtype +
+             "\",enable_prefix_caching=\"" + (m.prefix_caching ? "True" : "False") +
+             "\",num_gpu_blocks=\"" + std::to_string(m.total_blocks) + "\",engine=\"0\"",
+         1);
 
   std::lock_guard lk(mu_);
   head(out, "vllm:request_success_total", "counter", "Finished requests by finish reason.");
@@ -139,8 +163,11 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   render_histogram(out, "vllm:request_prompt_tokens", L, prompt_tokens_);
   head(out, "vllm:request_generation_tokens", "histogram", "Generated tokens per request.");
   render_histogram(out, "vllm:request_generation_tokens", L, generation_tokens_);
-  head(out, "vllm:request_params_n", "histogram", "The n request parameter.");
+  head(out, "vllm:request_params_n", "histogram", "The n request parameter, once per request.");
   render_histogram(out, "vllm:request_params_n", L, params_n_);
+  head(out, "vllm:request_max_num_generation_tokens", "histogram",
+       "Per request: the most tokens one of its n samples generated.");
+  render_histogram(out, "vllm:request_max_num_generation_tokens", L, max_generation_tokens_);
   head(out, "vllm:request_params_max_tokens", "histogram", "The max_tokens request parameter.");
   render_histogram(out, "vllm:request_params_max_tokens", L, params_max_tokens_);
   head(out, "kimi:http_responses_total", "counter", "HTTP responses by status.");

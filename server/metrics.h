@@ -24,9 +24,13 @@ class ServerMetrics {
  public:
   ServerMetrics(std::string model_name, int64_t max_model_len);
 
-  // One engine request finished; `reason` is "stop", "length", "abort" or "error".
-  void request_finished(const std::string& reason, int prompt_tokens, int generation_tokens, int n,
-                        int max_tokens);
+  // One sample (an engine sequence: vLLM's child request of an n > 1 request) finished; `reason`
+  // is "stop", "length", "abort" or "error".
+  void sample_finished(const std::string& reason, int prompt_tokens, int generation_tokens,
+                       int max_tokens);
+  // All n samples of one prompt finished (vLLM's parent request): n, and the most tokens a sample
+  // generated.
+  void request_finished(int n, int max_generation_tokens);
   void http_response(int status);
 
   std::string render(const EngineMetrics& m, int http_in_flight) const;
@@ -36,7 +40,7 @@ class ServerMetrics {
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> success_;  // by finished_reason
   std::map<int, uint64_t> http_;             // by status
-  Histogram prompt_tokens_, generation_tokens_, params_n_, params_max_tokens_;
+  Histogram prompt_tokens_, generation_tokens_, params_n_, params_max_tokens_, max_generation_tokens_;
 };
 
 }  // namespace kimi::server

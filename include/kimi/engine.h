@@ -154,6 +154,7 @@ struct Histogram {
   static Histogram ttft_buckets();
   static Histogram tpot_buckets();
   static Histogram e2e_buckets();
+  static Histogram iteration_tokens_buckets();  // vLLM's 1, 8, 16, ..., 16384
 };
 
 struct EngineMetrics {
@@ -175,6 +176,17 @@ struct EngineMetrics {
   Histogram itl = Histogram::tpot_buckets();   // per token after a sequence's first: the gap
   Histogram e2e = Histogram::e2e_buckets();
   Histogram queue = Histogram::e2e_buckets();  // arrival to first scheduled, once per request
+  // Per sample with a token, from its first scheduling (a preempted one keeps it; forked samples
+  // take the leader's): to its first token / first to last token / to its last token (vLLM's
+  // prefill, decode and inference times).
+  Histogram prefill = Histogram::e2e_buckets();
+  Histogram decode = Histogram::e2e_buckets();
+  Histogram inference = Histogram::e2e_buckets();
+  Histogram iteration_tokens = Histogram::iteration_tokens_buckets();  // tokens in each step's batch
+  // The cache configuration (vLLM's cache_config_info labels).
+  int block_size = 0;
+  std::string cache_dtype = "auto";
+  bool prefix_caching = false;
 };
 
 class Engine {

@@ -95,6 +95,7 @@ class EngineImpl final : public Engine {
   std::vector<int> held_back_ids(const Sequence& s) const;
   void fail_all(const std::string& why);
   void publish_metrics();
+  void observe_phases(const Sequence& s);
 
   EngineOptions opts_;
   SchedulingPolicy policy_;
@@ -195,6 +196,9 @@ EngineImpl::EngineImpl(const EngineOptions& opts)
       if (std::find(eos_ids_.begin(), eos_ids_.end(), id) == eos_ids_.end()) eos_ids_.push_back(id);
   metrics_.total_blocks = mo.cache.num_blocks;
   metrics_.total_slots = opts.max_num_seqs;
+  metrics_.block_size = kBlockSize;
+  metrics_.cache_dtype = opts.kv_cache_dtype;
+  metrics_.prefix_caching = opts.enable_prefix_caching;
   spdlog::info(
       "engine: model {} ({} layers), {} KDA slots ({} for cached prompts), {} cache blocks "
       "({} MLA cache), max_model_len {}",
@@ -447,6 +451,7 @@ void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why)
     double e2e = secs(s.req->arrival, now);
     metrics_.e2e.observe(e2e);
     if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+    observe_phases(s);
   }
 }
 
@@ -551,6 +556,10 @@ void EngineImpl::step() {
       } else {
         model_->reset_slot(s->slot);
       }
+      if (!s->scheduled) {  // kept over preemptions, as vLLM's first SCHEDULED
+        s->scheduled = true;
+        s->scheduled_at = Clock::now();
+      }
       if (s->index == 0 && !s->queue_timed) {  // vLLM: QUEUED to first SCHEDULED
         s->queue_timed = true;
         std::lock_guard lk(mu_);
@@ -577,6 +586,7 @@ void EngineImpl::step() {
   if (offered >= 0) prefix_->unpin(offered);
   publish_metrics();
   if (batch_seqs.empty()) return;
+  const int step_tokens = batch.cu_seqlens.back();  // prefill chunks + decodes: vLLM's iteration
 
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
@@ -704,6 +714,7 @@ void EngineImpl::step() {
   {
     std::lock_guard lk(mu_);
     metrics_.prompt_tokens_total += prompt_tokens;
+    metrics_.iteration_tokens.observe(step_tokens);
   }
   publish_metrics();
 }
@@ -747,6 +758,8 @@ void EngineImpl::fork_samples(Sequence& leader, const float* logits) {
         s->blocks.push_back(fresh[0]);
       }
       s->num_computed = leader.num_computed;
+      s->scheduled = true;  // its prompt was the leader's: the leader's prefill
+      s->scheduled_at = leader.scheduled_at;
       sample_and_emit(*s, logits);
       if (!s->finished) running_.push_back(std::move(s));
     } else {
@@ -805,6 +818,7 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
     std::lock_guard lk(mu_);
     metrics_.generation_tokens_total += 1;
     if (s.generated == 1) {
+      s.first_token_at = now;
       s.ttft = secs(s.req->arrival, now);
       metrics_.ttft.observe(s.ttft);
     } else {
@@ -858,6 +872,16 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   double e2e = secs(s.req->arrival, now);
   metrics_.e2e.observe(e2e);
   if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+  observe_phases(s);
+}
+
+// vLLM's prefill (first scheduled to first token), decode (first to last token) and inference
+// (first scheduled to last token) times of a finished sample that drew a token; under mu_.
+void EngineImpl::observe_phases(const Sequence& s) {
+  if (s.generated == 0 || !s.scheduled) return;
+  metrics_.prefill.observe(secs(s.scheduled_at, s.first_token_at));
+  metrics_.decode.observe(secs(s.first_token_at, s.last_token_at));
+  metrics_.inference.observe(secs(s.scheduled_at, s.last_token_at));
 }
 
 }  // namespace

@@ -38,6 +38,10 @@ Histogram Histogram::e2e_buckets() {
                     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0});
 }
 
+Histogram Histogram::iteration_tokens_buckets() {
+  return Histogram({1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384});
+}
+
 std::optional<GenerationEvent> RequestHandle::next(std::chrono::milliseconds timeout) {
   std::unique_lock lk(mu_);
   cv_.wait_for(lk, timeout, [&] { return !events_.empty() || open_ == 0; });

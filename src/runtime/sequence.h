@@ -48,6 +48,8 @@ struct Sequence {
   double ttft = 0;
   std::chrono::steady_clock::time_point last_token_at;  // inter-token latency
   bool queue_timed = false;  // the request's queue time is recorded (the leader, once)
+  bool scheduled = false;    // scheduled_at is set: first admission (vLLM's first SCHEDULED)
+  std::chrono::steady_clock::time_point scheduled_at, first_token_at;
   SamplingParams sampling;  // the request's, with this sample's seed
   TokenHistory history;
   std::optional<JsonMatcher> json;  // JSON mode / structured outputs: the text so far

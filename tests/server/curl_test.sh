@@ -330,16 +330,30 @@ for name in vllm:num_requests_running vllm:num_requests_waiting vllm:kv_cache_us
             vllm:generation_tokens_total vllm:request_success_total vllm:time_to_first_token_seconds_bucket \
             vllm:e2e_request_latency_seconds_count vllm:request_prompt_tokens_bucket \
             vllm:inter_token_latency_seconds_bucket vllm:time_per_output_token_seconds_count \
-            vllm:request_time_per_output_token_seconds_count vllm:request_queue_time_seconds_bucket; do
+            vllm:request_time_per_output_token_seconds_count vllm:request_queue_time_seconds_bucket \
+            vllm:request_prefill_time_seconds_bucket vllm:request_decode_time_seconds_count \
+            vllm:request_inference_time_seconds_sum vllm:iteration_tokens_total_bucket \
+            vllm:request_params_n_count vllm:request_max_num_generation_tokens_bucket; do
   check "metrics has $name" grep -q "^$name{" "$WORK/body"
 done
+check "metrics: cache_config_info" grep -q '^vllm:cache_config_info{block_size="64",cache_dtype="auto",enable_prefix_caching="True",num_gpu_blocks="[0-9]*",engine="0"} 1$' "$WORK/body"
 check "metrics content type" eq "$(header content-type)" "text/plain; version=0.0.4; charset=utf-8"
 check "generation tokens were counted" test "$(metric "$P" 'vllm:generation_tokens_total{')" -gt 50
 # vLLM's semantics: an inter-token gap per token after each sample's first, a queue time per request.
 itl0=$(metric "$P" 'vllm:inter_token_latency_seconds_count{')
 queue0=$(metric "$P" 'vllm:request_queue_time_seconds_count{')
+n0=$(metric "$P" 'vllm:request_params_n_count{'); len0=$(metric "$P" 'finished_reason="length"')
+pre0=$(metric "$P" 'vllm:request_prefill_time_seconds_count{'); inf0=$(metric "$P" 'vllm:request_inference_time_seconds_count{')
+it0=$(metric "$P" 'vllm:iteration_tokens_total_sum{')
 post /v1/completions '{"prompt":[1,2,3],"max_tokens":8,"ignore_eos":true,"n":2}' >/dev/null
 check "metrics: 2 samples x 7 inter-token gaps" eq "$(( $(metric "$P" 'vllm:inter_token_latency_seconds_count{') - itl0 ))" 14
 check "metrics: one queue time for the request" eq "$(( $(metric "$P" 'vllm:request_queue_time_seconds_count{') - queue0 ))" 1
+# vLLM counts each sample as a (child) request, and n once per parent request.
+check "metrics: n observed once per request" eq "$(( $(metric "$P" 'vllm:request_params_n_count{') - n0 ))" 1
+check "metrics: each sample's finish counted" eq "$(( $(metric "$P" 'finished_reason="length"') - len0 ))" 2
+check "metrics: a prefill time per sample" eq "$(( $(metric "$P" 'vllm:request_prefill_time_seconds_count{') - pre0 ))" 2
+check "metrics: an inference time per sample" eq "$(( $(metric "$P" 'vllm:request_inference_time_seconds_count{') - inf0 ))" 2
+it=$(( $(metric "$P" 'vllm:iteration_tokens_total_sum{') - it0 ))  # 2 x 7 decode inputs + up to 3 prompt
+check "metrics: step tokens 2x7 decodes + prompt ($it)" test "$it" -ge 14 -a "$it" -le 17
 
 finish

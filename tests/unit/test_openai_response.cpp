@@ -368,8 +368,8 @@ TEST(OpenAIResponse, PromptLogprobs) {
 
 TEST(Metrics, PrometheusText) {
   ServerMetrics m("kimi \"tiny\"", 1000);
-  m.request_finished("stop", 10, 5, 1, 16);
-  m.request_finished("abort", 300, 2, 2, 100);
+  m.sample_finished("stop", 10, 5, 16);
+  m.sample_finished("abort", 300, 2, 100);
   kimi::EngineMetrics em;
   em.num_running = 3;
   for (double v : {0.002, 0.03, 100.0}) em.ttft.observe(v);
@@ -415,6 +415,79 @@ TEST(Metrics, LatencyHistogramsUseVllmNames) {
   EXPECT_NE(t.find("vllm:request_queue_time_seconds_count" + L + "2\n"), std::string::npos);
   EXPECT_NE(t.find("vllm:request_queue_time_seconds_bucket{model_name=\"m\",engine=\"0\","
                    "le=\"0.3\"} 1\n"),
+            std::string::npos);
+}
+
+// vLLM runs an n > 1 request as n child requests: each child's finish is a request_success (and
+// a prompt/generation tokens observation); n and the longest child once for the parent.
+TEST(Metrics, ParamsNOncePerRequestSuccessPerSample) {
+  ServerMetrics m("m", 1000);
+  m.sample_finished("length", 4, 7, 7);
+  m.sample_finished("stop", 4, 3, 7);
+  m.sample_finished("stop", 4, 5, 7);
+  m.request_finished(3, 7);
+  m.sample_finished("length", 9, 7, 7);
+  m.request_finished(1, 7);
+  const std::string t = m.render(kimi::EngineMetrics{}, 0);
+  const std::string L = "model_name=\"m\",engine=\"0\"";
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"stop\"} 2\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_success_total{" + L + ",finished_reason=\"length\"} 2\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_generation_tokens_count{" + L + "} 4\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_params_n_count{" + L + "} 2\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_params_n_sum{" + L + "} 4\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_params_n_bucket{" + L + ",le=\"1\"} 1\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_params_n_bucket{" + L + ",le=\"5\"} 2\n"), std::string::npos);
+  EXPECT_NE(t.find("# TYPE vllm:request_max_num_generation_tokens histogram\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_max_num_generation_tokens_sum{" + L + "} 14\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_max_num_generation_tokens_bucket{" + L + ",le=\"5\"} 0\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_max_num_generation_tokens_bucket{" + L + ",le=\"1000\"} 2\n"),
+            std::string::npos);
+}
+
+// vLLM's phase histograms (buckets 0.3 ... 7680), tokens per step (1, 8, ..., 16384) and the
+// cache configuration as an info gauge.
+TEST(Metrics, PhaseTimesStepTokensAndCacheConfig) {
+  ServerMetrics m("m", 1000);
+  kimi::EngineMetrics em;
+  em.prefill.observe(0.2);
+  em.decode.observe(0.2);
+  em.decode.observe(3.0);
+  for (double v : {0.4, 8000.0, 1.0}) em.inference.observe(v);
+  for (double v : {1.0, 9.0, 16.0, 20000.0}) em.iteration_tokens.observe(v);
+  em.block_size = 64;
+  em.total_blocks = 123;
+  em.cache_dtype = "fp8";
+  em.prefix_caching = true;
+  const std::string t = m.render(em, 0);
+  const std::string L = "model_name=\"m\",engine=\"0\"";
+  for (const char* name : {"vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds",
+                           "vllm:request_inference_time_seconds", "vllm:iteration_tokens_total"})
+    EXPECT_NE(t.find(std::string("# TYPE ") + name + " histogram\n"), std::string::npos) << name;
+  EXPECT_NE(t.find("vllm:request_prefill_time_seconds_bucket{" + L + ",le=\"0.3\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_decode_time_seconds_count{" + L + "} 2\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:request_decode_time_seconds_bucket{" + L + ",le=\"2.5\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_inference_time_seconds_bucket{" + L + ",le=\"7680\"} 2\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:request_inference_time_seconds_bucket{" + L + ",le=\"+Inf\"} 3\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:iteration_tokens_total_bucket{" + L + ",le=\"1\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:iteration_tokens_total_bucket{" + L + ",le=\"8\"} 1\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:iteration_tokens_total_bucket{" + L + ",le=\"16\"} 3\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:iteration_tokens_total_bucket{" + L + ",le=\"16384\"} 3\n"),
+            std::string::npos);
+  EXPECT_NE(t.find("vllm:iteration_tokens_total_sum{" + L + "} 20026\n"), std::string::npos);
+  EXPECT_NE(t.find("# TYPE vllm:cache_config_info gauge\n"), std::string::npos);
+  EXPECT_NE(t.find("vllm:cache_config_info{block_size=\"64\",cache_dtype=\"fp8\","
+                   "enable_prefix_caching=\"True\",num_gpu_blocks=\"123\",engine=\"0\"} 1\n"),
             std::string::npos);
 }
 
