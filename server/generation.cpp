@@ -134,8 +134,7 @@ void Generation::record_finish(const GenerationEvent& ev, int prompt) {
   else if (ev.finish == FinishReason::kError)
     reason = "error";
   const std::vector<int>& tokens = sample_tokens_[prompt];
-  metrics_.sample_finished(reason, int(prompts_.ids[prompt].size()), tokens[ev.index],
-                           max_tokens_);
+  metrics_.sample_finished(reason, int(prompts_.ids[prompt].size()), tokens[ev.index], max_tokens_);
   // vLLM observes n (and the longest sample) once per parent request, when its last child ends.
   if (++samples_finished_[prompt] == req_.engine.n)
     metrics_.request_finished(req_.engine.n, *std::max_element(tokens.begin(), tokens.end()));

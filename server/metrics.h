@@ -40,7 +40,8 @@ class ServerMetrics {
   mutable std::mutex mu_;
   std::map<std::string, uint64_t> success_;  // by finished_reason
   std::map<int, uint64_t> http_;             // by status
-  Histogram prompt_tokens_, generation_tokens_, params_n_, params_max_tokens_, max_generation_tokens_;
+  Histogram prompt_tokens_, generation_tokens_, params_n_, params_max_tokens_;
+  Histogram max_generation_tokens_;
 };
 
 }  // namespace kimi::server

@@ -182,7 +182,8 @@ struct EngineMetrics {
   Histogram prefill = Histogram::e2e_buckets();
   Histogram decode = Histogram::e2e_buckets();
   Histogram inference = Histogram::e2e_buckets();
-  Histogram iteration_tokens = Histogram::iteration_tokens_buckets();  // tokens in each step's batch
+  // Tokens in each engine step's batch: prefill chunks plus decode inputs.
+  Histogram iteration_tokens = Histogram::iteration_tokens_buckets();
   // The cache configuration (vLLM's cache_config_info labels).
   int block_size = 0;
   std::string cache_dtype = "auto";
