@@ -435,6 +435,16 @@ void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why)
   else ev.stop_reason = why;
   ev.text = s.flush_text(r);
   auto now = Clock::now();
+  {  // before the finish event: a client that sees it finish sees its latencies
+    std::lock_guard lk(mu_);
+    metrics_.requests_finished_total += 1;
+    if (s.generated > 0) {
+      double e2e = secs(s.req->arrival, now);
+      metrics_.e2e.observe(e2e);
+      if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+      observe_phases(s);
+    }
+  }
   // Samples that were never started (cancelled before the fork) finish here too.
   int unstarted = s.index == 0 && !s.forked ? s.req->req.n - 1 : 0;
   s.req->handle->push(std::move(ev));
@@ -444,14 +454,6 @@ void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why)
     e2.finish = r;
     e2.error = r == FinishReason::kError ? why : "";
     s.req->handle->push(std::move(e2));
-  }
-  std::lock_guard lk(mu_);
-  metrics_.requests_finished_total += 1;
-  if (s.generated > 0) {
-    double e2e = secs(s.req->arrival, now);
-    metrics_.e2e.observe(e2e);
-    if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
-    observe_phases(s);
   }
 }
 
@@ -586,7 +588,10 @@ void EngineImpl::step() {
   if (offered >= 0) prefix_->unpin(offered);
   publish_metrics();
   if (batch_seqs.empty()) return;
-  const int step_tokens = batch.cu_seqlens.back();  // prefill chunks + decodes: vLLM's iteration
+  {  // prefill chunks + decode inputs (vLLM's iteration), before this step's events
+    std::lock_guard lk(mu_);
+    metrics_.iteration_tokens.observe(batch.cu_seqlens.back());
+  }
 
   const int V = model_->config().vocab_size;
   // Rows that draw a token this step (a prefill chunk that does not end its prompt draws none),
@@ -714,7 +719,6 @@ void EngineImpl::step() {
   {
     std::lock_guard lk(mu_);
     metrics_.prompt_tokens_total += prompt_tokens;
-    metrics_.iteration_tokens.observe(step_tokens);
   }
   publish_metrics();
 }
@@ -866,13 +870,15 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   if (prefix_) cache_computed(s);
   free_seq(s);
   publish_metrics();
+  {  // before the finish event: a client that sees it finish sees its latencies
+    std::lock_guard lk(mu_);
+    metrics_.requests_finished_total += 1;
+    double e2e = secs(s.req->arrival, now);
+    metrics_.e2e.observe(e2e);
+    if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+    observe_phases(s);
+  }
   s.req->handle->push(std::move(ev));  // siblings were forked before this first sample
-  std::lock_guard lk(mu_);
-  metrics_.requests_finished_total += 1;
-  double e2e = secs(s.req->arrival, now);
-  metrics_.e2e.observe(e2e);
-  if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
-  observe_phases(s);
 }
 
 // vLLM's prefill (first scheduled to first token), decode (first to last token) and inference

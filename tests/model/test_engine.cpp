@@ -269,6 +269,11 @@ TEST(Engine, PoolExhaustionPreemptsAndCompletesCorrectly) {
   EngineMetrics m = eng->metrics();
   EXPECT_GT(m.preemptions_total, 0u);
   EXPECT_EQ(m.free_blocks, m.total_blocks);
+  // vLLM's phase times, one per request, preempted ones too (from their first scheduling).
+  EXPECT_EQ(m.prefill.count, 8u);
+  EXPECT_EQ(m.decode.count, 8u);
+  EXPECT_EQ(m.inference.count, 8u);
+  EXPECT_NEAR(m.inference.sum, m.prefill.sum + m.decode.sum, 1e-6 * (1 + m.inference.sum));
   auto solo = Engine::create(engine_opts(1));
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(collect(*solo->submit(reqs[i]))[0].ids, got[i]) << i;
 }
@@ -354,6 +359,11 @@ TEST(Engine, PriorityPreemptionCompletesCorrectly) {
   EngineMetrics m = eng->metrics();
   EXPECT_GT(m.preemptions_total, 0u);
   EXPECT_EQ(m.free_blocks, m.total_blocks);
+  // vLLM's phase times, one per request, preempted ones too (from their first scheduling).
+  EXPECT_EQ(m.prefill.count, 8u);
+  EXPECT_EQ(m.decode.count, 8u);
+  EXPECT_EQ(m.inference.count, 8u);
+  EXPECT_NEAR(m.inference.sum, m.prefill.sum + m.decode.sum, 1e-6 * (1 + m.inference.sum));
   EXPECT_EQ(m.free_slots, m.total_slots);
   auto solo = Engine::create(engine_opts(1));
   for (size_t i = 0; i < reqs.size(); ++i)
@@ -385,6 +395,32 @@ TEST(Engine, SeedReproducibleAndNSamplesShareThePrefill) {
   EXPECT_EQ(u.completion_tokens, 36);
   EngineMetrics m = eng->metrics();
   EXPECT_EQ(m.free_blocks, m.total_blocks);
+}
+
+// vLLM's per-request phases and tokens per step: an n = 2 request of a 100-token prompt (one
+// prefill step, the budget is 256) and 8 tokens a sample: the prompt once, then 7 steps of 2
+// decode inputs (the sibling forks from the leader's prefill row). Each sample's inference time
+// is its prefill plus its decode time.
+TEST(Engine, PhaseTimesAndStepTokensFollowVllm) {
+  auto eng = Engine::create(engine_opts(4));
+  std::mt19937 rng(29);
+  Request r = greedy(random_prompt(rng, 100, eng->config().vocab_size), 8);
+  r.n = 2;
+  auto c = collect(*eng->submit(r));
+  ASSERT_EQ(c.size(), 2u);
+  EngineMetrics m = eng->metrics();
+  EXPECT_EQ(m.iteration_tokens.count, 8u);
+  EXPECT_EQ(m.iteration_tokens.sum, 100.0 + 2 * 7);
+  EXPECT_EQ(m.iteration_tokens.counts[5], 1u);  // the prefill step: (64, 128]
+  EXPECT_EQ(m.iteration_tokens.counts[1], 7u);  // the decode steps: (1, 8]
+  EXPECT_EQ(m.prefill.count, 2u);
+  EXPECT_EQ(m.decode.count, 2u);
+  EXPECT_EQ(m.inference.count, 2u);
+  EXPECT_GT(m.decode.sum, 0.0);
+  EXPECT_NEAR(m.inference.sum, m.prefill.sum + m.decode.sum, 1e-6 * (1 + m.inference.sum));
+  EXPECT_EQ(m.block_size, kBlockSize);
+  EXPECT_EQ(m.cache_dtype, "auto");
+  EXPECT_TRUE(m.prefix_caching);
 }
 
 TEST(Engine, StopStringEndsTheTextBeforeIt) {
