@@ -95,7 +95,7 @@ class EngineImpl final : public Engine {
   std::vector<int> held_back_ids(const Sequence& s) const;
   void fail_all(const std::string& why);
   void publish_metrics();
-  void observe_phases(const Sequence& s);
+  void observe_finished(const Sequence& s, Clock::time_point now);
 
   EngineOptions opts_;
   SchedulingPolicy policy_;
@@ -435,16 +435,7 @@ void EngineImpl::finish_seq(Sequence& s, FinishReason r, const std::string& why)
   else ev.stop_reason = why;
   ev.text = s.flush_text(r);
   auto now = Clock::now();
-  {  // before the finish event: a client that sees it finish sees its latencies
-    std::lock_guard lk(mu_);
-    metrics_.requests_finished_total += 1;
-    if (s.generated > 0) {
-      double e2e = secs(s.req->arrival, now);
-      metrics_.e2e.observe(e2e);
-      if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
-      observe_phases(s);
-    }
-  }
+  observe_finished(s, now);  // before the finish event: its latencies are seen with it
   // Samples that were never started (cancelled before the fork) finish here too.
   int unstarted = s.index == 0 && !s.forked ? s.req->req.n - 1 : 0;
   s.req->handle->push(std::move(ev));
@@ -870,21 +861,21 @@ void EngineImpl::emit(Sequence& s, int tok, GenerationEvent ev) {
   if (prefix_) cache_computed(s);
   free_seq(s);
   publish_metrics();
-  {  // before the finish event: a client that sees it finish sees its latencies
-    std::lock_guard lk(mu_);
-    metrics_.requests_finished_total += 1;
-    double e2e = secs(s.req->arrival, now);
-    metrics_.e2e.observe(e2e);
-    if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
-    observe_phases(s);
-  }
+  observe_finished(s, now);  // before the finish event: its latencies are seen with it
   s.req->handle->push(std::move(ev));  // siblings were forked before this first sample
 }
 
+// A finished sample's count and, if it drew a token, its e2e latency, TPOT (two or more) and
 // vLLM's prefill (first scheduled to first token), decode (first to last token) and inference
-// (first scheduled to last token) times of a finished sample that drew a token; under mu_.
-void EngineImpl::observe_phases(const Sequence& s) {
-  if (s.generated == 0 || !s.scheduled) return;
+// (first scheduled to last token) times.
+void EngineImpl::observe_finished(const Sequence& s, Clock::time_point now) {
+  std::lock_guard lk(mu_);
+  metrics_.requests_finished_total += 1;
+  if (s.generated == 0) return;
+  const double e2e = secs(s.req->arrival, now);
+  metrics_.e2e.observe(e2e);
+  if (s.generated > 1) metrics_.tpot.observe((e2e - s.ttft) / (s.generated - 1));
+  if (!s.scheduled) return;
   metrics_.prefill.observe(secs(s.scheduled_at, s.first_token_at));
   metrics_.decode.observe(secs(s.first_token_at, s.last_token_at));
   metrics_.inference.observe(secs(s.scheduled_at, s.last_token_at));
