@@ -164,8 +164,11 @@ TEST(BenchMetrics, NoSuccessfulRequestGivesZeros) {
   EXPECT_EQ(m.max_output_tokens_per_s, 0);
   EXPECT_EQ(m.max_concurrent_requests, 0);
   auto j = result_json(m, outs, OnlineRunInfo{}, opts, SystemInfo{});
-  for (auto& [k, v] : j.items())
-    if (v.is_number_float()) EXPECT_TRUE(std::isfinite(v.get<double>())) << k;
+  for (auto& [k, v] : j.items()) {
+    if (v.is_number_float()) {
+      EXPECT_TRUE(std::isfinite(v.get<double>())) << k;
+    }
+  }
   EXPECT_EQ(j["completed"], 0);
   EXPECT_EQ(j["request_goodput"], 0.0);
   EXPECT_NE(format_table(m, OnlineRunInfo{}, opts).find("Failed requests:"), std::string::npos);
