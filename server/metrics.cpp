@@ -40,6 +40,17 @@ void render_histogram(std::string& out, const std::string& name, const std::stri
   out += name + "_count{" + labels + "} " + std::to_string(h.count) + "\n";
 }
 
+namespace {
+
+// A histogram's HELP / TYPE lines and its samples.
+void histogram(std::string& out, const std::string& name, const char* help,
+               const std::string& labels, const Histogram& h) {
+  head(out, name, "histogram", help);
+  render_histogram(out, name, labels, h);
+}
+
+}  // namespace
+
 std::vector<double> buckets_125(double max) {
   std::vector<double> b;
   for (double m = 1;; m *= 10)
@@ -115,35 +126,28 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
   head(out, "vllm:prefix_cache_hits_total", "counter", "Prompt tokens found in the prefix cache.");
   sample(out, "vllm:prefix_cache_hits_total", L, double(m.prefix_cache_hits_total));
 
-  head(out, "vllm:time_to_first_token_seconds", "histogram", "Time to first token, seconds.");
-  render_histogram(out, "vllm:time_to_first_token_seconds", L, m.ttft);
+  histogram(out, "vllm:time_to_first_token_seconds", "Time to first token, seconds.", L, m.ttft);
   // vLLM observes the gap before every token after a sequence's first here; the old name is
   // the same series (deprecated in vLLM), the per-request mean has its own.
   for (const char* name :
        {"vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"}) {
-    head(out, name, "histogram", "Gap before each token after a sequence's first, seconds.");
-    render_histogram(out, name, L, m.itl);
+    histogram(out, name, "Gap before each token after a sequence's first, seconds.", L, m.itl);
   }
-  head(out, "vllm:request_time_per_output_token_seconds", "histogram",
-       "Per request: time per output token after the first, seconds.");
-  render_histogram(out, "vllm:request_time_per_output_token_seconds", L, m.tpot);
-  head(out, "vllm:e2e_request_latency_seconds", "histogram",
-       "End-to-end request latency, seconds.");
-  render_histogram(out, "vllm:e2e_request_latency_seconds", L, m.e2e);
-  head(out, "vllm:request_queue_time_seconds", "histogram",
-       "Time from arrival to first scheduled, seconds.");
-  render_histogram(out, "vllm:request_queue_time_seconds", L, m.queue);
-  head(out, "vllm:request_prefill_time_seconds", "histogram",
-       "Per request: first scheduled to first token (the prefill phase), seconds.");
-  render_histogram(out, "vllm:request_prefill_time_seconds", L, m.prefill);
-  head(out, "vllm:request_decode_time_seconds", "histogram",
-       "Per request: first token to last token (the decode phase), seconds.");
-  render_histogram(out, "vllm:request_decode_time_seconds", L, m.decode);
-  head(out, "vllm:request_inference_time_seconds", "histogram",
-       "Per request: first scheduled to last token (the running phase), seconds.");
-  render_histogram(out, "vllm:request_inference_time_seconds", L, m.inference);
-  head(out, "vllm:iteration_tokens_total", "histogram", "Tokens per engine step.");
-  render_histogram(out, "vllm:iteration_tokens_total", L, m.iteration_tokens);
+  histogram(out, "vllm:request_time_per_output_token_seconds",
+            "Per request: time per output token after the first, seconds.", L, m.tpot);
+  histogram(out, "vllm:e2e_request_latency_seconds", "End-to-end request latency, seconds.", L,
+            m.e2e);
+  histogram(out, "vllm:request_queue_time_seconds",
+            "Time from arrival to first scheduled, seconds.", L, m.queue);
+  histogram(out, "vllm:request_prefill_time_seconds",
+            "Per request: first scheduled to first token (the prefill phase), seconds.", L,
+            m.prefill);
+  histogram(out, "vllm:request_decode_time_seconds",
+            "Per request: first token to last token (the decode phase), seconds.", L, m.decode);
+  histogram(out, "vllm:request_inference_time_seconds",
+            "Per request: first scheduled to last token (the running phase), seconds.", L,
+            m.inference);
+  histogram(out, "vllm:iteration_tokens_total", "Tokens per engine step.", L, m.iteration_tokens);
   // vLLM's info gauge: the cache configuration as labels (its own label set, no model_name).
   head(out, "vllm:cache_config_info", "gauge", "Information of the engine's cache configuration.");
   sample(out, "vllm:cache_config_info",
@@ -159,17 +163,16 @@ std::string ServerMetrics::render(const EngineMetrics& m, int http_in_flight) co
     sample(out, "vllm:request_success_total", L + ",finished_reason=\"" + r + "\"",
            double(it == success_.end() ? 0 : it->second));
   }
-  head(out, "vllm:request_prompt_tokens", "histogram", "Prompt tokens per request.");
-  render_histogram(out, "vllm:request_prompt_tokens", L, prompt_tokens_);
-  head(out, "vllm:request_generation_tokens", "histogram", "Generated tokens per request.");
-  render_histogram(out, "vllm:request_generation_tokens", L, generation_tokens_);
-  head(out, "vllm:request_params_n", "histogram", "The n request parameter, once per request.");
-  render_histogram(out, "vllm:request_params_n", L, params_n_);
-  head(out, "vllm:request_max_num_generation_tokens", "histogram",
-       "Per request: the most tokens one of its n samples generated.");
-  render_histogram(out, "vllm:request_max_num_generation_tokens", L, max_generation_tokens_);
-  head(out, "vllm:request_params_max_tokens", "histogram", "The max_tokens request parameter.");
-  render_histogram(out, "vllm:request_params_max_tokens", L, params_max_tokens_);
+  histogram(out, "vllm:request_prompt_tokens", "Prompt tokens per request.", L, prompt_tokens_);
+  histogram(out, "vllm:request_generation_tokens", "Generated tokens per request.", L,
+            generation_tokens_);
+  histogram(out, "vllm:request_params_n", "The n request parameter, once per request.", L,
+            params_n_);
+  histogram(out, "vllm:request_max_num_generation_tokens",
+            "Per request: the most tokens one of its n samples generated.", L,
+            max_generation_tokens_);
+  histogram(out, "vllm:request_params_max_tokens", "The max_tokens request parameter.", L,
+            params_max_tokens_);
   head(out, "kimi:http_responses_total", "counter", "HTTP responses by status.");
   for (const auto& [status, count] : http_)
     sample(out, "kimi:http_responses_total", L + ",status=\"" + std::to_string(status) + "\"",
